@@ -1,0 +1,342 @@
+//! Anti-entropy: find which names two stores disagree on while exchanging far less than the
+//! stores themselves, then decide what to fetch and what to push.
+//!
+//! Every name falls into one of [`BUCKETS`] buckets by the first byte of `blake3(name)`. A
+//! bucket's digest is the XOR of `blake3(name || seq || hash)` over its entries (those still
+//! holding a body), so it is order-independent and updated in O(1) per write. The store digest
+//! is `blake3` of the bucket digests.
+//!
+//! One sync round, driven by the node (or the simulator) over any transport:
+//! 1. the initiator sends [`SyncRequest::Digest`] with its root and (truncated) bucket digests;
+//! 2. the responder answers [`SyncResponse::InSync`], or lists its [`Summary`]s of the buckets
+//!    that differ ([`answer_digest`]);
+//! 3. the initiator runs [`plan_sync`] against its own store: names where the responder holds
+//!    a winner it lacks are fetched ([`SyncRequest::Fetch`]), names where it holds the winner
+//!    are pushed ([`SyncRequest::Push`]). Every record received still goes through the merge
+//!    rule, so a lying or buggy peer can at worst waste bandwidth.
+//!
+//! All messages are bincode with a hard size limit ([`MAX_SYNC_MESSAGE_BYTES`]) and every list
+//! is bounded, so a single round costs at most a few hundred KiB whatever the store size;
+//! remaining differences are found in the next round.
+
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
+
+use crate::error::DecodeError;
+use crate::merge::{decide, Decision, Floor};
+use crate::store::Store;
+
+/// Number of digest buckets.
+pub const BUCKETS: usize = 256;
+/// Bytes of each bucket digest sent on the wire (64-bit truncation: a false match needs a
+/// 2^-64 collision, and the next round would catch it after any further write).
+pub const WIRE_BUCKET_BYTES: usize = 8;
+/// Hard limit on an encoded sync message.
+pub const MAX_SYNC_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Most summaries one digest answer lists.
+pub const MAX_SUMMARIES: usize = 2048;
+/// Most names one fetch asks for, and most records one push or records answer carries
+/// (64 × 4 KiB records = 256 KiB, well under the message limit).
+pub const MAX_RECORDS_PER_MESSAGE: usize = 64;
+
+type SyncConfig = Configuration<LittleEndian, Fixint, Limit<MAX_SYNC_MESSAGE_BYTES>>;
+
+fn sync_config() -> SyncConfig {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_SYNC_MESSAGE_BYTES>()
+}
+
+/// The bucket a name belongs to.
+pub fn bucket_of(name: &str) -> u8 {
+    blake3::hash(name.as_bytes()).as_bytes()[0]
+}
+
+/// The digest contribution of one entry.
+pub fn entry_digest(name: &str, floor: &Floor) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update(&floor.seq.to_le_bytes());
+    h.update(&floor.hash);
+    *h.finalize().as_bytes()
+}
+
+/// A store's digest: root plus per-bucket digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreDigest {
+    /// blake3 over all bucket digests; equal roots mean equal stores.
+    pub root: [u8; 32],
+    /// Per-bucket XOR digests.
+    pub buckets: Box<[[u8; 32]; BUCKETS]>,
+}
+
+impl StoreDigest {
+    /// Builds the digest from bucket digests.
+    pub fn from_buckets(buckets: &[[u8; 32]; BUCKETS]) -> Self {
+        let mut h = blake3::Hasher::new();
+        for b in buckets.iter() {
+            h.update(b);
+        }
+        StoreDigest {
+            root: *h.finalize().as_bytes(),
+            buckets: Box::new(*buckets),
+        }
+    }
+
+    /// Root as lowercase hex (for status output).
+    pub fn root_hex(&self) -> String {
+        hex::encode(self.root)
+    }
+
+    /// Truncated bucket digests for the wire.
+    pub fn wire_buckets(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| {
+                let mut t = [0u8; WIRE_BUCKET_BYTES];
+                t.copy_from_slice(&b[..WIRE_BUCKET_BYTES]);
+                u64::from_le_bytes(t)
+            })
+            .collect()
+    }
+
+    /// Buckets whose truncated digest differs from `remote`'s (all of them if `remote` is
+    /// malformed).
+    pub fn differing_buckets(&self, remote: &[u64]) -> Vec<u8> {
+        let mine = self.wire_buckets();
+        if remote.len() != BUCKETS {
+            return (0..=255).collect();
+        }
+        (0..BUCKETS)
+            .filter(|&i| mine[i] != remote[i])
+            .map(|i| i as u8)
+            .collect()
+    }
+}
+
+/// What a peer holds for one name: enough to decide who has the winner.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct Summary {
+    /// Full name.
+    pub name: String,
+    /// Floor seq.
+    pub seq: u64,
+    /// Floor content hash.
+    pub hash: [u8; 32],
+}
+
+/// Initiator → responder.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum SyncRequest {
+    /// "Here is my digest; what differs?"
+    Digest {
+        /// Initiator's root.
+        root: [u8; 32],
+        /// Initiator's truncated bucket digests ([`BUCKETS`] of them).
+        buckets: Vec<u64>,
+    },
+    /// "Send me these records."
+    Fetch {
+        /// Names (at most [`MAX_RECORDS_PER_MESSAGE`]).
+        names: Vec<String>,
+    },
+    /// "Here are records you lack or hold older versions of."
+    Push {
+        /// Encoded signed records (at most [`MAX_RECORDS_PER_MESSAGE`]).
+        records: Vec<Vec<u8>>,
+    },
+}
+
+/// Responder → initiator.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum SyncResponse {
+    /// Roots are equal.
+    InSync,
+    /// Summaries of every entry in the buckets that differ.
+    Summaries {
+        /// The buckets covered; entries of these buckets missing from `summaries` are absent
+        /// on the responder (unless `truncated`).
+        buckets: Vec<u8>,
+        /// The responder's entries in those buckets.
+        summaries: Vec<Summary>,
+        /// The list hit [`MAX_SUMMARIES`]; only the listed buckets' listed names are
+        /// authoritative, so the initiator must not push "missing" names this round.
+        truncated: bool,
+    },
+    /// Records answering a fetch.
+    Records {
+        /// Encoded signed records.
+        records: Vec<Vec<u8>>,
+    },
+    /// How many pushed records were applied.
+    PushAck {
+        /// Records that changed the responder's store.
+        applied: u32,
+    },
+    /// The request was malformed or over a limit.
+    Error {
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+macro_rules! codec {
+    ($t:ty) => {
+        impl $t {
+            /// Encodes with the sync size limit.
+            pub fn encode(&self) -> Vec<u8> {
+                bincode::encode_to_vec(self, sync_config()).unwrap_or_default()
+            }
+
+            /// Decodes, refusing input over [`MAX_SYNC_MESSAGE_BYTES`] and trailing bytes.
+            pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+                if bytes.len() > MAX_SYNC_MESSAGE_BYTES {
+                    return Err(DecodeError::TooLarge {
+                        got: bytes.len(),
+                        limit: MAX_SYNC_MESSAGE_BYTES,
+                    });
+                }
+                let (v, used): (Self, usize) = bincode::decode_from_slice(bytes, sync_config())
+                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+                if used != bytes.len() {
+                    return Err(DecodeError::TrailingBytes(bytes.len() - used));
+                }
+                Ok(v)
+            }
+        }
+    };
+}
+codec!(SyncRequest);
+codec!(SyncResponse);
+
+/// The initiator's opening message.
+pub fn digest_request<S: Store + ?Sized>(store: &S) -> SyncRequest {
+    let d = store.digest();
+    SyncRequest::Digest {
+        root: d.root,
+        buckets: d.wire_buckets(),
+    }
+}
+
+/// The responder's answer to a digest: in sync, or its summaries of the differing buckets.
+/// Buckets are listed whole; if the limit is reached, later buckets are left for the next round.
+pub fn answer_digest<S: Store + ?Sized>(
+    store: &S,
+    root: &[u8; 32],
+    buckets: &[u64],
+) -> SyncResponse {
+    let digest = store.digest();
+    if &digest.root == root {
+        return SyncResponse::InSync;
+    }
+    let mut covered = Vec::new();
+    let mut summaries = Vec::new();
+    let mut truncated = false;
+    for b in digest.differing_buckets(buckets) {
+        let entries = store.bucket_entries(b);
+        let with_body: Vec<_> = entries.iter().filter(|(_, e)| e.bytes.is_some()).collect();
+        if summaries.len() + with_body.len() > MAX_SUMMARIES {
+            truncated = true;
+            if covered.is_empty() {
+                // One bucket alone is over the limit: send a prefix, marked truncated.
+                summaries.extend(
+                    with_body
+                        .iter()
+                        .take(MAX_SUMMARIES)
+                        .map(|(n, e)| summary(n, e)),
+                );
+                covered.push(b);
+            }
+            break;
+        }
+        summaries.extend(with_body.iter().map(|(n, e)| summary(n, e)));
+        covered.push(b);
+    }
+    SyncResponse::Summaries {
+        buckets: covered,
+        summaries,
+        truncated,
+    }
+}
+
+fn summary(name: &str, e: &crate::store::Entry) -> Summary {
+    Summary {
+        name: name.to_owned(),
+        seq: e.floor.seq,
+        hash: e.floor.hash,
+    }
+}
+
+/// What the initiator should do after reading the responder's summaries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// Names to fetch from the responder (it holds the winner).
+    pub fetch: Vec<String>,
+    /// Names to push to the responder (we hold the winner, or it lacks the name).
+    pub push: Vec<String>,
+}
+
+/// Compares the responder's summaries of `buckets` with the local store. `now_ms` keeps
+/// records past the compaction horizon out of the plan (both sides are dropping them).
+pub fn plan_sync<S: Store + ?Sized>(
+    local: &S,
+    buckets: &[u8],
+    remote: &[Summary],
+    truncated: bool,
+    now_ms: u64,
+) -> SyncPlan {
+    let mut plan = SyncPlan::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in remote {
+        seen.insert(s.name.as_str());
+        let theirs = Floor {
+            seq: s.seq,
+            hash: s.hash,
+        };
+        let mine = local.entry(&s.name);
+        match decide(mine.map(|e| e.floor), theirs) {
+            Decision::Apply | Decision::ApplyConflict => plan.fetch.push(s.name.clone()),
+            Decision::Stale | Decision::RejectConflict => {
+                if mine.is_some_and(|e| e.bytes.is_some() && !e.is_compactable(now_ms)) {
+                    plan.push.push(s.name.clone());
+                }
+            }
+            Decision::Duplicate => {}
+        }
+    }
+    if !truncated {
+        for &b in buckets {
+            for (name, e) in local.bucket_entries(b) {
+                if e.bytes.is_some() && !e.is_compactable(now_ms) && !seen.contains(name) {
+                    plan.push.push(name.to_owned());
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Records the responder sends for a fetch: held bodies only, at most
+/// [`MAX_RECORDS_PER_MESSAGE`].
+pub fn answer_fetch<S: Store + ?Sized>(store: &S, names: &[String]) -> SyncResponse {
+    let records = names
+        .iter()
+        .take(MAX_RECORDS_PER_MESSAGE)
+        .filter_map(|n| {
+            store
+                .entry(n)
+                .and_then(|e| e.bytes.as_deref().map(<[u8]>::to_vec))
+        })
+        .collect();
+    SyncResponse::Records { records }
+}
+
+/// Encoded records for the given names (for building pushes), at most
+/// [`MAX_RECORDS_PER_MESSAGE`].
+pub fn records_for<S: Store + ?Sized>(store: &S, names: &[String]) -> Vec<Vec<u8>> {
+    match answer_fetch(store, names) {
+        SyncResponse::Records { records } => records,
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,93 @@
+//! Typed errors. Every way a record can be rejected has its own variant so that nodes can
+//! count them separately and writers get an answer that says what to fix.
+
+use thiserror::Error;
+
+/// Why bytes could not be turned into a record.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The input is larger than [`crate::MAX_RECORD_BYTES`]; it was not parsed at all.
+    #[error("record is {got} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Size of the input.
+        got: usize,
+        /// The enforced limit.
+        limit: usize,
+    },
+    /// The bytes are not a well-formed record encoding (truncated, bad tag, bad UTF-8, ...).
+    #[error("malformed record encoding: {0}")]
+    Malformed(String),
+    /// The encoding is well formed but followed by extra bytes, so it is not canonical.
+    #[error("{0} trailing bytes after the record")]
+    TrailingBytes(usize),
+}
+
+/// Why a decoded record is not acceptable. Checked before any merge decision.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValidationError {
+    /// The signature does not verify against the zone key over the canonical bytes.
+    #[error("signature does not verify for this zone")]
+    BadSignature,
+    /// The zone id is not a valid ed25519 public key.
+    #[error("zone id is not a valid ed25519 public key")]
+    BadZoneKey,
+    /// The label is empty, too long, or has characters outside `a-z 0-9 -`.
+    #[error(
+        "invalid label {0:?}: use 1-63 characters a-z, 0-9, '-', not starting or ending with '-'"
+    )]
+    BadLabel(String),
+    /// A name record with no endpoints: an empty answer is the outage dpin prevents.
+    #[error("a name record needs at least one endpoint (delete with a tombstone instead)")]
+    EmptyEndpoints,
+    /// More endpoints than [`crate::MAX_ENDPOINTS`].
+    #[error("{got} endpoints, at most {limit} allowed")]
+    TooManyEndpoints {
+        /// Endpoints in the record.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An endpoint host that is neither an IP literal nor a valid DNS hostname.
+    #[error("invalid endpoint host {0:?}")]
+    BadHost(String),
+    /// Port 0 cannot be connected to.
+    #[error("endpoint port must be 1-65535")]
+    BadPort,
+    /// Weight 0 would make an endpoint unreachable by weighted selection.
+    #[error("endpoint weight must be at least 1")]
+    BadWeight,
+    /// The same host/port/transport listed twice.
+    #[error("duplicate endpoint {0}")]
+    DuplicateEndpoint(String),
+    /// `seq` 0 is reserved for "nothing seen yet".
+    #[error("seq must be at least 1")]
+    ZeroSeq,
+    /// The expiry is further in the future than [`crate::MAX_TTL_MS`] plus clock skew.
+    #[error("expiry is {ahead_ms} ms ahead, more than the {limit_ms} ms allowed")]
+    ExpiryTooFar {
+        /// How far ahead of `now` the expiry is.
+        ahead_ms: u64,
+        /// The allowed maximum.
+        limit_ms: u64,
+    },
+    /// The record already expired when it was offered for publishing.
+    #[error("record already expired")]
+    Expired,
+    /// The content kind does not match the label (offers live under reserved labels).
+    #[error("content does not match label {0:?}")]
+    ContentLabelMismatch(String),
+    /// An offer field is out of range (free space above capacity, zero cores, long region...).
+    #[error("invalid offer: {0}")]
+    BadOffer(&'static str),
+}
+
+/// Problems with key material or zone ids.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// A zone id string that is not 52 lowercase base32 characters of a valid public key.
+    #[error("invalid zone id {0:?}")]
+    BadZoneId(String),
+    /// The key file does not follow the documented format.
+    #[error("invalid key file: {0}")]
+    BadKeyFile(&'static str),
+}

@@ -1,0 +1,58 @@
+//! # dpin-protocol — the sans-IO core of dpin
+//!
+//! Everything that decides *what is true* in a dpin network lives here, with no sockets, no
+//! clock reads and no global randomness: the caller passes the current time (`now_ms`, Unix
+//! milliseconds) and any random number generator. The node, the chaos harness and the
+//! deterministic simulator therefore drive exactly the same code.
+//!
+//! The crate exists to make the October-2025 failure (a stale automation plan applied over a
+//! newer one, then deleted by clean-up, leaving an empty record) impossible by construction:
+//!
+//! * [`keys`] — ed25519 zone keys, the DNS-safe zone id ([`ZoneId`], one DNS label), key files.
+//! * [`record`] — the signed record ([`SignedRecord`]): names with endpoints, tombstones and the
+//!   node offers (storage / compute); canonical bincode encoding with a hard size limit,
+//!   domain-separated signatures and field validation. An empty endpoint set cannot be signed
+//!   into a valid record.
+//! * [`merge`] — THE one function that decides which record wins ([`merge::decide`]): higher
+//!   `seq` wins, equal `seq` with different content is an equivocation settled by the blake3
+//!   hash of the canonical bytes, lower `seq` is stale. Every replica applies it at apply time.
+//! * [`store`] — the [`Store`] abstraction and the in-memory [`MemStore`]: per name the winner
+//!   and the highest `seq` ever accepted (the floor), so expiry or compaction never lets an older
+//!   record back in and never removes the winner of a live name.
+//! * [`digest`] — anti-entropy: an order-independent store digest, 256 bucket digests, per-bucket
+//!   summaries and the sans-IO planner that tells two peers which records to fetch and push.
+//! * [`error`] — typed errors, one variant per rejection reason.
+
+pub mod digest;
+pub mod error;
+pub mod keys;
+pub mod merge;
+pub mod record;
+pub mod store;
+
+pub use digest::{plan_sync, StoreDigest, Summary, SyncPlan, SyncRequest, SyncResponse, BUCKETS};
+pub use error::{DecodeError, KeyError, ValidationError};
+pub use keys::{ZoneId, ZoneKey};
+pub use merge::{decide, Decision, Floor, Outcome};
+pub use record::{
+    ComputeOffer, Content, Endpoint, Freshness, Host, RecordBody, SignedRecord, StorageOffer,
+    Transport,
+};
+pub use store::{Entry, MemStore, Store};
+
+/// Hard upper bound on the encoded size of one signed record (SPEC §3: "say 4 KiB").
+/// Enforced by the decoder before any allocation larger than this can happen.
+pub const MAX_RECORD_BYTES: usize = 4096;
+/// Most endpoints one name may carry; keeps DNS answers and records bounded.
+pub const MAX_ENDPOINTS: usize = 64;
+/// Longest DNS hostname (RFC 1035, without the trailing dot).
+pub const MAX_HOSTNAME_LEN: usize = 253;
+/// Longest DNS label (RFC 1035).
+pub const MAX_LABEL_LEN: usize = 63;
+/// Longest lifetime a record may claim: 30 days. Longer would let one signature pin a name
+/// long after its writer lost the key or moved on.
+pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Clock skew tolerated between a writer and a validating node.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// Longest region string in an offer.
+pub const MAX_REGION_LEN: usize = 64;

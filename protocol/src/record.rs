@@ -1,0 +1,662 @@
+//! Signed records: what a writer publishes and every node verifies.
+//!
+//! One record type carries every replicated fact — name-to-endpoint mappings, tombstones and
+//! node offers — so that a single merge rule, a single store and a single anti-entropy protocol
+//! cover them all. The kind of content is tied to the label: user labels (`a-z0-9-`) carry
+//! endpoints or a tombstone; labels starting with `_` are reserved (`_offer-storage`,
+//! `_offer-compute`) and can never collide with a user's name.
+//!
+//! Encoding: bincode 2 with fixed-width little-endian integers and a hard limit of
+//! [`crate::MAX_RECORD_BYTES`]; the decoder refuses longer input before parsing and refuses
+//! trailing bytes, so one record has exactly one encoding (the *canonical bytes*). The signature
+//! covers `DOMAIN || canonical(body)`; the domain prefix keeps a dpin signature from ever being
+//! valid for another protocol that signs with the same key, and vice versa.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
+use ed25519_dalek::{Signature, Signer, Verifier};
+
+use crate::error::{DecodeError, ValidationError};
+use crate::keys::{ZoneId, ZoneKey};
+use crate::{
+    MAX_CLOCK_SKEW_MS, MAX_ENDPOINTS, MAX_HOSTNAME_LEN, MAX_LABEL_LEN, MAX_RECORD_BYTES,
+    MAX_REGION_LEN, MAX_TTL_MS,
+};
+
+/// Domain separation prefix for record signatures.
+pub const SIGNING_DOMAIN: &[u8] = b"dpin/record/v1\0";
+/// Reserved label of a node's storage offer.
+pub const STORAGE_OFFER_LABEL: &str = "_offer-storage";
+/// Reserved label of a node's compute offer.
+pub const COMPUTE_OFFER_LABEL: &str = "_offer-compute";
+
+type Config = Configuration<LittleEndian, Fixint, Limit<MAX_RECORD_BYTES>>;
+
+/// The one bincode configuration used for canonical bytes. Changing it changes every hash and
+/// signature, so it is fixed here and nowhere else.
+pub(crate) fn codec_config() -> Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_RECORD_BYTES>()
+}
+
+/// Where an endpoint lives: an IP literal or a DNS hostname.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
+pub enum Host {
+    /// IPv4 literal.
+    V4([u8; 4]),
+    /// IPv6 literal.
+    V6([u8; 16]),
+    /// A DNS hostname (lowercase, validated).
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::V4(a) => write!(f, "{}", Ipv4Addr::from(*a)),
+            Host::V6(a) => write!(f, "{}", Ipv6Addr::from(*a)),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl Host {
+    /// Parses an IP literal (IPv6 with or without brackets) or a hostname.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let bare = s
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(s);
+        if let Ok(v4) = bare.parse::<Ipv4Addr>() {
+            return Ok(Host::V4(v4.octets()));
+        }
+        if let Ok(v6) = bare.parse::<Ipv6Addr>() {
+            return Ok(Host::V6(v6.octets()));
+        }
+        let name = s.trim_end_matches('.').to_ascii_lowercase();
+        let host = Host::Name(name);
+        host.validate()?;
+        Ok(host)
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        let Host::Name(name) = self else {
+            return Ok(());
+        };
+        let ok = !name.is_empty()
+            && name.len() <= MAX_HOSTNAME_LEN
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= MAX_LABEL_LEN
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+            // An all-numeric final label would be confused with an IP address.
+            && !name
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if ok {
+            Ok(())
+        } else {
+            Err(ValidationError::BadHost(name.clone()))
+        }
+    }
+}
+
+/// Transport protocol of an endpoint.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode,
+)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Transport {
+    /// `"tcp"` or `"udp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// One place a name can be reached.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
+pub struct Endpoint {
+    /// Address or hostname.
+    pub host: Host,
+    /// Port, 1-65535.
+    pub port: u16,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// Relative weight for selection (SRV weight), at least 1.
+    pub weight: u16,
+}
+
+impl fmt::Display for Endpoint {
+    /// `HOST:PORT[/udp]`, IPv6 in brackets — the same syntax the CLI accepts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::V6(_) => write!(f, "[{}]:{}", self.host, self.port)?,
+            _ => write!(f, "{}:{}", self.host, self.port)?,
+        }
+        if self.transport == Transport::Udp {
+            f.write_str("/udp")?;
+        }
+        if self.weight != 1 {
+            write!(f, "@{}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = ValidationError;
+
+    /// `HOST:PORT`, `HOST:PORT/udp`, `HOST:PORT/tcp`, optionally followed by `@WEIGHT`;
+    /// IPv6 literals as `[::1]:PORT`.
+    fn from_str(s: &str) -> Result<Self, ValidationError> {
+        let bad = || ValidationError::BadHost(s.to_owned());
+        let (rest, weight) = match s.rsplit_once('@') {
+            Some((r, w)) => (r, w.parse::<u16>().map_err(|_| ValidationError::BadWeight)?),
+            None => (s, 1),
+        };
+        let (rest, transport) = match rest.rsplit_once('/') {
+            Some((r, "udp")) => (r, Transport::Udp),
+            Some((r, "tcp")) => (r, Transport::Tcp),
+            Some(_) => return Err(bad()),
+            None => (rest, Transport::Tcp),
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(bad());
+        }
+        let port: u16 = port.parse().map_err(|_| ValidationError::BadPort)?;
+        let ep = Endpoint {
+            host: Host::parse(host)?,
+            port,
+            transport,
+            weight,
+        };
+        ep.validate()?;
+        Ok(ep)
+    }
+}
+
+impl Endpoint {
+    fn validate(&self) -> Result<(), ValidationError> {
+        self.host.validate()?;
+        if self.port == 0 {
+            return Err(ValidationError::BadPort);
+        }
+        if self.weight == 0 {
+            return Err(ValidationError::BadWeight);
+        }
+        Ok(())
+    }
+}
+
+/// A node's offer of storage space.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct StorageOffer {
+    /// Total bytes offered.
+    pub capacity_bytes: u64,
+    /// Bytes still free (≤ capacity).
+    pub free_bytes: u64,
+    /// Price in thousandths of a currency unit per GiB-month.
+    pub price_milli: u64,
+    /// Free-form region tag (e.g. `eu-west`), at most 64 bytes.
+    pub region: String,
+}
+
+/// A node's offer of compute.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct ComputeOffer {
+    /// CPU cores offered, at least 1.
+    pub cores: u32,
+    /// Memory offered in bytes.
+    pub memory_bytes: u64,
+    /// GPUs offered.
+    pub gpus: u32,
+    /// Price in thousandths of a currency unit per core-hour.
+    pub price_milli: u64,
+    /// Free-form region tag, at most 64 bytes.
+    pub region: String,
+}
+
+/// What a record says.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum Content {
+    /// The name resolves to these endpoints (never empty).
+    Endpoints(Vec<Endpoint>),
+    /// The name was deleted at this seq. Only a higher seq can bring it back.
+    Tombstone,
+    /// A storage offer (label [`STORAGE_OFFER_LABEL`]).
+    StorageOffer(StorageOffer),
+    /// A compute offer (label [`COMPUTE_OFFER_LABEL`]).
+    ComputeOffer(ComputeOffer),
+}
+
+/// The signed part of a record.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct RecordBody {
+    /// The zone (writer's public key).
+    pub zone: ZoneId,
+    /// The label inside the zone.
+    pub label: String,
+    /// Version; higher wins. Starts at 1.
+    pub seq: u64,
+    /// Unix milliseconds after which the record is no longer served.
+    pub expires_at_ms: u64,
+    /// The payload.
+    pub content: Content,
+}
+
+impl RecordBody {
+    /// The full name, `label.zone`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.label, self.zone)
+    }
+
+    /// The canonical bytes that are hashed and signed.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Encoding into a Vec cannot fail for well-formed values except by exceeding the limit,
+        // which validation reports separately (the signed size is checked on decode and sign).
+        bincode::encode_to_vec(self, codec_config()).unwrap_or_default()
+    }
+
+    /// Signs this body with the zone key. Fails if the key is not this body's zone or the
+    /// result would not be a valid record.
+    pub fn sign(self, key: &ZoneKey) -> Result<SignedRecord, ValidationError> {
+        if key.zone() != self.zone {
+            return Err(ValidationError::BadSignature);
+        }
+        let msg = signing_message(&self.canonical_bytes());
+        let signature = key.signing_key().sign(&msg).to_bytes();
+        let record = SignedRecord {
+            body: self,
+            signature,
+        };
+        record.validate_fields()?;
+        Ok(record)
+    }
+}
+
+fn signing_message(canonical: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIGNING_DOMAIN.len() + canonical.len());
+    msg.extend_from_slice(SIGNING_DOMAIN);
+    msg.extend_from_slice(canonical);
+    msg
+}
+
+/// A record plus its writer's signature. Construct with [`RecordBody::sign`] or
+/// [`SignedRecord::decode`]; check with [`SignedRecord::validate`] before trusting it.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct SignedRecord {
+    /// The signed content.
+    pub body: RecordBody,
+    /// ed25519 signature over `SIGNING_DOMAIN || canonical(body)`.
+    pub signature: [u8; 64],
+}
+
+/// How strict expiry checking is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// A writer publishing now: an already expired record is refused.
+    Publish,
+    /// Replication between nodes: an expired record is still accepted, because its seq must
+    /// still raise the floor on replicas that missed it.
+    Replicate,
+}
+
+impl SignedRecord {
+    /// Wire bytes (canonical body followed by the signature).
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, codec_config()).unwrap_or_default()
+    }
+
+    /// Decodes wire bytes, refusing input over [`MAX_RECORD_BYTES`] before parsing, and any
+    /// trailing bytes. Does NOT verify the signature: call [`SignedRecord::validate`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(DecodeError::TooLarge {
+                got: bytes.len(),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        let (record, used): (SignedRecord, usize) =
+            bincode::decode_from_slice(bytes, codec_config())
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(DecodeError::TrailingBytes(bytes.len() - used));
+        }
+        Ok(record)
+    }
+
+    /// blake3 of the canonical body bytes: the record's identity and the equivocation
+    /// tie-breaker.
+    pub fn content_hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.body.canonical_bytes()).as_bytes()
+    }
+
+    /// The full name, `label.zone`.
+    pub fn name(&self) -> String {
+        self.body.name()
+    }
+
+    /// Whether the record is past its expiry at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.body.expires_at_ms <= now_ms
+    }
+
+    /// Whether this record deletes its name.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.body.content, Content::Tombstone)
+    }
+
+    /// Endpoints, if this is a live-name record.
+    pub fn endpoints(&self) -> Option<&[Endpoint]> {
+        match &self.body.content {
+            Content::Endpoints(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Full validation: every field, the expiry window relative to `now_ms`, and the
+    /// signature. Nodes call this on every record from every source.
+    pub fn validate(&self, now_ms: u64, freshness: Freshness) -> Result<(), ValidationError> {
+        self.validate_fields()?;
+        self.validate_expiry(now_ms, freshness)?;
+        self.verify_signature()
+    }
+
+    /// Checks only the signature.
+    pub fn verify_signature(&self) -> Result<(), ValidationError> {
+        let vk = self
+            .body
+            .zone
+            .verifying_key()
+            .ok_or(ValidationError::BadZoneKey)?;
+        let msg = signing_message(&self.body.canonical_bytes());
+        vk.verify(&msg, &Signature::from_bytes(&self.signature))
+            .map_err(|_| ValidationError::BadSignature)
+    }
+
+    /// Checks the expiry window only.
+    pub fn validate_expiry(
+        &self,
+        now_ms: u64,
+        freshness: Freshness,
+    ) -> Result<(), ValidationError> {
+        let limit_ms = MAX_TTL_MS + MAX_CLOCK_SKEW_MS;
+        let ahead_ms = self.body.expires_at_ms.saturating_sub(now_ms);
+        if ahead_ms > limit_ms {
+            return Err(ValidationError::ExpiryTooFar { ahead_ms, limit_ms });
+        }
+        if freshness == Freshness::Publish && self.is_expired(now_ms) {
+            return Err(ValidationError::Expired);
+        }
+        Ok(())
+    }
+
+    /// Checks everything that does not depend on time or the signature.
+    pub fn validate_fields(&self) -> Result<(), ValidationError> {
+        let b = &self.body;
+        if b.seq == 0 {
+            return Err(ValidationError::ZeroSeq);
+        }
+        if b.zone.verifying_key().is_none() {
+            return Err(ValidationError::BadZoneKey);
+        }
+        if self.encode().len() > MAX_RECORD_BYTES {
+            // Only reachable for records built in memory; decode refuses such input earlier.
+            return Err(ValidationError::TooManyEndpoints {
+                got: self.endpoints().map_or(0, <[Endpoint]>::len),
+                limit: MAX_ENDPOINTS,
+            });
+        }
+        match b.label.as_str() {
+            STORAGE_OFFER_LABEL => match &b.content {
+                Content::StorageOffer(o) => validate_storage_offer(o),
+                Content::Tombstone => Ok(()),
+                _ => Err(ValidationError::ContentLabelMismatch(b.label.clone())),
+            },
+            COMPUTE_OFFER_LABEL => match &b.content {
+                Content::ComputeOffer(o) => validate_compute_offer(o),
+                Content::Tombstone => Ok(()),
+                _ => Err(ValidationError::ContentLabelMismatch(b.label.clone())),
+            },
+            label => {
+                validate_label(label)?;
+                match &b.content {
+                    Content::Endpoints(eps) => validate_endpoints(eps),
+                    Content::Tombstone => Ok(()),
+                    _ => Err(ValidationError::ContentLabelMismatch(b.label.clone())),
+                }
+            }
+        }
+    }
+}
+
+/// Batch-verifies signatures (ed25519-dalek `verify_batch`), about twice as fast per
+/// signature as one-by-one. `false` means at least one is bad: verify individually to find it.
+pub fn verify_batch(records: &[SignedRecord]) -> bool {
+    let mut messages = Vec::with_capacity(records.len());
+    let mut signatures = Vec::with_capacity(records.len());
+    let mut keys = Vec::with_capacity(records.len());
+    for r in records {
+        let Some(vk) = r.body.zone.verifying_key() else {
+            return false;
+        };
+        messages.push(signing_message(&r.body.canonical_bytes()));
+        signatures.push(Signature::from_bytes(&r.signature));
+        keys.push(vk);
+    }
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok()
+}
+
+/// A user label: 1-63 of `a-z 0-9 -`, not starting or ending with `-` (one DNS label).
+pub fn validate_label(label: &str) -> Result<(), ValidationError> {
+    let ok = !label.is_empty()
+        && label.len() <= MAX_LABEL_LEN
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::BadLabel(label.to_owned()))
+    }
+}
+
+fn validate_endpoints(eps: &[Endpoint]) -> Result<(), ValidationError> {
+    if eps.is_empty() {
+        return Err(ValidationError::EmptyEndpoints);
+    }
+    if eps.len() > MAX_ENDPOINTS {
+        return Err(ValidationError::TooManyEndpoints {
+            got: eps.len(),
+            limit: MAX_ENDPOINTS,
+        });
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for ep in eps {
+        ep.validate()?;
+        if !seen.insert((&ep.host, ep.port, ep.transport)) {
+            return Err(ValidationError::DuplicateEndpoint(ep.to_string()));
+        }
+    }
+    Ok(())
+}
+
+fn validate_region(region: &str) -> Result<(), ValidationError> {
+    if region.len() > MAX_REGION_LEN || region.chars().any(char::is_control) {
+        return Err(ValidationError::BadOffer(
+            "region too long or has control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_storage_offer(o: &StorageOffer) -> Result<(), ValidationError> {
+    if o.free_bytes > o.capacity_bytes {
+        return Err(ValidationError::BadOffer("free space exceeds capacity"));
+    }
+    validate_region(&o.region)
+}
+
+fn validate_compute_offer(o: &ComputeOffer) -> Result<(), ValidationError> {
+    if o.cores == 0 {
+        return Err(ValidationError::BadOffer(
+            "a compute offer needs at least one core",
+        ));
+    }
+    validate_region(&o.region)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn key() -> ZoneKey {
+        ZoneKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1))
+    }
+
+    fn body(key: &ZoneKey, eps: Vec<Endpoint>) -> RecordBody {
+        RecordBody {
+            zone: key.zone(),
+            label: "api".into(),
+            seq: 1,
+            expires_at_ms: 2_000_000,
+            content: Content::Endpoints(eps),
+        }
+    }
+
+    #[test]
+    fn empty_endpoint_set_cannot_be_signed() {
+        let k = key();
+        assert_eq!(
+            body(&k, vec![]).sign(&k).err(),
+            Some(ValidationError::EmptyEndpoints)
+        );
+    }
+
+    #[test]
+    fn endpoint_syntax_round_trips() {
+        for s in [
+            "127.0.0.1:80",
+            "[::1]:53/udp",
+            "db.example.com:5432@3",
+            "10.0.0.1:1/udp@2",
+        ] {
+            let ep: Endpoint = s.parse().expect("valid endpoint");
+            assert_eq!(ep.to_string(), s);
+        }
+        for bad in [
+            "127.0.0.1",
+            "::1:53",
+            "host:0",
+            "host:70000",
+            "-bad-:1",
+            "h:1/sctp",
+            "h:1@0",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn records_from_another_zone_key_do_not_verify() {
+        let k = key();
+        let other = ZoneKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(2));
+        let eps = vec!["127.0.0.1:80".parse().expect("valid")];
+        let mut rec = body(&k, eps.clone()).sign(&k).expect("signs");
+        let forged = body(&other, eps).sign(&other).expect("signs");
+        rec.signature = forged.signature;
+        assert_eq!(rec.verify_signature(), Err(ValidationError::BadSignature));
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_parsing() {
+        let big = vec![0u8; MAX_RECORD_BYTES + 1];
+        assert!(matches!(
+            SignedRecord::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let k = key();
+        let rec = body(&k, vec!["127.0.0.1:80".parse().expect("valid")])
+            .sign(&k)
+            .expect("signs");
+        let mut bytes = rec.encode();
+        bytes.push(0);
+        assert_eq!(
+            SignedRecord::decode(&bytes),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn expiry_windows_are_enforced() {
+        let k = key();
+        let rec = body(&k, vec!["127.0.0.1:80".parse().expect("valid")])
+            .sign(&k)
+            .expect("signs");
+        assert_eq!(
+            rec.validate(3_000_000, Freshness::Publish),
+            Err(ValidationError::Expired)
+        );
+        assert_eq!(rec.validate(3_000_000, Freshness::Replicate), Ok(()));
+        assert!(matches!(
+            rec.validate(0, Freshness::Replicate),
+            Ok(()) | Err(ValidationError::ExpiryTooFar { .. })
+        ));
+        let mut far = body(&k, vec!["127.0.0.1:80".parse().expect("valid")]);
+        far.expires_at_ms = MAX_TTL_MS * 3;
+        let far = far.sign(&k).expect("signs");
+        assert!(matches!(
+            far.validate(0, Freshness::Replicate),
+            Err(ValidationError::ExpiryTooFar { .. })
+        ));
+    }
+
+    #[test]
+    fn offers_must_sit_under_their_reserved_label() {
+        let k = key();
+        let offer = Content::StorageOffer(StorageOffer {
+            capacity_bytes: 10,
+            free_bytes: 5,
+            price_milli: 1,
+            region: "eu".into(),
+        });
+        let mut b = body(&k, vec![]);
+        b.content = offer.clone();
+        assert!(matches!(
+            b.clone().sign(&k),
+            Err(ValidationError::ContentLabelMismatch(_))
+        ));
+        b.label = STORAGE_OFFER_LABEL.into();
+        assert!(b.clone().sign(&k).is_ok());
+        b.label = "_anything".into();
+        assert!(matches!(b.sign(&k), Err(ValidationError::BadLabel(_))));
+    }
+}

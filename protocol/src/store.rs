@@ -1,0 +1,344 @@
+//! The store abstraction and its in-memory implementation.
+//!
+//! A store keeps, per name, an [`Entry`]: the floor (highest `(seq, hash)` ever accepted) and,
+//! unless compacted, the winning record's wire bytes. The floor is what makes dpin race-proof
+//! over time: expiry hides a record from answers and compaction may drop an old body, but
+//! neither lowers the floor, so a replayed or delayed older record is refused forever
+//! (implementations that persist must persist the floor too).
+//!
+//! [`Store`] has a handful of required methods (lookup, durable put, bucket listing, digest)
+//! and provides the logic — [`Store::apply`], [`Store::apply_batch`], [`Store::compact`],
+//! [`Store::resolve`] — so the node's durable store and the simulator's in-memory stores run
+//! exactly the same rules. [`MemStore`] keeps bodies as encoded bytes (memory ≈ encoded size
+//! plus a small fixed overhead) and maintains the anti-entropy digest incrementally.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use crate::digest::{bucket_of, entry_digest, StoreDigest, BUCKETS};
+use crate::error::ValidationError;
+use crate::merge::{decide, Decision, Floor, Outcome};
+use crate::record::{verify_batch, Freshness, SignedRecord};
+
+/// How long after expiry a record's body is kept before compaction may drop it (the floor is
+/// kept forever). Long enough that every replica has seen the expiry before anyone compacts,
+/// so peers do not keep re-sending bodies the other side already dropped.
+pub const COMPACTION_GRACE_MS: u64 = 24 * 3600 * 1000;
+
+/// What a store holds for one name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Highest accepted `(seq, hash)`; never decreases.
+    pub floor: Floor,
+    /// Expiry of the winning record (Unix ms).
+    pub expires_at_ms: u64,
+    /// Whether the winner is a tombstone.
+    pub tombstone: bool,
+    /// Wire bytes of the winning record; `None` once compacted.
+    pub bytes: Option<Box<[u8]>>,
+}
+
+impl Entry {
+    /// The entry for a freshly accepted record.
+    pub fn from_record(record: &SignedRecord) -> Self {
+        Entry {
+            floor: Floor {
+                seq: record.body.seq,
+                hash: record.content_hash(),
+            },
+            expires_at_ms: record.body.expires_at_ms,
+            tombstone: record.is_tombstone(),
+            bytes: Some(record.encode().into_boxed_slice()),
+        }
+    }
+
+    /// The winning record, if its body is still held and decodes (it was validated on entry).
+    pub fn record(&self) -> Option<SignedRecord> {
+        self.bytes
+            .as_deref()
+            .and_then(|b| SignedRecord::decode(b).ok())
+    }
+
+    /// Whether the name is live at `now_ms`: a non-tombstone winner that has not expired.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.bytes.is_some() && !self.tombstone && self.expires_at_ms > now_ms
+    }
+
+    /// Whether compaction may drop the body at `now_ms`.
+    pub fn is_compactable(&self, now_ms: u64) -> bool {
+        self.bytes.is_some() && self.expires_at_ms.saturating_add(COMPACTION_GRACE_MS) <= now_ms
+    }
+}
+
+/// Storage for entries, with the merge logic provided on top.
+pub trait Store {
+    /// Error of the durable layer (`Infallible` in memory).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The entry held for `name`.
+    fn entry(&self, name: &str) -> Option<&Entry>;
+
+    /// Makes `entry` the state of `name`. Implementations that persist must have made the
+    /// write durable when this returns `Ok`: callers acknowledge writers after it.
+    fn put_entry(&mut self, name: &str, entry: Entry) -> Result<(), Self::Error>;
+
+    /// Names and entries whose name hashes into `bucket`, in name order.
+    fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)>;
+
+    /// The current anti-entropy digest (covers entries that still hold a body).
+    fn digest(&self) -> StoreDigest;
+
+    /// Names whose bodies compaction may drop at `now_ms`.
+    fn compactable(&self, now_ms: u64) -> Vec<String>;
+
+    /// Number of names known (including compacted floors).
+    fn len(&self) -> usize;
+
+    /// Whether the store knows no name.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Validates `record` and merges it. `expected_seq` is compare-and-set: when given, the
+    /// record is only applied if the currently held seq equals it (0 = name unknown).
+    fn apply(
+        &mut self,
+        record: &SignedRecord,
+        now_ms: u64,
+        freshness: Freshness,
+        expected_seq: Option<u64>,
+    ) -> Result<Outcome, Self::Error> {
+        if let Err(e) = record
+            .validate_fields()
+            .and_then(|()| record.validate_expiry(now_ms, freshness))
+        {
+            return Ok(Outcome::Invalid(e));
+        }
+        apply_validated(self, record, false, expected_seq)
+    }
+
+    /// Merges many records, verifying their signatures as one batch (about twice the rate of
+    /// one-by-one verification). A batch with a bad signature falls back to checking each.
+    fn apply_batch(
+        &mut self,
+        records: &[SignedRecord],
+        now_ms: u64,
+        freshness: Freshness,
+    ) -> Result<Vec<Outcome>, Self::Error> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; records.len()];
+        let mut to_verify = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match r
+                .validate_fields()
+                .and_then(|()| r.validate_expiry(now_ms, freshness))
+            {
+                Ok(()) => to_verify.push(i),
+                Err(e) => outcomes[i] = Some(Outcome::Invalid(e)),
+            }
+        }
+        let batch: Vec<SignedRecord> = to_verify.iter().map(|&i| records[i].clone()).collect();
+        let all_good = !batch.is_empty() && verify_batch(&batch);
+        for &i in &to_verify {
+            outcomes[i] = Some(apply_validated(self, &records[i], all_good, None)?);
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Invalid(ValidationError::BadSignature)))
+            .collect())
+    }
+
+    /// The record to answer with for `name` at `now_ms`: only live (unexpired, not tombstoned)
+    /// winners are served.
+    fn resolve(&self, name: &str, now_ms: u64) -> Option<SignedRecord> {
+        self.entry(name)
+            .filter(|e| e.is_live(now_ms))
+            .and_then(Entry::record)
+    }
+
+    /// Drops the bodies of records expired for longer than [`COMPACTION_GRACE_MS`]. Keeps every
+    /// floor, and never touches a live name (its winner has not expired). Returns how many
+    /// bodies were dropped.
+    fn compact(&mut self, now_ms: u64) -> Result<usize, Self::Error> {
+        let names = self.compactable(now_ms);
+        let mut dropped = 0;
+        for name in names {
+            let Some(entry) = self.entry(&name) else {
+                continue;
+            };
+            if !entry.is_compactable(now_ms) {
+                continue;
+            }
+            let kept = Entry {
+                bytes: None,
+                ..entry.clone()
+            };
+            self.put_entry(&name, kept)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+}
+
+fn apply_validated<S: Store + ?Sized>(
+    store: &mut S,
+    record: &SignedRecord,
+    signature_verified: bool,
+    expected_seq: Option<u64>,
+) -> Result<Outcome, S::Error> {
+    let name = record.name();
+    let held = store.entry(&name).map(|e| e.floor);
+    if let Some(expected) = expected_seq {
+        let actual = held.map_or(0, |f| f.seq);
+        if actual != expected {
+            return Ok(Outcome::CasMismatch { expected, actual });
+        }
+    }
+    let incoming = Floor {
+        seq: record.body.seq,
+        hash: record.content_hash(),
+    };
+    let decision = decide(held, incoming);
+    // Exactly the same bytes as held: nothing can change, so skip the signature check (this is
+    // the common case for gossip duplicates).
+    if decision == Decision::Duplicate {
+        return Ok(Outcome::Duplicate);
+    }
+    if !signature_verified {
+        if let Err(e) = record.verify_signature() {
+            return Ok(Outcome::Invalid(e));
+        }
+    }
+    let have = held.map_or(0, |f| f.seq);
+    Ok(match decision {
+        Decision::Apply => {
+            store.put_entry(&name, Entry::from_record(record))?;
+            Outcome::Applied {
+                previous_seq: held.map(|f| f.seq),
+            }
+        }
+        Decision::ApplyConflict => {
+            store.put_entry(&name, Entry::from_record(record))?;
+            Outcome::Conflict {
+                seq: incoming.seq,
+                applied: true,
+            }
+        }
+        Decision::RejectConflict => Outcome::Conflict {
+            seq: incoming.seq,
+            applied: false,
+        },
+        Decision::Stale => Outcome::Stale {
+            have,
+            got: incoming.seq,
+        },
+        Decision::Duplicate => Outcome::Duplicate,
+    })
+}
+
+/// Map key ordered by (bucket, name) so one bucket is one contiguous range.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    bucket: u8,
+    name: Box<str>,
+}
+
+/// In-memory store: the reference implementation, used by the simulator, tests and as the
+/// node's read index in front of its durable log.
+#[derive(Clone, Debug)]
+pub struct MemStore {
+    entries: BTreeMap<Key, Entry>,
+    buckets: Box<[[u8; 32]; BUCKETS]>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            buckets: Box::new([[0u8; 32]; BUCKETS]),
+        }
+    }
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every name and entry, in (bucket, name) order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.entries.iter().map(|(k, e)| (&*k.name, e))
+    }
+
+    /// Names that are live at `now_ms`.
+    pub fn live_count(&self, now_ms: u64) -> usize {
+        self.entries.values().filter(|e| e.is_live(now_ms)).count()
+    }
+
+    fn toggle_digest(&mut self, bucket: u8, name: &str, entry: &Entry) {
+        if entry.bytes.is_some() {
+            let d = entry_digest(name, &entry.floor);
+            for (acc, b) in self.buckets[bucket as usize].iter_mut().zip(d.iter()) {
+                *acc ^= b;
+            }
+        }
+    }
+
+    /// Infallible form of [`Store::put_entry`].
+    pub fn insert(&mut self, name: &str, entry: Entry) {
+        let bucket = bucket_of(name);
+        let key = Key {
+            bucket,
+            name: name.into(),
+        };
+        if let Some(old) = self.entries.remove(&key) {
+            self.toggle_digest(bucket, name, &old);
+        }
+        self.toggle_digest(bucket, name, &entry);
+        self.entries.insert(key, entry);
+    }
+}
+
+impl Store for MemStore {
+    type Error = Infallible;
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(&Key {
+            bucket: bucket_of(name),
+            name: name.into(),
+        })
+    }
+
+    fn put_entry(&mut self, name: &str, entry: Entry) -> Result<(), Infallible> {
+        self.insert(name, entry);
+        Ok(())
+    }
+
+    fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)> {
+        let start = Key {
+            bucket,
+            name: "".into(),
+        };
+        self.entries
+            .range(start..)
+            .take_while(|(k, _)| k.bucket == bucket)
+            .map(|(k, e)| (&*k.name, e))
+            .collect()
+    }
+
+    fn digest(&self) -> StoreDigest {
+        StoreDigest::from_buckets(&self.buckets)
+    }
+
+    fn compactable(&self, now_ms: u64) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.is_compactable(now_ms))
+            .map(|(k, _)| k.name.to_string())
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
