@@ -1,2 +1,19 @@
-//! dpin node library (module map is filled in as modules land).
+//! # dpin-node — a dpin peer
+//!
+//! Module map:
+//! * [`net`] — the libp2p swarm (gossipsub, Kademlia, identify, ping, request-response,
+//!   connection limits) in one event loop, driven through a cloneable handle.
+//! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
+//! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
+//! * [`api`] — the HTTP API (axum).
+//! * [`client`] — the failover HTTP client the CLI uses.
+//! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
+//!
+//! The binary (`src/main.rs`) is the CLI: `keygen`, `node`, `publish`, `resolve`, `status`.
+
+pub mod api;
+pub mod client;
+pub mod identity;
 pub mod net;
+pub mod node;
+pub mod store;

@@ -1,1 +1,1597 @@
-//! placeholder
+//! Peer-to-peer networking for a dpin node: gossip, anti-entropy requests and peer discovery.
+//!
+//! # Shape
+//!
+//! One tokio task (the *event loop*) owns the libp2p [`Swarm`]; nothing else ever touches it.
+//! The rest of the node talks to it through a cloneable [`NetHandle`] that sends commands over
+//! a bounded channel and awaits a oneshot reply, and receives [`NetEvent`]s from a second
+//! bounded channel. This is the layout of rust-libp2p's `file-sharing` example: it keeps the
+//! swarm single-threaded (it is not `Sync`), makes every interaction explicit, and lets the
+//! node apply backpressure without locks.
+//!
+//! # Opaque bytes
+//!
+//! This layer carries opaque byte strings. It does not know the record format: every gossip
+//! message is handed to the node *before* it is forwarded (gossipsub `validate_messages`), and
+//! the node answers with [`NetHandle::report_validation`]. A message is therefore never relayed
+//! by a node that has not checked it, and an invalid message stops at the first honest hop.
+//!
+//! # Why the parameters look the way they do (see `/work/shared/FIELD-NOTES.md`)
+//!
+//! * Gossipsub's default mesh (D=6, D_lo=5) can never be satisfied by a 3-node cluster, so
+//!   the mesh is sized from [`NetConfig::expected_cluster_size`] (see [`MeshParams`]) and set
+//!   both as the default *and* per topic: the builder only checks the mesh invariants for
+//!   topics that have a per-topic transmit size, so we set one to get the check.
+//! * Gossipsub never dials. Discovery is Kademlia (server mode, its own protocol name so it
+//!   never mixes with the public IPFS DHT), fed by bootstrap addresses and by the listen
+//!   addresses identify reports; a maintenance tick dials routing-table peers we are not
+//!   connected to, up to a target below the connection limit (the rest is headroom for
+//!   inbound connections from newcomers).
+//! * Gossipsub only keeps connections alive while the peer is in the mesh, and ping never
+//!   does; an idle timeout would otherwise tear down the very connections the failure detector
+//!   and the mesh repair rely on. The idle timeout is long by design; connection *count* is
+//!   bounded by `connection_limits`, not by idleness.
+//! * Publishing when no subscribed peer is known yet (just after start) is *not* an error:
+//!   [`PublishStatus::NoPeers`] tells the caller the record was not sent, the durable store
+//!   plus anti-entropy covers it, and nobody may claim "published to the network" from it.
+//! * Every queue is bounded. When the event channel is full the loop never waits: gossip is
+//!   reported `Ignore` (no score penalty for the sender, the message is simply not relayed by
+//!   us) and counted, other events are counted and dropped; an inbound request whose event is
+//!   dropped has its response channel dropped, so the requester fails fast instead of waiting.
+//! * Message ids are the blake3 hash of the payload: identical records published by two nodes
+//!   are one message, so duplicates are suppressed by content rather than by sender/sequence.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::{future::BoxFuture, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::{
+    connection_limits::{self, ConnectionLimits},
+    core::transport::ListenerId,
+    gossipsub::{self, MessageAcceptance, MessageAuthenticity, ValidationMode},
+    identify,
+    identity::Keypair,
+    kad,
+    multiaddr::Protocol,
+    noise, ping,
+    request_response::{self, OutboundRequestId, ProtocolSupport},
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        NetworkBehaviour, SwarmEvent,
+    },
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, trace, warn};
+
+/// Protocol name of the anti-entropy request/response protocol.
+pub const SYNC_PROTOCOL: &str = "/dpin/sync/1";
+/// Kademlia protocol name: private to dpin so the DHT never merges with the public IPFS one.
+pub const KAD_PROTOCOL: &str = "/dpin/kad/1.0.0";
+/// Identify protocol version string advertised to peers.
+pub const IDENTIFY_PROTOCOL: &str = "/dpin/id/1.0.0";
+
+/// Capacity of the command channel (handle -> event loop). Callers wait when it is full,
+/// which is the backpressure we want for commands.
+const COMMAND_CHANNEL_CAPACITY: usize = 1024;
+/// Capacity of the event channel (event loop -> node). The loop never waits on it.
+const EVENT_CHANNEL_CAPACITY: usize = 4096;
+/// Outbound requests awaiting a response; beyond this `request` fails with `Busy`.
+const MAX_PENDING_REQUESTS: usize = 1024;
+/// Room for the signed gossipsub envelope around the payload (source peer id, sequence
+/// number, topic, 64-byte signature, protobuf tags). Ed25519 keys are derived from the peer
+/// id, so no inline key is sent; 1 KiB leaves a wide margin.
+const GOSSIP_ENVELOPE_OVERHEAD: usize = 1024;
+/// Lower bound of the gossipsub RPC frame size: control messages (IHAVE/IWANT lists) must fit
+/// even when records are small.
+const MIN_GOSSIP_FRAME: usize = 64 * 1024;
+/// How long `spawn` waits for the first listen address.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many identify-reported addresses per peer go into the routing table, so a
+/// peer cannot flood it.
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// Configuration of the network layer. Build it with [`NetConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Node identity; signs gossip and authenticates connections.
+    pub keypair: Keypair,
+    /// Addresses to listen on, e.g. `/ip4/127.0.0.1/tcp/0`, `/ip4/127.0.0.1/udp/0/quic-v1`.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap addresses: either ending in `/p2p/<peer id>` or bare (identify then tells us
+    /// who answered). Re-dialled while the node has no connection at all.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Gossipsub topic for records.
+    pub topic: String,
+    /// Largest payload accepted for gossip, requests and responses.
+    pub max_message_bytes: usize,
+    /// Total established connections (inbound + outbound).
+    pub max_connections: u32,
+    /// Established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Expected number of nodes in the cluster, used to size the gossipsub mesh.
+    pub expected_cluster_size: usize,
+    /// Interval between pings on each connection.
+    pub ping_interval: Duration,
+    /// Ping timeout; a timeout is reported as [`NetEvent::Ping`] with `rtt: None`.
+    pub ping_timeout: Duration,
+    /// Timeout of one outbound anti-entropy request.
+    pub request_timeout: Duration,
+    /// Connections no behaviour needs are closed after this long. Long on purpose (see the
+    /// module docs): connections are bounded by count, not by idleness.
+    pub idle_connection_timeout: Duration,
+    /// Period of the discovery/maintenance tick: dial known-but-unconnected peers, re-run a
+    /// Kademlia bootstrap while the cluster looks smaller than expected, re-dial bootstrap
+    /// addresses when isolated.
+    pub discovery_interval: Duration,
+}
+
+impl NetConfig {
+    /// Configuration with defaults suited to a small (2–5 node) cluster on a LAN.
+    pub fn new(keypair: Keypair, listen: Vec<Multiaddr>, bootstrap: Vec<Multiaddr>) -> Self {
+        Self {
+            keypair,
+            listen,
+            bootstrap,
+            topic: "dpin/records/1".to_owned(),
+            max_message_bytes: 64 * 1024,
+            max_connections: 128,
+            max_connections_per_peer: 2,
+            expected_cluster_size: 5,
+            ping_interval: Duration::from_millis(500),
+            ping_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            idle_connection_timeout: Duration::from_secs(3600),
+            discovery_interval: Duration::from_secs(2),
+        }
+    }
+
+    fn check(&self) -> Result<(), NetError> {
+        let bad = |what: &str| Err(NetError::InvalidConfig(what.to_owned()));
+        if self.listen.is_empty() {
+            return bad("no listen address");
+        }
+        if self.topic.is_empty() {
+            return bad("empty topic");
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > u32::MAX as usize {
+            return bad("max_message_bytes must be in 1..=u32::MAX");
+        }
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
+            return bad("connection limits must be at least 1");
+        }
+        if self.ping_interval.is_zero()
+            || self.ping_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.discovery_interval.is_zero()
+        {
+            return bad("intervals and timeouts must be non-zero");
+        }
+        Ok(())
+    }
+}
+
+/// Gossipsub mesh degree parameters derived from the expected cluster size.
+///
+/// Invariants (checked by gossipsub's builder, see FIELD-NOTES):
+/// `outbound_min <= n_low <= n <= n_high` and `2 * outbound_min <= n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshParams {
+    /// D: target mesh degree.
+    pub n: usize,
+    /// D_lo: graft more peers below this.
+    pub n_low: usize,
+    /// D_hi: prune peers above this.
+    pub n_high: usize,
+    /// D_out: minimum outbound peers kept in the mesh.
+    pub outbound_min: usize,
+}
+
+impl MeshParams {
+    /// Mesh sized for `cluster` nodes.
+    ///
+    /// * `n = clamp(cluster - 1, 2, 6)`: in a cluster of up to 7 nodes everyone is in
+    ///   everyone's mesh (a full mesh is the lowest-latency, most robust topology there, and
+    ///   with flood publishing it costs nothing extra); beyond that the standard D=6.
+    /// * `n_low = max(1, 2n/3)`: a 3-node cluster (2 peers) sits at or above D_lo instead of
+    ///   permanently below the default 5, so heartbeats do not keep trying to graft.
+    /// * `n_high = 2n`: never below `cluster - 1` for clusters up to 7, so small clusters are
+    ///   never pruned; the usual 12 for large ones.
+    /// * `outbound_min = min(2, n/2, n_low)`: satisfies both invariants.
+    pub fn for_cluster(cluster: usize) -> Self {
+        let n = cluster.saturating_sub(1).clamp(2, 6);
+        let n_low = (n * 2 / 3).max(1);
+        let n_high = n * 2;
+        let outbound_min = 2.min(n / 2).min(n_low);
+        Self {
+            n,
+            n_low,
+            n_high,
+            outbound_min,
+        }
+    }
+}
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The configuration is unusable.
+    #[error("invalid network configuration: {0}")]
+    InvalidConfig(String),
+    /// Building the transport or a behaviour failed.
+    #[error("failed to build the swarm: {0}")]
+    Build(String),
+    /// Listening on an address failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// Address that failed.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// No listener produced an address in time, or all listeners closed.
+    #[error("no listen address became available: {0}")]
+    NoListenAddr(String),
+    /// Dialing failed immediately.
+    #[error("dial failed: {0}")]
+    Dial(String),
+    /// The peer has no established connection; requests never dial implicitly.
+    #[error("peer {0} is not connected")]
+    NotConnected(PeerId),
+    /// A payload exceeds `max_message_bytes`.
+    #[error("payload of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// The request timed out.
+    #[error("request timed out")]
+    Timeout,
+    /// The connection closed before the response arrived.
+    #[error("connection closed before the response arrived")]
+    ConnectionClosed,
+    /// The request failed for another reason (unsupported protocol, I/O, oversize response).
+    #[error("request failed: {0}")]
+    RequestFailed(String),
+    /// Too many outbound requests are pending.
+    #[error("too many pending requests")]
+    Busy,
+    /// The response could not be sent: the requester is gone or the request timed out.
+    #[error("response channel closed")]
+    ResponseChannelClosed,
+    /// Gossipsub could not queue the message for any peer (all send queues full).
+    #[error("all peer send queues are full ({0} peers)")]
+    QueuesFull(usize),
+    /// Publishing failed (signing or encoding).
+    #[error("publish failed: {0}")]
+    Publish(String),
+    /// The event loop has stopped.
+    #[error("network event loop has shut down")]
+    Shutdown,
+}
+
+/// Outcome of [`NetHandle::publish`] when nothing went wrong locally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishStatus {
+    /// Handed to at least one subscribed peer.
+    Sent,
+    /// No subscribed peer known yet: *not* sent. Anti-entropy must carry the record.
+    NoPeers,
+    /// The same payload (same content hash) was already published or received recently; the
+    /// network already has it, so this is as good as `Sent`.
+    Duplicate,
+}
+
+/// The node's verdict on a gossip message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and forward.
+    Accept,
+    /// Invalid: drop and penalise the propagating peer.
+    Reject,
+    /// Not forwarded, no penalty (e.g. stale, or we could not check it now).
+    Ignore,
+}
+
+impl From<Verdict> for MessageAcceptance {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Accept => MessageAcceptance::Accept,
+            Verdict::Reject => MessageAcceptance::Reject,
+            Verdict::Ignore => MessageAcceptance::Ignore,
+        }
+    }
+}
+
+/// Where to send the answer to an inbound request; pass it to [`NetHandle::respond`].
+/// Dropping it makes the requester fail promptly.
+#[derive(Debug)]
+pub struct ResponseChannel(request_response::ResponseChannel<Vec<u8>>);
+
+/// Events delivered to the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A gossip message that must be validated; the node MUST answer with
+    /// [`NetHandle::report_validation`] (unanswered messages expire from gossipsub's cache
+    /// after about five seconds and are then never forwarded).
+    Gossip {
+        /// Peer that propagated the message to us (not necessarily its author).
+        source: PeerId,
+        /// Content-addressed message id (blake3 of `data`).
+        message_id: gossipsub::MessageId,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// An inbound anti-entropy request; answer with [`NetHandle::respond`].
+    Request {
+        /// Requesting peer.
+        peer: PeerId,
+        /// Request payload.
+        data: Vec<u8>,
+        /// Reply channel.
+        channel: ResponseChannel,
+    },
+    /// First connection to a peer established.
+    PeerConnected(PeerId),
+    /// Last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// Every ping outcome (for failure detection). `rtt` is `None` on failure or timeout.
+    Ping {
+        /// Pinged peer.
+        peer: PeerId,
+        /// Round-trip time, if the ping succeeded.
+        rtt: Option<Duration>,
+    },
+    /// A new local listen address.
+    ListenAddr(Multiaddr),
+}
+
+/// Counters of events the loop had to drop because the node did not keep up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Gossip messages dropped (and reported `Ignore`) because the event channel was full.
+    pub dropped_gossip: u64,
+    /// Other events dropped because the event channel was full or closed.
+    pub dropped_events: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    dropped_gossip: AtomicU64,
+    dropped_events: AtomicU64,
+}
+
+enum Command {
+    Publish {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<PublishStatus, NetError>>,
+    },
+    ReportValidation {
+        message_id: gossipsub::MessageId,
+        source: PeerId,
+        verdict: Verdict,
+        reply: oneshot::Sender<()>,
+    },
+    Request {
+        peer: PeerId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    Respond {
+        channel: ResponseChannel,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Cloneable handle to the network event loop.
+#[derive(Clone, Debug)]
+pub struct NetHandle {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    max_message_bytes: usize,
+    counters: Arc<Counters>,
+}
+
+impl NetHandle {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// Counters of dropped events.
+    pub fn stats(&self) -> NetStats {
+        NetStats {
+            dropped_gossip: self.counters.dropped_gossip.load(Ordering::Relaxed),
+            dropped_events: self.counters.dropped_events.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        rx.await.map_err(|_| NetError::Shutdown)
+    }
+
+    fn check_size(&self, data: &[u8]) -> Result<(), NetError> {
+        if data.len() > self.max_message_bytes {
+            return Err(NetError::TooLarge {
+                size: data.len(),
+                max: self.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes `data` on the gossip topic. `NoPeers` is not an error (see [`PublishStatus`]).
+    pub async fn publish(&self, data: Vec<u8>) -> Result<PublishStatus, NetError> {
+        self.check_size(&data)?;
+        self.call(|reply| Command::Publish { data, reply }).await?
+    }
+
+    /// Reports the node's verdict on a [`NetEvent::Gossip`]; `Accept` forwards it.
+    /// Succeeds even if the message already expired from the cache (it is then not forwarded).
+    pub async fn report_validation(
+        &self,
+        message_id: gossipsub::MessageId,
+        source: PeerId,
+        verdict: Verdict,
+    ) -> Result<(), NetError> {
+        self.call(|reply| Command::ReportValidation {
+            message_id,
+            source,
+            verdict,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a request to a connected peer and awaits its response. Fails fast (without
+    /// dialing) if the peer is not connected; fails after `request_timeout` otherwise.
+    pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.check_size(&data)?;
+        self.call(|reply| Command::Request { peer, data, reply })
+            .await?
+    }
+
+    /// Answers an inbound [`NetEvent::Request`].
+    pub async fn respond(&self, channel: ResponseChannel, data: Vec<u8>) -> Result<(), NetError> {
+        self.check_size(&data)?;
+        self.call(|reply| Command::Respond {
+            channel,
+            data,
+            reply,
+        })
+        .await?
+    }
+
+    /// Peers with at least one established connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        self.call(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// Current local listen addresses.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Starts dialing `addr` (with or without a `/p2p/` suffix). Returns once the dial is
+    /// started; [`NetEvent::PeerConnected`] reports success.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Stops the event loop and closes all connections. Other handles then get
+    /// [`NetError::Shutdown`]. (The loop also stops when every handle is dropped.)
+    pub async fn shutdown(&self) -> Result<(), NetError> {
+        self.call(|reply| Command::Shutdown { reply }).await
+    }
+}
+
+/// Length-capped codec for opaque request/response bytes. Each side writes its payload and
+/// closes its write half (request-response does so), so the payload is simply everything up
+/// to EOF; reading one byte more than the cap detects oversize payloads without buffering
+/// them. Hand-written instead of cbor because cbor+serde encodes `Vec<u8>` as an integer
+/// array (up to 2x bigger) and the trait is implemented without `async-trait` to avoid a
+/// dependency (this is what `#[async_trait]` expands to).
+#[derive(Clone, Debug)]
+struct SyncCodec {
+    max_bytes: usize,
+}
+
+async fn read_capped<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(max as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("payload exceeds {max} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    fn read_request<'a, 'b, 'c, 'f, T>(
+        &'a mut self,
+        _: &'b StreamProtocol,
+        io: &'c mut T,
+    ) -> BoxFuture<'f, io::Result<Vec<u8>>>
+    where
+        T: AsyncRead + Unpin + Send + 'f,
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(read_capped(io, self.max_bytes))
+    }
+
+    fn read_response<'a, 'b, 'c, 'f, T>(
+        &'a mut self,
+        _: &'b StreamProtocol,
+        io: &'c mut T,
+    ) -> BoxFuture<'f, io::Result<Vec<u8>>>
+    where
+        T: AsyncRead + Unpin + Send + 'f,
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(read_capped(io, self.max_bytes))
+    }
+
+    fn write_request<'a, 'b, 'c, 'f, T>(
+        &'a mut self,
+        _: &'b StreamProtocol,
+        io: &'c mut T,
+        req: Vec<u8>,
+    ) -> BoxFuture<'f, io::Result<()>>
+    where
+        T: AsyncWrite + Unpin + Send + 'f,
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move { io.write_all(&req).await })
+    }
+
+    fn write_response<'a, 'b, 'c, 'f, T>(
+        &'a mut self,
+        _: &'b StreamProtocol,
+        io: &'c mut T,
+        res: Vec<u8>,
+    ) -> BoxFuture<'f, io::Result<()>>
+    where
+        T: AsyncWrite + Unpin + Send + 'f,
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move { io.write_all(&res).await })
+    }
+}
+
+/// The composed behaviour. `limits` comes first so connections over the limit are denied
+/// before any other behaviour sets up state for them.
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    gossipsub:
+        gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
+    kademlia: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+}
+
+/// Builds the gossipsub configuration; separate so tests can check it for many sizes.
+fn gossipsub_config(
+    topic: &gossipsub::TopicHash,
+    max_message_bytes: usize,
+    cluster: usize,
+) -> Result<gossipsub::Config, NetError> {
+    let mesh = MeshParams::for_cluster(cluster);
+    let topic_max = max_message_bytes.saturating_add(GOSSIP_ENVELOPE_OVERHEAD);
+    let frame_max = topic_max.max(MIN_GOSSIP_FRAME);
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Strict)
+        // Nothing is forwarded before the node's verdict.
+        .validate_messages()
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
+        })
+        // Frame cap for whole RPCs (control messages included) ...
+        .max_transmit_size(frame_max)
+        // ... and the per-message cap for our topic. Setting a per-topic size is also what
+        // makes the builder check the mesh invariants for this topic.
+        .max_transmit_size_for_topic(topic_max, topic.clone())
+        .mesh_n(mesh.n)
+        .mesh_n_low(mesh.n_low)
+        .mesh_n_high(mesh.n_high)
+        .mesh_outbound_min(mesh.outbound_min)
+        .mesh_n_for_topic(mesh.n, topic.clone())
+        .mesh_n_low_for_topic(mesh.n_low, topic.clone())
+        .mesh_n_high_for_topic(mesh.n_high, topic.clone())
+        .mesh_outbound_min_for_topic(mesh.outbound_min, topic.clone())
+        .gossip_lazy(mesh.n)
+        // 500 ms heartbeats repair the mesh quickly after a peer dies; the first one comes
+        // soon after start instead of the default 5 s so IHAVE gossip starts early.
+        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        // Keep the default *time* windows (5 s of history, 3 s gossiped) at 2 ticks/second.
+        .history_length(10)
+        .history_gossip(6)
+        .build()
+        .map_err(|e| NetError::Build(format!("gossipsub config: {e}")))
+}
+
+fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let local_peer_id = config.keypair.public().to_peer_id();
+    let topic = gossipsub::IdentTopic::new(config.topic.clone());
+
+    let gs_config = gossipsub_config(
+        &topic.hash(),
+        config.max_message_bytes,
+        config.expected_cluster_size,
+    )?;
+    // Track only our topic's subscriptions: a peer cannot make us store unbounded topic lists.
+    let filter = gossipsub::WhitelistSubscriptionFilter(HashSet::from([topic.hash()]));
+    let mut gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+        MessageAuthenticity::Signed(config.keypair.clone()),
+        gs_config,
+        filter,
+    )
+    .map_err(|e| NetError::Build(format!("gossipsub: {e}")))?;
+    gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetError::Build(format!("subscribe: {e:?}")))?;
+
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    // Periodic refresh is a backstop; the maintenance tick bootstraps more eagerly while the
+    // cluster looks incomplete.
+    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    kad_config.set_query_timeout(Duration::from_secs(10));
+    let mut kademlia = kad::Behaviour::with_config(
+        local_peer_id,
+        kad::store::MemoryStore::new(local_peer_id),
+        kad_config,
+    );
+    // Server mode explicitly: otherwise kad waits for a confirmed external address, which
+    // never comes on a LAN/loopback cluster, and nobody would answer our queries.
+    kademlia.set_mode(Some(kad::Mode::Server));
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), config.keypair.public())
+            .with_push_listen_addr_updates(true),
+    );
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(config.ping_interval)
+            .with_timeout(config.ping_timeout),
+    );
+    let sync = request_response::Behaviour::with_codec(
+        SyncCodec {
+            max_bytes: config.max_message_bytes,
+        },
+        [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(256),
+    );
+    let limits = connection_limits::Behaviour::new(
+        ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(config.max_connections))
+            .with_max_pending_outgoing(Some(config.max_connections)),
+    );
+    let behaviour = Behaviour {
+        limits,
+        gossipsub,
+        kademlia,
+        identify,
+        ping,
+        sync,
+    };
+
+    let idle = config.idle_connection_timeout;
+    let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Build(format!("tcp: {e}")))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NetError::Build(format!("dns: {e}")))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| NetError::Build(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}
+
+/// Splits a trailing `/p2p/<peer id>` off an address.
+fn split_peer_id(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    let mut base = addr.clone();
+    match base.pop() {
+        Some(Protocol::P2p(peer)) => (base, Some(peer)),
+        _ => (addr.clone(), None),
+    }
+}
+
+/// Builds the swarm, listens, waits for the first listen address, dials the bootstrap peers
+/// and spawns the event loop. Returns the handle and the event receiver.
+pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    config.check()?;
+    let mut swarm = build_swarm(&config)?;
+    let local_peer_id = *swarm.local_peer_id();
+
+    let mut listeners = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        listeners.insert(id);
+    }
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+    let counters = Arc::new(Counters::default());
+    let max_conns = config.max_connections as usize;
+    let mut event_loop = EventLoop {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        topic: gossipsub::IdentTopic::new(config.topic.clone()).hash(),
+        max_message_bytes: config.max_message_bytes,
+        // Keep a quarter of the slots for inbound connections, so newcomers can still join
+        // a network where everyone has dialled out to the limit.
+        dial_target: (max_conns - max_conns / 4).max(1),
+        cluster_peers: config.expected_cluster_size.saturating_sub(1).max(1),
+        bootstrap: config.bootstrap.clone(),
+        pending_requests: HashMap::new(),
+        counters: counters.clone(),
+        listeners,
+    };
+
+    event_loop.wait_for_listen_addr().await?;
+    event_loop.dial_bootstrap();
+
+    let handle = NetHandle {
+        commands: cmd_tx,
+        local_peer_id,
+        max_message_bytes: config.max_message_bytes,
+        counters,
+    };
+    let discovery_interval = config.discovery_interval;
+    tokio::spawn(event_loop.run(discovery_interval));
+    Ok((handle, ev_rx))
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    topic: gossipsub::TopicHash,
+    max_message_bytes: usize,
+    /// Stop dialing discovered peers at this many established connections.
+    dial_target: usize,
+    /// Peers we expect in the cluster; bootstrap eagerly while we see fewer.
+    cluster_peers: usize,
+    bootstrap: Vec<Multiaddr>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>>,
+    counters: Arc<Counters>,
+    /// Listeners still open (used at start-up to fail if all of them die).
+    listeners: HashSet<ListenerId>,
+}
+
+impl EventLoop {
+    async fn wait_for_listen_addr(&mut self) -> Result<(), NetError> {
+        let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+        let mut last_error = String::from("timed out");
+        while self.swarm.listeners().next().is_none() {
+            if self.listeners.is_empty() {
+                return Err(NetError::NoListenAddr(last_error));
+            }
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => {
+                    if let SwarmEvent::ListenerClosed {
+                        reason: Err(ref e), ..
+                    } = event
+                    {
+                        last_error = e.to_string();
+                    }
+                    self.handle_swarm_event(event);
+                }
+                Err(_) => return Err(NetError::NoListenAddr(last_error)),
+            }
+        }
+        Ok(())
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.bootstrap.clone() {
+            let (base, peer) = split_peer_id(&addr);
+            let result = match peer {
+                Some(peer) if peer == *self.swarm.local_peer_id() => continue,
+                Some(peer) => {
+                    self.swarm
+                        .behaviour_mut()
+                        .kademlia
+                        .add_address(&peer, base.clone());
+                    self.swarm.dial(
+                        DialOpts::peer_id(peer)
+                            .addresses(vec![base])
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build(),
+                    )
+                }
+                // Bare address: identify tells us who it is once connected, and kad then
+                // inserts the peer (we are the dialer, so its address is known).
+                None => self.swarm.dial(addr.clone()),
+            };
+            match result {
+                Ok(()) => debug!(%addr, "dialing bootstrap peer"),
+                Err(e) => warn!(%addr, error = %e, "cannot dial bootstrap peer"),
+            }
+        }
+        // Fails with NoKnownPeers if only bare addresses were given; the maintenance tick
+        // retries once a connection exists.
+        if let Err(e) = self.swarm.behaviour_mut().kademlia.bootstrap() {
+            debug!(error = %e, "kademlia bootstrap not started yet");
+        }
+    }
+
+    async fn run(mut self, discovery_interval: Duration) {
+        let mut tick = tokio::time::interval(discovery_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.handle_command(command),
+                    // Every handle dropped: nobody can use the network any more.
+                    None => break,
+                },
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+        info!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
+        // Dropping `self` fails pending requests (their senders drop: NetError::Shutdown)
+        // and closes all connections.
+    }
+
+    fn num_established(&self) -> usize {
+        self.swarm
+            .network_info()
+            .connection_counters()
+            .num_established() as usize
+    }
+
+    /// Dial `peer` if we are below the dial target and not already connected or dialing.
+    fn maybe_dial(&mut self, peer: PeerId) {
+        if peer == *self.swarm.local_peer_id()
+            || self.swarm.is_connected(&peer)
+            || self.num_established() >= self.dial_target
+        {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => debug!(%peer, "dialing discovered peer"),
+            Err(e) => debug!(%peer, error = %e, "not dialing discovered peer"),
+        }
+    }
+
+    /// Periodic maintenance: connect to every routing-table peer we are not connected to (up
+    /// to the target), bootstrap while the cluster looks incomplete, and re-dial bootstrap
+    /// addresses when isolated (e.g. the bootstrap node started after us).
+    fn maintain(&mut self) {
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kademlia
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|entry| *entry.node.key.preimage())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for peer in known {
+            self.maybe_dial(peer);
+        }
+
+        let connected = self.swarm.connected_peers().count();
+        if connected == 0 && !self.bootstrap.is_empty() {
+            self.dial_bootstrap();
+        } else if connected > 0 && connected < self.cluster_peers.min(self.dial_target) {
+            if let Err(e) = self.swarm.behaviour_mut().kademlia.bootstrap() {
+                debug!(error = %e, "kademlia bootstrap skipped");
+            }
+        }
+    }
+
+    /// Sends an event without ever waiting; returns false (and counts) if it was dropped.
+    fn emit(&self, event: NetEvent) -> bool {
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(e) => {
+                let n = self.counters.dropped_events.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(dropped = n, reason = %e, "event channel unavailable, dropping events");
+                }
+                false
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { data, reply } => {
+                let result = match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), data)
+                {
+                    Ok(id) => {
+                        debug!(message_id = %id, "published");
+                        Ok(PublishStatus::Sent)
+                    }
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        debug!("publish: no subscribed peers yet");
+                        Ok(PublishStatus::NoPeers)
+                    }
+                    Err(gossipsub::PublishError::Duplicate) => Ok(PublishStatus::Duplicate),
+                    Err(gossipsub::PublishError::AllQueuesFull(n)) => Err(NetError::QueuesFull(n)),
+                    Err(gossipsub::PublishError::MessageTooLarge) => Err(NetError::TooLarge {
+                        size: 0,
+                        max: self.max_message_bytes,
+                    }),
+                    Err(e) => Err(NetError::Publish(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::ReportValidation {
+                message_id,
+                source,
+                verdict,
+                reply,
+            } => {
+                let known = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &source, verdict.into());
+                if !known {
+                    debug!(%message_id, "validation result for a message no longer cached");
+                }
+                let _ = reply.send(());
+            }
+            Command::Request { peer, data, reply } => {
+                let result = if !self.swarm.is_connected(&peer) {
+                    // request-response would dial on its own; we fail fast instead so the
+                    // anti-entropy loop picks another peer.
+                    Err(NetError::NotConnected(peer))
+                } else if self.pending_requests.len() >= MAX_PENDING_REQUESTS {
+                    Err(NetError::Busy)
+                } else {
+                    let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
+                    self.pending_requests.insert(id, reply);
+                    return;
+                };
+                let _ = reply.send(result);
+            }
+            Command::Respond {
+                channel,
+                data,
+                reply,
+            } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel.0, data)
+                    .map_err(|_| NetError::ResponseChannelClosed);
+                let _ = reply.send(result);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial { addr, reply } => {
+                let (base, peer) = split_peer_id(&addr);
+                let result = match peer {
+                    Some(peer) => {
+                        self.swarm
+                            .behaviour_mut()
+                            .kademlia
+                            .add_address(&peer, base.clone());
+                        self.swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![base]).build())
+                    }
+                    None => self.swarm.dial(addr),
+                };
+                let _ = reply.send(result.map_err(|e| NetError::Dial(e.to_string())));
+            }
+            // Handled in `run` because it ends the loop.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossipsub(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kademlia(e)) => self.on_kademlia(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                if let Err(ref failure) = e.result {
+                    debug!(peer = %e.peer, %failure, "ping failed");
+                }
+                self.emit(NetEvent::Ping {
+                    peer: e.peer,
+                    rtt: e.result.ok(),
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.emit(NetEvent::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if num_established == 0 {
+                    info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                    self.emit(NetEvent::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.emit(NetEvent::ListenAddr(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                info!(%address, "listen address expired");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                self.listeners.remove(&listener_id);
+                match reason {
+                    Ok(()) => info!(?listener_id, "listener closed"),
+                    Err(e) => warn!(?listener_id, error = %e, "listener failed"),
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!(%error, "incoming connection failed");
+            }
+            other => trace!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn on_gossipsub(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                // Gossipsub already capped the envelope; this enforces the exact payload
+                // contract. A compliant node never publishes more, so it is a violation.
+                let verdict = if message.topic != self.topic
+                    || message.data.len() > self.max_message_bytes
+                {
+                    Some(MessageAcceptance::Reject)
+                } else {
+                    let event = NetEvent::Gossip {
+                        source: propagation_source,
+                        message_id: message_id.clone(),
+                        data: message.data,
+                    };
+                    match self.events.try_send(event) {
+                        Ok(()) => None,
+                        Err(_) => {
+                            let n =
+                                self.counters.dropped_gossip.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                warn!(dropped = n, "node not keeping up, ignoring gossip");
+                            }
+                            // Ignore, not Reject: the sender did nothing wrong.
+                            Some(MessageAcceptance::Ignore)
+                        }
+                    }
+                };
+                if let Some(acceptance) = verdict {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            acceptance,
+                        );
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                debug!(peer = %peer_id, %topic, "peer subscribed");
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                debug!(peer = %peer_id, %topic, "peer unsubscribed");
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                debug!(peer = %peer_id, "peer does not support gossipsub");
+            }
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
+                debug!(peer = %peer_id, ?failed_messages, "slow gossipsub peer");
+            }
+        }
+    }
+
+    fn on_kademlia(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated {
+                peer, is_new_peer, ..
+            } => {
+                if is_new_peer {
+                    debug!(%peer, "kademlia: new peer in routing table");
+                }
+                self.maybe_dial(peer);
+            }
+            kad::Event::OutboundQueryProgressed { result, .. } => match result {
+                kad::QueryResult::Bootstrap(Ok(ok)) => {
+                    debug!(peer = %ok.peer, remaining = ok.num_remaining, "kademlia bootstrap step");
+                }
+                kad::QueryResult::Bootstrap(Err(e)) => debug!(error = %e, "kademlia bootstrap"),
+                other => trace!(result = ?other, "kademlia query"),
+            },
+            other => trace!(event = ?other, "kademlia event"),
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            debug!(peer = %peer_id, addrs = ?info.listen_addrs, "identified peer");
+            // Only kad-capable peers belong in the routing table; their *listen* addresses
+            // (not the ephemeral port they dialled us from) make them reachable for others.
+            let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+            if info.protocols.contains(&kad_protocol) {
+                for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kademlia
+                        .add_address(&peer_id, addr);
+                }
+            }
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    // If dropped, `channel` is dropped with it and the requester fails fast.
+                    self.emit(NetEvent::Request {
+                        peer,
+                        data: request,
+                        channel: ResponseChannel(channel),
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "sync request failed");
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let err = match error {
+                        request_response::OutboundFailure::Timeout => NetError::Timeout,
+                        request_response::OutboundFailure::ConnectionClosed => {
+                            NetError::ConnectionClosed
+                        }
+                        request_response::OutboundFailure::DialFailure => {
+                            NetError::NotConnected(peer)
+                        }
+                        other => NetError::RequestFailed(other.to_string()),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "inbound sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use anyhow::{anyhow, bail, Context};
+    use std::future::Future;
+    use tokio::time::Instant;
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    type VerdictFn = Arc<dyn Fn(&[u8]) -> Verdict + Send + Sync>;
+
+    struct TestNode {
+        handle: NetHandle,
+        /// Payloads of gossip delivered to this node (after the verdict was reported).
+        gossip: mpsc::UnboundedReceiver<Vec<u8>>,
+        driver: tokio::task::JoinHandle<()>,
+    }
+
+    impl TestNode {
+        fn id(&self) -> PeerId {
+            self.handle.local_peer_id()
+        }
+
+        /// A TCP listen address with `/p2p/<id>`, for others to bootstrap from.
+        async fn p2p_addr(&self) -> anyhow::Result<Multiaddr> {
+            let addrs = self.handle.listen_addrs().await?;
+            let tcp = addrs
+                .into_iter()
+                .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+                .context("no tcp listen address")?;
+            Ok(tcp.with(Protocol::P2p(self.id())))
+        }
+
+        async fn connected_to(&self, peer: PeerId) -> bool {
+            self.handle
+                .connected_peers()
+                .await
+                .map(|p| p.contains(&peer))
+                .unwrap_or(false)
+        }
+    }
+
+    fn test_config(bootstrap: Vec<Multiaddr>) -> NetConfig {
+        let mut config = NetConfig::new(
+            Keypair::generate_ed25519(),
+            vec![
+                "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+                "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+            ],
+            bootstrap,
+        );
+        config.expected_cluster_size = 3;
+        config.discovery_interval = Duration::from_millis(500);
+        config
+    }
+
+    /// Spawns a node plus a driver task that plays the role of the dpin node: it answers
+    /// every gossip with `verdict(data)` and every request with `b"re:" + data`.
+    async fn start(config: NetConfig, verdict: VerdictFn) -> anyhow::Result<TestNode> {
+        let (handle, mut events) = spawn(config).await?;
+        let (gossip_tx, gossip) = mpsc::unbounded_channel();
+        let h = handle.clone();
+        let driver = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                match event {
+                    NetEvent::Gossip {
+                        source,
+                        message_id,
+                        data,
+                    } => {
+                        let v = verdict(&data);
+                        if h.report_validation(message_id, source, v).await.is_err() {
+                            return;
+                        }
+                        let _ = gossip_tx.send(data);
+                    }
+                    NetEvent::Request { data, channel, .. } => {
+                        let mut reply = b"re:".to_vec();
+                        reply.extend_from_slice(&data);
+                        let _ = h.respond(channel, reply).await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(TestNode {
+            handle,
+            gossip,
+            driver,
+        })
+    }
+
+    fn accept_all() -> VerdictFn {
+        Arc::new(|_| Verdict::Accept)
+    }
+
+    /// Polls `check` until it holds or the deadline passes (the poll period is not an
+    /// assertion; the deadline is).
+    async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + DEADLINE;
+        while !check().await {
+            if Instant::now() > deadline {
+                bail!("timed out waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes, retrying while no subscribed peer is known yet.
+    async fn publish_when_ready(node: &TestNode, data: &[u8]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match node.handle.publish(data.to_vec()).await? {
+                PublishStatus::Sent => return Ok(()),
+                PublishStatus::Duplicate => bail!("unexpected duplicate"),
+                PublishStatus::NoPeers if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                PublishStatus::NoPeers => bail!("no subscribed peers before the deadline"),
+            }
+        }
+    }
+
+    /// Waits until `node` has received every payload in `want` (in any order), returning
+    /// everything received meanwhile.
+    async fn receive_all(node: &mut TestNode, want: &[&[u8]]) -> anyhow::Result<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        while !want.iter().all(|w| seen.iter().any(|s| s == w)) {
+            let got = tokio::time::timeout_at(deadline, node.gossip.recv())
+                .await
+                .map_err(|_| anyhow!("{} did not receive all of {want:?}", node.id()))?
+                .context("driver stopped")?;
+            seen.push(got);
+        }
+        Ok(seen)
+    }
+
+    async fn receive(node: &mut TestNode, want: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+        receive_all(node, &[want]).await
+    }
+
+    #[test]
+    fn mesh_params_valid_for_all_sizes() {
+        for cluster in 0..=500 {
+            let m = MeshParams::for_cluster(cluster);
+            assert!(m.outbound_min <= m.n_low, "{cluster}: {m:?}");
+            assert!(m.n_low <= m.n && m.n <= m.n_high, "{cluster}: {m:?}");
+            assert!(2 * m.outbound_min <= m.n, "{cluster}: {m:?}");
+            assert!(m.n_low >= 1);
+            if (2..=7).contains(&cluster) {
+                // Small clusters: full mesh, never pruned, never permanently under D_lo.
+                assert!(m.n_high >= cluster - 1, "{cluster}: {m:?}");
+                assert!(m.n_low < cluster, "{cluster}: {m:?}");
+            }
+            let topic = gossipsub::IdentTopic::new("t").hash();
+            gossipsub_config(&topic, 100, cluster).expect("config builds");
+        }
+        assert_eq!(
+            MeshParams::for_cluster(3),
+            MeshParams {
+                n: 2,
+                n_low: 1,
+                n_high: 4,
+                outbound_min: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn gossip_reaches_all_and_kademlia_connects_bootstrap_siblings() -> anyhow::Result<()> {
+        let mut a = start(test_config(vec![]), accept_all()).await?;
+        let a_addr = a.p2p_addr().await?;
+        let mut b = start(test_config(vec![a_addr.clone()]), accept_all()).await?;
+        let mut c = start(test_config(vec![a_addr]), accept_all()).await?;
+
+        // C was only told about A: it can only reach B through Kademlia discovery.
+        eventually("C connected to B", || c.connected_to(b.id())).await?;
+
+        let payload = b"record from B".to_vec();
+        publish_when_ready(&b, &payload).await?;
+        receive(&mut a, &payload).await?;
+        receive(&mut c, &payload).await?;
+        // B published it: it must not come back to B as a gossip to validate.
+        assert!(b.gossip.try_recv().is_err());
+
+        // Republishing identical bytes is content-deduplicated, not an error.
+        assert_eq!(b.handle.publish(payload).await?, PublishStatus::Duplicate);
+        assert_eq!(a.handle.stats(), NetStats::default());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn request_response_round_trip_and_fail_fast() -> anyhow::Result<()> {
+        let a = start(test_config(vec![]), accept_all()).await?;
+        let mut b_config = test_config(vec![a.p2p_addr().await?]);
+        // Long timeout: a fast failure below cannot be the timeout firing.
+        b_config.request_timeout = Duration::from_secs(10);
+        b_config.max_message_bytes = 1000;
+        let b = start(b_config, accept_all()).await?;
+        eventually("B connected to A", || b.connected_to(a.id())).await?;
+
+        let reply = b.handle.request(a.id(), b"digest?".to_vec()).await?;
+        assert_eq!(reply, b"re:digest?");
+        let reply = a.handle.request(b.id(), Vec::new()).await?;
+        assert_eq!(reply, b"re:");
+
+        match b.handle.request(a.id(), vec![0; 1001]).await {
+            Err(NetError::TooLarge {
+                size: 1001,
+                max: 1000,
+            }) => {}
+            other => bail!("expected TooLarge, got {other:?}"),
+        }
+
+        let started = Instant::now();
+        let unknown = PeerId::random();
+        match b.handle.request(unknown, b"x".to_vec()).await {
+            Err(NetError::NotConnected(p)) if p == unknown => {}
+            other => bail!("expected NotConnected, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        // Stop A; once B has noticed, a request to A must fail fast too.
+        a.handle.shutdown().await?;
+        assert!(matches!(
+            a.handle.connected_peers().await,
+            Err(NetError::Shutdown)
+        ));
+        eventually("B notices A is gone", || async {
+            !b.connected_to(a.id()).await
+        })
+        .await?;
+        let started = Instant::now();
+        match b.handle.request(a.id(), b"x".to_vec()).await {
+            Err(NetError::NotConnected(_)) => {}
+            other => bail!("expected NotConnected, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        a.driver.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn rejected_gossip_is_not_forwarded() -> anyhow::Result<()> {
+        // Line topology A - B - C: C accepts a single connection, so everything C gets must
+        // have been forwarded by B, and B rejects payloads starting with "bad".
+        let mut a = start(test_config(vec![]), accept_all()).await?;
+        let mut b = start(
+            test_config(vec![a.p2p_addr().await?]),
+            Arc::new(|d: &[u8]| {
+                if d.starts_with(b"bad") {
+                    Verdict::Reject
+                } else {
+                    Verdict::Accept
+                }
+            }),
+        )
+        .await?;
+        let mut c_config = test_config(vec![b.p2p_addr().await?]);
+        c_config.max_connections = 1;
+        c_config.max_connections_per_peer = 1;
+        let mut c = start(c_config, accept_all()).await?;
+        eventually("B connected to A", || b.connected_to(a.id())).await?;
+        eventually("C connected to B", || c.connected_to(b.id())).await?;
+
+        // Warm up until the A -> B -> C path demonstrably forwards accepted messages.
+        let deadline = Instant::now() + DEADLINE;
+        let mut i = 0;
+        loop {
+            let warm = format!("warm-{i}").into_bytes();
+            publish_when_ready(&a, &warm).await?;
+            if tokio::time::timeout(Duration::from_secs(2), receive(&mut c, &warm))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("path A-B-C never forwarded");
+            }
+            i += 1;
+        }
+
+        publish_when_ready(&a, b"bad-1").await?;
+        publish_when_ready(&a, b"good-1").await?;
+        publish_when_ready(&a, b"good-2").await?;
+        // B saw (and rejected) the bad one; A also delivered the good ones to B.
+        receive_all(&mut b, &[b"bad-1", b"good-1", b"good-2"]).await?;
+        let at_c = receive_all(&mut c, &[b"good-1", b"good-2"]).await?;
+        assert!(
+            !at_c.iter().any(|d| d == b"bad-1"),
+            "rejected message was forwarded to C"
+        );
+        assert_eq!(c.handle.connected_peers().await?, vec![b.id()]);
+        while a.gossip.try_recv().is_ok() {}
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! HTTP API (axum). JSON in, JSON out; errors are `{"error": kind, "message": text}` with the
+//! status codes of SPEC §5. Routes:
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/publish` | body `{"record": HEX, "if_seq": N?}`: apply a signed record, then gossip it |
+//! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`) |
+//! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it |
+//! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest |
+//! | GET | `/metrics` | counters in Prometheus text format |
+//!
+//! Bodies over [`MAX_BODY_BYTES`] get 413 before they are read in full.
+
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dpin_protocol::store::Store;
+use dpin_protocol::{Endpoint, Outcome, SignedRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::net::PublishStatus;
+use crate::node::{now_ms, Node};
+
+/// Largest request body accepted: a hex-encoded 4 KiB record plus JSON framing.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A JSON error with its HTTP status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.kind, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+/// Publish request body.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct PublishBody {
+    /// The signed record's wire bytes, hex.
+    pub record: String,
+    /// Compare-and-set: apply only if the held seq equals this (0 = name unknown).
+    #[serde(default)]
+    pub if_seq: Option<u64>,
+}
+
+/// One endpoint in a resolve answer.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct EndpointJson {
+    /// IP literal or hostname.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub transport: String,
+    /// Selection weight.
+    pub weight: u16,
+    /// Whether the endpoint is believed reachable.
+    pub healthy: bool,
+}
+
+impl EndpointJson {
+    /// JSON form of a record endpoint.
+    pub fn from_endpoint(e: &Endpoint, healthy: bool) -> Self {
+        Self {
+            host: e.host.to_string(),
+            port: e.port,
+            transport: e.transport.as_str().to_owned(),
+            weight: e.weight,
+            healthy,
+        }
+    }
+}
+
+/// Normalises a user-supplied name: lowercase, no trailing dot, optional `.dpin` suffix.
+pub fn normalize_name(raw: &str) -> Result<String, ApiError> {
+    let n = raw.trim_end_matches('.').to_ascii_lowercase();
+    let n = n.strip_suffix(".dpin").unwrap_or(&n).to_owned();
+    let Some((label, zone)) = n.split_once('.') else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("{raw:?} is not LABEL.ZONE"),
+        ));
+    };
+    if label.is_empty() || zone.parse::<dpin_protocol::ZoneId>().is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            format!("{raw:?} is not LABEL.ZONE with a 52-character zone id"),
+        ));
+    }
+    Ok(n)
+}
+
+/// The router, with state.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/v1/publish", post(publish))
+        .route("/v1/resolve/{name}", get(resolve))
+        .route("/v1/seq/{name}", get(seq))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+/// Serves the API on `addr` until the process ends.
+pub async fn serve(node: Node, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).await
+}
+
+/// Binds the API listener (separately, so bind errors are reported at start-up).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+async fn publish(
+    State(node): State<Node>,
+    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "too_large",
+                format!("body over {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text())
+        }
+    })?;
+    let bytes = hex::decode(body.record.trim())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_hex", e.to_string()))?;
+    let record = SignedRecord::decode(&bytes).map_err(|e| match e {
+        dpin_protocol::DecodeError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        }
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_record", e.to_string()),
+    })?;
+    let name = record.name();
+    let seq = record.body.seq;
+    let result = node
+        .publish(record, body.if_seq)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+    let gossip = match result.gossip {
+        Some(PublishStatus::Sent) => "sent",
+        Some(PublishStatus::NoPeers) => "no_peers",
+        Some(PublishStatus::Duplicate) => "duplicate",
+        None => "none",
+    };
+    match result.outcome {
+        Outcome::Applied { previous_seq } => Ok(Json(json!({
+            "name": name, "seq": seq, "outcome": "applied",
+            "previous_seq": previous_seq, "gossip": gossip,
+        }))),
+        Outcome::Duplicate => Ok(Json(json!({
+            "name": name, "seq": seq, "outcome": "duplicate", "gossip": gossip,
+        }))),
+        Outcome::Conflict { applied: true, .. } => Ok(Json(json!({
+            "name": name, "seq": seq, "outcome": "conflict_won", "gossip": gossip,
+        }))),
+        Outcome::Conflict { applied: false, .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{name} already holds a different record at seq {seq} that wins the tie-break; publish with a higher seq"),
+        )),
+        Outcome::Stale { have, got } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale",
+            format!("{name} is at seq {have}; seq {got} is stale, publish with seq > {have}"),
+        )),
+        Outcome::CasMismatch { expected, actual } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cas_mismatch",
+            format!("{name} is at seq {actual}, not the expected {expected}"),
+        )),
+        Outcome::Invalid(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn resolve(
+    State(node): State<Node>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = normalize_name(&raw)?;
+    let now = now_ms();
+    let record = node.read_store(|s| s.resolve(&name, now)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no live record for {name}"),
+        )
+    })?;
+    let endpoints: Vec<EndpointJson> = record
+        .endpoints()
+        .unwrap_or(&[])
+        .iter()
+        .map(|e| EndpointJson::from_endpoint(e, true))
+        .collect();
+    Ok(Json(json!({
+        "name": name,
+        "seq": record.body.seq,
+        "expires_at_ms": record.body.expires_at_ms,
+        "endpoints": endpoints,
+        "peer_id": node.0.net.local_peer_id().to_string(),
+    })))
+}
+
+async fn seq(
+    State(node): State<Node>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = normalize_name(&raw)?;
+    let seq = node.read_store(|s| s.entry(&name).map_or(0, |e| e.floor.seq));
+    Ok(Json(json!({"name": name, "seq": seq})))
+}
+
+async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
+    let now = now_ms();
+    let (records, live, digest, corrupt) = node.read_store(|s| {
+        (
+            s.len(),
+            s.mem().live_count(now),
+            s.digest().root_hex(),
+            s.corrupt_on_load(),
+        )
+    });
+    let peers: Vec<serde_json::Value> = node
+        .peers()
+        .into_iter()
+        .map(|(id, st)| {
+            json!({
+                "peer_id": id.to_string(),
+                "alive": st.connected,
+                "since_ms": st.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+        })
+        .collect();
+    let listen: Vec<String> = node
+        .0
+        .listen_addrs
+        .lock()
+        .map(|a| a.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    Json(json!({
+        "peer_id": node.0.net.local_peer_id().to_string(),
+        "listen_addrs": listen,
+        "peers": peers,
+        "records": records,
+        "live_records": live,
+        "digest": digest,
+        "uptime_s": node.0.started.elapsed().as_secs_f64(),
+        "corrupt_entries_skipped": corrupt,
+        "counters": node.0.metrics.to_json(),
+    }))
+}
+
+async fn metrics(State(node): State<Node>) -> String {
+    node.0.metrics.render()
+}

@@ -1,0 +1,535 @@
+//! The running node: glues the network layer, the durable store and the front-ends together.
+//!
+//! Ownership: the libp2p swarm lives in [`crate::net`]'s event loop; the store lives behind one
+//! mutex in [`Shared`], and every write goes decide → fsync → index under that lock (on a
+//! blocking thread, so fsync never stalls the async runtime). Three kinds of work feed it:
+//!
+//! * writers through the HTTP API ([`Node::publish`]) — committed locally, then gossiped;
+//! * gossip from peers — every message is run through the merge rule BEFORE gossipsub may
+//!   forward it: invalid → `Reject` (the sender's score drops), stale/duplicate → `Ignore`,
+//!   applied → `Accept`;
+//! * anti-entropy ([`sync_with`]) — on every new connection and periodically, the protocol's
+//!   digests are compared and only differing records move, so a node that was down or
+//!   partitioned catches up without anyone republishing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dpin_protocol::digest::{
+    answer_digest, answer_fetch, digest_request, plan_sync, records_for, MAX_RECORDS_PER_MESSAGE,
+};
+use dpin_protocol::record::Freshness;
+use dpin_protocol::store::Store;
+use dpin_protocol::{Outcome, SignedRecord, SyncRequest, SyncResponse};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+
+use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
+use crate::store::{DurableStore, StoreError};
+
+/// How often each node runs an anti-entropy round with each connected peer.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Most sync rounds run back to back with one peer before waiting for the next interval.
+pub const MAX_SYNC_ROUNDS: usize = 16;
+/// Most concurrent anti-entropy sessions this node initiates.
+pub const MAX_CONCURRENT_SYNCS: usize = 4;
+
+/// Current wall-clock time in Unix milliseconds: the one place the node reads the clock for the
+/// protocol.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters exposed on `/metrics` and in status. Everything dropped is counted somewhere here.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// Records applied from writers via the API.
+    pub publish_applied: AtomicU64,
+    /// API publishes refused (stale, conflict, CAS, invalid).
+    pub publish_refused: AtomicU64,
+    /// Gossip messages accepted (changed the store).
+    pub gossip_accepted: AtomicU64,
+    /// Gossip messages ignored (duplicate or stale).
+    pub gossip_ignored: AtomicU64,
+    /// Gossip messages rejected (undecodable or invalid).
+    pub gossip_rejected: AtomicU64,
+    /// Equivocations seen (same seq, different content).
+    pub conflicts: AtomicU64,
+    /// Records applied through anti-entropy (fetched or pushed to us).
+    pub sync_applied: AtomicU64,
+    /// Sync rounds that failed (timeout, peer gone, bad answer).
+    pub sync_failures: AtomicU64,
+    /// Sync requests from peers that could not be decoded.
+    pub sync_bad_requests: AtomicU64,
+}
+
+impl Metrics {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let fields: [(&str, &AtomicU64); 9] = [
+            ("dpin_publish_applied_total", &self.publish_applied),
+            ("dpin_publish_refused_total", &self.publish_refused),
+            ("dpin_gossip_accepted_total", &self.gossip_accepted),
+            ("dpin_gossip_ignored_total", &self.gossip_ignored),
+            ("dpin_gossip_rejected_total", &self.gossip_rejected),
+            ("dpin_conflicts_total", &self.conflicts),
+            ("dpin_sync_applied_total", &self.sync_applied),
+            ("dpin_sync_failures_total", &self.sync_failures),
+            ("dpin_sync_bad_requests_total", &self.sync_bad_requests),
+        ];
+        let mut out = String::new();
+        for (name, v) in fields {
+            out.push_str(&format!(
+                "# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
+    /// Counters as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "publish_applied": g(&self.publish_applied),
+            "publish_refused": g(&self.publish_refused),
+            "gossip_accepted": g(&self.gossip_accepted),
+            "gossip_ignored": g(&self.gossip_ignored),
+            "gossip_rejected": g(&self.gossip_rejected),
+            "conflicts": g(&self.conflicts),
+            "sync_applied": g(&self.sync_applied),
+            "sync_failures": g(&self.sync_failures),
+            "sync_bad_requests": g(&self.sync_bad_requests),
+        })
+    }
+}
+
+/// What the node knows about one peer.
+#[derive(Clone, Debug)]
+pub struct PeerState {
+    /// Whether a connection is currently established.
+    pub connected: bool,
+    /// When `connected` last changed.
+    pub since: SystemTime,
+    /// Last ping round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// Errors the node reports to its front-ends.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The durable store failed; the write was not acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task died (panic or shutdown).
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// State shared by the event handlers and front-ends.
+pub struct Shared {
+    store: Mutex<DurableStore>,
+    /// Network handle.
+    pub net: NetHandle,
+    /// Counters.
+    pub metrics: Metrics,
+    peers: Mutex<BTreeMap<PeerId, PeerState>>,
+    /// Addresses the swarm listens on.
+    pub listen_addrs: Mutex<Vec<Multiaddr>>,
+    /// When the node started.
+    pub started: Instant,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    sync_slots: tokio::sync::Semaphore,
+}
+
+/// Cheap cloneable handle to the node.
+#[derive(Clone)]
+pub struct Node(pub Arc<Shared>);
+
+/// The result of an API publish.
+#[derive(Debug)]
+pub struct PublishResult {
+    /// The merge outcome at this node.
+    pub outcome: Outcome,
+    /// Whether gossip reached at least one peer (`None` if nothing was gossiped).
+    pub gossip: Option<PublishStatus>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic while holding it; the data is still the last committed
+    // state (writes are durable before the index changes), so keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Node {
+    /// Builds the node around an opened store and a started network.
+    pub fn new(store: DurableStore, net: NetHandle, data_dir: PathBuf) -> Self {
+        Node(Arc::new(Shared {
+            store: Mutex::new(store),
+            net,
+            metrics: Metrics::default(),
+            peers: Mutex::new(BTreeMap::new()),
+            listen_addrs: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            data_dir,
+            sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
+        }))
+    }
+
+    /// Runs `f` on the store from a blocking thread (the store fsyncs).
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DurableStore) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&shared.store)))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))
+    }
+
+    /// Read-only access without a thread hop (no I/O happens on reads).
+    pub fn read_store<T>(&self, f: impl FnOnce(&DurableStore) -> T) -> T {
+        f(&lock(&self.0.store))
+    }
+
+    /// Applies a writer's record (validated with publish freshness), commits it durably, and
+    /// gossips it if it changed the store.
+    pub async fn publish(
+        &self,
+        record: SignedRecord,
+        expected_seq: Option<u64>,
+    ) -> Result<PublishResult, NodeError> {
+        let rec = record.clone();
+        let outcome = self
+            .with_store(move |s| s.apply(&rec, now_ms(), Freshness::Publish, expected_seq))
+            .await??;
+        let m = &self.0.metrics;
+        if let Outcome::Conflict { .. } = outcome {
+            Metrics::inc(&m.conflicts);
+        }
+        let gossip = if outcome.changed_store() {
+            Metrics::inc(&m.publish_applied);
+            match self.0.net.publish(record.encode()).await {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    // Stored durably already; anti-entropy will spread it.
+                    tracing::warn!(%e, "gossip publish failed; anti-entropy will carry the record");
+                    None
+                }
+            }
+        } else {
+            if !outcome.is_winner() {
+                Metrics::inc(&m.publish_refused);
+            }
+            None
+        };
+        Ok(PublishResult { outcome, gossip })
+    }
+
+    /// Live peers and their state.
+    pub fn peers(&self) -> BTreeMap<PeerId, PeerState> {
+        lock(&self.0.peers).clone()
+    }
+
+    fn set_peer(&self, peer: PeerId, connected: bool, rtt: Option<Duration>) {
+        let mut peers = lock(&self.0.peers);
+        let now = SystemTime::now();
+        let e = peers.entry(peer).or_insert(PeerState {
+            connected: !connected,
+            since: now,
+            rtt: None,
+        });
+        if e.connected != connected {
+            e.connected = connected;
+            e.since = now;
+        }
+        if rtt.is_some() {
+            e.rtt = rtt;
+        }
+    }
+
+    async fn on_gossip(
+        &self,
+        source: PeerId,
+        message_id: libp2p::gossipsub::MessageId,
+        data: Vec<u8>,
+    ) {
+        let m = &self.0.metrics;
+        let verdict = match SignedRecord::decode(&data) {
+            Err(e) => {
+                tracing::debug!(%source, %e, "undecodable gossip");
+                Verdict::Reject
+            }
+            Ok(rec) => {
+                match self
+                    .with_store(move |s| s.apply(&rec, now_ms(), Freshness::Replicate, None))
+                    .await
+                {
+                    Ok(Ok(outcome)) => {
+                        if let Outcome::Conflict { .. } = outcome {
+                            Metrics::inc(&m.conflicts);
+                        }
+                        match outcome {
+                            Outcome::Invalid(e) => {
+                                tracing::debug!(%source, %e, "invalid gossip");
+                                Verdict::Reject
+                            }
+                            o if o.changed_store() => Verdict::Accept,
+                            _ => Verdict::Ignore,
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(%e, "store failed while applying gossip");
+                        Verdict::Ignore
+                    }
+                    Err(e) => {
+                        tracing::error!(%e, "apply task failed");
+                        Verdict::Ignore
+                    }
+                }
+            }
+        };
+        match verdict {
+            Verdict::Accept => Metrics::inc(&m.gossip_accepted),
+            Verdict::Ignore => Metrics::inc(&m.gossip_ignored),
+            Verdict::Reject => Metrics::inc(&m.gossip_rejected),
+        }
+        if let Err(e) = self
+            .0
+            .net
+            .report_validation(message_id, source, verdict)
+            .await
+        {
+            tracing::debug!(%e, "could not report gossip verdict");
+        }
+    }
+
+    async fn on_request(&self, peer: PeerId, data: Vec<u8>) -> Vec<u8> {
+        let req = match SyncRequest::decode(&data) {
+            Ok(r) => r,
+            Err(e) => {
+                Metrics::inc(&self.0.metrics.sync_bad_requests);
+                return SyncResponse::Error {
+                    message: e.to_string(),
+                }
+                .encode();
+            }
+        };
+        let resp = match req {
+            SyncRequest::Digest { root, buckets } => {
+                self.read_store(|s| answer_digest(s, &root, &buckets))
+            }
+            SyncRequest::Fetch { names } => self.read_store(|s| answer_fetch(s, &names)),
+            SyncRequest::Push { records } => {
+                let applied = self.apply_synced(records).await;
+                tracing::debug!(%peer, applied, "records pushed to us");
+                SyncResponse::PushAck {
+                    applied: applied as u32,
+                }
+            }
+        };
+        resp.encode()
+    }
+
+    /// Applies records received through anti-entropy in one transaction; returns how many
+    /// changed the store.
+    async fn apply_synced(&self, records: Vec<Vec<u8>>) -> usize {
+        let decoded: Vec<SignedRecord> = records
+            .iter()
+            .take(MAX_RECORDS_PER_MESSAGE)
+            .filter_map(|b| SignedRecord::decode(b).ok())
+            .collect();
+        if decoded.is_empty() {
+            return 0;
+        }
+        let result = self
+            .with_store(move |s| {
+                s.batch(|s| s.apply_batch(&decoded, now_ms(), Freshness::Replicate))
+            })
+            .await;
+        match result {
+            Ok(Ok(outcomes)) => {
+                let n = outcomes.iter().filter(|o| o.changed_store()).count();
+                let conflicts = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Conflict { .. }))
+                    .count();
+                self.0
+                    .metrics
+                    .conflicts
+                    .fetch_add(conflicts as u64, Ordering::Relaxed);
+                self.0
+                    .metrics
+                    .sync_applied
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                n
+            }
+            Ok(Err(e)) => {
+                tracing::error!(%e, "store failed while applying synced records");
+                0
+            }
+            Err(e) => {
+                tracing::error!(%e, "sync apply task failed");
+                0
+            }
+        }
+    }
+
+    /// Starts an anti-entropy session with `peer` in the background, unless too many run.
+    pub fn spawn_sync(&self, peer: PeerId) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = node.0.sync_slots.try_acquire() else {
+                return;
+            };
+            if let Err(e) = sync_with(&node, peer).await {
+                Metrics::inc(&node.0.metrics.sync_failures);
+                tracing::debug!(%peer, %e, "sync round failed");
+            }
+        });
+    }
+}
+
+/// Why a sync session stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The request failed at the network layer.
+    #[error("network: {0}")]
+    Net(String),
+    /// The answer could not be decoded or was not the expected kind.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+}
+
+async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse, SyncError> {
+    let bytes = node
+        .0
+        .net
+        .request(peer, req.encode())
+        .await
+        .map_err(|e| SyncError::Net(e.to_string()))?;
+    SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))
+}
+
+/// Runs anti-entropy rounds with `peer` until in sync, no progress, or [`MAX_SYNC_ROUNDS`].
+pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
+    for _ in 0..MAX_SYNC_ROUNDS {
+        let req = node.read_store(digest_request);
+        let (buckets, summaries, truncated) = match ask(node, peer, req).await? {
+            SyncResponse::InSync => return Ok(()),
+            SyncResponse::Summaries {
+                buckets,
+                summaries,
+                truncated,
+            } => (buckets, summaries, truncated),
+            other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
+        };
+        let plan = node.read_store(|s| plan_sync(s, &buckets, &summaries, truncated, now_ms()));
+        if plan.fetch.is_empty() && plan.push.is_empty() {
+            // Digests differ only in ways we cannot fix from here (e.g. compaction timing).
+            return Ok(());
+        }
+        for chunk in plan.fetch.chunks(MAX_RECORDS_PER_MESSAGE) {
+            match ask(
+                node,
+                peer,
+                SyncRequest::Fetch {
+                    names: chunk.to_vec(),
+                },
+            )
+            .await?
+            {
+                SyncResponse::Records { records } => {
+                    node.apply_synced(records).await;
+                }
+                other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
+            }
+        }
+        for chunk in plan.push.chunks(MAX_RECORDS_PER_MESSAGE) {
+            let records = node.read_store(|s| records_for(s, chunk));
+            match ask(node, peer, SyncRequest::Push { records }).await? {
+                SyncResponse::PushAck { .. } => {}
+                other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consumes network events forever (until the channel closes) and runs periodic sync.
+pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
+    let mut tick = tokio::time::interval(SYNC_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else { return };
+                handle_event(&node, ev).await;
+            }
+            _ = tick.tick() => {
+                let peers: Vec<PeerId> = node
+                    .peers()
+                    .into_iter()
+                    .filter(|(_, s)| s.connected)
+                    .map(|(p, _)| p)
+                    .collect();
+                for p in peers {
+                    node.spawn_sync(p);
+                }
+                // Compaction only drops bodies long past expiry; cheap when there is nothing.
+                let _ = node.with_store(|s| s.batch(|s| s.compact(now_ms()))).await;
+            }
+        }
+    }
+}
+
+async fn handle_event(node: &Node, ev: NetEvent) {
+    match ev {
+        NetEvent::Gossip {
+            source,
+            message_id,
+            data,
+        } => node.on_gossip(source, message_id, data).await,
+        NetEvent::Request {
+            peer,
+            data,
+            channel,
+        } => {
+            let node = node.clone();
+            // Answering may apply a push (fsync); do not hold up gossip for it.
+            tokio::spawn(async move {
+                let resp = node.on_request(peer, data).await;
+                if let Err(e) = node.0.net.respond(channel, resp).await {
+                    tracing::debug!(%peer, %e, "could not answer sync request");
+                }
+            });
+        }
+        NetEvent::PeerConnected(peer) => {
+            node.set_peer(peer, true, None);
+            node.spawn_sync(peer);
+        }
+        NetEvent::PeerDisconnected(peer) => node.set_peer(peer, false, None),
+        NetEvent::Ping { peer, rtt } => {
+            if rtt.is_some() {
+                node.set_peer(peer, true, rtt);
+            }
+        }
+        NetEvent::ListenAddr(addr) => {
+            let mut addrs = lock(&node.0.listen_addrs);
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+    }
+}
