@@ -5,14 +5,18 @@
 //!   connection limits) in one event loop, driven through a cloneable handle.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
+//! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum).
+//! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
 //! * [`client`] — the failover HTTP client the CLI uses.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
 //!
 //! The binary (`src/main.rs`) is the CLI: `keygen`, `node`, `publish`, `resolve`, `status`.
 
+pub mod answer;
 pub mod api;
 pub mod client;
+pub mod dns;
 pub mod identity;
 pub mod net;
 pub mod node;

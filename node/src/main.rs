@@ -116,6 +116,15 @@ struct NodeArgs {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:7080")]
     api: SocketAddr,
+    /// DNS address (UDP and TCP), e.g. 127.0.0.1:5353. Off when not given.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// DNS alias NAME=ZONE, so LABEL.NAME.dpin. resolves in that zone; repeatable.
+    #[arg(long)]
+    alias: Vec<String>,
+    /// File of aliases, one `NAME ZONE` or `NAME=ZONE` per line (`#` comments).
+    #[arg(long)]
+    aliases: Option<PathBuf>,
     /// Most simultaneous peer connections.
     #[arg(long, default_value_t = 256)]
     max_connections: u32,
@@ -245,6 +254,19 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         println!("listen {a}/p2p/{peer_id}");
     }
     println!("api {api_addr}");
+    if let Some(dns_addr) = args.dns {
+        let aliases = dpin_node::dns::load_aliases(args.aliases.as_deref(), &args.alias)?;
+        let bound = dpin_node::dns::start(
+            node.clone(),
+            dpin_node::dns::DnsConfig {
+                addr: dns_addr,
+                aliases,
+            },
+        )
+        .await
+        .with_context(|| format!("cannot serve DNS on {dns_addr}"))?;
+        println!("dns {bound}");
+    }
     tracing::info!(%peer_id, ?listen_addrs, %api_addr, "dpin node started");
 
     tokio::spawn(dnode::run_events(node.clone(), events));

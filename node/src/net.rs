@@ -687,9 +687,21 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     // cluster looks incomplete.
     kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
     kad_config.set_query_timeout(Duration::from_secs(10));
+    // Kademlia is used for peer discovery only. Inbound PUT_RECORD/ADD_PROVIDER requests are
+    // surfaced as events that we ignore instead of being stored, so a peer cannot fill our
+    // memory through the DHT (the store limits below are a second fence).
+    kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
     let mut kademlia = kad::Behaviour::with_config(
         local_peer_id,
-        kad::store::MemoryStore::new(local_peer_id),
+        kad::store::MemoryStore::with_config(
+            local_peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: 16,
+                max_value_bytes: 1024,
+                max_providers_per_key: 4,
+                max_provided_keys: 16,
+            },
+        ),
         kad_config,
     );
     // Server mode explicitly: otherwise kad waits for a confirmed external address, which
@@ -994,10 +1006,6 @@ impl EventLoop {
                     }
                     Err(gossipsub::PublishError::Duplicate) => Ok(PublishStatus::Duplicate),
                     Err(gossipsub::PublishError::AllQueuesFull(n)) => Err(NetError::QueuesFull(n)),
-                    Err(gossipsub::PublishError::MessageTooLarge) => Err(NetError::TooLarge {
-                        size: 0,
-                        max: self.max_message_bytes,
-                    }),
                     Err(e) => Err(NetError::Publish(e.to_string())),
                 };
                 let _ = reply.send(result);
@@ -1491,7 +1499,9 @@ mod tests {
     #[tokio::test]
     async fn request_response_round_trip_and_fail_fast() -> anyhow::Result<()> {
         let a = start(test_config(vec![]), accept_all()).await?;
-        let mut b_config = test_config(vec![a.p2p_addr().await?]);
+        // Bare bootstrap address (no /p2p/ suffix): B learns A's identity from the handshake.
+        let (a_bare, _) = split_peer_id(&a.p2p_addr().await?);
+        let mut b_config = test_config(vec![a_bare]);
         // Long timeout: a fast failure below cannot be the timeout firing.
         b_config.request_timeout = Duration::from_secs(10);
         b_config.max_message_bytes = 1000;

@@ -237,6 +237,12 @@ impl Node {
         Ok(PublishResult { outcome, gossip })
     }
 
+    /// Whether `endpoint` is believed reachable. Until endpoint probing exists every endpoint
+    /// counts as healthy.
+    pub fn endpoint_healthy(&self, _endpoint: &dpin_protocol::Endpoint) -> bool {
+        true
+    }
+
     /// Live peers and their state.
     pub fn peers(&self) -> BTreeMap<PeerId, PeerState> {
         lock(&self.0.peers).clone()
