@@ -1,1 +1,300 @@
-//! e2e test support
+//! Helpers for end-to-end tests: real `dpin` processes on loopback with ephemeral ports.
+//!
+//! Tests get the binary path from `env!("CARGO_BIN_EXE_dpin-e2e")` (this crate builds the same
+//! CLI as `dpin`) and pass it to [`NodeProc::start`]. Every child is killed when its guard drops,
+//! so a failing test leaves no process behind. Waiting is always polling against a deadline
+//! ([`wait_until`]), never a fixed sleep.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+/// A running (or stopped) `dpin node` child process.
+pub struct NodeProc {
+    bin: PathBuf,
+    child: Option<Child>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP API address (`127.0.0.1:PORT`).
+    pub api: String,
+    /// DNS address, when started with `--dns`.
+    pub dns: Option<String>,
+    /// Listen multiaddrs including `/p2p/PEER_ID`.
+    pub listen: Vec<String>,
+    /// Peer id.
+    pub peer_id: String,
+    extra: Vec<String>,
+}
+
+/// How long a node may take to print its addresses.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl NodeProc {
+    /// Starts `bin node` with a data dir, bootstrap addresses and extra arguments, listening on
+    /// loopback with ephemeral ports, and waits until it printed its API address.
+    pub fn start(
+        bin: &Path,
+        data_dir: &Path,
+        bootstrap: &[String],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut node = NodeProc {
+            bin: bin.to_owned(),
+            child: None,
+            data_dir: data_dir.to_owned(),
+            api: String::new(),
+            dns: None,
+            listen: Vec::new(),
+            peer_id: String::new(),
+            extra,
+        };
+        node.spawn("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0", bootstrap)?;
+        Ok(node)
+    }
+
+    fn spawn(&mut self, listen: &str, api: &str, bootstrap: &[String]) -> Result<()> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("node.log"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("node")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", listen, "--api", api]);
+        for b in bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        cmd.args(&self.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let wants_dns = self.extra.iter().any(|a| a == "--dns");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        self.listen.clear();
+        self.dns = None;
+        self.api.clear();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.api.is_empty() || (wants_dns && self.dns.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).map_err(|_| {
+                anyhow!(
+                    "node in {} did not print its addresses; see node.log",
+                    self.data_dir.display()
+                )
+            })?;
+            let mut parts = line.splitn(2, ' ');
+            match (parts.next(), parts.next()) {
+                (Some("peer_id"), Some(v)) => self.peer_id = v.to_owned(),
+                (Some("listen"), Some(v)) => self.listen.push(v.to_owned()),
+                (Some("api"), Some(v)) => self.api = v.to_owned(),
+                (Some("dns"), Some(v)) => self.dns = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The first TCP listen address (with `/p2p/`), for others to bootstrap from.
+    pub fn bootstrap_addr(&self) -> String {
+        self.listen
+            .iter()
+            .find(|a| a.contains("/tcp/"))
+            .or(self.listen.first())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same data dir. With `same_addresses`, it listens on the same TCP port and
+    /// API address as before (so peers that knew it reconnect); otherwise on fresh ports.
+    pub fn restart(&mut self, bootstrap: &[String], same_addresses: bool) -> Result<()> {
+        self.kill();
+        if same_addresses {
+            let listen = self
+                .bootstrap_addr()
+                .split("/p2p/")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let api = self.api.clone();
+            self.spawn(&listen, &api, bootstrap)
+        } else {
+            self.spawn("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0", bootstrap)
+        }
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, ...) to the process.
+    pub fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let Some(c) = &self.child else {
+            bail!("node not running");
+        };
+        let pid = libc::pid_t::try_from(c.id())?;
+        // SAFETY-free: libc::kill is a plain syscall wrapper; the workspace forbids unsafe code,
+        // so go through the `kill` command instead.
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// GET a JSON path on this node's API.
+    pub fn get(&self, path: &str) -> Result<(u16, Value)> {
+        http(&self.api, "GET", path, None)
+    }
+
+    /// The record seq this node serves for `name`, if any.
+    pub fn resolved_seq(&self, name: &str) -> Option<u64> {
+        match self.get(&format!("/v1/resolve/{name}")) {
+            Ok((200, v)) => v["seq"].as_u64(),
+            _ => None,
+        }
+    }
+
+    /// The store digest from `/v1/status`.
+    pub fn digest(&self) -> Option<String> {
+        match self.get("/v1/status") {
+            Ok((200, v)) => v["digest"].as_str().map(str::to_owned),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 client over std (one request per connection), 5 s timeouts.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header end"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no status"))?
+        .parse()?;
+    let json = serde_json::from_str(rest.trim()).unwrap_or(Value::Null);
+    Ok((status, json))
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the CLI with `args` and returns its output.
+pub fn cli(bin: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(bin).args(args).stdin(Stdio::null()).output()?)
+}
+
+/// Runs `keygen` into `dir/name.key` and returns (key path, zone id).
+pub fn keygen(bin: &Path, dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(format!("{name}.key"));
+    let out = cli(
+        bin,
+        &[
+            "keygen",
+            "--out",
+            path.to_str().ok_or_else(|| anyhow!("path"))?,
+        ],
+    )?;
+    if !out.status.success() {
+        bail!("keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((path, String::from_utf8(out.stdout)?.trim().to_owned()))
+}
+
+/// Starts `n` nodes: the first alone, the rest bootstrapping from it.
+pub fn cluster(bin: &Path, dir: &Path, n: usize, extra: &[&str]) -> Result<Vec<NodeProc>> {
+    let first = NodeProc::start(bin, &dir.join("n0"), &[], extra)?;
+    let boot = vec![first.bootstrap_addr()];
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(NodeProc::start(
+            bin,
+            &dir.join(format!("n{i}")),
+            &boot,
+            extra,
+        )?);
+    }
+    Ok(nodes)
+}
+
+/// Waits until every node in `nodes` is connected to all others.
+pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
+    let want = nodes.len() - 1;
+    wait_until(timeout, "full mesh of connections", || {
+        nodes
+            .iter()
+            .all(|n| match n.get("/v1/status") {
+                Ok((200, v)) => {
+                    v["peers"]
+                        .as_array()
+                        .map(|p| p.iter().filter(|p| p["alive"] == true).count())
+                        .unwrap_or(0)
+                        >= want
+                }
+                _ => false,
+            })
+            .then_some(())
+    })
+}

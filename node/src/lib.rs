@@ -10,11 +10,12 @@
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
 //! * [`client`] — the failover HTTP client the CLI uses.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
-//!
-//! The binary (`src/main.rs`) is the CLI: `keygen`, `node`, `publish`, `resolve`, `status`.
+//! * [`cli`] — the command line (`keygen`, `node`, `publish`, `resolve`, `status`); `src/main.rs`
+//!   only calls [`cli::main`].
 
 pub mod answer;
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod dns;
 pub mod identity;

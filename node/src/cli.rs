@@ -1,0 +1,499 @@
+//! The `dpin` command line: the node binary and its client.
+//!
+//! Lives in the library so the end-to-end test crate can build the very same CLI as its own
+//! binary (`dpin-e2e`) without invoking cargo from inside a test. Subcommands: `keygen`, `node`, `publish`, `resolve`, `status` (SPEC §4). Human output by
+//! default, one JSON object with `--json`; errors are one line on stderr and a non-zero exit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::client::{Answer, Client};
+use crate::net::{self, NetConfig};
+use crate::node::{self as dnode, now_ms, Node};
+use crate::store::DurableStore;
+use crate::{api, identity};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
+use libp2p::Multiaddr;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "dpin",
+    version,
+    about = "Peer-to-peer names that no single failure can erase"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a zone key file (mode 0600) and print the zone id.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a node.
+    Node(NodeArgs),
+    /// Sign a record locally and publish it through a node.
+    Publish {
+        /// Zone key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// Label inside the zone.
+        label: String,
+        /// Endpoints: HOST:PORT, HOST:PORT/udp, [v6]:PORT, optional @WEIGHT.
+        #[arg(required_unless_present = "tombstone")]
+        endpoints: Vec<String>,
+        /// Lifetime of the record (e.g. 30s, 10m, 2h, 7d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Compare-and-set: only apply if the held seq is N (0 = new name).
+        #[arg(long)]
+        if_seq: Option<u64>,
+        /// Use this seq instead of one more than the highest any peer holds.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Delete the name (signed tombstone with a higher seq).
+        #[arg(long)]
+        tombstone: bool,
+        /// Per-peer timeout in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a name through the first peer that answers.
+    Resolve {
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// LABEL.ZONE (optionally with .dpin).
+        name: String,
+        /// Per-peer timeout in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a node's peers, record count and digest.
+    Status {
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// Per-peer timeout in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Data directory (store, identity key). Created if missing.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// libp2p listen address; repeatable.
+    #[arg(long, default_values_t = vec!["/ip4/0.0.0.0/tcp/7001".to_owned(), "/ip4/0.0.0.0/udp/7001/quic-v1".to_owned()])]
+    listen: Vec<String>,
+    /// Peer to bootstrap from (multiaddr, ideally ending in /p2p/PEER_ID); repeatable.
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    api: SocketAddr,
+    /// DNS address (UDP and TCP), e.g. 127.0.0.1:5353. Off when not given.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// DNS alias NAME=ZONE, so LABEL.NAME.dpin. resolves in that zone; repeatable.
+    #[arg(long)]
+    alias: Vec<String>,
+    /// File of aliases, one `NAME ZONE` or `NAME=ZONE` per line (`#` comments).
+    #[arg(long)]
+    aliases: Option<PathBuf>,
+    /// Most simultaneous peer connections.
+    #[arg(long, default_value_t = 256)]
+    max_connections: u32,
+}
+
+/// Parses the command line, runs the command, prints a one-line error and exits non-zero on
+/// failure.
+pub fn main() {
+    let cli = Cli::parse();
+    let json_errors = matches!(
+        &cli.cmd,
+        Cmd::Publish { json: true, .. }
+            | Cmd::Resolve { json: true, .. }
+            | Cmd::Status { json: true, .. }
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dpin: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        let msg = format!("{e:#}").replace('\n', " ");
+        if json_errors {
+            println!("{}", json!({"error": msg}));
+        }
+        eprintln!("dpin: {msg}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Keygen { out, force } => keygen(&out, force),
+        Cmd::Node(args) => run_node(args).await,
+        Cmd::Publish {
+            key,
+            api,
+            label,
+            endpoints,
+            ttl,
+            if_seq,
+            seq,
+            tombstone,
+            timeout_ms,
+            json,
+        } => {
+            let ttl = parse_duration(&ttl)?;
+            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
+            publish(
+                &client, &key, &label, &endpoints, ttl, if_seq, seq, tombstone, json,
+            )
+            .await
+        }
+        Cmd::Resolve {
+            api,
+            name,
+            timeout_ms,
+            json,
+        } => {
+            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
+            resolve(&client, &name, json).await
+        }
+        Cmd::Status {
+            api,
+            timeout_ms,
+            json,
+        } => {
+            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
+            status(&client, json).await
+        }
+    }
+}
+
+fn keygen(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", out.display());
+    }
+    let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+    identity::write_secret_file(out, key.to_key_file().as_bytes())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("{}", key.zone());
+    Ok(())
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let keypair = identity::load_or_create(&args.data_dir.join("identity.key"))?;
+    let store = DurableStore::open(&args.data_dir.join("store.redb"))
+        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    let listen = parse_addrs(&args.listen, "--listen")?;
+    let bootstrap = parse_addrs(&args.bootstrap, "--bootstrap")?;
+    let api_listener = api::bind(args.api)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}", args.api))?;
+    let api_addr = api_listener.local_addr()?;
+
+    let mut config = NetConfig::new(keypair, listen, bootstrap);
+    config.max_connections = args.max_connections;
+    let (handle, events) = net::spawn(config)
+        .await
+        .context("cannot start networking")?;
+    let node = Node::new(store, handle.clone(), args.data_dir.clone());
+    let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
+    {
+        let mut la = node
+            .0
+            .listen_addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        la.extend(listen_addrs.iter().cloned());
+    }
+    let peer_id = handle.local_peer_id();
+    println!("peer_id {peer_id}");
+    for a in &listen_addrs {
+        println!("listen {a}/p2p/{peer_id}");
+    }
+    println!("api {api_addr}");
+    if let Some(dns_addr) = args.dns {
+        let aliases = crate::dns::load_aliases(args.aliases.as_deref(), &args.alias)?;
+        let bound = crate::dns::start(
+            node.clone(),
+            crate::dns::DnsConfig {
+                addr: dns_addr,
+                aliases,
+            },
+        )
+        .await
+        .with_context(|| format!("cannot serve DNS on {dns_addr}"))?;
+        println!("dns {bound}");
+    }
+    tracing::info!(%peer_id, ?listen_addrs, %api_addr, "dpin node started");
+
+    tokio::spawn(dnode::run_events(node.clone(), events));
+    let api_task = tokio::spawn(api::serve(node.clone(), api_listener));
+    tokio::select! {
+        r = api_task => {
+            r.context("API task failed")?.context("API server failed")?;
+        }
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn parse_addrs(raw: &[String], flag: &str) -> Result<Vec<Multiaddr>> {
+    raw.iter()
+        .map(|s| {
+            s.parse::<Multiaddr>().with_context(|| {
+                format!("{flag} {s:?} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/7001)")
+            })
+        })
+        .collect()
+}
+
+/// `30s`, `10m`, `2h`, `7d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad duration {s:?}; use e.g. 30s, 10m, 2h, 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad duration unit in {s:?}; use s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn api_error(a: &Answer) -> anyhow::Error {
+    let kind = a
+        .body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let msg = a.body.get("message").and_then(Value::as_str).unwrap_or("");
+    anyhow::anyhow!("{} refused: {kind}: {msg} (HTTP {})", a.addr, a.status)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    client: &Client,
+    key_path: &Path,
+    label: &str,
+    endpoints: &[String],
+    ttl: Duration,
+    if_seq: Option<u64>,
+    seq: Option<u64>,
+    tombstone: bool,
+    json_out: bool,
+) -> Result<()> {
+    let text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read key file {}", key_path.display()))?;
+    let key = ZoneKey::from_key_file(&text)?;
+    let name = format!("{label}.{}", key.zone());
+    let content = if tombstone {
+        if !endpoints.is_empty() {
+            bail!("--tombstone takes no endpoints");
+        }
+        Content::Tombstone
+    } else {
+        let eps = endpoints
+            .iter()
+            .map(|e| {
+                e.parse::<Endpoint>()
+                    .with_context(|| format!("bad endpoint {e:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Content::Endpoints(eps)
+    };
+    let seq = match seq {
+        Some(s) => s,
+        None => {
+            // One more than the highest seq any reachable peer holds: asking every peer keeps a
+            // lagging peer from making us pick a stale seq.
+            let mut highest = if_seq.unwrap_or(0);
+            let mut any = false;
+            for addr in client_addrs(client) {
+                let one = Client::new(vec![addr], Duration::from_millis(500))?;
+                if let Ok(a) = one
+                    .first(&format!("/v1/seq/{name}"), None, |a| a.status == 200)
+                    .await
+                {
+                    if let Some(s) = a.body.get("seq").and_then(Value::as_u64) {
+                        highest = highest.max(s);
+                        any = true;
+                    }
+                }
+            }
+            if !any {
+                bail!("no peer answered the seq query; is any --api address a running dpin node?");
+            }
+            highest + 1
+        }
+    };
+    let body = RecordBody {
+        zone: key.zone(),
+        label: label.to_owned(),
+        seq,
+        expires_at_ms: now_ms() + ttl.as_millis() as u64,
+        content,
+    };
+    let record = body.sign(&key).context("record is not valid")?;
+    let req = json!({"record": hex::encode(record.encode()), "if_seq": if_seq});
+    let a = client
+        .first("/v1/publish", Some(&req), |a| a.status < 500)
+        .await?;
+    if a.status != 200 {
+        return Err(api_error(&a));
+    }
+    if json_out {
+        let mut out = a.body.clone();
+        out["answered_by"] = json!(a.addr);
+        println!("{out}");
+    } else {
+        let outcome = a.body.get("outcome").and_then(Value::as_str).unwrap_or("?");
+        println!("{name} seq {seq} ({outcome} by {})", a.addr);
+    }
+    Ok(())
+}
+
+fn client_addrs(client: &Client) -> Vec<String> {
+    client.addrs().to_vec()
+}
+
+async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
+    let a = client
+        .first(&format!("/v1/resolve/{name}"), None, |a| a.status == 200)
+        .await?;
+    if a.status != 200 {
+        return Err(api_error(&a));
+    }
+    let mut out = a.body.clone();
+    out["answered_by"] = json!(a.addr);
+    if json_out {
+        println!("{out}");
+        return Ok(());
+    }
+    let seq = out.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    println!(
+        "{} seq {seq} (answered by {})",
+        out["name"].as_str().unwrap_or(name),
+        a.addr
+    );
+    for e in out["endpoints"].as_array().into_iter().flatten() {
+        let host = e["host"].as_str().unwrap_or("?");
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        println!(
+            "  {host}:{}/{} weight {}{}",
+            e["port"],
+            e["transport"].as_str().unwrap_or("tcp"),
+            e["weight"],
+            if e["healthy"].as_bool() == Some(false) {
+                " UNHEALTHY"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn status(client: &Client, json_out: bool) -> Result<()> {
+    let a = client
+        .first("/v1/status", None, |a| a.status == 200)
+        .await?;
+    if a.status != 200 {
+        return Err(api_error(&a));
+    }
+    let mut out = a.body.clone();
+    out["answered_by"] = json!(a.addr);
+    if json_out {
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "peer {} (answered by {})",
+        out["peer_id"].as_str().unwrap_or("?"),
+        a.addr
+    );
+    println!(
+        "records {}  live {}  digest {}",
+        out["records"],
+        out["live_records"],
+        out["digest"].as_str().unwrap_or("?")
+    );
+    for p in out["peers"].as_array().into_iter().flatten() {
+        let alive = p["alive"].as_bool() == Some(true);
+        println!(
+            "  {} {}",
+            p["peer_id"].as_str().unwrap_or("?"),
+            if alive { "alive" } else { "DOWN" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! End-to-end behaviour of real `dpin` processes on loopback (issue: node over libp2p).
+//!
+//! Each test starts its own cluster with ephemeral ports, drives it through the real CLI and
+//! HTTP API, and waits by polling with deadlines.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use dpin_tests::{cli, cluster, keygen, wait_connected, wait_until, NodeProc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
+const SPREAD: Duration = Duration::from_secs(15);
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn publish(key: &Path, apis: &str, label: &str, extra: &[&str]) -> Result<std::process::Output> {
+    let key = key.to_str().unwrap_or_default();
+    let mut args = vec!["publish", "--key", key, "--api", apis, label];
+    args.extend_from_slice(extra);
+    cli(bin(), &args)
+}
+
+fn ok(out: std::process::Output) -> Result<String> {
+    if !out.status.success() {
+        bail!("command failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn wait_seq(node: &NodeProc, name: &str, seq: u64) -> Result<()> {
+    wait_until(
+        SPREAD,
+        &format!("{name} at seq {seq} on {}", node.api),
+        || (node.resolved_seq(name) == Some(seq)).then_some(()),
+    )
+}
+
+#[test]
+fn record_published_at_one_node_resolves_from_every_other() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &[])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("web.{zone}");
+    let out = ok(publish(
+        &key,
+        &nodes[0].api,
+        "web",
+        &["127.0.0.1:8080", "[::1]:9090/udp@3"],
+    )?)?;
+    assert!(
+        out.contains(&name) && out.contains("seq 1"),
+        "publish said {out:?}"
+    );
+    for n in &nodes {
+        wait_seq(n, &name, 1)?;
+    }
+    // The CLI resolves through C and reports the SPEC §5 JSON shape.
+    let out = ok(cli(
+        bin(),
+        &["resolve", "--api", &nodes[2].api, &name, "--json"],
+    )?)?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v["name"], name.as_str());
+    assert_eq!(v["seq"], 1);
+    assert_eq!(v["answered_by"], nodes[2].api.as_str());
+    let eps = v["endpoints"].as_array().cloned().unwrap_or_default();
+    assert_eq!(eps.len(), 2);
+    assert_eq!(eps[0]["host"], "127.0.0.1");
+    assert_eq!(eps[0]["port"], 8080);
+    assert_eq!(eps[0]["transport"], "tcp");
+    assert_eq!(eps[1]["host"], "::1");
+    assert_eq!(eps[1]["transport"], "udp");
+    assert_eq!(eps[1]["weight"], 3);
+    // Status JSON carries the SPEC fields and the same digest on every node.
+    let out = ok(cli(bin(), &["status", "--api", &nodes[1].api, "--json"])?)?;
+    let st: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(st["records"], 1);
+    assert_eq!(st["peer_id"], nodes[1].peer_id.as_str());
+    assert!(st["listen_addrs"].as_array().is_some_and(|a| !a.is_empty()));
+    assert_eq!(st["peers"].as_array().map(Vec::len), Some(2));
+    let d0 = nodes[0].digest();
+    assert!(d0.is_some());
+    assert!(nodes.iter().all(|n| n.digest() == d0));
+    Ok(())
+}
+
+#[test]
+fn killed_node_keeps_acknowledged_records_and_catches_up_after_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = cluster(bin(), dir.path(), 3, &[])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("api.{zone}");
+    ok(publish(&key, &nodes[0].api, "api", &["10.1.0.1:443"])?)?;
+    for n in &nodes {
+        wait_seq(n, &name, 1)?;
+    }
+    let a_peer = nodes[0].peer_id.clone();
+    let a_api = nodes[0].api.clone();
+    nodes[0].kill();
+    // A is dead: resolving with A first in the list fails over to B, then C.
+    for n in &nodes[1..] {
+        let apis = format!("{a_api},{}", n.api);
+        let out = ok(cli(bin(), &["resolve", "--api", &apis, &name, "--json"])?)?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["answered_by"], n.api.as_str());
+    }
+    // A newer seq goes in through B while A is down.
+    let apis = format!("{a_api},{}", nodes[1].api);
+    let out = ok(publish(&key, &apis, "api", &["10.1.0.2:443"])?)?;
+    assert!(out.contains("seq 2"), "{out}");
+    wait_seq(&nodes[2], &name, 2)?;
+
+    // Restart A alone on fresh ports: it still has its identity and its old record.
+    nodes[0].restart(&[], false)?;
+    assert_eq!(nodes[0].peer_id, a_peer, "peer id must survive a restart");
+    assert_eq!(nodes[0].resolved_seq(&name), Some(1));
+    // Restart A again, now pointed at B: it catches up without anyone republishing.
+    let boot = vec![nodes[1].bootstrap_addr()];
+    nodes[0].restart(&boot, false)?;
+    wait_seq(&nodes[0], &name, 2)?;
+    Ok(())
+}
+
+#[test]
+fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &[])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("db.{zone}");
+    ok(publish(
+        &key,
+        &nodes[0].api,
+        "db",
+        &["10.0.0.5:5432", "--seq", "5"],
+    )?)?;
+    for n in &nodes {
+        wait_seq(n, &name, 5)?;
+    }
+    let digest = nodes[0].digest();
+    for n in &nodes {
+        // The stale plan: seq 3, delivered after seq 5 (the October-2025 race).
+        let out = publish(&key, &n.api, "db", &["10.9.9.9:5432", "--seq", "3"])?;
+        assert!(!out.status.success(), "stale publish accepted at {}", n.api);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("stale") && err.contains("409"), "{err}");
+        // A clean-up that deletes with an old seq is refused too.
+        let out = publish(&key, &n.api, "db", &["--tombstone", "--seq", "4"])?;
+        assert!(
+            !out.status.success(),
+            "stale tombstone accepted at {}",
+            n.api
+        );
+        // Compare-and-set against an old seq is a conflict.
+        let out = publish(&key, &n.api, "db", &["10.9.9.9:5432", "--if-seq", "4"])?;
+        assert!(
+            !out.status.success(),
+            "CAS with a wrong seq accepted at {}",
+            n.api
+        );
+    }
+    for n in &nodes {
+        assert_eq!(n.resolved_seq(&name), Some(5));
+        assert_eq!(n.digest(), digest, "store changed on {}", n.api);
+    }
+    // And a correct compare-and-set goes through.
+    ok(publish(
+        &key,
+        &nodes[1].api,
+        "db",
+        &["10.0.0.6:5432", "--if-seq", "5"],
+    )?)?;
+    for n in &nodes {
+        wait_seq(n, &name, 6)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn two_writers_with_the_same_seq_converge_to_one_identical_winner() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &[])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("lb.{zone}");
+    // Two automation workers holding the same key both write seq 7, at different nodes, at once.
+    let k1 = key.clone();
+    let a = nodes[0].api.clone();
+    let w1 = std::thread::spawn(move || publish(&k1, &a, "lb", &["10.0.0.1:80", "--seq", "7"]));
+    let w2 = publish(&key, &nodes[2].api, "lb", &["10.0.0.2:80", "--seq", "7"])?;
+    let w1 = w1
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    assert!(
+        w1.status.success() || w2.status.success(),
+        "both writers refused"
+    );
+    wait_until(SPREAD, "one identical winner everywhere", || {
+        let answers: Vec<_> = nodes
+            .iter()
+            .map(|n| n.get(&format!("/v1/resolve/{name}")).ok())
+            .collect();
+        let first = answers[0].as_ref()?.1["endpoints"].clone();
+        let same = answers.iter().all(|a| {
+            a.as_ref()
+                .is_some_and(|(s, v)| *s == 200 && v["seq"] == 7 && v["endpoints"] == first)
+        });
+        let digests: Vec<_> = nodes.iter().map(NodeProc::digest).collect();
+        (same && digests.iter().all(|d| d.is_some() && *d == digests[0])).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProc::start(bin(), &dir.path().join("solo"), &[], &[])?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let api = node.api.clone();
+    let k = key.clone();
+    // Writer: publishes distinct names one after another, remembering which were acknowledged.
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let start = Instant::now();
+        for i in 0..400 {
+            if start.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            let label = format!("n{i}");
+            match publish(&k, &api, &label, &["10.0.0.1:80"]) {
+                Ok(out) if out.status.success() => acked.push(label),
+                _ => break,
+            }
+        }
+        acked
+    });
+    wait_until(Duration::from_secs(30), "some acknowledged writes", || {
+        let (_, v) = node.get("/v1/status").ok()?;
+        (v["records"].as_u64()? >= 10).then_some(())
+    })?;
+    node.kill();
+    let acked = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    assert!(
+        acked.len() >= 10,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    node.restart(&[], false)?;
+    for label in &acked {
+        let name = format!("{label}.{zone}");
+        assert_eq!(
+            node.resolved_seq(&name),
+            Some(1),
+            "acknowledged {name} lost"
+        );
+    }
+    Ok(())
+}
