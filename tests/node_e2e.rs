@@ -264,3 +264,55 @@ fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result
     }
     Ok(())
 }
+
+/// Figures for the issue note, not a timed assertion: run with
+/// `cargo test -p dpin-tests --release --test node_e2e -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_propagation_and_idle_rss() -> Result<()> {
+    use dpin_protocol::{Content, RecordBody, ZoneKey};
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &[])?;
+    wait_connected(&nodes, SPREAD)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let rss: Vec<_> = nodes.iter().map(NodeProc::rss_kib).collect();
+    let (key_path, _) = keygen(bin(), dir.path(), "zone")?;
+    let key = ZoneKey::from_key_file(&std::fs::read_to_string(key_path)?)?;
+    let mut lat = Vec::new();
+    let mut ack = Vec::new();
+    for i in 0..20 {
+        let body = RecordBody {
+            zone: key.zone(),
+            label: format!("p{i}"),
+            seq: 1,
+            expires_at_ms: dpin_node::node::now_ms() + 3_600_000,
+            content: Content::Endpoints(vec!["10.0.0.1:80".parse()?]),
+        };
+        let rec = body.sign(&key)?;
+        let name = rec.name();
+        let req = serde_json::json!({"record": hex::encode(rec.encode())}).to_string();
+        // Time from sending the publish to A until C serves the record.
+        let sent = Instant::now();
+        let (status, _) = dpin_tests::http(&nodes[0].api, "POST", "/v1/publish", Some(&req))?;
+        assert_eq!(status, 200);
+        ack.push(sent.elapsed().as_secs_f64() * 1000.0);
+        let deadline = Instant::now() + SPREAD;
+        while nodes[2].resolved_seq(&name) != Some(1) {
+            assert!(Instant::now() < deadline, "{name} never reached C");
+        }
+        lat.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (lat_med, lat_max) = stats(&mut lat);
+    let (ack_med, ack_max) = stats(&mut ack);
+    println!("publish sent to A -> acknowledged (durable at A): median {ack_med:.2} ms, max {ack_max:.2} ms");
+    println!(
+        "publish sent to A -> visible at C over {} publishes: median {lat_med:.2} ms, max {lat_max:.2} ms",
+        lat.len()
+    );
+    println!("idle RSS per node (KiB): {rss:?}");
+    Ok(())
+}
