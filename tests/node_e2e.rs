@@ -95,7 +95,7 @@ fn killed_node_keeps_acknowledged_records_and_catches_up_after_restart() -> Resu
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let name = format!("api.{zone}");
-    ok(publish(&key, &nodes[0].api, "api", &["10.1.0.1:443"])?)?;
+    ok(publish(&key, &nodes[0].api, "api", &["127.1.0.1:443"])?)?;
     for n in &nodes {
         wait_seq(n, &name, 1)?;
     }
@@ -112,7 +112,7 @@ fn killed_node_keeps_acknowledged_records_and_catches_up_after_restart() -> Resu
     }
     // A newer seq goes in through B while A is down.
     let apis = format!("{a_api},{}", nodes[1].api);
-    let out = ok(publish(&key, &apis, "api", &["10.1.0.2:443"])?)?;
+    let out = ok(publish(&key, &apis, "api", &["127.1.0.2:443"])?)?;
     assert!(out.contains("seq 2"), "{out}");
     wait_seq(&nodes[2], &name, 2)?;
 
@@ -138,7 +138,7 @@ fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<
         &key,
         &nodes[0].api,
         "db",
-        &["10.0.0.5:5432", "--seq", "5"],
+        &["127.0.0.5:5432", "--seq", "5"],
     )?)?;
     for n in &nodes {
         wait_seq(n, &name, 5)?;
@@ -146,7 +146,7 @@ fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<
     let digest = nodes[0].digest();
     for n in &nodes {
         // The stale plan: seq 3, delivered after seq 5 (the October-2025 race).
-        let out = publish(&key, &n.api, "db", &["10.9.9.9:5432", "--seq", "3"])?;
+        let out = publish(&key, &n.api, "db", &["127.9.9.9:5432", "--seq", "3"])?;
         assert!(!out.status.success(), "stale publish accepted at {}", n.api);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("stale") && err.contains("409"), "{err}");
@@ -158,7 +158,7 @@ fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<
             n.api
         );
         // Compare-and-set against an old seq is a conflict.
-        let out = publish(&key, &n.api, "db", &["10.9.9.9:5432", "--if-seq", "4"])?;
+        let out = publish(&key, &n.api, "db", &["127.9.9.9:5432", "--if-seq", "4"])?;
         assert!(
             !out.status.success(),
             "CAS with a wrong seq accepted at {}",
@@ -174,7 +174,7 @@ fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<
         &key,
         &nodes[1].api,
         "db",
-        &["10.0.0.6:5432", "--if-seq", "5"],
+        &["127.0.0.6:5432", "--if-seq", "5"],
     )?)?;
     for n in &nodes {
         wait_seq(n, &name, 6)?;
@@ -192,8 +192,8 @@ fn two_writers_with_the_same_seq_converge_to_one_identical_winner() -> Result<()
     // Two automation workers holding the same key both write seq 7, at different nodes, at once.
     let k1 = key.clone();
     let a = nodes[0].api.clone();
-    let w1 = std::thread::spawn(move || publish(&k1, &a, "lb", &["10.0.0.1:80", "--seq", "7"]));
-    let w2 = publish(&key, &nodes[2].api, "lb", &["10.0.0.2:80", "--seq", "7"])?;
+    let w1 = std::thread::spawn(move || publish(&k1, &a, "lb", &["127.0.0.1:80", "--seq", "7"]));
+    let w2 = publish(&key, &nodes[2].api, "lb", &["127.0.0.2:80", "--seq", "7"])?;
     let w1 = w1
         .join()
         .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
@@ -233,7 +233,7 @@ fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result
                 break;
             }
             let label = format!("n{i}");
-            match publish(&k, &api, &label, &["10.0.0.1:80"]) {
+            match publish(&k, &api, &label, &["127.0.0.1:80"]) {
                 Ok(out) if out.status.success() => acked.push(label),
                 _ => break,
             }
@@ -286,7 +286,7 @@ fn measure_propagation_and_idle_rss() -> Result<()> {
             label: format!("p{i}"),
             seq: 1,
             expires_at_ms: dpin_node::node::now_ms() + 3_600_000,
-            content: Content::Endpoints(vec!["10.0.0.1:80".parse()?]),
+            content: Content::Endpoints(vec!["127.0.0.1:80".parse()?]),
         };
         let rec = body.sign(&key)?;
         let name = rec.name();

@@ -1,1 +1,886 @@
-fn main() {}
+//! `dpin-sim` — start a local dpin cluster, or break one on purpose and check what survived.
+//!
+//! Subcommands:
+//! * `cluster` — N nodes on loopback, printed addresses and ready-to-paste commands; Ctrl-C stops
+//!   them all.
+//! * `stop` — stops a cluster (or a killed harness's leftovers) from its pidfiles.
+//! * `chaos` — the Jepsen-style run: workload + nemesis + checker; writes the SPEC §5 report,
+//!   the history (JSONL) and an SVG timeline; exits non-zero if any invariant broke.
+//! * `check` — re-runs the checker on a recorded history.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
+use dpin_sim::checker::{self, CheckConfig};
+use dpin_sim::cluster::{self, Cluster, ClusterOptions, Layout};
+use dpin_sim::history::{FaultKind, History, OpOutcome, Proto};
+use dpin_sim::nemesis::{Nemesis, NemesisConfig};
+use dpin_sim::netns::{self, Netns};
+use dpin_sim::nodeapi::Api;
+use dpin_sim::report::{Report, RunMeta};
+use dpin_sim::workload::{self, Ctx, Plan, Recorder, Target, WorkloadConfig};
+use dpin_sim::svg;
+
+#[derive(Parser)]
+#[command(
+    name = "dpin-sim",
+    version,
+    about = "Local dpin cluster and Jepsen-style chaos harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start N nodes on loopback and keep them running until Ctrl-C.
+    Cluster {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Folder for data dirs, logs and pidfiles (default: a new folder under /tmp).
+        #[arg(long)]
+        base_dir: Option<PathBuf>,
+        /// Serve DNS on every node (on a kernel-chosen loopback port).
+        #[arg(long)]
+        dns: bool,
+        /// The dpin binary (default: `dpin` next to this executable).
+        #[arg(long)]
+        dpin: Option<PathBuf>,
+    },
+    /// Stop the processes of a cluster or chaos run from the pidfiles in its folder.
+    Stop {
+        /// The folder `cluster` or `chaos` printed.
+        #[arg(long)]
+        base_dir: PathBuf,
+    },
+    /// Run a chaos test: workload, faults, checker, report.
+    Chaos(ChaosArgs),
+    /// Re-run the checker on a recorded history (JSONL) and print the counts.
+    Check {
+        /// History file written by `chaos`.
+        history: PathBuf,
+        /// Staleness bound, ms.
+        #[arg(long, default_value_t = checker::DEFAULT_STALE_BOUND_MS)]
+        stale_bound_ms: f64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NetChoice {
+    /// Namespaces if partitions are requested and possible, else loopback.
+    Auto,
+    /// Everything on 127.0.0.1; no partitions.
+    Loopback,
+    /// One network namespace per node (root + iproute2).
+    Netns,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct ChaosArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Workload duration: seconds, or with a unit (90s, 5m).
+    #[arg(long, default_value = "60")]
+    duration: String,
+    /// Seed of the workload and fault schedule (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Report file (SPEC §5 JSON).
+    #[arg(long, default_value = "chaos-report.json")]
+    report: PathBuf,
+    /// Fault kinds, comma-separated: kill, pause, partition.
+    #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
+    faults: Vec<FaultKind>,
+    /// Most nodes faulted at once.
+    #[arg(long, default_value_t = 1)]
+    max_down: usize,
+    /// SVG timeline file.
+    #[arg(long, default_value = "chaos-timeline.svg")]
+    svg: PathBuf,
+    /// Staleness bound, ms: an answer may lag the newest acknowledged write by this long.
+    #[arg(long, default_value_t = checker::DEFAULT_STALE_BOUND_MS)]
+    stale_bound_ms: f64,
+    /// Writes per second (all writers together).
+    #[arg(long, default_value_t = 20.0)]
+    write_rate: f64,
+    /// Read rounds per second per protocol (each round reads one name from every node).
+    #[arg(long, default_value_t = 20.0)]
+    read_rate: f64,
+    /// Network layout.
+    #[arg(long, value_enum, default_value_t = NetChoice::Auto)]
+    net: NetChoice,
+    /// Do not serve or query DNS.
+    #[arg(long)]
+    no_dns: bool,
+    /// Folder for the nodes' data dirs and logs (default: a new folder under /tmp).
+    #[arg(long)]
+    base_dir: Option<PathBuf>,
+    /// The dpin binary (default: `dpin` next to this executable).
+    #[arg(long)]
+    dpin: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Chaos(args) => chaos_main(args),
+        Cmd::Cluster {
+            nodes,
+            base_dir,
+            dns,
+            dpin,
+        } => run_async(cluster_main(nodes, base_dir, dns, dpin)),
+        Cmd::Stop { base_dir } => match cluster::stop_from_pidfiles(&base_dir) {
+            Ok(n) => {
+                println!("stopped {n} process(es) from {}", base_dir.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("dpin-sim: {e:#}");
+                1
+            }
+        },
+        Cmd::Check {
+            history,
+            stale_bound_ms,
+        } => check_main(&history, stale_bound_ms),
+    };
+    std::process::exit(code);
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<()>>) -> i32 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dpin-sim: {e:#}");
+            return 2;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("dpin-sim: {e:#}");
+            1
+        }
+    }
+}
+
+fn check_main(path: &Path, stale_bound_ms: f64) -> i32 {
+    let h = match History::read_jsonl(path) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("dpin-sim: {e}");
+            return 2;
+        }
+    };
+    let f = checker::check(&h, &CheckConfig { stale_bound_ms });
+    let out = serde_json::json!({
+        "queries": f.queries, "writes": f.writes, "propagation_ms": f.propagation,
+        "violations": f.examples,
+    });
+    println!("{out:#}");
+    i32::from(!f.invariants_hold())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn new_base_dir(kind: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dpin-{kind}-{}", std::process::id()))
+}
+
+// ---------------------------------------------------------------- cluster
+
+async fn cluster_main(
+    nodes: usize,
+    base_dir: Option<PathBuf>,
+    dns: bool,
+    dpin: Option<PathBuf>,
+) -> Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let dpin = match dpin {
+        Some(p) => p,
+        None => cluster::default_dpin()?,
+    };
+    let base_dir = base_dir.unwrap_or_else(|| new_base_dir("cluster"));
+    let opts = ClusterOptions {
+        dpin: dpin.clone(),
+        base_dir: base_dir.clone(),
+        nodes,
+        dns,
+        layout: Layout::Loopback,
+    };
+    println!("starting {nodes} dpin nodes; data, logs and pidfiles in {}", base_dir.display());
+    let mut cluster = tokio::select! {
+        c = Cluster::start(&opts) => c?,
+        _ = terminated() => bail!("interrupted during start"),
+    };
+    let result = serve_cluster(&mut cluster, &dpin).await;
+    println!("stopping {} nodes ...", cluster.nodes.len());
+    cluster.shutdown().await;
+    println!("stopped; data kept in {}", base_dir.display());
+    result
+}
+
+async fn serve_cluster(cluster: &mut Cluster, dpin: &Path) -> Result<()> {
+    let api = Api::new().context("cannot build the HTTP client")?;
+    let n = cluster.nodes.len();
+    if !cluster
+        .wait_connected(&api, n.saturating_sub(1), Duration::from_secs(30))
+        .await
+    {
+        eprintln!("dpin-sim: warning: not every node sees every peer yet");
+    }
+    // A demo name, so the printed commands work right away.
+    let key = ZoneKey::from_seed(rand::random());
+    let key_path = cluster.base_dir.join("demo.key");
+    write_key(&key_path, &key.to_key_file())?;
+    let demo_ep: Endpoint = "127.0.0.1:8080"
+        .parse()
+        .map_err(|e| anyhow!("demo endpoint: {e}"))?;
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        + 24 * 3600 * 1000;
+    let record = RecordBody {
+        zone: key.zone(),
+        label: "demo".to_owned(),
+        seq: 1,
+        expires_at_ms: expires,
+        content: Content::Endpoints(vec![demo_ep]),
+    }
+    .sign(&key)
+    .map_err(|e| anyhow!("demo record: {e}"))?;
+    let mut published = false;
+    for addr in cluster.apis() {
+        if api
+            .publish(addr, &record, Duration::from_secs(2))
+            .await
+            .outcome
+            .is_ack()
+        {
+            published = true;
+            break;
+        }
+    }
+    let name = format!("demo.{}", key.zone());
+    let apis: Vec<String> = cluster.apis().iter().map(ToString::to_string).collect();
+    println!();
+    for node in &cluster.nodes {
+        let Some(info) = &node.info else { continue };
+        println!(
+            "node {}: pid {:<7} api {:<21} dns {:<21} peer {}",
+            node.index,
+            node.pid().unwrap_or(0),
+            info.api,
+            info.dns.map_or("-".to_owned(), |d| d.to_string()),
+            info.peer_id
+        );
+    }
+    if let Some(note) = &cluster.dns_note {
+        println!("DNS is off: {note}");
+    }
+    println!();
+    if published {
+        println!("demo name published: {name} -> 127.0.0.1:8080 (key {})", key_path.display());
+    } else {
+        println!("warning: could not publish the demo name");
+    }
+    println!("try:");
+    println!("  {} resolve --api {} {name}", dpin.display(), apis.join(","));
+    for node in &cluster.nodes {
+        if let Some(d) = node.info.as_ref().and_then(|i| i.dns) {
+            println!("  dig @{} -p {} {name}.dpin A", d.ip(), d.port());
+        }
+    }
+    println!(
+        "  {} publish --key {} --api {} demo 127.0.0.1:9090",
+        dpin.display(),
+        key_path.display(),
+        apis.join(",")
+    );
+    println!(
+        "  {} status --api {}",
+        dpin.display(),
+        apis.first().cloned().unwrap_or_default()
+    );
+    println!(
+        "stop with Ctrl-C here, or: dpin-sim stop --base-dir {}",
+        cluster.base_dir.display()
+    );
+    terminated().await;
+    Ok(())
+}
+
+fn write_key(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+// ---------------------------------------------------------------- chaos
+
+fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("bad duration {s:?}; use e.g. 30, 90s, 5m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("bad duration unit in {s:?}; use s, m or h"),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= 24.0 * 3600.0) {
+        bail!("duration {s:?} out of range (0 < d <= 24h)");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn replay_command(args: &ChaosArgs, seed: u64, faults: &[FaultKind]) -> String {
+    let exe = std::env::args()
+        .next()
+        .unwrap_or_else(|| "dpin-sim".to_owned());
+    let faults: Vec<&str> = faults.iter().map(|f| f.as_str()).collect();
+    let mut cmd = format!(
+        "{exe} chaos --nodes {} --duration {} --seed {seed} --faults {} --max-down {} --stale-bound-ms {} --write-rate {} --read-rate {} --report {} --svg {}",
+        args.nodes,
+        args.duration,
+        if faults.is_empty() { "none".to_owned() } else { faults.join(",") },
+        args.max_down,
+        args.stale_bound_ms,
+        args.write_rate,
+        args.read_rate,
+        args.report.display(),
+        args.svg.display()
+    );
+    if args.net != NetChoice::Auto {
+        cmd.push_str(&format!(" --net {:?}", args.net).to_lowercase());
+    }
+    if args.no_dns {
+        cmd.push_str(" --no-dns");
+    }
+    if let Some(d) = &args.dpin {
+        cmd.push_str(&format!(" --dpin {}", d.display()));
+    }
+    cmd
+}
+
+fn chaos_main(mut args: ChaosArgs) -> i32 {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    eprintln!("dpin-sim chaos: seed {seed}");
+    let duration = match parse_duration(&args.duration) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("dpin-sim: {e:#}");
+            return 2;
+        }
+    };
+    if args.nodes < 2 {
+        eprintln!("dpin-sim: chaos needs at least 2 nodes");
+        return 2;
+    }
+    args.faults.sort();
+    args.faults.dedup();
+    let requested = args.faults.clone();
+    let want_partition = requested.contains(&FaultKind::Partition);
+    // Choose the layout on the main thread: entering a namespace must happen before any other
+    // thread exists.
+    let use_netns = match args.net {
+        NetChoice::Loopback => false,
+        NetChoice::Netns => true,
+        NetChoice::Auto => want_partition && netns::available(),
+    };
+    let mut ns = None;
+    let partition_method;
+    if use_netns {
+        netns::remove_stale();
+        match Netns::create(args.nodes).and_then(|n| n.enter_hub().map(|()| n)) {
+            Ok(n) => {
+                partition_method = format!(
+                    "netns: each node in its own network namespace ({p}-nK), peer traffic on \
+                     198.18.0.K via bridge dpd in {p}-hub, API/DNS on 198.19.0.K via bridge dpm; \
+                     a partition sets the node's port vdK on the peer bridge down, so it can \
+                     reach no other node (clients still reach it); nothing outside these \
+                     namespaces is touched and they are deleted at the end",
+                    p = n.hub().trim_end_matches("-hub")
+                );
+                ns = Some(n);
+            }
+            Err(e) => {
+                eprintln!("dpin-sim: cannot build network namespaces: {e}");
+                return 2;
+            }
+        }
+    } else if want_partition {
+        args.faults.retain(|f| *f != FaultKind::Partition);
+        partition_method = format!(
+            "none: partitions need network namespaces (root + iproute2{}); not scheduled. \
+             Loopback traffic of one process cannot be cut safely without the host firewall",
+            if args.net == NetChoice::Loopback {
+                ", and --net loopback was given"
+            } else {
+                ""
+            }
+        );
+        eprintln!("dpin-sim: warning: {partition_method}");
+    } else {
+        partition_method = "none: partitions not requested".to_owned();
+    }
+    let replay = replay_command(&args, seed, &requested);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dpin-sim: {e:#}");
+            return 2;
+        }
+    };
+    let result = rt.block_on(run_chaos(
+        &args,
+        seed,
+        duration,
+        ns.as_ref(),
+        partition_method,
+        replay.clone(),
+    ));
+    drop(rt);
+    drop(ns); // deletes the namespaces (the nodes are gone by now)
+    match result {
+        Ok(report) => {
+            println!("{}", report.summary());
+            if report.pass {
+                0
+            } else {
+                eprintln!("dpin-sim: chaos run FAILED (seed {seed}); replay with:\n  {replay}");
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("dpin-sim: {e:#}");
+            eprintln!("dpin-sim: seed {seed}; replay with:\n  {replay}");
+            2
+        }
+    }
+}
+
+fn sibling(path: &Path, ext: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "chaos".into(), |s| s.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}.{ext}"))
+}
+
+async fn run_chaos(
+    args: &ChaosArgs,
+    seed: u64,
+    duration: Duration,
+    ns: Option<&Netns>,
+    partition_method: String,
+    replay: String,
+) -> Result<Report> {
+    let dpin = match &args.dpin {
+        Some(p) => p.clone(),
+        None => cluster::default_dpin()?,
+    };
+    let base_dir = args.base_dir.clone().unwrap_or_else(|| new_base_dir("chaos"));
+    std::fs::create_dir_all(&base_dir)
+        .with_context(|| format!("cannot create {}", base_dir.display()))?;
+    let layout = match ns {
+        Some(n) => {
+            std::fs::write(base_dir.join("netns.txt"), n.names().join("\n"))
+                .context("cannot record namespace names")?;
+            Layout::Netns {
+                namespaces: (1..=args.nodes).map(|k| n.node_ns(k)).collect(),
+                data: (1..=args.nodes).map(|k| n.data_addr(k)).collect(),
+                mgmt: (1..=args.nodes).map(|k| n.mgmt_addr(k)).collect(),
+            }
+        }
+        None => Layout::Loopback,
+    };
+    let dns_bind = match ns {
+        Some(n) => IpAddr::V4(n.hub_addr()),
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    eprintln!(
+        "dpin-sim: starting {} nodes in {} ({})",
+        args.nodes,
+        base_dir.display(),
+        if ns.is_some() { "network namespaces" } else { "loopback" }
+    );
+    let opts = ClusterOptions {
+        dpin,
+        base_dir: base_dir.clone(),
+        nodes: args.nodes,
+        dns: !args.no_dns,
+        layout,
+    };
+    let mut cluster = Cluster::start(&opts).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal_task = tokio::spawn(async move {
+        terminated().await;
+        eprintln!("\ndpin-sim: interrupted; healing and stopping the nodes ...");
+        let _ = stop_tx.send(true);
+    });
+    let out = chaos_phases(
+        args,
+        seed,
+        duration,
+        ns,
+        &mut cluster,
+        stop_rx.clone(),
+        dns_bind,
+        partition_method,
+        replay,
+        &base_dir,
+    )
+    .await;
+    cluster.shutdown().await;
+    signal_task.abort();
+    if *stop_rx.borrow() {
+        bail!("interrupted");
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn chaos_phases(
+    args: &ChaosArgs,
+    seed: u64,
+    duration: Duration,
+    ns: Option<&Netns>,
+    cluster: &mut Cluster,
+    stop: tokio::sync::watch::Receiver<bool>,
+    dns_bind: IpAddr,
+    partition_method: String,
+    replay: String,
+    base_dir: &Path,
+) -> Result<Report> {
+    let api = Api::new().context("cannot build the HTTP client")?;
+    let n = cluster.nodes.len();
+    let mut harness_errors = Vec::new();
+    if !cluster
+        .wait_connected(&api, n - 1, Duration::from_secs(30))
+        .await
+    {
+        harness_errors.push("the mesh did not form within 30 s of start".to_owned());
+    }
+    let targets: Arc<Vec<Target>> = Arc::new(
+        cluster
+            .nodes
+            .iter()
+            .filter_map(|nd| {
+                nd.info.as_ref().map(|i| Target {
+                    node: nd.index,
+                    api: i.api,
+                    dns: i.dns,
+                })
+            })
+            .collect(),
+    );
+    let wcfg = WorkloadConfig {
+        seed,
+        writers: 3,
+        names_per_writer: 4,
+        race_names: 2,
+        write_rate: args.write_rate,
+        read_rate: args.read_rate,
+        dns_bind,
+    };
+    let plan = Arc::new(Plan::new(&wcfg));
+    let rec = Arc::new(Recorder::new());
+    let setup_ctx = Ctx {
+        rec: rec.clone(),
+        api: api.clone(),
+        targets: targets.clone(),
+        deadline: Instant::now() + Duration::from_secs(60),
+        probe_tx: None,
+        stop: stop.clone(),
+    };
+    let unacked = workload::setup(&setup_ctx, &plan).await;
+    if !unacked.is_empty() {
+        harness_errors.push(format!("setup: first write not acknowledged for {unacked:?}"));
+    }
+    if !workload::wait_replicated(&setup_ctx, &plan, Duration::from_secs(30)).await {
+        harness_errors.push("setup: names not on every node within 30 s".to_owned());
+    }
+
+    // Workload + nemesis.
+    let work_start_ms = rec.now_ms();
+    let deadline = Instant::now() + duration;
+    let (probe_tx, probe_rx) = tokio::sync::mpsc::channel(1);
+    let ctx = Ctx {
+        rec: rec.clone(),
+        api: api.clone(),
+        targets: targets.clone(),
+        deadline,
+        probe_tx: Some(probe_tx),
+        stop: stop.clone(),
+    };
+    let dns = cluster.dns && targets.iter().all(|t| t.dns.is_some());
+    eprintln!(
+        "dpin-sim: {} names, {} writers + race, readers over HTTP{}; running {:.0} s with faults [{}]",
+        plan.names.len(),
+        wcfg.writers,
+        if dns { " and DNS" } else { "" },
+        duration.as_secs_f64(),
+        args.faults.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+    );
+    let mut tasks = Vec::new();
+    for w in 0..wcfg.writers {
+        tasks.push(tokio::spawn(workload::writer(
+            ctx.clone(),
+            plan.clone(),
+            w,
+            wcfg.write_rate / wcfg.writers as f64,
+            seed,
+        )));
+    }
+    tasks.push(tokio::spawn(workload::race(
+        ctx.clone(),
+        plan.clone(),
+        Duration::from_millis(1500),
+        seed,
+    )));
+    tasks.push(tokio::spawn(workload::reader(
+        ctx.clone(),
+        plan.clone(),
+        0,
+        Proto::Http,
+        wcfg.read_rate,
+        dns_bind,
+    )));
+    if dns {
+        tasks.push(tokio::spawn(workload::reader(
+            ctx.clone(),
+            plan.clone(),
+            1,
+            Proto::Dns,
+            wcfg.read_rate,
+            dns_bind,
+        )));
+    }
+    tasks.push(tokio::spawn(workload::prober(ctx.clone(), probe_rx)));
+    let progress = tokio::spawn(progress(ctx.clone(), duration));
+    drop(ctx);
+
+    let mut nemesis = Nemesis::new(NemesisConfig {
+        faults: args.faults.clone(),
+        max_down: args.max_down,
+        seed,
+        fault_ms: (1000, 5000),
+        gap_ms: (1000, 4000),
+    });
+    let quiet_tail = Duration::from_secs(3).min(duration / 4);
+    nemesis
+        .run(cluster, ns, &rec, deadline - quiet_tail, &stop)
+        .await;
+    nemesis.heal_all(cluster, ns, &rec).await;
+    let mut stop_wait = stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep_until(deadline.into()) => {}
+        _ = stop_wait.wait_for(|s| *s) => {}
+    }
+    let work_end_ms = rec.now_ms();
+    // Every task loop ends at the deadline; the longest single step is a write failing over
+    // across all nodes.
+    let join_limit = workload::WRITE_TIMEOUT * (n as u32 + 2) + Duration::from_secs(5);
+    for t in tasks {
+        let abort = t.abort_handle();
+        if tokio::time::timeout(join_limit, t).await.is_err() {
+            abort.abort();
+            harness_errors.push("a workload task did not stop in time".to_owned());
+        }
+    }
+    let _ = progress.await;
+    if *stop.borrow() {
+        bail!("interrupted");
+    }
+    // Heal (already done), converge, final reads.
+    nemesis.heal_all(cluster, ns, &rec).await;
+    harness_errors.extend(nemesis.errors.iter().cloned());
+    eprintln!("dpin-sim: workload done; waiting for convergence (at most 30 s) ...");
+    let convergence = workload::wait_converged(&api, &targets, Duration::from_secs(30))
+        .await
+        .map(|d| d.as_secs_f64());
+    workload::final_reads(&rec, &api, &targets, &plan).await;
+
+    let history = rec.history();
+    let findings = checker::check(
+        &history,
+        &CheckConfig {
+            stale_bound_ms: args.stale_bound_ms,
+        },
+    );
+    let history_path = sibling(&args.report, "history.jsonl");
+    history
+        .write_jsonl(&history_path)
+        .with_context(|| format!("cannot write {}", history_path.display()))?;
+    let report = Report::new(
+        RunMeta {
+            nodes: n,
+            duration_s: (work_end_ms - work_start_ms) / 1000.0,
+            seed,
+            counts: nemesis.counts.clone(),
+            convergence,
+            partition_method,
+            dns,
+            dns_note: cluster.dns_note.clone().or_else(|| {
+                args.no_dns.then(|| "--no-dns given".to_owned())
+            }),
+            stale_bound_ms: args.stale_bound_ms,
+            faults: args.faults.iter().map(|f| f.as_str().to_owned()).collect(),
+            max_down: args.max_down,
+            replay,
+            history: history_path.display().to_string(),
+            base_dir: base_dir.display().to_string(),
+            harness_errors,
+        },
+        &findings,
+    );
+    let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+    std::fs::write(&args.report, json + "\n")
+        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    let title = format!(
+        "dpin chaos: {} nodes, seed {}, {} — {}",
+        n,
+        seed,
+        args.faults.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(","),
+        if report.pass { "PASS" } else { "FAIL" }
+    );
+    let picture = svg::render(&history, &findings, n, work_end_ms / 1000.0, &title);
+    std::fs::write(&args.svg, picture)
+        .with_context(|| format!("cannot write {}", args.svg.display()))?;
+    eprintln!(
+        "dpin-sim: report {}, timeline {}",
+        args.report.display(),
+        args.svg.display()
+    );
+    Ok(report)
+}
+
+/// Prints one progress line per second on stderr until the workload ends.
+async fn progress(ctx: Ctx, duration: Duration) {
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while ctx.running() {
+        tick.tick().await;
+        let c = &ctx.rec.counters;
+        let active = ctx
+            .rec
+            .active
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        let now_ms = ctx.rec.now_ms();
+        let faults = if active.is_empty() {
+            "none".to_owned()
+        } else {
+            active
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} n{} ({:.1}s left)",
+                        f.kind.as_str(),
+                        f.node,
+                        ((f.until_ms - now_ms) / 1000.0).max(0.0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let line = format!(
+            "[{:>5.1}/{:.0}s] ops {} | reads ok {} no-answer {} | failed {} empty {} | acked writes {} stale refused {} | fault: {}",
+            start.elapsed().as_secs_f64(),
+            duration.as_secs_f64(),
+            c.ops.load(Ordering::Relaxed),
+            c.reads_ok.load(Ordering::Relaxed),
+            c.unanswered.load(Ordering::Relaxed),
+            c.failed_rounds.load(Ordering::Relaxed),
+            c.empty.load(Ordering::Relaxed),
+            c.acked.load(Ordering::Relaxed),
+            c.refused_stale.load(Ordering::Relaxed),
+            faults
+        );
+        if tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() -> Result<()> {
+        assert_eq!(parse_duration("30")?, Duration::from_secs(30));
+        assert_eq!(parse_duration("90s")?, Duration::from_secs(90));
+        assert_eq!(parse_duration("5m")?, Duration::from_secs(300));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5x").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn report_file_siblings() {
+        assert_eq!(
+            sibling(Path::new("/tmp/r/chaos-report.json"), "history.jsonl"),
+            PathBuf::from("/tmp/r/chaos-report.history.jsonl")
+        );
+    }
+
+    #[test]
+    fn outcome_helpers() {
+        assert!(OpOutcome::Applied.is_ack());
+        assert!(!OpOutcome::Stale.is_ack());
+    }
+}
