@@ -24,6 +24,7 @@ use dpin_protocol::{Endpoint, Outcome, SignedRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::liveness::PeerStatus;
 use crate::net::PublishStatus;
 use crate::node::{now_ms, Node};
 
@@ -215,18 +216,17 @@ async fn resolve(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let name = normalize_name(&raw)?;
     let now = now_ms();
-    let record = node.read_store(|s| s.resolve(&name, now)).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no live record for {name}"),
-        )
-    })?;
-    let endpoints: Vec<EndpointJson> = record
-        .endpoints()
-        .unwrap_or(&[])
+    let crate::answer::Answer { record, endpoints } = crate::answer::answer(&node, &name, now)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no live record for {name}"),
+            )
+        })?;
+    let endpoints: Vec<EndpointJson> = endpoints
         .iter()
-        .map(|e| EndpointJson::from_endpoint(e, true))
+        .map(|(e, healthy)| EndpointJson::from_endpoint(e, *healthy))
         .collect();
     Ok(Json(json!({
         "name": name,
@@ -262,12 +262,15 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         .map(|(id, st)| {
             json!({
                 "peer_id": id.to_string(),
-                "alive": st.connected,
+                "alive": st.status != PeerStatus::Down,
+                "state": st.status.as_str(),
+                "connected": st.connected,
                 "since_ms": st.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
                 "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),
             })
         })
         .collect();
+    let (tracked, unhealthy) = node.0.health.summary();
     let listen: Vec<String> = node
         .0
         .listen_addrs
@@ -284,6 +287,7 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         "uptime_s": node.0.started.elapsed().as_secs_f64(),
         "corrupt_entries_skipped": corrupt,
         "counters": node.0.metrics.to_json(),
+        "endpoints": {"tracked": tracked, "unhealthy": unhealthy},
     }))
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::client::{Answer, Client};
+use crate::health::{run as health_run, Health, HealthConfig, UdpProbe};
 use crate::net::{self, NetConfig};
 use crate::node::{self as dnode, now_ms, Node};
 use crate::store::DurableStore;
@@ -126,6 +127,18 @@ struct NodeArgs {
     /// File of aliases, one `NAME ZONE` or `NAME=ZONE` per line (`#` comments).
     #[arg(long)]
     aliases: Option<PathBuf>,
+    /// Target time between health probes of one endpoint, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    probe_interval_ms: u64,
+    /// Endpoint probe timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    probe_timeout_ms: u64,
+    /// How UDP endpoints are probed.
+    #[arg(long, value_enum, default_value_t = UdpProbe::Icmp)]
+    udp_probe: UdpProbe,
+    /// Do not probe endpoints (every endpoint counts as healthy).
+    #[arg(long)]
+    no_probe: bool,
     /// Most simultaneous peer connections.
     #[arg(long, default_value_t = 256)]
     max_connections: u32,
@@ -241,7 +254,16 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let (handle, events) = net::spawn(config)
         .await
         .context("cannot start networking")?;
-    let node = Node::new(store, handle.clone(), args.data_dir.clone());
+    let health = Health::new(HealthConfig {
+        enabled: !args.no_probe,
+        interval: Duration::from_millis(args.probe_interval_ms.max(50)),
+        timeout: Duration::from_millis(args.probe_timeout_ms.max(10)),
+        udp: args.udp_probe,
+        ..HealthConfig::default()
+    });
+    let node = Node::new(store, handle.clone(), args.data_dir.clone(), health.clone());
+    let probe_node = node.clone();
+    tokio::spawn(health_run(health, move || probe_node.endpoint_targets()));
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
     {
         let mut la = node
@@ -487,13 +509,18 @@ async fn status(client: &Client, json_out: bool) -> Result<()> {
         out["live_records"],
         out["digest"].as_str().unwrap_or("?")
     );
+    let now = now_ms();
     for p in out["peers"].as_array().into_iter().flatten() {
-        let alive = p["alive"].as_bool() == Some(true);
-        println!(
-            "  {} {}",
-            p["peer_id"].as_str().unwrap_or("?"),
-            if alive { "alive" } else { "DOWN" }
-        );
+        let state = p["state"].as_str().unwrap_or("unknown").to_uppercase();
+        let ago = p["since_ms"]
+            .as_u64()
+            .map(|t| format!(" for {:.1}s", now.saturating_sub(t) as f64 / 1000.0))
+            .unwrap_or_default();
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map(|r| format!(", rtt {r:.1} ms"))
+            .unwrap_or_default();
+        println!("  {} {state}{ago}{rtt}", p["peer_id"].as_str().unwrap_or("?"));
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //!   connection limits) in one event loop, driven through a cloneable handle.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
+//! * [`liveness`] — the peer failure detector (suspicion + confirmation, local-health aware).
+//! * [`health`] — endpoint probing with bounded concurrency, jitter and backoff.
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum).
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
@@ -18,7 +20,9 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod dns;
+pub mod health;
 pub mod identity;
+pub mod liveness;
 pub mod net;
 pub mod node;
 pub mod store;

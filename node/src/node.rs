@@ -12,7 +12,7 @@
 //!   digests are compared and only differing records move, so a node that was down or
 //!   partitioned catches up without anyone republishing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +27,8 @@ use dpin_protocol::{Outcome, SignedRecord, SyncRequest, SyncResponse};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
+use crate::health::{Health, Target};
+use crate::liveness::{Detector, DetectorConfig, PeerInfo, PeerStatus, Transition};
 use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, StoreError};
 
@@ -114,17 +116,6 @@ impl Metrics {
     }
 }
 
-/// What the node knows about one peer.
-#[derive(Clone, Debug)]
-pub struct PeerState {
-    /// Whether a connection is currently established.
-    pub connected: bool,
-    /// When `connected` last changed.
-    pub since: SystemTime,
-    /// Last ping round-trip time.
-    pub rtt: Option<Duration>,
-}
-
 /// Errors the node reports to its front-ends.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -143,7 +134,9 @@ pub struct Shared {
     pub net: NetHandle,
     /// Counters.
     pub metrics: Metrics,
-    peers: Mutex<BTreeMap<PeerId, PeerState>>,
+    detector: Mutex<Detector>,
+    /// Endpoint health table.
+    pub health: Arc<Health>,
     /// Addresses the swarm listens on.
     pub listen_addrs: Mutex<Vec<Multiaddr>>,
     /// When the node started.
@@ -174,12 +167,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Node {
     /// Builds the node around an opened store and a started network.
-    pub fn new(store: DurableStore, net: NetHandle, data_dir: PathBuf) -> Self {
+    pub fn new(
+        store: DurableStore,
+        net: NetHandle,
+        data_dir: PathBuf,
+        health: Arc<Health>,
+    ) -> Self {
         Node(Arc::new(Shared {
             store: Mutex::new(store),
             net,
             metrics: Metrics::default(),
-            peers: Mutex::new(BTreeMap::new()),
+            detector: Mutex::new(Detector::new(DetectorConfig::default())),
+            health,
             listen_addrs: Mutex::new(Vec::new()),
             started: Instant::now(),
             data_dir,
@@ -237,32 +236,49 @@ impl Node {
         Ok(PublishResult { outcome, gossip })
     }
 
-    /// Whether `endpoint` is believed reachable. Until endpoint probing exists every endpoint
-    /// counts as healthy.
-    pub fn endpoint_healthy(&self, _endpoint: &dpin_protocol::Endpoint) -> bool {
-        true
+    /// Whether `endpoint` is believed reachable (see [`crate::health`]).
+    pub fn endpoint_healthy(&self, endpoint: &dpin_protocol::Endpoint) -> bool {
+        self.0.health.is_healthy(endpoint)
     }
 
-    /// Live peers and their state.
-    pub fn peers(&self) -> BTreeMap<PeerId, PeerState> {
-        lock(&self.0.peers).clone()
+    /// Every known peer and its liveness.
+    pub fn peers(&self) -> BTreeMap<PeerId, PeerInfo> {
+        lock(&self.0.detector).peers().clone()
     }
 
-    fn set_peer(&self, peer: PeerId, connected: bool, rtt: Option<Duration>) {
-        let mut peers = lock(&self.0.peers);
-        let now = SystemTime::now();
-        let e = peers.entry(peer).or_insert(PeerState {
-            connected: !connected,
-            since: now,
-            rtt: None,
-        });
-        if e.connected != connected {
-            e.connected = connected;
-            e.since = now;
+    /// Feeds the failure detector and acts on status changes: a peer that comes back (or
+    /// connects) is synced with at once, so it catches up without waiting for the interval.
+    fn detect(&self, f: impl FnOnce(&mut Detector, Instant) -> Option<Transition>) {
+        let change = f(&mut lock(&self.0.detector), Instant::now());
+        if let Some(t) = change {
+            self.on_transition(t);
         }
-        if rtt.is_some() {
-            e.rtt = rtt;
+    }
+
+    fn on_transition(&self, (peer, old, new): Transition) {
+        tracing::info!(%peer, from = old.as_str(), to = new.as_str(), "peer liveness changed");
+        if new == PeerStatus::Alive {
+            self.spawn_sync(peer);
         }
+    }
+
+    /// Endpoints of every live name, for the health prober.
+    pub fn endpoint_targets(&self) -> BTreeSet<Target> {
+        let now = now_ms();
+        self.read_store(|s| {
+            s.mem()
+                .iter()
+                .filter(|(_, e)| e.is_live(now))
+                .filter_map(|(_, e)| e.record())
+                .flat_map(|r| {
+                    r.endpoints()
+                        .unwrap_or(&[])
+                        .iter()
+                        .map(|e| (e.host.clone(), e.port, e.transport))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
     }
 
     async fn on_gossip(
@@ -271,6 +287,7 @@ impl Node {
         message_id: libp2p::gossipsub::MessageId,
         data: Vec<u8>,
     ) {
+        self.detect(|d, now| d.heard(source, now));
         let m = &self.0.metrics;
         let verdict = match SignedRecord::decode(&data) {
             Err(e) => {
@@ -322,6 +339,7 @@ impl Node {
     }
 
     async fn on_request(&self, peer: PeerId, data: Vec<u8>) -> Vec<u8> {
+        self.detect(|d, now| d.heard(peer, now));
         let req = match SyncRequest::decode(&data) {
             Ok(r) => r,
             Err(e) => {
@@ -473,21 +491,56 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// Consumes network events forever (until the channel closes) and runs periodic sync.
+/// Most gossip messages waiting for validation; beyond this they are ignored (not forwarded)
+/// and anti-entropy carries the records instead.
+pub const GOSSIP_QUEUE: usize = 1024;
+/// How often the failure detector re-evaluates peers.
+pub const DETECTOR_TICK: Duration = Duration::from_millis(100);
+
+type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
+
+/// Consumes network events forever (until the channel closes), ticks the failure detector and
+/// runs periodic sync. Gossip validation (which fsyncs) runs on its own task so liveness
+/// events are never stuck behind disk writes.
 pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
-    let mut tick = tokio::time::interval(SYNC_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(GOSSIP_QUEUE);
+    let gnode = node.clone();
+    tokio::spawn(async move {
+        while let Some((source, id, data)) = gossip_rx.recv().await {
+            gnode.on_gossip(source, id, data).await;
+        }
+    });
+    let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut detector_tick = tokio::time::interval(DETECTOR_TICK);
+    detector_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { return };
-                handle_event(&node, ev).await;
+                match ev {
+                    NetEvent::Gossip { source, message_id, data } => {
+                        if let Err(mpsc::error::TrySendError::Full((source, id, _))) =
+                            gossip_tx.try_send((source, message_id, data))
+                        {
+                            Metrics::inc(&node.0.metrics.gossip_ignored);
+                            let _ = node.0.net.report_validation(id, source, Verdict::Ignore).await;
+                        }
+                    }
+                    other => handle_event(&node, other),
+                }
             }
-            _ = tick.tick() => {
+            _ = detector_tick.tick() => {
+                let changes = lock(&node.0.detector).tick(Instant::now());
+                for t in changes {
+                    node.on_transition(t);
+                }
+            }
+            _ = sync_tick.tick() => {
                 let peers: Vec<PeerId> = node
                     .peers()
                     .into_iter()
-                    .filter(|(_, s)| s.connected)
+                    .filter(|(_, p)| p.connected && p.status != PeerStatus::Down)
                     .map(|(p, _)| p)
                     .collect();
                 for p in peers {
@@ -500,20 +553,23 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     }
 }
 
-async fn handle_event(node: &Node, ev: NetEvent) {
+fn handle_event(node: &Node, ev: NetEvent) {
     match ev {
         NetEvent::Gossip {
             source,
             message_id,
             data,
-        } => node.on_gossip(source, message_id, data).await,
+        } => {
+            let node = node.clone();
+            tokio::spawn(async move { node.on_gossip(source, message_id, data).await });
+        }
         NetEvent::Request {
             peer,
             data,
             channel,
         } => {
             let node = node.clone();
-            // Answering may apply a push (fsync); do not hold up gossip for it.
+            // Answering may apply a push (fsync); do not hold up other events for it.
             tokio::spawn(async move {
                 let resp = node.on_request(peer, data).await;
                 if let Err(e) = node.0.net.respond(channel, resp).await {
@@ -521,16 +577,9 @@ async fn handle_event(node: &Node, ev: NetEvent) {
                 }
             });
         }
-        NetEvent::PeerConnected(peer) => {
-            node.set_peer(peer, true, None);
-            node.spawn_sync(peer);
-        }
-        NetEvent::PeerDisconnected(peer) => node.set_peer(peer, false, None),
-        NetEvent::Ping { peer, rtt } => {
-            if rtt.is_some() {
-                node.set_peer(peer, true, rtt);
-            }
-        }
+        NetEvent::PeerConnected(peer) => node.detect(|d, now| d.connected(peer, now)),
+        NetEvent::PeerDisconnected(peer) => node.detect(|d, now| d.disconnected(peer, now)),
+        NetEvent::Ping { peer, rtt } => node.detect(|d, now| d.ping(peer, rtt, now)),
         NetEvent::ListenAddr(addr) => {
             let mut addrs = lock(&node.0.listen_addrs);
             if !addrs.contains(&addr) {

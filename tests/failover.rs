@@ -1,0 +1,223 @@
+//! Routing around failures with real processes: endpoint health in answers (fail open, never
+//! empty), peer failure detection for paused and killed nodes, and client failover.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use dpin_tests::{cli, cluster, keygen, wait_connected, wait_until, NodeProc};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
+const SPREAD: Duration = Duration::from_secs(15);
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn ok(out: std::process::Output) -> Result<String> {
+    if !out.status.success() {
+        bail!("command failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Ports that nothing listens on right now (bound, then released).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// (port, healthy) pairs of the HTTP answer for `name` at `node`.
+fn answer(node: &NodeProc, name: &str) -> Option<Vec<(u64, bool)>> {
+    let (status, v) = node.get(&format!("/v1/resolve/{name}")).ok()?;
+    if status != 200 {
+        return None;
+    }
+    v["endpoints"].as_array().map(|eps| {
+        eps.iter()
+            .map(|e| {
+                (
+                    e["port"].as_u64().unwrap_or(0),
+                    e["healthy"] == Value::Bool(true),
+                )
+            })
+            .collect()
+    })
+}
+
+fn peer_state(observer: &NodeProc, peer: &str) -> Option<String> {
+    let (_, v) = observer.get("/v1/status").ok()?;
+    v["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["peer_id"] == peer)
+        .and_then(|p| p["state"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn answers_carry_only_healthy_endpoints_follow_moves_and_fail_open_when_none_is_healthy(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let probe = ["--probe-interval-ms", "300", "--probe-timeout-ms", "200"];
+    let nodes = cluster(bin(), dir.path(), 2, &probe)?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("svc.{zone}");
+    let mut listener = Some(TcpListener::bind("127.0.0.1:0")?);
+    let p1 = listener
+        .as_ref()
+        .map_or(Ok(0), |l| l.local_addr().map(|a| a.port()))?;
+    let (p2, p3) = (free_port()?, free_port()?);
+    let eps: Vec<String> = [p1, p2, p3]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut args = vec![
+        "publish",
+        "--key",
+        key.to_str().unwrap_or_default(),
+        "--api",
+    ];
+    args.push(&nodes[0].api);
+    args.push("svc");
+    args.extend(eps.iter().map(String::as_str));
+    ok(cli(bin(), &args)?)?;
+
+    // Only the endpoint with a listener is served, on every node.
+    for n in &nodes {
+        wait_until(SPREAD, "only the live endpoint", || {
+            (answer(n, &name)? == vec![(u64::from(p1), true)]).then_some(())
+        })?;
+    }
+    // Move the listener: answers follow within a couple of probe intervals.
+    listener = None;
+    drop(listener);
+    let moved = TcpListener::bind(("127.0.0.1", p3))?;
+    let t = Instant::now();
+    for n in &nodes {
+        wait_until(SPREAD, "answers to follow the moved listener", || {
+            (answer(n, &name)? == vec![(u64::from(p3), true)]).then_some(())
+        })?;
+    }
+    eprintln!(
+        "listener move visible on both nodes after {:?}",
+        t.elapsed()
+    );
+    // No listener at all: all three endpoints come back, marked unhealthy — never empty.
+    drop(moved);
+    for n in &nodes {
+        wait_until(
+            SPREAD,
+            "fail-open answer with every endpoint unhealthy",
+            || {
+                let a = answer(n, &name)?;
+                (a.len() == 3 && a.iter().all(|(_, h)| !h)).then_some(())
+            },
+        )?;
+    }
+    let out = ok(cli(bin(), &["resolve", "--api", &nodes[1].api, &name])?)?;
+    assert_eq!(out.matches("UNHEALTHY").count(), 3, "{out}");
+    Ok(())
+}
+
+#[test]
+fn paused_peer_is_marked_down_and_back_up_after_sigcont() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
+    wait_connected(&nodes, SPREAD)?;
+    let target = &nodes[2];
+    target.signal(libc::SIGSTOP)?;
+    let stopped = Instant::now();
+    for n in &nodes[..2] {
+        wait_until(Duration::from_secs(10), "paused peer marked down", || {
+            (peer_state(n, &target.peer_id)? == "down").then_some(())
+        })?;
+    }
+    eprintln!(
+        "paused peer marked down by both after {:?}",
+        stopped.elapsed()
+    );
+    // The status CLI shows it, and the others keep serving meanwhile.
+    let out = ok(cli(bin(), &["status", "--api", &nodes[0].api])?)?;
+    assert!(out.contains(&format!("{} DOWN", target.peer_id)), "{out}");
+    target.signal(libc::SIGCONT)?;
+    for n in &nodes[..2] {
+        wait_until(Duration::from_secs(10), "resumed peer marked alive", || {
+            (peer_state(n, &target.peer_id)? == "alive").then_some(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("app.{zone}");
+    ok(cli(
+        bin(),
+        &[
+            "publish",
+            "--key",
+            key.to_str().unwrap_or_default(),
+            "--api",
+            &nodes[2].api,
+            "app",
+            "127.0.0.1:9",
+        ],
+    )?)?;
+    wait_until(SPREAD, "record on every node", || {
+        nodes
+            .iter()
+            .all(|n| n.resolved_seq(&name) == Some(1))
+            .then_some(())
+    })?;
+    // First address hung (SIGSTOP: the TCP connect succeeds, nothing answers), second dead.
+    nodes[0].signal(libc::SIGSTOP)?;
+    let hung = nodes[0].api.clone();
+    nodes[1].kill();
+    let apis = format!("{hung},{},{}", nodes[1].api, nodes[2].api);
+    let t = Instant::now();
+    let out = ok(cli(
+        bin(),
+        &[
+            "resolve",
+            "--api",
+            &apis,
+            &name,
+            "--json",
+            "--timeout-ms",
+            "400",
+        ],
+    )?)?;
+    let took = t.elapsed();
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!(v["answered_by"], nodes[2].api.as_str());
+    assert_eq!(v["seq"], 1);
+    // Bounded: one timeout for the hung peer, a refused connection for the dead one, plus
+    // process start-up; generous so a loaded machine does not fail it.
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+    // Publishing fails over the same way.
+    ok(cli(
+        bin(),
+        &[
+            "publish",
+            "--key",
+            key.to_str().unwrap_or_default(),
+            "--api",
+            &apis,
+            "--timeout-ms",
+            "400",
+            "app",
+            "127.0.0.1:10",
+        ],
+    )?)?;
+    nodes[0].signal(libc::SIGCONT)?;
+    wait_until(SPREAD, "resumed node catches up", || {
+        (nodes[0].resolved_seq(&name) == Some(2)).then_some(())
+    })?;
+    Ok(())
+}
