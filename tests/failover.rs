@@ -221,3 +221,53 @@ fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Figures for the issue note, not a timed assertion: run with
+/// `cargo test -p dpin-tests --release --test failover -- --ignored --nocapture measure`.
+/// Detection time = from the signal until the observer's status says `down`, polled every 20 ms.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_detection_times() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
+    wait_connected(&nodes, SPREAD)?;
+    let mut paused = Vec::new();
+    let mut killed = Vec::new();
+    for _ in 0..10 {
+        let peer = nodes[2].peer_id.clone();
+        nodes[2].signal(libc::SIGSTOP)?;
+        let t = Instant::now();
+        wait_until(SPREAD, "down", || {
+            (peer_state(&nodes[0], &peer)? == "down").then_some(())
+        })?;
+        paused.push(t.elapsed().as_secs_f64() * 1000.0);
+        nodes[2].signal(libc::SIGCONT)?;
+        wait_until(SPREAD, "alive", || {
+            (peer_state(&nodes[0], &peer)? == "alive").then_some(())
+        })?;
+    }
+    for _ in 0..10 {
+        let peer = nodes[2].peer_id.clone();
+        nodes[2].kill();
+        let t = Instant::now();
+        wait_until(SPREAD, "down", || {
+            (peer_state(&nodes[0], &peer)? == "down").then_some(())
+        })?;
+        killed.push(t.elapsed().as_secs_f64() * 1000.0);
+        let boot = vec![nodes[0].bootstrap_addr()];
+        nodes[2].restart(&boot, true)?;
+        wait_until(SPREAD, "alive", || {
+            (peer_state(&nodes[0], &peer)? == "alive").then_some(())
+        })?;
+    }
+    for (what, v) in [("SIGSTOP", &mut paused), ("SIGKILL", &mut killed)] {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "{what}: marked down after median {:.0} ms, max {:.0} ms over {} trials",
+            v[v.len() / 2],
+            v[v.len() - 1],
+            v.len()
+        );
+    }
+    Ok(())
+}
