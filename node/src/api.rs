@@ -6,6 +6,7 @@
 //! | POST | `/v1/publish` | body `{"record": HEX, "if_seq": N?}`: apply a signed record, then gossip it |
 //! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`) |
 //! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it |
+//! | GET | `/v1/offers` | live offers, cheapest first; query filters `kind`, `region`, `min_free`, `min_cores`, `min_memory`, `min_gpus`, `max_price` |
 //! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest |
 //! | GET | `/metrics` | counters in Prometheus text format |
 //!
@@ -125,6 +126,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/resolve/{name}", get(resolve))
         .route("/v1/seq/{name}", get(seq))
         .route("/v1/status", get(status))
+        .route("/v1/offers", get(offers))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -293,4 +295,17 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
 
 async fn metrics(State(node): State<Node>) -> String {
     node.0.metrics.render()
+}
+
+async fn offers(
+    State(node): State<Node>,
+    query: Result<
+        axum::extract::Query<crate::offers::OfferFilter>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(filter) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let list = crate::offers::list(&node, &filter, now_ms());
+    Ok(Json(json!({"offers": list})))
 }

@@ -90,6 +90,39 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List live storage and compute offers, cheapest first.
+    Offers {
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// Only `storage` or `compute`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Minimum free storage (K/M/G/T suffixes accepted).
+        #[arg(long, value_parser = crate::offers::parse_bytes)]
+        min_free: Option<u64>,
+        /// Minimum cores.
+        #[arg(long)]
+        min_cores: Option<u32>,
+        /// Minimum memory (K/M/G/T suffixes accepted).
+        #[arg(long, value_parser = crate::offers::parse_bytes)]
+        min_memory: Option<u64>,
+        /// Minimum GPUs.
+        #[arg(long)]
+        min_gpus: Option<u32>,
+        /// Maximum price (decimal).
+        #[arg(long, value_parser = crate::offers::parse_price)]
+        max_price: Option<u64>,
+        /// Per-peer timeout in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a node's peers, record count and digest.
     Status {
         /// Node API addresses, tried in order.
@@ -139,6 +172,27 @@ struct NodeArgs {
     /// Do not probe endpoints (every endpoint counts as healthy).
     #[arg(long)]
     no_probe: bool,
+    /// Offer this much storage (bytes; K/M/G/T suffixes accepted).
+    #[arg(long, value_parser = crate::offers::parse_bytes)]
+    offer_storage: Option<u64>,
+    /// Offer this many compute cores.
+    #[arg(long)]
+    offer_compute: Option<u32>,
+    /// Memory offered with the cores (bytes; K/M/G/T suffixes accepted).
+    #[arg(long, value_parser = crate::offers::parse_bytes, default_value = "0")]
+    memory: u64,
+    /// GPUs offered with the cores.
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// Region tag of the offers.
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Price of the offers (decimal, e.g. 0.25; per GiB-month for storage, per core-hour for compute).
+    #[arg(long, value_parser = crate::offers::parse_price, default_value = "0")]
+    price: u64,
+    /// How often offers are refreshed, in milliseconds (they lapse after 3 missed refreshes).
+    #[arg(long, default_value_t = 10_000)]
+    offer_refresh_ms: u64,
     /// Most simultaneous peer connections.
     #[arg(long, default_value_t = 256)]
     max_connections: u32,
@@ -206,6 +260,35 @@ async fn run(cli: Cli) -> Result<()> {
             let client = Client::new(api, Duration::from_millis(timeout_ms))?;
             resolve(&client, &name, json).await
         }
+        Cmd::Offers {
+            api,
+            kind,
+            region,
+            min_free,
+            min_cores,
+            min_memory,
+            min_gpus,
+            max_price,
+            timeout_ms,
+            json,
+        } => {
+            if let Some(k) = &kind {
+                if k != "storage" && k != "compute" {
+                    bail!("--kind must be storage or compute, not {k:?}");
+                }
+            }
+            let filter = crate::offers::OfferFilter {
+                kind,
+                region,
+                min_free,
+                min_cores,
+                min_memory,
+                min_gpus,
+                max_price,
+            };
+            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
+            offers(&client, &filter, json).await
+        }
         Cmd::Status {
             api,
             timeout_ms,
@@ -240,6 +323,8 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let keypair = identity::load_or_create(&args.data_dir.join("identity.key"))?;
+    let offer_key = crate::offers::zone_key(&keypair)
+        .context("the node identity is not an ed25519 key, so it cannot sign offers")?;
     let store = DurableStore::open(&args.data_dir.join("store.redb"))
         .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let listen = parse_addrs(&args.listen, "--listen")?;
@@ -295,6 +380,22 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     tracing::info!(%peer_id, ?listen_addrs, %api_addr, "dpin node started");
 
     tokio::spawn(dnode::run_events(node.clone(), events));
+    let local_offers = crate::offers::LocalOffers {
+        storage_bytes: args.offer_storage,
+        cores: args.offer_compute,
+        memory_bytes: args.memory,
+        gpus: args.gpus,
+        region: args.region.clone(),
+        price_milli: args.price,
+        refresh: Duration::from_millis(args.offer_refresh_ms.max(100)),
+    };
+    let capacity = args.offer_storage.unwrap_or(0);
+    tokio::spawn(crate::offers::run(
+        node.clone(),
+        offer_key,
+        local_offers,
+        move || capacity,
+    ));
     let api_task = tokio::spawn(api::serve(node.clone(), api_listener));
     tokio::select! {
         r = api_task => {
@@ -520,7 +621,75 @@ async fn status(client: &Client, json_out: bool) -> Result<()> {
             .as_f64()
             .map(|r| format!(", rtt {r:.1} ms"))
             .unwrap_or_default();
-        println!("  {} {state}{ago}{rtt}", p["peer_id"].as_str().unwrap_or("?"));
+        println!(
+            "  {} {state}{ago}{rtt}",
+            p["peer_id"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
+}
+
+async fn offers(
+    client: &Client,
+    filter: &crate::offers::OfferFilter,
+    json_out: bool,
+) -> Result<()> {
+    let mut query = Vec::new();
+    let f = serde_json::to_value(filter)?;
+    for (k, v) in f.as_object().into_iter().flatten() {
+        match v {
+            Value::Null => {}
+            Value::String(s) => query.push(format!("{k}={s}")),
+            other => query.push(format!("{k}={other}")),
+        }
+    }
+    let path = format!("/v1/offers?{}", query.join("&"));
+    let a = client.first(&path, None, |a| a.status == 200).await?;
+    if a.status != 200 {
+        return Err(api_error(&a));
+    }
+    let mut out = a.body.clone();
+    out["answered_by"] = json!(a.addr);
+    if json_out {
+        println!("{out}");
+        return Ok(());
+    }
+    let list = out["offers"].as_array().cloned().unwrap_or_default();
+    println!("{} offers (answered by {})", list.len(), a.addr);
+    for o in list {
+        let price = o["price_milli"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        let what = if o["kind"] == "storage" {
+            format!(
+                "storage {} free of {}",
+                human_bytes(o["free_bytes"].as_u64().unwrap_or(0)),
+                human_bytes(o["capacity_bytes"].as_u64().unwrap_or(0))
+            )
+        } else {
+            format!(
+                "compute {} cores, {} memory, {} GPUs",
+                o["cores"],
+                human_bytes(o["memory_bytes"].as_u64().unwrap_or(0)),
+                o["gpus"]
+            )
+        };
+        println!(
+            "  {:<8.3} {:<12} {} {}",
+            price,
+            o["region"].as_str().unwrap_or(""),
+            o["peer_id"].as_str().unwrap_or("?"),
+            what
+        );
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }

@@ -7,6 +7,8 @@
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
 //! * [`liveness`] — the peer failure detector (suspicion + confirmation, local-health aware).
 //! * [`health`] — endpoint probing with bounded concurrency, jitter and backoff.
+//! * [`offers`] — this node's storage/compute offers (signed records, refreshed, lapsing) and
+//!   the network-wide offer listing.
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum).
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
@@ -25,4 +27,5 @@ pub mod identity;
 pub mod liveness;
 pub mod net;
 pub mod node;
+pub mod offers;
 pub mod store;

@@ -1,0 +1,345 @@
+//! Storage and compute offers: what this node offers, and the live offers of the whole network.
+//!
+//! An offer is an ordinary signed record under a reserved label (`_offer-storage`,
+//! `_offer-compute`) in the node's own zone — the zone key is the node's libp2p ed25519
+//! identity, so an offer's zone *is* its node's peer id and nobody else can offer on its
+//! behalf. Riding on the record machinery means offers gossip, sync, persist and merge exactly
+//! like names. Each refresh publishes a higher seq (the wall clock in ms) with an expiry of
+//! [`EXPIRY_REFRESHES`] refresh intervals, so a dead node's offers lapse by themselves within
+//! about three intervals and no one has to delete them.
+
+use std::time::Duration;
+
+use dpin_protocol::record::{COMPUTE_OFFER_LABEL, STORAGE_OFFER_LABEL};
+use dpin_protocol::{
+    ComputeOffer, Content, RecordBody, SignedRecord, StorageOffer, ZoneId, ZoneKey,
+};
+use libp2p::identity::Keypair;
+use serde::{Deserialize, Serialize};
+
+use crate::node::{now_ms, Node};
+
+/// An offer expires after this many refresh intervals without a refresh.
+pub const EXPIRY_REFRESHES: u32 = 3;
+
+/// What this node offers (from the command line).
+#[derive(Clone, Debug, Default)]
+pub struct LocalOffers {
+    /// Storage capacity in bytes, if offered.
+    pub storage_bytes: Option<u64>,
+    /// Compute cores, if offered.
+    pub cores: Option<u32>,
+    /// Memory offered with the cores.
+    pub memory_bytes: u64,
+    /// GPUs offered with the cores.
+    pub gpus: u32,
+    /// Region tag.
+    pub region: String,
+    /// Price in thousandths of a unit.
+    pub price_milli: u64,
+    /// Refresh interval.
+    pub refresh: Duration,
+}
+
+/// The node's zone key for offers, derived from its libp2p identity (same ed25519 key).
+pub fn zone_key(identity: &Keypair) -> Option<ZoneKey> {
+    let ed = identity.clone().try_into_ed25519().ok()?;
+    let secret = ed.secret();
+    let seed: [u8; 32] = secret.as_ref().try_into().ok()?;
+    Some(ZoneKey::from_seed(seed))
+}
+
+/// The peer id that owns an offer zone.
+pub fn peer_of(zone: &ZoneId) -> Option<libp2p::PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&zone.0).ok()?;
+    Some(libp2p::PeerId::from_public_key(&pk.into()))
+}
+
+/// Signs this node's current offers. `free_bytes` is what storage still has room for.
+pub fn sign_offers(
+    key: &ZoneKey,
+    offers: &LocalOffers,
+    free_bytes: u64,
+    now: u64,
+) -> Vec<SignedRecord> {
+    let expires = now + (offers.refresh * EXPIRY_REFRESHES).as_millis() as u64;
+    let mut out = Vec::new();
+    let mut push = |label: &str, content: Content| {
+        let body = RecordBody {
+            zone: key.zone(),
+            label: label.to_owned(),
+            // The clock as seq: every refresh (and every restart) supersedes the last one.
+            seq: now.max(1),
+            expires_at_ms: expires,
+            content,
+        };
+        match body.sign(key) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::error!(%e, "cannot sign offer; check --offer-* flags"),
+        }
+    };
+    if let Some(capacity) = offers.storage_bytes {
+        push(
+            STORAGE_OFFER_LABEL,
+            Content::StorageOffer(StorageOffer {
+                capacity_bytes: capacity,
+                free_bytes: free_bytes.min(capacity),
+                price_milli: offers.price_milli,
+                region: offers.region.clone(),
+            }),
+        );
+    }
+    if let Some(cores) = offers.cores {
+        push(
+            COMPUTE_OFFER_LABEL,
+            Content::ComputeOffer(ComputeOffer {
+                cores,
+                memory_bytes: offers.memory_bytes,
+                gpus: offers.gpus,
+                price_milli: offers.price_milli,
+                region: offers.region.clone(),
+            }),
+        );
+    }
+    out
+}
+
+/// Publishes this node's offers now and then every refresh interval, forever.
+pub async fn run(
+    node: Node,
+    key: ZoneKey,
+    offers: LocalOffers,
+    free: impl Fn() -> u64 + Send + 'static,
+) {
+    if offers.storage_bytes.is_none() && offers.cores.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(offers.refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for record in sign_offers(&key, &offers, free(), now_ms()) {
+            match node.publish(record, None).await {
+                Ok(r) if r.outcome.is_winner() => {}
+                Ok(r) => tracing::warn!(outcome = r.outcome.kind(), "offer refresh not applied"),
+                Err(e) => tracing::warn!(%e, "offer refresh failed"),
+            }
+        }
+    }
+}
+
+/// One live offer as the API and CLI show it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OfferView {
+    /// `storage` or `compute`.
+    pub kind: String,
+    /// Offering node's peer id.
+    pub peer_id: String,
+    /// Offering node's zone id.
+    pub zone: String,
+    /// Storage capacity (storage offers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+    /// Free storage (storage offers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// Cores (compute offers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// Memory (compute offers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// GPUs (compute offers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// Price in thousandths of a unit.
+    pub price_milli: u64,
+    /// Region tag.
+    pub region: String,
+    /// Expiry (Unix ms).
+    pub expires_at_ms: u64,
+}
+
+/// Filters for listing offers; all optional.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct OfferFilter {
+    /// `storage` or `compute`.
+    pub kind: Option<String>,
+    /// Exact region.
+    pub region: Option<String>,
+    /// Minimum free bytes (storage).
+    pub min_free: Option<u64>,
+    /// Minimum cores (compute).
+    pub min_cores: Option<u32>,
+    /// Minimum memory bytes (compute).
+    pub min_memory: Option<u64>,
+    /// Minimum GPUs (compute).
+    pub min_gpus: Option<u32>,
+    /// Maximum price (thousandths).
+    pub max_price: Option<u64>,
+}
+
+impl OfferFilter {
+    fn matches(&self, o: &OfferView) -> bool {
+        self.kind.as_ref().is_none_or(|k| *k == o.kind)
+            && self.region.as_ref().is_none_or(|r| *r == o.region)
+            && self.max_price.is_none_or(|p| o.price_milli <= p)
+            && self
+                .min_free
+                .is_none_or(|m| o.free_bytes.is_some_and(|f| f >= m))
+            && self
+                .min_cores
+                .is_none_or(|m| o.cores.is_some_and(|c| c >= m))
+            && self
+                .min_memory
+                .is_none_or(|m| o.memory_bytes.is_some_and(|c| c >= m))
+            && self.min_gpus.is_none_or(|m| o.gpus.is_some_and(|c| c >= m))
+    }
+}
+
+/// Live offers held by `node` that match `filter`, cheapest first (ties by peer id, so the
+/// order is the same on every node).
+pub fn list(node: &Node, filter: &OfferFilter, now: u64) -> Vec<OfferView> {
+    let mut out: Vec<OfferView> = node.read_store(|s| {
+        s.mem()
+            .iter()
+            .filter(|(name, e)| name.starts_with("_offer-") && e.is_live(now))
+            .filter_map(|(_, e)| e.record())
+            .filter_map(|r| view(&r))
+            .collect()
+    });
+    out.retain(|o| filter.matches(o));
+    out.sort_by(|a, b| {
+        (a.price_milli, &a.peer_id, &a.kind).cmp(&(b.price_milli, &b.peer_id, &b.kind))
+    });
+    out
+}
+
+fn view(r: &SignedRecord) -> Option<OfferView> {
+    let peer_id = peer_of(&r.body.zone)?.to_string();
+    let base = OfferView {
+        kind: String::new(),
+        peer_id,
+        zone: r.body.zone.to_string(),
+        capacity_bytes: None,
+        free_bytes: None,
+        cores: None,
+        memory_bytes: None,
+        gpus: None,
+        price_milli: 0,
+        region: String::new(),
+        expires_at_ms: r.body.expires_at_ms,
+    };
+    match &r.body.content {
+        Content::StorageOffer(o) => Some(OfferView {
+            kind: "storage".into(),
+            capacity_bytes: Some(o.capacity_bytes),
+            free_bytes: Some(o.free_bytes),
+            price_milli: o.price_milli,
+            region: o.region.clone(),
+            ..base
+        }),
+        Content::ComputeOffer(o) => Some(OfferView {
+            kind: "compute".into(),
+            cores: Some(o.cores),
+            memory_bytes: Some(o.memory_bytes),
+            gpus: Some(o.gpus),
+            price_milli: o.price_milli,
+            region: o.region.clone(),
+            ..base
+        }),
+        _ => None,
+    }
+}
+
+/// Parses a byte size: plain bytes or with K/M/G/T (powers of 1024; `KiB`, `MB` etc. accepted).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}; use e.g. 500M, 10G, 1T"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("bad size unit in {s:?}; use K, M, G or T")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses a price like `0.25` into thousandths.
+pub fn parse_price(s: &str) -> Result<u64, String> {
+    let bad = || format!("bad price {s:?}; use a decimal like 0.25");
+    let (int, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let int: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let frac_milli: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<3}").parse().map_err(|_| bad())?
+    };
+    int.checked_mul(1000)
+        .and_then(|v| v.checked_add(frac_milli))
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_prices_parse() {
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("8M"), Ok(8 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert!(parse_bytes("1X").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+        assert_eq!(parse_price("0.25"), Ok(250));
+        assert_eq!(parse_price("3"), Ok(3000));
+        assert_eq!(parse_price(".5"), Ok(500));
+        assert!(parse_price("0.0001").is_err());
+        assert!(parse_price("abc").is_err());
+    }
+
+    #[test]
+    fn offer_zone_is_the_node_identity() {
+        let kp = Keypair::generate_ed25519();
+        let key = zone_key(&kp).expect("ed25519 identity");
+        assert_eq!(peer_of(&key.zone()), Some(kp.public().to_peer_id()));
+    }
+
+    #[test]
+    fn signed_offers_are_valid_and_expire_after_three_refreshes() {
+        let kp = Keypair::generate_ed25519();
+        let key = zone_key(&kp).expect("ed25519 identity");
+        let offers = LocalOffers {
+            storage_bytes: Some(1 << 30),
+            cores: Some(8),
+            memory_bytes: 16 << 30,
+            gpus: 1,
+            region: "eu-west".into(),
+            price_milli: 250,
+            refresh: Duration::from_secs(10),
+        };
+        let recs = sign_offers(&key, &offers, 1 << 29, 1_000_000);
+        assert_eq!(recs.len(), 2);
+        for r in &recs {
+            assert_eq!(
+                r.validate(1_000_000, dpin_protocol::Freshness::Publish),
+                Ok(())
+            );
+            assert_eq!(r.body.expires_at_ms, 1_030_000);
+        }
+    }
+}
