@@ -316,3 +316,42 @@ fn measure_propagation_and_idle_rss() -> Result<()> {
     println!("idle RSS per node (KiB): {rss:?}");
     Ok(())
 }
+
+#[test]
+fn node_that_missed_thousands_of_records_catches_up_by_anti_entropy() -> Result<()> {
+    use dpin_protocol::{Content, RecordBody, ZoneKey};
+    let dir = tempfile::tempdir()?;
+    let a = NodeProc::start(bin(), &dir.path().join("a"), &[], &[])?;
+    let (key_path, _) = keygen(bin(), dir.path(), "zone")?;
+    let key = ZoneKey::from_key_file(&std::fs::read_to_string(key_path)?)?;
+    // 3000 records at A while B does not exist yet: none of them can reach B by gossip.
+    for i in 0..3000 {
+        let rec = RecordBody {
+            zone: key.zone(),
+            label: format!("bulk{i}"),
+            seq: 1,
+            expires_at_ms: dpin_node::node::now_ms() + 3_600_000,
+            content: Content::Endpoints(vec![format!("127.0.0.{}:80", i % 250 + 1).parse()?]),
+        }
+        .sign(&key)?;
+        let req = serde_json::json!({"record": hex::encode(rec.encode())}).to_string();
+        let (status, _) = dpin_tests::http(&a.api, "POST", "/v1/publish", Some(&req))?;
+        assert_eq!(status, 200);
+    }
+    let b = NodeProc::start(
+        bin(),
+        &dir.path().join("b"),
+        &[a.bootstrap_addr()],
+        &["--no-probe"],
+    )?;
+    let want = a.digest();
+    wait_until(
+        Duration::from_secs(60),
+        "B's store digest to equal A's",
+        || (b.digest() == want).then_some(()),
+    )?;
+    let (_, st) = b.get("/v1/status")?;
+    assert_eq!(st["records"], 3000);
+    assert_eq!(st["counters"]["sync_applied"], 3000);
+    Ok(())
+}

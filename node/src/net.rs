@@ -110,8 +110,11 @@ pub struct NetConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Gossipsub topic for records.
     pub topic: String,
-    /// Largest payload accepted for gossip, requests and responses.
+    /// Largest payload accepted for gossip (records are ≤ 4 KiB; the margin is for the future).
     pub max_message_bytes: usize,
+    /// Largest request or response payload (anti-entropy answers and blob chunks are far
+    /// bigger than one gossip message).
+    pub max_request_bytes: usize,
     /// Total established connections (inbound + outbound).
     pub max_connections: u32,
     /// Established connections per peer.
@@ -142,6 +145,7 @@ impl NetConfig {
             bootstrap,
             topic: "dpin/records/1".to_owned(),
             max_message_bytes: 64 * 1024,
+            max_request_bytes: 4 * 1024 * 1024,
             max_connections: 128,
             max_connections_per_peer: 2,
             expected_cluster_size: 5,
@@ -163,6 +167,9 @@ impl NetConfig {
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > u32::MAX as usize {
             return bad("max_message_bytes must be in 1..=u32::MAX");
+        }
+        if self.max_request_bytes == 0 || self.max_request_bytes > u32::MAX as usize {
+            return bad("max_request_bytes must be in 1..=u32::MAX");
         }
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return bad("connection limits must be at least 1");
@@ -412,6 +419,7 @@ pub struct NetHandle {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     max_message_bytes: usize,
+    max_request_bytes: usize,
     counters: Arc<Counters>,
 }
 
@@ -441,11 +449,11 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Shutdown)
     }
 
-    fn check_size(&self, data: &[u8]) -> Result<(), NetError> {
-        if data.len() > self.max_message_bytes {
+    fn check_size(data: &[u8], max: usize) -> Result<(), NetError> {
+        if data.len() > max {
             return Err(NetError::TooLarge {
                 size: data.len(),
-                max: self.max_message_bytes,
+                max,
             });
         }
         Ok(())
@@ -453,7 +461,7 @@ impl NetHandle {
 
     /// Publishes `data` on the gossip topic. `NoPeers` is not an error (see [`PublishStatus`]).
     pub async fn publish(&self, data: Vec<u8>) -> Result<PublishStatus, NetError> {
-        self.check_size(&data)?;
+        Self::check_size(&data, self.max_message_bytes)?;
         self.call(|reply| Command::Publish { data, reply }).await?
     }
 
@@ -477,14 +485,14 @@ impl NetHandle {
     /// Sends a request to a connected peer and awaits its response. Fails fast (without
     /// dialing) if the peer is not connected; fails after `request_timeout` otherwise.
     pub async fn request(&self, peer: PeerId, data: Vec<u8>) -> Result<Vec<u8>, NetError> {
-        self.check_size(&data)?;
+        Self::check_size(&data, self.max_request_bytes)?;
         self.call(|reply| Command::Request { peer, data, reply })
             .await?
     }
 
     /// Answers an inbound [`NetEvent::Request`].
     pub async fn respond(&self, channel: ResponseChannel, data: Vec<u8>) -> Result<(), NetError> {
-        self.check_size(&data)?;
+        Self::check_size(&data, self.max_request_bytes)?;
         self.call(|reply| Command::Respond {
             channel,
             data,
@@ -719,7 +727,7 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     );
     let sync = request_response::Behaviour::with_codec(
         SyncCodec {
-            max_bytes: config.max_message_bytes,
+            max_bytes: config.max_request_bytes,
         },
         [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
         request_response::Config::default()
@@ -815,6 +823,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         commands: cmd_tx,
         local_peer_id,
         max_message_bytes: config.max_message_bytes,
+        max_request_bytes: config.max_request_bytes,
         counters,
     };
     let discovery_interval = config.discovery_interval;
@@ -1504,7 +1513,7 @@ mod tests {
         let mut b_config = test_config(vec![a_bare]);
         // Long timeout: a fast failure below cannot be the timeout firing.
         b_config.request_timeout = Duration::from_secs(10);
-        b_config.max_message_bytes = 1000;
+        b_config.max_request_bytes = 1000;
         let b = start(b_config, accept_all()).await?;
         eventually("B connected to A", || b.connected_to(a.id())).await?;
 
