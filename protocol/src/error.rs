@@ -76,6 +76,9 @@ pub enum ValidationError {
     /// The content kind does not match the label (offers live under reserved labels).
     #[error("content does not match label {0:?}")]
     ContentLabelMismatch(String),
+    /// A blob manifest is inconsistent (chunk count vs size, chunk size, replicas).
+    #[error("invalid blob manifest: {0}")]
+    BadManifest(&'static str),
     /// An offer field is out of range (free space above capacity, zero cores, long region...).
     #[error("invalid offer: {0}")]
     BadOffer(&'static str),

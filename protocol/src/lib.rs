@@ -11,7 +11,8 @@
 //! * [`keys`] — ed25519 zone keys, the DNS-safe zone id ([`ZoneId`], one DNS label), key files.
 //! * [`record`] — the signed record ([`SignedRecord`]): names with endpoints, tombstones and the
 //!   node offers (storage / compute); canonical bincode encoding with a hard size limit,
-//!   domain-separated signatures and field validation. An empty endpoint set cannot be signed
+//!   domain-separated signatures and field validation; blob manifests (content-addressed
+//!   stored files) are records too. An empty endpoint set cannot be signed
 //!   into a valid record.
 //! * [`merge`] — THE one function that decides which record wins ([`merge::decide`]): higher
 //!   `seq` wins, equal `seq` with different content is an equivocation settled by the blake3
@@ -21,8 +22,10 @@
 //!   record back in and never removes the winner of a live name.
 //! * [`digest`] — anti-entropy: an order-independent store digest, 256 bucket digests, per-bucket
 //!   summaries and the sans-IO planner that tells two peers which records to fetch and push.
+//! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
 //! * [`error`] — typed errors, one variant per rejection reason.
 
+pub mod blob;
 pub mod digest;
 pub mod error;
 pub mod keys;
@@ -35,8 +38,8 @@ pub use error::{DecodeError, KeyError, ValidationError};
 pub use keys::{ZoneId, ZoneKey};
 pub use merge::{decide, Decision, Floor, Outcome};
 pub use record::{
-    ComputeOffer, Content, Endpoint, Freshness, Host, RecordBody, SignedRecord, StorageOffer,
-    Transport,
+    BlobManifest, ComputeOffer, Content, Endpoint, Freshness, Host, RecordBody, SignedRecord,
+    StorageOffer, Transport,
 };
 pub use store::{Entry, MemStore, Store};
 

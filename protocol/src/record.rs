@@ -247,6 +247,60 @@ pub enum Content {
     StorageOffer(StorageOffer),
     /// A compute offer (label [`COMPUTE_OFFER_LABEL`]).
     ComputeOffer(ComputeOffer),
+    /// A stored blob's manifest (label [`blob_label`] of its root hash).
+    BlobManifest(BlobManifest),
+}
+
+/// Reserved label prefix of blob manifests.
+pub const BLOB_LABEL_PREFIX: &str = "_blob-";
+/// Largest blob chunk.
+pub const MAX_CHUNK_BYTES: u32 = 4 * 1024 * 1024;
+/// Most replicas a blob may ask for.
+pub const MAX_REPLICAS: u8 = 16;
+
+/// What a blob is: content addressed by `root = blake3(chunk hash 0 || chunk hash 1 || ...)`,
+/// so every chunk can be checked against the root through the index of chunk hashes.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct BlobManifest {
+    /// Root hash (blake3 of the index).
+    pub root: [u8; 32],
+    /// Total size in bytes.
+    pub size: u64,
+    /// Size of every chunk but the last.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Copies the network keeps.
+    pub replicas: u8,
+}
+
+/// The reserved label of the manifest of the blob with `root`: `_blob-` + base32 of the root.
+pub fn blob_label(root: &[u8; 32]) -> String {
+    format!(
+        "{BLOB_LABEL_PREFIX}{}",
+        data_encoding::BASE32_NOPAD
+            .encode(root)
+            .to_ascii_lowercase()
+    )
+}
+
+fn validate_manifest(label: &str, m: &BlobManifest) -> Result<(), ValidationError> {
+    if label != blob_label(&m.root) {
+        return Err(ValidationError::ContentLabelMismatch(label.to_owned()));
+    }
+    if m.chunk_size == 0 || m.chunk_size > MAX_CHUNK_BYTES {
+        return Err(ValidationError::BadManifest("chunk size out of range"));
+    }
+    if m.replicas == 0 || m.replicas > MAX_REPLICAS {
+        return Err(ValidationError::BadManifest("replicas out of range"));
+    }
+    let expected = m.size.div_ceil(u64::from(m.chunk_size));
+    if u64::from(m.chunks) != expected {
+        return Err(ValidationError::BadManifest(
+            "chunk count does not match size",
+        ));
+    }
+    Ok(())
 }
 
 /// The signed part of a record.
@@ -435,6 +489,11 @@ impl SignedRecord {
             },
             COMPUTE_OFFER_LABEL => match &b.content {
                 Content::ComputeOffer(o) => validate_compute_offer(o),
+                Content::Tombstone => Ok(()),
+                _ => Err(ValidationError::ContentLabelMismatch(b.label.clone())),
+            },
+            label if label.starts_with(BLOB_LABEL_PREFIX) => match &b.content {
+                Content::BlobManifest(m) => validate_manifest(label, m),
                 Content::Tombstone => Ok(()),
                 _ => Err(ValidationError::ContentLabelMismatch(b.label.clone())),
             },
