@@ -7,6 +7,9 @@
 //! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`) |
 //! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it |
 //! | GET | `/v1/offers` | live offers, cheapest first; query filters `kind`, `region`, `min_free`, `min_cores`, `min_memory`, `min_gpus`, `max_price` |
+//! | POST | `/v1/blobs?replicas=K` | raw body: store a file on K storage nodes → `{"hash","size","chunks","holders"}` |
+//! | GET | `/v1/blobs/{hash}` | the file's bytes, every chunk verified, fetched from any live holder |
+//! | GET | `/v1/blobs/{hash}/info` | manifest, chunk index (hex) and which nodes hold how many chunks |
 //! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest |
 //! | GET | `/metrics` | counters in Prometheus text format |
 //!
@@ -127,6 +130,12 @@ pub fn router(node: Node) -> Router {
         .route("/v1/seq/{name}", get(seq))
         .route("/v1/status", get(status))
         .route("/v1/offers", get(offers))
+        .route(
+            "/v1/blobs",
+            post(put_blob).layer(DefaultBodyLimit::max(crate::blobs::MAX_BLOB_BYTES as usize)),
+        )
+        .route("/v1/blobs/{hash}", get(get_blob))
+        .route("/v1/blobs/{hash}/info", get(blob_info))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -308,4 +317,171 @@ async fn offers(
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let list = crate::offers::list(&node, &filter, now_ms());
     Ok(Json(json!({"offers": list})))
+}
+
+#[derive(Debug, Deserialize)]
+struct PutQuery {
+    replicas: Option<u8>,
+}
+
+fn blob_error(e: crate::blobs::BlobError) -> ApiError {
+    use crate::blobs::BlobError as E;
+    match e {
+        E::InsufficientStorage { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            e.to_string(),
+        ),
+        E::UnknownBlob => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        E::Unavailable { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "blob", e.to_string()),
+    }
+}
+
+fn parse_hash(raw: &str) -> Result<[u8; 32], ApiError> {
+    hex::decode(raw)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_hash",
+                "the hash must be 64 hex characters",
+            )
+        })
+}
+
+async fn put_blob(
+    State(node): State<Node>,
+    axum::extract::Query(q): axum::extract::Query<PutQuery>,
+    body: axum::body::Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let replicas = q.replicas.unwrap_or(3);
+    if replicas == 0 || replicas > dpin_protocol::record::MAX_REPLICAS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_replicas",
+            format!("replicas must be 1-{}", dpin_protocol::record::MAX_REPLICAS),
+        ));
+    }
+    let key = node.0.node_key.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "node key not ready",
+        )
+    })?;
+    let tmp_dir = node.0.data_dir.join("tmp");
+    let io =
+        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
+    tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;
+    let path = tmp_dir.join(format!("upload-{}", rand::random::<u64>()));
+    let result = async {
+        let mut f = tokio::fs::File::create(&path).await.map_err(io)?;
+        let mut stream = body.into_data_stream();
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                if e.to_string().contains("length limit") {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!(
+                            "blobs are limited to {} bytes",
+                            crate::blobs::MAX_BLOB_BYTES
+                        ),
+                    )
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "body", e.to_string())
+                }
+            })?;
+            total += chunk.len() as u64;
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+        f.sync_all().await.map_err(io)?;
+        drop(f);
+        if total == 0 {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "empty",
+                "an empty file cannot be stored",
+            ));
+        }
+        crate::blobs::put(&node, &key, &path, usize::from(replicas))
+            .await
+            .map_err(blob_error)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    let r = result?;
+    Ok(Json(json!(r)))
+}
+
+async fn get_blob(
+    State(node): State<Node>,
+    Path(raw): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let root = parse_hash(&raw)?;
+    let m = crate::blobs::manifest(&node, &root)
+        .ok_or_else(|| blob_error(crate::blobs::BlobError::UnknownBlob))?;
+    let index = crate::blobs::fetch_index(&node, &root, m.size)
+        .await
+        .map_err(blob_error)?;
+    // A producer fetches (and verifies) chunks two ahead of the client; a chunk no holder can
+    // provide ends the body early, which the client sees as a short, failed download.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    tokio::spawn(async move {
+        for i in 0..index.chunks() {
+            let r = crate::blobs::fetch_chunk(&node, &root, &index, i)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = r.is_err();
+            if tx.send(r).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(resp)
+}
+
+async fn blob_info(
+    State(node): State<Node>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let root = parse_hash(&raw)?;
+    let m = crate::blobs::manifest(&node, &root)
+        .ok_or_else(|| blob_error(crate::blobs::BlobError::UnknownBlob))?;
+    let index = crate::blobs::fetch_index(&node, &root, m.size)
+        .await
+        .map_err(blob_error)?;
+    let holders = crate::blobs::holders(&node, &root, m.size).await;
+    let complete = holders.iter().filter(|(_, c, t)| c == t && *t > 0).count();
+    let list: Vec<serde_json::Value> = holders
+        .iter()
+        .map(|(p, c, t)| json!({"peer_id": p.to_string(), "chunks": c, "total": t}))
+        .collect();
+    Ok(Json(json!({
+        "hash": raw.to_ascii_lowercase(),
+        "size": m.size,
+        "chunk_size": m.chunk_size,
+        "chunks": m.chunks,
+        "replicas": m.replicas,
+        "complete_copies": complete,
+        "holders": list,
+        "index": hex::encode(&index.hashes),
+    })))
 }

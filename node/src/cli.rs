@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::{Answer, Client};
@@ -85,6 +86,51 @@ enum Cmd {
         name: String,
         /// Per-peer timeout in milliseconds.
         #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a file in the network with K replicas; prints its hash.
+    Put {
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// The file.
+        file: PathBuf,
+        /// Copies to keep.
+        #[arg(long, default_value_t = 3)]
+        replicas: u8,
+        /// Whole-transfer timeout in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a stored file by hash from any peer, verifying every chunk.
+    Get {
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// The blob's hash (hex).
+        hash: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Whole-transfer timeout in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Show a stored blob's manifest and which nodes hold it.
+    Blob {
+        /// Node API addresses, tried in order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        api: Vec<String>,
+        /// The blob's hash (hex).
+        hash: String,
+        /// Per-peer timeout in milliseconds.
+        #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
         /// JSON output.
         #[arg(long)]
@@ -193,6 +239,12 @@ struct NodeArgs {
     /// How often offers are refreshed, in milliseconds (they lapse after 3 missed refreshes).
     #[arg(long, default_value_t = 10_000)]
     offer_refresh_ms: u64,
+    /// How often a storage node checks that it holds every blob it should, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    repair_interval_ms: u64,
+    /// How often a storage node re-verifies every stored chunk, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    scrub_interval_ms: u64,
     /// Most simultaneous peer connections.
     #[arg(long, default_value_t = 256)]
     max_connections: u32,
@@ -207,6 +259,9 @@ pub fn main() {
         Cmd::Publish { json: true, .. }
             | Cmd::Resolve { json: true, .. }
             | Cmd::Status { json: true, .. }
+            | Cmd::Offers { json: true, .. }
+            | Cmd::Put { json: true, .. }
+            | Cmd::Blob { json: true, .. }
     );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -259,6 +314,34 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let client = Client::new(api, Duration::from_millis(timeout_ms))?;
             resolve(&client, &name, json).await
+        }
+        Cmd::Put {
+            api,
+            file,
+            replicas,
+            timeout_s,
+            json,
+        } => {
+            let client = Client::new(api, Duration::from_secs(timeout_s))?;
+            put(&client, &file, replicas, json).await
+        }
+        Cmd::Get {
+            api,
+            hash,
+            out,
+            timeout_s,
+        } => {
+            let client = Client::new(api, Duration::from_secs(timeout_s))?;
+            get(&client, &hash, &out).await
+        }
+        Cmd::Blob {
+            api,
+            hash,
+            timeout_ms,
+            json,
+        } => {
+            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
+            blob_info(&client, &hash, json).await
         }
         Cmd::Offers {
             api,
@@ -346,7 +429,18 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         udp: args.udp_probe,
         ..HealthConfig::default()
     });
-    let node = Node::new(store, handle.clone(), args.data_dir.clone(), health.clone());
+    let blobs = Arc::new(
+        crate::blobs::BlobStore::open(args.data_dir.join("blobs"))
+            .with_context(|| format!("cannot open blob storage in {}", args.data_dir.display()))?,
+    );
+    let node = Node::new(
+        store,
+        handle.clone(),
+        args.data_dir.clone(),
+        health.clone(),
+        blobs.clone(),
+    );
+    let _ = node.0.node_key.set(offer_key.clone());
     let probe_node = node.clone();
     tokio::spawn(health_run(health, move || probe_node.endpoint_targets()));
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
@@ -390,12 +484,20 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         refresh: Duration::from_millis(args.offer_refresh_ms.max(100)),
     };
     let capacity = args.offer_storage.unwrap_or(0);
+    let used = blobs.clone();
     tokio::spawn(crate::offers::run(
         node.clone(),
         offer_key,
         local_offers,
-        move || capacity,
+        move || capacity.saturating_sub(used.used()),
     ));
+    if args.offer_storage.is_some() {
+        tokio::spawn(crate::blobs::run_maintenance(
+            node.clone(),
+            Duration::from_millis(args.repair_interval_ms.max(100)),
+            Duration::from_millis(args.scrub_interval_ms.max(100)),
+        ));
+    }
     let api_task = tokio::spawn(api::serve(node.clone(), api_listener));
     tokio::select! {
         r = api_task => {
@@ -692,4 +794,127 @@ fn human_bytes(n: u64) -> String {
         u += 1;
     }
     format!("{v:.1} {}", UNITS[u])
+}
+
+async fn put(client: &Client, file: &Path, replicas: u8, json_out: bool) -> Result<()> {
+    let meta =
+        std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", file.display());
+    }
+    let mut last = None;
+    for addr in client.addrs() {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        match client
+            .upload(
+                addr,
+                &format!("/v1/blobs?replicas={replicas}"),
+                f,
+                meta.len(),
+            )
+            .await
+        {
+            Ok(a) if a.status == 200 => {
+                let mut out = a.body.clone();
+                out["answered_by"] = json!(a.addr);
+                if json_out {
+                    println!("{out}");
+                } else {
+                    println!("{}", out["hash"].as_str().unwrap_or("?"));
+                    eprintln!(
+                        "stored {} bytes in {} chunks on {} holders (via {})",
+                        out["size"],
+                        out["chunks"],
+                        out["holders"].as_array().map_or(0, Vec::len),
+                        a.addr
+                    );
+                }
+                return Ok(());
+            }
+            Ok(a) if a.status < 500 => return Err(api_error(&a)),
+            Ok(a) => last = Some(api_error(&a)),
+            Err(e) => last = Some(anyhow::anyhow!("{addr}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no --api address")))
+}
+
+async fn get(client: &Client, hash: &str, out: &Path) -> Result<()> {
+    let root = parse_root(hash)?;
+    let info = client
+        .first(&format!("/v1/blobs/{hash}/info"), None, |a| a.status == 200)
+        .await?;
+    if info.status != 200 {
+        return Err(api_error(&info));
+    }
+    let index = hex::decode(info.body["index"].as_str().unwrap_or_default())
+        .context("peer sent a malformed index")?;
+    if dpin_protocol::blob::root_of(&index) != root {
+        bail!("{} sent an index that does not match the hash", info.addr);
+    }
+    let chunk_size = info.body["chunk_size"].as_u64().unwrap_or(0) as usize;
+    let size = info.body["size"].as_u64().unwrap_or(0);
+    if chunk_size == 0 {
+        bail!("{} sent a manifest without a chunk size", info.addr);
+    }
+    let part = out.with_extension("part");
+    let mut errors = Vec::new();
+    for addr in client.addrs() {
+        let path = format!("/v1/blobs/{hash}");
+        match client
+            .download(addr, &path, &part, &index, chunk_size, size)
+            .await
+        {
+            Ok(()) => {
+                std::fs::rename(&part, out)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!("{size} bytes verified against {hash} (from {addr})");
+                return Ok(());
+            }
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_file(&part);
+    bail!("no peer delivered a verified copy: {}", errors.join("; "))
+}
+
+fn parse_root(hash: &str) -> Result<[u8; 32]> {
+    let bytes = hex::decode(hash.trim()).context("the hash must be 64 hex characters")?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the hash must be 64 hex characters"))
+}
+
+async fn blob_info(client: &Client, hash: &str, json_out: bool) -> Result<()> {
+    parse_root(hash)?;
+    let a = client
+        .first(&format!("/v1/blobs/{hash}/info"), None, |a| a.status == 200)
+        .await?;
+    if a.status != 200 {
+        return Err(api_error(&a));
+    }
+    let mut out = a.body.clone();
+    out["answered_by"] = json!(a.addr);
+    if let Some(o) = out.as_object_mut() {
+        o.remove("index");
+    }
+    if json_out {
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "{hash}: {} bytes, {} chunks, {} replicas wanted, {} complete copies (answered by {})",
+        out["size"], out["chunks"], out["replicas"], out["complete_copies"], a.addr
+    );
+    for h in out["holders"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {}/{} chunks",
+            h["peer_id"].as_str().unwrap_or("?"),
+            h["chunks"],
+            h["total"]
+        );
+    }
+    Ok(())
 }

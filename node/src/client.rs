@@ -119,3 +119,95 @@ impl Client {
         last_definitive.ok_or_else(|| ClientError::AllFailed(failures.join("; ")))
     }
 }
+
+impl Client {
+    /// Streams `file` (of `len` bytes) as the body of a POST to one peer.
+    pub async fn upload(
+        &self,
+        addr: &str,
+        path: &str,
+        file: tokio::fs::File,
+        len: u64,
+    ) -> Result<Answer, reqwest::Error> {
+        let resp = self
+            .http
+            .post(Self::url(addr, path))
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::from(file))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .json::<Value>()
+            .await
+            .unwrap_or_else(|_| serde_json::json!({"error": "bad_body"}));
+        Ok(Answer {
+            addr: addr.to_owned(),
+            status,
+            body,
+        })
+    }
+
+    /// Downloads a blob from one peer into `part`, checking every chunk against `index` as it
+    /// arrives; fails on the first mismatch, short read or extra byte.
+    pub async fn download(
+        &self,
+        addr: &str,
+        path: &str,
+        part: &std::path::Path,
+        index: &[u8],
+        chunk_size: usize,
+        size: u64,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        let mut resp = self
+            .http
+            .get(Self::url(addr, path))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status().as_u16()));
+        }
+        let mut out = tokio::fs::File::create(part)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf: Vec<u8> = Vec::with_capacity(chunk_size);
+        let mut i = 0u32;
+        let mut written = 0u64;
+        let check = |data: &[u8], i: u32| -> Result<(), String> {
+            let want = dpin_protocol::blob::index_entry(index, i)
+                .ok_or_else(|| format!("more data than the index lists (chunk {i})"))?;
+            if dpin_protocol::blob::chunk_hash(data) != want {
+                return Err(format!("chunk {i} does not match its hash"));
+            }
+            Ok(())
+        };
+        while let Some(bytes) = resp.chunk().await.map_err(|e| e.to_string())? {
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let take = (chunk_size - buf.len()).min(rest.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == chunk_size {
+                    check(&buf, i)?;
+                    out.write_all(&buf).await.map_err(|e| e.to_string())?;
+                    written += buf.len() as u64;
+                    buf.clear();
+                    i += 1;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            check(&buf, i)?;
+            out.write_all(&buf).await.map_err(|e| e.to_string())?;
+            written += buf.len() as u64;
+        }
+        if written != size {
+            return Err(format!("got {written} bytes, expected {size}"));
+        }
+        out.sync_all().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

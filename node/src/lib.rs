@@ -9,6 +9,7 @@
 //! * [`health`] — endpoint probing with bounded concurrency, jitter and backoff.
 //! * [`offers`] — this node's storage/compute offers (signed records, refreshed, lapsing) and
 //!   the network-wide offer listing.
+//! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers.
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum).
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
@@ -19,6 +20,7 @@
 
 pub mod answer;
 pub mod api;
+pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod dns;

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dpin_protocol::blob::{BlobRequest, BlobResponse};
 use dpin_protocol::digest::{
     answer_digest, answer_fetch, digest_request, plan_sync, records_for, MAX_RECORDS_PER_MESSAGE,
 };
@@ -27,10 +28,16 @@ use dpin_protocol::{Outcome, SignedRecord, SyncRequest, SyncResponse};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
+use crate::blobs::BlobStore;
 use crate::health::{Health, Target};
 use crate::liveness::{Detector, DetectorConfig, PeerInfo, PeerStatus, Transition};
 use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, StoreError};
+
+/// First byte of a request on the request-response protocol: anti-entropy.
+pub const KIND_SYNC: u8 = 0;
+/// First byte of a request on the request-response protocol: blob transfer.
+pub const KIND_BLOB: u8 = 1;
 
 /// How often each node runs an anti-entropy round with each connected peer.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
@@ -144,6 +151,9 @@ pub struct Shared {
     /// Data directory.
     pub data_dir: PathBuf,
     sync_slots: tokio::sync::Semaphore,
+    blobs: Arc<BlobStore>,
+    /// The node's own zone key (its libp2p identity), for offers and blob manifests.
+    pub node_key: std::sync::OnceLock<dpin_protocol::ZoneKey>,
 }
 
 /// Cheap cloneable handle to the node.
@@ -172,6 +182,7 @@ impl Node {
         net: NetHandle,
         data_dir: PathBuf,
         health: Arc<Health>,
+        blobs: Arc<BlobStore>,
     ) -> Self {
         Node(Arc::new(Shared {
             store: Mutex::new(store),
@@ -183,7 +194,26 @@ impl Node {
             started: Instant::now(),
             data_dir,
             sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
+            blobs,
+            node_key: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The node's chunk store.
+    pub fn blobs(&self) -> &Arc<BlobStore> {
+        &self.0.blobs
+    }
+
+    /// Sends a blob request (already encoded) to `peer` and returns the raw answer.
+    pub async fn request_blob(&self, peer: PeerId, req: Vec<u8>) -> Result<Vec<u8>, String> {
+        let mut framed = Vec::with_capacity(req.len() + 1);
+        framed.push(KIND_BLOB);
+        framed.extend_from_slice(&req);
+        self.0
+            .net
+            .request(peer, framed)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Runs `f` on the store from a blocking thread (the store fsyncs).
@@ -340,7 +370,34 @@ impl Node {
 
     async fn on_request(&self, peer: PeerId, data: Vec<u8>) -> Vec<u8> {
         self.detect(|d, now| d.heard(peer, now));
-        let req = match SyncRequest::decode(&data) {
+        let (kind, data) = data.split_first().map_or((0xff, &[][..]), |(k, d)| (*k, d));
+        if kind == KIND_BLOB {
+            let resp = match BlobRequest::decode(data) {
+                Ok(req) => {
+                    let store = self.0.blobs.clone();
+                    tokio::task::spawn_blocking(move || crate::blobs::handle_request(&store, req))
+                        .await
+                        .unwrap_or_else(|e| BlobResponse::Error {
+                            message: e.to_string(),
+                        })
+                }
+                Err(e) => {
+                    Metrics::inc(&self.0.metrics.sync_bad_requests);
+                    BlobResponse::Error {
+                        message: e.to_string(),
+                    }
+                }
+            };
+            return resp.encode();
+        }
+        let decoded = if kind == KIND_SYNC {
+            SyncRequest::decode(data)
+        } else {
+            Err(dpin_protocol::DecodeError::Malformed(format!(
+                "unknown request kind {kind}"
+            )))
+        };
+        let req = match decoded {
             Ok(r) => r,
             Err(e) => {
                 Metrics::inc(&self.0.metrics.sync_bad_requests);
@@ -440,7 +497,7 @@ async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse
     let bytes = node
         .0
         .net
-        .request(peer, req.encode())
+        .request(peer, [&[KIND_SYNC][..], &req.encode()].concat())
         .await
         .map_err(|e| SyncError::Net(e.to_string()))?;
     SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))

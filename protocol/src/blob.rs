@@ -50,7 +50,7 @@ pub fn rendezvous<'a, T: AsRef<[u8]>>(root: &[u8; 32], candidates: &'a [T]) -> V
             (*h.finalize().as_bytes(), c)
         })
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     scored.into_iter().map(|(_, c)| c).collect()
 }
 

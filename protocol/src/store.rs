@@ -198,11 +198,9 @@ fn apply_validated<S: Store + ?Sized>(
         hash: record.content_hash(),
     };
     let decision = decide(held, incoming);
-    // Exactly the same bytes as held: nothing can change, so skip the signature check (this is
-    // the common case for gossip duplicates).
-    if decision == Decision::Duplicate {
-        return Ok(Outcome::Duplicate);
-    }
+    // Even a duplicate is verified: the same body with a forged signature must be reported as
+    // invalid, not as a successful publish (gossipsub already drops byte-identical copies, so
+    // this costs little).
     if !signature_verified {
         if let Err(e) = record.verify_signature() {
             return Ok(Outcome::Invalid(e));
