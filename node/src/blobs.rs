@@ -39,7 +39,7 @@ use crate::offers::{self, OfferFilter};
 /// Largest blob accepted for `put`.
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
 /// Chunks in flight to one holder during a put.
-pub const PUT_PARALLEL_CHUNKS: usize = 4;
+pub const PUT_PARALLEL_CHUNKS: usize = 8;
 /// Manifests live this long (a put is a long-lived fact; re-put to extend).
 pub const MANIFEST_TTL_MS: u64 = 30 * 24 * 3600 * 1000 - 60_000;
 
@@ -112,14 +112,20 @@ pub struct BlobStore {
     pub corrupt_found: AtomicU64,
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes via a temporary file and rename, so a reader never sees half a file. With `sync`,
+/// the data and the rename are on disk when this returns.
+fn write_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
+    if sync {
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
     }
     Ok(())
 }
@@ -179,7 +185,7 @@ impl BlobStore {
         bytes.extend_from_slice(&index.size.to_le_bytes());
         bytes.extend_from_slice(&index.chunk_size.to_le_bytes());
         bytes.extend_from_slice(&index.hashes);
-        write_durably(&dir.join("index"), &bytes)?;
+        write_file(&dir.join("index"), &bytes, true)?;
         Ok(())
     }
 
@@ -208,7 +214,8 @@ impl BlobStore {
         Ok(index)
     }
 
-    /// Stores chunk `i` after checking it against the stored index.
+    /// Stores chunk `i` after checking it against the stored index. Not yet durable: call
+    /// [`BlobStore::seal`] once the blob's chunks are in.
     pub fn put_chunk(&self, root: &[u8; 32], i: u32, data: &[u8]) -> Result<(), BlobError> {
         let index = self.index(root)?;
         if index_entry(&index.hashes, i) != Some(chunk_hash(data)) {
@@ -216,7 +223,7 @@ impl BlobStore {
         }
         let path = self.chunk_path(root, i);
         let old = std::fs::metadata(&path).map(|m| m.len()).ok();
-        write_durably(&path, data)?;
+        write_file(&path, data, false)?;
         self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(old) = old {
             self.used.fetch_sub(old, Ordering::Relaxed);
@@ -249,6 +256,20 @@ impl BlobStore {
         if std::fs::remove_file(path).is_ok() {
             self.used.fetch_sub(len.min(self.used()), Ordering::Relaxed);
         }
+    }
+
+    /// Makes every chunk of `root` durable; fails unless all chunks are present.
+    pub fn seal(&self, root: &[u8; 32]) -> Result<(), BlobError> {
+        let index = self.index(root)?;
+        let present = self.present(root);
+        if present.len() != index.chunks() as usize {
+            return Err(BlobError::NotHeld);
+        }
+        for i in present {
+            std::fs::File::open(self.chunk_path(root, i))?.sync_all()?;
+        }
+        std::fs::File::open(self.blob_dir(root))?.sync_all()?;
+        Ok(())
     }
 
     /// Chunk numbers present on disk (not re-verified; the scrub does that).
@@ -324,6 +345,10 @@ pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
         },
         BlobRequest::GetChunk { root, i } => match store.get_chunk(&root, i) {
             Ok(data) => BlobResponse::Chunk { data },
+            Err(e) => err(e),
+        },
+        BlobRequest::Seal { root } => match store.seal(&root) {
+            Ok(()) => BlobResponse::Stored,
             Err(e) => err(e),
         },
         BlobRequest::Has { root } => {
@@ -504,7 +529,10 @@ async fn store_on(
             t.await.map_err(|e| e.to_string())??;
         }
     }
-    Ok(())
+    match ask(node, peer, BlobRequest::Seal { root }).await? {
+        BlobResponse::Stored => Ok(()),
+        other => Err(format!("seal: {other:?}")),
+    }
 }
 
 /// Distributes the file at `path` to `replicas` holders and publishes its manifest.
@@ -733,6 +761,11 @@ async fn repair_once(node: &Node) {
                     break;
                 }
             }
+        }
+        let store = node.blobs().clone();
+        let r = m.root;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.seal(&r)).await {
+            tracing::debug!(%e, "repair: blob not complete yet");
         }
     }
 }

@@ -94,6 +94,13 @@ pub enum BlobRequest {
         /// Root hash.
         root: [u8; 32],
     },
+    /// Make every stored chunk of `root` durable (fsync) and confirm all are present. Chunks
+    /// are written without a sync each; one seal per holder makes the whole blob durable
+    /// before its manifest is published.
+    Seal {
+        /// Root hash.
+        root: [u8; 32],
+    },
 }
 
 /// Answers to [`BlobRequest`].
