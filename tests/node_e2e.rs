@@ -355,3 +355,62 @@ fn node_that_missed_thousands_of_records_catches_up_by_anti_entropy() -> Result<
     assert_eq!(st["counters"]["sync_applied"], 3000);
     Ok(())
 }
+
+/// Figures for the issue note: RSS of a node holding 100k records. Run with
+/// `cargo test -p dpin-tests --release --test node_e2e -- --ignored --nocapture rss_with_100k`.
+#[test]
+#[ignore = "measurement; prints figures; takes minutes"]
+fn measure_rss_with_100k_records() -> Result<()> {
+    use dpin_protocol::{Content, RecordBody, ZoneKey};
+    let dir = tempfile::tempdir()?;
+    let node = NodeProc::start(bin(), &dir.path().join("big"), &[], &["--no-probe"])?;
+    let (key_path, _) = keygen(bin(), dir.path(), "zone")?;
+    let key = ZoneKey::from_key_file(&std::fs::read_to_string(key_path)?)?;
+    let idle = node.rss_kib();
+    let started = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let key = key.clone();
+                let api = node.api.clone();
+                s.spawn(move || -> Result<()> {
+                    for i in (w..100_000).step_by(4) {
+                        let rec = RecordBody {
+                            zone: key.zone(),
+                            label: format!("name{i}"),
+                            seq: 1,
+                            expires_at_ms: dpin_node::node::now_ms() + 3_600_000,
+                            content: Content::Endpoints(vec![format!(
+                                "127.0.{}.{}:443",
+                                i % 200,
+                                i % 250 + 1
+                            )
+                            .parse()?]),
+                        }
+                        .sign(&key)?;
+                        let req =
+                            serde_json::json!({"record": hex::encode(rec.encode())}).to_string();
+                        let (status, _) =
+                            dpin_tests::http(&api, "POST", "/v1/publish", Some(&req))?;
+                        anyhow::ensure!(status == 200, "publish failed: {status}");
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    let loaded = started.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, st) = node.get("/v1/status")?;
+    println!(
+        "100k records: RSS idle {idle:?} KiB -> {:?} KiB with {} records (loaded in {loaded:?}, {:.0} publishes/s)",
+        node.rss_kib(),
+        st["records"],
+        100_000.0 / loaded.as_secs_f64()
+    );
+    Ok(())
+}
