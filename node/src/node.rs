@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpin_protocol::blob::{BlobRequest, BlobResponse};
 use dpin_protocol::digest::{
-    answer_digest, answer_fetch, digest_request, plan_sync, records_for, MAX_RECORDS_PER_MESSAGE,
+    answer_digest, answer_fetch, digest_request_from, plan_sync, records_for,
+    MAX_RECORDS_PER_MESSAGE,
 };
 use dpin_protocol::record::Freshness;
 use dpin_protocol::store::Store;
@@ -409,8 +410,14 @@ impl Node {
         };
         let resp = match req {
             SyncRequest::Digest { root, buckets } => {
-                self.read_store(|s| answer_digest(s, &root, &buckets))
+                self.read_store(|s| answer_digest(s, &root, &buckets, None))
             }
+            SyncRequest::DigestFrom {
+                root,
+                buckets,
+                bucket,
+                after,
+            } => self.read_store(|s| answer_digest(s, &root, &buckets, Some((bucket, &after)))),
             SyncRequest::Fetch { names } => self.read_store(|s| answer_fetch(s, &names)),
             SyncRequest::Push { records } => {
                 let applied = self.apply_synced(records).await;
@@ -505,8 +512,9 @@ async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse
 
 /// Runs anti-entropy rounds with `peer` until in sync, no progress, or [`MAX_SYNC_ROUNDS`].
 pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
+    let mut cursor: Option<(u8, String)> = None;
     for _ in 0..MAX_SYNC_ROUNDS {
-        let req = node.read_store(digest_request);
+        let req = node.read_store(|s| digest_request_from(s, cursor.as_ref()));
         let (buckets, summaries, truncated) = match ask(node, peer, req).await? {
             SyncResponse::InSync => return Ok(()),
             SyncResponse::Summaries {
@@ -516,8 +524,10 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
             } => (buckets, summaries, truncated),
             other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
         };
-        let plan = node.read_store(|s| plan_sync(s, &buckets, &summaries, truncated, now_ms()));
-        if plan.fetch.is_empty() && plan.push.is_empty() {
+        let after = cursor.as_ref().map(|(b, n)| (*b, n.as_str()));
+        let plan =
+            node.read_store(|s| plan_sync(s, &buckets, &summaries, truncated, after, now_ms()));
+        if plan.fetch.is_empty() && plan.push.is_empty() && plan.next.is_none() {
             // Digests differ only in ways we cannot fix from here (e.g. compaction timing).
             return Ok(());
         }
@@ -544,6 +554,7 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
                 other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
             }
         }
+        cursor = plan.next;
     }
     Ok(())
 }

@@ -146,6 +146,17 @@ pub enum SyncRequest {
         /// Encoded signed records (at most [`MAX_RECORDS_PER_MESSAGE`]).
         records: Vec<Vec<u8>>,
     },
+    /// Like [`SyncRequest::Digest`], continuing a truncated listing after `after` in `bucket`.
+    DigestFrom {
+        /// Initiator's root.
+        root: [u8; 32],
+        /// Initiator's truncated bucket digests.
+        buckets: Vec<u64>,
+        /// Bucket of the cursor.
+        bucket: u8,
+        /// Last name listed in the previous answer.
+        after: String,
+    },
 }
 
 /// Responder → initiator.
@@ -210,6 +221,25 @@ macro_rules! codec {
 codec!(SyncRequest);
 codec!(SyncResponse);
 
+/// The initiator's digest message, continuing after `cursor` if a previous answer was truncated.
+pub fn digest_request_from<S: Store + ?Sized>(
+    store: &S,
+    cursor: Option<&(u8, String)>,
+) -> SyncRequest {
+    match cursor {
+        None => digest_request(store),
+        Some((bucket, after)) => {
+            let d = store.digest();
+            SyncRequest::DigestFrom {
+                root: d.root,
+                buckets: d.wire_buckets(),
+                bucket: *bucket,
+                after: after.clone(),
+            }
+        }
+    }
+}
+
 /// The initiator's opening message.
 pub fn digest_request<S: Store + ?Sized>(store: &S) -> SyncRequest {
     let d = store.digest();
@@ -219,38 +249,51 @@ pub fn digest_request<S: Store + ?Sized>(store: &S) -> SyncRequest {
     }
 }
 
-/// The responder's answer to a digest: in sync, or its summaries of the differing buckets.
-/// Buckets are listed whole; if the limit is reached, later buckets are left for the next round.
+/// The responder's answer to a digest: in sync, or its summaries of the differing buckets, in
+/// (bucket, name) order, at most [`MAX_SUMMARIES`]. `after` is the initiator's cursor from a
+/// previous truncated answer: listing resumes after that name in that bucket, so a bucket with
+/// more entries than one answer can carry is walked to its end over several rounds.
 pub fn answer_digest<S: Store + ?Sized>(
     store: &S,
     root: &[u8; 32],
     buckets: &[u64],
+    after: Option<(u8, &str)>,
 ) -> SyncResponse {
     let digest = store.digest();
     if &digest.root == root {
         return SyncResponse::InSync;
     }
+    let differing = digest.differing_buckets(buckets);
+    // Start at the cursor's bucket so every round makes progress past it.
+    let start = after.map_or(0, |(b, _)| b);
+    let order = differing
+        .iter()
+        .filter(|&&b| b >= start)
+        .chain(differing.iter().filter(|&&b| b < start));
     let mut covered = Vec::new();
     let mut summaries = Vec::new();
     let mut truncated = false;
-    for b in digest.differing_buckets(buckets) {
-        let entries = store.bucket_entries(b);
-        let with_body: Vec<_> = entries.iter().filter(|(_, e)| e.bytes.is_some()).collect();
-        if summaries.len() + with_body.len() > MAX_SUMMARIES {
+    for &b in order {
+        let entries: Vec<Summary> = store
+            .bucket_entries(b)
+            .into_iter()
+            .filter(|(_, e)| e.bytes.is_some())
+            .filter(|(n, _)| match after {
+                Some((ab, an)) if ab == b => *n > an,
+                _ => true,
+            })
+            .map(|(n, e)| summary(n, e))
+            .collect();
+        let room = MAX_SUMMARIES - summaries.len();
+        if entries.len() > room {
             truncated = true;
-            if covered.is_empty() {
-                // One bucket alone is over the limit: send a prefix, marked truncated.
-                summaries.extend(
-                    with_body
-                        .iter()
-                        .take(MAX_SUMMARIES)
-                        .map(|(n, e)| summary(n, e)),
-                );
+            if room > 0 {
+                summaries.extend(entries.into_iter().take(room));
                 covered.push(b);
             }
             break;
         }
-        summaries.extend(with_body.iter().map(|(n, e)| summary(n, e)));
+        summaries.extend(entries);
         covered.push(b);
     }
     SyncResponse::Summaries {
@@ -275,15 +318,21 @@ pub struct SyncPlan {
     pub fetch: Vec<String>,
     /// Names to push to the responder (we hold the winner, or it lacks the name).
     pub push: Vec<String>,
+    /// Cursor for the next round when the answer was truncated: (bucket, last name listed).
+    pub next: Option<(u8, String)>,
 }
 
-/// Compares the responder's summaries of `buckets` with the local store. `now_ms` keeps
-/// records past the compaction horizon out of the plan (both sides are dropping them).
+/// Compares the responder's summaries of `buckets` with the local store. `after` is the cursor
+/// the request carried and `truncated` comes from the answer: together they say which part of
+/// the first and last bucket was listed, so only names in the listed range are pushed as
+/// "missing there". `now_ms` keeps records past the compaction horizon out of the plan (both
+/// sides are dropping them).
 pub fn plan_sync<S: Store + ?Sized>(
     local: &S,
     buckets: &[u8],
     remote: &[Summary],
     truncated: bool,
+    after: Option<(u8, &str)>,
     now_ms: u64,
 ) -> SyncPlan {
     let mut plan = SyncPlan::default();
@@ -305,12 +354,30 @@ pub fn plan_sync<S: Store + ?Sized>(
             Decision::Duplicate => {}
         }
     }
-    if !truncated {
-        for &b in buckets {
-            for (name, e) in local.bucket_entries(b) {
-                if e.bytes.is_some() && !e.is_compactable(now_ms) && !seen.contains(name) {
-                    plan.push.push(name.to_owned());
-                }
+    // With a truncated answer, the last covered bucket was listed only up to its last summary.
+    let upper: Option<(u8, &str)> = if truncated {
+        remote.last().map(|s| (bucket_of(&s.name), s.name.as_str()))
+    } else {
+        None
+    };
+    if truncated {
+        plan.next = upper.map(|(b, n)| (b, n.to_owned()));
+    }
+    let last_bucket = buckets.last().copied();
+    for &b in buckets {
+        for (name, e) in local.bucket_entries(b) {
+            let below_cursor = matches!(after, Some((ab, an)) if ab == b && name <= an);
+            let past_listing = truncated
+                && Some(b) == last_bucket
+                && match upper {
+                    Some((ub, un)) => ub != b || name > un,
+                    None => true,
+                };
+            if below_cursor || past_listing {
+                continue;
+            }
+            if e.bytes.is_some() && !e.is_compactable(now_ms) && !seen.contains(name) {
+                plan.push.push(name.to_owned());
             }
         }
     }

@@ -153,12 +153,9 @@ fn one_differing_name_in_ten_thousand_costs_a_tiny_fraction_of_the_store() {
     }
 }
 
-/// Names that sort after the first `MAX_SUMMARIES` of one bucket are never listed by
-/// `answer_digest`, and `plan_sync` (rightly) does not push "missing" names from a truncated
-/// answer — so a difference there is never repaired, in either direction.
+/// A bucket with more entries than one answer can list is walked over several rounds with a
+/// cursor, so names past the first `MAX_SUMMARIES` still sync (in both directions).
 #[test]
-#[ignore = "bug: answer_digest always lists the same first MAX_SUMMARIES names of an oversized \
-            bucket and has no cursor, so names after them never sync (protocol/src/digest.rs)"]
 fn names_past_the_summary_limit_of_one_bucket_still_sync() {
     let key = zone_key(5);
     let zone = key.zone();

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use dpin_protocol::digest::{answer_digest, answer_fetch, digest_request, records_for};
+use dpin_protocol::digest::{answer_digest, answer_fetch, digest_request_from, records_for};
 use dpin_protocol::digest::{MAX_RECORDS_PER_MESSAGE, MAX_SYNC_MESSAGE_BYTES};
 use dpin_protocol::record::SIGNING_DOMAIN;
 use dpin_protocol::{
@@ -242,15 +242,42 @@ fn decode_all(records: &[Vec<u8>]) -> Vec<SignedRecord> {
 /// decoded. Every received record goes through `apply_batch` (signature + merge rule).
 pub fn sync_once(init: &mut MemStore, resp: &mut MemStore, now_ms: u64) -> RoundStats {
     let mut stats = RoundStats::default();
-    let SyncRequest::Digest { root, buckets } = wire_request(digest_request(init), &mut stats)
-    else {
-        panic!("digest_request must build a Digest request");
+    let mut cursor = None;
+    // A truncated answer continues from its cursor in the next round, as the node's session
+    // does (bounded the same way).
+    for _ in 0..16 {
+        cursor = sync_round(init, resp, now_ms, cursor.as_ref(), &mut stats);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    stats
+}
+
+/// One round of a session; returns the cursor for the next round if the answer was truncated.
+fn sync_round(
+    init: &mut MemStore,
+    resp: &mut MemStore,
+    now_ms: u64,
+    cursor: Option<&(u8, String)>,
+    stats: &mut RoundStats,
+) -> Option<(u8, String)> {
+    let (root, buckets, after) = match wire_request(digest_request_from(init, cursor), stats) {
+        SyncRequest::Digest { root, buckets } => (root, buckets, None),
+        SyncRequest::DigestFrom {
+            root,
+            buckets,
+            bucket,
+            after,
+        } => (root, buckets, Some((bucket, after))),
+        other => panic!("digest_request must build a digest request, not {other:?}"),
     };
+    let after_ref = after.as_ref().map(|(b, n)| (*b, n.as_str()));
     let (covered, summaries, truncated) =
-        match wire_response(answer_digest(resp, &root, &buckets), &mut stats) {
+        match wire_response(answer_digest(resp, &root, &buckets, after_ref), stats) {
             SyncResponse::InSync => {
                 stats.in_sync = true;
-                return stats;
+                return None;
             }
             SyncResponse::Summaries {
                 buckets,
@@ -259,18 +286,17 @@ pub fn sync_once(init: &mut MemStore, resp: &mut MemStore, now_ms: u64) -> Round
             } => (buckets, summaries, truncated),
             other => panic!("unexpected answer to a digest: {other:?}"),
         };
-    let plan = plan_sync(init, &covered, &summaries, truncated, now_ms);
+    let plan = plan_sync(init, &covered, &summaries, truncated, after_ref, now_ms);
     for chunk in plan.fetch.chunks(MAX_RECORDS_PER_MESSAGE) {
         let SyncRequest::Fetch { names } = wire_request(
             SyncRequest::Fetch {
                 names: chunk.to_vec(),
             },
-            &mut stats,
+            stats,
         ) else {
             panic!("fetch round trip changed the variant");
         };
-        let SyncResponse::Records { records } =
-            wire_response(answer_fetch(resp, &names), &mut stats)
+        let SyncResponse::Records { records } = wire_response(answer_fetch(resp, &names), stats)
         else {
             panic!("answer_fetch must answer with Records");
         };
@@ -285,7 +311,7 @@ pub fn sync_once(init: &mut MemStore, resp: &mut MemStore, now_ms: u64) -> Round
     }
     for chunk in plan.push.chunks(MAX_RECORDS_PER_MESSAGE) {
         let records = records_for(init, chunk);
-        let SyncRequest::Push { records } = wire_request(SyncRequest::Push { records }, &mut stats)
+        let SyncRequest::Push { records } = wire_request(SyncRequest::Push { records }, stats)
         else {
             panic!("push round trip changed the variant");
         };
@@ -299,9 +325,9 @@ pub fn sync_once(init: &mut MemStore, resp: &mut MemStore, now_ms: u64) -> Round
             applied += u32::from(o.changed_store());
         }
         stats.pushed_applied += applied as usize;
-        wire_response(SyncResponse::PushAck { applied }, &mut stats);
+        wire_response(SyncResponse::PushAck { applied }, stats);
     }
-    stats
+    plan.next
 }
 
 /// Two distinct mutable references into a slice.
