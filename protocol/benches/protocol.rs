@@ -189,7 +189,7 @@ fn store_benches(c: &mut Criterion) {
     let root = [0u8; 32];
     g.throughput(Throughput::Elements(1));
     g.bench_function("answer_digest_one_bucket", |b| {
-        b.iter(|| answer_digest(black_box(&store), &root, &wire))
+        b.iter(|| answer_digest(black_box(&store), &root, &wire, None))
     });
     g.finish();
 }
