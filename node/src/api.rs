@@ -299,11 +299,14 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         "corrupt_entries_skipped": corrupt,
         "counters": node.0.metrics.to_json(),
         "endpoints": {"tracked": tracked, "unhealthy": unhealthy},
+        "dns": crate::dns::stats().to_json(),
     }))
 }
 
 async fn metrics(State(node): State<Node>) -> String {
-    node.0.metrics.render()
+    let mut out = node.0.metrics.render();
+    out.push_str(&crate::dns::stats().render());
+    out
 }
 
 async fn offers(

@@ -28,10 +28,11 @@
 //!   name `HEX.addr.dpin.` (8 hex digits for IPv4, 32 for IPv6; `7f000001.addr.dpin.` is
 //!   127.0.0.1), which every peer answers without any lookup because the name *is* the address.
 //!   SRV targets may not be compressed (RFC 2782), so a short target matters: with
-//!   `HEX.LABEL.ZONE.dpin.` (zone ids are 52 characters) only 9 IPv6 SRV records fit in 1232
-//!   bytes, with `HEX.addr.dpin.` 17. The addresses of literal targets ride along in the
+//!   `HEX.LABEL.ZONE.dpin.` (zone ids are 52 characters) only about 10 IPv6 SRV records fit
+//!   in 1232 bytes, with `HEX.addr.dpin.` 18. The addresses of literal targets ride along in the
 //!   additional section (RFC 2782), which saves clients a second query. The label `addr` is
 //!   therefore reserved and cannot be an alias.
+//! * `ANY` at a name is answered with its `A` and `AAAA` records (RFC 8482 allows a subset).
 //! * NXDOMAIN for names the node does not hold live (unknown, tombstoned, expired, or malformed
 //!   labels); NOERROR with no answers (NODATA) when the name exists but not with that type.
 //!   Both carry the `dpin.` SOA in the authority section so resolvers cache the negative answer,
@@ -56,16 +57,24 @@
 //!
 //! # Serving, robustness and why not `ServerFuture`
 //!
-//! Query parsing and response building use hickory-server's [`MessageRequest`] and
-//! [`MessageResponseBuilder`] (the request's question bytes are echoed verbatim, preserving
-//! 0x20 case randomisation); [`Responder::respond`] turns one request packet into at most one
-//! response packet, synchronously. The socket loops are our own rather than hickory's
+//! Queries are parsed with hickory-server's [`MessageRequest`] (which reports a broken body
+//! together with its header, so the client still gets a FORMERR with its id) and responses are
+//! encoded with hickory-proto's [`emit_message_parts`], straight from borrowed records.
+//! hickory-server's `MessageResponseBuilder` is not used because it echoes the question as raw
+//! bytes that answer owner names then cannot compress against: with 52-character zone ids
+//! that costs ~60 bytes per response. [`Responder::respond`] turns one request packet into at
+//! most one response packet, synchronously. The socket loops are our own rather than hickory's
 //! `ServerFuture`, because `ServerFuture` (0.25) drops undecodable datagrams without telling
 //! anyone (they must be counted here), spawns a task per datagram (slower on one core), has no
 //! limit on TCP connections, and retries a failing `accept` (EMFILE) in a busy loop. Instead:
 //!
-//! * UDP: a few worker tasks share one socket; each receives, answers and sends in place, so a
-//!   flood costs CPU but no memory and cannot queue unbounded work. Garbage (shorter than a
+//! * UDP: 2-4 dedicated worker threads share one blocking socket; each receives, answers and
+//!   sends in place, so a flood costs CPU but no memory and cannot queue unbounded work. The
+//!   threads are outside the async runtime on purpose: answering never waits behind libp2p or
+//!   API work on a runtime worker (the runtime has one worker per usable core, i.e. a single
+//!   one when the node is pinned to a core), and node work never waits behind a query flood
+//!   longer than the OS scheduler allows. The socket asks for a 4 MiB receive buffer so bursts
+//!   and scheduling gaps queue instead of being dropped by the kernel. Garbage (shorter than a
 //!   header, responses, oversized datagrams) is dropped and counted; a parseable header with a
 //!   broken body gets FORMERR.
 //! * TCP (RFC 7766): at most [`MAX_TCP_CONNECTIONS`] connections (further ones are accepted and
@@ -83,14 +92,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dpin_protocol::{Host, Transport, ZoneId};
-use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::message::emit_message_parts;
+use hickory_proto::op::{Edns, Header, LowerQuery, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_proto::ProtoError;
-use hickory_server::authority::{MessageRequest, MessageResponseBuilder};
+use hickory_server::authority::MessageRequest;
+use std::net::UdpSocket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::answer::Answer;
 use crate::node::Node;
@@ -113,6 +125,8 @@ pub const TCP_IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// SRV priority of endpoints served although unhealthy (fail open): tried after healthy ones.
 pub const UNHEALTHY_SRV_PRIORITY: u16 = 10;
+/// Requested UDP receive buffer (bytes).
+const UDP_RECV_BUFFER: usize = 4 << 20;
 /// How often binding UDP+TCP to one ephemeral port is retried when TCP finds it taken.
 const BIND_ATTEMPTS: usize = 10;
 /// How long the TCP accept loop pauses after an accept error (e.g. out of file descriptors),
@@ -476,7 +490,10 @@ impl<S: Source> Responder<S> {
         let res = match request.queries() {
             [q] => {
                 if request.edns().is_some_and(|e| e.version() > 0) {
-                    Resolution::negative(ResponseCode::BADVERS)
+                    Resolution {
+                        rcode: ResponseCode::BADVERS,
+                        ..Resolution::refused()
+                    }
                 } else if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
                     Resolution::refused()
                 } else {
@@ -608,15 +625,21 @@ impl<S: Source> Responder<S> {
         let emit = |answers: &[Record], additionals: &[Record], tc: bool| {
             let mut h = header;
             h.set_truncated(tc);
-            let mut b = MessageResponseBuilder::from_message_request(request);
-            if let Some(e) = &edns {
-                b.edns(e.clone());
-            }
             let mut buf = Vec::with_capacity(512);
-            // Encoded without a size limit; the caller decides what fits.
-            b.build(h, answers, std::iter::empty(), soa, additionals)
-                .destructive_emit(&mut BinEncoder::new(&mut buf))
-                .map(|_| buf)
+            // Encoded without a size limit; the caller decides what fits. The question is
+            // re-encoded from the parsed query (case preserved) so that answer owner names
+            // compress against it.
+            emit_message_parts(
+                &h,
+                &mut request.queries().iter().map(LowerQuery::original),
+                &mut answers.iter(),
+                &mut soa.iter(),
+                &mut additionals.iter(),
+                edns.as_ref(),
+                &[],
+                &mut BinEncoder::new(&mut buf),
+            )
+            .map(|_| buf)
         };
         let limit = usize::from(limit);
         let fits = |r: &Result<Vec<u8>, ProtoError>| r.as_ref().is_ok_and(|b| b.len() <= limit);
@@ -780,26 +803,37 @@ fn soa_record() -> Record {
 /// Starts serving DNS on UDP and TCP (same port) and returns the bound address.
 pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError> {
     let (udp, tcp) = bind_pair(config.addr).await?;
-    let addr = udp.local_addr().map_err(|source| DnsError::Bind {
-        proto: "udp",
+    let bind_err = |proto, source| DnsError::Bind {
+        proto,
         addr: config.addr,
         source,
-    })?;
+    };
+    let addr = udp.local_addr().map_err(|e| bind_err("udp", e))?;
     let responder = Arc::new(Responder::new(node, &config.aliases));
-    let udp = Arc::new(udp);
-    // One worker per core (at most 4): each does receive → answer → send without spawning.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    for _ in 0..workers {
-        tokio::spawn(serve_udp(udp.clone(), responder.clone()));
+    let workers = udp_workers();
+    for i in 0..workers {
+        let sock = udp.try_clone().map_err(|e| bind_err("udp", e))?;
+        let responder = responder.clone();
+        std::thread::Builder::new()
+            .name(format!("dpin-dns-udp-{i}"))
+            .spawn(move || serve_udp(&sock, &responder))
+            .map_err(|e| bind_err("udp", e))?;
     }
     tokio::spawn(serve_tcp(tcp, responder));
     tracing::info!(%addr, workers, "DNS serving on UDP and TCP");
     Ok(addr)
 }
 
+/// UDP worker threads: one per core the process may use, at least 2 (so one worker stalled in
+/// a send or preempted does not stop reception), at most 4.
+fn udp_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
 /// Binds UDP and TCP on one port. With port 0, UDP picks the port and TCP follows; if TCP finds
 /// that port taken (another process holds it for TCP only), both are retried.
 async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    // UdpSocket here is the blocking std socket the worker threads share.
     let udp_err = |source| DnsError::Bind {
         proto: "udp",
         addr,
@@ -807,7 +841,7 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErro
     };
     let mut last = None;
     for _ in 0..BIND_ATTEMPTS {
-        let udp = UdpSocket::bind(addr).await.map_err(udp_err)?;
+        let udp = bind_udp(addr).map_err(udp_err)?;
         let bound = udp.local_addr().map_err(udp_err)?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -828,19 +862,34 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErro
     })
 }
 
-async fn serve_udp<S: Source>(sock: Arc<UdpSocket>, responder: Arc<Responder<S>>) {
+/// A UDP socket with a large receive buffer: a query burst, or a few milliseconds in which the
+/// process is not scheduled, then queues in the kernel instead of being dropped there (the
+/// default ~200 KiB holds only a few hundred small datagrams; the kernel caps the request at
+/// `net.core.rmem_max`).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        tracing::debug!(%e, "cannot enlarge the DNS UDP receive buffer");
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// One UDP worker: receive, answer, send, in a loop on a blocking socket. Never returns.
+fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>) {
     let st = stats();
     // Room for any datagram, so an oversized one is seen whole and counted, not cut short.
     let mut buf = vec![0u8; 65_536];
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
+        let (n, src) = match sock.recv_from(&mut buf) {
             Ok(v) => v,
             Err(e) => {
                 inc(&st.io_errors);
                 tracing::debug!(%e, "DNS UDP receive failed");
-                // Let other tasks run if the error repeats (it should not: UDP errors here are
-                // per-datagram, e.g. ICMP feedback).
-                tokio::task::yield_now().await;
+                // Errors here are per-datagram (e.g. ICMP feedback); should one persist, do
+                // not spin on it.
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
         };
@@ -852,7 +901,7 @@ async fn serve_udp<S: Source>(sock: Arc<UdpSocket>, responder: Arc<Responder<S>>
         }
         let Some(packet) = buf.get(..n) else { continue };
         if let Some(resp) = responder.respond(packet, Proto::Udp, crate::node::now_ms()) {
-            if let Err(e) = sock.send_to(&resp, src).await {
+            if let Err(e) = sock.send_to(&resp, src) {
                 inc(&st.io_errors);
                 tracing::debug!(%e, %src, "DNS UDP send failed");
             }
@@ -1336,8 +1385,8 @@ mod tests {
         assert!(m.additionals().is_empty(), "glue dropped first");
         assert_eq!(
             m.answers().len(),
-            17,
-            "17 IPv6 SRV records fit in 1232 bytes"
+            18,
+            "18 IPv6 SRV records fit in 1232 bytes"
         );
         assert!(m.extensions().is_some(), "OPT kept");
     }

@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# dns-bench.sh — dpin's DNS front-end against Knot DNS (or NSD) on the same names and machine.
+#
+# What it does, all on loopback:
+#   1. installs dnsperf and knot from Debian packages if missing (falls back to nsd);
+#   2. builds dpin (release), starts one `dpin node --dns`, generates a zone key and publishes
+#      N names (A records) to it through the real CLI;
+#   3. writes the SAME names and addresses into a Knot zone file for `dpin.` and starts knotd;
+#   4. checks that both servers answer every name with NOERROR;
+#   5. pins each server to CPU $SERVER_CPU and dnsperf to CPU $CLIENT_CPU (taskset), and for
+#      each server searches the highest offered rate (dnsperf -Q) that is answered with 0% loss
+#      and at >= 95% of the offered rate, with short runs (-l $DURATION);
+#   6. measures p50/p99 latency at half that rate (dnsperf -v, per-query latencies; median
+#      of $LAT_RUNS runs);
+#   7. prints both figures and the ratio dpin/reference; cleans everything up on exit.
+#
+# Usage: deploy/dns-bench.sh            (env: N, DURATION, SERVER_CPU, CLIENT_CPU, STEPS,
+#                                        LAT_RUNS, CLIENTS, OUTSTANDING, REFERENCE=knot|nsd,
+#                                        DPIN_ARGS, KEEP=1 keeps the work directory)
+# Needs: 2+ CPUs, Debian/Ubuntu (apt-get) or dnsperf + knotd/nsd already installed, cargo.
+# Other load on the machine (e.g. a parallel build) skews the absolute figures; the ratio,
+# measured back to back, is the meaningful number.
+set -euo pipefail
+
+N=${N:-1000}
+DURATION=${DURATION:-5}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+STEPS=${STEPS:-6}
+LAT_RUNS=${LAT_RUNS:-3}
+CLIENTS=${CLIENTS:-4}
+OUTSTANDING=${OUTSTANDING:-200}
+REFERENCE=${REFERENCE:-knot}
+# Extra `dpin node` flags. Endpoint health probing is off by default: the reference server
+# probes nothing, and probing N endpoints is background load that scales with the store, not
+# with queries. DPIN_ARGS= (empty) measures with probing on.
+DPIN_ARGS=${DPIN_ARGS---no-probe}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+
+log() { printf '[dns-bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------------------------
+# Clean-up: every process we start is recorded here and killed by pid on exit.
+PIDS=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpin-dns-bench.XXXXXX")
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "${KEEP:-0}" == 1 ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# 1. Tools
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO=sudo
+apt_install() {
+    have apt-get || return 1
+    log "installing $* from Debian packages"
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+have dnsperf || apt_install dnsperf || die "dnsperf is not installed and could not be installed"
+if [[ $REFERENCE == knot ]] && ! have knotd; then
+    apt_install knot || { log "knot unavailable, trying nsd"; REFERENCE=nsd; }
+fi
+if [[ $REFERENCE == nsd ]] && ! have nsd; then
+    apt_install nsd || die "neither knot nor nsd could be installed"
+fi
+have taskset || die "taskset (util-linux) is required"
+(( $(nproc) >= 2 )) || die "needs at least 2 CPUs (server and client pinned apart)"
+
+# ---------------------------------------------------------------------------------------------
+# 2. dpin
+log "building dpin (release)"
+(cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin)
+DPIN="$REPO/target/release/dpin"
+
+# Waits until FILE has a line "KEY VALUE" and prints VALUE.
+wait_line() {
+    local file=$1 key=$2 i
+    for i in $(seq 1 200); do
+        if grep -q "^$key " "$file" 2>/dev/null; then
+            grep -m1 "^$key " "$file" | cut -d' ' -f2
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+mkdir -p "$WORK/dpin"
+RUST_LOG=warn taskset -c "$SERVER_CPU" "$DPIN" node --data-dir "$WORK/dpin" \
+    --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --dns 127.0.0.1:0 $DPIN_ARGS \
+    >"$WORK/dpin.out" 2>"$WORK/dpin.log" &
+PIDS+=($!)
+API=$(wait_line "$WORK/dpin.out" api) || die "dpin did not start (see $WORK/dpin.log)"
+DPIN_DNS=$(wait_line "$WORK/dpin.out" dns) || die "dpin printed no dns address"
+DPIN_PORT=${DPIN_DNS##*:}
+[[ ${DPIN_DNS%:*} == 127.0.0.1 ]] || die "dpin DNS is not on loopback: $DPIN_DNS"
+log "dpin node: api $API, dns $DPIN_DNS"
+
+ZONE=$("$DPIN" keygen --out "$WORK/zone.key")
+log "zone $ZONE; publishing $N names"
+# Name i → n<i>.<zone>.dpin. A 127.1.<i/250>.<i%250+1> (loopback addresses; never contacted).
+addr_of() { echo "127.1.$(( $1 / 250 )).$(( $1 % 250 + 1 ))"; }
+for i in $(seq 1 "$N"); do
+    echo "n$i $(addr_of "$i"):80"
+done >"$WORK/names.txt"
+# Four publishers at a time; each is one signed record, committed durably by the node.
+xargs -P 4 -L 1 sh -c '"$0" publish --key "$1" --api "$2" "$3" "$4" >/dev/null || exit 255' \
+    "$DPIN" "$WORK/zone.key" "$API" <"$WORK/names.txt" \
+    || die "publishing failed"
+
+# ---------------------------------------------------------------------------------------------
+# 3. Reference server with the same names
+{
+    echo "\$ORIGIN dpin."
+    echo "\$TTL 60"
+    echo "@ SOA ns.dpin. hostmaster.dpin. 1 60 60 86400 5"
+    echo "@ NS ns.dpin."
+    echo "ns A 127.0.0.1"
+    while read -r label ep; do
+        echo "$label.$ZONE A ${ep%:*}"
+    done <"$WORK/names.txt"
+} >"$WORK/dpin.zone"
+
+# A port below the ephemeral range (so no outgoing connection can hold it) that no socket uses.
+free_port() {
+    local p low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    (( low > 11000 )) || low=60000
+    for _ in $(seq 1 100); do
+        p=$(( 10000 + RANDOM % (low - 10000) ))
+        if ! ss -Han "sport = :$p" 2>/dev/null | grep -q .; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Waits until something answers DNS on 127.0.0.1:$1 (any rcode) while pid $2 lives.
+wait_dns() {
+    local port=$1 pid=$2
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if echo "ns.dpin A" | timeout 5 dnsperf -s 127.0.0.1 -p "$port" -n 1 -t 1 2>/dev/null \
+            | grep -q "Queries completed: *1 "; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+start_knot() {
+    mkdir -p "$WORK/knot/run" "$WORK/knot/db"
+    cat >"$WORK/knot/knot.conf" <<EOF
+server:
+    listen: 127.0.0.1@$REF_PORT
+    rundir: $WORK/knot/run
+database:
+    storage: $WORK/knot/db
+log:
+  - target: stderr
+    any: warning
+template:
+  - id: default
+    storage: $WORK
+    semantic-checks: off
+    journal-content: none
+    zonefile-sync: -1
+zone:
+  - domain: dpin.
+    file: dpin.zone
+EOF
+    taskset -c "$SERVER_CPU" knotd -c "$WORK/knot/knot.conf" 2>"$WORK/knot.log" &
+    REF_PID=$!
+    PIDS+=("$REF_PID")
+    REF_NAME="Knot $(knotd -V 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)"
+}
+
+start_nsd() {
+    mkdir -p "$WORK/nsd"
+    cat >"$WORK/nsd/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1@$REF_PORT
+    port: $REF_PORT
+    server-count: 1
+    username: ""
+    zonesdir: "$WORK"
+    database: ""
+    pidfile: "$WORK/nsd/nsd.pid"
+    xfrdfile: "$WORK/nsd/xfrd.state"
+    zonelistfile: "$WORK/nsd/zone.list"
+    logfile: "$WORK/nsd.log"
+    verbosity: 0
+remote-control:
+    control-enable: no
+zone:
+    name: dpin.
+    zonefile: dpin.zone
+EOF
+    taskset -c "$SERVER_CPU" nsd -d -c "$WORK/nsd/nsd.conf" 2>>"$WORK/nsd.log" &
+    REF_PID=$!
+    PIDS+=("$REF_PID")
+    REF_NAME="NSD $(nsd -v 2>&1 | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)"
+}
+
+start_reference() {
+    if [[ $REFERENCE == knot ]]; then start_knot; else start_nsd; fi
+}
+
+# A port can still be taken between the check and the bind: retry on a fresh one.
+for attempt in 1 2 3 4 5; do
+    REF_PORT=$(free_port) || die "no free port"
+    start_reference
+    if wait_dns "$REF_PORT" "$REF_PID"; then
+        break
+    fi
+    kill "$REF_PID" 2>/dev/null || true
+    wait "$REF_PID" 2>/dev/null || true
+    log "$REFERENCE did not come up on port $REF_PORT (attempt $attempt): $(tail -n 2 "$WORK/$REFERENCE.log" 2>/dev/null | tr '\n' ' ')"
+    (( attempt < 5 )) || die "$REFERENCE does not start; see $WORK/$REFERENCE.log (KEEP=1 keeps it)"
+done
+log "$REF_NAME serving on 127.0.0.1:$REF_PORT"
+
+# ---------------------------------------------------------------------------------------------
+# 4. Same answers from both
+for i in $(seq 1 "$N"); do echo "n$i.$ZONE.dpin A"; done >"$WORK/queries.txt"
+
+# dnsperf on the client CPU. Prints the raw report.
+dnsperf_run() {
+    local port=$1
+    shift
+    taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/queries.txt" \
+        -c "$CLIENTS" -q "$OUTSTANDING" -t 2 "$@" 2>&1
+}
+field() { # field REPORT "Queries lost:" → first number after the label
+    awk -v k="$2" 'index($0, k) { sub(".*" k "[ \t]*", ""); print $1 + 0; exit }' <<<"$1"
+}
+
+check_all_noerror() {
+    local port=$1 who=$2 out="" deadline=$((SECONDS + 30))
+    while (( SECONDS < deadline )); do
+        out=$(dnsperf_run "$port" -n 1 || true)
+        if grep -q "NOERROR $N (100.00%)" <<<"$out" && [[ $(field "$out" "Queries completed:") -eq $N ]]; then
+            log "$who answers all $N names with NOERROR"
+            return 0
+        fi
+        sleep 0.5
+    done
+    printf '%s\n' "$out" >&2
+    die "$who does not answer every name with NOERROR"
+}
+check_all_noerror "$DPIN_PORT" dpin
+check_all_noerror "$REF_PORT" "$REF_NAME"
+
+# ---------------------------------------------------------------------------------------------
+# 5. Highest rate at 0% loss
+# One run at offered rate $2 (0 = unlimited); prints "sent completed lost qps".
+run_rate() {
+    local port=$1 rate=$2 out
+    if [[ $rate == 0 ]]; then
+        out=$(dnsperf_run "$port" -l "$DURATION")
+    else
+        out=$(dnsperf_run "$port" -l "$DURATION" -Q "$rate")
+    fi
+    echo "$(field "$out" "Queries sent:") $(field "$out" "Queries completed:") \
+$(field "$out" "Queries lost:") $(field "$out" "Queries per second:")"
+}
+
+# Prints the best achieved qps among runs with 0 lost queries and >= 95% of the offered rate.
+max_rate() {
+    local port=$1 who=$2 probe lost qps lo hi mid best=0 step
+    read -r _ _ lost qps <<<"$(run_rate "$port" 0)"
+    log "$who: unlimited (-q $OUTSTANDING outstanding): ${qps%.*} qps, lost $lost"
+    lo=$(( ${qps%.*} / 4 ))
+    hi=$(( ${qps%.*} * 5 / 4 ))
+    for step in $(seq 1 "$STEPS"); do
+        mid=$(( (lo + hi) / 2 ))
+        read -r _ _ lost probe <<<"$(run_rate "$port" "$mid")"
+        probe=${probe%.*}
+        if [[ $lost -eq 0 ]] && (( probe * 100 >= mid * 95 )); then
+            log "$who: -Q $mid -> $probe qps, 0 lost: pass"
+            (( probe > best )) && best=$probe
+            lo=$mid
+        else
+            log "$who: -Q $mid -> $probe qps, $lost lost: fail"
+            hi=$mid
+        fi
+    done
+    echo "$best"
+}
+
+# p50 and p99 latency (ms) at offered rate $2, from dnsperf's per-query verbose lines.
+latency_once() {
+    local port=$1 rate=$2
+    # To a file first: parsing while dnsperf runs would put awk on the server's CPU.
+    dnsperf_run "$port" -l "$DURATION" -Q "$rate" -v >"$WORK/latency.txt"
+    awk '$1 == ">" && $2 == "NOERROR" { print $NF * 1000 }' "$WORK/latency.txt" \
+        | sort -g \
+        | awk '{ v[NR] = $1 } END {
+                 if (NR == 0) { print "nan nan"; exit }
+                 p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]
+                 p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1]
+                 printf "%.3f %.3f\n", p50, p99 }'
+}
+
+# Median p50 and median p99 over $LAT_RUNS runs (a single run's tail is at the mercy of
+# whatever else the machine schedules in those seconds).
+latency() {
+    local port=$1 rate=$2 who=$3 i p50 p99 all=""
+    for i in $(seq 1 "$LAT_RUNS"); do
+        read -r p50 p99 <<<"$(latency_once "$port" "$rate")"
+        log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms"
+        all+="$p50 $p99"$'\n'
+    done
+    local m50 m99
+    m50=$(awk 'NF { print $1 }' <<<"$all" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    m99=$(awk 'NF { print $2 }' <<<"$all" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    echo "$m50 $m99"
+}
+
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load before measuring: $LOAD"
+DPIN_QPS=$(max_rate "$DPIN_PORT" dpin)
+REF_QPS=$(max_rate "$REF_PORT" "$REF_NAME")
+read -r DPIN_P50 DPIN_P99 <<<"$(latency "$DPIN_PORT" $(( DPIN_QPS / 2 > 0 ? DPIN_QPS / 2 : 1 )) dpin)"
+read -r REF_P50 REF_P99 <<<"$(latency "$REF_PORT" $(( REF_QPS / 2 > 0 ? REF_QPS / 2 : 1 )) "$REF_NAME")"
+RATIO=$(awk -v a="$DPIN_QPS" -v b="$REF_QPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }')
+
+# ---------------------------------------------------------------------------------------------
+# 6. Report
+cat <<EOF
+
+DNS benchmark: $N names, A queries over UDP, loopback; server on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU
+dpin node flags: ${DPIN_ARGS:-(none)}; load average at start: $LOAD
+($CLIENTS clients, <= $OUTSTANDING outstanding, ${DURATION}s per run, $STEPS-step search over -Q)
+server            max qps @ 0% loss   p50 ms @ half   p99 ms @ half (median of $LAT_RUNS runs)
+dpin              $(printf '%-19s %-15s %s' "$DPIN_QPS" "$DPIN_P50" "$DPIN_P99")
+$(printf '%-17s %-19s %-15s %s' "$REF_NAME" "$REF_QPS" "$REF_P50" "$REF_P99")
+ratio dpin/${REF_NAME%% *}: $RATIO
+EOF

@@ -1,0 +1,471 @@
+//! DNS front-end end to end: real `dpin node --dns` processes on loopback, names published with
+//! the real CLI, and queries made by real DNS client libraries (hickory-client for exact
+//! UDP-vs-TCP control, hickory-resolver as a standard stub resolver) plus a raw UDP socket for
+//! garbage. Waits poll against deadlines; nothing asserts after a fixed sleep.
+//!
+//! Endpoint addresses inside published records are data that DNS hands back; no test ever
+//! connects to them. The IPv6 ones come from the documentation prefix 2001:db8::/32.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dpin_tests::{cli, cluster, keygen, wait_connected, wait_until, NodeProc};
+use hickory_client::client::{Client, ClientHandle};
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::runtime::TokioRuntimeProvider;
+use hickory_proto::tcp::TcpClientStream;
+use hickory_proto::udp::UdpClientStream;
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::Resolver;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
+/// Deadline for a published record to reach a peer and show up in its DNS answers.
+const SPREAD: Duration = Duration::from_secs(20);
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn publish(key: &Path, api: &str, label: &str, extra: &[&str]) -> Result<()> {
+    let key = key.to_str().ok_or_else(|| anyhow!("key path"))?;
+    let mut args = vec!["publish", "--key", key, "--api", api, label];
+    args.extend_from_slice(extra);
+    let out = cli(bin(), &args)?;
+    if !out.status.success() {
+        bail!("publish failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn dns_addr(node: &NodeProc) -> Result<SocketAddr> {
+    let addr: SocketAddr = node
+        .dns
+        .as_deref()
+        .ok_or_else(|| anyhow!("node printed no dns address"))?
+        .parse()?;
+    assert!(addr.ip().is_loopback(), "tests only talk to loopback");
+    Ok(addr)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    Udp,
+    Tcp,
+}
+
+/// One query with hickory-client over exactly the given transport (no fallback).
+fn query(addr: SocketAddr, name: &str, qtype: RecordType, via: Via) -> Result<Message> {
+    runtime()?.block_on(async {
+        let provider = TokioRuntimeProvider::new();
+        let timeout = Duration::from_secs(3);
+        let client = match via {
+            Via::Udp => {
+                let conn = UdpClientStream::builder(addr, provider)
+                    .with_timeout(Some(timeout))
+                    .build();
+                let (client, bg) = Client::connect(conn).await?;
+                tokio::spawn(bg);
+                client
+            }
+            Via::Tcp => {
+                let (stream, sender) = TcpClientStream::new(addr, None, Some(timeout), provider);
+                let (client, bg) = Client::new(stream, sender, None).await?;
+                tokio::spawn(bg);
+                client
+            }
+        };
+        client_query(client, name, qtype).await
+    })
+}
+
+async fn client_query(mut client: Client, name: &str, qtype: RecordType) -> Result<Message> {
+    let resp = client
+        .query(Name::from_str(name)?, DNSClass::IN, qtype)
+        .await?;
+    Ok(resp.into_message())
+}
+
+fn ips(m: &Message) -> BTreeSet<IpAddr> {
+    m.answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ip_set(list: &[&str]) -> BTreeSet<IpAddr> {
+    list.iter()
+        .map(|s| s.parse().expect("ip literal"))
+        .collect()
+}
+
+fn dns_node(dir: &Path, extra: &[&str]) -> Result<NodeProc> {
+    let mut args = vec!["--dns", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    NodeProc::start(bin(), &dir.join("n0"), &[], &args)
+}
+
+/// Polls until `name` answers `want` (A or AAAA) at `addr` over UDP.
+fn wait_ips(addr: SocketAddr, name: &str, qtype: RecordType, want: &[&str]) -> Result<()> {
+    let want = ip_set(want);
+    wait_until(SPREAD, &format!("{name} {qtype} = {want:?}"), || {
+        query(addr, name, qtype, Via::Udp)
+            .ok()
+            .filter(|m| ips(m) == want)
+            .map(|_| ())
+    })
+}
+
+#[test]
+fn a_aaaa_srv_nxdomain_refused_aliases_and_case_over_udp_and_tcp() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let node = dns_node(dir.path(), &["--alias", &format!("shop={zone}")])?;
+    let dns = dns_addr(&node)?;
+    publish(
+        &key,
+        &node.api,
+        "web",
+        &["127.0.0.1:8080", "127.0.0.2:8081/udp@5", "[::1]:9090"],
+    )?;
+    let name = format!("web.{zone}.dpin.");
+    wait_ips(dns, &name, RecordType::A, &["127.0.0.1", "127.0.0.2"])?;
+
+    for via in [Via::Udp, Via::Tcp] {
+        let m = query(dns, &name, RecordType::A, via)?;
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert!(m.authoritative(), "AA bit over {via:?}");
+        assert_eq!(ips(&m), ip_set(&["127.0.0.1", "127.0.0.2"]), "{via:?}");
+        // Record lifetime is 24 h, so the TTL is the cap.
+        assert!(m.answers().iter().all(|r| r.ttl() == 60), "{via:?}");
+
+        let m = query(dns, &name, RecordType::AAAA, via)?;
+        assert_eq!(ips(&m), ip_set(&["::1"]), "{via:?}");
+    }
+
+    // SRV: one per endpoint with port and weight; literal targets resolve to their address.
+    let m = query(dns, &name, RecordType::SRV, Via::Udp)?;
+    let mut srv: Vec<(u16, u16, u16, String)> = m
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::SRV(s) => Some((s.priority(), s.weight(), s.port(), s.target().to_ascii())),
+            _ => None,
+        })
+        .collect();
+    srv.sort();
+    assert_eq!(
+        srv,
+        vec![
+            (0, 1, 8080, "7f000001.addr.dpin.".to_owned()),
+            (0, 1, 9090, format!("{}1.addr.dpin.", "0".repeat(31))),
+            (0, 5, 8081, "7f000002.addr.dpin.".to_owned()),
+        ]
+    );
+    assert_eq!(m.additionals().len(), 3, "target addresses as glue");
+    let m = query(dns, "7f000002.addr.dpin.", RecordType::A, Via::Udp)?;
+    assert_eq!(ips(&m), ip_set(&["127.0.0.2"]));
+    let m = query(
+        dns,
+        &format!("_udp.web.{zone}.dpin."),
+        RecordType::SRV,
+        Via::Udp,
+    )?;
+    assert_eq!(m.answers().len(), 1, "transport-scoped SRV");
+
+    // Case-insensitive, and through the alias.
+    let shouted = format!("WEB.{}.DPIN.", zone.to_ascii_uppercase());
+    for n in [shouted.as_str(), "web.shop.dpin.", "Web.Shop.Dpin."] {
+        let m = query(dns, n, RecordType::A, Via::Udp)?;
+        assert_eq!(ips(&m), ip_set(&["127.0.0.1", "127.0.0.2"]), "{n}");
+    }
+
+    // NXDOMAIN for unknown names (with the SOA for negative caching), NODATA for other types.
+    for via in [Via::Udp, Via::Tcp] {
+        let m = query(dns, &format!("nope.{zone}.dpin."), RecordType::A, via)?;
+        assert_eq!(m.response_code(), ResponseCode::NXDomain, "{via:?}");
+        assert!(m.authoritative());
+        assert_eq!(m.name_servers().len(), 1);
+    }
+    let m = query(dns, &name, RecordType::MX, Via::Udp)?;
+    assert_eq!(
+        (m.response_code(), m.answers().len()),
+        (ResponseCode::NoError, 0)
+    );
+
+    // REFUSED outside dpin.: this is not a recursive resolver.
+    for outside in ["example.com.", "localhost.", "dpin.example.org."] {
+        let m = query(dns, outside, RecordType::A, Via::Udp)?;
+        assert_eq!(m.response_code(), ResponseCode::Refused, "{outside}");
+        assert!(!m.authoritative());
+    }
+
+    // Tombstoned → NXDOMAIN.
+    publish(&key, &node.api, "web", &["--tombstone"])?;
+    wait_until(SPREAD, "tombstoned name to answer NXDOMAIN", || {
+        query(dns, &name, RecordType::A, Via::Udp)
+            .ok()
+            .filter(|m| m.response_code() == ResponseCode::NXDomain)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn ttl_follows_expiry_and_expired_names_answer_nxdomain() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let node = dns_node(dir.path(), &[])?;
+    let dns = dns_addr(&node)?;
+    let published = Instant::now();
+    publish(&key, &node.api, "brief", &["127.0.0.1:1", "--ttl", "4s"])?;
+    let name = format!("brief.{zone}.dpin.");
+    let m = query(dns, &name, RecordType::A, Via::Udp)?;
+    if published.elapsed() < Duration::from_secs(3) {
+        let ttl = m
+            .answers()
+            .first()
+            .map(|r| r.ttl())
+            .ok_or_else(|| anyhow!("no answer"))?;
+        assert!((1..=4).contains(&ttl), "TTL {ttl} follows the 4 s expiry");
+    }
+    wait_until(
+        Duration::from_secs(15),
+        "expired name to answer NXDOMAIN",
+        || {
+            query(dns, &name, RecordType::A, Via::Udp)
+                .ok()
+                .filter(|m| m.response_code() == ResponseCode::NXDomain)
+        },
+    )?;
+    assert!(
+        published.elapsed() >= Duration::from_secs(3),
+        "not before it expired"
+    );
+    Ok(())
+}
+
+#[test]
+fn large_endpoint_set_is_truncated_on_udp_and_complete_over_tcp() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let node = dns_node(dir.path(), &[])?;
+    let dns = dns_addr(&node)?;
+    let eps: Vec<String> = (1..=60).map(|i| format!("[2001:db8::{i:x}]:443")).collect();
+    let mut args: Vec<&str> = eps.iter().map(String::as_str).collect();
+    args.push("--ttl");
+    args.push("1h");
+    publish(&key, &node.api, "big", &args)?;
+    let name = format!("big.{zone}.dpin.");
+    let all: BTreeSet<IpAddr> = (1..=60)
+        .map(|i| format!("2001:db8::{i:x}").parse().expect("ip"))
+        .collect();
+
+    let m = wait_until(SPREAD, "big name answered over TCP", || {
+        query(dns, &name, RecordType::AAAA, Via::Tcp)
+            .ok()
+            .filter(|m| !m.answers().is_empty())
+    })?;
+    assert!(!m.truncated());
+    assert_eq!(ips(&m), all, "TCP carries all 60");
+
+    let m = query(dns, &name, RecordType::AAAA, Via::Udp)?;
+    assert!(m.truncated(), "TC over UDP");
+    let n = m.answers().len();
+    assert!(n > 0 && n < 60, "partial UDP answer ({n}), never empty");
+    assert!(m.to_vec()?.len() <= 1232, "EDNS(0) limit");
+
+    // A standard stub resolver follows TC to TCP by itself.
+    let got = runtime()?.block_on(async {
+        let group = NameServerConfigGroup::from_ips_clear(&[dns.ip()], dns.port(), true);
+        let config = ResolverConfig::from_parts(None, vec![], group);
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.timeout = Duration::from_secs(3);
+        let resolver = Resolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(opts)
+            .build();
+        let lookup = resolver.ipv6_lookup(name.as_str()).await?;
+        Ok::<_, anyhow::Error>(
+            lookup
+                .iter()
+                .map(|a| IpAddr::V6(a.0))
+                .collect::<BTreeSet<_>>(),
+        )
+    })?;
+    assert_eq!(got, all, "resolver fell back to TCP and got every address");
+    Ok(())
+}
+
+#[test]
+fn name_updated_on_another_peer_shows_up_in_this_peers_dns() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 2, &["--dns", "127.0.0.1:0"])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("api.{zone}.dpin.");
+    let here = dns_addr(&nodes[1])?;
+
+    let m = query(here, &name, RecordType::A, Via::Udp)?;
+    assert_eq!(
+        m.response_code(),
+        ResponseCode::NXDomain,
+        "not published yet"
+    );
+
+    publish(&key, &nodes[0].api, "api", &["127.0.0.1:7000"])?;
+    wait_ips(here, &name, RecordType::A, &["127.0.0.1"])?;
+    publish(
+        &key,
+        &nodes[0].api,
+        "api",
+        &["127.0.0.9:7000", "[::1]:7000"],
+    )?;
+    wait_ips(here, &name, RecordType::A, &["127.0.0.9"])?;
+    let m = query(here, &name, RecordType::AAAA, Via::Tcp)?;
+    assert_eq!(ips(&m), ip_set(&["::1"]));
+    Ok(())
+}
+
+/// A minimal query packet built by hand (no EDNS).
+fn raw_query(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .add_query(Query::query(Name::from_str(name)?, qtype));
+    Ok(m.to_vec()?)
+}
+
+#[test]
+fn garbage_floods_and_idle_tcp_connections_do_not_stop_the_server() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let node = dns_node(dir.path(), &[])?;
+    let dns = dns_addr(&node)?;
+    publish(&key, &node.api, "web", &["127.0.0.1:80"])?;
+    let name = format!("web.{zone}.dpin.");
+    wait_ips(dns, &name, RecordType::A, &["127.0.0.1"])?;
+
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let valid = raw_query(7, &name, RecordType::A)?;
+    let mut header_only = valid.clone();
+    header_only.truncate(12);
+    let mut cut_name = valid.clone();
+    cut_name.truncate(20);
+    let mut response = valid.clone();
+    response[2] |= 0x80; // QR: a response, must never be answered (no reflection)
+                         // Compression pointer to itself: a classic decoder loop.
+    let mut pointer_loop = valid[..12].to_vec();
+    pointer_loop.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed.to_le_bytes()[0]
+            })
+            .collect()
+    };
+    let mut garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0xff; 11],
+        header_only,
+        cut_name.clone(),
+        response,
+        pointer_loop,
+        vec![0xff; 9000], // oversized
+    ];
+    for len in [1, 5, 12, 13, 40, 512, 1500, 4096] {
+        garbage.push(random(len));
+    }
+    for g in &garbage {
+        sock.send_to(g, dns)?;
+    }
+    // A flood of 20k packets, half garbage, sent without waiting.
+    for i in 0..20_000u32 {
+        let p = if i % 2 == 0 {
+            &valid
+        } else {
+            &garbage[(i as usize / 2) % garbage.len()]
+        };
+        // The kernel may drop some under load; that is the point of a flood.
+        let _ = sock.send_to(p, dns);
+    }
+
+    // Still answers, over UDP and TCP.
+    wait_until(SPREAD, "an answer after the garbage", || {
+        query(dns, &name, RecordType::A, Via::Udp)
+            .ok()
+            .filter(|m| ips(m) == ip_set(&["127.0.0.1"]))
+    })?;
+    let m = query(dns, &name, RecordType::A, Via::Tcp)?;
+    assert_eq!(ips(&m), ip_set(&["127.0.0.1"]));
+
+    // A question cut mid-name gets FORMERR with the query's id, not silence.
+    let fresh = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    fresh.set_read_timeout(Some(Duration::from_secs(3)))?;
+    fresh.send_to(&cut_name, dns)?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = fresh.recv_from(&mut buf)?;
+    let m = Message::from_vec(buf.get(..n).context("reply")?)?;
+    assert_eq!((m.id(), m.response_code()), (7, ResponseCode::FormErr));
+
+    // TCP garbage: a length prefix promising more than is sent, then silence; and junk.
+    let mut hang = TcpStream::connect(dns)?;
+    hang.write_all(&[0xff, 0xff, 1, 2, 3])?;
+    let mut junk = TcpStream::connect(dns)?;
+    junk.write_all(&[0, 3, 1, 2, 3])?;
+    junk.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut b = [0u8; 16];
+    assert!(
+        matches!(junk.read(&mut b), Ok(0) | Err(_)),
+        "a connection that sends garbage is closed"
+    );
+
+    // Connection limit: idle connections beyond 256 are closed at once; the server survives.
+    let mut idle = Vec::new();
+    for _ in 0..270 {
+        idle.push(TcpStream::connect(dns)?);
+    }
+    let mut closed = 0;
+    for s in idle.iter_mut().rev().take(10) {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        if matches!(s.read(&mut b), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert!(closed > 0, "connections over the limit are closed");
+    let m = query(dns, &name, RecordType::A, Via::Udp)?;
+    assert_eq!(
+        ips(&m),
+        ip_set(&["127.0.0.1"]),
+        "UDP unaffected by TCP exhaustion"
+    );
+    drop(idle);
+    drop(hang);
+    wait_until(SPREAD, "TCP answers again once connections close", || {
+        query(dns, &name, RecordType::A, Via::Tcp)
+            .ok()
+            .filter(|m| ips(m) == ip_set(&["127.0.0.1"]))
+    })?;
+    Ok(())
+}
