@@ -469,3 +469,45 @@ fn garbage_floods_and_idle_tcp_connections_do_not_stop_the_server() -> Result<()
     })?;
     Ok(())
 }
+
+/// Endpoint health reaches DNS: only the endpoint with a listener is answered, the answer
+/// follows a moved listener, and with no listener at all every endpoint comes back (fail open,
+/// never an empty answer). Prints how long the move took to show up (two probe intervals is
+/// the target).
+#[test]
+fn dns_answers_follow_endpoint_health_and_fail_open() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = dns_node(
+        dir.path(),
+        &["--probe-interval-ms", "300", "--probe-timeout-ms", "200"],
+    )?;
+    let addr = dns_addr(&node)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let eps: Vec<String> = (1..=3).map(|i| format!("127.0.0.{i}:{port}")).collect();
+    let listener = std::net::TcpListener::bind(("127.0.0.2", port))?;
+    let mut args: Vec<&str> = eps.iter().map(String::as_str).collect();
+    args.push("--ttl");
+    args.push("1h");
+    publish(&key, &node.api, "svc", &args)?;
+    let name = format!("svc.{zone}.dpin.");
+    wait_ips(addr, &name, RecordType::A, &["127.0.0.2"])?;
+    drop(listener);
+    let moved = std::net::TcpListener::bind(("127.0.0.3", port))?;
+    let t = Instant::now();
+    wait_ips(addr, &name, RecordType::A, &["127.0.0.3"])?;
+    eprintln!(
+        "endpoint move visible in DNS after {:?} (probe interval 300 ms)",
+        t.elapsed()
+    );
+    drop(moved);
+    wait_ips(
+        addr,
+        &name,
+        RecordType::A,
+        &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+    )?;
+    Ok(())
+}
