@@ -7,6 +7,8 @@
 //! * `chaos` — the Jepsen-style run: workload + nemesis + checker; writes the SPEC §5 report,
 //!   the history (JSONL) and an SVG timeline; exits non-zero if any invariant broke.
 //! * `check` — re-runs the checker on a recorded history.
+//! * `node` (hidden) — runs a dpin node, exactly as `dpin node` does: the harness's fallback
+//!   when no `dpin` binary sits next to it.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,13 +22,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
 use dpin_sim::checker::{self, CheckConfig};
 use dpin_sim::cluster::{self, Cluster, ClusterOptions, Layout};
-use dpin_sim::history::{FaultKind, History, OpOutcome, Proto};
+use dpin_sim::history::{FaultKind, History, Proto};
 use dpin_sim::nemesis::{Nemesis, NemesisConfig};
 use dpin_sim::netns::{self, Netns};
 use dpin_sim::nodeapi::Api;
 use dpin_sim::report::{Report, RunMeta};
-use dpin_sim::workload::{self, Ctx, Plan, Recorder, Target, WorkloadConfig};
 use dpin_sim::svg;
+use dpin_sim::workload::{self, Ctx, Plan, Recorder, Target, WorkloadConfig};
 
 #[derive(Parser)]
 #[command(
@@ -52,7 +54,7 @@ enum Cmd {
         /// Serve DNS on every node (on a kernel-chosen loopback port).
         #[arg(long)]
         dns: bool,
-        /// The dpin binary (default: `dpin` next to this executable).
+        /// The dpin binary (default: `dpin` next to this executable, else the node built into dpin-sim).
         #[arg(long)]
         dpin: Option<PathBuf>,
     },
@@ -71,6 +73,9 @@ enum Cmd {
         /// Staleness bound, ms.
         #[arg(long, default_value_t = checker::DEFAULT_STALE_BOUND_MS)]
         stale_bound_ms: f64,
+        /// Also render the SVG timeline to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -125,12 +130,17 @@ struct ChaosArgs {
     /// Folder for the nodes' data dirs and logs (default: a new folder under /tmp).
     #[arg(long)]
     base_dir: Option<PathBuf>,
-    /// The dpin binary (default: `dpin` next to this executable).
+    /// The dpin binary (default: `dpin` next to this executable, else the node built into dpin-sim).
     #[arg(long)]
     dpin: Option<PathBuf>,
 }
 
 fn main() {
+    // `dpin-sim node ...` is the dpin node itself (see `cluster::default_dpin`).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "node") {
+        dpin_node::cli::main();
+        return;
+    }
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Chaos(args) => chaos_main(args),
@@ -153,7 +163,8 @@ fn main() {
         Cmd::Check {
             history,
             stale_bound_ms,
-        } => check_main(&history, stale_bound_ms),
+            svg,
+        } => check_main(&history, stale_bound_ms, svg.as_deref()),
     };
     std::process::exit(code);
 }
@@ -183,7 +194,7 @@ fn run_async(fut: impl std::future::Future<Output = Result<()>>) -> i32 {
     }
 }
 
-fn check_main(path: &Path, stale_bound_ms: f64) -> i32 {
+fn check_main(path: &Path, stale_bound_ms: f64, svg_out: Option<&Path>) -> i32 {
     let h = match History::read_jsonl(path) {
         Ok(h) => h,
         Err(e) => {
@@ -196,7 +207,26 @@ fn check_main(path: &Path, stale_bound_ms: f64) -> i32 {
         "queries": f.queries, "writes": f.writes, "propagation_ms": f.propagation,
         "violations": f.examples,
     });
-    println!("{out:#}");
+    {
+        use std::io::Write;
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{out:#}");
+    }
+    if let Some(svg_path) = svg_out {
+        let nodes = h.ops.iter().map(|o| o.node).max().unwrap_or(1);
+        let work_end_s = h
+            .ops
+            .iter()
+            .filter(|o| o.kind == dpin_sim::history::OpKind::Read)
+            .map(|o| o.end_ms)
+            .fold(0.0, f64::max)
+            / 1000.0;
+        let title = format!("dpin chaos: {}", path.display());
+        if let Err(e) = std::fs::write(svg_path, svg::render(&h, &f, nodes, work_end_s, &title)) {
+            eprintln!("dpin-sim: cannot write {}: {e}", svg_path.display());
+            return 2;
+        }
+    }
     i32::from(!f.invariants_hold())
 }
 
@@ -243,7 +273,10 @@ async fn cluster_main(
         dns,
         layout: Layout::Loopback,
     };
-    println!("starting {nodes} dpin nodes; data, logs and pidfiles in {}", base_dir.display());
+    println!(
+        "starting {nodes} dpin nodes; data, logs and pidfiles in {}",
+        base_dir.display()
+    );
     let mut cluster = tokio::select! {
         c = Cluster::start(&opts) => c?,
         _ = terminated() => bail!("interrupted during start"),
@@ -297,6 +330,14 @@ async fn serve_cluster(cluster: &mut Cluster, dpin: &Path) -> Result<()> {
         }
     }
     let name = format!("demo.{}", key.zone());
+    // The CLI lines need the real `dpin` (the embedded one only runs nodes).
+    let embedded = std::env::current_exe().is_ok_and(|e| e == dpin);
+    let dpin_cli = if embedded {
+        PathBuf::from("dpin")
+    } else {
+        dpin.to_path_buf()
+    };
+    let dpin = dpin_cli.as_path();
     let apis: Vec<String> = cluster.apis().iter().map(ToString::to_string).collect();
     println!();
     for node in &cluster.nodes {
@@ -315,12 +356,22 @@ async fn serve_cluster(cluster: &mut Cluster, dpin: &Path) -> Result<()> {
     }
     println!();
     if published {
-        println!("demo name published: {name} -> 127.0.0.1:8080 (key {})", key_path.display());
+        println!(
+            "demo name published: {name} -> 127.0.0.1:8080 (key {})",
+            key_path.display()
+        );
     } else {
         println!("warning: could not publish the demo name");
     }
+    if embedded {
+        println!("(nodes run from dpin-sim itself; build the CLI with: cargo build --release -p dpin-node)");
+    }
     println!("try:");
-    println!("  {} resolve --api {} {name}", dpin.display(), apis.join(","));
+    println!(
+        "  {} resolve --api {} {name}",
+        dpin.display(),
+        apis.join(",")
+    );
     for node in &cluster.nodes {
         if let Some(d) = node.info.as_ref().and_then(|i| i.dns) {
             println!("  dig @{} -p {} {name}.dpin A", d.ip(), d.port());
@@ -363,7 +414,10 @@ fn write_key(path: &Path, text: &str) -> Result<()> {
 
 fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = num
         .parse()
         .with_context(|| format!("bad duration {s:?}; use e.g. 30, 90s, 5m"))?;
@@ -434,41 +488,48 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
         NetChoice::Auto => want_partition && netns::available(),
     };
     let mut ns = None;
-    let partition_method;
+    let mut netns_error = None;
     if use_netns {
         netns::remove_stale();
         match Netns::create(args.nodes).and_then(|n| n.enter_hub().map(|()| n)) {
-            Ok(n) => {
-                partition_method = format!(
-                    "netns: each node in its own network namespace ({p}-nK), peer traffic on \
-                     198.18.0.K via bridge dpd in {p}-hub, API/DNS on 198.19.0.K via bridge dpm; \
-                     a partition sets the node's port vdK on the peer bridge down, so it can \
-                     reach no other node (clients still reach it); nothing outside these \
-                     namespaces is touched and they are deleted at the end",
-                    p = n.hub().trim_end_matches("-hub")
-                );
-                ns = Some(n);
-            }
-            Err(e) => {
+            Ok(n) => ns = Some(n),
+            Err(e) if args.net == NetChoice::Netns => {
                 eprintln!("dpin-sim: cannot build network namespaces: {e}");
                 return 2;
             }
+            Err(e) => {
+                eprintln!(
+                    "dpin-sim: warning: cannot build network namespaces ({e}); using loopback"
+                );
+                netns_error = Some(e.to_string());
+            }
         }
+    }
+    let partition_method = if let Some(n) = &ns {
+        format!(
+            "netns: each node in its own network namespace ({p}-nK), peer traffic on \
+             198.18.0.K via bridge dpd in {p}-hub, API/DNS on 198.19.0.K via bridge dpm; \
+             a partition sets the node's port vdK on the peer bridge down, so it can \
+             reach no other node (clients still reach it); nothing outside these \
+             namespaces is touched and they are deleted at the end",
+            p = n.hub().trim_end_matches("-hub")
+        )
     } else if want_partition {
         args.faults.retain(|f| *f != FaultKind::Partition);
-        partition_method = format!(
-            "none: partitions need network namespaces (root + iproute2{}); not scheduled. \
-             Loopback traffic of one process cannot be cut safely without the host firewall",
-            if args.net == NetChoice::Loopback {
-                ", and --net loopback was given"
-            } else {
-                ""
-            }
+        let why = match (&netns_error, args.net) {
+            (Some(e), _) => format!("building them failed: {e}"),
+            (None, NetChoice::Loopback) => "--net loopback was given".to_owned(),
+            _ => "needs root and iproute2".to_owned(),
+        };
+        let m = format!(
+            "none: partitions need network namespaces ({why}); not scheduled. Loopback \
+             traffic of one process cannot be cut safely without the host firewall"
         );
-        eprintln!("dpin-sim: warning: {partition_method}");
+        eprintln!("dpin-sim: warning: {m}");
+        m
     } else {
-        partition_method = "none: partitions not requested".to_owned();
-    }
+        "none: partitions not requested".to_owned()
+    };
     let replay = replay_command(&args, seed, &requested);
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -524,7 +585,10 @@ async fn run_chaos(
         Some(p) => p.clone(),
         None => cluster::default_dpin()?,
     };
-    let base_dir = args.base_dir.clone().unwrap_or_else(|| new_base_dir("chaos"));
+    let base_dir = args
+        .base_dir
+        .clone()
+        .unwrap_or_else(|| new_base_dir("chaos"));
     std::fs::create_dir_all(&base_dir)
         .with_context(|| format!("cannot create {}", base_dir.display()))?;
     let layout = match ns {
@@ -544,10 +608,15 @@ async fn run_chaos(
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     eprintln!(
-        "dpin-sim: starting {} nodes in {} ({})",
+        "dpin-sim: starting {} nodes ({}) in {} ({})",
         args.nodes,
+        dpin.display(),
         base_dir.display(),
-        if ns.is_some() { "network namespaces" } else { "loopback" }
+        if ns.is_some() {
+            "network namespaces"
+        } else {
+            "loopback"
+        }
     );
     let opts = ClusterOptions {
         dpin,
@@ -556,13 +625,20 @@ async fn run_chaos(
         dns: !args.no_dns,
         layout,
     };
-    let mut cluster = Cluster::start(&opts).await?;
+    // Listen for Ctrl-C/SIGTERM before the first node starts: from then on the default action
+    // (dying at once) would leave the nodes behind.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_task = tokio::spawn(async move {
         terminated().await;
         eprintln!("\ndpin-sim: interrupted; healing and stopping the nodes ...");
         let _ = stop_tx.send(true);
     });
+    let mut start_stop = stop_rx.clone();
+    // Dropping a half-started cluster kills its nodes (kill_on_drop).
+    let mut cluster = tokio::select! {
+        c = Cluster::start(&opts) => c?,
+        _ = start_stop.wait_for(|s| *s) => bail!("interrupted"),
+    };
     let out = chaos_phases(
         args,
         seed,
@@ -640,7 +716,9 @@ async fn chaos_phases(
     };
     let unacked = workload::setup(&setup_ctx, &plan).await;
     if !unacked.is_empty() {
-        harness_errors.push(format!("setup: first write not acknowledged for {unacked:?}"));
+        harness_errors.push(format!(
+            "setup: first write not acknowledged for {unacked:?}"
+        ));
     }
     if !workload::wait_replicated(&setup_ctx, &plan, Duration::from_secs(30)).await {
         harness_errors.push("setup: names not on every node within 30 s".to_owned());
@@ -712,7 +790,8 @@ async fn chaos_phases(
         fault_ms: (1000, 5000),
         gap_ms: (1000, 4000),
     });
-    let quiet_tail = Duration::from_secs(3).min(duration / 4);
+    // Faults end a little before the workload does, so the last seconds show the recovery.
+    let quiet_tail = Duration::from_secs(2).min(duration / 4);
     nemesis
         .run(cluster, ns, &rec, deadline - quiet_tail, &stop)
         .await;
@@ -744,7 +823,7 @@ async fn chaos_phases(
     let convergence = workload::wait_converged(&api, &targets, Duration::from_secs(30))
         .await
         .map(|d| d.as_secs_f64());
-    workload::final_reads(&rec, &api, &targets, &plan).await;
+    workload::final_reads(&rec, &api, &targets, &plan, Duration::from_secs(60)).await;
 
     let history = rec.history();
     let findings = checker::check(
@@ -766,15 +845,17 @@ async fn chaos_phases(
             convergence,
             partition_method,
             dns,
-            dns_note: cluster.dns_note.clone().or_else(|| {
-                args.no_dns.then(|| "--no-dns given".to_owned())
-            }),
+            dns_note: cluster
+                .dns_note
+                .clone()
+                .or_else(|| args.no_dns.then(|| "--no-dns given".to_owned())),
             stale_bound_ms: args.stale_bound_ms,
             faults: args.faults.iter().map(|f| f.as_str().to_owned()).collect(),
             max_down: args.max_down,
             replay,
             history: history_path.display().to_string(),
             base_dir: base_dir.display().to_string(),
+            dpin: cluster.dpin.display().to_string(),
             harness_errors,
         },
         &findings,
@@ -786,7 +867,11 @@ async fn chaos_phases(
         "dpin chaos: {} nodes, seed {}, {} — {}",
         n,
         seed,
-        args.faults.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(","),
+        args.faults
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         if report.pass { "PASS" } else { "FAIL" }
     );
     let picture = svg::render(&history, &findings, n, work_end_ms / 1000.0, &title);
@@ -809,12 +894,7 @@ async fn progress(ctx: Ctx, duration: Duration) {
     while ctx.running() {
         tick.tick().await;
         let c = &ctx.rec.counters;
-        let active = ctx
-            .rec
-            .active
-            .lock()
-            .map(|a| a.clone())
-            .unwrap_or_default();
+        let active = ctx.rec.active.lock().map(|a| a.clone()).unwrap_or_default();
         let now_ms = ctx.rec.now_ms();
         let faults = if active.is_empty() {
             "none".to_owned()
@@ -859,6 +939,7 @@ async fn progress(ctx: Ctx, duration: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dpin_sim::history::OpOutcome;
 
     #[test]
     fn durations_parse_with_units() -> Result<()> {

@@ -1,0 +1,613 @@
+//! Supervises real `dpin node` processes: start, SIGKILL + restart, SIGSTOP + SIGCONT, stop.
+//!
+//! Why real processes: the failures dpin must survive (a crash mid-write, a hung process whose
+//! TCP connections stay open, a restart from the on-disk store) only happen to real processes
+//! with real sockets and real fsyncs.
+//!
+//! Each node gets `<base>/node-K/` as its data dir, `<base>/node-K.log` for its logs (appended
+//! across restarts) and `<base>/node-K.pid`, so `dpin-sim stop --base-dir <base>` can clean up
+//! after a harness that was itself killed. Children run in their own process group, so a
+//! terminal's Ctrl-C reaches only the harness, which then stops them in order (SIGCONT, SIGTERM,
+//! then SIGKILL after a grace period) and waits for each; `kill_on_drop` is the last resort.
+//!
+//! Ports: a node first starts on port 0 (the kernel picks); the harness reads the addresses it
+//! prints and restarts it later on exactly those ports, so peers that remember its address find
+//! it again. A restarted node bootstraps from every other node (the first node has no bootstrap
+//! at first start, but after a restart it must rejoin a running cluster).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::nodeapi::Api;
+
+/// How long a node may take to print its addresses.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Grace period between SIGTERM and SIGKILL on shutdown.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Where the nodes' sockets live.
+#[derive(Clone, Debug)]
+pub enum Layout {
+    /// Everything on 127.0.0.1, ports picked by the kernel.
+    Loopback,
+    /// One network namespace per node (see [`crate::netns`]): peer traffic on `data`, API and
+    /// DNS on `mgmt`.
+    Netns {
+        /// Namespace of each node, index 0 = node 1.
+        namespaces: Vec<String>,
+        /// Peer-traffic address of each node.
+        data: Vec<Ipv4Addr>,
+        /// API/DNS address of each node.
+        mgmt: Vec<Ipv4Addr>,
+    },
+}
+
+/// What a running node told us on stdout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// First listen address, with `/p2p/<peer id>`.
+    pub listen: String,
+    /// HTTP API address.
+    pub api: SocketAddr,
+    /// DNS address, if serving DNS.
+    pub dns: Option<SocketAddr>,
+}
+
+/// One supervised node.
+#[derive(Debug)]
+pub struct NodeProc {
+    /// 1-based index.
+    pub index: usize,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log file (stderr of the node).
+    pub log: PathBuf,
+    /// `--listen` argument.
+    listen_arg: String,
+    /// `--api` argument.
+    api_arg: SocketAddr,
+    /// `--dns` argument.
+    dns_arg: Option<SocketAddr>,
+    /// Namespace to run in.
+    netns: Option<String>,
+    /// Addresses from the last start.
+    pub info: Option<NodeInfo>,
+    child: Option<Child>,
+    /// Whether we SIGSTOPped it.
+    pub paused: bool,
+}
+
+impl NodeProc {
+    /// Process id of the running child.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Whether a child process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn signal(&self, sig: Signal) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("node {} is not running", self.index))?;
+        kill(Pid::from_raw(pid as i32), sig)
+            .with_context(|| format!("cannot send {sig} to node {} (pid {pid})", self.index))
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node binary cannot serve DNS (`--dns` refused).
+    #[error("this dpin build cannot serve DNS: {0}")]
+    DnsUnavailable(String),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Options for [`Cluster::start`].
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The `dpin` binary.
+    pub dpin: PathBuf,
+    /// Folder for data dirs, logs and pidfiles.
+    pub base_dir: PathBuf,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Try to serve DNS on every node (falls back to no DNS if the build cannot).
+    pub dns: bool,
+    /// Socket layout.
+    pub layout: Layout,
+}
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The `dpin` binary.
+    pub dpin: PathBuf,
+    /// Base folder.
+    pub base_dir: PathBuf,
+    /// The nodes, index 0 = node 1.
+    pub nodes: Vec<NodeProc>,
+    /// Whether nodes serve DNS.
+    pub dns: bool,
+    /// Why DNS is off, if it was asked for and is off.
+    pub dns_note: Option<String>,
+}
+
+/// The default node binary: `dpin` next to the running executable (a release build of the
+/// workspace puts both there); if there is none, this executable itself, whose hidden `node`
+/// subcommand runs the very same node code (so `cargo run -p dpin-sim -- chaos` works from a
+/// clean clone). Beware: `cargo run -p dpin-sim` does not rebuild a `dpin` that is already
+/// there. Nodes always start as `<binary> node ...`.
+pub fn default_dpin() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the running executable")?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent folder", exe.display()))?;
+    let sibling = dir.join("dpin");
+    Ok(if sibling.is_file() { sibling } else { exe })
+}
+
+fn tcp_port(multiaddr: &str) -> Option<u16> {
+    let mut parts = multiaddr.split('/');
+    while let Some(p) = parts.next() {
+        if p == "tcp" {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` nodes: node 1 first, the others bootstrapping from it. Does not wait
+    /// for the mesh; see [`Cluster::wait_connected`].
+    pub async fn start(opts: &ClusterOptions) -> Result<Self> {
+        if !opts.dpin.is_file() {
+            bail!(
+                "no dpin binary at {}; build it (cargo build --release -p dpin-node) or pass --dpin PATH",
+                opts.dpin.display()
+            );
+        }
+        std::fs::create_dir_all(&opts.base_dir)
+            .with_context(|| format!("cannot create {}", opts.base_dir.display()))?;
+        let mut nodes = Vec::with_capacity(opts.nodes);
+        for k in 1..=opts.nodes {
+            let (listen_arg, api_arg, dns_arg, netns) = match &opts.layout {
+                Layout::Loopback => (
+                    "/ip4/127.0.0.1/tcp/0".to_owned(),
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                    opts.dns
+                        .then_some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+                    None,
+                ),
+                Layout::Netns {
+                    namespaces,
+                    data,
+                    mgmt,
+                } => {
+                    let (Some(ns), Some(d), Some(m)) =
+                        (namespaces.get(k - 1), data.get(k - 1), mgmt.get(k - 1))
+                    else {
+                        bail!("namespace layout has no entry for node {k}");
+                    };
+                    (
+                        format!("/ip4/{d}/tcp/7001"),
+                        SocketAddr::new(IpAddr::V4(*m), 7080),
+                        opts.dns.then_some(SocketAddr::new(IpAddr::V4(*m), 5353)),
+                        Some(ns.clone()),
+                    )
+                }
+            };
+            nodes.push(NodeProc {
+                index: k,
+                data_dir: opts.base_dir.join(format!("node-{k}")),
+                log: opts.base_dir.join(format!("node-{k}.log")),
+                listen_arg,
+                api_arg,
+                dns_arg,
+                netns,
+                info: None,
+                child: None,
+                paused: false,
+            });
+        }
+        let mut cluster = Cluster {
+            dpin: opts.dpin.clone(),
+            base_dir: opts.base_dir.clone(),
+            nodes,
+            dns: opts.dns,
+            dns_note: None,
+        };
+        std::fs::write(
+            cluster.base_dir.join("dpin-sim.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .context("cannot write the harness pidfile")?;
+        for i in 0..cluster.nodes.len() {
+            let bootstrap: Vec<String> = if i == 0 {
+                Vec::new()
+            } else {
+                cluster.nodes[0]
+                    .info
+                    .iter()
+                    .map(|n| n.listen.clone())
+                    .collect()
+            };
+            match cluster.spawn(i, &bootstrap).await {
+                Ok(()) => {}
+                Err(StartError::DnsUnavailable(msg)) => {
+                    cluster.dns = false;
+                    cluster.dns_note = Some(msg);
+                    for n in &mut cluster.nodes {
+                        n.dns_arg = None;
+                    }
+                    if let Err(e) = cluster.spawn(i, &bootstrap).await {
+                        cluster.shutdown().await;
+                        return Err(e.into());
+                    }
+                }
+                Err(StartError::Other(e)) => {
+                    cluster.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Spawns node `i` (0-based) and waits for its address lines.
+    async fn spawn(&mut self, i: usize, bootstrap: &[String]) -> Result<(), StartError> {
+        let dpin = self.dpin.clone();
+        let node = &mut self.nodes[i];
+        std::fs::create_dir_all(&node.data_dir)
+            .with_context(|| format!("cannot create {}", node.data_dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("cannot open {}", node.log.display()))?;
+        let mut cmd = match &node.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&dpin);
+                c
+            }
+            None => Command::new(&dpin),
+        };
+        cmd.arg("node")
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--listen")
+            .arg(&node.listen_arg)
+            .arg("--api")
+            .arg(node.api_arg.to_string());
+        if let Some(d) = node.dns_arg {
+            cmd.arg("--dns").arg(d.to_string());
+        }
+        for b in bootstrap {
+            cmd.arg("--bootstrap").arg(b);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info,libp2p_gossipsub=warn,libp2p_swarm=warn")
+            .env("NO_COLOR", "1")
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", dpin.display()))?;
+        let pid = child.id().unwrap_or(0);
+        std::fs::write(
+            self.base_dir.join(format!("node-{}.pid", i + 1)),
+            format!("{pid}\n"),
+        )
+        .context("cannot write pidfile")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("node stdout not captured"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let want_dns = node.dns_arg.is_some();
+        let (mut peer_id, mut listen, mut api, mut dns) = (None, None, None, None);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                let mut it = line.splitn(2, ' ');
+                match (it.next(), it.next()) {
+                    (Some("peer_id"), Some(v)) => peer_id = Some(v.trim().to_owned()),
+                    (Some("listen"), Some(v)) if listen.is_none() && v.contains("/tcp/") => {
+                        listen = Some(v.trim().to_owned())
+                    }
+                    (Some("api"), Some(v)) => api = v.trim().parse::<SocketAddr>().ok(),
+                    (Some("dns"), Some(v)) => dns = v.trim().parse::<SocketAddr>().ok(),
+                    _ => {}
+                }
+                if api.is_some() && (!want_dns || dns.is_some()) {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        };
+        let complete = match tokio::time::timeout_at(deadline.into(), read).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                return Err(anyhow!("reading node {} output: {e}", i + 1).into());
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(anyhow!(
+                    "node {} printed no addresses within {START_TIMEOUT:?}; log {}:\n{}",
+                    i + 1,
+                    node.log.display(),
+                    log_tail(&node.log, 10)
+                )
+                .into());
+            }
+        };
+        if !complete {
+            // stdout closed: the node exited. Why?
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            let tail = log_tail(&node.log, 5);
+            if want_dns && api.is_some() && tail.contains("DNS") {
+                return Err(StartError::DnsUnavailable(
+                    tail.lines().last().unwrap_or("").to_owned(),
+                ));
+            }
+            return Err(anyhow!(
+                "node {} exited during start ({status:?}); log {}:\n{tail}",
+                i + 1,
+                node.log.display()
+            )
+            .into());
+        }
+        let (Some(peer_id), Some(listen), Some(api)) = (peer_id, listen, api) else {
+            let _ = child.start_kill();
+            return Err(anyhow!("node {} did not print peer_id/listen/api", i + 1).into());
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Pin the ports for restarts.
+        if let Some(port) = tcp_port(&listen) {
+            node.listen_arg = match node.listen_arg.rsplit_once("/tcp/") {
+                Some((host, _)) => format!("{host}/tcp/{port}"),
+                None => node.listen_arg.clone(),
+            };
+        }
+        node.api_arg = api;
+        if let Some(d) = dns {
+            node.dns_arg = Some(d);
+        }
+        node.info = Some(NodeInfo {
+            peer_id,
+            listen,
+            api,
+            dns,
+        });
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// API addresses of all nodes (as last started).
+    pub fn apis(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.info.as_ref().map(|i| i.api))
+            .collect()
+    }
+
+    /// Waits until every running node sees at least `min(want, nodes-1)` live peers. Returns
+    /// whether that happened before `timeout`.
+    pub async fn wait_connected(&self, api: &Api, want: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let want = want.min(self.nodes.len().saturating_sub(1));
+        while Instant::now() < deadline {
+            let mut all = true;
+            for n in &self.nodes {
+                let Some(info) = &n.info else { continue };
+                if !n.is_running() || n.paused {
+                    continue;
+                }
+                match api.status(info.api, Duration::from_millis(500)).await {
+                    Some(s) if s.peers_alive >= want => {}
+                    _ => all = false,
+                }
+            }
+            if all {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    /// SIGKILLs node `i` (0-based) and reaps it.
+    pub async fn kill(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        node.signal(Signal::SIGKILL)?;
+        if let Some(mut child) = node.child.take() {
+            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
+                Err(_) => bail!("node {} did not die within 5 s of SIGKILL", i + 1),
+            }
+        }
+        node.paused = false;
+        Ok(())
+    }
+
+    /// Restarts killed node `i` with the same data dir and ports, bootstrapping from every
+    /// other node. Retries a few times (a port may be briefly unavailable).
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].is_running() {
+            bail!("node {} is still running", i + 1);
+        }
+        let bootstrap: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, n)| n.info.as_ref().map(|x| x.listen.clone()))
+            .collect();
+        let mut last = None;
+        for attempt in 0..5u32 {
+            match self.spawn(i, &bootstrap).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+        }
+        Err(anyhow!(
+            "node {} did not restart: {}",
+            i + 1,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+
+    /// SIGSTOPs node `i`.
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].signal(Signal::SIGSTOP)?;
+        self.nodes[i].paused = true;
+        Ok(())
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].signal(Signal::SIGCONT)?;
+        self.nodes[i].paused = false;
+        Ok(())
+    }
+
+    /// Stops every node: SIGCONT, SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL; reaps all
+    /// and removes the pidfiles. Never fails; problems are printed.
+    pub async fn shutdown(&mut self) {
+        for n in &mut self.nodes {
+            if n.child.is_some() {
+                let _ = n.signal(Signal::SIGCONT);
+                let _ = n.signal(Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for n in &mut self.nodes {
+            let Some(mut child) = n.child.take() else {
+                continue;
+            };
+            match tokio::time::timeout_at(deadline.into(), child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!(
+                        "dpin-sim: node {} ignored SIGTERM; sending SIGKILL",
+                        n.index
+                    );
+                    let _ = child.start_kill();
+                    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                        .await
+                        .is_err()
+                    {
+                        eprintln!("dpin-sim: node {} did not exit after SIGKILL", n.index);
+                    }
+                }
+            }
+            n.paused = false;
+        }
+        for n in &self.nodes {
+            let _ = std::fs::remove_file(self.base_dir.join(format!("node-{}.pid", n.index)));
+        }
+        let _ = std::fs::remove_file(self.base_dir.join("dpin-sim.pid"));
+    }
+}
+
+/// `dpin-sim stop`: stops the processes named by the pidfiles in `base_dir` (nodes first, then
+/// the harness), waiting for each, and removes namespaces listed in `netns.txt`. Returns how
+/// many processes were signalled.
+pub fn stop_from_pidfiles(base_dir: &Path) -> Result<usize> {
+    let entries = std::fs::read_dir(base_dir)
+        .with_context(|| format!("cannot read {}", base_dir.display()))?;
+    let mut pidfiles: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+        .collect();
+    // The harness first: it stops its own nodes in order and removes its namespaces. Whatever
+    // it leaves (or all of it, if the harness was killed) is stopped next.
+    pidfiles.sort_by_key(|p| p.file_name().is_none_or(|n| n != "dpin-sim.pid"));
+    let mut signalled = 0;
+    for path in pidfiles {
+        if !path.exists() {
+            continue; // removed by the harness while it shut down
+        }
+        let grace = if path.file_name().is_some_and(|n| n == "dpin-sim.pid") {
+            STOP_GRACE * 4
+        } else {
+            STOP_GRACE
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let Ok(raw) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        if raw <= 1 || raw == std::process::id() as i32 {
+            continue;
+        }
+        let pid = Pid::from_raw(raw);
+        // A stale pidfile may name a reused pid: only signal dpin processes.
+        let cmdline = std::fs::read(format!("/proc/{raw}/cmdline")).unwrap_or_default();
+        if kill(pid, None).is_err() || !String::from_utf8_lossy(&cmdline).contains("dpin") {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let _ = kill(pid, Signal::SIGCONT);
+        let _ = kill(pid, Signal::SIGTERM);
+        signalled += 1;
+        let deadline = Instant::now() + grace;
+        while kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if kill(pid, None).is_ok() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    if let Ok(text) = std::fs::read_to_string(base_dir.join("netns.txt")) {
+        let names: Vec<String> = text.lines().map(str::to_owned).collect();
+        crate::netns::remove_named(&names);
+        let _ = std::fs::remove_file(base_dir.join("netns.txt"));
+    }
+    Ok(signalled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_port_is_read_from_a_multiaddr() {
+        assert_eq!(tcp_port("/ip4/127.0.0.1/tcp/4242/p2p/12D3Koo"), Some(4242));
+        assert_eq!(tcp_port("/ip4/127.0.0.1/udp/1/quic-v1"), None);
+    }
+}

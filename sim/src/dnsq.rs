@@ -1,0 +1,178 @@
+//! A minimal DNS client: one A query over UDP, answer parsed by hand.
+//!
+//! The readers resolve names over DNS as well as HTTP because DNS is how most software would
+//! meet dpin, and an empty DNS answer is exactly the seed's outage. A full resolver library
+//! would add retries, caching and search lists that hide what one node answered; this sends
+//! one packet to one node and reports exactly what came back. Every loop over the packet is
+//! bounded by the packet length, and malformed answers are errors, never panics.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+
+/// What one A query returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsAnswer {
+    /// NOERROR with these A records (possibly none).
+    Addrs(Vec<Ipv4Addr>),
+    /// NXDOMAIN.
+    NxDomain,
+    /// Another response code (SERVFAIL, REFUSED, ...).
+    Rcode(u8),
+}
+
+/// Why a query got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// Socket error.
+    #[error("dns socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// No answer in time.
+    #[error("dns timeout")]
+    Timeout,
+    /// The answer could not be parsed.
+    #[error("malformed dns answer: {0}")]
+    Malformed(&'static str),
+    /// The name cannot be put in a query.
+    #[error("bad query name")]
+    BadName,
+}
+
+/// Builds the query packet for `name` (A, IN, recursion desired).
+pub fn build_query(id: u16, name: &str) -> Result<Vec<u8>, DnsError> {
+    let mut p = Vec::with_capacity(name.len() + 18);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(DnsError::BadName);
+        }
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.push(0);
+    p.extend_from_slice(&[0, 1, 0, 1]);
+    if p.len() > 512 {
+        return Err(DnsError::BadName);
+    }
+    Ok(p)
+}
+
+/// Skips a (possibly compressed) name starting at `pos`; returns the position after it.
+fn skip_name(p: &[u8], mut pos: usize) -> Result<usize, DnsError> {
+    // A name is at most 255 bytes: at most 128 labels.
+    for _ in 0..128 {
+        let len = *p.get(pos).ok_or(DnsError::Malformed("name past end"))?;
+        match len {
+            0 => return Ok(pos + 1),
+            l if l & 0xC0 == 0xC0 => return Ok(pos + 2),
+            l if l & 0xC0 == 0 => pos += 1 + usize::from(l),
+            _ => return Err(DnsError::Malformed("bad label type")),
+        }
+    }
+    Err(DnsError::Malformed("name too long"))
+}
+
+fn u16_at(p: &[u8], pos: usize) -> Result<u16, DnsError> {
+    match p.get(pos..pos + 2) {
+        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
+        _ => Err(DnsError::Malformed("truncated")),
+    }
+}
+
+/// Parses the answer to query `id`.
+pub fn parse_answer(id: u16, p: &[u8]) -> Result<DnsAnswer, DnsError> {
+    if p.len() < 12 {
+        return Err(DnsError::Malformed("short header"));
+    }
+    if u16_at(p, 0)? != id {
+        return Err(DnsError::Malformed("id mismatch"));
+    }
+    let flags = u16_at(p, 2)?;
+    if flags & 0x8000 == 0 {
+        return Err(DnsError::Malformed("not a response"));
+    }
+    let rcode = (flags & 0x000F) as u8;
+    match rcode {
+        0 => {}
+        3 => return Ok(DnsAnswer::NxDomain),
+        other => return Ok(DnsAnswer::Rcode(other)),
+    }
+    let qd = u16_at(p, 4)?;
+    let an = u16_at(p, 6)?;
+    let mut pos = 12;
+    for _ in 0..qd {
+        pos = skip_name(p, pos)? + 4;
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..an {
+        pos = skip_name(p, pos)?;
+        let rtype = u16_at(p, pos)?;
+        let rdlen = usize::from(u16_at(p, pos + 8)?);
+        let rdata = p
+            .get(pos + 10..pos + 10 + rdlen)
+            .ok_or(DnsError::Malformed("rdata past end"))?;
+        if rtype == 1 {
+            if let &[a, b, c, d] = rdata {
+                addrs.push(Ipv4Addr::new(a, b, c, d));
+            }
+        }
+        pos += 10 + rdlen;
+    }
+    Ok(DnsAnswer::Addrs(addrs))
+}
+
+/// Sends one A query for `name` to `server` and waits up to `timeout` for the answer.
+pub async fn query_a(
+    bind: SocketAddr,
+    server: SocketAddr,
+    name: &str,
+    id: u16,
+    timeout: Duration,
+) -> Result<DnsAnswer, DnsError> {
+    let packet = build_query(id, name)?;
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(server).await?;
+    sock.send(&packet).await?;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Skip stray packets (e.g. a late answer to someone else); bounded by the deadline.
+    loop {
+        let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(DnsError::Timeout),
+        };
+        match parse_answer(id, &buf[..n]) {
+            Err(DnsError::Malformed("id mismatch")) => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_answer_round_trip() -> Result<(), DnsError> {
+        let q = build_query(7, "api.zone.dpin.")?;
+        // Make an answer: copy the query, set QR, one A record with a compression pointer.
+        let mut a = q.clone();
+        a[2] = 0x81;
+        a[3] = 0x80;
+        a[7] = 1;
+        a.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 1, 2]);
+        assert_eq!(
+            parse_answer(7, &a)?,
+            DnsAnswer::Addrs(vec![Ipv4Addr::new(127, 0, 1, 2)])
+        );
+        let mut nx = q;
+        nx[2] = 0x81;
+        nx[3] = 0x83;
+        assert_eq!(parse_answer(7, &nx)?, DnsAnswer::NxDomain);
+        assert!(parse_answer(8, &nx).is_err());
+        assert!(parse_answer(7, &nx[..5]).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! The history of a chaos run: every client operation and every fault, with its start and end
+//! time in milliseconds since the run started.
+//!
+//! Jepsen's lesson is that a harness which only prints "OK" proves nothing: the workload must
+//! *record* what it asked and what it was told, and a separate, pure checker must judge that
+//! record afterwards. This module is the record. It is written as JSON Lines (one event per
+//! line, `"type": "op"` or `"type": "fault"`) next to the report, so a reader can replay the
+//! checker on it, grep it, or load it into anything that reads JSON.
+//!
+//! The types are deliberately plain data with public fields, so tests can write histories by
+//! hand (see `tests/chaos_checker.rs`).
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of client operation an [`Op`] was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// A resolve of one name at one node, part of a read round.
+    Read,
+    /// A writer's publish of a new record (a higher seq than it published before).
+    Write,
+    /// The seed's race: a delayed plan with a seq that another writer has already passed.
+    /// The node must refuse it (409 stale).
+    StalePlan,
+    /// The seed's clean-up job: a tombstone with an old seq. The node must refuse it.
+    Cleanup,
+    /// A propagation probe: polls one node until it holds a just-acknowledged write.
+    Probe,
+    /// A resolve after the run has healed and converged: the final state the lost-write
+    /// check compares against.
+    FinalRead,
+}
+
+/// Protocol an operation used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proto {
+    /// The node's HTTP API.
+    Http,
+    /// The node's DNS front-end (UDP, A query).
+    Dns,
+}
+
+/// What a node said (or did not say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpOutcome {
+    /// Read answered with a record (its endpoint count is in [`Op::endpoints`]).
+    Found,
+    /// Read answered "no such name" (HTTP 404, DNS NXDOMAIN or an answer without addresses).
+    NotFound,
+    /// Write applied (HTTP 200, `applied`).
+    Applied,
+    /// Write was already held (HTTP 200, `duplicate`).
+    Duplicate,
+    /// Equal seq, different content, and ours won the tie-break (HTTP 200, `conflict_won`).
+    ConflictWon,
+    /// Refused as stale (HTTP 409, `stale`).
+    Stale,
+    /// Refused: equal seq lost the tie-break, or compare-and-set mismatch (HTTP 409).
+    Conflict,
+    /// Refused for another reason (other 4xx), see [`Op::detail`].
+    Rejected,
+    /// No answer within the timeout. For a write: indeterminate (may or may not be applied).
+    Timeout,
+    /// Connection refused/reset, 5xx or an unparseable answer. For a write: indeterminate.
+    Error,
+}
+
+impl OpOutcome {
+    /// A write outcome that acknowledges the write (HTTP 200).
+    pub fn is_ack(self) -> bool {
+        matches!(
+            self,
+            OpOutcome::Applied | OpOutcome::Duplicate | OpOutcome::ConflictWon
+        )
+    }
+
+    /// A read outcome in which the node answered (with or without a record).
+    pub fn is_answer(self) -> bool {
+        matches!(self, OpOutcome::Found | OpOutcome::NotFound)
+    }
+}
+
+/// One client operation against one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// What was attempted.
+    pub kind: OpKind,
+    /// Over which protocol.
+    pub proto: Proto,
+    /// Which client process did it (`writer-0`, `reader-http-1`, `race-b`, ...).
+    pub process: String,
+    /// Node index, 1-based.
+    pub node: usize,
+    /// Full name, `label.zone`.
+    pub name: String,
+    /// Read round: all reads with the same round asked the same name at (about) the same time
+    /// from every node. A round in which no node answered is a failed query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
+    /// Start, ms since run start.
+    pub start_ms: f64,
+    /// End (answer or timeout), ms since run start.
+    pub end_ms: f64,
+    /// What happened.
+    pub outcome: OpOutcome,
+    /// For writes the seq sent; for reads the seq seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// For reads that found a record: how many endpoints the answer carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<usize>,
+    /// Error text or HTTP error kind, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For probes: the acknowledged seq the probe waited for (`seq` is what it saw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub want_seq: Option<u64>,
+}
+
+/// Kind of fault the nemesis injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// SIGKILL, later restarted with the same data dir and arguments.
+    Kill,
+    /// SIGSTOP, later SIGCONT.
+    Pause,
+    /// The node is cut off from every other node (clients still reach it).
+    Partition,
+}
+
+impl FaultKind {
+    /// Lowercase name, as used on the command line and in the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            other => Err(format!(
+                "unknown fault {other:?}; use kill, pause or partition"
+            )),
+        }
+    }
+}
+
+/// One fault interval: from injection until the node is healthy again (restarted and
+/// answering, resumed, or reconnected).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultSpan {
+    /// What was done.
+    pub kind: FaultKind,
+    /// To which node (1-based).
+    pub node: usize,
+    /// Injection time, ms since run start.
+    pub start_ms: f64,
+    /// Heal time, ms since run start.
+    pub end_ms: f64,
+}
+
+/// One line of the JSONL history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A client operation.
+    Op(Op),
+    /// A fault interval.
+    Fault(FaultSpan),
+}
+
+/// A whole run's history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// Client operations, in completion order.
+    pub ops: Vec<Op>,
+    /// Fault intervals, in injection order.
+    pub faults: Vec<FaultSpan>,
+}
+
+/// Reading or writing a history file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// File I/O.
+    #[error("history file: {0}")]
+    Io(#[from] std::io::Error),
+    /// A line was not a valid event.
+    #[error("history line {line}: {source}")]
+    Parse {
+        /// 1-based line number.
+        line: usize,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+}
+
+impl History {
+    /// Writes the history as JSON Lines: faults first, then operations sorted by start time.
+    pub fn write_jsonl(&self, path: &Path) -> Result<(), HistoryError> {
+        let mut out = BufWriter::new(std::fs::File::create(path)?);
+        let mut ops: Vec<&Op> = self.ops.iter().collect();
+        ops.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+        for f in &self.faults {
+            serde_json::to_writer(&mut out, &Event::Fault(f.clone()))
+                .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        for op in ops {
+            serde_json::to_writer(&mut out, &Event::Op(op.clone()))
+                .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Reads a JSON Lines history written by [`History::write_jsonl`].
+    pub fn read_jsonl(path: &Path) -> Result<Self, HistoryError> {
+        let file = std::io::BufReader::new(std::fs::File::open(path)?);
+        let mut h = History::default();
+        for (i, line) in file.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Event>(&line).map_err(|source| HistoryError::Parse {
+                line: i + 1,
+                source,
+            })? {
+                Event::Op(op) => h.ops.push(op),
+                Event::Fault(f) => h.faults.push(f),
+            }
+        }
+        Ok(h)
+    }
+
+    /// Latest end time of any op or fault (the run's length as the history saw it).
+    pub fn end_ms(&self) -> f64 {
+        let ops = self.ops.iter().map(|o| o.end_ms);
+        let faults = self.faults.iter().map(|f| f.end_ms);
+        ops.chain(faults).fold(0.0, f64::max)
+    }
+}

@@ -1,0 +1,33 @@
+//! # dpin-sim — the local cluster launcher and Jepsen-style chaos harness of dpin
+//!
+//! dpin exists so that no single failure can erase a name or take it offline (SPEC §1). This
+//! crate is where that claim is tested against real processes, and where a newcomer starts one
+//! with a single command:
+//!
+//! * `dpin-sim cluster` ([`cluster`]) starts N real `dpin node` processes on loopback and prints
+//!   how to talk to them; Ctrl-C or `dpin-sim stop` leaves no process behind.
+//! * `dpin-sim chaos` runs a workload ([`workload`]) of writers — including the seed's race, a
+//!   stale plan and a clean-up job — and readers over HTTP and DNS, while a nemesis
+//!   ([`nemesis`]) kills, pauses and partitions nodes; every operation is recorded in a history
+//!   ([`history`]); after healing, a pure checker ([`checker`]) judges the history and produces
+//!   the SPEC §5 report ([`report`]) and an SVG timeline ([`svg`]).
+//!
+//! ## Partitions
+//! A real partition needs packets to vanish between nodes. When partitions are requested and
+//! the harness runs as root with iproute2, each node runs in its own network namespace
+//! ([`netns`]): peer traffic on 198.18.0.K behind one bridge, API/DNS on 198.19.0.K behind
+//! another, all inside namespaces the run creates and deletes; a partition sets the node's port
+//! on the peer bridge down. Otherwise partitions are not scheduled at all (there is no safe way
+//! to drop loopback traffic of a single process without touching the host's firewall) and the
+//! report's `partition_method` says so. Kill and pause runs stay on 127.0.0.1.
+
+pub mod checker;
+pub mod cluster;
+pub mod dnsq;
+pub mod history;
+pub mod nemesis;
+pub mod netns;
+pub mod nodeapi;
+pub mod report;
+pub mod svg;
+pub mod workload;

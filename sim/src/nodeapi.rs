@@ -1,0 +1,193 @@
+//! Thin typed client for the node's HTTP API (`node/src/api.rs`), with a timeout on every call.
+//!
+//! The harness talks to nodes that may be SIGSTOPped (their sockets accept but never answer)
+//! or SIGKILLed, so every request carries its own short timeout and every answer is mapped to
+//! an [`OpOutcome`] instead of an error: "no answer" is data for the checker, not a bug in the
+//! harness.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dpin_protocol::SignedRecord;
+use serde_json::Value;
+
+use crate::history::OpOutcome;
+
+/// HTTP client shared by all tasks (connection pooling), with short connect timeouts.
+#[derive(Clone, Debug)]
+pub struct Api {
+    http: reqwest::Client,
+}
+
+/// What a read returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Found / NotFound / Timeout / Error.
+    pub outcome: OpOutcome,
+    /// Seq of the record seen.
+    pub seq: Option<u64>,
+    /// Endpoints in the answer.
+    pub endpoints: Option<usize>,
+    /// Error text.
+    pub detail: Option<String>,
+}
+
+impl ReadResult {
+    fn failure(outcome: OpOutcome, detail: String) -> Self {
+        Self {
+            outcome,
+            seq: None,
+            endpoints: None,
+            detail: Some(detail),
+        }
+    }
+}
+
+/// What a publish returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteResult {
+    /// Applied / Duplicate / ConflictWon / Stale / Conflict / Rejected / Timeout / Error.
+    pub outcome: OpOutcome,
+    /// Error kind or text.
+    pub detail: Option<String>,
+}
+
+/// The parts of `/v1/status` the harness uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Store digest (hex).
+    pub digest: String,
+    /// Peers with a live connection.
+    pub peers_alive: usize,
+    /// Records held.
+    pub records: u64,
+}
+
+fn classify(e: &reqwest::Error) -> OpOutcome {
+    if e.is_timeout() {
+        OpOutcome::Timeout
+    } else {
+        OpOutcome::Error
+    }
+}
+
+impl Api {
+    /// A client; fails only if the TLS-less HTTP stack cannot be initialised.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(300))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(8)
+            .no_proxy()
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// `GET /v1/resolve/{name}`.
+    pub async fn resolve(&self, addr: SocketAddr, name: &str, timeout: Duration) -> ReadResult {
+        let url = format!("http://{addr}/v1/resolve/{name}");
+        let resp = match self.http.get(&url).timeout(timeout).send().await {
+            Ok(r) => r,
+            Err(e) => return ReadResult::failure(classify(&e), e.to_string()),
+        };
+        let status = resp.status();
+        let body: Value = match resp.json().await {
+            Ok(v) => v,
+            Err(e) => return ReadResult::failure(classify(&e), e.to_string()),
+        };
+        match status.as_u16() {
+            200 => ReadResult {
+                outcome: OpOutcome::Found,
+                seq: body.get("seq").and_then(Value::as_u64),
+                endpoints: Some(
+                    body.get("endpoints")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len),
+                ),
+                detail: None,
+            },
+            404 => ReadResult {
+                outcome: OpOutcome::NotFound,
+                seq: None,
+                endpoints: Some(0),
+                detail: body.get("error").and_then(Value::as_str).map(str::to_owned),
+            },
+            s => ReadResult::failure(OpOutcome::Error, format!("HTTP {s}: {body}")),
+        }
+    }
+
+    /// `POST /v1/publish` of a signed record.
+    pub async fn publish(
+        &self,
+        addr: SocketAddr,
+        record: &SignedRecord,
+        timeout: Duration,
+    ) -> WriteResult {
+        let url = format!("http://{addr}/v1/publish");
+        let req = serde_json::json!({"record": hex::encode(record.encode()), "if_seq": null});
+        let resp = match self
+            .http
+            .post(&url)
+            .json(&req)
+            .timeout(timeout)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return WriteResult {
+                    outcome: classify(&e),
+                    detail: Some(e.to_string()),
+                }
+            }
+        };
+        let status = resp.status().as_u16();
+        let body: Value = match resp.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                return WriteResult {
+                    outcome: classify(&e),
+                    detail: Some(format!("HTTP {status}: {e}")),
+                }
+            }
+        };
+        let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let outcome = match (status, field("outcome").as_str(), field("error").as_str()) {
+            (200, "applied", _) => OpOutcome::Applied,
+            (200, "duplicate", _) => OpOutcome::Duplicate,
+            (200, "conflict_won", _) => OpOutcome::ConflictWon,
+            (409, _, "stale") => OpOutcome::Stale,
+            (409, _, _) => OpOutcome::Conflict,
+            (400..=499, _, _) => OpOutcome::Rejected,
+            _ => OpOutcome::Error,
+        };
+        let detail = match outcome {
+            // What the node says about spreading it: sent / no_peers / duplicate / none.
+            OpOutcome::Applied | OpOutcome::Duplicate | OpOutcome::ConflictWon => {
+                Some(format!("gossip {}", field("gossip")))
+            }
+            _ => Some(format!("HTTP {status}: {}", field("error"))),
+        };
+        WriteResult { outcome, detail }
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self, addr: SocketAddr, timeout: Duration) -> Option<Status> {
+        let url = format!("http://{addr}/v1/status");
+        let resp = self.http.get(&url).timeout(timeout).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body: Value = resp.json().await.ok()?;
+        let peers_alive = body.get("peers").and_then(Value::as_array).map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| p.get("alive").and_then(Value::as_bool) == Some(true))
+                .count()
+        });
+        Some(Status {
+            digest: body.get("digest")?.as_str()?.to_owned(),
+            peers_alive,
+            records: body.get("records").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,864 @@
+//! The chaos workload: writers, the seed's race, the clean-up job, readers and propagation
+//! probes — every operation recorded in the history with its start and end time.
+//!
+//! * **Writers** each own some names and publish a new seq for one of them continuously. The
+//!   harness signs records itself (with `dpin_protocol`, as `dpin publish` does) so it controls
+//!   seq exactly; it posts to a random node and fails over to the next on timeout or error,
+//!   re-sending the *same* signed record (a retry can only duplicate, never fork, a write).
+//! * **The race** (SPEC §1, FIELD-NOTES): writer A plans seq n+1 for a shared name and stalls;
+//!   writer B publishes n+1, n+2, n+3. A then applies its stale plan at the node that
+//!   acknowledged B's newest write, and the clean-up job tries to delete the "old" plan with a
+//!   tombstone at seq n+1 there. Both must be refused (409 stale) — that node provably holds a
+//!   higher seq — and no reader may ever see the name empty.
+//! * **Readers** resolve every name from every node, over HTTP and (if the nodes serve it) DNS,
+//!   in rounds: one name, all nodes at once, short timeouts. A round nobody answered is a
+//!   failed query.
+//! * **Probes** poll every other node right after a write is acknowledged, so propagation
+//!   latency is measured, not inferred from the readers' sampling rate.
+//!
+//! Endpoints encode the seq in their address (`127.A.B.C` with A·2¹⁶+B·2⁸+C = seq), so a DNS
+//! answer, which carries no seq, still tells which record it came from. These addresses are
+//! never contacted.
+//!
+//! All randomness comes from ChaCha RNGs derived from the run's seed, one stream per task, so a
+//! seed replays the same decisions (timing on a real machine still varies).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dpin_protocol::{Content, Endpoint, Host, RecordBody, SignedRecord, Transport, ZoneKey};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::dnsq::{self, DnsAnswer};
+use crate::history::{FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto};
+use crate::nodeapi::Api;
+
+/// Per-request timeout of reads (a paused node never answers; do not wait for it).
+pub const READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// Timeout of the second attempt of a read round in which no node answered the first.
+pub const READ_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Per-attempt timeout of writes (a write fsyncs; allow more).
+pub const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long a probe polls one node for a write.
+pub const PROBE_WINDOW: Duration = Duration::from_secs(3);
+/// Lifetime of the records the workload writes.
+pub const RECORD_TTL_MS: u64 = 3600 * 1000;
+
+/// Live counters for the progress line.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Operations recorded.
+    pub ops: AtomicU64,
+    /// Reads answered with endpoints.
+    pub reads_ok: AtomicU64,
+    /// Reads without an answer.
+    pub unanswered: AtomicU64,
+    /// Read rounds nobody answered.
+    pub failed_rounds: AtomicU64,
+    /// Answers without endpoints.
+    pub empty: AtomicU64,
+    /// Acknowledged writes.
+    pub acked: AtomicU64,
+    /// Stale plans / old tombstones refused.
+    pub refused_stale: AtomicU64,
+}
+
+/// A fault in progress, for the progress line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveFault {
+    /// Kind.
+    pub kind: FaultKind,
+    /// Node (1-based).
+    pub node: usize,
+    /// Planned heal time, ms since start.
+    pub until_ms: f64,
+}
+
+/// The recording side of a run, shared by every task.
+#[derive(Debug)]
+pub struct Recorder {
+    t0: Instant,
+    ops: Mutex<Vec<Op>>,
+    faults: Mutex<Vec<FaultSpan>>,
+    /// Faults in progress.
+    pub active: Mutex<Vec<ActiveFault>>,
+    /// Live counters.
+    pub counters: Counters,
+    round: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Recorder {
+    /// A recorder whose clock starts now.
+    pub fn new() -> Self {
+        Self {
+            t0: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            active: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            round: AtomicU64::new(0),
+        }
+    }
+
+    /// When the run started.
+    pub fn t0(&self) -> Instant {
+        self.t0
+    }
+
+    /// Ms since the run started.
+    pub fn now_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Records an operation.
+    pub fn op(&self, op: Op) {
+        let c = &self.counters;
+        c.ops.fetch_add(1, Ordering::Relaxed);
+        match op.kind {
+            OpKind::Read => {
+                if !op.outcome.is_answer() {
+                    c.unanswered.fetch_add(1, Ordering::Relaxed);
+                } else if op.outcome == OpOutcome::Found && op.endpoints.unwrap_or(0) > 0 {
+                    c.reads_ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.empty.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            OpKind::Write if op.outcome.is_ack() => {
+                c.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            OpKind::StalePlan | OpKind::Cleanup if op.outcome == OpOutcome::Stale => {
+                c.refused_stale.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        lock(&self.ops).push(op);
+    }
+
+    /// Records a finished fault interval.
+    pub fn fault(&self, span: FaultSpan) {
+        lock(&self.faults).push(span);
+    }
+
+    /// A new read-round id.
+    pub fn next_round(&self) -> u64 {
+        self.round.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Snapshot of the history so far.
+    pub fn history(&self) -> History {
+        History {
+            ops: lock(&self.ops).clone(),
+            faults: lock(&self.faults).clone(),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One node as the clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// 1-based index.
+    pub node: usize,
+    /// HTTP API.
+    pub api: SocketAddr,
+    /// DNS, if served.
+    pub dns: Option<SocketAddr>,
+}
+
+/// Who writes a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Writer `i` alone.
+    Writer(usize),
+    /// The race's writers A and B (B advances it, A replays stale plans, clean-up deletes).
+    Race,
+}
+
+/// A name of the workload.
+#[derive(Clone, Debug)]
+pub struct NameSpec {
+    /// Label inside the zone.
+    pub label: String,
+    /// `label.zone`.
+    pub full: String,
+    /// Who writes it.
+    pub owner: Owner,
+}
+
+/// Workload settings.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    /// Seed of every RNG stream.
+    pub seed: u64,
+    /// Number of independent writers.
+    pub writers: usize,
+    /// Names per writer.
+    pub names_per_writer: usize,
+    /// Names shared by the race.
+    pub race_names: usize,
+    /// Writes per second, all writers together.
+    pub write_rate: f64,
+    /// Read rounds per second per protocol.
+    pub read_rate: f64,
+    /// Local address to send DNS queries from.
+    pub dns_bind: IpAddr,
+}
+
+/// The names and the key that signs them.
+pub struct Plan {
+    /// The zone key (derived from the seed).
+    pub key: ZoneKey,
+    /// All names.
+    pub names: Vec<NameSpec>,
+}
+
+impl Plan {
+    /// Derives the zone key and names from the config.
+    pub fn new(cfg: &WorkloadConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(1);
+        let key = ZoneKey::from_seed(rng.gen());
+        let zone = key.zone();
+        let mut names = Vec::new();
+        for w in 0..cfg.writers {
+            for j in 0..cfg.names_per_writer {
+                let label = format!("svc-{w}-{j}");
+                names.push(NameSpec {
+                    full: format!("{label}.{zone}"),
+                    label,
+                    owner: Owner::Writer(w),
+                });
+            }
+        }
+        for r in 0..cfg.race_names {
+            let label = format!("regional-{r}");
+            names.push(NameSpec {
+                full: format!("{label}.{zone}"),
+                label,
+                owner: Owner::Race,
+            });
+        }
+        Self { key, names }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The address that encodes `seq` (low 24 bits).
+pub fn seq_addr(seq: u64) -> Ipv4Addr {
+    Ipv4Addr::new(127, (seq >> 16) as u8, (seq >> 8) as u8, seq as u8)
+}
+
+/// The seq an address from [`seq_addr`] encodes.
+pub fn addr_seq(a: Ipv4Addr) -> u64 {
+    let [_, x, y, z] = a.octets();
+    (u64::from(x) << 16) | (u64::from(y) << 8) | u64::from(z)
+}
+
+/// Signs a record for `label` at `seq`. `variant` changes the ports, so two writers' records
+/// at the same seq differ; `tombstone` makes it a deletion.
+pub fn make_record(
+    key: &ZoneKey,
+    label: &str,
+    seq: u64,
+    variant: u16,
+    tombstone: bool,
+) -> Result<SignedRecord, dpin_protocol::ValidationError> {
+    let host = Host::V4(seq_addr(seq).octets());
+    let content = if tombstone {
+        Content::Tombstone
+    } else {
+        Content::Endpoints(vec![
+            Endpoint {
+                host: host.clone(),
+                port: 1000 + variant,
+                transport: Transport::Tcp,
+                weight: 1,
+            },
+            Endpoint {
+                host,
+                port: 2000 + variant,
+                transport: Transport::Tcp,
+                weight: 1,
+            },
+        ])
+    };
+    RecordBody {
+        zone: key.zone(),
+        label: label.to_owned(),
+        seq,
+        expires_at_ms: unix_ms() + RECORD_TTL_MS,
+        content,
+    }
+    .sign(key)
+}
+
+/// Everything a task needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// Recorder.
+    pub rec: Arc<Recorder>,
+    /// HTTP client.
+    pub api: Api,
+    /// Nodes.
+    pub targets: Arc<Vec<Target>>,
+    /// When to stop (every loop checks it).
+    pub deadline: Instant,
+    /// Where acknowledged writes go to be probed.
+    pub probe_tx: Option<tokio::sync::mpsc::Sender<Probe>>,
+    /// Set to `true` to stop early (Ctrl-C).
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A write to measure propagation of.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// Name.
+    pub name: String,
+    /// Seq acknowledged.
+    pub seq: u64,
+    /// Node that acknowledged it (1-based).
+    pub node: usize,
+}
+
+impl Ctx {
+    /// Whether tasks should keep going: before the deadline and not stopped.
+    pub fn running(&self) -> bool {
+        Instant::now() < self.deadline && !*self.stop.borrow()
+    }
+
+    async fn sleep_until_or_deadline(&self, d: Duration) {
+        let until = (Instant::now() + d).min(self.deadline);
+        tokio::time::sleep_until(until.into()).await;
+    }
+
+    /// Publishes `record` at one node and records the op.
+    async fn publish_at(
+        &self,
+        t: &Target,
+        record: &SignedRecord,
+        kind: OpKind,
+        process: &str,
+    ) -> OpOutcome {
+        let start = self.rec.now_ms();
+        let r = self.api.publish(t.api, record, WRITE_TIMEOUT).await;
+        self.rec.op(Op {
+            kind,
+            proto: Proto::Http,
+            process: process.to_owned(),
+            node: t.node,
+            name: record.name(),
+            round: None,
+            start_ms: start,
+            end_ms: self.rec.now_ms(),
+            outcome: r.outcome,
+            seq: Some(record.body.seq),
+            endpoints: None,
+            detail: r.detail,
+            want_seq: None,
+        });
+        r.outcome
+    }
+
+    /// Publishes `record` starting at node index `first` (0-based), failing over to the next
+    /// node on timeout or error; stops at the first answer (ack or refusal). Returns the node
+    /// (1-based) and outcome of the last attempt.
+    async fn publish_failover(
+        &self,
+        first: usize,
+        record: &SignedRecord,
+        process: &str,
+    ) -> Option<(usize, OpOutcome)> {
+        let n = self.targets.len();
+        let mut last = None;
+        for k in 0..n {
+            if !self.running() && k > 0 {
+                break;
+            }
+            let t = &self.targets[(first + k) % n];
+            let o = self.publish_at(t, record, OpKind::Write, process).await;
+            last = Some((t.node, o));
+            if !matches!(o, OpOutcome::Timeout | OpOutcome::Error) {
+                break;
+            }
+        }
+        if let (Some((node, o)), Some(tx)) = (last, &self.probe_tx) {
+            if o == OpOutcome::Applied {
+                let _ = tx.try_send(Probe {
+                    name: record.name(),
+                    seq: record.body.seq,
+                    node,
+                });
+            }
+        }
+        last
+    }
+}
+
+/// Publishes seq 1 of every name (through node 1 first, failing over), recording the ops.
+/// Returns the names whose first write was not acknowledged.
+pub async fn setup(ctx: &Ctx, plan: &Plan) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (i, n) in plan.names.iter().enumerate() {
+        let Ok(rec) = make_record(&plan.key, &n.label, 1, 0, false) else {
+            failed.push(n.full.clone());
+            continue;
+        };
+        match ctx.publish_failover(i, &rec, "setup").await {
+            Some((_, o)) if o.is_ack() => {}
+            _ => failed.push(n.full.clone()),
+        }
+    }
+    failed
+}
+
+/// Waits until every node resolves every name with endpoints (bounded by `timeout`).
+pub async fn wait_replicated(ctx: &Ctx, plan: &Plan, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut all = true;
+        'outer: for t in ctx.targets.iter() {
+            for n in &plan.names {
+                let r = ctx.api.resolve(t.api, &n.full, READ_TIMEOUT).await;
+                if r.outcome != OpOutcome::Found || r.endpoints.unwrap_or(0) == 0 {
+                    all = false;
+                    break 'outer;
+                }
+            }
+        }
+        if all {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+fn pace(rate: f64) -> Duration {
+    if rate <= 0.0 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs_f64(1.0 / rate)
+    }
+}
+
+/// A writer: publishes a new seq of one of its names, at `rate` writes per second.
+pub async fn writer(ctx: Ctx, plan: Arc<Plan>, w: usize, rate: f64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(100 + w as u64);
+    let own: Vec<&NameSpec> = plan
+        .names
+        .iter()
+        .filter(|n| n.owner == Owner::Writer(w))
+        .collect();
+    if own.is_empty() {
+        return;
+    }
+    let mut next: BTreeMap<&str, u64> = own.iter().map(|n| (n.label.as_str(), 1)).collect();
+    let process = format!("writer-{w}");
+    while ctx.running() {
+        let jitter: f64 = rng.gen_range(0.5..1.5);
+        ctx.sleep_until_or_deadline(pace(rate).mul_f64(jitter))
+            .await;
+        if !ctx.running() {
+            break;
+        }
+        let n = own[rng.gen_range(0..own.len())];
+        let first = rng.gen_range(0..ctx.targets.len());
+        let Some(seq) = next.get_mut(n.label.as_str()) else {
+            continue;
+        };
+        // A new seq for every attempt: an unacknowledged seq is never reused with other content.
+        *seq += 1;
+        let Ok(rec) = make_record(&plan.key, &n.label, *seq, 0, false) else {
+            continue;
+        };
+        ctx.publish_failover(first, &rec, &process).await;
+    }
+}
+
+/// The seed's race on the shared names: B advances, A replays a stale plan, clean-up deletes
+/// the "old" plan. One race every `period`.
+pub async fn race(ctx: Ctx, plan: Arc<Plan>, period: Duration, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(200);
+    let shared: Vec<&NameSpec> = plan
+        .names
+        .iter()
+        .filter(|n| n.owner == Owner::Race)
+        .collect();
+    if shared.is_empty() {
+        return;
+    }
+    let mut held: BTreeMap<&str, u64> = shared.iter().map(|n| (n.label.as_str(), 1)).collect();
+    while ctx.running() {
+        let jitter: f64 = rng.gen_range(0.5..1.5);
+        ctx.sleep_until_or_deadline(period.mul_f64(jitter)).await;
+        if !ctx.running() {
+            break;
+        }
+        let n = shared[rng.gen_range(0..shared.len())];
+        let Some(h) = held.get_mut(n.label.as_str()) else {
+            continue;
+        };
+        let plan_seq = *h + 1;
+        // A checks once that its plan is newer than what is held, builds it, and stalls.
+        let Ok(a_plan) = make_record(&plan.key, &n.label, plan_seq, 7, false) else {
+            continue;
+        };
+        // B moves on: plan_seq, plan_seq+1, plan_seq+2.
+        let mut newest: Option<(usize, u64)> = None;
+        for s in plan_seq..plan_seq + 3 {
+            let Ok(rec) = make_record(&plan.key, &n.label, s, 0, false) else {
+                continue;
+            };
+            let first = rng.gen_range(0..ctx.targets.len());
+            if let Some((node, o)) = ctx.publish_failover(first, &rec, "race-b").await {
+                if o.is_ack() {
+                    newest = Some((node, s));
+                }
+            }
+        }
+        *h = plan_seq + 2;
+        // The stale plan and the clean-up go to the node that acknowledged B's newest write,
+        // which therefore holds a seq above plan_seq: both must be refused as stale.
+        let Some((node, acked)) = newest else {
+            continue;
+        };
+        if acked <= plan_seq {
+            continue;
+        }
+        let Some(x) = ctx.targets.iter().find(|t| t.node == node) else {
+            continue;
+        };
+        let stall = Duration::from_millis(rng.gen_range(20..400));
+        ctx.sleep_until_or_deadline(stall).await;
+        ctx.publish_at(x, &a_plan, OpKind::StalePlan, "race-a")
+            .await;
+        if let Ok(tomb) = make_record(&plan.key, &n.label, plan_seq, 0, true) {
+            ctx.publish_at(x, &tomb, OpKind::Cleanup, "cleanup").await;
+        }
+    }
+}
+
+/// Resolves `name` at one node over `proto`.
+async fn read_one(
+    ctx: &Ctx,
+    t: &Target,
+    name: &str,
+    proto: Proto,
+    dns_bind: IpAddr,
+    id: u16,
+    timeout: Duration,
+) -> crate::nodeapi::ReadResult {
+    use crate::nodeapi::ReadResult;
+    match proto {
+        Proto::Http => ctx.api.resolve(t.api, name, timeout).await,
+        Proto::Dns => {
+            let Some(server) = t.dns else {
+                return ReadResult {
+                    outcome: OpOutcome::Error,
+                    seq: None,
+                    endpoints: None,
+                    detail: Some("no dns address".to_owned()),
+                };
+            };
+            let qname = format!("{name}.dpin.");
+            let bind = SocketAddr::new(dns_bind, 0);
+            match dnsq::query_a(bind, server, &qname, id, timeout).await {
+                Ok(DnsAnswer::Addrs(a)) if !a.is_empty() => ReadResult {
+                    outcome: OpOutcome::Found,
+                    seq: a.iter().map(|x| addr_seq(*x)).max(),
+                    endpoints: Some(a.len()),
+                    detail: None,
+                },
+                Ok(DnsAnswer::Addrs(_)) => ReadResult {
+                    outcome: OpOutcome::NotFound,
+                    seq: None,
+                    endpoints: Some(0),
+                    detail: Some("NOERROR without A records".to_owned()),
+                },
+                Ok(DnsAnswer::NxDomain) => ReadResult {
+                    outcome: OpOutcome::NotFound,
+                    seq: None,
+                    endpoints: Some(0),
+                    detail: Some("NXDOMAIN".to_owned()),
+                },
+                Ok(DnsAnswer::Rcode(r)) => ReadResult {
+                    outcome: OpOutcome::Error,
+                    seq: None,
+                    endpoints: None,
+                    detail: Some(format!("rcode {r}")),
+                },
+                Err(dnsq::DnsError::Timeout) => ReadResult {
+                    outcome: OpOutcome::Timeout,
+                    seq: None,
+                    endpoints: None,
+                    detail: None,
+                },
+                Err(e) => ReadResult {
+                    outcome: OpOutcome::Error,
+                    seq: None,
+                    endpoints: None,
+                    detail: Some(e.to_string()),
+                },
+            }
+        }
+    }
+}
+
+/// Most read rounds of one reader in flight at once. A round waits for its slowest node (a
+/// paused node costs the full [`READ_TIMEOUT`]), so rounds overlap to keep the rate steady.
+pub const MAX_ROUNDS_IN_FLIGHT: usize = 16;
+
+/// A reader: read rounds (one name from every node at once) at `rate` rounds per second.
+pub async fn reader(
+    ctx: Ctx,
+    plan: Arc<Plan>,
+    r: usize,
+    proto: Proto,
+    rate: f64,
+    dns_bind: IpAddr,
+) {
+    let mut idx = r * 7;
+    let process: Arc<str> = Arc::from(format!(
+        "reader-{}-{r}",
+        match proto {
+            Proto::Http => "http",
+            Proto::Dns => "dns",
+        }
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ROUNDS_IN_FLIGHT));
+    let mut rounds = tokio::task::JoinSet::new();
+    let mut next = Instant::now();
+    while ctx.running() {
+        next += pace(rate);
+        let now = Instant::now();
+        if next > now {
+            ctx.sleep_until_or_deadline(next - now).await;
+        } else {
+            next = now; // behind schedule: do not burst to catch up
+        }
+        if !ctx.running() {
+            break;
+        }
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok(permit)) = tokio::time::timeout(remaining, slots.clone().acquire_owned()).await
+        else {
+            break;
+        };
+        while rounds.try_join_next().is_some() {}
+        let name = plan.names[idx % plan.names.len()].full.clone();
+        idx += 1;
+        let ctx = ctx.clone();
+        let process = process.clone();
+        rounds.spawn(async move {
+            read_round(&ctx, &name, proto, dns_bind, &process).await;
+            drop(permit);
+        });
+    }
+    // Every round ends within READ_TIMEOUT + READ_RETRY_TIMEOUT (plus scheduling).
+    while rounds.join_next().await.is_some() {}
+}
+
+/// One read round: the name from every node at once. Like a client that fails over and
+/// retries, a round in which no node answered within [`READ_TIMEOUT`] is tried once more with
+/// [`READ_RETRY_TIMEOUT`] (so a harness descheduled for half a second on a busy machine does
+/// not report an outage); both attempts are recorded under the same round.
+async fn read_round(ctx: &Ctx, name: &str, proto: Proto, dns_bind: IpAddr, process: &str) {
+    let round = ctx.rec.next_round();
+    let mut answered = false;
+    for (attempt, timeout) in [READ_TIMEOUT, READ_RETRY_TIMEOUT].into_iter().enumerate() {
+        let reads = ctx.targets.iter().map(|t| async move {
+            let start = ctx.rec.now_ms();
+            let id = (round as u16).wrapping_add(attempt as u16 * 0x8000);
+            let res = read_one(ctx, t, name, proto, dns_bind, id, timeout).await;
+            Op {
+                kind: OpKind::Read,
+                proto,
+                process: process.to_owned(),
+                node: t.node,
+                name: name.to_owned(),
+                round: Some(round),
+                start_ms: start,
+                end_ms: ctx.rec.now_ms(),
+                outcome: res.outcome,
+                seq: res.seq,
+                endpoints: res.endpoints,
+                detail: res.detail,
+                want_seq: None,
+            }
+        });
+        let ops = futures::future::join_all(reads).await;
+        answered = ops.iter().any(|o| o.outcome.is_answer());
+        for op in ops {
+            ctx.rec.op(op);
+        }
+        if answered {
+            break;
+        }
+    }
+    if !answered {
+        ctx.rec
+            .counters
+            .failed_rounds
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The propagation prober: for each acknowledged write it receives, polls every other node
+/// until it holds that seq (or [`PROBE_WINDOW`] passes) and records one probe op per node.
+pub async fn prober(ctx: Ctx, mut rx: tokio::sync::mpsc::Receiver<Probe>) {
+    while ctx.running() {
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(p)) = tokio::time::timeout(remaining, rx.recv()).await else {
+            break;
+        };
+        let ack_ms = ctx.rec.now_ms();
+        // Nodes under a fault are not probed: their lag is recovery, not propagation.
+        let faulted: Vec<usize> = lock(&ctx.rec.active).iter().map(|f| f.node).collect();
+        if faulted.contains(&p.node) {
+            continue;
+        }
+        let polls = ctx
+            .targets
+            .iter()
+            .filter(|t| t.node != p.node && !faulted.contains(&t.node))
+            .map(|t| {
+                let ctx = &ctx;
+                let p = &p;
+                async move {
+                    let until = Instant::now() + PROBE_WINDOW;
+                    let mut last;
+                    loop {
+                        let r = ctx.api.resolve(t.api, &p.name, READ_TIMEOUT).await;
+                        last = r;
+                        let seen = last.outcome == OpOutcome::Found
+                            && last.seq.is_some_and(|s| s >= p.seq);
+                        if seen || Instant::now() >= until {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    ctx.rec.op(Op {
+                        kind: OpKind::Probe,
+                        proto: Proto::Http,
+                        process: "prober".to_owned(),
+                        node: t.node,
+                        name: p.name.clone(),
+                        round: None,
+                        start_ms: ack_ms,
+                        end_ms: ctx.rec.now_ms(),
+                        outcome: last.outcome,
+                        seq: last.seq,
+                        endpoints: last.endpoints,
+                        detail: last.detail,
+                        want_seq: Some(p.seq),
+                    });
+                }
+            });
+        futures::future::join_all(polls).await;
+    }
+}
+
+/// After the run: resolves every name at every node (nodes in parallel; up to 3 tries per
+/// name, 2 s timeout each, no retry once `budget` is spent) and records the answers as final
+/// reads.
+pub async fn final_reads(
+    rec: &Recorder,
+    api: &Api,
+    targets: &[Target],
+    plan: &Plan,
+    budget: Duration,
+) {
+    let deadline = Instant::now() + budget;
+    let per_node = targets.iter().map(|t| async move {
+        for n in &plan.names {
+            for attempt in 0..3 {
+                let start = rec.now_ms();
+                let r = api.resolve(t.api, &n.full, Duration::from_secs(2)).await;
+                let done = r.outcome.is_answer();
+                rec.op(Op {
+                    kind: OpKind::FinalRead,
+                    proto: Proto::Http,
+                    process: "final".to_owned(),
+                    node: t.node,
+                    name: n.full.clone(),
+                    round: None,
+                    start_ms: start,
+                    end_ms: rec.now_ms(),
+                    outcome: r.outcome,
+                    seq: r.seq,
+                    endpoints: r.endpoints,
+                    detail: r.detail,
+                    want_seq: None,
+                });
+                if done || attempt == 2 || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    futures::future::join_all(per_node).await;
+}
+
+/// Polls every node's status until all digests are equal (bounded by `timeout`). Returns the
+/// time it took, or `None` if they never agreed.
+pub async fn wait_converged(api: &Api, targets: &[Target], timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let mut digests = Vec::new();
+        for t in targets {
+            if let Some(s) = api.status(t.api, Duration::from_secs(1)).await {
+                digests.push(s.digest);
+            }
+        }
+        if digests.len() == targets.len() && digests.windows(2).all(|w| w[0] == w[1]) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_round_trips_through_an_address() {
+        for s in [0u64, 1, 255, 256, 70_000, (1 << 24) - 1] {
+            assert_eq!(addr_seq(seq_addr(s)), s);
+        }
+    }
+
+    #[test]
+    fn records_sign_and_tombstones_have_no_endpoints() -> Result<(), dpin_protocol::ValidationError>
+    {
+        let key = ZoneKey::from_seed([3; 32]);
+        let r = make_record(&key, "svc-0-0", 5, 0, false)?;
+        assert_eq!(r.endpoints().map(<[Endpoint]>::len), Some(2));
+        let t = make_record(&key, "svc-0-0", 5, 0, true)?;
+        assert!(t.is_tombstone());
+        Ok(())
+    }
+}
