@@ -350,9 +350,12 @@ fn node_that_missed_thousands_of_records_catches_up_by_anti_entropy() -> Result<
         "B's store digest to equal A's",
         || (b.digest() == want).then_some(()),
     )?;
-    let (_, st) = b.get("/v1/status")?;
+    // The counter moves once the synced batch is on disk, just after the index changed.
+    let st = wait_until(Duration::from_secs(10), "sync counters", || {
+        let (_, st) = b.get("/v1/status").ok()?;
+        (st["counters"]["sync_applied"] == 3000).then_some(st)
+    })?;
     assert_eq!(st["records"], 3000);
-    assert_eq!(st["counters"]["sync_applied"], 3000);
     Ok(())
 }
 

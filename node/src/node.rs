@@ -33,7 +33,7 @@ use crate::blobs::BlobStore;
 use crate::health::{Health, Target};
 use crate::liveness::{Detector, DetectorConfig, PeerInfo, PeerStatus, Transition};
 use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
-use crate::store::{DurableStore, StoreError};
+use crate::store::{DurableStore, Persister, StoreError};
 
 /// First byte of a request on the request-response protocol: anti-entropy.
 pub const KIND_SYNC: u8 = 0;
@@ -138,6 +138,7 @@ pub enum NodeError {
 /// State shared by the event handlers and front-ends.
 pub struct Shared {
     store: Mutex<DurableStore>,
+    persister: Persister,
     /// Network handle.
     pub net: NetHandle,
     /// Counters.
@@ -186,6 +187,7 @@ impl Node {
         blobs: Arc<BlobStore>,
     ) -> Self {
         Node(Arc::new(Shared {
+            persister: store.persister(),
             store: Mutex::new(store),
             net,
             metrics: Metrics::default(),
@@ -228,6 +230,26 @@ impl Node {
             .map_err(|e| NodeError::Task(e.to_string()))
     }
 
+    /// Makes every store change up to `generation` durable (group commit, off the store lock).
+    pub async fn flush(&self, generation: u64) -> Result<(), NodeError> {
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || shared.persister.flush(&shared.store, generation))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?
+            .map_err(NodeError::Store)
+    }
+
+    /// Flushes in the background (replicated records: nobody waits for an acknowledgement).
+    fn flush_soon(&self) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let generation = node.read_store(DurableStore::generation);
+            if let Err(e) = node.flush(generation).await {
+                tracing::error!(%e, "could not persist replicated records; will retry");
+            }
+        });
+    }
+
     /// Read-only access without a thread hop (no I/O happens on reads).
     pub fn read_store<T>(&self, f: impl FnOnce(&DurableStore) -> T) -> T {
         f(&lock(&self.0.store))
@@ -241,9 +263,16 @@ impl Node {
         expected_seq: Option<u64>,
     ) -> Result<PublishResult, NodeError> {
         let rec = record.clone();
-        let outcome = self
-            .with_store(move |s| s.apply(&rec, now_ms(), Freshness::Publish, expected_seq))
+        let (outcome, generation) = self
+            .with_store(move |s| {
+                s.apply(&rec, now_ms(), Freshness::Publish, expected_seq)
+                    .map(|o| (o, s.generation()))
+            })
             .await??;
+        if outcome.is_winner() {
+            // The writer hears "applied" (or "duplicate") only once the record is on disk.
+            self.flush(generation).await?;
+        }
         let m = &self.0.metrics;
         if let Outcome::Conflict { .. } = outcome {
             Metrics::inc(&m.conflicts);
@@ -331,6 +360,9 @@ impl Node {
                     .await
                 {
                     Ok(Ok(outcome)) => {
+                        if outcome.changed_store() {
+                            self.flush_soon();
+                        }
                         if let Outcome::Conflict { .. } = outcome {
                             Metrics::inc(&m.conflicts);
                         }
@@ -443,9 +475,19 @@ impl Node {
         }
         let result = self
             .with_store(move |s| {
-                s.batch(|s| s.apply_batch(&decoded, now_ms(), Freshness::Replicate))
+                s.apply_batch(&decoded, now_ms(), Freshness::Replicate)
+                    .map(|o| (o, s.generation()))
             })
             .await;
+        let result = match result {
+            Ok(Ok((outcomes, generation))) => match self.flush(generation).await {
+                Ok(()) => Ok(Ok(outcomes)),
+                Err(NodeError::Store(e)) => Ok(Err(e)),
+                Err(NodeError::Task(e)) => Err(NodeError::Task(e)),
+            },
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(Ok(outcomes)) => {
                 let n = outcomes.iter().filter(|o| o.changed_store()).count();
@@ -615,7 +657,12 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                     node.spawn_sync(p);
                 }
                 // Compaction only drops bodies long past expiry; cheap when there is nothing.
-                let _ = node.with_store(|s| s.batch(|s| s.compact(now_ms()))).await;
+                if let Ok(Ok(generation)) = node
+                    .with_store(|s| s.compact(now_ms()).map(|_| s.generation()))
+                    .await
+                {
+                    let _ = node.flush(generation).await;
+                }
             }
         }
     }

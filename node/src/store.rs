@@ -1,19 +1,25 @@
-//! Durable store: the protocol's [`MemStore`] as the read index, redb as the write-ahead truth.
+//! Durable store: the protocol's [`MemStore`] as the index, redb as the durable truth, with
+//! group commit so that no reader ever waits for a disk flush.
 //!
-//! Every write goes to redb and is committed (fsync) before the in-memory index changes and
-//! before anyone is told "applied", so a SIGKILL at any instant loses no acknowledged record.
-//! The floor (highest seq and hash ever accepted) is persisted with each entry, including
-//! compacted ones, so a restarted node still refuses replays of old records.
-//!
-//! Many records arriving together (a sync batch) are written in one transaction via
-//! [`DurableStore::batch`], which keeps catch-up after a partition from costing one fsync per
-//! record.
+//! Applying a record (decide + index update) happens in memory under the node's store lock and
+//! marks the name dirty; it takes microseconds. Making it durable is a separate step,
+//! [`Persister::flush`]: under its own writer lock it takes a snapshot of the dirty entries
+//! (briefly holding the store lock), writes them in one redb transaction and commits it with an
+//! fsync — with the store lock released, so resolves, DNS answers and gossip validation carry
+//! on during the flush. Writers are acknowledged only after a flush that covers their record
+//! (the store's generation counter says which), so a SIGKILL at any instant loses no
+//! acknowledged record; concurrent writers share one fsync. Because a flush always writes the
+//! *current* entry of each dirty name, commits can never put an older seq on disk after a
+//! newer one. The floor (highest seq and hash ever accepted) is persisted with each entry,
+//! including compacted ones, so a restarted node still refuses replays of old records.
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use dpin_protocol::store::{Entry, MemStore, Store};
 use dpin_protocol::{Floor, StoreDigest};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -54,11 +60,12 @@ db_err!(
 );
 
 /// The node's store. Not internally synchronised: the node keeps it behind one mutex so that
-/// decide-persist-index happens atomically per record.
+/// decide-and-index happens atomically per record; durability is [`Persister`]'s job.
 pub struct DurableStore {
-    db: Database,
+    db: Arc<Database>,
     mem: MemStore,
-    txn: Option<WriteTransaction>,
+    dirty: BTreeSet<String>,
+    generation: u64,
     corrupt_on_load: usize,
 }
 
@@ -71,9 +78,10 @@ impl DurableStore {
         w.open_table(ENTRIES)?;
         w.commit()?;
         let mut store = Self {
-            db,
+            db: Arc::new(db),
             mem: MemStore::new(),
-            txn: None,
+            dirty: BTreeSet::new(),
+            generation: 0,
             corrupt_on_load: 0,
         };
         store.reload()?;
@@ -91,33 +99,33 @@ impl DurableStore {
         &self.mem
     }
 
-    /// Runs `f` with all writes in one redb transaction, committed before returning.
-    /// If the commit fails the in-memory index is reloaded from disk so it never claims a
-    /// write that is not durable.
-    pub fn batch<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.txn = Some(self.db.begin_write()?);
-        let result = f(self);
-        let txn = self.txn.take();
-        match (result, txn) {
-            (Ok(v), Some(txn)) => match txn.commit() {
-                Ok(()) => Ok(v),
-                Err(e) => {
-                    self.reload()?;
-                    Err(e.into())
-                }
-            },
-            (Ok(v), None) => Ok(v),
-            (Err(e), txn) => {
-                if let Some(txn) = txn {
-                    let _ = txn.abort();
-                }
-                self.reload()?;
-                Err(e)
-            }
+    /// Counts index changes; a flush that covers generation `g` made every change up to `g`
+    /// durable.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The persister that makes this store's changes durable.
+    pub fn persister(&self) -> Persister {
+        Persister {
+            db: self.db.clone(),
+            durable: Arc::new(Mutex::new(self.generation)),
         }
+    }
+
+    /// Takes the dirty entries (current state, encoded) and the generation they bring the
+    /// disk to.
+    fn take_dirty(&mut self) -> (u64, Vec<(String, Vec<u8>)>) {
+        let names = std::mem::take(&mut self.dirty);
+        let entries = names
+            .into_iter()
+            .filter_map(|n| self.mem.entry(&n).map(|e| (n.clone(), encode_entry(e))))
+            .collect();
+        (self.generation, entries)
+    }
+
+    fn mark_dirty(&mut self, names: impl IntoIterator<Item = String>) {
+        self.dirty.extend(names);
     }
 
     fn reload(&mut self) -> Result<(), StoreError> {
@@ -156,18 +164,10 @@ impl Store for DurableStore {
     }
 
     fn put_entry(&mut self, name: &str, entry: Entry) -> Result<(), StoreError> {
-        let bytes = encode_entry(&entry);
-        match self.txn.as_ref() {
-            Some(txn) => {
-                txn.open_table(ENTRIES)?.insert(name, bytes.as_slice())?;
-            }
-            None => {
-                let txn = self.db.begin_write()?;
-                txn.open_table(ENTRIES)?.insert(name, bytes.as_slice())?;
-                txn.commit()?;
-            }
-        }
+        // In memory only; durable at the next Persister::flush (callers acknowledge after it).
         self.mem.insert(name, entry);
+        self.dirty.insert(name.to_owned());
+        self.generation += 1;
         Ok(())
     }
 
@@ -238,4 +238,56 @@ fn decode_entry(name: &str, b: &[u8]) -> Result<Entry, StoreError> {
         tombstone: b[49] == 1,
         bytes: has_body.then(|| body.to_vec().into_boxed_slice()),
     })
+}
+
+/// Makes a [`DurableStore`]'s changes durable (group commit). Cloneable; one writer at a time.
+#[derive(Clone)]
+pub struct Persister {
+    db: Arc<Database>,
+    /// Highest generation known to be on disk; the lock also serialises flushes.
+    durable: Arc<Mutex<u64>>,
+}
+
+impl Persister {
+    /// Makes every change up to generation `upto` durable. Returns at once if a flush already
+    /// covered it. `store` is locked only to snapshot the dirty entries, never during I/O.
+    pub fn flush(&self, store: &Mutex<DurableStore>, upto: u64) -> Result<(), StoreError> {
+        let mut durable = self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *durable >= upto {
+            return Ok(());
+        }
+        let (generation, entries) = store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take_dirty();
+        let result = (|| -> Result<(), StoreError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut table = txn.open_table(ENTRIES)?;
+                for (name, bytes) in &entries {
+                    table.insert(name.as_str(), bytes.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                *durable = generation;
+                Ok(())
+            }
+            Err(e) => {
+                // Not on disk: keep them dirty so the next flush retries.
+                store
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .mark_dirty(entries.into_iter().map(|(n, _)| n));
+                Err(e)
+            }
+        }
+    }
 }
