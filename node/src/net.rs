@@ -64,7 +64,7 @@ use libp2p::{
     request_response::{self, OutboundRequestId, ProtocolSupport},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
-        NetworkBehaviour, SwarmEvent,
+        DialError, NetworkBehaviour, SwarmEvent,
     },
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
@@ -895,6 +895,11 @@ impl EventLoop {
             };
             match result {
                 Ok(()) => debug!(%addr, "dialing bootstrap peer"),
+                // Already connected (or dialing) is the normal case after a restart that
+                // lists every peer as bootstrap: not worth a warning.
+                Err(DialError::DialPeerConditionFalse(_)) => {
+                    debug!(%addr, "bootstrap peer already connected or being dialed")
+                }
                 Err(e) => warn!(%addr, error = %e, "cannot dial bootstrap peer"),
             }
         }
