@@ -5,8 +5,8 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use dpin_tests::{cli, cluster, keygen, wait_connected, wait_until, NodeProc};
+use anyhow::Result;
+use dpin_tests::{cli, cluster, keygen, ok, wait_connected, wait_until, NodeProc};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
@@ -14,13 +14,6 @@ const SPREAD: Duration = Duration::from_secs(15);
 
 fn bin() -> &'static Path {
     Path::new(BIN)
-}
-
-fn ok(out: std::process::Output) -> Result<String> {
-    if !out.status.success() {
-        bail!("command failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// Ports that nothing listens on right now (bound, then released).

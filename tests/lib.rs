@@ -260,6 +260,14 @@ pub fn cli(bin: &Path, args: &[&str]) -> Result<Output> {
     Ok(Command::new(bin).args(args).stdin(Stdio::null()).output()?)
 }
 
+/// The stdout of a successful command, or its stderr as the error.
+pub fn ok(out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!("command failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Runs `keygen` into `dir/name.key` and returns (key path, zone id).
 pub fn keygen(bin: &Path, dir: &Path, name: &str) -> Result<(PathBuf, String)> {
     let path = dir.join(format!("{name}.key"));

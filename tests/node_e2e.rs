@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use dpin_tests::{cli, cluster, keygen, wait_connected, wait_until, NodeProc};
+use anyhow::Result;
+use dpin_tests::{cli, cluster, keygen, ok, wait_connected, wait_until, NodeProc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
 const SPREAD: Duration = Duration::from_secs(15);
@@ -21,13 +21,6 @@ fn publish(key: &Path, apis: &str, label: &str, extra: &[&str]) -> Result<std::p
     let mut args = vec!["publish", "--key", key, "--api", apis, label];
     args.extend_from_slice(extra);
     cli(bin(), &args)
-}
-
-fn ok(out: std::process::Output) -> Result<String> {
-    if !out.status.success() {
-        bail!("command failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn wait_seq(node: &NodeProc, name: &str, seq: u64) -> Result<()> {

@@ -427,16 +427,25 @@ async fn put_blob(
     Ok(Json(json!(r)))
 }
 
+/// The root, live manifest and verified index of the blob named by a hex hash.
+async fn blob_lookup(
+    node: &Node,
+    raw: &str,
+) -> Result<([u8; 32], dpin_protocol::BlobManifest, crate::blobs::Index), ApiError> {
+    let root = parse_hash(raw)?;
+    let m = crate::blobs::manifest(node, &root)
+        .ok_or_else(|| blob_error(crate::blobs::BlobError::UnknownBlob))?;
+    let index = crate::blobs::fetch_index(node, &root, m.size)
+        .await
+        .map_err(blob_error)?;
+    Ok((root, m, index))
+}
+
 async fn get_blob(
     State(node): State<Node>,
     Path(raw): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
-    let root = parse_hash(&raw)?;
-    let m = crate::blobs::manifest(&node, &root)
-        .ok_or_else(|| blob_error(crate::blobs::BlobError::UnknownBlob))?;
-    let index = crate::blobs::fetch_index(&node, &root, m.size)
-        .await
-        .map_err(blob_error)?;
+    let (root, _, index) = blob_lookup(&node, &raw).await?;
     // A producer fetches (and verifies) chunks two ahead of the client; a chunk no holder can
     // provide ends the body early, which the client sees as a short, failed download.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
@@ -466,12 +475,7 @@ async fn blob_info(
     State(node): State<Node>,
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let root = parse_hash(&raw)?;
-    let m = crate::blobs::manifest(&node, &root)
-        .ok_or_else(|| blob_error(crate::blobs::BlobError::UnknownBlob))?;
-    let index = crate::blobs::fetch_index(&node, &root, m.size)
-        .await
-        .map_err(blob_error)?;
+    let (root, m, index) = blob_lookup(&node, &raw).await?;
     let holders = crate::blobs::holders(&node, &root, m.size).await;
     let complete = holders.iter().filter(|(_, c, t)| c == t && *t > 0).count();
     let list: Vec<serde_json::Value> = holders

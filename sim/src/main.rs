@@ -232,18 +232,7 @@ fn check_main(path: &Path, stale_bound_ms: f64, svg_out: Option<&Path>) -> i32 {
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn terminated() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    dpin_node::cli::shutdown_signal().await;
 }
 
 fn new_base_dir(kind: &str) -> PathBuf {
