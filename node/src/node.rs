@@ -69,6 +69,8 @@ pub struct Metrics {
     pub gossip_ignored: AtomicU64,
     /// Gossip messages rejected (undecodable or invalid).
     pub gossip_rejected: AtomicU64,
+    /// Gossip messages dropped because their propagating peer exceeded its rate.
+    pub gossip_rate_limited: AtomicU64,
     /// Equivocations seen (same seq, different content).
     pub conflicts: AtomicU64,
     /// Records applied through anti-entropy (fetched or pushed to us).
@@ -86,7 +88,8 @@ impl Metrics {
 
     /// Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 9] = [
+        let fields: [(&str, &AtomicU64); 10] = [
+            ("dpin_gossip_rate_limited_total", &self.gossip_rate_limited),
             ("dpin_publish_applied_total", &self.publish_applied),
             ("dpin_publish_refused_total", &self.publish_refused),
             ("dpin_gossip_accepted_total", &self.gossip_accepted),
@@ -116,6 +119,7 @@ impl Metrics {
             "gossip_accepted": g(&self.gossip_accepted),
             "gossip_ignored": g(&self.gossip_ignored),
             "gossip_rejected": g(&self.gossip_rejected),
+            "gossip_rate_limited": g(&self.gossip_rate_limited),
             "conflicts": g(&self.conflicts),
             "sync_applied": g(&self.sync_applied),
             "sync_failures": g(&self.sync_failures),
@@ -609,6 +613,56 @@ pub const DETECTOR_TICK: Duration = Duration::from_millis(100);
 
 type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 
+/// Gossip messages per second accepted for validation from one propagating peer.
+pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
+/// Burst allowance per peer (a sync-sized batch of forwards).
+pub const GOSSIP_BURST_PER_PEER: f64 = 1000.0;
+/// Most peers with a rate bucket; the stalest bucket is dropped beyond this.
+pub const MAX_RATE_BUCKETS: usize = 1024;
+
+/// Token bucket per propagating peer, so one noisy or hostile peer cannot monopolise
+/// validation (each message costs a signature check and a store lock).
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: BTreeMap<PeerId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// `rate` tokens per second, at most `burst` saved up.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one token for `peer` at `now`; false if it has none left.
+    pub fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
+        if !self.buckets.contains_key(&peer) && self.buckets.len() >= MAX_RATE_BUCKETS {
+            if let Some(stalest) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(p, _)| *p)
+            {
+                self.buckets.remove(&stalest);
+            }
+        }
+        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
+        *tokens = (*tokens + refill).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Consumes network events forever (until the channel closes), ticks the failure detector and
 /// runs periodic sync. Gossip validation (which fsyncs) runs on its own task so liveness
 /// events are never stuck behind disk writes.
@@ -620,6 +674,7 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
             gnode.on_gossip(source, id, data).await;
         }
     });
+    let mut limiter = RateLimiter::new(GOSSIP_RATE_PER_PEER, GOSSIP_BURST_PER_PEER);
     let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut detector_tick = tokio::time::interval(DETECTOR_TICK);
@@ -630,6 +685,13 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 let Some(ev) = ev else { return };
                 match ev {
                     NetEvent::Gossip { source, message_id, data } => {
+                        if !limiter.allow(source, Instant::now()) {
+                            // Over its rate: not validated, not forwarded; sync still carries
+                            // anything real it had.
+                            Metrics::inc(&node.0.metrics.gossip_rate_limited);
+                            let _ = node.0.net.report_validation(message_id, source, Verdict::Ignore).await;
+                            continue;
+                        }
                         if let Err(mpsc::error::TrySendError::Full((source, id, _))) =
                             gossip_tx.try_send((source, message_id, data))
                         {
@@ -701,5 +763,23 @@ fn handle_event(node: &Node, ev: NetEvent) {
                 addrs.push(addr);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_over_its_gossip_rate_is_limited_and_recovers() {
+        let mut l = RateLimiter::new(10.0, 5.0);
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let t0 = Instant::now();
+        assert_eq!((0..8).filter(|_| l.allow(p, t0)).count(), 5);
+        // Another peer is not affected.
+        assert!(l.allow(q, t0));
+        // 10 tokens/s: 300 ms later three more.
+        let t1 = t0 + Duration::from_millis(300);
+        assert_eq!((0..8).filter(|_| l.allow(p, t1)).count(), 3);
     }
 }
