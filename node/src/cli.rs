@@ -21,6 +21,14 @@ use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
 
+/// Prints a line to stdout, ignoring a closed pipe (`dpin status | head -1` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "dpin",
@@ -276,7 +284,7 @@ pub fn main() {
     if let Err(e) = rt.block_on(run(cli)) {
         let msg = format!("{e:#}").replace('\n', " ");
         if json_errors {
-            println!("{}", json!({"error": msg}));
+            out!("{}", json!({"error": msg}));
         }
         eprintln!("dpin: {msg}");
         std::process::exit(1);
@@ -390,7 +398,7 @@ fn keygen(out: &Path, force: bool) -> Result<()> {
     let key = ZoneKey::generate(&mut rand::rngs::OsRng);
     identity::write_secret_file(out, key.to_key_file().as_bytes())
         .with_context(|| format!("cannot write {}", out.display()))?;
-    println!("{}", key.zone());
+    out!("{}", key.zone());
     Ok(())
 }
 
@@ -453,11 +461,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         la.extend(listen_addrs.iter().cloned());
     }
     let peer_id = handle.local_peer_id();
-    println!("peer_id {peer_id}");
+    out!("peer_id {peer_id}");
     for a in &listen_addrs {
-        println!("listen {a}/p2p/{peer_id}");
+        out!("listen {a}/p2p/{peer_id}");
     }
-    println!("api {api_addr}");
+    out!("api {api_addr}");
     if let Some(dns_addr) = args.dns {
         let aliases = crate::dns::load_aliases(args.aliases.as_deref(), &args.alias)?;
         let bound = crate::dns::start(
@@ -469,7 +477,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         )
         .await
         .with_context(|| format!("cannot serve DNS on {dns_addr}"))?;
-        println!("dns {bound}");
+        out!("dns {bound}");
     }
     tracing::info!(%peer_id, ?listen_addrs, %api_addr, "dpin node started");
 
@@ -636,10 +644,10 @@ async fn publish(
     if json_out {
         let mut out = a.body.clone();
         out["answered_by"] = json!(a.addr);
-        println!("{out}");
+        out!("{out}");
     } else {
         let outcome = a.body.get("outcome").and_then(Value::as_str).unwrap_or("?");
-        println!("{name} seq {seq} ({outcome} by {})", a.addr);
+        out!("{name} seq {seq} ({outcome} by {})", a.addr);
     }
     Ok(())
 }
@@ -658,11 +666,11 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
     let mut out = a.body.clone();
     out["answered_by"] = json!(a.addr);
     if json_out {
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
     let seq = out.get("seq").and_then(Value::as_u64).unwrap_or(0);
-    println!(
+    out!(
         "{} seq {seq} (answered by {})",
         out["name"].as_str().unwrap_or(name),
         a.addr
@@ -674,7 +682,7 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
         } else {
             host.to_owned()
         };
-        println!(
+        out!(
             "  {host}:{}/{} weight {}{}",
             e["port"],
             e["transport"].as_str().unwrap_or("tcp"),
@@ -699,15 +707,15 @@ async fn status(client: &Client, json_out: bool) -> Result<()> {
     let mut out = a.body.clone();
     out["answered_by"] = json!(a.addr);
     if json_out {
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
-    println!(
+    out!(
         "peer {} (answered by {})",
         out["peer_id"].as_str().unwrap_or("?"),
         a.addr
     );
-    println!(
+    out!(
         "records {}  live {}  digest {}",
         out["records"],
         out["live_records"],
@@ -724,7 +732,7 @@ async fn status(client: &Client, json_out: bool) -> Result<()> {
             .as_f64()
             .map(|r| format!(", rtt {r:.1} ms"))
             .unwrap_or_default();
-        println!(
+        out!(
             "  {} {state}{ago}{rtt}",
             p["peer_id"].as_str().unwrap_or("?")
         );
@@ -754,11 +762,11 @@ async fn offers(
     let mut out = a.body.clone();
     out["answered_by"] = json!(a.addr);
     if json_out {
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
     let list = out["offers"].as_array().cloned().unwrap_or_default();
-    println!("{} offers (answered by {})", list.len(), a.addr);
+    out!("{} offers (answered by {})", list.len(), a.addr);
     for o in list {
         let price = o["price_milli"].as_u64().unwrap_or(0) as f64 / 1000.0;
         let what = if o["kind"] == "storage" {
@@ -775,7 +783,7 @@ async fn offers(
                 o["gpus"]
             )
         };
-        println!(
+        out!(
             "  {:<8.3} {:<12} {} {}",
             price,
             o["region"].as_str().unwrap_or(""),
@@ -821,9 +829,9 @@ async fn put(client: &Client, file: &Path, replicas: u8, json_out: bool) -> Resu
                 let mut out = a.body.clone();
                 out["answered_by"] = json!(a.addr);
                 if json_out {
-                    println!("{out}");
+                    out!("{out}");
                 } else {
-                    println!("{}", out["hash"].as_str().unwrap_or("?"));
+                    out!("{}", out["hash"].as_str().unwrap_or("?"));
                     eprintln!(
                         "stored {} bytes in {} chunks on {} holders (via {})",
                         out["size"],
@@ -902,15 +910,19 @@ async fn blob_info(client: &Client, hash: &str, json_out: bool) -> Result<()> {
         o.remove("index");
     }
     if json_out {
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
-    println!(
+    out!(
         "{hash}: {} bytes, {} chunks, {} replicas wanted, {} complete copies (answered by {})",
-        out["size"], out["chunks"], out["replicas"], out["complete_copies"], a.addr
+        out["size"],
+        out["chunks"],
+        out["replicas"],
+        out["complete_copies"],
+        a.addr
     );
     for h in out["holders"].as_array().into_iter().flatten() {
-        println!(
+        out!(
             "  {} {}/{} chunks",
             h["peer_id"].as_str().unwrap_or("?"),
             h["chunks"],
