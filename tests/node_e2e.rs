@@ -218,8 +218,9 @@ fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result
     let api = node.api.clone();
     let k = key.clone();
     // Writer: publishes distinct names one after another, remembering which were acknowledged.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = acked.clone();
     let writer = std::thread::spawn(move || {
-        let mut acked = Vec::new();
         let start = Instant::now();
         for i in 0..400 {
             if start.elapsed() > Duration::from_secs(30) {
@@ -227,20 +228,25 @@ fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result
             }
             let label = format!("n{i}");
             match publish(&k, &api, &label, &["127.0.0.1:80"]) {
-                Ok(out) if out.status.success() => acked.push(label),
+                Ok(out) if out.status.success() => {
+                    log.lock().map(|mut v| v.push(label)).ok();
+                }
                 _ => break,
             }
         }
-        acked
     });
-    wait_until(Duration::from_secs(30), "some acknowledged writes", || {
-        let (_, v) = node.get("/v1/status").ok()?;
-        (v["records"].as_u64()? >= 10).then_some(())
+    // Kill while the writer is still going, once at least ten writes were acknowledged.
+    wait_until(Duration::from_secs(30), "ten acknowledged writes", || {
+        (acked.lock().ok()?.len() >= 10).then_some(())
     })?;
     node.kill();
-    let acked = writer
+    writer
         .join()
         .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    let acked = acked
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     assert!(
         acked.len() >= 10,
         "only {} writes acknowledged",
