@@ -18,7 +18,21 @@ fuzz_target!(|data: &[u8]| {
             }
             SyncRequest::Digest { root, buckets } => {
                 let store = dpin_protocol::MemStore::new();
-                let _ = dpin_protocol::digest::answer_digest(&store, root, buckets);
+                let _ = dpin_protocol::digest::answer_digest(&store, root, buckets, None);
+            }
+            SyncRequest::DigestFrom {
+                root,
+                buckets,
+                bucket,
+                after,
+            } => {
+                let store = dpin_protocol::MemStore::new();
+                let _ = dpin_protocol::digest::answer_digest(
+                    &store,
+                    root,
+                    buckets,
+                    Some((*bucket, after.as_str())),
+                );
             }
             SyncRequest::Fetch { names } => {
                 let store = dpin_protocol::MemStore::new();

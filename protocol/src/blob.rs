@@ -12,9 +12,6 @@
 //! after a holder dies exactly the next node in that order repairs the blob — no coordination,
 //! one copy of repair traffic per lost replica.
 
-use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
-
-use crate::error::DecodeError;
 use crate::record::MAX_CHUNK_BYTES;
 
 /// Default chunk size: 1 MiB.
@@ -136,43 +133,8 @@ pub enum BlobResponse {
     },
 }
 
-type BlobConfig = Configuration<LittleEndian, Fixint, Limit<MAX_BLOB_MESSAGE_BYTES>>;
-
-fn blob_config() -> BlobConfig {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<MAX_BLOB_MESSAGE_BYTES>()
-}
-
-macro_rules! codec {
-    ($t:ty) => {
-        impl $t {
-            /// Encodes with the blob message limit.
-            pub fn encode(&self) -> Vec<u8> {
-                bincode::encode_to_vec(self, blob_config()).unwrap_or_default()
-            }
-
-            /// Decodes, refusing input over [`MAX_BLOB_MESSAGE_BYTES`] and trailing bytes.
-            pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-                if bytes.len() > MAX_BLOB_MESSAGE_BYTES {
-                    return Err(DecodeError::TooLarge {
-                        got: bytes.len(),
-                        limit: MAX_BLOB_MESSAGE_BYTES,
-                    });
-                }
-                let (v, used): (Self, usize) = bincode::decode_from_slice(bytes, blob_config())
-                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-                if used != bytes.len() {
-                    return Err(DecodeError::TrailingBytes(bytes.len() - used));
-                }
-                Ok(v)
-            }
-        }
-    };
-}
-codec!(BlobRequest);
-codec!(BlobResponse);
+crate::codec::limited_codec!(BlobRequest, MAX_BLOB_MESSAGE_BYTES);
+crate::codec::limited_codec!(BlobResponse, MAX_BLOB_MESSAGE_BYTES);
 
 #[cfg(test)]
 mod tests {

@@ -19,9 +19,6 @@
 //! is bounded, so a single round costs at most a few hundred KiB whatever the store size;
 //! remaining differences are found in the next round.
 
-use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
-
-use crate::error::DecodeError;
 use crate::merge::{decide, Decision, Floor};
 use crate::store::Store;
 
@@ -37,15 +34,6 @@ pub const MAX_SUMMARIES: usize = 2048;
 /// Most names one fetch asks for, and most records one push or records answer carries
 /// (64 × 4 KiB records = 256 KiB, well under the message limit).
 pub const MAX_RECORDS_PER_MESSAGE: usize = 64;
-
-type SyncConfig = Configuration<LittleEndian, Fixint, Limit<MAX_SYNC_MESSAGE_BYTES>>;
-
-fn sync_config() -> SyncConfig {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<MAX_SYNC_MESSAGE_BYTES>()
-}
 
 /// The bucket a name belongs to.
 pub fn bucket_of(name: &str) -> u8 {
@@ -192,34 +180,8 @@ pub enum SyncResponse {
     },
 }
 
-macro_rules! codec {
-    ($t:ty) => {
-        impl $t {
-            /// Encodes with the sync size limit.
-            pub fn encode(&self) -> Vec<u8> {
-                bincode::encode_to_vec(self, sync_config()).unwrap_or_default()
-            }
-
-            /// Decodes, refusing input over [`MAX_SYNC_MESSAGE_BYTES`] and trailing bytes.
-            pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-                if bytes.len() > MAX_SYNC_MESSAGE_BYTES {
-                    return Err(DecodeError::TooLarge {
-                        got: bytes.len(),
-                        limit: MAX_SYNC_MESSAGE_BYTES,
-                    });
-                }
-                let (v, used): (Self, usize) = bincode::decode_from_slice(bytes, sync_config())
-                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-                if used != bytes.len() {
-                    return Err(DecodeError::TrailingBytes(bytes.len() - used));
-                }
-                Ok(v)
-            }
-        }
-    };
-}
-codec!(SyncRequest);
-codec!(SyncResponse);
+crate::codec::limited_codec!(SyncRequest, MAX_SYNC_MESSAGE_BYTES);
+crate::codec::limited_codec!(SyncResponse, MAX_SYNC_MESSAGE_BYTES);
 
 /// The initiator's digest message, continuing after `cursor` if a previous answer was truncated.
 pub fn digest_request_from<S: Store + ?Sized>(

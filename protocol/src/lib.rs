@@ -26,6 +26,7 @@
 //! * [`error`] — typed errors, one variant per rejection reason.
 
 pub mod blob;
+mod codec;
 pub mod digest;
 pub mod error;
 pub mod keys;

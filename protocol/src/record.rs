@@ -16,7 +16,6 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use ed25519_dalek::{Signature, Signer, Verifier};
 
 use crate::error::{DecodeError, ValidationError};
@@ -32,17 +31,6 @@ pub const SIGNING_DOMAIN: &[u8] = b"dpin/record/v1\0";
 pub const STORAGE_OFFER_LABEL: &str = "_offer-storage";
 /// Reserved label of a node's compute offer.
 pub const COMPUTE_OFFER_LABEL: &str = "_offer-compute";
-
-type Config = Configuration<LittleEndian, Fixint, Limit<MAX_RECORD_BYTES>>;
-
-/// The one bincode configuration used for canonical bytes. Changing it changes every hash and
-/// signature, so it is fixed here and nowhere else.
-pub(crate) fn codec_config() -> Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<MAX_RECORD_BYTES>()
-}
 
 /// Where an endpoint lives: an IP literal or a DNS hostname.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
@@ -328,7 +316,7 @@ impl RecordBody {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         // Encoding into a Vec cannot fail for well-formed values except by exceeding the limit,
         // which validation reports separately (the signed size is checked on decode and sign).
-        bincode::encode_to_vec(self, codec_config()).unwrap_or_default()
+        crate::codec::encode::<_, MAX_RECORD_BYTES>(self)
     }
 
     /// Signs this body with the zone key. Fails if the key is not this body's zone or the
@@ -378,25 +366,13 @@ pub enum Freshness {
 impl SignedRecord {
     /// Wire bytes (canonical body followed by the signature).
     pub fn encode(&self) -> Vec<u8> {
-        bincode::encode_to_vec(self, codec_config()).unwrap_or_default()
+        crate::codec::encode::<_, MAX_RECORD_BYTES>(self)
     }
 
     /// Decodes wire bytes, refusing input over [`MAX_RECORD_BYTES`] before parsing, and any
     /// trailing bytes. Does NOT verify the signature: call [`SignedRecord::validate`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() > MAX_RECORD_BYTES {
-            return Err(DecodeError::TooLarge {
-                got: bytes.len(),
-                limit: MAX_RECORD_BYTES,
-            });
-        }
-        let (record, used): (SignedRecord, usize) =
-            bincode::decode_from_slice(bytes, codec_config())
-                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if used != bytes.len() {
-            return Err(DecodeError::TrailingBytes(bytes.len() - used));
-        }
-        Ok(record)
+        crate::codec::decode::<Self, MAX_RECORD_BYTES>(bytes)
     }
 
     /// blake3 of the canonical body bytes: the record's identity and the equivocation
