@@ -13,8 +13,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use dpin_tests::{cli, cluster, keygen, wait_connected, wait_until, NodeProc};
+use anyhow::{anyhow, Context, Result};
+use dpin_tests::{cluster, keygen, ok, wait_connected, wait_until, NodeProc};
 use hickory_client::client::{Client, ClientHandle};
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
@@ -34,14 +34,7 @@ fn bin() -> &'static Path {
 }
 
 fn publish(key: &Path, api: &str, label: &str, extra: &[&str]) -> Result<()> {
-    let key = key.to_str().ok_or_else(|| anyhow!("key path"))?;
-    let mut args = vec!["publish", "--key", key, "--api", api, label];
-    args.extend_from_slice(extra);
-    let out = cli(bin(), &args)?;
-    if !out.status.success() {
-        bail!("publish failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    ok(dpin_tests::publish(bin(), key, api, label, extra)?).map(drop)
 }
 
 fn dns_addr(node: &NodeProc) -> Result<SocketAddr> {

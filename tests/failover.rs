@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use dpin_tests::{cli, cluster, keygen, ok, wait_connected, wait_until, NodeProc};
+use dpin_tests::{cli, cluster, keygen, ok, publish, wait_connected, wait_until, NodeProc};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
@@ -66,16 +66,8 @@ fn answers_carry_only_healthy_endpoints_follow_moves_and_fail_open_when_none_is_
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
-    let mut args = vec![
-        "publish",
-        "--key",
-        key.to_str().unwrap_or_default(),
-        "--api",
-    ];
-    args.push(&nodes[0].api);
-    args.push("svc");
-    args.extend(eps.iter().map(String::as_str));
-    ok(cli(bin(), &args)?)?;
+    let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+    ok(publish(bin(), &key, &nodes[0].api, "svc", &eps)?)?;
 
     // Only the endpoint with a listener is served, on every node.
     for n in &nodes {
@@ -150,17 +142,12 @@ fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let name = format!("app.{zone}");
-    ok(cli(
+    ok(publish(
         bin(),
-        &[
-            "publish",
-            "--key",
-            key.to_str().unwrap_or_default(),
-            "--api",
-            &nodes[2].api,
-            "app",
-            "127.0.0.1:9",
-        ],
+        &key,
+        &nodes[2].api,
+        "app",
+        &["127.0.0.1:9"],
     )?)?;
     wait_until(SPREAD, "record on every node", || {
         nodes
@@ -194,19 +181,12 @@ fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
     // process start-up; generous so a loaded machine does not fail it.
     assert!(took < Duration::from_secs(5), "failover took {took:?}");
     // Publishing fails over the same way.
-    ok(cli(
+    ok(publish(
         bin(),
-        &[
-            "publish",
-            "--key",
-            key.to_str().unwrap_or_default(),
-            "--api",
-            &apis,
-            "--timeout-ms",
-            "400",
-            "app",
-            "127.0.0.1:10",
-        ],
+        &key,
+        &apis,
+        "app",
+        &["--timeout-ms", "400", "127.0.0.1:10"],
     )?)?;
     nodes[0].signal(libc::SIGCONT)?;
     wait_until(SPREAD, "resumed node catches up", || {

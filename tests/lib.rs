@@ -260,6 +260,16 @@ pub fn cli(bin: &Path, args: &[&str]) -> Result<Output> {
     Ok(Command::new(bin).args(args).stdin(Stdio::null()).output()?)
 }
 
+/// Runs `publish --key KEY --api APIS LABEL EXTRA...` (endpoints and flags in `extra`).
+pub fn publish(bin: &Path, key: &Path, apis: &str, label: &str, extra: &[&str]) -> Result<Output> {
+    let key = key
+        .to_str()
+        .ok_or_else(|| anyhow!("key path is not UTF-8"))?;
+    let mut args = vec!["publish", "--key", key, "--api", apis, label];
+    args.extend_from_slice(extra);
+    cli(bin, &args)
+}
+
 /// The stdout of a successful command, or its stderr as the error.
 pub fn ok(out: Output) -> Result<String> {
     if !out.status.success() {

@@ -17,10 +17,7 @@ fn bin() -> &'static Path {
 }
 
 fn publish(key: &Path, apis: &str, label: &str, extra: &[&str]) -> Result<std::process::Output> {
-    let key = key.to_str().unwrap_or_default();
-    let mut args = vec!["publish", "--key", key, "--api", apis, label];
-    args.extend_from_slice(extra);
-    cli(bin(), &args)
+    dpin_tests::publish(bin(), key, apis, label, extra)
 }
 
 fn wait_seq(node: &NodeProc, name: &str, seq: u64) -> Result<()> {

@@ -20,6 +20,17 @@ fn json(out: std::process::Output) -> Result<Value> {
     Ok(serde_json::from_str(&ok(out)?)?)
 }
 
+/// The live offers `dpin offers --api API FILTERS... --json` lists.
+fn offers(api: &str, filters: &[&str]) -> Result<Vec<Value>> {
+    let mut args = vec!["offers", "--api", api];
+    args.extend_from_slice(filters);
+    args.push("--json");
+    Ok(json(cli(bin(), &args)?)?["offers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// Complete copies and holder peer ids of `hash` as seen through `api`.
 fn holders(api: &str, hash: &str) -> Option<(u64, Vec<String>)> {
     let v = json(cli(bin(), &["blob", "--api", api, hash, "--json"]).ok()?).ok()?;
@@ -74,59 +85,23 @@ fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
     wait_connected(&nodes, BOUND)?;
     let api0 = nodes[0].api.clone();
     wait_until(BOUND, "4 storage offers", || {
-        let v = json(
-            cli(
-                bin(),
-                &["offers", "--api", &api0, "--kind", "storage", "--json"],
-            )
-            .ok()?,
-        )
-        .ok()?;
-        (v["offers"].as_array()?.len() == 4).then_some(())
+        (offers(&api0, &["--kind", "storage"]).ok()?.len() == 4).then_some(())
     })?;
     // Compute filters return the right node and nothing else.
-    let v = json(cli(
-        bin(),
-        &[
-            "offers",
-            "--api",
-            &nodes[3].api,
-            "--kind",
-            "compute",
-            "--min-gpus",
-            "2",
-            "--min-cores",
-            "8",
-            "--json",
-        ],
-    )?)?;
-    let offers = v["offers"].as_array().cloned().unwrap_or_default();
-    assert_eq!(offers.len(), 1, "{v}");
-    assert_eq!(offers[0]["peer_id"], nodes[0].peer_id.as_str());
-    assert_eq!(offers[0]["memory_bytes"], 64u64 << 30);
+    let found = offers(
+        &nodes[3].api,
+        &["--kind", "compute", "--min-gpus", "2", "--min-cores", "8"],
+    )?;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["peer_id"], nodes[0].peer_id.as_str());
+    assert_eq!(found[0]["memory_bytes"], 64u64 << 30);
     for filter in [
         ["--min-gpus", "3"],
         ["--max-price", "1"],
         ["--region", "eu"],
     ] {
-        let v = json(cli(
-            bin(),
-            &[
-                "offers",
-                "--api",
-                &nodes[3].api,
-                "--kind",
-                "compute",
-                filter[0],
-                filter[1],
-                "--json",
-            ],
-        )?)?;
-        assert_eq!(
-            v["offers"].as_array().map(Vec::len),
-            Some(0),
-            "{filter:?}: {v}"
-        );
+        let found = offers(&nodes[3].api, &["--kind", "compute", filter[0], filter[1]])?;
+        assert!(found.is_empty(), "{filter:?}: {found:?}");
     }
 
     // Put 8 MiB with K=3 through the compute node.
@@ -189,9 +164,8 @@ fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
     );
     // Its offers lapse, and K=3 live copies are back.
     wait_until(BOUND, "the killed node's offer to lapse", || {
-        let v = json(cli(bin(), &["offers", "--api", &api0, "--json"]).ok()?).ok()?;
-        let gone = v["offers"]
-            .as_array()?
+        let gone = offers(&api0, &[])
+            .ok()?
             .iter()
             .all(|o| o["peer_id"] != victim_peer.as_str());
         gone.then_some(())
