@@ -449,9 +449,13 @@ async fn get_blob(
     // A producer fetches (and verifies) chunks two ahead of the client; a chunk no holder can
     // provide ends the body early, which the client sees as a short, failed download.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let candidates: Vec<_> = crate::blobs::placement(&node, &root, index.size)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     tokio::spawn(async move {
         for i in 0..index.chunks() {
-            let r = crate::blobs::fetch_chunk(&node, &root, &index, i)
+            let r = crate::blobs::fetch_chunk(&node, &root, &index, i, &candidates)
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()));
             let failed = r.is_err();

@@ -651,12 +651,15 @@ pub async fn fetch_index(node: &Node, root: &[u8; 32], size: u64) -> Result<Inde
     })
 }
 
-/// Chunk `i` of `root`, verified, from this node or the first holder that has a good copy.
+/// Chunk `i` of `root`, verified, from this node or the first of `candidates` (live storage
+/// nodes in rendezvous order, see [`placement`]; computed once per blob by the caller, since
+/// it scans the offers) that has a good copy.
 pub async fn fetch_chunk(
     node: &Node,
     root: &[u8; 32],
     index: &Index,
     i: u32,
+    candidates: &[PeerId],
 ) -> Result<Vec<u8>, BlobError> {
     let want = index_entry(&index.hashes, i).ok_or(BlobError::BadIndex)?;
     let store = node.blobs().clone();
@@ -666,7 +669,7 @@ pub async fn fetch_chunk(
     }
     let me = node.0.net.local_peer_id();
     let mut why = Vec::new();
-    for (peer, _) in placement(node, root, index.size) {
+    for &peer in candidates {
         if peer == me {
             continue;
         }
@@ -710,6 +713,7 @@ async fn repair_once(node: &Node) {
         if !intended {
             continue;
         }
+        let candidates: Vec<PeerId> = order.iter().map(|(p, _)| *p).collect();
         let store = node.blobs().clone();
         let root = m.root;
         let have_index = tokio::task::spawn_blocking(move || store.index(&root).is_ok())
@@ -749,7 +753,7 @@ async fn repair_once(node: &Node) {
         }
         tracing::info!(root = %hex::encode(m.root), missing = missing.len(), "repairing blob");
         for i in missing {
-            match fetch_chunk(node, &m.root, &index, i).await {
+            match fetch_chunk(node, &m.root, &index, i, &candidates).await {
                 Ok(data) => {
                     let store = node.blobs().clone();
                     let r = m.root;
