@@ -23,7 +23,6 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use dpin_protocol::blob::{
@@ -795,6 +794,3 @@ pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
         }
     }
 }
-
-/// Shared handle type for the store.
-pub type SharedBlobs = Arc<BlobStore>;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use dpin_protocol::store::{Entry, MemStore, Store};
 use dpin_protocol::{Floor, StoreDigest};
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use thiserror::Error;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -147,12 +147,6 @@ impl DurableStore {
         self.mem = mem;
         self.corrupt_on_load = corrupt;
         Ok(())
-    }
-
-    /// Number of entries on disk (for consistency checks in tests).
-    pub fn disk_len(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read()?;
-        Ok(r.open_table(ENTRIES)?.len()?)
     }
 }
 
