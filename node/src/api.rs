@@ -41,6 +41,9 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// For refused publishes: the seq this node holds for the name, so a client can tell a
+    /// lost race (held above what it read) from a lagging node (held below).
+    held_seq: Option<u64>,
 }
 
 impl ApiError {
@@ -49,17 +52,23 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            held_seq: None,
         }
+    }
+
+    fn held(mut self, seq: u64) -> Self {
+        self.held_seq = Some(seq);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.kind, "message": self.message})),
-        )
-            .into_response()
+        let mut body = json!({"error": self.kind, "message": self.message});
+        if let Some(seq) = self.held_seq {
+            body["held_seq"] = json!(seq);
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -195,6 +204,9 @@ async fn publish(
         Outcome::Duplicate => Ok(Json(json!({
             "name": name, "seq": seq, "outcome": "duplicate", "gossip": gossip,
         }))),
+        Outcome::Restored => Ok(Json(json!({
+            "name": name, "seq": seq, "outcome": "restored", "gossip": gossip,
+        }))),
         Outcome::Conflict { applied: true, .. } => Ok(Json(json!({
             "name": name, "seq": seq, "outcome": "conflict_won", "gossip": gossip,
         }))),
@@ -202,17 +214,20 @@ async fn publish(
             StatusCode::CONFLICT,
             "conflict",
             format!("{name} already holds a different record at seq {seq} that wins the tie-break; publish with a higher seq"),
-        )),
+        )
+        .held(seq)),
         Outcome::Stale { have, got } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "stale",
             format!("{name} is at seq {have}; seq {got} is stale, publish with seq > {have}"),
-        )),
+        )
+        .held(have)),
         Outcome::CasMismatch { expected, actual } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "cas_mismatch",
             format!("{name} is at seq {actual}, not the expected {expected}"),
-        )),
+        )
+        .held(actual)),
         Outcome::Invalid(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
@@ -253,8 +268,10 @@ async fn seq(
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let name = normalize_name(&raw)?;
-    let seq = node.read_store(|s| s.entry(&name).map_or(0, |e| e.floor.seq));
-    Ok(Json(json!({"name": name, "seq": seq})))
+    let floor = node.read_store(|s| s.entry(&name).map(|e| e.floor));
+    let seq = floor.map_or(0, |f| f.seq);
+    let hash = floor.map(|f| hex::encode(f.hash));
+    Ok(Json(json!({"name": name, "seq": seq, "hash": hash})))
 }
 
 async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
@@ -296,7 +313,7 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         "live_records": live,
         "digest": digest,
         "uptime_s": node.0.started.elapsed().as_secs_f64(),
-        "corrupt_entries_skipped": corrupt,
+        "corrupt_entries": corrupt,
         "counters": node.0.metrics.to_json(),
         "endpoints": {"tracked": tracked, "unhealthy": unhealthy},
         "dns": crate::dns::stats().to_json(),

@@ -1,7 +1,7 @@
 //! The `dpin` command line: the node binary and its client.
 //!
 //! Lives in the library so the end-to-end test crate can build the very same CLI as its own
-//! binary (`dpin-e2e`) without invoking cargo from inside a test. Subcommands: `keygen`, `node`, `publish`, `resolve`, `status` (SPEC §4). Human output by
+//! binary (`dpin-e2e`) without invoking cargo from inside a test. Subcommands: `keygen`, `node`, `publish`, `sign`, `resolve`, `status`, `offers`, `put`, `get`, `blob` (SPEC §4); the safe write paths live in [`crate::publish`]. Human output by
 //! default, one JSON object with `--json`; errors are one line on stderr and a non-zero exit.
 
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use crate::store::DurableStore;
 use crate::{api, identity};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
+use dpin_protocol::{Content, Endpoint, ZoneKey};
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
 
@@ -53,31 +53,75 @@ enum Cmd {
     },
     /// Run a node.
     Node(NodeArgs),
-    /// Sign a record locally and publish it through a node.
+    /// Sign a record locally and publish it through a node, never over a newer write.
+    ///
+    /// Without --seq the seq is one more than the highest any listed peer holds, sent with
+    /// compare-and-set against it: if another writer got there first, the write is refused
+    /// (`raced`) instead of overwriting it. With --record, enacts a plan from `dpin sign`.
     Publish {
-        /// Zone key file.
-        #[arg(long)]
-        key: PathBuf,
+        /// Zone key file (not with --record).
+        #[arg(long, required_unless_present = "record", conflicts_with = "record")]
+        key: Option<PathBuf>,
+        /// Enact a plan written by `dpin sign --out`: refused as stale if anything newer is held.
+        #[arg(long, conflicts_with_all = ["label", "endpoints", "ttl", "if_seq", "seq", "tombstone"])]
+        record: Option<PathBuf>,
         /// Node API addresses, tried in order.
         #[arg(long, value_delimiter = ',', required = true)]
         api: Vec<String>,
         /// Label inside the zone.
-        label: String,
+        #[arg(required_unless_present = "record")]
+        label: Option<String>,
         /// Endpoints: HOST:PORT, HOST:PORT/udp, [v6]:PORT, optional @WEIGHT.
-        #[arg(required_unless_present = "tombstone")]
         endpoints: Vec<String>,
-        /// Lifetime of the record (e.g. 30s, 10m, 2h, 7d).
-        #[arg(long, default_value = "24h")]
-        ttl: String,
+        /// Lifetime of the record (e.g. 30s, 10m, 2h, 7d; at most 30d). Default 24h, and 30d
+        /// for a tombstone, so a deletion outlives whatever it deletes.
+        #[arg(long)]
+        ttl: Option<String>,
         /// Compare-and-set: only apply if the held seq is N (0 = new name).
         #[arg(long)]
         if_seq: Option<u64>,
-        /// Use this seq instead of one more than the highest any peer holds.
+        /// Use this seq (fixed in advance, like a plan) instead of one more than the highest
+        /// any peer holds; refused as stale if anything newer is held.
         #[arg(long)]
         seq: Option<u64>,
-        /// Delete the name (signed tombstone with a higher seq).
+        /// Delete the name (signed tombstone); needs --if-seq N (the seq being deleted) or --seq.
         #[arg(long)]
         tombstone: bool,
+        /// Per-peer timeout in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a record now and write it as a plan to enact later with `dpin publish --record`.
+    ///
+    /// The seq is fixed now (one more than the highest any listed peer holds, or --seq), so
+    /// a plan enacted late is refused wherever anything newer is held.
+    Sign {
+        /// Zone key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Node API addresses asked for the current seq (not needed with --seq).
+        #[arg(long, value_delimiter = ',', required_unless_present = "seq")]
+        api: Vec<String>,
+        /// Label inside the zone.
+        label: String,
+        /// Endpoints: HOST:PORT, HOST:PORT/udp, [v6]:PORT, optional @WEIGHT.
+        endpoints: Vec<String>,
+        /// Lifetime from now (default 24h, 30d for a tombstone; at most 30d). A plan must be
+        /// enacted before it expires.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Use this seq instead of asking the peers.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// Plan a deletion.
+        #[arg(long)]
+        tombstone: bool,
+        /// Where to write the plan.
+        #[arg(long)]
+        out: PathBuf,
         /// Per-peer timeout in milliseconds.
         #[arg(long, default_value_t = 500)]
         timeout_ms: u64,
@@ -256,6 +300,12 @@ struct NodeArgs {
     /// Most simultaneous peer connections.
     #[arg(long, default_value_t = 256)]
     max_connections: u32,
+    /// How long after expiry a record's signed body is kept (and replicated) before
+    /// compaction drops it, keeping only its floor. The default (about 31 days past expiry)
+    /// outlives every record the winner beat; shorten it only for test runs whose TTLs are
+    /// all shorter than the value.
+    #[arg(long, default_value_t = dpin_protocol::store::DEFAULT_BODY_RETENTION_MS)]
+    compaction_horizon_ms: u64,
 }
 
 /// Parses the command line, runs the command, prints a one-line error and exits non-zero on
@@ -265,6 +315,7 @@ pub fn main() {
     let json_errors = matches!(
         &cli.cmd,
         Cmd::Publish { json: true, .. }
+            | Cmd::Sign { json: true, .. }
             | Cmd::Resolve { json: true, .. }
             | Cmd::Status { json: true, .. }
             | Cmd::Offers { json: true, .. }
@@ -297,6 +348,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Node(args) => run_node(args).await,
         Cmd::Publish {
             key,
+            record,
             api,
             label,
             endpoints,
@@ -307,12 +359,42 @@ async fn run(cli: Cli) -> Result<()> {
             timeout_ms,
             json,
         } => {
-            let ttl = parse_duration(&ttl)?;
             let client = Client::new(api, Duration::from_millis(timeout_ms))?;
-            publish(
-                &client, &key, &label, &endpoints, ttl, if_seq, seq, tombstone, json,
-            )
-            .await
+            match (record, key, label) {
+                (Some(plan), _, _) => publish_plan(&client, &plan, json).await,
+                (None, Some(key), Some(label)) => {
+                    let write = Write {
+                        key: &key,
+                        label: &label,
+                        endpoints: &endpoints,
+                        ttl: ttl.as_deref(),
+                        tombstone,
+                    };
+                    publish(&client, &write, if_seq, seq, json).await
+                }
+                _ => bail!("publish needs --key and a LABEL, or --record PLAN"),
+            }
+        }
+        Cmd::Sign {
+            key,
+            api,
+            label,
+            endpoints,
+            ttl,
+            seq,
+            tombstone,
+            out,
+            timeout_ms,
+            json,
+        } => {
+            let write = Write {
+                key: &key,
+                label: &label,
+                endpoints: &endpoints,
+                ttl: ttl.as_deref(),
+                tombstone,
+            };
+            sign_plan(api, timeout_ms, &write, seq, &out, json).await
         }
         Cmd::Resolve {
             api,
@@ -416,8 +498,17 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     let keypair = identity::load_or_create(&args.data_dir.join("identity.key"))?;
     let offer_key = crate::offers::zone_key(&keypair)
         .context("the node identity is not an ed25519 key, so it cannot sign offers")?;
-    let store = DurableStore::open(&args.data_dir.join("store.redb"))
-        .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
+    if args.compaction_horizon_ms < dpin_protocol::store::DEFAULT_BODY_RETENTION_MS {
+        tracing::warn!(
+            horizon_ms = args.compaction_horizon_ms,
+            "compaction horizon shortened: replays of older records are refused only if every TTL in use is shorter than it"
+        );
+    }
+    let store = DurableStore::open_with_retention(
+        &args.data_dir.join("store.redb"),
+        args.compaction_horizon_ms,
+    )
+    .with_context(|| format!("cannot open the store in {}", args.data_dir.display()))?;
     let listen = parse_addrs(&args.listen, "--listen")?;
     let bootstrap = parse_addrs(&args.bootstrap, "--bootstrap")?;
     let api_listener = api::bind(args.api)
@@ -544,20 +635,24 @@ fn parse_addrs(raw: &[String], flag: &str) -> Result<Vec<Multiaddr>> {
         .collect()
 }
 
-/// `30s`, `10m`, `2h`, `7d`, or plain seconds.
+/// `30s`, `10m`, `2h`, `7d`, `500ms`, or plain seconds; overflow is an error, not a wrap.
 fn parse_duration(s: &str) -> Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
         .with_context(|| format!("bad duration {s:?}; use e.g. 30s, 10m, 2h, 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => bail!("bad duration unit in {s:?}; use s, m, h or d"),
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("bad duration unit in {s:?}; use ms, s, m, h or d"),
     };
-    Ok(Duration::from_secs(secs))
+    let ms = n
+        .checked_mul(ms_per_unit)
+        .with_context(|| format!("duration {s:?} is too long"))?;
+    Ok(Duration::from_millis(ms))
 }
 
 fn api_error(a: &Answer) -> anyhow::Error {
@@ -570,90 +665,157 @@ fn api_error(a: &Answer) -> anyhow::Error {
     anyhow::anyhow!("{} refused: {kind}: {msg} (HTTP {})", a.addr, a.status)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    client: &Client,
-    key_path: &Path,
-    label: &str,
-    endpoints: &[String],
-    ttl: Duration,
-    if_seq: Option<u64>,
-    seq: Option<u64>,
+/// What a writer wants to write, before a seq is chosen.
+struct Write<'a> {
+    key: &'a Path,
+    label: &'a str,
+    endpoints: &'a [String],
+    ttl: Option<&'a str>,
     tombstone: bool,
-    json_out: bool,
-) -> Result<()> {
-    let text = std::fs::read_to_string(key_path)
-        .with_context(|| format!("cannot read key file {}", key_path.display()))?;
-    let key = ZoneKey::from_key_file(&text)?;
-    let name = format!("{label}.{}", key.zone());
-    let content = if tombstone {
-        if !endpoints.is_empty() {
-            bail!("--tombstone takes no endpoints");
+}
+
+impl Write<'_> {
+    fn key(&self) -> Result<ZoneKey> {
+        let text = std::fs::read_to_string(self.key)
+            .with_context(|| format!("cannot read key file {}", self.key.display()))?;
+        Ok(ZoneKey::from_key_file(&text)?)
+    }
+
+    fn content(&self) -> Result<Content> {
+        if self.tombstone {
+            if !self.endpoints.is_empty() {
+                bail!("--tombstone takes no endpoints");
+            }
+            return Ok(Content::Tombstone);
         }
-        Content::Tombstone
-    } else {
-        let eps = endpoints
+        if self.endpoints.is_empty() {
+            bail!("give at least one ENDPOINT (HOST:PORT), or --tombstone to delete");
+        }
+        let eps = self
+            .endpoints
             .iter()
             .map(|e| {
                 e.parse::<Endpoint>()
                     .with_context(|| format!("bad endpoint {e:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        Content::Endpoints(eps)
-    };
-    let seq = match seq {
-        Some(s) => s,
-        None => {
-            // One more than the highest seq any reachable peer holds: asking every peer keeps a
-            // lagging peer from making us pick a stale seq.
-            let mut highest = if_seq.unwrap_or(0);
-            let mut any = false;
-            for addr in client_addrs(client) {
-                let one = Client::new(vec![addr], Duration::from_millis(500))?;
-                if let Ok(a) = one
-                    .first(&format!("/v1/seq/{name}"), None, |a| a.status == 200)
-                    .await
-                {
-                    if let Some(s) = a.body.get("seq").and_then(Value::as_u64) {
-                        highest = highest.max(s);
-                        any = true;
-                    }
-                }
-            }
-            if !any {
-                bail!("no peer answered the seq query; is any --api address a running dpin node?");
-            }
-            highest + 1
-        }
-    };
-    let body = RecordBody {
-        zone: key.zone(),
-        label: label.to_owned(),
-        seq,
-        expires_at_ms: now_ms() + ttl.as_millis() as u64,
-        content,
-    };
-    let record = body.sign(&key).context("record is not valid")?;
-    let req = json!({"record": hex::encode(record.encode()), "if_seq": if_seq});
-    let a = client
-        .first("/v1/publish", Some(&req), |a| a.status < 500)
-        .await?;
-    if a.status != 200 {
-        return Err(api_error(&a));
+        Ok(Content::Endpoints(eps))
     }
+
+    /// The TTL in ms: given, or 24 h for records and the maximum (30 d) for tombstones, so a
+    /// deletion outlives every record it deletes.
+    fn ttl_ms(&self) -> Result<u64> {
+        match self.ttl {
+            Some(t) => Ok(u64::try_from(parse_duration(t)?.as_millis()).unwrap_or(u64::MAX)),
+            None if self.tombstone => Ok(dpin_protocol::MAX_TTL_MS),
+            None => Ok(24 * 3_600_000),
+        }
+    }
+
+    fn sign(&self, key: &ZoneKey, seq: u64, now: u64) -> Result<dpin_protocol::SignedRecord> {
+        Ok(crate::publish::sign(
+            key,
+            self.label,
+            self.content()?,
+            seq,
+            self.ttl_ms()?,
+            now,
+        )?)
+    }
+}
+
+fn print_published(a: &Answer, json_out: bool) {
     if json_out {
         let mut out = a.body.clone();
         out["answered_by"] = json!(a.addr);
         out!("{out}");
     } else {
+        let name = a.body.get("name").and_then(Value::as_str).unwrap_or("?");
+        let seq = a.body.get("seq").and_then(Value::as_u64).unwrap_or(0);
         let outcome = a.body.get("outcome").and_then(Value::as_str).unwrap_or("?");
         out!("{name} seq {seq} ({outcome} by {})", a.addr);
+    }
+}
+
+async fn publish(
+    client: &Client,
+    write: &Write<'_>,
+    if_seq: Option<u64>,
+    seq: Option<u64>,
+    json_out: bool,
+) -> Result<()> {
+    if write.tombstone && if_seq.is_none() && seq.is_none() {
+        bail!("deleting needs --if-seq N, the seq you are deleting (see `dpin resolve`), or a pinned --seq, or a plan from `dpin sign --tombstone`; a bare --tombstone would delete whatever is there, even a newer write");
+    }
+    let key = write.key()?;
+    let name = format!("{}.{}", write.label, key.zone());
+    let now = now_ms();
+    let answer = match (seq, if_seq) {
+        // A seq fixed in advance behaves like a plan: the merge rule decides.
+        (Some(seq), None) => {
+            let record = write.sign(&key, seq, now)?;
+            crate::publish::enact_plan(client, &record).await?
+        }
+        (seq, Some(expected)) => {
+            let floors = crate::publish::read_floors(client, &name)
+                .await
+                .unwrap_or_default();
+            let seq = match seq {
+                Some(s) => s,
+                None => crate::publish::next_seq(expected, now)?,
+            };
+            let record = write.sign(&key, seq, now)?;
+            crate::publish::enact_cas(client, &floors, &record, expected).await?
+        }
+        // The default: compare-and-set against the highest seq any listed peer holds, so a
+        // concurrent or newer write is never silently overwritten.
+        (None, None) => {
+            let floors = crate::publish::read_floors(client, &name).await?;
+            let held = crate::publish::highest(&floors);
+            let record = write.sign(&key, crate::publish::next_seq(held, now)?, now)?;
+            crate::publish::enact_cas(client, &floors, &record, held).await?
+        }
+    };
+    print_published(&answer, json_out);
+    Ok(())
+}
+
+async fn sign_plan(
+    api: Vec<String>,
+    timeout_ms: u64,
+    write: &Write<'_>,
+    seq: Option<u64>,
+    out: &Path,
+    json_out: bool,
+) -> Result<()> {
+    let key = write.key()?;
+    let name = format!("{}.{}", write.label, key.zone());
+    let now = now_ms();
+    let (seq, planned_over) = match seq {
+        Some(s) => (s, 0),
+        None => {
+            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
+            let held = crate::publish::highest(&crate::publish::read_floors(&client, &name).await?);
+            (crate::publish::next_seq(held, now)?, held)
+        }
+    };
+    let record = write.sign(&key, seq, now)?;
+    let plan = crate::publish::Plan::new(&record, planned_over);
+    plan.write(out)?;
+    if json_out {
+        out!("{}", serde_json::to_string(&plan)?);
+    } else {
+        out!("{name} seq {seq} planned in {}", out.display());
     }
     Ok(())
 }
 
-fn client_addrs(client: &Client) -> Vec<String> {
-    client.addrs().to_vec()
+async fn publish_plan(client: &Client, path: &Path, json_out: bool) -> Result<()> {
+    let plan = crate::publish::Plan::read(path)?;
+    let record = plan.record()?;
+    let answer = crate::publish::enact_plan(client, &record).await?;
+    print_published(&answer, json_out);
+    Ok(())
 }
 
 async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {

@@ -65,6 +65,47 @@ impl Client {
         }
     }
 
+    /// Sends one request to one peer. Transport failures, unreadable bodies and 5xx answers
+    /// are errors (the text says why); 2xx-4xx answers are returned.
+    pub async fn ask(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, String> {
+        let url = Self::url(addr, path);
+        let req = match body {
+            Some(b) => self.http.post(&url).json(b),
+            None => self.http.get(&url),
+        };
+        let resp = req.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                e.to_string()
+            };
+            format!("{addr}: {why}")
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .json::<Value>()
+            .await
+            .map_err(|e| format!("{addr}: unreadable answer: {e}"))?;
+        if status >= 500 {
+            return Err(format!("{addr}: HTTP {status}"));
+        }
+        Ok(Answer {
+            addr: addr.to_owned(),
+            status,
+            body,
+        })
+    }
+
+    /// Sends the same GET to every peer at once; answers in `--api` order.
+    pub async fn ask_all(&self, path: &str) -> Vec<Result<Answer, String>> {
+        futures::future::join_all(self.addrs.iter().map(|a| self.ask(a, path, None))).await
+    }
+
     /// Sends to each peer in order until `accept` likes an answer. Transport errors and 5xx
     /// always move on. Returns the accepted answer, or the last definitive one if none was
     /// accepted, or an error listing why each peer failed.
@@ -77,44 +118,11 @@ impl Client {
         let mut failures = Vec::new();
         let mut last_definitive = None;
         for addr in &self.addrs {
-            let url = Self::url(addr, path);
-            let req = match body {
-                Some(b) => self.http.post(&url).json(b),
-                None => self.http.get(&url),
-            };
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let why = if e.is_timeout() {
-                        "timed out".to_owned()
-                    } else {
-                        e.to_string()
-                    };
-                    failures.push(format!("{addr}: {why}"));
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let body = match resp.json::<Value>().await {
-                Ok(v) => v,
-                Err(e) => {
-                    failures.push(format!("{addr}: unreadable answer: {e}"));
-                    continue;
-                }
-            };
-            let answer = Answer {
-                addr: addr.clone(),
-                status,
-                body,
-            };
-            if status >= 500 {
-                failures.push(format!("{addr}: HTTP {status}"));
-                continue;
+            match self.ask(addr, path, body).await {
+                Ok(answer) if accept(&answer) => return Ok(answer),
+                Ok(answer) => last_definitive = Some(answer),
+                Err(why) => failures.push(why),
             }
-            if accept(&answer) {
-                return Ok(answer);
-            }
-            last_definitive = Some(answer);
         }
         last_definitive.ok_or_else(|| ClientError::AllFailed(failures.join("; ")))
     }

@@ -14,8 +14,11 @@
 //! * [`api`] — the HTTP API (axum).
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
 //! * [`client`] — the failover HTTP client the CLI uses.
+//! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
+//!   compare-and-set one-step publishing, named deletions.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
-//! * [`cli`] — the command line (`keygen`, `node`, `publish`, `resolve`, `status`); `src/main.rs`
+//! * [`cli`] — the command line (`keygen`, `node`, `publish`, `sign`, `resolve`, `status`,
+//!   `offers`, `put`, `get`, `blob`); `src/main.rs`
 //!   only calls [`cli::main`].
 
 pub mod answer;
@@ -30,4 +33,5 @@ pub mod liveness;
 pub mod net;
 pub mod node;
 pub mod offers;
+pub mod publish;
 pub mod store;

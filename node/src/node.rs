@@ -79,6 +79,15 @@ pub struct Metrics {
     pub sync_failures: AtomicU64,
     /// Sync requests from peers that could not be decoded.
     pub sync_bad_requests: AtomicU64,
+    /// Replicated records (gossip or sync) refused only because of this node's clock: expiry
+    /// or seq further ahead than the skew allowance. Not held against the sender; taken later,
+    /// when the clock has moved on, through anti-entropy. A rising count means this node's
+    /// clock (or the writer's) is off.
+    pub records_ahead_of_clock: AtomicU64,
+    /// Records received through anti-entropy that were refused as invalid or undecodable.
+    pub sync_invalid: AtomicU64,
+    /// Record bodies restored from a peer onto a floor whose body was damaged or compacted.
+    pub bodies_restored: AtomicU64,
 }
 
 impl Metrics {
@@ -88,7 +97,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 10] = [
+        let fields: [(&str, &AtomicU64); 13] = [
             ("dpin_gossip_rate_limited_total", &self.gossip_rate_limited),
             ("dpin_publish_applied_total", &self.publish_applied),
             ("dpin_publish_refused_total", &self.publish_refused),
@@ -99,6 +108,12 @@ impl Metrics {
             ("dpin_sync_applied_total", &self.sync_applied),
             ("dpin_sync_failures_total", &self.sync_failures),
             ("dpin_sync_bad_requests_total", &self.sync_bad_requests),
+            (
+                "dpin_records_ahead_of_clock_total",
+                &self.records_ahead_of_clock,
+            ),
+            ("dpin_sync_invalid_total", &self.sync_invalid),
+            ("dpin_bodies_restored_total", &self.bodies_restored),
         ];
         let mut out = String::new();
         for (name, v) in fields {
@@ -124,6 +139,9 @@ impl Metrics {
             "sync_applied": g(&self.sync_applied),
             "sync_failures": g(&self.sync_failures),
             "sync_bad_requests": g(&self.sync_bad_requests),
+            "records_ahead_of_clock": g(&self.records_ahead_of_clock),
+            "sync_invalid": g(&self.sync_invalid),
+            "bodies_restored": g(&self.bodies_restored),
         })
     }
 }
@@ -370,7 +388,18 @@ impl Node {
                         if let Outcome::Conflict { .. } = outcome {
                             Metrics::inc(&m.conflicts);
                         }
+                        if outcome == Outcome::Restored {
+                            Metrics::inc(&m.bodies_restored);
+                        }
                         match outcome {
+                            Outcome::Invalid(e) if e.is_clock_dependent() => {
+                                // Our clock disagrees with the writer's by more than the
+                                // allowance; not the sender's fault. Anti-entropy offers the
+                                // record again, and it is taken once our clock moves on.
+                                tracing::debug!(%source, %e, "gossip ahead of our clock");
+                                Metrics::inc(&m.records_ahead_of_clock);
+                                Verdict::Ignore
+                            }
                             Outcome::Invalid(e) => {
                                 tracing::debug!(%source, %e, "invalid gossip");
                                 Verdict::Reject
@@ -472,7 +501,13 @@ impl Node {
         let decoded: Vec<SignedRecord> = records
             .iter()
             .take(MAX_RECORDS_PER_MESSAGE)
-            .filter_map(|b| SignedRecord::decode(b).ok())
+            .filter_map(|b| match SignedRecord::decode(b) {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    Metrics::inc(&self.0.metrics.sync_invalid);
+                    None
+                }
+            })
             .collect();
         if decoded.is_empty() {
             return 0;
@@ -499,6 +534,17 @@ impl Node {
                     .iter()
                     .filter(|o| matches!(o, Outcome::Conflict { .. }))
                     .count();
+                let m = &self.0.metrics;
+                for o in &outcomes {
+                    match o {
+                        Outcome::Invalid(e) if e.is_clock_dependent() => {
+                            Metrics::inc(&m.records_ahead_of_clock)
+                        }
+                        Outcome::Invalid(_) => Metrics::inc(&m.sync_invalid),
+                        Outcome::Restored => Metrics::inc(&m.bodies_restored),
+                        _ => {}
+                    }
+                }
                 self.0
                     .metrics
                     .conflicts

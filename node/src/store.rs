@@ -12,6 +12,13 @@
 //! *current* entry of each dirty name, commits can never put an older seq on disk after a
 //! newer one. The floor (highest seq and hash ever accepted) is persisted with each entry,
 //! including compacted ones, so a restarted node still refuses replays of old records.
+//!
+//! A damaged entry never loses its floor: if the stored body does not decode or does not match
+//! its hash, the entry is loaded as a bare floor (counted in [`DurableStore::corrupt_on_load`]
+//! and logged), so the old record it replaced still cannot be replayed, and anti-entropy
+//! fetches the body back from a peer (a duplicate of a body-less floor restores the body).
+//! Only an entry whose fixed header is damaged is skipped whole; redb's own checksums make
+//! that a torn-disk case, and it is counted the same way.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -72,6 +79,13 @@ pub struct DurableStore {
 impl DurableStore {
     /// Opens (or creates) `path` and loads every entry into memory.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_retention(path, dpin_protocol::store::DEFAULT_BODY_RETENTION_MS)
+    }
+
+    /// Like [`DurableStore::open`], keeping winners' bodies `retention_ms` past expiry
+    /// (see [`dpin_protocol::store::DEFAULT_BODY_RETENTION_MS`]; shorter only for test runs
+    /// with short TTLs).
+    pub fn open_with_retention(path: &Path, retention_ms: u64) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
         // Make sure the table exists so read transactions on an empty database succeed.
         let w = db.begin_write()?;
@@ -79,7 +93,7 @@ impl DurableStore {
         w.commit()?;
         let mut store = Self {
             db: Arc::new(db),
-            mem: MemStore::new(),
+            mem: MemStore::new().with_retention(retention_ms),
             dirty: BTreeSet::new(),
             generation: 0,
             corrupt_on_load: 0,
@@ -88,8 +102,8 @@ impl DurableStore {
         Ok(store)
     }
 
-    /// Entries skipped at the last load because they were damaged on disk. They are left out
-    /// of the index (and so of the digest), which makes anti-entropy fetch them again.
+    /// Entries found damaged on disk at the last load. A damaged body is dropped and its
+    /// floor kept (anti-entropy fetches the body again); a damaged header loses the entry.
     pub fn corrupt_on_load(&self) -> usize {
         self.corrupt_on_load
     }
@@ -129,7 +143,7 @@ impl DurableStore {
     }
 
     fn reload(&mut self) -> Result<(), StoreError> {
-        let mut mem = MemStore::new();
+        let mut mem = MemStore::new().with_retention(self.mem.retention_ms());
         let mut corrupt = 0;
         let r = self.db.begin_read()?;
         let table = r.open_table(ENTRIES)?;
@@ -137,9 +151,14 @@ impl DurableStore {
             let (k, v) = item?;
             let name = k.value().to_owned();
             match decode_entry(&name, v.value()) {
-                Ok(entry) => mem.insert(&name, entry),
+                Ok(Loaded::Whole(entry)) => mem.insert(&name, entry),
+                Ok(Loaded::FloorOnly(entry, e)) => {
+                    tracing::error!(%e, "damaged record body on disk; keeping its floor, a peer will resend the body");
+                    corrupt += 1;
+                    mem.insert(&name, entry);
+                }
                 Err(e) => {
-                    tracing::error!(%e, "skipping damaged store entry");
+                    tracing::error!(%e, "skipping store entry with a damaged header");
                     corrupt += 1;
                 }
             }
@@ -180,6 +199,10 @@ impl Store for DurableStore {
     fn len(&self) -> usize {
         self.mem.len()
     }
+
+    fn retention_ms(&self) -> u64 {
+        self.mem.retention_ms()
+    }
 }
 
 fn encode_entry(e: &Entry) -> Vec<u8> {
@@ -195,7 +218,15 @@ fn encode_entry(e: &Entry) -> Vec<u8> {
     out
 }
 
-fn decode_entry(name: &str, b: &[u8]) -> Result<Entry, StoreError> {
+/// An entry read from disk.
+enum Loaded {
+    /// Header and body intact.
+    Whole(Entry),
+    /// The header (floor) is intact but the body is not; the body was dropped.
+    FloorOnly(Entry, StoreError),
+}
+
+fn decode_entry(name: &str, b: &[u8]) -> Result<Loaded, StoreError> {
     let corrupt = |reason| StoreError::Corrupt {
         name: name.to_owned(),
         reason,
@@ -215,23 +246,32 @@ fn decode_entry(name: &str, b: &[u8]) -> Result<Entry, StoreError> {
     hash.copy_from_slice(&b[9..41]);
     let has_body = b[50] == 1;
     let body = &b[51..];
-    if has_body {
-        // Validate on load: a damaged body must never be served or gossiped.
-        let rec = dpin_protocol::SignedRecord::decode(body)
-            .map_err(|_| corrupt("body does not decode"))?;
-        if rec.content_hash() != hash {
-            return Err(corrupt("body does not match its hash"));
-        }
-    }
-    Ok(Entry {
+    let mut entry = Entry {
         floor: Floor {
             seq: u64_at(1),
             hash,
         },
         expires_at_ms: u64_at(41),
         tombstone: b[49] == 1,
-        bytes: has_body.then(|| body.to_vec().into_boxed_slice()),
-    })
+        bytes: None,
+    };
+    if !has_body {
+        return Ok(Loaded::Whole(entry));
+    }
+    // Validate on load: a damaged body must never be served or gossiped — but its floor still
+    // guards the name against replays of older records.
+    let rec = match dpin_protocol::SignedRecord::decode(body) {
+        Ok(rec) => rec,
+        Err(_) => return Ok(Loaded::FloorOnly(entry, corrupt("body does not decode"))),
+    };
+    if rec.content_hash() != hash {
+        return Ok(Loaded::FloorOnly(
+            entry,
+            corrupt("body does not match its hash"),
+        ));
+    }
+    entry.bytes = Some(body.to_vec().into_boxed_slice());
+    Ok(Loaded::Whole(entry))
 }
 
 /// Makes a [`DurableStore`]'s changes durable (group commit). Cloneable; one writer at a time.
@@ -283,5 +323,82 @@ impl Persister {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpin_protocol::{Content, Freshness, Outcome, RecordBody, SignedRecord, ZoneKey};
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn record(key: &ZoneKey, seq: u64) -> SignedRecord {
+        RecordBody {
+            zone: key.zone(),
+            label: "web".into(),
+            seq,
+            expires_at_ms: NOW + 3_600_000,
+            content: Content::Endpoints(vec![format!("127.0.0.{seq}:80")
+                .parse()
+                .expect("endpoint")]),
+        }
+        .sign(key)
+        .expect("signs")
+    }
+
+    #[test]
+    fn a_damaged_body_keeps_its_floor_so_the_old_record_cannot_be_replayed_after_restart(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let (old, new) = (record(&key, 1), record(&key, 2));
+        {
+            let store = Mutex::new(DurableStore::open(&path)?);
+            let persister = store.lock().map_err(|e| e.to_string())?.persister();
+            let generation = {
+                let mut s = store.lock().map_err(|e| e.to_string())?;
+                s.apply(&old, NOW, Freshness::Publish, None)?;
+                s.apply(&new, NOW, Freshness::Publish, None)?;
+                s.generation()
+            };
+            persister.flush(&store, generation)?;
+            // Flip one byte of the stored record body (just before the 64-byte signature), as a
+            // bad sector would.
+            let s = store.lock().map_err(|e| e.to_string())?;
+            let w = s.db.begin_write()?;
+            {
+                let mut table = w.open_table(ENTRIES)?;
+                let name = new.name();
+                let mut bytes = table
+                    .get(name.as_str())?
+                    .ok_or("entry missing")?
+                    .value()
+                    .to_vec();
+                let at = bytes.len() - 65;
+                bytes[at] ^= 0xff;
+                table.insert(name.as_str(), bytes.as_slice())?;
+            }
+            w.commit()?;
+        }
+        let mut reopened = DurableStore::open(&path)?;
+        assert_eq!(reopened.corrupt_on_load(), 1, "the damage is counted");
+        let entry = reopened.entry(&new.name()).ok_or("floor lost")?;
+        assert_eq!((entry.floor.seq, entry.bytes.is_some()), (2, false));
+        assert!(
+            matches!(
+                reopened.apply(&old, NOW, Freshness::Replicate, None)?,
+                Outcome::Stale { have: 2, got: 1 }
+            ),
+            "the record the damaged one replaced was replayed back in"
+        );
+        // A peer resends the body: it is restored, and served again.
+        assert_eq!(
+            reopened.apply(&new, NOW, Freshness::Replicate, None)?,
+            Outcome::Restored
+        );
+        assert_eq!(reopened.resolve(&new.name(), NOW), Some(new));
+        Ok(())
     }
 }

@@ -287,7 +287,7 @@ pub struct SyncPlan {
 /// Compares the responder's summaries of `buckets` with the local store. `after` is the cursor
 /// the request carried and `truncated` comes from the answer: together they say which part of
 /// the first and last bucket was listed, so only names in the listed range are pushed as
-/// "missing there". `now_ms` keeps records past the compaction horizon out of the plan (both
+/// "missing there". `now_ms` keeps records past the store's body retention out of the plan (both
 /// sides are dropping them).
 pub fn plan_sync<S: Store + ?Sized>(
     local: &S,
@@ -298,6 +298,7 @@ pub fn plan_sync<S: Store + ?Sized>(
     now_ms: u64,
 ) -> SyncPlan {
     let mut plan = SyncPlan::default();
+    let retention_ms = local.retention_ms();
     let mut seen = std::collections::BTreeSet::new();
     for s in remote {
         seen.insert(s.name.as_str());
@@ -309,11 +310,21 @@ pub fn plan_sync<S: Store + ?Sized>(
         match decide(mine.map(|e| e.floor), theirs) {
             Decision::Apply | Decision::ApplyConflict => plan.fetch.push(s.name.clone()),
             Decision::Stale | Decision::RejectConflict => {
-                if mine.is_some_and(|e| e.bytes.is_some() && !e.is_compactable(now_ms)) {
+                if mine
+                    .is_some_and(|e| e.bytes.is_some() && !e.is_compactable(now_ms, retention_ms))
+                {
                     plan.push.push(s.name.clone());
                 }
             }
-            Decision::Duplicate => {}
+            // Same winner, but only our floor is left (a damaged body, or compacted by a clock
+            // that ran ahead): fetch the body back while it is still within retention.
+            Decision::Duplicate => {
+                if mine.is_some_and(|e| {
+                    e.bytes.is_none() && !e.is_past_retention(now_ms, retention_ms)
+                }) {
+                    plan.fetch.push(s.name.clone());
+                }
+            }
         }
     }
     // With a truncated answer, the last covered bucket was listed only up to its last summary.
@@ -338,7 +349,8 @@ pub fn plan_sync<S: Store + ?Sized>(
             if below_cursor || past_listing {
                 continue;
             }
-            if e.bytes.is_some() && !e.is_compactable(now_ms) && !seen.contains(name) {
+            if e.bytes.is_some() && !e.is_compactable(now_ms, retention_ms) && !seen.contains(name)
+            {
                 plan.push.push(name.to_owned());
             }
         }

@@ -70,6 +70,14 @@ pub enum ValidationError {
         /// The allowed maximum.
         limit_ms: u64,
     },
+    /// The seq is above [`crate::record::seq_ceiling`]: seqs may not jump into the future.
+    #[error("seq {seq} is above the ceiling {ceiling} (the current time in microseconds plus the clock-skew allowance); seqs may not jump ahead of time, so that no record can take a name's last seq")]
+    SeqTooHigh {
+        /// The seq offered.
+        seq: u64,
+        /// The ceiling at the validating node's `now`.
+        ceiling: u64,
+    },
     /// The record already expired when it was offered for publishing.
     #[error("record already expired")]
     Expired,
@@ -82,6 +90,21 @@ pub enum ValidationError {
     /// An offer field is out of range (free space above capacity, zero cores, long region...).
     #[error("invalid offer: {0}")]
     BadOffer(&'static str),
+}
+
+impl ValidationError {
+    /// Whether the refusal depends on the validating node's clock (expiry too far ahead, seq
+    /// above the ceiling, already expired). Such a record may be fine at a node whose clock
+    /// is right: it is not evidence that the sender misbehaves, and the same record becomes
+    /// acceptable as the local clock moves on.
+    pub fn is_clock_dependent(&self) -> bool {
+        matches!(
+            self,
+            ValidationError::ExpiryTooFar { .. }
+                | ValidationError::SeqTooHigh { .. }
+                | ValidationError::Expired
+        )
+    }
 }
 
 /// Problems with key material or zone ids.

@@ -39,8 +39,8 @@ pub use error::{DecodeError, KeyError, ValidationError};
 pub use keys::{ZoneId, ZoneKey};
 pub use merge::{decide, Decision, Floor, Outcome};
 pub use record::{
-    BlobManifest, ComputeOffer, Content, Endpoint, Freshness, Host, RecordBody, SignedRecord,
-    StorageOffer, Transport,
+    seq_ceiling, BlobManifest, ComputeOffer, Content, Endpoint, Freshness, Host, RecordBody,
+    SignedRecord, StorageOffer, Transport,
 };
 pub use store::{Entry, MemStore, Store};
 
@@ -56,7 +56,21 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// Longest lifetime a record may claim: 30 days. Longer would let one signature pin a name
 /// long after its writer lost the key or moved on.
 pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
-/// Clock skew tolerated between a writer and a validating node.
+/// Clock skew tolerated between a writer and the node it publishes through (the
+/// [`record::Freshness::Publish`] checks).
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// Clock skew tolerated between two nodes (the [`record::Freshness::Replicate`] checks add it
+/// on top of [`MAX_CLOCK_SKEW_MS`]). Replication must accept whatever publishing accepted: a
+/// node whose clock is behind the publishing node's by up to this much still takes a record
+/// with the longest TTL and the highest seq the publishing node allowed, so two nodes whose
+/// clocks differ by at most 30 min never split over a record. Beyond that a record is refused
+/// only until the slow clock catches up (time moves every limit forward), and anti-entropy
+/// brings it then.
+pub const MAX_NODE_CLOCK_SKEW_MS: u64 = 30 * 60 * 1000;
+/// Seq units per millisecond of the seq ceiling (see [`record::seq_ceiling`]): a seq may not
+/// exceed the current time in microseconds (plus the skew allowance). Small counters (1, 2,
+/// 3...) and millisecond timestamps are always far below it; `u64::MAX` is refused, so no
+/// single record can take the last seq of a name.
+pub const SEQ_UNITS_PER_MS: u64 = 1000;
 /// Longest region string in an offer.
 pub const MAX_REGION_LEN: usize = 64;

@@ -83,6 +83,9 @@ pub enum Outcome {
         /// Whether the offered record is now the winner.
         applied: bool,
     },
+    /// The store held only this record's floor (its body was damaged on disk or compacted
+    /// early) and took the body back. Same winner as before; answers can be served again.
+    Restored,
     /// Refused: the record failed validation.
     Invalid(ValidationError),
     /// Refused: a compare-and-set precondition (`expected seq`) did not hold.
@@ -99,7 +102,10 @@ impl Outcome {
     pub fn is_winner(&self) -> bool {
         matches!(
             self,
-            Outcome::Applied { .. } | Outcome::Duplicate | Outcome::Conflict { applied: true, .. }
+            Outcome::Applied { .. }
+                | Outcome::Duplicate
+                | Outcome::Restored
+                | Outcome::Conflict { applied: true, .. }
         )
     }
 
@@ -107,16 +113,17 @@ impl Outcome {
     pub fn changed_store(&self) -> bool {
         matches!(
             self,
-            Outcome::Applied { .. } | Outcome::Conflict { applied: true, .. }
+            Outcome::Applied { .. } | Outcome::Restored | Outcome::Conflict { applied: true, .. }
         )
     }
 
-    /// A short machine-readable kind (`applied`, `duplicate`, `stale`, `conflict`, `invalid`,
-    /// `cas_mismatch`), used in API error bodies and metrics.
+    /// A short machine-readable kind (`applied`, `duplicate`, `restored`, `stale`,
+    /// `conflict`, `invalid`, `cas_mismatch`), used in API error bodies and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Applied { .. } => "applied",
             Outcome::Duplicate => "duplicate",
+            Outcome::Restored => "restored",
             Outcome::Stale { .. } => "stale",
             Outcome::Conflict { .. } => "conflict",
             Outcome::Invalid(_) => "invalid",

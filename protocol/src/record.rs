@@ -21,8 +21,8 @@ use ed25519_dalek::{Signature, Signer, Verifier};
 use crate::error::{DecodeError, ValidationError};
 use crate::keys::{ZoneId, ZoneKey};
 use crate::{
-    MAX_CLOCK_SKEW_MS, MAX_ENDPOINTS, MAX_HOSTNAME_LEN, MAX_LABEL_LEN, MAX_RECORD_BYTES,
-    MAX_REGION_LEN, MAX_TTL_MS,
+    MAX_CLOCK_SKEW_MS, MAX_ENDPOINTS, MAX_HOSTNAME_LEN, MAX_LABEL_LEN, MAX_NODE_CLOCK_SKEW_MS,
+    MAX_RECORD_BYTES, MAX_REGION_LEN, MAX_TTL_MS, SEQ_UNITS_PER_MS,
 };
 
 /// Domain separation prefix for record signatures.
@@ -404,11 +404,11 @@ impl SignedRecord {
         }
     }
 
-    /// Full validation: every field, the expiry window relative to `now_ms`, and the
-    /// signature. Nodes call this on every record from every source.
+    /// Full validation: every field, the time limits relative to `now_ms` (expiry window and
+    /// seq ceiling), and the signature. Nodes call this on every record from every source.
     pub fn validate(&self, now_ms: u64, freshness: Freshness) -> Result<(), ValidationError> {
         self.validate_fields()?;
-        self.validate_expiry(now_ms, freshness)?;
+        self.validate_time(now_ms, freshness)?;
         self.verify_signature()
     }
 
@@ -424,16 +424,25 @@ impl SignedRecord {
             .map_err(|_| ValidationError::BadSignature)
     }
 
-    /// Checks the expiry window only.
-    pub fn validate_expiry(
-        &self,
-        now_ms: u64,
-        freshness: Freshness,
-    ) -> Result<(), ValidationError> {
-        let limit_ms = MAX_TTL_MS + MAX_CLOCK_SKEW_MS;
+    /// Checks the limits that move with time: the expiry may lie at most [`MAX_TTL_MS`] ahead
+    /// (plus the skew allowance of `freshness`), the seq may not exceed [`seq_ceiling`], and a
+    /// record offered for publishing must not have expired yet.
+    ///
+    /// Every limit only ever widens as time passes, so a record refused here because the
+    /// local clock runs behind is accepted later (anti-entropy offers it again), never the
+    /// other way round: nodes whose clocks disagree converge once they agree again.
+    pub fn validate_time(&self, now_ms: u64, freshness: Freshness) -> Result<(), ValidationError> {
+        let limit_ms = MAX_TTL_MS.saturating_add(skew_allowance_ms(freshness));
         let ahead_ms = self.body.expires_at_ms.saturating_sub(now_ms);
         if ahead_ms > limit_ms {
             return Err(ValidationError::ExpiryTooFar { ahead_ms, limit_ms });
+        }
+        let ceiling = seq_ceiling(now_ms, freshness);
+        if self.body.seq > ceiling {
+            return Err(ValidationError::SeqTooHigh {
+                seq: self.body.seq,
+                ceiling,
+            });
         }
         if freshness == Freshness::Publish && self.is_expired(now_ms) {
             return Err(ValidationError::Expired);
@@ -483,6 +492,33 @@ impl SignedRecord {
             }
         }
     }
+}
+
+/// How far ahead of the local clock a record's time fields may be: writer-to-node skew when
+/// publishing, plus node-to-node skew when replicating (so replicas accept whatever the
+/// publishing node accepted).
+pub fn skew_allowance_ms(freshness: Freshness) -> u64 {
+    match freshness {
+        Freshness::Publish => MAX_CLOCK_SKEW_MS,
+        Freshness::Replicate => MAX_CLOCK_SKEW_MS.saturating_add(MAX_NODE_CLOCK_SKEW_MS),
+    }
+}
+
+/// The highest seq a record may carry at `now_ms`: the time in microseconds, plus the skew
+/// allowance of `freshness`.
+///
+/// Why a ceiling: a seq is a u64, and the record holding the highest seq wins forever. Without
+/// a ceiling one record at `u64::MAX` (a typo, a bug, a hostile writer with the zone key)
+/// freezes its name for good, since no later record can exceed it. Tied to time, the ceiling
+/// keeps moving: counters (1, 2, 3, ...) and millisecond timestamps (the node's offers) are
+/// far below it, and the worst a record at the very ceiling can do is make the next writer
+/// wait until the ceiling passes it — at most the skew allowance (35 min for a record taken
+/// through a node whose clock ran ahead by the whole node-to-node allowance; under 5 min with
+/// correct clocks). A pure function of the record and `now`, so every replica decides alike.
+pub fn seq_ceiling(now_ms: u64, freshness: Freshness) -> u64 {
+    now_ms
+        .saturating_add(skew_allowance_ms(freshness))
+        .saturating_mul(SEQ_UNITS_PER_MS)
 }
 
 /// Batch-verifies signatures (ed25519-dalek `verify_batch`), about twice as fast per

@@ -19,11 +19,31 @@ use crate::digest::{bucket_of, entry_digest, StoreDigest, BUCKETS};
 use crate::error::ValidationError;
 use crate::merge::{decide, Decision, Floor, Outcome};
 use crate::record::{verify_batch, Freshness, SignedRecord};
+use crate::{MAX_CLOCK_SKEW_MS, MAX_NODE_CLOCK_SKEW_MS, MAX_TTL_MS};
 
-/// How long after expiry a record's body is kept before compaction may drop it (the floor is
-/// kept forever). Long enough that every replica has seen the expiry before anyone compacts,
-/// so peers do not keep re-sending bodies the other side already dropped.
+/// Slack on top of the other terms of [`DEFAULT_BODY_RETENTION_MS`]: every replica has seen a
+/// record's expiry for a day before anyone may compact it, so peers do not keep re-sending
+/// bodies the other side already dropped.
 pub const COMPACTION_GRACE_MS: u64 = 24 * 3600 * 1000;
+
+/// How long after its expiry the winning record's body (its signed bytes) is kept before
+/// compaction may drop it; the floor is kept forever either way.
+///
+/// Why this long: the body is the only form in which a floor can travel — a bare floor is not
+/// signed, so a node cannot take one from a peer without letting any peer freeze any name. As
+/// long as an *older* record of the same name could still be live somewhere, the newer
+/// winner must keep travelling in anti-entropy, so that a replica that missed it (partitioned,
+/// newly joined, or with a replaced data dir) refuses the older one. An older record was
+/// signed no later than the newer one, and the newer one no later than its own expiry, so the
+/// older one expires at most [`MAX_TTL_MS`] plus the clock-skew allowances after the newer
+/// one does. Keeping the body that long past expiry, plus [`COMPACTION_GRACE_MS`], means that
+/// by the time any node compacts a winner, every record it beat has expired everywhere, and a
+/// late replay of one can never be served. It also means a node whose clock runs ahead can
+/// compact early only by more than a month, far beyond any allowance; if that happens, the
+/// body comes back by itself (a duplicate of a body-less floor restores it, see
+/// [`Outcome::Restored`]) once the clock is corrected.
+pub const DEFAULT_BODY_RETENTION_MS: u64 =
+    MAX_TTL_MS + MAX_CLOCK_SKEW_MS + MAX_NODE_CLOCK_SKEW_MS + COMPACTION_GRACE_MS;
 
 /// What a store holds for one name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,9 +84,15 @@ impl Entry {
         self.bytes.is_some() && !self.tombstone && self.expires_at_ms > now_ms
     }
 
-    /// Whether compaction may drop the body at `now_ms`.
-    pub fn is_compactable(&self, now_ms: u64) -> bool {
-        self.bytes.is_some() && self.expires_at_ms.saturating_add(COMPACTION_GRACE_MS) <= now_ms
+    /// Whether compaction may drop the body at `now_ms`, keeping bodies `retention_ms` past
+    /// expiry (see [`DEFAULT_BODY_RETENTION_MS`]).
+    pub fn is_compactable(&self, now_ms: u64, retention_ms: u64) -> bool {
+        self.bytes.is_some() && self.is_past_retention(now_ms, retention_ms)
+    }
+
+    /// Whether the winner is more than `retention_ms` past its expiry (body held or not).
+    pub fn is_past_retention(&self, now_ms: u64, retention_ms: u64) -> bool {
+        self.expires_at_ms.saturating_add(retention_ms) <= now_ms
     }
 }
 
@@ -94,6 +120,13 @@ pub trait Store {
     /// Number of names known (including compacted floors).
     fn len(&self) -> usize;
 
+    /// How long past expiry this store keeps winners' bodies. Production stores keep
+    /// [`DEFAULT_BODY_RETENTION_MS`]; a shorter retention (tests, chaos runs with short TTLs)
+    /// is safe only while it exceeds the longest TTL in use.
+    fn retention_ms(&self) -> u64 {
+        DEFAULT_BODY_RETENTION_MS
+    }
+
     /// Whether the store knows no name.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -110,11 +143,11 @@ pub trait Store {
     ) -> Result<Outcome, Self::Error> {
         if let Err(e) = record
             .validate_fields()
-            .and_then(|()| record.validate_expiry(now_ms, freshness))
+            .and_then(|()| record.validate_time(now_ms, freshness))
         {
             return Ok(Outcome::Invalid(e));
         }
-        apply_validated(self, record, false, expected_seq)
+        apply_validated(self, record, false, expected_seq, now_ms)
     }
 
     /// Merges many records, verifying their signatures as one batch (about twice the rate of
@@ -130,7 +163,7 @@ pub trait Store {
         for (i, r) in records.iter().enumerate() {
             match r
                 .validate_fields()
-                .and_then(|()| r.validate_expiry(now_ms, freshness))
+                .and_then(|()| r.validate_time(now_ms, freshness))
             {
                 Ok(()) => to_verify.push(i),
                 Err(e) => outcomes[i] = Some(Outcome::Invalid(e)),
@@ -139,7 +172,7 @@ pub trait Store {
         let batch: Vec<SignedRecord> = to_verify.iter().map(|&i| records[i].clone()).collect();
         let all_good = !batch.is_empty() && verify_batch(&batch);
         for &i in &to_verify {
-            outcomes[i] = Some(apply_validated(self, &records[i], all_good, None)?);
+            outcomes[i] = Some(apply_validated(self, &records[i], all_good, None, now_ms)?);
         }
         Ok(outcomes
             .into_iter()
@@ -155,17 +188,18 @@ pub trait Store {
             .and_then(Entry::record)
     }
 
-    /// Drops the bodies of records expired for longer than [`COMPACTION_GRACE_MS`]. Keeps every
+    /// Drops the bodies of records expired for longer than [`Store::retention_ms`]. Keeps every
     /// floor, and never touches a live name (its winner has not expired). Returns how many
     /// bodies were dropped.
     fn compact(&mut self, now_ms: u64) -> Result<usize, Self::Error> {
         let names = self.compactable(now_ms);
+        let retention_ms = self.retention_ms();
         let mut dropped = 0;
         for name in names {
             let Some(entry) = self.entry(&name) else {
                 continue;
             };
-            if !entry.is_compactable(now_ms) {
+            if !entry.is_compactable(now_ms, retention_ms) {
                 continue;
             }
             let kept = Entry {
@@ -184,15 +218,14 @@ fn apply_validated<S: Store + ?Sized>(
     record: &SignedRecord,
     signature_verified: bool,
     expected_seq: Option<u64>,
+    now_ms: u64,
 ) -> Result<Outcome, S::Error> {
     let name = record.name();
-    let held = store.entry(&name).map(|e| e.floor);
-    if let Some(expected) = expected_seq {
-        let actual = held.map_or(0, |f| f.seq);
-        if actual != expected {
-            return Ok(Outcome::CasMismatch { expected, actual });
-        }
-    }
+    let held_entry = store.entry(&name);
+    let held = held_entry.map(|e| e.floor);
+    let body_missing = held_entry.is_some_and(|e| e.bytes.is_none());
+    let body_wanted =
+        held_entry.is_some_and(|e| !e.is_past_retention(now_ms, store.retention_ms()));
     let incoming = Floor {
         seq: record.body.seq,
         hash: record.content_hash(),
@@ -204,6 +237,15 @@ fn apply_validated<S: Store + ?Sized>(
     if !signature_verified {
         if let Err(e) = record.verify_signature() {
             return Ok(Outcome::Invalid(e));
+        }
+    }
+    if let Some(expected) = expected_seq {
+        // Compare-and-set is checked against the state *before* this record: a retry of a
+        // write that already won (same seq, same content) is a duplicate, not a lost race, so
+        // a client that retries after a timeout is told the truth.
+        let actual = held.map_or(0, |f| f.seq);
+        if actual != expected && decision != Decision::Duplicate {
+            return Ok(Outcome::CasMismatch { expected, actual });
         }
     }
     let have = held.map_or(0, |f| f.seq);
@@ -229,6 +271,13 @@ fn apply_validated<S: Store + ?Sized>(
             have,
             got: incoming.seq,
         },
+        // The floor's own record came back while this store holds only the floor (its body was
+        // damaged on disk, or compacted by a clock that ran ahead): take the body back, unless
+        // the record is past retention here anyway (it would only be compacted again).
+        Decision::Duplicate if body_missing && body_wanted => {
+            store.put_entry(&name, Entry::from_record(record))?;
+            Outcome::Restored
+        }
         Decision::Duplicate => Outcome::Duplicate,
     })
 }
@@ -246,6 +295,7 @@ struct Key {
 pub struct MemStore {
     entries: BTreeMap<Key, Entry>,
     buckets: Box<[[u8; 32]; BUCKETS]>,
+    retention_ms: u64,
 }
 
 impl Default for MemStore {
@@ -253,6 +303,7 @@ impl Default for MemStore {
         Self {
             entries: BTreeMap::new(),
             buckets: Box::new([[0u8; 32]; BUCKETS]),
+            retention_ms: DEFAULT_BODY_RETENTION_MS,
         }
     }
 }
@@ -261,6 +312,14 @@ impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps winners' bodies `retention_ms` past expiry instead of
+    /// [`DEFAULT_BODY_RETENTION_MS`] (tests and chaos runs with short TTLs; must exceed the
+    /// longest TTL in use, see the constant's docs).
+    pub fn with_retention(mut self, retention_ms: u64) -> Self {
+        self.retention_ms = retention_ms;
+        self
     }
 
     /// Every name and entry, in (bucket, name) order.
@@ -331,12 +390,16 @@ impl Store for MemStore {
     fn compactable(&self, now_ms: u64) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.is_compactable(now_ms))
+            .filter(|(_, e)| e.is_compactable(now_ms, self.retention_ms))
             .map(|(k, _)| k.name.to_string())
             .collect()
     }
 
     fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    fn retention_ms(&self) -> u64 {
+        self.retention_ms
     }
 }

@@ -10,8 +10,8 @@ mod common;
 
 use common::*;
 use dpin_protocol::digest::{bucket_of, MAX_SUMMARIES};
-use dpin_protocol::store::COMPACTION_GRACE_MS;
-use dpin_protocol::{Freshness, MemStore, SignedRecord, Store};
+use dpin_protocol::store::{Entry, COMPACTION_GRACE_MS, DEFAULT_BODY_RETENTION_MS};
+use dpin_protocol::{Freshness, MemStore, Outcome, SignedRecord, Store, MAX_TTL_MS};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -191,14 +191,11 @@ fn names_past_the_summary_limit_of_one_bucket_still_sync() {
     assert_eq!(replicas[0].digest(), replicas[1].digest());
 }
 
-/// A replica that missed a newer record for longer than the compaction grace (a long
-/// partition) keeps serving the older record: the peers that compacted the newer one drop it
-/// from digests and summaries, so its floor never travels and the pair never converges.
+/// A replica that missed a newer record for longer than a day (a long partition) must not
+/// keep serving the older record: the newer winner's body is kept, and replicated, until
+/// every record it beat has expired, so its floor travels to the replica that missed it.
 #[test]
-#[ignore = "design gap: floors of compacted entries are left out of digests and summaries \
-            (protocol/src/digest.rs answer_digest/plan_sync, store.rs toggle_digest), so they \
-            never reach a replica that was partitioned for longer than COMPACTION_GRACE_MS"]
-fn a_compacted_floor_still_reaches_a_replica_that_missed_it() {
+fn a_newer_floor_still_reaches_a_replica_that_missed_it_after_a_long_partition() {
     let key = zone_key(6);
     let older = signed(&key, "api", 3, NOW + 30 * 24 * HOUR_MS, vec![v4(3, 3, 443)]);
     let newer = signed(&key, "api", 5, NOW + HOUR_MS, vec![v4(5, 5, 443)]);
@@ -208,7 +205,7 @@ fn a_compacted_floor_still_reaches_a_replica_that_missed_it() {
     ok(up_to_date.apply(&newer, NOW, Freshness::Publish, None));
     ok(partitioned.apply(&older, NOW, Freshness::Publish, None));
     let later = NOW + HOUR_MS + COMPACTION_GRACE_MS;
-    assert_eq!(ok(up_to_date.compact(later)), 1);
+    assert_eq!(ok(up_to_date.compact(later)), 0, "seq 5's body is kept");
     assert_eq!(
         up_to_date.resolve(&newer.name(), later),
         None,
@@ -220,5 +217,71 @@ fn a_compacted_floor_still_reaches_a_replica_that_missed_it() {
         replicas[1].resolve(&older.name(), later),
         None,
         "the partitioned replica still serves seq 3, which every other replica refuses"
+    );
+    assert_eq!(
+        replicas[1].entry(&older.name()).map(|e| e.floor.seq),
+        Some(5)
+    );
+}
+
+/// Once a winner is compacted, every record it beat has expired: a node that never saw either
+/// (a new node, a replaced data dir) may take a replayed older record, but can never serve it.
+#[test]
+fn a_replay_after_compaction_is_never_served() {
+    let key = zone_key(7);
+    // The older record lives as long as any record can; the newer one barely at all.
+    let older = signed(&key, "api", 3, NOW + MAX_TTL_MS, vec![v4(3, 3, 443)]);
+    let newer = signed(&key, "api", 5, NOW + 1_000, vec![v4(5, 5, 443)]);
+    let mut old_node = MemStore::new();
+    ok(old_node.apply(&older, NOW, Freshness::Publish, None));
+    ok(old_node.apply(&newer, NOW, Freshness::Publish, None));
+    let horizon = newer.body.expires_at_ms + DEFAULT_BODY_RETENTION_MS;
+    assert_eq!(ok(old_node.compact(horizon - 1)), 0);
+    assert_eq!(ok(old_node.compact(horizon)), 1);
+    let mut new_node = MemStore::new();
+    ok(new_node.apply(&older, horizon, Freshness::Replicate, None));
+    assert_eq!(new_node.resolve(&older.name(), horizon), None);
+    assert!(matches!(
+        ok(old_node.apply(&older, horizon, Freshness::Replicate, None)),
+        Outcome::Stale { have: 5, got: 3 }
+    ));
+}
+
+/// A node whose clock ran far ahead compacted a body its peers still serve. The floor keeps
+/// refusing older records meanwhile, and once its clock is right again anti-entropy brings the
+/// body back (a duplicate of a body-less floor restores it) instead of leaving the node with
+/// a permanent NXDOMAIN while its peers push the record forever.
+#[test]
+fn a_body_compacted_by_a_clock_far_ahead_comes_back_once_the_clock_is_right() {
+    let key = zone_key(8);
+    let rec = signed(&key, "api", 4, NOW + 10 * 24 * HOUR_MS, vec![v4(4, 4, 443)]);
+    let mut peer = MemStore::new();
+    let mut skewed = MemStore::new();
+    ok(peer.apply(&rec, NOW, Freshness::Publish, None));
+    ok(skewed.apply(&rec, NOW, Freshness::Publish, None));
+    let far_ahead = rec.body.expires_at_ms + DEFAULT_BODY_RETENTION_MS;
+    assert_eq!(ok(skewed.compact(far_ahead)), 1);
+    assert_eq!(skewed.resolve(&rec.name(), NOW), None, "the body is gone");
+    // Clock corrected: the record is live; a sync round restores the body.
+    let mut replicas = vec![skewed, peer];
+    sync_until_quiet(&mut replicas, NOW, 4);
+    assert_eq!(replicas[0].resolve(&rec.name(), NOW).as_ref(), Some(&rec));
+    assert_eq!(replicas[0].digest(), replicas[1].digest());
+    // Directly too: the record offered again restores the body once, then is a duplicate.
+    let mut bare = MemStore::new();
+    bare.insert(
+        &rec.name(),
+        Entry {
+            bytes: None,
+            ..Entry::from_record(&rec)
+        },
+    );
+    assert_eq!(
+        ok(bare.apply(&rec, NOW, Freshness::Replicate, None)),
+        Outcome::Restored
+    );
+    assert_eq!(
+        ok(bare.apply(&rec, NOW, Freshness::Replicate, None)),
+        Outcome::Duplicate
     );
 }

@@ -11,7 +11,8 @@ use common::*;
 use dpin_protocol::blob::{BlobRequest, BlobResponse};
 use dpin_protocol::digest::{Summary, MAX_SYNC_MESSAGE_BYTES};
 use dpin_protocol::record::{
-    blob_label, COMPUTE_OFFER_LABEL, MAX_CHUNK_BYTES, MAX_REPLICAS, STORAGE_OFFER_LABEL,
+    blob_label, seq_ceiling, COMPUTE_OFFER_LABEL, MAX_CHUNK_BYTES, MAX_REPLICAS,
+    STORAGE_OFFER_LABEL,
 };
 use dpin_protocol::{
     BlobManifest, ComputeOffer, Content, DecodeError, Endpoint, Freshness, Host, SignedRecord,
@@ -135,20 +136,29 @@ fn blob_manifest() -> impl Strategy<Value = BlobManifest> {
 }
 
 fn valid_record() -> impl Strategy<Value = SignedRecord> {
-    (1u8..4, labelled_content(), 1u64.., 1..=MAX_TTL_MS).prop_map(
-        |(zone, (label, content), seq, ttl)| {
+    (
+        1u8..4,
+        labelled_content(),
+        1u64..=seq_ceiling(NOW, Freshness::Publish),
+        1..=MAX_TTL_MS,
+    )
+        .prop_map(|(zone, (label, content), seq, ttl)| {
             let key = zone_key(zone);
             body(&key, &label, seq, NOW + ttl, content)
                 .sign(&key)
                 .expect("the strategy only builds valid records")
-        },
-    )
+        })
 }
 
 /// A small record (one zone, short label, one or two endpoints): ~150-250 bytes, so that
 /// checking every byte position stays cheap in debug builds.
 fn small_record() -> impl Strategy<Value = SignedRecord> {
-    ("[a-z]{1,8}", endpoints(2), 1u64.., 1..=MAX_TTL_MS)
+    (
+        "[a-z]{1,8}",
+        endpoints(2),
+        1u64..=seq_ceiling(NOW, Freshness::Publish),
+        1..=MAX_TTL_MS,
+    )
         .prop_map(|(label, eps, seq, ttl)| signed(&zone_key(1), &label, seq, NOW + ttl, eps))
 }
 

@@ -1,0 +1,473 @@
+//! Writing names safely from a client: plans, enactment and compare-and-set.
+//!
+//! The October-2025 outage was a write path, not a merge rule: an enactor checked once that
+//! its plan was newer, stalled, and applied it later over a newer one. Every path here leaves
+//! the decision to the merge rule on the node at apply time, and adds the checks a writer needs
+//! so that it is *told* when it raced instead of silently winning or losing:
+//!
+//! * **Plan, then enact** ([`Plan`], [`enact_plan`]). `dpin sign` fixes the seq when the plan
+//!   is made (one more than the highest seq any listed peer holds); `dpin publish --record`
+//!   enacts it later. A late plan is refused as stale by every node that holds anything newer,
+//!   and the client refuses before sending if any reachable peer holds a higher seq, or the
+//!   same seq with other content. Re-enacting the same plan is a harmless duplicate.
+//! * **One-step publish** ([`enact_cas`]). Reads the highest seq `H` from every listed peer,
+//!   signs `H + 1` and sends it with compare-and-set `if_seq = H`, first to a peer that holds
+//!   `H`. A peer holding more than `H` means another writer got there first: the write is
+//!   refused (`raced`), never applied over it. A peer holding less is merely lagging, and the
+//!   next peer is tried. Retrying after a timeout re-sends the same signed record, which a
+//!   node that already applied it reports as a duplicate, not as a lost race.
+//! * **Deleting** names what it deletes: a tombstone needs `--if-seq` (the seq being deleted),
+//!   a pinned `--seq`, or a plan; a bare `--tombstone` is refused by the CLI.
+//!
+//! What an AP system can promise two concurrent writers (README "Writing safely"): every node
+//! ends with the same single winner (higher seq, then the content-hash tie-break), and when
+//! both writes reach one node, or nodes that can talk, at least one writer is refused. Two
+//! writers on opposite sides of a partition can both be acknowledged at the same seq; after
+//! the heal the tie-break picks one winner everywhere and counts a conflict
+//! (`dpin_conflicts_total`). Nothing is ever left empty.
+
+use std::path::Path;
+
+use dpin_protocol::record::{seq_ceiling, Freshness};
+use dpin_protocol::{Content, RecordBody, SignedRecord, ZoneKey, MAX_TTL_MS};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::client::{Answer, Client};
+
+/// Version of the plan file format.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Why a write was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No listed peer answered.
+    #[error(
+        "no peer answered ({0}); check that at least one --api address is a running dpin node"
+    )]
+    NoPeer(String),
+    /// Another writer changed the name after we read it; nothing was overwritten.
+    #[error("raced: {name} moved from seq {read} to seq {now} at {addr} while this write was under way (another writer); nothing was overwritten — check `dpin resolve {name}` and publish again if your change still applies")]
+    Raced {
+        /// The name.
+        name: String,
+        /// The seq read before signing.
+        read: u64,
+        /// The seq the peer holds now.
+        now: u64,
+        /// The peer that said so.
+        addr: String,
+    },
+    /// A plan (or pinned seq) that something newer already supersedes.
+    #[error("stale: {addr} holds seq {held} of {name}, newer than this record's seq {seq}; a newer write was made after this was planned, so it must not be applied")]
+    Stale {
+        /// The name.
+        name: String,
+        /// The record's seq.
+        seq: u64,
+        /// The newer seq held.
+        held: u64,
+        /// The peer that holds it.
+        addr: String,
+    },
+    /// A different record already holds this seq.
+    #[error("conflict: {addr} already holds a different record of {name} at seq {seq}; two writes were planned with one seq — plan again")]
+    Conflict {
+        /// The name.
+        name: String,
+        /// The contested seq.
+        seq: u64,
+        /// The peer that holds the other record.
+        addr: String,
+    },
+    /// Every peer that answered lags behind the seq read from another peer.
+    #[error("every reachable peer lags behind seq {read} of {name} (read before signing); retry in a moment")]
+    AllLagging {
+        /// The name.
+        name: String,
+        /// The seq read.
+        read: u64,
+    },
+    /// A node refused the record (stale, conflict, invalid...).
+    #[error("{addr} refused: {kind}: {message} (HTTP {status})")]
+    Refused {
+        /// The peer.
+        addr: String,
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable kind (`stale`, `conflict`, `cas_mismatch`, `invalid`...).
+        kind: String,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The record could not be built (bad seq, TTL, endpoint...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A plan file could not be read or written.
+    #[error("plan file {path}: {reason}")]
+    PlanFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A signed record waiting to be enacted: what `dpin sign --out` writes and
+/// `dpin publish --record` reads. JSON, so operators can inspect it; the record itself is the
+/// signed wire bytes in hex, so the file cannot be edited without breaking the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Format version ([`PLAN_VERSION`]).
+    pub dpin_plan: u32,
+    /// The full name.
+    pub name: String,
+    /// The seq fixed at planning time.
+    pub seq: u64,
+    /// The highest seq the peers held when the plan was made.
+    pub planned_over: u64,
+    /// Whether the plan deletes the name.
+    pub tombstone: bool,
+    /// Expiry (Unix ms).
+    pub expires_at_ms: u64,
+    /// Signed record, hex.
+    pub record: String,
+}
+
+impl Plan {
+    /// A plan for `record`, made over `planned_over`.
+    pub fn new(record: &SignedRecord, planned_over: u64) -> Self {
+        Plan {
+            dpin_plan: PLAN_VERSION,
+            name: record.name(),
+            seq: record.body.seq,
+            planned_over,
+            tombstone: record.is_tombstone(),
+            expires_at_ms: record.body.expires_at_ms,
+            record: hex::encode(record.encode()),
+        }
+    }
+
+    /// The signed record, checked against the plan's own fields and its signature.
+    pub fn record(&self) -> Result<SignedRecord, WriteError> {
+        if self.dpin_plan != PLAN_VERSION {
+            return Err(WriteError::Invalid(format!(
+                "plan format version {} is not supported (this dpin reads version {PLAN_VERSION})",
+                self.dpin_plan
+            )));
+        }
+        let bytes = hex::decode(self.record.trim())
+            .map_err(|e| WriteError::Invalid(format!("plan record is not hex: {e}")))?;
+        let record = SignedRecord::decode(&bytes)
+            .map_err(|e| WriteError::Invalid(format!("plan record does not decode: {e}")))?;
+        record
+            .validate_fields()
+            .and_then(|()| record.verify_signature())
+            .map_err(|e| WriteError::Invalid(format!("plan record is not valid: {e}")))?;
+        if record.name() != self.name || record.body.seq != self.seq {
+            return Err(WriteError::Invalid(
+                "plan fields do not match its signed record (edited by hand?)".into(),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Writes the plan to `path` (atomically: a temporary file renamed into place).
+    pub fn write(&self, path: &Path) -> Result<(), WriteError> {
+        let err = |reason: String| WriteError::PlanFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text + "\n").map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    }
+
+    /// Reads a plan from `path`.
+    pub fn read(path: &Path) -> Result<Self, WriteError> {
+        let err = |reason: String| WriteError::PlanFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| err(format!("not a dpin plan: {e}")))
+    }
+}
+
+/// What one peer holds for a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFloor {
+    /// The peer's `--api` address.
+    pub addr: String,
+    /// Highest seq it holds (0 if none).
+    pub seq: u64,
+    /// Content hash of the record at that seq (hex), if any.
+    pub hash: Option<String>,
+}
+
+/// Asks every listed peer at once what it holds for `name`. Fails only if none answers.
+pub async fn read_floors(client: &Client, name: &str) -> Result<Vec<PeerFloor>, WriteError> {
+    let mut floors = Vec::new();
+    let mut failures = Vec::new();
+    for answer in client.ask_all(&format!("/v1/seq/{name}")).await {
+        match answer {
+            Ok(a) if a.status == 200 => match a.body.get("seq").and_then(Value::as_u64) {
+                Some(seq) => floors.push(PeerFloor {
+                    addr: a.addr,
+                    seq,
+                    hash: a
+                        .body
+                        .get("hash")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                }),
+                None => failures.push(format!("{}: answer without a seq", a.addr)),
+            },
+            Ok(a) => failures.push(format!("{}: HTTP {}", a.addr, a.status)),
+            Err(e) => failures.push(e),
+        }
+    }
+    if floors.is_empty() {
+        return Err(WriteError::NoPeer(failures.join("; ")));
+    }
+    Ok(floors)
+}
+
+/// The highest seq among `floors` (0 if none holds the name).
+pub fn highest(floors: &[PeerFloor]) -> u64 {
+    floors.iter().map(|f| f.seq).max().unwrap_or(0)
+}
+
+/// The seq after `held`, refused if it would pass the seq ceiling (checked arithmetic: a name
+/// at `u64::MAX` cannot exist, because the ceiling refuses it, but the check does not rely on
+/// that).
+pub fn next_seq(held: u64, now_ms: u64) -> Result<u64, WriteError> {
+    let next = held.checked_add(1).ok_or_else(|| {
+        WriteError::Invalid(format!(
+            "seq {held} has no successor; the name cannot be written"
+        ))
+    })?;
+    check_seq(next, now_ms)?;
+    Ok(next)
+}
+
+/// Refuses a seq above the ceiling before anything is signed, with the reason.
+pub fn check_seq(seq: u64, now_ms: u64) -> Result<(), WriteError> {
+    if seq == 0 {
+        return Err(WriteError::Invalid("seq must be at least 1".into()));
+    }
+    let ceiling = seq_ceiling(now_ms, Freshness::Publish);
+    if seq > ceiling {
+        return Err(WriteError::Invalid(format!(
+            "seq {seq} is above the ceiling {ceiling} (the current time in microseconds plus 5 min); seqs may not jump ahead of time, so no record can take a name's last seq — use a smaller --seq"
+        )));
+    }
+    Ok(())
+}
+
+/// Signs `content` for `label` at `seq`, living `ttl_ms` from `now_ms`.
+pub fn sign(
+    key: &ZoneKey,
+    label: &str,
+    content: Content,
+    seq: u64,
+    ttl_ms: u64,
+    now_ms: u64,
+) -> Result<SignedRecord, WriteError> {
+    if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+        return Err(WriteError::Invalid(format!(
+            "ttl must be between 1 ms and 30d, got {ttl_ms} ms"
+        )));
+    }
+    check_seq(seq, now_ms)?;
+    let expires_at_ms = now_ms
+        .checked_add(ttl_ms)
+        .ok_or_else(|| WriteError::Invalid("ttl overflows the clock".into()))?;
+    let record = RecordBody {
+        zone: key.zone(),
+        label: label.to_owned(),
+        seq,
+        expires_at_ms,
+        content,
+    }
+    .sign(key)
+    .map_err(|e| WriteError::Invalid(format!("record is not valid: {e}")))?;
+    record
+        .validate_time(now_ms, Freshness::Publish)
+        .map_err(|e| WriteError::Invalid(format!("record is not valid: {e}")))?;
+    Ok(record)
+}
+
+fn refused(a: &Answer) -> WriteError {
+    let text = |k: &str| {
+        a.body
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    WriteError::Refused {
+        addr: a.addr.clone(),
+        status: a.status,
+        kind: text("error"),
+        message: text("message"),
+    }
+}
+
+fn held_seq(a: &Answer) -> Option<u64> {
+    a.body.get("held_seq").and_then(Value::as_u64)
+}
+
+/// Publishes `record` with compare-and-set against `expected` (the seq read before signing),
+/// trying first the peers that hold exactly `expected`, then the others in `--api` order.
+pub async fn enact_cas(
+    client: &Client,
+    floors: &[PeerFloor],
+    record: &SignedRecord,
+    expected: u64,
+) -> Result<Answer, WriteError> {
+    let name = record.name();
+    let req = json!({"record": hex::encode(record.encode()), "if_seq": expected});
+    let mut order: Vec<&str> = floors
+        .iter()
+        .filter(|f| f.seq == expected)
+        .map(|f| f.addr.as_str())
+        .collect();
+    for addr in client.addrs() {
+        if !order.contains(&addr.as_str()) {
+            order.push(addr);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut lagging = false;
+    for addr in order {
+        let a = match client.ask(addr, "/v1/publish", Some(&req)).await {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        if a.status == 200 {
+            return Ok(a);
+        }
+        let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
+        match (kind, held_seq(&a)) {
+            ("cas_mismatch", Some(held)) if held < expected => {
+                // This peer has not caught up with what another peer showed us; it would
+                // take the write, but so will one that is up to date. Try the next.
+                lagging = true;
+                continue;
+            }
+            ("cas_mismatch", Some(held)) => {
+                return Err(WriteError::Raced {
+                    name,
+                    read: expected,
+                    now: held,
+                    addr: a.addr,
+                })
+            }
+            _ => return Err(refused(&a)),
+        }
+    }
+    if lagging {
+        return Err(WriteError::AllLagging {
+            name,
+            read: expected,
+        });
+    }
+    Err(WriteError::NoPeer(failures.join("; ")))
+}
+
+/// Enacts a record whose seq was fixed in advance (a plan or a pinned `--seq`): refused here
+/// if any reachable peer already holds something newer or a different record at the same
+/// seq, and by the node's merge rule otherwise. A re-enacted plan is a duplicate (success).
+pub async fn enact_plan(client: &Client, record: &SignedRecord) -> Result<Answer, WriteError> {
+    let name = record.name();
+    let seq = record.body.seq;
+    let hash = hex::encode(record.content_hash());
+    let floors = read_floors(client, &name).await?;
+    if let Some(f) = floors.iter().find(|f| f.seq > seq) {
+        return Err(WriteError::Stale {
+            name,
+            seq,
+            held: f.seq,
+            addr: f.addr.clone(),
+        });
+    }
+    if let Some(f) = floors
+        .iter()
+        .find(|f| f.seq == seq && f.hash.as_deref().is_some_and(|h| h != hash))
+    {
+        return Err(WriteError::Conflict {
+            name,
+            seq,
+            addr: f.addr.clone(),
+        });
+    }
+    let req = json!({"record": hex::encode(record.encode())});
+    let mut failures = Vec::new();
+    for addr in client.addrs() {
+        match client.ask(addr, "/v1/publish", Some(&req)).await {
+            Ok(a) if a.status == 200 => return Ok(a),
+            Ok(a) => {
+                let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
+                return Err(match (kind, held_seq(&a)) {
+                    ("stale", Some(held)) => WriteError::Stale {
+                        name,
+                        seq,
+                        held,
+                        addr: a.addr,
+                    },
+                    ("conflict", _) => WriteError::Conflict {
+                        name,
+                        seq,
+                        addr: a.addr,
+                    },
+                    _ => refused(&a),
+                });
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    Err(WriteError::NoPeer(failures.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn the_last_seq_cannot_be_signed_and_has_no_successor() {
+        assert!(check_seq(u64::MAX, NOW).is_err());
+        assert!(next_seq(u64::MAX, NOW).is_err());
+        assert_eq!(next_seq(41, NOW).ok(), Some(42));
+        // Millisecond timestamps (the node's own offers) are far below the ceiling.
+        assert!(check_seq(NOW, NOW).is_ok());
+    }
+
+    #[test]
+    fn ttls_beyond_thirty_days_or_overflowing_the_clock_are_refused() {
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let eps = || Content::Endpoints(vec!["127.0.0.1:80".parse().expect("endpoint")]);
+        assert!(sign(&key, "a", eps(), 1, MAX_TTL_MS + 1, NOW).is_err());
+        assert!(sign(&key, "a", eps(), 1, 0, NOW).is_err());
+        assert!(sign(&key, "a", eps(), 1, MAX_TTL_MS, u64::MAX - 5).is_err());
+        assert!(sign(&key, "a", eps(), 1, MAX_TTL_MS, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_plan_round_trips_and_a_hand_edited_plan_is_refused() {
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let eps = Content::Endpoints(vec!["127.0.0.1:80".parse().expect("endpoint")]);
+        let rec = sign(&key, "web", eps, 7, 60_000, NOW).expect("signs");
+        let plan = Plan::new(&rec, 6);
+        assert_eq!(plan.record().expect("valid plan"), rec);
+        let mut edited = plan.clone();
+        edited.seq = 9;
+        assert!(edited.record().is_err());
+    }
+}
