@@ -30,6 +30,7 @@ pub struct NodeProc {
     /// Peer id.
     pub peer_id: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// How long a node may take to print its addresses.
@@ -44,19 +45,7 @@ impl NodeProc {
         bootstrap: &[String],
         extra: &[&str],
     ) -> Result<Self> {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut node = NodeProc {
-            bin: bin.to_owned(),
-            child: None,
-            data_dir: data_dir.to_owned(),
-            api: String::new(),
-            dns: None,
-            listen: Vec::new(),
-            peer_id: String::new(),
-            extra,
-        };
-        node.spawn("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0", bootstrap)?;
-        Ok(node)
+        Self::start_with_env(bin, data_dir, bootstrap, extra, Vec::new())
     }
 
     fn spawn(&mut self, listen: &str, api: &str, bootstrap: &[String]) -> Result<()> {
@@ -74,6 +63,7 @@ impl NodeProc {
             cmd.args(["--bootstrap", b]);
         }
         cmd.args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -117,6 +107,34 @@ impl NodeProc {
             }
         }
         Ok(())
+    }
+
+    /// Starts like [`NodeProc::start`], with extra environment variables (e.g. [`faketime`]).
+    pub fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        bootstrap: &[String],
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        let mut node = NodeProc {
+            bin: bin.to_owned(),
+            child: None,
+            data_dir: data_dir.to_owned(),
+            api: String::new(),
+            dns: None,
+            listen: Vec::new(),
+            peer_id: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env,
+        };
+        node.spawn("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0", bootstrap)?;
+        Ok(node)
+    }
+
+    /// Replaces the environment used from the next (re)start on, e.g. to correct a clock.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     /// The first TCP listen address (with `/p2p/`), for others to bootstrap from.
@@ -253,6 +271,27 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Where Debian's `faketime` package puts libfaketime.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Environment that shifts a process's wall clock by `offset` (libfaketime syntax: `-10m`,
+/// `+40d`) and leaves its monotonic clock alone, so tokio's timers run in real time while
+/// `SystemTime::now()` is skewed — the way a badly set machine clock looks to dpin.
+/// Fails with the install command when libfaketime is missing (`.ci/run` installs it).
+pub fn faketime(offset: &str) -> Result<Vec<(String, String)>> {
+    if !Path::new(LIBFAKETIME).exists() {
+        bail!(
+            "{LIBFAKETIME} is missing: clock-skew tests need libfaketime \
+             (`apt-get install -y faketime`; .ci/run installs it)"
+        );
+    }
+    Ok(vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ])
 }
 
 /// Runs the CLI with `args` and returns its output.

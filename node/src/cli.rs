@@ -796,7 +796,7 @@ async fn sign_plan(
         None => {
             let client = Client::new(api, Duration::from_millis(timeout_ms))?;
             let held = crate::publish::highest(&crate::publish::read_floors(&client, &name).await?);
-            (crate::publish::next_seq(held, now)?, held)
+            (crate::publish::plan_seq(held, now)?, held)
         }
     };
     let record = write.sign(&key, seq, now)?;

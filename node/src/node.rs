@@ -88,6 +88,8 @@ pub struct Metrics {
     pub sync_invalid: AtomicU64,
     /// Record bodies restored from a peer onto a floor whose body was damaged or compacted.
     pub bodies_restored: AtomicU64,
+    /// Record bodies dropped by compaction (their floors stay).
+    pub bodies_compacted: AtomicU64,
 }
 
 impl Metrics {
@@ -97,7 +99,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 13] = [
+        let fields: [(&str, &AtomicU64); 14] = [
             ("dpin_gossip_rate_limited_total", &self.gossip_rate_limited),
             ("dpin_publish_applied_total", &self.publish_applied),
             ("dpin_publish_refused_total", &self.publish_refused),
@@ -114,6 +116,7 @@ impl Metrics {
             ),
             ("dpin_sync_invalid_total", &self.sync_invalid),
             ("dpin_bodies_restored_total", &self.bodies_restored),
+            ("dpin_bodies_compacted_total", &self.bodies_compacted),
         ];
         let mut out = String::new();
         for (name, v) in fields {
@@ -142,6 +145,7 @@ impl Metrics {
             "records_ahead_of_clock": g(&self.records_ahead_of_clock),
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
+            "bodies_compacted": g(&self.bodies_compacted),
         })
     }
 }
@@ -765,11 +769,15 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                     node.spawn_sync(p);
                 }
                 // Compaction only drops bodies long past expiry; cheap when there is nothing.
-                if let Ok(Ok(generation)) = node
-                    .with_store(|s| s.compact(now_ms()).map(|_| s.generation()))
+                if let Ok(Ok((dropped, generation))) = node
+                    .with_store(|s| s.compact(now_ms()).map(|n| (n, s.generation())))
                     .await
                 {
-                    let _ = node.flush(generation).await;
+                    if dropped > 0 {
+                        tracing::info!(dropped, "compaction dropped expired record bodies; their floors stay");
+                        node.0.metrics.bodies_compacted.fetch_add(dropped as u64, Ordering::Relaxed);
+                        let _ = node.flush(generation).await;
+                    }
                 }
             }
         }

@@ -6,7 +6,8 @@
 //! so that it is *told* when it raced instead of silently winning or losing:
 //!
 //! * **Plan, then enact** ([`Plan`], [`enact_plan`]). `dpin sign` fixes the seq when the plan
-//!   is made (one more than the highest seq any listed peer holds); `dpin publish --record`
+//!   is made ([`plan_seq`]: the time in microseconds, or one more than the highest seq any
+//!   listed peer holds if that is larger); `dpin publish --record`
 //!   enacts it later. A late plan is refused as stale by every node that holds anything newer,
 //!   and the client refuses before sending if any reachable peer holds a higher seq, or the
 //!   same seq with other content. Re-enacting the same plan is a harmless duplicate.
@@ -250,6 +251,22 @@ pub fn next_seq(held: u64, now_ms: u64) -> Result<u64, WriteError> {
     })?;
     check_seq(next, now_ms)?;
     Ok(next)
+}
+
+/// The seq of a new plan: the time it is made, in microseconds, or one more than the highest
+/// seq held if that is larger. Plans are numbered by when they are made, like the seed's
+/// planner numbered its plans, so a plan made later supersedes one made earlier even when
+/// neither has been enacted yet (two plans over the same held seq would otherwise collide).
+/// Microseconds of the local clock stay below the ceiling by construction.
+pub fn plan_seq(held: u64, now_ms: u64) -> Result<u64, WriteError> {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+        .min(now_ms.saturating_mul(dpin_protocol::SEQ_UNITS_PER_MS) + 999);
+    let seq = next_seq(held, now_ms)?.max(micros);
+    check_seq(seq, now_ms)?;
+    Ok(seq)
 }
 
 /// Refuses a seq above the ceiling before anything is signed, with the reason.
