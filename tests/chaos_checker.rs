@@ -2,31 +2,46 @@
 //!
 //! A checker that never finds anything is worse than none: it turns a broken cluster into a
 //! green build. So each invariant gets a history that breaks exactly it — a lost write, an
-//! empty answer, a stale read, a failed query, a stale plan that was applied — and must be
-//! caught; a clean history with the same shape must come out with zeros.
+//! empty answer, a stale read, a failed query, a stale plan applied over a newer seq or holding
+//! after the heal, a read going backwards at one node, an answer with the wrong content — and
+//! must be caught; a clean history with the same shape must come out with zeros. Expiry and
+//! clock skew get the opposite test too: an expired name is not empty.
 
 use dpin_sim::checker::{check, CheckConfig, Findings};
-use dpin_sim::history::{FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto};
+use dpin_sim::history::{
+    hosts_of, FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto, TOMBSTONE,
+};
 
 const NAME: &str = "svc-0-0.zone";
 const NODES: [usize; 3] = [1, 2, 3];
 
+/// The content the test's writer sends at `seq` (each record its own address, as in the
+/// workload).
+fn content(seq: u64) -> String {
+    format!("127.1.0.{seq}:1000,127.1.0.{seq}:2000")
+}
+
+/// Enactor A's stale content at `seq` (another writer: other address and ports).
+fn stale_content(seq: u64) -> String {
+    format!("127.2.0.{seq}:1010,127.2.0.{seq}:2010")
+}
+
 fn op(kind: OpKind, node: usize, start: f64, end: f64, outcome: OpOutcome, seq: Option<u64>) -> Op {
     let found = outcome == OpOutcome::Found;
+    let write = matches!(kind, OpKind::Write);
     Op {
         kind,
         proto: Proto::Http,
         process: "test".to_owned(),
         node,
         name: NAME.to_owned(),
-        round: None,
         start_ms: start,
         end_ms: end,
         outcome,
         seq,
         endpoints: found.then_some(2),
-        detail: None,
-        want_seq: None,
+        content: seq.filter(|_| found || write).map(content),
+        ..Op::default()
     }
 }
 
@@ -66,31 +81,38 @@ fn clean_history() -> History {
     let mut ops = vec![
         write(1, 0.0, 10.0, 1),
         write(2, 20_000.0, 20_010.0, 2),
-        op(
-            OpKind::StalePlan,
-            2,
-            20_100.0,
-            20_105.0,
-            OpOutcome::Stale,
-            Some(1),
-        ),
-        op(
-            OpKind::Cleanup,
-            2,
-            20_110.0,
-            20_115.0,
-            OpOutcome::Stale,
-            Some(1),
-        ),
+        Op {
+            content: Some(stale_content(1)),
+            ..op(
+                OpKind::StalePlan,
+                2,
+                20_100.0,
+                20_105.0,
+                OpOutcome::Stale,
+                Some(1),
+            )
+        },
+        Op {
+            content: Some(TOMBSTONE.to_owned()),
+            ..op(
+                OpKind::Cleanup,
+                2,
+                20_110.0,
+                20_115.0,
+                OpOutcome::Stale,
+                Some(1),
+            )
+        },
     ];
     // Round 1 at 1 s: everyone has seq 1.
     for n in NODES {
         ops.push(read(1, n, 1_000.0, OpOutcome::Found, Some(1)));
     }
-    // Round 2 at 20.5 s: node 3 is paused (no answer), the others answer seq 1 or 2 — within
-    // the staleness bound of the seq-2 ack, so not stale.
-    ops.push(read(2, 1, 20_500.0, OpOutcome::Found, Some(1)));
-    ops.push(read(2, 2, 20_500.0, OpOutcome::Found, Some(2)));
+    // Round 2 around 20 s: node 1 answers seq 1 (it sees seq 2 only at 20 014 ms), node 2
+    // seq 2 — within the staleness bound of the seq-2 ack, so not stale; node 3 is paused (no
+    // answer).
+    ops.push(read(2, 1, 20_011.0, OpOutcome::Found, Some(1)));
+    ops.push(read(2, 2, 20_011.0, OpOutcome::Found, Some(2)));
     ops.push(read(2, 3, 20_500.0, OpOutcome::Timeout, None));
     // Round 3 at 30 s: everyone has seq 2.
     for n in NODES {
@@ -120,6 +142,7 @@ fn clean_history() -> History {
             node: 3,
             start_ms: 20_400.0,
             end_ms: 21_500.0,
+            offset_ms: None,
         }],
     }
 }
@@ -149,6 +172,8 @@ fn a_clean_history_yields_zeros() {
     assert_eq!(f.writes.lost, 0);
     assert_eq!(f.writes.refused_stale, 2);
     assert_eq!(f.writes.stale_applied, 0);
+    assert_eq!((f.regressions, f.content_mismatches), (0, 0));
+    assert_eq!(f.race.stale_held_after_heal, 0);
     assert!(f.examples.is_empty(), "{:?}", f.examples);
     // Propagation from the probes: 4 ms and 6 ms after the ack at 20 010 ms.
     assert_eq!(f.propagation.samples, 2);
@@ -225,8 +250,8 @@ fn not_found_before_the_name_could_have_propagated_is_not_empty() {
 #[test]
 fn a_stale_read_is_caught() {
     let mut h = clean_history();
-    // 40 s: 20 s after seq 2 was acknowledged, node 3 still answers seq 1.
-    h.ops.push(read(4, 3, 40_000.0, OpOutcome::Found, Some(1)));
+    // 40 s: 20 s after seq 2 was acknowledged, node 4 (cut off until now) still answers seq 1.
+    h.ops.push(read(4, 4, 40_000.0, OpOutcome::Found, Some(1)));
     let f = run(&h);
     assert_eq!(f.queries.stale, 1);
     assert!(f.examples.iter().any(|v| v.kind == "stale"));
@@ -237,6 +262,7 @@ fn a_stale_read_is_caught() {
         &h,
         &CheckConfig {
             stale_bound_ms: 30_000.0,
+            ..CheckConfig::default()
         },
     );
     assert_eq!(lenient.queries.stale, 0);
@@ -270,24 +296,6 @@ fn a_round_answered_only_on_retry_is_slow_not_failed() {
 }
 
 #[test]
-fn an_applied_stale_plan_is_caught() {
-    let mut h = clean_history();
-    for o in &mut h.ops {
-        if o.kind == OpKind::Cleanup {
-            o.outcome = OpOutcome::Applied;
-        }
-    }
-    let f = run(&h);
-    assert_eq!(f.writes.stale_applied, 1);
-    assert_eq!(f.writes.refused_stale, 1);
-    assert_eq!(
-        f.writes.acknowledged, 2,
-        "a stale write is never counted as acknowledged"
-    );
-    assert!(!f.invariants_hold());
-}
-
-#[test]
 fn unacknowledged_writes_are_not_required_at_the_end() {
     let mut h = clean_history();
     h.ops.push(op(
@@ -311,6 +319,7 @@ fn propagation_to_a_faulted_node_is_left_out() {
         node: 3,
         start_ms: 20_000.0,
         end_ms: 20_012.0,
+        offset_ms: None,
     });
     assert_eq!(run(&h).propagation.samples, 1);
 }
@@ -326,4 +335,335 @@ fn histories_round_trip_through_jsonl() -> Result<(), Box<dyn std::error::Error>
     assert_eq!(back.ops.len(), h.ops.len());
     assert_eq!(run(&back), run(&h));
     Ok(())
+}
+
+// ---------------------------------------------------------------- reads that go backwards
+
+#[test]
+fn a_node_whose_reads_go_backwards_is_a_regression() {
+    let mut h = clean_history();
+    // Node 1 showed seq 2 at 30 s; at 40 s it answers seq 1 again.
+    h.ops.push(read(4, 1, 40_000.0, OpOutcome::Found, Some(1)));
+    let f = run(&h);
+    assert_eq!(f.regressions, 1);
+    assert!(!f.invariants_hold());
+    assert!(f
+        .examples
+        .iter()
+        .any(|v| v.kind == "regression" && v.detail.contains("node 1")));
+}
+
+#[test]
+fn different_nodes_at_different_seqs_are_not_a_regression() {
+    let mut h = clean_history();
+    // Node 4 never showed seq 2: seq 1 there is stale (reported), not backwards.
+    h.ops.push(read(4, 4, 40_000.0, OpOutcome::Found, Some(1)));
+    let f = run(&h);
+    assert_eq!(f.regressions, 0);
+    assert!(f.invariants_hold(), "{:?}", f.examples);
+}
+
+#[test]
+fn overlapping_reads_at_one_node_are_not_a_regression() {
+    let mut h = clean_history();
+    // A seq-2 answer at node 1 that ended after the next read started: no order between them.
+    h.ops.push(read(4, 1, 40_000.0, OpOutcome::Found, Some(2)));
+    let mut slow = read(5, 1, 39_000.0, OpOutcome::Found, Some(1));
+    slow.start_ms = 10_000.0; // started before seq 2 existed, answered late
+    slow.end_ms = 41_000.0;
+    h.ops.push(slow);
+    assert_eq!(run(&h).regressions, 0);
+}
+
+#[test]
+fn a_dns_answer_that_goes_backwards_is_traced_to_its_write_by_address() {
+    let mut h = clean_history();
+    // DNS carries no seq and no port: the addresses of seq 1's record, after node 1 showed 2.
+    let mut dns = read(4, 1, 40_000.0, OpOutcome::Found, None);
+    dns.proto = Proto::Dns;
+    dns.content = Some(hosts_of(&content(1)));
+    h.ops.push(dns);
+    let f = run(&h);
+    assert_eq!(f.regressions, 1);
+    assert_eq!(f.content_mismatches, 0, "those addresses were written");
+}
+
+#[test]
+fn a_read_after_a_restart_that_lost_a_seq_is_a_regression() {
+    let mut h = clean_history();
+    h.faults.push(FaultSpan {
+        kind: FaultKind::Kill,
+        node: 2,
+        start_ms: 31_000.0,
+        end_ms: 33_000.0,
+        offset_ms: None,
+    });
+    h.ops.push(read(4, 2, 35_000.0, OpOutcome::Found, Some(1)));
+    assert_eq!(run(&h).regressions, 1);
+}
+
+// ---------------------------------------------------------------- content
+
+#[test]
+fn an_answer_with_another_seqs_endpoints_is_a_content_mismatch() {
+    let mut h = clean_history();
+    // Seq 2 claimed, but the endpoints are seq 1's record.
+    let mut r = read(4, 1, 40_000.0, OpOutcome::Found, Some(2));
+    r.content = Some(content(1));
+    h.ops.push(r);
+    let f = run(&h);
+    assert_eq!(f.content_mismatches, 1);
+    assert!(!f.invariants_hold());
+    assert!(f.examples.iter().any(|v| v.kind == "content"));
+}
+
+#[test]
+fn an_answer_nobody_wrote_is_a_content_mismatch() {
+    let mut h = clean_history();
+    let mut r = read(4, 2, 40_000.0, OpOutcome::Found, Some(2));
+    r.content = Some("127.1.0.2:1000".to_owned()); // half of seq 2's endpoints
+    h.ops.push(r);
+    let mut dns = read(5, 3, 40_000.0, OpOutcome::Found, None);
+    dns.proto = Proto::Dns;
+    dns.content = Some("127.7.7.7".to_owned());
+    h.ops.push(dns);
+    assert_eq!(run(&h).content_mismatches, 2);
+}
+
+#[test]
+fn a_stale_plans_content_is_not_a_mismatch_but_is_stale() {
+    let mut h = clean_history();
+    // Enactor A's plan (seq 1, its own content) was sent, so a node may show it — a stale
+    // answer 20 s after seq 2, but the content is a real record of seq 1.
+    let mut r = read(4, 4, 40_000.0, OpOutcome::Found, Some(1));
+    r.content = Some(stale_content(1));
+    h.ops.push(r);
+    let f = run(&h);
+    assert_eq!(f.content_mismatches, 0);
+    assert_eq!(f.queries.stale, 1);
+}
+
+// ---------------------------------------------------------------- expiry and clock skew
+
+/// One write of seq 1 at 0 s living 15 s; node 1 answers it at 1 s.
+fn expiring_history() -> History {
+    let mut w = write(1, 0.0, 10.0, 1);
+    w.expires_ms = Some(15_000.0);
+    History {
+        ops: vec![w, read(1, 1, 1_000.0, OpOutcome::Found, Some(1))],
+        faults: Vec::new(),
+    }
+}
+
+#[test]
+fn an_expired_name_is_not_empty() {
+    let mut h = expiring_history();
+    for n in NODES {
+        h.ops.push(read(2, n, 30_000.0, OpOutcome::NotFound, None));
+    }
+    let f = run(&h);
+    assert_eq!(f.queries.empty, 0);
+    assert_eq!(f.queries.expired, 3);
+    assert!(f.invariants_hold(), "{:?}", f.examples);
+}
+
+#[test]
+fn a_live_name_answered_without_endpoints_before_its_expiry_is_empty() {
+    let mut h = expiring_history();
+    h.ops.push(read(2, 1, 8_000.0, OpOutcome::NotFound, None));
+    let f = run(&h);
+    assert_eq!(f.queries.empty, 1);
+    assert!(!f.invariants_hold());
+}
+
+#[test]
+fn a_node_whose_clock_runs_ahead_sees_a_record_expire_early_and_that_is_not_empty() {
+    let mut h = expiring_history();
+    h.faults.push(FaultSpan {
+        kind: FaultKind::Skew,
+        node: 2,
+        start_ms: 2_000.0,
+        end_ms: 12_000.0,
+        offset_ms: Some(600_000),
+    });
+    // At 8 s the record is live by real time; node 2's clock is 10 min ahead.
+    h.ops.push(read(2, 2, 8_000.0, OpOutcome::NotFound, None));
+    h.ops.push(read(2, 3, 8_000.0, OpOutcome::NotFound, None));
+    let f = run(&h);
+    assert_eq!(f.queries.expired_by_skew, 1, "node 2");
+    assert_eq!(f.queries.empty, 1, "node 3 has a right clock");
+}
+
+#[test]
+fn a_node_whose_clock_runs_behind_must_still_answer() {
+    let mut h = expiring_history();
+    h.faults.push(FaultSpan {
+        kind: FaultKind::Skew,
+        node: 2,
+        start_ms: 2_000.0,
+        end_ms: 12_000.0,
+        offset_ms: Some(-600_000),
+    });
+    h.ops.push(read(2, 2, 8_000.0, OpOutcome::NotFound, None));
+    assert_eq!(run(&h).queries.empty, 1);
+}
+
+#[test]
+fn a_write_that_expired_by_the_end_is_not_lost() {
+    let mut h = expiring_history();
+    for n in NODES {
+        h.ops.push(op(
+            OpKind::FinalRead,
+            n,
+            90_000.0,
+            90_001.0,
+            OpOutcome::NotFound,
+            None,
+        ));
+    }
+    let f = run(&h);
+    assert_eq!(f.writes.lost, 0);
+    // The same write, still live at the end, is lost.
+    h.ops[0].expires_ms = Some(200_000.0);
+    assert_eq!(run(&h).writes.lost, 1);
+}
+
+// ---------------------------------------------------------------- the seed's race
+
+/// The race on NAME: B's newer write (seq 5) acknowledged by the majority at 20 s; enactor A's
+/// plan (seq 3, planned before) enacted at partitioned node 3 at 20.2 s; node 3 partitioned
+/// from 19 s to 25 s. Final state: `final_at_3` at node 3, seq 5 elsewhere.
+fn race_history(final_at_3: Op) -> History {
+    let race = |o: Op| Op {
+        race: Some(1),
+        proto: Proto::Cli,
+        ..o
+    };
+    let mut ops = vec![
+        write(1, 0.0, 10.0, 2),
+        race(Op {
+            content: Some(stale_content(3)),
+            ..op(
+                OpKind::Sign,
+                1,
+                19_000.0,
+                19_050.0,
+                OpOutcome::Planned,
+                Some(3),
+            )
+        }),
+        race(write(1, 20_000.0, 20_050.0, 5)),
+        race(Op {
+            content: Some(stale_content(3)),
+            ..op(
+                OpKind::StalePlan,
+                3,
+                20_200.0,
+                20_250.0,
+                OpOutcome::Applied,
+                Some(3),
+            )
+        }),
+        race(Op {
+            content: Some(TOMBSTONE.to_owned()),
+            ..op(
+                OpKind::Cleanup,
+                2,
+                20_300.0,
+                20_350.0,
+                OpOutcome::Conflict,
+                Some(4),
+            )
+        }),
+    ];
+    for n in [1, 2] {
+        ops.push(final_read(n, 5));
+    }
+    ops.push(final_at_3);
+    History {
+        ops,
+        faults: vec![FaultSpan {
+            kind: FaultKind::Partition,
+            node: 3,
+            start_ms: 19_000.0,
+            end_ms: 25_000.0,
+            offset_ms: None,
+        }],
+    }
+}
+
+#[test]
+fn a_stale_plan_enacted_at_a_partitioned_node_and_overridden_after_the_heal_is_fine() {
+    let f = run(&race_history(final_read(3, 5)));
+    assert_eq!(f.race.rounds, 1);
+    assert_eq!(f.race.plans_signed, 1);
+    assert_eq!(f.race.newer_acknowledged, 1);
+    assert_eq!(f.race.stale_enacted, 1);
+    assert_eq!(f.race.enacted_then_overridden, 1);
+    assert_eq!(f.race.stale_refused, 1, "the clean-up was refused");
+    assert_eq!(f.race.stale_held_after_heal, 0);
+    assert_eq!(f.writes.stale_applied, 0, "node 3 never showed seq 5 first");
+    assert!(f.invariants_hold(), "{:?}", f.examples);
+}
+
+#[test]
+fn a_stale_plan_that_holds_after_the_heal_is_caught() {
+    let held = Op {
+        content: Some(stale_content(3)),
+        ..final_read(3, 3)
+    };
+    let f = run(&race_history(held));
+    assert_eq!(f.race.stale_held_after_heal, 1);
+    assert_eq!(f.race.enacted_then_overridden, 0);
+    assert_eq!(f.writes.lost, 1, "B's seq 5 is missing at node 3");
+    assert!(!f.invariants_hold());
+    assert!(f.examples.iter().any(|v| v.kind == "stale_held"));
+}
+
+#[test]
+fn a_clean_up_that_deleted_the_newer_write_is_caught() {
+    let mut h = race_history(op(
+        OpKind::FinalRead,
+        3,
+        90_000.0,
+        90_001.0,
+        OpOutcome::NotFound,
+        None,
+    ));
+    for o in &mut h.ops {
+        if o.kind == OpKind::Cleanup {
+            o.node = 3;
+            o.outcome = OpOutcome::Applied;
+        }
+    }
+    let f = run(&h);
+    assert_eq!(f.race.stale_held_after_heal, 1);
+    assert!(!f.invariants_hold());
+}
+
+#[test]
+fn a_stale_plan_applied_by_a_node_that_had_shown_the_newer_seq_is_caught() {
+    let mut h = race_history(final_read(3, 5));
+    // Node 3 was not cut off after all: it answered seq 5 before A's plan arrived, then
+    // applied A's seq 3 — the apply-time check failed.
+    h.faults.clear();
+    h.ops.push(read(9, 3, 20_100.0, OpOutcome::Found, Some(5)));
+    let f = run(&h);
+    assert_eq!(f.writes.stale_applied, 1);
+    assert!(!f.invariants_hold());
+    assert!(f.examples.iter().any(|v| v.kind == "stale_applied"));
+}
+
+#[test]
+fn two_writers_acknowledged_at_one_seq_across_a_partition_are_a_tie_not_a_failure() {
+    let mut h = race_history(final_read(3, 5));
+    for o in &mut h.ops {
+        if o.kind == OpKind::StalePlan {
+            o.seq = Some(5);
+        }
+    }
+    let f = run(&h);
+    assert_eq!(f.race.ties, 1);
+    assert_eq!(f.race.stale_held_after_heal, 0);
+    assert!(f.invariants_hold(), "{:?}", f.examples);
 }

@@ -4,6 +4,11 @@
 //! It is pure (no I/O, no clock), so it can be tested on hand-made histories and re-run on a
 //! recorded one. The definitions, precisely:
 //!
+//! * **write-like ops** — [`OpKind::Write`] (a writer's new record, or the race's newer
+//!   write), [`OpKind::StalePlan`] (the race's delayed enactor) and [`OpKind::Cleanup`] (the
+//!   race's clean-up tombstone). All of them carry the seq, the content and (if known) the
+//!   expiry of the record they sent. "Acknowledged" means answered 200 (applied, duplicate,
+//!   conflict_won) — or, for the CLI, exit 0.
 //! * **queries.total** — every [`OpKind::Read`] (one name at one node, HTTP or DNS).
 //!   **ok** — reads answered with at least one endpoint. **unanswered** — reads that timed out
 //!   or errored (expected while that node is faulted; not a failure by itself).
@@ -12,39 +17,75 @@
 //!   outage SPEC §5 calls "a query that no peer answered". A read without a round is a round of
 //!   its own. **slow** — rounds that were retried (some node was asked twice) and answered only
 //!   by the retry: every node stalled past the first timeout.
+//! * **live** — a name is live at node k at time t when the highest-seq acknowledged write-like
+//!   op of the name that ended before t is not a tombstone and has not expired *by node k's
+//!   clock*: its expiry (a lower bound, see [`Op::expires_ms`]) minus `expiry_margin_ms` lies
+//!   after t plus the node's clock offset (positive clock-skew spans overlapping the read,
+//!   widened by [`SKEW_SETTLE_MS`] because a new offset takes up to a second to apply). A node
+//!   whose clock runs ahead sees records expire early; it cannot know better, so such answers
+//!   are counted apart (`expired_by_skew`), not as empty.
 //! * **queries.empty** — answers without an endpoint (404, NXDOMAIN, an empty endpoint list)
-//!   for a name that has a live record: an acknowledged write of the name finished before the
-//!   read started, and either the staleness bound has passed since the name's first
-//!   acknowledgement or the same node had already answered the name with endpoints. (No
-//!   acknowledged write ever deletes a name: the only tombstones are the clean-up job's, which
-//!   must be refused.)
+//!   at a node where the name is live, when the node could have known it: some acknowledged,
+//!   still-live record of the name ended more than `stale_bound_ms` before the read, or the same
+//!   node had already shown a still-live record of it. Names whose records expired are not
+//!   empty: they are gone by design.
 //! * **queries.stale** — answers whose seq is lower than the highest seq acknowledged more than
 //!   `stale_bound_ms` before the read started. Reported, not fatal: a partitioned node is
 //!   expected to serve stale answers.
-//! * **writes.acknowledged** — [`OpKind::Write`]s answered 200 (applied, duplicate,
-//!   conflict_won). **indeterminate** — writes (of any kind) that timed out or errored.
-//! * **writes.refused_stale** — the race's stale plans and the clean-up job's old tombstones
-//!   that were answered 409 stale, as they must be. **stale_applied** — those that were
-//!   acknowledged instead: the seed's failure; fatal.
-//! * **writes.lost** — acknowledged writes that are absent, or superseded by a lower seq, in
-//!   the final state: for every node that took part in the final reads, the last
+//! * **regressions** — reads at one node that went backwards: an answer with endpoints whose
+//!   seq is lower than that of an earlier answer (HTTP, DNS, probe or final read) from the same
+//!   node for the same name that ended before it started. Kills and restarts included: the
+//!   highest seq a node has served must survive a restart. A DNS answer has no seq; it is the
+//!   seq of the write whose addresses it shows.
+//! * **content_mismatches** — answers whose content is not that of the record of their seq:
+//!   an HTTP answer must show exactly the endpoints some write-like op sent at that seq, a DNS
+//!   answer exactly the addresses of some write. A node serving a mix of two records, a record
+//!   nobody wrote, or one record's endpoints under another's seq is caught here.
+//! * **writes.acknowledged** — [`OpKind::Write`]s acknowledged. **indeterminate** — writes
+//!   (of any kind) that timed out or errored.
+//! * **writes.refused_stale** — the race's stale writes and clean-up tombstones that were
+//!   refused (stale, conflict or compare-and-set mismatch), as a node that holds something
+//!   newer must. **stale_applied** — such a write *applied* by a node that had already shown a
+//!   higher seq of the name before the write started: the apply-time check failed; fatal. (A
+//!   lagging or partitioned node may take a stale write; that is `race.stale_enacted`, and it
+//!   must not survive the heal.)
+//! * **writes.lost** — acknowledged [`OpKind::Write`]s that are absent, or superseded by a
+//!   lower seq, in the final state: for every node that took part in the final reads, the last
 //!   [`OpKind::FinalRead`] of the name must show a record with endpoints and seq ≥ the write's
-//!   seq. Without any final read every acknowledged write counts as lost (nothing shows it).
+//!   seq — unless the write has expired by the end of that final read, or a later acknowledged
+//!   tombstone deleted the name. Without any final read every live acknowledged write counts as
+//!   lost (nothing shows it).
+//! * **race** — per race round (ops sharing [`Op::race`]): **stale_refused** and
+//!   **stale_enacted** (acknowledged by a lagging or partitioned node);
+//!   **enacted_then_overridden** — enacted, and at the end no node shows it;
+//!   **stale_held_after_heal** — the final state shows a stale write's content while an
+//!   acknowledged write with a higher seq exists, or shows the name deleted by a clean-up
+//!   tombstone while a newer live record was acknowledged: the seed's outcome; fatal.
+//!   **ties** — a stale write acknowledged at the very seq of an acknowledged newer write (two
+//!   writers on opposite sides of a partition): AP replication picks one winner everywhere,
+//!   which `converged` and the final reads check.
 //! * **propagation_ms** — for every write acknowledged as `applied` at node k and every other
 //!   node j: from the acknowledgement to the end of the first observation at j that shows the
 //!   name with seq ≥ the write's (clamped at 0). Observations are the [`OpKind::Probe`]s for
 //!   that write (`want_seq`) if the history has any probes (they poll right after the
-//!   acknowledgement), otherwise the reads (whose sampling interval then inflates the figure). Pairs where k or j was faulted in between are
-//!   left out (that is recovery time, not propagation), as are pairs never observed.
+//!   acknowledgement), otherwise the reads (whose sampling interval then inflates the figure).
+//!   Pairs where k or j was faulted in between are left out (that is recovery time, not
+//!   propagation), as are pairs never observed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{FaultSpan, History, Op, OpKind, OpOutcome};
+use crate::history::{hosts_of, FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto};
 
 /// Default staleness bound: an answer may lag the newest acknowledged write by this long.
 pub const DEFAULT_STALE_BOUND_MS: f64 = 5000.0;
+/// Default margin around a record's expiry within which an answer either way is fine (the
+/// harness and the nodes read their clocks at slightly different moments).
+pub const DEFAULT_EXPIRY_MARGIN_MS: f64 = 1000.0;
+/// How long a new clock offset may take to reach a node (libfaketime re-reads its offset file
+/// at most once a second), so skew spans are widened by this much on both sides.
+pub const SKEW_SETTLE_MS: f64 = 1500.0;
 /// At most this many example violations are kept per kind.
 pub const MAX_EXAMPLES: usize = 10;
 
@@ -53,12 +94,15 @@ pub const MAX_EXAMPLES: usize = 10;
 pub struct CheckConfig {
     /// See [`DEFAULT_STALE_BOUND_MS`].
     pub stale_bound_ms: f64,
+    /// See [`DEFAULT_EXPIRY_MARGIN_MS`].
+    pub expiry_margin_ms: f64,
 }
 
 impl Default for CheckConfig {
     fn default() -> Self {
         Self {
             stale_bound_ms: DEFAULT_STALE_BOUND_MS,
+            expiry_margin_ms: DEFAULT_EXPIRY_MARGIN_MS,
         }
     }
 }
@@ -83,6 +127,13 @@ pub struct Queries {
     pub slow: u64,
     /// Reads with no answer (timeout or error) — a faulted node, not an outage by itself.
     pub unanswered: u64,
+    /// Answers without an endpoint for a name whose record had expired (by design, not empty).
+    #[serde(default)]
+    pub expired: u64,
+    /// Answers without an endpoint from a node whose clock ran ahead, for a record that had
+    /// expired by that node's clock but not by real time (not empty: see the module docs).
+    #[serde(default)]
+    pub expired_by_skew: u64,
 }
 
 /// Write counts (SPEC §5 `writes`, plus diagnostics).
@@ -92,14 +143,37 @@ pub struct Writes {
     pub acknowledged: u64,
     /// Acknowledged writes absent or superseded by a lower seq at the end.
     pub lost: u64,
-    /// Stale plans and old tombstones correctly refused with 409 stale.
+    /// Stale plans and old tombstones correctly refused (stale, conflict, cas mismatch).
     pub refused_stale: u64,
-    /// Stale plans and old tombstones that were acknowledged (must be 0).
+    /// Stale plans and old tombstones applied by a node that had shown a newer seq (must be 0).
     pub stale_applied: u64,
     /// Writes of any kind without an answer (timeout, connection error, 5xx).
     pub indeterminate: u64,
     /// Writes refused for another reason (conflict, invalid).
     pub refused_other: u64,
+}
+
+/// The seed's race, counted per operation (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Race {
+    /// Race rounds (planner, two enactors, clean-up).
+    pub rounds: u64,
+    /// Plans signed by the planner (`dpin sign`).
+    pub plans_signed: u64,
+    /// The newer writes acknowledged.
+    pub newer_acknowledged: u64,
+    /// Stale writes and clean-up tombstones refused.
+    pub stale_refused: u64,
+    /// Stale writes and clean-up tombstones acknowledged (by a lagging or partitioned node).
+    pub stale_enacted: u64,
+    /// Enacted, and shown by no node at the end.
+    pub enacted_then_overridden: u64,
+    /// Stale writes or clean-up deletions that hold at the end over a newer write (must be 0).
+    pub stale_held_after_heal: u64,
+    /// Stale writes acknowledged at the same seq as an acknowledged newer write.
+    pub ties: u64,
+    /// Stale writes and clean-ups without an answer.
+    pub indeterminate: u64,
 }
 
 /// Propagation latency percentiles.
@@ -118,7 +192,8 @@ pub struct Propagation {
 /// One example of a violated invariant, for the human summary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
-    /// `failed`, `empty`, `lost`, `stale`, `stale_applied`.
+    /// `failed`, `empty`, `lost`, `stale`, `stale_applied`, `regression`, `content`,
+    /// `stale_held`.
     pub kind: String,
     /// What exactly.
     pub detail: String,
@@ -131,22 +206,36 @@ pub struct Findings {
     pub queries: Queries,
     /// Write counts.
     pub writes: Writes,
+    /// Reads at one node that went backwards in seq.
+    pub regressions: u64,
+    /// Answers whose content is not the record of their seq.
+    pub content_mismatches: u64,
+    /// The race's counts.
+    pub race: Race,
     /// Propagation percentiles.
     pub propagation: Propagation,
     /// Propagation samples: (acknowledgement time ms, latency ms), by acknowledgement time.
     pub propagation_samples: Vec<(f64, f64)>,
+    /// Reads that went backwards: (node, read start ms), for the timeline.
+    pub regression_marks: Vec<(usize, f64)>,
+    /// Empty answers: (node, read start ms), for the timeline.
+    pub empty_marks: Vec<(usize, f64)>,
     /// Example violations (at most [`MAX_EXAMPLES`] per kind).
     pub examples: Vec<Violation>,
 }
 
 impl Findings {
     /// Whether the invariants that must hold in every run held: no failed query, no empty
-    /// answer, no lost write, no stale write applied.
+    /// answer, no lost write, no stale write applied over a newer one, no read going
+    /// backwards, no answer with the wrong content, no stale write holding after the heal.
     pub fn invariants_hold(&self) -> bool {
         self.queries.failed == 0
             && self.queries.empty == 0
             && self.writes.lost == 0
             && self.writes.stale_applied == 0
+            && self.regressions == 0
+            && self.content_mismatches == 0
+            && self.race.stale_held_after_heal == 0
     }
 
     fn example(&mut self, kind: &str, detail: String) {
@@ -188,10 +277,6 @@ impl AckIndex {
         let n = self.times.partition_point(|&x| x <= t);
         n.checked_sub(1).map(|i| self.running_max[i])
     }
-
-    fn first_ack(&self) -> Option<f64> {
-        self.times.first().copied()
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -204,14 +289,31 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn faulted_between(faults: &[FaultSpan], node: usize, from: f64, to: f64) -> bool {
+    faults.iter().any(|f| {
+        // A skewed clock does not delay replication; it is no reason to drop a sample.
+        f.kind != FaultKind::Skew && f.node == node && f.start_ms <= to && f.end_ms >= from
+    })
+}
+
+/// How far ahead of real time node `node`'s clock may have been during `[from, to]`, ms
+/// (0 if never ahead). Spans are widened by [`SKEW_SETTLE_MS`].
+fn clock_ahead(faults: &[FaultSpan], node: usize, from: f64, to: f64) -> f64 {
     faults
         .iter()
-        .any(|f| f.node == node && f.start_ms <= to && f.end_ms >= from)
+        .filter(|f| {
+            f.kind == FaultKind::Skew
+                && f.node == node
+                && f.start_ms - SKEW_SETTLE_MS <= to
+                && f.end_ms + SKEW_SETTLE_MS >= from
+        })
+        .filter_map(|f| f.offset_ms)
+        .map(|o| o as f64)
+        .fold(0.0, f64::max)
 }
 
 fn describe(op: &Op) -> String {
     format!(
-        "{:?} {:?} by {} at node {} of {} [{:.0}..{:.0} ms]: {:?} seq {:?} endpoints {:?}{}",
+        "{:?} {:?} by {} at node {} of {} [{:.0}..{:.0} ms]: {:?} seq {:?} endpoints {:?}{}{}",
         op.kind,
         op.proto,
         op.process,
@@ -222,6 +324,10 @@ fn describe(op: &Op) -> String {
         op.outcome,
         op.seq,
         op.endpoints,
+        op.content
+            .as_deref()
+            .map(|c| format!(" content [{c}]"))
+            .unwrap_or_default(),
         op.detail
             .as_deref()
             .map(|d| format!(" ({d})"))
@@ -229,24 +335,155 @@ fn describe(op: &Op) -> String {
     )
 }
 
+fn is_write_like(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Write | OpKind::StalePlan | OpKind::Cleanup)
+}
+
+fn is_read_like(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Read | OpKind::Probe | OpKind::FinalRead)
+}
+
+fn is_tombstone(op: &Op) -> bool {
+    op.content.as_deref() == Some(crate::history::TOMBSTONE)
+        || (op.kind == OpKind::Cleanup && op.content.is_none())
+}
+
+fn shows_endpoints(op: &Op) -> bool {
+    op.outcome == OpOutcome::Found && op.endpoints.unwrap_or(0) > 0
+}
+
+/// What the checker knows about the records of the run: which content was written at which
+/// seq, so an answer can be traced to the write it came from.
+struct Contents<'a> {
+    /// Exact content -> seqs it was sent with.
+    exact: BTreeMap<&'a str, BTreeSet<u64>>,
+    /// Hosts of a content (what DNS shows) -> seqs.
+    hosts: BTreeMap<String, BTreeSet<u64>>,
+}
+
+impl<'a> Contents<'a> {
+    fn new(history: &'a History) -> Self {
+        let mut exact: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+        let mut hosts: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for op in &history.ops {
+            if !(is_write_like(op.kind) || op.kind == OpKind::Sign) {
+                continue;
+            }
+            let (Some(c), Some(seq)) = (op.content.as_deref(), op.seq) else {
+                continue;
+            };
+            exact.entry(c).or_default().insert(seq);
+            hosts.entry(hosts_of(c)).or_default().insert(seq);
+        }
+        Self { exact, hosts }
+    }
+
+    /// The seq a read showed: its own, or (DNS) the seq of the one write with its addresses.
+    fn seq_of(&self, op: &Op) -> Option<u64> {
+        op.seq.or_else(|| {
+            let c = op.content.as_deref()?;
+            let seqs = self.hosts.get(&hosts_of(c))?;
+            (seqs.len() == 1)
+                .then(|| seqs.iter().next().copied())
+                .flatten()
+        })
+    }
+
+    /// Why the read's content is not the record of its seq, if it is not.
+    fn mismatch(&self, op: &Op) -> Option<String> {
+        let c = op.content.as_deref()?;
+        if op.proto == Proto::Dns {
+            return match self.hosts.get(&hosts_of(c)) {
+                None => Some("no write sent these addresses".to_owned()),
+                Some(_) => None,
+            };
+        }
+        match (self.exact.get(c), op.seq) {
+            (None, _) => Some("no write sent these endpoints".to_owned()),
+            (Some(seqs), Some(s)) if !seqs.contains(&s) => Some(format!(
+                "these endpoints were written at seq {seqs:?}, not at seq {s}"
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Checks a history. See the module docs for the definitions.
 pub fn check(history: &History, config: &CheckConfig) -> Findings {
     let mut f = Findings::default();
     let bound = config.stale_bound_ms;
+    let margin = config.expiry_margin_ms;
+    let contents = Contents::new(history);
 
-    // Acknowledged writes per name.
-    let mut acks: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
+    // Acknowledged write-like ops per name, by end time.
+    let mut acked: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for op in &history.ops {
-        if op.kind == OpKind::Write && op.outcome.is_ack() {
-            if let Some(seq) = op.seq {
-                acks.entry(&op.name).or_default().push((op.end_ms, seq));
-            }
+        if is_write_like(op.kind) && op.outcome.is_ack() && op.seq.is_some() {
+            acked.entry(&op.name).or_default().push(op);
         }
     }
-    let acks: BTreeMap<&str, AckIndex> = acks
-        .into_iter()
-        .map(|(k, v)| (k, AckIndex::new(v)))
+    for v in acked.values_mut() {
+        v.sort_by(|a, b| a.end_ms.total_cmp(&b.end_ms));
+    }
+    let ack_index: BTreeMap<&str, AckIndex> = acked
+        .iter()
+        .map(|(k, v)| {
+            (
+                *k,
+                AckIndex::new(
+                    v.iter()
+                        .filter_map(|o| o.seq.map(|s| (o.end_ms, s)))
+                        .collect(),
+                ),
+            )
+        })
         .collect();
+    // Whether record `w` is live at real time `t` as seen by a clock `ahead` ms fast.
+    let live_at = |w: &Op, t: f64, ahead: f64| -> bool {
+        !is_tombstone(w) && w.expires_ms.is_none_or(|e| e - margin > t + ahead)
+    };
+
+    // Reads of every kind, in start order.
+    let mut reads: Vec<&Op> = history
+        .ops
+        .iter()
+        .filter(|o| is_read_like(o.kind))
+        .collect();
+    reads.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
+
+    // Content of every answer, and reads that go backwards at one node.
+    // (node, name) -> answers with endpoints so far: (end, seq), for the monotonic check.
+    let mut shown: BTreeMap<(usize, &str), Vec<(f64, u64)>> = BTreeMap::new();
+    for op in &reads {
+        if !shows_endpoints(op) {
+            continue;
+        }
+        if let Some(why) = contents.mismatch(op) {
+            f.content_mismatches += 1;
+            f.example("content", format!("{}: {why}", describe(op)));
+        }
+        let Some(seq) = contents.seq_of(op) else {
+            continue;
+        };
+        let seen = shown.entry((op.node, op.name.as_str())).or_default();
+        let before = seen
+            .iter()
+            .filter(|(end, _)| *end <= op.start_ms)
+            .map(|&(_, s)| s)
+            .max();
+        if let Some(prev) = before.filter(|&p| seq < p) {
+            f.regressions += 1;
+            f.regression_marks.push((op.node, op.start_ms));
+            f.example(
+                "regression",
+                format!(
+                    "{} went back from seq {prev} shown earlier by the same node",
+                    describe(op)
+                ),
+            );
+        }
+        seen.push((op.end_ms, seq));
+    }
 
     // Writes.
     for op in &history.ops {
@@ -257,10 +494,27 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
                 _ => f.writes.refused_other += 1,
             },
             OpKind::StalePlan | OpKind::Cleanup => match op.outcome {
-                OpOutcome::Stale => f.writes.refused_stale += 1,
+                OpOutcome::Stale | OpOutcome::Conflict => f.writes.refused_stale += 1,
                 o if o.is_ack() => {
-                    f.writes.stale_applied += 1;
-                    f.example("stale_applied", describe(op));
+                    // Applied over a newer seq the same node had already shown?
+                    let newer = op.seq.and_then(|q| {
+                        shown
+                            .get(&(op.node, op.name.as_str()))?
+                            .iter()
+                            .filter(|(end, s)| *end <= op.start_ms && *s > q)
+                            .map(|&(_, s)| s)
+                            .max()
+                    });
+                    if let Some(held) = newer.filter(|_| o != OpOutcome::Duplicate) {
+                        f.writes.stale_applied += 1;
+                        f.example(
+                            "stale_applied",
+                            format!(
+                                "{} although that node had shown seq {held} before",
+                                describe(op)
+                            ),
+                        );
+                    }
                 }
                 OpOutcome::Timeout | OpOutcome::Error => f.writes.indeterminate += 1,
                 _ => f.writes.refused_other += 1,
@@ -269,26 +523,22 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         }
     }
 
-    // Reads, in start order so "the node already answered this name" is well defined.
-    let mut reads: Vec<&Op> = history
-        .ops
-        .iter()
-        .filter(|o| o.kind == OpKind::Read)
-        .collect();
-    reads.sort_by(|a, b| a.start_ms.total_cmp(&b.start_ms));
-    // (node, name) -> earliest end of an answer with endpoints.
-    let mut answered_with_endpoints: BTreeMap<(usize, &str), f64> = BTreeMap::new();
+    // Answers: stale, empty, expired.
+    // (node, name) -> earliest end of an answer with endpoints, and its seq.
+    let mut first_shown: BTreeMap<(usize, &str), Vec<(f64, u64)>> = BTreeMap::new();
     for op in &reads {
-        if op.outcome == OpOutcome::Found && op.endpoints.unwrap_or(0) > 0 {
-            let e = answered_with_endpoints
-                .entry((op.node, op.name.as_str()))
-                .or_insert(op.end_ms);
-            *e = e.min(op.end_ms);
+        if op.kind == OpKind::Read && shows_endpoints(op) {
+            if let Some(s) = contents.seq_of(op) {
+                first_shown
+                    .entry((op.node, op.name.as_str()))
+                    .or_default()
+                    .push((op.end_ms, s));
+            }
         }
     }
     // round -> (answered, an op of it, nodes asked, whether some node was asked twice)
     let mut rounds: BTreeMap<u64, (bool, &Op, BTreeSet<usize>, bool)> = BTreeMap::new();
-    for op in &reads {
+    for op in reads.iter().filter(|o| o.kind == OpKind::Read) {
         f.queries.total += 1;
         let answered = op.outcome.is_answer();
         match op.round {
@@ -313,36 +563,62 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             f.queries.unanswered += 1;
             continue;
         }
-        let ack = acks.get(op.name.as_str());
-        let has_endpoints = op.outcome == OpOutcome::Found && op.endpoints.unwrap_or(0) > 0;
-        if has_endpoints {
+        let t = op.start_ms;
+        if shows_endpoints(op) {
             f.queries.ok += 1;
-            if let (Some(ack), Some(seen)) = (ack, op.seq) {
-                if let Some(newest) = ack.max_by(op.start_ms - bound) {
-                    if seen < newest {
-                        f.queries.stale += 1;
-                        f.example(
-                            "stale",
-                            format!("{} (seq {newest} was acknowledged by then)", describe(op)),
-                        );
-                    }
+            let newest = ack_index
+                .get(op.name.as_str())
+                .and_then(|a| a.max_by(t - bound));
+            if let (Some(newest), Some(seen)) = (newest, contents.seq_of(op)) {
+                if seen < newest {
+                    f.queries.stale += 1;
+                    f.example(
+                        "stale",
+                        format!("{} (seq {newest} was acknowledged by then)", describe(op)),
+                    );
                 }
             }
             continue;
         }
-        // An answer without endpoints: empty, if the name has a live record.
-        let Some(first_ack) = ack.and_then(AckIndex::first_ack) else {
-            continue;
+        // An answer without endpoints: empty if the name is live at this node and the node
+        // could have known it.
+        let before: Vec<&Op> = acked
+            .get(op.name.as_str())
+            .map(|v| v.iter().copied().filter(|w| w.end_ms <= t).collect())
+            .unwrap_or_default();
+        let Some(top) = before.iter().filter_map(|w| w.seq).max() else {
+            continue; // never written (yet)
         };
-        if first_ack > op.start_ms {
+        let winners: Vec<&Op> = before
+            .iter()
+            .copied()
+            .filter(|w| w.seq == Some(top))
+            .collect();
+        let ahead = clock_ahead(&history.faults, op.node, op.start_ms, op.end_ms);
+        if winners.iter().any(|w| !live_at(w, t, ahead)) {
+            if winners.iter().all(|w| live_at(w, t, 0.0)) {
+                f.queries.expired_by_skew += 1;
+            } else if winners.iter().all(|w| !is_tombstone(w)) {
+                f.queries.expired += 1;
+            }
             continue;
         }
-        let past_bound = op.start_ms >= first_ack + bound;
-        let node_had_it = answered_with_endpoints
+        let known_long_enough = before
+            .iter()
+            .any(|w| w.end_ms + bound <= t && live_at(w, t, ahead));
+        let node_had_it = first_shown
             .get(&(op.node, op.name.as_str()))
-            .is_some_and(|&t| t <= op.start_ms);
-        if past_bound || node_had_it {
+            .is_some_and(|v| {
+                v.iter().any(|&(end, s)| {
+                    end <= t
+                        && before
+                            .iter()
+                            .any(|w| w.seq == Some(s) && live_at(w, t, ahead))
+                })
+            });
+        if known_long_enough || node_had_it {
             f.queries.empty += 1;
+            f.empty_marks.push((op.node, op.start_ms));
             f.example("empty", describe(op));
         }
     }
@@ -364,7 +640,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         }
     }
 
-    // Lost writes: compare every acknowledged write with the final state at every node.
+    // The final state: the last final read of every (name, node).
     let mut final_state: BTreeMap<(&str, usize), &Op> = BTreeMap::new();
     let mut final_nodes: BTreeSet<usize> = BTreeSet::new();
     for op in &history.ops {
@@ -377,20 +653,42 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             *e = op;
         }
     }
+    let final_end = history
+        .ops
+        .iter()
+        .filter(|o| o.kind == OpKind::FinalRead)
+        .map(|o| o.end_ms)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // Whether an acknowledged tombstone with a seq above `seq` deleted the name.
+    let deleted_above = |name: &str, seq: u64| -> bool {
+        acked
+            .get(name)
+            .is_some_and(|v| v.iter().any(|w| is_tombstone(w) && w.seq > Some(seq)))
+    };
+
+    // Lost writes: compare every acknowledged write with the final state at every node.
     for op in &history.ops {
-        if op.kind != OpKind::Write || !op.outcome.is_ack() {
+        if op.kind != OpKind::Write || !op.outcome.is_ack() || is_tombstone(op) {
             continue;
         }
         let Some(seq) = op.seq else { continue };
+        if deleted_above(&op.name, seq) {
+            continue;
+        }
         let mut lost_at = Vec::new();
-        if final_nodes.is_empty() {
+        if final_nodes.is_empty() && live_at(op, history.end_ms(), 0.0) {
             lost_at.push("every node (no final read)".to_owned());
         }
         for &node in &final_nodes {
-            let shown = final_state
-                .get(&(op.name.as_str(), node))
-                .filter(|o| o.outcome == OpOutcome::Found && o.endpoints.unwrap_or(0) > 0)
-                .and_then(|o| o.seq);
+            let last = final_state.get(&(op.name.as_str(), node));
+            // Expired by the time the node was asked: gone by design.
+            let asked_at = last.map_or(final_end, |o| o.start_ms);
+            if !live_at(op, asked_at, 0.0) {
+                continue;
+            }
+            let shown = last
+                .filter(|o| shows_endpoints(o))
+                .and_then(|o| contents.seq_of(o));
             match shown {
                 Some(s) if s >= seq => {}
                 Some(s) => lost_at.push(format!("node {node} shows seq {s}")),
@@ -410,6 +708,85 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         }
     }
 
+    // The race.
+    let mut race_ids: BTreeSet<u64> = BTreeSet::new();
+    for op in &history.ops {
+        let Some(r) = op.race else { continue };
+        race_ids.insert(r);
+        match op.kind {
+            OpKind::Sign if op.outcome == OpOutcome::Planned => f.race.plans_signed += 1,
+            OpKind::Write if op.outcome.is_ack() => f.race.newer_acknowledged += 1,
+            _ => {}
+        }
+    }
+    f.race.rounds = race_ids.len() as u64;
+    for op in &history.ops {
+        if !matches!(op.kind, OpKind::StalePlan | OpKind::Cleanup) {
+            continue;
+        }
+        match op.outcome {
+            OpOutcome::Stale | OpOutcome::Conflict | OpOutcome::Rejected => {
+                f.race.stale_refused += 1
+            }
+            OpOutcome::Timeout | OpOutcome::Error => f.race.indeterminate += 1,
+            _ => {}
+        }
+        let Some(q) = op.seq else { continue };
+        let name_acks = acked.get(op.name.as_str());
+        // The newest acknowledged write of the name with a higher seq, if any.
+        let newer: Option<&Op> = name_acks.and_then(|v| {
+            v.iter()
+                .copied()
+                .filter(|w| w.seq > Some(q) && !is_tombstone(w))
+                .max_by_key(|w| w.seq)
+        });
+        let tie = name_acks.is_some_and(|v| {
+            v.iter()
+                .any(|w| w.kind == OpKind::Write && w.seq == Some(q) && w.content != op.content)
+        });
+        // Does the final state show this op's record (or, for a tombstone, its deletion)?
+        let mut shown_at = Vec::new();
+        for &node in &final_nodes {
+            let Some(last) = final_state.get(&(op.name.as_str(), node)) else {
+                continue;
+            };
+            let holds = if is_tombstone(op) {
+                !shows_endpoints(last) && newer.is_some_and(|w| live_at(w, last.start_ms, 0.0))
+            } else {
+                shows_endpoints(last)
+                    && last.content.is_some()
+                    && contents.seq_of(last) == Some(q)
+                    && match (last.proto, &last.content, &op.content) {
+                        (Proto::Dns, Some(a), Some(b)) => hosts_of(a) == hosts_of(b),
+                        (_, a, b) => a == b,
+                    }
+            };
+            if holds {
+                shown_at.push(node);
+            }
+        }
+        if op.outcome.is_ack() {
+            f.race.stale_enacted += 1;
+            if tie {
+                f.race.ties += 1;
+            }
+            if shown_at.is_empty() {
+                f.race.enacted_then_overridden += 1;
+            }
+        }
+        if !shown_at.is_empty() && newer.is_some() {
+            f.race.stale_held_after_heal += 1;
+            f.example(
+                "stale_held",
+                format!(
+                    "{} holds at the end at node(s) {shown_at:?} although seq {:?} was acknowledged",
+                    describe(op),
+                    newer.and_then(|w| w.seq)
+                ),
+            );
+        }
+    }
+
     // Propagation: measured by the probes if the history has any (each polls one node for one
     // acknowledged write, right after the ack), else by the first read that shows the write
     // (then the readers' sampling interval is part of the figure).
@@ -419,8 +796,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
     let mut nodes: BTreeSet<usize> = BTreeSet::new();
     for op in &history.ops {
         nodes.insert(op.node);
-        let found = op.outcome == OpOutcome::Found && op.endpoints.unwrap_or(0) > 0;
-        let Some(s) = op.seq.filter(|_| found) else {
+        let Some(s) = contents.seq_of(op).filter(|_| shows_endpoints(op)) else {
             continue;
         };
         match op.kind {

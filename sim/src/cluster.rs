@@ -10,6 +10,11 @@
 //! terminal's Ctrl-C reaches only the harness, which then stops them in order (SIGCONT, SIGTERM,
 //! then SIGKILL after a grace period) and waits for each; `kill_on_drop` is the last resort.
 //!
+//! Extra node flags (the chaos harness passes `--no-probe` and `--compaction-horizon-ms`) are
+//! given once in [`ClusterOptions::node_args`] and used on every start and restart. With
+//! [`ClusterOptions::faketime`] every node runs under libfaketime with its own offset file, so
+//! the nemesis can skew one node's wall clock while it runs (see [`crate::clock`]).
+//!
 //! Ports: a node first starts on port 0 (the kernel picks); the harness reads the addresses it
 //! prints and restarts it later on exactly those ports, so peers that remember its address find
 //! it again. A restarted node bootstraps from every other node (the first node has no bootstrap
@@ -80,6 +85,8 @@ pub struct NodeProc {
     dns_arg: Option<SocketAddr>,
     /// Namespace to run in.
     netns: Option<String>,
+    /// libfaketime offset file, if the node runs under libfaketime.
+    pub clock_file: Option<PathBuf>,
     /// Addresses from the last start.
     pub info: Option<NodeInfo>,
     child: Option<Child>,
@@ -131,6 +138,10 @@ pub struct ClusterOptions {
     pub dns: bool,
     /// Socket layout.
     pub layout: Layout,
+    /// Extra arguments for every `dpin node` start (e.g. `--no-probe`).
+    pub node_args: Vec<String>,
+    /// Run every node under this libfaketime library (clock-skew faults).
+    pub faketime: Option<PathBuf>,
 }
 
 /// A running cluster.
@@ -146,6 +157,8 @@ pub struct Cluster {
     pub dns: bool,
     /// Why DNS is off, if it was asked for and is off.
     pub dns_note: Option<String>,
+    node_args: Vec<String>,
+    faketime: Option<PathBuf>,
 }
 
 /// The default node binary: `dpin` next to the running executable (a release build of the
@@ -218,6 +231,15 @@ impl Cluster {
                     )
                 }
             };
+            let clock_file = match &opts.faketime {
+                Some(_) => {
+                    let f = opts.base_dir.join(format!("node-{k}.faketime"));
+                    crate::clock::write_offset(&f, 0)
+                        .with_context(|| format!("cannot write {}", f.display()))?;
+                    Some(f)
+                }
+                None => None,
+            };
             nodes.push(NodeProc {
                 index: k,
                 data_dir: opts.base_dir.join(format!("node-{k}")),
@@ -226,6 +248,7 @@ impl Cluster {
                 api_arg,
                 dns_arg,
                 netns,
+                clock_file,
                 info: None,
                 child: None,
                 paused: false,
@@ -237,6 +260,8 @@ impl Cluster {
             nodes,
             dns: opts.dns,
             dns_note: None,
+            node_args: opts.node_args.clone(),
+            faketime: opts.faketime.clone(),
         };
         std::fs::write(
             cluster.base_dir.join("dpin-sim.pid"),
@@ -306,6 +331,10 @@ impl Cluster {
         }
         for b in bootstrap {
             cmd.arg("--bootstrap").arg(b);
+        }
+        cmd.args(&self.node_args);
+        if let (Some(lib), Some(file)) = (&self.faketime, &node.clock_file) {
+            cmd.envs(crate::clock::node_env(lib, file));
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -485,6 +514,23 @@ impl Cluster {
             i + 1,
             last.map(|e| e.to_string()).unwrap_or_default()
         ))
+    }
+
+    /// Sets node `i`'s wall-clock offset (libfaketime; applies within a second). Fails if
+    /// the cluster does not run under libfaketime.
+    pub fn set_clock_offset(&self, i: usize, offset_ms: i64) -> Result<()> {
+        let node = &self.nodes[i];
+        let file = node
+            .clock_file
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {} does not run under libfaketime", i + 1))?;
+        crate::clock::write_offset(file, offset_ms)
+            .with_context(|| format!("cannot write {}", file.display()))
+    }
+
+    /// Whether the nodes run under libfaketime.
+    pub fn clock_skew_possible(&self) -> bool {
+        self.faketime.is_some()
     }
 
     /// SIGSTOPs node `i`.

@@ -7,8 +7,14 @@
 //! line, `"type": "op"` or `"type": "fault"`) next to the report, so a reader can replay the
 //! checker on it, grep it, or load it into anything that reads JSON.
 //!
-//! The types are deliberately plain data with public fields, so tests can write histories by
-//! hand (see `tests/chaos_checker.rs`).
+//! The types are deliberately plain data with public fields (and `Default`), so tests can write
+//! histories by hand (see `tests/chaos_checker.rs`).
+//!
+//! Besides seqs, operations carry **content** (the endpoints a write sent or a read saw, in one
+//! canonical text form, see [`content_of`]) so the checker can tell *which* record an answer
+//! came from, and writes carry their **expiry** on the run's clock, so the checker knows which
+//! names are live at each instant. Clock-skew faults carry the node's clock offset. All of
+//! these fields are optional, so histories written before them still load.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
@@ -16,18 +22,26 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// What kind of client operation an [`Op`] was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// A resolve of one name at one node, part of a read round.
+    #[default]
     Read,
     /// A writer's publish of a new record (a higher seq than it published before).
     Write,
-    /// The seed's race: a delayed plan with a seq that another writer has already passed.
-    /// The node must refuse it (409 stale).
+    /// The seed's race: the delayed enactor A's write — a plan fixed before the newer write,
+    /// or a one-step publish from a lagging node's view. A node that already holds something
+    /// newer must refuse it; a lagging or partitioned node may take it, but it must never hold
+    /// after the heal.
     StalePlan,
-    /// The seed's clean-up job: a tombstone with an old seq. The node must refuse it.
+    /// The seed's clean-up job: a tombstone that names the old plan's seq (`--if-seq` or a
+    /// tombstone plan). It may only ever delete that old plan, never the newer write.
     Cleanup,
+    /// `dpin sign`: the planner fixing a plan's seq. Nothing is written to any node.
+    Sign,
     /// A propagation probe: polls one node until it holds a just-acknowledged write.
     Probe,
     /// A resolve after the run has healed and converged: the final state the lost-write
@@ -36,17 +50,25 @@ pub enum OpKind {
 }
 
 /// Protocol an operation used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Proto {
     /// The node's HTTP API.
+    #[default]
     Http,
     /// The node's DNS front-end (UDP, A query).
     Dns,
+    /// The `dpin` command line, run as a child process against the listed nodes (the paths a
+    /// user takes: `dpin sign`, `dpin publish --record`, the one-step `dpin publish`).
+    Cli,
 }
 
 /// What a node said (or did not say).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OpOutcome {
     /// Read answered with a record (its endpoint count is in [`Op::endpoints`]).
@@ -68,7 +90,10 @@ pub enum OpOutcome {
     /// No answer within the timeout. For a write: indeterminate (may or may not be applied).
     Timeout,
     /// Connection refused/reset, 5xx or an unparseable answer. For a write: indeterminate.
+    #[default]
     Error,
+    /// `dpin sign` wrote a plan (nothing was sent to a node).
+    Planned,
 }
 
 impl OpOutcome {
@@ -87,7 +112,7 @@ impl OpOutcome {
 }
 
 /// One client operation against one node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Op {
     /// What was attempted.
     pub kind: OpKind,
@@ -121,6 +146,46 @@ pub struct Op {
     /// For probes: the acknowledged seq the probe waited for (`seq` is what it saw).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub want_seq: Option<u64>,
+    /// Content: for writes what was sent, for reads what was seen, in the form of
+    /// [`content_of`] (`tombstone` for a deletion). A DNS answer carries addresses only, so
+    /// DNS reads hold the hosts alone (see [`hosts_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// For writes: when the record expires, ms since run start on the harness's clock (a
+    /// lower bound: the CLI signs a moment after the op starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<f64>,
+    /// For the race's operations: the race round they belong to (planner, enactors and
+    /// clean-up of one round share it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub race: Option<u64>,
+}
+
+/// The canonical content text of an endpoint set: `host:port` items, sorted, joined by `,`.
+/// Port and transport suffixes beyond `host:port` are not part of it.
+pub fn content_of<'a>(endpoints: impl IntoIterator<Item = (&'a str, u16)>) -> String {
+    let mut items: Vec<String> = endpoints
+        .into_iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    items.sort();
+    items.dedup();
+    items.join(",")
+}
+
+/// The content marker of a tombstone.
+pub const TOMBSTONE: &str = "tombstone";
+
+/// The hosts of a content text (what a DNS A answer can show): sorted, unique, joined by `,`.
+pub fn hosts_of(content: &str) -> String {
+    let mut hosts: Vec<&str> = content
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|item| item.rsplit_once(':').map_or(item, |(h, _)| h))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts.join(",")
 }
 
 /// Kind of fault the nemesis injected.
@@ -133,6 +198,8 @@ pub enum FaultKind {
     Pause,
     /// The node is cut off from every other node (clients still reach it).
     Partition,
+    /// The node's wall clock is off by [`FaultSpan::offset_ms`] (its monotonic clock is not).
+    Skew,
 }
 
 impl FaultKind {
@@ -142,6 +209,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::Skew => "skew",
         }
     }
 }
@@ -154,15 +222,16 @@ impl std::str::FromStr for FaultKind {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
+            "skew" => Ok(FaultKind::Skew),
             other => Err(format!(
-                "unknown fault {other:?}; use kill, pause or partition"
+                "unknown fault {other:?}; use kill, pause, partition or skew"
             )),
         }
     }
 }
 
 /// One fault interval: from injection until the node is healthy again (restarted and
-/// answering, resumed, or reconnected).
+/// answering, resumed, reconnected, or its clock set right again).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaultSpan {
     /// What was done.
@@ -173,6 +242,10 @@ pub struct FaultSpan {
     pub start_ms: f64,
     /// Heal time, ms since run start.
     pub end_ms: f64,
+    /// For a skew: how far the node's wall clock was set off real time, ms (positive =
+    /// ahead). Expiry at that node is judged by its clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_ms: Option<i64>,
 }
 
 /// One line of the JSONL history.

@@ -22,12 +22,14 @@
 //! report's `partition_method` says so. Kill and pause runs stay on 127.0.0.1.
 
 pub mod checker;
+pub mod clock;
 pub mod cluster;
 pub mod dnsq;
 pub mod history;
 pub mod nemesis;
 pub mod netns;
 pub mod nodeapi;
+pub mod race;
 pub mod report;
 pub mod svg;
 pub mod workload;

@@ -8,7 +8,9 @@
 //!   the history (JSONL) and an SVG timeline; exits non-zero if any invariant broke.
 //! * `check` — re-runs the checker on a recorded history.
 //! * `node` (hidden) — runs a dpin node, exactly as `dpin node` does: the harness's fallback
-//!   when no `dpin` binary sits next to it.
+//!   when no `dpin` binary sits next to it. The other `dpin` client commands (`sign`,
+//!   `publish`, `resolve`, ...) are served the same way, so the chaos race can run the real CLI
+//!   from whichever binary runs the nodes.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,12 +23,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
 use dpin_sim::checker::{self, CheckConfig};
+use dpin_sim::clock;
 use dpin_sim::cluster::{self, Cluster, ClusterOptions, Layout};
 use dpin_sim::history::{FaultKind, History, Proto};
 use dpin_sim::nemesis::{Nemesis, NemesisConfig};
 use dpin_sim::netns::{self, Netns};
 use dpin_sim::nodeapi::Api;
-use dpin_sim::report::{Report, RunMeta};
+use dpin_sim::race::{self, RaceConfig};
+use dpin_sim::report::{ClockSkew, Report, RunMeta};
 use dpin_sim::svg;
 use dpin_sim::workload::{self, Ctx, Plan, Recorder, Target, WorkloadConfig};
 
@@ -65,7 +69,7 @@ enum Cmd {
         base_dir: PathBuf,
     },
     /// Run a chaos test: workload, faults, checker, report.
-    Chaos(ChaosArgs),
+    Chaos(Box<ChaosArgs>),
     /// Re-run the checker on a recorded history (JSONL) and print the counts.
     Check {
         /// History file written by `chaos`.
@@ -103,9 +107,23 @@ struct ChaosArgs {
     /// Report file (SPEC §5 JSON).
     #[arg(long, default_value = "chaos-report.json")]
     report: PathBuf,
-    /// Fault kinds, comma-separated: kill, pause, partition.
+    /// Fault kinds, comma-separated: kill, pause, partition, skew (skew needs libfaketime).
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     faults: Vec<FaultKind>,
+    /// How far a skewed node's wall clock is off, ms (ahead or behind, drawn per fault).
+    #[arg(long, default_value_t = 600_000)]
+    skew_ms: u64,
+    /// The libfaketime library for skew faults (default: the Debian `faketime` package's).
+    #[arg(long)]
+    libfaketime: Option<PathBuf>,
+    /// Lifetime of every record the workload writes, ms: short, so records expire and are
+    /// compacted during the run; live names are refreshed well within it.
+    #[arg(long, default_value_t = workload::DEFAULT_RECORD_TTL_MS)]
+    record_ttl_ms: u64,
+    /// The nodes' `--compaction-horizon-ms` (how long after expiry a body is kept); must
+    /// exceed the record TTL. Default: the TTL plus 5 s.
+    #[arg(long)]
+    compaction_horizon_ms: Option<u64>,
     /// Most nodes faulted at once.
     #[arg(long, default_value_t = 1)]
     max_down: usize,
@@ -135,15 +153,24 @@ struct ChaosArgs {
     dpin: Option<PathBuf>,
 }
 
+/// `dpin` subcommands dpin-sim runs itself (none of them is a dpin-sim subcommand).
+const DPIN_COMMANDS: [&str; 10] = [
+    "node", "keygen", "publish", "sign", "resolve", "status", "offers", "put", "get", "blob",
+];
+
 fn main() {
-    // `dpin-sim node ...` is the dpin node itself (see `cluster::default_dpin`).
-    if std::env::args_os().nth(1).is_some_and(|a| a == "node") {
+    // `dpin-sim node ...` is the dpin node itself (see `cluster::default_dpin`); so are the
+    // client commands the chaos race runs.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| DPIN_COMMANDS.iter().any(|c| a == *c))
+    {
         dpin_node::cli::main();
         return;
     }
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Chaos(args) => chaos_main(args),
+        Cmd::Chaos(args) => chaos_main(*args),
         Cmd::Cluster {
             nodes,
             base_dir,
@@ -202,10 +229,17 @@ fn check_main(path: &Path, stale_bound_ms: f64, svg_out: Option<&Path>) -> i32 {
             return 2;
         }
     };
-    let f = checker::check(&h, &CheckConfig { stale_bound_ms });
+    let f = checker::check(
+        &h,
+        &CheckConfig {
+            stale_bound_ms,
+            ..CheckConfig::default()
+        },
+    );
     let out = serde_json::json!({
         "queries": f.queries, "writes": f.writes, "propagation_ms": f.propagation,
-        "violations": f.examples,
+        "regressions": f.regressions, "content_mismatches": f.content_mismatches,
+        "race": f.race, "violations": f.examples,
     });
     {
         use std::io::Write;
@@ -261,6 +295,8 @@ async fn cluster_main(
         nodes,
         dns,
         layout: Layout::Loopback,
+        node_args: Vec::new(),
+        faketime: None,
     };
     println!(
         "starting {nodes} dpin nodes; data, logs and pidfiles in {}",
@@ -439,6 +475,16 @@ fn replay_command(args: &ChaosArgs, seed: u64, faults: &[FaultKind]) -> String {
         args.report.display(),
         args.svg.display()
     );
+    cmd.push_str(&format!(" --record-ttl-ms {}", args.record_ttl_ms));
+    if let Some(h) = args.compaction_horizon_ms {
+        cmd.push_str(&format!(" --compaction-horizon-ms {h}"));
+    }
+    if faults.contains(&"skew") {
+        cmd.push_str(&format!(" --skew-ms {}", args.skew_ms));
+        if let Some(l) = &args.libfaketime {
+            cmd.push_str(&format!(" --libfaketime {}", l.display()));
+        }
+    }
     if args.net != NetChoice::Auto {
         cmd.push_str(&format!(" --net {:?}", args.net).to_lowercase());
     }
@@ -468,6 +514,24 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
     args.faults.sort();
     args.faults.dedup();
     let requested = args.faults.clone();
+    if args.record_ttl_ms < 2000 {
+        eprintln!("dpin-sim: --record-ttl-ms must be at least 2000 (names are refreshed every third of it)");
+        return 2;
+    }
+    if args.skew_ms > i64::MAX as u64 / 2 {
+        eprintln!("dpin-sim: --skew-ms is too large");
+        return 2;
+    }
+    let horizon = args
+        .compaction_horizon_ms
+        .unwrap_or(args.record_ttl_ms.saturating_add(5000));
+    if horizon <= args.record_ttl_ms {
+        eprintln!(
+            "dpin-sim: --compaction-horizon-ms ({horizon}) must exceed --record-ttl-ms ({}): a body may only be compacted once every record it beat has expired",
+            args.record_ttl_ms
+        );
+        return 2;
+    }
     let want_partition = requested.contains(&FaultKind::Partition);
     // Choose the layout on the main thread: entering a namespace must happen before any other
     // thread exists.
@@ -519,7 +583,68 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
     } else {
         "none: partitions not requested".to_owned()
     };
+    let (faketime, clock_skew) = if requested.contains(&FaultKind::Skew) {
+        match clock::find_libfaketime(args.libfaketime.as_deref()) {
+            Some(lib) => {
+                let note = format!(
+                    "every node runs under LD_PRELOAD={} with its own FAKETIME_TIMESTAMP_FILE \
+                     (re-read at most once a second) and FAKETIME_DONT_FAKE_MONOTONIC=1; a \
+                     skew rewrites one node's file to ±{} s while it runs, and back to +0 at \
+                     the heal",
+                    lib.display(),
+                    args.skew_ms / 1000
+                );
+                (
+                    Some(lib.clone()),
+                    ClockSkew {
+                        mechanism: "libfaketime".to_owned(),
+                        skew_ms: args.skew_ms,
+                        library: Some(lib.display().to_string()),
+                        note,
+                    },
+                )
+            }
+            None => {
+                args.faults.retain(|f| *f != FaultKind::Skew);
+                let where_ = match &args.libfaketime {
+                    Some(p) => format!("{} does not exist", p.display()),
+                    None => format!("none of {}", clock::LIBFAKETIME_PATHS.join(", ")),
+                };
+                let m = format!(
+                    "clock skew NOT tested: libfaketime is missing ({where_}); install the Debian \
+                     package `faketime` (apt-get install faketime) or pass --libfaketime PATH"
+                );
+                eprintln!("dpin-sim: warning: {m}");
+                (
+                    None,
+                    ClockSkew {
+                        mechanism: "none".to_owned(),
+                        skew_ms: args.skew_ms,
+                        library: None,
+                        note: m,
+                    },
+                )
+            }
+        }
+    } else {
+        (
+            None,
+            ClockSkew {
+                mechanism: "none".to_owned(),
+                skew_ms: 0,
+                library: None,
+                note: "skew not requested".to_owned(),
+            },
+        )
+    };
     let replay = replay_command(&args, seed, &requested);
+    let setup = RunSetup {
+        partition_method,
+        replay: replay.clone(),
+        horizon_ms: horizon,
+        faketime,
+        clock_skew,
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -527,14 +652,7 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
             return 2;
         }
     };
-    let result = rt.block_on(run_chaos(
-        &args,
-        seed,
-        duration,
-        ns.as_ref(),
-        partition_method,
-        replay.clone(),
-    ));
+    let result = rt.block_on(run_chaos(&args, seed, duration, ns.as_ref(), setup));
     drop(rt);
     drop(ns); // deletes the namespaces (the nodes are gone by now)
     match result {
@@ -562,17 +680,49 @@ fn sibling(path: &Path, ext: &str) -> PathBuf {
     path.with_file_name(format!("{stem}.{ext}"))
 }
 
+/// What `chaos_main` decided before the async runtime started.
+struct RunSetup {
+    partition_method: String,
+    replay: String,
+    horizon_ms: u64,
+    faketime: Option<PathBuf>,
+    clock_skew: ClockSkew,
+}
+
+/// Whether `dpin node` accepts `flag` (older builds lack `--compaction-horizon-ms`).
+fn node_supports(dpin: &Path, flag: &str) -> bool {
+    std::process::Command::new(dpin)
+        .args(["node", "--help"])
+        .env_remove("LD_PRELOAD")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+}
+
 async fn run_chaos(
     args: &ChaosArgs,
     seed: u64,
     duration: Duration,
     ns: Option<&Netns>,
-    partition_method: String,
-    replay: String,
+    setup: RunSetup,
 ) -> Result<Report> {
     let dpin = match &args.dpin {
         Some(p) => p.clone(),
         None => cluster::default_dpin()?,
+    };
+    // Workload endpoints (127.x addresses) must never be contacted: no probing at all.
+    let mut node_args = vec!["--no-probe".to_owned()];
+    let compaction = if node_supports(&dpin, "--compaction-horizon-ms") {
+        node_args.extend([
+            "--compaction-horizon-ms".to_owned(),
+            setup.horizon_ms.to_string(),
+        ]);
+        Some(setup.horizon_ms)
+    } else {
+        eprintln!(
+            "dpin-sim: warning: {} has no --compaction-horizon-ms; records expire but are not compacted during the run",
+            dpin.display()
+        );
+        None
     };
     let base_dir = args
         .base_dir
@@ -613,6 +763,8 @@ async fn run_chaos(
         nodes: args.nodes,
         dns: !args.no_dns,
         layout,
+        node_args,
+        faketime: setup.faketime.clone(),
     };
     // Listen for Ctrl-C/SIGTERM before the first node starts: from then on the default action
     // (dying at once) would leave the nodes behind.
@@ -636,8 +788,8 @@ async fn run_chaos(
         &mut cluster,
         stop_rx.clone(),
         dns_bind,
-        partition_method,
-        replay,
+        setup,
+        compaction,
         &base_dir,
     )
     .await;
@@ -658,8 +810,8 @@ async fn chaos_phases(
     cluster: &mut Cluster,
     stop: tokio::sync::watch::Receiver<bool>,
     dns_bind: IpAddr,
-    partition_method: String,
-    replay: String,
+    setup: RunSetup,
+    compaction: Option<u64>,
     base_dir: &Path,
 ) -> Result<Report> {
     let api = Api::new().context("cannot build the HTTP client")?;
@@ -692,6 +844,13 @@ async fn chaos_phases(
         write_rate: args.write_rate,
         read_rate: args.read_rate,
         dns_bind,
+        record_ttl_ms: args.record_ttl_ms,
+        // Ephemeral names stop early enough to expire and be compacted before the end.
+        ephemeral_until: duration
+            .saturating_sub(Duration::from_millis(
+                args.record_ttl_ms + setup.horizon_ms + 5000,
+            ))
+            .max(duration / 4),
     };
     let plan = Arc::new(Plan::new(&wcfg));
     let rec = Arc::new(Recorder::new());
@@ -742,13 +901,22 @@ async fn chaos_phases(
             w,
             wcfg.write_rate / wcfg.writers as f64,
             seed,
+            wcfg.ephemeral_until,
         )));
     }
-    tasks.push(tokio::spawn(workload::race(
+    let key_file = base_dir.join("race-zone.key");
+    race::write_key_file(&key_file, &plan)
+        .with_context(|| format!("cannot write {}", key_file.display()))?;
+    tasks.push(tokio::spawn(race::race(
         ctx.clone(),
         plan.clone(),
-        Duration::from_millis(1500),
-        seed,
+        RaceConfig {
+            dpin: cluster.dpin.clone(),
+            key_file,
+            plan_dir: base_dir.join("plans"),
+            period: Duration::from_millis(1500),
+            seed,
+        },
     )));
     tasks.push(tokio::spawn(workload::reader(
         ctx.clone(),
@@ -778,6 +946,12 @@ async fn chaos_phases(
         seed,
         fault_ms: (1000, 5000),
         gap_ms: (1000, 4000),
+        skew_ms: i64::try_from(args.skew_ms).unwrap_or(i64::MAX / 2),
+        // Long enough for records to expire and be compacted by the wrong clock.
+        skew_fault_ms: (
+            args.record_ttl_ms.max(5000),
+            (args.record_ttl_ms + setup.horizon_ms).max(10_000),
+        ),
     });
     // Faults end a little before the workload does, so the last seconds show the recovery.
     let quiet_tail = Duration::from_secs(2).min(duration / 4);
@@ -819,6 +993,7 @@ async fn chaos_phases(
         &history,
         &CheckConfig {
             stale_bound_ms: args.stale_bound_ms,
+            ..CheckConfig::default()
         },
     );
     let history_path = sibling(&args.report, "history.jsonl");
@@ -832,7 +1007,12 @@ async fn chaos_phases(
             seed,
             counts: nemesis.counts.clone(),
             convergence,
-            partition_method,
+            partition_method: setup.partition_method,
+            clock_skew: setup.clock_skew,
+            record_ttl_ms: args.record_ttl_ms,
+            compaction_horizon_ms: compaction,
+            probing: "off: every node runs with --no-probe, so the workload's 127.x endpoints are never contacted".to_owned(),
+            race_cli: cluster.dpin.display().to_string(),
             dns,
             dns_note: cluster
                 .dns_note
@@ -841,7 +1021,7 @@ async fn chaos_phases(
             stale_bound_ms: args.stale_bound_ms,
             faults: args.faults.iter().map(|f| f.as_str().to_owned()).collect(),
             max_down: args.max_down,
-            replay,
+            replay: setup.replay,
             history: history_path.display().to_string(),
             base_dir: base_dir.display().to_string(),
             dpin: cluster.dpin.display().to_string(),

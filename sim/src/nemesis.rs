@@ -8,6 +8,14 @@
 //!   is what a real hang or GC pause looks like and what connection-based liveness cannot see.
 //! * **partition** — the node's peer link goes down (see [`crate::netns`]); only available with
 //!   the namespace layout, otherwise not scheduled (and the report says so).
+//! * **skew** — the node's wall clock jumps `skew_ms` ahead or behind (the sign is drawn) while
+//!   it runs, and is set right again at the heal (see [`crate::clock`]): expiry, compaction and
+//!   the seq ceiling at that node follow its wrong clock, which is what a node with a broken
+//!   NTP looks like. A skewed node is not down — it serves and replicates — so skew does not
+//!   count against `max_down` and runs beside the other faults, one skewed node at a time.
+//!   Skew spans last longer than the other faults (`skew_fault_ms`), long enough for records
+//!   to expire and be compacted by the wrong clock. Only available when the nodes run under
+//!   libfaketime.
 //!
 //! The schedule (which fault, which node, how long, the gap before the next) is drawn from a
 //! ChaCha RNG seeded by the run's seed, so a seed replays the same sequence of decisions. Each
@@ -39,6 +47,10 @@ pub struct NemesisConfig {
     pub fault_ms: (u64, u64),
     /// Shortest and longest gap between faults.
     pub gap_ms: (u64, u64),
+    /// How far a skewed clock is off, ms (the sign is drawn per fault).
+    pub skew_ms: i64,
+    /// Shortest and longest skew span.
+    pub skew_fault_ms: (u64, u64),
 }
 
 /// Counts of injected faults.
@@ -52,6 +64,8 @@ pub struct FaultCounts {
     pub pauses: u64,
     /// Partitions.
     pub partitions: u64,
+    /// Clock skews.
+    pub skews: u64,
 }
 
 struct Active {
@@ -59,6 +73,7 @@ struct Active {
     index: usize,
     start_ms: f64,
     heal_at: Instant,
+    offset_ms: Option<i64>,
 }
 
 /// The nemesis state.
@@ -114,10 +129,19 @@ impl Nemesis {
         until: Instant,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) {
-        if self.cfg.faults.is_empty() || self.cfg.max_down == 0 {
+        let down_kinds: Vec<FaultKind> = self
+            .cfg
+            .faults
+            .iter()
+            .copied()
+            .filter(|k| *k != FaultKind::Skew)
+            .collect();
+        let skew = self.cfg.faults.contains(&FaultKind::Skew);
+        if down_kinds.is_empty() && !skew {
             return;
         }
         let mut next_start = Instant::now() + self.gap();
+        let mut next_skew = Instant::now() + self.gap();
         // Bounded: no injection after `until`, and every fault is clipped to end by then.
         while (Instant::now() < until || !self.active.is_empty()) && !*stop.borrow() {
             let now = Instant::now();
@@ -130,10 +154,27 @@ impl Nemesis {
                 self.publish_active(rec);
             }
             let max = self.cfg.max_down.min(cluster.nodes.len().saturating_sub(1));
-            if Instant::now() >= next_start && Instant::now() < until && self.active.len() < max {
-                self.inject(cluster, netns, rec, until).await;
+            let down = self
+                .active
+                .iter()
+                .filter(|a| a.kind != FaultKind::Skew)
+                .count();
+            if !down_kinds.is_empty()
+                && Instant::now() >= next_start
+                && Instant::now() < until
+                && down < max
+            {
+                let kind = down_kinds[self.rng.gen_range(0..down_kinds.len())];
+                self.inject(kind, cluster, netns, rec, until).await;
                 self.publish_active(rec);
                 next_start = Instant::now() + self.gap();
+            }
+            let skewed = self.active.iter().any(|a| a.kind == FaultKind::Skew);
+            if skew && !skewed && Instant::now() >= next_skew && Instant::now() < until {
+                self.inject(FaultKind::Skew, cluster, netns, rec, until)
+                    .await;
+                self.publish_active(rec);
+                next_skew = Instant::now() + self.gap();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -146,20 +187,37 @@ impl Nemesis {
 
     async fn inject(
         &mut self,
+        kind: FaultKind,
         cluster: &mut Cluster,
         netns: Option<&Netns>,
         rec: &Recorder,
         until: Instant,
     ) {
-        let kind = self.cfg.faults[self.rng.gen_range(0..self.cfg.faults.len())];
+        // Down-faults avoid nodes already down; a skew avoids nothing but another skew (a
+        // skewed node may still be killed, paused or partitioned).
         let free: Vec<usize> = (0..cluster.nodes.len())
-            .filter(|i| self.active.iter().all(|a| a.index != *i))
+            .filter(|i| {
+                self.active.iter().all(|a| {
+                    a.index != *i || (a.kind == FaultKind::Skew) != (kind == FaultKind::Skew)
+                })
+            })
             .collect();
         if free.is_empty() {
             return;
         }
         let index = free[self.rng.gen_range(0..free.len())];
-        let (lo, hi) = self.cfg.fault_ms;
+        let (lo, hi) = if kind == FaultKind::Skew {
+            self.cfg.skew_fault_ms
+        } else {
+            self.cfg.fault_ms
+        };
+        let offset_ms = (kind == FaultKind::Skew).then(|| {
+            if self.rng.gen_bool(0.5) {
+                self.cfg.skew_ms
+            } else {
+                -self.cfg.skew_ms
+            }
+        });
         let drawn = Duration::from_millis(self.rng.gen_range(lo..=hi.max(lo)));
         let dur = drawn.min(until.saturating_duration_since(Instant::now()));
         if dur < Duration::from_millis(lo.min(1000)) {
@@ -176,6 +234,9 @@ impl Nemesis {
                     .map_err(anyhow::Error::from),
                 None => Err(anyhow::anyhow!("partition needs the namespace layout")),
             },
+            FaultKind::Skew => cluster
+                .set_clock_offset(index, offset_ms.unwrap_or(0))
+                .map(|()| self.counts.skews += 1),
         };
         match result {
             Ok(()) => self.active.push(Active {
@@ -183,6 +244,7 @@ impl Nemesis {
                 index,
                 start_ms,
                 heal_at: Instant::now() + dur,
+                offset_ms,
             }),
             Err(e) => self
                 .errors
@@ -209,6 +271,7 @@ impl Nemesis {
                     .map_err(anyhow::Error::from),
                 None => Ok(()),
             },
+            FaultKind::Skew => cluster.set_clock_offset(a.index, 0),
         };
         if let Err(e) = result {
             self.errors.push(format!(
@@ -222,6 +285,7 @@ impl Nemesis {
             node: a.index + 1,
             start_ms: a.start_ms,
             end_ms: rec.now_ms(),
+            offset_ms: a.offset_ms,
         });
     }
 

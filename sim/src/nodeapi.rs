@@ -28,19 +28,36 @@ pub struct ReadResult {
     pub seq: Option<u64>,
     /// Endpoints in the answer.
     pub endpoints: Option<usize>,
+    /// The endpoints seen, as [`crate::history::content_of`] text.
+    pub content: Option<String>,
     /// Error text.
     pub detail: Option<String>,
 }
 
 impl ReadResult {
-    fn failure(outcome: OpOutcome, detail: String) -> Self {
+    /// A read without an answer (or with one that could not be used).
+    pub fn failure(outcome: OpOutcome, detail: String) -> Self {
         Self {
             outcome,
             seq: None,
             endpoints: None,
+            content: None,
             detail: Some(detail),
         }
     }
+}
+
+/// The content text of a resolve answer's `endpoints` array (`host:port` items).
+fn endpoints_content(eps: &[Value]) -> String {
+    crate::history::content_of(eps.iter().map(|e| {
+        (
+            e.get("host").and_then(Value::as_str).unwrap_or("?"),
+            e.get("port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(0),
+        )
+    }))
 }
 
 /// What a publish returned.
@@ -96,20 +113,24 @@ impl Api {
             Err(e) => return ReadResult::failure(classify(&e), e.to_string()),
         };
         match status.as_u16() {
-            200 => ReadResult {
-                outcome: OpOutcome::Found,
-                seq: body.get("seq").and_then(Value::as_u64),
-                endpoints: Some(
-                    body.get("endpoints")
-                        .and_then(Value::as_array)
-                        .map_or(0, Vec::len),
-                ),
-                detail: None,
-            },
+            200 => {
+                let eps = body
+                    .get("endpoints")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], Vec::as_slice);
+                ReadResult {
+                    outcome: OpOutcome::Found,
+                    seq: body.get("seq").and_then(Value::as_u64),
+                    endpoints: Some(eps.len()),
+                    content: Some(endpoints_content(eps)),
+                    detail: None,
+                }
+            }
             404 => ReadResult {
                 outcome: OpOutcome::NotFound,
                 seq: None,
                 endpoints: Some(0),
+                content: None,
                 detail: body.get("error").and_then(Value::as_str).map(str::to_owned),
             },
             s => ReadResult::failure(OpOutcome::Error, format!("HTTP {s}: {body}")),

@@ -2,11 +2,29 @@
 //! human summary printed at the end of a run.
 //!
 //! The JSON is the contract scripts and CI read; its field names and meanings are fixed by
-//! SPEC §5 and documented in [`crate::checker`]. Extra fields only add detail.
+//! SPEC §5 and documented in [`crate::checker`]. Extra fields only add detail: `regressions`
+//! and `content_mismatches` (the per-node monotonic-read and content checks), `race` (the
+//! seed's race through the CLI), `clock_skew` (which mechanism skewed clocks, if any),
+//! `record_ttl_ms` and `compaction_horizon_ms` (so a reader knows expiry and compaction
+//! happened during the run), and `probing` (the workload's endpoints are never probed).
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{Findings, Propagation, Queries, Violation, Writes};
+use crate::checker::{Findings, Propagation, Queries, Race, Violation, Writes};
+
+/// How clocks were skewed (SPEC §5's "faults such as clock skew").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockSkew {
+    /// `libfaketime`, or `none` (not requested, or the library is missing).
+    pub mechanism: String,
+    /// How far a skewed clock was off, ms (ahead or behind).
+    pub skew_ms: u64,
+    /// The library used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// How, or why not.
+    pub note: String,
+}
 
 /// The report written to `--report FILE`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,10 +43,22 @@ pub struct Report {
     pub partitions: u64,
     /// SIGSTOP/SIGCONT pauses.
     pub pauses: u64,
+    /// Clock skews.
+    #[serde(default)]
+    pub skews: u64,
     /// Query counts.
     pub queries: Queries,
     /// Write counts.
     pub writes: Writes,
+    /// Reads at one node that went backwards in seq (must be 0).
+    #[serde(default)]
+    pub regressions: u64,
+    /// Answers whose content is not the record of their seq (must be 0).
+    #[serde(default)]
+    pub content_mismatches: u64,
+    /// The seed's race through the CLI.
+    #[serde(default)]
+    pub race: Race,
     /// Propagation latency of acknowledged writes to the other nodes.
     pub propagation_ms: Propagation,
     /// Every node held identical records (equal store digests) after healing.
@@ -37,6 +67,16 @@ pub struct Report {
     pub convergence_s: Option<f64>,
     /// How partitions were made (or why there were none).
     pub partition_method: String,
+    /// How clocks were skewed (or why they were not).
+    pub clock_skew: ClockSkew,
+    /// Lifetime of the workload's records, ms.
+    pub record_ttl_ms: u64,
+    /// The nodes' compaction horizon, ms (absent: the node binary has no such flag).
+    pub compaction_horizon_ms: Option<u64>,
+    /// Whether nodes probed endpoints.
+    pub probing: String,
+    /// The `dpin` binary the race ran as its CLI.
+    pub race_cli: String,
     /// Whether the readers also queried DNS.
     pub dns: bool,
     /// Why DNS was not used, if it was not.
@@ -61,7 +101,8 @@ pub struct Report {
     /// Problems of the harness itself (a restart that failed, ...).
     pub harness_errors: Vec<String>,
     /// Whether the run passed: no failed query, no empty answer, no lost write, no stale write
-    /// applied, converged, and no harness error.
+    /// applied or holding after the heal, no read going backwards, no wrong content,
+    /// converged, and no harness error.
     pub pass: bool,
 }
 
@@ -80,6 +121,16 @@ pub struct RunMeta {
     pub convergence: Option<f64>,
     /// Partition method text.
     pub partition_method: String,
+    /// Clock skew mechanism.
+    pub clock_skew: ClockSkew,
+    /// Record TTL, ms.
+    pub record_ttl_ms: u64,
+    /// Compaction horizon, ms.
+    pub compaction_horizon_ms: Option<u64>,
+    /// Probing text.
+    pub probing: String,
+    /// The race's CLI.
+    pub race_cli: String,
     /// DNS used.
     pub dns: bool,
     /// Why not.
@@ -115,12 +166,21 @@ impl Report {
             restarts: meta.counts.restarts,
             partitions: meta.counts.partitions,
             pauses: meta.counts.pauses,
+            skews: meta.counts.skews,
             queries: f.queries.clone(),
             writes: f.writes.clone(),
+            regressions: f.regressions,
+            content_mismatches: f.content_mismatches,
+            race: f.race.clone(),
             propagation_ms: f.propagation.clone(),
             converged,
             convergence_s: meta.convergence,
             partition_method: meta.partition_method,
+            clock_skew: meta.clock_skew,
+            record_ttl_ms: meta.record_ttl_ms,
+            compaction_horizon_ms: meta.compaction_horizon_ms,
+            probing: meta.probing,
+            race_cli: meta.race_cli,
             dns: meta.dns,
             dns_note: meta.dns_note,
             stale_bound_ms: meta.stale_bound_ms,
@@ -152,8 +212,20 @@ impl Report {
                 self.max_down
             ),
             format!(
-                "  faults     kills {}  restarts {}  pauses {}  partitions {}",
-                self.kills, self.restarts, self.pauses, self.partitions
+                "  faults     kills {}  restarts {}  pauses {}  partitions {}  clock skews {} ({}, ±{} s)",
+                self.kills,
+                self.restarts,
+                self.pauses,
+                self.partitions,
+                self.skews,
+                self.clock_skew.mechanism,
+                self.clock_skew.skew_ms / 1000
+            ),
+            format!(
+                "  records    ttl {} ms, compaction horizon {}, endpoint probing off",
+                self.record_ttl_ms,
+                self.compaction_horizon_ms
+                    .map_or("none (node lacks the flag)".to_owned(), |h| format!("{h} ms"))
             ),
             format!(
                 "  queries    {} reads ({} rounds{}): ok {}, unanswered {} (faulted nodes)",
@@ -175,6 +247,21 @@ impl Report {
             ),
             format!("             empty  {}{}", q.empty, mark(q.empty > 0)),
             format!(
+                "             expired {} (no record: it had expired), of which by a skewed clock only {}",
+                q.expired + q.expired_by_skew,
+                q.expired_by_skew
+            ),
+            format!(
+                "             went backwards at one node {}{}",
+                self.regressions,
+                mark(self.regressions > 0)
+            ),
+            format!(
+                "             wrong content {}{}",
+                self.content_mismatches,
+                mark(self.content_mismatches > 0)
+            ),
+            format!(
                 "             stale  {} (older than the newest write acknowledged > {} ms before)",
                 q.stale, self.stale_bound_ms
             ),
@@ -184,10 +271,25 @@ impl Report {
             ),
             format!("             lost {}{}", w.lost, mark(w.lost > 0)),
             format!(
-                "             stale plans / old tombstones refused {}, applied {}{}",
+                "             stale plans / old tombstones refused {}, applied over a newer seq {}{}",
                 w.refused_stale,
                 w.stale_applied,
                 mark(w.stale_applied > 0)
+            ),
+            format!(
+                "  race (CLI) {} rounds, {} plans signed, newer writes acked {}; stale refused {}, enacted {} (then overridden {}), ties {}",
+                self.race.rounds,
+                self.race.plans_signed,
+                self.race.newer_acknowledged,
+                self.race.stale_refused,
+                self.race.stale_enacted,
+                self.race.enacted_then_overridden,
+                self.race.ties
+            ),
+            format!(
+                "             stale plan holds after heal {}{}",
+                self.race.stale_held_after_heal,
+                mark(self.race.stale_held_after_heal > 0)
             ),
             format!(
                 "  propagation p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
@@ -202,6 +304,7 @@ impl Report {
                 mark(!self.converged)
             ),
             format!("  partitions {}", self.partition_method),
+            format!("  clock skew {}", self.clock_skew.note),
         ];
         if let Some(n) = &self.dns_note {
             s.push(format!("  dns        off: {n}"));

@@ -1,10 +1,13 @@
 //! A hand-written SVG timeline of a chaos run, readable at a glance:
 //!
 //! * one lane per node at the top, with each fault interval as a coloured bar (kill, pause,
-//!   partition), and the same intervals as light bands behind the main chart;
-//! * per second, stacked bars of reads answered with endpoints (green) and reads that got no
-//!   answer (amber: a faulted node) — left axis; failed rounds (nobody answered) and empty
-//!   answers as red marks on the axis, since any of them is a failure;
+//!   partition, clock skew with its offset), and the same intervals as light bands behind the
+//!   main chart;
+//! * per second, stacked bars of reads answered with endpoints (green), answers without a
+//!   record (grey: an expired name, or one not there yet — the checker decides which are
+//!   empty), empty answers as judged by the checker (red) and reads that got no answer (amber:
+//!   a faulted node) — left axis; failed rounds (nobody answered), empty answers and reads that
+//!   went backwards as red marks on the axis, since any of them is a failure;
 //! * propagation latency per second (median, and max as a thin line) — right axis.
 //!
 //! No plotting library: the picture is simple, and plain SVG text diffs and renders anywhere.
@@ -21,13 +24,21 @@ const RIGHT: f64 = 80.0;
 const TOP: f64 = 50.0;
 const LANE_H: f64 = 14.0;
 const PLOT_H: f64 = 300.0;
-const BOTTOM: f64 = 70.0;
+const BOTTOM: f64 = 90.0;
 
 fn color(kind: FaultKind) -> &'static str {
     match kind {
         FaultKind::Kill => "#8c564b",
         FaultKind::Pause => "#9467bd",
         FaultKind::Partition => "#17becf",
+        FaultKind::Skew => "#bcbd22",
+    }
+}
+
+fn fault_label(f: &crate::history::FaultSpan) -> String {
+    match f.offset_ms {
+        Some(o) => format!("{} {:+.0} s", f.kind.as_str(), o as f64 / 1000.0),
+        None => f.kind.as_str().to_owned(),
     }
 }
 
@@ -35,8 +46,10 @@ fn color(kind: FaultKind) -> &'static str {
 struct Second {
     ok: u64,
     unanswered: u64,
+    no_record: u64,
     empty: u64,
     failed: u64,
+    regressions: u64,
 }
 
 fn nice_max(v: f64) -> f64 {
@@ -74,7 +87,7 @@ pub fn render(
         } else if op.outcome == OpOutcome::Found && op.endpoints.unwrap_or(0) > 0 {
             per[s].ok += 1;
         } else {
-            per[s].empty += 1;
+            per[s].no_record += 1;
         }
         if let Some(r) = op.round {
             let e = rounds.entry(r).or_insert((false, op.start_ms));
@@ -86,6 +99,16 @@ pub fn render(
             let s = ((start / 1000.0).floor() as usize).min(secs);
             per[s].failed += 1;
         }
+    }
+    // The checker decides which answers without a record are empty (the name was live).
+    for &(_, t) in &findings.empty_marks {
+        let s = ((t / 1000.0).floor() as usize).min(secs);
+        per[s].empty += 1;
+        per[s].no_record = per[s].no_record.saturating_sub(1);
+    }
+    for &(_, t) in &findings.regression_marks {
+        let s = ((t / 1000.0).floor() as usize).min(secs);
+        per[s].regressions += 1;
     }
     // Propagation per second: median and max.
     let mut prop: Vec<Vec<f64>> = vec![Vec::new(); secs + 1];
@@ -110,7 +133,7 @@ pub fn render(
     let x = |s: f64| LEFT + pw * (s / end_s);
     let qmax = nice_max(
         per.iter()
-            .map(|p| (p.ok + p.unanswered + p.empty) as f64)
+            .map(|p| (p.ok + p.unanswered + p.no_record + p.empty) as f64)
             .fold(0.0, f64::max),
     );
     // Propagation on a log scale (0.1 ms up to the decade above the max): the median of a few
@@ -159,7 +182,7 @@ pub fn render(
             r##"<rect x="{x0:.1}" y="{y:.1}" width="{wdt:.1}" height="{:.1}" fill="{}"><title>{} node {} {:.1}-{:.1} s</title></rect>"##,
             LANE_H - 2.0,
             color(f.kind),
-            f.kind.as_str(),
+            fault_label(f),
             f.node,
             f.start_ms / 1000.0,
             f.end_ms / 1000.0
@@ -170,7 +193,7 @@ pub fn render(
                 r##"<text x="{:.1}" y="{:.1}" fill="white" font-size="10">{}</text>"##,
                 x0 + 3.0,
                 y + LANE_H - 5.0,
-                f.kind.as_str()
+                fault_label(f)
             );
         }
     }
@@ -222,6 +245,7 @@ pub fn render(
         let mut base = 0.0;
         for (v, fill) in [
             (p.ok as f64, "#2ca02c"),
+            (p.no_record as f64, "#bbbbbb"),
             (p.unanswered as f64, "#f0ad4e"),
             (p.empty as f64, "#d62728"),
         ] {
@@ -235,15 +259,16 @@ pub fn render(
                 base += v;
             }
         }
-        if p.failed > 0 || p.empty > 0 {
+        if p.failed > 0 || p.empty > 0 || p.regressions > 0 {
             let _ = writeln!(
                 o,
-                r##"<path d="M{:.1},{:.1} l-5,-9 h10 z" fill="#d62728"><title>{} s: {} failed rounds, {} empty answers</title></path>"##,
+                r##"<path d="M{:.1},{:.1} l-5,-9 h10 z" fill="#d62728"><title>{} s: {} failed rounds, {} empty answers, {} reads went backwards</title></path>"##,
                 x0 + bw / 2.0,
                 plot_top + PLOT_H + 2.0,
                 s,
                 p.failed,
-                p.empty
+                p.empty,
+                p.regressions
             );
         }
     }
@@ -313,18 +338,26 @@ pub fn render(
         LEFT + pw / 2.0,
         plot_top + PLOT_H + 28.0
     );
-    let legend: [(&str, &str); 8] = [
+    let legend: [(&str, &str); 10] = [
         ("#2ca02c", "answered"),
+        ("#bbbbbb", "no record (expired)"),
         ("#f0ad4e", "no answer (faulted node)"),
-        ("#d62728", "empty / failed (must be 0)"),
+        ("#d62728", "empty / failed / backwards (must be 0)"),
         ("#1f77b4", "propagation p50"),
         ("#9ecae1", "propagation max"),
         (color(FaultKind::Kill), "kill"),
         (color(FaultKind::Pause), "pause"),
         (color(FaultKind::Partition), "partition"),
+        (color(FaultKind::Skew), "clock skew"),
     ];
     let mut lx = LEFT;
+    let mut ly = ly;
     for (c, label) in legend {
+        let item_w = 22.0 + label.len() as f64 * 6.2;
+        if lx + item_w > W - RIGHT {
+            lx = LEFT;
+            ly += 18.0;
+        }
         let _ = writeln!(
             o,
             r##"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{c}"/><text x="{:.1}" y="{:.1}">{label}</text>"##,
@@ -332,7 +365,7 @@ pub fn render(
             lx + 16.0,
             ly + 18.0
         );
-        lx += 22.0 + label.len() as f64 * 6.2;
+        lx += item_w;
     }
     let _ = writeln!(o, "</svg>");
     o
@@ -364,20 +397,30 @@ mod tests {
                 outcome: OpOutcome::Found,
                 seq: Some(1),
                 endpoints: Some(2),
-                detail: None,
-                want_seq: None,
+                ..Op::default()
             }],
-            faults: vec![FaultSpan {
-                kind: FaultKind::Pause,
-                node: 2,
-                start_ms: 500.0,
-                end_ms: 2500.0,
-            }],
+            faults: vec![
+                FaultSpan {
+                    kind: FaultKind::Pause,
+                    node: 2,
+                    start_ms: 500.0,
+                    end_ms: 2500.0,
+                    offset_ms: None,
+                },
+                FaultSpan {
+                    kind: FaultKind::Skew,
+                    node: 3,
+                    start_ms: 100.0,
+                    end_ms: 1900.0,
+                    offset_ms: Some(-600_000),
+                },
+            ],
         };
         let svg = render(&h, &Findings::default(), 3, 2.0, "t <1>");
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("t &lt;1&gt;"));
         assert!(svg.contains("pause node 2"));
+        assert!(svg.contains("skew -600 s node 3"));
     }
 }

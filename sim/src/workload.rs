@@ -1,31 +1,36 @@
-//! The chaos workload: writers, the seed's race, the clean-up job, readers and propagation
-//! probes — every operation recorded in the history with its start and end time.
+//! The chaos workload: writers, readers and propagation probes — every operation recorded in
+//! the history with its start and end time. The seed's race runs beside it, through the real
+//! CLI ([`crate::race`]).
 //!
 //! * **Writers** each own some names and publish a new seq for one of them continuously. The
-//!   harness signs records itself (with `dpin_protocol`, as `dpin publish` does) so it controls
-//!   seq exactly; it posts to a random node and fails over to the next on timeout or error,
-//!   re-sending the *same* signed record (a retry can only duplicate, never fork, a write).
-//! * **The race** (SPEC §1, FIELD-NOTES): writer A plans seq n+1 for a shared name and stalls;
-//!   writer B publishes n+1, n+2, n+3. A then applies its stale plan at the node that
-//!   acknowledged B's newest write, and the clean-up job tries to delete the "old" plan with a
-//!   tombstone at seq n+1 there. Both must be refused (409 stale) — that node provably holds a
-//!   higher seq — and no reader may ever see the name empty.
+//!   harness signs these records itself (with `dpin_protocol`) so it controls seq exactly; it
+//!   posts to a random node and fails over to the next on timeout or error, re-sending the
+//!   *same* signed record (a retry can only duplicate, never fork, a write).
+//! * **Expiry and compaction happen during the run.** Records live `record_ttl_ms` (seconds,
+//!   not hours), so a writer refreshes every live name well within its TTL (a name not written
+//!   for a third of the TTL is written next). Each writer also owns one *ephemeral* name that
+//!   it stops refreshing part-way through, so it expires and, once the nodes' compaction
+//!   horizon has passed, is compacted while the run goes on; the checker knows from each
+//!   write's expiry that such a name is gone by design, not empty.
 //! * **Readers** resolve every name from every node, over HTTP and (if the nodes serve it) DNS,
 //!   in rounds: one name, all nodes at once, short timeouts. A round nobody answered is a
 //!   failed query.
 //! * **Probes** poll every other node right after a write is acknowledged, so propagation
 //!   latency is measured, not inferred from the readers' sampling rate.
 //!
-//! Endpoints encode the seq in their address (`127.A.B.C` with A·2¹⁶+B·2⁸+C = seq), so a DNS
-//! answer, which carries no seq, still tells which record it came from. These addresses are
-//! never contacted.
+//! **Content.** Every record gets fresh endpoint addresses: `127.A.B.C` encodes a content id
+//! unique in the run, and the ports (1000 + tag, 2000 + tag) name the writer. So any answer —
+//! a DNS answer carries no seq and no port — tells exactly which write it came from, and the
+//! checker can compare content, not only seq. (The id is not the seq: the CLI's one-step
+//! publish picks its seq itself, after the endpoints are chosen.) These addresses are never
+//! contacted: the harness starts every node with `--no-probe`.
 //!
 //! All randomness comes from ChaCha RNGs derived from the run's seed, one stream per task, so a
 //! seed replays the same decisions (timing on a real machine still varies).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::dnsq::{self, DnsAnswer};
-use crate::history::{FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto};
+use crate::history::{content_of, FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto};
 use crate::nodeapi::Api;
 
 /// Per-request timeout of reads (a paused node never answers; do not wait for it).
@@ -45,8 +50,11 @@ pub const READ_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a probe polls one node for a write.
 pub const PROBE_WINDOW: Duration = Duration::from_secs(3);
-/// Lifetime of the records the workload writes.
-pub const RECORD_TTL_MS: u64 = 3600 * 1000;
+/// Default lifetime of the records the workload writes: short, so records expire (and the
+/// ephemeral names are compacted) within a one-minute run.
+pub const DEFAULT_RECORD_TTL_MS: u64 = 15_000;
+/// A live name not written for this fraction of the TTL is refreshed next.
+pub const REFRESH_FRACTION: f64 = 1.0 / 3.0;
 
 /// Live counters for the progress line.
 #[derive(Debug, Default)]
@@ -82,6 +90,7 @@ pub struct ActiveFault {
 #[derive(Debug)]
 pub struct Recorder {
     t0: Instant,
+    t0_unix_ms: u64,
     ops: Mutex<Vec<Op>>,
     faults: Mutex<Vec<FaultSpan>>,
     /// Faults in progress.
@@ -100,6 +109,7 @@ impl Recorder {
     pub fn new() -> Self {
         Self {
             t0: Instant::now(),
+            t0_unix_ms: unix_ms(),
             ops: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             active: Mutex::new(Vec::new()),
@@ -116,6 +126,11 @@ impl Recorder {
     /// Ms since the run started.
     pub fn now_ms(&self) -> f64 {
         self.t0.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// A Unix time in ms (a record's expiry) on the run's clock (ms since start).
+    pub fn run_ms(&self, unix_ms: u64) -> f64 {
+        unix_ms as f64 - self.t0_unix_ms as f64
     }
 
     /// Records an operation.
@@ -135,7 +150,9 @@ impl Recorder {
             OpKind::Write if op.outcome.is_ack() => {
                 c.acked.fetch_add(1, Ordering::Relaxed);
             }
-            OpKind::StalePlan | OpKind::Cleanup if op.outcome == OpOutcome::Stale => {
+            OpKind::StalePlan | OpKind::Cleanup
+                if matches!(op.outcome, OpOutcome::Stale | OpOutcome::Conflict) =>
+            {
                 c.refused_stale.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
@@ -197,6 +214,8 @@ pub struct NameSpec {
     pub full: String,
     /// Who writes it.
     pub owner: Owner,
+    /// Written only until [`WorkloadConfig::ephemeral_until`], then left to expire.
+    pub ephemeral: bool,
 }
 
 /// Workload settings.
@@ -216,14 +235,36 @@ pub struct WorkloadConfig {
     pub read_rate: f64,
     /// Local address to send DNS queries from.
     pub dns_bind: IpAddr,
+    /// Lifetime of every record written, ms.
+    pub record_ttl_ms: u64,
+    /// How long after the workload starts the ephemeral names are still written.
+    pub ephemeral_until: Duration,
 }
 
-/// The names and the key that signs them.
+/// The names, the key that signs them, and the content ids handed out so far.
 pub struct Plan {
     /// The zone key (derived from the seed).
     pub key: ZoneKey,
     /// All names.
     pub names: Vec<NameSpec>,
+    /// Lifetime of every record written, ms.
+    pub ttl_ms: u64,
+    next_id: AtomicU32,
+}
+
+/// First content id: addresses start at 127.1.0.1, clear of the usual 127.0.0.x.
+const FIRST_CONTENT_ID: u32 = 1 << 16;
+
+/// Fresh endpoints for one record: the endpoints, the same as CLI arguments, and the content
+/// text the history records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fresh {
+    /// The endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// `HOST:PORT` arguments for `dpin sign` / `dpin publish`.
+    pub args: Vec<String>,
+    /// [`content_of`] text.
+    pub content: String,
 }
 
 impl Plan {
@@ -241,8 +282,16 @@ impl Plan {
                     full: format!("{label}.{zone}"),
                     label,
                     owner: Owner::Writer(w),
+                    ephemeral: false,
                 });
             }
+            let label = format!("tmp-{w}");
+            names.push(NameSpec {
+                full: format!("{label}.{zone}"),
+                label,
+                owner: Owner::Writer(w),
+                ephemeral: true,
+            });
         }
         for r in 0..cfg.race_names {
             let label = format!("regional-{r}");
@@ -250,9 +299,47 @@ impl Plan {
                 full: format!("{label}.{zone}"),
                 label,
                 owner: Owner::Race,
+                ephemeral: false,
             });
         }
-        Self { key, names }
+        Self {
+            key,
+            names,
+            ttl_ms: cfg.record_ttl_ms,
+            next_id: AtomicU32::new(FIRST_CONTENT_ID),
+        }
+    }
+
+    /// Endpoints no other record of the run has: a fresh content id in the address, `tag`
+    /// (which writer) in the ports.
+    pub fn fresh(&self, tag: u16) -> Fresh {
+        let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Skip .0 and .255 host parts: valid, but they look like network/broadcast addresses.
+        while matches!(id & 0xff, 0 | 0xff) {
+            id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        }
+        let addr = content_addr(id);
+        let host = Host::V4(addr.octets());
+        let endpoints: Vec<Endpoint> = [1000, 2000]
+            .into_iter()
+            .map(|base| Endpoint {
+                host: host.clone(),
+                port: base + tag,
+                transport: Transport::Tcp,
+                weight: 1,
+            })
+            .collect();
+        let args: Vec<String> = endpoints
+            .iter()
+            .map(|e| format!("{addr}:{}", e.port))
+            .collect();
+        let a = addr.to_string();
+        let content = content_of(endpoints.iter().map(|e| (a.as_str(), e.port)));
+        Fresh {
+            endpoints,
+            args,
+            content,
+        }
     }
 }
 
@@ -262,53 +349,43 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The address that encodes `seq` (low 24 bits).
-pub fn seq_addr(seq: u64) -> Ipv4Addr {
-    Ipv4Addr::new(127, (seq >> 16) as u8, (seq >> 8) as u8, seq as u8)
+/// The address of content id `id` (low 24 bits).
+pub fn content_addr(id: u32) -> Ipv4Addr {
+    Ipv4Addr::new(127, (id >> 16) as u8, (id >> 8) as u8, id as u8)
 }
 
-/// The seq an address from [`seq_addr`] encodes.
-pub fn addr_seq(a: Ipv4Addr) -> u64 {
-    let [_, x, y, z] = a.octets();
-    (u64::from(x) << 16) | (u64::from(y) << 8) | u64::from(z)
-}
-
-/// Signs a record for `label` at `seq`. `variant` changes the ports, so two writers' records
-/// at the same seq differ; `tombstone` makes it a deletion.
+/// Signs a record for `label` at `seq` with `endpoints`, living `ttl_ms` from now.
 pub fn make_record(
     key: &ZoneKey,
     label: &str,
     seq: u64,
-    variant: u16,
-    tombstone: bool,
+    endpoints: Vec<Endpoint>,
+    ttl_ms: u64,
 ) -> Result<SignedRecord, dpin_protocol::ValidationError> {
-    let host = Host::V4(seq_addr(seq).octets());
-    let content = if tombstone {
-        Content::Tombstone
-    } else {
-        Content::Endpoints(vec![
-            Endpoint {
-                host: host.clone(),
-                port: 1000 + variant,
-                transport: Transport::Tcp,
-                weight: 1,
-            },
-            Endpoint {
-                host,
-                port: 2000 + variant,
-                transport: Transport::Tcp,
-                weight: 1,
-            },
-        ])
-    };
     RecordBody {
         zone: key.zone(),
         label: label.to_owned(),
         seq,
-        expires_at_ms: unix_ms() + RECORD_TTL_MS,
-        content,
+        expires_at_ms: unix_ms().saturating_add(ttl_ms),
+        content: Content::Endpoints(endpoints),
     }
     .sign(key)
+}
+
+/// The history's content text of a signed record.
+pub fn record_content(record: &SignedRecord) -> String {
+    match record.endpoints() {
+        Some(eps) => {
+            let hosts: Vec<String> = eps.iter().map(|e| e.host.to_string()).collect();
+            content_of(
+                hosts
+                    .iter()
+                    .map(String::as_str)
+                    .zip(eps.iter().map(|e| e.port)),
+            )
+        }
+        None => crate::history::TOMBSTONE.to_owned(),
+    }
 }
 
 /// Everything a task needs.
@@ -366,14 +443,14 @@ impl Ctx {
             process: process.to_owned(),
             node: t.node,
             name: record.name(),
-            round: None,
             start_ms: start,
             end_ms: self.rec.now_ms(),
             outcome: r.outcome,
             seq: Some(record.body.seq),
-            endpoints: None,
             detail: r.detail,
-            want_seq: None,
+            content: Some(record_content(record)),
+            expires_ms: Some(self.rec.run_ms(record.body.expires_at_ms)),
+            ..Op::default()
         });
         r.outcome
     }
@@ -381,7 +458,7 @@ impl Ctx {
     /// Publishes `record` starting at node index `first` (0-based), failing over to the next
     /// node on timeout or error; stops at the first answer (ack or refusal). Returns the node
     /// (1-based) and outcome of the last attempt.
-    async fn publish_failover(
+    pub async fn publish_failover(
         &self,
         first: usize,
         record: &SignedRecord,
@@ -413,12 +490,16 @@ impl Ctx {
     }
 }
 
+/// Tag (port offset) of the records written by setup.
+pub const SETUP_TAG: u16 = 99;
+
 /// Publishes seq 1 of every name (through node 1 first, failing over), recording the ops.
 /// Returns the names whose first write was not acknowledged.
 pub async fn setup(ctx: &Ctx, plan: &Plan) -> Vec<String> {
     let mut failed = Vec::new();
     for (i, n) in plan.names.iter().enumerate() {
-        let Ok(rec) = make_record(&plan.key, &n.label, 1, 0, false) else {
+        let fresh = plan.fresh(SETUP_TAG);
+        let Ok(rec) = make_record(&plan.key, &n.label, 1, fresh.endpoints, plan.ttl_ms) else {
             failed.push(n.full.clone());
             continue;
         };
@@ -460,8 +541,17 @@ fn pace(rate: f64) -> Duration {
     }
 }
 
-/// A writer: publishes a new seq of one of its names, at `rate` writes per second.
-pub async fn writer(ctx: Ctx, plan: Arc<Plan>, w: usize, rate: f64, seed: u64) {
+/// A writer: publishes a new seq of one of its names, at `rate` writes per second. A name not
+/// written for [`REFRESH_FRACTION`] of the TTL is written next, so live names never expire;
+/// the ephemeral name is written only until `ephemeral_until` after the writer starts.
+pub async fn writer(
+    ctx: Ctx,
+    plan: Arc<Plan>,
+    w: usize,
+    rate: f64,
+    seed: u64,
+    ephemeral_until: Duration,
+) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(100 + w as u64);
     let own: Vec<&NameSpec> = plan
@@ -472,8 +562,13 @@ pub async fn writer(ctx: Ctx, plan: Arc<Plan>, w: usize, rate: f64, seed: u64) {
     if own.is_empty() {
         return;
     }
+    let started = Instant::now();
+    let refresh_after = Duration::from_millis(plan.ttl_ms).mul_f64(REFRESH_FRACTION);
     let mut next: BTreeMap<&str, u64> = own.iter().map(|n| (n.label.as_str(), 1)).collect();
+    let mut last_write: BTreeMap<&str, Instant> =
+        own.iter().map(|n| (n.label.as_str(), started)).collect();
     let process = format!("writer-{w}");
+    let tag = u16::try_from(w).unwrap_or(0);
     while ctx.running() {
         let jitter: f64 = rng.gen_range(0.5..1.5);
         ctx.sleep_until_or_deadline(pace(rate).mul_f64(jitter))
@@ -481,85 +576,44 @@ pub async fn writer(ctx: Ctx, plan: Arc<Plan>, w: usize, rate: f64, seed: u64) {
         if !ctx.running() {
             break;
         }
-        let n = own[rng.gen_range(0..own.len())];
+        let writable: Vec<&NameSpec> = own
+            .iter()
+            .copied()
+            .filter(|n| !n.ephemeral || started.elapsed() < ephemeral_until)
+            .collect();
+        if writable.is_empty() {
+            continue;
+        }
+        // The name written longest ago, if it is due; else a random one.
+        let due = writable
+            .iter()
+            .copied()
+            .filter(|n| {
+                last_write
+                    .get(n.label.as_str())
+                    .is_some_and(|t| t.elapsed() >= refresh_after)
+            })
+            .min_by_key(|n| last_write.get(n.label.as_str()).copied());
+        let n = match due {
+            Some(n) => n,
+            None => writable[rng.gen_range(0..writable.len())],
+        };
         let first = rng.gen_range(0..ctx.targets.len());
         let Some(seq) = next.get_mut(n.label.as_str()) else {
             continue;
         };
         // A new seq for every attempt: an unacknowledged seq is never reused with other content.
         *seq += 1;
-        let Ok(rec) = make_record(&plan.key, &n.label, *seq, 0, false) else {
+        let fresh = plan.fresh(tag);
+        let Ok(rec) = make_record(&plan.key, &n.label, *seq, fresh.endpoints, plan.ttl_ms) else {
             continue;
         };
+        last_write.insert(n.label.as_str(), Instant::now());
         ctx.publish_failover(first, &rec, &process).await;
     }
 }
 
-/// The seed's race on the shared names: B advances, A replays a stale plan, clean-up deletes
-/// the "old" plan. One race every `period`.
-pub async fn race(ctx: Ctx, plan: Arc<Plan>, period: Duration, seed: u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(200);
-    let shared: Vec<&NameSpec> = plan
-        .names
-        .iter()
-        .filter(|n| n.owner == Owner::Race)
-        .collect();
-    if shared.is_empty() {
-        return;
-    }
-    let mut held: BTreeMap<&str, u64> = shared.iter().map(|n| (n.label.as_str(), 1)).collect();
-    while ctx.running() {
-        let jitter: f64 = rng.gen_range(0.5..1.5);
-        ctx.sleep_until_or_deadline(period.mul_f64(jitter)).await;
-        if !ctx.running() {
-            break;
-        }
-        let n = shared[rng.gen_range(0..shared.len())];
-        let Some(h) = held.get_mut(n.label.as_str()) else {
-            continue;
-        };
-        let plan_seq = *h + 1;
-        // A checks once that its plan is newer than what is held, builds it, and stalls.
-        let Ok(a_plan) = make_record(&plan.key, &n.label, plan_seq, 7, false) else {
-            continue;
-        };
-        // B moves on: plan_seq, plan_seq+1, plan_seq+2.
-        let mut newest: Option<(usize, u64)> = None;
-        for s in plan_seq..plan_seq + 3 {
-            let Ok(rec) = make_record(&plan.key, &n.label, s, 0, false) else {
-                continue;
-            };
-            let first = rng.gen_range(0..ctx.targets.len());
-            if let Some((node, o)) = ctx.publish_failover(first, &rec, "race-b").await {
-                if o.is_ack() {
-                    newest = Some((node, s));
-                }
-            }
-        }
-        *h = plan_seq + 2;
-        // The stale plan and the clean-up go to the node that acknowledged B's newest write,
-        // which therefore holds a seq above plan_seq: both must be refused as stale.
-        let Some((node, acked)) = newest else {
-            continue;
-        };
-        if acked <= plan_seq {
-            continue;
-        }
-        let Some(x) = ctx.targets.iter().find(|t| t.node == node) else {
-            continue;
-        };
-        let stall = Duration::from_millis(rng.gen_range(20..400));
-        ctx.sleep_until_or_deadline(stall).await;
-        ctx.publish_at(x, &a_plan, OpKind::StalePlan, "race-a")
-            .await;
-        if let Ok(tomb) = make_record(&plan.key, &n.label, plan_seq, 0, true) {
-            ctx.publish_at(x, &tomb, OpKind::Cleanup, "cleanup").await;
-        }
-    }
-}
-
-/// Resolves `name` at one node over `proto`.
+/// Resolves `name` at one node over `proto` (HTTP or DNS; anything else is an error).
 async fn read_one(
     ctx: &Ctx,
     t: &Target,
@@ -570,56 +624,44 @@ async fn read_one(
     timeout: Duration,
 ) -> crate::nodeapi::ReadResult {
     use crate::nodeapi::ReadResult;
+    let not_found = |detail: &str| ReadResult {
+        outcome: OpOutcome::NotFound,
+        seq: None,
+        endpoints: Some(0),
+        content: None,
+        detail: Some(detail.to_owned()),
+    };
     match proto {
         Proto::Http => ctx.api.resolve(t.api, name, timeout).await,
+        Proto::Cli => ReadResult::failure(OpOutcome::Error, "reads use HTTP or DNS".to_owned()),
         Proto::Dns => {
             let Some(server) = t.dns else {
-                return ReadResult {
-                    outcome: OpOutcome::Error,
-                    seq: None,
-                    endpoints: None,
-                    detail: Some("no dns address".to_owned()),
-                };
+                return ReadResult::failure(OpOutcome::Error, "no dns address".to_owned());
             };
             let qname = format!("{name}.dpin.");
             let bind = SocketAddr::new(dns_bind, 0);
             match dnsq::query_a(bind, server, &qname, id, timeout).await {
-                Ok(DnsAnswer::Addrs(a)) if !a.is_empty() => ReadResult {
-                    outcome: OpOutcome::Found,
-                    seq: a.iter().map(|x| addr_seq(*x)).max(),
-                    endpoints: Some(a.len()),
-                    detail: None,
-                },
-                Ok(DnsAnswer::Addrs(_)) => ReadResult {
-                    outcome: OpOutcome::NotFound,
-                    seq: None,
-                    endpoints: Some(0),
-                    detail: Some("NOERROR without A records".to_owned()),
-                },
-                Ok(DnsAnswer::NxDomain) => ReadResult {
-                    outcome: OpOutcome::NotFound,
-                    seq: None,
-                    endpoints: Some(0),
-                    detail: Some("NXDOMAIN".to_owned()),
-                },
-                Ok(DnsAnswer::Rcode(r)) => ReadResult {
-                    outcome: OpOutcome::Error,
-                    seq: None,
-                    endpoints: None,
-                    detail: Some(format!("rcode {r}")),
-                },
+                // A DNS answer has no seq: the checker finds it from the addresses.
+                Ok(DnsAnswer::Addrs(a)) if !a.is_empty() => {
+                    let hosts: Vec<String> = a.iter().map(ToString::to_string).collect();
+                    ReadResult {
+                        outcome: OpOutcome::Found,
+                        seq: None,
+                        endpoints: Some(a.len()),
+                        content: Some(crate::history::hosts_of(&hosts.join(","))),
+                        detail: None,
+                    }
+                }
+                Ok(DnsAnswer::Addrs(_)) => not_found("NOERROR without A records"),
+                Ok(DnsAnswer::NxDomain) => not_found("NXDOMAIN"),
+                Ok(DnsAnswer::Rcode(r)) => {
+                    ReadResult::failure(OpOutcome::Error, format!("rcode {r}"))
+                }
                 Err(dnsq::DnsError::Timeout) => ReadResult {
-                    outcome: OpOutcome::Timeout,
-                    seq: None,
-                    endpoints: None,
                     detail: None,
+                    ..ReadResult::failure(OpOutcome::Timeout, String::new())
                 },
-                Err(e) => ReadResult {
-                    outcome: OpOutcome::Error,
-                    seq: None,
-                    endpoints: None,
-                    detail: Some(e.to_string()),
-                },
+                Err(e) => ReadResult::failure(OpOutcome::Error, e.to_string()),
             }
         }
     }
@@ -644,6 +686,7 @@ pub async fn reader(
         match proto {
             Proto::Http => "http",
             Proto::Dns => "dns",
+            Proto::Cli => "cli",
         }
     ));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ROUNDS_IN_FLIGHT));
@@ -704,7 +747,8 @@ async fn read_round(ctx: &Ctx, name: &str, proto: Proto, dns_bind: IpAddr, proce
                 seq: res.seq,
                 endpoints: res.endpoints,
                 detail: res.detail,
-                want_seq: None,
+                content: res.content,
+                ..Op::default()
             }
         });
         let ops = futures::future::join_all(reads).await;
@@ -764,7 +808,6 @@ pub async fn prober(ctx: Ctx, mut rx: tokio::sync::mpsc::Receiver<Probe>) {
                         process: "prober".to_owned(),
                         node: t.node,
                         name: p.name.clone(),
-                        round: None,
                         start_ms: ack_ms,
                         end_ms: ctx.rec.now_ms(),
                         outcome: last.outcome,
@@ -772,6 +815,8 @@ pub async fn prober(ctx: Ctx, mut rx: tokio::sync::mpsc::Receiver<Probe>) {
                         endpoints: last.endpoints,
                         detail: last.detail,
                         want_seq: Some(p.seq),
+                        content: last.content,
+                        ..Op::default()
                     });
                 }
             });
@@ -802,14 +847,14 @@ pub async fn final_reads(
                     process: "final".to_owned(),
                     node: t.node,
                     name: n.full.clone(),
-                    round: None,
                     start_ms: start,
                     end_ms: rec.now_ms(),
                     outcome: r.outcome,
                     seq: r.seq,
                     endpoints: r.endpoints,
                     detail: r.detail,
-                    want_seq: None,
+                    content: r.content,
+                    ..Op::default()
                 });
                 if done || attempt == 2 || Instant::now() >= deadline {
                     break;
@@ -845,20 +890,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seq_round_trips_through_an_address() {
-        for s in [0u64, 1, 255, 256, 70_000, (1 << 24) - 1] {
-            assert_eq!(addr_seq(seq_addr(s)), s);
+    fn every_record_gets_endpoints_no_other_record_has() {
+        let plan = Plan::new(&WorkloadConfig {
+            seed: 1,
+            writers: 1,
+            names_per_writer: 1,
+            race_names: 1,
+            write_rate: 1.0,
+            read_rate: 1.0,
+            dns_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            record_ttl_ms: DEFAULT_RECORD_TTL_MS,
+            ephemeral_until: Duration::from_secs(1),
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..600 {
+            let f = plan.fresh(3);
+            assert_eq!(f.args.len(), 2);
+            assert!(f.content.contains(":1003") && f.content.contains(":2003"));
+            assert!(!f.content.contains(".0:") && !f.content.contains(".255:"));
+            assert!(seen.insert(crate::history::hosts_of(&f.content)));
         }
+        // Writer names, one ephemeral name per writer, race names.
+        assert_eq!(plan.names.len(), 3);
+        assert_eq!(plan.names.iter().filter(|n| n.ephemeral).count(), 1);
     }
 
     #[test]
-    fn records_sign_and_tombstones_have_no_endpoints() -> Result<(), dpin_protocol::ValidationError>
-    {
+    fn records_sign_with_the_content_the_history_records(
+    ) -> Result<(), dpin_protocol::ValidationError> {
         let key = ZoneKey::from_seed([3; 32]);
-        let r = make_record(&key, "svc-0-0", 5, 0, false)?;
-        assert_eq!(r.endpoints().map(<[Endpoint]>::len), Some(2));
-        let t = make_record(&key, "svc-0-0", 5, 0, true)?;
-        assert!(t.is_tombstone());
+        let ep = Endpoint {
+            host: Host::V4([127, 1, 0, 9]),
+            port: 1004,
+            transport: Transport::Tcp,
+            weight: 1,
+        };
+        let r = make_record(&key, "svc-0-0", 5, vec![ep], 15_000)?;
+        assert_eq!(record_content(&r), "127.1.0.9:1004");
         Ok(())
     }
 }
