@@ -210,7 +210,9 @@ fn a_aaaa_srv_nxdomain_refused_aliases_and_case_over_udp_and_tcp() -> Result<()>
     }
 
     // Tombstoned → NXDOMAIN.
-    publish(&key, &node.api, "web", &["--tombstone"])?;
+    // Deleting names the seq it deletes.
+    let held = node.get(&format!("/v1/seq/{name}"))?.1["seq"].to_string();
+    publish(&key, &node.api, "web", &["--tombstone", "--if-seq", &held])?;
     wait_until(SPREAD, "tombstoned name to answer NXDOMAIN", || {
         query(dns, &name, RecordType::A, Via::Udp)
             .ok()
