@@ -19,12 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpin_protocol::blob::{BlobRequest, BlobResponse};
-use dpin_protocol::digest::{
-    answer_digest, answer_fetch, digest_request_from, plan_sync, records_for,
-    MAX_RECORDS_PER_MESSAGE,
-};
+use dpin_protocol::digest::MAX_RECORDS_PER_MESSAGE;
 use dpin_protocol::record::Freshness;
 use dpin_protocol::store::Store;
+use dpin_protocol::sync::{self as session, Initiator, InitiatorStep, ResponderAction};
 use dpin_protocol::{Outcome, SignedRecord, SyncRequest, SyncResponse};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
@@ -42,8 +40,6 @@ pub const KIND_BLOB: u8 = 1;
 
 /// How often each node runs an anti-entropy round with each connected peer.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
-/// Most sync rounds run back to back with one peer before waiting for the next interval.
-pub const MAX_SYNC_ROUNDS: usize = 16;
 /// Most concurrent anti-entropy sessions this node initiates.
 pub const MAX_CONCURRENT_SYNCS: usize = 4;
 
@@ -477,23 +473,12 @@ impl Node {
                 .encode();
             }
         };
-        let resp = match req {
-            SyncRequest::Digest { root, buckets } => {
-                self.read_store(|s| answer_digest(s, &root, &buckets, None))
-            }
-            SyncRequest::DigestFrom {
-                root,
-                buckets,
-                bucket,
-                after,
-            } => self.read_store(|s| answer_digest(s, &root, &buckets, Some((bucket, &after)))),
-            SyncRequest::Fetch { names } => self.read_store(|s| answer_fetch(s, &names)),
-            SyncRequest::Push { records } => {
+        let resp = match self.read_store(|s| session::respond(s, req)) {
+            ResponderAction::Reply(resp) => resp,
+            ResponderAction::ApplyThenAck(records) => {
                 let applied = self.apply_synced(records).await;
                 tracing::debug!(%peer, applied, "records pushed to us");
-                SyncResponse::PushAck {
-                    applied: applied as u32,
-                }
+                session::push_ack(applied)
             }
         };
         resp.encode()
@@ -606,53 +591,24 @@ async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse
     SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))
 }
 
-/// Runs anti-entropy rounds with `peer` until in sync, no progress, or [`MAX_SYNC_ROUNDS`].
+/// Drives one anti-entropy session ([`dpin_protocol::sync::Initiator`]) with `peer`: every
+/// decision is the protocol's; this only carries requests and applies what comes back.
 pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
-    let mut cursor: Option<(u8, String)> = None;
-    for _ in 0..MAX_SYNC_ROUNDS {
-        let req = node.read_store(|s| digest_request_from(s, cursor.as_ref()));
-        let (buckets, summaries, truncated) = match ask(node, peer, req).await? {
-            SyncResponse::InSync => return Ok(()),
-            SyncResponse::Summaries {
-                buckets,
-                summaries,
-                truncated,
-            } => (buckets, summaries, truncated),
-            other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
+    let mut session = Initiator::new(session::SessionConfig::default());
+    loop {
+        let step = node.read_store(|s| session.poll(s, now_ms()));
+        let req = match step {
+            InitiatorStep::Send(req) => req,
+            InitiatorStep::Done(_) => return Ok(()),
         };
-        let after = cursor.as_ref().map(|(b, n)| (*b, n.as_str()));
-        let plan =
-            node.read_store(|s| plan_sync(s, &buckets, &summaries, truncated, after, now_ms()));
-        if plan.fetch.is_empty() && plan.push.is_empty() && plan.next.is_none() {
-            // Digests differ only in ways we cannot fix from here (e.g. compaction timing).
-            return Ok(());
+        let resp = ask(node, peer, req).await?;
+        let records = node
+            .read_store(|s| session.handle_response(s, resp, now_ms()))
+            .map_err(|e| SyncError::BadAnswer(e.to_string()))?;
+        if !records.is_empty() {
+            node.apply_synced(records).await;
         }
-        for chunk in plan.fetch.chunks(MAX_RECORDS_PER_MESSAGE) {
-            match ask(
-                node,
-                peer,
-                SyncRequest::Fetch {
-                    names: chunk.to_vec(),
-                },
-            )
-            .await?
-            {
-                SyncResponse::Records { records } => {
-                    node.apply_synced(records).await;
-                }
-                other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
-            }
-        }
-        for chunk in plan.push.chunks(MAX_RECORDS_PER_MESSAGE) {
-            let records = node.read_store(|s| records_for(s, chunk));
-            match ask(node, peer, SyncRequest::Push { records }).await? {
-                SyncResponse::PushAck { .. } => {}
-                other => return Err(SyncError::BadAnswer(format!("{other:?}"))),
-            }
-        }
-        cursor = plan.next;
     }
-    Ok(())
 }
 
 /// Most gossip messages waiting for validation; beyond this they are ignored (not forwarded)

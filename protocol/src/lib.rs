@@ -21,7 +21,10 @@
 //!   and the highest `seq` ever accepted (the floor), so expiry or compaction never lets an older
 //!   record back in and never removes the winner of a live name.
 //! * [`digest`] — anti-entropy: an order-independent store digest, 256 bucket digests, per-bucket
-//!   summaries and the sans-IO planner that tells two peers which records to fetch and push.
+//!   summaries and the planner that tells two peers which records to fetch and push.
+//! * [`sync`] — the anti-entropy session as a sans-IO state machine ([`sync::Initiator`],
+//!   [`sync::respond`]): cursor, round cap, stop rule, fetch-before-push, chunking; driven by
+//!   the node over libp2p and by the simulator in virtual time.
 //! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
 //! * [`error`] — typed errors, one variant per rejection reason.
 
@@ -33,6 +36,7 @@ pub mod keys;
 pub mod merge;
 pub mod record;
 pub mod store;
+pub mod sync;
 
 pub use digest::{plan_sync, StoreDigest, Summary, SyncPlan, SyncRequest, SyncResponse, BUCKETS};
 pub use error::{DecodeError, KeyError, ValidationError};

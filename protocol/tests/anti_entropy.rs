@@ -1,6 +1,6 @@
-//! Anti-entropy as the node runs it: `digest_request` → `answer_digest` → `plan_sync` →
-//! `answer_fetch` / `records_for` → `apply_batch`, every message encoded and decoded
-//! (`common::sync_once`). Replicas with random different contents reach identical digests in a
+//! Anti-entropy as the node runs it: the protocol's `sync::Initiator` session (digest →
+//! summaries → plan → fetch / push) against `sync::respond`, records applied with
+//! `apply_batch`, every message encoded and decoded (`common::sync_once`). Replicas with random different contents reach identical digests in a
 //! bounded number of rounds, holding the merge-rule winner of the union; a one-name difference
 //! in a 10,000-name store costs a tiny fraction of the store's size on the wire.
 //!

@@ -1,18 +1,20 @@
 //! Helpers shared by the integration tests of `dpin-protocol` (included with `mod common;`).
 //!
 //! Nothing here decides an outcome: the helpers build signed records, drive one anti-entropy
-//! round exactly as a node does, and compute the *model* answer (the max of `(seq, content
+//! session through the protocol's own state machine, exactly as a node does, and compute the *model* answer (the max of `(seq, content
 //! hash)`) that the tests compare the real stores against.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeMap;
 
-use dpin_protocol::digest::{answer_digest, answer_fetch, digest_request_from, records_for};
-use dpin_protocol::digest::{MAX_RECORDS_PER_MESSAGE, MAX_SYNC_MESSAGE_BYTES};
+use dpin_protocol::digest::MAX_SYNC_MESSAGE_BYTES;
 use dpin_protocol::record::SIGNING_DOMAIN;
+use dpin_protocol::sync::{
+    push_ack, respond, Initiator, InitiatorStep, ResponderAction, SessionConfig, SessionEnd,
+};
 use dpin_protocol::{
-    plan_sync, Content, Endpoint, Entry, Freshness, Host, MemStore, Outcome, RecordBody,
-    SignedRecord, Store, SyncRequest, SyncResponse, Transport, ZoneKey,
+    Content, Endpoint, Entry, Freshness, Host, MemStore, Outcome, RecordBody, SignedRecord, Store,
+    SyncRequest, SyncResponse, Transport, ZoneKey,
 };
 use ed25519_dalek::Signer;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
@@ -237,97 +239,54 @@ fn decode_all(records: &[Vec<u8>]) -> Vec<SignedRecord> {
         .collect()
 }
 
-/// One anti-entropy round, initiator → responder, exactly as the node drives it over the
-/// wire: digest request, digest answer, plan, fetches, pushes — every message encoded and
-/// decoded. Every received record goes through `apply_batch` (signature + merge rule).
+/// One anti-entropy session, initiator → responder, driven exactly as the node drives it:
+/// the protocol's [`Initiator`] decides every request, [`respond`] every answer, and this only
+/// carries messages (encoded and decoded, so the wire format is exercised) and applies what
+/// the session hands over with `apply_batch` (signature + merge rule).
 pub fn sync_once(init: &mut MemStore, resp: &mut MemStore, now_ms: u64) -> RoundStats {
     let mut stats = RoundStats::default();
-    let mut cursor = None;
-    // A truncated answer continues from its cursor in the next round, as the node's session
-    // does (bounded the same way).
-    for _ in 0..16 {
-        cursor = sync_round(init, resp, now_ms, cursor.as_ref(), &mut stats);
-        if cursor.is_none() {
-            break;
-        }
-    }
-    stats
-}
-
-/// One round of a session; returns the cursor for the next round if the answer was truncated.
-fn sync_round(
-    init: &mut MemStore,
-    resp: &mut MemStore,
-    now_ms: u64,
-    cursor: Option<&(u8, String)>,
-    stats: &mut RoundStats,
-) -> Option<(u8, String)> {
-    let (root, buckets, after) = match wire_request(digest_request_from(init, cursor), stats) {
-        SyncRequest::Digest { root, buckets } => (root, buckets, None),
-        SyncRequest::DigestFrom {
-            root,
-            buckets,
-            bucket,
-            after,
-        } => (root, buckets, Some((bucket, after))),
-        other => panic!("digest_request must build a digest request, not {other:?}"),
-    };
-    let after_ref = after.as_ref().map(|(b, n)| (*b, n.as_str()));
-    let (covered, summaries, truncated) =
-        match wire_response(answer_digest(resp, &root, &buckets, after_ref), stats) {
-            SyncResponse::InSync => {
-                stats.in_sync = true;
-                return None;
+    let mut session = Initiator::new(SessionConfig::default());
+    loop {
+        let req = match session.poll(init, now_ms) {
+            InitiatorStep::Send(req) => wire_request(req, &mut stats),
+            InitiatorStep::Done(end) => {
+                stats.in_sync = end == SessionEnd::InSync;
+                return stats;
             }
-            SyncResponse::Summaries {
-                buckets,
-                summaries,
-                truncated,
-            } => (buckets, summaries, truncated),
-            other => panic!("unexpected answer to a digest: {other:?}"),
         };
-    let plan = plan_sync(init, &covered, &summaries, truncated, after_ref, now_ms);
-    for chunk in plan.fetch.chunks(MAX_RECORDS_PER_MESSAGE) {
-        let SyncRequest::Fetch { names } = wire_request(
-            SyncRequest::Fetch {
-                names: chunk.to_vec(),
-            },
-            stats,
-        ) else {
-            panic!("fetch round trip changed the variant");
+        let answer = match respond(resp, req) {
+            ResponderAction::Reply(answer) => answer,
+            ResponderAction::ApplyThenAck(records) => {
+                let outcomes =
+                    ok(resp.apply_batch(&decode_all(&records), now_ms, Freshness::Replicate));
+                let mut applied = 0;
+                for o in outcomes {
+                    assert!(
+                        !matches!(o, Outcome::Invalid(_)),
+                        "pushed record refused: {o:?}"
+                    );
+                    applied += usize::from(o.changed_store());
+                }
+                stats.pushed_applied += applied;
+                push_ack(applied)
+            }
         };
-        let SyncResponse::Records { records } = wire_response(answer_fetch(resp, &names), stats)
-        else {
-            panic!("answer_fetch must answer with Records");
-        };
-        let outcomes = ok(init.apply_batch(&decode_all(&records), now_ms, Freshness::Replicate));
-        for o in outcomes {
-            assert!(
-                !matches!(o, Outcome::Invalid(_)),
-                "fetched record refused: {o:?}"
-            );
-            stats.fetched_applied += usize::from(o.changed_store());
+        let answer = wire_response(answer, &mut stats);
+        let records = session
+            .handle_response(init, answer, now_ms)
+            .expect("an honest responder's answers fit the session");
+        if !records.is_empty() {
+            let outcomes =
+                ok(init.apply_batch(&decode_all(&records), now_ms, Freshness::Replicate));
+            for o in outcomes {
+                assert!(
+                    !matches!(o, Outcome::Invalid(_)),
+                    "fetched record refused: {o:?}"
+                );
+                stats.fetched_applied += usize::from(o.changed_store());
+            }
         }
     }
-    for chunk in plan.push.chunks(MAX_RECORDS_PER_MESSAGE) {
-        let records = records_for(init, chunk);
-        let SyncRequest::Push { records } = wire_request(SyncRequest::Push { records }, stats)
-        else {
-            panic!("push round trip changed the variant");
-        };
-        let outcomes = ok(resp.apply_batch(&decode_all(&records), now_ms, Freshness::Replicate));
-        let mut applied = 0u32;
-        for o in outcomes {
-            assert!(
-                !matches!(o, Outcome::Invalid(_)),
-                "pushed record refused: {o:?}"
-            );
-            applied += u32::from(o.changed_store());
-        }
-        stats.pushed_applied += applied as usize;
-        wire_response(SyncResponse::PushAck { applied }, stats);
-    }
-    plan.next
 }
 
 /// Two distinct mutable references into a slice.
