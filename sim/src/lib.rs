@@ -12,6 +12,10 @@
 //!   ([`history`]); after healing, a pure checker ([`checker`]) judges the history and produces
 //!   the SPEC §5 report ([`report`]) and an SVG timeline ([`svg`]).
 //!
+//! * `dpin-sim simulate` ([`simulate`]) runs N nodes of the same protocol core in one process
+//!   and one thread, in virtual time, from a seed: convergence, partition-heal, the seed's race
+//!   and churn, with invariants checked after every event and a replayable event-log digest.
+//!
 //! ## Partitions
 //! A real partition needs packets to vanish between nodes. When partitions are requested and
 //! the harness runs as root with iproute2, each node runs in its own network namespace
@@ -31,5 +35,6 @@ pub mod netns;
 pub mod nodeapi;
 pub mod race;
 pub mod report;
+pub mod simulate;
 pub mod svg;
 pub mod workload;

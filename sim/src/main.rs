@@ -7,6 +7,7 @@
 //! * `chaos` — the Jepsen-style run: workload + nemesis + checker; writes the SPEC §5 report,
 //!   the history (JSONL) and an SVG timeline; exits non-zero if any invariant broke.
 //! * `check` — re-runs the checker on a recorded history.
+//! * `simulate` — the deterministic in-process simulator (`dpin_sim::simulate`).
 //! * `node` (hidden) — runs a dpin node, exactly as `dpin node` does: the harness's fallback
 //!   when no `dpin` binary sits next to it. The other `dpin` client commands (`sign`,
 //!   `publish`, `resolve`, ...) are served the same way, so the chaos race can run the real CLI
@@ -70,6 +71,8 @@ enum Cmd {
     },
     /// Run a chaos test: workload, faults, checker, report.
     Chaos(Box<ChaosArgs>),
+    /// Deterministic in-process simulation of N nodes in virtual time (seeded, replayable).
+    Simulate(Box<dpin_sim::simulate::SimulateArgs>),
     /// Re-run the checker on a recorded history (JSONL) and print the counts.
     Check {
         /// History file written by `chaos`.
@@ -171,6 +174,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Chaos(args) => chaos_main(*args),
+        Cmd::Simulate(args) => dpin_sim::simulate::run(&args),
         Cmd::Cluster {
             nodes,
             base_dir,

@@ -1,0 +1,1587 @@
+//! The simulated world: N nodes, the records they exchange, the event loop and its handlers.
+//!
+//! One [`World`] is one run. Every handler takes one event, changes the nodes it concerns,
+//! records what it touched, and the loop then checks the invariants on exactly that
+//! ([`super::invariants`]). Nodes are plain structs: a `MemStore` (what the node holds), a
+//! second `MemStore` (what it has fsynced), its connections, its gossip mesh, its gossip caches
+//! and its anti-entropy sessions.
+//!
+//! ## Gossip model (gossipsub, with the parameters of `node/src/net.rs`)
+//! * A writer's node applies the record, waits for its fsync (the node gossips only after the
+//!   durable commit), then flood-publishes to every connected peer.
+//! * A node receiving a message it has not seen applies it; if the store changed (the node's
+//!   `Accept` verdict) it forwards to its mesh peers except the sender; otherwise (`Ignore`:
+//!   stale, duplicate, refused) it does not forward. Every copy of an already seen message is
+//!   a duplicate: counted, dropped.
+//! * Heartbeats every 500 ms (while the node has messages in its cache): IHAVE with the ids of
+//!   the last 3 s (`history_gossip` 6) to `max(gossip_lazy, 0.25 × non-mesh peers)` random
+//!   non-mesh peers; a peer missing one answers IWANT and gets the full message from the 5 s
+//!   cache (`history_length` 10).
+//! * The mesh: D / D_lo / D_hi from `MeshParams::for_cluster(N)` (or flags). At start every
+//!   node grafts up to D peers among its connections; a GRAFT to a peer already at D_hi is
+//!   refused (rust-libp2p's rule for inbound peers). A node below D_lo grafts up to D again
+//!   when a mesh peer crashes, leaves or is cut off.
+//! * Connections: each node dials random peers until it holds `degree` connections (the node
+//!   dials up to 3/4 of `max_connections` = 96), refusing beyond 128.
+//!
+//! ## Durability model (the node's rule)
+//! A write through a node's API is acknowledged only after its fsync ([`ACK_DELAY_MS`]); if
+//! the node crashes first, the writer gets no acknowledgement and the record is neither
+//! durable nor gossiped. A record taken from gossip is durable after the next group commit
+//! ([`FLUSH_DELAY_MS`]); one taken from anti-entropy is durable before the answer or the next
+//! request. A crash drops everything else; a restart starts from the durable copy.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use dpin_protocol::merge::{Floor, Outcome};
+use dpin_protocol::{Freshness, MemStore, SignedRecord, Store, SyncRequest, SyncResponse};
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::antientropy::{self, Initiator, InitiatorStep, ResponderAction, SessionConfig};
+use super::invariants::{self, NodeWatch, Violation};
+use super::net::{NetModel, CONTROL_FRAME_BYTES, GOSSIP_FRAME_BYTES, MESSAGE_ID_BYTES};
+use super::rng::{self, SimRng};
+use super::sched::Scheduler;
+use super::verify::{Verifier, VerifyMode};
+use super::{NodeId, RecId, SimError};
+
+/// Unix ms at virtual time 0 (2027-01-15): records' expiry and seq ceilings are real times.
+pub const EPOCH_MS: u64 = 1_800_000_000_000;
+/// Gossipsub heartbeat (node/src/net.rs).
+pub const HEARTBEAT_MS: u64 = 500;
+/// IHAVE window: `history_gossip` 6 heartbeats.
+pub const GOSSIP_WINDOW_MS: u64 = 6 * HEARTBEAT_MS;
+/// Message cache answering IWANT: `history_length` 10 heartbeats.
+pub const MCACHE_MS: u64 = 10 * HEARTBEAT_MS;
+/// gossipsub's default `gossip_factor`.
+pub const GOSSIP_FACTOR: f64 = 0.25;
+/// Group commit delay of replicated records (the node's `flush_soon`).
+pub const FLUSH_DELAY_MS: u64 = 1;
+/// fsync before a write is acknowledged and gossiped.
+pub const ACK_DELAY_MS: u64 = 2;
+/// Periodic anti-entropy (the node's `SYNC_INTERVAL`).
+pub const SYNC_INTERVAL_MS: u64 = 5_000;
+/// Sessions one node runs at once (the node's `MAX_CONCURRENT_SYNCS`).
+pub const MAX_CONCURRENT_SYNCS: usize = 4;
+/// Timeout of one sync request (the node's `request_timeout`).
+pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Connection limit of a node (`max_connections`).
+pub const MAX_CONNECTIONS: usize = 128;
+/// Connections a node dials up to (3/4 of the limit, node/src/net.rs `dial_target`).
+pub const DIAL_TARGET: usize = 96;
+
+/// Gossip mesh degrees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Mesh {
+    /// D.
+    pub n: usize,
+    /// D_lo.
+    pub n_low: usize,
+    /// D_hi.
+    pub n_high: usize,
+    /// gossip_lazy (the node sets it to D).
+    pub lazy: usize,
+}
+
+/// Everything a run is configured with.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Nodes present at start.
+    pub nodes: usize,
+    /// Node slots (nodes that may join later included).
+    pub capacity: usize,
+    /// Connections each node dials up to.
+    pub degree: usize,
+    /// Mesh degrees.
+    pub mesh: Mesh,
+    /// Peers each node starts a session with every [`SYNC_INTERVAL_MS`].
+    pub sync_peers: usize,
+    /// Fixed latency, ms.
+    pub latency_ms: u64,
+    /// Jitter, ms.
+    pub jitter_ms: u64,
+    /// Loss probability.
+    pub loss: f64,
+    /// Per-node clock offsets are drawn uniformly in `[-skew, +skew]`.
+    pub clock_skew_ms: u64,
+    /// Body retention of every store (`MemStore::with_retention`), `None` for the default.
+    pub retention_ms: Option<u64>,
+    /// Compaction tick, `None` for no compaction.
+    pub compact_every_ms: Option<u64>,
+    /// Signature checking.
+    pub verify: VerifyMode,
+    /// Most events before the run is declared runaway.
+    pub max_events: u64,
+}
+
+/// One interned record.
+pub struct RecordInfo {
+    /// The signed record.
+    pub rec: Arc<SignedRecord>,
+    /// Its wire bytes.
+    pub bytes: Arc<[u8]>,
+    /// Content hash (the merge tie-break and message identity).
+    pub hash: [u8; 32],
+    /// Interned name.
+    pub name_id: u32,
+    /// Its floor.
+    pub floor: Floor,
+}
+
+/// A scheduled fault or write (scenarios build lists of them).
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// A writer publishes `rec` through node `via` (compare-and-set if `expected`).
+    Write {
+        /// API node.
+        via: NodeId,
+        /// The record.
+        rec: RecId,
+        /// Compare-and-set precondition.
+        expected: Option<u64>,
+    },
+    /// The node dies (SIGKILL).
+    Crash(NodeId),
+    /// The node restarts from its durable store.
+    Restart(NodeId),
+    /// A new node joins with an empty store.
+    Join(NodeId),
+    /// The node leaves for good.
+    Leave(NodeId),
+    /// The network is cut into the given sides.
+    Partition(Vec<u8>),
+    /// Every cut heals.
+    Heal,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Gossip {
+        to: NodeId,
+        from: NodeId,
+        rec: RecId,
+        hops: u16,
+    },
+    IHave {
+        to: NodeId,
+        from: NodeId,
+        ids: Vec<RecId>,
+    },
+    IWant {
+        to: NodeId,
+        from: NodeId,
+        ids: Vec<RecId>,
+    },
+    SyncReq {
+        to: NodeId,
+        from: NodeId,
+        sid: u64,
+        bytes: Vec<u8>,
+    },
+    SyncResp {
+        to: NodeId,
+        from: NodeId,
+        sid: u64,
+        bytes: Vec<u8>,
+    },
+    SyncTimeout {
+        node: NodeId,
+        sid: u64,
+        nonce: u32,
+    },
+    Heartbeat {
+        node: NodeId,
+        inc: u32,
+    },
+    SyncTick {
+        node: NodeId,
+    },
+    CompactTick {
+        node: NodeId,
+    },
+    Flush {
+        node: NodeId,
+        inc: u32,
+    },
+    Ack {
+        node: NodeId,
+        inc: u32,
+        rec: RecId,
+    },
+    Act(usize),
+}
+
+struct Session {
+    init: Initiator,
+    peer: NodeId,
+    nonce: u32,
+}
+
+/// One simulated node.
+pub struct SimNode {
+    /// What the node holds.
+    pub store: MemStore,
+    /// What it has fsynced.
+    pub durable: MemStore,
+    pending: Vec<RecId>,
+    flush_scheduled: bool,
+    /// Running.
+    pub up: bool,
+    /// Part of the network (joined and not left).
+    pub present: bool,
+    incarnation: u32,
+    /// Clock offset, ms.
+    pub skew_ms: i64,
+    /// Connections.
+    pub peers: Vec<NodeId>,
+    /// Gossip mesh.
+    pub mesh: Vec<NodeId>,
+    seen: HashSet<RecId>,
+    history: VecDeque<(u64, RecId, u16)>,
+    hb_scheduled: bool,
+    hb_phase: u64,
+    sessions: BTreeMap<u64, Session>,
+    /// The checker's memory of this node.
+    pub watch: NodeWatch,
+}
+
+/// Counters of a run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// Events processed.
+    pub events: u64,
+    /// Messages sent (all kinds).
+    pub messages: u64,
+    /// Bytes sent (all kinds).
+    pub bytes: u64,
+    /// Bytes of gossip messages (full records).
+    pub gossip_bytes: u64,
+    /// Bytes of IHAVE/IWANT.
+    pub control_bytes: u64,
+    /// Bytes of anti-entropy messages.
+    pub sync_bytes: u64,
+    /// Full-message gossip sends (flood, forward, IWANT answers).
+    pub full_sends: u64,
+    /// Copies of already seen gossip messages.
+    pub duplicates: u64,
+    /// IHAVE messages sent.
+    pub ihave: u64,
+    /// IWANT messages sent.
+    pub iwant: u64,
+    /// Messages lost to the loss model.
+    pub lost: u64,
+    /// Messages cut by a partition.
+    pub cut: u64,
+    /// Messages to a node that was down.
+    pub to_down: u64,
+    /// Anti-entropy sessions started.
+    pub sync_sessions: u64,
+    /// Sessions that failed (timeout, refusal).
+    pub sync_failures: u64,
+    /// Records that changed a store through anti-entropy.
+    pub sync_applied: u64,
+    /// Records that changed a store through gossip.
+    pub gossip_applied: u64,
+    /// Writes attempted.
+    pub writes: u64,
+    /// Writes acknowledged (won at their node and fsynced).
+    pub acked: u64,
+    /// Writes refused at their node (stale, conflict, CAS mismatch, invalid).
+    pub refused: u64,
+    /// Writes lost to a crash before their acknowledgement.
+    pub unacked_crash: u64,
+    /// Equivocations seen at apply time.
+    pub conflicts: u64,
+    /// Replicated records lost in a crash before their group commit.
+    pub unflushed_lost: u64,
+    /// Bodies dropped by compaction.
+    pub compacted: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// Joins.
+    pub joins: u64,
+    /// Leaves.
+    pub leaves: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Signature verifications.
+    pub verifications: u64,
+}
+
+/// Per-update delivery tracking (convergence).
+#[derive(Default)]
+pub struct Tracker {
+    index: HashMap<RecId, usize>,
+    got: Vec<Vec<bool>>,
+    /// Nodes holding each tracked update.
+    pub have: Vec<usize>,
+    /// Hop counts of first deliveries by gossip.
+    pub hops: Vec<u16>,
+    /// Hops of the node that got each update last, and when (virtual ms).
+    pub last: Vec<(u16, u64)>,
+    /// Deliveries that came through anti-entropy.
+    pub by_sync: u64,
+    /// When each update was written (virtual ms).
+    pub written_at: Vec<u64>,
+}
+
+impl Tracker {
+    /// Tracks `recs`.
+    pub fn new(recs: &[RecId], capacity: usize) -> Self {
+        Self {
+            index: recs.iter().enumerate().map(|(i, r)| (*r, i)).collect(),
+            got: vec![vec![false; capacity]; recs.len()],
+            have: vec![0; recs.len()],
+            hops: Vec::new(),
+            last: vec![(0, 0); recs.len()],
+            by_sync: 0,
+            written_at: vec![0; recs.len()],
+        }
+    }
+}
+
+/// One run.
+pub struct World {
+    /// Configuration.
+    pub cfg: WorldConfig,
+    sched: Scheduler<Ev>,
+    /// Nodes by id.
+    pub nodes: Vec<SimNode>,
+    /// Interned records.
+    pub records: Vec<RecordInfo>,
+    by_bytes: HashMap<[u8; 32], RecId>,
+    name_ids: BTreeMap<Arc<str>, u32>,
+    /// Interned names.
+    pub names: Vec<Arc<str>>,
+    /// The network model.
+    pub net: NetModel,
+    rng_gossip: SimRng,
+    rng_sync: SimRng,
+    verifier: Verifier,
+    log: blake3::Hasher,
+    /// Counters.
+    pub stats: Stats,
+    /// Per-message sends by node (for messages per node per second).
+    touched: Vec<(NodeId, u32)>,
+    /// Highest acknowledged floor per name.
+    pub acked: BTreeMap<u32, Floor>,
+    actions: Vec<Action>,
+    next_sid: u64,
+    /// Delivery tracking, if the scenario asked for it.
+    pub tracker: Option<Tracker>,
+}
+
+fn outcome_tag(o: &Outcome) -> u8 {
+    match o {
+        Outcome::Applied { .. } => 1,
+        Outcome::Duplicate => 2,
+        Outcome::Stale { .. } => 3,
+        Outcome::Conflict { applied: true, .. } => 4,
+        Outcome::Conflict { applied: false, .. } => 5,
+        Outcome::Restored => 6,
+        Outcome::Invalid(_) => 7,
+        Outcome::CasMismatch { .. } => 8,
+    }
+}
+
+impl World {
+    /// A world with `cfg.nodes` nodes connected and meshed, nothing written yet.
+    pub fn new(cfg: WorldConfig) -> Result<Self, SimError> {
+        if cfg.nodes == 0 || cfg.capacity < cfg.nodes || cfg.capacity > u32::MAX as usize / 2 {
+            return Err(SimError::Config("need 1 ≤ nodes ≤ capacity".into()));
+        }
+        let mut rng_topo = rng::stream(cfg.seed, "topology");
+        let mut rng_clock = rng::stream(cfg.seed, "clock");
+        let store = || {
+            let s = MemStore::new();
+            match cfg.retention_ms {
+                Some(r) => s.with_retention(r),
+                None => s,
+            }
+        };
+        let nodes = (0..cfg.capacity)
+            .map(|i| {
+                let skew = if cfg.clock_skew_ms > 0 {
+                    let s = cfg.clock_skew_ms as i64;
+                    rng_clock.gen_range(-s..=s)
+                } else {
+                    0
+                };
+                SimNode {
+                    store: store(),
+                    durable: store(),
+                    pending: Vec::new(),
+                    flush_scheduled: false,
+                    up: i < cfg.nodes,
+                    present: i < cfg.nodes,
+                    incarnation: 0,
+                    skew_ms: skew,
+                    peers: Vec::new(),
+                    mesh: Vec::new(),
+                    seen: HashSet::new(),
+                    history: VecDeque::new(),
+                    hb_scheduled: false,
+                    hb_phase: rng_clock.gen_range(0..HEARTBEAT_MS),
+                    sessions: BTreeMap::new(),
+                    watch: NodeWatch::default(),
+                }
+            })
+            .collect();
+        let net = NetModel::new(
+            cfg.latency_ms,
+            cfg.jitter_ms,
+            cfg.loss,
+            rng::stream(cfg.seed, "network"),
+        );
+        let mut w = World {
+            sched: Scheduler::default(),
+            nodes,
+            records: Vec::new(),
+            by_bytes: HashMap::new(),
+            name_ids: BTreeMap::new(),
+            names: Vec::new(),
+            net,
+            rng_gossip: rng::stream(cfg.seed, "gossip"),
+            rng_sync: rng::stream(cfg.seed, "sync"),
+            verifier: Verifier::new(cfg.verify),
+            log: blake3::Hasher::new(),
+            stats: Stats::default(),
+            touched: Vec::new(),
+            acked: BTreeMap::new(),
+            actions: Vec::new(),
+            next_sid: 0,
+            tracker: None,
+            cfg,
+        };
+        let mut order: Vec<NodeId> = (0..w.cfg.nodes as NodeId).collect();
+        order.shuffle(&mut rng_topo);
+        for &n in &order {
+            w.connect(n, &mut rng_topo);
+        }
+        order.shuffle(&mut rng_topo);
+        for &n in &order {
+            w.graft_up(n, w.cfg.mesh.n);
+        }
+        // A few repair passes, like the first heartbeats: anyone below D_lo grafts again.
+        for _ in 0..4 {
+            for &n in &order {
+                if w.nodes[n as usize].mesh.len() < w.cfg.mesh.n_low {
+                    w.graft_up(n, w.cfg.mesh.n);
+                }
+            }
+        }
+        for n in 0..w.cfg.capacity as NodeId {
+            let phase = w.rng_sync.gen_range(0..SYNC_INTERVAL_MS);
+            w.sched.push(phase, Ev::SyncTick { node: n })?;
+            if let Some(every) = w.cfg.compact_every_ms {
+                let phase = w.rng_sync.gen_range(0..every.max(1));
+                w.sched.push(phase, Ev::CompactTick { node: n })?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// Virtual time now, ms.
+    pub fn now(&self) -> u64 {
+        self.sched.now()
+    }
+
+    /// Node `n`'s clock: Unix ms.
+    pub fn node_now(&self, n: NodeId) -> u64 {
+        let skew = self.nodes.get(n as usize).map_or(0, |x| x.skew_ms);
+        (EPOCH_MS as i64 + self.sched.now() as i64 + skew).max(0) as u64
+    }
+
+    /// The running digest of the event log.
+    pub fn log_digest(&self) -> String {
+        self.log.finalize().to_hex().to_string()
+    }
+
+    /// Signature verifications so far.
+    pub fn verifications(&self) -> u64 {
+        self.verifier.verifications
+    }
+
+    /// Interns a record (once per distinct content).
+    pub fn intern(&mut self, rec: SignedRecord) -> RecId {
+        let bytes: Arc<[u8]> = rec.encode().into();
+        let key = *blake3::hash(&bytes).as_bytes();
+        if let Some(&id) = self.by_bytes.get(&key) {
+            return id;
+        }
+        let name = rec.name();
+        let name_id = match self.name_ids.get(name.as_str()) {
+            Some(&id) => id,
+            None => {
+                let id = self.names.len() as u32;
+                let arc: Arc<str> = name.into();
+                self.names.push(arc.clone());
+                self.name_ids.insert(arc, id);
+                id
+            }
+        };
+        let hash = rec.content_hash();
+        let id = self.records.len() as RecId;
+        self.records.push(RecordInfo {
+            floor: Floor {
+                seq: rec.body.seq,
+                hash,
+            },
+            rec: Arc::new(rec),
+            bytes,
+            hash,
+            name_id,
+        });
+        self.by_bytes.insert(key, id);
+        id
+    }
+
+    /// Puts `rec` into node `n`'s store and durable store directly, as if it had arrived and
+    /// been flushed before the run (scenario set-up, e.g. the two halves of partition-heal).
+    pub fn preload(&mut self, n: NodeId, rec: RecId) {
+        let now = self.node_now(n);
+        let info = &self.records[rec as usize];
+        let node = &mut self.nodes[n as usize];
+        for store in [&mut node.store, &mut node.durable] {
+            self.verifier.apply(
+                VerifyMode::Cached,
+                store,
+                &info.rec,
+                info.hash,
+                now,
+                Freshness::Replicate,
+                None,
+            );
+        }
+        node.seen.insert(rec);
+        node.watch.observed.insert(info.name_id, info.floor);
+    }
+
+    /// Schedules a scenario action at virtual time `at`.
+    pub fn schedule(&mut self, at: u64, action: Action) -> Result<(), SimError> {
+        let i = self.actions.len();
+        self.actions.push(action);
+        self.sched.push(at, Ev::Act(i))
+    }
+
+    /// Processes events until virtual time `until` (inclusive) or until nothing is pending.
+    /// Stops at the first invariant violation.
+    pub fn run_until(&mut self, until: u64) -> Result<(), SimError> {
+        self.run_while(until, |_| true)
+    }
+
+    /// Like [`World::run_until`], also stopping (after an event) when `keep_going` says so.
+    pub fn run_while(
+        &mut self,
+        until: u64,
+        mut keep_going: impl FnMut(&World) -> bool,
+    ) -> Result<(), SimError> {
+        loop {
+            let Some(next) = self.sched.peek_time() else {
+                return Ok(());
+            };
+            if next > until {
+                return Ok(());
+            }
+            let Some((_, ev)) = self.sched.pop() else {
+                return Ok(());
+            };
+            self.stats.events += 1;
+            if self.stats.events > self.cfg.max_events {
+                return Err(SimError::Runaway(format!(
+                    "more than {} events",
+                    self.cfg.max_events
+                )));
+            }
+            self.handle(ev)?;
+            self.check_touched().map_err(SimError::Invariant)?;
+            if !keep_going(self) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs the invariant checks on everything touched since the last check.
+    pub fn check_touched(&mut self) -> Result<(), Violation> {
+        let at = self.now();
+        let touched = std::mem::take(&mut self.touched);
+        for &(n, name_id) in &touched {
+            let node_now = self.node_now(n);
+            let node = &mut self.nodes[n as usize];
+            if !node.up {
+                continue;
+            }
+            let name = &self.names[name_id as usize];
+            invariants::check_entry(&node.store, &mut node.watch, n, name_id, name, node_now, at)?;
+        }
+        self.touched = touched;
+        self.touched.clear();
+        Ok(())
+    }
+
+    /// The quiescence check over all live nodes.
+    pub fn check_quiescent(&self) -> Result<(), Violation> {
+        invariants::check_quiescent(
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.up && n.present)
+                .map(|(i, n)| (i as NodeId, &n.store)),
+            &self.acked,
+            &self.names,
+            self.now(),
+        )
+    }
+
+    /// Whether every live node has the same digest and every acknowledged write.
+    pub fn is_quiescent(&self) -> bool {
+        self.check_quiescent().is_ok()
+    }
+
+    /// Test hook: replaces node `n`'s entry for `name` (durable too if `durable`), as a bug or
+    /// a damaged disk would, and marks it touched so the next check looks at it.
+    pub fn tamper(&mut self, n: NodeId, name: &str, entry: dpin_protocol::Entry, durable: bool) {
+        let name_id = self.name_ids.get(name).copied();
+        let node = &mut self.nodes[n as usize];
+        if durable {
+            node.durable.insert(name, entry);
+        } else {
+            node.store.insert(name, entry);
+        }
+        if let Some(id) = name_id {
+            self.touched.push((n, id));
+        }
+    }
+
+    /// The interned id of `name`.
+    pub fn name_id(&self, name: &str) -> Option<u32> {
+        self.name_ids.get(name).copied()
+    }
+
+    fn log_event(&mut self, tag: u8, a: u64, b: u64, c: u64) {
+        let mut buf = [0u8; 33];
+        buf[0] = tag;
+        buf[1..9].copy_from_slice(&self.sched.now().to_le_bytes());
+        buf[9..17].copy_from_slice(&a.to_le_bytes());
+        buf[17..25].copy_from_slice(&b.to_le_bytes());
+        buf[25..33].copy_from_slice(&c.to_le_bytes());
+        self.log.update(&buf);
+    }
+
+    // ---------------------------------------------------------------- topology and mesh
+
+    fn connect(&mut self, n: NodeId, rng: &mut SimRng) {
+        let target = self.cfg.degree.min(self.cfg.nodes.saturating_sub(1));
+        let present = self.cfg.nodes.max(
+            self.nodes
+                .iter()
+                .rposition(|x| x.present)
+                .map_or(0, |p| p + 1),
+        );
+        // Bounded: a few tries per wanted connection.
+        for _ in 0..target.saturating_mul(8) {
+            if self.nodes[n as usize].peers.len() >= target {
+                break;
+            }
+            let p = rng.gen_range(0..present) as NodeId;
+            if p == n
+                || !self.nodes[p as usize].present
+                || self.nodes[p as usize].peers.len() >= MAX_CONNECTIONS
+                || self.nodes[n as usize].peers.contains(&p)
+            {
+                continue;
+            }
+            self.nodes[n as usize].peers.push(p);
+            self.nodes[p as usize].peers.push(n);
+        }
+    }
+
+    fn reachable(&self, a: NodeId, b: NodeId) -> bool {
+        let nb = &self.nodes[b as usize];
+        nb.up && nb.present && self.net.can_talk(a, b)
+    }
+
+    /// Grafts random eligible peers until `n`'s mesh has `target` members.
+    fn graft_up(&mut self, n: NodeId, target: usize) {
+        let hi = self.cfg.mesh.n_high;
+        let mut candidates: Vec<NodeId> = self.nodes[n as usize]
+            .peers
+            .iter()
+            .copied()
+            .filter(|&p| {
+                self.reachable(n, p)
+                    && !self.nodes[n as usize].mesh.contains(&p)
+                    && self.nodes[p as usize].mesh.len() < hi
+            })
+            .collect();
+        candidates.shuffle(&mut self.rng_gossip);
+        for p in candidates {
+            if self.nodes[n as usize].mesh.len() >= target {
+                break;
+            }
+            if self.nodes[p as usize].mesh.len() >= hi {
+                continue;
+            }
+            self.nodes[n as usize].mesh.push(p);
+            self.nodes[p as usize].mesh.push(n);
+        }
+    }
+
+    /// Removes `n` from every mesh and repairs the meshes that fell below D_lo.
+    fn leave_meshes(&mut self, n: NodeId) {
+        let mesh = std::mem::take(&mut self.nodes[n as usize].mesh);
+        for p in mesh {
+            self.nodes[p as usize].mesh.retain(|&x| x != n);
+            if self.nodes[p as usize].up && self.nodes[p as usize].mesh.len() < self.cfg.mesh.n_low
+            {
+                self.graft_up(p, self.cfg.mesh.n);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- sending
+
+    fn send(&mut self, from: NodeId, to: NodeId, bytes: u64, ev: Ev) -> Result<(), SimError> {
+        self.stats.messages += 1;
+        self.stats.bytes += bytes;
+        if !self.net.can_talk(from, to) {
+            self.stats.cut += 1;
+            return Ok(());
+        }
+        if self.net.lost() {
+            self.stats.lost += 1;
+            return Ok(());
+        }
+        let at = self.now() + self.net.delay();
+        self.sched.push(at, ev)
+    }
+
+    fn send_gossip(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        rec: RecId,
+        hops: u16,
+    ) -> Result<(), SimError> {
+        let bytes = self.records[rec as usize].bytes.len() as u64 + GOSSIP_FRAME_BYTES;
+        self.stats.full_sends += 1;
+        self.stats.gossip_bytes += bytes;
+        self.send(
+            from,
+            to,
+            bytes,
+            Ev::Gossip {
+                to,
+                from,
+                rec,
+                hops,
+            },
+        )
+    }
+
+    fn deliverable(&mut self, from: NodeId, to: NodeId) -> bool {
+        if !self.net.can_talk(from, to) {
+            self.stats.cut += 1;
+            return false;
+        }
+        let n = &self.nodes[to as usize];
+        if !n.up || !n.present {
+            self.stats.to_down += 1;
+            return false;
+        }
+        true
+    }
+
+    // ---------------------------------------------------------------- applying
+
+    fn apply(
+        &mut self,
+        n: NodeId,
+        rec: RecId,
+        freshness: Freshness,
+        expected: Option<u64>,
+    ) -> Outcome {
+        let now = self.node_now(n);
+        let info = &self.records[rec as usize];
+        let mode = self.verifier.mode();
+        let o = self.verifier.apply(
+            mode,
+            &mut self.nodes[n as usize].store,
+            &info.rec,
+            info.hash,
+            now,
+            freshness,
+            expected,
+        );
+        let name_id = info.name_id;
+        self.after_apply(n, rec, name_id, &o);
+        o
+    }
+
+    fn after_apply(&mut self, n: NodeId, rec: RecId, name_id: u32, o: &Outcome) {
+        self.log_event(10 + outcome_tag(o), u64::from(n), u64::from(rec), 0);
+        if matches!(o, Outcome::Conflict { .. }) {
+            self.stats.conflicts += 1;
+        }
+        if o.changed_store() {
+            self.touched.push((n, name_id));
+        }
+    }
+
+    fn track(&mut self, n: NodeId, rec: RecId, hops: Option<u16>) {
+        let now = self.now();
+        let Some(t) = self.tracker.as_mut() else {
+            return;
+        };
+        let Some(&u) = t.index.get(&rec) else {
+            return;
+        };
+        let slot = &mut t.got[u][n as usize];
+        if *slot {
+            return;
+        }
+        *slot = true;
+        t.have[u] += 1;
+        match hops {
+            Some(h) => t.hops.push(h),
+            None => t.by_sync += 1,
+        }
+        t.last[u] = (hops.unwrap_or(0), now.saturating_sub(t.written_at[u]));
+    }
+
+    /// Durable copy of a record the node took (group commit or immediate).
+    fn make_durable(&mut self, n: NodeId, rec: RecId) {
+        let now = self.node_now(n);
+        let info = &self.records[rec as usize];
+        self.verifier.apply(
+            VerifyMode::Cached,
+            &mut self.nodes[n as usize].durable,
+            &info.rec,
+            info.hash,
+            now,
+            Freshness::Replicate,
+            None,
+        );
+    }
+
+    /// Applies records received through anti-entropy (bytes as on the wire); they are durable
+    /// before the node answers or sends its next request. Returns how many changed the store.
+    fn apply_synced(&mut self, n: NodeId, records: &[Vec<u8>]) -> usize {
+        let mut ids = Vec::new();
+        for b in records
+            .iter()
+            .take(dpin_protocol::digest::MAX_RECORDS_PER_MESSAGE)
+        {
+            let key = *blake3::hash(b).as_bytes();
+            match self.by_bytes.get(&key) {
+                // Same bytes as an interned record: decoding them gives that record.
+                Some(&id) => ids.push(id),
+                None => match SignedRecord::decode(b) {
+                    Ok(r) => ids.push(self.intern(r)),
+                    Err(_) => continue,
+                },
+            }
+        }
+        if ids.is_empty() {
+            return 0;
+        }
+        let now = self.node_now(n);
+        let batch: Vec<(&SignedRecord, [u8; 32])> = ids
+            .iter()
+            .map(|&i| {
+                let r = &self.records[i as usize];
+                (&*r.rec, r.hash)
+            })
+            .collect();
+        let outcomes = self
+            .verifier
+            .apply_batch(&mut self.nodes[n as usize].store, &batch, now);
+        let mut changed = 0;
+        for (&id, o) in ids.iter().zip(outcomes.iter()) {
+            let name_id = self.records[id as usize].name_id;
+            self.after_apply(n, id, name_id, o);
+            if o.changed_store() {
+                changed += 1;
+                self.make_durable(n, id);
+                self.track(n, id, None);
+            }
+        }
+        self.stats.sync_applied += changed as u64;
+        changed
+    }
+
+    // ---------------------------------------------------------------- event handlers
+
+    fn handle(&mut self, ev: Ev) -> Result<(), SimError> {
+        match ev {
+            Ev::Gossip {
+                to,
+                from,
+                rec,
+                hops,
+            } => self.on_gossip(to, from, rec, hops),
+            Ev::IHave { to, from, ids } => self.on_ihave(to, from, ids),
+            Ev::IWant { to, from, ids } => self.on_iwant(to, from, ids),
+            Ev::SyncReq {
+                to,
+                from,
+                sid,
+                bytes,
+            } => self.on_sync_req(to, from, sid, &bytes),
+            Ev::SyncResp {
+                to,
+                from,
+                sid,
+                bytes,
+            } => self.on_sync_resp(to, from, sid, &bytes),
+            Ev::SyncTimeout { node, sid, nonce } => {
+                let n = &mut self.nodes[node as usize];
+                if n.sessions.get(&sid).is_some_and(|s| s.nonce == nonce) {
+                    n.sessions.remove(&sid);
+                    self.stats.sync_failures += 1;
+                    self.log_event(30, u64::from(node), sid, 0);
+                }
+                Ok(())
+            }
+            Ev::Heartbeat { node, inc } => self.on_heartbeat(node, inc),
+            Ev::SyncTick { node } => self.on_sync_tick(node),
+            Ev::CompactTick { node } => self.on_compact(node),
+            Ev::Flush { node, inc } => {
+                let n = &mut self.nodes[node as usize];
+                n.flush_scheduled = false;
+                if n.incarnation != inc || !n.up {
+                    return Ok(());
+                }
+                let pending = std::mem::take(&mut n.pending);
+                for rec in pending {
+                    self.make_durable(node, rec);
+                }
+                Ok(())
+            }
+            Ev::Ack { node, inc, rec } => self.on_ack(node, inc, rec),
+            Ev::Act(i) => {
+                let action = self.actions.get(i).cloned();
+                match action {
+                    Some(a) => self.act(a),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn on_gossip(
+        &mut self,
+        to: NodeId,
+        from: NodeId,
+        rec: RecId,
+        hops: u16,
+    ) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.log_event(1, u64::from(to), u64::from(from), u64::from(rec));
+        if !self.nodes[to as usize].seen.insert(rec) {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        let o = self.apply(to, rec, Freshness::Replicate, None);
+        if !o.changed_store() {
+            // The node's `Ignore` verdict: not forwarded, no penalty.
+            return Ok(());
+        }
+        self.stats.gossip_applied += 1;
+        self.track(to, rec, Some(hops));
+        self.schedule_flush(to, rec)?;
+        self.remember(to, rec, hops)?;
+        let mesh: Vec<NodeId> = self.nodes[to as usize]
+            .mesh
+            .iter()
+            .copied()
+            .filter(|&p| p != from)
+            .collect();
+        for p in mesh {
+            self.send_gossip(to, p, rec, hops.saturating_add(1))?;
+        }
+        Ok(())
+    }
+
+    fn schedule_flush(&mut self, n: NodeId, rec: RecId) -> Result<(), SimError> {
+        let node = &mut self.nodes[n as usize];
+        node.pending.push(rec);
+        if !node.flush_scheduled {
+            node.flush_scheduled = true;
+            let inc = node.incarnation;
+            let at = self.now() + FLUSH_DELAY_MS;
+            self.sched.push(at, Ev::Flush { node: n, inc })?;
+        }
+        Ok(())
+    }
+
+    /// Puts a message in the node's gossip cache and makes sure heartbeats run.
+    fn remember(&mut self, n: NodeId, rec: RecId, hops: u16) -> Result<(), SimError> {
+        let now = self.now();
+        let node = &mut self.nodes[n as usize];
+        node.history.push_back((now, rec, hops));
+        if !node.hb_scheduled {
+            node.hb_scheduled = true;
+            let phase = node.hb_phase;
+            let inc = node.incarnation;
+            let next = (now.saturating_sub(phase) / HEARTBEAT_MS + 1) * HEARTBEAT_MS + phase;
+            self.sched.push(next, Ev::Heartbeat { node: n, inc })?;
+        }
+        Ok(())
+    }
+
+    fn on_heartbeat(&mut self, n: NodeId, inc: u32) -> Result<(), SimError> {
+        let now = self.now();
+        {
+            let node = &mut self.nodes[n as usize];
+            if node.incarnation != inc || !node.up {
+                return Ok(());
+            }
+            node.hb_scheduled = false;
+            while node
+                .history
+                .front()
+                .is_some_and(|(t, _, _)| t + MCACHE_MS <= now)
+            {
+                node.history.pop_front();
+            }
+        }
+        if self.nodes[n as usize].mesh.len() < self.cfg.mesh.n_low {
+            self.graft_up(n, self.cfg.mesh.n);
+        }
+        let node = &self.nodes[n as usize];
+        let ids: Vec<RecId> = node
+            .history
+            .iter()
+            .filter(|(t, _, _)| t + GOSSIP_WINDOW_MS > now)
+            .map(|(_, r, _)| *r)
+            .collect();
+        if !ids.is_empty() {
+            let mut others: Vec<NodeId> = node
+                .peers
+                .iter()
+                .copied()
+                .filter(|p| !node.mesh.contains(p))
+                .filter(|&p| {
+                    let x = &self.nodes[p as usize];
+                    x.up && x.present
+                })
+                .collect();
+            let want = self
+                .cfg
+                .mesh
+                .lazy
+                .max((GOSSIP_FACTOR * others.len() as f64) as usize);
+            others.shuffle(&mut self.rng_gossip);
+            others.truncate(want);
+            let bytes = CONTROL_FRAME_BYTES + MESSAGE_ID_BYTES * ids.len() as u64;
+            for p in others {
+                self.stats.ihave += 1;
+                self.stats.control_bytes += bytes;
+                self.send(
+                    n,
+                    p,
+                    bytes,
+                    Ev::IHave {
+                        to: p,
+                        from: n,
+                        ids: ids.clone(),
+                    },
+                )?;
+            }
+        }
+        if !self.nodes[n as usize].history.is_empty() {
+            let node = &mut self.nodes[n as usize];
+            node.hb_scheduled = true;
+            self.sched
+                .push(now + HEARTBEAT_MS, Ev::Heartbeat { node: n, inc })?;
+        }
+        Ok(())
+    }
+
+    fn on_ihave(&mut self, to: NodeId, from: NodeId, ids: Vec<RecId>) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.log_event(2, u64::from(to), u64::from(from), ids.len() as u64);
+        let node = &self.nodes[to as usize];
+        let wanted: Vec<RecId> = ids.into_iter().filter(|r| !node.seen.contains(r)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let bytes = CONTROL_FRAME_BYTES + MESSAGE_ID_BYTES * wanted.len() as u64;
+        self.stats.iwant += 1;
+        self.stats.control_bytes += bytes;
+        self.send(
+            to,
+            from,
+            bytes,
+            Ev::IWant {
+                to: from,
+                from: to,
+                ids: wanted,
+            },
+        )
+    }
+
+    fn on_iwant(&mut self, to: NodeId, from: NodeId, ids: Vec<RecId>) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.log_event(3, u64::from(to), u64::from(from), ids.len() as u64);
+        let now = self.now();
+        let cached: Vec<(RecId, u16)> = self.nodes[to as usize]
+            .history
+            .iter()
+            .filter(|(t, r, _)| t + MCACHE_MS > now && ids.contains(r))
+            .map(|(_, r, h)| (*r, *h))
+            .collect();
+        for (rec, hops) in cached {
+            self.send_gossip(to, from, rec, hops.saturating_add(1))?;
+        }
+        Ok(())
+    }
+
+    fn on_sync_tick(&mut self, n: NodeId) -> Result<(), SimError> {
+        let now = self.now();
+        self.sched
+            .push(now + SYNC_INTERVAL_MS, Ev::SyncTick { node: n })?;
+        let node = &self.nodes[n as usize];
+        if !node.up || !node.present {
+            return Ok(());
+        }
+        let mut peers: Vec<NodeId> = node
+            .peers
+            .iter()
+            .copied()
+            .filter(|&p| self.reachable(n, p))
+            .collect();
+        peers.shuffle(&mut self.rng_sync);
+        peers.truncate(self.cfg.sync_peers);
+        for p in peers {
+            self.start_session(n, p)?;
+        }
+        Ok(())
+    }
+
+    /// Starts an anti-entropy session from `n` with `peer`, unless `n` runs too many.
+    pub fn start_session(&mut self, n: NodeId, peer: NodeId) -> Result<(), SimError> {
+        let node = &mut self.nodes[n as usize];
+        if !node.up || node.sessions.len() >= MAX_CONCURRENT_SYNCS {
+            return Ok(());
+        }
+        if node.sessions.values().any(|s| s.peer == peer) {
+            return Ok(());
+        }
+        self.next_sid += 1;
+        let sid = self.next_sid;
+        node.sessions.insert(
+            sid,
+            Session {
+                init: Initiator::new(SessionConfig::default()),
+                peer,
+                nonce: 0,
+            },
+        );
+        self.stats.sync_sessions += 1;
+        self.log_event(31, u64::from(n), u64::from(peer), sid);
+        self.drive(n, sid)
+    }
+
+    fn drive(&mut self, n: NodeId, sid: u64) -> Result<(), SimError> {
+        let now_node = self.node_now(n);
+        let node = &mut self.nodes[n as usize];
+        let Some(s) = node.sessions.get_mut(&sid) else {
+            return Ok(());
+        };
+        match s.init.poll(&node.store, now_node) {
+            InitiatorStep::Send(req) => {
+                s.nonce += 1;
+                let nonce = s.nonce;
+                let peer = s.peer;
+                let bytes = req.encode();
+                let len = bytes.len() as u64;
+                self.stats.sync_bytes += len;
+                let at = self.now() + REQUEST_TIMEOUT_MS;
+                self.sched.push(
+                    at,
+                    Ev::SyncTimeout {
+                        node: n,
+                        sid,
+                        nonce,
+                    },
+                )?;
+                self.send(
+                    n,
+                    peer,
+                    len,
+                    Ev::SyncReq {
+                        to: peer,
+                        from: n,
+                        sid,
+                        bytes,
+                    },
+                )
+            }
+            InitiatorStep::Done(_) => {
+                node.sessions.remove(&sid);
+                self.log_event(32, u64::from(n), sid, 0);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_sync_req(
+        &mut self,
+        to: NodeId,
+        from: NodeId,
+        sid: u64,
+        bytes: &[u8],
+    ) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.log_event(4, u64::from(to), u64::from(from), bytes.len() as u64);
+        let resp = match SyncRequest::decode(bytes) {
+            Err(e) => SyncResponse::Error {
+                message: e.to_string(),
+            },
+            Ok(req) => match antientropy::respond(&self.nodes[to as usize].store, req) {
+                ResponderAction::Reply(r) => r,
+                ResponderAction::ApplyThenAck(records) => {
+                    let applied = self.apply_synced(to, &records);
+                    SyncResponse::PushAck {
+                        applied: applied as u32,
+                    }
+                }
+            },
+        };
+        let out = resp.encode();
+        let len = out.len() as u64;
+        self.stats.sync_bytes += len;
+        self.send(
+            to,
+            from,
+            len,
+            Ev::SyncResp {
+                to: from,
+                from: to,
+                sid,
+                bytes: out,
+            },
+        )
+    }
+
+    fn on_sync_resp(
+        &mut self,
+        to: NodeId,
+        from: NodeId,
+        sid: u64,
+        bytes: &[u8],
+    ) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.log_event(5, u64::from(to), u64::from(from), bytes.len() as u64);
+        let now_node = self.node_now(to);
+        let node = &mut self.nodes[to as usize];
+        let Some(s) = node.sessions.get_mut(&sid) else {
+            return Ok(());
+        };
+        let result = match SyncResponse::decode(bytes) {
+            Ok(resp) => s
+                .init
+                .handle_response(&node.store, resp, now_node)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(records) => {
+                if !records.is_empty() {
+                    self.apply_synced(to, &records);
+                }
+                self.drive(to, sid)
+            }
+            Err(_) => {
+                node.sessions.remove(&sid);
+                self.stats.sync_failures += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn on_compact(&mut self, n: NodeId) -> Result<(), SimError> {
+        let Some(every) = self.cfg.compact_every_ms else {
+            return Ok(());
+        };
+        let now = self.now();
+        self.sched.push(now + every, Ev::CompactTick { node: n })?;
+        let node_now = self.node_now(n);
+        let node = &mut self.nodes[n as usize];
+        if !node.up {
+            return Ok(());
+        }
+        let names = node.store.compactable(node_now);
+        if names.is_empty() {
+            return Ok(());
+        }
+        let dropped = match node.store.compact(node_now) {
+            Ok(d) => d,
+            Err(never) => match never {},
+        };
+        if let Err(never) = node.durable.compact(node_now) {
+            match never {}
+        }
+        self.stats.compacted += dropped as u64;
+        self.log_event(33, u64::from(n), dropped as u64, 0);
+        for name in names {
+            if let Some(id) = self.name_ids.get(name.as_str()) {
+                self.touched.push((n, *id));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, n: NodeId, inc: u32, rec: RecId) -> Result<(), SimError> {
+        let node = &self.nodes[n as usize];
+        if node.incarnation != inc || !node.up {
+            self.stats.unacked_crash += 1;
+            return Ok(());
+        }
+        // fsynced: durable, acknowledged, then gossiped (flood publish).
+        self.make_durable(n, rec);
+        let info = &self.records[rec as usize];
+        let (name_id, floor) = (info.name_id, info.floor);
+        self.stats.acked += 1;
+        self.log_event(40, u64::from(n), u64::from(rec), 0);
+        let acked = self.acked.entry(name_id).or_insert(floor);
+        *acked = (*acked).max(floor);
+        let mine = self.nodes[n as usize]
+            .watch
+            .acked
+            .entry(name_id)
+            .or_insert(floor);
+        *mine = (*mine).max(floor);
+        self.touched.push((n, name_id));
+        self.nodes[n as usize].seen.insert(rec);
+        self.remember(n, rec, 0)?;
+        let peers: Vec<NodeId> = self.nodes[n as usize].peers.clone();
+        for p in peers {
+            let x = &self.nodes[p as usize];
+            if x.up && x.present {
+                self.send_gossip(n, p, rec, 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, a: Action) -> Result<(), SimError> {
+        match a {
+            Action::Write { via, rec, expected } => {
+                self.stats.writes += 1;
+                let node = &self.nodes[via as usize];
+                if !node.up || !node.present {
+                    self.stats.refused += 1;
+                    return Ok(());
+                }
+                let o = self.apply(via, rec, Freshness::Publish, expected);
+                self.log_event(41, u64::from(via), u64::from(rec), 0);
+                if o.is_winner() {
+                    if o.changed_store() {
+                        self.track(via, rec, Some(0));
+                    }
+                    let inc = self.nodes[via as usize].incarnation;
+                    let at = self.now() + ACK_DELAY_MS;
+                    self.sched.push(
+                        at,
+                        Ev::Ack {
+                            node: via,
+                            inc,
+                            rec,
+                        },
+                    )?;
+                } else {
+                    self.stats.refused += 1;
+                }
+                Ok(())
+            }
+            Action::Crash(n) => {
+                self.crash(n);
+                Ok(())
+            }
+            Action::Restart(n) => self.restart(n),
+            Action::Join(n) => {
+                if self.nodes[n as usize].present {
+                    return Ok(());
+                }
+                self.stats.joins += 1;
+                self.log_event(50, u64::from(n), 0, 0);
+                let node = &mut self.nodes[n as usize];
+                node.present = true;
+                node.up = true;
+                let mut rng = rng::stream(self.cfg.seed ^ u64::from(n), "join");
+                self.connect(n, &mut rng);
+                self.come_up(n)
+            }
+            Action::Leave(n) => {
+                self.stats.leaves += 1;
+                self.crash(n);
+                let peers = std::mem::take(&mut self.nodes[n as usize].peers);
+                for p in peers {
+                    self.nodes[p as usize].peers.retain(|&x| x != n);
+                }
+                self.nodes[n as usize].present = false;
+                Ok(())
+            }
+            Action::Partition(sides) => {
+                self.stats.partitions += 1;
+                self.log_event(51, sides.len() as u64, 0, 0);
+                self.net.partition(sides);
+                // Connections across the cut time out; meshes drop those peers and repair.
+                for n in 0..self.nodes.len() as NodeId {
+                    let cut: Vec<NodeId> = self.nodes[n as usize]
+                        .mesh
+                        .iter()
+                        .copied()
+                        .filter(|&p| !self.net.can_talk(n, p))
+                        .collect();
+                    if cut.is_empty() {
+                        continue;
+                    }
+                    self.nodes[n as usize].mesh.retain(|p| !cut.contains(p));
+                }
+                for n in 0..self.nodes.len() as NodeId {
+                    if self.nodes[n as usize].up
+                        && self.nodes[n as usize].mesh.len() < self.cfg.mesh.n_low
+                    {
+                        self.graft_up(n, self.cfg.mesh.n);
+                    }
+                }
+                Ok(())
+            }
+            Action::Heal => {
+                let was = self.net.is_partitioned();
+                self.net.heal();
+                self.log_event(52, 0, 0, 0);
+                if !was {
+                    return Ok(());
+                }
+                // Peers across the healed cut see each other alive again and sync at once
+                // (the node's on_transition), within each node's session slots.
+                for n in 0..self.nodes.len() as NodeId {
+                    if !self.nodes[n as usize].up {
+                        continue;
+                    }
+                    let mut peers: Vec<NodeId> = self.nodes[n as usize].peers.clone();
+                    peers.shuffle(&mut self.rng_sync);
+                    for p in peers {
+                        if self.reachable(n, p) {
+                            self.start_session(n, p)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// SIGKILL: everything not fsynced is gone, and the peers notice at once.
+    pub fn crash(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n as usize];
+        if !node.up {
+            return;
+        }
+        self.stats.crashes += 1;
+        self.stats.unflushed_lost += node.pending.len() as u64;
+        node.up = false;
+        node.incarnation += 1;
+        node.pending.clear();
+        node.flush_scheduled = false;
+        node.sessions.clear();
+        node.history.clear();
+        node.seen.clear();
+        node.hb_scheduled = false;
+        self.log_event(53, u64::from(n), 0, 0);
+        self.leave_meshes(n);
+    }
+
+    fn restart(&mut self, n: NodeId) -> Result<(), SimError> {
+        let at = self.now();
+        let node = &mut self.nodes[n as usize];
+        if node.up || !node.present {
+            return Ok(());
+        }
+        self.stats.restarts += 1;
+        node.up = true;
+        node.store = node.durable.clone();
+        invariants::check_restart(&node.store, &mut node.watch, n, &self.names, at)
+            .map_err(SimError::Invariant)?;
+        let names: Vec<(u32, Floor)> = node
+            .store
+            .iter()
+            .filter_map(|(name, e)| self.name_ids.get(name).map(|id| (*id, e.floor)))
+            .collect();
+        node.watch.observed.extend(names);
+        self.log_event(54, u64::from(n), 0, 0);
+        self.come_up(n)
+    }
+
+    /// A node (re)joins: mesh grafts, sync with some peers at once, and the peers that see it
+    /// alive sync with it too.
+    fn come_up(&mut self, n: NodeId) -> Result<(), SimError> {
+        self.graft_up(n, self.cfg.mesh.n);
+        let mut peers: Vec<NodeId> = self.nodes[n as usize]
+            .peers
+            .iter()
+            .copied()
+            .filter(|&p| self.reachable(n, p))
+            .collect();
+        peers.shuffle(&mut self.rng_sync);
+        for &p in &peers {
+            self.start_session(n, p)?;
+            self.start_session(p, n)?;
+        }
+        Ok(())
+    }
+
+    /// Messages per live node per second over `[from_ms, to_ms]`, given the message count at
+    /// `from_ms`.
+    pub fn rate_per_node(&self, messages_at_start: u64, from_ms: u64) -> f64 {
+        let live = self
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.present)
+            .count()
+            .max(1);
+        let secs = (self.now().saturating_sub(from_ms)) as f64 / 1000.0;
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        (self.stats.messages - messages_at_start) as f64 / live as f64 / secs
+    }
+
+    /// Number of live nodes.
+    pub fn live(&self) -> usize {
+        self.nodes.iter().filter(|n| n.up && n.present).count()
+    }
+
+    /// Mean gossip mesh size over live nodes.
+    pub fn mean_mesh(&self) -> f64 {
+        let live: Vec<&SimNode> = self.nodes.iter().filter(|n| n.up && n.present).collect();
+        live.iter().map(|n| n.mesh.len()).sum::<usize>() as f64 / live.len().max(1) as f64
+    }
+
+    /// Mean number of connections over live nodes.
+    pub fn mean_degree(&self) -> f64 {
+        let live: Vec<&SimNode> = self.nodes.iter().filter(|n| n.up && n.present).collect();
+        live.iter().map(|n| n.peers.len()).sum::<usize>() as f64 / live.len().max(1) as f64
+    }
+}
