@@ -16,7 +16,6 @@
 //! Bodies over [`MAX_BODY_BYTES`] get 413 before they are read in full.
 
 use std::net::SocketAddr;
-use std::time::UNIX_EPOCH;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
@@ -284,6 +283,7 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
             s.corrupt_on_load(),
         )
     });
+    let mono = node.mono_ms();
     let peers: Vec<serde_json::Value> = node
         .peers()
         .into_iter()
@@ -293,7 +293,8 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
                 "alive": st.status != PeerStatus::Down,
                 "state": st.status.as_str(),
                 "connected": st.connected,
-                "since_ms": st.since.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                // Wall-clock time of the last change, from the detector's monotonic clock.
+                "since_ms": now.saturating_sub(mono.saturating_sub(st.since_ms)),
                 "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),
             })
         })

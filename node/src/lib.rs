@@ -5,7 +5,7 @@
 //!   connection limits) in one event loop, driven through a cloneable handle.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
-//! * [`liveness`] — the peer failure detector (suspicion + confirmation, local-health aware).
+//! * [`liveness`] — the peer failure detector, from the protocol core (re-exported).
 //! * [`health`] — endpoint probing with bounded concurrency, jitter and backoff.
 //! * [`offers`] — this node's storage/compute offers (signed records, refreshed, lapsing) and
 //!   the network-wide offer listing.
@@ -29,7 +29,8 @@ pub mod client;
 pub mod dns;
 pub mod health;
 pub mod identity;
-pub mod liveness;
+/// The failure detector lives in the protocol core; re-exported where the node's modules look.
+pub use dpin_protocol::liveness;
 pub mod net;
 pub mod node;
 pub mod offers;

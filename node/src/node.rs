@@ -165,7 +165,7 @@ pub struct Shared {
     pub net: NetHandle,
     /// Counters.
     pub metrics: Metrics,
-    detector: Mutex<Detector>,
+    detector: Mutex<Detector<PeerId>>,
     /// Endpoint health table.
     pub health: Arc<Health>,
     /// Addresses the swarm listens on.
@@ -330,14 +330,20 @@ impl Node {
 
     /// Feeds the failure detector and acts on status changes: a peer that comes back (or
     /// connects) is synced with at once, so it catches up without waiting for the interval.
-    fn detect(&self, f: impl FnOnce(&mut Detector, Instant) -> Option<Transition>) {
-        let change = f(&mut lock(&self.0.detector), Instant::now());
+    fn detect(&self, f: impl FnOnce(&mut Detector<PeerId>, u64) -> Option<Transition<PeerId>>) {
+        let change = f(&mut lock(&self.0.detector), self.mono_ms());
         if let Some(t) = change {
             self.on_transition(t);
         }
     }
 
-    fn on_transition(&self, (peer, old, new): Transition) {
+    /// Monotonic milliseconds since the node started: the failure detector's clock (never
+    /// steps back, unlike the wall clock).
+    pub fn mono_ms(&self) -> u64 {
+        u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn on_transition(&self, (peer, old, new): Transition<PeerId>) {
         tracing::info!(%peer, from = old.as_str(), to = new.as_str(), "peer liveness changed");
         if new == PeerStatus::Alive {
             self.spawn_sync(peer);
@@ -709,7 +715,8 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 }
             }
             _ = detector_tick.tick() => {
-                let changes = lock(&node.0.detector).tick(Instant::now());
+                let now = node.mono_ms();
+                let changes = lock(&node.0.detector).tick(now);
                 for t in changes {
                     node.on_transition(t);
                 }

@@ -25,6 +25,8 @@
 //! * [`sync`] — the anti-entropy session as a sans-IO state machine ([`sync::Initiator`],
 //!   [`sync::respond`]): cursor, round cap, stop rule, fetch-before-push, chunking; driven by
 //!   the node over libp2p and by the simulator in virtual time.
+//! * [`liveness`] — the peer failure detector (suspicion, confirmation, local health) as a
+//!   state machine over monotonic milliseconds, generic over the peer id.
 //! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
 //! * [`error`] — typed errors, one variant per rejection reason.
 
@@ -33,6 +35,7 @@ mod codec;
 pub mod digest;
 pub mod error;
 pub mod keys;
+pub mod liveness;
 pub mod merge;
 pub mod record;
 pub mod store;
