@@ -14,8 +14,8 @@
 //! * [`world`] — the nodes and the event handlers: the gossip model (mesh D/D_lo/D_hi from
 //!   the node's `MeshParams`, flood publish, forward on accept, IHAVE/IWANT on heartbeats), the
 //!   durability model (what survives a crash), anti-entropy sessions, faults.
-//! * [`antientropy`] — the ONE adapter to the protocol's sync session (switches to
-//!   `dpin_protocol::sync` when it lands).
+//! * [`antientropy`] — the ONE seam to the protocol's sync session (`dpin_protocol::sync`,
+//!   the state machine the node drives).
 //! * [`verify`] — applying records, with signatures checked on every apply (`--verify full`,
 //!   the node's path) or once per distinct record per run (`--verify cached`).
 //! * [`invariants`] — the checks run after every event on what it touched, and at quiescence.
@@ -30,10 +30,9 @@
 //! On a broken invariant the run stops at the event that broke it and prints the seed and the
 //! exact command that replays it; the process exits non-zero.
 //!
-//! Needs from the core (worked around here meanwhile): `dpin_protocol::sync` (the session
-//! state machine; [`antientropy`] mirrors the node's `sync_with` until then) and a public
-//! "apply an already verified record" entry point on `Store` (the private `apply_validated`;
-//! [`verify::apply_verified`] mirrors it and a test checks it against `Store::apply`).
+//! Needs from the core (worked around here meanwhile): a public "apply an already verified
+//! record" entry point on `Store` (the private `apply_validated`; [`verify::apply_verified`]
+//! mirrors it and a test checks it against `Store::apply`).
 
 pub mod antientropy;
 pub mod invariants;
@@ -162,6 +161,31 @@ pub struct SimulateArgs {
 }
 
 impl SimulateArgs {
+    /// The CLI defaults for `scenario` with `nodes` nodes and `seed` (for tests and benches).
+    pub fn new(scenario: Scenario, nodes: usize, seed: u64) -> Self {
+        Self {
+            nodes,
+            seed,
+            scenario,
+            latency: "20,5".into(),
+            loss: 0.0,
+            clock_skew: 0,
+            degree: None,
+            mesh_n: None,
+            mesh_n_low: None,
+            mesh_n_high: None,
+            sync_peers: 1,
+            updates: 1,
+            records: 10_000,
+            idle_s: 10,
+            verify: VerifyMode::Full,
+            seeds: None,
+            sweep: None,
+            jobs: None,
+            json: false,
+        }
+    }
+
     /// The exact command that replays `seed` with these options.
     pub fn replay(&self, seed: u64) -> String {
         let mut s = format!(

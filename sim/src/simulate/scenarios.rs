@@ -28,7 +28,7 @@ use rand::Rng;
 use super::invariants::{Violation, ViolationKind};
 use super::report::Report;
 use super::rng::{self, SimRng};
-use super::world::{Action, Tracker, World, WorldConfig, EPOCH_MS};
+use super::world::{Action, Tracker, World, WorldConfig, EPOCH_MS, MCACHE_MS};
 use super::{NodeId, RecId, Scenario, SimError};
 
 /// Virtual time allowed after the last fault for the network to become quiescent.
@@ -175,11 +175,13 @@ fn convergence(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
     r.delivered_by_sync = Some(t.by_sync);
     r.updates = Some(p.updates);
     let sends_at_delivery = w.stats.full_sends;
-    // Idle: nothing written; what does the network cost per node per second?
+    // Idle: nothing written and the gossip caches empty (IHAVE stops after the message
+    // cache window); what does the network cost per node per second?
+    let t0 = delivered_at + MCACHE_MS;
+    w.run_until(t0)?;
     let m0 = w.stats.messages;
-    let t0 = w.now();
     w.run_until(t0 + p.idle_ms)?;
-    r.idle_messages_per_node_per_s = Some(w.rate_per_node(m0, t0));
+    r.idle_messages_per_node_per_s = Some(w.rate_per_node(m0, t0, t0 + p.idle_ms));
     let idle_end = w.now();
     let end = settle(&mut w, idle_end)?;
     r.finish(&w, end);

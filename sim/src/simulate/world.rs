@@ -1258,9 +1258,7 @@ impl World {
                 ResponderAction::Reply(r) => r,
                 ResponderAction::ApplyThenAck(records) => {
                     let applied = self.apply_synced(to, &records);
-                    SyncResponse::PushAck {
-                        applied: applied as u32,
-                    }
+                    antientropy::push_ack(applied)
                 }
             },
         };
@@ -1554,14 +1552,9 @@ impl World {
 
     /// Messages per live node per second over `[from_ms, to_ms]`, given the message count at
     /// `from_ms`.
-    pub fn rate_per_node(&self, messages_at_start: u64, from_ms: u64) -> f64 {
-        let live = self
-            .nodes
-            .iter()
-            .filter(|n| n.up && n.present)
-            .count()
-            .max(1);
-        let secs = (self.now().saturating_sub(from_ms)) as f64 / 1000.0;
+    pub fn rate_per_node(&self, messages_at_start: u64, from_ms: u64, to_ms: u64) -> f64 {
+        let live = self.live().max(1);
+        let secs = to_ms.saturating_sub(from_ms) as f64 / 1000.0;
         if secs <= 0.0 {
             return 0.0;
         }

@@ -1,0 +1,185 @@
+//! The deterministic simulator: replay, the scenarios' targets at test size, and each
+//! invariant check catching a hand-made violation after the event that caused it.
+
+use dpin_protocol::{Content, Entry, RecordBody, SignedRecord, ZoneKey};
+use dpin_sim::simulate::invariants::ViolationKind;
+use dpin_sim::simulate::world::{Action, EPOCH_MS};
+use dpin_sim::simulate::{run_one, Scenario, SimError, SimulateArgs, VerifyMode, World};
+use rand_chacha::rand_core::SeedableRng;
+
+fn args(scenario: Scenario, nodes: usize, seed: u64) -> SimulateArgs {
+    let mut a = SimulateArgs::new(scenario, nodes, seed);
+    a.verify = VerifyMode::Cached;
+    a.idle_s = 2;
+    a
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let mut a = args(Scenario::Race, 20, 7);
+    a.loss = 2.0;
+    a.clock_skew = 300;
+    let one = run_one(&a, 7).expect("seed 7 holds the invariants");
+    let two = run_one(&a, 7).expect("seed 7 holds the invariants");
+    assert_eq!(one.event_log_digest, two.event_log_digest);
+    assert_eq!(one.events, two.events);
+    let other = run_one(&a, 8).expect("seed 8 holds the invariants");
+    assert_ne!(one.event_log_digest, other.event_log_digest);
+}
+
+#[test]
+fn full_and_cached_verification_give_the_same_run() {
+    let mut a = args(Scenario::Churn, 15, 3);
+    let cached = run_one(&a, 3).expect("churn holds");
+    a.verify = VerifyMode::Full;
+    let full = run_one(&a, 3).expect("churn holds");
+    assert_eq!(cached.event_log_digest, full.event_log_digest);
+    assert!(cached.stats.verifications < full.stats.verifications);
+}
+
+#[test]
+fn an_update_reaches_every_node_within_the_hop_bound() {
+    let mut a = args(Scenario::Convergence, 300, 1);
+    a.degree = Some(12);
+    a.updates = 3;
+    let r = run_one(&a, 1).expect("convergence holds");
+    assert_eq!(r.live_nodes, 300);
+    assert_eq!(
+        r.delivered_by_sync,
+        Some(0),
+        "gossip alone reached everyone"
+    );
+    let (max, bound) = (r.hops_max.expect("hops"), r.hops_bound.expect("bound"));
+    assert!(f64::from(max) <= bound, "hops {max} > bound {bound}");
+}
+
+#[test]
+fn two_diverged_halves_converge_after_the_heal() {
+    let mut a = args(Scenario::PartitionHeal, 4, 1);
+    a.records = 600;
+    let r = run_one(&a, 1).expect("partition-heal converges");
+    assert!(r.converge_ms.expect("time") > 0);
+    let ratio = r.bytes_ratio.expect("ratio");
+    assert!(ratio > 1.0 && ratio < 10.0, "bytes ratio {ratio}");
+}
+
+#[test]
+fn race_and_churn_seeds_hold_every_invariant() {
+    for seed in 0..6 {
+        let mut a = args(Scenario::Race, 25, seed);
+        a.loss = 3.0;
+        a.clock_skew = 400;
+        if let Err((e, replay)) = run_one(&a, seed) {
+            panic!("{e}\n{replay}");
+        }
+        let a = args(Scenario::Churn, 25, seed);
+        if let Err((e, replay)) = run_one(&a, seed) {
+            panic!("{e}\n{replay}");
+        }
+    }
+}
+
+#[test]
+fn a_failing_run_names_its_replay_command() {
+    let mut a = args(Scenario::Race, 10, 42);
+    a.loss = 1.5;
+    assert_eq!(
+        a.replay(42),
+        "dpin-sim simulate --nodes 10 --seed 42 --scenario race --latency 20,5 --loss 1.5 \
+         --clock-skew 0 --sync-peers 1 --verify cached"
+    );
+}
+
+// ------------------------------------------------------------ hand-made violations
+
+fn record(key: &ZoneKey, seq: u64, port: u16) -> SignedRecord {
+    RecordBody {
+        zone: key.zone(),
+        label: "api".into(),
+        seq,
+        expires_at_ms: EPOCH_MS + 3_600_000,
+        content: Content::Endpoints(vec![format!("10.0.0.1:{port}").parse().expect("endpoint")]),
+    }
+    .sign(key)
+    .expect("valid record")
+}
+
+/// A 10-node world where node 0 wrote `api` at seq 2 and every node holds it.
+fn world_with_write() -> (World, SignedRecord, SignedRecord, String) {
+    let a = args(Scenario::Convergence, 10, 5);
+    let mut w = World::new(a.world_config(5).expect("config")).expect("world");
+    let key = ZoneKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+    let old = record(&key, 1, 80);
+    let new = record(&key, 2, 81);
+    let name = new.name();
+    let id = w.intern(new.clone());
+    w.schedule(
+        10,
+        Action::Write {
+            via: 0,
+            rec: id,
+            expected: None,
+        },
+    )
+    .expect("scheduled");
+    w.run_until(2_000)
+        .expect("a plain write holds the invariants");
+    assert!(w.is_quiescent());
+    (w, old, new, name)
+}
+
+fn kind_of(e: SimError) -> ViolationKind {
+    match e {
+        SimError::Invariant(v) => v.kind,
+        other => panic!("expected an invariant violation, got {other}"),
+    }
+}
+
+#[test]
+fn a_seq_regression_is_caught_after_the_event_that_caused_it() {
+    let (mut w, old, _, name) = world_with_write();
+    w.tamper(3, &name, Entry::from_record(&old), false);
+    let e = w.run_until(2_100).expect_err("regression caught");
+    assert_eq!(kind_of(e), ViolationKind::SeqRegression);
+}
+
+#[test]
+fn a_live_name_without_a_winner_is_caught() {
+    let (mut w, _, new, name) = world_with_write();
+    let mut entry = Entry::from_record(&new);
+    entry.bytes = None;
+    w.tamper(4, &name, entry, false);
+    let e = w.run_until(2_100).expect_err("lost body caught");
+    assert_eq!(kind_of(e), ViolationKind::LiveNameWithoutWinner);
+}
+
+#[test]
+fn an_acknowledged_write_lost_by_the_disk_is_caught_at_restart() {
+    let (mut w, old, _, name) = world_with_write();
+    // Node 0 acknowledged seq 2; its disk comes back holding seq 1.
+    w.tamper(0, &name, Entry::from_record(&old), true);
+    w.crash(0);
+    w.schedule(2_050, Action::Restart(0)).expect("scheduled");
+    let e = w.run_until(2_100).expect_err("lost ack caught");
+    assert_eq!(kind_of(e), ViolationKind::AckedWriteLost);
+}
+
+#[test]
+fn an_acknowledged_write_superseded_at_its_node_is_caught() {
+    let (mut w, old, _, name) = world_with_write();
+    w.tamper(0, &name, Entry::from_record(&old), false);
+    let e = w.run_until(2_100).expect_err("lost ack caught");
+    assert_eq!(kind_of(e), ViolationKind::AckedWriteLost);
+}
+
+#[test]
+fn diverged_winners_are_caught_at_quiescence() {
+    let (mut w, _, new, _) = world_with_write();
+    let other = ZoneKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(6));
+    let mut body = new.body.clone();
+    body.zone = other.zone();
+    let stray = body.sign(&other).expect("valid");
+    w.tamper(2, &stray.name(), Entry::from_record(&stray), false);
+    let v = w.check_quiescent().expect_err("divergence caught");
+    assert_eq!(v.kind, ViolationKind::Diverged);
+}
