@@ -298,24 +298,15 @@ pub enum PublishStatus {
     Duplicate,
 }
 
-/// The node's verdict on a gossip message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Valid: deliver and forward.
-    Accept,
-    /// Invalid: drop and penalise the propagating peer.
-    Reject,
-    /// Not forwarded, no penalty (e.g. stale, or we could not check it now).
-    Ignore,
-}
+/// The node's verdict on a gossip message: decided by the protocol's ingest policy
+/// ([`dpin_protocol::ingest::verdict`]), carried to gossipsub here.
+pub use dpin_protocol::ingest::Verdict;
 
-impl From<Verdict> for MessageAcceptance {
-    fn from(v: Verdict) -> Self {
-        match v {
-            Verdict::Accept => MessageAcceptance::Accept,
-            Verdict::Reject => MessageAcceptance::Reject,
-            Verdict::Ignore => MessageAcceptance::Ignore,
-        }
+fn acceptance(v: Verdict) -> MessageAcceptance {
+    match v {
+        Verdict::Accept => MessageAcceptance::Accept,
+        Verdict::Reject => MessageAcceptance::Reject,
+        Verdict::Ignore => MessageAcceptance::Ignore,
     }
 }
 
@@ -1034,7 +1025,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .gossipsub
-                    .report_message_validation_result(&message_id, &source, verdict.into());
+                    .report_message_validation_result(&message_id, &source, acceptance(verdict));
                 if !known {
                     debug!(%message_id, "validation result for a message no longer cached");
                 }

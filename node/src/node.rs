@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpin_protocol::blob::{BlobRequest, BlobResponse};
 use dpin_protocol::digest::MAX_RECORDS_PER_MESSAGE;
+use dpin_protocol::ingest;
 use dpin_protocol::record::Freshness;
 use dpin_protocol::store::Store;
 use dpin_protocol::sync::{self as session, Initiator, InitiatorStep, ResponderAction};
@@ -380,7 +381,7 @@ impl Node {
         let verdict = match SignedRecord::decode(&data) {
             Err(e) => {
                 tracing::debug!(%source, %e, "undecodable gossip");
-                Verdict::Reject
+                ingest::UNDECODABLE
             }
             Ok(rec) => {
                 match self
@@ -391,28 +392,19 @@ impl Node {
                         if outcome.changed_store() {
                             self.flush_soon();
                         }
-                        if let Outcome::Conflict { .. } = outcome {
-                            Metrics::inc(&m.conflicts);
-                        }
-                        if outcome == Outcome::Restored {
-                            Metrics::inc(&m.bodies_restored);
-                        }
-                        match outcome {
+                        match &outcome {
+                            Outcome::Conflict { .. } => Metrics::inc(&m.conflicts),
+                            Outcome::Restored => Metrics::inc(&m.bodies_restored),
                             Outcome::Invalid(e) if e.is_clock_dependent() => {
                                 // Our clock disagrees with the writer's by more than the
-                                // allowance; not the sender's fault. Anti-entropy offers the
-                                // record again, and it is taken once our clock moves on.
+                                // allowance; anti-entropy offers the record again later.
                                 tracing::debug!(%source, %e, "gossip ahead of our clock");
                                 Metrics::inc(&m.records_ahead_of_clock);
-                                Verdict::Ignore
                             }
-                            Outcome::Invalid(e) => {
-                                tracing::debug!(%source, %e, "invalid gossip");
-                                Verdict::Reject
-                            }
-                            o if o.changed_store() => Verdict::Accept,
-                            _ => Verdict::Ignore,
+                            Outcome::Invalid(e) => tracing::debug!(%source, %e, "invalid gossip"),
+                            _ => {}
                         }
+                        ingest::verdict(&outcome)
                     }
                     Ok(Err(e)) => {
                         tracing::error!(%e, "store failed while applying gossip");
@@ -617,76 +609,23 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
     }
 }
 
-/// Most gossip messages waiting for validation; beyond this they are ignored (not forwarded)
-/// and anti-entropy carries the records instead.
-pub const GOSSIP_QUEUE: usize = 1024;
 /// How often the failure detector re-evaluates peers.
 pub const DETECTOR_TICK: Duration = Duration::from_millis(100);
 
 type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 
-/// Gossip messages per second accepted for validation from one propagating peer.
-pub const GOSSIP_RATE_PER_PEER: f64 = 500.0;
-/// Burst allowance per peer (a sync-sized batch of forwards).
-pub const GOSSIP_BURST_PER_PEER: f64 = 1000.0;
-/// Most peers with a rate bucket; the stalest bucket is dropped beyond this.
-pub const MAX_RATE_BUCKETS: usize = 1024;
-
-/// Token bucket per propagating peer, so one noisy or hostile peer cannot monopolise
-/// validation (each message costs a signature check and a store lock).
-pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: BTreeMap<PeerId, (f64, Instant)>,
-}
-
-impl RateLimiter {
-    /// `rate` tokens per second, at most `burst` saved up.
-    pub fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst,
-            buckets: BTreeMap::new(),
-        }
-    }
-
-    /// Takes one token for `peer` at `now`; false if it has none left.
-    pub fn allow(&mut self, peer: PeerId, now: Instant) -> bool {
-        if !self.buckets.contains_key(&peer) && self.buckets.len() >= MAX_RATE_BUCKETS {
-            if let Some(stalest) = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(p, _)| *p)
-            {
-                self.buckets.remove(&stalest);
-            }
-        }
-        let (tokens, last) = self.buckets.entry(peer).or_insert((self.burst, now));
-        let refill = now.saturating_duration_since(*last).as_secs_f64() * self.rate;
-        *tokens = (*tokens + refill).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Consumes network events forever (until the channel closes), ticks the failure detector and
 /// runs periodic sync. Gossip validation (which fsyncs) runs on its own task so liveness
 /// events are never stuck behind disk writes.
 pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
-    let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(GOSSIP_QUEUE);
+    let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(ingest::GOSSIP_QUEUE);
     let gnode = node.clone();
     tokio::spawn(async move {
         while let Some((source, id, data)) = gossip_rx.recv().await {
             gnode.on_gossip(source, id, data).await;
         }
     });
-    let mut limiter = RateLimiter::new(GOSSIP_RATE_PER_PEER, GOSSIP_BURST_PER_PEER);
+    let mut limiter = ingest::RateLimiter::gossip();
     let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut detector_tick = tokio::time::interval(DETECTOR_TICK);
@@ -697,7 +636,7 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 let Some(ev) = ev else { return };
                 match ev {
                     NetEvent::Gossip { source, message_id, data } => {
-                        if !limiter.allow(source, Instant::now()) {
+                        if limiter.allow(source, node.mono_ms()).is_err() {
                             // Over its rate: not validated, not forwarded; sync still carries
                             // anything real it had.
                             Metrics::inc(&node.0.metrics.gossip_rate_limited);
@@ -780,23 +719,5 @@ fn handle_event(node: &Node, ev: NetEvent) {
                 addrs.push(addr);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_peer_over_its_gossip_rate_is_limited_and_recovers() {
-        let mut l = RateLimiter::new(10.0, 5.0);
-        let (p, q) = (PeerId::random(), PeerId::random());
-        let t0 = Instant::now();
-        assert_eq!((0..8).filter(|_| l.allow(p, t0)).count(), 5);
-        // Another peer is not affected.
-        assert!(l.allow(q, t0));
-        // 10 tokens/s: 300 ms later three more.
-        let t1 = t0 + Duration::from_millis(300);
-        assert_eq!((0..8).filter(|_| l.allow(p, t1)).count(), 3);
     }
 }

@@ -25,6 +25,8 @@
 //! * [`sync`] — the anti-entropy session as a sans-IO state machine ([`sync::Initiator`],
 //!   [`sync::respond`]): cursor, round cap, stop rule, fetch-before-push, chunking; driven by
 //!   the node over libp2p and by the simulator in virtual time.
+//! * [`ingest`] — the gossip ingest policy: per-peer budget, bounded validation queue, and the
+//!   verdict (accept / ignore / reject) from the merge outcome.
 //! * [`liveness`] — the peer failure detector (suspicion, confirmation, local health) as a
 //!   state machine over monotonic milliseconds, generic over the peer id.
 //! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
@@ -34,6 +36,7 @@ pub mod blob;
 mod codec;
 pub mod digest;
 pub mod error;
+pub mod ingest;
 pub mod keys;
 pub mod liveness;
 pub mod merge;
