@@ -300,6 +300,11 @@ struct NodeArgs {
     /// Most simultaneous peer connections.
     #[arg(long, default_value_t = 256)]
     max_connections: u32,
+    /// How many nodes the network is expected to have: sizes the gossip mesh (D = N - 1 up to
+    /// 7 nodes, the standard D = 6 beyond; see `MeshParams::for_cluster`) and the discovery
+    /// target. Networks larger than 7 should say so, or their mesh stays at D = 4.
+    #[arg(long, default_value_t = 5)]
+    expected_nodes: usize,
     /// How long after expiry a record's signed body is kept (and replicated) before
     /// compaction drops it, keeping only its floor. The default (about 31 days past expiry)
     /// outlives every record the winner beat; shorten it only for test runs whose TTLs are
@@ -518,6 +523,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
 
     let mut config = NetConfig::new(keypair, listen, bootstrap);
     config.max_connections = args.max_connections;
+    config.expected_cluster_size = args.expected_nodes.max(1);
     let (handle, events) = net::spawn(config)
         .await
         .context("cannot start networking")?;
