@@ -1,6 +1,8 @@
 //! Offers and replicated blobs with real processes: a 5-node cluster, 4 offering storage;
 //! put with K=3, lose a holder, read from a non-holder, watch repair restore K copies, corrupt a
-//! chunk and watch it be detected and repaired, offers lapse, compute filters.
+//! chunk and watch it be detected and repaired, offers lapse, compute filters. A second cluster
+//! checks that put and repair agree on the holders when a candidate has no room (a K=3 blob
+//! once got a 4th copy that way).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,9 +13,43 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
 const BOUND: Duration = Duration::from_secs(30);
+/// API timeout for the CLI calls here: the CLI's default (500 ms) is for interactive use, and a
+/// debug-build node on a loaded 2-core machine can take longer to answer while it moves blobs.
+const CLI_TIMEOUT_MS: &str = "10000";
+
+/// The tests here each run a cluster that moves tens of MiB through debug builds; one cluster
+/// at a time keeps them from starving each other on a small machine.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked while holding the lock says nothing about the next one.
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn bin() -> &'static Path {
     Path::new(BIN)
+}
+
+/// `len` bytes of a pattern that differs for each `seed`.
+fn pattern(len: u32, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i.wrapping_add(seed.wrapping_mul(7919))
+                .wrapping_mul(2654435761)
+                >> 13) as u8
+        })
+        .collect()
+}
+
+/// `dpin put --api API FILE --replicas K --json`.
+fn put(api: &str, file: &Path, replicas: &str) -> Result<Value> {
+    let file = file.to_str().unwrap_or_default();
+    json(cli(
+        bin(),
+        &["put", "--api", api, file, "--replicas", replicas, "--json"],
+    )?)
 }
 
 fn json(out: std::process::Output) -> Result<Value> {
@@ -22,7 +58,7 @@ fn json(out: std::process::Output) -> Result<Value> {
 
 /// The live offers `dpin offers --api API FILTERS... --json` lists.
 fn offers(api: &str, filters: &[&str]) -> Result<Vec<Value>> {
-    let mut args = vec!["offers", "--api", api];
+    let mut args = vec!["offers", "--api", api, "--timeout-ms", CLI_TIMEOUT_MS];
     args.extend_from_slice(filters);
     args.push("--json");
     Ok(json(cli(bin(), &args)?)?["offers"]
@@ -33,7 +69,16 @@ fn offers(api: &str, filters: &[&str]) -> Result<Vec<Value>> {
 
 /// Complete copies and holder peer ids of `hash` as seen through `api`.
 fn holders(api: &str, hash: &str) -> Option<(u64, Vec<String>)> {
-    let v = json(cli(bin(), &["blob", "--api", api, hash, "--json"]).ok()?).ok()?;
+    let args = [
+        "blob",
+        "--api",
+        api,
+        hash,
+        "--timeout-ms",
+        CLI_TIMEOUT_MS,
+        "--json",
+    ];
+    let v = json(cli(bin(), &args).ok()?).ok()?;
     let ids = v["holders"]
         .as_array()?
         .iter()
@@ -45,6 +90,7 @@ fn holders(api: &str, hash: &str) -> Option<(u64, Vec<String>)> {
 
 #[test]
 fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
+    let _cluster = one_cluster_at_a_time();
     let dir = tempfile::tempdir()?;
     let fast = [
         "--no-probe",
@@ -212,5 +258,118 @@ fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
         std::fs::read(&out_file)? == data,
         "bytes differ after repair"
     );
+    Ok(())
+}
+
+/// Put skips a node whose capacity could hold a blob but whose free room cannot; repair must
+/// agree with put (one placement rule) and never add a copy there. Before the shared rule,
+/// repair ranked candidates by capacity alone, so that node pulled a 4th copy of a K=3 blob,
+/// past what it offered.
+#[test]
+fn repair_adds_no_copy_on_a_node_that_put_skipped_for_lack_of_room() -> Result<()> {
+    let _cluster = one_cluster_at_a_time();
+    let dir = tempfile::tempdir()?;
+    let fast = [
+        "--no-probe",
+        "--offer-refresh-ms",
+        "300",
+        "--repair-interval-ms",
+        "200",
+        "--scrub-interval-ms",
+        "10000",
+    ];
+    let with_storage = |bytes: &'static str| {
+        let mut args = fast.to_vec();
+        args.extend_from_slice(&["--offer-storage", bytes]);
+        args
+    };
+    // Three roomy nodes and a small one (8 MiB), last.
+    let n0 = NodeProc::start(bin(), &dir.path().join("n0"), &[], &with_storage("64M"))?;
+    let boot = vec![n0.bootstrap_addr()];
+    let mut nodes = vec![n0];
+    for (i, size) in [(1, "64M"), (2, "64M"), (3, "8M")] {
+        let data_dir = dir.path().join(format!("n{i}"));
+        nodes.push(NodeProc::start(
+            bin(),
+            &data_dir,
+            &boot,
+            &with_storage(size),
+        )?);
+    }
+    wait_connected(&nodes, BOUND)?;
+    let api = nodes[0].api.clone();
+    let small = nodes[3].peer_id.clone();
+    wait_until(BOUND, "4 storage offers on every node", || {
+        nodes
+            .iter()
+            .all(|n| offers(&n.api, &["--kind", "storage"]).is_ok_and(|o| o.len() == 4))
+            .then_some(())
+    })?;
+
+    // A 5 MiB blob on all four nodes leaves the small one 3 MiB free.
+    let fill = dir.path().join("fill.bin");
+    std::fs::write(&fill, pattern(5 << 20, 0))?;
+    let put_fill = put(&api, &fill, "4")?;
+    assert_eq!(put_fill["holders"].as_array().map(Vec::len), Some(4));
+    wait_until(
+        BOUND,
+        "the small node to offer 3 MiB free everywhere",
+        || {
+            nodes
+                .iter()
+                .all(|n| {
+                    offers(&n.api, &["--kind", "storage"]).is_ok_and(|o| {
+                        o.iter().any(|o| {
+                            o["peer_id"] == small.as_str() && o["free_bytes"] == 3u64 << 20
+                        })
+                    })
+                })
+                .then_some(())
+        },
+    )?;
+
+    // A 4 MiB blob whose rendezvous order ranks the small node among the first three: it
+    // could hold 4 MiB (capacity 8 MiB), but has no room now.
+    let file = dir.path().join("file.bin");
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let mut hash = String::new();
+    for seed in 1..200 {
+        std::fs::write(&file, pattern(4 << 20, seed))?;
+        let index = dpin_node::blobs::index_file(&file, dpin_protocol::blob::DEFAULT_CHUNK_BYTES)?;
+        let root = dpin_protocol::blob::root_of(&index.hashes);
+        if dpin_node::blobs::rank_ids(&root, &ids)[..3].contains(&small) {
+            hash = hex::encode(root);
+            break;
+        }
+    }
+    assert!(
+        !hash.is_empty(),
+        "no seed ranks the small node in the first three"
+    );
+    let put_file = put(&api, &file, "3")?;
+    assert_eq!(put_file["hash"], hash.as_str());
+    let put_holders: Vec<&str> = put_file["holders"]
+        .as_array()
+        .map(|h| h.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(put_holders.len(), 3);
+    assert!(
+        !put_holders.contains(&small.as_str()),
+        "put used a node without room"
+    );
+
+    // Absence needs a window: 3 s is 15 repair rounds on every node, and the old rule copied
+    // within one or two.
+    let held_by_small = nodes[3].data_dir.join("blobs").join(&hash);
+    let window = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < window {
+        assert!(
+            !held_by_small.exists(),
+            "repair copied a K=3 blob onto the node put skipped for lack of room"
+        );
+        let (copies, _) = holders(&api, &hash).unwrap_or_default();
+        assert_eq!(copies, 3, "a K=3 blob must have exactly 3 copies");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }

@@ -5,21 +5,35 @@
 //!   after SIGKILL. Every chunk is verified against the index when stored, when served and by
 //!   the periodic scrub; a corrupt chunk is deleted (never served) and then re-fetched by
 //!   repair.
-//! * [`put`] cuts an uploaded file into chunks, picks `K` holders by rendezvous hashing over the
-//!   live storage offers with room for it, stores the chunks there (the node itself included, if
-//!   chosen), and only then publishes the signed manifest, which gossips like any record.
+//! * [`intended_holders`] is the one placement rule, used by both [`put`] and repair: walk the
+//!   rendezvous order of the live storage offers that could ever hold the blob ([`placement`])
+//!   and take each node that has room for the part of the blob it lacks, until `K` are taken.
+//!   Put and repair used to filter candidates differently (put skipped nodes without free
+//!   room, repair did not), so a node put skipped for lack of room pulled a copy anyway.
+//! * [`put`] cuts an uploaded file into chunks, stores them on the first `K` intended holders
+//!   (the node itself included, if chosen), and only then publishes the signed manifest, which
+//!   gossips like any record. Holder requests are idempotent, so a request that failed (a
+//!   timeout on a loaded node) is retried on the same holder; put moves on to the next node
+//!   only after a holder made no progress for [`PUT_STALL`]. Moving on after the first
+//!   timeout is what made a K=3 put leave 4 copies: the slow holder got its chunks anyway and
+//!   repair, seeing it among the first `K`, completed it.
 //! * [`fetch_chunk`] gets a chunk from this node or any holder, verifying it, and fails over to
 //!   the next holder on error or corruption.
-//! * [`run_maintenance`] scrubs and repairs: for every live manifest, the first `K` nodes of the
-//!   rendezvous order over live storage offers are the intended holders; an intended holder
-//!   that lacks chunks pulls them. When a holder dies its offer lapses, the order shifts by one,
-//!   and only the newly intended node copies — one copy of repair traffic per lost replica.
+//! * [`run_maintenance`] scrubs and repairs. A node that lacks a complete copy of a live blob
+//!   and could be one of its intended holders asks the storage nodes how much of it each holds
+//!   (a census, which also asks nodes whose offers lapsed within [`CENSUS_GRACE_MS`], so one
+//!   late offer refresh cannot hide a copy) and pulls only if it is intended and fewer than `K`
+//!   complete copies are live. When a holder dies, the census finds `K - 1` copies and only
+//!   the newly intended node copies — one copy of repair traffic per lost replica. Two nodes
+//!   whose views of the offers differ can still both pull after a loss (one extra copy); no
+//!   surplus copy is ever deleted, since deleting on a divergent view could lose data.
 //!
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
-//! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder, repair handles one
-//! blob at a time with chunks fetched one by one.
+//! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (fewer after a
+//! chunk fails in transit), repair handles one blob at a time with chunks fetched one by one; a census asks
+//! each storage node once per blob that this node lacks and could be intended for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +53,20 @@ use crate::offers::{self, OfferFilter};
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
 /// Chunks in flight to one holder during a put.
 pub const PUT_PARALLEL_CHUNKS: usize = 8;
+/// A put gives up on a holder after this long without any of its requests succeeding. Holder
+/// requests are idempotent, so a loaded holder or link (requests timing out) keeps its place
+/// as long as it makes progress; a dead one is given up after this long and the next node in
+/// the order takes its place.
+pub const PUT_STALL: Duration = Duration::from_secs(20);
+/// Pause after the `n`th failure in a row to one holder is `n` times this, at most
+/// [`PUT_RETRY_PAUSE_MAX`] (lets a congested link drain instead of refilling it at once).
+const PUT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause between tries to one holder.
+const PUT_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
+/// A repair census also asks storage nodes whose offers lapsed less than this long ago: a copy
+/// on a live node whose offer refresh was merely late still counts, so it is not duplicated.
+/// A dead node does not answer and is not counted.
+pub const CENSUS_GRACE_MS: u64 = 60_000;
 /// Manifests live this long (a put is a long-lived fact; re-put to extend).
 pub const MANIFEST_TTL_MS: u64 = 30 * 24 * 3600 * 1000 - 60_000;
 
@@ -376,27 +404,79 @@ async fn ask(node: &Node, peer: PeerId, req: BlobRequest) -> Result<BlobResponse
         .and_then(|b| BlobResponse::decode(&b).map_err(|e| e.to_string()))
 }
 
-/// Live storage nodes in rendezvous order for `root`, each with its offer's free bytes.
+/// Live storage nodes whose capacity could ever hold a blob of `size` bytes, in rendezvous
+/// order for `root`, each with its offer's free bytes. Capacity does not change while a node
+/// holds blobs, so this order is stable; free room is judged by [`intended_holders`].
 pub fn placement(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u64)> {
+    let candidates: Vec<(PeerId, u64)> = storage_offers(node, now_ms())
+        .into_iter()
+        .filter(|(_, capacity, _)| *capacity >= size)
+        .map(|(p, _, free)| (p, free))
+        .collect();
+    let peers: Vec<PeerId> = candidates.iter().map(|(p, _)| *p).collect();
+    rank(root, &peers)
+        .into_iter()
+        .filter_map(|p| candidates.iter().find(|(c, _)| *c == p).copied())
+        .collect()
+}
+
+/// `peers` in rendezvous order for `root` (by the bytes of their peer ids), best first.
+pub fn rank(root: &[u8; 32], peers: &[PeerId]) -> Vec<PeerId> {
+    let keys: Vec<Vec<u8>> = peers.iter().map(|p| p.to_bytes()).collect();
+    rendezvous(root, &keys)
+        .into_iter()
+        .filter_map(|k| PeerId::from_bytes(k).ok())
+        .collect()
+}
+
+/// [`rank`] for peers known by their text ids (the CLI's and the tests' view); ids that do
+/// not parse are left out.
+pub fn rank_ids(root: &[u8; 32], peer_ids: &[&str]) -> Vec<String> {
+    let peers: Vec<PeerId> = peer_ids.iter().filter_map(|s| s.parse().ok()).collect();
+    rank(root, &peers).iter().map(ToString::to_string).collect()
+}
+
+/// Storage offers live at `at` (Unix ms): peer, capacity, free bytes.
+fn storage_offers(node: &Node, at: u64) -> Vec<(PeerId, u64, u64)> {
     let filter = OfferFilter {
         kind: Some("storage".into()),
         ..OfferFilter::default()
     };
-    let offers = offers::list(node, &filter, now_ms());
-    let candidates: Vec<(Vec<u8>, PeerId, u64)> = offers
+    offers::list(node, &filter, at)
         .iter()
-        .filter(|o| o.capacity_bytes.unwrap_or(0) >= size)
         .filter_map(|o| {
             let p: PeerId = o.peer_id.parse().ok()?;
-            Some((p.to_bytes(), p, o.free_bytes.unwrap_or(0)))
+            Some((p, o.capacity_bytes.unwrap_or(0), o.free_bytes.unwrap_or(0)))
         })
-        .collect();
-    let keys: Vec<&[u8]> = candidates.iter().map(|(k, _, _)| k.as_slice()).collect();
-    rendezvous(root, &keys)
-        .into_iter()
-        .filter_map(|k| candidates.iter().find(|(b, _, _)| b.as_slice() == *k))
-        .map(|(_, p, f)| (*p, *f))
         .collect()
+}
+
+/// The placement rule shared by [`put`] and repair: walking `order` (see [`placement`]), take
+/// each node whose free room covers the part of the blob it does not hold yet (`held(peer)`
+/// bytes; a node's free room already excludes what it holds), until `replicas` are taken.
+///
+/// `put` calls it with nothing held, so it skips nodes without room; repair calls it with what
+/// a census found, so a node that filled up with this very blob stays intended, and a node put
+/// skipped for lack of room is not intended later.
+pub fn intended_holders(
+    order: &[(PeerId, u64)],
+    size: u64,
+    replicas: usize,
+    held: impl Fn(&PeerId) -> u64,
+) -> Vec<PeerId> {
+    order
+        .iter()
+        .filter(|(p, free)| free.saturating_add(held(p).min(size)) >= size)
+        .take(replicas)
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+/// Bytes of a blob that `chunks` of its chunks make up (the last chunk may be short).
+fn held_bytes(chunks: u32, chunk_size: u32, size: u64) -> u64 {
+    u64::from(chunks)
+        .saturating_mul(u64::from(chunk_size))
+        .min(size)
 }
 
 /// The live manifest of `root`, if any node published one we hold.
@@ -489,6 +569,101 @@ pub fn index_file(path: &Path, chunk_size: u32) -> std::io::Result<Index> {
     })
 }
 
+/// Sends one request that a holder answers with `Stored`. Every failure counts as worth a
+/// retry: a timeout or a closed connection says nothing about whether the holder acted, and
+/// even an error answer can come from a request garbled in transit (a cut stream decodes as
+/// a truncated request). The requests are idempotent, and [`PUT_STALL`] bounds the retries.
+async fn ask_stored(node: &Node, peer: PeerId, req: BlobRequest) -> Result<(), String> {
+    match ask(node, peer, req).await? {
+        BlobResponse::Stored => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Progress of a put on one holder: when a request last succeeded, failures since.
+struct Progress {
+    since: tokio::time::Instant,
+    failures: u32,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            since: tokio::time::Instant::now(),
+            failures: 0,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.since = tokio::time::Instant::now();
+        self.failures = 0;
+    }
+
+    /// After a failure: how long to pause before trying again, or `None` once the holder has
+    /// made no progress for [`PUT_STALL`].
+    fn failed(&mut self) -> Option<Duration> {
+        if self.since.elapsed() >= PUT_STALL {
+            return None;
+        }
+        self.failures = self.failures.saturating_add(1);
+        Some((PUT_RETRY_PAUSE * self.failures).min(PUT_RETRY_PAUSE_MAX))
+    }
+}
+
+/// [`ask_stored`], tried again until it succeeds or the holder stalls.
+async fn ask_stored_retrying(
+    node: &Node,
+    peer: PeerId,
+    progress: &mut Progress,
+    req: impl Fn() -> BlobRequest,
+) -> Result<(), String> {
+    loop {
+        match ask_stored(node, peer, req()).await {
+            Ok(()) => {
+                progress.succeeded();
+                return Ok(());
+            }
+            Err(e) => {
+                let Some(pause) = progress.failed() else {
+                    return Err(format!("no progress for {PUT_STALL:?}; last error: {e}"));
+                };
+                tracing::debug!(%peer, %e, ?pause, "blob request failed; retrying");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+async fn read_chunk(path: &Path, index: &Index, i: u32) -> Result<Vec<u8>, String> {
+    let (path, ix) = (path.to_owned(), index.clone());
+    tokio::task::spawn_blocking(move || read_file_chunk(&path, &ix, i))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot read the upload: {e}"))
+}
+
+/// Reads chunk `i` of the upload and stores it on `peer` (one attempt).
+async fn send_chunk(
+    node: &Node,
+    peer: PeerId,
+    path: &Path,
+    root: [u8; 32],
+    index: &Index,
+    i: u32,
+) -> (u32, Result<(), String>) {
+    let sent = match read_chunk(path, index, i).await {
+        Ok(data) => ask_stored(node, peer, BlobRequest::PutChunk { root, i, data }).await,
+        Err(e) => Err(e),
+    };
+    (i, sent)
+}
+
+/// Stores the whole blob on `peer` and seals it there: the index, then every chunk, then the
+/// seal. Chunks go with up to [`PUT_PARALLEL_CHUNKS`] in flight; a chunk that fails is queued
+/// again and halves the window, a success widens it by one, and the holder is given up once
+/// it made no progress for [`PUT_STALL`]. Chunks in flight share one connection, so on a slow or loaded link they
+/// all finish late together: fewer in flight is what lets each finish within the request
+/// timeout.
 async fn store_on(
     node: &Node,
     peer: PeerId,
@@ -496,42 +671,45 @@ async fn store_on(
     root: [u8; 32],
     index: &Index,
 ) -> Result<(), String> {
-    let put_index = BlobRequest::PutIndex {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut progress = Progress::new();
+    ask_stored_retrying(node, peer, &mut progress, || BlobRequest::PutIndex {
         root,
         size: index.size,
         chunk_size: index.chunk_size,
         index: index.hashes.clone(),
-    };
-    match ask(node, peer, put_index).await? {
-        BlobResponse::Stored => {}
-        other => return Err(format!("{other:?}")),
-    }
-    let chunks: Vec<u32> = (0..index.chunks()).collect();
-    for group in chunks.chunks(PUT_PARALLEL_CHUNKS) {
-        let mut tasks = Vec::new();
-        for &i in group {
-            let path = path.to_owned();
-            let ix = index.clone();
-            let node = node.clone();
-            tasks.push(tokio::spawn(async move {
-                let data = tokio::task::spawn_blocking(move || read_file_chunk(&path, &ix, i))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                match ask(&node, peer, BlobRequest::PutChunk { root, i, data }).await? {
-                    BlobResponse::Stored => Ok(()),
-                    other => Err(format!("chunk {i}: {other:?}")),
-                }
-            }));
+    })
+    .await?;
+    let mut queue: std::collections::VecDeque<u32> = (0..index.chunks()).collect();
+    let mut window = PUT_PARALLEL_CHUNKS;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < window {
+            let Some(i) = queue.pop_front() else { break };
+            in_flight.push(send_chunk(node, peer, path, root, index, i));
         }
-        for t in tasks {
-            t.await.map_err(|e| e.to_string())??;
+        let Some((i, sent)) = in_flight.next().await else {
+            break;
+        };
+        match sent {
+            Ok(()) => {
+                progress.succeeded();
+                window = (window + 1).min(PUT_PARALLEL_CHUNKS);
+            }
+            Err(e) => {
+                let Some(pause) = progress.failed() else {
+                    return Err(format!("no progress for {PUT_STALL:?}; chunk {i}: {e}"));
+                };
+                tracing::debug!(%peer, i, %e, window, "chunk not stored; will resend");
+                window = (window / 2).max(1);
+                queue.push_back(i);
+                tokio::time::sleep(pause).await;
+            }
         }
     }
-    match ask(node, peer, BlobRequest::Seal { root }).await? {
-        BlobResponse::Stored => Ok(()),
-        other => Err(format!("seal: {other:?}")),
-    }
+    ask_stored_retrying(node, peer, &mut progress, || BlobRequest::Seal { root })
+        .await
+        .map_err(|e| format!("seal: {e}"))
 }
 
 /// Distributes the file at `path` to `replicas` holders and publishes its manifest.
@@ -546,18 +724,17 @@ pub async fn put(
         .await
         .map_err(|e| BlobError::Manifest(e.to_string()))??;
     let root = root_of(&index.hashes);
-    let order: Vec<PeerId> = placement(node, &root, index.size)
-        .into_iter()
-        .filter(|(_, free)| *free >= index.size)
-        .map(|(p, _)| p)
-        .collect();
+    // Every node with room, in order: the first `replicas` are the intended holders (the
+    // same rule repair applies), the rest stand in for an intended holder that fails.
+    let placed = placement(node, &root, index.size);
+    let order = intended_holders(&placed, index.size, placed.len(), |_| 0);
     if order.len() < replicas {
         return Err(BlobError::InsufficientStorage {
             wanted: replicas,
             available: order.len(),
         });
     }
-    // Try holders in rendezvous order until `replicas` of them acknowledged every chunk.
+    // Try holders in order until `replicas` of them acknowledged every chunk.
     let mut holders = Vec::new();
     let mut next = 0;
     while holders.len() < replicas && next < order.len() {
@@ -570,7 +747,9 @@ pub async fn put(
         for (p, r) in batch.into_iter().zip(results) {
             match r {
                 Ok(()) => holders.push(p),
-                Err(e) => tracing::warn!(peer = %p, %e, "holder refused a blob; trying the next"),
+                Err(e) => {
+                    tracing::warn!(peer = %p, %e, "holder failed to store a blob; trying the next")
+                }
             }
         }
     }
@@ -704,72 +883,159 @@ pub async fn holders(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u3
 async fn repair_once(node: &Node) {
     let me = node.0.net.local_peer_id();
     for m in manifests(node) {
-        let order = placement(node, &m.root, m.size);
-        let intended = order
+        repair_blob(node, me, &m).await;
+    }
+}
+
+/// How many chunks of `root` this node holds, out of how many (0 of 0 without the index).
+async fn local_holding(node: &Node, root: [u8; 32]) -> (u32, u32) {
+    let store = node.blobs().clone();
+    match tokio::task::spawn_blocking(move || handle_request(&store, BlobRequest::Has { root }))
+        .await
+    {
+        Ok(BlobResponse::Holding { chunks, total }) => (chunks, total),
+        _ => (0, 0),
+    }
+}
+
+/// Chunks of `m` that each other storage node holds, asked of every node whose storage offer
+/// is live or lapsed less than [`CENSUS_GRACE_MS`] ago. A node that does not answer (dead,
+/// unreachable) is left out: as far as repair knows, it holds nothing.
+async fn census(node: &Node, me: PeerId, m: &BlobManifest) -> BTreeMap<PeerId, u32> {
+    let since = now_ms().saturating_sub(CENSUS_GRACE_MS);
+    let peers: Vec<PeerId> = storage_offers(node, since)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| *p != me)
+        .collect();
+    let root = m.root;
+    let answers = futures::future::join_all(
+        peers
             .iter()
-            .take(usize::from(m.replicas))
-            .any(|(p, _)| *p == me);
-        if !intended {
-            continue;
+            .map(|&p| ask(node, p, BlobRequest::Has { root })),
+    )
+    .await;
+    peers
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(p, a)| match a {
+            Ok(BlobResponse::Holding { chunks, total }) if total == m.chunks => {
+                Some((p, chunks.min(total)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pulls the chunks of `m` this node lacks if it is one of the blob's intended holders (the
+/// rule [`put`] placed it by) and fewer than `K` complete copies are live.
+async fn repair_blob(node: &Node, me: PeerId, m: &BlobManifest) {
+    if m.chunks == 0 {
+        // An empty blob has nothing to copy (and `Has` cannot tell "holds it" from "does not").
+        return;
+    }
+    let (mine, total) = local_holding(node, m.root).await;
+    if total == m.chunks && mine >= total {
+        return;
+    }
+    let k = usize::from(m.replicas);
+    let order = placement(node, &m.root, m.size);
+    let my_bytes = held_bytes(mine, m.chunk_size, m.size);
+    // What other nodes hold only makes them more eligible, which can push this node out of
+    // the first K but never in: if it is not intended while they hold nothing, it is not
+    // intended at all, and the census (one request per storage node) is skipped.
+    let only_mine = |p: &PeerId| if *p == me { my_bytes } else { 0 };
+    if !intended_holders(&order, m.size, k, only_mine).contains(&me) {
+        return;
+    }
+    let held_by = census(node, me, m).await;
+    let complete = held_by.values().filter(|c| **c >= m.chunks).count();
+    let held = |p: &PeerId| {
+        if *p == me {
+            my_bytes
+        } else {
+            held_by
+                .get(p)
+                .map_or(0, |c| held_bytes(*c, m.chunk_size, m.size))
         }
-        let candidates: Vec<PeerId> = order.iter().map(|(p, _)| *p).collect();
-        let store = node.blobs().clone();
-        let root = m.root;
-        let have_index = tokio::task::spawn_blocking(move || store.index(&root).is_ok())
-            .await
-            .unwrap_or(false);
-        if !have_index {
-            match fetch_index(node, &m.root, m.size).await {
-                Ok(ix) => {
-                    let store = node.blobs().clone();
-                    let r = m.root;
-                    let stored =
-                        tokio::task::spawn_blocking(move || store.put_index(&r, &ix)).await;
-                    if !matches!(stored, Ok(Ok(()))) {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(%e, "repair: index unavailable");
-                    continue;
+    };
+    if complete >= k || !intended_holders(&order, m.size, k, held).contains(&me) {
+        return;
+    }
+    // Sources: complete holders first (the census just saw them), then the rest in order.
+    let mut candidates: Vec<PeerId> = held_by
+        .iter()
+        .filter(|(_, c)| **c >= m.chunks)
+        .map(|(p, _)| *p)
+        .collect();
+    candidates.extend(
+        order
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| held_by.get(p).is_none_or(|c| *c < m.chunks)),
+    );
+    pull(node, m, &candidates, complete).await;
+}
+
+/// Fetches the index (if missing) and every missing chunk of `m` from `candidates`, then
+/// seals the copy. A chunk no candidate can provide now ends this attempt; the next repair
+/// round tries again.
+async fn pull(node: &Node, m: &BlobManifest, candidates: &[PeerId], complete: usize) {
+    let store = node.blobs().clone();
+    let root = m.root;
+    let have_index = tokio::task::spawn_blocking(move || store.index(&root).is_ok())
+        .await
+        .unwrap_or(false);
+    if !have_index {
+        match fetch_index(node, &m.root, m.size).await {
+            Ok(ix) => {
+                let store = node.blobs().clone();
+                let stored = tokio::task::spawn_blocking(move || store.put_index(&root, &ix)).await;
+                if !matches!(stored, Ok(Ok(()))) {
+                    return;
                 }
             }
-        }
-        let store = node.blobs().clone();
-        let r = m.root;
-        let Ok((index, present)) =
-            tokio::task::spawn_blocking(move || store.index(&r).map(|ix| (ix, store.present(&r))))
-                .await
-                .unwrap_or(Err(BlobError::NotHeld))
-        else {
-            continue;
-        };
-        let missing: Vec<u32> = (0..index.chunks())
-            .filter(|i| !present.contains(i))
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        tracing::info!(root = %hex::encode(m.root), missing = missing.len(), "repairing blob");
-        for i in missing {
-            match fetch_chunk(node, &m.root, &index, i, &candidates).await {
-                Ok(data) => {
-                    let store = node.blobs().clone();
-                    let r = m.root;
-                    let _ =
-                        tokio::task::spawn_blocking(move || store.put_chunk(&r, i, &data)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(%e, "repair: chunk unavailable now; will retry");
-                    break;
-                }
+            Err(e) => {
+                tracing::debug!(%e, "repair: index unavailable");
+                return;
             }
         }
-        let store = node.blobs().clone();
-        let r = m.root;
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.seal(&r)).await {
-            tracing::debug!(%e, "repair: blob not complete yet");
+    }
+    let store = node.blobs().clone();
+    let Ok((index, present)) = tokio::task::spawn_blocking(move || {
+        store.index(&root).map(|ix| (ix, store.present(&root)))
+    })
+    .await
+    .unwrap_or(Err(BlobError::NotHeld)) else {
+        return;
+    };
+    let missing: Vec<u32> = (0..index.chunks())
+        .filter(|i| !present.contains(i))
+        .collect();
+    if !missing.is_empty() {
+        tracing::info!(
+            root = %hex::encode(m.root),
+            missing = missing.len(),
+            complete_copies = complete,
+            replicas = m.replicas,
+            "repairing blob: this node is an intended holder and copies are missing"
+        );
+    }
+    for i in missing {
+        match fetch_chunk(node, &m.root, &index, i, candidates).await {
+            Ok(data) => {
+                let store = node.blobs().clone();
+                let _ = tokio::task::spawn_blocking(move || store.put_chunk(&root, i, &data)).await;
+            }
+            Err(e) => {
+                tracing::warn!(%e, "repair: chunk unavailable now; will retry");
+                break;
+            }
         }
+    }
+    let store = node.blobs().clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.seal(&root)).await {
+        tracing::debug!(%e, "repair: blob not complete yet");
     }
 }
 
@@ -792,5 +1058,94 @@ pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn put_skips_a_node_without_room_and_repair_agrees_once_others_hold_copies() {
+        let p = peers(4);
+        // p[1] could hold the blob (capacity) but has only 3 MiB free.
+        let at_put = vec![
+            (p[0], 64 * MIB),
+            (p[1], 3 * MIB),
+            (p[2], 64 * MIB),
+            (p[3], 64 * MIB),
+        ];
+        let put = intended_holders(&at_put, 4 * MIB, 3, |_| 0);
+        assert_eq!(put, vec![p[0], p[2], p[3]]);
+        // After the put the holders' free room shrank by the blob; a census finds their copies.
+        let after = vec![
+            (p[0], 60 * MIB),
+            (p[1], 3 * MIB),
+            (p[2], 60 * MIB),
+            (p[3], 60 * MIB),
+        ];
+        let held = |q: &PeerId| if *q == p[1] { 0 } else { 4 * MIB };
+        assert_eq!(intended_holders(&after, 4 * MIB, 3, held), put);
+    }
+
+    #[test]
+    fn a_holder_that_its_copy_filled_up_stays_intended() {
+        let p = peers(4);
+        // Capacity 8 MiB each, a 6 MiB blob on p[0..3]: they have 2 MiB left after storing it,
+        // less than the blob, yet they stay the holders and p[3] is not needed.
+        let after = vec![
+            (p[0], 2 * MIB),
+            (p[1], 2 * MIB),
+            (p[2], 2 * MIB),
+            (p[3], 8 * MIB),
+        ];
+        let held = |q: &PeerId| if *q == p[3] { 0 } else { 6 * MIB };
+        assert_eq!(intended_holders(&after, 6 * MIB, 3, held), p[..3].to_vec());
+        // A holder that lost one chunk (scrub) needs room for that chunk only.
+        let after = vec![
+            (p[0], 2 * MIB),
+            (p[1], 3 * MIB),
+            (p[2], 2 * MIB),
+            (p[3], 8 * MIB),
+        ];
+        let partial = |q: &PeerId| match q {
+            q if *q == p[3] => 0,
+            q if *q == p[1] => 5 * MIB,
+            _ => 6 * MIB,
+        };
+        assert_eq!(
+            intended_holders(&after, 6 * MIB, 3, partial),
+            p[..3].to_vec()
+        );
+    }
+
+    #[test]
+    fn when_a_holder_is_gone_only_the_next_node_with_room_is_intended() {
+        let p = peers(5);
+        let order = vec![
+            (p[0], 60 * MIB),
+            (p[2], 60 * MIB),
+            (p[3], 60 * MIB),
+            (p[4], MIB),
+        ];
+        let held = |q: &PeerId| if *q == p[0] || *q == p[2] { 4 * MIB } else { 0 };
+        // p[4] has no room, so p[3] (not p[4]) takes the lost copy.
+        assert_eq!(
+            intended_holders(&order, 4 * MIB, 3, held),
+            vec![p[0], p[2], p[3]]
+        );
+    }
+
+    #[test]
+    fn held_bytes_counts_a_short_last_chunk_once() {
+        assert_eq!(held_bytes(3, 1 << 20, 2_500_000), 2_500_000);
+        assert_eq!(held_bytes(2, 1 << 20, 2_500_000), 2 << 20);
+        assert_eq!(held_bytes(u32::MAX, u32::MAX, 10), 10);
     }
 }
