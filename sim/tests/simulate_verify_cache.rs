@@ -43,7 +43,7 @@ proptest! {
             let r = rec(&key, labels[l], seq, ttl, tomb, port);
             let now = NOW + dt;
             let want = reference.apply(&r, now, Freshness::Replicate, expected);
-            let got = v.apply(VerifyMode::Cached, &mut cached, &r, r.content_hash(), now,
+            let got = v.apply_cached(&mut cached, &r, r.content_hash(), now,
                 Freshness::Replicate, expected);
             prop_assert_eq!(want.ok(), Some(got));
             if compact {

@@ -217,8 +217,8 @@ fn partition_heal(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
         let side = (i % 2) as u8;
         let id = w.intern(rec);
         side_bytes[side as usize] += w.records[id as usize].bytes.len() as u64;
-        for node in 0..n {
-            if sides[node] == side {
+        for (node, &s) in sides.iter().enumerate() {
+            if s == side {
                 w.preload(node as NodeId, id);
             }
         }

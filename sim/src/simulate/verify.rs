@@ -53,11 +53,9 @@ impl Verifier {
         self.mode
     }
 
-    /// Applies `record` (whose content hash is `hash`) to `store`, in `mode` (the durable
-    /// copy of a store always uses the cache: the record was checked when the replica took it).
+    /// Applies `record` (whose content hash is `hash`) to `store` in the run's mode.
     pub fn apply(
         &mut self,
-        mode: VerifyMode,
         store: &mut MemStore,
         record: &SignedRecord,
         hash: [u8; 32],
@@ -65,7 +63,7 @@ impl Verifier {
         freshness: Freshness,
         expected_seq: Option<u64>,
     ) -> Outcome {
-        match mode {
+        match self.mode {
             VerifyMode::Full => {
                 self.verifications += 1;
                 match store.apply(record, now_ms, freshness, expected_seq) {
@@ -74,23 +72,37 @@ impl Verifier {
                 }
             }
             VerifyMode::Cached => {
-                if let Err(e) = record.validate_time(now_ms, freshness) {
-                    return Outcome::Invalid(e);
-                }
-                let key = (hash, record.signature);
-                if !self.good.contains(&key) {
-                    self.verifications += 1;
-                    if let Err(e) = record
-                        .validate_fields()
-                        .and_then(|()| record.verify_signature())
-                    {
-                        return Outcome::Invalid(e);
-                    }
-                    self.good.insert(key);
-                }
-                apply_verified(store, record, hash, expected_seq, now_ms)
+                self.apply_cached(store, record, hash, now_ms, freshness, expected_seq)
             }
         }
+    }
+
+    /// Applies `record` with the signature checked once per run, whatever the mode (the
+    /// durable copy of a store uses this: the record was checked when the replica took it).
+    pub fn apply_cached(
+        &mut self,
+        store: &mut MemStore,
+        record: &SignedRecord,
+        hash: [u8; 32],
+        now_ms: u64,
+        freshness: Freshness,
+        expected_seq: Option<u64>,
+    ) -> Outcome {
+        if let Err(e) = record.validate_time(now_ms, freshness) {
+            return Outcome::Invalid(e);
+        }
+        let key = (hash, record.signature);
+        if !self.good.contains(&key) {
+            self.verifications += 1;
+            if let Err(e) = record
+                .validate_fields()
+                .and_then(|()| record.verify_signature())
+            {
+                return Outcome::Invalid(e);
+            }
+            self.good.insert(key);
+        }
+        apply_verified(store, record, hash, expected_seq, now_ms)
     }
 
     /// Applies a batch (anti-entropy), in the run's mode: `Store::apply_batch` (one batch
@@ -112,17 +124,7 @@ impl Verifier {
             }
             VerifyMode::Cached => records
                 .iter()
-                .map(|(r, h)| {
-                    self.apply(
-                        VerifyMode::Cached,
-                        store,
-                        r,
-                        *h,
-                        now_ms,
-                        Freshness::Replicate,
-                        None,
-                    )
-                })
+                .map(|(r, h)| self.apply_cached(store, r, *h, now_ms, Freshness::Replicate, None))
                 .collect(),
         }
     }

@@ -549,8 +549,7 @@ impl World {
         let info = &self.records[rec as usize];
         let node = &mut self.nodes[n as usize];
         for store in [&mut node.store, &mut node.durable] {
-            self.verifier.apply(
-                VerifyMode::Cached,
+            self.verifier.apply_cached(
                 store,
                 &info.rec,
                 info.hash,
@@ -809,9 +808,7 @@ impl World {
     ) -> Outcome {
         let now = self.node_now(n);
         let info = &self.records[rec as usize];
-        let mode = self.verifier.mode();
         let o = self.verifier.apply(
-            mode,
             &mut self.nodes[n as usize].store,
             &info.rec,
             info.hash,
@@ -859,8 +856,7 @@ impl World {
     fn make_durable(&mut self, n: NodeId, rec: RecId) {
         let now = self.node_now(n);
         let info = &self.records[rec as usize];
-        self.verifier.apply(
-            VerifyMode::Cached,
+        self.verifier.apply_cached(
             &mut self.nodes[n as usize].durable,
             &info.rec,
             info.hash,
