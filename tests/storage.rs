@@ -2,13 +2,14 @@
 //! put with K=3, lose a holder, read from a non-holder, watch repair restore K copies, corrupt a
 //! chunk and watch it be detected and repaired, offers lapse, compute filters. A second cluster
 //! checks that put and repair agree on the holders when a candidate has no room (a K=3 blob
-//! once got a 4th copy that way).
+//! once got a 4th copy that way). A node restarted under a clock 10 minutes behind (libfaketime)
+//! keeps refreshing its offers and can re-put a blob: its own seqs stay above its held floors.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use dpin_tests::{cli, ok, wait_connected, wait_until, NodeProc};
+use dpin_tests::{cli, faketime, ok, wait_connected, wait_until, NodeProc};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
@@ -371,5 +372,72 @@ fn repair_adds_no_copy_on_a_node_that_put_skipped_for_lack_of_room() -> Result<(
         assert_eq!(copies, 3, "a K=3 blob must have exactly 3 copies");
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+/// Expiry of the storage offer of `peer` as `api` lists it, if live there.
+fn offer_expiry(api: &str, peer: &str) -> Option<u64> {
+    offers(api, &["--kind", "storage"])
+        .ok()?
+        .iter()
+        .find(|o| o["peer_id"] == peer)?["expires_at_ms"]
+        .as_u64()
+}
+
+/// A node's own offers and manifests use the wall clock (ms) as seq. Restarted on the same data
+/// dir with its clock 10 minutes behind, its refreshes used to carry seqs below the floors it
+/// held, so every one was refused as stale: its offer froze (old free room; had it died, it
+/// would have looked alive for 10 minutes) and re-putting a blob failed. Now each seq is at
+/// least one above the held floor.
+#[test]
+fn own_offers_and_manifests_stay_monotonic_after_the_clock_steps_back() -> Result<()> {
+    let ten_minutes_behind = faketime("-10m")?;
+    let _cluster = one_cluster_at_a_time();
+    let dir = tempfile::tempdir()?;
+    let args = [
+        "--no-probe",
+        "--offer-refresh-ms",
+        "300",
+        "--repair-interval-ms",
+        "200",
+        "--scrub-interval-ms",
+        "10000",
+        "--offer-storage",
+        "64M",
+    ];
+    let mut node = NodeProc::start(bin(), &dir.path().join("n0"), &[], &args)?;
+    let peer = node.peer_id.clone();
+    wait_until(BOUND, "the node's storage offer", || {
+        offer_expiry(&node.api, &peer)
+    })?;
+    let file = dir.path().join("file.bin");
+    std::fs::write(&file, pattern(2 << 20, 0))?;
+    let first = put(&node.api, &file, "1")?;
+    let before = offer_expiry(&node.api, &peer).unwrap_or_default();
+
+    node.set_env(ten_minutes_behind);
+    node.restart(&[], false)?;
+    let api = node.api.clone();
+    // A refresh signed by the skewed clock expires about 10 minutes before the held offer; it
+    // can only be listed if it won over the held offer (a higher seq).
+    let refreshed = wait_until(BOUND, "a refresh by the skewed clock to win", || {
+        offer_expiry(&api, &peer).filter(|e| e.saturating_add(9 * 60_000) < before)
+    })?;
+    // It keeps being refreshed and never lapses: 10 refresh intervals, always live, expiry
+    // never going back.
+    let mut last = refreshed;
+    let window = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < window {
+        let now = offer_expiry(&api, &peer);
+        assert!(now.is_some(), "the node's own offer lapsed while it runs");
+        let now = now.unwrap_or_default();
+        assert!(now >= last, "offer expiry went back: {now} < {last}");
+        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last > refreshed, "refreshes stopped after the first");
+    // Re-putting the blob publishes its manifest again, above the held floor.
+    let again = put(&api, &file, "1")?;
+    assert_eq!(again["hash"], first["hash"]);
     Ok(())
 }

@@ -12,7 +12,8 @@
 //!   room, repair did not), so a node put skipped for lack of room pulled a copy anyway.
 //! * [`put`] cuts an uploaded file into chunks, stores them on the first `K` intended holders
 //!   (the node itself included, if chosen), and only then publishes the signed manifest, which
-//!   gossips like any record. Holder requests are idempotent, so a request that failed (a
+//!   gossips like any record. Its seq is the clock, kept above the held floor
+//!   ([`offers::own_seq`]), so a re-put after the clock stepped back is not refused as stale. Holder requests are idempotent, so a request that failed (a
 //!   timeout on a loaded node) is retried on the same holder; put moves on to the next node
 //!   only after a holder made no progress for [`PUT_STALL`]. Moving on after the first
 //!   timeout is what made a K=3 put leave 4 copies: the slow holder got its chunks anyway and
@@ -767,15 +768,19 @@ pub async fn put(
         replicas: replicas as u8,
     };
     let now = now_ms();
-    let record = RecordBody {
+    let mut body = RecordBody {
         zone: key.zone(),
         label: blob_label(&root),
-        seq: now.max(1),
-        expires_at_ms: now + MANIFEST_TTL_MS,
+        seq: 1,
+        expires_at_ms: now.saturating_add(MANIFEST_TTL_MS),
         content: Content::BlobManifest(m),
-    }
-    .sign(key)
-    .map_err(|e| BlobError::Manifest(e.to_string()))?;
+    };
+    // Above the held floor even if the clock stepped back since the last put of this blob:
+    // a re-put (to extend its life) is never refused as stale.
+    body.seq = offers::own_seq(now, offers::held_floor(node, &body.name()));
+    let record = body
+        .sign(key)
+        .map_err(|e| BlobError::Manifest(e.to_string()))?;
     publish_manifest(node, record).await?;
     Ok(PutResult {
         hash: hex::encode(root),

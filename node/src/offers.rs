@@ -4,9 +4,18 @@
 //! `_offer-compute`) in the node's own zone — the zone key is the node's libp2p ed25519
 //! identity, so an offer's zone *is* its node's peer id and nobody else can offer on its
 //! behalf. Riding on the record machinery means offers gossip, sync, persist and merge exactly
-//! like names. Each refresh publishes a higher seq (the wall clock in ms) with an expiry of
-//! [`EXPIRY_REFRESHES`] refresh intervals, so a dead node's offers lapse by themselves within
-//! about three intervals and no one has to delete them.
+//! like names. Each refresh publishes a higher seq with an expiry of [`EXPIRY_REFRESHES`]
+//! refresh intervals, so a dead node's offers lapse by themselves within about three intervals
+//! and no one has to delete them.
+//!
+//! The seq of every record the node signs for itself (offers here, blob manifests in
+//! [`crate::blobs`]) comes from [`own_seq`]: the wall clock in ms, but never below one above
+//! the floor the store holds for the name. The floor persists across restarts, so after the
+//! clock steps back (NTP correction, a VM restored, a restart under a skewed clock) the node's
+//! own refreshes still win instead of being refused as stale until the clock catches up —
+//! which left its offers stuck at old content (free room, capacity), and a node that died
+//! then looked alive for as long as the step. Millisecond seqs sit far below the protocol's
+//! time-tied seq ceiling (microseconds), so the floor + 1 step never nears it.
 
 use std::time::Duration;
 
@@ -55,24 +64,44 @@ pub fn peer_of(zone: &ZoneId) -> Option<libp2p::PeerId> {
     Some(libp2p::PeerId::from_public_key(&pk.into()))
 }
 
-/// Signs this node's current offers. `free_bytes` is what storage still has room for.
+/// The seq for a record this node signs for itself: `now_ms`, raised to one above `floor` (the
+/// highest seq the store holds for the name) when the clock is behind it, and at least 1.
+/// Saturating: a floor at `u64::MAX` (refused by the protocol's seq ceiling anyway) yields
+/// `u64::MAX`, which the merge rule then reports as a duplicate or conflict, never a wrap to 0.
+pub fn own_seq(now_ms: u64, floor: Option<u64>) -> u64 {
+    let above_floor = floor.map_or(1, |f| f.saturating_add(1));
+    now_ms.max(above_floor)
+}
+
+/// The floor seq the node's store holds for `name` (kept across restarts), if any.
+pub fn held_floor(node: &Node, name: &str) -> Option<u64> {
+    use dpin_protocol::Store as _;
+    node.read_store(|s| s.mem().entry(name).map(|e| e.floor.seq))
+}
+
+/// Signs this node's current offers. `free_bytes` is what storage still has room for; `floor`
+/// gives the store's floor seq for a record name (see [`own_seq`]).
 pub fn sign_offers(
     key: &ZoneKey,
     offers: &LocalOffers,
     free_bytes: u64,
     now: u64,
+    floor: impl Fn(&str) -> Option<u64>,
 ) -> Vec<SignedRecord> {
-    let expires = now + (offers.refresh * EXPIRY_REFRESHES).as_millis() as u64;
+    let lifetime = offers.refresh.saturating_mul(EXPIRY_REFRESHES).as_millis();
+    let expires = now.saturating_add(u64::try_from(lifetime).unwrap_or(u64::MAX));
     let mut out = Vec::new();
     let mut push = |label: &str, content: Content| {
-        let body = RecordBody {
+        let mut body = RecordBody {
             zone: key.zone(),
             label: label.to_owned(),
-            // The clock as seq: every refresh (and every restart) supersedes the last one.
-            seq: now.max(1),
+            seq: 1,
             expires_at_ms: expires,
             content,
         };
+        // The clock as seq, kept above the held floor: every refresh (and every restart, even
+        // after the clock stepped back) supersedes the last one.
+        body.seq = own_seq(now, floor(&body.name()));
         match body.sign(key) {
             Ok(r) => out.push(r),
             Err(e) => tracing::error!(%e, "cannot sign offer; check --offer-* flags"),
@@ -118,7 +147,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for record in sign_offers(&key, &offers, free(), now_ms()) {
+        let floor = |name: &str| held_floor(&node, name);
+        for record in sign_offers(&key, &offers, free(), now_ms(), floor) {
             match node.publish(record, None).await {
                 Ok(r) if r.outcome.is_winner() => {}
                 Ok(r) => tracing::warn!(outcome = r.outcome.kind(), "offer refresh not applied"),
@@ -332,7 +362,7 @@ mod tests {
             price_milli: 250,
             refresh: Duration::from_secs(10),
         };
-        let recs = sign_offers(&key, &offers, 1 << 29, 1_000_000);
+        let recs = sign_offers(&key, &offers, 1 << 29, 1_000_000, |_| None);
         assert_eq!(recs.len(), 2);
         for r in &recs {
             assert_eq!(
@@ -340,6 +370,47 @@ mod tests {
                 Ok(())
             );
             assert_eq!(r.body.expires_at_ms, 1_030_000);
+            assert_eq!(r.body.seq, 1_000_000);
         }
+    }
+
+    #[test]
+    fn offers_signed_after_the_clock_stepped_back_stay_above_the_held_floor() {
+        let kp = Keypair::generate_ed25519();
+        let key = zone_key(&kp).expect("ed25519 identity");
+        let offers = LocalOffers {
+            storage_bytes: Some(1 << 30),
+            refresh: Duration::from_secs(10),
+            ..LocalOffers::default()
+        };
+        // Last refresh at 10:00 by the clock; the clock then steps back 10 minutes.
+        let before = 36_000_000u64;
+        let after_step = before - 600_000;
+        let held = |name: &str| name.starts_with(STORAGE_OFFER_LABEL).then_some(before);
+        let recs = sign_offers(&key, &offers, 1 << 29, after_step, held);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            recs[0].body.seq,
+            before + 1,
+            "a refresh must beat the held floor"
+        );
+        assert_eq!(recs[0].body.expires_at_ms, after_step + 30_000);
+        // Each later refresh (the store's floor following it) keeps climbing by one until the
+        // clock passes the floor, then follows the clock again.
+        let next = sign_offers(&key, &offers, 1 << 29, after_step + 10_000, |_| {
+            Some(before + 1)
+        });
+        assert_eq!(next[0].body.seq, before + 2);
+        let caught_up = sign_offers(&key, &offers, 1 << 29, before + 5_000, |_| Some(before + 2));
+        assert_eq!(caught_up[0].body.seq, before + 5_000);
+    }
+
+    #[test]
+    fn own_seq_is_the_clock_or_one_above_the_floor_and_never_wraps() {
+        assert_eq!(own_seq(1_000, None), 1_000);
+        assert_eq!(own_seq(0, None), 1);
+        assert_eq!(own_seq(1_000, Some(5_000)), 5_001);
+        assert_eq!(own_seq(9_000, Some(5_000)), 9_000);
+        assert_eq!(own_seq(0, Some(u64::MAX)), u64::MAX);
     }
 }
