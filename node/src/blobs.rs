@@ -13,11 +13,12 @@
 //! * [`put`] cuts an uploaded file into chunks, stores them on the first `K` intended holders
 //!   (the node itself included, if chosen), and only then publishes the signed manifest, which
 //!   gossips like any record. Its seq is the clock, kept above the held floor
-//!   ([`offers::own_seq`]), so a re-put after the clock stepped back is not refused as stale. Holder requests are idempotent, so a request that failed (a
-//!   timeout on a loaded node) is retried on the same holder; put moves on to the next node
-//!   only after a holder made no progress for [`PUT_STALL`]. Moving on after the first
-//!   timeout is what made a K=3 put leave 4 copies: the slow holder got its chunks anyway and
-//!   repair, seeing it among the first `K`, completed it.
+//!   ([`offers::own_seq`]), so a re-put after the clock stepped back is not refused as stale.
+//!   Holder requests are idempotent, so a request that failed (a timeout on a loaded node) is
+//!   retried on the same holder; put moves on to the next node only after a holder made no
+//!   progress for [`PUT_STALL`]. Moving on after the first timeout is what made a K=3 put
+//!   leave 4 copies: the slow holder got its chunks anyway and repair, seeing it among the
+//!   first `K`, completed it.
 //! * [`fetch_chunk`] gets a chunk from this node or any holder, verifying it, and fails over to
 //!   the next holder on error or corruption.
 //! * [`run_maintenance`] scrubs and repairs. A node that lacks a complete copy of a live blob
@@ -31,8 +32,8 @@
 //!
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
 //! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (fewer after a
-//! chunk fails in transit), repair handles one blob at a time with chunks fetched one by one; a census asks
-//! each storage node once per blob that this node lacks and could be intended for.
+//! chunk fails in transit), repair handles one blob at a time with chunks fetched one by one; a
+//! census asks each storage node once per blob that this node lacks and could be intended for.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -662,9 +663,9 @@ async fn send_chunk(
 /// Stores the whole blob on `peer` and seals it there: the index, then every chunk, then the
 /// seal. Chunks go with up to [`PUT_PARALLEL_CHUNKS`] in flight; a chunk that fails is queued
 /// again and halves the window, a success widens it by one, and the holder is given up once
-/// it made no progress for [`PUT_STALL`]. Chunks in flight share one connection, so on a slow or loaded link they
-/// all finish late together: fewer in flight is what lets each finish within the request
-/// timeout.
+/// it made no progress for [`PUT_STALL`]. Chunks in flight share one connection, so on a slow
+/// or loaded link they all finish late together: fewer in flight is what lets each finish
+/// within the request timeout.
 async fn store_on(
     node: &Node,
     peer: PeerId,
