@@ -1468,6 +1468,14 @@ impl World {
                 if !was {
                     return Ok(());
                 }
+                // Meshes that lost members to the cut graft again at the next heartbeat.
+                for n in 0..self.nodes.len() as NodeId {
+                    if self.nodes[n as usize].up
+                        && self.nodes[n as usize].mesh.len() < self.cfg.mesh.n_low
+                    {
+                        self.graft_up(n, self.cfg.mesh.n);
+                    }
+                }
                 // Peers across the healed cut see each other alive again and sync at once
                 // (the node's on_transition), within each node's session slots.
                 for n in 0..self.nodes.len() as NodeId {
