@@ -30,6 +30,16 @@
 //! On a broken invariant the run stops at the event that broke it and prints the seed and the
 //! exact command that replays it; the process exits non-zero.
 //!
+//! Commands (release build, `cargo build --release -p dpin-sim`):
+//! * 10k-node convergence: `target/release/dpin-sim simulate --scenario convergence
+//!   --nodes 10000 --seed 1 --updates 3 --json`
+//! * partition-heal, 10,000 differing records between two nodes, 20 ms links:
+//!   `target/release/dpin-sim simulate --scenario partition-heal --nodes 2 --records 10000`
+//! * the CI sweep (200 seeds × 50 nodes): `target/release/dpin-sim simulate --scenario race
+//!   --nodes 50 --seeds 0..200 --loss 2 --clock-skew 500 --verify cached`
+//! * the 1M-seed race sweep: the same with `--seeds 0..1000000` (each seed is independent:
+//!   split the range over machines with `--seeds A..B`; a failure prints its replay command).
+//!
 //! Needs from the core (worked around here meanwhile): a public "apply an already verified
 //! record" entry point on `Store` (the private `apply_validated`; [`verify::apply_verified`]
 //! mirrors it and a test checks it against `Store::apply`).
