@@ -1,12 +1,16 @@
 //! The one function every front-end (HTTP, CLI via HTTP, DNS) builds answers through.
 //!
-//! It is the seam for endpoint health: answers list healthy endpoints and leave unhealthy ones
-//! out, but never answer empty while the record has endpoints — if none is healthy, all are
-//! returned, marked unhealthy (fail open). An empty answer is the outage dpin exists to prevent.
+//! It is the seam for endpoint health ([`crate::health`], three states). Answers list healthy
+//! endpoints first, then unknown ones (never probed, or not probed because the probe policy
+//! forbids it), and leave unhealthy ones out while any healthy or unknown endpoint remains.
+//! They never answer empty while the record has endpoints: if every endpoint is unhealthy, all
+//! are returned, marked unhealthy (fail open). An empty answer is the outage dpin exists to
+//! prevent. Within one state the record's order is kept (the sort is stable).
 
 use dpin_protocol::store::Store;
 use dpin_protocol::{Endpoint, SignedRecord};
 
+use crate::health::HealthState;
 use crate::node::Node;
 
 /// A live record and the endpoints to answer with.
@@ -14,8 +18,8 @@ use crate::node::Node;
 pub struct Answer {
     /// The winning record.
     pub record: SignedRecord,
-    /// Endpoints to serve, healthy first, each with its health flag. Never empty.
-    pub endpoints: Vec<(Endpoint, bool)>,
+    /// Endpoints to serve, healthy first, then unknown, each with its health. Never empty.
+    pub endpoints: Vec<(Endpoint, HealthState)>,
 }
 
 /// Builds the answer for `name` (normalised `label.zone`) at `now_ms`, or `None` if the node
@@ -23,27 +27,35 @@ pub struct Answer {
 pub fn answer(node: &Node, name: &str, now_ms: u64) -> Option<Answer> {
     let record = node.read_store(|s| s.resolve(name, now_ms))?;
     let eps = record.endpoints()?.to_vec();
-    let health: Vec<bool> = eps.iter().map(|e| node.endpoint_healthy(e)).collect();
+    let health: Vec<HealthState> = eps.iter().map(|e| node.0.health.state(e)).collect();
     let endpoints = select(eps, &health);
     Some(Answer { record, endpoints })
 }
 
-/// Healthy endpoints only; all of them (marked unhealthy) if none is healthy.
-pub fn select(eps: Vec<Endpoint>, health: &[bool]) -> Vec<(Endpoint, bool)> {
-    let paired: Vec<(Endpoint, bool)> = eps
+/// Healthy, then unknown endpoints; all of them (marked unhealthy) if every one is unhealthy.
+/// Endpoints without a given state are unknown.
+pub fn select(eps: Vec<Endpoint>, health: &[HealthState]) -> Vec<(Endpoint, HealthState)> {
+    let mut paired: Vec<(Endpoint, HealthState)> = eps
         .into_iter()
-        .zip(health.iter().copied().chain(std::iter::repeat(true)))
+        .zip(
+            health
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(HealthState::Unknown)),
+        )
         .collect();
-    if paired.iter().any(|(_, h)| *h) {
-        paired.into_iter().filter(|(_, h)| *h).collect()
-    } else {
-        paired
+    // HealthState's order is healthy < unknown < unhealthy.
+    paired.sort_by_key(|(_, h)| *h);
+    if paired.iter().any(|(_, h)| *h != HealthState::Unhealthy) {
+        paired.retain(|(_, h)| *h != HealthState::Unhealthy);
     }
+    paired
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use HealthState::{Healthy, Unhealthy, Unknown};
 
     fn ep(port: u16) -> Endpoint {
         format!("127.0.0.1:{port}").parse().expect("valid endpoint")
@@ -51,13 +63,31 @@ mod tests {
 
     #[test]
     fn unhealthy_endpoints_are_left_out_while_one_is_healthy() {
-        let got = select(vec![ep(1), ep(2), ep(3)], &[false, true, false]);
-        assert_eq!(got, vec![(ep(2), true)]);
+        let got = select(vec![ep(1), ep(2), ep(3)], &[Unhealthy, Healthy, Unhealthy]);
+        assert_eq!(got, vec![(ep(2), Healthy)]);
     }
 
     #[test]
-    fn no_healthy_endpoint_fails_open_with_all_marked_unhealthy() {
-        let got = select(vec![ep(1), ep(2)], &[false, false]);
-        assert_eq!(got, vec![(ep(1), false), (ep(2), false)]);
+    fn healthy_come_before_unknown_and_unhealthy_are_left_out() {
+        let got = select(
+            vec![ep(1), ep(2), ep(3), ep(4)],
+            &[Unknown, Unhealthy, Healthy, Unknown],
+        );
+        assert_eq!(
+            got,
+            vec![(ep(3), Healthy), (ep(1), Unknown), (ep(4), Unknown)]
+        );
+    }
+
+    #[test]
+    fn unknown_endpoints_are_served_when_nothing_is_healthy() {
+        let got = select(vec![ep(1), ep(2)], &[Unhealthy, Unknown]);
+        assert_eq!(got, vec![(ep(2), Unknown)]);
+    }
+
+    #[test]
+    fn no_healthy_or_unknown_endpoint_fails_open_with_all_marked_unhealthy() {
+        let got = select(vec![ep(1), ep(2)], &[Unhealthy, Unhealthy]);
+        assert_eq!(got, vec![(ep(1), Unhealthy), (ep(2), Unhealthy)]);
     }
 }

@@ -27,6 +27,7 @@ use dpin_protocol::{Endpoint, Outcome, SignedRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::health::HealthState;
 use crate::liveness::PeerStatus;
 use crate::net::PublishStatus;
 use crate::node::{now_ms, Node};
@@ -92,19 +93,24 @@ pub struct EndpointJson {
     pub transport: String,
     /// Selection weight.
     pub weight: u16,
-    /// Whether the endpoint is believed reachable.
+    /// Whether a probe from this node reached the endpoint recently (SPEC §5). `false` covers
+    /// both unhealthy and unknown; `health` tells them apart.
     pub healthy: bool,
+    /// `healthy`, `unknown` (not probed: new, or refused by the probe policy) or `unhealthy`.
+    #[serde(default)]
+    pub health: String,
 }
 
 impl EndpointJson {
     /// JSON form of a record endpoint.
-    pub fn from_endpoint(e: &Endpoint, healthy: bool) -> Self {
+    pub fn from_endpoint(e: &Endpoint, health: HealthState) -> Self {
         Self {
             host: e.host.to_string(),
             port: e.port,
             transport: e.transport.as_str().to_owned(),
             weight: e.weight,
-            healthy,
+            healthy: health == HealthState::Healthy,
+            health: health.as_str().to_owned(),
         }
     }
 }
@@ -251,7 +257,7 @@ async fn resolve(
         })?;
     let endpoints: Vec<EndpointJson> = endpoints
         .iter()
-        .map(|(e, healthy)| EndpointJson::from_endpoint(e, *healthy))
+        .map(|(e, health)| EndpointJson::from_endpoint(e, *health))
         .collect();
     Ok(Json(json!({
         "name": name,
@@ -299,7 +305,6 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    let (tracked, unhealthy) = node.0.health.summary();
     let listen: Vec<String> = node
         .0
         .listen_addrs
@@ -316,13 +321,14 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         "uptime_s": node.0.started.elapsed().as_secs_f64(),
         "corrupt_entries": corrupt,
         "counters": node.0.metrics.to_json(),
-        "endpoints": {"tracked": tracked, "unhealthy": unhealthy},
+        "endpoints": node.0.health.to_json(),
         "dns": crate::dns::stats().to_json(),
     }))
 }
 
 async fn metrics(State(node): State<Node>) -> String {
     let mut out = node.0.metrics.render();
+    out.push_str(&node.0.health.render());
     out.push_str(&crate::dns::stats().render());
     out
 }

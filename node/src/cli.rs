@@ -267,9 +267,13 @@ struct NodeArgs {
     /// How UDP endpoints are probed.
     #[arg(long, value_enum, default_value_t = UdpProbe::Icmp)]
     udp_probe: UdpProbe,
-    /// Do not probe endpoints (every endpoint counts as healthy).
+    /// Do not probe endpoints (every endpoint's health is unknown).
     #[arg(long)]
     no_probe: bool,
+    /// Allow probing this range although it is loopback, private, link-local or otherwise not
+    /// global unicast (refused by default, see the README); repeatable, e.g. 127.0.0.0/8.
+    #[arg(long = "probe-allow", value_name = "CIDR")]
+    probe_allow: Vec<crate::health::Cidr>,
     /// Offer this much storage (bytes; K/M/G/T suffixes accepted).
     #[arg(long, value_parser = crate::offers::parse_bytes)]
     offer_storage: Option<u64>,
@@ -532,6 +536,9 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         interval: Duration::from_millis(args.probe_interval_ms.max(50)),
         timeout: Duration::from_millis(args.probe_timeout_ms.max(10)),
         udp: args.udp_probe,
+        policy: crate::health::ProbePolicy {
+            allow: args.probe_allow.clone(),
+        },
         ..HealthConfig::default()
     });
     let blobs = Arc::new(
@@ -547,7 +554,9 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     );
     let _ = node.0.node_key.set(offer_key.clone());
     let probe_node = node.clone();
-    tokio::spawn(health_run(health, move || probe_node.endpoint_targets()));
+    tokio::spawn(health_run(health, move || {
+        crate::health::probe_targets(&probe_node)
+    }));
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
     {
         let mut la = node

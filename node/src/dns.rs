@@ -22,8 +22,9 @@
 //!   Hostname endpoints are *not* turned into a CNAME: a CNAME cannot coexist with other data
 //!   and cannot express a set, so it would be wrong for every multi-endpoint name. A name whose
 //!   endpoints are all hostnames therefore has no `A` data (NODATA); clients use `SRV`.
-//! * `SRV` gives one record per endpoint: priority 0 for healthy endpoints, 10 for endpoints
-//!   served only because none is healthy (the answer seam fails open), the endpoint's weight and
+//! * `SRV` gives one record per endpoint: priority 0 for healthy endpoints, 5 for endpoints of
+//!   unknown health (not probed), 10 for endpoints served only because every one is unhealthy
+//!   (the answer seam fails open), the endpoint's weight and
 //!   port, and as target either the endpoint's hostname or, for an IP literal, the synthesized
 //!   name `HEX.addr.dpin.` (8 hex digits for IPv4, 32 for IPv6; `7f000001.addr.dpin.` is
 //!   127.0.0.1), which every peer answers without any lookup because the name *is* the address.
@@ -105,6 +106,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::answer::Answer;
+use crate::health::HealthState;
 use crate::node::Node;
 
 /// Largest UDP response with EDNS(0) (DNS flag day 2020: no IP fragmentation).
@@ -125,6 +127,9 @@ pub const TCP_IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// SRV priority of endpoints served although unhealthy (fail open): tried after healthy ones.
 pub const UNHEALTHY_SRV_PRIORITY: u16 = 10;
+/// SRV priority of endpoints of unknown health (not probed, e.g. refused by the probe policy):
+/// after the healthy ones, before the unhealthy ones.
+pub const UNKNOWN_SRV_PRIORITY: u16 = 5;
 /// Requested UDP receive buffer (bytes).
 const UDP_RECV_BUFFER: usize = 4 << 20;
 /// How often binding UDP+TCP to one ephemeral port is retried when TCP finds it taken.
@@ -747,7 +752,7 @@ fn name_records(ans: &Answer, owner: &Name, ttl: u32, qtype: RecordType) -> Reso
 fn srv_records(ans: &Answer, owner: &Name, ttl: u32, only: Option<Transport>) -> Resolution {
     let mut answers = Vec::new();
     let mut additionals = Vec::new();
-    for (ep, healthy) in &ans.endpoints {
+    for (ep, health) in &ans.endpoints {
         if only.is_some_and(|t| t != ep.transport) {
             continue;
         }
@@ -761,7 +766,11 @@ fn srv_records(ans: &Answer, owner: &Name, ttl: u32, only: Option<Transport>) ->
                 additionals.push(r);
             }
         }
-        let priority = if *healthy { 0 } else { UNHEALTHY_SRV_PRIORITY };
+        let priority = match health {
+            HealthState::Healthy => 0,
+            HealthState::Unknown => UNKNOWN_SRV_PRIORITY,
+            HealthState::Unhealthy => UNHEALTHY_SRV_PRIORITY,
+        };
         answers.push(Record::from_rdata(
             owner.clone(),
             ttl,
@@ -1104,7 +1113,18 @@ mod tests {
         .expect("sign");
         let endpoints = eps
             .into_iter()
-            .zip(health.iter().copied().chain(std::iter::repeat(true)))
+            .zip(
+                health
+                    .iter()
+                    .map(|h| {
+                        if *h {
+                            HealthState::Healthy
+                        } else {
+                            HealthState::Unhealthy
+                        }
+                    })
+                    .chain(std::iter::repeat(HealthState::Healthy)),
+            )
             .collect();
         Answer { record, endpoints }
     }

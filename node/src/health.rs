@@ -1,44 +1,338 @@
 //! Endpoint health: probe the endpoints of the names this node holds, so answers can route
-//! around dead services.
+//! around dead services — without turning the node into a scanner for whoever signs a record.
+//!
+//! # Three states
+//!
+//! [`HealthState::Healthy`] (a probe succeeded), [`HealthState::Unhealthy`] (a probe failed) and
+//! [`HealthState::Unknown`] (never probed, not probed because the policy forbids it, probing
+//! off, or UDP probing off). Unknown is *not* healthy: the HTTP API reports `"healthy": false`
+//! with `"health": "unknown"`, and [`crate::answer`] orders healthy, then unknown, then
+//! unhealthy endpoints (and fails open when none is healthy or unknown).
+//!
+//! # Probe policy: who may be probed
+//!
+//! Records are signed by strangers, so the endpoints they name steer this node's probes. By
+//! default [`ProbePolicy`] refuses every address that is not globally routable unicast:
+//! loopback, link-local, private (RFC 1918, ULA `fc00::/7`, site-local), multicast,
+//! unspecified, CGNAT `100.64.0.0/10`, benchmarking `198.18.0.0/15`, the documentation ranges,
+//! `192.0.0.0/24`, reserved `240.0.0.0/4` and broadcast, IPv6 outside `2000::/3`, and the
+//! IPv4 embedded in IPv4-mapped (`::ffff:0:0/96`), NAT64 (`64:ff9b::/96`) and 6to4 addresses.
+//! An operator allows ranges with `--probe-allow CIDR` (repeatable), e.g. `127.0.0.0/8` for a
+//! loopback test cluster or `10.0.0.0/8` inside a private network. Otherwise the node would
+//! scan its own loopback and internal network on behalf of anyone who publishes a record, and
+//! report the result.
+//!
+//! Hostname endpoints are resolved by the system resolver at probe time and every address is
+//! checked against the policy *after* resolution; the connection goes to the checked address
+//! (never a second lookup), so DNS rebinding cannot slip a forbidden target in. A hostname whose
+//! addresses are all forbidden is refused (unknown), like an IP literal.
+//!
+//! Refused probes are counted by reason (`dpin_probe_refused_total{reason=...}` on `/metrics`).
+//!
+//! # Probes
 //!
 //! * TCP endpoints: a TCP connect within the probe timeout means healthy.
 //! * UDP endpoints: there is no generic UDP handshake. With [`UdpProbe::Icmp`] a datagram is
 //!   sent on a connected socket and an ICMP "port unreachable" (seen as `ECONNREFUSED`) means
-//!   unhealthy, silence means healthy; with [`UdpProbe::Off`] UDP endpoints are always healthy.
-//! * Hostname endpoints are resolved by the system resolver at probe time.
+//!   unhealthy, silence means healthy; with [`UdpProbe::Off`] UDP endpoints stay unknown.
 //!
-//! A large store must not become a probe storm: the endpoint set is refreshed from the store
-//! once per interval (and capped at [`HealthConfig::max_endpoints`]); each endpoint is due once
-//! per interval with ±20 % jitter so probes spread out; failing endpoints back off to at most
-//! twice the interval (so a recovered service is noticed within two intervals); at most
-//! [`HealthConfig::max_concurrent`] probes run at once and at most
-//! [`HealthConfig::max_probes_per_tick`] start per 100 ms tick.
+//! # Bounds and fairness between zones
 //!
-//! Endpoints never probed yet count as healthy, so a fresh record is served at once. Failing
-//! open when nothing is healthy happens in [`crate::answer`], not here.
+//! A large store must not become a probe storm, and one zone must not starve the others:
+//!
+//! * The endpoint set is refreshed from the store once per interval and capped at
+//!   [`HealthConfig::max_endpoints`]. The cap is filled round-robin over zones (one endpoint
+//!   per zone per round), in an order keyed by a per-process random hash, so a zone with many
+//!   endpoints (or one whose key sorts first) cannot push the others out.
+//! * Each endpoint is due once per interval with ±20 % jitter; failing endpoints back off to at
+//!   most twice the interval (a recovered service is noticed within two intervals).
+//! * At most [`HealthConfig::max_concurrent`] probes run at once, at most
+//!   [`HealthConfig::max_probes_per_tick`] start per 100 ms tick, and at most
+//!   [`HealthConfig::max_in_flight_per_zone`] belong to one zone. Due probes are started
+//!   round-robin over zones, so a black-holed zone (every probe waits the full timeout) holds
+//!   only its own budget of slots and the others keep being probed.
+//!
+//! Not done yet: the probe load an endpoint receives still grows with the number of nodes that
+//! hold its record (each node probes on its own); see issue 13.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dpin_protocol::{Endpoint, Host, Transport};
+use dpin_protocol::{Endpoint, Host, Transport, ZoneId};
 use rand::Rng;
+
+use crate::node::{now_ms, Node};
+
+/// Probes in flight at once, over all zones: bounds sockets and file descriptors.
+pub const MAX_CONCURRENT_PROBES: usize = 64;
+/// Probes in flight at once for one zone: a zone whose endpoints black-hole every probe holds
+/// at most this many of the [`MAX_CONCURRENT_PROBES`] slots for the timeout.
+pub const MAX_IN_FLIGHT_PER_ZONE: usize = 4;
+/// Most endpoints tracked: bounds the table's memory and the work of one refresh.
+pub const MAX_TRACKED_ENDPOINTS: usize = 100_000;
+/// Addresses of one resolved hostname tried per probe: a name resolving to hundreds of
+/// addresses must not turn one probe into hundreds of connections.
+pub const MAX_ADDRS_PER_HOSTNAME: usize = 4;
 
 /// How UDP endpoints are probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum UdpProbe {
-    /// Never probed; always healthy.
+    /// Never probed; UDP endpoints stay unknown.
     Off,
     /// Unhealthy on ICMP port unreachable.
     Icmp,
 }
 
+/// What this node believes about an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HealthState {
+    /// The last probe succeeded.
+    Healthy,
+    /// Not probed (yet, or not allowed by the policy, or probing off).
+    Unknown,
+    /// The last probe failed.
+    Unhealthy,
+}
+
+impl HealthState {
+    /// Wire name (`/v1/resolve`'s `health` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unknown => "unknown",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Why the policy refuses to probe an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `127.0.0.0/8`, `::1`.
+    Loopback,
+    /// `169.254.0.0/16`, `fe80::/10`.
+    LinkLocal,
+    /// RFC 1918, ULA `fc00::/7`, site-local `fec0::/10`.
+    Private,
+    /// `224.0.0.0/4`, `ff00::/8`.
+    Multicast,
+    /// `0.0.0.0/8`, `::`.
+    Unspecified,
+    /// Any other range that is not globally routable unicast (CGNAT, benchmarking,
+    /// documentation, reserved, broadcast, IPv6 outside `2000::/3`, ...).
+    SpecialPurpose,
+}
+
+impl Refusal {
+    /// Every reason, in `/metrics` order.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Loopback,
+        Refusal::LinkLocal,
+        Refusal::Private,
+        Refusal::Multicast,
+        Refusal::Unspecified,
+        Refusal::SpecialPurpose,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::LinkLocal => "link_local",
+            Self::Private => "private",
+            Self::Multicast => "multicast",
+            Self::Unspecified => "unspecified",
+            Self::SpecialPurpose => "special_purpose",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An address range, `ADDR/PREFIX` (`--probe-allow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+/// A `--probe-allow` value that is not `ADDR/PREFIX`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a CIDR range like 127.0.0.0/8 or fd00::/8")]
+pub struct BadCidr(String);
+
+impl std::str::FromStr for Cidr {
+    type Err = BadCidr;
+    fn from_str(s: &str) -> Result<Self, BadCidr> {
+        let bad = || BadCidr(s.to_owned());
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let net: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { net, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+fn prefix_match(a: u128, b: u128, prefix: u8, bits: u8) -> bool {
+    if prefix == 0 {
+        return true;
+    }
+    let shift = u32::from(bits - prefix);
+    (a >> shift) == (b >> shift)
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address matches its IPv4 range).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_match(
+                u128::from(u32::from(n)),
+                u128::from(u32::from(a)),
+                self.prefix,
+                32,
+            ),
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                prefix_match(u128::from(n), u128::from(a), self.prefix, 128)
+            }
+            (IpAddr::V6(n), IpAddr::V4(a)) => prefix_match(
+                u128::from(n),
+                u128::from(a.to_ipv6_mapped()),
+                self.prefix,
+                128,
+            ),
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_v4(a: Ipv4Addr, net: [u8; 4], prefix: u8) -> bool {
+    prefix_match(
+        u128::from(u32::from(a)),
+        u128::from(u32::from(Ipv4Addr::from(net))),
+        prefix,
+        32,
+    )
+}
+
+fn classify_v4(a: Ipv4Addr) -> Option<Refusal> {
+    use Refusal as R;
+    const RANGES: [([u8; 4], u8, Refusal); 17] = [
+        ([0, 0, 0, 0], 8, R::Unspecified),
+        ([127, 0, 0, 0], 8, R::Loopback),
+        ([169, 254, 0, 0], 16, R::LinkLocal),
+        ([10, 0, 0, 0], 8, R::Private),
+        ([172, 16, 0, 0], 12, R::Private),
+        ([192, 168, 0, 0], 16, R::Private),
+        ([224, 0, 0, 0], 4, R::Multicast),
+        ([100, 64, 0, 0], 10, R::SpecialPurpose), // CGNAT (RFC 6598)
+        ([192, 0, 0, 0], 24, R::SpecialPurpose),  // IETF protocol assignments
+        ([192, 0, 2, 0], 24, R::SpecialPurpose),  // TEST-NET-1
+        ([198, 51, 100, 0], 24, R::SpecialPurpose), // TEST-NET-2
+        ([203, 0, 113, 0], 24, R::SpecialPurpose), // TEST-NET-3
+        ([198, 18, 0, 0], 15, R::SpecialPurpose), // benchmarking (RFC 2544)
+        ([192, 88, 99, 0], 24, R::SpecialPurpose), // 6to4 relay anycast
+        ([192, 31, 196, 0], 24, R::SpecialPurpose), // AS112
+        ([192, 175, 48, 0], 24, R::SpecialPurpose), // AS112
+        ([240, 0, 0, 0], 4, R::SpecialPurpose),   // reserved, broadcast
+    ];
+    RANGES
+        .iter()
+        .find(|(net, p, _)| in_v4(a, *net, *p))
+        .map(|(_, _, r)| *r)
+}
+
+fn classify_v6(a: Ipv6Addr) -> Option<Refusal> {
+    let bits = u128::from(a);
+    let in6 = |net: u128, p: u8| prefix_match(bits, net, p, 128);
+    let embedded_v4 = || Ipv4Addr::from((bits & 0xffff_ffff) as u32);
+    if a.is_unspecified() {
+        return Some(Refusal::Unspecified);
+    }
+    if a.is_loopback() {
+        return Some(Refusal::Loopback);
+    }
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return classify_v4(v4);
+    }
+    // NAT64 well-known prefix: the target is really the embedded IPv4 address.
+    if in6(0x0064_ff9b_u128 << 96, 96) {
+        return classify_v4(embedded_v4());
+    }
+    // 6to4: 2002:V4ADDR::/48 carries an IPv4 address in bits 16..48.
+    if in6(0x2002_u128 << 112, 16) {
+        let v4 = Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32);
+        return classify_v4(v4).or(Some(Refusal::SpecialPurpose));
+    }
+    if in6(0xfe80_u128 << 112, 10) {
+        return Some(Refusal::LinkLocal);
+    }
+    if in6(0xfc00_u128 << 112, 7) || in6(0xfec0_u128 << 112, 10) {
+        return Some(Refusal::Private);
+    }
+    if in6(0xff00_u128 << 112, 8) {
+        return Some(Refusal::Multicast);
+    }
+    // Documentation, IETF protocol assignments (Teredo, ORCHID, ...), and anything outside
+    // global unicast 2000::/3.
+    if in6(0x2001_0db8_u128 << 96, 32) || in6(0x2001_u128 << 112, 23) || !in6(0x2_u128 << 124, 3) {
+        return Some(Refusal::SpecialPurpose);
+    }
+    None
+}
+
+/// Why `ip` is not a globally routable unicast address, if it is not.
+pub fn classify(ip: IpAddr) -> Option<Refusal> {
+    match ip {
+        IpAddr::V4(a) => classify_v4(a),
+        IpAddr::V6(a) => classify_v6(a),
+    }
+}
+
+/// Which addresses this node may probe.
+#[derive(Clone, Debug, Default)]
+pub struct ProbePolicy {
+    /// Ranges the operator allows although they are not global unicast (`--probe-allow`).
+    pub allow: Vec<Cidr>,
+}
+
+impl ProbePolicy {
+    /// `Ok` if `ip` may be probed, else why not.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
+        match classify(ip) {
+            None => Ok(()),
+            Some(_) if self.allow.iter().any(|c| c.contains(ip)) => Ok(()),
+            Some(r) => Err(r),
+        }
+    }
+}
+
 /// Prober settings.
 #[derive(Clone, Debug)]
 pub struct HealthConfig {
-    /// Whether probing runs at all (off: every endpoint is healthy).
+    /// Whether probing runs at all (off: every endpoint is unknown).
     pub enabled: bool,
     /// Target time between probes of one endpoint.
     pub interval: Duration,
@@ -46,12 +340,16 @@ pub struct HealthConfig {
     pub timeout: Duration,
     /// Probes in flight at once.
     pub max_concurrent: usize,
+    /// Probes in flight at once for one zone.
+    pub max_in_flight_per_zone: usize,
     /// Probes started per 100 ms tick.
     pub max_probes_per_tick: usize,
     /// Most endpoints tracked.
     pub max_endpoints: usize,
     /// UDP probing mode.
     pub udp: UdpProbe,
+    /// Which addresses may be probed.
+    pub policy: ProbePolicy,
 }
 
 impl Default for HealthConfig {
@@ -60,10 +358,12 @@ impl Default for HealthConfig {
             enabled: true,
             interval: Duration::from_secs(2),
             timeout: Duration::from_millis(1000),
-            max_concurrent: 64,
+            max_concurrent: MAX_CONCURRENT_PROBES,
+            max_in_flight_per_zone: MAX_IN_FLIGHT_PER_ZONE,
             max_probes_per_tick: 128,
-            max_endpoints: 100_000,
+            max_endpoints: MAX_TRACKED_ENDPOINTS,
             udp: UdpProbe::Icmp,
+            policy: ProbePolicy::default(),
         }
     }
 }
@@ -75,13 +375,28 @@ fn target(e: &Endpoint) -> Target {
     (e.host.clone(), e.port, e.transport)
 }
 
+/// The result of one probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Reachable.
+    Up,
+    /// Not reachable (or the hostname did not resolve).
+    Down,
+    /// Not probed: the policy forbids every address.
+    Refused(Refusal),
+    /// Not probed: no way to tell (UDP probing off).
+    NotProbed,
+}
+
 #[derive(Clone, Debug)]
 struct State {
-    healthy: bool,
-    probed: bool,
+    health: HealthState,
     failures: u32,
     next_due: Instant,
     in_flight: bool,
+    /// The zone whose budget this endpoint's probes count against (the first zone, in fair
+    /// order, that names it).
+    zone: ZoneId,
 }
 
 /// Shared health table plus counters.
@@ -89,10 +404,16 @@ struct State {
 pub struct Health {
     config: HealthConfig,
     table: Mutex<BTreeMap<Target, State>>,
+    /// Per-process random key for the zone order, so no zone key sorts first on purpose.
+    zone_order: std::collections::hash_map::RandomState,
+    /// Rotates which zone starts each round of due probes.
+    rotation: AtomicU64,
     /// Probes run.
     pub probes: AtomicU64,
     /// Probes that failed.
     pub probe_failures: AtomicU64,
+    /// Probes refused by the policy, indexed by [`Refusal::index`].
+    refused: [AtomicU64; 6],
 }
 
 impl Health {
@@ -101,8 +422,11 @@ impl Health {
         Arc::new(Self {
             config,
             table: Mutex::new(BTreeMap::new()),
+            zone_order: std::collections::hash_map::RandomState::new(),
+            rotation: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             probe_failures: AtomicU64::new(0),
+            refused: Default::default(),
         })
     }
 
@@ -117,53 +441,152 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `e` is believed reachable (unknown endpoints are).
-    pub fn is_healthy(&self, e: &Endpoint) -> bool {
+    /// What this node believes about `e` (untracked endpoints are unknown).
+    pub fn state(&self, e: &Endpoint) -> HealthState {
         if !self.config.enabled {
-            return true;
+            return HealthState::Unknown;
         }
-        self.lock().get(&target(e)).is_none_or(|s| s.healthy)
+        self.lock()
+            .get(&target(e))
+            .map_or(HealthState::Unknown, |s| s.health)
     }
 
-    /// Replaces the tracked set with `endpoints` (keeping known state), bounded.
-    pub fn track(&self, endpoints: BTreeSet<Target>, now: Instant) {
-        let mut table = self.lock();
-        table.retain(|t, _| endpoints.contains(t));
-        let mut rng = rand::thread_rng();
-        for t in endpoints {
-            if table.len() >= self.config.max_endpoints {
-                break;
-            }
-            table.entry(t).or_insert_with(|| State {
-                healthy: true,
-                probed: false,
-                failures: 0,
-                // Spread first probes over one interval.
-                next_due: now + self.config.interval.mul_f64(rng.gen_range(0.0..0.5)),
-                in_flight: false,
+    /// Whether the last probe of `e` succeeded.
+    pub fn is_healthy(&self, e: &Endpoint) -> bool {
+        self.state(e) == HealthState::Healthy
+    }
+
+    fn count_refusal(&self, r: Refusal) {
+        self.refused[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Probes refused for `r` so far.
+    pub fn refused(&self, r: Refusal) -> u64 {
+        self.refused[r.index()].load(Ordering::Relaxed)
+    }
+
+    /// Zones in this process's fair order (keyed random hash, not key order).
+    fn fair_zone_order<T>(&self, zones: impl IntoIterator<Item = (ZoneId, T)>) -> Vec<(ZoneId, T)> {
+        let mut v: Vec<(u64, ZoneId, T)> = zones
+            .into_iter()
+            .map(|(z, t)| (self.zone_order.hash_one(z), z, t))
+            .collect();
+        v.sort_by_key(|a| (a.0, a.1));
+        v.into_iter().map(|(_, z, t)| (z, t)).collect()
+    }
+
+    /// Replaces the tracked set with the endpoints of `by_zone` (keeping known state), bounded
+    /// by [`HealthConfig::max_endpoints`] and filled round-robin over zones.
+    pub fn track(&self, by_zone: BTreeMap<ZoneId, BTreeSet<Target>>, now: Instant) {
+        let mut queues: Vec<(ZoneId, std::collections::btree_set::IntoIter<Target>)> = self
+            .fair_zone_order(by_zone)
+            .into_iter()
+            .map(|(z, s)| (z, s.into_iter()))
+            .collect();
+        let mut chosen: BTreeMap<Target, ZoneId> = BTreeMap::new();
+        while chosen.len() < self.config.max_endpoints && !queues.is_empty() {
+            queues.retain_mut(|(zone, q)| {
+                if chosen.len() >= self.config.max_endpoints {
+                    return true;
+                }
+                // Skip endpoints another zone already claimed, so each round adds one per zone.
+                for t in q.by_ref() {
+                    if let std::collections::btree_map::Entry::Vacant(v) = chosen.entry(t) {
+                        v.insert(*zone);
+                        return true;
+                    }
+                }
+                false
             });
         }
+        let mut table = self.lock();
+        table.retain(|t, _| chosen.contains_key(t));
+        let mut rng = rand::thread_rng();
+        for (t, zone) in chosen {
+            table
+                .entry(t)
+                .and_modify(|s| s.zone = zone)
+                .or_insert_with(|| State {
+                    health: HealthState::Unknown,
+                    failures: 0,
+                    // Spread first probes over half an interval.
+                    next_due: now + self.config.interval.mul_f64(rng.gen_range(0.0..0.5)),
+                    in_flight: false,
+                    zone,
+                });
+        }
     }
 
+    /// Marks up to `limit` due targets in flight and returns them, round-robin over zones and
+    /// within each zone's in-flight budget. IP literals the policy forbids are not returned:
+    /// they are counted, stay unknown and are due again one interval later.
     fn due(&self, now: Instant, limit: usize) -> Vec<Target> {
         let mut table = self.lock();
-        let mut out = Vec::new();
+        let mut in_flight: HashMap<ZoneId, usize> = HashMap::new();
+        let mut due: HashMap<ZoneId, Vec<Target>> = HashMap::new();
         for (t, s) in table.iter_mut() {
-            if out.len() >= limit {
-                break;
+            if s.in_flight {
+                *in_flight.entry(s.zone).or_default() += 1;
+                continue;
             }
-            if !s.in_flight && s.next_due <= now {
+            if s.next_due > now {
+                continue;
+            }
+            let literal = match t.0 {
+                Host::V4(a) => Some(IpAddr::from(a)),
+                Host::V6(a) => Some(IpAddr::from(a)),
+                Host::Name(_) => None,
+            };
+            if let Some(Err(r)) = literal.map(|ip| self.config.policy.check(ip)) {
+                self.count_refusal(r);
+                s.health = HealthState::Unknown;
+                s.next_due = now + self.config.interval;
+                continue;
+            }
+            due.entry(s.zone).or_default().push(t.clone());
+        }
+        let mut zones = self.fair_zone_order(due);
+        if !zones.is_empty() {
+            let start = self.rotation.fetch_add(1, Ordering::Relaxed) as usize % zones.len();
+            zones.rotate_left(start);
+        }
+        let mut queues: Vec<(ZoneId, std::vec::IntoIter<Target>)> =
+            zones.into_iter().map(|(z, v)| (z, v.into_iter())).collect();
+        let mut out = Vec::new();
+        while out.len() < limit && !queues.is_empty() {
+            queues.retain_mut(|(zone, q)| {
+                if out.len() >= limit {
+                    return true;
+                }
+                let busy = in_flight.entry(*zone).or_default();
+                if *busy >= self.config.max_in_flight_per_zone {
+                    return false;
+                }
+                let Some(t) = q.next() else { return false };
+                *busy += 1;
+                out.push(t);
+                true
+            });
+        }
+        for t in &out {
+            if let Some(s) = table.get_mut(t) {
                 s.in_flight = true;
-                out.push(t.clone());
             }
         }
         out
     }
 
-    fn record(&self, t: &Target, ok: bool, now: Instant) {
-        self.probes.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.probe_failures.fetch_add(1, Ordering::Relaxed);
+    fn record(&self, t: &Target, outcome: ProbeOutcome, now: Instant) {
+        match outcome {
+            ProbeOutcome::Up => {
+                self.probes.fetch_add(1, Ordering::Relaxed);
+            }
+            ProbeOutcome::Down => {
+                self.probes.fetch_add(1, Ordering::Relaxed);
+                self.probe_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            ProbeOutcome::Refused(r) => self.count_refusal(r),
+            ProbeOutcome::NotProbed => {}
         }
         let interval = self.config.interval;
         let mut table = self.lock();
@@ -171,8 +594,12 @@ impl Health {
             return;
         };
         s.in_flight = false;
-        s.probed = true;
-        s.healthy = ok;
+        let ok = outcome != ProbeOutcome::Down;
+        s.health = match outcome {
+            ProbeOutcome::Up => HealthState::Healthy,
+            ProbeOutcome::Down => HealthState::Unhealthy,
+            ProbeOutcome::Refused(_) | ProbeOutcome::NotProbed => HealthState::Unknown,
+        };
         s.failures = if ok { 0 } else { s.failures.saturating_add(1) };
         // Back off failing endpoints, but never past 2× the interval.
         let backoff = if ok {
@@ -187,40 +614,111 @@ impl Health {
     /// Number of tracked endpoints and how many are unhealthy.
     pub fn summary(&self) -> (usize, usize) {
         let table = self.lock();
-        (table.len(), table.values().filter(|s| !s.healthy).count())
+        (
+            table.len(),
+            table
+                .values()
+                .filter(|s| s.health == HealthState::Unhealthy)
+                .count(),
+        )
+    }
+
+    /// Tracked endpoints by state, as JSON (`/v1/status`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let table = self.lock();
+        let n = |h: HealthState| table.values().filter(|s| s.health == h).count();
+        serde_json::json!({
+            "tracked": table.len(),
+            "healthy": n(HealthState::Healthy),
+            "unknown": n(HealthState::Unknown),
+            "unhealthy": n(HealthState::Unhealthy),
+        })
+    }
+
+    /// Prometheus text: probes run, failed, and refused by reason.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "# TYPE dpin_probes_total counter\ndpin_probes_total {}\n\
+             # TYPE dpin_probe_failures_total counter\ndpin_probe_failures_total {}\n\
+             # TYPE dpin_probe_refused_total counter\n",
+            self.probes.load(Ordering::Relaxed),
+            self.probe_failures.load(Ordering::Relaxed),
+        );
+        for r in Refusal::ALL {
+            out.push_str(&format!(
+                "dpin_probe_refused_total{{reason=\"{}\"}} {}\n",
+                r.as_str(),
+                self.refused(r)
+            ));
+        }
+        out
     }
 }
 
-/// Probes one endpoint once.
-pub async fn probe(t: &Target, timeout: Duration, udp: UdpProbe) -> bool {
+/// The endpoints of every live name, grouped by zone, for the prober.
+pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+    let now = now_ms();
+    node.read_store(|s| {
+        let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        for (_, e) in s.mem().iter().filter(|(_, e)| e.is_live(now)) {
+            let Some(r) = e.record() else { continue };
+            let set = by_zone.entry(r.body.zone).or_default();
+            set.extend(r.endpoints().unwrap_or(&[]).iter().map(target));
+        }
+        by_zone
+    })
+}
+
+/// Probes one endpoint once, within `policy`.
+pub async fn probe(
+    t: &Target,
+    timeout: Duration,
+    udp: UdpProbe,
+    policy: &ProbePolicy,
+) -> ProbeOutcome {
     let (host, port, transport) = t;
-    let addrs: Vec<SocketAddr> = match host {
+    if *transport == Transport::Udp && udp == UdpProbe::Off {
+        return ProbeOutcome::NotProbed;
+    }
+    let resolved: Vec<SocketAddr> = match host {
         Host::V4(a) => vec![SocketAddr::from((*a, *port))],
         Host::V6(a) => vec![SocketAddr::from((*a, *port))],
         Host::Name(n) => {
             match tokio::time::timeout(timeout, tokio::net::lookup_host((n.as_str(), *port))).await
             {
-                Ok(Ok(it)) => it.take(4).collect(),
-                _ => return false,
+                Ok(Ok(it)) => it.take(MAX_ADDRS_PER_HOSTNAME).collect(),
+                _ => return ProbeOutcome::Down,
             }
         }
     };
+    // The policy is checked on the resolved addresses, and those very addresses are probed.
+    let mut refusal = None;
+    let addrs: Vec<SocketAddr> = resolved
+        .into_iter()
+        .filter(|a| match policy.check(a.ip()) {
+            Ok(()) => true,
+            Err(r) => {
+                refusal.get_or_insert(r);
+                false
+            }
+        })
+        .collect();
+    if addrs.is_empty() {
+        return refusal.map_or(ProbeOutcome::Down, ProbeOutcome::Refused);
+    }
     for addr in addrs {
         let ok = match transport {
             Transport::Tcp => matches!(
                 tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
                 Ok(Ok(_))
             ),
-            Transport::Udp => match udp {
-                UdpProbe::Off => true,
-                UdpProbe::Icmp => udp_probe(addr, timeout).await,
-            },
+            Transport::Udp => udp_probe(addr, timeout).await,
         };
         if ok {
-            return true;
+            return ProbeOutcome::Up;
         }
     }
-    false
+    ProbeOutcome::Down
 }
 
 async fn udp_probe(addr: SocketAddr, timeout: Duration) -> bool {
@@ -243,12 +741,17 @@ async fn udp_probe(addr: SocketAddr, timeout: Duration) -> bool {
     }
 }
 
-/// Runs the prober forever: `targets` returns the endpoints to track (called once per interval).
-pub async fn run(health: Arc<Health>, targets: impl Fn() -> BTreeSet<Target> + Send + 'static) {
+/// Runs the prober forever: `targets` returns the endpoints to track by zone (called once per
+/// interval).
+pub async fn run(
+    health: Arc<Health>,
+    targets: impl Fn() -> BTreeMap<ZoneId, BTreeSet<Target>> + Send + 'static,
+) {
     if !health.config.enabled {
         return;
     }
     let cfg = health.config.clone();
+    let policy = Arc::new(cfg.policy.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -268,9 +771,10 @@ pub async fn run(health: Arc<Health>, targets: impl Fn() -> BTreeSet<Target> + S
                 continue;
             };
             let h = health.clone();
+            let policy = policy.clone();
             tokio::spawn(async move {
-                let ok = probe(&t, cfg.timeout, cfg.udp).await;
-                h.record(&t, ok, Instant::now());
+                let outcome = probe(&t, cfg.timeout, cfg.udp, &policy).await;
+                h.record(&t, outcome, Instant::now());
                 drop(permit);
             });
         }
@@ -285,15 +789,79 @@ mod tests {
         (Host::V4([127, 0, 0, 1]), port, Transport::Tcp)
     }
 
+    fn zone(n: u8) -> ZoneId {
+        dpin_protocol::ZoneKey::from_seed([n; 32]).zone()
+    }
+
+    fn loopback_allowed() -> ProbePolicy {
+        ProbePolicy {
+            allow: vec!["127.0.0.0/8".parse().expect("cidr")],
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[tokio::test]
     async fn tcp_probe_sees_a_listener_and_its_absence() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = l.local_addr().expect("addr").port();
-        assert!(probe(&t(port), Duration::from_millis(500), UdpProbe::Icmp).await);
+        let p = loopback_allowed();
+        let d = Duration::from_millis(500);
+        assert_eq!(
+            probe(&t(port), d, UdpProbe::Icmp, &p).await,
+            ProbeOutcome::Up
+        );
         drop(l);
-        assert!(!probe(&t(port), Duration::from_millis(500), UdpProbe::Icmp).await);
+        assert_eq!(
+            probe(&t(port), d, UdpProbe::Icmp, &p).await,
+            ProbeOutcome::Down
+        );
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_without_connecting_unless_allowed() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let d = Duration::from_millis(500);
+        let got = probe(&t(port), d, UdpProbe::Icmp, &ProbePolicy::default()).await;
+        assert_eq!(got, ProbeOutcome::Refused(Refusal::Loopback));
+        // The refused probe never connected: the first accept is the allowed probe's.
+        let allowed = probe(&t(port), d, UdpProbe::Icmp, &loopback_allowed()).await;
+        assert_eq!(allowed, ProbeOutcome::Up);
+        let (_, from) = l.accept().await.expect("accept");
+        assert!(from.ip().is_loopback());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), l.accept())
+                .await
+                .is_err(),
+            "exactly one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn hostnames_are_checked_after_resolution() {
+        let target = (Host::Name("localhost".to_owned()), 9, Transport::Tcp);
+        let got = probe(
+            &target,
+            Duration::from_millis(500),
+            UdpProbe::Icmp,
+            &ProbePolicy::default(),
+        )
+        .await;
+        // localhost resolves to loopback (or not at all in a bare sandbox): never probed.
+        assert!(
+            matches!(
+                got,
+                ProbeOutcome::Refused(Refusal::Loopback) | ProbeOutcome::Down
+            ),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]
@@ -301,23 +869,99 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let port = s.local_addr().expect("addr").port();
         let target = (Host::V4([127, 0, 0, 1]), port, Transport::Udp);
-        assert!(probe(&target, Duration::from_millis(300), UdpProbe::Icmp).await);
+        let p = loopback_allowed();
+        let d = Duration::from_millis(300);
+        assert_eq!(
+            probe(&target, d, UdpProbe::Icmp, &p).await,
+            ProbeOutcome::Up
+        );
         drop(s);
-        assert!(!probe(&target, Duration::from_millis(300), UdpProbe::Icmp).await);
+        assert_eq!(
+            probe(&target, d, UdpProbe::Icmp, &p).await,
+            ProbeOutcome::Down
+        );
+        assert_eq!(
+            probe(&target, d, UdpProbe::Off, &p).await,
+            ProbeOutcome::NotProbed
+        );
+    }
+
+    #[test]
+    fn special_purpose_ranges_are_refused_and_global_unicast_is_not() {
+        let cases = [
+            ("127.0.0.1", Some(Refusal::Loopback)),
+            ("::1", Some(Refusal::Loopback)),
+            ("169.254.1.1", Some(Refusal::LinkLocal)),
+            ("fe80::1", Some(Refusal::LinkLocal)),
+            ("10.1.2.3", Some(Refusal::Private)),
+            ("172.31.0.1", Some(Refusal::Private)),
+            ("192.168.1.1", Some(Refusal::Private)),
+            ("fd00::1", Some(Refusal::Private)),
+            ("224.0.0.1", Some(Refusal::Multicast)),
+            ("ff02::1", Some(Refusal::Multicast)),
+            ("0.0.0.0", Some(Refusal::Unspecified)),
+            ("::", Some(Refusal::Unspecified)),
+            ("100.64.0.1", Some(Refusal::SpecialPurpose)),
+            ("198.19.255.1", Some(Refusal::SpecialPurpose)),
+            ("192.0.2.1", Some(Refusal::SpecialPurpose)),
+            ("203.0.113.9", Some(Refusal::SpecialPurpose)),
+            ("255.255.255.255", Some(Refusal::SpecialPurpose)),
+            ("2001:db8::1", Some(Refusal::SpecialPurpose)),
+            ("::ffff:127.0.0.1", Some(Refusal::Loopback)),
+            ("::ffff:10.0.0.1", Some(Refusal::Private)),
+            ("64:ff9b::a00:1", Some(Refusal::Private)),
+            ("2002:7f00:1::1", Some(Refusal::Loopback)),
+            ("8.8.8.8", None),
+            ("172.32.0.1", None),
+            ("2606:4700::1111", None),
+            ("::ffff:8.8.8.8", None),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(classify(ip(addr)), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn an_allowed_range_overrides_the_refusal_and_nothing_else() {
+        let p = loopback_allowed();
+        assert_eq!(p.check(ip("127.0.0.5")), Ok(()));
+        assert_eq!(p.check(ip("::ffff:127.0.0.5")), Ok(()));
+        assert_eq!(p.check(ip("::1")), Err(Refusal::Loopback));
+        assert_eq!(p.check(ip("10.0.0.1")), Err(Refusal::Private));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+        assert!("::/0"
+            .parse::<Cidr>()
+            .is_ok_and(|c| c.contains(ip("fd00::1"))));
     }
 
     #[test]
     fn failing_endpoints_back_off_but_never_past_twice_the_interval() {
         let h = Health::new(HealthConfig::default());
         let now = Instant::now();
-        h.track([t(1)].into_iter().collect(), now);
+        h.track([(zone(1), [t(1)].into())].into(), now);
         for _ in 0..10 {
-            h.record(&t(1), false, now);
+            h.record(&t(1), ProbeOutcome::Down, now);
         }
         let due = h.lock().get(&t(1)).map(|s| s.next_due).expect("tracked");
         assert!(due <= now + h.config.interval * 2);
         assert!(due >= now + h.config.interval);
-        assert!(!h.is_healthy(&"127.0.0.1:1".parse().expect("ep")));
+        let ep: Endpoint = "127.0.0.1:1".parse().expect("ep");
+        assert_eq!(h.state(&ep), HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn unprobed_and_refused_endpoints_are_unknown_not_healthy() {
+        let h = Health::new(HealthConfig::default());
+        let now = Instant::now();
+        let ep: Endpoint = "127.0.0.1:1".parse().expect("ep");
+        assert_eq!(h.state(&ep), HealthState::Unknown, "untracked");
+        h.track([(zone(1), [t(1)].into())].into(), now);
+        assert_eq!(h.state(&ep), HealthState::Unknown, "never probed");
+        let later = now + h.config.interval;
+        assert!(h.due(later, 10).is_empty(), "loopback is never handed out");
+        assert_eq!(h.refused(Refusal::Loopback), 1);
+        assert_eq!(h.state(&ep), HealthState::Unknown, "refused");
     }
 
     #[test]
@@ -327,9 +971,65 @@ mod tests {
             ..HealthConfig::default()
         });
         let now = Instant::now();
-        h.track((1..10).map(t).collect(), now);
+        h.track([(zone(1), (1..10).map(t).collect())].into(), now);
         assert_eq!(h.summary().0, 3);
-        h.track([t(1)].into_iter().collect(), now);
+        h.track([(zone(1), [t(1)].into())].into(), now);
         assert_eq!(h.summary().0, 1);
+    }
+
+    #[test]
+    fn a_zone_with_many_endpoints_cannot_push_the_others_out_of_the_cap() {
+        let h = Health::new(HealthConfig {
+            max_endpoints: 100,
+            ..HealthConfig::default()
+        });
+        let attacker: BTreeSet<Target> = (1..=1000).map(t).collect();
+        let honest: Vec<(ZoneId, BTreeSet<Target>)> = (2..=5)
+            .map(|z| (zone(z), [t(10_000 + u16::from(z))].into()))
+            .collect();
+        let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = honest.iter().cloned().collect();
+        by_zone.insert(zone(1), attacker);
+        h.track(by_zone, Instant::now());
+        let table = h.lock();
+        assert_eq!(table.len(), 100);
+        for (_, set) in &honest {
+            assert!(
+                set.iter().all(|t| table.contains_key(t)),
+                "honest zone kept"
+            );
+        }
+    }
+
+    #[test]
+    fn a_black_holed_zone_holds_only_its_budget_of_probe_slots() {
+        let h = Health::new(HealthConfig {
+            policy: loopback_allowed(),
+            ..HealthConfig::default()
+        });
+        let now = Instant::now();
+        let attacker: BTreeSet<Target> = (1..=500).map(t).collect();
+        let honest: BTreeSet<Target> = (1001..=1008).map(t).collect();
+        h.track(
+            [(zone(1), attacker.clone()), (zone(2), honest.clone())].into(),
+            now,
+        );
+        let later = now + h.config.interval;
+        // Tick after tick, the attacker's probes never return (black hole).
+        let mut honest_probed = BTreeSet::new();
+        for _ in 0..10 {
+            for t in h.due(later, 64) {
+                if honest.contains(&t) {
+                    h.record(&t, ProbeOutcome::Up, later);
+                    honest_probed.insert(t);
+                }
+            }
+        }
+        let attacker_in_flight = h
+            .lock()
+            .iter()
+            .filter(|(t, s)| s.in_flight && attacker.contains(*t))
+            .count();
+        assert_eq!(attacker_in_flight, MAX_IN_FLIGHT_PER_ZONE);
+        assert_eq!(honest_probed, honest, "every honest endpoint was probed");
     }
 }

@@ -1,0 +1,145 @@
+//! Safe toward the outside world, with real processes: records signed by strangers must not
+//! steer a node's probes at its own loopback or private network unless the operator allows it.
+//! Everything here talks only to loopback.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use dpin_tests::{keygen, ok, publish, wait_until, NodeProc};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
+const SPREAD: Duration = Duration::from_secs(15);
+/// Short probe rounds so the refused rounds below add up quickly.
+const FAST_PROBES: [&str; 4] = ["--probe-interval-ms", "200", "--probe-timeout-ms", "200"];
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// A loopback TCP listener that counts the connections it accepts (each probe is one).
+struct CountingListener {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl CountingListener {
+    fn start() -> Result<Self> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        // The thread ends with the test process; the listener is never dropped before.
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if conn.is_ok() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(Self { port, accepted })
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// The body of `GET path` as text (for `/metrics`).
+fn get_text(addr: &str, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    raw.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or_else(|| anyhow!("no HTTP header end"))
+}
+
+/// A counter from `/metrics` (exact series name, labels included).
+fn metric(node: &NodeProc, series: &str) -> Option<u64> {
+    let text = get_text(&node.api, "/metrics").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The `health` of each endpoint of `name` at `node`, by port.
+fn health(node: &NodeProc, name: &str) -> Option<Vec<(u64, String, bool)>> {
+    let (status, v) = node.get(&format!("/v1/resolve/{name}")).ok()?;
+    (status == 200).then_some(())?;
+    v["endpoints"].as_array().map(|eps| {
+        eps.iter()
+            .map(|e| {
+                (
+                    e["port"].as_u64().unwrap_or(0),
+                    e["health"].as_str().unwrap_or("").to_owned(),
+                    e["healthy"] == Value::Bool(true),
+                )
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn loopback_endpoints_are_never_probed_by_default_and_are_once_allowed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("svc.{zone}");
+
+    // Default policy: the record names a live loopback listener; the node must not touch it.
+    let target = CountingListener::start()?;
+    let node = NodeProc::start(bin(), &dir.path().join("default"), &[], &FAST_PROBES)?;
+    let ep = format!("127.0.0.1:{}", target.port);
+    ok(publish(bin(), &key, &node.api, "svc", &[&ep])?)?;
+    // Wait for proof that probe rounds came due and were refused (not for a fixed time).
+    let refused = r#"dpin_probe_refused_total{reason="loopback"}"#;
+    wait_until(SPREAD, "three refused loopback probe rounds", || {
+        metric(&node, refused).filter(|n| *n >= 3)
+    })?;
+    assert_eq!(
+        target.accepted(),
+        0,
+        "no probe reached the loopback listener"
+    );
+    assert_eq!(metric(&node, "dpin_probes_total"), Some(0));
+    assert_eq!(
+        health(&node, &name),
+        Some(vec![(u64::from(target.port), "unknown".to_owned(), false)]),
+        "an endpoint the policy forbids is unknown, not healthy"
+    );
+
+    // The operator allows loopback: the same record is now probed and reported healthy.
+    let allowed_target = CountingListener::start()?;
+    let allowed = NodeProc::start(
+        bin(),
+        &dir.path().join("allowed"),
+        &[],
+        &[&FAST_PROBES[..], &["--probe-allow", "127.0.0.0/8"]].concat(),
+    )?;
+    let ep = format!("127.0.0.1:{}", allowed_target.port);
+    ok(publish(bin(), &key, &allowed.api, "svc", &[&ep])?)?;
+    wait_until(SPREAD, "probes of the allowed loopback listener", || {
+        (allowed_target.accepted() > 0).then_some(())
+    })?;
+    wait_until(SPREAD, "the allowed endpoint reported healthy", || {
+        (health(&allowed, &name)?
+            == vec![(u64::from(allowed_target.port), "healthy".to_owned(), true)])
+        .then_some(())
+    })?;
+    assert_eq!(metric(&allowed, refused), Some(0));
+    assert_eq!(
+        target.accepted(),
+        0,
+        "still nothing at the default node's target"
+    );
+    Ok(())
+}
