@@ -667,3 +667,92 @@ fn two_writers_acknowledged_at_one_seq_across_a_partition_are_a_tie_not_a_failur
     assert_eq!(f.race.stale_held_after_heal, 0);
     assert!(f.invariants_hold(), "{:?}", f.examples);
 }
+
+/// Plan A signed at 19 s with a time-based seq (1000); B's one-step writes, started at 20 s,
+/// numbered from what they read (6): lower seqs, but newer writes.
+fn plan_versus_later_one_step(final_content: String, final_seq: u64) -> History {
+    let race = |o: Op| Op {
+        race: Some(1),
+        proto: Proto::Cli,
+        ..o
+    };
+    let mut ops = vec![
+        write(1, 0.0, 10.0, 5),
+        race(Op {
+            content: Some(stale_content(1000)),
+            ..op(
+                OpKind::Sign,
+                1,
+                19_000.0,
+                19_050.0,
+                OpOutcome::Planned,
+                Some(1000),
+            )
+        }),
+        race(write(1, 20_000.0, 20_050.0, 6)),
+        race(Op {
+            content: Some(stale_content(1000)),
+            ..op(
+                OpKind::StalePlan,
+                3,
+                20_200.0,
+                20_250.0,
+                OpOutcome::Applied,
+                Some(1000),
+            )
+        }),
+    ];
+    for n in NODES {
+        ops.push(Op {
+            content: Some(final_content.clone()),
+            ..final_read(n, final_seq)
+        });
+    }
+    History {
+        ops,
+        faults: Vec::new(),
+    }
+}
+
+#[test]
+fn a_plan_signed_before_a_later_write_must_not_hold_over_it_whatever_its_seq() {
+    let f = run(&plan_versus_later_one_step(stale_content(1000), 1000));
+    assert_eq!(f.race.stale_held_after_heal, 1);
+    assert_eq!(f.writes.lost, 0, "by seq, nothing was lost");
+    assert!(!f.invariants_hold());
+    // The later write holding at the end is what must happen.
+    let f = run(&plan_versus_later_one_step(content(1001), 1001));
+    assert_eq!(f.race.stale_held_after_heal, 0);
+}
+
+#[test]
+fn a_clean_up_of_plan_a_must_not_delete_a_later_write_whatever_its_seq() {
+    let mut h = plan_versus_later_one_step(String::new(), 0);
+    h.ops.retain(|o| o.kind != OpKind::FinalRead);
+    h.ops.push(Op {
+        race: Some(1),
+        proto: Proto::Cli,
+        content: Some(TOMBSTONE.to_owned()),
+        ..op(
+            OpKind::Cleanup,
+            3,
+            20_300.0,
+            20_350.0,
+            OpOutcome::Applied,
+            Some(1001),
+        )
+    });
+    for n in NODES {
+        h.ops.push(op(
+            OpKind::FinalRead,
+            n,
+            90_000.0,
+            90_001.0,
+            OpOutcome::NotFound,
+            None,
+        ));
+    }
+    let f = run(&h);
+    assert!(f.race.stale_held_after_heal >= 1, "{:?}", f.race);
+    assert!(!f.invariants_hold());
+}

@@ -58,9 +58,12 @@
 //! * **race** — per race round (ops sharing [`Op::race`]): **stale_refused** and
 //!   **stale_enacted** (acknowledged by a lagging or partitioned node);
 //!   **enacted_then_overridden** — enacted, and at the end no node shows it;
-//!   **stale_held_after_heal** — the final state shows a stale write's content while an
-//!   acknowledged write with a higher seq exists, or shows the name deleted by a clean-up
-//!   tombstone while a newer live record was acknowledged: the seed's outcome; fatal.
+//!   **stale_held_after_heal** — the final state shows a stale write's content, or the name
+//!   deleted by a clean-up tombstone, while a newer write was acknowledged: the seed's outcome;
+//!   fatal. "Newer" is a higher seq, or — for a plan enacted late and for the clean-up of plan
+//!   A — a write that *started after plan A was signed*, whatever seq it got: a plan made
+//!   before a write must never end up over it (that is the seed's race, even when the two
+//!   paths number their seqs differently).
 //!   **ties** — a stale write acknowledged at the very seq of an acknowledged newer write (two
 //!   writers on opposite sides of a partition): AP replication picks one winner everywhere,
 //!   which `converged` and the final reads check.
@@ -720,14 +723,21 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         }
     }
     f.race.rounds = race_ids.len() as u64;
+    // When each round's first plan (plan A) was signed: a write started after that is newer
+    // than plan A in the seed's sense, whatever seq it got.
+    let mut plan_a_signed: BTreeMap<u64, f64> = BTreeMap::new();
+    for op in &history.ops {
+        if let (OpKind::Sign, OpOutcome::Planned, Some(r)) = (op.kind, op.outcome, op.race) {
+            let e = plan_a_signed.entry(r).or_insert(op.end_ms);
+            *e = e.min(op.end_ms);
+        }
+    }
     for op in &history.ops {
         if !matches!(op.kind, OpKind::StalePlan | OpKind::Cleanup) {
             continue;
         }
         match op.outcome {
-            OpOutcome::Stale | OpOutcome::Conflict | OpOutcome::Rejected => {
-                f.race.stale_refused += 1
-            }
+            OpOutcome::Stale | OpOutcome::Conflict => f.race.stale_refused += 1,
             OpOutcome::Timeout | OpOutcome::Error => f.race.indeterminate += 1,
             _ => {}
         }
@@ -740,6 +750,34 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
                 .filter(|w| w.seq > Some(q) && !is_tombstone(w))
                 .max_by_key(|w| w.seq)
         });
+        // A plan enacted late, or the clean-up of plan A, must not hold over a write that
+        // started after plan A was signed, even if that write got a lower seq: that is the
+        // seed's race (the one-step path numbers from what it reads, plans by time).
+        let from_plan = op.kind == OpKind::Cleanup
+            || history.ops.iter().any(|s| {
+                s.kind == OpKind::Sign
+                    && s.race.is_some()
+                    && s.race == op.race
+                    && s.seq == op.seq
+                    && s.content == op.content
+            });
+        let later: Option<&Op> = op
+            .race
+            .and_then(|r| plan_a_signed.get(&r))
+            .filter(|_| from_plan)
+            .and_then(|&t| {
+                name_acks?
+                    .iter()
+                    .copied()
+                    .filter(|w| {
+                        w.start_ms >= t
+                            && !is_tombstone(w)
+                            && w.seq != Some(q)
+                            && w.content != op.content
+                    })
+                    .max_by_key(|w| w.seq)
+            });
+        let newer = newer.or(later);
         let tie = name_acks.is_some_and(|v| {
             v.iter()
                 .any(|w| w.kind == OpKind::Write && w.seq == Some(q) && w.content != op.content)
@@ -779,9 +817,9 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             f.example(
                 "stale_held",
                 format!(
-                    "{} holds at the end at node(s) {shown_at:?} although seq {:?} was acknowledged",
+                    "{} holds at the end at node(s) {shown_at:?} over a newer write: {}",
                     describe(op),
-                    newer.and_then(|w| w.seq)
+                    newer.map(describe).unwrap_or_default()
                 ),
             );
         }

@@ -120,7 +120,8 @@ pub struct Op {
     pub proto: Proto,
     /// Which client process did it (`writer-0`, `reader-http-1`, `race-b`, ...).
     pub process: String,
-    /// Node index, 1-based.
+    /// Node index, 1-based: the node asked, or for a CLI op the `--api` node that answered
+    /// (the first listed if none did). 0 for a `dpin sign --seq`, which asks no node.
     pub node: usize,
     /// Full name, `label.zone`.
     pub name: String,

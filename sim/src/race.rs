@@ -21,8 +21,7 @@
 //!    of B's write), else any node, racing B's write through propagation.
 //! 4. **Order** (drawn per round): A before B, A concurrently with B, or A after B plus a stall
 //!    (the seed's order).
-//! 5. **Clean-up**, after B's newer write was acknowledged at least two seqs above plan A:
-//!    delete the old plan — `dpin publish --tombstone --if-seq sA` or a tombstone plan
+//! 5. **Clean-up**, once B's newer write was acknowledged: delete the old plan — `dpin publish --tombstone --if-seq sA` or a tombstone plan
 //!    (`dpin sign --tombstone --seq sA+1`, then `dpin publish --record`) — sent to X or to the
 //!    majority (drawn).
 //!
@@ -604,12 +603,12 @@ async fn round(
             n
         }
     };
-    let Some(newest) = newest else {
+    if newest.is_none() {
         return false;
-    };
+    }
 
-    // 5. Clean-up: delete the old plan A — only once B is well past it, as in the seed.
-    if newest >= sa + 2 && ctx.running() {
+    // 5. Clean-up: delete the old plan A once B's newer write is acknowledged, as in the seed.
+    if ctx.running() {
         let targets: Vec<&Target> = if cleanup_at_x {
             vec![x]
         } else {
