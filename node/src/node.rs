@@ -8,8 +8,9 @@
 //! * gossip from peers — every message is run through the merge rule BEFORE gossipsub may
 //!   forward it: invalid → `Reject` (the sender's score drops), stale/duplicate → `Ignore`,
 //!   applied → `Accept`;
-//! * anti-entropy ([`sync_with`]) — on every new connection and periodically, the protocol's
-//!   digests are compared and only differing records move, so a node that was down or
+//! * anti-entropy ([`sync_with`]) — on every new connection, when a peer comes back alive,
+//!   and every [`SYNC_INTERVAL`] with a rotating couple of peers, the protocol's session
+//!   compares digests and moves only differing records, so a node that was down or
 //!   partitioned catches up without anyone republishing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +40,8 @@ pub const KIND_SYNC: u8 = 0;
 /// First byte of a request on the request-response protocol: blob transfer.
 pub const KIND_BLOB: u8 = 1;
 
-/// How often each node runs an anti-entropy round with each connected peer.
+/// How often each node starts anti-entropy sessions with
+/// [`dpin_protocol::sync::SYNC_PEERS_PER_INTERVAL`] of its peers (by rotation).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Most concurrent anti-entropy sessions this node initiates.
 pub const MAX_CONCURRENT_SYNCS: usize = 4;
@@ -85,7 +87,7 @@ pub struct Metrics {
     pub sync_invalid: AtomicU64,
     /// Record bodies restored from a peer onto a floor whose body was damaged or compacted.
     pub bodies_restored: AtomicU64,
-    /// Record bodies dropped by compaction (their floors stay).
+    /// Record bodies dropped by compaction (their floors stay), counted once durable.
     pub bodies_compacted: AtomicU64,
 }
 
@@ -627,6 +629,8 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     });
     let mut limiter = ingest::RateLimiter::gossip();
     let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+    // Random start, so nodes do not all rotate through their peers in step.
+    let mut sync_round: u64 = rand::random();
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut detector_tick = tokio::time::interval(DETECTOR_TICK);
     detector_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -661,13 +665,16 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 }
             }
             _ = sync_tick.tick() => {
+                // A constant number of peers per interval, by rotation (protocol::sync), so
+                // the background cost does not grow with the number of peers.
                 let peers: Vec<PeerId> = node
                     .peers()
                     .into_iter()
                     .filter(|(_, p)| p.connected && p.status != PeerStatus::Down)
                     .map(|(p, _)| p)
                     .collect();
-                for p in peers {
+                sync_round = sync_round.wrapping_add(1);
+                for p in session::peers_for_round(&peers, sync_round) {
                     node.spawn_sync(p);
                 }
                 // Compaction only drops bodies long past expiry; cheap when there is nothing.
@@ -676,9 +683,14 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                     .await
                 {
                     if dropped > 0 {
-                        tracing::info!(dropped, "compaction dropped expired record bodies; their floors stay");
-                        node.0.metrics.bodies_compacted.fetch_add(dropped as u64, Ordering::Relaxed);
-                        let _ = node.flush(generation).await;
+                        // Counted once durable, so the counter never runs ahead of the disk.
+                        match node.flush(generation).await {
+                            Ok(()) => {
+                                tracing::info!(dropped, "compaction dropped expired record bodies; their floors stay");
+                                node.0.metrics.bodies_compacted.fetch_add(dropped as u64, Ordering::Relaxed);
+                            }
+                            Err(e) => tracing::error!(%e, "could not persist compaction; will retry"),
+                        }
                     }
                 }
             }

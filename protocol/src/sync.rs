@@ -36,6 +36,27 @@ use crate::{Summary, SyncRequest, SyncResponse};
 
 /// Most rounds one session runs back to back before it ends (the next session continues).
 pub const MAX_SYNC_ROUNDS: usize = 16;
+/// Peers a node starts a periodic session with per sync interval. Constant, not a share of
+/// the peers: the background cost of anti-entropy per node stays the same however large the
+/// network grows (gossip carries changes; anti-entropy is the backstop), and every connected
+/// peer still comes up within `peers / SYNC_PEERS_PER_INTERVAL` intervals. A peer that
+/// (re)connects or comes back alive is synced with at once, outside this schedule.
+pub const SYNC_PEERS_PER_INTERVAL: usize = 2;
+
+/// The peers to sync with in periodic round `round`: a rotation over `peers` (in their
+/// order, which the caller keeps stable, e.g. sorted), [`SYNC_PEERS_PER_INTERVAL`] at a time.
+/// Drivers start `round` at a random value so that nodes do not all pick the same peer.
+pub fn peers_for_round<P: Clone>(peers: &[P], round: u64) -> Vec<P> {
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let n = peers.len();
+    let take = SYNC_PEERS_PER_INTERVAL.min(n);
+    // Reduce first so the multiplication cannot overflow.
+    let per = SYNC_PEERS_PER_INTERVAL as u64;
+    let start = ((round % n as u64) * per % n as u64) as usize;
+    (0..take).map(|i| peers[(start + i) % n].clone()).collect()
+}
 
 /// Session limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,6 +355,20 @@ pub fn push_ack(applied: usize) -> SyncResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_sync_visits_every_peer_at_a_constant_cost_per_interval() {
+        let peers: Vec<u32> = (0..7).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 40..44 {
+            let picked = peers_for_round(&peers, round);
+            assert_eq!(picked.len(), SYNC_PEERS_PER_INTERVAL);
+            seen.extend(picked);
+        }
+        assert_eq!(seen.len(), 7, "every peer within ceil(7 / 2) intervals");
+        assert_eq!(peers_for_round(&[9u32], u64::MAX), vec![9]);
+        assert!(peers_for_round::<u32>(&[], 3).is_empty());
+    }
 
     #[test]
     fn a_bucket_listed_many_times_is_planned_once() {
