@@ -40,9 +40,7 @@
 //! * the 1M-seed race sweep: the same with `--seeds 0..1000000` (each seed is independent:
 //!   split the range over machines with `--seeds A..B`; a failure prints its replay command).
 //!
-//! Needs from the core (worked around here meanwhile): a public "apply an already verified
-//! record" entry point on `Store` (the private `apply_validated`; [`verify::apply_verified`]
-//! mirrors it and a test checks it against `Store::apply`).
+//! The cached path uses the core's `Store::apply_verified`, so no merge logic lives here.
 
 pub mod antientropy;
 pub mod invariants;

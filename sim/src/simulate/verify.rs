@@ -9,16 +9,14 @@
 //! * [`VerifyMode::Cached`] checks fields and signature once per distinct `(content hash,
 //!   signature)` per run (through the protocol's `validate_fields` and `verify_signature`),
 //!   checks the time limits on every call (`validate_time`, they depend on the replica's
-//!   clock), and then runs the post-verification merge step below. That step mirrors the
-//!   private `apply_validated` of `protocol/src/store.rs` line by line around the protocol's
-//!   own `decide`, and `tests/simulate_verify_cache.rs` checks it gives the same outcome and
-//!   the same store as `Store::apply` on random sequences. The core should expose an
-//!   `apply_verified` entry point so this mirror can go (see the module map).
+//!   clock), and then runs the protocol's `Store::apply_verified` (the same merge path as
+//!   `Store::apply`, minus the signature check). `tests/simulate_verify_cache.rs` checks it
+//!   gives the same outcome and the same store as `Store::apply` on random sequences.
 
 use std::collections::HashSet;
 
-use dpin_protocol::merge::{decide, Decision, Floor, Outcome};
-use dpin_protocol::{Entry, Freshness, MemStore, SignedRecord, Store};
+use dpin_protocol::merge::Outcome;
+use dpin_protocol::{Freshness, MemStore, SignedRecord, Store};
 
 /// How signatures are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -102,7 +100,10 @@ impl Verifier {
             }
             self.good.insert(key);
         }
-        apply_verified(store, record, hash, expected_seq, now_ms)
+        match store.apply_verified(record, now_ms, freshness, expected_seq) {
+            Ok(o) => o,
+            Err(never) => match never {},
+        }
     }
 
     /// Applies a batch (anti-entropy), in the run's mode: `Store::apply_batch` (one batch
@@ -127,62 +128,5 @@ impl Verifier {
                 .map(|(r, h)| self.apply_cached(store, r, *h, now_ms, Freshness::Replicate, None))
                 .collect(),
         }
-    }
-}
-
-/// The merge step after validation, as in `protocol/src/store.rs::apply_validated` with the
-/// signature already verified.
-pub fn apply_verified(
-    store: &mut MemStore,
-    record: &SignedRecord,
-    hash: [u8; 32],
-    expected_seq: Option<u64>,
-    now_ms: u64,
-) -> Outcome {
-    let name = record.name();
-    let held_entry = store.entry(&name);
-    let held = held_entry.map(|e| e.floor);
-    let body_missing = held_entry.is_some_and(|e| e.bytes.is_none());
-    let body_wanted =
-        held_entry.is_some_and(|e| !e.is_past_retention(now_ms, store.retention_ms()));
-    let incoming = Floor {
-        seq: record.body.seq,
-        hash,
-    };
-    let decision = decide(held, incoming);
-    if let Some(expected) = expected_seq {
-        let actual = held.map_or(0, |f| f.seq);
-        if actual != expected && decision != Decision::Duplicate {
-            return Outcome::CasMismatch { expected, actual };
-        }
-    }
-    let have = held.map_or(0, |f| f.seq);
-    match decision {
-        Decision::Apply => {
-            store.insert(&name, Entry::from_record(record));
-            Outcome::Applied {
-                previous_seq: held.map(|f| f.seq),
-            }
-        }
-        Decision::ApplyConflict => {
-            store.insert(&name, Entry::from_record(record));
-            Outcome::Conflict {
-                seq: incoming.seq,
-                applied: true,
-            }
-        }
-        Decision::RejectConflict => Outcome::Conflict {
-            seq: incoming.seq,
-            applied: false,
-        },
-        Decision::Stale => Outcome::Stale {
-            have,
-            got: incoming.seq,
-        },
-        Decision::Duplicate if body_missing && body_wanted => {
-            store.insert(&name, Entry::from_record(record));
-            Outcome::Restored
-        }
-        Decision::Duplicate => Outcome::Duplicate,
     }
 }
