@@ -348,7 +348,11 @@ impl Node {
 
     fn on_transition(&self, (peer, old, new): Transition<PeerId>) {
         tracing::info!(%peer, from = old.as_str(), to = new.as_str(), "peer liveness changed");
-        if new == PeerStatus::Alive {
+        // One session settles both directions (it fetches and pushes), so of two peers that
+        // see each other come alive only one starts it: the one with the smaller id. Two
+        // sessions would move every differing record twice. The periodic rotation is the
+        // backstop if that session fails.
+        if new == PeerStatus::Alive && self.0.net.local_peer_id() < peer {
             self.spawn_sync(peer);
         }
     }

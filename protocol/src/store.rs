@@ -315,6 +315,9 @@ pub struct MemStore {
     entries: BTreeMap<Key, Entry>,
     buckets: Box<[[u8; 32]; BUCKETS]>,
     retention_ms: u64,
+    /// The digest of `buckets`, computed at most once per change: every sync request and
+    /// answer asks for it, and rebuilding the root hashes all 256 buckets.
+    digest: std::sync::OnceLock<StoreDigest>,
 }
 
 impl Default for MemStore {
@@ -323,6 +326,7 @@ impl Default for MemStore {
             entries: BTreeMap::new(),
             buckets: Box::new([[0u8; 32]; BUCKETS]),
             retention_ms: DEFAULT_BODY_RETENTION_MS,
+            digest: std::sync::OnceLock::new(),
         }
     }
 }
@@ -353,6 +357,7 @@ impl MemStore {
 
     fn toggle_digest(&mut self, bucket: u8, name: &str, entry: &Entry) {
         if entry.bytes.is_some() {
+            self.digest = std::sync::OnceLock::new();
             let d = entry_digest(name, &entry.floor);
             for (acc, b) in self.buckets[bucket as usize].iter_mut().zip(d.iter()) {
                 *acc ^= b;
@@ -403,7 +408,9 @@ impl Store for MemStore {
     }
 
     fn digest(&self) -> StoreDigest {
-        StoreDigest::from_buckets(&self.buckets)
+        self.digest
+            .get_or_init(|| StoreDigest::from_buckets(&self.buckets))
+            .clone()
     }
 
     fn compactable(&self, now_ms: u64) -> Vec<String> {
