@@ -1,5 +1,6 @@
 //! Safe toward the outside world, with real processes: records signed by strangers must not
-//! steer a node's probes at its own loopback or private network unless the operator allows it.
+//! steer a node's probes at its own loopback or private network unless the operator allows it;
+//! every HTTP error is JSON; slow clients cannot hold the API.
 //! Everything here talks only to loopback.
 
 use std::io::{Read, Write};
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use dpin_tests::{keygen, ok, publish, wait_until, NodeProc};
+use dpin_tests::{http, keygen, ok, publish, wait_until, NodeProc};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
@@ -141,5 +142,94 @@ fn loopback_endpoints_are_never_probed_by_default_and_are_once_allowed() -> Resu
         0,
         "still nothing at the default node's target"
     );
+    Ok(())
+}
+
+/// Every error the API gives, whatever produced it (unknown path, wrong method, rejected
+/// query, bad body, oversized body), is the JSON `{"error", "message"}` of SPEC §5.
+#[test]
+fn every_api_error_has_a_json_body() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = NodeProc::start(bin(), &dir.path().join("n"), &[], &["--no-probe"])?;
+    let cases: [(&str, &str, Option<&str>, u16, &str); 6] = [
+        ("GET", "/no/such/path", None, 404, "not_found"),
+        ("DELETE", "/v1/status", None, 405, "method_not_allowed"),
+        (
+            "POST",
+            "/v1/blobs?replicas=300",
+            Some("x"),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/blobs?replicas=0",
+            Some("x"),
+            400,
+            "bad_replicas",
+        ),
+        ("POST", "/v1/publish", Some("{not json"), 400, "bad_json"),
+        ("GET", "/v1/resolve/nodots", None, 400, "bad_name"),
+    ];
+    for (method, path, body, status, kind) in cases {
+        let (got, v) = http(&node.api, method, path, body)?;
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert_eq!(v["error"], kind, "{method} {path}: {v}");
+        assert!(v["message"].is_string(), "{method} {path}: {v}");
+    }
+    Ok(())
+}
+
+/// A slow-loris client (request heads trickled a byte at a time) neither blocks other clients
+/// nor keeps its connections: the whole-head deadline closes them although bytes keep coming.
+#[test]
+fn slow_loris_connections_do_not_block_requests_and_are_closed_by_the_head_deadline() -> Result<()>
+{
+    const SLOW: usize = 40;
+    let dir = tempfile::tempdir()?;
+    let node = NodeProc::start(bin(), &dir.path().join("n"), &[], &["--no-probe"])?;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    for _ in 0..SLOW {
+        let mut s = TcpStream::connect(&node.api)?;
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let (closed, open) = (closed.clone(), open.clone());
+        open.fetch_add(1, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            // One header byte every 500 ms, forever: only the server can end this.
+            loop {
+                if s.write_all(b"X").is_err() {
+                    break;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    // While they trickle, an honest client is answered.
+    let (status, v) = node.get("/v1/status")?;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        closed.load(Ordering::SeqCst) < SLOW,
+        "the slow connections were still open while the honest requests were answered"
+    );
+    wait_until(
+        SPREAD * 2,
+        "the head deadline to close every slow connection",
+        || (closed.load(Ordering::SeqCst) == open.load(Ordering::SeqCst)).then_some(()),
+    )?;
+    let timeouts = metric(&node, "dpin_http_head_timeouts_total").unwrap_or(0);
+    assert!(timeouts >= SLOW as u64, "{timeouts} head timeouts counted");
     Ok(())
 }

@@ -13,9 +13,37 @@
 //! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest |
 //! | GET | `/metrics` | counters in Prometheus text format |
 //!
-//! Bodies over [`MAX_BODY_BYTES`] get 413 before they are read in full.
+//! Bodies over [`MAX_BODY_BYTES`] get 413 before they are read in full. Every error, including
+//! an unknown path (404), a wrong method (405) and a rejected query string or body, has the JSON
+//! body (a response layer rewrites any error that is not JSON yet).
+//!
+//! # Who may call what
+//!
+//! * A publish carries a record signed by the zone's key: the signature is the authorisation,
+//!   so anyone who can reach the API may publish (the node verifies, never signs).
+//! * Reads (resolve, seq, offers, status, metrics, blob downloads) are public: the data is
+//!   public and replicated to every peer anyway.
+//! * A blob upload is signed by the *node's* key (the manifest), so it is an action of the node:
+//!   it is accepted only from loopback clients (403 otherwise). Run `dpin put` on the node's
+//!   machine (or container); an API bound beyond loopback still serves everything else.
+//!
+//! # Serving limits (slow clients and floods)
+//!
+//! [`BoundedListener`] caps connections ([`MAX_HTTP_CONNECTIONS`] in total,
+//! [`MAX_HTTP_CONNECTIONS_PER_IP`] per client address; more are closed at accept), and every
+//! connection must deliver a complete request head within [`REQUEST_HEAD_TIMEOUT`] of its start
+//! or of its previous response — a deadline for the whole head, so a trickle of bytes cannot
+//! hold a connection (slow loris), and idle keep-alive connections are closed too. At most
+//! [`MAX_CONCURRENT_UPLOADS`] blob uploads run at once (503 beyond). Counters: `dpin_http_*`.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
@@ -151,13 +179,20 @@ pub fn router(node: Node) -> Router {
         .route("/v1/blobs/{hash}", get(get_blob))
         .route("/v1/blobs/{hash}/info", get(blob_info))
         .route("/metrics", get(metrics))
+        .fallback(unknown_path)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(node)
 }
 
-/// Serves the API on `addr` until the process ends.
+/// Serves the API on `listener` until the process ends, within the connection caps and the
+/// request-head deadline ([`BoundedListener`]).
 pub async fn serve(node: Node, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(node)).await
+    axum::serve(
+        BoundedListener::new(listener),
+        router(node).into_make_service_with_connect_info::<Peer>(),
+    )
+    .await
 }
 
 /// Binds the API listener (separately, so bind errors are reported at start-up).
@@ -329,6 +364,7 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
 async fn metrics(State(node): State<Node>) -> String {
     let mut out = node.0.metrics.render();
     out.push_str(&node.0.health.render());
+    out.push_str(&http_stats().render());
     out.push_str(&crate::dns::stats().render());
     out
 }
@@ -382,13 +418,46 @@ fn parse_hash(raw: &str) -> Result<[u8; 32], ApiError> {
         })
 }
 
+/// Blob uploads running now (see [`MAX_CONCURRENT_UPLOADS`]).
+static UPLOAD_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_CONCURRENT_UPLOADS);
+
+/// Whether `addr` is a loopback address (IPv4-mapped IPv6 included).
+fn is_loopback(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    }
+}
+
 async fn put_blob(
     State(node): State<Node>,
+    axum::extract::ConnectInfo(Peer(peer)): axum::extract::ConnectInfo<Peer>,
     axum::extract::Query(q): axum::extract::Query<PutQuery>,
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
+    // The node signs the blob's manifest with its own key, so an upload is an action of the
+    // node, not of the caller: only local clients may ask for it (see the README).
+    if !is_loopback(peer.ip()) {
+        HTTP_STATS.uploads_forbidden.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "blob uploads are accepted from loopback clients only (the node signs them)",
+        ));
+    }
+    let Ok(_upload) = UPLOAD_SLOTS.try_acquire() else {
+        HTTP_STATS.uploads_busy.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{MAX_CONCURRENT_UPLOADS} uploads are running; retry later"),
+        ));
+    };
     let replicas = q.replicas.unwrap_or(3);
     if replicas == 0 || replicas > dpin_protocol::record::MAX_REPLICAS {
         return Err(ApiError::new(
@@ -520,4 +589,330 @@ async fn blob_info(
         "holders": list,
         "index": hex::encode(&index.hashes),
     })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving: bounded connections, request-head deadline, JSON errors
+
+/// Most HTTP connections open at once. Each costs a file descriptor, which the node shares
+/// with libp2p, DNS TCP and its store; beyond this, new connections are closed at accept.
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+/// Most HTTP connections open at once from one IP address, so one client cannot take every
+/// slot (CLI calls use one connection each; a busy local tool a handful).
+pub const MAX_HTTP_CONNECTIONS_PER_IP: usize = 64;
+/// Time a connection has to deliver a complete request head (up to the blank line), counted
+/// from the connection's start or the end of the previous response. It is a deadline for the
+/// whole head, not a per-read timeout, so a client trickling one byte at a time (slow loris)
+/// is closed when it runs out; it also closes idle keep-alive connections.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Blob uploads processed at once. Each buffers up to [`crate::blobs::MAX_BLOB_BYTES`] on disk
+/// and hashes and ships it; more are refused with 503 rather than queued.
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
+/// Longest original error text carried into a JSON error body.
+const MAX_ERROR_TEXT: usize = 4096;
+/// Pause after an accept error (e.g. out of file descriptors) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// HTTP connection counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connections accepted and served.
+    pub accepted: AtomicU64,
+    /// Connections closed at accept: over [`MAX_HTTP_CONNECTIONS`].
+    pub rejected_total_cap: AtomicU64,
+    /// Connections closed at accept: over [`MAX_HTTP_CONNECTIONS_PER_IP`].
+    pub rejected_per_ip_cap: AtomicU64,
+    /// Connections closed by [`REQUEST_HEAD_TIMEOUT`].
+    pub head_timeouts: AtomicU64,
+    /// Blob uploads refused because [`MAX_CONCURRENT_UPLOADS`] were running.
+    pub uploads_busy: AtomicU64,
+    /// Blob uploads refused because the client was not on loopback.
+    pub uploads_forbidden: AtomicU64,
+}
+
+static HTTP_STATS: HttpStats = HttpStats {
+    accepted: AtomicU64::new(0),
+    rejected_total_cap: AtomicU64::new(0),
+    rejected_per_ip_cap: AtomicU64::new(0),
+    head_timeouts: AtomicU64::new(0),
+    uploads_busy: AtomicU64::new(0),
+    uploads_forbidden: AtomicU64::new(0),
+};
+
+/// The process-wide HTTP counters (one API per process).
+pub fn http_stats() -> &'static HttpStats {
+    &HTTP_STATS
+}
+
+impl HttpStats {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let fields: [(&str, &AtomicU64); 6] = [
+            ("dpin_http_connections_total", &self.accepted),
+            (
+                "dpin_http_rejected_total{reason=\"total_cap\"}",
+                &self.rejected_total_cap,
+            ),
+            (
+                "dpin_http_rejected_total{reason=\"per_ip_cap\"}",
+                &self.rejected_per_ip_cap,
+            ),
+            ("dpin_http_head_timeouts_total", &self.head_timeouts),
+            (
+                "dpin_http_uploads_refused_total{reason=\"busy\"}",
+                &self.uploads_busy,
+            ),
+            (
+                "dpin_http_uploads_refused_total{reason=\"not_loopback\"}",
+                &self.uploads_forbidden,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, v) in fields {
+            out.push_str(&format!("{name} {}\n", v.load(Ordering::Relaxed)));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default)]
+struct ConnTable {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A TCP listener that enforces the connection caps and wraps each connection in
+/// [`GuardedIo`].
+pub struct BoundedListener {
+    inner: tokio::net::TcpListener,
+    table: Arc<Mutex<ConnTable>>,
+}
+
+impl BoundedListener {
+    /// Wraps a bound listener.
+    pub fn new(inner: tokio::net::TcpListener) -> Self {
+        Self {
+            inner,
+            table: Arc::new(Mutex::new(ConnTable::default())),
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Option<ConnSlot> {
+        let mut t = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.total >= MAX_HTTP_CONNECTIONS {
+            HTTP_STATS
+                .rejected_total_cap
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let n = t.per_ip.entry(ip).or_default();
+        if *n >= MAX_HTTP_CONNECTIONS_PER_IP {
+            HTTP_STATS
+                .rejected_per_ip_cap
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        t.total += 1;
+        HTTP_STATS.accepted.fetch_add(1, Ordering::Relaxed);
+        Some(ConnSlot {
+            table: self.table.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection's place in the caps; released when the connection is dropped.
+struct ConnSlot {
+    table: Arc<Mutex<ConnTable>>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.total = t.total.saturating_sub(1);
+        if let Some(n) = t.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = GuardedIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    // Over a cap: dropping the stream closes it at once.
+                    if let Some(slot) = self.admit(addr.ip()) {
+                        return (GuardedIo::new(stream, slot), addr);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The client's address, for handlers that depend on where a request comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// A connection with the request-head deadline (see [`REQUEST_HEAD_TIMEOUT`]).
+pub struct GuardedIo {
+    stream: tokio::net::TcpStream,
+    _slot: ConnSlot,
+    /// Whether a request head is being waited for (the deadline runs).
+    awaiting_head: bool,
+    /// The last four bytes of the head read so far, to find its end (`\r\n\r\n`).
+    window: u32,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl GuardedIo {
+    fn new(stream: tokio::net::TcpStream, slot: ConnSlot) -> Self {
+        Self {
+            stream,
+            _slot: slot,
+            awaiting_head: true,
+            window: 0,
+            deadline: Box::pin(tokio::time::sleep(REQUEST_HEAD_TIMEOUT)),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for GuardedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.awaiting_head && this.deadline.as_mut().poll(cx).is_ready() {
+            HTTP_STATS.head_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request head not complete in time",
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if this.awaiting_head {
+            for &b in &buf.filled()[before..] {
+                this.window = (this.window << 8) | u32::from(b);
+                if this.window == u32::from_be_bytes(*b"\r\n\r\n") {
+                    // The head is complete; the body is bounded by the handlers' limits.
+                    this.awaiting_head = false;
+                    break;
+                }
+            }
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for GuardedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.stream).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            // A response is going out: the next request head is due within the timeout of the
+            // last byte written (a long download keeps pushing the deadline out).
+            this.awaiting_head = true;
+            this.window = 0;
+            let at = tokio::time::Instant::now() + REQUEST_HEAD_TIMEOUT;
+            this.deadline.as_mut().reset(at);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Turns every error response that is not JSON yet (unknown path, wrong method, extractor
+/// rejections such as a bad query string) into the `{"error", "message"}` shape of SPEC §5,
+/// keeping the status and headers (e.g. `Allow` on 405).
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut out = ApiError::new(status, kind, message).into_response();
+    for (k, v) in &parts.headers {
+        out.headers_mut().entry(k).or_insert_with(|| v.clone());
+    }
+    out
+}
+
+async fn unknown_path(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {}", uri.path()),
+    )
 }
