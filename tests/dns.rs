@@ -163,12 +163,13 @@ fn a_aaaa_srv_nxdomain_refused_aliases_and_case_over_udp_and_tcp() -> Result<()>
         })
         .collect();
     srv.sort();
+    // Loopback endpoints are not probed by default, so their health is unknown: priority 5.
     assert_eq!(
         srv,
         vec![
-            (0, 1, 8080, "7f000001.addr.dpin.".to_owned()),
-            (0, 1, 9090, format!("{}1.addr.dpin.", "0".repeat(31))),
-            (0, 5, 8081, "7f000002.addr.dpin.".to_owned()),
+            (5, 1, 8080, "7f000001.addr.dpin.".to_owned()),
+            (5, 1, 9090, format!("{}1.addr.dpin.", "0".repeat(31))),
+            (5, 5, 8081, "7f000002.addr.dpin.".to_owned()),
         ]
     );
     assert_eq!(m.additionals().len(), 3, "target addresses as glue");
@@ -512,5 +513,87 @@ fn dns_answers_follow_endpoint_health_and_fail_open() -> Result<()> {
         RecordType::A,
         &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
     )?;
+    Ok(())
+}
+
+/// Queries sent from `src` in one burst: (full answers, truncated answers) received back.
+fn udp_burst(src: &str, dns: SocketAddr, name: &str, n: u16) -> Result<(usize, usize)> {
+    let sock = UdpSocket::bind((src, 0))?;
+    for id in 0..n {
+        let mut m = Message::new();
+        m.set_id(id).set_recursion_desired(false);
+        m.add_query(Query::query(Name::from_str(name)?, RecordType::A));
+        sock.send_to(&m.to_vec()?, dns)?;
+    }
+    // Collect until the node has been quiet for a while (the answers are already queued).
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = [0u8; 2048];
+    while let Ok(len) = sock.recv(&mut buf) {
+        let m = Message::from_vec(&buf[..len])?;
+        if m.truncated() && m.answers().is_empty() {
+            truncated += 1;
+        } else {
+            full += 1;
+        }
+    }
+    Ok((full, truncated))
+}
+
+/// A counter from `/metrics`.
+fn dns_metric(node: &NodeProc, series: &str) -> Result<u64> {
+    let mut s = TcpStream::connect(&node.api)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .ok_or_else(|| anyhow!("{series} missing from /metrics"))
+}
+
+/// Response rate limiting: a burst from one source prefix gets at most the rate's worth of full
+/// answers, the rest dropped or slipped as empty TC answers (counted); a source in another
+/// prefix is answered in full meanwhile; with RRL off (`--dns-rrl-rate 0`) the burst is
+/// answered in full. 127.0.0.1 itself is exempt (see the README), so the bursts come from
+/// other loopback addresses.
+#[test]
+fn a_udp_burst_from_one_prefix_is_rate_limited_and_other_prefixes_are_not() -> Result<()> {
+    const BURST: u16 = 200;
+    let dir = tempfile::tempdir()?;
+    let node = dns_node(dir.path(), &["--dns-rrl-rate", "20", "--dns-rrl-slip", "2"])?;
+    let addr = dns_addr(&node)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    publish(&key, &node.api, "svc", &["127.0.0.9:80", "--ttl", "1h"])?;
+    let name = format!("svc.{zone}.dpin.");
+    wait_ips(addr, &name, RecordType::A, &["127.0.0.9"])?;
+
+    let (full, truncated) = udp_burst("127.0.1.1", addr, &name, BURST)?;
+    eprintln!("RRL on (20/s, slip 2): {BURST} queries -> {full} full, {truncated} TC answers");
+    assert!(full < usize::from(BURST) / 2, "{full} full answers");
+    assert!(truncated > 0, "slip sends TC answers");
+    assert!(dns_metric(&node, "dpin_dns_rrl_dropped_total")? > 0);
+    assert!(dns_metric(&node, "dpin_dns_rrl_slipped_total")? > 0);
+    // Another /24 is not affected by the first one's limit.
+    let (other_full, other_tc) = udp_burst("127.0.2.1", addr, &name, 1)?;
+    assert_eq!((other_full, other_tc), (1, 0));
+
+    // The same burst with RRL off: every query that arrives is answered in full.
+    let off = NodeProc::start(
+        bin(),
+        &dir.path().join("off"),
+        &[],
+        &["--dns", "127.0.0.1:0", "--dns-rrl-rate", "0"],
+    )?;
+    let off_addr = dns_addr(&off)?;
+    publish(&key, &off.api, "svc", &["127.0.0.9:80", "--ttl", "1h"])?;
+    wait_ips(off_addr, &name, RecordType::A, &["127.0.0.9"])?;
+    let (full_off, tc_off) = udp_burst("127.0.1.1", off_addr, &name, BURST)?;
+    eprintln!("RRL off: {BURST} queries -> {full_off} full, {tc_off} TC answers");
+    assert_eq!(tc_off, 0);
+    assert_eq!(dns_metric(&off, "dpin_dns_rrl_dropped_total")?, 0);
     Ok(())
 }

@@ -258,6 +258,12 @@ struct NodeArgs {
     /// File of aliases, one `NAME ZONE` or `NAME=ZONE` per line (`#` comments).
     #[arg(long)]
     aliases: Option<PathBuf>,
+    /// DNS responses per second per source prefix (/24, /56) over UDP; 0 turns rate limiting off.
+    #[arg(long, default_value_t = crate::dns::DEFAULT_RRL_RATE)]
+    dns_rrl_rate: u32,
+    /// Every Nth rate-limited DNS query gets an empty truncated answer (retry over TCP); 0: none.
+    #[arg(long, default_value_t = crate::dns::DEFAULT_RRL_SLIP)]
+    dns_rrl_slip: u32,
     /// Target time between health probes of one endpoint, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     probe_interval_ms: u64,
@@ -579,6 +585,10 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             crate::dns::DnsConfig {
                 addr: dns_addr,
                 aliases,
+                rrl: crate::dns::RrlConfig {
+                    rate: args.dns_rrl_rate,
+                    slip: args.dns_rrl_slip,
+                },
             },
         )
         .await

@@ -33,7 +33,9 @@
 //!   in 1232 bytes, with `HEX.addr.dpin.` 18. The addresses of literal targets ride along in the
 //!   additional section (RFC 2782), which saves clients a second query. The label `addr` is
 //!   therefore reserved and cannot be an alias.
-//! * `ANY` at a name is answered with its `A` and `AAAA` records (RFC 8482 allows a subset).
+//! * `ANY` at a name that exists is answered with one synthesized `HINFO "RFC8482" ""` record
+//!   (RFC 8482 §4.2): ANY is the classic amplification query, and a name with 64 endpoints would
+//!   otherwise answer ~1.2 KB to an ~80-byte question.
 //! * NXDOMAIN for names the node does not hold live (unknown, tombstoned, expired, or malformed
 //!   labels); NOERROR with no answers (NODATA) when the name exists but not with that type.
 //!   Both carry the `dpin.` SOA in the authority section so resolvers cache the negative answer,
@@ -78,10 +80,23 @@
 //!   and scheduling gaps queue instead of being dropped by the kernel. Garbage (shorter than a
 //!   header, responses, oversized datagrams) is dropped and counted; a parseable header with a
 //!   broken body gets FORMERR.
-//! * TCP (RFC 7766): at most [`MAX_TCP_CONNECTIONS`] connections (further ones are accepted and
-//!   closed at once, counted), [`TCP_IDLE_TIMEOUT`] between queries, [`TCP_IO_TIMEOUT`] to
-//!   finish reading a started query or writing a response; queries on one connection are
-//!   answered in order. A connection that sends garbage is closed.
+//! * UDP response rate limiting ([`RrlConfig`], on by default): each source prefix (/24 for
+//!   IPv4, /56 for IPv6, so one host cannot dodge it by changing its low address bits) gets a
+//!   token bucket of `rate` responses per second (burst: one second's worth). A query over the
+//!   limit is dropped, except every `slip`-th one, which gets an empty truncated (TC) answer:
+//!   a real client whose address is being spoofed by a flood retries over TCP and is served,
+//!   while the flood's victim receives at most `rate` answers per second plus small TC packets
+//!   instead of full answers. Counted as `rrl_dropped` and `rrl_slipped`. Queries from
+//!   127.0.0.1 and ::1 (the host's own clients, which cannot be spoofed from the network) are
+//!   exempt.
+//! * TCP (RFC 7766): at most [`MAX_TCP_CONNECTIONS`] connections in total and
+//!   [`MAX_TCP_CONNECTIONS_PER_IP`] per client address (further ones are accepted and closed at
+//!   once, counted), so one client holding connections cannot block every other client's TCP
+//!   fallback. Each query must arrive whole (length and message) within [`TCP_IDLE_TIMEOUT`] of
+//!   the connection's start or the previous response — one deadline for the whole message, so a
+//!   trickle of bytes cannot hold a connection open — and a response must be written within
+//!   [`TCP_IO_TIMEOUT`]; queries on one connection are answered in order. A connection that
+//!   sends garbage is closed.
 //! * Everything is counted in [`stats`] (see [`DnsStats::render`] for Prometheus text).
 
 use std::collections::{BTreeMap, HashMap};
@@ -95,7 +110,7 @@ use std::time::Duration;
 use dpin_protocol::{Host, Transport, ZoneId};
 use hickory_proto::op::message::emit_message_parts;
 use hickory_proto::op::{Edns, Header, LowerQuery, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, HINFO, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_proto::ProtoError;
@@ -119,9 +134,25 @@ pub const MAX_TTL_SECS: u32 = 60;
 pub const NEGATIVE_TTL_SECS: u32 = 5;
 /// Most concurrent TCP connections; more are closed at once.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
-/// A TCP connection idle for this long between queries is closed (RFC 7766 §6.2.3).
+/// Most concurrent TCP connections from one IP address: a resolver needs a few for its TCP
+/// fallback; one client must not take all [`MAX_TCP_CONNECTIONS`].
+pub const MAX_TCP_CONNECTIONS_PER_IP: usize = 8;
+/// A TCP connection must deliver each whole query (length and message) within this time of its
+/// start or of the previous response, else it is closed (RFC 7766 §6.2.3 idle timeout; one
+/// deadline per message, so trickled bytes do not extend it).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time to finish reading a started TCP query or writing a response.
+/// Default responses per second per source prefix (`--dns-rrl-rate`): far above what one
+/// resolver or host asks of one authoritative server for a handful of names, far below what
+/// makes a useful reflector.
+pub const DEFAULT_RRL_RATE: u32 = 20;
+/// Default slip (`--dns-rrl-slip`): every 2nd limited query gets a TC answer (BIND's default),
+/// so a spoofed victim's real queries still get through over TCP.
+pub const DEFAULT_RRL_SLIP: u32 = 2;
+/// Most source prefixes tracked by RRL: bounds its memory under a flood from spoofed sources.
+/// When full, prefixes whose bucket has refilled are forgotten; if none has, new prefixes are
+/// limited until some do.
+pub const MAX_RRL_PREFIXES: usize = 65_536;
+/// Time to finish writing a response (a client that does not read is closed).
 pub const TCP_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest query accepted. Real queries are tens of bytes; EDNS padding stays far below this.
 pub const MAX_QUERY_BYTES: usize = 4096;
@@ -144,6 +175,135 @@ pub struct DnsConfig {
     pub addr: SocketAddr,
     /// Alias → zone.
     pub aliases: BTreeMap<String, ZoneId>,
+    /// UDP response rate limiting.
+    pub rrl: RrlConfig,
+}
+
+/// UDP response rate limiting settings (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RrlConfig {
+    /// Responses per second per source prefix; 0 turns RRL off.
+    pub rate: u32,
+    /// Every `slip`-th limited query gets a TC answer; 0 never sends one (all are dropped).
+    pub slip: u32,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        Self {
+            rate: DEFAULT_RRL_RATE,
+            slip: DEFAULT_RRL_SLIP,
+        }
+    }
+}
+
+/// What RRL decides for one query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RrlVerdict {
+    /// Answer normally.
+    Answer,
+    /// Answer with an empty TC response (the client should retry over TCP).
+    Slip,
+    /// Send nothing.
+    Drop,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+    limited: u64,
+}
+
+/// Per-prefix token buckets (UDP response rate limiting).
+#[derive(Debug)]
+pub struct Rrl {
+    config: RrlConfig,
+    buckets: std::sync::Mutex<HashMap<u128, Bucket>>,
+}
+
+/// The source prefix a query is accounted to: /24 for IPv4 (mapped IPv6 included), /56 for
+/// IPv6.
+fn rrl_prefix(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(a) => u128::from(u32::from(a) & 0xffff_ff00),
+        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => u128::from(u32::from(v4) & 0xffff_ff00),
+            // Tagged so an IPv6 prefix never equals an IPv4 one.
+            None => (u128::from(a) & !((1u128 << 72) - 1)) | 1,
+        },
+    }
+}
+
+/// 127.0.0.1 and ::1: the host's own clients (a local stub resolver forwarding every lookup of
+/// the machine, monitoring, benchmarks). They cannot be spoofed from the network, so limiting
+/// them protects nobody; other loopback addresses are limited like any source.
+fn is_host_itself(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => a == Ipv4Addr::LOCALHOST,
+        std::net::IpAddr::V6(a) => {
+            a == Ipv6Addr::LOCALHOST || a.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST)
+        }
+    }
+}
+
+impl Rrl {
+    /// Rate limiter with `config`.
+    pub fn new(config: RrlConfig) -> Self {
+        Self {
+            config,
+            buckets: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decides for one query from `src` at `now`.
+    pub fn check(&self, src: std::net::IpAddr, now: std::time::Instant) -> RrlVerdict {
+        if self.config.rate == 0 || is_host_itself(src) {
+            return RrlVerdict::Answer;
+        }
+        let rate = f64::from(self.config.rate);
+        let mut map = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = rrl_prefix(src);
+        if !map.contains_key(&key) && map.len() >= MAX_RRL_PREFIXES {
+            // Forget prefixes whose bucket has refilled (idle for a second or more).
+            map.retain(|_, b| now.duration_since(b.last) < Duration::from_secs(1));
+        }
+        let full = map.len() >= MAX_RRL_PREFIXES;
+        let b = match map.get_mut(&key) {
+            Some(b) => b,
+            None if full => return self.limited(None),
+            None => map.entry(key).or_insert(Bucket {
+                tokens: rate,
+                last: now,
+                limited: 0,
+            }),
+        };
+        let elapsed = now.duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(rate);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return RrlVerdict::Answer;
+        }
+        b.limited += 1;
+        let n = b.limited;
+        self.limited(Some(n))
+    }
+
+    fn limited(&self, n: Option<u64>) -> RrlVerdict {
+        let slip = u64::from(self.config.slip);
+        let st = stats();
+        if slip > 0 && n.is_some_and(|n| n % slip == 0) {
+            inc(&st.rrl_slipped);
+            RrlVerdict::Slip
+        } else {
+            inc(&st.rrl_dropped);
+            RrlVerdict::Drop
+        }
+    }
 }
 
 /// DNS start-up errors.
@@ -216,6 +376,13 @@ pub struct DnsStats {
     pub dropped_oversized: AtomicU64,
     /// Socket errors (receive, send, accept).
     pub io_errors: AtomicU64,
+    /// UDP queries dropped by response rate limiting.
+    pub rrl_dropped: AtomicU64,
+    /// UDP queries answered with an empty TC answer by response rate limiting (slip).
+    pub rrl_slipped: AtomicU64,
+    /// TCP connections closed at once because [`MAX_TCP_CONNECTIONS_PER_IP`] were open from
+    /// the same address.
+    pub tcp_rejected_per_ip: AtomicU64,
 }
 
 impl DnsStats {
@@ -239,10 +406,13 @@ impl DnsStats {
             dropped_responses: AtomicU64::new(0),
             dropped_oversized: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),
+            rrl_dropped: AtomicU64::new(0),
+            rrl_slipped: AtomicU64::new(0),
+            tcp_rejected_per_ip: AtomicU64::new(0),
         }
     }
 
-    fn fields(&self) -> [(&'static str, &AtomicU64); 18] {
+    fn fields(&self) -> [(&'static str, &AtomicU64); 21] {
         [
             ("udp_queries", &self.udp_queries),
             ("tcp_queries", &self.tcp_queries),
@@ -262,6 +432,9 @@ impl DnsStats {
             ("dropped_responses", &self.dropped_responses),
             ("dropped_oversized", &self.dropped_oversized),
             ("io_errors", &self.io_errors),
+            ("rrl_dropped", &self.rrl_dropped),
+            ("rrl_slipped", &self.rrl_slipped),
+            ("tcp_rejected_per_ip", &self.tcp_rejected_per_ip),
         ]
     }
 
@@ -502,7 +675,12 @@ impl<S: Source> Responder<S> {
                 } else if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
                     Resolution::refused()
                 } else {
-                    self.resolve(q.name(), q.original().name(), q.query_type(), now_ms)
+                    let res = self.resolve(q.name(), q.original().name(), q.query_type(), now_ms);
+                    if q.query_type() == RecordType::ANY {
+                        minimal_any(res, q.original().name())
+                    } else {
+                        res
+                    }
                 }
             }
             _ => Resolution {
@@ -518,6 +696,34 @@ impl<S: Source> Responder<S> {
             Proto::Udp => UDP_LEGACY_LIMIT,
         };
         Some(self.encode(&request, res, limit))
+    }
+
+    /// The slip answer to a rate-limited query: its question, no records, TC set, so a real
+    /// client retries over TCP. `None` for packets that get no answer at all.
+    pub fn slip(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        if packet.len() > MAX_QUERY_BYTES {
+            return None;
+        }
+        let request = MessageRequest::read(&mut BinDecoder::new(packet)).ok()?;
+        if request.message_type() == MessageType::Response {
+            return None;
+        }
+        let mut h = Header::response_from_request(request.header());
+        h.set_truncated(true);
+        let mut buf = Vec::with_capacity(64);
+        let none: [Record; 0] = [];
+        emit_message_parts(
+            &h,
+            &mut request.queries().iter().map(LowerQuery::original),
+            &mut none.iter(),
+            &mut none.iter(),
+            &mut none.iter(),
+            None,
+            &[],
+            &mut BinEncoder::new(&mut buf),
+        )
+        .ok()?;
+        Some(buf)
     }
 
     /// A bare error response (header only, no question) for a request whose body is unusable.
@@ -684,6 +890,24 @@ impl<S: Source> Responder<S> {
     }
 }
 
+/// RFC 8482 §4.2: an ANY query at a name with data gets one synthesized HINFO record
+/// instead of everything (see the module docs); negative answers are unchanged.
+fn minimal_any(res: Resolution, owner: &Name) -> Resolution {
+    let Some(ttl) = res.answers.first().map(Record::ttl) else {
+        return res;
+    };
+    let hinfo = Record::from_rdata(
+        owner.clone(),
+        ttl,
+        RData::HINFO(HINFO::new("RFC8482".to_owned(), String::new())),
+    );
+    Resolution {
+        answers: vec![hinfo],
+        additionals: Vec::new(),
+        ..res
+    }
+}
+
 /// A header-only response: the smallest valid answer, which cannot fail to encode.
 fn bare_response(req: &Header, rcode: ResponseCode) -> Vec<u8> {
     let mut h = Header::response_from_request(req);
@@ -819,17 +1043,19 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
     };
     let addr = udp.local_addr().map_err(|e| bind_err("udp", e))?;
     let responder = Arc::new(Responder::new(node, &config.aliases));
+    let rrl = Arc::new(Rrl::new(config.rrl));
     let workers = udp_workers();
     for i in 0..workers {
         let sock = udp.try_clone().map_err(|e| bind_err("udp", e))?;
         let responder = responder.clone();
+        let rrl = rrl.clone();
         std::thread::Builder::new()
             .name(format!("dpin-dns-udp-{i}"))
-            .spawn(move || serve_udp(&sock, &responder))
+            .spawn(move || serve_udp(&sock, &responder, &rrl))
             .map_err(|e| bind_err("udp", e))?;
     }
     tokio::spawn(serve_tcp(tcp, responder));
-    tracing::info!(%addr, workers, "DNS serving on UDP and TCP");
+    tracing::info!(%addr, workers, rrl_rate = config.rrl.rate, rrl_slip = config.rrl.slip, "DNS serving on UDP and TCP");
     Ok(addr)
 }
 
@@ -886,7 +1112,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// One UDP worker: receive, answer, send, in a loop on a blocking socket. Never returns.
-fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>) {
+fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, rrl: &Rrl) {
     let st = stats();
     // Room for any datagram, so an oversized one is seen whole and counted, not cut short.
     let mut buf = vec![0u8; 65_536];
@@ -909,7 +1135,12 @@ fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>) {
             continue;
         }
         let Some(packet) = buf.get(..n) else { continue };
-        if let Some(resp) = responder.respond(packet, Proto::Udp, crate::node::now_ms()) {
+        let resp = match rrl.check(src.ip(), std::time::Instant::now()) {
+            RrlVerdict::Answer => responder.respond(packet, Proto::Udp, crate::node::now_ms()),
+            RrlVerdict::Slip => responder.slip(packet),
+            RrlVerdict::Drop => None,
+        };
+        if let Some(resp) = resp {
             if let Err(e) = sock.send_to(&resp, src) {
                 inc(&st.io_errors);
                 tracing::debug!(%e, %src, "DNS UDP send failed");
@@ -921,6 +1152,7 @@ fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>) {
 async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>>) {
     let st = stats();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(v) => v,
@@ -937,11 +1169,34 @@ async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>
             drop(stream);
             continue;
         };
+        let ip = peer.ip();
+        {
+            let mut m = per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = m.entry(ip).or_default();
+            if *n >= MAX_TCP_CONNECTIONS_PER_IP {
+                inc(&st.tcp_rejected_per_ip);
+                drop(stream);
+                continue;
+            }
+            *n += 1;
+        }
         inc(&st.tcp_connections);
         let responder = responder.clone();
+        let per_ip = per_ip.clone();
         tokio::spawn(async move {
             serve_tcp_conn(stream, &responder).await;
             tracing::trace!(%peer, "DNS TCP connection closed");
+            let mut m = per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = m.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
             drop(permit);
         });
     }
@@ -951,8 +1206,10 @@ async fn serve_tcp_conn<S: Source>(mut stream: TcpStream, responder: &Responder<
     let st = stats();
     let _ = stream.set_nodelay(true);
     loop {
+        // One deadline for the whole next query: trickled bytes cannot extend it.
+        let deadline = tokio::time::Instant::now() + TCP_IDLE_TIMEOUT;
         let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut len)).await {
+        match tokio::time::timeout_at(deadline, stream.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return, // closed by the client
             Err(_) => {
@@ -961,7 +1218,7 @@ async fn serve_tcp_conn<S: Source>(mut stream: TcpStream, responder: &Responder<
             }
         }
         let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        match tokio::time::timeout(TCP_IO_TIMEOUT, stream.read_exact(&mut msg)).await {
+        match tokio::time::timeout_at(deadline, stream.read_exact(&mut msg)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
                 inc(&st.dropped_malformed);
@@ -1558,5 +1815,82 @@ mod tests {
         let other = ZoneKey::from_seed([8; 32]).zone();
         assert!(load_aliases(None, &[format!("shop={z}"), format!("shop={other}")]).is_err());
         assert!(load_aliases(Some(&dir.path().join("missing")), &[]).is_err());
+    }
+
+    #[test]
+    fn any_is_answered_with_one_small_hinfo_record() {
+        let r = responder(vec![web()]);
+        let m = ask(
+            &r,
+            &format!("web.{}.dpin.", zone()),
+            RecordType::ANY,
+            Proto::Udp,
+        );
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert_eq!(m.answers().len(), 1);
+        assert!(matches!(m.answers()[0].data(), RData::HINFO(_)));
+        assert!(m.additionals().is_empty());
+        let m = ask(
+            &r,
+            &format!("nope.{}.dpin.", zone()),
+            RecordType::ANY,
+            Proto::Udp,
+        );
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn slip_answers_echo_the_question_with_tc_and_no_records() {
+        let r = responder(vec![web()]);
+        let name = format!("web.{}.dpin.", zone());
+        let bytes = r
+            .slip(&query(&name, RecordType::A, None))
+            .expect("a slip answer");
+        let m = Message::from_vec(&bytes).expect("decodable");
+        assert!(m.truncated());
+        assert_eq!(m.id(), 4242);
+        assert_eq!(m.queries().len(), 1);
+        assert!(m.answers().is_empty());
+        assert!(r.slip(&[0u8; 5]).is_none(), "garbage gets nothing");
+    }
+
+    #[test]
+    fn rrl_limits_one_prefix_slips_every_nth_and_leaves_other_prefixes_alone() {
+        let rrl = Rrl::new(RrlConfig { rate: 5, slip: 2 });
+        let now = std::time::Instant::now();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let verdicts: Vec<RrlVerdict> = (0..11).map(|_| rrl.check(ip("192.0.2.7"), now)).collect();
+        assert!(verdicts[..5].iter().all(|v| *v == RrlVerdict::Answer));
+        assert_eq!(
+            verdicts[5..],
+            [
+                RrlVerdict::Drop,
+                RrlVerdict::Slip,
+                RrlVerdict::Drop,
+                RrlVerdict::Slip,
+                RrlVerdict::Drop,
+                RrlVerdict::Slip
+            ]
+        );
+        // Same /24: limited too. Another /24 and another /56: unaffected.
+        assert_ne!(rrl.check(ip("192.0.2.200"), now), RrlVerdict::Answer);
+        assert_eq!(rrl.check(ip("192.0.3.7"), now), RrlVerdict::Answer);
+        assert_eq!(rrl.check(ip("2001:db8:0:100::1"), now), RrlVerdict::Answer);
+        for _ in 0..5 {
+            rrl.check(ip("2001:db8:0:1::1"), now);
+        }
+        assert_ne!(
+            rrl.check(ip("2001:db8:0:ff::2"), now),
+            RrlVerdict::Answer,
+            "same /56"
+        );
+        // Tokens come back with time.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(rrl.check(ip("192.0.2.7"), later), RrlVerdict::Answer);
+        // The host itself is exempt.
+        assert!((0..100).all(|_| rrl.check(ip("127.0.0.1"), now) == RrlVerdict::Answer));
+        // Rate 0 is off.
+        let off = Rrl::new(RrlConfig { rate: 0, slip: 2 });
+        assert!((0..100).all(|_| off.check(ip("192.0.2.7"), now) == RrlVerdict::Answer));
     }
 }
