@@ -756,3 +756,71 @@ fn a_clean_up_of_plan_a_must_not_delete_a_later_write_whatever_its_seq() {
     assert!(f.race.stale_held_after_heal >= 1, "{:?}", f.race);
     assert!(!f.invariants_hold());
 }
+
+#[test]
+fn a_clean_up_applied_where_a_later_write_was_acknowledged_is_stale_applied() {
+    // The clean-up of plan A (time-numbered, seq 1001) taken by node 1, which had acknowledged
+    // B's later one-step write (seq 6): the name is deleted over a newer write.
+    let mut h = plan_versus_later_one_step(content(6), 6);
+    h.ops.push(Op {
+        race: Some(1),
+        proto: Proto::Cli,
+        content: Some(TOMBSTONE.to_owned()),
+        ..op(
+            OpKind::Cleanup,
+            1,
+            20_300.0,
+            20_350.0,
+            OpOutcome::Applied,
+            Some(1001),
+        )
+    });
+    let f = run(&h);
+    assert_eq!(f.writes.stale_applied, 1, "{:?}", f.examples);
+    assert!(!f.invariants_hold());
+}
+
+#[test]
+fn not_found_after_an_acknowledged_deletion_is_not_empty() {
+    let mut h = clean_history();
+    h.ops.push(Op {
+        content: Some(TOMBSTONE.to_owned()),
+        ..op(
+            OpKind::Write,
+            1,
+            40_000.0,
+            40_010.0,
+            OpOutcome::Applied,
+            Some(3),
+        )
+    });
+    // A lagging node shows a write acknowledged after the deletion only at one node...
+    h.ops.push(write(3, 41_000.0, 41_010.0, 4));
+    // ...and node 1 answers "not found" 300 ms later: the deletion is what it knows.
+    h.ops.push(read(9, 1, 41_300.0, OpOutcome::NotFound, None));
+    h.ops.retain(|o| o.kind != OpKind::FinalRead);
+    for n in NODES {
+        h.ops.push(final_read(n, 4));
+    }
+    let f = run(&h);
+    assert_eq!(f.queries.empty, 0, "{:?}", f.examples);
+}
+
+#[test]
+fn a_node_whose_clock_was_set_right_gets_the_staleness_bound_to_recover_and_no_more() {
+    let mut h = expiring_history();
+    h.ops[0].expires_ms = Some(60_000.0);
+    h.faults.push(FaultSpan {
+        kind: FaultKind::Skew,
+        node: 2,
+        start_ms: 2_000.0,
+        end_ms: 12_000.0,
+        offset_ms: Some(600_000),
+    });
+    // 3 s after the clock was set right: recovering. 20 s after: empty.
+    h.ops.push(read(2, 2, 15_000.0, OpOutcome::NotFound, None));
+    h.ops.push(read(3, 2, 32_000.0, OpOutcome::NotFound, None));
+    let f = run(&h);
+    assert_eq!(f.queries.expired_by_skew, 1);
+    assert_eq!(f.queries.empty, 1);
+}

@@ -21,13 +21,14 @@
 //!   op of the name that ended before t is not a tombstone and has not expired *by node k's
 //!   clock*: its expiry (a lower bound, see [`Op::expires_ms`]) minus `expiry_margin_ms` lies
 //!   after t plus the node's clock offset (positive clock-skew spans overlapping the read,
-//!   widened by [`SKEW_SETTLE_MS`] because a new offset takes up to a second to apply). A node
-//!   whose clock runs ahead sees records expire early; it cannot know better, so such answers
-//!   are counted apart (`expired_by_skew`), not as empty.
+//!   widened by [`SKEW_SETTLE_MS`] because a new offset takes up to a second to apply, and after
+//!   the span by `stale_bound_ms` more for the node to get back the bodies it dropped by its
+//!   wrong clock). A node whose clock runs ahead sees records expire early; it cannot know
+//!   better, so such answers are counted apart (`expired_by_skew`), not as empty.
 //! * **queries.empty** — answers without an endpoint (404, NXDOMAIN, an empty endpoint list)
 //!   at a node where the name is live, when the node could have known it: some acknowledged,
-//!   still-live record of the name ended more than `stale_bound_ms` before the read, or the same
-//!   node had already shown a still-live record of it. Names whose records expired are not
+//!   still-live record of the name (not deleted since by an acknowledged tombstone) ended more
+//!   than `stale_bound_ms` before the read, or the same node had already shown such a record. Names whose records expired are not
 //!   empty: they are gone by design.
 //! * **queries.stale** — answers whose seq is lower than the highest seq acknowledged more than
 //!   `stale_bound_ms` before the read started. Reported, not fatal: a partitioned node is
@@ -46,7 +47,9 @@
 //! * **writes.refused_stale** — the race's stale writes and clean-up tombstones that were
 //!   refused (stale, conflict or compare-and-set mismatch), as a node that holds something
 //!   newer must. **stale_applied** — such a write *applied* by a node that had already shown a
-//!   higher seq of the name before the write started: the apply-time check failed; fatal. (A
+//!   higher seq of the name before the write started (the apply-time check failed), or — for a
+//!   plan or the clean-up of plan A — applied by a node that had acknowledged or shown a write
+//!   started after plan A was signed (the seed's race, whatever the seqs); fatal. (A
 //!   lagging or partitioned node may take a stale write; that is `race.stale_enacted`, and it
 //!   must not survive the heal.)
 //! * **writes.lost** — acknowledged [`OpKind::Write`]s that are absent, or superseded by a
@@ -299,15 +302,18 @@ fn faulted_between(faults: &[FaultSpan], node: usize, from: f64, to: f64) -> boo
 }
 
 /// How far ahead of real time node `node`'s clock may have been during `[from, to]`, ms
-/// (0 if never ahead). Spans are widened by [`SKEW_SETTLE_MS`].
-fn clock_ahead(faults: &[FaultSpan], node: usize, from: f64, to: f64) -> f64 {
+/// (0 if never ahead). Spans are widened by [`SKEW_SETTLE_MS`] at the start, and at the end
+/// also by `recovery_ms`: a node whose clock ran ahead dropped bodies by its wrong clock, and
+/// once the clock is right it gets them back from its peers or the next write — it is given
+/// the same bound as propagation.
+fn clock_ahead(faults: &[FaultSpan], node: usize, from: f64, to: f64, recovery_ms: f64) -> f64 {
     faults
         .iter()
         .filter(|f| {
             f.kind == FaultKind::Skew
                 && f.node == node
                 && f.start_ms - SKEW_SETTLE_MS <= to
-                && f.end_ms + SKEW_SETTLE_MS >= from
+                && f.end_ms + SKEW_SETTLE_MS + recovery_ms >= from
         })
         .filter_map(|f| f.offset_ms)
         .map(|o| o as f64)
@@ -488,6 +494,55 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         seen.push((op.end_ms, seq));
     }
 
+    // When each round's first plan (plan A) was signed: a write started after that is newer
+    // than plan A in the seed's sense, whatever seq it got.
+    let mut plan_a_signed: BTreeMap<u64, f64> = BTreeMap::new();
+    for op in &history.ops {
+        if let (OpKind::Sign, OpOutcome::Planned, Some(r)) = (op.kind, op.outcome, op.race) {
+            let e = plan_a_signed.entry(r).or_insert(op.end_ms);
+            *e = e.min(op.end_ms);
+        }
+    }
+    // Whether a stale-role op enacts a plan (its seq and content are a `dpin sign` of its
+    // round) or is the clean-up of plan A: then writes started after plan A was signed are
+    // newer than it, whatever their seq.
+    let from_plan = |op: &Op| -> bool {
+        op.kind == OpKind::Cleanup
+            || history.ops.iter().any(|s| {
+                s.kind == OpKind::Sign
+                    && s.race.is_some()
+                    && s.race == op.race
+                    && s.seq == op.seq
+                    && s.content == op.content
+            })
+    };
+    // Acknowledged non-tombstone writes of `op`'s name started after its round's plan A was
+    // signed (none unless `op` comes from a plan).
+    let later_writes = |op: &Op| -> Vec<&Op> {
+        let Some(&t) = op.race.and_then(|r| plan_a_signed.get(&r)) else {
+            return Vec::new();
+        };
+        if !from_plan(op) {
+            return Vec::new();
+        }
+        acked
+            .get(op.name.as_str())
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|w| {
+                        // B's and the writers' writes; A's own stale writes do not count.
+                        w.kind == OpKind::Write
+                            && w.start_ms >= t
+                            && !is_tombstone(w)
+                            && w.seq != op.seq
+                            && w.content != op.content
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
     // Writes.
     for op in &history.ops {
         match op.kind {
@@ -508,15 +563,38 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
                             .map(|&(_, s)| s)
                             .max()
                     });
-                    if let Some(held) = newer.filter(|_| o != OpOutcome::Duplicate) {
-                        f.writes.stale_applied += 1;
-                        f.example(
-                            "stale_applied",
-                            format!(
-                                "{} although that node had shown seq {held} before",
-                                describe(op)
-                            ),
-                        );
+                    // Or, for a plan or the clean-up, over a write started after plan A was
+                    // signed that this node had acknowledged or shown before?
+                    let node_shown = shown.get(&(op.node, op.name.as_str()));
+                    let over_later = later_writes(op).into_iter().find(|w| {
+                        w.end_ms <= op.start_ms
+                            && (w.node == op.node
+                                || node_shown.is_some_and(|v| {
+                                    v.iter()
+                                        .any(|&(end, s)| end <= op.start_ms && Some(s) == w.seq)
+                                }))
+                    });
+                    if o != OpOutcome::Duplicate {
+                        if let Some(held) = newer {
+                            f.writes.stale_applied += 1;
+                            f.example(
+                                "stale_applied",
+                                format!(
+                                    "{} although that node had shown seq {held} before",
+                                    describe(op)
+                                ),
+                            );
+                        } else if let Some(w) = over_later {
+                            f.writes.stale_applied += 1;
+                            f.example(
+                                "stale_applied",
+                                format!(
+                                    "{} over a write started after plan A was signed, which that node held: {}",
+                                    describe(op),
+                                    describe(w)
+                                ),
+                            );
+                        }
                     }
                 }
                 OpOutcome::Timeout | OpOutcome::Error => f.writes.indeterminate += 1,
@@ -597,7 +675,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             .copied()
             .filter(|w| w.seq == Some(top))
             .collect();
-        let ahead = clock_ahead(&history.faults, op.node, op.start_ms, op.end_ms);
+        let ahead = clock_ahead(&history.faults, op.node, op.start_ms, op.end_ms, bound);
         if winners.iter().any(|w| !live_at(w, t, ahead)) {
             if winners.iter().all(|w| live_at(w, t, 0.0)) {
                 f.queries.expired_by_skew += 1;
@@ -606,17 +684,19 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             }
             continue;
         }
-        let known_long_enough = before
+        // Writes a tombstone acknowledged since has deleted do not count.
+        let deleted_to = before
             .iter()
-            .any(|w| w.end_ms + bound <= t && live_at(w, t, ahead));
+            .filter(|w| is_tombstone(w))
+            .filter_map(|w| w.seq)
+            .max();
+        let standing = |w: &Op| w.seq > deleted_to && live_at(w, t, ahead);
+        let known_long_enough = before.iter().any(|w| w.end_ms + bound <= t && standing(w));
         let node_had_it = first_shown
             .get(&(op.node, op.name.as_str()))
             .is_some_and(|v| {
                 v.iter().any(|&(end, s)| {
-                    end <= t
-                        && before
-                            .iter()
-                            .any(|w| w.seq == Some(s) && live_at(w, t, ahead))
+                    end <= t && before.iter().any(|w| w.seq == Some(s) && standing(w))
                 })
             });
         if known_long_enough || node_had_it {
@@ -723,15 +803,6 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         }
     }
     f.race.rounds = race_ids.len() as u64;
-    // When each round's first plan (plan A) was signed: a write started after that is newer
-    // than plan A in the seed's sense, whatever seq it got.
-    let mut plan_a_signed: BTreeMap<u64, f64> = BTreeMap::new();
-    for op in &history.ops {
-        if let (OpKind::Sign, OpOutcome::Planned, Some(r)) = (op.kind, op.outcome, op.race) {
-            let e = plan_a_signed.entry(r).or_insert(op.end_ms);
-            *e = e.min(op.end_ms);
-        }
-    }
     for op in &history.ops {
         if !matches!(op.kind, OpKind::StalePlan | OpKind::Cleanup) {
             continue;
@@ -753,30 +824,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         // A plan enacted late, or the clean-up of plan A, must not hold over a write that
         // started after plan A was signed, even if that write got a lower seq: that is the
         // seed's race (the one-step path numbers from what it reads, plans by time).
-        let from_plan = op.kind == OpKind::Cleanup
-            || history.ops.iter().any(|s| {
-                s.kind == OpKind::Sign
-                    && s.race.is_some()
-                    && s.race == op.race
-                    && s.seq == op.seq
-                    && s.content == op.content
-            });
-        let later: Option<&Op> = op
-            .race
-            .and_then(|r| plan_a_signed.get(&r))
-            .filter(|_| from_plan)
-            .and_then(|&t| {
-                name_acks?
-                    .iter()
-                    .copied()
-                    .filter(|w| {
-                        w.start_ms >= t
-                            && !is_tombstone(w)
-                            && w.seq != Some(q)
-                            && w.content != op.content
-                    })
-                    .max_by_key(|w| w.seq)
-            });
+        let later: Option<&Op> = later_writes(op).into_iter().max_by_key(|w| w.seq);
         let newer = newer.or(later);
         let tie = name_acks.is_some_and(|v| {
             v.iter()
