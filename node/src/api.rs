@@ -30,7 +30,9 @@
 //! # Serving limits (slow clients and floods)
 //!
 //! [`BoundedListener`] caps connections ([`MAX_HTTP_CONNECTIONS`] in total,
-//! [`MAX_HTTP_CONNECTIONS_PER_IP`] per client address; more are closed at accept), and every
+//! [`MAX_HTTP_CONNECTIONS_PER_IP`] per client address; at the total cap, the connection that
+//! has waited longest, and over [`EVICT_AFTER`], for its request head is closed to make room,
+//! else the new one is closed at accept), and every
 //! connection must deliver a complete request head within [`REQUEST_HEAD_TIMEOUT`] of its start
 //! or of its previous response — a deadline for the whole head, so a trickle of bytes cannot
 //! hold a connection (slow loris), and idle keep-alive connections are closed too. At most
@@ -624,6 +626,9 @@ pub struct HttpStats {
     pub rejected_per_ip_cap: AtomicU64,
     /// Connections closed by [`REQUEST_HEAD_TIMEOUT`].
     pub head_timeouts: AtomicU64,
+    /// Connections still waiting for their request head after [`EVICT_AFTER`], closed to make
+    /// room for a new one at the cap.
+    pub evicted: AtomicU64,
     /// Blob uploads refused because [`MAX_CONCURRENT_UPLOADS`] were running.
     pub uploads_busy: AtomicU64,
     /// Blob uploads refused because the client was not on loopback.
@@ -635,6 +640,7 @@ static HTTP_STATS: HttpStats = HttpStats {
     rejected_total_cap: AtomicU64::new(0),
     rejected_per_ip_cap: AtomicU64::new(0),
     head_timeouts: AtomicU64::new(0),
+    evicted: AtomicU64::new(0),
     uploads_busy: AtomicU64::new(0),
     uploads_forbidden: AtomicU64::new(0),
 };
@@ -647,7 +653,7 @@ pub fn http_stats() -> &'static HttpStats {
 impl HttpStats {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 6] = [
+        let fields: [(&str, &AtomicU64); 7] = [
             ("dpin_http_connections_total", &self.accepted),
             (
                 "dpin_http_rejected_total{reason=\"total_cap\"}",
@@ -658,6 +664,7 @@ impl HttpStats {
                 &self.rejected_per_ip_cap,
             ),
             ("dpin_http_head_timeouts_total", &self.head_timeouts),
+            ("dpin_http_evicted_total", &self.evicted),
             (
                 "dpin_http_uploads_refused_total{reason=\"busy\"}",
                 &self.uploads_busy,
@@ -675,10 +682,27 @@ impl HttpStats {
     }
 }
 
+/// A connection waiting this long for its request head may be closed to make room when the
+/// connection cap is reached (honest clients send a head within milliseconds).
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// What the listener and a connection share: whether (since when) it waits for a request head,
+/// and the order to close it.
+#[derive(Debug, Default)]
+struct ConnShared {
+    /// Milliseconds since the listener's epoch, plus one, when the connection started waiting
+    /// for its current request head; 0 while it is not waiting.
+    head_since: AtomicU64,
+    evicted: std::sync::atomic::AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
 #[derive(Debug, Default)]
 struct ConnTable {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    conns: HashMap<u64, Arc<ConnShared>>,
+    next_id: u64,
 }
 
 /// A TCP listener that enforces the connection caps and wraps each connection in
@@ -686,6 +710,7 @@ struct ConnTable {
 pub struct BoundedListener {
     inner: tokio::net::TcpListener,
     table: Arc<Mutex<ConnTable>>,
+    epoch: std::time::Instant,
 }
 
 impl BoundedListener {
@@ -694,7 +719,12 @@ impl BoundedListener {
         Self {
             inner,
             table: Arc::new(Mutex::new(ConnTable::default())),
+            epoch: std::time::Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     fn admit(&self, ip: IpAddr) -> Option<ConnSlot> {
@@ -703,10 +733,28 @@ impl BoundedListener {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if t.total >= MAX_HTTP_CONNECTIONS {
-            HTTP_STATS
-                .rejected_total_cap
-                .fetch_add(1, Ordering::Relaxed);
-            return None;
+            // Make room by closing the connection that has waited longest for its request
+            // head (a slow loris), if one has waited over EVICT_AFTER; else refuse.
+            let cutoff = self
+                .now_ms()
+                .saturating_sub(u64::try_from(EVICT_AFTER.as_millis()).unwrap_or(0));
+            let victim = t
+                .conns
+                .values()
+                .filter(|c| !c.evicted.load(Ordering::Relaxed))
+                .map(|c| (c.head_since.load(Ordering::Relaxed), c))
+                .filter(|(since, _)| *since != 0 && since.saturating_sub(1) <= cutoff)
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, c)| c.clone());
+            let Some(victim) = victim else {
+                HTTP_STATS
+                    .rejected_total_cap
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            victim.evicted.store(true, Ordering::Relaxed);
+            victim.waker.wake();
+            HTTP_STATS.evicted.fetch_add(1, Ordering::Relaxed);
         }
         let n = t.per_ip.entry(ip).or_default();
         if *n >= MAX_HTTP_CONNECTIONS_PER_IP {
@@ -717,10 +765,20 @@ impl BoundedListener {
         }
         *n += 1;
         t.total += 1;
+        let id = t.next_id;
+        t.next_id += 1;
+        let shared = Arc::new(ConnShared::default());
+        shared
+            .head_since
+            .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+        t.conns.insert(id, shared.clone());
         HTTP_STATS.accepted.fetch_add(1, Ordering::Relaxed);
         Some(ConnSlot {
             table: self.table.clone(),
             ip,
+            id,
+            shared,
+            epoch: self.epoch,
         })
     }
 }
@@ -729,6 +787,9 @@ impl BoundedListener {
 struct ConnSlot {
     table: Arc<Mutex<ConnTable>>,
     ip: IpAddr,
+    id: u64,
+    shared: Arc<ConnShared>,
+    epoch: std::time::Instant,
 }
 
 impl Drop for ConnSlot {
@@ -738,6 +799,7 @@ impl Drop for ConnSlot {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.total = t.total.saturating_sub(1);
+        t.conns.remove(&self.id);
         if let Some(n) = t.per_ip.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -788,7 +850,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Boun
 /// A connection with the request-head deadline (see [`REQUEST_HEAD_TIMEOUT`]).
 pub struct GuardedIo {
     stream: tokio::net::TcpStream,
-    _slot: ConnSlot,
+    slot: ConnSlot,
     /// Whether a request head is being waited for (the deadline runs).
     awaiting_head: bool,
     /// The last four bytes of the head read so far, to find its end (`\r\n\r\n`).
@@ -800,7 +862,7 @@ impl GuardedIo {
     fn new(stream: tokio::net::TcpStream, slot: ConnSlot) -> Self {
         Self {
             stream,
-            _slot: slot,
+            slot,
             awaiting_head: true,
             window: 0,
             deadline: Box::pin(tokio::time::sleep(REQUEST_HEAD_TIMEOUT)),
@@ -815,6 +877,13 @@ impl tokio::io::AsyncRead for GuardedIo {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        this.slot.shared.waker.register(cx.waker());
+        if this.slot.shared.evicted.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "closed to make room: request head too slow",
+            )));
+        }
         if this.awaiting_head && this.deadline.as_mut().poll(cx).is_ready() {
             HTTP_STATS.head_timeouts.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Err(std::io::Error::new(
@@ -830,6 +899,7 @@ impl tokio::io::AsyncRead for GuardedIo {
                 if this.window == u32::from_be_bytes(*b"\r\n\r\n") {
                     // The head is complete; the body is bounded by the handlers' limits.
                     this.awaiting_head = false;
+                    this.slot.shared.head_since.store(0, Ordering::Relaxed);
                     break;
                 }
             }
@@ -851,6 +921,11 @@ impl tokio::io::AsyncWrite for GuardedIo {
             // last byte written (a long download keeps pushing the deadline out).
             this.awaiting_head = true;
             this.window = 0;
+            let since = u64::try_from(this.slot.epoch.elapsed().as_millis()).unwrap_or(0);
+            this.slot
+                .shared
+                .head_since
+                .store(since.saturating_add(1), Ordering::Relaxed);
             let at = tokio::time::Instant::now() + REQUEST_HEAD_TIMEOUT;
             this.deadline.as_mut().reset(at);
         }
