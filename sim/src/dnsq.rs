@@ -3,13 +3,17 @@
 //! The readers resolve names over DNS as well as HTTP because DNS is how most software would
 //! meet dpin, and an empty DNS answer is exactly the seed's outage. A full resolver library
 //! would add retries, caching and search lists that hide what one node answered; this sends
-//! one packet to one node and reports exactly what came back. Every loop over the packet is
-//! bounded by the packet length, and malformed answers are errors, never panics.
+//! one packet to one node and reports exactly what came back — except that a truncated (TC)
+//! answer is retried over TCP at the same node, as every real stub resolver does: a TC answer
+//! says "ask again over TCP" (large answers, or a node's response rate limiting slipping one
+//! through), not "this name has no address". Every loop over the packet is bounded by the
+//! packet length, and malformed answers are errors, never panics.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, UdpSocket};
 
 /// What one A query returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub enum DnsAnswer {
     NxDomain,
     /// Another response code (SERVFAIL, REFUSED, ...).
     Rcode(u8),
+    /// The TC bit was set: the answer must be asked for again over TCP.
+    Truncated,
 }
 
 /// Why a query got no usable answer.
@@ -93,6 +99,9 @@ pub fn parse_answer(id: u16, p: &[u8]) -> Result<DnsAnswer, DnsError> {
     if flags & 0x8000 == 0 {
         return Err(DnsError::Malformed("not a response"));
     }
+    if flags & 0x0200 != 0 {
+        return Ok(DnsAnswer::Truncated);
+    }
     let rcode = (flags & 0x000F) as u8;
     match rcode {
         0 => {}
@@ -145,8 +154,45 @@ pub async fn query_a(
         };
         match parse_answer(id, &buf[..n]) {
             Err(DnsError::Malformed("id mismatch")) => continue,
+            Ok(DnsAnswer::Truncated) => break,
             other => return other,
         }
+    }
+    // Truncated: ask the same node over TCP within what is left of the deadline.
+    match tokio::time::timeout_at(deadline, query_tcp(bind, server, &packet, id)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(DnsError::Timeout),
+    }
+}
+
+/// One query over TCP (two-byte length prefix, RFC 1035 §4.2.2), from the same source address
+/// as the UDP query.
+async fn query_tcp(
+    bind: SocketAddr,
+    server: SocketAddr,
+    packet: &[u8],
+    id: u16,
+) -> Result<DnsAnswer, DnsError> {
+    let socket = if bind.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(bind)?;
+    let mut stream = socket.connect(server).await?;
+    let len = u16::try_from(packet.len()).map_err(|_| DnsError::BadName)?;
+    let mut framed = Vec::with_capacity(packet.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(packet);
+    stream.write_all(&framed).await?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).await?;
+    match parse_answer(id, &buf)? {
+        // A TCP answer is never truncated; one that says so is broken.
+        DnsAnswer::Truncated => Err(DnsError::Malformed("truncated answer over TCP")),
+        other => Ok(other),
     }
 }
 
@@ -172,6 +218,10 @@ mod tests {
         nx[3] = 0x83;
         assert_eq!(parse_answer(7, &nx)?, DnsAnswer::NxDomain);
         assert!(parse_answer(8, &nx).is_err());
+        let mut tc = nx.clone();
+        tc[2] = 0x83;
+        tc[3] = 0x80;
+        assert_eq!(parse_answer(7, &tc)?, DnsAnswer::Truncated);
         assert!(parse_answer(7, &nx[..5]).is_err());
         Ok(())
     }

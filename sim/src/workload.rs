@@ -654,6 +654,10 @@ async fn read_one(
                 }
                 Ok(DnsAnswer::Addrs(_)) => not_found("NOERROR without A records"),
                 Ok(DnsAnswer::NxDomain) => not_found("NXDOMAIN"),
+                // query_a retries a truncated answer over TCP; it never hands one back.
+                Ok(DnsAnswer::Truncated) => {
+                    ReadResult::failure(OpOutcome::Error, "truncated answer".to_owned())
+                }
                 Ok(DnsAnswer::Rcode(r)) => {
                     ReadResult::failure(OpOutcome::Error, format!("rcode {r}"))
                 }
