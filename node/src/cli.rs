@@ -874,10 +874,12 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
             e["port"],
             e["transport"].as_str().unwrap_or("tcp"),
             e["weight"],
-            if e["healthy"].as_bool() == Some(false) {
-                " UNHEALTHY"
-            } else {
-                ""
+            // Three states: healthy, unknown (not probed, e.g. a private address the probe
+            // policy refuses), unhealthy.
+            match e["health"].as_str() {
+                Some("unhealthy") => " UNHEALTHY",
+                Some("unknown") => " (health unknown)",
+                _ => "",
             }
         );
     }

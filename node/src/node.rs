@@ -13,7 +13,7 @@
 //!   compares digests and moves only differing records, so a node that was down or
 //!   partitioned catches up without anyone republishing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +30,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
 use crate::blobs::BlobStore;
-use crate::health::{Health, Target};
+use crate::health::Health;
 use crate::liveness::{Detector, DetectorConfig, PeerInfo, PeerStatus, Transition};
 use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, Persister, StoreError};
@@ -321,11 +321,6 @@ impl Node {
         Ok(PublishResult { outcome, gossip })
     }
 
-    /// Whether `endpoint` is believed reachable (see [`crate::health`]).
-    pub fn endpoint_healthy(&self, endpoint: &dpin_protocol::Endpoint) -> bool {
-        self.0.health.is_healthy(endpoint)
-    }
-
     /// Every known peer and its liveness.
     pub fn peers(&self) -> BTreeMap<PeerId, PeerInfo> {
         lock(&self.0.detector).peers().clone()
@@ -355,25 +350,6 @@ impl Node {
         if new == PeerStatus::Alive && self.0.net.local_peer_id() < peer {
             self.spawn_sync(peer);
         }
-    }
-
-    /// Endpoints of every live name, for the health prober.
-    pub fn endpoint_targets(&self) -> BTreeSet<Target> {
-        let now = now_ms();
-        self.read_store(|s| {
-            s.mem()
-                .iter()
-                .filter(|(_, e)| e.is_live(now))
-                .filter_map(|(_, e)| e.record())
-                .flat_map(|r| {
-                    r.endpoints()
-                        .unwrap_or(&[])
-                        .iter()
-                        .map(|e| (e.host.clone(), e.port, e.transport))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
     }
 
     async fn on_gossip(
