@@ -30,7 +30,7 @@ use dpin_sim::history::{FaultKind, History, Proto};
 use dpin_sim::nemesis::{Nemesis, NemesisConfig};
 use dpin_sim::netns::{self, Netns};
 use dpin_sim::nodeapi::Api;
-use dpin_sim::race::{self, RaceConfig};
+use dpin_sim::race::{self, RaceConfig, RacePaths};
 use dpin_sim::report::{ClockSkew, Report, RunMeta};
 use dpin_sim::svg;
 use dpin_sim::workload::{self, Ctx, Plan, Recorder, Target, WorkloadConfig};
@@ -127,6 +127,9 @@ struct ChaosArgs {
     /// exceed the record TTL. Default: the TTL plus 5 s.
     #[arg(long)]
     compaction_horizon_ms: Option<u64>,
+    /// Write paths of the race's enactors: plans only, one-step only, or both (drawn per round).
+    #[arg(long, value_enum, default_value_t = RacePaths::Both)]
+    race_paths: RacePaths,
     /// Most nodes faulted at once.
     #[arg(long, default_value_t = 1)]
     max_down: usize,
@@ -479,7 +482,11 @@ fn replay_command(args: &ChaosArgs, seed: u64, faults: &[FaultKind]) -> String {
         args.report.display(),
         args.svg.display()
     );
-    cmd.push_str(&format!(" --record-ttl-ms {}", args.record_ttl_ms));
+    cmd.push_str(&format!(
+        " --record-ttl-ms {} --race-paths {}",
+        args.record_ttl_ms,
+        args.race_paths.as_str()
+    ));
     if let Some(h) = args.compaction_horizon_ms {
         cmd.push_str(&format!(" --compaction-horizon-ms {h}"));
     }
@@ -920,6 +927,7 @@ async fn chaos_phases(
             plan_dir: base_dir.join("plans"),
             period: Duration::from_millis(1500),
             seed,
+            paths: args.race_paths,
         },
     )));
     tasks.push(tokio::spawn(workload::reader(
@@ -1016,7 +1024,11 @@ async fn chaos_phases(
             record_ttl_ms: args.record_ttl_ms,
             compaction_horizon_ms: compaction,
             probing: "off: every node runs with --no-probe, so the workload's 127.x endpoints are never contacted".to_owned(),
-            race_cli: cluster.dpin.display().to_string(),
+            race_cli: format!(
+                "{} (paths: {})",
+                cluster.dpin.display(),
+                args.race_paths.as_str()
+            ),
             dns,
             dns_note: cluster
                 .dns_note

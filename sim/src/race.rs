@@ -31,6 +31,9 @@
 //! empty, and no node's answers go backwards. The checker judges that from the history
 //! ([`crate::checker`], `race` counts).
 //!
+//! `--race-paths plans|one-step|both` (default both) restricts the enactors to plans (the
+//! seed's story exactly) or to the one-step path, or mixes them per round.
+//!
 //! Each round's name is the race name written longest ago if it is due for a refresh (the
 //! newer write keeps it live under short TTLs), else a random one. Randomness comes from the
 //! run's seed (stream 200).
@@ -63,6 +66,28 @@ pub const TAG_A: u16 = 10;
 /// Port tag of enactor B's records.
 pub const TAG_B: u16 = 20;
 
+/// Which write paths the race's enactors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RacePaths {
+    /// Each enactor draws plan or one-step per round (mixed paths included).
+    Both,
+    /// Plans only (`dpin sign` + `dpin publish --record`): the seed's story exactly.
+    Plans,
+    /// One-step publishes only (the CLI's default path); the clean-up uses `--if-seq`.
+    OneStep,
+}
+
+impl RacePaths {
+    /// Lowercase name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RacePaths::Both => "both",
+            RacePaths::Plans => "plans",
+            RacePaths::OneStep => "one-step",
+        }
+    }
+}
+
 /// Race settings.
 #[derive(Clone, Debug)]
 pub struct RaceConfig {
@@ -76,6 +101,8 @@ pub struct RaceConfig {
     pub period: Duration,
     /// Seed.
     pub seed: u64,
+    /// Which paths the enactors use.
+    pub paths: RacePaths,
 }
 
 /// Writes the workload's zone key where the CLI can read it (mode 0600).
@@ -382,10 +409,18 @@ async fn round(
     let mut all = majority.clone();
     all.push(x);
 
-    let b_plan: bool = rng.gen();
-    let a_plan: bool = rng.gen();
-    let order = rng.gen_range(0..3u8);
-    let cleanup_plan: bool = rng.gen();
+    // Draw every choice in every mode, so a seed's other decisions do not shift.
+    let (b_plan, a_plan, order, cleanup_plan) = (
+        rng.gen::<bool>(),
+        rng.gen::<bool>(),
+        rng.gen_range(0..3u8),
+        rng.gen::<bool>(),
+    );
+    let (b_plan, a_plan, cleanup_plan) = match cfg.paths {
+        RacePaths::Both => (b_plan, a_plan, cleanup_plan),
+        RacePaths::Plans => (true, true, true),
+        RacePaths::OneStep => (false, false, false),
+    };
     let cleanup_at_x: bool = rng.gen();
     let stall = Duration::from_millis(rng.gen_range(20..400));
 
