@@ -6,11 +6,14 @@
 //!
 //! * `dpin-sim cluster` ([`cluster`]) starts N real `dpin node` processes on loopback and prints
 //!   how to talk to them; Ctrl-C or `dpin-sim stop` leaves no process behind.
-//! * `dpin-sim chaos` runs a workload ([`workload`]) of writers — including the seed's race, a
-//!   stale plan and a clean-up job — and readers over HTTP and DNS, while a nemesis
-//!   ([`nemesis`]) kills, pauses and partitions nodes; every operation is recorded in a history
-//!   ([`history`]); after healing, a pure checker ([`checker`]) judges the history and produces
-//!   the SPEC §5 report ([`report`]) and an SVG timeline ([`svg`]).
+//! * `dpin-sim chaos` runs a workload ([`workload`]) of writers and readers over HTTP and DNS
+//!   with short TTLs (records expire and are compacted during the run), and the seed's race
+//!   through the real `dpin` CLI ([`race`]: planner, two enactors — one delayed, at a
+//!   partitioned or racing node — and the clean-up, in every order), while a nemesis
+//!   ([`nemesis`]) kills, pauses and partitions nodes and skews one node's clock ([`clock`]);
+//!   every operation is recorded in a history ([`history`]); after healing, a pure checker
+//!   ([`checker`]) judges the history — including per-node monotonic reads and content — and
+//!   produces the SPEC §5 report ([`report`]) and an SVG timeline ([`svg`]).
 //!
 //! * `dpin-sim simulate` ([`simulate`]) runs N nodes of the same protocol core in one process
 //!   and one thread, in virtual time, from a seed: convergence, partition-heal, the seed's race
