@@ -112,19 +112,19 @@ fn a_late_plan_is_refused_as_stale_and_never_holds_after_a_partition_heals() -> 
     for n in &nodes {
         wait_resolves(n, &name, 1)?;
     }
-    // The planner makes two numbered plans before either is enacted.
+    // The planner numbers two plans and signs both before either is enacted.
     let plan_a = sign(
         &key,
         &apis,
         "web",
-        &["127.0.0.1:1111"],
+        &["127.0.0.1:1111", "--seq", "2"],
         dir.path().join("a.plan"),
     )?;
     let plan_b = sign(
         &key,
         &apis,
         "web",
-        &["127.0.0.1:2222"],
+        &["127.0.0.1:2222", "--seq", "3"],
         dir.path().join("b.plan"),
     )?;
     let (seq_a, seq_b) = (

@@ -270,6 +270,13 @@ async fn publish(
             format!("{name} is at seq {actual}, not the expected {expected}"),
         )
         .held(actual)),
+        // Refused only because of this node's clock: say so, so a client tries another peer
+        // instead of giving up on a write that a node with a right clock would take.
+        Outcome::Invalid(e) if e.is_clock_dependent() => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "clock",
+            format!("{e} (by this node's clock; another node may accept it)"),
+        )),
         Outcome::Invalid(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",

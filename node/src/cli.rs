@@ -97,7 +97,8 @@ enum Cmd {
     /// Sign a record now and write it as a plan to enact later with `dpin publish --record`.
     ///
     /// The seq is fixed now (one more than the highest any listed peer holds, or --seq), so
-    /// a plan enacted late is refused wherever anything newer is held.
+    /// a plan enacted late is refused wherever anything newer is held. A planner that makes
+    /// several plans before any is enacted numbers them itself with --seq.
     Sign {
         /// Zone key file.
         #[arg(long)]
@@ -821,7 +822,7 @@ async fn sign_plan(
         None => {
             let client = Client::new(api, Duration::from_millis(timeout_ms))?;
             let held = crate::publish::highest(&crate::publish::read_floors(&client, &name).await?);
-            (crate::publish::plan_seq(held, now)?, held)
+            (crate::publish::next_seq(held, now)?, held)
         }
     };
     let record = write.sign(&key, seq, now)?;

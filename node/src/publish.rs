@@ -6,8 +6,9 @@
 //! so that it is *told* when it raced instead of silently winning or losing:
 //!
 //! * **Plan, then enact** ([`Plan`], [`enact_plan`]). `dpin sign` fixes the seq when the plan
-//!   is made ([`plan_seq`]: the time in microseconds, or one more than the highest seq any
-//!   listed peer holds if that is larger); `dpin publish --record`
+//!   is made (one more than the highest seq any listed peer holds, or the planner's own
+//!   number with `--seq` — a planner that makes several plans before any is enacted numbers
+//!   them itself, as the seed's planner did); `dpin publish --record`
 //!   enacts it later. A late plan is refused as stale by every node that holds anything newer,
 //!   and the client refuses before sending if any reachable peer holds a higher seq, or the
 //!   same seq with other content. Re-enacting the same plan is a harmless duplicate.
@@ -15,8 +16,14 @@
 //!   signs `H + 1` and sends it with compare-and-set `if_seq = H`, first to a peer that holds
 //!   `H`. A peer holding more than `H` means another writer got there first: the write is
 //!   refused (`raced`), never applied over it. A peer holding less is merely lagging, and the
-//!   next peer is tried. Retrying after a timeout re-sends the same signed record, which a
+//!   next peer is tried, as it is after a peer that refused only by its own clock (HTTP 422
+//!   `clock`). Retrying after a timeout re-sends the same signed record, which a
 //!   node that already applied it reports as a duplicate, not as a lost race.
+//! * Every path picks seqs the same way — what was read, plus one — so a plan and a one-step
+//!   write made after it compare as the order they were made in. (Seqs taken from the clock
+//!   were tried for plans and rejected: a plan signed at time t then outranked every later
+//!   one-step write whose counter was below t — the seed's race again, found by the chaos
+//!   harness's mixed-path rounds.)
 //! * **Deleting** names what it deletes: a tombstone needs `--if-seq` (the seq being deleted),
 //!   a pinned `--seq`, or a plan; a bare `--tombstone` is refused by the CLI.
 //!
@@ -253,22 +260,6 @@ pub fn next_seq(held: u64, now_ms: u64) -> Result<u64, WriteError> {
     Ok(next)
 }
 
-/// The seq of a new plan: the time it is made, in microseconds, or one more than the highest
-/// seq held if that is larger. Plans are numbered by when they are made, like the seed's
-/// planner numbered its plans, so a plan made later supersedes one made earlier even when
-/// neither has been enacted yet (two plans over the same held seq would otherwise collide).
-/// Microseconds of the local clock stay below the ceiling by construction.
-pub fn plan_seq(held: u64, now_ms: u64) -> Result<u64, WriteError> {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-        .min(now_ms.saturating_mul(dpin_protocol::SEQ_UNITS_PER_MS) + 999);
-    let seq = next_seq(held, now_ms)?.max(micros);
-    check_seq(seq, now_ms)?;
-    Ok(seq)
-}
-
 /// Refuses a seq above the ceiling before anything is signed, with the reason.
 pub fn check_seq(seq: u64, now_ms: u64) -> Result<(), WriteError> {
     if seq == 0 {
@@ -316,19 +307,20 @@ pub fn sign(
     Ok(record)
 }
 
+fn text_of(a: &Answer, key: &str) -> String {
+    a.body
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
+}
+
 fn refused(a: &Answer) -> WriteError {
-    let text = |k: &str| {
-        a.body
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
     WriteError::Refused {
         addr: a.addr.clone(),
         status: a.status,
-        kind: text("error"),
-        message: text("message"),
+        kind: text_of(a, "error"),
+        message: text_of(a, "message"),
     }
 }
 
@@ -371,6 +363,11 @@ pub async fn enact_cas(
         }
         let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
         match (kind, held_seq(&a)) {
+            // Refused by that node's clock only (see api.rs): another peer may take it.
+            ("clock", _) => {
+                failures.push(format!("{}: {}", a.addr, text_of(&a, "message")));
+                continue;
+            }
             ("cas_mismatch", Some(held)) if held < expected => {
                 // This peer has not caught up with what another peer showed us; it would
                 // take the write, but so will one that is up to date. Try the next.
@@ -428,6 +425,9 @@ pub async fn enact_plan(client: &Client, record: &SignedRecord) -> Result<Answer
     for addr in client.addrs() {
         match client.ask(addr, "/v1/publish", Some(&req)).await {
             Ok(a) if a.status == 200 => return Ok(a),
+            Ok(a) if a.body.get("error").and_then(Value::as_str) == Some("clock") => {
+                failures.push(format!("{}: {}", a.addr, text_of(&a, "message")));
+            }
             Ok(a) => {
                 let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
                 return Err(match (kind, held_seq(&a)) {
