@@ -96,6 +96,23 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts what a replicated record's (gossip or sync) merge outcome says about the
+    /// network: conflicts, restored bodies, and refusals only by this node's clock (which
+    /// anti-entropy offers again later). Returns false for a record invalid for any other
+    /// reason, which each path counts in its own way.
+    fn count_replicated(&self, outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Conflict { .. } => Self::inc(&self.conflicts),
+            Outcome::Restored => Self::inc(&self.bodies_restored),
+            Outcome::Invalid(e) if e.is_clock_dependent() => {
+                Self::inc(&self.records_ahead_of_clock)
+            }
+            Outcome::Invalid(_) => return false,
+            _ => {}
+        }
+        true
+    }
+
     /// Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let fields: [(&str, &AtomicU64); 14] = [
@@ -374,17 +391,9 @@ impl Node {
                         if outcome.changed_store() {
                             self.flush_soon();
                         }
-                        match &outcome {
-                            Outcome::Conflict { .. } => Metrics::inc(&m.conflicts),
-                            Outcome::Restored => Metrics::inc(&m.bodies_restored),
-                            Outcome::Invalid(e) if e.is_clock_dependent() => {
-                                // Our clock disagrees with the writer's by more than the
-                                // allowance; anti-entropy offers the record again later.
-                                tracing::debug!(%source, %e, "gossip ahead of our clock");
-                                Metrics::inc(&m.records_ahead_of_clock);
-                            }
-                            Outcome::Invalid(e) => tracing::debug!(%source, %e, "invalid gossip"),
-                            _ => {}
+                        if !m.count_replicated(&outcome) {
+                            // Counted as gossip_rejected below, with the sender penalised.
+                            tracing::debug!(%source, ?outcome, "invalid gossip");
                         }
                         ingest::verdict(&outcome)
                     }
@@ -498,30 +507,14 @@ impl Node {
         };
         match result {
             Ok(Ok(outcomes)) => {
-                let n = outcomes.iter().filter(|o| o.changed_store()).count();
-                let conflicts = outcomes
-                    .iter()
-                    .filter(|o| matches!(o, Outcome::Conflict { .. }))
-                    .count();
                 let m = &self.0.metrics;
                 for o in &outcomes {
-                    match o {
-                        Outcome::Invalid(e) if e.is_clock_dependent() => {
-                            Metrics::inc(&m.records_ahead_of_clock)
-                        }
-                        Outcome::Invalid(_) => Metrics::inc(&m.sync_invalid),
-                        Outcome::Restored => Metrics::inc(&m.bodies_restored),
-                        _ => {}
+                    if !m.count_replicated(o) {
+                        Metrics::inc(&m.sync_invalid);
                     }
                 }
-                self.0
-                    .metrics
-                    .conflicts
-                    .fetch_add(conflicts as u64, Ordering::Relaxed);
-                self.0
-                    .metrics
-                    .sync_applied
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                let n = outcomes.iter().filter(|o| o.changed_store()).count();
+                m.sync_applied.fetch_add(n as u64, Ordering::Relaxed);
                 n
             }
             Ok(Err(e)) => {

@@ -8,8 +8,9 @@
 //!   monopolise validation (each message costs a signature check and a store lock). Over
 //!   budget, the message is ignored — not forwarded, no penalty — and anti-entropy still
 //!   carries anything real it had;
-//! * **queue** ([`admit`]): validation runs behind a bounded queue of [`GOSSIP_QUEUE`]; when
-//!   it is full the message is ignored the same way, never buffered without bound;
+//! * **queue**: validation runs behind a bounded queue of [`GOSSIP_QUEUE`] (the driver's
+//!   channel capacity); when it is full the message is ignored the same way, never buffered
+//!   without bound;
 //! * **verdict** ([`verdict`]): the merge outcome decides what gossipsub does with the
 //!   message. A record that changed the store is accepted (forwarded); a duplicate, a stale
 //!   record or a lost tie-break is ignored (not forwarded, no penalty: an honest peer can be
@@ -48,8 +49,6 @@ pub enum Verdict {
 pub enum Dropped {
     /// Its propagating peer was over its budget.
     RateLimited,
-    /// The validation queue was full.
-    QueueFull,
 }
 
 /// The verdict for a record whose merge `outcome` is known.
@@ -64,15 +63,6 @@ pub fn verdict(outcome: &Outcome) -> Verdict {
 
 /// The verdict for a message that could not even be decoded: rejected.
 pub const UNDECODABLE: Verdict = Verdict::Reject;
-
-/// Whether a message may join the validation queue that holds `queued` messages now.
-pub fn admit(queued: usize) -> Result<(), Dropped> {
-    if queued < GOSSIP_QUEUE {
-        Ok(())
-    } else {
-        Err(Dropped::QueueFull)
-    }
-}
 
 /// Token bucket per propagating peer, generic over the peer id.
 #[derive(Clone, Debug)]
@@ -162,11 +152,5 @@ mod tests {
             Verdict::Ignore
         );
         assert_eq!(verdict(&Outcome::Restored), Verdict::Accept);
-    }
-
-    #[test]
-    fn the_validation_queue_is_bounded() {
-        assert!(admit(GOSSIP_QUEUE - 1).is_ok());
-        assert_eq!(admit(GOSSIP_QUEUE), Err(Dropped::QueueFull));
     }
 }
