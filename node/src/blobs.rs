@@ -349,6 +349,7 @@ pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
             size,
             chunk_size,
             index,
+            manifest: _,
         } => match store.put_index(
             &root,
             &Index {
@@ -389,6 +390,7 @@ pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
                     store.present(&root).len() as u32
                 },
                 total,
+                owner: None,
             }
         }
     }
@@ -680,6 +682,7 @@ async fn store_on(
         size: index.size,
         chunk_size: index.chunk_size,
         index: index.hashes.clone(),
+        manifest: Vec::new(),
     })
     .await?;
     let mut queue: std::collections::VecDeque<u32> = (0..index.chunks()).collect();
@@ -874,7 +877,7 @@ pub async fn fetch_chunk(
 pub async fn holders(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u32, u32)> {
     let mut out = Vec::new();
     for (peer, _) in placement(node, root, size) {
-        if let Ok(BlobResponse::Holding { chunks, total }) =
+        if let Ok(BlobResponse::Holding { chunks, total, .. }) =
             ask(node, peer, BlobRequest::Has { root: *root }).await
         {
             if chunks > 0 {
@@ -899,7 +902,7 @@ async fn local_holding(node: &Node, root: [u8; 32]) -> (u32, u32) {
     match tokio::task::spawn_blocking(move || handle_request(&store, BlobRequest::Has { root }))
         .await
     {
-        Ok(BlobResponse::Holding { chunks, total }) => (chunks, total),
+        Ok(BlobResponse::Holding { chunks, total, .. }) => (chunks, total),
         _ => (0, 0),
     }
 }
@@ -925,7 +928,7 @@ async fn census(node: &Node, me: PeerId, m: &BlobManifest) -> BTreeMap<PeerId, u
         .into_iter()
         .zip(answers)
         .filter_map(|(p, a)| match a {
-            Ok(BlobResponse::Holding { chunks, total }) if total == m.chunks => {
+            Ok(BlobResponse::Holding { chunks, total, .. }) if total == m.chunks => {
                 Some((p, chunks.min(total)))
             }
             _ => None,

@@ -30,6 +30,8 @@
 //! * [`liveness`] — the peer failure detector (suspicion, confirmation, local health) as a
 //!   state machine over monotonic milliseconds, generic over the peer id.
 //! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
+//! * [`offer`] — the offer view: which storage/compute offers count (live members, bounded
+//!   expiry), filters and order.
 //! * [`error`] — typed errors, one variant per rejection reason.
 
 pub mod blob;
@@ -40,6 +42,7 @@ pub mod ingest;
 pub mod keys;
 pub mod liveness;
 pub mod merge;
+pub mod offer;
 pub mod record;
 pub mod store;
 pub mod sync;
