@@ -24,8 +24,13 @@
 //! * Reads (resolve, seq, offers, status, metrics, blob downloads) are public: the data is
 //!   public and replicated to every peer anyway.
 //! * A blob upload is signed by the *node's* key (the manifest), so it is an action of the node:
-//!   it is accepted only from loopback clients (403 otherwise). Run `dpin put` on the node's
-//!   machine (or container); an API bound beyond loopback still serves everything else.
+//!   without a token it is accepted only from loopback clients (403 otherwise). Run `dpin put`
+//!   on the node's machine (or container); an API bound beyond loopback still serves everything
+//!   else.
+//! * Optional API token ([`API_TOKEN_ENV`] = `DPIN_API_TOKEN` in the node's environment): when
+//!   set, every write (`POST /v1/publish`, `POST /v1/blobs`) must carry
+//!   `Authorization: Bearer TOKEN` (401 otherwise), and with it blob uploads are accepted from
+//!   any address. The CLI sends the same variable ([`crate::client`]). Reads stay public.
 //!
 //! # Serving limits (slow clients and floods)
 //!
@@ -35,8 +40,15 @@
 //! else the new one is closed at accept), and every
 //! connection must deliver a complete request head within [`REQUEST_HEAD_TIMEOUT`] of its start
 //! or of its previous response — a deadline for the whole head, so a trickle of bytes cannot
-//! hold a connection (slow loris), and idle keep-alive connections are closed too. At most
-//! [`MAX_CONCURRENT_UPLOADS`] blob uploads run at once (503 beyond). Counters: `dpin_http_*`.
+//! hold a connection (slow loris), and idle keep-alive connections are closed too. A response
+//! the client stops reading is abandoned after [`WRITE_STALL_TIMEOUT`]. Every handler but the
+//! upload runs within [`HANDLER_TIMEOUT`] (503 `timeout`); an upload body must keep arriving
+//! (no gap over [`UPLOAD_IDLE_TIMEOUT`], and on average [`UPLOAD_MIN_RATE`] bytes a second
+//! after the first [`UPLOAD_GRACE`]: 408 `too_slow`), so a client trickling a body byte by byte
+//! cannot hold an upload slot, and storing it runs within [`UPLOAD_STORE_TIMEOUT`]. At most
+//! [`MAX_CONCURRENT_UPLOADS`] blob uploads run at once (503 beyond). Counters: `dpin_http_*`,
+//! every error response by status (`dpin_http_errors_total{status=...}`) and every refusal by
+//! reason.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -166,8 +178,109 @@ pub fn normalize_name(raw: &str) -> Result<String, ApiError> {
     Ok(n)
 }
 
-/// The router, with state.
+/// Env var holding the optional API token for writes (see "Who may call what").
+pub const API_TOKEN_ENV: &str = "DPIN_API_TOKEN";
+
+/// The API token from [`API_TOKEN_ENV`], if set and not blank.
+pub fn token_from_env() -> Option<String> {
+    std::env::var(API_TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// API settings.
+#[derive(Clone, Debug, Default)]
+pub struct ApiConfig {
+    /// When set, writes need `Authorization: Bearer TOKEN`, and uploads may then come from
+    /// any address.
+    pub token: Option<String>,
+}
+
+impl ApiConfig {
+    /// Settings from the environment ([`API_TOKEN_ENV`]).
+    pub fn from_env() -> Self {
+        Self {
+            token: token_from_env(),
+        }
+    }
+}
+
+/// Marks a request whose `Authorization` carried the configured token.
+#[derive(Clone, Copy, Debug)]
+struct TokenOk;
+
+/// Compares without an early exit on the first differing byte.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Token check for writes and the handler deadline for every route but the upload (whose
+/// body and store phases have their own deadlines).
+async fn guard(
+    State(config): State<Arc<ApiConfig>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_write = req.method() == axum::http::Method::POST;
+    if let Some(token) = &config.token {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g) if same_token(g.as_bytes(), token.as_bytes()) => {
+                req.extensions_mut().insert(TokenOk);
+            }
+            _ if is_write => {
+                HTTP_STATS.unauthorized.fetch_add(1, Ordering::Relaxed);
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    format!("this node asks for its API token on writes (set {API_TOKEN_ENV})"),
+                )
+                .into_response();
+            }
+            _ => {}
+        }
+    }
+    let is_upload = is_write && req.uri().path() == "/v1/blobs";
+    if is_upload {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(HANDLER_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            HTTP_STATS.handler_timeouts.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!("not answered within {} s", HANDLER_TIMEOUT.as_secs()),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Counts every error response by status (outermost layer: sees every response).
+async fn count_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if status.is_client_error() || status.is_server_error() {
+        HTTP_STATS.count_status(status);
+    }
+    resp
+}
+
+/// The router, with state and default settings (no token).
 pub fn router(node: Node) -> Router {
+    router_with(node, ApiConfig::default())
+}
+
+/// The router, with state and `config`.
+pub fn router_with(node: Node, config: ApiConfig) -> Router {
+    let config = Arc::new(config);
     Router::new()
         .route("/v1/publish", post(publish))
         .route("/v1/resolve/{name}", get(resolve))
@@ -184,15 +297,21 @@ pub fn router(node: Node) -> Router {
         .fallback(unknown_path)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(config, guard))
+        .layer(axum::middleware::map_response(count_errors))
         .with_state(node)
 }
 
 /// Serves the API on `listener` until the process ends, within the connection caps and the
 /// request-head deadline ([`BoundedListener`]).
 pub async fn serve(node: Node, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let config = ApiConfig::from_env();
+    if config.token.is_some() {
+        tracing::info!("API writes need the token from {API_TOKEN_ENV}");
+    }
     axum::serve(
         BoundedListener::new(listener),
-        router(node).into_make_service_with_connect_info::<Peer>(),
+        router_with(node, config).into_make_service_with_connect_info::<Peer>(),
     )
     .await
 }
@@ -444,14 +563,16 @@ fn is_loopback(addr: IpAddr) -> bool {
 async fn put_blob(
     State(node): State<Node>,
     axum::extract::ConnectInfo(Peer(peer)): axum::extract::ConnectInfo<Peer>,
+    token: Option<axum::Extension<TokenOk>>,
     axum::extract::Query(q): axum::extract::Query<PutQuery>,
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
     // The node signs the blob's manifest with its own key, so an upload is an action of the
-    // node, not of the caller: only local clients may ask for it (see the README).
-    if !is_loopback(peer.ip()) {
+    // node, not of the caller: only local clients, or clients with the node's API token, may
+    // ask for it (see the README).
+    if token.is_none() && !is_loopback(peer.ip()) {
         HTTP_STATS.uploads_forbidden.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -491,7 +612,24 @@ async fn put_blob(
         let mut f = tokio::fs::File::create(&path).await.map_err(io)?;
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
+        let started = tokio::time::Instant::now();
+        let too_slow = |why: String| {
+            HTTP_STATS.uploads_too_slow.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "too_slow", why)
+        };
+        loop {
+            // The body must keep coming: a gap over UPLOAD_IDLE_TIMEOUT, or an average under
+            // UPLOAD_MIN_RATE after UPLOAD_GRACE, ends the upload (a trickle cannot hold a slot).
+            let chunk = match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, stream.next()).await {
+                Err(_) => {
+                    return Err(too_slow(format!(
+                        "no body bytes for {} s",
+                        UPLOAD_IDLE_TIMEOUT.as_secs()
+                    )))
+                }
+                Ok(None) => break,
+                Ok(Some(c)) => c,
+            };
             let chunk = chunk.map_err(|e| {
                 if e.to_string().contains("length limit") {
                     ApiError::new(
@@ -508,6 +646,12 @@ async fn put_blob(
             })?;
             total += chunk.len() as u64;
             f.write_all(&chunk).await.map_err(io)?;
+            let late = started.elapsed().saturating_sub(UPLOAD_GRACE);
+            if (total as f64) < late.as_secs_f64() * UPLOAD_MIN_RATE as f64 {
+                return Err(too_slow(format!(
+                    "the body arrives slower than {UPLOAD_MIN_RATE} bytes/s"
+                )));
+            }
         }
         // No fsync: this is a scratch copy; durability comes from the holders' seals.
         f.flush().await.map_err(io)?;
@@ -519,9 +663,23 @@ async fn put_blob(
                 "an empty file cannot be stored",
             ));
         }
-        crate::blobs::put(&node, &key, &path, usize::from(replicas))
-            .await
-            .map_err(blob_error)
+        tokio::time::timeout(
+            UPLOAD_STORE_TIMEOUT,
+            crate::blobs::put(&node, &key, &path, usize::from(replicas)),
+        )
+        .await
+        .map_err(|_| {
+            HTTP_STATS.handler_timeouts.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "storing the blob took over {} s",
+                    UPLOAD_STORE_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(blob_error)
     }
     .await;
     let _ = tokio::fs::remove_file(&path).await;
@@ -617,6 +775,20 @@ pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blob uploads processed at once. Each buffers up to [`crate::blobs::MAX_BLOB_BYTES`] on disk
 /// and hashes and ships it; more are refused with 503 rather than queued.
 pub const MAX_CONCURRENT_UPLOADS: usize = 2;
+/// Every handler but the blob upload answers within this time (503 `timeout` otherwise), so a
+/// stuck store or peer cannot pile up requests.
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest gap between two pieces of an upload body.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an upload has before [`UPLOAD_MIN_RATE`] applies.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(10);
+/// Average bytes per second an upload body must keep up after [`UPLOAD_GRACE`] (a 1 GiB blob
+/// may take up to about 68 minutes; a local `dpin put` sends hundreds of MB/s).
+pub const UPLOAD_MIN_RATE: u64 = 256 * 1024;
+/// Time to place a received blob on its holders.
+pub const UPLOAD_STORE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A response the client does not read for this long is abandoned (the connection closed).
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest original error text carried into a JSON error body.
 const MAX_ERROR_TEXT: usize = 4096;
 /// Pause after an accept error (e.g. out of file descriptors) instead of spinning.
@@ -638,9 +810,24 @@ pub struct HttpStats {
     pub evicted: AtomicU64,
     /// Blob uploads refused because [`MAX_CONCURRENT_UPLOADS`] were running.
     pub uploads_busy: AtomicU64,
-    /// Blob uploads refused because the client was not on loopback.
+    /// Blob uploads refused because the client was not on loopback (and had no token).
     pub uploads_forbidden: AtomicU64,
+    /// Uploads ended because the body came too slowly.
+    pub uploads_too_slow: AtomicU64,
+    /// Requests answered 503 because the handler ran past its deadline.
+    pub handler_timeouts: AtomicU64,
+    /// Writes refused for a missing or wrong API token.
+    pub unauthorized: AtomicU64,
+    /// Connections closed because the client stopped reading a response.
+    pub write_stalls: AtomicU64,
+    /// Error responses by status, indexed like [`ERROR_STATUSES`] (last: any other).
+    errors: [AtomicU64; ERROR_STATUSES.len() + 1],
 }
+
+/// Error statuses counted one by one (`dpin_http_errors_total{status=...}`).
+const ERROR_STATUSES: [u16; 14] = [
+    400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 503, 507,
+];
 
 static HTTP_STATS: HttpStats = HttpStats {
     accepted: AtomicU64::new(0),
@@ -650,6 +837,11 @@ static HTTP_STATS: HttpStats = HttpStats {
     evicted: AtomicU64::new(0),
     uploads_busy: AtomicU64::new(0),
     uploads_forbidden: AtomicU64::new(0),
+    uploads_too_slow: AtomicU64::new(0),
+    handler_timeouts: AtomicU64::new(0),
+    unauthorized: AtomicU64::new(0),
+    write_stalls: AtomicU64::new(0),
+    errors: [const { AtomicU64::new(0) }; ERROR_STATUSES.len() + 1],
 };
 
 /// The process-wide HTTP counters (one API per process).
@@ -658,9 +850,28 @@ pub fn http_stats() -> &'static HttpStats {
 }
 
 impl HttpStats {
+    fn count_status(&self, status: StatusCode) {
+        let i = ERROR_STATUSES
+            .iter()
+            .position(|s| *s == status.as_u16())
+            .unwrap_or(ERROR_STATUSES.len());
+        if let Some(c) = self.errors.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Error responses with `status` so far (statuses not listed count as one "other").
+    pub fn errors(&self, status: u16) -> u64 {
+        let i = ERROR_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(ERROR_STATUSES.len());
+        self.errors.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 7] = [
+        let fields: [(&str, &AtomicU64); 11] = [
             ("dpin_http_connections_total", &self.accepted),
             (
                 "dpin_http_rejected_total{reason=\"total_cap\"}",
@@ -680,10 +891,30 @@ impl HttpStats {
                 "dpin_http_uploads_refused_total{reason=\"not_loopback\"}",
                 &self.uploads_forbidden,
             ),
+            (
+                "dpin_http_uploads_refused_total{reason=\"too_slow\"}",
+                &self.uploads_too_slow,
+            ),
+            ("dpin_http_handler_timeouts_total", &self.handler_timeouts),
+            (
+                "dpin_http_refused_total{reason=\"unauthorized\"}",
+                &self.unauthorized,
+            ),
+            ("dpin_http_write_stalls_total", &self.write_stalls),
         ];
         let mut out = String::new();
         for (name, v) in fields {
             out.push_str(&format!("{name} {}\n", v.load(Ordering::Relaxed)));
+        }
+        out.push_str("# TYPE dpin_http_errors_total counter\n");
+        for (i, c) in self.errors.iter().enumerate() {
+            let status = ERROR_STATUSES
+                .get(i)
+                .map_or_else(|| "other".to_owned(), u16::to_string);
+            out.push_str(&format!(
+                "dpin_http_errors_total{{status=\"{status}\"}} {}\n",
+                c.load(Ordering::Relaxed)
+            ));
         }
         out
     }
@@ -863,6 +1094,9 @@ pub struct GuardedIo {
     /// The last four bytes of the head read so far, to find its end (`\r\n\r\n`).
     window: u32,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Whether a write is waiting for the client to read (the stall deadline runs).
+    write_waiting: bool,
+    write_deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl GuardedIo {
@@ -873,6 +1107,8 @@ impl GuardedIo {
             awaiting_head: true,
             window: 0,
             deadline: Box::pin(tokio::time::sleep(REQUEST_HEAD_TIMEOUT)),
+            write_waiting: false,
+            write_deadline: Box::pin(tokio::time::sleep(WRITE_STALL_TIMEOUT)),
         }
     }
 }
@@ -923,6 +1159,23 @@ impl tokio::io::AsyncWrite for GuardedIo {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let r = Pin::new(&mut this.stream).poll_write(cx, data);
+        if r.is_pending() {
+            // The client is not reading: give it WRITE_STALL_TIMEOUT, then give up on it.
+            if !this.write_waiting {
+                this.write_waiting = true;
+                let at = tokio::time::Instant::now() + WRITE_STALL_TIMEOUT;
+                this.write_deadline.as_mut().reset(at);
+            }
+            if this.write_deadline.as_mut().poll(cx).is_ready() {
+                HTTP_STATS.write_stalls.fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading the response",
+                )));
+            }
+            return r;
+        }
+        this.write_waiting = false;
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             // A response is going out: the next request head is due within the timeout of the
             // last byte written (a long download keeps pushing the deadline out).

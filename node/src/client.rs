@@ -1,5 +1,9 @@
 //! HTTP client used by the CLI: tries each `--api` address in order and moves on when a peer is
 //! down, hung or failing, so one dead peer never fails a command while another lives.
+//!
+//! Writes (POSTs: publish, blob upload) carry `Authorization: Bearer TOKEN` when the
+//! [`crate::api::API_TOKEN_ENV`] environment variable is set, for nodes whose API asks for a
+//! token ([`crate::api`], "Who may call what").
 
 use std::time::Duration;
 
@@ -20,6 +24,8 @@ pub struct Answer {
 pub struct Client {
     addrs: Vec<String>,
     http: reqwest::Client,
+    /// Sent with every write when set ([`crate::api::API_TOKEN_ENV`]).
+    token: Option<String>,
 }
 
 /// Why no peer gave a usable answer.
@@ -49,7 +55,24 @@ impl Client {
             .connect_timeout(timeout)
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
-        Ok(Self { addrs, http })
+        Ok(Self {
+            addrs,
+            http,
+            token: crate::api::token_from_env(),
+        })
+    }
+
+    /// Sets (or clears) the API token sent with writes.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// The addresses, in the order they are tried.
@@ -75,7 +98,7 @@ impl Client {
     ) -> Result<Answer, String> {
         let url = Self::url(addr, path);
         let req = match body {
-            Some(b) => self.http.post(&url).json(b),
+            Some(b) => self.authorize(self.http.post(&url).json(b)),
             None => self.http.get(&url),
         };
         let resp = req.send().await.map_err(|e| {
@@ -138,8 +161,7 @@ impl Client {
         len: u64,
     ) -> Result<Answer, reqwest::Error> {
         let resp = self
-            .http
-            .post(Self::url(addr, path))
+            .authorize(self.http.post(Self::url(addr, path)))
             .header(reqwest::header::CONTENT_LENGTH, len)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::from(file))

@@ -92,7 +92,11 @@
 //! * TCP (RFC 7766): at most [`MAX_TCP_CONNECTIONS`] connections in total and
 //!   [`MAX_TCP_CONNECTIONS_PER_IP`] per client address (further ones are accepted and closed at
 //!   once, counted), so one client holding connections cannot block every other client's TCP
-//!   fallback. Each query must arrive whole (length and message) within [`TCP_IDLE_TIMEOUT`] of
+//!   fallback. When many addresses together hold every connection, the one that has waited
+//!   longest for its next query (at least [`TCP_EVICT_AFTER`]) is closed to admit the new one
+//!   (counted as `tcp_evicted`), so slow or idle connections cannot lock out the TCP fallback
+//!   that large and slipped answers need; a connection is closed after [`TCP_MAX_LIFETIME`]
+//!   however busy (`tcp_lifetime_closed`). Each query must arrive whole (length and message) within [`TCP_IDLE_TIMEOUT`] of
 //!   the connection's start or the previous response — one deadline for the whole message, so a
 //!   trickle of bytes cannot hold a connection open — and a response must be written within
 //!   [`TCP_IO_TIMEOUT`]; queries on one connection are answered in order. A connection that
@@ -141,6 +145,13 @@ pub const MAX_TCP_CONNECTIONS_PER_IP: usize = 8;
 /// start or of the previous response, else it is closed (RFC 7766 §6.2.3 idle timeout; one
 /// deadline per message, so trickled bytes do not extend it).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At [`MAX_TCP_CONNECTIONS`], the connection that has waited longest for its next query is
+/// closed to make room for a new one, if it has waited at least this long (an honest client
+/// sends its query right after connecting and gets its answer within milliseconds).
+pub const TCP_EVICT_AFTER: Duration = Duration::from_millis(500);
+/// Longest a TCP connection stays open, however many queries it sends (RFC 7766 lets a server
+/// close any connection; clients reconnect): a query does not extend a connection forever.
+pub const TCP_MAX_LIFETIME: Duration = Duration::from_secs(60);
 /// Default responses per second per source prefix (`--dns-rrl-rate`): far above what one
 /// resolver or host asks of one authoritative server for a handful of names, far below what
 /// makes a useful reflector.
@@ -383,6 +394,11 @@ pub struct DnsStats {
     /// TCP connections closed at once because [`MAX_TCP_CONNECTIONS_PER_IP`] were open from
     /// the same address.
     pub tcp_rejected_per_ip: AtomicU64,
+    /// TCP connections closed to make room at [`MAX_TCP_CONNECTIONS`] (waiting longest for a
+    /// query, over [`TCP_EVICT_AFTER`]).
+    pub tcp_evicted: AtomicU64,
+    /// TCP connections closed at [`TCP_MAX_LIFETIME`].
+    pub tcp_lifetime_closed: AtomicU64,
 }
 
 impl DnsStats {
@@ -409,10 +425,12 @@ impl DnsStats {
             rrl_dropped: AtomicU64::new(0),
             rrl_slipped: AtomicU64::new(0),
             tcp_rejected_per_ip: AtomicU64::new(0),
+            tcp_evicted: AtomicU64::new(0),
+            tcp_lifetime_closed: AtomicU64::new(0),
         }
     }
 
-    fn fields(&self) -> [(&'static str, &AtomicU64); 21] {
+    fn fields(&self) -> [(&'static str, &AtomicU64); 23] {
         [
             ("udp_queries", &self.udp_queries),
             ("tcp_queries", &self.tcp_queries),
@@ -435,6 +453,8 @@ impl DnsStats {
             ("rrl_dropped", &self.rrl_dropped),
             ("rrl_slipped", &self.rrl_slipped),
             ("tcp_rejected_per_ip", &self.tcp_rejected_per_ip),
+            ("tcp_evicted", &self.tcp_evicted),
+            ("tcp_lifetime_closed", &self.tcp_lifetime_closed),
         ]
     }
 
@@ -1149,10 +1169,108 @@ fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, rrl: &Rrl) {
     }
 }
 
+/// What the accept loop and one TCP connection share.
+#[derive(Debug, Default)]
+struct TcpConnShared {
+    /// Milliseconds since the table's epoch, plus one, since the connection has been waiting
+    /// for its next query; 0 while a query is being answered.
+    waiting_since: AtomicU64,
+    /// Set (and notified) when the connection is closed to make room.
+    evicted: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl TcpConnShared {
+    fn set_waiting(&self, epoch: std::time::Instant) {
+        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.waiting_since
+            .store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+}
+
+/// Open TCP connections: totals for the caps and who to close to make room.
+#[derive(Debug)]
+struct TcpTable {
+    epoch: std::time::Instant,
+    per_ip: HashMap<std::net::IpAddr, usize>,
+    conns: HashMap<u64, Arc<TcpConnShared>>,
+    next_id: u64,
+}
+
+/// Why a new TCP connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcpRefusal {
+    /// [`MAX_TCP_CONNECTIONS`] open and none idle long enough to close.
+    TotalCap,
+    /// [`MAX_TCP_CONNECTIONS_PER_IP`] open from this address.
+    PerIp,
+}
+
+impl TcpTable {
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            per_ip: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Admits a connection from `ip` (closing the longest-waiting idle one at the total cap,
+    /// if it has waited [`TCP_EVICT_AFTER`]) or says why not.
+    fn admit(
+        &mut self,
+        ip: std::net::IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<(u64, Arc<TcpConnShared>), TcpRefusal> {
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= max_per_ip {
+            return Err(TcpRefusal::PerIp);
+        }
+        if self.conns.len() >= max_total {
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            let cutoff =
+                now.saturating_sub(u64::try_from(TCP_EVICT_AFTER.as_millis()).unwrap_or(0));
+            let victim = self
+                .conns
+                .values()
+                .filter(|c| !c.evicted.load(Ordering::Relaxed))
+                .map(|c| (c.waiting_since.load(Ordering::Relaxed), c))
+                .filter(|(since, _)| *since != 0 && since.saturating_sub(1) <= cutoff)
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, c)| c.clone());
+            let Some(victim) = victim else {
+                return Err(TcpRefusal::TotalCap);
+            };
+            victim.evicted.store(true, Ordering::Relaxed);
+            victim.wake.notify_one();
+            inc(&stats().tcp_evicted);
+            // Its slot is released when its task ends; until then the table may hold one more
+            // than the cap (bounded: at most one pending eviction per admitted connection).
+        }
+        *self.per_ip.entry(ip).or_default() += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        let shared = Arc::new(TcpConnShared::default());
+        shared.set_waiting(self.epoch);
+        self.conns.insert(id, shared.clone());
+        Ok((id, shared))
+    }
+
+    fn release(&mut self, id: u64, ip: std::net::IpAddr) {
+        self.conns.remove(&id);
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
 async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>>) {
     let st = stats();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
-    let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let table = Arc::new(std::sync::Mutex::new(TcpTable::new()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(v) => v,
@@ -1163,57 +1281,69 @@ async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Accept-and-close keeps the backlog moving and tells the client at once.
-            inc(&st.tcp_rejected);
-            drop(stream);
-            continue;
-        };
         let ip = peer.ip();
-        {
-            let mut m = per_ip
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = m.entry(ip).or_default();
-            if *n >= MAX_TCP_CONNECTIONS_PER_IP {
-                inc(&st.tcp_rejected_per_ip);
+        let admitted = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(ip, MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_IP);
+        let (id, shared) = match admitted {
+            Ok(v) => v,
+            Err(r) => {
+                // Accept-and-close keeps the backlog moving and tells the client at once.
+                inc(match r {
+                    TcpRefusal::TotalCap => &st.tcp_rejected,
+                    TcpRefusal::PerIp => &st.tcp_rejected_per_ip,
+                });
                 drop(stream);
                 continue;
             }
-            *n += 1;
-        }
+        };
         inc(&st.tcp_connections);
         let responder = responder.clone();
-        let per_ip = per_ip.clone();
+        let table = table.clone();
         tokio::spawn(async move {
-            serve_tcp_conn(stream, &responder).await;
-            tracing::trace!(%peer, "DNS TCP connection closed");
-            let mut m = per_ip
+            let epoch = table
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = m.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&ip);
-                }
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .epoch;
+            tokio::select! {
+                () = serve_tcp_conn(stream, &responder, &shared, epoch) => {}
+                () = shared.wake.notified() => {}
             }
-            drop(permit);
+            tracing::trace!(%peer, "DNS TCP connection closed");
+            table
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .release(id, ip);
         });
     }
 }
 
-async fn serve_tcp_conn<S: Source>(mut stream: TcpStream, responder: &Responder<S>) {
+async fn serve_tcp_conn<S: Source>(
+    mut stream: TcpStream,
+    responder: &Responder<S>,
+    shared: &TcpConnShared,
+    epoch: std::time::Instant,
+) {
     let st = stats();
     let _ = stream.set_nodelay(true);
+    // However busy, a connection ends after TCP_MAX_LIFETIME: queries do not extend it forever.
+    let end_of_life = tokio::time::Instant::now() + TCP_MAX_LIFETIME;
     loop {
+        shared.set_waiting(epoch);
         // One deadline for the whole next query: trickled bytes cannot extend it.
-        let deadline = tokio::time::Instant::now() + TCP_IDLE_TIMEOUT;
+        let idle = tokio::time::Instant::now() + TCP_IDLE_TIMEOUT;
+        let (deadline, counter) = if end_of_life < idle {
+            (end_of_life, &st.tcp_lifetime_closed)
+        } else {
+            (idle, &st.tcp_timeouts)
+        };
         let mut len = [0u8; 2];
         match tokio::time::timeout_at(deadline, stream.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return, // closed by the client
             Err(_) => {
-                inc(&st.tcp_timeouts);
+                inc(counter);
                 return;
             }
         }
@@ -1225,10 +1355,12 @@ async fn serve_tcp_conn<S: Source>(mut stream: TcpStream, responder: &Responder<
                 return;
             }
             Err(_) => {
-                inc(&st.tcp_timeouts);
+                inc(counter);
                 return;
             }
         }
+        // Answering: not a candidate for eviction.
+        shared.waiting_since.store(0, Ordering::Relaxed);
         inc(&st.tcp_queries);
         let Some(resp) = responder.respond(&msg, Proto::Tcp, crate::node::now_ms()) else {
             return; // garbage: close (RFC 7766 §8 allows it)

@@ -52,8 +52,46 @@
 //!   round-robin over zones, so a black-holed zone (every probe waits the full timeout) holds
 //!   only its own budget of slots and the others keep being probed.
 //!
-//! Not done yet: the probe load an endpoint receives still grows with the number of nodes that
-//! hold its record (each node probes on its own); see issue 13.
+//!
+//! # Who probes: a few nodes per endpoint, chosen by rendezvous hashing
+//!
+//! Every node holds every record, so if every node probed every endpoint the probes an
+//! endpoint receives would grow with the network (100 nodes at one probe per 2 s: 50 probes
+//! a second at one service). Instead each endpoint is probed by [`HealthConfig::probers`]
+//! (default [`DEFAULT_PROBERS`] = 3) live nodes: the first `k` of the live membership (this
+//! node plus the peers the failure detector does not hold down) ordered by
+//! `blake3(target || peer id)` ([`probers_of`]). Every node computes the same order from the
+//! same membership, a node joining or leaving moves only the endpoints it wins or held, and no
+//! one chooses which endpoints it probes. A prober probes each of its endpoints every
+//! `interval × max(1, k/2)`, so an endpoint receives at most two probes per interval in total
+//! (one a second at the default 2 s), whatever the size of the network ([`endpoint_probe_rate`];
+//! the figures are in the tests).
+//!
+//! # Sharing verdicts: signed, expiring observations
+//!
+//! A prober publishes what it saw as ordinary signed records in its own zone (the node's zone
+//! key is its libp2p identity, like offers in [`crate::offers`]): labels
+//! [`OBSERVATION_LABEL_PREFIX`]`N`, each an endpoint list whose weight carries the verdict
+//! ([`OBS_HEALTHY`], [`OBS_UNHEALTHY`]). They gossip, sync and persist like any record, expire
+//! after three refreshes ([`Health::observation_refresh`]) and are republished at once when a
+//! verdict changes. Endpoints in observation records are never probed themselves.
+//!
+//! Another node's word is taken with Lifeguard-style caution:
+//!
+//! * Only observations by a node that is live *and* one of the endpoint's probers in this
+//!   node's view count; others are ignored and counted
+//!   (`dpin_probe_observations_ignored_total{reason="not_prober"}`), as are observations that
+//!   claim a lifetime over [`MAX_OBSERVATION_LIFETIME_MS`] (`reason="too_long"`). Expired ones
+//!   are not live records any more. A prober's latest record wins over its older ones.
+//! * Suspicion needs confirmation: an endpoint is unhealthy only when at least
+//!   `min(2, probers)` probers (this node's own verdict included) say so and none says
+//!   healthy. One node with a broken network, or one lying node, cannot take an endpoint out
+//!   of answers; a single healthy verdict keeps it in ([`combine`]).
+//! * Never fail closed: without a trusted verdict an endpoint is unknown, and unknown
+//!   endpoints are served (after healthy ones).
+//!
+//! `probers = 0` (env `DPIN_PROBERS=0`) restores the old rule, every node probes every
+//! endpoint, for measuring the difference side by side.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
@@ -62,9 +100,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dpin_protocol::{Endpoint, Host, Transport, ZoneId};
+use dpin_protocol::{
+    Content, Endpoint, Host, RecordBody, SignedRecord, Transport, ZoneId, ZoneKey,
+};
+use libp2p::PeerId;
 use rand::Rng;
 
+use crate::liveness::PeerStatus;
 use crate::node::{now_ms, Node};
 
 /// Probes in flight at once, over all zones: bounds sockets and file descriptors.
@@ -77,6 +119,26 @@ pub const MAX_TRACKED_ENDPOINTS: usize = 100_000;
 /// Addresses of one resolved hostname tried per probe: a name resolving to hundreds of
 /// addresses must not turn one probe into hundreds of connections.
 pub const MAX_ADDRS_PER_HOSTNAME: usize = 4;
+
+/// Live nodes that probe each endpoint (rendezvous hashing over the live membership).
+pub const DEFAULT_PROBERS: usize = 3;
+/// Env var overriding [`HealthConfig::probers`] (`0`: every node probes every endpoint).
+pub const PROBERS_ENV: &str = "DPIN_PROBERS";
+/// Label prefix of a node's probe observation records (in its own zone), `…0`, `…1`, ...
+pub const OBSERVATION_LABEL_PREFIX: &str = "dpin-probe-obs-";
+/// Weight that marks an endpoint seen healthy in an observation record.
+pub const OBS_HEALTHY: u16 = 1;
+/// Weight that marks an endpoint seen unhealthy in an observation record.
+pub const OBS_UNHEALTHY: u16 = 2;
+/// Most observation records one node publishes (each holds at most
+/// [`dpin_protocol::MAX_ENDPOINTS`] endpoints): bounds what one prober adds to every store.
+pub const MAX_OBSERVATION_RECORDS: usize = 256;
+/// Observations claiming to stay valid longer than this are ignored: a verdict must be
+/// refreshed, so a prober that stops publishing stops counting.
+pub const MAX_OBSERVATION_LIFETIME_MS: u64 = 5 * 60 * 1000;
+/// Estimated encoded bytes of endpoints per observation record (records are at most
+/// [`dpin_protocol::MAX_RECORD_BYTES`]; the rest is signature, zone, label and framing).
+const OBS_RECORD_BUDGET: usize = 3_400;
 
 /// How UDP endpoints are probed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -350,6 +412,9 @@ pub struct HealthConfig {
     pub udp: UdpProbe,
     /// Which addresses may be probed.
     pub policy: ProbePolicy,
+    /// Live nodes that probe each endpoint (rendezvous hashing); 0 means every node probes
+    /// every endpoint (the behaviour before issue 13, kept for side-by-side measurement).
+    pub probers: usize,
 }
 
 impl Default for HealthConfig {
@@ -364,6 +429,10 @@ impl Default for HealthConfig {
             max_endpoints: MAX_TRACKED_ENDPOINTS,
             udp: UdpProbe::Icmp,
             policy: ProbePolicy::default(),
+            probers: std::env::var(PROBERS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_PROBERS),
         }
     }
 }
@@ -414,6 +483,42 @@ pub struct Health {
     pub probe_failures: AtomicU64,
     /// Probes refused by the policy, indexed by [`Refusal::index`].
     refused: [AtomicU64; 6],
+    /// Other probers' verdicts, as of the last refresh.
+    shared: Mutex<SharedView>,
+    /// This prober's period for each of its endpoints, in thousandths of the interval.
+    period_milli: AtomicU64,
+    /// What this node last published per observation label, and when.
+    published: Mutex<BTreeMap<String, (Vec<Endpoint>, Instant)>>,
+    /// An observation publish is running (never two at once).
+    publishing: std::sync::atomic::AtomicBool,
+    /// Observation counters.
+    pub observations: ObservationStats,
+}
+
+/// Other probers' verdicts per endpoint (see [`combine`]).
+#[derive(Debug, Default)]
+struct SharedView {
+    /// Remote (healthy, unhealthy) verdicts of trusted probers.
+    votes: HashMap<Target, (u8, u8)>,
+    /// Unhealthy verdicts needed, per endpoint: `min(2, probers)` in this node's view.
+    quorum: HashMap<Target, u8>,
+}
+
+/// Counters of shared observations (`/metrics`).
+#[derive(Debug, Default)]
+pub struct ObservationStats {
+    /// Verdicts taken from other probers' observation records.
+    pub accepted: AtomicU64,
+    /// Verdicts ignored: the author is not live or not a prober of that endpoint.
+    pub ignored_not_prober: AtomicU64,
+    /// Verdicts ignored: the record claims to live over [`MAX_OBSERVATION_LIFETIME_MS`].
+    pub ignored_too_long: AtomicU64,
+    /// Observation records this node published.
+    pub published: AtomicU64,
+    /// Observation records this node could not sign or publish.
+    pub publish_failures: AtomicU64,
+    /// Verdicts this node had but could not publish ([`MAX_OBSERVATION_RECORDS`] full).
+    pub unpublished: AtomicU64,
 }
 
 impl Health {
@@ -427,7 +532,18 @@ impl Health {
             probes: AtomicU64::new(0),
             probe_failures: AtomicU64::new(0),
             refused: Default::default(),
+            shared: Mutex::new(SharedView::default()),
+            period_milli: AtomicU64::new(1000),
+            published: Mutex::new(BTreeMap::new()),
+            publishing: std::sync::atomic::AtomicBool::new(false),
+            observations: ObservationStats::default(),
         })
+    }
+
+    /// How often unchanged observations are republished: five probe intervals, at least 1 s
+    /// (10 s at the default 2 s). They expire after three refreshes.
+    pub fn observation_refresh(&self) -> Duration {
+        (self.config.interval * 5).max(Duration::from_secs(1))
     }
 
     /// The settings.
@@ -446,9 +562,15 @@ impl Health {
         if !self.config.enabled {
             return HealthState::Unknown;
         }
-        self.lock()
-            .get(&target(e))
-            .map_or(HealthState::Unknown, |s| s.health)
+        let t = target(e);
+        let own = self.lock().get(&t).map(|s| s.health);
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (healthy, unhealthy) = shared.votes.get(&t).copied().unwrap_or((0, 0));
+        let quorum = shared.quorum.get(&t).copied().unwrap_or(1);
+        combine(own, healthy, unhealthy, quorum)
     }
 
     /// Whether the last probe of `e` succeeded.
@@ -608,7 +730,10 @@ impl Health {
             (1.0 + f64::from(s.failures.min(4)) * 0.25).min(2.0)
         };
         let jitter = rand::thread_rng().gen_range(0.8..1.2);
-        s.next_due = now + interval.mul_f64((backoff * jitter).min(2.0));
+        // A prober shares each endpoint with up to k-1 others: it probes every
+        // interval × max(1, k/2), so the endpoint gets at most two probes per interval in all.
+        let period = interval.mul_f64(self.period_milli.load(Ordering::Relaxed) as f64 / 1000.0);
+        s.next_due = now + period.mul_f64((backoff * jitter).min(2.0));
     }
 
     /// Number of tracked endpoints and how many are unhealthy.
@@ -651,22 +776,400 @@ impl Health {
                 self.refused(r)
             ));
         }
+        let o = &self.observations;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "# TYPE dpin_probe_tracked gauge\ndpin_probe_tracked {}\n\
+             # TYPE dpin_probe_observations_accepted_total counter\n\
+             dpin_probe_observations_accepted_total {}\n\
+             # TYPE dpin_probe_observations_ignored_total counter\n\
+             dpin_probe_observations_ignored_total{{reason=\"not_prober\"}} {}\n\
+             dpin_probe_observations_ignored_total{{reason=\"too_long\"}} {}\n\
+             # TYPE dpin_probe_observations_published_total counter\n\
+             dpin_probe_observations_published_total {}\n\
+             # TYPE dpin_probe_observations_unpublished_total counter\n\
+             dpin_probe_observations_unpublished_total{{reason=\"publish_failed\"}} {}\n\
+             dpin_probe_observations_unpublished_total{{reason=\"record_cap\"}} {}\n",
+            self.lock().len(),
+            load(&o.accepted),
+            load(&o.ignored_not_prober),
+            load(&o.ignored_too_long),
+            load(&o.published),
+            load(&o.publish_failures),
+            load(&o.unpublished),
+        ));
         out
     }
 }
 
-/// The endpoints of every live name, grouped by zone, for the prober.
+/// Combines this node's own verdict (if it probes the endpoint) with other probers' verdicts:
+/// healthy if anyone saw it healthy; unhealthy if at least `quorum` (at least 1) saw it
+/// unhealthy; unknown otherwise. One healthy verdict outweighs any number of unhealthy ones
+/// (fail open: a lying or cut-off prober can keep a dead endpoint in answers, never take a
+/// live one out).
+pub fn combine(own: Option<HealthState>, healthy: u8, unhealthy: u8, quorum: u8) -> HealthState {
+    let healthy = u32::from(healthy) + u32::from(own == Some(HealthState::Healthy));
+    let unhealthy = u32::from(unhealthy) + u32::from(own == Some(HealthState::Unhealthy));
+    if healthy > 0 {
+        HealthState::Healthy
+    } else if unhealthy >= u32::from(quorum.max(1)) {
+        HealthState::Unhealthy
+    } else {
+        HealthState::Unknown
+    }
+}
+
+/// The rendezvous key of a probe target.
+fn target_key(t: &Target) -> [u8; 32] {
+    let (host, port, transport) = t;
+    let mut h = blake3::Hasher::new();
+    h.update(b"dpin/probe/v1\0");
+    h.update(host.to_string().as_bytes());
+    h.update(&port.to_be_bytes());
+    h.update(transport.as_str().as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The `k` members (ids as bytes) that probe `t`: the first `k` by `blake3(key(t) || id)`,
+/// highest first (all of them if `k` is 0 or at least the membership). Every node computes
+/// the same set from the same membership.
+pub fn probers_of<'a, M: AsRef<[u8]>>(t: &Target, members: &'a [M], k: usize) -> Vec<&'a M> {
+    let ordered = dpin_protocol::blob::rendezvous(&target_key(t), members);
+    if k == 0 {
+        return ordered;
+    }
+    ordered.into_iter().take(k).collect()
+}
+
+/// Probes one endpoint receives per second from the whole network of `members` live nodes,
+/// with `k` probers per endpoint (0: every node) and probe interval `interval`.
+pub fn endpoint_probe_rate(members: usize, k: usize, interval: Duration) -> f64 {
+    let probers = if k == 0 { members } else { k.min(members) };
+    probers as f64 / (interval.as_secs_f64() * period_factor(probers, k))
+}
+
+/// A prober's period as a multiple of the interval: `max(1, probers/2)` (1 when every node
+/// probes, the old rule).
+fn period_factor(probers: usize, k: usize) -> f64 {
+    if k == 0 {
+        1.0
+    } else {
+        (probers as f64 / 2.0).max(1.0)
+    }
+}
+
+/// One prober's verdicts in an observation record, if it is one.
+pub fn parse_observation(r: &SignedRecord) -> Option<Vec<(Target, HealthState)>> {
+    if !r.body.label.starts_with(OBSERVATION_LABEL_PREFIX) {
+        return None;
+    }
+    let eps = r.endpoints()?;
+    Some(
+        eps.iter()
+            .filter_map(|e| {
+                let h = match e.weight {
+                    OBS_HEALTHY => HealthState::Healthy,
+                    OBS_UNHEALTHY => HealthState::Unhealthy,
+                    _ => return None,
+                };
+                Some((target(e), h))
+            })
+            .collect(),
+    )
+}
+
+/// Splits verdicts into observation record contents (labels `prefix0`, `prefix1`, ...), each
+/// within [`dpin_protocol::MAX_ENDPOINTS`] and the record size. At most
+/// [`MAX_OBSERVATION_RECORDS`]; returns how many verdicts did not fit.
+pub fn observation_chunks(verdicts: &BTreeMap<Target, HealthState>) -> (Vec<Vec<Endpoint>>, usize) {
+    let mut chunks: Vec<Vec<Endpoint>> = Vec::new();
+    let mut cur: Vec<Endpoint> = Vec::new();
+    let mut bytes = 0;
+    let mut left_out = 0;
+    for ((host, port, transport), h) in verdicts {
+        let weight = match h {
+            HealthState::Healthy => OBS_HEALTHY,
+            HealthState::Unhealthy => OBS_UNHEALTHY,
+            HealthState::Unknown => continue,
+        };
+        let size = match host {
+            Host::Name(n) => n.len() + 16,
+            _ => 28,
+        };
+        if cur.len() >= dpin_protocol::MAX_ENDPOINTS || bytes + size > OBS_RECORD_BUDGET {
+            chunks.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        if chunks.len() >= MAX_OBSERVATION_RECORDS {
+            left_out += 1;
+            continue;
+        }
+        bytes += size;
+        cur.push(Endpoint {
+            host: host.clone(),
+            port: *port,
+            transport: *transport,
+            weight,
+        });
+    }
+    if !cur.is_empty() {
+        chunks.push(cur);
+    }
+    (chunks, left_out)
+}
+
+/// Signs one observation record (an empty list signs a tombstone: the label is no longer
+/// used). `floor` is the seq the store holds for the name (see [`crate::offers::own_seq`]).
+pub fn sign_observation(
+    key: &ZoneKey,
+    label: &str,
+    eps: &[Endpoint],
+    now: u64,
+    lifetime: Duration,
+    floor: Option<u64>,
+) -> Result<SignedRecord, dpin_protocol::ValidationError> {
+    let lifetime = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+    let body = RecordBody {
+        zone: key.zone(),
+        label: label.to_owned(),
+        seq: crate::offers::own_seq(now, floor),
+        expires_at_ms: now.saturating_add(lifetime),
+        content: if eps.is_empty() {
+            Content::Tombstone
+        } else {
+            Content::Endpoints(eps.to_vec())
+        },
+    };
+    body.sign(key)
+}
+
+/// One prober's verdicts read from one observation record.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The node that signed them (its zone is its peer id).
+    pub author: PeerId,
+    /// The record's seq: a prober's later record wins over its earlier ones.
+    pub seq: u64,
+    /// What it saw.
+    pub verdicts: Vec<(Target, HealthState)>,
+}
+
+/// Counts other probers' verdicts per endpoint: only those by one of the endpoint's probers
+/// (`probers`, this node's view) count, the latest record of each prober wins, and each prober
+/// counts once per endpoint. Returns (healthy, unhealthy) per endpoint.
+pub fn tally(
+    observed: Vec<Observed>,
+    probers: &HashMap<Target, Vec<PeerId>>,
+    stats: &ObservationStats,
+) -> HashMap<Target, (u8, u8)> {
+    let mut latest: HashMap<(PeerId, Target), (u64, HealthState)> = HashMap::new();
+    for o in observed {
+        for (t, h) in o.verdicts {
+            let trusted = probers.get(&t).is_some_and(|p| p.contains(&o.author));
+            if !trusted {
+                stats.ignored_not_prober.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let slot = latest.entry((o.author, t)).or_insert((o.seq, h));
+            if o.seq > slot.0 {
+                *slot = (o.seq, h);
+            }
+        }
+    }
+    let mut votes: HashMap<Target, (u8, u8)> = HashMap::new();
+    for ((_, t), (_, h)) in latest {
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let v = votes.entry(t).or_default();
+        match h {
+            HealthState::Healthy => v.0 = v.0.saturating_add(1),
+            HealthState::Unhealthy => v.1 = v.1.saturating_add(1),
+            HealthState::Unknown => {}
+        }
+    }
+    votes
+}
+
+/// The per-interval hook the prober calls ([`run`]'s `targets`): reads the store, works out
+/// which endpoints this node probes (rendezvous over the live membership), takes the other
+/// probers' observations into the shared view, publishes this node's own observations when
+/// they changed or are due, and returns this node's endpoints grouped by zone.
 pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+    let health = node.0.health.clone();
+    let k = health.config.probers;
     let now = now_ms();
-    node.read_store(|s| {
+    let me = node.0.net.local_peer_id();
+    let mut members: Vec<PeerId> = node
+        .peers()
+        .into_iter()
+        .filter(|(_, p)| p.status != PeerStatus::Down)
+        .map(|(p, _)| p)
+        .collect();
+    members.push(me);
+    members.sort();
+    members.dedup();
+    let member_set: BTreeSet<PeerId> = members.iter().copied().collect();
+    let member_bytes: Vec<Vec<u8>> = members.iter().map(|p| p.to_bytes()).collect();
+    let (by_zone, observed) = node.read_store(|s| {
         let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        let mut observed: Vec<Observed> = Vec::new();
         for (_, e) in s.mem().iter().filter(|(_, e)| e.is_live(now)) {
             let Some(r) = e.record() else { continue };
+            if let Some(verdicts) = parse_observation(&r) {
+                // Reported endpoints, not services: never probed on anyone's word.
+                let author = crate::offers::peer_of(&r.body.zone);
+                match author {
+                    Some(a) if a != me && member_set.contains(&a) => {
+                        if r.body.expires_at_ms > now.saturating_add(MAX_OBSERVATION_LIFETIME_MS) {
+                            health
+                                .observations
+                                .ignored_too_long
+                                .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+                            continue;
+                        }
+                        observed.push(Observed {
+                            author: a,
+                            seq: r.body.seq,
+                            verdicts,
+                        });
+                    }
+                    Some(a) if a == me => {}
+                    _ => {
+                        health
+                            .observations
+                            .ignored_not_prober
+                            .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
             let set = by_zone.entry(r.body.zone).or_default();
             set.extend(r.endpoints().unwrap_or(&[]).iter().map(target));
         }
-        by_zone
-    })
+        (by_zone, observed)
+    });
+    // Which endpoints this node probes, and how many verdicts make an endpoint unhealthy.
+    let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+    let mut quorum: HashMap<Target, u8> = HashMap::new();
+    let mut probers: HashMap<Target, Vec<PeerId>> = HashMap::new();
+    for (zone, targets) in by_zone {
+        for t in targets {
+            if probers.contains_key(&t) {
+                continue;
+            }
+            let chosen: Vec<PeerId> = probers_of(&t, &member_bytes, k)
+                .into_iter()
+                .filter_map(|b| PeerId::from_bytes(b).ok())
+                .collect();
+            if chosen.contains(&me) {
+                mine.entry(zone).or_default().insert(t.clone());
+            }
+            quorum.insert(t.clone(), u8::try_from(chosen.len().min(2)).unwrap_or(2));
+            probers.insert(t, chosen);
+        }
+    }
+    let votes = tally(observed, &probers, &health.observations);
+    let effective = if k == 0 {
+        members.len()
+    } else {
+        k.min(members.len())
+    };
+    let factor = period_factor(effective, k);
+    health
+        .period_milli
+        .store((factor * 1000.0) as u64, Ordering::Relaxed);
+    {
+        let mut shared = health
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *shared = SharedView { votes, quorum };
+    }
+    publish_observations(node, &health, now);
+    mine
+}
+
+/// Publishes this node's verdicts (in the background; never two runs at once): records whose
+/// content changed or that are older than [`Health::observation_refresh`], and a tombstone for
+/// each label no longer needed.
+fn publish_observations(node: &Node, health: &Arc<Health>, now: u64) {
+    let Some(key) = node.0.node_key.get().cloned() else {
+        return;
+    };
+    if health.publishing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let verdicts: BTreeMap<Target, HealthState> = health
+        .lock()
+        .iter()
+        .filter(|(_, s)| s.health != HealthState::Unknown)
+        .map(|(t, s)| (t.clone(), s.health))
+        .collect();
+    let (chunks, left_out) = observation_chunks(&verdicts);
+    health
+        .observations
+        .unpublished
+        .fetch_add(left_out as u64, Ordering::Relaxed);
+    let n_chunks = chunks.len();
+    let refresh = health.observation_refresh();
+    let at = Instant::now();
+    let mut todo: Vec<(String, Vec<Endpoint>)> = Vec::new();
+    {
+        let mut published = health
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, eps) in chunks.into_iter().enumerate() {
+            let label = format!("{OBSERVATION_LABEL_PREFIX}{i}");
+            let due = published
+                .get(&label)
+                .is_none_or(|(old, when)| *old != eps || at.duration_since(*when) >= refresh);
+            if due {
+                published.insert(label.clone(), (eps.clone(), at));
+                todo.push((label, eps));
+            }
+        }
+        // Labels past the current number of records: a tombstone each, once.
+        let unused: Vec<String> = published
+            .keys()
+            .filter(|l| {
+                l.strip_prefix(OBSERVATION_LABEL_PREFIX)
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n >= n_chunks)
+            })
+            .cloned()
+            .collect();
+        for label in unused {
+            published.remove(&label);
+            todo.push((label, Vec::new()));
+        }
+    }
+    if todo.is_empty() {
+        health.publishing.store(false, Ordering::Release);
+        return;
+    }
+    let node = node.clone();
+    let health = health.clone();
+    let lifetime = refresh * 3;
+    tokio::spawn(async move {
+        for (label, eps) in todo {
+            let name = format!("{label}.{}", key.zone());
+            let floor = crate::offers::held_floor(&node, &name);
+            let ok = match sign_observation(&key, &label, &eps, now, lifetime, floor) {
+                Ok(r) => matches!(node.publish(r, None).await, Ok(p) if p.outcome.is_winner()),
+                Err(e) => {
+                    tracing::warn!(%e, "cannot sign a probe observation");
+                    false
+                }
+            };
+            let c = if ok {
+                &health.observations.published
+            } else {
+                &health.observations.publish_failures
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        health.publishing.store(false, Ordering::Release);
+    });
 }
 
 /// Probes one endpoint once, within `policy`.
@@ -1031,5 +1534,200 @@ mod tests {
             .count();
         assert_eq!(attacker_in_flight, MAX_IN_FLIGHT_PER_ZONE);
         assert_eq!(honest_probed, honest, "every honest endpoint was probed");
+    }
+
+    fn peer(n: u64) -> PeerId {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_le_bytes());
+        let kp = libp2p::identity::Keypair::ed25519_from_bytes(seed).expect("seed");
+        kp.public().to_peer_id()
+    }
+
+    fn endpoints(n: u32) -> Vec<Target> {
+        (0..n)
+            .map(|i| {
+                let b = i.to_be_bytes();
+                (Host::V4([8, b[1], b[2], b[3]]), 443, Transport::Tcp)
+            })
+            .collect()
+    }
+
+    /// The issue-13 figure, as a model of the selection rule (every node holds every record):
+    /// probes one endpoint receives per second, and probers per endpoint, at N = 3 and larger
+    /// N, with rendezvous selection (k = 3) and with every node probing (k = 0, the old rule).
+    /// `cargo test -p dpin-node --lib probe_load -- --nocapture` prints the table.
+    #[test]
+    fn probe_load_per_endpoint_does_not_grow_with_the_network() {
+        let interval = HealthConfig::default().interval;
+        let eps = endpoints(1000);
+        for n in [3usize, 10, 100, 1000] {
+            let members: Vec<Vec<u8>> = (0..n as u64).map(|i| peer(i).to_bytes()).collect();
+            let mut load: HashMap<&Vec<u8>, usize> = HashMap::new();
+            for t in &eps {
+                let chosen = probers_of(t, &members, DEFAULT_PROBERS);
+                assert_eq!(chosen.len(), DEFAULT_PROBERS.min(n), "probers per endpoint");
+                for m in chosen {
+                    *load.entry(m).or_default() += 1;
+                }
+            }
+            let with = endpoint_probe_rate(n, DEFAULT_PROBERS, interval);
+            let without = endpoint_probe_rate(n, 0, interval);
+            let max_load = load.values().copied().max().unwrap_or(0);
+            let mean_load = eps.len() * DEFAULT_PROBERS.min(n) / n;
+            println!(
+                "N={n:5}: probes/endpoint/s {with:.2} (every node probing: {without:.2}); \
+                 endpoints per node mean {mean_load}, max {max_load}"
+            );
+            assert!(
+                with <= 1.0 + 1e-9,
+                "at most one probe a second per endpoint"
+            );
+            assert!((with - endpoint_probe_rate(3, DEFAULT_PROBERS, interval)).abs() < 1e-9);
+            // Spread: no node probes more than twice its share (deterministic ids).
+            assert!(
+                max_load <= 2 * mean_load.max(1),
+                "N={n}: {max_load} vs {mean_load}"
+            );
+        }
+        assert!(endpoint_probe_rate(100, 0, interval) >= 50.0 - 1e-9);
+    }
+
+    #[test]
+    fn a_node_leaving_moves_only_the_endpoints_it_probed() {
+        let members: Vec<Vec<u8>> = (0..20u64).map(|i| peer(i).to_bytes()).collect();
+        let gone = members[7].clone();
+        let rest: Vec<Vec<u8>> = members.iter().filter(|m| **m != gone).cloned().collect();
+        for t in endpoints(300) {
+            let before: Vec<Vec<u8>> = probers_of(&t, &members, 3).into_iter().cloned().collect();
+            let after: Vec<Vec<u8>> = probers_of(&t, &rest, 3).into_iter().cloned().collect();
+            if before.contains(&gone) {
+                let kept: Vec<&Vec<u8>> = before.iter().filter(|m| **m != gone).collect();
+                assert!(
+                    kept.iter().all(|m| after.contains(m)),
+                    "survivors keep probing"
+                );
+            } else {
+                assert_eq!(before, after, "unaffected endpoints keep their probers");
+            }
+        }
+    }
+
+    #[test]
+    fn suspicion_needs_confirmation_and_one_healthy_verdict_keeps_an_endpoint() {
+        use HealthState::{Healthy, Unhealthy, Unknown};
+        assert_eq!(
+            combine(None, 0, 0, 2),
+            Unknown,
+            "no verdict: unknown, served"
+        );
+        assert_eq!(
+            combine(Some(Unhealthy), 0, 0, 2),
+            Unknown,
+            "one suspicion alone"
+        );
+        assert_eq!(combine(Some(Unhealthy), 0, 1, 2), Unhealthy, "confirmed");
+        assert_eq!(combine(None, 0, 2, 2), Unhealthy);
+        assert_eq!(
+            combine(Some(Unhealthy), 1, 2, 2),
+            Healthy,
+            "a healthy verdict wins"
+        );
+        assert_eq!(combine(None, 1, 0, 2), Healthy);
+        assert_eq!(combine(Some(Unhealthy), 0, 0, 1), Unhealthy, "sole prober");
+        assert_eq!(combine(Some(Unknown), 0, 0, 0), Unknown);
+    }
+
+    #[test]
+    fn only_the_probers_latest_verdicts_count() {
+        let stats = ObservationStats::default();
+        let ep = (Host::V4([8, 8, 8, 8]), 53, Transport::Tcp);
+        let probers: HashMap<Target, Vec<PeerId>> = [(ep.clone(), vec![peer(1), peer(2)])].into();
+        let obs = |author, seq, h| Observed {
+            author,
+            seq,
+            verdicts: vec![(ep.clone(), h)],
+        };
+        let votes = tally(
+            vec![
+                obs(peer(1), 5, HealthState::Healthy),
+                obs(peer(1), 9, HealthState::Unhealthy), // later record of the same prober
+                obs(peer(2), 3, HealthState::Unhealthy),
+                obs(peer(3), 7, HealthState::Healthy), // not a prober of ep
+            ],
+            &probers,
+            &stats,
+        );
+        assert_eq!(votes.get(&ep), Some(&(0, 2)));
+        assert_eq!(stats.ignored_not_prober.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn shared_verdicts_decide_for_endpoints_this_node_does_not_probe() {
+        let h = Health::new(HealthConfig::default());
+        let ep: Endpoint = "8.8.8.8:53".parse().expect("ep");
+        let t = target(&ep);
+        assert_eq!(h.state(&ep), HealthState::Unknown);
+        let set = |votes: (u8, u8)| {
+            *h.shared.lock().expect("lock") = SharedView {
+                votes: [(t.clone(), votes)].into(),
+                quorum: [(t.clone(), 2)].into(),
+            };
+        };
+        set((1, 0));
+        assert_eq!(h.state(&ep), HealthState::Healthy);
+        set((0, 1));
+        assert_eq!(h.state(&ep), HealthState::Unknown, "one prober's suspicion");
+        set((0, 2));
+        assert_eq!(h.state(&ep), HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn observations_fit_in_records_and_read_back() {
+        let key = dpin_protocol::ZoneKey::from_seed([7; 32]);
+        let mut verdicts: BTreeMap<Target, HealthState> = BTreeMap::new();
+        for (i, t) in endpoints(150).into_iter().enumerate() {
+            let h = if i % 3 == 0 {
+                HealthState::Unhealthy
+            } else {
+                HealthState::Healthy
+            };
+            verdicts.insert(t, h);
+        }
+        for i in 0..40u8 {
+            let long = "a".repeat(60);
+            let name = format!("{long}.{long}.{long}.h{i}.example.org");
+            verdicts.insert(
+                (Host::Name(name), 443, Transport::Udp),
+                HealthState::Healthy,
+            );
+        }
+        verdicts.insert(t(9), HealthState::Unknown); // never published
+        let (chunks, left_out) = observation_chunks(&verdicts);
+        assert_eq!(left_out, 0);
+        let now = 1_700_000_000_000;
+        let mut back: BTreeMap<Target, HealthState> = BTreeMap::new();
+        for (i, eps) in chunks.iter().enumerate() {
+            let label = format!("{OBSERVATION_LABEL_PREFIX}{i}");
+            let r = sign_observation(&key, &label, eps, now, Duration::from_secs(30), None)
+                .expect("sign");
+            assert_eq!(r.validate(now, dpin_protocol::Freshness::Publish), Ok(()));
+            back.extend(parse_observation(&r).expect("observation"));
+        }
+        verdicts.remove(&t(9));
+        assert_eq!(back, verdicts);
+        let tomb = sign_observation(
+            &key,
+            "dpin-probe-obs-3",
+            &[],
+            now,
+            Duration::from_secs(30),
+            None,
+        )
+        .expect("tombstone");
+        assert_eq!(
+            tomb.validate(now, dpin_protocol::Freshness::Publish),
+            Ok(())
+        );
     }
 }
