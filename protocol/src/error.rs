@@ -31,6 +31,10 @@ pub enum ValidationError {
     /// The zone id is not a valid ed25519 public key.
     #[error("zone id is not a valid ed25519 public key")]
     BadZoneKey,
+    /// The zone id is a curve point, but a weak one (small order, or a non-canonical
+    /// encoding): refused on every path, whatever the signature says.
+    #[error("zone key refused: {0}")]
+    WeakZoneKey(crate::keys::WeakKey),
     /// The label is empty, too long, or has characters outside `a-z 0-9 -`.
     #[error(
         "invalid label {0:?}: use 1-63 characters a-z, 0-9, '-', not starting or ending with '-'"
@@ -116,4 +120,13 @@ pub enum KeyError {
     /// The key file does not follow the documented format.
     #[error("invalid key file: {0}")]
     BadKeyFile(&'static str),
+    /// A zone id that decodes to a weak key (small order or non-canonical): anyone could sign
+    /// for it, or it aliases another zone.
+    #[error("zone id {zone:?} is a weak key: {reason}")]
+    WeakZoneKey {
+        /// The zone id as given.
+        zone: String,
+        /// What is wrong with it.
+        reason: crate::keys::WeakKey,
+    },
 }

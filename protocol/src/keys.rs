@@ -32,10 +32,34 @@ const KEY_FILE_TAG: &str = "dpin-zone-key-v1";
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode)]
 pub struct ZoneId(pub [u8; 32]);
 
+/// Why 32 bytes are not an acceptable zone key. Such a zone is refused everywhere (zone ids in
+/// text, record fields, single and batch verification) with the same typed error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum WeakKey {
+    /// The bytes are not the encoding of a point on the curve.
+    #[error("not a curve point")]
+    NotAPoint,
+    /// The point has a second, shorter encoding (y ≥ p): one key, two zone ids, and
+    /// implementations disagree on whether to accept it.
+    #[error("non-canonical point encoding")]
+    NonCanonical,
+    /// The point has small order (one of the eight torsion points): a signature with `S = 0`
+    /// verifies for almost any message, so anyone could write names in the zone.
+    #[error("small-order point: anyone could sign for it")]
+    SmallOrder,
+}
+
 impl ZoneId {
-    /// The public key, if these bytes are a valid ed25519 point.
+    /// The public key, if these bytes are an acceptable zone key ([`ZoneId::check`]).
     pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        self.check().ok()?;
         VerifyingKey::from_bytes(&self.0).ok()
+    }
+
+    /// Whether these bytes are an acceptable zone key: the canonical encoding of a curve point
+    /// that does not have small order. Honest keys ([`ZoneKey::generate`]) always are.
+    pub fn check(&self) -> Result<(), WeakKey> {
+        crate::signature::check_zone_key(&self.0).map(|_| ())
     }
 }
 
@@ -54,8 +78,8 @@ impl fmt::Debug for ZoneId {
 impl FromStr for ZoneId {
     type Err = KeyError;
 
-    /// Accepts either case (DNS may fold it) but nothing else: exactly 52 base32 characters of a
-    /// valid public key.
+    /// Accepts either case (DNS may fold it) but nothing else: exactly 52 base32 characters of
+    /// an acceptable public key (weak keys are refused with [`KeyError::WeakZoneKey`]).
     fn from_str(s: &str) -> Result<Self, KeyError> {
         if s.len() != ZONE_ID_TEXT_LEN {
             return Err(KeyError::BadZoneId(s.to_owned()));
@@ -68,10 +92,14 @@ impl FromStr for ZoneId {
             .try_into()
             .map_err(|_| KeyError::BadZoneId(s.to_owned()))?;
         let zone = ZoneId(arr);
-        if zone.verifying_key().is_none() {
-            return Err(KeyError::BadZoneId(s.to_owned()));
+        match zone.check() {
+            Ok(()) => Ok(zone),
+            Err(WeakKey::NotAPoint) => Err(KeyError::BadZoneId(s.to_owned())),
+            Err(reason) => Err(KeyError::WeakZoneKey {
+                zone: s.to_owned(),
+                reason,
+            }),
         }
-        Ok(zone)
     }
 }
 

@@ -14,6 +14,8 @@
 //!   domain-separated signatures and field validation; blob manifests (content-addressed
 //!   stored files) are records too. An empty endpoint set cannot be signed
 //!   into a valid record.
+//! * [`signature`] — the one acceptance rule for record signatures (cofactored, canonical
+//!   encodings, no weak keys), implemented alike by single and batch verification.
 //! * [`merge`] — THE one function that decides which record wins ([`merge::decide`]): higher
 //!   `seq` wins, equal `seq` with different content is an equivocation settled by the blake3
 //!   hash of the canonical bytes, lower `seq` is stale. Every replica applies it at apply time.
@@ -44,6 +46,7 @@ pub mod liveness;
 pub mod merge;
 pub mod offer;
 pub mod record;
+pub mod signature;
 pub mod store;
 pub mod sync;
 

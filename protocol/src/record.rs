@@ -16,10 +16,10 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ed25519_dalek::{Signature, Signer, Verifier};
+use ed25519_dalek::Signer;
 
 use crate::error::{DecodeError, ValidationError};
-use crate::keys::{ZoneId, ZoneKey};
+use crate::keys::{WeakKey, ZoneId, ZoneKey};
 use crate::{
     MAX_CLOCK_SKEW_MS, MAX_ENDPOINTS, MAX_HOSTNAME_LEN, MAX_LABEL_LEN, MAX_NODE_CLOCK_SKEW_MS,
     MAX_RECORD_BYTES, MAX_REGION_LEN, MAX_TTL_MS, SEQ_UNITS_PER_MS,
@@ -412,16 +412,17 @@ impl SignedRecord {
         self.verify_signature()
     }
 
-    /// Checks only the signature.
+    /// Checks only the signature, under the one acceptance rule of [`crate::signature`]
+    /// (the same rule [`verify_batch`] applies).
     pub fn verify_signature(&self) -> Result<(), ValidationError> {
-        let vk = self
-            .body
-            .zone
-            .verifying_key()
-            .ok_or(ValidationError::BadZoneKey)?;
         let msg = signing_message(&self.body.canonical_bytes());
-        vk.verify(&msg, &Signature::from_bytes(&self.signature))
-            .map_err(|_| ValidationError::BadSignature)
+        crate::signature::verify(&self.body.zone.0, &msg, &self.signature).map_err(|e| match e {
+            crate::signature::SignatureError::Key(WeakKey::NotAPoint) => {
+                ValidationError::BadZoneKey
+            }
+            crate::signature::SignatureError::Key(weak) => ValidationError::WeakZoneKey(weak),
+            _ => ValidationError::BadSignature,
+        })
     }
 
     /// Checks the limits that move with time: the expiry may lie at most [`MAX_TTL_MS`] ahead
@@ -456,8 +457,10 @@ impl SignedRecord {
         if b.seq == 0 {
             return Err(ValidationError::ZeroSeq);
         }
-        if b.zone.verifying_key().is_none() {
-            return Err(ValidationError::BadZoneKey);
+        match b.zone.check() {
+            Ok(()) => {}
+            Err(crate::keys::WeakKey::NotAPoint) => return Err(ValidationError::BadZoneKey),
+            Err(weak) => return Err(ValidationError::WeakZoneKey(weak)),
         }
         if self.encode().len() > MAX_RECORD_BYTES {
             // Only reachable for records built in memory; decode refuses such input earlier.
@@ -521,22 +524,20 @@ pub fn seq_ceiling(now_ms: u64, freshness: Freshness) -> u64 {
         .saturating_mul(SEQ_UNITS_PER_MS)
 }
 
-/// Batch-verifies signatures (ed25519-dalek `verify_batch`), about twice as fast per
-/// signature as one-by-one. `false` means at least one is bad: verify individually to find it.
+/// Batch-verifies signatures, about twice as fast per signature as one-by-one. `true` exactly
+/// when [`SignedRecord::verify_signature`] accepts every record (one acceptance rule, see
+/// [`crate::signature`]); `false` means at least one is bad: verify individually to find it.
 pub fn verify_batch(records: &[SignedRecord]) -> bool {
-    let mut messages = Vec::with_capacity(records.len());
-    let mut signatures = Vec::with_capacity(records.len());
-    let mut keys = Vec::with_capacity(records.len());
-    for r in records {
-        let Some(vk) = r.body.zone.verifying_key() else {
-            return false;
-        };
-        messages.push(signing_message(&r.body.canonical_bytes()));
-        signatures.push(Signature::from_bytes(&r.signature));
-        keys.push(vk);
-    }
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok()
+    let messages: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| signing_message(&r.body.canonical_bytes()))
+        .collect();
+    let items: Vec<(&[u8; 32], &[u8], &[u8; 64])> = records
+        .iter()
+        .zip(&messages)
+        .map(|(r, m)| (&r.body.zone.0, m.as_slice(), &r.signature))
+        .collect();
+    crate::signature::verify_batch(&items)
 }
 
 /// A user label: 1-63 of `a-z 0-9 -`, not starting or ending with `-` (one DNS label).

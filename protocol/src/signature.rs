@@ -1,0 +1,177 @@
+//! The one acceptance rule for record signatures, shared by single and batch verification.
+//!
+//! Sync verifies records in batches; gossip and the API verify them one at a time. Ed25519
+//! libraries disagree with themselves here: ed25519-dalek's single `verify` checks the
+//! cofactorless equation and compares encodings, while its `verify_batch` checks a random
+//! linear combination after decompressing `R`. A record whose `R` carries a small torsion
+//! component, or is encoded non-canonically, or whose zone key has small order, is refused by
+//! one and (for some messages) accepted by the other. A replica that took such a record from
+//! sync keeps it; one that saw it over gossip refuses it; they never converge.
+//!
+//! So dpin defines its own rule, in one place, and both paths implement it exactly:
+//!
+//! 1. the zone key `A` is the canonical encoding of a curve point that does not have small
+//!    order ([`check_zone_key`]; weak keys are refused with a typed error on every path);
+//! 2. `R` is the canonical encoding of a curve point that does not have small order;
+//! 3. `S` is a canonical scalar (`S < l`);
+//! 4. `[8]([S]B − R − [k]A)` is the identity, with `k = SHA-512(R ‖ A ‖ M) mod l`
+//!    (the *cofactored* equation).
+//!
+//! Why cofactored: the batch check `[8]·Σ zᵢ([Sᵢ]B − Rᵢ − [kᵢ]Aᵢ) = 0` then holds exactly when
+//! every single check holds (up to a 2⁻¹²⁸ chance over the coefficients `zᵢ`), because the
+//! cofactor removes every torsion component before the random combination is formed, so no
+//! choice of torsion can make terms cancel. The cofactorless equation has no batch form with
+//! that property short of a torsion check per point (a full scalar multiplication each, which
+//! would cost what batching saves). Honest signatures satisfy both equations; a torsion
+//! component in `R` can only be put there by the key owner (`R`'s bytes are hashed into `k`,
+//! so a third party changing `R` invalidates the signature), who could sign the message anyway.
+//!
+//! The batch coefficients `zᵢ` are 128-bit values derived from blake3 over every input of
+//! the batch (as ed25519-dalek derives them from a transcript), so verification stays
+//! deterministic and sans-IO; to make a bad batch pass, an attacker would have to find inputs
+//! whose derived coefficients satisfy one linear equation mod l, a 2⁻¹²⁸ event per attempt.
+
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use sha2::{Digest, Sha512};
+
+use crate::keys::WeakKey;
+
+/// Why a signature is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The zone key itself is refused.
+    #[error("zone key refused: {0}")]
+    Key(WeakKey),
+    /// `R` is not the canonical encoding of a curve point, or has small order.
+    #[error("signature R refused: {0}")]
+    BadR(WeakKey),
+    /// `S` is not reduced modulo the group order.
+    #[error("signature S is not a canonical scalar")]
+    NonCanonicalS,
+    /// The verification equation does not hold.
+    #[error("signature does not verify")]
+    Mismatch,
+}
+
+/// Whether the y coordinate of an encoding (its low 255 bits) is below p = 2^255 − 19. The
+/// only other non-canonical encodings have x = 0 with the sign bit set; those points have
+/// small order and are refused as such, so "y < p and not small order" is exactly
+/// "canonical and not small order".
+fn y_is_reduced(bytes: &[u8; 32]) -> bool {
+    // p, little-endian: ed ff ff ... ff 7f.
+    if bytes[31] & 0x7f != 0x7f || bytes[1..31].iter().any(|&b| b != 0xff) {
+        return true;
+    }
+    bytes[0] < 0xed
+}
+
+fn decode_point(bytes: &[u8; 32]) -> Result<EdwardsPoint, WeakKey> {
+    if !y_is_reduced(bytes) {
+        return Err(WeakKey::NonCanonical);
+    }
+    let point = CompressedEdwardsY(*bytes)
+        .decompress()
+        .ok_or(WeakKey::NotAPoint)?;
+    if point.is_small_order() {
+        return Err(WeakKey::SmallOrder);
+    }
+    Ok(point)
+}
+
+/// The zone key as a curve point, if it is acceptable (rule 1 of the module docs).
+pub fn check_zone_key(zone: &[u8; 32]) -> Result<EdwardsPoint, WeakKey> {
+    decode_point(zone)
+}
+
+/// One signature with its points decoded and its challenge computed.
+struct Prepared {
+    a: EdwardsPoint,
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
+}
+
+fn prepare(
+    zone: &[u8; 32],
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<Prepared, SignatureError> {
+    let a = check_zone_key(zone).map_err(SignatureError::Key)?;
+    let mut r_bytes = [0u8; 32];
+    r_bytes.copy_from_slice(&signature[..32]);
+    let mut s_bytes = [0u8; 32];
+    s_bytes.copy_from_slice(&signature[32..]);
+    let r = decode_point(&r_bytes).map_err(SignatureError::BadR)?;
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
+        .ok_or(SignatureError::NonCanonicalS)?;
+    let mut h = Sha512::new();
+    h.update(r_bytes);
+    h.update(zone);
+    h.update(message);
+    let wide: [u8; 64] = h.finalize().into();
+    let k = Scalar::from_bytes_mod_order_wide(&wide);
+    Ok(Prepared { a, r, s, k })
+}
+
+/// Verifies one signature under the rule of the module docs.
+pub fn verify(zone: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> Result<(), SignatureError> {
+    let p = prepare(zone, message, signature)?;
+    // [S]B − [k]A, then compare with R up to torsion.
+    let expected_r = EdwardsPoint::vartime_double_scalar_mul_basepoint(&(-p.k), &p.a, &p.s);
+    if (expected_r - p.r).mul_by_cofactor().is_identity() {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// Verifies many `(zone, message, signature)` triples at once: `true` exactly when
+/// [`verify`] accepts every one of them (see the module docs for why the two cannot
+/// disagree). `false` says only that at least one is bad; verify them one by one to find it.
+/// An empty batch is `true`.
+pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
+    let mut prepared = Vec::with_capacity(items.len());
+    for (zone, message, signature) in items {
+        match prepare(zone, message, signature) {
+            Ok(p) => prepared.push(p),
+            Err(_) => return false,
+        }
+    }
+    if prepared.is_empty() {
+        return true;
+    }
+    // Coefficients from every input of the batch, so none can be chosen independently.
+    let mut h = blake3::Hasher::new_derive_key("dpin 2026 batch signature coefficients v1");
+    for ((zone, _, signature), p) in items.iter().zip(&prepared) {
+        h.update(&zone[..]);
+        h.update(&signature[..]);
+        h.update(p.k.as_bytes());
+    }
+    let mut xof = h.finalize_xof();
+    let zs: Vec<Scalar> = prepared
+        .iter()
+        .map(|_| {
+            let mut z = [0u8; 16];
+            xof.fill(&mut z);
+            Scalar::from(u128::from_le_bytes(z))
+        })
+        .collect();
+    // Σ zᵢ(Rᵢ + kᵢAᵢ − SᵢB) = 0, up to torsion.
+    let b_coefficient: Scalar = -prepared
+        .iter()
+        .zip(&zs)
+        .map(|(p, z)| z * p.s)
+        .sum::<Scalar>();
+    let scalars = std::iter::once(b_coefficient)
+        .chain(zs.iter().copied())
+        .chain(prepared.iter().zip(&zs).map(|(p, z)| z * p.k));
+    let points = std::iter::once(ED25519_BASEPOINT_POINT)
+        .chain(prepared.iter().map(|p| p.r))
+        .chain(prepared.iter().map(|p| p.a));
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
+}
