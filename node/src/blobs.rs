@@ -5,11 +5,33 @@
 //!   after SIGKILL. Every chunk is verified against the index when stored, when served and by
 //!   the periodic scrub; a corrupt chunk is deleted (never served) and then re-fetched by
 //!   repair.
-//! * [`intended_holders`] is the one placement rule, used by both [`put`] and repair: walk the
-//!   rendezvous order of the live storage offers that could ever hold the blob ([`placement`])
-//!   and take each node that has room for the part of the blob it lacks, until `K` are taken.
-//!   Put and repair used to filter candidates differently (put skipped nodes without free
-//!   room, repair did not), so a node put skipped for lack of room pulled a copy anyway.
+//! * Placement and repair planning are the pure functions of [`dpin_protocol::blob`]
+//!   (`placement`, `intended_holders`, `may_store`, `plan_repair`, `is_surplus`), driven here
+//!   with the offers that count ([`offers::storage_candidates`]): one candidate filter for
+//!   put, holder admission, repair and collection.
+//! * **Writes are closed.** A holder stores a blob only under a valid signed manifest that
+//!   arrives with the index and matches it, only if it is one of the blob's intended holders
+//!   or their stand-ins in its own view of the live offers, and only within the capacity it
+//!   offers (a node without `--offer-storage` stores nothing). Chunks and seals are refused
+//!   for a blob it accepted no write for; a seal syncs once (a marker answers repeats). Every
+//!   refusal is counted by reason in [`BlobStats`].
+//! * **Manifest authority.** Manifests for a root can come from any zone. Placement never
+//!   uses a manifest's claims unchecked: a holder binds a blob only to a manifest whose size,
+//!   chunk size and chunk count equal the root-authenticated index, and reads take those
+//!   numbers from the verified index. The copy count `K` is that of the manifest the blob's
+//!   holders were first written under: each holder binds the zone of its first accepted write
+//!   and never rebinds; a node without a copy that sees manifests from several zones asks the
+//!   holders (the census) and follows the zone most complete holders vouch for, ties to the
+//!   best-ranked holder ([`dpin_protocol::blob::owner_by_vouches`]). A stranger's manifest
+//!   for someone else's blob, whatever size or `replicas` it claims, so changes neither
+//!   where the blob lives nor how many copies it gets, unless the stranger's nodes hold most
+//!   of its complete copies. Identical content put later under another zone keeps the first
+//!   owner's `K`.
+//! * **Collection.** Temporary files a crash left (`*.tmp`, `DATA_DIR/tmp` uploads) are
+//!   removed at open. A copy without a live manifest from its bound zone is collected
+//!   [`ORPHAN_GRACE_MS`] after it was written (a put that never published, an expired blob).
+//!   A complete copy this node has not been an intended holder of for [`SURPLUS_GRACE_MS`] is
+//!   collected once a census shows `K` complete copies on intended holders.
 //! * [`put`] cuts an uploaded file into chunks, stores them on the first `K` intended holders
 //!   (the node itself included, if chosen), and only then publishes the signed manifest, which
 //!   gossips like any record. Its seq is the clock, kept above the held floor
@@ -27,8 +49,9 @@
 //!   late offer refresh cannot hide a copy) and pulls only if it is intended and fewer than `K`
 //!   complete copies are live. When a holder dies, the census finds `K - 1` copies and only
 //!   the newly intended node copies — one copy of repair traffic per lost replica. Two nodes
-//!   whose views of the offers differ can still both pull after a loss (one extra copy); no
-//!   surplus copy is ever deleted, since deleting on a divergent view could lose data.
+//!   whose views of the offers differ can still both pull after a loss (one extra copy); such
+//!   a surplus copy is deleted only after a grace period and a census showing `K` complete
+//!   copies on intended holders, since deleting on a divergent view could lose data.
 //!
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
 //! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (fewer after a
@@ -39,17 +62,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use dpin_protocol::blob::{
-    chunk_hash, index_entry, rendezvous, root_of, BlobRequest, BlobResponse, DEFAULT_CHUNK_BYTES,
+    self as plan, chunk_hash, index_entry, manifest_matches_index, root_of, BlobRequest,
+    BlobResponse, BlobShape, RepairPlan, StorageCandidate, DEFAULT_CHUNK_BYTES,
 };
 use dpin_protocol::record::blob_label;
-use dpin_protocol::{BlobManifest, Content, RecordBody, SignedRecord, ZoneKey};
+use dpin_protocol::{BlobManifest, Content, Freshness, RecordBody, SignedRecord, ZoneId, ZoneKey};
 use libp2p::PeerId;
 
 use crate::node::{now_ms, Node};
-use crate::offers::{self, OfferFilter};
+use crate::offers;
 
 /// Largest blob accepted for `put`.
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
@@ -69,6 +94,17 @@ const PUT_RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 /// on a live node whose offer refresh was merely late still counts, so it is not duplicated.
 /// A dead node does not answer and is not counted.
 pub const CENSUS_GRACE_MS: u64 = 60_000;
+/// A blob directory without a live manifest from the zone it was written under (a put that
+/// never published, an expired blob, a write from before binding) is collected this long
+/// after it was written. Long enough for a put of the largest blob to finish and its
+/// manifest to replicate.
+pub const ORPHAN_GRACE_MS: u64 = 10 * 60 * 1000;
+/// A complete copy this node is no longer an intended holder of is collected only after it
+/// has been surplus this long and a census then finds `K` complete copies on intended
+/// holders (so a brief view change never deletes a copy).
+pub const SURPLUS_GRACE_MS: u64 = 60 * 1000;
+/// How often the holder admission view (own id, live storage offers) is refreshed.
+const GATE_REFRESH: Duration = Duration::from_secs(1);
 /// Manifests live this long (a put is a long-lived fact; re-put to extend).
 pub const MANIFEST_TTL_MS: u64 = 30 * 24 * 3600 * 1000 - 60_000;
 
@@ -112,6 +148,189 @@ pub enum BlobError {
     /// Signing or publishing the manifest failed.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// A write from a peer was refused.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+/// Why a holder refused a write (each counted in [`BlobStats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// This node offers no storage (started without `--offer-storage`), or its admission
+    /// view is not ready yet.
+    #[error("this node offers no storage")]
+    NoOffer,
+    /// The manifest sent with the index does not decode, verify or validate.
+    #[error("the manifest does not verify")]
+    BadManifest,
+    /// The manifest's root, size, chunk size or chunk count differ from the index.
+    #[error("the manifest does not match the index")]
+    ManifestMismatch,
+    /// This node is not among the blob's intended holders or their stand-ins.
+    #[error("this node is not an intended holder of the blob")]
+    NotIntended,
+    /// Storing it would exceed the capacity this node offers.
+    #[error("no room within the offered capacity")]
+    NoRoom,
+    /// A chunk or seal for a blob this node accepted no write for.
+    #[error("no accepted write for this blob")]
+    NotAccepted,
+}
+
+impl Refusal {
+    /// Every reason, for rendering.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::NoOffer,
+        Refusal::BadManifest,
+        Refusal::ManifestMismatch,
+        Refusal::NotIntended,
+        Refusal::NoRoom,
+        Refusal::NotAccepted,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoOffer => "no_offer",
+            Refusal::BadManifest => "bad_manifest",
+            Refusal::ManifestMismatch => "manifest_mismatch",
+            Refusal::NotIntended => "not_intended",
+            Refusal::NoRoom => "no_room",
+            Refusal::NotAccepted => "not_accepted",
+        }
+    }
+}
+
+/// Blob write refusals and collections, per node instance. The lead wires [`BlobStats::render`]
+/// into `/metrics` and [`BlobStats::to_json`] into status.
+#[derive(Debug, Default)]
+pub struct BlobStats {
+    refused: [AtomicU64; 6],
+    /// Bad index (does not hash to the root, malformed).
+    pub bad_index: AtomicU64,
+    /// Chunks that did not match the index when stored.
+    pub corrupt_put: AtomicU64,
+    /// Seals answered from the marker without syncing again.
+    pub seals_repeated: AtomicU64,
+    /// Blob directories collected as orphans (no live manifest from their bound zone).
+    pub orphans_collected: AtomicU64,
+    /// Complete copies collected as surplus (no longer intended, `K` copies elsewhere).
+    pub surplus_collected: AtomicU64,
+    /// Temporary files removed (left by a crash mid-write).
+    pub tmp_collected: AtomicU64,
+    /// Manifests of a root ignored because their claims differ from the verified index.
+    pub manifests_mismatched: AtomicU64,
+}
+
+impl BlobStats {
+    fn refuse(&self, why: Refusal) -> BlobError {
+        if let Some(c) = Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.refused.get(i))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        BlobError::Refused(why)
+    }
+
+    /// Refusals for one reason.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.refused.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn counters(&self) -> [(&'static str, &'static str, u64); 7] {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            (
+                "dpin_blob_bad_index_total",
+                "Blob indexes refused: not matching the root.",
+                l(&self.bad_index),
+            ),
+            (
+                "dpin_blob_corrupt_put_total",
+                "Chunks refused: not matching the index.",
+                l(&self.corrupt_put),
+            ),
+            (
+                "dpin_blob_seals_repeated_total",
+                "Seals answered without syncing again.",
+                l(&self.seals_repeated),
+            ),
+            (
+                "dpin_blob_orphans_collected_total",
+                "Blob copies collected: no live manifest from their zone.",
+                l(&self.orphans_collected),
+            ),
+            (
+                "dpin_blob_surplus_collected_total",
+                "Blob copies collected: no longer intended, K copies elsewhere.",
+                l(&self.surplus_collected),
+            ),
+            (
+                "dpin_blob_tmp_collected_total",
+                "Temporary files left by a crash removed.",
+                l(&self.tmp_collected),
+            ),
+            (
+                "dpin_blob_manifests_mismatched_total",
+                "Manifests ignored: claims differ from the verified index.",
+                l(&self.manifests_mismatched),
+            ),
+        ]
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP dpin_blob_refused_total Blob writes (index, chunk, seal) refused, by reason.\n\
+             # TYPE dpin_blob_refused_total counter\n",
+        );
+        for why in Refusal::ALL {
+            out.push_str(&format!(
+                "dpin_blob_refused_total{{reason=\"{}\"}} {}\n",
+                why.as_str(),
+                self.refused(why)
+            ));
+        }
+        for (name, help, v) in self.counters() {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            ));
+        }
+        out
+    }
+
+    /// JSON for status.
+    pub fn to_json(&self) -> serde_json::Value {
+        let refused: serde_json::Map<String, serde_json::Value> = Refusal::ALL
+            .iter()
+            .map(|w| (w.as_str().to_owned(), self.refused(*w).into()))
+            .collect();
+        let mut v = serde_json::json!({ "refused": refused });
+        for (name, _, n) in self.counters() {
+            let key = name
+                .trim_start_matches("dpin_blob_")
+                .trim_end_matches("_total");
+            v[key] = n.into();
+        }
+        v
+    }
+}
+
+/// What a holder needs to judge a write without the node: the capacity it offers, its own
+/// peer id and the live storage offers (refreshed by [`run_maintenance`]).
+#[derive(Debug, Default)]
+struct Gate {
+    capacity: Option<u64>,
+    me: Option<PeerId>,
+    candidates: Vec<StorageCandidate<PeerId>>,
+    /// Roots first seen surplus at (Unix ms), for [`SURPLUS_GRACE_MS`].
+    surplus_since: BTreeMap<[u8; 32], u64>,
 }
 
 /// Index metadata as stored: size, chunk size, concatenated chunk hashes.
@@ -132,13 +351,43 @@ impl Index {
     }
 }
 
-/// On-disk chunk store.
+/// On-disk chunk store, with the admission state that closes it to writes it did not agree to.
 #[derive(Debug)]
 pub struct BlobStore {
     dir: PathBuf,
     used: AtomicU64,
     /// Corrupt chunks found (on read or scrub) and deleted.
     pub corrupt_found: AtomicU64,
+    gate: Mutex<Gate>,
+    /// Refusals and collections.
+    pub stats: BlobStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch of a file's modification, 0 if unknown.
+fn mtime_ms(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks an index against its root and itself.
+fn check_index(root: &[u8; 32], index: &Index) -> Result<(), BlobError> {
+    let chunks = index.size.div_ceil(u64::from(index.chunk_size.max(1)));
+    if root_of(&index.hashes) != *root
+        || index.hashes.len() % 32 != 0
+        || chunks != u64::from(index.chunks())
+        || index.chunk_size == 0
+        || index.chunk_size > dpin_protocol::record::MAX_CHUNK_BYTES
+    {
+        return Err(BlobError::BadIndex);
+    }
+    Ok(())
 }
 
 /// Writes via a temporary file and rename, so a reader never sees half a file. With `sync`,
@@ -160,9 +409,13 @@ fn write_file(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
 }
 
 impl BlobStore {
-    /// Opens (creating) `dir` and counts the bytes stored.
+    /// Opens (creating) `dir` and counts the bytes stored. Temporary files a crash left behind
+    /// are removed: `*.tmp` in the blob directories, and the upload scratch files in the
+    /// sibling `tmp` directory (`DATA_DIR/tmp`, where the API buffers uploads), since no
+    /// upload is in flight before the node starts serving.
     pub fn open(dir: PathBuf) -> Result<Self, BlobError> {
         std::fs::create_dir_all(&dir)?;
+        let stats = BlobStats::default();
         let mut used = 0;
         for blob in std::fs::read_dir(&dir)? {
             let blob = blob?;
@@ -172,8 +425,20 @@ impl BlobStore {
             for f in std::fs::read_dir(blob.path())? {
                 let f = f?;
                 let name = f.file_name();
-                if name.to_string_lossy().parse::<u32>().is_ok() {
+                let name = name.to_string_lossy();
+                if name.parse::<u32>().is_ok() {
                     used += f.metadata()?.len();
+                } else if name.ends_with(".tmp") && std::fs::remove_file(f.path()).is_ok() {
+                    stats.tmp_collected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some(scratch) = dir.parent().map(|d| d.join("tmp")) {
+            for f in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
+                if f.file_type().is_ok_and(|t| t.is_file())
+                    && std::fs::remove_file(f.path()).is_ok()
+                {
+                    stats.tmp_collected.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -181,7 +446,136 @@ impl BlobStore {
             dir,
             used: AtomicU64::new(used),
             corrupt_found: AtomicU64::new(0),
+            gate: Mutex::new(Gate::default()),
+            stats,
         })
+    }
+
+    /// Sets the storage this node offers (`None`: it stores nothing for anyone).
+    pub fn set_capacity(&self, capacity: Option<u64>) {
+        lock(&self.gate).capacity = capacity;
+    }
+
+    /// The storage this node offers.
+    pub fn capacity(&self) -> Option<u64> {
+        lock(&self.gate).capacity
+    }
+
+    /// Sets the admission view: this node's id and the live storage offers.
+    pub fn set_view(&self, me: PeerId, candidates: Vec<StorageCandidate<PeerId>>) {
+        let mut g = lock(&self.gate);
+        g.me = Some(me);
+        g.candidates = candidates;
+    }
+
+    /// Whether `extra` more bytes fit within the offered capacity.
+    fn has_room(&self, extra: u64) -> Result<(), BlobError> {
+        let capacity = self.capacity().ok_or(self.stats.refuse(Refusal::NoOffer))?;
+        if self.used().saturating_add(extra) > capacity {
+            return Err(self.stats.refuse(Refusal::NoRoom));
+        }
+        Ok(())
+    }
+
+    /// The manifest `root` was first written under here (its binding), if any.
+    pub fn bound_manifest(&self, root: &[u8; 32]) -> Option<SignedRecord> {
+        let bytes = std::fs::read(self.blob_dir(root).join("manifest")).ok()?;
+        SignedRecord::decode(&bytes).ok()
+    }
+
+    /// The zone `root` is bound to here.
+    pub fn owner(&self, root: &[u8; 32]) -> Option<ZoneId> {
+        self.bound_manifest(root).map(|r| r.body.zone)
+    }
+
+    /// Checks a manifest that comes with a write: it decodes, its signature and fields are
+    /// valid at `now`, it is a manifest of `root` and its claims equal `index`.
+    fn check_manifest(
+        &self,
+        root: &[u8; 32],
+        index: &Index,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<(SignedRecord, BlobManifest), BlobError> {
+        let record =
+            SignedRecord::decode(bytes).map_err(|_| self.stats.refuse(Refusal::BadManifest))?;
+        if record.validate(now, Freshness::Replicate).is_err() || record.is_expired(now) {
+            return Err(self.stats.refuse(Refusal::BadManifest));
+        }
+        let Content::BlobManifest(m) = &record.body.content else {
+            return Err(self.stats.refuse(Refusal::BadManifest));
+        };
+        if !manifest_matches_index(m, root, index.size, index.chunk_size, index.hashes.len()) {
+            return Err(self.stats.refuse(Refusal::ManifestMismatch));
+        }
+        let m = m.clone();
+        Ok((record, m))
+    }
+
+    /// A peer's `PutIndex`: admitted only under a valid manifest of this root that matches the
+    /// index, when this node is one of the blob's intended holders (or their stand-ins, see
+    /// [`plan::may_store`]) in its view of the live offers, and the blob fits within the
+    /// capacity it offers. The first accepted write binds the blob to its manifest's zone;
+    /// later writes under other zones are accepted for an already bound blob (identical
+    /// content) but never rebind it, and the copy count stays the bound manifest's.
+    pub fn admit_index(
+        &self,
+        root: &[u8; 32],
+        index: &Index,
+        manifest: &[u8],
+        now: u64,
+    ) -> Result<(), BlobError> {
+        let (me, view, capacity) = {
+            let g = lock(&self.gate);
+            (g.me, g.candidates.clone(), g.capacity)
+        };
+        let (Some(me), Some(capacity)) = (me, capacity) else {
+            return Err(self.stats.refuse(Refusal::NoOffer));
+        };
+        check_index(root, index).inspect_err(|_| {
+            self.stats.bad_index.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let (record, m) = self.check_manifest(root, index, manifest, now)?;
+        let replicas = self
+            .bound_manifest(root)
+            .and_then(|r| match r.body.content {
+                Content::BlobManifest(b) => Some(b.replicas),
+                _ => None,
+            })
+            .unwrap_or(m.replicas);
+        let mine = plan::held_bytes(
+            self.present(root).len() as u32,
+            index.chunk_size,
+            index.size,
+        );
+        // This node judges its own room by what it really holds, not its last offer.
+        let mut order = plan::placement(root, index.size, &view, |p: &PeerId| p.to_bytes());
+        for c in &mut order {
+            if c.peer == me {
+                c.free = capacity.saturating_sub(self.used());
+            }
+        }
+        if !plan::may_store(&order, &me, index.size, usize::from(replicas), mine) {
+            return Err(self.stats.refuse(Refusal::NotIntended));
+        }
+        self.has_room(index.size.saturating_sub(mine))?;
+        self.bind(root, index, &record)
+    }
+
+    /// Stores the index and, unless the blob is bound already, binds it to `manifest` (the
+    /// repair path, which decided on its own that this node is intended).
+    pub fn bind(
+        &self,
+        root: &[u8; 32],
+        index: &Index,
+        manifest: &SignedRecord,
+    ) -> Result<(), BlobError> {
+        self.put_index(root, index)?;
+        let path = self.blob_dir(root).join("manifest");
+        if self.bound_manifest(root).is_none() {
+            write_file(&path, &manifest.encode(), true)?;
+        }
+        Ok(())
     }
 
     /// Bytes of chunks stored.
@@ -199,15 +593,8 @@ impl BlobStore {
     }
 
     /// Stores the index after checking it against `root`.
-    pub fn put_index(&self, root: &[u8; 32], index: &Index) -> Result<(), BlobError> {
-        let chunks = index.size.div_ceil(u64::from(index.chunk_size.max(1)));
-        if root_of(&index.hashes) != *root
-            || index.hashes.len() % 32 != 0
-            || chunks != u64::from(index.chunks())
-            || index.chunk_size == 0
-        {
-            return Err(BlobError::BadIndex);
-        }
+    fn put_index(&self, root: &[u8; 32], index: &Index) -> Result<(), BlobError> {
+        check_index(root, index)?;
         let dir = self.blob_dir(root);
         std::fs::create_dir_all(&dir)?;
         let mut bytes = Vec::with_capacity(12 + index.hashes.len());
@@ -245,13 +632,25 @@ impl BlobStore {
 
     /// Stores chunk `i` after checking it against the stored index. Not yet durable: call
     /// [`BlobStore::seal`] once the blob's chunks are in.
+    /// Refused unless the blob was admitted here (index and binding stored) and the chunk fits
+    /// within the offered capacity.
     pub fn put_chunk(&self, root: &[u8; 32], i: u32, data: &[u8]) -> Result<(), BlobError> {
-        let index = self.index(root)?;
+        let index = match self.index(root) {
+            Ok(ix) if self.blob_dir(root).join("manifest").exists() => ix,
+            Ok(_) | Err(BlobError::NotHeld) => return Err(self.stats.refuse(Refusal::NotAccepted)),
+            Err(e) => return Err(e),
+        };
         if index_entry(&index.hashes, i) != Some(chunk_hash(data)) {
+            self.stats.corrupt_put.fetch_add(1, Ordering::Relaxed);
             return Err(BlobError::Corrupt { i });
         }
         let path = self.chunk_path(root, i);
         let old = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if old.is_some() {
+            // Already here (a retried request): nothing to write.
+            return Ok(());
+        }
+        self.has_room(data.len() as u64)?;
         write_file(&path, data, false)?;
         self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(old) = old {
@@ -287,18 +686,105 @@ impl BlobStore {
         }
     }
 
-    /// Makes every chunk of `root` durable; fails unless all chunks are present.
+    /// Makes every chunk of `root` durable; fails unless the blob was admitted here and all
+    /// chunks are present. Once sealed, a marker answers later seals without syncing again,
+    /// so nobody can make this node fsync a blob over and over.
     pub fn seal(&self, root: &[u8; 32]) -> Result<(), BlobError> {
+        let dir = self.blob_dir(root);
+        if !dir.join("manifest").exists() {
+            return Err(self.stats.refuse(Refusal::NotAccepted));
+        }
         let index = self.index(root)?;
         let present = self.present(root);
         if present.len() != index.chunks() as usize {
             return Err(BlobError::NotHeld);
         }
+        if dir.join("sealed").exists() {
+            self.stats.seals_repeated.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         for i in present {
             std::fs::File::open(self.chunk_path(root, i))?.sync_all()?;
         }
-        std::fs::File::open(self.blob_dir(root))?.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        write_file(&dir.join("sealed"), b"", true)?;
         Ok(())
+    }
+
+    /// Deletes the copy of `root` (every chunk, index, binding), adjusting the bytes used.
+    pub fn remove(&self, root: &[u8; 32]) -> Result<(), BlobError> {
+        let dir = self.blob_dir(root);
+        let mut freed = 0;
+        for i in self.present(root) {
+            freed += std::fs::metadata(self.chunk_path(root, i)).map_or(0, |m| m.len());
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.used
+            .fetch_sub(freed.min(self.used()), Ordering::Relaxed);
+        lock(&self.gate).surplus_since.remove(root);
+        Ok(())
+    }
+
+    /// Collects orphans at `now`: a blob directory that is not `wanted` (`wanted(root, binding)`
+    /// says whether a live manifest from the binding's zone is held) and was last bound or
+    /// written more than `grace_ms` ago, and stray temporary files as old. Returns how many
+    /// blob directories were removed.
+    pub fn collect_orphans(
+        &self,
+        now: u64,
+        grace_ms: u64,
+        wanted: impl Fn(&[u8; 32], Option<&SignedRecord>) -> bool,
+    ) -> usize {
+        let mut removed = 0;
+        for root in self.roots() {
+            let dir = self.blob_dir(&root);
+            let tmp_files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+                .collect();
+            for t in tmp_files {
+                if now.saturating_sub(mtime_ms(&t)) > grace_ms && std::fs::remove_file(&t).is_ok() {
+                    self.stats.tmp_collected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let binding = self.bound_manifest(&root);
+            if wanted(&root, binding.as_ref()) {
+                continue;
+            }
+            let age_from = if binding.is_some() {
+                mtime_ms(&dir.join("manifest"))
+            } else {
+                mtime_ms(&dir)
+            };
+            if now.saturating_sub(age_from) <= grace_ms {
+                continue;
+            }
+            tracing::info!(root = %hex::encode(root), bound = binding.is_some(), "collecting an orphan blob copy");
+            if self.remove(&root).is_ok() {
+                self.stats.orphans_collected.fetch_add(1, Ordering::Relaxed);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Notes that `root` is surplus here at `now` (or no longer, with `surplus == false`);
+    /// returns since when it has been surplus.
+    fn note_surplus(&self, root: &[u8; 32], surplus: bool, now: u64) -> Option<u64> {
+        let mut g = lock(&self.gate);
+        if surplus {
+            Some(*g.surplus_since.entry(*root).or_insert(now))
+        } else {
+            g.surplus_since.remove(root);
+            None
+        }
     }
 
     /// Chunk numbers present on disk (not re-verified; the scrub does that).
@@ -338,8 +824,15 @@ impl BlobStore {
     }
 }
 
-/// Answers a blob request from a peer.
+/// Answers a blob request from a peer. Writes go through [`BlobStore::admit_index`] (index),
+/// [`BlobStore::put_chunk`] and [`BlobStore::seal`], each refusing what this node did not
+/// agree to hold.
 pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
+    handle_request_at(store, req, now_ms())
+}
+
+/// [`handle_request`] at `now` (Unix ms).
+pub fn handle_request_at(store: &BlobStore, req: BlobRequest, now: u64) -> BlobResponse {
     let err = |e: BlobError| BlobResponse::Error {
         message: e.to_string(),
     };
@@ -349,14 +842,16 @@ pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
             size,
             chunk_size,
             index,
-            manifest: _,
-        } => match store.put_index(
+            manifest,
+        } => match store.admit_index(
             &root,
             &Index {
                 size,
                 chunk_size,
                 hashes: index,
             },
+            &manifest,
+            now,
         ) {
             Ok(()) => BlobResponse::Stored,
             Err(e) => err(e),
@@ -390,7 +885,7 @@ pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
                     store.present(&root).len() as u32
                 },
                 total,
-                owner: None,
+                owner: store.owner(&root).map(|z| z.0),
             }
         }
     }
@@ -408,28 +903,39 @@ async fn ask(node: &Node, peer: PeerId, req: BlobRequest) -> Result<BlobResponse
         .and_then(|b| BlobResponse::decode(&b).map_err(|e| e.to_string()))
 }
 
-/// Live storage nodes whose capacity could ever hold a blob of `size` bytes, in rendezvous
-/// order for `root`, each with its offer's free bytes. Capacity does not change while a node
-/// holds blobs, so this order is stable; free room is judged by [`intended_holders`].
+/// Live storage nodes whose capacity could ever hold a blob of `size` bytes (from its
+/// verified index), in rendezvous order for `root`, each with its offer's free bytes.
+/// See [`plan::placement`].
 pub fn placement(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u64)> {
-    let candidates: Vec<(PeerId, u64)> = storage_offers(node, now_ms())
+    order(node, root, size, now_ms())
         .into_iter()
-        .filter(|(_, capacity, _)| *capacity >= size)
-        .map(|(p, _, free)| (p, free))
-        .collect();
-    let peers: Vec<PeerId> = candidates.iter().map(|(p, _)| *p).collect();
-    rank(root, &peers)
-        .into_iter()
-        .filter_map(|p| candidates.iter().find(|(c, _)| *c == p).copied())
+        .map(|c| (c.peer, c.free))
         .collect()
+}
+
+/// [`plan::placement`] over the storage offers that count at `at` (Unix ms).
+fn order(node: &Node, root: &[u8; 32], size: u64, at: u64) -> Vec<StorageCandidate<PeerId>> {
+    plan::placement(
+        root,
+        size,
+        &offers::storage_candidates(node, at),
+        |p: &PeerId| p.to_bytes(),
+    )
 }
 
 /// `peers` in rendezvous order for `root` (by the bytes of their peer ids), best first.
 pub fn rank(root: &[u8; 32], peers: &[PeerId]) -> Vec<PeerId> {
-    let keys: Vec<Vec<u8>> = peers.iter().map(|p| p.to_bytes()).collect();
-    rendezvous(root, &keys)
+    let cands: Vec<StorageCandidate<PeerId>> = peers
+        .iter()
+        .map(|p| StorageCandidate {
+            peer: *p,
+            capacity: 0,
+            free: 0,
+        })
+        .collect();
+    plan::placement(root, 0, &cands, |p: &PeerId| p.to_bytes())
         .into_iter()
-        .filter_map(|k| PeerId::from_bytes(k).ok())
+        .map(|c| c.peer)
         .collect()
 }
 
@@ -440,81 +946,78 @@ pub fn rank_ids(root: &[u8; 32], peer_ids: &[&str]) -> Vec<String> {
     rank(root, &peers).iter().map(ToString::to_string).collect()
 }
 
-/// Storage offers live at `at` (Unix ms): peer, capacity, free bytes.
-fn storage_offers(node: &Node, at: u64) -> Vec<(PeerId, u64, u64)> {
-    let filter = OfferFilter {
-        kind: Some("storage".into()),
-        ..OfferFilter::default()
-    };
-    offers::list(node, &filter, at)
-        .iter()
-        .filter_map(|o| {
-            let p: PeerId = o.peer_id.parse().ok()?;
-            Some((p, o.capacity_bytes.unwrap_or(0), o.free_bytes.unwrap_or(0)))
-        })
-        .collect()
-}
-
-/// The placement rule shared by [`put`] and repair: walking `order` (see [`placement`]), take
-/// each node whose free room covers the part of the blob it does not hold yet (`held(peer)`
-/// bytes; a node's free room already excludes what it holds), until `replicas` are taken.
-///
-/// `put` calls it with nothing held, so it skips nodes without room; repair calls it with what
-/// a census found, so a node that filled up with this very blob stays intended, and a node put
-/// skipped for lack of room is not intended later.
-pub fn intended_holders(
-    order: &[(PeerId, u64)],
-    size: u64,
-    replicas: usize,
-    held: impl Fn(&PeerId) -> u64,
-) -> Vec<PeerId> {
-    order
-        .iter()
-        .filter(|(p, free)| free.saturating_add(held(p).min(size)) >= size)
-        .take(replicas)
-        .map(|(p, _)| *p)
-        .collect()
-}
-
-/// Bytes of a blob that `chunks` of its chunks make up (the last chunk may be short).
-fn held_bytes(chunks: u32, chunk_size: u32, size: u64) -> u64 {
-    u64::from(chunks)
-        .saturating_mul(u64::from(chunk_size))
-        .min(size)
-}
-
-/// The live manifest of `root`, if any node published one we hold.
-pub fn manifest(node: &Node, root: &[u8; 32]) -> Option<BlobManifest> {
+/// Every live manifest record of `root` held, by zone.
+fn manifest_records(node: &Node, root: &[u8; 32], now: u64) -> BTreeMap<ZoneId, SignedRecord> {
     let prefix = format!("{}.", blob_label(root));
-    let now = now_ms();
     node.read_store(|s| {
         s.mem()
             .iter()
             .filter(|(n, e)| n.starts_with(&prefix) && e.is_live(now))
             .filter_map(|(_, e)| e.record())
-            .find_map(|r| match r.body.content {
-                Content::BlobManifest(m) => Some(m),
-                _ => None,
-            })
+            .filter(|r| matches!(&r.body.content, Content::BlobManifest(m) if m.root == *root))
+            .map(|r| (r.body.zone, r))
+            .collect()
     })
 }
 
-/// Every live manifest held (for repair).
-pub fn manifests(node: &Node) -> Vec<BlobManifest> {
-    let now = now_ms();
-    let mut seen = BTreeSet::new();
-    node.read_store(|s| {
+fn manifest_of(r: &SignedRecord) -> Option<BlobManifest> {
+    match &r.body.content {
+        Content::BlobManifest(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+/// The manifest that speaks for `root` as far as this node can tell without asking: the live
+/// manifest from the zone this node's copy is bound to; else the only zone's; else, of several
+/// zones, one whose claims match an index held here, else the first by zone (which only
+/// names the blob: reads take size and chunks from the verified index, and repair asks the
+/// holders which zone they were written under, see [`plan::owner_by_vouches`]).
+pub fn manifest(node: &Node, root: &[u8; 32]) -> Option<BlobManifest> {
+    let all = manifest_records(node, root, now_ms());
+    let store = node.blobs();
+    if let Some(m) = store
+        .owner(root)
+        .and_then(|z| all.get(&z))
+        .and_then(manifest_of)
+    {
+        return Some(m);
+    }
+    if let Ok(ix) = store.index(root) {
+        if let Some(m) = all
+            .values()
+            .filter_map(manifest_of)
+            .find(|m| manifest_matches_index(m, root, ix.size, ix.chunk_size, ix.hashes.len()))
+        {
+            return Some(m);
+        }
+    }
+    all.values().next().and_then(manifest_of)
+}
+
+/// Every root with a live manifest held, with its manifest records by zone (for repair).
+fn manifests_by_root(node: &Node, now: u64) -> BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> {
+    let mut out: BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> = BTreeMap::new();
+    let records: Vec<SignedRecord> = node.read_store(|s| {
         s.mem()
             .iter()
             .filter(|(n, e)| n.starts_with("_blob-") && e.is_live(now))
             .filter_map(|(_, e)| e.record())
-            .filter_map(|r| match r.body.content {
-                Content::BlobManifest(m) => Some(m),
-                _ => None,
-            })
-            .filter(|m| seen.insert(m.root))
             .collect()
-    })
+    });
+    for r in records {
+        if let Content::BlobManifest(m) = &r.body.content {
+            out.entry(m.root).or_default().insert(r.body.zone, r);
+        }
+    }
+    out
+}
+
+/// Every live manifest held (one per root, see [`manifest`]).
+pub fn manifests(node: &Node) -> Vec<BlobManifest> {
+    manifests_by_root(node, now_ms())
+        .keys()
+        .filter_map(|root| manifest(node, root))
+        .collect()
 }
 
 /// Result of a put.
@@ -674,6 +1177,7 @@ async fn store_on(
     path: &Path,
     root: [u8; 32],
     index: &Index,
+    manifest: &[u8],
 ) -> Result<(), String> {
     use futures::stream::{FuturesUnordered, StreamExt};
     let mut progress = Progress::new();
@@ -682,7 +1186,7 @@ async fn store_on(
         size: index.size,
         chunk_size: index.chunk_size,
         index: index.hashes.clone(),
-        manifest: Vec::new(),
+        manifest: manifest.to_vec(),
     })
     .await?;
     let mut queue: std::collections::VecDeque<u32> = (0..index.chunks()).collect();
@@ -729,47 +1233,15 @@ pub async fn put(
         .await
         .map_err(|e| BlobError::Manifest(e.to_string()))??;
     let root = root_of(&index.hashes);
-    // Every node with room, in order: the first `replicas` are the intended holders (the
-    // same rule repair applies), the rest stand in for an intended holder that fails.
-    let placed = placement(node, &root, index.size);
-    let order = intended_holders(&placed, index.size, placed.len(), |_| 0);
-    if order.len() < replicas {
-        return Err(BlobError::InsufficientStorage {
-            wanted: replicas,
-            available: order.len(),
-        });
-    }
-    // Try holders in order until `replicas` of them acknowledged every chunk.
-    let mut holders = Vec::new();
-    let mut next = 0;
-    while holders.len() < replicas && next < order.len() {
-        let want = replicas - holders.len();
-        let batch: Vec<PeerId> = order[next..].iter().take(want).copied().collect();
-        next += batch.len();
-        let results =
-            futures::future::join_all(batch.iter().map(|&p| store_on(node, p, path, root, &index)))
-                .await;
-        for (p, r) in batch.into_iter().zip(results) {
-            match r {
-                Ok(()) => holders.push(p),
-                Err(e) => {
-                    tracing::warn!(peer = %p, %e, "holder failed to store a blob; trying the next")
-                }
-            }
-        }
-    }
-    if holders.len() < replicas {
-        return Err(BlobError::InsufficientStorage {
-            wanted: replicas,
-            available: holders.len(),
-        });
-    }
+    // The manifest is signed first and travels with the index: a holder stores a blob only
+    // under a valid manifest that matches it. It is published only once `replicas` holders
+    // sealed their copies.
     let m = BlobManifest {
         root,
         size: index.size,
         chunk_size: index.chunk_size,
         chunks: index.chunks(),
-        replicas: replicas as u8,
+        replicas: u8::try_from(replicas).unwrap_or(u8::MAX),
     };
     let now = now_ms();
     let mut body = RecordBody {
@@ -785,6 +1257,46 @@ pub async fn put(
     let record = body
         .sign(key)
         .map_err(|e| BlobError::Manifest(e.to_string()))?;
+    let manifest = record.encode();
+    // Every node with room, in order: the first `replicas` are the intended holders (the
+    // same rule repair applies), the next ones stand in for an intended holder that fails;
+    // holders admit writes only that far down the order (`plan::may_store`).
+    let placed = order(node, &root, index.size, now);
+    let order = plan::intended_holders(&placed, index.size, plan::put_standins(replicas), |_| 0);
+    if order.len() < replicas {
+        return Err(BlobError::InsufficientStorage {
+            wanted: replicas,
+            available: order.len(),
+        });
+    }
+    // Try holders in order until `replicas` of them acknowledged every chunk.
+    let mut holders = Vec::new();
+    let mut next = 0;
+    while holders.len() < replicas && next < order.len() {
+        let want = replicas - holders.len();
+        let batch: Vec<PeerId> = order[next..].iter().take(want).copied().collect();
+        next += batch.len();
+        let results = futures::future::join_all(
+            batch
+                .iter()
+                .map(|&p| store_on(node, p, path, root, &index, &manifest)),
+        )
+        .await;
+        for (p, r) in batch.into_iter().zip(results) {
+            match r {
+                Ok(()) => holders.push(p),
+                Err(e) => {
+                    tracing::warn!(peer = %p, %e, "holder failed to store a blob; trying the next")
+                }
+            }
+        }
+    }
+    if holders.len() < replicas {
+        return Err(BlobError::InsufficientStorage {
+            wanted: replicas,
+            available: holders.len(),
+        });
+    }
     publish_manifest(node, record).await?;
     Ok(PutResult {
         hash: hex::encode(root),
@@ -809,26 +1321,34 @@ async fn publish_manifest(node: &Node, record: SignedRecord) -> Result<(), BlobE
     }
 }
 
-/// The index of `root`, from this node or any live storage node.
-pub async fn fetch_index(node: &Node, root: &[u8; 32], size: u64) -> Result<Index, BlobError> {
+/// The index of `root`, from this node or any live storage node, verified against the root.
+/// `_claimed_size` is a manifest's claim and is not trusted: every live storage node is
+/// asked in rendezvous order, so a foreign manifest claiming a huge size cannot hide the
+/// holders.
+pub async fn fetch_index(
+    node: &Node,
+    root: &[u8; 32],
+    _claimed_size: u64,
+) -> Result<Index, BlobError> {
     let store = node.blobs().clone();
     let r = *root;
     if let Ok(Ok(ix)) = tokio::task::spawn_blocking(move || store.index(&r)).await {
         return Ok(ix);
     }
-    for (peer, _) in placement(node, root, size) {
+    for (peer, _) in placement(node, root, 0) {
         if let Ok(BlobResponse::Index {
             size,
             chunk_size,
             index,
         }) = ask(node, peer, BlobRequest::GetIndex { root: *root }).await
         {
-            if root_of(&index) == *root {
-                return Ok(Index {
-                    size,
-                    chunk_size,
-                    hashes: index,
-                });
+            let ix = Index {
+                size,
+                chunk_size,
+                hashes: index,
+            };
+            if check_index(root, &ix).is_ok() {
+                return Ok(ix);
             }
         }
     }
@@ -873,10 +1393,11 @@ pub async fn fetch_chunk(
     })
 }
 
-/// Which live storage nodes hold how many chunks of `root`.
-pub async fn holders(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u32, u32)> {
+/// Which live storage nodes hold how many chunks of `root` (every live storage node is
+/// asked; `_claimed_size` is not trusted, see [`fetch_index`]).
+pub async fn holders(node: &Node, root: &[u8; 32], _claimed_size: u64) -> Vec<(PeerId, u32, u32)> {
     let mut out = Vec::new();
-    for (peer, _) in placement(node, root, size) {
+    for (peer, _) in placement(node, root, 0) {
         if let Ok(BlobResponse::Holding { chunks, total, .. }) =
             ask(node, peer, BlobRequest::Has { root: *root }).await
         {
@@ -888,36 +1409,32 @@ pub async fn holders(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u3
     out
 }
 
-/// Makes sure this node holds every blob it is an intended holder of.
-async fn repair_once(node: &Node) {
-    let me = node.0.net.local_peer_id();
-    for m in manifests(node) {
-        repair_blob(node, me, &m).await;
-    }
+/// What a storage node answered about one blob: chunks held, and the zone it was written
+/// under.
+#[derive(Clone, Copy, Debug)]
+struct Holding {
+    chunks: u32,
+    owner: Option<ZoneId>,
 }
 
-/// How many chunks of `root` this node holds, out of how many (0 of 0 without the index).
-async fn local_holding(node: &Node, root: [u8; 32]) -> (u32, u32) {
-    let store = node.blobs().clone();
-    match tokio::task::spawn_blocking(move || handle_request(&store, BlobRequest::Has { root }))
-        .await
-    {
-        Ok(BlobResponse::Holding { chunks, total, .. }) => (chunks, total),
-        _ => (0, 0),
-    }
-}
-
-/// Chunks of `m` that each other storage node holds, asked of every node whose storage offer
-/// is live or lapsed less than [`CENSUS_GRACE_MS`] ago. A node that does not answer (dead,
-/// unreachable) is left out: as far as repair knows, it holds nothing.
-async fn census(node: &Node, me: PeerId, m: &BlobManifest) -> BTreeMap<PeerId, u32> {
+/// Chunks of `root` (of `chunks` in all) that each other storage node holds, asked of every
+/// member whose storage offer is live or lapsed less than [`CENSUS_GRACE_MS`] ago. A node
+/// that does not answer (dead, unreachable) is left out: as far as repair knows, it holds
+/// nothing.
+async fn census(node: &Node, me: PeerId, root: [u8; 32], chunks: u32) -> BTreeMap<PeerId, Holding> {
     let since = now_ms().saturating_sub(CENSUS_GRACE_MS);
-    let peers: Vec<PeerId> = storage_offers(node, since)
+    let peers: Vec<PeerId> = offers::storage_candidates(node, since)
         .into_iter()
-        .map(|(p, _, _)| p)
+        .map(|c| c.peer)
+        .chain(
+            offers::storage_candidates(node, now_ms())
+                .into_iter()
+                .map(|c| c.peer),
+        )
         .filter(|p| *p != me)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    let root = m.root;
     let answers = futures::future::join_all(
         peers
             .iter()
@@ -928,96 +1445,203 @@ async fn census(node: &Node, me: PeerId, m: &BlobManifest) -> BTreeMap<PeerId, u
         .into_iter()
         .zip(answers)
         .filter_map(|(p, a)| match a {
-            Ok(BlobResponse::Holding { chunks, total, .. }) if total == m.chunks => {
-                Some((p, chunks.min(total)))
-            }
+            Ok(BlobResponse::Holding {
+                chunks: held,
+                total,
+                owner,
+            }) if total == chunks => Some((
+                p,
+                Holding {
+                    chunks: held.min(total),
+                    owner: owner.map(ZoneId),
+                },
+            )),
             _ => None,
         })
         .collect()
 }
 
-/// Pulls the chunks of `m` this node lacks if it is one of the blob's intended holders (the
-/// rule [`put`] placed it by) and fewer than `K` complete copies are live.
-async fn repair_blob(node: &Node, me: PeerId, m: &BlobManifest) {
-    if m.chunks == 0 {
-        // An empty blob has nothing to copy (and `Has` cannot tell "holds it" from "does not").
-        return;
-    }
-    let (mine, total) = local_holding(node, m.root).await;
-    if total == m.chunks && mine >= total {
-        return;
-    }
-    let k = usize::from(m.replicas);
-    let order = placement(node, &m.root, m.size);
-    let my_bytes = held_bytes(mine, m.chunk_size, m.size);
-    // What other nodes hold only makes them more eligible, which can push this node out of
-    // the first K but never in: if it is not intended while they hold nothing, it is not
-    // intended at all, and the census (one request per storage node) is skipped.
-    let only_mine = |p: &PeerId| if *p == me { my_bytes } else { 0 };
-    if !intended_holders(&order, m.size, k, only_mine).contains(&me) {
-        return;
-    }
-    let held_by = census(node, me, m).await;
-    let complete = held_by.values().filter(|c| **c >= m.chunks).count();
-    let held = |p: &PeerId| {
-        if *p == me {
-            my_bytes
-        } else {
-            held_by
-                .get(p)
-                .map_or(0, |c| held_bytes(*c, m.chunk_size, m.size))
-        }
+/// How many chunks of `root` this node holds, out of how many (0 of 0 without the index).
+fn local_holding(store: &BlobStore, root: &[u8; 32]) -> (u32, u32) {
+    let total = store.index(root).map(|ix| ix.chunks()).unwrap_or(0);
+    let held = if total == 0 {
+        0
+    } else {
+        store.present(root).len() as u32
     };
-    if complete >= k || !intended_holders(&order, m.size, k, held).contains(&me) {
+    (held, total)
+}
+
+fn shape(m: &BlobManifest) -> BlobShape {
+    BlobShape {
+        size: m.size,
+        chunk_size: m.chunk_size,
+        chunks: m.chunks,
+        replicas: usize::from(m.replicas),
+    }
+}
+
+/// Makes sure this node holds every blob it is an intended holder of, and collects copies it
+/// no longer should hold.
+async fn repair_once(node: &Node) {
+    let me = node.0.net.local_peer_id();
+    let now = now_ms();
+    for (root, by_zone) in manifests_by_root(node, now) {
+        repair_blob(node, me, root, &by_zone, now).await;
+    }
+}
+
+/// Repairs one blob. The manifest that decides is the one this node's copy is bound to; a
+/// node without a copy of a root with manifests from several zones asks the holders which
+/// zone they were written under ([`plan::owner_by_vouches`]), so a foreign manifest cannot
+/// change the copy count. Placement uses the chosen manifest's numbers, which its holders
+/// checked against the index when they bound it (and [`pull`] checks again).
+async fn repair_blob(
+    node: &Node,
+    me: PeerId,
+    root: [u8; 32],
+    by_zone: &BTreeMap<ZoneId, SignedRecord>,
+    now: u64,
+) {
+    let store = node.blobs().clone();
+    let (mine, owner) = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || (local_holding(&store, &root), store.owner(&root)))
+            .await
+            .unwrap_or(((0, 0), None))
+    };
+    let chosen: Vec<&SignedRecord> = match owner {
+        // Bound here: only the bound zone's manifest counts (re-puts under it extend it).
+        Some(z) => by_zone.get(&z).into_iter().collect(),
+        None => by_zone.values().collect(),
+    };
+    let complete_here = |m: &BlobManifest| mine.1 == m.chunks && mine.0 >= m.chunks;
+    // Without a census: is this node possibly intended under any candidate manifest?
+    let mut need_census = false;
+    for r in &chosen {
+        let Some(m) = manifest_of(r) else { continue };
+        if complete_here(&m) {
+            if owner.is_some() {
+                surplus_check(node, me, root, &m, now).await;
+            }
+            return;
+        }
+        let held = if mine.1 == m.chunks { mine.0 } else { 0 };
+        let order = order(node, &root, m.size, now);
+        if plan::plan_repair(&me, &order, shape(&m), held, None) == RepairPlan::NeedCensus {
+            need_census = true;
+        }
+    }
+    if !need_census {
         return;
     }
-    // Sources: complete holders first (the census just saw them), then the rest in order.
-    let mut candidates: Vec<PeerId> = held_by
-        .iter()
-        .filter(|(_, c)| **c >= m.chunks)
-        .map(|(p, _)| *p)
-        .collect();
-    candidates.extend(
-        order
-            .iter()
-            .map(|(p, _)| *p)
-            .filter(|p| held_by.get(p).is_none_or(|c| *c < m.chunks)),
-    );
-    pull(node, m, &candidates, complete).await;
+    // Decide the owner: bound here, the only zone, or the one most complete holders vouch for.
+    let record = match (owner, chosen.as_slice()) {
+        (Some(_), [r]) | (None, [r]) => (*r).clone(),
+        (None, _) => {
+            let Some(m0) = chosen.first().and_then(|r| manifest_of(r)) else {
+                return;
+            };
+            let held_by = census(node, me, root, m0.chunks).await;
+            let ranked = rank(&root, &held_by.keys().copied().collect::<Vec<_>>());
+            let vouches: Vec<ZoneId> = ranked
+                .iter()
+                .filter_map(|p| held_by.get(p))
+                .filter(|h| h.chunks >= m0.chunks)
+                .filter_map(|h| h.owner)
+                .collect();
+            match plan::owner_by_vouches(&vouches).and_then(|z| by_zone.get(&z)) {
+                Some(r) => r.clone(),
+                // Nobody holds a complete copy under any of these manifests: nothing to pull.
+                None => return,
+            }
+        }
+        _ => return,
+    };
+    let Some(m) = manifest_of(&record) else {
+        return;
+    };
+    let held_by = census(node, me, root, m.chunks).await;
+    let counts: BTreeMap<PeerId, u32> = held_by.iter().map(|(p, h)| (*p, h.chunks)).collect();
+    let held = if mine.1 == m.chunks { mine.0 } else { 0 };
+    let order = order(node, &root, m.size, now);
+    if let RepairPlan::Pull { sources } =
+        plan::plan_repair(&me, &order, shape(&m), held, Some(&counts))
+    {
+        let complete = counts.values().filter(|c| **c >= m.chunks).count();
+        pull(node, &record, &m, &sources, complete).await;
+    }
+}
+
+/// Collects this node's complete copy of `m` if it has not been an intended holder for
+/// [`SURPLUS_GRACE_MS`] and a census finds `K` complete copies on intended holders.
+async fn surplus_check(node: &Node, me: PeerId, root: [u8; 32], m: &BlobManifest, now: u64) {
+    let order = order(node, &root, m.size, now);
+    let mine_full = |p: &PeerId| if *p == me { m.size } else { 0 };
+    let maybe =
+        !plan::intended_holders(&order, m.size, usize::from(m.replicas), mine_full).contains(&me);
+    let store = node.blobs();
+    let Some(since) = store.note_surplus(&root, maybe, now) else {
+        return;
+    };
+    if now.saturating_sub(since) < SURPLUS_GRACE_MS {
+        return;
+    }
+    let held_by = census(node, me, root, m.chunks).await;
+    let counts: BTreeMap<PeerId, u32> = held_by.iter().map(|(p, h)| (*p, h.chunks)).collect();
+    if plan::is_surplus(&me, &order, shape(m), &counts) {
+        tracing::info!(root = %hex::encode(root), "collecting a surplus copy: K intended holders hold it");
+        let store = store.clone();
+        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || store.remove(&root)).await {
+            node.blobs()
+                .stats
+                .surplus_collected
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Fetches the index (if missing) and every missing chunk of `m` from `candidates`, then
-/// seals the copy. A chunk no candidate can provide now ends this attempt; the next repair
-/// round tries again.
-async fn pull(node: &Node, m: &BlobManifest, candidates: &[PeerId], complete: usize) {
-    let store = node.blobs().clone();
+/// seals the copy. The index must match the manifest (else the manifest lies about the blob
+/// and is ignored, counted). A chunk no candidate can provide now ends this attempt; the
+/// next repair round tries again.
+async fn pull(
+    node: &Node,
+    record: &SignedRecord,
+    m: &BlobManifest,
+    candidates: &[PeerId],
+    complete: usize,
+) {
     let root = m.root;
-    let have_index = tokio::task::spawn_blocking(move || store.index(&root).is_ok())
-        .await
-        .unwrap_or(false);
-    if !have_index {
-        match fetch_index(node, &m.root, m.size).await {
-            Ok(ix) => {
-                let store = node.blobs().clone();
-                let stored = tokio::task::spawn_blocking(move || store.put_index(&root, &ix)).await;
-                if !matches!(stored, Ok(Ok(()))) {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%e, "repair: index unavailable");
-                return;
-            }
+    let index = match fetch_index(node, &m.root, m.size).await {
+        Ok(ix) => ix,
+        Err(e) => {
+            tracing::debug!(%e, "repair: index unavailable");
+            return;
         }
+    };
+    if !manifest_matches_index(m, &root, index.size, index.chunk_size, index.hashes.len()) {
+        node.blobs()
+            .stats
+            .manifests_mismatched
+            .fetch_add(1, Ordering::Relaxed);
+        return;
     }
     let store = node.blobs().clone();
-    let Ok((index, present)) = tokio::task::spawn_blocking(move || {
-        store.index(&root).map(|ix| (ix, store.present(&root)))
+    let rec = record.clone();
+    let ix = index.clone();
+    let bound = tokio::task::spawn_blocking(move || {
+        store.has_room(ix.size)?;
+        store.bind(&root, &ix, &rec)
     })
-    .await
-    .unwrap_or(Err(BlobError::NotHeld)) else {
+    .await;
+    if !matches!(bound, Ok(Ok(()))) {
         return;
-    };
+    }
+    let store = node.blobs().clone();
+    let present = tokio::task::spawn_blocking(move || store.present(&root))
+        .await
+        .unwrap_or_default();
     let missing: Vec<u32> = (0..index.chunks())
         .filter(|i| !present.contains(i))
         .collect();
@@ -1048,14 +1672,46 @@ async fn pull(node: &Node, m: &BlobManifest, candidates: &[PeerId], complete: us
     }
 }
 
-/// Scrub every `scrub` interval, repair every `repair` interval, forever.
+/// Refreshes the holder admission view ([`BlobStore::set_view`]).
+fn refresh_gate(node: &Node) {
+    let me = node.0.net.local_peer_id();
+    node.blobs()
+        .set_view(me, offers::storage_candidates(node, now_ms()));
+}
+
+/// Collects blob copies without a live manifest from the zone they were written under.
+async fn collect(node: &Node) {
+    let now = now_ms();
+    let live: BTreeMap<[u8; 32], BTreeSet<ZoneId>> = manifests_by_root(node, now)
+        .into_iter()
+        .map(|(root, by_zone)| (root, by_zone.into_keys().collect()))
+        .collect();
+    let store = node.blobs().clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        store.collect_orphans(now, ORPHAN_GRACE_MS, |root, binding| {
+            binding.is_some_and(|b| live.get(root).is_some_and(|z| z.contains(&b.body.zone)))
+        })
+    })
+    .await
+    .unwrap_or(0);
+    if removed > 0 {
+        tracing::info!(removed, "collected orphan blob copies");
+    }
+}
+
+/// Scrub (and collect orphans) every `scrub` interval, repair every `repair` interval,
+/// refresh the admission view every second, forever.
 pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
+    refresh_gate(&node);
     let mut repair_tick = tokio::time::interval(repair);
     repair_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scrub_tick = tokio::time::interval(scrub);
     scrub_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gate_tick = tokio::time::interval(GATE_REFRESH.min(repair));
+    gate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = gate_tick.tick() => refresh_gate(&node),
             _ = repair_tick.tick() => repair_once(&node).await,
             _ = scrub_tick.tick() => {
                 let store = node.blobs().clone();
@@ -1065,6 +1721,7 @@ pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
                         repair_once(&node).await;
                     }
                 }
+                collect(&node).await;
             }
         }
     }
@@ -1073,88 +1730,4 @@ pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MIB: u64 = 1 << 20;
-
-    fn peers(n: usize) -> Vec<PeerId> {
-        (0..n).map(|_| PeerId::random()).collect()
-    }
-
-    #[test]
-    fn put_skips_a_node_without_room_and_repair_agrees_once_others_hold_copies() {
-        let p = peers(4);
-        // p[1] could hold the blob (capacity) but has only 3 MiB free.
-        let at_put = vec![
-            (p[0], 64 * MIB),
-            (p[1], 3 * MIB),
-            (p[2], 64 * MIB),
-            (p[3], 64 * MIB),
-        ];
-        let put = intended_holders(&at_put, 4 * MIB, 3, |_| 0);
-        assert_eq!(put, vec![p[0], p[2], p[3]]);
-        // After the put the holders' free room shrank by the blob; a census finds their copies.
-        let after = vec![
-            (p[0], 60 * MIB),
-            (p[1], 3 * MIB),
-            (p[2], 60 * MIB),
-            (p[3], 60 * MIB),
-        ];
-        let held = |q: &PeerId| if *q == p[1] { 0 } else { 4 * MIB };
-        assert_eq!(intended_holders(&after, 4 * MIB, 3, held), put);
-    }
-
-    #[test]
-    fn a_holder_that_its_copy_filled_up_stays_intended() {
-        let p = peers(4);
-        // Capacity 8 MiB each, a 6 MiB blob on p[0..3]: they have 2 MiB left after storing it,
-        // less than the blob, yet they stay the holders and p[3] is not needed.
-        let after = vec![
-            (p[0], 2 * MIB),
-            (p[1], 2 * MIB),
-            (p[2], 2 * MIB),
-            (p[3], 8 * MIB),
-        ];
-        let held = |q: &PeerId| if *q == p[3] { 0 } else { 6 * MIB };
-        assert_eq!(intended_holders(&after, 6 * MIB, 3, held), p[..3].to_vec());
-        // A holder that lost one chunk (scrub) needs room for that chunk only.
-        let after = vec![
-            (p[0], 2 * MIB),
-            (p[1], 3 * MIB),
-            (p[2], 2 * MIB),
-            (p[3], 8 * MIB),
-        ];
-        let partial = |q: &PeerId| match q {
-            q if *q == p[3] => 0,
-            q if *q == p[1] => 5 * MIB,
-            _ => 6 * MIB,
-        };
-        assert_eq!(
-            intended_holders(&after, 6 * MIB, 3, partial),
-            p[..3].to_vec()
-        );
-    }
-
-    #[test]
-    fn when_a_holder_is_gone_only_the_next_node_with_room_is_intended() {
-        let p = peers(5);
-        let order = vec![
-            (p[0], 60 * MIB),
-            (p[2], 60 * MIB),
-            (p[3], 60 * MIB),
-            (p[4], MIB),
-        ];
-        let held = |q: &PeerId| if *q == p[0] || *q == p[2] { 4 * MIB } else { 0 };
-        // p[4] has no room, so p[3] (not p[4]) takes the lost copy.
-        assert_eq!(
-            intended_holders(&order, 4 * MIB, 3, held),
-            vec![p[0], p[2], p[3]]
-        );
-    }
-
-    #[test]
-    fn held_bytes_counts_a_short_last_chunk_once() {
-        assert_eq!(held_bytes(3, 1 << 20, 2_500_000), 2_500_000);
-        assert_eq!(held_bytes(2, 1 << 20, 2_500_000), 2 << 20);
-        assert_eq!(held_bytes(u32::MAX, u32::MAX, 10), 10);
-    }
 }

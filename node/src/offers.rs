@@ -8,6 +8,14 @@
 //! refresh intervals, so a dead node's offers lapse by themselves within about three intervals
 //! and no one has to delete them.
 //!
+//! Offers are self-asserted, so which ones *count* is decided by the offer view in
+//! [`dpin_protocol::offer`]: an offer counts only while its node is a live member (this node,
+//! or a peer that proved its id on a connection and is not confirmed down for more than
+//! [`MEMBER_GRACE_MS`], see [`members`]) and only if it expires within
+//! [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`]; a node's own refresh interval is capped
+//! to a third of that. Fake offers from keys that never connected therefore never enter the
+//! rendezvous order; records ignored are shown by [`OfferStats`].
+//!
 //! The seq of every record the node signs for itself (offers here, blob manifests in
 //! [`crate::blobs`]) comes from [`own_seq`]: the wall clock in ms, but never below one above
 //! the floor the store holds for the name. The floor persists across restarts, so after the
@@ -17,13 +25,17 @@
 //! then looked alive for as long as the step. Millisecond seqs sit far below the protocol's
 //! time-tied seq ceiling (microseconds), so the floor + 1 step never nears it.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use dpin_protocol::blob::StorageCandidate;
+use dpin_protocol::offer::{Ignored, IgnoredCounts, Offer, Terms, MAX_OFFER_REFRESH_MS};
 use dpin_protocol::record::{COMPUTE_OFFER_LABEL, STORAGE_OFFER_LABEL};
 use dpin_protocol::{
     ComputeOffer, Content, RecordBody, SignedRecord, StorageOffer, ZoneId, ZoneKey,
 };
 use libp2p::identity::Keypair;
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::node::{now_ms, Node};
@@ -79,7 +91,8 @@ pub fn held_floor(node: &Node, name: &str) -> Option<u64> {
     node.read_store(|s| s.mem().entry(name).map(|e| e.floor.seq))
 }
 
-/// Signs this node's current offers. `free_bytes` is what storage still has room for; `floor`
+/// Signs this node's current offers (the lifetime is [`EXPIRY_REFRESHES`] refreshes, at most
+/// [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`], beyond which other nodes ignore an offer). `free_bytes` is what storage still has room for; `floor`
 /// gives the store's floor seq for a record name (see [`own_seq`]).
 pub fn sign_offers(
     key: &ZoneKey,
@@ -89,7 +102,10 @@ pub fn sign_offers(
     floor: impl Fn(&str) -> Option<u64>,
 ) -> Vec<SignedRecord> {
     let lifetime = offers.refresh.saturating_mul(EXPIRY_REFRESHES).as_millis();
-    let expires = now.saturating_add(u64::try_from(lifetime).unwrap_or(u64::MAX));
+    let lifetime = u64::try_from(lifetime)
+        .unwrap_or(u64::MAX)
+        .min(dpin_protocol::offer::MAX_OFFER_LIFETIME_MS);
+    let expires = now.saturating_add(lifetime);
     let mut out = Vec::new();
     let mut push = |label: &str, content: Content| {
         let mut body = RecordBody {
@@ -140,8 +156,21 @@ pub async fn run(
     offers: LocalOffers,
     free: impl Fn() -> u64 + Send + 'static,
 ) {
+    // The blob store takes writes from others only within the storage this node offers
+    // (nothing without `--offer-storage`).
+    node.blobs().set_capacity(offers.storage_bytes);
     if offers.storage_bytes.is_none() && offers.cores.is_none() {
         return;
+    }
+    let mut offers = offers;
+    let longest = Duration::from_millis(MAX_OFFER_REFRESH_MS);
+    if offers.refresh > longest {
+        tracing::warn!(
+            refresh_ms = offers.refresh.as_millis() as u64,
+            max_ms = MAX_OFFER_REFRESH_MS,
+            "offer refresh interval shortened: other nodes ignore offers that expire further ahead than three of these"
+        );
+        offers.refresh = longest;
     }
     let mut tick = tokio::time::interval(offers.refresh);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,95 +219,139 @@ pub struct OfferView {
     pub expires_at_ms: u64,
 }
 
-/// Filters for listing offers; all optional.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct OfferFilter {
-    /// `storage` or `compute`.
-    pub kind: Option<String>,
-    /// Exact region.
-    pub region: Option<String>,
-    /// Minimum free bytes (storage).
-    pub min_free: Option<u64>,
-    /// Minimum cores (compute).
-    pub min_cores: Option<u32>,
-    /// Minimum memory bytes (compute).
-    pub min_memory: Option<u64>,
-    /// Minimum GPUs (compute).
-    pub min_gpus: Option<u32>,
-    /// Maximum price (thousandths).
-    pub max_price: Option<u64>,
+pub use dpin_protocol::offer::OfferFilter;
+
+/// A peer the failure detector confirmed down still counts as a member this long, so a
+/// holder that missed a few pings (a loaded machine) is not replaced at once. Repair of a
+/// dead holder's blobs starts this long after its death is confirmed.
+pub const MEMBER_GRACE_MS: u64 = 3_000;
+
+/// Whether `peer` is a live member as this node sees it: this node itself, or a peer that
+/// proved its id on a connection and that the failure detector has not confirmed down for
+/// more than [`MEMBER_GRACE_MS`]. Only members' offers count ([`dpin_protocol::offer`]).
+///
+/// Membership is judged from this node's own connections, so in a network larger than the
+/// connection limit a real storage node this node is not connected to does not count here.
+pub fn members(node: &Node) -> impl Fn(&PeerId) -> bool {
+    use dpin_protocol::liveness::PeerStatus;
+    let me = node.0.net.local_peer_id();
+    let now = node.mono_ms();
+    let live: BTreeSet<PeerId> = node
+        .peers()
+        .into_iter()
+        .filter(|(_, i)| {
+            i.status != PeerStatus::Down || now.saturating_sub(i.since_ms) < MEMBER_GRACE_MS
+        })
+        .map(|(p, _)| p)
+        .collect();
+    move |p: &PeerId| *p == me || live.contains(p)
 }
 
-impl OfferFilter {
-    fn matches(&self, o: &OfferView) -> bool {
-        self.kind.as_ref().is_none_or(|k| *k == o.kind)
-            && self.region.as_ref().is_none_or(|r| *r == o.region)
-            && self.max_price.is_none_or(|p| o.price_milli <= p)
-            && self
-                .min_free
-                .is_none_or(|m| o.free_bytes.is_some_and(|f| f >= m))
-            && self
-                .min_cores
-                .is_none_or(|m| o.cores.is_some_and(|c| c >= m))
-            && self
-                .min_memory
-                .is_none_or(|m| o.memory_bytes.is_some_and(|c| c >= m))
-            && self.min_gpus.is_none_or(|m| o.gpus.is_some_and(|c| c >= m))
-    }
+/// The offers that count at `now` (Unix ms): unexpired, expiring within
+/// [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`], from live members.
+pub fn offer_view(node: &Node, now: u64) -> dpin_protocol::offer::OfferView<PeerId> {
+    let is_member = members(node);
+    let records: Vec<SignedRecord> = node.read_store(|s| {
+        s.mem()
+            .iter()
+            .filter(|(name, _)| name.starts_with("_offer-"))
+            .filter_map(|(_, e)| e.record())
+            .collect()
+    });
+    dpin_protocol::offer::OfferView::build(&records, now, peer_of, is_member)
 }
 
 /// Live offers held by `node` that match `filter`, cheapest first (ties by peer id, so the
 /// order is the same on every node).
 pub fn list(node: &Node, filter: &OfferFilter, now: u64) -> Vec<OfferView> {
-    let mut out: Vec<OfferView> = node.read_store(|s| {
-        s.mem()
-            .iter()
-            .filter(|(name, e)| name.starts_with("_offer-") && e.is_live(now))
-            .filter_map(|(_, e)| e.record())
-            .filter_map(|r| view(&r))
-            .collect()
-    });
-    out.retain(|o| filter.matches(o));
-    out.sort_by(|a, b| {
-        (a.price_milli, &a.peer_id, &a.kind).cmp(&(b.price_milli, &b.peer_id, &b.kind))
-    });
-    out
+    offer_view(node, now)
+        .list(filter)
+        .into_iter()
+        .map(view)
+        .collect()
 }
 
-fn view(r: &SignedRecord) -> Option<OfferView> {
-    let peer_id = peer_of(&r.body.zone)?.to_string();
+/// The storage offers that count at `now`, for placement.
+pub fn storage_candidates(node: &Node, now: u64) -> Vec<StorageCandidate<PeerId>> {
+    offer_view(node, now).storage()
+}
+
+/// Offer records held but not counted, by reason (a gauge: what the store holds now).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OfferStats {
+    /// Offers that count.
+    pub counted: u64,
+    /// Records ignored, by reason.
+    pub ignored: IgnoredCounts,
+}
+
+impl OfferStats {
+    /// The current counts at `now`.
+    pub fn of(node: &Node, now: u64) -> Self {
+        let v = offer_view(node, now);
+        Self {
+            counted: v.list(&OfferFilter::default()).len() as u64,
+            ignored: v.ignored(),
+        }
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP dpin_offers_counted Offers that count: unexpired, bounded expiry, live member.\n\
+             # TYPE dpin_offers_counted gauge\n",
+        );
+        out.push_str(&format!("dpin_offers_counted {}\n", self.counted));
+        out.push_str(
+            "# HELP dpin_offers_ignored Offer records held but not counted, by reason.\n\
+             # TYPE dpin_offers_ignored gauge\n",
+        );
+        for why in Ignored::ALL {
+            out.push_str(&format!(
+                "dpin_offers_ignored{{reason=\"{}\"}} {}\n",
+                why.as_str(),
+                self.ignored.get(why)
+            ));
+        }
+        out
+    }
+
+    /// JSON for status.
+    pub fn to_json(&self) -> serde_json::Value {
+        let ignored: serde_json::Map<String, serde_json::Value> = Ignored::ALL
+            .iter()
+            .map(|w| (w.as_str().to_owned(), self.ignored.get(*w).into()))
+            .collect();
+        serde_json::json!({"counted": self.counted, "ignored": ignored})
+    }
+}
+
+fn view(o: &Offer<PeerId>) -> OfferView {
     let base = OfferView {
-        kind: String::new(),
-        peer_id,
-        zone: r.body.zone.to_string(),
+        kind: o.terms.kind().into(),
+        peer_id: o.peer.to_string(),
+        zone: o.zone.to_string(),
         capacity_bytes: None,
         free_bytes: None,
         cores: None,
         memory_bytes: None,
         gpus: None,
-        price_milli: 0,
-        region: String::new(),
-        expires_at_ms: r.body.expires_at_ms,
+        price_milli: o.terms.price_milli(),
+        region: o.terms.region().to_owned(),
+        expires_at_ms: o.expires_at_ms,
     };
-    match &r.body.content {
-        Content::StorageOffer(o) => Some(OfferView {
-            kind: "storage".into(),
-            capacity_bytes: Some(o.capacity_bytes),
-            free_bytes: Some(o.free_bytes),
-            price_milli: o.price_milli,
-            region: o.region.clone(),
+    match &o.terms {
+        Terms::Storage(s) => OfferView {
+            capacity_bytes: Some(s.capacity_bytes),
+            free_bytes: Some(s.free_bytes),
             ..base
-        }),
-        Content::ComputeOffer(o) => Some(OfferView {
-            kind: "compute".into(),
-            cores: Some(o.cores),
-            memory_bytes: Some(o.memory_bytes),
-            gpus: Some(o.gpus),
-            price_milli: o.price_milli,
-            region: o.region.clone(),
+        },
+        Terms::Compute(c) => OfferView {
+            cores: Some(c.cores),
+            memory_bytes: Some(c.memory_bytes),
+            gpus: Some(c.gpus),
             ..base
-        }),
-        _ => None,
+        },
     }
 }
 

@@ -109,7 +109,7 @@ pub fn placement<P: Clone>(
         .filter(|c| c.capacity >= size)
         .map(|c| (weight(root, &key(&c.peer)), c))
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     scored.into_iter().map(|(_, c)| c.clone()).collect()
 }
 
