@@ -597,3 +597,113 @@ fn a_udp_burst_from_one_prefix_is_rate_limited_and_other_prefixes_are_not() -> R
     assert_eq!(dns_metric(&off, "dpin_dns_rrl_dropped_total")?, 0);
     Ok(())
 }
+
+/// Opens `per_addr` TCP connections to `dns` from each of `addrs` loopback source addresses
+/// (`127.0.{third}.1..`), each sending one byte of a length prefix and then nothing: slow
+/// clients holding connections. The connections stay open while the returned value lives.
+fn hold_slow_tcp(
+    rt: &tokio::runtime::Runtime,
+    dns: SocketAddr,
+    third: u8,
+    addrs: u8,
+    per_addr: usize,
+) -> Result<Vec<tokio::net::TcpStream>> {
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for a in 1..=addrs {
+            for _ in 0..per_addr {
+                let s = tokio::net::TcpSocket::new_v4()?;
+                s.bind(SocketAddr::from(([127, 0, third, a], 0)))?;
+                let c = s.connect(dns).await?;
+                let _ = c.try_write(&[0]);
+                held.push(c);
+            }
+        }
+        Ok(held)
+    })
+}
+
+/// Slow TCP clients from many addresses (8 connections each, the per-address cap, from 40
+/// addresses: more than the 256 in total) cannot lock out the TCP fallback that large and
+/// slipped answers need: at the cap, the connection that has waited longest for its query is
+/// closed to admit the newcomer, and that is counted.
+#[test]
+fn slow_tcp_connections_from_many_addresses_are_evicted_for_new_clients() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let node = dns_node(dir.path(), &[])?;
+    let dns = dns_addr(&node)?;
+    publish(&key, &node.api, "web", &["127.0.0.1:80"])?;
+    let name = format!("web.{zone}.dpin.");
+    wait_ips(dns, &name, RecordType::A, &["127.0.0.1"])?;
+    let rt = runtime()?;
+    let held = hold_slow_tcp(&rt, dns, 4, 40, dpin_node::dns::MAX_TCP_CONNECTIONS_PER_IP)?;
+    // Let them become eligible: eviction spares connections younger than TCP_EVICT_AFTER.
+    std::thread::sleep(dpin_node::dns::TCP_EVICT_AFTER + Duration::from_millis(200));
+    let m = query(dns, &name, RecordType::A, Via::Tcp)?;
+    assert_eq!(
+        ips(&m),
+        ip_set(&["127.0.0.1"]),
+        "answered over TCP at the cap"
+    );
+    assert!(dns_metric(&node, "dpin_dns_tcp_evicted_total")? >= 1);
+    drop(held);
+    Ok(())
+}
+
+/// Measurement (not run in CI): an honest client's DNS latency, over TCP and UDP, while 2,000
+/// slow TCP connections (8 from each of 250 addresses) are held open, with eviction on and
+/// off (`DPIN_DNS_TCP_EVICT=0`), side by side. Run with
+/// `cargo test -p dpin-tests --test dns measure_dns_under_slow_tcp -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_dns_under_slow_tcp_connections() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("web.{zone}.dpin.");
+    for (label, env) in [
+        ("eviction on", vec![]),
+        (
+            "eviction off",
+            vec![("DPIN_DNS_TCP_EVICT".to_owned(), "0".to_owned())],
+        ),
+    ] {
+        let node = NodeProc::start_with_env(
+            bin(),
+            &dir.path().join(label.replace(' ', "-")),
+            &[],
+            &["--dns", "127.0.0.1:0", "--no-probe"],
+            env,
+        )?;
+        let dns = dns_addr(&node)?;
+        publish(&key, &node.api, "web", &["127.0.0.1:80"])?;
+        wait_ips(dns, &name, RecordType::A, &["127.0.0.1"])?;
+        let rt = runtime()?;
+        let mut held = Vec::new();
+        for third in 10..15u8 {
+            held.extend(hold_slow_tcp(&rt, dns, third, 50, 8)?);
+        }
+        std::thread::sleep(dpin_node::dns::TCP_EVICT_AFTER + Duration::from_millis(200));
+        for via in [Via::Tcp, Via::Udp] {
+            let mut lat = Vec::new();
+            let mut answered = 0;
+            for _ in 0..200 {
+                let t = Instant::now();
+                if query(dns, &name, RecordType::A, via).is_ok_and(|m| !m.answers().is_empty()) {
+                    answered += 1;
+                    lat.push(t.elapsed());
+                }
+            }
+            lat.sort();
+            let pct = |p: usize| lat.get(lat.len() * p / 100).copied();
+            eprintln!(
+                "{label}, {} slow TCP connections attempted, honest {via:?}: {answered}/200 answered, p50 {:?}, p99 {:?}",
+                held.len(),
+                pct(50),
+                pct(99)
+            );
+        }
+        drop(held);
+    }
+    Ok(())
+}

@@ -233,3 +233,91 @@ fn slow_loris_connections_do_not_block_requests_and_are_closed_by_the_head_deadl
     assert!(timeouts >= SLOW as u64, "{timeouts} head timeouts counted");
     Ok(())
 }
+
+/// With `DPIN_API_TOKEN` set on the node, writes without the token get a JSON 401 (counted),
+/// reads stay public, and the CLI, given the same variable, publishes.
+#[test]
+fn writes_need_the_api_token_when_the_node_has_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let token = [("DPIN_API_TOKEN".to_owned(), "s3cret-token".to_owned())];
+    let node = NodeProc::start_with_env(
+        bin(),
+        &dir.path().join("n"),
+        &[],
+        &["--no-probe"],
+        token.to_vec(),
+    )?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let (status, v) = http(&node.api, "POST", "/v1/publish", Some("{}"))?;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    let (status, v) = http(&node.api, "POST", "/v1/blobs", Some("x"))?;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    let (status, _) = http(&node.api, "GET", "/v1/status", None)?;
+    assert_eq!(status, 200, "reads need no token");
+    // The CLI without the token is refused; with it, the publish goes through.
+    let refused = publish(bin(), &key, &node.api, "web", &["8.8.8.8:80"])?;
+    assert!(!refused.status.success(), "publish without the token");
+    let key_s = key.to_str().ok_or_else(|| anyhow!("path"))?;
+    let out = std::process::Command::new(bin())
+        .args([
+            "publish",
+            "--key",
+            key_s,
+            "--api",
+            &node.api,
+            "web",
+            "8.8.8.8:80",
+        ])
+        .envs(token.iter().cloned())
+        .output()?;
+    ok(out)?;
+    let (status, _) = node.get(&format!("/v1/resolve/web.{zone}"))?;
+    assert_eq!(status, 200);
+    let unauthorized = r#"dpin_http_refused_total{reason="unauthorized"}"#;
+    assert!(metric(&node, unauthorized).unwrap_or(0) >= 3);
+    assert!(metric(&node, r#"dpin_http_errors_total{status="401"}"#).unwrap_or(0) >= 3);
+    Ok(())
+}
+
+/// An upload body trickled a byte at a time cannot hold one of the two upload slots: it is
+/// cut off (408 `too_slow`, counted) once it falls behind the minimum rate after the grace
+/// period, while the bytes keep coming. Takes about `UPLOAD_GRACE` (10 s).
+#[test]
+fn an_upload_trickled_byte_by_byte_is_cut_off() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = NodeProc::start(bin(), &dir.path().join("n"), &[], &["--no-probe"])?;
+    let mut s = TcpStream::connect(&node.api)?;
+    write!(
+        s,
+        "POST /v1/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n"
+    )?;
+    s.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    // One body byte every 300 ms until the server answers; only the server can end this.
+    let answer = wait_until(SPREAD * 2, "the trickled upload to be cut off", || {
+        let _ = s.write_all(b"x");
+        match s.read(&mut buf) {
+            Ok(0) => Some(()),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                raw.windows(4).any(|w| w == b"\r\n\r\n").then_some(())
+            }
+            Err(_) => None,
+        }
+    });
+    answer?;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let refused = r#"dpin_http_uploads_refused_total{reason="too_slow"}"#;
+    assert_eq!(metric(&node, refused), Some(1));
+    Ok(())
+}

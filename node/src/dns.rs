@@ -149,6 +149,8 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// closed to make room for a new one, if it has waited at least this long (an honest client
 /// sends its query right after connecting and gets its answer within milliseconds).
 pub const TCP_EVICT_AFTER: Duration = Duration::from_millis(500);
+/// Env var that turns TCP eviction off when `0` (for side-by-side measurements only).
+pub const TCP_EVICT_ENV: &str = "DPIN_DNS_TCP_EVICT";
 /// Longest a TCP connection stays open, however many queries it sends (RFC 7766 lets a server
 /// close any connection; clients reconnect): a query does not extend a connection forever.
 pub const TCP_MAX_LIFETIME: Duration = Duration::from_secs(60);
@@ -1223,11 +1225,15 @@ impl TcpTable {
         ip: std::net::IpAddr,
         max_total: usize,
         max_per_ip: usize,
+        evict: bool,
     ) -> Result<(u64, Arc<TcpConnShared>), TcpRefusal> {
         if self.per_ip.get(&ip).copied().unwrap_or(0) >= max_per_ip {
             return Err(TcpRefusal::PerIp);
         }
         if self.conns.len() >= max_total {
+            if !evict {
+                return Err(TcpRefusal::TotalCap);
+            }
             let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             let cutoff =
                 now.saturating_sub(u64::try_from(TCP_EVICT_AFTER.as_millis()).unwrap_or(0));
@@ -1271,6 +1277,9 @@ impl TcpTable {
 async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>>) {
     let st = stats();
     let table = Arc::new(std::sync::Mutex::new(TcpTable::new()));
+    // Measurement knob: DPIN_DNS_TCP_EVICT=0 turns eviction off (the behaviour before it), to
+    // measure the difference side by side. On by default.
+    let evict = std::env::var(TCP_EVICT_ENV).map_or(true, |v| v.trim() != "0");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(v) => v,
@@ -1285,7 +1294,7 @@ async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>
         let admitted = table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(ip, MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_IP);
+            .admit(ip, MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_IP, evict);
         let (id, shared) = match admitted {
             Ok(v) => v,
             Err(r) => {
@@ -2024,5 +2033,33 @@ mod tests {
         // Rate 0 is off.
         let off = Rrl::new(RrlConfig { rate: 0, slip: 2 });
         assert!((0..100).all(|_| off.check(ip("192.0.2.7"), now) == RrlVerdict::Answer));
+    }
+
+    #[test]
+    fn at_the_tcp_cap_the_longest_waiting_connection_makes_room() {
+        let ip = |n: u8| std::net::IpAddr::from([127, 0, 9, n]);
+        let mut t = TcpTable::new();
+        // Backdate the epoch so the first connections have waited past TCP_EVICT_AFTER.
+        t.epoch = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(5))
+            .expect("clock");
+        let (first, first_shared) = t.admit(ip(1), 3, 2, true).expect("room");
+        first_shared.waiting_since.store(1, Ordering::Relaxed); // waiting since the epoch
+        let (_, busy) = t.admit(ip(2), 3, 2, true).expect("room");
+        busy.waiting_since.store(0, Ordering::Relaxed); // answering: never evicted
+        let (_, recent) = t.admit(ip(3), 3, 2, true).expect("room");
+        let _ = recent; // waiting since just now: too recent to evict
+        assert_eq!(t.admit(ip(1), 3, 1, true).err(), Some(TcpRefusal::PerIp));
+        assert_eq!(
+            t.admit(ip(4), 3, 2, false).err(),
+            Some(TcpRefusal::TotalCap)
+        );
+        // At the cap: the connection waiting since the epoch is closed for the newcomer.
+        let (_, _new) = t.admit(ip(4), 3, 2, true).expect("evicts");
+        assert!(first_shared.evicted.load(Ordering::Relaxed));
+        assert!(!busy.evicted.load(Ordering::Relaxed));
+        t.release(first, ip(1));
+        // Nothing else has waited long enough: the next one is refused.
+        assert_eq!(t.admit(ip(5), 3, 2, true).err(), Some(TcpRefusal::TotalCap));
     }
 }
