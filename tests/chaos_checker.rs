@@ -143,6 +143,7 @@ fn clean_history() -> History {
             start_ms: 20_400.0,
             end_ms: 21_500.0,
             offset_ms: None,
+            groups: None,
         }],
     }
 }
@@ -320,6 +321,7 @@ fn propagation_to_a_faulted_node_is_left_out() {
         start_ms: 20_000.0,
         end_ms: 20_012.0,
         offset_ms: None,
+        groups: None,
     });
     assert_eq!(run(&h).propagation.samples, 1);
 }
@@ -397,6 +399,7 @@ fn a_read_after_a_restart_that_lost_a_seq_is_a_regression() {
         start_ms: 31_000.0,
         end_ms: 33_000.0,
         offset_ms: None,
+        groups: None,
     });
     h.ops.push(read(4, 2, 35_000.0, OpOutcome::Found, Some(1)));
     assert_eq!(run(&h).regressions, 1);
@@ -485,6 +488,7 @@ fn a_node_whose_clock_runs_ahead_sees_a_record_expire_early_and_that_is_not_empt
         start_ms: 2_000.0,
         end_ms: 12_000.0,
         offset_ms: Some(600_000),
+        groups: None,
     });
     // At 8 s the record is live by real time; node 2's clock is 10 min ahead.
     h.ops.push(read(2, 2, 8_000.0, OpOutcome::NotFound, None));
@@ -503,6 +507,7 @@ fn a_node_whose_clock_runs_behind_must_still_answer() {
         start_ms: 2_000.0,
         end_ms: 12_000.0,
         offset_ms: Some(-600_000),
+        groups: None,
     });
     h.ops.push(read(2, 2, 8_000.0, OpOutcome::NotFound, None));
     assert_eq!(run(&h).queries.empty, 1);
@@ -588,6 +593,7 @@ fn race_history(final_at_3: Op) -> History {
             start_ms: 19_000.0,
             end_ms: 25_000.0,
             offset_ms: None,
+            groups: None,
         }],
     }
 }
@@ -816,6 +822,7 @@ fn a_node_whose_clock_was_set_right_gets_the_staleness_bound_to_recover_and_no_m
         start_ms: 2_000.0,
         end_ms: 12_000.0,
         offset_ms: Some(600_000),
+        groups: None,
     });
     // 3 s after the clock was set right: recovering. 20 s after: empty.
     h.ops.push(read(2, 2, 15_000.0, OpOutcome::NotFound, None));
@@ -823,4 +830,380 @@ fn a_node_whose_clock_was_set_right_gets_the_staleness_bound_to_recover_and_no_m
     let f = run(&h);
     assert_eq!(f.queries.expired_by_skew, 1);
     assert_eq!(f.queries.empty, 1);
+}
+
+// ---------------------------------------------------------------- partitions of groups
+
+fn split(start: f64, end: f64, a: &[usize], b: &[usize]) -> Vec<FaultSpan> {
+    a.iter()
+        .chain(b)
+        .map(|&node| FaultSpan {
+            kind: FaultKind::Split,
+            node,
+            start_ms: start,
+            end_ms: end,
+            offset_ms: None,
+            groups: Some(vec![a.to_vec(), b.to_vec()]),
+        })
+        .collect()
+}
+
+fn expiring_write(node: usize, start: f64, seq: u64, expires: f64) -> Op {
+    Op {
+        expires_ms: Some(expires),
+        ..write(node, start, start + 10.0, seq)
+    }
+}
+
+/// Seq 1 (expiring at 20 s) known everywhere; a split cuts node 1 off from 10 s to 40 s; seq
+/// 2 is written on the other side at 12 s. Node 1's copy of seq 1 expires during the split.
+fn split_history() -> History {
+    let mut ops = vec![
+        expiring_write(1, 0.0, 1, 20_000.0),
+        expiring_write(2, 12_000.0, 2, 90_000.0),
+    ];
+    for n in NODES {
+        ops.push(read(1, n, 1_000.0, OpOutcome::Found, Some(1)));
+    }
+    History {
+        ops,
+        faults: split(10_000.0, 40_000.0, &[1], &[2, 3]),
+    }
+}
+
+#[test]
+fn a_node_cut_off_before_a_write_was_made_is_not_empty_without_it() {
+    let mut h = split_history();
+    h.ops.push(read(2, 1, 30_000.0, OpOutcome::NotFound, None));
+    h.ops.push(read(2, 2, 30_000.0, OpOutcome::Found, Some(2)));
+    let f = run(&h);
+    assert_eq!(f.queries.empty, 0);
+    assert_eq!(f.queries.unreached_by_partition, 1);
+    assert_eq!(f.queries.failed, 0);
+}
+
+#[test]
+fn the_same_answer_long_after_the_heal_is_empty() {
+    let mut h = split_history();
+    for f in &mut h.faults {
+        f.end_ms = 20_000.0;
+    }
+    // The heal was 10 s (twice the bound) before the read: node 1 should have seq 2 by now.
+    h.ops.push(read(2, 1, 30_000.0, OpOutcome::NotFound, None));
+    h.ops.push(read(2, 2, 30_000.0, OpOutcome::Found, Some(2)));
+    let f = run(&h);
+    assert_eq!(f.queries.empty, 1);
+    assert_eq!(f.queries.unreached_by_partition, 0);
+    assert!(!f.invariants_hold());
+}
+
+#[test]
+fn a_write_made_before_the_split_started_is_no_excuse() {
+    let mut h = split_history();
+    // Seq 2 was acknowledged 5 s before the cut: node 1 had the bound to get it.
+    h.ops[1] = expiring_write(2, 4_000.0, 2, 90_000.0);
+    h.ops.push(read(2, 1, 30_000.0, OpOutcome::NotFound, None));
+    h.ops.push(read(2, 2, 30_000.0, OpOutcome::Found, Some(2)));
+    assert_eq!(run(&h).queries.empty, 1);
+}
+
+#[test]
+fn a_node_that_showed_the_name_and_lost_it_during_a_split_is_empty() {
+    let mut h = split_history();
+    // Seq 1 lives on (no expiry), node 1 showed it, then answers without it during the split.
+    h.ops[0] = write(1, 0.0, 10.0, 1);
+    h.ops.push(read(2, 1, 30_000.0, OpOutcome::NotFound, None));
+    h.ops.push(read(2, 2, 30_000.0, OpOutcome::Found, Some(2)));
+    let f = run(&h);
+    assert_eq!(f.queries.empty, 1);
+    assert_eq!(f.queries.unreached_by_partition, 0);
+}
+
+#[test]
+fn a_round_nobody_answers_during_a_split_is_still_failed() {
+    let mut h = split_history();
+    for n in NODES {
+        h.ops.push(read(2, n, 30_000.0, OpOutcome::Timeout, None));
+    }
+    assert_eq!(run(&h).queries.failed, 1);
+}
+
+#[test]
+fn stale_answers_across_a_partition_are_counted_apart() {
+    let mut h = split_history();
+    h.ops[0] = write(1, 0.0, 10.0, 1);
+    // Node 1 (cut off from the writer) and node 3 (on the writer's side) both lag.
+    h.ops.push(read(2, 1, 30_000.0, OpOutcome::Found, Some(1)));
+    h.ops.push(read(2, 3, 30_000.0, OpOutcome::Found, Some(1)));
+    let f = run(&h);
+    assert_eq!(f.queries.stale, 2);
+    assert_eq!(
+        f.queries.stale_partitioned, 1,
+        "only node 1's lag is the split's"
+    );
+    assert_eq!(f.stale_marks.len(), 2);
+    assert_eq!(f.queries.empty + f.queries.failed, 0);
+}
+
+#[test]
+fn a_read_concurrent_with_an_acknowledged_deletion_may_see_it() {
+    let mut h = clean_history();
+    // A tombstone at seq 3, under way from 40 000 to 40 300 ms; a read at 40 100 sees it.
+    h.ops.push(Op {
+        content: Some(TOMBSTONE.to_owned()),
+        ..op(
+            OpKind::Write,
+            2,
+            40_000.0,
+            40_300.0,
+            OpOutcome::Applied,
+            Some(3),
+        )
+    });
+    h.ops.push(read(4, 2, 40_100.0, OpOutcome::NotFound, None));
+    h.ops.push(read(4, 1, 40_100.0, OpOutcome::Found, Some(2)));
+    assert_eq!(run(&h).queries.empty, 0);
+    // The same answer before the deletion started is empty.
+    let mut early = clean_history();
+    early
+        .ops
+        .push(read(4, 2, 39_000.0, OpOutcome::NotFound, None));
+    assert_eq!(run(&early).queries.empty, 1);
+}
+
+#[test]
+fn fault_spans_know_which_nodes_they_separate() {
+    let one_way = FaultSpan {
+        kind: FaultKind::OneWay,
+        node: 1,
+        start_ms: 0.0,
+        end_ms: 1.0,
+        offset_ms: None,
+        groups: Some(vec![vec![1], vec![2, 3]]),
+    };
+    assert!(one_way.separates(1, 2) && one_way.separates(3, 1));
+    assert!(!one_way.separates(2, 3), "same side");
+    assert!(!one_way.separates(1, 1));
+    let alone = FaultSpan {
+        kind: FaultKind::Partition,
+        node: 2,
+        groups: None,
+        ..one_way.clone()
+    };
+    assert!(alone.separates(2, 3) && alone.separates(1, 2));
+    assert!(!alone.separates(1, 3));
+    let pause = FaultSpan {
+        kind: FaultKind::Pause,
+        ..alone
+    };
+    assert!(!pause.separates(2, 3), "a pause cuts nothing");
+}
+
+fn heal_probe(heal: u64, node: usize, at: f64, end: f64, seen: bool) -> Op {
+    Op {
+        process: dpin_sim::workload::HEAL_PROBE.to_owned(),
+        round: Some(heal),
+        want_seq: Some(5),
+        ..op(
+            OpKind::Probe,
+            node,
+            at,
+            end,
+            if seen {
+                OpOutcome::Found
+            } else {
+                OpOutcome::NotFound
+            },
+            seen.then_some(5),
+        )
+    }
+}
+
+#[test]
+fn heal_convergence_is_the_slowest_node_after_each_heal() {
+    let mut h = clean_history();
+    h.ops.push(heal_probe(1, 1, 50_000.0, 50_300.0, true));
+    h.ops.push(heal_probe(1, 2, 50_000.0, 51_200.0, true));
+    h.ops.push(heal_probe(2, 1, 60_000.0, 60_100.0, true));
+    let f = run(&h);
+    assert_eq!(f.heal.heals, 2);
+    assert_eq!(f.heal.unconverged, 0);
+    assert_eq!(f.heal.max, 1_200.0);
+    assert_eq!(
+        f.propagation.samples,
+        run(&clean_history()).propagation.samples,
+        "heal probes are not propagation samples"
+    );
+    // A node that never caught up (and was not faulted meanwhile) leaves the heal unconverged.
+    h.ops.push(heal_probe(2, 3, 60_000.0, 70_000.0, false));
+    assert_eq!(run(&h).heal.unconverged, 1);
+    // Unless it was killed after the heal.
+    h.faults.push(FaultSpan {
+        kind: FaultKind::Kill,
+        node: 3,
+        start_ms: 61_000.0,
+        end_ms: 64_000.0,
+        offset_ms: None,
+        groups: None,
+    });
+    assert_eq!(run(&h).heal.unconverged, 0);
+}
+
+#[test]
+fn heal_targets_skip_deleted_and_expiring_names() {
+    let other = |name: &str, mut o: Op| {
+        o.name = name.to_owned();
+        o
+    };
+    let ops = vec![
+        expiring_write(1, 0.0, 3, 1e9),
+        other("gone.zone", write(1, 0.0, 10.0, 1)),
+        other(
+            "gone.zone",
+            Op {
+                content: Some(TOMBSTONE.to_owned()),
+                ..write(1, 20.0, 30.0, 2)
+            },
+        ),
+        other("soon.zone", expiring_write(1, 0.0, 4, 5_000.0)),
+        // Acknowledged after the heal: not a target.
+        other("late.zone", write(1, 2_000.0, 2_010.0, 9)),
+    ];
+    let t = dpin_sim::workload::heal_targets(&ops, 1_000.0, 10_000.0);
+    assert_eq!(
+        t.into_iter().collect::<Vec<_>>(),
+        vec![(NAME.to_owned(), 3)]
+    );
+}
+
+#[test]
+fn the_report_lists_each_group_partition_once() {
+    let mut faults = split(1_000.0, 2_000.0, &[1], &[2, 3]);
+    faults.extend(split(5_000.0, 6_000.0, &[3], &[1, 2]));
+    let h = History {
+        ops: Vec::new(),
+        faults,
+    };
+    let g = dpin_sim::report::partition_groups(&h);
+    assert_eq!(g.len(), 2);
+    assert_eq!((g[0].a.clone(), g[0].b.clone()), (vec![1], vec![2, 3]));
+    assert_eq!(g[1].start_s, 5.0);
+}
+
+// ---------------------------------------------------------------- the nemesis and the links
+
+mod wan_and_nemesis {
+    use dpin_sim::history::FaultKind;
+    use dpin_sim::nemesis::may_start;
+    use dpin_sim::wan::{cut_matrix, node_of, CutKind, LinkModel, Partition};
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_split_cuts_both_ways_and_a_one_way_cut_only_one() {
+        let split = Partition {
+            kind: CutKind::Split,
+            a: vec![1, 2],
+            b: vec![3, 4, 5],
+        };
+        assert!(split.drops(1, 3) && split.drops(3, 1));
+        assert!(!split.drops(1, 2) && !split.drops(4, 5));
+        let one_way = Partition {
+            kind: CutKind::OneWay,
+            ..split.clone()
+        };
+        assert!(one_way.drops(3, 1), "a cannot hear b");
+        assert!(!one_way.drops(1, 3), "b still hears a");
+        assert!(one_way.separates(1, 3));
+        let alone = Partition::isolate(2, 4);
+        assert_eq!(alone.b, vec![1, 3, 4]);
+        assert!(alone.drops(2, 4) && alone.drops(4, 2) && !alone.drops(1, 3));
+        let m = cut_matrix(3, &[Partition::isolate(1, 3)]);
+        assert_eq!(
+            m,
+            vec![false, true, true, true, false, false, true, false, false]
+        );
+        assert_eq!(cut_matrix(2, &[]), vec![false; 4]);
+    }
+
+    #[test]
+    fn drawn_groups_cover_every_node_once() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for n in 2..=25 {
+            for kind in [CutKind::Split, CutKind::OneWay, CutKind::Isolate] {
+                let p = Partition::draw(kind, n, &mut rng);
+                assert_eq!(p.nodes(), (1..=n).collect::<Vec<_>>());
+                assert_eq!(p.a.len() + p.b.len(), n);
+                match kind {
+                    CutKind::Split => assert_eq!(p.a.len(), n / 2),
+                    CutKind::OneWay => assert!((1..=n / 2).contains(&p.a.len())),
+                    CutKind::Isolate => assert_eq!(p.a.len(), 1),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn link_models_are_checked_and_drawn_within_their_bounds() {
+        let m = LinkModel {
+            delay_ms: 20.0,
+            jitter_ms: 5.0,
+            loss_pct: 1.0,
+        };
+        assert!(m.validate().is_ok());
+        for bad in [
+            LinkModel {
+                jitter_ms: 30.0,
+                ..m
+            },
+            LinkModel {
+                loss_pct: 100.0,
+                ..m
+            },
+            LinkModel {
+                delay_ms: f64::NAN,
+                ..m
+            },
+            LinkModel {
+                delay_ms: -1.0,
+                ..m
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut lost = 0;
+        for _ in 0..20_000 {
+            match m.draw(&mut rng) {
+                Some(d) => assert!((15.0..=25.0).contains(&d), "{d}"),
+                None => lost += 1,
+            }
+        }
+        // 1% of 20 000, give or take a generous margin (seeded, so exact every run).
+        assert!((100..=300).contains(&lost), "{lost}");
+        let ideal = LinkModel::default();
+        assert!(ideal.is_ideal());
+        assert_eq!(ideal.draw(&mut rng), Some(0.0));
+    }
+
+    #[test]
+    fn only_node_addresses_are_switched() {
+        assert_eq!(node_of([198, 18, 0, 7], 25), Some(7));
+        assert_eq!(node_of([198, 18, 0, 26], 25), None);
+        assert_eq!(node_of([198, 18, 0, 0], 25), None);
+        assert_eq!(node_of([198, 19, 0, 7], 25), None);
+    }
+
+    #[test]
+    fn max_down_and_group_partitions_exclude_each_other() {
+        // --max-down 2: a second node may go down, a third may not.
+        assert!(may_start(FaultKind::Kill, 1, false, 2));
+        assert!(!may_start(FaultKind::Pause, 2, false, 2));
+        // A split needs every node up, and holds off every other down-fault while it lasts.
+        assert!(may_start(FaultKind::Split, 0, false, 2));
+        assert!(!may_start(FaultKind::Split, 1, false, 2));
+        assert!(!may_start(FaultKind::OneWay, 0, true, 2));
+        assert!(!may_start(FaultKind::Kill, 0, true, 2));
+        // Skew runs beside anything.
+        assert!(may_start(FaultKind::Skew, 2, true, 2));
+    }
 }

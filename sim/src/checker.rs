@@ -27,12 +27,23 @@
 //!   better, so such answers are counted apart (`expired_by_skew`), not as empty.
 //! * **queries.empty** — answers without an endpoint (404, NXDOMAIN, an empty endpoint list)
 //!   at a node where the name is live, when the node could have known it: some acknowledged,
-//!   still-live record of the name (not deleted since by an acknowledged tombstone) ended more
+//!   still-live record of the name (not deleted by an acknowledged tombstone with a higher seq
+//!   that started before the read ended: a read may see a concurrent deletion) ended more
 //!   than `stale_bound_ms` before the read, or the same node had already shown such a record. Names whose records expired are not
 //!   empty: they are gone by design.
+//!   **The one exception, partitions:** a write made on the other side of a partition cannot
+//!   reach a node until the heal. A write whose acknowledging node was separated from the
+//!   reading node (see [`FaultSpan::separates`]) by a partition that started *before the write
+//!   started* and ended less than `stale_bound_ms` before the read does not make the read
+//!   empty; if no other write makes it so, the answer is counted as `unreached_by_partition`.
+//!   A node that had already shown the name and then answers without it is empty, partition
+//!   or not, and so is a node that knew of any write the partition did not keep from it.
 //! * **queries.stale** — answers whose seq is lower than the highest seq acknowledged more than
 //!   `stale_bound_ms` before the read started. Reported, not fatal: a partitioned node is
-//!   expected to serve stale answers.
+//!   expected to serve stale answers. **stale_partitioned** — those of them explained by a
+//!   partition: every write they lag was acknowledged at a node separated from the answering
+//!   node by a partition in force at some moment between the write's start and the read, which
+//!   ended less than `stale_bound_ms` before the read (or had not ended).
 //! * **regressions** — reads at one node that went backwards: an answer with endpoints whose
 //!   seq is lower than that of an earlier answer (HTTP, DNS, probe or final read) from the same
 //!   node for the same name that ended before it started. Kills and restarts included: the
@@ -76,13 +87,19 @@
 //!   that write (`want_seq`) if the history has any probes (they poll right after the
 //!   acknowledgement), otherwise the reads (whose sampling interval then inflates the figure).
 //!   Pairs where k or j was faulted in between are left out (that is recovery time, not
-//!   propagation), as are pairs never observed.
+//!   propagation), as are pairs never observed. Heal probes are not propagation samples.
+//! * **heal_convergence_ms** — for every group partition (split, one-way cut), from its heal
+//!   to the moment every node shows, for every name, at least the seq acknowledged anywhere by
+//!   the heal: measured by the heal probes ([`crate::workload::HEAL_PROBE`], one per node and
+//!   name, round = the heal's number). **unconverged** — heals after which some node never
+//!   showed it within the probe window (a node faulted meanwhile is left out).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::history::{hosts_of, FaultKind, FaultSpan, History, Op, OpKind, OpOutcome, Proto};
+use crate::workload::HEAL_PROBE;
 
 /// Default staleness bound: an answer may lag the newest acknowledged write by this long.
 pub const DEFAULT_STALE_BOUND_MS: f64 = 5000.0;
@@ -140,6 +157,14 @@ pub struct Queries {
     /// expired by that node's clock but not by real time (not empty: see the module docs).
     #[serde(default)]
     pub expired_by_skew: u64,
+    /// Stale answers explained by a partition between the answering node and the node that
+    /// acknowledged the newer write (a subset of `stale`; see the module docs).
+    #[serde(default)]
+    pub stale_partitioned: u64,
+    /// Answers without an endpoint for a name whose only live writes were made on the other
+    /// side of a partition since before they started (not empty: see the module docs).
+    #[serde(default)]
+    pub unreached_by_partition: u64,
 }
 
 /// Write counts (SPEC §5 `writes`, plus diagnostics).
@@ -195,6 +220,19 @@ pub struct Propagation {
     pub samples: u64,
 }
 
+/// Convergence after the heals of group partitions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealConvergence {
+    /// Group partitions healed and probed.
+    pub heals: u64,
+    /// Heals after which some node did not catch up within the probe window.
+    pub unconverged: u64,
+    /// Median over the converged heals, ms.
+    pub p50: f64,
+    /// Slowest converged heal, ms.
+    pub max: f64,
+}
+
 /// One example of a violated invariant, for the human summary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
@@ -226,6 +264,10 @@ pub struct Findings {
     pub regression_marks: Vec<(usize, f64)>,
     /// Empty answers: (node, read start ms), for the timeline.
     pub empty_marks: Vec<(usize, f64)>,
+    /// Stale answers: (node, read start ms, explained by a partition), for the timeline.
+    pub stale_marks: Vec<(usize, f64, bool)>,
+    /// Convergence after group-partition heals.
+    pub heal: HealConvergence,
     /// Example violations (at most [`MAX_EXAMPLES`] per kind).
     pub examples: Vec<Violation>,
 }
@@ -299,6 +341,19 @@ fn faulted_between(faults: &[FaultSpan], node: usize, from: f64, to: f64) -> boo
         // A skewed clock does not delay replication; it is no reason to drop a sample.
         f.kind != FaultKind::Skew && f.node == node && f.start_ms <= to && f.end_ms >= from
     })
+}
+
+/// Whether a partition separating nodes `x` and `y` started no later than `from` and ended no
+/// earlier than `until` (or is the same span still cut at `until`): nothing could cross
+/// between them in `[from, until]`.
+pub fn cut_off_throughout(faults: &[FaultSpan], x: usize, y: usize, from: f64, until: f64) -> bool {
+    faults
+        .iter()
+        .any(|f| f.separates(x, y) && f.start_ms <= from && f.end_ms >= until)
+}
+
+fn is_heal_probe(op: &Op) -> bool {
+    op.kind == OpKind::Probe && op.process == HEAL_PROBE
 }
 
 /// How far ahead of real time node `node`'s clock may have been during `[from, to]`, ms
@@ -653,9 +708,40 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             if let (Some(newest), Some(seen)) = (newest, contents.seq_of(op)) {
                 if seen < newest {
                     f.queries.stale += 1;
+                    // Explained by a partition if every write it lags was made across one.
+                    let lagged = acked
+                        .get(op.name.as_str())
+                        .into_iter()
+                        .flatten()
+                        .filter(|w| w.seq.is_some_and(|s| s > seen) && w.end_ms <= t - bound);
+                    let mut explained = true;
+                    for w in lagged {
+                        let across = history.faults.iter().any(|p| {
+                            p.separates(w.node, op.node)
+                                && p.start_ms <= t
+                                && p.end_ms >= w.start_ms
+                                && p.end_ms + bound >= t
+                        });
+                        if !across {
+                            explained = false;
+                            break;
+                        }
+                    }
+                    if explained {
+                        f.queries.stale_partitioned += 1;
+                    }
+                    f.stale_marks.push((op.node, op.start_ms, explained));
                     f.example(
                         "stale",
-                        format!("{} (seq {newest} was acknowledged by then)", describe(op)),
+                        format!(
+                            "{} (seq {newest} was acknowledged by then{})",
+                            describe(op),
+                            if explained {
+                                "; across a partition"
+                            } else {
+                                ""
+                            }
+                        ),
                     );
                 }
             }
@@ -684,14 +770,23 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             }
             continue;
         }
-        // Writes a tombstone acknowledged since has deleted do not count.
-        let deleted_to = before
-            .iter()
-            .filter(|w| is_tombstone(w))
+        // Writes an acknowledged tombstone has deleted do not count — including a tombstone
+        // still under way when the read started (concurrent with it, so the read may see it).
+        let deleted_to = acked
+            .get(op.name.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|w| is_tombstone(w) && w.start_ms <= op.end_ms)
             .filter_map(|w| w.seq)
             .max();
         let standing = |w: &Op| w.seq > deleted_to && live_at(w, t, ahead);
-        let known_long_enough = before.iter().any(|w| w.end_ms + bound <= t && standing(w));
+        // A write made across a partition that started before it and lasted until less than
+        // the bound before this read could not have reached this node.
+        let unreachable =
+            |w: &Op| cut_off_throughout(&history.faults, w.node, op.node, w.start_ms, t - bound);
+        let known_long_enough = before
+            .iter()
+            .any(|w| w.end_ms + bound <= t && standing(w) && !unreachable(w));
         let node_had_it = first_shown
             .get(&(op.node, op.name.as_str()))
             .is_some_and(|v| {
@@ -703,6 +798,11 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             f.queries.empty += 1;
             f.empty_marks.push((op.node, op.start_ms));
             f.example("empty", describe(op));
+        } else if before
+            .iter()
+            .any(|w| w.end_ms + bound <= t && standing(w) && unreachable(w))
+        {
+            f.queries.unreached_by_partition += 1;
         }
     }
     for (answered, op, _, retried) in rounds.values() {
@@ -876,7 +976,10 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
     // Propagation: measured by the probes if the history has any (each polls one node for one
     // acknowledged write, right after the ack), else by the first read that shows the write
     // (then the readers' sampling interval is part of the figure).
-    let by_probe = history.ops.iter().any(|o| o.kind == OpKind::Probe);
+    let by_probe = history
+        .ops
+        .iter()
+        .any(|o| o.kind == OpKind::Probe && !is_heal_probe(o));
     let mut probed: BTreeMap<(&str, usize, u64), f64> = BTreeMap::new();
     let mut seen: BTreeMap<(&str, usize), Vec<(f64, u64)>> = BTreeMap::new();
     let mut nodes: BTreeSet<usize> = BTreeSet::new();
@@ -886,7 +989,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             continue;
         };
         match op.kind {
-            OpKind::Probe if by_probe => {
+            OpKind::Probe if by_probe && !is_heal_probe(op) => {
                 if let Some(want) = op.want_seq.filter(|&w| s >= w) {
                     let e = probed
                         .entry((op.name.as_str(), op.node, want))
@@ -939,7 +1042,42 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         samples: lat.len() as u64,
     };
     f.propagation_samples = samples;
+    f.heal = heal_convergence(history);
     f
+}
+
+/// Heal convergence from the heal probes (see the module docs).
+fn heal_convergence(history: &History) -> HealConvergence {
+    // heal id -> (heal time, latest time a probe saw its target, whether all did)
+    let mut heals: BTreeMap<u64, (f64, f64, bool)> = BTreeMap::new();
+    for op in history.ops.iter().filter(|o| is_heal_probe(o)) {
+        let Some(id) = op.round else { continue };
+        let e = heals.entry(id).or_insert((op.start_ms, op.start_ms, true));
+        let seen = op.outcome == OpOutcome::Found
+            && op.seq.is_some_and(|s| op.want_seq.is_none_or(|w| s >= w));
+        if seen {
+            e.1 = e.1.max(op.end_ms);
+        } else {
+            // A node faulted after the heal (not the healed partition itself) is left out.
+            let faulted = history.faults.iter().any(|f| {
+                f.kind != FaultKind::Skew
+                    && f.node == op.node
+                    && f.start_ms <= op.end_ms
+                    && f.end_ms > op.start_ms
+            });
+            if !faulted {
+                e.2 = false;
+            }
+        }
+    }
+    let mut times: Vec<f64> = heals.values().filter(|h| h.2).map(|h| h.1 - h.0).collect();
+    times.sort_by(f64::total_cmp);
+    HealConvergence {
+        heals: heals.len() as u64,
+        unconverged: heals.values().filter(|h| !h.2).count() as u64,
+        p50: percentile(&times, 50.0),
+        max: times.last().copied().unwrap_or(0.0),
+    }
 }
 
 #[cfg(test)]

@@ -473,6 +473,57 @@ impl Cluster {
         false
     }
 
+    /// Waits until running node `i` (0-based) sees at least `want` live peers. Returns whether
+    /// that happened before `timeout`.
+    pub async fn wait_node_connected(
+        &self,
+        api: &Api,
+        i: usize,
+        want: usize,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Some(info) = self.nodes.get(i).and_then(|n| n.info.clone()) else {
+            return false;
+        };
+        while Instant::now() < deadline {
+            if api
+                .status(info.api, Duration::from_millis(500))
+                .await
+                .is_some_and(|s| s.peers_alive >= want)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Stops node `i` (0-based) cleanly: SIGTERM, then waits up to [`STOP_GRACE`] for it to
+    /// exit (SIGKILL after that, reported as an error: a clean stop must not need it).
+    pub async fn stop_node(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        node.signal(Signal::SIGTERM)?;
+        let Some(mut child) = node.child.take() else {
+            return Ok(());
+        };
+        node.paused = false;
+        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => bail!("node {} exited with {status} after SIGTERM", i + 1),
+            Ok(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                bail!(
+                    "node {} did not exit within {} s of SIGTERM (killed)",
+                    i + 1,
+                    STOP_GRACE.as_secs()
+                )
+            }
+        }
+    }
+
     /// SIGKILLs node `i` (0-based) and reaps it.
     pub async fn kill(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];

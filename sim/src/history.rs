@@ -201,6 +201,15 @@ pub enum FaultKind {
     Partition,
     /// The node's wall clock is off by [`FaultSpan::offset_ms`] (its monotonic clock is not).
     Skew,
+    /// Split-brain: the nodes are cut into two groups ([`FaultSpan::groups`]) and nothing
+    /// passes between them. Clients still reach every node, and write on both sides.
+    Split,
+    /// One-way cut: the first group of [`FaultSpan::groups`] cannot hear the second (what the
+    /// second sends to the first is dropped; the other direction passes).
+    OneWay,
+    /// A clean restart: SIGTERM, wait for the exit, start again on the same data dir and ports
+    /// (the rolling-restart mode restarts every node, one at a time, under load).
+    Restart,
 }
 
 impl FaultKind {
@@ -211,6 +220,9 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Skew => "skew",
+            FaultKind::Split => "split",
+            FaultKind::OneWay => "oneway",
+            FaultKind::Restart => "rolling-restart",
         }
     }
 }
@@ -224,8 +236,11 @@ impl std::str::FromStr for FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
             "skew" => Ok(FaultKind::Skew),
+            "split" => Ok(FaultKind::Split),
+            "oneway" | "one-way" => Ok(FaultKind::OneWay),
+            "rolling-restart" | "restart" => Ok(FaultKind::Restart),
             other => Err(format!(
-                "unknown fault {other:?}; use kill, pause, partition or skew"
+                "unknown fault {other:?}; use kill, pause, partition, split, oneway, skew or rolling-restart"
             )),
         }
     }
@@ -247,6 +262,39 @@ pub struct FaultSpan {
     /// ahead). Expiry at that node is judged by its clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset_ms: Option<i64>,
+    /// For a group partition ([`FaultKind::Split`], [`FaultKind::OneWay`]): the two groups of
+    /// 1-based node indexes; a one-way cut drops what the second group sends to the first. A
+    /// group partition is recorded as one span per node it affects, each with the groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<Vec<usize>>>,
+}
+
+impl FaultSpan {
+    /// Whether this fault cut nodes `x` and `y` apart, in either direction (TCP needs both,
+    /// so a one-way cut separates them too).
+    pub fn separates(&self, x: usize, y: usize) -> bool {
+        if x == y {
+            return false;
+        }
+        match self.kind {
+            FaultKind::Partition => self.node == x || self.node == y,
+            FaultKind::Split | FaultKind::OneWay => match self.groups.as_deref() {
+                Some([a, b]) => {
+                    (a.contains(&x) && b.contains(&y)) || (a.contains(&y) && b.contains(&x))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Whether this is a partition of any kind (one node isolated, split, one-way cut).
+    pub fn is_partition(&self) -> bool {
+        matches!(
+            self.kind,
+            FaultKind::Partition | FaultKind::Split | FaultKind::OneWay
+        )
+    }
 }
 
 /// One line of the JSONL history.

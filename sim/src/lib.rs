@@ -40,4 +40,5 @@ pub mod race;
 pub mod report;
 pub mod simulate;
 pub mod svg;
+pub mod wan;
 pub mod workload;

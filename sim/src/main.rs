@@ -33,6 +33,7 @@ use dpin_sim::nodeapi::Api;
 use dpin_sim::race::{self, RaceConfig, RacePaths};
 use dpin_sim::report::{ClockSkew, Report, RunMeta};
 use dpin_sim::svg;
+use dpin_sim::wan::{LinkModel, Wan};
 use dpin_sim::workload::{self, Ctx, Plan, Recorder, Target, WorkloadConfig};
 
 #[derive(Parser)]
@@ -110,9 +111,21 @@ struct ChaosArgs {
     /// Report file (SPEC §5 JSON).
     #[arg(long, default_value = "chaos-report.json")]
     report: PathBuf,
-    /// Fault kinds, comma-separated: kill, pause, partition, skew (skew needs libfaketime).
+    /// Fault kinds, comma-separated: kill, pause, partition (one node cut off), split
+    /// (split-brain halves), oneway (some nodes cannot hear the rest), skew (needs
+    /// libfaketime); or rolling-restart alone (every node restarted cleanly, one at a time).
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     faults: Vec<FaultKind>,
+    /// One-way delay of every node-to-node path, ms (emulated by the harness's WAN switch;
+    /// needs the namespace layout).
+    #[arg(long, default_value_t = 0.0)]
+    link_delay_ms: f64,
+    /// Jitter of every path, ms: each packet's delay is uniform in delay ± jitter.
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// Packets lost on every path, percent per direction.
+    #[arg(long, default_value_t = 0.0)]
+    loss_pct: f64,
     /// How far a skewed node's wall clock is off, ms (ahead or behind, drawn per fault).
     #[arg(long, default_value_t = 600_000)]
     skew_ms: u64,
@@ -496,6 +509,12 @@ fn replay_command(args: &ChaosArgs, seed: u64, faults: &[FaultKind]) -> String {
             cmd.push_str(&format!(" --libfaketime {}", l.display()));
         }
     }
+    if args.link_delay_ms > 0.0 || args.jitter_ms > 0.0 || args.loss_pct > 0.0 {
+        cmd.push_str(&format!(
+            " --link-delay-ms {} --jitter-ms {} --loss-pct {}",
+            args.link_delay_ms, args.jitter_ms, args.loss_pct
+        ));
+    }
     if args.net != NetChoice::Auto {
         cmd.push_str(&format!(" --net {:?}", args.net).to_lowercase());
     }
@@ -543,20 +562,47 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
         );
         return 2;
     }
-    let want_partition = requested.contains(&FaultKind::Partition);
+    if requested.contains(&FaultKind::Restart) && requested.len() > 1 {
+        eprintln!("dpin-sim: rolling-restart is a mode of its own; give it alone (--faults rolling-restart)");
+        return 2;
+    }
+    let model = LinkModel {
+        delay_ms: args.link_delay_ms,
+        jitter_ms: args.jitter_ms,
+        loss_pct: args.loss_pct,
+    };
+    if let Err(e) = model.validate() {
+        eprintln!("dpin-sim: {e}");
+        return 2;
+    }
+    let cut_kinds = [FaultKind::Partition, FaultKind::Split, FaultKind::OneWay];
+    let want_partition = requested.iter().any(|f| cut_kinds.contains(f));
+    let want_wan = want_partition || !model.is_ideal();
     // Choose the layout on the main thread: entering a namespace must happen before any other
     // thread exists.
     let use_netns = match args.net {
         NetChoice::Loopback => false,
         NetChoice::Netns => true,
-        NetChoice::Auto => want_partition && netns::available(),
+        NetChoice::Auto => want_wan && netns::available(),
     };
     let mut ns = None;
+    let mut wan = None;
     let mut netns_error = None;
     if use_netns {
         netns::remove_stale();
-        match Netns::create(args.nodes).and_then(|n| n.enter_hub().map(|()| n)) {
-            Ok(n) => ns = Some(n),
+        let built = Netns::create_for_wan(args.nodes)
+            .and_then(|n| n.enter_hub().map(|()| n))
+            .map_err(anyhow::Error::from)
+            .and_then(|n| {
+                // The switch's threads start here, in the hub (before the runtime's threads).
+                let w = Wan::start(args.nodes, |k| n.node_ns(k), model, seed)?;
+                Ok((n, w))
+            });
+        match built {
+            Ok((n, w)) => {
+                ns = Some(n);
+                wan = Some(w);
+            }
             Err(e) if args.net == NetChoice::Netns => {
                 eprintln!("dpin-sim: cannot build network namespaces: {e}");
                 return 2;
@@ -572,14 +618,16 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
     let partition_method = if let Some(n) = &ns {
         format!(
             "netns: each node in its own network namespace ({p}-nK), peer traffic on \
-             198.18.0.K via bridge dpd in {p}-hub, API/DNS on 198.19.0.K via bridge dpm; \
-             a partition sets the node's port vdK on the peer bridge down, so it can \
-             reach no other node (clients still reach it); nothing outside these \
-             namespaces is touched and they are deleted at the end",
-            p = n.hub().trim_end_matches("-hub")
+             198.18.0.K through a TUN device dtK to the harness's WAN switch in {p}-hub \
+             (links: {link}), API/DNS on 198.19.0.K via bridge dpm; a partition makes the \
+             switch drop packets between the groups it cuts (one node and the rest; two \
+             halves; one way only), while clients still reach every node; nothing outside \
+             these namespaces is touched and they are deleted at the end",
+            p = n.hub().trim_end_matches("-hub"),
+            link = model.describe()
         )
     } else if want_partition {
-        args.faults.retain(|f| *f != FaultKind::Partition);
+        args.faults.retain(|f| !cut_kinds.contains(f));
         let why = match (&netns_error, args.net) {
             (Some(e), _) => format!("building them failed: {e}"),
             (None, NetChoice::Loopback) => "--net loopback was given".to_owned(),
@@ -648,6 +696,12 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
             },
         )
     };
+    if ns.is_none() && !model.is_ideal() {
+        eprintln!(
+            "dpin-sim: warning: the link model ({}) needs the namespace layout; links are NOT emulated",
+            model.describe()
+        );
+    }
     let replay = replay_command(&args, seed, &requested);
     let setup = RunSetup {
         partition_method,
@@ -663,9 +717,16 @@ fn chaos_main(mut args: ChaosArgs) -> i32 {
             return 2;
         }
     };
-    let result = rt.block_on(run_chaos(&args, seed, duration, ns.as_ref(), setup));
+    let result = rt.block_on(run_chaos(
+        &args,
+        seed,
+        duration,
+        ns.as_ref(),
+        wan.as_ref(),
+        setup,
+    ));
     drop(rt);
-    drop(ns); // deletes the namespaces (the nodes are gone by now)
+    drop(ns); // deletes the namespaces (the nodes are gone by now), and the switch's devices
     match result {
         Ok(report) => {
             println!("{}", report.summary());
@@ -714,6 +775,7 @@ async fn run_chaos(
     seed: u64,
     duration: Duration,
     ns: Option<&Netns>,
+    wan: Option<&Wan>,
     setup: RunSetup,
 ) -> Result<Report> {
     let dpin = match &args.dpin {
@@ -735,6 +797,10 @@ async fn run_chaos(
         );
         None
     };
+    // Mesh and discovery sized to the cluster (a node assumes 5 otherwise).
+    if node_supports(&dpin, "--expected-nodes") {
+        node_args.extend(["--expected-nodes".to_owned(), args.nodes.to_string()]);
+    }
     let base_dir = args
         .base_dir
         .clone()
@@ -795,7 +861,7 @@ async fn run_chaos(
         args,
         seed,
         duration,
-        ns,
+        wan,
         &mut cluster,
         stop_rx.clone(),
         dns_bind,
@@ -817,7 +883,7 @@ async fn chaos_phases(
     args: &ChaosArgs,
     seed: u64,
     duration: Duration,
-    ns: Option<&Netns>,
+    wan: Option<&Wan>,
     cluster: &mut Cluster,
     stop: tokio::sync::watch::Receiver<bool>,
     dns_bind: IpAddr,
@@ -968,9 +1034,9 @@ async fn chaos_phases(
     // Faults end a little before the workload does, so the last seconds show the recovery.
     let quiet_tail = Duration::from_secs(2).min(duration / 4);
     nemesis
-        .run(cluster, ns, &rec, deadline - quiet_tail, &stop)
+        .run(cluster, wan, &rec, deadline - quiet_tail, &stop)
         .await;
-    nemesis.heal_all(cluster, ns, &rec).await;
+    nemesis.heal_all(cluster, wan, &rec).await;
     let mut stop_wait = stop.clone();
     tokio::select! {
         _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -992,7 +1058,9 @@ async fn chaos_phases(
         bail!("interrupted");
     }
     // Heal (already done), converge, final reads.
-    nemesis.heal_all(cluster, ns, &rec).await;
+    nemesis.heal_all(cluster, wan, &rec).await;
+    // Heal probes end within their window.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     harness_errors.extend(nemesis.errors.iter().cloned());
     eprintln!("dpin-sim: workload done; waiting for convergence (at most 30 s) ...");
     let convergence = workload::wait_converged(&api, &targets, Duration::from_secs(30))
@@ -1042,6 +1110,9 @@ async fn chaos_phases(
             base_dir: base_dir.display().to_string(),
             dpin: cluster.dpin.display().to_string(),
             harness_errors,
+            link_model: wan.map(Wan::model),
+            wan: wan.map(Wan::counts),
+            partition_groups: dpin_sim::report::partition_groups(&history),
         },
         &findings,
     );
@@ -1049,7 +1120,7 @@ async fn chaos_phases(
     std::fs::write(&args.report, json + "\n")
         .with_context(|| format!("cannot write {}", args.report.display()))?;
     let title = format!(
-        "dpin chaos: {} nodes, seed {}, {} — {}",
+        "dpin chaos: {} nodes, seed {}, {} — {}\nlinks: {}; max down {}; {} group partitions",
         n,
         seed,
         args.faults
@@ -1057,7 +1128,10 @@ async fn chaos_phases(
             .map(|f| f.as_str())
             .collect::<Vec<_>>()
             .join(","),
-        if report.pass { "PASS" } else { "FAIL" }
+        if report.pass { "PASS" } else { "FAIL" },
+        wan.map_or("loopback".to_owned(), |w| w.model().describe()),
+        args.max_down,
+        report.partition_groups.len()
     );
     let picture = svg::render(&history, &findings, n, work_end_ms / 1000.0, &title);
     std::fs::write(&args.svg, picture)

@@ -6,8 +6,23 @@
 //!   restart with the same data dir and ports: tests durability and rejoining.
 //! * **pause** — SIGSTOP then SIGCONT: the process hangs with its TCP connections open, which
 //!   is what a real hang or GC pause looks like and what connection-based liveness cannot see.
-//! * **partition** — the node's peer link goes down (see [`crate::netns`]); only available with
-//!   the namespace layout, otherwise not scheduled (and the report says so).
+//! * **partition** — the node is cut off from every other node by the WAN switch (see
+//!   [`crate::wan`]); only available with the namespace layout, otherwise not scheduled (and
+//!   the report says so).
+//! * **split** — split-brain: the nodes are cut into two halves (`n / 2` random nodes against
+//!   the rest) and nothing passes between them, while clients keep reading and writing on both
+//!   sides.
+//! * **oneway** — an asymmetric cut: 1 to `n / 2` random nodes cannot hear the others (what
+//!   the others send them is dropped; what they send passes).
+//!
+//!   A group partition (split, oneway) involves every node, so it starts only when no other
+//!   node is down, and no kill, pause or partition starts while it lasts: `max_down` bounds
+//!   the nodes that are *unreachable to clients or alone*; a split keeps all of them serving.
+//! * **rolling-restart** — a mode of its own (not mixed with the faults above): every node in
+//!   turn is stopped cleanly (SIGTERM, wait for the exit), started again on the same data dir
+//!   and ports, and waited for until it has peers again; then the next, for as long as the
+//!   run lasts. Under the workload's load, nothing acknowledged may be lost and no read round
+//!   may fail.
 //! * **skew** — the node's wall clock jumps `skew_ms` ahead or behind (the sign is drawn) while
 //!   it runs, and is set right again at the heal (see [`crate::clock`]): expiry, compaction and
 //!   the seq ceiling at that node follow its wrong clock, which is what a node with a broken
@@ -29,10 +44,13 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use std::sync::Arc;
+
 use crate::cluster::Cluster;
 use crate::history::{FaultKind, FaultSpan};
-use crate::netns::Netns;
-use crate::workload::{ActiveFault, Recorder};
+use crate::nodeapi::Api;
+use crate::wan::{CutKind, Partition, Wan};
+use crate::workload::{ActiveFault, Recorder, Target};
 
 /// Nemesis settings.
 #[derive(Clone, Debug)]
@@ -66,6 +84,24 @@ pub struct FaultCounts {
     pub partitions: u64,
     /// Clock skews.
     pub skews: u64,
+    /// Split-brain partitions.
+    pub splits: u64,
+    /// One-way cuts.
+    pub oneway_cuts: u64,
+    /// Clean restarts (rolling-restart mode).
+    pub clean_restarts: u64,
+}
+
+/// Whether a fault of `kind` may start now, given the active faults' kinds: `down` nodes are
+/// killed, paused or isolated, and `group` is whether a group partition is in force. Skew runs
+/// beside anything (one skew at a time is the caller's rule); a group partition needs every
+/// node up and excludes every other down-fault while it lasts.
+pub fn may_start(kind: FaultKind, down: usize, group: bool, max_down: usize) -> bool {
+    match kind {
+        FaultKind::Skew => true,
+        FaultKind::Split | FaultKind::OneWay => down == 0 && !group,
+        _ => !group && down < max_down,
+    }
 }
 
 struct Active {
@@ -74,6 +110,8 @@ struct Active {
     start_ms: f64,
     heal_at: Instant,
     offset_ms: Option<i64>,
+    /// The cut in force, for partitions of every kind.
+    part: Option<Partition>,
 }
 
 /// The nemesis state.
@@ -85,6 +123,25 @@ pub struct Nemesis {
     pub counts: FaultCounts,
     /// Problems met (a restart that failed, a signal that could not be sent).
     pub errors: Vec<String>,
+    /// Group partitions healed so far (numbers the heal probes).
+    heals: u64,
+}
+
+/// How long a cleanly restarted node may take to see its peers again.
+pub const RESTART_REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn targets_of(cluster: &Cluster) -> Vec<Target> {
+    cluster
+        .nodes
+        .iter()
+        .filter_map(|nd| {
+            nd.info.as_ref().map(|i| Target {
+                node: nd.index,
+                api: i.api,
+                dns: i.dns,
+            })
+        })
+        .collect()
 }
 
 impl Nemesis {
@@ -98,21 +155,35 @@ impl Nemesis {
             active: Vec::new(),
             counts: FaultCounts::default(),
             errors: Vec::new(),
+            heals: 0,
         }
     }
 
     fn publish_active(&self, rec: &Recorder) {
         let now = Instant::now();
-        let list: Vec<ActiveFault> = self
-            .active
-            .iter()
-            .map(|a| ActiveFault {
-                kind: a.kind,
-                node: a.index + 1,
-                until_ms: rec.now_ms()
-                    + a.heal_at.saturating_duration_since(now).as_secs_f64() * 1000.0,
-            })
-            .collect();
+        let mut list: Vec<ActiveFault> = Vec::new();
+        for a in &self.active {
+            let until_ms =
+                rec.now_ms() + a.heal_at.saturating_duration_since(now).as_secs_f64() * 1000.0;
+            match &a.part {
+                Some(p) if p.kind != CutKind::Isolate => {
+                    for (group, side) in [&p.a, &p.b].into_iter().enumerate() {
+                        list.extend(side.iter().map(|&node| ActiveFault {
+                            kind: a.kind,
+                            node,
+                            until_ms,
+                            group: Some(group),
+                        }));
+                    }
+                }
+                _ => list.push(ActiveFault {
+                    kind: a.kind,
+                    node: a.index + 1,
+                    until_ms,
+                    group: None,
+                }),
+            }
+        }
         *rec.active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = list;
@@ -124,11 +195,15 @@ impl Nemesis {
     pub async fn run(
         &mut self,
         cluster: &mut Cluster,
-        netns: Option<&Netns>,
-        rec: &Recorder,
+        wan: Option<&Wan>,
+        rec: &Arc<Recorder>,
         until: Instant,
         stop: &tokio::sync::watch::Receiver<bool>,
     ) {
+        if self.cfg.faults.contains(&FaultKind::Restart) {
+            self.rolling_restart(cluster, rec, until, stop).await;
+            return;
+        }
         let down_kinds: Vec<FaultKind> = self
             .cfg
             .faults
@@ -150,29 +225,37 @@ impl Nemesis {
                 .collect();
             for i in due.into_iter().rev() {
                 let a = self.active.remove(i);
-                self.heal(cluster, netns, rec, a).await;
+                self.heal(cluster, wan, rec, a).await;
                 self.publish_active(rec);
             }
             let max = self.cfg.max_down.min(cluster.nodes.len().saturating_sub(1));
             let down = self
                 .active
                 .iter()
-                .filter(|a| a.kind != FaultKind::Skew)
+                .filter(|a| {
+                    !matches!(
+                        a.kind,
+                        FaultKind::Skew | FaultKind::Split | FaultKind::OneWay
+                    )
+                })
                 .count();
-            if !down_kinds.is_empty()
-                && Instant::now() >= next_start
-                && Instant::now() < until
-                && down < max
-            {
+            let group = self
+                .active
+                .iter()
+                .any(|a| matches!(a.kind, FaultKind::Split | FaultKind::OneWay));
+            if !down_kinds.is_empty() && Instant::now() >= next_start && Instant::now() < until {
+                // The kind is drawn first (so a seed's sequence of draws does not depend on
+                // timing); one that may not start now waits for the next turn.
                 let kind = down_kinds[self.rng.gen_range(0..down_kinds.len())];
-                self.inject(kind, cluster, netns, rec, until).await;
-                self.publish_active(rec);
+                if may_start(kind, down, group, max) {
+                    self.inject(kind, cluster, wan, rec, until).await;
+                    self.publish_active(rec);
+                }
                 next_start = Instant::now() + self.gap();
             }
             let skewed = self.active.iter().any(|a| a.kind == FaultKind::Skew);
             if skew && !skewed && Instant::now() >= next_skew && Instant::now() < until {
-                self.inject(FaultKind::Skew, cluster, netns, rec, until)
-                    .await;
+                self.inject(FaultKind::Skew, cluster, wan, rec, until).await;
                 self.publish_active(rec);
                 next_skew = Instant::now() + self.gap();
             }
@@ -189,7 +272,7 @@ impl Nemesis {
         &mut self,
         kind: FaultKind,
         cluster: &mut Cluster,
-        netns: Option<&Netns>,
+        wan: Option<&Wan>,
         rec: &Recorder,
         until: Instant,
     ) {
@@ -223,20 +306,40 @@ impl Nemesis {
         if dur < Duration::from_millis(lo.min(1000)) {
             return; // too close to the end for a meaningful fault
         }
+        let n = cluster.nodes.len();
+        let part = match kind {
+            FaultKind::Partition => Some(Partition::isolate(index + 1, n)),
+            FaultKind::Split => Some(Partition::draw(CutKind::Split, n, &mut self.rng)),
+            FaultKind::OneWay => Some(Partition::draw(CutKind::OneWay, n, &mut self.rng)),
+            _ => None,
+        };
         let start_ms = rec.now_ms();
         let result = match kind {
             FaultKind::Kill => cluster.kill(index).await.map(|()| self.counts.kills += 1),
             FaultKind::Pause => cluster.pause(index).map(|()| self.counts.pauses += 1),
-            FaultKind::Partition => match netns {
-                Some(ns) => ns
-                    .set_isolated(index + 1, true)
-                    .map(|()| self.counts.partitions += 1)
-                    .map_err(anyhow::Error::from),
-                None => Err(anyhow::anyhow!("partition needs the namespace layout")),
+            FaultKind::Partition | FaultKind::Split | FaultKind::OneWay => match (wan, &part) {
+                (Some(wan), Some(p)) => {
+                    let mut parts: Vec<Partition> =
+                        self.active.iter().filter_map(|a| a.part.clone()).collect();
+                    parts.push(p.clone());
+                    wan.set_cuts(&parts);
+                    match kind {
+                        FaultKind::Split => self.counts.splits += 1,
+                        FaultKind::OneWay => self.counts.oneway_cuts += 1,
+                        _ => self.counts.partitions += 1,
+                    }
+                    Ok(())
+                }
+                _ => Err(anyhow::anyhow!(
+                    "partitions need the namespace layout and its WAN switch"
+                )),
             },
             FaultKind::Skew => cluster
                 .set_clock_offset(index, offset_ms.unwrap_or(0))
                 .map(|()| self.counts.skews += 1),
+            FaultKind::Restart => Err(anyhow::anyhow!(
+                "rolling-restart is a mode of its own, not a random fault"
+            )),
         };
         match result {
             Ok(()) => self.active.push(Active {
@@ -245,6 +348,7 @@ impl Nemesis {
                 start_ms,
                 heal_at: Instant::now() + dur,
                 offset_ms,
+                part,
             }),
             Err(e) => self
                 .errors
@@ -255,8 +359,8 @@ impl Nemesis {
     async fn heal(
         &mut self,
         cluster: &mut Cluster,
-        netns: Option<&Netns>,
-        rec: &Recorder,
+        wan: Option<&Wan>,
+        rec: &Arc<Recorder>,
         a: Active,
     ) {
         let result: Result<()> = match a.kind {
@@ -265,13 +369,17 @@ impl Nemesis {
                 .await
                 .map(|()| self.counts.restarts += 1),
             FaultKind::Pause => cluster.resume(a.index),
-            FaultKind::Partition => match netns {
-                Some(ns) => ns
-                    .set_isolated(a.index + 1, false)
-                    .map_err(anyhow::Error::from),
-                None => Ok(()),
-            },
+            FaultKind::Partition | FaultKind::Split | FaultKind::OneWay => {
+                // `a` is already out of the active list: what is left stays cut.
+                if let Some(wan) = wan {
+                    let parts: Vec<Partition> =
+                        self.active.iter().filter_map(|x| x.part.clone()).collect();
+                    wan.set_cuts(&parts);
+                }
+                Ok(())
+            }
             FaultKind::Skew => cluster.set_clock_offset(a.index, 0),
+            FaultKind::Restart => Ok(()),
         };
         if let Err(e) = result {
             self.errors.push(format!(
@@ -280,19 +388,119 @@ impl Nemesis {
                 a.index + 1
             ));
         }
-        rec.fault(FaultSpan {
-            kind: a.kind,
-            node: a.index + 1,
-            start_ms: a.start_ms,
-            end_ms: rec.now_ms(),
-            offset_ms: a.offset_ms,
-        });
+        let end_ms = rec.now_ms();
+        match &a.part {
+            Some(p) if p.kind != CutKind::Isolate => {
+                for node in p.nodes() {
+                    rec.fault(FaultSpan {
+                        kind: a.kind,
+                        node,
+                        start_ms: a.start_ms,
+                        end_ms,
+                        offset_ms: None,
+                        groups: Some(vec![p.a.clone(), p.b.clone()]),
+                    });
+                }
+                // How long until every node holds what either side acknowledged.
+                self.heals += 1;
+                tokio::spawn(crate::workload::heal_probe(
+                    rec.clone(),
+                    targets_of(cluster),
+                    self.heals,
+                    end_ms,
+                ));
+            }
+            _ => rec.fault(FaultSpan {
+                kind: a.kind,
+                node: a.index + 1,
+                start_ms: a.start_ms,
+                end_ms,
+                offset_ms: a.offset_ms,
+                groups: None,
+            }),
+        }
+    }
+
+    /// The rolling-restart mode: every node in turn stopped cleanly, started again and waited
+    /// for until it has peers, with a drawn gap between nodes, until `until`.
+    async fn rolling_restart(
+        &mut self,
+        cluster: &mut Cluster,
+        rec: &Recorder,
+        until: Instant,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) {
+        let api = match Api::new() {
+            Ok(a) => a,
+            Err(e) => {
+                self.errors.push(format!("rolling restart: {e:#}"));
+                return;
+            }
+        };
+        let n = cluster.nodes.len();
+        // A node counts as back once it sees this many live peers.
+        let want_peers = n.saturating_sub(1).min(2);
+        let mut i = 0;
+        tokio::time::sleep(self.gap()).await;
+        while Instant::now() < until && !*stop.borrow() {
+            let start_ms = rec.now_ms();
+            self.active.push(Active {
+                kind: FaultKind::Restart,
+                index: i,
+                start_ms,
+                heal_at: until,
+                offset_ms: None,
+                part: None,
+            });
+            self.publish_active(rec);
+            let result = async {
+                cluster.stop_node(i).await?;
+                cluster.restart(i).await?;
+                if !cluster
+                    .wait_node_connected(&api, i, want_peers, RESTART_REJOIN_TIMEOUT)
+                    .await
+                {
+                    anyhow::bail!(
+                        "node {} had not {want_peers} live peers {} s after its restart",
+                        i + 1,
+                        RESTART_REJOIN_TIMEOUT.as_secs()
+                    );
+                }
+                Ok(())
+            }
+            .await;
+            self.active.clear();
+            self.publish_active(rec);
+            match result {
+                Ok(()) => self.counts.clean_restarts += 1,
+                Err(e) => self
+                    .errors
+                    .push(format!("rolling restart node {}: {e:#}", i + 1)),
+            }
+            rec.fault(FaultSpan {
+                kind: FaultKind::Restart,
+                node: i + 1,
+                start_ms,
+                end_ms: rec.now_ms(),
+                offset_ms: None,
+                groups: None,
+            });
+            i = (i + 1) % n;
+            let gap = self.gap();
+            let left = until.saturating_duration_since(Instant::now());
+            tokio::time::sleep(gap.min(left)).await;
+        }
     }
 
     /// Heals every active fault now.
-    pub async fn heal_all(&mut self, cluster: &mut Cluster, netns: Option<&Netns>, rec: &Recorder) {
+    pub async fn heal_all(
+        &mut self,
+        cluster: &mut Cluster,
+        wan: Option<&Wan>,
+        rec: &Arc<Recorder>,
+    ) {
         while let Some(a) = self.active.pop() {
-            self.heal(cluster, netns, rec, a).await;
+            self.heal(cluster, wan, rec, a).await;
         }
         self.publish_active(rec);
     }

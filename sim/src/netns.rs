@@ -1,27 +1,34 @@
-//! Network-namespace topology for real partitions (Linux, root, iproute2).
+//! Network-namespace topology for real partitions and WAN links (Linux, root, iproute2).
 //!
 //! A partition must cut *node-to-node* traffic the way a cable or a switch port fails: packets
 //! vanish, TCP connections hang instead of closing, and only timeouts notice (FIELD-NOTES:
 //! "test detection with SIGSTOP or a downed link, not only SIGKILL"). On loopback that cannot
-//! be done without touching the host's firewall, so when partitions are asked for and the
-//! harness runs as root with `ip netns`, it builds a private topology:
+//! be done without touching the host's firewall, so when partitions or WAN links are asked for
+//! and the harness runs as root with `ip netns`, it builds a private topology:
 //!
 //! ```text
-//!  namespace <prefix>-hub            namespace <prefix>-nK (one per node)
-//!  bridge dpd (peer traffic)  <-vdK--data0->  198.18.0.K/24   libp2p listen address
-//!  bridge dpm 198.19.0.254/24 <-vmK--mgmt0->  198.19.0.K/24   HTTP API and DNS
+//!  namespace <prefix>-hub                namespace <prefix>-nK (one per node)
+//!  the harness's WAN switch  <--TUN dtK-->  198.18.0.K/24   libp2p listen address
+//!  bridge dpm 198.19.0.254/24 <-vmK--mgmt0-> 198.19.0.K/24   HTTP API and DNS
 //! ```
 //!
+//! (With [`Netns::create`], for other tools, peer traffic goes over a second bridge `dpd`
+//! instead, through veths `vdK`/`data0`, and [`Netns::set_isolated`] cuts a node by setting its
+//! bridge port down. The chaos harness uses [`Netns::create_for_wan`].)
+//!
 //! The harness itself moves into the hub namespace (before its async runtime starts, so every
-//! thread inherits it) and reaches the nodes' APIs over the management bridge. A partition of
-//! node K sets `vdK` (its port on the peer bridge) down: node K can reach no other node and no
-//! node can reach it, while clients still can — the classic "isolated replica" of Jepsen.
+//! thread inherits it) and reaches the nodes' APIs over the management bridge. Peer traffic goes
+//! through the harness: node K's TUN device `dtK` is created in the hub, moved into node K's
+//! namespace, and every packet it sends to another node passes [`crate::wan`], which delays,
+//! drops (loss) or cuts it (partitions: one node isolated, split-brain halves, one-way cuts).
+//! Clients still reach every node over the management bridge — the classic "isolated replica"
+//! of Jepsen.
 //!
 //! Safety: only addresses in 198.18.0.0/15 (RFC 2544 benchmarking space) are used, every
 //! interface lives in a namespace this module created (`<prefix>` = `dpinsim-<pid>`), nothing
 //! in the host namespace is touched, and [`Netns::destroy`] (also run on drop, and for leftovers
-//! of dead runs by [`remove_stale`]) deletes every namespace again — which deletes the veths and
-//! bridges with them.
+//! of dead runs by [`remove_stale`]) deletes every namespace again — which deletes the veths,
+//! TUN devices and bridges with them.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -53,7 +60,8 @@ pub enum NetnsError {
     TooManyNodes,
 }
 
-fn ip(args: &[&str]) -> Result<(), NetnsError> {
+/// Runs `ip ARGS` (in the calling thread's namespace).
+pub fn ip(args: &[&str]) -> Result<(), NetnsError> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -109,12 +117,24 @@ pub struct Netns {
     prefix: String,
     nodes: usize,
     created: Vec<String>,
+    /// Whether peer traffic runs over the `dpd` bridge (else the WAN switch adds TUNs).
+    data_bridge: bool,
 }
 
 impl Netns {
-    /// Builds the hub and `nodes` node namespaces. On error everything built so far is
-    /// removed again.
+    /// Builds the hub and `nodes` node namespaces, peer traffic over the `dpd` bridge. On
+    /// error everything built so far is removed again.
     pub fn create(nodes: usize) -> Result<Self, NetnsError> {
+        Self::create_inner(nodes, true)
+    }
+
+    /// Builds the hub and `nodes` node namespaces without a peer-traffic path: the WAN switch
+    /// ([`crate::wan::Wan::start`]) adds one TUN device per node.
+    pub fn create_for_wan(nodes: usize) -> Result<Self, NetnsError> {
+        Self::create_inner(nodes, false)
+    }
+
+    fn create_inner(nodes: usize, data_bridge: bool) -> Result<Self, NetnsError> {
         if nodes > 250 {
             return Err(NetnsError::TooManyNodes);
         }
@@ -122,6 +142,7 @@ impl Netns {
             prefix: format!("{PREFIX}-{}", std::process::id()),
             nodes,
             created: Vec::new(),
+            data_bridge,
         };
         ns.build()?; // on error, drop destroys what exists
         Ok(ns)
@@ -132,8 +153,10 @@ impl Netns {
         ip(&["netns", "add", &hub])?;
         self.created.push(hub.clone());
         ip(&["-n", &hub, "link", "set", "dev", "lo", "up"])?;
-        ip(&["-n", &hub, "link", "add", "name", "dpd", "type", "bridge"])?;
-        ip(&["-n", &hub, "link", "set", "dev", "dpd", "up"])?;
+        if self.data_bridge {
+            ip(&["-n", &hub, "link", "add", "name", "dpd", "type", "bridge"])?;
+            ip(&["-n", &hub, "link", "set", "dev", "dpd", "up"])?;
+        }
         ip(&["-n", &hub, "link", "add", "name", "dpm", "type", "bridge"])?;
         ip(&["-n", &hub, "addr", "add", "198.19.0.254/24", "dev", "dpm"])?;
         ip(&["-n", &hub, "link", "set", "dev", "dpm", "up"])?;
@@ -142,25 +165,20 @@ impl Netns {
             ip(&["netns", "add", &node])?;
             self.created.push(node.clone());
             ip(&["-n", &node, "link", "set", "dev", "lo", "up"])?;
-            for (bridge, hub_if, node_if, addr) in [
-                ("dpd", format!("vd{k}"), "data0", self.data_addr(k)),
-                ("dpm", format!("vm{k}"), "mgmt0", self.mgmt_addr(k)),
-            ] {
+            let mut links = vec![("dpm", format!("vm{k}"), "mgmt0", self.mgmt_addr(k))];
+            if self.data_bridge {
+                links.push(("dpd", format!("vd{k}"), "data0", self.data_addr(k)));
+            }
+            // Without the bridge, peer traffic goes through a TUN device the WAN switch adds.
+            for (bridge, hub_if, node_if, addr) in links {
                 ip(&[
                     "-n", &hub, "link", "add", "name", &hub_if, "type", "veth", "peer", "name",
                     node_if, "netns", &node,
                 ])?;
                 ip(&["-n", &hub, "link", "set", "dev", &hub_if, "master", bridge])?;
                 ip(&["-n", &hub, "link", "set", "dev", &hub_if, "up"])?;
-                ip(&[
-                    "-n",
-                    &node,
-                    "addr",
-                    "add",
-                    &format!("{addr}/24"),
-                    "dev",
-                    node_if,
-                ])?;
+                let cidr = format!("{addr}/24");
+                ip(&["-n", &node, "addr", "add", &cidr, "dev", node_if])?;
                 ip(&["-n", &node, "link", "set", "dev", node_if, "up"])?;
             }
         }
@@ -211,8 +229,16 @@ impl Netns {
             .map_err(|e| err(e.to_string()))
     }
 
-    /// Cuts (`isolated = true`) or restores node `k`'s link to every other node.
+    /// Cuts (`isolated = true`) or restores node `k`'s link to every other node, on the peer
+    /// bridge of [`Netns::create`] (with [`Netns::create_for_wan`], cut through the switch).
     pub fn set_isolated(&self, k: usize, isolated: bool) -> Result<(), NetnsError> {
+        if !self.data_bridge {
+            return Err(NetnsError::Ip {
+                args: format!("link set dev vd{k}"),
+                message: "no peer bridge in this topology: partitions go through the WAN switch"
+                    .to_owned(),
+            });
+        }
         let state = if isolated { "down" } else { "up" };
         ip(&[
             "-n",

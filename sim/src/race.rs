@@ -384,9 +384,13 @@ async fn round(
         .iter()
         .filter(|t| {
             !down(t.node)
-                && active
-                    .iter()
-                    .any(|f| f.node == t.node && f.kind == FaultKind::Partition)
+                && active.iter().any(|f| {
+                    // Alone, or on the smaller (or deaf) side of a group partition.
+                    f.node == t.node
+                        && (f.kind == FaultKind::Partition
+                            || (matches!(f.kind, FaultKind::Split | FaultKind::OneWay)
+                                && f.group == Some(0)))
+                })
         })
         .collect();
     let live: Vec<&Target> = ctx.targets.iter().filter(|t| !down(t.node)).collect();

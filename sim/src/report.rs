@@ -6,11 +6,60 @@
 //! and `content_mismatches` (the per-node monotonic-read and content checks), `race` (the
 //! seed's race through the CLI), `clock_skew` (which mechanism skewed clocks, if any),
 //! `record_ttl_ms` and `compaction_horizon_ms` (so a reader knows expiry and compaction
-//! happened during the run), and `probing` (the workload's endpoints are never probed).
+//! happened during the run), `probing` (the workload's endpoints are never probed),
+//! `link_model` and `wan` (the emulated WAN links and what the switch did with the packets),
+//! `partition_groups` (every split and one-way cut with its two groups) and
+//! `heal_convergence_ms` (how long after each group partition healed every node caught up).
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{Findings, Propagation, Queries, Race, Violation, Writes};
+use crate::checker::{Findings, HealConvergence, Propagation, Queries, Race, Violation, Writes};
+use crate::history::{FaultKind, History};
+use crate::wan::{LinkModel, WanCounts};
+
+/// One group partition of the run, as the report lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionGroups {
+    /// `split` or `oneway`.
+    pub kind: String,
+    /// Injected, s since start.
+    pub start_s: f64,
+    /// Healed, s since start.
+    pub end_s: f64,
+    /// Side A (the smaller half; for `oneway` the side that cannot hear side B).
+    pub a: Vec<usize>,
+    /// Side B.
+    pub b: Vec<usize>,
+}
+
+/// The group partitions of a history, once each (the history holds one span per node).
+pub fn partition_groups(h: &History) -> Vec<PartitionGroups> {
+    let mut out: Vec<PartitionGroups> = Vec::new();
+    for f in &h.faults {
+        if !matches!(f.kind, FaultKind::Split | FaultKind::OneWay) {
+            continue;
+        }
+        let Some([a, b]) = f.groups.as_deref() else {
+            continue;
+        };
+        let (start_s, end_s) = (f.start_ms / 1000.0, f.end_ms / 1000.0);
+        if out
+            .iter()
+            .any(|g| g.start_s == start_s && g.end_s == end_s && g.kind == f.kind.as_str())
+        {
+            continue;
+        }
+        out.push(PartitionGroups {
+            kind: f.kind.as_str().to_owned(),
+            start_s,
+            end_s,
+            a: a.clone(),
+            b: b.clone(),
+        });
+    }
+    out.sort_by(|x, y| x.start_s.total_cmp(&y.start_s));
+    out
+}
 
 /// How clocks were skewed (SPEC §5's "faults such as clock skew").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +95,28 @@ pub struct Report {
     /// Clock skews.
     #[serde(default)]
     pub skews: u64,
+    /// Split-brain partitions.
+    #[serde(default)]
+    pub splits: u64,
+    /// One-way cuts.
+    #[serde(default)]
+    pub oneway_cuts: u64,
+    /// Clean restarts of the rolling-restart mode.
+    #[serde(default)]
+    pub clean_restarts: u64,
+    /// The emulated link of every node-to-node path (absent: no WAN switch, loopback).
+    #[serde(default)]
+    pub link_model: Option<LinkModel>,
+    /// What the WAN switch did with the nodes' packets.
+    #[serde(default)]
+    pub wan: Option<WanCounts>,
+    /// Every split and one-way cut, with its groups.
+    #[serde(default)]
+    pub partition_groups: Vec<PartitionGroups>,
+    /// How long after each group partition healed every node held what either side had
+    /// acknowledged.
+    #[serde(default)]
+    pub heal_convergence_ms: HealConvergence,
     /// Query counts.
     pub queries: Queries,
     /// Write counts.
@@ -151,13 +222,22 @@ pub struct RunMeta {
     pub dpin: String,
     /// Harness errors.
     pub harness_errors: Vec<String>,
+    /// Link model, if the WAN switch ran.
+    pub link_model: Option<LinkModel>,
+    /// The switch's counters.
+    pub wan: Option<WanCounts>,
+    /// Group partitions.
+    pub partition_groups: Vec<PartitionGroups>,
 }
 
 impl Report {
     /// Combines the checker's findings with the run's facts.
     pub fn new(meta: RunMeta, f: &Findings) -> Self {
         let converged = meta.convergence.is_some();
-        let pass = f.invariants_hold() && converged && meta.harness_errors.is_empty();
+        let pass = f.invariants_hold()
+            && converged
+            && meta.harness_errors.is_empty()
+            && f.heal.unconverged == 0;
         Report {
             nodes: meta.nodes,
             duration_s: meta.duration_s,
@@ -167,6 +247,13 @@ impl Report {
             partitions: meta.counts.partitions,
             pauses: meta.counts.pauses,
             skews: meta.counts.skews,
+            splits: meta.counts.splits,
+            oneway_cuts: meta.counts.oneway_cuts,
+            clean_restarts: meta.counts.clean_restarts,
+            link_model: meta.link_model,
+            wan: meta.wan,
+            partition_groups: meta.partition_groups,
+            heal_convergence_ms: f.heal.clone(),
             queries: f.queries.clone(),
             writes: f.writes.clone(),
             regressions: f.regressions,
@@ -222,6 +309,25 @@ impl Report {
                 self.clock_skew.skew_ms / 1000
             ),
             format!(
+                "             splits {}  one-way cuts {}  clean restarts {}",
+                self.splits, self.oneway_cuts, self.clean_restarts
+            ),
+            format!(
+                "  links      {}",
+                match (&self.link_model, &self.wan) {
+                    (Some(m), Some(w)) => format!(
+                        "{}; switch forwarded {}, lost {}, cut {}, overflow {}",
+                        m.describe(),
+                        w.forwarded,
+                        w.lost,
+                        w.cut,
+                        w.overflow
+                    ),
+                    (Some(m), None) => m.describe(),
+                    _ => "loopback (no WAN switch)".to_owned(),
+                }
+            ),
+            format!(
                 "  records    ttl {} ms, compaction horizon {}, endpoint probing off",
                 self.record_ttl_ms,
                 self.compaction_horizon_ms
@@ -262,8 +368,12 @@ impl Report {
                 mark(self.content_mismatches > 0)
             ),
             format!(
-                "             stale  {} (older than the newest write acknowledged > {} ms before)",
-                q.stale, self.stale_bound_ms
+                "             stale  {} (older than the newest write acknowledged > {} ms before), of which across a partition {}",
+                q.stale, self.stale_bound_ms, q.stale_partitioned
+            ),
+            format!(
+                "             no record yet, the writes being across a partition: {}",
+                q.unreached_by_partition
             ),
             format!(
                 "  writes     acknowledged {}, indeterminate {}, refused (other) {}",
@@ -303,11 +413,25 @@ impl Report {
                     .unwrap_or_default(),
                 mark(!self.converged)
             ),
+            format!(
+                "  heals      {} group partitions healed: converged p50 {:.0} ms, max {:.0} ms; not converged {}{}",
+                self.heal_convergence_ms.heals,
+                self.heal_convergence_ms.p50,
+                self.heal_convergence_ms.max,
+                self.heal_convergence_ms.unconverged,
+                mark(self.heal_convergence_ms.unconverged > 0)
+            ),
             format!("  partitions {}", self.partition_method),
             format!("  clock skew {}", self.clock_skew.note),
         ];
         if let Some(n) = &self.dns_note {
             s.push(format!("  dns        off: {n}"));
+        }
+        for g in self.partition_groups.iter().take(20) {
+            s.push(format!(
+                "  {} {:.1}-{:.1} s: A {:?} | B {:?}",
+                g.kind, g.start_s, g.end_s, g.a, g.b
+            ));
         }
         for v in self.violations.iter().take(12) {
             s.push(format!("  ! {}: {}", v.kind, v.detail));

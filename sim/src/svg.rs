@@ -8,7 +8,12 @@
 //!   empty), empty answers as judged by the checker (red) and reads that got no answer (amber:
 //!   a faulted node) — left axis; failed rounds (nobody answered), empty answers and reads that
 //!   went backwards as red marks on the axis, since any of them is a failure;
-//! * propagation latency per second (median, and max as a thin line) — right axis.
+//! * propagation latency per second (median, and max as a thin line) — right axis;
+//! * stale answers (older than the newest write acknowledged more than the bound before) as
+//!   violet ticks along the top of the chart, pale when a partition explains them;
+//! * group partitions (split, one-way cut) on every lane they cut, labelled with the node's
+//!   side (A: the smaller half, or the side that cannot hear; B: the rest); the link model and
+//!   anything else the caller puts on the title's second line under the title.
 //!
 //! No plotting library: the picture is simple, and plain SVG text diffs and renders anywhere.
 
@@ -32,13 +37,35 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Pause => "#9467bd",
         FaultKind::Partition => "#17becf",
         FaultKind::Skew => "#bcbd22",
+        FaultKind::Split => "#e377c2",
+        FaultKind::OneWay => "#7f7f7f",
+        FaultKind::Restart => "#ff7f0e",
+    }
+}
+
+/// Which side of a group partition node `f.node` was on: "A" or "B".
+fn side(f: &crate::history::FaultSpan) -> Option<&'static str> {
+    let g = f.groups.as_deref()?;
+    if g.first().is_some_and(|a| a.contains(&f.node)) {
+        Some("A")
+    } else {
+        Some("B")
     }
 }
 
 fn fault_label(f: &crate::history::FaultSpan) -> String {
-    match f.offset_ms {
-        Some(o) => format!("{} {:+.0} s", f.kind.as_str(), o as f64 / 1000.0),
-        None => f.kind.as_str().to_owned(),
+    match (f.offset_ms, side(f)) {
+        (Some(o), _) => format!("{} {:+.0} s", f.kind.as_str(), o as f64 / 1000.0),
+        (None, Some(side)) => {
+            let sizes: Vec<String> = f
+                .groups
+                .iter()
+                .flatten()
+                .map(|g| g.len().to_string())
+                .collect();
+            format!("{} {side} ({})", f.kind.as_str(), sizes.join("|"))
+        }
+        (None, None) => f.kind.as_str().to_owned(),
     }
 }
 
@@ -50,6 +77,8 @@ struct Second {
     empty: u64,
     failed: u64,
     regressions: u64,
+    stale: u64,
+    stale_partitioned: u64,
 }
 
 fn nice_max(v: f64) -> f64 {
@@ -106,6 +135,13 @@ pub fn render(
         per[s].empty += 1;
         per[s].no_record = per[s].no_record.saturating_sub(1);
     }
+    for &(_, t, explained) in &findings.stale_marks {
+        let s = ((t / 1000.0).floor() as usize).min(secs);
+        per[s].stale += 1;
+        if explained {
+            per[s].stale_partitioned += 1;
+        }
+    }
     for &(_, t) in &findings.regression_marks {
         let s = ((t / 1000.0).floor() as usize).min(secs);
         per[s].regressions += 1;
@@ -152,11 +188,19 @@ pub fn render(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h:.0}" viewBox="0 0 {W} {h:.0}" font-family="sans-serif" font-size="11">"##
     );
     let _ = writeln!(o, r##"<rect width="100%" height="100%" fill="white"/>"##);
+    let mut title_lines = title.lines();
     let _ = writeln!(
         o,
         r##"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"##,
-        escape(title)
+        escape(title_lines.next().unwrap_or_default())
     );
+    if let Some(sub) = title_lines.next() {
+        let _ = writeln!(
+            o,
+            r##"<text x="{LEFT}" y="38" font-size="11" fill="#444">{}</text>"##,
+            escape(sub)
+        );
+    }
     // Fault lanes.
     for k in 1..=nodes {
         let y = TOP + (k - 1) as f64 * LANE_H;
@@ -177,11 +221,17 @@ pub fn render(
         let (x0, x1) = (x(f.start_ms / 1000.0), x(f.end_ms / 1000.0));
         let wdt = (x1 - x0).max(1.5);
         let y = TOP + (f.node.saturating_sub(1)) as f64 * LANE_H;
+        let groups = f
+            .groups
+            .as_ref()
+            .map(|g| format!(" groups {g:?}"))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            r##"<rect x="{x0:.1}" y="{y:.1}" width="{wdt:.1}" height="{:.1}" fill="{}"><title>{} node {} {:.1}-{:.1} s</title></rect>"##,
+            r##"<rect x="{x0:.1}" y="{y:.1}" width="{wdt:.1}" height="{:.1}" fill="{}" fill-opacity="{}"><title>{} node {} {:.1}-{:.1} s{groups}</title></rect>"##,
             LANE_H - 2.0,
             color(f.kind),
+            if side(f) == Some("B") { "0.55" } else { "1" },
             fault_label(f),
             f.node,
             f.start_ms / 1000.0,
@@ -272,8 +322,32 @@ pub fn render(
             );
         }
     }
-    // Fault bands over the bars, so they show through.
+    // Stale answers: ticks along the top of the chart.
+    for (s, p) in per.iter().enumerate() {
+        if p.stale > 0 {
+            let _ = writeln!(
+                o,
+                r##"<path d="M{:.1},{:.1} l-4,-8 h8 z" fill="#6a3d9a" fill-opacity="{}"><title>{} s: {} stale answers, {} of them across a partition</title></path>"##,
+                x(s as f64 + 0.5),
+                plot_top - 1.0,
+                if p.stale == p.stale_partitioned {
+                    "0.4"
+                } else {
+                    "1"
+                },
+                s,
+                p.stale,
+                p.stale_partitioned
+            );
+        }
+    }
+    // Fault bands over the bars, so they show through (a group partition once, not per node).
+    let mut banded = std::collections::BTreeSet::new();
     for f in &history.faults {
+        if f.groups.is_some() && !banded.insert((f.kind, f.start_ms.to_bits(), f.end_ms.to_bits()))
+        {
+            continue;
+        }
         let (x0, x1) = (x(f.start_ms / 1000.0), x(f.end_ms / 1000.0));
         let wdt = (x1 - x0).max(1.5);
         let _ = writeln!(
@@ -338,7 +412,7 @@ pub fn render(
         LEFT + pw / 2.0,
         plot_top + PLOT_H + 28.0
     );
-    let legend: [(&str, &str); 10] = [
+    let legend: [(&str, &str); 14] = [
         ("#2ca02c", "answered"),
         ("#bbbbbb", "no record (expired)"),
         ("#f0ad4e", "no answer (faulted node)"),
@@ -349,6 +423,10 @@ pub fn render(
         (color(FaultKind::Pause), "pause"),
         (color(FaultKind::Partition), "partition"),
         (color(FaultKind::Skew), "clock skew"),
+        (color(FaultKind::Split), "split (A | B)"),
+        (color(FaultKind::OneWay), "one-way cut (A deaf to B)"),
+        (color(FaultKind::Restart), "clean restart"),
+        ("#6a3d9a", "stale answers (pale: across a partition)"),
     ];
     let mut lx = LEFT;
     let mut ly = ly;
@@ -406,6 +484,7 @@ mod tests {
                     start_ms: 500.0,
                     end_ms: 2500.0,
                     offset_ms: None,
+                    groups: None,
                 },
                 FaultSpan {
                     kind: FaultKind::Skew,
@@ -413,6 +492,7 @@ mod tests {
                     start_ms: 100.0,
                     end_ms: 1900.0,
                     offset_ms: Some(-600_000),
+                    groups: None,
                 },
             ],
         };

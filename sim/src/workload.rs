@@ -84,6 +84,9 @@ pub struct ActiveFault {
     pub node: usize,
     /// Planned heal time, ms since start.
     pub until_ms: f64,
+    /// For a group partition: which group the node is in (0: the first — the smaller half of a
+    /// split, the side that cannot hear in a one-way cut; 1: the other).
+    pub group: Option<usize>,
 }
 
 /// The recording side of a run, shared by every task.
@@ -825,6 +828,128 @@ pub async fn prober(ctx: Ctx, mut rx: tokio::sync::mpsc::Receiver<Probe>) {
                 }
             });
         futures::future::join_all(polls).await;
+    }
+}
+
+/// How long after a group partition heals the heal probe waits for every node to catch up.
+pub const HEAL_PROBE_WINDOW: Duration = Duration::from_secs(10);
+/// The process name of heal probes in the history.
+pub const HEAL_PROBE: &str = "heal-probe";
+
+/// For every name, the seq every node must reach after a heal: the highest acknowledged
+/// write-like seq, unless that record is a tombstone or expires within `live_for_ms` of `t_ms`
+/// (then nodes may rightly show nothing).
+pub fn heal_targets(ops: &[Op], t_ms: f64, live_for_ms: f64) -> BTreeMap<String, u64> {
+    let mut top: BTreeMap<&str, &Op> = BTreeMap::new();
+    for op in ops {
+        let write_like = matches!(op.kind, OpKind::Write | OpKind::StalePlan | OpKind::Cleanup);
+        if !write_like || !op.outcome.is_ack() || op.end_ms > t_ms || op.seq.is_none() {
+            continue;
+        }
+        let e = top.entry(op.name.as_str()).or_insert(op);
+        if op.seq > e.seq {
+            *e = op;
+        }
+    }
+    top.into_iter()
+        .filter(|(_, w)| {
+            let tomb = w.content.as_deref() == Some(crate::history::TOMBSTONE)
+                || (w.kind == OpKind::Cleanup && w.content.is_none());
+            !tomb && w.expires_ms.is_none_or(|e| e > t_ms + live_for_ms)
+        })
+        .filter_map(|(n, w)| w.seq.map(|s| (n.to_owned(), s)))
+        .collect()
+}
+
+/// After group partition `heal_id` healed at `heal_ms`: polls every node for every name until
+/// it shows at least the seq acknowledged anywhere by then ([`heal_targets`]), for at most
+/// [`HEAL_PROBE_WINDOW`], and records one probe per node and name (process
+/// [`HEAL_PROBE`], round `heal_id`, start = the heal). The checker turns them into the time
+/// from heal to convergence.
+pub async fn heal_probe(rec: Arc<Recorder>, targets: Vec<Target>, heal_id: u64, heal_ms: f64) {
+    let api = match Api::new() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let wants = {
+        let ops = lock(&rec.ops);
+        heal_targets(&ops, heal_ms, HEAL_PROBE_WINDOW.as_secs_f64() * 1000.0)
+    };
+    let until = Instant::now() + HEAL_PROBE_WINDOW;
+    let per_node = targets.iter().map(|t| {
+        let (rec, api, wants) = (&rec, &api, &wants);
+        async move {
+            let mut pending: Vec<(&String, u64)> = wants.iter().map(|(n, s)| (n, *s)).collect();
+            let mut last: BTreeMap<&String, crate::nodeapi::ReadResult> = BTreeMap::new();
+            while !pending.is_empty() {
+                let mut still = Vec::new();
+                for (name, want) in pending {
+                    let r = api.resolve(t.api, name, READ_TIMEOUT).await;
+                    let seen = r.outcome == OpOutcome::Found && r.seq.is_some_and(|s| s >= want);
+                    if seen {
+                        rec.op(heal_op(
+                            t.node,
+                            name,
+                            want,
+                            heal_id,
+                            heal_ms,
+                            rec.now_ms(),
+                            r,
+                        ));
+                    } else {
+                        last.insert(name, r);
+                        still.push((name, want));
+                    }
+                }
+                pending = still;
+                if Instant::now() >= until {
+                    for (name, want) in pending {
+                        if let Some(r) = last.remove(name) {
+                            rec.op(heal_op(
+                                t.node,
+                                name,
+                                want,
+                                heal_id,
+                                heal_ms,
+                                rec.now_ms(),
+                                r,
+                            ));
+                        }
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    futures::future::join_all(per_node).await;
+}
+
+fn heal_op(
+    node: usize,
+    name: &str,
+    want: u64,
+    heal_id: u64,
+    heal_ms: f64,
+    end_ms: f64,
+    r: crate::nodeapi::ReadResult,
+) -> Op {
+    Op {
+        kind: OpKind::Probe,
+        proto: Proto::Http,
+        process: HEAL_PROBE.to_owned(),
+        node,
+        name: name.to_owned(),
+        round: Some(heal_id),
+        start_ms: heal_ms,
+        end_ms,
+        outcome: r.outcome,
+        seq: r.seq,
+        endpoints: r.endpoints,
+        detail: r.detail,
+        want_seq: Some(want),
+        content: r.content,
+        ..Op::default()
     }
 }
 
