@@ -707,3 +707,94 @@ fn measure_dns_under_slow_tcp_connections() -> Result<()> {
     }
     Ok(())
 }
+
+/// Bytes sent and received by one source sending `qps` queries a second for `secs` seconds.
+fn paced_flood(
+    src: &str,
+    dns: SocketAddr,
+    query: &[u8],
+    qps: u32,
+    secs: u32,
+) -> Result<(u64, u64, u64)> {
+    let sock = UdpSocket::bind((src, 0))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let rx = sock.try_clone()?;
+    let reader = std::thread::spawn(move || {
+        let (mut bytes, mut answers) = (0u64, 0u64);
+        let mut buf = [0u8; 4096];
+        let mut quiet = 0;
+        while quiet < 5 {
+            match rx.recv(&mut buf) {
+                Ok(n) => {
+                    bytes += n as u64;
+                    answers += 1;
+                    quiet = 0;
+                }
+                Err(_) => quiet += 1,
+            }
+        }
+        (bytes, answers)
+    });
+    let start = Instant::now();
+    let total = qps * secs;
+    let mut sent = 0u64;
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(f64::from(i) / f64::from(qps));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sock.send_to(query, dns)?;
+        sent += query.len() as u64;
+    }
+    let (received, answers) = reader.join().map_err(|_| anyhow!("reader panicked"))?;
+    Ok((sent, received, answers))
+}
+
+/// Measurement (not run in CI): amplification of a 64-endpoint name's `SRV` answer to one
+/// source sending 1,000 queries a second for 5 s, with RRL on (defaults: 20/s, slip 2) and off,
+/// side by side. Run with
+/// `cargo test -p dpin-tests --test dns measure_rrl_amplification -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; prints figures"]
+fn measure_rrl_amplification() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let eps: Vec<String> = (1..=64).map(|i| format!("198.51.100.{i}:443")).collect();
+    let mut args: Vec<&str> = eps.iter().map(String::as_str).collect();
+    args.extend(["--ttl", "1h"]);
+    let name = format!("big.{zone}.dpin.");
+    for (label, extra) in [
+        ("RRL on (default)", vec![]),
+        ("RRL off", vec!["--dns-rrl-rate", "0"]),
+    ] {
+        let mut node_args = vec!["--dns", "127.0.0.1:0", "--no-probe"];
+        node_args.extend(extra);
+        let node = NodeProc::start(
+            bin(),
+            &dir.path().join(label.replace(' ', "-")),
+            &[],
+            &node_args,
+        )?;
+        let dns = dns_addr(&node)?;
+        publish(&key, &node.api, "big", &args)?;
+        wait_until(SPREAD, "big name answered", || {
+            query(dns, &name, RecordType::A, Via::Tcp)
+                .ok()
+                .filter(|m| !m.answers().is_empty())
+        })?;
+        let mut m = Message::new();
+        m.set_id(1).set_recursion_desired(false);
+        m.add_query(Query::query(Name::from_str(&name)?, RecordType::SRV));
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(4096);
+        m.set_edns(edns);
+        let q = m.to_vec()?;
+        let (sent, received, answers) = paced_flood("127.0.1.1", dns, &q, 1000, 5)?;
+        eprintln!(
+            "{label}: 5000 queries at 1000 qps, {sent} bytes in, {answers} answers, {received} bytes out: amplification {:.2}x, {:.0} bytes/s to the victim",
+            received as f64 / sent as f64,
+            received as f64 / 5.0
+        );
+    }
+    Ok(())
+}

@@ -491,6 +491,8 @@ pub struct Health {
     published: Mutex<BTreeMap<String, (Vec<Endpoint>, Instant)>>,
     /// An observation publish is running (never two at once).
     publishing: std::sync::atomic::AtomicBool,
+    /// The membership of the last refresh and each endpoint's probers under it.
+    selection: Mutex<(Vec<PeerId>, HashMap<Target, Vec<PeerId>>)>,
     /// Observation counters.
     pub observations: ObservationStats,
 }
@@ -536,6 +538,7 @@ impl Health {
             period_milli: AtomicU64::new(1000),
             published: Mutex::new(BTreeMap::new()),
             publishing: std::sync::atomic::AtomicBool::new(false),
+            selection: Mutex::new((Vec::new(), HashMap::new())),
             observations: ObservationStats::default(),
         })
     }
@@ -1051,15 +1054,27 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
     let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
     let mut quorum: HashMap<Target, u8> = HashMap::new();
     let mut probers: HashMap<Target, Vec<PeerId>> = HashMap::new();
+    // Selections are kept while the membership stays the same: a refresh then hashes only
+    // endpoints it has not seen (E × N hashes once per membership change, not per interval).
+    let mut cache = health
+        .selection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.0 != members {
+        *cache = (members.clone(), HashMap::new());
+    }
     for (zone, targets) in by_zone {
         for t in targets {
             if probers.contains_key(&t) {
                 continue;
             }
-            let chosen: Vec<PeerId> = probers_of(&t, &member_bytes, k)
-                .into_iter()
-                .filter_map(|b| PeerId::from_bytes(b).ok())
-                .collect();
+            let chosen: Vec<PeerId> = match cache.1.get(&t) {
+                Some(c) => c.clone(),
+                None => probers_of(&t, &member_bytes, k)
+                    .into_iter()
+                    .filter_map(|b| PeerId::from_bytes(b).ok())
+                    .collect(),
+            };
             if chosen.contains(&me) {
                 mine.entry(zone).or_default().insert(t.clone());
             }
@@ -1067,6 +1082,9 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
             probers.insert(t, chosen);
         }
     }
+    // Keep only this round's endpoints (bounded by what the store holds).
+    cache.1 = probers.clone();
+    drop(cache);
     let votes = tally(observed, &probers, &health.observations);
     let effective = if k == 0 {
         members.len()
