@@ -1730,4 +1730,318 @@ pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const NOW: u64 = 1_800_000_000_000;
+
+    /// A blob of `chunks` one-KiB chunks (small chunks keep the tests fast).
+    fn blob(chunks: u32, seed: u8) -> (Vec<Vec<u8>>, Index, [u8; 32]) {
+        let data: Vec<Vec<u8>> = (0..chunks).map(|i| vec![seed ^ i as u8; 1024]).collect();
+        let hashes: Vec<u8> = data.iter().flat_map(|c| chunk_hash(c)).collect();
+        let root = root_of(&hashes);
+        let index = Index {
+            size: u64::from(chunks) * 1024,
+            chunk_size: 1024,
+            hashes,
+        };
+        (data, index, root)
+    }
+
+    fn manifest_for(key: &ZoneKey, root: [u8; 32], index: &Index, replicas: u8) -> SignedRecord {
+        let m = BlobManifest {
+            root,
+            size: index.size,
+            chunk_size: index.chunk_size,
+            chunks: index.chunks(),
+            replicas,
+        };
+        sign_manifest(key, m)
+    }
+
+    fn sign_manifest(key: &ZoneKey, m: BlobManifest) -> SignedRecord {
+        RecordBody {
+            zone: key.zone(),
+            label: blob_label(&m.root),
+            seq: NOW,
+            expires_at_ms: NOW + MANIFEST_TTL_MS,
+            content: Content::BlobManifest(m),
+        }
+        .sign(key)
+        .expect("valid manifest")
+    }
+
+    fn put_index(index: &Index, root: [u8; 32], manifest: &SignedRecord) -> BlobRequest {
+        BlobRequest::PutIndex {
+            root,
+            size: index.size,
+            chunk_size: index.chunk_size,
+            index: index.hashes.clone(),
+            manifest: manifest.encode(),
+        }
+    }
+
+    fn refused(r: &BlobResponse, why: Refusal) -> bool {
+        matches!(r, BlobResponse::Error { message } if *message == BlobError::Refused(why).to_string())
+    }
+
+    /// A store whose node offers `capacity` and sees `n` storage members (itself among them)
+    /// with plenty of room; returns it with its own id and the members in rendezvous order for
+    /// `root`.
+    fn store_in(
+        dir: &Path,
+        capacity: Option<u64>,
+        n: usize,
+        root: &[u8; 32],
+    ) -> (BlobStore, PeerId, Vec<PeerId>) {
+        let store = BlobStore::open(dir.join("blobs")).expect("open");
+        store.set_capacity(capacity);
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        let cands = peers
+            .iter()
+            .map(|p| StorageCandidate {
+                peer: *p,
+                capacity: 64 * MIB,
+                free: 64 * MIB,
+            })
+            .collect();
+        let ranked = rank(root, &peers);
+        store.set_view(ranked[0], cands);
+        (store, ranked[0], ranked)
+    }
+
+    fn write_all(
+        store: &BlobStore,
+        data: &[Vec<u8>],
+        index: &Index,
+        root: [u8; 32],
+        m: &SignedRecord,
+    ) -> Vec<BlobResponse> {
+        let mut out = vec![handle_request_at(store, put_index(index, root, m), NOW)];
+        for (i, c) in data.iter().enumerate() {
+            out.push(handle_request_at(
+                store,
+                BlobRequest::PutChunk {
+                    root,
+                    i: i as u32,
+                    data: c.clone(),
+                },
+                NOW,
+            ));
+        }
+        out.push(handle_request_at(store, BlobRequest::Seal { root }, NOW));
+        out
+    }
+
+    #[test]
+    fn a_node_that_offers_no_storage_stores_nothing_for_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, index, root) = blob(3, 1);
+        let (store, _, _) = store_in(dir.path(), None, 3, &root);
+        let m = manifest_for(&ZoneKey::from_seed([1; 32]), root, &index, 2);
+        let answers = write_all(&store, &data, &index, root, &m);
+        assert!(refused(&answers[0], Refusal::NoOffer), "{:?}", answers[0]);
+        assert!(answers[1..4]
+            .iter()
+            .all(|a| refused(a, Refusal::NotAccepted)));
+        assert!(
+            refused(&answers[4], Refusal::NotAccepted),
+            "a stranger cannot seal"
+        );
+        assert_eq!(store.used(), 0);
+        assert_eq!(store.stats.refused(Refusal::NoOffer), 1);
+        assert_eq!(store.stats.refused(Refusal::NotAccepted), 4);
+    }
+
+    #[test]
+    fn writes_need_a_valid_manifest_that_matches_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, index, root) = blob(3, 2);
+        let (store, _, _) = store_in(dir.path(), Some(64 * MIB), 3, &root);
+        let mut none = put_index(
+            &index,
+            root,
+            &manifest_for(&ZoneKey::from_seed([2; 32]), root, &index, 2),
+        );
+        if let BlobRequest::PutIndex { manifest, .. } = &mut none {
+            manifest.clear();
+        }
+        assert!(refused(
+            &handle_request_at(&store, none, NOW),
+            Refusal::BadManifest
+        ));
+        // A manifest claiming 4 TiB for this root (a consistent chunk count) is not this blob.
+        let huge = sign_manifest(
+            &ZoneKey::from_seed([3; 32]),
+            BlobManifest {
+                root,
+                size: 4 << 40,
+                chunk_size: 1 << 20,
+                chunks: 4 << 20,
+                replicas: 2,
+            },
+        );
+        assert!(refused(
+            &handle_request_at(&store, put_index(&index, root, &huge), NOW),
+            Refusal::ManifestMismatch
+        ));
+        let ok = manifest_for(&ZoneKey::from_seed([2; 32]), root, &index, 2);
+        assert_eq!(
+            handle_request_at(&store, put_index(&index, root, &ok), NOW),
+            BlobResponse::Stored
+        );
+    }
+
+    #[test]
+    fn only_intended_holders_and_their_stand_ins_accept_a_blob() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, index, root) = blob(2, 3);
+        let (store, _, ranked) = store_in(dir.path(), Some(64 * MIB), 8, &root);
+        let m = manifest_for(&ZoneKey::from_seed([4; 32]), root, &index, 2);
+        // K = 2: the first 4 in order may take it (2 intended, 2 stand-ins); the 5th may not.
+        let cands: Vec<StorageCandidate<PeerId>> = ranked
+            .iter()
+            .map(|p| StorageCandidate {
+                peer: *p,
+                capacity: 64 * MIB,
+                free: 64 * MIB,
+            })
+            .collect();
+        store.set_view(ranked[4], cands.clone());
+        assert!(refused(
+            &handle_request_at(&store, put_index(&index, root, &m), NOW),
+            Refusal::NotIntended
+        ));
+        store.set_view(ranked[3], cands);
+        assert_eq!(
+            handle_request_at(&store, put_index(&index, root, &m), NOW),
+            BlobResponse::Stored
+        );
+        assert_eq!(store.stats.refused(Refusal::NotIntended), 1);
+    }
+
+    #[test]
+    fn writes_stay_within_the_offered_capacity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, index, root) = blob(4, 4);
+        let (store, _, _) = store_in(dir.path(), Some(3 * 1024), 3, &root);
+        let m = manifest_for(&ZoneKey::from_seed([5; 32]), root, &index, 2);
+        // 4 KiB blob, 3 KiB offered: a node without room for it is not an intended holder.
+        assert!(refused(
+            &handle_request_at(&store, put_index(&index, root, &m), NOW),
+            Refusal::NotIntended
+        ));
+        // Admitted while room was larger, chunks still stop at the capacity.
+        store.set_capacity(Some(64 * MIB));
+        assert_eq!(
+            handle_request_at(&store, put_index(&index, root, &m), NOW),
+            BlobResponse::Stored
+        );
+        store.set_capacity(Some(3 * 1024));
+        let answers: Vec<BlobResponse> = data
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                handle_request_at(
+                    &store,
+                    BlobRequest::PutChunk {
+                        root,
+                        i: i as u32,
+                        data: c.clone(),
+                    },
+                    NOW,
+                )
+            })
+            .collect();
+        assert_eq!(
+            answers
+                .iter()
+                .filter(|a| **a == BlobResponse::Stored)
+                .count(),
+            3
+        );
+        assert!(refused(&answers[3], Refusal::NoRoom));
+        assert_eq!(store.used(), 3 * 1024);
+    }
+
+    #[test]
+    fn a_seal_syncs_once_and_a_foreign_manifest_never_rebinds_the_blob() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, index, root) = blob(2, 5);
+        let (store, _, _) = store_in(dir.path(), Some(64 * MIB), 3, &root);
+        let owner = ZoneKey::from_seed([6; 32]);
+        let answers = write_all(
+            &store,
+            &data,
+            &index,
+            root,
+            &manifest_for(&owner, root, &index, 2),
+        );
+        assert!(
+            answers.iter().all(|a| *a == BlobResponse::Stored),
+            "{answers:?}"
+        );
+        assert_eq!(
+            handle_request_at(&store, BlobRequest::Seal { root }, NOW),
+            BlobResponse::Stored
+        );
+        assert_eq!(store.stats.seals_repeated.load(Ordering::Relaxed), 1);
+        // A stranger's manifest with replicas = 16 for the same blob: accepted as identical
+        // content, but the blob stays bound to its first owner.
+        let stranger = manifest_for(&ZoneKey::from_seed([7; 32]), root, &index, 16);
+        assert_eq!(
+            handle_request_at(&store, put_index(&index, root, &stranger), NOW),
+            BlobResponse::Stored
+        );
+        assert_eq!(
+            handle_request_at(&store, BlobRequest::Has { root }, NOW),
+            BlobResponse::Holding {
+                chunks: 2,
+                total: 2,
+                owner: Some(owner.zone().0)
+            }
+        );
+    }
+
+    #[test]
+    fn orphans_and_crash_leftovers_are_collected_after_the_grace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, index, root) = blob(2, 6);
+        let (store, _, _) = store_in(dir.path(), Some(64 * MIB), 3, &root);
+        let m = manifest_for(&ZoneKey::from_seed([8; 32]), root, &index, 2);
+        write_all(&store, &data, &index, root, &m);
+        let (data2, index2, root2) = blob(2, 7);
+        let store_b = store;
+        // Same store, a second blob admitted through a view where this node is intended.
+        let cands = vec![StorageCandidate {
+            peer: PeerId::random(),
+            capacity: 64 * MIB,
+            free: 64 * MIB,
+        }];
+        let me = cands[0].peer;
+        store_b.set_view(me, cands);
+        let m2 = manifest_for(&ZoneKey::from_seed([9; 32]), root2, &index2, 1);
+        write_all(&store_b, &data2, &index2, root2, &m2);
+        let wall = now_ms();
+        // Within the grace nothing goes; after it only the unwanted blob does.
+        let wanted = |r: &[u8; 32], b: Option<&SignedRecord>| *r == root && b.is_some();
+        assert_eq!(store_b.collect_orphans(wall, ORPHAN_GRACE_MS, wanted), 0);
+        assert_eq!(
+            store_b.collect_orphans(wall + ORPHAN_GRACE_MS + 1_000, ORPHAN_GRACE_MS, wanted),
+            1
+        );
+        assert_eq!(store_b.roots(), vec![root]);
+        assert_eq!(store_b.used(), 2048);
+        // A crash left a temp file in a blob dir and an upload in DATA_DIR/tmp.
+        std::fs::write(store_b.chunk_path(&root, 0).with_extension("tmp"), b"half").expect("write");
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("mkdir");
+        std::fs::write(dir.path().join("tmp").join("upload-1"), b"half").expect("write");
+        drop(store_b);
+        let reopened = BlobStore::open(dir.path().join("blobs")).expect("open");
+        assert_eq!(reopened.stats.tmp_collected.load(Ordering::Relaxed), 2);
+        assert!(std::fs::read_dir(dir.path().join("tmp"))
+            .expect("dir")
+            .next()
+            .is_none());
+        assert_eq!(reopened.used(), 2048);
+    }
 }
