@@ -188,6 +188,15 @@ impl Store for DurableStore {
         self.mem.bucket_entries(bucket)
     }
 
+    fn bucket_entries_after(
+        &self,
+        bucket: u8,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(&str, &Entry)> {
+        self.mem.bucket_entries_after(bucket, after, limit)
+    }
+
     fn digest(&self) -> StoreDigest {
         self.mem.digest()
     }

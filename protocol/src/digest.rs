@@ -34,6 +34,10 @@ pub const MAX_SUMMARIES: usize = 2048;
 /// Most names one fetch asks for, and most records one push or records answer carries
 /// (64 × 4 KiB records = 256 KiB, well under the message limit).
 pub const MAX_RECORDS_PER_MESSAGE: usize = 64;
+/// Longest name a valid record can have: a label of at most [`crate::MAX_LABEL_LEN`] bytes
+/// (reserved labels are shorter), a dot and a zone id. Summaries naming anything longer are
+/// refused (no record could ever answer a fetch for them).
+pub const MAX_NAME_BYTES: usize = crate::MAX_LABEL_LEN + 1 + crate::keys::ZONE_ID_TEXT_LEN;
 
 /// The bucket a name belongs to.
 pub fn bucket_of(name: &str) -> u8 {
@@ -214,7 +218,16 @@ pub fn digest_request<S: Store + ?Sized>(store: &S) -> SyncRequest {
 /// The responder's answer to a digest: in sync, or its summaries of the differing buckets, in
 /// (bucket, name) order, at most [`MAX_SUMMARIES`]. `after` is the initiator's cursor from a
 /// previous truncated answer: listing resumes after that name in that bucket, so a bucket with
-/// more entries than one answer can carry is walked to its end over several rounds.
+/// more entries than one answer can carry is walked to its end over several rounds. Buckets
+/// are listed in ascending order starting at the cursor's bucket (wrapping past 255), which is
+/// the order the initiator checks.
+///
+/// Work per request, whatever the request says (a peer may send whole-store digests in a
+/// loop): one cached digest, one comparison of 256 bucket digests, and per listed bucket one
+/// ordered walk from the cursor that stops after [`MAX_SUMMARIES`] + 1 entries with bodies
+/// ([`Store::bucket_entries_after`]); the answer holds at most [`MAX_SUMMARIES`] summaries
+/// (about 200 KiB). Body-less floors met on the walk are skipped without allocation. How
+/// often a peer may ask is the driver's per-peer budget.
 pub fn answer_digest<S: Store + ?Sized>(
     store: &S,
     root: &[u8; 32],
@@ -236,17 +249,17 @@ pub fn answer_digest<S: Store + ?Sized>(
     let mut summaries = Vec::new();
     let mut truncated = false;
     for &b in order {
+        let room = MAX_SUMMARIES - summaries.len();
+        let from = match after {
+            Some((ab, an)) if ab == b => Some(an),
+            _ => None,
+        };
+        // One more than fits, to know whether the bucket was listed to its end.
         let entries: Vec<Summary> = store
-            .bucket_entries(b)
+            .bucket_entries_after(b, from, room.saturating_add(1))
             .into_iter()
-            .filter(|(_, e)| e.bytes.is_some())
-            .filter(|(n, _)| match after {
-                Some((ab, an)) if ab == b => *n > an,
-                _ => true,
-            })
             .map(|(n, e)| summary(n, e))
             .collect();
-        let room = MAX_SUMMARIES - summaries.len();
         if entries.len() > room {
             truncated = true;
             if room > 0 {
@@ -297,6 +310,23 @@ pub fn plan_sync<S: Store + ?Sized>(
     after: Option<(u8, &str)>,
     now_ms: u64,
 ) -> SyncPlan {
+    plan_sync_bounded(local, buckets, remote, truncated, after, now_ms, usize::MAX)
+}
+
+/// [`plan_sync`] with at most `max_push` names planned for pushing (the rest are found by a
+/// later round). The session ([`crate::sync::Initiator`]) calls it with
+/// [`crate::sync::MAX_PUSH_PER_ROUND`] on answers it has validated, so one answer can make
+/// the initiator hold at most `MAX_SUMMARIES` fetch names plus `max_push` push names, and
+/// walk each listed bucket of its own store once.
+pub fn plan_sync_bounded<S: Store + ?Sized>(
+    local: &S,
+    buckets: &[u8],
+    remote: &[Summary],
+    truncated: bool,
+    after: Option<(u8, &str)>,
+    now_ms: u64,
+    max_push: usize,
+) -> SyncPlan {
     let mut plan = SyncPlan::default();
     let retention_ms = local.retention_ms();
     let mut seen = std::collections::BTreeSet::new();
@@ -310,8 +340,10 @@ pub fn plan_sync<S: Store + ?Sized>(
         match decide(mine.map(|e| e.floor), theirs) {
             Decision::Apply | Decision::ApplyConflict => plan.fetch.push(s.name.clone()),
             Decision::Stale | Decision::RejectConflict => {
-                if mine
-                    .is_some_and(|e| e.bytes.is_some() && !e.is_compactable(now_ms, retention_ms))
+                if plan.push.len() < max_push
+                    && mine.is_some_and(|e| {
+                        e.bytes.is_some() && !e.is_compactable(now_ms, retention_ms)
+                    })
                 {
                     plan.push.push(s.name.clone());
                 }
@@ -338,7 +370,13 @@ pub fn plan_sync<S: Store + ?Sized>(
     }
     let last_bucket = buckets.last().copied();
     for &b in buckets {
+        if plan.push.len() >= max_push {
+            break;
+        }
         for (name, e) in local.bucket_entries(b) {
+            if plan.push.len() >= max_push {
+                break;
+            }
             let below_cursor = matches!(after, Some((ab, an)) if ab == b && name <= an);
             let past_listing = truncated
                 && Some(b) == last_bucket

@@ -100,6 +100,16 @@ fn prepare(
     signature: &[u8; 64],
 ) -> Result<Prepared, SignatureError> {
     let a = check_zone_key(zone).map_err(SignatureError::Key)?;
+    prepare_with_key(a, zone, message, signature)
+}
+
+/// [`prepare`] for a zone key already checked and decoded to `a`.
+fn prepare_with_key(
+    a: EdwardsPoint,
+    zone: &[u8; 32],
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<Prepared, SignatureError> {
     let mut r_bytes = [0u8; 32];
     r_bytes.copy_from_slice(&signature[..32]);
     let mut s_bytes = [0u8; 32];
@@ -134,8 +144,18 @@ pub fn verify(zone: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> Result<(
 /// An empty batch is `true`.
 pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
     let mut prepared = Vec::with_capacity(items.len());
+    // Records of one zone often come together: decode each key once per batch.
+    let mut keys: std::collections::BTreeMap<&[u8; 32], EdwardsPoint> =
+        std::collections::BTreeMap::new();
     for (zone, message, signature) in items {
-        match prepare(zone, message, signature) {
+        let key = match keys.get(zone) {
+            Some(&a) => a,
+            None => match check_zone_key(zone) {
+                Ok(a) => *keys.entry(zone).or_insert(a),
+                Err(_) => return false,
+            },
+        };
+        match prepare_with_key(key, zone, message, signature) {
             Ok(p) => prepared.push(p),
             Err(_) => return false,
         }

@@ -111,6 +111,23 @@ pub trait Store {
     /// Names and entries whose name hashes into `bucket`, in name order.
     fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)>;
 
+    /// Entries of `bucket` that still hold a body, in name order, strictly after `after` (from
+    /// the start if `None`), at most `limit` of them: what a digest answer lists. The default
+    /// walks [`Store::bucket_entries`]; stores with an ordered index override it so that the
+    /// walk allocates at most `limit` entries whatever the bucket's size.
+    fn bucket_entries_after(
+        &self,
+        bucket: u8,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(&str, &Entry)> {
+        self.bucket_entries(bucket)
+            .into_iter()
+            .filter(|(n, e)| e.bytes.is_some() && after.is_none_or(|a| *n > a))
+            .take(limit)
+            .collect()
+    }
+
     /// The current anti-entropy digest (covers entries that still hold a body).
     fn digest(&self) -> StoreDigest;
 
@@ -403,6 +420,30 @@ impl Store for MemStore {
         self.entries
             .range(start..)
             .take_while(|(k, _)| k.bucket == bucket)
+            .map(|(k, e)| (&*k.name, e))
+            .collect()
+    }
+
+    fn bucket_entries_after(
+        &self,
+        bucket: u8,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(&str, &Entry)> {
+        use std::ops::Bound;
+        let start = Key {
+            bucket,
+            name: after.unwrap_or("").into(),
+        };
+        let lower = match after {
+            Some(_) => Bound::Excluded(start),
+            None => Bound::Included(start),
+        };
+        self.entries
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.bucket == bucket)
+            .filter(|(_, e)| e.bytes.is_some())
+            .take(limit)
             .map(|(k, e)| (&*k.name, e))
             .collect()
     }

@@ -21,15 +21,36 @@
 //! cost (rounds × one listing of at most [`crate::digest::MAX_SUMMARIES`] summaries); what is
 //! left is found by the next session.
 //!
-//! Answers are untrusted: a responder's bucket list is deduplicated and capped at
-//! [`BUCKETS`] before planning, summaries outside the listed buckets are ignored, and every
-//! record still goes through the merge rule, so a lying peer can at worst waste a round.
+//! Answers are untrusted. Before any planning, an answer is checked against what an honest
+//! responder ([`respond`]) can send, and refused whole with a typed [`AnswerError`]
+//! (ending the session; drivers count it as a failed sync) if it breaks any rule:
+//!
+//! * the bucket list is strictly ascending, starting at the cursor's bucket and wrapping past
+//!   255 (so distinct, at most [`BUCKETS`]; a list naming bucket 0 a million times — a *sync
+//!   bomb* — is refused at its second entry);
+//! * at most [`MAX_SUMMARIES`] summaries, strictly ascending by (bucket in the same order,
+//!   name), each in a listed bucket, after the cursor, with a name of at most
+//!   [`MAX_NAME_BYTES`];
+//! * a records answer carries at most as many records as names were asked for.
+//!
+//! Bounds per answer at the initiator: the planner walks each listed bucket of the local store
+//! once (at most the whole local store per answer, one bucket's listing in memory at a time)
+//! and keeps at most [`MAX_SUMMARIES`] names to fetch and [`MAX_PUSH_PER_ROUND`] to push;
+//! what is left over is found by the next round or session. Every record still goes through
+//! the merge rule, so a lying peer can at worst waste a round.
+//!
+//! Bounds per request at the responder: see [`crate::digest::answer_digest`] (one cached
+//! digest, at most [`MAX_SUMMARIES`] + 1 entries listed per bucket, an answer of at most
+//! [`MAX_SUMMARIES`] summaries), [`crate::digest::answer_fetch`] and pushes (at most
+//! [`MAX_RECORDS_PER_MESSAGE`] names or records, the rest of the request ignored). Requests
+//! are decoded under [`crate::digest::MAX_SYNC_MESSAGE_BYTES`]. How many requests a peer may
+//! send is the driver's per-peer budget.
 
 use std::collections::VecDeque;
 
 use crate::digest::{
-    answer_digest, answer_fetch, bucket_of, digest_request_from, plan_sync, records_for, BUCKETS,
-    MAX_RECORDS_PER_MESSAGE,
+    answer_digest, answer_fetch, bucket_of, digest_request_from, plan_sync_bounded, records_for,
+    BUCKETS, MAX_NAME_BYTES, MAX_RECORDS_PER_MESSAGE, MAX_SUMMARIES,
 };
 use crate::store::Store;
 use crate::{Summary, SyncRequest, SyncResponse};
@@ -57,6 +78,11 @@ pub fn peers_for_round<P: Clone>(peers: &[P], round: u64) -> Vec<P> {
     let start = ((round % n as u64) * per % n as u64) as usize;
     (0..take).map(|i| peers[(start + i) % n].clone()).collect()
 }
+
+/// Most names one digest answer can make the initiator plan to push (the rest wait for the
+/// next round). An honest peer that lacks a large part of the store still gets all of it, at
+/// this many records per round ([`MAX_SYNC_ROUNDS`] rounds per session).
+pub const MAX_PUSH_PER_ROUND: usize = MAX_SUMMARIES;
 
 /// Session limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +137,81 @@ pub enum SessionError {
     /// A response arrived while no request was outstanding.
     #[error("answer without a request")]
     NoRequest,
+    /// The answer breaks a bound or ordering rule no honest responder breaks; it was refused
+    /// whole before any planning (see the module docs).
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(AnswerError),
+}
+
+/// Why an answer was refused as invalid (see the module docs for the rules).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The bucket list is not strictly ascending from the cursor's bucket (a repeated or
+    /// out-of-order bucket at `index`).
+    #[error("bucket list not strictly ascending at entry {index}")]
+    BucketsNotAscending {
+        /// Position of the first offending entry.
+        index: usize,
+    },
+    /// More summaries than [`MAX_SUMMARIES`].
+    #[error("{got} summaries, at most {limit}")]
+    TooManySummaries {
+        /// Summaries in the answer.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A summary's name does not hash into any listed bucket.
+    #[error("summary {index} is outside the listed buckets")]
+    SummaryOutsideBuckets {
+        /// Position of the summary.
+        index: usize,
+    },
+    /// Summaries are not strictly ascending by (bucket, name): a duplicate or out of order.
+    #[error("summaries not strictly ascending at entry {index}")]
+    SummariesNotAscending {
+        /// Position of the first offending summary.
+        index: usize,
+    },
+    /// A summary in the cursor's bucket at or before the cursor's name.
+    #[error("summary {index} lies before the cursor")]
+    SummaryBeforeCursor {
+        /// Position of the summary.
+        index: usize,
+    },
+    /// A summary's name is longer than any valid record name.
+    #[error("summary {index} has a {len}-byte name, at most {limit}")]
+    NameTooLong {
+        /// Position of the summary.
+        index: usize,
+        /// Its name's length.
+        len: usize,
+        /// [`MAX_NAME_BYTES`].
+        limit: usize,
+    },
+    /// A records answer with more records than names were asked for.
+    #[error("{got} records for {limit} names asked")]
+    TooManyRecords {
+        /// Records in the answer.
+        got: usize,
+        /// Names asked for.
+        limit: usize,
+    },
+}
+
+impl AnswerError {
+    /// A short stable name for counters (`reason` label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AnswerError::BucketsNotAscending { .. } => "buckets_not_ascending",
+            AnswerError::TooManySummaries { .. } => "too_many_summaries",
+            AnswerError::SummaryOutsideBuckets { .. } => "summary_outside_buckets",
+            AnswerError::SummariesNotAscending { .. } => "summaries_not_ascending",
+            AnswerError::SummaryBeforeCursor { .. } => "summary_before_cursor",
+            AnswerError::NameTooLong { .. } => "name_too_long",
+            AnswerError::TooManyRecords { .. } => "too_many_records",
+        }
+    }
 }
 
 /// Counts of one session, for metrics and the simulator's reports.
@@ -127,7 +228,7 @@ pub struct SessionStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pending {
     Digest { cursor: Option<(u8, String)> },
-    Fetch,
+    Fetch { asked: usize },
     Push,
 }
 
@@ -174,7 +275,7 @@ impl Initiator {
         }
         if let Some(names) = self.fetch.pop_front() {
             self.stats.fetched += names.len();
-            self.pending = Some(Pending::Fetch);
+            self.pending = Some(Pending::Fetch { asked: names.len() });
             return InitiatorStep::Send(SyncRequest::Fetch { names });
         }
         if let Some(names) = self.push.pop_front() {
@@ -248,22 +349,36 @@ impl Initiator {
                     truncated,
                 },
             ) => {
-                let buckets = sanitize_buckets(buckets);
-                let summaries = within(&buckets, summaries);
                 let after = cursor.as_ref().map(|(b, n)| (*b, n.as_str()));
-                let plan = plan_sync(store, &buckets, &summaries, truncated, after, now_ms);
+                check_summaries(after, &buckets, &summaries)
+                    .map_err(SessionError::InvalidAnswer)?;
+                let plan = plan_sync_bounded(
+                    store,
+                    &buckets,
+                    &summaries,
+                    truncated,
+                    after,
+                    now_ms,
+                    MAX_PUSH_PER_ROUND,
+                );
                 self.more = !(plan.fetch.is_empty() && plan.push.is_empty() && plan.next.is_none());
                 self.fetch = chunks(plan.fetch);
                 self.push = chunks(plan.push);
                 self.cursor = plan.next;
                 Ok(Vec::new())
             }
-            (Pending::Fetch, SyncResponse::Records { records }) => {
-                Ok(records.into_iter().take(MAX_RECORDS_PER_MESSAGE).collect())
+            (Pending::Fetch { asked }, SyncResponse::Records { records }) => {
+                if records.len() > asked {
+                    return Err(SessionError::InvalidAnswer(AnswerError::TooManyRecords {
+                        got: records.len(),
+                        limit: asked,
+                    }));
+                }
+                Ok(records)
             }
             (Pending::Push, SyncResponse::PushAck { .. }) => Ok(Vec::new()),
             (Pending::Digest { .. }, other) => Err(unexpected("digest", &other)),
-            (Pending::Fetch, other) => Err(unexpected("fetch", &other)),
+            (Pending::Fetch { .. }, other) => Err(unexpected("fetch", &other)),
             (Pending::Push, other) => Err(unexpected("push", &other)),
         }
     }
@@ -286,28 +401,60 @@ fn chunks(names: Vec<String>) -> VecDeque<Vec<String>> {
         .collect()
 }
 
-/// The responder's bucket list, untrusted: each bucket once, in the order given, at most
-/// [`BUCKETS`]. (A listing that repeats bucket 0 a million times would otherwise make the
-/// planner walk the local bucket a million times.)
-fn sanitize_buckets(buckets: Vec<u8>) -> Vec<u8> {
-    let mut seen = [false; BUCKETS];
-    buckets
-        .into_iter()
-        .filter(|&b| !std::mem::replace(&mut seen[usize::from(b)], true))
-        .collect()
+/// Position of bucket `b` in the listing order of an answer whose request carried a cursor
+/// in bucket `start`: ascending from `start`, wrapping past 255 (see
+/// [`crate::digest::answer_digest`]).
+fn listing_rank(b: u8, start: u8) -> u8 {
+    b.wrapping_sub(start)
 }
 
-/// Summaries of names outside the listed buckets are ignored: the planner treats the listed
-/// buckets as the responder's whole truth, and a name from elsewhere proves nothing.
-fn within(buckets: &[u8], summaries: Vec<Summary>) -> Vec<Summary> {
+/// Checks a summaries answer against the rules of the module docs. Costs one blake3 of each
+/// summary's name (at most [`MAX_SUMMARIES`]); allocates one 256-entry table.
+fn check_summaries(
+    after: Option<(u8, &str)>,
+    buckets: &[u8],
+    summaries: &[Summary],
+) -> Result<(), AnswerError> {
+    let start = after.map_or(0, |(b, _)| b);
     let mut listed = [false; BUCKETS];
-    for &b in buckets {
+    let mut last: Option<u8> = None;
+    for (index, &b) in buckets.iter().enumerate() {
+        let rank = listing_rank(b, start);
+        if last.is_some_and(|l| rank <= l) {
+            return Err(AnswerError::BucketsNotAscending { index });
+        }
+        last = Some(rank);
         listed[usize::from(b)] = true;
     }
-    summaries
-        .into_iter()
-        .filter(|s| listed[usize::from(bucket_of(&s.name))])
-        .collect()
+    if summaries.len() > MAX_SUMMARIES {
+        return Err(AnswerError::TooManySummaries {
+            got: summaries.len(),
+            limit: MAX_SUMMARIES,
+        });
+    }
+    let mut prev: Option<(u8, &str)> = None;
+    for (index, s) in summaries.iter().enumerate() {
+        if s.name.len() > MAX_NAME_BYTES {
+            return Err(AnswerError::NameTooLong {
+                index,
+                len: s.name.len(),
+                limit: MAX_NAME_BYTES,
+            });
+        }
+        let b = bucket_of(&s.name);
+        if !listed[usize::from(b)] {
+            return Err(AnswerError::SummaryOutsideBuckets { index });
+        }
+        if matches!(after, Some((ab, an)) if ab == b && s.name.as_str() <= an) {
+            return Err(AnswerError::SummaryBeforeCursor { index });
+        }
+        let key = (listing_rank(b, start), s.name.as_str());
+        if prev.is_some_and(|p| key <= p) {
+            return Err(AnswerError::SummariesNotAscending { index });
+        }
+        prev = Some(key);
+    }
+    Ok(())
 }
 
 /// What the responder's driver should do with a request.
@@ -371,10 +518,20 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_listed_many_times_is_planned_once() {
-        let listed = sanitize_buckets(vec![0; 1_000_000]);
-        assert_eq!(listed, vec![0]);
-        assert_eq!(sanitize_buckets(vec![3, 1, 3, 2, 1]), vec![3, 1, 2]);
+    fn bucket_lists_ascend_from_the_cursor_bucket_and_wrap() {
+        assert_eq!(check_summaries(None, &[0, 1, 255], &[]), Ok(()));
+        assert_eq!(
+            check_summaries(Some((200, "x")), &[200, 255, 0, 199], &[]),
+            Ok(())
+        );
+        assert_eq!(
+            check_summaries(Some((200, "x")), &[0, 200], &[]),
+            Err(AnswerError::BucketsNotAscending { index: 1 })
+        );
+        assert_eq!(
+            check_summaries(None, &[0; 1_000_000], &[]),
+            Err(AnswerError::BucketsNotAscending { index: 1 })
+        );
     }
 
     #[test]
