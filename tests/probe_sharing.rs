@@ -98,7 +98,17 @@ fn health(node: &NodeProc, name: &str) -> Option<Vec<(u64, String)>> {
 
 /// Starts `n` nodes (the first alone, the rest bootstrapping from it) with `env`.
 fn cluster_env(dir: &Path, n: usize, env: &[(String, String)]) -> Result<Vec<NodeProc>> {
-    let first = NodeProc::start_with_env(bin(), &dir.join("n0"), &[], &PROBES, env.to_vec())?;
+    cluster_args(dir, n, env, &PROBES)
+}
+
+/// Starts `n` nodes with `env` and node arguments `args`.
+fn cluster_args(
+    dir: &Path,
+    n: usize,
+    env: &[(String, String)],
+    args: &[&str],
+) -> Result<Vec<NodeProc>> {
+    let first = NodeProc::start_with_env(bin(), &dir.join("n0"), &[], args, env.to_vec())?;
     let boot = vec![first.bootstrap_addr()];
     let mut nodes = vec![first];
     for i in 1..n {
@@ -106,7 +116,7 @@ fn cluster_env(dir: &Path, n: usize, env: &[(String, String)]) -> Result<Vec<Nod
             bin(),
             &dir.join(format!("n{i}")),
             &boot,
-            &PROBES,
+            args,
             env.to_vec(),
         )?);
     }
@@ -175,15 +185,16 @@ fn each_endpoint_is_probed_by_three_nodes_and_every_node_knows_its_health() -> R
 }
 
 /// Measurement (not run in CI): probes per endpoint per second on real processes, at N = 3
-/// and N = 6 nodes, with rendezvous selection (k = 3) and with every node probing
-/// (`DPIN_PROBERS=0`), side by side; 300 ms probe interval, 8 endpoints, a 10 s window after
-/// the cluster settled. Run with
+/// and N = 8 nodes, with rendezvous selection (k = 3) and with every node probing
+/// (`DPIN_PROBERS=0`), side by side; the default 2 s probe interval, 8 endpoints, a 20 s
+/// window after the cluster settled. Run with
 /// `cargo test -p dpin-tests --test probe_sharing measure -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_probe_rate_per_endpoint() -> Result<()> {
-    const WINDOW: Duration = Duration::from_secs(10);
-    for n in [3usize, 6] {
+    const WINDOW: Duration = Duration::from_secs(20);
+    const DEFAULT_INTERVAL: [&str; 2] = ["--probe-allow", "127.0.0.0/8"];
+    for n in [3usize, 8] {
         for (label, env) in [
             ("rendezvous k=3", vec![]),
             (
@@ -192,7 +203,7 @@ fn measure_probe_rate_per_endpoint() -> Result<()> {
             ),
         ] {
             let dir = tempfile::tempdir()?;
-            let nodes = cluster_env(dir.path(), n, &env)?;
+            let nodes = cluster_args(dir.path(), n, &env, &DEFAULT_INTERVAL)?;
             wait_connected(&nodes, SPREAD)?;
             let listeners: Vec<CountingListener> = (0..8)
                 .map(|_| CountingListener::start())
@@ -213,8 +224,8 @@ fn measure_probe_rate_per_endpoint() -> Result<()> {
                         .then_some(())
                 })?;
             }
-            // Settle one more second (rendezvous membership, first-probe spread), then count.
-            std::thread::sleep(Duration::from_secs(1));
+            // Settle a few more seconds (rendezvous membership, first-probe spread), then count.
+            std::thread::sleep(Duration::from_secs(4));
             let before: Vec<usize> = listeners
                 .iter()
                 .map(|l| l.accepted.load(Ordering::SeqCst))
@@ -230,7 +241,7 @@ fn measure_probe_rate_per_endpoint() -> Result<()> {
             rates.sort_by(f64::total_cmp);
             let median = rates[rates.len() / 2];
             eprintln!(
-                "N={n} {label}: probes per endpoint per second median {median:.2}, min {:.2}, max {:.2} (interval 300 ms)",
+                "N={n} {label}: probes per endpoint per second median {median:.2}, min {:.2}, max {:.2} (interval 2 s)",
                 rates[0],
                 rates[rates.len() - 1]
             );

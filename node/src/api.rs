@@ -305,7 +305,15 @@ pub fn router_with(node: Node, config: ApiConfig) -> Router {
 /// Serves the API on `listener` until the process ends, within the connection caps and the
 /// request-head deadline ([`BoundedListener`]).
 pub async fn serve(node: Node, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let config = ApiConfig::from_env();
+    serve_with(node, listener, ApiConfig::from_env()).await
+}
+
+/// Like [`serve`], with explicit settings (e.g. a token from a command-line flag).
+pub async fn serve_with(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    config: ApiConfig,
+) -> std::io::Result<()> {
     if config.token.is_some() {
         tracing::info!("API writes need the token from {API_TOKEN_ENV}");
     }

@@ -492,10 +492,13 @@ pub struct Health {
     /// An observation publish is running (never two at once).
     publishing: std::sync::atomic::AtomicBool,
     /// The membership of the last refresh and each endpoint's probers under it.
-    selection: Mutex<(Vec<PeerId>, HashMap<Target, Vec<PeerId>>)>,
+    selection: Mutex<Selection>,
     /// Observation counters.
     pub observations: ObservationStats,
 }
+
+/// A membership (sorted) and each endpoint's probers under it.
+type Selection = (Vec<PeerId>, HashMap<Target, Vec<PeerId>>);
 
 /// Other probers' verdicts per endpoint (see [`combine`]).
 #[derive(Debug, Default)]
@@ -506,12 +509,14 @@ struct SharedView {
     quorum: HashMap<Target, u8>,
 }
 
-/// Counters of shared observations (`/metrics`).
+/// Counters of shared observations (`/metrics`). Verdicts are read from the store once per
+/// refresh (probe interval), so the accepted and ignored counts grow by the verdicts held at
+/// each refresh.
 #[derive(Debug, Default)]
 pub struct ObservationStats {
-    /// Verdicts taken from other probers' observation records.
+    /// Verdicts taken from other probers' observation records (per refresh).
     pub accepted: AtomicU64,
-    /// Verdicts ignored: the author is not live or not a prober of that endpoint.
+    /// Verdicts ignored: the author is not live or not a prober of that endpoint (per refresh).
     pub ignored_not_prober: AtomicU64,
     /// Verdicts ignored: the record claims to live over [`MAX_OBSERVATION_LIFETIME_MS`].
     pub ignored_too_long: AtomicU64,
@@ -755,11 +760,22 @@ impl Health {
     pub fn to_json(&self) -> serde_json::Value {
         let table = self.lock();
         let n = |h: HealthState| table.values().filter(|s| s.health == h).count();
+        let o = &self.observations;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
             "tracked": table.len(),
             "healthy": n(HealthState::Healthy),
             "unknown": n(HealthState::Unknown),
             "unhealthy": n(HealthState::Unhealthy),
+            "probers_per_endpoint": self.config.probers,
+            "observations": {
+                "accepted": load(&o.accepted),
+                "ignored_not_prober": load(&o.ignored_not_prober),
+                "ignored_too_long": load(&o.ignored_too_long),
+                "published": load(&o.published),
+                "publish_failures": load(&o.publish_failures),
+                "unpublished": load(&o.unpublished),
+            },
         })
     }
 
