@@ -16,7 +16,7 @@ use crate::node::{self as dnode, now_ms, Node};
 use crate::store::DurableStore;
 use crate::{api, identity};
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use dpin_protocol::{Content, Endpoint, ZoneKey};
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
@@ -51,7 +51,9 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Run a node.
+    /// Run a node. Every flag can also come from a TOML file (--config) or an environment
+    /// variable DPIN_<FLAG> (e.g. DPIN_DATA_DIR); the command line wins, then the environment,
+    /// then the file.
     Node(NodeArgs),
     /// Sign a record locally and publish it through a node, never over a newer write.
     ///
@@ -238,7 +240,12 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// Data directory (store, identity key). Created if missing.
+    /// TOML file of settings: every key is a long flag of `dpin node` (see
+    /// deploy/dpin.example.toml); flags and DPIN_* variables override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (store, identity key, format version). Created if missing; a directory
+    /// written by a newer dpin is refused.
     #[arg(long)]
     data_dir: PathBuf,
     /// libp2p listen address; repeatable.
@@ -327,7 +334,18 @@ struct NodeArgs {
 /// Parses the command line, runs the command, prints a one-line error and exits non-zero on
 /// failure.
 pub fn main() {
-    let cli = Cli::parse();
+    let command = Cli::command().mut_subcommand("node", crate::config::with_env);
+    let argv = match crate::config::expand(std::env::args_os().collect(), &command) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dpin: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = match Cli::from_arg_matches(&command.get_matches_from(argv)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let json_errors = matches!(
         &cli.cmd,
         Cmd::Publish { json: true, .. }
@@ -509,8 +527,14 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    // Before anything in the dir is opened: a newer format is refused, an older upgraded.
+    let prepared = crate::datadir::prepare(&args.data_dir)?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        format = crate::datadir::CURRENT_FORMAT,
+        ?prepared,
+        "data dir ready"
+    );
     let keypair = identity::load_or_create(&args.data_dir.join("identity.key"))?;
     let offer_key = crate::offers::zone_key(&keypair)
         .context("the node identity is not an ed25519 key, so it cannot sign offers")?;

@@ -17,6 +17,8 @@
 //! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
 //!   compare-and-set one-step publishing, named deletions.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
+//! * [`datadir`] — the data dir's format version: open an older dir, refuse a newer one.
+//! * [`config`] — `dpin node --config FILE` (TOML), overridden by DPIN_* and flags.
 //! * [`cli`] — the command line (`keygen`, `node`, `publish`, `sign`, `resolve`, `status`,
 //!   `offers`, `put`, `get`, `blob`); `src/main.rs`
 //!   only calls [`cli::main`].
@@ -26,6 +28,8 @@ pub mod api;
 pub mod blobs;
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod datadir;
 pub mod dns;
 pub mod health;
 pub mod identity;

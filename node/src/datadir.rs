@@ -1,0 +1,266 @@
+//! The data dir's format version: what lets a newer `dpin` open an older node's data, or refuse
+//! it clearly instead of misreading it.
+//!
+//! A node's data dir holds its identity key (`identity.key`), its store (`store.redb`) and its
+//! blobs (`blobs/`). Their layout will change; a binary that opens a layout it does not know
+//! could lose the one thing dpin promises to keep (the highest seq of every name). So the dir
+//! carries a file, [`FORMAT_FILE`], with one line: the format number. [`prepare`] runs at
+//! node start, before the store opens, and:
+//!
+//! * a new or empty dir gets the current format written;
+//! * a dir from before the format file existed (it holds a store or an identity but no
+//!   format file) is format 1 — the layout of every release so far — and gets the file;
+//! * an older format is upgraded step by step ([`MIGRATIONS`]; there are none yet: format 1
+//!   is the first), and the file is rewritten only after every step succeeded;
+//! * a newer format than this binary knows is refused with an error that says which binary is
+//!   needed: a downgrade is never attempted.
+//!
+//! The file is replaced atomically (write a temporary file, fsync, rename, fsync the dir), so a
+//! crash leaves either the old or the new number, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The format file's name inside the data dir.
+pub const FORMAT_FILE: &str = "FORMAT";
+/// The format this binary writes.
+pub const CURRENT_FORMAT: u32 = 1;
+/// The oldest format this binary can upgrade from.
+pub const OLDEST_FORMAT: u32 = 1;
+/// Longest format file accepted (one number and a newline; more is not ours).
+const MAX_FORMAT_FILE: u64 = 64;
+/// Files whose presence marks a data dir written before the format file existed.
+const PRE_FORMAT_MARKERS: [&str; 3] = ["store.redb", "identity.key", "blobs"];
+
+/// One upgrade step: from format `from` to `from + 1`, in place.
+pub type Migration = fn(&Path) -> Result<(), DataDirError>;
+
+/// Upgrade steps, by the format they start from. Empty: format 1 is the first.
+pub const MIGRATIONS: &[(u32, Migration)] = &[];
+
+/// Why a data dir cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Reading or writing the dir failed.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The file or dir.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The format file holds something other than a format number.
+    #[error(
+        "{path} does not hold a dpin data format number ({found:?}); is this a dpin data dir?"
+    )]
+    Unreadable {
+        /// The format file.
+        path: PathBuf,
+        /// What it holds (cut short).
+        found: String,
+    },
+    /// Written by a newer dpin.
+    #[error(
+        "data dir {dir} has format {found}, newer than this dpin reads (up to {supported}); run the dpin release that wrote it (or a newer one), or restore a backup made by this release"
+    )]
+    TooNew {
+        /// The data dir.
+        dir: PathBuf,
+        /// Its format.
+        found: u32,
+        /// The newest this binary reads.
+        supported: u32,
+    },
+    /// Older than any format this binary can upgrade.
+    #[error(
+        "data dir {dir} has format {found}; this dpin upgrades formats {oldest} to {supported} only: upgrade through an intermediate dpin release first"
+    )]
+    TooOld {
+        /// The data dir.
+        dir: PathBuf,
+        /// Its format.
+        found: u32,
+        /// The oldest this binary upgrades.
+        oldest: u32,
+        /// The current format.
+        supported: u32,
+    },
+    /// A migration step is missing (a bug of this binary).
+    #[error("no upgrade step from data format {0}")]
+    NoMigration(u32),
+}
+
+/// What [`prepare`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// A new or empty dir: the current format was written.
+    Created,
+    /// The dir already had the current format.
+    Current,
+    /// A dir from before the format file: recognised as format 1 and marked.
+    Adopted,
+    /// Upgraded from an older format.
+    Upgraded {
+        /// The format found.
+        from: u32,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The format recorded in `dir`, or `None` if it has no format file.
+pub fn read_format(dir: &Path) -> Result<Option<u32>, DataDirError> {
+    let path = dir.join(FORMAT_FILE);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    if meta.len() > MAX_FORMAT_FILE {
+        return Err(DataDirError::Unreadable {
+            path,
+            found: format!("{} bytes", meta.len()),
+        });
+    }
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    text.trim()
+        .parse::<u32>()
+        .map(Some)
+        .map_err(|_| DataDirError::Unreadable {
+            path,
+            found: text.chars().take(32).collect(),
+        })
+}
+
+/// Writes `format` to `dir`'s format file atomically.
+pub fn write_format(dir: &Path, format: u32) -> Result<(), DataDirError> {
+    let path = dir.join(FORMAT_FILE);
+    let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(format!("{format}\n").as_bytes())
+            .map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Creates `dir` if needed and brings it to [`CURRENT_FORMAT`], or refuses it (see the module
+/// docs). Call before anything else in the dir is opened.
+pub fn prepare(dir: &Path) -> Result<Prepared, DataDirError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let found = match read_format(dir)? {
+        Some(f) => f,
+        None => {
+            let used = PRE_FORMAT_MARKERS.iter().any(|m| dir.join(m).exists());
+            write_format(dir, CURRENT_FORMAT)?;
+            return Ok(if used {
+                Prepared::Adopted
+            } else {
+                Prepared::Created
+            });
+        }
+    };
+    if found == CURRENT_FORMAT {
+        return Ok(Prepared::Current);
+    }
+    if found > CURRENT_FORMAT {
+        return Err(DataDirError::TooNew {
+            dir: dir.to_owned(),
+            found,
+            supported: CURRENT_FORMAT,
+        });
+    }
+    if found < OLDEST_FORMAT {
+        return Err(DataDirError::TooOld {
+            dir: dir.to_owned(),
+            found,
+            oldest: OLDEST_FORMAT,
+            supported: CURRENT_FORMAT,
+        });
+    }
+    for from in found..CURRENT_FORMAT {
+        let step = MIGRATIONS
+            .iter()
+            .find(|(f, _)| *f == from)
+            .map(|(_, m)| *m)
+            .ok_or(DataDirError::NoMigration(from))?;
+        step(dir)?;
+        // Each finished step is recorded, so a crash repeats at most the step under way.
+        write_format(dir, from + 1)?;
+    }
+    Ok(Prepared::Upgraded { from: found })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().expect("temp dir")
+    }
+
+    #[test]
+    fn a_new_dir_gets_the_current_format() -> Result<(), DataDirError> {
+        let t = tmp();
+        let dir = t.path().join("data");
+        assert_eq!(prepare(&dir)?, Prepared::Created);
+        assert_eq!(read_format(&dir)?, Some(CURRENT_FORMAT));
+        assert_eq!(prepare(&dir)?, Prepared::Current);
+        Ok(())
+    }
+
+    #[test]
+    fn a_dir_from_before_the_format_file_is_format_1() -> Result<(), DataDirError> {
+        let t = tmp();
+        std::fs::write(t.path().join("identity.key"), b"k").map_err(io(t.path()))?;
+        assert_eq!(prepare(t.path())?, Prepared::Adopted);
+        assert_eq!(read_format(t.path())?, Some(1));
+        Ok(())
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_and_left_alone() -> Result<(), DataDirError> {
+        let t = tmp();
+        write_format(t.path(), CURRENT_FORMAT + 1)?;
+        let err = prepare(t.path()).expect_err("must refuse");
+        assert!(matches!(err, DataDirError::TooNew { found, .. } if found == CURRENT_FORMAT + 1));
+        assert!(err.to_string().contains("newer than this dpin reads"));
+        assert_eq!(read_format(t.path())?, Some(CURRENT_FORMAT + 1));
+        Ok(())
+    }
+
+    #[test]
+    fn an_older_unknown_format_is_refused() -> Result<(), DataDirError> {
+        let t = tmp();
+        write_format(t.path(), 0)?;
+        assert!(matches!(
+            prepare(t.path()),
+            Err(DataDirError::TooOld { found: 0, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_in_the_format_file_is_a_clear_error() {
+        let t = tmp();
+        std::fs::write(t.path().join(FORMAT_FILE), b"two\n").expect("write");
+        assert!(matches!(
+            prepare(t.path()),
+            Err(DataDirError::Unreadable { .. })
+        ));
+        std::fs::write(t.path().join(FORMAT_FILE), vec![b'1'; 100]).expect("write");
+        assert!(matches!(
+            read_format(t.path()),
+            Err(DataDirError::Unreadable { .. })
+        ));
+    }
+}
