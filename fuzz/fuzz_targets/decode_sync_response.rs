@@ -15,7 +15,14 @@ fuzz_target!(|data: &[u8]| {
                 truncated,
             } => {
                 let store = MemStore::new();
-                let plan = plan_sync(&store, buckets, summaries, *truncated, None, 1_760_832_000_000);
+                let plan = plan_sync(
+                    &store,
+                    buckets,
+                    summaries,
+                    *truncated,
+                    None,
+                    1_760_832_000_000,
+                );
                 assert!(plan.push.is_empty(), "an empty store has nothing to push");
             }
             SyncResponse::Records { records } => {
