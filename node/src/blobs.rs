@@ -651,6 +651,11 @@ impl BlobStore {
             return Ok(());
         }
         self.has_room(data.len() as u64)?;
+        // A new chunk (a repair after corruption) is not durable yet: the next seal syncs.
+        match std::fs::remove_file(self.blob_dir(root).join("sealed")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         write_file(&path, data, false)?;
         self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(old) = old {
