@@ -97,6 +97,24 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many identify-reported addresses per peer go into the routing table, so a
 /// peer cannot flood it.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// First re-dial delay after a peer was lost. Short: after a partition heals or a paused peer
+/// resumes, the next fresh dial is what reconnects it (see [`Redial`]).
+const REDIAL_MIN: Duration = Duration::from_millis(200);
+/// Longest re-dial delay during the first [`REDIAL_FAST_FOR`]: a healed link is used again
+/// within about this long.
+const REDIAL_MAX: Duration = Duration::from_millis(800);
+/// How long a lost peer is re-dialled at the fast rate.
+const REDIAL_FAST_FOR: Duration = Duration::from_secs(60);
+/// Re-dial delay after that (a peer that stays away costs one dial per this interval).
+const REDIAL_SLOW: Duration = Duration::from_secs(5);
+/// A lost peer is given up after this long; discovery finds it again if it comes back.
+const REDIAL_GIVE_UP: Duration = Duration::from_secs(600);
+/// Most peers re-dialled at once (a bound, not a target).
+const MAX_REDIAL_PEERS: usize = 256;
+/// Most peers whose dialable addresses we remember for re-dialling.
+const MAX_ADDR_BOOK_PEERS: usize = 1024;
+/// How often the re-dial schedule is looked at (only while some peer is being re-dialled).
+const REDIAL_TICK: Duration = Duration::from_millis(50);
 
 /// Configuration of the network layer. Build it with [`NetConfig::new`] and adjust fields.
 #[derive(Clone, Debug)]
@@ -399,6 +417,10 @@ enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    Reconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -506,6 +528,16 @@ impl NetHandle {
     /// started; [`NetEvent::PeerConnected`] reports success.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Closes every connection to `peer` and re-dials it on a short, bounded, jittered
+    /// backoff until a connection is established again. The failure detector calls this when
+    /// it marks a connected peer down: a connection that went silent (a cut link, a paused
+    /// process) is stuck in TCP retransmission backoff — after a long cut the next
+    /// retransmission may be seconds away — while a fresh connection works as soon as packets
+    /// flow again.
+    pub async fn reconnect(&self, peer: PeerId) -> Result<(), NetError> {
+        self.call(|reply| Command::Reconnect { peer, reply }).await
     }
 
     /// Stops the event loop and closes all connections. Other handles then get
@@ -805,6 +837,8 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         pending_requests: HashMap::new(),
         counters: counters.clone(),
         listeners,
+        redial: HashMap::new(),
+        addr_book: HashMap::new(),
     };
 
     event_loop.wait_for_listen_addr().await?;
@@ -837,6 +871,60 @@ struct EventLoop {
     counters: Arc<Counters>,
     /// Listeners still open (used at start-up to fail if all of them die).
     listeners: HashSet<ListenerId>,
+    /// Peers lost (connection closed, or cut by [`NetHandle::reconnect`]) and being re-dialled.
+    redial: HashMap<PeerId, Redial>,
+    /// Dialable addresses of peers (identify's listen addresses, addresses we dialled), so a
+    /// lost peer can be re-dialled even after Kademlia dropped its failed addresses.
+    addr_book: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+/// Re-dial state of one lost peer.
+///
+/// Every attempt is a *fresh* dial (a new TCP connection with its own SYN), so the first
+/// attempt after a partition heals connects within one round trip, whatever backoff the old
+/// connection's retransmissions had reached. A dial into a cut link may hang for minutes in
+/// SYN retransmissions, and the swarm would not start another while one is pending, so at
+/// most two of our dials to a peer run at once: when an attempt finds two still pending, both
+/// are aborted first. Each dial thus gets up to two delays to complete (1.6 s at the fast
+/// rate: enough for a handshake over a slow WAN link), and a fresh SYN leaves at least every
+/// delay. Delays grow from [`REDIAL_MIN`] to [`REDIAL_MAX`] (jittered ±25 %, so peers that
+/// lost each other at the same moment do not dial in lockstep), then [`REDIAL_SLOW`] after
+/// [`REDIAL_FAST_FOR`]; after [`REDIAL_GIVE_UP`] the peer is left to discovery.
+#[derive(Debug)]
+struct Redial {
+    since: tokio::time::Instant,
+    next_at: tokio::time::Instant,
+    attempt: u32,
+    pending: Vec<libp2p::swarm::ConnectionId>,
+}
+
+impl Redial {
+    fn new(now: tokio::time::Instant, first_delay: Duration) -> Self {
+        Self {
+            since: now,
+            next_at: now + first_delay,
+            attempt: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Delay before the attempt after `self.attempt`, jittered.
+    fn delay(&self, now: tokio::time::Instant) -> Duration {
+        let base = if now.duration_since(self.since) >= REDIAL_FAST_FOR {
+            REDIAL_SLOW
+        } else {
+            REDIAL_MIN
+                .saturating_mul(1u32 << self.attempt.min(8))
+                .min(REDIAL_MAX)
+        };
+        jitter(base)
+    }
+}
+
+/// `d` scaled by a uniform factor in [0.75, 1.25].
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.75..=1.25))
 }
 
 impl EventLoop {
@@ -904,9 +992,14 @@ impl EventLoop {
     async fn run(mut self, discovery_interval: Duration) {
         let mut tick = tokio::time::interval(discovery_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial_tick = tokio::time::interval(REDIAL_TICK);
+        redial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                // Armed only while some peer is being re-dialled: an idle node never wakes
+                // for it.
+                _ = redial_tick.tick(), if !self.redial.is_empty() => self.redial_due(),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
                         let _ = reply.send(());
@@ -945,6 +1038,108 @@ impl EventLoop {
         match self.swarm.dial(opts) {
             Ok(()) => debug!(%peer, "dialing discovered peer"),
             Err(e) => debug!(%peer, error = %e, "not dialing discovered peer"),
+        }
+    }
+
+    /// Starts re-dialling `peer` (no-op if it already is, or the bound is reached).
+    fn start_redial(&mut self, peer: PeerId, first_delay: Duration) {
+        if peer == *self.swarm.local_peer_id()
+            || self.redial.contains_key(&peer)
+            || self.redial.len() >= MAX_REDIAL_PEERS
+        {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.redial.insert(peer, Redial::new(now, first_delay));
+    }
+
+    /// Closes every connection to `peer` (a silent connection is stuck in TCP backoff) and
+    /// re-dials it soon on a fresh one.
+    fn reconnect(&mut self, peer: PeerId) {
+        if self.swarm.disconnect_peer_id(peer).is_ok() {
+            info!(%peer, "closing a silent connection; re-dialling on a fresh one");
+        }
+        self.redial.remove(&peer);
+        self.start_redial(peer, jitter(REDIAL_MIN / 2));
+    }
+
+    /// One re-dial attempt for every peer that is due (see [`Redial`]).
+    fn redial_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<PeerId> = self
+            .redial
+            .iter()
+            .filter(|(_, r)| r.next_at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if self.swarm.is_connected(&peer) {
+                self.redial.remove(&peer);
+                continue;
+            }
+            let Some(r) = self.redial.get_mut(&peer) else {
+                continue;
+            };
+            if now.duration_since(r.since) >= REDIAL_GIVE_UP {
+                debug!(%peer, "giving up re-dialling; discovery may find it again");
+                self.redial.remove(&peer);
+                continue;
+            }
+            let abort = r.pending.len() >= 2;
+            if abort {
+                r.pending.clear();
+            }
+            r.next_at = now + r.delay(now);
+            r.attempt = r.attempt.saturating_add(1);
+            if abort {
+                // Aborts pending dials only: the peer has no established connection.
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            let addrs = self.addr_book.get(&peer).cloned().unwrap_or_default();
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::Disconnected)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    trace!(%peer, "re-dialling lost peer");
+                    if let Some(r) = self.redial.get_mut(&peer) {
+                        r.pending.push(id);
+                    }
+                }
+                Err(DialError::NoAddresses) => {
+                    debug!(%peer, "no address to re-dial; left to discovery");
+                    self.redial.remove(&peer);
+                }
+                Err(e) => debug!(%peer, error = %e, "re-dial not started"),
+            }
+        }
+    }
+
+    /// Remembers a dialable address of `peer` (bounded per peer and in peers).
+    fn remember_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        if !self.addr_book.contains_key(&peer) && self.addr_book.len() >= MAX_ADDR_BOOK_PEERS {
+            // Forget a peer we are not re-dialling (any: the book is a cache).
+            let victim = self
+                .addr_book
+                .keys()
+                .find(|p| !self.redial.contains_key(p))
+                .copied();
+            match victim {
+                Some(v) => {
+                    self.addr_book.remove(&v);
+                }
+                None => return,
+            }
+        }
+        let addrs = self.addr_book.entry(peer).or_default();
+        if !addrs.contains(&addr) {
+            if addrs.len() >= MAX_ADDRS_PER_PEER {
+                addrs.remove(0);
+            }
+            addrs.push(addr);
         }
     }
 
@@ -1079,6 +1274,10 @@ impl EventLoop {
                 };
                 let _ = reply.send(result.map_err(|e| NetError::Dial(e.to_string())));
             }
+            Command::Reconnect { peer, reply } => {
+                self.reconnect(peer);
+                let _ = reply.send(());
+            }
             // Handled in `run` because it ends the loop.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -1108,6 +1307,11 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
+                self.redial.remove(&peer_id);
+                if endpoint.is_dialer() {
+                    let (base, _) = split_peer_id(endpoint.get_remote_address());
+                    self.remember_addr(peer_id, base);
+                }
                 if num_established.get() == 1 {
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.emit(NetEvent::PeerConnected(peer_id));
@@ -1122,6 +1326,9 @@ impl EventLoop {
                 if num_established == 0 {
                     info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected(peer_id));
+                    // A lost peer (crashed and restarting, or behind a cut) is re-dialled;
+                    // one we closed on purpose already is (`reconnect`).
+                    self.start_redial(peer_id, jitter(REDIAL_MIN));
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -1143,7 +1350,14 @@ impl EventLoop {
                 }
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
+                if let Some(r) = peer_id.and_then(|p| self.redial.get_mut(&p)) {
+                    r.pending.retain(|c| *c != connection_id);
+                }
                 debug!(peer = ?peer_id, %error, "outgoing connection failed");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -1241,6 +1455,9 @@ impl EventLoop {
             // Only kad-capable peers belong in the routing table; their *listen* addresses
             // (not the ephemeral port they dialled us from) make them reachable for others.
             let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+            for addr in info.listen_addrs.iter().take(MAX_ADDRS_PER_PEER) {
+                self.remember_addr(peer_id, addr.clone());
+            }
             if info.protocols.contains(&kad_protocol) {
                 for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
                     self.swarm

@@ -8,10 +8,15 @@
 //! * gossip from peers — every message is run through the merge rule BEFORE gossipsub may
 //!   forward it: invalid → `Reject` (the sender's score drops), stale/duplicate → `Ignore`,
 //!   applied → `Accept`;
-//! * anti-entropy ([`sync_with`]) — on every new connection, when a peer comes back alive,
-//!   and every [`SYNC_INTERVAL`] with a rotating couple of peers, the protocol's session
-//!   compares digests and moves only differing records, so a node that was down or
-//!   partitioned catches up without anyone republishing.
+//! * anti-entropy ([`sync_with`]) — on every new connection, when a peer comes back alive
+//!   ([`Node::catch_up`]), and every [`SYNC_INTERVAL`] with a rotating couple of peers, the
+//!   protocol's session compares digests and moves only differing records, so a node that was
+//!   down or partitioned catches up without anyone republishing.
+//!
+//! A peer the failure detector marks down while its connection is still open (a cut link, a
+//! paused process) has that connection closed and is re-dialled on fresh ones
+//! ([`crate::net::NetHandle::reconnect`]): the old connection would sit in TCP retransmission
+//! backoff for seconds after the link heals.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,6 +50,11 @@ pub const KIND_BLOB: u8 = 1;
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Most concurrent anti-entropy sessions this node initiates.
 pub const MAX_CONCURRENT_SYNCS: usize = 4;
+/// How long the larger-id side of a reconnection waits for the smaller-id side's catch-up
+/// session before starting one itself (see [`Node::catch_up`]).
+pub const CATCH_UP_FALLBACK: Duration = Duration::from_millis(300);
+/// Peers whose last sync time is remembered (for the catch-up fallback).
+const MAX_LAST_SYNC_PEERS: usize = 1024;
 
 /// Current wall-clock time in Unix milliseconds: the one place the node reads the clock for the
 /// protocol.
@@ -195,6 +205,8 @@ pub struct Shared {
     /// Data directory.
     pub data_dir: PathBuf,
     sync_slots: tokio::sync::Semaphore,
+    /// When a sync session with each peer last started, either direction (monotonic ms).
+    last_sync: Mutex<BTreeMap<PeerId, u64>>,
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests.
     pub node_key: std::sync::OnceLock<dpin_protocol::ZoneKey>,
@@ -239,6 +251,7 @@ impl Node {
             started: Instant::now(),
             data_dir,
             sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
+            last_sync: Mutex::new(BTreeMap::new()),
             blobs,
             node_key: std::sync::OnceLock::new(),
         }))
@@ -360,13 +373,87 @@ impl Node {
 
     fn on_transition(&self, (peer, old, new): Transition<PeerId>) {
         tracing::info!(%peer, from = old.as_str(), to = new.as_str(), "peer liveness changed");
-        // One session settles both directions (it fetches and pushes), so of two peers that
-        // see each other come alive only one starts it: the one with the smaller id. Two
-        // sessions would move every differing record twice. The periodic rotation is the
-        // backstop if that session fails.
-        if new == PeerStatus::Alive && self.0.net.local_peer_id() < peer {
-            self.spawn_sync(peer);
+        match new {
+            PeerStatus::Alive => self.catch_up(peer),
+            PeerStatus::Down => {
+                let connected = lock(&self.0.detector)
+                    .peers()
+                    .get(&peer)
+                    .is_some_and(|p| p.connected);
+                if connected {
+                    // Silent but still connected: the connection is stuck (a cut link keeps
+                    // TCP in retransmission backoff for seconds after the heal). Close it and
+                    // let the network layer re-dial on fresh connections.
+                    let net = self.0.net.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = net.reconnect(peer).await {
+                            tracing::debug!(%peer, %e, "could not ask for a reconnect");
+                        }
+                    });
+                }
+            }
+            PeerStatus::Suspect => {}
         }
+    }
+
+    /// Anti-entropy with a peer that just came (back) alive, so whatever either side missed
+    /// while apart crosses at once instead of waiting for gossip (whose IHAVE window is 3 s)
+    /// or the periodic rotation.
+    ///
+    /// One session settles both directions (it fetches and pushes), so of two peers that see
+    /// each other come alive the one with the smaller id starts it at once; the other starts
+    /// one only if none ran within [`CATCH_UP_FALLBACK`] (the first side's sync slots were
+    /// busy, or it has not noticed yet), so records cross once in the normal case and still
+    /// cross if that session never happens. Catch-up sessions wait for a sync slot instead of
+    /// being dropped when all are busy (a healed node sees every peer come back at once).
+    fn catch_up(&self, peer: PeerId) {
+        let node = self.clone();
+        let first = self.0.net.local_peer_id() < peer;
+        // A session the other side started just before we noticed counts too.
+        let since = self
+            .mono_ms()
+            .saturating_sub(CATCH_UP_FALLBACK.as_millis() as u64);
+        tokio::spawn(async move {
+            if !first {
+                tokio::time::sleep(CATCH_UP_FALLBACK).await;
+                if node.synced_since(peer, since) {
+                    return;
+                }
+            }
+            let Ok(Ok(_permit)) =
+                tokio::time::timeout(SYNC_INTERVAL, node.0.sync_slots.acquire()).await
+            else {
+                return;
+            };
+            if !first && node.synced_since(peer, since) {
+                return;
+            }
+            node.note_synced(peer);
+            if let Err(e) = sync_with(&node, peer).await {
+                Metrics::inc(&node.0.metrics.sync_failures);
+                tracing::debug!(%peer, %e, "catch-up sync failed");
+            }
+        });
+    }
+
+    /// Records that a session with `peer` (either direction) started now.
+    fn note_synced(&self, peer: PeerId) {
+        let now = self.mono_ms();
+        let mut m = lock(&self.0.last_sync);
+        if !m.contains_key(&peer) && m.len() >= MAX_LAST_SYNC_PEERS {
+            // Bounded: forget the peer synced longest ago.
+            if let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                m.remove(&oldest);
+            }
+        }
+        m.insert(peer, now);
+    }
+
+    /// Whether a session with `peer` started at or after `since_ms`.
+    fn synced_since(&self, peer: PeerId, since_ms: u64) -> bool {
+        lock(&self.0.last_sync)
+            .get(&peer)
+            .is_some_and(|t| *t >= since_ms)
     }
 
     async fn on_gossip(
@@ -452,6 +539,7 @@ impl Node {
                 "unknown request kind {kind}"
             )))
         };
+        self.note_synced(peer);
         let req = match decoded {
             Ok(r) => r,
             Err(e) => {
@@ -535,6 +623,7 @@ impl Node {
             let Ok(_permit) = node.0.sync_slots.try_acquire() else {
                 return;
             };
+            node.note_synced(peer);
             if let Err(e) = sync_with(&node, peer).await {
                 Metrics::inc(&node.0.metrics.sync_failures);
                 tracing::debug!(%peer, %e, "sync round failed");

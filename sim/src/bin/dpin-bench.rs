@@ -1,0 +1,483 @@
+//! `dpin-bench` — side-by-side measurements of real `dpin node` processes.
+//!
+//! Two measurements, each run for one or more node binaries in ONE invocation, so "before"
+//! and "after" are compared on the same machine at the same time (FIELD-NOTES: runs of
+//! different minutes are noisy):
+//!
+//! * `dpin-bench idle --nodes 10,20,40 --dpin OLD --dpin NEW` (issue 16): starts N idle nodes
+//!   on loopback (`dpin node --no-probe`, each bootstrapping from node 1, no records), lets
+//!   them settle, then reads every node's CPU time from `/proc/PID/stat` over a window and
+//!   prints CPU per node (% of one core), RSS per node (`VmRSS`) and connections per node
+//!   (peers the node's `/v1/status` reports as connected), one row per (binary, N).
+//! * `dpin-bench heal --nodes 5 --rounds 6 --dpin OLD --dpin NEW` (issue 10's chaos finding):
+//!   needs root and iproute2. Builds the chaos harness's namespace topology
+//!   ([`dpin_sim::netns`]), partitions one node at a time by taking its peer link down (TCP
+//!   connections hang, as with a cut cable), writes a new record at node 1 during the cut,
+//!   heals, and measures how long after the heal the cut node (a) answers the new record and
+//!   (b) sees its peers alive again. Prints the per-round figures and the medians.
+//!
+//! Traffic stays on loopback (idle) or inside namespaces this process creates and deletes
+//! (heal, 198.18.0.0/15), as the project rules require.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use dpin_protocol::{Endpoint, Host, Transport, ZoneKey};
+use dpin_sim::cluster::{Cluster, ClusterOptions, Layout};
+use dpin_sim::netns::{self, Netns};
+use dpin_sim::nodeapi::Api;
+use dpin_sim::workload::make_record;
+
+#[derive(Parser)]
+#[command(name = "dpin-bench", about = "Side-by-side measurements of dpin node binaries")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Idle cost per node at several cluster sizes.
+    Idle {
+        /// Cluster sizes, comma separated.
+        #[arg(long, default_value = "10,20,40")]
+        nodes: String,
+        /// Node binaries to compare (repeat the flag); default: `dpin` next to this program.
+        #[arg(long)]
+        dpin: Vec<PathBuf>,
+        /// Seconds to let the cluster settle before measuring.
+        #[arg(long, default_value_t = 15)]
+        settle_s: u64,
+        /// Measurement window, seconds.
+        #[arg(long, default_value_t = 10)]
+        measure_s: u64,
+        /// Extra arguments for every `dpin node` (after `--no-probe`).
+        #[arg(long, allow_hyphen_values = true)]
+        node_arg: Vec<String>,
+    },
+    /// Time for a partitioned node to converge after its link comes back.
+    Heal {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Partition rounds per binary.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// How long each partition lasts, seconds (long enough for TCP to back off).
+        #[arg(long, default_value_t = 10)]
+        partition_s: u64,
+        /// Node binaries to compare (repeat the flag).
+        #[arg(long)]
+        dpin: Vec<PathBuf>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Idle {
+            nodes,
+            dpin,
+            settle_s,
+            measure_s,
+            node_arg,
+        } => runtime().and_then(|rt| {
+            rt.block_on(idle(
+                &nodes,
+                binaries(dpin)?,
+                settle_s,
+                measure_s,
+                node_arg,
+            ))
+        }),
+        Cmd::Heal {
+            nodes,
+            rounds,
+            partition_s,
+            dpin,
+        } => heal_main(nodes, rounds, partition_s, dpin),
+    };
+    if let Err(e) = code {
+        eprintln!("dpin-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn binaries(given: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    Ok(vec![dpin_sim::cluster::default_dpin()?])
+}
+
+fn base_dir(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dpin-bench-{what}-{}", std::process::id()))
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (`getconf CLK_TCK`, 100 if unknown).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident set size in MB.
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Connected peers per `/v1/status`.
+async fn connections(http: &reqwest::Client, api: SocketAddr) -> Option<usize> {
+    let body: serde_json::Value = http
+        .get(format!("http://{api}/v1/status"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        body.get("peers")?
+            .as_array()?
+            .iter()
+            .filter(|p| p.get("connected").and_then(serde_json::Value::as_bool) == Some(true))
+            .count(),
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+struct IdleRow {
+    bin: String,
+    n: usize,
+    cpu_per_node: f64,
+    cpu_max: f64,
+    rss_per_node: f64,
+    rss_max: f64,
+    conns_per_node: f64,
+    conns_max: usize,
+}
+
+async fn idle(
+    sizes: &str,
+    bins: Vec<PathBuf>,
+    settle_s: u64,
+    measure_s: u64,
+    extra: Vec<String>,
+) -> Result<()> {
+    let sizes: Vec<usize> = sizes
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("--nodes wants a comma-separated list of sizes")?;
+    if sizes.iter().any(|&n| n == 0 || n > 200) {
+        bail!("cluster sizes must be in 1..=200");
+    }
+    let ticks = clock_ticks();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        for bin in &bins {
+            let dir = base_dir(&format!("idle-{n}"));
+            let mut node_args = vec!["--no-probe".to_owned()];
+            node_args.extend(extra.iter().cloned());
+            let opts = ClusterOptions {
+                dpin: bin.clone(),
+                base_dir: dir.clone(),
+                nodes: n,
+                dns: false,
+                layout: Layout::Loopback,
+                node_args,
+                faketime: None,
+            };
+            eprintln!("dpin-bench: {n} idle nodes of {}", bin.display());
+            let mut cluster = Cluster::start(&opts).await?;
+            tokio::time::sleep(Duration::from_secs(settle_s)).await;
+            let pids: Vec<u32> = cluster.nodes.iter().filter_map(|p| p.pid()).collect();
+            let t0 = Instant::now();
+            let before: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+            tokio::time::sleep(Duration::from_secs(measure_s)).await;
+            let after: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+            let secs = t0.elapsed().as_secs_f64();
+            let cpu: Vec<f64> = before
+                .iter()
+                .zip(&after)
+                .filter_map(|(b, a)| Some((a.as_ref()? - b.as_ref()?) as f64 / ticks / secs * 100.0))
+                .collect();
+            let rss: Vec<f64> = pids.iter().filter_map(|&p| rss_mb(p)).collect();
+            let mut conns = Vec::new();
+            for api in cluster.apis() {
+                if let Some(c) = connections(&http, api).await {
+                    conns.push(c);
+                }
+            }
+            cluster.shutdown().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            rows.push(IdleRow {
+                bin: bin.display().to_string(),
+                n,
+                cpu_per_node: mean(&cpu),
+                cpu_max: cpu.iter().copied().fold(0.0, f64::max),
+                rss_per_node: mean(&rss),
+                rss_max: rss.iter().copied().fold(0.0, f64::max),
+                conns_per_node: conns.iter().sum::<usize>() as f64 / conns.len().max(1) as f64,
+                conns_max: conns.iter().copied().max().unwrap_or(0),
+            });
+            if cpu.len() != n || rss.len() != n || conns.len() != n {
+                eprintln!(
+                    "dpin-bench: warning: measured cpu {} / rss {} / status {} of {n} nodes",
+                    cpu.len(),
+                    rss.len(),
+                    conns.len()
+                );
+            }
+        }
+    }
+    println!(
+        "idle cost per node: settle {settle_s} s, window {measure_s} s, `dpin node --no-probe`, loopback"
+    );
+    println!(
+        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | conns/node (mean) | conns max |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            r.bin,
+            r.n,
+            r.cpu_per_node,
+            r.cpu_max,
+            r.cpu_per_node * r.n as f64,
+            r.rss_per_node,
+            r.rss_max,
+            r.conns_per_node,
+            r.conns_max
+        );
+    }
+    Ok(())
+}
+
+fn heal_main(nodes: usize, rounds: usize, partition_s: u64, dpin: Vec<PathBuf>) -> Result<()> {
+    if nodes < 3 {
+        bail!("--nodes must be at least 3");
+    }
+    if !netns::available() {
+        bail!("the heal measurement needs root and iproute2 (network namespaces)");
+    }
+    let bins = binaries(dpin)?;
+    netns::remove_stale();
+    // Enter the hub before any thread exists (threads inherit the namespace).
+    let ns = Netns::create(nodes)?;
+    ns.enter_hub()?;
+    let rt = runtime()?;
+    let result = rt.block_on(heal(&ns, nodes, rounds, partition_s, &bins));
+    drop(rt);
+    drop(ns);
+    result
+}
+
+struct HealRound {
+    node: usize,
+    visible_ms: Option<f64>,
+    alive_ms: Option<f64>,
+}
+
+async fn heal(
+    ns: &Netns,
+    nodes: usize,
+    rounds: usize,
+    partition_s: u64,
+    bins: &[PathBuf],
+) -> Result<()> {
+    let api = Api::new()?;
+    let key = ZoneKey::from_seed([0x5a; 32]);
+    let mut table: Vec<(String, Vec<HealRound>)> = Vec::new();
+    for bin in bins {
+        let dir = base_dir("heal");
+        let opts = ClusterOptions {
+            dpin: bin.clone(),
+            base_dir: dir.clone(),
+            nodes,
+            dns: false,
+            layout: Layout::Netns {
+                namespaces: (1..=nodes).map(|k| ns.node_ns(k)).collect(),
+                data: (1..=nodes).map(|k| ns.data_addr(k)).collect(),
+                mgmt: (1..=nodes).map(|k| ns.mgmt_addr(k)).collect(),
+            },
+            node_args: vec![
+                "--no-probe".to_owned(),
+                "--expected-nodes".to_owned(),
+                nodes.to_string(),
+            ],
+            faketime: None,
+        };
+        eprintln!("dpin-bench: heal, {nodes} nodes of {}", bin.display());
+        let mut cluster = Cluster::start(&opts).await?;
+        let result = heal_rounds(&cluster, ns, &api, &key, nodes, rounds, partition_s).await;
+        for k in 1..=nodes {
+            let _ = ns.set_isolated(k, false);
+        }
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        table.push((bin.display().to_string(), result?));
+    }
+    println!(
+        "heal: {nodes} nodes in network namespaces; each round cuts one node's peer link for {partition_s} s, writes at node 1 during the cut, heals, and polls the cut node every 10 ms"
+    );
+    println!("| binary | round | node | heal -> record visible ms | heal -> all peers alive ms |");
+    println!("|---|---|---|---|---|");
+    let show = |v: Option<f64>| v.map_or("timeout".to_owned(), |x| format!("{x:.0}"));
+    for (bin, rs) in &table {
+        for (i, r) in rs.iter().enumerate() {
+            println!(
+                "| {bin} | {} | {} | {} | {} |",
+                i + 1,
+                r.node,
+                show(r.visible_ms),
+                show(r.alive_ms)
+            );
+        }
+    }
+    println!("| binary | median visible ms | max visible ms | median alive ms | max alive ms |");
+    println!("|---|---|---|---|---|");
+    for (bin, rs) in &table {
+        let mut vis: Vec<f64> = rs.iter().filter_map(|r| r.visible_ms).collect();
+        let mut alive: Vec<f64> = rs.iter().filter_map(|r| r.alive_ms).collect();
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        println!(
+            "| {bin} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            median(&mut vis),
+            max(&vis),
+            median(&mut alive),
+            max(&alive)
+        );
+    }
+    Ok(())
+}
+
+async fn heal_rounds(
+    cluster: &Cluster,
+    ns: &Netns,
+    api: &Api,
+    key: &ZoneKey,
+    nodes: usize,
+    rounds: usize,
+    partition_s: u64,
+) -> Result<Vec<HealRound>> {
+    let apis = cluster.apis();
+    if !cluster
+        .wait_connected(api, nodes - 1, Duration::from_secs(30))
+        .await
+    {
+        bail!("the cluster did not connect fully within 30 s");
+    }
+    let writer = apis[0];
+    let label = "heal";
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        // Cut nodes 2..=N in turn (node 1 takes the writes).
+        let k = 2 + r % (nodes - 1);
+        let target = apis[k - 1];
+        ns.set_isolated(k, true)?;
+        // Let the cut node's detector and TCP notice, as in a real cut.
+        tokio::time::sleep(Duration::from_secs(partition_s / 2)).await;
+        let seq = (r + 1) as u64;
+        let rec = make_record(
+            key,
+            label,
+            seq,
+            vec![Endpoint {
+                host: Host::V4([127, 0, 0, (seq % 250) as u8 + 1]),
+                port: 8000,
+                transport: Transport::Tcp,
+                weight: 1,
+            }],
+            3_600_000,
+        )
+        .map_err(|e| anyhow!("cannot sign: {e}"))?;
+        let w = api.publish(writer, &rec, Duration::from_secs(5)).await;
+        if !w.outcome.is_ack() {
+            bail!("round {}: write at node 1 not acknowledged: {:?}", r + 1, w.detail);
+        }
+        tokio::time::sleep(Duration::from_secs(partition_s - partition_s / 2)).await;
+        let name = rec.name();
+        let healed = Instant::now();
+        ns.set_isolated(k, false)?;
+        let deadline = healed + Duration::from_secs(30);
+        let (mut visible, mut alive) = (None, None);
+        while Instant::now() < deadline && (visible.is_none() || alive.is_none()) {
+            if visible.is_none() {
+                let got = api.resolve(target, &name, Duration::from_millis(500)).await;
+                if got.seq.is_some_and(|s| s >= seq) {
+                    visible = Some(healed.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            if alive.is_none() {
+                if let Some(s) = api.status(target, Duration::from_millis(500)).await {
+                    if s.peers_alive >= nodes - 1 {
+                        alive = Some(healed.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!(
+            "dpin-bench: round {} node {k}: visible {:?} ms, alive {:?} ms",
+            r + 1,
+            visible,
+            alive
+        );
+        out.push(HealRound {
+            node: k,
+            visible_ms: visible,
+            alive_ms: alive,
+        });
+        // Let everything settle before the next cut.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    Ok(out)
+}
