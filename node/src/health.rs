@@ -44,8 +44,9 @@
 //!   [`HealthConfig::max_endpoints`]. The cap is filled round-robin over zones (one endpoint
 //!   per zone per round), in an order keyed by a per-process random hash, so a zone with many
 //!   endpoints (or one whose key sorts first) cannot push the others out.
-//! * Each endpoint is due once per interval with ±20 % jitter; failing endpoints back off to at
-//!   most twice the interval (a recovered service is noticed within two intervals).
+//! * Each endpoint is due once per prober period (the interval, or `interval × k/2` when `k`
+//!   nodes share it, see below) with ±20 % jitter; failing endpoints back off to at most twice
+//!   the period (a recovered service is noticed within two periods).
 //! * At most [`HealthConfig::max_concurrent`] probes run at once, at most
 //!   [`HealthConfig::max_probes_per_tick`] start per 100 ms tick, and at most
 //!   [`HealthConfig::max_in_flight_per_zone`] belong to one zone. Due probes are started
