@@ -1145,3 +1145,40 @@ async fn blob_info(client: &Client, hash: &str, json_out: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod config_file_tests {
+    use super::*;
+
+    /// Every `dpin node` flag is a config key documented in deploy/dpin.example.toml, and the
+    /// keys the example sets are accepted.
+    #[test]
+    fn every_node_flag_is_a_documented_key_of_the_example_config() {
+        let example = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/dpin.example.toml"
+        ));
+        let cmd = Cli::command().mut_subcommand("node", crate::config::with_env);
+        let node = cmd.find_subcommand("node").expect("node subcommand");
+        for a in node.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            if long == "help" || long == "config" {
+                continue;
+            }
+            let documented = example.lines().any(|l| {
+                l.trim_start_matches('#')
+                    .trim()
+                    .starts_with(&format!("{long} ="))
+            });
+            assert!(
+                documented,
+                "deploy/dpin.example.toml does not document `{long}`"
+            );
+        }
+        let table: toml::Table = toml::from_str(example).expect("the example parses");
+        let args =
+            crate::config::args_from_table(Path::new("example"), &table, node, &[], |_| false)
+                .expect("the example's keys are node flags");
+        assert_eq!(args, ["--data-dir", "/var/lib/dpin"]);
+    }
+}

@@ -1158,18 +1158,28 @@ async fn progress(ctx: Ctx, duration: Duration) {
         let faults = if active.is_empty() {
             "none".to_owned()
         } else {
-            active
+            let left = |f: &workload::ActiveFault| ((f.until_ms - now_ms) / 1000.0).max(0.0);
+            // A group partition is one fault: its side A, then the count of side B.
+            let side_a: Vec<String> = active
                 .iter()
-                .map(|f| {
-                    format!(
-                        "{} n{} ({:.1}s left)",
-                        f.kind.as_str(),
-                        f.node,
-                        ((f.until_ms - now_ms) / 1000.0).max(0.0)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+                .filter(|f| f.group == Some(0))
+                .map(|f| format!("n{}", f.node))
+                .collect();
+            let side_b = active.iter().filter(|f| f.group == Some(1)).count();
+            let mut parts: Vec<String> = active
+                .iter()
+                .filter(|f| f.group.is_none())
+                .map(|f| format!("{} n{} ({:.1}s left)", f.kind.as_str(), f.node, left(f)))
+                .collect();
+            if let Some(f) = active.iter().find(|f| f.group.is_some()) {
+                parts.push(format!(
+                    "{} A [{}] | B {side_b} nodes ({:.1}s left)",
+                    f.kind.as_str(),
+                    side_a.join(" "),
+                    left(f)
+                ));
+            }
+            parts.join(", ")
         };
         let line = format!(
             "[{:>5.1}/{:.0}s] ops {} | reads ok {} no-answer {} | failed {} empty {} | acked writes {} stale refused {} | fault: {}",

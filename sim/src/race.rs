@@ -367,7 +367,8 @@ async fn round(
     name: &NameSpec,
     id: u64,
 ) -> bool {
-    // Who is reachable: killed and paused nodes answer no client; a partitioned node does.
+    // Who is reachable: killed, paused and restarting nodes answer no client; a partitioned
+    // node does.
     let active = ctx
         .rec
         .active
@@ -375,9 +376,13 @@ async fn round(
         .map(|a| a.clone())
         .unwrap_or_else(|p| p.into_inner().clone());
     let down = |node: usize| {
-        active
-            .iter()
-            .any(|f| f.node == node && matches!(f.kind, FaultKind::Kill | FaultKind::Pause))
+        active.iter().any(|f| {
+            f.node == node
+                && matches!(
+                    f.kind,
+                    FaultKind::Kill | FaultKind::Pause | FaultKind::Restart
+                )
+        })
     };
     let partitioned: Vec<&Target> = ctx
         .targets
