@@ -10,8 +10,8 @@
 //! | POST | `/v1/blobs?replicas=K` | raw body: store a file on K storage nodes → `{"hash","size","chunks","holders"}` |
 //! | GET | `/v1/blobs/{hash}` | the file's bytes, every chunk verified, fetched from any live holder |
 //! | GET | `/v1/blobs/{hash}/info` | manifest, chunk index (hex) and which nodes hold how many chunks |
-//! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest |
-//! | GET | `/metrics` | counters in Prometheus text format |
+//! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest, each module's counters |
+//! | GET | `/metrics` | counters in Prometheus text format: node, probes, HTTP, DNS, blobs, offers |
 //!
 //! Bodies over [`MAX_BODY_BYTES`] get 413 before they are read in full. Every error, including
 //! an unknown path (404), a wrong method (405) and a rejected query string or body, has the JSON
@@ -494,6 +494,8 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         "counters": node.0.metrics.to_json(),
         "endpoints": node.0.health.to_json(),
         "dns": crate::dns::stats().to_json(),
+        "blobs": node.blobs().stats.to_json(),
+        "offers": crate::offers::OfferStats::of(&node, now).to_json(),
     }))
 }
 
@@ -502,6 +504,8 @@ async fn metrics(State(node): State<Node>) -> String {
     out.push_str(&node.0.health.render());
     out.push_str(&http_stats().render());
     out.push_str(&crate::dns::stats().render());
+    out.push_str(&node.blobs().stats.render());
+    out.push_str(&crate::offers::OfferStats::of(&node, now_ms()).render());
     out
 }
 
