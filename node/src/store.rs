@@ -108,6 +108,13 @@ impl DurableStore {
         self.corrupt_on_load
     }
 
+    /// Sets the admission quota for new names (see [`dpin_protocol::store::Quota`]; the
+    /// default is [`dpin_protocol::store::DEFAULT_QUOTA`]). Names already held, loaded from
+    /// disk or not, are never dropped, even above a lower quota.
+    pub fn set_quota(&mut self, quota: dpin_protocol::store::Quota) {
+        self.mem.set_quota(quota);
+    }
+
     /// The in-memory index (reads never touch the disk).
     pub fn mem(&self) -> &MemStore {
         &self.mem
@@ -143,7 +150,9 @@ impl DurableStore {
     }
 
     fn reload(&mut self) -> Result<(), StoreError> {
-        let mut mem = MemStore::new().with_retention(self.mem.retention_ms());
+        let mut mem = MemStore::new()
+            .with_retention(self.mem.retention_ms())
+            .with_quota(self.mem.quota());
         let mut corrupt = 0;
         let r = self.db.begin_read()?;
         let table = r.open_table(ENTRIES)?;
@@ -186,6 +195,10 @@ impl Store for DurableStore {
 
     fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)> {
         self.mem.bucket_entries(bucket)
+    }
+
+    fn admit(&self, name: &str, entry: &Entry) -> Result<(), dpin_protocol::error::AdmissionError> {
+        self.mem.admit(name, entry)
     }
 
     fn bucket_entries_after(

@@ -94,9 +94,63 @@ pub enum ValidationError {
     /// An offer field is out of range (free space above capacity, zero cores, long region...).
     #[error("invalid offer: {0}")]
     BadOffer(&'static str),
+    /// The record is valid, but this store's admission quota has no room for it (see
+    /// [`crate::store::Quota`]). Not evidence against the sender: another node may have room.
+    #[error("store quota: {0}")]
+    Admission(AdmissionError),
+}
+
+/// Why a store's admission quota refused a new name (see [`crate::store::Quota`]). Only new
+/// names are ever refused: updates of names already held always merge, and nothing held is
+/// ever evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AdmissionError {
+    /// The store is at its new-zone threshold: a zone it holds nothing of is refused (the rest
+    /// of the quota is kept for zones already held). An API maps this to 507.
+    #[error("store is full for new zones ({names} names, {bytes} bytes held)")]
+    NewZone {
+        /// Names held.
+        names: usize,
+        /// Bytes held.
+        bytes: u64,
+    },
+    /// The store is at its hard limit: no new name is admitted in any zone.
+    #[error("store is full ({names} names, {bytes} bytes held)")]
+    StoreFull {
+        /// Names held.
+        names: usize,
+        /// Bytes held.
+        bytes: u64,
+    },
+    /// The record's zone is at its per-zone quota.
+    #[error("zone is full ({names} names, {bytes} bytes held)")]
+    ZoneFull {
+        /// Names held in the zone.
+        names: usize,
+        /// Bytes held in the zone.
+        bytes: u64,
+    },
+}
+
+impl AdmissionError {
+    /// A short stable name for counters (`reason` label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdmissionError::NewZone { .. } => "store_full_new_zone",
+            AdmissionError::StoreFull { .. } => "store_full",
+            AdmissionError::ZoneFull { .. } => "zone_full",
+        }
+    }
 }
 
 impl ValidationError {
+    /// Whether this is a store quota refusal ([`ValidationError::Admission`]): the record is
+    /// valid, this node has no room. Not evidence against the sender (gossip ignores it, no
+    /// penalty), and an API answers 507 Insufficient Storage.
+    pub fn is_admission_refusal(&self) -> bool {
+        matches!(self, ValidationError::Admission(_))
+    }
+
     /// Whether the refusal depends on the validating node's clock (expiry too far ahead, seq
     /// above the ceiling, already expired). Such a record may be fine at a node whose clock
     /// is right: it is not evidence that the sender misbehaves, and the same record becomes

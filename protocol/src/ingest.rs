@@ -15,8 +15,9 @@
 //!   message. A record that changed the store is accepted (forwarded); a duplicate, a stale
 //!   record or a lost tie-break is ignored (not forwarded, no penalty: an honest peer can be
 //!   late); an invalid record is rejected (dropped, and the sender's score drops) — except
-//!   when it is refused only because of *our* clock ([`crate::ValidationError::is_clock_dependent`]),
-//!   which is not evidence against the sender.
+//!   when it is refused only because of *our* clock ([`crate::ValidationError::is_clock_dependent`])
+//!   or *our* store quota ([`crate::ValidationError::is_admission_refusal`]), which is not
+//!   evidence against the sender.
 
 use std::collections::BTreeMap;
 
@@ -54,7 +55,9 @@ pub enum Dropped {
 /// The verdict for a record whose merge `outcome` is known.
 pub fn verdict(outcome: &Outcome) -> Verdict {
     match outcome {
-        Outcome::Invalid(e) if e.is_clock_dependent() => Verdict::Ignore,
+        Outcome::Invalid(e) if e.is_clock_dependent() || e.is_admission_refusal() => {
+            Verdict::Ignore
+        }
         Outcome::Invalid(_) => Verdict::Reject,
         o if o.changed_store() => Verdict::Accept,
         _ => Verdict::Ignore,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use crate::digest::{bucket_of, entry_digest, StoreDigest, BUCKETS};
-use crate::error::ValidationError;
+use crate::error::{AdmissionError, ValidationError};
 use crate::merge::{decide, Decision, Floor, Outcome};
 use crate::record::{verify_batch, Freshness, SignedRecord};
 use crate::{MAX_CLOCK_SKEW_MS, MAX_NODE_CLOCK_SKEW_MS, MAX_TTL_MS};
@@ -44,6 +44,126 @@ pub const COMPACTION_GRACE_MS: u64 = 24 * 3600 * 1000;
 /// [`Outcome::Restored`]) once the clock is corrected.
 pub const DEFAULT_BODY_RETENTION_MS: u64 =
     MAX_TTL_MS + MAX_CLOCK_SKEW_MS + MAX_NODE_CLOCK_SKEW_MS + COMPACTION_GRACE_MS;
+
+/// Admission quotas of a store. Only a *new name* can be refused; an update of a name already
+/// held always merges (it adds no name, and at most [`crate::MAX_RECORD_BYTES`] of body), and
+/// nothing held — least of all a live name's winner — is ever evicted to make room. Zones
+/// cost nothing to create, so without a quota anyone can grow every node without bound.
+///
+/// Three thresholds, checked in this order for a new name:
+/// * the name's zone holds [`Quota::max_names_per_zone`] names or
+///   [`Quota::max_bytes_per_zone`] bytes: refused ([`AdmissionError::ZoneFull`]);
+/// * the zone is new to this store and the store is at `1 − 1/`[`Quota::new_zone_reserve`] of
+///   either store limit: refused ([`AdmissionError::NewZone`]; an API answers 507). The last
+///   share is kept for zones already held, so a flood of fresh zones cannot lock out the
+///   store's existing writers;
+/// * the store holds [`Quota::max_names`] names or [`Quota::max_bytes`] bytes: refused
+///   ([`AdmissionError::StoreFull`]).
+///
+/// Bytes are a name's length plus its body's encoded length (0 once compacted). Compacted
+/// floors count as names: they are kept forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Most names held (floors included).
+    pub max_names: usize,
+    /// Most bytes held (names plus bodies).
+    pub max_bytes: u64,
+    /// Most names one zone may hold.
+    pub max_names_per_zone: usize,
+    /// Most bytes one zone may hold.
+    pub max_bytes_per_zone: u64,
+    /// New zones are refused once the store is within `1/new_zone_reserve` of a limit
+    /// (0 or 1: no reserve).
+    pub new_zone_reserve: u32,
+}
+
+/// Default store quota: 1 000 000 names and 1 GiB of names and bodies.
+///
+/// Memory of a store at its quota: bodies and names at most `max_bytes` (1 GiB), plus about
+/// 200 bytes of index per name (map node, entry, per-zone counter; about 200 MB for 1 M
+/// names), so about 1.2 GiB; the node's redb file holds the same entries with a 42-byte
+/// header each, about 1.1 GiB plus redb's own overhead. Updates of held names may add at
+/// most `MAX_RECORD_BYTES` each on top of `max_bytes` (bounded by `max_names × 4 KiB`).
+pub const DEFAULT_QUOTA: Quota = Quota {
+    max_names: 1_000_000,
+    max_bytes: 1 << 30,
+    max_names_per_zone: 100_000,
+    max_bytes_per_zone: 64 << 20,
+    new_zone_reserve: 16,
+};
+
+impl Default for Quota {
+    fn default() -> Self {
+        DEFAULT_QUOTA
+    }
+}
+
+impl Quota {
+    /// No limit at all (the simulator and tests that measure other things).
+    pub const UNLIMITED: Quota = Quota {
+        max_names: usize::MAX,
+        max_bytes: u64::MAX,
+        max_names_per_zone: usize::MAX,
+        max_bytes_per_zone: u64::MAX,
+        new_zone_reserve: 0,
+    };
+
+    /// Whether a new name of `bytes` bytes may join, given the store's and its zone's usage
+    /// (`zone` is `None` if the store holds nothing of the zone).
+    pub fn admit(
+        &self,
+        store: Usage,
+        zone: Option<Usage>,
+        bytes: u64,
+    ) -> Result<(), AdmissionError> {
+        let z = zone.unwrap_or_default();
+        if z.names >= self.max_names_per_zone
+            || z.bytes.saturating_add(bytes) > self.max_bytes_per_zone
+        {
+            return Err(AdmissionError::ZoneFull {
+                names: z.names,
+                bytes: z.bytes,
+            });
+        }
+        let after = store.bytes.saturating_add(bytes);
+        if zone.is_none() && self.new_zone_reserve > 1 {
+            let r = self.new_zone_reserve;
+            let names_cap = self.max_names - self.max_names / r as usize;
+            let bytes_cap = self.max_bytes - self.max_bytes / u64::from(r);
+            if store.names >= names_cap || after > bytes_cap {
+                return Err(AdmissionError::NewZone {
+                    names: store.names,
+                    bytes: store.bytes,
+                });
+            }
+        }
+        if store.names >= self.max_names || after > self.max_bytes {
+            return Err(AdmissionError::StoreFull {
+                names: store.names,
+                bytes: store.bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Names and bytes held (a whole store or one zone), as [`Quota`] counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Names (floors included).
+    pub names: usize,
+    /// Name bytes plus body bytes.
+    pub bytes: u64,
+}
+
+/// The zone part of a name (`label.zone`: labels have no dot).
+pub fn zone_of(name: &str) -> &str {
+    name.split_once('.').map_or(name, |(_, z)| z)
+}
+
+fn entry_bytes(name: &str, entry: &Entry) -> u64 {
+    (name.len() + entry.bytes.as_ref().map_or(0, |b| b.len())) as u64
+}
 
 /// What a store holds for one name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +256,14 @@ pub trait Store {
 
     /// Number of names known (including compacted floors).
     fn len(&self) -> usize;
+
+    /// Whether a new name (not held yet) may join this store with `entry`: the store's
+    /// admission quota ([`Quota`]). The merge path asks before it stores a name it does not
+    /// hold; updates of held names never ask. The default admits everything.
+    fn admit(&self, name: &str, entry: &Entry) -> Result<(), AdmissionError> {
+        let _ = (name, entry);
+        Ok(())
+    }
 
     /// How long past expiry this store keeps winners' bodies. Production stores keep
     /// [`DEFAULT_BODY_RETENTION_MS`]; a shorter retention (tests, chaos runs with short TTLs)
@@ -285,6 +413,11 @@ fn apply_validated<S: Store + ?Sized>(
         }
     }
     let have = held.map_or(0, |f| f.seq);
+    if held_entry.is_none() && matches!(decision, Decision::Apply | Decision::ApplyConflict) {
+        if let Err(e) = store.admit(&name, &Entry::from_record(record)) {
+            return Ok(Outcome::Invalid(ValidationError::Admission(e)));
+        }
+    }
     Ok(match decision {
         Decision::Apply => {
             store.put_entry(&name, Entry::from_record(record))?;
@@ -335,6 +468,10 @@ pub struct MemStore {
     /// The digest of `buckets`, computed at most once per change: every sync request and
     /// answer asks for it, and rebuilding the root hashes all 256 buckets.
     digest: std::sync::OnceLock<StoreDigest>,
+    quota: Quota,
+    usage: Usage,
+    /// Usage per zone (zone id text); a zone leaves the map when it holds nothing.
+    zones: BTreeMap<Box<str>, Usage>,
 }
 
 impl Default for MemStore {
@@ -344,6 +481,9 @@ impl Default for MemStore {
             buckets: Box::new([[0u8; 32]; BUCKETS]),
             retention_ms: DEFAULT_BODY_RETENTION_MS,
             digest: std::sync::OnceLock::new(),
+            quota: DEFAULT_QUOTA,
+            usage: Usage::default(),
+            zones: BTreeMap::new(),
         }
     }
 }
@@ -360,6 +500,60 @@ impl MemStore {
     pub fn with_retention(mut self, retention_ms: u64) -> Self {
         self.retention_ms = retention_ms;
         self
+    }
+
+    /// Admits new names under `quota` instead of [`DEFAULT_QUOTA`].
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Changes the admission quota (held names are never dropped, even above a lower quota).
+    pub fn set_quota(&mut self, quota: Quota) {
+        self.quota = quota;
+    }
+
+    /// The admission quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Names and bytes held, as the quota counts them.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Names and bytes held in zone `zone` (zone id text).
+    pub fn zone_usage(&self, zone: &str) -> Usage {
+        self.zones.get(zone).copied().unwrap_or_default()
+    }
+
+    /// Zones holding at least one name.
+    pub fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+
+    fn account(&mut self, name: &str, entry: &Entry, add: bool) {
+        let bytes = entry_bytes(name, entry);
+        let zone = zone_of(name);
+        let apply = |u: &mut Usage| {
+            if add {
+                u.names += 1;
+                u.bytes = u.bytes.saturating_add(bytes);
+            } else {
+                u.names = u.names.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(bytes);
+            }
+        };
+        apply(&mut self.usage);
+        if add {
+            apply(self.zones.entry(zone.into()).or_default());
+        } else if let Some(u) = self.zones.get_mut(zone) {
+            apply(u);
+            if u.names == 0 {
+                self.zones.remove(zone);
+            }
+        }
     }
 
     /// Every name and entry, in (bucket, name) order.
@@ -391,8 +585,10 @@ impl MemStore {
         };
         if let Some(old) = self.entries.remove(&key) {
             self.toggle_digest(bucket, name, &old);
+            self.account(name, &old, false);
         }
         self.toggle_digest(bucket, name, &entry);
+        self.account(name, &entry, true);
         self.entries.insert(key, entry);
     }
 }
@@ -468,5 +664,13 @@ impl Store for MemStore {
 
     fn retention_ms(&self) -> u64 {
         self.retention_ms
+    }
+
+    fn admit(&self, name: &str, entry: &Entry) -> Result<(), AdmissionError> {
+        if self.entry(name).is_some() {
+            return Ok(());
+        }
+        let zone = self.zones.get(zone_of(name)).copied();
+        self.quota.admit(self.usage, zone, entry_bytes(name, entry))
     }
 }
