@@ -10,7 +10,8 @@
 //!   with short TTLs (records expire and are compacted during the run), and the seed's race
 //!   through the real `dpin` CLI ([`race`]: planner, two enactors — one delayed, at a
 //!   partitioned or racing node — and the clean-up, in every order), while a nemesis
-//!   ([`nemesis`]) kills, pauses and partitions nodes and skews one node's clock ([`clock`]);
+//!   ([`nemesis`]) kills, pauses and partitions nodes (alone, in halves, one way), skews one
+//!   node's clock ([`clock`]) or restarts every node in turn;
 //!   every operation is recorded in a history ([`history`]); after healing, a pure checker
 //!   ([`checker`]) judges the history — including per-node monotonic reads and content — and
 //!   produces the SPEC §5 report ([`report`]) and an SVG timeline ([`svg`]).
@@ -19,14 +20,17 @@
 //!   and one thread, in virtual time, from a seed: convergence, partition-heal, the seed's race
 //!   and churn, with invariants checked after every event and a replayable event-log digest.
 //!
-//! ## Partitions
-//! A real partition needs packets to vanish between nodes. When partitions are requested and
-//! the harness runs as root with iproute2, each node runs in its own network namespace
-//! ([`netns`]): peer traffic on 198.18.0.K behind one bridge, API/DNS on 198.19.0.K behind
-//! another, all inside namespaces the run creates and deletes; a partition sets the node's port
-//! on the peer bridge down. Otherwise partitions are not scheduled at all (there is no safe way
-//! to drop loopback traffic of a single process without touching the host's firewall) and the
-//! report's `partition_method` says so. Kill and pause runs stay on 127.0.0.1.
+//! ## Partitions and WAN links
+//! A real partition needs packets to vanish between nodes. When partitions or WAN links
+//! (`--link-delay-ms`, `--jitter-ms`, `--loss-pct`) are requested and the harness runs as root
+//! with iproute2, each node runs in its own network namespace ([`netns`]): API/DNS on
+//! 198.19.0.K behind a bridge, peer traffic on 198.18.0.K through a TUN device into the
+//! harness's userspace WAN switch ([`wan`]: this kernel has no `sch_netem`), which delays,
+//! loses and cuts packets — one node isolated, split-brain halves, one-way cuts. Everything
+//! lives in namespaces the run creates and deletes. Otherwise partitions are not scheduled at
+//! all (there is no safe way to drop loopback traffic of a single process without touching the
+//! host's firewall) and the report's `partition_method` says so. Kill, pause, skew and
+//! rolling-restart runs stay on 127.0.0.1.
 
 pub mod checker;
 pub mod clock;
