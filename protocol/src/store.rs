@@ -547,7 +547,15 @@ impl MemStore {
         };
         apply(&mut self.usage);
         if add {
-            apply(self.zones.entry(zone.into()).or_default());
+            // Look up before inserting: allocate the zone's key only for a zone new here.
+            match self.zones.get_mut(zone) {
+                Some(u) => apply(u),
+                None => {
+                    let mut u = Usage::default();
+                    apply(&mut u);
+                    self.zones.insert(zone.into(), u);
+                }
+            }
         } else if let Some(u) = self.zones.get_mut(zone) {
             apply(u);
             if u.names == 0 {
