@@ -222,9 +222,10 @@ pub struct OfferView {
 pub use dpin_protocol::offer::OfferFilter;
 
 /// A peer the failure detector confirmed down still counts as a member this long, so a
-/// holder that missed a few pings (a loaded machine) is not replaced at once. Repair of a
-/// dead holder's blobs starts this long after its death is confirmed.
-pub const MEMBER_GRACE_MS: u64 = 3_000;
+/// holder that missed a few pings (a loaded machine, where the detector flaps) is not
+/// replaced at once. A dead node stops refreshing, so its offers stop counting at whichever
+/// comes first: this grace after its death is confirmed, or their expiry.
+pub const MEMBER_GRACE_MS: u64 = 10_000;
 
 /// Whether `peer` is a live member as this node sees it: this node itself, or a peer that
 /// proved its id on a connection and that the failure detector has not confirmed down for
