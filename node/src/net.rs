@@ -25,12 +25,28 @@
 //! * Gossipsub never dials. Discovery is Kademlia (server mode, its own protocol name so it
 //!   never mixes with the public IPFS DHT), fed by bootstrap addresses and by the listen
 //!   addresses identify reports; a maintenance tick dials routing-table peers we are not
-//!   connected to, up to a target below the connection limit (the rest is headroom for
-//!   inbound connections from newcomers).
-//! * Gossipsub only keeps connections alive while the peer is in the mesh, and ping never
-//!   does; an idle timeout would otherwise tear down the very connections the failure detector
-//!   and the mesh repair rely on. The idle timeout is long by design; connection *count* is
-//!   bounded by `connection_limits`, not by idleness.
+//!   connected to, up to the target degree (the rest of the connection limit is headroom
+//!   for inbound connections from newcomers).
+//! * **Constant background work per node (issue 16).** A node keeps
+//!   [`NetConfig::target_peers`] connections (12 by default), not a full mesh: discovery dials
+//!   up to that degree, connections beyond one and a half times it are trimmed back to it
+//!   (never in their first [`TRIM_GRACE`], never gossip-mesh members), and the gossip mesh is
+//!   sized to it. The discovery tick doubles its period up to [`DISCOVERY_MAX_INTERVAL`]
+//!   while the node is stable, and Kademlia's own periodic bootstrap runs every
+//!   [`KAD_PERIODIC_BOOTSTRAP`]. Failure detection probes peers on the detector's schedule
+//!   (`dpin_protocol::liveness`: only peers it has not heard from, a bounded number per tick,
+//!   indirect probes through helpers before suspicion) over [`PROBE_PROTOCOL`], instead of
+//!   libp2p ping on every connection every 500 ms; this loop only carries the probes and
+//!   relays other nodes' indirect probes (answering "no answer" after [`RELAY_NACK_AFTER`]).
+//! * **Lost peers are re-dialled on fresh connections** ([`Redial`]): a connection that went
+//!   silent behind a cut link sits in TCP retransmission backoff for seconds after the link
+//!   heals, so the node closes it when the detector marks the peer down
+//!   ([`NetHandle::reconnect`]) and dials again on a short jittered backoff while it is below
+//!   its target degree.
+//! * Gossipsub only keeps connections alive while the peer is in the mesh; an idle timeout
+//!   would otherwise tear down the very connections the failure detector and the mesh repair
+//!   rely on. The idle timeout is long by design; connection *count* is bounded by the target
+//!   degree and `connection_limits`, not by idleness.
 //! * Publishing when no subscribed peer is known yet (just after start) is *not* an error:
 //!   [`PublishStatus::NoPeers`] tells the caller the record was not sent, the durable store
 //!   plus anti-entropy covers it, and nobody may claim "published to the network" from it.
@@ -60,7 +76,7 @@ use libp2p::{
     identity::Keypair,
     kad,
     multiaddr::Protocol,
-    noise, ping,
+    noise,
     request_response::{self, OutboundRequestId, ProtocolSupport},
     swarm::{
         dial_opts::{DialOpts, PeerCondition},
@@ -73,6 +89,11 @@ use tracing::{debug, info, trace, warn};
 
 /// Protocol name of the anti-entropy request/response protocol.
 pub const SYNC_PROTOCOL: &str = "/dpin/sync/1";
+/// Connections a node keeps by default ([`NetConfig::target_peers`]); the simulator models
+/// the same degree.
+pub const DEFAULT_TARGET_PEERS: usize = 12;
+/// Protocol name of the failure detector's probes (direct and indirect, SWIM style).
+pub const PROBE_PROTOCOL: &str = "/dpin/probe/1";
 /// Kademlia protocol name: private to dpin so the DHT never merges with the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/dpin/kad/1.0.0";
 /// Identify protocol version string advertised to peers.
@@ -115,6 +136,25 @@ const MAX_REDIAL_PEERS: usize = 256;
 const MAX_ADDR_BOOK_PEERS: usize = 1024;
 /// How often the re-dial schedule is looked at (only while some peer is being re-dialled).
 const REDIAL_TICK: Duration = Duration::from_millis(50);
+/// A helper probing a target for someone else answers "no answer" (nack) after this long,
+/// well inside the asker's indirect timeout (`DetectorConfig::indirect_timeout_ms`, 300 ms):
+/// a nack that arrives in time tells the asker that the *target* is silent, not that the
+/// asker itself is slow (Lifeguard's local health counts missing nacks).
+const RELAY_NACK_AFTER: Duration = Duration::from_millis(150);
+/// Largest probe message (a tag, a nonce and a peer id fit in far less).
+const MAX_PROBE_BYTES: usize = 128;
+/// Probes (ours, and those we relay for others) in flight; beyond this new ones are dropped
+/// and counted (the detector then judges by silence, which is what it does anyway).
+const MAX_PENDING_PROBES: usize = 256;
+/// A connection is never trimmed in its first seconds: a newcomer that bootstrapped through
+/// us needs the time to learn other peers from Kademlia.
+const TRIM_GRACE: Duration = Duration::from_secs(10);
+/// The discovery tick slows down, doubling up to this, while the node holds its target
+/// degree and nothing changes (and returns to `discovery_interval` when a peer is lost).
+const DISCOVERY_MAX_INTERVAL: Duration = Duration::from_secs(30);
+/// Kademlia's own periodic bootstrap (a backstop: the discovery tick bootstraps while the
+/// node is below its target degree).
+const KAD_PERIODIC_BOOTSTRAP: Duration = Duration::from_secs(300);
 
 /// Configuration of the network layer. Build it with [`NetConfig::new`] and adjust fields.
 #[derive(Clone, Debug)]
@@ -139,10 +179,14 @@ pub struct NetConfig {
     pub max_connections_per_peer: u32,
     /// Expected number of nodes in the cluster, used to size the gossipsub mesh.
     pub expected_cluster_size: usize,
-    /// Interval between pings on each connection.
-    pub ping_interval: Duration,
-    /// Ping timeout; a timeout is reported as [`NetEvent::Ping`] with `rtt: None`.
-    pub ping_timeout: Duration,
+    /// Connections the node keeps (its degree): discovery dials up to this many peers, and
+    /// connections beyond one and a half times it are trimmed back to it. Constant, so a
+    /// node's background work does not grow with the network (issue 16); Kademlia still
+    /// finds every other peer, and gossip crosses the graph in a few hops.
+    pub target_peers: usize,
+    /// Timeout of one probe request (the detector keeps its own, shorter, timeouts; a late
+    /// answer still counts as evidence of life).
+    pub probe_request_timeout: Duration,
     /// Timeout of one outbound anti-entropy request.
     pub request_timeout: Duration,
     /// Connections no behaviour needs are closed after this long. Long on purpose (see the
@@ -167,8 +211,8 @@ impl NetConfig {
             max_connections: 128,
             max_connections_per_peer: 2,
             expected_cluster_size: 5,
-            ping_interval: Duration::from_millis(500),
-            ping_timeout: Duration::from_secs(1),
+            target_peers: DEFAULT_TARGET_PEERS,
+            probe_request_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
             idle_connection_timeout: Duration::from_secs(3600),
             discovery_interval: Duration::from_secs(2),
@@ -192,8 +236,10 @@ impl NetConfig {
         if self.max_connections == 0 || self.max_connections_per_peer == 0 {
             return bad("connection limits must be at least 1");
         }
-        if self.ping_interval.is_zero()
-            || self.ping_timeout.is_zero()
+        if self.target_peers == 0 {
+            return bad("target_peers must be at least 1");
+        }
+        if self.probe_request_timeout.is_zero()
             || self.request_timeout.is_zero()
             || self.discovery_interval.is_zero()
         {
@@ -360,12 +406,21 @@ pub enum NetEvent {
     PeerConnected(PeerId),
     /// Last connection to a peer closed.
     PeerDisconnected(PeerId),
-    /// Every ping outcome (for failure detection). `rtt` is `None` on failure or timeout.
-    Ping {
-        /// Pinged peer.
+    /// A peer probed us (directly or for someone else): evidence that it is alive.
+    Heard(PeerId),
+    /// An answer to our probe `nonce` of `peer`, directly or relayed by a helper.
+    ProbeAck {
+        /// The probed peer.
         peer: PeerId,
-        /// Round-trip time, if the ping succeeded.
-        rtt: Option<Duration>,
+        /// The probe's nonce.
+        nonce: u64,
+    },
+    /// A helper could not get an answer from `target` for our round `nonce`.
+    ProbeNack {
+        /// The probed peer.
+        target: PeerId,
+        /// The round's nonce.
+        nonce: u64,
     },
     /// A new local listen address.
     ListenAddr(Multiaddr),
@@ -378,12 +433,18 @@ pub struct NetStats {
     pub dropped_gossip: u64,
     /// Other events dropped because the event channel was full or closed.
     pub dropped_events: u64,
+    /// Probes not sent (too many in flight, or the command queue was full).
+    pub dropped_probes: u64,
+    /// Connections closed to keep the node at its target degree.
+    pub trimmed: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     dropped_gossip: AtomicU64,
     dropped_events: AtomicU64,
+    dropped_probes: AtomicU64,
+    trimmed: AtomicU64,
 }
 
 enum Command {
@@ -421,6 +482,15 @@ enum Command {
         peer: PeerId,
         reply: oneshot::Sender<()>,
     },
+    Probe {
+        peer: PeerId,
+        nonce: u64,
+    },
+    ProbeVia {
+        helper: PeerId,
+        target: PeerId,
+        nonce: u64,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -447,6 +517,8 @@ impl NetHandle {
         NetStats {
             dropped_gossip: self.counters.dropped_gossip.load(Ordering::Relaxed),
             dropped_events: self.counters.dropped_events.load(Ordering::Relaxed),
+            dropped_probes: self.counters.dropped_probes.load(Ordering::Relaxed),
+            trimmed: self.counters.trimmed.load(Ordering::Relaxed),
         }
     }
 
@@ -538,6 +610,29 @@ impl NetHandle {
     /// flow again.
     pub async fn reconnect(&self, peer: PeerId) -> Result<(), NetError> {
         self.call(|reply| Command::Reconnect { peer, reply }).await
+    }
+
+    /// Sends the failure detector's probe `nonce` to `peer`; the answer comes back as
+    /// [`NetEvent::ProbeAck`]. Never waits: if the loop is saturated the probe is dropped and
+    /// counted (the detector judges by silence anyway).
+    pub fn probe(&self, peer: PeerId, nonce: u64) {
+        self.send_nowait(Command::Probe { peer, nonce });
+    }
+
+    /// Asks `helper` to probe `target` for us (SWIM's ping-req); the outcome comes back as
+    /// [`NetEvent::ProbeAck`] (for `target`) or [`NetEvent::ProbeNack`].
+    pub fn probe_via(&self, helper: PeerId, target: PeerId, nonce: u64) {
+        self.send_nowait(Command::ProbeVia {
+            helper,
+            target,
+            nonce,
+        });
+    }
+
+    fn send_nowait(&self, command: Command) {
+        if self.commands.try_send(command).is_err() {
+            self.counters.dropped_probes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Stops the event loop and closes all connections. Other handles then get
@@ -647,7 +742,7 @@ struct Behaviour {
         gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>,
     kademlia: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    probe: request_response::Behaviour<SyncCodec>,
     sync: request_response::Behaviour<SyncCodec>,
 }
 
@@ -696,10 +791,13 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let local_peer_id = config.keypair.public().to_peer_id();
     let topic = gossipsub::IdentTopic::new(config.topic.clone());
 
+    // The mesh can be no wider than the connections the node keeps.
     let gs_config = gossipsub_config(
         &topic.hash(),
         config.max_message_bytes,
-        config.expected_cluster_size,
+        config
+            .expected_cluster_size
+            .min(config.target_peers.saturating_add(1)),
     )?;
     // Track only our topic's subscriptions: a peer cannot make us store unbounded topic lists.
     let filter = gossipsub::WhitelistSubscriptionFilter(HashSet::from([topic.hash()]));
@@ -716,7 +814,7 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     // Periodic refresh is a backstop; the maintenance tick bootstraps more eagerly while the
     // cluster looks incomplete.
-    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    kad_config.set_periodic_bootstrap_interval(Some(KAD_PERIODIC_BOOTSTRAP));
     kad_config.set_query_timeout(Duration::from_secs(10));
     // Kademlia is used for peer discovery only. Inbound PUT_RECORD/ADD_PROVIDER requests are
     // surfaced as events that we ignore instead of being stored, so a peer cannot fill our
@@ -743,10 +841,16 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), config.keypair.public())
             .with_push_listen_addr_updates(true),
     );
-    let ping = ping::Behaviour::new(
-        ping::Config::new()
-            .with_interval(config.ping_interval)
-            .with_timeout(config.ping_timeout),
+    // The failure detector's probes replace libp2p ping (which pinged every connection every
+    // 500 ms): the detector decides whom to probe and when (protocol::liveness).
+    let probe = request_response::Behaviour::with_codec(
+        SyncCodec {
+            max_bytes: MAX_PROBE_BYTES,
+        },
+        [(StreamProtocol::new(PROBE_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(config.probe_request_timeout)
+            .with_max_concurrent_streams(64),
     );
     let sync = request_response::Behaviour::with_codec(
         SyncCodec {
@@ -769,7 +873,7 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
         gossipsub,
         kademlia,
         identify,
-        ping,
+        probe,
         sync,
     };
 
@@ -831,7 +935,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         max_message_bytes: config.max_message_bytes,
         // Keep a quarter of the slots for inbound connections, so newcomers can still join
         // a network where everyone has dialled out to the limit.
-        dial_target: (max_conns - max_conns / 4).max(1),
+        dial_target: config.target_peers.min((max_conns - max_conns / 4).max(1)),
         cluster_peers: config.expected_cluster_size.saturating_sub(1).max(1),
         bootstrap: config.bootstrap.clone(),
         pending_requests: HashMap::new(),
@@ -839,6 +943,10 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         listeners,
         redial: HashMap::new(),
         addr_book: HashMap::new(),
+        probes: HashMap::new(),
+        relays: 0,
+        connected_at: HashMap::new(),
+        trimming: HashSet::new(),
     };
 
     event_loop.wait_for_listen_addr().await?;
@@ -876,6 +984,67 @@ struct EventLoop {
     /// Dialable addresses of peers (identify's listen addresses, addresses we dialled), so a
     /// lost peer can be re-dialled even after Kademlia dropped its failed addresses.
     addr_book: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Probe requests in flight (bounded by [`MAX_PENDING_PROBES`]).
+    probes: HashMap<OutboundRequestId, PendingProbe>,
+    /// How many of `probes` are relays for others (their nack timer runs while > 0).
+    relays: usize,
+    /// When each connected peer's first connection was established (for the trim grace).
+    connected_at: HashMap<PeerId, tokio::time::Instant>,
+    /// Peers whose connections we are closing to keep the target degree: not re-dialled.
+    trimming: HashSet<PeerId>,
+}
+
+/// What a probe request in flight is for.
+#[derive(Debug)]
+enum PendingProbe {
+    /// Our direct probe of `peer`.
+    Direct { peer: PeerId, nonce: u64 },
+    /// Our request that a helper probe `target`.
+    Via { target: PeerId, nonce: u64 },
+    /// A probe we send for another node's indirect round; the answer goes back on `reply`.
+    Relay {
+        reply: request_response::ResponseChannel<Vec<u8>>,
+        deadline: tokio::time::Instant,
+    },
+}
+
+/// Probe wire format: requests `[0, nonce(8)]` (ping) or `[1, nonce(8), target peer id]`
+/// (ping-req); answers `[0]` (ack) or `[1]` (nack: the target did not answer the helper).
+const PROBE_PING: u8 = 0;
+const PROBE_PING_REQ: u8 = 1;
+const PROBE_ACK: u8 = 0;
+const PROBE_NACK: u8 = 1;
+
+fn probe_ping(nonce: u64) -> Vec<u8> {
+    let mut v = vec![PROBE_PING];
+    v.extend_from_slice(&nonce.to_be_bytes());
+    v
+}
+
+fn probe_ping_req(nonce: u64, target: &PeerId) -> Vec<u8> {
+    let mut v = vec![PROBE_PING_REQ];
+    v.extend_from_slice(&nonce.to_be_bytes());
+    v.extend_from_slice(&target.to_bytes());
+    v
+}
+
+/// A decoded probe request.
+enum ProbeRequest {
+    Ping,
+    PingReq { nonce: u64, target: PeerId },
+}
+
+fn decode_probe(data: &[u8]) -> Option<ProbeRequest> {
+    let (&tag, rest) = data.split_first()?;
+    let nonce = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    match tag {
+        PROBE_PING => Some(ProbeRequest::Ping),
+        PROBE_PING_REQ => Some(ProbeRequest::PingReq {
+            nonce,
+            target: PeerId::from_bytes(rest.get(8..)?).ok()?,
+        }),
+        _ => None,
+    }
 }
 
 /// Re-dial state of one lost peer.
@@ -990,16 +1159,21 @@ impl EventLoop {
     }
 
     async fn run(mut self, discovery_interval: Duration) {
-        let mut tick = tokio::time::interval(discovery_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The discovery tick backs off while the node is stable (see `maintain`).
+        let mut discovery_delay = discovery_interval;
+        let discovery = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(discovery);
         let mut redial_tick = tokio::time::interval(REDIAL_TICK);
         redial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut relay_tick = tokio::time::interval(RELAY_NACK_AFTER / 4);
+        relay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 // Armed only while some peer is being re-dialled: an idle node never wakes
                 // for it.
                 _ = redial_tick.tick(), if !self.redial.is_empty() => self.redial_due(),
+                _ = relay_tick.tick(), if self.relays > 0 => self.expire_relays(),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
                         let _ = reply.send(());
@@ -1009,7 +1183,15 @@ impl EventLoop {
                     // Every handle dropped: nobody can use the network any more.
                     None => break,
                 },
-                _ = tick.tick() => self.maintain(),
+                () = &mut discovery => {
+                    let stable = self.maintain();
+                    discovery_delay = if stable {
+                        discovery_delay.saturating_mul(2).min(DISCOVERY_MAX_INTERVAL)
+                    } else {
+                        discovery_interval
+                    };
+                    discovery.as_mut().reset(tokio::time::Instant::now() + jitter(discovery_delay));
+                }
             }
         }
         info!(peer = %self.swarm.local_peer_id(), "network event loop stopped");
@@ -1073,7 +1255,10 @@ impl EventLoop {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
-            if self.swarm.is_connected(&peer) {
+            // Reconnected, or back at the target degree through other peers: done.
+            if self.swarm.is_connected(&peer)
+                || self.swarm.connected_peers().count() >= self.dial_target
+            {
                 self.redial.remove(&peer);
                 continue;
             }
@@ -1146,7 +1331,8 @@ impl EventLoop {
     /// Periodic maintenance: connect to every routing-table peer we are not connected to (up
     /// to the target), bootstrap while the cluster looks incomplete, and re-dial bootstrap
     /// addresses when isolated (e.g. the bootstrap node started after us).
-    fn maintain(&mut self) {
+    fn maintain(&mut self) -> bool {
+        let before = self.swarm.connected_peers().count();
         let known: Vec<PeerId> = self
             .swarm
             .behaviour_mut()
@@ -1170,6 +1356,180 @@ impl EventLoop {
             if let Err(e) = self.swarm.behaviour_mut().kademlia.bootstrap() {
                 debug!(error = %e, "kademlia bootstrap skipped");
             }
+        }
+        self.trim();
+        // Stable: at the target degree (or connected to every peer known), nothing lost.
+        let known_peers = self.known_peer_count();
+        connected > 0 && connected >= before && connected >= self.dial_target.min(known_peers)
+    }
+
+    fn known_peer_count(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kademlia
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
+    /// Keeps the degree bounded: above one and a half times the target, closes connections
+    /// (past their grace period, not in the gossip mesh, chosen at random) down to the target.
+    /// A newcomer bootstrapping through a busy node is let in first and trimmed later, once it
+    /// has found other peers through Kademlia.
+    fn trim(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        let high = self.dial_target + self.dial_target / 2;
+        if connected <= high {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let mesh: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let mut candidates: Vec<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !mesh.contains(p))
+            .filter(|p| {
+                self.connected_at
+                    .get(p)
+                    .is_some_and(|t| now.duration_since(*t) >= TRIM_GRACE)
+            })
+            .copied()
+            .collect();
+        {
+            use rand::seq::SliceRandom;
+            candidates.shuffle(&mut rand::thread_rng());
+        }
+        for peer in candidates
+            .into_iter()
+            .take(connected.saturating_sub(self.dial_target))
+        {
+            debug!(%peer, "trimming a connection to keep the target degree");
+            self.trimming.insert(peer);
+            self.counters.trimmed.fetch_add(1, Ordering::Relaxed);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Sends our direct probe or ping-req, unless too many are in flight.
+    fn send_probe(&mut self, to: PeerId, data: Vec<u8>, kind: PendingProbe) {
+        if self.probes.len() >= MAX_PENDING_PROBES || !self.swarm.is_connected(&to) {
+            self.counters.dropped_probes.fetch_add(1, Ordering::Relaxed);
+            if let PendingProbe::Relay { reply, .. } = kind {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .probe
+                    .send_response(reply, vec![PROBE_NACK]);
+            }
+            return;
+        }
+        if matches!(kind, PendingProbe::Relay { .. }) {
+            self.relays += 1;
+        }
+        let id = self.swarm.behaviour_mut().probe.send_request(&to, data);
+        self.probes.insert(id, kind);
+    }
+
+    /// Nacks every relayed probe whose target did not answer within [`RELAY_NACK_AFTER`].
+    fn expire_relays(&mut self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<OutboundRequestId> = self
+            .probes
+            .iter()
+            .filter(|(_, k)| matches!(k, PendingProbe::Relay { deadline, .. } if *deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(PendingProbe::Relay { reply, .. }) = self.probes.remove(&id) {
+                self.relays = self.relays.saturating_sub(1);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .probe
+                    .send_response(reply, vec![PROBE_NACK]);
+            }
+        }
+    }
+
+    fn on_probe(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    // Being probed is evidence that the prober is alive.
+                    self.emit(NetEvent::Heard(peer));
+                    match decode_probe(&request) {
+                        Some(ProbeRequest::Ping) => {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .probe
+                                .send_response(channel, vec![PROBE_ACK]);
+                        }
+                        Some(ProbeRequest::PingReq { nonce, target }) => self.send_probe(
+                            target,
+                            probe_ping(nonce),
+                            PendingProbe::Relay {
+                                reply: channel,
+                                deadline: tokio::time::Instant::now() + RELAY_NACK_AFTER,
+                            },
+                        ),
+                        None => debug!(%peer, "undecodable probe"),
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let ack = response.first() == Some(&PROBE_ACK);
+                    match self.probes.remove(&request_id) {
+                        Some(PendingProbe::Direct { peer, nonce }) => {
+                            self.emit(NetEvent::ProbeAck { peer, nonce });
+                        }
+                        Some(PendingProbe::Via { target, nonce }) => {
+                            self.emit(NetEvent::Heard(peer));
+                            self.emit(if ack {
+                                NetEvent::ProbeAck {
+                                    peer: target,
+                                    nonce,
+                                }
+                            } else {
+                                NetEvent::ProbeNack { target, nonce }
+                            });
+                        }
+                        Some(PendingProbe::Relay { reply, .. }) => {
+                            self.relays = self.relays.saturating_sub(1);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .probe
+                                .send_response(reply, vec![PROBE_ACK]);
+                        }
+                        None => {}
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, .. } => {
+                // A direct probe or a ping-req that failed says nothing by itself: the
+                // detector judges by silence. A relay answers "no answer" (nack).
+                if let Some(PendingProbe::Relay { reply, .. }) = self.probes.remove(&request_id) {
+                    self.relays = self.relays.saturating_sub(1);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .probe
+                        .send_response(reply, vec![PROBE_NACK]);
+                }
+            }
+            request_response::Event::InboundFailure { .. }
+            | request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -1278,6 +1638,24 @@ impl EventLoop {
                 self.reconnect(peer);
                 let _ = reply.send(());
             }
+            Command::Probe { peer, nonce } => {
+                self.send_probe(
+                    peer,
+                    probe_ping(nonce),
+                    PendingProbe::Direct { peer, nonce },
+                );
+            }
+            Command::ProbeVia {
+                helper,
+                target,
+                nonce,
+            } => {
+                self.send_probe(
+                    helper,
+                    probe_ping_req(nonce, &target),
+                    PendingProbe::Via { target, nonce },
+                );
+            }
             // Handled in `run` because it ends the loop.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -1290,15 +1668,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossipsub(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kademlia(e)) => self.on_kademlia(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
-                if let Err(ref failure) = e.result {
-                    debug!(peer = %e.peer, %failure, "ping failed");
-                }
-                self.emit(NetEvent::Ping {
-                    peer: e.peer,
-                    rtt: e.result.ok(),
-                });
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
@@ -1308,6 +1678,9 @@ impl EventLoop {
                 ..
             } => {
                 self.redial.remove(&peer_id);
+                self.connected_at
+                    .entry(peer_id)
+                    .or_insert_with(tokio::time::Instant::now);
                 if endpoint.is_dialer() {
                     let (base, _) = split_peer_id(endpoint.get_remote_address());
                     self.remember_addr(peer_id, base);
@@ -1326,9 +1699,14 @@ impl EventLoop {
                 if num_established == 0 {
                     info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected(peer_id));
-                    // A lost peer (crashed and restarting, or behind a cut) is re-dialled;
-                    // one we closed on purpose already is (`reconnect`).
-                    self.start_redial(peer_id, jitter(REDIAL_MIN));
+                    self.connected_at.remove(&peer_id);
+                    // A lost peer (crashed and restarting, or behind a cut) is re-dialled
+                    // while we are below the target degree; one we closed on purpose
+                    // already is (`reconnect`), one we trimmed is not.
+                    if !self.trimming.remove(&peer_id) && self.num_established() < self.dial_target
+                    {
+                        self.start_redial(peer_id, jitter(REDIAL_MIN));
+                    }
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -1666,6 +2044,46 @@ mod tests {
 
     async fn receive(node: &mut TestNode, want: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
         receive_all(node, &[want]).await
+    }
+
+    #[test]
+    fn probe_wire_round_trips_and_garbage_is_refused() {
+        assert!(matches!(
+            decode_probe(&probe_ping(7)),
+            Some(ProbeRequest::Ping)
+        ));
+        let target = PeerId::random();
+        match decode_probe(&probe_ping_req(9, &target)) {
+            Some(ProbeRequest::PingReq { nonce, target: t }) => {
+                assert_eq!((nonce, t), (9, target));
+            }
+            _ => panic!("ping-req did not decode"),
+        }
+        for bad in [
+            &[][..],
+            &[0, 1, 2][..],
+            &[7, 0, 0, 0, 0, 0, 0, 0, 1][..],
+            &[1; 12][..],
+        ] {
+            assert!(decode_probe(bad).is_none(), "{bad:?}");
+        }
+        assert!(probe_ping_req(u64::MAX, &target).len() <= MAX_PROBE_BYTES);
+    }
+
+    #[test]
+    fn redial_delays_grow_to_a_bound_then_slow_down() {
+        let t0 = tokio::time::Instant::now();
+        let mut r = Redial::new(t0, Duration::ZERO);
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            delays.push(r.delay(t0));
+            r.attempt += 1;
+        }
+        assert!(delays[0] <= REDIAL_MIN.mul_f64(1.25));
+        assert!(delays.iter().all(|d| *d <= REDIAL_MAX.mul_f64(1.25)));
+        assert!(delays[9] >= REDIAL_MAX.mul_f64(0.75));
+        let late = t0 + REDIAL_FAST_FOR;
+        assert!(r.delay(late) >= REDIAL_SLOW.mul_f64(0.75));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::blobs::BlobStore;
 use crate::health::Health;
-use crate::liveness::{Detector, DetectorConfig, PeerInfo, PeerStatus, Transition};
+use crate::liveness::{Detector, DetectorConfig, Output, PeerInfo, PeerStatus, Transition};
 use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, Persister, StoreError};
 
@@ -673,8 +673,10 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
     }
 }
 
-/// How often the failure detector re-evaluates peers.
-pub const DETECTOR_TICK: Duration = Duration::from_millis(100);
+/// How often the failure detector re-evaluates peers (its configured tick).
+pub fn detector_tick() -> Duration {
+    Duration::from_millis(DetectorConfig::default().tick_ms)
+}
 
 type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 
@@ -694,7 +696,11 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     // Random start, so nodes do not all rotate through their peers in step.
     let mut sync_round: u64 = rand::random();
     sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut detector_tick = tokio::time::interval(DETECTOR_TICK);
+    let mut detector_tick = tokio::time::interval(detector_tick());
+    let mut rng = {
+        use rand::SeedableRng;
+        rand::rngs::StdRng::from_entropy()
+    };
     detector_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -721,9 +727,15 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
             }
             _ = detector_tick.tick() => {
                 let now = node.mono_ms();
-                let changes = lock(&node.0.detector).tick(now);
-                for t in changes {
-                    node.on_transition(t);
+                let outputs = lock(&node.0.detector).tick(now, &mut rng);
+                for o in outputs {
+                    match o {
+                        Output::Probe { peer, nonce } => node.0.net.probe(peer, nonce),
+                        Output::ProbeVia { helper, target, nonce } => {
+                            node.0.net.probe_via(helper, target, nonce)
+                        }
+                        Output::Transition(t) => node.on_transition(t),
+                    }
                 }
             }
             _ = sync_tick.tick() => {
@@ -786,7 +798,9 @@ fn handle_event(node: &Node, ev: NetEvent) {
         }
         NetEvent::PeerConnected(peer) => node.detect(|d, now| d.connected(peer, now)),
         NetEvent::PeerDisconnected(peer) => node.detect(|d, now| d.disconnected(peer, now)),
-        NetEvent::Ping { peer, rtt } => node.detect(|d, now| d.ping(peer, rtt, now)),
+        NetEvent::Heard(peer) => node.detect(|d, now| d.heard(peer, now)),
+        NetEvent::ProbeAck { peer, nonce } => node.detect(|d, now| d.ack(peer, nonce, now)),
+        NetEvent::ProbeNack { target, nonce } => lock(&node.0.detector).nack(target, nonce),
         NetEvent::ListenAddr(addr) => {
             let mut addrs = lock(&node.0.listen_addrs);
             if !addrs.contains(&addr) {

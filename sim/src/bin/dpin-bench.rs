@@ -32,7 +32,10 @@ use dpin_sim::nodeapi::Api;
 use dpin_sim::workload::make_record;
 
 #[derive(Parser)]
-#[command(name = "dpin-bench", about = "Side-by-side measurements of dpin node binaries")]
+#[command(
+    name = "dpin-bench",
+    about = "Side-by-side measurements of dpin node binaries"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -85,13 +88,7 @@ fn main() {
             measure_s,
             node_arg,
         } => runtime().and_then(|rt| {
-            rt.block_on(idle(
-                &nodes,
-                binaries(dpin)?,
-                settle_s,
-                measure_s,
-                node_arg,
-            ))
+            rt.block_on(idle(&nodes, binaries(dpin)?, settle_s, measure_s, node_arg))
         }),
         Cmd::Heal {
             nodes,
@@ -245,7 +242,9 @@ async fn idle(
             let cpu: Vec<f64> = before
                 .iter()
                 .zip(&after)
-                .filter_map(|(b, a)| Some((a.as_ref()? - b.as_ref()?) as f64 / ticks / secs * 100.0))
+                .filter_map(|(b, a)| {
+                    Some((a.as_ref()? - b.as_ref()?) as f64 / ticks / secs * 100.0)
+                })
                 .collect();
             let rss: Vec<f64> = pids.iter().filter_map(|&p| rss_mb(p)).collect();
             let mut conns = Vec::new();
@@ -441,7 +440,11 @@ async fn heal_rounds(
         .map_err(|e| anyhow!("cannot sign: {e}"))?;
         let w = api.publish(writer, &rec, Duration::from_secs(5)).await;
         if !w.outcome.is_ack() {
-            bail!("round {}: write at node 1 not acknowledged: {:?}", r + 1, w.detail);
+            bail!(
+                "round {}: write at node 1 not acknowledged: {:?}",
+                r + 1,
+                w.detail
+            );
         }
         tokio::time::sleep(Duration::from_secs(partition_s - partition_s / 2)).await;
         let name = rec.name();

@@ -127,7 +127,7 @@ pub struct SimulateArgs {
     /// Node clocks are offset uniformly within ± this many ms.
     #[arg(long, default_value_t = 0)]
     pub clock_skew: u64,
-    /// Connections each node dials up to (default: the node's dial target, 96, or N−1).
+    /// Connections each node dials up to (default: the node's target degree, 12, or N−1).
     #[arg(long)]
     pub degree: Option<usize>,
     /// Gossip mesh D (default: the node's `MeshParams::for_cluster(N)`).
@@ -263,7 +263,9 @@ impl SimulateArgs {
             return Err(SimError::Config("--loss is a percentage, 0..=100".into()));
         }
         let (latency_ms, jitter_ms) = self.latency()?;
-        let node = dpin_node::net::MeshParams::for_cluster(self.nodes);
+        let degree = self.degree.unwrap_or(world::DIAL_TARGET).max(1);
+        // The node sizes its mesh to the connections it keeps (node/src/net.rs).
+        let node = dpin_node::net::MeshParams::for_cluster(self.nodes.min(degree + 1));
         let n = self.mesh_n.unwrap_or(node.n);
         let n_low = self.mesh_n_low.unwrap_or(if self.mesh_n.is_some() {
             (n * 2 / 3).max(1)
@@ -286,7 +288,7 @@ impl SimulateArgs {
             seed,
             nodes: self.nodes,
             capacity,
-            degree: self.degree.unwrap_or(world::DIAL_TARGET).max(1),
+            degree,
             mesh: Mesh {
                 n,
                 n_low,
@@ -302,6 +304,9 @@ impl SimulateArgs {
             compact_every_ms: None,
             verify: self.verify,
             max_events: DEFAULT_MAX_EVENTS,
+            // The failure detector's traffic is part of the idle cost the convergence
+            // scenario measures; the fault scenarios model connections as closing at once.
+            detector: self.scenario == Scenario::Convergence,
         })
     }
 

@@ -64,6 +64,18 @@ pub struct Report {
     /// Messages per live node per second while idle.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_messages_per_node_per_s: Option<f64>,
+    /// Peers marked down while up and reachable, by the end of the idle window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_false_downs: Option<u64>,
+    /// Median time for a paused node's peers to mark it down, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_ms_p50: Option<u64>,
+    /// Slowest peer to mark the paused node down, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_ms_max: Option<u64>,
+    /// Peers that marked the paused node down, of its peers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_by: Option<(usize, usize)>,
     /// Time to converge: from the write to the last node (convergence), from the heal or the
     /// last fault to identical digests (the others), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +131,10 @@ impl Report {
             delivered_by_sync: None,
             delivered_at_ms: None,
             idle_messages_per_node_per_s: None,
+            idle_false_downs: None,
+            detect_ms_p50: None,
+            detect_ms_max: None,
+            detected_by: None,
             converge_ms: None,
             records: None,
             bytes_after_heal: None,
@@ -179,6 +195,16 @@ impl Report {
         }
         if let Some(x) = self.idle_messages_per_node_per_s {
             s += &format!("  idle messages per node per second {x:.3}\n");
+        }
+        if let Some(x) = self.idle_false_downs {
+            s += &format!("  false downs while idle {x}\n");
+        }
+        if let (Some(p50), Some(max), Some((by, of))) =
+            (self.detect_ms_p50, self.detect_ms_max, self.detected_by)
+        {
+            s += &format!(
+                "  paused node marked down by {by} of {of} peers: p50 {p50} ms, max {max} ms\n"
+            );
         }
         if let (Some(b), Some(need)) = (self.bytes_after_heal, self.needed_bytes) {
             s += &format!(

@@ -4,7 +4,8 @@
 //! * `convergence` — writes through random nodes; every live node must receive every update.
 //!   Reports hops (p50, max, and of the node reached last) against `2 × log_{D−1}(N)`,
 //!   full-message sends per node per update, duplicates, time, then idle messages per node per
-//!   second over `--idle-s`.
+//!   second over `--idle-s` (gossip, anti-entropy and the failure detector's probes) and false
+//!   downs, then pauses one node and times how long each of its peers takes to mark it down.
 //! * `partition-heal` — the two halves hold `--records` different records between them (half
 //!   each, loaded before the run as if written and gossiped within each half), the cut heals at
 //!   1 s; reports the bytes anti-entropy moved against the encoded size of what differed, and
@@ -35,6 +36,8 @@ use super::{NodeId, RecId, Scenario, SimError};
 pub const QUIESCENCE_DEADLINE_MS: u64 = 120_000;
 /// Resolution of the quiescence probe.
 pub const PROBE_MS: u64 = 10;
+/// How long the detection measurement waits for every peer of a paused node to mark it down.
+pub const DETECT_DEADLINE_MS: u64 = 10_000;
 
 fn endpoint(i: u64) -> Endpoint {
     Endpoint {
@@ -182,7 +185,33 @@ fn convergence(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
     let m0 = w.stats.messages;
     w.run_until(t0 + p.idle_ms)?;
     r.idle_messages_per_node_per_s = Some(w.rate_per_node(m0, t0, t0 + p.idle_ms));
-    let idle_end = w.now();
+    let mut idle_end = w.now();
+    if w.cfg.detector {
+        r.idle_false_downs = Some(w.stats.false_downs);
+        // Failure detection: pause one node (SIGSTOP: its connections stay open, it answers
+        // nothing) and time how long each of its peers takes to mark it down.
+        let paused = scn.gen_range(0..w.cfg.nodes) as NodeId;
+        let peers = w.nodes[paused as usize].peers.len();
+        let at = idle_end + 1;
+        w.schedule(at, Action::Pause(paused))?;
+        w.detect_watch = Some((paused, at, Default::default()));
+        w.run_while(at + DETECT_DEADLINE_MS, |w| {
+            w.detect_watch
+                .as_ref()
+                .is_some_and(|(_, _, downs)| downs.len() < peers)
+        })?;
+        if let Some((_, at, downs)) = w.detect_watch.take() {
+            let mut ms: Vec<u64> = downs.values().map(|t| t.saturating_sub(at)).collect();
+            ms.sort_unstable();
+            r.detect_ms_p50 = ms.get(ms.len() / 2).copied();
+            r.detect_ms_max = ms.last().copied();
+            r.detected_by = Some((ms.len(), peers));
+        }
+        let resume = w.now() + 1;
+        w.schedule(resume, Action::Resume(paused))?;
+        w.run_until(resume)?;
+        idle_end = w.now();
+    }
     let end = settle(&mut w, idle_end)?;
     r.finish(&w, end);
     let per = (live * p.updates.max(1)) as f64;

@@ -34,6 +34,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use dpin_protocol::liveness::{Detector, DetectorConfig, Output as DetOut, PeerStatus};
 use dpin_protocol::merge::{Floor, Outcome};
 use dpin_protocol::{Freshness, MemStore, SignedRecord, Store, SyncRequest, SyncResponse};
 use rand::seq::SliceRandom;
@@ -69,8 +70,14 @@ pub const MAX_CONCURRENT_SYNCS: usize = 4;
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Connection limit of a node (`max_connections`).
 pub const MAX_CONNECTIONS: usize = 128;
-/// Connections a node dials up to (3/4 of the limit, node/src/net.rs `dial_target`).
-pub const DIAL_TARGET: usize = 96;
+/// Connections a node dials up to: the node's target degree (node/src/net.rs
+/// `NetConfig::target_peers`).
+pub const DIAL_TARGET: usize = dpin_node::net::DEFAULT_TARGET_PEERS;
+/// A helper answers "no answer" this long after relaying a probe (node/src/net.rs
+/// `RELAY_NACK_AFTER`).
+pub const RELAY_NACK_AFTER_MS: u64 = 150;
+/// Bytes of one probe message (tag, nonce, a peer id for ping-req) plus framing.
+pub const PROBE_BYTES: u64 = CONTROL_FRAME_BYTES + 48;
 
 /// Gossip mesh degrees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -116,6 +123,8 @@ pub struct WorldConfig {
     pub verify: VerifyMode,
     /// Most events before the run is declared runaway.
     pub max_events: u64,
+    /// Run the node's failure detector (probes, indirect probes) on every node.
+    pub detector: bool,
 }
 
 /// One interned record.
@@ -156,6 +165,11 @@ pub enum Action {
     Partition(Vec<u8>),
     /// Every cut heals.
     Heal,
+    /// The node stops (SIGSTOP): it keeps its state and its connections but answers nothing;
+    /// only its peers' failure detectors can tell.
+    Pause(NodeId),
+    /// The paused node runs again.
+    Resume(NodeId),
 }
 
 #[derive(Debug)]
@@ -213,6 +227,40 @@ enum Ev {
         rec: RecId,
     },
     Act(usize),
+    DetTick {
+        node: NodeId,
+    },
+    /// A probe; `relay` is the helper's relay id when it probes for someone else.
+    Probe {
+        to: NodeId,
+        from: NodeId,
+        nonce: u64,
+        relay: Option<u64>,
+    },
+    ProbeReq {
+        to: NodeId,
+        from: NodeId,
+        target: NodeId,
+        nonce: u64,
+    },
+    /// An answer: `target` answered probe `nonce` (directly, or relayed by a helper).
+    ProbeAck {
+        to: NodeId,
+        from: NodeId,
+        target: NodeId,
+        nonce: u64,
+        relay: Option<u64>,
+    },
+    ProbeNack {
+        to: NodeId,
+        from: NodeId,
+        target: NodeId,
+        nonce: u64,
+    },
+    RelayTimeout {
+        node: NodeId,
+        relay: u64,
+    },
 }
 
 struct Session {
@@ -247,6 +295,10 @@ pub struct SimNode {
     sessions: BTreeMap<u64, Session>,
     /// The checker's memory of this node.
     pub watch: NodeWatch,
+    /// The node's failure detector (protocol::liveness, the node's parameters).
+    pub detector: Detector<NodeId>,
+    /// Probes this node relays for others: relay id -> (asker, target, nonce).
+    relays: BTreeMap<u64, (NodeId, NodeId, u64)>,
 }
 
 /// Counters of a run.
@@ -312,6 +364,16 @@ pub struct Stats {
     pub partitions: u64,
     /// Signature verifications.
     pub verifications: u64,
+    /// Failure-detector probes sent (direct, and relayed for others).
+    pub probes: u64,
+    /// Indirect-probe requests sent.
+    pub probe_reqs: u64,
+    /// Probe answers (acks and nacks) sent.
+    pub probe_answers: u64,
+    /// Peers a detector marked down while they were up and reachable.
+    pub false_downs: u64,
+    /// Peers a detector marked suspect while they were up and reachable.
+    pub false_suspects: u64,
 }
 
 /// Per-update delivery tracking (convergence).
@@ -375,6 +437,10 @@ pub struct World {
     next_sid: u64,
     /// Delivery tracking, if the scenario asked for it.
     pub tracker: Option<Tracker>,
+    rng_detector: SimRng,
+    next_relay: u64,
+    /// Detection watch: (paused node, pause time, when each peer marked it down).
+    pub detect_watch: Option<(NodeId, u64, BTreeMap<NodeId, u64>)>,
 }
 
 fn outcome_tag(o: &Outcome) -> u8 {
@@ -430,6 +496,8 @@ impl World {
                     hb_phase: rng_clock.gen_range(0..HEARTBEAT_MS),
                     sessions: BTreeMap::new(),
                     watch: NodeWatch::default(),
+                    detector: Detector::new(DetectorConfig::default()),
+                    relays: BTreeMap::new(),
                 }
             })
             .collect();
@@ -457,6 +525,9 @@ impl World {
             actions: Vec::new(),
             next_sid: 0,
             tracker: None,
+            rng_detector: rng::stream(cfg.seed, "detector"),
+            next_relay: 0,
+            detect_watch: None,
             cfg,
         };
         let mut order: Vec<NodeId> = (0..w.cfg.nodes as NodeId).collect();
@@ -474,6 +545,17 @@ impl World {
                 if w.nodes[n as usize].mesh.len() < w.cfg.mesh.n_low {
                     w.graft_up(n, w.cfg.mesh.n);
                 }
+            }
+        }
+        if w.cfg.detector {
+            let tick = DetectorConfig::default().tick_ms.max(1);
+            for n in 0..w.cfg.capacity as NodeId {
+                let peers = w.nodes[n as usize].peers.clone();
+                for p in peers {
+                    w.nodes[n as usize].detector.connected(p, 0);
+                }
+                let phase = w.rng_detector.gen_range(0..tick);
+                w.sched.push(phase, Ev::DetTick { node: n })?;
             }
         }
         for n in 0..w.cfg.capacity as NodeId {
@@ -691,13 +773,19 @@ impl World {
             let p = rng.gen_range(0..present) as NodeId;
             if p == n
                 || !self.nodes[p as usize].present
-                || self.nodes[p as usize].peers.len() >= MAX_CONNECTIONS
+                || self.nodes[p as usize].peers.len()
+                    >= (self.cfg.degree + self.cfg.degree / 2).clamp(1, MAX_CONNECTIONS)
                 || self.nodes[n as usize].peers.contains(&p)
             {
                 continue;
             }
             self.nodes[n as usize].peers.push(p);
             self.nodes[p as usize].peers.push(n);
+            if self.cfg.detector {
+                let now = self.now();
+                self.nodes[n as usize].detector.connected(p, now);
+                self.nodes[p as usize].detector.connected(n, now);
+            }
         }
     }
 
@@ -961,6 +1049,57 @@ impl World {
                 Ok(())
             }
             Ev::Ack { node, inc, rec } => self.on_ack(node, inc, rec),
+            Ev::DetTick { node } => self.on_det_tick(node),
+            Ev::Probe {
+                to,
+                from,
+                nonce,
+                relay,
+            } => self.on_probe(to, from, nonce, relay),
+            Ev::ProbeReq {
+                to,
+                from,
+                target,
+                nonce,
+            } => self.on_probe_req(to, from, target, nonce),
+            Ev::ProbeAck {
+                to,
+                from,
+                target,
+                nonce,
+                relay,
+            } => self.on_probe_ack(to, from, target, nonce, relay),
+            Ev::ProbeNack {
+                to,
+                from,
+                target,
+                nonce,
+            } => {
+                if self.deliverable(from, to) {
+                    self.heard(to, from);
+                    self.nodes[to as usize].detector.nack(target, nonce);
+                }
+                Ok(())
+            }
+            Ev::RelayTimeout { node, relay } => {
+                if let Some((asker, target, nonce)) =
+                    self.nodes[node as usize].relays.remove(&relay)
+                {
+                    if self.nodes[node as usize].up {
+                        self.send_probe_msg(
+                            node,
+                            asker,
+                            Ev::ProbeNack {
+                                to: asker,
+                                from: node,
+                                target,
+                                nonce,
+                            },
+                        )?;
+                    }
+                }
+                Ok(())
+            }
             Ev::Act(i) => {
                 let action = self.actions.get(i).cloned();
                 match action {
@@ -981,6 +1120,7 @@ impl World {
         if !self.deliverable(from, to) {
             return Ok(());
         }
+        self.heard(to, from);
         self.log_event(1, u64::from(to), u64::from(from), u64::from(rec));
         if !self.nodes[to as usize].seen.insert(rec) {
             self.stats.duplicates += 1;
@@ -1245,6 +1385,7 @@ impl World {
         if !self.deliverable(from, to) {
             return Ok(());
         }
+        self.heard(to, from);
         self.log_event(4, u64::from(to), u64::from(from), bytes.len() as u64);
         let resp = match SyncRequest::decode(bytes) {
             Err(e) => SyncResponse::Error {
@@ -1284,6 +1425,7 @@ impl World {
         if !self.deliverable(from, to) {
             return Ok(());
         }
+        self.heard(to, from);
         self.log_event(5, u64::from(to), u64::from(from), bytes.len() as u64);
         let now_node = self.node_now(to);
         let node = &mut self.nodes[to as usize];
@@ -1409,6 +1551,19 @@ impl World {
             }
             Action::Crash(n) => {
                 self.crash(n);
+                Ok(())
+            }
+            Action::Pause(n) => {
+                self.log_event(55, u64::from(n), 0, 0);
+                self.nodes[n as usize].up = false;
+                Ok(())
+            }
+            Action::Resume(n) => {
+                self.log_event(56, u64::from(n), 0, 0);
+                let node = &mut self.nodes[n as usize];
+                if node.present {
+                    node.up = true;
+                }
                 Ok(())
             }
             Action::Restart(n) => self.restart(n),
@@ -1552,6 +1707,199 @@ impl World {
             self.start_session(p, n)?;
         }
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- failure detection
+
+    fn heard(&mut self, n: NodeId, from: NodeId) {
+        if self.cfg.detector {
+            let now = self.now();
+            self.nodes[n as usize].detector.heard(from, now);
+        }
+    }
+
+    fn send_probe_msg(&mut self, from: NodeId, to: NodeId, ev: Ev) -> Result<(), SimError> {
+        self.stats.control_bytes += PROBE_BYTES;
+        self.send(from, to, PROBE_BYTES, ev)
+    }
+
+    fn on_det_tick(&mut self, n: NodeId) -> Result<(), SimError> {
+        let now = self.now();
+        let tick = self.nodes[n as usize].detector.config().tick_ms.max(1);
+        self.sched.push(now + tick, Ev::DetTick { node: n })?;
+        let node = &self.nodes[n as usize];
+        if !node.up || !node.present {
+            return Ok(());
+        }
+        let outs = self.nodes[n as usize]
+            .detector
+            .tick(now, &mut self.rng_detector);
+        for o in outs {
+            match o {
+                DetOut::Probe { peer, nonce } => {
+                    self.stats.probes += 1;
+                    self.send_probe_msg(
+                        n,
+                        peer,
+                        Ev::Probe {
+                            to: peer,
+                            from: n,
+                            nonce,
+                            relay: None,
+                        },
+                    )?;
+                }
+                DetOut::ProbeVia {
+                    helper,
+                    target,
+                    nonce,
+                } => {
+                    self.stats.probe_reqs += 1;
+                    self.send_probe_msg(
+                        n,
+                        helper,
+                        Ev::ProbeReq {
+                            to: helper,
+                            from: n,
+                            target,
+                            nonce,
+                        },
+                    )?;
+                }
+                DetOut::Transition((p, _, new)) => {
+                    let healthy = self.reachable(n, p);
+                    match new {
+                        PeerStatus::Down => {
+                            self.log_event(57, u64::from(n), u64::from(p), 0);
+                            if healthy {
+                                self.stats.false_downs += 1;
+                            }
+                            if let Some((target, _, downs)) = self.detect_watch.as_mut() {
+                                if *target == p {
+                                    downs.entry(n).or_insert(now);
+                                }
+                            }
+                        }
+                        PeerStatus::Suspect if healthy => self.stats.false_suspects += 1,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_probe(
+        &mut self,
+        to: NodeId,
+        from: NodeId,
+        nonce: u64,
+        relay: Option<u64>,
+    ) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.heard(to, from);
+        self.stats.probe_answers += 1;
+        self.send_probe_msg(
+            to,
+            from,
+            Ev::ProbeAck {
+                to: from,
+                from: to,
+                target: to,
+                nonce,
+                relay,
+            },
+        )
+    }
+
+    fn on_probe_req(
+        &mut self,
+        to: NodeId,
+        from: NodeId,
+        target: NodeId,
+        nonce: u64,
+    ) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.heard(to, from);
+        if !self.nodes[to as usize].peers.contains(&target) {
+            self.stats.probe_answers += 1;
+            return self.send_probe_msg(
+                to,
+                from,
+                Ev::ProbeNack {
+                    to: from,
+                    from: to,
+                    target,
+                    nonce,
+                },
+            );
+        }
+        self.next_relay += 1;
+        let relay = self.next_relay;
+        self.nodes[to as usize]
+            .relays
+            .insert(relay, (from, target, nonce));
+        let now = self.now();
+        self.sched.push(
+            now + RELAY_NACK_AFTER_MS,
+            Ev::RelayTimeout { node: to, relay },
+        )?;
+        self.stats.probes += 1;
+        self.send_probe_msg(
+            to,
+            target,
+            Ev::Probe {
+                to: target,
+                from: to,
+                nonce,
+                relay: Some(relay),
+            },
+        )
+    }
+
+    fn on_probe_ack(
+        &mut self,
+        to: NodeId,
+        from: NodeId,
+        target: NodeId,
+        nonce: u64,
+        relay: Option<u64>,
+    ) -> Result<(), SimError> {
+        if !self.deliverable(from, to) {
+            return Ok(());
+        }
+        self.heard(to, from);
+        match relay {
+            // Our own probe (or a helper's relayed answer): evidence of `target`.
+            None => {
+                if self.cfg.detector {
+                    let now = self.now();
+                    self.nodes[to as usize].detector.ack(target, nonce, now);
+                }
+                Ok(())
+            }
+            Some(r) => match self.nodes[to as usize].relays.remove(&r) {
+                Some((asker, target, nonce)) => {
+                    self.stats.probe_answers += 1;
+                    self.send_probe_msg(
+                        to,
+                        asker,
+                        Ev::ProbeAck {
+                            to: asker,
+                            from: to,
+                            target,
+                            nonce,
+                            relay: None,
+                        },
+                    )
+                }
+                None => Ok(()),
+            },
+        }
     }
 
     /// Messages per live node per second over `[from_ms, to_ms]`, given the message count at
