@@ -257,6 +257,12 @@ struct NodeArgs {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:7080")]
     api: SocketAddr,
+    /// File holding the API token (one line). When set, writes (publish, blob uploads) need
+    /// `Authorization: Bearer TOKEN`; the CLI sends DPIN_API_TOKEN. A file, not a flag value,
+    /// so the token never shows in the process list. Without it the node still honours
+    /// DPIN_API_TOKEN in its environment.
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     /// DNS address (UDP and TCP), e.g. 127.0.0.1:5353. Off when not given.
     #[arg(long)]
     dns: Option<SocketAddr>,
@@ -288,6 +294,11 @@ struct NodeArgs {
     /// global unicast (refused by default, see the README); repeatable, e.g. 127.0.0.0/8.
     #[arg(long = "probe-allow", value_name = "CIDR")]
     probe_allow: Vec<crate::health::Cidr>,
+    /// Live nodes that probe each endpoint, chosen by rendezvous hashing; they share their
+    /// verdicts as signed observation records, so the probe load an endpoint receives does
+    /// not grow with the network. 0 makes every node probe every endpoint (for measurement).
+    #[arg(long, default_value_t = crate::health::DEFAULT_PROBERS)]
+    probers: usize,
     /// Offer this much storage (bytes; K/M/G/T suffixes accepted).
     #[arg(long, value_parser = crate::offers::parse_bytes)]
     offer_storage: Option<u64>,
@@ -570,6 +581,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         policy: crate::health::ProbePolicy {
             allow: args.probe_allow.clone(),
         },
+        probers: args.probers,
         ..HealthConfig::default()
     });
     let blobs = Arc::new(
@@ -647,7 +659,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
             Duration::from_millis(args.scrub_interval_ms.max(100)),
         ));
     }
-    let api_task = tokio::spawn(api::serve(node.clone(), api_listener));
+    let mut api_config = api::ApiConfig::from_env();
+    if let Some(path) = &args.api_token_file {
+        api_config.token = Some(read_api_token(path)?);
+    }
+    let api_task = tokio::spawn(api::serve_with(node.clone(), api_listener, api_config));
     tokio::select! {
         r = api_task => {
             r.context("API task failed")?.context("API server failed")?;
@@ -1180,5 +1196,34 @@ mod config_file_tests {
             crate::config::args_from_table(Path::new("example"), &table, node, &[], |_| false)
                 .expect("the example's keys are node flags");
         assert_eq!(args, ["--data-dir", "/var/lib/dpin"]);
+    }
+}
+
+/// Reads the API token file: its first line, trimmed; an empty or unreadable file is an error
+/// (a node meant to need a token must never start open).
+fn read_api_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("the API token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod api_token_file_tests {
+    use super::read_api_token;
+
+    #[test]
+    fn the_token_is_the_first_line_trimmed_and_an_empty_file_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("token");
+        std::fs::write(&good, "  s3cret \nignored\n").expect("write");
+        assert_eq!(read_api_token(&good).expect("token"), "s3cret");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        assert!(read_api_token(&empty).is_err());
+        assert!(read_api_token(&dir.path().join("missing")).is_err());
     }
 }
