@@ -6,12 +6,14 @@
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
 //! * [`liveness`] — the peer failure detector, from the protocol core (re-exported).
-//! * [`health`] — endpoint probing with bounded concurrency, jitter and backoff.
+//! * [`health`] — endpoint probing: a probe policy (no private targets unless allowed), each
+//!   endpoint probed by k live nodes chosen by rendezvous hashing, their verdicts shared as
+//!   signed observation records, per-zone budgets, bounded concurrency, jitter and backoff.
 //! * [`offers`] — this node's storage/compute offers (signed records, refreshed, lapsing) and
 //!   the network-wide offer listing.
 //! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers.
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
-//! * [`api`] — the HTTP API (axum).
+//! * [`api`] — the HTTP API (axum): connection caps, deadlines, JSON errors, optional token.
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
 //! * [`client`] — the failover HTTP client the CLI uses.
 //! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
