@@ -10,8 +10,8 @@
 //!
 //! Offers are self-asserted, so which ones *count* is decided by the offer view in
 //! [`dpin_protocol::offer`]: an offer counts only while its node is a live member (this node,
-//! or a peer that proved its id on a connection and is not confirmed down for more than
-//! [`MEMBER_GRACE_MS`], see [`members`]) and only if it expires within
+//! or a peer that proved its id on a connection and was heard from within
+//! [`MEMBER_GRACE_MS`] or is not confirmed down, see [`members`]) and only if it expires within
 //! [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`]; a node's own refresh interval is capped
 //! to a third of that. Fake offers from keys that never connected therefore never enter the
 //! rendezvous order; records ignored are shown by [`OfferStats`].
@@ -221,15 +221,17 @@ pub struct OfferView {
 
 pub use dpin_protocol::offer::OfferFilter;
 
-/// A peer the failure detector confirmed down still counts as a member this long, so a
-/// holder that missed a few pings (a loaded machine, where the detector flaps) is not
-/// replaced at once. A dead node stops refreshing, so its offers stop counting at whichever
-/// comes first: this grace after its death is confirmed, or their expiry.
-pub const MEMBER_GRACE_MS: u64 = 10_000;
+/// A peer stays a member this long after its last evidence of life (a message or ping
+/// answer on a connection that proved its id), even if the failure detector marked it down:
+/// on a loaded machine the detector flaps, and a holder that missed a few pings must not be
+/// replaced. A dead node stops refreshing, so its offers stop counting at whichever comes
+/// first: this grace or their expiry (three refreshes). A key that never connected is never
+/// a member.
+pub const MEMBER_GRACE_MS: u64 = 30_000;
 
 /// Whether `peer` is a live member as this node sees it: this node itself, or a peer that
-/// proved its id on a connection and that the failure detector has not confirmed down for
-/// more than [`MEMBER_GRACE_MS`]. Only members' offers count ([`dpin_protocol::offer`]).
+/// proved its id on a connection and that the failure detector has not confirmed down or that
+/// was heard from within [`MEMBER_GRACE_MS`]. Only members' offers count ([`dpin_protocol::offer`]).
 ///
 /// Membership is judged from this node's own connections, so in a network larger than the
 /// connection limit a real storage node this node is not connected to does not count here.
@@ -241,7 +243,7 @@ pub fn members(node: &Node) -> impl Fn(&PeerId) -> bool {
         .peers()
         .into_iter()
         .filter(|(_, i)| {
-            i.status != PeerStatus::Down || now.saturating_sub(i.since_ms) < MEMBER_GRACE_MS
+            i.status != PeerStatus::Down || now.saturating_sub(i.last_heard_ms) < MEMBER_GRACE_MS
         })
         .map(|(p, _)| p)
         .collect();
