@@ -29,8 +29,9 @@
 //!   for inbound connections from newcomers).
 //! * **Constant background work per node (issue 16).** A node keeps
 //!   [`NetConfig::target_peers`] connections (12 by default), not a full mesh: discovery dials
-//!   up to that degree, connections beyond one and a half times it are trimmed back to it
-//!   (never in their first [`TRIM_GRACE`], never gossip-mesh members), and the gossip mesh is
+//!   up to that degree, inbound connections come on top, connections beyond three times it are
+//!   trimmed back to twice it (never in their first [`TRIM_GRACE`], never gossip-mesh
+//!   members), and the gossip mesh is
 //!   sized to it. The discovery tick doubles its period up to [`DISCOVERY_MAX_INTERVAL`]
 //!   while the node is stable, and Kademlia's own periodic bootstrap runs every
 //!   [`KAD_PERIODIC_BOOTSTRAP`]. Failure detection probes peers on the detector's schedule
@@ -146,6 +147,8 @@ const MAX_PROBE_BYTES: usize = 128;
 /// Probes (ours, and those we relay for others) in flight; beyond this new ones are dropped
 /// and counted (the detector then judges by silence, which is what it does anyway).
 const MAX_PENDING_PROBES: usize = 256;
+/// Connections are trimmed only above this multiple of the target degree (see `trim`).
+const TRIM_ABOVE_FACTOR: usize = 3;
 /// A connection is never trimmed in its first seconds: a newcomer that bootstrapped through
 /// us needs the time to learn other peers from Kademlia.
 const TRIM_GRACE: Duration = Duration::from_secs(10);
@@ -179,8 +182,9 @@ pub struct NetConfig {
     pub max_connections_per_peer: u32,
     /// Expected number of nodes in the cluster, used to size the gossipsub mesh.
     pub expected_cluster_size: usize,
-    /// Connections the node keeps (its degree): discovery dials up to this many peers, and
-    /// connections beyond one and a half times it are trimmed back to it. Constant, so a
+    /// Connections the node keeps (its degree): discovery dials up to this many peers;
+    /// inbound connections come on top, and beyond three times it connections are trimmed
+    /// back to twice it. Constant, so a
     /// node's background work does not grow with the network (issue 16); Kademlia still
     /// finds every other peer, and gossip crosses the graph in a few hops.
     pub target_peers: usize,
@@ -1372,14 +1376,17 @@ impl EventLoop {
             .sum()
     }
 
-    /// Keeps the degree bounded: above one and a half times the target, closes connections
-    /// (past their grace period, not in the gossip mesh, chosen at random) down to the target.
+    /// Keeps the degree bounded: above three times the target, closes connections (past
+    /// their grace period, not in the gossip mesh, chosen at random) down to twice the target.
     /// A newcomer bootstrapping through a busy node is let in first and trimmed later, once it
     /// has found other peers through Kademlia.
     fn trim(&mut self) {
         let connected = self.swarm.connected_peers().count();
-        let high = self.dial_target + self.dial_target / 2;
-        if connected <= high {
+        // Trim only far above the target, and only down to twice it: every node dials up to
+        // the target and accepts inbound connections on top, so a typical degree is up to
+        // twice the target; trimming nearer the target made trimmed peers dial again and
+        // churned connections (measured: 3,300 reconnects in 27 s among 40 idle nodes).
+        if connected <= self.dial_target.saturating_mul(TRIM_ABOVE_FACTOR) {
             return;
         }
         let now = tokio::time::Instant::now();
@@ -1407,7 +1414,7 @@ impl EventLoop {
         }
         for peer in candidates
             .into_iter()
-            .take(connected.saturating_sub(self.dial_target))
+            .take(connected.saturating_sub(self.dial_target.saturating_mul(2)))
         {
             debug!(%peer, "trimming a connection to keep the target degree");
             self.trimming.insert(peer);

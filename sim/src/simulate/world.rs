@@ -21,8 +21,9 @@
 //!   node grafts up to D peers among its connections; a GRAFT to a peer already at D_hi is
 //!   refused (rust-libp2p's rule for inbound peers). A node below D_lo grafts up to D again
 //!   when a mesh peer crashes, leaves or is cut off.
-//! * Connections: each node dials random peers until it holds `degree` connections (the node
-//!   dials up to 3/4 of `max_connections` = 96), refusing beyond 128.
+//! * Connections: each node dials random peers until it holds `degree` connections (the
+//!   node's target degree, 12), and accepts inbound ones up to twice that (the node trims
+//!   back to twice its target).
 //!
 //! ## Durability model (the node's rule)
 //! A write through a node's API is acknowledged only after its fsync ([`ACK_DELAY_MS`]); if
@@ -774,7 +775,7 @@ impl World {
             if p == n
                 || !self.nodes[p as usize].present
                 || self.nodes[p as usize].peers.len()
-                    >= (self.cfg.degree + self.cfg.degree / 2).clamp(1, MAX_CONNECTIONS)
+                    >= self.cfg.degree.saturating_mul(2).clamp(1, MAX_CONNECTIONS)
                 || self.nodes[n as usize].peers.contains(&p)
             {
                 continue;
