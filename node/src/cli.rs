@@ -54,7 +54,7 @@ enum Cmd {
     /// Run a node. Every flag can also come from a TOML file (--config) or an environment
     /// variable DPIN_<FLAG> (e.g. DPIN_DATA_DIR); the command line wins, then the environment,
     /// then the file.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Sign a record locally and publish it through a node, never over a newer write.
     ///
     /// Without --seq the seq is one more than the highest any listed peer holds, sent with
@@ -390,7 +390,7 @@ pub fn main() {
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Keygen { out, force } => keygen(&out, force),
-        Cmd::Node(args) => run_node(args).await,
+        Cmd::Node(args) => run_node(*args).await,
         Cmd::Publish {
             key,
             record,
