@@ -404,6 +404,15 @@ async fn publish(
             "clock",
             format!("{e} (by this node's clock; another node may accept it)"),
         )),
+        // The record is valid; this node has no room for a new name (its admission quota).
+        // Nothing held is ever evicted for it; another node may have room.
+        Outcome::Invalid(dpin_protocol::error::ValidationError::Admission(a)) => {
+            Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                a.reason(),
+                format!("{a}; no live name is evicted to make room"),
+            ))
+        }
         Outcome::Invalid(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
