@@ -369,3 +369,35 @@ pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
             .then_some(())
     })
 }
+
+/// A loopback TCP listener that counts the connections it accepts (each endpoint probe is
+/// one), for tests of who probes what.
+pub struct CountingListener {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingListener {
+    /// Binds 127.0.0.1 on a free port and counts accepted connections in a thread that ends
+    /// with the test process.
+    pub fn start() -> anyhow::Result<Self> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if conn.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        Ok(Self { port, accepted })
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -4,14 +4,14 @@
 //! Everything here talks only to loopback.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use dpin_tests::{http, keygen, ok, publish, wait_until, NodeProc};
+use dpin_tests::{http, keygen, ok, publish, wait_until, CountingListener, NodeProc};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
@@ -21,34 +21,6 @@ const FAST_PROBES: [&str; 4] = ["--probe-interval-ms", "200", "--probe-timeout-m
 
 fn bin() -> &'static Path {
     Path::new(BIN)
-}
-
-/// A loopback TCP listener that counts the connections it accepts (each probe is one).
-struct CountingListener {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl CountingListener {
-    fn start() -> Result<Self> {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        // The thread ends with the test process; the listener is never dropped before.
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                if conn.is_ok() {
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Ok(Self { port, accepted })
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
 }
 
 /// The body of `GET path` as text (for `/metrics`).

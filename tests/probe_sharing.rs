@@ -5,12 +5,10 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use dpin_tests::{keygen, ok, publish, wait_connected, wait_until, NodeProc};
+use dpin_tests::{keygen, ok, publish, wait_connected, wait_until, CountingListener, NodeProc};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
@@ -26,30 +24,6 @@ const PROBES: [&str; 6] = [
 
 fn bin() -> &'static Path {
     Path::new(BIN)
-}
-
-/// A loopback TCP listener that counts the connections it accepts (each probe is one).
-struct CountingListener {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl CountingListener {
-    fn start() -> Result<Self> {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        // The thread ends with the test process; the listener is never dropped before.
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                if conn.is_ok() {
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Ok(Self { port, accepted })
-    }
 }
 
 fn free_port() -> Result<u16> {
@@ -177,10 +151,7 @@ fn each_endpoint_is_probed_by_three_nodes_and_every_node_knows_its_health() -> R
         .map(|n| metric(n, "dpin_probe_observations_accepted_total").unwrap_or(0))
         .sum();
     assert!(sharing > 0, "verdicts were shared");
-    let probes: usize = listeners
-        .iter()
-        .map(|l| l.accepted.load(Ordering::SeqCst))
-        .sum();
+    let probes: usize = listeners.iter().map(|l| l.accepted()).sum();
     eprintln!("{NODES} nodes: tracked per node {tracked:?}; {probes} probes of 6 listeners so far");
     Ok(())
 }
@@ -227,17 +198,14 @@ fn measure_probe_rate_per_endpoint() -> Result<()> {
             }
             // Settle a few more seconds (rendezvous membership, first-probe spread), then count.
             std::thread::sleep(Duration::from_secs(4));
-            let before: Vec<usize> = listeners
-                .iter()
-                .map(|l| l.accepted.load(Ordering::SeqCst))
-                .collect();
+            let before: Vec<usize> = listeners.iter().map(|l| l.accepted()).collect();
             let t = Instant::now();
             std::thread::sleep(WINDOW);
             let secs = t.elapsed().as_secs_f64();
             let mut rates: Vec<f64> = listeners
                 .iter()
                 .zip(&before)
-                .map(|(l, b)| (l.accepted.load(Ordering::SeqCst) - b) as f64 / secs)
+                .map(|(l, b)| (l.accepted() - b) as f64 / secs)
                 .collect();
             rates.sort_by(f64::total_cmp);
             let median = rates[rates.len() / 2];
