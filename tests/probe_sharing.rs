@@ -107,6 +107,13 @@ fn each_endpoint_is_probed_by_three_nodes_and_every_node_knows_its_health() -> R
     let dir = tempfile::tempdir()?;
     let nodes = cluster_env(dir.path(), NODES, &[])?;
     wait_connected(&nodes, SPREAD)?;
+    // The failure detector and the network layer report on /metrics: peers by state, and
+    // the detector's probes (it has been probing peers it did not hear from).
+    for node in &nodes {
+        assert!(metric(node, r#"dpin_peers{state="alive"}"#).unwrap_or(0) >= 1);
+        assert!(metric(node, "dpin_detector_probes_total").is_some());
+        assert!(metric(node, "dpin_net_dropped_gossip_total").is_some());
+    }
     let listeners: Vec<CountingListener> = (0..6)
         .map(|_| CountingListener::start())
         .collect::<Result<_>>()?;

@@ -510,6 +510,7 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
 
 async fn metrics(State(node): State<Node>) -> String {
     let mut out = node.0.metrics.render();
+    out.push_str(&node.render_liveness());
     out.push_str(&node.0.health.render());
     out.push_str(&http_stats().render());
     out.push_str(&crate::dns::stats().render());

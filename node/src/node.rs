@@ -356,6 +356,81 @@ impl Node {
         lock(&self.0.detector).peers().clone()
     }
 
+    /// Prometheus text of the failure detector's work (probes, indirect rounds, suspicions,
+    /// downs by silence, late ticks), its Lifeguard local-health multiplier, peers by state,
+    /// and the network layer's drop counters.
+    pub fn render_liveness(&self) -> String {
+        let (stats, health, by_state) = {
+            let d = lock(&self.0.detector);
+            let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for info in d.peers().values() {
+                *by_state.entry(info.status.as_str()).or_default() += 1;
+            }
+            (d.stats(), d.health(), by_state)
+        };
+        let net = self.0.net.stats();
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "dpin_detector_probes_total",
+                "Direct liveness probes asked for.",
+                stats.probes,
+            ),
+            (
+                "dpin_detector_indirect_rounds_total",
+                "Indirect probe rounds started.",
+                stats.indirect_rounds,
+            ),
+            (
+                "dpin_detector_suspected_total",
+                "Peers found suspect.",
+                stats.suspected,
+            ),
+            (
+                "dpin_detector_downs_by_silence_total",
+                "Peers confirmed down by silence.",
+                stats.downs_by_silence,
+            ),
+            (
+                "dpin_detector_late_ticks_total",
+                "Detector ticks too late to judge (process starved).",
+                stats.late_ticks,
+            ),
+            (
+                "dpin_net_dropped_gossip_total",
+                "Gossip messages dropped: the node did not keep up.",
+                net.dropped_gossip,
+            ),
+            (
+                "dpin_net_dropped_events_total",
+                "Network events dropped: channel full or closed.",
+                net.dropped_events,
+            ),
+            (
+                "dpin_net_dropped_probes_total",
+                "Liveness probes not sent: too many in flight or queue full.",
+                net.dropped_probes,
+            ),
+            (
+                "dpin_net_trimmed_total",
+                "Connections closed to keep the target degree.",
+                net.trimmed,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP dpin_detector_local_health Lifeguard local-health multiplier (0 = healthy).\n# TYPE dpin_detector_local_health gauge\ndpin_detector_local_health {health}\n"
+        ));
+        out.push_str("# HELP dpin_peers Known peers by liveness state.\n# TYPE dpin_peers gauge\n");
+        for (state, n) in by_state {
+            out.push_str(&format!("dpin_peers{{state=\"{state}\"}} {n}\n"));
+        }
+        out
+    }
+
     /// Feeds the failure detector and acts on status changes: a peer that comes back (or
     /// connects) is synced with at once, so it catches up without waiting for the interval.
     fn detect(&self, f: impl FnOnce(&mut Detector<PeerId>, u64) -> Option<Transition<PeerId>>) {
