@@ -1,11 +1,12 @@
 //! # dpin-node — a dpin peer
 //!
 //! Module map:
-//! * [`net`] — the libp2p swarm (gossipsub, Kademlia, identify, ping, request-response,
-//!   connection limits) in one event loop, driven through a cloneable handle.
+//! * [`net`] — the libp2p swarm (gossipsub, Kademlia, identify, request-response, the
+//!   `/dpin/probe/1` liveness probes, connection limits, a target connection degree, re-dials
+//!   of peers found down) in one event loop, driven through a cloneable handle.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
-//! * [`liveness`] — the peer failure detector, from the protocol core (re-exported).
+//! * [`liveness`] — the SWIM-style peer failure detector, from the protocol core (re-exported).
 //! * [`health`] — endpoint probing: a probe policy (no private targets unless allowed), each
 //!   endpoint probed by k live nodes chosen by rendezvous hashing, their verdicts shared as
 //!   signed observation records, per-zone budgets, bounded concurrency, jitter and backoff.
