@@ -214,7 +214,10 @@ async fn idle(
         bail!("cluster sizes must be in 1..=200");
     }
     let ticks = clock_ticks();
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let mut rows = Vec::new();
     for &n in &sizes {
         for bin in &bins {
