@@ -1428,11 +1428,7 @@ impl EventLoop {
         if self.probes.len() >= MAX_PENDING_PROBES || !self.swarm.is_connected(&to) {
             self.counters.dropped_probes.fetch_add(1, Ordering::Relaxed);
             if let PendingProbe::Relay { reply, .. } = kind {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .probe
-                    .send_response(reply, vec![PROBE_NACK]);
+                self.answer_relay(reply, PROBE_NACK);
             }
             return;
         }
@@ -1453,14 +1449,25 @@ impl EventLoop {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(PendingProbe::Relay { reply, .. }) = self.probes.remove(&id) {
-                self.relays = self.relays.saturating_sub(1);
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .probe
-                    .send_response(reply, vec![PROBE_NACK]);
-            }
+            self.nack_relay(id);
+        }
+    }
+
+    /// Answers the node that asked us to relay a probe (`PROBE_ACK` or `PROBE_NACK`).
+    fn answer_relay(&mut self, reply: request_response::ResponseChannel<Vec<u8>>, answer: u8) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .probe
+            .send_response(reply, vec![answer]);
+    }
+
+    /// Forgets the pending probe `id` (its target failed or timed out); if it was relayed for
+    /// another node, answers that node "no answer".
+    fn nack_relay(&mut self, id: OutboundRequestId) {
+        if let Some(PendingProbe::Relay { reply, .. }) = self.probes.remove(&id) {
+            self.relays = self.relays.saturating_sub(1);
+            self.answer_relay(reply, PROBE_NACK);
         }
     }
 
@@ -1513,11 +1520,7 @@ impl EventLoop {
                         }
                         Some(PendingProbe::Relay { reply, .. }) => {
                             self.relays = self.relays.saturating_sub(1);
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .probe
-                                .send_response(reply, vec![PROBE_ACK]);
+                            self.answer_relay(reply, PROBE_ACK);
                         }
                         None => {}
                     }
@@ -1526,14 +1529,7 @@ impl EventLoop {
             request_response::Event::OutboundFailure { request_id, .. } => {
                 // A direct probe or a ping-req that failed says nothing by itself: the
                 // detector judges by silence. A relay answers "no answer" (nack).
-                if let Some(PendingProbe::Relay { reply, .. }) = self.probes.remove(&request_id) {
-                    self.relays = self.relays.saturating_sub(1);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .probe
-                        .send_response(reply, vec![PROBE_NACK]);
-                }
+                self.nack_relay(request_id);
             }
             request_response::Event::InboundFailure { .. }
             | request_response::Event::ResponseSent { .. } => {}
