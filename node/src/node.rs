@@ -99,6 +99,14 @@ pub struct Metrics {
     pub bodies_restored: AtomicU64,
     /// Record bodies dropped by compaction (their floors stay), counted once durable.
     pub bodies_compacted: AtomicU64,
+    /// Peer work dropped before it was looked at, by path ([`ingest::IngestPath::index`]) and
+    /// reason (0 over budget, 1 banned).
+    pub ingest_dropped: [[AtomicU64; 2]; 4],
+    /// Invalid items (undecodable or invalid records, undecodable requests) held against
+    /// their sender, by path.
+    pub ingest_offences: [AtomicU64; 4],
+    /// Peers banned (offence score past the threshold).
+    pub peer_bans: AtomicU64,
 }
 
 impl Metrics {
@@ -121,6 +129,71 @@ impl Metrics {
             _ => {}
         }
         true
+    }
+
+    fn refusal_index(r: ingest::Refusal) -> usize {
+        match r {
+            ingest::Refusal::OverBudget => 0,
+            ingest::Refusal::Banned => 1,
+        }
+    }
+
+    /// Prometheus text of the ingest policy's drops (by path and reason), offences (by path)
+    /// and bans.
+    fn render_ingest(&self) -> String {
+        let mut out = String::from(
+            "# HELP dpin_ingest_dropped_total Peer work dropped before it was looked at, by path and reason.\n# TYPE dpin_ingest_dropped_total counter\n",
+        );
+        for path in ingest::IngestPath::ALL {
+            for reason in [ingest::Refusal::OverBudget, ingest::Refusal::Banned] {
+                let v = self.ingest_dropped[path.index()][Self::refusal_index(reason)]
+                    .load(Ordering::Relaxed);
+                out.push_str(&format!(
+                    "dpin_ingest_dropped_total{{path=\"{}\",reason=\"{}\"}} {v}\n",
+                    path.as_str(),
+                    reason.as_str()
+                ));
+            }
+        }
+        out.push_str("# HELP dpin_ingest_offences_total Invalid items held against their sender, by path.\n# TYPE dpin_ingest_offences_total counter\n");
+        for path in ingest::IngestPath::ALL {
+            let v = self.ingest_offences[path.index()].load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "dpin_ingest_offences_total{{path=\"{}\"}} {v}\n",
+                path.as_str()
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP dpin_peer_bans_total Peers banned for invalid or over-budget work.\n# TYPE dpin_peer_bans_total counter\ndpin_peer_bans_total {}\n",
+            self.peer_bans.load(Ordering::Relaxed)
+        ));
+        out
+    }
+
+    fn ingest_json(&self) -> serde_json::Value {
+        let mut dropped = serde_json::Map::new();
+        let mut offences = serde_json::Map::new();
+        for path in ingest::IngestPath::ALL {
+            let d = &self.ingest_dropped[path.index()];
+            dropped.insert(
+                path.as_str().to_owned(),
+                serde_json::json!({
+                    "over_budget": d[0].load(Ordering::Relaxed),
+                    "banned": d[1].load(Ordering::Relaxed),
+                }),
+            );
+            offences.insert(
+                path.as_str().to_owned(),
+                self.ingest_offences[path.index()]
+                    .load(Ordering::Relaxed)
+                    .into(),
+            );
+        }
+        serde_json::json!({
+            "dropped": dropped,
+            "offences": offences,
+            "bans": self.peer_bans.load(Ordering::Relaxed),
+        })
     }
 
     /// Prometheus text exposition of every counter.
@@ -151,6 +224,7 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             ));
         }
+        out.push_str(&self.render_ingest());
         out
     }
 
@@ -172,6 +246,7 @@ impl Metrics {
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
             "bodies_compacted": g(&self.bodies_compacted),
+            "ingest": self.ingest_json(),
         })
     }
 }
@@ -210,6 +285,9 @@ pub struct Shared {
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests.
     pub node_key: std::sync::OnceLock<dpin_protocol::ZoneKey>,
+    /// One budget per peer across every ingest path, with offence scores and bans
+    /// ([`ingest::PeerBudget`], on [`Node::mono_ms`]).
+    budget: Mutex<ingest::PeerBudget<PeerId>>,
 }
 
 /// Cheap cloneable handle to the node.
@@ -254,6 +332,7 @@ impl Node {
             last_sync: Mutex::new(BTreeMap::new()),
             blobs,
             node_key: std::sync::OnceLock::new(),
+            budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
         }))
     }
 
@@ -531,6 +610,61 @@ impl Node {
             .is_some_and(|t| *t >= since_ms)
     }
 
+    /// Charges `cost` to `peer`'s ingest budget (every path shares it). `false`: drop the
+    /// work — it is counted by path and reason here, and a ban it triggers is enacted.
+    fn admit(&self, peer: PeerId, cost: ingest::Cost) -> bool {
+        let charge = lock(&self.0.budget).charge(peer, cost, self.mono_ms());
+        match charge {
+            ingest::Charge::Allowed => true,
+            ingest::Charge::Refused { reason, ban } => {
+                let m = &self.0.metrics;
+                Metrics::inc(
+                    &m.ingest_dropped[cost.path().index()][Metrics::refusal_index(reason)],
+                );
+                if cost.path() == ingest::IngestPath::Gossip
+                    && reason == ingest::Refusal::OverBudget
+                {
+                    Metrics::inc(&m.gossip_rate_limited);
+                }
+                if let Some(ban) = ban {
+                    self.ban(peer, ban, "over budget");
+                }
+                false
+            }
+        }
+    }
+
+    /// Holds `count` invalid items that came through `path` against `peer`; bans it past the
+    /// threshold.
+    fn offence(&self, peer: PeerId, path: ingest::IngestPath, count: u32) {
+        if count == 0 {
+            return;
+        }
+        self.0.metrics.ingest_offences[path.index()].fetch_add(u64::from(count), Ordering::Relaxed);
+        let ban = lock(&self.0.budget).offence(peer, count, self.mono_ms());
+        if let Some(ban) = ban {
+            self.ban(peer, ban, "invalid messages");
+        }
+    }
+
+    /// Whether `peer` is banned now (its work is refused on every path).
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        lock(&self.0.budget).is_banned(peer, self.mono_ms())
+    }
+
+    /// Enacts a ban the ingest policy decided: counted, logged, and handed to the network
+    /// layer ([`enact_ban`]). Until it ends, the budget refuses all of the peer's work anyway.
+    fn ban(&self, peer: PeerId, ban: ingest::Ban, reason: &'static str) {
+        Metrics::inc(&self.0.metrics.peer_bans);
+        tracing::warn!(%peer, reason, score = ban.score, for_ms = ban.duration_ms, "banning peer");
+        enact_ban(
+            &self.0.net,
+            peer,
+            Duration::from_millis(ban.duration_ms),
+            reason,
+        );
+    }
+
     async fn on_gossip(
         &self,
         source: PeerId,
@@ -573,7 +707,11 @@ impl Node {
         match verdict {
             Verdict::Accept => Metrics::inc(&m.gossip_accepted),
             Verdict::Ignore => Metrics::inc(&m.gossip_ignored),
-            Verdict::Reject => Metrics::inc(&m.gossip_rejected),
+            Verdict::Reject => {
+                Metrics::inc(&m.gossip_rejected);
+                // Honest peers validate before they forward: an invalid message is evidence.
+                self.offence(source, ingest::IngestPath::Gossip, 1);
+            }
         }
         if let Err(e) = self
             .0
@@ -589,6 +727,12 @@ impl Node {
         self.detect(|d, now| d.heard(peer, now));
         let (kind, data) = data.split_first().map_or((0xff, &[][..]), |(k, d)| (*k, d));
         if kind == KIND_BLOB {
+            if !self.admit(peer, ingest::Cost::Blob { bytes: data.len() }) {
+                return BlobResponse::Error {
+                    message: "over budget or banned; try later".into(),
+                }
+                .encode();
+            }
             let resp = match BlobRequest::decode(data) {
                 Ok(req) => {
                     let store = self.0.blobs.clone();
@@ -600,6 +744,7 @@ impl Node {
                 }
                 Err(e) => {
                     Metrics::inc(&self.0.metrics.sync_bad_requests);
+                    self.offence(peer, ingest::IngestPath::Blob, 1);
                     BlobResponse::Error {
                         message: e.to_string(),
                     }
@@ -614,11 +759,26 @@ impl Node {
                 "unknown request kind {kind}"
             )))
         };
+        // Charged before anything reads the store or verifies a signature (decoding is
+        // bounded by the request size the network layer allows).
+        let cost = match &decoded {
+            Ok(SyncRequest::Push { records }) => ingest::Cost::SyncPush {
+                records: records.len(),
+            },
+            _ => ingest::Cost::SyncRequest,
+        };
+        if !self.admit(peer, cost) {
+            return SyncResponse::Error {
+                message: "over budget or banned; try later".into(),
+            }
+            .encode();
+        }
         self.note_synced(peer);
         let req = match decoded {
             Ok(r) => r,
             Err(e) => {
                 Metrics::inc(&self.0.metrics.sync_bad_requests);
+                self.offence(peer, ingest::IngestPath::SyncRequest, 1);
                 return SyncResponse::Error {
                     message: e.to_string(),
                 }
@@ -628,7 +788,7 @@ impl Node {
         let resp = match self.read_store(|s| session::respond(s, req)) {
             ResponderAction::Reply(resp) => resp,
             ResponderAction::ApplyThenAck(records) => {
-                let applied = self.apply_synced(records).await;
+                let applied = self.apply_synced(peer, records).await;
                 tracing::debug!(%peer, applied, "records pushed to us");
                 session::push_ack(applied)
             }
@@ -636,9 +796,11 @@ impl Node {
         resp.encode()
     }
 
-    /// Applies records received through anti-entropy in one transaction; returns how many
-    /// changed the store.
-    async fn apply_synced(&self, records: Vec<Vec<u8>>) -> usize {
+    /// Applies records received through anti-entropy from `peer` in one transaction; returns
+    /// how many changed the store. Undecodable and invalid records are held against `peer`
+    /// (refusals only by our clock or our quota are not).
+    async fn apply_synced(&self, peer: PeerId, records: Vec<Vec<u8>>) -> usize {
+        let mut undecodable = 0u32;
         let decoded: Vec<SignedRecord> = records
             .iter()
             .take(MAX_RECORDS_PER_MESSAGE)
@@ -646,10 +808,12 @@ impl Node {
                 Ok(r) => Some(r),
                 Err(_) => {
                     Metrics::inc(&self.0.metrics.sync_invalid);
+                    undecodable += 1;
                     None
                 }
             })
             .collect();
+        self.offence(peer, ingest::IngestPath::SyncPush, undecodable);
         if decoded.is_empty() {
             return 0;
         }
@@ -676,6 +840,15 @@ impl Node {
                         Metrics::inc(&m.sync_invalid);
                     }
                 }
+                let invalid = outcomes
+                    .iter()
+                    .filter(|o| ingest::verdict(o) == Verdict::Reject)
+                    .count();
+                self.offence(
+                    peer,
+                    ingest::IngestPath::SyncPush,
+                    u32::try_from(invalid).unwrap_or(u32::MAX),
+                );
                 let n = outcomes.iter().filter(|o| o.changed_store()).count();
                 m.sync_applied.fetch_add(n as u64, Ordering::Relaxed);
                 n
@@ -743,7 +916,7 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
             .read_store(|s| session.handle_response(s, resp, now_ms()))
             .map_err(|e| SyncError::BadAnswer(e.to_string()))?;
         if !records.is_empty() {
-            node.apply_synced(records).await;
+            node.apply_synced(peer, records).await;
         }
     }
 }
@@ -766,7 +939,6 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
             gnode.on_gossip(source, id, data).await;
         }
     });
-    let mut limiter = ingest::RateLimiter::gossip();
     let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
     // Random start, so nodes do not all rotate through their peers in step.
     let mut sync_round: u64 = rand::random();
@@ -783,10 +955,9 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 let Some(ev) = ev else { return };
                 match ev {
                     NetEvent::Gossip { source, message_id, data } => {
-                        if limiter.allow(source, node.mono_ms()).is_err() {
-                            // Over its rate: not validated, not forwarded; sync still carries
-                            // anything real it had.
-                            Metrics::inc(&node.0.metrics.gossip_rate_limited);
+                        if !node.admit(source, ingest::Cost::Gossip) {
+                            // Over its budget or banned: not validated, not forwarded; sync
+                            // still carries anything real it had.
                             let _ = node.0.net.report_validation(message_id, source, Verdict::Ignore).await;
                             continue;
                         }
@@ -883,4 +1054,14 @@ fn handle_event(node: &Node, ev: NetEvent) {
             }
         }
     }
+}
+
+/// Hands a ban to the network layer: disconnect `peer` and refuse it for `duration`.
+///
+/// The node refuses a banned peer's work on every path by itself (the budget says so until
+/// the ban ends); this is where the network layer is told to disconnect it and refuse its
+/// connections, once it offers a ban command. Until then the ban is logged here only.
+pub fn enact_ban(net: &NetHandle, peer: PeerId, duration: Duration, reason: &'static str) {
+    let _ = (net, duration);
+    tracing::debug!(%peer, reason, "ban enacted at the ingest layer only (no network ban yet)");
 }
