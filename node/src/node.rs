@@ -612,10 +612,11 @@ impl Node {
 
     /// Charges `cost` to `peer`'s ingest budget (every path shares it). `false`: drop the
     /// work — it is counted by path and reason here, and a ban it triggers is enacted.
-    fn admit(&self, peer: PeerId, cost: ingest::Cost) -> bool {
+    /// Requests are answered with [`refusal_message`].
+    fn admit(&self, peer: PeerId, cost: ingest::Cost) -> Result<(), ingest::Refusal> {
         let charge = lock(&self.0.budget).charge(peer, cost, self.mono_ms());
         match charge {
-            ingest::Charge::Allowed => true,
+            ingest::Charge::Allowed => Ok(()),
             ingest::Charge::Refused { reason, ban } => {
                 let m = &self.0.metrics;
                 Metrics::inc(
@@ -629,7 +630,7 @@ impl Node {
                 if let Some(ban) = ban {
                     self.ban(peer, ban, "over budget");
                 }
-                false
+                Err(reason)
             }
         }
     }
@@ -727,9 +728,9 @@ impl Node {
         self.detect(|d, now| d.heard(peer, now));
         let (kind, data) = data.split_first().map_or((0xff, &[][..]), |(k, d)| (*k, d));
         if kind == KIND_BLOB {
-            if !self.admit(peer, ingest::Cost::Blob { bytes: data.len() }) {
+            if let Err(r) = self.admit(peer, ingest::Cost::Blob { bytes: data.len() }) {
                 return BlobResponse::Error {
-                    message: "over budget or banned; try later".into(),
+                    message: refusal_message(r),
                 }
                 .encode();
             }
@@ -767,9 +768,9 @@ impl Node {
             },
             _ => ingest::Cost::SyncRequest,
         };
-        if !self.admit(peer, cost) {
+        if let Err(r) = self.admit(peer, cost) {
             return SyncResponse::Error {
-                message: "over budget or banned; try later".into(),
+                message: refusal_message(r),
             }
             .encode();
         }
@@ -955,7 +956,7 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 let Some(ev) = ev else { return };
                 match ev {
                     NetEvent::Gossip { source, message_id, data } => {
-                        if !node.admit(source, ingest::Cost::Gossip) {
+                        if node.admit(source, ingest::Cost::Gossip).is_err() {
                             // Over its budget or banned: not validated, not forwarded; sync
                             // still carries anything real it had.
                             let _ = node.0.net.report_validation(message_id, source, Verdict::Ignore).await;
@@ -1054,6 +1055,12 @@ fn handle_event(node: &Node, ev: NetEvent) {
             }
         }
     }
+}
+
+/// The error answer to a request the ingest policy refused: `refused: over_budget` (try
+/// later) or `refused: banned`.
+pub fn refusal_message(r: ingest::Refusal) -> String {
+    format!("refused: {}", r.as_str())
 }
 
 /// Hands a ban to the network layer: disconnect `peer` and refuse it for `duration`.

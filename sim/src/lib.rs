@@ -16,6 +16,9 @@
 //!   ([`checker`]) judges the history — including per-node monotonic reads and content — and
 //!   produces the SPEC §5 report ([`report`]) and an SVG timeline ([`svg`]).
 //!
+//! * `dpin-sim attack` ([`attack`]) is a hostile peer speaking the real protocol against one
+//!   node (floods, sync bombs, blob chunks, fake offers, junk zones, rotating ids).
+//!
 //! * `dpin-sim simulate` ([`simulate`]) runs N nodes of the same protocol core in one process
 //!   and one thread, in virtual time, from a seed: convergence, partition-heal, the seed's race
 //!   and churn, with invariants checked after every event and a replayable event-log digest.
@@ -32,6 +35,7 @@
 //! host's firewall) and the report's `partition_method` says so. Kill, pause, skew and
 //! rolling-restart runs stay on 127.0.0.1.
 
+pub mod attack;
 pub mod checker;
 pub mod clock;
 pub mod cluster;

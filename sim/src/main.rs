@@ -8,6 +8,9 @@
 //!   the history (JSONL) and an SVG timeline; exits non-zero if any invariant broke.
 //! * `check` — re-runs the checker on a recorded history.
 //! * `simulate` — the deterministic in-process simulator (`dpin_sim::simulate`).
+//! * `attack` — a hostile peer speaking the real protocol against one node
+//!   (`dpin_sim::attack`): floods, oversized messages, sync bombs, blob chunks, fake offers,
+//!   foreign manifests, junk zones, rotating peer ids; prints a JSON report.
 //! * `node` (hidden) — runs a dpin node, exactly as `dpin node` does: the harness's fallback
 //!   when no `dpin` binary sits next to it. The other `dpin` client commands (`sign`,
 //!   `publish`, `resolve`, ...) are served the same way, so the chaos race can run the real CLI
@@ -74,6 +77,8 @@ enum Cmd {
     Chaos(Box<ChaosArgs>),
     /// Deterministic in-process simulation of N nodes in virtual time (seeded, replayable).
     Simulate(Box<dpin_sim::simulate::SimulateArgs>),
+    /// Attack one node as a hostile peer speaking the real protocol; prints a JSON report.
+    Attack(Box<AttackArgs>),
     /// Re-run the checker on a recorded history (JSONL) and print the counts.
     Check {
         /// History file written by `chaos`.
@@ -85,6 +90,62 @@ enum Cmd {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct AttackArgs {
+    /// The target node's peer multiaddr, with `/p2p/PEER_ID` (as `dpin node` prints it).
+    #[arg(long)]
+    target: String,
+    /// What to send: KIND or KIND:RATE (messages per second), repeatable. Kinds:
+    /// invalid-signature, oversized, sync-bomb, whole-store-sync, blob-flood, fake-offers,
+    /// foreign-manifests, junk-zones.
+    #[arg(long, required = true)]
+    kind: Vec<dpin_sim::attack::Stream>,
+    /// Rate of kinds given without one: N or N/s.
+    #[arg(long, default_value = "100/s", value_parser = dpin_sim::attack::parse_rate)]
+    rate: f64,
+    /// How long: seconds, or with a unit (30s, 2m).
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// A new peer id (keypair and connection) every K messages.
+    #[arg(long)]
+    rotate_every: Option<u64>,
+    /// Root (hex) of an honest blob, for foreign-manifests.
+    #[arg(long)]
+    blob_root: Option<String>,
+    /// Seed of the junk.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn attack_main(args: AttackArgs) -> i32 {
+    run_async(async move {
+        let blob_root = match &args.blob_root {
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| anyhow!("--blob-root must be 64 hex digits"))?,
+            ),
+            None => None,
+        };
+        let config = dpin_sim::attack::AttackConfig {
+            target: args
+                .target
+                .parse()
+                .with_context(|| format!("bad --target {:?}", args.target))?,
+            streams: args.kind.clone(),
+            default_rate_per_s: args.rate,
+            duration: parse_duration(&args.duration)?,
+            rotate_every: args.rotate_every,
+            blob_root,
+            seed: args.seed,
+        };
+        let report = dpin_sim::attack::run(config).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(())
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -191,6 +252,7 @@ fn main() {
     let code = match cli.cmd {
         Cmd::Chaos(args) => chaos_main(*args),
         Cmd::Simulate(args) => dpin_sim::simulate::run(&args),
+        Cmd::Attack(args) => attack_main(*args),
         Cmd::Cluster {
             nodes,
             base_dir,
