@@ -786,6 +786,15 @@ impl Node {
                 .encode();
             }
         };
+        if let Some(why) = malformed(&req) {
+            // Past a bound no honest initiator breaks: refused whole, held against the peer.
+            Metrics::inc(&self.0.metrics.sync_bad_requests);
+            self.offence(peer, ingest::IngestPath::SyncRequest, 1);
+            return SyncResponse::Error {
+                message: why.to_owned(),
+            }
+            .encode();
+        }
         let resp = match self.read_store(|s| session::respond(s, req)) {
             ResponderAction::Reply(resp) => resp,
             ResponderAction::ApplyThenAck(records) => {
@@ -915,7 +924,13 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
         let resp = ask(node, peer, req).await?;
         let records = node
             .read_store(|s| session.handle_response(s, resp, now_ms()))
-            .map_err(|e| SyncError::BadAnswer(e.to_string()))?;
+            .map_err(|e| {
+                if let session::SessionError::InvalidAnswer(_) = e {
+                    // A bomb or a lie no honest responder sends (protocol::sync's rules).
+                    node.offence(peer, ingest::IngestPath::SyncRequest, 1);
+                }
+                SyncError::BadAnswer(e.to_string())
+            })?;
         if !records.is_empty() {
             node.apply_synced(peer, records).await;
         }
@@ -1054,6 +1069,26 @@ fn handle_event(node: &Node, ev: NetEvent) {
                 addrs.push(addr);
             }
         }
+    }
+}
+
+/// Why a decoded sync request breaks a bound no honest initiator breaks, if it does: a digest
+/// of other than [`dpin_protocol::BUCKETS`] buckets (a sync bomb), more names or records than
+/// one message carries.
+fn malformed(req: &SyncRequest) -> Option<&'static str> {
+    match req {
+        SyncRequest::Digest { buckets, .. } | SyncRequest::DigestFrom { buckets, .. }
+            if buckets.len() != dpin_protocol::BUCKETS =>
+        {
+            Some("malformed digest: wrong number of buckets")
+        }
+        SyncRequest::Fetch { names } if names.len() > MAX_RECORDS_PER_MESSAGE => {
+            Some("malformed fetch: too many names")
+        }
+        SyncRequest::Push { records } if records.len() > MAX_RECORDS_PER_MESSAGE => {
+            Some("malformed push: too many records")
+        }
+        _ => None,
     }
 }
 
