@@ -20,6 +20,7 @@
 //! remaining differences are found in the next round.
 
 use crate::merge::{decide, Decision, Floor};
+use crate::store::Entry;
 use crate::store::Store;
 
 /// Number of digest buckets.
@@ -45,6 +46,12 @@ pub fn bucket_of(name: &str) -> u8 {
 }
 
 /// The digest contribution of one entry.
+///
+/// The winner's kind (live or tombstone), which the merge rule ranks by at equal seq, is not
+/// hashed in separately: the content hash covers the canonical bytes, kind included, so equal
+/// `(name, seq, hash)` means the same record and the same kind on both sides. (Only entries
+/// holding a body are in the digest, and a body's kind is read from the body itself.) Keeping
+/// the formula also keeps digests comparable with nodes that predate the kind rule.
 pub fn entry_digest(name: &str, floor: &Floor) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&(name.len() as u64).to_le_bytes());
@@ -107,7 +114,10 @@ impl StoreDigest {
     }
 }
 
-/// What a peer holds for one name: enough to decide who has the winner.
+/// What a peer holds for one name: enough to decide who has the winner, except between two
+/// different records of one seq, whose order depends on their kinds (a live record beats a
+/// tombstone); [`plan_sync`] then moves both records and lets the merge rule on each side
+/// choose. The kind is not on the wire, so the sync messages stay those of earlier releases.
 #[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct Summary {
     /// Full name.
@@ -337,14 +347,22 @@ pub fn plan_sync_bounded<S: Store + ?Sized>(
             hash: s.hash,
         };
         let mine = local.entry(&s.name);
-        match decide(mine.map(|e| e.floor), theirs) {
-            Decision::Apply | Decision::ApplyConflict => plan.fetch.push(s.name.clone()),
-            Decision::Stale | Decision::RejectConflict => {
-                if plan.push.len() < max_push
-                    && mine.is_some_and(|e| {
-                        e.bytes.is_some() && !e.is_compactable(now_ms, retention_ms)
-                    })
-                {
+        let pushable = |e: &Entry| e.bytes.is_some() && !e.is_compactable(now_ms, retention_ms);
+        // The summary does not say whether their record is a tombstone, so rank it as live:
+        // exact for every seq comparison and for duplicates, and for the one undecided case,
+        // two different records at one seq, both are moved below.
+        match decide(mine.map(Entry::rank), theirs.rank(true)) {
+            Decision::Apply => plan.fetch.push(s.name.clone()),
+            // Equal seq, different records: which one wins depends on their kinds. Fetch
+            // theirs and push ours (once: afterwards both sides hold the same winner).
+            Decision::ApplyConflict | Decision::RejectConflict => {
+                plan.fetch.push(s.name.clone());
+                if plan.push.len() < max_push && mine.is_some_and(pushable) {
+                    plan.push.push(s.name.clone());
+                }
+            }
+            Decision::Stale => {
+                if plan.push.len() < max_push && mine.is_some_and(pushable) {
                     plan.push.push(s.name.clone());
                 }
             }

@@ -2,29 +2,102 @@
 //!
 //! Every replica runs this at apply time, for records from writers, gossip and sync alike —
 //! the lesson of the October-2025 outage was that checking "is my plan newer?" once, earlier,
-//! somewhere else, is not enough. The rule is a total order on `(seq, content hash)`:
+//! somewhere else, is not enough. The rule is a total order on [`Rank`], `(seq, live, hash)`:
 //!
 //! * higher `seq` wins;
 //! * equal `seq` and equal hash is the same record (duplicate, ignored);
-//! * equal `seq` with a different hash is an equivocation: the writer signed two different
-//!   records with one seq. The one with the greater blake3 hash of its canonical bytes wins on
-//!   every replica, whatever the arrival order, and the event is reported as a conflict;
+//! * equal `seq`, a live record (anything but a tombstone) and a tombstone: the live record
+//!   wins, whatever the hashes;
+//! * equal `seq`, two different records of the same kind: an equivocation. The one with the
+//!   greater blake3 hash of its canonical bytes wins on every replica, whatever the arrival
+//!   order;
+//! * any equal-`seq` replacement is reported as a conflict (the writer signed two different
+//!   records with one seq);
 //! * lower `seq` than the floor (the highest seq ever accepted for the name) is stale.
 //!
-//! Because the order is total and the decision depends only on the floor, applying any set of
-//! records in any order, any number of times, leaves every replica with the same winner
-//! (commutative, associative, idempotent — see the property tests).
+//! Why a live record beats a tombstone at equal seq: two writers that read the same seq `N`
+//! both write `N + 1`, one a deletion (a clean-up) and one a new endpoint set. Both meant to
+//! replace what they read; the write fulfils the deletion's intent too (the record it meant to
+//! delete is gone), while the deletion would leave the name empty — the October-2025 outage
+//! ended exactly so. Ordering them by hash made that a coin toss, on every replica alike.
+//! The kind is part of the content, so it is a function of the hash: the rank adds no state
+//! that could disagree between replicas holding the same record, and a body-less floor keeps
+//! its kind (the store entry's `tombstone` flag) so the decision never needs the body.
+//!
+//! Because the order is total and the decision depends only on the held rank, applying any
+//! set of records in any order, any number of times, leaves every replica with the same
+//! winner (commutative, associative, idempotent — see the property tests).
 
 use crate::error::ValidationError;
+use crate::record::SignedRecord;
 
-/// What a replica remembers about a name for ordering purposes: the highest accepted
-/// `(seq, hash)`. Survives expiry, tombstones and compaction.
+/// What a replica remembers about a name: the `(seq, hash)` of the winner it accepted.
+/// Survives expiry, tombstones and compaction; with the winner's kind (the store entry keeps
+/// it, see [`crate::store::Entry::rank`]) it is the name's [`Rank`].
+///
+/// Its own `Ord` is `(seq, hash)`, which is *not* the merge order between a live record and
+/// a tombstone of one seq: compare [`Rank`]s to ask which record wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Floor {
     /// Highest seq accepted.
     pub seq: u64,
     /// Content hash of the record accepted at that seq.
     pub hash: [u8; 32],
+}
+
+impl Floor {
+    /// The floor of `record`.
+    pub fn of(record: &SignedRecord) -> Self {
+        Floor {
+            seq: record.body.seq,
+            hash: record.content_hash(),
+        }
+    }
+
+    /// This floor's rank when its record is `live` (not a tombstone).
+    pub fn rank(self, live: bool) -> Rank {
+        Rank {
+            seq: self.seq,
+            live,
+            hash: self.hash,
+        }
+    }
+}
+
+/// The merge order's key: `(seq, live, hash)`, compared in that order (the derived `Ord` *is*
+/// the merge rule). A greater rank wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    /// The record's seq.
+    pub seq: u64,
+    /// Whether the record is live (not a tombstone): at equal seq, live beats a tombstone.
+    pub live: bool,
+    /// Content hash of the record's canonical bytes: the tie-break within one kind.
+    pub hash: [u8; 32],
+}
+
+impl Rank {
+    /// The rank of `record`.
+    pub fn of(record: &SignedRecord) -> Self {
+        Floor::of(record).rank(!record.is_tombstone())
+    }
+
+    /// The rank of a record whose content hash is already known.
+    pub fn with_hash(record: &SignedRecord, hash: [u8; 32]) -> Self {
+        Rank {
+            seq: record.body.seq,
+            live: !record.is_tombstone(),
+            hash,
+        }
+    }
+
+    /// The `(seq, hash)` part.
+    pub fn floor(self) -> Floor {
+        Floor {
+            seq: self.seq,
+            hash: self.hash,
+        }
+    }
 }
 
 /// The decision for one incoming record against the current floor.
@@ -42,19 +115,20 @@ pub enum Decision {
     Stale,
 }
 
-/// Decides whether `incoming` beats `floor`. Pure and total: the whole ordering of dpin.
-pub fn decide(floor: Option<Floor>, incoming: Floor) -> Decision {
-    let Some(have) = floor else {
+/// Decides whether `incoming` beats the `held` rank. Pure and total: the whole ordering of
+/// dpin.
+pub fn decide(held: Option<Rank>, incoming: Rank) -> Decision {
+    let Some(have) = held else {
         return Decision::Apply;
     };
     match incoming.seq.cmp(&have.seq) {
         std::cmp::Ordering::Greater => Decision::Apply,
         std::cmp::Ordering::Less => Decision::Stale,
-        std::cmp::Ordering::Equal => match incoming.hash.cmp(&have.hash) {
-            std::cmp::Ordering::Equal => Decision::Duplicate,
-            std::cmp::Ordering::Greater => Decision::ApplyConflict,
-            std::cmp::Ordering::Less => Decision::RejectConflict,
-        },
+        // Same content, same record: its kind is part of the content, so a differing `live`
+        // can only come from a damaged flag, and the record itself is the truth.
+        std::cmp::Ordering::Equal if incoming.hash == have.hash => Decision::Duplicate,
+        std::cmp::Ordering::Equal if incoming > have => Decision::ApplyConflict,
+        std::cmp::Ordering::Equal => Decision::RejectConflict,
     }
 }
 
@@ -88,9 +162,11 @@ pub enum Outcome {
     Restored,
     /// Refused: the record failed validation.
     Invalid(ValidationError),
-    /// Refused: a compare-and-set precondition (`expected seq`) did not hold.
+    /// Refused: a compare-and-set precondition (`expected seq`, or the expected winner's
+    /// hash, see [`crate::store::Cas`]) did not hold.
     CasMismatch {
-        /// The seq the writer expected to replace.
+        /// The seq the writer expected to replace (for a hash precondition without one, the
+        /// held seq: the record the writer named is not the winner, whatever its seq).
         expected: u64,
         /// The seq actually held (0 when the name is unknown).
         actual: u64,
@@ -136,8 +212,12 @@ impl Outcome {
 mod tests {
     use super::*;
 
-    fn f(seq: u64, h: u8) -> Floor {
-        Floor { seq, hash: [h; 32] }
+    fn f(seq: u64, h: u8) -> Rank {
+        Floor { seq, hash: [h; 32] }.rank(true)
+    }
+
+    fn t(seq: u64, h: u8) -> Rank {
+        Floor { seq, hash: [h; 32] }.rank(false)
     }
 
     #[test]
@@ -152,5 +232,18 @@ mod tests {
         assert_eq!(decide(Some(f(5, 0)), f(4, 255)), Decision::Stale);
         assert_eq!(decide(Some(f(5, 255)), f(6, 0)), Decision::Apply);
         assert_eq!(decide(None, f(1, 0)), Decision::Apply);
+        assert_eq!(decide(Some(f(5, 0)), t(4, 255)), Decision::Stale);
+        assert_eq!(decide(Some(t(5, 255)), f(4, 255)), Decision::Stale);
+    }
+
+    #[test]
+    fn at_equal_seq_a_live_record_beats_a_tombstone_whatever_the_hashes() {
+        assert_eq!(decide(Some(t(3, 9)), f(3, 1)), Decision::ApplyConflict);
+        assert_eq!(decide(Some(f(3, 1)), t(3, 9)), Decision::RejectConflict);
+        // Two tombstones of one seq still order by hash.
+        assert_eq!(decide(Some(t(3, 1)), t(3, 9)), Decision::ApplyConflict);
+        assert_eq!(decide(Some(t(3, 9)), t(3, 1)), Decision::RejectConflict);
+        // A higher-seq tombstone still deletes.
+        assert_eq!(decide(Some(f(3, 255)), t(4, 0)), Decision::Apply);
     }
 }

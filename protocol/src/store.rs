@@ -17,7 +17,7 @@ use std::convert::Infallible;
 
 use crate::digest::{bucket_of, entry_digest, StoreDigest, BUCKETS};
 use crate::error::{AdmissionError, ValidationError};
-use crate::merge::{decide, Decision, Floor, Outcome};
+use crate::merge::{decide, Decision, Floor, Outcome, Rank};
 use crate::record::{verify_batch, Freshness, SignedRecord};
 use crate::{MAX_CLOCK_SKEW_MS, MAX_NODE_CLOCK_SKEW_MS, MAX_TTL_MS};
 
@@ -165,14 +165,51 @@ fn entry_bytes(name: &str, entry: &Entry) -> u64 {
     (name.len() + entry.bytes.as_ref().map_or(0, |b| b.len())) as u64
 }
 
+/// Compare-and-set preconditions a writer attaches to a record, checked against what the
+/// store holds *before* the record is merged (and atomically with the merge: both run under
+/// the caller's `&mut`). A retry of a write that already won — the very same record is held —
+/// is a duplicate whatever the preconditions say, so a client that retries after a timeout is
+/// told the truth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cas {
+    /// Apply only if the held seq is this (0 = name unknown).
+    pub seq: Option<u64>,
+    /// Apply only if the held winner is this record (its content hash). A seq names a
+    /// position, not a record: two different records can hold one seq (an equivocation, or
+    /// two writers that read the same seq), so a clean-up that read seq `N` and deletes "seq
+    /// `N`" could delete a record it never saw. The hash names the record it saw.
+    pub hash: Option<[u8; 32]>,
+}
+
+impl From<Option<u64>> for Cas {
+    fn from(seq: Option<u64>) -> Self {
+        Cas { seq, hash: None }
+    }
+}
+
+impl Cas {
+    /// Whether these preconditions hold over `held` (the name's current entry's rank).
+    pub fn holds(&self, held: Option<Rank>) -> bool {
+        let seq_ok = self
+            .seq
+            .is_none_or(|want| held.map_or(0, |r| r.seq) == want);
+        let hash_ok = self
+            .hash
+            .is_none_or(|want| held.is_some_and(|r| r.hash == want));
+        seq_ok && hash_ok
+    }
+}
+
 /// What a store holds for one name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Highest accepted `(seq, hash)`; never decreases.
+    /// Highest accepted `(seq, hash)`; with `tombstone` it is the name's [`Rank`], which
+    /// never decreases.
     pub floor: Floor,
     /// Expiry of the winning record (Unix ms).
     pub expires_at_ms: u64,
-    /// Whether the winner is a tombstone.
+    /// Whether the winner is a tombstone. Part of the rank (at equal seq a live record beats
+    /// a tombstone), so it is kept, and persisted, with the floor after the body is dropped.
     pub tombstone: bool,
     /// Wire bytes of the winning record; `None` once compacted.
     pub bytes: Option<Box<[u8]>>,
@@ -182,14 +219,16 @@ impl Entry {
     /// The entry for a freshly accepted record.
     pub fn from_record(record: &SignedRecord) -> Self {
         Entry {
-            floor: Floor {
-                seq: record.body.seq,
-                hash: record.content_hash(),
-            },
+            floor: Floor::of(record),
             expires_at_ms: record.body.expires_at_ms,
             tombstone: record.is_tombstone(),
             bytes: Some(record.encode().into_boxed_slice()),
         }
+    }
+
+    /// The rank of the held winner: what the merge rule compares an incoming record with.
+    pub fn rank(&self) -> Rank {
+        self.floor.rank(!self.tombstone)
     }
 
     /// The winning record, if its body is still held and decodes (it was validated on entry).
@@ -286,13 +325,25 @@ pub trait Store {
         freshness: Freshness,
         expected_seq: Option<u64>,
     ) -> Result<Outcome, Self::Error> {
+        self.apply_if(record, now_ms, freshness, Cas::from(expected_seq))
+    }
+
+    /// Like [`Store::apply`], with every compare-and-set precondition ([`Cas`]): the seq held
+    /// and/or the content hash of the held winner.
+    fn apply_if(
+        &mut self,
+        record: &SignedRecord,
+        now_ms: u64,
+        freshness: Freshness,
+        cas: Cas,
+    ) -> Result<Outcome, Self::Error> {
         if let Err(e) = record
             .validate_fields()
             .and_then(|()| record.validate_time(now_ms, freshness))
         {
             return Ok(Outcome::Invalid(e));
         }
-        apply_validated(self, record, false, expected_seq, now_ms)
+        apply_validated(self, record, false, cas, now_ms)
     }
 
     /// Like [`Store::apply`], for a record whose fields and signature the caller has already
@@ -311,7 +362,7 @@ pub trait Store {
         if let Err(e) = record.validate_time(now_ms, freshness) {
             return Ok(Outcome::Invalid(e));
         }
-        apply_validated(self, record, true, expected_seq, now_ms)
+        apply_validated(self, record, true, Cas::from(expected_seq), now_ms)
     }
 
     /// Merges many records, verifying their signatures as one batch (about twice the rate of
@@ -336,7 +387,13 @@ pub trait Store {
         let batch: Vec<SignedRecord> = to_verify.iter().map(|&i| records[i].clone()).collect();
         let all_good = !batch.is_empty() && verify_batch(&batch);
         for &i in &to_verify {
-            outcomes[i] = Some(apply_validated(self, &records[i], all_good, None, now_ms)?);
+            outcomes[i] = Some(apply_validated(
+                self,
+                &records[i],
+                all_good,
+                Cas::default(),
+                now_ms,
+            )?);
         }
         Ok(outcomes
             .into_iter()
@@ -381,19 +438,16 @@ fn apply_validated<S: Store + ?Sized>(
     store: &mut S,
     record: &SignedRecord,
     signature_verified: bool,
-    expected_seq: Option<u64>,
+    cas: Cas,
     now_ms: u64,
 ) -> Result<Outcome, S::Error> {
     let name = record.name();
     let held_entry = store.entry(&name);
-    let held = held_entry.map(|e| e.floor);
+    let held = held_entry.map(Entry::rank);
     let body_missing = held_entry.is_some_and(|e| e.bytes.is_none());
     let body_wanted =
         held_entry.is_some_and(|e| !e.is_past_retention(now_ms, store.retention_ms()));
-    let incoming = Floor {
-        seq: record.body.seq,
-        hash: record.content_hash(),
-    };
+    let incoming = Rank::of(record);
     let decision = decide(held, incoming);
     // Even a duplicate is verified: the same body with a forged signature must be reported as
     // invalid, not as a successful publish (gossipsub already drops byte-identical copies, so
@@ -403,14 +457,15 @@ fn apply_validated<S: Store + ?Sized>(
             return Ok(Outcome::Invalid(e));
         }
     }
-    if let Some(expected) = expected_seq {
-        // Compare-and-set is checked against the state *before* this record: a retry of a
-        // write that already won (same seq, same content) is a duplicate, not a lost race, so
-        // a client that retries after a timeout is told the truth.
+    // Compare-and-set is checked against the state *before* this record: a retry of a write
+    // that already won (same seq, same content) is a duplicate, not a lost race, so a client
+    // that retries after a timeout is told the truth.
+    if !cas.holds(held) && decision != Decision::Duplicate {
         let actual = held.map_or(0, |f| f.seq);
-        if actual != expected && decision != Decision::Duplicate {
-            return Ok(Outcome::CasMismatch { expected, actual });
-        }
+        return Ok(Outcome::CasMismatch {
+            expected: cas.seq.unwrap_or(actual),
+            actual,
+        });
     }
     let have = held.map_or(0, |f| f.seq);
     if held_entry.is_none() && matches!(decision, Decision::Apply | Decision::ApplyConflict) {

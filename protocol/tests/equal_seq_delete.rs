@@ -6,9 +6,8 @@
 //! with enactor B's one-step write at that seq and won on hash at a node that had already
 //! shown B's write. The rule this test asks for: at equal seq a live record beats a tombstone
 //! (both replace the record they read; the write satisfies the deletion's intent too), in
-//! either arrival order. It fails until the floor carries the record's kind (a data-dir
-//! format step), so it is ignored; run it with `cargo test -p dpin-protocol --test
-//! equal_seq_delete -- --ignored`.
+//! either arrival order. It failed while the merge rule ranked by `(seq, hash)` only; the rank
+//! is now `(seq, live, hash)` (`dpin_protocol::merge::Rank`).
 
 mod common;
 
@@ -18,7 +17,6 @@ use dpin_protocol::{Freshness, MemStore, Store};
 const NOW: u64 = T0;
 
 #[test]
-#[ignore = "issue 10: equal-seq delete/write ties are decided by hash; needs the floor to carry the record's kind"]
 fn at_equal_seq_a_write_beats_a_concurrent_deletion_in_either_order() {
     let key = zone_key(7);
     let seq = 278;
@@ -35,7 +33,7 @@ fn at_equal_seq_a_write_beats_a_concurrent_deletion_in_either_order() {
             ok(store.apply(r, NOW, Freshness::Replicate, None));
         }
         assert_eq!(
-            store.resolve("web", NOW).map(|r| r.content_hash()),
+            store.resolve(&write.name(), NOW).map(|r| r.content_hash()),
             Some(write.content_hash()),
             "the write must survive a concurrent deletion at its seq (arrival order: {})",
             if std::ptr::eq(order[0], &write) {

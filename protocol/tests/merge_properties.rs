@@ -2,14 +2,19 @@
 //! `MemStore`): whatever set of valid records of one zone key is delivered — varied `seq`,
 //! equal `seq` with different content (equivocation), tombstones — in whatever order and
 //! however many times, every replica ends with the same winner and the same digest, and that
-//! winner is the max of `(seq, content hash)` over what it was given.
+//! winner is the max of `(seq, live, content hash)` over what it was given: at equal seq a
+//! live record beats a tombstone whatever the hashes, and two records of one kind order by
+//! hash.
 //!
 //! Seed-deterministic: set `PROPTEST_RNG_SEED` / `PROPTEST_CASES` to explore further.
 
 mod common;
+mod model;
 
 use common::*;
+use dpin_protocol::store::Cas;
 use dpin_protocol::{Content, Freshness, MemStore, Outcome, SignedRecord, Store};
+use model::{expected_outcome, model_winners, rank};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -90,12 +95,7 @@ fn assert_store_matches_model(
         let entry = store
             .entry(name)
             .expect("every delivered name has an entry");
-        prop_assert_eq!(
-            (entry.floor.seq, entry.floor.hash),
-            rank(want),
-            "floor of {}",
-            name
-        );
+        prop_assert_eq!(entry.rank(), rank(want), "rank of {}", name);
         let held = entry.record();
         prop_assert_eq!(held.as_ref(), Some(want), "winner of {}", name);
         let served = store.resolve(name, NOW);
@@ -138,10 +138,10 @@ proptest! {
     }
 
     /// After every single delivery the outcome is exactly what the total order on
-    /// `(seq, content hash)` says (applied / duplicate / stale / conflict won or lost), and
+    /// `(seq, live, content hash)` says (applied / duplicate / stale / conflict won or lost), and
     /// the held winner is the max of everything delivered so far.
     #[test]
-    fn the_winner_is_the_max_of_seq_then_content_hash_after_every_delivery(
+    fn the_winner_is_the_max_of_seq_then_kind_then_content_hash_after_every_delivery(
         (specs, orders) in scenario(1)
     ) {
         let records = build(&specs);
@@ -215,6 +215,43 @@ proptest! {
         let held: Vec<SignedRecord> = stores.iter().flat_map(|s| s.iter().filter_map(|(_, e)| e.record())).collect();
         let held_refs: Vec<&SignedRecord> = held.iter().collect();
         assert_store_matches_model(&ab_c, &held_refs)?;
+    }
+
+    /// A write that names the record it replaces (`Cas::hash`) applies only while that record
+    /// is the winner; otherwise nothing changes and the writer hears `cas_mismatch` — except
+    /// when the very record offered is already held (a retry), which is a duplicate. The seq
+    /// precondition, when given too, must hold as well.
+    #[test]
+    fn a_write_naming_the_record_it_replaces_applies_only_over_that_record(
+        (specs, orders) in scenario(1),
+        named in 0usize..7,
+        offered in 0usize..7,
+        with_seq in any::<bool>(),
+    ) {
+        let records = build(&specs);
+        let mut store = MemStore::new();
+        for &i in &orders[0] {
+            ok(store.apply(&records[i], NOW, Freshness::Replicate, None));
+        }
+        let target = &records[named % records.len()];
+        let r = &records[offered % records.len()];
+        let held = store.entry(&r.name()).map(|e| e.rank());
+        let cas = Cas {
+            seq: with_seq.then(|| held.map_or(0, |h| h.seq)),
+            hash: Some(target.content_hash()),
+        };
+        let before = (snapshot(&store), store.digest());
+        let got = ok(store.apply_if(r, NOW, Freshness::Replicate, cas));
+        let named_is_winner = held.is_some_and(|h| h.hash == target.content_hash());
+        let retry = held.is_some_and(|h| h.hash == r.content_hash());
+        if retry {
+            prop_assert_eq!(got, Outcome::Duplicate);
+        } else if !named_is_winner {
+            prop_assert!(matches!(got, Outcome::CasMismatch { .. }), "{:?}", got);
+            prop_assert_eq!(&(snapshot(&store), store.digest()), &before, "a failed CAS changes nothing");
+        } else {
+            prop_assert!(!matches!(got, Outcome::CasMismatch { .. }), "{:?}", got);
+        }
     }
 }
 
@@ -353,4 +390,86 @@ fn a_record_with_a_bad_signature_is_refused_even_when_it_would_win() {
         Outcome::Invalid(_)
     ));
     assert_eq!(single.resolve(&held.name(), NOW).as_ref(), Some(&held));
+}
+
+#[test]
+fn at_equal_seq_a_live_record_beats_a_tombstone_through_anti_entropy_too() {
+    let key = zone_key(1);
+    let deletion = tombstone(&key, "api", 5, NOW + HOUR_MS);
+    // Both hash orders: the live record must win either way.
+    let low = (1u16..2000)
+        .map(|p| signed(&key, "api", 5, NOW + HOUR_MS, vec![v4(1, 1, p)]))
+        .find(|w| w.content_hash() < deletion.content_hash())
+        .expect("some port gives a smaller hash");
+    let high = (1u16..2000)
+        .map(|p| signed(&key, "api", 5, NOW + HOUR_MS, vec![v4(1, 1, p)]))
+        .find(|w| w.content_hash() > deletion.content_hash())
+        .expect("some port gives a greater hash");
+    for write in [low, high] {
+        for write_initiates in [true, false] {
+            let mut with_write = MemStore::new();
+            let mut with_deletion = MemStore::new();
+            ok(with_write.apply(&write, NOW, Freshness::Publish, None));
+            ok(with_deletion.apply(&deletion, NOW, Freshness::Publish, None));
+            if write_initiates {
+                sync_once(&mut with_write, &mut with_deletion, NOW);
+            } else {
+                sync_once(&mut with_deletion, &mut with_write, NOW);
+            }
+            for store in [&with_write, &with_deletion] {
+                assert_eq!(
+                    store.resolve(&write.name(), NOW).as_ref(),
+                    Some(&write),
+                    "one round leaves the write on both sides"
+                );
+            }
+            assert_eq!(with_write.digest(), with_deletion.digest());
+        }
+    }
+}
+
+#[test]
+fn a_clean_up_naming_a_stale_plan_deletes_nothing_when_another_record_holds_that_seq() {
+    // Plans A and B both took seq 7 (two writers read seq 6); B won the tie-break. A clean-up
+    // meant for A that names only the seq would delete B; naming A's hash, it is refused.
+    let key = zone_key(1);
+    let a = signed(&key, "api", 7, NOW + HOUR_MS, vec![v4(1, 1, 80)]);
+    let b = signed(&key, "api", 7, NOW + HOUR_MS, vec![v4(2, 2, 80)]);
+    let (a, b) = if a.content_hash() < b.content_hash() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let clean_up = tombstone(&key, "api", 8, NOW + HOUR_MS);
+    let mut store = MemStore::new();
+    ok(store.apply(&a, NOW, Freshness::Publish, None));
+    ok(store.apply(&b, NOW, Freshness::Replicate, None));
+    let by_seq = store.clone();
+    let by_hash = Cas {
+        seq: None,
+        hash: Some(a.content_hash()),
+    };
+    assert_eq!(
+        ok(store.apply_if(&clean_up, NOW, Freshness::Publish, by_hash)),
+        Outcome::CasMismatch {
+            expected: 7,
+            actual: 7
+        }
+    );
+    assert_eq!(store.resolve(&b.name(), NOW).as_ref(), Some(&b));
+    // The seq-only clean-up of the same intent deletes B: why the hash is needed.
+    let mut by_seq = by_seq;
+    assert!(ok(by_seq.apply(&clean_up, NOW, Freshness::Publish, Some(7))).changed_store());
+    assert_eq!(by_seq.resolve(&b.name(), NOW), None);
+    // Naming the winner works, and a retry of the same deletion is a duplicate.
+    let named_b = Cas {
+        seq: Some(7),
+        hash: Some(b.content_hash()),
+    };
+    assert!(ok(store.apply_if(&clean_up, NOW, Freshness::Publish, named_b)).changed_store());
+    assert_eq!(
+        ok(store.apply_if(&clean_up, NOW, Freshness::Publish, named_b)),
+        Outcome::Duplicate
+    );
+    assert_eq!(store.resolve(&b.name(), NOW), None);
 }

@@ -8,9 +8,9 @@
 //! sets, and anti-entropy rounds, across 3 replicas. After EVERY step, on every replica and
 //! for every name:
 //!
-//! * the floor equals the max `(seq, hash)` the replica accepted, and never goes down;
+//! * the rank equals the max `(seq, live, hash)` the replica accepted, and never goes down;
 //! * a live name never lacks a winner: once a non-tombstone record is the replica's winner,
-//!   `resolve` returns it until its own expiry or until a higher `(seq, hash)` replaces it;
+//!   `resolve` returns it until its own expiry or until a higher rank replaces it;
 //! * a resolved record never has an empty endpoint set, and an empty set is refused at sign
 //!   and at validate on every replica;
 //! * clean-up only ever drops bodies of records expired for longer than the grace period.
@@ -24,14 +24,17 @@
 //! Seed-deterministic: set `PROPTEST_RNG_SEED` / `PROPTEST_CASES` to explore further.
 
 mod common;
+mod model;
 
 use std::collections::BTreeMap;
 
 use common::*;
+use dpin_protocol::merge::Rank;
 use dpin_protocol::store::DEFAULT_BODY_RETENTION_MS;
 use dpin_protocol::{
-    Content, Floor, Freshness, MemStore, Outcome, SignedRecord, Store, ValidationError, ZoneKey,
+    Content, Freshness, MemStore, Outcome, SignedRecord, Store, ValidationError, ZoneKey,
 };
+use model::{expected_outcome, model_winners, rank};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -109,8 +112,8 @@ struct World {
     in_flight: Vec<(usize, SignedRecord)>,
     /// Every valid record ever signed.
     history: Vec<SignedRecord>,
-    /// Floors after the previous step, per replica.
-    prev_floors: Vec<BTreeMap<String, Floor>>,
+    /// Ranks after the previous step, per replica.
+    prev_floors: Vec<BTreeMap<String, Rank>>,
     last_sync: u64,
     /// Outcomes seen, by kind, to make sure the schedule exercises every path.
     kinds: BTreeMap<&'static str, usize>,
@@ -208,7 +211,7 @@ impl World {
                     continue;
                 };
                 let model = self.accepted[me].get(&name);
-                if model.map(rank) == Some((entry.floor.seq, entry.floor.hash)) {
+                if model.map(rank) == Some(entry.rank()) {
                     continue;
                 }
                 let got = entry.record().expect("a record learnt by sync has a body");
@@ -298,18 +301,18 @@ impl World {
                 let model = self.accepted[r].get(&name);
                 let entry = store.entry(&name);
                 assert_eq!(
-                    entry.map(|e| (e.floor.seq, e.floor.hash)),
+                    entry.map(|e| e.rank()),
                     model.map(rank),
                     "replica {r} {name}: floor is not the max accepted (after {after:?})"
                 );
                 if let Some(e) = entry {
                     if let Some(prev) = self.prev_floors[r].get(&name) {
                         assert!(
-                            e.floor >= *prev,
+                            e.rank() >= *prev,
                             "replica {r} {name}: floor went down after {after:?}"
                         );
                     }
-                    self.prev_floors[r].insert(name.clone(), e.floor);
+                    self.prev_floors[r].insert(name.clone(), e.rank());
                     if e.bytes.is_none() {
                         assert!(
                             e.expires_at_ms + RETENTION_MS <= self.now,
@@ -349,7 +352,7 @@ impl World {
             for r in 0..REPLICAS {
                 let entry = self.replicas[r].entry(&name);
                 assert_eq!(
-                    entry.map(|e| (e.floor.seq, e.floor.hash)),
+                    entry.map(|e| e.rank()),
                     want.map(rank),
                     "replica {r} {name}: did not converge on the max record written"
                 );
