@@ -15,7 +15,8 @@
 //! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers.
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum): connection caps, deadlines, JSON errors, optional token.
-//! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store.
+//! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store: `responder`
+//!   (packet in, packet out), `serve` (sockets), `rrl`, `stats`, `aliases`.
 //! * [`client`] — the failover HTTP client the CLI uses.
 //! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
 //!   compare-and-set one-step publishing, named deletions.

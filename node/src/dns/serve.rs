@@ -1,0 +1,342 @@
+//! Sockets: binding, the UDP worker threads and the bounded TCP accept loop (RFC 7766).
+
+use super::*;
+
+/// Starts serving DNS on UDP and TCP (same port) and returns the bound address.
+pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError> {
+    let (udp, tcp) = bind_pair(config.addr).await?;
+    let bind_err = |proto, source| DnsError::Bind {
+        proto,
+        addr: config.addr,
+        source,
+    };
+    let addr = udp.local_addr().map_err(|e| bind_err("udp", e))?;
+    let responder = Arc::new(Responder::new(node, &config.aliases));
+    let rrl = Arc::new(Rrl::new(config.rrl));
+    let workers = udp_workers();
+    for i in 0..workers {
+        let sock = udp.try_clone().map_err(|e| bind_err("udp", e))?;
+        let responder = responder.clone();
+        let rrl = rrl.clone();
+        std::thread::Builder::new()
+            .name(format!("dpin-dns-udp-{i}"))
+            .spawn(move || serve_udp(&sock, &responder, &rrl))
+            .map_err(|e| bind_err("udp", e))?;
+    }
+    tokio::spawn(serve_tcp(tcp, responder));
+    tracing::info!(%addr, workers, rrl_rate = config.rrl.rate, rrl_slip = config.rrl.slip, "DNS serving on UDP and TCP");
+    Ok(addr)
+}
+
+/// UDP worker threads: one per core the process may use, at least 2 (so one worker stalled in
+/// a send or preempted does not stop reception), at most 4.
+fn udp_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
+
+/// Binds UDP and TCP on one port. With port 0, UDP picks the port and TCP follows; if TCP finds
+/// that port taken (another process holds it for TCP only), both are retried.
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    // UdpSocket here is the blocking std socket the worker threads share.
+    let udp_err = |source| DnsError::Bind {
+        proto: "udp",
+        addr,
+        source,
+    };
+    let mut last = None;
+    for _ in 0..BIND_ATTEMPTS {
+        let udp = bind_udp(addr).map_err(udp_err)?;
+        let bound = udp.local_addr().map_err(udp_err)?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(source) => {
+                return Err(DnsError::Bind {
+                    proto: "tcp",
+                    addr: bound,
+                    source,
+                })
+            }
+        }
+    }
+    Err(DnsError::Bind {
+        proto: "tcp",
+        addr,
+        source: last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)),
+    })
+}
+
+/// A UDP socket with a large receive buffer: a query burst, or a few milliseconds in which the
+/// process is not scheduled, then queues in the kernel instead of being dropped there (the
+/// default ~200 KiB holds only a few hundred small datagrams; the kernel caps the request at
+/// `net.core.rmem_max`).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        tracing::debug!(%e, "cannot enlarge the DNS UDP receive buffer");
+    }
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// One UDP worker: receive, answer, send, in a loop on a blocking socket. Never returns.
+fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, rrl: &Rrl) {
+    let st = stats();
+    // Room for any datagram, so an oversized one is seen whole and counted, not cut short.
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e) => {
+                inc(&st.io_errors);
+                tracing::debug!(%e, "DNS UDP receive failed");
+                // Errors here are per-datagram (e.g. ICMP feedback); should one persist, do
+                // not spin on it.
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+        };
+        inc(&st.udp_queries);
+        if src.port() == 0 {
+            // Cannot be answered; probably spoofed.
+            inc(&st.dropped_malformed);
+            continue;
+        }
+        let Some(packet) = buf.get(..n) else { continue };
+        let resp = match rrl.check(src.ip(), std::time::Instant::now()) {
+            RrlVerdict::Answer => responder.respond(packet, Proto::Udp, crate::node::now_ms()),
+            RrlVerdict::Slip => responder.slip(packet),
+            RrlVerdict::Drop => None,
+        };
+        if let Some(resp) = resp {
+            if let Err(e) = sock.send_to(&resp, src) {
+                inc(&st.io_errors);
+                tracing::debug!(%e, %src, "DNS UDP send failed");
+            }
+        }
+    }
+}
+
+/// What the accept loop and one TCP connection share.
+#[derive(Debug, Default)]
+pub(super) struct TcpConnShared {
+    /// Milliseconds since the table's epoch, plus one, since the connection has been waiting
+    /// for its next query; 0 while a query is being answered.
+    pub(super) waiting_since: AtomicU64,
+    /// Set (and notified) when the connection is closed to make room.
+    pub(super) evicted: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl TcpConnShared {
+    fn set_waiting(&self, epoch: std::time::Instant) {
+        let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.waiting_since
+            .store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+}
+
+/// Open TCP connections: totals for the caps and who to close to make room.
+#[derive(Debug)]
+pub(super) struct TcpTable {
+    pub(super) epoch: std::time::Instant,
+    per_ip: HashMap<std::net::IpAddr, usize>,
+    conns: HashMap<u64, Arc<TcpConnShared>>,
+    next_id: u64,
+}
+
+/// Why a new TCP connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TcpRefusal {
+    /// [`MAX_TCP_CONNECTIONS`] open and none idle long enough to close.
+    TotalCap,
+    /// [`MAX_TCP_CONNECTIONS_PER_IP`] open from this address.
+    PerIp,
+}
+
+impl TcpTable {
+    pub(super) fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            per_ip: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Admits a connection from `ip` (closing the longest-waiting idle one at the total cap,
+    /// if it has waited [`TCP_EVICT_AFTER`]) or says why not.
+    pub(super) fn admit(
+        &mut self,
+        ip: std::net::IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+        evict: bool,
+    ) -> Result<(u64, Arc<TcpConnShared>), TcpRefusal> {
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= max_per_ip {
+            return Err(TcpRefusal::PerIp);
+        }
+        if self.conns.len() >= max_total {
+            if !evict {
+                return Err(TcpRefusal::TotalCap);
+            }
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            let cutoff =
+                now.saturating_sub(u64::try_from(TCP_EVICT_AFTER.as_millis()).unwrap_or(0));
+            let victim = self
+                .conns
+                .values()
+                .filter(|c| !c.evicted.load(Ordering::Relaxed))
+                .map(|c| (c.waiting_since.load(Ordering::Relaxed), c))
+                .filter(|(since, _)| *since != 0 && since.saturating_sub(1) <= cutoff)
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, c)| c.clone());
+            let Some(victim) = victim else {
+                return Err(TcpRefusal::TotalCap);
+            };
+            victim.evicted.store(true, Ordering::Relaxed);
+            victim.wake.notify_one();
+            inc(&stats().tcp_evicted);
+            // Its slot is released when its task ends; until then the table may hold one more
+            // than the cap (bounded: at most one pending eviction per admitted connection).
+        }
+        *self.per_ip.entry(ip).or_default() += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        let shared = Arc::new(TcpConnShared::default());
+        shared.set_waiting(self.epoch);
+        self.conns.insert(id, shared.clone());
+        Ok((id, shared))
+    }
+
+    pub(super) fn release(&mut self, id: u64, ip: std::net::IpAddr) {
+        self.conns.remove(&id);
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>>) {
+    let st = stats();
+    let table = Arc::new(std::sync::Mutex::new(TcpTable::new()));
+    // Measurement knob: DPIN_DNS_TCP_EVICT=0 turns eviction off (the behaviour before it), to
+    // measure the difference side by side. On by default.
+    let evict = std::env::var(TCP_EVICT_ENV).map_or(true, |v| v.trim() != "0");
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                inc(&st.io_errors);
+                tracing::warn!(%e, "DNS TCP accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let ip = peer.ip();
+        let admitted = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(ip, MAX_TCP_CONNECTIONS, MAX_TCP_CONNECTIONS_PER_IP, evict);
+        let (id, shared) = match admitted {
+            Ok(v) => v,
+            Err(r) => {
+                // Accept-and-close keeps the backlog moving and tells the client at once.
+                inc(match r {
+                    TcpRefusal::TotalCap => &st.tcp_rejected,
+                    TcpRefusal::PerIp => &st.tcp_rejected_per_ip,
+                });
+                drop(stream);
+                continue;
+            }
+        };
+        inc(&st.tcp_connections);
+        let responder = responder.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            let epoch = table
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .epoch;
+            tokio::select! {
+                () = serve_tcp_conn(stream, &responder, &shared, epoch) => {}
+                () = shared.wake.notified() => {}
+            }
+            tracing::trace!(%peer, "DNS TCP connection closed");
+            table
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .release(id, ip);
+        });
+    }
+}
+
+async fn serve_tcp_conn<S: Source>(
+    mut stream: TcpStream,
+    responder: &Responder<S>,
+    shared: &TcpConnShared,
+    epoch: std::time::Instant,
+) {
+    let st = stats();
+    let _ = stream.set_nodelay(true);
+    // However busy, a connection ends after TCP_MAX_LIFETIME: queries do not extend it forever.
+    let end_of_life = tokio::time::Instant::now() + TCP_MAX_LIFETIME;
+    loop {
+        shared.set_waiting(epoch);
+        // One deadline for the whole next query: trickled bytes cannot extend it.
+        let idle = tokio::time::Instant::now() + TCP_IDLE_TIMEOUT;
+        let (deadline, counter) = if end_of_life < idle {
+            (end_of_life, &st.tcp_lifetime_closed)
+        } else {
+            (idle, &st.tcp_timeouts)
+        };
+        let mut len = [0u8; 2];
+        match tokio::time::timeout_at(deadline, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return, // closed by the client
+            Err(_) => {
+                inc(counter);
+                return;
+            }
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        match tokio::time::timeout_at(deadline, stream.read_exact(&mut msg)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                inc(&st.dropped_malformed);
+                return;
+            }
+            Err(_) => {
+                inc(counter);
+                return;
+            }
+        }
+        // Answering: not a candidate for eviction.
+        shared.waiting_since.store(0, Ordering::Relaxed);
+        inc(&st.tcp_queries);
+        let Some(resp) = responder.respond(&msg, Proto::Tcp, crate::node::now_ms()) else {
+            return; // garbage: close (RFC 7766 §8 allows it)
+        };
+        let Ok(n) = u16::try_from(resp.len()) else {
+            return;
+        };
+        let mut out = Vec::with_capacity(resp.len() + 2);
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&resp);
+        match tokio::time::timeout(TCP_IO_TIMEOUT, stream.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                inc(&st.io_errors);
+                return;
+            }
+            Err(_) => {
+                inc(&st.tcp_timeouts);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The DNS front-end's counters, rendered as Prometheus text and JSON.
+
+use super::*;
+
+/// Counters of the DNS front-end. Everything dropped is counted here.
+#[derive(Debug)]
+pub struct DnsStats {
+    /// UDP datagrams received.
+    pub udp_queries: AtomicU64,
+    /// TCP messages received.
+    pub tcp_queries: AtomicU64,
+    /// TCP connections accepted and served.
+    pub tcp_connections: AtomicU64,
+    /// TCP connections closed at once because [`MAX_TCP_CONNECTIONS`] were open.
+    pub tcp_rejected: AtomicU64,
+    /// TCP connections closed by a timeout (idle, slow read or slow write).
+    pub tcp_timeouts: AtomicU64,
+    /// Responses with NOERROR (including NODATA).
+    pub noerror: AtomicU64,
+    /// NOERROR responses without answers (name exists, type does not).
+    pub nodata: AtomicU64,
+    /// NXDOMAIN responses.
+    pub nxdomain: AtomicU64,
+    /// REFUSED responses (outside `dpin.`, unsupported class).
+    pub refused: AtomicU64,
+    /// FORMERR responses (broken body, question count not one).
+    pub formerr: AtomicU64,
+    /// NOTIMP responses (opcode other than QUERY).
+    pub notimp: AtomicU64,
+    /// BADVERS responses (EDNS version above 0).
+    pub badvers: AtomicU64,
+    /// SERVFAIL responses (a response that could not be encoded).
+    pub servfail: AtomicU64,
+    /// Responses sent with the TC bit.
+    pub truncated: AtomicU64,
+    /// Packets dropped without answer: shorter than a header or otherwise undecodable.
+    pub dropped_malformed: AtomicU64,
+    /// Packets dropped because they were responses (QR set): never answer, no reflection.
+    pub dropped_responses: AtomicU64,
+    /// Packets dropped for exceeding [`MAX_QUERY_BYTES`].
+    pub dropped_oversized: AtomicU64,
+    /// Socket errors (receive, send, accept).
+    pub io_errors: AtomicU64,
+    /// UDP queries dropped by response rate limiting.
+    pub rrl_dropped: AtomicU64,
+    /// UDP queries answered with an empty TC answer by response rate limiting (slip).
+    pub rrl_slipped: AtomicU64,
+    /// TCP connections closed at once because [`MAX_TCP_CONNECTIONS_PER_IP`] were open from
+    /// the same address.
+    pub tcp_rejected_per_ip: AtomicU64,
+    /// TCP connections closed to make room at [`MAX_TCP_CONNECTIONS`] (waiting longest for a
+    /// query, over [`TCP_EVICT_AFTER`]).
+    pub tcp_evicted: AtomicU64,
+    /// TCP connections closed at [`TCP_MAX_LIFETIME`].
+    pub tcp_lifetime_closed: AtomicU64,
+}
+
+impl DnsStats {
+    const fn new() -> Self {
+        DnsStats {
+            udp_queries: AtomicU64::new(0),
+            tcp_queries: AtomicU64::new(0),
+            tcp_connections: AtomicU64::new(0),
+            tcp_rejected: AtomicU64::new(0),
+            tcp_timeouts: AtomicU64::new(0),
+            noerror: AtomicU64::new(0),
+            nodata: AtomicU64::new(0),
+            nxdomain: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            formerr: AtomicU64::new(0),
+            notimp: AtomicU64::new(0),
+            badvers: AtomicU64::new(0),
+            servfail: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            dropped_malformed: AtomicU64::new(0),
+            dropped_responses: AtomicU64::new(0),
+            dropped_oversized: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+            rrl_dropped: AtomicU64::new(0),
+            rrl_slipped: AtomicU64::new(0),
+            tcp_rejected_per_ip: AtomicU64::new(0),
+            tcp_evicted: AtomicU64::new(0),
+            tcp_lifetime_closed: AtomicU64::new(0),
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, &AtomicU64); 23] {
+        [
+            ("udp_queries", &self.udp_queries),
+            ("tcp_queries", &self.tcp_queries),
+            ("tcp_connections", &self.tcp_connections),
+            ("tcp_rejected", &self.tcp_rejected),
+            ("tcp_timeouts", &self.tcp_timeouts),
+            ("noerror", &self.noerror),
+            ("nodata", &self.nodata),
+            ("nxdomain", &self.nxdomain),
+            ("refused", &self.refused),
+            ("formerr", &self.formerr),
+            ("notimp", &self.notimp),
+            ("badvers", &self.badvers),
+            ("servfail", &self.servfail),
+            ("truncated", &self.truncated),
+            ("dropped_malformed", &self.dropped_malformed),
+            ("dropped_responses", &self.dropped_responses),
+            ("dropped_oversized", &self.dropped_oversized),
+            ("io_errors", &self.io_errors),
+            ("rrl_dropped", &self.rrl_dropped),
+            ("rrl_slipped", &self.rrl_slipped),
+            ("tcp_rejected_per_ip", &self.tcp_rejected_per_ip),
+            ("tcp_evicted", &self.tcp_evicted),
+            ("tcp_lifetime_closed", &self.tcp_lifetime_closed),
+        ]
+    }
+
+    /// Prometheus text exposition, one `dpin_dns_<field>_total` counter per field.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, v) in self.fields() {
+            out.push_str(&format!(
+                "# TYPE dpin_dns_{name}_total counter\ndpin_dns_{name}_total {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
+    /// Counters as a JSON object keyed by field name.
+    pub fn to_json(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.load(Ordering::Relaxed).into()))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+}
+
+static STATS: DnsStats = DnsStats::new();
+
+/// The process-wide DNS counters (one DNS front-end per process).
+pub fn stats() -> &'static DnsStats {
+    &STATS
+}
+
+pub(super) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

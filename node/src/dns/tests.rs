@@ -1,0 +1,588 @@
+//! The DNS front-end's tests: responses built from a fixed table of answers, and the sockets.
+
+use super::*;
+use dpin_protocol::{Content, Endpoint, RecordBody, ZoneKey};
+use hickory_proto::op::{Message, Query};
+use rand::{Rng, SeedableRng};
+use std::str::FromStr;
+
+const NOW: u64 = 1_700_000_000_000;
+
+/// A fixed table of answers standing in for the node.
+struct Table(HashMap<String, Answer>);
+
+impl Source for Table {
+    fn answer(&self, name: &str, now_ms: u64) -> Option<Answer> {
+        self.0
+            .get(name)
+            .filter(|a| a.record.body.expires_at_ms > now_ms)
+            .cloned()
+    }
+}
+
+fn key() -> ZoneKey {
+    ZoneKey::from_seed([7; 32])
+}
+
+fn answer(label: &str, eps: &[&str], health: &[bool], expires_at_ms: u64) -> Answer {
+    let eps: Vec<Endpoint> = eps.iter().map(|e| e.parse().expect("endpoint")).collect();
+    let record = RecordBody {
+        zone: key().zone(),
+        label: label.to_owned(),
+        seq: 1,
+        expires_at_ms,
+        content: Content::Endpoints(eps.clone()),
+    }
+    .sign(&key())
+    .expect("sign");
+    let endpoints = eps
+        .into_iter()
+        .zip(
+            health
+                .iter()
+                .map(|h| {
+                    if *h {
+                        HealthState::Healthy
+                    } else {
+                        HealthState::Unhealthy
+                    }
+                })
+                .chain(std::iter::repeat(HealthState::Healthy)),
+        )
+        .collect();
+    Answer { record, endpoints }
+}
+
+fn responder(answers: Vec<Answer>) -> Responder<Table> {
+    let table = answers.into_iter().map(|a| (a.record.name(), a)).collect();
+    let mut aliases = BTreeMap::new();
+    aliases.insert("shop".to_owned(), key().zone());
+    Responder::new(Table(table), &aliases)
+}
+
+fn zone() -> String {
+    key().zone().to_string()
+}
+
+fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(4242).set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_str(name).expect("name"), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m.to_vec().expect("encode query")
+}
+
+fn ask(r: &Responder<Table>, name: &str, qtype: RecordType, proto: Proto) -> Message {
+    let edns = (proto == Proto::Udp).then_some(4096);
+    let bytes = r
+        .respond(&query(name, qtype, edns), proto, NOW)
+        .expect("a response");
+    Message::from_vec(&bytes).expect("decodable response")
+}
+
+fn web() -> Answer {
+    answer(
+        "web",
+        &[
+            "127.0.0.1:80",
+            "127.0.0.2:8080@5",
+            "[::1]:443",
+            "db.example.org:5432",
+            "127.0.0.1:81/udp",
+        ],
+        &[],
+        NOW + 3_600_000,
+    )
+}
+
+#[test]
+fn a_aaaa_and_srv_with_glue() {
+    let r = responder(vec![web()]);
+    let name = format!("web.{}.dpin.", zone());
+    let m = ask(&r, &name, RecordType::A, Proto::Udp);
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert!(m.authoritative());
+    let a: Vec<String> = m.answers().iter().map(|r| r.data().to_string()).collect();
+    assert_eq!(
+        a,
+        vec!["127.0.0.1", "127.0.0.2"],
+        "deduplicated v4 literals"
+    );
+    assert!(m.answers().iter().all(|r| r.ttl() == MAX_TTL_SECS));
+    assert!(m.extensions().is_some(), "EDNS echoed");
+
+    let m = ask(&r, &name, RecordType::AAAA, Proto::Udp);
+    let a: Vec<String> = m.answers().iter().map(|r| r.data().to_string()).collect();
+    assert_eq!(a, vec!["::1"]);
+
+    let m = ask(&r, &name, RecordType::SRV, Proto::Udp);
+    assert_eq!(m.answers().len(), 5);
+    let srv: Vec<&SRV> = m
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::SRV(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(srv[1].weight(), 5);
+    assert_eq!(srv[1].port(), 8080);
+    assert_eq!(srv[0].priority(), 0);
+    assert_eq!(srv[0].target().to_ascii(), "7f000001.addr.dpin.");
+    assert_eq!(srv[3].target().to_ascii(), "db.example.org.");
+    // Glue for the three distinct literals (127.0.0.1 twice → once).
+    assert_eq!(m.additionals().len(), 3);
+
+    // The synthesized targets resolve to the address they spell.
+    let m = ask(&r, "7f000002.addr.dpin.", RecordType::A, Proto::Udp);
+    assert_eq!(m.answers()[0].data().to_string(), "127.0.0.2");
+    let v6 = format!("{}1.ADDR.dpin.", "0".repeat(31));
+    let m = ask(&r, &v6, RecordType::AAAA, Proto::Udp);
+    assert_eq!(m.answers()[0].data().to_string(), "::1");
+    let m = ask(&r, &v6, RecordType::A, Proto::Udp);
+    assert_eq!(
+        (m.response_code(), m.answers().len()),
+        (ResponseCode::NoError, 0)
+    );
+    for nx in [
+        "7f00001.addr.dpin.",
+        "7f00000g.addr.dpin.",
+        "x.7f000001.addr.dpin.",
+    ] {
+        let m = ask(&r, nx, RecordType::A, Proto::Udp);
+        assert_eq!(m.response_code(), ResponseCode::NXDomain, "{nx}");
+    }
+}
+
+#[test]
+fn transport_scoped_srv() {
+    let r = responder(vec![web()]);
+    let m = ask(
+        &r,
+        &format!("_udp.web.{}.dpin.", zone()),
+        RecordType::SRV,
+        Proto::Udp,
+    );
+    assert_eq!(m.answers().len(), 1);
+    let m = ask(
+        &r,
+        &format!("_http._tcp.web.{}.dpin.", zone()),
+        RecordType::SRV,
+        Proto::Udp,
+    );
+    assert_eq!(m.answers().len(), 4);
+    // Targets are the synthesized address names, whatever the question's prefix.
+    let RData::SRV(s) = m.answers()[0].data() else {
+        panic!("not SRV")
+    };
+    assert_eq!(s.target().to_ascii(), "7f000001.addr.dpin.");
+}
+
+#[test]
+fn case_insensitive_and_aliases() {
+    let r = responder(vec![web()]);
+    // hickory's Name lowercases what it parses, so mix the case on the wire by hand.
+    let mut q = query(&format!("web.{}.dpin.", zone()), RecordType::A, None);
+    for b in q.iter_mut().skip(12).step_by(2) {
+        b.make_ascii_uppercase();
+    }
+    let upper = q.clone();
+    let raw = r.respond(&q, Proto::Udp, NOW).expect("response");
+    let m = Message::from_vec(&raw).expect("decode");
+    assert_eq!(m.answers().len(), 2);
+    // The question is echoed byte for byte (0x20 case randomisation keeps working).
+    assert_eq!(raw.get(12..upper.len()), upper.get(12..));
+    let m = ask(&r, "web.SHOP.dpin.", RecordType::A, Proto::Udp);
+    assert_eq!(m.answers().len(), 2);
+}
+
+#[test]
+fn negative_answers_and_refusals() {
+    let r = responder(vec![web()]);
+    let z = zone();
+    let m = ask(&r, &format!("nope.{z}.dpin."), RecordType::A, Proto::Udp);
+    assert_eq!(m.response_code(), ResponseCode::NXDomain);
+    assert!(m.authoritative());
+    assert_eq!(m.name_servers()[0].record_type(), RecordType::SOA);
+    assert_eq!(m.name_servers()[0].ttl(), NEGATIVE_TTL_SECS);
+
+    let m = ask(&r, &format!("web.{z}.dpin."), RecordType::TXT, Proto::Udp);
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert!(m.answers().is_empty());
+    assert_eq!(m.name_servers().len(), 1);
+
+    for ent in [format!("{z}.dpin."), "shop.dpin.".to_owned()] {
+        let m = ask(&r, &ent, RecordType::A, Proto::Udp);
+        assert_eq!(m.response_code(), ResponseCode::NoError, "{ent}");
+    }
+    for nx in [
+        "web.notazone.dpin.".to_owned(),
+        format!("x.y.web.{z}.dpin."),
+        format!("_offer-storage.{z}.dpin."),
+        format!("Bad_Label.{z}.dpin."),
+    ] {
+        let m = ask(&r, &nx, RecordType::A, Proto::Udp);
+        assert_eq!(m.response_code(), ResponseCode::NXDomain, "{nx}");
+    }
+    let m = ask(&r, "dpin.", RecordType::SOA, Proto::Udp);
+    assert_eq!(m.answers()[0].record_type(), RecordType::SOA);
+
+    for out in ["example.com.", "dpin.example.com.", "."] {
+        let m = ask(&r, out, RecordType::A, Proto::Udp);
+        assert_eq!(m.response_code(), ResponseCode::Refused, "{out}");
+        assert!(!m.authoritative());
+    }
+}
+
+#[test]
+fn ttl_follows_expiry() {
+    assert_eq!(ttl_secs(NOW + 3_600_000, NOW), MAX_TTL_SECS);
+    assert_eq!(ttl_secs(NOW + 12_500, NOW), 12);
+    assert_eq!(ttl_secs(NOW + 300, NOW), 1);
+    assert_eq!(ttl_secs(NOW, NOW), 1);
+    let soon = answer("soon", &["127.0.0.1:1"], &[], NOW + 7_900);
+    let gone = answer("gone", &["127.0.0.1:1"], &[], NOW - 1);
+    let r = responder(vec![soon, gone]);
+    let m = ask(
+        &r,
+        &format!("soon.{}.dpin.", zone()),
+        RecordType::A,
+        Proto::Udp,
+    );
+    assert_eq!(m.answers()[0].ttl(), 7);
+    let m = ask(
+        &r,
+        &format!("gone.{}.dpin.", zone()),
+        RecordType::A,
+        Proto::Udp,
+    );
+    assert_eq!(m.response_code(), ResponseCode::NXDomain);
+}
+
+#[test]
+fn unhealthy_endpoints_get_a_lower_srv_priority() {
+    let a = answer(
+        "sick",
+        &["127.0.0.1:1", "127.0.0.2:1"],
+        &[false, false],
+        NOW + 60_000,
+    );
+    let r = responder(vec![a]);
+    let m = ask(
+        &r,
+        &format!("sick.{}.dpin.", zone()),
+        RecordType::SRV,
+        Proto::Udp,
+    );
+    for rec in m.answers() {
+        let RData::SRV(s) = rec.data() else {
+            panic!("not SRV")
+        };
+        assert_eq!(s.priority(), UNHEALTHY_SRV_PRIORITY);
+    }
+    assert_eq!(m.answers().len(), 2, "fail open: still answered");
+}
+
+fn big() -> Answer {
+    let eps: Vec<String> = (1..=60)
+        .map(|i| format!("[2001:db8::{i:x}]:{}", 1000 + i))
+        .collect();
+    let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+    answer("big", &refs, &[], NOW + 3_600_000)
+}
+
+#[test]
+fn large_answers_truncate_on_udp_and_fit_on_tcp() {
+    let r = responder(vec![big()]);
+    let name = format!("big.{}.dpin.", zone());
+    for (edns, limit) in [
+        (None, 512),
+        (Some(4096), 1232),
+        (Some(100), 512),
+        (Some(900), 900),
+    ] {
+        let bytes = r
+            .respond(&query(&name, RecordType::AAAA, edns), Proto::Udp, NOW)
+            .expect("response");
+        assert!(bytes.len() <= limit, "{} > {limit}", bytes.len());
+        let m = Message::from_vec(&bytes).expect("decode");
+        assert!(m.truncated(), "TC for edns {edns:?}");
+        assert!(!m.answers().is_empty(), "partial answer, never empty");
+        assert!(m.answers().len() < 60);
+        assert_eq!(m.extensions().is_some(), edns.is_some());
+    }
+    let m = ask(&r, &name, RecordType::AAAA, Proto::Tcp);
+    assert!(!m.truncated());
+    assert_eq!(m.answers().len(), 60);
+    let m = ask(&r, &name, RecordType::SRV, Proto::Tcp);
+    assert_eq!(
+        (m.answers().len(), m.additionals().len()),
+        (60, 60),
+        "all glue"
+    );
+    let m = ask(&r, &name, RecordType::SRV, Proto::Udp);
+    assert!(m.truncated());
+    assert!(m.additionals().is_empty(), "glue dropped first");
+    assert_eq!(
+        m.answers().len(),
+        18,
+        "18 IPv6 SRV records fit in 1232 bytes"
+    );
+    assert!(m.extensions().is_some(), "OPT kept");
+}
+
+#[test]
+fn glue_is_dropped_before_answers_without_tc() {
+    // 16 IPv6 SRV answers fit in 1232 bytes but not together with their 16 AAAA glue.
+    let eps: Vec<String> = (1..=16).map(|i| format!("[2001:db8::{i:x}]:{i}")).collect();
+    let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+    let r = responder(vec![answer("mid", &refs, &[], NOW + 60_000)]);
+    let name = format!("mid.{}.dpin.", zone());
+    let bytes = r
+        .respond(&query(&name, RecordType::SRV, Some(1232)), Proto::Udp, NOW)
+        .expect("response");
+    let m = Message::from_vec(&bytes).expect("decode");
+    assert!(
+        !m.truncated(),
+        "{} bytes, {} answers",
+        bytes.len(),
+        m.answers().len()
+    );
+    assert_eq!(m.answers().len(), 16);
+    assert!(m.additionals().is_empty(), "glue dropped");
+    assert!(m.extensions().is_some(), "OPT kept");
+}
+
+#[test]
+fn malformed_and_unsupported_requests() {
+    let r = responder(vec![web()]);
+    // Shorter than a header: dropped.
+    assert!(r.respond(&[1, 2, 3], Proto::Udp, NOW).is_none());
+    assert!(r.respond(&[], Proto::Udp, NOW).is_none());
+    // Oversized: dropped.
+    assert!(r
+        .respond(&[0; MAX_QUERY_BYTES + 1], Proto::Udp, NOW)
+        .is_none());
+    // A response (QR=1): dropped, no reflection.
+    let mut resp = query("example.com.", RecordType::A, None);
+    resp[2] |= 0x80;
+    assert!(r.respond(&resp, Proto::Udp, NOW).is_none());
+    // Header claims a question that is not there: FORMERR with the id.
+    let mut cut = query("web.example.", RecordType::A, None);
+    cut.truncate(15);
+    let m = Message::from_vec(&r.respond(&cut, Proto::Udp, NOW).expect("formerr")).expect("decode");
+    assert_eq!((m.id(), m.response_code()), (4242, ResponseCode::FormErr));
+    // No question at all: FORMERR.
+    let mut none = Message::new();
+    none.set_id(9);
+    let m = Message::from_vec(
+        &r.respond(&none.to_vec().expect("enc"), Proto::Udp, NOW)
+            .expect("formerr"),
+    )
+    .expect("decode");
+    assert_eq!(m.response_code(), ResponseCode::FormErr);
+    // UPDATE: NOTIMP.
+    let mut upd = Message::new();
+    upd.set_id(10).set_op_code(OpCode::Update);
+    let m = Message::from_vec(
+        &r.respond(&upd.to_vec().expect("enc"), Proto::Udp, NOW)
+            .expect("notimp"),
+    )
+    .expect("decode");
+    assert_eq!(m.response_code(), ResponseCode::NotImp);
+    // EDNS version 1: BADVERS.
+    let mut q =
+        Message::from_vec(&query("web.shop.dpin.", RecordType::A, Some(1232))).expect("decode");
+    if let Some(e) = q.extensions_mut() {
+        e.set_version(1);
+    }
+    let m = Message::from_vec(
+        &r.respond(&q.to_vec().expect("enc"), Proto::Udp, NOW)
+            .expect("badvers"),
+    )
+    .expect("decode");
+    // BADVERS shares code 16 with BADSIG; hickory decodes it as the latter.
+    assert_eq!(u16::from(m.response_code()), 16);
+    // CHAOS class: REFUSED.
+    let mut ch = Message::from_vec(&query("version.bind.", RecordType::TXT, None)).expect("decode");
+    let mut q0 = ch.queries()[0].clone();
+    q0.set_query_class(DNSClass::CH);
+    ch.queries_mut()[0] = q0;
+    let m = Message::from_vec(
+        &r.respond(&ch.to_vec().expect("enc"), Proto::Udp, NOW)
+            .expect("refused"),
+    )
+    .expect("decode");
+    assert_eq!(m.response_code(), ResponseCode::Refused);
+}
+
+#[test]
+fn random_and_mutated_packets_never_panic() {
+    let r = responder(vec![web(), big()]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let valid = [
+        query(
+            &format!("web.{}.dpin.", zone()),
+            RecordType::SRV,
+            Some(1232),
+        ),
+        query(&format!("big.{}.dpin.", zone()), RecordType::AAAA, None),
+    ];
+    for i in 0..20_000 {
+        let packet: Vec<u8> = if i % 2 == 0 {
+            let len = rng.gen_range(0..600);
+            (0..len).map(|_| rng.gen()).collect()
+        } else {
+            let mut p = valid[i % 4 / 2].clone();
+            for _ in 0..rng.gen_range(1..6) {
+                let at = rng.gen_range(0..p.len());
+                p[at] = rng.gen();
+            }
+            p.truncate(rng.gen_range(0..=p.len()));
+            p
+        };
+        for proto in [Proto::Udp, Proto::Tcp] {
+            if let Some(resp) = r.respond(&packet, proto, NOW) {
+                assert!(resp.len() >= 12);
+                if proto == Proto::Udp {
+                    assert!(resp.len() <= usize::from(UDP_PAYLOAD_LIMIT));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn alias_parsing() {
+    let z = zone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("aliases");
+    std::fs::write(&file, format!("# comment\n\nshop {z}\nBlog={z}\n")).expect("write");
+    let got = load_aliases(Some(&file), &[format!("api={z}")]).expect("aliases");
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["api", "blog", "shop"]);
+    assert!(load_aliases(None, &[format!("shop={z}")]).is_ok());
+    for bad in [
+        "shop".to_owned(),
+        format!("bad_name={z}"),
+        "shop=notazone".to_owned(),
+        format!("{z}={z}"),
+        format!("addr={z}"),
+    ] {
+        assert!(
+            load_aliases(None, std::slice::from_ref(&bad)).is_err(),
+            "{bad}"
+        );
+    }
+    let other = ZoneKey::from_seed([8; 32]).zone();
+    assert!(load_aliases(None, &[format!("shop={z}"), format!("shop={other}")]).is_err());
+    assert!(load_aliases(Some(&dir.path().join("missing")), &[]).is_err());
+}
+
+#[test]
+fn any_is_answered_with_one_small_hinfo_record() {
+    let r = responder(vec![web()]);
+    let m = ask(
+        &r,
+        &format!("web.{}.dpin.", zone()),
+        RecordType::ANY,
+        Proto::Udp,
+    );
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert_eq!(m.answers().len(), 1);
+    assert!(matches!(m.answers()[0].data(), RData::HINFO(_)));
+    assert!(m.additionals().is_empty());
+    let m = ask(
+        &r,
+        &format!("nope.{}.dpin.", zone()),
+        RecordType::ANY,
+        Proto::Udp,
+    );
+    assert_eq!(m.response_code(), ResponseCode::NXDomain);
+}
+
+#[test]
+fn slip_answers_echo_the_question_with_tc_and_no_records() {
+    let r = responder(vec![web()]);
+    let name = format!("web.{}.dpin.", zone());
+    let bytes = r
+        .slip(&query(&name, RecordType::A, None))
+        .expect("a slip answer");
+    let m = Message::from_vec(&bytes).expect("decodable");
+    assert!(m.truncated());
+    assert_eq!(m.id(), 4242);
+    assert_eq!(m.queries().len(), 1);
+    assert!(m.answers().is_empty());
+    assert!(r.slip(&[0u8; 5]).is_none(), "garbage gets nothing");
+}
+
+#[test]
+fn rrl_limits_one_prefix_slips_every_nth_and_leaves_other_prefixes_alone() {
+    let rrl = Rrl::new(RrlConfig { rate: 5, slip: 2 });
+    let now = std::time::Instant::now();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    let verdicts: Vec<RrlVerdict> = (0..11).map(|_| rrl.check(ip("192.0.2.7"), now)).collect();
+    assert!(verdicts[..5].iter().all(|v| *v == RrlVerdict::Answer));
+    assert_eq!(
+        verdicts[5..],
+        [
+            RrlVerdict::Drop,
+            RrlVerdict::Slip,
+            RrlVerdict::Drop,
+            RrlVerdict::Slip,
+            RrlVerdict::Drop,
+            RrlVerdict::Slip
+        ]
+    );
+    // Same /24: limited too. Another /24 and another /56: unaffected.
+    assert_ne!(rrl.check(ip("192.0.2.200"), now), RrlVerdict::Answer);
+    assert_eq!(rrl.check(ip("192.0.3.7"), now), RrlVerdict::Answer);
+    assert_eq!(rrl.check(ip("2001:db8:0:100::1"), now), RrlVerdict::Answer);
+    for _ in 0..5 {
+        rrl.check(ip("2001:db8:0:1::1"), now);
+    }
+    assert_ne!(
+        rrl.check(ip("2001:db8:0:ff::2"), now),
+        RrlVerdict::Answer,
+        "same /56"
+    );
+    // Tokens come back with time.
+    let later = now + Duration::from_secs(1);
+    assert_eq!(rrl.check(ip("192.0.2.7"), later), RrlVerdict::Answer);
+    // The host itself is exempt.
+    assert!((0..100).all(|_| rrl.check(ip("127.0.0.1"), now) == RrlVerdict::Answer));
+    // Rate 0 is off.
+    let off = Rrl::new(RrlConfig { rate: 0, slip: 2 });
+    assert!((0..100).all(|_| off.check(ip("192.0.2.7"), now) == RrlVerdict::Answer));
+}
+
+#[test]
+fn at_the_tcp_cap_the_longest_waiting_connection_makes_room() {
+    let ip = |n: u8| std::net::IpAddr::from([127, 0, 9, n]);
+    let mut t = TcpTable::new();
+    // Backdate the epoch so the first connections have waited past TCP_EVICT_AFTER.
+    t.epoch = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(5))
+        .expect("clock");
+    let (first, first_shared) = t.admit(ip(1), 3, 2, true).expect("room");
+    first_shared.waiting_since.store(1, Ordering::Relaxed); // waiting since the epoch
+    let (_, busy) = t.admit(ip(2), 3, 2, true).expect("room");
+    busy.waiting_since.store(0, Ordering::Relaxed); // answering: never evicted
+    let (_, recent) = t.admit(ip(3), 3, 2, true).expect("room");
+    let _ = recent; // waiting since just now: too recent to evict
+    assert_eq!(t.admit(ip(1), 3, 1, true).err(), Some(TcpRefusal::PerIp));
+    assert_eq!(
+        t.admit(ip(4), 3, 2, false).err(),
+        Some(TcpRefusal::TotalCap)
+    );
+    // At the cap: the connection waiting since the epoch is closed for the newcomer.
+    let (_, _new) = t.admit(ip(4), 3, 2, true).expect("evicts");
+    assert!(first_shared.evicted.load(Ordering::Relaxed));
+    assert!(!busy.evicted.load(Ordering::Relaxed));
+    t.release(first, ip(1));
+    // Nothing else has waited long enough: the next one is refused.
+    assert_eq!(t.admit(ip(5), 3, 2, true).err(), Some(TcpRefusal::TotalCap));
+}
