@@ -19,6 +19,16 @@
 //! fetches the body back from a peer (a duplicate of a body-less floor restores the body).
 //! Only an entry whose fixed header is damaged is skipped whole; redb's own checksums make
 //! that a torn-disk case, and it is counted the same way.
+//!
+//! The winner's kind (live or tombstone) is part of its rank: at equal seq a live record beats
+//! a tombstone (see `dpin_protocol::merge`). Every entry ever written carries it — the header's
+//! tombstone byte has been there since the first store, so entry format 1 needs no successor
+//! and the data dir no format step for the new rule. On load the kind of an entry with a
+//! body is taken from the body itself (the body's hash was just checked; a header byte that
+//! disagrees is corrected and counted as damage). A body-less floor keeps its header byte:
+//! that is the only copy of its kind. Whatever that byte says, it cannot let an older record
+//! back in — the kind only orders two records of the *same* seq, and every lower seq stays
+//! stale — and a peer's copy of the same record (same hash) restores body and kind together.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,6 +41,10 @@ use thiserror::Error;
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 /// Entry encoding version byte, so the format can evolve without misreading old files.
+///
+/// Layout (51-byte header, then the body): format, floor seq (u64 LE), floor hash (32),
+/// expiry ms (u64 LE), tombstone flag (the winner's kind, ranked by the merge rule), has-body
+/// flag, body. Unchanged since the first store.
 const ENTRY_FORMAT: u8 = 1;
 
 /// Failures of the durable layer.
@@ -166,6 +180,11 @@ impl DurableStore {
                     corrupt += 1;
                     mem.insert(&name, entry);
                 }
+                Ok(Loaded::Fixed(entry, e)) => {
+                    tracing::error!(%e, "damaged store entry header; corrected from its verified body");
+                    corrupt += 1;
+                    mem.insert(&name, entry);
+                }
                 Err(e) => {
                     tracing::error!(%e, "skipping store entry with a damaged header");
                     corrupt += 1;
@@ -246,6 +265,8 @@ enum Loaded {
     Whole(Entry),
     /// The header (floor) is intact but the body is not; the body was dropped.
     FloorOnly(Entry, StoreError),
+    /// Body intact, but a header field disagreed with it and was corrected from the body.
+    Fixed(Entry, StoreError),
 }
 
 fn decode_entry(name: &str, b: &[u8]) -> Result<Loaded, StoreError> {
@@ -293,6 +314,14 @@ fn decode_entry(name: &str, b: &[u8]) -> Result<Loaded, StoreError> {
         ));
     }
     entry.bytes = Some(body.to_vec().into_boxed_slice());
+    // The verified body is the truth about its kind, which the merge rule ranks by.
+    if entry.tombstone != rec.is_tombstone() {
+        entry.tombstone = rec.is_tombstone();
+        return Ok(Loaded::Fixed(
+            entry,
+            corrupt("kind flag disagrees with the body; taken from the body"),
+        ));
+    }
     Ok(Loaded::Whole(entry))
 }
 
@@ -354,6 +383,102 @@ mod tests {
     use dpin_protocol::{Content, Freshness, Outcome, RecordBody, SignedRecord, ZoneKey};
 
     const NOW: u64 = 1_800_000_000_000;
+
+    fn tombstone(key: &ZoneKey, seq: u64) -> SignedRecord {
+        RecordBody {
+            zone: key.zone(),
+            label: "web".into(),
+            seq,
+            expires_at_ms: NOW + 3_600_000,
+            content: Content::Tombstone,
+        }
+        .sign(key)
+        .expect("signs")
+    }
+
+    /// Rewrites the stored entry of `name` with `edit` applied to its bytes.
+    fn edit_entry(
+        path: &Path,
+        name: &str,
+        edit: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let db = Database::create(path)?;
+        let w = db.begin_write()?;
+        {
+            let mut table = w.open_table(ENTRIES)?;
+            let mut bytes = table.get(name)?.ok_or("entry missing")?.value().to_vec();
+            edit(&mut bytes);
+            table.insert(name, bytes.as_slice())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn persist(path: &Path, records: &[&SignedRecord]) -> Result<(), Box<dyn std::error::Error>> {
+        let store = Mutex::new(DurableStore::open(path)?);
+        let persister = store.lock().map_err(|e| e.to_string())?.persister();
+        let generation = {
+            let mut s = store.lock().map_err(|e| e.to_string())?;
+            for r in records {
+                s.apply(r, NOW, Freshness::Publish, None)?;
+            }
+            s.generation()
+        };
+        persister.flush(&store, generation)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_body_less_tombstone_floor_keeps_its_kind_across_a_restart(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let (old, deletion) = (record(&key, 1), tombstone(&key, 2));
+        persist(&path, &[&old, &deletion])?;
+        // Drop the body as compaction would (has-body flag off, body cut).
+        edit_entry(&path, &deletion.name(), |b| {
+            b[50] = 0;
+            b.truncate(51);
+        })?;
+        let mut reopened = DurableStore::open(&path)?;
+        assert_eq!(reopened.corrupt_on_load(), 0);
+        let entry = reopened.entry(&deletion.name()).ok_or("floor lost")?;
+        assert!(entry.tombstone && entry.bytes.is_none());
+        assert!(matches!(
+            reopened.apply(&old, NOW, Freshness::Replicate, None)?,
+            Outcome::Stale { have: 2, got: 1 }
+        ));
+        // A live record at the tombstone's seq wins, whatever the hashes: the floor knew its
+        // kind without the body.
+        let live = record(&key, 2);
+        assert!(reopened
+            .apply(&live, NOW, Freshness::Replicate, None)?
+            .is_winner());
+        assert_eq!(reopened.resolve(&live.name(), NOW), Some(live));
+        Ok(())
+    }
+
+    #[test]
+    fn a_kind_flag_that_disagrees_with_its_body_is_corrected_from_the_body_and_counted(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let live = record(&key, 2);
+        persist(&path, &[&live])?;
+        edit_entry(&path, &live.name(), |b| b[49] = 1)?;
+        let mut reopened = DurableStore::open(&path)?;
+        assert_eq!(reopened.corrupt_on_load(), 1, "the damage is counted");
+        let entry = reopened.entry(&live.name()).ok_or("entry lost")?;
+        assert!(!entry.tombstone, "the kind comes from the verified body");
+        assert_eq!(reopened.resolve(&live.name(), NOW), Some(live.clone()));
+        // So a tombstone at the same seq still loses to it.
+        assert!(!reopened
+            .apply(&tombstone(&key, 2), NOW, Freshness::Replicate, None)?
+            .is_winner());
+        Ok(())
+    }
 
     fn record(key: &ZoneKey, seq: u64) -> SignedRecord {
         RecordBody {
