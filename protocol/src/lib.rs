@@ -31,6 +31,8 @@
 //!   verdict (accept / ignore / reject) from the merge outcome.
 //! * [`liveness`] — the peer failure detector (suspicion, confirmation, local health) as a
 //!   state machine over monotonic milliseconds, generic over the peer id.
+//! * [`reach`] — isolation awareness: whether a node hears from enough of the peers it knows,
+//!   or should tell readers it is cut off.
 //! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
 //! * [`offer`] — the offer view: which storage/compute offers count (live members, bounded
 //!   expiry), filters and order.
@@ -45,6 +47,7 @@ pub mod keys;
 pub mod liveness;
 pub mod merge;
 pub mod offer;
+pub mod reach;
 pub mod record;
 pub mod signature;
 pub mod store;
