@@ -366,6 +366,10 @@ pub struct SweepReport {
     pub wall_s: f64,
     /// Seeds per second.
     pub seeds_per_s: f64,
+    /// blake3 over every seed's event-log digest, in seed order (a failed seed counts as
+    /// 32 zero bytes): two sweeps of the same seeds ran the same runs iff this is equal, so
+    /// an optimisation that must not change behaviour is checked with one number.
+    pub sweep_digest: String,
     /// Threads used.
     pub jobs: usize,
 }
@@ -375,6 +379,7 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
     let started = Instant::now();
     let next = std::sync::atomic::AtomicU64::new(a);
     let failures = std::sync::Mutex::new(Vec::<(u64, String, String)>::new());
+    let digests = std::sync::Mutex::new(Vec::<(u64, [u8; 32])>::new());
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
@@ -382,11 +387,22 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
                 if seed >= b {
                     break;
                 }
-                if let Err((e, replay)) = run_one(args, seed) {
-                    let mut f = failures
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    f.push((seed, e.to_string(), replay));
+                match run_one(args, seed) {
+                    Ok(r) => {
+                        let mut d = [0u8; 32];
+                        // The report's digest is 64 hex digits; a malformed one stays zero.
+                        let _ = hex::decode_to_slice(&r.event_log_digest, &mut d);
+                        digests
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push((seed, d));
+                    }
+                    Err((e, replay)) => {
+                        let mut f = failures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        f.push((seed, e.to_string(), replay));
+                    }
                 }
             });
         }
@@ -396,6 +412,18 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     f.sort();
     let wall_s = started.elapsed().as_secs_f64();
+    let mut d = digests
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    d.sort_unstable();
+    let mut h = blake3::Hasher::new();
+    let mut di = d.iter().peekable();
+    for seed in a..b {
+        match di.next_if(|(s, _)| *s == seed) {
+            Some((_, x)) => h.update(x),
+            None => h.update(&[0u8; 32]),
+        };
+    }
     SweepReport {
         scenario: args.scenario.as_str().to_owned(),
         nodes: args.nodes,
@@ -405,6 +433,7 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
         first_failure: f.into_iter().next(),
         wall_s,
         seeds_per_s: (b - a) as f64 / wall_s.max(1e-9),
+        sweep_digest: h.finalize().to_hex().to_string(),
         jobs: jobs.max(1),
     }
 }
@@ -430,7 +459,7 @@ pub fn run(args: &SimulateArgs) -> i32 {
         } else {
             Ok(writeln!(
                 out,
-                "{} seeds {}..{} of {} at {} nodes: {} failed, {:.1} s, {:.1} seeds/s ({} threads)",
+                "{} seeds {}..{} of {} at {} nodes: {} failed, {:.1} s, {:.1} seeds/s ({} threads), sweep digest {}",
                 rep.seeds,
                 a,
                 b,
@@ -439,7 +468,8 @@ pub fn run(args: &SimulateArgs) -> i32 {
                 rep.failures,
                 rep.wall_s,
                 rep.seeds_per_s,
-                rep.jobs
+                rep.jobs,
+                rep.sweep_digest
             ))
         };
         if !matches!(printed, Ok(Ok(()))) {
