@@ -3,7 +3,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | POST | `/v1/publish` | body `{"record": HEX, "if_seq": N?}`: apply a signed record, then gossip it |
+//! | POST | `/v1/publish` | body `{"record": HEX, "if_seq": N?, "if_hash": HEX?}`: apply a signed record (only over the held seq / held winner named), then gossip it |
 //! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`) |
 //! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it |
 //! | GET | `/v1/offers` | live offers, cheapest first; query filters `kind`, `region`, `min_free`, `min_cores`, `min_memory`, `min_gpus`, `max_price` |
@@ -122,6 +122,10 @@ pub struct PublishBody {
     /// Compare-and-set: apply only if the held seq equals this (0 = name unknown).
     #[serde(default)]
     pub if_seq: Option<u64>,
+    /// Compare-and-set on the record itself: apply only if the held winner's content hash
+    /// (hex, as `/v1/seq` and `/v1/resolve` show it) is this. A clean-up names what it deletes.
+    #[serde(default)]
+    pub if_hash: Option<String>,
 }
 
 /// One endpoint in a resolve answer.
@@ -353,10 +357,25 @@ async fn publish(
         }
         _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_record", e.to_string()),
     })?;
+    let if_hash = match body.if_hash.as_deref() {
+        None => None,
+        Some(h) => Some(
+            hex::decode(h.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_if_hash", "if_hash must be 64 hex characters: the content hash of the record to replace, as /v1/seq shows it")
+                })?,
+        ),
+    };
     let name = record.name();
     let seq = record.body.seq;
+    let cas = dpin_protocol::store::Cas {
+        seq: body.if_seq,
+        hash: if_hash,
+    };
     let result = node
-        .publish(record, body.if_seq)
+        .publish_if(record, cas)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
     let gossip = match result.gossip {
@@ -391,6 +410,15 @@ async fn publish(
             format!("{name} is at seq {have}; seq {got} is stale, publish with seq > {have}"),
         )
         .held(have)),
+        Outcome::CasMismatch { actual, .. } if if_hash.is_some() => {
+            let held = node.read_store(|s| s.entry(&name).map(|e| hex::encode(e.floor.hash)));
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "cas_mismatch",
+                format!("{name}'s winner is not the record this write names (held: seq {actual}, hash {}); it was replaced after it was read, so nothing was changed", held.as_deref().unwrap_or("none")),
+            )
+            .held(actual))
+        }
         Outcome::CasMismatch { expected, actual } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "cas_mismatch",
@@ -442,6 +470,7 @@ async fn resolve(
     Ok(Json(json!({
         "name": name,
         "seq": record.body.seq,
+        "hash": hex::encode(record.content_hash()),
         "expires_at_ms": record.body.expires_at_ms,
         "endpoints": endpoints,
         "peer_id": node.0.net.local_peer_id().to_string(),

@@ -24,8 +24,16 @@
 //!   were tried for plans and rejected: a plan signed at time t then outranked every later
 //!   one-step write whose counter was below t — the seed's race again, found by the chaos
 //!   harness's mixed-path rounds.)
-//! * **Deleting** names what it deletes: a tombstone needs `--if-seq` (the seq being deleted),
-//!   a pinned `--seq`, or a plan; a bare `--tombstone` is refused by the CLI.
+//! * **Deleting** names what it deletes: a tombstone needs `--if-hash` (the content hash of
+//!   the record being deleted, as `dpin resolve` shows it), `--if-seq` (the seq being
+//!   deleted), a pinned `--seq`, or a plan; a bare `--tombstone` is refused by the CLI. The
+//!   hash is the safe one: a seq names a position, and two different records can hold one
+//!   seq, so a clean-up that read seq `N` for plan A could delete plan B at `N`. With
+//!   `--if-hash` the node applies the deletion only while the record it names is the winner
+//!   (API `if_hash`, checked atomically with the merge, [`Node::publish_if`]); a retry of a
+//!   deletion that already won is a duplicate. And if a write made from the same read lands
+//!   at the deletion's seq anyway, the write wins on every replica (a live record beats a
+//!   tombstone at equal seq), so the name is never left empty by that race.
 //!
 //! What an AP system can promise two concurrent writers (README "Writing safely"): every node
 //! ends with the same single winner (higher seq, then the content-hash tie-break), and when
@@ -42,6 +50,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::client::{Answer, Client};
+use crate::net::PublishStatus;
+use crate::node::{now_ms, Node, NodeError, PublishResult};
+use dpin_protocol::store::{Cas, Store};
+use dpin_protocol::Outcome;
+use std::sync::atomic::Ordering;
 
 /// Version of the plan file format.
 pub const PLAN_VERSION: u32 = 1;
@@ -449,6 +462,50 @@ pub async fn enact_plan(client: &Client, record: &SignedRecord) -> Result<Answer
         }
     }
     Err(WriteError::NoPeer(failures.join("; ")))
+}
+
+impl Node {
+    /// Applies a writer's record under every compare-and-set precondition in `cas` (the held
+    /// seq and/or the held winner's content hash), checked atomically with the merge under the
+    /// store lock; commits it durably and gossips it if it changed the store. The same steps
+    /// as [`Node::publish`], which takes a seq precondition only.
+    pub async fn publish_if(
+        &self,
+        record: SignedRecord,
+        cas: Cas,
+    ) -> Result<PublishResult, NodeError> {
+        let rec = record.clone();
+        let (outcome, generation) = self
+            .with_store(move |s| {
+                s.apply_if(&rec, now_ms(), Freshness::Publish, cas)
+                    .map(|o| (o, s.generation()))
+            })
+            .await??;
+        if outcome.is_winner() {
+            // The writer hears "applied" (or "duplicate") only once the record is on disk.
+            self.flush(generation).await?;
+        }
+        let m = &self.0.metrics;
+        if let Outcome::Conflict { .. } = outcome {
+            m.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        let gossip = if outcome.changed_store() {
+            m.publish_applied.fetch_add(1, Ordering::Relaxed);
+            match self.0.net.publish(record.encode()).await {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    tracing::warn!(%e, "gossip publish failed; anti-entropy will carry the record");
+                    None
+                }
+            }
+        } else {
+            if !outcome.is_winner() {
+                m.publish_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            None::<PublishStatus>
+        };
+        Ok(PublishResult { outcome, gossip })
+    }
 }
 
 #[cfg(test)]
