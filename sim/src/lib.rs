@@ -23,6 +23,9 @@
 //!   and one thread, in virtual time, from a seed: convergence, partition-heal, the seed's race
 //!   and churn, with invariants checked after every event and a replayable event-log digest.
 //!
+//! * [`propbench`] measures propagation of dpin's real processes against raw in-process
+//!   gossipsub at the same cluster sizes, side by side in one run (`dpin-bench propagation`).
+//!
 //! ## Partitions and WAN links
 //! A real partition needs packets to vanish between nodes. When partitions or WAN links
 //! (`--link-delay-ms`, `--jitter-ms`, `--loss-pct`) are requested and the harness runs as root
@@ -44,6 +47,7 @@ pub mod history;
 pub mod nemesis;
 pub mod netns;
 pub mod nodeapi;
+pub mod propbench;
 pub mod race;
 pub mod report;
 pub mod simulate;

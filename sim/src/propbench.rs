@@ -1,0 +1,566 @@
+//! Propagation bench: dpin's real release processes against raw in-process gossipsub, at the
+//! same cluster sizes, side by side in one run (issue 14, "a bench the project ships").
+//!
+//! For each size N (default 3, 5 and 20) it measures, one after the other on the same machine:
+//!
+//! * **raw**: N rust-libp2p 0.56 gossipsub swarms in this process (loopback TCP, noise, yamux,
+//!   signed messages, strict validation with an explicit `Accept` before forwarding, blake3
+//!   message ids, 500 ms heartbeats) with the node's own mesh parameters
+//!   ([`dpin_node::net::MeshParams::for_cluster`]). Each node dials the previous ones (all of
+//!   them up to 13 nodes, else the 6 before it on a ring, about the node's target degree of
+//!   12). One clock: the time from `publish` at the origin to the last node's receipt.
+//! * **dpin**: N `dpin node` processes (`--no-probe --expected-nodes N`), one signed record per
+//!   message published over HTTP at the origin (origins rotate), and one DNS poller per node
+//!   asking for the name until it answers. The time from the HTTP request to the last node
+//!   answering. This includes the origin's verification, merge and fsync (the writer's
+//!   acknowledgement waits for it; gossip goes out after it), the HTTP request, and up to one
+//!   poll pause; the pollers run on the same cores as the nodes, so the dpin figure is an
+//!   upper bound.
+//!
+//! It prints p50/p99/max per side and the dpin/raw ratio of each, and returns the rows. The
+//! earlier baseline (FIELD-NOTES.md: N=3 dpin p99 4.3 ms vs raw 1.1 ms, N=20 34.5 vs 14.0 ms)
+//! was measured the same way: an external DNS poller against raw in-process gossipsub.
+//!
+//! Wiring (`dpin-bench propagation`): a subcommand variant holding [`PropagationArgs`] and a
+//! call to [`run`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dpin_protocol::{Endpoint, Host, Transport, ZoneKey};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::{self, Cluster, ClusterOptions, Layout};
+use crate::dnsq::{self, DnsAnswer};
+use crate::history::OpOutcome;
+use crate::nodeapi::Api;
+use crate::workload::make_record;
+
+/// Arguments of `dpin-bench propagation`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PropagationArgs {
+    /// Cluster sizes, each run as raw gossipsub then dpin.
+    #[arg(long, value_delimiter = ',', default_value = "3,5,20")]
+    pub nodes: Vec<usize>,
+    /// Messages per size and side (origins rotate over the nodes).
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
+    /// Pause between messages, in milliseconds (each message is awaited first).
+    #[arg(long, default_value_t = 20)]
+    pub interval_ms: u64,
+    /// Raw gossipsub payload bytes (a dpin record of one endpoint is about this size).
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Pause of each DNS poller between queries, in microseconds.
+    #[arg(long, default_value_t = 500)]
+    pub poll_us: u64,
+    /// A message not on every node after this long counts as lost, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub timeout_ms: u64,
+    /// The `dpin` binary (default: `dpin` next to this executable).
+    #[arg(long)]
+    pub dpin: Option<PathBuf>,
+    /// Folder for the nodes' data dirs and logs (default: a fresh one under the temp dir,
+    /// removed afterwards).
+    #[arg(long)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// One side's figures at one size.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Side {
+    /// Messages that reached every node.
+    pub delivered: usize,
+    /// Messages that did not reach every node within the timeout.
+    pub lost: usize,
+    /// Median origin-to-last-node time, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+}
+
+/// Both sides at one size.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Row {
+    /// Cluster size.
+    pub nodes: usize,
+    /// Raw in-process gossipsub.
+    pub raw: Side,
+    /// dpin processes.
+    pub dpin: Side,
+}
+
+impl Row {
+    /// dpin p99 / raw p99.
+    pub fn p99_ratio(&self) -> f64 {
+        ratio(self.dpin.p99_ms, self.raw.p99_ms)
+    }
+
+    /// dpin p50 / raw p50.
+    pub fn p50_ratio(&self) -> f64 {
+        ratio(self.dpin.p50_ms, self.raw.p50_ms)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
+    }
+}
+
+/// The `q`-quantile (nearest rank) of sorted `v`, in ms.
+fn quantile_ms(v: &[Duration], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1].as_secs_f64() * 1e3
+}
+
+fn side(mut samples: Vec<Duration>, lost: usize) -> Side {
+    samples.sort();
+    Side {
+        delivered: samples.len(),
+        lost,
+        p50_ms: quantile_ms(&samples, 0.50),
+        p99_ms: quantile_ms(&samples, 0.99),
+        max_ms: samples.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+    }
+}
+
+/// Runs both sides at every size, prints the table, returns the rows.
+pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
+    if args.nodes.iter().any(|&n| n < 2) {
+        bail!("every cluster size must be at least 2");
+    }
+    if args.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    let dpin = match &args.dpin {
+        Some(p) => p.clone(),
+        None => cluster::default_dpin()?,
+    };
+    let (base, remove_base) = match &args.base_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("dpin-propbench-{}", std::process::id())),
+            true,
+        ),
+    };
+    let mut rows = Vec::new();
+    for &n in &args.nodes {
+        eprintln!("propagation: N={n}: raw gossipsub ...");
+        let raw = raw_side(n, args).await?;
+        eprintln!("propagation: N={n}: dpin ...");
+        let dir = base.join(format!("n{n}"));
+        let d = dpin_side(n, args, &dpin, &dir).await;
+        if remove_base {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        rows.push(Row {
+            nodes: n,
+            raw,
+            dpin: d?,
+        });
+    }
+    if remove_base {
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    println!("{}", table(&rows, args));
+    Ok(rows)
+}
+
+/// The printed table.
+pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
+    let mut out = format!(
+        "propagation, origin to last node, ms ({} messages per size and side, one run):\n\
+         {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}\n",
+        args.messages,
+        "N",
+        "raw p50",
+        "raw p99",
+        "raw max",
+        "dpin p50",
+        "dpin p99",
+        "dpin max",
+        "p50 x",
+        "p99 x",
+        "lost r/d"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10}\n",
+            r.nodes,
+            r.raw.p50_ms,
+            r.raw.p99_ms,
+            r.raw.max_ms,
+            r.dpin.p50_ms,
+            r.dpin.p99_ms,
+            r.dpin.max_ms,
+            r.p50_ratio(),
+            r.p99_ratio(),
+            format!("{}/{}", r.raw.lost, r.dpin.lost),
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw gossipsub
+
+/// Nodes `i` dials: every earlier node up to 13 nodes (a full mesh, as the node's mesh is for
+/// small clusters), else the 6 before it on a ring (degree about 12, the node's target).
+fn dial_targets(i: usize, n: usize) -> Vec<usize> {
+    if n <= 13 {
+        (0..i).collect()
+    } else {
+        (1..=6).map(|k| (i + n - k) % n).collect()
+    }
+}
+
+/// The node's gossipsub configuration for a cluster of `n` (net.rs `gossipsub_config`, minus
+/// the per-topic size caps, which do not change timing).
+fn raw_config(n: usize, topic: &IdentTopic) -> Result<gossipsub::Config> {
+    let mesh = dpin_node::net::MeshParams::for_cluster(n);
+    let hash = topic.hash();
+    gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Strict)
+        .validate_messages()
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::new(blake3::hash(&m.data).as_bytes())
+        })
+        .mesh_n(mesh.n)
+        .mesh_n_low(mesh.n_low)
+        .mesh_n_high(mesh.n_high)
+        .mesh_outbound_min(mesh.outbound_min)
+        .mesh_n_for_topic(mesh.n, hash.clone())
+        .mesh_n_low_for_topic(mesh.n_low, hash.clone())
+        .mesh_n_high_for_topic(mesh.n_high, hash.clone())
+        .mesh_outbound_min_for_topic(mesh.outbound_min, hash)
+        .gossip_lazy(mesh.n)
+        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        .history_length(10)
+        .history_gossip(6)
+        .build()
+        .map_err(|e| anyhow!("gossipsub config: {e}"))
+}
+
+fn raw_swarm(n: usize, topic: &IdentTopic) -> Result<Swarm<gossipsub::Behaviour>> {
+    let config = raw_config(n, topic)?;
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)
+        .map_err(|e| anyhow!("gossipsub: {e}"))?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| anyhow!("tcp: {e}"))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| anyhow!("behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    swarm
+        .behaviour_mut()
+        .subscribe(topic)
+        .map_err(|e| anyhow!("subscribe: {e}"))?;
+    Ok(swarm)
+}
+
+/// A publish at one swarm: the payload, and where to say when it went out.
+type PublishCmd = (Vec<u8>, oneshot::Sender<Option<Instant>>);
+
+async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
+    let topic = IdentTopic::new("dpin-propbench");
+    let mut swarms = Vec::with_capacity(n);
+    let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = raw_swarm(n, &topic)?;
+        s.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        let addr = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .context("a raw swarm did not start listening")?;
+        addrs.push(addr.with(Protocol::P2p(*s.local_peer_id())));
+        swarms.push(s);
+    }
+    for (i, s) in swarms.iter_mut().enumerate() {
+        for j in dial_targets(i, n) {
+            s.dial(addrs[j].clone())?;
+        }
+    }
+    let mesh_low = dpin_node::net::MeshParams::for_cluster(n).n_low.min(n - 1);
+    let meshed: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
+    let mut publishers = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for (i, mut s) in swarms.into_iter().enumerate() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<PublishCmd>();
+        publishers.push(tx);
+        let (topic, meshed, arrive_tx) = (topic.clone(), meshed.clone(), arrive_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mesh_tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    cmd = rx.recv() => {
+                        let Some((data, reply)) = cmd else { return };
+                        let t = Instant::now();
+                        let ok = s.behaviour_mut().publish(topic.clone(), data).is_ok();
+                        let _ = reply.send(ok.then_some(t));
+                    }
+                    ev = s.select_next_some() => {
+                        if let SwarmEvent::Behaviour(gossipsub::Event::Message {
+                            propagation_source,
+                            message_id,
+                            message,
+                        }) = ev
+                        {
+                            let at = Instant::now();
+                            s.behaviour_mut().report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                MessageAcceptance::Accept,
+                            );
+                            if let Some(id) = message.data.get(..8).and_then(|b| b.try_into().ok()) {
+                                let _ = arrive_tx.send((i, u64::from_le_bytes(id), at));
+                            }
+                        }
+                    }
+                    _ = mesh_tick.tick() => {
+                        meshed[i].store(s.behaviour().mesh_peers(&topic.hash()).count(), Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    drop(arrive_tx);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while meshed.iter().any(|m| m.load(Ordering::Relaxed) < mesh_low) {
+        if Instant::now() > deadline {
+            bail!("raw gossipsub meshes did not form within 30 s at N={n}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the first heartbeats settle the meshes, as the dpin side waits for its peers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let mut samples = Vec::with_capacity(args.messages);
+    let mut lost = 0;
+    for m in 0..args.messages {
+        let origin = m % n;
+        let mut data = (m as u64).to_le_bytes().to_vec();
+        // Unique content (message ids are content hashes), padded to the payload size.
+        data.extend(std::iter::repeat_n(
+            0xa5u8,
+            args.payload_bytes.saturating_sub(8),
+        ));
+        let (reply_tx, reply_rx) = oneshot::channel();
+        publishers[origin]
+            .send((data, reply_tx))
+            .map_err(|_| anyhow!("raw swarm {origin} stopped"))?;
+        let Ok(Some(t0)) = reply_rx.await else {
+            lost += 1;
+            continue;
+        };
+        let mut seen = vec![false; n];
+        seen[origin] = true;
+        let mut last = t0;
+        let end = tokio::time::Instant::now() + timeout;
+        while seen.iter().any(|s| !s) {
+            match tokio::time::timeout_at(end, arrive_rx.recv()).await {
+                Ok(Some((node, id, at))) if id == m as u64 && !seen[node] => {
+                    seen[node] = true;
+                    last = last.max(at);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if seen.iter().all(|s| *s) {
+            samples.push(last.duration_since(t0));
+        } else {
+            lost += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+    drop(publishers);
+    for t in tasks {
+        t.abort();
+    }
+    Ok(side(samples, lost))
+}
+
+// ---------------------------------------------------------------------------------------------
+// dpin processes
+
+async fn dpin_side(
+    n: usize,
+    args: &PropagationArgs,
+    dpin: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<Side> {
+    let opts = ClusterOptions {
+        dpin: dpin.to_owned(),
+        base_dir: dir.to_owned(),
+        nodes: n,
+        dns: true,
+        layout: Layout::Loopback,
+        node_args: vec![
+            "--no-probe".to_owned(),
+            "--expected-nodes".to_owned(),
+            n.to_string(),
+        ],
+        faketime: None,
+    };
+    let mut cluster = Cluster::start(&opts).await?;
+    let r = dpin_measure(&cluster, n, args).await;
+    cluster.shutdown().await;
+    r
+}
+
+async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Result<Side> {
+    let api = Api::new()?;
+    if !cluster
+        .wait_connected(&api, n - 1, Duration::from_secs(60))
+        .await
+    {
+        bail!("dpin nodes did not all see each other within 60 s at N={n}");
+    }
+    let targets: Vec<(SocketAddr, SocketAddr)> = cluster
+        .nodes
+        .iter()
+        .filter_map(|p| p.info.as_ref())
+        .filter_map(|i| Some((i.api, i.dns?)))
+        .collect();
+    if targets.len() != n {
+        bail!("only {} of {n} dpin nodes serve DNS", targets.len());
+    }
+    // Gossip meshes form within tens of ms of the connections; give heartbeats a moment too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let key = ZoneKey::from_seed(*blake3::hash(format!("propbench {n}").as_bytes()).as_bytes());
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let poll = Duration::from_micros(args.poll_us);
+    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let run = std::process::id();
+    let mut samples = Vec::with_capacity(args.messages);
+    let mut lost = 0;
+    for m in 0..args.messages {
+        let origin = m % n;
+        let label = format!("p{run}-{m}");
+        let addr = Ipv4Addr::new(127, 200, (m >> 8) as u8, m as u8);
+        let endpoint = Endpoint {
+            host: Host::V4(addr.octets()),
+            port: 443,
+            transport: Transport::Tcp,
+            weight: 1,
+        };
+        let record = make_record(&key, &label, 1, vec![endpoint], 600_000)
+            .map_err(|e| anyhow!("signing: {e}"))?;
+        let qname = format!("{}.dpin.", record.name());
+        // Pollers first, so none misses the first moment its node answers.
+        let start = Arc::new(tokio::sync::Notify::new());
+        let pollers: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(k, &(_, dns))| {
+                let (qname, start) = (qname.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.notified().await;
+                    let end = Instant::now() + timeout;
+                    let mut id = (k as u16).wrapping_mul(7919);
+                    while Instant::now() < end {
+                        id = id.wrapping_add(1);
+                        let q = dnsq::query_a(bind, dns, &qname, id, Duration::from_millis(200));
+                        if let Ok(DnsAnswer::Addrs(a)) = q.await {
+                            if a.contains(&addr) {
+                                return Some(Instant::now());
+                            }
+                        }
+                        tokio::time::sleep(poll).await;
+                    }
+                    None
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        start.notify_waiters();
+        let t0 = Instant::now();
+        let w = api.publish(targets[origin].0, &record, timeout).await;
+        if !matches!(w.outcome, OpOutcome::Applied) {
+            eprintln!(
+                "propagation: publish {m} at node {origin}: {:?} {:?}",
+                w.outcome, w.detail
+            );
+        }
+        let mut last = Some(t0);
+        for p in pollers {
+            let seen = p.await.ok().flatten();
+            last = match (last, seen) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        match last {
+            Some(t) => samples.push(t.duration_since(t0)),
+            None => lost += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+    Ok(side(samples, lost))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&v, 0.5), 50.0);
+        assert_eq!(quantile_ms(&v, 0.99), 99.0);
+        assert_eq!(quantile_ms(&v[..1], 0.99), 1.0);
+        assert!(quantile_ms(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn raw_topology_is_a_full_mesh_when_small_and_about_degree_12_when_large() {
+        // Every pair dialled exactly once at N = 5.
+        let mut pairs: Vec<(usize, usize)> = (0..5)
+            .flat_map(|i| {
+                dial_targets(i, 5)
+                    .into_iter()
+                    .map(move |j| (j.min(i), j.max(i)))
+            })
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        assert_eq!(pairs.len(), 10);
+        // At N = 20 each node dials 6 and is dialled by 6.
+        let dialled_by = (0..20)
+            .flat_map(|i| dial_targets(i, 20))
+            .filter(|&j| j == 0)
+            .count();
+        assert_eq!(dial_targets(0, 20).len() + dialled_by, 12);
+    }
+}
