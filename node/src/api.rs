@@ -756,19 +756,21 @@ async fn get_blob(
     State(node): State<Node>,
     Path(raw): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
-    let (root, _, index) = blob_lookup(&node, &raw).await?;
-    // A producer fetches (and verifies) chunks two ahead of the client; a chunk no holder can
-    // provide ends the body early, which the client sees as a short, failed download.
+    let (root, m, index) = blob_lookup(&node, &raw).await?;
+    // A producer fetches (and verifies) chunks ahead of the client, several at once from the
+    // holders (blobs::fetch_chunks); a chunk no holder can provide ends the body early, which
+    // the client sees as a short, failed download.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
     let candidates: Vec<_> = crate::blobs::placement(&node, &root, index.size)
         .into_iter()
         .map(|(p, _)| p)
         .collect();
+    let chunks = crate::blobs::fetch_chunks(node, root, index, candidates, usize::from(m.replicas));
     tokio::spawn(async move {
-        for i in 0..index.chunks() {
-            let r = crate::blobs::fetch_chunk(&node, &root, &index, i, &candidates)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()));
+        use futures::StreamExt;
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(r) = chunks.next().await {
+            let r = r.map_err(|e| std::io::Error::other(e.to_string()));
             let failed = r.is_err();
             if tx.send(r).await.is_err() || failed {
                 return;
@@ -792,11 +794,18 @@ async fn blob_info(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (root, m, index) = blob_lookup(&node, &raw).await?;
     let holders = crate::blobs::holders(&node, &root, m.size).await;
-    let complete = holders.iter().filter(|(_, c, t)| c == t && *t > 0).count();
+    let complete = holders
+        .holding
+        .iter()
+        .filter(|(_, c, t)| c == t && *t > 0)
+        .count();
     let list: Vec<serde_json::Value> = holders
+        .holding
         .iter()
         .map(|(p, c, t)| json!({"peer_id": p.to_string(), "chunks": c, "total": t}))
         .collect();
+    // Storage nodes that did not answer may hold copies: listed apart, never as "holds none".
+    let unanswered: Vec<String> = holders.unanswered.iter().map(ToString::to_string).collect();
     Ok(Json(json!({
         "hash": raw.to_ascii_lowercase(),
         "size": m.size,
@@ -805,6 +814,7 @@ async fn blob_info(
         "replicas": m.replicas,
         "complete_copies": complete,
         "holders": list,
+        "unanswered": unanswered,
         "index": hex::encode(&index.hashes),
     })))
 }

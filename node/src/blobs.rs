@@ -103,6 +103,9 @@ pub const ORPHAN_GRACE_MS: u64 = 10 * 60 * 1000;
 /// has been surplus this long and a census then finds `K` complete copies on intended
 /// holders (so a brief view change never deletes a copy).
 pub const SURPLUS_GRACE_MS: u64 = 60 * 1000;
+/// How often maintenance checks whether a member left (the failure detector's table only;
+/// no store access), to start repair at once instead of at the next repair tick.
+const MEMBERSHIP_WATCH: Duration = Duration::from_millis(250);
 /// How often the holder admission view (own id, live storage offers) is refreshed.
 const GATE_REFRESH: Duration = Duration::from_secs(1);
 /// Manifests live this long (a put is a long-lived fact; re-put to extend).
@@ -220,6 +223,8 @@ pub struct BlobStats {
     pub tmp_collected: AtomicU64,
     /// Manifests of a root ignored because their claims differ from the verified index.
     pub manifests_mismatched: AtomicU64,
+    /// Repair rounds started at once because a member left (confirmed down).
+    pub repairs_on_leave: AtomicU64,
 }
 
 impl BlobStats {
@@ -243,7 +248,7 @@ impl BlobStats {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    fn counters(&self) -> [(&'static str, &'static str, u64); 7] {
+    fn counters(&self) -> [(&'static str, &'static str, u64); 8] {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             (
@@ -280,6 +285,11 @@ impl BlobStats {
                 "dpin_blob_manifests_mismatched_total",
                 "Manifests ignored: claims differ from the verified index.",
                 l(&self.manifests_mismatched),
+            ),
+            (
+                "dpin_blob_repairs_on_leave_total",
+                "Repair rounds started at once because a member was confirmed down.",
+                l(&self.repairs_on_leave),
             ),
         ]
     }
@@ -1398,17 +1408,101 @@ pub async fn fetch_chunk(
     })
 }
 
-/// Which live storage nodes hold how many chunks of `root` (every live storage node is
-/// asked; `_claimed_size` is not trusted, see [`fetch_index`]).
-pub async fn holders(node: &Node, root: &[u8; 32], _claimed_size: u64) -> Vec<(PeerId, u32, u32)> {
-    let mut out = Vec::new();
-    for (peer, _) in placement(node, root, 0) {
-        if let Ok(BlobResponse::Holding { chunks, total, .. }) =
-            ask(node, peer, BlobRequest::Has { root: *root }).await
-        {
-            if chunks > 0 {
-                out.push((peer, chunks, total));
+/// Chunks fetched at once by a read ([`fetch_chunks`]).
+pub const GET_PARALLEL_CHUNKS: usize = 8;
+
+/// Every chunk of `root`, in order, verified: up to [`GET_PARALLEL_CHUNKS`] fetched at once,
+/// chunk `i` asked first of candidate `i % spread` (then the others in order, as
+/// [`fetch_chunk`] fails over), so a read draws on `spread` holders (the blob's `K`) instead
+/// of waiting on one holder a round trip per chunk. The stream ends after the first chunk
+/// no holder can provide. Memory: at most [`GET_PARALLEL_CHUNKS`] chunks buffered.
+pub fn fetch_chunks(
+    node: Node,
+    root: [u8; 32],
+    index: Index,
+    candidates: Vec<PeerId>,
+    spread: usize,
+) -> impl futures::Stream<Item = Result<Vec<u8>, BlobError>> {
+    use futures::stream::StreamExt;
+    let spread = spread.clamp(1, candidates.len().max(1));
+    let index = std::sync::Arc::new(index);
+    let candidates = std::sync::Arc::new(candidates);
+    let chunks = index.chunks();
+    futures::stream::iter(0..chunks)
+        .map(move |i| {
+            let (node, index, candidates) = (node.clone(), index.clone(), candidates.clone());
+            async move {
+                let first = i as usize % spread;
+                let order: Vec<PeerId> = candidates[first..]
+                    .iter()
+                    .chain(&candidates[..first])
+                    .copied()
+                    .collect();
+                fetch_chunk(&node, &root, &index, i, &order).await
             }
+        })
+        .buffered(GET_PARALLEL_CHUNKS)
+        .scan(false, |failed, r| {
+            // Stop after the first failure (it is still yielded, so the reader sees it).
+            if *failed {
+                return futures::future::ready(None);
+            }
+            *failed = r.is_err();
+            futures::future::ready(Some(r))
+        })
+}
+
+/// What the storage nodes said about one blob ([`holders`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Nodes holding at least one chunk: peer, chunks held, chunks in all.
+    pub holding: Vec<(PeerId, u32, u32)>,
+    /// Nodes asked that gave no answer in time (dead, unreachable or overloaded): they may
+    /// hold a copy, so they are reported apart instead of being counted as holding nothing.
+    pub unanswered: Vec<PeerId>,
+}
+
+/// Every storage node that may hold a copy of a blob: members whose storage offer is live,
+/// or lapsed less than [`CENSUS_GRACE_MS`] ago (a late refresh does not hide a copy), this
+/// node included if it offers storage. In peer order.
+fn census_peers(node: &Node) -> Vec<PeerId> {
+    let now = now_ms();
+    offers::storage_candidates(node, now.saturating_sub(CENSUS_GRACE_MS))
+        .into_iter()
+        .chain(offers::storage_candidates(node, now))
+        .map(|c| c.peer)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Which storage nodes hold how many chunks of `root`, and which did not answer. Every
+/// storage node that may hold a copy ([`census_peers`]) is asked, all at once, so one slow
+/// node neither delays the others' answers nor drops out of the list unnoticed
+/// (`_claimed_size` is not trusted, see [`fetch_index`]).
+///
+/// Asking the live placement one node at a time and dropping non-answers made a loaded
+/// node report fewer copies than exist: a holder whose offer refresh was late (offers lapse
+/// after three refreshes) was not asked at all, and one whose answer timed out vanished.
+pub async fn holders(node: &Node, root: &[u8; 32], _claimed_size: u64) -> Holders {
+    let peers = census_peers(node);
+    let answers = futures::future::join_all(
+        peers
+            .iter()
+            .map(|&p| ask(node, p, BlobRequest::Has { root: *root })),
+    )
+    .await;
+    let mut out = Holders::default();
+    for (peer, a) in peers.into_iter().zip(answers) {
+        match a {
+            Ok(BlobResponse::Holding { chunks, total, .. }) => {
+                if chunks > 0 {
+                    out.holding.push((peer, chunks.min(total), total));
+                }
+            }
+            // An answer, but not about holdings (a refusal): it holds nothing we can count.
+            Ok(_) => {}
+            Err(_) => out.unanswered.push(peer),
         }
     }
     out
@@ -1427,18 +1521,9 @@ struct Holding {
 /// that does not answer (dead, unreachable) is left out: as far as repair knows, it holds
 /// nothing.
 async fn census(node: &Node, me: PeerId, root: [u8; 32], chunks: u32) -> BTreeMap<PeerId, Holding> {
-    let since = now_ms().saturating_sub(CENSUS_GRACE_MS);
-    let peers: Vec<PeerId> = offers::storage_candidates(node, since)
+    let peers: Vec<PeerId> = census_peers(node)
         .into_iter()
-        .map(|c| c.peer)
-        .chain(
-            offers::storage_candidates(node, now_ms())
-                .into_iter()
-                .map(|c| c.peer),
-        )
         .filter(|p| *p != me)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .collect();
     let answers = futures::future::join_all(
         peers
@@ -1714,9 +1799,24 @@ pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
     scrub_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gate_tick = tokio::time::interval(GATE_REFRESH.min(repair));
     gate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut live_tick = tokio::time::interval(MEMBERSHIP_WATCH);
+    live_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut live = offers::live_peers(&node);
     loop {
         tokio::select! {
             _ = gate_tick.tick() => refresh_gate(&node),
+            _ = live_tick.tick() => {
+                // A member left (confirmed down, see offers::DOWN_GRACE_MS): repair now, not
+                // at the next repair tick, so K is back within seconds of a holder's death.
+                let now_live = offers::live_peers(&node);
+                let left = live.difference(&now_live).count();
+                live = now_live;
+                if left > 0 {
+                    node.blobs().stats.repairs_on_leave.fetch_add(1, Ordering::Relaxed);
+                    refresh_gate(&node);
+                    repair_once(&node).await;
+                }
+            }
             _ = repair_tick.tick() => repair_once(&node).await,
             _ = scrub_tick.tick() => {
                 let store = node.blobs().clone();

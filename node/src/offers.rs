@@ -10,8 +10,9 @@
 //!
 //! Offers are self-asserted, so which ones *count* is decided by the offer view in
 //! [`dpin_protocol::offer`]: an offer counts only while its node is a live member (this node,
-//! or a peer that proved its id on a connection and was heard from within
-//! [`MEMBER_GRACE_MS`] or is not confirmed down, see [`members`]) and only if it expires within
+//! or a peer that proved its id on a connection and is not confirmed down, or is still
+//! connected and was heard from within [`MEMBER_GRACE_MS`], or went down with its connection
+//! closed less than [`DOWN_GRACE_MS`] ago, see [`members`]) and only if it expires within
 //! [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`]; a node's own refresh interval is capped
 //! to a third of that. Fake offers from keys that never connected therefore never enter the
 //! rendezvous order; records ignored are shown by [`OfferStats`].
@@ -221,33 +222,58 @@ pub struct OfferView {
 
 pub use dpin_protocol::offer::OfferFilter;
 
-/// A peer stays a member this long after its last evidence of life (a message or ping
-/// answer on a connection that proved its id), even if the failure detector marked it down:
-/// on a loaded machine the detector flaps, and a holder that missed a few pings must not be
-/// replaced. A dead node stops refreshing, so its offers stop counting at whichever comes
-/// first: this grace or their expiry (three refreshes). A key that never connected is never
-/// a member.
+/// A peer stays a member this long after its last evidence of life (a message or probe
+/// answer on a connection that proved its id) while its connection stays open, even if the
+/// failure detector marked it down: on a loaded machine the detector flaps, and a holder that
+/// missed a few probes must not be replaced. A hung node (connected, silent) therefore stops
+/// counting after this grace or when its offers expire (three refreshes), whichever comes
+/// first. A key that never connected is never a member.
 pub const MEMBER_GRACE_MS: u64 = 30_000;
 
+/// A peer the failure detector has confirmed down *and* whose connections are all closed
+/// stops being a member this long after it went down. A closed connection is not a guess
+/// (SIGKILL or a crash closes TCP at once): waiting for the 30 s [`MEMBER_GRACE_MS`] or for
+/// the offer to lapse is what made blob repair restore `K` copies 28 s after a holder died.
+/// The grace covers the node's own re-dial of a stuck connection (it closes the connection
+/// of a connected peer it confirms down and dials again) and a brief disconnect: a live peer
+/// that reconnects within it never leaves. A false leave costs one extra blob copy, collected
+/// later as surplus, never a lost one.
+pub const DOWN_GRACE_MS: u64 = 2_000;
+
+/// Whether a peer with detector state `info` is a live member at `now` (monotonic ms): not
+/// confirmed down; or down but still connected and heard from within [`MEMBER_GRACE_MS`]; or
+/// down and disconnected for less than [`DOWN_GRACE_MS`].
+pub fn is_live_member(info: &dpin_protocol::liveness::PeerInfo, now: u64) -> bool {
+    use dpin_protocol::liveness::PeerStatus;
+    let heard_recently = now.saturating_sub(info.last_heard_ms) < MEMBER_GRACE_MS;
+    match info.status {
+        PeerStatus::Alive | PeerStatus::Suspect => true,
+        PeerStatus::Down if info.connected => heard_recently,
+        PeerStatus::Down => heard_recently && now.saturating_sub(info.since_ms) < DOWN_GRACE_MS,
+    }
+}
+
 /// Whether `peer` is a live member as this node sees it: this node itself, or a peer that
-/// proved its id on a connection and that the failure detector has not confirmed down or that
-/// was heard from within [`MEMBER_GRACE_MS`]. Only members' offers count ([`dpin_protocol::offer`]).
+/// proved its id on a connection and that [`is_live_member`] admits. Only members' offers
+/// count ([`dpin_protocol::offer`]).
 ///
 /// Membership is judged from this node's own connections, so in a network larger than the
 /// connection limit a real storage node this node is not connected to does not count here.
 pub fn members(node: &Node) -> impl Fn(&PeerId) -> bool {
-    use dpin_protocol::liveness::PeerStatus;
     let me = node.0.net.local_peer_id();
-    let now = node.mono_ms();
-    let live: BTreeSet<PeerId> = node
-        .peers()
-        .into_iter()
-        .filter(|(_, i)| {
-            i.status != PeerStatus::Down || now.saturating_sub(i.last_heard_ms) < MEMBER_GRACE_MS
-        })
-        .map(|(p, _)| p)
-        .collect();
+    let live = live_peers(node);
     move |p: &PeerId| *p == me || live.contains(p)
+}
+
+/// The peers [`is_live_member`] admits now (this node excluded). Cheap: the failure
+/// detector's table, bounded by the connection limit; no store access.
+pub fn live_peers(node: &Node) -> BTreeSet<PeerId> {
+    let now = node.mono_ms();
+    node.peers()
+        .into_iter()
+        .filter(|(_, i)| is_live_member(i, now))
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// The offers that count at `now` (Unix ms): unexpired, expiring within
@@ -403,6 +429,37 @@ pub fn parse_price(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(
+        status: dpin_protocol::liveness::PeerStatus,
+        connected: bool,
+    ) -> dpin_protocol::liveness::PeerInfo {
+        dpin_protocol::liveness::PeerInfo {
+            status,
+            since_ms: 10_000,
+            connected,
+            last_heard_ms: 9_000,
+            rtt: None,
+            probe: dpin_protocol::liveness::Probe::Idle,
+        }
+    }
+
+    #[test]
+    fn a_peer_down_with_its_connection_closed_leaves_after_the_short_grace() {
+        use dpin_protocol::liveness::PeerStatus::{Alive, Down, Suspect};
+        // Down at 10 s, disconnected: a member within the grace, gone after it.
+        let dead = peer(Down, false);
+        assert!(is_live_member(&dead, 10_000 + DOWN_GRACE_MS - 1));
+        assert!(!is_live_member(&dead, 10_000 + DOWN_GRACE_MS));
+        // Down by silence but still connected (a loaded or hung node): the long grace from
+        // its last sign of life.
+        let hung = peer(Down, true);
+        assert!(is_live_member(&hung, 9_000 + MEMBER_GRACE_MS - 1));
+        assert!(!is_live_member(&hung, 9_000 + MEMBER_GRACE_MS));
+        // Alive or suspect: always a member.
+        assert!(is_live_member(&peer(Alive, true), u64::MAX));
+        assert!(is_live_member(&peer(Suspect, true), u64::MAX));
+    }
 
     #[test]
     fn sizes_and_prices_parse() {
