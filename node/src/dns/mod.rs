@@ -45,7 +45,10 @@
 //!   count other than one, NOTIMP for opcodes other than QUERY, BADVERS for EDNS versions > 0.
 //! * Every answer for a name under `dpin.` has the AA bit set. TTL is the time left until the
 //!   record expires, capped at [`MAX_TTL_SECS`] (so a changed endpoint set reaches clients fast)
-//!   and at least 1 (a TTL of 0 would make caches hammer the node).
+//!   and at least 1 (a TTL of 0 would make caches hammer the node). A node that judges itself
+//!   cut off from the network ([`dpin_protocol::reach`]) still answers (never fail closed),
+//!   with a TTL of at most 1 s, so resolvers ask again soon (and, with several servers
+//!   configured, possibly elsewhere); counted as `cut_off_answers`.
 //!
 //! # Size, EDNS(0) and truncation
 //!
@@ -209,6 +212,11 @@ const BIND_ATTEMPTS: usize = 10;
 /// instead of spinning on a listener that stays readable.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How often (wall-clock milliseconds, bucketed) the responder asks its source whether the
+/// node is cut off: often enough to follow a partition within a fraction of the detector's
+/// ~1.5 s, rarely enough that a query flood does not take the detector's lock per packet.
+pub const REACH_RECHECK_MS: u64 = 250;
+
 /// DNS configuration.
 pub struct DnsConfig {
     /// UDP and TCP address to serve on (port 0 picks one port for both).
@@ -256,6 +264,13 @@ pub enum DnsError {
 pub trait Source: Send + Sync + 'static {
     /// The answer for `name` (normalised `label.zone`) at `now_ms`, or `None` if not held live.
     fn answer(&self, name: &str, now_ms: u64) -> Option<Answer>;
+
+    /// Whether the node judges itself cut off from the network
+    /// ([`dpin_protocol::reach`]): its answers may be stale, so they get a short TTL.
+    /// Asked at most once per [`REACH_RECHECK_MS`]; a fixed table is never cut off.
+    fn cut_off(&self) -> bool {
+        false
+    }
 }
 
 impl Source for Node {

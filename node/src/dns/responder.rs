@@ -8,6 +8,10 @@ pub struct Responder<S> {
     /// Alias label → zone id text (the store's name form).
     aliases: HashMap<Vec<u8>, String>,
     soa: Record,
+    /// The [`REACH_RECHECK_MS`] bucket of the last cut-off check, plus one (0: never).
+    reach_checked: AtomicU64,
+    /// The last answer of [`Source::cut_off`].
+    cut_off: std::sync::atomic::AtomicBool,
 }
 
 /// Which transport a packet came in on (decides the response size limit).
@@ -148,7 +152,19 @@ impl<S: Source> Responder<S> {
             source,
             aliases,
             soa: soa_record(),
+            reach_checked: AtomicU64::new(0),
+            cut_off: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the node is cut off, asking the source at most once per [`REACH_RECHECK_MS`]
+    /// bucket of `now_ms` (a wall clock that steps back just asks again).
+    fn cut_off(&self, now_ms: u64) -> bool {
+        let bucket = (now_ms / REACH_RECHECK_MS).saturating_add(1);
+        if self.reach_checked.swap(bucket, Ordering::Relaxed) != bucket {
+            self.cut_off.store(self.source.cut_off(), Ordering::Relaxed);
+        }
+        self.cut_off.load(Ordering::Relaxed)
     }
 
     /// The response to one request packet, or `None` if the packet must be dropped (too short
@@ -321,7 +337,13 @@ impl<S: Source> Responder<S> {
         let key = format!("{label}.{zone}");
         match self.source.answer(&key, now_ms) {
             Some(ans) if !ans.endpoints.is_empty() => {
-                let ttl = ttl_secs(ans.record.body.expires_at_ms, now_ms);
+                let mut ttl = ttl_secs(ans.record.body.expires_at_ms, now_ms);
+                if self.cut_off(now_ms) {
+                    // Still answered (never fail closed), but resolvers should ask again
+                    // soon: another server may by then know better.
+                    ttl = ttl.min(dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS);
+                    inc(&stats().cut_off_answers);
+                }
                 build(&ans, owner, ttl)
             }
             _ => Resolution::nxdomain(),

@@ -33,6 +33,9 @@ pub struct DnsStats {
     pub servfail: AtomicU64,
     /// Responses sent with the TC bit.
     pub truncated: AtomicU64,
+    /// Answers with data sent while the node judged itself cut off (TTL shortened to
+    /// [`dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS`]).
+    pub cut_off_answers: AtomicU64,
     /// Packets dropped without answer: shorter than a header or otherwise undecodable.
     pub dropped_malformed: AtomicU64,
     /// Packets dropped because they were responses (QR set): never answer, no reflection.
@@ -72,6 +75,7 @@ impl DnsStats {
             badvers: AtomicU64::new(0),
             servfail: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
+            cut_off_answers: AtomicU64::new(0),
             dropped_malformed: AtomicU64::new(0),
             dropped_responses: AtomicU64::new(0),
             dropped_oversized: AtomicU64::new(0),
@@ -84,7 +88,7 @@ impl DnsStats {
         }
     }
 
-    fn fields(&self) -> [(&'static str, &AtomicU64); 23] {
+    fn fields(&self) -> [(&'static str, &AtomicU64); 24] {
         [
             ("udp_queries", &self.udp_queries),
             ("tcp_queries", &self.tcp_queries),
@@ -100,6 +104,7 @@ impl DnsStats {
             ("badvers", &self.badvers),
             ("servfail", &self.servfail),
             ("truncated", &self.truncated),
+            ("cut_off_answers", &self.cut_off_answers),
             ("dropped_malformed", &self.dropped_malformed),
             ("dropped_responses", &self.dropped_responses),
             ("dropped_oversized", &self.dropped_oversized),

@@ -586,3 +586,48 @@ fn at_the_tcp_cap_the_longest_waiting_connection_makes_room() {
     // Nothing else has waited long enough: the next one is refused.
     assert_eq!(t.admit(ip(5), 3, 2, true).err(), Some(TcpRefusal::TotalCap));
 }
+
+/// The fixed table, from a node that judges itself cut off while `flag` is set.
+struct CutOffTable(Table, Arc<std::sync::atomic::AtomicBool>);
+
+impl Source for CutOffTable {
+    fn answer(&self, name: &str, now_ms: u64) -> Option<Answer> {
+        self.0.answer(name, now_ms)
+    }
+    fn cut_off(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_cut_off_node_still_answers_but_with_a_one_second_ttl() {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let a = web();
+    let table = Table([(a.record.name(), a)].into_iter().collect());
+    let r = Responder::new(CutOffTable(table, flag.clone()), &BTreeMap::new());
+    let name = format!("web.{}.dpin.", zone());
+    let ask_at = |now: u64| {
+        let bytes = r
+            .respond(&query(&name, RecordType::A, Some(4096)), Proto::Udp, now)
+            .expect("a response");
+        Message::from_vec(&bytes).expect("decodable response")
+    };
+    let before = stats().cut_off_answers.load(Ordering::Relaxed);
+    let m = ask_at(NOW);
+    assert_eq!(
+        m.response_code(),
+        ResponseCode::NoError,
+        "never fail closed"
+    );
+    assert_eq!(m.answers().len(), 2);
+    assert!(m
+        .answers()
+        .iter()
+        .all(|r| r.ttl() == dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS));
+    assert!(stats().cut_off_answers.load(Ordering::Relaxed) > before);
+
+    // Reconnected: within one recheck period the normal TTL is back.
+    flag.store(false, Ordering::Relaxed);
+    let m = ask_at(NOW + REACH_RECHECK_MS);
+    assert!(m.answers().iter().all(|r| r.ttl() == MAX_TTL_SECS));
+}
