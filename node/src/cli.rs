@@ -65,7 +65,7 @@ enum Cmd {
         #[arg(long, required_unless_present = "record", conflicts_with = "record")]
         key: Option<PathBuf>,
         /// Enact a plan written by `dpin sign --out`: refused as stale if anything newer is held.
-        #[arg(long, conflicts_with_all = ["label", "endpoints", "ttl", "if_seq", "seq", "tombstone"])]
+        #[arg(long, conflicts_with_all = ["label", "endpoints", "ttl", "if_seq", "if_hash", "seq", "tombstone"])]
         record: Option<PathBuf>,
         /// Node API addresses, tried in order.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -82,11 +82,17 @@ enum Cmd {
         /// Compare-and-set: only apply if the held seq is N (0 = new name).
         #[arg(long)]
         if_seq: Option<u64>,
+        /// Compare-and-set on the record: only apply while the winner is the record with this
+        /// content hash (hex, as `dpin resolve` prints it). The safe way to delete: a clean-up
+        /// names the plan it means to delete, never another record at the same seq.
+        #[arg(long, value_name = "HASH")]
+        if_hash: Option<String>,
         /// Use this seq (fixed in advance, like a plan) instead of one more than the highest
         /// any peer holds; refused as stale if anything newer is held.
         #[arg(long)]
         seq: Option<u64>,
-        /// Delete the name (signed tombstone); needs --if-seq N (the seq being deleted) or --seq.
+        /// Delete the name (signed tombstone); needs --if-hash HASH (the record being deleted),
+        /// --if-seq N (the seq being deleted) or --seq.
         #[arg(long)]
         tombstone: bool,
         /// Per-peer timeout in milliseconds.
@@ -399,6 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
             endpoints,
             ttl,
             if_seq,
+            if_hash,
             seq,
             tombstone,
             timeout_ms,
@@ -415,7 +422,11 @@ async fn run(cli: Cli) -> Result<()> {
                         ttl: ttl.as_deref(),
                         tombstone,
                     };
-                    publish(&client, &write, if_seq, seq, json).await
+                    let cas = Precondition {
+                        seq: if_seq,
+                        hash: if_hash,
+                    };
+                    publish(&client, &write, cas, seq, json).await
                 }
                 _ => bail!("publish needs --key and a LABEL, or --record PLAN"),
             }
@@ -803,19 +814,46 @@ fn print_published(a: &Answer, json_out: bool) {
     }
 }
 
+/// The compare-and-set preconditions given on the command line.
+struct Precondition {
+    /// `--if-seq`.
+    seq: Option<u64>,
+    /// `--if-hash` (hex, checked before anything is signed).
+    hash: Option<String>,
+}
+
 async fn publish(
     client: &Client,
     write: &Write<'_>,
-    if_seq: Option<u64>,
+    cas: Precondition,
     seq: Option<u64>,
     json_out: bool,
 ) -> Result<()> {
-    if write.tombstone && if_seq.is_none() && seq.is_none() {
-        bail!("deleting needs --if-seq N, the seq you are deleting (see `dpin resolve`), or a pinned --seq, or a plan from `dpin sign --tombstone`; a bare --tombstone would delete whatever is there, even a newer write");
+    let Precondition {
+        seq: if_seq,
+        hash: if_hash,
+    } = cas;
+    if write.tombstone && if_seq.is_none() && if_hash.is_none() && seq.is_none() {
+        bail!("deleting needs --if-hash HASH, the record you are deleting (`dpin resolve` prints its hash), or --if-seq N, or a pinned --seq, or a plan from `dpin sign --tombstone`; a bare --tombstone would delete whatever is there, even a newer write");
     }
     let key = write.key()?;
     let name = format!("{}.{}", write.label, key.zone());
     let now = now_ms();
+    if let Some(hash) = if_hash {
+        let hash = crate::publish::parse_hash(&hash)?;
+        let floors = crate::publish::read_floors(client, &name).await?;
+        let seq = match (seq, if_seq) {
+            (Some(s), _) => s,
+            (None, Some(expected)) => crate::publish::next_seq(expected, now)?,
+            (None, None) => {
+                crate::publish::next_seq(crate::publish::seq_of(&floors, &name, &hash)?, now)?
+            }
+        };
+        let record = write.sign(&key, seq, now)?;
+        let answer = crate::publish::enact_if_hash(client, &floors, &record, &hash, if_seq).await?;
+        print_published(&answer, json_out);
+        return Ok(());
+    }
     let answer = match (seq, if_seq) {
         // A seq fixed in advance behaves like a plan: the merge rule decides.
         (Some(seq), None) => {
@@ -903,6 +941,11 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
         out["name"].as_str().unwrap_or(name),
         a.addr
     );
+    // The record's content hash: what a clean-up names to delete exactly this record
+    // (`dpin publish --tombstone --if-hash HASH`).
+    if let Some(hash) = out.get("hash").and_then(Value::as_str) {
+        out!("  hash {hash}");
+    }
     for e in out["endpoints"].as_array().into_iter().flatten() {
         let host = e["host"].as_str().unwrap_or("?");
         let host = if host.contains(':') {

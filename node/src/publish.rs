@@ -101,6 +101,21 @@ pub enum WriteError {
         /// The peer that holds the other record.
         addr: String,
     },
+    /// The record a write names (`--if-hash`) is no longer the winner: it was replaced or
+    /// deleted after it was read.
+    #[error("replaced: {name}'s winner is no longer the record {named} (held at {addr}: seq {held_seq}{}); it was replaced after you read it, so nothing was changed — check `dpin resolve {name}`", held_hash.as_deref().map(|h| format!(", hash {h}")).unwrap_or_default())]
+    Replaced {
+        /// The name.
+        name: String,
+        /// The hash the write named (hex).
+        named: String,
+        /// The seq held now.
+        held_seq: u64,
+        /// The hash held now (hex), if the peer said.
+        held_hash: Option<String>,
+        /// The peer that said so.
+        addr: String,
+    },
     /// Every peer that answered lags behind the seq read from another peer.
     #[error("every reachable peer lags behind seq {read} of {name} (read before signing); retry in a moment")]
     AllLagging {
@@ -407,6 +422,106 @@ pub async fn enact_cas(
     Err(WriteError::NoPeer(failures.join("; ")))
 }
 
+/// Parses a record's content hash as printed by `dpin resolve` (64 hex characters).
+pub fn parse_hash(text: &str) -> Result<String, WriteError> {
+    let t = text.trim().to_ascii_lowercase();
+    match hex::decode(&t) {
+        Ok(b) if b.len() == 32 => Ok(t),
+        _ => Err(WriteError::Invalid(format!(
+            "{text:?} is not a record hash: expected 64 hex characters, as `dpin resolve` prints after `hash`"
+        ))),
+    }
+}
+
+/// The seq at which a reachable peer holds the record with content hash `hash` (hex) as the
+/// winner of `name`; refused as [`WriteError::Replaced`] if no peer does (the record was
+/// replaced or deleted, or never existed).
+pub fn seq_of(floors: &[PeerFloor], name: &str, hash: &str) -> Result<u64, WriteError> {
+    if let Some(f) = floors.iter().find(|f| f.hash.as_deref() == Some(hash)) {
+        return Ok(f.seq);
+    }
+    let top = floors.iter().max_by_key(|f| f.seq);
+    Err(WriteError::Replaced {
+        name: name.to_owned(),
+        named: hash.to_owned(),
+        held_seq: top.map_or(0, |f| f.seq),
+        held_hash: top.and_then(|f| f.hash.clone()),
+        addr: top.map_or_else(String::new, |f| f.addr.clone()),
+    })
+}
+
+/// Publishes `record` with compare-and-set on the record it replaces (`if_hash`, hex), and on
+/// `if_seq` too if given: first to the peers that hold that record, then the others in
+/// `--api` order. A peer that holds a lower seq than the named record's has not seen it yet
+/// and is skipped; a peer that holds another record at or above it says the record was
+/// replaced, and nothing is written anywhere.
+pub async fn enact_if_hash(
+    client: &Client,
+    floors: &[PeerFloor],
+    record: &SignedRecord,
+    if_hash: &str,
+    if_seq: Option<u64>,
+) -> Result<Answer, WriteError> {
+    let name = record.name();
+    let named_seq = floors
+        .iter()
+        .find(|f| f.hash.as_deref() == Some(if_hash))
+        .map(|f| f.seq);
+    let req = json!({"record": hex::encode(record.encode()), "if_hash": if_hash, "if_seq": if_seq});
+    let mut order: Vec<&str> = floors
+        .iter()
+        .filter(|f| f.hash.as_deref() == Some(if_hash))
+        .map(|f| f.addr.as_str())
+        .collect();
+    for addr in client.addrs() {
+        if !order.contains(&addr.as_str()) {
+            order.push(addr);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut lagging = false;
+    for addr in order {
+        let a = match client.ask(addr, "/v1/publish", Some(&req)).await {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        if a.status == 200 {
+            return Ok(a);
+        }
+        let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
+        match (kind, held_seq(&a)) {
+            // Refused by that node's clock only: another peer may take it.
+            ("clock", _) => failures.push(format!("{}: {}", a.addr, text_of(&a, "message"))),
+            // Below the named record's seq: this peer has not seen it yet.
+            ("cas_mismatch", Some(held)) if named_seq.is_some_and(|s| held < s) => lagging = true,
+            ("cas_mismatch", Some(held)) => {
+                let held_hash = floors
+                    .iter()
+                    .find(|f| f.addr == a.addr && f.seq == held)
+                    .and_then(|f| f.hash.clone());
+                return Err(WriteError::Replaced {
+                    name,
+                    named: if_hash.to_owned(),
+                    held_seq: held,
+                    held_hash,
+                    addr: a.addr,
+                });
+            }
+            _ => return Err(refused(&a)),
+        }
+    }
+    if lagging {
+        return Err(WriteError::AllLagging {
+            name,
+            read: named_seq.unwrap_or(0),
+        });
+    }
+    Err(WriteError::NoPeer(failures.join("; ")))
+}
+
 /// Enacts a record whose seq was fixed in advance (a plan or a pinned `--seq`): refused here
 /// if any reachable peer already holds something newer or a different record at the same
 /// seq, and by the node's merge rule otherwise. A re-enacted plan is a duplicate (success).
@@ -531,6 +646,26 @@ mod tests {
         assert!(sign(&key, "a", eps(), 1, 0, NOW).is_err());
         assert!(sign(&key, "a", eps(), 1, MAX_TTL_MS, u64::MAX - 5).is_err());
         assert!(sign(&key, "a", eps(), 1, MAX_TTL_MS, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_clean_up_finds_the_seq_of_the_record_it_names_or_is_told_it_was_replaced() {
+        let floor = |addr: &str, seq, hash: &str| PeerFloor {
+            addr: addr.into(),
+            seq,
+            hash: Some(hash.into()),
+        };
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        let floors = [floor("n1", 7, &a), floor("n2", 8, &b)];
+        assert_eq!(seq_of(&floors, "web.z", &a).ok(), Some(7));
+        let floors = [floor("n1", 7, &b)];
+        assert!(matches!(
+            seq_of(&floors, "web.z", &a),
+            Err(WriteError::Replaced { held_seq: 7, .. })
+        ));
+        assert_eq!(parse_hash(&a.to_uppercase()).ok(), Some(a));
+        assert!(parse_hash("abc").is_err());
     }
 
     #[test]
