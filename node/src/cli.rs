@@ -65,7 +65,7 @@ enum Cmd {
         #[arg(long, required_unless_present = "record", conflicts_with = "record")]
         key: Option<PathBuf>,
         /// Enact a plan written by `dpin sign --out`: refused as stale if anything newer is held.
-        #[arg(long, conflicts_with_all = ["label", "endpoints", "ttl", "if_seq", "if_hash", "seq", "tombstone"])]
+        #[arg(long, conflicts_with_all = ["label", "endpoints", "ttl", "if_seq", "seq", "tombstone"])]
         record: Option<PathBuf>,
         /// Node API addresses, tried in order.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -413,7 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let client = Client::new(api, Duration::from_millis(timeout_ms))?;
             match (record, key, label) {
-                (Some(plan), _, _) => publish_plan(&client, &plan, json).await,
+                (Some(plan), _, _) => publish_plan(&client, &plan, if_hash.as_deref(), json).await,
                 (None, Some(key), Some(label)) => {
                     let write = Write {
                         key: &key,
@@ -914,10 +914,24 @@ async fn sign_plan(
     Ok(())
 }
 
-async fn publish_plan(client: &Client, path: &Path, json_out: bool) -> Result<()> {
+async fn publish_plan(
+    client: &Client,
+    path: &Path,
+    if_hash: Option<&str>,
+    json_out: bool,
+) -> Result<()> {
     let plan = crate::publish::Plan::read(path)?;
     let record = plan.record()?;
-    let answer = crate::publish::enact_plan(client, &record).await?;
+    let answer = match if_hash {
+        // A clean-up plan that names the record it deletes: enacted only while that record is
+        // the winner (the plan's own seq still decides against anything newer).
+        Some(hash) => {
+            let hash = crate::publish::parse_hash(hash)?;
+            let floors = crate::publish::read_floors(client, &record.name()).await?;
+            crate::publish::enact_if_hash(client, &floors, &record, &hash, None).await?
+        }
+        None => crate::publish::enact_plan(client, &record).await?,
+    };
     print_published(&answer, json_out);
     Ok(())
 }

@@ -21,9 +21,12 @@
 //!    of B's write), else any node, racing B's write through propagation.
 //! 4. **Order** (drawn per round): A before B, A concurrently with B, or A after B plus a stall
 //!    (the seed's order).
-//! 5. **Clean-up**, once B's newer write was acknowledged: delete the old plan — `dpin publish --tombstone --if-seq sA` or a tombstone plan
-//!    (`dpin sign --tombstone --seq sA+1`, then `dpin publish --record`) — sent to X or to the
-//!    majority (drawn).
+//! 5. **Clean-up**, once B's newer write was acknowledged: delete the old plan, naming it by its
+//!    content hash — `dpin publish --tombstone --if-hash HASH(A)` or a tombstone plan
+//!    (`dpin sign --tombstone --seq sA+1`, then `dpin publish --record --if-hash HASH(A)`) —
+//!    sent to X or to the majority (drawn). A seq names a position, not a record: with
+//!    `--if-seq sA` a clean-up deleted B's write when B's one-step write had taken seq `sA`
+//!    too and won the tie (seen in 25-node runs), so the clean-up names the record.
 //!
 //! What must happen: a node that holds B's write refuses A's plan and the clean-up (stale,
 //! conflict or compare-and-set mismatch); a partitioned X may take them (AP: it cannot know),
@@ -180,6 +183,7 @@ pub fn classify(success: bool, stdout: &str, stderr: &str) -> CliResult {
     let outcome = if lower.starts_with("stale") || lower.contains("refused: stale") {
         OpOutcome::Stale
     } else if lower.starts_with("raced")
+        || lower.starts_with("replaced")
         || lower.starts_with("conflict")
         || lower.contains("cas_mismatch")
         || lower.contains("refused: conflict")
@@ -483,6 +487,9 @@ async fn round(
     let Some(sa) = signed.seq.filter(|_| signed.outcome == OpOutcome::Planned) else {
         return false;
     };
+    let Some(a_hash) = plan_hash(Path::new(&a_file)) else {
+        return false;
+    };
 
     // 2. Enactor B's newer write (plan B is signed now, by the planner, if B uses a plan).
     let b_plan_file = plan_file("b");
@@ -688,7 +695,15 @@ async fn round(
                 })
                 .await;
             if s.outcome == OpOutcome::Planned {
-                let args = common(&["publish", "--record", &c_file, "--api", &apis]);
+                let args = common(&[
+                    "publish",
+                    "--record",
+                    &c_file,
+                    "--api",
+                    &apis,
+                    "--if-hash",
+                    &a_hash,
+                ]);
                 r.run(Step {
                     kind: OpKind::Cleanup,
                     process: "cleanup",
@@ -706,7 +721,6 @@ async fn round(
                 .await;
             }
         } else {
-            let if_seq = sa.to_string();
             let args = common(&[
                 "publish",
                 "--key",
@@ -715,8 +729,8 @@ async fn round(
                 &apis,
                 &name.label,
                 "--tombstone",
-                "--if-seq",
-                &if_seq,
+                "--if-hash",
+                &a_hash,
                 "--ttl",
                 &ttl,
             ]);
@@ -729,9 +743,9 @@ async fn round(
                 content: TOMBSTONE.to_owned(),
                 seq: None,
                 note: if cleanup_at_x {
-                    "--tombstone --if-seq at A's node"
+                    "--tombstone --if-hash at A's node"
                 } else {
-                    "--tombstone --if-seq at the majority"
+                    "--tombstone --if-hash at the majority"
                 },
             })
             .await;
@@ -741,6 +755,16 @@ async fn round(
         let _ = std::fs::remove_file(plan_file(tag));
     }
     true
+}
+
+/// The content hash (hex) of the record in a plan file: what a clean-up names to delete
+/// exactly that plan (`--if-hash`). `None` if the file is not a readable plan.
+pub fn plan_hash(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let bytes = hex::decode(v.get("record")?.as_str()?.trim()).ok()?;
+    let rec = dpin_protocol::SignedRecord::decode(&bytes).ok()?;
+    Some(hex::encode(rec.content_hash()))
 }
 
 fn lag_note(lag: &'static str, what: &'static str) -> &'static str {
@@ -778,6 +802,7 @@ mod tests {
         for (line, want) in [
             ("dpin: stale: 127.0.0.1:1 holds seq 9 of a.z, newer than this record's seq 4; ...", OpOutcome::Stale),
             ("dpin: raced: a.z moved from seq 3 to seq 4 at 127.0.0.1:1 ...", OpOutcome::Conflict),
+            ("dpin: replaced: a.z's winner is no longer the record aa (held at 127.0.0.1:1: seq 4) ...", OpOutcome::Conflict),
             ("dpin: 127.0.0.1:1 refused: cas_mismatch: a.z is at seq 5, not the expected 4 (HTTP 409)", OpOutcome::Conflict),
             ("dpin: conflict: 127.0.0.1:1 already holds a different record", OpOutcome::Conflict),
             ("dpin: no peer answered (connection refused); check ...", OpOutcome::Timeout),
