@@ -1234,11 +1234,14 @@ pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 /// * **P3/P3b (mesh delivery rate) are off.** dpin's topic is quiet for hours; every mesh
 ///   peer delivers nothing at idle, and the default threshold (20 messages per window) would
 ///   push every honest peer negative.
-/// * **P4 (invalid messages) decides.** Weight −1 on the squared count, decaying by half each
-///   second: a peer is graylisted (score ≤ [`GRAYLIST_THRESHOLD`], −80) after about nine
-///   recent messages the node *rejected* (a verdict of `Reject`, not `Ignore`), i.e. within
-///   milliseconds of a flood, while an honest peer, which validates before forwarding, never
-///   forwards a rejected message. Graylisted peers are banned by the network layer.
+/// * **P4 (invalid messages) decides.** Weight −1 on the squared count, the count decaying
+///   by 10 % a second (half-life about 7 s): a peer is graylisted (score ≤
+///   [`GRAYLIST_THRESHOLD`], −80) after about nine recent messages the node *rejected* (a
+///   verdict of `Reject`, not `Ignore`): within milliseconds of a flood, and within about
+///   ten seconds for a peer that sends one a second; an honest peer, which validates before
+///   forwarding, never forwards a rejected message. Graylisted peers are banned by the
+///   network layer. (With the count halving each second, a peer whose invalid messages
+///   trickled in at a few a second, as in a loaded debug build, stayed above the graylist.)
 /// * **P6 (IP colocation) is off.** It penalises more than a threshold of peers behind one
 ///   IP address. Honest deployments do that: a test cluster on one host (every peer is
 ///   127.0.0.1), several nodes of one operator behind one NAT, containers published on one
@@ -1261,7 +1264,7 @@ fn peer_score_config(
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
         invalid_message_deliveries_weight: -1.0,
-        invalid_message_deliveries_decay: 0.5,
+        invalid_message_deliveries_decay: 0.9,
         ..Default::default()
     };
     let params = gossipsub::PeerScoreParams {
@@ -2966,7 +2969,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "flaky: under investigation (B sometimes never scores A down)"]
     async fn a_peer_flooding_invalid_gossip_is_graylisted_and_banned() -> anyhow::Result<()> {
         let a = start(test_config(vec![]), accept_all()).await?;
         let b = start(
@@ -2982,18 +2984,27 @@ mod tests {
         .await?;
         eventually("B connected to A", || b.connected_to(a.id())).await?;
         publish_when_ready(&a, b"bad-0").await?;
-        for i in 1..40 {
-            // Publishing stops once B has cut A off (no subscribed peer left).
-            let _ = a.handle.publish(format!("bad-{i}").into_bytes()).await;
-        }
-        eventually("B banned A for its gossip score", || async {
-            b.handle.stats().bans_for(BanReason::Graylisted) == 1
+        // A keeps sending messages B rejects until B cuts it off (its publishes then find
+        // no subscribed peer, which is fine).
+        let mut i = 1;
+        eventually("B banned A for its gossip score", || {
+            i += 1;
+            let a = &a.handle;
+            let b = &b.handle;
+            let bad = format!("bad-{i}").into_bytes();
+            async move {
+                let _ = a.publish(bad).await;
+                b.stats().bans_for(BanReason::Graylisted) == 1
+            }
         })
         .await?;
         eventually("B disconnected from A", || async {
             !b.connected_to(a.id()).await
         })
         .await?;
+        assert_eq!(b.handle.stats().banned_now, 1);
+        // A honest peer that sent nothing invalid is never scored down: A bans nobody.
+        assert_eq!(a.handle.stats().bans_for(BanReason::Graylisted), 0);
         Ok(())
     }
 
