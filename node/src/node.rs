@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use crate::blobs::BlobStore;
 use crate::health::Health;
 use crate::liveness::{Detector, DetectorConfig, Output, PeerInfo, PeerStatus, Transition};
-use crate::net::{NetEvent, NetHandle, PublishStatus, Verdict};
+use crate::net::{BanReason, NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, Persister, StoreError};
 
 /// First byte of a request on the request-response protocol: anti-entropy.
@@ -475,31 +475,13 @@ impl Node {
                 "Detector ticks too late to judge (process starved).",
                 stats.late_ticks,
             ),
-            (
-                "dpin_net_dropped_gossip_total",
-                "Gossip messages dropped: the node did not keep up.",
-                net.dropped_gossip,
-            ),
-            (
-                "dpin_net_dropped_events_total",
-                "Network events dropped: channel full or closed.",
-                net.dropped_events,
-            ),
-            (
-                "dpin_net_dropped_probes_total",
-                "Liveness probes not sent: too many in flight or queue full.",
-                net.dropped_probes,
-            ),
-            (
-                "dpin_net_trimmed_total",
-                "Connections closed to keep the target degree.",
-                net.trimmed,
-            ),
         ] {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
             ));
         }
+        // The network layer's drops, trims, bans and inbound buffering (dpin_net_*).
+        out.push_str(&net.render());
         out.push_str(&format!(
             "# HELP dpin_detector_local_health Lifeguard local-health multiplier (0 = healthy).\n# TYPE dpin_detector_local_health gauge\ndpin_detector_local_health {health}\n"
         ));
@@ -628,7 +610,7 @@ impl Node {
                     Metrics::inc(&m.gossip_rate_limited);
                 }
                 if let Some(ban) = ban {
-                    self.ban(peer, ban, "over budget");
+                    self.ban(peer, ban, BanReason::OverBudget);
                 }
                 Err(reason)
             }
@@ -644,7 +626,7 @@ impl Node {
         self.0.metrics.ingest_offences[path.index()].fetch_add(u64::from(count), Ordering::Relaxed);
         let ban = lock(&self.0.budget).offence(peer, count, self.mono_ms());
         if let Some(ban) = ban {
-            self.ban(peer, ban, "invalid messages");
+            self.ban(peer, ban, BanReason::Invalid);
         }
     }
 
@@ -655,9 +637,9 @@ impl Node {
 
     /// Enacts a ban the ingest policy decided: counted, logged, and handed to the network
     /// layer ([`enact_ban`]). Until it ends, the budget refuses all of the peer's work anyway.
-    fn ban(&self, peer: PeerId, ban: ingest::Ban, reason: &'static str) {
+    fn ban(&self, peer: PeerId, ban: ingest::Ban, reason: BanReason) {
         Metrics::inc(&self.0.metrics.peer_bans);
-        tracing::warn!(%peer, reason, score = ban.score, for_ms = ban.duration_ms, "banning peer");
+        tracing::warn!(%peer, reason = reason.as_str(), score = ban.score, for_ms = ban.duration_ms, "banning peer");
         enact_ban(
             &self.0.net,
             peer,
@@ -1098,12 +1080,10 @@ pub fn refusal_message(r: ingest::Refusal) -> String {
     format!("refused: {}", r.as_str())
 }
 
-/// Hands a ban to the network layer: disconnect `peer` and refuse it for `duration`.
-///
-/// The node refuses a banned peer's work on every path by itself (the budget says so until
-/// the ban ends); this is where the network layer is told to disconnect it and refuse its
-/// connections, once it offers a ban command. Until then the ban is logged here only.
-pub fn enact_ban(net: &NetHandle, peer: PeerId, duration: Duration, reason: &'static str) {
-    let _ = (net, duration);
-    tracing::debug!(%peer, reason, "ban enacted at the ingest layer only (no network ban yet)");
+/// Hands a ban to the network layer ([`NetHandle::ban_nowait`]): it closes every connection
+/// to `peer` and refuses its connections until the ban ends. The node also refuses a banned
+/// peer's work on every path by itself (the budget says so until the ban ends), so a ban
+/// the network layer could not take (its queue full, counted there) still holds.
+pub fn enact_ban(net: &NetHandle, peer: PeerId, duration: Duration, reason: BanReason) {
+    net.ban_nowait(peer, duration, reason);
 }

@@ -352,13 +352,19 @@ impl Junk {
             }
             Kind::Oversized => {
                 self.counter += 1;
+                // Unique (a random head), cheap to build (the rest is zeros).
+                let mut b = vec![
+                    0u8;
+                    if self.counter % 2 == 0 {
+                        256 << 10
+                    } else {
+                        (4 << 20) + 1
+                    }
+                ];
+                self.rng.fill_bytes(&mut b[..32]);
                 if self.counter % 2 == 0 {
-                    let mut b = vec![0u8; 256 * 1024];
-                    self.rng.fill_bytes(&mut b);
                     Message::Gossip(b)
                 } else {
-                    let mut b = vec![0u8; 4 * 1024 * 1024 + 1];
-                    self.rng.fill_bytes(&mut b);
                     b[0] = KIND_SYNC;
                     Message::Request(b)
                 }
@@ -393,7 +399,7 @@ impl Junk {
                     }
                 } else {
                     let mut data = vec![0u8; 1024 * 1024];
-                    self.rng.fill_bytes(&mut data);
+                    self.rng.fill_bytes(&mut data[..32]);
                     BlobRequest::PutChunk { root, i: 0, data }
                 };
                 Message::Request([&[KIND_BLOB][..], &req.encode()].concat())

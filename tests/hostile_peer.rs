@@ -1,0 +1,367 @@
+//! A hostile peer against real processes (issue 12): the attacker of `dpin-sim attack`
+//! ([`dpin_sim::attack`]) joins the cluster as an ordinary libp2p peer and floods.
+//!
+//! * Under a flood of invalid signatures and valid junk records under fresh zones, the honest
+//!   node keeps answering resolves, bans the attacker, and no honest record is lost.
+//! * A sync bomb (as requester and as responder), a blob-chunk flood, 100+ fake offers and
+//!   foreign manifests change neither where an honest blob lives nor how many copies it has.
+//!
+//! Short versions (seconds); the measured flood of the issue's target (10k invalid/s plus 1k
+//! junk records/s against a release cluster) is `deploy/hostile-bench.sh`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use dpin_protocol::{Content, Endpoint, Host, RecordBody, SignedRecord, Transport, ZoneKey};
+use dpin_sim::attack::{self, AttackConfig, AttackReport, Kind, Stream};
+use dpin_tests::{cli, cluster, http, ok, wait_connected, wait_until, NodeProc};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dpin-e2e");
+const BOUND: Duration = Duration::from_secs(30);
+const CLI_TIMEOUT_MS: &str = "10000";
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A series' value from a node's `/metrics` (0 when absent).
+fn metric(node: &NodeProc, series: &str) -> Result<u64> {
+    let mut s = TcpStream::connect(&node.api)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// Publishes a signed record through a node's API.
+fn publish(api: &str, record: &SignedRecord) -> Result<()> {
+    let body = serde_json::json!({ "record": hex::encode(record.encode()) }).to_string();
+    let (status, v) = http(api, "POST", "/v1/publish", Some(&body))?;
+    if status != 200 {
+        return Err(anyhow!("publish answered {status}: {v}"));
+    }
+    Ok(())
+}
+
+/// Runs the attacker against `target` (a `/p2p/` multiaddr) on its own thread and runtime.
+fn spawn_attack(
+    target: &str,
+    streams: Vec<Stream>,
+    duration: Duration,
+    blob_root: Option<[u8; 32]>,
+) -> Result<std::thread::JoinHandle<Result<AttackReport>>> {
+    let config = AttackConfig {
+        target: target.parse()?,
+        streams,
+        default_rate_per_s: 100.0,
+        duration,
+        rotate_every: None,
+        blob_root,
+        seed: 7,
+    };
+    Ok(std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(attack::run(config))
+    }))
+}
+
+fn stream(kind: Kind, rate: f64) -> Stream {
+    Stream {
+        kind,
+        rate_per_s: Some(rate),
+    }
+}
+
+#[test]
+fn an_honest_node_keeps_resolving_bans_a_flooding_peer_and_loses_no_record() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
+    wait_connected(&nodes, BOUND)?;
+
+    // 20 honest names, written through node 1, on every node before the attack.
+    let key = ZoneKey::from_seed([0x42; 32]);
+    let now = now_ms();
+    let mut honest = Vec::new();
+    for i in 0..20u8 {
+        let rec = RecordBody {
+            zone: key.zone(),
+            label: format!("svc{i}"),
+            seq: now + u64::from(i),
+            expires_at_ms: now + 3_600_000,
+            content: Content::Endpoints(vec![Endpoint {
+                host: Host::V4([10, 0, 0, i]),
+                port: 443,
+                transport: Transport::Tcp,
+                weight: 1,
+            }]),
+        }
+        .sign(&key)?;
+        publish(&nodes[1].api, &rec)?;
+        honest.push((rec.name(), rec.body.seq));
+    }
+    let all_hold = |nodes: &[NodeProc]| {
+        nodes.iter().all(|n| {
+            honest
+                .iter()
+                .all(|(name, seq)| n.resolved_seq(name) == Some(*seq))
+        })
+    };
+    wait_until(BOUND, "the honest names everywhere", || {
+        all_hold(&nodes).then_some(())
+    })?;
+
+    // The attacker: 2,000 invalid signatures/s and 200 valid junk records/s under fresh
+    // zones, all at node 0.
+    let attacker = spawn_attack(
+        &nodes[0].bootstrap_addr(),
+        vec![
+            stream(Kind::InvalidSignature, 2000.0),
+            stream(Kind::JunkZones, 200.0),
+        ],
+        Duration::from_secs(5),
+        None,
+    )?;
+    // Meanwhile node 0 answers every resolve of every honest name.
+    let mut resolves = 0u64;
+    while !attacker.is_finished() {
+        for (name, seq) in &honest {
+            assert_eq!(
+                nodes[0].resolved_seq(name),
+                Some(*seq),
+                "resolve of {name} failed during the flood"
+            );
+            resolves += 1;
+        }
+    }
+    let report = attacker
+        .join()
+        .map_err(|_| anyhow!("attacker panicked"))??;
+    eprintln!("attacker: {report:?}; {resolves} honest resolves during the flood");
+    assert!(report.sent.get("invalid-signature").copied().unwrap_or(0) > 0);
+
+    // Node 0 banned the attacker — gossipsub's score graylisted it, or the ingest policy
+    // counted its invalid messages past the threshold — and dropped its connection.
+    let bans = metric(&nodes[0], "dpin_peer_bans_total")?
+        + metric(&nodes[0], "dpin_net_bans_total{reason=\"graylisted\"}")?
+        + metric(&nodes[0], "dpin_net_bans_total{reason=\"invalid\"}")?;
+    assert!(bans >= 1, "no ban");
+    assert!(
+        report.disconnected_after_ms.is_some(),
+        "the attacker was never disconnected"
+    );
+    // No honest record lost or evicted, anywhere.
+    assert!(all_hold(&nodes), "an honest record was lost");
+    Ok(())
+}
+
+/// Complete copies and complete holders of `hash` as seen through `api`.
+fn holders(api: &str, hash: &str) -> Option<(u64, Vec<String>)> {
+    let args = [
+        "blob",
+        "--api",
+        api,
+        hash,
+        "--timeout-ms",
+        CLI_TIMEOUT_MS,
+        "--json",
+    ];
+    let v: Value = serde_json::from_str(&ok(cli(bin(), &args).ok()?).ok()?).ok()?;
+    let mut ids: Vec<String> = v["holders"]
+        .as_array()?
+        .iter()
+        .filter(|h| h["chunks"] == h["total"])
+        .filter_map(|h| h["peer_id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    Some((v["complete_copies"].as_u64()?, ids))
+}
+
+/// The nodes with a directory for `hash` in their blob store (copies, complete or not).
+fn dirs_holding(nodes: &[NodeProc], hash: &str) -> Vec<String> {
+    let mut out: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.data_dir.join("blobs").join(hash).exists())
+        .map(|n| n.peer_id.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+fn storage_offers(api: &str) -> Option<usize> {
+    let args = [
+        "offers",
+        "--api",
+        api,
+        "--kind",
+        "storage",
+        "--timeout-ms",
+        CLI_TIMEOUT_MS,
+        "--json",
+    ];
+    let v: Value = serde_json::from_str(&ok(cli(bin(), &args).ok()?).ok()?).ok()?;
+    Some(v["offers"].as_array()?.len())
+}
+
+#[test]
+fn a_sync_bomb_a_chunk_flood_and_fake_offers_change_no_honest_blob_placement() -> Result<()> {
+    blob_attack(false)
+}
+
+/// Known gap (ignored until fixed; not in this crate's files): with twenty foreign manifests
+/// for an honest root, `GET /v1/blobs/{hash}/info` at a non-holder can answer a foreign
+/// manifest's size (4 TiB), and `dpin get` then fails with "got 2097152 bytes, expected
+/// 4398046511104". One foreign manifest (tests/blob_authority.rs) passes only when its zone
+/// sorts after the honest one. The info answer should come from the manifest the holders
+/// bound the blob to (or at least one whose size fits the verified index).
+#[test]
+#[ignore = "known gap: blob info at a non-holder can take a foreign manifest's size"]
+fn a_non_holder_serves_an_honest_blob_despite_many_foreign_manifests() -> Result<()> {
+    blob_attack(true)
+}
+
+fn blob_attack(get_through_non_holder: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fast = [
+        "--no-probe",
+        "--offer-refresh-ms",
+        "500",
+        "--repair-interval-ms",
+        "200",
+        "--scrub-interval-ms",
+        "1000",
+    ];
+    let mut storage = fast.to_vec();
+    storage.extend_from_slice(&["--offer-storage", "64M", "--price", "0.5"]);
+    // Node 0 offers nothing; nodes 1-3 offer storage.
+    let n0 = NodeProc::start(bin(), &dir.path().join("n0"), &[], &fast)?;
+    let boot = vec![n0.bootstrap_addr()];
+    let mut nodes = vec![n0];
+    for i in 1..4 {
+        nodes.push(NodeProc::start(
+            bin(),
+            &dir.path().join(format!("n{i}")),
+            &boot,
+            &storage,
+        )?);
+    }
+    wait_connected(&nodes, BOUND)?;
+    wait_until(BOUND, "3 storage offers everywhere", || {
+        nodes
+            .iter()
+            .all(|n| storage_offers(&n.api) == Some(3))
+            .then_some(())
+    })?;
+    let api0 = nodes[0].api.clone();
+
+    // An honest 2 MiB blob with K = 2.
+    let data: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let file = dir.path().join("honest.bin");
+    std::fs::write(&file, &data)?;
+    let file_arg = file.to_str().unwrap_or_default();
+    let put: Value = serde_json::from_str(&ok(cli(
+        bin(),
+        &["put", "--api", &api0, file_arg, "--replicas", "2", "--json"],
+    )?)?)?;
+    let hash = put["hash"].as_str().unwrap_or_default().to_owned();
+    let (copies, before) = holders(&api0, &hash).ok_or_else(|| anyhow!("no blob info"))?;
+    assert_eq!(copies, 2);
+    assert_eq!(dirs_holding(&nodes, &hash), before);
+    let root: [u8; 32] = hex::decode(&hash)?
+        .try_into()
+        .map_err(|_| anyhow!("bad hash"))?;
+
+    // The attack, at a holder: sync bombs both ways, whole-store listings, 1 MiB chunks for
+    // random roots, 150 fake offers and foreign manifests for the honest blob.
+    let holder = nodes
+        .iter()
+        .find(|n| before.contains(&n.peer_id))
+        .ok_or_else(|| anyhow!("no holder"))?;
+    // Two attackers at once (two identities): one lies, one floods.
+    let liar = spawn_attack(
+        &holder.bootstrap_addr(),
+        vec![
+            stream(Kind::FakeOffers, 60.0),
+            stream(Kind::ForeignManifests, 10.0),
+        ],
+        Duration::from_millis(2500),
+        Some(root),
+    )?;
+    let flooder = spawn_attack(
+        &holder.bootstrap_addr(),
+        vec![
+            stream(Kind::SyncBomb, 20.0),
+            stream(Kind::WholeStoreSync, 50.0),
+            stream(Kind::BlobFlood, 20.0),
+        ],
+        Duration::from_secs(3),
+        None,
+    )?;
+    let lies = liar.join().map_err(|_| anyhow!("attacker panicked"))??;
+    let floods = flooder.join().map_err(|_| anyhow!("attacker panicked"))??;
+    eprintln!("liar: {lies:?}\nflooder: {floods:?}");
+    assert!(lies.sent.get("fake-offers").copied().unwrap_or(0) >= 100);
+    assert!(lies.sent.get("foreign-manifests").copied().unwrap_or(0) > 0);
+    assert!(floods.sent.get("blob-flood").copied().unwrap_or(0) > 0);
+    // Malformed digests were refused and held against the attacker.
+    assert!(metric(holder, "dpin_ingest_offences_total{path=\"sync_request\"}")? > 0);
+
+    // Give repair many rounds (200 ms each) to act on the lies; it must not.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in &nodes {
+        assert_eq!(
+            storage_offers(&n.api),
+            Some(3),
+            "fake offers listed at {}",
+            n.peer_id
+        );
+    }
+    assert_eq!(
+        holders(&api0, &hash),
+        Some((2, before.clone())),
+        "copies or holders changed"
+    );
+    assert_eq!(
+        dirs_holding(&nodes, &hash),
+        before,
+        "a node other than the holders stored part of the blob"
+    );
+    if !get_through_non_holder {
+        return Ok(());
+    }
+    let out_file = dir.path().join("copy.bin");
+    ok(cli(
+        bin(),
+        &[
+            "get",
+            "--api",
+            &api0,
+            &hash,
+            "--out",
+            out_file.to_str().unwrap_or_default(),
+        ],
+    )?)?;
+    assert!(std::fs::read(&out_file)? == data, "bytes differ");
+    Ok(())
+}
