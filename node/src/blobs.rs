@@ -371,6 +371,32 @@ pub struct BlobStore {
     gate: Mutex<Gate>,
     /// Refusals and collections.
     pub stats: BlobStats,
+    /// Chunks just written, for the background syncer ([`EARLY_SYNC_QUEUE`]).
+    early_sync: std::sync::mpsc::SyncSender<PathBuf>,
+}
+
+/// Chunks written but not yet handed to the background syncer, at most. The syncer fsyncs
+/// each chunk soon after it is written, while the rest of the blob is still arriving, so the
+/// seal (which fsyncs every chunk and the directory, and only then acknowledges) finds them
+/// clean: the disk work of a put overlaps its transfer instead of following it (64 fsyncs of
+/// 1 MiB took 0.3 s here after the transfer). A full queue skips the early sync; the seal
+/// still syncs that chunk, so durability never depends on it.
+pub const EARLY_SYNC_QUEUE: usize = 64;
+
+/// Starts the background syncer; it ends when the store (the sender) is dropped.
+fn start_early_sync() -> std::io::Result<std::sync::mpsc::SyncSender<PathBuf>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PathBuf>(EARLY_SYNC_QUEUE);
+    std::thread::Builder::new()
+        .name("blob-sync".into())
+        .spawn(move || {
+            for path in rx {
+                // A chunk deleted or replaced meanwhile is simply skipped.
+                if let Ok(f) = std::fs::File::open(&path) {
+                    let _ = f.sync_data();
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -458,6 +484,7 @@ impl BlobStore {
             corrupt_found: AtomicU64::new(0),
             gate: Mutex::new(Gate::default()),
             stats,
+            early_sync: start_early_sync()?,
         })
     }
 
@@ -667,6 +694,8 @@ impl BlobStore {
             _ => {}
         }
         write_file(&path, data, false)?;
+        // Durable only at the seal; start the writeback now (see EARLY_SYNC_QUEUE).
+        let _ = self.early_sync.try_send(path);
         self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(old) = old {
             self.used.fetch_sub(old, Ordering::Relaxed);
