@@ -10,6 +10,7 @@
 //! Map (read in this order):
 //! * [`sched`] — the scheduler: a heap of `(time, seq)` events; no wall clock, no threads.
 //! * [`rng`] — all randomness from the seed, one ChaCha8 stream per purpose.
+//! * [`fasthash`] — a cheap hasher for the lookup tables (ids and random bytes as keys).
 //! * [`net`] — the network model: latency + jitter, loss, partitions, bytes per message.
 //! * [`world`] — the nodes and the event handlers: the gossip model (mesh D/D_lo/D_hi from
 //!   the node's `MeshParams`, flood publish, forward on accept, IHAVE/IWANT on heartbeats), the
@@ -43,6 +44,7 @@
 //! The cached path uses the core's `Store::apply_verified`, so no merge logic lives here.
 
 pub mod antientropy;
+pub mod fasthash;
 pub mod invariants;
 pub mod net;
 pub mod report;

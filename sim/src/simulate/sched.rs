@@ -14,25 +14,23 @@ use super::SimError;
 /// stopped with an error rather than eating the machine's memory.
 pub const MAX_PENDING_EVENTS: usize = 20_000_000;
 
-struct Item<E> {
+/// A heap entry: the ordering key and the slot of its event. Kept small (24 bytes) so that
+/// sifting moves keys, not events; the events wait in a slab.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
     at: u64,
     seq: u64,
-    ev: E,
+    slot: u32,
 }
 
-impl<E> PartialEq for Item<E> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl<E> Eq for Item<E> {}
-impl<E> PartialOrd for Item<E> {
+impl PartialOrd for Key {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl<E> Ord for Item<E> {
-    /// Reversed, so the max-heap pops the earliest `(at, seq)` first.
+impl Ord for Key {
+    /// Reversed, so the max-heap pops the earliest `(at, seq)` first. `seq` is unique, so the
+    /// order never depends on `slot`.
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at, other.seq).cmp(&(self.at, self.seq))
     }
@@ -40,7 +38,9 @@ impl<E> Ord for Item<E> {
 
 /// Pending events in virtual time (milliseconds since the start of the run).
 pub struct Scheduler<E> {
-    heap: BinaryHeap<Item<E>>,
+    heap: BinaryHeap<Key>,
+    slab: Vec<Option<E>>,
+    free: Vec<u32>,
     seq: u64,
     now: u64,
 }
@@ -49,6 +49,8 @@ impl<E> Default for Scheduler<E> {
     fn default() -> Self {
         Self {
             heap: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             now: 0,
         }
@@ -79,24 +81,42 @@ impl<E> Scheduler<E> {
             )));
         }
         self.seq += 1;
-        self.heap.push(Item {
+        // MAX_PENDING_EVENTS < u32::MAX bounds the slab, so a slot always fits in a u32.
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.heap.push(Key {
             at: at.max(self.now),
             seq: self.seq,
-            ev,
+            slot,
         });
         Ok(())
     }
 
     /// Time of the earliest pending event.
     pub fn peek_time(&self) -> Option<u64> {
-        self.heap.peek().map(|i| i.at)
+        self.heap.peek().map(|k| k.at)
     }
 
     /// The earliest pending event; advances virtual time to it.
     pub fn pop(&mut self) -> Option<(u64, E)> {
-        let item = self.heap.pop()?;
-        self.now = item.at;
-        Some((item.at, item.ev))
+        loop {
+            let key = self.heap.pop()?;
+            let ev = self.slab.get_mut(key.slot as usize).and_then(Option::take);
+            self.free.push(key.slot);
+            // Every key has its event (slots are freed only here); the loop is only a guard.
+            if let Some(ev) = ev {
+                self.now = key.at;
+                return Some((key.at, ev));
+            }
+        }
     }
 }
 

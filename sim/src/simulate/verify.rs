@@ -13,10 +13,10 @@
 //!   `Store::apply`, minus the signature check). `tests/simulate_verify_cache.rs` checks it
 //!   gives the same outcome and the same store as `Store::apply` on random sequences.
 
-use std::collections::HashSet;
-
 use dpin_protocol::merge::Outcome;
 use dpin_protocol::{Freshness, MemStore, SignedRecord, Store};
+
+use super::fasthash::FastSet;
 
 /// How signatures are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -31,7 +31,7 @@ pub enum VerifyMode {
 /// The record checker of one run.
 pub struct Verifier {
     mode: VerifyMode,
-    good: HashSet<([u8; 32], [u8; 64])>,
+    good: FastSet<([u8; 32], [u8; 64])>,
     /// Signature verifications performed.
     pub verifications: u64,
 }
@@ -41,7 +41,7 @@ impl Verifier {
     pub fn new(mode: VerifyMode) -> Self {
         Self {
             mode,
-            good: HashSet::new(),
+            good: FastSet::default(),
             verifications: 0,
         }
     }
