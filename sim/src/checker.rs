@@ -38,6 +38,13 @@
 //!   empty; if no other write makes it so, the answer is counted as `unreached_by_partition`.
 //!   A node that had already shown the name and then answers without it is empty, partition
 //!   or not, and so is a node that knew of any write the partition did not keep from it.
+//!   **The same for a node out of the network:** a node killed, paused or restarting (or cut
+//!   off from the write's node) from before a write started, without `stale_bound_ms` of being
+//!   back in between, until less than `stale_bound_ms` before the read, cannot have heard it;
+//!   when that is why its answer lacks the name (its older record expired meanwhile), the
+//!   answer is counted as `empty_while_isolated`, not empty — the node is given the same bound
+//!   to catch up after coming back as any node gets for any write ([`isolated_throughout`]).
+//!   Counted apart and reported, never folded into `empty`.
 //! * **queries.stale** — answers whose seq is lower than the highest seq acknowledged more than
 //!   `stale_bound_ms` before the read started. Reported, not fatal: a partitioned node is
 //!   expected to serve stale answers. **stale_partitioned** — those of them explained by a
@@ -165,6 +172,11 @@ pub struct Queries {
     /// side of a partition since before they started (not empty: see the module docs).
     #[serde(default)]
     pub unreached_by_partition: u64,
+    /// Answers without an endpoint from a node that was killed, paused, restarting or cut off
+    /// from before every live write of the name started until less than the staleness bound
+    /// before the read (not empty: it could not have heard them; see the module docs).
+    #[serde(default)]
+    pub empty_while_isolated: u64,
 }
 
 /// Write counts (SPEC §5 `writes`, plus diagnostics).
@@ -350,6 +362,46 @@ pub fn cut_off_throughout(faults: &[FaultSpan], x: usize, y: usize, from: f64, u
     faults
         .iter()
         .any(|f| f.separates(x, y) && f.start_ms <= from && f.end_ms >= until)
+}
+
+/// Whether node `node` was out of reach of a write acknowledged at node `from` that started at
+/// `start`, until less than `bound` before `t`: killed, paused or restarting itself, or cut off
+/// from `from` by a partition. The fault spans, each extended by `bound` past its end (the
+/// time a node that comes back is given to catch up, as any node is given for any write),
+/// must cover `[start, t]` without a gap, beginning with a fault already in force at `start`.
+pub fn isolated_throughout(
+    faults: &[FaultSpan],
+    node: usize,
+    from: usize,
+    start: f64,
+    t: f64,
+    bound: f64,
+) -> bool {
+    let mut spans: Vec<(f64, f64)> = faults
+        .iter()
+        .filter(|f| {
+            (f.node == node
+                && matches!(
+                    f.kind,
+                    FaultKind::Kill | FaultKind::Pause | FaultKind::Restart
+                ))
+                || f.separates(node, from)
+        })
+        .map(|f| (f.start_ms, f.end_ms + bound))
+        .collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut covered = start;
+    let mut began = false;
+    for (s, e) in spans {
+        if s > covered {
+            break;
+        }
+        if e >= start {
+            began = true;
+            covered = covered.max(e);
+        }
+    }
+    began && covered >= t
 }
 
 fn is_heal_probe(op: &Op) -> bool {
@@ -756,11 +808,13 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
         let Some(top) = before.iter().filter_map(|w| w.seq).max() else {
             continue; // never written (yet)
         };
-        let winners: Vec<&Op> = before
-            .iter()
-            .copied()
-            .filter(|w| w.seq == Some(top))
-            .collect();
+        let at_top = || before.iter().copied().filter(|w| w.seq == Some(top));
+        // At one seq a live write beats a tombstone (merge rule): the tombstone is no winner.
+        let winners: Vec<&Op> = if at_top().any(|w| !is_tombstone(w)) {
+            at_top().filter(|w| !is_tombstone(w)).collect()
+        } else {
+            at_top().collect()
+        };
         let ahead = clock_ahead(&history.faults, op.node, op.start_ms, op.end_ms, bound);
         if winners.iter().any(|w| !live_at(w, t, ahead)) {
             if winners.iter().all(|w| live_at(w, t, 0.0)) {
@@ -779,14 +833,22 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             .filter(|w| is_tombstone(w) && w.start_ms <= op.end_ms)
             .filter_map(|w| w.seq)
             .max();
-        let standing = |w: &Op| w.seq > deleted_to && live_at(w, t, ahead);
+        // A tombstone deletes lower seqs; at its own seq a live write beats it (merge rule).
+        let standing = |w: &Op| {
+            (w.seq > deleted_to || (w.seq == deleted_to && !is_tombstone(w)))
+                && live_at(w, t, ahead)
+        };
         // A write made across a partition that started before it and lasted until less than
         // the bound before this read could not have reached this node.
         let unreachable =
             |w: &Op| cut_off_throughout(&history.faults, w.node, op.node, w.start_ms, t - bound);
+        // The reading node itself was out of the network (killed, paused, restarting, cut
+        // off) from before the write until less than the bound before this read.
+        let isolated =
+            |w: &Op| isolated_throughout(&history.faults, op.node, w.node, w.start_ms, t, bound);
         let known_long_enough = before
             .iter()
-            .any(|w| w.end_ms + bound <= t && standing(w) && !unreachable(w));
+            .any(|w| w.end_ms + bound <= t && standing(w) && !unreachable(w) && !isolated(w));
         let node_had_it = first_shown
             .get(&(op.node, op.name.as_str()))
             .is_some_and(|v| {
@@ -803,6 +865,11 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             .any(|w| w.end_ms + bound <= t && standing(w) && unreachable(w))
         {
             f.queries.unreached_by_partition += 1;
+        } else if before
+            .iter()
+            .any(|w| w.end_ms + bound <= t && standing(w) && isolated(w))
+        {
+            f.queries.empty_while_isolated += 1;
         }
     }
     for (answered, op, _, retried) in rounds.values() {
@@ -1091,6 +1158,42 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    fn span(kind: FaultKind, node: usize, start_ms: f64, end_ms: f64) -> FaultSpan {
+        FaultSpan {
+            kind,
+            node,
+            start_ms,
+            end_ms,
+            offset_ms: None,
+            groups: None,
+        }
+    }
+
+    #[test]
+    fn a_node_down_or_cut_off_from_before_a_write_until_the_read_was_isolated() {
+        const B: f64 = 5_000.0;
+        // Node 7: killed at 1 s, back at 10 s, paused at 12 s (2 s back: less than the bound
+        // to catch up), resumed at 20 s, partitioned 21–30 s. A write at node 1 at 5 s.
+        let faults = vec![
+            span(FaultKind::Kill, 7, 1_000.0, 10_000.0),
+            span(FaultKind::Pause, 7, 12_000.0, 20_000.0),
+            span(FaultKind::Partition, 7, 21_000.0, 30_000.0),
+        ];
+        assert!(isolated_throughout(&faults, 7, 1, 5_000.0, 33_000.0, B));
+        // Long enough back after the partition: it should have caught up.
+        assert!(!isolated_throughout(&faults, 7, 1, 5_000.0, 36_000.0, B));
+        // A write made before the first fault could have reached it.
+        assert!(!isolated_throughout(&faults, 7, 1, 500.0, 20_000.0, B));
+        // Another node was not isolated at all.
+        assert!(!isolated_throughout(&faults, 3, 1, 5_000.0, 20_000.0, B));
+        // A gap of the bound or more between faults breaks it.
+        let gap = vec![
+            span(FaultKind::Kill, 7, 1_000.0, 10_000.0),
+            span(FaultKind::Pause, 7, 16_000.0, 30_000.0),
+        ];
+        assert!(!isolated_throughout(&gap, 7, 1, 5_000.0, 20_000.0, B));
     }
 
     #[test]
