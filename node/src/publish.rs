@@ -36,7 +36,8 @@
 //!   tombstone at equal seq), so the name is never left empty by that race.
 //!
 //! What an AP system can promise two concurrent writers (README "Writing safely"): every node
-//! ends with the same single winner (higher seq, then the content-hash tie-break), and when
+//! ends with the same single winner (higher seq, then a live record over a tombstone, then the
+//! content-hash tie-break), and when
 //! both writes reach one node, or nodes that can talk, at least one writer is refused. Two
 //! writers on opposite sides of a partition can both be acknowledged at the same seq; after
 //! the heal the tie-break picks one winner everywhere and counts a conflict
@@ -166,6 +167,11 @@ pub struct Plan {
     pub tombstone: bool,
     /// Expiry (Unix ms).
     pub expires_at_ms: u64,
+    /// Content hash of the signed record (hex): what a clean-up names to delete exactly this
+    /// plan (`dpin publish --tombstone --if-hash`). Informational; plans written before it
+    /// existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
     /// Signed record, hex.
     pub record: String,
 }
@@ -180,6 +186,7 @@ impl Plan {
             planned_over,
             tombstone: record.is_tombstone(),
             expires_at_ms: record.body.expires_at_ms,
+            hash: Some(hex::encode(record.content_hash())),
             record: hex::encode(record.encode()),
         }
     }
@@ -200,7 +207,13 @@ impl Plan {
             .validate_fields()
             .and_then(|()| record.verify_signature())
             .map_err(|e| WriteError::Invalid(format!("plan record is not valid: {e}")))?;
-        if record.name() != self.name || record.body.seq != self.seq {
+        if record.name() != self.name
+            || record.body.seq != self.seq
+            || self
+                .hash
+                .as_deref()
+                .is_some_and(|h| h != hex::encode(record.content_hash()))
+        {
             return Err(WriteError::Invalid(
                 "plan fields do not match its signed record (edited by hand?)".into(),
             ));
