@@ -196,6 +196,17 @@ struct IdleRow {
     rss_max: f64,
     conns_per_node: f64,
     conns_max: usize,
+    /// `/proc/loadavg` (1, 5, 15 min) at the end of the window: the machine may be shared,
+    /// and per-process CPU figures read differently on a loaded machine.
+    loadavg: String,
+}
+
+/// The first three fields of `/proc/loadavg`, or "?".
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 async fn idle(
@@ -242,6 +253,7 @@ async fn idle(
             tokio::time::sleep(Duration::from_secs(measure_s)).await;
             let after: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
             let secs = t0.elapsed().as_secs_f64();
+            let load = loadavg();
             let cpu: Vec<f64> = before
                 .iter()
                 .zip(&after)
@@ -268,6 +280,7 @@ async fn idle(
                 rss_max: rss.iter().copied().fold(0.0, f64::max),
                 conns_per_node: conns.iter().sum::<usize>() as f64 / conns.len().max(1) as f64,
                 conns_max: conns.iter().copied().max().unwrap_or(0),
+                loadavg: load,
             });
             if cpu.len() != n || rss.len() != n || conns.len() != n {
                 eprintln!(
@@ -283,12 +296,12 @@ async fn idle(
         "idle cost per node: settle {settle_s} s, window {measure_s} s, `dpin node --no-probe`, loopback"
     );
     println!(
-        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | conns/node (mean) | conns max |"
+        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | conns/node (mean) | conns max | load avg 1/5/15 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
             r.bin,
             r.n,
             r.cpu_per_node,
@@ -297,7 +310,8 @@ async fn idle(
             r.rss_per_node,
             r.rss_max,
             r.conns_per_node,
-            r.conns_max
+            r.conns_max,
+            r.loadavg
         );
     }
     Ok(())
