@@ -568,3 +568,87 @@ fn retrying_a_compare_and_set_write_that_won_is_a_duplicate() -> Result<()> {
     );
     Ok(())
 }
+
+/// The seed's race with the deletion at the write's seq: the clean-up meant for plan A and
+/// enactor B's newer write both replace A, one at a node cut off from the other, so both take
+/// A's seq + 1. In either order, after the heal the write holds everywhere (at equal seq a
+/// live record beats a tombstone, whatever the hashes) and the name is never left empty. The
+/// clean-up names A by its content hash (`--if-hash`, as `dpin resolve` prints it); run again
+/// once B holds, it deletes nothing and says the record was replaced.
+#[test]
+fn a_clean_up_racing_a_write_at_its_seq_never_empties_the_name_and_a_stale_one_deletes_nothing(
+) -> Result<()> {
+    for cleanup_first in [true, false] {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
+        wait_connected(&nodes, SPREAD)?;
+        let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+        let name = format!("web.{zone}");
+        let apis = all_apis(&nodes);
+        // Plan A holds everywhere.
+        ok(publish(&key, &apis, "web", &["127.0.0.1:1111"])?)?;
+        for n in &nodes {
+            wait_resolves(n, &name, 1)?;
+        }
+        let (_, a) = nodes[0].get(&format!("/v1/resolve/{name}"))?;
+        let hash_a = a["hash"]
+            .as_str()
+            .ok_or(anyhow!("resolve shows no hash: {a}"))?
+            .to_owned();
+        let shown = ok(cli(bin(), &["resolve", "--api", &nodes[0].api, &name])?)?;
+        assert!(
+            shown.contains(&hash_a),
+            "dpin resolve prints the hash: {shown}"
+        );
+
+        // Node 1 is cut off; the clean-up runs there, B's write at node 0.
+        nodes[1].restart(&[], false)?;
+        let clean_up = |api: &str| {
+            publish(
+                &key,
+                api,
+                "web",
+                &["--tombstone", "--if-hash", &hash_a, "--json"],
+            )
+        };
+        let write_b = |api: &str| publish(&key, api, "web", &["127.0.0.1:2222", "--json"]);
+        let (deleted, written) = if cleanup_first {
+            let d = ok(clean_up(&nodes[1].api)?)?;
+            (d, ok(write_b(&nodes[0].api)?)?)
+        } else {
+            let w = ok(write_b(&nodes[0].api)?)?;
+            (ok(clean_up(&nodes[1].api)?)?, w)
+        };
+        for out in [&deleted, &written] {
+            let v: Value = serde_json::from_str(out.trim())?;
+            assert_eq!(v["seq"].as_u64(), Some(2), "both replace seq 1: {out}");
+        }
+        assert_eq!(
+            nodes[1].resolved_seq(&name),
+            None,
+            "the deletion held at node 1"
+        );
+
+        // Heal: the write wins on both nodes; the name is never left empty.
+        let boot = vec![nodes[0].bootstrap_addr()];
+        nodes[1].restart(&boot, false)?;
+        for n in &nodes {
+            wait_resolves(n, &name, 2)?;
+            let (_, eps) = resolved(n, &name).ok_or(anyhow!("no answer"))?;
+            assert_eq!(
+                eps,
+                vec!["127.0.0.1:2222".to_owned()],
+                "at {} (clean-up first: {cleanup_first})",
+                n.api
+            );
+        }
+        // The clean-up of plan A, retried now that B holds: refused, nothing deleted.
+        let out = clean_up(&apis)?;
+        assert!(!out.status.success(), "a stale clean-up deleted B's write");
+        assert!(stderr(&out).contains("replaced"), "{}", stderr(&out));
+        for n in &nodes {
+            assert_eq!(n.resolved_seq(&name), Some(2), "at {}", n.api);
+        }
+    }
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! `tests/fixtures/datadir-v1/` is a real node's data dir made by the binary of 2026-12-02
 //! (before data dirs carried a FORMAT file; `tests/fixtures/make-datadir-v1.sh` shows how),
 //! with the records listed in `tests/fixtures/datadir-v1.json`: `alpha` (seq 1), `beta`
-//! (three writes, seq 3 wins, two endpoints), and `gamma`, deleted by a tombstone. Records live
+//! (three writes, seq 3 wins, two endpoints), and `gamma`, deleted by a tombstone (seq 2; its
+//! kind survives, so a live gamma at seq 2 beats it under the merge rule). Records live
 //! at most 30 days, so the node runs with its wall clock at the fixture's date (libfaketime,
 //! installed by deploy/install-test-deps.sh); only the wall clock is moved.
 
@@ -100,12 +101,39 @@ fn todays_data_dir_opens_and_serves_its_records() -> Result<()> {
         .args(["publish", "--key"])
         .arg(&key)
         .args(["--api", &node.api, "beta", "192.0.2.9:443", "--seq", "2"])
-        .envs(env)
+        .envs(env.clone())
         .stdin(Stdio::null())
         .output()?;
     assert!(!out.status.success(), "seq 2 must not replace seq 3");
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("stale"), "{err}");
+    // gamma's deletion (seq 2) kept its kind, which the merge rule now ranks by: gamma's seq 1
+    // stays deleted, and a live gamma at the tombstone's own seq beats it (at equal seq a live
+    // record beats a tombstone) — so the floor was read as a tombstone, not a live record.
+    let at = |seq: &str, file: &str| -> Result<Value> {
+        let plan = tmp.path().join(file);
+        let out = Command::new(bin())
+            .args(["sign", "--key"])
+            .arg(&key)
+            .args(["--seq", seq, "gamma", "192.0.2.7:53/udp", "--out"])
+            .arg(&plan)
+            .envs(env.clone())
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("sign: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let plan: Value = serde_json::from_str(&std::fs::read_to_string(&plan)?)?;
+        let body = serde_json::json!({"record": plan["record"]}).to_string();
+        let (code, v) = dpin_tests::http(&node.api, "POST", "/v1/publish", Some(&body))?;
+        Ok(serde_json::json!({"code": code, "body": v}))
+    };
+    let replay = at("1", "gamma1.plan")?;
+    assert_eq!(replay["code"], 409, "{replay}");
+    assert_eq!(replay["body"]["error"], "stale", "{replay}");
+    let revived = at("2", "gamma2.plan")?;
+    assert_eq!(revived["code"], 200, "{revived}");
+    assert_eq!(revived["body"]["outcome"], "conflict_won", "{revived}");
     Ok(())
 }
 
