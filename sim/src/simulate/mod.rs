@@ -22,6 +22,8 @@
 //! * [`invariants`] — the checks run after every event on what it touched, and at quiescence.
 //! * [`scenarios`] — convergence, partition-heal, race, churn.
 //! * [`report`] — the figures, as text or one JSON object.
+//! * [`calibrate`] — the gossip model against real in-process gossipsub swarms (hops and
+//!   duplicates per delivery at N = 3, 5, 20, 40, with a stated tolerance).
 //!
 //! Determinism: a run is a pure function of (seed, options, commit). Its event log (every
 //! delivered message and every apply outcome) is hashed into a running blake3 digest printed
@@ -44,6 +46,7 @@
 //! The cached path uses the core's `Store::apply_verified`, so no merge logic lives here.
 
 pub mod antientropy;
+pub mod calibrate;
 pub mod fasthash;
 pub mod invariants;
 pub mod net;
@@ -168,6 +171,10 @@ pub struct SimulateArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Calibrate the gossip model against real in-process gossipsub swarms at these sizes
+    /// (comma-separated, e.g. `3,5,20,40`), `--updates` messages each, instead of a run.
+    #[arg(long, value_delimiter = ',')]
+    pub calibrate: Option<Vec<usize>>,
 }
 
 impl SimulateArgs {
@@ -193,6 +200,7 @@ impl SimulateArgs {
             sweep: None,
             jobs: None,
             json: false,
+            calibrate: None,
         }
     }
 
@@ -312,7 +320,7 @@ impl SimulateArgs {
         })
     }
 
-    fn params(&self) -> scenarios::Params {
+    pub(crate) fn params(&self) -> scenarios::Params {
         scenarios::Params {
             updates: self.updates.max(1),
             update_gap_ms: 100,
@@ -444,6 +452,28 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
 /// held, 1 an invariant broke, 2 bad options or a runaway run).
 pub fn run(args: &SimulateArgs) -> i32 {
     let mut out = std::io::stdout().lock();
+    if let Some(sizes) = &args.calibrate {
+        return match calibrate::calibrate(sizes, args.updates, args.seed) {
+            Ok(rows) => {
+                let printed = if args.json {
+                    serde_json::to_string(&rows).map(|s| writeln!(out, "{s}"))
+                } else {
+                    Ok(rows.iter().try_for_each(|r| writeln!(out, "{}", r.text())))
+                };
+                if !matches!(printed, Ok(Ok(()))) {
+                    2
+                } else if rows.iter().all(|r| r.within) {
+                    0
+                } else {
+                    1
+                }
+            }
+            Err(e) => {
+                eprintln!("dpin-sim simulate --calibrate: {e:#}");
+                2
+            }
+        };
+    }
     let range = match args.seed_range() {
         Ok(r) => r,
         Err(e) => {

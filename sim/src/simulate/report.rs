@@ -40,6 +40,9 @@ pub struct Report {
     /// Most hops of any first delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hops_max: Option<u16>,
+    /// Mean hops of first deliveries by gossip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops_mean: Option<f64>,
     /// Hops of the node each update reached last (max over updates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hops_last: Option<u16>,
@@ -123,6 +126,7 @@ impl Report {
             updates: None,
             hops_p50: None,
             hops_max: None,
+            hops_mean: None,
             hops_last: None,
             hops_bound: None,
             sends_per_node_per_update: None,

@@ -171,6 +171,7 @@ fn convergence(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
     hops.sort_unstable();
     r.hops_p50 = hops.get(hops.len() / 2).copied();
     r.hops_max = hops.last().copied();
+    r.hops_mean = Some(hops.iter().map(|&h| f64::from(h)).sum::<f64>() / hops.len().max(1) as f64);
     r.hops_last = t.last.iter().map(|(h, _)| *h).max();
     let d = w.cfg.mesh.n.max(3) as f64;
     r.hops_bound = Some(2.0 * (live as f64).ln() / (d - 1.0).ln());

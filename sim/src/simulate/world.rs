@@ -11,8 +11,10 @@
 //!   durable commit), then flood-publishes to every connected peer.
 //! * A node receiving a message it has not seen applies it; if the store changed (the node's
 //!   `Accept` verdict) it forwards to its mesh peers except the sender; otherwise (`Ignore`:
-//!   stale, duplicate, refused) it does not forward. Every copy of an already seen message is
-//!   a duplicate: counted, dropped.
+//!   stale, duplicate, refused) it does not forward. Like rust-libp2p, it never forwards a
+//!   message back to its publisher (gossipsub's `source`); the calibration against real
+//!   swarms ([`super::calibrate`]) showed the copies the model otherwise sent back. Every copy
+//!   of an already seen message is a duplicate: counted, dropped.
 //! * Heartbeats every 500 ms (while the node has messages in its cache): IHAVE with the ids of
 //!   the last 3 s (`history_gossip` 6) to `max(gossip_lazy, 0.25 × non-mesh peers)` random
 //!   non-mesh peers; a peer missing one answers IWANT and gets the full message from the 5 s
@@ -184,6 +186,8 @@ enum Ev {
         from: NodeId,
         rec: RecId,
         hops: u16,
+        /// The node that published it (gossipsub's `source`): never forwarded back to it.
+        origin: NodeId,
     },
     IHave {
         to: NodeId,
@@ -337,7 +341,8 @@ pub struct SimNode {
     /// Gossip mesh.
     pub mesh: Vec<NodeId>,
     seen: FastSet<RecId>,
-    history: VecDeque<(u64, RecId, u16)>,
+    /// Gossip cache: (when, record, hops, origin).
+    history: VecDeque<(u64, RecId, u16, NodeId)>,
     hb_scheduled: bool,
     hb_phase: u64,
     sessions: BTreeMap<u64, Session>,
@@ -913,6 +918,7 @@ impl World {
         to: NodeId,
         rec: RecId,
         hops: u16,
+        origin: NodeId,
     ) -> Result<(), SimError> {
         let bytes = self.records[rec as usize].bytes.len() as u64 + GOSSIP_FRAME_BYTES;
         self.stats.full_sends += 1;
@@ -926,6 +932,7 @@ impl World {
                 from,
                 rec,
                 hops,
+                origin,
             },
         )
     }
@@ -1067,7 +1074,8 @@ impl World {
                 from,
                 rec,
                 hops,
-            } => self.on_gossip(to, from, rec, hops),
+                origin,
+            } => self.on_gossip(to, from, rec, hops, origin),
             Ev::IHave { to, from, ids } => self.on_ihave(to, from, ids),
             Ev::IWant { to, from, ids } => self.on_iwant(to, from, ids),
             Ev::SyncReq { to, from, sid, msg } => self.on_sync_req(to, from, sid, msg),
@@ -1164,6 +1172,7 @@ impl World {
         from: NodeId,
         rec: RecId,
         hops: u16,
+        origin: NodeId,
     ) -> Result<(), SimError> {
         if !self.deliverable(from, to) {
             return Ok(());
@@ -1182,15 +1191,15 @@ impl World {
         self.stats.gossip_applied += 1;
         self.track(to, rec, Some(hops));
         self.schedule_flush(to, rec)?;
-        self.remember(to, rec, hops)?;
+        self.remember(to, rec, hops, origin)?;
         let mesh: Vec<NodeId> = self.nodes[to as usize]
             .mesh
             .iter()
             .copied()
-            .filter(|&p| p != from)
+            .filter(|&p| p != from && p != origin)
             .collect();
         for p in mesh {
-            self.send_gossip(to, p, rec, hops.saturating_add(1))?;
+            self.send_gossip(to, p, rec, hops.saturating_add(1), origin)?;
         }
         Ok(())
     }
@@ -1208,10 +1217,16 @@ impl World {
     }
 
     /// Puts a message in the node's gossip cache and makes sure heartbeats run.
-    fn remember(&mut self, n: NodeId, rec: RecId, hops: u16) -> Result<(), SimError> {
+    fn remember(
+        &mut self,
+        n: NodeId,
+        rec: RecId,
+        hops: u16,
+        origin: NodeId,
+    ) -> Result<(), SimError> {
         let now = self.now();
         let node = &mut self.nodes[n as usize];
-        node.history.push_back((now, rec, hops));
+        node.history.push_back((now, rec, hops, origin));
         if !node.hb_scheduled {
             node.hb_scheduled = true;
             let phase = node.hb_phase;
@@ -1233,7 +1248,7 @@ impl World {
             while node
                 .history
                 .front()
-                .is_some_and(|(t, _, _)| t + MCACHE_MS <= now)
+                .is_some_and(|(t, _, _, _)| t + MCACHE_MS <= now)
             {
                 node.history.pop_front();
             }
@@ -1245,8 +1260,8 @@ impl World {
         let ids: Arc<[RecId]> = node
             .history
             .iter()
-            .filter(|(t, _, _)| t + GOSSIP_WINDOW_MS > now)
-            .map(|(_, r, _)| *r)
+            .filter(|(t, _, _, _)| t + GOSSIP_WINDOW_MS > now)
+            .map(|(_, r, _, _)| *r)
             .collect();
         if !ids.is_empty() {
             let mut others: Vec<NodeId> = node
@@ -1326,14 +1341,14 @@ impl World {
         }
         self.log_event(3, u64::from(to), u64::from(from), ids.len() as u64);
         let now = self.now();
-        let cached: Vec<(RecId, u16)> = self.nodes[to as usize]
+        let cached: Vec<(RecId, u16, NodeId)> = self.nodes[to as usize]
             .history
             .iter()
-            .filter(|(t, r, _)| t + MCACHE_MS > now && ids.contains(r))
-            .map(|(_, r, h)| (*r, *h))
+            .filter(|(t, r, _, _)| t + MCACHE_MS > now && ids.contains(r))
+            .map(|(_, r, h, o)| (*r, *h, *o))
             .collect();
-        for (rec, hops) in cached {
-            self.send_gossip(to, from, rec, hops.saturating_add(1))?;
+        for (rec, hops, origin) in cached {
+            self.send_gossip(to, from, rec, hops.saturating_add(1), origin)?;
         }
         Ok(())
     }
@@ -1558,12 +1573,12 @@ impl World {
         *mine = (*mine).max(floor);
         self.touched.push((n, name_id));
         self.nodes[n as usize].seen.insert(rec);
-        self.remember(n, rec, 0)?;
+        self.remember(n, rec, 0, n)?;
         let peers: Vec<NodeId> = self.nodes[n as usize].peers.clone();
         for p in peers {
             let x = &self.nodes[p as usize];
             if x.up && x.present {
-                self.send_gossip(n, p, rec, 1)?;
+                self.send_gossip(n, p, rec, 1, n)?;
             }
         }
         Ok(())
