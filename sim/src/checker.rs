@@ -672,15 +672,26 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
                     });
                     // Or, for a plan or the clean-up, over a write started after plan A was
                     // signed that this node had acknowledged or shown before?
-                    let node_shown = shown.get(&(op.node, op.name.as_str()));
-                    let over_later = later_writes(op).into_iter().find(|w| {
-                        w.end_ms <= op.start_ms
-                            && (w.node == op.node
-                                || node_shown.is_some_and(|v| {
-                                    v.iter()
-                                        .any(|&(end, s)| end <= op.start_ms && Some(s) == w.seq)
-                                }))
-                    });
+                    // Shown means shown with that write's content: at one seq two records can
+                    // exist (plan A and a one-step write that read the same seq), and a node
+                    // that showed plan A at that seq did not hold the other write.
+                    let showed = |w: &Op| {
+                        reads.iter().any(|r| {
+                            r.node == op.node
+                                && r.name == w.name
+                                && r.end_ms <= op.start_ms
+                                && r.seq.is_none_or(|s| Some(s) == w.seq)
+                                && shows_endpoints(r)
+                                && match (r.proto, &r.content, &w.content) {
+                                    (Proto::Dns, Some(a), Some(b)) => hosts_of(a) == hosts_of(b),
+                                    (_, Some(a), Some(b)) => a == b,
+                                    _ => false,
+                                }
+                        })
+                    };
+                    let over_later = later_writes(op)
+                        .into_iter()
+                        .find(|w| w.end_ms <= op.start_ms && (w.node == op.node || showed(w)));
                     if o != OpOutcome::Duplicate {
                         if let Some(held) = newer {
                             f.writes.stale_applied += 1;
