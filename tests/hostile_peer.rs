@@ -7,7 +7,8 @@
 //!   foreign manifests change neither where an honest blob lives nor how many copies it has.
 //!
 //! Short versions (seconds); the measured flood of the target (10k invalid/s plus 1k
-//! junk records/s against a release cluster) is `deploy/hostile-bench.sh`.
+//! junk records/s against a release cluster) is the ignored test
+//! `flood_target_measured_side_by_side_with_an_idle_run`, or `deploy/hostile-bench.py`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
