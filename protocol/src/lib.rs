@@ -27,8 +27,9 @@
 //! * [`sync`] — the anti-entropy session as a sans-IO state machine ([`sync::Initiator`],
 //!   [`sync::respond`]): cursor, round cap, stop rule, fetch-before-push, chunking; driven by
 //!   the node over libp2p and by the simulator in virtual time.
-//! * [`ingest`] — the gossip ingest policy: per-peer budget, bounded validation queue, and the
-//!   verdict (accept / ignore / reject) from the merge outcome.
+//! * [`ingest`] — one budget per peer across every ingest path (gossip, sync push, sync
+//!   request, blob), offences and timed bans; bounded validation queue; the verdict (accept /
+//!   ignore / reject) from the merge outcome.
 //! * [`liveness`] — the peer failure detector (suspicion, confirmation, local health) as a
 //!   state machine over monotonic milliseconds, generic over the peer id.
 //! * [`reach`] — isolation awareness: whether a node hears from enough of the peers it knows,
