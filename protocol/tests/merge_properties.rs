@@ -9,12 +9,10 @@
 //! Seed-deterministic: set `PROPTEST_RNG_SEED` / `PROPTEST_CASES` to explore further.
 
 mod common;
-mod model;
 
 use common::*;
 use dpin_protocol::store::Cas;
 use dpin_protocol::{Content, Freshness, MemStore, Outcome, SignedRecord, Store};
-use model::{expected_outcome, model_winners, rank};
 use proptest::collection::vec;
 use proptest::prelude::*;
 

@@ -24,7 +24,6 @@
 //! Seed-deterministic: set `PROPTEST_RNG_SEED` / `PROPTEST_CASES` to explore further.
 
 mod common;
-mod model;
 
 use std::collections::BTreeMap;
 
@@ -34,7 +33,6 @@ use dpin_protocol::store::DEFAULT_BODY_RETENTION_MS;
 use dpin_protocol::{
     Content, Freshness, MemStore, Outcome, SignedRecord, Store, ValidationError, ZoneKey,
 };
-use model::{expected_outcome, model_winners, rank};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;

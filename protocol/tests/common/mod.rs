@@ -114,9 +114,15 @@ pub fn forge(key: &ZoneKey, body: RecordBody) -> SignedRecord {
     }
 }
 
-/// The total order of the merge rule: `(seq, blake3(canonical body))`.
-pub fn rank(r: &SignedRecord) -> (u64, [u8; 32]) {
-    (r.body.seq, r.content_hash())
+/// The total order of the merge rule, written out independently of `dpin_protocol::merge`
+/// (so the tests compare the store with a second statement of the rule, not with itself):
+/// seq, then a live record over a tombstone, then the blake3 hash of the canonical body.
+pub fn rank(r: &SignedRecord) -> dpin_protocol::merge::Rank {
+    dpin_protocol::merge::Rank {
+        seq: r.body.seq,
+        live: !r.is_tombstone(),
+        hash: r.content_hash(),
+    }
 }
 
 /// The model winner per name: the max by [`rank`] over `records`.
