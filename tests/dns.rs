@@ -542,16 +542,8 @@ fn udp_burst(src: &str, dns: SocketAddr, name: &str, n: u16) -> Result<(usize, u
 
 /// A counter from `/metrics`.
 fn dns_metric(node: &NodeProc, series: &str) -> Result<u64> {
-    let mut s = TcpStream::connect(&node.api)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    dpin_tests::metric(&node.api, series)?
+        .map(|v| v as u64)
         .ok_or_else(|| anyhow!("{series} missing from /metrics"))
 }
 

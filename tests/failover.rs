@@ -252,3 +252,59 @@ fn measure_detection_times() -> Result<()> {
     }
     Ok(())
 }
+
+/// Issue 15, isolation awareness: a node whose peers have all gone still answers (never fail
+/// closed) but says it is cut off, in the resolve answer, in its status and on /metrics; its
+/// peers, which still hear from most of the network, do not.
+#[test]
+fn a_node_that_hears_none_of_its_peers_says_it_is_cut_off_and_still_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("app.{zone}");
+    ok(publish(
+        bin(),
+        &key,
+        &nodes[0].api,
+        "app",
+        &["127.0.0.1:9"],
+    )?)?;
+    wait_until(SPREAD, "record on every node", || {
+        nodes
+            .iter()
+            .all(|n| n.resolved_seq(&name).is_some())
+            .then_some(())
+    })?;
+    let cut_off = |n: &NodeProc| -> Option<bool> {
+        let (code, v) = n.get(&format!("/v1/resolve/{name}")).ok()?;
+        (code == 200).then(|| v["cut_off"].as_bool())?
+    };
+    assert_eq!(
+        cut_off(&nodes[0]),
+        Some(false),
+        "a connected node is not cut off"
+    );
+
+    // Nodes 1 and 2 stop: node 0 hears none of the peers it knows.
+    nodes[1].signal(libc::SIGSTOP)?;
+    nodes[2].signal(libc::SIGSTOP)?;
+    wait_until(Duration::from_secs(10), "node 0 says it is cut off", || {
+        cut_off(&nodes[0])?.then_some(())
+    })?;
+    let (_, status) = nodes[0].get("/v1/status")?;
+    assert_eq!(status["reach"]["cut_off"], Value::Bool(true), "{status}");
+    assert_eq!(status["reach"]["alive"], Value::from(0), "{status}");
+    assert_eq!(
+        dpin_tests::metric(&nodes[0].api, "dpin_cut_off")?,
+        Some(1.0)
+    );
+
+    // Back: node 0 hears its peers again and stops saying so.
+    nodes[1].signal(libc::SIGCONT)?;
+    nodes[2].signal(libc::SIGCONT)?;
+    wait_until(Duration::from_secs(10), "node 0 reconnected", || {
+        (!cut_off(&nodes[0])?).then_some(())
+    })?;
+    Ok(())
+}

@@ -10,8 +10,6 @@
 //! junk records/s against a release cluster) is the ignored test
 //! `flood_target_measured_side_by_side_with_an_idle_run`, or `deploy/hostile-bench.py`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,18 +35,8 @@ fn now_ms() -> u64 {
 
 /// A series' value from a node's `/metrics` (0 when absent).
 fn metric(node: &NodeProc, series: &str) -> Result<u64> {
-    let mut s = TcpStream::connect(&node.api)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0))
+    // Counters: integral, never negative.
+    Ok(dpin_tests::metric(&node.api, series)?.map_or(0, |v| v as u64))
 }
 
 /// Publishes a signed record through a node's API.

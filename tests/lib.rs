@@ -259,6 +259,24 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> Result<
     Ok((status, json))
 }
 
+/// The value of one series (the text before the value, labels included) in a node's
+/// `/metrics` text, or `None` when the node does not expose it.
+pub fn metric(api: &str, series: &str) -> Result<Option<f64>> {
+    let mut s = TcpStream::connect(api)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        // `series` must be the whole name: `dpin_x` is not a prefix match for `dpin_x_total`.
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    }))
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;

@@ -474,6 +474,9 @@ async fn resolve(
         "expires_at_ms": record.body.expires_at_ms,
         "endpoints": endpoints,
         "peer_id": node.0.net.local_peer_id().to_string(),
+        // Still answered when cut off (never fail closed), but the reader is told the answer
+        // may be stale and can ask another peer.
+        "cut_off": node.reach().cut_off,
     })))
 }
 
@@ -520,10 +523,12 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         .lock()
         .map(|a| a.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
+    let reach = node.reach();
     Json(json!({
         "peer_id": node.0.net.local_peer_id().to_string(),
         "listen_addrs": listen,
         "peers": peers,
+        "reach": {"known": reach.known, "alive": reach.alive, "cut_off": reach.cut_off},
         "records": records,
         "live_records": live,
         "digest": digest,

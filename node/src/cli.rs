@@ -607,6 +607,10 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         blobs.clone(),
     );
     let _ = node.0.node_key.set(offer_key.clone());
+    node.0.expects_peers.store(
+        !args.bootstrap.is_empty(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let probe_node = node.clone();
     tokio::spawn(health_run(health, move || {
         crate::health::probe_targets(&probe_node)

@@ -288,6 +288,9 @@ pub struct Shared {
     /// One budget per peer across every ingest path, with offence scores and bans
     /// ([`ingest::PeerBudget`], on [`Node::mono_ms`]).
     budget: Mutex<ingest::PeerBudget<PeerId>>,
+    /// Whether the node was given peers to join (`--bootstrap`): such a node that knows no
+    /// peer yet is cut off, while a node started alone is not ([`dpin_protocol::reach`]).
+    pub expects_peers: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap cloneable handle to the node.
@@ -333,7 +336,19 @@ impl Node {
             blobs,
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
+            expects_peers: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether this node hears from enough of the peers it knows, or should tell readers it
+    /// is cut off ([`dpin_protocol::reach::judge`] over the failure detector's table).
+    pub fn reach(&self) -> dpin_protocol::reach::Reach {
+        let now = self.mono_ms();
+        let expects = self
+            .0
+            .expects_peers
+            .load(std::sync::atomic::Ordering::Relaxed);
+        dpin_protocol::reach::judge(lock(&self.0.detector).peers().values(), now, expects)
     }
 
     /// The node's chunk store.
@@ -484,6 +499,11 @@ impl Node {
         out.push_str(&net.render());
         out.push_str(&format!(
             "# HELP dpin_detector_local_health Lifeguard local-health multiplier (0 = healthy).\n# TYPE dpin_detector_local_health gauge\ndpin_detector_local_health {health}\n"
+        ));
+        let reach = self.reach();
+        out.push_str(&format!(
+            "# HELP dpin_cut_off Whether the node judges itself cut off (hears fewer than half of the peers it knows).\n# TYPE dpin_cut_off gauge\ndpin_cut_off {}\n",
+            u8::from(reach.cut_off)
         ));
         out.push_str("# HELP dpin_peers Known peers by liveness state.\n# TYPE dpin_peers gauge\n");
         for (state, n) in by_state {

@@ -277,4 +277,8 @@ impl Source for Node {
     fn answer(&self, name: &str, now_ms: u64) -> Option<Answer> {
         crate::answer::answer(self, name, now_ms)
     }
+
+    fn cut_off(&self) -> bool {
+        self.reach().cut_off
+    }
 }
