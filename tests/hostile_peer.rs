@@ -216,14 +216,12 @@ fn a_sync_bomb_a_chunk_flood_and_fake_offers_change_no_honest_blob_placement() -
     blob_attack(false)
 }
 
-/// Known gap (ignored until fixed; not in this crate's files): with twenty foreign manifests
-/// for an honest root, `GET /v1/blobs/{hash}/info` at a non-holder can answer a foreign
-/// manifest's size (4 TiB), and `dpin get` then fails with "got 2097152 bytes, expected
-/// 4398046511104". One foreign manifest (tests/blob_authority.rs) passes only when its zone
-/// sorts after the honest one. The info answer should come from the manifest the holders
-/// bound the blob to (or at least one whose size fits the verified index).
+/// With twenty foreign manifests for an honest root, a non-holder still describes and serves
+/// the honest blob: `GET /v1/blobs/{hash}/info` answers from a manifest that fits the index
+/// verified against the root (it used to take the first manifest by zone, a foreign one
+/// claiming 4 TiB, and `dpin get` then failed with "got 2097152 bytes, expected
+/// 4398046511104").
 #[test]
-#[ignore = "known gap: blob info at a non-holder can take a foreign manifest's size"]
 fn a_non_holder_serves_an_honest_blob_despite_many_foreign_manifests() -> Result<()> {
     blob_attack(true)
 }
@@ -287,16 +285,22 @@ fn blob_attack(get_through_non_holder: bool) -> Result<()> {
         .iter()
         .find(|n| before.contains(&n.peer_id))
         .ok_or_else(|| anyhow!("no holder"))?;
-    // Two attackers at once (two identities): one lies, one floods.
-    let liar = spawn_attack(
-        &holder.bootstrap_addr(),
-        vec![
-            stream(Kind::FakeOffers, 60.0),
-            stream(Kind::ForeignManifests, 10.0),
-        ],
-        Duration::from_millis(2500),
-        Some(root),
-    )?;
+    // Two attackers at once (two identities): one lies, one floods. The liar is paced by
+    // wall-clock time, which a loaded machine (two such tests run in parallel on 2 cores)
+    // stretches, so it goes on in 2.5 s rounds until it has sent at least 100 fake offers and
+    // some foreign manifests, rather than the test asserting what one round achieved.
+    let liar_round = || {
+        spawn_attack(
+            &holder.bootstrap_addr(),
+            vec![
+                stream(Kind::FakeOffers, 60.0),
+                stream(Kind::ForeignManifests, 10.0),
+            ],
+            Duration::from_millis(2500),
+            Some(root),
+        )
+    };
+    let liar = liar_round()?;
     let flooder = spawn_attack(
         &holder.bootstrap_addr(),
         vec![
@@ -307,14 +311,42 @@ fn blob_attack(get_through_non_holder: bool) -> Result<()> {
         Duration::from_secs(3),
         None,
     )?;
-    let lies = liar.join().map_err(|_| anyhow!("attacker panicked"))??;
+    let mut lies = liar.join().map_err(|_| anyhow!("attacker panicked"))??;
     let floods = flooder.join().map_err(|_| anyhow!("attacker panicked"))??;
+    let sent = |r: &AttackReport, kind: &str| r.sent.get(kind).copied().unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sent(&lies, "fake-offers") < 100 || sent(&lies, "foreign-manifests") == 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!(
+                "the liar could not send its lies within 60 s: {lies:?}"
+            ));
+        }
+        let more = liar_round()?
+            .join()
+            .map_err(|_| anyhow!("attacker panicked"))??;
+        for (kind, n) in more.sent {
+            *lies.sent.entry(kind).or_default() += n;
+        }
+    }
     eprintln!("liar: {lies:?}\nflooder: {floods:?}");
-    assert!(lies.sent.get("fake-offers").copied().unwrap_or(0) >= 100);
-    assert!(lies.sent.get("foreign-manifests").copied().unwrap_or(0) > 0);
     assert!(floods.sent.get("blob-flood").copied().unwrap_or(0) > 0);
-    // Malformed digests were refused and held against the attacker.
-    assert!(metric(holder, "dpin_ingest_offences_total{path=\"sync_request\"}")? > 0);
+    // Malformed digests were refused and held against the attacker. Under load most of the
+    // flooder's requests can fail before the holder reads them (its per-connection and byte
+    // bounds, timeouts), so further rounds of sync bombs go out until one is judged.
+    let offences = || metric(holder, "dpin_ingest_offences_total{path=\"sync_request\"}");
+    while offences()? == 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!("no malformed digest was held against the attacker"));
+        }
+        spawn_attack(
+            &holder.bootstrap_addr(),
+            vec![stream(Kind::SyncBomb, 20.0)],
+            Duration::from_secs(2),
+            None,
+        )?
+        .join()
+        .map_err(|_| anyhow!("attacker panicked"))??;
+    }
 
     // Give repair many rounds (200 ms each) to act on the lies; it must not.
     std::thread::sleep(Duration::from_secs(3));

@@ -754,6 +754,8 @@ async fn blob_lookup(
     let index = crate::blobs::fetch_index(node, &root, m.size)
         .await
         .map_err(blob_error)?;
+    // Described by a manifest that fits the verified index, not by whichever came first.
+    let m = crate::blobs::manifest_for_index(node, &root, &index).unwrap_or(m);
     Ok((root, m, index))
 }
 

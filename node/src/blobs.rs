@@ -1038,6 +1038,25 @@ pub fn manifest(node: &Node, root: &[u8; 32]) -> Option<BlobManifest> {
     all.values().next().and_then(manifest_of)
 }
 
+/// The manifest to describe `root` with once its index has been fetched and verified against
+/// the root: the bound owner's if it fits the index, else the first (by zone) that fits it.
+/// A non-holder has no binding and no local index, so [`manifest`] can only guess, and any
+/// zone can publish a manifest for any root; the verified index is what decides, so a foreign
+/// manifest claiming another size or chunk count never describes someone else's blob.
+/// `None` if no live manifest fits.
+pub fn manifest_for_index(node: &Node, root: &[u8; 32], ix: &Index) -> Option<BlobManifest> {
+    let all = manifest_records(node, root, now_ms());
+    let fits =
+        |m: &BlobManifest| manifest_matches_index(m, root, ix.size, ix.chunk_size, ix.hashes.len());
+    let owned = node
+        .blobs()
+        .owner(root)
+        .and_then(|z| all.get(&z))
+        .and_then(manifest_of)
+        .filter(|m| fits(m));
+    owned.or_else(|| all.values().filter_map(manifest_of).find(|m| fits(m)))
+}
+
 /// Every root with a live manifest held, with its manifest records by zone (for repair).
 fn manifests_by_root(node: &Node, now: u64) -> BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> {
     let mut out: BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> = BTreeMap::new();
