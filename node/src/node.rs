@@ -405,44 +405,15 @@ impl Node {
     }
 
     /// Applies a writer's record (validated with publish freshness), commits it durably, and
-    /// gossips it if it changed the store.
+    /// gossips it if it changed the store; `expected_seq` is a seq precondition
+    /// ([`Node::publish_if`] takes a record's hash too).
     pub async fn publish(
         &self,
         record: SignedRecord,
         expected_seq: Option<u64>,
     ) -> Result<PublishResult, NodeError> {
-        let rec = record.clone();
-        let (outcome, generation) = self
-            .with_store(move |s| {
-                s.apply(&rec, now_ms(), Freshness::Publish, expected_seq)
-                    .map(|o| (o, s.generation()))
-            })
-            .await??;
-        if outcome.is_winner() {
-            // The writer hears "applied" (or "duplicate") only once the record is on disk.
-            self.flush(generation).await?;
-        }
-        let m = &self.0.metrics;
-        if let Outcome::Conflict { .. } = outcome {
-            Metrics::inc(&m.conflicts);
-        }
-        let gossip = if outcome.changed_store() {
-            Metrics::inc(&m.publish_applied);
-            match self.0.net.publish(record.encode()).await {
-                Ok(status) => Some(status),
-                Err(e) => {
-                    // Stored durably already; anti-entropy will spread it.
-                    tracing::warn!(%e, "gossip publish failed; anti-entropy will carry the record");
-                    None
-                }
-            }
-        } else {
-            if !outcome.is_winner() {
-                Metrics::inc(&m.publish_refused);
-            }
-            None
-        };
-        Ok(PublishResult { outcome, gossip })
+        self.publish_if(record, dpin_protocol::store::Cas::from(expected_seq))
+            .await
     }
 
     /// Every known peer and its liveness.

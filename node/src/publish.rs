@@ -595,8 +595,8 @@ pub async fn enact_plan(client: &Client, record: &SignedRecord) -> Result<Answer
 impl Node {
     /// Applies a writer's record under every compare-and-set precondition in `cas` (the held
     /// seq and/or the held winner's content hash), checked atomically with the merge under the
-    /// store lock; commits it durably and gossips it if it changed the store. The same steps
-    /// as [`Node::publish`], which takes a seq precondition only.
+    /// store lock; commits it durably and gossips it if it changed the store (what
+    /// [`Node::publish`] does with a seq precondition only).
     pub async fn publish_if(
         &self,
         record: SignedRecord,
