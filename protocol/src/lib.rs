@@ -16,9 +16,10 @@
 //!   into a valid record.
 //! * [`signature`] — the one acceptance rule for record signatures (cofactored, canonical
 //!   encodings, no weak keys), implemented alike by single and batch verification.
-//! * [`merge`] — THE one function that decides which record wins ([`merge::decide`]): higher
-//!   `seq` wins, equal `seq` with different content is an equivocation settled by the blake3
-//!   hash of the canonical bytes, lower `seq` is stale. Every replica applies it at apply time.
+//! * [`merge`] — THE one function that decides which record wins ([`merge::decide`]) by the
+//!   rank `(seq, live, hash)`: higher `seq` wins; at equal `seq` a live record beats a
+//!   tombstone, and two records of one kind are an equivocation settled by the blake3 hash of
+//!   the canonical bytes; lower `seq` is stale. Every replica applies it at apply time.
 //! * [`store`] — the [`Store`] abstraction and the in-memory [`MemStore`]: per name the winner
 //!   and the highest `seq` ever accepted (the floor), so expiry or compaction never lets an older
 //!   record back in and never removes the winner of a live name.
