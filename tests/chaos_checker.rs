@@ -1207,3 +1207,45 @@ mod wan_and_nemesis {
         assert!(may_start(FaultKind::Skew, 2, true, 2));
     }
 }
+
+/// A record refreshed while node 3 was down: node 3 comes back holding only the expired older
+/// write. A "not found" from it just after it came back is `empty_while_isolated` (it could not
+/// have heard the refresh, and gets the staleness bound to catch up, as any node does for any
+/// write), never folded into `empty`; the same answer once the bound has passed is empty, and
+/// so is one from a node that was up throughout.
+#[test]
+fn a_node_down_for_a_whole_refresh_gets_the_bound_to_catch_up_and_no_more() {
+    let mut first = write(1, 0.0, 10.0, 1);
+    first.expires_ms = Some(15_000.0);
+    let mut refresh = write(1, 12_000.0, 12_010.0, 2);
+    refresh.expires_ms = Some(120_000.0);
+    let mut h = History {
+        ops: vec![first, refresh],
+        faults: vec![FaultSpan {
+            kind: FaultKind::Kill,
+            node: 3,
+            start_ms: 11_000.0,
+            end_ms: 30_000.0,
+            offset_ms: None,
+            groups: None,
+        }],
+    };
+    // 1 s after node 3 is back, within the bound.
+    h.ops.push(read(1, 3, 31_000.0, OpOutcome::NotFound, None));
+    let f = run(&h);
+    assert_eq!(
+        (f.queries.empty_while_isolated, f.queries.empty),
+        (1, 0),
+        "{:?}",
+        f.examples
+    );
+
+    // 10 s after it came back: it has had the bound, and still answers nothing.
+    h.ops.push(read(2, 3, 40_000.0, OpOutcome::NotFound, None));
+    // Node 2 was up all along.
+    h.ops.push(read(1, 2, 31_000.0, OpOutcome::NotFound, None));
+    let f = run(&h);
+    assert_eq!(f.queries.empty_while_isolated, 1);
+    assert_eq!(f.queries.empty, 2, "{:?}", f.examples);
+    assert!(!f.invariants_hold());
+}
