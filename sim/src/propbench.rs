@@ -478,15 +478,16 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
         let record = make_record(&key, &label, 1, vec![endpoint], 600_000)
             .map_err(|e| anyhow!("signing: {e}"))?;
         let qname = format!("{}.dpin.", record.name());
-        // Pollers first, so none misses the first moment its node answers.
-        let start = Arc::new(tokio::sync::Notify::new());
+        // Pollers first, so none misses the first moment its node answers. They start
+        // polling at once (the name does not exist yet, so the first answers are NXDOMAIN):
+        // a start signal through `Notify::notify_waiters` would be lost by any poller not yet
+        // waiting on it, which then never ends (that hung the first version of this bench).
         let pollers: Vec<_> = targets
             .iter()
             .enumerate()
             .map(|(k, &(_, dns))| {
-                let (qname, start) = (qname.clone(), start.clone());
+                let qname = qname.clone();
                 tokio::spawn(async move {
-                    start.notified().await;
                     let end = Instant::now() + timeout;
                     let mut id = (k as u16).wrapping_mul(7919);
                     while Instant::now() < end {
@@ -503,8 +504,6 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
                 })
             })
             .collect();
-        tokio::task::yield_now().await;
-        start.notify_waiters();
         let t0 = Instant::now();
         let w = api.publish(targets[origin].0, &record, timeout).await;
         if !matches!(w.outcome, OpOutcome::Applied) {

@@ -1,6 +1,6 @@
 //! `dpin-bench` — side-by-side measurements of real `dpin node` processes.
 //!
-//! Two measurements, each run for one or more node binaries in ONE invocation, so "before"
+//! Three measurements, each run for one or more node binaries in ONE invocation, so "before"
 //! and "after" are compared on the same machine at the same time (FIELD-NOTES: runs of
 //! different minutes are noisy):
 //!
@@ -16,7 +16,12 @@
 //!   heals, and measures how long after the heal the cut node (a) answers the new record and
 //!   (b) sees its peers alive again. Prints the per-round figures and the medians.
 //!
-//! Traffic stays on loopback (idle) or inside namespaces this process creates and deletes
+//! * `dpin-bench propagation --nodes 3,5,20 --messages 200` (issue 14): N raw libp2p gossipsub
+//!   swarms in this process, then N `dpin node` processes, at each N; the time from a publish
+//!   at the origin to the last node's receipt (dpin: answered over DNS), p50/p99/max for each
+//!   side and the dpin/raw ratios ([`dpin_sim::propbench`]).
+//!
+//! Traffic stays on loopback (idle, propagation) or inside namespaces this process creates and deletes
 //! (heal, 198.18.0.0/15), as the project rules require.
 
 use std::net::SocketAddr;
@@ -76,6 +81,9 @@ enum Cmd {
         #[arg(long)]
         dpin: Vec<PathBuf>,
     },
+    /// Publish-to-last-node propagation: dpin's real processes against raw in-process
+    /// gossipsub at the same N, side by side in one run (issue 14).
+    Propagation(dpin_sim::propbench::PropagationArgs),
 }
 
 fn main() {
@@ -96,6 +104,9 @@ fn main() {
             partition_s,
             dpin,
         } => heal_main(nodes, rounds, partition_s, dpin),
+        Cmd::Propagation(args) => runtime()
+            .and_then(|rt| rt.block_on(dpin_sim::propbench::run(&args)))
+            .map(|_| ()),
     };
     if let Err(e) = code {
         eprintln!("dpin-bench: {e:#}");
