@@ -369,6 +369,72 @@ fn held_seq(a: &Answer) -> Option<u64> {
     a.body.get("held_seq").and_then(Value::as_u64)
 }
 
+/// Why no peer took a compare-and-set write (see [`enact_in_order`]).
+struct Exhausted {
+    /// Some peer had not caught up with the record the write was checked against.
+    lagging: bool,
+    /// Peers that could not be asked, or whose clock refused the record.
+    failures: Vec<String>,
+}
+
+/// Sends the compare-and-set publish `req` to the peers in `preferred` first, then to the
+/// others in `--api` order, until one takes it. A refusal by a node's clock only (see api.rs)
+/// moves on: another peer may take it. A compare-and-set mismatch at held seq `held` is judged
+/// by `mismatch`: `None` means that peer has not caught up yet (it would take the write, but
+/// so will one that is up to date: try the next), `Some(e)` ends the write with `e`. Any
+/// other refusal ends it too.
+async fn enact_in_order(
+    client: &Client,
+    req: &Value,
+    preferred: Vec<&str>,
+    mut mismatch: impl FnMut(&Answer, u64) -> Option<WriteError>,
+) -> Result<Answer, Result<Exhausted, WriteError>> {
+    let mut order = preferred;
+    for addr in client.addrs() {
+        if !order.contains(&addr.as_str()) {
+            order.push(addr);
+        }
+    }
+    let mut out = Exhausted {
+        lagging: false,
+        failures: Vec::new(),
+    };
+    for addr in order {
+        let a = match client.ask(addr, "/v1/publish", Some(req)).await {
+            Ok(a) => a,
+            Err(e) => {
+                out.failures.push(e);
+                continue;
+            }
+        };
+        if a.status == 200 {
+            return Ok(a);
+        }
+        let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
+        match (kind, held_seq(&a)) {
+            ("clock", _) => out
+                .failures
+                .push(format!("{}: {}", a.addr, text_of(&a, "message"))),
+            ("cas_mismatch", Some(held)) => match mismatch(&a, held) {
+                None => out.lagging = true,
+                Some(e) => return Err(Err(e)),
+            },
+            _ => return Err(Err(refused(&a))),
+        }
+    }
+    Err(Ok(out))
+}
+
+/// What an exhausted compare-and-set write reports: every peer lagging behind `read`, or no
+/// peer able to take it.
+fn exhausted(r: Result<Exhausted, WriteError>, name: String, read: u64) -> WriteError {
+    match r {
+        Err(e) => e,
+        Ok(x) if x.lagging => WriteError::AllLagging { name, read },
+        Ok(x) => WriteError::NoPeer(x.failures.join("; ")),
+    }
+}
+
 /// Publishes `record` with compare-and-set against `expected` (the seq read before signing),
 /// trying first the peers that hold exactly `expected`, then the others in `--api` order.
 pub async fn enact_cas(
@@ -379,60 +445,22 @@ pub async fn enact_cas(
 ) -> Result<Answer, WriteError> {
     let name = record.name();
     let req = json!({"record": hex::encode(record.encode()), "if_seq": expected});
-    let mut order: Vec<&str> = floors
+    let preferred = floors
         .iter()
         .filter(|f| f.seq == expected)
         .map(|f| f.addr.as_str())
         .collect();
-    for addr in client.addrs() {
-        if !order.contains(&addr.as_str()) {
-            order.push(addr);
-        }
-    }
-    let mut failures = Vec::new();
-    let mut lagging = false;
-    for addr in order {
-        let a = match client.ask(addr, "/v1/publish", Some(&req)).await {
-            Ok(a) => a,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        if a.status == 200 {
-            return Ok(a);
-        }
-        let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
-        match (kind, held_seq(&a)) {
-            // Refused by that node's clock only (see api.rs): another peer may take it.
-            ("clock", _) => {
-                failures.push(format!("{}: {}", a.addr, text_of(&a, "message")));
-                continue;
-            }
-            ("cas_mismatch", Some(held)) if held < expected => {
-                // This peer has not caught up with what another peer showed us; it would
-                // take the write, but so will one that is up to date. Try the next.
-                lagging = true;
-                continue;
-            }
-            ("cas_mismatch", Some(held)) => {
-                return Err(WriteError::Raced {
-                    name,
-                    read: expected,
-                    now: held,
-                    addr: a.addr,
-                })
-            }
-            _ => return Err(refused(&a)),
-        }
-    }
-    if lagging {
-        return Err(WriteError::AllLagging {
-            name,
+    enact_in_order(client, &req, preferred, |a, held| {
+        // Below what another peer showed us: lagging. At or above it: another write won.
+        (held >= expected).then(|| WriteError::Raced {
+            name: name.clone(),
             read: expected,
-        });
-    }
-    Err(WriteError::NoPeer(failures.join("; ")))
+            now: held,
+            addr: a.addr.clone(),
+        })
+    })
+    .await
+    .map_err(|r| exhausted(r, name.clone(), expected))
 }
 
 /// Parses a record's content hash as printed by `dpin resolve` (64 hex characters).
@@ -481,58 +509,30 @@ pub async fn enact_if_hash(
         .find(|f| f.hash.as_deref() == Some(if_hash))
         .map(|f| f.seq);
     let req = json!({"record": hex::encode(record.encode()), "if_hash": if_hash, "if_seq": if_seq});
-    let mut order: Vec<&str> = floors
+    let preferred = floors
         .iter()
         .filter(|f| f.hash.as_deref() == Some(if_hash))
         .map(|f| f.addr.as_str())
         .collect();
-    for addr in client.addrs() {
-        if !order.contains(&addr.as_str()) {
-            order.push(addr);
+    enact_in_order(client, &req, preferred, |a, held| {
+        // Below the named record's seq: this peer has not seen it yet.
+        if named_seq.is_some_and(|s| held < s) {
+            return None;
         }
-    }
-    let mut failures = Vec::new();
-    let mut lagging = false;
-    for addr in order {
-        let a = match client.ask(addr, "/v1/publish", Some(&req)).await {
-            Ok(a) => a,
-            Err(e) => {
-                failures.push(e);
-                continue;
-            }
-        };
-        if a.status == 200 {
-            return Ok(a);
-        }
-        let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
-        match (kind, held_seq(&a)) {
-            // Refused by that node's clock only: another peer may take it.
-            ("clock", _) => failures.push(format!("{}: {}", a.addr, text_of(&a, "message"))),
-            // Below the named record's seq: this peer has not seen it yet.
-            ("cas_mismatch", Some(held)) if named_seq.is_some_and(|s| held < s) => lagging = true,
-            ("cas_mismatch", Some(held)) => {
-                let held_hash = floors
-                    .iter()
-                    .find(|f| f.addr == a.addr && f.seq == held)
-                    .and_then(|f| f.hash.clone());
-                return Err(WriteError::Replaced {
-                    name,
-                    named: if_hash.to_owned(),
-                    held_seq: held,
-                    held_hash,
-                    addr: a.addr,
-                });
-            }
-            _ => return Err(refused(&a)),
-        }
-    }
-    if lagging {
-        return Err(WriteError::AllLagging {
-            name,
-            read: named_seq.unwrap_or(0),
-        });
-    }
-    Err(WriteError::NoPeer(failures.join("; ")))
+        let held_hash = floors
+            .iter()
+            .find(|f| f.addr == a.addr && f.seq == held)
+            .and_then(|f| f.hash.clone());
+        Some(WriteError::Replaced {
+            name: name.clone(),
+            named: if_hash.to_owned(),
+            held_seq: held,
+            held_hash,
+            addr: a.addr.clone(),
+        })
+    })
+    .await
+    .map_err(|r| exhausted(r, name.clone(), named_seq.unwrap_or(0)))
 }
 
 /// Enacts a record whose seq was fixed in advance (a plan or a pinned `--seq`): refused here
