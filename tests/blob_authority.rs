@@ -113,17 +113,7 @@ fn fake_offers_and_a_foreign_manifest_change_no_honest_blobs_placement_or_copy_c
     let mut storage = fast.to_vec();
     storage.extend_from_slice(&["--offer-storage", "64M", "--price", "0.5"]);
     // Node 0 offers nothing (and so stores nothing); nodes 1-4 offer storage.
-    let n0 = NodeProc::start(bin(), &dir.path().join("n0"), &[], &fast)?;
-    let boot = vec![n0.bootstrap_addr()];
-    let mut nodes = vec![n0];
-    for i in 1..5 {
-        nodes.push(NodeProc::start(
-            bin(),
-            &dir.path().join(format!("n{i}")),
-            &boot,
-            &storage,
-        )?);
-    }
+    let nodes = dpin_tests::cluster_with(bin(), dir.path(), &fast, 4, &storage)?;
     wait_connected(&nodes, BOUND)?;
     let api0 = nodes[0].api.clone();
     let storage_offers = |api: &str| -> Option<usize> {

@@ -240,17 +240,7 @@ fn blob_attack(get_through_non_holder: bool) -> Result<()> {
     let mut storage = fast.to_vec();
     storage.extend_from_slice(&["--offer-storage", "64M", "--price", "0.5"]);
     // Node 0 offers nothing; nodes 1-3 offer storage.
-    let n0 = NodeProc::start(bin(), &dir.path().join("n0"), &[], &fast)?;
-    let boot = vec![n0.bootstrap_addr()];
-    let mut nodes = vec![n0];
-    for i in 1..4 {
-        nodes.push(NodeProc::start(
-            bin(),
-            &dir.path().join(format!("n{i}")),
-            &boot,
-            &storage,
-        )?);
-    }
+    let nodes = dpin_tests::cluster_with(bin(), dir.path(), &fast, 3, &storage)?;
     wait_connected(&nodes, BOUND)?;
     wait_until(BOUND, "3 storage offers everywhere", || {
         nodes

@@ -354,15 +354,27 @@ pub fn keygen(bin: &Path, dir: &Path, name: &str) -> Result<(PathBuf, String)> {
 
 /// Starts `n` nodes: the first alone, the rest bootstrapping from it.
 pub fn cluster(bin: &Path, dir: &Path, n: usize, extra: &[&str]) -> Result<Vec<NodeProc>> {
-    let first = NodeProc::start(bin, &dir.join("n0"), &[], extra)?;
-    let boot = vec![first.bootstrap_addr()];
-    let mut nodes = vec![first];
-    for i in 1..n {
+    cluster_with(bin, dir, extra, n - 1, extra)
+}
+
+/// Starts a first node with `first` arguments, then `rest` nodes bootstrapping from it with
+/// `others` (e.g. a node offering nothing and `rest` storage nodes).
+pub fn cluster_with(
+    bin: &Path,
+    dir: &Path,
+    first: &[&str],
+    rest: usize,
+    others: &[&str],
+) -> Result<Vec<NodeProc>> {
+    let n0 = NodeProc::start(bin, &dir.join("n0"), &[], first)?;
+    let boot = vec![n0.bootstrap_addr()];
+    let mut nodes = vec![n0];
+    for i in 1..=rest {
         nodes.push(NodeProc::start(
             bin,
             &dir.join(format!("n{i}")),
             &boot,
-            extra,
+            others,
         )?);
     }
     Ok(nodes)

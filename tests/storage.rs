@@ -130,17 +130,7 @@ fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
         "2.5",
     ]);
     // Node 0 offers compute only; nodes 1-4 offer storage.
-    let n0 = NodeProc::start(bin(), &dir.path().join("n0"), &[], &compute)?;
-    let boot = vec![n0.bootstrap_addr()];
-    let mut nodes = vec![n0];
-    for i in 1..5 {
-        nodes.push(NodeProc::start(
-            bin(),
-            &dir.path().join(format!("n{i}")),
-            &boot,
-            &storage,
-        )?);
-    }
+    let mut nodes = dpin_tests::cluster_with(bin(), dir.path(), &compute, 4, &storage)?;
     wait_connected(&nodes, BOUND)?;
     let api0 = nodes[0].api.clone();
     wait_until(BOUND, "4 storage offers", || {
