@@ -46,9 +46,21 @@
 //! (no gap over [`UPLOAD_IDLE_TIMEOUT`], and on average [`UPLOAD_MIN_RATE`] bytes a second
 //! after the first [`UPLOAD_GRACE`]: 408 `too_slow`), so a client trickling a body byte by byte
 //! cannot hold an upload slot, and storing it runs within [`UPLOAD_STORE_TIMEOUT`]. At most
-//! [`MAX_CONCURRENT_UPLOADS`] blob uploads run at once (503 beyond). Counters: `dpin_http_*`,
-//! every error response by status (`dpin_http_errors_total{status=...}`) and every refusal by
-//! reason.
+//! [`MAX_CONCURRENT_UPLOADS`] blob uploads run at once (503 beyond).
+//!
+//! Per client — an IPv4 address or an IPv6 /64 ([`ClientKey`]) — [`ClientLimiter`] bounds the
+//! requests in handlers at once ([`MAX_IN_FLIGHT_PER_CLIENT`]; HTTP/2 would otherwise multiplex
+//! any number over one connection) and the request rate (a token bucket,
+//! [`DEFAULT_CLIENT_RATE`] a second with bursts of [`DEFAULT_CLIENT_BURST`]; a publish costs
+//! [`PUBLISH_COST`]). Over either, the answer is 429 with `Retry-After` and error
+//! `rate_limited` or `too_many_in_flight`, before any work is done, so a flooding client
+//! costs the node little more than the refusal and honest clients keep their latency. Loopback
+//! clients (the operator's own tools) and callers with the API token are exempt from the rate,
+//! not from the concurrency bound; [`API_RATE_ENV`] and [`API_LIMIT_LOOPBACK_ENV`] change
+//! that. The table of clients is bounded ([`MAX_TRACKED_CLIENTS`]; past it, new clients share
+//! one bucket). Counters: `dpin_http_*`, every error response by status
+//! (`dpin_http_errors_total{status=...}`) and every refusal by reason
+//! (`dpin_http_refused_total{reason=...}`: `unauthorized`, `rate`, `concurrency`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -199,13 +211,68 @@ pub struct ApiConfig {
     /// When set, writes need `Authorization: Bearer TOKEN`, and uploads may then come from
     /// any address.
     pub token: Option<String>,
+    /// Per-client request rate and concurrency ([`ClientLimits`]).
+    pub limits: ClientLimits,
 }
 
 impl ApiConfig {
-    /// Settings from the environment ([`API_TOKEN_ENV`]).
+    /// Settings from the environment ([`API_TOKEN_ENV`], [`API_RATE_ENV`],
+    /// [`API_LIMIT_LOOPBACK_ENV`]).
     pub fn from_env() -> Self {
         Self {
             token: token_from_env(),
+            limits: ClientLimits::from_env(),
+        }
+    }
+}
+
+/// What the guard layer keeps: the settings, the per-client limiter and its clock.
+#[derive(Debug)]
+struct GuardState {
+    config: ApiConfig,
+    limiter: ClientLimiter,
+    epoch: std::time::Instant,
+}
+
+impl GuardState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The 429 answer for a refused request, counted by reason.
+fn too_many(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Rate { retry_after_s } => {
+            HTTP_STATS.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests from this client; retry in {retry_after_s} s"),
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_s),
+            );
+            resp
+        }
+        Refusal::Concurrency => {
+            HTTP_STATS
+                .concurrency_limited
+                .fetch_add(1, Ordering::Relaxed);
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_in_flight",
+                "this client has too many requests in progress; wait for an answer before \
+                 sending more",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(1u64),
+            );
+            resp
         }
     }
 }
@@ -219,13 +286,15 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Token check for writes and the handler deadline for every route but the upload (whose
-/// body and store phases have their own deadlines).
+/// Token check for writes, the per-client limits ([`ClientLimiter`]: 429 over them) and the
+/// handler deadline for every route but the upload (whose body and store phases have their own
+/// deadlines).
 async fn guard(
-    State(config): State<Arc<ApiConfig>>,
+    State(state): State<Arc<GuardState>>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let config = &state.config;
     let is_write = req.method() == axum::http::Method::POST;
     if let Some(token) = &config.token {
         let given = req
@@ -250,6 +319,33 @@ async fn guard(
             _ => {}
         }
     }
+    // Per-client limits. Requests without a client address (a router driven in-process) have
+    // no client to count against.
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .map(|c| c.0 .0.ip());
+    let _in_flight = match client {
+        Some(ip) => {
+            let exempt = req.extensions().get::<TokenOk>().is_some()
+                || (!config.limits.limit_loopback && is_loopback(ip));
+            let cost = if is_write && req.uri().path() == "/v1/publish" {
+                PUBLISH_COST
+            } else {
+                1
+            };
+            let admitted = state.limiter.admit(ip, cost, exempt, state.now_ms());
+            HTTP_STATS.clients_tracked.store(
+                u64::try_from(state.limiter.tracked()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            match admitted {
+                Ok(slot) => Some(slot),
+                Err(refusal) => return too_many(refusal),
+            }
+        }
+        None => None,
+    };
     let is_upload = is_write && req.uri().path() == "/v1/blobs";
     if is_upload {
         return next.run(req).await;
@@ -284,7 +380,11 @@ pub fn router(node: Node) -> Router {
 
 /// The router, with state and `config`.
 pub fn router_with(node: Node, config: ApiConfig) -> Router {
-    let config = Arc::new(config);
+    let state = Arc::new(GuardState {
+        limiter: ClientLimiter::new(config.limits),
+        config,
+        epoch: std::time::Instant::now(),
+    });
     Router::new()
         .route("/v1/publish", post(publish))
         .route("/v1/resolve/{name}", get(resolve))
@@ -301,7 +401,7 @@ pub fn router_with(node: Node, config: ApiConfig) -> Router {
         .fallback(unknown_path)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_errors))
-        .layer(axum::middleware::from_fn_with_state(config, guard))
+        .layer(axum::middleware::from_fn_with_state(state, guard))
         .layer(axum::middleware::map_response(count_errors))
         .with_state(node)
 }
@@ -888,6 +988,12 @@ pub struct HttpStats {
     pub unauthorized: AtomicU64,
     /// Connections closed because the client stopped reading a response.
     pub write_stalls: AtomicU64,
+    /// Requests answered 429: the client was over its request rate.
+    pub rate_limited: AtomicU64,
+    /// Requests answered 429: the client had [`MAX_IN_FLIGHT_PER_CLIENT`] requests in handlers.
+    pub concurrency_limited: AtomicU64,
+    /// Clients the limiter tracks one by one now (a gauge, at most [`MAX_TRACKED_CLIENTS`]).
+    pub clients_tracked: AtomicU64,
     /// Error responses by status, indexed like [`ERROR_STATUSES`] (last: any other).
     errors: [AtomicU64; ERROR_STATUSES.len() + 1],
 }
@@ -909,6 +1015,9 @@ static HTTP_STATS: HttpStats = HttpStats {
     handler_timeouts: AtomicU64::new(0),
     unauthorized: AtomicU64::new(0),
     write_stalls: AtomicU64::new(0),
+    rate_limited: AtomicU64::new(0),
+    concurrency_limited: AtomicU64::new(0),
+    clients_tracked: AtomicU64::new(0),
     errors: [const { AtomicU64::new(0) }; ERROR_STATUSES.len() + 1],
 };
 
@@ -939,7 +1048,7 @@ impl HttpStats {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 11] = [
+        let fields: [(&str, &AtomicU64); 14] = [
             ("dpin_http_connections_total", &self.accepted),
             (
                 "dpin_http_rejected_total{reason=\"total_cap\"}",
@@ -969,6 +1078,15 @@ impl HttpStats {
                 &self.unauthorized,
             ),
             ("dpin_http_write_stalls_total", &self.write_stalls),
+            (
+                "dpin_http_refused_total{reason=\"rate\"}",
+                &self.rate_limited,
+            ),
+            (
+                "dpin_http_refused_total{reason=\"concurrency\"}",
+                &self.concurrency_limited,
+            ),
+            ("dpin_http_clients_tracked", &self.clients_tracked),
         ];
         let mut out = String::new();
         for (name, v) in fields {
@@ -1318,4 +1436,431 @@ async fn unknown_path(uri: axum::http::Uri) -> ApiError {
         "not_found",
         format!("no such endpoint: {}", uri.path()),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-client request limits (request floods)
+
+/// Env var setting the per-client request rate: `RATE` or `RATE/BURST` (requests a second, and
+/// the most at once after a quiet spell); `0` turns the rate limit off. Default
+/// [`DEFAULT_CLIENT_RATE`] / [`DEFAULT_CLIENT_BURST`].
+pub const API_RATE_ENV: &str = "DPIN_API_RATE";
+/// Env var: `1` applies the per-client rate limit to loopback clients too (by default they are
+/// the node's own operator tools, the CLI and local monitors, and are exempt from the rate; the
+/// concurrency bound applies to everyone).
+pub const API_LIMIT_LOOPBACK_ENV: &str = "DPIN_API_LIMIT_LOOPBACK";
+/// Default requests a second one client (one IPv4 address, one IPv6 /64) may make, on average.
+/// A resolve costs one request, a publish [`PUBLISH_COST`]. Generous for any honest client (a
+/// resolver caches for the record's TTL; the CLI makes a handful), and far below what one
+/// client could push through the 2 cores a node is sized for.
+pub const DEFAULT_CLIENT_RATE: u32 = 200;
+/// Default burst: requests one client may make at once after a quiet spell.
+pub const DEFAULT_CLIENT_BURST: u32 = 400;
+/// Most requests one client may have in handlers at once, whatever the rate. HTTP/1 is bounded
+/// by [`MAX_HTTP_CONNECTIONS_PER_IP`] already; HTTP/2 multiplexes many streams over one
+/// connection, and this bounds them too.
+pub const MAX_IN_FLIGHT_PER_CLIENT: u32 = 32;
+/// Rate tokens a publish costs (it verifies a signature and takes the store lock), against one
+/// for a read.
+pub const PUBLISH_COST: u32 = 4;
+/// Most clients tracked one by one. Past it, idle clients with full buckets are forgotten
+/// (they lose nothing: a new client starts with a full bucket); if the table is still full,
+/// further new clients share one overflow client's bucket and in-flight bound — so an
+/// attacker rotating through many addresses gets one client's share, not one each.
+pub const MAX_TRACKED_CLIENTS: usize = 4096;
+
+/// Per-client limits ([`ApiConfig::limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Requests a second per client on average; 0 = no rate limit.
+    pub rate: u32,
+    /// Bucket size: requests at once after a quiet spell.
+    pub burst: u32,
+    /// Requests per client in handlers at once; 0 = no bound.
+    pub max_in_flight: u32,
+    /// Whether loopback clients are limited by the rate too.
+    pub limit_loopback: bool,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            rate: DEFAULT_CLIENT_RATE,
+            burst: DEFAULT_CLIENT_BURST,
+            max_in_flight: MAX_IN_FLIGHT_PER_CLIENT,
+            limit_loopback: false,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The defaults, overridden by [`API_RATE_ENV`] and [`API_LIMIT_LOOPBACK_ENV`]. A value
+    /// that does not parse is reported and ignored.
+    pub fn from_env() -> Self {
+        let mut l = Self::default();
+        if let Ok(v) = std::env::var(API_RATE_ENV) {
+            match parse_rate(&v) {
+                Some((rate, burst)) => {
+                    l.rate = rate;
+                    l.burst = burst;
+                }
+                None => {
+                    tracing::warn!(value = %v, "{API_RATE_ENV} is not RATE or RATE/BURST; using the default")
+                }
+            }
+        }
+        if let Ok(v) = std::env::var(API_LIMIT_LOOPBACK_ENV) {
+            l.limit_loopback = matches!(v.trim(), "1" | "true" | "yes");
+        }
+        l
+    }
+}
+
+/// Parses `RATE` or `RATE/BURST` (burst defaults to twice the rate).
+pub fn parse_rate(text: &str) -> Option<(u32, u32)> {
+    let text = text.trim();
+    let (rate, burst) = match text.split_once('/') {
+        Some((r, b)) => (r.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let r: u32 = text.parse().ok()?;
+            (r, r.saturating_mul(2))
+        }
+    };
+    (rate == 0 || burst > 0).then_some((rate, burst))
+}
+
+/// Whom a limit counts against: an IPv4 address, or an IPv6 /64 (one subscriber's usual
+/// allocation: counting each of its addresses apart would give it 2^64 buckets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// One IPv4 address (IPv4-mapped IPv6 included).
+    V4([u8; 4]),
+    /// The first 64 bits of an IPv6 address.
+    V6Prefix([u8; 8]),
+}
+
+impl ClientKey {
+    /// The key of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4.octets()),
+                None => {
+                    let o = v6.octets();
+                    ClientKey::V6Prefix([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+                }
+            },
+        }
+    }
+}
+
+/// Why a request was refused with 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the client's request rate.
+    Rate {
+        /// Whole seconds until the bucket holds the request's cost again (at least 1).
+        retry_after_s: u64,
+    },
+    /// Over the client's requests in handlers at once.
+    Concurrency,
+}
+
+#[derive(Debug)]
+struct ClientState {
+    /// Tokens, in thousandths of a request (integer arithmetic: deterministic).
+    milli_tokens: u64,
+    last_ms: u64,
+    in_flight: u32,
+}
+
+#[derive(Debug)]
+struct LimiterTable {
+    clients: HashMap<ClientKey, ClientState>,
+    overflow: ClientState,
+}
+
+/// Per-client token buckets and in-flight counts (see [`ClientLimits`]). Clock-free: time
+/// comes in as milliseconds of a monotonic clock, so tests drive it.
+#[derive(Debug)]
+pub struct ClientLimiter {
+    limits: ClientLimits,
+    max_clients: usize,
+    table: Arc<Mutex<LimiterTable>>,
+}
+
+/// A request's place in its client's in-flight count; released when dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    table: Arc<Mutex<LimiterTable>>,
+    key: Option<ClientKey>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = match self.key {
+            Some(k) => t.clients.get_mut(&k),
+            None => Some(&mut t.overflow),
+        };
+        if let Some(s) = state {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl ClientLimiter {
+    /// A limiter tracking at most [`MAX_TRACKED_CLIENTS`] clients.
+    pub fn new(limits: ClientLimits) -> Self {
+        Self::with_capacity(limits, MAX_TRACKED_CLIENTS)
+    }
+
+    /// A limiter tracking at most `max_clients` clients one by one (tests use small tables).
+    pub fn with_capacity(limits: ClientLimits, max_clients: usize) -> Self {
+        let full = u64::from(limits.burst).saturating_mul(1000);
+        Self {
+            limits,
+            max_clients: max_clients.max(1),
+            table: Arc::new(Mutex::new(LimiterTable {
+                clients: HashMap::new(),
+                overflow: ClientState {
+                    milli_tokens: full,
+                    last_ms: 0,
+                    in_flight: 0,
+                },
+            })),
+        }
+    }
+
+    /// Clients tracked one by one now (bounded by the table's capacity).
+    pub fn tracked(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clients
+            .len()
+    }
+
+    /// Admits a request of `cost` tokens from `ip` at `now_ms`, or says why not. `rate_exempt`
+    /// skips the rate (loopback unless configured otherwise, token holders) but never the
+    /// concurrency bound.
+    pub fn admit(
+        &self,
+        ip: IpAddr,
+        cost: u32,
+        rate_exempt: bool,
+        now_ms: u64,
+    ) -> Result<InFlight, Refusal> {
+        let l = self.limits;
+        let full = u64::from(l.burst).saturating_mul(1000);
+        let mut guard = self
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = &mut *guard;
+        let mut key = Some(ClientKey::of(ip));
+        if let Some(k) = key {
+            if !t.clients.contains_key(&k) && t.clients.len() >= self.max_clients {
+                // Forget clients that carry no state a fresh entry would not have.
+                t.clients.retain(|_, s| {
+                    let refilled = s.milli_tokens.saturating_add(
+                        now_ms
+                            .saturating_sub(s.last_ms)
+                            .saturating_mul(u64::from(l.rate)),
+                    );
+                    s.in_flight > 0 || refilled < full
+                });
+                if t.clients.len() >= self.max_clients {
+                    key = None;
+                }
+            }
+        }
+        let state = match key {
+            Some(k) => t.clients.entry(k).or_insert(ClientState {
+                milli_tokens: full,
+                last_ms: now_ms,
+                in_flight: 0,
+            }),
+            None => &mut t.overflow,
+        };
+        if l.max_in_flight > 0 && state.in_flight >= l.max_in_flight {
+            return Err(Refusal::Concurrency);
+        }
+        if l.rate > 0 && !rate_exempt {
+            // Refill: rate tokens a second = rate milli-tokens a millisecond.
+            let elapsed = now_ms.saturating_sub(state.last_ms);
+            state.milli_tokens = state
+                .milli_tokens
+                .saturating_add(elapsed.saturating_mul(u64::from(l.rate)))
+                .min(full);
+            state.last_ms = state.last_ms.max(now_ms);
+            let need = u64::from(cost).saturating_mul(1000);
+            if state.milli_tokens < need {
+                let missing = need - state.milli_tokens;
+                let ms = missing.div_ceil(u64::from(l.rate));
+                return Err(Refusal::Rate {
+                    retry_after_s: ms.div_ceil(1000).max(1),
+                });
+            }
+            state.milli_tokens -= need;
+        }
+        state.in_flight = state.in_flight.saturating_add(1);
+        drop(guard);
+        Ok(InFlight {
+            table: self.table.clone(),
+            key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn limits(rate: u32, burst: u32, max_in_flight: u32) -> ClientLimits {
+        ClientLimits {
+            rate,
+            burst,
+            max_in_flight,
+            limit_loopback: true,
+        }
+    }
+
+    fn v4(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    #[test]
+    fn a_client_gets_its_burst_then_429_until_the_bucket_refills() {
+        let l = ClientLimiter::new(limits(10, 20, 0));
+        for _ in 0..20 {
+            drop(l.admit(v4(1), 1, false, 0).expect("within the burst"));
+        }
+        assert_eq!(
+            l.admit(v4(1), 1, false, 0).unwrap_err(),
+            Refusal::Rate { retry_after_s: 1 }
+        );
+        // Another client is not affected.
+        assert!(l.admit(v4(2), 1, false, 0).is_ok());
+        // 10 a second: after 500 ms, 5 more.
+        for _ in 0..5 {
+            drop(l.admit(v4(1), 1, false, 500).expect("refilled"));
+        }
+        assert!(l.admit(v4(1), 1, false, 500).is_err());
+    }
+
+    #[test]
+    fn a_publish_costs_more_than_a_read_and_retry_after_says_when() {
+        let l = ClientLimiter::new(limits(1, 4, 0));
+        drop(
+            l.admit(v4(1), PUBLISH_COST, false, 0)
+                .expect("a full bucket"),
+        );
+        assert_eq!(
+            l.admit(v4(1), PUBLISH_COST, false, 0).unwrap_err(),
+            Refusal::Rate { retry_after_s: 4 }
+        );
+    }
+
+    #[test]
+    fn in_flight_requests_are_bounded_per_client_even_when_rate_exempt() {
+        let l = ClientLimiter::new(limits(1000, 1000, 3));
+        let held: Vec<InFlight> = (0..3)
+            .map(|_| l.admit(v4(1), 1, true, 0).expect("under the bound"))
+            .collect();
+        assert_eq!(
+            l.admit(v4(1), 1, true, 0).unwrap_err(),
+            Refusal::Concurrency
+        );
+        assert!(
+            l.admit(v4(2), 1, true, 0).is_ok(),
+            "other clients unaffected"
+        );
+        drop(held);
+        assert!(l.admit(v4(1), 1, true, 0).is_ok(), "released on drop");
+    }
+
+    #[test]
+    fn rate_exempt_clients_are_not_rate_limited() {
+        let l = ClientLimiter::new(limits(1, 1, 0));
+        for _ in 0..100 {
+            drop(l.admit(v4(1), 1, true, 0).expect("exempt"));
+        }
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_mapped_ipv4_is_its_ipv4() {
+        let a: IpAddr = "2001:db8:1:2::1"
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9"
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .unwrap();
+        let c: IpAddr = "2001:db8:1:3::1"
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .unwrap();
+        assert_eq!(ClientKey::of(a), ClientKey::of(b));
+        assert_ne!(ClientKey::of(a), ClientKey::of(c));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
+        assert_eq!(ClientKey::of(mapped), ClientKey::of(v4(1)));
+
+        let l = ClientLimiter::new(limits(1, 2, 0));
+        drop(l.admit(a, 1, false, 0).unwrap());
+        drop(l.admit(b, 1, false, 0).unwrap());
+        assert!(l.admit(a, 1, false, 0).is_err(), "b spent a's bucket");
+        assert!(l.admit(c, 1, false, 0).is_ok());
+    }
+
+    #[test]
+    fn rotating_addresses_past_the_table_share_one_bucket_and_the_table_stays_bounded() {
+        let l = ClientLimiter::with_capacity(limits(1, 2, 0), 8);
+        let mut refused = 0;
+        for i in 0..200u8 {
+            // Each address spends its whole bucket, so none can be forgotten.
+            for _ in 0..3 {
+                if l.admit(v4(i), 1, false, 0).is_err() {
+                    refused += 1;
+                }
+            }
+            assert!(l.tracked() <= 8);
+        }
+        // 8 tracked clients got 2 each, the other 192 shared one bucket of 2.
+        assert_eq!(600 - refused, 8 * 2 + 2);
+    }
+
+    #[test]
+    fn idle_clients_with_full_buckets_are_forgotten_to_make_room() {
+        let l = ClientLimiter::with_capacity(limits(10, 10, 0), 4);
+        for i in 0..4u8 {
+            drop(l.admit(v4(i), 1, false, 0).unwrap());
+        }
+        // A second later every bucket is full again: a new client evicts them, not the
+        // overflow bucket.
+        for i in 10..50u8 {
+            for _ in 0..10 {
+                drop(
+                    l.admit(v4(i), 1, false, 1000 * u64::from(i))
+                        .expect("own bucket"),
+                );
+            }
+        }
+        assert!(l.tracked() <= 4);
+    }
+
+    #[test]
+    fn rates_parse_as_rate_or_rate_slash_burst() {
+        assert_eq!(parse_rate("50"), Some((50, 100)));
+        assert_eq!(parse_rate(" 50/70 "), Some((50, 70)));
+        assert_eq!(parse_rate("0"), Some((0, 0)));
+        assert_eq!(parse_rate("5/0"), None);
+        assert_eq!(parse_rate("fast"), None);
+    }
 }
