@@ -5,6 +5,10 @@
 //!   node keeps answering resolves, bans the attacker, and no honest record is lost.
 //! * A sync bomb (as requester and as responder), a blob-chunk flood, 100+ fake offers and
 //!   foreign manifests change neither where an honest blob lives nor how many copies it has.
+//! * An attacker rotating through fresh peer ids keeps no honest resolve from being answered,
+//!   loses no honest record, and leaves the node's bans and memory bounded.
+//! * An HTTP client flooding the API gets 429 past its per-client rate (counted on
+//!   `/metrics`), while another client keeps being answered.
 //!
 //! Short versions (seconds); the measured flood of the target (10k invalid/s plus 1k
 //! junk records/s against a release cluster) is the ignored test
@@ -547,5 +551,243 @@ fn flood_target_measured_side_by_side_with_an_idle_run() -> Result<()> {
         metric(&nodes[0], "dpin_gossip_accepted_total")?,
     );
     assert_eq!(lost, 0, "honest records lost");
+    Ok(())
+}
+
+/// Honest names published through `api` (one zone, `n` names), with their seqs.
+fn publish_honest(api: &str, seed: u8, n: u8) -> Result<Vec<(String, u64)>> {
+    let key = ZoneKey::from_seed([seed; 32]);
+    let now = now_ms();
+    let mut honest = Vec::new();
+    for i in 0..n {
+        let rec = RecordBody {
+            zone: key.zone(),
+            label: format!("svc{i}"),
+            seq: now + u64::from(i),
+            expires_at_ms: now + 3_600_000,
+            content: Content::Endpoints(vec![Endpoint {
+                host: Host::V4([10, 0, 1, i]),
+                port: 443,
+                transport: Transport::Tcp,
+                weight: 1,
+            }]),
+        }
+        .sign(&key)?;
+        publish(api, &rec)?;
+        honest.push((rec.name(), rec.body.seq));
+    }
+    Ok(honest)
+}
+
+/// One HTTP/1.1 GET from the source address `from` (any of 127.0.0.0/8: each is its own client
+/// to the node's per-client limits): the status, the `Retry-After` header and the JSON body.
+fn get_from(from: &str, api: &str, path: &str) -> Result<(u16, Option<String>, Value)> {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let std_stream = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(format!("{from}:0").parse()?)?;
+        let s = tokio::time::timeout(Duration::from_secs(5), sock.connect(api.parse()?))
+            .await
+            .map_err(|_| anyhow!("connect to {api} timed out"))??;
+        anyhow::Ok(s.into_std()?)
+    })?;
+    let mut s = std_stream;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP header end"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no status"))?
+        .parse()?;
+    let retry_after = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("retry-after")
+            .then(|| v.trim().to_owned())
+    });
+    Ok((
+        status,
+        retry_after,
+        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+    ))
+}
+
+/// An HTTP client flooding the API is answered 429 (`rate_limited`, with `Retry-After`) once
+/// past its rate, counted on `/metrics` by reason, while another client keeps getting its
+/// answers. The node limits loopback clients here (`DPIN_API_LIMIT_LOOPBACK=1`) at 2 requests
+/// a second with bursts of 10, so the bound is far from anything the test's pace decides: the
+/// flooder's 300 requests would need over two minutes to all be admitted.
+#[test]
+fn an_http_flood_from_one_client_gets_429_while_another_client_is_served() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = NodeProc::start_with_env(
+        bin(),
+        &dir.path().join("n0"),
+        &[],
+        &["--no-probe"],
+        vec![
+            ("DPIN_API_RATE".into(), "2/10".into()),
+            ("DPIN_API_LIMIT_LOOPBACK".into(), "1".into()),
+        ],
+    )?;
+    // The honest client at 127.0.0.3: one publish (4 tokens) and a few resolves.
+    let honest = {
+        let key = ZoneKey::from_seed([0x44; 32]);
+        let rec = RecordBody {
+            zone: key.zone(),
+            label: "web".into(),
+            seq: now_ms(),
+            expires_at_ms: now_ms() + 3_600_000,
+            content: Content::Endpoints(vec![Endpoint {
+                host: Host::V4([10, 0, 2, 1]),
+                port: 443,
+                transport: Transport::Tcp,
+                weight: 1,
+            }]),
+        }
+        .sign(&key)?;
+        // Published from 127.0.0.1 (the harness's own client), one request.
+        publish(&node.api, &rec)?;
+        rec.name()
+    };
+    let path = format!("/v1/resolve/{honest}");
+    let (mut refused, mut answered) = (0u32, 0u32);
+    let mut honest_statuses = Vec::new();
+    for i in 0..300u32 {
+        let (status, retry_after, body) = get_from("127.0.0.2", &node.api, &path)?;
+        match status {
+            200 => answered += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(body["error"], "rate_limited", "429 body: {body}");
+                let secs: u64 = retry_after
+                    .as_deref()
+                    .ok_or_else(|| anyhow!("429 without Retry-After"))?
+                    .parse()?;
+                assert!(secs >= 1, "Retry-After {secs}");
+            }
+            other => return Err(anyhow!("flood request answered {other}: {body}")),
+        }
+        // Every 50th flood request, the other client asks too.
+        if i % 50 == 0 {
+            honest_statuses.push(get_from("127.0.0.3", &node.api, &path)?.0);
+        }
+    }
+    eprintln!("flooder: {answered} answered, {refused} refused; other client: {honest_statuses:?}");
+    assert!(
+        honest_statuses.iter().all(|s| *s == 200),
+        "the other client was refused: {honest_statuses:?}"
+    );
+    assert!(answered >= 10, "the flooder's burst was not served");
+    assert!(
+        refused >= 200,
+        "only {refused} of 300 flood requests refused"
+    );
+    assert_eq!(
+        metric(&node, "dpin_http_refused_total{reason=\"rate\"}")?,
+        u64::from(refused)
+    );
+    assert_eq!(
+        metric(&node, "dpin_http_refused_total{reason=\"concurrency\"}")?,
+        0
+    );
+    Ok(())
+}
+
+/// An attacker that takes a fresh peer id every few messages (each a new keypair, a new
+/// connection and handshake) and sends invalid signatures and junk records under fresh zones
+/// with each: the honest node keeps answering every resolve, keeps every honest record, bans
+/// what it can pin on an id, and its state stays bounded: bans within the network layer's
+/// bound ([`dpin_node::net::MAX_BANS`]) and memory growth below the 50 MB. (The
+/// ingest budget's peer table is bounded by `BudgetConfig::max_peers`, tested in
+/// `protocol::ingest`; the node does not expose its size.)
+#[test]
+fn rotating_peer_ids_buy_no_unbounded_state_and_the_honest_node_keeps_serving() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
+    wait_connected(&nodes, BOUND)?;
+    let honest = publish_honest(&nodes[1].api, 0x45, 10)?;
+    wait_until(BOUND, "the honest names on node 0", || {
+        honest
+            .iter()
+            .all(|(name, seq)| nodes[0].resolved_seq(name) == Some(*seq))
+            .then_some(())
+    })?;
+    let rss_before = nodes[0].rss_kib().unwrap_or(0);
+    let config = AttackConfig {
+        target: nodes[0].bootstrap_addr().parse()?,
+        streams: vec![
+            stream(Kind::InvalidSignature, 1000.0),
+            stream(Kind::JunkZones, 100.0),
+        ],
+        default_rate_per_s: 100.0,
+        duration: Duration::from_secs(6),
+        rotate_every: Some(25),
+        blob_root: None,
+        seed: 11,
+    };
+    let attacker = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(attack::run(config))
+    });
+    let mut resolves = 0u64;
+    while !attacker.is_finished() {
+        for (name, seq) in &honest {
+            assert_eq!(
+                nodes[0].resolved_seq(name),
+                Some(*seq),
+                "resolve of {name} failed during the rotating flood"
+            );
+            resolves += 1;
+        }
+    }
+    let report = attacker
+        .join()
+        .map_err(|_| anyhow!("attacker panicked"))??;
+    let rss_after = nodes[0].rss_kib().unwrap_or(0);
+    let banned_now = metric(&nodes[0], "dpin_net_banned_peers")?;
+    let offences = metric(&nodes[0], "dpin_ingest_offences_total{path=\"gossip\"}")?;
+    let over_budget = metric(
+        &nodes[0],
+        "dpin_ingest_dropped_total{path=\"gossip\",reason=\"over_budget\"}",
+    )?;
+    eprintln!(
+        "attacker: {} identities, sent {:?}; node 0: {resolves} honest resolves, RSS {rss_before} -> {rss_after} KiB, banned now {banned_now}, gossip offences {offences}, over budget {over_budget}",
+        report.identities, report.sent
+    );
+    assert!(
+        report.identities >= 5,
+        "the attacker rotated only {} times",
+        report.identities
+    );
+    // The junk was judged (invalid signatures held against their senders) or refused by the
+    // budget before it was looked at; either way it was counted.
+    assert!(offences + over_budget > 0, "no junk was judged or refused");
+    assert!(banned_now <= dpin_node::net::MAX_BANS as u64);
+    let growth_kib = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth_kib < 50 * 1024,
+        "node 0 grew by {growth_kib} KiB under rotating ids"
+    );
+    for n in &nodes {
+        for (name, seq) in &honest {
+            assert_eq!(n.resolved_seq(name), Some(*seq), "{name} lost");
+        }
+    }
     Ok(())
 }
