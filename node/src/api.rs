@@ -666,9 +666,12 @@ async fn offers(
     Ok(Json(json!({"offers": list})))
 }
 
+/// Query string of a blob upload (`?replicas=K`), as axum's `Query` parses it (public for the
+/// fuzz target `api_query`).
 #[derive(Debug, Deserialize)]
-struct PutQuery {
-    replicas: Option<u8>,
+pub struct PutQuery {
+    /// Copies wanted; the node's default when absent.
+    pub replicas: Option<u8>,
 }
 
 fn blob_error(e: crate::blobs::BlobError) -> ApiError {
@@ -689,7 +692,8 @@ fn blob_error(e: crate::blobs::BlobError) -> ApiError {
     }
 }
 
-fn parse_hash(raw: &str) -> Result<[u8; 32], ApiError> {
+/// A blob hash from a request path: 64 hex characters (400 `bad_hash` otherwise).
+pub fn parse_hash(raw: &str) -> Result<[u8; 32], ApiError> {
     hex::decode(raw)
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
