@@ -4,7 +4,8 @@
 //! * [`net`] — the libp2p swarm (gossipsub, Kademlia, identify, request-response, the
 //!   `/dpin/probe/1` liveness probes, connection limits, a target connection degree, re-dials
 //!   of peers found down) in one event loop, driven through a cloneable handle.
-//! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index.
+//! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
+//!   with the reserved-name index and the change feed (instead of whole-store scans).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
 //! * [`liveness`] — the SWIM-style peer failure detector, from the protocol core (re-exported).
 //! * [`health`] — endpoint probing: a probe policy (no private targets unless allowed), each
