@@ -945,6 +945,112 @@ fn stale_answers_across_a_partition_are_counted_apart() {
     assert_eq!(f.queries.empty + f.queries.failed, 0);
 }
 
+/// A read whose answer said (or did not say) that its node was cut off.
+fn flagged(mut op: Op, cut_off: bool) -> Op {
+    op.cut_off = Some(cut_off);
+    op
+}
+
+/// A read made in round `round` in place of `from`'s flagged answer.
+fn failover(round: u64, node: usize, from: usize, outcome: OpOutcome, seq: Option<u64>) -> Op {
+    Op {
+        failover_from: Some(from),
+        ..flagged(read(round, node, 30_010.0, outcome, seq), false)
+    }
+}
+
+#[test]
+fn stale_answers_are_split_by_whether_their_node_said_it_was_cut_off() {
+    let mut h = split_history();
+    h.ops[0] = write(1, 0.0, 10.0, 1);
+    // Node 1, alone on its side of the split, says it is cut off; the reader fails over to
+    // node 2, which the round had asked already (not a retry: the round is not slow), and
+    // takes its seq 2. Node 3 lags without saying anything.
+    h.ops.push(flagged(
+        read(2, 1, 30_000.0, OpOutcome::Found, Some(1)),
+        true,
+    ));
+    h.ops.push(flagged(
+        read(2, 2, 30_000.0, OpOutcome::Found, Some(2)),
+        false,
+    ));
+    h.ops.push(flagged(
+        read(2, 3, 30_000.0, OpOutcome::Found, Some(1)),
+        false,
+    ));
+    h.ops.push(failover(2, 2, 1, OpOutcome::Found, Some(2)));
+    let f = run(&h);
+    let q = &f.queries;
+    assert_eq!(q.stale, 2);
+    assert_eq!(
+        (q.stale_cut_off, q.stale_cut_off_kept, q.stale_connected),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        (q.cut_off_answers, q.failover_reads, q.fallbacks),
+        (1, 1, 0)
+    );
+    assert_eq!((q.slow, q.failed, q.empty), (0, 0, 0));
+    let marks: Vec<(usize, bool)> = f.stale_marks.iter().map(|m| (m.node, m.cut_off)).collect();
+    assert_eq!(marks, vec![(1, true), (3, false)]);
+}
+
+#[test]
+fn a_flagged_stale_answer_kept_for_want_of_a_better_one_is_counted_kept_not_failed() {
+    let mut h = split_history();
+    h.ops[0] = write(1, 0.0, 10.0, 1);
+    // Only node 1 answers, saying it is cut off; both nodes failed over to time out. The
+    // reader keeps the flagged answer: the round is answered (never fail closed).
+    h.ops.push(Op {
+        fallback: true,
+        ..flagged(read(2, 1, 30_000.0, OpOutcome::Found, Some(1)), true)
+    });
+    h.ops.push(read(2, 2, 30_000.0, OpOutcome::Timeout, None));
+    h.ops.push(read(2, 3, 30_000.0, OpOutcome::Timeout, None));
+    h.ops.push(failover(2, 2, 1, OpOutcome::Timeout, None));
+    h.ops.push(failover(2, 3, 1, OpOutcome::Timeout, None));
+    let q = run(&h).queries;
+    assert_eq!((q.stale, q.stale_cut_off, q.stale_cut_off_kept), (1, 1, 1));
+    assert_eq!(
+        (q.cut_off_answers, q.failover_reads, q.fallbacks),
+        (1, 2, 1)
+    );
+    assert_eq!((q.failed, q.slow), (0, 0));
+}
+
+#[test]
+fn the_cut_off_fields_survive_the_history_file_and_old_histories_load_without_them(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("h.jsonl");
+    let h = History {
+        ops: vec![
+            Op {
+                fallback: true,
+                ..flagged(read(1, 1, 10.0, OpOutcome::Found, Some(1)), true)
+            },
+            failover(1, 2, 1, OpOutcome::Timeout, None),
+        ],
+        faults: Vec::new(),
+    };
+    h.write_jsonl(&path)?;
+    assert_eq!(History::read_jsonl(&path)?, h);
+    std::fs::write(
+        &path,
+        r#"{"type":"op","kind":"read","proto":"http","process":"r","node":1,"name":"a.b","start_ms":1.0,"end_ms":2.0,"outcome":"found","seq":1,"endpoints":1}"#,
+    )?;
+    let old = History::read_jsonl(&path)?;
+    assert_eq!(
+        (
+            old.ops[0].cut_off,
+            old.ops[0].failover_from,
+            old.ops[0].fallback
+        ),
+        (None, None, false)
+    );
+    Ok(())
+}
+
 #[test]
 fn a_read_concurrent_with_an_acknowledged_deletion_may_see_it() {
     let mut h = clean_history();

@@ -308,3 +308,74 @@ fn a_node_that_hears_none_of_its_peers_says_it_is_cut_off_and_still_answers() ->
     })?;
     Ok(())
 }
+
+/// Issue 15, the CLI reader: `dpin resolve` passes over a peer whose answer says it is cut
+/// off and takes a connected peer's answer; with no other peer to ask it still answers from
+/// the cut-off peer (never fail closed), warning that the answer may be stale.
+#[test]
+fn resolve_passes_over_a_cut_off_peer_and_falls_back_to_it_when_alone() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
+    wait_connected(&nodes, SPREAD)?;
+    // A node told to join through an address where nothing listens knows no peer: cut off.
+    let dead = nodes[0].bootstrap_addr().replace(
+        &format!("/tcp/{}/", tcp_port(&nodes[0])?),
+        &format!("/tcp/{}/", free_port()?),
+    );
+    let lone = NodeProc::start(bin(), &dir.path().join("lone"), &[dead], &["--no-probe"])?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("app.{zone}");
+    // The lone node holds seq 1; the connected pair moves on to seq 2.
+    ok(publish(bin(), &key, &lone.api, "app", &["127.0.0.1:9"])?)?;
+    for port in ["127.0.0.1:10", "127.0.0.1:11"] {
+        ok(publish(bin(), &key, &nodes[0].api, "app", &[port])?)?;
+    }
+    wait_until(SPREAD, "the lone node says it is cut off", || {
+        let (code, v) = lone.get(&format!("/v1/resolve/{name}")).ok()?;
+        (code == 200 && v["cut_off"] == Value::Bool(true)).then_some(())
+    })?;
+
+    let apis = format!("{},{}", lone.api, nodes[1].api);
+    wait_until(SPREAD, "seq 2 on the second node", || {
+        (nodes[1].resolved_seq(&name) == Some(2)).then_some(())
+    })?;
+    let v: Value = serde_json::from_str(&ok(cli(
+        bin(),
+        &["resolve", "--api", &apis, &name, "--json"],
+    )?)?)?;
+    assert_eq!(v["answered_by"], nodes[1].api.as_str(), "{v}");
+    assert_eq!(
+        (v["seq"].as_u64(), v["cut_off"].as_bool()),
+        (Some(2), Some(false))
+    );
+    assert_eq!(
+        v["passed_over_cut_off"],
+        serde_json::json!([lone.api]),
+        "{v}"
+    );
+
+    // Alone, the cut-off node's answer is still served, with a warning.
+    let out = cli(bin(), &["resolve", "--api", &lone.api, &name])?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("seq 1") && stdout.contains("may be stale"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("cut off"), "{stderr}");
+    Ok(())
+}
+
+/// The TCP port of a node's first listen address.
+fn tcp_port(n: &NodeProc) -> Result<u16> {
+    let addr = n.bootstrap_addr();
+    let port = addr
+        .split('/')
+        .skip_while(|p| *p != "tcp")
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no tcp port in {addr}"))?;
+    Ok(port.parse()?)
+}

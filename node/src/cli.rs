@@ -138,7 +138,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Resolve a name through the first peer that answers.
+    /// Resolve a name through the first peer that answers and does not say it is cut off
+    /// from the network (then through the first that answers: never fail closed).
     Resolve {
         /// Node API addresses, tried in order.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -940,24 +941,46 @@ async fn publish_plan(
     Ok(())
 }
 
+/// Resolves through the first peer that answers without saying it is cut off from the
+/// network; a peer that says so is passed over for the next, and its answer is used only if
+/// no other peer answers (never fail closed), with a warning that it may be stale.
 async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
-    let a = client
-        .first(&format!("/v1/resolve/{name}"), None, |a| a.status == 200)
+    let settled = client
+        .first_connected(&format!("/v1/resolve/{name}"))
         .await?;
+    let a = &settled.answer;
     if a.status != 200 {
-        return Err(api_error(&a));
+        return Err(api_error(a));
     }
     let mut out = a.body.clone();
     out["answered_by"] = json!(a.addr);
+    if !settled.passed_over.is_empty() {
+        // Peers whose answers said they were cut off, in the order asked.
+        out["passed_over_cut_off"] = json!(settled.passed_over);
+    }
+    for p in &settled.passed_over {
+        eprintln!("note: passed over {p}: it says it is cut off from the network");
+    }
+    if settled.cut_off {
+        eprintln!(
+            "warning: {} says it is cut off from the network (it hears too few of its peers);              this answer may be stale, and no other --api peer answered",
+            a.addr
+        );
+    }
     if json_out {
         out!("{out}");
         return Ok(());
     }
     let seq = out.get("seq").and_then(Value::as_u64).unwrap_or(0);
     out!(
-        "{} seq {seq} (answered by {})",
+        "{} seq {seq} (answered by {}{})",
         out["name"].as_str().unwrap_or(name),
-        a.addr
+        a.addr,
+        if settled.cut_off {
+            ", which says it is cut off: may be stale"
+        } else {
+            ""
+        }
     );
     // The record's content hash: what a clean-up names to delete exactly this record
     // (`dpin publish --tombstone --if-hash HASH`).

@@ -1,6 +1,11 @@
 //! HTTP client used by the CLI: tries each `--api` address in order and moves on when a peer is
 //! down, hung or failing, so one dead peer never fails a command while another lives.
 //!
+//! Reads also move on from a peer whose answer says it is cut off from the network (`cut_off`,
+//! [`dpin_protocol::reach`]): its answer may be stale, and another peer may know better
+//! ([`Client::first_connected`]). When no other peer answers without saying so, the flagged
+//! answer is still used: a partition must not turn into a failed lookup (never fail closed).
+//!
 //! Writes (POSTs: publish, blob upload) carry `Authorization: Bearer TOKEN` when the
 //! [`crate::api::API_TOKEN_ENV`] environment variable is set, for nodes whose API asks for a
 //! token ([`crate::api`], "Who may call what").
@@ -26,6 +31,23 @@ pub struct Client {
     http: reqwest::Client,
     /// Sent with every write when set ([`crate::api::API_TOKEN_ENV`]).
     token: Option<String>,
+}
+
+/// What a read across the peers settled on ([`Client::first_connected`]).
+#[derive(Debug)]
+pub struct Settled {
+    /// The answer used.
+    pub answer: Answer,
+    /// Peers that answered 200 but said they were cut off, passed over for a later one, in
+    /// the order asked (the answer's own peer is not among them).
+    pub passed_over: Vec<String>,
+    /// The answer used says its peer is cut off: no peer answered 200 without saying so.
+    pub cut_off: bool,
+}
+
+/// Whether a 200 answer says its peer is cut off from the network.
+pub fn says_cut_off(a: &Answer) -> bool {
+    a.status == 200 && a.body.get("cut_off").and_then(Value::as_bool) == Some(true)
 }
 
 /// Why no peer gave a usable answer.
@@ -148,6 +170,50 @@ impl Client {
             }
         }
         last_definitive.ok_or_else(|| ClientError::AllFailed(failures.join("; ")))
+    }
+
+    /// A GET answered by the first peer that answers 200 without saying it is cut off. Peers
+    /// that answer 200 but say they are cut off are passed over; if no later peer answers
+    /// 200 without the flag, the first flagged answer is used (a possibly stale answer beats
+    /// none). Otherwise like [`Client::first`]: the last definitive (non-200) answer, or an
+    /// error listing why each peer failed. Asks each `--api` peer at most once.
+    pub async fn first_connected(&self, path: &str) -> Result<Settled, ClientError> {
+        let mut failures = Vec::new();
+        let mut last_definitive = None;
+        let mut flagged: Option<Answer> = None;
+        let mut passed_over = Vec::new();
+        for addr in &self.addrs {
+            match self.ask(addr, path, None).await {
+                Ok(answer) if says_cut_off(&answer) => {
+                    passed_over.push(answer.addr.clone());
+                    flagged.get_or_insert(answer);
+                }
+                Ok(answer) if answer.status == 200 => {
+                    return Ok(Settled {
+                        answer,
+                        passed_over,
+                        cut_off: false,
+                    })
+                }
+                Ok(answer) => last_definitive = Some(answer),
+                Err(why) => failures.push(why),
+            }
+        }
+        if let Some(answer) = flagged {
+            passed_over.retain(|a| *a != answer.addr);
+            return Ok(Settled {
+                answer,
+                passed_over,
+                cut_off: true,
+            });
+        }
+        last_definitive
+            .map(|answer| Settled {
+                answer,
+                passed_over: Vec::new(),
+                cut_off: false,
+            })
+            .ok_or_else(|| ClientError::AllFailed(failures.join("; ")))
     }
 }
 

@@ -51,6 +51,18 @@
 //!   partition: every write they lag was acknowledged at a node separated from the answering
 //!   node by a partition in force at some moment between the write's start and the read, which
 //!   ended less than `stale_bound_ms` before the read (or had not ended).
+//!   **stale_cut_off** / **stale_connected** — the same stale answers split by what the
+//!   answering node said: that it was cut off from the network (the resolve answer's
+//!   `cut_off`, a DNS TTL of at most 1 s; see [`Op::cut_off`]), or not (or nothing). A
+//!   reader fails over from a flagged answer ([`crate::workload`]); **stale_cut_off_kept** —
+//!   flagged stale answers the reader kept because no node it failed over to answered without
+//!   the flag ([`Op::fallback`]): the only flagged stale answers a client was left with.
+//!   Issue 15's target is `stale_cut_off_kept` = 0; `stale_connected` are the stale answers
+//!   no flag warned of.
+//! * **failover** — **cut_off_answers**: answers that said their node was cut off;
+//!   **failover_reads**: reads made in their place ([`Op::failover_from`]; they are reads of
+//!   the round like any other, judged the same way, but asking a node twice in a round this
+//!   way does not make the round `slow`); **fallbacks**: flagged answers kept.
 //! * **regressions** — reads at one node that went backwards: an answer with endpoints whose
 //!   seq is lower than that of an earlier answer (HTTP, DNS, probe or final read) from the same
 //!   node for the same name that ended before it started. Kills and restarts included: the
@@ -177,6 +189,25 @@ pub struct Queries {
     /// before the read (not empty: it could not have heard them; see the module docs).
     #[serde(default)]
     pub empty_while_isolated: u64,
+    /// Stale answers whose node said it was cut off (a subset of `stale`).
+    #[serde(default)]
+    pub stale_cut_off: u64,
+    /// Of `stale_cut_off`, those the reader kept: no node it failed over to answered without
+    /// the flag.
+    #[serde(default)]
+    pub stale_cut_off_kept: u64,
+    /// Stale answers whose node did not say it was cut off (`stale` − `stale_cut_off`).
+    #[serde(default)]
+    pub stale_connected: u64,
+    /// Answers that said their node was cut off.
+    #[serde(default)]
+    pub cut_off_answers: u64,
+    /// Reads made failing over from such an answer (included in `total`).
+    #[serde(default)]
+    pub failover_reads: u64,
+    /// Flagged answers kept because no node failed over to answered without the flag.
+    #[serde(default)]
+    pub fallbacks: u64,
 }
 
 /// Write counts (SPEC §5 `writes`, plus diagnostics).
@@ -255,6 +286,19 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// One stale answer, for the timeline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StaleMark {
+    /// The answering node (1-based).
+    pub node: usize,
+    /// Read start, ms since run start.
+    pub t_ms: f64,
+    /// Every write it lags was made across a partition (`stale_partitioned`).
+    pub across_partition: bool,
+    /// The answer said its node was cut off (`stale_cut_off`).
+    pub cut_off: bool,
+}
+
 /// Everything the checker found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Findings {
@@ -276,8 +320,8 @@ pub struct Findings {
     pub regression_marks: Vec<(usize, f64)>,
     /// Empty answers: (node, read start ms), for the timeline.
     pub empty_marks: Vec<(usize, f64)>,
-    /// Stale answers: (node, read start ms, explained by a partition), for the timeline.
-    pub stale_marks: Vec<(usize, f64, bool)>,
+    /// Stale answers, for the timeline.
+    pub stale_marks: Vec<StaleMark>,
     /// Convergence after group-partition heals.
     pub heal: HealConvergence,
     /// Example violations (at most [`MAX_EXAMPLES`] per kind).
@@ -429,11 +473,14 @@ fn clock_ahead(faults: &[FaultSpan], node: usize, from: f64, to: f64, recovery_m
 
 fn describe(op: &Op) -> String {
     format!(
-        "{:?} {:?} by {} at node {} of {} [{:.0}..{:.0} ms]: {:?} seq {:?} endpoints {:?}{}{}",
+        "{:?} {:?} by {} at node {}{} of {} [{:.0}..{:.0} ms]: {:?} seq {:?} endpoints {:?}{}{}",
         op.kind,
         op.proto,
         op.process,
         op.node,
+        op.failover_from
+            .map(|n| format!(" (failing over from node {n})"))
+            .unwrap_or_default(),
         op.name,
         op.start_ms,
         op.end_ms,
@@ -740,13 +787,18 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
     for op in reads.iter().filter(|o| o.kind == OpKind::Read) {
         f.queries.total += 1;
         let answered = op.outcome.is_answer();
+        let said_cut_off = answered && op.cut_off == Some(true);
+        f.queries.cut_off_answers += u64::from(said_cut_off);
+        f.queries.failover_reads += u64::from(op.failover_from.is_some());
+        f.queries.fallbacks += u64::from(said_cut_off && op.fallback);
         match op.round {
             Some(r) => {
                 let e = rounds
                     .entry(r)
                     .or_insert_with(|| (false, op, BTreeSet::new(), false));
                 e.0 |= answered;
-                if !e.2.insert(op.node) {
+                // A failover read may ask a node the round asked already; that is no retry.
+                if !e.2.insert(op.node) && op.failover_from.is_none() {
                     e.3 = true;
                 }
             }
@@ -793,16 +845,33 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
                     if explained {
                         f.queries.stale_partitioned += 1;
                     }
-                    f.stale_marks.push((op.node, op.start_ms, explained));
+                    if said_cut_off {
+                        f.queries.stale_cut_off += 1;
+                        f.queries.stale_cut_off_kept += u64::from(op.fallback);
+                    } else {
+                        f.queries.stale_connected += 1;
+                    }
+                    f.stale_marks.push(StaleMark {
+                        node: op.node,
+                        t_ms: op.start_ms,
+                        across_partition: explained,
+                        cut_off: said_cut_off,
+                    });
                     f.example(
                         "stale",
                         format!(
-                            "{} (seq {newest} was acknowledged by then{})",
+                            "{} (seq {newest} was acknowledged by then{}{})",
                             describe(op),
                             if explained {
                                 "; across a partition"
                             } else {
                                 ""
+                            },
+                            match (said_cut_off, op.fallback) {
+                                (true, true) =>
+                                    "; said cut off, kept: no other node answered without the flag",
+                                (true, false) => "; said cut off, the reader failed over",
+                                _ => "; did not say cut off",
                             }
                         ),
                     );

@@ -8,6 +8,12 @@
 //! says "ask again over TCP" (large answers, or a node's response rate limiting slipping one
 //! through), not "this name has no address". Every loop over the packet is bounded by the
 //! packet length, and malformed answers are errors, never panics.
+//!
+//! [`query`] also hands back the lowest TTL of the answer's A records: a node that judges
+//! itself cut off from the network answers with a TTL of at most
+//! [`dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS`] ([`DnsReply::says_cut_off`]), and the
+//! harness's DNS reader fails over on that, as a resolver asking again soon would reach
+//! another server.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -26,6 +32,27 @@ pub enum DnsAnswer {
     Rcode(u8),
     /// The TC bit was set: the answer must be asked for again over TCP.
     Truncated,
+}
+
+/// An answer with the lowest TTL among its A records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsReply {
+    /// What the answer said.
+    pub answer: DnsAnswer,
+    /// Lowest TTL (seconds) of the A records; `None` without any.
+    pub min_ttl: Option<u32>,
+}
+
+impl DnsReply {
+    /// Whether the answer carries addresses with a TTL short enough to be a cut-off node's
+    /// (at most [`dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS`]). A record in its last second
+    /// before expiry has such a TTL too; taking that for a cut-off node costs one failover.
+    pub fn says_cut_off(&self) -> bool {
+        matches!(&self.answer, DnsAnswer::Addrs(a) if !a.is_empty())
+            && self
+                .min_ttl
+                .is_some_and(|t| t <= dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS)
+    }
 }
 
 /// Why a query got no usable answer.
@@ -89,6 +116,24 @@ fn u16_at(p: &[u8], pos: usize) -> Result<u16, DnsError> {
 
 /// Parses the answer to query `id`.
 pub fn parse_answer(id: u16, p: &[u8]) -> Result<DnsAnswer, DnsError> {
+    parse_reply(id, p).map(|r| r.answer)
+}
+
+fn u32_at(p: &[u8], pos: usize) -> Result<u32, DnsError> {
+    match p.get(pos..pos + 4) {
+        Some(&[a, b, c, d]) => Ok(u32::from_be_bytes([a, b, c, d])),
+        _ => Err(DnsError::Malformed("truncated")),
+    }
+}
+
+/// Parses the answer to query `id`, with the lowest TTL of its A records.
+pub fn parse_reply(id: u16, p: &[u8]) -> Result<DnsReply, DnsError> {
+    let bare = |answer| {
+        Ok(DnsReply {
+            answer,
+            min_ttl: None,
+        })
+    };
     if p.len() < 12 {
         return Err(DnsError::Malformed("short header"));
     }
@@ -100,13 +145,13 @@ pub fn parse_answer(id: u16, p: &[u8]) -> Result<DnsAnswer, DnsError> {
         return Err(DnsError::Malformed("not a response"));
     }
     if flags & 0x0200 != 0 {
-        return Ok(DnsAnswer::Truncated);
+        return bare(DnsAnswer::Truncated);
     }
     let rcode = (flags & 0x000F) as u8;
     match rcode {
         0 => {}
-        3 => return Ok(DnsAnswer::NxDomain),
-        other => return Ok(DnsAnswer::Rcode(other)),
+        3 => return bare(DnsAnswer::NxDomain),
+        other => return bare(DnsAnswer::Rcode(other)),
     }
     let qd = u16_at(p, 4)?;
     let an = u16_at(p, 6)?;
@@ -115,9 +160,11 @@ pub fn parse_answer(id: u16, p: &[u8]) -> Result<DnsAnswer, DnsError> {
         pos = skip_name(p, pos)? + 4;
     }
     let mut addrs = Vec::new();
+    let mut min_ttl: Option<u32> = None;
     for _ in 0..an {
         pos = skip_name(p, pos)?;
         let rtype = u16_at(p, pos)?;
+        let ttl = u32_at(p, pos + 4)?;
         let rdlen = usize::from(u16_at(p, pos + 8)?);
         let rdata = p
             .get(pos + 10..pos + 10 + rdlen)
@@ -125,11 +172,15 @@ pub fn parse_answer(id: u16, p: &[u8]) -> Result<DnsAnswer, DnsError> {
         if rtype == 1 {
             if let &[a, b, c, d] = rdata {
                 addrs.push(Ipv4Addr::new(a, b, c, d));
+                min_ttl = Some(min_ttl.map_or(ttl, |m| m.min(ttl)));
             }
         }
         pos += 10 + rdlen;
     }
-    Ok(DnsAnswer::Addrs(addrs))
+    Ok(DnsReply {
+        answer: DnsAnswer::Addrs(addrs),
+        min_ttl,
+    })
 }
 
 /// Sends one A query for `name` to `server` and waits up to `timeout` for the answer.
@@ -140,6 +191,19 @@ pub async fn query_a(
     id: u16,
     timeout: Duration,
 ) -> Result<DnsAnswer, DnsError> {
+    query(bind, server, name, id, timeout)
+        .await
+        .map(|r| r.answer)
+}
+
+/// Like [`query_a`], with the lowest TTL of the answer's A records.
+pub async fn query(
+    bind: SocketAddr,
+    server: SocketAddr,
+    name: &str,
+    id: u16,
+    timeout: Duration,
+) -> Result<DnsReply, DnsError> {
     let packet = build_query(id, name)?;
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(server).await?;
@@ -152,9 +216,12 @@ pub async fn query_a(
             Ok(r) => r?,
             Err(_) => return Err(DnsError::Timeout),
         };
-        match parse_answer(id, &buf[..n]) {
+        match parse_reply(id, &buf[..n]) {
             Err(DnsError::Malformed("id mismatch")) => continue,
-            Ok(DnsAnswer::Truncated) => break,
+            Ok(DnsReply {
+                answer: DnsAnswer::Truncated,
+                ..
+            }) => break,
             other => return other,
         }
     }
@@ -172,7 +239,7 @@ async fn query_tcp(
     server: SocketAddr,
     packet: &[u8],
     id: u16,
-) -> Result<DnsAnswer, DnsError> {
+) -> Result<DnsReply, DnsError> {
     let socket = if bind.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -189,10 +256,11 @@ async fn query_tcp(
     stream.read_exact(&mut len).await?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut buf).await?;
-    match parse_answer(id, &buf)? {
+    let reply = parse_reply(id, &buf)?;
+    match reply.answer {
         // A TCP answer is never truncated; one that says so is broken.
         DnsAnswer::Truncated => Err(DnsError::Malformed("truncated answer over TCP")),
-        other => Ok(other),
+        _ => Ok(reply),
     }
 }
 
@@ -223,6 +291,34 @@ mod tests {
         tc[3] = 0x80;
         assert_eq!(parse_answer(7, &tc)?, DnsAnswer::Truncated);
         assert!(parse_answer(7, &nx[..5]).is_err());
+        Ok(())
+    }
+
+    /// An answer of `ttls.len()` A records with these TTLs.
+    fn answer_with_ttls(ttls: &[u32]) -> Result<Vec<u8>, DnsError> {
+        let mut a = build_query(9, "api.zone.dpin.")?;
+        a[2] = 0x81;
+        a[3] = 0x80;
+        a[7] = ttls.len() as u8;
+        for (i, ttl) in ttls.iter().enumerate() {
+            a.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+            a.extend_from_slice(&ttl.to_be_bytes());
+            a.extend_from_slice(&[0, 4, 127, 0, 1, i as u8 + 1]);
+        }
+        Ok(a)
+    }
+
+    #[test]
+    fn a_one_second_ttl_says_cut_off_and_a_longer_one_does_not() -> Result<(), DnsError> {
+        let cut = parse_reply(9, &answer_with_ttls(&[12, 1])?)?;
+        assert_eq!(cut.min_ttl, Some(1));
+        assert!(cut.says_cut_off());
+        let fine = parse_reply(9, &answer_with_ttls(&[12, 30])?)?;
+        assert_eq!(fine.min_ttl, Some(12));
+        assert!(!fine.says_cut_off());
+        // An answer without addresses says nothing about the node.
+        let none = parse_reply(9, &answer_with_ttls(&[])?)?;
+        assert_eq!((none.min_ttl, none.says_cut_off()), (None, false));
         Ok(())
     }
 }

@@ -14,7 +14,9 @@
 //! canonical text form, see [`content_of`]) so the checker can tell *which* record an answer
 //! came from, and writes carry their **expiry** on the run's clock, so the checker knows which
 //! names are live at each instant. Clock-skew faults carry the node's clock offset. All of
-//! these fields are optional, so histories written before them still load.
+//! these fields are optional, so histories written before them still load. Reads also carry
+//! whether the answering node said it was cut off, and the readers' failovers away from such
+//! answers (see [`crate::workload`], "Readers").
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
@@ -160,6 +162,20 @@ pub struct Op {
     /// clean-up of one round share it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub race: Option<u64>,
+    /// For reads: whether the answer said its node is cut off from the network (HTTP: the
+    /// resolve answer's `cut_off`; DNS: a TTL of at most
+    /// [`dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS`]). `None`: the answer did not say (no
+    /// answer, or a history from before the flag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_off: Option<bool>,
+    /// For reads made by a reader failing over: the node (1-based) whose answer in the same
+    /// round said it was cut off, and in whose place this node was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_from: Option<usize>,
+    /// For a read whose answer said cut off: no node the reader failed over to gave an
+    /// answer that did not say so, and the reader kept this one (never fail closed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// The canonical content text of an endpoint set: `host:port` items, sorted, joined by `,`.

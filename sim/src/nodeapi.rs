@@ -4,6 +4,9 @@
 //! or SIGKILLed, so every request carries its own short timeout and every answer is mapped to
 //! an [`OpOutcome`] instead of an error: "no answer" is data for the checker, not a bug in the
 //! harness.
+//!
+//! A resolve answer's `cut_off` (the node hears too few of its peers, `dpin_protocol::reach`)
+//! is kept in [`ReadResult::cut_off`]: the readers fail over on it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +35,8 @@ pub struct ReadResult {
     pub content: Option<String>,
     /// Error text.
     pub detail: Option<String>,
+    /// Whether the answer said the node is cut off from the network (`None`: it did not say).
+    pub cut_off: Option<bool>,
 }
 
 impl ReadResult {
@@ -43,7 +48,14 @@ impl ReadResult {
             endpoints: None,
             content: None,
             detail: Some(detail),
+            cut_off: None,
         }
+    }
+
+    /// An answer (with or without a record) that says its node is cut off: a reader should
+    /// ask another node, and keep this answer only if none answers better.
+    pub fn says_cut_off(&self) -> bool {
+        self.outcome.is_answer() && self.cut_off == Some(true)
     }
 }
 
@@ -124,6 +136,7 @@ impl Api {
                     endpoints: Some(eps.len()),
                     content: Some(endpoints_content(eps)),
                     detail: None,
+                    cut_off: body.get("cut_off").and_then(Value::as_bool),
                 }
             }
             404 => ReadResult {
@@ -132,6 +145,7 @@ impl Api {
                 endpoints: Some(0),
                 content: None,
                 detail: body.get("error").and_then(Value::as_str).map(str::to_owned),
+                cut_off: body.get("cut_off").and_then(Value::as_bool),
             },
             s => ReadResult::failure(OpOutcome::Error, format!("HTTP {s}: {body}")),
         }

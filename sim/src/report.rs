@@ -10,6 +10,9 @@
 //! `link_model` and `wan` (the emulated WAN links and what the switch did with the packets),
 //! `partition_groups` (every split and one-way cut with its two groups) and
 //! `heal_convergence_ms` (how long after each group partition healed every node caught up).
+//! `queries` splits stale answers by whether their node said it was cut off
+//! (`stale_cut_off`, `stale_cut_off_kept`, `stale_connected`) and counts the readers'
+//! failovers from such answers (`cut_off_answers`, `failover_reads`, `fallbacks`).
 
 use serde::{Deserialize, Serialize};
 
@@ -370,6 +373,14 @@ impl Report {
             format!(
                 "             stale  {} (older than the newest write acknowledged > {} ms before), of which across a partition {}",
                 q.stale, self.stale_bound_ms, q.stale_partitioned
+            ),
+            format!(
+                "             stale from nodes that said they were cut off {} (kept by the reader, no other node answering without the flag: {}), from nodes that did not {}",
+                q.stale_cut_off, q.stale_cut_off_kept, q.stale_connected
+            ),
+            format!(
+                "             said cut off {} answers; readers failed over with {} reads, kept {} flagged answers",
+                q.cut_off_answers, q.failover_reads, q.fallbacks
             ),
             format!(
                 "             no record yet, the writes being across a partition: {}",

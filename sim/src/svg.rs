@@ -10,7 +10,10 @@
 //!   went backwards as red marks on the axis, since any of them is a failure;
 //! * propagation latency per second (median, and max as a thin line) — right axis;
 //! * stale answers (older than the newest write acknowledged more than the bound before) as
-//!   violet ticks along the top of the chart, pale when a partition explains them;
+//!   ticks along the top of the chart — violet when some answer of that second did not say
+//!   its node was cut off, lavender when every one did (readers fail over from those), pale
+//!   when a partition explains them all — and as dots on the answering node's lane (filled:
+//!   did not say cut off; hollow: said so);
 //! * group partitions (split, one-way cut) on every lane they cut, labelled with the node's
 //!   side (A: the smaller half, or the side that cannot hear; B: the rest); the link model and
 //!   anything else the caller puts on the title's second line under the title.
@@ -79,7 +82,13 @@ struct Second {
     regressions: u64,
     stale: u64,
     stale_partitioned: u64,
+    stale_cut_off: u64,
 }
+
+/// Tick colour of stale answers none of which said their node was cut off.
+const STALE: &str = "#6a3d9a";
+/// Tick colour of stale answers that all said their node was cut off.
+const STALE_FLAGGED: &str = "#b39ddb";
 
 fn nice_max(v: f64) -> f64 {
     if v <= 0.0 {
@@ -135,11 +144,18 @@ pub fn render(
         per[s].empty += 1;
         per[s].no_record = per[s].no_record.saturating_sub(1);
     }
-    for &(_, t, explained) in &findings.stale_marks {
-        let s = ((t / 1000.0).floor() as usize).min(secs);
+    // (node, second) -> (stale answers that did not say cut off, that did).
+    let mut stale_lanes: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
+    for m in &findings.stale_marks {
+        let s = ((m.t_ms / 1000.0).floor() as usize).min(secs);
         per[s].stale += 1;
-        if explained {
-            per[s].stale_partitioned += 1;
+        per[s].stale_partitioned += u64::from(m.across_partition);
+        per[s].stale_cut_off += u64::from(m.cut_off);
+        let e = stale_lanes.entry((m.node, s)).or_default();
+        if m.cut_off {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
         }
     }
     for &(_, t) in &findings.regression_marks {
@@ -327,9 +343,14 @@ pub fn render(
         if p.stale > 0 {
             let _ = writeln!(
                 o,
-                r##"<path d="M{:.1},{:.1} l-4,-8 h8 z" fill="#6a3d9a" fill-opacity="{}"><title>{} s: {} stale answers, {} of them across a partition</title></path>"##,
+                r##"<path d="M{:.1},{:.1} l-4,-8 h8 z" fill="{}" fill-opacity="{}"><title>{} s: {} stale answers, {} of them across a partition, {} from nodes that said they were cut off</title></path>"##,
                 x(s as f64 + 0.5),
                 plot_top - 1.0,
+                if p.stale == p.stale_cut_off {
+                    STALE_FLAGGED
+                } else {
+                    STALE
+                },
                 if p.stale == p.stale_partitioned {
                     "0.4"
                 } else {
@@ -337,9 +358,26 @@ pub fn render(
                 },
                 s,
                 p.stale,
-                p.stale_partitioned
+                p.stale_partitioned,
+                p.stale_cut_off
             );
         }
+    }
+    // Stale answers on the answering node's lane: filled when the node did not say it was cut
+    // off, hollow when it did.
+    for (&(node, s), &(plain, flagged)) in &stale_lanes {
+        let cx = x(s as f64 + 0.5);
+        let cy = TOP + (node.saturating_sub(1)) as f64 * LANE_H + (LANE_H - 2.0) / 2.0;
+        let (fill, stroke) = if plain > 0 {
+            (STALE, STALE)
+        } else {
+            ("white", STALE_FLAGGED)
+        };
+        let _ = writeln!(
+            o,
+            r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="3" fill="{fill}" stroke="{stroke}" stroke-width="1.5"><title>node {node}, {s} s: {} stale answers; {plain} did not say cut off, {flagged} did</title></circle>"##,
+            plain + flagged
+        );
     }
     // Fault bands over the bars, so they show through (a group partition once, not per node).
     let mut banded = std::collections::BTreeSet::new();
@@ -412,7 +450,7 @@ pub fn render(
         LEFT + pw / 2.0,
         plot_top + PLOT_H + 28.0
     );
-    let legend: [(&str, &str); 14] = [
+    let legend: [(&str, &str); 15] = [
         ("#2ca02c", "answered"),
         ("#bbbbbb", "no record (expired)"),
         ("#f0ad4e", "no answer (faulted node)"),
@@ -426,7 +464,14 @@ pub fn render(
         (color(FaultKind::Split), "split (A | B)"),
         (color(FaultKind::OneWay), "one-way cut (A deaf to B)"),
         (color(FaultKind::Restart), "clean restart"),
-        ("#6a3d9a", "stale answers (pale: across a partition)"),
+        (
+            STALE,
+            "stale answers, node did not say cut off (pale: across a partition)",
+        ),
+        (
+            STALE_FLAGGED,
+            "stale answers, node said cut off (readers fail over)",
+        ),
     ];
     let mut lx = LEFT;
     let mut ly = ly;
@@ -496,7 +541,27 @@ mod tests {
                 },
             ],
         };
-        let svg = render(&h, &Findings::default(), 3, 2.0, "t <1>");
+        let findings = Findings {
+            stale_marks: vec![
+                crate::checker::StaleMark {
+                    node: 2,
+                    t_ms: 1200.0,
+                    across_partition: true,
+                    cut_off: true,
+                },
+                crate::checker::StaleMark {
+                    node: 3,
+                    t_ms: 1700.0,
+                    across_partition: false,
+                    cut_off: false,
+                },
+            ],
+            ..Findings::default()
+        };
+        let svg = render(&h, &findings, 3, 2.0, "t <1>");
+        assert!(svg.contains("node 2, 1 s: 1 stale answers; 0 did not say cut off, 1 did"));
+        assert!(svg.contains("node 3, 1 s: 1 stale answers; 1 did not say cut off, 0 did"));
+        assert!(svg.contains("2 stale answers, 1 of them across a partition, 1 from nodes"));
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("t &lt;1&gt;"));

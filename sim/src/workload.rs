@@ -14,7 +14,12 @@
 //!   write's expiry that such a name is gone by design, not empty.
 //! * **Readers** resolve every name from every node, over HTTP and (if the nodes serve it) DNS,
 //!   in rounds: one name, all nodes at once, short timeouts. A round nobody answered is a
-//!   failed query.
+//!   failed query. An answer that says its node is cut off from the network (HTTP `cut_off`,
+//!   or a DNS TTL of at most 1 s, see [`crate::dnsq::DnsReply::says_cut_off`]) may be stale,
+//!   so the reader asks up to [`MAX_FAILOVER_TRIES`] other nodes in turn instead, as the CLI
+//!   does, and takes the first answer that does not say so; when none does, it keeps the
+//!   flagged answer (never fail closed). The failover reads are recorded with
+//!   [`Op::failover_from`], a kept flagged answer with [`Op::fallback`].
 //! * **Probes** poll every other node right after a write is acknowledged, so propagation
 //!   latency is measured, not inferred from the readers' sampling rate.
 //!
@@ -73,6 +78,12 @@ pub struct Counters {
     pub acked: AtomicU64,
     /// Stale plans / old tombstones refused.
     pub refused_stale: AtomicU64,
+    /// Answers that said their node was cut off, which readers failed over from.
+    pub failovers: AtomicU64,
+    /// Reads made failing over.
+    pub failover_reads: AtomicU64,
+    /// Flagged answers kept: no node failed over to answered without the flag.
+    pub fallbacks: AtomicU64,
 }
 
 /// A fault in progress, for the progress line.
@@ -633,6 +644,7 @@ async fn read_one(
         endpoints: Some(0),
         content: None,
         detail: Some(detail.to_owned()),
+        cut_off: None,
     };
     match proto {
         Proto::Http => ctx.api.resolve(t.api, name, timeout).await,
@@ -643,7 +655,9 @@ async fn read_one(
             };
             let qname = format!("{name}.dpin.");
             let bind = SocketAddr::new(dns_bind, 0);
-            match dnsq::query_a(bind, server, &qname, id, timeout).await {
+            let reply = dnsq::query(bind, server, &qname, id, timeout).await;
+            let cut_off = reply.as_ref().ok().map(dnsq::DnsReply::says_cut_off);
+            match reply.map(|r| r.answer) {
                 // A DNS answer has no seq: the checker finds it from the addresses.
                 Ok(DnsAnswer::Addrs(a)) if !a.is_empty() => {
                     let hosts: Vec<String> = a.iter().map(ToString::to_string).collect();
@@ -653,6 +667,7 @@ async fn read_one(
                         endpoints: Some(a.len()),
                         content: Some(crate::history::hosts_of(&hosts.join(","))),
                         detail: None,
+                        cut_off,
                     }
                 }
                 Ok(DnsAnswer::Addrs(_)) => not_found("NOERROR without A records"),
@@ -729,37 +744,126 @@ pub async fn reader(
     while rounds.join_next().await.is_some() {}
 }
 
+/// Most other nodes a reader asks in place of one whose answer said it is cut off. Three
+/// reach the connected side of any split of 7 nodes, with one more node down, in the worst
+/// order (two more nodes of the cut-off side, then one down); each try costs at most
+/// [`READ_TIMEOUT`] (or the retry's timeout).
+pub const MAX_FAILOVER_TRIES: usize = 3;
+
+/// One read of a round, as the history records it.
+struct ReadAt<'a> {
+    ctx: &'a Ctx,
+    name: &'a str,
+    proto: Proto,
+    dns_bind: IpAddr,
+    process: &'a str,
+    round: u64,
+    id: u16,
+    timeout: Duration,
+}
+
+impl ReadAt<'_> {
+    async fn read(&self, t: &Target, failover_from: Option<usize>) -> Op {
+        let ctx = self.ctx;
+        let start = ctx.rec.now_ms();
+        let res = read_one(
+            ctx,
+            t,
+            self.name,
+            self.proto,
+            self.dns_bind,
+            self.id,
+            self.timeout,
+        )
+        .await;
+        Op {
+            kind: OpKind::Read,
+            proto: self.proto,
+            process: self.process.to_owned(),
+            node: t.node,
+            name: self.name.to_owned(),
+            round: Some(self.round),
+            start_ms: start,
+            end_ms: ctx.rec.now_ms(),
+            outcome: res.outcome,
+            seq: res.seq,
+            endpoints: res.endpoints,
+            detail: res.detail,
+            content: res.content,
+            cut_off: res.cut_off,
+            failover_from,
+            ..Op::default()
+        }
+    }
+
+    /// Asks the nodes after `from` (in target order, at most [`MAX_FAILOVER_TRIES`]) in turn
+    /// until one answers without saying it is cut off. Returns the reads made and whether one
+    /// did.
+    async fn fail_over(&self, from: usize) -> (Vec<Op>, bool) {
+        let targets = &self.ctx.targets;
+        let n = targets.len();
+        let pos = targets.iter().position(|t| t.node == from).unwrap_or(0);
+        let mut ops = Vec::new();
+        for k in 1..=MAX_FAILOVER_TRIES.min(n.saturating_sub(1)) {
+            let op = self.read(&targets[(pos + k) % n], Some(from)).await;
+            let better = op.outcome.is_answer() && op.cut_off != Some(true);
+            ops.push(op);
+            if better {
+                return (ops, true);
+            }
+        }
+        (ops, false)
+    }
+}
+
 /// One read round: the name from every node at once. Like a client that fails over and
 /// retries, a round in which no node answered within [`READ_TIMEOUT`] is tried once more with
 /// [`READ_RETRY_TIMEOUT`] (so a harness descheduled for half a second on a busy machine does
-/// not report an outage); both attempts are recorded under the same round.
+/// not report an outage); both attempts are recorded under the same round. Every answer that
+/// says its node is cut off is failed over from ([`ReadAt::fail_over`]); those reads belong
+/// to the round too.
 async fn read_round(ctx: &Ctx, name: &str, proto: Proto, dns_bind: IpAddr, process: &str) {
     let round = ctx.rec.next_round();
     let mut answered = false;
     for (attempt, timeout) in [READ_TIMEOUT, READ_RETRY_TIMEOUT].into_iter().enumerate() {
-        let reads = ctx.targets.iter().map(|t| async move {
-            let start = ctx.rec.now_ms();
-            let id = (round as u16).wrapping_add(attempt as u16 * 0x8000);
-            let res = read_one(ctx, t, name, proto, dns_bind, id, timeout).await;
-            Op {
-                kind: OpKind::Read,
-                proto,
-                process: process.to_owned(),
-                node: t.node,
-                name: name.to_owned(),
-                round: Some(round),
-                start_ms: start,
-                end_ms: ctx.rec.now_ms(),
-                outcome: res.outcome,
-                seq: res.seq,
-                endpoints: res.endpoints,
-                detail: res.detail,
-                content: res.content,
-                ..Op::default()
-            }
-        });
-        let ops = futures::future::join_all(reads).await;
+        let at = ReadAt {
+            ctx,
+            name,
+            proto,
+            dns_bind,
+            process,
+            round,
+            id: (round as u16).wrapping_add(attempt as u16 * 0x8000),
+            timeout,
+        };
+        let at = &at;
+        let mut ops = futures::future::join_all(ctx.targets.iter().map(|t| at.read(t, None))).await;
         answered = ops.iter().any(|o| o.outcome.is_answer());
+        let flagged: Vec<(usize, usize)> = ops
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.outcome.is_answer() && o.cut_off == Some(true))
+            .map(|(i, o)| (i, o.node))
+            .collect();
+        let failovers = futures::future::join_all(
+            flagged
+                .iter()
+                .map(|&(i, node)| async move { (i, at.fail_over(node).await) }),
+        )
+        .await;
+        let c = &ctx.rec.counters;
+        for (i, (reads, better)) in failovers {
+            c.failovers.fetch_add(1, Ordering::Relaxed);
+            c.failover_reads
+                .fetch_add(reads.len() as u64, Ordering::Relaxed);
+            if !better {
+                c.fallbacks.fetch_add(1, Ordering::Relaxed);
+                if let Some(op) = ops.get_mut(i) {
+                    op.fallback = true;
+                }
+            }
+            ops.extend(reads);
+        }
         for op in ops {
             ctx.rec.op(op);
         }
