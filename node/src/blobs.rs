@@ -993,10 +993,10 @@ pub fn rank_ids(root: &[u8; 32], peer_ids: &[&str]) -> Vec<String> {
 /// Every live manifest record of `root` held, by zone.
 fn manifest_records(node: &Node, root: &[u8; 32], now: u64) -> BTreeMap<ZoneId, SignedRecord> {
     let prefix = format!("{}.", blob_label(root));
+    // The store's reserved-name index: reads this root's manifests only (on every GET).
     node.read_store(|s| {
-        s.mem()
-            .iter()
-            .filter(|(n, e)| n.starts_with(&prefix) && e.is_live(now))
+        s.reserved(&prefix)
+            .filter(|(_, e)| e.is_live(now))
             .filter_map(|(_, e)| e.record())
             .filter(|r| matches!(&r.body.content, Content::BlobManifest(m) if m.root == *root))
             .map(|r| (r.body.zone, r))
@@ -1061,9 +1061,8 @@ pub fn manifest_for_index(node: &Node, root: &[u8; 32], ix: &Index) -> Option<Bl
 fn manifests_by_root(node: &Node, now: u64) -> BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> {
     let mut out: BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> = BTreeMap::new();
     let records: Vec<SignedRecord> = node.read_store(|s| {
-        s.mem()
-            .iter()
-            .filter(|(n, e)| n.starts_with("_blob-") && e.is_live(now))
+        s.reserved("_blob-")
+            .filter(|(_, e)| e.is_live(now))
             .filter_map(|(_, e)| e.record())
             .collect()
     });

@@ -40,7 +40,8 @@
 //!
 //! A large store must not become a probe storm, and one zone must not starve the others:
 //!
-//! * The endpoint set is refreshed from the store once per interval and capped at
+//! * The endpoint set is refreshed once per interval from [`ProbeIndex`], which follows the
+//!   store's change feed (only records that changed are decoded, off the store lock), and capped at
 //!   [`HealthConfig::max_endpoints`]. The cap is filled round-robin over zones (one endpoint
 //!   per zone per round), in an order keyed by a per-process random hash, so a zone with many
 //!   endpoints (or one whose key sorts first) cannot push the others out.
@@ -101,6 +102,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dpin_protocol::store::Store;
 use dpin_protocol::{
     Content, Endpoint, Host, RecordBody, SignedRecord, Transport, ZoneId, ZoneKey,
 };
@@ -496,6 +498,179 @@ pub struct Health {
     selection: Mutex<Selection>,
     /// Observation counters.
     pub observations: ObservationStats,
+    /// The endpoint set and observations held, kept from the store's change feed.
+    index: Mutex<ProbeIndex>,
+}
+
+/// What the prober reads from the store each refresh — the endpoints of the records held and
+/// other probers' observations — kept from the store's change feed
+/// ([`crate::store::DurableStore::take_changes`]) instead of decoding every live record each
+/// interval under the store lock (issue 14): a refresh decodes only the records that changed
+/// since the last one, off the store lock. The whole store is read only after a load or a
+/// feed overflow ([`crate::store::Changes::Rebuild`]), one bucket per lock hold.
+///
+/// Liveness moves with the clock, not with changes, so the index keeps every record with a
+/// body that is not a tombstone, each with its expiry, and the refresh filters on expiry as
+/// the scan did. Each target keeps the (name hash, expiry) of every record naming it, so
+/// replaying a change the rebuild already saw changes nothing (a rebuild runs while the
+/// feed records). Two names with one 64-bit name hash naming the same target would share one
+/// reference; at 10⁶ names the chance is about 10⁻⁸.
+#[derive(Debug, Default)]
+pub struct ProbeIndex {
+    /// Targets of endpoint records (not observations), by zone: (name hash, expiry) of each
+    /// record naming the target.
+    endpoints: BTreeMap<ZoneId, BTreeMap<Target, Vec<(u64, u64)>>>,
+    /// Observation records, by (bucket, name): the store's order, which the scan read them in.
+    observations: BTreeMap<(u8, Box<str>), IndexedObservation>,
+}
+
+/// One observation record, decoded once.
+#[derive(Clone, Debug)]
+struct IndexedObservation {
+    zone: ZoneId,
+    seq: u64,
+    expires_at_ms: u64,
+    verdicts: Vec<(Target, HealthState)>,
+}
+
+fn obs_key(name: &str) -> (u8, Box<str>) {
+    (dpin_protocol::digest::bucket_of(name), name.into())
+}
+
+/// A stable 64-bit hash of a name (blake3, so equal on every run and platform).
+fn name_hash(name: &str) -> u64 {
+    let h = blake3::hash(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+impl ProbeIndex {
+    /// Takes `name`'s entry out of the index (what an `old` entry contributed).
+    fn remove(&mut self, name: &str, entry: &dpin_protocol::Entry) {
+        if self.observations.remove(&obs_key(name)).is_some() {
+            return;
+        }
+        let Some(r) = entry.record() else { return };
+        let Some(eps) = r.endpoints() else { return };
+        let Some(zone) = self.endpoints.get_mut(&r.body.zone) else {
+            return;
+        };
+        let h = name_hash(name);
+        for e in eps {
+            let t = target(e);
+            if let Some(refs) = zone.get_mut(&t) {
+                refs.retain(|(n, _)| *n != h);
+                if refs.is_empty() {
+                    zone.remove(&t);
+                }
+            }
+        }
+        if zone.is_empty() {
+            self.endpoints.remove(&r.body.zone);
+        }
+    }
+
+    /// Puts `name`'s entry into the index, replacing what the same name put there before
+    /// for the same targets (so a replay is harmless).
+    fn insert(&mut self, name: &str, entry: &dpin_protocol::Entry) {
+        if entry.bytes.is_none() || entry.tombstone {
+            self.observations.remove(&obs_key(name));
+            return;
+        }
+        let Some(r) = entry.record() else { return };
+        if let Some(verdicts) = parse_observation(&r) {
+            self.observations.insert(
+                obs_key(name),
+                IndexedObservation {
+                    zone: r.body.zone,
+                    seq: r.body.seq,
+                    expires_at_ms: r.body.expires_at_ms,
+                    verdicts,
+                },
+            );
+            return;
+        }
+        let Some(eps) = r.endpoints() else { return };
+        let h = name_hash(name);
+        let zone = self.endpoints.entry(r.body.zone).or_default();
+        for e in eps {
+            let refs = zone.entry(target(e)).or_default();
+            match refs.iter_mut().find(|(n, _)| *n == h) {
+                Some(slot) => slot.1 = r.body.expires_at_ms,
+                None => refs.push((h, r.body.expires_at_ms)),
+            }
+        }
+    }
+
+    /// Applies one change of the store (old winner out, new winner in).
+    pub fn apply(&mut self, change: &crate::store::Change) {
+        if let Some(old) = &change.old {
+            if old.bytes.is_some() && !old.tombstone && old.bytes != change.new.bytes {
+                self.remove(&change.name, old);
+            }
+        }
+        self.insert(&change.name, &change.new);
+    }
+
+    /// Brings the index up to date with `node`'s store: the changes since the last call, or
+    /// a rebuild from the whole store (one bucket per store-lock hold; changes made meanwhile
+    /// are recorded by the feed and applied after).
+    pub fn refresh(&mut self, node: &Node) {
+        self.refresh_from(node.store_mutex());
+    }
+
+    /// [`ProbeIndex::refresh`] from the store behind `store`.
+    pub fn refresh_from(&mut self, store: &Mutex<crate::store::DurableStore>) {
+        let lock = || {
+            store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let changes = lock().take_changes();
+        let changes = match changes {
+            crate::store::Changes::Since(c) => c,
+            crate::store::Changes::Rebuild => {
+                *self = ProbeIndex::default();
+                for bucket in 0..=u8::MAX {
+                    let entries: Vec<(Box<str>, dpin_protocol::Entry)> = lock()
+                        .bucket_entries(bucket)
+                        .into_iter()
+                        .filter(|(_, e)| e.bytes.is_some() && !e.tombstone)
+                        .map(|(n, e)| (n.into(), e.clone()))
+                        .collect();
+                    for (name, e) in entries {
+                        self.insert(&name, &e);
+                    }
+                }
+                match lock().take_changes() {
+                    crate::store::Changes::Since(c) => c,
+                    // Past the feed's bound while rebuilding: the next refresh rebuilds.
+                    crate::store::Changes::Rebuild => Vec::new(),
+                }
+            }
+        };
+        for c in &changes {
+            self.apply(c);
+        }
+    }
+
+    /// Endpoints of the records live at `now`, by zone (what the scan of every live record
+    /// gave).
+    fn live_endpoints(&self, now: u64) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+        let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        for (zone, targets) in &self.endpoints {
+            let live: BTreeSet<Target> = targets
+                .iter()
+                .filter(|(_, refs)| refs.iter().any(|(_, exp)| *exp > now))
+                .map(|(t, _)| t.clone())
+                .collect();
+            if !live.is_empty() {
+                by_zone.insert(*zone, live);
+            }
+        }
+        by_zone
+    }
 }
 
 /// A membership (sorted) and each endpoint's probers under it.
@@ -546,6 +721,7 @@ impl Health {
             publishing: std::sync::atomic::AtomicBool::new(false),
             selection: Mutex::new((Vec::new(), HashMap::new())),
             observations: ObservationStats::default(),
+            index: Mutex::new(ProbeIndex::default()),
         })
     }
 
@@ -1029,44 +1205,46 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
     members.dedup();
     let member_set: BTreeSet<PeerId> = members.iter().copied().collect();
     let member_bytes: Vec<Vec<u8>> = members.iter().map(|p| p.to_bytes()).collect();
-    let (by_zone, observed) = node.read_store(|s| {
-        let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+    let (by_zone, observed) = {
+        let mut index = health
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.refresh(node);
         let mut observed: Vec<Observed> = Vec::new();
-        for (_, e) in s.mem().iter().filter(|(_, e)| e.is_live(now)) {
-            let Some(r) = e.record() else { continue };
-            if let Some(verdicts) = parse_observation(&r) {
-                // Reported endpoints, not services: never probed on anyone's word.
-                let author = crate::offers::peer_of(&r.body.zone);
-                match author {
-                    Some(a) if a != me && member_set.contains(&a) => {
-                        if r.body.expires_at_ms > now.saturating_add(MAX_OBSERVATION_LIFETIME_MS) {
-                            health
-                                .observations
-                                .ignored_too_long
-                                .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
-                            continue;
-                        }
-                        observed.push(Observed {
-                            author: a,
-                            seq: r.body.seq,
-                            verdicts,
-                        });
-                    }
-                    Some(a) if a == me => {}
-                    _ => {
+        for o in index
+            .observations
+            .values()
+            .filter(|o| o.expires_at_ms > now)
+        {
+            // Reported endpoints, not services: never probed on anyone's word.
+            let author = crate::offers::peer_of(&o.zone);
+            match author {
+                Some(a) if a != me && member_set.contains(&a) => {
+                    if o.expires_at_ms > now.saturating_add(MAX_OBSERVATION_LIFETIME_MS) {
                         health
                             .observations
-                            .ignored_not_prober
-                            .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+                            .ignored_too_long
+                            .fetch_add(o.verdicts.len() as u64, Ordering::Relaxed);
+                        continue;
                     }
+                    observed.push(Observed {
+                        author: a,
+                        seq: o.seq,
+                        verdicts: o.verdicts.clone(),
+                    });
                 }
-                continue;
+                Some(a) if a == me => {}
+                _ => {
+                    health
+                        .observations
+                        .ignored_not_prober
+                        .fetch_add(o.verdicts.len() as u64, Ordering::Relaxed);
+                }
             }
-            let set = by_zone.entry(r.body.zone).or_default();
-            set.extend(r.endpoints().unwrap_or(&[]).iter().map(target));
         }
-        (by_zone, observed)
-    });
+        (index.live_endpoints(now), observed)
+    };
     // Which endpoints this node probes, and how many verdicts make an endpoint unhealthy.
     let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
     let mut quorum: HashMap<Target, u8> = HashMap::new();
@@ -1767,5 +1945,134 @@ mod tests {
             tomb.validate(now, dpin_protocol::Freshness::Publish),
             Ok(())
         );
+    }
+
+    /// The whole-store scan the index replaced: every live record's endpoints by zone,
+    /// observation records apart (and their verdicts, by name).
+    fn scan(
+        s: &crate::store::DurableStore,
+        now: u64,
+    ) -> (BTreeMap<ZoneId, BTreeSet<Target>>, Vec<(String, u64)>) {
+        let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        let mut observed = Vec::new();
+        for (name, e) in s.mem().iter().filter(|(_, e)| e.is_live(now)) {
+            let Some(r) = e.record() else { continue };
+            if parse_observation(&r).is_some() {
+                observed.push((name.to_owned(), r.body.seq));
+                continue;
+            }
+            let set: BTreeSet<Target> = r.endpoints().unwrap_or(&[]).iter().map(target).collect();
+            if !set.is_empty() {
+                by_zone.entry(r.body.zone).or_default().extend(set);
+            }
+        }
+        (by_zone, observed)
+    }
+
+    fn indexed(
+        index: &ProbeIndex,
+        now: u64,
+    ) -> (BTreeMap<ZoneId, BTreeSet<Target>>, Vec<(String, u64)>) {
+        let observed = index
+            .observations
+            .iter()
+            .filter(|(_, o)| o.expires_at_ms > now)
+            .map(|((_, n), o)| (n.to_string(), o.seq))
+            .collect();
+        (index.live_endpoints(now), observed)
+    }
+
+    #[test]
+    fn the_probe_index_follows_applies_deletions_expiry_and_a_restart(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use dpin_protocol::{Freshness, Store};
+        const NOW: u64 = 1_800_000_000_000;
+        let ep = |port: u16| Endpoint {
+            host: Host::V4([198, 51, 100, 7]),
+            port,
+            transport: Transport::Tcp,
+            weight: 1,
+        };
+        let rec = |key: &ZoneKey, label: &str, seq: u64, ttl: u64, ports: &[u16]| {
+            RecordBody {
+                zone: key.zone(),
+                label: label.into(),
+                seq,
+                expires_at_ms: NOW + ttl,
+                content: if ports.is_empty() {
+                    Content::Tombstone
+                } else {
+                    Content::Endpoints(ports.iter().map(|p| ep(*p)).collect())
+                },
+            }
+            .sign(key)
+        };
+        let (a, b, c) = (
+            ZoneKey::from_seed([1; 32]),
+            ZoneKey::from_seed([2; 32]),
+            ZoneKey::from_seed([3; 32]),
+        );
+        let hour = 3_600_000;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let store = Mutex::new(crate::store::DurableStore::open(&path)?);
+        let persister = store.lock().map_err(|e| e.to_string())?.persister();
+        let apply = |r: SignedRecord| -> Result<(), Box<dyn std::error::Error>> {
+            let mut s = store.lock().map_err(|e| e.to_string())?;
+            assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
+            Ok(())
+        };
+        apply(rec(&a, "web", 1, hour, &[1, 2])?)?;
+        apply(rec(&a, "api", 1, 2 * hour, &[2, 3])?)?;
+        apply(rec(&b, "web", 1, hour / 2, &[4])?)?;
+        let obs = vec![Endpoint {
+            weight: OBS_HEALTHY,
+            ..ep(9)
+        }];
+        apply(sign_observation(
+            &c,
+            &format!("{OBSERVATION_LABEL_PREFIX}0"),
+            &obs,
+            NOW,
+            Duration::from_secs(60),
+            None,
+        )?)?;
+        let mut index = ProbeIndex::default();
+        // First refresh: rebuilt from the loaded store.
+        index.refresh_from(&store);
+        let check = |index: &ProbeIndex, now: u64| -> Result<(), Box<dyn std::error::Error>> {
+            let s = store.lock().map_err(|e| e.to_string())?;
+            assert_eq!(indexed(index, now), scan(&s, now));
+            Ok(())
+        };
+        check(&index, NOW)?;
+        assert_eq!(
+            index
+                .live_endpoints(NOW)
+                .values()
+                .map(BTreeSet::len)
+                .sum::<usize>(),
+            4
+        );
+        // Updates and a deletion reach the index through the feed: port 2 stays (web still
+        // names it), 1 and 3 go with the records that named them.
+        apply(rec(&a, "web", 2, hour, &[2, 5])?)?;
+        apply(rec(&a, "api", 2, hour, &[])?)?;
+        index.refresh_from(&store);
+        check(&index, NOW)?;
+        // Expiry moves with the clock: b's record and the observation lapse.
+        check(&index, NOW + hour / 2)?;
+        assert_eq!(index.live_endpoints(NOW + hour / 2).len(), 1);
+        // After a restart the index is rebuilt from disk.
+        let generation = store.lock().map_err(|e| e.to_string())?.generation();
+        persister.flush(&store, generation)?;
+        drop(persister);
+        drop(store);
+        let expected = indexed(&index, NOW);
+        let reopened = Mutex::new(crate::store::DurableStore::open(&path)?);
+        let mut fresh = ProbeIndex::default();
+        fresh.refresh_from(&reopened);
+        assert_eq!(indexed(&fresh, NOW), expected);
+        Ok(())
     }
 }

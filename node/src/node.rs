@@ -1,8 +1,10 @@
 //! The running node: glues the network layer, the durable store and the front-ends together.
 //!
 //! Ownership: the libp2p swarm lives in [`crate::net`]'s event loop; the store lives behind one
-//! mutex in [`Shared`], and every write goes decide → fsync → index under that lock (on a
-//! blocking thread, so fsync never stalls the async runtime). Three kinds of work feed it:
+//! mutex in [`Shared`]. Every write is encoded, hashed and signature-checked on a blocking
+//! thread *before* that lock is taken ([`Node::with_store_verified`], `Prepared`), then
+//! decided and indexed under it, then made durable by a group commit off it, so readers (DNS,
+//! resolve) wait for neither signature checks nor fsync. Three kinds of work feed it:
 //!
 //! * writers through the HTTP API ([`Node::publish`]) — committed locally, then gossiped;
 //! * gossip from peers — every message is run through the merge rule BEFORE gossipsub may
@@ -28,7 +30,7 @@ use dpin_protocol::blob::{BlobRequest, BlobResponse};
 use dpin_protocol::digest::MAX_RECORDS_PER_MESSAGE;
 use dpin_protocol::ingest;
 use dpin_protocol::record::Freshness;
-use dpin_protocol::store::Store;
+use dpin_protocol::store::{Cas, Prepared, Store};
 use dpin_protocol::sync::{self as session, Initiator, InitiatorStep, ResponderAction};
 use dpin_protocol::{Outcome, SignedRecord, SyncRequest, SyncResponse};
 use libp2p::{Multiaddr, PeerId};
@@ -379,6 +381,26 @@ impl Node {
             .map_err(|e| NodeError::Task(e.to_string()))
     }
 
+    /// Runs `f` on the store from a blocking thread with `record` prepared for
+    /// [`Store::apply_prepared`]: encoded, hashed and its signature verified on that thread
+    /// *before* the store lock is taken, so resolves and DNS answers never wait behind a
+    /// signature check. Returns `f`'s result and the prepared record (its wire bytes are what
+    /// gossip sends).
+    pub async fn with_store_verified<T: Send + 'static>(
+        &self,
+        record: SignedRecord,
+        f: impl FnOnce(&mut DurableStore, &Prepared<'static>) -> T + Send + 'static,
+    ) -> Result<(T, Prepared<'static>), NodeError> {
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let prepared = Prepared::verified(record);
+            let out = f(&mut lock(&shared.store), &prepared);
+            (out, prepared)
+        })
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))
+    }
+
     /// Makes every store change up to `generation` durable (group commit, off the store lock).
     pub async fn flush(&self, generation: u64) -> Result<(), NodeError> {
         let shared = self.0.clone();
@@ -397,6 +419,12 @@ impl Node {
                 tracing::error!(%e, "could not persist replicated records; will retry");
             }
         });
+    }
+
+    /// The store's mutex, for work that holds it only briefly and does no I/O or signature
+    /// check (the prober's index takes the change feed and reads one bucket per hold).
+    pub fn store_mutex(&self) -> &Mutex<DurableStore> {
+        &self.0.store
     }
 
     /// Read-only access without a thread hop (no I/O happens on reads).
@@ -654,8 +682,11 @@ impl Node {
             }
             Ok(rec) => {
                 match self
-                    .with_store(move |s| s.apply(&rec, now_ms(), Freshness::Replicate, None))
+                    .with_store_verified(rec, |s, p| {
+                        s.apply_prepared(p, now_ms(), Freshness::Replicate, Cas::default())
+                    })
                     .await
+                    .map(|(outcome, _)| outcome)
                 {
                     Ok(Ok(outcome)) => {
                         if outcome.changed_store() {
@@ -800,12 +831,18 @@ impl Node {
         if decoded.is_empty() {
             return 0;
         }
-        let result = self
-            .with_store(move |s| {
-                s.apply_batch(&decoded, now_ms(), Freshness::Replicate)
-                    .map(|o| (o, s.generation()))
-            })
-            .await;
+        let shared = self.0.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // Encoded, hashed and batch-verified before the store lock is taken.
+            let mut prepared: Vec<Prepared<'static>> =
+                decoded.into_iter().map(Prepared::new).collect();
+            Prepared::verify_all(&mut prepared);
+            let mut s = lock(&shared.store);
+            s.apply_prepared_batch(&prepared, now_ms(), Freshness::Replicate)
+                .map(|o| (o, s.generation()))
+        })
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()));
         let result = match result {
             Ok(Ok((outcomes, generation))) => match self.flush(generation).await {
                 Ok(()) => Ok(Ok(outcomes)),

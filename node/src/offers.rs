@@ -280,10 +280,9 @@ pub fn live_peers(node: &Node) -> BTreeSet<PeerId> {
 /// [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`], from live members.
 pub fn offer_view(node: &Node, now: u64) -> dpin_protocol::offer::OfferView<PeerId> {
     let is_member = members(node);
+    // The store's reserved-name index: reads the offers only, not every name.
     let records: Vec<SignedRecord> = node.read_store(|s| {
-        s.mem()
-            .iter()
-            .filter(|(name, _)| name.starts_with("_offer-"))
+        s.reserved("_offer-")
             .filter_map(|(_, e)| e.record())
             .collect()
     });

@@ -602,13 +602,15 @@ impl Node {
         record: SignedRecord,
         cas: Cas,
     ) -> Result<PublishResult, NodeError> {
-        let rec = record.clone();
-        let (outcome, generation) = self
-            .with_store(move |s| {
-                s.apply_if(&rec, now_ms(), Freshness::Publish, cas)
+        // Verified before the store lock is taken; encoded once (the gossip below sends the
+        // same bytes).
+        let (applied, prepared) = self
+            .with_store_verified(record, move |s, p| {
+                s.apply_prepared(p, now_ms(), Freshness::Publish, cas)
                     .map(|o| (o, s.generation()))
             })
-            .await??;
+            .await?;
+        let (outcome, generation) = applied?;
         if outcome.is_winner() {
             // The writer hears "applied" (or "duplicate") only once the record is on disk.
             self.flush(generation).await?;
@@ -619,7 +621,7 @@ impl Node {
         }
         let gossip = if outcome.changed_store() {
             m.publish_applied.fetch_add(1, Ordering::Relaxed);
-            match self.0.net.publish(record.encode()).await {
+            match self.0.net.publish(prepared.wire().to_vec()).await {
                 Ok(status) => Some(status),
                 Err(e) => {
                     tracing::warn!(%e, "gossip publish failed; anti-entropy will carry the record");

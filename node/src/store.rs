@@ -2,7 +2,10 @@
 //! group commit so that no reader ever waits for a disk flush.
 //!
 //! Applying a record (decide + index update) happens in memory under the node's store lock and
-//! marks the name dirty; it takes microseconds. Making it durable is a separate step,
+//! marks the name dirty; it takes microseconds (the signature is checked before the lock).
+//! Every index change passes one place, which also keeps what used to be whole-store scans:
+//! the names with a reserved label ([`DurableStore::reserved`]: offers, blob manifests) and a
+//! change feed ([`DurableStore::take_changes`]) from which the prober keeps its endpoint set. Making it durable is a separate step,
 //! [`Persister::flush`]: under its own writer lock it takes a snapshot of the dirty entries
 //! (briefly holding the store lock), writes them in one redb transaction and commits it with an
 //! fsync — with the store lock released, so resolves, DNS answers and gossip validation carry
@@ -31,6 +34,7 @@
 //! stale — and a peer's copy of the same record (same hash) restores body and kind together.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -80,14 +84,65 @@ db_err!(
     redb::CommitError
 );
 
+/// redb's page cache. Every read is served by the in-memory index, so redb reads only at
+/// load (once, in key order) and for the B-tree pages a commit rewrites; its default cache
+/// (1 GiB) kept a copy of the whole file in memory after the load (about the encoded size of
+/// the store again, issue 14's memory target). Evicted pages come back from the OS page cache.
+pub const DB_CACHE_BYTES: usize = 32 << 20;
+
+/// Most changes the feed holds for its reader ([`DurableStore::take_changes`]) before it
+/// gives up on them and tells the reader to rebuild from the whole store instead: a bound on
+/// memory when the reader is slow or absent (probing off), at about 300 bytes a change.
+pub const MAX_FEED_CHANGES: usize = 65_536;
+
+/// One change to the store's index: a name's winner replaced (or its body dropped by
+/// compaction). Entries are copies; `old` is `None` for a name new to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The name.
+    pub name: Box<str>,
+    /// What the store held before.
+    pub old: Option<Entry>,
+    /// What it holds now.
+    pub new: Entry,
+}
+
+/// What [`DurableStore::take_changes`] hands its reader.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Every change since the last call, in order.
+    Since(Vec<Change>),
+    /// The changes were not kept (the store was just loaded, or the feed passed
+    /// [`MAX_FEED_CHANGES`]): rebuild from the whole store.
+    Rebuild,
+}
+
+/// The change feed: changes since its reader last took them, or the mark that it must
+/// rebuild.
+#[derive(Debug)]
+struct Feed {
+    changes: Vec<Change>,
+    rebuild: bool,
+}
+
 /// The node's store. Not internally synchronised: the node keeps it behind one mutex so that
 /// decide-and-index happens atomically per record; durability is [`Persister`]'s job.
+///
+/// Every change of the index ([`Store::put_entry`], and every entry loaded from disk) goes
+/// through one place, which keeps the node's indexes instead of whole-store scans: the names
+/// with a reserved label (offers, blob manifests: [`DurableStore::reserved`]), and a change
+/// feed for the prober's endpoint set ([`DurableStore::take_changes`]), whose decoding happens
+/// in its reader, off the store lock.
 pub struct DurableStore {
     db: Arc<Database>,
     mem: MemStore,
     dirty: BTreeSet<String>,
     generation: u64,
     corrupt_on_load: usize,
+    /// Names whose label is reserved (starts with `_`: offers, blob manifests) and whose
+    /// entry holds a body, so listing them reads only them.
+    reserved: BTreeSet<Box<str>>,
+    feed: Feed,
 }
 
 impl DurableStore {
@@ -100,7 +155,9 @@ impl DurableStore {
     /// (see [`dpin_protocol::store::DEFAULT_BODY_RETENTION_MS`]; shorter only for test runs
     /// with short TTLs).
     pub fn open_with_retention(path: &Path, retention_ms: u64) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(path)?;
         // Make sure the table exists so read transactions on an empty database succeed.
         let w = db.begin_write()?;
         w.open_table(ENTRIES)?;
@@ -111,6 +168,11 @@ impl DurableStore {
             dirty: BTreeSet::new(),
             generation: 0,
             corrupt_on_load: 0,
+            reserved: BTreeSet::new(),
+            feed: Feed {
+                changes: Vec::new(),
+                rebuild: true,
+            },
         };
         store.reload()?;
         Ok(store)
@@ -132,6 +194,54 @@ impl DurableStore {
     /// The in-memory index (reads never touch the disk).
     pub fn mem(&self) -> &MemStore {
         &self.mem
+    }
+
+    /// Names held with a reserved label starting with `prefix` (which must start with `_`,
+    /// e.g. `_offer-` or `_blob-<root>.`) and holding a body, in name order, with their
+    /// entries: reads only those names, not the store.
+    pub fn reserved<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a Entry)> {
+        self.reserved
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |n| n.starts_with(prefix))
+            .filter_map(|n| self.mem.entry(n).map(|e| (&**n, e)))
+    }
+
+    /// The changes since the last call (the change feed's one reader is the prober's
+    /// endpoint index, [`crate::health::ProbeIndex`]), or [`Changes::Rebuild`] right after
+    /// the store was loaded and whenever more than [`MAX_FEED_CHANGES`] piled up.
+    pub fn take_changes(&mut self) -> Changes {
+        let changes = std::mem::take(&mut self.feed.changes);
+        if std::mem::take(&mut self.feed.rebuild) {
+            Changes::Rebuild
+        } else {
+            Changes::Since(changes)
+        }
+    }
+
+    /// The one place the index changes: keeps the reserved-name index and the change feed.
+    fn index_change(&mut self, name: &str, entry: Entry) {
+        if is_reserved(name) {
+            if entry.bytes.is_some() {
+                if !self.reserved.contains(name) {
+                    self.reserved.insert(name.into());
+                }
+            } else {
+                self.reserved.remove(name);
+            }
+        }
+        if !self.feed.rebuild {
+            if self.feed.changes.len() >= MAX_FEED_CHANGES {
+                self.feed.changes = Vec::new();
+                self.feed.rebuild = true;
+            } else {
+                self.feed.changes.push(Change {
+                    name: name.into(),
+                    old: self.mem.entry(name).cloned(),
+                    new: entry.clone(),
+                });
+            }
+        }
+        self.mem.insert(name, entry);
     }
 
     /// Counts index changes; a flush that covers generation `g` made every change up to `g`
@@ -168,30 +278,42 @@ impl DurableStore {
             .with_retention(self.mem.retention_ms())
             .with_quota(self.mem.quota());
         let mut corrupt = 0;
+        let mut reserved = BTreeSet::new();
         let r = self.db.begin_read()?;
         let table = r.open_table(ENTRIES)?;
         for item in table.iter()? {
             let (k, v) = item?;
-            let name = k.value().to_owned();
-            match decode_entry(&name, v.value()) {
-                Ok(Loaded::Whole(entry)) => mem.insert(&name, entry),
+            let name = k.value();
+            let entry = match decode_entry(name, v.value()) {
+                Ok(Loaded::Whole(entry)) => entry,
                 Ok(Loaded::FloorOnly(entry, e)) => {
                     tracing::error!(%e, "damaged record body on disk; keeping its floor, a peer will resend the body");
                     corrupt += 1;
-                    mem.insert(&name, entry);
+                    entry
                 }
                 Ok(Loaded::Fixed(entry, e)) => {
                     tracing::error!(%e, "damaged store entry header; corrected from its verified body");
                     corrupt += 1;
-                    mem.insert(&name, entry);
+                    entry
                 }
                 Err(e) => {
                     tracing::error!(%e, "skipping store entry with a damaged header");
                     corrupt += 1;
+                    continue;
                 }
+            };
+            if is_reserved(name) && entry.bytes.is_some() {
+                reserved.insert(name.into());
             }
+            mem.insert(name, entry);
         }
         self.mem = mem;
+        self.reserved = reserved;
+        // The feed's reader rebuilds from the loaded store.
+        self.feed = Feed {
+            changes: Vec::new(),
+            rebuild: true,
+        };
         self.corrupt_on_load = corrupt;
         Ok(())
     }
@@ -206,7 +328,7 @@ impl Store for DurableStore {
 
     fn put_entry(&mut self, name: &str, entry: Entry) -> Result<(), StoreError> {
         // In memory only; durable at the next Persister::flush (callers acknowledge after it).
-        self.mem.insert(name, entry);
+        self.index_change(name, entry);
         self.dirty.insert(name.to_owned());
         self.generation += 1;
         Ok(())
@@ -244,6 +366,12 @@ impl Store for DurableStore {
     fn retention_ms(&self) -> u64 {
         self.mem.retention_ms()
     }
+}
+
+/// Whether `name`'s label is reserved (offers `_offer-*`, blob manifests `_blob-*`): user
+/// labels never start with `_` ([`dpin_protocol::record::validate_label`]).
+fn is_reserved(name: &str) -> bool {
+    name.starts_with('_')
 }
 
 fn encode_entry(e: &Entry) -> Vec<u8> {
@@ -546,6 +674,133 @@ mod tests {
             Outcome::Restored
         );
         assert_eq!(reopened.resolve(&new.name(), NOW), Some(new));
+        Ok(())
+    }
+
+    fn offer(key: &ZoneKey, seq: u64, tombstone: bool) -> SignedRecord {
+        RecordBody {
+            zone: key.zone(),
+            label: "_offer-storage".into(),
+            seq,
+            expires_at_ms: NOW + 3_600_000,
+            content: if tombstone {
+                Content::Tombstone
+            } else {
+                Content::StorageOffer(dpin_protocol::StorageOffer {
+                    capacity_bytes: 1 << 30,
+                    free_bytes: 1 << 29,
+                    region: "eu".into(),
+                    price_milli: 1,
+                })
+            },
+        }
+        .sign(key)
+        .expect("signs")
+    }
+
+    fn reserved_names(s: &DurableStore, prefix: &str) -> Vec<String> {
+        s.reserved(prefix).map(|(n, _)| n.to_owned()).collect()
+    }
+
+    /// The reserved-name index equals a scan of the whole store for the prefix.
+    fn scanned(s: &DurableStore, prefix: &str) -> Vec<String> {
+        s.mem()
+            .iter()
+            .filter(|(n, e)| n.starts_with(prefix) && e.bytes.is_some())
+            .map(|(n, _)| n.to_owned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn the_reserved_name_index_follows_applies_tombstones_compaction_and_a_restart(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let (a, b) = (ZoneKey::from_seed([1; 32]), ZoneKey::from_seed([2; 32]));
+        let store = Mutex::new(DurableStore::open_with_retention(&path, 1)?);
+        let persister = store.lock().map_err(|e| e.to_string())?.persister();
+        {
+            let mut s = store.lock().map_err(|e| e.to_string())?;
+            for r in [offer(&a, 1, false), offer(&b, 1, false), record(&a, 1)] {
+                assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
+            }
+            assert_eq!(reserved_names(&s, "_offer-").len(), 2);
+            assert_eq!(reserved_names(&s, "_offer-"), scanned(&s, "_offer-"));
+            assert!(
+                reserved_names(&s, "web").is_empty(),
+                "user names are not indexed"
+            );
+            // A deletion keeps the tombstone's body (offers listed it before: the scan
+            // took every body under the prefix).
+            assert!(s
+                .apply(&offer(&b, 2, true), NOW, Freshness::Publish, None)?
+                .is_winner());
+            assert_eq!(reserved_names(&s, "_offer-"), scanned(&s, "_offer-"));
+        }
+        let generation = store.lock().map_err(|e| e.to_string())?.generation();
+        persister.flush(&store, generation)?;
+        drop((store, persister));
+        let mut reopened = DurableStore::open_with_retention(&path, 1)?;
+        assert_eq!(
+            reserved_names(&reopened, "_offer-").len(),
+            2,
+            "loaded from disk"
+        );
+        assert_eq!(
+            reserved_names(&reopened, "_offer-"),
+            scanned(&reopened, "_offer-")
+        );
+        // Compaction drops the bodies long past expiry: they leave the index with them.
+        let dropped = reopened.compact(NOW + 3_600_000 + 10)?;
+        assert_eq!(dropped, 3);
+        assert!(reserved_names(&reopened, "_offer-").is_empty());
+        assert_eq!(scanned(&reopened, "_offer-"), Vec::<String>::new());
+        Ok(())
+    }
+
+    #[test]
+    fn the_change_feed_hands_over_each_change_once_and_asks_for_a_rebuild_after_a_load_or_overflow(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut s = DurableStore::open(&dir.path().join("store.redb"))?;
+        let key = ZoneKey::from_seed([3; 32]);
+        assert_eq!(
+            s.take_changes(),
+            Changes::Rebuild,
+            "a loaded store is read whole first"
+        );
+        assert_eq!(s.take_changes(), Changes::Since(Vec::new()));
+        let (one, two) = (record(&key, 1), record(&key, 2));
+        s.apply(&one, NOW, Freshness::Publish, None)?;
+        s.apply(&two, NOW, Freshness::Publish, None)?;
+        // Refused records change nothing and are not in the feed.
+        s.apply(&one, NOW, Freshness::Publish, None)?;
+        let name: Box<str> = one.name().into();
+        assert_eq!(
+            s.take_changes(),
+            Changes::Since(vec![
+                Change {
+                    name: name.clone(),
+                    old: None,
+                    new: Entry::from_record(&one),
+                },
+                Change {
+                    name,
+                    old: Some(Entry::from_record(&one)),
+                    new: Entry::from_record(&two),
+                },
+            ])
+        );
+        assert_eq!(s.take_changes(), Changes::Since(Vec::new()));
+        // Past the bound the changes are dropped and the reader told to rebuild.
+        let entry = Entry::from_record(&two);
+        for i in 0..=MAX_FEED_CHANGES {
+            s.put_entry(&format!("n{i}.{}", key.zone()), entry.clone())?;
+        }
+        assert_eq!(s.take_changes(), Changes::Rebuild);
+        assert_eq!(s.take_changes(), Changes::Since(Vec::new()));
         Ok(())
     }
 }

@@ -415,7 +415,16 @@ impl SignedRecord {
     /// Checks only the signature, under the one acceptance rule of [`crate::signature`]
     /// (the same rule [`verify_batch`] applies).
     pub fn verify_signature(&self) -> Result<(), ValidationError> {
-        let msg = signing_message(&self.body.canonical_bytes());
+        self.verify_signature_canonical(&self.body.canonical_bytes())
+    }
+
+    /// [`SignedRecord::verify_signature`] given the body's canonical bytes already encoded
+    /// (the store's one encode per apply, see [`crate::store::Prepared`]).
+    pub(crate) fn verify_signature_canonical(
+        &self,
+        canonical: &[u8],
+    ) -> Result<(), ValidationError> {
+        let msg = signing_message(canonical);
         crate::signature::verify(&self.body.zone.0, &msg, &self.signature).map_err(|e| match e {
             crate::signature::SignatureError::Key(WeakKey::NotAPoint) => {
                 ValidationError::BadZoneKey
@@ -453,6 +462,15 @@ impl SignedRecord {
 
     /// Checks everything that does not depend on time or the signature.
     pub fn validate_fields(&self) -> Result<(), ValidationError> {
+        self.validate_fields_encoded(self.encode().len())
+    }
+
+    /// [`SignedRecord::validate_fields`] given the length of the record's wire encoding (0
+    /// when it does not fit in [`MAX_RECORD_BYTES`]: the codec's encode gives nothing then).
+    pub(crate) fn validate_fields_encoded(
+        &self,
+        encoded_len: usize,
+    ) -> Result<(), ValidationError> {
         let b = &self.body;
         if b.seq == 0 {
             return Err(ValidationError::ZeroSeq);
@@ -462,7 +480,7 @@ impl SignedRecord {
             Err(crate::keys::WeakKey::NotAPoint) => return Err(ValidationError::BadZoneKey),
             Err(weak) => return Err(ValidationError::WeakZoneKey(weak)),
         }
-        if self.encode().len() > MAX_RECORD_BYTES {
+        if encoded_len == 0 || encoded_len > MAX_RECORD_BYTES {
             // Only reachable for records built in memory; decode refuses such input earlier.
             return Err(ValidationError::TooManyEndpoints {
                 got: self.endpoints().map_or(0, <[Endpoint]>::len),
@@ -528,14 +546,23 @@ pub fn seq_ceiling(now_ms: u64, freshness: Freshness) -> u64 {
 /// when [`SignedRecord::verify_signature`] accepts every record (one acceptance rule, see
 /// [`crate::signature`]); `false` means at least one is bad: verify individually to find it.
 pub fn verify_batch(records: &[SignedRecord]) -> bool {
-    let messages: Vec<Vec<u8>> = records
-        .iter()
-        .map(|r| signing_message(&r.body.canonical_bytes()))
-        .collect();
+    let canonical: Vec<Vec<u8>> = records.iter().map(|r| r.body.canonical_bytes()).collect();
+    verify_batch_canonical(
+        &records
+            .iter()
+            .zip(&canonical)
+            .map(|(r, c)| (r, c.as_slice()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// [`verify_batch`] over records whose canonical body bytes are already encoded.
+pub(crate) fn verify_batch_canonical(records: &[(&SignedRecord, &[u8])]) -> bool {
+    let messages: Vec<Vec<u8>> = records.iter().map(|(_, c)| signing_message(c)).collect();
     let items: Vec<(&[u8; 32], &[u8], &[u8; 64])> = records
         .iter()
         .zip(&messages)
-        .map(|(r, m)| (&r.body.zone.0, m.as_slice(), &r.signature))
+        .map(|((r, _), m)| (&r.body.zone.0, m.as_slice(), &r.signature))
         .collect();
     crate::signature::verify_batch(&items)
 }

@@ -11,14 +11,19 @@
 //! [`Store::resolve`] — so the node's durable store and the simulator's in-memory stores run
 //! exactly the same rules. [`MemStore`] keeps bodies as encoded bytes (memory ≈ encoded size
 //! plus a small fixed overhead) and maintains the anti-entropy digest incrementally.
+//!
+//! An apply encodes the record once and hashes it once ([`Prepared`]); a caller that holds the
+//! store behind a lock prepares and verifies the record first and merges it with
+//! [`Store::apply_prepared`], so only the merge itself runs under the lock.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
 use crate::digest::{bucket_of, entry_digest, StoreDigest, BUCKETS};
 use crate::error::{AdmissionError, ValidationError};
 use crate::merge::{decide, Decision, Floor, Outcome, Rank};
-use crate::record::{verify_batch, Freshness, SignedRecord};
+use crate::record::{verify_batch_canonical, Freshness, SignedRecord};
 use crate::{MAX_CLOCK_SKEW_MS, MAX_NODE_CLOCK_SKEW_MS, MAX_TTL_MS};
 
 /// Slack on top of the other terms of [`DEFAULT_BODY_RETENTION_MS`]: every replica has seen a
@@ -200,6 +205,160 @@ impl Cas {
     }
 }
 
+/// Wire length of a record's signature, which follows the canonical body bytes.
+const SIGNATURE_BYTES: usize = 64;
+
+/// A record given to [`Prepared`], owned or borrowed.
+pub trait RecordArg<'a> {
+    /// The record as a `Cow`.
+    fn into_cow(self) -> Cow<'a, SignedRecord>;
+}
+
+impl<'a> RecordArg<'a> for SignedRecord {
+    fn into_cow(self) -> Cow<'a, SignedRecord> {
+        Cow::Owned(self)
+    }
+}
+
+impl<'a> RecordArg<'a> for &'a SignedRecord {
+    fn into_cow(self) -> Cow<'a, SignedRecord> {
+        Cow::Borrowed(self)
+    }
+}
+
+/// A record made ready to merge: encoded once, hashed once, its fields checked and — when
+/// asked — its signature verified, all without the store.
+///
+/// Why: an apply used to encode the record five times (the size check, the content hash for
+/// the rank, the signature message, and the floor's hash and the body of the new entry — seven
+/// for a new name, whose entry is built once more for the quota) and hash it twice (three).
+/// The wire bytes are the canonical body bytes followed by the 64-byte signature (fixed-width
+/// bincode, the array has no length prefix), so one encode gives the body to hash, the
+/// message to verify and the bytes to keep. And the node verifies signatures — the costly
+/// part of an apply — *before* it takes the store lock ([`Prepared::verify`],
+/// [`Prepared::verify_all`]), so DNS and resolve readers never wait behind a signature check;
+/// under the lock only the time limits, compare-and-set and the merge rule run
+/// ([`Store::apply_prepared`]).
+#[derive(Clone, Debug)]
+pub struct Prepared<'a> {
+    record: Cow<'a, SignedRecord>,
+    /// The record's wire bytes (empty if it does not fit in `MAX_RECORD_BYTES`).
+    wire: Box<[u8]>,
+    /// blake3 of the canonical body bytes: the content hash.
+    hash: [u8; 32],
+    /// `validate_fields`.
+    fields: Result<(), ValidationError>,
+    /// The signature check, once done (`None`: not yet; the store verifies it under its lock).
+    signature: Option<Result<(), ValidationError>>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Encodes and hashes `record` and checks its fields; the signature is not verified yet.
+    pub fn new(record: impl RecordArg<'a>) -> Self {
+        let record = record.into_cow();
+        let wire = record.encode().into_boxed_slice();
+        let fields = record.validate_fields_encoded(wire.len());
+        let hash = match wire.len().checked_sub(SIGNATURE_BYTES) {
+            Some(n) if fields.is_ok() => *blake3::hash(&wire[..n]).as_bytes(),
+            // Refused by its fields anyway; the hash only has to be the record's.
+            _ => record.content_hash(),
+        };
+        Prepared {
+            record,
+            wire,
+            hash,
+            fields,
+            signature: None,
+        }
+    }
+
+    /// [`Prepared::new`] followed by [`Prepared::verify`].
+    pub fn verified(record: impl RecordArg<'a>) -> Self {
+        let mut p = Self::new(record);
+        p.verify();
+        p
+    }
+
+    /// A record whose fields and signature the caller has already checked for these exact
+    /// bytes (see [`Store::apply_verified`]): neither is checked again.
+    pub fn trusted(record: impl RecordArg<'a>) -> Self {
+        let mut p = Self::new(record);
+        p.fields = Ok(());
+        p.signature = Some(Ok(()));
+        p
+    }
+
+    fn canonical(&self) -> &[u8] {
+        &self.wire[..self.wire.len().saturating_sub(SIGNATURE_BYTES)]
+    }
+
+    /// Verifies the signature (once; a record whose fields are invalid is not verified: it is
+    /// refused for its fields first).
+    pub fn verify(&mut self) {
+        if self.signature.is_none() && self.fields.is_ok() {
+            self.signature = Some(self.record.verify_signature_canonical(self.canonical()));
+        }
+    }
+
+    /// Verifies every record's signature not yet verified, as one batch (about twice the
+    /// rate of one-by-one verification); if the batch fails, each is verified on its own to
+    /// find the bad ones.
+    pub fn verify_all(batch: &mut [Prepared<'_>]) {
+        let todo: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].signature.is_none() && batch[i].fields.is_ok())
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let items: Vec<(&SignedRecord, &[u8])> = todo
+            .iter()
+            .map(|&i| (&*batch[i].record, batch[i].canonical()))
+            .collect();
+        if verify_batch_canonical(&items) {
+            for i in todo {
+                batch[i].signature = Some(Ok(()));
+            }
+        } else {
+            for i in todo {
+                batch[i].verify();
+            }
+        }
+    }
+
+    /// The record.
+    pub fn record(&self) -> &SignedRecord {
+        &self.record
+    }
+
+    /// Its wire bytes.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// Its content hash (blake3 of the canonical body bytes).
+    pub fn content_hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    /// Its rank under the merge rule.
+    pub fn rank(&self) -> Rank {
+        Rank::with_hash(&self.record, self.hash)
+    }
+
+    /// The entry that holds it as a name's winner.
+    pub fn entry(&self) -> Entry {
+        Entry {
+            floor: Floor {
+                seq: self.record.body.seq,
+                hash: self.hash,
+            },
+            expires_at_ms: self.record.body.expires_at_ms,
+            tombstone: self.record.is_tombstone(),
+            bytes: Some(self.wire.clone()),
+        }
+    }
+}
+
 /// What a store holds for one name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -218,12 +377,7 @@ pub struct Entry {
 impl Entry {
     /// The entry for a freshly accepted record.
     pub fn from_record(record: &SignedRecord) -> Self {
-        Entry {
-            floor: Floor::of(record),
-            expires_at_ms: record.body.expires_at_ms,
-            tombstone: record.is_tombstone(),
-            bytes: Some(record.encode().into_boxed_slice()),
-        }
+        Prepared::new(record).entry()
     }
 
     /// The rank of the held winner: what the merge rule compares an incoming record with.
@@ -337,13 +491,28 @@ pub trait Store {
         freshness: Freshness,
         cas: Cas,
     ) -> Result<Outcome, Self::Error> {
+        self.apply_prepared(&Prepared::new(record), now_ms, freshness, cas)
+    }
+
+    /// Like [`Store::apply_if`], for a record already encoded, hashed and usually verified
+    /// ([`Prepared`]): the node verifies before it takes the store lock. Checks, in order:
+    /// fields, time limits, signature (now, if [`Prepared::verify`] was not called),
+    /// compare-and-set, then the merge rule.
+    fn apply_prepared(
+        &mut self,
+        record: &Prepared<'_>,
+        now_ms: u64,
+        freshness: Freshness,
+        cas: Cas,
+    ) -> Result<Outcome, Self::Error> {
         if let Err(e) = record
-            .validate_fields()
-            .and_then(|()| record.validate_time(now_ms, freshness))
+            .fields
+            .clone()
+            .and_then(|()| record.record.validate_time(now_ms, freshness))
         {
             return Ok(Outcome::Invalid(e));
         }
-        apply_validated(self, record, false, cas, now_ms)
+        apply_validated(self, record, cas, now_ms)
     }
 
     /// Like [`Store::apply`], for a record whose fields and signature the caller has already
@@ -359,10 +528,12 @@ pub trait Store {
         freshness: Freshness,
         expected_seq: Option<u64>,
     ) -> Result<Outcome, Self::Error> {
-        if let Err(e) = record.validate_time(now_ms, freshness) {
-            return Ok(Outcome::Invalid(e));
-        }
-        apply_validated(self, record, true, Cas::from(expected_seq), now_ms)
+        self.apply_prepared(
+            &Prepared::trusted(record),
+            now_ms,
+            freshness,
+            Cas::from(expected_seq),
+        )
     }
 
     /// Merges many records, verifying their signatures as one batch (about twice the rate of
@@ -373,32 +544,23 @@ pub trait Store {
         now_ms: u64,
         freshness: Freshness,
     ) -> Result<Vec<Outcome>, Self::Error> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; records.len()];
-        let mut to_verify = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            match r
-                .validate_fields()
-                .and_then(|()| r.validate_time(now_ms, freshness))
-            {
-                Ok(()) => to_verify.push(i),
-                Err(e) => outcomes[i] = Some(Outcome::Invalid(e)),
-            }
-        }
-        let batch: Vec<SignedRecord> = to_verify.iter().map(|&i| records[i].clone()).collect();
-        let all_good = !batch.is_empty() && verify_batch(&batch);
-        for &i in &to_verify {
-            outcomes[i] = Some(apply_validated(
-                self,
-                &records[i],
-                all_good,
-                Cas::default(),
-                now_ms,
-            )?);
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Invalid(ValidationError::BadSignature)))
-            .collect())
+        let mut prepared: Vec<Prepared<'_>> = records.iter().map(Prepared::new).collect();
+        Prepared::verify_all(&mut prepared);
+        self.apply_prepared_batch(&prepared, now_ms, freshness)
+    }
+
+    /// Merges many prepared records in order ([`Store::apply_prepared`] without
+    /// compare-and-set); verify them first with [`Prepared::verify_all`].
+    fn apply_prepared_batch(
+        &mut self,
+        records: &[Prepared<'_>],
+        now_ms: u64,
+        freshness: Freshness,
+    ) -> Result<Vec<Outcome>, Self::Error> {
+        records
+            .iter()
+            .map(|r| self.apply_prepared(r, now_ms, freshness, Cas::default()))
+            .collect()
     }
 
     /// The record to answer with for `name` at `now_ms`: only live (unexpired, not tombstoned)
@@ -436,26 +598,28 @@ pub trait Store {
 
 fn apply_validated<S: Store + ?Sized>(
     store: &mut S,
-    record: &SignedRecord,
-    signature_verified: bool,
+    prepared: &Prepared<'_>,
     cas: Cas,
     now_ms: u64,
 ) -> Result<Outcome, S::Error> {
+    let record = prepared.record();
     let name = record.name();
     let held_entry = store.entry(&name);
     let held = held_entry.map(Entry::rank);
     let body_missing = held_entry.is_some_and(|e| e.bytes.is_none());
     let body_wanted =
         held_entry.is_some_and(|e| !e.is_past_retention(now_ms, store.retention_ms()));
-    let incoming = Rank::of(record);
+    let incoming = prepared.rank();
     let decision = decide(held, incoming);
     // Even a duplicate is verified: the same body with a forged signature must be reported as
     // invalid, not as a successful publish (gossipsub already drops byte-identical copies, so
     // this costs little).
-    if !signature_verified {
-        if let Err(e) = record.verify_signature() {
-            return Ok(Outcome::Invalid(e));
-        }
+    let signature = match &prepared.signature {
+        Some(checked) => checked.clone(),
+        None => record.verify_signature_canonical(prepared.canonical()),
+    };
+    if let Err(e) = signature {
+        return Ok(Outcome::Invalid(e));
     }
     // Compare-and-set is checked against the state *before* this record: a retry of a write
     // that already won (same seq, same content) is a duplicate, not a lost race, so a client
@@ -468,20 +632,26 @@ fn apply_validated<S: Store + ?Sized>(
         });
     }
     let have = held.map_or(0, |f| f.seq);
-    if held_entry.is_none() && matches!(decision, Decision::Apply | Decision::ApplyConflict) {
-        if let Err(e) = store.admit(&name, &Entry::from_record(record)) {
+    let restores = decision == Decision::Duplicate && body_missing && body_wanted;
+    let takes = matches!(decision, Decision::Apply | Decision::ApplyConflict) || restores;
+    // Built once, only for a record that is kept (a copy of the one encoding).
+    let new_entry = if takes { Some(prepared.entry()) } else { None };
+    // A name not held yet asks the quota (only a winner makes an entry for one: `restores`
+    // needs a held floor).
+    if let (None, Some(entry)) = (held_entry, &new_entry) {
+        if let Err(e) = store.admit(&name, entry) {
             return Ok(Outcome::Invalid(ValidationError::Admission(e)));
         }
     }
     Ok(match decision {
         Decision::Apply => {
-            store.put_entry(&name, Entry::from_record(record))?;
+            store.put_entry(&name, new_entry.unwrap_or_else(|| prepared.entry()))?;
             Outcome::Applied {
                 previous_seq: held.map(|f| f.seq),
             }
         }
         Decision::ApplyConflict => {
-            store.put_entry(&name, Entry::from_record(record))?;
+            store.put_entry(&name, new_entry.unwrap_or_else(|| prepared.entry()))?;
             Outcome::Conflict {
                 seq: incoming.seq,
                 applied: true,
@@ -498,8 +668,8 @@ fn apply_validated<S: Store + ?Sized>(
         // The floor's own record came back while this store holds only the floor (its body was
         // damaged on disk, or compacted by a clock that ran ahead): take the body back, unless
         // the record is past retention here anyway (it would only be compacted again).
-        Decision::Duplicate if body_missing && body_wanted => {
-            store.put_entry(&name, Entry::from_record(record))?;
+        Decision::Duplicate if restores => {
+            store.put_entry(&name, new_entry.unwrap_or_else(|| prepared.entry()))?;
             Outcome::Restored
         }
         Decision::Duplicate => Outcome::Duplicate,
@@ -527,6 +697,30 @@ pub struct MemStore {
     usage: Usage,
     /// Usage per zone (zone id text); a zone leaves the map when it holds nothing.
     zones: BTreeMap<Box<str>, Usage>,
+    /// No body held becomes compactable before this time (Unix ms): a lower bound, lowered
+    /// by every insert and made exact by every scan, so [`Store::compactable`] — asked every
+    /// sync interval — walks the store only when something may be due, not every time.
+    compact_due: CompactDue,
+}
+
+/// [`MemStore::compact_due`]: an atomic, because [`Store::compactable`] takes `&self`.
+#[derive(Debug, Default)]
+struct CompactDue(std::sync::atomic::AtomicU64);
+
+impl Clone for CompactDue {
+    fn clone(&self) -> Self {
+        CompactDue(std::sync::atomic::AtomicU64::new(self.get()))
+    }
+}
+
+impl CompactDue {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, v: u64) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Default for MemStore {
@@ -539,6 +733,8 @@ impl Default for MemStore {
             quota: DEFAULT_QUOTA,
             usage: Usage::default(),
             zones: BTreeMap::new(),
+            // Nothing held: nothing is ever due until an insert lowers it.
+            compact_due: CompactDue(std::sync::atomic::AtomicU64::new(u64::MAX)),
         }
     }
 }
@@ -554,6 +750,8 @@ impl MemStore {
     /// longest TTL in use, see the constant's docs).
     pub fn with_retention(mut self, retention_ms: u64) -> Self {
         self.retention_ms = retention_ms;
+        // The bound was kept under the old retention: the next call scans and re-derives it.
+        self.compact_due.set(0);
         self
     }
 
@@ -652,6 +850,12 @@ impl MemStore {
         }
         self.toggle_digest(bucket, name, &entry);
         self.account(name, &entry, true);
+        if entry.bytes.is_some() {
+            let due = entry.expires_at_ms.saturating_add(self.retention_ms);
+            if due < self.compact_due.get() {
+                self.compact_due.set(due);
+            }
+        }
         self.entries.insert(key, entry);
     }
 }
@@ -714,11 +918,25 @@ impl Store for MemStore {
     }
 
     fn compactable(&self, now_ms: u64) -> Vec<String> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| e.is_compactable(now_ms, self.retention_ms))
-            .map(|(k, _)| k.name.to_string())
-            .collect()
+        if now_ms < self.compact_due.get() {
+            return Vec::new();
+        }
+        // One walk finds what is due and the exact bound for the rest (including what it
+        // returns: if the caller compacts it, the next walk finds nothing due and raises the
+        // bound past `now`).
+        let mut due_next = u64::MAX;
+        let mut out = Vec::new();
+        for (k, e) in &self.entries {
+            if e.bytes.is_none() {
+                continue;
+            }
+            due_next = due_next.min(e.expires_at_ms.saturating_add(self.retention_ms));
+            if e.is_compactable(now_ms, self.retention_ms) {
+                out.push(k.name.to_string());
+            }
+        }
+        self.compact_due.set(due_next);
+        out
     }
 
     fn len(&self) -> usize {

@@ -123,3 +123,55 @@ fn memstore_memory_per_record_is_at_most_twice_the_encoded_size() {
         "store uses {per_live:.1} B/record for {per_encoded:.1}-byte records (target ≤ 2x)"
     );
 }
+
+/// What `Entry::record` (a decode on every DNS query) costs against the lookup itself, over
+/// 100,000 names: the measurement behind not caching decoded answers (issue 14). Ignored
+/// (a measurement); run it with
+///
+/// `cargo test --release -p dpin-protocol --test memory -- --ignored --nocapture decode`
+#[test]
+#[ignore = "measurement"]
+fn decode_cost_per_resolve() {
+    const NAMES: usize = 100_000;
+    let key = zone_key(9);
+    let records: Vec<SignedRecord> = (0..NAMES)
+        .map(|i| {
+            signed(
+                &key,
+                &format!("service-{i}"),
+                1,
+                T0 + HOUR_MS,
+                vec![
+                    v4((i >> 8) as u8, i as u8, 443),
+                    v4((i >> 8) as u8, i as u8, 8443),
+                ],
+            )
+        })
+        .collect();
+    let names: Vec<String> = records.iter().map(SignedRecord::name).collect();
+    let mut store = MemStore::new();
+    for r in &records {
+        seed_entry(&mut store, r);
+    }
+    let time = |f: &dyn Fn(&str) -> bool| {
+        let mut runs: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let mut found = 0usize;
+                for n in &names {
+                    found += usize::from(f(n));
+                }
+                assert_eq!(found, NAMES);
+                t.elapsed().as_nanos() as f64 / NAMES as f64
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        runs[2]
+    };
+    let lookup = time(&|n| store.entry(n).is_some_and(|e| e.is_live(T0)));
+    let resolve = time(&|n| store.resolve(n, T0).is_some());
+    println!(
+        "median of 5 passes over {NAMES} names: lookup {lookup:.0} ns, lookup + decode (resolve) {resolve:.0} ns, decode {:.0} ns",
+        resolve - lookup
+    );
+}

@@ -1,0 +1,296 @@
+//! Data-scale bench (issue 14): one node holding N records, for one or more `dpin` binaries
+//! side by side on the same data. Not a test (it signs N records and runs each binary for
+//! tens of seconds); run it with
+//!
+//! ```text
+//! cargo run --release -p dpin-node --example scalebench -- \
+//!     --records 100000 --bin before=/tmp/c-before-dpin --bin after=target/release/dpin
+//! ```
+//!
+//! It writes a data dir holding N signed endpoint records (1,000 zones; endpoints on
+//! loopback, which the default probe policy never probes, so the prober does its per-interval
+//! work without sending anything) straight into `store.redb` through the node's own store,
+//! then, for `--rounds` rounds, for each binary in turn on a fresh copy of that store:
+//!
+//! * **restart to serving**: from spawning `dpin node` to the first `200` of
+//!   `GET /v1/resolve/{name}` for the last name written;
+//! * **RSS** (VmRSS) after `--settle` seconds, and the peak (VmHWM);
+//! * **idle CPU**: user + system time over the next `--idle` seconds, as a share of one core.
+//!
+//! Prints each run and, per binary, the medians and the ratio to the first binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dpin_node::store::DurableStore;
+use dpin_protocol::store::{Entry, Store};
+use dpin_protocol::{Content, Endpoint, Host, RecordBody, Transport, ZoneKey};
+
+struct Args {
+    records: usize,
+    bins: Vec<(String, PathBuf)>,
+    rounds: usize,
+    settle: u64,
+    idle: u64,
+    dir: PathBuf,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        records: 100_000,
+        bins: Vec::new(),
+        rounds: 3,
+        settle: 5,
+        idle: 20,
+        dir: std::env::temp_dir().join("dpin-scalebench"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--records" => a.records = val()?.parse()?,
+            "--rounds" => a.rounds = val()?.parse()?,
+            "--settle" => a.settle = val()?.parse()?,
+            "--idle" => a.idle = val()?.parse()?,
+            "--dir" => a.dir = val()?.into(),
+            "--bin" => {
+                let v = val()?;
+                let (name, path) = v.split_once('=').context("--bin NAME=PATH")?;
+                a.bins.push((name.to_owned(), path.into()));
+            }
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if a.bins.is_empty() {
+        bail!("give at least one --bin NAME=PATH");
+    }
+    Ok(a)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes `n` records into `dir/store.redb`; returns the last name and the encoded bytes.
+fn generate(dir: &Path, n: usize) -> Result<(String, usize)> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("store.redb");
+    let _ = std::fs::remove_file(&path);
+    let store = Mutex::new(DurableStore::open(&path)?);
+    let expires = now_ms() + 20 * 24 * 3600 * 1000;
+    let zones: Vec<ZoneKey> = (0..1000u32)
+        .map(|z| {
+            let mut seed = [7u8; 32];
+            seed[..4].copy_from_slice(&z.to_le_bytes());
+            ZoneKey::from_seed(seed)
+        })
+        .collect();
+    let mut last = String::new();
+    let mut encoded = 0usize;
+    let started = Instant::now();
+    {
+        let mut s = store.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        s.set_quota(dpin_protocol::store::Quota::UNLIMITED);
+        for i in 0..n {
+            let key = &zones[i % zones.len()];
+            let ep = |port| Endpoint {
+                host: Host::V4([127, 0, (i >> 8) as u8, i as u8]),
+                port,
+                transport: Transport::Tcp,
+                weight: 1,
+            };
+            let r = RecordBody {
+                zone: key.zone(),
+                label: format!("service-{i}"),
+                seq: 1,
+                expires_at_ms: expires,
+                content: Content::Endpoints(vec![ep(443), ep(8443)]),
+            }
+            .sign(key)?;
+            let e = Entry::from_record(&r);
+            encoded += e.bytes.as_ref().map_or(0, |b| b.len());
+            last = r.name();
+            s.put_entry(&last, e)?;
+        }
+    }
+    let persister = store
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .persister();
+    let generation = store
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .generation();
+    persister.flush(&store, generation)?;
+    eprintln!(
+        "wrote {n} records ({:.1} B encoded each) in {:.1} s",
+        encoded as f64 / n as f64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok((last, encoded))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).ok()?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn proc_field(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+struct Run {
+    serving_s: f64,
+    rss_kb: u64,
+    hwm_kb: u64,
+    idle_cpu: f64,
+}
+
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_one(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Run> {
+    let dir = a.dir.join("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(template.join("store.redb"), dir.join("store.redb"))?;
+    let (api, p2p) = (free_port()?, free_port()?);
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args(["node", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
+        .args(["--api", &format!("127.0.0.1:{api}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let child = Guard(child);
+    let pid = child.0.id();
+    let path = format!("/v1/resolve/{last}");
+    loop {
+        if http_status(api, &path) == Some(200) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("{} not serving after 300 s", bin.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let serving_s = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(a.settle));
+    let t0 = cpu_ticks(pid).context("cpu")?;
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(a.idle));
+    let t1 = cpu_ticks(pid).context("cpu")?;
+    // Clock ticks are 100 Hz on Linux.
+    let idle_cpu = (t1 - t0) as f64 / 100.0 / w0.elapsed().as_secs_f64();
+    let rss_kb = proc_field(pid, "VmRSS:").context("rss")?;
+    let hwm_kb = proc_field(pid, "VmHWM:").context("hwm")?;
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run {
+        serving_s,
+        rss_kb,
+        hwm_kb,
+        idle_cpu,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let a = parse_args()?;
+    let template = a.dir.join("template");
+    let (last, encoded) = generate(&template, a.records)?;
+    let mut runs: Vec<Vec<Run>> = a.bins.iter().map(|_| Vec::new()).collect();
+    for round in 0..a.rounds {
+        for (i, (name, bin)) in a.bins.iter().enumerate() {
+            let r = run_one(&a, bin, &template, &last)?;
+            println!(
+                "round {round} {name:>8}: serving {:.2} s, RSS {:.1} MB (peak {:.1}), idle CPU {:.2}% of a core",
+                r.serving_s,
+                r.rss_kb as f64 / 1024.0,
+                r.hwm_kb as f64 / 1024.0,
+                r.idle_cpu * 100.0
+            );
+            runs[i].push(r);
+        }
+    }
+    println!(
+        "\n{} records, {:.1} MB encoded; medians of {} rounds:",
+        a.records,
+        encoded as f64 / 1048576.0,
+        a.rounds
+    );
+    let med = |rs: &[Run], f: fn(&Run) -> f64| median(rs.iter().map(f).collect());
+    let base = (
+        med(&runs[0], |r| r.serving_s),
+        med(&runs[0], |r| r.rss_kb as f64),
+        med(&runs[0], |r| r.idle_cpu),
+    );
+    for ((name, _), rs) in a.bins.iter().zip(&runs) {
+        let (s, rss, hwm, cpu) = (
+            med(rs, |r| r.serving_s),
+            med(rs, |r| r.rss_kb as f64),
+            med(rs, |r| r.hwm_kb as f64),
+            med(rs, |r| r.idle_cpu),
+        );
+        println!(
+            "{name:>8}: serving {s:.2} s ({:.2}x), RSS {:.1} MB ({:.2}x; peak {:.1} MB), idle CPU {:.2}% ({:.2}x)",
+            s / base.0,
+            rss / 1024.0,
+            rss / base.1,
+            hwm / 1024.0,
+            cpu * 100.0,
+            if base.2 > 0.0 { cpu / base.2 } else { f64::NAN },
+        );
+    }
+    let _ = std::fs::remove_dir_all(&a.dir);
+    Ok(())
+}
