@@ -646,7 +646,7 @@ fn slow_tcp_connections_from_many_addresses_are_evicted_for_new_clients() -> Res
 /// Measurement (not run in CI): an honest client's DNS latency, over TCP and UDP, while 2,000
 /// slow TCP connections (8 from each of 250 addresses) are held open, with eviction on and
 /// off (`DPIN_DNS_TCP_EVICT=0`), side by side. Run with
-/// `cargo test -p dpin-tests --test dns measure_dns_under_slow_tcp -- --ignored --nocapture`.
+/// `cargo test -p dpin-tests --test e2e dns::measure_dns_under_slow_tcp -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_dns_under_slow_tcp_connections() -> Result<()> {
@@ -745,7 +745,7 @@ fn paced_flood(
 /// Measurement (not run in CI): amplification of a 64-endpoint name's `SRV` answer to one
 /// source sending 1,000 queries a second for 5 s, with RRL on (defaults: 20/s, slip 2) and off,
 /// side by side. Run with
-/// `cargo test -p dpin-tests --test dns measure_rrl_amplification -- --ignored --nocapture`.
+/// `cargo test -p dpin-tests --test e2e dns::measure_rrl_amplification -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_rrl_amplification() -> Result<()> {

@@ -262,7 +262,7 @@ fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result
 }
 
 /// Figures for the issue note, not a timed assertion: run with
-/// `cargo test -p dpin-tests --release --test node_e2e -- --ignored --nocapture measure`.
+/// `cargo test -p dpin-tests --release --test e2e node_e2e::measure -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_propagation_and_idle_rss() -> Result<()> {
@@ -356,7 +356,7 @@ fn node_that_missed_thousands_of_records_catches_up_by_anti_entropy() -> Result<
 }
 
 /// Figures for the issue note: RSS of a node holding 100k records. Run with
-/// `cargo test -p dpin-tests --release --test node_e2e -- --ignored --nocapture rss_with_100k`.
+/// `cargo test -p dpin-tests --release --test e2e node_e2e::measure_rss_with_100k -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; prints figures; takes minutes"]
 fn measure_rss_with_100k_records() -> Result<()> {

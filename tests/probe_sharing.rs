@@ -167,7 +167,7 @@ fn each_endpoint_is_probed_by_three_nodes_and_every_node_knows_its_health() -> R
 /// and N = 8 nodes, with rendezvous selection (k = 3) and with every node probing
 /// (`DPIN_PROBERS=0`), side by side; the default 2 s probe interval, 8 endpoints, a 20 s
 /// window after the cluster settled. Run with
-/// `cargo test -p dpin-tests --test probe_sharing measure -- --ignored --nocapture`.
+/// `cargo test -p dpin-tests --test e2e probe_sharing::measure -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_probe_rate_per_endpoint() -> Result<()> {

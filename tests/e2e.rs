@@ -1,0 +1,35 @@
+//! Every end-to-end test in one test binary, one module per file beside this one.
+//!
+//! Why one binary: each integration-test file is a crate of its own. Built with the CI
+//! profile (optimised), each of them instantiated and optimised the same generic code
+//! (tokio, serde, the HTTP and DNS clients) and linked dpin's whole dependency tree again, which
+//! cost minutes of CI's 25. As modules of one crate they share that work. Tests keep their
+//! file's name as a path: `cargo test -p dpin-tests --test e2e failover::` runs one file,
+//! `cargo test -p dpin-tests --test e2e failover::partitioned_node_is_cut_off` one test.
+//!
+//! Modules:
+//! - `blob_authority`: fake offers and foreign manifests change no honest blob's placement;
+//! - `chaos_checker`: the chaos checker's verdicts on hand-made histories;
+//! - `dns`: the DNS front end over UDP and TCP, its limits and its answers;
+//! - `failover`: reads that route around dead endpoints, dead peers and cut-off nodes;
+//! - `hostile_peer`: honest service while a peer lies, floods and rotates ids;
+//! - `node_config`: the TOML file, flags and environment;
+//! - `node_e2e`: publish, replicate and resolve across a real cluster;
+//! - `outside_world`: strangers' records cannot aim probes inward; HTTP errors and slow clients;
+//! - `probe_sharing`: endpoint probes shared rather than repeated by every node;
+//! - `race_safety`: the seed's race between two automation workers, through every user path;
+//! - `storage`: offers, blob puts and gets, repair;
+//! - `upgrade`: a data dir written by an older format opens in this binary.
+
+mod blob_authority;
+mod chaos_checker;
+mod dns;
+mod failover;
+mod hostile_peer;
+mod node_config;
+mod node_e2e;
+mod outside_world;
+mod probe_sharing;
+mod race_safety;
+mod storage;
+mod upgrade;
