@@ -1722,6 +1722,7 @@ impl ClientLimiter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod limiter_tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
