@@ -1947,12 +1947,12 @@ mod tests {
         );
     }
 
+    /// Endpoints by zone, and observation records (name, seq).
+    type Scanned = (BTreeMap<ZoneId, BTreeSet<Target>>, Vec<(String, u64)>);
+
     /// The whole-store scan the index replaced: every live record's endpoints by zone,
     /// observation records apart (and their verdicts, by name).
-    fn scan(
-        s: &crate::store::DurableStore,
-        now: u64,
-    ) -> (BTreeMap<ZoneId, BTreeSet<Target>>, Vec<(String, u64)>) {
+    fn scan(s: &crate::store::DurableStore, now: u64) -> Scanned {
         let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
         let mut observed = Vec::new();
         for (name, e) in s.mem().iter().filter(|(_, e)| e.is_live(now)) {
@@ -1969,10 +1969,7 @@ mod tests {
         (by_zone, observed)
     }
 
-    fn indexed(
-        index: &ProbeIndex,
-        now: u64,
-    ) -> (BTreeMap<ZoneId, BTreeSet<Target>>, Vec<(String, u64)>) {
+    fn indexed(index: &ProbeIndex, now: u64) -> Scanned {
         let observed = index
             .observations
             .iter()
