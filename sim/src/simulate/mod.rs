@@ -372,6 +372,9 @@ pub struct SweepReport {
     pub failures: u64,
     /// The first failure: seed, error and replay command.
     pub first_failure: Option<(u64, String, String)>,
+    /// Every failure in seed order, up to [`MAX_LISTED_FAILURES`]: seed, error and replay
+    /// command (each is also printed on stderr as soon as its seed fails).
+    pub failed: Vec<SweepFailure>,
     /// Wall time, s.
     pub wall_s: f64,
     /// Seeds per second.
@@ -382,6 +385,20 @@ pub struct SweepReport {
     pub sweep_digest: String,
     /// Threads used.
     pub jobs: usize,
+}
+
+/// Most failures a sweep report lists one by one (the count covers them all).
+pub const MAX_LISTED_FAILURES: usize = 1000;
+
+/// One failed seed of a sweep.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SweepFailure {
+    /// The seed.
+    pub seed: u64,
+    /// What broke.
+    pub error: String,
+    /// The exact command that replays it.
+    pub replay: String,
 }
 
 /// Runs seeds `[a, b)` on `jobs` threads; each seed is still one single-threaded run.
@@ -408,6 +425,8 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
                             .push((seed, d));
                     }
                     Err((e, replay)) => {
+                        // At once, so a long sweep that is stopped still names its failures.
+                        eprintln!("dpin-sim simulate: seed {seed}: {e}\n  replay: {replay}");
                         let mut f = failures
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -434,6 +453,15 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
             None => h.update(&[0u8; 32]),
         };
     }
+    let failed = f
+        .iter()
+        .take(MAX_LISTED_FAILURES)
+        .map(|(seed, error, replay)| SweepFailure {
+            seed: *seed,
+            error: error.clone(),
+            replay: replay.clone(),
+        })
+        .collect();
     SweepReport {
         scenario: args.scenario.as_str().to_owned(),
         nodes: args.nodes,
@@ -441,6 +469,7 @@ pub fn sweep(args: &SimulateArgs, a: u64, b: u64, jobs: usize) -> SweepReport {
         seeds: b - a,
         failures: f.len() as u64,
         first_failure: f.into_iter().next(),
+        failed,
         wall_s,
         seeds_per_s: (b - a) as f64 / wall_s.max(1e-9),
         sweep_digest: h.finalize().to_hex().to_string(),
@@ -507,8 +536,21 @@ pub fn run(args: &SimulateArgs) -> i32 {
         if !matches!(printed, Ok(Ok(()))) {
             return 2;
         }
-        if let Some((seed, err, replay)) = &rep.first_failure {
-            eprintln!("dpin-sim simulate: seed {seed}: {err}\n  replay: {replay}");
+        // Each failure was printed (seed, error, replay) when it happened; the list again, in
+        // seed order, at the end.
+        if rep.failures > 0 {
+            let seeds: Vec<String> = rep.failed.iter().map(|f| f.seed.to_string()).collect();
+            let more = rep.failures as usize - rep.failed.len();
+            eprintln!(
+                "dpin-sim simulate: {} failed seeds: {}{}",
+                rep.failures,
+                seeds.join(" "),
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            );
             return 1;
         }
         return 0;

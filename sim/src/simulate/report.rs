@@ -160,6 +160,7 @@ impl Report {
         self.sim_time_ms = end_ms;
         self.stats = w.stats.clone();
         self.stats.verifications = w.verifications();
+        self.stats.acked_missed_compacted = w.acked_missed_compacted();
     }
 
     /// Human-readable lines.
@@ -174,8 +175,8 @@ impl Report {
         );
         let st = &self.stats;
         s += &format!(
-            "  writes {} acked {} refused {} unacked-by-crash {} conflicts {} compacted {} crashes {} restarts {} joins {} leaves {} partitions {} lost {} cut {} verifications {}\n",
-            st.writes, st.acked, st.refused, st.unacked_crash, st.conflicts, st.compacted,
+            "  writes {} acked {} refused {} unacked-by-crash {} conflicts {} compacted {} acked-missed-before-compaction {} crashes {} restarts {} joins {} leaves {} partitions {} lost {} cut {} verifications {}\n",
+            st.writes, st.acked, st.refused, st.unacked_crash, st.conflicts, st.compacted, st.acked_missed_compacted,
             st.crashes, st.restarts, st.joins, st.leaves, st.partitions, st.lost, st.cut, st.verifications
         );
         if let (Some(p50), Some(max), Some(bound)) = (self.hops_p50, self.hops_max, self.hops_bound)
