@@ -462,7 +462,7 @@ fn measure(
 /// disconnected, and honest records lost. A measurement, not a pass/fail timing test; run
 /// with release binaries:
 ///
-/// `cargo test --release -p dpin-tests --test hostile_peer -- --ignored flood_target --nocapture`
+/// `cargo test --release -p dpin-tests --test e2e -- --ignored hostile_peer::flood_target --nocapture`
 #[test]
 #[ignore = "measurement (about 40 s); run with --release, see the doc comment"]
 fn flood_target_measured_side_by_side_with_an_idle_run() -> Result<()> {
