@@ -1,7 +1,7 @@
 //! The deterministic simulator: replay, the scenarios' targets at test size, and each
 //! invariant check catching a hand-made violation after the event that caused it.
 
-use dpin_protocol::{Content, Entry, RecordBody, SignedRecord, ZoneKey};
+use dpin_protocol::{Content, Entry, RecordBody, SignedRecord, Store, ZoneKey};
 use dpin_sim::simulate::invariants::ViolationKind;
 use dpin_sim::simulate::world::{Action, EPOCH_MS};
 use dpin_sim::simulate::{run_one, Scenario, SimError, SimulateArgs, VerifyMode, World};
