@@ -204,7 +204,7 @@ fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
 }
 
 /// Figures for the issue note, not a timed assertion: run with
-/// `cargo test -p dpin-tests --release --test failover -- --ignored --nocapture measure`.
+/// `cargo test -p dpin-tests --release --test e2e failover::measure -- --ignored --nocapture`.
 /// Detection time = from the signal until the observer's status says `down`, polled every 20 ms.
 #[test]
 #[ignore = "measurement; prints figures"]
