@@ -1,4 +1,5 @@
-//! Every end-to-end test in one test binary, one module per file beside this one.
+//! The end-to-end tests in one test binary, one module per file beside this one (all but
+//! `hostile_peer.rs`, see below).
 //!
 //! Why one binary: each integration-test file is a crate of its own. Built with the CI
 //! profile (optimised), each of them instantiated and optimised the same generic code
@@ -7,12 +8,16 @@
 //! file's name as a path: `cargo test -p dpin-tests --test e2e failover::` runs one file,
 //! `cargo test -p dpin-tests --test e2e failover::partitioned_node_is_cut_off` one test.
 //!
+//! `hostile_peer.rs` stays a binary of its own: run among the other files' tests, two of its
+//! tests failed in 2 of 2 runs (the attacker found no connection to its target within 15 s;
+//! a cluster took over 30 s to connect fully), while alone they pass. The cause is not found
+//! yet; until it is, the hostile tests run as before, beside each other only.
+//!
 //! Modules:
 //! - `blob_authority`: fake offers and foreign manifests change no honest blob's placement;
 //! - `chaos_checker`: the chaos checker's verdicts on hand-made histories;
 //! - `dns`: the DNS front end over UDP and TCP, its limits and its answers;
 //! - `failover`: reads that route around dead endpoints, dead peers and cut-off nodes;
-//! - `hostile_peer`: honest service while a peer lies, floods and rotates ids;
 //! - `node_config`: the TOML file, flags and environment;
 //! - `node_e2e`: publish, replicate and resolve across a real cluster;
 //! - `outside_world`: strangers' records cannot aim probes inward; HTTP errors and slow clients;
@@ -25,7 +30,6 @@ mod blob_authority;
 mod chaos_checker;
 mod dns;
 mod failover;
-mod hostile_peer;
 mod node_config;
 mod node_e2e;
 mod outside_world;

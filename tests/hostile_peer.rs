@@ -92,26 +92,7 @@ fn an_honest_node_keeps_resolving_bans_a_flooding_peer_and_loses_no_record() -> 
     wait_connected(&nodes, BOUND)?;
 
     // 20 honest names, written through node 1, on every node before the attack.
-    let key = ZoneKey::from_seed([0x42; 32]);
-    let now = now_ms();
-    let mut honest = Vec::new();
-    for i in 0..20u8 {
-        let rec = RecordBody {
-            zone: key.zone(),
-            label: format!("svc{i}"),
-            seq: now + u64::from(i),
-            expires_at_ms: now + 3_600_000,
-            content: Content::Endpoints(vec![Endpoint {
-                host: Host::V4([10, 0, 0, i]),
-                port: 443,
-                transport: Transport::Tcp,
-                weight: 1,
-            }]),
-        }
-        .sign(&key)?;
-        publish(&nodes[1].api, &rec)?;
-        honest.push((rec.name(), rec.body.seq));
-    }
+    let honest = publish_honest(&nodes[1].api, 0x42, 20)?;
     let all_hold = |nodes: &[NodeProc]| {
         nodes.iter().all(|n| {
             honest
@@ -462,7 +443,7 @@ fn measure(
 /// disconnected, and honest records lost. A measurement, not a pass/fail timing test; run
 /// with release binaries:
 ///
-/// `cargo test --release -p dpin-tests --test e2e -- --ignored hostile_peer::flood_target --nocapture`
+/// `cargo test --release -p dpin-tests --test hostile_peer flood_target -- --ignored --nocapture`
 #[test]
 #[ignore = "measurement (about 40 s); run with --release, see the doc comment"]
 fn flood_target_measured_side_by_side_with_an_idle_run() -> Result<()> {
