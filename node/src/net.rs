@@ -2309,10 +2309,10 @@ impl EventLoop {
                 peer: *p,
                 bucket: distance_class(&local, p),
                 protected: mesh.contains(p)
-                    || self
+                    || !self
                         .connected_at
                         .get(p)
-                        .is_none_or(|t| now.duration_since(*t) < self.trim_grace),
+                        .is_some_and(|t| now.duration_since(*t) >= self.trim_grace),
             })
             .collect();
         for peer in choose_trim(&candidates, self.dial_target, &mut rand::thread_rng()) {
@@ -3310,9 +3310,9 @@ mod tests {
         for i in 0..nodes.len() {
             let payload = format!("from node {i}").into_bytes();
             publish_when_ready(&nodes[i], &payload).await?;
-            for (j, node) in nodes.iter_mut().enumerate() {
+            for j in 0..nodes.len() {
                 if j != i {
-                    receive(node, &payload).await?;
+                    receive(&mut nodes[j], &payload).await?;
                 }
             }
         }
