@@ -69,13 +69,44 @@ fn spawn_attack(
         blob_root,
         seed: 7,
     };
-    Ok(std::thread::spawn(move || {
+    Ok(spawn_config(config))
+}
+
+/// Runs the attacker with `config` on its own thread and runtime.
+fn spawn_config(config: AttackConfig) -> std::thread::JoinHandle<Result<AttackReport>> {
+    std::thread::spawn(move || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?
             .block_on(attack::run(config))
-    }))
+    })
+}
+
+/// Resolves every honest name on `node` until the attacker finishes, asserting each answer
+/// holds its seq (`during` names the attack in the failure); the attacker's report and the
+/// number of resolves.
+fn resolve_during(
+    node: &NodeProc,
+    honest: &[(String, u64)],
+    attacker: std::thread::JoinHandle<Result<AttackReport>>,
+    during: &str,
+) -> Result<(AttackReport, u64)> {
+    let mut resolves = 0u64;
+    while !attacker.is_finished() {
+        for (name, seq) in honest {
+            assert_eq!(
+                node.resolved_seq(name),
+                Some(*seq),
+                "resolve of {name} failed during {during}"
+            );
+            resolves += 1;
+        }
+    }
+    let report = attacker
+        .join()
+        .map_err(|_| anyhow!("attacker panicked"))??;
+    Ok((report, resolves))
 }
 
 fn stream(kind: Kind, rate: f64) -> Stream {
@@ -116,20 +147,7 @@ fn an_honest_node_keeps_resolving_bans_a_flooding_peer_and_loses_no_record() -> 
         None,
     )?;
     // Meanwhile node 0 answers every resolve of every honest name.
-    let mut resolves = 0u64;
-    while !attacker.is_finished() {
-        for (name, seq) in &honest {
-            assert_eq!(
-                nodes[0].resolved_seq(name),
-                Some(*seq),
-                "resolve of {name} failed during the flood"
-            );
-            resolves += 1;
-        }
-    }
-    let report = attacker
-        .join()
-        .map_err(|_| anyhow!("attacker panicked"))??;
+    let (report, resolves) = resolve_during(&nodes[0], &honest, attacker, "the flood")?;
     eprintln!("attacker: {report:?}; {resolves} honest resolves during the flood");
     assert!(report.sent.get("invalid-signature").copied().unwrap_or(0) > 0);
 
@@ -719,27 +737,8 @@ fn rotating_peer_ids_buy_no_unbounded_state_and_the_honest_node_keeps_serving() 
         blob_root: None,
         seed: 11,
     };
-    let attacker = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(attack::run(config))
-    });
-    let mut resolves = 0u64;
-    while !attacker.is_finished() {
-        for (name, seq) in &honest {
-            assert_eq!(
-                nodes[0].resolved_seq(name),
-                Some(*seq),
-                "resolve of {name} failed during the rotating flood"
-            );
-            resolves += 1;
-        }
-    }
-    let report = attacker
-        .join()
-        .map_err(|_| anyhow!("attacker panicked"))??;
+    let attacker = spawn_config(config);
+    let (report, resolves) = resolve_during(&nodes[0], &honest, attacker, "the rotating flood")?;
     let rss_after = nodes[0].rss_kib().unwrap_or(0);
     let banned_now = metric(&nodes[0], "dpin_net_banned_peers")?;
     let offences = metric(&nodes[0], "dpin_ingest_offences_total{path=\"gossip\"}")?;
