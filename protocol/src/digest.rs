@@ -32,9 +32,23 @@ pub const WIRE_BUCKET_BYTES: usize = 8;
 pub const MAX_SYNC_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Most summaries one digest answer lists.
 pub const MAX_SUMMARIES: usize = 2048;
-/// Most names one fetch asks for, and most records one push or records answer carries
-/// (64 × 4 KiB records = 256 KiB, well under the message limit).
+/// Most names one fetch asks for, and most records one push carries, *to a peer that may run
+/// an older version* (64 × 4 KiB records = 256 KiB, well under the message limit). Releases
+/// before budgeted chunks refuse a fetch or push over this count as malformed, so it is the
+/// default of [`crate::sync::SessionConfig`]; a responder always answers at least this many of
+/// the names asked (see [`answer_fetch`]).
 pub const MAX_RECORDS_PER_MESSAGE: usize = 64;
+/// Most names one budgeted fetch asks for, and most records one budgeted push carries: one
+/// digest answer's worth. At most [`MAX_NAME_BYTES`] + 8 bytes a name, a fetch of this many
+/// names stays under 300 KiB.
+pub const MAX_RECORDS_PER_CHUNK: usize = MAX_SUMMARIES;
+/// Byte budget of the records in one records answer or push beyond its first
+/// [`MAX_RECORDS_PER_MESSAGE`] (encoded records, without framing). With typical records of
+/// ~150 bytes one message carries ~1,700 records instead of 64, so a 10,000-record divergence
+/// crosses in a handful of round trips; with 4 KiB records it is the same 64 as before. The
+/// largest answer, 64 records of [`crate::MAX_RECORD_BYTES`] or this budget plus one record,
+/// stays far under [`MAX_SYNC_MESSAGE_BYTES`], the limit every release decodes under.
+pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Longest name a valid record can have: a label of at most [`crate::MAX_LABEL_LEN`] bytes
 /// (reserved labels are shorter), a dot and a zone id. Summaries naming anything longer are
 /// refused (no record could ever answer a fetch for them).
@@ -140,12 +154,14 @@ pub enum SyncRequest {
     },
     /// "Send me these records."
     Fetch {
-        /// Names (at most [`MAX_RECORDS_PER_MESSAGE`]).
+        /// Names (at most [`MAX_RECORDS_PER_MESSAGE`] to a peer that may run an older release,
+        /// at most [`MAX_RECORDS_PER_CHUNK`] to one known to take budgeted chunks).
         names: Vec<String>,
     },
     /// "Here are records you lack or hold older versions of."
     Push {
-        /// Encoded signed records (at most [`MAX_RECORDS_PER_MESSAGE`]).
+        /// Encoded signed records (at most [`MAX_RECORDS_PER_MESSAGE`], or a [`chunk_len`]
+        /// chunk of at most [`MAX_RECORDS_PER_CHUNK`] to a peer known to take them).
         records: Vec<Vec<u8>>,
     },
     /// Like [`SyncRequest::Digest`], continuing a truncated listing after `after` in `bucket`.
@@ -414,26 +430,57 @@ pub fn plan_sync_bounded<S: Store + ?Sized>(
     plan
 }
 
-/// Records the responder sends for a fetch: held bodies only, at most
-/// [`MAX_RECORDS_PER_MESSAGE`].
+/// How many of `lens` (encoded record sizes, in order) one message carries: all of the first
+/// [`MAX_RECORDS_PER_MESSAGE`] (what every release answers and accepts), then more while the
+/// total stays within [`CHUNK_BYTES`], at most `cap` in all. The one chunking rule, used by
+/// the responder for records answers and by the initiator for pushes.
+pub fn chunk_len(lens: impl IntoIterator<Item = usize>, cap: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0usize;
+    for len in lens {
+        if n >= cap {
+            break;
+        }
+        total = total.saturating_add(len);
+        if n >= MAX_RECORDS_PER_MESSAGE && total > CHUNK_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Records the responder sends for a fetch, in the order asked, held bodies only: of the first
+/// [`MAX_RECORDS_PER_CHUNK`] names, the records [`chunk_len`] lets into one message. A fetch of
+/// at most [`MAX_RECORDS_PER_MESSAGE`] names (all an older initiator sends) is answered whole,
+/// exactly as before; a larger fetch may be cut at the byte budget, and the initiator asks
+/// again for the names after the last record it got ([`crate::sync::Initiator`]).
 pub fn answer_fetch<S: Store + ?Sized>(store: &S, names: &[String]) -> SyncResponse {
-    let records = names
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0usize;
+    for n in names.iter().take(MAX_RECORDS_PER_CHUNK) {
+        let Some(bytes) = store.entry(n).and_then(|e| e.bytes.as_deref()) else {
+            continue;
+        };
+        total = total.saturating_add(bytes.len());
+        if records.len() >= MAX_RECORDS_PER_MESSAGE && total > CHUNK_BYTES {
+            break;
+        }
+        records.push(bytes.to_vec());
+    }
+    SyncResponse::Records { records }
+}
+
+/// Encoded records for the given names, in order, held bodies only, at most
+/// [`MAX_RECORDS_PER_CHUNK`] (callers cut pushes with [`chunk_len`]).
+pub fn records_for<S: Store + ?Sized>(store: &S, names: &[String]) -> Vec<Vec<u8>> {
+    names
         .iter()
-        .take(MAX_RECORDS_PER_MESSAGE)
+        .take(MAX_RECORDS_PER_CHUNK)
         .filter_map(|n| {
             store
                 .entry(n)
                 .and_then(|e| e.bytes.as_deref().map(<[u8]>::to_vec))
         })
-        .collect();
-    SyncResponse::Records { records }
-}
-
-/// Encoded records for the given names (for building pushes), at most
-/// [`MAX_RECORDS_PER_MESSAGE`].
-pub fn records_for<S: Store + ?Sized>(store: &S, names: &[String]) -> Vec<Vec<u8>> {
-    match answer_fetch(store, names) {
-        SyncResponse::Records { records } => records,
-        _ => Vec::new(),
-    }
+        .collect()
 }

@@ -12,14 +12,35 @@
 //! One session with one peer:
 //! 1. send a digest (continuing after the cursor, if the last listing was truncated);
 //! 2. `InSync` ends the session; `Summaries` are planned against the local store;
-//! 3. fetch what the peer holds newer (in chunks of [`MAX_RECORDS_PER_MESSAGE`]), applying
-//!    each answer before the next request, then push what the peer lacks;
+//! 3. fetch what the peer holds newer (in chunks, see below), applying each answer before
+//!    the next request, then push what the peer lacks;
 //! 4. next round, until in sync, nothing left to do, or [`SessionConfig::max_rounds`].
 //!
 //! Fetch comes before push so that a record both sides changed is settled by the merge rule
 //! locally first, and the push then carries only winners. The round cap bounds one session's
 //! cost (rounds × one listing of at most [`crate::digest::MAX_SUMMARIES`] summaries); what is
 //! left is found by the next session.
+//!
+//! Chunks and mixed versions. A fetch asks for at most [`SessionConfig::max_records`] names
+//! and a push carries at most that many records, cut by [`chunk_len`]: every record up to
+//! [`MAX_RECORDS_PER_MESSAGE`], then more while the records stay within [`CHUNK_BYTES`]
+//! (256 KiB, ~1,700 typical records). The responder answers a fetch by the same rule
+//! ([`crate::digest::answer_fetch`]); when an answer may have been cut by the budget, the
+//! initiator asks again for the names after the last record it got. The rule that keeps
+//! older releases working (they refuse, as malformed and held against the sender, a fetch or
+//! push of more than [`MAX_RECORDS_PER_MESSAGE`]):
+//!
+//! * an initiator sends more than [`MAX_RECORDS_PER_MESSAGE`] names or records only when its
+//!   driver knows the peer takes budgeted chunks ([`SessionConfig::budgeted`]); the default
+//!   ([`SessionConfig::default`]) is the old cap, so a driver that does not know the peer's
+//!   version sends exactly what older releases accept;
+//! * a responder never answers more records than names were asked for (the initiator
+//!   refuses that, [`AnswerError::TooManyRecords`]) and always answers the first
+//!   [`MAX_RECORDS_PER_MESSAGE`] of them whole, so an older initiator, which asks for at most
+//!   that many, gets the same answers as from an older responder;
+//! * a responder of this release takes fetches and pushes of up to [`MAX_RECORDS_PER_CHUNK`]
+//!   (the rest is ignored); every message of either kind stays under
+//!   [`crate::digest::MAX_SYNC_MESSAGE_BYTES`], the limit every release decodes under.
 //!
 //! Answers are untrusted. Before any planning, an answer is checked against what an honest
 //! responder ([`respond`]) can send, and refused whole with a typed [`AnswerError`]
@@ -42,18 +63,19 @@
 //! Bounds per request at the responder: see [`crate::digest::answer_digest`] (one cached
 //! digest, at most [`MAX_SUMMARIES`] + 1 entries listed per bucket, an answer of at most
 //! [`MAX_SUMMARIES`] summaries), [`crate::digest::answer_fetch`] and pushes (at most
-//! [`MAX_RECORDS_PER_MESSAGE`] names or records, the rest of the request ignored). Requests
+//! [`MAX_RECORDS_PER_CHUNK`] names or records, the rest of the request ignored). Requests
 //! are decoded under [`crate::digest::MAX_SYNC_MESSAGE_BYTES`]. How many requests a peer may
 //! send is the driver's per-peer budget.
 
 use std::collections::VecDeque;
 
 use crate::digest::{
-    answer_digest, answer_fetch, bucket_of, digest_request_from, plan_sync_bounded, records_for,
-    BUCKETS, MAX_NAME_BYTES, MAX_RECORDS_PER_MESSAGE, MAX_SUMMARIES,
+    answer_digest, answer_fetch, bucket_of, chunk_len, digest_request_from, plan_sync_bounded,
+    BUCKETS, CHUNK_BYTES, MAX_NAME_BYTES, MAX_RECORDS_PER_CHUNK, MAX_RECORDS_PER_MESSAGE,
+    MAX_SUMMARIES,
 };
 use crate::store::Store;
-use crate::{Summary, SyncRequest, SyncResponse};
+use crate::{SignedRecord, Summary, SyncRequest, SyncResponse, MAX_RECORD_BYTES};
 
 /// Most rounds one session runs back to back before it ends (the next session continues).
 pub const MAX_SYNC_ROUNDS: usize = 16;
@@ -89,12 +111,33 @@ pub const MAX_PUSH_PER_ROUND: usize = MAX_SUMMARIES;
 pub struct SessionConfig {
     /// Most digest rounds per session.
     pub max_rounds: usize,
+    /// Most names one fetch asks for and most records one push carries: the peer's limit,
+    /// [`MAX_RECORDS_PER_MESSAGE`] for a peer that may run an older release (the default),
+    /// up to [`MAX_RECORDS_PER_CHUNK`] for one known to take budgeted chunks (see the module
+    /// docs). Values outside `1..=MAX_RECORDS_PER_CHUNK` are clamped into it.
+    pub max_records: usize,
+}
+
+impl SessionConfig {
+    /// The limits for a peer known to take budgeted chunks (this release or later).
+    pub fn budgeted() -> Self {
+        Self {
+            max_records: MAX_RECORDS_PER_CHUNK,
+            ..Self::default()
+        }
+    }
+
+    fn records_cap(&self) -> usize {
+        self.max_records.clamp(1, MAX_RECORDS_PER_CHUNK)
+    }
 }
 
 impl Default for SessionConfig {
+    /// [`MAX_SYNC_ROUNDS`] rounds and the per-message cap every release accepts.
     fn default() -> Self {
         Self {
             max_rounds: MAX_SYNC_ROUNDS,
+            max_records: MAX_RECORDS_PER_MESSAGE,
         }
     }
 }
@@ -219,7 +262,7 @@ impl AnswerError {
 pub struct SessionStats {
     /// Digest rounds started.
     pub rounds: usize,
-    /// Names asked for.
+    /// Names asked for (a name asked again after a cut answer counts once).
     pub fetched: usize,
     /// Records pushed.
     pub pushed: usize,
@@ -228,7 +271,7 @@ pub struct SessionStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pending {
     Digest { cursor: Option<(u8, String)> },
-    Fetch { asked: usize },
+    Fetch { names: Vec<String> },
     Push,
 }
 
@@ -238,8 +281,8 @@ pub struct Initiator {
     config: SessionConfig,
     /// Cursor of the next digest round (after a truncated listing).
     cursor: Option<(u8, String)>,
-    fetch: VecDeque<Vec<String>>,
-    push: VecDeque<Vec<String>>,
+    fetch: VecDeque<String>,
+    push: VecDeque<String>,
     pending: Option<Pending>,
     /// Whether the last plan asked for another round (work done or a listing to continue).
     more: bool,
@@ -273,16 +316,23 @@ impl Initiator {
         if let Some(end) = self.done {
             return InitiatorStep::Done(end);
         }
-        if let Some(names) = self.fetch.pop_front() {
+        let cap = self.config.records_cap();
+        if !self.fetch.is_empty() {
+            let take = cap.min(self.fetch.len());
+            let names: Vec<String> = self.fetch.drain(..take).collect();
             self.stats.fetched += names.len();
-            self.pending = Some(Pending::Fetch { asked: names.len() });
+            self.pending = Some(Pending::Fetch {
+                names: names.clone(),
+            });
             return InitiatorStep::Send(SyncRequest::Fetch { names });
         }
-        if let Some(names) = self.push.pop_front() {
-            let records = records_for(store, &names);
-            self.stats.pushed += records.len();
-            self.pending = Some(Pending::Push);
-            return InitiatorStep::Send(SyncRequest::Push { records });
+        if !self.push.is_empty() {
+            let records = self.next_push(store, cap);
+            if !records.is_empty() {
+                self.stats.pushed += records.len();
+                self.pending = Some(Pending::Push);
+                return InitiatorStep::Send(SyncRequest::Push { records });
+            }
         }
         if !self.more {
             return self.finish(SessionEnd::NothingToDo);
@@ -295,6 +345,26 @@ impl Initiator {
         let req = digest_request_from(store, cursor.as_ref());
         self.pending = Some(Pending::Digest { cursor });
         InitiatorStep::Send(req)
+    }
+
+    /// The next push: records of the queued names still held, in order, cut by [`chunk_len`]
+    /// (names without a body any more are dropped, names that did not fit stay queued).
+    fn next_push<S: Store + ?Sized>(&mut self, store: &S, cap: usize) -> Vec<Vec<u8>> {
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        while let Some(name) = self.push.front() {
+            let Some(bytes) = store.entry(name).and_then(|e| e.bytes.as_deref()) else {
+                self.push.pop_front();
+                continue;
+            };
+            let fits =
+                chunk_len(records.iter().map(Vec::len).chain([bytes.len()]), cap) > records.len();
+            if !fits {
+                break;
+            }
+            records.push(bytes.to_vec());
+            self.push.pop_front();
+        }
+        records
     }
 
     fn finish(&mut self, end: SessionEnd) -> InitiatorStep {
@@ -362,17 +432,22 @@ impl Initiator {
                     MAX_PUSH_PER_ROUND,
                 );
                 self.more = !(plan.fetch.is_empty() && plan.push.is_empty() && plan.next.is_none());
-                self.fetch = chunks(plan.fetch);
-                self.push = chunks(plan.push);
+                self.fetch = plan.fetch.into();
+                self.push = plan.push.into();
                 self.cursor = plan.next;
                 Ok(Vec::new())
             }
-            (Pending::Fetch { asked }, SyncResponse::Records { records }) => {
-                if records.len() > asked {
+            (Pending::Fetch { names }, SyncResponse::Records { records }) => {
+                if records.len() > names.len() {
                     return Err(SessionError::InvalidAnswer(AnswerError::TooManyRecords {
                         got: records.len(),
-                        limit: asked,
+                        limit: names.len(),
                     }));
+                }
+                let rest = unanswered(&names, &records);
+                self.stats.fetched -= rest.len();
+                for name in rest.iter().rev() {
+                    self.fetch.push_front(name.clone());
                 }
                 Ok(records)
             }
@@ -394,11 +469,28 @@ fn kind(resp: &SyncResponse) -> &'static str {
     }
 }
 
-fn chunks(names: Vec<String>) -> VecDeque<Vec<String>> {
-    names
-        .chunks(MAX_RECORDS_PER_MESSAGE)
-        .map(<[String]>::to_vec)
-        .collect()
+/// The names of a fetch that an answer cut by the byte budget left out: those after the
+/// last record's name. An answer that cannot have been cut (at most
+/// [`MAX_RECORDS_PER_MESSAGE`] records, or room left for one more record of any size) left
+/// nothing out: names without a record are absent at the peer. A last record that does not
+/// decode or names nothing asked for leaves nothing either (the next round finds the rest),
+/// so a lying peer cannot make the session ask again forever: every repeat asks for fewer
+/// names.
+fn unanswered<'a>(names: &'a [String], records: &[Vec<u8>]) -> &'a [String] {
+    let total: usize = records.iter().map(Vec::len).sum();
+    if records.len() < MAX_RECORDS_PER_MESSAGE
+        || total.saturating_add(MAX_RECORD_BYTES) <= CHUNK_BYTES
+    {
+        return &[];
+    }
+    let Some(last) = records.last().and_then(|b| SignedRecord::decode(b).ok()) else {
+        return &[];
+    };
+    let last = last.name();
+    match names.iter().position(|n| *n == last) {
+        Some(i) => &names[i + 1..],
+        None => &[],
+    }
 }
 
 /// Position of bucket `b` in the listing order of an answer whose request carried a cursor
@@ -486,9 +578,9 @@ pub fn respond<S: Store + ?Sized>(store: &S, req: SyncRequest) -> ResponderActio
             Some((bucket, &after)),
         )),
         SyncRequest::Fetch { names } => ResponderAction::Reply(answer_fetch(store, &names)),
-        SyncRequest::Push { records } => ResponderAction::ApplyThenAck(
-            records.into_iter().take(MAX_RECORDS_PER_MESSAGE).collect(),
-        ),
+        SyncRequest::Push { records } => {
+            ResponderAction::ApplyThenAck(records.into_iter().take(MAX_RECORDS_PER_CHUNK).collect())
+        }
     }
 }
 
@@ -556,7 +648,10 @@ mod tests {
     #[test]
     fn the_session_stops_at_the_round_cap() {
         let store = crate::MemStore::new();
-        let mut s = Initiator::new(SessionConfig { max_rounds: 2 });
+        let mut s = Initiator::new(SessionConfig {
+            max_rounds: 2,
+            ..SessionConfig::default()
+        });
         for _ in 0..2 {
             assert!(matches!(s.poll(&store, 0), InitiatorStep::Send(_)));
             // A peer that keeps listing an empty, truncated answer: always "more to come".
