@@ -70,6 +70,10 @@ pub const ACK_DELAY_MS: u64 = 2;
 pub const SYNC_INTERVAL_MS: u64 = 5_000;
 /// Sessions one node runs at once (the node's `MAX_CONCURRENT_SYNCS`).
 pub const MAX_CONCURRENT_SYNCS: usize = 4;
+/// How long the larger-id side of a pair that sees the other come (back) alive waits for the
+/// smaller-id side's catch-up session before starting one itself (the node's
+/// `CATCH_UP_FALLBACK`).
+pub const CATCH_UP_FALLBACK_MS: u64 = 300;
 /// Timeout of one sync request (the node's `request_timeout`).
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Connection limit of a node (`max_connections`).
@@ -222,6 +226,13 @@ enum Ev {
     },
     SyncTick {
         node: NodeId,
+    },
+    /// The larger-id side's catch-up fallback: start a session with `peer` unless one (either
+    /// direction) started at or after `since`.
+    CatchUp {
+        node: NodeId,
+        peer: NodeId,
+        since: u64,
     },
     CompactTick {
         node: NodeId,
@@ -495,6 +506,8 @@ pub struct World {
     pub acked: BTreeMap<u32, Rank>,
     actions: Vec<Action>,
     next_sid: u64,
+    /// When a session between each pair (smaller id first) last started, either direction.
+    last_session: FastMap<(NodeId, NodeId), u64>,
     /// Delivery tracking, if the scenario asked for it.
     pub tracker: Option<Tracker>,
     rng_detector: SimRng,
@@ -585,6 +598,7 @@ impl World {
             acked: BTreeMap::new(),
             actions: Vec::new(),
             next_sid: 0,
+            last_session: FastMap::default(),
             tracker: None,
             rng_detector: rng::stream(cfg.seed, "detector"),
             next_relay: 0,
@@ -1037,7 +1051,7 @@ impl World {
         let mut ids = Vec::new();
         for b in records
             .iter()
-            .take(dpin_protocol::digest::MAX_RECORDS_PER_MESSAGE)
+            .take(dpin_protocol::digest::MAX_RECORDS_PER_CHUNK)
         {
             let key = *blake3::hash(b).as_bytes();
             match self.by_bytes.get(&key) {
@@ -1103,6 +1117,17 @@ impl World {
             }
             Ev::Heartbeat { node, inc } => self.on_heartbeat(node, inc),
             Ev::SyncTick { node } => self.on_sync_tick(node),
+            Ev::CatchUp { node, peer, since } => {
+                let key = (node.min(peer), node.max(peer));
+                if self.last_session.get(&key).is_some_and(|&t| t >= since) {
+                    return Ok(());
+                }
+                let up = self.nodes[node as usize].up && self.nodes[node as usize].present;
+                if up && self.reachable(node, peer) {
+                    self.start_session(node, peer)?;
+                }
+                Ok(())
+            }
             Ev::CompactTick { node } => self.on_compact(node),
             Ev::Flush { node, inc } => {
                 let n = &mut self.nodes[node as usize];
@@ -1401,11 +1426,14 @@ impl World {
         node.sessions.insert(
             sid,
             Session {
-                init: Initiator::new(SessionConfig::default()),
+                // Every simulated node runs this release: budgeted chunks both ways.
+                init: Initiator::new(SessionConfig::budgeted()),
                 peer,
                 nonce: 0,
             },
         );
+        let now = self.now();
+        self.last_session.insert((n.min(peer), n.max(peer)), now);
         self.stats.sync_sessions += 1;
         self.log_event(31, u64::from(n), u64::from(peer), sid);
         self.drive(n, sid)
@@ -1695,6 +1723,17 @@ impl World {
             }
             Action::Heal => {
                 let was = self.net.is_partitioned();
+                // The pairs the cut separated: they see each other come alive again.
+                let mut healed: Vec<(NodeId, NodeId)> = Vec::new();
+                if was {
+                    for n in 0..self.nodes.len() as NodeId {
+                        for &p in &self.nodes[n as usize].peers {
+                            if n < p && !self.net.can_talk(n, p) {
+                                healed.push((n, p));
+                            }
+                        }
+                    }
+                }
                 self.net.heal();
                 self.log_event(52, 0, 0, 0);
                 if !was {
@@ -1708,19 +1747,11 @@ impl World {
                         self.graft_up(n, self.cfg.mesh.n);
                     }
                 }
-                // Peers across the healed cut see each other alive again and sync at once
-                // (the node's on_transition), within each node's session slots.
-                for n in 0..self.nodes.len() as NodeId {
-                    if !self.nodes[n as usize].up {
-                        continue;
-                    }
-                    let mut peers: Vec<NodeId> = self.nodes[n as usize].peers.clone();
-                    peers.shuffle(&mut self.rng_sync);
-                    for p in peers {
-                        if self.reachable(n, p) {
-                            self.start_session(n, p)?;
-                        }
-                    }
+                // Peers across the healed cut see each other alive again and catch up (the
+                // node's on_transition), within each node's session slots.
+                healed.shuffle(&mut self.rng_sync);
+                for (a, b) in healed {
+                    self.catch_up(a, b)?;
                 }
                 Ok(())
             }
@@ -1780,10 +1811,29 @@ impl World {
             .collect();
         peers.shuffle(&mut self.rng_sync);
         for &p in &peers {
-            self.start_session(n, p)?;
-            self.start_session(p, n)?;
+            self.catch_up(n, p)?;
         }
         Ok(())
+    }
+
+    /// Two nodes that see each other come (back) alive, as the node's `catch_up`: one session
+    /// settles both directions, so the smaller id starts it at once and the larger starts one
+    /// only if none (either direction) started within [`CATCH_UP_FALLBACK_MS`] (the first
+    /// side's session slots were full). Records cross once instead of twice.
+    fn catch_up(&mut self, a: NodeId, b: NodeId) -> Result<(), SimError> {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let now = self.now();
+        if self.nodes[lo as usize].up && self.reachable(lo, hi) {
+            self.start_session(lo, hi)?;
+        }
+        self.sched.push(
+            now + CATCH_UP_FALLBACK_MS,
+            Ev::CatchUp {
+                node: hi,
+                peer: lo,
+                since: now.saturating_sub(CATCH_UP_FALLBACK_MS),
+            },
+        )
     }
 
     // ---------------------------------------------------------------- failure detection
