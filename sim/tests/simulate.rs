@@ -27,6 +27,45 @@ fn the_same_seed_replays_the_same_run() {
     assert_ne!(one.event_log_digest, other.event_log_digest);
 }
 
+/// Speed work on the simulator must not change what a seed does: these event-log digests
+/// (and the 40-seed race sweep digest) were taken before the verification cache kept prepared
+/// records (commit c860052); an optimisation that changes any of them changed a run.
+#[test]
+fn pinned_seeds_replay_the_event_logs_they_had_before_the_speed_work() {
+    let cached = |scenario, nodes, seed| {
+        let mut a = SimulateArgs::new(scenario, nodes, seed);
+        a.verify = VerifyMode::Cached;
+        a
+    };
+    let mut race = cached(Scenario::Race, 50, 3);
+    race.loss = 2.0;
+    race.clock_skew = 500;
+    let runs = [
+        (
+            race.clone(),
+            "ce3f39fb0e4b1bb20fb1c7bb3bd4d0a89a4c56436aaf05ac54978cf0fb24cccb",
+        ),
+        (
+            cached(Scenario::Churn, 30, 5),
+            "765dac8d64d40b9223f1ffbae578d9b635c06661d9fc3b867fc1beae2c8e33bc",
+        ),
+        (
+            cached(Scenario::Convergence, 200, 2),
+            "c9588149bee704e325902ecb38e476441cfe33835526ac5410364e1e9145e2b4",
+        ),
+    ];
+    for (a, digest) in runs {
+        let r = run_one(&a, a.seed).unwrap_or_else(|(e, replay)| panic!("{e}\n{replay}"));
+        assert_eq!(r.event_log_digest, digest, "{}", a.replay(a.seed));
+    }
+    let sweep = dpin_sim::simulate::sweep(&race, 0, 40, 2);
+    assert_eq!(sweep.failures, 0);
+    assert_eq!(
+        sweep.sweep_digest,
+        "46d6416b35eae75140a3c3a416f8e65718bf7a344cd41f8a6f27042ba27ebb80"
+    );
+}
+
 #[test]
 fn full_and_cached_verification_give_the_same_run() {
     let mut a = args(Scenario::Churn, 15, 3);
