@@ -6,7 +6,9 @@
 
 use std::sync::OnceLock;
 
-use dpin_protocol::digest::{MAX_RECORDS_PER_MESSAGE, MAX_SUMMARIES};
+use dpin_protocol::digest::{
+    CHUNK_BYTES, MAX_RECORDS_PER_CHUNK, MAX_RECORDS_PER_MESSAGE, MAX_SUMMARIES,
+};
 use dpin_protocol::sync::{respond, ResponderAction};
 use dpin_protocol::{
     Content, Endpoint, Freshness, Host, MemStore, RecordBody, SignedRecord, Store, SyncRequest,
@@ -55,7 +57,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // The responder's work is bounded whatever the request: at most MAX_SUMMARIES summaries,
-    // at most MAX_RECORDS_PER_MESSAGE records, and the answer fits one message.
+    // at most MAX_RECORDS_PER_CHUNK records (beyond the first MAX_RECORDS_PER_MESSAGE within
+    // CHUNK_BYTES), and the answer fits one message.
     for store in [&MemStore::new(), store()] {
         match respond(store, request.clone()) {
             ResponderAction::Reply(answer) => {
@@ -64,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
                         assert!(summaries.len() <= MAX_SUMMARIES)
                     }
                     SyncResponse::Records { records } => {
-                        assert!(records.len() <= MAX_RECORDS_PER_MESSAGE)
+                        assert!(records.len() <= MAX_RECORDS_PER_CHUNK);
+                        assert!(
+                            records.len() <= MAX_RECORDS_PER_MESSAGE
+                                || records.iter().map(Vec::len).sum::<usize>() <= CHUNK_BYTES
+                        );
                     }
                     _ => {}
                 }
@@ -74,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             ResponderAction::ApplyThenAck(records) => {
-                assert!(records.len() <= MAX_RECORDS_PER_MESSAGE)
+                assert!(records.len() <= MAX_RECORDS_PER_CHUNK)
             }
         }
     }

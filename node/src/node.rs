@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpin_protocol::blob::{BlobRequest, BlobResponse};
-use dpin_protocol::digest::MAX_RECORDS_PER_MESSAGE;
+use dpin_protocol::digest::MAX_RECORDS_PER_CHUNK;
 use dpin_protocol::ingest;
 use dpin_protocol::record::Freshness;
 use dpin_protocol::store::{Cas, Prepared, Store};
@@ -817,7 +817,7 @@ impl Node {
         let mut undecodable = 0u32;
         let decoded: Vec<SignedRecord> = records
             .iter()
-            .take(MAX_RECORDS_PER_MESSAGE)
+            .take(MAX_RECORDS_PER_CHUNK)
             .filter_map(|b| match SignedRecord::decode(b) {
                 Ok(r) => Some(r),
                 Err(_) => {
@@ -923,6 +923,12 @@ async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse
 
 /// Drives one anti-entropy session ([`dpin_protocol::sync::Initiator`]) with `peer`: every
 /// decision is the protocol's; this only carries requests and applies what comes back.
+///
+/// Sessions use the per-message cap every release accepts ([`session::SessionConfig::default`]):
+/// this release *takes* budgeted chunks (see [`malformed`]) but does not know which peers run
+/// it. Step two, once the network layer records that a peer takes them (e.g. a
+/// `/dpin/sync-chunks/1` entry in its identify protocols), is `SessionConfig::budgeted()` for
+/// that peer.
 pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
     let mut session = Initiator::new(session::SessionConfig::default());
     loop {
@@ -1084,7 +1090,9 @@ fn handle_event(node: &Node, ev: NetEvent) {
 
 /// Why a decoded sync request breaks a bound no honest initiator breaks, if it does: a digest
 /// of other than [`dpin_protocol::BUCKETS`] buckets (a sync bomb), more names or records than
-/// one message carries.
+/// one budgeted chunk carries ([`MAX_RECORDS_PER_CHUNK`]; this release takes budgeted chunks
+/// from any peer, and sends them only to peers known to take them, see
+/// `dpin_protocol::sync`'s mixed-version rule).
 fn malformed(req: &SyncRequest) -> Option<&'static str> {
     match req {
         SyncRequest::Digest { buckets, .. } | SyncRequest::DigestFrom { buckets, .. }
@@ -1092,10 +1100,10 @@ fn malformed(req: &SyncRequest) -> Option<&'static str> {
         {
             Some("malformed digest: wrong number of buckets")
         }
-        SyncRequest::Fetch { names } if names.len() > MAX_RECORDS_PER_MESSAGE => {
+        SyncRequest::Fetch { names } if names.len() > MAX_RECORDS_PER_CHUNK => {
             Some("malformed fetch: too many names")
         }
-        SyncRequest::Push { records } if records.len() > MAX_RECORDS_PER_MESSAGE => {
+        SyncRequest::Push { records } if records.len() > MAX_RECORDS_PER_CHUNK => {
             Some("malformed push: too many records")
         }
         _ => None,
