@@ -100,7 +100,7 @@ fn dirs_holding(nodes: &[NodeProc], hash: &str) -> Vec<String> {
 #[test]
 fn fake_offers_and_a_foreign_manifest_change_no_honest_blobs_placement_or_copy_count() -> Result<()>
 {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let fast = [
         "--no-probe",
         "--offer-refresh-ms",

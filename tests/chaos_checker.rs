@@ -329,7 +329,7 @@ fn propagation_to_a_faulted_node_is_left_out() {
 #[test]
 fn histories_round_trip_through_jsonl() -> Result<(), Box<dyn std::error::Error>> {
     let h = clean_history();
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let path = dir.path().join("h.jsonl");
     h.write_jsonl(&path)?;
     let back = History::read_jsonl(&path)?;
@@ -1021,7 +1021,7 @@ fn a_flagged_stale_answer_kept_for_want_of_a_better_one_is_counted_kept_not_fail
 #[test]
 fn the_cut_off_fields_survive_the_history_file_and_old_histories_load_without_them(
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let path = dir.path().join("h.jsonl");
     let h = History {
         ops: vec![

@@ -127,7 +127,7 @@ fn wait_ips(addr: SocketAddr, name: &str, qtype: RecordType, want: &[&str]) -> R
 
 #[test]
 fn a_aaaa_srv_nxdomain_refused_aliases_and_case_over_udp_and_tcp() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let node = dns_node(dir.path(), &["--alias", &format!("shop={zone}")])?;
     let dns = dns_addr(&node)?;
@@ -224,7 +224,7 @@ fn a_aaaa_srv_nxdomain_refused_aliases_and_case_over_udp_and_tcp() -> Result<()>
 
 #[test]
 fn ttl_follows_expiry_and_expired_names_answer_nxdomain() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let node = dns_node(dir.path(), &[])?;
     let dns = dns_addr(&node)?;
@@ -258,7 +258,7 @@ fn ttl_follows_expiry_and_expired_names_answer_nxdomain() -> Result<()> {
 
 #[test]
 fn large_endpoint_set_is_truncated_on_udp_and_complete_over_tcp() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let node = dns_node(dir.path(), &[])?;
     let dns = dns_addr(&node)?;
@@ -310,7 +310,7 @@ fn large_endpoint_set_is_truncated_on_udp_and_complete_over_tcp() -> Result<()> 
 
 #[test]
 fn name_updated_on_another_peer_shows_up_in_this_peers_dns() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 2, &["--dns", "127.0.0.1:0"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -349,7 +349,7 @@ fn raw_query(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>> {
 
 #[test]
 fn garbage_floods_and_idle_tcp_connections_do_not_stop_the_server() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let node = dns_node(dir.path(), &[])?;
     let dns = dns_addr(&node)?;
@@ -472,7 +472,7 @@ fn garbage_floods_and_idle_tcp_connections_do_not_stop_the_server() -> Result<()
 /// the target).
 #[test]
 fn dns_answers_follow_endpoint_health_and_fail_open() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = dns_node(
         dir.path(),
         &[
@@ -555,7 +555,7 @@ fn dns_metric(node: &NodeProc, series: &str) -> Result<u64> {
 #[test]
 fn a_udp_burst_from_one_prefix_is_rate_limited_and_other_prefixes_are_not() -> Result<()> {
     const BURST: u16 = 200;
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = dns_node(dir.path(), &["--dns-rrl-rate", "20", "--dns-rrl-slip", "2"])?;
     let addr = dns_addr(&node)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -621,7 +621,7 @@ fn hold_slow_tcp(
 /// closed to admit the newcomer, and that is counted.
 #[test]
 fn slow_tcp_connections_from_many_addresses_are_evicted_for_new_clients() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let node = dns_node(dir.path(), &[])?;
     let dns = dns_addr(&node)?;
@@ -650,7 +650,7 @@ fn slow_tcp_connections_from_many_addresses_are_evicted_for_new_clients() -> Res
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_dns_under_slow_tcp_connections() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let name = format!("web.{zone}.dpin.");
     for (label, env) in [
@@ -749,7 +749,7 @@ fn paced_flood(
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_rrl_amplification() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let eps: Vec<String> = (1..=64).map(|i| format!("198.51.100.{i}:443")).collect();
     let mut args: Vec<&str> = eps.iter().map(String::as_str).collect();

@@ -51,7 +51,7 @@ fn peer_state(observer: &NodeProc, peer: &str) -> Option<String> {
 #[test]
 fn answers_carry_only_healthy_endpoints_follow_moves_and_fail_open_when_none_is_healthy(
 ) -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     // The endpoints are on loopback, which nodes refuse to probe unless the operator allows it.
     let probe = [
         "--probe-interval-ms",
@@ -116,7 +116,7 @@ fn answers_carry_only_healthy_endpoints_follow_moves_and_fail_open_when_none_is_
 
 #[test]
 fn paused_peer_is_marked_down_and_back_up_after_sigcont() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let target = &nodes[2];
@@ -145,7 +145,7 @@ fn paused_peer_is_marked_down_and_back_up_after_sigcont() -> Result<()> {
 
 #[test]
 fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -209,7 +209,7 @@ fn resolve_moves_past_a_dead_and_a_hung_peer() -> Result<()> {
 #[test]
 #[ignore = "measurement; prints figures"]
 fn measure_detection_times() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let mut paused = Vec::new();
@@ -258,7 +258,7 @@ fn measure_detection_times() -> Result<()> {
 /// peers, which still hear from most of the network, do not.
 #[test]
 fn a_node_that_hears_none_of_its_peers_says_it_is_cut_off_and_still_answers() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -314,7 +314,7 @@ fn a_node_that_hears_none_of_its_peers_says_it_is_cut_off_and_still_answers() ->
 /// the cut-off peer (never fail closed), warning that the answer may be stale.
 #[test]
 fn resolve_passes_over_a_cut_off_peer_and_falls_back_to_it_when_alone() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     // A node told to join through an address where nothing listens knows no peer: cut off.

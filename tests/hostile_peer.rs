@@ -118,7 +118,7 @@ fn stream(kind: Kind, rate: f64) -> Stream {
 
 #[test]
 fn an_honest_node_keeps_resolving_bans_a_flooding_peer_and_loses_no_record() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, BOUND)?;
 
@@ -230,7 +230,7 @@ fn a_non_holder_serves_an_honest_blob_despite_many_foreign_manifests() -> Result
 }
 
 fn blob_attack(get_through_non_holder: bool) -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let fast = [
         "--no-probe",
         "--offer-refresh-ms",
@@ -469,7 +469,7 @@ fn flood_target_measured_side_by_side_with_an_idle_run() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &["--no-probe", "--dns"])?;
     wait_connected(&nodes, BOUND)?;
     let key = ZoneKey::from_seed([0x43; 32]);
@@ -630,7 +630,7 @@ fn get_from(from: &str, api: &str, path: &str) -> Result<(u16, Option<String>, V
 /// flooder's 300 requests would need over two minutes to all be admitted.
 #[test]
 fn an_http_flood_from_one_client_gets_429_while_another_client_is_served() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = NodeProc::start_with_env(
         bin(),
         &dir.path().join("n0"),
@@ -714,7 +714,7 @@ fn an_http_flood_from_one_client_gets_429_while_another_client_is_served() -> Re
 /// `protocol::ingest`; the node does not expose its size.)
 #[test]
 fn rotating_peer_ids_buy_no_unbounded_state_and_the_honest_node_keeps_serving() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
     wait_connected(&nodes, BOUND)?;
     let honest = publish_honest(&nodes[1].api, 0x45, 10)?;

@@ -4,6 +4,9 @@
 //! CLI as `dpin`) and pass it to [`NodeProc::start`]. Every child is killed when its guard drops,
 //! so a failing test leaves no process behind. Waiting is always polling against a deadline
 //! ([`wait_until`]), never a fixed sleep.
+//!
+//! Each test's nodes live under one [`test_dir`]: run with `DPIN_KEEP_TEST_DIRS=1` to keep it
+//! (its path is printed) and read every node's `node.log` after a failure.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -325,6 +328,19 @@ pub fn publish(bin: &Path, key: &Path, apis: &str, label: &str, extra: &[&str]) 
     let mut args = vec!["publish", "--key", key, "--api", apis, label];
     args.extend_from_slice(extra);
     cli(bin, &args)
+}
+
+/// A fresh temporary directory for one test's data dirs and logs (each node writes
+/// `node.log` into its data dir). With `DPIN_KEEP_TEST_DIRS=1` in the environment it is
+/// kept after the test and its path printed, so the node logs of a failed (or flaky) run can
+/// be read afterwards; otherwise it is removed when dropped, as `tempfile::tempdir()` does.
+pub fn test_dir() -> Result<tempfile::TempDir> {
+    let mut dir = tempfile::tempdir()?;
+    if std::env::var_os("DPIN_KEEP_TEST_DIRS").is_some_and(|v| !v.is_empty() && v != "0") {
+        dir.disable_cleanup(true);
+        eprintln!("test dir kept: {}", dir.path().display());
+    }
+    Ok(dir)
 }
 
 /// The stdout of a successful command, or its stderr as the error.

@@ -47,7 +47,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Result<(std::process::Child, St
 
 #[test]
 fn a_config_file_sets_the_node_and_flags_and_environment_override_it() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = dpin_tests::test_dir()?;
     let data = tmp.path().join("data");
     let file = tmp.path().join("dpin.toml");
     std::fs::write(
@@ -84,7 +84,7 @@ fn a_config_file_sets_the_node_and_flags_and_environment_override_it() -> Result
 
 #[test]
 fn an_unknown_key_is_refused_with_its_name() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = dpin_tests::test_dir()?;
     let file = tmp.path().join("dpin.toml");
     std::fs::write(
         &file,

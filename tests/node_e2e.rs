@@ -30,7 +30,7 @@ fn wait_seq(node: &NodeProc, name: &str, seq: u64) -> Result<()> {
 
 #[test]
 fn record_published_at_one_node_resolves_from_every_other() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &[])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -80,7 +80,7 @@ fn record_published_at_one_node_resolves_from_every_other() -> Result<()> {
 
 #[test]
 fn killed_node_keeps_acknowledged_records_and_catches_up_after_restart() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut nodes = cluster(bin(), dir.path(), 3, &[])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -119,7 +119,7 @@ fn killed_node_keeps_acknowledged_records_and_catches_up_after_restart() -> Resu
 
 #[test]
 fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &[])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -174,7 +174,7 @@ fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<
 
 #[test]
 fn two_writers_with_the_same_seq_converge_to_one_identical_winner() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &[])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -209,7 +209,7 @@ fn two_writers_with_the_same_seq_converge_to_one_identical_winner() -> Result<()
 
 #[test]
 fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut node = NodeProc::start(bin(), &dir.path().join("solo"), &[], &[])?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let api = node.api.clone();
@@ -267,7 +267,7 @@ fn sigkill_during_a_stream_of_publishes_loses_no_acknowledged_record() -> Result
 #[ignore = "measurement; prints figures"]
 fn measure_propagation_and_idle_rss() -> Result<()> {
     use dpin_protocol::{Content, RecordBody, ZoneKey};
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &[])?;
     wait_connected(&nodes, SPREAD)?;
     std::thread::sleep(Duration::from_secs(3));
@@ -316,7 +316,7 @@ fn measure_propagation_and_idle_rss() -> Result<()> {
 #[test]
 fn node_that_missed_thousands_of_records_catches_up_by_anti_entropy() -> Result<()> {
     use dpin_protocol::{Content, RecordBody, ZoneKey};
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let a = NodeProc::start(bin(), &dir.path().join("a"), &[], &[])?;
     let (key_path, _) = keygen(bin(), dir.path(), "zone")?;
     let key = ZoneKey::from_key_file(&std::fs::read_to_string(key_path)?)?;
@@ -361,7 +361,7 @@ fn node_that_missed_thousands_of_records_catches_up_by_anti_entropy() -> Result<
 #[ignore = "measurement; prints figures; takes minutes"]
 fn measure_rss_with_100k_records() -> Result<()> {
     use dpin_protocol::{Content, RecordBody, ZoneKey};
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = NodeProc::start(bin(), &dir.path().join("big"), &[], &["--no-probe"])?;
     let (key_path, _) = keygen(bin(), dir.path(), "zone")?;
     let key = ZoneKey::from_key_file(&std::fs::read_to_string(key_path)?)?;

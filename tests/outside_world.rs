@@ -64,7 +64,7 @@ fn health(node: &NodeProc, name: &str) -> Option<Vec<(u64, String, bool)>> {
 
 #[test]
 fn loopback_endpoints_are_never_probed_by_default_and_are_once_allowed() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let name = format!("svc.{zone}");
 
@@ -121,7 +121,7 @@ fn loopback_endpoints_are_never_probed_by_default_and_are_once_allowed() -> Resu
 /// query, bad body, oversized body), is the JSON `{"error", "message"}` of SPEC §5.
 #[test]
 fn every_api_error_has_a_json_body() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = NodeProc::start(bin(), &dir.path().join("n"), &[], &["--no-probe"])?;
     let cases: [(&str, &str, Option<&str>, u16, &str); 6] = [
         ("GET", "/no/such/path", None, 404, "not_found"),
@@ -158,7 +158,7 @@ fn every_api_error_has_a_json_body() -> Result<()> {
 fn slow_loris_connections_do_not_block_requests_and_are_closed_by_the_head_deadline() -> Result<()>
 {
     const SLOW: usize = 40;
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = NodeProc::start(bin(), &dir.path().join("n"), &[], &["--no-probe"])?;
     let closed = Arc::new(AtomicUsize::new(0));
     let open = Arc::new(AtomicUsize::new(0));
@@ -210,7 +210,7 @@ fn slow_loris_connections_do_not_block_requests_and_are_closed_by_the_head_deadl
 /// reads stay public, and the CLI, given the same variable, publishes.
 #[test]
 fn writes_need_the_api_token_when_the_node_has_one() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let token = [("DPIN_API_TOKEN".to_owned(), "s3cret-token".to_owned())];
     let node = NodeProc::start_with_env(
         bin(),
@@ -264,7 +264,7 @@ fn writes_need_the_api_token_when_the_node_has_one() -> Result<()> {
 /// period, while the bytes keep coming. Takes about `UPLOAD_GRACE` (10 s).
 #[test]
 fn an_upload_trickled_byte_by_byte_is_cut_off() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let node = NodeProc::start(bin(), &dir.path().join("n"), &[], &["--no-probe"])?;
     let mut s = TcpStream::connect(&node.api)?;
     write!(

@@ -104,7 +104,7 @@ fn cluster_args(
 #[test]
 fn each_endpoint_is_probed_by_three_nodes_and_every_node_knows_its_health() -> Result<()> {
     const NODES: usize = 5;
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster_env(dir.path(), NODES, &[])?;
     wait_connected(&nodes, SPREAD)?;
     // The failure detector and the network layer report on /metrics: peers by state, and
@@ -181,7 +181,7 @@ fn measure_probe_rate_per_endpoint() -> Result<()> {
                 vec![("DPIN_PROBERS".to_owned(), "0".to_owned())],
             ),
         ] {
-            let dir = tempfile::tempdir()?;
+            let dir = dpin_tests::test_dir()?;
             let nodes = cluster_args(dir.path(), n, &env, &DEFAULT_INTERVAL)?;
             wait_connected(&nodes, SPREAD)?;
             let listeners: Vec<CountingListener> = (0..8)

@@ -102,7 +102,7 @@ fn all_apis(nodes: &[NodeProc]) -> String {
 /// clean-up must not empty the name, and every refusal must say why.
 #[test]
 fn a_late_plan_is_refused_as_stale_and_never_holds_after_a_partition_heals() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -186,7 +186,7 @@ fn a_late_plan_is_refused_as_stale_and_never_holds_after_a_partition_heals() -> 
 /// same peers are never both acknowledged at one seq, and the last acknowledged write holds.
 #[test]
 fn the_default_publish_never_overwrites_a_write_it_did_not_see() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 3, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -243,7 +243,7 @@ fn the_default_publish_never_overwrites_a_write_it_did_not_see() -> Result<()> {
 /// Deleting must name what it deletes, and a tombstone outlives what it deletes.
 #[test]
 fn a_deletion_must_name_the_seq_it_deletes_and_outlives_it() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -291,7 +291,7 @@ fn a_deletion_must_name_the_seq_it_deletes_and_outlives_it() -> Result<()> {
 /// node alike, an overflowing TTL is an error, and the name stays writable.
 #[test]
 fn seqs_and_durations_at_their_limits_are_refused_and_the_name_stays_writable() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 1, &["--no-probe"])?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
     let name = format!("web.{zone}");
@@ -336,7 +336,7 @@ fn seqs_and_durations_at_their_limits_are_refused_and_the_name_stays_writable() 
 /// from replication, and every store ends identical.
 #[test]
 fn nodes_ten_minutes_behind_or_ahead_take_thirty_day_records_and_converge() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let first = NodeProc::start(bin(), &dir.path().join("n0"), &[], &["--no-probe"])?;
     let boot = vec![first.bootstrap_addr()];
     let behind = NodeProc::start_with_env(
@@ -380,7 +380,7 @@ fn nodes_ten_minutes_behind_or_ahead_take_thirty_day_records_and_converge() -> R
 /// clock is corrected it gets the body back from them by itself and answers again.
 #[test]
 fn a_node_whose_clock_ran_far_ahead_recovers_compacted_bodies_once_corrected() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let first = NodeProc::start(bin(), &dir.path().join("n0"), &[], &["--no-probe"])?;
     let boot = vec![first.bootstrap_addr()];
     let mut skewed = NodeProc::start_with_env(
@@ -419,7 +419,7 @@ fn a_node_whose_clock_ran_far_ahead_recovers_compacted_bodies_once_corrected() -
 #[test]
 fn a_wiped_node_learns_an_expired_deletion_and_refuses_a_replay_of_the_deleted_record() -> Result<()>
 {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -478,7 +478,7 @@ fn a_wiped_node_learns_an_expired_deletion_and_refuses_a_replay_of_the_deleted_r
 /// cannot be replayed), is counted, and comes back from a peer.
 #[test]
 fn a_damaged_body_on_disk_keeps_its_floor_and_is_restored_from_a_peer() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let mut nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
     wait_connected(&nodes, SPREAD)?;
     let (key, zone) = keygen(bin(), dir.path(), "zone")?;
@@ -541,7 +541,7 @@ fn damage_body(db: &Path, name: &str) -> Result<()> {
 /// not as a lost race.
 #[test]
 fn retrying_a_compare_and_set_write_that_won_is_a_duplicate() -> Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let nodes = cluster(bin(), dir.path(), 1, &["--no-probe"])?;
     let (key, _zone) = keygen(bin(), dir.path(), "zone")?;
     let api = nodes[0].api.clone();
@@ -579,7 +579,7 @@ fn retrying_a_compare_and_set_write_that_won_is_a_duplicate() -> Result<()> {
 fn a_clean_up_racing_a_write_at_its_seq_never_empties_the_name_and_a_stale_one_deletes_nothing(
 ) -> Result<()> {
     for cleanup_first in [true, false] {
-        let dir = tempfile::tempdir()?;
+        let dir = dpin_tests::test_dir()?;
         let mut nodes = cluster(bin(), dir.path(), 2, &["--no-probe"])?;
         wait_connected(&nodes, SPREAD)?;
         let (key, zone) = keygen(bin(), dir.path(), "zone")?;

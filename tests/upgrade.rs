@@ -77,7 +77,7 @@ fn endpoints(v: &Value) -> Vec<(String, u64, String)> {
 fn todays_data_dir_opens_and_serves_its_records() -> Result<()> {
     let exp = expected()?;
     let zone = exp["zone"].as_str().ok_or_else(|| anyhow!("zone"))?;
-    let tmp = tempfile::tempdir()?;
+    let tmp = dpin_tests::test_dir()?;
     let dir = tmp.path().join("data");
     copy_dir(&fixture().join("datadir-v1"), &dir)?;
     assert!(!dir.join("FORMAT").exists(), "the fixture predates FORMAT");
@@ -171,7 +171,7 @@ fn node_exit(dir: &Path) -> Result<(i32, String)> {
 
 #[test]
 fn a_data_dir_from_a_newer_dpin_is_refused_untouched() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
+    let tmp = dpin_tests::test_dir()?;
     let dir = tmp.path().join("data");
     copy_dir(&fixture().join("datadir-v1"), &dir)?;
     std::fs::write(dir.join("FORMAT"), "2\n")?;
