@@ -104,7 +104,7 @@ fn census(api: &str, hash: &str) -> Result<(u64, Vec<String>)> {
 #[test]
 fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
     let _cluster = one_cluster_at_a_time();
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let fast = [
         "--no-probe",
         "--offer-refresh-ms",
@@ -271,7 +271,7 @@ fn blobs_survive_a_holder_loss_and_corruption_and_offers_lapse() -> Result<()> {
 #[test]
 fn repair_adds_no_copy_on_a_node_that_put_skipped_for_lack_of_room() -> Result<()> {
     let _cluster = one_cluster_at_a_time();
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let fast = [
         "--no-probe",
         "--offer-refresh-ms",
@@ -395,7 +395,7 @@ fn offer_expiry(api: &str, peer: &str) -> Option<u64> {
 fn own_offers_and_manifests_stay_monotonic_after_the_clock_steps_back() -> Result<()> {
     let ten_minutes_behind = faketime("-10m")?;
     let _cluster = one_cluster_at_a_time();
-    let dir = tempfile::tempdir()?;
+    let dir = dpin_tests::test_dir()?;
     let args = [
         "--no-probe",
         "--offer-refresh-ms",
@@ -441,5 +441,93 @@ fn own_offers_and_manifests_stay_monotonic_after_the_clock_steps_back() -> Resul
     // Re-putting the blob publishes its manifest again, above the held floor.
     let again = put(&api, &file, "1")?;
     assert_eq!(again["hash"], first["hash"]);
+    Ok(())
+}
+
+/// A read through a node that holds no copy survives every holder pausing in the middle of
+/// the download (a stalled host, a GC pause, a congested link): the reading node asks again
+/// for the chunks that timed out, with fewer in flight, until the holders answer, and gives
+/// up only after `GET_STALL` without progress. It used to give each chunk one pass over the
+/// holders (one 2 s request timeout each) and then end the body early, so a stall longer than
+/// that cut the download short: the "error decoding response body" flake of the test above
+/// under load.
+#[test]
+fn a_read_survives_every_holder_pausing_in_the_middle_of_the_download() -> Result<()> {
+    use std::io::{Read, Write};
+    let _cluster = one_cluster_at_a_time();
+    let dir = dpin_tests::test_dir()?;
+    let fast = ["--no-probe", "--offer-refresh-ms", "500"];
+    let mut storage = fast.to_vec();
+    storage.extend_from_slice(&["--offer-storage", "64M"]);
+    // Node 0 reads and holds nothing; nodes 1-3 hold the three copies.
+    let nodes = dpin_tests::cluster_with(bin(), dir.path(), &fast, 3, &storage)?;
+    wait_connected(&nodes, BOUND)?;
+    let api0 = nodes[0].api.clone();
+    wait_until(BOUND, "3 storage offers", || {
+        (offers(&api0, &["--kind", "storage"]).ok()?.len() == 3).then_some(())
+    })?;
+    // 32 chunks: more than the reader fetches ahead and the sockets buffer, so most chunks
+    // are asked for while the holders are stopped.
+    let data = pattern(32 << 20, 3);
+    let file = dir.path().join("file.bin");
+    std::fs::write(&file, &data)?;
+    let hash = put(&api0, &file, "3")?["hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // HTTP/1.0, so the body is the raw bytes up to the close (no chunked encoding).
+    let mut conn = std::net::TcpStream::connect(&api0)?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(conn, "GET /v1/blobs/{hash} HTTP/1.0\r\nHost: dpin\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < (1 << 20) {
+        let n = conn.read(&mut buf)?;
+        anyhow::ensure!(n > 0, "the body ended after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Every holder stops for 8 s: longer than one pass over the three holders' timeouts.
+    for n in &nodes[1..] {
+        n.signal(libc::SIGSTOP)?;
+    }
+    let stopped = Instant::now();
+    let resume = std::thread::scope(|s| -> Result<Vec<u8>> {
+        let waker = s.spawn(|| -> Result<()> {
+            std::thread::sleep(Duration::from_secs(8));
+            for n in &nodes[1..] {
+                n.signal(libc::SIGCONT)?;
+            }
+            Ok(())
+        });
+        let mut rest = Vec::new();
+        let read = conn.read_to_end(&mut rest);
+        waker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the resuming thread panicked"))??;
+        read?;
+        Ok(rest)
+    });
+    got.extend_from_slice(&resume?);
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header in the answer"))?;
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let body = &got[head_end + 4..];
+    assert_eq!(
+        body.len(),
+        data.len(),
+        "the download ended early, {:?} after the holders stopped",
+        stopped.elapsed()
+    );
+    assert!(
+        body == data.as_slice(),
+        "bytes differ after the holders paused"
+    );
     Ok(())
 }

@@ -722,7 +722,7 @@ fn is_loopback(addr: IpAddr) -> bool {
 
 async fn put_blob(
     State(node): State<Node>,
-    axum::extract::ConnectInfo(Peer(peer)): axum::extract::ConnectInfo<Peer>,
+    axum::extract::ConnectInfo(Peer(peer, _)): axum::extract::ConnectInfo<Peer>,
     token: Option<axum::Extension<TokenOk>>,
     axum::extract::Query(q): axum::extract::Query<PutQuery>,
     body: axum::body::Body,
@@ -865,31 +865,34 @@ async fn blob_lookup(
 
 async fn get_blob(
     State(node): State<Node>,
+    extensions: axum::http::Extensions,
     Path(raw): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let (root, m, index) = blob_lookup(&node, &raw).await?;
     // A producer fetches (and verifies) chunks ahead of the client, several at once from the
-    // holders (blobs::fetch_chunks); a chunk no holder can provide ends the body early, which
-    // the client sees as a short, failed download.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    // holders, asking again for chunks that timed out (blobs::fetch_chunks); a chunk no holder
+    // can provide ends the body early, which the client sees as a short, failed download.
+    // Dropping the body (the client went away) closes the channel, which stops the producer.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, crate::blobs::BlobError>>(2);
     let candidates: Vec<_> = crate::blobs::placement(&node, &root, index.size)
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    let chunks = crate::blobs::fetch_chunks(node, root, index, candidates, usize::from(m.replicas));
-    tokio::spawn(async move {
-        use futures::StreamExt;
-        let mut chunks = std::pin::pin!(chunks);
-        while let Some(r) = chunks.next().await {
-            let r = r.map_err(|e| std::io::Error::other(e.to_string()));
-            let failed = r.is_err();
-            if tx.send(r).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let spread = usize::from(m.replicas);
+    tokio::spawn(crate::blobs::fetch_chunks(
+        node, root, index, candidates, spread, tx,
+    ));
+    // The body may pause while chunks are asked for again: the connection must not take that
+    // for an idle one (ResponseGate). The guard lives as long as the body.
+    let responding = extensions
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .and_then(|p| p.0 .1.hold());
+    let stream = futures::stream::unfold((rx, responding), |(mut rx, responding)| async move {
+        let item = rx.recv().await?;
+        Some((
+            item.map_err(|e| std::io::Error::other(e.to_string())),
+            (rx, responding),
+        ))
     });
     let mut resp = axum::body::Body::from_stream(stream).into_response();
     resp.headers_mut().insert(
@@ -1121,6 +1124,10 @@ struct ConnShared {
     /// Milliseconds since the listener's epoch, plus one, when the connection started waiting
     /// for its current request head; 0 while it is not waiting.
     head_since: AtomicU64,
+    /// Response bodies still being sent on the connection ([`Responding`]). While one is, the
+    /// connection is not waiting for a head, whatever was written last: a download whose
+    /// source stalls (holders paused) writes nothing for a while and must not be closed for it.
+    responding: std::sync::atomic::AtomicU32,
     evicted: std::sync::atomic::AtomicBool,
     waker: futures::task::AtomicWaker,
 }
@@ -1170,6 +1177,7 @@ impl BoundedListener {
                 .conns
                 .values()
                 .filter(|c| !c.evicted.load(Ordering::Relaxed))
+                .filter(|c| c.responding.load(Ordering::Relaxed) == 0)
                 .map(|c| (c.head_since.load(Ordering::Relaxed), c))
                 .filter(|(since, _)| *since != 0 && since.saturating_sub(1) <= cutoff)
                 .min_by_key(|(since, _)| *since)
@@ -1263,15 +1271,48 @@ impl axum::serve::Listener for BoundedListener {
     }
 }
 
-/// The client's address, for handlers that depend on where a request comes from.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+/// The client's address, for handlers that depend on where a request comes from, and a
+/// handle on its connection ([`ResponseGate`]).
+#[derive(Clone, Debug)]
+pub struct Peer(pub SocketAddr, pub ResponseGate);
+
+/// Lets a handler whose body is sent over a long time (a blob download) tell its connection
+/// so ([`ResponseGate::hold`]): the request-head deadline, which restarts with every write
+/// because the connection cannot see where a response ends, then does not close it while the
+/// body is still coming. Empty for a router driven in-process.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseGate(Option<Arc<ConnShared>>);
+
+impl ResponseGate {
+    /// Marks a response in progress until the returned guard is dropped (keep it in the body).
+    pub fn hold(&self) -> Option<Responding> {
+        let shared = self.0.clone()?;
+        shared.responding.fetch_add(1, Ordering::Relaxed);
+        Some(Responding(shared))
+    }
+}
+
+/// A response body in progress on a connection ([`ResponseGate::hold`]).
+#[derive(Debug)]
+pub struct Responding(Arc<ConnShared>);
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.0.responding.fetch_sub(1, Ordering::Relaxed);
+        // The connection may be parked on a deadline that passed during the body: let it look
+        // again (it re-arms the deadline from its last write).
+        self.0.waker.wake();
+    }
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
     for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer(
+            *stream.remote_addr(),
+            ResponseGate(Some(stream.io().slot.shared.clone())),
+        )
     }
 }
 
@@ -1318,6 +1359,15 @@ impl tokio::io::AsyncRead for GuardedIo {
             )));
         }
         if this.awaiting_head && this.deadline.as_mut().poll(cx).is_ready() {
+            if this.slot.shared.responding.load(Ordering::Relaxed) > 0 {
+                // A body is still being sent (its source stalled): no head is due yet. Look
+                // again a deadline later, so a connection left idle after it still closes.
+                let at = tokio::time::Instant::now() + REQUEST_HEAD_TIMEOUT;
+                this.deadline.as_mut().reset(at);
+                let _ = this.deadline.as_mut().poll(cx);
+                let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+                return r;
+            }
             HTTP_STATS.head_timeouts.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -1149,17 +1149,24 @@ async fn ask_stored(node: &Node, peer: PeerId, req: BlobRequest) -> Result<(), S
     }
 }
 
-/// Progress of a put on one holder: when a request last succeeded, failures since.
+/// Progress of a transfer (a put on one holder, or a read): when a request last succeeded,
+/// failures since, and how long it may go without a success.
 struct Progress {
     since: tokio::time::Instant,
     failures: u32,
+    stall: Duration,
 }
 
 impl Progress {
     fn new() -> Self {
+        Self::with_stall(PUT_STALL)
+    }
+
+    fn with_stall(stall: Duration) -> Self {
         Self {
             since: tokio::time::Instant::now(),
             failures: 0,
+            stall,
         }
     }
 
@@ -1168,10 +1175,10 @@ impl Progress {
         self.failures = 0;
     }
 
-    /// After a failure: how long to pause before trying again, or `None` once the holder has
-    /// made no progress for [`PUT_STALL`].
+    /// After a failure: how long to pause before trying again, or `None` once the transfer
+    /// has made no progress for its stall bound ([`PUT_STALL`], [`GET_STALL`]).
     fn failed(&mut self) -> Option<Duration> {
-        if self.since.elapsed() >= PUT_STALL {
+        if self.since.elapsed() >= self.stall {
             return None;
         }
         self.failures = self.failures.saturating_add(1);
@@ -1422,7 +1429,7 @@ pub async fn fetch_index(
 
 /// Chunk `i` of `root`, verified, from this node or the first of `candidates` (live storage
 /// nodes in rendezvous order, see [`placement`]; computed once per blob by the caller, since
-/// it scans the offers) that has a good copy.
+/// it scans the offers) that has a good copy. One pass over the candidates.
 pub async fn fetch_chunk(
     node: &Node,
     root: &[u8; 32],
@@ -1430,7 +1437,32 @@ pub async fn fetch_chunk(
     i: u32,
     candidates: &[PeerId],
 ) -> Result<Vec<u8>, BlobError> {
-    let want = index_entry(&index.hashes, i).ok_or(BlobError::BadIndex)?;
+    fetch_chunk_once(node, root, index, i, candidates)
+        .await
+        .map_err(|miss| BlobError::Unavailable { i, why: miss.why })
+}
+
+/// Why one pass over the candidates got no good copy of a chunk.
+struct ChunkMiss {
+    /// At least one candidate gave no answer (a timeout, a closed or missing connection, a
+    /// refused or overloaded request): asking again later may succeed. When every candidate
+    /// answered (not held, corrupt), it will not.
+    transient: bool,
+    why: String,
+}
+
+/// [`fetch_chunk`], telling a miss worth retrying from one that is not.
+async fn fetch_chunk_once(
+    node: &Node,
+    root: &[u8; 32],
+    index: &Index,
+    i: u32,
+    candidates: &[PeerId],
+) -> Result<Vec<u8>, ChunkMiss> {
+    let want = index_entry(&index.hashes, i).ok_or_else(|| ChunkMiss {
+        transient: false,
+        why: BlobError::BadIndex.to_string(),
+    })?;
     let store = node.blobs().clone();
     let r = *root;
     if let Ok(Ok(data)) = tokio::task::spawn_blocking(move || store.get_chunk(&r, i)).await {
@@ -1438,6 +1470,7 @@ pub async fn fetch_chunk(
     }
     let me = node.0.net.local_peer_id();
     let mut why = Vec::new();
+    let mut transient = false;
     for &peer in candidates {
         if peer == me {
             continue;
@@ -1446,57 +1479,140 @@ pub async fn fetch_chunk(
             Ok(BlobResponse::Chunk { data }) if chunk_hash(&data) == want => return Ok(data),
             Ok(BlobResponse::Chunk { .. }) => why.push(format!("{peer}: corrupt")),
             Ok(other) => why.push(format!("{peer}: {other:?}")),
-            Err(e) => why.push(format!("{peer}: {e}")),
+            Err(e) => {
+                transient = true;
+                why.push(format!("{peer}: {e}"));
+            }
         }
     }
-    Err(BlobError::Unavailable {
-        i,
+    Err(ChunkMiss {
+        transient,
         why: why.join("; "),
     })
 }
 
-/// Chunks fetched at once by a read ([`fetch_chunks`]).
+/// Chunks fetched at once by a read ([`fetch_chunks`]), and how far ahead of the reader.
 pub const GET_PARALLEL_CHUNKS: usize = 8;
+/// A read gives up after this long without any chunk arriving. Chunk requests are
+/// idempotent, so a read whose holders are slow, paused or on a congested link keeps asking
+/// (with fewer chunks in flight, after a pause) as long as some chunk still arrives; a read
+/// whose every holder is gone ends after this long. The same bound as [`PUT_STALL`].
+pub const GET_STALL: Duration = PUT_STALL;
 
-/// Every chunk of `root`, in order, verified: up to [`GET_PARALLEL_CHUNKS`] fetched at once,
-/// chunk `i` asked first of candidate `i % spread` (then the others in order, as
-/// [`fetch_chunk`] fails over), so a read draws on `spread` holders (the blob's `K`) instead
-/// of waiting on one holder a round trip per chunk. The stream ends after the first chunk
-/// no holder can provide. Memory: at most [`GET_PARALLEL_CHUNKS`] chunks buffered.
-pub fn fetch_chunks(
+/// Sends every chunk of `root` to `out`, in order and verified, then returns; or sends the
+/// first error and returns. Stops as soon as `out` is closed (the reader went away).
+///
+/// * Up to [`GET_PARALLEL_CHUNKS`] chunks are in flight, and none more than that many ahead
+///   of the next one the reader needs, so at most that many are held in memory.
+/// * Chunk `i` is asked first of candidate `i % spread` (then the others in order, as
+///   [`fetch_chunk`] fails over), so a read draws on `spread` holders (the blob's `K`)
+///   instead of waiting on one holder a round trip per chunk.
+/// * A chunk no candidate answered for (every request failed: timeouts, closed connections,
+///   refusals) is asked again, starting one candidate further on, after a pause that grows
+///   with the failures in a row; each such failure halves the chunks in flight and each
+///   success widens them by one, as a put does ([`store_on`]): requests in flight share one
+///   connection per holder, so on a slow or stalled link they all time out together and
+///   fewer is what lets each finish. The candidates are then refreshed from the live
+///   placement (a holder that repair added since counts). The read fails after
+///   [`GET_STALL`] without any chunk arriving.
+/// * A chunk every candidate answered for without a good copy (not held, corrupt) fails the
+///   read at once: asking again would get the same answers.
+///
+/// Before, each chunk got one pass over the holders (one 2 s request timeout each) and the
+/// read ended early on the first miss, so holders that stalled for longer than that (a
+/// paused host, a loaded machine) cut a download short.
+pub async fn fetch_chunks(
     node: Node,
     root: [u8; 32],
     index: Index,
-    candidates: Vec<PeerId>,
+    mut candidates: Vec<PeerId>,
     spread: usize,
-) -> impl futures::Stream<Item = Result<Vec<u8>, BlobError>> {
-    use futures::stream::StreamExt;
-    let spread = spread.clamp(1, candidates.len().max(1));
-    let index = std::sync::Arc::new(index);
-    let candidates = std::sync::Arc::new(candidates);
+    out: tokio::sync::mpsc::Sender<Result<Vec<u8>, BlobError>>,
+) {
+    use futures::stream::{FuturesUnordered, StreamExt};
     let chunks = index.chunks();
-    futures::stream::iter(0..chunks)
-        .map(move |i| {
-            let (node, index, candidates) = (node.clone(), index.clone(), candidates.clone());
-            async move {
-                let first = i as usize % spread;
-                let order: Vec<PeerId> = candidates[first..]
-                    .iter()
-                    .chain(&candidates[..first])
-                    .copied()
-                    .collect();
-                fetch_chunk(&node, &root, &index, i, &order).await
+    let ahead = u32::try_from(GET_PARALLEL_CHUNKS).unwrap_or(u32::MAX);
+    let mut next_out = 0u32; // the next chunk the reader gets
+    let mut next_new = 0u32; // the next chunk never asked for
+    let mut again: BTreeSet<u32> = BTreeSet::new(); // chunks to ask for again, lowest first
+    let mut tries: BTreeMap<u32, usize> = BTreeMap::new(); // misses per chunk not yet sent
+    let mut ready: BTreeMap<u32, Vec<u8>> = BTreeMap::new(); // arrived, not yet sent
+    let mut window = GET_PARALLEL_CHUNKS;
+    let mut progress = Progress::with_stall(GET_STALL);
+    let mut in_flight = FuturesUnordered::new();
+    while next_out < chunks {
+        while in_flight.len() < window {
+            let i = match again.pop_first() {
+                Some(i) => i,
+                None if next_new < chunks && next_new < next_out.saturating_add(ahead) => {
+                    next_new += 1;
+                    next_new - 1
+                }
+                None => break,
+            };
+            let spread = spread.clamp(1, candidates.len().max(1));
+            let first = (i as usize + tries.get(&i).copied().unwrap_or(0)) % spread;
+            let order: Vec<PeerId> = candidates[first.min(candidates.len())..]
+                .iter()
+                .chain(&candidates[..first.min(candidates.len())])
+                .copied()
+                .collect();
+            let (node, index) = (node.clone(), &index);
+            in_flight
+                .push(async move { (i, fetch_chunk_once(&node, &root, index, i, &order).await) });
+        }
+        let Some((i, got)) = in_flight.next().await else {
+            // Nothing in flight and nothing to ask for, yet chunks missing: cannot happen
+            // (every chunk below `next_new` is sent, ready, in flight or queued again).
+            let _ = out
+                .send(Err(BlobError::Unavailable {
+                    i: next_out,
+                    why: "internal: chunk lost track of".into(),
+                }))
+                .await;
+            return;
+        };
+        match got {
+            Ok(data) => {
+                progress.succeeded();
+                window = (window + 1).min(GET_PARALLEL_CHUNKS);
+                tries.remove(&i);
+                ready.insert(i, data);
+                while let Some(data) = ready.remove(&next_out) {
+                    if out.send(Ok(data)).await.is_err() {
+                        return;
+                    }
+                    next_out += 1;
+                }
             }
-        })
-        .buffered(GET_PARALLEL_CHUNKS)
-        .scan(false, |failed, r| {
-            // Stop after the first failure (it is still yielded, so the reader sees it).
-            if *failed {
-                return futures::future::ready(None);
+            Err(miss) => {
+                let pause = if miss.transient {
+                    progress.failed()
+                } else {
+                    None
+                };
+                let Some(pause) = pause else {
+                    let why = if miss.transient {
+                        format!("no chunk arrived for {GET_STALL:?}; last: {}", miss.why)
+                    } else {
+                        miss.why
+                    };
+                    let _ = out.send(Err(BlobError::Unavailable { i, why })).await;
+                    return;
+                };
+                tracing::debug!(i, why = %miss.why, window, ?pause, "chunk not fetched; will ask again");
+                window = (window / 2).max(1);
+                *tries.entry(i).or_default() += 1;
+                again.insert(i);
+                tokio::time::sleep(pause).await;
+                for (peer, _) in placement(&node, &root, index.size) {
+                    if !candidates.contains(&peer) {
+                        candidates.push(peer);
+                    }
+                }
             }
-            *failed = r.is_err();
-            futures::future::ready(Some(r))
-        })
+        }
+    }
 }
 
 /// What the storage nodes said about one blob ([`holders`]).
