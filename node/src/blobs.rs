@@ -42,7 +42,10 @@
 //!   leave 4 copies: the slow holder got its chunks anyway and repair, seeing it among the
 //!   first `K`, completed it.
 //! * [`fetch_chunk`] gets a chunk from this node or any holder, verifying it, and fails over to
-//!   the next holder on error or corruption.
+//!   the next holder on error or corruption. A read ([`fetch_chunks`]) asks again for a chunk
+//!   that no holder answered for (timeouts, closed connections), with fewer chunks in flight,
+//!   until [`GET_STALL`] passes without progress, so holders that stall for a while (a paused
+//!   host, a loaded machine, a congested link) slow a download down instead of cutting it short.
 //! * [`run_maintenance`] scrubs and repairs. A node that lacks a complete copy of a live blob
 //!   and could be one of its intended holders asks the storage nodes how much of it each holds
 //!   (a census, which also asks nodes whose offers lapsed within [`CENSUS_GRACE_MS`], so one
