@@ -164,6 +164,27 @@ impl NodeProc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// Stops cleanly: SIGTERM, then waits up to 15 s for the node to flush its store and
+    /// exit (SIGKILL after that). Use it where a test needs what the node holds on disk,
+    /// not a crash: replicated records are made durable a moment after they arrive, so a
+    /// SIGKILL right after one arrived can lose it (peers resend it later).
+    pub fn stop(&mut self) -> Result<()> {
+        self.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Some(c) = self.child.as_mut() {
+            if c.try_wait()?.is_some() {
+                self.child = None;
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                bail!("node did not stop within 15 s of SIGTERM; killed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
