@@ -116,7 +116,8 @@ fn fake_offers_and_a_foreign_manifest_change_no_honest_blobs_placement_or_copy_c
     let nodes = dpin_tests::cluster_with(bin(), dir.path(), &fast, 4, &storage)?;
     wait_connected(&nodes, BOUND)?;
     let api0 = nodes[0].api.clone();
-    let storage_offers = |api: &str| -> Option<usize> {
+    // The peers whose storage offers a node lists.
+    let storage_offers = |api: &str| -> Option<std::collections::BTreeSet<String>> {
         let args = [
             "offers",
             "--api",
@@ -127,16 +128,18 @@ fn fake_offers_and_a_foreign_manifest_change_no_honest_blobs_placement_or_copy_c
             CLI_TIMEOUT_MS,
             "--json",
         ];
-        Some(
-            json(cli(bin(), &args).ok()?).ok()?["offers"]
-                .as_array()?
-                .len(),
-        )
+        json(cli(bin(), &args).ok()?).ok()?["offers"]
+            .as_array()?
+            .iter()
+            .map(|o| o["peer_id"].as_str().map(str::to_owned))
+            .collect()
     };
-    wait_until(BOUND, "4 storage offers everywhere", || {
+    let real: std::collections::BTreeSet<String> =
+        nodes[1..].iter().map(|n| n.peer_id.clone()).collect();
+    wait_until(BOUND, "the 4 real storage offers everywhere", || {
         nodes
             .iter()
-            .all(|n| storage_offers(&n.api) == Some(4))
+            .all(|n| storage_offers(&n.api).as_ref() == Some(&real))
             .then_some(())
     })?;
 
@@ -213,14 +216,28 @@ fn fake_offers_and_a_foreign_manifest_change_no_honest_blobs_placement_or_copy_c
 
     // Give repair many rounds (200 ms each) to act on them; it must not.
     std::thread::sleep(Duration::from_secs(4));
+    // No fake offer is listed anywhere: every listed offer is a real node's. (A real node's
+    // offer may be missing for a moment on a loaded machine: offers lapse after three late
+    // refreshes. That says nothing about fakes, so it is waited out, not asserted away.)
     for n in &nodes {
-        assert_eq!(
-            storage_offers(&n.api),
-            Some(4),
-            "fake offers listed at {}",
-            n.peer_id
+        let listed = storage_offers(&n.api).unwrap_or_default();
+        assert!(
+            listed.is_subset(&real),
+            "fake offers listed at {}: {:?}",
+            n.peer_id,
+            listed.difference(&real).collect::<Vec<_>>()
         );
     }
+    wait_until(
+        BOUND,
+        "exactly the 4 real storage offers everywhere",
+        || {
+            nodes
+                .iter()
+                .all(|n| storage_offers(&n.api).as_ref() == Some(&real))
+                .then_some(())
+        },
+    )?;
     assert_eq!(
         census(&api0, &hash).ok(),
         Some((2, before.clone())),
