@@ -52,6 +52,16 @@
 //!   busy, and trimming starts only above three times the target (36). Open: trim above twice
 //!   the target down to it (at most 24 peers at any N; unmeasured, so not done), and make
 //!   a probe cheaper than a fresh stream per probe.
+//! * **Our dials take a fresh local port** (`DialOpts::allocate_new_port`), not libp2p's
+//!   default of binding the dial socket to the listen port (port reuse). Port reuse buys
+//!   nothing here (peers learn our listen addresses from identify, and only the dialling side
+//!   remembers an address), and it failed for real: in the e2e suite a node's every dial
+//!   failed with `Address already in use (os error 98)` (the `bind` to its listen port) for
+//!   the whole 15–30 s a test waited, while `ss` showed only its listener and a TIME-WAIT
+//!   socket of another test's client on the same port number at another loopback address
+//!   (127.0.4.14, the DNS tests' slow clients). libp2p-tcp falls back to a fresh port only
+//!   when `connect` says `AddrNotAvailable`, not when `bind` says `AddrInUse`, so the node
+//!   stayed alone: 4 of 9 full e2e runs failed a "full mesh" wait that way.
 //! * **Lost peers are re-dialled on fresh connections** ([`Redial`]): a connection that went
 //!   silent behind a cut link sits in TCP retransmission backoff for seconds after the link
 //!   heals, so the node closes it when the detector marks the peer down
@@ -1682,12 +1692,18 @@ impl EventLoop {
                         DialOpts::peer_id(peer)
                             .addresses(vec![base])
                             .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .allocate_new_port()
                             .build(),
                     )
                 }
                 // Bare address: identify tells us who it is once connected, and kad then
                 // inserts the peer (we are the dialer, so its address is known).
-                None => self.swarm.dial(addr.clone()),
+                None => self.swarm.dial(
+                    DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .allocate_new_port()
+                        .build(),
+                ),
             };
             match result {
                 Ok(()) => debug!(%addr, "dialing bootstrap peer"),
@@ -1849,6 +1865,7 @@ impl EventLoop {
         }
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         match self.swarm.dial(opts) {
             Ok(()) => debug!(%peer, "dialing discovered peer"),
@@ -1919,6 +1936,7 @@ impl EventLoop {
                 .condition(PeerCondition::Disconnected)
                 .addresses(addrs)
                 .extend_addresses_through_behaviour()
+                .allocate_new_port()
                 .build();
             let id = opts.connection_id();
             match self.swarm.dial(opts) {
@@ -2268,10 +2286,19 @@ impl EventLoop {
                             .behaviour_mut()
                             .kademlia
                             .add_address(&peer, base.clone());
-                        self.swarm
-                            .dial(DialOpts::peer_id(peer).addresses(vec![base]).build())
+                        self.swarm.dial(
+                            DialOpts::peer_id(peer)
+                                .addresses(vec![base])
+                                .allocate_new_port()
+                                .build(),
+                        )
                     }
-                    None => self.swarm.dial(addr),
+                    None => self.swarm.dial(
+                        DialOpts::unknown_peer_id()
+                            .address(addr)
+                            .allocate_new_port()
+                            .build(),
+                    ),
                 };
                 let _ = reply.send(result.map_err(|e| NetError::Dial(e.to_string())));
             }
