@@ -95,8 +95,10 @@ enum Cmd {
         /// --if-seq N (the seq being deleted) or --seq.
         #[arg(long)]
         tombstone: bool,
-        /// Per-peer timeout in milliseconds.
-        #[arg(long, default_value_t = 500)]
+        /// Per-peer timeout in milliseconds. Longer than a read's: the node answers a write
+        /// only after its fsync, which takes hundreds of milliseconds on a busy disk (500 ms
+        /// timed out in the e2e suite on a loaded machine, "no peer answered").
+        #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
         /// JSON output.
         #[arg(long)]
