@@ -1075,7 +1075,17 @@ fn handle_event(node: &Node, ev: NetEvent) {
             });
         }
         NetEvent::PeerConnected(peer) => node.detect(|d, now| d.connected(peer, now)),
-        NetEvent::PeerDisconnected(peer) => node.detect(|d, now| d.disconnected(peer, now)),
+        NetEvent::PeerDisconnected(peer) => {
+            // A connection closed on purpose to keep a degree (ours or the peer's trim,
+            // `NetHandle::take_released`) says nothing about the peer's health: the detector
+            // forgets it instead of counting it down (which would make a node that trims
+            // many connections judge itself cut off, `dpin_protocol::reach`).
+            if node.0.net.take_released(&peer) {
+                lock(&node.0.detector).released(&peer);
+            } else {
+                node.detect(|d, now| d.disconnected(peer, now));
+            }
+        }
         NetEvent::Heard(peer) => node.detect(|d, now| d.heard(peer, now)),
         NetEvent::ProbeAck { peer, nonce } => node.detect(|d, now| d.ack(peer, nonce, now)),
         NetEvent::ProbeNack { target, nonce } => lock(&node.0.detector).nack(target, nonce),

@@ -305,6 +305,15 @@ impl<P: Ord + Copy> Detector<P> {
         self.set(peer, PeerStatus::Down, now_ms)
     }
 
+    /// The last connection closed *on purpose* to keep a degree (one side trimmed it, see
+    /// the node's `net` module): the peer is not down, only no longer a neighbour, so it is
+    /// forgotten rather than marked down. A down peer is remembered as known for minutes
+    /// (`reach`), and a node that trimmed many connections would otherwise judge itself cut
+    /// off. Nothing to act on, so no transition.
+    pub fn released(&mut self, peer: &P) {
+        self.peers.remove(peer);
+    }
+
     /// An answer to our probe `nonce`, directly from `peer` or relayed by a helper. Any
     /// answer is evidence of life (a late or stale nonce too: the peer did talk).
     pub fn ack(&mut self, peer: P, nonce: u64, now_ms: u64) -> Option<Transition<P>> {
@@ -675,5 +684,24 @@ mod tests {
             d.connected(p, 0);
         }
         assert_eq!(d.peers().len(), 4);
+    }
+
+    #[test]
+    fn a_released_peer_is_forgotten_not_down() {
+        let mut d = D::new(DetectorConfig::default());
+        d.connected(1, 0);
+        d.connected(2, 0);
+        d.released(&1);
+        assert_eq!(d.status(&1), None, "released: forgotten");
+        assert_eq!(d.status(&2), Some(PeerStatus::Alive));
+        // Nothing is probed for a forgotten peer; it comes back like a new one.
+        let outs = run(&mut d, 100, 3_000, &[2]);
+        assert!(!outs
+            .iter()
+            .any(|o| matches!(o, Output::Probe { peer: 1, .. })));
+        assert_eq!(
+            d.connected(1, 3_100),
+            Some((1, PeerStatus::Down, PeerStatus::Alive))
+        );
     }
 }

@@ -8,7 +8,12 @@
 //!   on loopback (`dpin node --no-probe`, each bootstrapping from node 1, no records), lets
 //!   them settle, then reads every node's CPU time from `/proc/PID/stat` over a window and
 //!   prints CPU per node (% of one core), RSS per node (`VmRSS`) and connections per node
-//!   (peers the node's `/v1/status` reports as connected), one row per (binary, N).
+//!   (peers the node's `/v1/status` reports as connected), one row per (binary, N); from
+//!   `/metrics` at the start and end of the window, connection churn (new connections per
+//!   node per minute), connections trimmed, false downs (peers declared down by silence: in
+//!   an idle cluster every one is false) and nodes that judge themselves cut off at the end
+//!   ("-" for a binary without the counter). For issue 16's 10-minute false-down run:
+//!   `dpin-bench idle --nodes 40 --measure-s 600`.
 //! * `dpin-bench heal --nodes 5 --rounds 6 --dpin OLD --dpin NEW` (issue 10's chaos finding):
 //!   needs root and iproute2. Builds the chaos harness's namespace topology
 //!   ([`dpin_sim::netns`]), partitions one node at a time by taking its peer link down (TCP
@@ -185,6 +190,54 @@ async fn connections(http: &reqwest::Client, api: SocketAddr) -> Option<usize> {
     )
 }
 
+/// Every unlabelled sample of a node's `/metrics` (name -> value); `None` if unreachable.
+async fn metrics(
+    http: &reqwest::Client,
+    api: SocketAddr,
+) -> Option<std::collections::BTreeMap<String, f64>> {
+    let body = http
+        .get(format!("http://{api}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.contains('{'))
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_owned(), it.next()?.parse::<f64>().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Sum over nodes of `name` at the end minus at the start of the window; `None` if a node
+/// does not export it (an older binary).
+fn delta(
+    start: &[Option<std::collections::BTreeMap<String, f64>>],
+    end: &[Option<std::collections::BTreeMap<String, f64>>],
+    name: &str,
+) -> Option<f64> {
+    let mut sum = 0.0;
+    for (s, e) in start.iter().zip(end) {
+        sum += e.as_ref()?.get(name)? - s.as_ref()?.get(name)?;
+    }
+    Some(sum)
+}
+
+/// Sum over nodes of gauge `name` at the end of the window.
+fn gauge_sum(end: &[Option<std::collections::BTreeMap<String, f64>>], name: &str) -> Option<f64> {
+    let mut sum = 0.0;
+    for e in end {
+        sum += e.as_ref()?.get(name)?;
+    }
+    Some(sum)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -210,6 +263,16 @@ struct IdleRow {
     /// `/proc/loadavg` (1, 5, 15 min) at the end of the window: the machine may be shared,
     /// and per-process CPU figures read differently on a loaded machine.
     loadavg: String,
+    /// New peer connections per node per minute during the window (churn), from
+    /// `dpin_net_connected_total`; `None` for binaries without the counter.
+    churn_per_node_min: Option<f64>,
+    /// Connections trimmed during the window, all nodes (`dpin_net_trimmed_total`).
+    trimmed: Option<f64>,
+    /// Peers declared down by silence during the window, all nodes
+    /// (`dpin_detector_downs_by_silence_total`): every one is false in an idle run.
+    false_downs: Option<f64>,
+    /// Nodes that judge themselves cut off at the end (`dpin_cut_off`).
+    cut_off: Option<f64>,
 }
 
 /// The first three fields of `/proc/loadavg`, or "?".
@@ -259,11 +322,20 @@ async fn idle(
             let mut cluster = Cluster::start(&opts).await?;
             tokio::time::sleep(Duration::from_secs(settle_s)).await;
             let pids: Vec<u32> = cluster.nodes.iter().filter_map(|p| p.pid()).collect();
+            let apis = cluster.apis();
+            let mut m0 = Vec::new();
+            for &api in &apis {
+                m0.push(metrics(&http, api).await);
+            }
             let t0 = Instant::now();
             let before: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
             tokio::time::sleep(Duration::from_secs(measure_s)).await;
             let after: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
             let secs = t0.elapsed().as_secs_f64();
+            let mut m1 = Vec::new();
+            for &api in &apis {
+                m1.push(metrics(&http, api).await);
+            }
             let load = loadavg();
             let cpu: Vec<f64> = before
                 .iter()
@@ -274,7 +346,7 @@ async fn idle(
                 .collect();
             let rss: Vec<f64> = pids.iter().filter_map(|&p| rss_mb(p)).collect();
             let mut conns = Vec::new();
-            for api in cluster.apis() {
+            for &api in &apis {
                 if let Some(c) = connections(&http, api).await {
                     conns.push(c);
                 }
@@ -292,6 +364,11 @@ async fn idle(
                 conns_per_node: conns.iter().sum::<usize>() as f64 / conns.len().max(1) as f64,
                 conns_max: conns.iter().copied().max().unwrap_or(0),
                 loadavg: load,
+                churn_per_node_min: delta(&m0, &m1, "dpin_net_connected_total")
+                    .map(|d| d / n as f64 / secs * 60.0),
+                trimmed: delta(&m0, &m1, "dpin_net_trimmed_total"),
+                false_downs: delta(&m0, &m1, "dpin_detector_downs_by_silence_total"),
+                cut_off: gauge_sum(&m1, "dpin_cut_off"),
             });
             if cpu.len() != n || rss.len() != n || conns.len() != n {
                 eprintln!(
@@ -307,12 +384,13 @@ async fn idle(
         "idle cost per node: settle {settle_s} s, window {measure_s} s, `dpin node --no-probe`, loopback"
     );
     println!(
-        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | conns/node (mean) | conns max | load avg 1/5/15 |"
+        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | conns/node (mean) | conns max | new conns/node/min | trimmed | false downs | cut off | load avg 1/5/15 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let show = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |x| format!("{x:.prec$}"));
     for r in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r.bin,
             r.n,
             r.cpu_per_node,
@@ -322,6 +400,10 @@ async fn idle(
             r.rss_max,
             r.conns_per_node,
             r.conns_max,
+            show(r.churn_per_node_min, 1),
+            show(r.trimmed, 0),
+            show(r.false_downs, 0),
+            show(r.cut_off, 0),
             r.loadavg
         );
     }
