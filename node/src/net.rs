@@ -101,7 +101,9 @@
 //!   (the peer id is only known then), so a banned peer still costs one handshake per try.
 //! * **Gossipsub peer scoring** is on and tuned for a quiet topic (see `peer_score_config`):
 //!   invalid messages (the node's `Reject`) decide, and a peer whose score reaches the
-//!   graylist is banned for [`GRAYLIST_BAN`]. IP colocation scoring is off, on purpose.
+//!   graylist is banned for [`GRAYLIST_BAN`], checked on every rejection (a graylisted peer's
+//!   messages are ignored, so its score decays back within a second and a periodic check
+//!   alone can miss it) and every [`BAN_TICK`]. IP colocation scoring is off, on purpose.
 //! * **Bounded inbound buffering**: an inbound sync request is read in chunks under a shared
 //!   budget of [`MAX_INBOUND_BUFFERED_BYTES`], held until the node answers or drops the
 //!   request ([`ResponseChannel`] carries the hold), and at most
@@ -2595,6 +2597,21 @@ impl EventLoop {
                     .report_message_validation_result(&message_id, &source, acceptance(verdict));
                 if !known {
                     debug!(%message_id, "validation result for a message no longer cached");
+                }
+                // A rejection is what drives a peer's score down: check it now, not only on the
+                // ban tick. Gossipsub ignores a graylisted peer's messages, so its score stops
+                // falling and decays back above the threshold within a decay interval (1 s);
+                // a tick with the same period could miss every such window, and a flooding
+                // peer was then never banned (the net test flaked that way).
+                if verdict == Verdict::Reject
+                    && self
+                        .swarm
+                        .behaviour()
+                        .gossipsub
+                        .peer_score(&source)
+                        .is_some_and(|s| s <= GRAYLIST_THRESHOLD)
+                {
+                    self.ban(source, GRAYLIST_BAN, BanReason::Graylisted);
                 }
                 let _ = reply.send(());
             }
