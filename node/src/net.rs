@@ -2073,18 +2073,21 @@ impl EventLoop {
         let graylisted: Vec<PeerId> = self
             .swarm
             .connected_peers()
-            .filter(|p| {
-                self.swarm
-                    .behaviour()
-                    .gossipsub
-                    .peer_score(p)
-                    .is_some_and(|s| s <= GRAYLIST_THRESHOLD)
-            })
+            .filter(|p| self.graylisted(p))
             .copied()
             .collect();
         for peer in graylisted {
             self.ban(peer, GRAYLIST_BAN, BanReason::Graylisted);
         }
+    }
+
+    /// Whether gossipsub scores `peer` at or below [`GRAYLIST_THRESHOLD`] (a ban is due).
+    fn graylisted(&self, peer: &PeerId) -> bool {
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .peer_score(peer)
+            .is_some_and(|s| s <= GRAYLIST_THRESHOLD)
     }
 
     /// Counts a connection refused because its peer is banned.
@@ -2603,14 +2606,7 @@ impl EventLoop {
                 // falling and decays back above the threshold within a decay interval (1 s);
                 // a tick with the same period could miss every such window, and a flooding
                 // peer was then never banned (the net test flaked that way).
-                if verdict == Verdict::Reject
-                    && self
-                        .swarm
-                        .behaviour()
-                        .gossipsub
-                        .peer_score(&source)
-                        .is_some_and(|s| s <= GRAYLIST_THRESHOLD)
-                {
+                if verdict == Verdict::Reject && self.graylisted(&source) {
                     self.ban(source, GRAYLIST_BAN, BanReason::Graylisted);
                 }
                 let _ = reply.send(());
