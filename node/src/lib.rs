@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! * [`net`] — the libp2p swarm (gossipsub, Kademlia, identify, request-response, the
-//!   `/dpin/probe/1` liveness probes, connection limits, a target connection degree, re-dials
+//!   liveness probes on a long-lived stream per connection (`net::probe_stream`) with
+//!   `/dpin/probe/1` requests for indirect probes and older peers, connection limits, a target connection degree, re-dials
 //!   of peers found down) in one event loop, driven through a cloneable handle.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
 //!   with the reserved-name index and the change feed (instead of whole-store scans).
