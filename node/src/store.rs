@@ -334,7 +334,7 @@ impl Store for DurableStore {
         Ok(())
     }
 
-    fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)> {
+    fn bucket_entries(&self, bucket: u8) -> Vec<(std::borrow::Cow<'_, str>, &Entry)> {
         self.mem.bucket_entries(bucket)
     }
 
@@ -347,7 +347,7 @@ impl Store for DurableStore {
         bucket: u8,
         after: Option<&str>,
         limit: usize,
-    ) -> Vec<(&str, &Entry)> {
+    ) -> Vec<(std::borrow::Cow<'_, str>, &Entry)> {
         self.mem.bucket_entries_after(bucket, after, limit)
     }
 

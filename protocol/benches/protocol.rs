@@ -205,8 +205,8 @@ fn store_benches(c: &mut Criterion) {
             let mut buckets = [[0u8; 32]; BUCKETS];
             for (name, e) in black_box(&store).iter() {
                 if e.bytes.is_some() {
-                    let d = entry_digest(name, &e.floor);
-                    let acc = &mut buckets[bucket_of(name) as usize];
+                    let d = entry_digest(&name, &e.floor);
+                    let acc = &mut buckets[bucket_of(&name) as usize];
                     for (a, x) in acc.iter_mut().zip(d) {
                         *a ^= x;
                     }

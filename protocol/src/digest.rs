@@ -285,7 +285,7 @@ pub fn answer_digest<S: Store + ?Sized>(
         let entries: Vec<Summary> = store
             .bucket_entries_after(b, from, room.saturating_add(1))
             .into_iter()
-            .map(|(n, e)| summary(n, e))
+            .map(|(n, e)| summary(n.into_owned(), e))
             .collect();
         if entries.len() > room {
             truncated = true;
@@ -305,9 +305,9 @@ pub fn answer_digest<S: Store + ?Sized>(
     }
 }
 
-fn summary(name: &str, e: &crate::store::Entry) -> Summary {
+fn summary(name: String, e: &crate::store::Entry) -> Summary {
     Summary {
-        name: name.to_owned(),
+        name,
         seq: e.floor.seq,
         hash: e.floor.hash,
     }
@@ -412,6 +412,7 @@ pub fn plan_sync_bounded<S: Store + ?Sized>(
             if plan.push.len() >= max_push {
                 break;
             }
+            let name: &str = &name;
             let below_cursor = matches!(after, Some((ab, an)) if ab == b && name <= an);
             let past_listing = truncated
                 && Some(b) == last_bucket

@@ -10,14 +10,16 @@
 //! and provides the logic — [`Store::apply`], [`Store::apply_batch`], [`Store::compact`],
 //! [`Store::resolve`] — so the node's durable store and the simulator's in-memory stores run
 //! exactly the same rules. [`MemStore`] keeps bodies as encoded bytes (memory ≈ encoded size
-//! plus a small fixed overhead) and maintains the anti-entropy digest incrementally.
+//! plus a small fixed overhead: a held body carries its name, which is not kept again) and
+//! maintains the anti-entropy digest incrementally.
 //!
 //! An apply encodes the record once and hashes it once ([`Prepared`]); a caller that holds the
 //! store behind a lock prepares and verifies the record first and merges it with
 //! [`Store::apply_prepared`], so only the merge itself runs under the lock.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 
 use crate::digest::{bucket_of, entry_digest, StoreDigest, BUCKETS};
@@ -84,9 +86,10 @@ pub struct Quota {
 
 /// Default store quota: 1 000 000 names and 1 GiB of names and bodies.
 ///
-/// Memory of a store at its quota: bodies and names at most `max_bytes` (1 GiB), plus about
-/// 200 bytes of index per name (map node, entry, per-zone counter; about 200 MB for 1 M
-/// names), so about 1.2 GiB; the node's redb file holds the same entries with a 42-byte
+/// Memory of a store at its quota: bodies and names at most `max_bytes` (1 GiB; a
+/// [`MemStore`] keeps a name's text only for a floor without its body, the body carries it),
+/// plus about 150 bytes of index per name (tree node share and entry; about 150 MB for 1 M
+/// names), so about 1.15 GiB; the node's redb file holds the same entries with a 42-byte
 /// header each, about 1.1 GiB plus redb's own overhead. Updates of held names may add at
 /// most `MAX_RECORD_BYTES` each on top of `max_bytes` (bounded by `max_names × 4 KiB`).
 pub const DEFAULT_QUOTA: Quota = Quota {
@@ -421,8 +424,10 @@ pub trait Store {
     /// write durable when this returns `Ok`: callers acknowledge writers after it.
     fn put_entry(&mut self, name: &str, entry: Entry) -> Result<(), Self::Error>;
 
-    /// Names and entries whose name hashes into `bucket`, in name order.
-    fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)>;
+    /// Names and entries whose name hashes into `bucket`, in name order. A name is lent if
+    /// the store keeps it as text, and rebuilt otherwise ([`MemStore`] rebuilds a name from
+    /// its record's bytes rather than keep it twice).
+    fn bucket_entries(&self, bucket: u8) -> Vec<(Cow<'_, str>, &Entry)>;
 
     /// Entries of `bucket` that still hold a body, in name order, strictly after `after` (from
     /// the start if `None`), at most `limit` of them: what a digest answer lists. The default
@@ -433,10 +438,10 @@ pub trait Store {
         bucket: u8,
         after: Option<&str>,
         limit: usize,
-    ) -> Vec<(&str, &Entry)> {
+    ) -> Vec<(Cow<'_, str>, &Entry)> {
         self.bucket_entries(bucket)
             .into_iter()
-            .filter(|(n, e)| e.bytes.is_some() && after.is_none_or(|a| *n > a))
+            .filter(|(n, e)| e.bytes.is_some() && after.is_none_or(|a| **n > *a))
             .take(limit)
             .collect()
     }
@@ -676,18 +681,242 @@ fn apply_validated<S: Store + ?Sized>(
     })
 }
 
-/// Map key ordered by (bucket, name) so one bucket is one contiguous range.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
+/// Text form of a zone id: lowercase RFC 4648 base32 without padding, as [`crate::ZoneId`]
+/// displays it (32 bytes → 52 characters).
+const ZONE_TEXT_LEN: usize = 52;
+const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// Character `i` of a zone's text, computed in place (no allocation): 5 bits, big-endian,
+/// the last character padded with zero bits.
+fn zone_char(zone: &[u8; 32], i: usize) -> u8 {
+    let bit = 5 * i;
+    let byte = |k: usize| u16::from(zone.get(k).copied().unwrap_or(0));
+    let window = (byte(bit / 8) << 8) | byte(bit / 8 + 1);
+    let v = (window >> (11 - bit % 8)) & 0x1f;
+    BASE32_LOWER.get(usize::from(v)).copied().unwrap_or(b'?')
+}
+
+/// A name as the index sees it: text, or the `label.zone` a record's wire bytes carry.
+#[derive(Clone, Copy, Debug)]
+enum Name<'a> {
+    Text(&'a str),
+    /// Read in place from a body: the label's bytes, then `.` and the zone's text.
+    Body {
+        label: &'a [u8],
+        zone: &'a [u8; 32],
+    },
+}
+
+impl<'a> Name<'a> {
+    /// The name a record's wire bytes carry, read where the codec puts it: a
+    /// [`crate::record::RecordBody`] starts with the zone's 32 bytes, then the label as a
+    /// u64 little-endian length and its bytes. `None` if the bytes are too short. The store
+    /// never trusts this alone: an entry is indexed by its body's name only when that name
+    /// equals, byte for byte, the name it was stored under ([`MemStore::insert`]).
+    fn of_body(bytes: &'a [u8]) -> Option<Self> {
+        let zone: &[u8; 32] = bytes.get(..32)?.try_into().ok()?;
+        let len: [u8; 8] = bytes.get(32..40)?.try_into().ok()?;
+        let len = usize::try_from(u64::from_le_bytes(len)).ok()?;
+        let label = bytes.get(40..40usize.checked_add(len)?)?;
+        Some(Name::Body { label, zone })
+    }
+
+    /// The bytes before the zone's text (all of a text name).
+    fn head(&self) -> &'a [u8] {
+        match *self {
+            Name::Text(s) => s.as_bytes(),
+            Name::Body { label, .. } => label,
+        }
+    }
+
+    /// The name's bytes from offset `from` of its head on: the rest of the head, then (for a
+    /// body) `.` and the zone's text.
+    fn tail(&self, from: usize) -> impl Iterator<Item = u8> + 'a {
+        let zone = match *self {
+            Name::Text(_) => None,
+            Name::Body { zone, .. } => Some(zone),
+        };
+        self.head()
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .chain(zone.into_iter().flat_map(|z| {
+                std::iter::once(b'.').chain((0..ZONE_TEXT_LEN).map(move |i| zone_char(z, i)))
+            }))
+    }
+
+    /// Byte-wise order of the full names, the order of `str`. Most names differ within the
+    /// head (the label), which is compared as a slice; only the rest is walked byte by byte.
+    fn cmp(&self, other: &Name<'_>) -> Ordering {
+        let (a, b) = (self.head(), other.head());
+        let n = a.len().min(b.len());
+        match a.get(..n).cmp(&b.get(..n)) {
+            Ordering::Equal => self.tail(n).cmp(other.tail(n)),
+            unequal => unequal,
+        }
+    }
+
+    /// The name as text: lent for a text name, rebuilt for a body's.
+    fn text(&self) -> Cow<'a, str> {
+        match *self {
+            Name::Text(s) => Cow::Borrowed(s),
+            Name::Body { label, zone } => {
+                // An entry is indexed by its body's name only if that name equals the (UTF-8)
+                // name it was stored under, so the label is valid UTF-8 and nothing is lost.
+                let mut s = String::with_capacity(label.len() + 1 + ZONE_TEXT_LEN);
+                s.push_str(&String::from_utf8_lossy(label));
+                s.push('.');
+                s.extend((0..ZONE_TEXT_LEN).map(|i| char::from(zone_char(zone, i))));
+                Cow::Owned(s)
+            }
+        }
+    }
+}
+
+/// What the index orders by: (bucket, name), so one bucket is one contiguous range and a
+/// bucket lists in name order.
+trait Indexed {
+    fn key(&self) -> (u8, Name<'_>);
+}
+
+fn cmp_keys(a: (u8, Name<'_>), b: (u8, Name<'_>)) -> Ordering {
+    a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1))
+}
+
+// The index's elements and a probe built from a name's text are compared as `dyn Indexed`
+// (the `Borrow` form of both sets), so a lookup needs no element of its own.
+impl PartialEq for dyn Indexed + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for dyn Indexed + '_ {}
+impl PartialOrd for dyn Indexed + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for dyn Indexed + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        cmp_keys(self.key(), other.key())
+    }
+}
+
+/// A lookup key: a name's text and its bucket.
+struct Probe<'a> {
+    bucket: u8,
+    name: &'a str,
+}
+
+impl Indexed for Probe<'_> {
+    fn key(&self) -> (u8, Name<'_>) {
+        (self.bucket, Name::Text(self.name))
+    }
+}
+
+/// The index's two kinds of element, ordered by their [`Indexed`] key.
+macro_rules! indexed_element {
+    ($t:ty) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.cmp(other) == Ordering::Equal
+            }
+        }
+        impl Eq for $t {}
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $t {
+            fn cmp(&self, other: &Self) -> Ordering {
+                cmp_keys(self.key(), other.key())
+            }
+        }
+        impl<'a> Borrow<dyn Indexed + 'a> for $t {
+            fn borrow(&self) -> &(dyn Indexed + 'a) {
+                self
+            }
+        }
+    };
+}
+
+/// An entry whose body carries its name (almost every entry): the name is not kept again.
+/// Invariant: `entry.bytes` is `Some` and [`Name::of_body`] of it is the name the entry was
+/// stored under.
+#[derive(Clone, Debug)]
+struct Held {
+    bucket: u8,
+    entry: Entry,
+}
+
+impl Indexed for Held {
+    fn key(&self) -> (u8, Name<'_>) {
+        let name = self.entry.bytes.as_deref().and_then(Name::of_body);
+        // Never `None` (the invariant); an empty name would only misplace, not panic.
+        (self.bucket, name.unwrap_or(Name::Text("")))
+    }
+}
+
+/// An entry whose name must be kept as text: a floor without its body (compacted, or a body
+/// that was lost), or a body that does not carry the name it was stored under.
+#[derive(Clone, Debug)]
+struct Named {
     bucket: u8,
     name: Box<str>,
+    entry: Entry,
+}
+
+impl Indexed for Named {
+    fn key(&self) -> (u8, Name<'_>) {
+        (self.bucket, Name::Text(&self.name))
+    }
+}
+
+indexed_element!(Held);
+indexed_element!(Named);
+
+/// The entries of `held` and `named` (each in index order, no name in both) merged into
+/// one walk in (bucket, name) order.
+fn merged<'a>(
+    held: impl Iterator<Item = &'a Held>,
+    named: impl Iterator<Item = &'a Named>,
+) -> impl Iterator<Item = (u8, Name<'a>, &'a Entry)> {
+    let (mut held, mut named) = (held.peekable(), named.peekable());
+    std::iter::from_fn(move || {
+        let held_first = match (held.peek(), named.peek()) {
+            (Some(h), Some(n)) => cmp_keys(h.key(), n.key()) != Ordering::Greater,
+            (h, _) => h.is_some(),
+        };
+        if held_first {
+            held.next().map(|h| {
+                let (bucket, name) = h.key();
+                (bucket, name, &h.entry)
+            })
+        } else {
+            named
+                .next()
+                .map(|n| (n.bucket, Name::Text(&n.name), &n.entry))
+        }
+    })
 }
 
 /// In-memory store: the reference implementation, used by the simulator, tests and as the
 /// node's read index in front of its durable log.
+///
+/// Memory: an entry whose body is held is indexed by the name its body carries, read in
+/// place, so the name's text (about a third of a typical record's size) is not kept a second
+/// time; only body-less floors keep their name as text. Names are therefore handed out owned
+/// ([`MemStore::iter`], [`Store::bucket_entries`]); lookups compare names without allocating.
+/// Two different names are never confused: the index compares full names, and an entry is
+/// indexed by its body's name only when that is exactly the name it was stored under.
 #[derive(Clone, Debug)]
 pub struct MemStore {
-    entries: BTreeMap<Key, Entry>,
+    /// Entries whose body carries their name.
+    held: BTreeSet<Held>,
+    /// Entries whose name is kept as text; no name is in both sets.
+    named: BTreeSet<Named>,
     buckets: Box<[[u8; 32]; BUCKETS]>,
     retention_ms: u64,
     /// The digest of `buckets`, computed at most once per change: every sync request and
@@ -726,7 +955,8 @@ impl CompactDue {
 impl Default for MemStore {
     fn default() -> Self {
         Self {
-            entries: BTreeMap::new(),
+            held: BTreeSet::new(),
+            named: BTreeSet::new(),
             buckets: Box::new([[0u8; 32]; BUCKETS]),
             retention_ms: DEFAULT_BODY_RETENTION_MS,
             digest: std::sync::OnceLock::new(),
@@ -817,14 +1047,42 @@ impl MemStore {
         }
     }
 
-    /// Every name and entry, in (bucket, name) order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.entries.iter().map(|(k, e)| (&*k.name, e))
+    /// Every name and entry, in (bucket, name) order. Names are rebuilt from the records'
+    /// bytes (the store does not keep them twice), so each is an owned `String`.
+    pub fn iter(&self) -> impl Iterator<Item = (String, &Entry)> {
+        merged(self.held.iter(), self.named.iter()).map(|(_, n, e)| (n.text().into_owned(), e))
+    }
+
+    /// Entries of `bucket` in name order, from the start or strictly after `after`.
+    fn bucket_walk<'a>(
+        &'a self,
+        bucket: u8,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (Name<'a>, &'a Entry)> {
+        use std::ops::Bound;
+        let probe = Probe {
+            bucket,
+            name: after.unwrap_or(""),
+        };
+        let probe: &dyn Indexed = &probe;
+        let lower = match after {
+            Some(_) => Bound::Excluded(probe),
+            None => Bound::Included(probe),
+        };
+        let held = self.held.range::<dyn Indexed, _>((lower, Bound::Unbounded));
+        let named = self
+            .named
+            .range::<dyn Indexed, _>((lower, Bound::Unbounded));
+        merged(held, named)
+            .take_while(move |(b, _, _)| *b == bucket)
+            .map(|(_, n, e)| (n, e))
     }
 
     /// Names that are live at `now_ms`.
     pub fn live_count(&self, now_ms: u64) -> usize {
-        self.entries.values().filter(|e| e.is_live(now_ms)).count()
+        let held = self.held.iter().map(|h| &h.entry);
+        let named = self.named.iter().map(|n| &n.entry);
+        held.chain(named).filter(|e| e.is_live(now_ms)).count()
     }
 
     fn toggle_digest(&mut self, bucket: u8, name: &str, entry: &Entry) {
@@ -840,11 +1098,13 @@ impl MemStore {
     /// Infallible form of [`Store::put_entry`].
     pub fn insert(&mut self, name: &str, entry: Entry) {
         let bucket = bucket_of(name);
-        let key = Key {
-            bucket,
-            name: name.into(),
+        let probe = Probe { bucket, name };
+        let probe: &dyn Indexed = &probe;
+        let old = match self.held.take(probe) {
+            Some(h) => Some(h.entry),
+            None => self.named.take(probe).map(|n| n.entry),
         };
-        if let Some(old) = self.entries.remove(&key) {
+        if let Some(old) = old {
             self.toggle_digest(bucket, name, &old);
             self.account(name, &old, false);
         }
@@ -856,7 +1116,20 @@ impl MemStore {
                 self.compact_due.set(due);
             }
         }
-        self.entries.insert(key, entry);
+        let carries_name = entry
+            .bytes
+            .as_deref()
+            .and_then(Name::of_body)
+            .is_some_and(|n| n.cmp(&Name::Text(name)) == Ordering::Equal);
+        if carries_name {
+            self.held.insert(Held { bucket, entry });
+        } else {
+            self.named.insert(Named {
+                bucket,
+                name: name.into(),
+                entry,
+            });
+        }
     }
 }
 
@@ -864,10 +1137,15 @@ impl Store for MemStore {
     type Error = Infallible;
 
     fn entry(&self, name: &str) -> Option<&Entry> {
-        self.entries.get(&Key {
+        let probe = Probe {
             bucket: bucket_of(name),
-            name: name.into(),
-        })
+            name,
+        };
+        let probe: &dyn Indexed = &probe;
+        match self.held.get(probe) {
+            Some(h) => Some(&h.entry),
+            None => self.named.get(probe).map(|n| &n.entry),
+        }
     }
 
     fn put_entry(&mut self, name: &str, entry: Entry) -> Result<(), Infallible> {
@@ -875,15 +1153,9 @@ impl Store for MemStore {
         Ok(())
     }
 
-    fn bucket_entries(&self, bucket: u8) -> Vec<(&str, &Entry)> {
-        let start = Key {
-            bucket,
-            name: "".into(),
-        };
-        self.entries
-            .range(start..)
-            .take_while(|(k, _)| k.bucket == bucket)
-            .map(|(k, e)| (&*k.name, e))
+    fn bucket_entries(&self, bucket: u8) -> Vec<(Cow<'_, str>, &Entry)> {
+        self.bucket_walk(bucket, None)
+            .map(|(n, e)| (n.text(), e))
             .collect()
     }
 
@@ -892,22 +1164,11 @@ impl Store for MemStore {
         bucket: u8,
         after: Option<&str>,
         limit: usize,
-    ) -> Vec<(&str, &Entry)> {
-        use std::ops::Bound;
-        let start = Key {
-            bucket,
-            name: after.unwrap_or("").into(),
-        };
-        let lower = match after {
-            Some(_) => Bound::Excluded(start),
-            None => Bound::Included(start),
-        };
-        self.entries
-            .range((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.bucket == bucket)
+    ) -> Vec<(Cow<'_, str>, &Entry)> {
+        self.bucket_walk(bucket, after)
             .filter(|(_, e)| e.bytes.is_some())
             .take(limit)
-            .map(|(k, e)| (&*k.name, e))
+            .map(|(n, e)| (n.text(), e))
             .collect()
     }
 
@@ -926,13 +1187,13 @@ impl Store for MemStore {
         // bound past `now`).
         let mut due_next = u64::MAX;
         let mut out = Vec::new();
-        for (k, e) in &self.entries {
+        for (_, name, e) in merged(self.held.iter(), self.named.iter()) {
             if e.bytes.is_none() {
                 continue;
             }
             due_next = due_next.min(e.expires_at_ms.saturating_add(self.retention_ms));
             if e.is_compactable(now_ms, self.retention_ms) {
-                out.push(k.name.to_string());
+                out.push(name.text().into_owned());
             }
         }
         self.compact_due.set(due_next);
@@ -940,7 +1201,7 @@ impl Store for MemStore {
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.held.len() + self.named.len()
     }
 
     fn retention_ms(&self) -> u64 {
@@ -953,5 +1214,167 @@ impl Store for MemStore {
         }
         let zone = self.zones.get(zone_of(name)).copied();
         self.quota.admit(self.usage, zone, entry_bytes(name, entry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::ZoneKey;
+    use crate::record::{Content, Endpoint, Host, RecordBody, Transport};
+
+    fn record(seed: u8, label: &str, seq: u64) -> SignedRecord {
+        let key = ZoneKey::from_seed([seed; 32]);
+        let body = RecordBody {
+            zone: key.zone(),
+            label: label.to_owned(),
+            seq,
+            expires_at_ms: 1_000_000,
+            content: Content::Endpoints(vec![Endpoint {
+                host: Host::V4([10, 0, 0, seed]),
+                port: 443,
+                transport: Transport::Tcp,
+                weight: 1,
+            }]),
+        };
+        match body.sign(&key) {
+            Ok(r) => r,
+            Err(e) => panic!("test record does not sign: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_body_name_is_the_records_name() {
+        for seed in 0..=255u8 {
+            let r = record(seed, &format!("l{seed}"), 1);
+            let wire = r.encode();
+            let name = Name::of_body(&wire).map(|n| n.text().into_owned());
+            assert_eq!(name.as_deref(), Some(r.name().as_str()), "seed {seed}");
+        }
+    }
+
+    /// Labels whose names sort differently from the labels alone (`-` sorts below `.`, one
+    /// label a prefix of another), in several zones (base32 digits sort below letters).
+    fn tricky_records() -> Vec<SignedRecord> {
+        let labels = [
+            "a",
+            "a-b",
+            "a0",
+            "ab",
+            "b",
+            "service-1",
+            "service-12",
+            "service-1-2",
+            "z",
+        ];
+        (1..=4u8)
+            .flat_map(|seed| labels.iter().map(move |l| record(seed, l, 1)))
+            .collect()
+    }
+
+    #[test]
+    fn names_read_from_bodies_sort_as_their_text() {
+        let records = tricky_records();
+        let wires: Vec<Vec<u8>> = records.iter().map(SignedRecord::encode).collect();
+        let names: Vec<String> = records.iter().map(SignedRecord::name).collect();
+        for (wa, na) in wires.iter().zip(&names) {
+            let Some(a) = Name::of_body(wa) else {
+                panic!("no name in {na}'s body");
+            };
+            for (wb, nb) in wires.iter().zip(&names) {
+                let Some(b) = Name::of_body(wb) else {
+                    panic!("no name in {nb}'s body");
+                };
+                let want = na.cmp(nb);
+                assert_eq!(a.cmp(&b), want, "{na} vs {nb}");
+                assert_eq!(a.cmp(&Name::Text(nb)), want, "{na} vs text {nb}");
+                assert_eq!(Name::Text(na).cmp(&b), want, "text {na} vs {nb}");
+            }
+        }
+    }
+
+    /// Bodies held, floors without bodies, and a body filed under a name it does not carry
+    /// all list, look up and count as one store ordered by (bucket, name).
+    #[test]
+    fn a_mixed_store_lists_in_bucket_and_name_order() {
+        let records = tricky_records();
+        let mut store = MemStore::new();
+        let mut want: Vec<(u8, String, Entry)> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let mut entry = Entry::from_record(r);
+            if i % 3 == 0 {
+                entry.bytes = None;
+            }
+            store.insert(&r.name(), entry.clone());
+            want.push((bucket_of(&r.name()), r.name(), entry));
+        }
+        // A body filed under another name: found under that name only.
+        let odd = Entry::from_record(&record(9, "elsewhere", 1));
+        store.insert("filed-here.test", odd.clone());
+        want.push((bucket_of("filed-here.test"), "filed-here.test".into(), odd));
+        want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+
+        assert!(!store.held.is_empty() && store.named.len() > 1);
+        assert_eq!(store.len(), want.len());
+        let listed: Vec<(String, Entry)> = store.iter().map(|(n, e)| (n, e.clone())).collect();
+        let expected: Vec<(String, Entry)> = want
+            .iter()
+            .map(|(_, n, e)| (n.clone(), e.clone()))
+            .collect();
+        assert_eq!(listed, expected);
+        for (b, n, e) in &want {
+            assert_eq!(store.entry(n), Some(e), "{n}");
+            let bucket: Vec<String> = store
+                .bucket_entries(*b)
+                .into_iter()
+                .map(|(n, _)| n.into_owned())
+                .collect();
+            let mut in_bucket: Vec<String> = want
+                .iter()
+                .filter(|w| w.0 == *b)
+                .map(|w| w.1.clone())
+                .collect();
+            assert_eq!(bucket, in_bucket);
+            // Listing after a name: the bodies that follow it.
+            in_bucket.retain(|m| m > n && want.iter().any(|w| &w.1 == m && w.2.bytes.is_some()));
+            let after: Vec<String> = store
+                .bucket_entries_after(*b, Some(n), usize::MAX)
+                .into_iter()
+                .map(|(n, _)| n.into_owned())
+                .collect();
+            assert_eq!(after, in_bucket);
+        }
+        assert_eq!(store.entry("elsewhere.nothing"), None);
+        let elsewhere = record(9, "elsewhere", 1).name();
+        assert_eq!(store.entry(&elsewhere), None);
+
+        // Replacing moves an entry between the two sets and keeps the digest exact: a store
+        // built from the same final entries in another order has the same digest.
+        for r in &records {
+            store.insert(&r.name(), Entry::from_record(r));
+        }
+        let mut rebuilt = MemStore::new();
+        for (n, e) in store.iter().collect::<Vec<_>>().into_iter().rev() {
+            rebuilt.insert(&n, e.clone());
+        }
+        assert_eq!(rebuilt.digest(), store.digest());
+        assert_eq!(rebuilt.len(), store.len());
+        assert_eq!(store.named.len(), 1);
+    }
+
+    /// Same label, different zones: different names, never confused.
+    #[test]
+    fn one_label_in_many_zones_is_many_names() {
+        let mut store = MemStore::new();
+        let records: Vec<SignedRecord> =
+            (1..=50u8).map(|z| record(z, "www", u64::from(z))).collect();
+        for r in &records {
+            store.insert(&r.name(), Entry::from_record(r));
+        }
+        assert_eq!(store.len(), records.len());
+        for r in &records {
+            let held = store.entry(&r.name()).map(|e| e.floor.seq);
+            assert_eq!(held, Some(r.body.seq));
+        }
     }
 }

@@ -71,8 +71,8 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 #[test]
-#[ignore = "measurement (signs 100k records); last run: 416 B/record for 177-byte records, \
-            2.35x, over the 2x target: the key repeats the 66-byte name text"]
+#[ignore = "measurement (signs 100k records); last run: 322 B/record for 177-byte records, \
+            1.82x (was 416 B, 2.35x, while the index kept each name's text a second time)"]
 fn memstore_memory_per_record_is_at_most_twice_the_encoded_size() {
     const NAMES: usize = 100_000;
     let key = zone_key(8);

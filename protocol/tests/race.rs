@@ -564,7 +564,7 @@ fn stale_plan_after_cleanup_is_rejected_on_every_replica() {
         // A restart that rebuilds the index from persisted entries keeps the floor too.
         let mut restarted = MemStore::new();
         for (n, e) in r.iter() {
-            restarted.insert(n, e.clone());
+            restarted.insert(&n, e.clone());
         }
         assert_eq!(restarted.digest(), r.digest());
         assert!(matches!(

@@ -1792,7 +1792,7 @@ impl World {
         let names: Vec<(u32, Rank)> = node
             .store
             .iter()
-            .filter_map(|(name, e)| self.name_ids.get(name).map(|id| (*id, e.rank())))
+            .filter_map(|(name, e)| self.name_ids.get(name.as_str()).map(|id| (*id, e.rank())))
             .collect();
         node.watch.observed.extend(names);
         self.log_event(54, u64::from(n), 0, 0);
