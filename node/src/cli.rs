@@ -354,6 +354,7 @@ struct NodeArgs {
 /// Parses the command line, runs the command, prints a one-line error and exits non-zero on
 /// failure.
 pub fn main() {
+    crate::alloc::tune();
     let command = Cli::command().mut_subcommand("node", crate::config::with_env);
     let argv = match crate::config::expand(std::env::args_os().collect(), &command) {
         Ok(a) => a,
@@ -653,6 +654,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     tracing::info!(%peer_id, ?listen_addrs, %api_addr, "dpin node started");
 
     tokio::spawn(dnode::run_events(node.clone(), events));
+    tokio::spawn(crate::alloc::run_trimmer());
     let local_offers = crate::offers::LocalOffers {
         storage_bytes: args.offer_storage,
         cores: args.offer_compute,

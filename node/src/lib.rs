@@ -24,11 +24,13 @@
 //!   compare-and-set one-step publishing, named deletions.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
 //! * [`datadir`] — the data dir's format version: open an older dir, refuse a newer one.
+//! * [`alloc`] — glibc allocator settings so memory follows what the node holds now.
 //! * [`config`] — `dpin node --config FILE` (TOML), overridden by DPIN_* and flags.
 //! * [`cli`] — the command line (`keygen`, `node`, `publish`, `sign`, `resolve`, `status`,
 //!   `offers`, `put`, `get`, `blob`); `src/main.rs`
 //!   only calls [`cli::main`].
 
+pub mod alloc;
 pub mod answer;
 pub mod api;
 pub mod blobs;
