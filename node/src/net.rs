@@ -65,8 +65,9 @@
 //!   `/dpin/probe-stream/1`): an 8-byte frame and its echo, one TCP segment each way,
 //!   instead of a request-response exchange on a fresh yamux stream (stream open,
 //!   multistream-select, request, answer, close: four to six frames each way). Measured side
-//!   by side (`dpin-bench idle --nodes 20` and `--nodes 40`, 2026-12-02): idle CPU per node
-//!   1.31 → 0.66 % of a core at N = 20 and 1.05 → 0.58 % at N = 40. Indirect probes
+//!   by side in one run (`dpin-bench idle --nodes 10,20,40`, 2026-12-02, with the allocator
+//!   settings of `crate::alloc`): idle CPU per node 1.62 → 0.99 % of a core at N = 20 and
+//!   1.33 → 0.92 % at N = 40 (the README's table). Indirect probes
 //!   (ping-req), goodbyes and probes to peers without the stream protocol (older nodes)
 //!   still use `/dpin/probe/1` requests.
 //! * **Our dials take a fresh local port** (`DialOpts::allocate_new_port`), not libp2p's
@@ -3659,6 +3660,35 @@ mod tests {
         }
     }
 
+    /// Waits for `peer`'s acknowledgement of probe `nonce`.
+    async fn expect_ack(
+        events: &mut mpsc::Receiver<NetEvent>,
+        peer: PeerId,
+        nonce: u64,
+    ) -> anyhow::Result<()> {
+        let what = format!("{peer}'s ack of probe {nonce}");
+        next_matching(
+            events,
+            &what,
+            |e| matches!(e, NetEvent::ProbeAck { peer: p, nonce: n } if *p == peer && *n == nonce),
+        )
+        .await
+    }
+
+    /// Waits until the node hears `peer` (it probed us).
+    async fn expect_heard(
+        events: &mut mpsc::Receiver<NetEvent>,
+        peer: PeerId,
+    ) -> anyhow::Result<()> {
+        let what = format!("hearing {peer}");
+        next_matching(
+            events,
+            &what,
+            |e| matches!(e, NetEvent::Heard(p) if *p == peer),
+        )
+        .await
+    }
+
     /// A TCP listen address of `h` with `/p2p/<id>`.
     async fn tcp_p2p_addr(h: &NetHandle) -> anyhow::Result<Multiaddr> {
         let tcp = h
@@ -3694,60 +3724,27 @@ mod tests {
         // A probes B on the stream, many times over the same stream.
         for nonce in 1..=20u64 {
             a.probe(b_id, nonce);
-            next_matching(&mut a_events, "B's ack", |e| {
-                matches!(e, NetEvent::ProbeAck { peer, nonce: n } if *peer == b_id && *n == nonce)
-            })
-            .await?;
+            expect_ack(&mut a_events, b_id, nonce).await?;
         }
-        next_matching(
-            &mut b_events,
-            "B hears A's probe",
-            |e| matches!(e, NetEvent::Heard(p) if *p == a_id),
-        )
-        .await?;
+        expect_heard(&mut b_events, a_id).await?;
         let stats = a.stats();
         assert_eq!(stats.probes_on_stream, 20, "{stats:?}");
         assert_eq!(stats.probes_as_requests, 0, "{stats:?}");
 
         // A probes the older C: the stream is refused, the same probe goes as a request.
         a.probe(c_id, 100);
-        next_matching(
-            &mut a_events,
-            "C's ack",
-            |e| matches!(e, NetEvent::ProbeAck { peer, nonce: 100 } if *peer == c_id),
-        )
-        .await?;
-        next_matching(
-            &mut c_events,
-            "C hears A's probe",
-            |e| matches!(e, NetEvent::Heard(p) if *p == a_id),
-        )
-        .await?;
+        expect_ack(&mut a_events, c_id, 100).await?;
+        expect_heard(&mut c_events, a_id).await?;
         a.probe(c_id, 101);
-        next_matching(
-            &mut a_events,
-            "C's second ack",
-            |e| matches!(e, NetEvent::ProbeAck { peer, nonce: 101 } if *peer == c_id),
-        )
-        .await?;
+        expect_ack(&mut a_events, c_id, 101).await?;
         let stats = a.stats();
         assert_eq!(stats.probes_as_requests, 2, "{stats:?}");
 
         // Indirect probes: B (new) probes the older C for A, and C probes B for A.
         a.probe_via(b_id, c_id, 200);
-        next_matching(
-            &mut a_events,
-            "C's ack relayed by B",
-            |e| matches!(e, NetEvent::ProbeAck { peer, nonce: 200 } if *peer == c_id),
-        )
-        .await?;
+        expect_ack(&mut a_events, c_id, 200).await?;
         a.probe_via(c_id, b_id, 201);
-        next_matching(
-            &mut a_events,
-            "B's ack relayed by C",
-            |e| matches!(e, NetEvent::ProbeAck { peer, nonce: 201 } if *peer == b_id),
-        )
-        .await?;
+        expect_ack(&mut a_events, b_id, 201).await?;
         Ok(())
     }
 
