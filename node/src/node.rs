@@ -432,8 +432,8 @@ impl Node {
         f(&lock(&self.0.store))
     }
 
-    /// Applies a writer's record (validated with publish freshness), commits it durably, and
-    /// gossips it if it changed the store; `expected_seq` is a seq precondition
+    /// Applies a writer's record (validated with publish freshness), commits it durably and,
+    /// at the same time, gossips it if it changed the store; `expected_seq` is a seq precondition
     /// ([`Node::publish_if`] takes a record's hash too).
     pub async fn publish(
         &self,

@@ -51,7 +51,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::client::{Answer, Client};
-use crate::net::PublishStatus;
 use crate::node::{now_ms, Node, NodeError, PublishResult};
 use dpin_protocol::store::{Cas, Store};
 use dpin_protocol::Outcome;
@@ -595,8 +594,8 @@ pub async fn enact_plan(client: &Client, record: &SignedRecord) -> Result<Answer
 impl Node {
     /// Applies a writer's record under every compare-and-set precondition in `cas` (the held
     /// seq and/or the held winner's content hash), checked atomically with the merge under the
-    /// store lock; commits it durably and gossips it if it changed the store (what
-    /// [`Node::publish`] does with a seq precondition only).
+    /// store lock; commits it durably and, at the same time, gossips it if it changed the
+    /// store (what [`Node::publish`] does with a seq precondition only).
     pub async fn publish_if(
         &self,
         record: SignedRecord,
@@ -611,16 +610,22 @@ impl Node {
             })
             .await?;
         let (outcome, generation) = applied?;
-        if outcome.is_winner() {
-            // The writer hears "applied" (or "duplicate") only once the record is on disk.
-            self.flush(generation).await?;
-        }
+        // The commit and the gossip run at once: peers need not wait for our fsync (the
+        // record is already served here from memory, and a peer that gets a record whose
+        // writer is never acknowledged holds one more unacknowledged write, which the
+        // contract allows); the writer still hears "applied" only once it is on disk here.
+        let durable = async {
+            if outcome.is_winner() {
+                self.flush(generation).await
+            } else {
+                Ok(())
+            }
+        };
         let m = &self.0.metrics;
-        if let Outcome::Conflict { .. } = outcome {
-            m.conflicts.fetch_add(1, Ordering::Relaxed);
-        }
-        let gossip = if outcome.changed_store() {
-            m.publish_applied.fetch_add(1, Ordering::Relaxed);
+        let gossip = async {
+            if !outcome.changed_store() {
+                return None;
+            }
             match self.0.net.publish(prepared.wire().to_vec()).await {
                 Ok(status) => Some(status),
                 Err(e) => {
@@ -628,12 +633,17 @@ impl Node {
                     None
                 }
             }
-        } else {
-            if !outcome.is_winner() {
-                m.publish_refused.fetch_add(1, Ordering::Relaxed);
-            }
-            None::<PublishStatus>
         };
+        let (durable, gossip) = tokio::join!(durable, gossip);
+        durable?;
+        if let Outcome::Conflict { .. } = outcome {
+            m.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.changed_store() {
+            m.publish_applied.fetch_add(1, Ordering::Relaxed);
+        } else if !outcome.is_winner() {
+            m.publish_refused.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(PublishResult { outcome, gossip })
     }
 }

@@ -30,7 +30,9 @@
 //! ## Durability model (the node's rule)
 //! A write through a node's API is acknowledged only after its fsync ([`ACK_DELAY_MS`]); if
 //! the node crashes first, the writer gets no acknowledgement and the record is neither
-//! durable nor gossiped. A record taken from gossip is durable after the next group commit
+//! durable nor gossiped. (The node itself now gossips a write while its fsync runs, not
+//! after it; the model still gossips at the acknowledgement, 2 ms later, which is the more
+//! conservative case for the invariants. Aligning it changes every pinned digest.) A record taken from gossip is durable after the next group commit
 //! ([`FLUSH_DELAY_MS`]); one taken from anti-entropy is durable before the answer or the next
 //! request. A crash drops everything else; a restart starts from the durable copy.
 
