@@ -1555,9 +1555,12 @@ pub async fn fetch_chunks(
             };
             let spread = spread.clamp(1, candidates.len().max(1));
             let first = (i as usize + tries.get(&i).copied().unwrap_or(0)) % spread;
-            let order: Vec<PeerId> = candidates[first.min(candidates.len())..]
+            // `first < spread <= candidates.len()`: the candidates, starting at `first`.
+            let order: Vec<PeerId> = candidates
                 .iter()
-                .chain(&candidates[..first.min(candidates.len())])
+                .cycle()
+                .skip(first)
+                .take(candidates.len())
                 .copied()
                 .collect();
             let (node, index) = (node.clone(), &index);

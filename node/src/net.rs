@@ -1874,6 +1874,15 @@ enum PingFor {
     },
 }
 
+/// The keys of `map` whose values satisfy `pred` (collected, so the caller can then remove
+/// them): the expiry sweeps over pending probes.
+fn keys_where<K: Copy, V>(map: &HashMap<K, V>, pred: impl Fn(&V) -> bool) -> Vec<K> {
+    map.iter()
+        .filter(|(_, v)| pred(v))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// A probe-stream entry whose answer has not come within this is forgotten (the handler
 /// reports a failed stream itself; this covers a connection closed under it).
 const STREAM_PING_FORGET: Duration = Duration::from_secs(10);
@@ -2616,14 +2625,10 @@ impl EventLoop {
     /// Forgets probe-stream entries whose answer will not come (their connection closed).
     fn forget_stale_stream_pings(&mut self) {
         let now = tokio::time::Instant::now();
-        let stale: Vec<u64> = self
-            .stream_pings
-            .iter()
-            .filter(|(_, p)| {
-                matches!(p, StreamPing::Direct { sent, .. } if now.duration_since(*sent) >= STREAM_PING_FORGET)
-            })
-            .map(|(seq, _)| *seq)
-            .collect();
+        let stale = keys_where(
+            &self.stream_pings,
+            |p| matches!(p, StreamPing::Direct { sent, .. } if now.duration_since(*sent) >= STREAM_PING_FORGET),
+        );
         for seq in stale {
             self.stream_pings.remove(&seq);
         }
@@ -2652,21 +2657,17 @@ impl EventLoop {
     /// Nacks every relayed probe whose target did not answer within [`RELAY_NACK_AFTER`].
     fn expire_relays(&mut self) {
         let now = tokio::time::Instant::now();
-        let expired: Vec<OutboundRequestId> = self
-            .probes
-            .iter()
-            .filter(|(_, k)| matches!(k, PendingProbe::Relay { deadline, .. } if *deadline <= now))
-            .map(|(id, _)| *id)
-            .collect();
+        let expired = keys_where(
+            &self.probes,
+            |k| matches!(k, PendingProbe::Relay { deadline, .. } if *deadline <= now),
+        );
         for id in expired {
             self.nack_relay(id);
         }
-        let expired: Vec<u64> = self
-            .stream_pings
-            .iter()
-            .filter(|(_, p)| matches!(p, StreamPing::Relay { deadline, .. } if *deadline <= now))
-            .map(|(seq, _)| *seq)
-            .collect();
+        let expired = keys_where(
+            &self.stream_pings,
+            |p| matches!(p, StreamPing::Relay { deadline, .. } if *deadline <= now),
+        );
         for seq in expired {
             if let Some(StreamPing::Relay { reply, .. }) = self.stream_pings.remove(&seq) {
                 self.relays = self.relays.saturating_sub(1);

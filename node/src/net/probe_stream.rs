@@ -279,12 +279,10 @@ async fn echo(mut stream: Stream) -> io::Result<Stream> {
 
 impl Handler {
     /// Hands every waiting probe back as not sent.
-    fn give_up_queue(&mut self, also: Option<u64>) {
-        let mut seqs: Vec<u64> = also.into_iter().collect();
-        seqs.extend(self.queue.drain(..));
-        if !seqs.is_empty() {
+    fn give_up_queue(&mut self) {
+        if !self.queue.is_empty() {
             self.events.push_back(HandlerEvent::NotSent {
-                seqs,
+                seqs: self.queue.drain(..).collect(),
                 unsupported: self.unsupported,
             });
         }
@@ -424,7 +422,7 @@ impl ConnectionHandler for Handler {
                 if matches!(error, StreamUpgradeError::NegotiationFailed) {
                     self.unsupported = true;
                 }
-                self.give_up_queue(None);
+                self.give_up_queue();
             }
             _ => {}
         }

@@ -170,17 +170,18 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Connected peers per `/v1/status`.
-async fn connections(http: &reqwest::Client, api: SocketAddr) -> Option<usize> {
-    let body: serde_json::Value = http
-        .get(format!("http://{api}/v1/status"))
+/// A GET of `path` on a node's API (2 s timeout); `None` if it did not answer.
+async fn get(http: &reqwest::Client, api: SocketAddr, path: &str) -> Option<reqwest::Response> {
+    http.get(format!("http://{api}{path}"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+        .ok()
+}
+
+/// Connected peers per `/v1/status`.
+async fn connections(http: &reqwest::Client, api: SocketAddr) -> Option<usize> {
+    let body: serde_json::Value = get(http, api, "/v1/status").await?.json().await.ok()?;
     Some(
         body.get("peers")?
             .as_array()?
@@ -195,15 +196,7 @@ async fn metrics(
     http: &reqwest::Client,
     api: SocketAddr,
 ) -> Option<std::collections::BTreeMap<String, f64>> {
-    let body = http
-        .get(format!("http://{api}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let body = get(http, api, "/metrics").await?.text().await.ok()?;
     Some(
         body.lines()
             .filter(|l| !l.starts_with('#') && !l.contains('{'))
