@@ -602,6 +602,7 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         )
     });
     let mono = node.mono_ms();
+    let watched = node.watched_peers();
     let peers: Vec<serde_json::Value> = node
         .peers()
         .into_iter()
@@ -611,6 +612,9 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
                 "alive": st.status != PeerStatus::Down,
                 "state": st.status.as_str(),
                 "connected": st.connected,
+                // Whether our failure detector watches it (≤ 2 s to see it pause) or checks
+                // it in the slow round of the rest.
+                "watched": watched.contains(&id),
                 // Wall-clock time of the last change, from the detector's monotonic clock.
                 "since_ms": now.saturating_sub(mono.saturating_sub(st.since_ms)),
                 "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),

@@ -618,6 +618,9 @@ pub enum NetEvent {
     PeerDisconnected(PeerId),
     /// A peer probed us (directly or for someone else): evidence that it is alive.
     Heard(PeerId),
+    /// A peer probed us as one it watches (`dpin_protocol::liveness`): evidence that it is
+    /// alive, and we watch it back.
+    WatchedBy(PeerId),
     /// An answer to our probe `nonce` of `peer`, directly or relayed by a helper.
     ProbeAck {
         /// The probed peer.
@@ -939,6 +942,7 @@ enum Command {
     Probe {
         peer: PeerId,
         nonce: u64,
+        watch: bool,
     },
     ProbeVia {
         helper: PeerId,
@@ -1124,10 +1128,11 @@ impl NetHandle {
     }
 
     /// Sends the failure detector's probe `nonce` to `peer`; the answer comes back as
-    /// [`NetEvent::ProbeAck`]. Never waits: if the loop is saturated the probe is dropped and
-    /// counted (the detector judges by silence anyway).
-    pub fn probe(&self, peer: PeerId, nonce: u64) {
-        self.send_nowait(Command::Probe { peer, nonce });
+    /// [`NetEvent::ProbeAck`]. `watch`: our detector watches `peer`, which is told so (the
+    /// probe carries [`probe_stream::WATCH_BIT`]) and watches us back. Never waits: if the loop
+    /// is saturated the probe is dropped and counted (the detector judges by silence anyway).
+    pub fn probe(&self, peer: PeerId, nonce: u64, watch: bool) {
+        self.send_nowait(Command::Probe { peer, nonce, watch });
     }
 
     /// Asks `helper` to probe `target` for us (SWIM's ping-req); the outcome comes back as
@@ -1854,6 +1859,7 @@ enum StreamPing {
     Direct {
         peer: PeerId,
         nonce: u64,
+        watch: bool,
         sent: tokio::time::Instant,
     },
     /// A probe of `target` we send for another node's indirect round.
@@ -1867,7 +1873,8 @@ enum StreamPing {
 
 /// Why a direct probe is sent: for our detector, or relayed for another node.
 enum PingFor {
-    Us,
+    /// Our detector's probe; `watch` as in [`NetHandle::probe`].
+    Us { watch: bool },
     Relay {
         reply: request_response::ResponseChannel<Vec<u8>>,
         deadline: tokio::time::Instant,
@@ -1919,8 +1926,14 @@ fn probe_goodbye() -> Vec<u8> {
 
 /// A decoded probe request.
 enum ProbeRequest {
-    Ping,
-    PingReq { nonce: u64, target: PeerId },
+    /// `watch`: the nonce carries [`probe_stream::WATCH_BIT`].
+    Ping {
+        watch: bool,
+    },
+    PingReq {
+        nonce: u64,
+        target: PeerId,
+    },
     Goodbye,
 }
 
@@ -1928,7 +1941,9 @@ fn decode_probe(data: &[u8]) -> Option<ProbeRequest> {
     let (&tag, rest) = data.split_first()?;
     let nonce = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
     match tag {
-        PROBE_PING => Some(ProbeRequest::Ping),
+        PROBE_PING => Some(ProbeRequest::Ping {
+            watch: nonce & probe_stream::WATCH_BIT != 0,
+        }),
         PROBE_PING_REQ => Some(ProbeRequest::PingReq {
             nonce,
             target: PeerId::from_bytes(rest.get(8..)?).ok()?,
@@ -2523,7 +2538,11 @@ impl EventLoop {
             }
             return;
         }
-        let seq = self.next_seq;
+        let watch_bit = match purpose {
+            PingFor::Us { watch: true } => probe_stream::WATCH_BIT,
+            _ => 0,
+        };
+        let seq = (self.next_seq & !probe_stream::WATCH_BIT) | watch_bit;
         let on_stream = self
             .swarm
             .behaviour_mut()
@@ -2536,9 +2555,10 @@ impl EventLoop {
                 .fetch_add(1, Ordering::Relaxed);
             self.next_seq = self.next_seq.wrapping_add(1);
             let entry = match purpose {
-                PingFor::Us => StreamPing::Direct {
+                PingFor::Us { watch } => StreamPing::Direct {
                     peer: to,
                     nonce,
+                    watch,
                     sent: tokio::time::Instant::now(),
                 },
                 PingFor::Relay { reply, deadline } => {
@@ -2555,19 +2575,23 @@ impl EventLoop {
             return;
         }
         let kind = match purpose {
-            PingFor::Us => PendingProbe::Direct { peer: to, nonce },
+            PingFor::Us { .. } => PendingProbe::Direct { peer: to, nonce },
             PingFor::Relay { reply, deadline } => PendingProbe::Relay { reply, deadline },
         };
         self.counters
             .probes_as_requests
             .fetch_add(1, Ordering::Relaxed);
-        self.send_probe(to, probe_ping(nonce), kind);
+        self.send_probe(to, probe_ping(nonce | watch_bit), kind);
     }
 
     fn on_probe_stream(&mut self, event: probe_stream::Event) {
         match event {
-            probe_stream::Event::Pinged { peer } => {
-                self.emit(NetEvent::Heard(peer));
+            probe_stream::Event::Pinged { peer, watch } => {
+                self.emit(if watch {
+                    NetEvent::WatchedBy(peer)
+                } else {
+                    NetEvent::Heard(peer)
+                });
             }
             probe_stream::Event::Pong { peer, seq } => match self.stream_pings.remove(&seq) {
                 Some(StreamPing::Direct { peer: p, nonce, .. }) if p == peer => {
@@ -2591,7 +2615,9 @@ impl EventLoop {
             } => {
                 for seq in seqs {
                     let purpose = match self.stream_pings.remove(&seq) {
-                        Some(StreamPing::Direct { nonce, .. }) => (nonce, PingFor::Us),
+                        Some(StreamPing::Direct { nonce, watch, .. }) => {
+                            (nonce, PingFor::Us { watch })
+                        }
                         Some(StreamPing::Relay {
                             nonce,
                             reply,
@@ -2701,9 +2727,15 @@ impl EventLoop {
                     request, channel, ..
                 } => {
                     let decoded = decode_probe(&request.data);
-                    if !matches!(decoded, Some(ProbeRequest::Goodbye)) {
+                    match decoded {
+                        Some(ProbeRequest::Goodbye) => {}
                         // Being probed is evidence that the prober is alive.
-                        self.emit(NetEvent::Heard(peer));
+                        Some(ProbeRequest::Ping { watch: true }) => {
+                            self.emit(NetEvent::WatchedBy(peer));
+                        }
+                        _ => {
+                            self.emit(NetEvent::Heard(peer));
+                        }
                     }
                     match decoded {
                         Some(ProbeRequest::Goodbye) => {
@@ -2720,7 +2752,7 @@ impl EventLoop {
                                 .probe
                                 .send_response(channel, vec![PROBE_ACK]);
                         }
-                        Some(ProbeRequest::Ping) => {
+                        Some(ProbeRequest::Ping { .. }) => {
                             let _ = self
                                 .swarm
                                 .behaviour_mut()
@@ -2921,7 +2953,9 @@ impl EventLoop {
                     let _ = reply.send(());
                 }
             }
-            Command::Probe { peer, nonce } => self.send_ping(peer, nonce, PingFor::Us),
+            Command::Probe { peer, nonce, watch } => {
+                self.send_ping(peer, nonce, PingFor::Us { watch })
+            }
             Command::ProbeVia {
                 helper,
                 target,
@@ -3456,7 +3490,11 @@ mod tests {
     fn probe_wire_round_trips_and_garbage_is_refused() {
         assert!(matches!(
             decode_probe(&probe_ping(7)),
-            Some(ProbeRequest::Ping)
+            Some(ProbeRequest::Ping { watch: false })
+        ));
+        assert!(matches!(
+            decode_probe(&probe_ping(7 | probe_stream::WATCH_BIT)),
+            Some(ProbeRequest::Ping { watch: true })
         ));
         let target = PeerId::random();
         match decode_probe(&probe_ping_req(9, &target)) {
@@ -3690,6 +3728,20 @@ mod tests {
         .await
     }
 
+    /// Waits until `peer` probes the node as one it watches.
+    async fn expect_watched_by(
+        events: &mut mpsc::Receiver<NetEvent>,
+        peer: PeerId,
+    ) -> anyhow::Result<()> {
+        let what = format!("{peer} watching us");
+        next_matching(
+            events,
+            &what,
+            |e| matches!(e, NetEvent::WatchedBy(p) if *p == peer),
+        )
+        .await
+    }
+
     /// A TCP listen address of `h` with `/p2p/<id>`.
     async fn tcp_p2p_addr(h: &NetHandle) -> anyhow::Result<Multiaddr> {
         let tcp = h
@@ -3705,7 +3757,8 @@ mod tests {
     /// frame each way) and is acknowledged; the probed peer hears the prober; a peer without
     /// the stream protocol (a node from before it) is probed, and relays, with
     /// `/dpin/probe/1` requests instead; and an indirect probe works through either kind of
-    /// helper.
+    /// helper. A watching probe (the detector chose the peer) is reported to the probed peer
+    /// as `WatchedBy` on either carrier, so it watches the prober back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_probes_ride_a_stream_and_older_peers_get_requests() -> anyhow::Result<()> {
         let (b, mut b_events) = spawn(test_config(vec![])).await?;
@@ -3724,20 +3777,25 @@ mod tests {
 
         // A probes B on the stream, many times over the same stream.
         for nonce in 1..=20u64 {
-            a.probe(b_id, nonce);
+            a.probe(b_id, nonce, false);
             expect_ack(&mut a_events, b_id, nonce).await?;
         }
         expect_heard(&mut b_events, a_id).await?;
         let stats = a.stats();
         assert_eq!(stats.probes_on_stream, 20, "{stats:?}");
         assert_eq!(stats.probes_as_requests, 0, "{stats:?}");
+        // A watching probe: acknowledged like any other, and B learns that A watches it.
+        a.probe(b_id, 21, true);
+        expect_ack(&mut a_events, b_id, 21).await?;
+        expect_watched_by(&mut b_events, a_id).await?;
 
         // A probes the older C: the stream is refused, the same probe goes as a request.
-        a.probe(c_id, 100);
+        a.probe(c_id, 100, false);
         expect_ack(&mut a_events, c_id, 100).await?;
         expect_heard(&mut c_events, a_id).await?;
-        a.probe(c_id, 101);
+        a.probe(c_id, 101, true);
         expect_ack(&mut a_events, c_id, 101).await?;
+        expect_watched_by(&mut c_events, a_id).await?;
         let stats = a.stats();
         assert_eq!(stats.probes_as_requests, 2, "{stats:?}");
 

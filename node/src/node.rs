@@ -308,6 +308,17 @@ pub struct PublishResult {
     pub gossip: Option<PublishStatus>,
 }
 
+/// A peer's place on the failure detector's watch ring: the last 8 bytes of its id's
+/// multihash digest (public-key bytes for ed25519 ids, a hash otherwise), so uniform and
+/// unrelated to Kademlia's distance (a hash of the whole id).
+fn watch_key(peer: &PeerId) -> u64 {
+    let digest = AsRef::<libp2p::multihash::Multihash<64>>::as_ref(peer).digest();
+    let mut last = [0u8; 8];
+    let n = digest.len().min(8);
+    last[8 - n..].copy_from_slice(&digest[digest.len() - n..]);
+    u64::from_be_bytes(last)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock means a panic while holding it; the data is still the last committed
     // state (writes are durable before the index changes), so keep serving.
@@ -323,12 +334,13 @@ impl Node {
         health: Arc<Health>,
         blobs: Arc<BlobStore>,
     ) -> Self {
+        let me = net.local_peer_id();
         Node(Arc::new(Shared {
             persister: store.persister(),
             store: Mutex::new(store),
             net,
             metrics: Metrics::default(),
-            detector: Mutex::new(Detector::new(DetectorConfig::default())),
+            detector: Mutex::new(Detector::new(DetectorConfig::default(), me, watch_key)),
             health,
             listen_addrs: Mutex::new(Vec::new()),
             started: Instant::now(),
@@ -447,6 +459,18 @@ impl Node {
     /// Every known peer and its liveness.
     pub fn peers(&self) -> BTreeMap<PeerId, PeerInfo> {
         lock(&self.0.detector).peers().clone()
+    }
+
+    /// The peers the failure detector watches now (it chose them, or they watch us; see
+    /// `dpin_protocol::liveness`); the others are checked in its slow round.
+    pub fn watched_peers(&self) -> std::collections::BTreeSet<PeerId> {
+        let now = self.mono_ms();
+        let d = lock(&self.0.detector);
+        d.peers()
+            .keys()
+            .filter(|p| d.watches(p, now))
+            .copied()
+            .collect()
     }
 
     /// Prometheus text of the failure detector's work (probes, indirect rounds, suspicions,
@@ -1008,7 +1032,9 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 let outputs = lock(&node.0.detector).tick(now, &mut rng);
                 for o in outputs {
                     match o {
-                        Output::Probe { peer, nonce } => node.0.net.probe(peer, nonce),
+                        Output::Probe { peer, nonce, watch } => {
+                            node.0.net.probe(peer, nonce, watch)
+                        }
                         Output::ProbeVia { helper, target, nonce } => {
                             node.0.net.probe_via(helper, target, nonce)
                         }
@@ -1087,6 +1113,7 @@ fn handle_event(node: &Node, ev: NetEvent) {
             }
         }
         NetEvent::Heard(peer) => node.detect(|d, now| d.heard(peer, now)),
+        NetEvent::WatchedBy(peer) => node.detect(|d, now| d.watched_by(peer, now)),
         NetEvent::ProbeAck { peer, nonce } => node.detect(|d, now| d.ack(peer, nonce, now)),
         NetEvent::ProbeNack { target, nonce } => lock(&node.0.detector).nack(target, nonce),
         NetEvent::ListenAddr(addr) => {

@@ -440,6 +440,7 @@ mod tests {
             last_heard_ms: 9_000,
             rtt: None,
             probe: dpin_protocol::liveness::Probe::Idle,
+            watched_by_ms: None,
         }
     }
 

@@ -95,6 +95,7 @@ mod tests {
             last_heard_ms: since_ms,
             rtt: None,
             probe: Probe::Idle,
+            watched_by_ms: None,
         }
     }
 

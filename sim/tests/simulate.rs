@@ -29,7 +29,9 @@ fn the_same_seed_replays_the_same_run() {
 
 /// Speed work on the simulator must not change what a seed does: these event-log digests
 /// (and the 40-seed race sweep digest) were taken before the verification cache kept prepared
-/// records (commit c860052); an optimisation that changes any of them changed a run.
+/// records (commit c860052); an optimisation that changes any of them changed a run. The
+/// convergence run was re-pinned once, on purpose, when the failure detector began watching
+/// a few peers instead of every connection (issue 16: the detector runs in that scenario only).
 #[test]
 fn pinned_seeds_replay_the_event_logs_they_had_before_the_speed_work() {
     let cached = |scenario, nodes, seed| {
@@ -51,7 +53,7 @@ fn pinned_seeds_replay_the_event_logs_they_had_before_the_speed_work() {
         ),
         (
             cached(Scenario::Convergence, 200, 2),
-            "c9588149bee704e325902ecb38e476441cfe33835526ac5410364e1e9145e2b4",
+            "4736397d5798d23d902f7b01a45e3a5669a5de422092bf8be1df8eebb040ac2a",
         ),
     ];
     for (a, digest) in runs {

@@ -59,6 +59,12 @@ pub const PONG_TIMEOUT: Duration = Duration::from_secs(5);
 /// detector ticks every 100 ms; more often says nothing new).
 pub const PINGED_EVERY: Duration = Duration::from_millis(100);
 
+/// Set in a probe's 8 bytes when the prober's failure detector watches us (it chose us; see
+/// `dpin_protocol::liveness`): we then watch it back. Older nodes never set it and echo it
+/// unchanged, so it needs no new protocol version. The same bit marks a `/dpin/probe/1` ping's
+/// nonce.
+pub const WATCH_BIT: u64 = 1 << 63;
+
 /// Most probes a peer may send us in one second on one connection (an honest peer sends about
 /// two); beyond that its probe stream is closed.
 pub const MAX_ECHOES_PER_S: u32 = 64;
@@ -68,8 +74,9 @@ pub const MAX_ECHOES_PER_S: u32 = 64;
 pub enum Event {
     /// `peer` echoed our probe `seq`.
     Pong { peer: PeerId, seq: u64 },
-    /// `peer` probed us: evidence that it is alive.
-    Pinged { peer: PeerId },
+    /// `peer` probed us: evidence that it is alive. `watch`: the probe carried
+    /// [`WATCH_BIT`] (the peer's detector chose to watch us).
+    Pinged { peer: PeerId, watch: bool },
     /// These probes to `peer` were not answered and never will be on this stream: the stream
     /// could not be opened or failed, the queue was full, or (`unsupported`) the peer does
     /// not speak [`PROTOCOL`].
@@ -162,7 +169,7 @@ impl NetworkBehaviour for Behaviour {
     ) {
         let event = match event {
             HandlerEvent::Pong(seq) => Event::Pong { peer, seq },
-            HandlerEvent::Pinged => Event::Pinged { peer },
+            HandlerEvent::Pinged { watch } => Event::Pinged { peer, watch },
             HandlerEvent::NotSent { seqs, unsupported } => {
                 if unsupported {
                     self.unsupported.insert(peer);
@@ -196,13 +203,13 @@ impl NetworkBehaviour for Behaviour {
 #[derive(Debug)]
 pub enum HandlerEvent {
     Pong(u64),
-    Pinged,
+    Pinged { watch: bool },
     NotSent { seqs: Vec<u64>, unsupported: bool },
     Flooded,
 }
 
 type PingFuture = BoxFuture<'static, (u64, io::Result<Stream>)>;
-type EchoFuture = BoxFuture<'static, io::Result<Stream>>;
+type EchoFuture = BoxFuture<'static, io::Result<(Stream, u64)>>;
 
 enum Outbound {
     /// No stream (none yet, or the last one failed).
@@ -222,6 +229,7 @@ pub struct Handler {
     events: VecDeque<HandlerEvent>,
     /// When an inbound probe was last reported as evidence.
     last_pinged: Option<Instant>,
+    last_watch_pinged: Option<Instant>,
     /// Start of the current one-second window of inbound probes, and how many came in it.
     echo_window: (Instant, u32),
 }
@@ -235,6 +243,7 @@ impl Default for Handler {
             unsupported: false,
             events: VecDeque::new(),
             last_pinged: None,
+            last_watch_pinged: None,
             echo_window: (Instant::now(), 0),
         }
     }
@@ -269,12 +278,12 @@ async fn ping(mut stream: Stream, seq: u64) -> (u64, io::Result<Stream>) {
 }
 
 /// Echoes one probe.
-async fn echo(mut stream: Stream) -> io::Result<Stream> {
+async fn echo(mut stream: Stream) -> io::Result<(Stream, u64)> {
     let mut buf = [0u8; 8];
     stream.read_exact(&mut buf).await?;
     stream.write_all(&buf).await?;
     stream.flush().await?;
-    Ok(stream)
+    Ok((stream, u64::from_be_bytes(buf)))
 }
 
 impl Handler {
@@ -331,16 +340,21 @@ impl ConnectionHandler for Handler {
             match fut.poll_unpin(cx) {
                 Poll::Pending => {}
                 Poll::Ready(Err(_)) => self.inbound = None,
-                Poll::Ready(Ok(stream)) => {
+                Poll::Ready(Ok((stream, seq))) => {
                     let now = Instant::now();
                     if self.admit_echo(now) {
                         self.inbound = Some(echo(stream).boxed());
-                        if self
-                            .last_pinged
-                            .is_none_or(|t| now.duration_since(t) >= PINGED_EVERY)
-                        {
-                            self.last_pinged = Some(now);
-                            self.events.push_back(HandlerEvent::Pinged);
+                        let watch = seq & WATCH_BIT != 0;
+                        // A watching probe has its own limiter, so unwatched ones (relays
+                        // for a third peer) never hide it.
+                        let last = if watch {
+                            &mut self.last_watch_pinged
+                        } else {
+                            &mut self.last_pinged
+                        };
+                        if last.is_none_or(|t| now.duration_since(t) >= PINGED_EVERY) {
+                            *last = Some(now);
+                            self.events.push_back(HandlerEvent::Pinged { watch });
                         }
                     } else {
                         // Dropping the stream resets it.

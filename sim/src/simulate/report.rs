@@ -67,6 +67,15 @@ pub struct Report {
     /// Messages per live node per second while idle.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_messages_per_node_per_s: Option<f64>,
+    /// Of which the failure detector's probes, ping-reqs and answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_probe_messages_per_node_per_s: Option<f64>,
+    /// Of which gossip's IHAVE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ihave_per_node_per_s: Option<f64>,
+    /// Peers each node's failure detector watches at the end of the idle window, mean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_watched: Option<f64>,
     /// Peers marked down while up and reachable, by the end of the idle window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_false_downs: Option<u64>,
@@ -79,6 +88,13 @@ pub struct Report {
     /// Peers that marked the paused node down, of its peers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detected_by: Option<(usize, usize)>,
+    /// Slowest of the peers that *watched* the paused node when it stopped (chose it, or
+    /// were chosen by it) to mark it down, ms: the 2 s target's measure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_watchers_ms_max: Option<u64>,
+    /// The paused node's watchers that marked it down, of its watchers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detected_by_watchers: Option<(usize, usize)>,
     /// Time to converge: from the write to the last node (convergence), from the heal or the
     /// last fault to identical digests (the others), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,10 +151,15 @@ impl Report {
             delivered_by_sync: None,
             delivered_at_ms: None,
             idle_messages_per_node_per_s: None,
+            idle_probe_messages_per_node_per_s: None,
+            idle_ihave_per_node_per_s: None,
+            mean_watched: None,
             idle_false_downs: None,
             detect_ms_p50: None,
             detect_ms_max: None,
             detected_by: None,
+            detect_watchers_ms_max: None,
+            detected_by_watchers: None,
             converge_ms: None,
             records: None,
             bytes_after_heal: None,
@@ -199,7 +220,17 @@ impl Report {
             );
         }
         if let Some(x) = self.idle_messages_per_node_per_s {
-            s += &format!("  idle messages per node per second {x:.3}\n");
+            s += &format!("  idle messages per node per second {x:.3}");
+            if let (Some(p), Some(i)) = (
+                self.idle_probe_messages_per_node_per_s,
+                self.idle_ihave_per_node_per_s,
+            ) {
+                s += &format!(" (probes {p:.3}, IHAVE {i:.3}, the rest {:.3})", x - p - i);
+            }
+            if let Some(m) = self.mean_watched {
+                s += &format!("; each node watches {m:.2} peers");
+            }
+            s += "\n";
         }
         if let Some(x) = self.idle_false_downs {
             s += &format!("  false downs while idle {x}\n");
@@ -210,6 +241,11 @@ impl Report {
             s += &format!(
                 "  paused node marked down by {by} of {of} peers: p50 {p50} ms, max {max} ms\n"
             );
+        }
+        if let (Some(max), Some((by, of))) =
+            (self.detect_watchers_ms_max, self.detected_by_watchers)
+        {
+            s += &format!("  by {by} of its {of} watchers: max {max} ms\n");
         }
         if let (Some(b), Some(need)) = (self.bytes_after_heal, self.needed_bytes) {
             s += &format!(

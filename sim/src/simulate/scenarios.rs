@@ -37,7 +37,7 @@ pub const QUIESCENCE_DEADLINE_MS: u64 = 120_000;
 /// Resolution of the quiescence probe.
 pub const PROBE_MS: u64 = 10;
 /// How long the detection measurement waits for every peer of a paused node to mark it down.
-pub const DETECT_DEADLINE_MS: u64 = 10_000;
+pub const DETECT_DEADLINE_MS: u64 = 30_000;
 
 fn endpoint(i: u64) -> Endpoint {
     Endpoint {
@@ -184,8 +184,31 @@ fn convergence(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
     let t0 = delivered_at + MCACHE_MS;
     w.run_until(t0)?;
     let m0 = w.stats.messages;
+    let probes = |s: &super::world::Stats| s.probes + s.probe_reqs + s.probe_answers;
+    let (p0, i0) = (probes(&w.stats), w.stats.ihave);
     w.run_until(t0 + p.idle_ms)?;
     r.idle_messages_per_node_per_s = Some(w.rate_per_node(m0, t0, t0 + p.idle_ms));
+    // What the idle traffic is: the detector's probes and answers, gossip's IHAVE, the rest
+    // (anti-entropy, mesh upkeep).
+    let per_node_s =
+        |n: u64| n as f64 / w.live().max(1) as f64 / (p.idle_ms.max(1) as f64 / 1000.0);
+    r.idle_probe_messages_per_node_per_s = Some(per_node_s(probes(&w.stats) - p0));
+    r.idle_ihave_per_node_per_s = Some(per_node_s(w.stats.ihave - i0));
+    if w.cfg.detector {
+        let now = w.now();
+        let live: Vec<&super::world::SimNode> =
+            w.nodes.iter().filter(|n| n.up && n.present).collect();
+        let watched: usize = live
+            .iter()
+            .map(|n| {
+                n.peers
+                    .iter()
+                    .filter(|p| n.detector.watches(p, now))
+                    .count()
+            })
+            .sum();
+        r.mean_watched = Some(watched as f64 / live.len().max(1) as f64);
+    }
     let mut idle_end = w.now();
     if w.cfg.detector {
         r.idle_false_downs = Some(w.stats.false_downs);
@@ -195,6 +218,13 @@ fn convergence(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
         let peers = w.nodes[paused as usize].peers.len();
         let at = idle_end + 1;
         w.schedule(at, Action::Pause(paused))?;
+        // Its watchers: the peers whose detectors watch it (chose it, or watch it back).
+        let watchers: Vec<NodeId> = w.nodes[paused as usize]
+            .peers
+            .iter()
+            .copied()
+            .filter(|&q| w.nodes[q as usize].detector.watches(&paused, at))
+            .collect();
         w.detect_watch = Some((paused, at, Default::default()));
         w.run_while(at + DETECT_DEADLINE_MS, |w| {
             w.detect_watch
@@ -207,6 +237,12 @@ fn convergence(cfg: WorldConfig, p: &Params) -> Result<Report, SimError> {
             r.detect_ms_p50 = ms.get(ms.len() / 2).copied();
             r.detect_ms_max = ms.last().copied();
             r.detected_by = Some((ms.len(), peers));
+            let by_watchers: Vec<u64> = watchers
+                .iter()
+                .filter_map(|q| downs.get(q).map(|t| t.saturating_sub(at)))
+                .collect();
+            r.detect_watchers_ms_max = by_watchers.iter().max().copied();
+            r.detected_by_watchers = Some((by_watchers.len(), watchers.len()));
         }
         let resume = w.now() + 1;
         w.schedule(resume, Action::Resume(paused))?;

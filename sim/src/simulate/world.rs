@@ -258,6 +258,8 @@ enum Ev {
         from: NodeId,
         nonce: u64,
         relay: Option<u64>,
+        /// The prober's detector watches `to` (the node's `WATCH_BIT`).
+        watch: bool,
     },
     ProbeReq {
         to: NodeId,
@@ -531,6 +533,16 @@ fn outcome_tag(o: &Outcome) -> u8 {
     }
 }
 
+/// A node's place on the failure detector's watch ring: its index mixed (splitmix64's
+/// finaliser), so uniform and unrelated to the topology's index-based distance, as public keys
+/// are in the node.
+fn watch_key(n: &NodeId) -> u64 {
+    let mut z = u64::from(*n).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 impl World {
     /// A world with `cfg.nodes` nodes connected and meshed, nothing written yet.
     pub fn new(cfg: WorldConfig) -> Result<Self, SimError> {
@@ -571,7 +583,7 @@ impl World {
                     hb_phase: rng_clock.gen_range(0..HEARTBEAT_MS),
                     sessions: BTreeMap::new(),
                     watch: NodeWatch::default(),
-                    detector: Detector::new(DetectorConfig::default()),
+                    detector: Detector::new(DetectorConfig::default(), i as NodeId, watch_key),
                     relays: BTreeMap::new(),
                 }
             })
@@ -1150,7 +1162,8 @@ impl World {
                 from,
                 nonce,
                 relay,
-            } => self.on_probe(to, from, nonce, relay),
+                watch,
+            } => self.on_probe(to, from, nonce, relay, watch),
             Ev::ProbeReq {
                 to,
                 from,
@@ -1865,7 +1878,7 @@ impl World {
             .tick(now, &mut self.rng_detector);
         for o in outs {
             match o {
-                DetOut::Probe { peer, nonce } => {
+                DetOut::Probe { peer, nonce, watch } => {
                     self.stats.probes += 1;
                     self.send_probe_msg(
                         n,
@@ -1875,6 +1888,7 @@ impl World {
                             from: n,
                             nonce,
                             relay: None,
+                            watch,
                         },
                     )?;
                 }
@@ -1924,11 +1938,17 @@ impl World {
         from: NodeId,
         nonce: u64,
         relay: Option<u64>,
+        watch: bool,
     ) -> Result<(), SimError> {
         if !self.deliverable(from, to) {
             return Ok(());
         }
-        self.heard(to, from);
+        if watch && self.cfg.detector {
+            let now = self.now();
+            self.nodes[to as usize].detector.watched_by(from, now);
+        } else {
+            self.heard(to, from);
+        }
         self.stats.probe_answers += 1;
         self.send_probe_msg(
             to,
@@ -1986,6 +2006,7 @@ impl World {
                 from: to,
                 nonce,
                 relay: Some(relay),
+                watch: false,
             },
         )
     }
