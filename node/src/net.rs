@@ -119,6 +119,7 @@
 //!   and counted (`NetStats::inbound_over_*`); the requester sees a failed request.
 
 mod probe_stream;
+pub mod swarm_metrics;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -310,6 +311,8 @@ pub struct NetConfig {
     /// Kademlia bootstrap while the cluster looks smaller than expected, re-dial bootstrap
     /// addresses when isolated.
     pub discovery_interval: Duration,
+    /// libp2p's metrics, fed every swarm event ([`crate::metrics::Builder::libp2p`]).
+    pub metrics: Option<swarm_metrics::SwarmMetrics>,
 }
 
 impl NetConfig {
@@ -332,6 +335,7 @@ impl NetConfig {
             request_timeout: Duration::from_secs(2),
             idle_connection_timeout: Duration::from_secs(3600),
             discovery_interval: Duration::from_secs(2),
+            metrics: None,
         }
     }
 
@@ -1756,6 +1760,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         released: released.clone(),
         last_kad_bootstrap: None,
         bans: HashMap::new(),
+        metrics: config.metrics.clone(),
     };
 
     event_loop.wait_for_listen_addr().await?;
@@ -1828,6 +1833,8 @@ struct EventLoop {
     /// Banned peers and when their ban ends (bounded by [`MAX_BANS`]); mirrored in the
     /// `blocked` behaviour, which refuses their connections.
     bans: HashMap<PeerId, tokio::time::Instant>,
+    /// libp2p's metrics ([`NetConfig::metrics`]).
+    metrics: Option<swarm_metrics::SwarmMetrics>,
 }
 
 /// What a probe request in flight is for.
@@ -2941,6 +2948,9 @@ impl EventLoop {
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.metrics {
+            m.record(&event);
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossipsub(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kademlia(e)) => self.on_kademlia(e),

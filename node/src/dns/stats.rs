@@ -1,4 +1,5 @@
-//! The DNS front-end's counters, rendered as Prometheus text and JSON.
+//! The DNS front-end's counters and answer-latency histograms, one set per node (the node's
+//! registry renders them, [`crate::metrics`]), and as JSON for status.
 
 use super::*;
 
@@ -56,10 +57,26 @@ pub struct DnsStats {
     pub tcp_evicted: AtomicU64,
     /// TCP connections closed at [`TCP_MAX_LIFETIME`].
     pub tcp_lifetime_closed: AtomicU64,
+    /// Time to answer one query, by transport (`udp`, `tcp`), registered in the node's registry
+    /// as `dpin_dns_answer_seconds`.
+    pub answer_seconds: crate::metrics::HistogramFamily,
+}
+
+impl Default for DnsStats {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DnsStats {
-    const fn new() -> Self {
+    fn new() -> Self {
+        let answer_seconds: crate::metrics::HistogramFamily =
+            prometheus_client::metrics::family::Family::new_with_constructor(
+                crate::metrics::dns_answer_histogram,
+            );
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let _ = answer_seconds.get_or_create(&[("transport", proto.as_str())]);
+        }
         DnsStats {
             udp_queries: AtomicU64::new(0),
             tcp_queries: AtomicU64::new(0),
@@ -85,6 +102,7 @@ impl DnsStats {
             tcp_rejected_per_ip: AtomicU64::new(0),
             tcp_evicted: AtomicU64::new(0),
             tcp_lifetime_closed: AtomicU64::new(0),
+            answer_seconds,
         }
     }
 
@@ -117,16 +135,32 @@ impl DnsStats {
         ]
     }
 
-    /// Prometheus text exposition, one `dpin_dns_<field>_total` counter per field.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// The answer-latency histogram of one transport (a shared handle: observing it updates
+    /// the registered family).
+    pub fn answer_histogram(
+        &self,
+        proto: Proto,
+    ) -> prometheus_client::metrics::histogram::Histogram {
+        self.answer_seconds
+            .get_or_create(&[("transport", proto.as_str())])
+            .clone()
+    }
+
+    /// For `/metrics`: one `dpin_dns_<field>_total` counter per field.
+    pub fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
         for (name, v) in self.fields() {
-            out.push_str(&format!(
-                "# TYPE dpin_dns_{name}_total counter\ndpin_dns_{name}_total {}\n",
-                v.load(Ordering::Relaxed)
-            ));
+            let full = format!("dpin_dns_{name}_total");
+            crate::metrics::counter(
+                e,
+                &full,
+                "DNS front-end counter (see the dns module docs).",
+                v.load(Ordering::Relaxed),
+            )?;
         }
-        out
+        Ok(())
     }
 
     /// Counters as a JSON object keyed by field name.
@@ -138,13 +172,6 @@ impl DnsStats {
             .collect();
         serde_json::Value::Object(map)
     }
-}
-
-static STATS: DnsStats = DnsStats::new();
-
-/// The process-wide DNS counters (one DNS front-end per process).
-pub fn stats() -> &'static DnsStats {
-    &STATS
 }
 
 pub(super) fn inc(c: &AtomicU64) {
