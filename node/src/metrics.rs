@@ -218,13 +218,6 @@ impl Recorders {
             .inc();
     }
 
-    /// The count of one `path`/`outcome` series (tests).
-    pub fn records(&self, path: RecordPath, outcome: &'static str) -> u64 {
-        self.records
-            .get(&[("path", path.as_str()), ("outcome", outcome)])
-            .map_or(0, |c| c.get())
-    }
-
     /// Observes the time one apply on `path` took.
     pub fn apply_latency(&self, path: RecordPath, took: Duration) {
         self.apply_seconds
@@ -753,6 +746,38 @@ mod tests {
         assert_eq!(
             b.dns.udp_queries.load(std::sync::atomic::Ordering::Relaxed),
             0
+        );
+    }
+
+    /// A source that holds no name.
+    struct Empty;
+
+    impl crate::dns::Source for Empty {
+        fn answer(&self, _: &str, _: u64) -> Option<crate::answer::Answer> {
+            None
+        }
+    }
+
+    #[test]
+    fn every_dns_packet_is_timed_in_its_nodes_histogram_by_transport() {
+        let builder = Builder::new();
+        let responder = crate::dns::Responder::with_stats(
+            Empty,
+            &std::collections::BTreeMap::new(),
+            builder.dns.clone(),
+        );
+        // Garbage too: a dropped packet costs time as well.
+        assert!(responder
+            .respond(&[0u8; 5], crate::dns::Proto::Udp, 0)
+            .is_none());
+        let text = builder.finish(Weak::new()).render().unwrap();
+        assert_eq!(
+            value(&text, "dpin_dns_answer_seconds_count{transport=\"udp\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, "dpin_dns_answer_seconds_count{transport=\"tcp\"}"),
+            Some(0.0)
         );
     }
 

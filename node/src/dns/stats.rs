@@ -153,12 +153,7 @@ impl DnsStats {
     ) -> std::fmt::Result {
         for (name, v) in self.fields() {
             let full = format!("dpin_dns_{name}_total");
-            crate::metrics::counter(
-                e,
-                &full,
-                "DNS front-end counter (see the dns module docs).",
-                v.load(Ordering::Relaxed),
-            )?;
+            crate::metrics::counter(e, &full, help(name), v.load(Ordering::Relaxed))?;
         }
         Ok(())
     }
@@ -176,4 +171,35 @@ impl DnsStats {
 
 pub(super) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `# HELP` text of each field (the field docs above, shortened).
+fn help(field: &str) -> &'static str {
+    match field {
+        "udp_queries" => "UDP datagrams received.",
+        "tcp_queries" => "TCP messages received.",
+        "tcp_connections" => "TCP connections accepted and served.",
+        "tcp_rejected" => "TCP connections closed at once: the total cap was reached.",
+        "tcp_timeouts" => "TCP connections closed by a timeout (idle, slow read or write).",
+        "noerror" => "NOERROR responses (including NODATA).",
+        "nodata" => "NOERROR responses without answers.",
+        "nxdomain" => "NXDOMAIN responses.",
+        "refused" => "REFUSED responses (outside dpin., unsupported class).",
+        "formerr" => "FORMERR responses.",
+        "notimp" => "NOTIMP responses.",
+        "badvers" => "BADVERS responses.",
+        "servfail" => "SERVFAIL responses.",
+        "truncated" => "Responses sent with the TC bit.",
+        "cut_off_answers" => "Answers sent with a short TTL while the node judged itself cut off.",
+        "dropped_malformed" => "Packets dropped unanswered: too short or undecodable.",
+        "dropped_responses" => "Packets dropped unanswered: they were responses.",
+        "dropped_oversized" => "Packets dropped unanswered: over the query size limit.",
+        "io_errors" => "Socket errors (receive, send, accept).",
+        "rrl_dropped" => "UDP queries dropped by response rate limiting.",
+        "rrl_slipped" => "UDP queries answered with an empty TC answer by rate limiting.",
+        "tcp_rejected_per_ip" => "TCP connections closed at once: the per-address cap was reached.",
+        "tcp_evicted" => "TCP connections closed to make room at the total cap.",
+        "tcp_lifetime_closed" => "TCP connections closed at their maximum lifetime.",
+        _ => "DNS front-end counter.",
+    }
 }
