@@ -11,7 +11,7 @@
 //! | GET | `/v1/blobs/{hash}` | the file's bytes, every chunk verified, fetched from any live holder |
 //! | GET | `/v1/blobs/{hash}/info` | manifest, chunk index (hex) and which nodes hold how many chunks |
 //! | GET | `/v1/status` | peer id, listen addresses, peers with liveness, record count, store digest, each module's counters |
-//! | GET | `/metrics` | counters in Prometheus text format: node, probes, HTTP, DNS, blobs, offers |
+//! | GET | `/metrics` | one registry in OpenMetrics text (see [`crate::metrics`]): node, liveness, probes, HTTP, DNS, blobs, offers, histograms, libp2p |
 //!
 //! Bodies over [`MAX_BODY_BYTES`] get 413 before they are read in full. Every error, including
 //! an unknown path (404), a wrong method (405) and a rejected query string or body, has the JSON
@@ -640,21 +640,28 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         "corrupt_entries": corrupt,
         "counters": node.0.metrics.to_json(),
         "endpoints": node.0.health.to_json(),
-        "dns": crate::dns::stats().to_json(),
+        "dns": node.0.telemetry.dns.to_json(),
         "blobs": node.blobs().stats.to_json(),
         "offers": crate::offers::OfferStats::of(&node, now).to_json(),
     }))
 }
 
-async fn metrics(State(node): State<Node>) -> String {
-    let mut out = node.0.metrics.render();
-    out.push_str(&node.render_liveness());
-    out.push_str(&node.0.health.render());
-    out.push_str(&http_stats().render());
-    out.push_str(&crate::dns::stats().render());
-    out.push_str(&node.blobs().stats.render());
-    out.push_str(&crate::offers::OfferStats::of(&node, now_ms()).render());
-    out
+/// The node's one registry, through prometheus-client's text encoder ([`crate::metrics`]).
+async fn metrics(State(node): State<Node>) -> Result<impl IntoResponse, ApiError> {
+    let text = node.0.telemetry.render().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics",
+            format!("cannot encode metrics: {e}"),
+        )
+    })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    ))
 }
 
 async fn offers(
@@ -1057,65 +1064,95 @@ impl HttpStats {
         self.errors.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 14] = [
-            ("dpin_http_connections_total", &self.accepted),
-            (
-                "dpin_http_rejected_total{reason=\"total_cap\"}",
-                &self.rejected_total_cap,
-            ),
-            (
-                "dpin_http_rejected_total{reason=\"per_ip_cap\"}",
-                &self.rejected_per_ip_cap,
-            ),
-            ("dpin_http_head_timeouts_total", &self.head_timeouts),
-            ("dpin_http_evicted_total", &self.evicted),
-            (
-                "dpin_http_uploads_refused_total{reason=\"busy\"}",
-                &self.uploads_busy,
-            ),
-            (
-                "dpin_http_uploads_refused_total{reason=\"not_loopback\"}",
-                &self.uploads_forbidden,
-            ),
-            (
-                "dpin_http_uploads_refused_total{reason=\"too_slow\"}",
-                &self.uploads_too_slow,
-            ),
-            ("dpin_http_handler_timeouts_total", &self.handler_timeouts),
-            (
-                "dpin_http_refused_total{reason=\"unauthorized\"}",
-                &self.unauthorized,
-            ),
-            ("dpin_http_write_stalls_total", &self.write_stalls),
-            (
-                "dpin_http_refused_total{reason=\"rate\"}",
-                &self.rate_limited,
-            ),
-            (
-                "dpin_http_refused_total{reason=\"concurrency\"}",
-                &self.concurrency_limited,
-            ),
-            ("dpin_http_clients_tracked", &self.clients_tracked),
-        ];
-        let mut out = String::new();
-        for (name, v) in fields {
-            out.push_str(&format!("{name} {}\n", v.load(Ordering::Relaxed)));
-        }
-        out.push_str("# TYPE dpin_http_errors_total counter\n");
-        for (i, c) in self.errors.iter().enumerate() {
-            let status = ERROR_STATUSES
-                .get(i)
-                .map_or_else(|| "other".to_owned(), u16::to_string);
-            out.push_str(&format!(
-                "dpin_http_errors_total{{status=\"{status}\"}} {}\n",
-                c.load(Ordering::Relaxed)
-            ));
-        }
-        out
+    /// For `/metrics`.
+    pub fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use crate::metrics::{counter, counter_family, gauge, to_i64};
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            e,
+            "dpin_http_connections_total",
+            "HTTP connections accepted and served.",
+            l(&self.accepted),
+        )?;
+        counter_family(
+            e,
+            "dpin_http_rejected_total",
+            "HTTP connections closed at accept, by cap.",
+            [
+                ([("reason", "total_cap")], l(&self.rejected_total_cap)),
+                ([("reason", "per_ip_cap")], l(&self.rejected_per_ip_cap)),
+            ],
+        )?;
+        counter(
+            e,
+            "dpin_http_head_timeouts_total",
+            "HTTP connections closed waiting for their request head.",
+            l(&self.head_timeouts),
+        )?;
+        counter(
+            e,
+            "dpin_http_evicted_total",
+            "HTTP connections still waiting for a request head, closed to make room.",
+            l(&self.evicted),
+        )?;
+        counter_family(
+            e,
+            "dpin_http_uploads_refused_total",
+            "Blob uploads refused, by reason.",
+            [
+                ([("reason", "busy")], l(&self.uploads_busy)),
+                ([("reason", "not_loopback")], l(&self.uploads_forbidden)),
+                ([("reason", "too_slow")], l(&self.uploads_too_slow)),
+            ],
+        )?;
+        counter(
+            e,
+            "dpin_http_handler_timeouts_total",
+            "Requests answered 503: the handler ran past its deadline.",
+            l(&self.handler_timeouts),
+        )?;
+        counter_family(
+            e,
+            "dpin_http_refused_total",
+            "Requests refused, by reason.",
+            [
+                ([("reason", "unauthorized")], l(&self.unauthorized)),
+                ([("reason", "rate")], l(&self.rate_limited)),
+                ([("reason", "concurrency")], l(&self.concurrency_limited)),
+            ],
+        )?;
+        counter(
+            e,
+            "dpin_http_write_stalls_total",
+            "HTTP connections closed: the client stopped reading a response.",
+            l(&self.write_stalls),
+        )?;
+        gauge(
+            e,
+            "dpin_http_clients_tracked",
+            "Clients the rate limiter tracks one by one now.",
+            to_i64(l(&self.clients_tracked)),
+        )?;
+        counter_family(
+            e,
+            "dpin_http_errors_total",
+            "Error responses by status.",
+            self.errors.iter().enumerate().map(|(i, c)| {
+                let status = ERROR_STATUS_LABELS.get(i).copied().unwrap_or("other");
+                ([("status", status)], l(c))
+            }),
+        )
     }
 }
+
+/// [`ERROR_STATUSES`] as label values (the last counter is `other`).
+const ERROR_STATUS_LABELS: [&str; ERROR_STATUSES.len()] = [
+    "400", "401", "403", "404", "405", "408", "409", "413", "415", "422", "429", "500", "503",
+    "507",
+];
 
 /// A connection waiting this long for its request head may be closed to make room when the
 /// connection cap is reached (honest clients send a head within milliseconds).
@@ -1921,5 +1958,17 @@ mod limiter_tests {
         assert_eq!(parse_rate("0"), Some((0, 0)));
         assert_eq!(parse_rate("5/0"), None);
         assert_eq!(parse_rate("fast"), None);
+    }
+}
+
+#[cfg(test)]
+mod http_stats_tests {
+    use super::*;
+
+    #[test]
+    fn error_status_labels_match_the_counted_statuses() {
+        for (code, label) in ERROR_STATUSES.iter().zip(ERROR_STATUS_LABELS) {
+            assert_eq!(code.to_string(), label);
+        }
     }
 }

@@ -207,8 +207,8 @@ impl Refusal {
     }
 }
 
-/// Blob write refusals and collections, per node instance. The lead wires [`BlobStats::render`]
-/// into `/metrics` and [`BlobStats::to_json`] into status.
+/// Blob write refusals and collections, per node instance: [`BlobStats::encode`] for
+/// `/metrics`, [`BlobStats::to_json`] for status.
 #[derive(Debug, Default)]
 pub struct BlobStats {
     refused: [AtomicU64; 6],
@@ -297,25 +297,21 @@ impl BlobStats {
         ]
     }
 
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP dpin_blob_refused_total Blob writes (index, chunk, seal) refused, by reason.\n\
-             # TYPE dpin_blob_refused_total counter\n",
-        );
-        for why in Refusal::ALL {
-            out.push_str(&format!(
-                "dpin_blob_refused_total{{reason=\"{}\"}} {}\n",
-                why.as_str(),
-                self.refused(why)
-            ));
-        }
+    /// For `/metrics`.
+    pub fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        crate::metrics::counter_family(
+            e,
+            "dpin_blob_refused_total",
+            "Blob writes (index, chunk, seal) refused, by reason.",
+            Refusal::ALL.map(|why| ([("reason", why.as_str())], self.refused(why))),
+        )?;
         for (name, help, v) in self.counters() {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-            ));
+            crate::metrics::counter(e, name, help, v)?;
         }
-        out
+        Ok(())
     }
 
     /// JSON for status.

@@ -582,7 +582,10 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen for the API on {}", args.api))?;
     let api_addr = api_listener.local_addr()?;
 
+    // One registry for the whole node: libp2p's families go in before the network starts.
+    let mut telemetry = crate::metrics::Builder::new();
     let mut config = NetConfig::new(keypair, listen, bootstrap);
+    config.metrics = Some(telemetry.libp2p());
     config.max_connections = args.max_connections;
     config.expected_cluster_size = args.expected_nodes.max(1);
     let (handle, events) = net::spawn(config)
@@ -609,6 +612,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         args.data_dir.clone(),
         health.clone(),
         blobs.clone(),
+        telemetry,
     );
     let _ = node.0.node_key.set(offer_key.clone());
     node.0.expects_peers.store(

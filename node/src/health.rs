@@ -107,6 +107,7 @@ use dpin_protocol::{
     Content, Endpoint, Host, RecordBody, SignedRecord, Transport, ZoneId, ZoneKey,
 };
 use libp2p::PeerId;
+use prometheus_client::encoding::DescriptorEncoder;
 use rand::Rng;
 
 use crate::liveness::PeerStatus;
@@ -956,45 +957,84 @@ impl Health {
         })
     }
 
-    /// Prometheus text: probes run, failed, and refused by reason.
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "# TYPE dpin_probes_total counter\ndpin_probes_total {}\n\
-             # TYPE dpin_probe_failures_total counter\ndpin_probe_failures_total {}\n\
-             # TYPE dpin_probe_refused_total counter\n",
+    /// For `/metrics`: probes run, failed, and refused by reason; shared observations; and
+    /// tracked endpoints by health state.
+    pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{counter, counter_family, gauge, gauge_family, to_i64};
+        counter(
+            e,
+            "dpin_probes_total",
+            "Endpoint probes run.",
             self.probes.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "dpin_probe_failures_total",
+            "Endpoint probes that found the endpoint down.",
             self.probe_failures.load(Ordering::Relaxed),
-        );
-        for r in Refusal::ALL {
-            out.push_str(&format!(
-                "dpin_probe_refused_total{{reason=\"{}\"}} {}\n",
-                r.as_str(),
-                self.refused(r)
-            ));
-        }
+        )?;
+        counter_family(
+            e,
+            "dpin_probe_refused_total",
+            "Endpoint probes refused by the probe policy or budget, by reason.",
+            Refusal::ALL.map(|r| ([("reason", r.as_str())], self.refused(r))),
+        )?;
+        let (tracked, by_state) = {
+            let table = self.lock();
+            let n = |h: HealthState| table.values().filter(|s| s.health == h).count() as u64;
+            (
+                table.len() as u64,
+                [
+                    ("healthy", n(HealthState::Healthy)),
+                    ("unknown", n(HealthState::Unknown)),
+                    ("unhealthy", n(HealthState::Unhealthy)),
+                ],
+            )
+        };
+        gauge(
+            e,
+            "dpin_probe_tracked",
+            "Endpoints this node tracks.",
+            to_i64(tracked),
+        )?;
+        gauge_family(
+            e,
+            "dpin_endpoints",
+            "Tracked endpoints by health state (this node's view, other probers' verdicts included).",
+            by_state.map(|(state, v)| ([("state", state)], to_i64(v))),
+        )?;
         let o = &self.observations;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "# TYPE dpin_probe_tracked gauge\ndpin_probe_tracked {}\n\
-             # TYPE dpin_probe_observations_accepted_total counter\n\
-             dpin_probe_observations_accepted_total {}\n\
-             # TYPE dpin_probe_observations_ignored_total counter\n\
-             dpin_probe_observations_ignored_total{{reason=\"not_prober\"}} {}\n\
-             dpin_probe_observations_ignored_total{{reason=\"too_long\"}} {}\n\
-             # TYPE dpin_probe_observations_published_total counter\n\
-             dpin_probe_observations_published_total {}\n\
-             # TYPE dpin_probe_observations_unpublished_total counter\n\
-             dpin_probe_observations_unpublished_total{{reason=\"publish_failed\"}} {}\n\
-             dpin_probe_observations_unpublished_total{{reason=\"record_cap\"}} {}\n",
-            self.lock().len(),
+        counter(
+            e,
+            "dpin_probe_observations_accepted_total",
+            "Other probers' verdicts taken into account.",
             load(&o.accepted),
-            load(&o.ignored_not_prober),
-            load(&o.ignored_too_long),
+        )?;
+        counter_family(
+            e,
+            "dpin_probe_observations_ignored_total",
+            "Other probers' verdicts ignored, by reason.",
+            [
+                ([("reason", "not_prober")], load(&o.ignored_not_prober)),
+                ([("reason", "too_long")], load(&o.ignored_too_long)),
+            ],
+        )?;
+        counter(
+            e,
+            "dpin_probe_observations_published_total",
+            "Observation records this node published.",
             load(&o.published),
-            load(&o.publish_failures),
-            load(&o.unpublished),
-        ));
-        out
+        )?;
+        counter_family(
+            e,
+            "dpin_probe_observations_unpublished_total",
+            "Observation records not published, by reason.",
+            [
+                ([("reason", "publish_failed")], load(&o.publish_failures)),
+                ([("reason", "record_cap")], load(&o.unpublished)),
+            ],
+        )
     }
 }
 

@@ -19,6 +19,8 @@
 //! * [`api`] — the HTTP API (axum): connection caps, deadlines, JSON errors, optional token.
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store: `responder`
 //!   (packet in, packet out), `serve` (sockets), `rrl`, `stats`, `aliases`.
+//! * [`metrics`] — `/metrics`: one prometheus-client registry (dpin's counters, gauges and
+//!   histograms, and libp2p's own metrics) and its text encoder.
 //! * [`client`] — the failover HTTP client the CLI uses.
 //! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
 //!   compare-and-set one-step publishing, named deletions.
@@ -43,6 +45,7 @@ pub mod health;
 pub mod identity;
 /// The failure detector lives in the protocol core; re-exported where the node's modules look.
 pub use dpin_protocol::liveness;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod offers;

@@ -119,6 +119,7 @@
 //!   and counted (`NetStats::inbound_over_*`); the requester sees a failed request.
 
 mod probe_stream;
+pub mod swarm_metrics;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -310,6 +311,8 @@ pub struct NetConfig {
     /// Kademlia bootstrap while the cluster looks smaller than expected, re-dial bootstrap
     /// addresses when isolated.
     pub discovery_interval: Duration,
+    /// libp2p's metrics, fed every swarm event ([`crate::metrics::Builder::libp2p`]).
+    pub metrics: Option<swarm_metrics::SwarmMetrics>,
 }
 
 impl NetConfig {
@@ -332,6 +335,7 @@ impl NetConfig {
             request_timeout: Duration::from_secs(2),
             idle_connection_timeout: Duration::from_secs(3600),
             discovery_interval: Duration::from_secs(2),
+            metrics: None,
         }
     }
 
@@ -726,128 +730,6 @@ impl NetStats {
     /// Bans started for `reason`.
     pub fn bans_for(&self, reason: BanReason) -> u64 {
         self.bans[reason.index()]
-    }
-
-    /// Prometheus text of every counter (`dpin_net_*`).
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
-        };
-        one(
-            "dpin_net_dropped_gossip_total",
-            "counter",
-            "Gossip messages dropped: the node did not keep up.",
-            self.dropped_gossip,
-        );
-        one(
-            "dpin_net_dropped_events_total",
-            "counter",
-            "Network events dropped: channel full or closed.",
-            self.dropped_events,
-        );
-        one(
-            "dpin_net_dropped_probes_total",
-            "counter",
-            "Liveness probes not sent: too many in flight or queue full.",
-            self.dropped_probes,
-        );
-        one(
-            "dpin_net_probe_floods_total",
-            "counter",
-            "Probe streams closed: the peer probed faster than the per-second bound.",
-            self.probe_floods,
-        );
-        one(
-            "dpin_net_probes_on_stream_total",
-            "counter",
-            "Direct liveness probes sent on a long-lived probe stream.",
-            self.probes_on_stream,
-        );
-        one(
-            "dpin_net_probes_as_requests_total",
-            "counter",
-            "Direct liveness probes sent as /dpin/probe/1 requests (older peers).",
-            self.probes_as_requests,
-        );
-        one(
-            "dpin_net_trimmed_total",
-            "counter",
-            "Connections closed to keep the target degree.",
-            self.trimmed,
-        );
-        one(
-            "dpin_net_released_by_peer_total",
-            "counter",
-            "Connections a peer closed to keep its own target degree.",
-            self.released_by_peer,
-        );
-        one(
-            "dpin_net_connected_total",
-            "counter",
-            "Peers connected (first connection), i.e. connection churn.",
-            self.connected,
-        );
-        one(
-            "dpin_net_dials_skipped_released_total",
-            "counter",
-            "Dials not made because the peer was trimmed by or from us recently.",
-            self.dials_skipped_released,
-        );
-        one(
-            "dpin_net_banned_peers",
-            "gauge",
-            "Peers banned right now.",
-            self.banned_now,
-        );
-        one(
-            "dpin_net_bans_evicted_total",
-            "counter",
-            "Bans dropped early to stay within the bound on bans.",
-            self.bans_evicted,
-        );
-        one(
-            "dpin_net_ban_refused_connections_total",
-            "counter",
-            "Connections refused because the peer is banned.",
-            self.ban_refused,
-        );
-        one(
-            "dpin_net_dropped_bans_total",
-            "counter",
-            "Ban commands not delivered: command queue full.",
-            self.dropped_bans,
-        );
-        one(
-            "dpin_net_inbound_buffered_bytes",
-            "gauge",
-            "Bytes of inbound requests read and not yet answered.",
-            self.inbound_buffered_bytes,
-        );
-        out.push_str(
-            "# HELP dpin_net_bans_total Peers banned, by reason.\n# TYPE dpin_net_bans_total counter\n",
-        );
-        for r in BanReason::ALL {
-            out.push_str(&format!(
-                "dpin_net_bans_total{{reason=\"{}\"}} {}\n",
-                r.as_str(),
-                self.bans_for(r)
-            ));
-        }
-        out.push_str(
-            "# HELP dpin_net_inbound_refused_total Inbound requests refused by the buffering bounds, by reason.\n# TYPE dpin_net_inbound_refused_total counter\n",
-        );
-        for (reason, v) in [
-            ("per_connection", self.inbound_over_connection_limit),
-            ("byte_budget", self.inbound_over_byte_budget),
-        ] {
-            out.push_str(&format!(
-                "dpin_net_inbound_refused_total{{reason=\"{reason}\"}} {v}\n"
-            ));
-        }
-        out
     }
 
     /// The counters as JSON (for status).
@@ -1761,6 +1643,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         released: released.clone(),
         last_kad_bootstrap: None,
         bans: HashMap::new(),
+        metrics: config.metrics.clone(),
     };
 
     event_loop.wait_for_listen_addr().await?;
@@ -1833,6 +1716,8 @@ struct EventLoop {
     /// Banned peers and when their ban ends (bounded by [`MAX_BANS`]); mirrored in the
     /// `blocked` behaviour, which refuses their connections.
     bans: HashMap<PeerId, tokio::time::Instant>,
+    /// libp2p's metrics ([`NetConfig::metrics`]).
+    metrics: Option<swarm_metrics::SwarmMetrics>,
 }
 
 /// What a probe request in flight is for.
@@ -2975,6 +2860,9 @@ impl EventLoop {
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(m) = &self.metrics {
+            m.record(&event);
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossipsub(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kademlia(e)) => self.on_kademlia(e),

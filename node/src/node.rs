@@ -36,9 +36,12 @@ use dpin_protocol::{Outcome, SignedRecord, SyncRequest, SyncResponse};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
+use prometheus_client::encoding::DescriptorEncoder;
+
 use crate::blobs::BlobStore;
 use crate::health::Health;
 use crate::liveness::{Detector, DetectorConfig, Output, PeerInfo, PeerStatus, Transition};
+use crate::metrics::{self, RecordPath};
 use crate::net::{BanReason, NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, Persister, StoreError};
 
@@ -140,36 +143,39 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text of the ingest policy's drops (by path and reason), offences (by path)
-    /// and bans.
-    fn render_ingest(&self) -> String {
-        let mut out = String::from(
-            "# HELP dpin_ingest_dropped_total Peer work dropped before it was looked at, by path and reason.\n# TYPE dpin_ingest_dropped_total counter\n",
-        );
+    /// The ingest policy's drops (by path and reason), offences (by path) and bans.
+    fn encode_ingest(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut dropped = Vec::with_capacity(ingest::IngestPath::ALL.len() * 2);
         for path in ingest::IngestPath::ALL {
             for reason in [ingest::Refusal::OverBudget, ingest::Refusal::Banned] {
                 let v = self.ingest_dropped[path.index()][Self::refusal_index(reason)]
                     .load(Ordering::Relaxed);
-                out.push_str(&format!(
-                    "dpin_ingest_dropped_total{{path=\"{}\",reason=\"{}\"}} {v}\n",
-                    path.as_str(),
-                    reason.as_str()
-                ));
+                dropped.push(([("path", path.as_str()), ("reason", reason.as_str())], v));
             }
         }
-        out.push_str("# HELP dpin_ingest_offences_total Invalid items held against their sender, by path.\n# TYPE dpin_ingest_offences_total counter\n");
-        for path in ingest::IngestPath::ALL {
-            let v = self.ingest_offences[path.index()].load(Ordering::Relaxed);
-            out.push_str(&format!(
-                "dpin_ingest_offences_total{{path=\"{}\"}} {v}\n",
-                path.as_str()
-            ));
-        }
-        out.push_str(&format!(
-            "# HELP dpin_peer_bans_total Peers banned for invalid or over-budget work.\n# TYPE dpin_peer_bans_total counter\ndpin_peer_bans_total {}\n",
-            self.peer_bans.load(Ordering::Relaxed)
-        ));
-        out
+        metrics::counter_family(
+            e,
+            "dpin_ingest_dropped_total",
+            "Peer work dropped before it was looked at, by path and reason.",
+            dropped,
+        )?;
+        metrics::counter_family(
+            e,
+            "dpin_ingest_offences_total",
+            "Invalid items held against their sender, by path.",
+            ingest::IngestPath::ALL.map(|path| {
+                (
+                    [("path", path.as_str())],
+                    self.ingest_offences[path.index()].load(Ordering::Relaxed),
+                )
+            }),
+        )?;
+        metrics::counter(
+            e,
+            "dpin_peer_bans_total",
+            "Peers banned for invalid or over-budget work.",
+            self.peer_bans.load(Ordering::Relaxed),
+        )
     }
 
     fn ingest_json(&self) -> serde_json::Value {
@@ -198,36 +204,84 @@ impl Metrics {
         })
     }
 
-    /// Prometheus text exposition of every counter.
-    pub fn render(&self) -> String {
-        let fields: [(&str, &AtomicU64); 14] = [
-            ("dpin_gossip_rate_limited_total", &self.gossip_rate_limited),
-            ("dpin_publish_applied_total", &self.publish_applied),
-            ("dpin_publish_refused_total", &self.publish_refused),
-            ("dpin_gossip_accepted_total", &self.gossip_accepted),
-            ("dpin_gossip_ignored_total", &self.gossip_ignored),
-            ("dpin_gossip_rejected_total", &self.gossip_rejected),
-            ("dpin_conflicts_total", &self.conflicts),
-            ("dpin_sync_applied_total", &self.sync_applied),
-            ("dpin_sync_failures_total", &self.sync_failures),
-            ("dpin_sync_bad_requests_total", &self.sync_bad_requests),
+    /// Every counter, for `/metrics`.
+    pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let fields: [(&str, &str, &AtomicU64); 14] = [
+            (
+                "dpin_gossip_rate_limited_total",
+                "Gossip messages dropped: their propagating peer exceeded its rate.",
+                &self.gossip_rate_limited,
+            ),
+            (
+                "dpin_publish_applied_total",
+                "Records applied from writers via the API.",
+                &self.publish_applied,
+            ),
+            (
+                "dpin_publish_refused_total",
+                "API publishes refused (stale, conflict, compare-and-set, invalid).",
+                &self.publish_refused,
+            ),
+            (
+                "dpin_gossip_accepted_total",
+                "Gossip messages accepted (changed the store).",
+                &self.gossip_accepted,
+            ),
+            (
+                "dpin_gossip_ignored_total",
+                "Gossip messages ignored (duplicate, stale, or not looked at).",
+                &self.gossip_ignored,
+            ),
+            (
+                "dpin_gossip_rejected_total",
+                "Gossip messages rejected (undecodable or invalid).",
+                &self.gossip_rejected,
+            ),
+            (
+                "dpin_conflicts_total",
+                "Equivocations seen (same seq, different content).",
+                &self.conflicts,
+            ),
+            (
+                "dpin_sync_applied_total",
+                "Records applied through anti-entropy.",
+                &self.sync_applied,
+            ),
+            (
+                "dpin_sync_failures_total",
+                "Anti-entropy sessions that failed (timeout, peer gone, bad answer).",
+                &self.sync_failures,
+            ),
+            (
+                "dpin_sync_bad_requests_total",
+                "Requests from peers that could not be decoded or broke a bound.",
+                &self.sync_bad_requests,
+            ),
             (
                 "dpin_records_ahead_of_clock_total",
+                "Replicated records refused only because of this node's clock.",
                 &self.records_ahead_of_clock,
             ),
-            ("dpin_sync_invalid_total", &self.sync_invalid),
-            ("dpin_bodies_restored_total", &self.bodies_restored),
-            ("dpin_bodies_compacted_total", &self.bodies_compacted),
+            (
+                "dpin_sync_invalid_total",
+                "Records received through anti-entropy refused as invalid or undecodable.",
+                &self.sync_invalid,
+            ),
+            (
+                "dpin_bodies_restored_total",
+                "Record bodies restored from a peer onto a damaged or compacted floor.",
+                &self.bodies_restored,
+            ),
+            (
+                "dpin_bodies_compacted_total",
+                "Record bodies dropped by compaction (their floors stay).",
+                &self.bodies_compacted,
+            ),
         ];
-        let mut out = String::new();
-        for (name, v) in fields {
-            out.push_str(&format!(
-                "# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
+        for (name, help, v) in fields {
+            metrics::counter(e, name, help, v.load(Ordering::Relaxed))?;
         }
-        out.push_str(&self.render_ingest());
-        out
+        self.encode_ingest(e)
     }
 
     /// Counters as a JSON object.
@@ -272,6 +326,8 @@ pub struct Shared {
     pub net: NetHandle,
     /// Counters.
     pub metrics: Metrics,
+    /// The `/metrics` registry and what records into it directly.
+    pub telemetry: metrics::Telemetry,
     detector: Mutex<Detector<PeerId>>,
     /// Endpoint health table.
     pub health: Arc<Health>,
@@ -326,21 +382,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Node {
-    /// Builds the node around an opened store and a started network.
+    /// Builds the node around an opened store and a started network; `telemetry` is the
+    /// registry libp2p's metrics were registered in (the node adds its own collector).
     pub fn new(
         store: DurableStore,
         net: NetHandle,
         data_dir: PathBuf,
         health: Arc<Health>,
         blobs: Arc<BlobStore>,
+        telemetry: metrics::Builder,
     ) -> Self {
-        let me = net.local_peer_id();
-        Node(Arc::new(Shared {
+        let local = net.local_peer_id();
+        Node(Arc::new_cyclic(|me| Shared {
             persister: store.persister(),
             store: Mutex::new(store),
             net,
             metrics: Metrics::default(),
-            detector: Mutex::new(Detector::new(DetectorConfig::default(), me, watch_key)),
+            telemetry: telemetry.finish(me.clone()),
+            detector: Mutex::new(Detector::new(DetectorConfig::default(), local, watch_key)),
             health,
             listen_addrs: Mutex::new(Vec::new()),
             started: Instant::now(),
@@ -473,20 +532,37 @@ impl Node {
             .collect()
     }
 
-    /// Prometheus text of the failure detector's work (probes, indirect rounds, suspicions,
-    /// downs by silence, late ticks), its Lifeguard local-health multiplier, peers by state,
-    /// and the network layer's drop counters.
-    pub fn render_liveness(&self) -> String {
-        let (stats, health, by_state) = {
+    /// Everything the node exposes on `/metrics` from its own counters (the registry's
+    /// collector calls this at every scrape; see [`crate::metrics`]).
+    pub fn encode_metrics(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        self.0.metrics.encode(e)?;
+        self.encode_liveness(e)?;
+        self.0.health.encode(e)?;
+        crate::api::http_stats().encode(e)?;
+        self.0.telemetry.dns.encode(e)?;
+        self.blobs().stats.encode(e)?;
+        crate::offers::OfferStats::of(self, now_ms()).encode(e)
+    }
+
+    /// The failure detector's work (probes, indirect rounds, suspicions, downs by silence,
+    /// late ticks), its Lifeguard local-health multiplier, peers by state, whether the node
+    /// judges itself cut off, and the network layer's drop counters.
+    fn encode_liveness(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let (stats, health, by_state, watched) = {
             let d = lock(&self.0.detector);
-            let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+            let now = self.mono_ms();
+            let watched = d.peers().keys().filter(|p| d.watches(p, now)).count();
+            let mut by_state = [0u64; 3];
             for info in d.peers().values() {
-                *by_state.entry(info.status.as_str()).or_default() += 1;
+                let i = match info.status {
+                    PeerStatus::Alive => 0,
+                    PeerStatus::Suspect => 1,
+                    PeerStatus::Down => 2,
+                };
+                by_state[i] += 1;
             }
-            (d.stats(), d.health(), by_state)
+            (d.stats(), d.health(), by_state, watched)
         };
-        let net = self.0.net.stats();
-        let mut out = String::new();
         for (name, help, v) in [
             (
                 "dpin_detector_probes_total",
@@ -513,26 +589,50 @@ impl Node {
                 "Detector ticks too late to judge (process starved).",
                 stats.late_ticks,
             ),
+            (
+                "dpin_detector_unwatched_probes_total",
+                "Probes of peers the detector does not watch (its round of one per second).",
+                stats.unwatched_probes,
+            ),
+            (
+                "dpin_detector_sweeps_total",
+                "Sweeps: a peer turned suspect, so every connected peer was checked at once.",
+                stats.sweeps,
+            ),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-            ));
+            metrics::counter(e, name, help, v)?;
         }
         // The network layer's drops, trims, bans and inbound buffering (dpin_net_*).
-        out.push_str(&net.render());
-        out.push_str(&format!(
-            "# HELP dpin_detector_local_health Lifeguard local-health multiplier (0 = healthy).\n# TYPE dpin_detector_local_health gauge\ndpin_detector_local_health {health}\n"
-        ));
-        let reach = self.reach();
-        out.push_str(&format!(
-            "# HELP dpin_cut_off Whether the node judges itself cut off (hears fewer than half of the peers it knows).\n# TYPE dpin_cut_off gauge\ndpin_cut_off {}\n",
-            u8::from(reach.cut_off)
-        ));
-        out.push_str("# HELP dpin_peers Known peers by liveness state.\n# TYPE dpin_peers gauge\n");
-        for (state, n) in by_state {
-            out.push_str(&format!("dpin_peers{{state=\"{state}\"}} {n}\n"));
-        }
-        out
+        metrics::encode_net(e, &self.0.net.stats())?;
+        metrics::gauge(
+            e,
+            "dpin_detector_watched_peers",
+            "Peers the failure detector watches (chose, or watching us); the rest are in its round.",
+            metrics::to_i64(watched as u64),
+        )?;
+        metrics::gauge(
+            e,
+            "dpin_detector_local_health",
+            "Lifeguard local-health multiplier (0 = healthy).",
+            i64::from(health),
+        )?;
+        metrics::gauge(
+            e,
+            "dpin_cut_off",
+            "Whether the node judges itself cut off (hears fewer than half of the peers it knows).",
+            i64::from(self.reach().cut_off),
+        )?;
+        // Every state is always present (0 when no peer is in it), so a dashboard can plot
+        // each one without gaps.
+        metrics::gauge_family(
+            e,
+            "dpin_peers",
+            "Known peers by liveness state.",
+            [PeerStatus::Alive, PeerStatus::Suspect, PeerStatus::Down]
+                .into_iter()
+                .zip(by_state)
+                .map(|(st, n)| ([("state", st.as_str())], metrics::to_i64(n))),
+        )
     }
 
     /// Feeds the failure detector and acts on status changes: a peer that comes back (or
@@ -699,9 +799,12 @@ impl Node {
     ) {
         self.detect(|d, now| d.heard(source, now));
         let m = &self.0.metrics;
+        let recorders = &self.0.telemetry.recorders;
+        let started = Instant::now();
         let verdict = match SignedRecord::decode(&data) {
             Err(e) => {
                 tracing::debug!(%source, %e, "undecodable gossip");
+                recorders.undecodable(RecordPath::Gossip, 1);
                 ingest::UNDECODABLE
             }
             Ok(rec) => {
@@ -713,6 +816,8 @@ impl Node {
                     .map(|(outcome, _)| outcome)
                 {
                     Ok(Ok(outcome)) => {
+                        recorders.apply_latency(RecordPath::Gossip, started.elapsed());
+                        recorders.record(RecordPath::Gossip, &outcome);
                         if outcome.changed_store() {
                             self.flush_soon();
                         }
@@ -838,6 +943,7 @@ impl Node {
     /// how many changed the store. Undecodable and invalid records are held against `peer`
     /// (refusals only by our clock or our quota are not).
     async fn apply_synced(&self, peer: PeerId, records: Vec<Vec<u8>>) -> usize {
+        let started = Instant::now();
         let mut undecodable = 0u32;
         let decoded: Vec<SignedRecord> = records
             .iter()
@@ -852,6 +958,10 @@ impl Node {
             })
             .collect();
         self.offence(peer, ingest::IngestPath::SyncPush, undecodable);
+        self.0
+            .telemetry
+            .recorders
+            .undecodable(RecordPath::Sync, u64::from(undecodable));
         if decoded.is_empty() {
             return 0;
         }
@@ -879,7 +989,10 @@ impl Node {
         match result {
             Ok(Ok(outcomes)) => {
                 let m = &self.0.metrics;
+                let rec = &self.0.telemetry.recorders;
+                rec.apply_latency(RecordPath::Sync, started.elapsed());
                 for o in &outcomes {
+                    rec.record(RecordPath::Sync, o);
                     if !m.count_replicated(o) {
                         Metrics::inc(&m.sync_invalid);
                     }
@@ -935,13 +1048,22 @@ pub enum SyncError {
     BadAnswer(String),
 }
 
-async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse, SyncError> {
+/// Sends one sync request; adds the bytes sent and received to `moved`.
+async fn ask(
+    node: &Node,
+    peer: PeerId,
+    req: SyncRequest,
+    moved: &mut u64,
+) -> Result<SyncResponse, SyncError> {
+    let framed = [&[KIND_SYNC][..], &req.encode()].concat();
+    *moved = moved.saturating_add(framed.len() as u64);
     let bytes = node
         .0
         .net
-        .request(peer, [&[KIND_SYNC][..], &req.encode()].concat())
+        .request(peer, framed)
         .await
         .map_err(|e| SyncError::Net(e.to_string()))?;
+    *moved = moved.saturating_add(bytes.len() as u64);
     SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))
 }
 
@@ -954,6 +1076,14 @@ async fn ask(node: &Node, peer: PeerId, req: SyncRequest) -> Result<SyncResponse
 /// `/dpin/sync-chunks/1` entry in its identify protocols), is `SessionConfig::budgeted()` for
 /// that peer.
 pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
+    let mut moved = 0u64;
+    let result = run_session(node, peer, &mut moved).await;
+    // Failed sessions count too: their bytes were moved all the same.
+    node.0.telemetry.recorders.sync_session(moved);
+    result
+}
+
+async fn run_session(node: &Node, peer: PeerId, moved: &mut u64) -> Result<(), SyncError> {
     let mut session = Initiator::new(session::SessionConfig::default());
     loop {
         let step = node.read_store(|s| session.poll(s, now_ms()));
@@ -961,7 +1091,7 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
             InitiatorStep::Send(req) => req,
             InitiatorStep::Done(_) => return Ok(()),
         };
-        let resp = ask(node, peer, req).await?;
+        let resp = ask(node, peer, req, moved).await?;
         let records = node
             .read_store(|s| session.handle_response(s, resp, now_ms()))
             .map_err(|e| {
@@ -1012,6 +1142,7 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 match ev {
                     NetEvent::Gossip { source, message_id, data } => {
                         if node.admit(source, ingest::Cost::Gossip).is_err() {
+                            node.0.telemetry.recorders.dropped(RecordPath::Gossip);
                             // Over its budget or banned: not validated, not forwarded; sync
                             // still carries anything real it had.
                             let _ = node.0.net.report_validation(message_id, source, Verdict::Ignore).await;
@@ -1021,6 +1152,7 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                             gossip_tx.try_send((source, message_id, data))
                         {
                             Metrics::inc(&node.0.metrics.gossip_ignored);
+                            node.0.telemetry.recorders.dropped(RecordPath::Gossip);
                             let _ = node.0.net.report_validation(id, source, Verdict::Ignore).await;
                         }
                     }

@@ -323,25 +323,24 @@ impl OfferStats {
         }
     }
 
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP dpin_offers_counted Offers that count: unexpired, bounded expiry, live member.\n\
-             # TYPE dpin_offers_counted gauge\n",
-        );
-        out.push_str(&format!("dpin_offers_counted {}\n", self.counted));
-        out.push_str(
-            "# HELP dpin_offers_ignored Offer records held but not counted, by reason.\n\
-             # TYPE dpin_offers_ignored gauge\n",
-        );
-        for why in Ignored::ALL {
-            out.push_str(&format!(
-                "dpin_offers_ignored{{reason=\"{}\"}} {}\n",
-                why.as_str(),
-                self.ignored.get(why)
-            ));
-        }
-        out
+    /// For `/metrics`.
+    pub fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use crate::metrics::{gauge, gauge_family, to_i64};
+        gauge(
+            e,
+            "dpin_offers_counted",
+            "Offers that count: unexpired, bounded expiry, live member.",
+            to_i64(self.counted),
+        )?;
+        gauge_family(
+            e,
+            "dpin_offers_ignored",
+            "Offer records held but not counted, by reason.",
+            Ignored::ALL.map(|why| ([("reason", why.as_str())], to_i64(self.ignored.get(why)))),
+        )
     }
 
     /// JSON for status.

@@ -601,6 +601,7 @@ impl Node {
         record: SignedRecord,
         cas: Cas,
     ) -> Result<PublishResult, NodeError> {
+        let started = std::time::Instant::now();
         // Verified before the store lock is taken; encoded once (the gossip below sends the
         // same bytes).
         let (applied, prepared) = self
@@ -636,6 +637,9 @@ impl Node {
         };
         let (durable, gossip) = tokio::join!(durable, gossip);
         durable?;
+        let rec = &self.0.telemetry.recorders;
+        rec.apply_latency(crate::metrics::RecordPath::Publish, started.elapsed());
+        rec.record(crate::metrics::RecordPath::Publish, &outcome);
         if let Outcome::Conflict { .. } = outcome {
             m.conflicts.fetch_add(1, Ordering::Relaxed);
         }

@@ -104,7 +104,8 @@
 //!   trickle of bytes cannot hold a connection open — and a response must be written within
 //!   [`TCP_IO_TIMEOUT`]; queries on one connection are answered in order. A connection that
 //!   sends garbage is closed.
-//! * Everything is counted in [`stats`] (see [`DnsStats::render`] for Prometheus text).
+//! * Everything is counted in the node's [`DnsStats`] (rendered by the node's registry,
+//!   [`crate::metrics`]), and the time each answer takes in `dpin_dns_answer_seconds`.
 //!
 //! # Files
 //!
@@ -153,7 +154,7 @@ pub use aliases::load_aliases;
 pub use responder::{ttl_secs, Proto, Responder};
 pub use rrl::{Rrl, RrlConfig, RrlVerdict};
 pub use serve::start;
-pub use stats::{stats, DnsStats};
+pub use stats::DnsStats;
 // The submodules share this module's imports and each other's items through `use super::*`.
 #[allow(unused_imports)]
 use {aliases::*, responder::*, rrl::*, serve::*, stats::*};

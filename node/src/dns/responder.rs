@@ -12,6 +12,11 @@ pub struct Responder<S> {
     reach_checked: AtomicU64,
     /// The last answer of [`Source::cut_off`].
     cut_off: std::sync::atomic::AtomicBool,
+    /// Where this responder counts (the node's, or its own in tests).
+    stats: Arc<DnsStats>,
+    /// Answer latency by transport (handles into `stats.answer_seconds`).
+    answer_udp: prometheus_client::metrics::histogram::Histogram,
+    answer_tcp: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Which transport a packet came in on (decides the response size limit).
@@ -21,6 +26,16 @@ pub enum Proto {
     Udp,
     /// TCP: up to 65535 bytes.
     Tcp,
+}
+
+impl Proto {
+    /// The `transport` label of `dpin_dns_answer_seconds`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Udp => "udp",
+            Proto::Tcp => "tcp",
+        }
+    }
 }
 
 /// What a query resolves to, before encoding.
@@ -142,8 +157,14 @@ pub fn ttl_secs(expires_at_ms: u64, now_ms: u64) -> u32 {
 }
 
 impl<S: Source> Responder<S> {
-    /// A responder answering from `source`, with `aliases` (alias label → zone).
+    /// A responder answering from `source`, with `aliases` (alias label → zone), counting in
+    /// counters of its own.
     pub fn new(source: S, aliases: &BTreeMap<String, ZoneId>) -> Self {
+        Self::with_stats(source, aliases, Arc::new(DnsStats::default()))
+    }
+
+    /// A responder counting in `stats` (the node's).
+    pub fn with_stats(source: S, aliases: &BTreeMap<String, ZoneId>, stats: Arc<DnsStats>) -> Self {
         let aliases = aliases
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.to_string()))
@@ -154,7 +175,15 @@ impl<S: Source> Responder<S> {
             soa: soa_record(),
             reach_checked: AtomicU64::new(0),
             cut_off: std::sync::atomic::AtomicBool::new(false),
+            answer_udp: stats.answer_histogram(Proto::Udp),
+            answer_tcp: stats.answer_histogram(Proto::Tcp),
+            stats,
         }
+    }
+
+    /// The counters this responder (and the sockets serving it) count in.
+    pub fn stats(&self) -> &Arc<DnsStats> {
+        &self.stats
     }
 
     /// Whether the node is cut off, asking the source at most once per [`REACH_RECHECK_MS`]
@@ -170,7 +199,18 @@ impl<S: Source> Responder<S> {
     /// The response to one request packet, or `None` if the packet must be dropped (too short
     /// for a header, a response, oversized). Never panics on any input.
     pub fn respond(&self, packet: &[u8], proto: Proto, now_ms: u64) -> Option<Vec<u8>> {
-        let st = stats();
+        let started = std::time::Instant::now();
+        let out = self.respond_untimed(packet, proto, now_ms);
+        let took = started.elapsed().as_secs_f64();
+        match proto {
+            Proto::Udp => self.answer_udp.observe(took),
+            Proto::Tcp => self.answer_tcp.observe(took),
+        }
+        out
+    }
+
+    fn respond_untimed(&self, packet: &[u8], proto: Proto, now_ms: u64) -> Option<Vec<u8>> {
+        let st = &*self.stats;
         if packet.len() > MAX_QUERY_BYTES {
             inc(&st.dropped_oversized);
             return None;
@@ -254,7 +294,7 @@ impl<S: Source> Responder<S> {
 
     /// A bare error response (header only, no question) for a request whose body is unusable.
     fn error_only(&self, header: &Header, rcode: ResponseCode) -> Option<Vec<u8>> {
-        count_rcode(rcode, false);
+        count_rcode(&self.stats, rcode, false);
         Some(bare_response(header, rcode))
     }
 
@@ -342,7 +382,7 @@ impl<S: Source> Responder<S> {
                     // Still answered (never fail closed), but resolvers should ask again
                     // soon: another server may by then know better.
                     ttl = ttl.min(dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS);
-                    inc(&stats().cut_off_answers);
+                    inc(&self.stats.cut_off_answers);
                 }
                 build(&ans, owner, ttl)
             }
@@ -408,14 +448,14 @@ impl<S: Source> Responder<S> {
         }
         match out {
             Ok(buf) if buf.len() <= limit => {
-                count_rcode(res.rcode, res.answers.is_empty());
+                count_rcode(&self.stats, res.rcode, res.answers.is_empty());
                 if tc {
-                    inc(&stats().truncated);
+                    inc(&self.stats.truncated);
                 }
                 buf
             }
             _ => {
-                inc(&stats().servfail);
+                inc(&self.stats.servfail);
                 bare_response(request.header(), ResponseCode::ServFail)
             }
         }
@@ -450,8 +490,7 @@ fn bare_response(req: &Header, rcode: ResponseCode) -> Vec<u8> {
     buf
 }
 
-fn count_rcode(rcode: ResponseCode, no_answers: bool) {
-    let st = stats();
+fn count_rcode(st: &DnsStats, rcode: ResponseCode, no_answers: bool) {
     match rcode {
         ResponseCode::NoError => {
             inc(&st.noerror);

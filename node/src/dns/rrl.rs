@@ -116,14 +116,12 @@ impl Rrl {
         self.limited(Some(n))
     }
 
+    /// Slip or drop (the caller counts which, in its node's DNS counters).
     fn limited(&self, n: Option<u64>) -> RrlVerdict {
         let slip = u64::from(self.config.slip);
-        let st = stats();
         if slip > 0 && n.is_some_and(|n| n % slip == 0) {
-            inc(&st.rrl_slipped);
             RrlVerdict::Slip
         } else {
-            inc(&st.rrl_dropped);
             RrlVerdict::Drop
         }
     }

@@ -11,7 +11,8 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
         source,
     };
     let addr = udp.local_addr().map_err(|e| bind_err("udp", e))?;
-    let responder = Arc::new(Responder::new(node, &config.aliases));
+    let stats = node.0.telemetry.dns.clone();
+    let responder = Arc::new(Responder::with_stats(node, &config.aliases, stats));
     let rrl = Arc::new(Rrl::new(config.rrl));
     let workers = udp_workers();
     for i in 0..workers {
@@ -82,7 +83,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// One UDP worker: receive, answer, send, in a loop on a blocking socket. Never returns.
 fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, rrl: &Rrl) {
-    let st = stats();
+    let st = responder.stats();
     // Room for any datagram, so an oversized one is seen whole and counted, not cut short.
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -106,8 +107,14 @@ fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, rrl: &Rrl) {
         let Some(packet) = buf.get(..n) else { continue };
         let resp = match rrl.check(src.ip(), std::time::Instant::now()) {
             RrlVerdict::Answer => responder.respond(packet, Proto::Udp, crate::node::now_ms()),
-            RrlVerdict::Slip => responder.slip(packet),
-            RrlVerdict::Drop => None,
+            RrlVerdict::Slip => {
+                inc(&st.rrl_slipped);
+                responder.slip(packet)
+            }
+            RrlVerdict::Drop => {
+                inc(&st.rrl_dropped);
+                None
+            }
         };
         if let Some(resp) = resp {
             if let Err(e) = sock.send_to(&resp, src) {
@@ -144,6 +151,8 @@ pub(super) struct TcpTable {
     per_ip: HashMap<std::net::IpAddr, usize>,
     conns: HashMap<u64, Arc<TcpConnShared>>,
     next_id: u64,
+    /// Where evictions are counted.
+    stats: Arc<DnsStats>,
 }
 
 /// Why a new TCP connection was not admitted.
@@ -156,12 +165,19 @@ pub(super) enum TcpRefusal {
 }
 
 impl TcpTable {
+    /// A table counting in counters of its own (tests).
+    #[cfg(test)]
     pub(super) fn new() -> Self {
+        Self::with_stats(Arc::new(DnsStats::default()))
+    }
+
+    fn with_stats(stats: Arc<DnsStats>) -> Self {
         Self {
             epoch: std::time::Instant::now(),
             per_ip: HashMap::new(),
             conns: HashMap::new(),
             next_id: 0,
+            stats,
         }
     }
 
@@ -197,7 +213,7 @@ impl TcpTable {
             };
             victim.evicted.store(true, Ordering::Relaxed);
             victim.wake.notify_one();
-            inc(&stats().tcp_evicted);
+            inc(&self.stats.tcp_evicted);
             // Its slot is released when its task ends; until then the table may hold one more
             // than the cap (bounded: at most one pending eviction per admitted connection).
         }
@@ -222,8 +238,8 @@ impl TcpTable {
 }
 
 async fn serve_tcp<S: Source>(listener: TcpListener, responder: Arc<Responder<S>>) {
-    let st = stats();
-    let table = Arc::new(std::sync::Mutex::new(TcpTable::new()));
+    let st = responder.stats().clone();
+    let table = Arc::new(std::sync::Mutex::new(TcpTable::with_stats(st.clone())));
     // Measurement knob: DPIN_DNS_TCP_EVICT=0 turns eviction off (the behaviour before it), to
     // measure the difference side by side. On by default.
     let evict = std::env::var(TCP_EVICT_ENV).map_or(true, |v| v.trim() != "0");
@@ -281,7 +297,7 @@ async fn serve_tcp_conn<S: Source>(
     shared: &TcpConnShared,
     epoch: std::time::Instant,
 ) {
-    let st = stats();
+    let st = responder.stats();
     let _ = stream.set_nodelay(true);
     // However busy, a connection ends after TCP_MAX_LIFETIME: queries do not extend it forever.
     let end_of_life = tokio::time::Instant::now() + TCP_MAX_LIFETIME;

@@ -1,4 +1,5 @@
-//! The DNS front-end's counters, rendered as Prometheus text and JSON.
+//! The DNS front-end's counters and answer-latency histograms, one set per node (the node's
+//! registry renders them, [`crate::metrics`]), and as JSON for status.
 
 use super::*;
 
@@ -56,10 +57,26 @@ pub struct DnsStats {
     pub tcp_evicted: AtomicU64,
     /// TCP connections closed at [`TCP_MAX_LIFETIME`].
     pub tcp_lifetime_closed: AtomicU64,
+    /// Time to answer one query, by transport (`udp`, `tcp`), registered in the node's registry
+    /// as `dpin_dns_answer_seconds`.
+    pub answer_seconds: crate::metrics::HistogramFamily,
+}
+
+impl Default for DnsStats {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl DnsStats {
-    const fn new() -> Self {
+    fn new() -> Self {
+        let answer_seconds: crate::metrics::HistogramFamily =
+            prometheus_client::metrics::family::Family::new_with_constructor(
+                crate::metrics::dns_answer_histogram,
+            );
+        for proto in [Proto::Udp, Proto::Tcp] {
+            let _ = answer_seconds.get_or_create(&[("transport", proto.as_str())]);
+        }
         DnsStats {
             udp_queries: AtomicU64::new(0),
             tcp_queries: AtomicU64::new(0),
@@ -85,6 +102,7 @@ impl DnsStats {
             tcp_rejected_per_ip: AtomicU64::new(0),
             tcp_evicted: AtomicU64::new(0),
             tcp_lifetime_closed: AtomicU64::new(0),
+            answer_seconds,
         }
     }
 
@@ -117,16 +135,27 @@ impl DnsStats {
         ]
     }
 
-    /// Prometheus text exposition, one `dpin_dns_<field>_total` counter per field.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// The answer-latency histogram of one transport (a shared handle: observing it updates
+    /// the registered family).
+    pub fn answer_histogram(
+        &self,
+        proto: Proto,
+    ) -> prometheus_client::metrics::histogram::Histogram {
+        self.answer_seconds
+            .get_or_create(&[("transport", proto.as_str())])
+            .clone()
+    }
+
+    /// For `/metrics`: one `dpin_dns_<field>_total` counter per field.
+    pub fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
         for (name, v) in self.fields() {
-            out.push_str(&format!(
-                "# TYPE dpin_dns_{name}_total counter\ndpin_dns_{name}_total {}\n",
-                v.load(Ordering::Relaxed)
-            ));
+            let full = format!("dpin_dns_{name}_total");
+            crate::metrics::counter(e, &full, help(name), v.load(Ordering::Relaxed))?;
         }
-        out
+        Ok(())
     }
 
     /// Counters as a JSON object keyed by field name.
@@ -140,13 +169,37 @@ impl DnsStats {
     }
 }
 
-static STATS: DnsStats = DnsStats::new();
-
-/// The process-wide DNS counters (one DNS front-end per process).
-pub fn stats() -> &'static DnsStats {
-    &STATS
-}
-
 pub(super) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `# HELP` text of each field (the field docs above, shortened).
+fn help(field: &str) -> &'static str {
+    match field {
+        "udp_queries" => "UDP datagrams received.",
+        "tcp_queries" => "TCP messages received.",
+        "tcp_connections" => "TCP connections accepted and served.",
+        "tcp_rejected" => "TCP connections closed at once: the total cap was reached.",
+        "tcp_timeouts" => "TCP connections closed by a timeout (idle, slow read or write).",
+        "noerror" => "NOERROR responses (including NODATA).",
+        "nodata" => "NOERROR responses without answers.",
+        "nxdomain" => "NXDOMAIN responses.",
+        "refused" => "REFUSED responses (outside dpin., unsupported class).",
+        "formerr" => "FORMERR responses.",
+        "notimp" => "NOTIMP responses.",
+        "badvers" => "BADVERS responses.",
+        "servfail" => "SERVFAIL responses.",
+        "truncated" => "Responses sent with the TC bit.",
+        "cut_off_answers" => "Answers sent with a short TTL while the node judged itself cut off.",
+        "dropped_malformed" => "Packets dropped unanswered: too short or undecodable.",
+        "dropped_responses" => "Packets dropped unanswered: they were responses.",
+        "dropped_oversized" => "Packets dropped unanswered: over the query size limit.",
+        "io_errors" => "Socket errors (receive, send, accept).",
+        "rrl_dropped" => "UDP queries dropped by response rate limiting.",
+        "rrl_slipped" => "UDP queries answered with an empty TC answer by rate limiting.",
+        "tcp_rejected_per_ip" => "TCP connections closed at once: the per-address cap was reached.",
+        "tcp_evicted" => "TCP connections closed to make room at the total cap.",
+        "tcp_lifetime_closed" => "TCP connections closed at their maximum lifetime.",
+        _ => "DNS front-end counter.",
+    }
 }

@@ -612,7 +612,7 @@ fn a_cut_off_node_still_answers_but_with_a_one_second_ttl() {
             .expect("a response");
         Message::from_vec(&bytes).expect("decodable response")
     };
-    let before = stats().cut_off_answers.load(Ordering::Relaxed);
+    let before = r.stats().cut_off_answers.load(Ordering::Relaxed);
     let m = ask_at(NOW);
     assert_eq!(
         m.response_code(),
@@ -624,7 +624,7 @@ fn a_cut_off_node_still_answers_but_with_a_one_second_ttl() {
         .answers()
         .iter()
         .all(|r| r.ttl() == dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS));
-    assert!(stats().cut_off_answers.load(Ordering::Relaxed) > before);
+    assert!(r.stats().cut_off_answers.load(Ordering::Relaxed) > before);
 
     // Reconnected: within one recheck period the normal TTL is back.
     flag.store(false, Ordering::Relaxed);
