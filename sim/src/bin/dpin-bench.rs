@@ -1,6 +1,6 @@
 //! `dpin-bench` — side-by-side measurements of real `dpin node` processes.
 //!
-//! Three measurements, each run for one or more node binaries in ONE invocation, so "before"
+//! Four measurements, each run for one or more node binaries in ONE invocation, so "before"
 //! and "after" are compared on the same machine at the same time (FIELD-NOTES: runs of
 //! different minutes are noisy):
 //!
@@ -20,6 +20,12 @@
 //!   connections hang, as with a cut cable), writes a new record at node 1 during the cut,
 //!   heals, and measures how long after the heal the cut node (a) answers the new record and
 //!   (b) sees its peers alive again. Prints the per-round figures and the medians.
+//!
+//! * `dpin-bench detect --nodes 10 --trials 5 --dpin OLD --dpin NEW` (issue 16): pauses one
+//!   node at a time (SIGSTOP) and times how long each of its connected peers takes to mark it
+//!   down, polling their `/v1/status` every 20 ms; the peers that watched it (status
+//!   `watched`) are reported apart from the rest (a binary without the field counts every
+//!   peer as "other").
 //!
 //! * `dpin-bench propagation --nodes 3,5,20 --messages 200` (issue 14): N raw libp2p gossipsub
 //!   swarms in this process, then N `dpin node` processes, at each N; the time from a publish
@@ -89,6 +95,21 @@ enum Cmd {
     /// Publish-to-last-node propagation: dpin's real processes against raw in-process
     /// gossipsub at the same N, side by side in one run (issue 14).
     Propagation(dpin_sim::propbench::PropagationArgs),
+    /// Time for each peer of a paused node to mark it down, its watchers apart (issue 16).
+    Detect {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// Pauses per binary (a different node each time).
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Seconds to let the cluster settle before the first pause.
+        #[arg(long, default_value_t = 20)]
+        settle_s: u64,
+        /// Node binaries to compare (repeat the flag).
+        #[arg(long)]
+        dpin: Vec<PathBuf>,
+    },
 }
 
 fn main() {
@@ -109,6 +130,12 @@ fn main() {
             partition_s,
             dpin,
         } => heal_main(nodes, rounds, partition_s, dpin),
+        Cmd::Detect {
+            nodes,
+            trials,
+            settle_s,
+            dpin,
+        } => runtime().and_then(|rt| rt.block_on(detect(nodes, trials, settle_s, binaries(dpin)?))),
         Cmd::Propagation(args) => runtime()
             .and_then(|rt| rt.block_on(dpin_sim::propbench::run(&args)))
             .map(|_| ()),
@@ -189,6 +216,133 @@ async fn connections(http: &reqwest::Client, api: SocketAddr) -> Option<usize> {
             .filter(|p| p.get("connected").and_then(serde_json::Value::as_bool) == Some(true))
             .count(),
     )
+}
+
+/// Each peer's `(state, watched)` per a node's `/v1/status`, by peer id.
+async fn peer_states(
+    http: &reqwest::Client,
+    api: SocketAddr,
+) -> Option<(String, std::collections::BTreeMap<String, (String, bool)>)> {
+    let body: serde_json::Value = get(http, api, "/v1/status").await?.json().await.ok()?;
+    let me = body.get("peer_id")?.as_str()?.to_owned();
+    let peers = body
+        .get("peers")?
+        .as_array()?
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.get("peer_id")?.as_str()?.to_owned(),
+                (
+                    p.get("state")?.as_str()?.to_owned(),
+                    p.get("watched").and_then(serde_json::Value::as_bool) == Some(true),
+                ),
+            ))
+        })
+        .collect();
+    Some((me, peers))
+}
+
+/// `dpin-bench detect`: per binary, pause `trials` nodes one after the other (SIGSTOP) and
+/// poll every other node's status every 20 ms until each connected peer marks the paused one
+/// down; peers that watched it at the pause are reported apart (issue 16's ≤ 2 s target is
+/// theirs). Figures include up to one 20 ms poll and the status round trip.
+async fn detect(n: usize, trials: usize, settle_s: u64, bins: Vec<PathBuf>) -> Result<()> {
+    if !(3..=60).contains(&n) || trials == 0 {
+        bail!("--nodes must be in 3..=60 and --trials at least 1");
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut rows = Vec::new();
+    for bin in &bins {
+        let dir = base_dir(&format!("detect-{n}"));
+        let opts = ClusterOptions {
+            dpin: bin.clone(),
+            base_dir: dir.clone(),
+            nodes: n,
+            dns: false,
+            layout: Layout::Loopback,
+            node_args: vec!["--no-probe".to_owned()],
+            faketime: None,
+        };
+        eprintln!("dpin-bench: detect, {n} nodes of {}", bin.display());
+        let mut cluster = Cluster::start(&opts).await?;
+        tokio::time::sleep(Duration::from_secs(settle_s)).await;
+        let apis = cluster.apis();
+        let (mut watchers_ms, mut others_ms, mut missed) = (Vec::new(), Vec::new(), 0usize);
+        for t in 0..trials {
+            let target = (1 + t * 3) % n;
+            let Some((target_id, _)) = peer_states(&http, apis[target]).await else {
+                bail!("node {target} does not answer its status");
+            };
+            // Who is connected to the target, and who watches it, just before the pause.
+            let mut observers = Vec::new();
+            for (i, &api) in apis.iter().enumerate() {
+                if i == target {
+                    continue;
+                }
+                if let Some((_, peers)) = peer_states(&http, api).await {
+                    if let Some((state, watched)) = peers.get(&target_id) {
+                        if state == "alive" {
+                            observers.push((i, *watched));
+                        }
+                    }
+                }
+            }
+            cluster.pause(target)?;
+            let t0 = Instant::now();
+            let mut pending = observers.clone();
+            while !pending.is_empty() && t0.elapsed() < Duration::from_secs(30) {
+                let mut still = Vec::new();
+                for (i, watched) in pending {
+                    let down = peer_states(&http, apis[i]).await.is_some_and(|(_, p)| {
+                        p.get(&target_id).is_some_and(|(s, _)| s == "down")
+                    });
+                    if down {
+                        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                        if watched {
+                            watchers_ms.push(ms);
+                        } else {
+                            others_ms.push(ms);
+                        }
+                    } else {
+                        still.push((i, watched));
+                    }
+                }
+                pending = still;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            missed += pending.len();
+            cluster.resume(target)?;
+            // Let everyone see it alive again before the next pause.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        cluster.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push((bin.display().to_string(), watchers_ms, others_ms, missed));
+    }
+    println!("paused node marked down, from SIGSTOP to the observer's status (ms), {n} nodes, {trials} pauses");
+    println!("| binary | watchers: count | median | max | other peers: count | median | max | never (30 s) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (bin, mut w, mut o, missed) in rows {
+        let stat = |v: &mut Vec<f64>| {
+            if v.is_empty() {
+                ("-".to_owned(), "-".to_owned())
+            } else {
+                let max = v.iter().copied().fold(0.0, f64::max);
+                (format!("{:.0}", median(v)), format!("{max:.0}"))
+            }
+        };
+        let (wm, wx) = stat(&mut w);
+        let (om, ox) = stat(&mut o);
+        println!(
+            "| {bin} | {} | {wm} | {wx} | {} | {om} | {ox} | {missed} |",
+            w.len(),
+            o.len()
+        );
+    }
+    Ok(())
 }
 
 /// Every unlabelled sample of a node's `/metrics` (name -> value); `None` if unreachable.
