@@ -161,6 +161,24 @@ fn binaries(given: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
     Ok(vec![dpin_sim::cluster::default_dpin()?])
 }
 
+/// `n` nodes of `bin` on loopback under `dir`, without DNS or faked clocks.
+fn loopback(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    n: usize,
+    node_args: Vec<String>,
+) -> ClusterOptions {
+    ClusterOptions {
+        dpin: bin.to_path_buf(),
+        base_dir: dir.to_path_buf(),
+        nodes: n,
+        dns: false,
+        layout: Layout::Loopback,
+        node_args,
+        faketime: None,
+    }
+}
+
 fn base_dir(what: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dpin-bench-{what}-{}", std::process::id()))
 }
@@ -257,15 +275,7 @@ async fn detect(n: usize, trials: usize, settle_s: u64, bins: Vec<PathBuf>) -> R
     let mut rows = Vec::new();
     for bin in &bins {
         let dir = base_dir(&format!("detect-{n}"));
-        let opts = ClusterOptions {
-            dpin: bin.clone(),
-            base_dir: dir.clone(),
-            nodes: n,
-            dns: false,
-            layout: Layout::Loopback,
-            node_args: vec!["--no-probe".to_owned()],
-            faketime: None,
-        };
+        let opts = loopback(bin, &dir, n, vec!["--no-probe".to_owned()]);
         eprintln!("dpin-bench: detect, {n} nodes of {}", bin.display());
         let mut cluster = Cluster::start(&opts).await?;
         tokio::time::sleep(Duration::from_secs(settle_s)).await;
@@ -296,9 +306,9 @@ async fn detect(n: usize, trials: usize, settle_s: u64, bins: Vec<PathBuf>) -> R
             while !pending.is_empty() && t0.elapsed() < Duration::from_secs(30) {
                 let mut still = Vec::new();
                 for (i, watched) in pending {
-                    let down = peer_states(&http, apis[i]).await.is_some_and(|(_, p)| {
-                        p.get(&target_id).is_some_and(|(s, _)| s == "down")
-                    });
+                    let down = peer_states(&http, apis[i])
+                        .await
+                        .is_some_and(|(_, p)| p.get(&target_id).is_some_and(|(s, _)| s == "down"));
                     if down {
                         let ms = t0.elapsed().as_secs_f64() * 1000.0;
                         if watched {
@@ -456,15 +466,7 @@ async fn idle(
             let dir = base_dir(&format!("idle-{n}"));
             let mut node_args = vec!["--no-probe".to_owned()];
             node_args.extend(extra.iter().cloned());
-            let opts = ClusterOptions {
-                dpin: bin.clone(),
-                base_dir: dir.clone(),
-                nodes: n,
-                dns: false,
-                layout: Layout::Loopback,
-                node_args,
-                faketime: None,
-            };
+            let opts = loopback(bin, &dir, n, node_args);
             eprintln!("dpin-bench: {n} idle nodes of {}", bin.display());
             let mut cluster = Cluster::start(&opts).await?;
             tokio::time::sleep(Duration::from_secs(settle_s)).await;
