@@ -657,6 +657,22 @@ mod tests {
         for series in READ_BY_TOOLS {
             assert!(value(&text, series).is_some(), "{series} missing:\n{text}");
         }
+        // Operators' view of the detector's watch ring and of the ingest budget's peer table
+        // (issues 16 and 12): present, and the one node here tracks no peer yet.
+        for series in [
+            "dpin_detector_watched_peers",
+            "dpin_detector_unwatched_probes_total",
+            "dpin_detector_sweeps_total",
+            "dpin_ingest_peers_banned",
+        ] {
+            assert!(value(&text, series).is_some(), "{series} missing:\n{text}");
+        }
+        assert!(
+            value(&text, "dpin_ingest_peers_tracked").is_some_and(|v| {
+                v <= dpin_protocol::ingest::BudgetConfig::default().max_peers as f64
+            }),
+            "dpin_ingest_peers_tracked missing or beyond its bound:\n{text}"
+        );
         // A counter is declared once, without `_total`, and exposed with it.
         assert!(text.contains("# TYPE dpin_publish_applied counter\n"));
         assert_eq!(text.matches("# TYPE dpin_records counter\n").count(), 1);

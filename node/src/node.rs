@@ -536,6 +536,22 @@ impl Node {
     /// collector calls this at every scrape; see [`crate::metrics`]).
     pub fn encode_metrics(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         self.0.metrics.encode(e)?;
+        let (tracked, banned) = {
+            let b = lock(&self.0.budget);
+            (b.len(), b.banned(self.mono_ms()))
+        };
+        metrics::gauge(
+            e,
+            "dpin_ingest_peers_tracked",
+            "Peers the ingest budget keeps a bucket for (bounded; a new peer evicts the oldest).",
+            metrics::to_i64(tracked as u64),
+        )?;
+        metrics::gauge(
+            e,
+            "dpin_ingest_peers_banned",
+            "Peers the ingest budget bans right now.",
+            metrics::to_i64(banned as u64),
+        )?;
         self.encode_liveness(e)?;
         self.0.health.encode(e)?;
         crate::api::http_stats().encode(e)?;
