@@ -524,12 +524,7 @@ impl Node {
     /// `dpin_protocol::liveness`); the others are checked in its slow round.
     pub fn watched_peers(&self) -> std::collections::BTreeSet<PeerId> {
         let now = self.mono_ms();
-        let d = lock(&self.0.detector);
-        d.peers()
-            .keys()
-            .filter(|p| d.watches(p, now))
-            .copied()
-            .collect()
+        lock(&self.0.detector).watched(now).into_iter().collect()
     }
 
     /// Everything the node exposes on `/metrics` from its own counters (the registry's
@@ -567,7 +562,7 @@ impl Node {
         let (stats, health, by_state, watched) = {
             let d = lock(&self.0.detector);
             let now = self.mono_ms();
-            let watched = d.peers().keys().filter(|p| d.watches(p, now)).count();
+            let watched = d.watched(now).len();
             let mut by_state = [0u64; 3];
             for info in d.peers().values() {
                 let i = match info.status {

@@ -592,6 +592,21 @@ impl<P: Ord + Copy> Detector<P> {
                 || self.chosen().contains(peer))
     }
 
+    /// Every peer this node watches now ([`Detector::watches`] for all of them, with the
+    /// ring's choice made once: O(peers)).
+    pub fn watched(&self, now_ms: u64) -> Vec<P> {
+        let chosen = self.chosen();
+        let sweeping = now_ms < self.sweep_until_ms;
+        self.peers
+            .iter()
+            .filter(|(id, p)| {
+                p.connected
+                    && (sweeping || self.watched_by_recently(p, now_ms) || chosen.contains(id))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     fn watched_by_recently(&self, p: &PeerInfo, now_ms: u64) -> bool {
         p.watched_by_ms
             .is_some_and(|t| now_ms.saturating_sub(t) < self.config.watched_by_hold_ms)
@@ -961,6 +976,7 @@ mod tests {
             d.connected(p, 0);
         }
         assert!(!d.watches(&9, 0), "9 is neither chosen nor watching us");
+        assert_eq!(d.watched(0), vec![1, 2], "the two chosen, nobody else");
         let answering: Vec<u32> = (1..=10).filter(|p| *p != 9).collect();
         let outs = run(&mut d, 0, 20_000, &answering);
         assert!(down_at(&outs, 9));
