@@ -485,6 +485,15 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
             ),
             ([("reason", "byte_budget")], s.inbound_over_byte_budget),
         ],
+    )?;
+    counter_family(
+        e,
+        "dpin_net_gossip_undelivered_total",
+        "Gossip messages not sent to a peer that stopped reading, by reason (anti-entropy repairs them).",
+        [
+            ([("reason", "queue_full")], s.gossip_queue_full),
+            ([("reason", "timeout")], s.gossip_timed_out),
+        ],
     )
 }
 
@@ -543,6 +552,8 @@ mod tests {
         "dpin_net_inbound_buffered_bytes",
         "dpin_net_bans_total{reason=\"graylisted\"}",
         "dpin_net_inbound_refused_total{reason=\"byte_budget\"}",
+        "dpin_net_gossip_undelivered_total{reason=\"queue_full\"}",
+        "dpin_net_gossip_undelivered_total{reason=\"timeout\"}",
         "dpin_probes_total",
         "dpin_probe_failures_total",
         "dpin_probe_refused_total{reason=\"private\"}",

@@ -176,6 +176,16 @@ const MAX_PENDING_REQUESTS: usize = 1024;
 /// number, topic, 64-byte signature, protobuf tags). Ed25519 keys are derived from the peer
 /// id, so no inline key is sent; 1 KiB leaves a wide margin.
 const GOSSIP_ENVELOPE_OVERHEAD: usize = 1024;
+/// gossipsub's per-connection send queue (`connection_handler_queue_len`): half of it bounds
+/// the publishes waiting for one peer, the other half is a *preallocated* ring of forwards and
+/// IHAVE/IWANT gossip. gossipsub's default of 5000 costs ~580 KB of resident memory per
+/// connection before a single message is sent (2500 slots of ~232 B, written at allocation;
+/// measured with heaptrack, issue 16): that was most of a node's growth in memory with its
+/// degree. On a link that keeps up the queue stays near empty; it fills only when a peer stops
+/// reading (paused, hung, partitioned), and then its overflow is dropped, counted as
+/// `dpin_net_gossip_undelivered_total`, and left to anti-entropy, which repairs a peer that
+/// missed gossip anyway. 256 forwards is about two seconds of a busy writer's traffic.
+const GOSSIP_QUEUE_LEN: usize = 512;
 /// Lower bound of the gossipsub RPC frame size: control messages (IHAVE/IWANT lists) must fit
 /// even when records are small.
 const MIN_GOSSIP_FRAME: usize = 64 * 1024;
@@ -727,6 +737,11 @@ pub struct NetStats {
     pub inbound_over_byte_budget: u64,
     /// Bytes of inbound requests buffered right now (read, not yet answered).
     pub inbound_buffered_bytes: u64,
+    /// Gossip messages (publishes, forwards, IHAVE/IWANT) not queued for a peer because its
+    /// connection's bounded send queue ([`GOSSIP_QUEUE_LEN`]) was full.
+    pub gossip_queue_full: u64,
+    /// Gossip messages dropped because they waited in a peer's queue past their deadline.
+    pub gossip_timed_out: u64,
 }
 
 impl NetStats {
@@ -760,6 +775,8 @@ impl NetStats {
             "inbound_over_connection_limit": self.inbound_over_connection_limit,
             "inbound_over_byte_budget": self.inbound_over_byte_budget,
             "inbound_buffered_bytes": self.inbound_buffered_bytes,
+            "gossip_queue_full": self.gossip_queue_full,
+            "gossip_timed_out": self.gossip_timed_out,
         })
     }
 }
@@ -781,6 +798,8 @@ struct Counters {
     bans_evicted: AtomicU64,
     ban_refused: AtomicU64,
     dropped_bans: AtomicU64,
+    gossip_queue_full: AtomicU64,
+    gossip_timed_out: AtomicU64,
 }
 
 enum Command {
@@ -919,6 +938,8 @@ impl NetHandle {
                 .load(Ordering::Relaxed),
             inbound_over_byte_budget: self.inbound.over_byte_budget.load(Ordering::Relaxed),
             inbound_buffered_bytes: self.inbound.buffered.load(Ordering::Relaxed) as u64,
+            gossip_queue_full: self.counters.gossip_queue_full.load(Ordering::Relaxed),
+            gossip_timed_out: self.counters.gossip_timed_out.load(Ordering::Relaxed),
         }
     }
 
@@ -1376,6 +1397,7 @@ fn gossipsub_config(
         // ... and the per-message cap for our topic. Setting a per-topic size is also what
         // makes the builder check the mesh invariants for this topic.
         .max_transmit_size_for_topic(topic_max, topic.clone())
+        .connection_handler_queue_len(GOSSIP_QUEUE_LEN)
         .mesh_n(mesh.n)
         .mesh_n_low(mesh.n_low)
         .mesh_n_high(mesh.n_high)
@@ -3026,6 +3048,14 @@ impl EventLoop {
                 peer_id,
                 failed_messages,
             } => {
+                // Messages gossipsub could not hand to this peer's connection in the last
+                // heartbeat: its bounded queue was full (the peer stopped reading), or they
+                // waited past their send deadline. Anti-entropy repairs what it missed.
+                let c = &self.counters;
+                c.gossip_queue_full
+                    .fetch_add(failed_messages.total_queue_full() as u64, Ordering::Relaxed);
+                c.gossip_timed_out
+                    .fetch_add(failed_messages.timeout as u64, Ordering::Relaxed);
                 debug!(peer = %peer_id, ?failed_messages, "slow gossipsub peer");
             }
         }
@@ -3419,6 +3449,16 @@ mod tests {
         assert!(delays[9] >= REDIAL_MAX.mul_f64(0.75));
         let late = t0 + REDIAL_FAST_FOR;
         assert!(r.delay(late) >= REDIAL_SLOW.mul_f64(0.75));
+    }
+
+    #[test]
+    fn gossip_send_queue_is_bounded_below_the_default() {
+        // gossipsub preallocates half the queue per connection; the default (5000) cost
+        // ~580 KB resident per connection (issue 16).
+        let topic = gossipsub::IdentTopic::new("t").hash();
+        let config = gossipsub_config(&topic, 100, 12).expect("config builds");
+        assert_eq!(config.connection_handler_queue_len(), GOSSIP_QUEUE_LEN);
+        const { assert!(GOSSIP_QUEUE_LEN <= 1024) };
     }
 
     #[test]
