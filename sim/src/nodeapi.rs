@@ -206,6 +206,30 @@ impl Api {
         WriteResult { outcome, detail }
     }
 
+    /// `GET /metrics`: every sample line (`name{labels} value`, comments skipped) as name
+    /// with labels → value; `None` if the node did not answer.
+    pub async fn metrics(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Option<std::collections::BTreeMap<String, f64>> {
+        let url = format!("http://{addr}/metrics");
+        let resp = self.http.get(&url).timeout(timeout).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let text = resp.text().await.ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_owned(), v.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self, addr: SocketAddr, timeout: Duration) -> Option<Status> {
         let url = format!("http://{addr}/v1/status");

@@ -12,10 +12,16 @@
 //! * **dpin**: N `dpin node` processes (`--no-probe --expected-nodes N`), one signed record per
 //!   message published over HTTP at the origin (origins rotate), and one DNS poller per node
 //!   asking for the name until it answers. The time from the HTTP request to the last node
-//!   answering. This includes the origin's verification, merge and fsync (the writer's
-//!   acknowledgement waits for it; gossip goes out after it), the HTTP request, and up to one
-//!   poll pause; the pollers run on the same cores as the nodes, so the dpin figure is an
-//!   upper bound.
+//!   answering. This includes the origin's verification and merge (gossip goes out while the
+//!   origin's fsync runs; the writer's acknowledgement waits for it), the HTTP request, and up
+//!   to one poll pause; the pollers run on the same cores as the nodes, so the dpin figure is
+//!   an upper bound. Messages during which a poller lost a DNS query are counted (`dns t/o`).
+//!   After the run, the nodes' `/metrics` tell how the records arrived (gossip or
+//!   anti-entropy), printed as one line per size.
+//!
+//! Both sides check one ed25519 signature per message per node: the raw side gossipsub's
+//! envelope signature (strict validation), dpin the record's own signature (its gossip
+//! envelopes are anonymous, see `dpin_node::net::GOSSIP_TOPIC`).
 //!
 //! It prints p50/p99/max per side and the dpin/raw ratio of each, and returns the rows. The
 //! earlier baseline (FIELD-NOTES.md: N=3 dpin p99 4.3 ms vs raw 1.1 ms, N=20 34.5 vs 14.0 ms)
@@ -88,6 +94,10 @@ pub struct Side {
     pub p99_ms: f64,
     /// Slowest, ms.
     pub max_ms: f64,
+    /// Messages whose measurement lost a DNS query (a poller waited out its 200 ms timeout
+    /// and asked again): their times include up to that wait, so a tail made of them is the
+    /// measurement's, not the network's. Always 0 on the raw side, which has no pollers.
+    pub dns_timeouts: usize,
 }
 
 /// Both sides at one size.
@@ -130,9 +140,10 @@ fn quantile_ms(v: &[Duration], q: f64) -> f64 {
     v[rank - 1].as_secs_f64() * 1e3
 }
 
-fn side(mut samples: Vec<Duration>, lost: usize) -> Side {
+fn side(mut samples: Vec<Duration>, lost: usize, dns_timeouts: usize) -> Side {
     samples.sort();
     Side {
+        dns_timeouts,
         delivered: samples.len(),
         lost,
         p50_ms: quantile_ms(&samples, 0.50),
@@ -187,7 +198,7 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
 pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
     let mut out = format!(
         "propagation, origin to last node, ms ({} messages per size and side, one run):\n\
-         {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}\n",
+         {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8}\n",
         args.messages,
         "N",
         "raw p50",
@@ -198,11 +209,12 @@ pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
         "dpin max",
         "p50 x",
         "p99 x",
-        "lost r/d"
+        "lost r/d",
+        "dns t/o"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10}\n",
+            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10} {:>8}\n",
             r.nodes,
             r.raw.p50_ms,
             r.raw.p99_ms,
@@ -213,6 +225,7 @@ pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
             r.p50_ratio(),
             r.p99_ratio(),
             format!("{}/{}", r.raw.lost, r.dpin.lost),
+            r.dpin.dns_timeouts,
         ));
     }
     out
@@ -408,7 +421,7 @@ async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
     for t in tasks {
         t.abort();
     }
-    Ok(side(samples, lost))
+    Ok(side(samples, lost, 0))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,6 +448,9 @@ async fn dpin_side(
     };
     let mut cluster = Cluster::start(&opts).await?;
     let r = dpin_measure(&cluster, n, args).await;
+    if r.is_ok() {
+        eprintln!("propagation: N={n}: {}", gossip_paths(&cluster).await);
+    }
     cluster.shutdown().await;
     r
 }
@@ -443,6 +459,55 @@ async fn dpin_side(
 /// in a smaller cluster): more than gossipsub's mesh target (6), fewer than the node's
 /// target degree (12), which a node reaches only as discovery finds peers.
 const READY_PEERS: usize = 8;
+
+/// How the records travelled, summed over every node's `/metrics`: applied from gossip or
+/// from anti-entropy, gossip copies ignored or dropped, and gossip not handed to a slow peer.
+/// A record that reached a node by sync or by gossipsub's IHAVE/IWANT instead of the mesh
+/// push explains a tail the times alone cannot.
+async fn gossip_paths(cluster: &Cluster) -> String {
+    let Ok(api) = Api::new() else {
+        return "metrics: no HTTP client".to_owned();
+    };
+    let mut sum = std::collections::BTreeMap::<&str, f64>::new();
+    let wanted = [
+        (
+            "gossip applied",
+            "dpin_records_total{path=\"gossip\",outcome=\"applied\"}",
+        ),
+        (
+            "sync applied",
+            "dpin_records_total{path=\"sync\",outcome=\"applied\"}",
+        ),
+        ("gossip ignored", "dpin_gossip_ignored_total"),
+        (
+            "gossip dropped",
+            "dpin_records_total{path=\"gossip\",outcome=\"dropped\"}",
+        ),
+        (
+            "undelivered (queue full)",
+            "dpin_net_gossip_undelivered_total{reason=\"queue_full\"}",
+        ),
+        (
+            "undelivered (timeout)",
+            "dpin_net_gossip_undelivered_total{reason=\"timeout\"}",
+        ),
+    ];
+    let mut answered = 0;
+    for info in cluster.nodes.iter().filter_map(|p| p.info.as_ref()) {
+        let Some(m) = api.metrics(info.api, Duration::from_secs(2)).await else {
+            continue;
+        };
+        answered += 1;
+        for (label, key) in wanted {
+            *sum.entry(label).or_default() += m.get(key).copied().unwrap_or(0.0);
+        }
+    }
+    let parts: Vec<String> = wanted
+        .iter()
+        .map(|(label, _)| format!("{label} {}", sum.get(label).copied().unwrap_or(0.0)))
+        .collect();
+    format!("{answered} nodes: {}", parts.join(", "))
+}
 
 async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Result<Side> {
     let api = Api::new()?;
@@ -473,6 +538,7 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
     let run = std::process::id();
     let mut samples = Vec::with_capacity(args.messages);
     let mut lost = 0;
+    let mut dns_timeouts = 0;
     for m in 0..args.messages {
         let origin = m % n;
         let label = format!("p{run}-{m}");
@@ -490,21 +556,27 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
         // polling at once (the name does not exist yet, so the first answers are NXDOMAIN):
         // a start signal through `Notify::notify_waiters` would be lost by any poller not yet
         // waiting on it, which then never ends (that hung the first version of this bench).
+        let timeouts = Arc::new(AtomicUsize::new(0));
         let pollers: Vec<_> = targets
             .iter()
             .enumerate()
             .map(|(k, &(_, dns))| {
                 let qname = qname.clone();
+                let timeouts = timeouts.clone();
                 tokio::spawn(async move {
                     let end = Instant::now() + timeout;
                     let mut id = (k as u16).wrapping_mul(7919);
                     while Instant::now() < end {
                         id = id.wrapping_add(1);
                         let q = dnsq::query_a(bind, dns, &qname, id, Duration::from_millis(200));
-                        if let Ok(DnsAnswer::Addrs(a)) = q.await {
-                            if a.contains(&addr) {
+                        match q.await {
+                            Ok(DnsAnswer::Addrs(a)) if a.contains(&addr) => {
                                 return Some(Instant::now());
                             }
+                            Err(dnsq::DnsError::Timeout) => {
+                                timeouts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
                         }
                         tokio::time::sleep(poll).await;
                     }
@@ -532,9 +604,12 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
             Some(t) => samples.push(t.duration_since(t0)),
             None => lost += 1,
         }
+        if timeouts.load(Ordering::Relaxed) > 0 {
+            dns_timeouts += 1;
+        }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
-    Ok(side(samples, lost))
+    Ok(side(samples, lost, dns_timeouts))
 }
 
 #[cfg(test)]
