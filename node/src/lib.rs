@@ -3,7 +3,7 @@
 //! Module map:
 //! * [`net`] — the libp2p swarm (gossipsub, Kademlia, identify, request-response, the
 //!   liveness probes on a long-lived stream per connection (`net::probe_stream`) with
-//!   `/dpin/probe/1` requests for indirect probes and older peers, connection limits, a target connection degree, re-dials
+//!   `/dpin/probe/1` requests (`net::probe_wire`) for indirect probes and older peers, connection limits, a target connection degree, re-dials
 //!   of peers found down) in one event loop, driven through a cloneable handle.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
 //!   with the reserved-name index and the change feed (instead of whole-store scans).

@@ -69,7 +69,7 @@
 //!   settings of `crate::alloc`): idle CPU per node 1.62 → 0.99 % of a core at N = 20 and
 //!   1.33 → 0.92 % at N = 40 (the README's table). Indirect probes
 //!   (ping-req), goodbyes and probes to peers without the stream protocol (older nodes)
-//!   still use `/dpin/probe/1` requests.
+//!   still use `/dpin/probe/1` requests ([`probe_wire`], their format and decoder).
 //! * **Our dials take a fresh local port** (`DialOpts::allocate_new_port`), not libp2p's
 //!   default of binding the dial socket to the listen port (port reuse). Port reuse buys
 //!   nothing here (peers learn our listen addresses from identify, and only the dialling side
@@ -119,6 +119,11 @@
 //!   and counted (`NetStats::inbound_over_*`); the requester sees a failed request.
 
 mod probe_stream;
+pub mod probe_wire;
+use probe_wire::{
+    decode_probe, probe_goodbye, probe_ping, probe_ping_req, ProbeRequest, MAX_PROBE_BYTES,
+    PROBE_ACK, PROBE_NACK,
+};
 pub mod swarm_metrics;
 
 use std::{
@@ -230,8 +235,6 @@ const REDIAL_TICK: Duration = Duration::from_millis(50);
 /// a nack that arrives in time tells the asker that the *target* is silent, not that the
 /// asker itself is slow (Lifeguard's local health counts missing nacks).
 const RELAY_NACK_AFTER: Duration = Duration::from_millis(150);
-/// Largest probe message (a tag, a nonce and a peer id fit in far less).
-const MAX_PROBE_BYTES: usize = 128;
 /// Probes (ours, and those we relay for others) in flight; beyond this new ones are dropped
 /// and counted (the detector then judges by silence, which is what it does anyway).
 const MAX_PENDING_PROBES: usize = 256;
@@ -1819,65 +1822,6 @@ fn keys_where<K: Copy, V>(map: &HashMap<K, V>, pred: impl Fn(&V) -> bool) -> Vec
 /// reports a failed stream itself; this covers a connection closed under it).
 const STREAM_PING_FORGET: Duration = Duration::from_secs(10);
 
-/// Probe wire format: requests `[0, nonce(8)]` (ping) or `[1, nonce(8), target peer id]`
-/// (ping-req) or `[2, 0(8)]` (goodbye: the sender is closing this connection to keep its
-/// degree; not evidence of life, and an older node that does not know it drops the request,
-/// which the sender takes as its cue to close); answers `[0]` (ack) or `[1]` (nack: the
-/// target did not answer the helper).
-const PROBE_PING: u8 = 0;
-const PROBE_PING_REQ: u8 = 1;
-const PROBE_GOODBYE: u8 = 2;
-const PROBE_ACK: u8 = 0;
-const PROBE_NACK: u8 = 1;
-
-fn probe_ping(nonce: u64) -> Vec<u8> {
-    let mut v = vec![PROBE_PING];
-    v.extend_from_slice(&nonce.to_be_bytes());
-    v
-}
-
-fn probe_ping_req(nonce: u64, target: &PeerId) -> Vec<u8> {
-    let mut v = vec![PROBE_PING_REQ];
-    v.extend_from_slice(&nonce.to_be_bytes());
-    v.extend_from_slice(&target.to_bytes());
-    v
-}
-
-fn probe_goodbye() -> Vec<u8> {
-    let mut v = vec![PROBE_GOODBYE];
-    v.extend_from_slice(&0u64.to_be_bytes());
-    v
-}
-
-/// A decoded probe request.
-enum ProbeRequest {
-    /// `watch`: the nonce carries [`probe_stream::WATCH_BIT`].
-    Ping {
-        watch: bool,
-    },
-    PingReq {
-        nonce: u64,
-        target: PeerId,
-    },
-    Goodbye,
-}
-
-fn decode_probe(data: &[u8]) -> Option<ProbeRequest> {
-    let (&tag, rest) = data.split_first()?;
-    let nonce = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    match tag {
-        PROBE_PING => Some(ProbeRequest::Ping {
-            watch: nonce & probe_stream::WATCH_BIT != 0,
-        }),
-        PROBE_PING_REQ => Some(ProbeRequest::PingReq {
-            nonce,
-            target: PeerId::from_bytes(rest.get(8..)?).ok()?,
-        }),
-        PROBE_GOODBYE => Some(ProbeRequest::Goodbye),
-        _ => None,
-    }
-}
-
 /// Re-dial state of one lost peer.
 ///
 /// Every attempt is a *fresh* dial (a new TCP connection with its own SYN), so the first
@@ -3412,42 +3356,6 @@ mod tests {
         let cands: Vec<TrimCandidate<u32>> = (0..20).map(|i| cand(i, 255, true)).collect();
         assert!(choose_trim(&cands, 12, &mut seeded(1)).is_empty());
         assert!(choose_trim::<u32>(&[], 0, &mut seeded(1)).is_empty());
-    }
-
-    #[test]
-    fn goodbye_decodes_and_is_not_a_ping() {
-        assert!(matches!(
-            decode_probe(&probe_goodbye()),
-            Some(ProbeRequest::Goodbye)
-        ));
-    }
-
-    #[test]
-    fn probe_wire_round_trips_and_garbage_is_refused() {
-        assert!(matches!(
-            decode_probe(&probe_ping(7)),
-            Some(ProbeRequest::Ping { watch: false })
-        ));
-        assert!(matches!(
-            decode_probe(&probe_ping(7 | probe_stream::WATCH_BIT)),
-            Some(ProbeRequest::Ping { watch: true })
-        ));
-        let target = PeerId::random();
-        match decode_probe(&probe_ping_req(9, &target)) {
-            Some(ProbeRequest::PingReq { nonce, target: t }) => {
-                assert_eq!((nonce, t), (9, target));
-            }
-            _ => panic!("ping-req did not decode"),
-        }
-        for bad in [
-            &[][..],
-            &[0, 1, 2][..],
-            &[7, 0, 0, 0, 0, 0, 0, 0, 1][..],
-            &[1; 12][..],
-        ] {
-            assert!(decode_probe(bad).is_none(), "{bad:?}");
-        }
-        assert!(probe_ping_req(u64::MAX, &target).len() <= MAX_PROBE_BYTES);
     }
 
     #[test]
