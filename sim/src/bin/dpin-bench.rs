@@ -209,10 +209,24 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// Resident set size in MB.
 fn rss_mb(pid: u32) -> Option<f64> {
+    Some(status_kb(pid, "VmRSS:")? / 1024.0)
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `RssAnon:`, ...).
+fn status_kb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Least-squares slope of y over x; `None` with fewer than two distinct x.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
 }
 
 /// A GET of `path` on a node's API (2 s timeout); `None` if it did not answer.
@@ -417,6 +431,13 @@ struct IdleRow {
     rss_max: f64,
     conns_per_node: f64,
     conns_max: usize,
+    /// Mean anonymous RSS per node (`RssAnon`: the node's own memory; `VmRSS` adds the
+    /// binary's text, which every process on the machine shares), MB.
+    anon_per_node: f64,
+    /// Anonymous RSS per connection, KB: the least-squares slope of each node's `RssAnon`
+    /// over its connection count, across the nodes of one run (issue 14's per-connection
+    /// target); `None` when every node had the same count.
+    anon_kb_per_conn: Option<f64>,
     /// `/proc/loadavg` (1, 5, 15 min) at the end of the window: the machine may be shared,
     /// and per-process CPU figures read differently on a loaded machine.
     loadavg: String,
@@ -500,6 +521,19 @@ async fn idle(
                     conns.push(c);
                 }
             }
+            // (connections, anonymous RSS in KB) of each node, read together.
+            let mut pairs = Vec::new();
+            for node in &cluster.nodes {
+                let (Some(pid), Some(info)) = (node.pid(), node.info.as_ref()) else {
+                    continue;
+                };
+                if let (Some(c), Some(kb)) = (
+                    connections(&http, info.api).await,
+                    status_kb(pid, "RssAnon:"),
+                ) {
+                    pairs.push((c as f64, kb));
+                }
+            }
             cluster.shutdown().await;
             let _ = std::fs::remove_dir_all(&dir);
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -512,6 +546,8 @@ async fn idle(
                 rss_max: rss.iter().copied().fold(0.0, f64::max),
                 conns_per_node: conns.iter().sum::<usize>() as f64 / conns.len().max(1) as f64,
                 conns_max: conns.iter().copied().max().unwrap_or(0),
+                anon_per_node: mean(&pairs.iter().map(|p| p.1 / 1024.0).collect::<Vec<_>>()),
+                anon_kb_per_conn: slope(&pairs),
                 loadavg: load,
                 churn_per_node_min: delta(&m0, &m1, "dpin_net_connected_total")
                     .map(|d| d / n as f64 / secs * 60.0),
@@ -533,13 +569,13 @@ async fn idle(
         "idle cost per node: settle {settle_s} s, window {measure_s} s, `dpin node --no-probe`, loopback"
     );
     println!(
-        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | conns/node (mean) | conns max | new conns/node/min | trimmed | false downs | cut off | load avg 1/5/15 |"
+        "| binary | N | CPU/node % core (mean) | CPU max | total CPU % | RSS/node MB (mean) | RSS max | anon RSS/node MB | anon KB/conn | conns/node (mean) | conns max | new conns/node/min | trimmed | false downs | cut off | load avg 1/5/15 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let show = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |x| format!("{x:.prec$}"));
     for r in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
             r.bin,
             r.n,
             r.cpu_per_node,
@@ -547,6 +583,8 @@ async fn idle(
             r.cpu_per_node * r.n as f64,
             r.rss_per_node,
             r.rss_max,
+            r.anon_per_node,
+            show(r.anon_kb_per_conn, 0),
             r.conns_per_node,
             r.conns_max,
             show(r.churn_per_node_min, 1),
@@ -742,4 +780,19 @@ async fn heal_rounds(
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_is_the_least_squares_gradient_and_undefined_without_spread() {
+        let line: Vec<(f64, f64)> = (0..5)
+            .map(|x| (x as f64, 100.0 + 60.0 * x as f64))
+            .collect();
+        assert!((slope(&line).expect("defined") - 60.0).abs() < 1e-9);
+        assert_eq!(slope(&[(3.0, 1.0), (3.0, 5.0)]), None);
+        assert_eq!(slope(&[]), None);
+    }
 }
