@@ -190,9 +190,9 @@ const COMMAND_CHANNEL_CAPACITY: usize = 1024;
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
 /// Outbound requests awaiting a response; beyond this `request` fails with `Busy`.
 const MAX_PENDING_REQUESTS: usize = 1024;
-/// Room for the signed gossipsub envelope around the payload (source peer id, sequence
-/// number, topic, 64-byte signature, protobuf tags). Ed25519 keys are derived from the peer
-/// id, so no inline key is sent; 1 KiB leaves a wide margin.
+/// Room for the gossipsub envelope around the payload: the topic and protobuf tags (anonymous
+/// envelopes, see [`GOSSIP_TOPIC`]; a signed one would add a peer id, a sequence number and a
+/// 64-byte signature). 1 KiB leaves a wide margin.
 const GOSSIP_ENVELOPE_OVERHEAD: usize = 1024;
 /// gossipsub's per-connection send queue (`connection_handler_queue_len`): half of it bounds
 /// the publishes waiting for one peer, the other half is a *preallocated* ring of forwards and
