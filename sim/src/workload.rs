@@ -879,60 +879,83 @@ async fn read_round(ctx: &Ctx, name: &str, proto: Proto, dns_bind: IpAddr, proce
     }
 }
 
+/// Most writes whose probes run at once (each for at most [`PROBE_WINDOW`]); further probe
+/// requests wait in the channel.
+pub const MAX_PROBE_SETS: usize = 128;
+
 /// The propagation prober: for each acknowledged write it receives, polls every other node
 /// until it holds that seq (or [`PROBE_WINDOW`] passes) and records one probe op per node.
+///
+/// Each write's probes run concurrently with every other write's (up to [`MAX_PROBE_SETS`]):
+/// the checker measures from the write's acknowledgement, so a write whose probing waited for
+/// the previous write's (one of which may poll a node killed mid-probe until the window ends)
+/// would be charged the wait. Probed one write at a time, that wait made up the seconds-long
+/// "propagation" maxima of chaos runs right after a kill: every healthy node's probe of the
+/// next write ended the moment the killed node came back.
 pub async fn prober(ctx: Ctx, mut rx: tokio::sync::mpsc::Receiver<Probe>) {
-    while ctx.running() {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut sets = FuturesUnordered::new();
+    let mut open = true;
+    while open || !sets.is_empty() {
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
-        let Ok(Some(p)) = tokio::time::timeout(remaining, rx.recv()).await else {
-            break;
-        };
-        let ack_ms = ctx.rec.now_ms();
-        // Nodes under a fault are not probed: their lag is recovery, not propagation.
-        let faulted: Vec<usize> = lock(&ctx.rec.active).iter().map(|f| f.node).collect();
-        if faulted.contains(&p.node) {
-            continue;
+        let accept = open && sets.len() < MAX_PROBE_SETS && ctx.running();
+        tokio::select! {
+            Some(()) = sets.next(), if !sets.is_empty() => {}
+            r = tokio::time::timeout(remaining, rx.recv()), if accept => match r {
+                Ok(Some(p)) => sets.push(probe_write(&ctx, p)),
+                _ => open = false,
+            },
+            else => open = false,
         }
-        let polls = ctx
-            .targets
-            .iter()
-            .filter(|t| t.node != p.node && !faulted.contains(&t.node))
-            .map(|t| {
-                let ctx = &ctx;
-                let p = &p;
-                async move {
-                    let until = Instant::now() + PROBE_WINDOW;
-                    let mut last;
-                    loop {
-                        let r = ctx.api.resolve(t.api, &p.name, READ_TIMEOUT).await;
-                        last = r;
-                        let seen = last.outcome == OpOutcome::Found
-                            && last.seq.is_some_and(|s| s >= p.seq);
-                        if seen || Instant::now() >= until {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    ctx.rec.op(Op {
-                        kind: OpKind::Probe,
-                        proto: Proto::Http,
-                        process: "prober".to_owned(),
-                        node: t.node,
-                        name: p.name.clone(),
-                        start_ms: ack_ms,
-                        end_ms: ctx.rec.now_ms(),
-                        outcome: last.outcome,
-                        seq: last.seq,
-                        endpoints: last.endpoints,
-                        detail: last.detail,
-                        want_seq: Some(p.seq),
-                        content: last.content,
-                        ..Op::default()
-                    });
-                }
-            });
-        futures::future::join_all(polls).await;
     }
+}
+
+/// Polls every other node not under a fault for one acknowledged write (see [`prober`]).
+async fn probe_write(ctx: &Ctx, p: Probe) {
+    let ack_ms = ctx.rec.now_ms();
+    // Nodes under a fault are not probed: their lag is recovery, not propagation.
+    let faulted: Vec<usize> = lock(&ctx.rec.active).iter().map(|f| f.node).collect();
+    if faulted.contains(&p.node) {
+        return;
+    }
+    let polls = ctx
+        .targets
+        .iter()
+        .filter(|t| t.node != p.node && !faulted.contains(&t.node))
+        .map(|t| {
+            let p = &p;
+            async move {
+                let until = Instant::now() + PROBE_WINDOW;
+                let mut last;
+                loop {
+                    let r = ctx.api.resolve(t.api, &p.name, READ_TIMEOUT).await;
+                    last = r;
+                    let seen =
+                        last.outcome == OpOutcome::Found && last.seq.is_some_and(|s| s >= p.seq);
+                    if seen || Instant::now() >= until {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                ctx.rec.op(Op {
+                    kind: OpKind::Probe,
+                    proto: Proto::Http,
+                    process: "prober".to_owned(),
+                    node: t.node,
+                    name: p.name.clone(),
+                    start_ms: ack_ms,
+                    end_ms: ctx.rec.now_ms(),
+                    outcome: last.outcome,
+                    seq: last.seq,
+                    endpoints: last.endpoints,
+                    detail: last.detail,
+                    want_seq: Some(p.seq),
+                    content: last.content,
+                    ..Op::default()
+                });
+            }
+        });
+    futures::future::join_all(polls).await;
 }
 
 /// How long after a group partition heals the heal probe waits for every node to catch up.
