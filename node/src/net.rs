@@ -1405,6 +1405,12 @@ fn gossipsub_config(
         // No envelope signature, author or sequence number (see GOSSIP_TOPIC); a message
         // carrying any of them is invalid.
         .validation_mode(ValidationMode::Anonymous)
+        // An anonymous message has no author, so a peer cannot tell it came from us and may
+        // forward our own publish back to us. gossipsub would call that "self origin" and
+        // penalise the honest forwarder as if it sent an invalid message (P4, squared): in
+        // chaos runs such echoes graylisted, and so banned, healthy peers. Allowed, the echo
+        // is only a duplicate (our publish is in the duplicate cache) and is dropped.
+        .allow_self_origin(true)
         // Nothing is forwarded before the node's verdict.
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| {
@@ -3372,6 +3378,20 @@ mod tests {
         assert!(delays[9] >= REDIAL_MAX.mul_f64(0.75));
         let late = t0 + REDIAL_FAST_FOR;
         assert!(r.delay(late) >= REDIAL_SLOW.mul_f64(0.75));
+    }
+
+    #[test]
+    fn an_echo_of_our_own_anonymous_publish_is_not_held_against_the_forwarder() {
+        // With anonymous envelopes a peer cannot tell a message came from us; gossipsub's
+        // default would reject our own publish coming back as "self origin" and penalise the
+        // honest peer that forwarded it (graylisted and banned in chaos runs).
+        let topic = gossipsub::IdentTopic::new("t").hash();
+        let config = gossipsub_config(&topic, 100, 12).expect("config builds");
+        assert!(config.allow_self_origin());
+        assert!(matches!(
+            config.validation_mode(),
+            ValidationMode::Anonymous
+        ));
     }
 
     #[test]

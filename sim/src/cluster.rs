@@ -339,7 +339,7 @@ impl Cluster {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
-            .env("RUST_LOG", "info,libp2p_gossipsub=warn,libp2p_swarm=warn")
+            .env("RUST_LOG", node_log_filter())
             .env("NO_COLOR", "1")
             .process_group(0)
             .kill_on_drop(true);
@@ -696,6 +696,16 @@ pub fn stop_from_pidfiles(base_dir: &Path) -> Result<usize> {
         let _ = std::fs::remove_file(base_dir.join("netns.txt"));
     }
     Ok(signalled)
+}
+
+/// The nodes' log filter: `DPIN_NODE_RUST_LOG` if set (e.g. to add
+/// `libp2p_gossipsub::peer_score=debug` when a run shows peers being graylisted), else info with
+/// gossipsub's and the swarm's chatter at warn.
+pub fn node_log_filter() -> String {
+    std::env::var("DPIN_NODE_RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "info,libp2p_gossipsub=warn,libp2p_swarm=warn".to_owned())
 }
 
 #[cfg(test)]
