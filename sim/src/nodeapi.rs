@@ -100,6 +100,18 @@ fn classify(e: &reqwest::Error) -> OpOutcome {
     }
 }
 
+/// The sample lines of a `/metrics` text (`name{labels} value`; comments and unparsable lines
+/// skipped) as name with labels → value: an unlabelled sample's key is its bare name.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 impl Api {
     /// A client; fails only if the TLS-less HTTP stack cannot be initialised.
     pub fn new() -> Result<Self, reqwest::Error> {
@@ -218,16 +230,7 @@ impl Api {
         if !resp.status().is_success() {
             return None;
         }
-        let text = resp.text().await.ok()?;
-        Some(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| {
-                    let (k, v) = l.rsplit_once(' ')?;
-                    Some((k.to_owned(), v.parse().ok()?))
-                })
-                .collect(),
-        )
+        Some(parse_metrics(&resp.text().await.ok()?))
     }
 
     /// `GET /v1/status`.
@@ -248,5 +251,20 @@ impl Api {
             peers_alive,
             records: body.get("records").and_then(Value::as_u64).unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_parses_labelled_and_bare_samples_and_skips_comments() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\n\
+                    b{reason=\"queue full\"} 2.5\nbroken line\n# EOF\n";
+        let m = parse_metrics(text);
+        assert_eq!(m.get("a_total"), Some(&3.0));
+        assert_eq!(m.get("b{reason=\"queue full\"}"), Some(&2.5));
+        assert_eq!(m.len(), 2);
     }
 }

@@ -369,21 +369,13 @@ async fn detect(n: usize, trials: usize, settle_s: u64, bins: Vec<PathBuf>) -> R
     Ok(())
 }
 
-/// Every unlabelled sample of a node's `/metrics` (name -> value); `None` if unreachable.
+/// Every sample of a node's `/metrics` (name with labels -> value); `None` if unreachable.
 async fn metrics(
     http: &reqwest::Client,
     api: SocketAddr,
 ) -> Option<std::collections::BTreeMap<String, f64>> {
     let body = get(http, api, "/metrics").await?.text().await.ok()?;
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#') && !l.contains('{'))
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                Some((it.next()?.to_owned(), it.next()?.parse::<f64>().ok()?))
-            })
-            .collect(),
-    )
+    Some(dpin_sim::nodeapi::parse_metrics(&body))
 }
 
 /// Sum over nodes of `name` at the end minus at the start of the window; `None` if a node
@@ -515,22 +507,19 @@ async fn idle(
                 })
                 .collect();
             let rss: Vec<f64> = pids.iter().filter_map(|&p| rss_mb(p)).collect();
+            // Each node's connections, and with its anonymous RSS in KB (read together) the
+            // points of the per-connection slope.
             let mut conns = Vec::new();
-            for &api in &apis {
-                if let Some(c) = connections(&http, api).await {
-                    conns.push(c);
-                }
-            }
-            // (connections, anonymous RSS in KB) of each node, read together.
             let mut pairs = Vec::new();
             for node in &cluster.nodes {
-                let (Some(pid), Some(info)) = (node.pid(), node.info.as_ref()) else {
+                let Some(info) = node.info.as_ref() else {
                     continue;
                 };
-                if let (Some(c), Some(kb)) = (
-                    connections(&http, info.api).await,
-                    status_kb(pid, "RssAnon:"),
-                ) {
+                let Some(c) = connections(&http, info.api).await else {
+                    continue;
+                };
+                conns.push(c);
+                if let Some(kb) = node.pid().and_then(|pid| status_kb(pid, "RssAnon:")) {
                     pairs.push((c as f64, kb));
                 }
             }
