@@ -1972,3 +1972,196 @@ mod http_stats_tests {
         }
     }
 }
+
+/// The JSON every route sends, pinned against a real node in this process: field names, which
+/// optional fields are `null` and which are left out, and each value's JSON type. Older CLIs
+/// and harnesses read these bodies from newer nodes, so a change here is a wire change.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod wire_tests {
+    use super::*;
+    use dpin_protocol::{Content, ZoneKey};
+    use serde_json::Value;
+
+    /// A real node (store, network, health, blobs) in this process, with its API on loopback.
+    async fn node(dir: &std::path::Path) -> (Node, String) {
+        let store = crate::store::DurableStore::open(&dir.join("store.redb")).unwrap();
+        let telemetry = crate::metrics::Builder::new();
+        let config = crate::net::NetConfig::new(
+            libp2p::identity::Keypair::generate_ed25519(),
+            vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            vec![],
+        );
+        let (net, _events) = crate::net::spawn(config).await.unwrap();
+        let health = crate::health::Health::new(crate::health::HealthConfig {
+            enabled: false,
+            ..crate::health::HealthConfig::default()
+        });
+        let blobs = Arc::new(crate::blobs::BlobStore::open(dir.join("blobs")).unwrap());
+        let node = Node::new(store, net, dir.to_owned(), health, blobs, telemetry);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let api = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve_with(node.clone(), listener, ApiConfig::default()));
+        (node, api)
+    }
+
+    /// The body with every leaf replaced by its JSON type (`"str"`, `"u64"`, `"f64"`,
+    /// `"bool"`, `null`); arrays keep their items' shapes. Objects listed in `opaque` (a
+    /// module's own counters) become `"object"`.
+    fn shape(v: &Value, opaque: &[&str]) -> Value {
+        match v {
+            Value::Null => Value::Null,
+            Value::Bool(_) => "bool".into(),
+            Value::Number(n) if n.is_u64() => "u64".into(),
+            Value::Number(_) => "f64".into(),
+            Value::String(_) => "str".into(),
+            Value::Array(a) => Value::Array(a.iter().map(|x| shape(x, opaque)).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| {
+                        let s = if opaque.contains(&k.as_str()) && x.is_object() {
+                            "object".into()
+                        } else {
+                            shape(x, opaque)
+                        };
+                        (k.clone(), s)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn pinned(body: &Value, opaque: &[&str], golden: &str) {
+        let want: Value = serde_json::from_str(golden).unwrap();
+        assert_eq!(shape(body, opaque), want, "body: {body}");
+    }
+
+    #[tokio::test]
+    async fn every_route_answers_the_pinned_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_node, api) = node(dir.path()).await;
+        let client =
+            crate::client::Client::new(vec![api.clone()], Duration::from_secs(10)).unwrap();
+        let key = ZoneKey::from_seed([7; 32]);
+        let eps = || Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
+        let now = now_ms();
+        let sign = |seq| crate::publish::sign(&key, "web", eps(), seq, 60_000, now).unwrap();
+        let req = |seq: u64, if_seq: Option<u64>| json!({"record": hex::encode(sign(seq).encode()), "if_seq": if_seq});
+        let name = format!("web.{}", key.zone());
+        let ask = |path: String, body: Option<Value>| {
+            let client = &client;
+            let api = api.clone();
+            async move { client.ask(&api, &path, body.as_ref()).await.unwrap() }
+        };
+
+        // Unknown name: seq 0, hash null.
+        let a = ask(format!("/v1/seq/{name}"), None).await;
+        assert_eq!(a.status, 200);
+        pinned(&a.body, &[], r#"{"name":"str","seq":"u64","hash":null}"#);
+        assert_eq!(a.body["seq"], 0);
+
+        // Not found: the error body without held_seq.
+        let a = ask(format!("/v1/resolve/{name}"), None).await;
+        assert_eq!(a.status, 404);
+        pinned(&a.body, &[], r#"{"error":"str","message":"str"}"#);
+        assert_eq!(a.body["error"], "not_found");
+
+        // Applied: previous_seq null for a new name.
+        let a = ask("/v1/publish".into(), Some(req(2, Some(0)))).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        pinned(
+            &a.body,
+            &[],
+            r#"{"name":"str","seq":"u64","outcome":"str","previous_seq":null,"gossip":"str"}"#,
+        );
+        assert_eq!(a.body["outcome"], "applied");
+        assert_eq!(a.body["gossip"], "no_peers");
+
+        // Applied over a held seq: previous_seq is a number.
+        let a = ask("/v1/publish".into(), Some(req(3, None))).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        pinned(
+            &a.body,
+            &[],
+            r#"{"name":"str","seq":"u64","outcome":"str","previous_seq":"u64","gossip":"str"}"#,
+        );
+        assert_eq!(a.body["previous_seq"], 2);
+
+        // Duplicate: no previous_seq.
+        let a = ask("/v1/publish".into(), Some(req(3, None))).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        pinned(
+            &a.body,
+            &[],
+            r#"{"name":"str","seq":"u64","outcome":"str","gossip":"str"}"#,
+        );
+        assert_eq!(a.body["outcome"], "duplicate");
+        assert_eq!(a.body["gossip"], "none");
+
+        // Stale, and a compare-and-set mismatch: 409 with held_seq.
+        let a = ask("/v1/publish".into(), Some(req(1, None))).await;
+        assert_eq!(a.status, 409);
+        pinned(
+            &a.body,
+            &[],
+            r#"{"error":"str","message":"str","held_seq":"u64"}"#,
+        );
+        assert_eq!(
+            (a.body["error"].clone(), a.body["held_seq"].clone()),
+            ("stale".into(), 3.into())
+        );
+        let a = ask("/v1/publish".into(), Some(req(4, Some(2)))).await;
+        assert_eq!(a.status, 409);
+        assert_eq!(a.body["error"], "cas_mismatch");
+        assert_eq!(a.body["held_seq"], 3);
+
+        // Bad JSON: 400 without held_seq.
+        let a = ask("/v1/publish".into(), Some(json!({"nope": 1}))).await;
+        assert_eq!(a.status, 400);
+        pinned(&a.body, &[], r#"{"error":"str","message":"str"}"#);
+        assert_eq!(a.body["error"], "bad_json");
+
+        let a = ask(format!("/v1/seq/{name}"), None).await;
+        pinned(&a.body, &[], r#"{"name":"str","seq":"u64","hash":"str"}"#);
+        assert_eq!(a.body["seq"], 3);
+
+        let a = ask(format!("/v1/resolve/{name}.dpin."), None).await;
+        assert_eq!(a.status, 200);
+        pinned(
+            &a.body,
+            &[],
+            r#"{"name":"str","seq":"u64","hash":"str","expires_at_ms":"u64",
+                "endpoints":[{"host":"str","port":"u64","transport":"str","weight":"u64",
+                              "healthy":"bool","health":"str"}],
+                "peer_id":"str","cut_off":"bool"}"#,
+        );
+        assert_eq!(a.body["name"], name.as_str());
+        assert_eq!(
+            a.body["endpoints"][0],
+            json!({"host":"127.0.0.1","port":80,"transport":"tcp","weight":1,
+                   "healthy":false,"health":"unknown"})
+        );
+
+        let a = ask("/v1/status".into(), None).await;
+        assert_eq!(a.status, 200);
+        pinned(
+            &a.body,
+            &["counters", "endpoints", "dns", "blobs", "offers"],
+            r#"{"peer_id":"str","listen_addrs":[],"peers":[],
+                "reach":{"known":"u64","alive":"u64","cut_off":"bool"},
+                "records":"u64","live_records":"u64","digest":"str","uptime_s":"f64",
+                "corrupt_entries":"u64","counters":"object","endpoints":"object",
+                "dns":"object","blobs":"object","offers":"object"}"#,
+        );
+        assert_eq!(a.body["records"], 1);
+        // (No event loop runs here, so the listen addresses and peers are empty.)
+
+        let a = ask("/v1/offers?kind=storage".into(), None).await;
+        assert_eq!(a.status, 200);
+        pinned(&a.body, &[], r#"{"offers":[]}"#);
+
+        let a = ask(format!("/v1/blobs/{}/info", "ab".repeat(32)), None).await;
+        assert_eq!(a.status, 404);
+        pinned(&a.body, &[], r#"{"error":"str","message":"str"}"#);
+    }
+}
