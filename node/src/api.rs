@@ -77,14 +77,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dpin_protocol::store::Store;
-use dpin_protocol::{Endpoint, Outcome, SignedRecord};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use dpin_protocol::{Outcome, SignedRecord};
+use serde::Deserialize;
 
-use crate::health::HealthState;
+use crate::contract::{
+    publish_verdict, BlobInfoAnswer, ErrorBody, GossipStatus, HolderJson, OffersAnswer, PeerJson,
+    PublishAnswer, PublishOutcome, PublishRefusal, PublishVerdict, ResolveAnswer, SeqAnswer,
+    StatusAnswer,
+};
 use crate::liveness::PeerStatus;
-use crate::net::PublishStatus;
 use crate::node::{now_ms, Node};
+
+pub use crate::contract::EndpointJson;
+/// The publish request body ([`crate::contract::PublishRequest`]; this name is the fuzz
+/// target's).
+pub use crate::contract::PublishRequest as PublishBody;
 
 /// Largest request body accepted: a hex-encoded 4 KiB record plus JSON framing.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -109,67 +116,16 @@ impl ApiError {
             held_seq: None,
         }
     }
-
-    fn held(mut self, seq: u64) -> Self {
-        self.held_seq = Some(seq);
-        self
-    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.kind, "message": self.message});
-        if let Some(seq) = self.held_seq {
-            body["held_seq"] = json!(seq);
-        }
+        let body = ErrorBody {
+            error: self.kind.to_owned(),
+            message: self.message,
+            held_seq: self.held_seq,
+        };
         (self.status, Json(body)).into_response()
-    }
-}
-
-/// Publish request body.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct PublishBody {
-    /// The signed record's wire bytes, hex.
-    pub record: String,
-    /// Compare-and-set: apply only if the held seq equals this (0 = name unknown).
-    #[serde(default)]
-    pub if_seq: Option<u64>,
-    /// Compare-and-set on the record itself: apply only if the held winner's content hash
-    /// (hex, as `/v1/seq` and `/v1/resolve` show it) is this. A clean-up names what it deletes.
-    #[serde(default)]
-    pub if_hash: Option<String>,
-}
-
-/// One endpoint in a resolve answer.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
-pub struct EndpointJson {
-    /// IP literal or hostname.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// `tcp` or `udp`.
-    pub transport: String,
-    /// Selection weight.
-    pub weight: u16,
-    /// Whether a probe from this node reached the endpoint recently (SPEC §5). `false` covers
-    /// both unhealthy and unknown; `health` tells them apart.
-    pub healthy: bool,
-    /// `healthy`, `unknown` (not probed: new, or refused by the probe policy) or `unhealthy`.
-    #[serde(default)]
-    pub health: String,
-}
-
-impl EndpointJson {
-    /// JSON form of a record endpoint.
-    pub fn from_endpoint(e: &Endpoint, health: HealthState) -> Self {
-        Self {
-            host: e.host.to_string(),
-            port: e.port,
-            transport: e.transport.as_str().to_owned(),
-            weight: e.weight,
-            healthy: health == HealthState::Healthy,
-            health: health.as_str().to_owned(),
-        }
     }
 }
 
@@ -436,7 +392,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 async fn publish(
     State(node): State<Node>,
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PublishAnswer>, ApiError> {
     let Json(body) = body.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -478,81 +434,78 @@ async fn publish(
         .publish_if(record, cas)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
-    let gossip = match result.gossip {
-        Some(PublishStatus::Sent) => "sent",
-        Some(PublishStatus::NoPeers) => "no_peers",
-        Some(PublishStatus::Duplicate) => "duplicate",
-        None => "none",
-    };
-    match result.outcome {
-        Outcome::Applied { previous_seq } => Ok(Json(json!({
-            "name": name, "seq": seq, "outcome": "applied",
-            "previous_seq": previous_seq, "gossip": gossip,
-        }))),
-        Outcome::Duplicate => Ok(Json(json!({
-            "name": name, "seq": seq, "outcome": "duplicate", "gossip": gossip,
-        }))),
-        Outcome::Restored => Ok(Json(json!({
-            "name": name, "seq": seq, "outcome": "restored", "gossip": gossip,
-        }))),
-        Outcome::Conflict { applied: true, .. } => Ok(Json(json!({
-            "name": name, "seq": seq, "outcome": "conflict_won", "gossip": gossip,
-        }))),
-        Outcome::Conflict { applied: false, .. } => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("{name} already holds a different record at seq {seq} that wins the tie-break; publish with a higher seq"),
-        )
-        .held(seq)),
-        Outcome::Stale { have, got } => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stale",
-            format!("{name} is at seq {have}; seq {got} is stale, publish with seq > {have}"),
-        )
-        .held(have)),
-        Outcome::CasMismatch { actual, .. } if if_hash.is_some() => {
-            let held = node.read_store(|s| s.entry(&name).map(|e| hex::encode(e.floor.hash)));
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "cas_mismatch",
-                format!("{name}'s winner is not the record this write names (held: seq {actual}, hash {}); it was replaced after it was read, so nothing was changed", held.as_deref().unwrap_or("none")),
-            )
-            .held(actual))
+    let gossip = GossipStatus::from(result.gossip);
+    let refusal = match publish_verdict(&result.outcome) {
+        PublishVerdict::Taken(outcome) => {
+            // `previous_seq` only for `applied`: null for a new name (the pinned wire form).
+            let previous_seq = match (outcome, &result.outcome) {
+                (PublishOutcome::Applied, Outcome::Applied { previous_seq }) => Some(*previous_seq),
+                _ => None,
+            };
+            return Ok(Json(PublishAnswer {
+                name,
+                seq,
+                outcome,
+                previous_seq,
+                gossip,
+            }));
         }
-        Outcome::CasMismatch { expected, actual } => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "cas_mismatch",
-            format!("{name} is at seq {actual}, not the expected {expected}"),
-        )
-        .held(actual)),
-        // Refused only because of this node's clock: say so, so a client tries another peer
-        // instead of giving up on a write that a node with a right clock would take.
-        Outcome::Invalid(e) if e.is_clock_dependent() => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "clock",
-            format!("{e} (by this node's clock; another node may accept it)"),
-        )),
         // The record is valid; this node has no room for a new name (its admission quota).
         // Nothing held is ever evicted for it; another node may have room.
-        Outcome::Invalid(dpin_protocol::error::ValidationError::Admission(a)) => {
-            Err(ApiError::new(
+        PublishVerdict::NoRoom(reason) => {
+            let why = match &result.outcome {
+                Outcome::Invalid(dpin_protocol::error::ValidationError::Admission(a)) => {
+                    a.to_string()
+                }
+                other => other.kind().to_owned(),
+            };
+            return Err(ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
-                a.reason(),
-                format!("{a}; no live name is evicted to make room"),
-            ))
+                reason,
+                format!("{why}; no live name is evicted to make room"),
+            ));
         }
-        Outcome::Invalid(e) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            e.to_string(),
-        )),
-    }
+        PublishVerdict::Refused(r) => r,
+    };
+    let (message, held) = match result.outcome {
+        Outcome::Conflict { .. } => (
+            format!("{name} already holds a different record at seq {seq} that wins the tie-break; publish with a higher seq"),
+            Some(seq),
+        ),
+        Outcome::Stale { have, got } => (
+            format!("{name} is at seq {have}; seq {got} is stale, publish with seq > {have}"),
+            Some(have),
+        ),
+        Outcome::CasMismatch { actual, .. } if if_hash.is_some() => {
+            let held = node.read_store(|s| s.entry(&name).map(|e| hex::encode(e.floor.hash)));
+            (
+                format!("{name}'s winner is not the record this write names (held: seq {actual}, hash {}); it was replaced after it was read, so nothing was changed", held.as_deref().unwrap_or("none")),
+                Some(actual),
+            )
+        }
+        Outcome::CasMismatch { expected, actual } => (
+            format!("{name} is at seq {actual}, not the expected {expected}"),
+            Some(actual),
+        ),
+        // Refused only because of this node's clock: say so, so a client tries another peer
+        // instead of giving up on a write that a node with a right clock would take.
+        Outcome::Invalid(e) if refusal == PublishRefusal::Clock => (
+            format!("{e} (by this node's clock; another node may accept it)"),
+            None,
+        ),
+        Outcome::Invalid(e) => (e.to_string(), None),
+        other => (other.kind().to_owned(), None),
+    };
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    let mut err = ApiError::new(status, refusal.as_str(), message);
+    err.held_seq = held;
+    Err(err)
 }
 
 async fn resolve(
     State(node): State<Node>,
     Path(raw): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ResolveAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
     let now = now_ms();
     let crate::answer::Answer { record, endpoints } = crate::answer::answer(&node, &name, now)
@@ -567,31 +520,31 @@ async fn resolve(
         .iter()
         .map(|(e, health)| EndpointJson::from_endpoint(e, *health))
         .collect();
-    Ok(Json(json!({
-        "name": name,
-        "seq": record.body.seq,
-        "hash": hex::encode(record.content_hash()),
-        "expires_at_ms": record.body.expires_at_ms,
-        "endpoints": endpoints,
-        "peer_id": node.0.net.local_peer_id().to_string(),
+    Ok(Json(ResolveAnswer {
+        name,
+        seq: record.body.seq,
+        hash: Some(hex::encode(record.content_hash())),
+        expires_at_ms: record.body.expires_at_ms,
+        endpoints,
+        peer_id: node.0.net.local_peer_id().to_string(),
         // Still answered when cut off (never fail closed), but the reader is told the answer
         // may be stale and can ask another peer.
-        "cut_off": node.reach().cut_off,
-    })))
+        cut_off: Some(node.reach().cut_off),
+    }))
 }
 
 async fn seq(
     State(node): State<Node>,
     Path(raw): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SeqAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
     let floor = node.read_store(|s| s.entry(&name).map(|e| e.floor));
     let seq = floor.map_or(0, |f| f.seq);
     let hash = floor.map(|f| hex::encode(f.hash));
-    Ok(Json(json!({"name": name, "seq": seq, "hash": hash})))
+    Ok(Json(SeqAnswer { name, seq, hash }))
 }
 
-async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
+async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
     let now = now_ms();
     let (records, live, digest, corrupt) = node.read_store(|s| {
         (
@@ -603,22 +556,20 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
     });
     let mono = node.mono_ms();
     let watched = node.watched_peers();
-    let peers: Vec<serde_json::Value> = node
+    let peers: Vec<PeerJson> = node
         .peers()
         .into_iter()
-        .map(|(id, st)| {
-            json!({
-                "peer_id": id.to_string(),
-                "alive": st.status != PeerStatus::Down,
-                "state": st.status.as_str(),
-                "connected": st.connected,
-                // Whether our failure detector watches it (≤ 2 s to see it pause) or checks
-                // it in the slow round of the rest.
-                "watched": watched.contains(&id),
-                // Wall-clock time of the last change, from the detector's monotonic clock.
-                "since_ms": now.saturating_sub(mono.saturating_sub(st.since_ms)),
-                "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            })
+        .map(|(id, st)| PeerJson {
+            peer_id: id.to_string(),
+            alive: st.status != PeerStatus::Down,
+            state: st.status.as_str().to_owned(),
+            connected: st.connected,
+            // Whether our failure detector watches it (≤ 2 s to see it pause) or checks it in
+            // the slow round of the rest.
+            watched: watched.contains(&id),
+            // Wall-clock time of the last change, from the detector's monotonic clock.
+            since_ms: now.saturating_sub(mono.saturating_sub(st.since_ms)),
+            rtt_ms: st.rtt.map(|d| d.as_secs_f64() * 1000.0),
         })
         .collect();
     let listen: Vec<String> = node
@@ -627,23 +578,22 @@ async fn status(State(node): State<Node>) -> Json<serde_json::Value> {
         .lock()
         .map(|a| a.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
-    let reach = node.reach();
-    Json(json!({
-        "peer_id": node.0.net.local_peer_id().to_string(),
-        "listen_addrs": listen,
-        "peers": peers,
-        "reach": {"known": reach.known, "alive": reach.alive, "cut_off": reach.cut_off},
-        "records": records,
-        "live_records": live,
-        "digest": digest,
-        "uptime_s": node.0.started.elapsed().as_secs_f64(),
-        "corrupt_entries": corrupt,
-        "counters": node.0.metrics.to_json(),
-        "endpoints": node.0.health.to_json(),
-        "dns": node.0.telemetry.dns.to_json(),
-        "blobs": node.blobs().stats.to_json(),
-        "offers": crate::offers::OfferStats::of(&node, now).to_json(),
-    }))
+    Json(StatusAnswer {
+        peer_id: node.0.net.local_peer_id().to_string(),
+        listen_addrs: listen,
+        peers,
+        reach: node.reach().into(),
+        records: records as u64,
+        live_records: live as u64,
+        digest,
+        uptime_s: node.0.started.elapsed().as_secs_f64(),
+        corrupt_entries: corrupt as u64,
+        counters: node.0.metrics.to_json(),
+        endpoints: node.0.health.to_json(),
+        dns: node.0.telemetry.dns.to_json(),
+        blobs: node.blobs().stats.to_json(),
+        offers: crate::offers::OfferStats::of(&node, now).to_json(),
+    })
 }
 
 /// The node's one registry, through prometheus-client's text encoder ([`crate::metrics`]).
@@ -670,11 +620,11 @@ async fn offers(
         axum::extract::Query<crate::offers::OfferFilter>,
         axum::extract::rejection::QueryRejection,
     >,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<OffersAnswer>, ApiError> {
     let axum::extract::Query(filter) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let list = crate::offers::list(&node, &filter, now_ms());
-    Ok(Json(json!({"offers": list})))
+    Ok(Json(OffersAnswer { offers: list }))
 }
 
 /// Query string of a blob upload (`?replicas=K`), as axum's `Query` parses it (public for the
@@ -737,7 +687,7 @@ async fn put_blob(
     token: Option<axum::Extension<TokenOk>>,
     axum::extract::Query(q): axum::extract::Query<PutQuery>,
     body: axum::body::Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::blobs::PutResult>, ApiError> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
     // The node signs the blob's manifest with its own key, so an upload is an action of the
@@ -855,7 +805,7 @@ async fn put_blob(
     .await;
     let _ = tokio::fs::remove_file(&path).await;
     let r = result?;
-    Ok(Json(json!(r)))
+    Ok(Json(r))
 }
 
 /// The root, live manifest and verified index of the blob named by a hex hash.
@@ -916,7 +866,7 @@ async fn get_blob(
 async fn blob_info(
     State(node): State<Node>,
     Path(raw): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BlobInfoAnswer>, ApiError> {
     let (root, m, index) = blob_lookup(&node, &raw).await?;
     let holders = crate::blobs::holders(&node, &root, m.size).await;
     let complete = holders
@@ -924,24 +874,28 @@ async fn blob_info(
         .iter()
         .filter(|(_, c, t)| c == t && *t > 0)
         .count();
-    let list: Vec<serde_json::Value> = holders
+    let list: Vec<HolderJson> = holders
         .holding
         .iter()
-        .map(|(p, c, t)| json!({"peer_id": p.to_string(), "chunks": c, "total": t}))
+        .map(|(p, c, t)| HolderJson {
+            peer_id: p.to_string(),
+            chunks: *c,
+            total: *t,
+        })
         .collect();
     // Storage nodes that did not answer may hold copies: listed apart, never as "holds none".
     let unanswered: Vec<String> = holders.unanswered.iter().map(ToString::to_string).collect();
-    Ok(Json(json!({
-        "hash": raw.to_ascii_lowercase(),
-        "size": m.size,
-        "chunk_size": m.chunk_size,
-        "chunks": m.chunks,
-        "replicas": m.replicas,
-        "complete_copies": complete,
-        "holders": list,
-        "unanswered": unanswered,
-        "index": hex::encode(&index.hashes),
-    })))
+    Ok(Json(BlobInfoAnswer {
+        hash: raw.to_ascii_lowercase(),
+        size: m.size,
+        chunk_size: m.chunk_size,
+        chunks: m.chunks,
+        replicas: m.replicas,
+        complete_copies: complete as u64,
+        holders: list,
+        unanswered,
+        index: hex::encode(&index.hashes),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1981,7 +1935,7 @@ mod http_stats_tests {
 mod wire_tests {
     use super::*;
     use dpin_protocol::{Content, ZoneKey};
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     /// A real node (store, network, health, blobs) in this process, with its API on loopback.
     async fn node(dir: &std::path::Path) -> (Node, String) {

@@ -1081,18 +1081,8 @@ pub fn manifests(node: &Node) -> Vec<BlobManifest> {
         .collect()
 }
 
-/// Result of a put.
-#[derive(Debug, serde::Serialize)]
-pub struct PutResult {
-    /// Root hash, hex.
-    pub hash: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Chunks.
-    pub chunks: u32,
-    /// Peers that acknowledged every chunk.
-    pub holders: Vec<String>,
-}
+/// Result of a put: the `POST /v1/blobs` answer of the API contract.
+pub use crate::contract::BlobPutAnswer as PutResult;
 
 /// Reads chunk `i` of a local file.
 fn read_file_chunk(path: &Path, index: &Index, i: u32) -> std::io::Result<Vec<u8>> {

@@ -17,6 +17,9 @@
 //! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers.
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum): connection caps, deadlines, JSON errors, optional token.
+//! * [`contract`] — the API's one contract: a serde type for every request and answer body,
+//!   and the one mapping from a merge outcome to a publish's answer; the server, the CLI
+//!   client and the chaos harness (`dpin-sim`) all use it.
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store: `responder`
 //!   (packet in, packet out), `serve` (sockets), `rrl`, `stats`, `aliases`.
 //! * [`metrics`] — `/metrics`: one prometheus-client registry (dpin's counters, gauges and
@@ -39,6 +42,7 @@ pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod datadir;
 pub mod dns;
 pub mod health;

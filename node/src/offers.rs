@@ -37,7 +37,6 @@ use dpin_protocol::{
 };
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 
 use crate::node::{now_ms, Node};
 
@@ -188,37 +187,8 @@ pub async fn run(
     }
 }
 
-/// One live offer as the API and CLI show it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct OfferView {
-    /// `storage` or `compute`.
-    pub kind: String,
-    /// Offering node's peer id.
-    pub peer_id: String,
-    /// Offering node's zone id.
-    pub zone: String,
-    /// Storage capacity (storage offers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capacity_bytes: Option<u64>,
-    /// Free storage (storage offers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub free_bytes: Option<u64>,
-    /// Cores (compute offers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cores: Option<u32>,
-    /// Memory (compute offers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_bytes: Option<u64>,
-    /// GPUs (compute offers).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<u32>,
-    /// Price in thousandths of a unit.
-    pub price_milli: u64,
-    /// Region tag.
-    pub region: String,
-    /// Expiry (Unix ms).
-    pub expires_at_ms: u64,
-}
+/// One live offer as the API and CLI show it (the API contract's type).
+pub use crate::contract::OfferView;
 
 pub use dpin_protocol::offer::OfferFilter;
 
