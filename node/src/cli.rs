@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::{Answer, Client};
+use crate::contract::{
+    BlobInfoAnswer, BlobPutAnswer, OffersAnswer, PublishAnswer, ResolveAnswer, StatusAnswer,
+};
 use crate::health::{run as health_run, Health, HealthConfig, UdpProbe};
 use crate::net::{self, NetConfig};
 use crate::node::{self as dnode, now_ms, Node};
@@ -761,13 +764,26 @@ fn parse_duration(s: &str) -> Result<Duration> {
 }
 
 fn api_error(a: &Answer) -> anyhow::Error {
-    let kind = a
-        .body
-        .get("error")
-        .and_then(Value::as_str)
-        .unwrap_or("error");
-    let msg = a.body.get("message").and_then(Value::as_str).unwrap_or("");
-    anyhow::anyhow!("{} refused: {kind}: {msg} (HTTP {})", a.addr, a.status)
+    let e = a.error();
+    let kind = if e.error.is_empty() {
+        "error"
+    } else {
+        &e.error
+    };
+    anyhow::anyhow!(
+        "{} refused: {kind}: {} (HTTP {})",
+        a.addr,
+        e.message,
+        a.status
+    )
+}
+
+/// The node's answer as received, plus `answered_by`: what `--json` prints (passed on as
+/// JSON, so fields a newer node adds reach scripts too).
+fn with_answered_by(a: &Answer) -> Value {
+    let mut out = a.body.clone();
+    out["answered_by"] = json!(a.addr);
+    out
 }
 
 /// What a writer wants to write, before a seq is chosen.
@@ -829,17 +845,20 @@ impl Write<'_> {
     }
 }
 
-fn print_published(a: &Answer, json_out: bool) {
+fn print_published(a: &Answer, json_out: bool) -> Result<()> {
     if json_out {
-        let mut out = a.body.clone();
-        out["answered_by"] = json!(a.addr);
-        out!("{out}");
+        out!("{}", with_answered_by(a));
     } else {
-        let name = a.body.get("name").and_then(Value::as_str).unwrap_or("?");
-        let seq = a.body.get("seq").and_then(Value::as_u64).unwrap_or(0);
-        let outcome = a.body.get("outcome").and_then(Value::as_str).unwrap_or("?");
-        out!("{name} seq {seq} ({outcome} by {})", a.addr);
+        let p: PublishAnswer = a.decode().map_err(anyhow::Error::msg)?;
+        out!(
+            "{} seq {} ({} by {})",
+            p.name,
+            p.seq,
+            p.outcome.as_str(),
+            a.addr
+        );
     }
+    Ok(())
 }
 
 /// The compare-and-set preconditions given on the command line.
@@ -879,8 +898,7 @@ async fn publish(
         };
         let record = write.sign(&key, seq, now)?;
         let answer = crate::publish::enact_if_hash(client, &floors, &record, &hash, if_seq).await?;
-        print_published(&answer, json_out);
-        return Ok(());
+        return print_published(&answer, json_out);
     }
     let answer = match (seq, if_seq) {
         // A seq fixed in advance behaves like a plan: the merge rule decides.
@@ -908,8 +926,7 @@ async fn publish(
             crate::publish::enact_cas(client, &floors, &record, held).await?
         }
     };
-    print_published(&answer, json_out);
-    Ok(())
+    print_published(&answer, json_out)
 }
 
 async fn sign_plan(
@@ -960,8 +977,7 @@ async fn publish_plan(
         }
         None => crate::publish::enact_plan(client, &record).await?,
     };
-    print_published(&answer, json_out);
-    Ok(())
+    print_published(&answer, json_out)
 }
 
 /// Resolves through the first peer that answers without saying it is cut off from the
@@ -975,8 +991,7 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
     if a.status != 200 {
         return Err(api_error(a));
     }
-    let mut out = a.body.clone();
-    out["answered_by"] = json!(a.addr);
+    let mut out = with_answered_by(a);
     if !settled.passed_over.is_empty() {
         // Peers whose answers said they were cut off, in the order asked.
         out["passed_over_cut_off"] = json!(settled.passed_over);
@@ -994,10 +1009,11 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
         out!("{out}");
         return Ok(());
     }
-    let seq = out.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    let r: ResolveAnswer = a.decode().map_err(anyhow::Error::msg)?;
     out!(
-        "{} seq {seq} (answered by {}{})",
-        out["name"].as_str().unwrap_or(name),
+        "{} seq {} (answered by {}{})",
+        r.name,
+        r.seq,
         a.addr,
         if settled.cut_off {
             ", which says it is cut off: may be stale"
@@ -1007,26 +1023,25 @@ async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
     );
     // The record's content hash: what a clean-up names to delete exactly this record
     // (`dpin publish --tombstone --if-hash HASH`).
-    if let Some(hash) = out.get("hash").and_then(Value::as_str) {
+    if let Some(hash) = &r.hash {
         out!("  hash {hash}");
     }
-    for e in out["endpoints"].as_array().into_iter().flatten() {
-        let host = e["host"].as_str().unwrap_or("?");
-        let host = if host.contains(':') {
-            format!("[{host}]")
+    for e in &r.endpoints {
+        let host = if e.host.contains(':') {
+            format!("[{}]", e.host)
         } else {
-            host.to_owned()
+            e.host.clone()
         };
         out!(
             "  {host}:{}/{} weight {}{}",
-            e["port"],
-            e["transport"].as_str().unwrap_or("tcp"),
-            e["weight"],
+            e.port,
+            e.transport,
+            e.weight,
             // Three states: healthy, unknown (not probed, e.g. a private address the probe
             // policy refuses), unhealthy.
-            match e["health"].as_str() {
-                Some("unhealthy") => " UNHEALTHY",
-                Some("unknown") => " (health unknown)",
+            match e.health.as_str() {
+                "unhealthy" => " UNHEALTHY",
+                "unknown" => " (health unknown)",
                 _ => "",
             }
         );
@@ -1041,38 +1056,34 @@ async fn status(client: &Client, json_out: bool) -> Result<()> {
     if a.status != 200 {
         return Err(api_error(&a));
     }
-    let mut out = a.body.clone();
-    out["answered_by"] = json!(a.addr);
     if json_out {
-        out!("{out}");
+        out!("{}", with_answered_by(&a));
         return Ok(());
     }
-    out!(
-        "peer {} (answered by {})",
-        out["peer_id"].as_str().unwrap_or("?"),
-        a.addr
-    );
+    let st: StatusAnswer = a.decode().map_err(anyhow::Error::msg)?;
+    out!("peer {} (answered by {})", st.peer_id, a.addr);
     out!(
         "records {}  live {}  digest {}",
-        out["records"],
-        out["live_records"],
-        out["digest"].as_str().unwrap_or("?")
+        st.records,
+        st.live_records,
+        st.digest
     );
     let now = now_ms();
-    for p in out["peers"].as_array().into_iter().flatten() {
-        let state = p["state"].as_str().unwrap_or("unknown").to_uppercase();
-        let ago = p["since_ms"]
-            .as_u64()
-            .map(|t| format!(" for {:.1}s", now.saturating_sub(t) as f64 / 1000.0))
-            .unwrap_or_default();
-        let rtt = p["rtt_ms"]
-            .as_f64()
+    for p in &st.peers {
+        let state = if p.state.is_empty() {
+            "UNKNOWN".to_owned()
+        } else {
+            p.state.to_uppercase()
+        };
+        let ago = format!(
+            " for {:.1}s",
+            now.saturating_sub(p.since_ms) as f64 / 1000.0
+        );
+        let rtt = p
+            .rtt_ms
             .map(|r| format!(", rtt {r:.1} ms"))
             .unwrap_or_default();
-        out!(
-            "  {} {state}{ago}{rtt}",
-            p["peer_id"].as_str().unwrap_or("?")
-        );
+        out!("  {} {state}{ago}{rtt}", p.peer_id);
     }
     Ok(())
 }
@@ -1096,37 +1107,32 @@ async fn offers(
     if a.status != 200 {
         return Err(api_error(&a));
     }
-    let mut out = a.body.clone();
-    out["answered_by"] = json!(a.addr);
     if json_out {
-        out!("{out}");
+        out!("{}", with_answered_by(&a));
         return Ok(());
     }
-    let list = out["offers"].as_array().cloned().unwrap_or_default();
+    let list = a
+        .decode::<OffersAnswer>()
+        .map_err(anyhow::Error::msg)?
+        .offers;
     out!("{} offers (answered by {})", list.len(), a.addr);
     for o in list {
-        let price = o["price_milli"].as_u64().unwrap_or(0) as f64 / 1000.0;
-        let what = if o["kind"] == "storage" {
+        let price = o.price_milli as f64 / 1000.0;
+        let what = if o.kind == "storage" {
             format!(
                 "storage {} free of {}",
-                human_bytes(o["free_bytes"].as_u64().unwrap_or(0)),
-                human_bytes(o["capacity_bytes"].as_u64().unwrap_or(0))
+                human_bytes(o.free_bytes.unwrap_or(0)),
+                human_bytes(o.capacity_bytes.unwrap_or(0))
             )
         } else {
             format!(
                 "compute {} cores, {} memory, {} GPUs",
-                o["cores"],
-                human_bytes(o["memory_bytes"].as_u64().unwrap_or(0)),
-                o["gpus"]
+                o.cores.unwrap_or(0),
+                human_bytes(o.memory_bytes.unwrap_or(0)),
+                o.gpus.unwrap_or(0)
             )
         };
-        out!(
-            "  {:<8.3} {:<12} {} {}",
-            price,
-            o["region"].as_str().unwrap_or(""),
-            o["peer_id"].as_str().unwrap_or("?"),
-            what
-        );
+        out!("  {:<8.3} {:<12} {} {}", price, o.region, o.peer_id, what);
     }
     Ok(())
 }
@@ -1163,17 +1169,16 @@ async fn put(client: &Client, file: &Path, replicas: u8, json_out: bool) -> Resu
             .await
         {
             Ok(a) if a.status == 200 => {
-                let mut out = a.body.clone();
-                out["answered_by"] = json!(a.addr);
                 if json_out {
-                    out!("{out}");
+                    out!("{}", with_answered_by(&a));
                 } else {
-                    out!("{}", out["hash"].as_str().unwrap_or("?"));
+                    let put: BlobPutAnswer = a.decode().map_err(anyhow::Error::msg)?;
+                    out!("{}", put.hash);
                     eprintln!(
                         "stored {} bytes in {} chunks on {} holders (via {})",
-                        out["size"],
-                        out["chunks"],
-                        out["holders"].as_array().map_or(0, Vec::len),
+                        put.size,
+                        put.chunks,
+                        put.holders.len(),
                         a.addr
                     );
                 }
@@ -1195,13 +1200,13 @@ async fn get(client: &Client, hash: &str, out: &Path) -> Result<()> {
     if info.status != 200 {
         return Err(api_error(&info));
     }
-    let index = hex::decode(info.body["index"].as_str().unwrap_or_default())
-        .context("peer sent a malformed index")?;
+    let manifest: BlobInfoAnswer = info.decode().map_err(anyhow::Error::msg)?;
+    let index = hex::decode(&manifest.index).context("peer sent a malformed index")?;
     if dpin_protocol::blob::root_of(&index) != root {
         bail!("{} sent an index that does not match the hash", info.addr);
     }
-    let chunk_size = info.body["chunk_size"].as_u64().unwrap_or(0) as usize;
-    let size = info.body["size"].as_u64().unwrap_or(0);
+    let chunk_size = manifest.chunk_size as usize;
+    let size = manifest.size;
     if chunk_size == 0 {
         bail!("{} sent a manifest without a chunk size", info.addr);
     }
@@ -1241,30 +1246,25 @@ async fn blob_info(client: &Client, hash: &str, json_out: bool) -> Result<()> {
     if a.status != 200 {
         return Err(api_error(&a));
     }
-    let mut out = a.body.clone();
-    out["answered_by"] = json!(a.addr);
-    if let Some(o) = out.as_object_mut() {
-        o.remove("index");
-    }
     if json_out {
+        let mut out = with_answered_by(&a);
+        if let Some(o) = out.as_object_mut() {
+            o.remove("index");
+        }
         out!("{out}");
         return Ok(());
     }
+    let info: BlobInfoAnswer = a.decode().map_err(anyhow::Error::msg)?;
     out!(
         "{hash}: {} bytes, {} chunks, {} replicas wanted, {} complete copies (answered by {})",
-        out["size"],
-        out["chunks"],
-        out["replicas"],
-        out["complete_copies"],
+        info.size,
+        info.chunks,
+        info.replicas,
+        info.complete_copies,
         a.addr
     );
-    for h in out["holders"].as_array().into_iter().flatten() {
-        out!(
-            "  {} {}/{} chunks",
-            h["peer_id"].as_str().unwrap_or("?"),
-            h["chunks"],
-            h["total"]
-        );
+    for h in &info.holders {
+        out!("  {} {}/{} chunks", h.peer_id, h.chunks, h.total);
     }
     Ok(())
 }

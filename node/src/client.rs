@@ -9,10 +9,18 @@
 //! Writes (POSTs: publish, blob upload) carry `Authorization: Bearer TOKEN` when the
 //! [`crate::api::API_TOKEN_ENV`] environment variable is set, for nodes whose API asks for a
 //! token ([`crate::api`], "Who may call what").
+//!
+//! Bodies are the API contract's types ([`crate::contract`]): a request is a
+//! [`PublishRequest`], and an answer is read with [`Answer::decode`] (or [`Answer::error`]).
+//! The raw JSON stays in [`Answer::body`] too, so `--json` output passes on fields a newer
+//! node sends that this build does not know.
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::contract::{ErrorBody, PublishRequest, ReadFlags};
 
 /// What one peer said.
 #[derive(Debug)]
@@ -23,6 +31,18 @@ pub struct Answer {
     pub status: u16,
     /// JSON body (or `{"error":"bad_body"}` if the body was not JSON).
     pub body: Value,
+}
+
+impl Answer {
+    /// The body as the contract's answer type `T` (fields `T` does not know are skipped).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        T::deserialize(&self.body).map_err(|e| format!("{}: unreadable answer: {e}", self.addr))
+    }
+
+    /// The body as an error answer; fields it lacks are empty.
+    pub fn error(&self) -> ErrorBody {
+        self.decode().unwrap_or_default()
+    }
 }
 
 /// Client over several peers.
@@ -47,7 +67,9 @@ pub struct Settled {
 
 /// Whether a 200 answer says its peer is cut off from the network.
 pub fn says_cut_off(a: &Answer) -> bool {
-    a.status == 200 && a.body.get("cut_off").and_then(Value::as_bool) == Some(true)
+    a.status == 200
+        && a.decode::<ReadFlags>()
+            .is_ok_and(|f| f.cut_off == Some(true))
 }
 
 /// Why no peer gave a usable answer.
@@ -116,7 +138,7 @@ impl Client {
         &self,
         addr: &str,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&PublishRequest>,
     ) -> Result<Answer, String> {
         let url = Self::url(addr, path);
         let req = match body {
@@ -157,7 +179,7 @@ impl Client {
     pub async fn first(
         &self,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&PublishRequest>,
         accept: impl Fn(&Answer) -> bool,
     ) -> Result<Answer, ClientError> {
         let mut failures = Vec::new();

@@ -344,6 +344,15 @@ pub struct ResolveAnswer {
     pub cut_off: Option<bool>,
 }
 
+/// The flags any read answer may carry, read by the client before it knows the body's type
+/// (today resolve's `cut_off`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ReadFlags {
+    /// The answering node says it is cut off ([`ResolveAnswer::cut_off`]).
+    #[serde(default)]
+    pub cut_off: Option<bool>,
+}
+
 /// `GET /v1/seq/{name}`: the highest seq held (0 if none) and the content hash at it
 /// (`null` if none), tombstoned and expired names included.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,9 +48,9 @@ use std::path::Path;
 use dpin_protocol::record::{seq_ceiling, Freshness};
 use dpin_protocol::{Content, RecordBody, SignedRecord, ZoneKey, MAX_TTL_MS};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::client::{Answer, Client};
+use crate::contract::{PublishRefusal, PublishRequest, SeqAnswer};
 use crate::node::{now_ms, Node, NodeError, PublishResult};
 use dpin_protocol::store::{Cas, Store};
 use dpin_protocol::Outcome;
@@ -260,17 +260,13 @@ pub async fn read_floors(client: &Client, name: &str) -> Result<Vec<PeerFloor>, 
     let mut failures = Vec::new();
     for answer in client.ask_all(&format!("/v1/seq/{name}")).await {
         match answer {
-            Ok(a) if a.status == 200 => match a.body.get("seq").and_then(Value::as_u64) {
-                Some(seq) => floors.push(PeerFloor {
+            Ok(a) if a.status == 200 => match a.decode::<SeqAnswer>() {
+                Ok(SeqAnswer { seq, hash, .. }) => floors.push(PeerFloor {
                     addr: a.addr,
                     seq,
-                    hash: a
-                        .body
-                        .get("hash")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    hash,
                 }),
-                None => failures.push(format!("{}: answer without a seq", a.addr)),
+                Err(e) => failures.push(e),
             },
             Ok(a) => failures.push(format!("{}: HTTP {}", a.addr, a.status)),
             Err(e) => failures.push(e),
@@ -347,25 +343,14 @@ pub fn sign(
     Ok(record)
 }
 
-fn text_of(a: &Answer, key: &str) -> String {
-    a.body
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn refused(a: &Answer) -> WriteError {
+    let e = a.error();
     WriteError::Refused {
         addr: a.addr.clone(),
         status: a.status,
-        kind: text_of(a, "error"),
-        message: text_of(a, "message"),
+        kind: e.error,
+        message: e.message,
     }
-}
-
-fn held_seq(a: &Answer) -> Option<u64> {
-    a.body.get("held_seq").and_then(Value::as_u64)
 }
 
 /// Why no peer took a compare-and-set write (see [`enact_in_order`]).
@@ -384,7 +369,7 @@ struct Exhausted {
 /// other refusal ends it too.
 async fn enact_in_order(
     client: &Client,
-    req: &Value,
+    req: &PublishRequest,
     preferred: Vec<&str>,
     mut mismatch: impl FnMut(&Answer, u64) -> Option<WriteError>,
 ) -> Result<Answer, Result<Exhausted, WriteError>> {
@@ -409,12 +394,12 @@ async fn enact_in_order(
         if a.status == 200 {
             return Ok(a);
         }
-        let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
-        match (kind, held_seq(&a)) {
-            ("clock", _) => out
-                .failures
-                .push(format!("{}: {}", a.addr, text_of(&a, "message"))),
-            ("cas_mismatch", Some(held)) => match mismatch(&a, held) {
+        let e = a.error();
+        match (e.refusal(), e.held_seq) {
+            (Some(PublishRefusal::Clock), _) => {
+                out.failures.push(format!("{}: {}", a.addr, e.message))
+            }
+            (Some(PublishRefusal::CasMismatch), Some(held)) => match mismatch(&a, held) {
                 None => out.lagging = true,
                 Some(e) => return Err(Err(e)),
             },
@@ -443,7 +428,7 @@ pub async fn enact_cas(
     expected: u64,
 ) -> Result<Answer, WriteError> {
     let name = record.name();
-    let req = json!({"record": hex::encode(record.encode()), "if_seq": expected});
+    let req = PublishRequest::new(record).if_seq(Some(expected));
     let preferred = floors
         .iter()
         .filter(|f| f.seq == expected)
@@ -507,7 +492,9 @@ pub async fn enact_if_hash(
         .iter()
         .find(|f| f.hash.as_deref() == Some(if_hash))
         .map(|f| f.seq);
-    let req = json!({"record": hex::encode(record.encode()), "if_hash": if_hash, "if_seq": if_seq});
+    let req = PublishRequest::new(record)
+        .if_hash(Some(if_hash.to_owned()))
+        .if_seq(if_seq);
     let preferred = floors
         .iter()
         .filter(|f| f.hash.as_deref() == Some(if_hash))
@@ -560,24 +547,25 @@ pub async fn enact_plan(client: &Client, record: &SignedRecord) -> Result<Answer
             addr: f.addr.clone(),
         });
     }
-    let req = json!({"record": hex::encode(record.encode())});
+    let req = PublishRequest::new(record);
     let mut failures = Vec::new();
     for addr in client.addrs() {
         match client.ask(addr, "/v1/publish", Some(&req)).await {
             Ok(a) if a.status == 200 => return Ok(a),
-            Ok(a) if a.body.get("error").and_then(Value::as_str) == Some("clock") => {
-                failures.push(format!("{}: {}", a.addr, text_of(&a, "message")));
-            }
             Ok(a) => {
-                let kind = a.body.get("error").and_then(Value::as_str).unwrap_or("");
-                return Err(match (kind, held_seq(&a)) {
-                    ("stale", Some(held)) => WriteError::Stale {
+                let e = a.error();
+                if e.refusal() == Some(PublishRefusal::Clock) {
+                    failures.push(format!("{}: {}", a.addr, e.message));
+                    continue;
+                }
+                return Err(match (e.refusal(), e.held_seq) {
+                    (Some(PublishRefusal::Stale), Some(held)) => WriteError::Stale {
                         name,
                         seq,
                         held,
                         addr: a.addr,
                     },
-                    ("conflict", _) => WriteError::Conflict {
+                    (Some(PublishRefusal::Conflict), _) => WriteError::Conflict {
                         name,
                         seq,
                         addr: a.addr,

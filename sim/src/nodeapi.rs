@@ -7,11 +7,19 @@
 //!
 //! A resolve answer's `cut_off` (the node hears too few of its peers, `dpin_protocol::reach`)
 //! is kept in [`ReadResult::cut_off`]: the readers fail over on it.
+//!
+//! Bodies are the node's API contract (`dpin_node::contract`): the same serde types the
+//! server writes and the CLI reads.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use dpin_node::contract::{
+    EndpointJson, ErrorBody, GossipStatus, PublishAnswer, PublishOutcome, PublishRefusal,
+    PublishRequest, ResolveAnswer, StatusAnswer,
+};
 use dpin_protocol::SignedRecord;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::history::OpOutcome;
@@ -59,17 +67,9 @@ impl ReadResult {
     }
 }
 
-/// The content text of a resolve answer's `endpoints` array (`host:port` items).
-fn endpoints_content(eps: &[Value]) -> String {
-    crate::history::content_of(eps.iter().map(|e| {
-        (
-            e.get("host").and_then(Value::as_str).unwrap_or("?"),
-            e.get("port")
-                .and_then(Value::as_u64)
-                .and_then(|p| u16::try_from(p).ok())
-                .unwrap_or(0),
-        )
-    }))
+/// The content text of a resolve answer's endpoints (`host:port` items).
+fn endpoints_content(eps: &[EndpointJson]) -> String {
+    crate::history::content_of(eps.iter().map(|e| (e.host.as_str(), e.port)))
 }
 
 /// What a publish returned.
@@ -137,28 +137,32 @@ impl Api {
             Err(e) => return ReadResult::failure(classify(&e), e.to_string()),
         };
         match status.as_u16() {
-            200 => {
-                let eps = body
-                    .get("endpoints")
-                    .and_then(Value::as_array)
-                    .map_or(&[][..], Vec::as_slice);
-                ReadResult {
+            200 => match ResolveAnswer::deserialize(&body) {
+                Ok(r) => ReadResult {
                     outcome: OpOutcome::Found,
-                    seq: body.get("seq").and_then(Value::as_u64),
-                    endpoints: Some(eps.len()),
-                    content: Some(endpoints_content(eps)),
+                    seq: Some(r.seq),
+                    endpoints: Some(r.endpoints.len()),
+                    content: Some(endpoints_content(&r.endpoints)),
                     detail: None,
-                    cut_off: body.get("cut_off").and_then(Value::as_bool),
+                    cut_off: r.cut_off,
+                },
+                Err(e) => ReadResult::failure(
+                    OpOutcome::Error,
+                    format!("HTTP 200, unreadable answer ({e}): {body}"),
+                ),
+            },
+            404 => {
+                let e = ErrorBody::deserialize(&body).unwrap_or_default();
+                ReadResult {
+                    outcome: OpOutcome::NotFound,
+                    seq: None,
+                    endpoints: Some(0),
+                    content: None,
+                    detail: (!e.error.is_empty()).then_some(e.error),
+                    // A 404 says nothing about reach (the error body has no `cut_off`).
+                    cut_off: None,
                 }
             }
-            404 => ReadResult {
-                outcome: OpOutcome::NotFound,
-                seq: None,
-                endpoints: Some(0),
-                content: None,
-                detail: body.get("error").and_then(Value::as_str).map(str::to_owned),
-                cut_off: body.get("cut_off").and_then(Value::as_bool),
-            },
             s => ReadResult::failure(OpOutcome::Error, format!("HTTP {s}: {body}")),
         }
     }
@@ -171,7 +175,7 @@ impl Api {
         timeout: Duration,
     ) -> WriteResult {
         let url = format!("http://{addr}/v1/publish");
-        let req = serde_json::json!({"record": hex::encode(record.encode()), "if_seq": null});
+        let req = PublishRequest::new(record);
         let resp = match self
             .http
             .post(&url)
@@ -198,24 +202,37 @@ impl Api {
                 }
             }
         };
-        let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-        let outcome = match (status, field("outcome").as_str(), field("error").as_str()) {
-            (200, "applied", _) => OpOutcome::Applied,
-            (200, "duplicate", _) => OpOutcome::Duplicate,
-            (200, "conflict_won", _) => OpOutcome::ConflictWon,
-            (409, _, "stale") => OpOutcome::Stale,
-            (409, _, _) => OpOutcome::Conflict,
-            (400..=499, _, _) => OpOutcome::Rejected,
+        if status == 200 {
+            let taken = PublishAnswer::deserialize(&body).ok();
+            let outcome = match taken.as_ref().map(|a| a.outcome) {
+                Some(PublishOutcome::Applied) => OpOutcome::Applied,
+                Some(PublishOutcome::Duplicate) => OpOutcome::Duplicate,
+                Some(PublishOutcome::ConflictWon) => OpOutcome::ConflictWon,
+                // `restored`, a word from a newer node, or an unreadable answer: not counted
+                // as an acknowledgement (as before the contract existed).
+                Some(PublishOutcome::Restored | PublishOutcome::Other) | None => OpOutcome::Error,
+            };
+            let detail = match (outcome, taken) {
+                // What the node says about spreading it: sent / no_peers / duplicate / none.
+                (OpOutcome::Error, _) | (_, None) => format!("HTTP {status}: "),
+                (_, Some(a)) => format!("gossip {}", gossip_word(a.gossip, &body)),
+            };
+            return WriteResult {
+                outcome,
+                detail: Some(detail),
+            };
+        }
+        let error = ErrorBody::deserialize(&body).unwrap_or_default();
+        let outcome = match (status, error.refusal()) {
+            (409, Some(PublishRefusal::Stale)) => OpOutcome::Stale,
+            (409, _) => OpOutcome::Conflict,
+            (400..=499, _) => OpOutcome::Rejected,
             _ => OpOutcome::Error,
         };
-        let detail = match outcome {
-            // What the node says about spreading it: sent / no_peers / duplicate / none.
-            OpOutcome::Applied | OpOutcome::Duplicate | OpOutcome::ConflictWon => {
-                Some(format!("gossip {}", field("gossip")))
-            }
-            _ => Some(format!("HTTP {status}: {}", field("error"))),
-        };
-        WriteResult { outcome, detail }
+        WriteResult {
+            outcome,
+            detail: Some(format!("HTTP {status}: {}", error.error)),
+        }
     }
 
     /// `GET /metrics`: every sample line (`name{labels} value`, comments skipped) as name
@@ -240,17 +257,28 @@ impl Api {
         if !resp.status().is_success() {
             return None;
         }
-        let body: Value = resp.json().await.ok()?;
-        let peers_alive = body.get("peers").and_then(Value::as_array).map_or(0, |ps| {
-            ps.iter()
-                .filter(|p| p.get("alive").and_then(Value::as_bool) == Some(true))
-                .count()
-        });
+        let body: StatusAnswer = resp.json().await.ok()?;
+        if body.digest.is_empty() {
+            return None;
+        }
         Some(Status {
-            digest: body.get("digest")?.as_str()?.to_owned(),
-            peers_alive,
-            records: body.get("records").and_then(Value::as_u64).unwrap_or(0),
+            peers_alive: body.peers.iter().filter(|p| p.alive).count(),
+            digest: body.digest,
+            records: body.records,
         })
+    }
+}
+
+/// The gossip word of a taken publish, as the node sent it (a word this build does not know
+/// is shown as sent, not as `other`).
+fn gossip_word(g: GossipStatus, body: &Value) -> String {
+    match g {
+        GossipStatus::Other => body
+            .get("gossip")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        known => known.as_str().to_owned(),
     }
 }
 
