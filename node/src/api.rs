@@ -1,5 +1,7 @@
 //! HTTP API (axum). JSON in, JSON out; errors are `{"error": kind, "message": text}` with the
-//! status codes of SPEC §5. Routes:
+//! status codes of SPEC §5. Every body is a type of [`crate::contract`] (the CLI's client and
+//! the chaos harness read the same types), and a publish's answer comes from its one mapping
+//! of merge outcomes, [`crate::contract::publish_verdict`]. Routes:
 //!
 //! | method | path | what |
 //! |---|---|---|

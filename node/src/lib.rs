@@ -24,7 +24,7 @@
 //!   (packet in, packet out), `serve` (sockets), `rrl`, `stats`, `aliases`.
 //! * [`metrics`] — `/metrics`: one prometheus-client registry (dpin's counters, gauges and
 //!   histograms, and libp2p's own metrics) and its text encoder.
-//! * [`client`] — the failover HTTP client the CLI uses.
+//! * [`client`] — the failover HTTP client the CLI uses (bodies: [`contract`]).
 //! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
 //!   compare-and-set one-step publishing, named deletions.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
