@@ -27,7 +27,7 @@ pub struct Answer {
 pub fn answer(node: &Node, name: &str, now_ms: u64) -> Option<Answer> {
     let record = node.read_store(|s| s.resolve(name, now_ms))?;
     let eps = record.endpoints()?.to_vec();
-    let health: Vec<HealthState> = eps.iter().map(|e| node.0.health.state(e)).collect();
+    let health: Vec<HealthState> = eps.iter().map(|e| node.health().state(e)).collect();
     let endpoints = select(eps, &health);
     Some(Answer { record, endpoints })
 }

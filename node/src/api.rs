@@ -528,7 +528,7 @@ async fn resolve(
         hash: Some(hex::encode(record.content_hash())),
         expires_at_ms: record.body.expires_at_ms,
         endpoints,
-        peer_id: node.0.net.local_peer_id().to_string(),
+        peer_id: node.local_peer_id().to_string(),
         // Still answered when cut off (never fail closed), but the reader is told the answer
         // may be stale and can ask another peer.
         cut_off: Some(node.reach().cut_off),
@@ -575,24 +575,23 @@ async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
         })
         .collect();
     let listen: Vec<String> = node
-        .0
-        .listen_addrs
-        .lock()
-        .map(|a| a.iter().map(ToString::to_string).collect())
-        .unwrap_or_default();
+        .listen_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Json(StatusAnswer {
-        peer_id: node.0.net.local_peer_id().to_string(),
+        peer_id: node.local_peer_id().to_string(),
         listen_addrs: listen,
         peers,
         reach: node.reach().into(),
         records: records as u64,
         live_records: live as u64,
         digest,
-        uptime_s: node.0.started.elapsed().as_secs_f64(),
+        uptime_s: node.uptime().as_secs_f64(),
         corrupt_entries: corrupt as u64,
-        counters: node.0.metrics.to_json(),
-        endpoints: node.0.health.to_json(),
-        dns: node.0.telemetry.dns.to_json(),
+        counters: node.counters_json(),
+        endpoints: node.health().to_json(),
+        dns: node.dns_stats().to_json(),
         blobs: node.blobs().stats.to_json(),
         offers: crate::offers::OfferStats::of(&node, now).to_json(),
     })
@@ -600,7 +599,7 @@ async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
 
 /// The node's one registry, through prometheus-client's text encoder ([`crate::metrics`]).
 async fn metrics(State(node): State<Node>) -> Result<impl IntoResponse, ApiError> {
-    let text = node.0.telemetry.render().map_err(|e| {
+    let text = node.render_metrics().map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "metrics",
@@ -719,14 +718,14 @@ async fn put_blob(
             format!("replicas must be 1-{}", dpin_protocol::record::MAX_REPLICAS),
         ));
     }
-    let key = node.0.node_key.get().cloned().ok_or_else(|| {
+    let key = node.node_key().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "starting",
             "node key not ready",
         )
     })?;
-    let tmp_dir = node.0.data_dir.join("tmp");
+    let tmp_dir = node.data_dir().join("tmp");
     let io =
         |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
     tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;

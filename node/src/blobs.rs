@@ -935,7 +935,7 @@ pub fn handle_request_at(store: &BlobStore, req: BlobRequest, now: u64) -> BlobR
 }
 
 async fn ask(node: &Node, peer: PeerId, req: BlobRequest) -> Result<BlobResponse, String> {
-    if peer == node.0.net.local_peer_id() {
+    if peer == node.local_peer_id() {
         let store = node.blobs().clone();
         return tokio::task::spawn_blocking(move || handle_request(&store, req))
             .await
@@ -1457,7 +1457,7 @@ async fn fetch_chunk_once(
     if let Ok(Ok(data)) = tokio::task::spawn_blocking(move || store.get_chunk(&r, i)).await {
         return Ok(data);
     }
-    let me = node.0.net.local_peer_id();
+    let me = node.local_peer_id();
     let mut why = Vec::new();
     let mut transient = false;
     for &peer in candidates {
@@ -1729,7 +1729,7 @@ fn shape(m: &BlobManifest) -> BlobShape {
 /// Makes sure this node holds every blob it is an intended holder of, and collects copies it
 /// no longer should hold.
 async fn repair_once(node: &Node) {
-    let me = node.0.net.local_peer_id();
+    let me = node.local_peer_id();
     let now = now_ms();
     for (root, by_zone) in manifests_by_root(node, now) {
         repair_blob(node, me, root, &by_zone, now).await;
@@ -1919,7 +1919,7 @@ async fn pull(
 
 /// Refreshes the holder admission view ([`BlobStore::set_view`]).
 fn refresh_gate(node: &Node) {
-    let me = node.0.net.local_peer_id();
+    let me = node.local_peer_id();
     node.blobs()
         .set_view(me, offers::storage_candidates(node, now_ms()));
 }

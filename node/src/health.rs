@@ -1230,10 +1230,10 @@ pub fn tally(
 /// probers' observations into the shared view, publishes this node's own observations when
 /// they changed or are due, and returns this node's endpoints grouped by zone.
 pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
-    let health = node.0.health.clone();
+    let health = node.health().clone();
     let k = health.config.probers;
     let now = now_ms();
-    let me = node.0.net.local_peer_id();
+    let me = node.local_peer_id();
     let mut members: Vec<PeerId> = node
         .peers()
         .into_iter()
@@ -1345,7 +1345,7 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
 /// content changed or that are older than [`Health::observation_refresh`], and a tombstone for
 /// each label no longer needed.
 fn publish_observations(node: &Node, health: &Arc<Health>, now: u64) {
-    let Some(key) = node.0.node_key.get().cloned() else {
+    let Some(key) = node.node_key() else {
         return;
     };
     if health.publishing.swap(true, Ordering::AcqRel) {

@@ -318,42 +318,48 @@ pub enum NodeError {
     Task(String),
 }
 
-/// State shared by the event handlers and front-ends.
+/// State shared by the event handlers and front-ends. Its fields are this module's: other
+/// modules ask [`Node`] for what they need (its methods say what that is), so no front-end
+/// reaches into the store lock or the network handle.
 pub struct Shared {
     store: Mutex<DurableStore>,
     persister: Persister,
     /// Network handle.
-    pub net: NetHandle,
+    net: NetHandle,
     /// Counters.
-    pub metrics: Metrics,
+    metrics: Metrics,
     /// The `/metrics` registry and what records into it directly.
-    pub telemetry: metrics::Telemetry,
+    telemetry: metrics::Telemetry,
     detector: Mutex<Detector<PeerId>>,
     /// Endpoint health table.
-    pub health: Arc<Health>,
-    /// Addresses the swarm listens on.
-    pub listen_addrs: Mutex<Vec<Multiaddr>>,
+    health: Arc<Health>,
+    /// Addresses the swarm listens on: filled at start by the daemon (`cli.rs`), kept current
+    /// by the event loop; read through [`Node::listen_addrs`].
+    pub(crate) listen_addrs: Mutex<Vec<Multiaddr>>,
     /// When the node started.
-    pub started: Instant,
+    started: Instant,
     /// Data directory.
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
     sync_slots: tokio::sync::Semaphore,
     /// When a sync session with each peer last started, either direction (monotonic ms).
     last_sync: Mutex<BTreeMap<PeerId, u64>>,
     blobs: Arc<BlobStore>,
-    /// The node's own zone key (its libp2p identity), for offers and blob manifests.
-    pub node_key: std::sync::OnceLock<dpin_protocol::ZoneKey>,
+    /// The node's own zone key (its libp2p identity), for offers and blob manifests. Set
+    /// once at start by the daemon (`cli.rs`); read through [`Node::node_key`].
+    pub(crate) node_key: std::sync::OnceLock<dpin_protocol::ZoneKey>,
     /// One budget per peer across every ingest path, with offence scores and bans
     /// ([`ingest::PeerBudget`], on [`Node::mono_ms`]).
     budget: Mutex<ingest::PeerBudget<PeerId>>,
     /// Whether the node was given peers to join (`--bootstrap`): such a node that knows no
     /// peer yet is cut off, while a node started alone is not ([`dpin_protocol::reach`]).
-    pub expects_peers: std::sync::atomic::AtomicBool,
+    /// Set once at start by the daemon (`cli.rs`).
+    pub(crate) expects_peers: std::sync::atomic::AtomicBool,
 }
 
-/// Cheap cloneable handle to the node.
+/// Cheap cloneable handle to the node. Other modules use its methods, not its fields
+/// (`metrics.rs` rebuilds one from its weak reference).
 #[derive(Clone)]
-pub struct Node(pub Arc<Shared>);
+pub struct Node(pub(crate) Arc<Shared>);
 
 /// The result of an API publish.
 #[derive(Debug)]
@@ -427,6 +433,81 @@ impl Node {
     /// The node's chunk store.
     pub fn blobs(&self) -> &Arc<BlobStore> {
         &self.0.blobs
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.0.net.local_peer_id()
+    }
+
+    /// The addresses the swarm listens on now.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        lock(&self.0.listen_addrs).clone()
+    }
+
+    /// Time since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.0.data_dir
+    }
+
+    /// The node's own zone key (offers, blob manifests, health observations); `None` until the
+    /// daemon has set it at start.
+    pub fn node_key(&self) -> Option<dpin_protocol::ZoneKey> {
+        self.0.node_key.get().cloned()
+    }
+
+    /// The endpoint health table (answers order endpoints by it; the prober fills it).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.0.health
+    }
+
+    /// This node's DNS front-end counters (the DNS server records into them).
+    pub fn dns_stats(&self) -> &Arc<crate::dns::DnsStats> {
+        &self.0.telemetry.dns
+    }
+
+    /// The node's own counters as JSON (`/v1/status`'s `counters`).
+    pub fn counters_json(&self) -> serde_json::Value {
+        self.0.metrics.to_json()
+    }
+
+    /// The whole `/metrics` exposition (OpenMetrics text).
+    pub fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        self.0.telemetry.render()
+    }
+
+    /// Gossips a record's wire bytes; `None` (logged) if the network refused it: anti-entropy
+    /// carries the record then.
+    pub(crate) async fn gossip_record(&self, wire: Vec<u8>) -> Option<PublishStatus> {
+        match self.0.net.publish(wire).await {
+            Ok(status) => Some(status),
+            Err(e) => {
+                tracing::warn!(%e, "gossip publish failed; anti-entropy will carry the record");
+                None
+            }
+        }
+    }
+
+    /// Counts a finished API publish: its outcome and time to durable in the registry, and
+    /// the node's publish counters.
+    pub(crate) fn count_publish(&self, outcome: &Outcome, took: Duration) {
+        let rec = &self.0.telemetry.recorders;
+        rec.apply_latency(RecordPath::Publish, took);
+        rec.record(RecordPath::Publish, outcome);
+        let m = &self.0.metrics;
+        if let Outcome::Conflict { .. } = outcome {
+            m.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.changed_store() {
+            m.publish_applied.fetch_add(1, Ordering::Relaxed);
+        } else if !outcome.is_winner() {
+            m.publish_refused.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Sends a blob request (already encoded) to `peer` and returns the raw answer.

@@ -230,7 +230,7 @@ pub fn is_live_member(info: &dpin_protocol::liveness::PeerInfo, now: u64) -> boo
 /// Membership is judged from this node's own connections, so in a network larger than the
 /// connection limit a real storage node this node is not connected to does not count here.
 pub fn members(node: &Node) -> impl Fn(&PeerId) -> bool {
-    let me = node.0.net.local_peer_id();
+    let me = node.local_peer_id();
     let live = live_peers(node);
     move |p: &PeerId| *p == me || live.contains(p)
 }

@@ -53,8 +53,6 @@ use crate::client::{Answer, Client};
 use crate::contract::{PublishRefusal, PublishRequest, SeqAnswer};
 use crate::node::{now_ms, Node, NodeError, PublishResult};
 use dpin_protocol::store::{Cas, Store};
-use dpin_protocol::Outcome;
-use std::sync::atomic::Ordering;
 
 /// Version of the plan file format.
 pub const PLAN_VERSION: u32 = 1;
@@ -610,32 +608,15 @@ impl Node {
                 Ok(())
             }
         };
-        let m = &self.0.metrics;
         let gossip = async {
             if !outcome.changed_store() {
                 return None;
             }
-            match self.0.net.publish(prepared.wire().to_vec()).await {
-                Ok(status) => Some(status),
-                Err(e) => {
-                    tracing::warn!(%e, "gossip publish failed; anti-entropy will carry the record");
-                    None
-                }
-            }
+            self.gossip_record(prepared.wire().to_vec()).await
         };
         let (durable, gossip) = tokio::join!(durable, gossip);
         durable?;
-        let rec = &self.0.telemetry.recorders;
-        rec.apply_latency(crate::metrics::RecordPath::Publish, started.elapsed());
-        rec.record(crate::metrics::RecordPath::Publish, &outcome);
-        if let Outcome::Conflict { .. } = outcome {
-            m.conflicts.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.changed_store() {
-            m.publish_applied.fetch_add(1, Ordering::Relaxed);
-        } else if !outcome.is_winner() {
-            m.publish_refused.fetch_add(1, Ordering::Relaxed);
-        }
+        self.count_publish(&outcome, started.elapsed());
         Ok(PublishResult { outcome, gossip })
     }
 }

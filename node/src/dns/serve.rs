@@ -11,7 +11,7 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
         source,
     };
     let addr = udp.local_addr().map_err(|e| bind_err("udp", e))?;
-    let stats = node.0.telemetry.dns.clone();
+    let stats = node.dns_stats().clone();
     let responder = Arc::new(Responder::with_stats(node, &config.aliases, stats));
     let rrl = Arc::new(Rrl::new(config.rrl));
     let workers = udp_workers();
