@@ -25,6 +25,7 @@
 //! * [`metrics`] — `/metrics`: one prometheus-client registry (dpin's counters, gauges and
 //!   histograms, and libp2p's own metrics) and its text encoder.
 //! * [`client`] — the failover HTTP client the CLI uses (bodies: [`contract`]).
+//! * [`clock`] — the wall clock (`now_ms`), read in one place.
 //! * [`publish`] — safe client-side writes: plans (`dpin sign`, `publish --record`),
 //!   compare-and-set one-step publishing, named deletions.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
@@ -41,6 +42,7 @@ pub mod api;
 pub mod blobs;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod contract;
 pub mod datadir;

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dpin_protocol::blob::{BlobRequest, BlobResponse};
 use dpin_protocol::digest::MAX_RECORDS_PER_CHUNK;
@@ -61,14 +61,7 @@ pub const CATCH_UP_FALLBACK: Duration = Duration::from_millis(300);
 /// Peers whose last sync time is remembered (for the catch-up fallback).
 const MAX_LAST_SYNC_PEERS: usize = 1024;
 
-/// Current wall-clock time in Unix milliseconds: the one place the node reads the clock for the
-/// protocol.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Counters exposed on `/metrics` and in status. Everything dropped is counted somewhere here.
 #[derive(Default, Debug)]
@@ -368,6 +361,52 @@ pub struct PublishResult {
     pub outcome: Outcome,
     /// Whether gossip reached at least one peer (`None` if nothing was gossiped).
     pub gossip: Option<PublishStatus>,
+}
+
+impl crate::offers::OfferHost for Node {
+    fn local_peer_id(&self) -> PeerId {
+        Node::local_peer_id(self)
+    }
+
+    fn mono_ms(&self) -> u64 {
+        Node::mono_ms(self)
+    }
+
+    fn peers(&self) -> BTreeMap<PeerId, PeerInfo> {
+        Node::peers(self)
+    }
+
+    fn reserved_records(&self, prefix: &str, live_at: Option<u64>) -> Vec<SignedRecord> {
+        self.read_store(|s| {
+            s.reserved(prefix)
+                .filter(|(_, e)| live_at.is_none_or(|now| e.is_live(now)))
+                .filter_map(|(_, e)| e.record())
+                .collect()
+        })
+    }
+
+    fn floor_seq(&self, name: &str) -> Option<u64> {
+        self.read_store(|s| s.mem().entry(name).map(|e| e.floor.seq))
+    }
+}
+
+impl crate::offers::OfferPublisher for Node {
+    fn publish_own(
+        &self,
+        record: SignedRecord,
+    ) -> impl std::future::Future<Output = Result<Outcome, String>> + Send {
+        let node = self.clone();
+        async move {
+            node.publish(record, None)
+                .await
+                .map(|r| r.outcome)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn set_storage_capacity(&self, bytes: Option<u64>) {
+        self.0.blobs.set_capacity(bytes);
+    }
 }
 
 /// A peer's place on the failure detector's watch ring: the last 8 bytes of its id's

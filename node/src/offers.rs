@@ -26,7 +26,8 @@
 //! then looked alive for as long as the step. Millisecond seqs sit far below the protocol's
 //! time-tied seq ceiling (microseconds), so the floor + 1 step never nears it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Duration;
 
 use dpin_protocol::blob::StorageCandidate;
@@ -38,7 +39,35 @@ use dpin_protocol::{
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 
-use crate::node::{now_ms, Node};
+use crate::clock::now_ms;
+
+/// What the offer view and the offer refresher need from the node. The node implements it
+/// (`node.rs`); this module does not import the node.
+pub trait OfferHost {
+    /// This node's peer id.
+    fn local_peer_id(&self) -> PeerId;
+    /// The failure detector's monotonic clock (ms).
+    fn mono_ms(&self) -> u64;
+    /// The failure detector's table.
+    fn peers(&self) -> BTreeMap<PeerId, dpin_protocol::liveness::PeerInfo>;
+    /// The signed records held under a reserved name prefix (`_offer-`, `_blob-`): every held
+    /// body, or with `live_at` only those of entries live at that time (Unix ms).
+    fn reserved_records(&self, prefix: &str, live_at: Option<u64>) -> Vec<SignedRecord>;
+    /// The floor seq held for `name` (kept across restarts), if any.
+    fn floor_seq(&self, name: &str) -> Option<u64>;
+}
+
+/// What the offer refresher ([`run`]) needs besides [`OfferHost`]: to publish this node's
+/// offers and to bound the storage others may write to it.
+pub trait OfferPublisher: OfferHost {
+    /// Applies and gossips one of this node's own records; the merge outcome, or why not.
+    fn publish_own(
+        &self,
+        record: SignedRecord,
+    ) -> impl Future<Output = Result<dpin_protocol::Outcome, String>> + Send;
+    /// Takes blob writes from others only within `bytes` (none when `None`).
+    fn set_storage_capacity(&self, bytes: Option<u64>);
+}
 
 /// An offer expires after this many refresh intervals without a refresh.
 pub const EXPIRY_REFRESHES: u32 = 3;
@@ -86,9 +115,8 @@ pub fn own_seq(now_ms: u64, floor: Option<u64>) -> u64 {
 }
 
 /// The floor seq the node's store holds for `name` (kept across restarts), if any.
-pub fn held_floor(node: &Node, name: &str) -> Option<u64> {
-    use dpin_protocol::Store as _;
-    node.read_store(|s| s.mem().entry(name).map(|e| e.floor.seq))
+pub fn held_floor(node: &impl OfferHost, name: &str) -> Option<u64> {
+    node.floor_seq(name)
 }
 
 /// Signs this node's current offers (the lifetime is [`EXPIRY_REFRESHES`] refreshes, at most
@@ -151,14 +179,14 @@ pub fn sign_offers(
 
 /// Publishes this node's offers now and then every refresh interval, forever.
 pub async fn run(
-    node: Node,
+    node: impl OfferPublisher,
     key: ZoneKey,
     offers: LocalOffers,
     free: impl Fn() -> u64 + Send + 'static,
 ) {
     // The blob store takes writes from others only within the storage this node offers
     // (nothing without `--offer-storage`).
-    node.blobs().set_capacity(offers.storage_bytes);
+    node.set_storage_capacity(offers.storage_bytes);
     if offers.storage_bytes.is_none() && offers.cores.is_none() {
         return;
     }
@@ -178,9 +206,11 @@ pub async fn run(
         tick.tick().await;
         let floor = |name: &str| held_floor(&node, name);
         for record in sign_offers(&key, &offers, free(), now_ms(), floor) {
-            match node.publish(record, None).await {
-                Ok(r) if r.outcome.is_winner() => {}
-                Ok(r) => tracing::warn!(outcome = r.outcome.kind(), "offer refresh not applied"),
+            match node.publish_own(record).await {
+                Ok(outcome) if outcome.is_winner() => {}
+                Ok(outcome) => {
+                    tracing::warn!(outcome = outcome.kind(), "offer refresh not applied")
+                }
                 Err(e) => tracing::warn!(%e, "offer refresh failed"),
             }
         }
@@ -229,7 +259,7 @@ pub fn is_live_member(info: &dpin_protocol::liveness::PeerInfo, now: u64) -> boo
 ///
 /// Membership is judged from this node's own connections, so in a network larger than the
 /// connection limit a real storage node this node is not connected to does not count here.
-pub fn members(node: &Node) -> impl Fn(&PeerId) -> bool {
+pub fn members<N: OfferHost>(node: &N) -> impl Fn(&PeerId) -> bool + use<N> {
     let me = node.local_peer_id();
     let live = live_peers(node);
     move |p: &PeerId| *p == me || live.contains(p)
@@ -237,7 +267,7 @@ pub fn members(node: &Node) -> impl Fn(&PeerId) -> bool {
 
 /// The peers [`is_live_member`] admits now (this node excluded). Cheap: the failure
 /// detector's table, bounded by the connection limit; no store access.
-pub fn live_peers(node: &Node) -> BTreeSet<PeerId> {
+pub fn live_peers(node: &impl OfferHost) -> BTreeSet<PeerId> {
     let now = node.mono_ms();
     node.peers()
         .into_iter()
@@ -248,20 +278,16 @@ pub fn live_peers(node: &Node) -> BTreeSet<PeerId> {
 
 /// The offers that count at `now` (Unix ms): unexpired, expiring within
 /// [`dpin_protocol::offer::MAX_OFFER_LIFETIME_MS`], from live members.
-pub fn offer_view(node: &Node, now: u64) -> dpin_protocol::offer::OfferView<PeerId> {
+pub fn offer_view(node: &impl OfferHost, now: u64) -> dpin_protocol::offer::OfferView<PeerId> {
     let is_member = members(node);
     // The store's reserved-name index: reads the offers only, not every name.
-    let records: Vec<SignedRecord> = node.read_store(|s| {
-        s.reserved("_offer-")
-            .filter_map(|(_, e)| e.record())
-            .collect()
-    });
+    let records = node.reserved_records("_offer-", None);
     dpin_protocol::offer::OfferView::build(&records, now, peer_of, is_member)
 }
 
 /// Live offers held by `node` that match `filter`, cheapest first (ties by peer id, so the
 /// order is the same on every node).
-pub fn list(node: &Node, filter: &OfferFilter, now: u64) -> Vec<OfferView> {
+pub fn list(node: &impl OfferHost, filter: &OfferFilter, now: u64) -> Vec<OfferView> {
     offer_view(node, now)
         .list(filter)
         .into_iter()
@@ -270,7 +296,7 @@ pub fn list(node: &Node, filter: &OfferFilter, now: u64) -> Vec<OfferView> {
 }
 
 /// The storage offers that count at `now`, for placement.
-pub fn storage_candidates(node: &Node, now: u64) -> Vec<StorageCandidate<PeerId>> {
+pub fn storage_candidates(node: &impl OfferHost, now: u64) -> Vec<StorageCandidate<PeerId>> {
     offer_view(node, now).storage()
 }
 
@@ -285,7 +311,7 @@ pub struct OfferStats {
 
 impl OfferStats {
     /// The current counts at `now`.
-    pub fn of(node: &Node, now: u64) -> Self {
+    pub fn of(node: &impl OfferHost, now: u64) -> Self {
         let v = offer_view(node, now);
         Self {
             counted: v.list(&OfferFilter::default()).len() as u64,
