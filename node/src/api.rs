@@ -131,6 +131,34 @@ impl IntoResponse for ApiError {
     }
 }
 
+// Conversions from the node's own types into the contract's (kept here so that
+// `crate::contract` depends on the protocol crate only).
+
+impl EndpointJson {
+    /// JSON form of a record endpoint.
+    pub fn from_endpoint(e: &dpin_protocol::Endpoint, health: crate::health::HealthState) -> Self {
+        Self {
+            host: e.host.to_string(),
+            port: e.port,
+            transport: e.transport.as_str().to_owned(),
+            weight: e.weight,
+            healthy: health == crate::health::HealthState::Healthy,
+            health: health.as_str().to_owned(),
+        }
+    }
+}
+
+impl From<Option<crate::net::PublishStatus>> for GossipStatus {
+    fn from(s: Option<crate::net::PublishStatus>) -> Self {
+        match s {
+            Some(crate::net::PublishStatus::Sent) => Self::Sent,
+            Some(crate::net::PublishStatus::NoPeers) => Self::NoPeers,
+            Some(crate::net::PublishStatus::Duplicate) => Self::Duplicate,
+            None => Self::None,
+        }
+    }
+}
+
 /// Normalises a user-supplied name: lowercase, no trailing dot, optional `.dpin` suffix.
 pub fn normalize_name(raw: &str) -> Result<String, ApiError> {
     let n = raw.trim_end_matches('.').to_ascii_lowercase();

@@ -76,8 +76,24 @@ use dpin_protocol::record::blob_label;
 use dpin_protocol::{BlobManifest, Content, Freshness, RecordBody, SignedRecord, ZoneId, ZoneKey};
 use libp2p::PeerId;
 
-use crate::node::{now_ms, Node};
+use crate::clock::now_ms;
 use crate::offers;
+use crate::offers::OfferPublisher;
+
+/// What blob storage needs from the node: its chunk store, blob requests to peers, and what
+/// the offers need ([`OfferPublisher`]: the membership, the reserved records, publishing this
+/// node's own manifests). The node implements it (`node.rs`); this module does not import
+/// the node.
+pub trait BlobHost: OfferPublisher + Clone + Send + Sync + 'static {
+    /// This node's chunk store.
+    fn blobs(&self) -> &std::sync::Arc<BlobStore>;
+    /// Sends a blob request (already encoded) to `peer` and returns the raw answer.
+    fn request_blob(
+        &self,
+        peer: PeerId,
+        req: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send;
+}
 
 /// Largest blob accepted for `put`.
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
@@ -934,7 +950,11 @@ pub fn handle_request_at(store: &BlobStore, req: BlobRequest, now: u64) -> BlobR
     }
 }
 
-async fn ask(node: &Node, peer: PeerId, req: BlobRequest) -> Result<BlobResponse, String> {
+async fn ask<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    req: BlobRequest,
+) -> Result<BlobResponse, String> {
     if peer == node.local_peer_id() {
         let store = node.blobs().clone();
         return tokio::task::spawn_blocking(move || handle_request(&store, req))
@@ -949,7 +969,7 @@ async fn ask(node: &Node, peer: PeerId, req: BlobRequest) -> Result<BlobResponse
 /// Live storage nodes whose capacity could ever hold a blob of `size` bytes (from its
 /// verified index), in rendezvous order for `root`, each with its offer's free bytes.
 /// See [`plan::placement`].
-pub fn placement(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u64)> {
+pub fn placement<N: BlobHost>(node: &N, root: &[u8; 32], size: u64) -> Vec<(PeerId, u64)> {
     order(node, root, size, now_ms())
         .into_iter()
         .map(|c| (c.peer, c.free))
@@ -957,7 +977,12 @@ pub fn placement(node: &Node, root: &[u8; 32], size: u64) -> Vec<(PeerId, u64)> 
 }
 
 /// [`plan::placement`] over the storage offers that count at `at` (Unix ms).
-fn order(node: &Node, root: &[u8; 32], size: u64, at: u64) -> Vec<StorageCandidate<PeerId>> {
+fn order<N: BlobHost>(
+    node: &N,
+    root: &[u8; 32],
+    size: u64,
+    at: u64,
+) -> Vec<StorageCandidate<PeerId>> {
     plan::placement(
         root,
         size,
@@ -990,17 +1015,18 @@ pub fn rank_ids(root: &[u8; 32], peer_ids: &[&str]) -> Vec<String> {
 }
 
 /// Every live manifest record of `root` held, by zone.
-fn manifest_records(node: &Node, root: &[u8; 32], now: u64) -> BTreeMap<ZoneId, SignedRecord> {
+fn manifest_records<N: BlobHost>(
+    node: &N,
+    root: &[u8; 32],
+    now: u64,
+) -> BTreeMap<ZoneId, SignedRecord> {
     let prefix = format!("{}.", blob_label(root));
     // The store's reserved-name index: reads this root's manifests only (on every GET).
-    node.read_store(|s| {
-        s.reserved(&prefix)
-            .filter(|(_, e)| e.is_live(now))
-            .filter_map(|(_, e)| e.record())
-            .filter(|r| matches!(&r.body.content, Content::BlobManifest(m) if m.root == *root))
-            .map(|r| (r.body.zone, r))
-            .collect()
-    })
+    node.reserved_records(&prefix, Some(now))
+        .into_iter()
+        .filter(|r| matches!(&r.body.content, Content::BlobManifest(m) if m.root == *root))
+        .map(|r| (r.body.zone, r))
+        .collect()
 }
 
 fn manifest_of(r: &SignedRecord) -> Option<BlobManifest> {
@@ -1015,7 +1041,7 @@ fn manifest_of(r: &SignedRecord) -> Option<BlobManifest> {
 /// zones, one whose claims match an index held here, else the first by zone (which only
 /// names the blob: reads take size and chunks from the verified index, and repair asks the
 /// holders which zone they were written under, see [`plan::owner_by_vouches`]).
-pub fn manifest(node: &Node, root: &[u8; 32]) -> Option<BlobManifest> {
+pub fn manifest<N: BlobHost>(node: &N, root: &[u8; 32]) -> Option<BlobManifest> {
     let all = manifest_records(node, root, now_ms());
     let store = node.blobs();
     if let Some(m) = store
@@ -1043,7 +1069,11 @@ pub fn manifest(node: &Node, root: &[u8; 32]) -> Option<BlobManifest> {
 /// zone can publish a manifest for any root; the verified index is what decides, so a foreign
 /// manifest claiming another size or chunk count never describes someone else's blob.
 /// `None` if no live manifest fits.
-pub fn manifest_for_index(node: &Node, root: &[u8; 32], ix: &Index) -> Option<BlobManifest> {
+pub fn manifest_for_index<N: BlobHost>(
+    node: &N,
+    root: &[u8; 32],
+    ix: &Index,
+) -> Option<BlobManifest> {
     let all = manifest_records(node, root, now_ms());
     let fits =
         |m: &BlobManifest| manifest_matches_index(m, root, ix.size, ix.chunk_size, ix.hashes.len());
@@ -1057,14 +1087,12 @@ pub fn manifest_for_index(node: &Node, root: &[u8; 32], ix: &Index) -> Option<Bl
 }
 
 /// Every root with a live manifest held, with its manifest records by zone (for repair).
-fn manifests_by_root(node: &Node, now: u64) -> BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> {
+fn manifests_by_root<N: BlobHost>(
+    node: &N,
+    now: u64,
+) -> BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> {
     let mut out: BTreeMap<[u8; 32], BTreeMap<ZoneId, SignedRecord>> = BTreeMap::new();
-    let records: Vec<SignedRecord> = node.read_store(|s| {
-        s.reserved("_blob-")
-            .filter(|(_, e)| e.is_live(now))
-            .filter_map(|(_, e)| e.record())
-            .collect()
-    });
+    let records = node.reserved_records("_blob-", Some(now));
     for r in records {
         if let Content::BlobManifest(m) = &r.body.content {
             out.entry(m.root).or_default().insert(r.body.zone, r);
@@ -1074,7 +1102,7 @@ fn manifests_by_root(node: &Node, now: u64) -> BTreeMap<[u8; 32], BTreeMap<ZoneI
 }
 
 /// Every live manifest held (one per root, see [`manifest`]).
-pub fn manifests(node: &Node) -> Vec<BlobManifest> {
+pub fn manifests<N: BlobHost>(node: &N) -> Vec<BlobManifest> {
     manifests_by_root(node, now_ms())
         .keys()
         .filter_map(|root| manifest(node, root))
@@ -1131,7 +1159,7 @@ pub fn index_file(path: &Path, chunk_size: u32) -> std::io::Result<Index> {
 /// retry: a timeout or a closed connection says nothing about whether the holder acted, and
 /// even an error answer can come from a request garbled in transit (a cut stream decodes as
 /// a truncated request). The requests are idempotent, and [`PUT_STALL`] bounds the retries.
-async fn ask_stored(node: &Node, peer: PeerId, req: BlobRequest) -> Result<(), String> {
+async fn ask_stored<N: BlobHost>(node: &N, peer: PeerId, req: BlobRequest) -> Result<(), String> {
     match ask(node, peer, req).await? {
         BlobResponse::Stored => Ok(()),
         other => Err(format!("{other:?}")),
@@ -1176,8 +1204,8 @@ impl Progress {
 }
 
 /// [`ask_stored`], tried again until it succeeds or the holder stalls.
-async fn ask_stored_retrying(
-    node: &Node,
+async fn ask_stored_retrying<N: BlobHost>(
+    node: &N,
     peer: PeerId,
     progress: &mut Progress,
     req: impl Fn() -> BlobRequest,
@@ -1208,8 +1236,8 @@ async fn read_chunk(path: &Path, index: &Index, i: u32) -> Result<Vec<u8>, Strin
 }
 
 /// Reads chunk `i` of the upload and stores it on `peer` (one attempt).
-async fn send_chunk(
-    node: &Node,
+async fn send_chunk<N: BlobHost>(
+    node: &N,
     peer: PeerId,
     path: &Path,
     root: [u8; 32],
@@ -1229,8 +1257,8 @@ async fn send_chunk(
 /// it made no progress for [`PUT_STALL`]. Chunks in flight share one connection, so on a slow
 /// or loaded link they all finish late together: fewer in flight is what lets each finish
 /// within the request timeout.
-async fn store_on(
-    node: &Node,
+async fn store_on<N: BlobHost>(
+    node: &N,
     peer: PeerId,
     path: &Path,
     root: [u8; 32],
@@ -1280,8 +1308,8 @@ async fn store_on(
 }
 
 /// Distributes the file at `path` to `replicas` holders and publishes its manifest.
-pub async fn put(
-    node: &Node,
+pub async fn put<N: BlobHost>(
+    node: &N,
     key: &ZoneKey,
     path: &Path,
     replicas: usize,
@@ -1364,17 +1392,17 @@ pub async fn put(
     })
 }
 
-async fn publish_manifest(node: &Node, record: SignedRecord) -> Result<(), BlobError> {
-    let r = node
-        .publish(record, None)
+async fn publish_manifest<N: BlobHost>(node: &N, record: SignedRecord) -> Result<(), BlobError> {
+    let outcome = node
+        .publish_own(record)
         .await
-        .map_err(|e| BlobError::Manifest(e.to_string()))?;
-    if r.outcome.is_winner() {
+        .map_err(BlobError::Manifest)?;
+    if outcome.is_winner() {
         Ok(())
     } else {
         Err(BlobError::Manifest(format!(
             "manifest not applied: {}",
-            r.outcome.kind()
+            outcome.kind()
         )))
     }
 }
@@ -1383,8 +1411,8 @@ async fn publish_manifest(node: &Node, record: SignedRecord) -> Result<(), BlobE
 /// `_claimed_size` is a manifest's claim and is not trusted: every live storage node is
 /// asked in rendezvous order, so a foreign manifest claiming a huge size cannot hide the
 /// holders.
-pub async fn fetch_index(
-    node: &Node,
+pub async fn fetch_index<N: BlobHost>(
+    node: &N,
     root: &[u8; 32],
     _claimed_size: u64,
 ) -> Result<Index, BlobError> {
@@ -1419,8 +1447,8 @@ pub async fn fetch_index(
 /// Chunk `i` of `root`, verified, from this node or the first of `candidates` (live storage
 /// nodes in rendezvous order, see [`placement`]; computed once per blob by the caller, since
 /// it scans the offers) that has a good copy. One pass over the candidates.
-pub async fn fetch_chunk(
-    node: &Node,
+pub async fn fetch_chunk<N: BlobHost>(
+    node: &N,
     root: &[u8; 32],
     index: &Index,
     i: u32,
@@ -1441,8 +1469,8 @@ struct ChunkMiss {
 }
 
 /// [`fetch_chunk`], telling a miss worth retrying from one that is not.
-async fn fetch_chunk_once(
-    node: &Node,
+async fn fetch_chunk_once<N: BlobHost>(
+    node: &N,
     root: &[u8; 32],
     index: &Index,
     i: u32,
@@ -1510,8 +1538,8 @@ pub const GET_STALL: Duration = PUT_STALL;
 /// Before, each chunk got one pass over the holders (one 2 s request timeout each) and the
 /// read ended early on the first miss, so holders that stalled for longer than that (a
 /// paused host, a loaded machine) cut a download short.
-pub async fn fetch_chunks(
-    node: Node,
+pub async fn fetch_chunks<N: BlobHost>(
+    node: N,
     root: [u8; 32],
     index: Index,
     mut candidates: Vec<PeerId>,
@@ -1620,7 +1648,7 @@ pub struct Holders {
 /// Every storage node that may hold a copy of a blob: members whose storage offer is live,
 /// or lapsed less than [`CENSUS_GRACE_MS`] ago (a late refresh does not hide a copy), this
 /// node included if it offers storage. In peer order.
-fn census_peers(node: &Node) -> Vec<PeerId> {
+fn census_peers<N: BlobHost>(node: &N) -> Vec<PeerId> {
     let now = now_ms();
     offers::storage_candidates(node, now.saturating_sub(CENSUS_GRACE_MS))
         .into_iter()
@@ -1639,7 +1667,7 @@ fn census_peers(node: &Node) -> Vec<PeerId> {
 /// Asking the live placement one node at a time and dropping non-answers made a loaded
 /// node report fewer copies than exist: a holder whose offer refresh was late (offers lapse
 /// after three refreshes) was not asked at all, and one whose answer timed out vanished.
-pub async fn holders(node: &Node, root: &[u8; 32], _claimed_size: u64) -> Holders {
+pub async fn holders<N: BlobHost>(node: &N, root: &[u8; 32], _claimed_size: u64) -> Holders {
     let peers = census_peers(node);
     let answers = futures::future::join_all(
         peers
@@ -1675,7 +1703,12 @@ struct Holding {
 /// member whose storage offer is live or lapsed less than [`CENSUS_GRACE_MS`] ago. A node
 /// that does not answer (dead, unreachable) is left out: as far as repair knows, it holds
 /// nothing.
-async fn census(node: &Node, me: PeerId, root: [u8; 32], chunks: u32) -> BTreeMap<PeerId, Holding> {
+async fn census<N: BlobHost>(
+    node: &N,
+    me: PeerId,
+    root: [u8; 32],
+    chunks: u32,
+) -> BTreeMap<PeerId, Holding> {
     let peers: Vec<PeerId> = census_peers(node)
         .into_iter()
         .filter(|p| *p != me)
@@ -1728,7 +1761,7 @@ fn shape(m: &BlobManifest) -> BlobShape {
 
 /// Makes sure this node holds every blob it is an intended holder of, and collects copies it
 /// no longer should hold.
-async fn repair_once(node: &Node) {
+async fn repair_once<N: BlobHost>(node: &N) {
     let me = node.local_peer_id();
     let now = now_ms();
     for (root, by_zone) in manifests_by_root(node, now) {
@@ -1741,8 +1774,8 @@ async fn repair_once(node: &Node) {
 /// zone they were written under ([`plan::owner_by_vouches`]), so a foreign manifest cannot
 /// change the copy count. Placement uses the chosen manifest's numbers, which its holders
 /// checked against the index when they bound it (and [`pull`] checks again).
-async fn repair_blob(
-    node: &Node,
+async fn repair_blob<N: BlobHost>(
+    node: &N,
     me: PeerId,
     root: [u8; 32],
     by_zone: &BTreeMap<ZoneId, SignedRecord>,
@@ -1820,7 +1853,13 @@ async fn repair_blob(
 
 /// Collects this node's complete copy of `m` if it has not been an intended holder for
 /// [`SURPLUS_GRACE_MS`] and a census finds `K` complete copies on intended holders.
-async fn surplus_check(node: &Node, me: PeerId, root: [u8; 32], m: &BlobManifest, now: u64) {
+async fn surplus_check<N: BlobHost>(
+    node: &N,
+    me: PeerId,
+    root: [u8; 32],
+    m: &BlobManifest,
+    now: u64,
+) {
     let order = order(node, &root, m.size, now);
     let mine_full = |p: &PeerId| if *p == me { m.size } else { 0 };
     let maybe =
@@ -1850,8 +1889,8 @@ async fn surplus_check(node: &Node, me: PeerId, root: [u8; 32], m: &BlobManifest
 /// seals the copy. The index must match the manifest (else the manifest lies about the blob
 /// and is ignored, counted). A chunk no candidate can provide now ends this attempt; the
 /// next repair round tries again.
-async fn pull(
-    node: &Node,
+async fn pull<N: BlobHost>(
+    node: &N,
     record: &SignedRecord,
     m: &BlobManifest,
     candidates: &[PeerId],
@@ -1918,14 +1957,14 @@ async fn pull(
 }
 
 /// Refreshes the holder admission view ([`BlobStore::set_view`]).
-fn refresh_gate(node: &Node) {
+fn refresh_gate<N: BlobHost>(node: &N) {
     let me = node.local_peer_id();
     node.blobs()
         .set_view(me, offers::storage_candidates(node, now_ms()));
 }
 
 /// Collects blob copies without a live manifest from the zone they were written under.
-async fn collect(node: &Node) {
+async fn collect<N: BlobHost>(node: &N) {
     let now = now_ms();
     let live: BTreeMap<[u8; 32], BTreeSet<ZoneId>> = manifests_by_root(node, now)
         .into_iter()
@@ -1946,7 +1985,7 @@ async fn collect(node: &Node) {
 
 /// Scrub (and collect orphans) every `scrub` interval, repair every `repair` interval,
 /// refresh the admission view every second, forever.
-pub async fn run_maintenance(node: Node, repair: Duration, scrub: Duration) {
+pub async fn run_maintenance<N: BlobHost>(node: N, repair: Duration, scrub: Duration) {
     refresh_gate(&node);
     let mut repair_tick = tokio::time::interval(repair);
     repair_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,17 +19,17 @@
 //! The CLI's `--json` output is the node's answer as received plus `answered_by` (not
 //! re-serialised from these types), so fields a newer node adds reach scripts too.
 //!
+//! The module depends on the protocol crate and serde only (the conversions from the node's
+//! own types are in [`crate::api`]), so every module may use it without importing the node.
+//!
 //! Not part of the contract: `GET /metrics` (OpenMetrics text, [`crate::metrics`]) and the
 //! counter objects inside [`StatusAnswer`] (`counters`, `endpoints`, `dns`, `blobs`, `offers`:
 //! each module's own view, carried as opaque JSON).
 
 use dpin_protocol::error::ValidationError;
-use dpin_protocol::{Endpoint, Outcome, SignedRecord};
+use dpin_protocol::{Outcome, SignedRecord};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-
-use crate::health::HealthState;
-use crate::net::PublishStatus;
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -240,17 +240,6 @@ impl GossipStatus {
     }
 }
 
-impl From<Option<PublishStatus>> for GossipStatus {
-    fn from(s: Option<PublishStatus>) -> Self {
-        match s {
-            Some(PublishStatus::Sent) => Self::Sent,
-            Some(PublishStatus::NoPeers) => Self::NoPeers,
-            Some(PublishStatus::Duplicate) => Self::Duplicate,
-            None => Self::None,
-        }
-    }
-}
-
 /// Reads a present field as `Some` (even when `null`), so `Option<Option<T>>` tells a missing
 /// field (`None`) from a `null` one (`Some(None)`).
 fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -302,20 +291,6 @@ pub struct EndpointJson {
     /// `healthy`, `unknown` (not probed: new, or refused by the probe policy) or `unhealthy`.
     #[serde(default)]
     pub health: String,
-}
-
-impl EndpointJson {
-    /// JSON form of a record endpoint.
-    pub fn from_endpoint(e: &Endpoint, health: HealthState) -> Self {
-        Self {
-            host: e.host.to_string(),
-            port: e.port,
-            transport: e.transport.as_str().to_owned(),
-            weight: e.weight,
-            healthy: health == HealthState::Healthy,
-            health: health.as_str().to_owned(),
-        }
-    }
 }
 
 /// `GET /v1/resolve/{name}`: the live winner, healthy endpoints first.

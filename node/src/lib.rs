@@ -13,8 +13,10 @@
 //!   endpoint probed by k live nodes chosen by rendezvous hashing, their verdicts shared as
 //!   signed observation records, per-zone budgets, bounded concurrency, jitter and backoff.
 //! * [`offers`] — this node's storage/compute offers (signed records, refreshed, lapsing) and
-//!   the network-wide offer listing.
-//! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers.
+//!   the network-wide offer listing; it reads the node through `offers::OfferHost`.
+//! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers;
+//!   it reads the node through `blobs::BlobHost`. The node implements both traits, so neither
+//!   module imports [`node`] (no import circle).
 //! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
 //! * [`api`] — the HTTP API (axum): connection caps, deadlines, JSON errors, optional token.
 //! * [`contract`] — the API's one contract: a serde type for every request and answer body,

@@ -409,6 +409,21 @@ impl crate::offers::OfferPublisher for Node {
     }
 }
 
+impl crate::blobs::BlobHost for Node {
+    fn blobs(&self) -> &Arc<BlobStore> {
+        Node::blobs(self)
+    }
+
+    fn request_blob(
+        &self,
+        peer: PeerId,
+        req: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send {
+        let node = self.clone();
+        async move { Node::request_blob(&node, peer, req).await }
+    }
+}
+
 /// A peer's place on the failure detector's watch ring: the last 8 bytes of its id's
 /// multihash digest (public-key bytes for ed25519 ids, a hash otherwise), so uniform and
 /// unrelated to Kademlia's distance (a hash of the whole id).
