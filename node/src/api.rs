@@ -78,7 +78,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dpin_protocol::store::Store;
 use dpin_protocol::{Outcome, SignedRecord};
 use serde::Deserialize;
 
@@ -507,7 +506,7 @@ async fn publish(
             Some(have),
         ),
         Outcome::CasMismatch { actual, .. } if if_hash.is_some() => {
-            let held = node.read_store(|s| s.entry(&name).map(|e| hex::encode(e.floor.hash)));
+            let held = node.floor_of(&name).map(|f| hex::encode(f.hash));
             (
                 format!("{name}'s winner is not the record this write names (held: seq {actual}, hash {}); it was replaced after it was read, so nothing was changed", held.as_deref().unwrap_or("none")),
                 Some(actual),
@@ -568,7 +567,7 @@ async fn seq(
     Path(raw): Path<String>,
 ) -> Result<Json<SeqAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
-    let floor = node.read_store(|s| s.entry(&name).map(|e| e.floor));
+    let floor = node.floor_of(&name);
     let seq = floor.map_or(0, |f| f.seq);
     let hash = floor.map(|f| hex::encode(f.hash));
     Ok(Json(SeqAnswer { name, seq, hash }))
@@ -576,14 +575,7 @@ async fn seq(
 
 async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
     let now = now_ms();
-    let (records, live, digest, corrupt) = node.read_store(|s| {
-        (
-            s.len(),
-            s.mem().live_count(now),
-            s.digest().root_hex(),
-            s.corrupt_on_load(),
-        )
-    });
+    let store = node.store_summary(now);
     let mono = node.mono_ms();
     let watched = node.watched_peers();
     let peers: Vec<PeerJson> = node
@@ -612,11 +604,11 @@ async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
         listen_addrs: listen,
         peers,
         reach: node.reach().into(),
-        records: records as u64,
-        live_records: live as u64,
-        digest,
+        records: store.records,
+        live_records: store.live_records,
+        digest: store.digest,
         uptime_s: node.uptime().as_secs_f64(),
-        corrupt_entries: corrupt as u64,
+        corrupt_entries: store.corrupt_on_load,
         counters: node.counters_json(),
         endpoints: node.health().to_json(),
         dns: node.dns_stats().to_json(),

@@ -354,6 +354,19 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct Node(pub(crate) Arc<Shared>);
 
+/// What the store holds, as `/v1/status` shows it ([`Node::store_summary`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSummary {
+    /// Names held (winners, tombstones and floors).
+    pub records: u64,
+    /// Live winners.
+    pub live_records: u64,
+    /// The anti-entropy digest's root (hex).
+    pub digest: String,
+    /// Entries found damaged when the store was opened.
+    pub corrupt_on_load: u64,
+}
+
 /// The result of an API publish.
 #[derive(Debug)]
 pub struct PublishResult {
@@ -523,6 +536,22 @@ impl Node {
     /// This node's DNS front-end counters (the DNS server records into them).
     pub fn dns_stats(&self) -> &Arc<crate::dns::DnsStats> {
         &self.0.telemetry.dns
+    }
+
+    /// The floor (highest seq and the content hash at it) held for `name`, tombstoned and
+    /// expired names included (what `/v1/seq` answers and a refused compare-and-set reports).
+    pub fn floor_of(&self, name: &str) -> Option<dpin_protocol::merge::Floor> {
+        self.read_store(|s| s.entry(name).map(|e| e.floor))
+    }
+
+    /// What the store holds at `now`, for `/v1/status`.
+    pub fn store_summary(&self, now: u64) -> StoreSummary {
+        self.read_store(|s| StoreSummary {
+            records: s.len() as u64,
+            live_records: s.mem().live_count(now) as u64,
+            digest: s.digest().root_hex(),
+            corrupt_on_load: s.corrupt_on_load() as u64,
+        })
     }
 
     /// The node's own counters as JSON (`/v1/status`'s `counters`).
