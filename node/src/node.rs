@@ -15,6 +15,12 @@
 //!   protocol's session compares digests and moves only differing records, so a node that was
 //!   down or partitioned catches up without anyone republishing.
 //!
+//! Front-ends see the node through [`Node`]'s methods, each a view of what it needs
+//! (`local_peer_id`, `floor_of`, `store_summary`, `health`, ...), never through [`Shared`]'s
+//! fields; blob storage and offers see it through the traits they define
+//! ([`crate::blobs::BlobHost`], [`crate::offers::OfferHost`],
+//! [`crate::offers::OfferPublisher`]), which this module implements, so they do not import it.
+//!
 //! A peer the failure detector marks down while its connection is still open (a cut link, a
 //! paused process) has that connection closed and is re-dialled on fresh ones
 //! ([`crate::net::NetHandle::reconnect`]): the old connection would sit in TCP retransmission
