@@ -480,6 +480,30 @@ pub fn encode_nat(e: &mut DescriptorEncoder, s: &crate::net::NatStats) -> fmt::R
     )?;
     counter(
         e,
+        "dpin_nat_direct_dials_total",
+        "Direct dials to peers reached only through a relay.",
+        s.direct_dials,
+    )?;
+    counter(
+        e,
+        "dpin_nat_direct_upgrades_total",
+        "Relayed connections replaced by a direct one (direct dial or hole punch).",
+        s.direct_upgrades,
+    )?;
+    gauge(
+        e,
+        "dpin_relayed_connections",
+        "Connections running over a relay circuit now.",
+        to_i64(s.relayed_connections),
+    )?;
+    counter(
+        e,
+        "dpin_nat_dialbacks_closed_total",
+        "AutoNAT dial-back connections closed once the probe was answered.",
+        s.dialbacks_closed,
+    )?;
+    counter(
+        e,
         "dpin_mdns_discovered_total",
         "Peers announced on the LAN by mDNS (--mdns), each announcement counted.",
         s.mdns_discovered,

@@ -2911,10 +2911,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
             } => {
+                self.nat_connection_established(peer_id, connection_id, &endpoint);
                 self.redial.remove(&peer_id);
                 self.connected_at
                     .entry(peer_id)
@@ -2935,10 +2937,12 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.nat_connection_closed(peer_id, connection_id);
                 if num_established == 0 {
                     info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                     // Released (trimmed by either side): told to the node before the event,
@@ -3105,6 +3109,8 @@ impl EventLoop {
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
             debug!(peer = %peer_id, addrs = ?info.listen_addrs, "identified peer");
+            // Reached only through a relay so far: try its direct addresses ([`nat`]).
+            self.nat_identified(peer_id, &info.listen_addrs);
             // Only kad-capable peers belong in the routing table; their *listen* addresses
             // (not the ephemeral port they dialled us from) make them reachable for others.
             let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);

@@ -48,11 +48,14 @@ use std::{
 
 use libp2p::{
     autonat,
-    core::transport::ListenerId,
+    core::{transport::ListenerId, ConnectedPoint},
     dcutr, mdns,
     multiaddr::Protocol,
     relay,
-    swarm::dial_opts::{DialOpts, PeerCondition},
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        ConnectionId,
+    },
     Multiaddr, PeerId,
 };
 use tracing::{debug, info, trace, warn};
@@ -151,7 +154,10 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 /// AutoNAT v1's configuration (see the module docs for the bounds).
 pub fn autonat_config() -> autonat::Config {
     autonat::Config {
-        timeout: Duration::from_secs(10),
+        // Longer than a dial-back can take (a dial to a NAT that drops unsolicited SYNs ends
+        // only at the transport's 10 s timeout); shorter, the client gives up first and never
+        // hears "private".
+        timeout: Duration::from_secs(30),
         boot_delay: AUTONAT_BOOT_DELAY,
         refresh_interval: AUTONAT_REFRESH,
         retry_interval: AUTONAT_RETRY,
@@ -271,6 +277,10 @@ pub(super) struct NatCounters {
     server_circuits_denied: AtomicU64,
     holepunch_ok: AtomicU64,
     holepunch_failed: AtomicU64,
+    direct_dials: AtomicU64,
+    direct_upgrades: AtomicU64,
+    relayed_connections: AtomicU64,
+    dialbacks_closed: AtomicU64,
     mdns_discovered: AtomicU64,
 }
 
@@ -313,6 +323,15 @@ pub struct NatStats {
     pub holepunch_ok: u64,
     /// DCUtR: upgrades that failed (every attempt).
     pub holepunch_failed: u64,
+    /// Direct dials to peers reached only through a relay (their identify addresses).
+    pub direct_dials: u64,
+    /// Relayed connections replaced by a direct one (a direct dial or a hole punch
+    /// succeeded; the relayed connection is then closed).
+    pub direct_upgrades: u64,
+    /// Connections running over a relay circuit now.
+    pub relayed_connections: u64,
+    /// AutoNAT dial-back connections we made and closed once the probe was answered.
+    pub dialbacks_closed: u64,
     /// Peers announced by mDNS (each announcement counted).
     pub mdns_discovered: u64,
 }
@@ -339,6 +358,10 @@ impl NatCounters {
             server_circuits_denied: l(&self.server_circuits_denied),
             holepunch_ok: l(&self.holepunch_ok),
             holepunch_failed: l(&self.holepunch_failed),
+            direct_dials: l(&self.direct_dials),
+            direct_upgrades: l(&self.direct_upgrades),
+            relayed_connections: l(&self.relayed_connections),
+            dialbacks_closed: l(&self.dialbacks_closed),
             mdns_discovered: l(&self.mdns_discovered),
         }
     }
@@ -363,6 +386,12 @@ pub(super) struct NatState {
     /// As a relay server: peers holding a reservation with us (bounded by
     /// [`RELAY_MAX_RESERVATIONS`] through the relay's own bound).
     reserved_here: HashSet<PeerId>,
+    /// Every established connection of each connected peer, oldest first, and whether it
+    /// runs over a relay (bounded by the connection limits).
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Peers reached only through a relay that we already tried to dial directly (once per
+    /// relayed-only spell; forgotten when the peer disconnects or is reached directly).
+    direct_tried: HashSet<PeerId>,
 }
 
 impl NatState {
@@ -379,6 +408,8 @@ impl NatState {
             retry: HashMap::new(),
             held: HashSet::new(),
             reserved_here: HashSet::new(),
+            conns: HashMap::new(),
+            direct_tried: HashSet::new(),
         })
     }
 
@@ -394,7 +425,107 @@ impl NatState {
     }
 }
 
+/// Whether a connection with this endpoint runs over a relay circuit.
+fn endpoint_relayed(endpoint: &ConnectedPoint) -> bool {
+    match endpoint {
+        ConnectedPoint::Dialer { address, .. } => is_relayed(address),
+        ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
+    }
+}
+
 impl EventLoop {
+    /// Tracks connections: relayed ones, and the direct one that replaces them (the relayed
+    /// connection is then closed, freeing the relay's circuit).
+    pub(super) fn nat_connection_established(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
+        // A relay whose reservation is waiting for a retry (typically the first one: the
+        // relay client's own dial lost the race with the bootstrap dial): ask now.
+        if let Some(i) = self.nat.relays.iter().position(|(_, p)| *p == peer) {
+            if self.nat.retry.remove(&i).is_some() {
+                self.listen_on_relays();
+            }
+        }
+        let relayed = endpoint_relayed(endpoint);
+        if relayed {
+            self.nat
+                .counters
+                .relayed_connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let list = self.nat.conns.entry(peer).or_default();
+        let relayed_before: Vec<ConnectionId> =
+            list.iter().filter(|(_, r)| *r).map(|(c, _)| *c).collect();
+        let had_direct = list.iter().any(|(_, r)| !r);
+        list.push((id, relayed));
+        if !relayed && !had_direct && !relayed_before.is_empty() {
+            inc(&self.nat.counters.direct_upgrades);
+            self.nat.direct_tried.remove(&peer);
+            info!(%peer, addr = %endpoint.get_remote_address(), "direct connection replaces the relayed one");
+            for c in relayed_before {
+                self.swarm.close_connection(c);
+            }
+        }
+    }
+
+    pub(super) fn nat_connection_closed(&mut self, peer: PeerId, id: ConnectionId) {
+        let Some(list) = self.nat.conns.get_mut(&peer) else {
+            return;
+        };
+        if let Some(i) = list.iter().position(|(c, _)| *c == id) {
+            let (_, relayed) = list.remove(i);
+            if relayed {
+                let _ = self.nat.counters.relayed_connections.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |n| Some(n.saturating_sub(1)),
+                );
+            }
+        }
+        if list.is_empty() {
+            self.nat.conns.remove(&peer);
+            self.nat.direct_tried.remove(&peer);
+        }
+    }
+
+    /// A peer we reach only through a relay told us its listen addresses: dial the direct
+    /// ones, once. With a public peer this always works from behind a NAT (an ordinary
+    /// outbound connection), where DCUtR's TCP hole punch does not (see the README's NAT
+    /// section); behind two NATs the direct addresses fail fast and DCUtR is what is left.
+    pub(super) fn nat_identified(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        let relayed_only = self
+            .nat
+            .conns
+            .get(&peer)
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r)| *r));
+        if !relayed_only || self.bans.contains_key(&peer) || self.nat.direct_tried.contains(&peer) {
+            return;
+        }
+        let direct: Vec<Multiaddr> = addrs
+            .iter()
+            .filter(|a| !is_relayed(a))
+            .take(super::MAX_ADDRS_PER_PEER)
+            .cloned()
+            .collect();
+        if direct.is_empty() {
+            return;
+        }
+        self.nat.direct_tried.insert(peer);
+        inc(&self.nat.counters.direct_dials);
+        let opts = DialOpts::peer_id(peer)
+            .addresses(direct.clone())
+            .condition(PeerCondition::Always)
+            .allocate_new_port()
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => debug!(%peer, addrs = ?direct, "dialling a relayed peer directly"),
+            Err(e) => debug!(%peer, error = %e, "not dialling a relayed peer directly"),
+        }
+    }
+
     /// Reserves a slot on every configured relay that has no circuit listener yet (at start
     /// and, for lost reservations, once their [`RELAY_RETRY`] is due).
     pub(super) fn listen_on_relays(&mut self) {
@@ -405,8 +536,24 @@ impl EventLoop {
             {
                 continue;
             }
+            let (addr, peer) = self.nat.relays[i].clone();
+            if !self.swarm.is_connected(&peer) {
+                // Connect first: the relay client's own dial is refused while another dial
+                // to the relay (the bootstrap's) is in flight, which closes the listener.
+                // The reservation is asked for when the connection is established.
+                let (base, _) = super::split_peer_id(&addr);
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(vec![base])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .allocate_new_port()
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    debug!(relay = %addr, error = %e, "relay dial not started");
+                }
+                self.nat.retry.insert(i, now + RELAY_RETRY);
+                continue;
+            }
             self.nat.retry.remove(&i);
-            let (addr, _) = &self.nat.relays[i];
             let circuit = addr.clone().with(Protocol::P2pCircuit);
             match self.swarm.listen_on(circuit.clone()) {
                 Ok(id) => {
@@ -484,6 +631,22 @@ impl EventLoop {
                 if let autonat::InboundProbeEvent::Response { peer, .. } = &e {
                     inc(&c.autonat_served);
                     debug!(client = %peer, "autonat: dialled a client back");
+                    // The dial-back connection (the newest) has done its job. Left open, it
+                    // would idle for the idle timeout (an hour) and hold the client's second
+                    // per-peer slot, so the next dial-back is refused by the connection
+                    // limits — which the client takes for "not reachable" and flips to
+                    // private (seen in the NAT test before this).
+                    let newest = self
+                        .nat
+                        .conns
+                        .get(peer)
+                        .filter(|l| l.len() >= 2)
+                        .and_then(|l| l.last())
+                        .map(|(id, _)| *id);
+                    if let Some(id) = newest {
+                        self.swarm.close_connection(id);
+                        inc(&c.dialbacks_closed);
+                    }
                 } else {
                     trace!(event = ?e, "autonat inbound probe");
                 }
