@@ -59,7 +59,11 @@ fn netns_or_skip(test: &str) -> Result<bool> {
     if std::env::var("DPIN_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
         bail!("{test}: DPIN_REQUIRE_NETNS=1 but this machine lacks {missing:?} (deploy/install-test-deps.sh installs the tools; run as root)");
     }
-    eprintln!(
+    // Straight to the process's stderr, not `eprintln!`: the test harness captures the macro's
+    // output of passing tests, and a skip must be seen.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "\n*** SKIPPED {test}: needs {missing:?} to build network namespaces; NOTHING WAS TESTED. \
          Run as root (CI sets DPIN_REQUIRE_NETNS=1 so this fails there). ***\n"
     );

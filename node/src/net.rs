@@ -2007,6 +2007,9 @@ impl EventLoop {
                     if self.relay_retry_pending() {
                         self.listen_on_relays();
                     }
+                    if self.direct_dials_pending() {
+                        self.dial_direct_due();
+                    }
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {

@@ -103,6 +103,10 @@ pub const RELAY_CIRCUITS_PER_PEER_PER_MIN: u32 = 30;
 pub const RELAY_RETRY: Duration = Duration::from_secs(5);
 /// Most relays a node reserves on (`--relay`).
 pub const MAX_RELAYS: usize = 8;
+/// A peer reached only through a relay is dialled directly this long after it told us its
+/// addresses: DCUtR's hole punch (tens of milliseconds when it works) goes first, the direct
+/// dial is the fallback (see [`EventLoop::nat_identified`]).
+pub const DIRECT_DIAL_DELAY: Duration = Duration::from_secs(2);
 /// Most peers dialled for one mDNS announcement.
 pub const MAX_MDNS_DIALS: usize = 16;
 
@@ -392,6 +396,9 @@ pub(super) struct NatState {
     /// Peers reached only through a relay that we already tried to dial directly (once per
     /// relayed-only spell; forgotten when the peer disconnects or is reached directly).
     direct_tried: HashSet<PeerId>,
+    /// Direct dials waiting for [`DIRECT_DIAL_DELAY`]: when, and the addresses (bounded by
+    /// the connected peers: removed when the peer disconnects or is reached directly).
+    direct_due: HashMap<PeerId, (tokio::time::Instant, Vec<Multiaddr>)>,
 }
 
 impl NatState {
@@ -410,6 +417,7 @@ impl NatState {
             reserved_here: HashSet::new(),
             conns: HashMap::new(),
             direct_tried: HashSet::new(),
+            direct_due: HashMap::new(),
         })
     }
 
@@ -464,6 +472,7 @@ impl EventLoop {
         if !relayed && !had_direct && !relayed_before.is_empty() {
             inc(&self.nat.counters.direct_upgrades);
             self.nat.direct_tried.remove(&peer);
+            self.nat.direct_due.remove(&peer);
             info!(%peer, addr = %endpoint.get_remote_address(), "direct connection replaces the relayed one");
             for c in relayed_before {
                 self.swarm.close_connection(c);
@@ -488,20 +497,65 @@ impl EventLoop {
         if list.is_empty() {
             self.nat.conns.remove(&peer);
             self.nat.direct_tried.remove(&peer);
+            self.nat.direct_due.remove(&peer);
+        }
+    }
+
+    /// Whether the peer's connections all run over a relay.
+    fn relayed_only(&self, peer: &PeerId) -> bool {
+        self.nat
+            .conns
+            .get(peer)
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r)| *r))
+    }
+
+    /// Whether direct dials are waiting for their delay.
+    pub(super) fn direct_dials_pending(&self) -> bool {
+        !self.nat.direct_due.is_empty()
+    }
+
+    /// Makes the direct dials whose [`DIRECT_DIAL_DELAY`] is over, to peers still reached
+    /// only through a relay.
+    pub(super) fn dial_direct_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<PeerId> = self
+            .nat
+            .direct_due
+            .iter()
+            .filter(|(_, (t, _))| *t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            let Some((_, direct)) = self.nat.direct_due.remove(&peer) else {
+                continue;
+            };
+            if !self.relayed_only(&peer) || self.bans.contains_key(&peer) {
+                continue;
+            }
+            inc(&self.nat.counters.direct_dials);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(direct.clone())
+                .condition(PeerCondition::Always)
+                .allocate_new_port()
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => debug!(%peer, addrs = ?direct, "dialling a relayed peer directly"),
+                Err(e) => debug!(%peer, error = %e, "not dialling a relayed peer directly"),
+            }
         }
     }
 
     /// A peer we reach only through a relay told us its listen addresses: dial the direct
-    /// ones, once. With a public peer this always works from behind a NAT (an ordinary
-    /// outbound connection), where DCUtR's TCP hole punch does not (see the README's NAT
-    /// section); behind two NATs the direct addresses fail fast and DCUtR is what is left.
+    /// ones, once, after [`DIRECT_DIAL_DELAY`] unless DCUtR got there first. With a public
+    /// peer this always works from behind a NAT (an ordinary outbound connection), where
+    /// DCUtR's TCP hole punch fails behind a router that answers unsolicited SYNs with a reset
+    /// (see the README's NAT section); behind two NATs the direct addresses fail fast and
+    /// DCUtR is what is left.
     pub(super) fn nat_identified(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
-        let relayed_only = self
-            .nat
-            .conns
-            .get(&peer)
-            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r)| *r));
-        if !relayed_only || self.bans.contains_key(&peer) || self.nat.direct_tried.contains(&peer) {
+        if !self.relayed_only(&peer)
+            || self.bans.contains_key(&peer)
+            || self.nat.direct_tried.contains(&peer)
+        {
             return;
         }
         let direct: Vec<Multiaddr> = addrs
@@ -514,16 +568,10 @@ impl EventLoop {
             return;
         }
         self.nat.direct_tried.insert(peer);
-        inc(&self.nat.counters.direct_dials);
-        let opts = DialOpts::peer_id(peer)
-            .addresses(direct.clone())
-            .condition(PeerCondition::Always)
-            .allocate_new_port()
-            .build();
-        match self.swarm.dial(opts) {
-            Ok(()) => debug!(%peer, addrs = ?direct, "dialling a relayed peer directly"),
-            Err(e) => debug!(%peer, error = %e, "not dialling a relayed peer directly"),
-        }
+        self.nat.direct_due.insert(
+            peer,
+            (tokio::time::Instant::now() + DIRECT_DIAL_DELAY, direct),
+        );
     }
 
     /// Reserves a slot on every configured relay that has no circuit listener yet (at start
