@@ -35,6 +35,13 @@
 //!   as Linux masquerade: the private side's outbound SYN from its listen port opens the
 //!   mapping the public side's SYN then matches. Every dial dpin makes itself keeps
 //!   `allocate_new_port` (commit 1135e80, see the module docs of `net`).
+//! * **Direct upgrade**: a peer reached only through a relay is dialled at its direct
+//!   addresses (identify's) [`DIRECT_DIAL_DELAY`] later, unless DCUtR got there first; the
+//!   first direct connection to such a peer, however made, closes the relayed ones. This is
+//!   what reliably ends a relayed connection to a *public* peer (measured in the README's NAT
+//!   section: DCUtR's TCP hole punch fails behind routers that answer SYNs with a reset).
+//! * **AutoNAT dial-backs are closed** once answered (they would hold the client's second
+//!   per-peer connection slot for the idle timeout and make the next dial-back fail).
 
 use std::{
     collections::{HashMap, HashSet},
