@@ -7,6 +7,7 @@
 #   (its fixture's records are dated) and the chaos harness's `skew` fault shift one node's
 #   wall clock with it (LD_PRELOAD), leaving the monotonic clock alone.
 # - iproute2 (`ip`): the chaos harness's network namespaces (partitions, WAN links).
+# - nftables (`nft`): the NAT test's router namespace masquerades (tests/nat.rs).
 # - systemd (`systemd-analyze`): deploy/verify-unit.sh checks deploy/dpin.service. Usually
 #   already there; installed only if missing.
 set -euo pipefail
@@ -15,6 +16,7 @@ LIBFAKETIME=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 missing=()
 [ -e "$LIBFAKETIME" ] || missing+=(faketime)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

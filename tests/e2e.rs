@@ -18,6 +18,8 @@
 //! - `chaos_checker`: the chaos checker's verdicts on hand-made histories;
 //! - `dns`: the DNS front end over UDP and TCP, its limits and its answers;
 //! - `failover`: reads that route around dead endpoints, dead peers and cut-off nodes;
+//! - `nat`: AutoNAT, relay v2, direct upgrades and mDNS in network namespaces (root; else a
+//!   loud SKIP, a failure under `DPIN_REQUIRE_NETNS=1`);
 //! - `node_config`: the TOML file, flags and environment;
 //! - `node_e2e`: publish, replicate and resolve across a real cluster;
 //! - `outside_world`: strangers' records cannot aim probes inward; HTTP errors and slow clients;
@@ -30,6 +32,7 @@ mod blob_authority;
 mod chaos_checker;
 mod dns;
 mod failover;
+mod nat;
 mod node_config;
 mod node_e2e;
 mod outside_world;

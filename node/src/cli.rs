@@ -346,6 +346,18 @@ struct NodeArgs {
     /// target. Networks larger than 7 should say so, or their mesh stays at D = 4.
     #[arg(long, default_value_t = 5)]
     expected_nodes: usize,
+    /// Discover peers on the local network with mDNS and dial them like bootstrap peers
+    /// (off by default; finds nothing on loopback-only nodes).
+    #[arg(long)]
+    mdns: bool,
+    /// Serve libp2p relay v2 reservations and circuits for nodes behind NAT (off by default;
+    /// bounded: see the README's "NAT" section).
+    #[arg(long)]
+    relay_server: bool,
+    /// A relay (multiaddr ending in /p2p/RELAY_ID, a node run with --relay-server) to reserve
+    /// a slot on, so this node is reachable at ADDR/p2p-circuit/p2p/SELF behind NAT; repeatable.
+    #[arg(long = "relay", value_name = "ADDR")]
+    relay: Vec<String>,
     /// How long after expiry a record's signed body is kept (and replicated) before
     /// compaction drops it, keeping only its floor. The default (about 31 days past expiry)
     /// outlives every record the winner beat; shorten it only for test runs whose TTLs are
@@ -591,6 +603,11 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     config.metrics = Some(telemetry.libp2p());
     config.max_connections = args.max_connections;
     config.expected_cluster_size = args.expected_nodes.max(1);
+    config.nat = net::NatConfig {
+        mdns: args.mdns,
+        relay_server: args.relay_server,
+        relays: parse_addrs(&args.relay, "--relay")?,
+    };
     let (handle, events) = net::spawn(config)
         .await
         .context("cannot start networking")?;

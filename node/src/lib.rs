@@ -5,6 +5,8 @@
 //!   liveness probes on a long-lived stream per connection (`net::probe_stream`) with
 //!   `/dpin/probe/1` requests (`net::probe_wire`) for indirect probes and older peers, connection limits, a target connection degree, re-dials
 //!   of peers found down) in one event loop, driven through a cloneable handle.
+//!   `net::nat`: discovery and NAT — opt-in mDNS, AutoNAT v1, relay v2 client and server,
+//!   DCUtR, direct upgrades of relayed connections, and their counters.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
 //!   with the reserved-name index and the change feed (instead of whole-store scans).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.

@@ -384,6 +384,132 @@ pub fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Discovery and NAT (`dpin_nat_*`, `dpin_relay_*`, `dpin_holepunch_*`, `dpin_mdns_*`), from a
+/// [`crate::net::NatStats`] snapshot.
+pub fn encode_nat(e: &mut DescriptorEncoder, s: &crate::net::NatStats) -> fmt::Result {
+    use crate::net::NatStatus;
+    gauge_family(
+        e,
+        "dpin_nat_status",
+        "AutoNAT's verdict on this node's reachability: 1 for the current status.",
+        NatStatus::ALL.map(|st| ([("status", st.as_str())], i64::from(st == s.status))),
+    )?;
+    gauge(
+        e,
+        "dpin_nat_confidence",
+        "AutoNAT's confidence in its verdict (0 to 3).",
+        to_i64(s.confidence),
+    )?;
+    counter_family(
+        e,
+        "dpin_nat_probes_total",
+        "Our AutoNAT probes: answered by a server, or failed (no server, timeout).",
+        [
+            ([("result", "answered")], s.autonat_probes_ok),
+            ([("result", "failed")], s.autonat_probes_failed),
+        ],
+    )?;
+    counter(
+        e,
+        "dpin_nat_dialbacks_served_total",
+        "AutoNAT dial-backs this node made for other nodes.",
+        s.autonat_served,
+    )?;
+    gauge(
+        e,
+        "dpin_relay_reservations_held",
+        "Relay reservations this node holds now (--relay).",
+        to_i64(s.reservations_held),
+    )?;
+    counter_family(
+        e,
+        "dpin_relay_reservations_total",
+        "Relay reservations for this node: accepted (renewals not counted) or lost/refused.",
+        [
+            ([("result", "accepted")], s.reservations_made),
+            ([("result", "lost")], s.reservations_lost),
+        ],
+    )?;
+    counter_family(
+        e,
+        "dpin_relay_circuits_total",
+        "Relayed connections of this node: inbound (a peer reached us through our relay) or outbound.",
+        [
+            ([("direction", "inbound")], s.circuits_in),
+            ([("direction", "outbound")], s.circuits_out),
+        ],
+    )?;
+    gauge(
+        e,
+        "dpin_relay_server_reservations",
+        "As a relay server (--relay-server): reservations other nodes hold now.",
+        to_i64(s.server_reservations),
+    )?;
+    counter_family(
+        e,
+        "dpin_relay_server_reservation_requests_total",
+        "As a relay server: reservation requests accepted (renewals included) or denied.",
+        [
+            ([("result", "accepted")], s.server_reservations_accepted),
+            ([("result", "denied")], s.server_reservations_denied),
+        ],
+    )?;
+    gauge(
+        e,
+        "dpin_relay_server_circuits",
+        "As a relay server: circuits open now.",
+        to_i64(s.server_circuits),
+    )?;
+    counter_family(
+        e,
+        "dpin_relay_server_circuit_requests_total",
+        "As a relay server: circuit requests accepted or denied.",
+        [
+            ([("result", "accepted")], s.server_circuits_accepted),
+            ([("result", "denied")], s.server_circuits_denied),
+        ],
+    )?;
+    counter_family(
+        e,
+        "dpin_holepunch_total",
+        "DCUtR: relayed connections upgraded to direct ones, or upgrades that failed.",
+        [
+            ([("result", "direct")], s.holepunch_ok),
+            ([("result", "failed")], s.holepunch_failed),
+        ],
+    )?;
+    counter(
+        e,
+        "dpin_nat_direct_dials_total",
+        "Direct dials to peers reached only through a relay.",
+        s.direct_dials,
+    )?;
+    counter(
+        e,
+        "dpin_nat_direct_upgrades_total",
+        "Relayed connections replaced by a direct one (direct dial or hole punch).",
+        s.direct_upgrades,
+    )?;
+    gauge(
+        e,
+        "dpin_relayed_connections",
+        "Connections running over a relay circuit now.",
+        to_i64(s.relayed_connections),
+    )?;
+    counter(
+        e,
+        "dpin_nat_dialbacks_closed_total",
+        "AutoNAT dial-back connections closed once the probe was answered.",
+        s.dialbacks_closed,
+    )?;
+    counter(
+        e,
+        "dpin_mdns_discovered_total",
+        "Peers announced on the LAN by mDNS (--mdns), each announcement counted.",
+        s.mdns_discovered,
+    )
+}
+
 /// The network layer's counters (`dpin_net_*`), from a [`crate::net::NetStats`] snapshot.
 pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::Result {
     use crate::net::BanReason;

@@ -118,6 +118,8 @@
 //!   [`MAX_INBOUND_PER_CONNECTION`] are in progress per connection. The excess is refused
 //!   and counted (`NetStats::inbound_over_*`); the requester sees a failed request.
 
+pub mod nat;
+pub use nat::{NatConfig, NatStats, NatStatus};
 mod probe_stream;
 pub mod probe_wire;
 use probe_wire::{
@@ -138,15 +140,16 @@ use std::{
 
 use futures::{future::BoxFuture, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
-    allow_block_list,
+    allow_block_list, autonat,
     connection_limits::{self, ConnectionLimits},
     core::transport::ListenerId,
+    dcutr,
     gossipsub::{self, MessageAcceptance, MessageAuthenticity, ValidationMode},
     identify,
     identity::Keypair,
-    kad,
+    kad, mdns,
     multiaddr::Protocol,
-    noise,
+    noise, relay,
     request_response::{self, OutboundRequestId, ProtocolSupport},
     swarm::{
         behaviour::toggle::Toggle,
@@ -342,6 +345,8 @@ pub struct NetConfig {
     pub discovery_interval: Duration,
     /// libp2p's metrics, fed every swarm event ([`crate::metrics::Builder::libp2p`]).
     pub metrics: Option<swarm_metrics::SwarmMetrics>,
+    /// Discovery and NAT: mDNS, relay server, relays to reserve on ([`nat`]).
+    pub nat: NatConfig,
 }
 
 impl NetConfig {
@@ -365,6 +370,7 @@ impl NetConfig {
             idle_connection_timeout: Duration::from_secs(3600),
             discovery_interval: Duration::from_secs(2),
             metrics: None,
+            nat: NatConfig::default(),
         }
     }
 
@@ -394,7 +400,7 @@ impl NetConfig {
         {
             return bad("intervals and timeouts must be non-zero");
         }
-        Ok(())
+        self.nat.check()
     }
 }
 
@@ -884,6 +890,7 @@ pub struct NetHandle {
     counters: Arc<Counters>,
     inbound: Arc<InboundBudget>,
     released: Arc<Released>,
+    nat: Arc<nat::NatCounters>,
 }
 
 /// Peers whose last connection closed because one side trimmed it to keep its degree (see
@@ -928,6 +935,12 @@ impl NetHandle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// Discovery and NAT state: AutoNAT's verdict, relay reservations and circuits, hole
+    /// punches, mDNS ([`nat`]).
+    pub fn nat_stats(&self) -> NatStats {
+        self.nat.snapshot()
     }
 
     /// Counters of dropped events.
@@ -1390,6 +1403,12 @@ struct Behaviour {
     /// Direct probes over one long-lived stream per connection (older peers: `probe`).
     probe_stream: Toggle<probe_stream::Behaviour>,
     sync: request_response::Behaviour<SyncCodec>,
+    // Discovery and NAT ([`nat`]).
+    autonat: autonat::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// Builds the gossipsub configuration; separate so tests can check it for many sizes.
@@ -1601,7 +1620,12 @@ fn build_swarm(
             .with_max_pending_incoming(Some(config.max_connections))
             .with_max_pending_outgoing(Some(config.max_connections)),
     );
-    let behaviour = Behaviour {
+    let mdns = nat::mdns_behaviour(config.nat.mdns, local_peer_id)?;
+    let relay_server = config
+        .nat
+        .relay_server
+        .then(|| relay::Behaviour::new(local_peer_id, nat::relay_server_config()));
+    let behaviour = |relay_client| Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
         gossipsub,
@@ -1610,6 +1634,11 @@ fn build_swarm(
         probe,
         probe_stream: Toggle::from(config.probe_stream.then(probe_stream::Behaviour::default)),
         sync,
+        autonat: autonat::Behaviour::new(local_peer_id, nat::autonat_config()),
+        relay_client,
+        relay_server: Toggle::from(relay_server),
+        dcutr: dcutr::Behaviour::new(local_peer_id),
+        mdns: Toggle::from(mdns),
     };
 
     let idle = config.idle_connection_timeout;
@@ -1624,7 +1653,10 @@ fn build_swarm(
         .with_quic()
         .with_dns()
         .map_err(|e| NetError::Build(format!("dns: {e}")))?
-        .with_behaviour(|_| behaviour)
+        // Every node can dial `/p2p-circuit` addresses; `--relay` also listens through one.
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Build(format!("relay client: {e}")))?
+        .with_behaviour(|_, relay_client| behaviour(relay_client))
         .map_err(|e| NetError::Build(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();
@@ -1693,10 +1725,13 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         last_kad_bootstrap: None,
         bans: HashMap::new(),
         metrics: config.metrics.clone(),
+        nat: nat::NatState::new(&config.nat)?,
     };
+    let nat_counters = event_loop.nat.counters.clone();
 
     event_loop.wait_for_listen_addr().await?;
     event_loop.dial_bootstrap();
+    event_loop.listen_on_relays();
 
     let handle = NetHandle {
         commands: cmd_tx,
@@ -1706,6 +1741,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         counters,
         inbound,
         released,
+        nat: nat_counters,
     };
     let discovery_interval = config.discovery_interval;
     tokio::spawn(event_loop.run(discovery_interval));
@@ -1767,6 +1803,8 @@ struct EventLoop {
     bans: HashMap<PeerId, tokio::time::Instant>,
     /// libp2p's metrics ([`NetConfig::metrics`]).
     metrics: Option<swarm_metrics::SwarmMetrics>,
+    /// Discovery and NAT state ([`nat`]).
+    nat: nat::NatState,
 }
 
 /// What a probe request in flight is for.
@@ -1966,6 +2004,12 @@ impl EventLoop {
                 _ = ban_tick.tick() => {
                     self.check_bans();
                     self.forget_stale_stream_pings();
+                    if self.relay_retry_pending() {
+                        self.listen_on_relays();
+                    }
+                    if self.direct_dials_pending() {
+                        self.dial_direct_due();
+                    }
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
@@ -2340,6 +2384,7 @@ impl EventLoop {
                 peer: *p,
                 bucket: distance_class(&local, p),
                 protected: mesh.contains(p)
+                    || self.nat.protects(p)
                     || self
                         .connected_at
                         .get(p)
@@ -2860,14 +2905,21 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Probe(e)) => self.on_probe(e),
             SwarmEvent::Behaviour(BehaviourEvent::ProbeStream(e)) => self.on_probe_stream(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => self.on_relay_server(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::Behaviour(BehaviourEvent::Blocked(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
             } => {
+                self.nat_connection_established(peer_id, connection_id, &endpoint);
                 self.redial.remove(&peer_id);
                 self.connected_at
                     .entry(peer_id)
@@ -2888,10 +2940,12 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.nat_connection_closed(peer_id, connection_id);
                 if num_established == 0 {
                     info!(peer = %peer_id, cause = ?cause, "peer disconnected");
                     // Released (trimmed by either side): told to the node before the event,
@@ -2928,6 +2982,14 @@ impl EventLoop {
                 ..
             } => {
                 self.listeners.remove(&listener_id);
+                if self.nat.is_relay_listener(&listener_id) {
+                    let why = match &reason {
+                        Ok(()) => "closed".to_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    self.on_relay_listener_closed(listener_id, why);
+                    return;
+                }
                 match reason {
                     Ok(()) => info!(?listener_id, "listener closed"),
                     Err(e) => warn!(?listener_id, error = %e, "listener failed"),
@@ -3050,6 +3112,8 @@ impl EventLoop {
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
             debug!(peer = %peer_id, addrs = ?info.listen_addrs, "identified peer");
+            // Reached only through a relay so far: try its direct addresses ([`nat`]).
+            self.nat_identified(peer_id, &info.listen_addrs);
             // Only kad-capable peers belong in the routing table; their *listen* addresses
             // (not the ephemeral port they dialled us from) make them reachable for others.
             let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);

@@ -785,6 +785,8 @@ impl Node {
         }
         // The network layer's drops, trims, bans and inbound buffering (dpin_net_*).
         metrics::encode_net(e, &self.0.net.stats())?;
+        // Discovery and NAT: AutoNAT's verdict, relay reservations and circuits, hole punches.
+        metrics::encode_nat(e, &self.0.net.nat_stats())?;
         metrics::gauge(
             e,
             "dpin_detector_watched_peers",

@@ -46,6 +46,8 @@ impl SwarmMetrics {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.0.record(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kademlia(e)) => self.0.record(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.record_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => self.0.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.0.record(e),
             SwarmEvent::Behaviour(_) => {}
             // The candidate is an address a peer says it saw us at: see the module docs.
             SwarmEvent::NewExternalAddrCandidate { .. } => {}
