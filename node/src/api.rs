@@ -614,6 +614,7 @@ async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
         dns: node.dns_stats().to_json(),
         blobs: node.blobs().stats.to_json(),
         offers: crate::offers::OfferStats::of(&node, now).to_json(),
+        nat: node.nat_stats().to_json(),
     })
 }
 
@@ -2136,12 +2137,12 @@ mod wire_tests {
         assert_eq!(a.status, 200);
         pinned(
             &a.body,
-            &["counters", "endpoints", "dns", "blobs", "offers"],
+            &["counters", "endpoints", "dns", "blobs", "offers", "nat"],
             r#"{"peer_id":"str","listen_addrs":[],"peers":[],
                 "reach":{"known":"u64","alive":"u64","cut_off":"bool"},
                 "records":"u64","live_records":"u64","digest":"str","uptime_s":"f64",
                 "corrupt_entries":"u64","counters":"object","endpoints":"object",
-                "dns":"object","blobs":"object","offers":"object"}"#,
+                "dns":"object","blobs":"object","offers":"object","nat":"object"}"#,
         );
         assert_eq!(a.body["records"], 1);
         // (No event loop runs here, so the listen addresses and peers are empty.)

@@ -431,6 +431,10 @@ pub struct StatusAnswer {
     /// The offer view (opaque).
     #[serde(default)]
     pub offers: Value,
+    /// Discovery and NAT: AutoNAT's verdict, relay slots, relayed connections (opaque:
+    /// `crate::net::NatStats::to_json`; absent from nodes older than the NAT work).
+    #[serde(default)]
+    pub nat: Value,
 }
 
 /// One live offer as the API and CLI show it.
@@ -783,6 +787,7 @@ mod tests {
                 dns: serde_json::json!({"udp_queries": 0}),
                 blobs: serde_json::json!({"refused": {"no_room": 0}}),
                 offers: serde_json::json!({"counted": 0}),
+                nat: serde_json::json!({"status": "public"}),
             },
             r#"{"peer_id":"12D3","listen_addrs":["/ip4/127.0.0.1/tcp/7001"],
                 "peers":[{"peer_id":"12D3p","alive":true,"state":"alive","connected":true,
@@ -793,7 +798,8 @@ mod tests {
                 "records":12,"live_records":11,"digest":"ff","uptime_s":2.5,
                 "corrupt_entries":0,"counters":{"publish_applied":1},
                 "endpoints":{"tracked":0},"dns":{"udp_queries":0},
-                "blobs":{"refused":{"no_room":0}},"offers":{"counted":0}}"#,
+                "blobs":{"refused":{"no_room":0}},"offers":{"counted":0},
+                "nat":{"status":"public"}}"#,
         );
     }
 

@@ -508,6 +508,11 @@ impl Node {
         &self.0.blobs
     }
 
+    /// Discovery and NAT state (AutoNAT's verdict, relay slots, hole punches).
+    pub fn nat_stats(&self) -> crate::net::NatStats {
+        self.0.net.nat_stats()
+    }
+
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.0.net.local_peer_id()

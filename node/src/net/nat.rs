@@ -347,6 +347,25 @@ pub struct NatStats {
     pub mdns_discovered: u64,
 }
 
+impl NatStats {
+    /// The part of the NAT state an operator reads in `dpin status` (`/v1/status`'s `nat`):
+    /// the verdict, the relay slots held and served, and how relayed connections ended up.
+    /// Every counter is also on `/metrics`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": self.status.as_str(),
+            "confidence": self.confidence,
+            "reservations_held": self.reservations_held,
+            "relayed_connections": self.relayed_connections,
+            "direct_upgrades": self.direct_upgrades,
+            "holepunch_ok": self.holepunch_ok,
+            "holepunch_failed": self.holepunch_failed,
+            "server_reservations": self.server_reservations,
+            "server_circuits": self.server_circuits,
+        })
+    }
+}
+
 impl NatCounters {
     pub(super) fn snapshot(&self) -> NatStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
