@@ -1959,26 +1959,10 @@ mod wire_tests {
     use dpin_protocol::{Content, ZoneKey};
     use serde_json::{json, Value};
 
-    /// A real node (store, network, health, blobs) in this process, with its API on loopback.
+    /// A real node in this process with its API on loopback (the metrics tests' helper).
     async fn node(dir: &std::path::Path) -> (Node, String) {
-        let store = crate::store::DurableStore::open(&dir.join("store.redb")).unwrap();
-        let telemetry = crate::metrics::Builder::new();
-        let config = crate::net::NetConfig::new(
-            libp2p::identity::Keypair::generate_ed25519(),
-            vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            vec![],
-        );
-        let (net, _events) = crate::net::spawn(config).await.unwrap();
-        let health = crate::health::Health::new(crate::health::HealthConfig {
-            enabled: false,
-            ..crate::health::HealthConfig::default()
-        });
-        let blobs = Arc::new(crate::blobs::BlobStore::open(dir.join("blobs")).unwrap());
-        let node = Node::new(store, net, dir.to_owned(), health, blobs, telemetry);
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let api = listener.local_addr().unwrap().to_string();
-        tokio::spawn(serve_with(node.clone(), listener, ApiConfig::default()));
-        (node, api)
+        let (node, api) = crate::metrics::tests::node(dir).await;
+        (node, api.to_string())
     }
 
     /// The body with every leaf replaced by its JSON type (`"str"`, `"u64"`, `"f64"`,

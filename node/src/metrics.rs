@@ -625,7 +625,7 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use dpin_protocol::{Content, ZoneKey};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -709,8 +709,9 @@ mod tests {
         "dpin_offers_ignored{reason=\"expired\"}",
     ];
 
-    /// A real node (store, network, health, blobs) in this process, with its API on loopback.
-    async fn node(dir: &std::path::Path) -> (Node, std::net::SocketAddr) {
+    /// A real node (store, network, health, blobs) in this process, with its API on loopback
+    /// (also the API's wire tests' node).
+    pub(crate) async fn node(dir: &std::path::Path) -> (Node, std::net::SocketAddr) {
         let store = crate::store::DurableStore::open(&dir.join("store.redb")).unwrap();
         let mut telemetry = Builder::new();
         let mut config = crate::net::NetConfig::new(
