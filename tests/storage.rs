@@ -4,6 +4,8 @@
 //! checks that put and repair agree on the holders when a candidate has no room (a K=3 blob
 //! once got a 4th copy that way). A node restarted under a clock 10 minutes behind (libfaketime)
 //! keeps refreshing its offers and can re-put a blob: its own seqs stay above its held floors.
+//! A 4-node cluster checks the replication gauge: one watcher per blob, full, then under with
+//! the missing copy counted once a holder dies and no storage node is left to take its place.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -529,5 +531,74 @@ fn a_read_survives_every_holder_pausing_in_the_middle_of_the_download() -> Resul
         body == data.as_slice(),
         "bytes differ after the holders paused"
     );
+    Ok(())
+}
+
+/// A series summed over the nodes that are running; `None` when a running node did not answer.
+fn summed(nodes: &[NodeProc], series: &str) -> Option<f64> {
+    nodes
+        .iter()
+        .filter(|n| n.pid().is_some())
+        .map(|n| {
+            dpin_tests::metric(&n.api, series)
+                .ok()
+                .map(|v| v.unwrap_or(0.0))
+        })
+        .sum()
+}
+
+/// The blob replication gauge: each blob is watched by one node (its first intended holder),
+/// which reports it `full` while its K intended holders hold complete copies, and `under`, with
+/// the copies it lacks, once a holder is gone and no other storage node is left to take it.
+#[test]
+fn a_blob_short_of_its_copies_shows_as_under_replicated_on_its_watcher() -> Result<()> {
+    let _cluster = one_cluster_at_a_time();
+    let dir = dpin_tests::test_dir()?;
+    let fast = [
+        "--no-probe",
+        "--offer-refresh-ms",
+        "500",
+        "--repair-interval-ms",
+        "500",
+    ];
+    let mut storage = fast.to_vec();
+    storage.extend_from_slice(&["--offer-storage", "64M"]);
+    // Node 0 offers nothing; nodes 1-3 offer storage, so a K=3 blob lives on all three.
+    let mut nodes = dpin_tests::cluster_with(bin(), dir.path(), &fast, 3, &storage)?;
+    wait_connected(&nodes, BOUND)?;
+    let api0 = nodes[0].api.clone();
+    wait_until(BOUND, "3 storage offers", || {
+        (offers(&api0, &["--kind", "storage"]).ok()?.len() == 3).then_some(())
+    })?;
+    let file = dir.path().join("file.bin");
+    std::fs::write(&file, pattern(3 << 20, 1))?;
+    let put = put(&api0, &file, "3")?;
+    assert_eq!(put["holders"].as_array().map(Vec::len), Some(3), "{put}");
+    let gauge = |nodes: &[NodeProc]| {
+        Some((
+            summed(nodes, "dpin_blob_replication{state=\"full\"}")?,
+            summed(nodes, "dpin_blob_replication{state=\"under\"}")?,
+            summed(nodes, "dpin_blob_replication_missing_copies")?,
+        ))
+    };
+    // Exactly one node watches the blob, and sees it full.
+    wait_until(BOUND, "one watcher to report the blob full", || {
+        (gauge(&nodes)? == (1.0, 0.0, 0.0)).then_some(())
+    })?;
+    // Lose a holder: two storage nodes are left for three copies.
+    nodes[1].kill();
+    let seen = wait_until(BOUND, "the blob to show as under-replicated", || {
+        let g = gauge(&nodes)?;
+        (g == (0.0, 1.0, 1.0)).then_some(g)
+    })?;
+    assert_eq!(seen, (0.0, 1.0, 1.0));
+    // The watcher's status says the same.
+    let under: f64 = nodes
+        .iter()
+        .filter(|n| n.pid().is_some())
+        .filter_map(|n| n.get("/v1/status").ok())
+        .filter_map(|(_, s)| s["blobs"]["replication"]["under"].as_f64())
+        .sum();
+    assert_eq!(under, 1.0);
     Ok(())
 }

@@ -55,11 +55,19 @@
 //!   whose views of the offers differ can still both pull after a loss (one extra copy); such
 //!   a surplus copy is deleted only after a grace period and a census showing `K` complete
 //!   copies on intended holders, since deleting on a divergent view could lose data.
+//! * **Replication watch.** Each blob has one watcher: its first intended holder, once it
+//!   holds a complete copy. Every [`REPLICATION_CHECK_MS`] (every repair round while short)
+//!   the watcher asks the other intended holders what they hold and records how many of the
+//!   `K` intended copies are complete; `dpin_blob_replication{state="full"|"under"}` and
+//!   `dpin_blob_replication_missing_copies` on `/metrics` (and `blobs.replication` in status)
+//!   count the blobs this node watches, so the sums over all nodes count each blob about once.
 //!
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
 //! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (fewer after a
 //! chunk fails in transit), repair handles one blob at a time with chunks fetched one by one; a
-//! census asks each storage node once per blob that this node lacks and could be intended for.
+//! census asks each storage node once per blob that this node lacks and could be intended for;
+//! the replication watch starts at most [`REPLICATION_CHECKS_PER_ROUND`] checks per repair round,
+//! each asking the other `K - 1` intended holders once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -244,6 +252,8 @@ pub struct BlobStats {
     pub manifests_mismatched: AtomicU64,
     /// Repair rounds started at once because a member left (confirmed down).
     pub repairs_on_leave: AtomicU64,
+    /// The blobs this node watches (see the module docs' replication watch), by root.
+    watched: Mutex<BTreeMap<[u8; 32], Watched>>,
 }
 
 impl BlobStats {
@@ -313,6 +323,19 @@ impl BlobStats {
         ]
     }
 
+    /// Makes every watched blob's check due at the next repair round (a member left: one of
+    /// its copies may be gone).
+    fn recheck_all(&self) {
+        for w in lock(&self.watched).values_mut() {
+            w.checked_at = 0;
+        }
+    }
+
+    /// Watched blobs by state and the copies they lack: `(full, under, missing)`.
+    pub fn replication(&self) -> (u64, u64, u64) {
+        replication_summary(lock(&self.watched).values())
+    }
+
     /// For `/metrics`.
     pub fn encode(
         &self,
@@ -327,6 +350,22 @@ impl BlobStats {
         for (name, help, v) in self.counters() {
             crate::metrics::counter(e, name, help, v)?;
         }
+        let (full, under, missing) = self.replication();
+        crate::metrics::gauge_family(
+            e,
+            "dpin_blob_replication",
+            "Blobs this node watches (it is their first intended holder), by replication state at the last check: full (K intended holders hold complete copies) or under.",
+            [
+                ([("state", "full")], crate::metrics::to_i64(full)),
+                ([("state", "under")], crate::metrics::to_i64(under)),
+            ],
+        )?;
+        crate::metrics::gauge(
+            e,
+            "dpin_blob_replication_missing_copies",
+            "Complete copies the blobs this node watches lack, summed.",
+            crate::metrics::to_i64(missing),
+        )?;
         Ok(())
     }
 
@@ -336,7 +375,11 @@ impl BlobStats {
             .iter()
             .map(|w| (w.as_str().to_owned(), self.refused(*w).into()))
             .collect();
-        let mut v = serde_json::json!({ "refused": refused });
+        let (full, under, missing) = self.replication();
+        let mut v = serde_json::json!({
+            "refused": refused,
+            "replication": { "full": full, "under": under, "missing_copies": missing },
+        });
         for (name, _, n) in self.counters() {
             let key = name
                 .trim_start_matches("dpin_blob_")
@@ -356,6 +399,52 @@ struct Gate {
     candidates: Vec<StorageCandidate<PeerId>>,
     /// Roots first seen surplus at (Unix ms), for [`SURPLUS_GRACE_MS`].
     surplus_since: BTreeMap<[u8; 32], u64>,
+}
+
+/// How often a blob's watcher (its first intended holder, holding a complete copy) checks the
+/// other intended holders while the blob is fully replicated.
+pub const REPLICATION_CHECK_MS: u64 = 30_000;
+
+/// Most replication checks one repair round starts, so the watch's traffic is bounded by
+/// rounds, not by the number of blobs: at most this many × (`K` - 1) `Has` requests a round.
+pub const REPLICATION_CHECKS_PER_ROUND: usize = 8;
+
+/// A watched blob's replication as last checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Watched {
+    /// Intended holders (this node included) holding a complete copy.
+    complete: u32,
+    /// Copies the blob's manifest asks for (`K`).
+    wanted: u32,
+    /// When it was checked (Unix ms).
+    checked_at: u64,
+}
+
+impl Watched {
+    fn full(&self) -> bool {
+        self.complete >= self.wanted
+    }
+
+    /// Whether the watcher should check again at `now`: every round while short (so the
+    /// gauge clears as soon as repair has finished), every [`REPLICATION_CHECK_MS`] when full.
+    fn due(&self, now: u64) -> bool {
+        !self.full() || now.saturating_sub(self.checked_at) >= REPLICATION_CHECK_MS
+    }
+}
+
+/// Blobs this node watches, by state, with the copies they lack: `(full, under, missing)`.
+fn replication_summary<'a>(watched: impl Iterator<Item = &'a Watched>) -> (u64, u64, u64) {
+    watched.fold((0, 0, 0), |(full, under, missing), w| {
+        if w.full() {
+            (full + 1, under, missing)
+        } else {
+            (
+                full,
+                under + 1,
+                missing + u64::from(w.wanted.saturating_sub(w.complete)),
+            )
+        }
+    })
 }
 
 /// Index metadata as stored: size, chunk size, concatenated chunk hashes.
@@ -1713,6 +1802,17 @@ async fn census<N: BlobHost>(
         .into_iter()
         .filter(|p| *p != me)
         .collect();
+    census_among(node, &peers, root, chunks).await
+}
+
+/// What each of `peers` holds of `root` (of `chunks` in all), asked all at once; a peer that
+/// does not answer, or answers about another shape, is left out.
+async fn census_among<N: BlobHost>(
+    node: &N,
+    peers: &[PeerId],
+    root: [u8; 32],
+    chunks: u32,
+) -> BTreeMap<PeerId, Holding> {
     let answers = futures::future::join_all(
         peers
             .iter()
@@ -1720,7 +1820,8 @@ async fn census<N: BlobHost>(
     )
     .await;
     peers
-        .into_iter()
+        .iter()
+        .copied()
         .zip(answers)
         .filter_map(|(p, a)| match a {
             Ok(BlobResponse::Holding {
@@ -1764,9 +1865,60 @@ fn shape(m: &BlobManifest) -> BlobShape {
 async fn repair_once<N: BlobHost>(node: &N) {
     let me = node.local_peer_id();
     let now = now_ms();
+    let mut watch = Watch {
+        budget: REPLICATION_CHECKS_PER_ROUND,
+        mine: BTreeSet::new(),
+    };
     for (root, by_zone) in manifests_by_root(node, now) {
-        repair_blob(node, me, root, &by_zone, now).await;
+        repair_blob(node, me, root, &by_zone, now, &mut watch).await;
     }
+    // Blobs this node no longer watches (collected, another holder ranks first, manifest
+    // gone) leave the gauge.
+    lock(&node.blobs().stats.watched).retain(|root, _| watch.mine.contains(root));
+}
+
+/// One repair round's replication watch: checks it may still start, and the roots this node
+/// watches.
+struct Watch {
+    budget: usize,
+    mine: BTreeSet<[u8; 32]>,
+}
+
+/// If this node watches `root` (its first intended holder; it holds a complete copy of `m`),
+/// asks the other intended holders what they hold when a check is due, and records it.
+async fn watch_replication<N: BlobHost>(
+    node: &N,
+    me: PeerId,
+    root: [u8; 32],
+    m: &BlobManifest,
+    now: u64,
+    watch: &mut Watch,
+) {
+    let order = order(node, &root, m.size, now);
+    let mine_full = |p: &PeerId| if *p == me { m.size } else { 0 };
+    let intended = plan::intended_holders(&order, m.size, usize::from(m.replicas), mine_full);
+    if intended.first() != Some(&me) {
+        return;
+    }
+    watch.mine.insert(root);
+    let stats = &node.blobs().stats;
+    let due = lock(&stats.watched).get(&root).is_none_or(|w| w.due(now));
+    if !due || watch.budget == 0 {
+        return;
+    }
+    watch.budget -= 1;
+    let others: Vec<PeerId> = intended.iter().copied().filter(|p| *p != me).collect();
+    let held_by = census_among(node, &others, root, m.chunks).await;
+    let complete = 1 + held_by.values().filter(|h| h.chunks >= m.chunks).count() as u32;
+    let w = Watched {
+        complete,
+        wanted: u32::from(m.replicas),
+        checked_at: now,
+    };
+    if !w.full() {
+        tracing::debug!(root = %hex::encode(root), complete, wanted = m.replicas, "blob under-replicated");
+    }
+    lock(&stats.watched).insert(root, w);
 }
 
 /// Repairs one blob. The manifest that decides is the one this node's copy is bound to; a
@@ -1780,6 +1932,7 @@ async fn repair_blob<N: BlobHost>(
     root: [u8; 32],
     by_zone: &BTreeMap<ZoneId, SignedRecord>,
     now: u64,
+    watch: &mut Watch,
 ) {
     let store = node.blobs().clone();
     let (mine, owner) = {
@@ -1801,6 +1954,7 @@ async fn repair_blob<N: BlobHost>(
         if complete_here(&m) {
             if owner.is_some() {
                 surplus_check(node, me, root, &m, now).await;
+                watch_replication(node, me, root, &m, now, watch).await;
             }
             return;
         }
@@ -2007,6 +2161,7 @@ pub async fn run_maintenance<N: BlobHost>(node: N, repair: Duration, scrub: Dura
                 live = now_live;
                 if left > 0 {
                     node.blobs().stats.repairs_on_leave.fetch_add(1, Ordering::Relaxed);
+                    node.blobs().stats.recheck_all();
                     refresh_gate(&node);
                     repair_once(&node).await;
                 }
@@ -2299,6 +2454,42 @@ mod tests {
                 owner: Some(owner.zone().0)
             }
         );
+    }
+
+    #[test]
+    fn a_watched_blob_is_checked_every_round_while_short_and_rarely_when_full() {
+        let full = Watched {
+            complete: 3,
+            wanted: 3,
+            checked_at: NOW,
+        };
+        let short = Watched {
+            complete: 1,
+            wanted: 3,
+            ..full
+        };
+        assert!(full.full() && !short.full());
+        assert!(!full.due(NOW + REPLICATION_CHECK_MS - 1));
+        assert!(full.due(NOW + REPLICATION_CHECK_MS));
+        assert!(
+            short.due(NOW + 1),
+            "a short blob is checked again every round"
+        );
+        // Counted by state, with the copies missing summed over the short ones only.
+        let more = Watched {
+            complete: 2,
+            wanted: 5,
+            ..full
+        };
+        assert_eq!(replication_summary([full, short, more].iter()), (1, 2, 5));
+        assert_eq!(replication_summary([].iter()), (0, 0, 0));
+        // A member leaving makes every check due at once.
+        let stats = BlobStats::default();
+        lock(&stats.watched).insert([1; 32], full);
+        stats.recheck_all();
+        assert!(lock(&stats.watched)[&[1; 32]].due(NOW + 1));
+        assert_eq!(stats.replication(), (1, 0, 0));
+        assert_eq!(stats.to_json()["replication"]["full"], 1);
     }
 
     #[test]

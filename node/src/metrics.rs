@@ -705,6 +705,9 @@ pub(crate) mod tests {
         "dpin_blob_refused_total{reason=\"no_offer\"}",
         "dpin_blob_bad_index_total",
         "dpin_blob_repairs_on_leave_total",
+        "dpin_blob_replication{state=\"full\"}",
+        "dpin_blob_replication{state=\"under\"}",
+        "dpin_blob_replication_missing_copies",
         "dpin_offers_counted",
         "dpin_offers_ignored{reason=\"expired\"}",
     ];
@@ -943,6 +946,46 @@ pub(crate) mod tests {
             &DNS_ANSWER_SECONDS_BUCKETS[..],
         ] {
             assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+        }
+    }
+
+    /// Every family `deploy/grafana-dpin.json` queries is one a node declares: a renamed or
+    /// removed metric breaks this test, not a panel on an operator's screen.
+    #[tokio::test]
+    async fn the_grafana_dashboard_queries_only_families_a_node_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_node, api) = node(dir.path()).await;
+        let (_, text) = scrape(api).await;
+        let declared: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana-dpin.json")).unwrap();
+        let mut queried = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("dpin_") || word.starts_with("libp2p_") {
+                        queried.insert(word.to_owned());
+                    }
+                }
+            }
+        }
+        assert!(queried.len() > 30, "the dashboard's queries: {queried:?}");
+        for name in &queried {
+            // A sample's name is its family's, plus `_total` for counters and `_bucket`,
+            // `_count`, `_sum` for histograms.
+            let family = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(f)))
+                .unwrap_or(name);
+            assert!(
+                declared.contains(family),
+                "the dashboard queries {name}, which no node declares:\n{text}"
+            );
         }
     }
 }
