@@ -17,6 +17,11 @@
 //! * **RSS** (VmRSS) after `--settle` seconds, and the peak (VmHWM);
 //! * **idle CPU**: user + system time over the next `--idle` seconds, as a share of one core.
 //!
+//! * with `--catchup-peers K` (K ≥ 1), **catch-up**: K nodes each start on their own copy of
+//!   the store and connect; then a fresh node with an empty data dir bootstraps from all of them,
+//!   and the bench polls its `GET /v1/status` (`records`) every 50 ms until it holds all N
+//!   names. The rate is N over the time from the joiner's start; its RSS at the end is shown.
+//!
 //! Prints each run and, per binary, the medians and the ratio to the first binary.
 
 use std::io::{Read, Write};
@@ -38,6 +43,7 @@ struct Args {
     settle: u64,
     idle: u64,
     dir: PathBuf,
+    catchup_peers: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -48,6 +54,7 @@ fn parse_args() -> Result<Args> {
         settle: 5,
         idle: 20,
         dir: std::env::temp_dir().join("dpin-scalebench"),
+        catchup_peers: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +65,7 @@ fn parse_args() -> Result<Args> {
             "--settle" => a.settle = val()?.parse()?,
             "--idle" => a.idle = val()?.parse()?,
             "--dir" => a.dir = val()?.into(),
+            "--catchup-peers" => a.catchup_peers = val()?.parse()?,
             "--bin" => {
                 let v = val()?;
                 let (name, path) = v.split_once('=').context("--bin NAME=PATH")?;
@@ -85,6 +93,12 @@ fn generate(dir: &Path, n: usize) -> Result<(String, usize)> {
     let path = dir.join("store.redb");
     let _ = std::fs::remove_file(&path);
     let store = Mutex::new(DurableStore::open(&path)?);
+    // Taken before the writes: a persister knows the generation it was made at as durable,
+    // so one made afterwards would flush nothing.
+    let persister = store
+        .lock()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .persister();
     let expires = now_ms() + 20 * 24 * 3600 * 1000;
     let zones: Vec<ZoneKey> = (0..1000u32)
         .map(|z| {
@@ -121,15 +135,15 @@ fn generate(dir: &Path, n: usize) -> Result<(String, usize)> {
             s.put_entry(&last, e)?;
         }
     }
-    let persister = store
-        .lock()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .persister();
     let generation = store
         .lock()
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .generation();
     persister.flush(&store, generation)?;
+    let on_disk = std::fs::metadata(&path)?.len();
+    if on_disk < encoded as u64 {
+        bail!("store.redb holds {on_disk} bytes, less than the {encoded} encoded: not flushed");
+    }
     eprintln!(
         "wrote {n} records ({:.1} B encoded each) in {:.1} s",
         encoded as f64 / n as f64,
@@ -142,6 +156,21 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The body of a `200` answer to `GET path`, or `None`.
+fn http_body(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).ok()?;
+    let (head, body) = all.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_owned())
 }
 
 fn http_status(port: u16, path: &str) -> Option<u16> {
@@ -239,6 +268,89 @@ fn run_one(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Run> {
     })
 }
 
+struct Catchup {
+    secs: f64,
+    rate: f64,
+    rss_kb: u64,
+}
+
+/// Starts `dpin node` on `dir` (which may hold a store already); returns the child and its
+/// API port.
+fn spawn_node(bin: &Path, dir: &Path, bootstrap: &[String]) -> Result<(Guard, u16, u16)> {
+    let (api, p2p) = (free_port()?, free_port()?);
+    let mut cmd = Command::new(bin);
+    cmd.args(["node", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
+        .args(["--api", &format!("127.0.0.1:{api}")])
+        .args(["--expected-nodes", "6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for b in bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok((Guard(child), api, p2p))
+}
+
+/// The `records` count and peer id in a node's status.
+fn status(api: u16) -> Option<(u64, String)> {
+    let v: serde_json::Value = serde_json::from_str(&http_body(api, "/v1/status")?).ok()?;
+    Some((v["records"].as_u64()?, v["peer_id"].as_str()?.to_owned()))
+}
+
+fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup> {
+    let root = a.dir.join("catchup");
+    let _ = std::fs::remove_dir_all(&root);
+    let mut peers = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for i in 0..a.catchup_peers {
+        let dir = root.join(format!("peer{i}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(template.join("store.redb"), dir.join("store.redb"))?;
+        let (g, api, p2p) = spawn_node(bin, &dir, &addrs)?;
+        let started = Instant::now();
+        let id = loop {
+            if http_status(api, &format!("/v1/resolve/{last}")) == Some(200) {
+                if let Some((_, id)) = status(api) {
+                    break id;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("peer {i} not serving after 300 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        addrs.push(format!("/ip4/127.0.0.1/tcp/{p2p}/p2p/{id}"));
+        peers.push(g);
+    }
+    let dir = root.join("joiner");
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let (joiner, api, _) = spawn_node(bin, &dir, &addrs)?;
+    loop {
+        if status(api).is_some_and(|(n, _)| n as usize >= a.records) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the joiner did not catch up in 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rss_kb = proc_field(joiner.0.id(), "VmRSS:").context("rss")?;
+    drop(joiner);
+    drop(peers);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(Catchup {
+        secs,
+        rate: a.records as f64 / secs,
+        rss_kb,
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -290,6 +402,31 @@ fn main() -> Result<()> {
             cpu * 100.0,
             if base.2 > 0.0 { cpu / base.2 } else { f64::NAN },
         );
+    }
+    if a.catchup_peers > 0 {
+        let mut rates: Vec<Vec<f64>> = a.bins.iter().map(|_| Vec::new()).collect();
+        for round in 0..a.rounds {
+            for (i, (name, bin)) in a.bins.iter().enumerate() {
+                let c = catch_up(&a, bin, &template, &last)?;
+                println!(
+                    "catch-up round {round} {name:>8}: {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB",
+                    a.records,
+                    a.catchup_peers,
+                    c.secs,
+                    c.rate,
+                    c.rss_kb as f64 / 1024.0
+                );
+                rates[i].push(c.rate);
+            }
+        }
+        let base = median(rates[0].clone());
+        for ((name, _), rs) in a.bins.iter().zip(rates) {
+            let r = median(rs);
+            println!(
+                "{name:>8}: catch-up median {r:.0} records/s ({:.2}x)",
+                r / base
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&a.dir);
     Ok(())
