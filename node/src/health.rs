@@ -495,7 +495,7 @@ pub struct Health {
     published: Mutex<BTreeMap<String, (Vec<Endpoint>, Instant)>>,
     /// An observation publish is running (never two at once).
     publishing: std::sync::atomic::AtomicBool,
-    /// The membership of the last refresh and each endpoint's probers under it.
+    /// The endpoints this node probes, kept from the index's changes.
     selection: Mutex<Selection>,
     /// Observation counters.
     pub observations: ObservationStats,
@@ -516,6 +516,11 @@ pub struct Health {
 /// replaying a change the rebuild already saw changes nothing (a rebuild runs while the
 /// feed records). Two names with one 64-bit name hash naming the same target would share one
 /// reference; at 10⁶ names the chance is about 10⁻⁸.
+///
+/// The index also says what changed for the [`Selection`] that follows it: the (zone, target)
+/// pairs whose records changed since the last [`ProbeIndex::take_touched`], whether it was
+/// rebuilt, and the earliest expiry among live targets, so the selection is brought up to date
+/// in work proportional to the changes, not to the store.
 #[derive(Debug, Default)]
 pub struct ProbeIndex {
     /// Targets of endpoint records (not observations), by zone: (name hash, expiry) of each
@@ -523,6 +528,11 @@ pub struct ProbeIndex {
     endpoints: BTreeMap<ZoneId, BTreeMap<Target, Vec<(u64, u64)>>>,
     /// Observation records, by (bucket, name): the store's order, which the scan read them in.
     observations: BTreeMap<(u8, Box<str>), IndexedObservation>,
+    /// (zone, target) pairs whose references changed since the last take (bounded by the
+    /// store's feed: past it the store asks for a rebuild, which sets `rebuilt` instead).
+    touched: BTreeSet<(ZoneId, Target)>,
+    /// Rebuilt from the whole store since the last take.
+    rebuilt: bool,
 }
 
 /// One observation record, decoded once.
@@ -570,6 +580,9 @@ impl ProbeIndex {
         if zone.is_empty() {
             self.endpoints.remove(&r.body.zone);
         }
+        for e in eps {
+            self.touch(r.body.zone, target(e));
+        }
     }
 
     /// Puts `name`'s entry into the index, replacing what the same name put there before
@@ -602,6 +615,36 @@ impl ProbeIndex {
                 None => refs.push((h, r.body.expires_at_ms)),
             }
         }
+        for e in eps {
+            self.touch(r.body.zone, target(e));
+        }
+    }
+
+    /// Records that `t` changed in `zone` (not after a rebuild: the whole selection is
+    /// recomputed then, and recording every pair would only cost memory).
+    fn touch(&mut self, zone: ZoneId, t: Target) {
+        if !self.rebuilt {
+            self.touched.insert((zone, t));
+        }
+    }
+
+    /// Until when `t` is live in `zone`: the latest expiry of the records naming it there.
+    fn live_until(&self, zone: &ZoneId, t: &Target) -> Option<u64> {
+        self.endpoints
+            .get(zone)?
+            .get(t)?
+            .iter()
+            .map(|(_, exp)| *exp)
+            .max()
+    }
+
+    /// The (zone, target) pairs touched since the last call, and whether the index was
+    /// rebuilt meanwhile (then the pairs say nothing: everything may have changed).
+    fn take_touched(&mut self) -> (bool, BTreeSet<(ZoneId, Target)>) {
+        (
+            std::mem::take(&mut self.rebuilt),
+            std::mem::take(&mut self.touched),
+        )
     }
 
     /// Applies one change of the store (old winner out, new winner in).
@@ -632,7 +675,10 @@ impl ProbeIndex {
         let changes = match changes {
             crate::store::Changes::Since(c) => c,
             crate::store::Changes::Rebuild => {
-                *self = ProbeIndex::default();
+                *self = ProbeIndex {
+                    rebuilt: true,
+                    ..ProbeIndex::default()
+                };
                 for bucket in 0..=u8::MAX {
                     let entries: Vec<(Box<str>, dpin_protocol::Entry)> = lock()
                         .bucket_entries(bucket)
@@ -657,7 +703,8 @@ impl ProbeIndex {
     }
 
     /// Endpoints of the records live at `now`, by zone (what the scan of every live record
-    /// gave).
+    /// gave; the tests' reference for the index and the selection).
+    #[cfg(test)]
     fn live_endpoints(&self, now: u64) -> BTreeMap<ZoneId, BTreeSet<Target>> {
         let mut by_zone: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
         for (zone, targets) in &self.endpoints {
@@ -674,16 +721,187 @@ impl ProbeIndex {
     }
 }
 
-/// A membership (sorted) and each endpoint's probers under it.
-type Selection = (Vec<PeerId>, HashMap<Target, Vec<PeerId>>);
+/// How often, at most, the selection is recomputed from the whole index because a live
+/// endpoint's records expired (expiry moves with the clock, not with changes). Until then an
+/// expired endpoint may stay probed: probing a name's old endpoint a minute longer is
+/// harmless, and answers never use expired records whatever the prober does.
+pub const EXPIRY_RECHECK_MS: u64 = 60_000;
+
+/// How often, at most, a changed selection larger than [`HealthConfig::max_endpoints`] is
+/// handed to the prober again: filling the capped set fairly reads the whole selection, so
+/// under a steady stream of changes it is not redone every interval. A selection within the
+/// cap is handed over at every change.
+pub const RETRACK_OVER_CAP_MS: u64 = 30_000;
+
+/// The endpoints this node probes (rendezvous over the live membership, see the module docs),
+/// kept up to date from the [`ProbeIndex`]'s changes: a refresh costs the targets that changed,
+/// and the whole index is read only when the membership changes, after an index rebuild, or
+/// when a live endpoint's records expire (at most every [`EXPIRY_RECHECK_MS`]). Before, every
+/// refresh (each probe interval) listed, hashed and copied every endpoint the store held: at
+/// 10⁶ records, two thirds of a core with nothing happening.
+#[derive(Debug, Default)]
+pub struct Selection {
+    /// The membership it was computed under (sorted), as ids and as bytes.
+    members: Vec<PeerId>,
+    member_bytes: Vec<Vec<u8>>,
+    /// Probers per endpoint (`k`, 0: every member).
+    k: usize,
+    /// This node's id as bytes.
+    me: Vec<u8>,
+    /// Endpoints this node probes, by zone, and their number.
+    mine: BTreeMap<ZoneId, BTreeSet<Target>>,
+    mine_len: usize,
+    /// Bumped whenever `mine` changes.
+    version: u64,
+    /// The earliest time a selected-live endpoint stops being live, and when the whole index
+    /// was last read.
+    next_expiry: u64,
+    last_full: u64,
+    /// The version last handed to the prober, and when (Unix ms).
+    handed: Option<(u64, u64)>,
+    /// Probers of the endpoints other nodes sent verdicts on, under `members` (only those:
+    /// bounded by the observations held).
+    observed_probers: HashMap<Target, Vec<PeerId>>,
+    /// Endpoints examined (rendezvous-hashed) by refreshes so far: what a refresh costs.
+    examined: u64,
+}
+
+impl Selection {
+    /// Brings the selection up to date with `index` at `now`, for the sorted `members`, this
+    /// node `me` (one of them) and `k` probers per endpoint. Returns whether `mine` changed.
+    pub fn update(
+        &mut self,
+        index: &mut ProbeIndex,
+        members: &[PeerId],
+        me: PeerId,
+        k: usize,
+        now: u64,
+    ) -> bool {
+        let (rebuilt, touched) = index.take_touched();
+        let me = me.to_bytes();
+        let same_members = self.members == members && self.k == k && self.me == me;
+        if !same_members {
+            self.members = members.to_vec();
+            self.member_bytes = members.iter().map(|p| p.to_bytes()).collect();
+            self.k = k;
+            self.me = me;
+            self.observed_probers.clear();
+        }
+        let expired =
+            now >= self.next_expiry && now.saturating_sub(self.last_full) >= EXPIRY_RECHECK_MS;
+        if rebuilt || !same_members || expired || self.last_full == 0 {
+            self.recompute(index, now);
+            return true;
+        }
+        let mut changed = false;
+        for (zone, t) in touched {
+            self.examined += 1;
+            let until = index.live_until(&zone, &t).filter(|u| *u > now);
+            if let Some(u) = until {
+                self.next_expiry = self.next_expiry.min(u);
+            }
+            let probe = until.is_some() && self.probes(&t);
+            changed |= if probe {
+                let added = self.mine.entry(zone).or_default().insert(t);
+                self.mine_len += usize::from(added);
+                added
+            } else {
+                let removed = self.mine.get_mut(&zone).is_some_and(|set| set.remove(&t));
+                if self.mine.get(&zone).is_some_and(BTreeSet::is_empty) {
+                    self.mine.remove(&zone);
+                }
+                self.mine_len -= usize::from(removed);
+                removed
+            };
+        }
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Whether this node is one of `t`'s probers.
+    fn probes(&self, t: &Target) -> bool {
+        probers_of(t, &self.member_bytes, self.k)
+            .into_iter()
+            .any(|b| *b == self.me)
+    }
+
+    /// Reads the whole index.
+    fn recompute(&mut self, index: &ProbeIndex, now: u64) {
+        let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        let mut next_expiry = u64::MAX;
+        let mut len = 0;
+        for (zone, targets) in &index.endpoints {
+            for (t, refs) in targets {
+                let until = refs.iter().map(|(_, exp)| *exp).max().unwrap_or(0);
+                if until <= now {
+                    continue;
+                }
+                next_expiry = next_expiry.min(until);
+                self.examined += 1;
+                if self.probes(t) {
+                    mine.entry(*zone).or_default().insert(t.clone());
+                    len += 1;
+                }
+            }
+        }
+        self.mine = mine;
+        self.mine_len = len;
+        self.next_expiry = next_expiry;
+        self.last_full = now.max(1);
+        self.version += 1;
+    }
+
+    /// The endpoints this node probes, by zone, if they changed since they were last handed
+    /// over and may be handed over now (see [`RETRACK_OVER_CAP_MS`]).
+    fn hand_over(&mut self, cap: usize, now: u64) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> {
+        let due = match self.handed {
+            None => true,
+            Some((v, _)) if v == self.version => false,
+            Some((_, at)) => self.mine_len <= cap || now.saturating_sub(at) >= RETRACK_OVER_CAP_MS,
+        };
+        if !due {
+            return None;
+        }
+        self.handed = Some((self.version, now));
+        Some(self.mine.clone())
+    }
+
+    /// Probers of each endpoint in `observed` (cached while the membership stays; the cache
+    /// keeps only the endpoints observed this time).
+    fn probers_of_observed(&mut self, observed: &[Observed]) -> HashMap<Target, Vec<PeerId>> {
+        let mut out: HashMap<Target, Vec<PeerId>> = HashMap::new();
+        for t in observed
+            .iter()
+            .flat_map(|o| o.verdicts.iter().map(|(t, _)| t))
+        {
+            if out.contains_key(t) {
+                continue;
+            }
+            let probers = match self.observed_probers.get(t) {
+                Some(p) => p.clone(),
+                None => probers_of(t, &self.member_bytes, self.k)
+                    .into_iter()
+                    .filter_map(|b| PeerId::from_bytes(b).ok())
+                    .collect(),
+            };
+            out.insert(t.clone(), probers);
+        }
+        self.observed_probers.clone_from(&out);
+        out
+    }
+}
 
 /// Other probers' verdicts per endpoint (see [`combine`]).
 #[derive(Debug, Default)]
 struct SharedView {
     /// Remote (healthy, unhealthy) verdicts of trusted probers.
     votes: HashMap<Target, (u8, u8)>,
-    /// Unhealthy verdicts needed, per endpoint: `min(2, probers)` in this node's view.
-    quorum: HashMap<Target, u8>,
+    /// Unhealthy verdicts needed: `min(2, probers)` in this node's view, the same for every
+    /// endpoint (every endpoint has `min(k, members)` probers); 0 before the first refresh,
+    /// which [`combine`] reads as 1.
+    quorum: u8,
 }
 
 /// Counters of shared observations (`/metrics`). Verdicts are read from the store once per
@@ -720,7 +938,7 @@ impl Health {
             period_milli: AtomicU64::new(1000),
             published: Mutex::new(BTreeMap::new()),
             publishing: std::sync::atomic::AtomicBool::new(false),
-            selection: Mutex::new((Vec::new(), HashMap::new())),
+            selection: Mutex::new(Selection::default()),
             observations: ObservationStats::default(),
             index: Mutex::new(ProbeIndex::default()),
         })
@@ -755,8 +973,7 @@ impl Health {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (healthy, unhealthy) = shared.votes.get(&t).copied().unwrap_or((0, 0));
-        let quorum = shared.quorum.get(&t).copied().unwrap_or(1);
-        combine(own, healthy, unhealthy, quorum)
+        combine(own, healthy, unhealthy, shared.quorum)
     }
 
     /// Whether the last probe of `e` succeeded.
@@ -1225,11 +1442,12 @@ pub fn tally(
     votes
 }
 
-/// The per-interval hook the prober calls ([`run`]'s `targets`): reads the store, works out
-/// which endpoints this node probes (rendezvous over the live membership), takes the other
+/// The per-interval hook the prober calls ([`run`]'s `targets`): brings the index and this
+/// node's [`Selection`] up to date (work in proportion to what changed), takes the other
 /// probers' observations into the shared view, publishes this node's own observations when
-/// they changed or are due, and returns this node's endpoints grouped by zone.
-pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+/// they changed or are due, and returns this node's endpoints grouped by zone when they
+/// changed since the last call (`None`: keep probing what it has).
+pub fn probe_targets(node: &Node) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> {
     let health = node.health().clone();
     let k = health.config.probers;
     let now = now_ms();
@@ -1244,13 +1462,17 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
     members.sort();
     members.dedup();
     let member_set: BTreeSet<PeerId> = members.iter().copied().collect();
-    let member_bytes: Vec<Vec<u8>> = members.iter().map(|p| p.to_bytes()).collect();
-    let (by_zone, observed) = {
+    let mut selection = health
+        .selection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let observed = {
         let mut index = health
             .index
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         index.refresh(node);
+        selection.update(&mut index, &members, me, k, now);
         let mut observed: Vec<Observed> = Vec::new();
         for o in index
             .observations
@@ -1283,43 +1505,11 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
                 }
             }
         }
-        (index.live_endpoints(now), observed)
+        observed
     };
-    // Which endpoints this node probes, and how many verdicts make an endpoint unhealthy.
-    let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
-    let mut quorum: HashMap<Target, u8> = HashMap::new();
-    let mut probers: HashMap<Target, Vec<PeerId>> = HashMap::new();
-    // Selections are kept while the membership stays the same: a refresh then hashes only
-    // endpoints it has not seen (E × N hashes once per membership change, not per interval).
-    let mut cache = health
-        .selection
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if cache.0 != members {
-        *cache = (members.clone(), HashMap::new());
-    }
-    for (zone, targets) in by_zone {
-        for t in targets {
-            if probers.contains_key(&t) {
-                continue;
-            }
-            let chosen: Vec<PeerId> = match cache.1.get(&t) {
-                Some(c) => c.clone(),
-                None => probers_of(&t, &member_bytes, k)
-                    .into_iter()
-                    .filter_map(|b| PeerId::from_bytes(b).ok())
-                    .collect(),
-            };
-            if chosen.contains(&me) {
-                mine.entry(zone).or_default().insert(t.clone());
-            }
-            quorum.insert(t.clone(), u8::try_from(chosen.len().min(2)).unwrap_or(2));
-            probers.insert(t, chosen);
-        }
-    }
-    // Keep only this round's endpoints (bounded by what the store holds).
-    cache.1 = probers.clone();
-    drop(cache);
+    let probers = selection.probers_of_observed(&observed);
+    let mine = selection.hand_over(health.config.max_endpoints, now);
+    drop(selection);
     let votes = tally(observed, &probers, &health.observations);
     let effective = if k == 0 {
         members.len()
@@ -1335,7 +1525,10 @@ pub fn probe_targets(node: &Node) -> BTreeMap<ZoneId, BTreeSet<Target>> {
             .shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *shared = SharedView { votes, quorum };
+        *shared = SharedView {
+            votes,
+            quorum: u8::try_from(effective.min(2)).unwrap_or(2),
+        };
     }
     publish_observations(node, &health, now);
     mine
@@ -1501,7 +1694,7 @@ async fn udp_probe(addr: SocketAddr, timeout: Duration) -> bool {
 /// interval).
 pub async fn run(
     health: Arc<Health>,
-    targets: impl Fn() -> BTreeMap<ZoneId, BTreeSet<Target>> + Send + 'static,
+    targets: impl Fn() -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> + Send + 'static,
 ) {
     if !health.config.enabled {
         return;
@@ -1516,7 +1709,9 @@ pub async fn run(
         tick.tick().await;
         let now = Instant::now();
         if last_refresh.is_none_or(|t| now.duration_since(t) >= cfg.interval) {
-            health.track(targets(), now);
+            if let Some(mine) = targets() {
+                health.track(mine, now);
+            }
             last_refresh = Some(now);
         }
         let budget = cfg.max_probes_per_tick.min(slots.available_permits());
@@ -1927,7 +2122,7 @@ mod tests {
         let set = |votes: (u8, u8)| {
             *h.shared.lock().expect("lock") = SharedView {
                 votes: [(t.clone(), votes)].into(),
-                quorum: [(t.clone(), 2)].into(),
+                quorum: 2,
             };
         };
         set((1, 0));
@@ -2110,6 +2305,197 @@ mod tests {
         let mut fresh = ProbeIndex::default();
         fresh.refresh_from(&reopened);
         assert_eq!(indexed(&fresh, NOW), expected);
+        Ok(())
+    }
+
+    /// What a full read of the index gives: the live endpoints this node probes, by zone.
+    fn selected_from_scratch(
+        index: &ProbeIndex,
+        members: &[PeerId],
+        me: PeerId,
+        k: usize,
+        now: u64,
+    ) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+        let bytes: Vec<Vec<u8>> = members.iter().map(|p| p.to_bytes()).collect();
+        let me = me.to_bytes();
+        index
+            .live_endpoints(now)
+            .into_iter()
+            .filter_map(|(zone, ts)| {
+                let mine: BTreeSet<Target> = ts
+                    .into_iter()
+                    .filter(|t| probers_of(t, &bytes, k).into_iter().any(|b| *b == me))
+                    .collect();
+                (!mine.is_empty()).then_some((zone, mine))
+            })
+            .collect()
+    }
+
+    /// The selection kept from the index's changes equals a full read of the index after every
+    /// step of a seeded random run: writes, rewrites, tombstones, endpoints shared by zones and
+    /// names, records expiring, members joining and leaving. The clock moves by 0 or by at least
+    /// [`EXPIRY_RECHECK_MS`], so an expiry is always due to be seen.
+    #[test]
+    fn the_incremental_selection_equals_a_full_read_after_every_change(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use dpin_protocol::{Freshness, Store};
+        use rand::{Rng, SeedableRng};
+        const NOW: u64 = 1_800_000_000_000;
+        let seed: u64 = std::env::var("DPIN_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20261203);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let zones: Vec<ZoneKey> = (1..=4u8).map(|z| ZoneKey::from_seed([z; 32])).collect();
+        let everyone: Vec<PeerId> = (1..=6).map(peer).collect();
+        let me = everyone[0];
+        let dir = tempfile::tempdir()?;
+        let store = Mutex::new(crate::store::DurableStore::open(
+            &dir.path().join("s.redb"),
+        )?);
+        let mut index = ProbeIndex::default();
+        let mut selection = Selection::default();
+        let mut members: Vec<PeerId> = everyone[..3].to_vec();
+        let mut now = NOW;
+        let mut seqs: BTreeMap<(usize, u8), u64> = BTreeMap::new();
+        for step in 0..400 {
+            match rng.gen_range(0..10) {
+                // A member joins or leaves (never this node).
+                0 => {
+                    let p = everyone[rng.gen_range(1..everyone.len())];
+                    match members.iter().position(|m| *m == p) {
+                        Some(i) => {
+                            members.remove(i);
+                        }
+                        None => members.push(p),
+                    }
+                    members.sort();
+                }
+                // The clock moves past some expiries.
+                1 => now += EXPIRY_RECHECK_MS * rng.gen_range(1..4),
+                // A write: endpoints from a small pool, so zones and names share targets.
+                _ => {
+                    let z = rng.gen_range(0..zones.len());
+                    let label = rng.gen_range(0..6u8);
+                    let seq = seqs.entry((z, label)).or_insert(0);
+                    *seq += 1;
+                    let content = if rng.gen_bool(0.15) {
+                        Content::Tombstone
+                    } else {
+                        let n = rng.gen_range(1..4);
+                        // Distinct endpoints (a record may not name one twice).
+                        let picked: BTreeSet<(u8, u16)> = (0..n)
+                            .map(|_| (rng.gen_range(1..4), rng.gen_range(1..6)))
+                            .collect();
+                        Content::Endpoints(
+                            picked
+                                .into_iter()
+                                .map(|(host, port)| Endpoint {
+                                    host: Host::V4([198, 51, 100, host]),
+                                    port,
+                                    transport: Transport::Tcp,
+                                    weight: 1,
+                                })
+                                .collect(),
+                        )
+                    };
+                    let ttl = EXPIRY_RECHECK_MS * rng.gen_range(1..6);
+                    let r = RecordBody {
+                        zone: zones[z].zone(),
+                        label: format!("l{label}"),
+                        seq: *seq,
+                        expires_at_ms: now + ttl,
+                        content,
+                    }
+                    .sign(&zones[z])?;
+                    let mut s = store.lock().map_err(|e| e.to_string())?;
+                    s.apply(&r, now, Freshness::Publish, None)?;
+                }
+            }
+            index.refresh_from(&store);
+            selection.update(&mut index, &members, me, 2, now);
+            let expected = selected_from_scratch(&index, &members, me, 2, now);
+            assert_eq!(
+                selection.mine, expected,
+                "seed {seed}, step {step} (DPIN_TEST_SEED={seed} replays it)"
+            );
+            assert_eq!(
+                selection.mine_len,
+                expected.values().map(BTreeSet::len).sum::<usize>()
+            );
+        }
+        Ok(())
+    }
+
+    /// A refresh costs what changed: nothing examined when nothing changed, the record's
+    /// targets for one write, and the whole index only when the membership changes.
+    #[test]
+    fn a_refresh_examines_only_the_endpoints_that_changed() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use dpin_protocol::{Freshness, Store};
+        const NOW: u64 = 1_800_000_000_000;
+        let key = ZoneKey::from_seed([9; 32]);
+        let dir = tempfile::tempdir()?;
+        let store = Mutex::new(crate::store::DurableStore::open(
+            &dir.path().join("s.redb"),
+        )?);
+        let write = |label: &str, seq: u64, port: u16| -> Result<(), Box<dyn std::error::Error>> {
+            let r = RecordBody {
+                zone: key.zone(),
+                label: label.into(),
+                seq,
+                expires_at_ms: NOW + 3_600_000,
+                content: Content::Endpoints(vec![Endpoint {
+                    host: Host::V4([198, 51, 100, 7]),
+                    port,
+                    transport: Transport::Tcp,
+                    weight: 1,
+                }]),
+            }
+            .sign(&key)?;
+            let mut s = store.lock().map_err(|e| e.to_string())?;
+            assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
+            Ok(())
+        };
+        for i in 0..200u16 {
+            write(&format!("svc{i}"), 1, 1000 + i)?;
+        }
+        let (me, other) = (peer(1), peer(2));
+        let mut index = ProbeIndex::default();
+        let mut sel = Selection::default();
+        index.refresh_from(&store);
+        assert!(sel.update(&mut index, &[me], me, 3, NOW));
+        assert_eq!(sel.examined, 200, "the first refresh reads everything");
+        assert_eq!(sel.mine_len, 200, "alone, this node probes every endpoint");
+        assert!(sel.hand_over(1000, NOW).is_some());
+        // Nothing changed: nothing examined, nothing handed over.
+        index.refresh_from(&store);
+        assert!(!sel.update(&mut index, &[me], me, 3, NOW + 2_000));
+        assert_eq!(sel.examined, 200);
+        assert!(sel.hand_over(1000, NOW + 2_000).is_none());
+        // One record moves to another port: its old and new endpoint are examined.
+        write("svc0", 2, 5000)?;
+        index.refresh_from(&store);
+        assert!(sel.update(&mut index, &[me], me, 3, NOW + 4_000));
+        assert_eq!(sel.examined, 202);
+        assert_eq!(sel.mine_len, 200);
+        assert!(sel.hand_over(1000, NOW + 4_000).is_some());
+        // A selection over the prober's cap is handed over again only every
+        // RETRACK_OVER_CAP_MS, however often it changes.
+        write("svc1", 2, 5001)?;
+        index.refresh_from(&store);
+        assert!(sel.update(&mut index, &[me], me, 3, NOW + 6_000));
+        assert!(sel.hand_over(10, NOW + 6_000).is_none());
+        assert!(sel
+            .hand_over(10, NOW + 4_000 + RETRACK_OVER_CAP_MS)
+            .is_some());
+        // A member joins: the whole index is read again, once.
+        let mut two = vec![me, other];
+        two.sort();
+        index.refresh_from(&store);
+        sel.update(&mut index, &two, me, 1, NOW + 8_000);
+        assert_eq!(sel.examined, 404);
+        assert!(sel.mine_len < 200, "the other member probes its share");
         Ok(())
     }
 }
