@@ -41,7 +41,9 @@
 //! A large store must not become a probe storm, and one zone must not starve the others:
 //!
 //! * The endpoint set is refreshed once per interval from [`ProbeIndex`], which follows the
-//!   store's change feed (only records that changed are decoded, off the store lock), and capped at
+//!   store's change feed (only records that changed are decoded, off the store lock); this
+//!   node's share of it ([`Selection`]) is updated from the endpoints that changed, so an idle
+//!   refresh costs nothing however many records the store holds. The set is capped at
 //!   [`HealthConfig::max_endpoints`]. The cap is filled round-robin over zones (one endpoint
 //!   per zone per round), in an order keyed by a per-process random hash, so a zone with many
 //!   endpoints (or one whose key sorts first) cannot push the others out.
