@@ -80,8 +80,9 @@ pub fn entry_digest(name: &str, floor: &Floor) -> [u8; 32] {
 pub struct StoreDigest {
     /// blake3 over all bucket digests; equal roots mean equal stores.
     pub root: [u8; 32],
-    /// Per-bucket XOR digests.
-    pub buckets: Box<[[u8; 32]; BUCKETS]>,
+    /// Per-bucket XOR digests. Shared, so a copy of the digest (every sync request and answer
+    /// asks the store for one) does not copy 8 KiB.
+    pub buckets: std::sync::Arc<[[u8; 32]; BUCKETS]>,
 }
 
 impl StoreDigest {
@@ -95,7 +96,7 @@ impl StoreDigest {
     pub fn from_buckets(buckets: &[[u8; 32]; BUCKETS]) -> Self {
         StoreDigest {
             root: *blake3::hash(buckets.as_flattened()).as_bytes(),
-            buckets: Box::new(*buckets),
+            buckets: std::sync::Arc::new(*buckets),
         }
     }
 

@@ -81,9 +81,27 @@ fn decode_point(bytes: &[u8; 32]) -> Result<EdwardsPoint, WeakKey> {
     Ok(point)
 }
 
+thread_local! {
+    /// The last zone key this thread decoded, with its point. Decoding is a field square root
+    /// and a small-order check; records come in runs of one zone (a sync batch, a zone's
+    /// updates, the simulator's replicas of one scenario key), and a record's zone key is
+    /// decoded when it is signed, when its fields are checked and when its signature is, so
+    /// most decodes repeat the last one. Only keys that were accepted are kept; the result is
+    /// the same as decoding again.
+    static LAST_ZONE_KEY: std::cell::Cell<Option<([u8; 32], EdwardsPoint)>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// The zone key as a curve point, if it is acceptable (rule 1 of the module docs).
 pub fn check_zone_key(zone: &[u8; 32]) -> Result<EdwardsPoint, WeakKey> {
-    decode_point(zone)
+    if let Some((key, point)) = LAST_ZONE_KEY.get() {
+        if key == *zone {
+            return Ok(point);
+        }
+    }
+    let point = decode_point(zone)?;
+    LAST_ZONE_KEY.set(Some((*zone, point)));
+    Ok(point)
 }
 
 /// One signature with its points decoded and its challenge computed.

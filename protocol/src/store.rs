@@ -253,6 +253,9 @@ pub struct Prepared<'a> {
     fields: Result<(), ValidationError>,
     /// The signature check, once done (`None`: not yet; the store verifies it under its lock).
     signature: Option<Result<(), ValidationError>>,
+    /// The record's name, formatted at its first apply: a driver that applies one prepared
+    /// record at many replicas (the simulator) formats it once instead of at every apply.
+    name: std::sync::OnceLock<String>,
 }
 
 impl<'a> Prepared<'a> {
@@ -272,6 +275,7 @@ impl<'a> Prepared<'a> {
             hash,
             fields,
             signature: None,
+            name: std::sync::OnceLock::new(),
         }
     }
 
@@ -341,6 +345,11 @@ impl<'a> Prepared<'a> {
     /// Its content hash (blake3 of the canonical body bytes).
     pub fn content_hash(&self) -> [u8; 32] {
         self.hash
+    }
+
+    /// Its name (`label.zone`), formatted once.
+    pub fn name(&self) -> &str {
+        self.name.get_or_init(|| self.record.name())
     }
 
     /// Its rank under the merge rule.
@@ -608,8 +617,8 @@ fn apply_validated<S: Store + ?Sized>(
     now_ms: u64,
 ) -> Result<Outcome, S::Error> {
     let record = prepared.record();
-    let name = record.name();
-    let held_entry = store.entry(&name);
+    let name = prepared.name();
+    let held_entry = store.entry(name);
     let held = held_entry.map(Entry::rank);
     let body_missing = held_entry.is_some_and(|e| e.bytes.is_none());
     let body_wanted =
@@ -644,19 +653,19 @@ fn apply_validated<S: Store + ?Sized>(
     // A name not held yet asks the quota (only a winner makes an entry for one: `restores`
     // needs a held floor).
     if let (None, Some(entry)) = (held_entry, &new_entry) {
-        if let Err(e) = store.admit(&name, entry) {
+        if let Err(e) = store.admit(name, entry) {
             return Ok(Outcome::Invalid(ValidationError::Admission(e)));
         }
     }
     Ok(match decision {
         Decision::Apply => {
-            store.put_entry(&name, new_entry.unwrap_or_else(|| prepared.entry()))?;
+            store.put_entry(name, new_entry.unwrap_or_else(|| prepared.entry()))?;
             Outcome::Applied {
                 previous_seq: held.map(|f| f.seq),
             }
         }
         Decision::ApplyConflict => {
-            store.put_entry(&name, new_entry.unwrap_or_else(|| prepared.entry()))?;
+            store.put_entry(name, new_entry.unwrap_or_else(|| prepared.entry()))?;
             Outcome::Conflict {
                 seq: incoming.seq,
                 applied: true,
@@ -674,7 +683,7 @@ fn apply_validated<S: Store + ?Sized>(
         // damaged on disk, or compacted by a clock that ran ahead): take the body back, unless
         // the record is past retention here anyway (it would only be compacted again).
         Decision::Duplicate if restores => {
-            store.put_entry(&name, new_entry.unwrap_or_else(|| prepared.entry()))?;
+            store.put_entry(name, new_entry.unwrap_or_else(|| prepared.entry()))?;
             Outcome::Restored
         }
         Decision::Duplicate => Outcome::Duplicate,
@@ -686,14 +695,55 @@ fn apply_validated<S: Store + ?Sized>(
 const ZONE_TEXT_LEN: usize = 52;
 const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-/// Character `i` of a zone's text, computed in place (no allocation): 5 bits, big-endian,
-/// the last character padded with zero bits.
-fn zone_char(zone: &[u8; 32], i: usize) -> u8 {
-    let bit = 5 * i;
-    let byte = |k: usize| u16::from(zone.get(k).copied().unwrap_or(0));
-    let window = (byte(bit / 8) << 8) | byte(bit / 8 + 1);
-    let v = (window >> (11 - bit % 8)) & 0x1f;
-    BASE32_LOWER.get(usize::from(v)).copied().unwrap_or(b'?')
+/// A zone's text ([`crate::ZoneId`]'s display form), computed without allocation: 5 bits per
+/// character, big-endian, the last character padded with zero bits.
+fn zone_text_of(zone: &[u8; 32]) -> [u8; ZONE_TEXT_LEN] {
+    let mut out = [0u8; ZONE_TEXT_LEN];
+    let (mut acc, mut bits, mut o) = (0u32, 0u32, 0usize);
+    for &b in zone {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out[o] = BASE32_LOWER[((acc >> bits) & 0x1f) as usize];
+            o += 1;
+        }
+        // Keep only the bits not yet written (at most 4), so `acc` never overflows.
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out[o] = BASE32_LOWER[((acc << (5 - bits)) & 0x1f) as usize];
+    }
+    out
+}
+
+/// Byte-wise order of two byte strings, each given as the concatenation of three pieces.
+fn cmp_pieces(a: [&[u8]; 3], b: [&[u8]; 3]) -> Ordering {
+    let (mut a, mut b) = (
+        a.into_iter().filter(|p| !p.is_empty()),
+        b.into_iter().filter(|p| !p.is_empty()),
+    );
+    let (mut pa, mut pb): (&[u8], &[u8]) = (&[], &[]);
+    loop {
+        if pa.is_empty() {
+            pa = a.next().unwrap_or_default();
+        }
+        if pb.is_empty() {
+            pb = b.next().unwrap_or_default();
+        }
+        if pa.is_empty() || pb.is_empty() {
+            // One string ended: the shorter one sorts first.
+            return (!pa.is_empty()).cmp(&!pb.is_empty());
+        }
+        let k = pa.len().min(pb.len());
+        match pa[..k].cmp(&pb[..k]) {
+            Ordering::Equal => {
+                pa = &pa[k..];
+                pb = &pb[k..];
+            }
+            unequal => return unequal,
+        }
+    }
 }
 
 /// A name as the index sees it: text, or the `label.zone` a record's wire bytes carry.
@@ -729,30 +779,33 @@ impl<'a> Name<'a> {
         }
     }
 
-    /// The name's bytes from offset `from` of its head on: the rest of the head, then (for a
-    /// body) `.` and the zone's text.
-    fn tail(&self, from: usize) -> impl Iterator<Item = u8> + 'a {
-        let zone = match *self {
-            Name::Text(_) => None,
-            Name::Body { zone, .. } => Some(zone),
-        };
-        self.head()
-            .get(from..)
-            .unwrap_or_default()
-            .iter()
-            .copied()
-            .chain(zone.into_iter().flat_map(|z| {
-                std::iter::once(b'.').chain((0..ZONE_TEXT_LEN).map(move |i| zone_char(z, i)))
-            }))
+    /// The name's bytes from offset `from` of its head on, as up to three pieces: the rest of
+    /// the head, then (for a body) `.` and the zone's text, written into `zone_text`.
+    fn tail<'b>(&self, from: usize, zone_text: &'b mut [u8; ZONE_TEXT_LEN]) -> [&'b [u8]; 3]
+    where
+        'a: 'b,
+    {
+        let rest = self.head().get(from..).unwrap_or_default();
+        match *self {
+            Name::Text(_) => [rest, &[], &[]],
+            Name::Body { zone, .. } => {
+                *zone_text = zone_text_of(zone);
+                [rest, b".", &zone_text[..]]
+            }
+        }
     }
 
     /// Byte-wise order of the full names, the order of `str`. Most names differ within the
-    /// head (the label), which is compared as a slice; only the rest is walked byte by byte.
+    /// head (the label), which is compared as a slice; only then is the rest compared, piece
+    /// by piece (a lookup that finds its name ends here: it compares the whole zone text).
     fn cmp(&self, other: &Name<'_>) -> Ordering {
         let (a, b) = (self.head(), other.head());
         let n = a.len().min(b.len());
         match a.get(..n).cmp(&b.get(..n)) {
-            Ordering::Equal => self.tail(n).cmp(other.tail(n)),
+            Ordering::Equal => {
+                let (mut ta, mut tb) = ([0u8; ZONE_TEXT_LEN], [0u8; ZONE_TEXT_LEN]);
+                cmp_pieces(self.tail(n, &mut ta), other.tail(n, &mut tb))
+            }
             unequal => unequal,
         }
     }
@@ -767,7 +820,7 @@ impl<'a> Name<'a> {
                 let mut s = String::with_capacity(label.len() + 1 + ZONE_TEXT_LEN);
                 s.push_str(&String::from_utf8_lossy(label));
                 s.push('.');
-                s.extend((0..ZONE_TEXT_LEN).map(|i| char::from(zone_char(zone, i))));
+                s.extend(zone_text_of(zone).iter().map(|&c| char::from(c)));
                 Cow::Owned(s)
             }
         }

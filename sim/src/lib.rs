@@ -26,6 +26,11 @@
 //! * [`propbench`] measures propagation of dpin's real processes against raw in-process
 //!   gossipsub at the same cluster sizes, side by side in one run (`dpin-bench propagation`).
 //!
+//! The `dpin-sim` binary is a thin front-end over these modules: `src/main.rs` holds the
+//! command line and the dispatch, `src/cli/` one module per subcommand (`cluster`, `chaos` with
+//! its options and its run, `check`, `attack`) and what they share; `simulate`'s front-end is
+//! [`simulate::run`], here in the library.
+//!
 //! ## Partitions and WAN links
 //! A real partition needs packets to vanish between nodes. When partitions or WAN links
 //! (`--link-delay-ms`, `--jitter-ms`, `--loss-pct`) are requested and the harness runs as root

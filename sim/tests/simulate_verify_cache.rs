@@ -53,3 +53,51 @@ proptest! {
         }
     }
 }
+
+/// Checking a run's records up front as one batch changes no outcome: a good batch is not
+/// checked again when applied, and a batch with one forged signature keeps nothing, so each
+/// record is checked alone when applied (the forged one refused, the rest applied), exactly
+/// as `Store::apply` decides.
+#[test]
+fn a_prefetched_batch_changes_no_outcome() {
+    let key = ZoneKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+    let good: Vec<SignedRecord> = (1..=4)
+        .map(|seq| rec(&key, "a", seq, 10_000, false, 1))
+        .collect();
+    let mut forged = rec(&key, "b", 7, 10_000, false, 2);
+    // In S: R stays a valid point, so the batch equation itself fails.
+    forged.signature[40] ^= 1;
+    for with_forged in [false, true] {
+        let mut batch = good.clone();
+        if with_forged {
+            batch.insert(2, forged.clone());
+        }
+        let pairs: Vec<(&SignedRecord, [u8; 32])> =
+            batch.iter().map(|r| (r, r.content_hash())).collect();
+        let mut v = Verifier::new(VerifyMode::Cached);
+        v.prefetch(&pairs);
+        let after_prefetch = v.verifications;
+        assert_eq!(after_prefetch, batch.len() as u64);
+        let mut reference = MemStore::new();
+        let mut store = MemStore::new();
+        for r in &batch {
+            let want = reference.apply(r, NOW, Freshness::Replicate, None).ok();
+            let got = v.apply_cached(
+                &mut store,
+                r,
+                r.content_hash(),
+                NOW,
+                Freshness::Replicate,
+                None,
+            );
+            assert_eq!(want, Some(got));
+        }
+        assert_eq!(reference.digest(), store.digest());
+        let again = if with_forged { batch.len() as u64 } else { 0 };
+        assert_eq!(
+            v.verifications,
+            after_prefetch + again,
+            "forged: {with_forged}"
+        );
+    }
+}

@@ -8,7 +8,8 @@
 //! is modelled, with the node's own parameters.
 //!
 //! Map (read in this order):
-//! * [`sched`] — the scheduler: a heap of `(time, seq)` events; no wall clock, no threads.
+//! * [`sched`] — the scheduler: events in `(time, seq)` order (a calendar queue of
+//!   milliseconds, a heap for the far future); no wall clock, no threads.
 //! * [`rng`] — all randomness from the seed, one ChaCha8 stream per purpose.
 //! * [`fasthash`] — a cheap hasher for the lookup tables (ids and random bytes as keys).
 //! * [`net`] — the network model: latency + jitter, loss, partitions, bytes per message.

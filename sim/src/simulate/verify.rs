@@ -7,7 +7,8 @@
 //! * [`VerifyMode::Full`] calls the protocol's own `Store::apply` / `Store::apply_batch`, which
 //!   verify on every call, exactly as the node does.
 //! * [`VerifyMode::Cached`] checks fields and signature once per distinct `(content hash,
-//!   signature)` per run (through the protocol's `validate_fields` and `verify_signature`),
+//!   signature)` per run (the records a scenario signed before the run starts as one batch,
+//!   [`Verifier::prefetch`]) (through the protocol's `validate_fields` and `verify_signature`),
 //!   checks the time limits on every call (`validate_time`, they depend on the replica's
 //!   clock), and then runs the protocol's `Store::apply_prepared` with the record prepared
 //!   once per run as `Prepared::trusted` (what `Store::apply_verified` prepares on every call:
@@ -114,6 +115,40 @@ impl Verifier {
         match store.apply_prepared(prepared, now_ms, freshness, Cas::from(expected_seq)) {
             Ok(o) => o,
             Err(never) => match never {},
+        }
+    }
+
+    /// Checks, as one batch signature verification, the fields and signatures of the records
+    /// in `records` not checked yet, and keeps those that pass as checked (cached mode only;
+    /// a no-op in full mode). The outcome of every later apply is the one it would have had
+    /// without this call: the protocol's batch verification accepts exactly what single
+    /// verification accepts (`dpin_protocol::signature`), a record with invalid fields is
+    /// left out (it is refused for its fields when applied), and a batch that fails keeps
+    /// nothing, so each of its records is then checked alone when it is first applied. A
+    /// scenario signs its records up front: checking them together costs about half as much
+    /// per signature as one by one.
+    pub fn prefetch(&mut self, records: &[(&SignedRecord, [u8; 32])]) {
+        if self.mode != VerifyMode::Cached {
+            return;
+        }
+        let todo: Vec<(&SignedRecord, [u8; 32])> = records
+            .iter()
+            .filter(|(r, h)| {
+                !self.good.contains_key(&(*h, r.signature)) && r.validate_fields().is_ok()
+            })
+            .copied()
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let owned: Vec<SignedRecord> = todo.iter().map(|(r, _)| (*r).clone()).collect();
+        self.verifications += owned.len() as u64;
+        if !dpin_protocol::record::verify_batch(&owned) {
+            return;
+        }
+        for (r, (_, h)) in owned.into_iter().zip(todo) {
+            let key = (h, r.signature);
+            self.good.entry(key).or_insert_with(|| Prepared::trusted(r));
         }
     }
 

@@ -498,6 +498,8 @@ pub struct World {
     rng_gossip: SimRng,
     rng_sync: SimRng,
     verifier: Verifier,
+    /// Records whose signatures were checked up front ([`World::prefetch_signatures`]).
+    prefetched: usize,
     log: blake3::Hasher,
     /// Event-log bytes not yet hashed: hashing in large pieces gives the same digest as
     /// record by record (blake3 is a stream) at a fraction of the cost per event.
@@ -605,6 +607,7 @@ impl World {
             rng_gossip: rng::stream(cfg.seed, "gossip"),
             rng_sync: rng::stream(cfg.seed, "sync"),
             verifier: Verifier::new(cfg.verify),
+            prefetched: 0,
             log: blake3::Hasher::new(),
             log_buf: Vec::with_capacity(LOG_BUF_BYTES),
             stats: Stats::default(),
@@ -751,6 +754,7 @@ impl World {
         until: u64,
         mut keep_going: impl FnMut(&World) -> bool,
     ) -> Result<(), SimError> {
+        self.prefetch_signatures();
         loop {
             let Some(next) = self.sched.peek_time() else {
                 return Ok(());
@@ -774,6 +778,20 @@ impl World {
                 return Ok(());
             }
         }
+    }
+
+    /// Checks the signatures of the records interned since the last call as one batch
+    /// ([`Verifier::prefetch`]: same outcomes, half the cost per signature).
+    fn prefetch_signatures(&mut self) {
+        if self.prefetched >= self.records.len() {
+            return;
+        }
+        let batch: Vec<(&SignedRecord, [u8; 32])> = self.records[self.prefetched..]
+            .iter()
+            .map(|r| (&*r.rec, r.hash))
+            .collect();
+        self.verifier.prefetch(&batch);
+        self.prefetched = self.records.len();
     }
 
     /// Runs the invariant checks on everything touched since the last check.
