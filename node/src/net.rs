@@ -111,9 +111,13 @@
 //!   (the peer id is only known then), so a banned peer still costs one handshake per try.
 //! * **Gossipsub peer scoring** is on and tuned for a quiet topic (see `peer_score_config`):
 //!   invalid messages (the node's `Reject`) decide, and a peer whose score reaches the
-//!   graylist is banned for [`GRAYLIST_BAN`], checked on every rejection (a graylisted peer's
-//!   messages are ignored, so its score decays back within a second and a periodic check
-//!   alone can miss it) and every [`BAN_TICK`]. IP colocation scoring is off, on purpose.
+//!   graylist *and* whose messages we rejected within [`REJECTION_MEMORY`] is banned for
+//!   [`GRAYLIST_BAN`], checked on every rejection (a graylisted peer's messages are ignored,
+//!   so its score decays back within a second and a periodic check alone can miss it) and
+//!   every [`BAN_TICK`]. A graylist no rejection explains (P7: broken IWANT promises, which a
+//!   one-way cut inflicts on an honest peer; issue 15) is left to gossipsub's own, decaying
+//!   graylist and counted (`NetStats::graylisted_not_banned`). IP colocation scoring is off,
+//!   on purpose.
 //! * **Bounded inbound buffering**: an inbound sync request is read in chunks under a shared
 //!   budget of [`MAX_INBOUND_BUFFERED_BYTES`], held until the node answers or drops the
 //!   request ([`ResponseChannel`] carries the hold), and at most
@@ -280,6 +284,12 @@ pub const MAX_BANS: usize = 1024;
 pub const MAX_BAN: Duration = Duration::from_secs(24 * 3600);
 /// How long a peer whose gossip score fell below the graylist threshold is banned.
 pub const GRAYLIST_BAN: Duration = Duration::from_secs(15 * 60);
+/// How long a message rejected by our own validation marks its sender as the cause of its
+/// graylisting: the P4 count decays 10 % a second, so 30 s later a rejection is down to 4 %
+/// and no longer explains a score at the graylist.
+const REJECTION_MEMORY: Duration = Duration::from_secs(30);
+/// Peers whose last rejection is remembered (the oldest is forgotten beyond this).
+const MAX_REJECTING_PEERS: usize = 1024;
 /// How often expired bans are lifted and gossip scores are checked against the graylist.
 const BAN_TICK: Duration = Duration::from_secs(1);
 /// Concurrent inbound anti-entropy requests per connection: beyond this a new inbound
@@ -683,8 +693,9 @@ pub enum NetEvent {
 /// Why a peer is banned ([`NetHandle::ban`]); bans are counted by reason on [`NetStats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BanReason {
-    /// Its gossipsub score fell below the graylist threshold (invalid messages, broken
-    /// promises): banned by the network layer itself.
+    /// Its gossipsub score fell below the graylist threshold and our validation rejected
+    /// its messages recently: banned by the network layer itself (a graylist without
+    /// rejections, e.g. broken IWANT promises, is left to gossipsub: [`GraylistDecision`]).
     Graylisted,
     /// It went over its ingest budget (rate of records, requests or chunks).
     OverBudget,
@@ -754,6 +765,10 @@ pub struct NetStats {
     pub ban_refused: u64,
     /// Ban commands not delivered (the command queue was full; only `ban_nowait`).
     pub dropped_bans: u64,
+    /// Peers found graylisted by gossipsub with no recent message rejected by our
+    /// validation, so not banned ([`GraylistDecision::LeaveToGossipsub`]; once per graylist
+    /// episode). The other decision is `bans_for(BanReason::Graylisted)`.
+    pub graylisted_not_banned: u64,
     /// Inbound requests refused: the connection already had
     /// [`MAX_INBOUND_PER_CONNECTION`] in progress.
     pub inbound_over_connection_limit: u64,
@@ -796,6 +811,7 @@ impl NetStats {
             "bans_evicted": self.bans_evicted,
             "ban_refused": self.ban_refused,
             "dropped_bans": self.dropped_bans,
+            "graylisted_not_banned": self.graylisted_not_banned,
             "inbound_over_connection_limit": self.inbound_over_connection_limit,
             "inbound_over_byte_budget": self.inbound_over_byte_budget,
             "inbound_buffered_bytes": self.inbound_buffered_bytes,
@@ -822,6 +838,7 @@ struct Counters {
     bans_evicted: AtomicU64,
     ban_refused: AtomicU64,
     dropped_bans: AtomicU64,
+    graylisted_not_banned: AtomicU64,
     gossip_queue_full: AtomicU64,
     gossip_timed_out: AtomicU64,
 }
@@ -963,6 +980,7 @@ impl NetHandle {
             bans_evicted: self.counters.bans_evicted.load(Ordering::Relaxed),
             ban_refused: self.counters.ban_refused.load(Ordering::Relaxed),
             dropped_bans: self.counters.dropped_bans.load(Ordering::Relaxed),
+            graylisted_not_banned: self.counters.graylisted_not_banned.load(Ordering::Relaxed),
             inbound_over_connection_limit: self
                 .inbound
                 .over_connection_limit
@@ -1467,6 +1485,40 @@ fn gossipsub_config(
 /// this layer for [`GRAYLIST_BAN`].
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 
+/// What this layer does about a peer gossipsub scores at or below the graylist (issue 15).
+///
+/// Gossipsub graylists for more than invalid messages: every IWANT it sends is a promise,
+/// and a broken one is a P7 penalty, −(n − 4)² over its threshold of 4, so about 13 broken
+/// promises within a decay window reach −80. A one-way cut (we still hear a peer's IHAVE,
+/// its IWANT answers never arrive) does that to an honest peer, and a 15-minute ban then
+/// kept it out long after the cut healed. So only a peer whose messages our own validation
+/// rejected within [`REJECTION_MEMORY`] (the hostile case of issue 12) is banned; any other
+/// graylist is gossipsub's own, which ignores the peer only while its score, decaying, stays
+/// below the threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GraylistDecision {
+    /// Ban it for [`GRAYLIST_BAN`].
+    Ban,
+    /// Leave it to gossipsub's own graylisting (short-lived: the score decays back).
+    LeaveToGossipsub,
+}
+
+/// The graylist decision for a peer scored `score`, whose last message rejected by our own
+/// validation came `since_rejection` ago (`None`: none remembered). `None` if the peer is
+/// not graylisted.
+fn graylist_decision(
+    score: Option<f64>,
+    since_rejection: Option<Duration>,
+) -> Option<GraylistDecision> {
+    if !score.is_some_and(|s| s <= GRAYLIST_THRESHOLD) {
+        return None;
+    }
+    Some(match since_rejection {
+        Some(ago) if ago <= REJECTION_MEMORY => GraylistDecision::Ban,
+        _ => GraylistDecision::LeaveToGossipsub,
+    })
+}
+
 /// Gossipsub peer scoring (issue 12). The defaults are tuned for Ethereum-style busy topics
 /// and are wrong for dpin in three ways, fixed here:
 ///
@@ -1483,7 +1535,7 @@ pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 ///   verdict of `Reject`, not `Ignore`): within milliseconds of a flood, and within about
 ///   ten seconds for a peer that sends one a second; an honest peer, which validates before
 ///   forwarding, never forwards a rejected message. Graylisted peers are banned by the
-///   network layer. (With the count halving each second, a peer whose invalid messages
+///   network layer (those with recent rejections: [`GraylistDecision`]). (With the count halving each second, a peer whose invalid messages
 ///   trickled in at a few a second, as in a loaded debug build, stayed above the graylist.)
 /// * **P6 (IP colocation) is off.** It penalises more than a threshold of peers behind one
 ///   IP address. Honest deployments do that: a test cluster on one host (every peer is
@@ -1727,6 +1779,8 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         last_kad_bootstrap: None,
         maintain_soon: false,
         bans: HashMap::new(),
+        rejected: HashMap::new(),
+        graylisted_kept: HashSet::new(),
         metrics: config.metrics.clone(),
         nat: nat::NatState::new(&config.nat)?,
     };
@@ -1808,6 +1862,12 @@ struct EventLoop {
     /// Banned peers and when their ban ends (bounded by [`MAX_BANS`]); mirrored in the
     /// `blocked` behaviour, which refuses their connections.
     bans: HashMap<PeerId, tokio::time::Instant>,
+    /// When our validation last rejected a message from each peer (kept for
+    /// [`REJECTION_MEMORY`], at most [`MAX_REJECTING_PEERS`]): what makes a graylist a ban.
+    rejected: HashMap<PeerId, tokio::time::Instant>,
+    /// Connected peers graylisted by gossipsub and left to it (not banned), so each graylist
+    /// episode is counted and logged once; bounded by the connections.
+    graylisted_kept: HashSet<PeerId>,
     /// libp2p's metrics ([`NetConfig::metrics`]).
     metrics: Option<swarm_metrics::SwarmMetrics>,
     /// Discovery and NAT state ([`nat`]).
@@ -2116,8 +2176,9 @@ impl EventLoop {
     }
 
     /// Lifts bans that ended, and bans connected peers whose gossip score fell to the
-    /// graylist (gossipsub then ignores them already; the ban also frees their connection
-    /// and stops their requests and probes).
+    /// graylist after we rejected their messages (gossipsub then ignores them already; the
+    /// ban also frees their connection and stops their requests and probes). Other graylisted
+    /// peers are left to gossipsub ([`graylist_decision`]).
     fn check_bans(&mut self) {
         let now = tokio::time::Instant::now();
         let ended: Vec<PeerId> = self
@@ -2129,24 +2190,55 @@ impl EventLoop {
         for peer in ended {
             self.unban(peer);
         }
-        let graylisted: Vec<PeerId> = self
-            .swarm
-            .connected_peers()
-            .filter(|p| self.graylisted(p))
-            .copied()
-            .collect();
-        for peer in graylisted {
-            self.ban(peer, GRAYLIST_BAN, BanReason::Graylisted);
+        self.rejected
+            .retain(|_, at| now.duration_since(*at) <= REJECTION_MEMORY);
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut kept = HashSet::new();
+        for peer in connected {
+            match self.graylist_decision(&peer) {
+                Some(GraylistDecision::Ban) => self.ban(peer, GRAYLIST_BAN, BanReason::Graylisted),
+                Some(GraylistDecision::LeaveToGossipsub) => {
+                    if !self.graylisted_kept.contains(&peer) {
+                        self.counters
+                            .graylisted_not_banned
+                            .fetch_add(1, Ordering::Relaxed);
+                        info!(
+                            %peer,
+                            score = ?self.swarm.behaviour().gossipsub.peer_score(&peer),
+                            "peer graylisted by gossipsub without rejected messages: not banned"
+                        );
+                    }
+                    kept.insert(peer);
+                }
+                None => {}
+            }
         }
+        self.graylisted_kept = kept;
     }
 
-    /// Whether gossipsub scores `peer` at or below [`GRAYLIST_THRESHOLD`] (a ban is due).
-    fn graylisted(&self, peer: &PeerId) -> bool {
-        self.swarm
-            .behaviour()
-            .gossipsub
-            .peer_score(peer)
-            .is_some_and(|s| s <= GRAYLIST_THRESHOLD)
+    /// Whether to ban `peer` now that gossipsub may score it at the graylist (see
+    /// [`graylist_decision`]).
+    fn graylist_decision(&self, peer: &PeerId) -> Option<GraylistDecision> {
+        let now = tokio::time::Instant::now();
+        graylist_decision(
+            self.swarm.behaviour().gossipsub.peer_score(peer),
+            self.rejected.get(peer).map(|at| now.duration_since(*at)),
+        )
+    }
+
+    /// Remembers that our validation rejected a message `peer` sent us.
+    fn note_rejection(&mut self, peer: PeerId) {
+        if !self.rejected.contains_key(&peer) && self.rejected.len() >= MAX_REJECTING_PEERS {
+            let oldest = self
+                .rejected
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| *p);
+            if let Some(p) = oldest {
+                self.rejected.remove(&p);
+            }
+        }
+        self.rejected.insert(peer, tokio::time::Instant::now());
     }
 
     /// Counts a connection refused because its peer is banned.
@@ -2812,8 +2904,11 @@ impl EventLoop {
                 // falling and decays back above the threshold within a decay interval (1 s);
                 // a tick with the same period could miss every such window, and a flooding
                 // peer was then never banned (the net test flaked that way).
-                if verdict == Verdict::Reject && self.graylisted(&source) {
-                    self.ban(source, GRAYLIST_BAN, BanReason::Graylisted);
+                if verdict == Verdict::Reject {
+                    self.note_rejection(source);
+                    if self.graylist_decision(&source) == Some(GraylistDecision::Ban) {
+                        self.ban(source, GRAYLIST_BAN, BanReason::Graylisted);
+                    }
                 }
                 let _ = reply.send(());
             }
@@ -3075,6 +3170,7 @@ impl EventLoop {
                     }
                 };
                 if let Some(acceptance) = verdict {
+                    let rejected = matches!(acceptance, MessageAcceptance::Reject);
                     self.swarm
                         .behaviour_mut()
                         .gossipsub
@@ -3083,6 +3179,14 @@ impl EventLoop {
                             &propagation_source,
                             acceptance,
                         );
+                    if rejected {
+                        self.note_rejection(propagation_source);
+                        if self.graylist_decision(&propagation_source)
+                            == Some(GraylistDecision::Ban)
+                        {
+                            self.ban(propagation_source, GRAYLIST_BAN, BanReason::Graylisted);
+                        }
+                    }
                 }
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
@@ -3826,6 +3930,40 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
         a.driver.abort();
         Ok(())
+    }
+
+    /// Issue 15: a graylist that no rejection of ours explains (broken IWANT promises behind
+    /// a one-way cut: P7 alone reaches the graylist) is gossipsub's to handle, short-lived;
+    /// only a peer that also sent messages we rejected recently is banned for 15 minutes.
+    #[test]
+    fn only_a_graylisted_peer_with_recent_rejections_is_banned() {
+        let graylisted = Some(GRAYLIST_THRESHOLD - 1.0);
+        assert_eq!(
+            graylist_decision(graylisted, None),
+            Some(GraylistDecision::LeaveToGossipsub),
+            "P7-only graylist: no ban"
+        );
+        assert_eq!(
+            graylist_decision(graylisted, Some(REJECTION_MEMORY + Duration::from_secs(1))),
+            Some(GraylistDecision::LeaveToGossipsub),
+            "rejections long ago do not explain today's score"
+        );
+        for since in [Duration::ZERO, REJECTION_MEMORY] {
+            assert_eq!(
+                graylist_decision(graylisted, Some(since)),
+                Some(GraylistDecision::Ban),
+                "rejected {since:?} ago"
+            );
+        }
+        assert_eq!(
+            graylist_decision(Some(GRAYLIST_THRESHOLD), Some(Duration::ZERO)),
+            Some(GraylistDecision::Ban),
+            "at the threshold is graylisted"
+        );
+        for score in [None, Some(GRAYLIST_THRESHOLD + 1.0), Some(0.0)] {
+            assert_eq!(graylist_decision(score, Some(Duration::ZERO)), None);
+            assert_eq!(graylist_decision(score, None), None);
+        }
     }
 
     #[test]
