@@ -698,6 +698,13 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Trim the connection to `peer` now, as `trim` would (tests only: the trim choice is
+    /// tested apart, this drives a release on demand).
+    #[cfg(test)]
+    Trim {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Cloneable handle to the network event loop.
@@ -881,6 +888,12 @@ impl NetHandle {
     /// flow again.
     pub async fn reconnect(&self, peer: PeerId) -> Result<(), NetError> {
         self.call(|reply| Command::Reconnect { peer, reply }).await
+    }
+
+    /// Trims the connection to `peer` now (goodbye, release, close), whatever the degree.
+    #[cfg(test)]
+    async fn trim(&self, peer: PeerId) -> Result<(), NetError> {
+        self.call(|reply| Command::Trim { peer, reply }).await
     }
 
     /// Sends the failure detector's probe `nonce` to `peer`; the answer comes back as

@@ -401,20 +401,25 @@ impl EventLoop {
             .collect();
         for peer in choose_trim(&candidates, self.dial_target, &mut rand::thread_rng()) {
             debug!(%peer, "trimming a connection to keep the target degree");
-            self.trimming.insert(peer);
-            self.release(peer);
-            self.counters.trimmed.fetch_add(1, Ordering::Relaxed);
-            if self.probes.len() >= MAX_PENDING_PROBES {
-                self.close_trimmed(peer);
-                continue;
-            }
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .probe
-                .send_request(&peer, Payload::outbound(probe_goodbye()));
-            self.probes.insert(id, PendingProbe::Goodbye { peer });
+            self.trim_peer(peer);
         }
+    }
+
+    /// Trims the connection to `peer`: released, told (goodbye), closed once it answers.
+    pub(super) fn trim_peer(&mut self, peer: PeerId) {
+        self.trimming.insert(peer);
+        self.release(peer);
+        self.counters.trimmed.fetch_add(1, Ordering::Relaxed);
+        if self.probes.len() >= MAX_PENDING_PROBES {
+            self.close_trimmed(peer);
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .probe
+            .send_request(&peer, Payload::outbound(probe_goodbye()));
+        self.probes.insert(id, PendingProbe::Goodbye { peer });
     }
 
     /// Closes a connection we trimmed (its goodbye was answered, failed or timed out).

@@ -383,6 +383,11 @@ impl EventLoop {
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             }
+            #[cfg(test)]
+            Command::Trim { peer, reply } => {
+                self.trim_peer(peer);
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -359,7 +359,8 @@ async fn gossip_reaches_all_and_kademlia_connects_bootstrap_siblings() -> anyhow
 /// of its peers has no re-dial and no dial-back, and waits for its maintenance tick,
 /// which had backed off (up to `DISCOVERY_MAX_INTERVAL`) while the node was stable, so it
 /// could sit alone through the whole quiet window. A loss that leaves a node below its
-/// target now brings the tick forward (`EventLoop::maintain_soon`).
+/// target now brings the tick forward (`EventLoop::maintain_soon`;
+/// `a_node_released_by_its_last_peer_reconnects_at_once` isolates the case).
 #[tokio::test]
 async fn a_trimmed_network_stays_connected_and_trimmed_peers_stay_away() -> anyhow::Result<()> {
     /// No trim and no new connection anywhere for this long: settled.
@@ -437,6 +438,46 @@ async fn a_trimmed_network_stays_connected_and_trimmed_peers_stay_away() -> anyh
     for n in nodes {
         n.driver.abort();
     }
+    Ok(())
+}
+
+/// A node released by the last of its peers reconnects at once, even when its maintenance
+/// tick has backed off: with nothing to re-dial (a release is not a loss) only that tick
+/// reconnects it, and it waited for the backed-off period (the trimmed-network test's flake:
+/// a node alone through the whole quiet window).
+#[tokio::test]
+async fn a_node_released_by_its_last_peer_reconnects_at_once() -> anyhow::Result<()> {
+    /// Stable this long, the tick's period has doubled from 100 ms to at least 3.2 s.
+    const STABLE_FOR: Duration = Duration::from_secs(8);
+    /// Far below the backed-off period, far above the base period (100 ms) and a dial.
+    const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
+    let a = start(test_config(vec![]), accept_all()).await?;
+    let mut config = test_config(vec![a.p2p_addr().await?]);
+    config.target_peers = 1;
+    config.discovery_interval = Duration::from_millis(100);
+    let x = start(config, accept_all()).await?;
+    eventually("X connected to A", || x.connected_to(a.id())).await?;
+    tokio::time::sleep(STABLE_FOR).await;
+    assert_eq!(x.handle.connected_peers().await?, vec![a.id()]);
+
+    a.handle.trim(x.id()).await?;
+    eventually("A released X", || {
+        let released = x.handle.stats().released_by_peer;
+        async move { released == 1 }
+    })
+    .await?;
+    let released_at = Instant::now();
+    eventually("X disconnected", || async { !x.connected_to(a.id()).await }).await?;
+    let deadline = released_at + RECONNECT_WITHIN;
+    while !x.connected_to(a.id()).await {
+        assert!(
+            Instant::now() < deadline,
+            "X was still alone {RECONNECT_WITHIN:?} after its last peer released it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.driver.abort();
+    x.driver.abort();
     Ok(())
 }
 
