@@ -602,6 +602,21 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
     )?;
     counter_family(
         e,
+        "dpin_net_graylist_decisions_total",
+        "Peers found at gossipsub's graylist, by decision: banned (our validation rejected their messages recently) or left to gossipsub's own decaying graylist (no rejections, e.g. broken IWANT promises behind a one-way cut).",
+        [
+            (
+                [("decision", "banned")],
+                s.bans_for(BanReason::Graylisted),
+            ),
+            (
+                [("decision", "not_banned_no_rejections")],
+                s.graylisted_not_banned,
+            ),
+        ],
+    )?;
+    counter_family(
+        e,
         "dpin_net_inbound_refused_total",
         "Inbound requests refused by the buffering bounds, by reason.",
         [

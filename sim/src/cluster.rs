@@ -698,6 +698,62 @@ pub fn stop_from_pidfiles(base_dir: &Path) -> Result<usize> {
     Ok(signalled)
 }
 
+/// What a node's network layer logs when a ban takes effect (`dpin_node::net`, once per
+/// ban, whatever decided it). The node's own ban decisions (over budget, invalid sync data)
+/// log "banning peer" under `dpin_node::node` first and then ask the network layer, so only
+/// this target is counted: counting both would count those bans twice.
+pub const BAN_LOG_LINE: &str = "dpin_node::net: banning peer";
+
+/// The ban reason of a node log line, if the line is a ban ([`BAN_LOG_LINE`]); `"?"` if the
+/// line has no `reason=` field.
+pub fn ban_reason(line: &str) -> Option<String> {
+    let rest = &line[line.find(BAN_LOG_LINE)? + BAN_LOG_LINE.len()..];
+    let Some(at) = rest.find(" reason=") else {
+        return Some("?".to_owned());
+    };
+    let value = rest[at + " reason=".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .trim_matches('"');
+    Some(value.to_owned())
+}
+
+/// Bans recorded in the logs of every node under `base_dir` (`node-K.log`, appended across
+/// restarts, so a restarted node's earlier bans count too). Every node the chaos harness
+/// starts is honest, and so is every peer it has: any ban is one of an honest peer
+/// (issue 15).
+pub fn scan_bans(base_dir: &Path) -> Result<crate::report::PeerBans> {
+    /// Ban lines kept as examples in the report.
+    const EXAMPLES: usize = 5;
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(base_dir)
+        .with_context(|| format!("cannot list {}", base_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("node-") && n.ends_with(".log"))
+        })
+        .collect();
+    logs.sort();
+    let mut bans = crate::report::PeerBans::default();
+    for log in logs {
+        let bytes =
+            std::fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
+        let name = log.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            if let Some(reason) = ban_reason(line) {
+                bans.total += 1;
+                *bans.by_reason.entry(reason).or_default() += 1;
+                if bans.examples.len() < EXAMPLES {
+                    bans.examples.push(format!("{name}: {line}"));
+                }
+            }
+        }
+    }
+    Ok(bans)
+}
+
 /// The nodes' log filter: `DPIN_NODE_RUST_LOG` if set (e.g. to add
 /// `libp2p_gossipsub::peer_score=debug` when a run shows peers being graylisted), else info with
 /// gossipsub's and the swarm's chatter at warn.
@@ -709,8 +765,40 @@ pub fn node_log_filter() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bans_are_read_from_the_network_layers_log_line_only() {
+        let net = "2026-12-03T01:16:55.957145Z  INFO dpin_node::net: banning peer peer=12D3KooWGj9x reason=\"graylisted\" duration=900s";
+        assert_eq!(ban_reason(net).as_deref(), Some("graylisted"));
+        // The node's own decision, logged before it asks the network layer (counted there).
+        let node = "2026-12-03T01:16:55.957145Z  WARN dpin_node::node: banning peer peer=12D3KooWGj9x reason=\"invalid\" score=9 for_ms=60000";
+        assert_eq!(ban_reason(node), None);
+        assert_eq!(
+            ban_reason("x INFO dpin_node::net: banning peer peer=p").as_deref(),
+            Some("?")
+        );
+        assert_eq!(ban_reason("INFO dpin_node::net: peer connected"), None);
+
+        let dir = std::env::temp_dir().join(format!("dpin-scan-bans-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("node-1.log"),
+            format!("a line\n{net}\n{node}\n{net}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("node-2.log"), "nothing\n").unwrap();
+        std::fs::write(dir.join("history.jsonl"), format!("{net}\n")).unwrap();
+        let bans = scan_bans(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let bans = bans.unwrap();
+        assert_eq!(bans.total, 2);
+        assert_eq!(bans.by_reason.get("graylisted"), Some(&2));
+        assert_eq!(bans.examples.len(), 2);
+        assert!(bans.examples[0].starts_with("node-1.log: "));
+    }
 
     #[test]
     fn tcp_port_is_read_from_a_multiaddr() {

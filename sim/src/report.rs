@@ -13,6 +13,11 @@
 //! `queries` splits stale answers by whether their node said it was cut off
 //! (`stale_cut_off`, `stale_cut_off_kept`, `stale_connected`) and counts the readers'
 //! failovers from such answers (`cut_off_answers`, `failover_reads`, `fallbacks`).
+//! `peer_bans` counts the bans in the nodes' logs: every node and peer is honest, so any ban
+//! fails the run (issue 15).
+
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +81,19 @@ pub struct ClockSkew {
     pub library: Option<String>,
     /// How, or why not.
     pub note: String,
+}
+
+/// Peers banned by the run's nodes, from their logs ([`crate::cluster::scan_bans`]). Every
+/// node and peer of a chaos run is honest, so any ban fails the run (issue 15: honest peers
+/// graylisted by broken IWANT promises behind one-way cuts were banned for 15 minutes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerBans {
+    /// Bans, all nodes and restarts together.
+    pub total: u64,
+    /// Bans by the reason the node logged (`graylisted`, `over_budget`, `invalid`).
+    pub by_reason: BTreeMap<String, u64>,
+    /// The first few ban lines, each prefixed with its log file's name.
+    pub examples: Vec<String>,
 }
 
 /// The report written to `--report FILE`.
@@ -170,13 +188,16 @@ pub struct Report {
     pub base_dir: String,
     /// The node binary that ran (`dpin`, or dpin-sim's built-in node).
     pub dpin: String,
+    /// Peers the nodes banned (all of them honest): any fails the run.
+    #[serde(default)]
+    pub peer_bans: PeerBans,
     /// Examples of violated invariants.
     pub violations: Vec<Violation>,
     /// Problems of the harness itself (a restart that failed, ...).
     pub harness_errors: Vec<String>,
     /// Whether the run passed: no failed query, no empty answer, no lost write, no stale write
     /// applied or holding after the heal, no read going backwards, no wrong content,
-    /// converged, and no harness error.
+    /// converged, no honest peer banned, and no harness error.
     pub pass: bool,
 }
 
@@ -234,13 +255,24 @@ pub struct RunMeta {
 }
 
 impl Report {
-    /// Combines the checker's findings with the run's facts.
-    pub fn new(meta: RunMeta, f: &Findings) -> Self {
+    /// Combines the checker's findings with the run's facts, and counts the bans in the
+    /// nodes' logs under `meta.base_dir` ([`crate::cluster::scan_bans`]; logs that cannot be
+    /// read are a harness error).
+    pub fn new(mut meta: RunMeta, f: &Findings) -> Self {
         let converged = meta.convergence.is_some();
+        let peer_bans = match crate::cluster::scan_bans(Path::new(&meta.base_dir)) {
+            Ok(bans) => bans,
+            Err(e) => {
+                meta.harness_errors
+                    .push(format!("cannot count bans in the nodes' logs: {e:#}"));
+                PeerBans::default()
+            }
+        };
         let pass = f.invariants_hold()
             && converged
             && meta.harness_errors.is_empty()
-            && f.heal.unconverged == 0;
+            && f.heal.unconverged == 0
+            && peer_bans.total == 0;
         Report {
             nodes: meta.nodes,
             duration_s: meta.duration_s,
@@ -280,6 +312,7 @@ impl Report {
             history: meta.history,
             base_dir: meta.base_dir,
             dpin: meta.dpin,
+            peer_bans,
             violations: f.examples.clone(),
             harness_errors: meta.harness_errors,
             pass,
@@ -432,6 +465,16 @@ impl Report {
                 self.heal_convergence_ms.unconverged,
                 mark(self.heal_convergence_ms.unconverged > 0)
             ),
+            format!(
+                "  bans       honest peers banned {}{}{}",
+                self.peer_bans.total,
+                if self.peer_bans.by_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", self.peer_bans.by_reason)
+                },
+                mark(self.peer_bans.total > 0)
+            ),
             format!("  partitions {}", self.partition_method),
             format!("  clock skew {}", self.clock_skew.note),
         ];
@@ -446,6 +489,9 @@ impl Report {
         }
         for v in self.violations.iter().take(12) {
             s.push(format!("  ! {}: {}", v.kind, v.detail));
+        }
+        for b in &self.peer_bans.examples {
+            s.push(format!("  ! ban: {b}"));
         }
         for e in &self.harness_errors {
             s.push(format!("  ! harness: {e}"));

@@ -1,0 +1,930 @@
+//! Tests of the network layer: the pure decisions (trim choice, mesh sizes, graylist
+//! decision, codec bounds) and in-process swarms on loopback (gossip, discovery, trimming,
+//! probes, request-response, bans).
+
+use super::bans::graylist_decision;
+use super::connections::{choose_trim, TrimCandidate};
+use super::*;
+use anyhow::{anyhow, bail, Context};
+use std::future::Future;
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+type VerdictFn = Arc<dyn Fn(&[u8]) -> Verdict + Send + Sync>;
+
+struct TestNode {
+    handle: NetHandle,
+    /// Payloads of gossip delivered to this node (after the verdict was reported).
+    gossip: mpsc::UnboundedReceiver<Vec<u8>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl TestNode {
+    fn id(&self) -> PeerId {
+        self.handle.local_peer_id()
+    }
+
+    /// A TCP listen address with `/p2p/<id>`, for others to bootstrap from.
+    async fn p2p_addr(&self) -> anyhow::Result<Multiaddr> {
+        let addrs = self.handle.listen_addrs().await?;
+        let tcp = addrs
+            .into_iter()
+            .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+            .context("no tcp listen address")?;
+        Ok(tcp.with(Protocol::P2p(self.id())))
+    }
+
+    async fn connected_to(&self, peer: PeerId) -> bool {
+        self.handle
+            .connected_peers()
+            .await
+            .map(|p| p.contains(&peer))
+            .unwrap_or(false)
+    }
+}
+
+fn test_config(bootstrap: Vec<Multiaddr>) -> NetConfig {
+    let mut config = NetConfig::new(
+        Keypair::generate_ed25519(),
+        vec![
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        ],
+        bootstrap,
+    );
+    config.expected_cluster_size = 3;
+    config.discovery_interval = Duration::from_millis(500);
+    config
+}
+
+/// Spawns a node plus a driver task that plays the role of the dpin node: it answers
+/// every gossip with `verdict(data)` and every request with `b"re:" + data`.
+async fn start(config: NetConfig, verdict: VerdictFn) -> anyhow::Result<TestNode> {
+    let (handle, mut events) = spawn(config).await?;
+    let (gossip_tx, gossip) = mpsc::unbounded_channel();
+    let h = handle.clone();
+    let driver = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                NetEvent::Gossip {
+                    source,
+                    message_id,
+                    data,
+                } => {
+                    let v = verdict(&data);
+                    if h.report_validation(message_id, source, v).await.is_err() {
+                        return;
+                    }
+                    let _ = gossip_tx.send(data);
+                }
+                NetEvent::Request { data, channel, .. } => {
+                    let mut reply = b"re:".to_vec();
+                    reply.extend_from_slice(&data);
+                    let _ = h.respond(channel, reply).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(TestNode {
+        handle,
+        gossip,
+        driver,
+    })
+}
+
+fn accept_all() -> VerdictFn {
+    Arc::new(|_| Verdict::Accept)
+}
+
+/// Polls `check` until it holds or the deadline passes (the poll period is not an
+/// assertion; the deadline is).
+async fn eventually<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Publishes, retrying while no subscribed peer is known yet.
+async fn publish_when_ready(node: &TestNode, data: &[u8]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match node.handle.publish(data.to_vec()).await? {
+            PublishStatus::Sent => return Ok(()),
+            PublishStatus::Duplicate => bail!("unexpected duplicate"),
+            PublishStatus::NoPeers if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            PublishStatus::NoPeers => bail!("no subscribed peers before the deadline"),
+        }
+    }
+}
+
+/// Waits until `node` has received every payload in `want` (in any order), returning
+/// everything received meanwhile.
+async fn receive_all(node: &mut TestNode, want: &[&[u8]]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    while !want.iter().all(|w| seen.iter().any(|s| s == w)) {
+        let got = tokio::time::timeout_at(deadline, node.gossip.recv())
+            .await
+            .map_err(|_| anyhow!("{} did not receive all of {want:?}", node.id()))?
+            .context("driver stopped")?;
+        seen.push(got);
+    }
+    Ok(seen)
+}
+
+async fn receive(node: &mut TestNode, want: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    receive_all(node, &[want]).await
+}
+
+fn cand(peer: u32, bucket: u32, protected: bool) -> TrimCandidate<u32> {
+    TrimCandidate {
+        peer,
+        bucket,
+        protected,
+    }
+}
+
+fn seeded(seed: u64) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+#[test]
+fn trim_starts_a_small_margin_above_the_target_at_any_size() {
+    assert_eq!(trim_above(DEFAULT_TARGET_PEERS), 15);
+    assert_eq!(trim_above(1), 3);
+    assert_eq!(trim_above(8), 10);
+    assert_eq!(trim_above(40), 50);
+    // The old rule trimmed only above three times the target.
+    assert!(trim_above(DEFAULT_TARGET_PEERS) < 2 * DEFAULT_TARGET_PEERS);
+}
+
+#[test]
+fn trim_comes_down_to_the_target_and_spares_protected_connections() {
+    for seed in 0..50 {
+        // 30 peers over 5 distance classes (the shape of a 40-node network); every
+        // third one protected (gossip mesh or in its grace period).
+        let cands: Vec<TrimCandidate<u32>> = (0..30)
+            .map(|i| cand(i, 255 - (i % 5), i % 3 == 0))
+            .collect();
+        let trimmed = choose_trim(&cands, 12, &mut seeded(seed));
+        assert_eq!(trimmed.len(), 18, "seed {seed}: down to the target");
+        assert!(
+            trimmed.iter().all(|p| p % 3 != 0),
+            "seed {seed}: a protected connection was trimmed"
+        );
+        let unique: HashSet<u32> = trimmed.iter().copied().collect();
+        assert_eq!(unique.len(), trimmed.len(), "seed {seed}: no peer twice");
+    }
+}
+
+#[test]
+fn trim_keeps_a_link_into_every_distance_class() {
+    for seed in 0..50 {
+        // Most peers close by (bucket 250..=252), one far link in each of 253..=255:
+        // trimming to 4 keeps the far links (the ones that hold the graph together) and
+        // one close peer per close class.
+        let mut cands: Vec<TrimCandidate<u32>> =
+            (0..20).map(|i| cand(i, 250 + i % 3, false)).collect();
+        cands.extend([
+            cand(100, 253, false),
+            cand(101, 254, false),
+            cand(102, 255, false),
+        ]);
+        let trimmed = choose_trim(&cands, 4, &mut seeded(seed));
+        let kept: Vec<&TrimCandidate<u32>> = cands
+            .iter()
+            .filter(|c| !trimmed.contains(&c.peer))
+            .collect();
+        for b in 250..=255 {
+            assert!(
+                kept.iter().any(|c| c.bucket == b),
+                "seed {seed}: class {b} lost its last link"
+            );
+        }
+        // It cannot reach 4 without cutting a class: it stops at one per class.
+        assert_eq!(kept.len(), 6, "seed {seed}");
+    }
+}
+
+#[test]
+fn trim_evens_out_the_distance_classes() {
+    // 10 peers in class 255, 2 in 254, 2 in 253: trimming to 8 takes from 255 only.
+    let mut cands: Vec<TrimCandidate<u32>> = (0..10).map(|i| cand(i, 255, false)).collect();
+    cands.extend((10..12).map(|i| cand(i, 254, false)));
+    cands.extend((12..14).map(|i| cand(i, 253, false)));
+    for seed in 0..20 {
+        let trimmed = choose_trim(&cands, 8, &mut seeded(seed));
+        assert_eq!(trimmed.len(), 6);
+        assert!(trimmed.iter().all(|p| *p < 10), "seed {seed}: {trimmed:?}");
+    }
+}
+
+#[test]
+fn nothing_is_trimmed_at_or_below_the_target_or_when_all_are_protected() {
+    let cands: Vec<TrimCandidate<u32>> = (0..12).map(|i| cand(i, 255, false)).collect();
+    assert!(choose_trim(&cands, 12, &mut seeded(1)).is_empty());
+    let cands: Vec<TrimCandidate<u32>> = (0..20).map(|i| cand(i, 255, true)).collect();
+    assert!(choose_trim(&cands, 12, &mut seeded(1)).is_empty());
+    assert!(choose_trim::<u32>(&[], 0, &mut seeded(1)).is_empty());
+}
+
+#[test]
+fn redial_delays_grow_to_a_bound_then_slow_down() {
+    let t0 = tokio::time::Instant::now();
+    let mut r = Redial::new(t0, Duration::ZERO);
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        delays.push(r.delay(t0));
+        r.attempt += 1;
+    }
+    assert!(delays[0] <= REDIAL_MIN.mul_f64(1.25));
+    assert!(delays.iter().all(|d| *d <= REDIAL_MAX.mul_f64(1.25)));
+    assert!(delays[9] >= REDIAL_MAX.mul_f64(0.75));
+    let late = t0 + REDIAL_FAST_FOR;
+    assert!(r.delay(late) >= REDIAL_SLOW.mul_f64(0.75));
+}
+
+#[test]
+fn an_echo_of_our_own_anonymous_publish_is_not_held_against_the_forwarder() {
+    // With anonymous envelopes a peer cannot tell a message came from us; gossipsub's
+    // default would reject our own publish coming back as "self origin" and penalise the
+    // honest peer that forwarded it (graylisted and banned in chaos runs).
+    let topic = gossipsub::IdentTopic::new("t").hash();
+    let config = gossipsub_config(&topic, 100, 12).expect("config builds");
+    assert!(config.allow_self_origin());
+    assert!(matches!(
+        config.validation_mode(),
+        ValidationMode::Anonymous
+    ));
+}
+
+#[test]
+fn gossip_send_queue_is_bounded_below_the_default() {
+    // gossipsub preallocates half the queue per connection; the default (5000) cost
+    // ~580 KB resident per connection (issue 16).
+    let topic = gossipsub::IdentTopic::new("t").hash();
+    let config = gossipsub_config(&topic, 100, 12).expect("config builds");
+    assert_eq!(config.connection_handler_queue_len(), GOSSIP_QUEUE_LEN);
+    const { assert!(GOSSIP_QUEUE_LEN <= 1024) };
+}
+
+#[test]
+fn mesh_params_valid_for_all_sizes() {
+    for cluster in 0..=500 {
+        let m = MeshParams::for_cluster(cluster);
+        assert!(m.outbound_min <= m.n_low, "{cluster}: {m:?}");
+        assert!(m.n_low <= m.n && m.n <= m.n_high, "{cluster}: {m:?}");
+        assert!(2 * m.outbound_min <= m.n, "{cluster}: {m:?}");
+        assert!(m.n_low >= 1);
+        if (2..=7).contains(&cluster) {
+            // Small clusters: full mesh, never pruned, never permanently under D_lo.
+            assert!(m.n_high >= cluster - 1, "{cluster}: {m:?}");
+            assert!(m.n_low < cluster, "{cluster}: {m:?}");
+        }
+        let topic = gossipsub::IdentTopic::new("t").hash();
+        gossipsub_config(&topic, 100, cluster).expect("config builds");
+    }
+    assert_eq!(
+        MeshParams::for_cluster(3),
+        MeshParams {
+            n: 2,
+            n_low: 1,
+            n_high: 4,
+            outbound_min: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn gossip_reaches_all_and_kademlia_connects_bootstrap_siblings() -> anyhow::Result<()> {
+    let mut a = start(test_config(vec![]), accept_all()).await?;
+    let a_addr = a.p2p_addr().await?;
+    let mut b = start(test_config(vec![a_addr.clone()]), accept_all()).await?;
+    let mut c = start(test_config(vec![a_addr]), accept_all()).await?;
+
+    // C was only told about A: it can only reach B through Kademlia discovery.
+    eventually("C connected to B", || c.connected_to(b.id())).await?;
+
+    let payload = b"record from B".to_vec();
+    publish_when_ready(&b, &payload).await?;
+    receive(&mut a, &payload).await?;
+    receive(&mut c, &payload).await?;
+    // B published it: it must not come back to B as a gossip to validate.
+    assert!(b.gossip.try_recv().is_err());
+
+    // Republishing identical bytes is content-deduplicated, not an error.
+    assert_eq!(b.handle.publish(payload).await?, PublishStatus::Duplicate);
+    // Nothing dropped, trimmed or banned; two peers connected.
+    let stats = a.handle.stats();
+    assert_eq!(stats.connected, 2);
+    assert_eq!(
+        NetStats {
+            connected: 0,
+            ..stats
+        },
+        NetStats::default()
+    );
+    Ok(())
+}
+
+/// Issue 16: eight nodes that all bootstrap through the first, with a target degree of 2
+/// (trimmed above 4). In a network this small Kademlia's bootstrap queries connect every
+/// node to every other, so nodes trim; the trimmed peers are told (goodbye), the trimmed
+/// graph still carries gossip from every node to every node, and the trimming stops: the
+/// network settles (no trim and no new connection for `QUIET`, longer than the trim
+/// grace, so a trimmed pair that dialled back would be seen) with no node cut off.
+///
+/// It was ignored while it failed with 72 to 104 trims among the 8 nodes: a node merely
+/// under its target with nobody left to dial bootstrapped Kademlia (at most once a
+/// minute), and the query dialled every peer in its table, the ones it had just released
+/// too; they were trimmed again. Now only a thin table or a node under half its degree
+/// bootstraps (`maintain`).
+///
+/// It failed once more under load (a full `--lib` run, load ~3; not reproduced in 24
+/// loaded repeats, where degree-1 nodes were seen 89 times): a node released by the last
+/// of its peers has no re-dial and no dial-back, and waits for its maintenance tick,
+/// which had backed off (up to `DISCOVERY_MAX_INTERVAL`) while the node was stable, so it
+/// could sit alone through the whole quiet window. A loss that leaves a node below its
+/// target now brings the tick forward (`EventLoop::maintain_soon`;
+/// `a_node_released_by_its_last_peer_reconnects_at_once` isolates the case).
+#[tokio::test]
+async fn a_trimmed_network_stays_connected_and_trimmed_peers_stay_away() -> anyhow::Result<()> {
+    /// No trim and no new connection anywhere for this long: settled.
+    const QUIET: Duration = Duration::from_secs(5);
+    /// Bound on the time to settle (a runaway churn never settles).
+    const SETTLE_WITHIN: Duration = Duration::from_secs(60);
+    let config = |bootstrap: Vec<Multiaddr>| {
+        let mut c = test_config(bootstrap);
+        c.target_peers = 2;
+        // Long enough for a newcomer to find peers through Kademlia before the first
+        // node trims it (the default is 10 s).
+        c.trim_grace = Duration::from_secs(2);
+        c.discovery_interval = Duration::from_millis(200);
+        c.expected_cluster_size = 8;
+        c
+    };
+    let first = start(config(vec![]), accept_all()).await?;
+    let addr = first.p2p_addr().await?;
+    let mut nodes = vec![first];
+    for _ in 1..8 {
+        nodes.push(start(config(vec![addr.clone()]), accept_all()).await?);
+    }
+    let totals = |nodes: &[TestNode]| -> (u64, u64) {
+        nodes.iter().fold((0, 0), |(t, c), n| {
+            let s = n.handle.stats();
+            (t + s.trimmed, c + s.connected)
+        })
+    };
+    eventually("someone trimmed", || {
+        let (t, _) = totals(&nodes);
+        async move { t > 0 }
+    })
+    .await?;
+    // Every node publishes; every other node receives it over the trimmed graph.
+    for i in 0..nodes.len() {
+        let payload = format!("from node {i}").into_bytes();
+        publish_when_ready(&nodes[i], &payload).await?;
+        for (j, node) in nodes.iter_mut().enumerate() {
+            if j != i {
+                receive(node, &payload).await?;
+            }
+        }
+    }
+    let released: u64 = nodes
+        .iter()
+        .map(|n| n.handle.stats().released_by_peer)
+        .sum();
+    assert!(released > 0, "trimmed peers were told");
+    // The trims stop: a quiet window (trims and first connections unchanged).
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let mut last = totals(&nodes);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < QUIET {
+        assert!(
+            Instant::now() < deadline,
+            "not settled within {SETTLE_WITHIN:?}: (trims, connections) now {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = totals(&nodes);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    // Settled, nobody cut off. (Degrees may stay above the trim bound here: with 8 nodes
+    // a node's few links are often each the last into their distance class, or gossip
+    // mesh members, which `choose_trim` keeps.)
+    for (i, n) in nodes.iter().enumerate() {
+        let degree = n.handle.connected_peers().await?.len();
+        assert!(
+            degree >= 1,
+            "node {i} settled with no connection (trims, connections: {last:?})"
+        );
+    }
+    for n in nodes {
+        n.driver.abort();
+    }
+    Ok(())
+}
+
+/// A node released by the last of its peers reconnects at once, even when its maintenance
+/// tick has backed off: with nothing to re-dial (a release is not a loss) only that tick
+/// reconnects it, and it waited for the backed-off period (the trimmed-network test's flake:
+/// a node alone through the whole quiet window).
+#[tokio::test]
+async fn a_node_released_by_its_last_peer_reconnects_at_once() -> anyhow::Result<()> {
+    /// Stable this long, the tick's period has doubled from 100 ms to at least 3.2 s.
+    const STABLE_FOR: Duration = Duration::from_secs(8);
+    /// Far below the backed-off period, far above the base period (100 ms) and a dial.
+    const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
+    let a = start(test_config(vec![]), accept_all()).await?;
+    let mut config = test_config(vec![a.p2p_addr().await?]);
+    config.target_peers = 1;
+    config.discovery_interval = Duration::from_millis(100);
+    let x = start(config, accept_all()).await?;
+    eventually("X connected to A", || x.connected_to(a.id())).await?;
+    tokio::time::sleep(STABLE_FOR).await;
+    assert_eq!(x.handle.connected_peers().await?, vec![a.id()]);
+
+    a.handle.trim(x.id()).await?;
+    eventually("A released X", || {
+        let released = x.handle.stats().released_by_peer;
+        async move { released == 1 }
+    })
+    .await?;
+    let released_at = Instant::now();
+    eventually("X disconnected", || async { !x.connected_to(a.id()).await }).await?;
+    let deadline = released_at + RECONNECT_WITHIN;
+    while !x.connected_to(a.id()).await {
+        assert!(
+            Instant::now() < deadline,
+            "X was still alone {RECONNECT_WITHIN:?} after its last peer released it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.driver.abort();
+    x.driver.abort();
+    Ok(())
+}
+
+/// Waits for `want` on a raw event stream, skipping other events.
+async fn next_matching(
+    events: &mut mpsc::Receiver<NetEvent>,
+    what: &str,
+    want: impl Fn(&NetEvent) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| anyhow!("timed out waiting for: {what}"))?
+            .context("event stream ended")?;
+        if want(&event) {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits for `peer`'s acknowledgement of probe `nonce`.
+async fn expect_ack(
+    events: &mut mpsc::Receiver<NetEvent>,
+    peer: PeerId,
+    nonce: u64,
+) -> anyhow::Result<()> {
+    let what = format!("{peer}'s ack of probe {nonce}");
+    next_matching(
+        events,
+        &what,
+        |e| matches!(e, NetEvent::ProbeAck { peer: p, nonce: n } if *p == peer && *n == nonce),
+    )
+    .await
+}
+
+/// Waits until the node hears `peer` (it probed us).
+async fn expect_heard(events: &mut mpsc::Receiver<NetEvent>, peer: PeerId) -> anyhow::Result<()> {
+    let what = format!("hearing {peer}");
+    next_matching(
+        events,
+        &what,
+        |e| matches!(e, NetEvent::Heard(p) if *p == peer),
+    )
+    .await
+}
+
+/// Waits until `peer` probes the node as one it watches.
+async fn expect_watched_by(
+    events: &mut mpsc::Receiver<NetEvent>,
+    peer: PeerId,
+) -> anyhow::Result<()> {
+    let what = format!("{peer} watching us");
+    next_matching(
+        events,
+        &what,
+        |e| matches!(e, NetEvent::WatchedBy(p) if *p == peer),
+    )
+    .await
+}
+
+/// A TCP listen address of `h` with `/p2p/<id>`.
+async fn tcp_p2p_addr(h: &NetHandle) -> anyhow::Result<Multiaddr> {
+    let tcp = h
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+        .context("no tcp listen address")?;
+    Ok(tcp.with(Protocol::P2p(h.local_peer_id())))
+}
+
+/// Issue 16: a direct probe rides the connection's long-lived probe stream (one 8-byte
+/// frame each way) and is acknowledged; the probed peer hears the prober; a peer without
+/// the stream protocol (a node from before it) is probed, and relays, with
+/// `/dpin/probe/1` requests instead; and an indirect probe works through either kind of
+/// helper. A watching probe (the detector chose the peer) is reported to the probed peer
+/// as `WatchedBy` on either carrier, so it watches the prober back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_probes_ride_a_stream_and_older_peers_get_requests() -> anyhow::Result<()> {
+    let (b, mut b_events) = spawn(test_config(vec![])).await?;
+    let mut old_config = test_config(vec![]);
+    old_config.probe_stream = false;
+    let (c, mut c_events) = spawn(old_config).await?;
+    let bootstrap = vec![tcp_p2p_addr(&b).await?, tcp_p2p_addr(&c).await?];
+    let (a, mut a_events) = spawn(test_config(bootstrap)).await?;
+    let (a_id, b_id, c_id) = (a.local_peer_id(), b.local_peer_id(), c.local_peer_id());
+    eventually("A connected to B and C, and B to C", || async {
+        let a_peers = a.connected_peers().await.unwrap_or_default();
+        let b_peers = b.connected_peers().await.unwrap_or_default();
+        a_peers.contains(&b_id) && a_peers.contains(&c_id) && b_peers.contains(&c_id)
+    })
+    .await?;
+
+    // A probes B on the stream, many times over the same stream.
+    for nonce in 1..=20u64 {
+        a.probe(b_id, nonce, false);
+        expect_ack(&mut a_events, b_id, nonce).await?;
+    }
+    expect_heard(&mut b_events, a_id).await?;
+    let stats = a.stats();
+    assert_eq!(stats.probes_on_stream, 20, "{stats:?}");
+    assert_eq!(stats.probes_as_requests, 0, "{stats:?}");
+    // A watching probe: acknowledged like any other, and B learns that A watches it.
+    a.probe(b_id, 21, true);
+    expect_ack(&mut a_events, b_id, 21).await?;
+    expect_watched_by(&mut b_events, a_id).await?;
+
+    // A probes the older C: the stream is refused, the same probe goes as a request.
+    a.probe(c_id, 100, false);
+    expect_ack(&mut a_events, c_id, 100).await?;
+    expect_heard(&mut c_events, a_id).await?;
+    a.probe(c_id, 101, true);
+    expect_ack(&mut a_events, c_id, 101).await?;
+    expect_watched_by(&mut c_events, a_id).await?;
+    let stats = a.stats();
+    assert_eq!(stats.probes_as_requests, 2, "{stats:?}");
+
+    // Indirect probes: B (new) probes the older C for A, and C probes B for A.
+    a.probe_via(b_id, c_id, 200);
+    expect_ack(&mut a_events, c_id, 200).await?;
+    a.probe_via(c_id, b_id, 201);
+    expect_ack(&mut a_events, b_id, 201).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn request_response_round_trip_and_fail_fast() -> anyhow::Result<()> {
+    let a = start(test_config(vec![]), accept_all()).await?;
+    // Bare bootstrap address (no /p2p/ suffix): B learns A's identity from the handshake.
+    let (a_bare, _) = split_peer_id(&a.p2p_addr().await?);
+    let mut b_config = test_config(vec![a_bare]);
+    // Long timeout: a fast failure below cannot be the timeout firing.
+    b_config.request_timeout = Duration::from_secs(10);
+    b_config.max_request_bytes = 1000;
+    let b = start(b_config, accept_all()).await?;
+    eventually("B connected to A", || b.connected_to(a.id())).await?;
+
+    let reply = b.handle.request(a.id(), b"digest?".to_vec()).await?;
+    assert_eq!(reply, b"re:digest?");
+    let reply = a.handle.request(b.id(), Vec::new()).await?;
+    assert_eq!(reply, b"re:");
+
+    match b.handle.request(a.id(), vec![0; 1001]).await {
+        Err(NetError::TooLarge {
+            size: 1001,
+            max: 1000,
+        }) => {}
+        other => bail!("expected TooLarge, got {other:?}"),
+    }
+
+    let started = Instant::now();
+    let unknown = PeerId::random();
+    match b.handle.request(unknown, b"x".to_vec()).await {
+        Err(NetError::NotConnected(p)) if p == unknown => {}
+        other => bail!("expected NotConnected, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Stop A; once B has noticed, a request to A must fail fast too.
+    a.handle.shutdown().await?;
+    assert!(matches!(
+        a.handle.connected_peers().await,
+        Err(NetError::Shutdown)
+    ));
+    eventually("B notices A is gone", || async {
+        !b.connected_to(a.id()).await
+    })
+    .await?;
+    let started = Instant::now();
+    match b.handle.request(a.id(), b"x".to_vec()).await {
+        Err(NetError::NotConnected(_)) => {}
+        other => bail!("expected NotConnected, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    a.driver.abort();
+    Ok(())
+}
+
+/// Issue 15: a graylist that no rejection of ours explains (broken IWANT promises behind
+/// a one-way cut: P7 alone reaches the graylist) is gossipsub's to handle, short-lived;
+/// only a peer that also sent messages we rejected recently is banned for 15 minutes.
+#[test]
+fn only_a_graylisted_peer_with_recent_rejections_is_banned() {
+    let graylisted = Some(GRAYLIST_THRESHOLD - 1.0);
+    assert_eq!(
+        graylist_decision(graylisted, None),
+        Some(GraylistDecision::LeaveToGossipsub),
+        "P7-only graylist: no ban"
+    );
+    assert_eq!(
+        graylist_decision(graylisted, Some(REJECTION_MEMORY + Duration::from_secs(1))),
+        Some(GraylistDecision::LeaveToGossipsub),
+        "rejections long ago do not explain today's score"
+    );
+    for since in [Duration::ZERO, REJECTION_MEMORY] {
+        assert_eq!(
+            graylist_decision(graylisted, Some(since)),
+            Some(GraylistDecision::Ban),
+            "rejected {since:?} ago"
+        );
+    }
+    assert_eq!(
+        graylist_decision(Some(GRAYLIST_THRESHOLD), Some(Duration::ZERO)),
+        Some(GraylistDecision::Ban),
+        "at the threshold is graylisted"
+    );
+    for score in [None, Some(GRAYLIST_THRESHOLD + 1.0), Some(0.0)] {
+        assert_eq!(graylist_decision(score, Some(Duration::ZERO)), None);
+        assert_eq!(graylist_decision(score, None), None);
+    }
+}
+
+#[test]
+fn peer_score_config_is_valid_and_an_idle_honest_peer_is_not_penalised() {
+    let topic = gossipsub::IdentTopic::new("t").hash();
+    let (params, thresholds) = peer_score_config(&topic);
+    params.validate().expect("score params valid");
+    thresholds.validate().expect("thresholds valid");
+    // An honest cluster on one host is never penalised for sharing an address.
+    assert_eq!(params.ip_colocation_factor_weight, 0.0);
+    let t = &params.topics[&topic];
+    // A quiet topic (no deliveries at all) costs a mesh peer nothing.
+    assert_eq!(t.mesh_message_deliveries_weight, 0.0);
+    assert_eq!(t.mesh_failure_penalty_weight, 0.0);
+    // Good behaviour cannot buy more than a few invalid messages' worth of credit.
+    let credit = t.time_in_mesh_weight * t.time_in_mesh_cap
+        + t.first_message_deliveries_weight * t.first_message_deliveries_cap;
+    assert!(credit <= 3.0, "{credit}");
+    let invalid_to_graylist =
+        ((credit - thresholds.graylist_threshold) / -t.invalid_message_deliveries_weight).sqrt();
+    assert!(invalid_to_graylist <= 10.0, "{invalid_to_graylist}");
+}
+
+fn budget_codec(max_bytes: usize, budget_bytes: usize) -> (SyncCodec, Arc<InboundBudget>) {
+    let budget = Arc::new(InboundBudget::new(budget_bytes));
+    let codec = SyncCodec {
+        max_bytes,
+        inbound: Some(InboundLimits {
+            budget: budget.clone(),
+            per_connection: MAX_INBOUND_PER_CONNECTION,
+            connection: None,
+        }),
+    };
+    (codec, budget)
+}
+
+async fn read_one(codec: &mut SyncCodec, bytes: usize) -> io::Result<Payload> {
+    use request_response::Codec as _;
+    let protocol = StreamProtocol::new(SYNC_PROTOCOL);
+    let mut io = futures::io::Cursor::new(vec![7u8; bytes]);
+    codec.read_request(&protocol, &mut io).await
+}
+
+#[tokio::test]
+async fn inbound_requests_are_bounded_in_total_bytes_until_answered() {
+    let (template, budget) = budget_codec(4 * READ_CHUNK, 3 * READ_CHUNK);
+    // As request-response does: one clone per connection, one per stream.
+    let mut conn_a = template.clone();
+    let mut conn_b = template.clone();
+    let first = read_one(&mut conn_a.clone(), 2 * READ_CHUNK)
+        .await
+        .expect("fits the budget");
+    assert_eq!(first.data.len(), 2 * READ_CHUNK);
+    assert_eq!(budget.buffered.load(Ordering::Relaxed), 2 * READ_CHUNK);
+    // Another connection's request of the same size does not fit beside it: refused,
+    // counted, and what it had taken is given back.
+    let refused = read_one(&mut conn_b, 2 * READ_CHUNK).await;
+    assert!(refused.is_err());
+    assert_eq!(budget.over_byte_budget.load(Ordering::Relaxed), 1);
+    assert_eq!(budget.buffered.load(Ordering::Relaxed), 2 * READ_CHUNK);
+    // Answering (dropping the guard with the response channel) frees the room.
+    drop(first);
+    assert_eq!(budget.buffered.load(Ordering::Relaxed), 0);
+    let second = read_one(&mut conn_b, 2 * READ_CHUNK)
+        .await
+        .expect("fits once the first request was answered");
+    assert_eq!(second.data.len(), 2 * READ_CHUNK);
+    // Oversize is refused as before, without holding budget.
+    drop(second);
+    assert!(read_one(&mut conn_a, 4 * READ_CHUNK + 1).await.is_err());
+    assert_eq!(budget.buffered.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn inbound_requests_are_bounded_per_connection() {
+    let (template, budget) = budget_codec(1024, MAX_INBOUND_BUFFERED_BYTES);
+    let conn = template.clone();
+    let mut held = Vec::new();
+    for _ in 0..MAX_INBOUND_PER_CONNECTION {
+        held.push(
+            read_one(&mut conn.clone(), 10)
+                .await
+                .expect("within the bound"),
+        );
+    }
+    assert!(read_one(&mut conn.clone(), 10).await.is_err());
+    assert_eq!(budget.over_connection_limit.load(Ordering::Relaxed), 1);
+    // Other connections are unaffected, and an answered request frees its slot.
+    read_one(&mut template.clone(), 10)
+        .await
+        .expect("another connection has its own slots");
+    held.pop();
+    read_one(&mut conn.clone(), 10)
+        .await
+        .expect("a slot was freed");
+}
+
+#[tokio::test]
+async fn ban_disconnects_and_refuses_reconnects_until_it_ends() -> anyhow::Result<()> {
+    let a = start(test_config(vec![]), accept_all()).await?;
+    let a_addr = a.p2p_addr().await?;
+    let b = start(test_config(vec![a_addr.clone()]), accept_all()).await?;
+    let c = start(test_config(vec![a_addr.clone()]), accept_all()).await?;
+    eventually("A connected to B", || a.connected_to(b.id())).await?;
+    eventually("A connected to C", || a.connected_to(c.id())).await?;
+
+    // A long ban: B is cut off, and its re-dials are refused by A.
+    a.handle
+        .ban(b.id(), Duration::from_secs(600), BanReason::Invalid)
+        .await?;
+    eventually("A disconnected from B", || async {
+        !a.connected_to(b.id()).await
+    })
+    .await?;
+    // B re-dials A by itself (it lost a peer); this dial may find one in progress.
+    let _ = b.handle.dial(a_addr.clone()).await;
+    eventually("A refused a connection from B", || async {
+        a.handle.stats().ban_refused >= 1
+    })
+    .await?;
+    assert!(!a.connected_to(b.id()).await);
+    let stats = a.handle.stats();
+    assert_eq!(stats.bans_for(BanReason::Invalid), 1);
+    assert_eq!(stats.bans_for(BanReason::Graylisted), 0);
+    assert_eq!(stats.banned_now, 1);
+
+    // A short ban ends by itself: C is let in again (it re-dials A).
+    a.handle
+        .ban(c.id(), Duration::from_millis(300), BanReason::OverBudget)
+        .await?;
+    eventually("A disconnected from C", || async {
+        !a.connected_to(c.id()).await
+    })
+    .await?;
+    eventually("C reconnected after its ban", || async {
+        let _ = c.handle.dial(a_addr.clone()).await;
+        a.connected_to(c.id()).await
+    })
+    .await?;
+    assert_eq!(a.handle.stats().banned_now, 1);
+    assert!(!a.connected_to(b.id()).await);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_flooding_invalid_gossip_is_graylisted_and_banned() -> anyhow::Result<()> {
+    let a = start(test_config(vec![]), accept_all()).await?;
+    let b = start(
+        test_config(vec![a.p2p_addr().await?]),
+        Arc::new(|d: &[u8]| {
+            if d.starts_with(b"bad") {
+                Verdict::Reject
+            } else {
+                Verdict::Accept
+            }
+        }),
+    )
+    .await?;
+    eventually("B connected to A", || b.connected_to(a.id())).await?;
+    publish_when_ready(&a, b"bad-0").await?;
+    // A keeps sending messages B rejects until B cuts it off (its publishes then find
+    // no subscribed peer, which is fine).
+    let mut i = 1;
+    eventually("B banned A for its gossip score", || {
+        i += 1;
+        let a = &a.handle;
+        let b = &b.handle;
+        let bad = format!("bad-{i}").into_bytes();
+        async move {
+            let _ = a.publish(bad).await;
+            b.stats().bans_for(BanReason::Graylisted) == 1
+        }
+    })
+    .await?;
+    eventually("B disconnected from A", || async {
+        !b.connected_to(a.id()).await
+    })
+    .await?;
+    assert_eq!(b.handle.stats().banned_now, 1);
+    // A honest peer that sent nothing invalid is never scored down: A bans nobody.
+    assert_eq!(a.handle.stats().bans_for(BanReason::Graylisted), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejected_gossip_is_not_forwarded() -> anyhow::Result<()> {
+    // Line topology A - B - C: C accepts a single connection, so everything C gets must
+    // have been forwarded by B, and B rejects payloads starting with "bad".
+    let mut a = start(test_config(vec![]), accept_all()).await?;
+    let mut b = start(
+        test_config(vec![a.p2p_addr().await?]),
+        Arc::new(|d: &[u8]| {
+            if d.starts_with(b"bad") {
+                Verdict::Reject
+            } else {
+                Verdict::Accept
+            }
+        }),
+    )
+    .await?;
+    let mut c_config = test_config(vec![b.p2p_addr().await?]);
+    c_config.max_connections = 1;
+    c_config.max_connections_per_peer = 1;
+    let mut c = start(c_config, accept_all()).await?;
+    eventually("B connected to A", || b.connected_to(a.id())).await?;
+    eventually("C connected to B", || c.connected_to(b.id())).await?;
+
+    // Warm up until the A -> B -> C path demonstrably forwards accepted messages.
+    let deadline = Instant::now() + DEADLINE;
+    let mut i = 0;
+    loop {
+        let warm = format!("warm-{i}").into_bytes();
+        publish_when_ready(&a, &warm).await?;
+        if tokio::time::timeout(Duration::from_secs(2), receive(&mut c, &warm))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("path A-B-C never forwarded");
+        }
+        i += 1;
+    }
+
+    publish_when_ready(&a, b"bad-1").await?;
+    publish_when_ready(&a, b"good-1").await?;
+    publish_when_ready(&a, b"good-2").await?;
+    // B saw (and rejected) the bad one; A also delivered the good ones to B.
+    receive_all(&mut b, &[b"bad-1", b"good-1", b"good-2"]).await?;
+    let at_c = receive_all(&mut c, &[b"good-1", b"good-2"]).await?;
+    assert!(
+        !at_c.iter().any(|d| d == b"bad-1"),
+        "rejected message was forwarded to C"
+    );
+    assert_eq!(c.handle.connected_peers().await?, vec![b.id()]);
+    while a.gossip.try_recv().is_ok() {}
+    Ok(())
+}
