@@ -97,7 +97,8 @@
 //! `probers = 0` (env `DPIN_PROBERS=0`) restores the old rule, every node probes every
 //! endpoint, for measuring the difference side by side.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -474,11 +475,27 @@ struct State {
     zone: ZoneId,
 }
 
+/// Which tracked endpoints are due when, and which are being probed, so a tick (every
+/// 100 ms) reads the endpoints due now instead of the whole table: with the table at its cap
+/// ([`MAX_TRACKED_ENDPOINTS`]) the scan cost most of an idle node's CPU and held the table's
+/// lock, which answers read, for milliseconds each tick.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// (due at, endpoint), earliest first. An entry counts only while the table still tracks
+    /// the endpoint, due at that time and not in flight; stale ones are dropped when they
+    /// surface, and the heap is rebuilt from the table if they pile up.
+    queue: BinaryHeap<Reverse<(Instant, Target)>>,
+    /// Endpoints being probed, with their zones (at most [`HealthConfig::max_concurrent`]).
+    in_flight: BTreeMap<Target, ZoneId>,
+}
+
 /// Shared health table plus counters.
 #[derive(Debug)]
 pub struct Health {
     config: HealthConfig,
     table: Mutex<BTreeMap<Target, State>>,
+    /// When each tracked endpoint is due, and which are being probed (locked after `table`).
+    schedule: Mutex<Schedule>,
     /// Per-process random key for the zone order, so no zone key sorts first on purpose.
     zone_order: std::collections::hash_map::RandomState,
     /// Rotates which zone starts each round of due probes.
@@ -931,6 +948,7 @@ impl Health {
         Arc::new(Self {
             config,
             table: Mutex::new(BTreeMap::new()),
+            schedule: Mutex::new(Schedule::default()),
             zone_order: std::collections::hash_map::RandomState::new(),
             rotation: AtomicU64::new(0),
             probes: AtomicU64::new(0),
@@ -1027,20 +1045,50 @@ impl Health {
             });
         }
         let mut table = self.lock();
+        let mut sched = self.schedule();
         table.retain(|t, _| chosen.contains_key(t));
         let mut rng = rand::thread_rng();
         for (t, zone) in chosen {
-            table
-                .entry(t)
-                .and_modify(|s| s.zone = zone)
-                .or_insert_with(|| State {
-                    health: HealthState::Unknown,
-                    failures: 0,
+            match table.entry(t) {
+                std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().zone = zone,
+                std::collections::btree_map::Entry::Vacant(v) => {
                     // Spread first probes over half an interval.
-                    next_due: now + self.config.interval.mul_f64(rng.gen_range(0.0..0.5)),
-                    in_flight: false,
-                    zone,
-                });
+                    let next_due = now + self.config.interval.mul_f64(rng.gen_range(0.0..0.5));
+                    sched.queue.push(Reverse((next_due, v.key().clone())));
+                    v.insert(State {
+                        health: HealthState::Unknown,
+                        failures: 0,
+                        next_due,
+                        in_flight: false,
+                        zone,
+                    });
+                }
+            }
+        }
+        // Entries of endpoints no longer tracked are stale: rebuild once they dominate.
+        if sched.queue.len() > 2 * table.len() + 1024 {
+            sched.queue = table
+                .iter()
+                .filter(|(_, s)| !s.in_flight)
+                .map(|(t, s)| Reverse((s.next_due, t.clone())))
+                .collect();
+        }
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands `t`, taken by [`Health::due`] but not started, back to be due again.
+    fn put_back(&self, t: &Target) {
+        let mut table = self.lock();
+        let mut sched = self.schedule();
+        sched.in_flight.remove(t);
+        if let Some(s) = table.get_mut(t) {
+            s.in_flight = false;
+            sched.queue.push(Reverse((s.next_due, t.clone())));
         }
     }
 
@@ -1049,14 +1097,25 @@ impl Health {
     /// they are counted, stay unknown and are due again one interval later.
     fn due(&self, now: Instant, limit: usize) -> Vec<Target> {
         let mut table = self.lock();
+        let mut sched = self.schedule();
         let mut in_flight: HashMap<ZoneId, usize> = HashMap::new();
+        for zone in sched.in_flight.values() {
+            *in_flight.entry(*zone).or_default() += 1;
+        }
         let mut due: HashMap<ZoneId, Vec<Target>> = HashMap::new();
-        for (t, s) in table.iter_mut() {
-            if s.in_flight {
-                *in_flight.entry(s.zone).or_default() += 1;
-                continue;
-            }
-            if s.next_due > now {
+        // Due now, in due order: (due at, endpoint), each once.
+        let mut popped: Vec<(Instant, Target)> = Vec::new();
+        let mut seen: HashSet<Target> = HashSet::new();
+        while sched
+            .queue
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((at, t))) = sched.queue.pop() else {
+                break;
+            };
+            let Some(s) = table.get_mut(&t) else { continue };
+            if s.in_flight || s.next_due != at || !seen.insert(t.clone()) {
                 continue;
             }
             let literal = match t.0 {
@@ -1068,9 +1127,11 @@ impl Health {
                 self.count_refusal(r);
                 s.health = HealthState::Unknown;
                 s.next_due = now + self.config.interval;
+                sched.queue.push(Reverse((s.next_due, t)));
                 continue;
             }
             due.entry(s.zone).or_default().push(t.clone());
+            popped.push((at, t));
         }
         let mut zones = self.fair_zone_order(due);
         if !zones.is_empty() {
@@ -1098,6 +1159,14 @@ impl Health {
         for t in &out {
             if let Some(s) = table.get_mut(t) {
                 s.in_flight = true;
+                sched.in_flight.insert(t.clone(), s.zone);
+            }
+        }
+        // Due but not started (the tick's budget, a zone's in-flight budget): due still.
+        let started: HashSet<&Target> = out.iter().collect();
+        for (at, t) in popped {
+            if !started.contains(&t) {
+                sched.queue.push(Reverse((at, t)));
             }
         }
         out
@@ -1117,6 +1186,8 @@ impl Health {
         }
         let interval = self.config.interval;
         let mut table = self.lock();
+        let mut sched = self.schedule();
+        sched.in_flight.remove(t);
         let Some(s) = table.get_mut(t) else {
             return;
         };
@@ -1139,6 +1210,7 @@ impl Health {
         // interval × max(1, k/2), so the endpoint gets at most two probes per interval in all.
         let period = interval.mul_f64(self.period_milli.load(Ordering::Relaxed) as f64 / 1000.0);
         s.next_due = now + period.mul_f64((backoff * jitter).min(2.0));
+        sched.queue.push(Reverse((s.next_due, t.clone())));
     }
 
     /// Number of tracked endpoints and how many are unhealthy.
@@ -1720,7 +1792,7 @@ pub async fn run(
         for t in health.due(now, budget) {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 // Put it back to be picked up next tick.
-                health.lock().entry(t).and_modify(|s| s.in_flight = false);
+                health.put_back(&t);
                 continue;
             };
             let h = health.clone();
@@ -1901,6 +1973,36 @@ mod tests {
         assert!(due >= now + h.config.interval);
         let ep: Endpoint = "127.0.0.1:1".parse().expect("ep");
         assert_eq!(h.state(&ep), HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn each_due_endpoint_is_handed_out_once_until_probed_or_put_back() {
+        let h = Health::new(HealthConfig {
+            policy: loopback_allowed(),
+            max_in_flight_per_zone: 16,
+            ..HealthConfig::default()
+        });
+        let now = Instant::now();
+        h.track([(zone(1), (1..=5).map(t).collect())].into(), now);
+        let later = now + h.config.interval;
+        let first = h.due(later, 3);
+        assert_eq!(first.len(), 3, "the tick's budget");
+        let rest = h.due(later, 10);
+        let mut all: BTreeSet<Target> = first.iter().cloned().collect();
+        all.extend(rest.iter().cloned());
+        assert_eq!(all.len(), 5, "each endpoint once: {first:?} {rest:?}");
+        assert!(h.due(later, 10).is_empty(), "all five are in flight");
+        // Put back: due again at once. Probed: due again one period later.
+        h.put_back(&first[0]);
+        assert_eq!(h.due(later, 10), vec![first[0].clone()]);
+        h.record(&first[1], ProbeOutcome::Up, later);
+        assert!(h.due(later, 10).is_empty());
+        assert!(h.due(later + h.config.interval * 3, 10).contains(&first[1]));
+        // An endpoint no longer tracked is never handed out again, even from a stale entry.
+        h.track([(zone(1), [t(1)].into())].into(), later);
+        for e in h.due(later + h.config.interval * 9, 10) {
+            assert_eq!(e, t(1));
+        }
     }
 
     #[test]
