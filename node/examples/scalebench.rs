@@ -21,6 +21,7 @@
 //!   the store and connect; then a fresh node with an empty data dir bootstraps from all of them,
 //!   and the bench polls its `GET /v1/status` (`records`) every 50 ms until it holds all N
 //!   names. The rate is N over the time from the joiner's start; its RSS at the end is shown.
+//!   A joiner still short after 600 s is reported with the count it reached.
 //!
 //! Prints each run and, per binary, the medians and the ratio to the first binary.
 
@@ -272,6 +273,8 @@ struct Catchup {
     secs: f64,
     rate: f64,
     rss_kb: u64,
+    /// Records the joiner held at the end (all N, unless it ran out of time).
+    reached: u64,
 }
 
 /// Starts `dpin node` on `dir` (which may hold a store already); returns the child and its
@@ -330,12 +333,15 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
     let (joiner, api, _) = spawn_node(bin, &dir, &addrs)?;
+    // A joiner that has not caught up after 600 s is reported with what it reached (the
+    // rate is then that count over 600 s), so a slow binary still gives a figure.
+    let mut reached = 0;
     loop {
-        if status(api).is_some_and(|(n, _)| n as usize >= a.records) {
-            break;
+        if let Some((n, _)) = status(api) {
+            reached = n;
         }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the joiner did not catch up in 600 s");
+        if reached as usize >= a.records || started.elapsed() > Duration::from_secs(600) {
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -346,8 +352,9 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     let _ = std::fs::remove_dir_all(&root);
     Ok(Catchup {
         secs,
-        rate: a.records as f64 / secs,
+        rate: reached as f64 / secs,
         rss_kb,
+        reached,
     })
 }
 
@@ -409,7 +416,8 @@ fn main() -> Result<()> {
             for (i, (name, bin)) in a.bins.iter().enumerate() {
                 let c = catch_up(&a, bin, &template, &last)?;
                 println!(
-                    "catch-up round {round} {name:>8}: {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB",
+                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB",
+                    c.reached,
                     a.records,
                     a.catchup_peers,
                     c.secs,
