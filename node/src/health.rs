@@ -740,6 +740,11 @@ impl ProbeIndex {
     }
 }
 
+/// After how many probe intervals an endpoint the probe policy refused (an IP literal: the
+/// verdict cannot change while the process runs) is looked at again, to count it again on
+/// `/metrics` (20 s at the default interval).
+pub const REFUSED_RECHECK_INTERVALS: u32 = 10;
+
 /// How often, at most, the selection is recomputed from the whole index because a live
 /// endpoint's records expired (expiry moves with the clock, not with changes). Until then an
 /// expired endpoint may stay probed: probing a name's old endpoint a minute longer is
@@ -1094,7 +1099,9 @@ impl Health {
 
     /// Marks up to `limit` due targets in flight and returns them, round-robin over zones and
     /// within each zone's in-flight budget. IP literals the policy forbids are not returned:
-    /// they are counted, stay unknown and are due again one interval later.
+    /// they are counted, stay unknown and are due again [`REFUSED_RECHECK_INTERVALS`] later (the
+    /// policy does not change while the process runs; re-checking them every interval kept
+    /// a full table of refused endpoints cycling through the schedule).
     fn due(&self, now: Instant, limit: usize) -> Vec<Target> {
         let mut table = self.lock();
         let mut sched = self.schedule();
@@ -1126,7 +1133,7 @@ impl Health {
             if let Some(Err(r)) = literal.map(|ip| self.config.policy.check(ip)) {
                 self.count_refusal(r);
                 s.health = HealthState::Unknown;
-                s.next_due = now + self.config.interval;
+                s.next_due = now + self.config.interval * REFUSED_RECHECK_INTERVALS;
                 sched.queue.push(Reverse((s.next_due, t)));
                 continue;
             }
