@@ -1891,12 +1891,10 @@ async fn watch_replication<N: BlobHost>(
     me: PeerId,
     root: [u8; 32],
     m: &BlobManifest,
+    intended: &[PeerId],
     now: u64,
     watch: &mut Watch,
 ) {
-    let order = order(node, &root, m.size, now);
-    let mine_full = |p: &PeerId| if *p == me { m.size } else { 0 };
-    let intended = plan::intended_holders(&order, m.size, usize::from(m.replicas), mine_full);
     if intended.first() != Some(&me) {
         return;
     }
@@ -1953,8 +1951,13 @@ async fn repair_blob<N: BlobHost>(
         let Some(m) = manifest_of(r) else { continue };
         if complete_here(&m) {
             if owner.is_some() {
-                surplus_check(node, me, root, &m, now).await;
-                watch_replication(node, me, root, &m, now, watch).await;
+                // One placement for both: this node's copy counts as room it already has.
+                let order = order(node, &root, m.size, now);
+                let mine_full = |p: &PeerId| if *p == me { m.size } else { 0 };
+                let intended =
+                    plan::intended_holders(&order, m.size, usize::from(m.replicas), mine_full);
+                surplus_check(node, me, root, &m, &order, &intended, now).await;
+                watch_replication(node, me, root, &m, &intended, now, watch).await;
             }
             return;
         }
@@ -2007,17 +2010,18 @@ async fn repair_blob<N: BlobHost>(
 
 /// Collects this node's complete copy of `m` if it has not been an intended holder for
 /// [`SURPLUS_GRACE_MS`] and a census finds `K` complete copies on intended holders.
+/// `order` is the blob's placement and `intended` its intended holders with this node's
+/// copy counted as room it has.
 async fn surplus_check<N: BlobHost>(
     node: &N,
     me: PeerId,
     root: [u8; 32],
     m: &BlobManifest,
+    order: &[StorageCandidate<PeerId>],
+    intended: &[PeerId],
     now: u64,
 ) {
-    let order = order(node, &root, m.size, now);
-    let mine_full = |p: &PeerId| if *p == me { m.size } else { 0 };
-    let maybe =
-        !plan::intended_holders(&order, m.size, usize::from(m.replicas), mine_full).contains(&me);
+    let maybe = !intended.contains(&me);
     let store = node.blobs();
     let Some(since) = store.note_surplus(&root, maybe, now) else {
         return;
@@ -2027,7 +2031,7 @@ async fn surplus_check<N: BlobHost>(
     }
     let held_by = census(node, me, root, m.chunks).await;
     let counts: BTreeMap<PeerId, u32> = held_by.iter().map(|(p, h)| (*p, h.chunks)).collect();
-    if plan::is_surplus(&me, &order, shape(m), &counts) {
+    if plan::is_surplus(&me, order, shape(m), &counts) {
         tracing::info!(root = %hex::encode(root), "collecting a surplus copy: K intended holders hold it");
         let store = store.clone();
         if let Ok(Ok(())) = tokio::task::spawn_blocking(move || store.remove(&root)).await {
