@@ -635,6 +635,15 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
             ([("reason", "queue_full")], s.gossip_queue_full),
             ([("reason", "timeout")], s.gossip_timed_out),
         ],
+    )?;
+    counter_family(
+        e,
+        "dpin_net_tcp_backoff_cap_total",
+        "TCP connections by whether their retransmission backoff could be capped at 1 s (TCP_RTO_MAX_MS, Linux 6.15+): set, or unsupported (the system's backoff applies).",
+        [
+            ([("result", "set")], s.tcp_backoff_capped),
+            ([("result", "unsupported")], s.tcp_backoff_uncapped),
+        ],
     )
 }
 

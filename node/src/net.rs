@@ -17,7 +17,9 @@
 //! pure code it uses:
 //!
 //! * `config`: [`NetConfig`], [`MeshParams`], the gossipsub and peer-score configurations.
-//! * `behaviour`: the composed libp2p behaviour, the transport, [`spawn`].
+//! * `behaviour`: the composed libp2p behaviour, the swarm's construction, [`spawn`].
+//! * `transport`: TCP with the retransmission backoff capped at 1 s (issue 15: stalls after
+//!   a partition heals).
 //! * `event_loop`: the task that owns the swarm: its `run` loop, commands, behaviour events.
 //! * `connections`: discovery dials, re-dials, maintenance and trimming (issue 16).
 //! * `bans`: bans and the graylist decision (issues 12 and 15).
@@ -157,6 +159,7 @@ mod probes;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+mod transport;
 use probe_wire::{
     decode_probe, probe_goodbye, probe_ping, probe_ping_req, ProbeRequest, MAX_PROBE_BYTES,
     PROBE_ACK, PROBE_NACK,
@@ -582,6 +585,10 @@ pub struct NetStats {
     pub gossip_queue_full: u64,
     /// Gossip messages dropped because they waited in a peer's queue past their deadline.
     pub gossip_timed_out: u64,
+    /// TCP connections whose retransmission backoff was capped ([`transport::RETRANSMIT_BACKOFF_CAP_MS`]).
+    pub tcp_backoff_capped: u64,
+    /// TCP connections that keep the system's backoff (the kernel lacks the option).
+    pub tcp_backoff_uncapped: u64,
 }
 
 impl NetStats {
@@ -618,6 +625,8 @@ impl NetStats {
             "inbound_buffered_bytes": self.inbound_buffered_bytes,
             "gossip_queue_full": self.gossip_queue_full,
             "gossip_timed_out": self.gossip_timed_out,
+            "tcp_backoff_capped": self.tcp_backoff_capped,
+            "tcp_backoff_uncapped": self.tcp_backoff_uncapped,
         })
     }
 }
@@ -716,6 +725,7 @@ pub struct NetHandle {
     max_request_bytes: usize,
     counters: Arc<Counters>,
     inbound: Arc<InboundBudget>,
+    backoff: Arc<transport::Backoff>,
     released: Arc<Released>,
     nat: Arc<nat::NatCounters>,
 }
@@ -797,6 +807,8 @@ impl NetHandle {
             inbound_buffered_bytes: self.inbound.buffered.load(Ordering::Relaxed) as u64,
             gossip_queue_full: self.counters.gossip_queue_full.load(Ordering::Relaxed),
             gossip_timed_out: self.counters.gossip_timed_out.load(Ordering::Relaxed),
+            tcp_backoff_capped: self.backoff.capped.load(Ordering::Relaxed),
+            tcp_backoff_uncapped: self.backoff.uncapped.load(Ordering::Relaxed),
         }
     }
 

@@ -29,6 +29,7 @@ pub(super) struct Behaviour {
 pub(super) fn build_swarm(
     config: &NetConfig,
     inbound: Arc<InboundBudget>,
+    backoff: Arc<transport::Backoff>,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let local_peer_id = config.keypair.public().to_peer_id();
     let topic = gossipsub::IdentTopic::new(config.topic.clone());
@@ -144,13 +145,17 @@ pub(super) fn build_swarm(
     let idle = config.idle_connection_timeout;
     let swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        // TCP as `with_tcp` builds it, plus the retransmission backoff cap ([`transport`]);
+        // then QUIC as `with_quic` builds it. TCP stays first: its listen address is the
+        // one reported first, which start-up prints and tests bootstrap from.
+        .with_other_transport(|key| {
+            transport::transport(key, tcp::Config::default().nodelay(true), backoff)
+        })
         .map_err(|e| NetError::Build(format!("tcp: {e}")))?
-        .with_quic()
+        .with_other_transport(|key| {
+            libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+        })
+        .map_err(|e| NetError::Build(format!("quic: {e}")))?
         .with_dns()
         .map_err(|e| NetError::Build(format!("dns: {e}")))?
         // Every node can dial `/p2p-circuit` addresses; `--relay` also listens through one.
@@ -177,7 +182,8 @@ pub(super) fn split_peer_id(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
 pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     config.check()?;
     let inbound = Arc::new(InboundBudget::new(MAX_INBOUND_BUFFERED_BYTES));
-    let mut swarm = build_swarm(&config, inbound.clone())?;
+    let backoff = Arc::new(transport::Backoff::default());
+    let mut swarm = build_swarm(&config, inbound.clone(), backoff.clone())?;
     let local_peer_id = *swarm.local_peer_id();
 
     let mut listeners = HashSet::new();
@@ -243,6 +249,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         max_request_bytes: config.max_request_bytes,
         counters,
         inbound,
+        backoff,
         released,
         nat: nat_counters,
     };

@@ -331,9 +331,13 @@ async fn gossip_reaches_all_and_kademlia_connects_bootstrap_siblings() -> anyhow
     // Nothing dropped, trimmed or banned; two peers connected.
     let stats = a.handle.stats();
     assert_eq!(stats.connected, 2);
+    // Both TCP connections went through the backoff cap (set, or refused by an old kernel).
+    assert_eq!(stats.tcp_backoff_capped + stats.tcp_backoff_uncapped, 2);
     assert_eq!(
         NetStats {
             connected: 0,
+            tcp_backoff_capped: 0,
+            tcp_backoff_uncapped: 0,
             ..stats
         },
         NetStats::default()
