@@ -544,7 +544,7 @@ pub struct Health {
 pub struct ProbeIndex {
     /// Targets of endpoint records (not observations), by zone: (name hash, expiry) of each
     /// record naming the target.
-    endpoints: BTreeMap<ZoneId, BTreeMap<Target, Vec<(u64, u64)>>>,
+    endpoints: BTreeMap<ZoneId, BTreeMap<Target, Refs>>,
     /// Observation records, by (bucket, name): the store's order, which the scan read them in.
     observations: BTreeMap<(u8, Box<str>), IndexedObservation>,
     /// (zone, target) pairs whose references changed since the last take (bounded by the
@@ -552,6 +552,63 @@ pub struct ProbeIndex {
     touched: BTreeSet<(ZoneId, Target)>,
     /// Rebuilt from the whole store since the last take.
     rebuilt: bool,
+}
+
+/// The (name hash, expiry) of each record naming one target in one zone. Almost every
+/// target is named by one record, so that case is held inline: at 10⁶ records a `Vec` per
+/// target cost a heap block each (about 64 MB over 2M targets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refs {
+    One((u64, u64)),
+    Many(Vec<(u64, u64)>),
+}
+
+const _: () = assert!(
+    std::mem::size_of::<Refs>() <= 24,
+    "Refs stays as small as a Vec"
+);
+
+impl Refs {
+    fn as_slice(&self) -> &[(u64, u64)] {
+        match self {
+            Refs::One(r) => std::slice::from_ref(r),
+            Refs::Many(v) => v,
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, (u64, u64)> {
+        self.as_slice().iter()
+    }
+
+    /// Sets the expiry of name `h`'s reference, adding it if it is not there.
+    fn upsert(&mut self, h: u64, expires_at_ms: u64) {
+        match self {
+            Refs::One(r) if r.0 == h => r.1 = expires_at_ms,
+            Refs::One(r) => *self = Refs::Many(vec![*r, (h, expires_at_ms)]),
+            Refs::Many(v) => match v.iter_mut().find(|(n, _)| *n == h) {
+                Some(slot) => slot.1 = expires_at_ms,
+                None => v.push((h, expires_at_ms)),
+            },
+        }
+    }
+
+    /// Drops name `h`'s reference; returns whether none is left.
+    fn remove(&mut self, h: u64) -> bool {
+        match self {
+            Refs::One(r) => r.0 == h,
+            Refs::Many(v) => {
+                v.retain(|(n, _)| *n != h);
+                match v[..] {
+                    [] => true,
+                    [only] => {
+                        *self = Refs::One(only);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 /// One observation record, decoded once.
@@ -589,11 +646,8 @@ impl ProbeIndex {
         let h = name_hash(name);
         for e in eps {
             let t = target(e);
-            if let Some(refs) = zone.get_mut(&t) {
-                refs.retain(|(n, _)| *n != h);
-                if refs.is_empty() {
-                    zone.remove(&t);
-                }
+            if zone.get_mut(&t).is_some_and(|refs| refs.remove(h)) {
+                zone.remove(&t);
             }
         }
         if zone.is_empty() {
@@ -628,10 +682,13 @@ impl ProbeIndex {
         let h = name_hash(name);
         let zone = self.endpoints.entry(r.body.zone).or_default();
         for e in eps {
-            let refs = zone.entry(target(e)).or_default();
-            match refs.iter_mut().find(|(n, _)| *n == h) {
-                Some(slot) => slot.1 = r.body.expires_at_ms,
-                None => refs.push((h, r.body.expires_at_ms)),
+            match zone.entry(target(e)) {
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    o.get_mut().upsert(h, r.body.expires_at_ms);
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(Refs::One((h, r.body.expires_at_ms)));
+                }
             }
         }
         for e in eps {
@@ -879,7 +936,13 @@ impl Selection {
 
     /// The endpoints this node probes, by zone, if they changed since they were last handed
     /// over and may be handed over now (see [`RETRACK_OVER_CAP_MS`]).
-    fn hand_over(&mut self, cap: usize, now: u64) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> {
+    /// Over the cap, `capped` picks the part the prober keeps (see [`Health::capped`]).
+    fn hand_over(
+        &mut self,
+        cap: usize,
+        now: u64,
+        capped: impl FnOnce(&BTreeMap<ZoneId, BTreeSet<Target>>) -> BTreeMap<ZoneId, BTreeSet<Target>>,
+    ) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> {
         let due = match self.handed {
             None => true,
             Some((v, _)) if v == self.version => false,
@@ -889,7 +952,11 @@ impl Selection {
             return None;
         }
         self.handed = Some((self.version, now));
-        Some(self.mine.clone())
+        Some(if self.mine_len <= cap {
+            self.mine.clone()
+        } else {
+            capped(&self.mine)
+        })
     }
 
     /// Probers of each endpoint in `observed` (cached while the membership stays; the cache
@@ -1025,14 +1092,13 @@ impl Health {
         v.into_iter().map(|(_, z, t)| (z, t)).collect()
     }
 
-    /// Replaces the tracked set with the endpoints of `by_zone` (keeping known state), bounded
-    /// by [`HealthConfig::max_endpoints`] and filled round-robin over zones.
-    pub fn track(&self, by_zone: BTreeMap<ZoneId, BTreeSet<Target>>, now: Instant) {
-        let mut queues: Vec<(ZoneId, std::collections::btree_set::IntoIter<Target>)> = self
-            .fair_zone_order(by_zone)
-            .into_iter()
-            .map(|(z, s)| (z, s.into_iter()))
-            .collect();
+    /// Up to [`HealthConfig::max_endpoints`] of `by_zone`'s targets, one per zone per round in
+    /// the fair zone order (a target two zones name goes to the first that reaches it).
+    fn choose<I: Iterator<Item = Target>>(
+        &self,
+        by_zone: impl IntoIterator<Item = (ZoneId, I)>,
+    ) -> BTreeMap<Target, ZoneId> {
+        let mut queues = self.fair_zone_order(by_zone);
         let mut chosen: BTreeMap<Target, ZoneId> = BTreeMap::new();
         while chosen.len() < self.config.max_endpoints && !queues.is_empty() {
             queues.retain_mut(|(zone, q)| {
@@ -1049,6 +1115,27 @@ impl Health {
                 false
             });
         }
+        chosen
+    }
+
+    /// The part of `mine` that [`Health::track`] would keep, grouped by the zone each target
+    /// goes to, read in place: a selection over the cap (2M endpoints at 10⁶ records) is not
+    /// copied whole to be handed over (that was a transient copy of about 115 MB).
+    pub fn capped(
+        &self,
+        mine: &BTreeMap<ZoneId, BTreeSet<Target>>,
+    ) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+        let mut out: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        for (t, zone) in self.choose(mine.iter().map(|(z, set)| (*z, set.iter().cloned()))) {
+            out.entry(zone).or_default().insert(t);
+        }
+        out
+    }
+
+    /// Replaces the tracked set with the endpoints of `by_zone` (keeping known state), bounded
+    /// by [`HealthConfig::max_endpoints`] and filled round-robin over zones.
+    pub fn track(&self, by_zone: BTreeMap<ZoneId, BTreeSet<Target>>, now: Instant) {
+        let chosen = self.choose(by_zone.into_iter().map(|(z, set)| (z, set.into_iter())));
         let mut table = self.lock();
         let mut sched = self.schedule();
         table.retain(|t, _| chosen.contains_key(t));
@@ -1589,7 +1676,7 @@ pub fn probe_targets(node: &Node) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> 
         observed
     };
     let probers = selection.probers_of_observed(&observed);
-    let mine = selection.hand_over(health.config.max_endpoints, now);
+    let mine = selection.hand_over(health.config.max_endpoints, now, |m| health.capped(m));
     drop(selection);
     let votes = tally(observed, &probers, &health.observations);
     let effective = if k == 0 {
@@ -2060,6 +2147,51 @@ mod tests {
                 "honest zone kept"
             );
         }
+    }
+
+    #[test]
+    fn tracking_the_capped_part_of_a_selection_keeps_what_tracking_all_of_it_keeps() {
+        let h = Health::new(HealthConfig {
+            max_endpoints: 50,
+            ..HealthConfig::default()
+        });
+        // Five zones of different sizes, some endpoints named by two zones.
+        let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+        for z in 1..=5u8 {
+            let n = u16::from(z) * 15;
+            mine.insert(zone(z), (0..n).map(|i| t(u16::from(z) * 100 + i)).collect());
+        }
+        mine.get_mut(&zone(2))
+            .expect("zone 2")
+            .extend((100..110).map(t));
+        let handed = h.capped(&mine);
+        assert_eq!(handed.values().map(BTreeSet::len).sum::<usize>(), 50);
+        let tracked = |h: &Health| {
+            h.lock()
+                .iter()
+                .map(|(t, s)| (t.clone(), s.zone))
+                .collect::<Vec<_>>()
+        };
+        let now = Instant::now();
+        h.track(mine, now);
+        let from_whole = tracked(&h);
+        h.track(BTreeMap::new(), now);
+        assert!(tracked(&h).is_empty());
+        h.track(handed, now);
+        assert_eq!(tracked(&h), from_whole);
+    }
+
+    #[test]
+    fn refs_hold_one_reference_inline_and_more_in_a_list() {
+        let mut r = Refs::One((1, 10));
+        r.upsert(1, 20);
+        assert_eq!(r, Refs::One((1, 20)), "the same name moves its expiry");
+        r.upsert(2, 30);
+        assert_eq!(r.as_slice(), &[(1, 20), (2, 30)]);
+        assert!(!r.remove(1));
+        assert_eq!(r, Refs::One((2, 30)), "back inline at one reference");
+        assert!(!r.remove(7), "another name's removal leaves it");
+        assert!(r.remove(2), "the last reference gone");
     }
 
     #[test]
@@ -2578,28 +2710,38 @@ mod tests {
         assert!(sel.update(&mut index, &[me], me, 3, NOW));
         assert_eq!(sel.examined, 200, "the first refresh reads everything");
         assert_eq!(sel.mine_len, 200, "alone, this node probes every endpoint");
-        assert!(sel.hand_over(1000, NOW).is_some());
+        assert!(sel.hand_over(1000, NOW, Clone::clone).is_some());
         // Nothing changed: nothing examined, nothing handed over.
         index.refresh_from(&store);
         assert!(!sel.update(&mut index, &[me], me, 3, NOW + 2_000));
         assert_eq!(sel.examined, 200);
-        assert!(sel.hand_over(1000, NOW + 2_000).is_none());
+        assert!(sel.hand_over(1000, NOW + 2_000, Clone::clone).is_none());
         // One record moves to another port: its old and new endpoint are examined.
         write("svc0", 2, 5000)?;
         index.refresh_from(&store);
         assert!(sel.update(&mut index, &[me], me, 3, NOW + 4_000));
         assert_eq!(sel.examined, 202);
         assert_eq!(sel.mine_len, 200);
-        assert!(sel.hand_over(1000, NOW + 4_000).is_some());
+        assert!(sel.hand_over(1000, NOW + 4_000, Clone::clone).is_some());
         // A selection over the prober's cap is handed over again only every
         // RETRACK_OVER_CAP_MS, however often it changes.
         write("svc1", 2, 5001)?;
         index.refresh_from(&store);
         assert!(sel.update(&mut index, &[me], me, 3, NOW + 6_000));
-        assert!(sel.hand_over(10, NOW + 6_000).is_none());
-        assert!(sel
-            .hand_over(10, NOW + 4_000 + RETRACK_OVER_CAP_MS)
-            .is_some());
+        assert!(sel.hand_over(10, NOW + 6_000, Clone::clone).is_none());
+        let handed = sel
+            .hand_over(10, NOW + 4_000 + RETRACK_OVER_CAP_MS, |m| {
+                m.iter()
+                    .take(1)
+                    .map(|(z, set)| (*z, set.iter().take(10).cloned().collect()))
+                    .collect()
+            })
+            .expect("due again");
+        assert_eq!(
+            handed.values().map(BTreeSet::len).sum::<usize>(),
+            10,
+            "over the cap, only the capped part is handed over"
+        );
         // A member joins: the whole index is read again, once.
         let mut two = vec![me, other];
         two.sort();
