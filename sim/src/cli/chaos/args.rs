@@ -37,8 +37,10 @@ pub(crate) struct ChaosArgs {
     /// Fault kinds, comma-separated: kill, pause, partition (one node cut off), split
     /// (split-brain halves), oneway (some nodes cannot hear the rest), skew (needs
     /// libfaketime); or rolling-restart alone (every node restarted cleanly, one at a time).
-    #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
-    pub(crate) faults: Vec<FaultKind>,
+    /// `none` runs the workload with no fault at all (what the replay command prints for such
+    /// a run), e.g. to measure propagation over WAN links alone.
+    #[arg(long, default_value = "kill,pause,partition", value_parser = parse_faults)]
+    pub(crate) faults: FaultList,
     /// One-way delay of every node-to-node path, ms (emulated by the harness's WAN switch;
     /// needs the namespace layout).
     #[arg(long, default_value_t = 0.0)]
@@ -142,4 +144,48 @@ pub(crate) fn replay_command(args: &ChaosArgs, seed: u64, faults: &[FaultKind]) 
         cmd.push_str(&format!(" --dpin {}", d.display()));
     }
     cmd
+}
+
+/// The `--faults` list (a newtype so that clap parses the whole list at once: `none` is the
+/// empty list).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FaultList(pub(crate) Vec<FaultKind>);
+
+impl std::ops::Deref for FaultList {
+    type Target = Vec<FaultKind>;
+    fn deref(&self) -> &Vec<FaultKind> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for FaultList {
+    fn deref_mut(&mut self) -> &mut Vec<FaultKind> {
+        &mut self.0
+    }
+}
+
+/// Parses `kill,pause,...` or `none`.
+fn parse_faults(s: &str) -> Result<FaultList, String> {
+    if s.trim() == "none" {
+        return Ok(FaultList::default());
+    }
+    s.split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<FaultKind>, String>>()
+        .map(FaultList)
+}
+
+#[cfg(test)]
+mod fault_list_tests {
+    use super::*;
+
+    #[test]
+    fn faults_none_parses_as_no_fault_as_the_replay_command_prints_it() {
+        assert_eq!(parse_faults("none"), Ok(FaultList::default()));
+        assert_eq!(
+            parse_faults("kill,oneway"),
+            Ok(FaultList(vec![FaultKind::Kill, FaultKind::OneWay]))
+        );
+        assert!(parse_faults("kill,bogus").is_err());
+    }
 }

@@ -36,7 +36,7 @@ pub(crate) fn chaos_main(mut args: ChaosArgs) -> i32 {
     }
     args.faults.sort();
     args.faults.dedup();
-    let requested = args.faults.clone();
+    let requested = args.faults.to_vec();
     if args.record_ttl_ms < 2000 {
         eprintln!("dpin-sim: --record-ttl-ms must be at least 2000 (names are refreshed every third of it)");
         return 2;

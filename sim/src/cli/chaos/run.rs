@@ -276,7 +276,7 @@ async fn chaos_phases(
     drop(ctx);
 
     let mut nemesis = Nemesis::new(NemesisConfig {
-        faults: args.faults.clone(),
+        faults: args.faults.to_vec(),
         max_down: args.max_down,
         seed,
         fault_ms: (1000, 5000),
