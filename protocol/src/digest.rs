@@ -55,8 +55,11 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const MAX_NAME_BYTES: usize = crate::MAX_LABEL_LEN + 1 + crate::keys::ZONE_ID_TEXT_LEN;
 
 /// The bucket a name belongs to.
+///
+/// Every lookup in a store asks for it; a name this thread asked for lately is answered from
+/// a small memo ([`NameMemo`]) instead of hashing it again.
 pub fn bucket_of(name: &str) -> u8 {
-    blake3::hash(name.as_bytes()).as_bytes()[0]
+    NAME_MEMO.with_borrow_mut(|m| m.bucket_of(name))
 }
 
 /// The digest contribution of one entry.
@@ -67,12 +70,119 @@ pub fn bucket_of(name: &str) -> u8 {
 /// holding a body are in the digest, and a body's kind is read from the body itself.) Keeping
 /// the formula also keeps digests comparable with nodes that predate the kind rule.
 pub fn entry_digest(name: &str, floor: &Floor) -> [u8; 32] {
+    NAME_MEMO.with_borrow_mut(|m| m.entry_digest(name, floor))
+}
+
+fn entry_digest_hashed(name: &str, floor: &Floor) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&(name.len() as u64).to_le_bytes());
     h.update(name.as_bytes());
     h.update(&floor.seq.to_le_bytes());
     h.update(&floor.hash);
     *h.finalize().as_bytes()
+}
+
+/// Slots of each table of [`NameMemo`].
+const NAME_MEMO_SLOTS: usize = 256;
+
+thread_local! {
+    /// This thread's memo of name hashes ([`NameMemo`]).
+    static NAME_MEMO: std::cell::RefCell<NameMemo> = std::cell::RefCell::new(NameMemo::default());
+}
+
+/// The buckets and entry digests this thread computed last, by exact input.
+///
+/// Both are pure functions of their input (a name; a name, seq and content hash). A store
+/// computes a name's bucket at every lookup and write, and the entry digest of every record
+/// it takes or replaces; in one process holding many replicas (the simulator) every replica
+/// computes the same ones for the same records. A hit compares the input byte for byte, so it
+/// returns exactly what hashing would; a miss hashes and replaces the slot. Direct-mapped,
+/// fixed size (about 70 KiB per thread, no allocation after the first use); names longer
+/// than [`MAX_NAME_BYTES`] (no valid record has one) are always hashed.
+#[derive(Default)]
+struct NameMemo {
+    buckets: Vec<MemoName<u8>>,
+    digests: Vec<MemoName<(u64, [u8; 32], [u8; 32])>>,
+}
+
+/// One memo slot: a name (its length, `usize::MAX` when empty, and bytes) and a value.
+#[derive(Clone, Copy)]
+struct MemoName<V> {
+    len: usize,
+    name: [u8; MAX_NAME_BYTES],
+    value: V,
+}
+
+impl<V: Copy> MemoName<V> {
+    fn empty(value: V) -> Self {
+        Self {
+            len: usize::MAX,
+            name: [0; MAX_NAME_BYTES],
+            value,
+        }
+    }
+
+    fn holds(&self, name: &[u8]) -> bool {
+        self.len == name.len() && self.name.get(..name.len()) == Some(name)
+    }
+
+    fn set(&mut self, name: &[u8], value: V) {
+        if let Some(dst) = self.name.get_mut(..name.len()) {
+            dst.copy_from_slice(name);
+            self.len = name.len();
+            self.value = value;
+        }
+    }
+}
+
+/// A slot index for `bytes` mixed with `salt` (FxHash's multiply-rotate over 8-byte words).
+fn name_slot(bytes: &[u8], salt: u64) -> usize {
+    let mut h = salt;
+    for c in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    (h >> 32) as usize % NAME_MEMO_SLOTS
+}
+
+impl NameMemo {
+    fn bucket_of(&mut self, name: &str) -> u8 {
+        let name = name.as_bytes();
+        if name.len() > MAX_NAME_BYTES {
+            return blake3::hash(name).as_bytes()[0];
+        }
+        if self.buckets.is_empty() {
+            self.buckets = vec![MemoName::empty(0); NAME_MEMO_SLOTS];
+        }
+        let slot = &mut self.buckets[name_slot(name, 0)];
+        if slot.holds(name) {
+            return slot.value;
+        }
+        let b = blake3::hash(name).as_bytes()[0];
+        slot.set(name, b);
+        b
+    }
+
+    fn entry_digest(&mut self, name: &str, floor: &Floor) -> [u8; 32] {
+        if name.len() > MAX_NAME_BYTES {
+            return entry_digest_hashed(name, floor);
+        }
+        if self.digests.is_empty() {
+            self.digests = vec![MemoName::empty((0, [0; 32], [0; 32])); NAME_MEMO_SLOTS];
+        }
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&floor.hash[..8]);
+        let salt = u64::from_le_bytes(key) ^ floor.seq;
+        let slot = &mut self.digests[name_slot(name.as_bytes(), salt)];
+        let (seq, hash, digest) = slot.value;
+        if slot.holds(name.as_bytes()) && seq == floor.seq && hash == floor.hash {
+            return digest;
+        }
+        let d = entry_digest_hashed(name, floor);
+        slot.set(name.as_bytes(), (floor.seq, floor.hash, d));
+        d
+    }
 }
 
 /// A store's digest: root plus per-bucket digests.
@@ -91,8 +201,8 @@ impl StoreDigest {
     /// The root is blake3 of the 256 bucket digests in order, hashed as one 8 KiB slice: the
     /// same bytes as one `update` per bucket (blake3 is a stream), but one call lets blake3
     /// compress its eight 1 KiB chunks in parallel (SIMD) instead of one 32-byte piece at a
-    /// time; a store recomputes it after every write, and it was the simulator's largest
-    /// single cost after signatures.
+    /// time. [`MemStore`](crate::MemStore) does not call it on every write: it keeps the root
+    /// per chunk ([`RootTree`]), the same value.
     pub fn from_buckets(buckets: &[[u8; 32]; BUCKETS]) -> Self {
         StoreDigest {
             root: *blake3::hash(buckets.as_flattened()).as_bytes(),
@@ -733,6 +843,33 @@ mod tests {
         remote[7] ^= 1;
         assert_eq!(d.differing_buckets(&remote), vec![7]);
         assert_eq!(d.differing_buckets(&remote[1..]).len(), BUCKETS);
+    }
+
+    /// Buckets and entry digests answered from the memo are the hashed ones, for names that
+    /// share slots, names past the memo's length limit, and floors that differ in seq or hash
+    /// only.
+    #[test]
+    fn memoised_buckets_and_entry_digests_are_the_hashed_ones() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let mut names: Vec<String> = (0..2000).map(|i| format!("n{i}.zone")).collect();
+        names.push(long);
+        names.push(String::new());
+        for round in 0..2u8 {
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(
+                    bucket_of(n),
+                    blake3::hash(n.as_bytes()).as_bytes()[0],
+                    "{n}"
+                );
+                for seq in [1, 2] {
+                    let floor = Floor {
+                        seq,
+                        hash: *blake3::hash(&[(i % 3) as u8, round]).as_bytes(),
+                    };
+                    assert_eq!(entry_digest(n, &floor), entry_digest_hashed(n, &floor));
+                }
+            }
+        }
     }
 
     /// The piecewise root equals blake3 of the 8 KiB (the value on the wire) after writes to
