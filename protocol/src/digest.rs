@@ -102,8 +102,11 @@ thread_local! {
 #[derive(Default)]
 struct NameMemo {
     buckets: Vec<MemoName<u8>>,
-    digests: Vec<MemoName<(u64, [u8; 32], [u8; 32])>>,
+    digests: Vec<MemoName<MemoDigest>>,
 }
+
+/// A memoised entry digest: the floor's seq and hash it was computed for, and the digest.
+type MemoDigest = (u64, [u8; 32], [u8; 32]);
 
 /// One memo slot: a name (its length, `usize::MAX` when empty, and bytes) and a value.
 #[derive(Clone, Copy)]
@@ -366,15 +369,18 @@ thread_local! {
 /// thread). In a node, with one store, it rarely hits and costs a lookup per hash.
 #[derive(Default)]
 struct Memo {
-    chunks: Vec<
-        Option<(
-            usize,
-            Box<[u8; blake3::CHUNK_LEN]>,
-            blake3::hazmat::ChainingValue,
-        )>,
-    >,
-    roots: Vec<Option<([blake3::hazmat::ChainingValue; CHUNKS], [u8; 32])>>,
+    chunks: Vec<Option<MemoChunk>>,
+    roots: Vec<Option<MemoRoot>>,
 }
+
+/// A memoised chunk: its position, its 1 KiB and its chaining value.
+type MemoChunk = (
+    usize,
+    Box<[u8; blake3::CHUNK_LEN]>,
+    blake3::hazmat::ChainingValue,
+);
+/// A memoised root: the eight chunk chaining values and the root over them.
+type MemoRoot = ([blake3::hazmat::ChainingValue; CHUNKS], [u8; 32]);
 
 /// A slot index from the first 8 bytes of each 32-byte piece of `bytes` (bucket digests and
 /// chaining values are uniformly random), mixed with `salt`.
@@ -910,9 +916,9 @@ mod tests {
         );
         other.touch(3);
         assert_eq!(other.root(&buckets), want(&buckets));
-        for b in 0..BUCKETS {
-            if buckets[b] != [0; 32] {
-                buckets[b] = [0; 32];
+        for (b, bucket) in buckets.iter_mut().enumerate() {
+            if *bucket != [0; 32] {
+                *bucket = [0; 32];
                 tree.touch(b as u8);
             }
         }

@@ -1140,8 +1140,8 @@ impl World {
             } => self.on_gossip(to, from, rec, hops, origin),
             Ev::IHave { to, from, ids } => self.on_ihave(to, from, ids),
             Ev::IWant { to, from, ids } => self.on_iwant(to, from, ids),
-            Ev::SyncReq { to, from, sid, msg } => self.on_sync_req(to, from, sid, msg),
-            Ev::SyncResp { to, from, sid, msg } => self.on_sync_resp(to, from, sid, msg),
+            Ev::SyncReq { to, from, sid, msg } => self.on_sync_req(to, from, sid, *msg),
+            Ev::SyncResp { to, from, sid, msg } => self.on_sync_resp(to, from, sid, *msg),
             Ev::SyncTimeout { node, sid, nonce } => {
                 let n = &mut self.nodes[node as usize];
                 if n.sessions.get(&sid).is_some_and(|s| s.nonce == nonce) {
@@ -1524,7 +1524,7 @@ impl World {
         to: NodeId,
         from: NodeId,
         sid: u64,
-        msg: Box<Wire<SyncRequest>>,
+        msg: Wire<SyncRequest>,
     ) -> Result<(), SimError> {
         if !self.deliverable(from, to) {
             return Ok(());
@@ -1562,7 +1562,7 @@ impl World {
         to: NodeId,
         from: NodeId,
         sid: u64,
-        msg: Box<Wire<SyncResponse>>,
+        msg: Wire<SyncResponse>,
     ) -> Result<(), SimError> {
         if !self.deliverable(from, to) {
             return Ok(());
