@@ -55,8 +55,11 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 pub const MAX_NAME_BYTES: usize = crate::MAX_LABEL_LEN + 1 + crate::keys::ZONE_ID_TEXT_LEN;
 
 /// The bucket a name belongs to.
+///
+/// Every lookup in a store asks for it; a name this thread asked for lately is answered from
+/// a small memo ([`NameMemo`]) instead of hashing it again.
 pub fn bucket_of(name: &str) -> u8 {
-    blake3::hash(name.as_bytes()).as_bytes()[0]
+    NAME_MEMO.with_borrow_mut(|m| m.bucket_of(name))
 }
 
 /// The digest contribution of one entry.
@@ -67,12 +70,122 @@ pub fn bucket_of(name: &str) -> u8 {
 /// holding a body are in the digest, and a body's kind is read from the body itself.) Keeping
 /// the formula also keeps digests comparable with nodes that predate the kind rule.
 pub fn entry_digest(name: &str, floor: &Floor) -> [u8; 32] {
+    NAME_MEMO.with_borrow_mut(|m| m.entry_digest(name, floor))
+}
+
+fn entry_digest_hashed(name: &str, floor: &Floor) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&(name.len() as u64).to_le_bytes());
     h.update(name.as_bytes());
     h.update(&floor.seq.to_le_bytes());
     h.update(&floor.hash);
     *h.finalize().as_bytes()
+}
+
+/// Slots of each table of [`NameMemo`].
+const NAME_MEMO_SLOTS: usize = 256;
+
+thread_local! {
+    /// This thread's memo of name hashes ([`NameMemo`]).
+    static NAME_MEMO: std::cell::RefCell<NameMemo> = std::cell::RefCell::new(NameMemo::default());
+}
+
+/// The buckets and entry digests this thread computed last, by exact input.
+///
+/// Both are pure functions of their input (a name; a name, seq and content hash). A store
+/// computes a name's bucket at every lookup and write, and the entry digest of every record
+/// it takes or replaces; in one process holding many replicas (the simulator) every replica
+/// computes the same ones for the same records. A hit compares the input byte for byte, so it
+/// returns exactly what hashing would; a miss hashes and replaces the slot. Direct-mapped,
+/// fixed size (about 70 KiB per thread, no allocation after the first use); names longer
+/// than [`MAX_NAME_BYTES`] (no valid record has one) are always hashed.
+#[derive(Default)]
+struct NameMemo {
+    buckets: Vec<MemoName<u8>>,
+    digests: Vec<MemoName<MemoDigest>>,
+}
+
+/// A memoised entry digest: the floor's seq and hash it was computed for, and the digest.
+type MemoDigest = (u64, [u8; 32], [u8; 32]);
+
+/// One memo slot: a name (its length, `usize::MAX` when empty, and bytes) and a value.
+#[derive(Clone, Copy)]
+struct MemoName<V> {
+    len: usize,
+    name: [u8; MAX_NAME_BYTES],
+    value: V,
+}
+
+impl<V: Copy> MemoName<V> {
+    fn empty(value: V) -> Self {
+        Self {
+            len: usize::MAX,
+            name: [0; MAX_NAME_BYTES],
+            value,
+        }
+    }
+
+    fn holds(&self, name: &[u8]) -> bool {
+        self.len == name.len() && self.name.get(..name.len()) == Some(name)
+    }
+
+    fn set(&mut self, name: &[u8], value: V) {
+        if let Some(dst) = self.name.get_mut(..name.len()) {
+            dst.copy_from_slice(name);
+            self.len = name.len();
+            self.value = value;
+        }
+    }
+}
+
+/// A slot index for `bytes` mixed with `salt` (FxHash's multiply-rotate over 8-byte words).
+fn name_slot(bytes: &[u8], salt: u64) -> usize {
+    let mut h = salt;
+    for c in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    (h >> 32) as usize % NAME_MEMO_SLOTS
+}
+
+impl NameMemo {
+    fn bucket_of(&mut self, name: &str) -> u8 {
+        let name = name.as_bytes();
+        if name.len() > MAX_NAME_BYTES {
+            return blake3::hash(name).as_bytes()[0];
+        }
+        if self.buckets.is_empty() {
+            self.buckets = vec![MemoName::empty(0); NAME_MEMO_SLOTS];
+        }
+        let slot = &mut self.buckets[name_slot(name, 0)];
+        if slot.holds(name) {
+            return slot.value;
+        }
+        let b = blake3::hash(name).as_bytes()[0];
+        slot.set(name, b);
+        b
+    }
+
+    fn entry_digest(&mut self, name: &str, floor: &Floor) -> [u8; 32] {
+        if name.len() > MAX_NAME_BYTES {
+            return entry_digest_hashed(name, floor);
+        }
+        if self.digests.is_empty() {
+            self.digests = vec![MemoName::empty((0, [0; 32], [0; 32])); NAME_MEMO_SLOTS];
+        }
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&floor.hash[..8]);
+        let salt = u64::from_le_bytes(key) ^ floor.seq;
+        let slot = &mut self.digests[name_slot(name.as_bytes(), salt)];
+        let (seq, hash, digest) = slot.value;
+        if slot.holds(name.as_bytes()) && seq == floor.seq && hash == floor.hash {
+            return digest;
+        }
+        let d = entry_digest_hashed(name, floor);
+        slot.set(name.as_bytes(), (floor.seq, floor.hash, d));
+        d
+    }
 }
 
 /// A store's digest: root plus per-bucket digests.
@@ -91,8 +204,8 @@ impl StoreDigest {
     /// The root is blake3 of the 256 bucket digests in order, hashed as one 8 KiB slice: the
     /// same bytes as one `update` per bucket (blake3 is a stream), but one call lets blake3
     /// compress its eight 1 KiB chunks in parallel (SIMD) instead of one 32-byte piece at a
-    /// time; a store recomputes it after every write, and it was the simulator's largest
-    /// single cost after signatures.
+    /// time. [`MemStore`](crate::MemStore) does not call it on every write: it keeps the root
+    /// per chunk ([`RootTree`]), the same value.
     pub fn from_buckets(buckets: &[[u8; 32]; BUCKETS]) -> Self {
         StoreDigest {
             root: *blake3::hash(buckets.as_flattened()).as_bytes(),
@@ -121,6 +234,231 @@ impl StoreDigest {
             .map(|i| i as u8)
             .collect()
     }
+}
+
+/// Bucket digests per blake3 chunk (1 KiB): the root's 8 KiB input is 8 chunks.
+const CHUNK_BUCKETS: usize = blake3::CHUNK_LEN / 32;
+/// Chunks of the root's input.
+const CHUNKS: usize = BUCKETS / CHUNK_BUCKETS;
+
+/// The root of a store's digest, kept per blake3 chunk so that a write costs one chunk of
+/// hashing at the next read instead of all eight.
+///
+/// blake3 hashes its input as a tree of 1 KiB chunks: the root of the 8 KiB of bucket
+/// digests is the root node over eight chunk chaining values. This keeps those eight values,
+/// marks the chunk of every bucket a write changes, and on the next read rehashes only the
+/// marked chunks and the seven parent nodes above them ([`blake3::hazmat`]). The root is the
+/// same value as [`StoreDigest::from_buckets`] (`blake3` of the 8 KiB, the value peers compare
+/// on the wire, checked by `the_piecewise_root_is_blake3_of_the_buckets`). A write usually
+/// changes one bucket, so a read after it hashes 1 KiB and 7 parents instead of 8 KiB: in a
+/// race sweep the root was recomputed after almost every write and cost about a tenth of it.
+/// All-zero chunks (a small store's empty buckets) take their value from a table computed
+/// once per process, and a chunk or root this thread hashed lately is not hashed again
+/// ([`Memo`]: replicas in one process share their hashing).
+#[derive(Debug)]
+pub struct RootTree {
+    state: std::sync::Mutex<TreeState>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TreeState {
+    /// Chaining value of each chunk, valid unless its bit is set in `stale`.
+    cvs: [blake3::hazmat::ChainingValue; CHUNKS],
+    stale: u8,
+    /// The root, while no chunk is stale.
+    root: Option<[u8; 32]>,
+}
+
+impl Default for RootTree {
+    /// The tree of all-zero buckets (an empty store).
+    fn default() -> Self {
+        Self::from_state(TreeState {
+            cvs: *zero_chunk_cvs(),
+            stale: 0,
+            root: None,
+        })
+    }
+}
+
+impl Clone for RootTree {
+    fn clone(&self) -> Self {
+        Self::from_state(*self.lock())
+    }
+}
+
+impl RootTree {
+    fn from_state(state: TreeState) -> Self {
+        Self {
+            state: std::sync::Mutex::new(state),
+        }
+    }
+
+    /// A tree whose every chunk is recomputed at the next read (buckets changed wholesale).
+    pub fn all_stale() -> Self {
+        Self::from_state(TreeState {
+            cvs: [[0; 32]; CHUNKS],
+            stale: u8::MAX,
+            root: None,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TreeState> {
+        // Plain data that no holder leaves half written (nothing in `root` panics between
+        // setting a value and clearing its stale mark), so a poisoned lock is still valid.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Bucket `bucket` changed: its chunk is rehashed at the next read.
+    pub fn touch(&mut self, bucket: u8) {
+        let s = self
+            .state
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.stale |= 1 << (usize::from(bucket) / CHUNK_BUCKETS);
+        s.root = None;
+    }
+
+    /// The root over `buckets` (which must be the buckets every change since the last read
+    /// was [`RootTree::touch`]ed for).
+    pub fn root(&self, buckets: &[[u8; 32]; BUCKETS]) -> [u8; 32] {
+        let mut s = self.lock();
+        if let Some(r) = s.root {
+            return r;
+        }
+        for c in 0..CHUNKS {
+            if s.stale & (1 << c) == 0 {
+                continue;
+            }
+            let chunk = buckets[c * CHUNK_BUCKETS..(c + 1) * CHUNK_BUCKETS].as_flattened();
+            s.cvs[c] = if chunk == ZERO_CHUNK {
+                zero_chunk_cvs()[c]
+            } else {
+                MEMO.with_borrow_mut(|m| m.chunk_cv(c, chunk))
+            };
+        }
+        s.stale = 0;
+        let cvs = s.cvs;
+        let r = MEMO.with_borrow_mut(|m| m.root(&cvs));
+        s.root = Some(r);
+        r
+    }
+}
+
+const ZERO_CHUNK: [u8; blake3::CHUNK_LEN] = [0; blake3::CHUNK_LEN];
+
+/// Slots of [`Memo`]'s chunk table (each holds a 1 KiB chunk: 64 KiB per thread).
+const MEMO_CHUNKS: usize = 64;
+/// Slots of [`Memo`]'s root table.
+const MEMO_ROOTS: usize = 64;
+
+thread_local! {
+    /// The hashing memo of this thread's stores ([`Memo`]).
+    static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::default());
+}
+
+/// The chunks and roots this thread hashed last, by exact content.
+///
+/// A chunk's chaining value is a pure function of its position and its 1 KiB, and a root of
+/// its eight chunk values; replicas of one network converge to the same buckets, so a process
+/// holding many replicas (the simulator: 50 nodes of a race, each rehashing the chunk one
+/// update changed) hashes each content once instead of once per replica. A memo hit is
+/// checked byte for byte against the stored content, so it returns exactly what hashing
+/// would; a miss hashes and replaces the slot. Direct-mapped and bounded (about 80 KiB per
+/// thread). In a node, with one store, it rarely hits and costs a lookup per hash.
+#[derive(Default)]
+struct Memo {
+    chunks: Vec<Option<MemoChunk>>,
+    roots: Vec<Option<MemoRoot>>,
+}
+
+/// A memoised chunk: its position, its 1 KiB and its chaining value.
+type MemoChunk = (
+    usize,
+    Box<[u8; blake3::CHUNK_LEN]>,
+    blake3::hazmat::ChainingValue,
+);
+/// A memoised root: the eight chunk chaining values and the root over them.
+type MemoRoot = ([blake3::hazmat::ChainingValue; CHUNKS], [u8; 32]);
+
+/// A slot index from the first 8 bytes of each 32-byte piece of `bytes` (bucket digests and
+/// chaining values are uniformly random), mixed with `salt`.
+fn memo_slot(bytes: &[u8], salt: usize, slots: usize) -> usize {
+    let mut h = salt as u64;
+    for piece in bytes.chunks_exact(32) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&piece[..8]);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    (h >> 32) as usize % slots
+}
+
+impl Memo {
+    /// The chaining value of chunk `c` holding `chunk` (1 KiB).
+    fn chunk_cv(&mut self, c: usize, chunk: &[u8]) -> blake3::hazmat::ChainingValue {
+        if self.chunks.is_empty() {
+            self.chunks.resize(MEMO_CHUNKS, None);
+        }
+        let i = memo_slot(chunk, c, MEMO_CHUNKS);
+        if let Some((pos, content, cv)) = &self.chunks[i] {
+            if *pos == c && content[..] == *chunk {
+                return *cv;
+            }
+        }
+        let cv = chunk_cv(c, chunk);
+        let mut content = Box::new(ZERO_CHUNK);
+        if content.len() == chunk.len() {
+            content.copy_from_slice(chunk);
+            self.chunks[i] = Some((c, content, cv));
+        }
+        cv
+    }
+
+    /// The root over eight chunk chaining values.
+    fn root(&mut self, cvs: &[blake3::hazmat::ChainingValue; CHUNKS]) -> [u8; 32] {
+        if self.roots.is_empty() {
+            self.roots.resize(MEMO_ROOTS, None);
+        }
+        let i = memo_slot(cvs.as_flattened(), 0, MEMO_ROOTS);
+        if let Some((key, root)) = &self.roots[i] {
+            if key == cvs {
+                return *root;
+            }
+        }
+        let root = root_of(cvs);
+        self.roots[i] = Some((*cvs, root));
+        root
+    }
+}
+
+/// Chaining value of chunk `c` of the root's input.
+fn chunk_cv(c: usize, chunk: &[u8]) -> blake3::hazmat::ChainingValue {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset((c * blake3::CHUNK_LEN) as u64);
+    h.update(chunk);
+    h.finalize_non_root()
+}
+
+/// The root node over eight chunk chaining values (blake3's tree of an 8-chunk input: a
+/// complete binary tree, parents merged pairwise, the top one as the root).
+fn root_of(cvs: &[blake3::hazmat::ChainingValue; CHUNKS]) -> [u8; 32] {
+    use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, Mode};
+    let pair = |a, b| merge_subtrees_non_root(&cvs[a], &cvs[b], Mode::Hash);
+    let left = merge_subtrees_non_root(&pair(0, 1), &pair(2, 3), Mode::Hash);
+    let right = merge_subtrees_non_root(&pair(4, 5), &pair(6, 7), Mode::Hash);
+    *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
+}
+
+/// Chaining values of all-zero chunks at each position, computed once per process.
+fn zero_chunk_cvs() -> &'static [blake3::hazmat::ChainingValue; CHUNKS] {
+    static CVS: std::sync::OnceLock<[blake3::hazmat::ChainingValue; CHUNKS]> =
+        std::sync::OnceLock::new();
+    CVS.get_or_init(|| {
+        let zero = [0u8; blake3::CHUNK_LEN];
+        std::array::from_fn(|c| chunk_cv(c, &zero))
+    })
 }
 
 /// One bucket digest truncated for the wire (its first [`WIRE_BUCKET_BYTES`], little-endian).
@@ -511,5 +849,85 @@ mod tests {
         remote[7] ^= 1;
         assert_eq!(d.differing_buckets(&remote), vec![7]);
         assert_eq!(d.differing_buckets(&remote[1..]).len(), BUCKETS);
+    }
+
+    /// Buckets and entry digests answered from the memo are the hashed ones, for names that
+    /// share slots, names past the memo's length limit, and floors that differ in seq or hash
+    /// only.
+    #[test]
+    fn memoised_buckets_and_entry_digests_are_the_hashed_ones() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let mut names: Vec<String> = (0..2000).map(|i| format!("n{i}.zone")).collect();
+        names.push(long);
+        names.push(String::new());
+        for round in 0..2u8 {
+            for (i, n) in names.iter().enumerate() {
+                assert_eq!(
+                    bucket_of(n),
+                    blake3::hash(n.as_bytes()).as_bytes()[0],
+                    "{n}"
+                );
+                for seq in [1, 2] {
+                    let floor = Floor {
+                        seq,
+                        hash: *blake3::hash(&[(i % 3) as u8, round]).as_bytes(),
+                    };
+                    assert_eq!(entry_digest(n, &floor), entry_digest_hashed(n, &floor));
+                }
+            }
+        }
+    }
+
+    /// The piecewise root equals blake3 of the 8 KiB (the value on the wire) after writes to
+    /// one bucket, to several chunks, back to all zero, and for a tree built all stale.
+    #[test]
+    fn the_piecewise_root_is_blake3_of_the_buckets() {
+        assert_eq!(CHUNKS, 8, "root_of merges exactly eight chunks");
+        let mut buckets = [[0u8; 32]; BUCKETS];
+        let mut tree = RootTree::default();
+        let want = |b: &[[u8; 32]; BUCKETS]| *blake3::hash(b.as_flattened()).as_bytes();
+        assert_eq!(tree.root(&buckets), want(&buckets));
+        let writes: &[&[usize]] = &[
+            &[0],
+            &[31],
+            &[32, 200],
+            &[255],
+            &[1, 40, 70, 100, 130, 160, 190, 220],
+            &[],
+        ];
+        for (i, touched) in writes.iter().enumerate() {
+            for &b in *touched {
+                buckets[b] = *blake3::hash(&[i as u8, b as u8]).as_bytes();
+                tree.touch(b as u8);
+            }
+            assert_eq!(tree.root(&buckets), want(&buckets), "write {i}");
+            assert_eq!(tree.clone().root(&buckets), want(&buckets), "clone {i}");
+        }
+        // A chunk back to an earlier content (the memo's hit), then back to all zero (the zero
+        // table).
+        buckets[31] = [0; 32];
+        tree.touch(31);
+        assert_eq!(tree.root(&buckets), want(&buckets));
+        let mut other = RootTree::all_stale();
+        assert_eq!(
+            other.root(&buckets),
+            want(&buckets),
+            "same content, other tree"
+        );
+        other.touch(3);
+        assert_eq!(other.root(&buckets), want(&buckets));
+        for (b, bucket) in buckets.iter_mut().enumerate() {
+            if *bucket != [0; 32] {
+                *bucket = [0; 32];
+                tree.touch(b as u8);
+            }
+        }
+        assert_eq!(tree.root(&buckets), want(&buckets));
+        buckets[77] = [9; 32];
+        assert_eq!(RootTree::all_stale().root(&buckets), want(&buckets));
+        assert_eq!(
+            StoreDigest::from_buckets(&buckets).root,
+            RootTree::all_stale().root(&buckets)
+        );
     }
 }

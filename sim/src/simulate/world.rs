@@ -209,13 +209,15 @@ enum Ev {
         to: NodeId,
         from: NodeId,
         sid: u64,
-        msg: Wire<SyncRequest>,
+        /// Boxed, like the answer: sync messages are a small share of the events, and
+        /// inline they made every event (a slot of the scheduler's slab) several times larger.
+        msg: Box<Wire<SyncRequest>>,
     },
     SyncResp {
         to: NodeId,
         from: NodeId,
         sid: u64,
-        msg: Wire<SyncResponse>,
+        msg: Box<Wire<SyncResponse>>,
     },
     SyncTimeout {
         node: NodeId,
@@ -340,7 +342,7 @@ struct Session {
 pub struct SimNode {
     /// What the node holds.
     pub store: MemStore,
-    /// What it has fsynced.
+    /// What it has fsynced (kept without its digest, [`MemStore::without_digest`]).
     pub durable: MemStore,
     pending: Vec<RecId>,
     flush_scheduled: bool,
@@ -570,7 +572,9 @@ impl World {
                 };
                 SimNode {
                     store: store(),
-                    durable: store(),
+                    // Nobody syncs from the durable copy: its digest is never read, so it
+                    // does not keep one on every write (a restart turns it back on).
+                    durable: store().without_digest(),
                     pending: Vec::new(),
                     flush_scheduled: false,
                     up: i < cfg.nodes,
@@ -1136,8 +1140,8 @@ impl World {
             } => self.on_gossip(to, from, rec, hops, origin),
             Ev::IHave { to, from, ids } => self.on_ihave(to, from, ids),
             Ev::IWant { to, from, ids } => self.on_iwant(to, from, ids),
-            Ev::SyncReq { to, from, sid, msg } => self.on_sync_req(to, from, sid, msg),
-            Ev::SyncResp { to, from, sid, msg } => self.on_sync_resp(to, from, sid, msg),
+            Ev::SyncReq { to, from, sid, msg } => self.on_sync_req(to, from, sid, *msg),
+            Ev::SyncResp { to, from, sid, msg } => self.on_sync_resp(to, from, sid, *msg),
             Ev::SyncTimeout { node, sid, nonce } => {
                 let n = &mut self.nodes[node as usize];
                 if n.sessions.get(&sid).is_some_and(|s| s.nonce == nonce) {
@@ -1483,7 +1487,7 @@ impl World {
                 s.nonce += 1;
                 let nonce = s.nonce;
                 let peer = s.peer;
-                let msg = Wire::request(req);
+                let msg = Box::new(Wire::request(req));
                 let len = msg.len;
                 self.stats.sync_bytes += len;
                 let at = self.now() + REQUEST_TIMEOUT_MS;
@@ -1537,7 +1541,7 @@ impl World {
                 }
             },
         };
-        let msg = Wire::response(resp);
+        let msg = Box::new(Wire::response(resp));
         let len = msg.len;
         self.stats.sync_bytes += len;
         self.send(
@@ -1819,7 +1823,7 @@ impl World {
         }
         self.stats.restarts += 1;
         node.up = true;
-        node.store = node.durable.clone();
+        node.store = node.durable.clone().with_digest();
         invariants::check_restart(&node.store, &mut node.watch, n, &self.names, at)
             .map_err(SimError::Invariant)?;
         let names: Vec<(u32, Rank)> = node
