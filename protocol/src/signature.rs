@@ -161,19 +161,25 @@ pub fn verify(zone: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> Result<(
 /// disagree). `false` says only that at least one is bad; verify them one by one to find it.
 /// An empty batch is `true`.
 pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
+    // Each distinct zone key once: decoded (or taken from the shared cache) and, in the
+    // equation below, one point whose scalar sums its records' terms.
+    let mut key_of: std::collections::HashMap<&[u8; 32], usize> = std::collections::HashMap::new();
+    let mut zones: Vec<&[u8; 32]> = Vec::new();
+    let mut record_key: Vec<usize> = Vec::with_capacity(items.len());
+    for (zone, _, _) in items {
+        let next = zones.len();
+        let i = *key_of.entry(zone).or_insert(next);
+        if i == next {
+            zones.push(zone);
+        }
+        record_key.push(i);
+    }
+    let Some(points) = decode_zone_keys(&zones) else {
+        return false;
+    };
     let mut prepared = Vec::with_capacity(items.len());
-    // Records of one zone often come together: decode each key once per batch.
-    let mut keys: std::collections::BTreeMap<&[u8; 32], EdwardsPoint> =
-        std::collections::BTreeMap::new();
-    for (zone, message, signature) in items {
-        let key = match keys.get(zone) {
-            Some(&a) => a,
-            None => match check_zone_key(zone) {
-                Ok(a) => *keys.entry(zone).or_insert(a),
-                Err(_) => return false,
-            },
-        };
-        match prepare_with_key(key, zone, message, signature) {
+    for ((zone, message, signature), &k) in items.iter().zip(&record_key) {
+        match prepare_with_key(points[k], zone, message, signature) {
             Ok(p) => prepared.push(p),
             Err(_) => return false,
         }
@@ -197,19 +203,74 @@ pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
             Scalar::from(u128::from_le_bytes(z))
         })
         .collect();
-    // Σ zᵢ(Rᵢ + kᵢAᵢ − SᵢB) = 0, up to torsion.
+    // Σ zᵢ(Rᵢ + kᵢAᵢ − SᵢB) = 0, up to torsion; the terms of one key are summed first
+    // (Σᵢ zᵢkᵢA = (Σᵢ zᵢkᵢ)A), so the multiscalar multiplication has one point per record
+    // and one per distinct key instead of two per record.
     let b_coefficient: Scalar = -prepared
         .iter()
         .zip(&zs)
         .map(|(p, z)| z * p.s)
         .sum::<Scalar>();
+    let mut key_scalars = vec![Scalar::ZERO; points.len()];
+    for ((p, z), &k) in prepared.iter().zip(&zs).zip(&record_key) {
+        key_scalars[k] += z * p.k;
+    }
     let scalars = std::iter::once(b_coefficient)
         .chain(zs.iter().copied())
-        .chain(prepared.iter().zip(&zs).map(|(p, z)| z * p.k));
+        .chain(key_scalars);
     let points = std::iter::once(ED25519_BASEPOINT_POINT)
         .chain(prepared.iter().map(|p| p.r))
-        .chain(prepared.iter().map(|p| p.a));
+        .chain(points);
     EdwardsPoint::vartime_multiscalar_mul(scalars, points)
         .mul_by_cofactor()
         .is_identity()
+}
+
+/// Most zone keys kept decoded across batches ([`decode_zone_keys`]): about 200 bytes each,
+/// so under 1 MiB. A catch-up verifies every record of the store in batches of ~1,400, and a
+/// zone usually holds many names, so most of a batch's keys were decoded by an earlier batch
+/// (a decode is a field square root, about as costly as decoding the signature's `R`).
+pub const ZONE_KEY_CACHE: usize = 4096;
+
+/// Accepted zone keys with their points (rule 1 of the module docs), shared by every thread.
+/// Emptied whole when full: the bound holds, and the keys of the batches that follow are
+/// decoded again once.
+static ZONE_KEYS: std::sync::Mutex<Option<std::collections::HashMap<[u8; 32], EdwardsPoint>>> =
+    std::sync::Mutex::new(None);
+
+/// The points of `zones` (distinct), in order, or `None` if any is refused. Keys not in the
+/// cache are decoded outside its lock; only accepted keys enter it, so the result is the
+/// same as decoding every key again.
+fn decode_zone_keys(zones: &[&[u8; 32]]) -> Option<Vec<EdwardsPoint>> {
+    let lock = || {
+        ZONE_KEYS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let mut points: Vec<Option<EdwardsPoint>> = {
+        let cache = lock();
+        zones
+            .iter()
+            .map(|z| cache.as_ref().and_then(|c| c.get(*z).copied()))
+            .collect()
+    };
+    let mut fresh = Vec::new();
+    for (zone, point) in zones.iter().zip(points.iter_mut()) {
+        if point.is_none() {
+            let p = decode_point(zone).ok()?;
+            *point = Some(p);
+            fresh.push((**zone, p));
+        }
+    }
+    if !fresh.is_empty() {
+        let mut cache = lock();
+        let cache = cache.get_or_insert_with(std::collections::HashMap::new);
+        for (zone, p) in fresh {
+            if cache.len() >= ZONE_KEY_CACHE {
+                cache.clear();
+            }
+            cache.insert(zone, p);
+        }
+    }
+    points.into_iter().collect()
 }
