@@ -99,7 +99,11 @@ pub fn check_zone_key(zone: &[u8; 32]) -> Result<EdwardsPoint, WeakKey> {
             return Ok(point);
         }
     }
-    let point = decode_point(zone)?;
+    let point = match decode_zone_keys(&[zone]) {
+        Some(points) => points[0],
+        // Refused: decode again for the reason (refusals are not cached).
+        None => decode_point(zone)?,
+    };
     LAST_ZONE_KEY.set(Some((*zone, point)));
     Ok(point)
 }
@@ -226,10 +230,12 @@ pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
         .is_identity()
 }
 
-/// Most zone keys kept decoded across batches ([`decode_zone_keys`]): about 200 bytes each,
-/// so under 1 MiB. A catch-up verifies every record of the store in batches of ~1,400, and a
-/// zone usually holds many names, so most of a batch's keys were decoded by an earlier batch
-/// (a decode is a field square root, about as costly as decoding the signature's `R`).
+/// Most zone keys kept decoded across batches and records ([`decode_zone_keys`]): about 200
+/// bytes each, so under 1 MiB. A catch-up checks every record of the store (its fields when
+/// it is prepared, its signature in batches of ~1,400), and a zone usually holds many names,
+/// so most keys were decoded for an earlier record (a decode is a field square root, about
+/// as costly as decoding the signature's `R`; before this cache a catch-up decoded each
+/// record's zone key twice, once per check, as records of one zone rarely come in a row).
 pub const ZONE_KEY_CACHE: usize = 4096;
 
 /// Accepted zone keys with their points (rule 1 of the module docs), shared by every thread.
@@ -273,4 +279,36 @@ fn decode_zone_keys(zones: &[&[u8; 32]]) -> Option<Vec<EdwardsPoint>> {
         }
     }
     points.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_zone_key_cache_stays_bounded_and_gives_what_decoding_gives() {
+        let keys: Vec<[u8; 32]> = (0..ZONE_KEY_CACHE as u32 + 100)
+            .map(|i| {
+                let mut seed = [9u8; 32];
+                seed[..4].copy_from_slice(&i.to_le_bytes());
+                crate::ZoneKey::from_seed(seed).zone().0
+            })
+            .collect();
+        for k in &keys {
+            let cached = check_zone_key(k).expect("honest key");
+            assert_eq!(Ok(cached), decode_point(k));
+            let len = ZONE_KEYS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map_or(0, |c| c.len());
+            assert!(len <= ZONE_KEY_CACHE, "{len}");
+        }
+        // A refused key is refused through the cache as well, and not kept.
+        // The identity point (y = 1): small order.
+        let mut small = [0u8; 32];
+        small[0] = 1;
+        assert_eq!(check_zone_key(&small), Err(WeakKey::SmallOrder));
+        assert!(decode_zone_keys(&[&small]).is_none());
+    }
 }
