@@ -232,8 +232,27 @@ pub const DEFAULT_TARGET_PEERS: usize = 12;
 pub const PROBE_PROTOCOL: &str = "/dpin/probe/1";
 /// Kademlia protocol name: private to dpin so the DHT never merges with the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/dpin/kad/1.0.0";
-/// Identify protocol version string advertised to peers.
-pub const IDENTIFY_PROTOCOL: &str = "/dpin/id/1.0.0";
+/// Identify protocol version string advertised to peers: `/dpin/id/MAJOR.MINOR.PATCH`, the
+/// version of dpin's protocol family. 1.1 and later take budgeted sync chunks (fetches and
+/// pushes of up to `dpin_protocol::digest::MAX_RECORDS_PER_CHUNK` names or records, see
+/// `dpin_protocol::sync`); 1.0 releases refuse more than 64 and hold it against the sender,
+/// so the node sends budgeted chunks only to peers that advertised 1.1 or later
+/// ([`takes_budgeted_chunks`]).
+pub const IDENTIFY_PROTOCOL: &str = "/dpin/id/1.1.0";
+
+/// Whether a peer that advertised `protocol_version` in identify takes budgeted sync chunks:
+/// a dpin identify version of 1.1 or later (see [`IDENTIFY_PROTOCOL`]). Anything else (1.0,
+/// a foreign or garbled string) gets the per-message cap every release takes.
+pub fn takes_budgeted_chunks(protocol_version: &str) -> bool {
+    let Some(version) = protocol_version.strip_prefix("/dpin/id/") else {
+        return false;
+    };
+    let mut parts = version.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => major > 1 || (major == 1 && minor >= 1),
+        _ => false,
+    }
+}
 
 /// Capacity of the command channel (handle -> event loop). Callers wait when it is full,
 /// which is the backpressure we want for commands.
@@ -492,6 +511,13 @@ pub enum NetEvent {
     },
     /// A new local listen address.
     ListenAddr(Multiaddr),
+    /// A peer's identify info arrived (on every connection and every push of it).
+    Identified {
+        /// The peer.
+        peer: PeerId,
+        /// Whether it takes budgeted sync chunks ([`takes_budgeted_chunks`]).
+        budgeted_sync: bool,
+    },
 }
 
 /// Why a peer is banned ([`NetHandle::ban`]); bans are counted by reason on [`NetStats`].

@@ -342,6 +342,13 @@ pub struct Shared {
     sync_slots: tokio::sync::Semaphore,
     /// When a sync session with each peer last started, either direction (monotonic ms).
     last_sync: Mutex<BTreeMap<PeerId, u64>>,
+    /// Connected peers that advertised budgeted sync chunks
+    /// ([`crate::net::takes_budgeted_chunks`]); sessions with them use
+    /// `SessionConfig::budgeted()`. Forgotten on disconnect; at most [`MAX_LAST_SYNC_PEERS`].
+    chunk_peers: Mutex<std::collections::BTreeSet<PeerId>>,
+    /// Peers this node runs an initiated session with now (one at a time per peer; at most
+    /// [`MAX_CONCURRENT_SYNCS`], as every session holds a sync slot).
+    syncing: Mutex<std::collections::BTreeSet<PeerId>>,
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests. Set
     /// once at start by the daemon (`cli.rs`); read through [`Node::node_key`].
@@ -485,6 +492,8 @@ impl Node {
             data_dir,
             sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
             last_sync: Mutex::new(BTreeMap::new()),
+            chunk_peers: Mutex::new(std::collections::BTreeSet::new()),
+            syncing: Mutex::new(std::collections::BTreeSet::new()),
             blobs,
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
@@ -916,6 +925,28 @@ impl Node {
         m.insert(peer, now);
     }
 
+    /// Records whether `peer` takes budgeted sync chunks (its identify info said so, or it
+    /// disconnected: `false`).
+    fn note_chunks(&self, peer: PeerId, budgeted: bool) {
+        let mut set = lock(&self.0.chunk_peers);
+        if !budgeted {
+            set.remove(&peer);
+        } else if set.len() < MAX_LAST_SYNC_PEERS || set.contains(&peer) {
+            // Past the bound a peer simply gets the cap every release takes.
+            set.insert(peer);
+        }
+    }
+
+    /// The session limits for `peer`: budgeted chunks if it advertised them, else the
+    /// per-message cap every release takes (see `dpin_protocol::sync`).
+    fn session_config(&self, peer: PeerId) -> session::SessionConfig {
+        if lock(&self.0.chunk_peers).contains(&peer) {
+            session::SessionConfig::budgeted()
+        } else {
+            session::SessionConfig::default()
+        }
+    }
+
     /// Whether a session with `peer` started at or after `since_ms`.
     fn synced_since(&self, peer: PeerId, since_ms: u64) -> bool {
         lock(&self.0.last_sync)
@@ -1090,6 +1121,13 @@ impl Node {
             _ => ingest::Cost::SyncRequest,
         };
         if let Err(r) = self.admit(peer, cost) {
+            if r == ingest::Refusal::OverBudget && matches!(cost, ingest::Cost::SyncPush { .. }) {
+                // The peer holds more for us than our budget lets it push (a fresh node,
+                // one back from a partition): pull it ourselves, which costs a request per
+                // chunk instead of a share of a token per record. At most one session per
+                // peer and per sync slot; nothing starts if all are busy.
+                self.spawn_sync(peer);
+            }
             return SyncResponse::Error {
                 message: refusal_message(r),
             }
@@ -1255,43 +1293,120 @@ async fn ask(
     SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))
 }
 
-/// Drives one anti-entropy session ([`dpin_protocol::sync::Initiator`]) with `peer`: every
-/// decision is the protocol's; this only carries requests and applies what comes back.
+/// Runs anti-entropy with `peer`: one session ([`dpin_protocol::sync::Initiator`]), then
+/// another at once, resuming its listing, for as long as the protocol says it pays
+/// ([`session::SessionEnd::continue_at_once`]: the round cap was hit and the session's
+/// records changed the local store), so a node far behind catches up in one go instead of
+/// one capped session per interval. Every decision is the protocol's; this only carries
+/// requests and applies what comes back.
 ///
-/// Sessions use the per-message cap every release accepts ([`session::SessionConfig::default`]):
-/// this release *takes* budgeted chunks (see [`malformed`]) but does not know which peers run
-/// it. Step two, once the network layer records that a peer takes them (e.g. a
-/// `/dpin/sync-chunks/1` entry in its identify protocols), is `SessionConfig::budgeted()` for
-/// that peer.
+/// Each session uses budgeted chunks if the peer advertised them in identify
+/// ([`Node::session_config`], [`crate::net::takes_budgeted_chunks`]), else the per-message
+/// cap every release accepts ([`session::SessionConfig::default`]); the choice is made again
+/// for every session, so one that started before the peer's identify info arrived is
+/// followed by budgeted ones. The first listing starts at a random bucket so that concurrent
+/// sessions with different peers fetch different records first.
 pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
-    let mut moved = 0u64;
-    let result = run_session(node, peer, &mut moved).await;
-    // Failed sessions count too: their bytes were moved all the same.
-    node.0.telemetry.recorders.sync_session(moved);
-    result
+    // One initiated session per peer: a long catch-up must not be joined by the periodic
+    // rotation's or a reconnection's session with the same peer (they would fetch the same
+    // records twice).
+    let Some(_syncing) = Syncing::claim(&node.0.syncing, peer) else {
+        return Ok(());
+    };
+    let mut session = Initiator::starting_at(node.session_config(peer), rand::random());
+    loop {
+        let mut moved = 0u64;
+        let result = run_session(node, peer, &mut moved, &mut session).await;
+        // Failed sessions count too: their bytes were moved all the same.
+        node.0.telemetry.recorders.sync_session(moved);
+        let (end, changed) = result?;
+        if !end.continue_at_once(changed) {
+            return Ok(());
+        }
+        node.note_synced(peer);
+        session = Initiator::resume(node.session_config(peer), session.cursor());
+    }
 }
 
-async fn run_session(node: &Node, peer: PeerId, moved: &mut u64) -> Result<(), SyncError> {
-    let mut session = Initiator::new(session::SessionConfig::default());
-    loop {
+/// A claim on "this node runs a session with `peer`" in a set of such peers, released on drop.
+struct Syncing<'a> {
+    set: &'a Mutex<std::collections::BTreeSet<PeerId>>,
+    peer: PeerId,
+}
+
+impl<'a> Syncing<'a> {
+    /// The claim, or `None` if `peer` is claimed already.
+    fn claim(set: &'a Mutex<std::collections::BTreeSet<PeerId>>, peer: PeerId) -> Option<Self> {
+        // Built only when claimed (a refused claim must not release the holder's), and
+        // after the lock is released (a claim's drop takes it).
+        let claimed = lock(set).insert(peer);
+        claimed.then(|| Syncing { set, peer })
+    }
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.peer);
+    }
+}
+
+/// One session; returns how it ended and how many fetched records changed the local store.
+///
+/// Fetches are pipelined ([`Initiator::fetch_queued`]): the records of one answer are
+/// verified, applied and flushed on their own task while the next fetch is on the wire. At
+/// most one such task runs per session (the next answer's records wait for it), and every
+/// other request (digest, push) waits until it is done, since those read the store.
+async fn run_session(
+    node: &Node,
+    peer: PeerId,
+    moved: &mut u64,
+    session: &mut Initiator,
+) -> Result<(session::SessionEnd, usize), SyncError> {
+    let mut changed = 0usize;
+    let mut applying: Option<tokio::task::JoinHandle<usize>> = None;
+    let result = loop {
+        if !session.fetch_queued() {
+            changed += finish_apply(applying.take()).await;
+        }
         let step = node.read_store(|s| session.poll(s, now_ms()));
         let req = match step {
             InitiatorStep::Send(req) => req,
-            InitiatorStep::Done(_) => return Ok(()),
+            InitiatorStep::Done(end) => break Ok(end),
         };
-        let resp = ask(node, peer, req, moved).await?;
-        let records = node
-            .read_store(|s| session.handle_response(s, resp, now_ms()))
-            .map_err(|e| {
+        let resp = match ask(node, peer, req, moved).await {
+            Ok(resp) => resp,
+            Err(e) => break Err(e),
+        };
+        let records = match node.read_store(|s| session.handle_response(s, resp, now_ms())) {
+            Ok(records) => records,
+            Err(e) => {
                 if let session::SessionError::InvalidAnswer(_) = e {
                     // A bomb or a lie no honest responder sends (protocol::sync's rules).
                     node.offence(peer, ingest::IngestPath::SyncRequest, 1);
                 }
-                SyncError::BadAnswer(e.to_string())
-            })?;
+                break Err(SyncError::BadAnswer(e.to_string()));
+            }
+        };
         if !records.is_empty() {
-            node.apply_synced(peer, records).await;
+            changed += finish_apply(applying.take()).await;
+            let node = node.clone();
+            applying = Some(tokio::spawn(async move {
+                node.apply_synced(peer, records).await
+            }));
         }
+    };
+    changed += finish_apply(applying.take()).await;
+    result.map(|end| (end, changed))
+}
+
+/// Waits for a session's apply task; how many records it changed (0 if there was none).
+async fn finish_apply(task: Option<tokio::task::JoinHandle<usize>>) -> usize {
+    match task {
+        None => 0,
+        Some(task) => task.await.unwrap_or_else(|e| {
+            tracing::error!(%e, "sync apply task failed");
+            0
+        }),
     }
 }
 
@@ -1421,7 +1536,12 @@ fn handle_event(node: &Node, ev: NetEvent) {
             });
         }
         NetEvent::PeerConnected(peer) => node.detect(|d, now| d.connected(peer, now)),
+        NetEvent::Identified {
+            peer,
+            budgeted_sync,
+        } => node.note_chunks(peer, budgeted_sync),
         NetEvent::PeerDisconnected(peer) => {
+            node.note_chunks(peer, false);
             // A connection closed on purpose to keep a degree (ours or the peer's trim,
             // `NetHandle::take_released`) says nothing about the peer's health: the detector
             // forgets it instead of counting it down (which would make a node that trims
@@ -1479,4 +1599,44 @@ pub fn refusal_message(r: ingest::Refusal) -> String {
 /// the network layer could not take (its queue full, counted there) still holds.
 pub fn enact_ban(net: &NetHandle, peer: PeerId, duration: Duration, reason: BanReason) {
     net.ban_nowait(peer, duration, reason);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_session_with_a_peer_is_refused_without_releasing_the_first() {
+        let set = Mutex::new(std::collections::BTreeSet::new());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = Syncing::claim(&set, a).expect("free");
+        assert!(Syncing::claim(&set, a).is_none(), "one session per peer");
+        assert!(
+            lock(&set).contains(&a),
+            "the refused claim left the first in place"
+        );
+        let other = Syncing::claim(&set, b).expect("another peer is free");
+        drop(first);
+        assert!(!lock(&set).contains(&a));
+        assert!(
+            Syncing::claim(&set, a).is_some(),
+            "free again once the first ended"
+        );
+        drop(other);
+        assert!(lock(&set).is_empty());
+    }
+
+    #[test]
+    fn only_dpin_identify_versions_from_1_1_take_budgeted_chunks() {
+        use crate::net::takes_budgeted_chunks as takes;
+        assert!(takes(crate::net::IDENTIFY_PROTOCOL));
+        assert!(takes("/dpin/id/1.1.0"));
+        assert!(takes("/dpin/id/1.12"));
+        assert!(takes("/dpin/id/2.0.0"));
+        assert!(!takes("/dpin/id/1.0.0"));
+        assert!(!takes("/dpin/id/1"));
+        assert!(!takes("/dpin/id/x.y"));
+        assert!(!takes("/ipfs/id/1.1.0"));
+        assert!(!takes(""));
+    }
 }

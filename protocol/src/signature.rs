@@ -99,7 +99,11 @@ pub fn check_zone_key(zone: &[u8; 32]) -> Result<EdwardsPoint, WeakKey> {
             return Ok(point);
         }
     }
-    let point = decode_point(zone)?;
+    let point = match decode_zone_keys(&[zone]) {
+        Some(points) => points[0],
+        // Refused: decode again for the reason (refusals are not cached).
+        None => decode_point(zone)?,
+    };
     LAST_ZONE_KEY.set(Some((*zone, point)));
     Ok(point)
 }
@@ -161,19 +165,25 @@ pub fn verify(zone: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> Result<(
 /// disagree). `false` says only that at least one is bad; verify them one by one to find it.
 /// An empty batch is `true`.
 pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
+    // Each distinct zone key once: decoded (or taken from the shared cache) and, in the
+    // equation below, one point whose scalar sums its records' terms.
+    let mut key_of: std::collections::HashMap<&[u8; 32], usize> = std::collections::HashMap::new();
+    let mut zones: Vec<&[u8; 32]> = Vec::new();
+    let mut record_key: Vec<usize> = Vec::with_capacity(items.len());
+    for (zone, _, _) in items {
+        let next = zones.len();
+        let i = *key_of.entry(zone).or_insert(next);
+        if i == next {
+            zones.push(zone);
+        }
+        record_key.push(i);
+    }
+    let Some(points) = decode_zone_keys(&zones) else {
+        return false;
+    };
     let mut prepared = Vec::with_capacity(items.len());
-    // Records of one zone often come together: decode each key once per batch.
-    let mut keys: std::collections::BTreeMap<&[u8; 32], EdwardsPoint> =
-        std::collections::BTreeMap::new();
-    for (zone, message, signature) in items {
-        let key = match keys.get(zone) {
-            Some(&a) => a,
-            None => match check_zone_key(zone) {
-                Ok(a) => *keys.entry(zone).or_insert(a),
-                Err(_) => return false,
-            },
-        };
-        match prepare_with_key(key, zone, message, signature) {
+    for ((zone, message, signature), &k) in items.iter().zip(&record_key) {
+        match prepare_with_key(points[k], zone, message, signature) {
             Ok(p) => prepared.push(p),
             Err(_) => return false,
         }
@@ -197,19 +207,108 @@ pub fn verify_batch(items: &[(&[u8; 32], &[u8], &[u8; 64])]) -> bool {
             Scalar::from(u128::from_le_bytes(z))
         })
         .collect();
-    // Σ zᵢ(Rᵢ + kᵢAᵢ − SᵢB) = 0, up to torsion.
+    // Σ zᵢ(Rᵢ + kᵢAᵢ − SᵢB) = 0, up to torsion; the terms of one key are summed first
+    // (Σᵢ zᵢkᵢA = (Σᵢ zᵢkᵢ)A), so the multiscalar multiplication has one point per record
+    // and one per distinct key instead of two per record.
     let b_coefficient: Scalar = -prepared
         .iter()
         .zip(&zs)
         .map(|(p, z)| z * p.s)
         .sum::<Scalar>();
+    let mut key_scalars = vec![Scalar::ZERO; points.len()];
+    for ((p, z), &k) in prepared.iter().zip(&zs).zip(&record_key) {
+        key_scalars[k] += z * p.k;
+    }
     let scalars = std::iter::once(b_coefficient)
         .chain(zs.iter().copied())
-        .chain(prepared.iter().zip(&zs).map(|(p, z)| z * p.k));
+        .chain(key_scalars);
     let points = std::iter::once(ED25519_BASEPOINT_POINT)
         .chain(prepared.iter().map(|p| p.r))
-        .chain(prepared.iter().map(|p| p.a));
+        .chain(points);
     EdwardsPoint::vartime_multiscalar_mul(scalars, points)
         .mul_by_cofactor()
         .is_identity()
+}
+
+/// Most zone keys kept decoded across batches and records ([`decode_zone_keys`]): about 200
+/// bytes each, so under 1 MiB. A catch-up checks every record of the store (its fields when
+/// it is prepared, its signature in batches of ~1,400), and a zone usually holds many names,
+/// so most keys were decoded for an earlier record (a decode is a field square root, about
+/// as costly as decoding the signature's `R`; before this cache a catch-up decoded each
+/// record's zone key twice, once per check, as records of one zone rarely come in a row).
+pub const ZONE_KEY_CACHE: usize = 4096;
+
+/// Accepted zone keys with their points (rule 1 of the module docs), shared by every thread.
+/// Emptied whole when full: the bound holds, and the keys of the batches that follow are
+/// decoded again once.
+static ZONE_KEYS: std::sync::Mutex<Option<std::collections::HashMap<[u8; 32], EdwardsPoint>>> =
+    std::sync::Mutex::new(None);
+
+/// The points of `zones` (distinct), in order, or `None` if any is refused. Keys not in the
+/// cache are decoded outside its lock; only accepted keys enter it, so the result is the
+/// same as decoding every key again.
+fn decode_zone_keys(zones: &[&[u8; 32]]) -> Option<Vec<EdwardsPoint>> {
+    let lock = || {
+        ZONE_KEYS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let mut points: Vec<Option<EdwardsPoint>> = {
+        let cache = lock();
+        zones
+            .iter()
+            .map(|z| cache.as_ref().and_then(|c| c.get(*z).copied()))
+            .collect()
+    };
+    let mut fresh = Vec::new();
+    for (zone, point) in zones.iter().zip(points.iter_mut()) {
+        if point.is_none() {
+            let p = decode_point(zone).ok()?;
+            *point = Some(p);
+            fresh.push((**zone, p));
+        }
+    }
+    if !fresh.is_empty() {
+        let mut cache = lock();
+        let cache = cache.get_or_insert_with(std::collections::HashMap::new);
+        for (zone, p) in fresh {
+            if cache.len() >= ZONE_KEY_CACHE {
+                cache.clear();
+            }
+            cache.insert(zone, p);
+        }
+    }
+    points.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_zone_key_cache_stays_bounded_and_gives_what_decoding_gives() {
+        let keys: Vec<[u8; 32]> = (0..ZONE_KEY_CACHE as u32 + 100)
+            .map(|i| {
+                let mut seed = [9u8; 32];
+                seed[..4].copy_from_slice(&i.to_le_bytes());
+                crate::ZoneKey::from_seed(seed).zone().0
+            })
+            .collect();
+        for k in &keys {
+            let cached = check_zone_key(k).expect("honest key");
+            assert_eq!(Ok(cached), decode_point(k));
+            let len = ZONE_KEYS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map_or(0, |c| c.len());
+            assert!(len <= ZONE_KEY_CACHE, "{len}");
+        }
+        // A refused key is refused through the cache as well, and not kept.
+        // The identity point (y = 1): small order.
+        let mut small = [0u8; 32];
+        small[0] = 1;
+        assert_eq!(check_zone_key(&small), Err(WeakKey::SmallOrder));
+        assert!(decode_zone_keys(&[&small]).is_none());
+    }
 }

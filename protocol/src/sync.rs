@@ -21,6 +21,29 @@
 //! cost (rounds × one listing of at most [`crate::digest::MAX_SUMMARIES`] summaries); what is
 //! left is found by the next session.
 //!
+//! Catching up (a fresh node, or one back from a long partition). Three rules let a driver
+//! move a large difference at the speed of its CPU instead of one capped session per sync
+//! interval:
+//!
+//! * **Continue while it pays.** A session that hit the round cap *and* changed the local
+//!   store (records fetched and applied, or pushes the peer applied) is followed at once by
+//!   another ([`SessionEnd::continue_at_once`]), resuming its listing where it stopped
+//!   ([`Initiator::cursor`], [`Initiator::resume`]). A session that changed nothing waits for
+//!   the next interval as before, so a peer that only advertises what it cannot deliver does
+//!   not hold a session slot: every continuation was paid for by records that changed the
+//!   store (bounded by its quota).
+//! * **Spread the starts.** Concurrent sessions with different peers list buckets in
+//!   ascending order from the bucket they start at ([`Initiator::starting_at`]); a driver
+//!   picks that bucket at random, so sessions with five peers fetch five different parts of
+//!   the store first instead of the same records five times. A bucket another session has
+//!   completed no longer differs and is skipped by the responder's listing.
+//! * **Pipeline fetches.** While fetches are queued ([`Initiator::fetch_queued`]) the next
+//!   fetch does not depend on the local store, so the driver may send it while the records of
+//!   the previous answer are still being verified and applied. Anything else (a push, the
+//!   next digest) reads the store and waits until every handed-over record is applied. At
+//!   most one answer is being applied while one request is in flight: memory stays bounded
+//!   by two chunks.
+//!
 //! Chunks and mixed versions. A fetch asks for at most [`SessionConfig::max_records`] names
 //! and a push carries at most that many records, cut by [`chunk_len`]: every record up to
 //! [`MAX_RECORDS_PER_MESSAGE`], then more while the records stay within [`CHUNK_BYTES`]
@@ -152,6 +175,17 @@ pub enum SessionEnd {
     NothingToDo,
     /// [`SessionConfig::max_rounds`] reached; the next session continues.
     RoundCap,
+}
+
+impl SessionEnd {
+    /// Whether the driver should start the next session with the same peer at once
+    /// (resuming at [`Initiator::cursor`]) instead of at the next interval: only after the
+    /// round cap, and only if the session changed a store (`changed`: records it fetched that
+    /// changed the local store plus pushed records the peer reported applied). See the module
+    /// docs ("Catching up").
+    pub fn continue_at_once(self, changed: usize) -> bool {
+        self == SessionEnd::RoundCap && changed > 0
+    }
 }
 
 /// What the initiator's driver should do next.
@@ -291,11 +325,27 @@ pub struct Initiator {
 }
 
 impl Initiator {
-    /// A fresh session.
+    /// A fresh session, listing from bucket 0.
     pub fn new(config: SessionConfig) -> Self {
+        Self::resume(config, None)
+    }
+
+    /// A fresh session whose first listing starts at `bucket` (and wraps past 255, so every
+    /// bucket is still covered). Drivers pick `bucket` at random so that concurrent sessions
+    /// with different peers start on different parts of the store (module docs, "Catching
+    /// up").
+    pub fn starting_at(config: SessionConfig, bucket: u8) -> Self {
+        let cursor = (bucket != 0).then(|| (bucket, String::new()));
+        Self::resume(config, cursor)
+    }
+
+    /// A fresh session whose first listing continues after `cursor`: what
+    /// [`Initiator::cursor`] returned at the end of the previous session with the same peer
+    /// (`None`: from bucket 0).
+    pub fn resume(config: SessionConfig, cursor: Option<(u8, String)>) -> Self {
         Self {
             config,
-            cursor: None,
+            cursor,
             fetch: VecDeque::new(),
             push: VecDeque::new(),
             pending: None,
@@ -308,6 +358,20 @@ impl Initiator {
     /// Counts so far.
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    /// Where the next listing continues (after a truncated answer), for
+    /// [`Initiator::resume`]; `None` once a listing ran to its end.
+    pub fn cursor(&self) -> Option<(u8, String)> {
+        self.cursor.clone()
+    }
+
+    /// Whether the next [`Initiator::poll`] sends a fetch of names already planned: it does
+    /// not read the store, so the driver may send it before the records of the last answer
+    /// are applied (module docs, "Pipeline fetches"). When this is false, apply every record
+    /// handed over first.
+    pub fn fetch_queued(&self) -> bool {
+        self.done.is_none() && self.pending.is_none() && !self.fetch.is_empty()
     }
 
     /// What to do next, given the local store now. Call it first, and again after every

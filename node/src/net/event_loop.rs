@@ -621,6 +621,10 @@ impl EventLoop {
     pub(super) fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
             debug!(peer = %peer_id, addrs = ?info.listen_addrs, "identified peer");
+            self.emit(NetEvent::Identified {
+                peer: peer_id,
+                budgeted_sync: super::takes_budgeted_chunks(&info.protocol_version),
+            });
             // Reached only through a relay so far: try its direct addresses ([`nat`]).
             self.nat_identified(peer_id, &info.listen_addrs);
             // Only kad-capable peers belong in the routing table; their *listen* addresses
