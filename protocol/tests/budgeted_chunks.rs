@@ -48,14 +48,7 @@ fn store_of(records: &[SignedRecord]) -> MemStore {
 }
 
 fn apply(store: &mut MemStore, records: &[Vec<u8>]) -> usize {
-    let decoded: Vec<SignedRecord> = records
-        .iter()
-        .map(|b| SignedRecord::decode(b).expect("honest records decode"))
-        .collect();
-    match store.apply_batch(&decoded, NOW, Freshness::Replicate) {
-        Ok(o) => o.iter().filter(|o| o.changed_store()).count(),
-        Err(never) => match never {},
-    }
+    common::apply_replicated(store, records, NOW)
 }
 
 /// Every request one session sent, in order, with the answers' records.

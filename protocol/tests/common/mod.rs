@@ -245,6 +245,15 @@ fn decode_all(records: &[Vec<u8>]) -> Vec<SignedRecord> {
         .collect()
 }
 
+/// Applies encoded records as replicated ones (what a session hands back to apply); returns
+/// how many changed the store.
+pub fn apply_replicated(store: &mut MemStore, records: &[Vec<u8>], now_ms: u64) -> usize {
+    ok(store.apply_batch(&decode_all(records), now_ms, Freshness::Replicate))
+        .iter()
+        .filter(|o| o.changed_store())
+        .count()
+}
+
 /// One anti-entropy session, initiator → responder, driven exactly as the node drives it:
 /// the protocol's [`Initiator`] decides every request, [`respond`] every answer, and this only
 /// carries messages (encoded and decoded, so the wire format is exercised) and applies what
