@@ -327,6 +327,32 @@ fn propagation_to_a_faulted_node_is_left_out() {
 }
 
 #[test]
+fn propagation_seen_through_a_clock_skewed_past_the_expiry_is_left_out() {
+    let with_skew = |offset_ms: i64| {
+        let mut h = clean_history();
+        for o in h.ops.iter_mut().filter(|o| o.kind == OpKind::Write) {
+            o.expires_ms = Some(o.end_ms + 15_000.0);
+        }
+        h.faults.push(FaultSpan {
+            kind: FaultKind::Skew,
+            node: 3,
+            start_ms: 10_000.0,
+            end_ms: 19_900.0,
+            offset_ms: Some(offset_ms),
+            groups: None,
+        });
+        run(&h).propagation.samples
+    };
+    let baseline = run(&clean_history()).propagation.samples;
+    // Node 3's clock, 20 s ahead until just before the write, judged seq 2 (15 s TTL) expired:
+    // what it showed then followed its clock.
+    assert_eq!(with_skew(20_000), baseline - 1);
+    // A small skew, or one behind, leaves every record live there: the sample stays.
+    assert_eq!(with_skew(1_000), baseline);
+    assert_eq!(with_skew(-20_000), baseline);
+}
+
+#[test]
 fn histories_round_trip_through_jsonl() -> Result<(), Box<dyn std::error::Error>> {
     let h = clean_history();
     let dir = dpin_tests::test_dir()?;

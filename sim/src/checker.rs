@@ -106,7 +106,10 @@
 //!   that write (`want_seq`) if the history has any probes (they poll right after the
 //!   acknowledgement), otherwise the reads (whose sampling interval then inflates the figure).
 //!   Pairs where k or j was faulted in between are left out (that is recovery time, not
-//!   propagation), as are pairs never observed. Heal probes are not propagation samples.
+//!   propagation), as are pairs never observed, and pairs where j's clock may have run so far
+//!   ahead that it judged the record expired (it shows the record again only once its clock
+//!   is right, up to [`SKEW_SETTLE_MS`] after the skew heals). Heal probes are not
+//!   propagation samples.
 //! * **heal_convergence_ms** — for every group partition (split, one-way cut), from its heal
 //!   to the moment every node shows, for every name, at least the seq acknowledged anywhere by
 //!   the heal: measured by the heal probes ([`crate::workload::HEAL_PROBE`], one per node and
@@ -469,6 +472,15 @@ fn clock_ahead(faults: &[FaultSpan], node: usize, from: f64, to: f64, recovery_m
         .filter_map(|f| f.offset_ms)
         .map(|o| o as f64)
         .fold(0.0, f64::max)
+}
+
+/// Whether node `j`, observing write `w` at `t`, may have had a clock so far ahead (a skew,
+/// widened as [`clock_ahead`] widens it) that it judged the record expired: until its clock
+/// was right again, what it showed followed its clock, not replication, so the sample says
+/// nothing about propagation.
+fn hidden_by_clock(faults: &[FaultSpan], j: usize, w: &Op, t: f64) -> bool {
+    let ahead = clock_ahead(faults, j, w.start_ms, t, 0.0);
+    ahead > 0.0 && w.expires_ms.is_some_and(|e| t + ahead >= e)
 }
 
 fn describe(op: &Op) -> String {
@@ -1173,6 +1185,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
             let Some(t) = observed else { continue };
             if faulted_between(&history.faults, j, w.start_ms, t)
                 || faulted_between(&history.faults, w.node, w.start_ms, t)
+                || hidden_by_clock(&history.faults, j, w, t)
             {
                 continue;
             }
