@@ -1182,6 +1182,63 @@ fn heal_convergence_is_the_slowest_node_after_each_heal() {
 }
 
 #[test]
+fn a_heal_probe_cut_off_again_from_every_holder_is_left_out_of_the_heal_time() {
+    // Seq 5 written at node 1 during a split of {1, 2} from {3, 4}, healed at 50 s.
+    let mut h = clean_history();
+    h.ops.push(write(1, 45_000.0, 45_010.0, 5));
+    h.faults.extend(split(40_000.0, 50_000.0, &[1, 2], &[3, 4]));
+    h.ops.push(heal_probe(1, 2, 50_000.0, 50_100.0, true));
+    h.ops.push(heal_probe(1, 3, 50_000.0, 50_400.0, true));
+    // At 50.5 s a new split puts node 4 alone with nobody holding seq 5 (1, 2 and 3 do):
+    // it shows it only after that split heals at 56 s.
+    h.faults.extend(split(50_500.0, 56_000.0, &[1, 2, 3], &[4]));
+    h.ops.push(heal_probe(1, 4, 50_000.0, 56_300.0, true));
+    let f = run(&h).heal;
+    assert_eq!(f.interrupted_probes, 1, "{f:?}");
+    assert_eq!(
+        f.max, 400.0,
+        "node 4's wait measures the second split, not the heal"
+    );
+    assert_eq!(f.unconverged, 0);
+
+    // Node 3 on the writer's side of that split showing it late still counts: its holder
+    // was within reach all along.
+    let mut late = h.clone();
+    late.ops
+        .retain(|o| !(o.node == 3 && o.process == dpin_sim::workload::HEAL_PROBE));
+    late.ops.push(heal_probe(1, 3, 50_000.0, 53_000.0, true));
+    let f = run(&late).heal;
+    assert_eq!(f.interrupted_probes, 1, "{f:?}");
+    assert_eq!(
+        f.max, 3_000.0,
+        "a slow catch-up is not hidden behind a later fault"
+    );
+
+    // Had node 4 been on the holders' side, its late probe would count, and one that never
+    // showed it would leave the heal unconverged.
+    let mut same_side = clean_history();
+    same_side.ops.push(write(1, 45_000.0, 45_010.0, 5));
+    same_side
+        .faults
+        .extend(split(40_000.0, 50_000.0, &[1, 2], &[3, 4]));
+    same_side
+        .faults
+        .extend(split(50_500.0, 56_000.0, &[1, 4], &[2, 3]));
+    same_side
+        .ops
+        .push(heal_probe(1, 2, 50_000.0, 50_100.0, true));
+    same_side
+        .ops
+        .push(heal_probe(1, 4, 50_000.0, 56_300.0, true));
+    assert_eq!(run(&same_side).heal.max, 6_300.0);
+    assert_eq!(run(&same_side).heal.interrupted_probes, 0);
+    same_side
+        .ops
+        .push(heal_probe(1, 3, 50_000.0, 60_000.0, false));
+    assert_eq!(run(&same_side).heal.unconverged, 1);
+}
+
+#[test]
 fn heal_targets_skip_deleted_and_expiring_names() {
     let other = |name: &str, mut o: Op| {
         o.name = name.to_owned();

@@ -114,7 +114,10 @@
 //!   to the moment every node shows, for every name, at least the seq acknowledged anywhere by
 //!   the heal: measured by the heal probes ([`crate::workload::HEAL_PROBE`], one per node and
 //!   name, round = the heal's number). **unconverged** — heals after which some node never
-//!   showed it within the probe window (a node faulted meanwhile is left out).
+//!   showed it within the probe window. **interrupted_probes** — probes left out because a
+//!   later fault cut their node off from every node that held the target (its writer, or a
+//!   node this heal's probes had seen showing it) before the node showed it: that wait
+//!   measures the later fault. A node not cut off from every holder counts however late.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -273,6 +276,10 @@ pub struct HealConvergence {
     pub heals: u64,
     /// Heals after which some node did not catch up within the probe window.
     pub unconverged: u64,
+    /// Heal probes left out because a later fault cut their node off from every node holding
+    /// the target before it showed it (see [`heal_convergence`]).
+    #[serde(default)]
+    pub interrupted_probes: u64,
     /// Median over the converged heals, ms.
     pub p50: f64,
     /// Slowest converged heal, ms.
@@ -1207,37 +1214,97 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
 }
 
 /// Heal convergence from the heal probes (see the module docs).
+///
+/// A probe (node `j`, name) that a later fault cut off from every node holding the target
+/// before `j` showed it is *interrupted*: the time it took measures that fault, not this
+/// heal. Holders are the nodes that acknowledged the target write and those this heal's
+/// probes saw showing it before the fault began; a fault of `j` itself (kill, pause,
+/// partition) cuts it off from all of them. Interrupted probes are left out of the heal's
+/// time (and do not make it unconverged) and are counted; a probe not cut off from every
+/// holder counts however late, so a slow catch-up is never hidden behind a later fault.
 fn heal_convergence(history: &History) -> HealConvergence {
-    // heal id -> (heal time, latest time a probe saw its target, whether all did)
-    let mut heals: BTreeMap<u64, (f64, f64, bool)> = BTreeMap::new();
-    for op in history.ops.iter().filter(|o| is_heal_probe(o)) {
-        let Some(id) = op.round else { continue };
-        let e = heals.entry(id).or_insert((op.start_ms, op.start_ms, true));
-        let seen = op.outcome == OpOutcome::Found
-            && op.seq.is_some_and(|s| op.want_seq.is_none_or(|w| s >= w));
-        if seen {
-            e.1 = e.1.max(op.end_ms);
-        } else {
-            // A node faulted after the heal (not the healed partition itself) is left out.
-            let faulted = history.faults.iter().any(|f| {
-                f.kind != FaultKind::Skew
-                    && f.node == op.node
-                    && f.start_ms <= op.end_ms
-                    && f.end_ms > op.start_ms
-            });
-            if !faulted {
-                e.2 = false;
-            }
+    // (name, seq) -> nodes that acknowledged a write-like op of it.
+    let mut writers: BTreeMap<(&str, u64), BTreeSet<usize>> = BTreeMap::new();
+    for op in &history.ops {
+        let write_like = matches!(op.kind, OpKind::Write | OpKind::StalePlan | OpKind::Cleanup);
+        if let (true, true, Some(seq)) = (write_like, op.outcome.is_ack(), op.seq) {
+            writers
+                .entry((op.name.as_str(), seq))
+                .or_default()
+                .insert(op.node);
         }
     }
-    let mut times: Vec<f64> = heals.values().filter(|h| h.2).map(|h| h.1 - h.0).collect();
-    times.sort_by(f64::total_cmp);
-    HealConvergence {
-        heals: heals.len() as u64,
-        unconverged: heals.values().filter(|h| !h.2).count() as u64,
-        p50: percentile(&times, 50.0),
-        max: times.last().copied().unwrap_or(0.0),
+    let mut by_heal: BTreeMap<u64, Vec<&Op>> = BTreeMap::new();
+    for op in history.ops.iter().filter(|o| is_heal_probe(o)) {
+        if let Some(id) = op.round {
+            by_heal.entry(id).or_default().push(op);
+        }
     }
+    let seen = |op: &Op| {
+        op.outcome == OpOutcome::Found && op.seq.is_some_and(|s| op.want_seq.is_none_or(|w| s >= w))
+    };
+    let mut out = HealConvergence::default();
+    let mut times = Vec::new();
+    for probes in by_heal.values() {
+        let Some(heal_ms) = probes.first().map(|p| p.start_ms) else {
+            continue;
+        };
+        // (name, node) -> when this heal's probe saw it there.
+        let shown: BTreeMap<(&str, usize), f64> = probes
+            .iter()
+            .filter(|p| seen(p))
+            .map(|p| ((p.name.as_str(), p.node), p.end_ms))
+            .collect();
+        let cut_off = |p: &Op| {
+            history.faults.iter().any(|f| {
+                if f.kind == FaultKind::Skew || f.start_ms >= p.end_ms || f.end_ms <= heal_ms {
+                    return false;
+                }
+                if f.groups.is_none() {
+                    // j itself killed, paused or cut off alone; another node's such fault
+                    // leaves j its other holders.
+                    return f.node == p.node;
+                }
+                let want = p.want_seq.unwrap_or(0);
+                let mut holders = writers
+                    .get(&(p.name.as_str(), want))
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .chain(
+                        shown
+                            .range((p.name.as_str(), 0)..=(p.name.as_str(), usize::MAX))
+                            .filter(|(_, t)| **t <= f.start_ms)
+                            .map(|((_, n), _)| *n),
+                    )
+                    .filter(|h| *h != p.node)
+                    .peekable();
+                holders.peek().is_some() && holders.all(|h| f.separates(p.node, h))
+            })
+        };
+        let (mut latest, mut converged, mut counted, mut interrupted) = (heal_ms, true, 0, 0);
+        for p in probes {
+            if cut_off(p) {
+                interrupted += 1;
+            } else if seen(p) {
+                latest = latest.max(p.end_ms);
+                counted += 1;
+            } else {
+                converged = false;
+            }
+        }
+        out.heals += 1;
+        out.interrupted_probes += interrupted;
+        if !converged {
+            out.unconverged += 1;
+        } else if counted > 0 {
+            times.push(latest - heal_ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    out.p50 = percentile(&times, 50.0);
+    out.max = times.last().copied().unwrap_or(0.0);
+    out
 }
 
 #[cfg(test)]

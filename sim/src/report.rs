@@ -458,11 +458,12 @@ impl Report {
                 mark(!self.converged)
             ),
             format!(
-                "  heals      {} group partitions healed: converged p50 {:.0} ms, max {:.0} ms; not converged {}{}",
+                "  heals      {} group partitions healed: converged p50 {:.0} ms, max {:.0} ms; not converged {}; probes cut off again by a later fault {}{}",
                 self.heal_convergence_ms.heals,
                 self.heal_convergence_ms.p50,
                 self.heal_convergence_ms.max,
                 self.heal_convergence_ms.unconverged,
+                self.heal_convergence_ms.interrupted_probes,
                 mark(self.heal_convergence_ms.unconverged > 0)
             ),
             format!(

@@ -26,7 +26,7 @@ pub(crate) fn check_main(path: &Path, stale_bound_ms: f64, svg_out: Option<&Path
     let out = serde_json::json!({
         "queries": f.queries, "writes": f.writes, "propagation_ms": f.propagation,
         "regressions": f.regressions, "content_mismatches": f.content_mismatches,
-        "race": f.race, "violations": f.examples,
+        "race": f.race, "heal_convergence_ms": f.heal, "violations": f.examples,
     });
     {
         use std::io::Write;
