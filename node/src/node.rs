@@ -13,7 +13,10 @@
 //! * anti-entropy ([`sync_with`]) — on every new connection, when a peer comes back alive
 //!   ([`Node::catch_up`]), and every [`SYNC_INTERVAL`] with a rotating couple of peers, the
 //!   protocol's session compares digests and moves only differing records, so a node that was
-//!   down or partitioned catches up without anyone republishing.
+//!   down or partitioned catches up without anyone republishing. What a session's batch
+//!   changed is relayed on gossip within the bounds of [`dpin_protocol::relay`] ([`Node::relay`]):
+//!   after a heal only some nodes run a session across the old cut, and the relay carries
+//!   what they learn to the rest of their side at gossip speed.
 //!
 //! Front-ends see the node through [`Node`]'s methods, each a view of what it needs
 //! (`local_peer_id`, `floor_of`, `store_summary`, `health`, ...), never through [`Shared`]'s
@@ -66,6 +69,8 @@ pub const MAX_CONCURRENT_SYNCS: usize = 4;
 pub const CATCH_UP_FALLBACK: Duration = Duration::from_millis(300);
 /// Peers whose last sync time is remembered (for the catch-up fallback).
 const MAX_LAST_SYNC_PEERS: usize = 1024;
+/// The labels of [`Metrics::sync_relay`], in its order.
+const RELAY_RESULTS: [&str; 3] = ["relayed", "bulk", "over_budget"];
 
 pub use crate::clock::now_ms;
 
@@ -111,6 +116,10 @@ pub struct Metrics {
     pub ingest_offences: [AtomicU64; 4],
     /// Peers banned (offence score past the threshold).
     pub peer_bans: AtomicU64,
+    /// Records an anti-entropy batch changed, by what the relay policy did with them
+    /// ([`dpin_protocol::relay`]): 0 relayed on gossip, 1 left out as bulk catch-up, 2 left
+    /// out over the relay budget.
+    pub sync_relay: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -203,6 +212,20 @@ impl Metrics {
         })
     }
 
+    /// The relay counters ([`Metrics::sync_relay`]).
+    fn encode_relay(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        metrics::counter_family(
+            e,
+            "dpin_sync_relay_total",
+            "Records an anti-entropy batch changed, by what was done with them: relayed on \
+             gossip, or left out as bulk catch-up or over the relay budget.",
+            RELAY_RESULTS
+                .iter()
+                .zip(&self.sync_relay)
+                .map(|(r, c)| ([("result", *r)], c.load(Ordering::Relaxed))),
+        )
+    }
+
     /// Every counter, for `/metrics`.
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let fields: [(&str, &str, &AtomicU64); 14] = [
@@ -280,6 +303,7 @@ impl Metrics {
         for (name, help, v) in fields {
             metrics::counter(e, name, help, v.load(Ordering::Relaxed))?;
         }
+        self.encode_relay(e)?;
         self.encode_ingest(e)
     }
 
@@ -301,6 +325,11 @@ impl Metrics {
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
             "bodies_compacted": g(&self.bodies_compacted),
+            "sync_relay": RELAY_RESULTS
+                .iter()
+                .zip(&self.sync_relay)
+                .map(|(r, c)| (r.to_string(), serde_json::Value::from(g(c))))
+                .collect::<serde_json::Map<_, _>>(),
             "ingest": self.ingest_json(),
         })
     }
@@ -360,6 +389,8 @@ pub struct Shared {
     /// peer yet is cut off, while a node started alone is not ([`dpin_protocol::reach`]).
     /// Set once at start by the daemon (`cli.rs`).
     pub(crate) expects_peers: std::sync::atomic::AtomicBool,
+    /// What anti-entropy taught this node that it relays on gossip ([`Node::relay`]).
+    relay: Mutex<dpin_protocol::relay::Relay>,
 }
 
 /// Cheap cloneable handle to the node. Other modules use its methods, not its fields
@@ -498,6 +529,9 @@ impl Node {
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
             expects_peers: std::sync::atomic::AtomicBool::new(false),
+            relay: Mutex::new(dpin_protocol::relay::Relay::new(
+                dpin_protocol::relay::RelayConfig::default(),
+            )),
         }))
     }
 
@@ -905,9 +939,13 @@ impl Node {
                 return;
             }
             node.note_synced(peer);
-            if let Err(e) = sync_with(&node, peer).await {
-                Metrics::inc(&node.0.metrics.sync_failures);
-                tracing::debug!(%peer, %e, "catch-up sync failed");
+            tracing::debug!(%peer, "catch-up session starting");
+            match sync_with(&node, peer).await {
+                Ok(()) => tracing::debug!(%peer, "catch-up session done"),
+                Err(e) => {
+                    Metrics::inc(&node.0.metrics.sync_failures);
+                    tracing::debug!(%peer, %e, "catch-up sync failed");
+                }
             }
         });
     }
@@ -1198,14 +1236,28 @@ impl Node {
                 decoded.into_iter().map(Prepared::new).collect();
             Prepared::verify_all(&mut prepared);
             let mut s = lock(&shared.store);
-            s.apply_prepared_batch(&prepared, now_ms(), Freshness::Replicate)
-                .map(|o| (o, s.generation()))
+            let outcomes = s.apply_prepared_batch(&prepared, now_ms(), Freshness::Replicate)?;
+            let generation = s.generation();
+            drop(s);
+            // What the relay policy picks of what changed the store (copied only then: a
+            // joiner's bulk batches are not relayed).
+            let changed = outcomes.iter().filter(|o| o.changed_store()).count();
+            let mono = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let plan = lock(&shared.relay).plan(mono, changed);
+            let relay: Vec<Vec<u8>> = prepared
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| o.changed_store())
+                .take(plan.relay)
+                .map(|(p, _)| p.wire().to_vec())
+                .collect();
+            Ok((outcomes, generation, (plan, relay)))
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()));
         let result = match result {
-            Ok(Ok((outcomes, generation))) => match self.flush(generation).await {
-                Ok(()) => Ok(Ok(outcomes)),
+            Ok(Ok((outcomes, generation, changed))) => match self.flush(generation).await {
+                Ok(()) => Ok(Ok((outcomes, changed))),
                 Err(NodeError::Store(e)) => Ok(Err(e)),
                 Err(NodeError::Task(e)) => Err(NodeError::Task(e)),
             },
@@ -1213,7 +1265,8 @@ impl Node {
             Err(e) => Err(e),
         };
         match result {
-            Ok(Ok(outcomes)) => {
+            Ok(Ok((outcomes, (plan, relay)))) => {
+                self.relay(plan, relay);
                 let m = &self.0.metrics;
                 let rec = &self.0.telemetry.recorders;
                 rec.apply_latency(RecordPath::Sync, started.elapsed());
@@ -1245,6 +1298,31 @@ impl Node {
                 0
             }
         }
+    }
+
+    /// Counts the relay policy's `plan` for an anti-entropy batch and gossips `relay` (the
+    /// wire bytes of the records it picked, durable by now), so the rest of this node's side
+    /// of a heal gets them at once ([`dpin_protocol::relay`]). In the background: the session
+    /// goes on.
+    fn relay(&self, plan: dpin_protocol::relay::RelayPlan, relay: Vec<Vec<u8>>) {
+        let m = &self.0.metrics.sync_relay;
+        for (c, n) in m.iter().zip([plan.relay, plan.bulk, plan.over_budget]) {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if relay.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            relayed = plan.relay,
+            over_budget = plan.over_budget,
+            "relaying records anti-entropy taught us"
+        );
+        let node = self.clone();
+        tokio::spawn(async move {
+            for wire in relay {
+                node.gossip_record(wire).await;
+            }
+        });
     }
 
     /// Starts an anti-entropy session with `peer` in the background, unless too many run.
@@ -1602,6 +1680,7 @@ pub fn enact_ban(net: &NetHandle, peer: PeerId, duration: Duration, reason: BanR
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1624,6 +1703,49 @@ mod tests {
         );
         drop(other);
         assert!(lock(&set).is_empty());
+    }
+
+    /// Records of fresh names, signed now, as anti-entropy carries them (wire bytes).
+    fn synced_records(key: &dpin_protocol::ZoneKey, from: usize, n: usize) -> Vec<Vec<u8>> {
+        let eps = dpin_protocol::Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
+        (from..from + n)
+            .map(|i| {
+                crate::publish::sign(key, &format!("n{i}"), eps.clone(), 1, 60_000, now_ms())
+                    .unwrap()
+                    .encode()
+            })
+            .collect()
+    }
+
+    fn relay_counts(node: &Node) -> [u64; 3] {
+        let c = &node.0.metrics.sync_relay;
+        [0, 1, 2].map(|i| c[i].load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn records_a_sync_batch_changed_are_relayed_on_gossip_unless_it_was_bulk_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _api) = crate::metrics::tests::node(dir.path()).await;
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let peer = PeerId::random();
+        let few = synced_records(&key, 0, 3);
+        assert_eq!(node.apply_synced(peer, few.clone()).await, 3);
+        assert_eq!(
+            relay_counts(&node),
+            [3, 0, 0],
+            "a short split's records are relayed"
+        );
+        // Already held: nothing changed, nothing relayed again.
+        assert_eq!(node.apply_synced(peer, few).await, 0);
+        assert_eq!(relay_counts(&node), [3, 0, 0]);
+        // A joiner's bulk catch-up is left to anti-entropy.
+        let max = dpin_protocol::relay::RelayConfig::default().max_batch;
+        let bulk = synced_records(&key, 3, max + 1);
+        assert_eq!(node.apply_synced(peer, bulk).await, max + 1);
+        assert_eq!(relay_counts(&node), [3, max as u64 + 1, 0]);
+        let text = node.render_metrics().unwrap();
+        let series = format!("dpin_sync_relay_total{{result=\"bulk\"}} {}", max + 1);
+        assert!(text.contains(&series), "{series} missing:\n{text}");
     }
 
     #[test]

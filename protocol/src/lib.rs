@@ -33,6 +33,9 @@
 //!   ignore / reject) from the merge outcome.
 //! * [`liveness`] — the peer failure detector (suspicion, confirmation, local health) as a
 //!   state machine over monotonic milliseconds, generic over the peer id.
+//! * [`relay`] — which records an anti-entropy session taught this node are relayed on the
+//!   gossip mesh (so the rest of its side of a heal gets them at once), bounded against bulk
+//!   catch-up and by a token bucket.
 //! * [`reach`] — isolation awareness: whether a node hears from enough of the peers it knows,
 //!   or should tell readers it is cut off.
 //! * [`blob`] — content addressing of stored files, rendezvous placement, chunk messages.
@@ -51,6 +54,7 @@ pub mod merge;
 pub mod offer;
 pub mod reach;
 pub mod record;
+pub mod relay;
 pub mod signature;
 pub mod store;
 pub mod sync;
