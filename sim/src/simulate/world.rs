@@ -294,8 +294,9 @@ enum Ev {
 /// Every message is encoded with the real codec, and the network is charged (and the event
 /// log records) exactly that many bytes. The receiver gets what decoding those bytes gives:
 /// the message itself, since the codec round-trips every value it can encode (its own
-/// property tests), or the codec's error for one it could not encode (over the size limit).
-/// Not decoding the bytes again saves a third of a sync message's cost in a sweep.
+/// property tests), or the codec's error for one it could not encode. Not decoding the bytes
+/// again saved a third of a sync message's cost in a sweep, and counting them
+/// (`encoded_len`) instead of building them saves the encoding's allocation and copy.
 #[derive(Debug)]
 struct Wire<M> {
     msg: Result<M, String>,
@@ -304,33 +305,56 @@ struct Wire<M> {
 
 impl Wire<SyncRequest> {
     fn request(req: SyncRequest) -> Self {
-        let bytes = req.encode();
-        let msg = if bytes.is_empty() {
-            SyncRequest::decode(&bytes).map_err(|e| e.to_string())
+        // Counted, not built: `encode` would give exactly this many bytes (none for a value
+        // it cannot encode, which the receiver then fails to decode).
+        let len = req.encoded_len();
+        let msg = if len == 0 {
+            SyncRequest::decode(&[]).map_err(|e| e.to_string())
         } else {
             Ok(req)
         };
         Wire {
             msg,
-            len: bytes.len() as u64,
+            len: len as u64,
         }
     }
 }
 
 impl Wire<SyncResponse> {
     fn response(resp: SyncResponse) -> Self {
-        let bytes = resp.encode();
-        let msg = if bytes.is_empty() {
-            SyncResponse::decode(&bytes).map_err(|e| e.to_string())
+        // Counted, not built: `encode` would give exactly this many bytes (none for a value
+        // it cannot encode, which the receiver then fails to decode).
+        let len = resp.encoded_len();
+        let msg = if len == 0 {
+            SyncResponse::decode(&[]).map_err(|e| e.to_string())
         } else {
             Ok(resp)
         };
         Wire {
             msg,
-            len: bytes.len() as u64,
+            len: len as u64,
         }
     }
 }
+
+/// One write to a node's durable copy, kept until someone reads the copy.
+///
+/// Only a restart (and the checks that look at the disk) reads the durable copy, and most
+/// nodes of a run never restart; applying every fsynced record to it as it happened was a
+/// tenth of a race sweep. Each write is a pure function of the copy and its arguments (the
+/// record, the node's clock when it was written), so applying the list in order later gives
+/// exactly the copy that applying each at once gave.
+#[derive(Clone, Copy, Debug)]
+enum DurableOp {
+    /// The record became durable at node time `now` (`Freshness::Replicate`).
+    Apply { rec: RecId, now: u64 },
+    /// Compaction ran on the disk at node time `now`.
+    Compact { now: u64 },
+}
+
+/// Most writes a node's durable copy keeps pending before they are applied: bounds the list's
+/// memory in long runs (a node that never restarts applies them in batches of this size).
+const MAX_DURABLE_LOG: usize = 4096;
 
 struct Session {
     init: Initiator,
@@ -342,8 +366,11 @@ struct Session {
 pub struct SimNode {
     /// What the node holds.
     pub store: MemStore,
-    /// What it has fsynced (kept without its digest, [`MemStore::without_digest`]).
-    pub durable: MemStore,
+    /// What it has fsynced (kept without its digest, [`MemStore::without_digest`]), up to
+    /// the writes still in `durable_log`: read it through [`World::durable`].
+    durable: MemStore,
+    /// Writes to the durable copy not applied to it yet, in order ([`DurableOp`]).
+    durable_log: Vec<DurableOp>,
     pending: Vec<RecId>,
     flush_scheduled: bool,
     /// Running.
@@ -522,6 +549,9 @@ pub struct World {
     next_relay: u64,
     /// Detection watch: (paused node, pause time, when each peer marked it down).
     pub detect_watch: Option<(NodeId, u64, BTreeMap<NodeId, u64>)>,
+    /// A list of peers reused by the handlers that pick some (heartbeats, sync ticks), so
+    /// they allocate nothing per event.
+    scratch_peers: Vec<NodeId>,
 }
 
 fn outcome_tag(o: &Outcome) -> u8 {
@@ -575,6 +605,7 @@ impl World {
                     // Nobody syncs from the durable copy: its digest is never read, so it
                     // does not keep one on every write (a restart turns it back on).
                     durable: store().without_digest(),
+                    durable_log: Vec::new(),
                     pending: Vec::new(),
                     flush_scheduled: false,
                     up: i < cfg.nodes,
@@ -624,6 +655,7 @@ impl World {
             rng_detector: rng::stream(cfg.seed, "detector"),
             next_relay: 0,
             detect_watch: None,
+            scratch_peers: Vec::new(),
             cfg,
         };
         let mut order: Vec<NodeId> = (0..w.cfg.nodes as NodeId).collect();
@@ -722,6 +754,7 @@ impl World {
     /// Puts `rec` into node `n`'s store and durable store directly, as if it had arrived and
     /// been flushed before the run (scenario set-up, e.g. the two halves of partition-heal).
     pub fn preload(&mut self, n: NodeId, rec: RecId) {
+        self.settle_durable(n);
         let now = self.node_now(n);
         let info = &self.records[rec as usize];
         let node = &mut self.nodes[n as usize];
@@ -760,13 +793,7 @@ impl World {
     ) -> Result<(), SimError> {
         self.prefetch_signatures();
         loop {
-            let Some(next) = self.sched.peek_time() else {
-                return Ok(());
-            };
-            if next > until {
-                return Ok(());
-            }
-            let Some((_, ev)) = self.sched.pop() else {
+            let Some((_, ev)) = self.sched.pop_due(until) else {
                 return Ok(());
             };
             self.stats.events += 1;
@@ -850,6 +877,9 @@ impl World {
     /// a damaged disk would, and marks it touched so the next check looks at it.
     pub fn tamper(&mut self, n: NodeId, name: &str, entry: dpin_protocol::Entry, durable: bool) {
         let name_id = self.name_ids.get(name).copied();
+        if durable {
+            self.settle_durable(n);
+        }
         let node = &mut self.nodes[n as usize];
         if durable {
             node.durable.insert(name, entry);
@@ -1067,18 +1097,56 @@ impl World {
         t.last[u] = (hops.unwrap_or(0), now.saturating_sub(t.written_at[u]));
     }
 
-    /// Durable copy of a record the node took (group commit or immediate).
+    /// Durable copy of a record the node took (group commit or immediate): queued on the
+    /// node's [`DurableOp`] list. Its signature check (once per record per run) is counted
+    /// now, as applying it at once did, so the run's verification count does not depend on
+    /// whether the node ever restarts.
     fn make_durable(&mut self, n: NodeId, rec: RecId) {
         let now = self.node_now(n);
         let info = &self.records[rec as usize];
-        self.verifier.apply_cached(
-            &mut self.nodes[n as usize].durable,
-            &info.rec,
-            info.hash,
-            now,
-            Freshness::Replicate,
-            None,
-        );
+        if info.rec.validate_time(now, Freshness::Replicate).is_ok() {
+            self.verifier.check_once(&info.rec, info.hash);
+        }
+        let node = &mut self.nodes[n as usize];
+        node.durable_log.push(DurableOp::Apply { rec, now });
+        if node.durable_log.len() >= MAX_DURABLE_LOG {
+            self.settle_durable(n);
+        }
+    }
+
+    /// Applies node `n`'s pending durable writes to its durable copy, in order.
+    fn settle_durable(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n as usize];
+        let log = std::mem::take(&mut node.durable_log);
+        for op in &log {
+            match *op {
+                DurableOp::Apply { rec, now } => {
+                    let info = &self.records[rec as usize];
+                    self.verifier.apply_cached(
+                        &mut node.durable,
+                        &info.rec,
+                        info.hash,
+                        now,
+                        Freshness::Replicate,
+                        None,
+                    );
+                }
+                DurableOp::Compact { now } => {
+                    if let Err(never) = node.durable.compact(now) {
+                        match never {}
+                    }
+                }
+            }
+        }
+        // Keep the list's allocation for the next writes.
+        node.durable_log = log;
+        node.durable_log.clear();
+    }
+
+    /// Node `n`'s durable copy: what a restart would come back with.
+    pub fn durable(&mut self, n: NodeId) -> &MemStore {
+        self.settle_durable(n);
+        &self.nodes[n as usize].durable
     }
 
     /// Applies records received through anti-entropy (bytes as on the wire); they are durable
@@ -1266,14 +1334,12 @@ impl World {
         self.track(to, rec, Some(hops));
         self.schedule_flush(to, rec)?;
         self.remember(to, rec, hops, origin)?;
-        let mesh: Vec<NodeId> = self.nodes[to as usize]
-            .mesh
-            .iter()
-            .copied()
-            .filter(|&p| p != from && p != origin)
-            .collect();
-        for p in mesh {
-            self.send_gossip(to, p, rec, hops.saturating_add(1), origin)?;
+        // By index: sending changes no mesh, so the list needs no copy.
+        for i in 0..self.nodes[to as usize].mesh.len() {
+            let p = self.nodes[to as usize].mesh[i];
+            if p != from && p != origin {
+                self.send_gossip(to, p, rec, hops.saturating_add(1), origin)?;
+            }
         }
         Ok(())
     }
@@ -1338,16 +1404,18 @@ impl World {
             .map(|(_, r, _, _)| *r)
             .collect();
         if !ids.is_empty() {
-            let mut others: Vec<NodeId> = node
-                .peers
-                .iter()
-                .copied()
-                .filter(|p| !node.mesh.contains(p))
-                .filter(|&p| {
-                    let x = &self.nodes[p as usize];
-                    x.up && x.present
-                })
-                .collect();
+            let mut others = std::mem::take(&mut self.scratch_peers);
+            others.clear();
+            others.extend(
+                node.peers
+                    .iter()
+                    .copied()
+                    .filter(|p| !node.mesh.contains(p))
+                    .filter(|&p| {
+                        let x = &self.nodes[p as usize];
+                        x.up && x.present
+                    }),
+            );
             let want = self
                 .cfg
                 .mesh
@@ -1356,7 +1424,7 @@ impl World {
             others.shuffle(&mut self.rng_gossip);
             others.truncate(want);
             let bytes = CONTROL_FRAME_BYTES + MESSAGE_ID_BYTES * ids.len() as u64;
-            for p in others {
+            for &p in &others {
                 self.stats.ihave += 1;
                 self.stats.control_bytes += bytes;
                 self.send(
@@ -1370,6 +1438,7 @@ impl World {
                     },
                 )?;
             }
+            self.scratch_peers = others;
         }
         if !self.nodes[n as usize].history.is_empty() {
             let node = &mut self.nodes[n as usize];
@@ -1435,17 +1504,15 @@ impl World {
         if !node.up || !node.present {
             return Ok(());
         }
-        let mut peers: Vec<NodeId> = node
-            .peers
-            .iter()
-            .copied()
-            .filter(|&p| self.reachable(n, p))
-            .collect();
+        let mut peers = std::mem::take(&mut self.scratch_peers);
+        peers.clear();
+        peers.extend(node.peers.iter().copied().filter(|&p| self.reachable(n, p)));
         peers.shuffle(&mut self.rng_sync);
         peers.truncate(self.cfg.sync_peers);
-        for p in peers {
+        for &p in &peers {
             self.start_session(n, p)?;
         }
+        self.scratch_peers = peers;
         Ok(())
     }
 
@@ -1615,11 +1682,13 @@ impl World {
             Ok(d) => d,
             Err(never) => match never {},
         };
-        if let Err(never) = node.durable.compact(node_now) {
-            match never {}
-        }
+        node.durable_log.push(DurableOp::Compact { now: node_now });
+        let settle = node.durable_log.len() >= MAX_DURABLE_LOG;
         self.stats.compacted += dropped as u64;
         self.log_event(33, u64::from(n), dropped as u64, 0);
+        if settle {
+            self.settle_durable(n);
+        }
         for name in names {
             if let Some(id) = self.name_ids.get(name.as_str()) {
                 self.touched.push((n, *id));
@@ -1651,8 +1720,9 @@ impl World {
         self.touched.push((n, name_id));
         self.nodes[n as usize].seen.insert(rec);
         self.remember(n, rec, 0, n)?;
-        let peers: Vec<NodeId> = self.nodes[n as usize].peers.clone();
-        for p in peers {
+        // By index: sending changes no connection, so the list needs no copy.
+        for i in 0..self.nodes[n as usize].peers.len() {
+            let p = self.nodes[n as usize].peers[i];
             let x = &self.nodes[p as usize];
             if x.up && x.present {
                 self.send_gossip(n, p, rec, 1, n)?;
@@ -1817,10 +1887,12 @@ impl World {
 
     fn restart(&mut self, n: NodeId) -> Result<(), SimError> {
         let at = self.now();
-        let node = &mut self.nodes[n as usize];
+        let node = &self.nodes[n as usize];
         if node.up || !node.present {
             return Ok(());
         }
+        self.settle_durable(n);
+        let node = &mut self.nodes[n as usize];
         self.stats.restarts += 1;
         node.up = true;
         node.store = node.durable.clone().with_digest();
