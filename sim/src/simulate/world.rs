@@ -18,7 +18,9 @@
 //! * Heartbeats every 500 ms (while the node has messages in its cache): IHAVE with the ids of
 //!   the last 3 s (`history_gossip` 6) to `max(gossip_lazy, 0.25 × non-mesh peers)` random
 //!   non-mesh peers; a peer missing one answers IWANT and gets the full message from the 5 s
-//!   cache (`history_length` 10).
+//!   cache (`history_length` 10). An IHAVE to a peer that has seen every id it names is
+//!   charged but not delivered as an event, unless the failure detector runs
+//!   (`World::ihave_is_moot`).
 //! * The mesh: D / D_lo / D_hi from `MeshParams::for_cluster(N)` (or flags). At start every
 //!   node grafts up to D peers among its connections; a GRAFT to a peer already at D_hi is
 //!   refused (rust-libp2p's rule for inbound peers). A node below D_lo grafts up to D again
@@ -35,6 +37,10 @@
 //! conservative case for the invariants. Aligning it changes every pinned digest.) A record taken from gossip is durable after the next group commit
 //! ([`FLUSH_DELAY_MS`]); one taken from anti-entropy is durable before the answer or the next
 //! request. A crash drops everything else; a restart starts from the durable copy.
+//!
+//! Compaction (the race scenario) ticks on a fixed grid per node, but a tick is scheduled only
+//! when a body the node holds may be due by then (`World::arm_compaction`): the ticks left
+//! out are those that would have found nothing to drop.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -238,8 +244,11 @@ enum Ev {
         peer: NodeId,
         since: u64,
     },
+    /// Node `node`'s compaction tick due at `at` (ignored unless it is the node's
+    /// `compact_at`: an earlier tick replaced it).
     CompactTick {
         node: NodeId,
+        at: u64,
     },
     Flush {
         node: NodeId,
@@ -389,6 +398,10 @@ pub struct SimNode {
     history: VecDeque<(u64, RecId, u16, NodeId)>,
     hb_scheduled: bool,
     hb_phase: u64,
+    /// The node's compaction ticks fall on `compact_phase + k × compact_every_ms`.
+    compact_phase: u64,
+    /// When the node's next compaction tick is scheduled, if one is.
+    compact_at: Option<u64>,
     sessions: BTreeMap<u64, Session>,
     /// The checker's memory of this node.
     pub watch: NodeWatch,
@@ -552,6 +565,8 @@ pub struct World {
     /// A list of peers reused by the handlers that pick some (heartbeats, sync ticks), so
     /// they allocate nothing per event.
     scratch_peers: Vec<NodeId>,
+    /// An error met where it could not be returned; the run stops with it after the event.
+    deferred_error: Option<SimError>,
 }
 
 fn outcome_tag(o: &Outcome) -> u8 {
@@ -618,6 +633,8 @@ impl World {
                     history: VecDeque::new(),
                     hb_scheduled: false,
                     hb_phase: rng_clock.gen_range(0..HEARTBEAT_MS),
+                    compact_phase: 0,
+                    compact_at: None,
                     sessions: BTreeMap::new(),
                     watch: NodeWatch::default(),
                     detector: Detector::new(DetectorConfig::default(), i as NodeId, watch_key),
@@ -656,6 +673,7 @@ impl World {
             next_relay: 0,
             detect_watch: None,
             scratch_peers: Vec::new(),
+            deferred_error: None,
             cfg,
         };
         let mut order: Vec<NodeId> = (0..w.cfg.nodes as NodeId).collect();
@@ -690,8 +708,9 @@ impl World {
             let phase = w.rng_sync.gen_range(0..SYNC_INTERVAL_MS);
             w.sched.push(phase, Ev::SyncTick { node: n })?;
             if let Some(every) = w.cfg.compact_every_ms {
-                let phase = w.rng_sync.gen_range(0..every.max(1));
-                w.sched.push(phase, Ev::CompactTick { node: n })?;
+                // The tick's phase; ticks are scheduled only when a body may be due
+                // (`World::arm_compaction`).
+                w.nodes[n as usize].compact_phase = w.rng_sync.gen_range(0..every.max(1));
             }
         }
         Ok(w)
@@ -770,6 +789,12 @@ impl World {
         }
         node.seen.insert(rec);
         node.watch.observed.insert(info.name_id, info.rank);
+        let due = info
+            .rec
+            .body
+            .expires_at_ms
+            .saturating_add(node.store.retention_ms());
+        self.arm_compaction(n, due);
     }
 
     /// Schedules a scenario action at virtual time `at`.
@@ -804,6 +829,9 @@ impl World {
                 )));
             }
             self.handle(ev)?;
+            if let Some(e) = self.deferred_error.take() {
+                return Err(e);
+            }
             self.check_touched().map_err(SimError::Invariant)?;
             if !keep_going(self) {
                 return Ok(());
@@ -889,6 +917,7 @@ impl World {
         if let Some(id) = name_id {
             self.touched.push((n, id));
         }
+        self.arm_compaction_from_store(n);
     }
 
     /// The interned id of `name`.
@@ -1073,6 +1102,17 @@ impl World {
         }
         if o.changed_store() {
             self.touched.push((n, name_id));
+            // The winner now held is this record: its body may be dropped `retention`
+            // after it expires.
+            if self.cfg.compact_every_ms.is_some() {
+                let retention = self.nodes[n as usize].store.retention_ms();
+                let due = self.records[rec as usize]
+                    .rec
+                    .body
+                    .expires_at_ms
+                    .saturating_add(retention);
+                self.arm_compaction(n, due);
+            }
         }
     }
 
@@ -1232,7 +1272,7 @@ impl World {
                 }
                 Ok(())
             }
-            Ev::CompactTick { node } => self.on_compact(node),
+            Ev::CompactTick { node, at } => self.on_compact(node, at),
             Ev::Flush { node, inc } => {
                 let n = &mut self.nodes[node as usize];
                 n.flush_scheduled = false;
@@ -1427,6 +1467,11 @@ impl World {
             for &p in &others {
                 self.stats.ihave += 1;
                 self.stats.control_bytes += bytes;
+                if self.ihave_is_moot(n, p, &ids) {
+                    self.stats.messages += 1;
+                    self.stats.bytes += bytes;
+                    continue;
+                }
                 self.send(
                     n,
                     p,
@@ -1447,6 +1492,21 @@ impl World {
                 .push(now + HEARTBEAT_MS, Ev::Heartbeat { node: n, inc })?;
         }
         Ok(())
+    }
+
+    /// Whether an IHAVE of `ids` from `from` to `to` would change nothing: `to` has seen
+    /// every id already and no failure detector runs. Such an IHAVE is charged (message,
+    /// bytes) but not delivered as an event. Its delivery would only have been logged: the
+    /// receiver asks for nothing it has seen, and what it has seen only grows while it lives
+    /// (a crash clears it, and a node that restarts within the message's flight catches up
+    /// through anti-entropy, as every restart does). With the detector on, every message a
+    /// node receives is evidence that its sender lives, so then every IHAVE is delivered.
+    fn ihave_is_moot(&self, from: NodeId, to: NodeId, ids: &[RecId]) -> bool {
+        if self.cfg.detector || !self.net.can_talk(from, to) {
+            return false;
+        }
+        let seen = &self.nodes[to as usize].seen;
+        ids.iter().all(|r| seen.contains(r))
     }
 
     fn on_ihave(&mut self, to: NodeId, from: NodeId, ids: Arc<[RecId]>) -> Result<(), SimError> {
@@ -1663,38 +1723,91 @@ impl World {
         }
     }
 
-    fn on_compact(&mut self, n: NodeId) -> Result<(), SimError> {
+    /// Makes sure node `n` has a compaction tick at or after the time its clock reads
+    /// `due_node_ms` (Unix ms): the first tick of its grid then, unless one is scheduled
+    /// sooner. Nothing to do without compaction.
+    fn arm_compaction(&mut self, n: NodeId, due_node_ms: u64) {
         let Some(every) = self.cfg.compact_every_ms else {
-            return Ok(());
+            return;
         };
+        let every = every.max(1);
         let now = self.now();
-        self.sched.push(now + every, Ev::CompactTick { node: n })?;
+        let node = &mut self.nodes[n as usize];
+        // The virtual time at which the node's clock reads `due_node_ms`.
+        let due = (due_node_ms as i64 - EPOCH_MS as i64 - node.skew_ms).max(0) as u64;
+        // The first tick of the grid after now (a tick at now already ran or runs as the
+        // old one did) and at or after `due`.
+        let from = due.max(now + 1);
+        let phase = node.compact_phase;
+        let at = if from <= phase {
+            phase
+        } else {
+            phase + (from - phase).div_ceil(every) * every
+        };
+        if node.compact_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        node.compact_at = Some(at);
+        // Arming happens where no error can be returned (applying a record); a full
+        // scheduler stops the run after the event.
+        if let Err(e) = self.sched.push(at, Ev::CompactTick { node: n, at }) {
+            self.deferred_error.get_or_insert(e);
+        }
+    }
+
+    /// A compaction tick. Ticks are scheduled only when a held body may be due, at the
+    /// times the node's fixed-period tick would have run: one that finds nothing due was a
+    /// tick the node runs but that does nothing (`Store::compactable` is empty), so leaving
+    /// it out changes no store.
+    fn on_compact(&mut self, n: NodeId, at: u64) -> Result<(), SimError> {
+        if self.cfg.compact_every_ms.is_none() || self.nodes[n as usize].compact_at != Some(at) {
+            return Ok(());
+        }
+        self.nodes[n as usize].compact_at = None;
         let node_now = self.node_now(n);
         let node = &mut self.nodes[n as usize];
         if !node.up {
+            // A restart arms the tick again from what the node comes back with.
             return Ok(());
         }
         let names = node.store.compactable(node_now);
-        if names.is_empty() {
-            return Ok(());
-        }
-        let dropped = match node.store.compact(node_now) {
-            Ok(d) => d,
-            Err(never) => match never {},
-        };
-        node.durable_log.push(DurableOp::Compact { now: node_now });
-        let settle = node.durable_log.len() >= MAX_DURABLE_LOG;
-        self.stats.compacted += dropped as u64;
-        self.log_event(33, u64::from(n), dropped as u64, 0);
-        if settle {
-            self.settle_durable(n);
-        }
-        for name in names {
-            if let Some(id) = self.name_ids.get(name.as_str()) {
-                self.touched.push((n, *id));
+        if !names.is_empty() {
+            let dropped = match node.store.compact(node_now) {
+                Ok(d) => d,
+                Err(never) => match never {},
+            };
+            node.durable_log.push(DurableOp::Compact { now: node_now });
+            let settle = node.durable_log.len() >= MAX_DURABLE_LOG;
+            self.stats.compacted += dropped as u64;
+            self.log_event(33, u64::from(n), dropped as u64, 0);
+            if settle {
+                self.settle_durable(n);
+            }
+            for name in names {
+                if let Some(id) = self.name_ids.get(name.as_str()) {
+                    self.touched.push((n, *id));
+                }
             }
         }
+        self.arm_compaction_from_store(n);
         Ok(())
+    }
+
+    /// Arms node `n`'s compaction tick for the earliest body its store holds.
+    fn arm_compaction_from_store(&mut self, n: NodeId) {
+        if self.cfg.compact_every_ms.is_none() {
+            return;
+        }
+        let retention = self.nodes[n as usize].store.retention_ms();
+        let due = self.nodes[n as usize]
+            .store
+            .iter()
+            .filter(|(_, e)| e.bytes.is_some())
+            .map(|(_, e)| e.expires_at_ms.saturating_add(retention))
+            .min();
+        if let Some(due) = due {
+            self.arm_compaction(n, due);
+        }
     }
 
     fn on_ack(&mut self, n: NodeId, inc: u32, rec: RecId) -> Result<(), SimError> {
@@ -1905,6 +2018,7 @@ impl World {
             .collect();
         node.watch.observed.extend(names);
         self.log_event(54, u64::from(n), 0, 0);
+        self.arm_compaction_from_store(n);
         self.come_up(n)
     }
 
