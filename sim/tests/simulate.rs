@@ -32,6 +32,9 @@ fn the_same_seed_replays_the_same_run() {
 /// records (commit c860052); an optimisation that changes any of them changed a run. The
 /// convergence run was re-pinned once, on purpose, when the failure detector began watching
 /// a few peers instead of every connection (issue 16: the detector runs in that scenario only).
+/// The race and churn runs (and the sweep) were re-pinned once, on purpose, when compaction
+/// ticks that find nothing due and IHAVEs that ask for nothing stopped being events (the
+/// model change of `world::World::arm_compaction` and `world::World::ihave_is_moot`).
 #[test]
 fn pinned_seeds_replay_the_event_logs_they_had_before_the_speed_work() {
     let cached = |scenario, nodes, seed| {
@@ -45,11 +48,11 @@ fn pinned_seeds_replay_the_event_logs_they_had_before_the_speed_work() {
     let runs = [
         (
             race.clone(),
-            "ce3f39fb0e4b1bb20fb1c7bb3bd4d0a89a4c56436aaf05ac54978cf0fb24cccb",
+            "026613b5690f55068a48126a7f22732518271fd72961a616f20ec559bd00531c",
         ),
         (
             cached(Scenario::Churn, 30, 5),
-            "765dac8d64d40b9223f1ffbae578d9b635c06661d9fc3b867fc1beae2c8e33bc",
+            "bbeb6f647a20e651167ceb5a346e021141dd51e6b34811e271f5ebb3175b783c",
         ),
         (
             cached(Scenario::Convergence, 200, 2),
@@ -64,7 +67,7 @@ fn pinned_seeds_replay_the_event_logs_they_had_before_the_speed_work() {
     assert_eq!(sweep.failures, 0);
     assert_eq!(
         sweep.sweep_digest,
-        "46d6416b35eae75140a3c3a416f8e65718bf7a344cd41f8a6f27042ba27ebb80"
+        "35eab5343610e98c6155f838449dd15238be4e4acc2cb4b95080867da0b555fe"
     );
 }
 
@@ -158,6 +161,57 @@ fn a_failing_run_names_its_replay_command() {
         a.replay(42),
         "dpin-sim simulate --nodes 10 --seed 42 --scenario race --latency 20,5 --loss 1.5 \
          --clock-skew 0 --sync-peers 1 --verify cached"
+    );
+}
+
+/// A compaction tick that would find nothing due is not an event: an idle node runs only its
+/// sync ticks, as without compaction, and a node holding one short-lived record still drops
+/// its body once the retention has passed.
+#[test]
+fn compaction_ticks_only_when_a_body_may_be_due() {
+    let cfg = |compact: bool| {
+        let mut c = args(Scenario::Race, 1, 9).world_config(9).expect("config");
+        c.retention_ms = Some(1_000);
+        c.compact_every_ms = compact.then_some(250);
+        c
+    };
+    let mut plain = World::new(cfg(false)).expect("world");
+    plain.run_until(20_000).expect("runs");
+    let mut idle = World::new(cfg(true)).expect("world");
+    idle.run_until(20_000).expect("runs");
+    assert_eq!(idle.stats.events, plain.stats.events);
+
+    let key = ZoneKey::generate(&mut rand_chacha::ChaCha8Rng::seed_from_u64(9));
+    let mut short = record(&key, 1, 80);
+    short.body.expires_at_ms = EPOCH_MS + 2_000;
+    let short = short.body.sign(&key).expect("valid record");
+    let run = |compact: bool| {
+        let mut w = World::new(cfg(compact)).expect("world");
+        let id = w.intern(short.clone());
+        w.schedule(
+            100,
+            Action::Write {
+                via: 0,
+                rec: id,
+                expected: None,
+            },
+        )
+        .expect("scheduled");
+        w.run_until(20_000).expect("runs");
+        w
+    };
+    let (with, without) = (run(true), run(false));
+    assert_eq!(with.stats.acked, 1);
+    assert_eq!(
+        with.stats.compacted, 1,
+        "the body was dropped after its retention"
+    );
+    // One or two ticks around the body's due time, not one every 250 ms.
+    assert!(
+        with.stats.events <= without.stats.events + 2,
+        "{} events against {} without compaction",
+        with.stats.events,
+        without.stats.events
     );
 }
 

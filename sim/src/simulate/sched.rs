@@ -234,8 +234,18 @@ impl<E> Scheduler<E> {
 
     /// The earliest pending event; advances virtual time to it.
     pub fn pop(&mut self) -> Option<(u64, E)> {
+        self.pop_due(u64::MAX)
+    }
+
+    /// The earliest pending event if it is due at or before `until` (advancing virtual time
+    /// to it), else `None` with nothing changed: [`Scheduler::peek_time`] and
+    /// [`Scheduler::pop`] in one search of the ring.
+    pub fn pop_due(&mut self, until: u64) -> Option<(u64, E)> {
         while let Some(off) = self.next_offset() {
             let at = self.now + off;
+            if at > until {
+                return None;
+            }
             let s = slot_of(at);
             let slot = self.head[s];
             let next = self.slab.get(slot as usize).map_or(NIL, |x| x.next);
@@ -255,6 +265,10 @@ impl<E> Scheduler<E> {
             }
         }
         loop {
+            // The ring is empty: the heap holds the earliest event.
+            if self.far.peek()?.at > until {
+                return None;
+            }
             let key = self.far.pop()?;
             // Every key has its event; the loop is only a guard.
             if let Some(ev) = self.take(key.slot) {
@@ -279,6 +293,25 @@ mod tests {
         }
         let order: Vec<char> = std::iter::from_fn(|| s.pop().map(|(_, t)| t)).collect();
         assert_eq!(order, vec!['d', 'b', 'e', 'a', 'c']);
+    }
+
+    #[test]
+    fn pop_due_leaves_events_after_the_limit_in_place() {
+        let mut s = Scheduler::default();
+        for (at, tag) in [(3, 'a'), (3, 'b'), (10, 'c'), (WINDOW_MS * 3, 'd')] {
+            s.push(at, tag).expect("room");
+        }
+        assert_eq!(s.pop_due(2), None);
+        assert_eq!(s.now(), 0);
+        assert_eq!(s.pop_due(3), Some((3, 'a')));
+        assert_eq!(s.pop_due(3), Some((3, 'b')));
+        assert_eq!(s.pop_due(9), None);
+        assert_eq!(s.now(), 3);
+        assert_eq!(s.pop_due(10), Some((10, 'c')));
+        assert_eq!(s.pop_due(WINDOW_MS * 3 - 1), None);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.pop_due(u64::MAX), Some((WINDOW_MS * 3, 'd')));
+        assert!(s.is_empty());
     }
 
     /// The calendar against a plain heap of `(time, seq)`: delays around and across the

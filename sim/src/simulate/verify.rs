@@ -98,23 +98,37 @@ impl Verifier {
         if let Err(e) = record.validate_time(now_ms, freshness) {
             return Outcome::Invalid(e);
         }
-        let key = (hash, record.signature);
-        let prepared = match self.good.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                self.verifications += 1;
-                if let Err(e) = record
-                    .validate_fields()
-                    .and_then(|()| record.verify_signature())
-                {
-                    return Outcome::Invalid(e);
-                }
-                e.insert(Prepared::trusted(record.clone()))
-            }
+        let prepared = match self.checked(record, hash) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Invalid(e),
         };
         match store.apply_prepared(prepared, now_ms, freshness, Cas::from(expected_seq)) {
             Ok(o) => o,
             Err(never) => match never {},
+        }
+    }
+
+    /// Checks the fields and signature of `record` (content hash `hash`) unless this run
+    /// already did, as [`Verifier::apply_cached`] does before it applies.
+    pub fn check_once(&mut self, record: &SignedRecord, hash: [u8; 32]) {
+        let _ = self.checked(record, hash);
+    }
+
+    /// The record prepared once per run, checking fields and signature the first time.
+    fn checked(
+        &mut self,
+        record: &SignedRecord,
+        hash: [u8; 32],
+    ) -> Result<&Prepared<'static>, dpin_protocol::ValidationError> {
+        match self.good.entry((hash, record.signature)) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.verifications += 1;
+                record
+                    .validate_fields()
+                    .and_then(|()| record.verify_signature())?;
+                Ok(e.insert(Prepared::trusted(record.clone())))
+            }
         }
     }
 

@@ -18,7 +18,9 @@
 //! * Heartbeats every 500 ms (while the node has messages in its cache): IHAVE with the ids of
 //!   the last 3 s (`history_gossip` 6) to `max(gossip_lazy, 0.25 × non-mesh peers)` random
 //!   non-mesh peers; a peer missing one answers IWANT and gets the full message from the 5 s
-//!   cache (`history_length` 10).
+//!   cache (`history_length` 10). An IHAVE to a peer that has seen every id it names is
+//!   charged but not delivered as an event, unless the failure detector runs
+//!   (`World::ihave_is_moot`).
 //! * The mesh: D / D_lo / D_hi from `MeshParams::for_cluster(N)` (or flags). At start every
 //!   node grafts up to D peers among its connections; a GRAFT to a peer already at D_hi is
 //!   refused (rust-libp2p's rule for inbound peers). A node below D_lo grafts up to D again
@@ -35,6 +37,10 @@
 //! conservative case for the invariants. Aligning it changes every pinned digest.) A record taken from gossip is durable after the next group commit
 //! ([`FLUSH_DELAY_MS`]); one taken from anti-entropy is durable before the answer or the next
 //! request. A crash drops everything else; a restart starts from the durable copy.
+//!
+//! Compaction (the race scenario) ticks on a fixed grid per node, but a tick is scheduled only
+//! when a body the node holds may be due by then (`World::arm_compaction`): the ticks left
+//! out are those that would have found nothing to drop.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -238,8 +244,11 @@ enum Ev {
         peer: NodeId,
         since: u64,
     },
+    /// Node `node`'s compaction tick due at `at` (ignored unless it is the node's
+    /// `compact_at`: an earlier tick replaced it).
     CompactTick {
         node: NodeId,
+        at: u64,
     },
     Flush {
         node: NodeId,
@@ -294,8 +303,9 @@ enum Ev {
 /// Every message is encoded with the real codec, and the network is charged (and the event
 /// log records) exactly that many bytes. The receiver gets what decoding those bytes gives:
 /// the message itself, since the codec round-trips every value it can encode (its own
-/// property tests), or the codec's error for one it could not encode (over the size limit).
-/// Not decoding the bytes again saves a third of a sync message's cost in a sweep.
+/// property tests), or the codec's error for one it could not encode. Not decoding the bytes
+/// again saved a third of a sync message's cost in a sweep, and counting them
+/// (`encoded_len`) instead of building them saves the encoding's allocation and copy.
 #[derive(Debug)]
 struct Wire<M> {
     msg: Result<M, String>,
@@ -304,33 +314,56 @@ struct Wire<M> {
 
 impl Wire<SyncRequest> {
     fn request(req: SyncRequest) -> Self {
-        let bytes = req.encode();
-        let msg = if bytes.is_empty() {
-            SyncRequest::decode(&bytes).map_err(|e| e.to_string())
+        // Counted, not built: `encode` would give exactly this many bytes (none for a value
+        // it cannot encode, which the receiver then fails to decode).
+        let len = req.encoded_len();
+        let msg = if len == 0 {
+            SyncRequest::decode(&[]).map_err(|e| e.to_string())
         } else {
             Ok(req)
         };
         Wire {
             msg,
-            len: bytes.len() as u64,
+            len: len as u64,
         }
     }
 }
 
 impl Wire<SyncResponse> {
     fn response(resp: SyncResponse) -> Self {
-        let bytes = resp.encode();
-        let msg = if bytes.is_empty() {
-            SyncResponse::decode(&bytes).map_err(|e| e.to_string())
+        // Counted, not built: `encode` would give exactly this many bytes (none for a value
+        // it cannot encode, which the receiver then fails to decode).
+        let len = resp.encoded_len();
+        let msg = if len == 0 {
+            SyncResponse::decode(&[]).map_err(|e| e.to_string())
         } else {
             Ok(resp)
         };
         Wire {
             msg,
-            len: bytes.len() as u64,
+            len: len as u64,
         }
     }
 }
+
+/// One write to a node's durable copy, kept until someone reads the copy.
+///
+/// Only a restart (and the checks that look at the disk) reads the durable copy, and most
+/// nodes of a run never restart; applying every fsynced record to it as it happened was a
+/// tenth of a race sweep. Each write is a pure function of the copy and its arguments (the
+/// record, the node's clock when it was written), so applying the list in order later gives
+/// exactly the copy that applying each at once gave.
+#[derive(Clone, Copy, Debug)]
+enum DurableOp {
+    /// The record became durable at node time `now` (`Freshness::Replicate`).
+    Apply { rec: RecId, now: u64 },
+    /// Compaction ran on the disk at node time `now`.
+    Compact { now: u64 },
+}
+
+/// Most writes a node's durable copy keeps pending before they are applied: bounds the list's
+/// memory in long runs (a node that never restarts applies them in batches of this size).
+const MAX_DURABLE_LOG: usize = 4096;
 
 struct Session {
     init: Initiator,
@@ -342,8 +375,11 @@ struct Session {
 pub struct SimNode {
     /// What the node holds.
     pub store: MemStore,
-    /// What it has fsynced (kept without its digest, [`MemStore::without_digest`]).
-    pub durable: MemStore,
+    /// What it has fsynced (kept without its digest, [`MemStore::without_digest`]), up to
+    /// the writes still in `durable_log`: read it through [`World::durable`].
+    durable: MemStore,
+    /// Writes to the durable copy not applied to it yet, in order ([`DurableOp`]).
+    durable_log: Vec<DurableOp>,
     pending: Vec<RecId>,
     flush_scheduled: bool,
     /// Running.
@@ -362,6 +398,10 @@ pub struct SimNode {
     history: VecDeque<(u64, RecId, u16, NodeId)>,
     hb_scheduled: bool,
     hb_phase: u64,
+    /// The node's compaction ticks fall on `compact_phase + k × compact_every_ms`.
+    compact_phase: u64,
+    /// When the node's next compaction tick is scheduled, if one is.
+    compact_at: Option<u64>,
     sessions: BTreeMap<u64, Session>,
     /// The checker's memory of this node.
     pub watch: NodeWatch,
@@ -522,6 +562,11 @@ pub struct World {
     next_relay: u64,
     /// Detection watch: (paused node, pause time, when each peer marked it down).
     pub detect_watch: Option<(NodeId, u64, BTreeMap<NodeId, u64>)>,
+    /// A list of peers reused by the handlers that pick some (heartbeats, sync ticks), so
+    /// they allocate nothing per event.
+    scratch_peers: Vec<NodeId>,
+    /// An error met where it could not be returned; the run stops with it after the event.
+    deferred_error: Option<SimError>,
 }
 
 fn outcome_tag(o: &Outcome) -> u8 {
@@ -575,6 +620,7 @@ impl World {
                     // Nobody syncs from the durable copy: its digest is never read, so it
                     // does not keep one on every write (a restart turns it back on).
                     durable: store().without_digest(),
+                    durable_log: Vec::new(),
                     pending: Vec::new(),
                     flush_scheduled: false,
                     up: i < cfg.nodes,
@@ -587,6 +633,8 @@ impl World {
                     history: VecDeque::new(),
                     hb_scheduled: false,
                     hb_phase: rng_clock.gen_range(0..HEARTBEAT_MS),
+                    compact_phase: 0,
+                    compact_at: None,
                     sessions: BTreeMap::new(),
                     watch: NodeWatch::default(),
                     detector: Detector::new(DetectorConfig::default(), i as NodeId, watch_key),
@@ -624,6 +672,8 @@ impl World {
             rng_detector: rng::stream(cfg.seed, "detector"),
             next_relay: 0,
             detect_watch: None,
+            scratch_peers: Vec::new(),
+            deferred_error: None,
             cfg,
         };
         let mut order: Vec<NodeId> = (0..w.cfg.nodes as NodeId).collect();
@@ -658,8 +708,9 @@ impl World {
             let phase = w.rng_sync.gen_range(0..SYNC_INTERVAL_MS);
             w.sched.push(phase, Ev::SyncTick { node: n })?;
             if let Some(every) = w.cfg.compact_every_ms {
-                let phase = w.rng_sync.gen_range(0..every.max(1));
-                w.sched.push(phase, Ev::CompactTick { node: n })?;
+                // The tick's phase; ticks are scheduled only when a body may be due
+                // (`World::arm_compaction`).
+                w.nodes[n as usize].compact_phase = w.rng_sync.gen_range(0..every.max(1));
             }
         }
         Ok(w)
@@ -722,6 +773,7 @@ impl World {
     /// Puts `rec` into node `n`'s store and durable store directly, as if it had arrived and
     /// been flushed before the run (scenario set-up, e.g. the two halves of partition-heal).
     pub fn preload(&mut self, n: NodeId, rec: RecId) {
+        self.settle_durable(n);
         let now = self.node_now(n);
         let info = &self.records[rec as usize];
         let node = &mut self.nodes[n as usize];
@@ -737,6 +789,12 @@ impl World {
         }
         node.seen.insert(rec);
         node.watch.observed.insert(info.name_id, info.rank);
+        let due = info
+            .rec
+            .body
+            .expires_at_ms
+            .saturating_add(node.store.retention_ms());
+        self.arm_compaction(n, due);
     }
 
     /// Schedules a scenario action at virtual time `at`.
@@ -760,13 +818,7 @@ impl World {
     ) -> Result<(), SimError> {
         self.prefetch_signatures();
         loop {
-            let Some(next) = self.sched.peek_time() else {
-                return Ok(());
-            };
-            if next > until {
-                return Ok(());
-            }
-            let Some((_, ev)) = self.sched.pop() else {
+            let Some((_, ev)) = self.sched.pop_due(until) else {
                 return Ok(());
             };
             self.stats.events += 1;
@@ -777,6 +829,9 @@ impl World {
                 )));
             }
             self.handle(ev)?;
+            if let Some(e) = self.deferred_error.take() {
+                return Err(e);
+            }
             self.check_touched().map_err(SimError::Invariant)?;
             if !keep_going(self) {
                 return Ok(());
@@ -850,6 +905,9 @@ impl World {
     /// a damaged disk would, and marks it touched so the next check looks at it.
     pub fn tamper(&mut self, n: NodeId, name: &str, entry: dpin_protocol::Entry, durable: bool) {
         let name_id = self.name_ids.get(name).copied();
+        if durable {
+            self.settle_durable(n);
+        }
         let node = &mut self.nodes[n as usize];
         if durable {
             node.durable.insert(name, entry);
@@ -859,6 +917,7 @@ impl World {
         if let Some(id) = name_id {
             self.touched.push((n, id));
         }
+        self.arm_compaction_from_store(n);
     }
 
     /// The interned id of `name`.
@@ -1043,6 +1102,17 @@ impl World {
         }
         if o.changed_store() {
             self.touched.push((n, name_id));
+            // The winner now held is this record: its body may be dropped `retention`
+            // after it expires.
+            if self.cfg.compact_every_ms.is_some() {
+                let retention = self.nodes[n as usize].store.retention_ms();
+                let due = self.records[rec as usize]
+                    .rec
+                    .body
+                    .expires_at_ms
+                    .saturating_add(retention);
+                self.arm_compaction(n, due);
+            }
         }
     }
 
@@ -1067,18 +1137,56 @@ impl World {
         t.last[u] = (hops.unwrap_or(0), now.saturating_sub(t.written_at[u]));
     }
 
-    /// Durable copy of a record the node took (group commit or immediate).
+    /// Durable copy of a record the node took (group commit or immediate): queued on the
+    /// node's [`DurableOp`] list. Its signature check (once per record per run) is counted
+    /// now, as applying it at once did, so the run's verification count does not depend on
+    /// whether the node ever restarts.
     fn make_durable(&mut self, n: NodeId, rec: RecId) {
         let now = self.node_now(n);
         let info = &self.records[rec as usize];
-        self.verifier.apply_cached(
-            &mut self.nodes[n as usize].durable,
-            &info.rec,
-            info.hash,
-            now,
-            Freshness::Replicate,
-            None,
-        );
+        if info.rec.validate_time(now, Freshness::Replicate).is_ok() {
+            self.verifier.check_once(&info.rec, info.hash);
+        }
+        let node = &mut self.nodes[n as usize];
+        node.durable_log.push(DurableOp::Apply { rec, now });
+        if node.durable_log.len() >= MAX_DURABLE_LOG {
+            self.settle_durable(n);
+        }
+    }
+
+    /// Applies node `n`'s pending durable writes to its durable copy, in order.
+    fn settle_durable(&mut self, n: NodeId) {
+        let node = &mut self.nodes[n as usize];
+        let log = std::mem::take(&mut node.durable_log);
+        for op in &log {
+            match *op {
+                DurableOp::Apply { rec, now } => {
+                    let info = &self.records[rec as usize];
+                    self.verifier.apply_cached(
+                        &mut node.durable,
+                        &info.rec,
+                        info.hash,
+                        now,
+                        Freshness::Replicate,
+                        None,
+                    );
+                }
+                DurableOp::Compact { now } => {
+                    if let Err(never) = node.durable.compact(now) {
+                        match never {}
+                    }
+                }
+            }
+        }
+        // Keep the list's allocation for the next writes.
+        node.durable_log = log;
+        node.durable_log.clear();
+    }
+
+    /// Node `n`'s durable copy: what a restart would come back with.
+    pub fn durable(&mut self, n: NodeId) -> &MemStore {
+        self.settle_durable(n);
+        &self.nodes[n as usize].durable
     }
 
     /// Applies records received through anti-entropy (bytes as on the wire); they are durable
@@ -1164,7 +1272,7 @@ impl World {
                 }
                 Ok(())
             }
-            Ev::CompactTick { node } => self.on_compact(node),
+            Ev::CompactTick { node, at } => self.on_compact(node, at),
             Ev::Flush { node, inc } => {
                 let n = &mut self.nodes[node as usize];
                 n.flush_scheduled = false;
@@ -1266,14 +1374,12 @@ impl World {
         self.track(to, rec, Some(hops));
         self.schedule_flush(to, rec)?;
         self.remember(to, rec, hops, origin)?;
-        let mesh: Vec<NodeId> = self.nodes[to as usize]
-            .mesh
-            .iter()
-            .copied()
-            .filter(|&p| p != from && p != origin)
-            .collect();
-        for p in mesh {
-            self.send_gossip(to, p, rec, hops.saturating_add(1), origin)?;
+        // By index: sending changes no mesh, so the list needs no copy.
+        for i in 0..self.nodes[to as usize].mesh.len() {
+            let p = self.nodes[to as usize].mesh[i];
+            if p != from && p != origin {
+                self.send_gossip(to, p, rec, hops.saturating_add(1), origin)?;
+            }
         }
         Ok(())
     }
@@ -1338,16 +1444,18 @@ impl World {
             .map(|(_, r, _, _)| *r)
             .collect();
         if !ids.is_empty() {
-            let mut others: Vec<NodeId> = node
-                .peers
-                .iter()
-                .copied()
-                .filter(|p| !node.mesh.contains(p))
-                .filter(|&p| {
-                    let x = &self.nodes[p as usize];
-                    x.up && x.present
-                })
-                .collect();
+            let mut others = std::mem::take(&mut self.scratch_peers);
+            others.clear();
+            others.extend(
+                node.peers
+                    .iter()
+                    .copied()
+                    .filter(|p| !node.mesh.contains(p))
+                    .filter(|&p| {
+                        let x = &self.nodes[p as usize];
+                        x.up && x.present
+                    }),
+            );
             let want = self
                 .cfg
                 .mesh
@@ -1356,9 +1464,14 @@ impl World {
             others.shuffle(&mut self.rng_gossip);
             others.truncate(want);
             let bytes = CONTROL_FRAME_BYTES + MESSAGE_ID_BYTES * ids.len() as u64;
-            for p in others {
+            for &p in &others {
                 self.stats.ihave += 1;
                 self.stats.control_bytes += bytes;
+                if self.ihave_is_moot(n, p, &ids) {
+                    self.stats.messages += 1;
+                    self.stats.bytes += bytes;
+                    continue;
+                }
                 self.send(
                     n,
                     p,
@@ -1370,6 +1483,7 @@ impl World {
                     },
                 )?;
             }
+            self.scratch_peers = others;
         }
         if !self.nodes[n as usize].history.is_empty() {
             let node = &mut self.nodes[n as usize];
@@ -1378,6 +1492,21 @@ impl World {
                 .push(now + HEARTBEAT_MS, Ev::Heartbeat { node: n, inc })?;
         }
         Ok(())
+    }
+
+    /// Whether an IHAVE of `ids` from `from` to `to` would change nothing: `to` has seen
+    /// every id already and no failure detector runs. Such an IHAVE is charged (message,
+    /// bytes) but not delivered as an event. Its delivery would only have been logged: the
+    /// receiver asks for nothing it has seen, and what it has seen only grows while it lives
+    /// (a crash clears it, and a node that restarts within the message's flight catches up
+    /// through anti-entropy, as every restart does). With the detector on, every message a
+    /// node receives is evidence that its sender lives, so then every IHAVE is delivered.
+    fn ihave_is_moot(&self, from: NodeId, to: NodeId, ids: &[RecId]) -> bool {
+        if self.cfg.detector || !self.net.can_talk(from, to) {
+            return false;
+        }
+        let seen = &self.nodes[to as usize].seen;
+        ids.iter().all(|r| seen.contains(r))
     }
 
     fn on_ihave(&mut self, to: NodeId, from: NodeId, ids: Arc<[RecId]>) -> Result<(), SimError> {
@@ -1435,17 +1564,15 @@ impl World {
         if !node.up || !node.present {
             return Ok(());
         }
-        let mut peers: Vec<NodeId> = node
-            .peers
-            .iter()
-            .copied()
-            .filter(|&p| self.reachable(n, p))
-            .collect();
+        let mut peers = std::mem::take(&mut self.scratch_peers);
+        peers.clear();
+        peers.extend(node.peers.iter().copied().filter(|&p| self.reachable(n, p)));
         peers.shuffle(&mut self.rng_sync);
         peers.truncate(self.cfg.sync_peers);
-        for p in peers {
+        for &p in &peers {
             self.start_session(n, p)?;
         }
+        self.scratch_peers = peers;
         Ok(())
     }
 
@@ -1596,36 +1723,91 @@ impl World {
         }
     }
 
-    fn on_compact(&mut self, n: NodeId) -> Result<(), SimError> {
+    /// Makes sure node `n` has a compaction tick at or after the time its clock reads
+    /// `due_node_ms` (Unix ms): the first tick of its grid then, unless one is scheduled
+    /// sooner. Nothing to do without compaction.
+    fn arm_compaction(&mut self, n: NodeId, due_node_ms: u64) {
         let Some(every) = self.cfg.compact_every_ms else {
-            return Ok(());
+            return;
         };
+        let every = every.max(1);
         let now = self.now();
-        self.sched.push(now + every, Ev::CompactTick { node: n })?;
+        let node = &mut self.nodes[n as usize];
+        // The virtual time at which the node's clock reads `due_node_ms`.
+        let due = (due_node_ms as i64 - EPOCH_MS as i64 - node.skew_ms).max(0) as u64;
+        // The first tick of the grid after now (a tick at now already ran or runs as the
+        // old one did) and at or after `due`.
+        let from = due.max(now + 1);
+        let phase = node.compact_phase;
+        let at = if from <= phase {
+            phase
+        } else {
+            phase + (from - phase).div_ceil(every) * every
+        };
+        if node.compact_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        node.compact_at = Some(at);
+        // Arming happens where no error can be returned (applying a record); a full
+        // scheduler stops the run after the event.
+        if let Err(e) = self.sched.push(at, Ev::CompactTick { node: n, at }) {
+            self.deferred_error.get_or_insert(e);
+        }
+    }
+
+    /// A compaction tick. Ticks are scheduled only when a held body may be due, at the
+    /// times the node's fixed-period tick would have run: one that finds nothing due was a
+    /// tick the node runs but that does nothing (`Store::compactable` is empty), so leaving
+    /// it out changes no store.
+    fn on_compact(&mut self, n: NodeId, at: u64) -> Result<(), SimError> {
+        if self.cfg.compact_every_ms.is_none() || self.nodes[n as usize].compact_at != Some(at) {
+            return Ok(());
+        }
+        self.nodes[n as usize].compact_at = None;
         let node_now = self.node_now(n);
         let node = &mut self.nodes[n as usize];
         if !node.up {
+            // A restart arms the tick again from what the node comes back with.
             return Ok(());
         }
         let names = node.store.compactable(node_now);
-        if names.is_empty() {
-            return Ok(());
-        }
-        let dropped = match node.store.compact(node_now) {
-            Ok(d) => d,
-            Err(never) => match never {},
-        };
-        if let Err(never) = node.durable.compact(node_now) {
-            match never {}
-        }
-        self.stats.compacted += dropped as u64;
-        self.log_event(33, u64::from(n), dropped as u64, 0);
-        for name in names {
-            if let Some(id) = self.name_ids.get(name.as_str()) {
-                self.touched.push((n, *id));
+        if !names.is_empty() {
+            let dropped = match node.store.compact(node_now) {
+                Ok(d) => d,
+                Err(never) => match never {},
+            };
+            node.durable_log.push(DurableOp::Compact { now: node_now });
+            let settle = node.durable_log.len() >= MAX_DURABLE_LOG;
+            self.stats.compacted += dropped as u64;
+            self.log_event(33, u64::from(n), dropped as u64, 0);
+            if settle {
+                self.settle_durable(n);
+            }
+            for name in names {
+                if let Some(id) = self.name_ids.get(name.as_str()) {
+                    self.touched.push((n, *id));
+                }
             }
         }
+        self.arm_compaction_from_store(n);
         Ok(())
+    }
+
+    /// Arms node `n`'s compaction tick for the earliest body its store holds.
+    fn arm_compaction_from_store(&mut self, n: NodeId) {
+        if self.cfg.compact_every_ms.is_none() {
+            return;
+        }
+        let retention = self.nodes[n as usize].store.retention_ms();
+        let due = self.nodes[n as usize]
+            .store
+            .iter()
+            .filter(|(_, e)| e.bytes.is_some())
+            .map(|(_, e)| e.expires_at_ms.saturating_add(retention))
+            .min();
+        if let Some(due) = due {
+            self.arm_compaction(n, due);
+        }
     }
 
     fn on_ack(&mut self, n: NodeId, inc: u32, rec: RecId) -> Result<(), SimError> {
@@ -1651,8 +1833,9 @@ impl World {
         self.touched.push((n, name_id));
         self.nodes[n as usize].seen.insert(rec);
         self.remember(n, rec, 0, n)?;
-        let peers: Vec<NodeId> = self.nodes[n as usize].peers.clone();
-        for p in peers {
+        // By index: sending changes no connection, so the list needs no copy.
+        for i in 0..self.nodes[n as usize].peers.len() {
+            let p = self.nodes[n as usize].peers[i];
             let x = &self.nodes[p as usize];
             if x.up && x.present {
                 self.send_gossip(n, p, rec, 1, n)?;
@@ -1817,10 +2000,12 @@ impl World {
 
     fn restart(&mut self, n: NodeId) -> Result<(), SimError> {
         let at = self.now();
-        let node = &mut self.nodes[n as usize];
+        let node = &self.nodes[n as usize];
         if node.up || !node.present {
             return Ok(());
         }
+        self.settle_durable(n);
+        let node = &mut self.nodes[n as usize];
         self.stats.restarts += 1;
         node.up = true;
         node.store = node.durable.clone().with_digest();
@@ -1833,6 +2018,7 @@ impl World {
             .collect();
         node.watch.observed.extend(names);
         self.log_event(54, u64::from(n), 0, 0);
+        self.arm_compaction_from_store(n);
         self.come_up(n)
     }
 
