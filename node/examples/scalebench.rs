@@ -24,6 +24,9 @@
 //!   a few percent of the joiner's CPU). The rate is N over the time from the joiner's start; its RSS at the end is shown.
 //!   A joiner still short after 600 s is reported with the count it reached.
 //!
+//! `--reuse` keeps the written store in `--dir` and uses it again on the next run with the
+//! same `--records`.
+//!
 //! Prints each run and, per binary, the medians and the ratio to the first binary.
 
 use std::io::{Read, Write};
@@ -46,6 +49,7 @@ struct Args {
     idle: u64,
     dir: PathBuf,
     catchup_peers: usize,
+    reuse: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -57,6 +61,7 @@ fn parse_args() -> Result<Args> {
         idle: 20,
         dir: std::env::temp_dir().join("dpin-scalebench"),
         catchup_peers: 0,
+        reuse: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +73,7 @@ fn parse_args() -> Result<Args> {
             "--idle" => a.idle = val()?.parse()?,
             "--dir" => a.dir = val()?.into(),
             "--catchup-peers" => a.catchup_peers = val()?.parse()?,
+            "--reuse" => a.reuse = true,
             "--bin" => {
                 let v = val()?;
                 let (name, path) = v.split_once('=').context("--bin NAME=PATH")?;
@@ -367,7 +373,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     let a = parse_args()?;
     let template = a.dir.join("template");
-    let (last, encoded) = generate(&template, a.records)?;
+    // `--reuse`: keep the written store (and its last name and size, in `template/written`)
+    // for later runs with the same `--records` instead of signing N records again.
+    let written = template.join("written");
+    let kept = std::fs::read_to_string(&written).ok().and_then(|s| {
+        let mut l = s.lines();
+        let n: usize = l.next()?.parse().ok()?;
+        let last = l.next()?.to_owned();
+        let encoded: usize = l.next()?.parse().ok()?;
+        (n == a.records).then_some((last, encoded))
+    });
+    let (last, encoded) = match kept.filter(|_| a.reuse) {
+        Some(k) => k,
+        None => {
+            let _ = std::fs::remove_file(&written);
+            let (last, encoded) = generate(&template, a.records)?;
+            std::fs::write(&written, format!("{}\n{last}\n{encoded}\n", a.records))?;
+            (last, encoded)
+        }
+    };
     let mut runs: Vec<Vec<Run>> = a.bins.iter().map(|_| Vec::new()).collect();
     for round in 0..a.rounds {
         for (i, (name, bin)) in a.bins.iter().enumerate() {
@@ -437,6 +461,8 @@ fn main() -> Result<()> {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&a.dir);
+    if !a.reuse {
+        let _ = std::fs::remove_dir_all(&a.dir);
+    }
     Ok(())
 }
