@@ -22,7 +22,11 @@
 //!   and the bench polls its `GET /v1/status` (`records`) every 200 ms until it holds all N
 //!   names (a status answer counts the health table's endpoints by state: at 50 ms that took
 //!   a few percent of the joiner's CPU). The rate is N over the time from the joiner's start; its RSS at the end is shown.
-//!   A joiner still short after 600 s is reported with the count it reached.
+//!   A joiner still short after 600 s is reported with the count it reached. Each run also
+//!   prints the CPU time the joiner and the peers used (per record received: on a shared
+//!   machine the rate follows the CPU share the nodes get, the CPU per record does not), the
+//!   load average, and the joiner's sync outcomes (`duplicate` counts records it received and
+//!   checked although it held them already).
 //!
 //! `--reuse` keeps the written store in `--dir` and uses it again on the next run with the
 //! same `--records`.
@@ -282,6 +286,39 @@ struct Catchup {
     rss_kb: u64,
     /// Records the joiner held at the end (all N, unless it ran out of time).
     reached: u64,
+    /// CPU seconds the joiner used (user + system), from its start to the end.
+    joiner_cpu_s: f64,
+    /// CPU seconds all peers used over the same time.
+    peers_cpu_s: f64,
+    /// The joiner's sync record outcomes (`dpin_records_total{path="sync"}`) and its ingest
+    /// drops on the sync push path, as `outcome=count` pairs.
+    outcomes: String,
+}
+
+/// The joiner's sync outcomes from its `/metrics`: how many records it received per outcome
+/// (duplicates show the work spent on records it already held), and pushes it refused.
+fn sync_outcomes(api: u16) -> String {
+    let Some(text) = http_body(api, "/metrics") else {
+        return "metrics unavailable".to_owned();
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((key, val)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if val == "0" {
+            continue;
+        }
+        if let Some(rest) = key.strip_prefix("dpin_records_total{path=\"sync\",outcome=\"") {
+            out.push(format!("{}={val}", rest.trim_end_matches("\"}")));
+        } else if key.starts_with("dpin_ingest_dropped_total{path=\"sync") {
+            out.push(format!(
+                "{}={val}",
+                &key["dpin_ingest_dropped_total".len()..]
+            ));
+        }
+    }
+    out.join(" ")
 }
 
 /// Starts `dpin node` on `dir` (which may hold a store already); returns the child and its
@@ -336,6 +373,9 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
         addrs.push(format!("/ip4/127.0.0.1/tcp/{p2p}/p2p/{id}"));
         peers.push(g);
     }
+    let peer_ticks =
+        |peers: &[Guard]| -> u64 { peers.iter().filter_map(|g| cpu_ticks(g.0.id())).sum() };
+    let peers_before = peer_ticks(&peers);
     let dir = root.join("joiner");
     std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
@@ -354,6 +394,10 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     }
     let secs = started.elapsed().as_secs_f64();
     let rss_kb = proc_field(joiner.0.id(), "VmRSS:").context("rss")?;
+    // Clock ticks are 100 Hz on Linux.
+    let joiner_cpu_s = cpu_ticks(joiner.0.id()).unwrap_or(0) as f64 / 100.0;
+    let peers_cpu_s = peer_ticks(&peers).saturating_sub(peers_before) as f64 / 100.0;
+    let outcomes = sync_outcomes(api);
     drop(joiner);
     drop(peers);
     let _ = std::fs::remove_dir_all(&root);
@@ -362,7 +406,18 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
         rate: reached as f64 / secs,
         rss_kb,
         reached,
+        joiner_cpu_s,
+        peers_cpu_s,
+        outcomes,
     })
+}
+
+/// The 1-minute load average, as the kernel prints it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -441,13 +496,19 @@ fn main() -> Result<()> {
             for (i, (name, bin)) in a.bins.iter().enumerate() {
                 let c = catch_up(&a, bin, &template, &last)?;
                 println!(
-                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB",
+                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB, CPU joiner {:.1} s / peers {:.1} s ({:.1} / {:.1} µs per record), load {}\n    joiner sync outcomes: {}",
                     c.reached,
                     a.records,
                     a.catchup_peers,
                     c.secs,
                     c.rate,
-                    c.rss_kb as f64 / 1024.0
+                    c.rss_kb as f64 / 1024.0,
+                    c.joiner_cpu_s,
+                    c.peers_cpu_s,
+                    c.joiner_cpu_s * 1e6 / c.reached.max(1) as f64,
+                    c.peers_cpu_s * 1e6 / c.reached.max(1) as f64,
+                    load_average(),
+                    c.outcomes,
                 );
                 rates[i].push(c.rate);
             }

@@ -179,7 +179,7 @@ impl Recorders {
         registry.register(
             "dpin_apply_seconds",
             "Time to apply a record: publish from arrival to durable and handed to gossip; \
-             gossip from dequeue to verdict; sync per batch, durable",
+             gossip from dequeue to verdict; sync per batch, durable for pushes, applied for fetches",
             apply_seconds.clone(),
         );
         let sync_session_bytes = Histogram::new(SYNC_BYTES_BUCKETS);

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub sync_failures: AtomicU64,
     /// Sync requests from peers that could not be decoded.
     pub sync_bad_requests: AtomicU64,
+    /// Pushes refused because this node was catching up (it pulls from the pusher instead).
+    pub sync_pushes_refused: AtomicU64,
     /// Replicated records (gossip or sync) refused only because of this node's clock: expiry
     /// or seq further ahead than the skew allowance. Not held against the sender; taken later,
     /// when the clock has moved on, through anti-entropy. A rising count means this node's
@@ -228,7 +230,7 @@ impl Metrics {
 
     /// Every counter, for `/metrics`.
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let fields: [(&str, &str, &AtomicU64); 14] = [
+        let fields: [(&str, &str, &AtomicU64); 15] = [
             (
                 "dpin_gossip_rate_limited_total",
                 "Gossip messages dropped: their propagating peer exceeded its rate.",
@@ -280,6 +282,11 @@ impl Metrics {
                 &self.sync_bad_requests,
             ),
             (
+                "dpin_sync_pushes_refused_total",
+                "Pushes refused while this node was catching up (it pulls instead).",
+                &self.sync_pushes_refused,
+            ),
+            (
                 "dpin_records_ahead_of_clock_total",
                 "Replicated records refused only because of this node's clock.",
                 &self.records_ahead_of_clock,
@@ -321,6 +328,7 @@ impl Metrics {
             "sync_applied": g(&self.sync_applied),
             "sync_failures": g(&self.sync_failures),
             "sync_bad_requests": g(&self.sync_bad_requests),
+            "sync_pushes_refused": g(&self.sync_pushes_refused),
             "records_ahead_of_clock": g(&self.records_ahead_of_clock),
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
@@ -376,8 +384,12 @@ pub struct Shared {
     /// `SessionConfig::budgeted()`. Forgotten on disconnect; at most [`MAX_LAST_SYNC_PEERS`].
     chunk_peers: Mutex<std::collections::BTreeSet<PeerId>>,
     /// Peers this node runs an initiated session with now (one at a time per peer; at most
-    /// [`MAX_CONCURRENT_SYNCS`], as every session holds a sync slot).
-    syncing: Mutex<std::collections::BTreeSet<PeerId>>,
+    /// [`MAX_CONCURRENT_SYNCS`], as every session holds a sync slot), each with the bucket
+    /// its listing started at and whether it is catching up ([`SyncMark`]).
+    syncing: Mutex<BTreeMap<PeerId, SyncMark>>,
+    /// Whether a background flush of fetched records is queued and has not read the store's
+    /// generation yet ([`Node::flush_fetched_soon`]): at most one waits at a time.
+    fetched_flush_queued: std::sync::atomic::AtomicBool,
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests. Set
     /// once at start by the daemon (`cli.rs`); read through [`Node::node_key`].
@@ -524,7 +536,8 @@ impl Node {
             sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
             last_sync: Mutex::new(BTreeMap::new()),
             chunk_peers: Mutex::new(std::collections::BTreeSet::new()),
-            syncing: Mutex::new(std::collections::BTreeSet::new()),
+            syncing: Mutex::new(BTreeMap::new()),
+            fetched_flush_queued: std::sync::atomic::AtomicBool::new(false),
             blobs,
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
@@ -985,6 +998,13 @@ impl Node {
         }
     }
 
+    /// Whether one of this node's own sessions is catching up (`Initiator::catching_up`):
+    /// then it refuses pushes and pulls instead (`dpin_protocol::sync`, "Pull, do not be
+    /// pushed").
+    fn catching_up(&self) -> bool {
+        lock(&self.0.syncing).values().any(|m| m.catching_up)
+    }
+
     /// Whether a session with `peer` started at or after `since_ms`.
     fn synced_since(&self, peer: PeerId, since_ms: u64) -> bool {
         lock(&self.0.last_sync)
@@ -1152,8 +1172,11 @@ impl Node {
         };
         // Charged before anything reads the store or verifies a signature (decoding is
         // bounded by the request size the network layer allows).
+        // A push while this node catches up is refused unread (`dpin_protocol::sync`, "Pull,
+        // do not be pushed"), so it costs the peer a request, not its records.
+        let refuse_push = matches!(decoded, Ok(SyncRequest::Push { .. })) && self.catching_up();
         let cost = match &decoded {
-            Ok(SyncRequest::Push { records }) => ingest::Cost::SyncPush {
+            Ok(SyncRequest::Push { records }) if !refuse_push => ingest::Cost::SyncPush {
                 records: records.len(),
             },
             _ => ingest::Cost::SyncRequest,
@@ -1172,6 +1195,13 @@ impl Node {
             .encode();
         }
         self.note_synced(peer);
+        if refuse_push {
+            // What the peer pushes, this node pulls, in a session of its own whose start is
+            // spread from the others' (at most one per peer and per sync slot).
+            Metrics::inc(&self.0.metrics.sync_pushes_refused);
+            self.spawn_sync(peer);
+            return session::refuse_push_while_catching_up().encode();
+        }
         let req = match decoded {
             Ok(r) => r,
             Err(e) => {
@@ -1195,7 +1225,9 @@ impl Node {
         let resp = match self.read_store(|s| session::respond(s, req)) {
             ResponderAction::Reply(resp) => resp,
             ResponderAction::ApplyThenAck(records) => {
-                let applied = self.apply_synced(peer, records).await;
+                let applied = self
+                    .apply_synced(peer, records, Durable::BeforeReturn)
+                    .await;
                 tracing::debug!(%peer, applied, "records pushed to us");
                 session::push_ack(applied)
             }
@@ -1205,15 +1237,18 @@ impl Node {
 
     /// Applies records received through anti-entropy from `peer` in one transaction; returns
     /// how many changed the store. Undecodable and invalid records are held against `peer`
-    /// (refusals only by our clock or our quota are not).
-    async fn apply_synced(&self, peer: PeerId, records: Vec<Vec<u8>>) -> usize {
+    /// (refusals only by our clock or our quota are not). Exact copies of the winners held
+    /// are counted as duplicates without a signature check (`session::is_held_copy`).
+    /// `durable` says whether the records are on disk when it returns (pushes: the peer is
+    /// acknowledged after that) or soon after (records this node fetched, see [`Durable`]).
+    async fn apply_synced(&self, peer: PeerId, records: Vec<Vec<u8>>, durable: Durable) -> usize {
         let started = Instant::now();
         let mut undecodable = 0u32;
-        let decoded: Vec<SignedRecord> = records
-            .iter()
+        let decoded: Vec<(SignedRecord, Vec<u8>)> = records
+            .into_iter()
             .take(MAX_RECORDS_PER_CHUNK)
-            .filter_map(|b| match SignedRecord::decode(b) {
-                Ok(r) => Some(r),
+            .filter_map(|b| match SignedRecord::decode(&b) {
+                Ok(r) => Some((r, b)),
                 Err(_) => {
                     Metrics::inc(&self.0.metrics.sync_invalid);
                     undecodable += 1;
@@ -1231,12 +1266,27 @@ impl Node {
         }
         let shared = self.0.clone();
         let result = tokio::task::spawn_blocking(move || {
-            // Encoded, hashed and batch-verified before the store lock is taken.
-            let mut prepared: Vec<Prepared<'static>> =
-                decoded.into_iter().map(Prepared::new).collect();
+            // Held copies set aside (names formatted before the lock, one lock for all).
+            let named: Vec<(String, SignedRecord, Vec<u8>)> =
+                decoded.into_iter().map(|(r, b)| (r.name(), r, b)).collect();
+            let held: Vec<bool> = {
+                let s = lock(&shared.store);
+                named
+                    .iter()
+                    .map(|(n, _, b)| session::is_held_copy(&*s, n, b))
+                    .collect()
+            };
+            let copies = held.iter().filter(|h| **h).count();
+            // The rest encoded, hashed and batch-verified before the store lock is taken.
+            let mut prepared: Vec<Prepared<'static>> = named
+                .into_iter()
+                .zip(held)
+                .filter(|(_, h)| !h)
+                .map(|((_, r, _), _)| Prepared::new(r))
+                .collect();
             Prepared::verify_all(&mut prepared);
             let mut s = lock(&shared.store);
-            let outcomes = s.apply_prepared_batch(&prepared, now_ms(), Freshness::Replicate)?;
+            let mut outcomes = s.apply_prepared_batch(&prepared, now_ms(), Freshness::Replicate)?;
             let generation = s.generation();
             drop(s);
             // What the relay policy picks of what changed the store (copied only then: a
@@ -1251,13 +1301,20 @@ impl Node {
                 .take(plan.relay)
                 .map(|(p, _)| p.wire().to_vec())
                 .collect();
+            outcomes.extend(std::iter::repeat_n(Outcome::Duplicate, copies));
             Ok((outcomes, generation, (plan, relay)))
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()));
         let result = match result {
-            Ok(Ok((outcomes, generation, changed))) => match self.flush(generation).await {
-                Ok(()) => Ok(Ok((outcomes, changed))),
+            Ok(Ok((outcomes, _, relay))) if durable == Durable::Soon => {
+                if outcomes.iter().any(Outcome::changed_store) {
+                    self.flush_fetched_soon();
+                }
+                Ok(Ok((outcomes, relay)))
+            }
+            Ok(Ok((outcomes, generation, relay))) => match self.flush(generation).await {
+                Ok(()) => Ok(Ok((outcomes, relay))),
                 Err(NodeError::Store(e)) => Ok(Err(e)),
                 Err(NodeError::Task(e)) => Err(NodeError::Task(e)),
             },
@@ -1301,7 +1358,7 @@ impl Node {
     }
 
     /// Counts the relay policy's `plan` for an anti-entropy batch and gossips `relay` (the
-    /// wire bytes of the records it picked, durable by now), so the rest of this node's side
+    /// wire bytes of the records it picked: durable, or about to be, as gossip's), so the rest of this node's side
     /// of a heal gets them at once ([`dpin_protocol::relay`]). In the background: the session
     /// goes on.
     fn relay(&self, plan: dpin_protocol::relay::RelayPlan, relay: Vec<Vec<u8>>) {
@@ -1325,6 +1382,26 @@ impl Node {
         });
     }
 
+    /// Makes fetched records durable in the background: one flush queued at a time, which
+    /// covers every record applied before it starts (a flush writes everything dirty), so
+    /// sessions that apply a chunk every few milliseconds share one commit per flush instead
+    /// of waiting for one each.
+    fn flush_fetched_soon(&self) {
+        if self.0.fetched_flush_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            // Cleared before the generation is read: a record applied after this read
+            // queues the next flush.
+            node.0.fetched_flush_queued.store(false, Ordering::Release);
+            let generation = node.read_store(DurableStore::generation);
+            if let Err(e) = node.flush(generation).await {
+                tracing::error!(%e, "could not persist fetched records; will retry");
+            }
+        });
+    }
+
     /// Starts an anti-entropy session with `peer` in the background, unless too many run.
     pub fn spawn_sync(&self, peer: PeerId) {
         let node = self.clone();
@@ -1339,6 +1416,20 @@ impl Node {
             }
         });
     }
+}
+
+/// When records received through anti-entropy are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durable {
+    /// Before the apply returns: pushed records, acknowledged to the pusher afterwards.
+    BeforeReturn,
+    /// Soon after, by a background flush shared with the applies around it: records this
+    /// node fetched. Nobody waits for them (as with gossip), and a crash before the flush
+    /// loses only what the next session fetches again; the node's own writes and pushes it
+    /// acknowledges are durable first as before. A session catching up no longer waits for
+    /// a commit per chunk, and commits cover many chunks (one redb commit rewrites every
+    /// page its names touch: fewer, larger commits write each page fewer times).
+    Soon,
 }
 
 /// Why a sync session stopped early.
@@ -1382,43 +1473,99 @@ async fn ask(
 /// ([`Node::session_config`], [`crate::net::takes_budgeted_chunks`]), else the per-message
 /// cap every release accepts ([`session::SessionConfig::default`]); the choice is made again
 /// for every session, so one that started before the peer's identify info arrived is
-/// followed by budgeted ones. The first listing starts at a random bucket so that concurrent
-/// sessions with different peers fetch different records first.
+/// followed by budgeted ones. The first listing starts at a random bucket when no other
+/// session runs, else in the middle of the widest arc between the running sessions' starts
+/// (`session::spread_start`), so concurrent sessions with different peers fetch different
+/// records. Fetched records are made durable in the background while the sessions run and
+/// before this returns ([`Durable::Soon`]).
 pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
     // One initiated session per peer: a long catch-up must not be joined by the periodic
     // rotation's or a reconnection's session with the same peer (they would fetch the same
     // records twice).
-    let Some(_syncing) = Syncing::claim(&node.0.syncing, peer) else {
+    let Some(syncing) = Syncing::claim(&node.0.syncing, peer, rand::random()) else {
         return Ok(());
     };
-    let mut session = Initiator::starting_at(node.session_config(peer), rand::random());
-    loop {
+    let mut session = Initiator::starting_at(node.session_config(peer), syncing.start);
+    let mut fetched_any = false;
+    let result = loop {
         let mut moved = 0u64;
-        let result = run_session(node, peer, &mut moved, &mut session).await;
+        let result = run_session(node, peer, &mut moved, &mut session, &syncing).await;
         // Failed sessions count too: their bytes were moved all the same.
         node.0.telemetry.recorders.sync_session(moved);
-        let (end, changed) = result?;
+        let (end, changed) = match result {
+            Ok(r) => r,
+            Err(e) => break Err(e),
+        };
+        fetched_any |= changed > 0;
         if !end.continue_at_once(changed) {
-            return Ok(());
+            break Ok(());
         }
         node.note_synced(peer);
         session = Initiator::resume(node.session_config(peer), session.cursor());
+    };
+    // Fetched records were flushed in the background while the sessions ran
+    // ([`Durable::Soon`]); when the sync returns, all of them are durable.
+    if fetched_any {
+        let generation = node.read_store(DurableStore::generation);
+        if let Err(e) = node.flush(generation).await {
+            tracing::error!(%e, "could not persist fetched records; will retry");
+        }
     }
+    result
 }
 
-/// A claim on "this node runs a session with `peer`" in a set of such peers, released on drop.
+/// What this node knows of one of its running sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SyncMark {
+    /// The bucket its first listing started at (`session::spread_start` places new sessions
+    /// away from it).
+    start: u8,
+    /// Whether it is catching up (`Initiator::catching_up`); then this node refuses pushes
+    /// and pulls instead ([`Node::catching_up`]).
+    catching_up: bool,
+}
+
+/// A claim on "this node runs a session with `peer`" in a map of such peers, released on
+/// drop.
 struct Syncing<'a> {
-    set: &'a Mutex<std::collections::BTreeSet<PeerId>>,
+    set: &'a Mutex<BTreeMap<PeerId, SyncMark>>,
     peer: PeerId,
+    /// The bucket the session's listing starts at.
+    start: u8,
 }
 
 impl<'a> Syncing<'a> {
-    /// The claim, or `None` if `peer` is claimed already.
-    fn claim(set: &'a Mutex<std::collections::BTreeSet<PeerId>>, peer: PeerId) -> Option<Self> {
+    /// The claim, or `None` if `peer` is claimed already. Its start is
+    /// `session::spread_start` of the running sessions' starts (`random` if none runs).
+    fn claim(set: &'a Mutex<BTreeMap<PeerId, SyncMark>>, peer: PeerId, random: u8) -> Option<Self> {
         // Built only when claimed (a refused claim must not release the holder's), and
         // after the lock is released (a claim's drop takes it).
-        let claimed = lock(set).insert(peer);
-        claimed.then(|| Syncing { set, peer })
+        let start = {
+            let mut set = lock(set);
+            if set.contains_key(&peer) {
+                None
+            } else {
+                let others: Vec<u8> = set.values().map(|m| m.start).collect();
+                let start = session::spread_start(&others, random);
+                set.insert(
+                    peer,
+                    SyncMark {
+                        start,
+                        catching_up: false,
+                    },
+                );
+                Some(start)
+            }
+        };
+        start.map(|start| Syncing { set, peer, start })
+    }
+
+    /// Marks the claimed session as catching up, until the claim is released (continuations
+    /// keep the mark: they move the same large difference).
+    fn catching_up(&self) {
+        if let Some(m) = lock(self.set).get_mut(&self.peer) {
+            m.catching_up = true;
+        }
     }
 }
 
@@ -1439,6 +1586,7 @@ async fn run_session(
     peer: PeerId,
     moved: &mut u64,
     session: &mut Initiator,
+    claim: &Syncing<'_>,
 ) -> Result<(session::SessionEnd, usize), SyncError> {
     let mut changed = 0usize;
     let mut applying: Option<tokio::task::JoinHandle<usize>> = None;
@@ -1465,11 +1613,14 @@ async fn run_session(
                 break Err(SyncError::BadAnswer(e.to_string()));
             }
         };
+        if session.catching_up() {
+            claim.catching_up();
+        }
         if !records.is_empty() {
             changed += finish_apply(applying.take()).await;
             let node = node.clone();
             applying = Some(tokio::spawn(async move {
-                node.apply_synced(peer, records).await
+                node.apply_synced(peer, records, Durable::Soon).await
             }));
         }
     };
@@ -1686,19 +1837,19 @@ mod tests {
 
     #[test]
     fn a_second_session_with_a_peer_is_refused_without_releasing_the_first() {
-        let set = Mutex::new(std::collections::BTreeSet::new());
+        let set = Mutex::new(BTreeMap::new());
         let (a, b) = (PeerId::random(), PeerId::random());
-        let first = Syncing::claim(&set, a).expect("free");
-        assert!(Syncing::claim(&set, a).is_none(), "one session per peer");
+        let first = Syncing::claim(&set, a, 0).expect("free");
+        assert!(Syncing::claim(&set, a, 0).is_none(), "one session per peer");
         assert!(
-            lock(&set).contains(&a),
+            lock(&set).contains_key(&a),
             "the refused claim left the first in place"
         );
-        let other = Syncing::claim(&set, b).expect("another peer is free");
+        let other = Syncing::claim(&set, b, 0).expect("another peer is free");
         drop(first);
-        assert!(!lock(&set).contains(&a));
+        assert!(!lock(&set).contains_key(&a));
         assert!(
-            Syncing::claim(&set, a).is_some(),
+            Syncing::claim(&set, a, 0).is_some(),
             "free again once the first ended"
         );
         drop(other);
@@ -1729,23 +1880,50 @@ mod tests {
         let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
         let peer = PeerId::random();
         let few = synced_records(&key, 0, 3);
-        assert_eq!(node.apply_synced(peer, few.clone()).await, 3);
+        assert_eq!(node.apply_synced(peer, few.clone(), Durable::Soon).await, 3);
         assert_eq!(
             relay_counts(&node),
             [3, 0, 0],
             "a short split's records are relayed"
         );
         // Already held: nothing changed, nothing relayed again.
-        assert_eq!(node.apply_synced(peer, few).await, 0);
+        assert_eq!(node.apply_synced(peer, few, Durable::BeforeReturn).await, 0);
         assert_eq!(relay_counts(&node), [3, 0, 0]);
         // A joiner's bulk catch-up is left to anti-entropy.
         let max = dpin_protocol::relay::RelayConfig::default().max_batch;
         let bulk = synced_records(&key, 3, max + 1);
-        assert_eq!(node.apply_synced(peer, bulk).await, max + 1);
+        assert_eq!(
+            node.apply_synced(peer, bulk, Durable::BeforeReturn).await,
+            max + 1
+        );
         assert_eq!(relay_counts(&node), [3, max as u64 + 1, 0]);
         let text = node.render_metrics().unwrap();
         let series = format!("dpin_sync_relay_total{{result=\"bulk\"}} {}", max + 1);
         assert!(text.contains(&series), "{series} missing:\n{text}");
+    }
+
+    #[test]
+    fn a_session_marked_catching_up_stays_marked_until_its_claim_ends() {
+        let set = Mutex::new(BTreeMap::new());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = Syncing::claim(&set, a, 40).expect("free");
+        let other = Syncing::claim(&set, b, 40).expect("free");
+        assert_eq!(
+            (first.start, other.start),
+            (40, 168),
+            "the second starts opposite"
+        );
+        let marked = |p: &PeerId| lock(&set).get(p).map(|m| m.catching_up);
+        assert_eq!((marked(&a), marked(&b)), (Some(false), Some(false)));
+        first.catching_up();
+        assert_eq!(marked(&a), Some(true));
+        assert_eq!(marked(&b), Some(false), "only the marked session");
+        drop(first);
+        assert!(
+            !lock(&set).values().any(|m| m.catching_up),
+            "the mark ends with the session"
+        );
+        drop(other);
     }
 
     #[test]

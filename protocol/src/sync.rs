@@ -37,12 +37,28 @@
 //!   picks that bucket at random, so sessions with five peers fetch five different parts of
 //!   the store first instead of the same records five times. A bucket another session has
 //!   completed no longer differs and is skipped by the responder's listing.
+//!   Random starts still leave some parts of the store to two sessions at once, so a driver
+//!   that runs several sessions picks each new one's start with [`spread_start`]: the middle
+//!   of the widest arc between the starts of its sessions already running, so K sessions
+//!   started together split the buckets into K near-equal parts.
 //! * **Pipeline fetches.** While fetches are queued ([`Initiator::fetch_queued`]) the next
 //!   fetch does not depend on the local store, so the driver may send it while the records of
 //!   the previous answer are still being verified and applied. Anything else (a push, the
 //!   next digest) reads the store and waits until every handed-over record is applied. At
 //!   most one answer is being applied while one request is in flight: memory stays bounded
 //!   by two chunks.
+//! * **Pull, do not be pushed.** Peers that start sessions with a node far behind push it
+//!   what it lacks, each on its own, while the node's own sessions fetch the same records
+//!   from other peers: one catch-up from five peers received every record almost three
+//!   times, and checked each copy's signature. So a node whose own session is catching up
+//!   ([`Initiator::catching_up`]: it fetched at least [`CATCH_UP_FETCHED`] names) answers
+//!   pushes with [`refuse_push_while_catching_up`] instead of applying them and pulls from
+//!   the pusher itself, where its sessions spread their starts. Every release ends its
+//!   session on an error answer (counted as a failed sync, never held against the
+//!   responder), and what it held comes across in the node's own pull.
+//! * **Held copies cost a lookup.** A received record whose bytes are exactly those of the
+//!   winner the store holds ([`is_held_copy`]) is a duplicate: those bytes were checked
+//!   when they were accepted, so its signature is not checked again.
 //!
 //! Chunks and mixed versions. A fetch asks for at most [`SessionConfig::max_records`] names
 //! and a push carries at most that many records, cut by [`chunk_len`]: every record up to
@@ -122,6 +138,56 @@ pub fn peers_for_round<P: Clone>(peers: &[P], round: u64) -> Vec<P> {
     let per = SYNC_PEERS_PER_INTERVAL as u64;
     let start = ((round % n as u64) * per % n as u64) as usize;
     (0..take).map(|i| peers[(start + i) % n].clone()).collect()
+}
+
+/// The bucket a new session should start listing at, given the buckets the driver's other
+/// running sessions started at (module docs, "Spread the starts"): the middle of the widest
+/// arc between them (going up from one start to the next, wrapping past 255; the first
+/// widest arc on a tie), or `random` when no other session runs. Sessions that start
+/// together then cover near-equal parts of the store before one reaches buckets another has
+/// completed (which the responder's listing skips, as they no longer differ).
+pub fn spread_start(others: &[u8], random: u8) -> u8 {
+    let mut starts: Vec<u16> = others.iter().map(|&b| u16::from(b)).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let Some(&first) = starts.first() else {
+        return random;
+    };
+    let mut widest = (0u16, first);
+    for (i, &from) in starts.iter().enumerate() {
+        let to = starts.get(i + 1).copied().unwrap_or(first + BUCKETS as u16);
+        if to - from > widest.0 {
+            widest = (to - from, from);
+        }
+    }
+    let (arc, from) = widest;
+    // Below 256 + 256 / 2: fits u16, and the remainder fits u8.
+    u8::try_from((from + arc / 2) % BUCKETS as u16).unwrap_or(random)
+}
+
+/// Names a session must have fetched to count as catching up ([`Initiator::catching_up`]):
+/// one full listing's worth, so a session that only mends a few differences never does.
+pub const CATCH_UP_FETCHED: usize = MAX_SUMMARIES;
+
+/// The answer a node gives a push while one of its own sessions is catching up (module
+/// docs, "Pull, do not be pushed"). An error answer: the pusher's session ends there, on
+/// every release, without an offence on either side.
+pub fn refuse_push_while_catching_up() -> SyncResponse {
+    SyncResponse::Error {
+        message: "catching up: pulling instead of taking pushes".to_owned(),
+    }
+}
+
+/// Whether `wire`, a received record named `name`, is byte for byte the winner `store`
+/// holds for that name. Such a copy is a duplicate with nothing to check: the held bytes
+/// were checked (fields, signature) when they were accepted, and a record is its bytes. A
+/// copy that differs in any byte — another signature over the same body included — is not
+/// one, and goes through every check as before.
+pub fn is_held_copy<S: Store + ?Sized>(store: &S, name: &str, wire: &[u8]) -> bool {
+    store
+        .entry(name)
+        .and_then(|e| e.bytes.as_deref())
+        .is_some_and(|held| held == wire)
 }
 
 /// Most names one digest answer can make the initiator plan to push (the rest wait for the
@@ -364,6 +430,13 @@ impl Initiator {
     /// [`Initiator::resume`]; `None` once a listing ran to its end.
     pub fn cursor(&self) -> Option<(u8, String)> {
         self.cursor.clone()
+    }
+
+    /// Whether this session is moving a large difference into the local store: it has
+    /// fetched at least [`CATCH_UP_FETCHED`] names. While any session of a node is, the node
+    /// refuses pushes and pulls instead (module docs, "Pull, do not be pushed").
+    pub fn catching_up(&self) -> bool {
+        self.stats.fetched >= CATCH_UP_FETCHED
     }
 
     /// Whether the next [`Initiator::poll`] sends a fetch of names already planned: it does
@@ -671,6 +744,23 @@ mod tests {
         assert_eq!(seen.len(), 7, "every peer within ceil(7 / 2) intervals");
         assert_eq!(peers_for_round(&[9u32], u64::MAX), vec![9]);
         assert!(peers_for_round::<u32>(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn a_new_session_starts_in_the_middle_of_the_widest_arc_between_running_ones() {
+        assert_eq!(spread_start(&[], 17), 17, "alone: the random start");
+        assert_eq!(spread_start(&[10], 0), 138, "opposite the only other");
+        assert_eq!(spread_start(&[10, 138], 0), 74, "first widest arc on a tie");
+        assert_eq!(spread_start(&[10, 74, 138], 0), 202, "the arc that wraps");
+        assert_eq!(spread_start(&[200, 10, 200], 0), 105, "unordered, repeated");
+        assert_eq!(spread_start(&[255, 0], 3), 127);
+        // Four sessions started one after another split the buckets evenly.
+        let mut starts = vec![spread_start(&[], 5)];
+        for _ in 0..3 {
+            starts.push(spread_start(&starts, 0));
+        }
+        starts.sort_unstable();
+        assert_eq!(starts, vec![5, 69, 133, 197]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Catching up a large difference (see `dpin_protocol::sync`'s module docs, "Catching up"):
 //! sessions that hit the round cap and changed the store are continued at once from where
-//! their listing stopped, concurrent sessions start at different buckets, and queued fetches
-//! may be sent before the previous answer is applied.
+//! their listing stopped, concurrent sessions start at different buckets, queued fetches
+//! may be sent before the previous answer is applied, a node catching up refuses pushes,
+//! and exact copies of held winners are told apart without a signature check.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::collections::BTreeSet;
 use common::{signed, v4, zone_key, HOUR_MS, T0};
 use dpin_protocol::digest::{bucket_of, MAX_SUMMARIES};
 use dpin_protocol::sync::{
-    push_ack, respond, Initiator, InitiatorStep, ResponderAction, SessionConfig, SessionEnd,
+    is_held_copy, push_ack, refuse_push_while_catching_up, respond, Initiator, InitiatorStep,
+    ResponderAction, SessionConfig, SessionEnd, SessionError, CATCH_UP_FETCHED,
 };
 use dpin_protocol::{Freshness, MemStore, SignedRecord, Store, SyncRequest, SyncResponse};
 
@@ -199,4 +201,105 @@ fn queued_fetches_are_sent_before_the_previous_answer_is_applied() {
     assert!(fetches_while_unapplied >= 30, "{fetches_while_unapplied}");
     assert_eq!(init.len(), all.len());
     assert_eq!(init.digest().root, resp.digest().root);
+}
+
+#[test]
+fn a_session_counts_as_catching_up_once_it_fetched_a_full_listing() {
+    let all = records(3 * MAX_SUMMARIES);
+    let mut resp = store_of(&all);
+    let mut init = MemStore::new();
+    let mut s = Initiator::new(SessionConfig::budgeted());
+    let mut fetched = 0;
+    let mut seen_catching_up_at = None;
+    loop {
+        assert_eq!(
+            s.catching_up(),
+            s.stats().fetched >= CATCH_UP_FETCHED,
+            "the mark follows the names fetched"
+        );
+        if s.catching_up() && seen_catching_up_at.is_none() {
+            seen_catching_up_at = Some(fetched);
+        }
+        let req = match s.poll(&init, NOW) {
+            InitiatorStep::Send(req) => req,
+            InitiatorStep::Done(_) => break,
+        };
+        if let SyncRequest::Fetch { names } = &req {
+            fetched += names.len();
+        }
+        let a = answer(&mut resp, req);
+        let records = s.handle_response(&init, a, NOW).expect("honest answers");
+        apply(&mut init, &records);
+    }
+    assert!(
+        seen_catching_up_at.is_some_and(|f| f >= CATCH_UP_FETCHED),
+        "{seen_catching_up_at:?}"
+    );
+    assert_eq!(init.len(), all.len());
+}
+
+#[test]
+fn a_session_that_mends_a_few_differences_is_not_catching_up() {
+    let all = records(MAX_SUMMARIES);
+    let mut resp = store_of(&all);
+    // The initiator lacks 10 of the responder's records.
+    let mut init = store_of(&all[10..]);
+    let mut s = Initiator::new(SessionConfig::budgeted());
+    let (end, changed) = run(&mut s, &mut init, &mut resp);
+    assert_eq!(end, SessionEnd::InSync);
+    assert_eq!(changed, 10);
+    assert!(!s.catching_up());
+}
+
+#[test]
+fn a_push_refused_while_catching_up_ends_the_pushers_session_as_a_refusal() {
+    // The pusher holds records the other side lacks: its session plans pushes.
+    let all = records(100);
+    let mut init = store_of(&all);
+    let resp = MemStore::new();
+    let mut s = Initiator::new(SessionConfig::default());
+    let err = loop {
+        let req = match s.poll(&init, NOW) {
+            InitiatorStep::Send(req) => req,
+            InitiatorStep::Done(end) => panic!("ended without pushing: {end:?}"),
+        };
+        let a = match req {
+            SyncRequest::Push { .. } => refuse_push_while_catching_up(),
+            other => match respond(&resp, other) {
+                ResponderAction::Reply(a) => a,
+                ResponderAction::ApplyThenAck(_) => unreachable!("only pushes apply"),
+            },
+        };
+        match s.handle_response(&init, a, NOW) {
+            Ok(records) => {
+                apply(&mut init, &records);
+            }
+            Err(e) => break e,
+        }
+    };
+    // A refusal (counted as a failed sync), not an invalid answer (held against the peer).
+    assert!(matches!(err, SessionError::Refused(_)), "{err:?}");
+    assert!(matches!(s.poll(&init, NOW), InitiatorStep::Done(_)));
+}
+
+#[test]
+fn only_a_byte_identical_copy_of_the_held_winner_is_a_held_copy() {
+    let key = zone_key(5);
+    let r = signed(&key, "web", 2, NOW + HOUR_MS, vec![v4(1, 2, 80)]);
+    let store = store_of(std::slice::from_ref(&r));
+    let name = r.name();
+    let wire = r.encode();
+    assert!(is_held_copy(&store, &name, &wire));
+    // The same body under another signature: not a copy (it must be checked).
+    let mut forged = wire.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(!is_held_copy(&store, &name, &forged));
+    // A newer record of the name, and a name not held.
+    let newer = signed(&key, "web", 3, NOW + HOUR_MS, vec![v4(1, 2, 80)]);
+    assert!(!is_held_copy(&store, &name, &newer.encode()));
+    let other = signed(&key, "api", 2, NOW + HOUR_MS, vec![v4(1, 2, 80)]);
+    assert!(!is_held_copy(&store, &other.name(), &other.encode()));
+    // The held bytes under another name.
+    assert!(!is_held_copy(&store, &other.name(), &wire));
 }
