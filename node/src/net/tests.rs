@@ -298,6 +298,18 @@ fn mesh_params_valid_for_all_sizes() {
         let topic = gossipsub::IdentTopic::new("t").hash();
         gossipsub_config(&topic, 100, cluster).expect("config builds");
     }
+    // Beyond a full mesh: the values the simulator picked for 1k and 10k nodes.
+    for cluster in [8, 1_000, 10_000] {
+        assert_eq!(
+            MeshParams::for_cluster(cluster),
+            MeshParams {
+                n: 6,
+                n_low: 4,
+                n_high: 8,
+                outbound_min: 2
+            }
+        );
+    }
     assert_eq!(
         MeshParams::for_cluster(3),
         MeshParams {

@@ -7,9 +7,11 @@
 //!   blake3 message ids, 500 ms heartbeats, flood publish, `history_length` 10 /
 //!   `history_gossip` 6) with the mesh parameters the model uses for N (the node's
 //!   [`dpin_node::net::MeshParams`]), connected along exactly the connection graph the model
-//!   builds for the same seed. Once every mesh has formed, `messages` messages are published
-//!   one at a time from rotating origins; each is awaited at every node, then the network is
-//!   left quiet for [`QUIET_MS`] so late copies count against the right message.
+//!   builds for the same seed, each connection dialed by the node that dialed it in the
+//!   model (gossipsub keeps D_out of a mesh outbound). Once every mesh has formed,
+//!   `messages` messages are published one at a time from rotating origins; each is awaited
+//!   at every node, then the network is left quiet for [`QUIET_MS`] so late copies count
+//!   against the right message.
 //! * **model**: the simulator's convergence scenario with the same N, seed, mesh and number of
 //!   updates, and 1 ms ± 1 ms links (in-process swarms have sub-millisecond links; the
 //!   figures compared are structural, not times).
@@ -136,6 +138,8 @@ pub fn calibrate(sizes: &[usize], messages: usize, seed: u64) -> Result<Vec<Row>
         let mesh = cfg.mesh;
         let topo = World::new(cfg.clone()).map_err(|e| anyhow!("model world: {e}"))?;
         let peers: Vec<Vec<NodeId>> = topo.nodes.iter().map(|x| x.peers.clone()).collect();
+        // Who dialed whom: gossipsub keeps D_out of a mesh outbound.
+        let dialed: Vec<Vec<NodeId>> = topo.nodes.iter().map(|x| x.dialed.clone()).collect();
         drop(topo);
         let r = scenarios::run(Scenario::Convergence, cfg, &args.params())
             .map_err(|e| anyhow!("model run: {e}"))?;
@@ -146,7 +150,7 @@ pub fn calibrate(sizes: &[usize], messages: usize, seed: u64) -> Result<Vec<Row>
             receipts_per_node: r.sends_per_node_per_update.unwrap_or(0.0),
             delivered: args.updates,
         };
-        let real = rt.block_on(real_side(n, &peers, mesh, args.updates))?;
+        let real = rt.block_on(real_side(n, &peers, &dialed, mesh, args.updates))?;
         rows.push(Row {
             nodes: n,
             mesh: (mesh.n, mesh.n_low, mesh.n_high),
@@ -159,7 +163,6 @@ pub fn calibrate(sizes: &[usize], messages: usize, seed: u64) -> Result<Vec<Row>
 }
 
 fn config(mesh: super::Mesh, receipts: Arc<AtomicU64>) -> Result<gossipsub::Config> {
-    let outbound_min = 2.min(mesh.n / 2).min(mesh.n_low);
     gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
         .validate_messages()
@@ -170,7 +173,7 @@ fn config(mesh: super::Mesh, receipts: Arc<AtomicU64>) -> Result<gossipsub::Conf
         .mesh_n(mesh.n)
         .mesh_n_low(mesh.n_low)
         .mesh_n_high(mesh.n_high)
-        .mesh_outbound_min(outbound_min)
+        .mesh_outbound_min(mesh.outbound_min)
         .gossip_lazy(mesh.lazy)
         .heartbeat_interval(Duration::from_millis(500))
         .heartbeat_initial_delay(Duration::from_millis(100))
@@ -215,6 +218,7 @@ type Arrival = (usize, u64, PeerId);
 async fn real_side(
     n: usize,
     peers: &[Vec<NodeId>],
+    dialed: &[Vec<NodeId>],
     mesh: super::Mesh,
     messages: usize,
 ) -> Result<Figures> {
@@ -242,10 +246,10 @@ async fn real_side(
         .enumerate()
         .map(|(i, s)| (*s.local_peer_id(), i))
         .collect();
-    // The model's connection graph, each edge dialed once.
+    // The model's connection graph, each edge dialed by the node that dialed it there.
     for (i, s) in swarms.iter_mut().enumerate() {
-        for &p in peers.get(i).map_or(&[][..], |v| &v[..]) {
-            if (p as usize) > i && (p as usize) < n {
+        for &p in dialed.get(i).map_or(&[][..], |v| &v[..]) {
+            if (p as usize) < n {
                 s.dial(addrs[p as usize].clone())?;
             }
         }

@@ -305,6 +305,8 @@ impl SimulateArgs {
                 n_low,
                 n_high,
                 lazy: n,
+                // The node's rule (`MeshParams::for_cluster`), for flags too.
+                outbound_min: 2.min(n / 2).min(n_low),
             },
             sync_peers: self.sync_peers,
             latency_ms,

@@ -21,10 +21,14 @@
 //!   cache (`history_length` 10). An IHAVE to a peer that has seen every id it names is
 //!   charged but not delivered as an event, unless the failure detector runs
 //!   (`World::ihave_is_moot`).
-//! * The mesh: D / D_lo / D_hi from `MeshParams::for_cluster(N)` (or flags). At start every
-//!   node grafts up to D peers among its connections; a GRAFT to a peer already at D_hi is
-//!   refused (rust-libp2p's rule for inbound peers). A node below D_lo grafts up to D again
-//!   when a mesh peer crashes, leaves or is cut off.
+//! * The mesh: D / D_lo / D_hi / D_out from `MeshParams::for_cluster(N)` (or flags), upkept
+//!   by gossipsub's heartbeat rules (`World::maintain_mesh`): a node below D_lo grafts random
+//!   peers up to D; a node at D_lo or more with fewer than D_out outbound peers (connections
+//!   it dialed) in its mesh grafts outbound peers up to D_out. A GRAFT to a peer already at
+//!   D_hi is refused (rust-libp2p's rule for inbound peers). The node subscribes before it
+//!   connects, so meshes start empty: the first heartbeats, in a random order, form them, and
+//!   a node others' GRAFTs already brought to D_lo grafts no more. Upkeep runs again when a
+//!   mesh peer crashes, leaves or is cut off, and at every heartbeat.
 //! * Connections: each node dials random peers until it holds `degree` connections (the
 //!   node's target degree, 12), and accepts inbound ones up to twice that (the node trims
 //!   back to twice its target).
@@ -109,6 +113,8 @@ pub struct Mesh {
     pub n_high: usize,
     /// gossip_lazy (the node sets it to D).
     pub lazy: usize,
+    /// D_out: outbound peers (connections the node dialed) a mesh of at least D_lo keeps.
+    pub outbound_min: usize,
 }
 
 /// Everything a run is configured with.
@@ -391,6 +397,8 @@ pub struct SimNode {
     pub skew_ms: i64,
     /// Connections.
     pub peers: Vec<NodeId>,
+    /// The connections this node dialed (gossipsub's outbound peers), a subset of `peers`.
+    pub dialed: Vec<NodeId>,
     /// Gossip mesh.
     pub mesh: Vec<NodeId>,
     seen: FastSet<RecId>,
@@ -629,6 +637,7 @@ impl World {
                     skew_ms: skew,
                     peers: Vec::new(),
                     mesh: Vec::new(),
+                    dialed: Vec::new(),
                     seen: FastSet::default(),
                     history: VecDeque::new(),
                     hb_scheduled: false,
@@ -681,16 +690,14 @@ impl World {
         for &n in &order {
             w.connect(n, &mut rng_topo);
         }
+        // The first heartbeats, in a random order: like gossipsub's, a node grafts up to D
+        // only while its mesh is below D_lo (the node subscribes before it connects, so its
+        // mesh starts empty and only heartbeats and peers' GRAFTs fill it); a node that
+        // others' GRAFTs already brought to D_lo grafts no more.
         order.shuffle(&mut rng_topo);
-        for &n in &order {
-            w.graft_up(n, w.cfg.mesh.n);
-        }
-        // A few repair passes, like the first heartbeats: anyone below D_lo grafts again.
-        for _ in 0..4 {
+        for _ in 0..5 {
             for &n in &order {
-                if w.nodes[n as usize].mesh.len() < w.cfg.mesh.n_low {
-                    w.graft_up(n, w.cfg.mesh.n);
-                }
+                w.maintain_mesh(n);
             }
         }
         if w.cfg.detector {
@@ -964,6 +971,7 @@ impl World {
                 continue;
             }
             self.nodes[n as usize].peers.push(p);
+            self.nodes[n as usize].dialed.push(p);
             self.nodes[p as usize].peers.push(n);
             if self.cfg.detector {
                 let now = self.now();
@@ -1004,14 +1012,48 @@ impl World {
         }
     }
 
+    /// One heartbeat's mesh upkeep at `n`, gossipsub's rules: below D_lo, graft random peers
+    /// up to D; at D_lo or more with fewer than D_out outbound peers (connections `n`
+    /// dialed) in the mesh, graft outbound peers up to D_out. (Pruning above D_hi never
+    /// applies: a GRAFT to a peer at D_hi is refused.)
+    fn maintain_mesh(&mut self, n: NodeId) {
+        let m = self.cfg.mesh;
+        if self.nodes[n as usize].mesh.len() < m.n_low {
+            self.graft_up(n, m.n);
+        }
+        let node = &self.nodes[n as usize];
+        if node.mesh.len() < m.n_low {
+            return;
+        }
+        let outbound = node.mesh.iter().filter(|p| node.dialed.contains(p)).count();
+        if outbound >= m.outbound_min {
+            return;
+        }
+        let mut candidates: Vec<NodeId> = node
+            .dialed
+            .iter()
+            .copied()
+            .filter(|&p| {
+                self.reachable(n, p)
+                    && !node.mesh.contains(&p)
+                    && self.nodes[p as usize].mesh.len() < m.n_high
+            })
+            .collect();
+        candidates.shuffle(&mut self.rng_gossip);
+        candidates.truncate(m.outbound_min - outbound);
+        for p in candidates {
+            self.nodes[n as usize].mesh.push(p);
+            self.nodes[p as usize].mesh.push(n);
+        }
+    }
+
     /// Removes `n` from every mesh and repairs the meshes that fell below D_lo.
     fn leave_meshes(&mut self, n: NodeId) {
         let mesh = std::mem::take(&mut self.nodes[n as usize].mesh);
         for p in mesh {
             self.nodes[p as usize].mesh.retain(|&x| x != n);
-            if self.nodes[p as usize].up && self.nodes[p as usize].mesh.len() < self.cfg.mesh.n_low
-            {
-                self.graft_up(p, self.cfg.mesh.n);
+            if self.nodes[p as usize].up {
+                self.maintain_mesh(p);
             }
         }
     }
@@ -1433,9 +1475,7 @@ impl World {
                 node.history.pop_front();
             }
         }
-        if self.nodes[n as usize].mesh.len() < self.cfg.mesh.n_low {
-            self.graft_up(n, self.cfg.mesh.n);
-        }
+        self.maintain_mesh(n);
         let node = &self.nodes[n as usize];
         let ids: Arc<[RecId]> = node
             .history
@@ -1909,8 +1949,10 @@ impl World {
                 self.stats.leaves += 1;
                 self.crash(n);
                 let peers = std::mem::take(&mut self.nodes[n as usize].peers);
+                self.nodes[n as usize].dialed.clear();
                 for p in peers {
                     self.nodes[p as usize].peers.retain(|&x| x != n);
+                    self.nodes[p as usize].dialed.retain(|&x| x != n);
                 }
                 self.nodes[n as usize].present = false;
                 Ok(())
@@ -1933,10 +1975,8 @@ impl World {
                     self.nodes[n as usize].mesh.retain(|p| !cut.contains(p));
                 }
                 for n in 0..self.nodes.len() as NodeId {
-                    if self.nodes[n as usize].up
-                        && self.nodes[n as usize].mesh.len() < self.cfg.mesh.n_low
-                    {
-                        self.graft_up(n, self.cfg.mesh.n);
+                    if self.nodes[n as usize].up {
+                        self.maintain_mesh(n);
                     }
                 }
                 Ok(())
@@ -1961,10 +2001,8 @@ impl World {
                 }
                 // Meshes that lost members to the cut graft again at the next heartbeat.
                 for n in 0..self.nodes.len() as NodeId {
-                    if self.nodes[n as usize].up
-                        && self.nodes[n as usize].mesh.len() < self.cfg.mesh.n_low
-                    {
-                        self.graft_up(n, self.cfg.mesh.n);
+                    if self.nodes[n as usize].up {
+                        self.maintain_mesh(n);
                     }
                 }
                 // Peers across the healed cut see each other alive again and catch up (the
