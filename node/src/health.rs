@@ -2781,7 +2781,7 @@ mod tests {
                     (0..PER_RECORD)
                         .map(|j| Endpoint {
                             host: Host::V4([198, 51, 100, (i % 200) as u8]),
-                            port: i * PER_RECORD + j,
+                            port: 1 + i * PER_RECORD + j,
                             transport: Transport::Tcp,
                             weight: 1,
                         })
