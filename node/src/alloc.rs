@@ -72,3 +72,78 @@ fn set_unless_env(env: &str, param: libc::c_int, value: libc::c_int) {
     // refused value (return 0) leaves glibc's default in place, which is harmless.
     let _ = unsafe { libc::mallopt(param, value) };
 }
+
+/// The test binary's allocator: the system's, counting the bytes each thread holds, so a test
+/// can measure what a structure keeps (the bytes freed when it is dropped) without timing
+/// anything. Tests run on their own threads, so one test's allocations do not show in
+/// another's count.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        // A const-initialised `Cell` needs no destructor, so the allocator never allocates
+        // to count.
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(delta: isize) {
+        // After the thread's locals are gone (its exit) there is nothing left to count.
+        let _ = LIVE.try_with(|c| c.set(c.get().wrapping_add(delta)));
+    }
+
+    fn size(n: usize) -> isize {
+        isize::try_from(n).unwrap_or(isize::MAX)
+    }
+
+    /// Bytes allocated and not yet freed on this thread (freed blocks allocated elsewhere
+    /// count negative).
+    pub(crate) fn live_bytes() -> isize {
+        LIVE.with(Cell::get)
+    }
+
+    /// [`System`], counting per thread.
+    pub(crate) struct Counting;
+
+    // SAFETY: every call is forwarded to `System` with the caller's arguments unchanged; the
+    // counting only reads sizes and touches a thread-local integer.
+    #[allow(unsafe_code)]
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract for `alloc`, passed on.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(size(layout.size()));
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(size(layout.size()));
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract for `dealloc`, passed on.
+            unsafe { System.dealloc(ptr, layout) };
+            add(-size(layout.size()));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: the caller's contract for `realloc`, passed on.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(size(new_size) - size(layout.size()));
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+}

@@ -42,8 +42,9 @@
 //!
 //! * The endpoint set is refreshed once per interval from [`ProbeIndex`], which follows the
 //!   store's change feed (only records that changed are decoded, off the store lock); this
-//!   node's share of it ([`Selection`]) is updated from the endpoints that changed, so an idle
-//!   refresh costs nothing however many records the store holds. The set is capped at
+//!   node's share of it ([`Selection`], a mark on the index's entries rather than a second
+//!   copy of them) is updated from the endpoints that changed, so an idle refresh costs
+//!   nothing however many records the store holds. The set is capped at
 //!   [`HealthConfig::max_endpoints`]. The cap is filled round-robin over zones (one endpoint
 //!   per zone per round), in an order keyed by a per-process random hash, so a zone with many
 //!   endpoints (or one whose key sorts first) cannot push the others out.
@@ -539,75 +540,159 @@ pub struct Health {
 /// The index also says what changed for the [`Selection`] that follows it: the (zone, target)
 /// pairs whose records changed since the last [`ProbeIndex::take_touched`], whether it was
 /// rebuilt, and the earliest expiry among live targets, so the selection is brought up to date
-/// in work proportional to the changes, not to the store.
+/// in work proportional to the changes, not to the store. And it holds the selection itself:
+/// each target's `Slot` carries the mark "this node probes it", so the targets are held once
+/// (issue 14: at 10⁶ records, 2M targets, a second copy in the selection cost 105 MB).
+///
+/// Memory: one entry per (zone, target), a 16-byte `Key` and a 24-byte `Slot` in a
+/// B-tree, about 45 bytes a target after a rebuild (76 bytes with [`Target`] keys, a separate
+/// `Vec` of references and nodes two-thirds full); the test
+/// `the_selection_keeps_no_copy_of_the_targets_and_an_index_entry_is_compact` holds it there.
 #[derive(Debug, Default)]
 pub struct ProbeIndex {
-    /// Targets of endpoint records (not observations), by zone: (name hash, expiry) of each
-    /// record naming the target.
-    endpoints: BTreeMap<ZoneId, BTreeMap<Target, Refs>>,
+    /// Targets of endpoint records (not observations), by zone: the records naming each
+    /// target, and whether this node probes it.
+    endpoints: BTreeMap<ZoneId, BTreeMap<Key, Slot>>,
     /// Observation records, by (bucket, name): the store's order, which the scan read them in.
     observations: BTreeMap<(u8, Box<str>), IndexedObservation>,
     /// (zone, target) pairs whose references changed since the last take (bounded by the
     /// store's feed: past it the store asks for a rebuild, which sets `rebuilt` instead).
-    touched: BTreeSet<(ZoneId, Target)>,
+    touched: BTreeSet<(ZoneId, Key)>,
     /// Rebuilt from the whole store since the last take.
     rebuilt: bool,
 }
 
-/// The (name hash, expiry) of each record naming one target in one zone. Almost every
-/// target is named by one record, so that case is held inline: at 10⁶ records a `Vec` per
-/// target cost a heap block each (about 64 MB over 2M targets).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Refs {
-    One((u64, u64)),
-    Many(Vec<(u64, u64)>),
+/// A probe target as the index keys it: an IPv4 target (the common case: every record of the
+/// 10⁶-record bench) inline in 8 bytes, the others boxed, so a key is 16 bytes where a
+/// [`Target`] is 32 (its host can hold a `String`). Orders like [`Target`] (the derived order
+/// compares the variant first, and an IPv4 host sorts before IPv6 and names; then address,
+/// port, transport), so the index reads targets in the order it always did, and the fair
+/// fill of a capped selection ([`Health::choose`]) picks the same ones.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    /// An IPv4 target: address, port, transport.
+    V4([u8; 4], u16, Transport),
+    /// Any other target (never an IPv4 one, or the order above breaks).
+    Other(Box<Target>),
 }
 
-const _: () = assert!(
-    std::mem::size_of::<Refs>() <= 24,
-    "Refs stays as small as a Vec"
-);
+const _: () = assert!(std::mem::size_of::<Key>() <= 16, "a key is half a Target");
 
-impl Refs {
-    fn as_slice(&self) -> &[(u64, u64)] {
-        match self {
-            Refs::One(r) => std::slice::from_ref(r),
-            Refs::Many(v) => v,
+impl Key {
+    fn of(e: &Endpoint) -> Self {
+        match e.host {
+            Host::V4(a) => Key::V4(a, e.port, e.transport),
+            _ => Key::Other(Box::new(target(e))),
         }
     }
 
-    fn iter(&self) -> std::slice::Iter<'_, (u64, u64)> {
-        self.as_slice().iter()
+    fn target(&self) -> std::borrow::Cow<'_, Target> {
+        match self {
+            Key::V4(a, port, transport) => {
+                std::borrow::Cow::Owned((Host::V4(*a), *port, *transport))
+            }
+            Key::Other(t) => std::borrow::Cow::Borrowed(t),
+        }
+    }
+}
+
+/// One target's entry in one zone: the (name hash, expiry) of each record naming it, and
+/// whether this node probes it (the [`Selection`]'s mark, set and cleared only by it). Almost
+/// every target is named by one record, so that case is held inline: at 10⁶ records a `Vec`
+/// per target cost a heap block each (about 64 MB over 2M targets). The mark shares the word
+/// of the variant's tag, so an entry is 24 bytes.
+///
+/// A marked entry whose last record went stays, with no references, until the selection has
+/// seen the change and cleared the mark (the target was touched, so that is the next
+/// [`Selection::update`]): the selection's count of marked entries stays true, and a record
+/// rewritten with the same targets (taken out, put back) keeps its mark, so it is no change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Slot {
+    One { r: (u64, u64), mine: bool },
+    Many { refs: Box<[(u64, u64)]>, mine: bool },
+}
+
+const _: () = assert!(
+    std::mem::size_of::<Slot>() <= 24,
+    "a slot stays as small as a Vec"
+);
+
+impl Slot {
+    fn new(h: u64, expires_at_ms: u64) -> Self {
+        Slot::One {
+            r: (h, expires_at_ms),
+            mine: false,
+        }
     }
 
-    /// Sets the expiry of name `h`'s reference, adding it if it is not there.
-    fn upsert(&mut self, h: u64, expires_at_ms: u64) {
-        match self {
-            Refs::One(r) if r.0 == h => r.1 = expires_at_ms,
-            Refs::One(r) => *self = Refs::Many(vec![*r, (h, expires_at_ms)]),
-            Refs::Many(v) => match v.iter_mut().find(|(n, _)| *n == h) {
-                Some(slot) => slot.1 = expires_at_ms,
-                None => v.push((h, expires_at_ms)),
+    fn from_refs(refs: Vec<(u64, u64)>, mine: bool) -> Self {
+        match refs[..] {
+            [r] => Slot::One { r, mine },
+            _ => Slot::Many {
+                refs: refs.into_boxed_slice(),
+                mine,
             },
         }
     }
 
-    /// Drops name `h`'s reference; returns whether none is left.
-    fn remove(&mut self, h: u64) -> bool {
+    fn as_slice(&self) -> &[(u64, u64)] {
         match self {
-            Refs::One(r) => r.0 == h,
-            Refs::Many(v) => {
-                v.retain(|(n, _)| *n != h);
-                match v[..] {
-                    [] => true,
-                    [only] => {
-                        *self = Refs::One(only);
-                        false
-                    }
-                    _ => false,
-                }
+            Slot::One { r, .. } => std::slice::from_ref(r),
+            Slot::Many { refs, .. } => refs,
+        }
+    }
+
+    /// Until when the target is live: the latest expiry of the records naming it.
+    fn live_until(&self) -> Option<u64> {
+        self.as_slice().iter().map(|(_, exp)| *exp).max()
+    }
+
+    /// No record names the target (a marked entry waiting for the selection).
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// Whether this node probes the target.
+    fn mine(&self) -> bool {
+        match self {
+            Slot::One { mine, .. } | Slot::Many { mine, .. } => *mine,
+        }
+    }
+
+    fn set_mine(&mut self, to: bool) {
+        match self {
+            Slot::One { mine, .. } | Slot::Many { mine, .. } => *mine = to,
+        }
+    }
+
+    /// Sets the expiry of name `h`'s reference, adding it if it is not there.
+    fn upsert(&mut self, h: u64, expires_at_ms: u64) {
+        if let Slot::One { r, .. } = self {
+            if r.0 == h {
+                r.1 = expires_at_ms;
+                return;
             }
         }
+        let mut refs = self.as_slice().to_vec();
+        match refs.iter_mut().find(|(n, _)| *n == h) {
+            Some(slot) => slot.1 = expires_at_ms,
+            None => refs.push((h, expires_at_ms)),
+        }
+        *self = Slot::from_refs(refs, self.mine());
+    }
+
+    /// Drops name `h`'s reference; returns whether none is left.
+    fn remove(&mut self, h: u64) -> bool {
+        if self.as_slice().iter().any(|(n, _)| *n == h) {
+            let refs: Vec<(u64, u64)> = self
+                .as_slice()
+                .iter()
+                .filter(|(n, _)| *n != h)
+                .copied()
+                .collect();
+            *self = Slot::from_refs(refs, self.mine());
+        }
+        self.is_empty()
     }
 }
 
@@ -640,21 +725,26 @@ impl ProbeIndex {
         }
         let Some(r) = entry.record() else { return };
         let Some(eps) = r.endpoints() else { return };
-        let Some(zone) = self.endpoints.get_mut(&r.body.zone) else {
+        let zone_id = r.body.zone;
+        let Some(zone) = self.endpoints.get_mut(&zone_id) else {
             return;
         };
         let h = name_hash(name);
-        for e in eps {
-            let t = target(e);
-            if zone.get_mut(&t).is_some_and(|refs| refs.remove(h)) {
-                zone.remove(&t);
+        let keys: Vec<Key> = eps.iter().map(Key::of).collect();
+        for k in &keys {
+            // A marked entry stays for the selection to see (see [`Slot`]).
+            if zone
+                .get_mut(k)
+                .is_some_and(|slot| slot.remove(h) && !slot.mine())
+            {
+                zone.remove(k);
             }
         }
         if zone.is_empty() {
-            self.endpoints.remove(&r.body.zone);
+            self.endpoints.remove(&zone_id);
         }
-        for e in eps {
-            self.touch(r.body.zone, target(e));
+        for k in keys {
+            self.touch(zone_id, k);
         }
     }
 
@@ -680,47 +770,61 @@ impl ProbeIndex {
         }
         let Some(eps) = r.endpoints() else { return };
         let h = name_hash(name);
+        let exp = r.body.expires_at_ms;
+        let keys: Vec<Key> = eps.iter().map(Key::of).collect();
         let zone = self.endpoints.entry(r.body.zone).or_default();
-        for e in eps {
-            match zone.entry(target(e)) {
-                std::collections::btree_map::Entry::Occupied(mut o) => {
-                    o.get_mut().upsert(h, r.body.expires_at_ms);
-                }
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(Refs::One((h, r.body.expires_at_ms)));
+        for k in &keys {
+            match zone.get_mut(k) {
+                Some(slot) => slot.upsert(h, exp),
+                None => {
+                    zone.insert(k.clone(), Slot::new(h, exp));
                 }
             }
         }
-        for e in eps {
-            self.touch(r.body.zone, target(e));
+        for k in keys {
+            self.touch(r.body.zone, k);
         }
     }
 
-    /// Records that `t` changed in `zone` (not after a rebuild: the whole selection is
+    /// Records that `k` changed in `zone` (not after a rebuild: the whole selection is
     /// recomputed then, and recording every pair would only cost memory).
-    fn touch(&mut self, zone: ZoneId, t: Target) {
+    fn touch(&mut self, zone: ZoneId, k: Key) {
         if !self.rebuilt {
-            self.touched.insert((zone, t));
+            self.touched.insert((zone, k));
         }
-    }
-
-    /// Until when `t` is live in `zone`: the latest expiry of the records naming it there.
-    fn live_until(&self, zone: &ZoneId, t: &Target) -> Option<u64> {
-        self.endpoints
-            .get(zone)?
-            .get(t)?
-            .iter()
-            .map(|(_, exp)| *exp)
-            .max()
     }
 
     /// The (zone, target) pairs touched since the last call, and whether the index was
     /// rebuilt meanwhile (then the pairs say nothing: everything may have changed).
-    fn take_touched(&mut self) -> (bool, BTreeSet<(ZoneId, Target)>) {
+    fn take_touched(&mut self) -> (bool, BTreeSet<(ZoneId, Key)>) {
         (
             std::mem::take(&mut self.rebuilt),
             std::mem::take(&mut self.touched),
         )
+    }
+
+    /// The targets this node probes (marked by the [`Selection`]), by zone, each zone's in
+    /// target order: read in place, never copied whole (see [`Health::capped`]). Zones
+    /// without one are listed with an empty iterator.
+    fn mine(&self) -> impl Iterator<Item = (ZoneId, impl Iterator<Item = Target> + '_)> + '_ {
+        self.endpoints.iter().map(|(zone, targets)| {
+            let marked = targets
+                .iter()
+                .filter(|(_, slot)| slot.mine())
+                .map(|(k, _)| k.target().into_owned());
+            (*zone, marked)
+        })
+    }
+
+    /// A copy of [`ProbeIndex::mine`], zones without a target left out (what is handed to
+    /// the prober when it fits under its cap).
+    fn mine_by_zone(&self) -> BTreeMap<ZoneId, BTreeSet<Target>> {
+        self.mine()
+            .filter_map(|(zone, targets)| {
+                let set: BTreeSet<Target> = targets.collect();
+                (!set.is_empty()).then_some((zone, set))
+            })
+            .collect()
     }
 
     /// Applies one change of the store (old winner out, new winner in).
@@ -766,6 +870,7 @@ impl ProbeIndex {
                         self.insert(&name, &e);
                     }
                 }
+                self.pack();
                 match lock().take_changes() {
                     crate::store::Changes::Since(c) => c,
                     // Past the feed's bound while rebuilding: the next refresh rebuilds.
@@ -778,6 +883,16 @@ impl ProbeIndex {
         }
     }
 
+    /// Rebuilds each zone's B-tree from its sorted entries. Inserted in the store's order
+    /// (name hash order, random for the targets) a B-tree's nodes end about two-thirds full;
+    /// built from sorted entries they are full: at 2M targets about 30 MB less, for one
+    /// pass over the index after a rebuild (one zone's entries at a time are in flight).
+    fn pack(&mut self) {
+        for targets in self.endpoints.values_mut() {
+            *targets = std::mem::take(targets).into_iter().collect();
+        }
+    }
+
     /// Endpoints of the records live at `now`, by zone (what the scan of every live record
     /// gave; the tests' reference for the index and the selection).
     #[cfg(test)]
@@ -786,8 +901,8 @@ impl ProbeIndex {
         for (zone, targets) in &self.endpoints {
             let live: BTreeSet<Target> = targets
                 .iter()
-                .filter(|(_, refs)| refs.iter().any(|(_, exp)| *exp > now))
-                .map(|(t, _)| t.clone())
+                .filter(|(_, slot)| slot.live_until().is_some_and(|u| u > now))
+                .map(|(k, _)| k.target().into_owned())
                 .collect();
             if !live.is_empty() {
                 by_zone.insert(*zone, live);
@@ -820,6 +935,13 @@ pub const RETRACK_OVER_CAP_MS: u64 = 30_000;
 /// when a live endpoint's records expire (at most every [`EXPIRY_RECHECK_MS`]). Before, every
 /// refresh (each probe interval) listed, hashed and copied every endpoint the store held: at
 /// 10⁶ records, two thirds of a core with nothing happening.
+///
+/// The selection is a mark on the index's entries, not a set of its own: this node probes
+/// every target when it is alone or `k` covers the membership, and a second copy of 2M targets
+/// cost 105 MB at 10⁶ records (issue 14). What it keeps is the count of marked entries and
+/// when the marks last changed. Handing them over ([`Selection::hand_over`]) reads the index:
+/// only when they changed, at most once per probe interval (every [`RETRACK_OVER_CAP_MS`] over
+/// the cap), and over the cap only as far as the capped part reaches.
 #[derive(Debug, Default)]
 pub struct Selection {
     /// The membership it was computed under (sorted), as ids and as bytes.
@@ -829,10 +951,9 @@ pub struct Selection {
     k: usize,
     /// This node's id as bytes.
     me: Vec<u8>,
-    /// Endpoints this node probes, by zone, and their number.
-    mine: BTreeMap<ZoneId, BTreeSet<Target>>,
+    /// Entries of the index marked this node's.
     mine_len: usize,
-    /// Bumped whenever `mine` changes.
+    /// Bumped whenever the marks change.
     version: u64,
     /// The earliest time a selected-live endpoint stops being live, and when the whole index
     /// was last read.
@@ -848,8 +969,9 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// Brings the selection up to date with `index` at `now`, for the sorted `members`, this
-    /// node `me` (one of them) and `k` probers per endpoint. Returns whether `mine` changed.
+    /// Brings the selection (the marks in `index`) up to date with `index` at `now`, for the
+    /// sorted `members`, this node `me` (one of them) and `k` probers per endpoint. Returns
+    /// whether the marks changed.
     pub fn update(
         &mut self,
         index: &mut ProbeIndex,
@@ -875,25 +997,35 @@ impl Selection {
             return true;
         }
         let mut changed = false;
-        for (zone, t) in touched {
+        for (zone, key) in touched {
             self.examined += 1;
-            let until = index.live_until(&zone, &t).filter(|u| *u > now);
+            // Gone from the index: it was not marked (a marked entry stays until seen here).
+            let Some(targets) = index.endpoints.get_mut(&zone) else {
+                continue;
+            };
+            let Some(slot) = targets.get_mut(&key) else {
+                continue;
+            };
+            let until = slot.live_until().filter(|u| *u > now);
             if let Some(u) = until {
                 self.next_expiry = self.next_expiry.min(u);
             }
-            let probe = until.is_some() && self.probes(&t);
-            changed |= if probe {
-                let added = self.mine.entry(zone).or_default().insert(t);
-                self.mine_len += usize::from(added);
-                added
-            } else {
-                let removed = self.mine.get_mut(&zone).is_some_and(|set| set.remove(&t));
-                if self.mine.get(&zone).is_some_and(BTreeSet::is_empty) {
-                    self.mine.remove(&zone);
+            let probe = until.is_some() && self.probes(&key.target());
+            if probe != slot.mine() {
+                slot.set_mine(probe);
+                if probe {
+                    self.mine_len += 1;
+                } else {
+                    self.mine_len -= 1;
                 }
-                self.mine_len -= usize::from(removed);
-                removed
-            };
+                changed = true;
+            }
+            if slot.is_empty() {
+                targets.remove(&key);
+                if targets.is_empty() {
+                    index.endpoints.remove(&zone);
+                }
+            }
         }
         if changed {
             self.version += 1;
@@ -908,40 +1040,41 @@ impl Selection {
             .any(|b| *b == self.me)
     }
 
-    /// Reads the whole index.
-    fn recompute(&mut self, index: &ProbeIndex, now: u64) {
-        let mut mine: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
+    /// Reads the whole index and marks it again (dropping entries no record names).
+    fn recompute(&mut self, index: &mut ProbeIndex, now: u64) {
         let mut next_expiry = u64::MAX;
         let mut len = 0;
-        for (zone, targets) in &index.endpoints {
-            for (t, refs) in targets {
-                let until = refs.iter().map(|(_, exp)| *exp).max().unwrap_or(0);
-                if until <= now {
-                    continue;
-                }
-                next_expiry = next_expiry.min(until);
-                self.examined += 1;
-                if self.probes(t) {
-                    mine.entry(*zone).or_default().insert(t.clone());
-                    len += 1;
-                }
-            }
+        let mut examined = 0;
+        for targets in index.endpoints.values_mut() {
+            targets.retain(|key, slot| {
+                let until = slot.live_until().unwrap_or(0);
+                let probe = until > now && {
+                    next_expiry = next_expiry.min(until);
+                    examined += 1;
+                    self.probes(&key.target())
+                };
+                slot.set_mine(probe);
+                len += usize::from(probe);
+                !slot.is_empty()
+            });
         }
-        self.mine = mine;
+        index.endpoints.retain(|_, targets| !targets.is_empty());
         self.mine_len = len;
+        self.examined += examined;
         self.next_expiry = next_expiry;
         self.last_full = now.max(1);
         self.version += 1;
     }
 
-    /// The endpoints this node probes, by zone, if they changed since they were last handed
-    /// over and may be handed over now (see [`RETRACK_OVER_CAP_MS`]).
+    /// The endpoints this node probes (marked in `index`), by zone, if they changed since
+    /// they were last handed over and may be handed over now (see [`RETRACK_OVER_CAP_MS`]).
     /// Over the cap, `capped` picks the part the prober keeps (see [`Health::capped`]).
     fn hand_over(
         &mut self,
+        index: &ProbeIndex,
         cap: usize,
         now: u64,
-        capped: impl FnOnce(&BTreeMap<ZoneId, BTreeSet<Target>>) -> BTreeMap<ZoneId, BTreeSet<Target>>,
+        capped: impl FnOnce(&ProbeIndex) -> BTreeMap<ZoneId, BTreeSet<Target>>,
     ) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> {
         let due = match self.handed {
             None => true,
@@ -953,9 +1086,9 @@ impl Selection {
         }
         self.handed = Some((self.version, now));
         Some(if self.mine_len <= cap {
-            self.mine.clone()
+            index.mine_by_zone()
         } else {
-            capped(&self.mine)
+            capped(index)
         })
     }
 
@@ -1118,15 +1251,16 @@ impl Health {
         chosen
     }
 
-    /// The part of `mine` that [`Health::track`] would keep, grouped by the zone each target
-    /// goes to, read in place: a selection over the cap (2M endpoints at 10⁶ records) is not
-    /// copied whole to be handed over (that was a transient copy of about 115 MB).
-    pub fn capped(
+    /// The part of `by_zone` (this node's targets, by zone) that [`Health::track`] would keep,
+    /// grouped by the zone each target goes to, read in place: a selection over the cap (2M
+    /// endpoints at 10⁶ records) is not copied whole to be handed over (that was a transient
+    /// copy of about 115 MB), and only as far as the capped part reaches.
+    pub fn capped<I: Iterator<Item = Target>>(
         &self,
-        mine: &BTreeMap<ZoneId, BTreeSet<Target>>,
+        by_zone: impl IntoIterator<Item = (ZoneId, I)>,
     ) -> BTreeMap<ZoneId, BTreeSet<Target>> {
         let mut out: BTreeMap<ZoneId, BTreeSet<Target>> = BTreeMap::new();
-        for (t, zone) in self.choose(mine.iter().map(|(z, set)| (*z, set.iter().cloned()))) {
+        for (t, zone) in self.choose(by_zone) {
             out.entry(zone).or_default().insert(t);
         }
         out
@@ -1634,7 +1768,7 @@ pub fn probe_targets(node: &Node) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> 
         .selection
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let observed = {
+    let (observed, mine) = {
         let mut index = health
             .index
             .lock()
@@ -1673,10 +1807,12 @@ pub fn probe_targets(node: &Node) -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> 
                 }
             }
         }
-        observed
+        let mine = selection.hand_over(&index, health.config.max_endpoints, now, |i| {
+            health.capped(i.mine())
+        });
+        (observed, mine)
     };
     let probers = selection.probers_of_observed(&observed);
-    let mine = selection.hand_over(health.config.max_endpoints, now, |m| health.capped(m));
     drop(selection);
     let votes = tally(observed, &probers, &health.observations);
     let effective = if k == 0 {
@@ -2164,7 +2300,7 @@ mod tests {
         mine.get_mut(&zone(2))
             .expect("zone 2")
             .extend((100..110).map(t));
-        let handed = h.capped(&mine);
+        let handed = h.capped(mine.iter().map(|(z, set)| (*z, set.iter().cloned())));
         assert_eq!(handed.values().map(BTreeSet::len).sum::<usize>(), 50);
         let tracked = |h: &Health| {
             h.lock()
@@ -2182,16 +2318,29 @@ mod tests {
     }
 
     #[test]
-    fn refs_hold_one_reference_inline_and_more_in_a_list() {
-        let mut r = Refs::One((1, 10));
+    fn a_slot_holds_one_reference_inline_and_more_in_a_list_and_keeps_its_mark() {
+        let one = |r, mine| Slot::One { r, mine };
+        let mut r = Slot::new(1, 10);
         r.upsert(1, 20);
-        assert_eq!(r, Refs::One((1, 20)), "the same name moves its expiry");
+        assert_eq!(r, one((1, 20), false), "the same name moves its expiry");
+        r.set_mine(true);
         r.upsert(2, 30);
         assert_eq!(r.as_slice(), &[(1, 20), (2, 30)]);
+        assert!(r.mine(), "a second reference keeps the mark");
         assert!(!r.remove(1));
-        assert_eq!(r, Refs::One((2, 30)), "back inline at one reference");
+        assert_eq!(r, one((2, 30), true), "back inline at one reference");
         assert!(!r.remove(7), "another name's removal leaves it");
         assert!(r.remove(2), "the last reference gone");
+        assert!(
+            r.is_empty() && r.mine(),
+            "the mark stays for the selection to clear"
+        );
+        r.upsert(3, 40);
+        assert_eq!(
+            r,
+            one((3, 40), true),
+            "a record naming it again finds it marked"
+        );
     }
 
     #[test]
@@ -2659,7 +2808,8 @@ mod tests {
             selection.update(&mut index, &members, me, 2, now);
             let expected = selected_from_scratch(&index, &members, me, 2, now);
             assert_eq!(
-                selection.mine, expected,
+                index.mine_by_zone(),
+                expected,
                 "seed {seed}, step {step} (DPIN_TEST_SEED={seed} replays it)"
             );
             assert_eq!(
@@ -2710,30 +2860,38 @@ mod tests {
         assert!(sel.update(&mut index, &[me], me, 3, NOW));
         assert_eq!(sel.examined, 200, "the first refresh reads everything");
         assert_eq!(sel.mine_len, 200, "alone, this node probes every endpoint");
-        assert!(sel.hand_over(1000, NOW, Clone::clone).is_some());
+        assert!(sel
+            .hand_over(&index, 1000, NOW, ProbeIndex::mine_by_zone)
+            .is_some());
         // Nothing changed: nothing examined, nothing handed over.
         index.refresh_from(&store);
         assert!(!sel.update(&mut index, &[me], me, 3, NOW + 2_000));
         assert_eq!(sel.examined, 200);
-        assert!(sel.hand_over(1000, NOW + 2_000, Clone::clone).is_none());
+        assert!(sel
+            .hand_over(&index, 1000, NOW + 2_000, ProbeIndex::mine_by_zone)
+            .is_none());
         // One record moves to another port: its old and new endpoint are examined.
         write("svc0", 2, 5000)?;
         index.refresh_from(&store);
         assert!(sel.update(&mut index, &[me], me, 3, NOW + 4_000));
         assert_eq!(sel.examined, 202);
         assert_eq!(sel.mine_len, 200);
-        assert!(sel.hand_over(1000, NOW + 4_000, Clone::clone).is_some());
+        assert!(sel
+            .hand_over(&index, 1000, NOW + 4_000, ProbeIndex::mine_by_zone)
+            .is_some());
         // A selection over the prober's cap is handed over again only every
         // RETRACK_OVER_CAP_MS, however often it changes.
         write("svc1", 2, 5001)?;
         index.refresh_from(&store);
         assert!(sel.update(&mut index, &[me], me, 3, NOW + 6_000));
-        assert!(sel.hand_over(10, NOW + 6_000, Clone::clone).is_none());
+        assert!(sel
+            .hand_over(&index, 10, NOW + 6_000, ProbeIndex::mine_by_zone)
+            .is_none());
         let handed = sel
-            .hand_over(10, NOW + 4_000 + RETRACK_OVER_CAP_MS, |m| {
-                m.iter()
+            .hand_over(&index, 10, NOW + 4_000 + RETRACK_OVER_CAP_MS, |i| {
+                i.mine()
                     .take(1)
-                    .map(|(z, set)| (*z, set.iter().take(10).cloned().collect()))
+                    .map(|(z, set)| (z, set.take(10).collect()))
                     .collect()
             })
             .expect("due again");
@@ -2749,6 +2907,74 @@ mod tests {
         sel.update(&mut index, &two, me, 1, NOW + 8_000);
         assert_eq!(sel.examined, 404);
         assert!(sel.mine_len < 200, "the other member probes its share");
+        Ok(())
+    }
+
+    /// Memory per stored record (issue 14): the index holds each target once, in a compact
+    /// entry, and the selection keeps no copy of the targets this node probes. At 10⁶ records
+    /// (2M targets, every one probed by this node) the selection's copy cost 105 MB and the
+    /// index 152 MB (76 bytes a target). Measured as the bytes each structure frees when
+    /// dropped (the test binary's allocator counts them per thread).
+    #[test]
+    fn the_selection_keeps_no_copy_of_the_targets_and_an_index_entry_is_compact(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use crate::alloc::counting::live_bytes;
+        use dpin_protocol::{Freshness, Store};
+        const NOW: u64 = 1_800_000_000_000;
+        const RECORDS: u16 = 2_000;
+        const PER_RECORD: u16 = 5;
+        let keys: Vec<ZoneKey> = (1..=10u8).map(|z| ZoneKey::from_seed([z; 32])).collect();
+        let dir = tempfile::tempdir()?;
+        let store = Mutex::new(crate::store::DurableStore::open(
+            &dir.path().join("s.redb"),
+        )?);
+        for i in 0..RECORDS {
+            let key = &keys[usize::from(i) % keys.len()];
+            let r = RecordBody {
+                zone: key.zone(),
+                label: format!("svc{i}"),
+                seq: 1,
+                expires_at_ms: NOW + 3_600_000,
+                content: Content::Endpoints(
+                    (0..PER_RECORD)
+                        .map(|j| Endpoint {
+                            host: Host::V4([198, 51, 100, (i % 200) as u8]),
+                            port: 1 + i * PER_RECORD + j,
+                            transport: Transport::Tcp,
+                            weight: 1,
+                        })
+                        .collect(),
+                ),
+            }
+            .sign(key)?;
+            let mut s = store.lock().map_err(|e| e.to_string())?;
+            assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
+        }
+        let targets = usize::from(RECORDS * PER_RECORD);
+        let me = peer(1);
+        let mut index = ProbeIndex::default();
+        let mut selection = Selection::default();
+        index.refresh_from(&store);
+        selection.update(&mut index, &[me], me, 3, NOW);
+        assert_eq!(
+            selection.mine_len, targets,
+            "alone, this node probes every target"
+        );
+        let held = live_bytes();
+        drop(selection);
+        let selection_bytes = held - live_bytes();
+        let held = live_bytes();
+        drop(index);
+        let index_bytes = held - live_bytes();
+        assert!(
+            selection_bytes < 4_096,
+            "the selection holds {selection_bytes} bytes for {targets} targets: a copy"
+        );
+        let per_target = index_bytes / targets as isize;
+        assert!(
+            per_target <= 48,
+            "the index holds {per_target} bytes a target ({index_bytes} for {targets})"
+        );
         Ok(())
     }
 }
