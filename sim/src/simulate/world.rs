@@ -988,25 +988,33 @@ impl World {
 
     /// Grafts random eligible peers until `n`'s mesh has `target` members.
     fn graft_up(&mut self, n: NodeId, target: usize) {
+        let count = target.saturating_sub(self.nodes[n as usize].mesh.len());
+        self.graft_random(n, false, count);
+    }
+
+    /// Grafts up to `count` random peers of `n` (among all its connections, or only those it
+    /// dialed) that are reachable, not yet in its mesh and below D_hi. The candidates are
+    /// shuffled even when `count` is 0, so the gossip RNG's stream does not depend on it.
+    fn graft_random(&mut self, n: NodeId, dialed_only: bool, count: usize) {
         let hi = self.cfg.mesh.n_high;
-        let mut candidates: Vec<NodeId> = self.nodes[n as usize]
-            .peers
+        let node = &self.nodes[n as usize];
+        let pool = if dialed_only {
+            &node.dialed
+        } else {
+            &node.peers
+        };
+        let mut candidates: Vec<NodeId> = pool
             .iter()
             .copied()
             .filter(|&p| {
                 self.reachable(n, p)
-                    && !self.nodes[n as usize].mesh.contains(&p)
+                    && !node.mesh.contains(&p)
                     && self.nodes[p as usize].mesh.len() < hi
             })
             .collect();
         candidates.shuffle(&mut self.rng_gossip);
+        candidates.truncate(count);
         for p in candidates {
-            if self.nodes[n as usize].mesh.len() >= target {
-                break;
-            }
-            if self.nodes[p as usize].mesh.len() >= hi {
-                continue;
-            }
             self.nodes[n as usize].mesh.push(p);
             self.nodes[p as usize].mesh.push(n);
         }
@@ -1026,24 +1034,8 @@ impl World {
             return;
         }
         let outbound = node.mesh.iter().filter(|p| node.dialed.contains(p)).count();
-        if outbound >= m.outbound_min {
-            return;
-        }
-        let mut candidates: Vec<NodeId> = node
-            .dialed
-            .iter()
-            .copied()
-            .filter(|&p| {
-                self.reachable(n, p)
-                    && !node.mesh.contains(&p)
-                    && self.nodes[p as usize].mesh.len() < m.n_high
-            })
-            .collect();
-        candidates.shuffle(&mut self.rng_gossip);
-        candidates.truncate(m.outbound_min - outbound);
-        for p in candidates {
-            self.nodes[n as usize].mesh.push(p);
-            self.nodes[p as usize].mesh.push(n);
+        if outbound < m.outbound_min {
+            self.graft_random(n, true, m.outbound_min - outbound);
         }
     }
 
