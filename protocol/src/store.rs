@@ -714,6 +714,39 @@ fn zone_text_of(zone: &[u8; 32]) -> [u8; ZONE_TEXT_LEN] {
     out
 }
 
+/// Slots of [`ZONE_TEXT_MEMO`].
+const ZONE_TEXT_MEMO_SLOTS: usize = 64;
+
+/// A memoised zone text: the zone's bytes and their text.
+type ZoneTextSlot = Option<([u8; 32], [u8; ZONE_TEXT_LEN])>;
+
+thread_local! {
+    /// This thread's memo of zone texts, direct-mapped by the zone's first byte.
+    ///
+    /// A store holds many names per zone, and rebuilds a zone's text for every lookup that
+    /// finds a name read from a body and every name it lists ([`Name::cmp`], [`Name::text`]);
+    /// a process holding many replicas (the simulator) does so for the same few zones again
+    /// and again. A hit compares all 32 bytes, so it returns exactly what [`zone_text_of`]
+    /// would; a miss computes and replaces the slot. Fixed size (about 5 KiB per thread).
+    static ZONE_TEXT_MEMO: std::cell::RefCell<[ZoneTextSlot; ZONE_TEXT_MEMO_SLOTS]> =
+        const { std::cell::RefCell::new([None; ZONE_TEXT_MEMO_SLOTS]) };
+}
+
+/// [`zone_text_of`], through this thread's memo.
+fn zone_text_cached(zone: &[u8; 32]) -> [u8; ZONE_TEXT_LEN] {
+    ZONE_TEXT_MEMO.with_borrow_mut(|memo| {
+        let slot = &mut memo[usize::from(zone[0]) % ZONE_TEXT_MEMO_SLOTS];
+        match slot {
+            Some((z, text)) if z == zone => *text,
+            _ => {
+                let text = zone_text_of(zone);
+                *slot = Some((*zone, text));
+                text
+            }
+        }
+    })
+}
+
 /// Byte-wise order of two byte strings, each given as the concatenation of three pieces.
 fn cmp_pieces(a: [&[u8]; 3], b: [&[u8]; 3]) -> Ordering {
     let (mut a, mut b) = (
@@ -786,7 +819,7 @@ impl<'a> Name<'a> {
         match *self {
             Name::Text(_) => [rest, &[], &[]],
             Name::Body { zone, .. } => {
-                *zone_text = zone_text_of(zone);
+                *zone_text = zone_text_cached(zone);
                 [rest, b".", &zone_text[..]]
             }
         }
@@ -798,12 +831,36 @@ impl<'a> Name<'a> {
     fn cmp(&self, other: &Name<'_>) -> Ordering {
         let (a, b) = (self.head(), other.head());
         let n = a.len().min(b.len());
-        match a.get(..n).cmp(&b.get(..n)) {
-            Ordering::Equal => {
-                let (mut ta, mut tb) = ([0u8; ZONE_TEXT_LEN], [0u8; ZONE_TEXT_LEN]);
-                cmp_pieces(self.tail(n, &mut ta), other.tail(n, &mut tb))
+        if let unequal @ (Ordering::Less | Ordering::Greater) = a.get(..n).cmp(&b.get(..n)) {
+            return unequal;
+        }
+        // The zone's text is needed only when the names still tie past the common head. Two
+        // bodies with one label tie exactly when their zones' bytes do (the text is a function
+        // of them); otherwise the byte after the common head (a head's next byte, a body's `.`
+        // or a text's end) decides most of the rest without it.
+        if let (Name::Body { zone: za, .. }, Name::Body { zone: zb, .. }) = (*self, *other) {
+            if a.len() == b.len() && za == zb {
+                return Ordering::Equal;
             }
-            unequal => unequal,
+        }
+        if let unequal @ (Ordering::Less | Ordering::Greater) =
+            self.byte_after(n).cmp(&other.byte_after(n))
+        {
+            return unequal;
+        }
+        let (mut ta, mut tb) = ([0u8; ZONE_TEXT_LEN], [0u8; ZONE_TEXT_LEN]);
+        cmp_pieces(self.tail(n, &mut ta), other.tail(n, &mut tb))
+    }
+
+    /// The name's byte at offset `at` of its head, or where the head ends there, the byte
+    /// after it: `.` for a body, none for a text (a name that ends sorts first).
+    fn byte_after(&self, at: usize) -> Option<u8> {
+        match self.head().get(at) {
+            Some(&byte) => Some(byte),
+            None => match self {
+                Name::Text(_) => None,
+                Name::Body { .. } => Some(b'.'),
+            },
         }
     }
 
@@ -817,7 +874,8 @@ impl<'a> Name<'a> {
                 let mut s = String::with_capacity(label.len() + 1 + ZONE_TEXT_LEN);
                 s.push_str(&String::from_utf8_lossy(label));
                 s.push('.');
-                s.extend(zone_text_of(zone).iter().map(|&c| char::from(c)));
+                // Base32 characters: always UTF-8.
+                s.push_str(std::str::from_utf8(&zone_text_cached(zone)).unwrap_or_default());
                 Cow::Owned(s)
             }
         }
@@ -1325,7 +1383,7 @@ impl MemStore {
                 Element::Named(n) => zone_of(&n.name),
                 Element::Held(h) => match h.key().1 {
                     Name::Body { zone, .. } => {
-                        zone_text = zone_text_of(zone);
+                        zone_text = zone_text_cached(zone);
                         // Base32 characters: always UTF-8.
                         std::str::from_utf8(&zone_text).unwrap_or_default()
                     }
@@ -1730,6 +1788,26 @@ mod tests {
                 zone = [0; 32];
             }
             assert_eq!(zone_text_of(&zone), zone_text_bitwise(&zone), "{i}");
+        }
+    }
+
+    #[test]
+    fn the_zone_text_memo_returns_each_zones_own_text() {
+        // Zones that share a memo slot (same first byte) and zones that differ only in their
+        // last byte, asked in turn, each get their own text.
+        let mut zones = Vec::new();
+        for i in 0..40u8 {
+            let mut z = *blake3::hash(&[i]).as_bytes();
+            z[0] = i % 3;
+            zones.push(z);
+            let mut last = z;
+            last[31] ^= 1;
+            zones.push(last);
+        }
+        for _ in 0..3 {
+            for z in &zones {
+                assert_eq!(zone_text_cached(z), zone_text_bitwise(z));
+            }
         }
     }
 
