@@ -732,16 +732,18 @@ thread_local! {
         const { std::cell::RefCell::new([None; ZONE_TEXT_MEMO_SLOTS]) };
 }
 
-/// [`zone_text_of`], through this thread's memo.
-fn zone_text_cached(zone: &[u8; 32]) -> [u8; ZONE_TEXT_LEN] {
+/// [`zone_text_of`] written into `out`, through this thread's memo. (Written through a
+/// reference, not returned: a returned array was copied out of the slot byte by byte, which
+/// cost as much as computing it.)
+fn zone_text_cached(zone: &[u8; 32], out: &mut [u8; ZONE_TEXT_LEN]) {
     ZONE_TEXT_MEMO.with_borrow_mut(|memo| {
         let slot = &mut memo[usize::from(zone[0]) % ZONE_TEXT_MEMO_SLOTS];
         match slot {
-            Some((z, text)) if z == zone => *text,
+            Some((z, text)) if z == zone => out.copy_from_slice(text),
             _ => {
                 let text = zone_text_of(zone);
+                out.copy_from_slice(&text);
                 *slot = Some((*zone, text));
-                text
             }
         }
     })
@@ -819,7 +821,7 @@ impl<'a> Name<'a> {
         match *self {
             Name::Text(_) => [rest, &[], &[]],
             Name::Body { zone, .. } => {
-                *zone_text = zone_text_cached(zone);
+                zone_text_cached(zone, zone_text);
                 [rest, b".", &zone_text[..]]
             }
         }
@@ -875,7 +877,9 @@ impl<'a> Name<'a> {
                 s.push_str(&String::from_utf8_lossy(label));
                 s.push('.');
                 // Base32 characters: always UTF-8.
-                s.push_str(std::str::from_utf8(&zone_text_cached(zone)).unwrap_or_default());
+                let mut text = [0u8; ZONE_TEXT_LEN];
+                zone_text_cached(zone, &mut text);
+                s.push_str(std::str::from_utf8(&text).unwrap_or_default());
                 Cow::Owned(s)
             }
         }
@@ -1378,12 +1382,12 @@ impl MemStore {
             if entry.bytes.is_some() {
                 due = due.min(entry.expires_at_ms.saturating_add(self.retention_ms));
             }
-            let zone_text;
+            let mut zone_text = [0u8; ZONE_TEXT_LEN];
             let zone = match &item.element {
                 Element::Named(n) => zone_of(&n.name),
                 Element::Held(h) => match h.key().1 {
                     Name::Body { zone, .. } => {
-                        zone_text = zone_text_cached(zone);
+                        zone_text_cached(zone, &mut zone_text);
                         // Base32 characters: always UTF-8.
                         std::str::from_utf8(&zone_text).unwrap_or_default()
                     }
@@ -1806,7 +1810,9 @@ mod tests {
         }
         for _ in 0..3 {
             for z in &zones {
-                assert_eq!(zone_text_cached(z), zone_text_bitwise(z));
+                let mut text = [0u8; ZONE_TEXT_LEN];
+                zone_text_cached(z, &mut text);
+                assert_eq!(text, zone_text_bitwise(z));
             }
         }
     }
