@@ -401,6 +401,98 @@ fn inc(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
 
+/// How long a peer whose last connection, a relayed one, just closed still counts as "reached
+/// only through a relay": a direct connection within this time replaces that relayed one.
+///
+/// Both sides of a hole punch close their relayed connection when the direct one is
+/// established, each on its own event. When the peer's side gets there first, our relayed
+/// connection closes before our direct connection is reported, so without this grace the
+/// upgrade that did happen would not be seen (the flaky
+/// `nat::node_behind_nat_is_reachable_through_relay`, reproduced by
+/// `tests::a_direct_connection_reported_after_the_peer_closed_the_relayed_one_is_an_upgrade`).
+pub const RELAYED_GRACE: Duration = Duration::from_secs(10);
+/// Most peers remembered for [`RELAYED_GRACE`] at once (further ones are not remembered: an
+/// upgrade of theirs that races its close is then not counted, nothing else changes).
+pub const MAX_RELAYED_GRACE_PEERS: usize = 256;
+
+/// The connections of every connected peer, and whether each runs over a relay: what decides
+/// when a direct connection replaces relayed ones. Pure bookkeeping (time comes in), so its
+/// orderings are unit-tested.
+#[derive(Debug, Default)]
+struct Links {
+    /// Every established connection of each connected peer, oldest first, and whether it
+    /// runs over a relay (bounded by the connection limits).
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Peers whose last connection, a relayed one, closed, and when (at most
+    /// [`MAX_RELAYED_GRACE_PEERS`], each kept [`RELAYED_GRACE`]).
+    relayed_left: HashMap<PeerId, tokio::time::Instant>,
+}
+
+/// What closing a connection changed ([`Links::closed`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Closed {
+    /// The connection ran over a relay.
+    relayed: bool,
+    /// It was the peer's last connection.
+    peer_gone: bool,
+}
+
+impl Links {
+    /// Records an established connection. `Some(relayed)` when it is the first direct
+    /// connection to a peer reached only through a relay (now, or until its relayed
+    /// connection closed less than [`RELAYED_GRACE`] ago): the relayed connections still open,
+    /// which the caller closes.
+    fn established(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        relayed: bool,
+        now: tokio::time::Instant,
+    ) -> Option<Vec<ConnectionId>> {
+        let recently_relayed = self
+            .relayed_left
+            .remove(&peer)
+            .is_some_and(|t| now.saturating_duration_since(t) < RELAYED_GRACE);
+        let list = self.conns.entry(peer).or_default();
+        let relayed_before: Vec<ConnectionId> =
+            list.iter().filter(|(_, r)| *r).map(|(c, _)| *c).collect();
+        let had_direct = list.iter().any(|(_, r)| !r);
+        list.push((id, relayed));
+        (!relayed && !had_direct && (!relayed_before.is_empty() || recently_relayed))
+            .then_some(relayed_before)
+    }
+
+    /// Records a closed connection.
+    fn closed(&mut self, peer: PeerId, id: ConnectionId, now: tokio::time::Instant) -> Closed {
+        let Some(list) = self.conns.get_mut(&peer) else {
+            return Closed::default();
+        };
+        let relayed = match list.iter().position(|(c, _)| *c == id) {
+            Some(i) => list.remove(i).1,
+            None => false,
+        };
+        let peer_gone = list.is_empty();
+        if peer_gone {
+            self.conns.remove(&peer);
+            if relayed {
+                self.relayed_left
+                    .retain(|_, t| now.saturating_duration_since(*t) < RELAYED_GRACE);
+                if self.relayed_left.len() < MAX_RELAYED_GRACE_PEERS {
+                    self.relayed_left.insert(peer, now);
+                }
+            }
+        }
+        Closed { relayed, peer_gone }
+    }
+
+    /// Whether the peer's connections all run over a relay.
+    fn relayed_only(&self, peer: &PeerId) -> bool {
+        self.conns
+            .get(peer)
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r)| *r))
+    }
+}
+
 /// The event loop's discovery and NAT state.
 #[derive(Debug)]
 pub(super) struct NatState {
@@ -416,9 +508,9 @@ pub(super) struct NatState {
     /// As a relay server: peers holding a reservation with us (bounded by
     /// [`RELAY_MAX_RESERVATIONS`] through the relay's own bound).
     reserved_here: HashSet<PeerId>,
-    /// Every established connection of each connected peer, oldest first, and whether it
-    /// runs over a relay (bounded by the connection limits).
-    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Every established connection of each connected peer, and which peers were just
+    /// reached only through a relay.
+    links: Links,
     /// Peers reached only through a relay that we already tried to dial directly (once per
     /// relayed-only spell; forgotten when the peer disconnects or is reached directly).
     direct_tried: HashSet<PeerId>,
@@ -441,7 +533,7 @@ impl NatState {
             retry: HashMap::new(),
             held: HashSet::new(),
             reserved_here: HashSet::new(),
-            conns: HashMap::new(),
+            links: Links::default(),
             direct_tried: HashSet::new(),
             direct_due: HashMap::new(),
         })
@@ -490,12 +582,8 @@ impl EventLoop {
                 .relayed_connections
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let list = self.nat.conns.entry(peer).or_default();
-        let relayed_before: Vec<ConnectionId> =
-            list.iter().filter(|(_, r)| *r).map(|(c, _)| *c).collect();
-        let had_direct = list.iter().any(|(_, r)| !r);
-        list.push((id, relayed));
-        if !relayed && !had_direct && !relayed_before.is_empty() {
+        let now = tokio::time::Instant::now();
+        if let Some(relayed_before) = self.nat.links.established(peer, id, relayed, now) {
             inc(&self.nat.counters.direct_upgrades);
             self.nat.direct_tried.remove(&peer);
             self.nat.direct_due.remove(&peer);
@@ -507,21 +595,15 @@ impl EventLoop {
     }
 
     pub(super) fn nat_connection_closed(&mut self, peer: PeerId, id: ConnectionId) {
-        let Some(list) = self.nat.conns.get_mut(&peer) else {
-            return;
-        };
-        if let Some(i) = list.iter().position(|(c, _)| *c == id) {
-            let (_, relayed) = list.remove(i);
-            if relayed {
-                let _ = self.nat.counters.relayed_connections.fetch_update(
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                    |n| Some(n.saturating_sub(1)),
-                );
-            }
+        let closed = self.nat.links.closed(peer, id, tokio::time::Instant::now());
+        if closed.relayed {
+            let _ = self.nat.counters.relayed_connections.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |n| Some(n.saturating_sub(1)),
+            );
         }
-        if list.is_empty() {
-            self.nat.conns.remove(&peer);
+        if closed.peer_gone {
             self.nat.direct_tried.remove(&peer);
             self.nat.direct_due.remove(&peer);
         }
@@ -529,10 +611,7 @@ impl EventLoop {
 
     /// Whether the peer's connections all run over a relay.
     fn relayed_only(&self, peer: &PeerId) -> bool {
-        self.nat
-            .conns
-            .get(peer)
-            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r)| *r))
+        self.nat.links.relayed_only(peer)
     }
 
     /// Whether direct dials are waiting for their delay.
@@ -712,6 +791,7 @@ impl EventLoop {
                     // private (seen in the NAT test before this).
                     let newest = self
                         .nat
+                        .links
                         .conns
                         .get(peer)
                         .filter(|l| l.len() >= 2)
@@ -895,6 +975,84 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_direct_connection_to_a_relayed_peer_replaces_the_relayed_one() {
+        let mut links = Links::default();
+        let (peer, now) = (PeerId::random(), tokio::time::Instant::now());
+        let (relayed, direct, second) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        assert_eq!(links.established(peer, relayed, true, now), None);
+        assert!(links.relayed_only(&peer));
+        assert_eq!(
+            links.established(peer, direct, false, now),
+            Some(vec![relayed])
+        );
+        assert!(!links.relayed_only(&peer));
+        // A second direct connection is no upgrade.
+        assert_eq!(links.established(peer, second, false, now), None);
+    }
+
+    #[test]
+    fn a_direct_connection_reported_after_the_peer_closed_the_relayed_one_is_an_upgrade() {
+        // The peer saw the direct connection first and closed the relayed one: its close
+        // reaches us before our own direct connection is reported.
+        let mut links = Links::default();
+        let (peer, now) = (PeerId::random(), tokio::time::Instant::now());
+        let (relayed, direct) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        assert_eq!(links.established(peer, relayed, true, now), None);
+        assert_eq!(
+            links.closed(peer, relayed, now),
+            Closed {
+                relayed: true,
+                peer_gone: true
+            }
+        );
+        let later = now + Duration::from_millis(50);
+        assert_eq!(links.established(peer, direct, false, later), Some(vec![]));
+    }
+
+    #[test]
+    fn a_direct_connection_long_after_the_relayed_one_closed_is_no_upgrade() {
+        let mut links = Links::default();
+        let (peer, now) = (PeerId::random(), tokio::time::Instant::now());
+        let (relayed, direct) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        links.established(peer, relayed, true, now);
+        links.closed(peer, relayed, now);
+        let later = now + RELAYED_GRACE;
+        assert_eq!(links.established(peer, direct, false, later), None);
+        // Never reached through a relay: no upgrade either.
+        let other = PeerId::random();
+        assert_eq!(links.established(other, relayed, false, later), None);
+    }
+
+    #[test]
+    fn the_relayed_grace_remembers_a_bounded_number_of_peers() {
+        let mut links = Links::default();
+        let now = tokio::time::Instant::now();
+        for i in 0..MAX_RELAYED_GRACE_PEERS + 10 {
+            let (peer, id) = (PeerId::random(), ConnectionId::new_unchecked(i));
+            links.established(peer, id, true, now);
+            links.closed(peer, id, now);
+        }
+        assert_eq!(links.relayed_left.len(), MAX_RELAYED_GRACE_PEERS);
+        assert!(links.conns.is_empty());
+        // Expired entries make room again.
+        let (peer, id) = (PeerId::random(), ConnectionId::new_unchecked(0));
+        let later = now + RELAYED_GRACE;
+        links.established(peer, id, true, later);
+        links.closed(peer, id, later);
+        assert_eq!(links.relayed_left.len(), 1);
+    }
 
     #[test]
     fn relay_addresses_must_name_the_relay_and_not_be_circuits() {
