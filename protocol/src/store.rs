@@ -1020,8 +1020,6 @@ fn merged<'a>(
 pub struct MemStore {
     /// Entries whose body carries their name, one set per bucket ([`BUCKETS`] of them).
     held: Box<[BTreeSet<Held>]>,
-    /// Entries in `held`, over all buckets (so [`Store::len`] needs no walk of the sets).
-    held_len: usize,
     /// Entries whose name is kept as text; no name is in both sets.
     named: BTreeSet<Named>,
     /// Bucket digests, shared with the [`StoreDigest`]s handed out: a write changes them in
@@ -1068,7 +1066,6 @@ impl Default for MemStore {
     fn default() -> Self {
         Self {
             held: (0..BUCKETS).map(|_| BTreeSet::new()).collect(),
-            held_len: 0,
             named: BTreeSet::new(),
             buckets: std::sync::Arc::new([[0u8; 32]; BUCKETS]),
             root: RootTree::default(),
@@ -1270,10 +1267,7 @@ impl MemStore {
         let bucket = bucket_of(name);
         let probe = Probe { bucket, name };
         let old = match self.held[usize::from(bucket)].take(&probe as &dyn ByName) {
-            Some(h) => {
-                self.held_len -= 1;
-                Some(h.entry)
-            }
+            Some(h) => Some(h.entry),
             None => self.named.take(&probe as &dyn Indexed).map(|n| n.entry),
         };
         if let Some(old) = old {
@@ -1295,7 +1289,6 @@ impl MemStore {
             .is_some_and(|n| n.cmp(&Name::Text(name)) == Ordering::Equal);
         if carries_name {
             self.held[usize::from(bucket)].insert(Held { entry });
-            self.held_len += 1;
         } else {
             self.named.insert(Named {
                 bucket,
@@ -1451,7 +1444,6 @@ impl MemStore {
         named.sort_by_key(|n| n.bucket);
         for (set, entries) in self.held.iter_mut().zip(held) {
             *set = entries.into_iter().collect();
-            self.held_len += set.len();
         }
         self.named = named.into_iter().collect();
     }
@@ -1526,7 +1518,7 @@ impl Store for MemStore {
     }
 
     fn len(&self) -> usize {
-        self.held_len + self.named.len()
+        self.held.iter().map(BTreeSet::len).sum::<usize>() + self.named.len()
     }
 
     fn retention_ms(&self) -> u64 {
