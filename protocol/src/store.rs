@@ -865,35 +865,6 @@ impl Indexed for Probe<'_> {
     }
 }
 
-/// What one bucket's set of [`Held`] entries orders by: the name alone (the bucket is the
-/// set's). Compared as `dyn ByName`, like [`Indexed`], so a [`Probe`] looks an entry up.
-trait ByName {
-    fn name(&self) -> Name<'_>;
-}
-
-impl PartialEq for dyn ByName + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for dyn ByName + '_ {}
-impl PartialOrd for dyn ByName + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for dyn ByName + '_ {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.name().cmp(&other.name())
-    }
-}
-
-impl ByName for Probe<'_> {
-    fn name(&self) -> Name<'_> {
-        Name::Text(self.name)
-    }
-}
-
 /// The index's two kinds of element, ordered by their [`Indexed`] key.
 macro_rules! indexed_element {
     ($t:ty) => {
@@ -921,48 +892,20 @@ macro_rules! indexed_element {
     };
 }
 
-/// An entry whose body carries its name (almost every entry): the name is not kept again,
-/// nor its bucket (the entry is in its bucket's set: an [`Entry`] with a bucket byte beside
-/// it took 80 bytes, 72 without, 8 MB at 10⁶ names).
+/// An entry whose body carries its name (almost every entry): the name is not kept again.
 /// Invariant: `entry.bytes` is `Some` and [`Name::of_body`] of it is the name the entry was
 /// stored under.
 #[derive(Clone, Debug)]
 struct Held {
+    bucket: u8,
     entry: Entry,
 }
 
-const _: () = assert!(
-    std::mem::size_of::<Held>() == std::mem::size_of::<Entry>(),
-    "a held element is its entry and nothing more"
-);
-
-impl ByName for Held {
-    fn name(&self) -> Name<'_> {
+impl Indexed for Held {
+    fn key(&self) -> (u8, Name<'_>) {
         let name = self.entry.bytes.as_deref().and_then(Name::of_body);
         // Never `None` (the invariant); an empty name would only misplace, not panic.
-        name.unwrap_or(Name::Text(""))
-    }
-}
-
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.name().cmp(&other.name())
-    }
-}
-impl<'a> Borrow<dyn ByName + 'a> for Held {
-    fn borrow(&self) -> &(dyn ByName + 'a) {
-        self
+        (self.bucket, name.unwrap_or(Name::Text("")))
     }
 }
 
@@ -981,22 +924,26 @@ impl Indexed for Named {
     }
 }
 
+indexed_element!(Held);
 indexed_element!(Named);
 
-/// The entries of `held` (with their buckets) and `named` (each in (bucket, name) order, no
-/// name in both) merged into one walk in (bucket, name) order.
+/// The entries of `held` and `named` (each in index order, no name in both) merged into
+/// one walk in (bucket, name) order.
 fn merged<'a>(
-    held: impl Iterator<Item = (u8, &'a Held)>,
+    held: impl Iterator<Item = &'a Held>,
     named: impl Iterator<Item = &'a Named>,
 ) -> impl Iterator<Item = (u8, Name<'a>, &'a Entry)> {
     let (mut held, mut named) = (held.peekable(), named.peekable());
     std::iter::from_fn(move || {
         let held_first = match (held.peek(), named.peek()) {
-            (Some((b, h)), Some(n)) => cmp_keys((*b, h.name()), n.key()) != Ordering::Greater,
+            (Some(h), Some(n)) => cmp_keys(h.key(), n.key()) != Ordering::Greater,
             (h, _) => h.is_some(),
         };
         if held_first {
-            held.next().map(|(bucket, h)| (bucket, h.name(), &h.entry))
+            held.next().map(|h| {
+                let (bucket, name) = h.key();
+                (bucket, name, &h.entry)
+            })
         } else {
             named
                 .next()
@@ -1013,13 +960,11 @@ fn merged<'a>(
 /// time; only body-less floors keep their name as text. Names are therefore handed out owned
 /// ([`MemStore::iter`], [`Store::bucket_entries`]); lookups compare names without allocating.
 /// Two different names are never confused: the index compares full names, and an entry is
-/// indexed by its body's name only when that is exactly the name it was stored under. Held
-/// entries are kept in one set per digest bucket, so an element is the [`Entry`] alone (72
-/// bytes; 80 with the bucket beside it in one set).
+/// indexed by its body's name only when that is exactly the name it was stored under.
 #[derive(Clone, Debug)]
 pub struct MemStore {
-    /// Entries whose body carries their name, one set per bucket ([`BUCKETS`] of them).
-    held: Box<[BTreeSet<Held>]>,
+    /// Entries whose body carries their name.
+    held: BTreeSet<Held>,
     /// Entries whose name is kept as text; no name is in both sets.
     named: BTreeSet<Named>,
     /// Bucket digests, shared with the [`StoreDigest`]s handed out: a write changes them in
@@ -1065,7 +1010,7 @@ impl CompactDue {
 impl Default for MemStore {
     fn default() -> Self {
         Self {
-            held: (0..BUCKETS).map(|_| BTreeSet::new()).collect(),
+            held: BTreeSet::new(),
             named: BTreeSet::new(),
             buckets: std::sync::Arc::new([[0u8; 32]; BUCKETS]),
             root: RootTree::default(),
@@ -1120,7 +1065,7 @@ impl MemStore {
     /// The bucket digests computed from the entries (held bodies only).
     fn computed_buckets(&self) -> [[u8; 32]; BUCKETS] {
         let mut buckets = [[0u8; 32]; BUCKETS];
-        for (bucket, name, e) in merged(self.held_iter(), self.named.iter()) {
+        for (bucket, name, e) in merged(self.held.iter(), self.named.iter()) {
             if e.bytes.is_some() {
                 let d = entry_digest(&name.text(), &e.floor);
                 for (acc, b) in buckets[usize::from(bucket)].iter_mut().zip(d.iter()) {
@@ -1193,24 +1138,10 @@ impl MemStore {
         }
     }
 
-    /// The held entries with their buckets, in (bucket, name) order.
-    fn held_iter(&self) -> impl Iterator<Item = (u8, &Held)> {
-        self.held.iter().enumerate().flat_map(|(bucket, set)| {
-            // At most `BUCKETS` sets: the index fits in a byte.
-            let bucket = u8::try_from(bucket).unwrap_or(u8::MAX);
-            set.iter().map(move |h| (bucket, h))
-        })
-    }
-
-    /// The set of bucket `bucket`'s held entries.
-    fn held_in(&self, bucket: u8) -> &BTreeSet<Held> {
-        &self.held[usize::from(bucket)]
-    }
-
     /// Every name and entry, in (bucket, name) order. Names are rebuilt from the records'
     /// bytes (the store does not keep them twice), so each is an owned `String`.
     pub fn iter(&self) -> impl Iterator<Item = (String, &Entry)> {
-        merged(self.held_iter(), self.named.iter()).map(|(_, n, e)| (n.text().into_owned(), e))
+        merged(self.held.iter(), self.named.iter()).map(|(_, n, e)| (n.text().into_owned(), e))
     }
 
     /// Entries of `bucket` in name order, from the start or strictly after `after`.
@@ -1224,29 +1155,23 @@ impl MemStore {
             bucket,
             name: after.unwrap_or(""),
         };
-        let by_name: &dyn ByName = &probe;
-        let held = match after {
-            Some(_) => self
-                .held_in(bucket)
-                .range::<dyn ByName, _>((Bound::Excluded(by_name), Bound::Unbounded)),
-            None => self.held_in(bucket).range::<dyn ByName, _>(..),
-        };
         let probe: &dyn Indexed = &probe;
         let lower = match after {
             Some(_) => Bound::Excluded(probe),
             None => Bound::Included(probe),
         };
+        let held = self.held.range::<dyn Indexed, _>((lower, Bound::Unbounded));
         let named = self
             .named
             .range::<dyn Indexed, _>((lower, Bound::Unbounded));
-        merged(held.map(move |h| (bucket, h)), named)
+        merged(held, named)
             .take_while(move |(b, _, _)| *b == bucket)
             .map(|(_, n, e)| (n, e))
     }
 
     /// Names that are live at `now_ms`.
     pub fn live_count(&self, now_ms: u64) -> usize {
-        let held = self.held_iter().map(|(_, h)| &h.entry);
+        let held = self.held.iter().map(|h| &h.entry);
         let named = self.named.iter().map(|n| &n.entry);
         held.chain(named).filter(|e| e.is_live(now_ms)).count()
     }
@@ -1266,9 +1191,10 @@ impl MemStore {
     pub fn insert(&mut self, name: &str, entry: Entry) {
         let bucket = bucket_of(name);
         let probe = Probe { bucket, name };
-        let old = match self.held[usize::from(bucket)].take(&probe as &dyn ByName) {
+        let probe: &dyn Indexed = &probe;
+        let old = match self.held.take(probe) {
             Some(h) => Some(h.entry),
-            None => self.named.take(&probe as &dyn Indexed).map(|n| n.entry),
+            None => self.named.take(probe).map(|n| n.entry),
         };
         if let Some(old) = old {
             self.toggle_digest(bucket, name, &old);
@@ -1288,7 +1214,7 @@ impl MemStore {
             .and_then(Name::of_body)
             .is_some_and(|n| n.cmp(&Name::Text(name)) == Ordering::Equal);
         if carries_name {
-            self.held[usize::from(bucket)].insert(Held { entry });
+            self.held.insert(Held { bucket, entry });
         } else {
             self.named.insert(Named {
                 bucket,
@@ -1315,8 +1241,7 @@ pub struct LoadItem {
 /// The index element a [`LoadItem`] becomes.
 #[derive(Debug)]
 enum Element {
-    /// A held entry and its bucket.
-    Held(u8, Held),
+    Held(Held),
     Named(Named),
 }
 
@@ -1339,7 +1264,7 @@ impl LoadItem {
                 .and_then(Name::of_body)
                 .is_some_and(|n| n.cmp(&Name::Text(name)) == Ordering::Equal);
         let element = if carries_name {
-            Element::Held(bucket, Held { entry })
+            Element::Held(Held { bucket, entry })
         } else {
             Element::Named(Named {
                 bucket,
@@ -1371,28 +1296,20 @@ impl MemStore {
         if self.len() > 0 {
             for item in items {
                 let (name, entry) = match item.element {
-                    Element::Held(_, h) => (h.name().text().into_owned(), h.entry),
+                    Element::Held(h) => (h.key().1.text().into_owned(), h.entry),
                     Element::Named(n) => (n.name.into_string(), n.entry),
                 };
                 self.insert(&name, entry);
             }
             return;
         }
-        // Each bucket's held entries in a vector of exactly its size, so the entries are in
-        // memory once more at most while the sets are built.
-        let mut counts = [0usize; BUCKETS];
-        for item in &items {
-            if let Element::Held(bucket, _) = item.element {
-                counts[usize::from(bucket)] += 1;
-            }
-        }
-        let mut held: Vec<Vec<Held>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+        let mut held = Vec::with_capacity(items.len());
         let mut named = Vec::new();
         let buckets = std::sync::Arc::make_mut(&mut self.buckets);
         let mut due = self.compact_due.get();
         for item in items {
             let (bucket, entry) = match &item.element {
-                Element::Held(bucket, h) => (*bucket, &h.entry),
+                Element::Held(h) => (h.bucket, &h.entry),
                 Element::Named(n) => (n.bucket, &n.entry),
             };
             if let (Some(d), true) = (item.digest, self.keep_digest) {
@@ -1406,7 +1323,7 @@ impl MemStore {
             let zone_text;
             let zone = match &item.element {
                 Element::Named(n) => zone_of(&n.name),
-                Element::Held(_, h) => match h.name() {
+                Element::Held(h) => match h.key().1 {
                     Name::Body { zone, .. } => {
                         zone_text = zone_text_of(zone);
                         // Base32 characters: always UTF-8.
@@ -1430,7 +1347,7 @@ impl MemStore {
                 }
             }
             match item.element {
-                Element::Held(bucket, h) => held[usize::from(bucket)].push(h),
+                Element::Held(h) => held.push(h),
                 Element::Named(n) => named.push(n),
             }
         }
@@ -1438,13 +1355,11 @@ impl MemStore {
         if self.keep_digest {
             self.root = RootTree::all_stale();
         }
-        // Name order within each bucket is kept (by the stable sort on the bucket alone for
-        // `named`), so the sort inside `from_iter` finds the items in order and builds each
-        // set in one pass.
+        // Name order within each bucket is kept by the stable sort on the bucket alone, so
+        // the sort inside `from_iter` finds the items in order and builds the set in one pass.
+        held.sort_by_key(|h| h.bucket);
         named.sort_by_key(|n| n.bucket);
-        for (set, entries) in self.held.iter_mut().zip(held) {
-            *set = entries.into_iter().collect();
-        }
+        self.held = held.into_iter().collect();
         self.named = named.into_iter().collect();
     }
 }
@@ -1453,11 +1368,14 @@ impl Store for MemStore {
     type Error = Infallible;
 
     fn entry(&self, name: &str) -> Option<&Entry> {
-        let bucket = bucket_of(name);
-        let probe = Probe { bucket, name };
-        match self.held_in(bucket).get(&probe as &dyn ByName) {
+        let probe = Probe {
+            bucket: bucket_of(name),
+            name,
+        };
+        let probe: &dyn Indexed = &probe;
+        match self.held.get(probe) {
             Some(h) => Some(&h.entry),
-            None => self.named.get(&probe as &dyn Indexed).map(|n| &n.entry),
+            None => self.named.get(probe).map(|n| &n.entry),
         }
     }
 
@@ -1504,7 +1422,7 @@ impl Store for MemStore {
         // bound past `now`).
         let mut due_next = u64::MAX;
         let mut out = Vec::new();
-        for (_, name, e) in merged(self.held_iter(), self.named.iter()) {
+        for (_, name, e) in merged(self.held.iter(), self.named.iter()) {
             if e.bytes.is_none() {
                 continue;
             }
@@ -1518,7 +1436,7 @@ impl Store for MemStore {
     }
 
     fn len(&self) -> usize {
-        self.held.iter().map(BTreeSet::len).sum::<usize>() + self.named.len()
+        self.held.len() + self.named.len()
     }
 
     fn retention_ms(&self) -> u64 {
@@ -1631,7 +1549,7 @@ mod tests {
         want.push((bucket_of("filed-here.test"), "filed-here.test".into(), odd));
         want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
 
-        assert!(store.held_iter().next().is_some() && store.named.len() > 1);
+        assert!(!store.held.is_empty() && store.named.len() > 1);
         assert_eq!(store.len(), want.len());
         let listed: Vec<(String, Entry)> = store.iter().map(|(n, e)| (n, e.clone())).collect();
         let expected: Vec<(String, Entry)> = want
