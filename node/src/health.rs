@@ -2356,6 +2356,12 @@ pub async fn run(
             if let Some(mine) = targets() {
                 health.track(mine, now);
             }
+            if last_refresh.is_none() {
+                // The first refresh built the index from the whole store and chose from all
+                // of it: at 10⁶ records tens of MB of copies freed just now, handed back to
+                // the system at once instead of at the trimmer's next run.
+                crate::alloc::trim();
+            }
             last_refresh = Some(now);
         }
         let budget = cfg.max_probes_per_tick.min(slots.available_permits());
