@@ -410,21 +410,6 @@ async fn a_trimmed_network_stays_connected_and_trimmed_peers_stay_away() -> anyh
         async move { t > 0 }
     })
     .await?;
-    // Every node publishes; every other node receives it over the trimmed graph.
-    for i in 0..nodes.len() {
-        let payload = format!("from node {i}").into_bytes();
-        publish_when_ready(&nodes[i], &payload).await?;
-        for (j, node) in nodes.iter_mut().enumerate() {
-            if j != i {
-                receive(node, &payload).await?;
-            }
-        }
-    }
-    let released: u64 = nodes
-        .iter()
-        .map(|n| n.handle.stats().released_by_peer)
-        .sum();
-    assert!(released > 0, "trimmed peers were told");
     // The trims stop: a quiet window (trims and first connections unchanged).
     let deadline = Instant::now() + SETTLE_WITHIN;
     let mut last = totals(&nodes);
@@ -439,6 +424,26 @@ async fn a_trimmed_network_stays_connected_and_trimmed_peers_stay_away() -> anyh
         if now != last {
             last = now;
             quiet_since = Instant::now();
+        }
+    }
+    let released: u64 = nodes
+        .iter()
+        .map(|n| n.handle.stats().released_by_peer)
+        .sum();
+    assert!(released > 0, "trimmed peers were told");
+    // Every node publishes; every other node receives it over the trimmed graph. Only once
+    // settled: gossipsub sends a message once, to the peers connected when it is published
+    // (and IHAVE only to peers connected within its few heartbeats of history), so a node
+    // that a trim had just disconnected and that reconnected later never gets it — the
+    // node's anti-entropy is what covers that, and this test has none. Publishing while
+    // trims still ran was this test's other flake ("did not receive all").
+    for i in 0..nodes.len() {
+        let payload = format!("from node {i}").into_bytes();
+        publish_when_ready(&nodes[i], &payload).await?;
+        for (j, node) in nodes.iter_mut().enumerate() {
+            if j != i {
+                receive(node, &payload).await?;
+            }
         }
     }
     // Settled, nobody cut off. (Degrees may stay above the trim bound here: with 8 nodes
