@@ -3377,17 +3377,18 @@ mod tests {
         let store = Mutex::new(crate::store::DurableStore::open(
             &dir.path().join("s.redb"),
         )?);
-        for i in 0..RECORDS {
+        // Record `i` at `seq`, its endpoints on `net`.x.
+        let publish = |i: u16, seq: u64, net: [u8; 3]| -> Result<(), Box<dyn std::error::Error>> {
             let key = &keys[usize::from(i) % keys.len()];
             let r = RecordBody {
                 zone: key.zone(),
                 label: format!("svc{i}"),
-                seq: 1,
+                seq,
                 expires_at_ms: NOW + 3_600_000,
                 content: Content::Endpoints(
                     (0..PER_RECORD)
                         .map(|j| Endpoint {
-                            host: Host::V4([198, 51, 100, (i % 200) as u8]),
+                            host: Host::V4([net[0], net[1], net[2], (i % 200) as u8]),
                             port: 1 + i * PER_RECORD + j,
                             transport: Transport::Tcp,
                             weight: 1,
@@ -3398,6 +3399,10 @@ mod tests {
             .sign(key)?;
             let mut s = store.lock().map_err(|e| e.to_string())?;
             assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
+            Ok(())
+        };
+        for i in 0..RECORDS {
+            publish(i, 1, [198, 51, 100])?;
         }
         let targets = usize::from(RECORDS * PER_RECORD);
         let me = peer(1);
@@ -3430,26 +3435,7 @@ mod tests {
         index.refresh_from(&store);
         let _ = index.take_touched();
         for i in (0..RECORDS).step_by(5) {
-            let key = &keys[usize::from(i) % keys.len()];
-            let r = RecordBody {
-                zone: key.zone(),
-                label: format!("svc{i}"),
-                seq: 2,
-                expires_at_ms: NOW + 3_600_000,
-                content: Content::Endpoints(
-                    (0..PER_RECORD)
-                        .map(|j| Endpoint {
-                            host: Host::V4([203, 0, 113, (i % 200) as u8]),
-                            port: 1 + i * PER_RECORD + j,
-                            transport: Transport::Tcp,
-                            weight: 1,
-                        })
-                        .collect(),
-                ),
-            }
-            .sign(key)?;
-            let mut s = store.lock().map_err(|e| e.to_string())?;
-            assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
+            publish(i, 2, [203, 0, 113])?;
         }
         index.refresh_from(&store);
         // What the selection takes at each update.
