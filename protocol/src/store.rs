@@ -749,6 +749,13 @@ fn zone_text_cached(zone: &[u8; 32], out: &mut [u8; ZONE_TEXT_LEN]) {
     })
 }
 
+/// A zone's text as a `str`, written into `buf` through the memo ([`zone_text_cached`]).
+fn zone_str<'b>(zone: &[u8; 32], buf: &'b mut [u8; ZONE_TEXT_LEN]) -> &'b str {
+    zone_text_cached(zone, buf);
+    // Base32 characters: always UTF-8.
+    std::str::from_utf8(buf).unwrap_or_default()
+}
+
 /// Byte-wise order of two byte strings, each given as the concatenation of three pieces.
 fn cmp_pieces(a: [&[u8]; 3], b: [&[u8]; 3]) -> Ordering {
     let (mut a, mut b) = (
@@ -876,10 +883,7 @@ impl<'a> Name<'a> {
                 let mut s = String::with_capacity(label.len() + 1 + ZONE_TEXT_LEN);
                 s.push_str(&String::from_utf8_lossy(label));
                 s.push('.');
-                // Base32 characters: always UTF-8.
-                let mut text = [0u8; ZONE_TEXT_LEN];
-                zone_text_cached(zone, &mut text);
-                s.push_str(std::str::from_utf8(&text).unwrap_or_default());
+                s.push_str(zone_str(zone, &mut [0u8; ZONE_TEXT_LEN]));
                 Cow::Owned(s)
             }
         }
@@ -1386,11 +1390,7 @@ impl MemStore {
             let zone = match &item.element {
                 Element::Named(n) => zone_of(&n.name),
                 Element::Held(h) => match h.key().1 {
-                    Name::Body { zone, .. } => {
-                        zone_text_cached(zone, &mut zone_text);
-                        // Base32 characters: always UTF-8.
-                        std::str::from_utf8(&zone_text).unwrap_or_default()
-                    }
+                    Name::Body { zone, .. } => zone_str(zone, &mut zone_text),
                     Name::Text(t) => zone_of(t),
                 },
             };
