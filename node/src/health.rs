@@ -774,6 +774,27 @@ struct ZoneTargets {
     loose: usize,
 }
 
+/// The items of two sorted iterators in one sorted sequence: `a`'s next item comes first when
+/// `a_first` says it sorts strictly before `b`'s, so on a tie `b`'s goes first.
+fn merge_sorted<T>(
+    a: impl Iterator<Item = T>,
+    b: impl Iterator<Item = T>,
+    a_first: impl Fn(&T, &T) -> bool,
+) -> impl Iterator<Item = T> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => a_first(x, y),
+            (x, _) => x.is_some(),
+        };
+        if take_a {
+            a.next()
+        } else {
+            b.next()
+        }
+    })
+}
+
 /// Where `k` would be in `packed` (only IPv4 keys are ever packed).
 fn find_packed(packed: &[Packed], k: &Key) -> Option<usize> {
     let Key::V4(a, port, transport) = k else {
@@ -830,6 +851,14 @@ enum At<'a> {
 }
 
 impl At<'_> {
+    /// The target's key (built for a packed entry: an IPv4 key holds no heap data).
+    fn key(&self) -> std::borrow::Cow<'_, Key> {
+        match self {
+            At::Packed(p) => std::borrow::Cow::Owned(p.key()),
+            At::Delta(k, _) => std::borrow::Cow::Borrowed(*k),
+        }
+    }
+
     fn target(&self) -> Target {
         match self {
             At::Packed(p) => (Host::V4(p.addr), p.port, p.transport),
@@ -967,19 +996,11 @@ impl ZoneTargets {
 
     /// Every target's entry, in target order.
     fn iter(&self) -> impl Iterator<Item = At<'_>> + '_ {
-        let mut packed = self.packed.iter().filter(|p| p.live()).peekable();
-        let mut delta = self.delta.iter().peekable();
-        std::iter::from_fn(move || {
-            let packed_first = match (packed.peek(), delta.peek()) {
-                (Some(p), Some((k, _))) => p.key() < **k,
-                (p, _) => p.is_some(),
-            };
-            if packed_first {
-                packed.next().map(At::Packed)
-            } else {
-                delta.next().map(|(k, s)| At::Delta(k, s))
-            }
-        })
+        merge_sorted(
+            self.packed.iter().filter(|p| p.live()).map(At::Packed),
+            self.delta.iter().map(|(k, s)| At::Delta(k, s)),
+            |a, b| a.key() < b.key(),
+        )
     }
 
     fn loosen(&mut self) {
@@ -1013,19 +1034,11 @@ impl ZoneTargets {
             }
         }
         let mut packed = Vec::with_capacity(old.len() - self.gone + moved.len());
-        let mut old = old.into_iter().filter(Packed::live).peekable();
-        let mut moved = moved.into_iter().peekable();
-        loop {
-            let old_first = match (old.peek(), moved.peek()) {
-                (Some(a), Some(b)) => a.order() < b.order(),
-                (a, _) => a.is_some(),
-            };
-            let next = if old_first { old.next() } else { moved.next() };
-            match next {
-                Some(p) => packed.push(p),
-                None => break,
-            }
-        }
+        packed.extend(merge_sorted(
+            old.into_iter().filter(Packed::live),
+            moved.into_iter(),
+            |a, b| a.order() < b.order(),
+        ));
         self.packed = packed;
         self.gone = 0;
         self.delta = stay.into_iter().collect();
