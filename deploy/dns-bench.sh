@@ -3,20 +3,31 @@
 #
 # What it does, all on loopback:
 #   1. installs dnsperf and knot from Debian packages if missing (falls back to nsd);
-#   2. builds dpin (release), starts one `dpin node --dns`, generates a zone key and publishes
-#      N names (A records) to it through the real CLI;
+#   2. builds dpin (release) and fills one node with N names (A records): up to $CLI_MAX names
+#      through the real CLI (a zone key, one signed publish each), above that (FILL=direct) by
+#      `dpin-bench dns-fill`, which writes the signed records straight into the data dir
+#      (1,000 zones; a million CLI publishes would take an hour of fsyncs); starts `dpin node
+#      --dns` on it;
 #   3. writes the SAME names and addresses into a Knot zone file for `dpin.` and starts knotd;
 #   4. checks that both servers answer every name with NOERROR;
 #   5. pins each server to CPU $SERVER_CPU and dnsperf to CPU $CLIENT_CPU (taskset), and for
 #      each server searches the highest offered rate (dnsperf -Q) that is answered with 0% loss
 #      and at >= 95% of the offered rate, with short runs (-l $DURATION);
 #   6. measures p50/p99 latency at half that rate (dnsperf -v, per-query latencies; median
-#      of $LAT_RUNS runs);
+#      of $LAT_RUNS runs). With GOSSIP_RATE=R (R > 0), GOSSIP_PEERS more dpin nodes (default 3,
+#      on the client CPU, each holding a copy of the same store) are connected to the measured
+#      one, and during every latency run, of both servers alike, `dpin-bench publish-load`
+#      publishes R signed updates of the names a second to them in turn: the measured node receives
+#      them by gossip and applies them while it answers (the reference server receives
+#      nothing; the load is there too so the client CPU is shared the same way). The report
+#      says how many updates the measured node applied by gossip;
 #   7. prints both figures and the ratio dpin/reference; cleans everything up on exit.
 #
 # Usage: deploy/dns-bench.sh            (env: N, DURATION, SERVER_CPU, CLIENT_CPU, STEPS,
 #                                        LAT_RUNS, CLIENTS, OUTSTANDING, REFERENCE=knot|nsd,
-#                                        DPIN_ARGS, KEEP=1 keeps the work directory)
+#                                        DPIN_ARGS, FILL=cli|direct, GOSSIP_RATE,
+#                                        KEEP=1 keeps the work directory)
+# At data scale (issue 14's target):  N=1000000 GOSSIP_RATE=1000 deploy/dns-bench.sh
 # Needs: 2+ CPUs, Debian/Ubuntu (apt-get) or dnsperf + knotd/nsd already installed, cargo.
 # Other load on the machine (e.g. a parallel build) skews the absolute figures; the ratio,
 # measured back to back, is the meaningful number.
@@ -31,6 +42,15 @@ LAT_RUNS=${LAT_RUNS:-3}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-200}
 REFERENCE=${REFERENCE:-knot}
+# How the dpin node is filled: cli (one publish per name) up to CLI_MAX names, direct above.
+CLI_MAX=20000
+FILL=${FILL:-$( (( N <= CLI_MAX )) && echo cli || echo direct)}
+[[ $FILL == cli || $FILL == direct ]] || { echo "FILL must be cli or direct" >&2; exit 2; }
+# Signed updates a second published to GOSSIP_PEERS other nodes while latency is measured
+# (0 = none). A node takes at most 500 gossip messages a second from one peer (its ingest
+# budget), so 1,000 a second need at least 3 sources.
+GOSSIP_RATE=${GOSSIP_RATE:-0}
+GOSSIP_PEERS=${GOSSIP_PEERS:-3}
 # Extra `dpin node` flags. Endpoint health probing is off by default: the reference server
 # probes nothing, and probing N endpoints is background load that scales with the store, not
 # with queries. DPIN_ARGS= (empty) measures with probing on.
@@ -83,14 +103,21 @@ have taskset || die "taskset (util-linux) is required"
 
 # ---------------------------------------------------------------------------------------------
 # 2. dpin
-log "building dpin (release)"
-(cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin)
+if [[ $FILL == direct || $GOSSIP_RATE != 0 ]]; then
+    log "building dpin and dpin-bench (release)"
+    (cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin -p dpin-sim --bin dpin-bench)
+else
+    log "building dpin (release)"
+    (cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin)
+fi
 DPIN="$REPO/target/release/dpin"
+BENCH="$REPO/target/release/dpin-bench"
 
 # Waits until FILE has a line "KEY VALUE" and prints VALUE.
 wait_line() {
     local file=$1 key=$2 i
-    for i in $(seq 1 200); do
+    # 60 s: a node loads its store (a million names: a few seconds) before it prints.
+    for i in $(seq 1 1200); do
         if grep -q "^$key " "$file" 2>/dev/null; then
             grep -m1 "^$key " "$file" | cut -d' ' -f2
             return 0
@@ -101,40 +128,72 @@ wait_line() {
 }
 
 mkdir -p "$WORK/dpin"
-RUST_LOG=warn taskset -c "$SERVER_CPU" "$DPIN" node --data-dir "$WORK/dpin" \
-    --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --dns 127.0.0.1:0 $DPIN_ARGS \
-    >"$WORK/dpin.out" 2>"$WORK/dpin.log" &
-PIDS+=($!)
+if [[ $FILL == direct ]]; then
+    # The data dir, the reference zone file and the query file, with the same names.
+    log "writing $N signed names into the data dir (dpin-bench dns-fill)"
+    "$BENCH" dns-fill --records "$N" --data-dir "$WORK/dpin" --zone-file "$WORK/dpin.zone" \
+        --queries "$WORK/queries.txt" || die "dns-fill failed"
+fi
+# Starts `dpin node` on data dir $1 pinned to CPU $2, output to $1.out/$1.log; extra flags after.
+start_dpin() {
+    local dir=$1 cpu=$2
+    shift 2
+    RUST_LOG=warn taskset -c "$cpu" "$DPIN" node --data-dir "$dir" \
+        --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 $DPIN_ARGS "$@" \
+        >"$dir.out" 2>"$dir.log" &
+    PIDS+=($!)
+}
+start_dpin "$WORK/dpin" "$SERVER_CPU" --dns 127.0.0.1:0
+# A million names take a few seconds to load before the node prints its addresses.
 API=$(wait_line "$WORK/dpin.out" api) || die "dpin did not start (see $WORK/dpin.log)"
 DPIN_DNS=$(wait_line "$WORK/dpin.out" dns) || die "dpin printed no dns address"
 DPIN_PORT=${DPIN_DNS##*:}
 [[ ${DPIN_DNS%:*} == 127.0.0.1 ]] || die "dpin DNS is not on loopback: $DPIN_DNS"
 log "dpin node: api $API, dns $DPIN_DNS"
 
-ZONE=$("$DPIN" keygen --out "$WORK/zone.key")
-log "zone $ZONE; publishing $N names"
-# Name i → n<i>.<zone>.dpin. A 127.1.<i/250>.<i%250+1> (loopback addresses; never contacted).
-addr_of() { echo "127.1.$(( $1 / 250 )).$(( $1 % 250 + 1 ))"; }
-for i in $(seq 1 "$N"); do
-    echo "n$i $(addr_of "$i"):80"
-done >"$WORK/names.txt"
-# Four publishers at a time; each is one signed record, committed durably by the node.
-xargs -P 4 -L 1 sh -c '"$0" publish --key "$1" --api "$2" "$3" "$4" >/dev/null || exit 255' \
-    "$DPIN" "$WORK/zone.key" "$API" <"$WORK/names.txt" \
-    || die "publishing failed"
+if [[ $FILL == cli ]]; then
+    ZONE=$("$DPIN" keygen --out "$WORK/zone.key")
+    log "zone $ZONE; publishing $N names"
+    # Name i → n<i>.<zone>.dpin. A 127.1.<i/250>.<i%250+1> (loopback addresses; never contacted).
+    addr_of() { echo "127.1.$(( $1 / 250 )).$(( $1 % 250 + 1 ))"; }
+    for i in $(seq 1 "$N"); do
+        echo "n$i $(addr_of "$i"):80"
+    done >"$WORK/names.txt"
+    # Four publishers at a time; each is one signed record, committed durably by the node.
+    xargs -P 4 -L 1 sh -c '"$0" publish --key "$1" --api "$2" "$3" "$4" >/dev/null || exit 255' \
+        "$DPIN" "$WORK/zone.key" "$API" <"$WORK/names.txt" \
+        || die "publishing failed"
 
-# ---------------------------------------------------------------------------------------------
-# 3. Reference server with the same names
-{
-    echo "\$ORIGIN dpin."
-    echo "\$TTL 60"
-    echo "@ SOA ns.dpin. hostmaster.dpin. 1 60 60 86400 5"
-    echo "@ NS ns.dpin."
-    echo "ns A 127.0.0.1"
-    while read -r label ep; do
-        echo "$label.$ZONE A ${ep%:*}"
-    done <"$WORK/names.txt"
-} >"$WORK/dpin.zone"
+    # -----------------------------------------------------------------------------------------
+    # 3. Reference server with the same names
+    {
+        echo "\$ORIGIN dpin."
+        echo "\$TTL 60"
+        echo "@ SOA ns.dpin. hostmaster.dpin. 1 60 60 86400 5"
+        echo "@ NS ns.dpin."
+        echo "ns A 127.0.0.1"
+        while read -r label ep; do
+            echo "$label.$ZONE A ${ep%:*}"
+        done <"$WORK/names.txt"
+    } >"$WORK/dpin.zone"
+    for i in $(seq 1 "$N"); do echo "n$i.$ZONE.dpin A"; done >"$WORK/queries.txt"
+fi
+
+# The gossip sources: GOSSIP_PEERS nodes holding the same names, connected to the measured one.
+PEER_APIS=()
+if (( GOSSIP_RATE > 0 )); then
+    [[ $FILL == direct ]] || die "GOSSIP_RATE needs FILL=direct (the load updates the bench names)"
+    (( GOSSIP_PEERS >= 1 )) || die "GOSSIP_PEERS must be at least 1"
+    BOOT=$(wait_line "$WORK/dpin.out" listen) || die "dpin printed no listen address"
+    for p in $(seq 1 "$GOSSIP_PEERS"); do
+        mkdir -p "$WORK/peer$p"
+        cp "$WORK/dpin/store.redb" "$WORK/peer$p/store.redb"
+        start_dpin "$WORK/peer$p" "$CLIENT_CPU" --bootstrap "$BOOT"
+        api=$(wait_line "$WORK/peer$p.out" api) || die "gossip peer $p did not start (see $WORK/peer$p.log)"
+        PEER_APIS+=(--api "$api")
+    done
+    log "$GOSSIP_PEERS gossip peers (${PEER_APIS[*]}), bootstrapped from $BOOT"
+fi
 
 # A port below the ephemeral range (so no outgoing connection can hold it) that no socket uses.
 free_port() {
@@ -239,7 +298,6 @@ log "$REF_NAME serving on 127.0.0.1:$REF_PORT"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Same answers from both
-for i in $(seq 1 "$N"); do echo "n$i.$ZONE.dpin A"; done >"$WORK/queries.txt"
 
 # dnsperf on the client CPU. Prints the raw report.
 dnsperf_run() {
@@ -319,6 +377,30 @@ latency_once() {
                  printf "%.3f %.3f\n", p50, p99 }'
 }
 
+# The gossip load (GOSSIP_RATE > 0) around one server's latency runs: started before them,
+# stopped (SIGTERM; it prints its summary) after.
+LOAD_PID=""
+start_load() {
+    (( GOSSIP_RATE > 0 )) || return 0
+    taskset -c "$CLIENT_CPU" "$BENCH" publish-load "${PEER_APIS[@]}" --records "$N" \
+        --rate "$GOSSIP_RATE" --duration-s 3600 --seed "$RANDOM" >"$WORK/load.$1.txt" 2>&1 &
+    LOAD_PID=$!
+    PIDS+=("$LOAD_PID")
+    sleep 2 # up to rate, and gossip flowing to the measured node
+}
+stop_load() {
+    (( GOSSIP_RATE > 0 )) || return 0
+    kill -TERM "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true
+    log "$(cat "$WORK/load.$1.txt")"
+}
+# The measured node's count of records applied by gossip (0 if it cannot be read).
+gossip_applied() {
+    curl -s --max-time 5 "http://$API/metrics" 2>/dev/null \
+        | awk '/^dpin_records_total\{path="gossip",outcome="applied"\}/ { print $2 + 0; f = 1 }
+               END { if (!f) print 0 }'
+}
+
 # Median p50 and median p99 over $LAT_RUNS runs (a single run's tail is at the mercy of
 # whatever else the machine schedules in those seconds).
 latency() {
@@ -338,8 +420,21 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load before measuring: $LOAD"
 DPIN_QPS=$(max_rate "$DPIN_PORT" dpin)
 REF_QPS=$(max_rate "$REF_PORT" "$REF_NAME")
+APPLIED_BEFORE=$(gossip_applied)
+start_load dpin
 read -r DPIN_P50 DPIN_P99 <<<"$(latency "$DPIN_PORT" $(( DPIN_QPS / 2 > 0 ? DPIN_QPS / 2 : 1 )) dpin)"
+stop_load dpin
+APPLIED=$(( $(gossip_applied) - APPLIED_BEFORE ))
+start_load reference
 read -r REF_P50 REF_P99 <<<"$(latency "$REF_PORT" $(( REF_QPS / 2 > 0 ? REF_QPS / 2 : 1 )) "$REF_NAME")"
+stop_load reference
+if (( GOSSIP_RATE > 0 )); then
+    GOSSIP_LINE="gossip load during the latency runs: $GOSSIP_RATE publishes/s offered to $GOSSIP_PEERS other nodes; the dpin node applied $APPLIED by gossip during its runs
+  dpin runs:      $(cat "$WORK/load.dpin.txt")
+  reference runs: $(cat "$WORK/load.reference.txt")"
+else
+    GOSSIP_LINE="no gossip load (GOSSIP_RATE=0)"
+fi
 RATIO=$(awk -v a="$DPIN_QPS" -v b="$REF_QPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }')
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +442,8 @@ RATIO=$(awk -v a="$DPIN_QPS" -v b="$REF_QPS" 'BEGIN { if (b > 0) printf "%.2f", 
 cat <<EOF
 
 DNS benchmark: $N names, A queries over UDP, loopback; server on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU
-dpin node flags: ${DPIN_ARGS:-(none)}; load average at start: $LOAD
+dpin node flags: ${DPIN_ARGS:-(none)}; filled by: $FILL; load average at start: $LOAD
+$GOSSIP_LINE
 ($CLIENTS clients, <= $OUTSTANDING outstanding, ${DURATION}s per run, $STEPS-step search over -Q)
 server            max qps @ 0% loss   p50 ms @ half   p99 ms @ half (median of $LAT_RUNS runs)
 dpin              $(printf '%-19s %-15s %s' "$DPIN_QPS" "$DPIN_P50" "$DPIN_P99")

@@ -37,13 +37,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dpin_node::store::DurableStore;
-use dpin_protocol::store::{Entry, Store};
-use dpin_protocol::{Content, Endpoint, Host, RecordBody, Transport, ZoneKey};
 
 struct Args {
     records: usize,
@@ -99,69 +95,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `n` records into `dir/store.redb`; returns the last name and the encoded bytes.
+/// Writes `n` records into `dir/store.redb` ([`dpin_node::benchdata`]); returns the last name
+/// and the encoded bytes.
 fn generate(dir: &Path, n: usize) -> Result<(String, usize)> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("store.redb");
-    let _ = std::fs::remove_file(&path);
-    let store = Mutex::new(DurableStore::open(&path)?);
-    // Taken before the writes: a persister knows the generation it was made at as durable,
-    // so one made afterwards would flush nothing.
-    let persister = store
-        .lock()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .persister();
-    let expires = now_ms() + 20 * 24 * 3600 * 1000;
-    let zones: Vec<ZoneKey> = (0..1000u32)
-        .map(|z| {
-            let mut seed = [7u8; 32];
-            seed[..4].copy_from_slice(&z.to_le_bytes());
-            ZoneKey::from_seed(seed)
-        })
-        .collect();
-    let mut last = String::new();
-    let mut encoded = 0usize;
     let started = Instant::now();
-    {
-        let mut s = store.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-        s.set_quota(dpin_protocol::store::Quota::UNLIMITED);
-        for i in 0..n {
-            let key = &zones[i % zones.len()];
-            let ep = |port| Endpoint {
-                host: Host::V4([127, 0, (i >> 8) as u8, i as u8]),
-                port,
-                transport: Transport::Tcp,
-                weight: 1,
-            };
-            let r = RecordBody {
-                zone: key.zone(),
-                label: format!("service-{i}"),
-                seq: 1,
-                expires_at_ms: expires,
-                content: Content::Endpoints(vec![ep(443), ep(8443)]),
-            }
-            .sign(key)?;
-            let e = Entry::from_record(&r);
-            encoded += e.bytes.as_ref().map_or(0, |b| b.len());
-            last = r.name();
-            s.put_entry(&last, e)?;
-        }
-    }
-    let generation = store
-        .lock()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .generation();
-    persister.flush(&store, generation)?;
-    let on_disk = std::fs::metadata(&path)?.len();
-    if on_disk < encoded as u64 {
-        bail!("store.redb holds {on_disk} bytes, less than the {encoded} encoded: not flushed");
-    }
+    let expires = now_ms() + 20 * 24 * 3600 * 1000;
+    let w = dpin_node::benchdata::write_store(dir, n, expires, |_, _| Ok(()))?;
     eprintln!(
         "wrote {n} records ({:.1} B encoded each) in {:.1} s",
-        encoded as f64 / n as f64,
+        w.encoded as f64 / n as f64,
         started.elapsed().as_secs_f64()
     );
-    Ok((last, encoded))
+    Ok((w.last, w.encoded))
 }
 
 fn free_port() -> Result<u16> {

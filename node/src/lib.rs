@@ -34,6 +34,7 @@
 //!   compare-and-set one-step publishing, named deletions.
 //! * [`identity`] — the node's persistent libp2p identity and secret-file writing.
 //! * [`datadir`] — the data dir's format version: open an older dir, refuse a newer one.
+//! * [`benchdata`] — synthetic signed records for the data-scale benches (not used by the node).
 //! * [`alloc`] — glibc allocator settings so memory follows what the node holds now.
 //! * [`config`] — `dpin node --config FILE` (TOML), overridden by DPIN_* and flags.
 //! * [`cli`] — the command line (`keygen`, `node`, `publish`, `sign`, `resolve`, `status`,
@@ -43,6 +44,7 @@
 pub mod alloc;
 pub mod answer;
 pub mod api;
+pub mod benchdata;
 pub mod blobs;
 pub mod cli;
 pub mod client;

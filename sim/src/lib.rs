@@ -25,6 +25,9 @@
 //!
 //! * [`propbench`] measures propagation of dpin's real processes against raw in-process
 //!   gossipsub at the same cluster sizes, side by side in one run (`dpin-bench propagation`).
+//!   [`dnsbench`] holds what `deploy/dns-bench.sh` runs at data scale: a million-name data dir
+//!   with the same names as a reference zone file (`dpin-bench dns-fill`), and a steady
+//!   publish load for a node to gossip while DNS is measured (`dpin-bench publish-load`).
 //!
 //! The `dpin-sim` binary is a thin front-end over these modules: `src/main.rs` holds the
 //! command line and the dispatch, `src/cli/` one module per subcommand (`cluster`, `chaos` with
@@ -47,6 +50,7 @@ pub mod attack;
 pub mod checker;
 pub mod clock;
 pub mod cluster;
+pub mod dnsbench;
 pub mod dnsq;
 pub mod history;
 pub mod nemesis;

@@ -32,6 +32,10 @@
 //!   at the origin to the last node's receipt (dpin: answered over DNS), p50/p99/max for each
 //!   side and the dpin/raw ratios ([`dpin_sim::propbench`]).
 //!
+//! * `dpin-bench dns-fill` and `dpin-bench publish-load` ([`dpin_sim::dnsbench`]): what
+//!   `deploy/dns-bench.sh` runs at a million names (the data dir and the reference zone, and
+//!   the gossip load during the latency runs).
+//!
 //! Traffic stays on loopback (idle, propagation) or inside namespaces this process creates and deletes
 //! (heal, 198.18.0.0/15), as the project rules require.
 
@@ -95,6 +99,12 @@ enum Cmd {
     /// Publish-to-last-node propagation: dpin's real processes against raw in-process
     /// gossipsub at the same N, side by side in one run (issue 14).
     Propagation(dpin_sim::propbench::PropagationArgs),
+    /// A data dir of N bench names, the same names as a reference zone file, and a dnsperf
+    /// query file (`deploy/dns-bench.sh` at data scale; issue 14).
+    DnsFill(dpin_sim::dnsbench::FillArgs),
+    /// Signed updates of the bench names published to one node at a fixed rate, for a node
+    /// beside it to receive by gossip while its DNS is measured (issue 14).
+    PublishLoad(dpin_sim::dnsbench::LoadArgs),
     /// Time for each peer of a paused node to mark it down, its watchers apart (issue 16).
     Detect {
         /// Nodes in the cluster.
@@ -139,6 +149,10 @@ fn main() {
         Cmd::Propagation(args) => runtime()
             .and_then(|rt| rt.block_on(dpin_sim::propbench::run(&args)))
             .map(|_| ()),
+        Cmd::DnsFill(args) => dpin_sim::dnsbench::fill(&args),
+        Cmd::PublishLoad(args) => {
+            runtime().and_then(|rt| rt.block_on(dpin_sim::dnsbench::load(&args)))
+        }
     };
     if let Err(e) = code {
         eprintln!("dpin-bench: {e:#}");
