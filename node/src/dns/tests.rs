@@ -631,3 +631,83 @@ fn a_cut_off_node_still_answers_but_with_a_one_second_ttl() {
     let m = ask_at(NOW + REACH_RECHECK_MS);
     assert!(m.answers().iter().all(|r| r.ttl() == MAX_TTL_SECS));
 }
+
+/// The UDP workers answer in batches (`recvmmsg`/`sendmmsg`): a burst larger than a batch, from
+/// several clients at once, gets every answer, each at the client that asked, for its own
+/// question; an oversized datagram in the burst is counted and answered with nothing, and the
+/// queries after it are still answered.
+#[test]
+fn a_udp_burst_from_several_clients_gets_each_answer_at_its_own_client() {
+    const CLIENTS: usize = 4;
+    // 80 queries: three batches of UDP_BATCH, and well within a default socket buffer (they
+    // are all queued before the worker reads; the kernel charges about 1 KiB per datagram).
+    const PER_CLIENT: u16 = 20;
+    let live = answer(
+        "web",
+        &["127.0.0.1:80"],
+        &[],
+        crate::node::now_ms() + 3_600_000,
+    );
+    let r = Arc::new(responder(vec![live]));
+    let stats = r.stats().clone();
+    let server = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = server.local_addr().expect("local addr");
+    let rrl = Rrl::new(RrlConfig { rate: 0, slip: 0 });
+    let clients: Vec<std::net::UdpSocket> = (0..CLIENTS)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("client"))
+        .collect();
+    // Every query is queued at the server before its worker starts, the clients taking turns,
+    // so each batch the worker receives holds queries of every client: an answer sent to the
+    // wrong sender of its batch fails below. The queries: web (answered) and a name nobody
+    // holds (NXDOMAIN), alternating, with ids that say which client asked what.
+    for i in 0..PER_CLIENT {
+        for (c, sock) in clients.iter().enumerate() {
+            let label = if i % 2 == 0 { "web" } else { "nobody" };
+            let mut q = Message::from_vec(&query(
+                &format!("{label}.{}.dpin.", zone()),
+                RecordType::A,
+                Some(1232),
+            ))
+            .expect("query");
+            q.set_id(c as u16 * 1000 + i);
+            sock.send_to(&q.to_vec().expect("encode"), addr)
+                .expect("send");
+            if c == 1 && i == 5 {
+                sock.send_to(&vec![0u8; MAX_QUERY_BYTES + 500], addr)
+                    .expect("send oversized");
+            }
+        }
+    }
+    {
+        let r = r.clone();
+        std::thread::spawn(move || serve_udp(&server, &r, &rrl));
+    }
+    for (c, sock) in clients.iter().enumerate() {
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..PER_CLIENT {
+            let n = sock.recv(&mut buf).expect("every query is answered");
+            let m = Message::from_vec(&buf[..n]).expect("decodable answer");
+            let (owner, i) = (m.id() / 1000, m.id() % 1000);
+            assert_eq!(owner as usize, c, "answer {} reached client {c}", m.id());
+            let name = m.queries()[0].name().to_string();
+            if i % 2 == 0 {
+                assert!(name.starts_with("web."), "{name}");
+                assert_eq!(m.response_code(), ResponseCode::NoError);
+                assert_eq!(m.answers().len(), 1);
+            } else {
+                assert!(name.starts_with("nobody."), "{name}");
+                assert_eq!(m.response_code(), ResponseCode::NXDomain);
+            }
+            assert!(seen.insert(i), "answer {i} twice at client {c}");
+        }
+        assert_eq!(seen.len(), usize::from(PER_CLIENT));
+    }
+    assert_eq!(stats.dropped_oversized.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.udp_queries.load(Ordering::Relaxed),
+        CLIENTS as u64 * u64::from(PER_CLIENT) + 1
+    );
+}
