@@ -75,7 +75,11 @@
 //! limit on TCP connections, and retries a failing `accept` (EMFILE) in a busy loop. Instead:
 //!
 //! * UDP: 2-4 dedicated worker threads share one blocking socket; each receives, answers and
-//!   sends in place, so a flood costs CPU but no memory and cannot queue unbounded work. The
+//!   sends in place, so a flood costs CPU but no memory and cannot queue unbounded work. On
+//!   Linux a worker takes up to `serve::UDP_BATCH` (32) queued datagrams per `recvmmsg` (it
+//!   returns as soon as one is there, so a lone query never waits for company) and sends
+//!   their answers with one `sendmmsg`: at a million names the per-datagram system calls were
+//!   about 60 % of a worker's time, and batching raised the loopback rate about 1.4×. The
 //!   threads are outside the async runtime on purpose: answering never waits behind libp2p or
 //!   API work on a runtime worker (the runtime has one worker per usable core, i.e. a single
 //!   one when the node is pinned to a core), and node work never waits behind a query flood
