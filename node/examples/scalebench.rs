@@ -26,7 +26,9 @@
 //!   prints the CPU time the joiner and the peers used (per record received: on a shared
 //!   machine the rate follows the CPU share the nodes get, the CPU per record does not), the
 //!   load average, and the joiner's sync outcomes (`duplicate` counts records it received and
-//!   checked although it held them already).
+//!   checked although it held them already), failed sessions (one fails when a peer refuses
+//!   one of its requests for budget; the next starts at a later sync tick) and pushes it
+//!   refused while catching up.
 //!
 //! `--reuse` keeps the written store in `--dir` and uses it again on the next run with the
 //! same `--records`.
@@ -256,6 +258,12 @@ fn sync_outcomes(api: u16) -> String {
         }
         if let Some(rest) = key.strip_prefix("dpin_records_total{path=\"sync\",outcome=\"") {
             out.push(format!("{}={val}", rest.trim_end_matches("\"}")));
+        } else if let Some(name) = ["dpin_sync_failures_total", "dpin_sync_pushes_refused_total"]
+            .into_iter()
+            .find(|n| key == *n)
+        {
+            // Sessions that failed, and pushes refused while catching up.
+            out.push(format!("{}={val}", &name["dpin_".len()..]));
         } else if key.starts_with("dpin_ingest_dropped_total{path=\"sync") {
             out.push(format!(
                 "{}={val}",
