@@ -481,6 +481,8 @@ async fn a_node_released_by_its_last_peer_reconnects_at_once() -> anyhow::Result
     tokio::time::sleep(STABLE_FOR).await;
     assert_eq!(x.handle.connected_peers().await?, vec![a.id()]);
 
+    // X's connections established so far (each first connection to a peer counts one).
+    let established = x.handle.stats().connected;
     a.handle.trim(x.id()).await?;
     eventually("A released X", || {
         let released = x.handle.stats().released_by_peer;
@@ -488,9 +490,12 @@ async fn a_node_released_by_its_last_peer_reconnects_at_once() -> anyhow::Result
     })
     .await?;
     let released_at = Instant::now();
-    eventually("X disconnected", || async { !x.connected_to(a.id()).await }).await?;
+    // Reconnected: a new first connection to A since the release, which X can make only
+    // after the released one closed. The gap between the two is a loopback dial, tens of
+    // milliseconds, and can fall between two polls, so it is not waited for: this test once
+    // timed out waiting to see X alone although X had reconnected.
     let deadline = released_at + RECONNECT_WITHIN;
-    while !x.connected_to(a.id()).await {
+    while !(x.handle.stats().connected > established && x.connected_to(a.id()).await) {
         assert!(
             Instant::now() < deadline,
             "X was still alone {RECONNECT_WITHIN:?} after its last peer released it"
