@@ -75,6 +75,28 @@ fn record_published_at_one_node_resolves_from_every_other() -> Result<()> {
     let d0 = nodes[0].digest();
     assert!(d0.is_some());
     assert!(nodes.iter().all(|n| n.digest() == d0));
+
+    // A blocking read at C, started before the next write and registered there (its waiter
+    // gauge says so), answers with that write once it arrives by gossip.
+    let waiting = std::process::Command::new(bin())
+        .args(["resolve", "--api", &nodes[2].api, &name, "--json"])
+        .args(["--wait-seq", "2", "--wait-ms", "20000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_until(SPREAD, "the reader waiting at C", || {
+        (dpin_tests::metric(&nodes[2].api, "dpin_watch_waiters").ok()?? == 1.0).then_some(())
+    })?;
+    ok(publish(&key, &nodes[0].api, "web", &["127.0.0.1:8081"])?)?;
+    let out = ok(waiting.wait_with_output()?)?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (v["seq"].clone(), v["wait_reached"].clone()),
+        (2.into(), true.into()),
+        "{v}"
+    );
+    assert_eq!(v["endpoints"][0]["port"], 8081);
     Ok(())
 }
 

@@ -2,14 +2,14 @@
 //! parsed the way axum's `Query` and `Path` extractors do (serde_urlencoded, percent-decoded
 //! path segments): the offers filter (`dpin_protocol::offer::OfferFilter`, then listing a
 //! fixed set of storage and compute offers through it), the upload query
-//! (`dpin_node::api::PutQuery`), blob hashes (`dpin_node::api::parse_hash`) and names
+//! (`dpin_node::api::PutQuery`), a blocking read's wait (`dpin_node::api::WaitQuery`), blob hashes (`dpin_node::api::parse_hash`) and names
 //! (`dpin_node::api::normalize_name`). Never panics; a listing holds only offers the filter
 //! matches; a parsed hash prints back to the (lower-cased) input.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use dpin_node::api::{normalize_name, parse_hash, PutQuery};
+use dpin_node::api::{normalize_name, parse_hash, PutQuery, WaitQuery};
 use dpin_protocol::offer::{OfferFilter, OfferView};
 use dpin_protocol::record::{COMPUTE_OFFER_LABEL, STORAGE_OFFER_LABEL};
 use dpin_protocol::{ComputeOffer, Content, RecordBody, SignedRecord, StorageOffer, ZoneKey};
@@ -76,6 +76,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = serde_urlencoded::from_str::<PutQuery>(text);
+    // A blocking read's wait: never longer than the bound, and none without a seq.
+    if let Ok(q) = serde_urlencoded::from_str::<WaitQuery>(text) {
+        if let Ok(Some((_, wait))) = q.wait() {
+            assert!(q.wait_seq.is_some());
+            assert!(wait.as_millis() <= u128::from(dpin_node::watch::MAX_WAIT_MS));
+        }
+    }
     // Path segments (axum percent-decodes them before the handler sees them).
     let segment = percent_decode(text);
     if let Ok(hash) = parse_hash(&segment) {

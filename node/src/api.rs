@@ -6,8 +6,8 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | POST | `/v1/publish` | body `{"record": HEX, "if_seq": N?, "if_hash": HEX?}`: apply a signed record (only over the held seq / held winner named), then gossip it |
-//! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`) |
-//! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it |
+//! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`); `?wait_seq=N&wait_ms=T` first waits until the node holds seq N or later (a blocking read, [`crate::watch`]) |
+//! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it; takes the same wait |
 //! | GET | `/v1/offers` | live offers, cheapest first; query filters `kind`, `region`, `min_free`, `min_cores`, `min_memory`, `min_gpus`, `max_price` |
 //! | POST | `/v1/blobs?replicas=K` | raw body: store a file on K storage nodes → `{"hash","size","chunks","holders"}` |
 //! | GET | `/v1/blobs/{hash}` | the file's bytes, every chunk verified, fetched from any live holder |
@@ -531,11 +531,68 @@ async fn publish(
     Err(err)
 }
 
+/// Query string of a blocking read (`GET /v1/resolve/{name}` and `GET /v1/seq/{name}`): wait
+/// until the node holds the name at `wait_seq` or later, at most `wait_ms` (see
+/// [`crate::watch`]); public for the fuzz target `api_query`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// The seq to wait for; no wait when absent.
+    pub wait_seq: Option<u64>,
+    /// How long to wait at most, ms (default [`crate::watch::DEFAULT_WAIT_MS`], at most
+    /// [`crate::watch::MAX_WAIT_MS`]).
+    pub wait_ms: Option<u64>,
+}
+
+impl WaitQuery {
+    /// The wait asked for: `None` for an ordinary read; 400 `bad_query` for a wait over
+    /// [`crate::watch::MAX_WAIT_MS`] or a `wait_ms` without a `wait_seq`.
+    pub fn wait(&self) -> Result<Option<(u64, Duration)>, ApiError> {
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", m);
+        match (self.wait_seq, self.wait_ms) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(bad("wait_ms needs wait_seq, the seq to wait for".into())),
+            (Some(_), Some(ms)) if ms > crate::watch::MAX_WAIT_MS => Err(bad(format!(
+                "wait_ms is at most {}",
+                crate::watch::MAX_WAIT_MS
+            ))),
+            (Some(seq), ms) => Ok(Some((
+                seq,
+                Duration::from_millis(ms.unwrap_or(crate::watch::DEFAULT_WAIT_MS)),
+            ))),
+        }
+    }
+}
+
+/// Holds a read until the node has `name` at the query's seq (or the wait runs out; the read
+/// then answers what the node holds, like any other). 503 `too_many_waits` when
+/// [`crate::watch::MAX_WAITERS`] readers wait already.
+async fn wait_if_asked(
+    node: &Node,
+    name: &str,
+    query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(), ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    if let Some((seq, wait)) = q.wait()? {
+        node.wait_for_seq(name, seq, wait).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_waits",
+                e.to_string(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 async fn resolve(
     State(node): State<Node>,
     Path(raw): Path<String>,
+    query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ResolveAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
+    wait_if_asked(&node, &name, query).await?;
     let now = now_ms();
     let crate::answer::Answer { record, endpoints } = crate::answer::answer(&node, &name, now)
         .ok_or_else(|| {
@@ -565,8 +622,10 @@ async fn resolve(
 async fn seq(
     State(node): State<Node>,
     Path(raw): Path<String>,
+    query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SeqAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
+    wait_if_asked(&node, &name, query).await?;
     let floor = node.floor_of(&name);
     let seq = floor.map_or(0, |f| f.seq);
     let hash = floor.map(|f| hex::encode(f.hash));
@@ -1999,6 +2058,79 @@ mod wire_tests {
     struct Raw {
         status: u16,
         body: Value,
+    }
+
+    #[tokio::test]
+    async fn a_blocking_read_answers_once_the_seq_it_waits_for_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, api) = node(dir.path()).await;
+        let http = reqwest::Client::new();
+        let key = ZoneKey::from_seed([9; 32]);
+        let eps = || Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
+        let sign = |seq| crate::publish::sign(&key, "web", eps(), seq, 60_000, now_ms()).unwrap();
+        let name = format!("web.{}", key.zone());
+        let get = |path: String| {
+            let req = http.get(format!("http://{api}{path}"));
+            async move {
+                let resp = req.send().await.unwrap();
+                Raw {
+                    status: resp.status().as_u16(),
+                    body: resp.json().await.unwrap(),
+                }
+            }
+        };
+        node.publish(sign(1), None).await.unwrap();
+
+        // Readers of seq 2 and of the seq endpoint, started while the node holds seq 1; the
+        // write lands after they registered (the waiter count says they have).
+        let resolve = tokio::spawn(get(format!("/v1/resolve/{name}?wait_seq=2&wait_ms=25000")));
+        let seq = tokio::spawn(get(format!("/v1/seq/{name}?wait_seq=2&wait_ms=25000")));
+        while node.waiters() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!resolve.is_finished() && !seq.is_finished(), "they wait");
+        node.publish(sign(2), None).await.unwrap();
+        // Well before their 25 s wait would run out.
+        let bound = Duration::from_secs(15);
+        let r = tokio::time::timeout(bound, resolve).await.unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.body["seq"].clone()),
+            (200, 2.into()),
+            "{}",
+            r.body
+        );
+        let q = tokio::time::timeout(bound, seq).await.unwrap().unwrap();
+        assert_eq!(
+            (q.status, q.body["seq"].clone()),
+            (200, 2.into()),
+            "{}",
+            q.body
+        );
+        assert_eq!(node.waiters(), 0, "no waiter outlives its request");
+
+        // A seq already held answers at once; a wait that runs out answers what is held.
+        let a = get(format!("/v1/resolve/{name}?wait_seq=1")).await;
+        assert_eq!((a.status, a.body["seq"].clone()), (200, 2.into()));
+        let a = get(format!("/v1/resolve/{name}?wait_seq=9&wait_ms=50")).await;
+        assert_eq!((a.status, a.body["seq"].clone()), (200, 2.into()));
+        let a = get(format!("/v1/seq/api.{}?wait_seq=1&wait_ms=50", key.zone())).await;
+        assert_eq!((a.status, a.body["seq"].clone()), (200, 0.into()));
+
+        // Waits past the bound, a wait without a seq, and unknown or malformed keys: 400.
+        for q in [
+            "wait_seq=2&wait_ms=25001",
+            "wait_ms=10",
+            "wait_seq=2&wiat_ms=10",
+            "wait_seq=-1",
+            "wait_seq=x",
+        ] {
+            let a = get(format!("/v1/resolve/{name}?{q}")).await;
+            assert_eq!(
+                (a.status, a.body["error"].clone()),
+                (400, "bad_query".into()),
+                "{q}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -163,9 +163,17 @@ enum Cmd {
         api: Vec<String>,
         /// LABEL.ZONE (optionally with .dpin).
         name: String,
-        /// Per-peer timeout in milliseconds.
+        /// Per-peer timeout in milliseconds (a wait comes on top).
         #[arg(long, default_value_t = 500)]
         timeout_ms: u64,
+        /// Wait until the peer holds the name at this seq or later (a write has reached
+        /// it), then answer; after --wait-ms, answer what it holds.
+        #[arg(long)]
+        wait_seq: Option<u64>,
+        /// How long --wait-seq waits at most, in milliseconds (at most 25000).
+        #[arg(long, default_value_t = crate::watch::DEFAULT_WAIT_MS, requires = "wait_seq",
+              value_parser = clap::value_parser!(u64).range(0..=crate::watch::MAX_WAIT_MS))]
+        wait_ms: u64,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -371,10 +379,14 @@ async fn run(cli: Cli) -> Result<()> {
             api,
             name,
             timeout_ms,
+            wait_seq,
+            wait_ms,
             json,
         } => {
-            let client = Client::new(api, Duration::from_millis(timeout_ms))?;
-            resolve(&client, &name, json).await
+            let wait = wait_seq.map(|seq| (seq, wait_ms));
+            let per_peer = timeout_ms.saturating_add(wait.map_or(0, |(_, ms)| ms));
+            let client = Client::new(api, Duration::from_millis(per_peer))?;
+            resolve(&client, &name, wait, json).await
         }
         Cmd::Put {
             api,

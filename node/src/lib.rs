@@ -9,6 +9,8 @@
 //!   DCUtR, direct upgrades of relayed connections, and their counters.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
 //!   with the reserved-name index and the change feed (instead of whole-store scans).
+//! * [`watch`] — blocking reads: waiters on a name, woken by the store's changes
+//!   (`?wait_seq=N`, `dpin resolve --wait-seq`).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
 //! * [`liveness`] — the SWIM-style peer failure detector, from the protocol core (re-exported).
 //! * [`health`] — endpoint probing: a probe policy (no private targets unless allowed), each
@@ -63,3 +65,4 @@ pub mod node;
 pub mod offers;
 pub mod publish;
 pub mod store;
+pub mod watch;

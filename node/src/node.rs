@@ -360,6 +360,8 @@ pub enum NodeError {
 pub struct Shared {
     store: Mutex<DurableStore>,
     persister: Persister,
+    /// Readers waiting on names (blocking reads), woken by the store's changes.
+    watches: Arc<crate::watch::Watches>,
     /// Network handle.
     net: NetHandle,
     /// Counters.
@@ -524,6 +526,7 @@ impl Node {
         let local = net.local_peer_id();
         Node(Arc::new_cyclic(|me| Shared {
             persister: store.persister(),
+            watches: store.watches(),
             store: Mutex::new(store),
             net,
             metrics: Metrics::default(),
@@ -609,6 +612,38 @@ impl Node {
     /// expired names included (what `/v1/seq` answers and a refused compare-and-set reports).
     pub fn floor_of(&self, name: &str) -> Option<dpin_protocol::merge::Floor> {
         self.read_store(|s| s.entry(name).map(|e| e.floor))
+    }
+
+    /// Waits until this node's floor for `name` reaches `seq` (a live record or a tombstone
+    /// at `seq` or later), at most `wait`: `Ok(true)` once it has, `Ok(false)` when the wait
+    /// ran out first. Refused when [`crate::watch::MAX_WAITERS`] readers wait already.
+    pub async fn wait_for_seq(
+        &self,
+        name: &str,
+        seq: u64,
+        wait: Duration,
+    ) -> Result<bool, crate::watch::WatchError> {
+        let reached = || self.floor_of(name).is_some_and(|f| f.seq >= seq);
+        if reached() {
+            return Ok(true);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let waiter = self.0.watches.watch(name)?;
+        loop {
+            // Registered before the check: a change between the two still wakes it.
+            let notified = waiter.notify().notified();
+            if reached() {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(reached());
+            }
+        }
+    }
+
+    /// Readers waiting on names now (`dpin_watch_waiters` on `/metrics`).
+    pub fn waiters(&self) -> usize {
+        self.0.watches.waiters()
     }
 
     /// What the store holds at `now`, for `/v1/status`.
@@ -865,6 +900,12 @@ impl Node {
             "dpin_cut_off",
             "Whether the node judges itself cut off (hears fewer than half of the peers it knows).",
             i64::from(self.reach().cut_off),
+        )?;
+        metrics::gauge(
+            e,
+            "dpin_watch_waiters",
+            "Readers waiting on a name now (blocking reads, ?wait_seq=; at most 1024).",
+            metrics::to_i64(self.waiters() as u64),
         )?;
         // Every state is always present (0 when no peer is in it), so a dashboard can plot
         // each one without gaps.

@@ -153,6 +153,8 @@ pub struct DurableStore {
     /// entry holds a body, so listing them reads only them.
     reserved: BTreeSet<Box<str>>,
     feed: Feed,
+    /// Readers waiting for names to change (blocking reads, [`crate::watch`]).
+    watches: Arc<crate::watch::Watches>,
 }
 
 impl DurableStore {
@@ -183,6 +185,7 @@ impl DurableStore {
                 changes: Vec::new(),
                 rebuild: true,
             },
+            watches: Arc::default(),
         };
         store.reload()?;
         Ok(store)
@@ -228,7 +231,13 @@ impl DurableStore {
         }
     }
 
-    /// The one place the index changes: keeps the reserved-name index and the change feed.
+    /// The readers waiting on names of this store ([`crate::watch`]); woken at every change.
+    pub fn watches(&self) -> Arc<crate::watch::Watches> {
+        self.watches.clone()
+    }
+
+    /// The one place the index changes: keeps the reserved-name index and the change feed,
+    /// and wakes the readers waiting on the name.
     fn index_change(&mut self, name: &str, entry: Entry) {
         if is_reserved(name) {
             if entry.bytes.is_some() {
@@ -252,6 +261,7 @@ impl DurableStore {
             }
         }
         self.mem.insert(name, entry);
+        self.watches.changed(name);
     }
 
     /// Counts index changes; a flush that covers generation `g` made every change up to `g`

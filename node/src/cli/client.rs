@@ -224,15 +224,36 @@ pub(super) async fn publish_plan(
 /// Resolves through the first peer that answers without saying it is cut off from the
 /// network; a peer that says so is passed over for the next, and its answer is used only if
 /// no other peer answers (never fail closed), with a warning that it may be stale.
-pub(super) async fn resolve(client: &Client, name: &str, json_out: bool) -> Result<()> {
+///
+/// With `wait` = (seq, ms), each peer is asked to hold the answer until it has the name at
+/// that seq or later, at most ms (`?wait_seq=`, a blocking read).
+pub(super) async fn resolve(
+    client: &Client,
+    name: &str,
+    wait: Option<(u64, u64)>,
+    json_out: bool,
+) -> Result<()> {
+    let query = wait.map_or(String::new(), |(seq, ms)| {
+        format!("?wait_seq={seq}&wait_ms={ms}")
+    });
     let settled = client
-        .first_connected(&format!("/v1/resolve/{name}"))
+        .first_connected(&format!("/v1/resolve/{name}{query}"))
         .await?;
     let a = &settled.answer;
     if a.status != 200 {
         return Err(api_error(a));
     }
     let mut out = with_answered_by(a);
+    if let Some((want, ms)) = wait {
+        let held = a.decode::<ResolveAnswer>().map_or(0, |r| r.seq);
+        out["wait_reached"] = json!(held >= want);
+        if held < want {
+            eprintln!(
+                "warning: waited {ms} ms; {} holds seq {held}, not yet {want}",
+                a.addr
+            );
+        }
+    }
     if !settled.passed_over.is_empty() {
         // Peers whose answers said they were cut off, in the order asked.
         out["passed_over_cut_off"] = json!(settled.passed_over);

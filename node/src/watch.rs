@@ -1,0 +1,175 @@
+//! Blocking reads: a reader waits until this node holds a name at a seq, instead of polling.
+//!
+//! `GET /v1/resolve/{name}?wait_seq=N` and `GET /v1/seq/{name}?wait_seq=N` (and
+//! `dpin resolve --wait-seq N`) answer as soon as the node's floor for the name reaches seq `N`
+//! (a live record or a tombstone at `N` or later), or when `wait_ms` runs out, with whatever
+//! the node holds then — the same answer an ordinary read would give at that moment. A writer
+//! uses it to learn that its write has reached a given node (the automation that raced in the
+//! mission's outage could not tell), and the propagation bench uses it to time arrival on
+//! every node without a poller loading the cores it measures.
+//!
+//! The store's one place of index change ([`crate::store::DurableStore`]) calls
+//! [`Watches::changed`] for every changed name; only names someone waits on have an entry, so
+//! a change of any other name costs one hash lookup. A waiter registers *before* it checks the
+//! store again, so no change between the two is missed ([`Node::wait_for_seq`]).
+//!
+//! Bounds: at most [`MAX_WAITERS`] waiters at once on a node (beyond that a wait is refused
+//! with 503 `too_many_waits`, and the HTTP layer's per-client in-flight bound stops one
+//! client from taking them all), and no wait longer than [`MAX_WAIT_MS`], which is below the
+//! HTTP handler timeout.
+//!
+//! [`Node::wait_for_seq`]: crate::node::Node::wait_for_seq
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+/// Most waiters on one node at once.
+pub const MAX_WAITERS: usize = 1024;
+
+/// Longest wait one request may ask for, in ms (under [`crate::api::HANDLER_TIMEOUT`], so a
+/// wait always ends with an answer, not a handler timeout).
+pub const MAX_WAIT_MS: u64 = 25_000;
+
+/// The wait when a request names a seq but no `wait_ms`.
+pub const DEFAULT_WAIT_MS: u64 = 10_000;
+
+/// Why a wait could not start.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WatchError {
+    /// [`MAX_WAITERS`] waiters are waiting already.
+    #[error("{0} readers are waiting on this node already; try again or read without waiting")]
+    TooMany(usize),
+}
+
+/// Names someone waits on, with one [`Notify`] each.
+#[derive(Debug, Default)]
+pub struct Watches {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_name: HashMap<Box<str>, Watch>,
+    waiters: usize,
+}
+
+#[derive(Debug)]
+struct Watch {
+    notify: Arc<Notify>,
+    waiters: usize,
+}
+
+/// One waiter's registration: it is woken by every change of its name until dropped.
+#[derive(Debug)]
+pub struct Waiter {
+    watches: Arc<Watches>,
+    name: Box<str>,
+    notify: Arc<Notify>,
+}
+
+impl Waiter {
+    /// The notification to await. Create it before checking the store again: a change after
+    /// its creation wakes it even if it is not yet polled.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut inner = self.watches.lock();
+        inner.waiters = inner.waiters.saturating_sub(1);
+        if let Some(w) = inner.by_name.get_mut(&self.name) {
+            w.waiters = w.waiters.saturating_sub(1);
+            if w.waiters == 0 {
+                inner.by_name.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl Watches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a waiter on `name` (refused beyond [`MAX_WAITERS`]).
+    pub fn watch(self: &Arc<Self>, name: &str) -> Result<Waiter, WatchError> {
+        let mut inner = self.lock();
+        if inner.waiters >= MAX_WAITERS {
+            return Err(WatchError::TooMany(inner.waiters));
+        }
+        inner.waiters += 1;
+        let w = inner.by_name.entry(name.into()).or_insert_with(|| Watch {
+            notify: Arc::new(Notify::new()),
+            waiters: 0,
+        });
+        w.waiters += 1;
+        let notify = w.notify.clone();
+        Ok(Waiter {
+            watches: self.clone(),
+            name: name.into(),
+            notify,
+        })
+    }
+
+    /// `name`'s entry changed: wakes its waiters, if any.
+    pub fn changed(&self, name: &str) {
+        let inner = self.lock();
+        if let Some(w) = inner.by_name.get(name) {
+            w.notify.notify_waiters();
+        }
+    }
+
+    /// Waiters registered now.
+    pub fn waiters(&self) -> usize {
+        self.lock().waiters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_change_after_registration_wakes_a_waiter_not_yet_polled() {
+        let w = Arc::new(Watches::default());
+        let waiter = w.watch("web.z").expect("room");
+        let notified = waiter.notify().notified();
+        // The change lands between registration and the first poll.
+        w.changed("web.z");
+        tokio::time::timeout(Duration::from_secs(5), notified)
+            .await
+            .expect("woken by the change");
+    }
+
+    #[tokio::test]
+    async fn a_change_of_another_name_wakes_nobody() {
+        let w = Arc::new(Watches::default());
+        let waiter = w.watch("web.z").expect("room");
+        let notified = waiter.notify().notified();
+        w.changed("api.z");
+        assert!(tokio::time::timeout(Duration::from_millis(50), notified)
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn waiters_are_bounded_and_their_slots_come_back_when_dropped() {
+        let w = Arc::new(Watches::default());
+        let held: Vec<Waiter> = (0..MAX_WAITERS)
+            .map(|i| w.watch(&format!("n{}.z", i % 7)).expect("room"))
+            .collect();
+        assert_eq!(w.watch("x.z").err(), Some(WatchError::TooMany(MAX_WAITERS)));
+        drop(held);
+        assert_eq!(w.waiters(), 0);
+        assert!(w.lock().by_name.is_empty(), "no entry outlives its waiters");
+        assert!(w.watch("x.z").is_ok());
+    }
+}
