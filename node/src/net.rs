@@ -688,7 +688,6 @@ enum Command {
         message_id: gossipsub::MessageId,
         source: PeerId,
         verdict: Verdict,
-        reply: oneshot::Sender<()>,
     },
     Request {
         peer: PeerId,
@@ -866,21 +865,26 @@ impl NetHandle {
         self.call(|reply| Command::Publish { data, reply }).await?
     }
 
-    /// Reports the node's verdict on a [`NetEvent::Gossip`]; `Accept` forwards it.
-    /// Succeeds even if the message already expired from the cache (it is then not forwarded).
+    /// Reports the node's verdict on a [`NetEvent::Gossip`]; `Accept` forwards it. Returns
+    /// once the verdict is queued for the event loop (which applies it in order with every
+    /// other command). Succeeds even if the message already expired from the cache (it is
+    /// then not forwarded).
     pub async fn report_validation(
         &self,
         message_id: gossipsub::MessageId,
         source: PeerId,
         verdict: Verdict,
     ) -> Result<(), NetError> {
-        self.call(|reply| Command::ReportValidation {
-            message_id,
-            source,
-            verdict,
-            reply,
-        })
-        .await
+        // Queued, not awaited: the forward happens when the event loop takes the command,
+        // and the caller's next message need not wait for the loop's turn.
+        self.commands
+            .send(Command::ReportValidation {
+                message_id,
+                source,
+                verdict,
+            })
+            .await
+            .map_err(|_| NetError::Shutdown)
     }
 
     /// Sends a request to a connected peer and awaits its response. Fails fast (without

@@ -389,9 +389,9 @@ pub struct Shared {
     /// [`MAX_CONCURRENT_SYNCS`], as every session holds a sync slot), each with the bucket
     /// its listing started at and whether it is catching up ([`SyncMark`]).
     syncing: Mutex<BTreeMap<PeerId, SyncMark>>,
-    /// Whether a background flush of fetched records is queued and has not read the store's
-    /// generation yet ([`Node::flush_fetched_soon`]): at most one waits at a time.
-    fetched_flush_queued: std::sync::atomic::AtomicBool,
+    /// Whether a background flush of replicated records is queued and has not read the
+    /// store's generation yet ([`Node::flush_replicas_soon`]): at most one waits at a time.
+    replica_flush_queued: std::sync::atomic::AtomicBool,
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests. Set
     /// once at start by the daemon (`cli.rs`); read through [`Node::node_key`].
@@ -540,7 +540,7 @@ impl Node {
             last_sync: Mutex::new(BTreeMap::new()),
             chunk_peers: Mutex::new(std::collections::BTreeSet::new()),
             syncing: Mutex::new(BTreeMap::new()),
-            fetched_flush_queued: std::sync::atomic::AtomicBool::new(false),
+            replica_flush_queued: std::sync::atomic::AtomicBool::new(false),
             blobs,
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
@@ -738,6 +738,36 @@ impl Node {
         .map_err(|e| NodeError::Task(e.to_string()))
     }
 
+    /// Verifies one gossiped record and applies it with `f`, on the calling task: a
+    /// gossiped record is small (one signature check, tens of µs, within what a task may
+    /// run between awaits), and every hand-off to another thread is a wake-up that waits for
+    /// a core when many nodes share few — at N = 20 on two cores those waits were most of a
+    /// hop's time, and the record is forwarded only once this returns. Only when the store
+    /// lock is held (a flush taking its snapshot, a sync batch) does the apply move to a
+    /// blocking thread, so the task never waits on the lock.
+    async fn apply_gossiped<T: Send + 'static>(
+        &self,
+        record: SignedRecord,
+        f: impl FnOnce(&mut DurableStore, &Prepared<'static>) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let prepared = Prepared::verified(record);
+        let f = {
+            let held = match self.0.store.try_lock() {
+                Ok(store) => Some(store),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            match held {
+                Some(mut store) => return Ok(f(&mut store, &prepared)),
+                None => f,
+            }
+        };
+        let shared = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&shared.store), &prepared))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))
+    }
+
     /// Makes every store change up to `generation` durable (group commit, off the store lock).
     pub async fn flush(&self, generation: u64) -> Result<(), NodeError> {
         let shared = self.0.clone();
@@ -745,17 +775,6 @@ impl Node {
             .await
             .map_err(|e| NodeError::Task(e.to_string()))?
             .map_err(NodeError::Store)
-    }
-
-    /// Flushes in the background (replicated records: nobody waits for an acknowledgement).
-    fn flush_soon(&self) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            let generation = node.read_store(DurableStore::generation);
-            if let Err(e) = node.flush(generation).await {
-                tracing::error!(%e, "could not persist replicated records; will retry");
-            }
-        });
     }
 
     /// The store's mutex, for work that holds it only briefly and does no I/O or signature
@@ -1127,17 +1146,16 @@ impl Node {
             }
             Ok(rec) => {
                 match self
-                    .with_store_verified(rec, |s, p| {
+                    .apply_gossiped(rec, |s, p| {
                         s.apply_prepared(p, now_ms(), Freshness::Replicate, Cas::default())
                     })
                     .await
-                    .map(|(outcome, _)| outcome)
                 {
                     Ok(Ok(outcome)) => {
                         recorders.apply_latency(RecordPath::Gossip, started.elapsed());
                         recorders.record(RecordPath::Gossip, &outcome);
                         if outcome.changed_store() {
-                            self.flush_soon();
+                            self.flush_replicas_soon();
                         }
                         if !m.count_replicated(&outcome) {
                             // Counted as gossip_rejected below, with the sender penalised.
@@ -1350,7 +1368,7 @@ impl Node {
         let result = match result {
             Ok(Ok((outcomes, _, relay))) if durable == Durable::Soon => {
                 if outcomes.iter().any(Outcome::changed_store) {
-                    self.flush_fetched_soon();
+                    self.flush_replicas_soon();
                 }
                 Ok(Ok((outcomes, relay)))
             }
@@ -1423,22 +1441,24 @@ impl Node {
         });
     }
 
-    /// Makes fetched records durable in the background: one flush queued at a time, which
-    /// covers every record applied before it starts (a flush writes everything dirty), so
-    /// sessions that apply a chunk every few milliseconds share one commit per flush instead
-    /// of waiting for one each.
-    fn flush_fetched_soon(&self) {
-        if self.0.fetched_flush_queued.swap(true, Ordering::AcqRel) {
+    /// Makes replicated records (from gossip or anti-entropy: nobody waits for their
+    /// acknowledgement) durable in the background: one flush queued at a time, which covers
+    /// every record applied before it starts (a flush writes everything dirty), so records
+    /// that arrive while a commit runs share the next one instead of queueing one each. It
+    /// starts at once: a record this node has served should survive its crash (a restarted
+    /// node answering an older seq than it did before is a read going back in time).
+    fn flush_replicas_soon(&self) {
+        if self.0.replica_flush_queued.swap(true, Ordering::AcqRel) {
             return;
         }
         let node = self.clone();
         tokio::spawn(async move {
             // Cleared before the generation is read: a record applied after this read
             // queues the next flush.
-            node.0.fetched_flush_queued.store(false, Ordering::Release);
+            node.0.replica_flush_queued.store(false, Ordering::Release);
             let generation = node.read_store(DurableStore::generation);
             if let Err(e) = node.flush(generation).await {
-                tracing::error!(%e, "could not persist fetched records; will retry");
+                tracing::error!(%e, "could not persist replicated records; will retry");
             }
         });
     }
@@ -1688,8 +1708,9 @@ pub fn detector_tick() -> Duration {
 type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 
 /// Consumes network events forever (until the channel closes), ticks the failure detector and
-/// runs periodic sync. Gossip validation (which fsyncs) runs on its own task so liveness
-/// events are never stuck behind disk writes.
+/// runs periodic sync. Gossip validation runs on its own task (verifying inline, and
+/// waiting for the store lock on a blocking thread when a flush or sync batch holds it,
+/// [`Node::apply_gossiped`]), so liveness events never wait behind it.
 pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(ingest::GOSSIP_QUEUE);
     let gnode = node.clone();

@@ -250,6 +250,34 @@ impl Api {
         Some(parse_metrics(&resp.text().await.ok()?))
     }
 
+    /// `GET /v1/seq/{name}?wait_seq=SEQ&wait_ms=WAIT`, a blocking read: the seq the node
+    /// holds when it answers (at once when it holds `seq` or later, else when the wait runs
+    /// out); `None` if it did not answer.
+    pub async fn wait_seq(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        seq: u64,
+        wait: Duration,
+    ) -> Option<u64> {
+        let url = format!(
+            "http://{addr}/v1/seq/{name}?wait_seq={seq}&wait_ms={}",
+            wait.as_millis()
+        );
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(wait + Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body: Value = resp.json().await.ok()?;
+        body.get("seq").and_then(Value::as_u64)
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self, addr: SocketAddr, timeout: Duration) -> Option<Status> {
         let url = format!("http://{addr}/v1/status");

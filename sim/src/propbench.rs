@@ -10,14 +10,26 @@
 //!   them up to 13 nodes, else the 6 before it on a ring, about the node's target degree of
 //!   12). One clock: the time from `publish` at the origin to the last node's receipt.
 //! * **dpin**: N `dpin node` processes (`--no-probe --expected-nodes N`), one signed record per
-//!   message published over HTTP at the origin (origins rotate), and one DNS poller per node
-//!   asking for the name until it answers. The time from the HTTP request to the last node
-//!   answering. This includes the origin's verification and merge (gossip goes out while the
-//!   origin's fsync runs; the writer's acknowledgement waits for it), the HTTP request, and up
-//!   to one poll pause; the pollers run on the same cores as the nodes, so the dpin figure is
-//!   an upper bound. Messages during which a poller lost a DNS query are counted (`dns t/o`).
+//!   message published over HTTP at the origin (origins rotate); the time from the HTTP
+//!   request to the last node having the record, observed in one or both ways
+//!   (`--observe wait,dns`, over the same cluster in turn, each a row of the table):
+//!   - **wait**: one blocking read per node (`GET /v1/seq/{name}?wait_seq=1`,
+//!     `dpin_node::watch`), started before the publish and answered when the record is
+//!     applied there; nothing polls, so the observers add no load while a message travels.
+//!   - **dns**: one DNS poller per node asking for the name until it answers, pausing
+//!     `--poll-us` between queries (tokio's timer rounds the pause up to the next
+//!     millisecond, so each arrival is seen up to about 1 ms late); messages during which
+//!     a poller lost a DNS query are counted (`dns t/o`).
+//!
+//!   Both include the origin's verification and merge (gossip goes out while the origin's
+//!   fsync runs; the writer's acknowledgement waits for it) and the HTTP request, and the
+//!   observers run on the same cores as the nodes, so the dpin figure is an upper bound.
 //!   After the run, the nodes' `/metrics` tell how the records arrived (gossip or
 //!   anti-entropy), printed as one line per size.
+//!
+//! Per size and side it also prints the CPU the nodes used per message (all of them, from
+//! `/proc/PID/stat`; the raw side's is this process's own): on a machine with fewer cores
+//! than nodes that, more than the network, bounds how fast a message reaches every node.
 //!
 //! Both sides check one ed25519 signature per message per node: the raw side gossipsub's
 //! envelope signature (strict validation), dpin the record's own signature (its gossip
@@ -66,7 +78,14 @@ pub struct PropagationArgs {
     /// Raw gossipsub payload bytes (a dpin record of one endpoint is about this size).
     #[arg(long, default_value_t = 200)]
     pub payload_bytes: usize,
-    /// Pause of each DNS poller between queries, in microseconds.
+    /// How dpin's arrival on each node is observed, each over the same cluster in turn:
+    /// `wait` — one blocking read per node (`GET /v1/seq/{name}?wait_seq=1`), answered when
+    /// the node applies the record, no load on the cores between; `dns` — one DNS poller
+    /// per node asking for the name every `--poll-us` until it answers.
+    #[arg(long, value_delimiter = ',', default_value = "wait,dns")]
+    pub observe: Vec<Observe>,
+    /// Pause of each DNS poller between queries, in microseconds (tokio's timer rounds it
+    /// up to the next millisecond).
     #[arg(long, default_value_t = 500)]
     pub poll_us: u64,
     /// A message not on every node after this long counts as lost, in milliseconds.
@@ -79,6 +98,25 @@ pub struct PropagationArgs {
     /// removed afterwards).
     #[arg(long)]
     pub base_dir: Option<PathBuf>,
+}
+
+/// How arrival at a dpin node is observed (see [`PropagationArgs::observe`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Observe {
+    /// A blocking read per node, answered when the record is applied there.
+    Wait,
+    /// A DNS poller per node.
+    Dns,
+}
+
+impl Observe {
+    fn as_str(self) -> &'static str {
+        match self {
+            Observe::Wait => "wait",
+            Observe::Dns => "dns",
+        }
+    }
 }
 
 /// One side's figures at one size.
@@ -100,11 +138,13 @@ pub struct Side {
     pub dns_timeouts: usize,
 }
 
-/// Both sides at one size.
+/// Both sides at one size, dpin once per way of observing it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Row {
     /// Cluster size.
     pub nodes: usize,
+    /// How this row's dpin side was observed.
+    pub observe: Observe,
     /// Raw in-process gossipsub.
     pub raw: Side,
     /// dpin processes.
@@ -160,6 +200,9 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }
+    if args.observe.is_empty() {
+        bail!("--observe needs wait, dns or both");
+    }
     let dpin = match &args.dpin {
         Some(p) => p.clone(),
         None => cluster::default_dpin()?,
@@ -181,11 +224,14 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
         if remove_base {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        rows.push(Row {
-            nodes: n,
-            raw,
-            dpin: d?,
-        });
+        for (observe, dpin) in d? {
+            rows.push(Row {
+                nodes: n,
+                observe,
+                raw: raw.clone(),
+                dpin,
+            });
+        }
     }
     if remove_base {
         let _ = std::fs::remove_dir_all(&base);
@@ -197,10 +243,12 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
 /// The printed table.
 pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
     let mut out = format!(
-        "propagation, origin to last node, ms ({} messages per size and side, one run):\n\
-         {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8}\n",
+        "propagation, origin to last node, ms ({} messages per size and side, one run; \
+         dpin observed by blocking reads (wait) or DNS pollers (dns)):\n\
+         {:>4} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8}\n",
         args.messages,
         "N",
+        "observe",
         "raw p50",
         "raw p99",
         "raw max",
@@ -214,8 +262,9 @@ pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>4} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10} {:>8}\n",
+            "{:>4} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10} {:>8}\n",
             r.nodes,
+            r.observe.as_str(),
             r.raw.p50_ms,
             r.raw.p99_ms,
             r.raw.max_ms,
@@ -380,6 +429,7 @@ async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut samples = Vec::with_capacity(args.messages);
     let mut lost = 0;
+    let (cpu_before, t_start) = (cluster::cpu_ticks(std::process::id()), Instant::now());
     for m in 0..args.messages {
         let origin = m % n;
         let mut data = (m as u64).to_le_bytes().to_vec();
@@ -417,6 +467,16 @@ async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
+    if let (Some(a), Some(b)) = (cpu_before, cluster::cpu_ticks(std::process::id())) {
+        let ms = b.saturating_sub(a) as f64 * 1e3 / cluster::clock_ticks();
+        eprintln!(
+            "propagation: N={n} raw: this process used {:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
+            ms,
+            t_start.elapsed().as_secs_f64(),
+            ms / args.messages as f64,
+            ms / (args.messages * n) as f64,
+        );
+    }
     drop(publishers);
     for t in tasks {
         t.abort();
@@ -432,7 +492,7 @@ async fn dpin_side(
     args: &PropagationArgs,
     dpin: &std::path::Path,
     dir: &std::path::Path,
-) -> Result<Side> {
+) -> Result<Vec<(Observe, Side)>> {
     let opts = ClusterOptions {
         dpin: dpin.to_owned(),
         base_dir: dir.to_owned(),
@@ -509,7 +569,11 @@ async fn gossip_paths(cluster: &Cluster) -> String {
     format!("{answered} nodes: {}", parts.join(", "))
 }
 
-async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Result<Side> {
+async fn dpin_measure(
+    cluster: &Cluster,
+    n: usize,
+    args: &PropagationArgs,
+) -> Result<Vec<(Observe, Side)>> {
     let api = Api::new()?;
     // A node keeps a target degree (12), not a full mesh, so past 13 nodes "every node sees
     // every other" never holds; ready means every node has a gossip mesh's worth of peers.
@@ -531,17 +595,54 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
     }
     // Gossip meshes form within tens of ms of the connections; give heartbeats a moment too.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|p| p.pid()).collect();
+    let cpu = || -> u64 { pids.iter().filter_map(|&p| cluster::cpu_ticks(p)).sum() };
+    let mut out = Vec::new();
+    for &observe in &args.observe {
+        let (before, t) = (cpu(), Instant::now());
+        let bench_before = cluster::cpu_ticks(std::process::id());
+        out.push((observe, measure(&api, &targets, n, observe, args).await?));
+        // What the nodes spent per message, all of them together: on a machine with few
+        // cores this, not the network, bounds how fast a message can reach every node.
+        let ms = cpu().saturating_sub(before) as f64 * 1e3 / cluster::clock_ticks();
+        if let (Some(a), Some(b)) = (bench_before, cluster::cpu_ticks(std::process::id())) {
+            eprintln!(
+                "propagation: N={n} {}: the bench's observers and publisher used {:.0} ms",
+                observe.as_str(),
+                b.saturating_sub(a) as f64 * 1e3 / cluster::clock_ticks()
+            );
+        }
+        eprintln!(
+            "propagation: N={n} {}: the {n} nodes used {:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
+            observe.as_str(),
+            ms,
+            t.elapsed().as_secs_f64(),
+            ms / args.messages as f64,
+            ms / (args.messages * n) as f64,
+        );
+    }
+    Ok(out)
+}
+
+/// Publishes `--messages` records at rotating origins and times each one's arrival at
+/// every node, observed the `observe` way.
+async fn measure(
+    api: &Api,
+    targets: &[(SocketAddr, SocketAddr)],
+    n: usize,
+    observe: Observe,
+    args: &PropagationArgs,
+) -> Result<Side> {
     let key = ZoneKey::from_seed(*blake3::hash(format!("propbench {n}").as_bytes()).as_bytes());
     let timeout = Duration::from_millis(args.timeout_ms);
-    let poll = Duration::from_micros(args.poll_us);
-    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let run = std::process::id();
     let mut samples = Vec::with_capacity(args.messages);
     let mut lost = 0;
     let mut dns_timeouts = 0;
+    let mut at_origin = Vec::with_capacity(args.messages);
     for m in 0..args.messages {
         let origin = m % n;
-        let label = format!("p{run}-{m}");
+        let label = format!("p{run}-{}-{m}", observe.as_str());
         let addr = Ipv4Addr::new(127, 200, (m >> 8) as u8, m as u8);
         let endpoint = Endpoint {
             host: Host::V4(addr.octets()),
@@ -551,39 +652,30 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
         };
         let record = make_record(&key, &label, 1, vec![endpoint], 600_000)
             .map_err(|e| anyhow!("signing: {e}"))?;
-        let qname = format!("{}.dpin.", record.name());
-        // Pollers first, so none misses the first moment its node answers. They start
-        // polling at once (the name does not exist yet, so the first answers are NXDOMAIN):
-        // a start signal through `Notify::notify_waiters` would be lost by any poller not yet
-        // waiting on it, which then never ends (that hung the first version of this bench).
         let timeouts = Arc::new(AtomicUsize::new(0));
-        let pollers: Vec<_> = targets
-            .iter()
-            .enumerate()
-            .map(|(k, &(_, dns))| {
-                let qname = qname.clone();
-                let timeouts = timeouts.clone();
-                tokio::spawn(async move {
-                    let end = Instant::now() + timeout;
-                    let mut id = (k as u16).wrapping_mul(7919);
-                    while Instant::now() < end {
-                        id = id.wrapping_add(1);
-                        let q = dnsq::query_a(bind, dns, &qname, id, Duration::from_millis(200));
-                        match q.await {
-                            Ok(DnsAnswer::Addrs(a)) if a.contains(&addr) => {
-                                return Some(Instant::now());
-                            }
-                            Err(dnsq::DnsError::Timeout) => {
-                                timeouts.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {}
-                        }
-                        tokio::time::sleep(poll).await;
-                    }
-                    None
-                })
-            })
-            .collect();
+        // Observers first, so none misses the first moment its node has the record.
+        let observers: Vec<tokio::task::JoinHandle<Option<Instant>>> = match observe {
+            Observe::Wait => {
+                let name = record.name();
+                let observers = targets
+                    .iter()
+                    .map(|&(http, _)| {
+                        let (api, name) = (api.clone(), name.clone());
+                        tokio::spawn(async move {
+                            let held = api.wait_seq(http, &name, 1, timeout).await;
+                            held.is_some_and(|s| s >= 1).then(Instant::now)
+                        })
+                    })
+                    .collect();
+                // Each reader's request reaches its node and registers before the write
+                // (one keep-alive HTTP request on loopback, well under this pause); one that
+                // registered late answers at once, later than the arrival: the figure errs
+                // high, never low.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                observers
+            }
+            Observe::Dns => dns_pollers(targets, &record, addr, timeout, &timeouts, args),
+        };
         let t0 = Instant::now();
         let w = api.publish(targets[origin].0, &record, timeout).await;
         if !matches!(w.outcome, OpOutcome::Applied) {
@@ -593,8 +685,13 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
             );
         }
         let mut last = Some(t0);
-        for p in pollers {
+        for (k, p) in observers.into_iter().enumerate() {
             let seen = p.await.ok().flatten();
+            if k == origin {
+                if let Some(t) = seen {
+                    at_origin.push(t.duration_since(t0));
+                }
+            }
             last = match (last, seen) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
@@ -609,7 +706,58 @@ async fn dpin_measure(cluster: &Cluster, n: usize, args: &PropagationArgs) -> Re
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
+    at_origin.sort();
+    eprintln!(
+        "propagation: N={n} {}: seen at the origin itself p50 {:.2} ms, p99 {:.2} ms",
+        observe.as_str(),
+        quantile_ms(&at_origin, 0.5),
+        quantile_ms(&at_origin, 0.99)
+    );
     Ok(side(samples, lost, dns_timeouts))
+}
+
+/// One DNS poller per node for `record`'s name, each asking until its node answers `addr`.
+/// They start polling at once (the name does not exist yet, so the first answers are
+/// NXDOMAIN): a start signal through `Notify::notify_waiters` would be lost by any poller
+/// not yet waiting on it, which then never ends (that hung the first version of this bench).
+fn dns_pollers(
+    targets: &[(SocketAddr, SocketAddr)],
+    record: &dpin_protocol::SignedRecord,
+    addr: Ipv4Addr,
+    timeout: Duration,
+    timeouts: &Arc<AtomicUsize>,
+    args: &PropagationArgs,
+) -> Vec<tokio::task::JoinHandle<Option<Instant>>> {
+    let qname = format!("{}.dpin.", record.name());
+    let poll = Duration::from_micros(args.poll_us);
+    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    targets
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, dns))| {
+            let qname = qname.clone();
+            let timeouts = timeouts.clone();
+            tokio::spawn(async move {
+                let end = Instant::now() + timeout;
+                let mut id = (k as u16).wrapping_mul(7919);
+                while Instant::now() < end {
+                    id = id.wrapping_add(1);
+                    let q = dnsq::query_a(bind, dns, &qname, id, Duration::from_millis(200));
+                    match q.await {
+                        Ok(DnsAnswer::Addrs(a)) if a.contains(&addr) => {
+                            return Some(Instant::now());
+                        }
+                        Err(dnsq::DnsError::Timeout) => {
+                            timeouts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                    tokio::time::sleep(poll).await;
+                }
+                None
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         }
     }
     // Replicated records are made durable in the background a moment after they arrive
-    // (Node::flush_soon); a clean stop writes whatever is still pending, so a stop right
+    // (Node::flush_replicas_soon); a clean stop writes whatever is still pending, so a stop right
     // after a record arrived does not lose it. A crash can still lose that tail: peers resend
     // it, and the writer's acknowledgement never depended on this node.
     let generation = node.read_store(crate::store::DurableStore::generation);

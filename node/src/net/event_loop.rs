@@ -266,7 +266,6 @@ impl EventLoop {
                 message_id,
                 source,
                 verdict,
-                reply,
             } => {
                 let known = self
                     .swarm
@@ -287,7 +286,6 @@ impl EventLoop {
                         self.ban(source, GRAYLIST_BAN, BanReason::Graylisted);
                     }
                 }
-                let _ = reply.send(());
             }
             Command::Request { peer, data, reply } => {
                 let result = if !self.swarm.is_connected(&peer) {

@@ -197,30 +197,6 @@ fn base_dir(what: &str) -> PathBuf {
     std::env::temp_dir().join(format!("dpin-bench-{what}-{}", std::process::id()))
 }
 
-/// Clock ticks per second of `/proc/PID/stat` times (`getconf CLK_TCK`, 100 if unknown).
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process, in ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Resident set size in MB.
 fn rss_mb(pid: u32) -> Option<f64> {
     Some(status_kb(pid, "VmRSS:")? / 1024.0)
@@ -482,7 +458,7 @@ async fn idle(
     if sizes.iter().any(|&n| n == 0 || n > 200) {
         bail!("cluster sizes must be in 1..=200");
     }
-    let ticks = clock_ticks();
+    let ticks = dpin_sim::cluster::clock_ticks();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -504,9 +480,15 @@ async fn idle(
                 m0.push(metrics(&http, api).await);
             }
             let t0 = Instant::now();
-            let before: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+            let before: Vec<Option<u64>> = pids
+                .iter()
+                .map(|&p| dpin_sim::cluster::cpu_ticks(p))
+                .collect();
             tokio::time::sleep(Duration::from_secs(measure_s)).await;
-            let after: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+            let after: Vec<Option<u64>> = pids
+                .iter()
+                .map(|&p| dpin_sim::cluster::cpu_ticks(p))
+                .collect();
             let secs = t0.elapsed().as_secs_f64();
             let mut m1 = Vec::new();
             for &api in &apis {
