@@ -1710,7 +1710,7 @@ type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 /// Consumes network events forever (until the channel closes), ticks the failure detector and
 /// runs periodic sync. Gossip validation runs on its own task (verifying inline, and
 /// waiting for the store lock on a blocking thread when a flush or sync batch holds it,
-/// [`Node::apply_gossiped`]), so liveness events never wait behind it.
+/// `Node::apply_gossiped`), so liveness events never wait behind it.
 pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(ingest::GOSSIP_QUEUE);
     let gnode = node.clone();
