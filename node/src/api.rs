@@ -2060,6 +2060,27 @@ mod wire_tests {
         body: Value,
     }
 
+    /// One raw HTTP request to the API at `api`: a POST of `body`, or a GET without one.
+    fn raw_request(
+        http: &reqwest::Client,
+        api: &str,
+        path: String,
+        body: Option<Value>,
+    ) -> impl std::future::Future<Output = Raw> {
+        let url = format!("http://{api}{path}");
+        let req = match body {
+            Some(b) => http.post(url).json(&b),
+            None => http.get(url),
+        };
+        async move {
+            let resp = req.send().await.unwrap();
+            Raw {
+                status: resp.status().as_u16(),
+                body: resp.json().await.unwrap(),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_blocking_read_answers_once_the_seq_it_waits_for_arrives() {
         let dir = tempfile::tempdir().unwrap();
@@ -2069,16 +2090,7 @@ mod wire_tests {
         let eps = || Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
         let sign = |seq| crate::publish::sign(&key, "web", eps(), seq, 60_000, now_ms()).unwrap();
         let name = format!("web.{}", key.zone());
-        let get = |path: String| {
-            let req = http.get(format!("http://{api}{path}"));
-            async move {
-                let resp = req.send().await.unwrap();
-                Raw {
-                    status: resp.status().as_u16(),
-                    body: resp.json().await.unwrap(),
-                }
-            }
-        };
+        let get = |path: String| raw_request(&http, &api, path, None);
         node.publish(sign(1), None).await.unwrap();
 
         // Readers of seq 2 and of the seq endpoint, started while the node holds seq 1; the
@@ -2146,20 +2158,7 @@ mod wire_tests {
         let sign = |seq| crate::publish::sign(&key, "web", eps(), seq, 60_000, now).unwrap();
         let req = |seq: u64, if_seq: Option<u64>| json!({"record": hex::encode(sign(seq).encode()), "if_seq": if_seq});
         let name = format!("web.{}", key.zone());
-        let ask = |path: String, body: Option<Value>| {
-            let url = format!("http://{api}{path}");
-            let req = match body {
-                Some(b) => http.post(url).json(&b),
-                None => http.get(url),
-            };
-            async move {
-                let resp = req.send().await.unwrap();
-                Raw {
-                    status: resp.status().as_u16(),
-                    body: resp.json().await.unwrap(),
-                }
-            }
-        };
+        let ask = |path: String, body: Option<Value>| raw_request(&http, &api, path, body);
 
         // Unknown name: seq 0, hash null.
         let a = ask(format!("/v1/seq/{name}"), None).await;

@@ -762,10 +762,7 @@ impl Node {
                 None => f,
             }
         };
-        let shared = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&shared.store), &prepared))
-            .await
-            .map_err(|e| NodeError::Task(e.to_string()))
+        self.with_store(move |s| f(s, &prepared)).await
     }
 
     /// Makes every store change up to `generation` durable (group commit, off the store lock).

@@ -9,9 +9,12 @@
 //! every node without a poller loading the cores it measures.
 //!
 //! The store's one place of index change ([`crate::store::DurableStore`]) calls
-//! [`Watches::changed`] for every changed name; only names someone waits on have an entry, so
-//! a change of any other name costs one hash lookup. A waiter registers *before* it checks the
-//! store again, so no change between the two is missed ([`Node::wait_for_seq`]).
+//! [`Watches::changed`] for every changed name. While nobody waits (the usual case, and every
+//! record of a catch-up) that is one atomic load, no lock; otherwise one hash lookup, as only
+//! names someone waits on have an entry. A waiter registers *before* it checks the store
+//! again, so no change between the two is missed ([`Node::wait_for_seq`]): its registration
+//! and that check are ordered before any later change by the store's lock, so the change's
+//! load sees the waiter.
 //!
 //! Bounds: at most [`MAX_WAITERS`] waiters at once on a node (beyond that a wait is refused
 //! with 503 `too_many_waits`, and the HTTP layer's per-client in-flight bound stops one
@@ -21,6 +24,7 @@
 //! [`Node::wait_for_seq`]: crate::node::Node::wait_for_seq
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
@@ -47,13 +51,10 @@ pub enum WatchError {
 /// Names someone waits on, with one [`Notify`] each.
 #[derive(Debug, Default)]
 pub struct Watches {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    by_name: HashMap<Box<str>, Watch>,
-    waiters: usize,
+    by_name: Mutex<HashMap<Box<str>, Watch>>,
+    /// Waiters registered, changed only under `by_name`'s lock; read without it by
+    /// [`Watches::changed`] to skip the lock while nobody waits.
+    waiters: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -80,32 +81,33 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let mut inner = self.watches.lock();
-        inner.waiters = inner.waiters.saturating_sub(1);
-        if let Some(w) = inner.by_name.get_mut(&self.name) {
+        let mut by_name = self.watches.lock();
+        self.watches.waiters.fetch_sub(1, Ordering::Relaxed);
+        if let Some(w) = by_name.get_mut(&self.name) {
             w.waiters = w.waiters.saturating_sub(1);
             if w.waiters == 0 {
-                inner.by_name.remove(&self.name);
+                by_name.remove(&self.name);
             }
         }
     }
 }
 
 impl Watches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Watch>> {
+        self.by_name
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers a waiter on `name` (refused beyond [`MAX_WAITERS`]).
     pub fn watch(self: &Arc<Self>, name: &str) -> Result<Waiter, WatchError> {
-        let mut inner = self.lock();
-        if inner.waiters >= MAX_WAITERS {
-            return Err(WatchError::TooMany(inner.waiters));
+        let mut by_name = self.lock();
+        let waiters = self.waiters.load(Ordering::Relaxed);
+        if waiters >= MAX_WAITERS {
+            return Err(WatchError::TooMany(waiters));
         }
-        inner.waiters += 1;
-        let w = inner.by_name.entry(name.into()).or_insert_with(|| Watch {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let w = by_name.entry(name.into()).or_insert_with(|| Watch {
             notify: Arc::new(Notify::new()),
             waiters: 0,
         });
@@ -120,15 +122,17 @@ impl Watches {
 
     /// `name`'s entry changed: wakes its waiters, if any.
     pub fn changed(&self, name: &str) {
-        let inner = self.lock();
-        if let Some(w) = inner.by_name.get(name) {
+        if self.waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(w) = self.lock().get(name) {
             w.notify.notify_waiters();
         }
     }
 
     /// Waiters registered now.
     pub fn waiters(&self) -> usize {
-        self.lock().waiters
+        self.waiters.load(Ordering::Relaxed)
     }
 }
 
@@ -169,7 +173,7 @@ mod tests {
         assert_eq!(w.watch("x.z").err(), Some(WatchError::TooMany(MAX_WAITERS)));
         drop(held);
         assert_eq!(w.waiters(), 0);
-        assert!(w.lock().by_name.is_empty(), "no entry outlives its waiters");
+        assert!(w.lock().is_empty(), "no entry outlives its waiters");
         assert!(w.watch("x.z").is_ok());
     }
 }
