@@ -144,6 +144,7 @@ fn clean_history() -> History {
             end_ms: 21_500.0,
             offset_ms: None,
             groups: None,
+            peers: None,
         }],
     }
 }
@@ -322,6 +323,7 @@ fn propagation_to_a_faulted_node_is_left_out() {
         end_ms: 20_012.0,
         offset_ms: None,
         groups: None,
+        peers: None,
     });
     assert_eq!(run(&h).propagation.samples, 1);
 }
@@ -340,6 +342,7 @@ fn propagation_seen_through_a_clock_skewed_past_the_expiry_is_left_out() {
             end_ms: 19_900.0,
             offset_ms: Some(offset_ms),
             groups: None,
+            peers: None,
         });
         run(&h).propagation.samples
     };
@@ -426,6 +429,7 @@ fn a_read_after_a_restart_that_lost_a_seq_is_a_regression() {
         end_ms: 33_000.0,
         offset_ms: None,
         groups: None,
+        peers: None,
     });
     h.ops.push(read(4, 2, 35_000.0, OpOutcome::Found, Some(1)));
     assert_eq!(run(&h).regressions, 1);
@@ -515,6 +519,7 @@ fn a_node_whose_clock_runs_ahead_sees_a_record_expire_early_and_that_is_not_empt
         end_ms: 12_000.0,
         offset_ms: Some(600_000),
         groups: None,
+        peers: None,
     });
     // At 8 s the record is live by real time; node 2's clock is 10 min ahead.
     h.ops.push(read(2, 2, 8_000.0, OpOutcome::NotFound, None));
@@ -534,6 +539,7 @@ fn a_node_whose_clock_runs_behind_must_still_answer() {
         end_ms: 12_000.0,
         offset_ms: Some(-600_000),
         groups: None,
+        peers: None,
     });
     h.ops.push(read(2, 2, 8_000.0, OpOutcome::NotFound, None));
     assert_eq!(run(&h).queries.empty, 1);
@@ -620,6 +626,7 @@ fn race_history(final_at_3: Op) -> History {
             end_ms: 25_000.0,
             offset_ms: None,
             groups: None,
+            peers: None,
         }],
     }
 }
@@ -849,6 +856,7 @@ fn a_node_whose_clock_was_set_right_gets_the_staleness_bound_to_recover_and_no_m
         end_ms: 12_000.0,
         offset_ms: Some(600_000),
         groups: None,
+        peers: None,
     });
     // 3 s after the clock was set right: recovering. 20 s after: empty.
     h.ops.push(read(2, 2, 15_000.0, OpOutcome::NotFound, None));
@@ -870,6 +878,7 @@ fn split(start: f64, end: f64, a: &[usize], b: &[usize]) -> Vec<FaultSpan> {
             end_ms: end,
             offset_ms: None,
             groups: Some(vec![a.to_vec(), b.to_vec()]),
+            peers: None,
         })
         .collect()
 }
@@ -1112,6 +1121,7 @@ fn fault_spans_know_which_nodes_they_separate() {
         end_ms: 1.0,
         offset_ms: None,
         groups: Some(vec![vec![1], vec![2, 3]]),
+        peers: None,
     };
     assert!(one_way.separates(1, 2) && one_way.separates(3, 1));
     assert!(!one_way.separates(2, 3), "same side");
@@ -1177,6 +1187,7 @@ fn heal_convergence_is_the_slowest_node_after_each_heal() {
         end_ms: 64_000.0,
         offset_ms: None,
         groups: None,
+        peers: None,
     });
     assert_eq!(run(&h).heal.unconverged, 0);
 }
@@ -1236,6 +1247,49 @@ fn a_heal_probe_cut_off_again_from_every_holder_is_left_out_of_the_heal_time() {
         .ops
         .push(heal_probe(1, 3, 50_000.0, 60_000.0, false));
     assert_eq!(run(&same_side).heal.unconverged, 1);
+}
+
+#[test]
+fn a_heal_probe_whose_island_holds_a_holder_it_has_no_connection_to_is_left_out() {
+    // Seq 5 written at node 1 while {1, 2} were split from {3, 4}; healed at 50 s. Node 3
+    // shows it 200 ms later; at 50.5 s the same split comes back, so node 4's island is
+    // {3, 4}, and node 4 shows seq 5 only after that heals.
+    let history = |links: Option<&[(usize, &[usize])]>| {
+        let mut h = clean_history();
+        h.ops.push(write(1, 45_000.0, 45_010.0, 5));
+        h.faults.extend(split(40_000.0, 50_000.0, &[1, 2], &[3, 4]));
+        let mut again = split(50_500.0, 56_000.0, &[1, 2], &[3, 4]);
+        if let Some(links) = links {
+            for f in &mut again {
+                f.peers = Some(
+                    links
+                        .iter()
+                        .find(|(n, _)| *n == f.node)
+                        .map(|(_, p)| p.to_vec())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        h.faults.extend(again);
+        h.ops.push(heal_probe(1, 2, 50_000.0, 50_100.0, true));
+        h.ops.push(heal_probe(1, 3, 50_000.0, 50_200.0, true));
+        h.ops.push(heal_probe(1, 4, 50_000.0, 56_300.0, true));
+        run(&h).heal
+    };
+    // No connections recorded (an older history): node 3 is on its side, so it counts.
+    let f = history(None);
+    assert_eq!((f.max, f.interrupted_probes), (6_300.0, 0), "{f:?}");
+    // Recorded: nodes 3 and 4 each connected only across the cut. Nothing could reach node 4.
+    let f = history(Some(&[
+        (1, &[3, 4]),
+        (2, &[3, 4]),
+        (3, &[1, 2]),
+        (4, &[1, 2]),
+    ]));
+    assert_eq!((f.max, f.interrupted_probes), (200.0, 1), "{f:?}");
+    // One end's report of the 3-4 connection is enough: node 4's late probe counts.
+    let f = history(Some(&[(1, &[3]), (2, &[4]), (3, &[1, 4]), (4, &[2])]));
+    assert_eq!((f.max, f.interrupted_probes), (6_300.0, 0), "{f:?}");
 }
 
 #[test]
@@ -1417,6 +1471,7 @@ fn a_node_down_for_a_whole_refresh_gets_the_bound_to_catch_up_and_no_more() {
             end_ms: 30_000.0,
             offset_ms: None,
             groups: None,
+            peers: None,
         }],
     };
     // 1 s after node 3 is back, within the bound.

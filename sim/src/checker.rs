@@ -117,7 +117,9 @@
 //!   showed it within the probe window. **interrupted_probes** — probes left out because a
 //!   later fault cut their node off from every node that held the target (its writer, or a
 //!   node this heal's probes had seen showing it) before the node showed it: that wait
-//!   measures the later fault. A node not cut off from every holder counts however late.
+//!   measures the later fault. Cut off means on the other side of the cut, or, where the
+//!   harness recorded the nodes' connections, joined to no holder by connections the cut
+//!   left whole. A node not cut off from every holder counts however late.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1219,7 +1221,12 @@ pub fn check(history: &History, config: &CheckConfig) -> Findings {
 /// before `j` showed it is *interrupted*: the time it took measures that fault, not this
 /// heal. Holders are the nodes that acknowledged the target write and those this heal's
 /// probes saw showing it before the fault began; a fault of `j` itself (kill, pause,
-/// partition) cuts it off from all of them. Interrupted probes are left out of the heal's
+/// partition) cuts it off from all of them. A group partition cuts `j` off from a holder on
+/// its own side too when no chain of connections the cut left whole joins them (the
+/// connections its nodes reported at its start and just before its heal,
+/// [`FaultSpan::peers`]): a node holds about a dozen connections, so a small island of a
+/// 25-node cut is often three strangers, and none of them can pass the record on until the
+/// cut heals. Interrupted probes are left out of the heal's
 /// time (and do not make it unconverged) and are counted; a probe not cut off from every
 /// holder counts however late, so a slow catch-up is never hidden behind a later fault.
 fn heal_convergence(history: &History) -> HealConvergence {
@@ -1243,6 +1250,7 @@ fn heal_convergence(history: &History) -> HealConvergence {
     let seen = |op: &Op| {
         op.outcome == OpOutcome::Found && op.seq.is_some_and(|s| op.want_seq.is_none_or(|w| s >= w))
     };
+    let links = recorded_links(history);
     let mut out = HealConvergence::default();
     let mut times = Vec::new();
     for probes in by_heal.values() {
@@ -1279,7 +1287,16 @@ fn heal_convergence(history: &History) -> HealConvergence {
                     )
                     .filter(|h| *h != p.node)
                     .peekable();
-                holders.peek().is_some() && holders.all(|h| f.separates(p.node, h))
+                // With the connections recorded: no holder reachable over connections the
+                // cut left whole. Without (older histories): every holder on the other side.
+                let reach = links
+                    .get(&fault_key(f))
+                    .map(|adjacent| reachable(adjacent, f, p.node));
+                holders.peek().is_some()
+                    && holders.all(|h| match &reach {
+                        Some(r) => !r.contains(&h),
+                        None => f.separates(p.node, h),
+                    })
             })
         };
         let (mut latest, mut converged, mut counted, mut interrupted) = (heal_ms, true, 0, 0);
@@ -1307,9 +1324,69 @@ fn heal_convergence(history: &History) -> HealConvergence {
     out
 }
 
+/// One group partition's spans share kind, start and end.
+fn fault_key(f: &FaultSpan) -> (FaultKind, u64, u64) {
+    (f.kind, f.start_ms.to_bits(), f.end_ms.to_bits())
+}
+
+/// Per group partition that recorded its nodes' connections ([`FaultSpan::peers`]): who was
+/// connected to whom (either end's report is enough).
+fn recorded_links(
+    history: &History,
+) -> BTreeMap<(FaultKind, u64, u64), BTreeMap<usize, BTreeSet<usize>>> {
+    let mut out: BTreeMap<_, BTreeMap<usize, BTreeSet<usize>>> = BTreeMap::new();
+    for f in history.faults.iter().filter(|f| f.groups.is_some()) {
+        let Some(peers) = &f.peers else { continue };
+        let adjacent = out.entry(fault_key(f)).or_default();
+        for &q in peers {
+            adjacent.entry(f.node).or_default().insert(q);
+            adjacent.entry(q).or_default().insert(f.node);
+        }
+    }
+    out
+}
+
+/// The nodes `from` could get a record from during cut `f`: those joined to it by a chain of
+/// connections `f` did not cut.
+fn reachable(
+    adjacent: &BTreeMap<usize, BTreeSet<usize>>,
+    f: &FaultSpan,
+    from: usize,
+) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::from([from]);
+    let mut todo = vec![from];
+    while let Some(a) = todo.pop() {
+        for &b in adjacent.get(&a).into_iter().flatten() {
+            if !f.separates(a, b) && seen.insert(b) {
+                todo.push(b);
+            }
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_is_reachable_through_a_chain_of_connections_the_cut_left_whole() {
+        let f = FaultSpan {
+            groups: Some(vec![vec![1, 2, 3], vec![4, 5]]),
+            ..span(FaultKind::Split, 1, 0.0, 1.0)
+        };
+        let mut adjacent: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+        for (a, b) in [(1, 2), (2, 3), (3, 4), (1, 5)] {
+            adjacent.entry(a).or_default().insert(b);
+            adjacent.entry(b).or_default().insert(a);
+        }
+        assert_eq!(reachable(&adjacent, &f, 3), BTreeSet::from([1, 2, 3]));
+        assert_eq!(
+            reachable(&adjacent, &f, 4),
+            BTreeSet::from([4]),
+            "4-5 never connected"
+        );
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
@@ -1328,6 +1405,7 @@ mod tests {
             end_ms,
             offset_ms: None,
             groups: None,
+            peers: None,
         }
     }
 

@@ -283,6 +283,13 @@ pub struct FaultSpan {
     /// group partition is recorded as one span per node it affects, each with the groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<Vec<usize>>>,
+    /// For a group partition: the nodes this span's node reported connected (its
+    /// `/v1/status`) when the cut began or just before it healed. Which islands of the cut
+    /// could pass a record to each other at all: a node can sit on a holder's side of a cut
+    /// with no connection to it (the checker's `heal_convergence`). Absent in histories
+    /// recorded before it was (then only the sides count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<usize>>,
 }
 
 impl FaultSpan {

@@ -38,6 +38,7 @@
 //! (for a kill: restarted and answering). No new fault starts in the last few seconds, and
 //! [`Nemesis::heal_all`] ends every fault before the run is judged.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -112,6 +113,40 @@ struct Active {
     offset_ms: Option<i64>,
     /// The cut in force, for partitions of every kind.
     part: Option<Partition>,
+    /// For a group partition: each node's connected peers (1-based) at its start, joined
+    /// with those just before its heal ([`FaultSpan::peers`]).
+    links: BTreeMap<usize, BTreeSet<usize>>,
+}
+
+/// How long a connection snapshot waits for each node's `/v1/status`.
+const LINKS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Every answering node's connected peers, as 1-based indexes (peers the harness does not
+/// know are left out); a node that does not answer within [`LINKS_TIMEOUT`] is absent.
+async fn connections(cluster: &Cluster) -> BTreeMap<usize, BTreeSet<usize>> {
+    let Ok(api) = Api::new() else {
+        return BTreeMap::new();
+    };
+    let index: BTreeMap<&str, usize> = cluster
+        .nodes
+        .iter()
+        .filter_map(|nd| nd.info.as_ref().map(|i| (i.peer_id.as_str(), nd.index)))
+        .collect();
+    let asks = targets_of(cluster).into_iter().map(|t| {
+        let api = api.clone();
+        async move { (t.node, api.connected_peers(t.api, LINKS_TIMEOUT).await) }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter_map(|(node, peers)| {
+            let peers = peers?
+                .iter()
+                .filter_map(|p| index.get(p.as_str()).copied())
+                .collect();
+            Some((node, peers))
+        })
+        .collect()
 }
 
 /// The nemesis state.
@@ -314,6 +349,7 @@ impl Nemesis {
             _ => None,
         };
         let start_ms = rec.now_ms();
+        let mut links = BTreeMap::new();
         let result = match kind {
             FaultKind::Kill => cluster.kill(index).await.map(|()| self.counts.kills += 1),
             FaultKind::Pause => cluster.pause(index).map(|()| self.counts.pauses += 1),
@@ -323,6 +359,9 @@ impl Nemesis {
                         self.active.iter().filter_map(|a| a.part.clone()).collect();
                     parts.push(p.clone());
                     wan.set_cuts(&parts);
+                    if p.kind != CutKind::Isolate {
+                        links = connections(cluster).await;
+                    }
                     match kind {
                         FaultKind::Split => self.counts.splits += 1,
                         FaultKind::OneWay => self.counts.oneway_cuts += 1,
@@ -349,6 +388,7 @@ impl Nemesis {
                 heal_at: Instant::now() + dur,
                 offset_ms,
                 part,
+                links,
             }),
             Err(e) => self
                 .errors
@@ -361,7 +401,7 @@ impl Nemesis {
         cluster: &mut Cluster,
         wan: Option<&Wan>,
         rec: &Arc<Recorder>,
-        a: Active,
+        mut a: Active,
     ) {
         let result: Result<()> = match a.kind {
             FaultKind::Kill => cluster
@@ -370,6 +410,12 @@ impl Nemesis {
                 .map(|()| self.counts.restarts += 1),
             FaultKind::Pause => cluster.resume(a.index),
             FaultKind::Partition | FaultKind::Split | FaultKind::OneWay => {
+                // The connections just before the heal, joined to those at the start.
+                if a.part.as_ref().is_some_and(|p| p.kind != CutKind::Isolate) {
+                    for (node, peers) in connections(cluster).await {
+                        a.links.entry(node).or_default().extend(peers);
+                    }
+                }
                 // `a` is already out of the active list: what is left stays cut.
                 if let Some(wan) = wan {
                     let parts: Vec<Partition> =
@@ -399,6 +445,10 @@ impl Nemesis {
                         end_ms,
                         offset_ms: None,
                         groups: Some(vec![p.a.clone(), p.b.clone()]),
+                        peers: a
+                            .links
+                            .get(&node)
+                            .map(|peers| peers.iter().copied().collect()),
                     });
                 }
                 // How long until every node holds what either side acknowledged.
@@ -417,6 +467,7 @@ impl Nemesis {
                 end_ms,
                 offset_ms: a.offset_ms,
                 groups: None,
+                peers: None,
             }),
         }
     }
@@ -451,6 +502,7 @@ impl Nemesis {
                 heal_at: until,
                 offset_ms: None,
                 part: None,
+                links: BTreeMap::new(),
             });
             self.publish_active(rec);
             let result = async {
@@ -484,6 +536,7 @@ impl Nemesis {
                 end_ms: rec.now_ms(),
                 offset_ms: None,
                 groups: None,
+                peers: None,
             });
             i = (i + 1) % n;
             let gap = self.gap();

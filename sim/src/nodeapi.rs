@@ -126,7 +126,28 @@ impl Api {
 
     /// `GET /v1/resolve/{name}`.
     pub async fn resolve(&self, addr: SocketAddr, name: &str, timeout: Duration) -> ReadResult {
-        let url = format!("http://{addr}/v1/resolve/{name}");
+        self.read(format!("http://{addr}/v1/resolve/{name}"), timeout)
+            .await
+    }
+
+    /// `GET /v1/resolve/{name}?wait_seq=SEQ&wait_ms=WAIT`, a blocking read: answered at once
+    /// when the node holds `seq` or later, else when the wait runs out (with what it holds
+    /// then).
+    pub async fn resolve_wait(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        seq: u64,
+        wait: Duration,
+    ) -> ReadResult {
+        let url = format!(
+            "http://{addr}/v1/resolve/{name}?wait_seq={seq}&wait_ms={}",
+            wait.as_millis()
+        );
+        self.read(url, wait + Duration::from_secs(2)).await
+    }
+
+    async fn read(&self, url: String, timeout: Duration) -> ReadResult {
         let resp = match self.http.get(&url).timeout(timeout).send().await {
             Ok(r) => r,
             Err(e) => return ReadResult::failure(classify(&e), e.to_string()),
@@ -276,6 +297,27 @@ impl Api {
         }
         let body: Value = resp.json().await.ok()?;
         body.get("seq").and_then(Value::as_u64)
+    }
+
+    /// The peer ids `GET /v1/status` lists as connected now; `None` if it did not answer.
+    pub async fn connected_peers(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Option<Vec<String>> {
+        let url = format!("http://{addr}/v1/status");
+        let resp = self.http.get(&url).timeout(timeout).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body: StatusAnswer = resp.json().await.ok()?;
+        Some(
+            body.peers
+                .into_iter()
+                .filter(|p| p.connected)
+                .map(|p| p.peer_id)
+                .collect(),
+        )
     }
 
     /// `GET /v1/status`.

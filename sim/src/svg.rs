@@ -530,6 +530,7 @@ mod tests {
                     end_ms: 2500.0,
                     offset_ms: None,
                     groups: None,
+                    peers: None,
                 },
                 FaultSpan {
                     kind: FaultKind::Skew,
@@ -538,6 +539,7 @@ mod tests {
                     end_ms: 1900.0,
                     offset_ms: Some(-600_000),
                     groups: None,
+                    peers: None,
                 },
             ],
         };

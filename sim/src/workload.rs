@@ -960,6 +960,9 @@ async fn probe_write(ctx: &Ctx, p: Probe) {
 
 /// How long after a group partition heals the heal probe waits for every node to catch up.
 pub const HEAL_PROBE_WINDOW: Duration = Duration::from_secs(10);
+/// Blocking reads one heal probe keeps open at one node at a time: well under the node's
+/// per-client bound on requests in flight (32), which the workload's readers share.
+pub const HEAL_PROBE_WAITS_PER_NODE: usize = 8;
 /// The process name of heal probes in the history.
 pub const HEAL_PROBE: &str = "heal-probe";
 
@@ -988,11 +991,17 @@ pub fn heal_targets(ops: &[Op], t_ms: f64, live_for_ms: f64) -> BTreeMap<String,
         .collect()
 }
 
-/// After group partition `heal_id` healed at `heal_ms`: polls every node for every name until
+/// After group partition `heal_id` healed at `heal_ms`: asks every node for every name until
 /// it shows at least the seq acknowledged anywhere by then ([`heal_targets`]), for at most
 /// [`HEAL_PROBE_WINDOW`], and records one probe per node and name (process
 /// [`HEAL_PROBE`], round `heal_id`, start = the heal). The checker turns them into the time
 /// from heal to convergence.
+///
+/// The asks are blocking reads (`wait_seq`, answered when the record arrives), at most
+/// [`HEAL_PROBE_WAITS_PER_NODE`] open per node. Polling every node for every name every
+/// 20 ms took thousands of requests a second from the cores the nodes were catching up on,
+/// in exactly the window it measured; a blocking read also times the arrival itself instead
+/// of the next poll after it.
 pub async fn heal_probe(rec: Arc<Recorder>, targets: Vec<Target>, heal_id: u64, heal_ms: f64) {
     let api = match Api::new() {
         Ok(a) => a,
@@ -1004,52 +1013,77 @@ pub async fn heal_probe(rec: Arc<Recorder>, targets: Vec<Target>, heal_id: u64, 
     };
     let until = Instant::now() + HEAL_PROBE_WINDOW;
     let per_node = targets.iter().map(|t| {
-        let (rec, api, wants) = (&rec, &api, &wants);
-        async move {
-            let mut pending: Vec<(&String, u64)> = wants.iter().map(|(n, s)| (n, *s)).collect();
-            let mut last: BTreeMap<&String, crate::nodeapi::ReadResult> = BTreeMap::new();
-            while !pending.is_empty() {
-                let mut still = Vec::new();
-                for (name, want) in pending {
-                    let r = api.resolve(t.api, name, READ_TIMEOUT).await;
-                    let seen = r.outcome == OpOutcome::Found && r.seq.is_some_and(|s| s >= want);
-                    if seen {
-                        rec.op(heal_op(
-                            t.node,
-                            name,
-                            want,
-                            heal_id,
-                            heal_ms,
-                            rec.now_ms(),
-                            r,
-                        ));
-                    } else {
-                        last.insert(name, r);
-                        still.push((name, want));
-                    }
-                }
-                pending = still;
-                if Instant::now() >= until {
-                    for (name, want) in pending {
-                        if let Some(r) = last.remove(name) {
-                            rec.op(heal_op(
-                                t.node,
-                                name,
-                                want,
-                                heal_id,
-                                heal_ms,
-                                rec.now_ms(),
-                                r,
-                            ));
-                        }
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let asks = wants.iter().map(|(name, want)| {
+            let probe = HealProbe {
+                rec: rec.clone(),
+                api: api.clone(),
+                node: t.node,
+                addr: t.api,
+                heal_id,
+                heal_ms,
+                until,
+            };
+            probe.ask(name.clone(), *want)
+        });
+        // Collected first: with a lazy map's closure inside the spawned future, rustc cannot
+        // show the future is `Send` for every lifetime ("FnOnce is not general enough").
+        let asks: Vec<_> = asks.collect();
+        futures::StreamExt::collect::<Vec<()>>(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(asks),
+            HEAL_PROBE_WAITS_PER_NODE,
+        ))
     });
     futures::future::join_all(per_node).await;
+}
+
+/// One node's side of a heal probe.
+struct HealProbe {
+    rec: Arc<Recorder>,
+    api: Api,
+    node: usize,
+    addr: SocketAddr,
+    heal_id: u64,
+    heal_ms: f64,
+    until: Instant,
+}
+
+impl HealProbe {
+    /// Asks the node for `name` until it shows `want` or later, or the window ends; records
+    /// the probe (with the last answer if it never did).
+    async fn ask(self, name: String, want: u64) {
+        let mut last = None;
+        loop {
+            let left = self.until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                if let Some(r) = last {
+                    self.record(&name, want, r);
+                }
+                return;
+            }
+            let r = self.api.resolve_wait(self.addr, &name, want, left).await;
+            if r.outcome == OpOutcome::Found && r.seq.is_some_and(|s| s >= want) {
+                self.record(&name, want, r);
+                return;
+            }
+            last = Some(r);
+            // Answered without the seq before the wait ran out (an error, a node restarting,
+            // every waiter slot taken): ask again shortly, not in a hot loop.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn record(&self, name: &str, want: u64, r: crate::nodeapi::ReadResult) {
+        let end_ms = self.rec.now_ms();
+        self.rec.op(heal_op(
+            self.node,
+            name,
+            want,
+            self.heal_id,
+            self.heal_ms,
+            end_ms,
+            r,
+        ));
+    }
 }
 
 fn heal_op(
