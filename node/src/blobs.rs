@@ -43,8 +43,8 @@
 //!   first `K`, completed it.
 //! * [`fetch_chunk`] gets a chunk from this node or any holder, verifying it, and fails over to
 //!   the next holder on error or corruption. A read ([`fetch_chunks`]) asks again for a chunk
-//!   that no holder answered for (timeouts, closed connections), with fewer chunks in flight,
-//!   until [`GET_STALL`] passes without progress, so holders that stall for a while (a paused
+//!   that no holder answered for (timeouts, closed connections), with fewer chunks in flight
+//!   (halved once per burst of misses, `Window`), until [`GET_STALL`] passes without progress, so holders that stall for a while (a paused
 //!   host, a loaded machine, a congested link) slow a download down instead of cutting it short.
 //! * [`run_maintenance`] scrubs and repairs. A node that lacks a complete copy of a live blob
 //!   and could be one of its intended holders asks the storage nodes how much of it each holds
@@ -63,8 +63,8 @@
 //!   count the blobs this node watches, so the sums over all nodes count each blob about once.
 //!
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
-//! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (fewer after a
-//! chunk fails in transit), repair handles one blob at a time with chunks fetched one by one; a
+//! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (halved once per
+//! burst of failed chunks, `Window`), repair handles one blob at a time with chunks fetched one by one; a
 //! census asks each storage node once per blob that this node lacks and could be intended for;
 //! the replication watch starts at most [`REPLICATION_CHECKS_PER_ROUND`] checks per repair round,
 //! each asking the other `K - 1` intended holders once.
@@ -1255,6 +1255,57 @@ async fn ask_stored<N: BlobHost>(node: &N, peer: PeerId, req: BlobRequest) -> Re
     }
 }
 
+/// The chunks a put keeps in flight to one holder: one more after each success up to the
+/// bound, half after a failure — but at most once per burst. Requests sent before the last
+/// back-off (the same `epoch`) that fail too are resent without another halving or pause.
+///
+/// Why: a holder refuses a whole window at once (its per-peer budget, `over_budget`, while
+/// the uploader is new to it; a stall that times out every request in flight). Counting each
+/// refusal of that one burst as a new failure halved the window to 1 and paused 250, 500,
+/// 750 … ms in turn: a 64 MiB put right after the cluster formed took 3–6 s at 20–35 % CPU
+/// instead of about 1 s (`deploy/blob-bench.sh`). TCP reduces its window once per window
+/// of losses for the same reason.
+#[derive(Debug)]
+struct Window {
+    size: usize,
+    max: usize,
+    epoch: u32,
+}
+
+impl Window {
+    fn new(max: usize) -> Self {
+        Self {
+            size: max.max(1),
+            max: max.max(1),
+            epoch: 0,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The back-off epoch a request sent now belongs to.
+    fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    fn succeeded(&mut self) {
+        self.size = (self.size + 1).min(self.max);
+    }
+
+    /// A request sent in `sent_epoch` failed: whether to back off (halve and pause). Only
+    /// the first failure of requests sent since the last back-off does.
+    fn failed(&mut self, sent_epoch: u32) -> bool {
+        if sent_epoch < self.epoch {
+            return false;
+        }
+        self.size = (self.size / 2).max(1);
+        self.epoch = self.epoch.wrapping_add(1);
+        true
+    }
+}
+
 /// Progress of a transfer (a put on one holder, or a read): when a request last succeeded,
 /// failures since, and how long it may go without a success.
 struct Progress {
@@ -1365,28 +1416,33 @@ async fn store_on<N: BlobHost>(
     })
     .await?;
     let mut queue: std::collections::VecDeque<u32> = (0..index.chunks()).collect();
-    let mut window = PUT_PARALLEL_CHUNKS;
+    let mut window = Window::new(PUT_PARALLEL_CHUNKS);
     let mut in_flight = FuturesUnordered::new();
     loop {
-        while in_flight.len() < window {
+        while in_flight.len() < window.size() {
             let Some(i) = queue.pop_front() else { break };
-            in_flight.push(send_chunk(node, peer, path, root, index, i));
+            let epoch = window.epoch();
+            let send = send_chunk(node, peer, path, root, index, i);
+            in_flight.push(async move { (epoch, send.await) });
         }
-        let Some((i, sent)) = in_flight.next().await else {
+        let Some((epoch, (i, sent))) = in_flight.next().await else {
             break;
         };
         match sent {
             Ok(()) => {
                 progress.succeeded();
-                window = (window + 1).min(PUT_PARALLEL_CHUNKS);
+                window.succeeded();
             }
             Err(e) => {
+                queue.push_back(i);
+                if !window.failed(epoch) {
+                    // Sent before the last back-off: that pause already answered it.
+                    continue;
+                }
                 let Some(pause) = progress.failed() else {
                     return Err(format!("no progress for {PUT_STALL:?}; chunk {i}: {e}"));
                 };
-                tracing::debug!(%peer, i, %e, window, "chunk not stored; will resend");
-                window = (window / 2).max(1);
-                queue.push_back(i);
+                tracing::debug!(%peer, i, %e, window = window.size(), "chunk not stored; will resend");
                 tokio::time::sleep(pause).await;
             }
         }
@@ -1643,11 +1699,11 @@ pub async fn fetch_chunks<N: BlobHost>(
     let mut again: BTreeSet<u32> = BTreeSet::new(); // chunks to ask for again, lowest first
     let mut tries: BTreeMap<u32, usize> = BTreeMap::new(); // misses per chunk not yet sent
     let mut ready: BTreeMap<u32, Vec<u8>> = BTreeMap::new(); // arrived, not yet sent
-    let mut window = GET_PARALLEL_CHUNKS;
+    let mut window = Window::new(GET_PARALLEL_CHUNKS);
     let mut progress = Progress::with_stall(GET_STALL);
     let mut in_flight = FuturesUnordered::new();
     while next_out < chunks {
-        while in_flight.len() < window {
+        while in_flight.len() < window.size() {
             let i = match again.pop_first() {
                 Some(i) => i,
                 None if next_new < chunks && next_new < next_out.saturating_add(ahead) => {
@@ -1666,11 +1722,16 @@ pub async fn fetch_chunks<N: BlobHost>(
                 .take(candidates.len())
                 .copied()
                 .collect();
-            let (node, index) = (node.clone(), &index);
-            in_flight
-                .push(async move { (i, fetch_chunk_once(&node, &root, index, i, &order).await) });
+            let (node, index, epoch) = (node.clone(), &index, window.epoch());
+            in_flight.push(async move {
+                (
+                    epoch,
+                    i,
+                    fetch_chunk_once(&node, &root, index, i, &order).await,
+                )
+            });
         }
-        let Some((i, got)) = in_flight.next().await else {
+        let Some((epoch, i, got)) = in_flight.next().await else {
             // Nothing in flight and nothing to ask for, yet chunks missing: cannot happen
             // (every chunk below `next_new` is sent, ready, in flight or queued again).
             let _ = out
@@ -1684,7 +1745,7 @@ pub async fn fetch_chunks<N: BlobHost>(
         match got {
             Ok(data) => {
                 progress.succeeded();
-                window = (window + 1).min(GET_PARALLEL_CHUNKS);
+                window.succeeded();
                 tries.remove(&i);
                 ready.insert(i, data);
                 while let Some(data) = ready.remove(&next_out) {
@@ -1695,6 +1756,13 @@ pub async fn fetch_chunks<N: BlobHost>(
                 }
             }
             Err(miss) => {
+                // A transient miss halves the window and pauses, once per burst
+                // (`Window::failed`); one asked before the last back-off is only asked again.
+                if miss.transient && !window.failed(epoch) {
+                    *tries.entry(i).or_default() += 1;
+                    again.insert(i);
+                    continue;
+                }
                 let pause = if miss.transient {
                     progress.failed()
                 } else {
@@ -1709,8 +1777,7 @@ pub async fn fetch_chunks<N: BlobHost>(
                     let _ = out.send(Err(BlobError::Unavailable { i, why })).await;
                     return;
                 };
-                tracing::debug!(i, why = %miss.why, window, ?pause, "chunk not fetched; will ask again");
-                window = (window / 2).max(1);
+                tracing::debug!(i, why = %miss.why, window = window.size(), ?pause, "chunk not fetched; will ask again");
                 *tries.entry(i).or_default() += 1;
                 again.insert(i);
                 tokio::time::sleep(pause).await;
@@ -2288,6 +2355,28 @@ mod tests {
         }
         out.push(handle_request_at(store, BlobRequest::Seal { root }, NOW));
         out
+    }
+
+    #[test]
+    fn a_burst_of_refusals_halves_the_put_window_once() {
+        let mut w = Window::new(8);
+        // Eight chunks sent together, all refused (the holder's budget ran out).
+        let sent = w.epoch();
+        assert!(w.failed(sent), "the first refusal backs off");
+        for _ in 1..8 {
+            assert!(!w.failed(sent), "the rest of that burst does not");
+        }
+        assert_eq!(w.size(), 4);
+        // A request sent after the back-off that fails again backs off again.
+        assert!(w.failed(w.epoch()));
+        assert_eq!(w.size(), 2);
+        assert!(w.failed(w.epoch()));
+        assert!(w.failed(w.epoch()));
+        assert_eq!(w.size(), 1, "never below one");
+        for _ in 0..20 {
+            w.succeeded();
+        }
+        assert_eq!(w.size(), 8, "grows back to the bound");
     }
 
     #[test]
