@@ -762,6 +762,9 @@ fn is_loopback(addr: IpAddr) -> bool {
     }
 }
 
+/// Bytes of an upload buffered before each write to its scratch file.
+const UPLOAD_WRITE_BUFFER: usize = 1 << 20;
+
 async fn put_blob(
     State(node): State<Node>,
     axum::extract::ConnectInfo(Peer(peer, _)): axum::extract::ConnectInfo<Peer>,
@@ -811,7 +814,12 @@ async fn put_blob(
     tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;
     let path = tmp_dir.join(format!("upload-{}", rand::random::<u64>()));
     let result = async {
-        let mut f = tokio::fs::File::create(&path).await.map_err(io)?;
+        // Body frames are a few KiB each; written one by one, each was a hop to tokio's
+        // blocking pool. Buffered, the file gets one write per MiB.
+        let mut f = tokio::io::BufWriter::with_capacity(
+            UPLOAD_WRITE_BUFFER,
+            tokio::fs::File::create(&path).await.map_err(io)?,
+        );
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
         let started = tokio::time::Instant::now();
