@@ -240,6 +240,10 @@ struct Catchup {
     /// The joiner's sync record outcomes (`dpin_records_total{path="sync"}`) and its ingest
     /// drops on the sync push path, as `outcome=count` pairs.
     outcomes: String,
+    /// Seconds from the joiner's start until it first held a record, and until it held a
+    /// quarter, half and three quarters of them (status polled every 200 ms): where a
+    /// catch-up spends its time, start-up or transfer.
+    marks: [Option<f64>; 4],
 }
 
 /// The joiner's sync outcomes from its `/metrics`: how many records it received per outcome
@@ -276,16 +280,32 @@ fn sync_outcomes(api: u16) -> String {
 
 /// Starts `dpin node` on `dir` (which may hold a store already); returns the child and its
 /// API port.
+///
+/// With `SCALEBENCH_LOGS=DIR` in the environment, the node's stderr goes to
+/// `DIR/<data dir's name>.log` (set `RUST_LOG` too to choose what it logs).
 fn spawn_node(bin: &Path, dir: &Path, bootstrap: &[String]) -> Result<(Guard, u16, u16)> {
     let (api, p2p) = (free_port()?, free_port()?);
     let mut cmd = Command::new(bin);
+    let stderr = match std::env::var_os("SCALEBENCH_LOGS") {
+        Some(logs) => {
+            let name = dir
+                .file_name()
+                .map_or("node".into(), |n| n.to_string_lossy());
+            let path = Path::new(&logs).join(format!("{name}.log"));
+            Stdio::from(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            )
+        }
+        None => Stdio::null(),
+    };
     cmd.args(["node", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
         .args(["--api", &format!("127.0.0.1:{api}")])
         .args(["--expected-nodes", "6"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     for b in bootstrap {
         cmd.args(["--bootstrap", b]);
     }
@@ -336,9 +356,16 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     // A joiner that has not caught up after 600 s is reported with what it reached (the
     // rate is then that count over 600 s), so a slow binary still gives a figure.
     let mut reached = 0;
+    let mut marks = [None; 4];
     loop {
         if let Some((n, _)) = status(api) {
             reached = n;
+        }
+        let at = started.elapsed().as_secs_f64();
+        for (mark, share) in marks.iter_mut().zip([0.0, 0.25, 0.5, 0.75]) {
+            if mark.is_none() && reached > 0 && reached as f64 >= share * a.records as f64 {
+                *mark = Some(at);
+            }
         }
         if reached as usize >= a.records || started.elapsed() > Duration::from_secs(600) {
             break;
@@ -362,6 +389,7 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
         joiner_cpu_s,
         peers_cpu_s,
         outcomes,
+        marks,
     })
 }
 
@@ -449,7 +477,7 @@ fn main() -> Result<()> {
             for (i, (name, bin)) in a.bins.iter().enumerate() {
                 let c = catch_up(&a, bin, &template, &last)?;
                 println!(
-                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB, CPU joiner {:.1} s / peers {:.1} s ({:.1} / {:.1} µs per record), load {}\n    joiner sync outcomes: {}",
+                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB, CPU joiner {:.1} s / peers {:.1} s ({:.1} / {:.1} µs per record), load {}\n    joiner held its first record / 25 / 50 / 75 % at {} s\n    joiner sync outcomes: {}",
                     c.reached,
                     a.records,
                     a.catchup_peers,
@@ -461,6 +489,11 @@ fn main() -> Result<()> {
                     c.joiner_cpu_s * 1e6 / c.reached.max(1) as f64,
                     c.peers_cpu_s * 1e6 / c.reached.max(1) as f64,
                     load_average(),
+                    c.marks
+                        .iter()
+                        .map(|m| m.map_or("-".to_owned(), |m| format!("{m:.1}")))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
                     c.outcomes,
                 );
                 rates[i].push(c.rate);
