@@ -739,6 +739,19 @@ pub(crate) mod tests {
     /// A real node (store, network, health, blobs) in this process, with its API on loopback
     /// (also the API's wire tests' node).
     pub(crate) async fn node(dir: &std::path::Path) -> (Node, std::net::SocketAddr) {
+        let (node, api, _events) = node_with_events(dir).await;
+        (node, api)
+    }
+
+    /// [`node`] with its network events, for a test that runs the node's event loop
+    /// (`crate::node::run_events`: it then answers peers and syncs on connect).
+    pub(crate) async fn node_with_events(
+        dir: &std::path::Path,
+    ) -> (
+        Node,
+        std::net::SocketAddr,
+        tokio::sync::mpsc::Receiver<crate::net::NetEvent>,
+    ) {
         let store = crate::store::DurableStore::open(&dir.join("store.redb")).unwrap();
         let mut telemetry = Builder::new();
         let mut config = crate::net::NetConfig::new(
@@ -747,7 +760,7 @@ pub(crate) mod tests {
             vec![],
         );
         config.metrics = Some(telemetry.libp2p());
-        let (net, _events) = crate::net::spawn(config).await.unwrap();
+        let (net, events) = crate::net::spawn(config).await.unwrap();
         let health = crate::health::Health::new(crate::health::HealthConfig {
             enabled: false,
             ..crate::health::HealthConfig::default()
@@ -759,7 +772,7 @@ pub(crate) mod tests {
             .unwrap();
         let api = listener.local_addr().unwrap();
         tokio::spawn(crate::api::serve(node.clone(), listener));
-        (node, api)
+        (node, api, events)
     }
 
     /// `GET /metrics`: (content type, body).

@@ -70,7 +70,7 @@ pub const CATCH_UP_FALLBACK: Duration = Duration::from_millis(300);
 /// Peers whose last sync time is remembered (for the catch-up fallback).
 const MAX_LAST_SYNC_PEERS: usize = 1024;
 /// The labels of [`Metrics::sync_relay`], in its order.
-const RELAY_RESULTS: [&str; 3] = ["relayed", "bulk", "over_budget"];
+const RELAY_RESULTS: [&str; 4] = ["relayed", "bulk", "over_budget", "joining"];
 
 pub use crate::clock::now_ms;
 
@@ -99,6 +99,9 @@ pub struct Metrics {
     pub sync_bad_requests: AtomicU64,
     /// Pushes refused because this node was catching up (it pulls from the pusher instead).
     pub sync_pushes_refused: AtomicU64,
+    /// Our sync requests a peer refused for budget and that were sent again after a pause
+    /// (`dpin_protocol::ingest::over_budget_pause_ms`).
+    pub sync_over_budget_retries: AtomicU64,
     /// Replicated records (gossip or sync) refused only because of this node's clock: expiry
     /// or seq further ahead than the skew allowance. Not held against the sender; taken later,
     /// when the clock has moved on, through anti-entropy. A rising count means this node's
@@ -120,8 +123,8 @@ pub struct Metrics {
     pub peer_bans: AtomicU64,
     /// Records an anti-entropy batch changed, by what the relay policy did with them
     /// ([`dpin_protocol::relay`]): 0 relayed on gossip, 1 left out as bulk catch-up, 2 left
-    /// out over the relay budget.
-    pub sync_relay: [AtomicU64; 3],
+    /// out over the relay budget, 3 left out because this node had not caught up yet.
+    pub sync_relay: [AtomicU64; 4],
 }
 
 impl Metrics {
@@ -220,7 +223,8 @@ impl Metrics {
             e,
             "dpin_sync_relay_total",
             "Records an anti-entropy batch changed, by what was done with them: relayed on \
-             gossip, or left out as bulk catch-up or over the relay budget.",
+             gossip, or left out as bulk catch-up, over the relay budget, or while this node \
+             had not caught up yet (joining).",
             RELAY_RESULTS
                 .iter()
                 .zip(&self.sync_relay)
@@ -230,7 +234,7 @@ impl Metrics {
 
     /// Every counter, for `/metrics`.
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let fields: [(&str, &str, &AtomicU64); 15] = [
+        let fields: [(&str, &str, &AtomicU64); 16] = [
             (
                 "dpin_gossip_rate_limited_total",
                 "Gossip messages dropped: their propagating peer exceeded its rate.",
@@ -282,6 +286,11 @@ impl Metrics {
                 &self.sync_bad_requests,
             ),
             (
+                "dpin_sync_over_budget_retries_total",
+                "Our sync requests a peer refused for budget, sent again after a pause.",
+                &self.sync_over_budget_retries,
+            ),
+            (
                 "dpin_sync_pushes_refused_total",
                 "Pushes refused while this node was catching up (it pulls instead).",
                 &self.sync_pushes_refused,
@@ -329,6 +338,7 @@ impl Metrics {
             "sync_failures": g(&self.sync_failures),
             "sync_bad_requests": g(&self.sync_bad_requests),
             "sync_pushes_refused": g(&self.sync_pushes_refused),
+            "sync_over_budget_retries": g(&self.sync_over_budget_retries),
             "records_ahead_of_clock": g(&self.records_ahead_of_clock),
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
@@ -1419,7 +1429,10 @@ impl Node {
     /// goes on.
     fn relay(&self, plan: dpin_protocol::relay::RelayPlan, relay: Vec<Vec<u8>>) {
         let m = &self.0.metrics.sync_relay;
-        for (c, n) in m.iter().zip([plan.relay, plan.bulk, plan.over_budget]) {
+        for (c, n) in m
+            .iter()
+            .zip([plan.relay, plan.bulk, plan.over_budget, plan.joining])
+        {
             c.fetch_add(n as u64, Ordering::Relaxed);
         }
         if relay.is_empty() {
@@ -1501,23 +1514,49 @@ pub enum SyncError {
     BadAnswer(String),
 }
 
-/// Sends one sync request; adds the bytes sent and received to `moved`.
+/// Whether a sync answer is a peer's refusal for budget ([`refusal_message`]).
+fn is_over_budget(resp: &SyncResponse) -> bool {
+    matches!(resp, SyncResponse::Error { message }
+        if *message == refusal_message(ingest::Refusal::OverBudget))
+}
+
+/// Sends one sync request; adds the bytes sent and received to `moved`. A refusal for budget
+/// is waited out and the same request sent again, at the pauses
+/// [`ingest::over_budget_pause_ms`] gives (half a second in all); after the last, the
+/// refusal is the answer. Pushes are not sent again: one costs the peer a token per four
+/// records, more than a few milliseconds earn, and a peer that refuses a push for budget
+/// pulls the records itself instead (`Node::on_request`).
 async fn ask(
     node: &Node,
     peer: PeerId,
     req: SyncRequest,
     moved: &mut u64,
 ) -> Result<SyncResponse, SyncError> {
+    let retry = !matches!(req, SyncRequest::Push { .. });
     let framed = [&[KIND_SYNC][..], &req.encode()].concat();
-    *moved = moved.saturating_add(framed.len() as u64);
-    let bytes = node
-        .0
-        .net
-        .request(peer, framed)
-        .await
-        .map_err(|e| SyncError::Net(e.to_string()))?;
-    *moved = moved.saturating_add(bytes.len() as u64);
-    SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))
+    let budget = ingest::BudgetConfig::default();
+    let mut attempt = 0;
+    loop {
+        *moved = moved.saturating_add(framed.len() as u64);
+        let bytes = node
+            .0
+            .net
+            .request(peer, framed.clone())
+            .await
+            .map_err(|e| SyncError::Net(e.to_string()))?;
+        *moved = moved.saturating_add(bytes.len() as u64);
+        let resp = SyncResponse::decode(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()))?;
+        if !retry || !is_over_budget(&resp) {
+            return Ok(resp);
+        }
+        let Some(pause) = ingest::over_budget_pause_ms(&budget, ingest::Cost::SyncRequest, attempt)
+        else {
+            return Ok(resp);
+        };
+        attempt += 1;
+        Metrics::inc(&node.0.metrics.sync_over_budget_retries);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
 }
 
 /// Runs anti-entropy with `peer`: one session ([`dpin_protocol::sync::Initiator`]), then
@@ -1556,6 +1595,10 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
         };
         fetched_any |= changed > 0;
         if !end.continue_at_once(changed) {
+            // A session ran to its end: this node has what the peer has (give or take what
+            // changed meanwhile), so from now on what anti-entropy teaches it may be news
+            // to its side of a split (`dpin_protocol::relay`, the joining rule).
+            lock(&node.0.relay).caught_up();
             break Ok(());
         }
         node.note_synced(peer);
@@ -1652,6 +1695,9 @@ async fn run_session(
         if !session.fetch_queued() {
             changed += finish_apply(applying.take()).await;
         }
+        // The peer's limits as known now: its identify info often arrives after the first
+        // session started (`Initiator::set_config`).
+        session.set_config(node.session_config(peer));
         let step = node.read_store(|s| session.poll(s, now_ms()));
         let req = match step {
             InitiatorStep::Send(req) => req,
@@ -1927,9 +1973,9 @@ mod tests {
             .collect()
     }
 
-    fn relay_counts(node: &Node) -> [u64; 3] {
+    fn relay_counts(node: &Node) -> [u64; 4] {
         let c = &node.0.metrics.sync_relay;
-        [0, 1, 2].map(|i| c[i].load(Ordering::Relaxed))
+        [0, 1, 2, 3].map(|i| c[i].load(Ordering::Relaxed))
     }
 
     #[tokio::test]
@@ -1938,16 +1984,26 @@ mod tests {
         let (node, _api) = crate::metrics::tests::node(dir.path()).await;
         let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
         let peer = PeerId::random();
+        // A node that has not caught up yet (no session has run to its end) is joining:
+        // what it learns is old news, and relaying it would spend its budget at its peers.
+        let joining = synced_records(&key, 100_000, 3);
+        assert_eq!(node.apply_synced(peer, joining, Durable::Soon).await, 3);
+        assert_eq!(
+            relay_counts(&node),
+            [0, 0, 0, 3],
+            "nothing relayed while joining"
+        );
+        lock(&node.0.relay).caught_up();
         let few = synced_records(&key, 0, 3);
         assert_eq!(node.apply_synced(peer, few.clone(), Durable::Soon).await, 3);
         assert_eq!(
             relay_counts(&node),
-            [3, 0, 0],
+            [3, 0, 0, 3],
             "a short split's records are relayed"
         );
         // Already held: nothing changed, nothing relayed again.
         assert_eq!(node.apply_synced(peer, few, Durable::BeforeReturn).await, 0);
-        assert_eq!(relay_counts(&node), [3, 0, 0]);
+        assert_eq!(relay_counts(&node), [3, 0, 0, 3]);
         // A joiner's bulk catch-up is left to anti-entropy.
         let max = dpin_protocol::relay::RelayConfig::default().max_batch;
         let bulk = synced_records(&key, 3, max + 1);
@@ -1955,10 +2011,68 @@ mod tests {
             node.apply_synced(peer, bulk, Durable::BeforeReturn).await,
             max + 1
         );
-        assert_eq!(relay_counts(&node), [3, max as u64 + 1, 0]);
+        assert_eq!(relay_counts(&node), [3, max as u64 + 1, 0, 3]);
         let text = node.render_metrics().unwrap();
         let series = format!("dpin_sync_relay_total{{result=\"bulk\"}} {}", max + 1);
         assert!(text.contains(&series), "{series} missing:\n{text}");
+    }
+
+    /// A joiner's first sync requests are refused for budget by a peer new to it (a few
+    /// tokens to start with, more within milliseconds): the session waits a refill's time
+    /// and asks again instead of failing and idling until the next sync interval.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_request_refused_for_budget_is_sent_again_and_the_session_goes_on() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, _, a_events) = crate::metrics::tests::node_with_events(da.path()).await;
+        let (b, _, b_events) = crate::metrics::tests::node_with_events(db.path()).await;
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let held = 3_000;
+        let outsider = PeerId::random();
+        for from in [0, held / 2] {
+            let records = synced_records(&key, from, held / 2);
+            assert_eq!(
+                a.apply_synced(outsider, records, Durable::BeforeReturn).await,
+                held / 2
+            );
+        }
+        tokio::spawn(run_events(a.clone(), a_events));
+        tokio::spawn(run_events(b.clone(), b_events));
+        // Keep b's budget at a empty until a has refused one of b's sync requests.
+        let b_id = b.0.net.local_peer_id();
+        let refused_requests = |n: &Node| {
+            n.0.metrics.ingest_dropped[ingest::IngestPath::SyncRequest.index()][0]
+                .load(Ordering::Relaxed)
+        };
+        let drainer = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                while refused_requests(&a) == 0 {
+                    let _ = a.admit(b_id, ingest::Cost::Gossip);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let addr = a.0.net.listen_addrs().await.unwrap().remove(0);
+        b.0.net
+            .dial(addr.with(libp2p::multiaddr::Protocol::P2p(a.0.net.local_peer_id())))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), drainer)
+            .await
+            .expect("a refused one of b's requests")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while b.read_store(|s| s.len()) < held {
+            assert!(Instant::now() < deadline, "b never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let m = &b.0.metrics;
+        assert!(m.sync_over_budget_retries.load(Ordering::Relaxed) >= 1);
+        assert_eq!(
+            m.sync_failures.load(Ordering::Relaxed),
+            0,
+            "the refused request was sent again, not the session ended"
+        );
     }
 
     #[test]

@@ -211,6 +211,38 @@ impl Default for BudgetConfig {
     }
 }
 
+/// Most times an initiator sends again a sync request its peer refused for budget
+/// ([`Refusal::OverBudget`]) before it takes the refusal as the answer (and its session ends
+/// until the next one). See [`over_budget_pause_ms`].
+pub const OVER_BUDGET_RETRIES: u32 = 5;
+
+/// How long an initiator waits before sending again a request of `cost` that its peer
+/// refused for budget, the `attempt`-th time (0 first): the time a peer still on probation
+/// under `config` takes to earn the request's cost, doubled each attempt; `None` once
+/// [`OVER_BUDGET_RETRIES`] are spent. With the node's budget a sync request waits 16, 32,
+/// 64, 128 and 256 ms (half a second in all).
+///
+/// Why: a node new to a peer starts with a few tokens there ([`BudgetConfig::new_peer_tokens`],
+/// five requests' worth) and earns more within milliseconds. A catching-up session that
+/// opens with a burst of requests is refused once its first tokens are spent; ending the
+/// session there left a joiner idle until the next sync interval (seconds). Waiting a
+/// refill's time and asking again costs the peer one more refused request (a share of an
+/// offence point, [`BudgetConfig::over_budget_weight`]), and the doubling and the cap keep a
+/// peer that stays refusing from holding the session.
+pub fn over_budget_pause_ms(config: &BudgetConfig, cost: Cost, attempt: u32) -> Option<u64> {
+    if attempt >= OVER_BUDGET_RETRIES || config.probation_rate_per_s <= 0.0 {
+        return None;
+    }
+    let first = (cost.tokens() / config.probation_rate_per_s * 1000.0).ceil();
+    // Finite and small: the cost is at most a few thousand tokens, the rate positive.
+    let first = if first.is_finite() {
+        first.clamp(1.0, 60_000.0) as u64
+    } else {
+        1
+    };
+    Some(first.saturating_mul(1 << attempt))
+}
+
 /// Why work was refused before it was looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Refusal {
@@ -556,6 +588,24 @@ mod tests {
         assert_eq!(b.offence(1, 9, 0), None);
         assert_eq!(b.offence(1, 9, 9000), None);
         assert!(b.offence(1, 2, 9000).is_some());
+    }
+
+    #[test]
+    fn a_refused_sync_request_is_sent_again_after_a_refill_doubling_five_times() {
+        let c = BudgetConfig::default();
+        let pauses: Vec<Option<u64>> = (0..=OVER_BUDGET_RETRIES)
+            .map(|a| over_budget_pause_ms(&c, Cost::SyncRequest, a))
+            .collect();
+        assert_eq!(
+            pauses,
+            vec![Some(16), Some(32), Some(64), Some(128), Some(256), None],
+            "4 tokens at the probation rate of 250 a second take 16 ms"
+        );
+        let stalled = BudgetConfig {
+            probation_rate_per_s: 0.0,
+            ..c
+        };
+        assert_eq!(over_budget_pause_ms(&stalled, Cost::SyncRequest, 0), None);
     }
 
     #[test]

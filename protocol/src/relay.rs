@@ -11,8 +11,15 @@
 //! it unseen), and its side of the heal has it within one gossip propagation.
 //!
 //! Relaying is for the few records a short split leaves behind, not for bulk catch-up: a
-//! node joining a network of a million names must not gossip them all. Two bounds:
+//! node joining a network of a million names must not gossip them all. Three bounds:
 //!
+//! * a node that has not yet caught up ([`Relay::caught_up`]: none of its sync sessions has
+//!   yet run to its end) relays nothing: it is joining, or back from a restart, and what it
+//!   learns is what the network holds already. Relaying it would cost every mesh peer a
+//!   duplicate verdict, and spend the node's own ingest budget at the very peers it is
+//!   fetching from (each gossip message costs a token there, the same bucket its sync
+//!   requests draw on): a joiner that relayed its first 64-record answers found its next
+//!   requests refused `over_budget` within 30 ms, and waited for the next sync tick;
 //! * a batch that changed more than [`RelayConfig::max_batch`] records is a bulk catch-up and
 //!   is not relayed at all (anti-entropy carries it to whoever else lacks it);
 //! * a token bucket ([`RelayConfig::per_sec`], [`RelayConfig::burst`]) bounds what one node
@@ -54,6 +61,8 @@ pub struct RelayPlan {
     pub bulk: usize,
     /// Left out because the budget was spent.
     pub over_budget: usize,
+    /// Left out because this node has not caught up yet ([`Relay::caught_up`]).
+    pub joining: usize,
 }
 
 /// The relay budget of one node (sans-IO: the caller passes monotonic milliseconds).
@@ -64,27 +73,54 @@ pub struct Relay {
     /// plan on every machine).
     milli_tokens: u64,
     last_ms: Option<u64>,
+    /// Whether the node has caught up once ([`Relay::caught_up`]).
+    current: bool,
 }
 
 impl Relay {
-    /// A full bucket.
+    /// A full bucket, for a node that has not caught up yet: it relays nothing until the
+    /// driver calls [`Relay::caught_up`].
     pub fn new(cfg: RelayConfig) -> Self {
         Relay {
             cfg,
             milli_tokens: u64::from(cfg.burst) * 1000,
             last_ms: None,
+            current: false,
         }
+    }
+
+    /// The node has caught up with the network: one of its sync sessions ran to its end (in
+    /// sync, nothing left to do, or a round cap that changed nothing), so what it learns from
+    /// now on may be news to its side of a split. Relaying starts here and stays on.
+    pub fn caught_up(&mut self) {
+        self.current = true;
+    }
+
+    /// Whether [`Relay::caught_up`] was called.
+    pub fn is_current(&self) -> bool {
+        self.current
     }
 
     /// How many of a batch's `changed` records to relay at `now_ms` (monotonic), spending
     /// budget for them.
     pub fn plan(&mut self, now_ms: u64, changed: usize) -> RelayPlan {
         self.refill(now_ms);
+        let none = RelayPlan {
+            relay: 0,
+            bulk: 0,
+            over_budget: 0,
+            joining: 0,
+        };
+        if !self.current {
+            return RelayPlan {
+                joining: changed,
+                ..none
+            };
+        }
         if changed > self.cfg.max_batch {
             return RelayPlan {
-                relay: 0,
                 bulk: changed,
-                over_budget: 0,
+                ..none
             };
         }
         let have = usize::try_from(self.milli_tokens / 1000).unwrap_or(usize::MAX);
@@ -92,8 +128,8 @@ impl Relay {
         self.milli_tokens -= relay as u64 * 1000;
         RelayPlan {
             relay,
-            bulk: 0,
             over_budget: changed - relay,
+            ..none
         }
     }
 
@@ -122,22 +158,54 @@ mod tests {
         }
     }
 
+    /// A relay of a node that has caught up.
+    fn current() -> Relay {
+        let mut r = Relay::new(cfg());
+        r.caught_up();
+        r
+    }
+
     #[test]
     fn a_small_batch_is_relayed_whole() {
-        let mut r = Relay::new(cfg());
+        let mut r = current();
         assert_eq!(
             r.plan(0, 30),
             RelayPlan {
                 relay: 30,
                 bulk: 0,
-                over_budget: 0
+                over_budget: 0,
+                joining: 0,
             }
         );
     }
 
     #[test]
-    fn a_bulk_batch_is_not_relayed_and_spends_nothing() {
+    fn a_node_that_has_not_caught_up_relays_nothing_and_keeps_its_budget() {
         let mut r = Relay::new(cfg());
+        assert!(!r.is_current());
+        for t in [0, 10, 20] {
+            assert_eq!(
+                r.plan(t, 30),
+                RelayPlan {
+                    relay: 0,
+                    bulk: 0,
+                    over_budget: 0,
+                    joining: 30,
+                },
+                "a joiner's small batches are old news to the network"
+            );
+        }
+        r.caught_up();
+        assert_eq!(
+            r.plan(30, 50).relay,
+            50,
+            "the bucket was not spent while joining"
+        );
+    }
+
+    #[test]
+    fn a_bulk_batch_is_not_relayed_and_spends_nothing() {
+        let mut r = current();
         assert_eq!(r.plan(0, 101).bulk, 101);
         assert_eq!(
             r.plan(0, 50).relay,
@@ -148,7 +216,7 @@ mod tests {
 
     #[test]
     fn the_budget_bounds_relays_over_time_and_refills_at_its_rate() {
-        let mut r = Relay::new(cfg());
+        let mut r = current();
         assert_eq!(r.plan(0, 40).relay, 40);
         let p = r.plan(0, 40);
         assert_eq!((p.relay, p.over_budget), (10, 30), "10 tokens were left");
@@ -164,7 +232,7 @@ mod tests {
 
     #[test]
     fn time_going_back_refills_nothing() {
-        let mut r = Relay::new(cfg());
+        let mut r = current();
         assert_eq!(r.plan(10_000, 50).relay, 50);
         assert_eq!(r.plan(5_000, 5).relay, 0);
         assert_eq!(r.plan(10_000, 5).relay, 0, "no credit for the step back");

@@ -421,6 +421,16 @@ impl Initiator {
         }
     }
 
+    /// Replaces the session's limits from the next request on: what the driver learned of
+    /// the peer after the session started. A node dials a peer and starts its first session
+    /// at once, usually before the peer's identify info says it takes budgeted chunks; left
+    /// at the default, that session fetched 64 names a request for all of its rounds (a
+    /// joiner's first session spent its whole new-peer budget at the peer in 5 requests,
+    /// 320 records). The request in flight keeps the limits it was sent with.
+    pub fn set_config(&mut self, config: SessionConfig) {
+        self.config = config;
+    }
+
     /// Counts so far.
     pub fn stats(&self) -> SessionStats {
         self.stats

@@ -191,3 +191,47 @@ fn an_answer_cut_by_the_byte_budget_is_asked_again_from_the_first_name_left_out(
     let asked: usize = fetches.iter().map(|(_, r)| r.len()).sum();
     assert_eq!(asked, 700, "no record crossed twice");
 }
+
+/// A session that started before the peer said it takes budgeted chunks (the node dials and
+/// syncs at once; identify arrives a few milliseconds later) moves to budgeted chunks from
+/// its next request when the driver learns it, instead of fetching 64 names a request for
+/// all its rounds.
+#[test]
+fn a_session_told_mid_way_that_the_peer_takes_budgeted_chunks_fetches_them_from_then_on() {
+    let theirs = records("d", 3_000, 1);
+    let (mut a, mut b) = (MemStore::new(), store_of(&theirs));
+    let mut s = Initiator::new(SessionConfig::default());
+    let mut fetches: Vec<usize> = Vec::new();
+    while let InitiatorStep::Send(req) = s.poll(&a, NOW) {
+        if let SyncRequest::Fetch { names } = &req {
+            fetches.push(names.len());
+            if fetches.len() == 2 {
+                // Identify arrived while the second fetch was on its way.
+                s.set_config(SessionConfig::budgeted());
+            }
+        }
+        let answer = match respond(&b, req) {
+            ResponderAction::Reply(a) => a,
+            ResponderAction::ApplyThenAck(records) => push_ack(apply(&mut b, &records)),
+        };
+        let records = s
+            .handle_response(&a, answer, NOW)
+            .expect("honest answers fit the session");
+        apply(&mut a, &records);
+    }
+    assert_eq!(a.digest(), b.digest(), "every record arrived");
+    assert_eq!(
+        &fetches[..2],
+        &[MAX_RECORDS_PER_MESSAGE, MAX_RECORDS_PER_MESSAGE],
+        "before the peer's limits were known"
+    );
+    assert!(
+        fetches[2] > MAX_RECORDS_PER_MESSAGE,
+        "the fetch after it asks for a budgeted chunk: {fetches:?}"
+    );
+    assert!(
+        fetches.len() < 3_000 / MAX_RECORDS_PER_MESSAGE / 4,
+        "{} fetches for 3,000 records",
+        fetches.len()
+    );
+}
