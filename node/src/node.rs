@@ -2031,7 +2031,8 @@ mod tests {
         for from in [0, held / 2] {
             let records = synced_records(&key, from, held / 2);
             assert_eq!(
-                a.apply_synced(outsider, records, Durable::BeforeReturn).await,
+                a.apply_synced(outsider, records, Durable::BeforeReturn)
+                    .await,
                 held / 2
             );
         }
