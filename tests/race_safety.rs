@@ -518,14 +518,19 @@ fn a_damaged_body_on_disk_keeps_its_floor_and_is_restored_from_a_peer() -> Resul
 }
 
 /// Flips one byte of the stored record body of `name` (just before its 64-byte signature).
+/// The store's table of data format 2: keyed by the name's digest bucket, then the name.
 fn damage_body(db: &Path, name: &str) -> Result<()> {
     use redb::ReadableTable as _;
-    const ENTRIES: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entries");
+    const ENTRIES: redb::TableDefinition<&[u8], &[u8]> =
+        redb::TableDefinition::new("entries.by-bucket");
+    let key: Vec<u8> = std::iter::once(dpin_protocol::digest::bucket_of(name))
+        .chain(name.bytes())
+        .collect();
     let db = redb::Database::open(db)?;
     let w = db.begin_write()?;
     {
         let mut table = w.open_table(ENTRIES)?;
-        let mut bytes = match table.get(name)? {
+        let mut bytes = match table.get(key.as_slice())? {
             Some(v) => v.value().to_vec(),
             None => bail!("{name} is not in the store"),
         };
@@ -534,7 +539,7 @@ fn damage_body(db: &Path, name: &str) -> Result<()> {
             .checked_sub(65)
             .ok_or(anyhow!("entry too short"))?;
         bytes[at] ^= 0xff;
-        table.insert(name, bytes.as_slice())?;
+        table.insert(key.as_slice(), bytes.as_slice())?;
     }
     w.commit()?;
     Ok(())

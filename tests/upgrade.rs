@@ -92,9 +92,10 @@ fn todays_data_dir_opens_and_serves_its_records() -> Result<()> {
     }
     let (code, _) = node.get(&format!("/v1/resolve/gamma.{zone}"))?;
     assert_eq!(code, 404, "the deletion holds");
-    // The dir is now marked with the current format.
+    // The dir is now marked with the current format (2: the store was moved to bucket
+    // order on the way, and every record above came through it).
     let format = std::fs::read_to_string(dir.join("FORMAT"))?;
-    assert_eq!(format.trim(), "1");
+    assert_eq!(format.trim(), "2");
     // The highest seq survived too: an older seq of beta is refused as stale.
     let key = fixture().join("datadir-v1.zone.key");
     let out = Command::new(bin())
@@ -174,12 +175,12 @@ fn a_data_dir_from_a_newer_dpin_is_refused_untouched() -> Result<()> {
     let tmp = dpin_tests::test_dir()?;
     let dir = tmp.path().join("data");
     copy_dir(&fixture().join("datadir-v1"), &dir)?;
-    std::fs::write(dir.join("FORMAT"), "2\n")?;
+    std::fs::write(dir.join("FORMAT"), "3\n")?;
     let before = std::fs::read(dir.join("store.redb"))?;
     let (code, err) = node_exit(&dir)?;
     assert_ne!(code, 0);
     assert!(err.contains("newer than this dpin reads"), "{err}");
-    assert_eq!(std::fs::read_to_string(dir.join("FORMAT"))?, "2\n");
+    assert_eq!(std::fs::read_to_string(dir.join("FORMAT"))?, "3\n");
     assert!(
         std::fs::read(dir.join("store.redb"))? == before,
         "the store was not touched"

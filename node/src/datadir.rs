@@ -10,8 +10,9 @@
 //! * a new or empty dir gets the current format written;
 //! * a dir from before the format file existed (it holds a store or an identity but no
 //!   format file) is format 1 — the layout of every release so far — and gets the file;
-//! * an older format is upgraded step by step ([`MIGRATIONS`]; there are none yet: format 1
-//!   is the first), and the file is rewritten only after every step succeeded;
+//! * an older format is upgraded step by step ([`MIGRATIONS`]), and the file is rewritten
+//!   after each step succeeded (a dir from before the format file is upgraded from format 1
+//!   the same way);
 //! * a newer format than this binary knows is refused with an error that says which binary is
 //!   needed: a downgrade is never attempted.
 //!
@@ -24,7 +25,14 @@ use std::path::{Path, PathBuf};
 /// The format file's name inside the data dir.
 pub const FORMAT_FILE: &str = "FORMAT";
 /// The format this binary writes.
-pub const CURRENT_FORMAT: u32 = 1;
+///
+/// * 1: every release up to 2026-12-04: the store's entries keyed by name.
+/// * 2: the store's entries keyed by digest bucket, then name (`crate::store`, `ENTRIES`):
+///   the order anti-entropy fetches in, so a catching-up node's commits touch a few
+///   neighbouring pages per chunk instead of one per record. A format-1 binary would read a
+///   format-2 store as empty (and so forget every name's floor): the format number is what
+///   makes it refuse the dir instead.
+pub const CURRENT_FORMAT: u32 = 2;
 /// The oldest format this binary can upgrade from.
 pub const OLDEST_FORMAT: u32 = 1;
 /// Longest format file accepted (one number and a newline; more is not ours).
@@ -35,8 +43,21 @@ const PRE_FORMAT_MARKERS: [&str; 3] = ["store.redb", "identity.key", "blobs"];
 /// One upgrade step: from format `from` to `from + 1`, in place.
 pub type Migration = fn(&Path) -> Result<(), DataDirError>;
 
-/// Upgrade steps, by the format they start from. Empty: format 1 is the first.
-pub const MIGRATIONS: &[(u32, Migration)] = &[];
+/// Upgrade steps, by the format they start from.
+pub const MIGRATIONS: &[(u32, Migration)] = &[(1, store_in_bucket_order)];
+
+/// Format 1 to 2: the store's entries move to the bucket-ordered table in one transaction
+/// (`crate::store::upgrade_file`; a crash leaves the old table whole and the step is run
+/// again). A dir without a store has nothing to move.
+fn store_in_bucket_order(dir: &Path) -> Result<(), DataDirError> {
+    let path = dir.join("store.redb");
+    let moved = crate::store::upgrade_file(&path).map_err(|e| DataDirError::Store {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    tracing::info!(path = %path.display(), moved, "store entries moved to bucket order (data format 2)");
+    Ok(())
+}
 
 /// Why a data dir cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +109,14 @@ pub enum DataDirError {
     /// A migration step is missing (a bug of this binary).
     #[error("no upgrade step from data format {0}")]
     NoMigration(u32),
+    /// A migration step could not upgrade the store.
+    #[error("cannot upgrade the store {path}: {reason}")]
+    Store {
+        /// The store file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What [`prepare`] found and did.
@@ -161,12 +190,14 @@ pub fn prepare(dir: &Path) -> Result<Prepared, DataDirError> {
         Some(f) => f,
         None => {
             let used = PRE_FORMAT_MARKERS.iter().any(|m| dir.join(m).exists());
-            write_format(dir, CURRENT_FORMAT)?;
-            return Ok(if used {
-                Prepared::Adopted
-            } else {
-                Prepared::Created
-            });
+            if !used {
+                write_format(dir, CURRENT_FORMAT)?;
+                return Ok(Prepared::Created);
+            }
+            // Written before the format file existed: format 1, upgraded like any other.
+            write_format(dir, 1)?;
+            upgrade(dir, 1)?;
+            return Ok(Prepared::Adopted);
         }
     };
     if found == CURRENT_FORMAT {
@@ -187,6 +218,12 @@ pub fn prepare(dir: &Path) -> Result<Prepared, DataDirError> {
             supported: CURRENT_FORMAT,
         });
     }
+    upgrade(dir, found)?;
+    Ok(Prepared::Upgraded { from: found })
+}
+
+/// Runs every step from format `found` to [`CURRENT_FORMAT`].
+fn upgrade(dir: &Path, found: u32) -> Result<(), DataDirError> {
     for from in found..CURRENT_FORMAT {
         let step = MIGRATIONS
             .iter()
@@ -197,7 +234,7 @@ pub fn prepare(dir: &Path) -> Result<Prepared, DataDirError> {
         // Each finished step is recorded, so a crash repeats at most the step under way.
         write_format(dir, from + 1)?;
     }
-    Ok(Prepared::Upgraded { from: found })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -219,11 +256,25 @@ mod tests {
     }
 
     #[test]
-    fn a_dir_from_before_the_format_file_is_format_1() -> Result<(), DataDirError> {
+    fn a_dir_from_before_the_format_file_is_format_1_and_is_upgraded() -> Result<(), DataDirError> {
         let t = tmp();
         std::fs::write(t.path().join("identity.key"), b"k").map_err(io(t.path()))?;
         assert_eq!(prepare(t.path())?, Prepared::Adopted);
-        assert_eq!(read_format(t.path())?, Some(1));
+        assert_eq!(read_format(t.path())?, Some(CURRENT_FORMAT));
+        assert!(
+            !t.path().join("store.redb").exists(),
+            "no store to move, none made"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_format_1_dir_is_upgraded_step_by_step() -> Result<(), DataDirError> {
+        let t = tmp();
+        write_format(t.path(), 1)?;
+        assert_eq!(prepare(t.path())?, Prepared::Upgraded { from: 1 });
+        assert_eq!(read_format(t.path())?, Some(2));
+        assert_eq!(prepare(t.path())?, Prepared::Current);
         Ok(())
     }
 
