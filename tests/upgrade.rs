@@ -3,7 +3,9 @@
 //!
 //! `tests/fixtures/datadir-v1/` is a real node's data dir made by the binary of 2026-12-02
 //! (before data dirs carried a FORMAT file; `tests/fixtures/make-datadir-v1.sh` shows how),
-//! with the records listed in `tests/fixtures/datadir-v1.json`: `alpha` (seq 1), `beta`
+//! `tests/fixtures/datadir-v2/` one made by the binary of 2026-12-04 (data format 2, the
+//! store keyed by digest bucket; `make-datadir-v2.sh`), each with the records listed in its
+//! `.json`: `alpha` (seq 1), `beta`
 //! (three writes, seq 3 wins, two endpoints), and `gamma`, deleted by a tombstone (seq 2; its
 //! kind survives, so a live gamma at seq 2 beats it under the merge rule). Records live
 //! at most 30 days, so the node runs with its wall clock at the fixture's date (libfaketime,
@@ -40,8 +42,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn expected() -> Result<Value> {
-    let text = std::fs::read_to_string(fixture().join("datadir-v1.json"))?;
+fn expected(version: &str) -> Result<Value> {
+    let text = std::fs::read_to_string(fixture().join(format!("datadir-{version}.json")))?;
     Ok(serde_json::from_str(&text)?)
 }
 
@@ -73,14 +75,32 @@ fn endpoints(v: &Value) -> Vec<(String, u64, String)> {
         .unwrap_or_default()
 }
 
+/// Today's format: the fixture made by this format's first binary opens and serves.
 #[test]
 fn todays_data_dir_opens_and_serves_its_records() -> Result<()> {
-    let exp = expected()?;
+    serves_the_fixture("v2", Some("2"))
+}
+
+/// Format 1 (no FORMAT file yet): upgraded to today's format on the way, nothing lost.
+#[test]
+fn a_format_1_data_dir_is_upgraded_and_serves_its_records() -> Result<()> {
+    serves_the_fixture("v1", None)
+}
+
+/// Opens a copy of `tests/fixtures/datadir-{version}` (whose FORMAT file holds `format`, or
+/// is absent) with this binary and checks every record and remembered seq it held.
+fn serves_the_fixture(version: &str, format: Option<&str>) -> Result<()> {
+    let exp = expected(version)?;
     let zone = exp["zone"].as_str().ok_or_else(|| anyhow!("zone"))?;
     let tmp = dpin_tests::test_dir()?;
     let dir = tmp.path().join("data");
-    copy_dir(&fixture().join("datadir-v1"), &dir)?;
-    assert!(!dir.join("FORMAT").exists(), "the fixture predates FORMAT");
+    copy_dir(&fixture().join(format!("datadir-{version}")), &dir)?;
+    let found = std::fs::read_to_string(dir.join("FORMAT")).ok();
+    assert_eq!(
+        found.as_deref().map(str::trim),
+        format,
+        "the fixture's format"
+    );
     let env = at_fixture_date(&exp)?;
     let node = NodeProc::start_with_env(&bin(), &dir, &[], &["--no-probe"], env.clone())?;
     for label in ["alpha", "beta"] {
@@ -92,12 +112,12 @@ fn todays_data_dir_opens_and_serves_its_records() -> Result<()> {
     }
     let (code, _) = node.get(&format!("/v1/resolve/gamma.{zone}"))?;
     assert_eq!(code, 404, "the deletion holds");
-    // The dir is now marked with the current format (2: the store was moved to bucket
-    // order on the way, and every record above came through it).
+    // The dir is now marked with the current format (from format 1, the store was moved to
+    // bucket order on the way, and every record above came through it).
     let format = std::fs::read_to_string(dir.join("FORMAT"))?;
     assert_eq!(format.trim(), "2");
     // The highest seq survived too: an older seq of beta is refused as stale.
-    let key = fixture().join("datadir-v1.zone.key");
+    let key = fixture().join(format!("datadir-{version}.zone.key"));
     let out = Command::new(bin())
         .args(["publish", "--key"])
         .arg(&key)
