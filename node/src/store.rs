@@ -289,6 +289,12 @@ impl DurableStore {
             .filter_map(|n| self.mem.entry(n).map(|e| (&**n, e)))
     }
 
+    /// Changes waiting in the feed for its reader (0 once it must rebuild instead): past half
+    /// of [`MAX_FEED_CHANGES`] the prober takes them early (`crate::health::run`).
+    pub fn feed_backlog(&self) -> usize {
+        self.feed.changes.len()
+    }
+
     /// The changes since the last call (the change feed's one reader is the prober's
     /// endpoint index, [`crate::health::ProbeIndex`]), or [`Changes::Rebuild`] right after
     /// the store was loaded and whenever more than [`MAX_FEED_CHANGES`] piled up.

@@ -203,9 +203,19 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     let probe_node = node.clone();
-    tokio::spawn(health_run(health, move || {
-        crate::health::probe_targets(&probe_node)
-    }));
+    let backlog_node = node.clone();
+    tokio::spawn(health_run(
+        health,
+        move || crate::health::probe_targets(&probe_node),
+        move || {
+            backlog_node
+                .store_mutex()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .feed_backlog()
+                >= crate::store::MAX_FEED_CHANGES / 2
+        },
+    ));
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
     {
         let mut la = node
