@@ -44,8 +44,9 @@
 //! * [`fetch_chunk`] gets a chunk from this node or any holder, verifying it, and fails over to
 //!   the next holder on error or corruption. A read ([`fetch_chunks`]) asks again for a chunk
 //!   that no holder answered for (timeouts, closed connections), with fewer chunks in flight
-//!   (halved once per burst of misses, `Window`), until [`GET_STALL`] passes without progress, so holders that stall for a while (a paused
-//!   host, a loaded machine, a congested link) slow a download down instead of cutting it short.
+//!   (halved once per burst of misses, `Window`), until [`GET_STALL`] passes without
+//!   progress, so holders that stall for a while (a paused host, a loaded machine, a
+//!   congested link) slow a download down instead of cutting it short.
 //! * [`run_maintenance`] scrubs and repairs. A node that lacks a complete copy of a live blob
 //!   and could be one of its intended holders asks the storage nodes how much of it each holds
 //!   (a census, which also asks nodes whose offers lapsed within [`CENSUS_GRACE_MS`], so one
@@ -64,8 +65,8 @@
 //!
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
 //! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (halved once per
-//! burst of failed chunks, `Window`), repair handles one blob at a time with chunks fetched one by one; a
-//! census asks each storage node once per blob that this node lacks and could be intended for;
+//! burst of failed chunks, `Window`), repair handles one blob at a time with chunks fetched
+//! one by one; a census asks each storage node once per blob that this node lacks and could be intended for;
 //! the replication watch starts at most [`REPLICATION_CHECKS_PER_ROUND`] checks per repair round,
 //! each asking the other `K - 1` intended holders once.
 
@@ -1756,11 +1757,12 @@ pub async fn fetch_chunks<N: BlobHost>(
                 }
             }
             Err(miss) => {
-                // A transient miss halves the window and pauses, once per burst
-                // (`Window::failed`); one asked before the last back-off is only asked again.
+                // Asked again (a permanent miss ends the read below). A transient miss halves
+                // the window and pauses, once per burst (`Window::failed`); one asked before
+                // the last back-off is only asked again.
+                *tries.entry(i).or_default() += 1;
+                again.insert(i);
                 if miss.transient && !window.failed(epoch) {
-                    *tries.entry(i).or_default() += 1;
-                    again.insert(i);
                     continue;
                 }
                 let pause = if miss.transient {
@@ -1778,8 +1780,6 @@ pub async fn fetch_chunks<N: BlobHost>(
                     return;
                 };
                 tracing::debug!(i, why = %miss.why, window = window.size(), ?pause, "chunk not fetched; will ask again");
-                *tries.entry(i).or_default() += 1;
-                again.insert(i);
                 tokio::time::sleep(pause).await;
                 for (peer, _) in placement(&node, &root, index.size) {
                     if !candidates.contains(&peer) {

@@ -1330,17 +1330,19 @@ impl Selection {
         let same_members = self.members == members && same_rule;
         // A membership change under the same rule is applied as a change (who joined, who
         // left), not by ranking every member for every endpoint again.
-        let delta = (!same_members && same_rule && self.last_full != 0).then(|| {
-            let old: BTreeSet<&[u8]> = self.member_bytes.iter().map(Vec::as_slice).collect();
-            let new: Vec<Vec<u8>> = members.iter().map(|p| p.to_bytes()).collect();
-            let new_set: BTreeSet<&[u8]> = new.iter().map(Vec::as_slice).collect();
-            let joined: Vec<Vec<u8>> = new_set.difference(&old).map(|m| m.to_vec()).collect();
-            let left: Vec<Vec<u8>> = old.difference(&new_set).map(|m| m.to_vec()).collect();
-            (joined, left)
-        });
+        let mut delta = None;
         if !same_members {
+            let new: Vec<Vec<u8>> = members.iter().map(|p| p.to_bytes()).collect();
+            if same_rule && self.last_full != 0 {
+                let old: BTreeSet<&[u8]> = self.member_bytes.iter().map(Vec::as_slice).collect();
+                let new_set: BTreeSet<&[u8]> = new.iter().map(Vec::as_slice).collect();
+                let moved = |a: &BTreeSet<&[u8]>, b: &BTreeSet<&[u8]>| -> Vec<Vec<u8>> {
+                    a.difference(b).map(|m| m.to_vec()).collect()
+                };
+                delta = Some((moved(&new_set, &old), moved(&old, &new_set)));
+            }
             self.members = members.to_vec();
-            self.member_bytes = members.iter().map(|p| p.to_bytes()).collect();
+            self.member_bytes = new;
             self.k = k;
             self.me = me;
             self.observed_probers.clear();

@@ -289,10 +289,11 @@ impl DurableStore {
             .filter_map(|n| self.mem.entry(n).map(|e| (&**n, e)))
     }
 
-    /// Changes waiting in the feed for its reader (0 once it must rebuild instead): past half
-    /// of [`MAX_FEED_CHANGES`] the prober takes them early (`crate::health::run`).
-    pub fn feed_backlog(&self) -> usize {
-        self.feed.changes.len()
+    /// Whether the changes waiting in the feed for its reader are past half of
+    /// [`MAX_FEED_CHANGES`]: the prober then takes them early (`crate::health::run`) instead
+    /// of letting the feed overflow into a rebuild from the whole store.
+    pub fn feed_filling(&self) -> bool {
+        self.feed.changes.len() >= MAX_FEED_CHANGES / 2
     }
 
     /// The changes since the last call (the change feed's one reader is the prober's

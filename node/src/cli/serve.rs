@@ -212,8 +212,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
                 .store_mutex()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .feed_backlog()
-                >= crate::store::MAX_FEED_CHANGES / 2
+                .feed_filling()
         },
     ));
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
