@@ -18,14 +18,16 @@
 //! * **idle CPU**: user + system time over the next `--idle` seconds, as a share of one core.
 //!
 //! * with `--catchup-peers K` (K ≥ 1), **catch-up**: K nodes each start on their own copy of
-//!   the store and connect; then a fresh node with an empty data dir bootstraps from all of them,
+//!   the store and connect, and the bench waits until they are quiet (their start-up work
+//!   done: under 10 % of a core together over a second); then a fresh node with an empty data dir bootstraps from all of them,
 //!   and the bench polls its `GET /v1/status` (`records`) every 200 ms until it holds all N
 //!   names (a status answer counts the health table's endpoints by state: at 50 ms that took
 //!   a few percent of the joiner's CPU). The rate is N over the time from the joiner's start; its RSS at the end is shown.
 //!   A joiner still short after 600 s is reported with the count it reached. Each run also
 //!   prints the CPU time the joiner and the peers used (per record received: on a shared
 //!   machine the rate follows the CPU share the nodes get, the CPU per record does not), the
-//!   load average, and the joiner's sync outcomes (`duplicate` counts records it received and
+//!   load average, the CPU the joiner used after it held every record until it was quiet
+//!   (work it left for later, such as the prober's index), and the joiner's sync outcomes (`duplicate` counts records it received and
 //!   checked although it held them already), failed sessions (one fails when a peer refuses
 //!   one of its requests for budget; the next starts at a later sync tick) and pushes it
 //!   refused while catching up.
@@ -244,6 +246,12 @@ struct Catchup {
     /// quarter, half and three quarters of them (status polled every 200 ms): where a
     /// catch-up spends its time, start-up or transfer.
     marks: [Option<f64>; 4],
+    /// Seconds the peers took to go quiet after the last one started (see [`catch_up`]).
+    settled_s: f64,
+    /// CPU seconds the joiner used after it held every record, until it was quiet, and how
+    /// long that took (the quiet second included).
+    after_cpu_s: f64,
+    after_s: f64,
 }
 
 /// The joiner's sync outcomes from its `/metrics`: how many records it received per outcome
@@ -348,6 +356,22 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     }
     let peer_ticks =
         |peers: &[Guard]| -> u64 { peers.iter().filter_map(|g| cpu_ticks(g.0.id())).sum() };
+    // A joiner joins a network that is running, not one still starting: after a restart a
+    // node spends seconds of CPU on its own start-up work (the prober's endpoint index and
+    // selection, the digest), and with K peers started one after the other that work would
+    // run during the catch-up and take its CPU. Wait until the peers together use under 10 %
+    // of a core over one second (at most 120 s).
+    let settling = Instant::now();
+    loop {
+        let before = peer_ticks(&peers);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = peer_ticks(&peers).saturating_sub(before);
+        // Clock ticks are 100 Hz: 10 ticks in a second is 10 % of a core.
+        if used < 10 || settling.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+    }
+    let settled_s = settling.elapsed().as_secs_f64();
     let peers_before = peer_ticks(&peers);
     let dir = root.join("joiner");
     std::fs::create_dir_all(&dir)?;
@@ -375,8 +399,26 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     let secs = started.elapsed().as_secs_f64();
     let rss_kb = proc_field(joiner.0.id(), "VmRSS:").context("rss")?;
     // Clock ticks are 100 Hz on Linux.
-    let joiner_cpu_s = cpu_ticks(joiner.0.id()).unwrap_or(0) as f64 / 100.0;
+    let joiner_ticks = cpu_ticks(joiner.0.id()).unwrap_or(0);
+    let joiner_cpu_s = joiner_ticks as f64 / 100.0;
     let peers_cpu_s = peer_ticks(&peers).saturating_sub(peers_before) as f64 / 100.0;
+    // Work the joiner left for after it held every record (a joining node's prober indexes
+    // the store once it has caught up): its CPU until it is quiet (under 10 % of a core
+    // over a second, at most 60 s), counted apart from the catch-up.
+    let quiet_from = Instant::now();
+    loop {
+        let before = cpu_ticks(joiner.0.id()).unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_ticks(joiner.0.id()).unwrap_or(0).saturating_sub(before);
+        if used < 10 || quiet_from.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    let after_cpu_s = cpu_ticks(joiner.0.id())
+        .unwrap_or(0)
+        .saturating_sub(joiner_ticks) as f64
+        / 100.0;
+    let after_s = quiet_from.elapsed().as_secs_f64();
     let outcomes = sync_outcomes(api);
     drop(joiner);
     drop(peers);
@@ -390,6 +432,9 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
         peers_cpu_s,
         outcomes,
         marks,
+        settled_s,
+        after_cpu_s,
+        after_s,
     })
 }
 
@@ -477,7 +522,7 @@ fn main() -> Result<()> {
             for (i, (name, bin)) in a.bins.iter().enumerate() {
                 let c = catch_up(&a, bin, &template, &last)?;
                 println!(
-                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB, CPU joiner {:.1} s / peers {:.1} s ({:.1} / {:.1} µs per record), load {}\n    joiner held its first record / 25 / 50 / 75 % at {} s\n    joiner sync outcomes: {}",
+                    "catch-up round {round} {name:>8}: {} of {} records from {} peers in {:.2} s = {:.0} records/s, joiner RSS {:.1} MB, CPU joiner {:.1} s / peers {:.1} s ({:.1} / {:.1} µs per record), load {}, peers quiet {:.1} s before the start\n    joiner after it held them all: {:.1} s of CPU until quiet ({:.1} s); {:.1} µs per record with it\n    joiner held its first record / 25 / 50 / 75 % at {} s\n    joiner sync outcomes: {}",
                     c.reached,
                     a.records,
                     a.catchup_peers,
@@ -489,6 +534,10 @@ fn main() -> Result<()> {
                     c.joiner_cpu_s * 1e6 / c.reached.max(1) as f64,
                     c.peers_cpu_s * 1e6 / c.reached.max(1) as f64,
                     load_average(),
+                    c.settled_s,
+                    c.after_cpu_s,
+                    c.after_s,
+                    (c.joiner_cpu_s + c.after_cpu_s) * 1e6 / c.reached.max(1) as f64,
                     c.marks
                         .iter()
                         .map(|m| m.map_or("-".to_owned(), |m| format!("{m:.1}")))
