@@ -309,7 +309,11 @@ pub struct RecordBody {
 impl RecordBody {
     /// The full name, `label.zone`.
     pub fn name(&self) -> String {
-        format!("{}.{}", self.label, self.zone)
+        let mut name = String::with_capacity(self.label.len() + 1 + crate::keys::ZONE_ID_TEXT_LEN);
+        name.push_str(&self.label);
+        name.push('.');
+        self.zone.push_text(&mut name);
+        name
     }
 
     /// The canonical bytes that are hashed and signed.

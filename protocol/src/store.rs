@@ -279,6 +279,14 @@ impl<'a> Prepared<'a> {
         }
     }
 
+    /// Gives the record's name, already formatted by the caller (it must be
+    /// `record().name()`; checked in debug builds), so it is not formatted again.
+    pub fn with_name(self, name: String) -> Self {
+        debug_assert_eq!(name, self.record.name());
+        let _ = self.name.set(name);
+        self
+    }
+
     /// [`Prepared::new`] followed by [`Prepared::verify`].
     pub fn verified(record: impl RecordArg<'a>) -> Self {
         let mut p = Self::new(record);
