@@ -427,6 +427,8 @@ pub struct HealthConfig {
     /// Live nodes that probe each endpoint (rendezvous hashing); 0 means every node probes
     /// every endpoint (the behaviour before issue 13, kept for side-by-side measurement).
     pub probers: usize,
+    /// Longest a joining node holds its target refreshes back ([`Pace::joining`]).
+    pub joining_defer: Duration,
 }
 
 impl Default for HealthConfig {
@@ -445,6 +447,7 @@ impl Default for HealthConfig {
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(DEFAULT_PROBERS),
+            joining_defer: JOINING_DEFER,
         }
     }
 }
@@ -2480,15 +2483,36 @@ async fn udp_probe(addr: SocketAddr, timeout: Duration) -> bool {
     }
 }
 
-/// Runs the prober forever: `targets` returns the endpoints to track by zone (called once per
-/// interval, and sooner when `backlog` says the store's change feed is filling up: a node
-/// catching up writes tens of thousands of records a second, and a feed that passes its
-/// bound makes the next refresh rebuild the index from the whole store, about 2 s of CPU at
-/// 10⁶ records, twice in one 10⁶-record catch-up).
+/// What sets the pace of the prober's refreshes besides its interval ([`run`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// The store's change feed is filling up: refresh now. A node catching up writes tens
+    /// of thousands of records a second, and a feed that passes its bound makes the next
+    /// refresh rebuild the index from the whole store (about 2 s of CPU at 10⁶ records).
+    pub backlog: bool,
+    /// The node is joining ([`crate::node::Node::joining`]): its store is arriving in bulk,
+    /// so after the first refresh none is made until it has caught up, for at most
+    /// [`HealthConfig::joining_defer`] ([`JOINING_DEFER`]). Its feed overflows meanwhile
+    /// (and stops recording), and the first refresh after rebuilds the index once. Indexing
+    /// each change as it came cost about three times a rebuild per record (a `perf` of a
+    /// joiner taking 10⁶ records from five peers: 14 % of its CPU in the prober's refreshes;
+    /// one rebuild at 10⁶ is about 2 s). The joiner probes nothing new for that long, while
+    /// the nodes that held the records before it keep probing them.
+    pub joining: bool,
+}
+
+/// Longest a joining node holds its probe-target refreshes back ([`Pace::joining`]): past
+/// it, the prober refreshes as if the node had caught up (a node whose peers never answer
+/// is still probing after this long).
+pub const JOINING_DEFER: Duration = Duration::from_secs(120);
+
+/// Runs the prober forever: `targets` returns the endpoints to track by zone, called once per
+/// interval, sooner when `pace` says the store's change feed is filling up, and not while it
+/// says the node is joining, for a bounded time ([`Pace`]).
 pub async fn run(
     health: Arc<Health>,
     targets: impl Fn() -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> + Send + 'static,
-    backlog: impl Fn() -> bool + Send + 'static,
+    pace: impl Fn() -> Pace + Send + 'static,
 ) {
     if !health.config.enabled {
         return;
@@ -2499,11 +2523,18 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh: Option<Instant> = None;
+    let started = Instant::now();
     loop {
         tick.tick().await;
         let now = Instant::now();
         let due = last_refresh.is_none_or(|t| now.duration_since(t) >= cfg.interval);
-        if due || (last_refresh.is_some() && backlog()) {
+        let refresh = match last_refresh.map(|_| pace()) {
+            // The first refresh is always made (it reads what the store held at start).
+            None => true,
+            Some(p) if p.joining && now.duration_since(started) < cfg.joining_defer => false,
+            Some(p) => due || p.backlog,
+        };
+        if refresh {
             if let Some(mine) = targets() {
                 health.track(mine, now);
             }
@@ -3341,7 +3372,10 @@ mod tests {
                 c.fetch_add(1, Ordering::SeqCst);
                 None
             },
-            move || b.load(Ordering::SeqCst),
+            move || Pace {
+                backlog: b.load(Ordering::SeqCst),
+                joining: false,
+            },
         ));
         let wait_for = |n: u64| {
             let calls = calls.clone();
@@ -3363,6 +3397,71 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         backlog.store(true, Ordering::SeqCst);
         wait_for(3).await;
+        task.abort();
+    }
+
+    /// A joining node refreshes its targets once at start, then not at all while it joins,
+    /// whatever the feed says (it will rebuild once), and as usual once it has caught up; and
+    /// it stops holding back after `joining_defer` even if it never catches up.
+    #[tokio::test]
+    async fn a_joining_node_refreshes_its_targets_once_it_has_caught_up_or_waited_long_enough() {
+        use std::sync::atomic::AtomicU8;
+        let refreshes = |defer: Duration| {
+            let health = Health::new(HealthConfig {
+                enabled: true,
+                interval: Duration::from_millis(200),
+                joining_defer: defer,
+                ..HealthConfig::default()
+            });
+            let calls = Arc::new(AtomicU64::new(0));
+            // 0: joining, 1: caught up with a filling feed.
+            let state = Arc::new(AtomicU8::new(0));
+            let (c, st) = (calls.clone(), state.clone());
+            let task = tokio::spawn(run(
+                health,
+                move || {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    None
+                },
+                move || Pace {
+                    // The feed fills all along: joining holds that back too.
+                    backlog: true,
+                    joining: st.load(Ordering::SeqCst) == 0,
+                },
+            ));
+            (calls, state, task)
+        };
+        let wait_for = |calls: Arc<AtomicU64>, n: u64| async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while calls.load(Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} refreshes",
+                    calls.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let (calls, state, task) = refreshes(Duration::from_secs(3600));
+        wait_for(calls.clone(), 1).await;
+        // Five intervals while joining: nothing more.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "refreshed while joining");
+        // Caught up (and the feed filling): refreshed at every tick again.
+        state.store(1, Ordering::SeqCst);
+        wait_for(calls.clone(), 3).await;
+        task.abort();
+
+        // Never caught up: held back only for the bound.
+        let (calls, _state, task) = refreshes(Duration::from_millis(600));
+        wait_for(calls.clone(), 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "refreshed before the bound"
+        );
+        wait_for(calls.clone(), 3).await;
         task.abort();
     }
 

@@ -572,6 +572,17 @@ impl Node {
         dpin_protocol::reach::judge(lock(&self.0.detector).peers().values(), now, expects)
     }
 
+    /// Whether this node is joining: it was given peers (`--bootstrap`) and none of its
+    /// anti-entropy sessions has yet run to its end ([`dpin_protocol::relay::Relay::caught_up`]),
+    /// so what it holds is still arriving in bulk. The prober reads it
+    /// ([`crate::health::Pace::joining`]).
+    pub fn joining(&self) -> bool {
+        self.0
+            .expects_peers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && !lock(&self.0.relay).is_current()
+    }
+
     /// The node's chunk store.
     pub fn blobs(&self) -> &Arc<BlobStore> {
         &self.0.blobs
@@ -1348,7 +1359,7 @@ impl Node {
                 .into_iter()
                 .zip(held)
                 .filter(|(_, h)| !h)
-                .map(|((_, r, _), _)| Prepared::new(r))
+                .map(|((n, r, _), _)| Prepared::new(r).with_name(n))
                 .collect();
             Prepared::verify_all(&mut prepared);
             let mut s = lock(&shared.store);

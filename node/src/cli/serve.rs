@@ -203,16 +203,17 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     let probe_node = node.clone();
-    let backlog_node = node.clone();
+    let pace_node = node.clone();
     tokio::spawn(health_run(
         health,
         move || crate::health::probe_targets(&probe_node),
-        move || {
-            backlog_node
+        move || crate::health::Pace {
+            backlog: pace_node
                 .store_mutex()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .feed_filling()
+                .feed_filling(),
+            joining: pace_node.joining(),
         },
     ));
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
