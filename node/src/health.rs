@@ -2486,14 +2486,18 @@ async fn udp_probe(addr: SocketAddr, timeout: Duration) -> bool {
 /// What sets the pace of the prober's refreshes besides its interval ([`run`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pace {
-    /// The store's change feed is filling up: refresh now. A node catching up writes tens
-    /// of thousands of records a second, and a feed that passes its bound makes the next
-    /// refresh rebuild the index from the whole store (about 2 s of CPU at 10⁶ records).
+    /// The store's change feed is filling up, or overflowed
+    /// ([`crate::store::DurableStore::feed_backlog`]): refresh now. A node catching up
+    /// writes tens of thousands of records a second, and a feed that passes its bound makes
+    /// the next refresh rebuild the index from the whole store (about 2 s of CPU at 10⁶
+    /// records).
     pub backlog: bool,
-    /// The node is joining ([`crate::node::Node::joining`]): its store is arriving in bulk,
-    /// so after the first refresh none is made until it has caught up, for at most
-    /// [`HealthConfig::joining_defer`] ([`JOINING_DEFER`]). Its feed overflows meanwhile
-    /// (and stops recording), and the first refresh after rebuilds the index once. Indexing
+    /// The node is joining ([`crate::node::Node::joining`]). With a backlog too, its store
+    /// is arriving in bulk, so after the first refresh none is made while both hold, for at
+    /// most [`HealthConfig::joining_defer`] ([`JOINING_DEFER`]). Its feed overflows meanwhile
+    /// (and stops recording), and the first refresh after rebuilds the index once. A joining
+    /// node without a backlog (its peers do not answer, and a few writes come through its
+    /// API) refreshes at the interval as usual. Indexing
     /// each change as it came cost about three times a rebuild per record (a `perf` of a
     /// joiner taking 10⁶ records from five peers: 14 % of its CPU in the prober's refreshes;
     /// one rebuild at 10⁶ is about 2 s). The joiner probes nothing new for that long, while
@@ -2507,8 +2511,8 @@ pub struct Pace {
 pub const JOINING_DEFER: Duration = Duration::from_secs(120);
 
 /// Runs the prober forever: `targets` returns the endpoints to track by zone, called once per
-/// interval, sooner when `pace` says the store's change feed is filling up, and not while it
-/// says the node is joining, for a bounded time ([`Pace`]).
+/// interval, sooner when `pace` says the store's change feed has a backlog, and not while it
+/// says the node is joining with one, for a bounded time ([`Pace`]).
 pub async fn run(
     health: Arc<Health>,
     targets: impl Fn() -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> + Send + 'static,
@@ -2531,7 +2535,11 @@ pub async fn run(
         let refresh = match last_refresh.map(|_| pace()) {
             // The first refresh is always made (it reads what the store held at start).
             None => true,
-            Some(p) if p.joining && now.duration_since(started) < cfg.joining_defer => false,
+            Some(p)
+                if p.joining && p.backlog && now.duration_since(started) < cfg.joining_defer =>
+            {
+                false
+            }
             Some(p) => due || p.backlog,
         };
         if refresh {
@@ -3400,13 +3408,14 @@ mod tests {
         task.abort();
     }
 
-    /// A joining node refreshes its targets once at start, then not at all while it joins,
-    /// whatever the feed says (it will rebuild once), and as usual once it has caught up; and
-    /// it stops holding back after `joining_defer` even if it never catches up.
+    /// A joining node with a feed backlog (records arriving in bulk) refreshes its targets
+    /// once at start, then not at all while it joins (it will rebuild once), and as usual once
+    /// it has caught up; it stops holding back after `joining_defer` even if it never catches
+    /// up; and one without a backlog refreshes at the interval all along.
     #[tokio::test]
     async fn a_joining_node_refreshes_its_targets_once_it_has_caught_up_or_waited_long_enough() {
         use std::sync::atomic::AtomicU8;
-        let refreshes = |defer: Duration| {
+        let refreshes = |defer: Duration, backlog: bool| {
             let health = Health::new(HealthConfig {
                 enabled: true,
                 interval: Duration::from_millis(200),
@@ -3424,8 +3433,7 @@ mod tests {
                     None
                 },
                 move || Pace {
-                    // The feed fills all along: joining holds that back too.
-                    backlog: true,
+                    backlog,
                     joining: st.load(Ordering::SeqCst) == 0,
                 },
             ));
@@ -3442,7 +3450,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        let (calls, state, task) = refreshes(Duration::from_secs(3600));
+        // The feed fills all along: joining holds that back.
+        let (calls, state, task) = refreshes(Duration::from_secs(3600), true);
         wait_for(calls.clone(), 1).await;
         // Five intervals while joining: nothing more.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -3453,7 +3462,7 @@ mod tests {
         task.abort();
 
         // Never caught up: held back only for the bound.
-        let (calls, _state, task) = refreshes(Duration::from_millis(600));
+        let (calls, _state, task) = refreshes(Duration::from_millis(600), true);
         wait_for(calls.clone(), 1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
@@ -3461,6 +3470,11 @@ mod tests {
             1,
             "refreshed before the bound"
         );
+        wait_for(calls.clone(), 3).await;
+        task.abort();
+
+        // Joining, but nothing arriving in bulk: the interval (200 ms) as usual.
+        let (calls, _state, task) = refreshes(Duration::from_secs(3600), false);
         wait_for(calls.clone(), 3).await;
         task.abort();
     }

@@ -289,11 +289,13 @@ impl DurableStore {
             .filter_map(|n| self.mem.entry(n).map(|e| (&**n, e)))
     }
 
-    /// Whether the changes waiting in the feed for its reader are past half of
-    /// [`MAX_FEED_CHANGES`]: the prober then takes them early (`crate::health::run`) instead
-    /// of letting the feed overflow into a rebuild from the whole store.
-    pub fn feed_filling(&self) -> bool {
-        self.feed.changes.len() >= MAX_FEED_CHANGES / 2
+    /// Whether the feed has a backlog: the changes waiting for its reader are past half of
+    /// [`MAX_FEED_CHANGES`], or it overflowed and waits for a rebuild. The prober then takes
+    /// them early (`crate::health::run`) instead of letting the feed overflow into a rebuild
+    /// from the whole store, or, on a joining node, holds off until the bulk has arrived
+    /// (`crate::health::Pace`).
+    pub fn feed_backlog(&self) -> bool {
+        self.feed.rebuild || self.feed.changes.len() >= MAX_FEED_CHANGES / 2
     }
 
     /// The changes since the last call (the change feed's one reader is the prober's
@@ -1142,11 +1144,15 @@ mod tests {
         );
         assert_eq!(s.take_changes(), Changes::Since(Vec::new()));
         // Past the bound the changes are dropped and the reader told to rebuild.
+        // The backlog shows from half the bound, and while a rebuild is pending.
         let entry = Entry::from_record(&two);
         for i in 0..=MAX_FEED_CHANGES {
+            assert_eq!(s.feed_backlog(), i >= MAX_FEED_CHANGES / 2, "{i}");
             s.put_entry(&format!("n{i}.{}", key.zone()), entry.clone())?;
         }
+        assert!(s.feed_backlog(), "overflowed");
         assert_eq!(s.take_changes(), Changes::Rebuild);
+        assert!(!s.feed_backlog());
         assert_eq!(s.take_changes(), Changes::Since(Vec::new()));
         Ok(())
     }

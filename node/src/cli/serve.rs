@@ -212,7 +212,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
                 .store_mutex()
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .feed_filling(),
+                .feed_backlog(),
             joining: pace_node.joining(),
         },
     ));
