@@ -1171,6 +1171,20 @@ fn heal_convergence_is_the_slowest_node_after_each_heal() {
     assert_eq!(f.heal.heals, 2);
     assert_eq!(f.heal.unconverged, 0);
     assert_eq!(f.heal.max, 1_200.0);
+    // Each heal is reported with its own time and the node that came last.
+    let each: Vec<(f64, Option<f64>, Option<usize>)> = f
+        .heal
+        .each
+        .iter()
+        .map(|d| (d.at_ms, d.converged_ms, d.last_node))
+        .collect();
+    assert_eq!(
+        each,
+        [
+            (50_000.0, Some(1_200.0), Some(2)),
+            (60_000.0, Some(100.0), Some(1))
+        ]
+    );
     assert_eq!(
         f.propagation.samples,
         run(&clean_history()).propagation.samples,
@@ -1178,7 +1192,13 @@ fn heal_convergence_is_the_slowest_node_after_each_heal() {
     );
     // A node that never caught up (and was not faulted meanwhile) leaves the heal unconverged.
     h.ops.push(heal_probe(2, 3, 60_000.0, 70_000.0, false));
-    assert_eq!(run(&h).heal.unconverged, 1);
+    let f = run(&h).heal;
+    assert_eq!(f.unconverged, 1);
+    assert_eq!(
+        (f.each[1].converged_ms, f.each[1].last_node),
+        (None, Some(3)),
+        "the unconverged heal names the node that never showed it"
+    );
     // Unless it was killed after the heal.
     h.faults.push(FaultSpan {
         kind: FaultKind::Kill,

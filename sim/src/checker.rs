@@ -286,6 +286,28 @@ pub struct HealConvergence {
     pub p50: f64,
     /// Slowest converged heal, ms.
     pub max: f64,
+    /// Every heal in order: when, how long its last probe took, and which node and name
+    /// that was (what to trace when a heal is slow). Absent in older reports.
+    #[serde(default)]
+    pub each: Vec<HealDetail>,
+}
+
+/// One heal of a group partition ([`HealConvergence::each`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealDetail {
+    /// When the heal's probes started, ms since the run's start.
+    pub at_ms: f64,
+    /// From the heal to its last counted probe showing the write, ms (`None`: not
+    /// converged).
+    pub converged_ms: Option<f64>,
+    /// The node whose probe came last (or, not converged, the first that failed).
+    pub last_node: Option<usize>,
+    /// The name that probe waited for.
+    pub last_name: Option<String>,
+    /// Probes counted.
+    pub counted: u64,
+    /// Probes left out as cut off by a later fault.
+    pub interrupted: u64,
 }
 
 /// One example of a violated invariant, for the human summary.
@@ -1300,23 +1322,42 @@ fn heal_convergence(history: &History) -> HealConvergence {
             })
         };
         let (mut latest, mut converged, mut counted, mut interrupted) = (heal_ms, true, 0, 0);
+        let mut last: Option<&Op> = None;
+        let mut failed: Option<&Op> = None;
         for p in probes {
             if cut_off(p) {
                 interrupted += 1;
             } else if seen(p) {
-                latest = latest.max(p.end_ms);
+                if p.end_ms > latest {
+                    latest = p.end_ms;
+                    last = Some(*p);
+                }
                 counted += 1;
             } else {
                 converged = false;
+                failed = failed.or(Some(*p));
             }
         }
         out.heals += 1;
         out.interrupted_probes += interrupted;
-        if !converged {
+        let converged_ms = if !converged {
             out.unconverged += 1;
+            None
         } else if counted > 0 {
             times.push(latest - heal_ms);
-        }
+            Some(latest - heal_ms)
+        } else {
+            None
+        };
+        let named = failed.or(last);
+        out.each.push(HealDetail {
+            at_ms: heal_ms,
+            converged_ms,
+            last_node: named.map(|p| p.node),
+            last_name: named.map(|p| p.name.clone()),
+            counted,
+            interrupted,
+        });
     }
     times.sort_by(f64::total_cmp);
     out.p50 = percentile(&times, 50.0);

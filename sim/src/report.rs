@@ -466,6 +466,7 @@ impl Report {
                 self.heal_convergence_ms.interrupted_probes,
                 mark(self.heal_convergence_ms.unconverged > 0)
             ),
+            format!("  slow heals {}", heal_details(&self.heal_convergence_ms.each)),
             format!(
                 "  bans       honest peers banned {}{}{}",
                 self.peer_bans.total,
@@ -505,5 +506,82 @@ impl Report {
         ));
         s.push(format!("replay: {}", self.replay));
         s.join("\n")
+    }
+}
+
+/// The slowest heals for the summary (the report's JSON keeps every one): `at s: ms (last:
+/// node N, label)`, unconverged ones first.
+fn heal_details(each: &[crate::checker::HealDetail]) -> String {
+    if each.is_empty() {
+        return "-".to_owned();
+    }
+    let mut slowest: Vec<&crate::checker::HealDetail> = each.iter().collect();
+    slowest.sort_by(|a, b| {
+        let key = |h: &crate::checker::HealDetail| h.converged_ms.unwrap_or(f64::INFINITY);
+        key(b).total_cmp(&key(a))
+    });
+    let shown: Vec<String> = slowest
+        .iter()
+        .take(HEALS_LISTED)
+        .map(|h| {
+            let took = h
+                .converged_ms
+                .map_or_else(|| "not converged".to_owned(), |ms| format!("{ms:.0} ms"));
+            let last = match (h.last_node, &h.last_name) {
+                // The label: every name of a run is in the harness's one zone.
+                (Some(n), Some(name)) => {
+                    format!(
+                        " (last: node {n}, {})",
+                        name.split('.').next().unwrap_or(name)
+                    )
+                }
+                _ => String::new(),
+            };
+            format!("at {:.1} s {took}{last}", h.at_ms / 1000.0)
+        })
+        .collect();
+    format!(
+        "slowest {} of {}: {}",
+        shown.len(),
+        each.len(),
+        shown.join("; ")
+    )
+}
+
+/// Heals the summary lists ([`heal_details`]).
+const HEALS_LISTED: usize = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::HealDetail;
+
+    #[test]
+    fn the_summary_lists_the_slowest_heals_unconverged_first_with_their_last_node_and_label() {
+        let heal = |at_ms: f64, converged_ms: Option<f64>, node: usize| HealDetail {
+            at_ms,
+            converged_ms,
+            last_node: Some(node),
+            last_name: Some(format!("svc-{node}.zone")),
+            counted: 25,
+            interrupted: 0,
+        };
+        let each: Vec<HealDetail> = (0..7)
+            .map(|i| {
+                heal(
+                    1_000.0 * f64::from(i),
+                    Some(100.0 * f64::from(i)),
+                    i as usize,
+                )
+            })
+            .chain([heal(9_000.0, None, 9)])
+            .collect();
+        assert_eq!(
+            heal_details(&each),
+            "slowest 5 of 8: at 9.0 s not converged (last: node 9, svc-9); \
+             at 6.0 s 600 ms (last: node 6, svc-6); at 5.0 s 500 ms (last: node 5, svc-5); \
+             at 4.0 s 400 ms (last: node 4, svc-4); at 3.0 s 300 ms (last: node 3, svc-3)"
+        );
+        assert_eq!(heal_details(&[]), "-");
     }
 }
