@@ -14,18 +14,30 @@
 //!   large blocks come from the heap, where freed memory is returned to the system only from
 //!   its top.
 //!
-//! [`tune`] caps glibc at two arenas, and [`run_trimmer`] hands free memory back to the
-//! system every [`TRIM_EVERY`] (`malloc_trim`, which also releases free pages inside the
-//! heap, not only at its top). A fixed 64 KiB mmap threshold (large blocks mapped on their
-//! own) was tried first: it cut RSS as much but cost about a quarter more idle CPU (every
-//! connection buffer became an `mmap`/`munmap` pair). Measured with `dpin-bench idle --nodes
-//! 40` side by side (the numbers are in the README's benchmark section). The arena cap is
-//! applied only where the operator did not choose their own (`MALLOC_ARENA_MAX`).
+//! [`tune`] caps glibc's arenas at [`ARENA_MAX`], and [`run_trimmer`] hands free memory back
+//! to the system every [`TRIM_EVERY`] (`malloc_trim`, which also releases free pages inside
+//! the heap of every arena, not only at its top). A fixed 64 KiB mmap threshold (large blocks
+//! mapped on their own) was tried first: it cut RSS as much but cost about a quarter more idle
+//! CPU (every connection buffer became an `mmap`/`munmap` pair). Measured with `dpin-bench
+//! idle --nodes 40` side by side (the numbers are in the README's benchmark section). The
+//! arena cap is applied only where the operator did not choose their own
+//! (`MALLOC_ARENA_MAX`).
+//!
+//! **How many arenas (issue 14).** The cap was 2 at first. With the trimmer, it no longer
+//! buys memory, and it costs CPU where threads allocate at once: a node catching up applies,
+//! verifies and flushes on blocking threads while its tokio workers decode, and with 2 arenas
+//! they queued for the arena locks (a `perf` of a joiner at 10⁶ records: about 13 % of its CPU
+//! in glibc's allocator). Side by side on 2026-12-04 (scalebench, `MALLOC_ARENA_MAX` set for
+//! every node of the run): catch-up of 10⁶ records from 5 peers 45.0 / 46.3k → 50.6 / 54.6k
+//! records/s with 8 (joiner 31.7 / 30.5 → 29.0 / 26.7 µs of CPU per record); a 10⁶-record node
+//! 30 s after a restart 353.3 MB resident with 2, 350.5 MB with 8; 40 idle nodes 23.7 MB
+//! per node (anon 7.9 / 7.8 MB) either way.
 
 use std::time::Duration;
 
-/// Arenas shared by all threads (glibc's default is up to 8 per core).
-pub const ARENA_MAX: i32 = 2;
+/// Arenas shared by all threads (glibc's default is up to 8 per core; see the module docs
+/// for why 8 in all).
+pub const ARENA_MAX: i32 = 8;
 /// How often free memory is handed back to the system: rarely enough to cost nothing
 /// measurable (one walk of the allocator's free lists), often enough that a start-up or
 /// burst's leftovers are gone within a minute.
