@@ -3360,51 +3360,60 @@ mod tests {
             .collect()
     }
 
+    /// A prober over `config` whose target refreshes are counted, paced by `pace`.
+    fn counting_prober(
+        config: HealthConfig,
+        pace: impl Fn() -> Pace + Send + 'static,
+    ) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let task = tokio::spawn(run(
+            Health::new(config),
+            move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                None
+            },
+            pace,
+        ));
+        (calls, task)
+    }
+
+    /// Waits (at most 30 s) until `calls` reaches `n`.
+    async fn wait_for_refreshes(calls: &AtomicU64, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while calls.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} refreshes",
+                calls.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The prober takes the store's changes before the interval when the change feed fills
     /// (`backlog`), so a fast catch-up does not overflow it into a whole-store rebuild; with
     /// no backlog nothing is refreshed before the interval.
     #[tokio::test]
     async fn a_filling_change_feed_refreshes_the_targets_before_the_interval() {
         use std::sync::atomic::AtomicBool;
-        let health = Health::new(HealthConfig {
+        let backlog = Arc::new(AtomicBool::new(false));
+        let b = backlog.clone();
+        let config = HealthConfig {
             enabled: true,
             interval: Duration::from_secs(60),
             ..HealthConfig::default()
-        });
-        let calls = Arc::new(AtomicU64::new(0));
-        let backlog = Arc::new(AtomicBool::new(false));
-        let (c, b) = (calls.clone(), backlog.clone());
-        let task = tokio::spawn(run(
-            health,
-            move || {
-                c.fetch_add(1, Ordering::SeqCst);
-                None
-            },
-            move || Pace {
-                backlog: b.load(Ordering::SeqCst),
-                joining: false,
-            },
-        ));
-        let wait_for = |n: u64| {
-            let calls = calls.clone();
-            async move {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while calls.load(Ordering::SeqCst) < n {
-                    assert!(
-                        Instant::now() < deadline,
-                        "only {} refreshes",
-                        calls.load(Ordering::SeqCst)
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
         };
-        wait_for(1).await;
+        let (calls, task) = counting_prober(config, move || Pace {
+            backlog: b.load(Ordering::SeqCst),
+            joining: false,
+        });
+        wait_for_refreshes(&calls, 1).await;
         // Ten ticks with nothing pending: the next refresh is a minute away.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         backlog.store(true, Ordering::SeqCst);
-        wait_for(3).await;
+        wait_for_refreshes(&calls, 3).await;
         task.abort();
     }
 
@@ -3414,68 +3423,48 @@ mod tests {
     /// up; and one without a backlog refreshes at the interval all along.
     #[tokio::test]
     async fn a_joining_node_refreshes_its_targets_once_it_has_caught_up_or_waited_long_enough() {
-        use std::sync::atomic::AtomicU8;
-        let refreshes = |defer: Duration, backlog: bool| {
-            let health = Health::new(HealthConfig {
+        use std::sync::atomic::AtomicBool;
+        let prober = |defer: Duration, backlog: bool| {
+            let joining = Arc::new(AtomicBool::new(true));
+            let j = joining.clone();
+            let config = HealthConfig {
                 enabled: true,
                 interval: Duration::from_millis(200),
                 joining_defer: defer,
                 ..HealthConfig::default()
+            };
+            let (calls, task) = counting_prober(config, move || Pace {
+                backlog,
+                joining: j.load(Ordering::SeqCst),
             });
-            let calls = Arc::new(AtomicU64::new(0));
-            // 0: joining, 1: caught up with a filling feed.
-            let state = Arc::new(AtomicU8::new(0));
-            let (c, st) = (calls.clone(), state.clone());
-            let task = tokio::spawn(run(
-                health,
-                move || {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    None
-                },
-                move || Pace {
-                    backlog,
-                    joining: st.load(Ordering::SeqCst) == 0,
-                },
-            ));
-            (calls, state, task)
-        };
-        let wait_for = |calls: Arc<AtomicU64>, n: u64| async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while calls.load(Ordering::SeqCst) < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "only {} refreshes",
-                    calls.load(Ordering::SeqCst)
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            (calls, joining, task)
         };
         // The feed fills all along: joining holds that back.
-        let (calls, state, task) = refreshes(Duration::from_secs(3600), true);
-        wait_for(calls.clone(), 1).await;
+        let (calls, joining, task) = prober(Duration::from_secs(3600), true);
+        wait_for_refreshes(&calls, 1).await;
         // Five intervals while joining: nothing more.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "refreshed while joining");
         // Caught up (and the feed filling): refreshed at every tick again.
-        state.store(1, Ordering::SeqCst);
-        wait_for(calls.clone(), 3).await;
+        joining.store(false, Ordering::SeqCst);
+        wait_for_refreshes(&calls, 3).await;
         task.abort();
 
         // Never caught up: held back only for the bound.
-        let (calls, _state, task) = refreshes(Duration::from_millis(600), true);
-        wait_for(calls.clone(), 1).await;
+        let (calls, _joining, task) = prober(Duration::from_millis(600), true);
+        wait_for_refreshes(&calls, 1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
             "refreshed before the bound"
         );
-        wait_for(calls.clone(), 3).await;
+        wait_for_refreshes(&calls, 3).await;
         task.abort();
 
         // Joining, but nothing arriving in bulk: the interval (200 ms) as usual.
-        let (calls, _state, task) = refreshes(Duration::from_secs(3600), false);
-        wait_for(calls.clone(), 3).await;
+        let (calls, _joining, task) = prober(Duration::from_secs(3600), false);
+        wait_for_refreshes(&calls, 3).await;
         task.abort();
     }
 
