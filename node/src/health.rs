@@ -2497,11 +2497,11 @@ pub struct Pace {
     /// most [`HealthConfig::joining_defer`] ([`JOINING_DEFER`]). Its feed overflows meanwhile
     /// (and stops recording), and the first refresh after rebuilds the index once. A joining
     /// node without a backlog (its peers do not answer, and a few writes come through its
-    /// API) refreshes at the interval as usual. Indexing
-    /// each change as it came cost about three times a rebuild per record (a `perf` of a
-    /// joiner taking 10⁶ records from five peers: 14 % of its CPU in the prober's refreshes;
-    /// one rebuild at 10⁶ is about 2 s). The joiner probes nothing new for that long, while
-    /// the nodes that held the records before it keep probing them.
+    /// API) refreshes at the interval as usual. Indexing each change as it came cost about
+    /// three times a rebuild per record (a `perf` of a joiner taking 10⁶ records from five
+    /// peers: 14 % of its CPU in the prober's refreshes; one rebuild at 10⁶ is about 2 s).
+    /// The joiner probes nothing new for that long, while the nodes that held the records
+    /// before it keep probing them.
     pub joining: bool,
 }
 
