@@ -19,18 +19,19 @@
 //!
 //! * with `--catchup-peers K` (K ≥ 1), **catch-up**: K nodes each start on their own copy of
 //!   the store and connect, and the bench waits until they are quiet (their start-up work
-//!   done: under 10 % of a core together over a second); then a fresh node with an empty data dir bootstraps from all of them,
-//!   and the bench polls its `GET /v1/status` (`records`) every 200 ms until it holds all N
-//!   names (a status answer counts the health table's endpoints by state: at 50 ms that took
-//!   a few percent of the joiner's CPU). The rate is N over the time from the joiner's start; its RSS at the end is shown.
-//!   A joiner still short after 600 s is reported with the count it reached. Each run also
-//!   prints the CPU time the joiner and the peers used (per record received: on a shared
-//!   machine the rate follows the CPU share the nodes get, the CPU per record does not), the
-//!   load average, the CPU the joiner used after it held every record until it was quiet
-//!   (work it left for later, such as the prober's index), and the joiner's sync outcomes (`duplicate` counts records it received and
-//!   checked although it held them already), failed sessions (one fails when a peer refuses
-//!   one of its requests for budget; the next starts at a later sync tick) and pushes it
-//!   refused while catching up.
+//!   done: under 10 % of a core together over a second); then a fresh node with an empty
+//!   data dir bootstraps from all of them, and the bench polls its `GET /v1/status`
+//!   (`records`) every 200 ms until it holds all N names (a status answer counts the health
+//!   table's endpoints by state: at 50 ms that took a few percent of the joiner's CPU). The
+//!   rate is N over the time from the joiner's start; its RSS at the end is shown. A joiner
+//!   still short after 600 s is reported with the count it reached. Each run also prints the
+//!   CPU time the joiner and the peers used (per record received: on a shared machine the
+//!   rate follows the CPU share the nodes get, the CPU per record does not), the load
+//!   average, the CPU the joiner used after it held every record until it was quiet (work it
+//!   left for later, such as the prober's index), and the joiner's sync outcomes
+//!   (`duplicate` counts records it received and checked although it held them already),
+//!   failed sessions (one fails when a peer refuses one of its requests for budget; the next
+//!   starts at a later sync tick) and pushes it refused while catching up.
 //!
 //! `--reuse` keeps the written store in `--dir` and uses it again on the next run with the
 //! same `--records`.
@@ -164,6 +165,20 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits until the processes whose CPU clock ticks `ticks` sums use under 10 % of a core over
+/// one second, or `limit` passes; returns the seconds waited (the quiet second included).
+fn wait_quiet(ticks: impl Fn() -> u64, limit: Duration) -> f64 {
+    let started = Instant::now();
+    loop {
+        let before = ticks();
+        std::thread::sleep(Duration::from_secs(1));
+        // Clock ticks are 100 Hz: 10 ticks in a second is 10 % of a core.
+        if ticks().saturating_sub(before) < 10 || started.elapsed() > limit {
+            return started.elapsed().as_secs_f64();
+        }
+    }
 }
 
 struct Run {
@@ -361,17 +376,7 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     // selection, the digest), and with K peers started one after the other that work would
     // run during the catch-up and take its CPU. Wait until the peers together use under 10 %
     // of a core over one second (at most 120 s).
-    let settling = Instant::now();
-    loop {
-        let before = peer_ticks(&peers);
-        std::thread::sleep(Duration::from_secs(1));
-        let used = peer_ticks(&peers).saturating_sub(before);
-        // Clock ticks are 100 Hz: 10 ticks in a second is 10 % of a core.
-        if used < 10 || settling.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-    }
-    let settled_s = settling.elapsed().as_secs_f64();
+    let settled_s = wait_quiet(|| peer_ticks(&peers), Duration::from_secs(120));
     let peers_before = peer_ticks(&peers);
     let dir = root.join("joiner");
     std::fs::create_dir_all(&dir)?;
@@ -399,26 +404,15 @@ fn catch_up(a: &Args, bin: &Path, template: &Path, last: &str) -> Result<Catchup
     let secs = started.elapsed().as_secs_f64();
     let rss_kb = proc_field(joiner.0.id(), "VmRSS:").context("rss")?;
     // Clock ticks are 100 Hz on Linux.
-    let joiner_ticks = cpu_ticks(joiner.0.id()).unwrap_or(0);
+    let joiner_now = || cpu_ticks(joiner.0.id()).unwrap_or(0);
+    let joiner_ticks = joiner_now();
     let joiner_cpu_s = joiner_ticks as f64 / 100.0;
     let peers_cpu_s = peer_ticks(&peers).saturating_sub(peers_before) as f64 / 100.0;
     // Work the joiner left for after it held every record (a joining node's prober indexes
     // the store once it has caught up): its CPU until it is quiet (under 10 % of a core
     // over a second, at most 60 s), counted apart from the catch-up.
-    let quiet_from = Instant::now();
-    loop {
-        let before = cpu_ticks(joiner.0.id()).unwrap_or(0);
-        std::thread::sleep(Duration::from_secs(1));
-        let used = cpu_ticks(joiner.0.id()).unwrap_or(0).saturating_sub(before);
-        if used < 10 || quiet_from.elapsed() > Duration::from_secs(60) {
-            break;
-        }
-    }
-    let after_cpu_s = cpu_ticks(joiner.0.id())
-        .unwrap_or(0)
-        .saturating_sub(joiner_ticks) as f64
-        / 100.0;
-    let after_s = quiet_from.elapsed().as_secs_f64();
+    let after_s = wait_quiet(joiner_now, Duration::from_secs(60));
+    let after_cpu_s = joiner_now().saturating_sub(joiner_ticks) as f64 / 100.0;
     let outcomes = sync_outcomes(api);
     drop(joiner);
     drop(peers);

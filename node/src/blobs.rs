@@ -66,9 +66,9 @@
 //! Bounds: chunk size (1 MiB), blob size ([`MAX_BLOB_BYTES`]), one upload distributes to its
 //! holders with at most [`PUT_PARALLEL_CHUNKS`] chunks in flight per holder (halved once per
 //! burst of failed chunks, `Window`), repair handles one blob at a time with chunks fetched
-//! one by one; a census asks each storage node once per blob that this node lacks and could be intended for;
-//! the replication watch starts at most [`REPLICATION_CHECKS_PER_ROUND`] checks per repair round,
-//! each asking the other `K - 1` intended holders once.
+//! one by one; a census asks each storage node once per blob that this node lacks and could
+//! be intended for; the replication watch starts at most [`REPLICATION_CHECKS_PER_ROUND`]
+//! checks per repair round, each asking the other `K - 1` intended holders once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -1274,7 +1274,6 @@ fn heal_convergence(history: &History) -> HealConvergence {
     };
     let links = recorded_links(history);
     let mut out = HealConvergence::default();
-    let mut times = Vec::new();
     for probes in by_heal.values() {
         let Some(heal_ms) = probes.first().map(|p| p.start_ms) else {
             continue;
@@ -1344,7 +1343,6 @@ fn heal_convergence(history: &History) -> HealConvergence {
             out.unconverged += 1;
             None
         } else if counted > 0 {
-            times.push(latest - heal_ms);
             Some(latest - heal_ms)
         } else {
             None
@@ -1359,6 +1357,7 @@ fn heal_convergence(history: &History) -> HealConvergence {
             interrupted,
         });
     }
+    let mut times: Vec<f64> = out.each.iter().filter_map(|h| h.converged_ms).collect();
     times.sort_by(f64::total_cmp);
     out.p50 = percentile(&times, 50.0);
     out.max = times.last().copied().unwrap_or(0.0);
