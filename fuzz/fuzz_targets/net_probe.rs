@@ -45,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(data[0], PROBE_GOODBYE);
             assert_eq!(decode_probe(&probe_goodbye()), Some(ProbeRequest::Goodbye));
         }
-        None => assert_eq!(data[0], PROBE_PING_REQ, "only a bad peer id fails: {data:?}"),
+        None => assert_eq!(
+            data[0], PROBE_PING_REQ,
+            "only a bad peer id fails: {data:?}"
+        ),
     }
 });

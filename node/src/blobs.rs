@@ -96,12 +96,22 @@ use crate::offers::OfferPublisher;
 pub trait BlobHost: OfferPublisher + Clone + Send + Sync + 'static {
     /// This node's chunk store.
     fn blobs(&self) -> &std::sync::Arc<BlobStore>;
-    /// Sends a blob request (already encoded) to `peer` and returns the raw answer.
+    /// What the host puts before every blob request on the wire (the node's request kind).
+    /// Requests are built after it in one buffer, so a chunk read from disk goes out without
+    /// another copy to frame it.
+    const REQUEST_FRAMING: &'static [u8];
+    /// Sends a blob request to `peer` as it is (encoded after [`BlobHost::REQUEST_FRAMING`])
+    /// and returns the raw answer.
     fn request_blob(
         &self,
         peer: PeerId,
-        req: Vec<u8>,
+        framed: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send;
+}
+
+/// `req` encoded after the host's framing.
+fn framed<N: BlobHost>(req: &BlobRequest) -> Vec<u8> {
+    [N::REQUEST_FRAMING, &req.encode()].concat()
 }
 
 /// Largest blob accepted for `put`.
@@ -136,6 +146,9 @@ pub const SURPLUS_GRACE_MS: u64 = 60 * 1000;
 const MEMBERSHIP_WATCH: Duration = Duration::from_millis(250);
 /// How often the holder admission view (own id, live storage offers) is refreshed.
 const GATE_REFRESH: Duration = Duration::from_secs(1);
+/// A `PutIndex` arriving when the admission view is older than this refreshes it first (see
+/// [`answer_message`]).
+pub const GATE_FRESH_MS: u64 = 100;
 /// Manifests live this long (a put is a long-lived fact; re-put to extend).
 pub const MANIFEST_TTL_MS: u64 = 30 * 24 * 3600 * 1000 - 60_000;
 
@@ -398,6 +411,8 @@ struct Gate {
     capacity: Option<u64>,
     me: Option<PeerId>,
     candidates: Vec<StorageCandidate<PeerId>>,
+    /// When `candidates` was taken (Unix ms; 0 never).
+    viewed_ms: u64,
     /// Roots first seen surplus at (Unix ms), for [`SURPLUS_GRACE_MS`].
     surplus_since: BTreeMap<[u8; 32], u64>,
 }
@@ -605,9 +620,22 @@ impl BlobStore {
 
     /// Sets the admission view: this node's id and the live storage offers.
     pub fn set_view(&self, me: PeerId, candidates: Vec<StorageCandidate<PeerId>>) {
+        self.set_view_at(me, candidates, now_ms());
+    }
+
+    /// [`BlobStore::set_view`], taken at `now` (Unix ms).
+    pub fn set_view_at(&self, me: PeerId, candidates: Vec<StorageCandidate<PeerId>>, now: u64) {
         let mut g = lock(&self.gate);
         g.me = Some(me);
         g.candidates = candidates;
+        g.viewed_ms = now;
+    }
+
+    /// Whether the admission view is [`GATE_FRESH_MS`] old or older at `now` (or was never
+    /// set).
+    fn view_stale(&self, now: u64) -> bool {
+        let g = lock(&self.gate);
+        g.viewed_ms == 0 || now.saturating_sub(g.viewed_ms) >= GATE_FRESH_MS
     }
 
     /// Whether `extra` more bytes fit within the offered capacity.
@@ -810,21 +838,41 @@ impl BlobStore {
 
     /// Reads chunk `i`, verifying it; a corrupt chunk is deleted and reported, never returned.
     pub fn get_chunk(&self, root: &[u8; 32], i: u32) -> Result<Vec<u8>, BlobError> {
+        let mut data = Vec::new();
+        self.read_chunk_into(root, i, &mut data)?;
+        Ok(data)
+    }
+
+    /// The encoded answer to a `GetChunk` for chunk `i` (`BlobResponse::Chunk`), the chunk
+    /// read from disk straight into it (see [`plan::chunk_header`]), verified like
+    /// [`BlobStore::get_chunk`].
+    pub fn chunk_message(&self, root: &[u8; 32], i: u32) -> Result<Vec<u8>, BlobError> {
+        let mut message = vec![0; plan::CHUNK_HEADER_BYTES];
+        self.read_chunk_into(root, i, &mut message)?;
+        let len = message.len() - plan::CHUNK_HEADER_BYTES;
+        message[..plan::CHUNK_HEADER_BYTES].copy_from_slice(&plan::chunk_header(len));
+        Ok(message)
+    }
+
+    /// Appends chunk `i` to `out` after checking it against the index; a corrupt chunk is
+    /// deleted and reported (and `out` left as it was).
+    fn read_chunk_into(&self, root: &[u8; 32], i: u32, out: &mut Vec<u8>) -> Result<(), BlobError> {
         let index = self.index(root)?;
         let path = self.chunk_path(root, i);
-        let mut data = Vec::new();
+        let start = out.len();
         match std::fs::File::open(&path) {
             Ok(mut f) => {
-                f.read_to_end(&mut data)?;
+                f.read_to_end(out)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotHeld),
             Err(e) => return Err(e.into()),
         }
-        if index_entry(&index.hashes, i) != Some(chunk_hash(&data)) {
-            self.drop_chunk(&path, data.len() as u64);
+        if index_entry(&index.hashes, i) != Some(chunk_hash(&out[start..])) {
+            self.drop_chunk(&path, (out.len() - start) as u64);
+            out.truncate(start);
             return Err(BlobError::Corrupt { i });
         }
-        Ok(data)
+        Ok(())
     }
 
     fn drop_chunk(&self, path: &Path, len: u64) {
@@ -980,6 +1028,63 @@ pub fn handle_request(store: &BlobStore, req: BlobRequest) -> BlobResponse {
     handle_request_at(store, req, now_ms())
 }
 
+/// [`answer_message`] on this node's store, now, with its live storage offers as the fresh
+/// admission view.
+pub fn answer<N: BlobHost>(
+    node: &N,
+    message: &[u8],
+) -> Result<Vec<u8>, dpin_protocol::DecodeError> {
+    let now = now_ms();
+    answer_message(node.blobs(), message, now, || {
+        (node.local_peer_id(), offers::storage_candidates(node, now))
+    })
+}
+
+/// Answers one encoded blob request from a peer (the wire path) at `now`: a `PutChunk` is
+/// stored from where it lies in `message` ([`plan::put_chunk_ref`]), a `GetChunk` is answered
+/// with the chunk read straight into the answer ([`BlobStore::chunk_message`]), and every
+/// other request is decoded and answered by [`handle_request_at`]. The same answers as
+/// decoding first, without copying a chunk out of its message or into its answer. An error
+/// is a message that does not decode (the caller counts it against the peer).
+///
+/// A `PutIndex` is judged on a view of the offers at most [`GATE_FRESH_MS`] old: an older
+/// view is first replaced by `fresh_view()` (this node's id and the live storage offers).
+/// Maintenance refreshes the view every second; a put that came within that second of the
+/// offers changing (a cluster just formed, a node just joined) was refused as "not an
+/// intended holder" on the old view, and the uploader's retry pauses (250 then 500 ms) made
+/// a 64 MiB put take 0.75 s longer (`deploy/blob-bench.sh`). Refreshing only when stale bounds
+/// the work a flood of `PutIndex` can cause to one view per [`GATE_FRESH_MS`].
+pub fn answer_message(
+    store: &BlobStore,
+    message: &[u8],
+    now: u64,
+    fresh_view: impl FnOnce() -> (PeerId, Vec<StorageCandidate<PeerId>>),
+) -> Result<Vec<u8>, dpin_protocol::DecodeError> {
+    let err = |e: BlobError| {
+        BlobResponse::Error {
+            message: e.to_string(),
+        }
+        .encode()
+    };
+    if let Some(chunk) = plan::put_chunk_ref(message) {
+        return Ok(match store.put_chunk(&chunk.root, chunk.i, chunk.data) {
+            Ok(()) => BlobResponse::Stored.encode(),
+            Err(e) => err(e),
+        });
+    }
+    Ok(match BlobRequest::decode(message)? {
+        BlobRequest::GetChunk { root, i } => store.chunk_message(&root, i).unwrap_or_else(err),
+        req @ BlobRequest::PutIndex { .. } => {
+            if store.view_stale(now) {
+                let (me, candidates) = fresh_view();
+                store.set_view_at(me, candidates, now);
+            }
+            handle_request_at(store, req, now).encode()
+        }
+        req => handle_request_at(store, req, now).encode(),
+    })
+}
+
 /// [`handle_request`] at `now` (Unix ms).
 pub fn handle_request_at(store: &BlobStore, req: BlobRequest, now: u64) -> BlobResponse {
     let err = |e: BlobError| BlobResponse::Error {
@@ -1040,20 +1145,52 @@ pub fn handle_request_at(store: &BlobStore, req: BlobRequest, now: u64) -> BlobR
     }
 }
 
+/// Sends an encoded request (after the host's framing) to `peer` and returns the raw answer;
+/// to this node itself, answers it here, the same way a peer would.
+async fn ask_framed<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    framed: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    if peer == node.local_peer_id() {
+        let node = node.clone();
+        return tokio::task::spawn_blocking(move || {
+            let message = framed.get(N::REQUEST_FRAMING.len()..).unwrap_or_default();
+            answer(&node, message).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    node.request_blob(peer, framed).await
+}
+
 async fn ask<N: BlobHost>(
     node: &N,
     peer: PeerId,
     req: BlobRequest,
 ) -> Result<BlobResponse, String> {
-    if peer == node.local_peer_id() {
-        let store = node.blobs().clone();
-        return tokio::task::spawn_blocking(move || handle_request(&store, req))
-            .await
-            .map_err(|e| e.to_string());
+    let answer = ask_framed(node, peer, framed::<N>(&req)).await?;
+    BlobResponse::decode(&answer).map_err(|e| e.to_string())
+}
+
+/// Chunk `i` of `root` from `peer`: `Ok(Ok(data))` if it answered with a chunk (not yet
+/// verified), `Ok(Err(answer))` for any other answer. The chunk is taken out of the answer
+/// in place ([`plan::chunk_ref`]), not decoded into a copy.
+async fn ask_chunk<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    root: [u8; 32],
+    i: u32,
+) -> Result<Result<Vec<u8>, BlobResponse>, String> {
+    let mut answer =
+        ask_framed(node, peer, framed::<N>(&BlobRequest::GetChunk { root, i })).await?;
+    if plan::chunk_ref(&answer).is_some() {
+        answer.drain(..plan::CHUNK_HEADER_BYTES);
+        return Ok(Ok(answer));
     }
-    node.request_blob(peer, req.encode())
-        .await
-        .and_then(|b| BlobResponse::decode(&b).map_err(|e| e.to_string()))
+    BlobResponse::decode(&answer)
+        .map(Err)
+        .map_err(|e| e.to_string())
 }
 
 /// Live storage nodes whose capacity could ever hold a blob of `size` bytes (from its
@@ -1203,15 +1340,19 @@ pub fn manifests<N: BlobHost>(node: &N) -> Vec<BlobManifest> {
 pub use crate::contract::BlobPutAnswer as PutResult;
 
 /// Reads chunk `i` of a local file.
-fn read_file_chunk(path: &Path, index: &Index, i: u32) -> std::io::Result<Vec<u8>> {
+/// Chunk `i` of the upload at `path` appended to `out`.
+fn read_file_chunk(path: &Path, index: &Index, i: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     let offset = u64::from(i) * u64::from(index.chunk_size);
     f.seek(SeekFrom::Start(offset))?;
-    let len = (index.size - offset).min(u64::from(index.chunk_size)) as usize;
-    let mut buf = vec![0u8; len];
-    f.read_exact(&mut buf)?;
-    Ok(buf)
+    let len = (index.size.saturating_sub(offset)).min(u64::from(index.chunk_size));
+    out.reserve_exact(len as usize);
+    // Into the spare capacity: no zeroing, no copy.
+    if f.take(len).read_to_end(out)? as u64 != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 /// Chunk hashes of a file, computed in one streaming pass.
@@ -1249,10 +1390,59 @@ pub fn index_file(path: &Path, chunk_size: u32) -> std::io::Result<Index> {
 /// retry: a timeout or a closed connection says nothing about whether the holder acted, and
 /// even an error answer can come from a request garbled in transit (a cut stream decodes as
 /// a truncated request). The requests are idempotent, and [`PUT_STALL`] bounds the retries.
-async fn ask_stored<N: BlobHost>(node: &N, peer: PeerId, req: BlobRequest) -> Result<(), String> {
-    match ask(node, peer, req).await? {
-        BlobResponse::Stored => Ok(()),
-        other => Err(format!("{other:?}")),
+async fn ask_stored<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    req: BlobRequest,
+) -> Result<(), NotStored> {
+    let framed = framed::<N>(&req);
+    let bytes = framed.len();
+    match ask_framed(node, peer, framed).await {
+        Ok(answer) => stored(&answer, bytes),
+        Err(why) => Err(NotStored::other(why)),
+    }
+}
+
+/// Why a holder request did not store. A refusal for the holder's budget is told apart: the
+/// holder answered at once and will take the request once it earned its cost back, so it is
+/// sent again after that time ([`Progress::failed_over_budget`]), not after the pause meant
+/// for a holder or link that does not answer.
+#[derive(Debug)]
+struct NotStored {
+    why: String,
+    /// Bytes of the refused request, if the holder refused it for its budget.
+    over_budget: Option<usize>,
+}
+
+impl NotStored {
+    fn other(why: String) -> Self {
+        Self {
+            why,
+            over_budget: None,
+        }
+    }
+}
+
+impl std::fmt::Display for NotStored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// Whether a raw answer to a request of `bytes` bytes says `Stored`.
+fn stored(answer: &[u8], bytes: usize) -> Result<(), NotStored> {
+    let over_budget = format!(
+        "refused: {}",
+        dpin_protocol::ingest::Refusal::OverBudget.as_str()
+    );
+    match BlobResponse::decode(answer) {
+        Ok(BlobResponse::Stored) => Ok(()),
+        Ok(BlobResponse::Error { message }) if message == over_budget => Err(NotStored {
+            why: message,
+            over_budget: Some(bytes),
+        }),
+        Ok(other) => Err(NotStored::other(format!("{other:?}"))),
+        Err(e) => Err(NotStored::other(e.to_string())),
     }
 }
 
@@ -1342,6 +1532,33 @@ impl Progress {
         self.failures = self.failures.saturating_add(1);
         Some((PUT_RETRY_PAUSE * self.failures).min(PUT_RETRY_PAUSE_MAX))
     }
+
+    /// After a holder refused a request of `bytes` bytes for its budget: the time a peer
+    /// still on probation there takes to earn the request's cost, doubled with each refusal
+    /// in a row up to [`dpin_protocol::ingest::OVER_BUDGET_RETRIES`] doublings (the rule sync
+    /// requests follow, [`dpin_protocol::ingest::over_budget_pause_ms`]); `None` once stalled.
+    ///
+    /// Why: a holder new to the uploader (a cluster just formed) earns it tokens at the
+    /// probation rate, a 1 MiB chunk's worth every 20 ms. Waiting the 250 ms meant for a
+    /// holder that does not answer left the put idle most of that time.
+    fn failed_over_budget(&mut self, bytes: usize) -> Option<Duration> {
+        use dpin_protocol::ingest::{
+            over_budget_pause_ms, BudgetConfig, Cost, OVER_BUDGET_RETRIES,
+        };
+        self.failed()?;
+        let attempt = (self.failures - 1).min(OVER_BUDGET_RETRIES - 1);
+        let ms = over_budget_pause_ms(&BudgetConfig::default(), Cost::Blob { bytes }, attempt)
+            .unwrap_or(PUT_RETRY_PAUSE.as_millis() as u64);
+        Some(Duration::from_millis(ms))
+    }
+
+    /// After `e`: the pause its kind calls for, or `None` once stalled.
+    fn failed_with(&mut self, e: &NotStored) -> Option<Duration> {
+        match e.over_budget {
+            Some(bytes) => self.failed_over_budget(bytes),
+            None => self.failed(),
+        }
+    }
 }
 
 /// [`ask_stored`], tried again until it succeeds or the holder stalls.
@@ -1358,7 +1575,7 @@ async fn ask_stored_retrying<N: BlobHost>(
                 return Ok(());
             }
             Err(e) => {
-                let Some(pause) = progress.failed() else {
+                let Some(pause) = progress.failed_with(&e) else {
                     return Err(format!("no progress for {PUT_STALL:?}; last error: {e}"));
                 };
                 tracing::debug!(%peer, %e, ?pause, "blob request failed; retrying");
@@ -1368,12 +1585,27 @@ async fn ask_stored_retrying<N: BlobHost>(
     }
 }
 
-async fn read_chunk(path: &Path, index: &Index, i: u32) -> Result<Vec<u8>, String> {
+/// The `PutChunk` request for chunk `i` of the upload, framed for the host, with the chunk
+/// read from the file straight into it.
+async fn read_put_chunk<N: BlobHost>(
+    path: &Path,
+    index: &Index,
+    root: [u8; 32],
+    i: u32,
+) -> Result<Vec<u8>, String> {
     let (path, ix) = (path.to_owned(), index.clone());
-    tokio::task::spawn_blocking(move || read_file_chunk(&path, &ix, i))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot read the upload: {e}"))
+    tokio::task::spawn_blocking(move || {
+        let offset = u64::from(i) * u64::from(ix.chunk_size);
+        let len = ix.size.saturating_sub(offset).min(u64::from(ix.chunk_size)) as usize;
+        let mut message =
+            Vec::with_capacity(N::REQUEST_FRAMING.len() + plan::PUT_CHUNK_HEADER_BYTES + len);
+        message.extend_from_slice(N::REQUEST_FRAMING);
+        message.extend_from_slice(&plan::put_chunk_header(&root, i, len));
+        read_file_chunk(&path, &ix, i, &mut message).map(|()| message)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot read the upload: {e}"))
 }
 
 /// Reads chunk `i` of the upload and stores it on `peer` (one attempt).
@@ -1384,10 +1616,16 @@ async fn send_chunk<N: BlobHost>(
     root: [u8; 32],
     index: &Index,
     i: u32,
-) -> (u32, Result<(), String>) {
-    let sent = match read_chunk(path, index, i).await {
-        Ok(data) => ask_stored(node, peer, BlobRequest::PutChunk { root, i, data }).await,
-        Err(e) => Err(e),
+) -> (u32, Result<(), NotStored>) {
+    let sent = match read_put_chunk::<N>(path, index, root, i).await {
+        Ok(message) => {
+            let bytes = message.len();
+            match ask_framed(node, peer, message).await {
+                Ok(answer) => stored(&answer, bytes),
+                Err(e) => Err(NotStored::other(e)),
+            }
+        }
+        Err(e) => Err(NotStored::other(e)),
     };
     (i, sent)
 }
@@ -1440,7 +1678,7 @@ async fn store_on<N: BlobHost>(
                     // Sent before the last back-off: that pause already answered it.
                     continue;
                 }
-                let Some(pause) = progress.failed() else {
+                let Some(pause) = progress.failed_with(&e) else {
                     return Err(format!("no progress for {PUT_STALL:?}; chunk {i}: {e}"));
                 };
                 tracing::debug!(%peer, i, %e, window = window.size(), "chunk not stored; will resend");
@@ -1638,10 +1876,10 @@ async fn fetch_chunk_once<N: BlobHost>(
         if peer == me {
             continue;
         }
-        match ask(node, peer, BlobRequest::GetChunk { root: *root, i }).await {
-            Ok(BlobResponse::Chunk { data }) if chunk_hash(&data) == want => return Ok(data),
-            Ok(BlobResponse::Chunk { .. }) => why.push(format!("{peer}: corrupt")),
-            Ok(other) => why.push(format!("{peer}: {other:?}")),
+        match ask_chunk(node, peer, *root, i).await {
+            Ok(Ok(data)) if chunk_hash(&data) == want => return Ok(data),
+            Ok(Ok(_)) => why.push(format!("{peer}: corrupt")),
+            Ok(Err(other)) => why.push(format!("{peer}: {other:?}")),
             Err(e) => {
                 transient = true;
                 why.push(format!("{peer}: {e}"));
@@ -2464,6 +2702,110 @@ mod tests {
             BlobResponse::Stored
         );
         assert_eq!(store.stats.refused(Refusal::NotIntended), 1);
+    }
+
+    #[test]
+    fn a_put_index_on_a_stale_view_is_judged_on_the_live_offers() {
+        let (_, index, root) = blob(2, 3);
+        let m = manifest_for(&ZoneKey::from_seed([4; 32]), root, &index, 2);
+        let request = put_index(&index, root, &m).encode();
+        let not_intended = BlobResponse::Error {
+            message: BlobError::Refused(Refusal::NotIntended).to_string(),
+        }
+        .encode();
+        // The view maintenance last took predates the offers: this node saw only the others.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, me, ranked) = store_in(dir.path(), Some(64 * MIB), 3, &root);
+        let others: Vec<_> = ranked[1..]
+            .iter()
+            .map(|p| StorageCandidate {
+                peer: *p,
+                capacity: 64 * MIB,
+                free: 64 * MIB,
+            })
+            .collect();
+        let live: Vec<_> = ranked
+            .iter()
+            .map(|p| StorageCandidate {
+                peer: *p,
+                capacity: 64 * MIB,
+                free: 64 * MIB,
+            })
+            .collect();
+        store.set_view_at(me, others.clone(), NOW - GATE_FRESH_MS);
+        let fresh = || (me, live.clone());
+        assert_eq!(
+            answer_message(&store, &request, NOW, fresh),
+            Ok(BlobResponse::Stored.encode())
+        );
+        assert_eq!(store.stats.refused(Refusal::NotIntended), 0);
+        // A view younger than the bound is used as it is: no refresh, the refusal stands.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, me, _) = store_in(dir.path(), Some(64 * MIB), 3, &root);
+        store.set_view_at(me, others, NOW - GATE_FRESH_MS + 1);
+        let no_refresh = || -> (PeerId, Vec<StorageCandidate<PeerId>>) {
+            panic!("a fresh view is not refreshed")
+        };
+        assert_eq!(
+            answer_message(&store, &request, NOW, no_refresh),
+            Ok(not_intended)
+        );
+        assert_eq!(store.stats.refused(Refusal::NotIntended), 1);
+    }
+
+    #[test]
+    fn chunks_answered_in_place_match_the_decoded_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (data, index, root) = blob(3, 5);
+        let (store, me, _) = store_in(dir.path(), Some(64 * MIB), 1, &root);
+        let m = manifest_for(&ZoneKey::from_seed([4; 32]), root, &index, 1);
+        let never = || -> (PeerId, Vec<StorageCandidate<PeerId>>) { panic!("view is fresh") };
+        let only_me = StorageCandidate {
+            peer: me,
+            capacity: 64 * MIB,
+            free: 64 * MIB,
+        };
+        store.set_view_at(me, vec![only_me], NOW);
+        let answer = |req: &BlobRequest| answer_message(&store, &req.encode(), NOW, never);
+        assert_eq!(
+            answer(&put_index(&index, root, &m)),
+            Ok(BlobResponse::Stored.encode())
+        );
+        let put = |i: u32, chunk: &[u8]| {
+            let message = [&plan::put_chunk_header(&root, i, chunk.len())[..], chunk].concat();
+            answer_message(&store, &message, NOW, never)
+        };
+        // A corrupt chunk gets the answer decoding gives, and is not stored.
+        let mut bad = data[0].clone();
+        bad[0] ^= 1;
+        let expected = BlobResponse::Error {
+            message: BlobError::Corrupt { i: 0 }.to_string(),
+        };
+        assert_eq!(put(0, &bad), Ok(expected.encode()));
+        assert!(store.present(&root).is_empty());
+        for (i, chunk) in data.iter().enumerate() {
+            assert_eq!(put(i as u32, chunk), Ok(BlobResponse::Stored.encode()));
+        }
+        for (i, chunk) in data.iter().enumerate() {
+            let get = BlobRequest::GetChunk { root, i: i as u32 };
+            let expected = BlobResponse::Chunk {
+                data: chunk.clone(),
+            };
+            assert_eq!(answer(&get), Ok(expected.encode()));
+            assert_eq!(handle_request_at(&store, get, NOW), expected);
+        }
+        // Missing chunks, other requests and garbage answer as decoding does.
+        let missing = BlobRequest::GetChunk { root, i: 9 };
+        assert_eq!(
+            answer(&missing),
+            Ok(handle_request_at(&store, missing, NOW).encode())
+        );
+        let has = BlobRequest::Has { root };
+        assert_eq!(
+            answer(&has),
+            Ok(handle_request_at(&store, has, NOW).encode())
+        );
+        assert!(answer_message(&store, &[0xff; 7], NOW, never).is_err());
     }
 
     #[test]

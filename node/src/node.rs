@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dpin_protocol::blob::{BlobRequest, BlobResponse};
+use dpin_protocol::blob::BlobResponse;
 use dpin_protocol::digest::MAX_RECORDS_PER_CHUNK;
 use dpin_protocol::ingest;
 use dpin_protocol::record::Freshness;
@@ -495,13 +495,15 @@ impl crate::blobs::BlobHost for Node {
         Node::blobs(self)
     }
 
+    const REQUEST_FRAMING: &'static [u8] = &[KIND_BLOB];
+
     fn request_blob(
         &self,
         peer: PeerId,
-        req: Vec<u8>,
+        framed: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send {
         let node = self.clone();
-        async move { Node::request_blob(&node, peer, req).await }
+        async move { Node::request_blob(&node, peer, framed).await }
     }
 }
 
@@ -716,11 +718,9 @@ impl Node {
         }
     }
 
-    /// Sends a blob request (already encoded) to `peer` and returns the raw answer.
-    pub async fn request_blob(&self, peer: PeerId, req: Vec<u8>) -> Result<Vec<u8>, String> {
-        let mut framed = Vec::with_capacity(req.len() + 1);
-        framed.push(KIND_BLOB);
-        framed.extend_from_slice(&req);
+    /// Sends a blob request, encoded after its kind byte ([`KIND_BLOB`], the blob module's
+    /// `REQUEST_FRAMING`), to `peer` and returns the raw answer.
+    pub async fn request_blob(&self, peer: PeerId, framed: Vec<u8>) -> Result<Vec<u8>, String> {
         self.0
             .net
             .request(peer, framed)
@@ -1211,9 +1211,11 @@ impl Node {
         }
     }
 
-    async fn on_request(&self, peer: PeerId, data: Vec<u8>) -> Vec<u8> {
+    async fn on_request(&self, peer: PeerId, message: Vec<u8>) -> Vec<u8> {
         self.detect(|d, now| d.heard(peer, now));
-        let (kind, data) = data.split_first().map_or((0xff, &[][..]), |(k, d)| (*k, d));
+        let (kind, data) = message
+            .split_first()
+            .map_or((0xff, &[][..]), |(k, d)| (*k, d));
         if kind == KIND_BLOB {
             if let Err(r) = self.admit(peer, ingest::Cost::Blob { bytes: data.len() }) {
                 return BlobResponse::Error {
@@ -1221,24 +1223,27 @@ impl Node {
                 }
                 .encode();
             }
-            let resp = match BlobRequest::decode(data) {
-                Ok(req) => {
-                    let store = self.0.blobs.clone();
-                    tokio::task::spawn_blocking(move || crate::blobs::handle_request(&store, req))
-                        .await
-                        .unwrap_or_else(|e| BlobResponse::Error {
-                            message: e.to_string(),
-                        })
-                }
-                Err(e) => {
+            // Answered where the request lies (a chunk is stored from the message itself).
+            let node = self.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                crate::blobs::answer(&node, message.get(1..).unwrap_or_default())
+            })
+            .await;
+            return match answer {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => {
                     Metrics::inc(&self.0.metrics.sync_bad_requests);
                     self.offence(peer, ingest::IngestPath::Blob, 1);
                     BlobResponse::Error {
                         message: e.to_string(),
                     }
+                    .encode()
                 }
+                Err(e) => BlobResponse::Error {
+                    message: e.to_string(),
+                }
+                .encode(),
             };
-            return resp.encode();
         }
         let decoded = if kind == KIND_SYNC {
             SyncRequest::decode(data)

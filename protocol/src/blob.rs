@@ -409,6 +409,78 @@ pub enum BlobResponse {
 crate::codec::limited_codec!(BlobRequest, MAX_BLOB_MESSAGE_BYTES);
 crate::codec::limited_codec!(BlobResponse, MAX_BLOB_MESSAGE_BYTES);
 
+/// Bytes of a [`BlobRequest::PutChunk`]'s encoding before its data: the variant (u32), the
+/// root, the chunk number (u32) and the data's length (u64).
+pub const PUT_CHUNK_HEADER_BYTES: usize = 4 + 32 + 4 + 8;
+/// Bytes of a [`BlobResponse::Chunk`]'s encoding before its data: the variant (u32) and the
+/// data's length (u64).
+pub const CHUNK_HEADER_BYTES: usize = 4 + 8;
+
+/// Variant numbers in the encoding (bincode numbers variants in declaration order).
+const PUT_CHUNK_VARIANT: u32 = 1;
+const CHUNK_VARIANT: u32 = 2;
+
+/// The encoding of `BlobRequest::PutChunk { root, i, data }` up to its data, for `len` bytes
+/// of data: followed by the data, it is exactly that request's [`BlobRequest::encode`].
+///
+/// Why: every chunk of a put crosses the uploader once per holder, and a holder serves every
+/// chunk it is asked for. Built through `encode`, a 1 MiB chunk was copied into a fresh
+/// buffer (and its pages faulted in) once more per message, about a tenth of the uploader's
+/// CPU (`perf`, `deploy/blob-bench.sh`). With the header, the sender reads the chunk from
+/// disk straight into the message; [`put_chunk_ref`] lets the receiver use the data where it
+/// lies.
+pub fn put_chunk_header(root: &[u8; 32], i: u32, len: usize) -> [u8; PUT_CHUNK_HEADER_BYTES] {
+    let mut h = [0u8; PUT_CHUNK_HEADER_BYTES];
+    h[..4].copy_from_slice(&PUT_CHUNK_VARIANT.to_le_bytes());
+    h[4..36].copy_from_slice(root);
+    h[36..40].copy_from_slice(&i.to_le_bytes());
+    h[40..].copy_from_slice(&(len as u64).to_le_bytes());
+    h
+}
+
+/// The encoding of `BlobResponse::Chunk { data }` up to its data, for `len` bytes of data
+/// (see [`put_chunk_header`]).
+pub fn chunk_header(len: usize) -> [u8; CHUNK_HEADER_BYTES] {
+    let mut h = [0u8; CHUNK_HEADER_BYTES];
+    h[..4].copy_from_slice(&CHUNK_VARIANT.to_le_bytes());
+    h[4..].copy_from_slice(&(len as u64).to_le_bytes());
+    h
+}
+
+/// A [`BlobRequest::PutChunk`] read where it lies (see [`put_chunk_ref`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutChunkRef<'a> {
+    /// Root hash.
+    pub root: [u8; 32],
+    /// Chunk number.
+    pub i: u32,
+    /// Chunk bytes, borrowed from the message.
+    pub data: &'a [u8],
+}
+
+/// Reads `bytes` as a `PutChunk` without copying its data: `Some` exactly when
+/// [`BlobRequest::decode`] gives a `PutChunk`, with the same fields (the same size limit, no
+/// trailing bytes); `None` for every other input, which the caller decodes as usual.
+pub fn put_chunk_ref(bytes: &[u8]) -> Option<PutChunkRef<'_>> {
+    if bytes.len() > MAX_BLOB_MESSAGE_BYTES {
+        return None;
+    }
+    let (head, data) = bytes.split_at_checked(PUT_CHUNK_HEADER_BYTES)?;
+    let root: [u8; 32] = head[4..36].try_into().ok()?;
+    let i = u32::from_le_bytes(head[36..40].try_into().ok()?);
+    (head == put_chunk_header(&root, i, data.len())).then_some(PutChunkRef { root, i, data })
+}
+
+/// Reads `bytes` as a `BlobResponse::Chunk` without copying its data: `Some(data)` exactly
+/// when [`BlobResponse::decode`] gives a `Chunk` with that data (see [`put_chunk_ref`]).
+pub fn chunk_ref(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.len() > MAX_BLOB_MESSAGE_BYTES {
+        return None;
+    }
+    let (head, data) = bytes.split_at_checked(CHUNK_HEADER_BYTES)?;
+    (head == chunk_header(data.len())).then_some(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

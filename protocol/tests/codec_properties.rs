@@ -8,7 +8,10 @@
 mod common;
 
 use common::*;
-use dpin_protocol::blob::{BlobRequest, BlobResponse};
+use dpin_protocol::blob::{
+    chunk_header, chunk_ref, put_chunk_header, put_chunk_ref, BlobRequest, BlobResponse,
+    PutChunkRef, CHUNK_HEADER_BYTES, MAX_BLOB_MESSAGE_BYTES, PUT_CHUNK_HEADER_BYTES,
+};
 use dpin_protocol::digest::{Summary, MAX_SYNC_MESSAGE_BYTES};
 use dpin_protocol::record::{
     blob_label, seq_ceiling, COMPUTE_OFFER_LABEL, MAX_CHUNK_BYTES, MAX_REPLICAS,
@@ -454,4 +457,99 @@ fn encoding_is_canonical_and_trailing_bytes_are_refused() {
             "a {cut}-byte prefix decoded"
         );
     }
+}
+
+/// The in-place chunk readers must agree with the decoders: `Some` exactly when the decoder
+/// gives that variant, with the same fields.
+fn chunk_readers_agree_with_decode(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let by_ref = put_chunk_ref(bytes).map(|r| (r.root, r.i, r.data.to_vec()));
+    let decoded = match BlobRequest::decode(bytes) {
+        Ok(BlobRequest::PutChunk { root, i, data }) => Some((root, i, data)),
+        _ => None,
+    };
+    prop_assert_eq!(by_ref, decoded);
+    let by_ref = chunk_ref(bytes).map(<[u8]>::to_vec);
+    let decoded = match BlobResponse::decode(bytes) {
+        Ok(BlobResponse::Chunk { data }) => Some(data),
+        _ => None,
+    };
+    prop_assert_eq!(by_ref, decoded);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(proptest_config(256))]
+
+    /// A chunk message built from its header and the data is byte for byte the encoding of
+    /// the message, and the in-place readers give back the fields.
+    #[test]
+    fn chunk_headers_then_data_are_the_encoding(
+        root in any::<[u8; 32]>(),
+        i in any::<u32>(),
+        data in vec(any::<u8>(), 0..4096),
+    ) {
+        let built = [&put_chunk_header(&root, i, data.len())[..], &data].concat();
+        let req = BlobRequest::PutChunk { root, i, data: data.clone() };
+        prop_assert_eq!(&built, &req.encode());
+        prop_assert_eq!(built.len() - data.len(), PUT_CHUNK_HEADER_BYTES);
+        prop_assert_eq!(put_chunk_ref(&built), Some(PutChunkRef { root, i, data: &data }));
+        let built = [&chunk_header(data.len())[..], &data].concat();
+        prop_assert_eq!(&built, &BlobResponse::Chunk { data: data.clone() }.encode());
+        prop_assert_eq!(built.len() - data.len(), CHUNK_HEADER_BYTES);
+        prop_assert_eq!(chunk_ref(&built), Some(&data[..]));
+    }
+
+    /// On any input (random bytes, chunk messages with random edits, other blob messages)
+    /// the in-place readers accept exactly what the decoders decode as that variant.
+    #[test]
+    fn chunk_readers_accept_exactly_what_decode_accepts(
+        random in vec(any::<u8>(), 0..200),
+        root in any::<[u8; 32]>(),
+        data in vec(any::<u8>(), 0..300),
+        edits in vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 0..3),
+    ) {
+        chunk_readers_agree_with_decode(&random)?;
+        let messages = [
+            BlobRequest::PutChunk { root, i: 7, data: data.clone() }.encode(),
+            BlobResponse::Chunk { data: data.clone() }.encode(),
+            BlobRequest::GetChunk { root, i: 7 }.encode(),
+            BlobResponse::Stored.encode(),
+        ];
+        for mut bytes in messages {
+            chunk_readers_agree_with_decode(&bytes)?;
+            for &(at, byte, kind) in &edits {
+                let i = at.index(bytes.len() + 1);
+                match kind {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    2 if i < bytes.len() => {
+                        bytes.remove(i);
+                    }
+                    _ => bytes.truncate(i),
+                }
+            }
+            chunk_readers_agree_with_decode(&bytes)?;
+        }
+    }
+}
+
+/// Past the blob message limit neither reader accepts a well-formed chunk message, as the
+/// decoders refuse it before parsing.
+#[test]
+fn chunk_readers_refuse_messages_over_the_limit() {
+    let data = vec![5u8; MAX_BLOB_MESSAGE_BYTES - PUT_CHUNK_HEADER_BYTES + 1];
+    let req = [&put_chunk_header(&[1; 32], 0, data.len())[..], &data].concat();
+    assert!(put_chunk_ref(&req).is_none());
+    assert!(BlobRequest::decode(&req).is_err());
+    let ok = &req[..MAX_BLOB_MESSAGE_BYTES];
+    let ok = [
+        &put_chunk_header(&[1; 32], 0, ok.len() - PUT_CHUNK_HEADER_BYTES)[..],
+        &ok[PUT_CHUNK_HEADER_BYTES..],
+    ]
+    .concat();
+    assert!(put_chunk_ref(&ok).is_some());
+    let data = vec![5u8; MAX_BLOB_MESSAGE_BYTES - CHUNK_HEADER_BYTES + 1];
+    let resp = [&chunk_header(data.len())[..], &data].concat();
+    assert!(chunk_ref(&resp).is_none());
+    assert!(BlobResponse::decode(&resp).is_err());
 }
