@@ -1885,7 +1885,12 @@ fn handle_event(node: &Node, ev: NetEvent) {
                 }
             });
         }
-        NetEvent::PeerConnected(peer) => node.detect(|d, now| d.connected(peer, now)),
+        NetEvent::PeerConnected(peer) => {
+            node.detect(|d, now| d.connected(peer, now));
+            // Its budget's probation runs from now, not from its first request.
+            let now = node.mono_ms();
+            lock(&node.0.budget).connected(peer, now);
+        }
         NetEvent::Identified {
             peer,
             budgeted_sync,

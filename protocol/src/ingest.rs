@@ -21,7 +21,8 @@
 //! * **rotating peer ids buy nothing**: the peer table is bounded ([`BudgetConfig::max_peers`]),
 //!   and a peer new to it — a fresh id, or one evicted earlier — does not get a full bucket:
 //!   its first tokens come out of one shared newcomer pool (refilled at a fixed rate for all
-//!   newcomers together), and for its first [`BudgetConfig::probation_ms`] it refills at a
+//!   newcomers together), and for its first [`BudgetConfig::probation_ms`] (from when it
+//!   connected, [`PeerBudget::connected`], or else its first work) it refills at a
 //!   probation rate below the full one. An attacker that changes its key every few messages
 //!   gets at most the newcomer pool's rate more than one that keeps it — and each id costs it
 //!   a fresh connection and noise handshake — while its offences still ban each id; only
@@ -408,6 +409,21 @@ impl<P: Ord + Copy> PeerBudget<P> {
         }
     }
 
+    /// Notes that `peer` connected at `now_ms`: a peer new to the table gets its entry now
+    /// (its start from the newcomer pool, as on a first charge), so its probation runs from
+    /// its connection, not from its first piece of work. A known peer is left as it is
+    /// (reconnecting refills nothing and lifts no ban).
+    ///
+    /// Why: an uploader that never sent a storage node anything before its first put was on
+    /// probation there for that whole put, though connected for minutes: the holder started
+    /// it with the newcomer's 20 tokens and the probation rate, about 50 MiB/s of chunks
+    /// (`deploy/blob-bench.sh`, a put 12 s after the cluster formed: 104 chunks refused, 0.86
+    /// s instead of 0.63). A new id still has to connect and then wait out the probation
+    /// before it earns the full rate, so rotating ids buys no more than before.
+    pub fn connected(&mut self, peer: P, now_ms: u64) {
+        let _ = self.entry(peer, now_ms);
+    }
+
     /// Records `count` invalid items from `peer` (undecodable or invalid records, undecodable
     /// requests); returns the ban this decides, if any. A peer already banned gets no new ban.
     pub fn offence(&mut self, peer: P, count: u32, now_ms: u64) -> Option<Ban> {
@@ -636,6 +652,37 @@ mod tests {
         assert!(at < 10_000, "banned only after {at} ms");
         assert!(relay_refused > 0);
         assert!(!b.is_banned(&relay, 60_000));
+    }
+
+    #[test]
+    fn probation_runs_from_the_connection_not_from_the_first_request() {
+        let config = BudgetConfig::default();
+        let mut b = PeerBudget::new(config);
+        let chunk = Cost::Blob { bytes: 1 << 20 };
+        let burst = |b: &mut PeerBudget<u32>, id: u32, ms: u64| {
+            (0..400)
+                .filter(|_| b.charge(id, chunk, ms).is_allowed())
+                .count()
+        };
+        // Peer 1 connected 12 s ago and sent nothing since: its bucket is full.
+        b.connected(1, 0);
+        let full = (config.burst / chunk.tokens()) as usize;
+        assert_eq!(burst(&mut b, 1, 12_000), full);
+        // Peer 2 is first heard of now: the newcomer's start only, and probation.
+        let start = (config.new_peer_tokens / chunk.tokens()) as usize;
+        assert_eq!(burst(&mut b, 2, 12_000), start);
+        // Connecting again refills nothing.
+        b.connected(1, 12_000);
+        assert_eq!(burst(&mut b, 1, 12_000), 0);
+        // Nor does it lift a ban.
+        let strict = BudgetConfig {
+            ban_score: 2.0,
+            ..config
+        };
+        let mut b = PeerBudget::new(strict);
+        assert!(b.offence(3, 2, 0).is_some());
+        b.connected(3, 1);
+        assert!(!b.charge(3, Cost::Gossip, 2).is_allowed());
     }
 
     #[test]
