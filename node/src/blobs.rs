@@ -2547,6 +2547,15 @@ mod tests {
         matches!(r, BlobResponse::Error { message } if *message == BlobError::Refused(why).to_string())
     }
 
+    /// A storage member offering 64 MiB, all free.
+    fn roomy(peer: PeerId) -> StorageCandidate<PeerId> {
+        StorageCandidate {
+            peer,
+            capacity: 64 * MIB,
+            free: 64 * MIB,
+        }
+    }
+
     /// A store whose node offers `capacity` and sees `n` storage members (itself among them)
     /// with plenty of room; returns it with its own id and the members in rendezvous order for
     /// `root`.
@@ -2559,14 +2568,7 @@ mod tests {
         let store = BlobStore::open(dir.join("blobs")).expect("open");
         store.set_capacity(capacity);
         let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
-        let cands = peers
-            .iter()
-            .map(|p| StorageCandidate {
-                peer: *p,
-                capacity: 64 * MIB,
-                free: 64 * MIB,
-            })
-            .collect();
+        let cands = peers.iter().map(|p| roomy(*p)).collect();
         let ranked = rank(root, &peers);
         store.set_view(ranked[0], cands);
         (store, ranked[0], ranked)
@@ -2683,14 +2685,7 @@ mod tests {
         let (store, _, ranked) = store_in(dir.path(), Some(64 * MIB), 8, &root);
         let m = manifest_for(&ZoneKey::from_seed([4; 32]), root, &index, 2);
         // K = 2: the first 4 in order may take it (2 intended, 2 stand-ins); the 5th may not.
-        let cands: Vec<StorageCandidate<PeerId>> = ranked
-            .iter()
-            .map(|p| StorageCandidate {
-                peer: *p,
-                capacity: 64 * MIB,
-                free: 64 * MIB,
-            })
-            .collect();
+        let cands: Vec<StorageCandidate<PeerId>> = ranked.iter().map(|p| roomy(*p)).collect();
         store.set_view(ranked[4], cands.clone());
         assert!(refused(
             &handle_request_at(&store, put_index(&index, root, &m), NOW),
@@ -2716,22 +2711,8 @@ mod tests {
         // The view maintenance last took predates the offers: this node saw only the others.
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, me, ranked) = store_in(dir.path(), Some(64 * MIB), 3, &root);
-        let others: Vec<_> = ranked[1..]
-            .iter()
-            .map(|p| StorageCandidate {
-                peer: *p,
-                capacity: 64 * MIB,
-                free: 64 * MIB,
-            })
-            .collect();
-        let live: Vec<_> = ranked
-            .iter()
-            .map(|p| StorageCandidate {
-                peer: *p,
-                capacity: 64 * MIB,
-                free: 64 * MIB,
-            })
-            .collect();
+        let others: Vec<_> = ranked[1..].iter().map(|p| roomy(*p)).collect();
+        let live: Vec<_> = ranked.iter().map(|p| roomy(*p)).collect();
         store.set_view_at(me, others.clone(), NOW - GATE_FRESH_MS);
         let fresh = || (me, live.clone());
         assert_eq!(
@@ -2760,12 +2741,7 @@ mod tests {
         let (store, me, _) = store_in(dir.path(), Some(64 * MIB), 1, &root);
         let m = manifest_for(&ZoneKey::from_seed([4; 32]), root, &index, 1);
         let never = || -> (PeerId, Vec<StorageCandidate<PeerId>>) { panic!("view is fresh") };
-        let only_me = StorageCandidate {
-            peer: me,
-            capacity: 64 * MIB,
-            free: 64 * MIB,
-        };
-        store.set_view_at(me, vec![only_me], NOW);
+        store.set_view_at(me, vec![roomy(me)], NOW);
         let answer = |req: &BlobRequest| answer_message(&store, &req.encode(), NOW, never);
         assert_eq!(
             answer(&put_index(&index, root, &m)),

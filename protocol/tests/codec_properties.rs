@@ -201,6 +201,22 @@ fn sync_response() -> impl Strategy<Value = SyncResponse> {
     ]
 }
 
+/// Applies random edits to `bytes`: for each `(at, byte, kind)`, an overwrite (0), an
+/// insertion (1), a deletion (2) or a truncation (3) at position `at`.
+fn mangle(bytes: &mut Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) {
+    for &(at, byte, kind) in edits {
+        let i = at.index(bytes.len() + 1);
+        match kind {
+            0 if i < bytes.len() => bytes[i] = byte,
+            1 => bytes.insert(i, byte),
+            2 if i < bytes.len() => {
+                bytes.remove(i);
+            }
+            _ => bytes.truncate(i),
+        }
+    }
+}
+
 /// Feeds `bytes` to every decoder; a record that decodes is validated too. Returns whether
 /// the record decoder accepted it. Panics are the failure this guards against.
 fn decode_everything(bytes: &[u8]) -> bool {
@@ -280,17 +296,7 @@ proptest! {
         edits in vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..6),
     ) {
         let mut bytes = record.encode();
-        for (at, byte, kind) in edits {
-            let i = at.index(bytes.len() + 1);
-            match kind {
-                0 if i < bytes.len() => bytes[i] = byte,
-                1 => bytes.insert(i, byte),
-                2 if i < bytes.len() => {
-                    bytes.remove(i);
-                }
-                _ => bytes.truncate(i),
-            }
-        }
+        mangle(&mut bytes, &edits);
         decode_everything(&bytes);
     }
 }
@@ -517,17 +523,7 @@ proptest! {
         ];
         for mut bytes in messages {
             chunk_readers_agree_with_decode(&bytes)?;
-            for &(at, byte, kind) in &edits {
-                let i = at.index(bytes.len() + 1);
-                match kind {
-                    0 if i < bytes.len() => bytes[i] = byte,
-                    1 => bytes.insert(i, byte),
-                    2 if i < bytes.len() => {
-                        bytes.remove(i);
-                    }
-                    _ => bytes.truncate(i),
-                }
-            }
+            mangle(&mut bytes, &edits);
             chunk_readers_agree_with_decode(&bytes)?;
         }
     }
