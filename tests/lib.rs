@@ -420,20 +420,40 @@ pub fn cluster_with(
 /// Waits until every node in `nodes` is connected to all others.
 pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
     let want = nodes.len() - 1;
+    let alive = |n: &NodeProc| match n.get("/v1/status") {
+        Ok((200, v)) => v["peers"]
+            .as_array()
+            .map(|p| p.iter().filter(|p| p["alive"] == true).count()),
+        _ => None,
+    };
     wait_until(timeout, "full mesh of connections", || {
         nodes
             .iter()
-            .all(|n| match n.get("/v1/status") {
-                Ok((200, v)) => {
-                    v["peers"]
-                        .as_array()
-                        .map(|p| p.iter().filter(|p| p["alive"] == true).count())
-                        .unwrap_or(0)
-                        >= want
-                }
-                _ => false,
-            })
+            .all(|n| alive(n).unwrap_or(0) >= want)
             .then_some(())
+    })
+    .map_err(|e| {
+        // The test's directory (and the nodes' logs) goes with the failure: say here what
+        // each node saw, so a rare miss can be read afterwards.
+        let seen: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let alive = alive(n).map_or("no status".to_owned(), |a| format!("{a} alive"));
+                let log = std::fs::read_to_string(n.data_dir.join("node.log")).unwrap_or_default();
+                let events: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        ["connected", "liveness", "dial", "WARN", "ERROR"]
+                            .iter()
+                            .any(|w| l.contains(w))
+                    })
+                    .collect();
+                let tail = events[events.len().saturating_sub(12)..].join("\n    ");
+                format!("node {i} ({}): {alive} of {want}\n    {tail}", n.peer_id)
+            })
+            .collect();
+        e.context(seen.join("\n"))
     })
 }
 
