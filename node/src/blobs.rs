@@ -41,6 +41,12 @@
 //!   progress for [`PUT_STALL`]. Moving on after the first timeout is what made a K=3 put
 //!   leave 4 copies: the slow holder got its chunks anyway and repair, seeing it among the
 //!   first `K`, completed it.
+//! * **Chunks in place.** A chunk crosses the network once per copy without being copied in
+//!   memory on the way: the uploader reads it from the upload straight into its `PutChunk`
+//!   (after the host's framing, [`BlobHost::REQUEST_FRAMING`], and
+//!   [`plan::put_chunk_header`]); a holder stores it from the message itself and answers a
+//!   `GetChunk` with the chunk read straight into the answer ([`answer_message`]); the reader
+//!   takes it out of the answer in place.
 //! * [`fetch_chunk`] gets a chunk from this node or any holder, verifying it, and fails over to
 //!   the next holder on error or corruption. A read ([`fetch_chunks`]) asks again for a chunk
 //!   that no holder answered for (timeouts, closed connections), with fewer chunks in flight
