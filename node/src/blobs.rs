@@ -1345,14 +1345,21 @@ pub fn manifests<N: BlobHost>(node: &N) -> Vec<BlobManifest> {
 /// Result of a put: the `POST /v1/blobs` answer of the API contract.
 pub use crate::contract::BlobPutAnswer as PutResult;
 
-/// Reads chunk `i` of a local file.
-/// Chunk `i` of the upload at `path` appended to `out`.
-fn read_file_chunk(path: &Path, index: &Index, i: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
+/// Where chunk `i` lies in the blob: its offset and length in bytes.
+fn chunk_span(index: &Index, i: u32) -> (u64, u64) {
+    let offset = u64::from(i) * u64::from(index.chunk_size);
+    let len = index
+        .size
+        .saturating_sub(offset)
+        .min(u64::from(index.chunk_size));
+    (offset, len)
+}
+
+/// The `len` bytes at `offset` of the file at `path`, appended to `out`.
+fn read_file_span(path: &Path, offset: u64, len: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
     use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
-    let offset = u64::from(i) * u64::from(index.chunk_size);
     f.seek(SeekFrom::Start(offset))?;
-    let len = (index.size.saturating_sub(offset)).min(u64::from(index.chunk_size));
     out.reserve_exact(len as usize);
     // Into the spare capacity: no zeroing, no copy.
     if f.take(len).read_to_end(out)? as u64 != len {
@@ -1401,7 +1408,15 @@ async fn ask_stored<N: BlobHost>(
     peer: PeerId,
     req: BlobRequest,
 ) -> Result<(), NotStored> {
-    let framed = framed::<N>(&req);
+    ask_stored_framed(node, peer, framed::<N>(&req)).await
+}
+
+/// [`ask_stored`] for a request already encoded after the host's framing.
+async fn ask_stored_framed<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    framed: Vec<u8>,
+) -> Result<(), NotStored> {
     let bytes = framed.len();
     match ask_framed(node, peer, framed).await {
         Ok(answer) => stored(&answer, bytes),
@@ -1437,10 +1452,7 @@ impl std::fmt::Display for NotStored {
 
 /// Whether a raw answer to a request of `bytes` bytes says `Stored`.
 fn stored(answer: &[u8], bytes: usize) -> Result<(), NotStored> {
-    let over_budget = format!(
-        "refused: {}",
-        dpin_protocol::ingest::Refusal::OverBudget.as_str()
-    );
+    let over_budget = dpin_protocol::ingest::Refusal::OverBudget.message();
     match BlobResponse::decode(answer) {
         Ok(BlobResponse::Stored) => Ok(()),
         Ok(BlobResponse::Error { message }) if message == over_budget => Err(NotStored {
@@ -1599,15 +1611,15 @@ async fn read_put_chunk<N: BlobHost>(
     root: [u8; 32],
     i: u32,
 ) -> Result<Vec<u8>, String> {
-    let (path, ix) = (path.to_owned(), index.clone());
+    let path = path.to_owned();
+    let (offset, len) = chunk_span(index, i);
     tokio::task::spawn_blocking(move || {
-        let offset = u64::from(i) * u64::from(ix.chunk_size);
-        let len = ix.size.saturating_sub(offset).min(u64::from(ix.chunk_size)) as usize;
-        let mut message =
-            Vec::with_capacity(N::REQUEST_FRAMING.len() + plan::PUT_CHUNK_HEADER_BYTES + len);
+        let mut message = Vec::with_capacity(
+            N::REQUEST_FRAMING.len() + plan::PUT_CHUNK_HEADER_BYTES + len as usize,
+        );
         message.extend_from_slice(N::REQUEST_FRAMING);
-        message.extend_from_slice(&plan::put_chunk_header(&root, i, len));
-        read_file_chunk(&path, &ix, i, &mut message).map(|()| message)
+        message.extend_from_slice(&plan::put_chunk_header(&root, i, len as usize));
+        read_file_span(&path, offset, len, &mut message).map(|()| message)
     })
     .await
     .map_err(|e| e.to_string())?
@@ -1624,13 +1636,7 @@ async fn send_chunk<N: BlobHost>(
     i: u32,
 ) -> (u32, Result<(), NotStored>) {
     let sent = match read_put_chunk::<N>(path, index, root, i).await {
-        Ok(message) => {
-            let bytes = message.len();
-            match ask_framed(node, peer, message).await {
-                Ok(answer) => stored(&answer, bytes),
-                Err(e) => Err(NotStored::other(e)),
-            }
-        }
+        Ok(message) => ask_stored_framed(node, peer, message).await,
         Err(e) => Err(NotStored::other(e)),
     };
     (i, sent)

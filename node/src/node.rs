@@ -1092,7 +1092,7 @@ impl Node {
 
     /// Charges `cost` to `peer`'s ingest budget (every path shares it). `false`: drop the
     /// work — it is counted by path and reason here, and a ban it triggers is enacted.
-    /// Requests are answered with [`refusal_message`].
+    /// Requests are answered with [`ingest::Refusal::message`].
     fn admit(&self, peer: PeerId, cost: ingest::Cost) -> Result<(), ingest::Refusal> {
         let charge = lock(&self.0.budget).charge(peer, cost, self.mono_ms());
         match charge {
@@ -1219,7 +1219,7 @@ impl Node {
         if kind == KIND_BLOB {
             if let Err(r) = self.admit(peer, ingest::Cost::Blob { bytes: data.len() }) {
                 return BlobResponse::Error {
-                    message: refusal_message(r),
+                    message: r.message(),
                 }
                 .encode();
             }
@@ -1272,7 +1272,7 @@ impl Node {
                 self.spawn_sync(peer);
             }
             return SyncResponse::Error {
-                message: refusal_message(r),
+                message: r.message(),
             }
             .encode();
         }
@@ -1530,10 +1530,10 @@ pub enum SyncError {
     BadAnswer(String),
 }
 
-/// Whether a sync answer is a peer's refusal for budget ([`refusal_message`]).
+/// Whether a sync answer is a peer's refusal for budget ([`ingest::Refusal::message`]).
 fn is_over_budget(resp: &SyncResponse) -> bool {
     matches!(resp, SyncResponse::Error { message }
-        if *message == refusal_message(ingest::Refusal::OverBudget))
+        if *message == ingest::Refusal::OverBudget.message())
 }
 
 /// Sends one sync request; adds the bytes sent and received to `moved`. A refusal for budget
@@ -1940,12 +1940,6 @@ fn malformed(req: &SyncRequest) -> Option<&'static str> {
         }
         _ => None,
     }
-}
-
-/// The error answer to a request the ingest policy refused: `refused: over_budget` (try
-/// later) or `refused: banned`.
-pub fn refusal_message(r: ingest::Refusal) -> String {
-    format!("refused: {}", r.as_str())
 }
 
 /// Hands a ban to the network layer ([`NetHandle::ban_nowait`]): it closes every connection

@@ -261,6 +261,13 @@ impl Refusal {
             Refusal::Banned => "banned",
         }
     }
+
+    /// The error answer to a request refused this way: `refused: over_budget` (try later) or
+    /// `refused: banned`. Requesters recognise a refusal by this text, so every path (sync,
+    /// blobs) answers and matches with it.
+    pub fn message(self) -> String {
+        format!("refused: {}", self.as_str())
+    }
 }
 
 /// A ban just decided: the caller disconnects the peer and tells the network layer.

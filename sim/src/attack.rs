@@ -559,7 +559,7 @@ fn note_answer(shared: &Shared, answer: Result<Vec<u8>, net::NetError>, started:
         },
     };
     let Some(message) = message else { return };
-    if message == dpin_node::node::refusal_message(dpin_protocol::ingest::Refusal::Banned) {
+    if message == dpin_protocol::ingest::Refusal::Banned.message() {
         let ms = started.elapsed().as_millis().max(1) as u64;
         let _ = shared
             .banned_at
