@@ -1179,6 +1179,41 @@ async fn ask<N: BlobHost>(
     BlobResponse::decode(&answer).map_err(|e| e.to_string())
 }
 
+/// `peer`'s answer to `Has` for `root`. A refusal for the peer's budget is no answer about
+/// holdings: the question is asked again after the refill time
+/// ([`dpin_protocol::ingest::over_budget_pause_ms`], a few ms doubling, about a quarter of a
+/// second in all), and a peer that still refuses is reported as not answering (`Err`).
+///
+/// Why: a census right after a put asks the holders the uploader has just spent its budget
+/// at. Counting their refusal as "holds nothing" reported a complete copy missing (and a
+/// repair census would have added a copy the blob did not need).
+async fn ask_has<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    root: [u8; 32],
+) -> Result<BlobResponse, String> {
+    use dpin_protocol::ingest::{over_budget_pause_ms, BudgetConfig, Cost, Refusal};
+    let framed = framed::<N>(&BlobRequest::Has { root });
+    let cost = Cost::Blob {
+        bytes: framed.len().saturating_sub(N::REQUEST_FRAMING.len()),
+    };
+    let mut attempt = 0;
+    loop {
+        let answer = BlobResponse::decode(&ask_framed(node, peer, framed.clone()).await?)
+            .map_err(|e| e.to_string())?;
+        match answer {
+            BlobResponse::Error { message } if message == Refusal::OverBudget.message() => {
+                let Some(ms) = over_budget_pause_ms(&BudgetConfig::default(), cost, attempt) else {
+                    return Err(message);
+                };
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
 /// Chunk `i` of `root` from `peer`: `Ok(Ok(data))` if it answered with a chunk (not yet
 /// verified), `Ok(Err(answer))` for any other answer. The chunk is taken out of the answer
 /// in place ([`plan::chunk_ref`]), not decoded into a copy.
@@ -2074,13 +2109,16 @@ fn census_peers<N: BlobHost>(node: &N) -> Vec<PeerId> {
 /// node report fewer copies than exist: a holder whose offer refresh was late (offers lapse
 /// after three refreshes) was not asked at all, and one whose answer timed out vanished.
 pub async fn holders<N: BlobHost>(node: &N, root: &[u8; 32], _claimed_size: u64) -> Holders {
-    let peers = census_peers(node);
-    let answers = futures::future::join_all(
-        peers
-            .iter()
-            .map(|&p| ask(node, p, BlobRequest::Has { root: *root })),
-    )
-    .await;
+    holders_among(node, census_peers(node), root).await
+}
+
+/// [`holders`] among `peers`.
+pub(crate) async fn holders_among<N: BlobHost>(
+    node: &N,
+    peers: Vec<PeerId>,
+    root: &[u8; 32],
+) -> Holders {
+    let answers = futures::future::join_all(peers.iter().map(|&p| ask_has(node, p, *root))).await;
     let mut out = Holders::default();
     for (peer, a) in peers.into_iter().zip(answers) {
         match a {
@@ -2089,7 +2127,8 @@ pub async fn holders<N: BlobHost>(node: &N, root: &[u8; 32], _claimed_size: u64)
                     out.holding.push((peer, chunks.min(total), total));
                 }
             }
-            // An answer, but not about holdings (a refusal): it holds nothing we can count.
+            // An answer, but not about holdings (a refusal other than for budget, which
+            // `ask_has` reports as no answer): it holds nothing we can count.
             Ok(_) => {}
             Err(_) => out.unanswered.push(peer),
         }
@@ -2130,12 +2169,7 @@ async fn census_among<N: BlobHost>(
     root: [u8; 32],
     chunks: u32,
 ) -> BTreeMap<PeerId, Holding> {
-    let answers = futures::future::join_all(
-        peers
-            .iter()
-            .map(|&p| ask(node, p, BlobRequest::Has { root })),
-    )
-    .await;
+    let answers = futures::future::join_all(peers.iter().map(|&p| ask_has(node, p, root))).await;
     peers
         .iter()
         .copied()

@@ -2091,6 +2091,99 @@ mod tests {
         );
     }
 
+    /// A census right after a put (the storage e2e test's flake: one complete copy short,
+    /// nobody listed as unanswered): the uploader had spent its budget at the holders, a
+    /// holder answered `Has` with a refusal for budget, and the census counted that as
+    /// holding nothing. A refusal for budget is asked again after the refill time; a holder
+    /// that keeps refusing is listed as unanswered, never as holding nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_census_refused_for_budget_asks_again_and_never_counts_the_holder_as_empty() {
+        use dpin_protocol::blob::{chunk_hash, root_of};
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, _, a_events) = crate::metrics::tests::node_with_events(da.path()).await;
+        let (b, _, b_events) = crate::metrics::tests::node_with_events(db.path()).await;
+        tokio::spawn(run_events(a.clone(), a_events));
+        tokio::spawn(run_events(b.clone(), b_events));
+        // a holds a whole blob of 4 chunks.
+        let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1024]).collect();
+        let hashes: Vec<u8> = chunks.iter().flat_map(|c| chunk_hash(c)).collect();
+        let root = root_of(&hashes);
+        let index = crate::blobs::Index {
+            size: 4 * 1024,
+            chunk_size: 1024,
+            hashes,
+        };
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let manifest = dpin_protocol::RecordBody {
+            zone: key.zone(),
+            label: dpin_protocol::record::blob_label(&root),
+            seq: crate::clock::now_ms(),
+            expires_at_ms: crate::clock::now_ms() + 60_000,
+            content: dpin_protocol::Content::BlobManifest(dpin_protocol::BlobManifest {
+                root,
+                size: index.size,
+                chunk_size: index.chunk_size,
+                chunks: 4,
+                replicas: 1,
+            }),
+        }
+        .sign(&key)
+        .unwrap();
+        a.blobs().set_capacity(Some(1 << 20));
+        a.blobs().bind(&root, &index, &manifest).unwrap();
+        for (i, c) in chunks.iter().enumerate() {
+            a.blobs().put_chunk(&root, i as u32, c).unwrap();
+        }
+        let (a_id, b_id) = (a.0.net.local_peer_id(), b.0.net.local_peer_id());
+        let addr = a.0.net.listen_addrs().await.unwrap().remove(0);
+        b.0.net
+            .dial(addr.with(libp2p::multiaddr::Protocol::P2p(a_id)))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.0.net.connected_peers().await.unwrap().contains(&a_id) {
+            assert!(Instant::now() < deadline, "b never connected to a");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused_blob_requests = |n: &Node| {
+            n.0.metrics.ingest_dropped[ingest::IngestPath::Blob.index()][0].load(Ordering::Relaxed)
+        };
+        // Keeps b's budget at a empty: until a refused `refusals` blob requests of b, or for
+        // good (`u64::MAX`).
+        let drain = |refusals: u64| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                while a.admit(b_id, ingest::Cost::Gossip).is_ok() {}
+                while refused_blob_requests(&a) < refusals {
+                    let _ = a.admit(b_id, ingest::Cost::Gossip);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+
+        // Refused once, then answered.
+        let drainer = drain(1);
+        while a.admit(b_id, ingest::Cost::Gossip).is_ok() {}
+        let census = crate::blobs::holders_among(&b, vec![a_id], &root).await;
+        drainer.await.unwrap();
+        assert_eq!(
+            refused_blob_requests(&a),
+            1,
+            "the first question was refused"
+        );
+        assert_eq!(census.holding, vec![(a_id, 4, 4)], "{census:?}");
+        assert!(census.unanswered.is_empty(), "{census:?}");
+
+        // Refused every time: unanswered, not empty.
+        let drainer = drain(u64::MAX);
+        while a.admit(b_id, ingest::Cost::Gossip).is_ok() {}
+        let census = crate::blobs::holders_among(&b, vec![a_id], &root).await;
+        drainer.abort();
+        assert!(refused_blob_requests(&a) > 2);
+        assert!(census.holding.is_empty(), "{census:?}");
+        assert_eq!(census.unanswered, vec![a_id], "{census:?}");
+    }
+
     #[test]
     fn a_session_marked_catching_up_stays_marked_until_its_claim_ends() {
         let set = Mutex::new(BTreeMap::new());
