@@ -217,6 +217,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         pending_requests: HashMap::new(),
         counters: counters.clone(),
         listeners,
+        dialing: connections::Dialing::default(),
         redial: HashMap::new(),
         addr_book: HashMap::new(),
         probes: HashMap::new(),

@@ -94,6 +94,36 @@ pub(super) fn distance_class(local: &PeerId, peer: &PeerId) -> u32 {
         .unwrap_or(0)
 }
 
+/// Outgoing dials in flight and when each started: what [`EventLoop::maybe_dial`] counts
+/// toward the target degree besides established connections. A dial holds a slot for
+/// [`DIAL_SLOT_HOLD`] at most (see there why); it is forgotten when it connects or fails.
+#[derive(Debug, Default)]
+pub(super) struct Dialing {
+    since: HashMap<libp2p::swarm::ConnectionId, tokio::time::Instant>,
+}
+
+impl Dialing {
+    /// A dial started (at most [`MAX_TRACKED_DIALS`] are remembered).
+    pub(super) fn started(&mut self, id: libp2p::swarm::ConnectionId, now: tokio::time::Instant) {
+        if self.since.len() < MAX_TRACKED_DIALS {
+            self.since.insert(id, now);
+        }
+    }
+
+    /// A dial connected, failed or was aborted.
+    pub(super) fn ended(&mut self, id: libp2p::swarm::ConnectionId) {
+        self.since.remove(&id);
+    }
+
+    /// Dials that hold a slot at `now`: those started less than [`DIAL_SLOT_HOLD`] ago.
+    pub(super) fn holding_slots(&self, now: tokio::time::Instant) -> usize {
+        self.since
+            .values()
+            .filter(|t| now.saturating_duration_since(**t) < DIAL_SLOT_HOLD)
+            .count()
+    }
+}
+
 /// Re-dial state of one lost peer.
 ///
 /// Every attempt is a *fresh* dial (a new TCP connection with its own SYN), so the first
@@ -149,7 +179,7 @@ impl EventLoop {
         if peer == *self.swarm.local_peer_id()
             || self.bans.contains_key(&peer)
             || self.swarm.is_connected(&peer)
-            || self.num_established() + self.num_pending_outgoing() >= self.dial_target
+            || self.num_established() + self.dials_holding_slots() >= self.dial_target
         {
             return;
         }

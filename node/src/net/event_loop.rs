@@ -23,6 +23,8 @@ pub(super) struct EventLoop {
     pub(super) counters: Arc<Counters>,
     /// Listeners still open (used at start-up to fail if all of them die).
     pub(super) listeners: HashSet<ListenerId>,
+    /// Outgoing dials in flight, for the slots they hold ([`Dialing`]).
+    pub(super) dialing: connections::Dialing,
     /// Peers lost (connection closed, or cut by [`NetHandle::reconnect`]) and being re-dialled.
     pub(super) redial: HashMap<PeerId, Redial>,
     /// Dialable addresses of peers (identify's listen addresses, addresses we dialled), so a
@@ -211,11 +213,9 @@ impl EventLoop {
 
     /// Dials in flight (ours, re-dials and Kademlia's): they count towards the target, or
     /// one discovery pass would dial every peer in the routing table at once.
-    pub(super) fn num_pending_outgoing(&self) -> usize {
-        self.swarm
-            .network_info()
-            .connection_counters()
-            .num_pending_outgoing() as usize
+    /// Outgoing dials that count toward the target degree ([`Dialing`]).
+    pub(super) fn dials_holding_slots(&self) -> usize {
+        self.dialing.holding_slots(tokio::time::Instant::now())
     }
 
     pub(super) fn num_established(&self) -> usize {
@@ -414,6 +414,7 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
+                self.dialing.ended(connection_id);
                 self.nat_connection_established(peer_id, connection_id, &endpoint);
                 self.redial.remove(&peer_id);
                 self.connected_at
@@ -493,12 +494,17 @@ impl EventLoop {
                     Err(e) => warn!(?listener_id, error = %e, "listener failed"),
                 }
             }
+            SwarmEvent::Dialing { connection_id, .. } => {
+                self.dialing
+                    .started(connection_id, tokio::time::Instant::now());
+            }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
                 error,
                 connection_id,
             } => {
+                self.dialing.ended(connection_id);
                 if let Some(r) = peer_id.and_then(|p| self.redial.get_mut(&p)) {
                     r.pending.retain(|c| *c != connection_id);
                 }

@@ -947,7 +947,7 @@ impl EventLoop {
                     self.remember_addr(peer, addr.clone());
                     if dialled >= MAX_MDNS_DIALS
                         || self.swarm.is_connected(&peer)
-                        || self.num_established() + self.num_pending_outgoing() >= self.dial_target
+                        || self.num_established() + self.dials_holding_slots() >= self.dial_target
                     {
                         continue;
                     }

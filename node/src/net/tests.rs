@@ -3,7 +3,7 @@
 //! probes, request-response, bans).
 
 use super::bans::graylist_decision;
-use super::connections::{choose_trim, TrimCandidate};
+use super::connections::{choose_trim, Dialing, TrimCandidate};
 use super::*;
 use anyhow::{anyhow, bail, Context};
 use std::future::Future;
@@ -953,4 +953,36 @@ async fn rejected_gossip_is_not_forwarded() -> anyhow::Result<()> {
     assert_eq!(c.handle.connected_peers().await?, vec![b.id()]);
     while a.gossip.try_recv().is_ok() {}
     Ok(())
+}
+
+/// A dial holds a slot of the target degree for [`DIAL_SLOT_HOLD`] at most: the re-dials of
+/// peers lost behind a cut hang in SYN retransmissions for about 20 s, and counting them all
+/// that time kept a node from dialling the one peer left on its side of a partition.
+#[test]
+fn a_dial_holds_a_degree_slot_only_while_it_is_fresh() {
+    use libp2p::swarm::ConnectionId;
+    let t0 = Instant::now();
+    let mut dialing = Dialing::default();
+    let (hung, also_hung, fresh) = (
+        ConnectionId::new_unchecked(1),
+        ConnectionId::new_unchecked(2),
+        ConnectionId::new_unchecked(3),
+    );
+    dialing.started(hung, t0);
+    dialing.started(also_hung, t0);
+    assert_eq!(dialing.holding_slots(t0), 2);
+    dialing.started(fresh, t0 + DIAL_SLOT_HOLD / 2);
+    assert_eq!(dialing.holding_slots(t0 + DIAL_SLOT_HOLD / 2), 3);
+    // The hung ones stop counting; the fresh one still counts until its own hold is over.
+    assert_eq!(dialing.holding_slots(t0 + DIAL_SLOT_HOLD), 1);
+    assert_eq!(dialing.holding_slots(t0 + DIAL_SLOT_HOLD * 3 / 2), 0);
+    // A dial that connected or failed frees its slot at once.
+    dialing.ended(fresh);
+    assert_eq!(dialing.holding_slots(t0 + DIAL_SLOT_HOLD / 2), 2);
+    // Bounded: dials beyond the bound hold no slot.
+    let mut full = Dialing::default();
+    for i in 0..MAX_TRACKED_DIALS + 10 {
+        full.started(ConnectionId::new_unchecked(i), t0);
+    }
+    assert_eq!(full.holding_slots(t0), MAX_TRACKED_DIALS);
 }
