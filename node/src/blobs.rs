@@ -1170,48 +1170,59 @@ async fn ask_framed<N: BlobHost>(
     node.request_blob(peer, framed).await
 }
 
-async fn ask<N: BlobHost>(
-    node: &N,
-    peer: PeerId,
-    req: BlobRequest,
-) -> Result<BlobResponse, String> {
-    let answer = ask_framed(node, peer, framed::<N>(&req)).await?;
-    BlobResponse::decode(&answer).map_err(|e| e.to_string())
-}
-
-/// `peer`'s answer to `Has` for `root`. A refusal for the peer's budget is no answer about
-/// holdings: the question is asked again after the refill time
+/// [`ask_framed`], asked again while `peer` refuses it for budget: after the refill time
 /// ([`dpin_protocol::ingest::over_budget_pause_ms`], a few ms doubling, about a quarter of a
-/// second in all), and a peer that still refuses is reported as not answering (`Err`).
+/// second in all for a small question, 0.6 s for a chunk). A peer that still refuses has not
+/// answered (`Err`).
 ///
-/// Why: a census right after a put asks the holders the uploader has just spent its budget
-/// at. Counting their refusal as "holds nothing" reported a complete copy missing (and a
-/// repair census would have added a copy the blob did not need).
-async fn ask_has<N: BlobHost>(
+/// Why: a refusal for budget says nothing about the blob. A census right after a put asks
+/// the holders the uploader has just spent its budget at; counting their refusal as "holds
+/// nothing" reported a complete copy missing (and a repair census would have added a copy
+/// the blob did not need), and a read taking it as the holder's answer gave up on the chunk
+/// as if no holder had it.
+async fn ask_admitted<N: BlobHost>(
     node: &N,
     peer: PeerId,
-    root: [u8; 32],
-) -> Result<BlobResponse, String> {
-    use dpin_protocol::ingest::{over_budget_pause_ms, BudgetConfig, Cost, Refusal};
-    let framed = framed::<N>(&BlobRequest::Has { root });
+    framed: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    use dpin_protocol::ingest::{over_budget_pause_ms, BudgetConfig, Cost};
     let cost = Cost::Blob {
         bytes: framed.len().saturating_sub(N::REQUEST_FRAMING.len()),
     };
     let mut attempt = 0;
     loop {
-        let answer = BlobResponse::decode(&ask_framed(node, peer, framed.clone()).await?)
-            .map_err(|e| e.to_string())?;
-        match answer {
-            BlobResponse::Error { message } if message == Refusal::OverBudget.message() => {
-                let Some(ms) = over_budget_pause_ms(&BudgetConfig::default(), cost, attempt) else {
-                    return Err(message);
-                };
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            other => return Ok(other),
+        let answer = ask_framed(node, peer, framed.clone()).await?;
+        if !refused_for_budget(&answer) {
+            return Ok(answer);
         }
+        let Some(ms) = over_budget_pause_ms(&BudgetConfig::default(), cost, attempt) else {
+            return Err(format!("refused for budget {} times", attempt + 1));
+        };
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+}
+
+/// Whether a raw answer is a refusal for the asker's budget (a small `Error`; a chunk is
+/// recognised without decoding it).
+fn refused_for_budget(answer: &[u8]) -> bool {
+    const MAX_REFUSAL_BYTES: usize = 256;
+    answer.len() <= MAX_REFUSAL_BYTES
+        && matches!(
+            BlobResponse::decode(answer),
+            Ok(BlobResponse::Error { message })
+                if message == dpin_protocol::ingest::Refusal::OverBudget.message()
+        )
+}
+
+/// `req` to `peer` ([`ask_admitted`]), its answer decoded.
+async fn ask<N: BlobHost>(
+    node: &N,
+    peer: PeerId,
+    req: BlobRequest,
+) -> Result<BlobResponse, String> {
+    let answer = ask_admitted(node, peer, framed::<N>(&req)).await?;
+    BlobResponse::decode(&answer).map_err(|e| e.to_string())
 }
 
 /// Chunk `i` of `root` from `peer`: `Ok(Ok(data))` if it answered with a chunk (not yet
@@ -1224,7 +1235,7 @@ async fn ask_chunk<N: BlobHost>(
     i: u32,
 ) -> Result<Result<Vec<u8>, BlobResponse>, String> {
     let mut answer =
-        ask_framed(node, peer, framed::<N>(&BlobRequest::GetChunk { root, i })).await?;
+        ask_admitted(node, peer, framed::<N>(&BlobRequest::GetChunk { root, i })).await?;
     if plan::chunk_ref(&answer).is_some() {
         answer.drain(..plan::CHUNK_HEADER_BYTES);
         return Ok(Ok(answer));
@@ -1487,13 +1498,14 @@ impl std::fmt::Display for NotStored {
 
 /// Whether a raw answer to a request of `bytes` bytes says `Stored`.
 fn stored(answer: &[u8], bytes: usize) -> Result<(), NotStored> {
-    let over_budget = dpin_protocol::ingest::Refusal::OverBudget.message();
+    if refused_for_budget(answer) {
+        return Err(NotStored {
+            why: dpin_protocol::ingest::Refusal::OverBudget.message(),
+            over_budget: Some(bytes),
+        });
+    }
     match BlobResponse::decode(answer) {
         Ok(BlobResponse::Stored) => Ok(()),
-        Ok(BlobResponse::Error { message }) if message == over_budget => Err(NotStored {
-            why: message,
-            over_budget: Some(bytes),
-        }),
         Ok(other) => Err(NotStored::other(format!("{other:?}"))),
         Err(e) => Err(NotStored::other(e.to_string())),
     }
@@ -2118,7 +2130,12 @@ pub(crate) async fn holders_among<N: BlobHost>(
     peers: Vec<PeerId>,
     root: &[u8; 32],
 ) -> Holders {
-    let answers = futures::future::join_all(peers.iter().map(|&p| ask_has(node, p, *root))).await;
+    let answers = futures::future::join_all(
+        peers
+            .iter()
+            .map(|&p| ask(node, p, BlobRequest::Has { root: *root })),
+    )
+    .await;
     let mut out = Holders::default();
     for (peer, a) in peers.into_iter().zip(answers) {
         match a {
@@ -2128,7 +2145,7 @@ pub(crate) async fn holders_among<N: BlobHost>(
                 }
             }
             // An answer, but not about holdings (a refusal other than for budget, which
-            // `ask_has` reports as no answer): it holds nothing we can count.
+            // `ask` reports as no answer): it holds nothing we can count.
             Ok(_) => {}
             Err(_) => out.unanswered.push(peer),
         }
@@ -2169,7 +2186,12 @@ async fn census_among<N: BlobHost>(
     root: [u8; 32],
     chunks: u32,
 ) -> BTreeMap<PeerId, Holding> {
-    let answers = futures::future::join_all(peers.iter().map(|&p| ask_has(node, p, root))).await;
+    let answers = futures::future::join_all(
+        peers
+            .iter()
+            .map(|&p| ask(node, p, BlobRequest::Has { root })),
+    )
+    .await;
     peers
         .iter()
         .copied()

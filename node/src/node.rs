@@ -2094,10 +2094,11 @@ mod tests {
     /// A census right after a put (the storage e2e test's flake: one complete copy short,
     /// nobody listed as unanswered): the uploader had spent its budget at the holders, a
     /// holder answered `Has` with a refusal for budget, and the census counted that as
-    /// holding nothing. A refusal for budget is asked again after the refill time; a holder
-    /// that keeps refusing is listed as unanswered, never as holding nothing.
+    /// holding nothing. A read took the same refusal as the holder's answer and gave the
+    /// chunk up. A refusal for budget is asked again after the refill time; a holder that
+    /// keeps refusing is listed as unanswered, never as holding nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_census_refused_for_budget_asks_again_and_never_counts_the_holder_as_empty() {
+    async fn a_blob_question_refused_for_budget_is_asked_again_never_taken_as_the_answer() {
         use dpin_protocol::blob::{chunk_hash, root_of};
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a, _, a_events) = crate::metrics::tests::node_with_events(da.path()).await;
@@ -2173,6 +2174,14 @@ mod tests {
         );
         assert_eq!(census.holding, vec![(a_id, 4, 4)], "{census:?}");
         assert!(census.unanswered.is_empty(), "{census:?}");
+
+        // A chunk read: refused once, then read.
+        let drainer = drain(2);
+        while a.admit(b_id, ingest::Cost::Gossip).is_ok() {}
+        let chunk = crate::blobs::fetch_chunk(&b, &root, &index, 2, &[a_id]).await;
+        drainer.await.unwrap();
+        assert_eq!(refused_blob_requests(&a), 2, "the chunk was refused once");
+        assert_eq!(chunk.unwrap(), chunks[2]);
 
         // Refused every time: unanswered, not empty.
         let drainer = drain(u64::MAX);
