@@ -106,32 +106,41 @@ pub(super) async fn read_bounded<T: AsyncRead + Unpin + Send>(
         connection,
         bytes: 0,
     };
+    // `buf` is zeroed once, [`READ_CHUNK`] at a time, and read into up to `filled`. Zeroing a
+    // whole chunk for every read and truncating after it zeroed bytes again on every read
+    // that returned less than a chunk: a read from a yamux stream returns what it has
+    // buffered, as little as one frame (16 KiB), and a holder reads 1 MiB blob chunks.
     let mut buf = Vec::new();
+    let mut filled = 0;
     loop {
-        let start = buf.len();
-        // One byte beyond the cap detects an oversize payload without buffering it.
-        let want = READ_CHUNK.min(max + 1 - start);
-        if !budget.take(want) {
-            budget.over_byte_budget.fetch_add(1, Ordering::Relaxed);
-            return Err(io::Error::other(format!(
-                "inbound request buffers are full ({} bytes)",
-                budget.max_bytes
-            )));
+        if filled == buf.len() {
+            // One byte beyond the cap detects an oversize payload without buffering it.
+            let want = READ_CHUNK.min(max + 1 - filled);
+            if !budget.take(want) {
+                budget.over_byte_budget.fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::other(format!(
+                    "inbound request buffers are full ({} bytes)",
+                    budget.max_bytes
+                )));
+            }
+            // Held (and given back with the guard) from here on.
+            guard.bytes += want;
+            buf.resize(filled + want, 0);
         }
-        buf.resize(start + want, 0);
-        let read = io.read(&mut buf[start..]).await;
-        let n = *read.as_ref().unwrap_or(&0);
-        budget.give_back(want - n);
-        guard.bytes += n;
-        buf.truncate(start + n);
-        read?;
-        if buf.len() > max {
+        let n = io.read(&mut buf[filled..]).await?;
+        filled += n;
+        if filled > max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("payload exceeds {max} bytes"),
             ));
         }
         if n == 0 {
+            // The room taken beyond the payload goes back now; the payload's stays held
+            // until the node answers.
+            budget.give_back(guard.bytes - filled);
+            guard.bytes = filled;
+            buf.truncate(filled);
             return Ok(Payload {
                 data: buf,
                 guard: Some(guard),

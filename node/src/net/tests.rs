@@ -788,6 +788,63 @@ async fn inbound_requests_are_bounded_in_total_bytes_until_answered() {
     assert_eq!(budget.buffered.load(Ordering::Relaxed), 0);
 }
 
+/// A stream that hands out at most `step` bytes per read, as a yamux stream does with what
+/// it has buffered.
+struct Trickle {
+    data: Vec<u8>,
+    at: usize,
+    step: usize,
+}
+
+impl futures::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+        let at = self.at;
+        buf[..n].copy_from_slice(&self.data[at..at + n]);
+        self.at += n;
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+/// A request arriving a few KiB per read is read whole and in order, and holds exactly its
+/// own bytes of the budget once read (the room taken ahead of the reads goes back).
+#[tokio::test]
+async fn a_request_read_in_small_pieces_is_whole_and_holds_only_its_bytes() {
+    let (codec, budget) = budget_codec(4 * READ_CHUNK, 8 * READ_CHUNK);
+    let data: Vec<u8> = (0..3 * READ_CHUNK + 17)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    for step in [1, 5_000, READ_CHUNK - 1, READ_CHUNK, 2 * READ_CHUNK] {
+        let mut io = Trickle {
+            data: data.clone(),
+            at: 0,
+            step,
+        };
+        let inbound = codec.inbound.as_ref().expect("bounded");
+        let read = super::codec::read_bounded(
+            &mut io,
+            codec.max_bytes,
+            inbound.budget.clone(),
+            Arc::new(AtomicUsize::new(0)),
+            MAX_INBOUND_PER_CONNECTION,
+        )
+        .await
+        .expect("within the bounds");
+        assert!(read.data == data, "step {step}");
+        assert_eq!(
+            budget.buffered.load(Ordering::Relaxed),
+            data.len(),
+            "step {step}"
+        );
+        drop(read);
+        assert_eq!(budget.buffered.load(Ordering::Relaxed), 0, "step {step}");
+    }
+}
+
 #[tokio::test]
 async fn inbound_requests_are_bounded_per_connection() {
     let (template, budget) = budget_codec(1024, MAX_INBOUND_BUFFERED_BYTES);

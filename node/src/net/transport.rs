@@ -19,6 +19,15 @@
 //! connection keeps the system's backoff and is counted
 //! (`dpin_net_tcp_backoff_cap_total{result="unsupported"}`); nothing else changes. The system-wide sysctl
 //! `net.ipv4.tcp_rto_max_ms` sets the same cap for every socket of a network namespace.
+//!
+//! A dial's SYNs are not capped: the option is set once the connection exists, since
+//! libp2p-tcp opens and connects the socket itself. Measured (stop 38) on this kernel, this
+//! costs little: Linux retransmits the first four SYNs one second apart
+//! (`net.ipv4.tcp_syn_linear_timeouts`, default 4) before it backs off, a re-dial starts a
+//! fresh dial rather than waiting on an old one (`connections::Redial`), and a dial that has not
+//! connected within `DIAL_SLOT_HOLD` no longer holds a slot of the target degree. A dialer
+//! of the node's own, to set the cap before `connect()`, would only shorten dials that have
+//! hung for more than 4 s.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
