@@ -923,7 +923,7 @@ async fn get_blob(
     // holders, asking again for chunks that timed out (blobs::fetch_chunks); a chunk no holder
     // can provide ends the body early, which the client sees as a short, failed download.
     // Dropping the body (the client went away) closes the channel, which stops the producer.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, crate::blobs::BlobError>>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, crate::blobs::BlobError>>(2);
     let candidates: Vec<_> = crate::blobs::placement(&node, &root, index.size)
         .into_iter()
         .map(|(p, _)| p)

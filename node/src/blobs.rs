@@ -83,6 +83,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use dpin_protocol::blob::{
     self as plan, chunk_hash, index_entry, manifest_matches_index, root_of, BlobRequest,
     BlobResponse, BlobShape, RepairPlan, StorageCandidate, DEFAULT_CHUNK_BYTES,
@@ -1226,19 +1227,18 @@ async fn ask<N: BlobHost>(
 }
 
 /// Chunk `i` of `root` from `peer`: `Ok(Ok(data))` if it answered with a chunk (not yet
-/// verified), `Ok(Err(answer))` for any other answer. The chunk is taken out of the answer
-/// in place ([`plan::chunk_ref`]), not decoded into a copy.
+/// verified), `Ok(Err(answer))` for any other answer. The chunk is the answer's own buffer
+/// past its header ([`plan::chunk_ref`]): neither decoded into a copy nor moved down over
+/// the header.
 async fn ask_chunk<N: BlobHost>(
     node: &N,
     peer: PeerId,
     root: [u8; 32],
     i: u32,
-) -> Result<Result<Vec<u8>, BlobResponse>, String> {
-    let mut answer =
-        ask_admitted(node, peer, framed::<N>(&BlobRequest::GetChunk { root, i })).await?;
+) -> Result<Result<Bytes, BlobResponse>, String> {
+    let answer = ask_admitted(node, peer, framed::<N>(&BlobRequest::GetChunk { root, i })).await?;
     if plan::chunk_ref(&answer).is_some() {
-        answer.drain(..plan::CHUNK_HEADER_BYTES);
-        return Ok(Ok(answer));
+        return Ok(Ok(Bytes::from(answer).slice(plan::CHUNK_HEADER_BYTES..)));
     }
     BlobResponse::decode(&answer)
         .map(Err)
@@ -1896,7 +1896,7 @@ pub async fn fetch_chunk<N: BlobHost>(
     index: &Index,
     i: u32,
     candidates: &[PeerId],
-) -> Result<Vec<u8>, BlobError> {
+) -> Result<Bytes, BlobError> {
     fetch_chunk_once(node, root, index, i, candidates)
         .await
         .map_err(|miss| BlobError::Unavailable { i, why: miss.why })
@@ -1918,7 +1918,7 @@ async fn fetch_chunk_once<N: BlobHost>(
     index: &Index,
     i: u32,
     candidates: &[PeerId],
-) -> Result<Vec<u8>, ChunkMiss> {
+) -> Result<Bytes, ChunkMiss> {
     let want = index_entry(&index.hashes, i).ok_or_else(|| ChunkMiss {
         transient: false,
         why: BlobError::BadIndex.to_string(),
@@ -1926,7 +1926,7 @@ async fn fetch_chunk_once<N: BlobHost>(
     let store = node.blobs().clone();
     let r = *root;
     if let Ok(Ok(data)) = tokio::task::spawn_blocking(move || store.get_chunk(&r, i)).await {
-        return Ok(data);
+        return Ok(data.into());
     }
     let me = node.local_peer_id();
     let mut why = Vec::new();
@@ -1987,7 +1987,7 @@ pub async fn fetch_chunks<N: BlobHost>(
     index: Index,
     mut candidates: Vec<PeerId>,
     spread: usize,
-    out: tokio::sync::mpsc::Sender<Result<Vec<u8>, BlobError>>,
+    out: tokio::sync::mpsc::Sender<Result<Bytes, BlobError>>,
 ) {
     use futures::stream::{FuturesUnordered, StreamExt};
     let chunks = index.chunks();
@@ -1996,7 +1996,7 @@ pub async fn fetch_chunks<N: BlobHost>(
     let mut next_new = 0u32; // the next chunk never asked for
     let mut again: BTreeSet<u32> = BTreeSet::new(); // chunks to ask for again, lowest first
     let mut tries: BTreeMap<u32, usize> = BTreeMap::new(); // misses per chunk not yet sent
-    let mut ready: BTreeMap<u32, Vec<u8>> = BTreeMap::new(); // arrived, not yet sent
+    let mut ready: BTreeMap<u32, Bytes> = BTreeMap::new(); // arrived, not yet sent
     let mut window = Window::new(GET_PARALLEL_CHUNKS);
     let mut progress = Progress::with_stall(GET_STALL);
     let mut in_flight = FuturesUnordered::new();
