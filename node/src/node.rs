@@ -29,7 +29,7 @@
 //! ([`crate::net::NetHandle::reconnect`]): the old connection would sit in TCP retransmission
 //! backoff for seconds after the link heals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,6 +69,12 @@ pub const MAX_CONCURRENT_SYNCS: usize = 4;
 pub const CATCH_UP_FALLBACK: Duration = Duration::from_millis(300);
 /// Peers whose last sync time is remembered (for the catch-up fallback).
 const MAX_LAST_SYNC_PEERS: usize = 1024;
+/// After this node refused a peer's gossip for its budget, an anti-entropy session with that
+/// peer starts this long later (see [`Node::resync_after_refusal`]): time for the budget to
+/// refill (a peer on probation earns 250 tokens in it, a sync request costs a few).
+pub const RESYNC_AFTER_REFUSAL: Duration = Duration::from_secs(1);
+/// Most peers with such a session pending at once; beyond, a refusal waits for the rotation.
+const MAX_RESYNC_PENDING: usize = 64;
 /// The labels of [`Metrics::sync_relay`], in its order.
 const RELAY_RESULTS: [&str; 4] = ["relayed", "bulk", "over_budget", "joining"];
 
@@ -102,6 +108,9 @@ pub struct Metrics {
     /// Our sync requests a peer refused for budget and that were sent again after a pause
     /// (`dpin_protocol::ingest::over_budget_pause_ms`).
     pub sync_over_budget_retries: AtomicU64,
+    /// Anti-entropy sessions started because this node had refused the peer's gossip for
+    /// its budget ([`Node::resync_after_refusal`]).
+    pub sync_after_refusal: AtomicU64,
     /// Replicated records (gossip or sync) refused only because of this node's clock: expiry
     /// or seq further ahead than the skew allowance. Not held against the sender; taken later,
     /// when the clock has moved on, through anti-entropy. A rising count means this node's
@@ -234,7 +243,7 @@ impl Metrics {
 
     /// Every counter, for `/metrics`.
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let fields: [(&str, &str, &AtomicU64); 16] = [
+        let fields: [(&str, &str, &AtomicU64); 17] = [
             (
                 "dpin_gossip_rate_limited_total",
                 "Gossip messages dropped: their propagating peer exceeded its rate.",
@@ -291,6 +300,11 @@ impl Metrics {
                 &self.sync_over_budget_retries,
             ),
             (
+                "dpin_sync_after_refusal_total",
+                "Anti-entropy sessions started because this node had refused the peer's gossip for budget.",
+                &self.sync_after_refusal,
+            ),
+            (
                 "dpin_sync_pushes_refused_total",
                 "Pushes refused while this node was catching up (it pulls instead).",
                 &self.sync_pushes_refused,
@@ -339,6 +353,7 @@ impl Metrics {
             "sync_bad_requests": g(&self.sync_bad_requests),
             "sync_pushes_refused": g(&self.sync_pushes_refused),
             "sync_over_budget_retries": g(&self.sync_over_budget_retries),
+            "sync_after_refusal": g(&self.sync_after_refusal),
             "records_ahead_of_clock": g(&self.records_ahead_of_clock),
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
@@ -391,6 +406,9 @@ pub struct Shared {
     sync_slots: tokio::sync::Semaphore,
     /// When a sync session with each peer last started, either direction (monotonic ms).
     last_sync: Mutex<BTreeMap<PeerId, u64>>,
+    /// Peers with a session pending because their gossip was refused for budget (at most
+    /// [`MAX_RESYNC_PENDING`]).
+    resync_pending: Mutex<BTreeSet<PeerId>>,
     /// Connected peers that advertised budgeted sync chunks
     /// ([`crate::net::takes_budgeted_chunks`]); sessions with them use
     /// `SessionConfig::budgeted()`. Forgotten on disconnect; at most [`MAX_LAST_SYNC_PEERS`].
@@ -550,6 +568,7 @@ impl Node {
             data_dir,
             sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
             last_sync: Mutex::new(BTreeMap::new()),
+            resync_pending: Mutex::new(BTreeSet::new()),
             chunk_peers: Mutex::new(std::collections::BTreeSet::new()),
             syncing: Mutex::new(BTreeMap::new()),
             replica_flush_queued: std::sync::atomic::AtomicBool::new(false),
@@ -1038,6 +1057,43 @@ impl Node {
                     tracing::debug!(%peer, %e, "catch-up sync failed");
                 }
             }
+        });
+    }
+
+    /// This node refused a gossip message from `peer` for its budget (not for a ban): what it
+    /// carried is pulled from `peer` in an anti-entropy session [`RESYNC_AFTER_REFUSAL`]
+    /// later, unless a session with it started since. One pending per peer, at most
+    /// [`MAX_RESYNC_PENDING`] peers; the session takes a sync slot like any other.
+    ///
+    /// Why: gossipsub remembers the message id of what it handed us, so the same message
+    /// from another peer is dropped as a duplicate; a refused message came back only with
+    /// the rotation (each peer every few [`SYNC_INTERVAL`]s). A put spends the uploader's
+    /// budget at its holders, so the manifest gossiped right after it was refused there: a
+    /// GET through a holder seconds later found no manifest (the storage e2e test's flake).
+    fn resync_after_refusal(&self, peer: PeerId) {
+        {
+            let mut pending = lock(&self.0.resync_pending);
+            if pending.len() >= MAX_RESYNC_PENDING || !pending.insert(peer) {
+                return;
+            }
+        }
+        let node = self.clone();
+        let refused_at = self.mono_ms();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESYNC_AFTER_REFUSAL).await;
+            if !node.synced_since(peer, refused_at) {
+                if let Ok(Ok(_permit)) =
+                    tokio::time::timeout(SYNC_INTERVAL, node.0.sync_slots.acquire()).await
+                {
+                    node.note_synced(peer);
+                    Metrics::inc(&node.0.metrics.sync_after_refusal);
+                    if let Err(e) = sync_with(&node, peer).await {
+                        Metrics::inc(&node.0.metrics.sync_failures);
+                        tracing::debug!(%peer, %e, "session after a refused gossip failed");
+                    }
+                }
+            }
+            lock(&node.0.resync_pending).remove(&peer);
         });
     }
 
@@ -1794,11 +1850,14 @@ pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
                 let Some(ev) = ev else { return };
                 match ev {
                     NetEvent::Gossip { source, message_id, data } => {
-                        if node.admit(source, ingest::Cost::Gossip).is_err() {
+                        if let Err(refusal) = node.admit(source, ingest::Cost::Gossip) {
                             node.0.telemetry.recorders.dropped(RecordPath::Gossip);
-                            // Over its budget or banned: not validated, not forwarded; sync
-                            // still carries anything real it had.
+                            // Over its budget or banned: not validated, not forwarded. What a
+                            // peer over budget had that is real is pulled from it soon.
                             let _ = node.0.net.report_validation(message_id, source, Verdict::Ignore).await;
+                            if refusal == ingest::Refusal::OverBudget {
+                                node.resync_after_refusal(source);
+                            }
                             continue;
                         }
                         if let Err(mpsc::error::TrySendError::Full((source, id, _))) =
@@ -2191,6 +2250,78 @@ mod tests {
         assert!(refused_blob_requests(&a) > 2);
         assert!(census.holding.is_empty(), "{census:?}");
         assert_eq!(census.unanswered, vec![a_id], "{census:?}");
+    }
+
+    /// A gossip record refused for its sender's budget is pulled from that sender by a
+    /// session [`RESYNC_AFTER_REFUSAL`] later, not left to the rotation: gossipsub drops the
+    /// same message from any other peer as a duplicate. (The storage e2e test's flake: the
+    /// uploader's put had spent its budget at the holders, they refused the manifest's
+    /// gossip, and a GET through a holder found no manifest.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gossip_record_refused_for_budget_is_pulled_from_its_sender_soon() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, _, a_events) = crate::metrics::tests::node_with_events(da.path()).await;
+        let (b, _, b_events) = crate::metrics::tests::node_with_events(db.path()).await;
+        tokio::spawn(run_events(a.clone(), a_events));
+        tokio::spawn(run_events(b.clone(), b_events));
+        let (a_id, b_id) = (a.0.net.local_peer_id(), b.0.net.local_peer_id());
+        let addr = a.0.net.listen_addrs().await.unwrap().remove(0);
+        b.0.net
+            .dial(addr.with(libp2p::multiaddr::Protocol::P2p(a_id)))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.0.net.connected_peers().await.unwrap().contains(&a_id) {
+            assert!(Instant::now() < deadline, "b never connected to a");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Keeps b's budget at a empty (charged on the blob path, so that a's gossip refusals
+        // count only b's gossip).
+        let drainer = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                loop {
+                    let _ = a.admit(b_id, ingest::Cost::Blob { bytes: 0 });
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        let refused = |n: &Node| n.0.metrics.gossip_rate_limited.load(Ordering::Relaxed);
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let eps = dpin_protocol::Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
+        let mut published = 0;
+        while refused(&a) == 0 {
+            assert!(Instant::now() < deadline, "a never refused b's gossip");
+            let record = crate::publish::sign(
+                &key,
+                &format!("r{published}"),
+                eps.clone(),
+                1,
+                60_000,
+                now_ms(),
+            )
+            .unwrap();
+            b.publish(record, None).await.unwrap();
+            published += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The session is scheduled at the refusal, before any rotation could run.
+        assert!(
+            lock(&a.0.resync_pending).contains(&b_id),
+            "a session with the refused sender is pending"
+        );
+        drainer.abort();
+        let refused_at = Instant::now();
+        let held = |n: &Node| n.read_store(|s| s.len());
+        while held(&a) < held(&b) {
+            assert!(
+                refused_at.elapsed() < RESYNC_AFTER_REFUSAL + Duration::from_secs(3),
+                "the refused record never reached a ({} of {} records)",
+                held(&a),
+                held(&b)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]
