@@ -1067,9 +1067,11 @@ impl Node {
     ///
     /// Why: gossipsub remembers the message id of what it handed us, so the same message
     /// from another peer is dropped as a duplicate; a refused message came back only with
-    /// the rotation (each peer every few [`SYNC_INTERVAL`]s). A put spends the uploader's
-    /// budget at its holders, so the manifest gossiped right after it was refused there: a
-    /// GET through a holder seconds later found no manifest (the storage e2e test's flake).
+    /// the rotation (each peer every few [`SYNC_INTERVAL`]s). A put can spend the uploader's
+    /// whole budget at its holders (a census right after one was refused there), and the
+    /// manifest it gossips at its end then waited for the rotation: a likely cause of the
+    /// storage e2e test's flake, a GET through a holder that found no manifest seconds after
+    /// the put (inferred, not observed).
     fn resync_after_refusal(&self, peer: PeerId) {
         {
             let mut pending = lock(&self.0.resync_pending);
@@ -2254,9 +2256,8 @@ mod tests {
 
     /// A gossip record refused for its sender's budget is pulled from that sender by a
     /// session [`RESYNC_AFTER_REFUSAL`] later, not left to the rotation: gossipsub drops the
-    /// same message from any other peer as a duplicate. (The storage e2e test's flake: the
-    /// uploader's put had spent its budget at the holders, they refused the manifest's
-    /// gossip, and a GET through a holder found no manifest.)
+    /// same message from any other peer as a duplicate (see [`Node::resync_after_refusal`]
+    /// for the storage e2e flake this likely caused).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_gossip_record_refused_for_budget_is_pulled_from_its_sender_soon() {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
