@@ -435,11 +435,38 @@ pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
     .map_err(|e| {
         // The test's directory (and the nodes' logs) goes with the failure: say here what
         // each node saw, so a rare miss can be read afterwards.
+        // A peer id by its node's index in `nodes` (`?` for one outside the cluster).
+        let index_of = |id: &str| {
+            nodes
+                .iter()
+                .position(|n| n.peer_id == id)
+                .map_or("?".to_owned(), |i| i.to_string())
+        };
         let seen: Vec<String> = nodes
             .iter()
             .enumerate()
             .map(|(i, n)| {
                 let alive = alive(n).map_or("no status".to_owned(), |a| format!("{a} alive"));
+                // Every peer it knows: node index, detector state, connected or not.
+                let peers = match n.get("/v1/status") {
+                    Ok((200, v)) => v["peers"]
+                        .as_array()
+                        .map(|ps| {
+                            ps.iter()
+                                .map(|p| {
+                                    format!(
+                                        "n{}:{}{}",
+                                        index_of(p["peer_id"].as_str().unwrap_or_default()),
+                                        p["state"].as_str().unwrap_or("?"),
+                                        if p["connected"] == true { "+conn" } else { "" }
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
                 let log = std::fs::read_to_string(n.data_dir.join("node.log")).unwrap_or_default();
                 let events: Vec<&str> = log
                     .lines()
@@ -449,12 +476,38 @@ pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
                             .any(|w| l.contains(w))
                     })
                     .collect();
-                let tail = events[events.len().saturating_sub(12)..].join("\n    ");
-                format!("node {i} ({}): {alive} of {want}\n    {tail}", n.peer_id)
+                let tail: Vec<String> = events[events.len().saturating_sub(12)..]
+                    .iter()
+                    .map(|l| strip_ansi(l))
+                    .collect();
+                let tail = tail.join("\n    ");
+                format!(
+                    "node {i} ({}): {alive} of {want}; peers [{peers}]\n    {tail}",
+                    n.peer_id
+                )
             })
             .collect();
         e.context(seen.join("\n"))
     })
+}
+
+/// `line` without its terminal colour codes (`ESC [ … m`: the nodes' logs are coloured).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the escape sequence (its final letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A loopback TCP listener that counts the connections it accepts (each endpoint probe is
@@ -486,5 +539,18 @@ impl CountingListener {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_lose_their_colour_codes_and_nothing_else() {
+        let coloured = "\u{1b}[2m2026-12-05T00:36:16Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m peer=a [b]";
+        assert_eq!(
+            super::strip_ansi(coloured),
+            "2026-12-05T00:36:16Z  INFO peer=a [b]"
+        );
+        assert_eq!(super::strip_ansi("plain"), "plain");
     }
 }
