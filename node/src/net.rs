@@ -299,13 +299,13 @@ const REDIAL_GIVE_UP: Duration = Duration::from_secs(600);
 const MAX_REDIAL_PEERS: usize = 256;
 /// Most peers whose dialable addresses we remember for re-dialling.
 const MAX_ADDR_BOOK_PEERS: usize = 1024;
-/// An outgoing dial holds a slot of the target degree for at most this long. A dial into a
-/// cut link hangs in SYN retransmissions until the kernel gives up (about 20 s on Linux);
-/// counted for all that time, the re-dials of the peers lost behind a partition kept the
-/// node from dialling the peers on its own side (issue 15: a node cut off with one other
-/// node dialled it only after 3.5 s). A handshake that has not completed in this long is
-/// over a link far slower than any the node is built for; it goes on, and a discovery dial
-/// may take the slot meanwhile (trimming removes any surplus).
+/// A discovery dial holds a slot of the target degree for at most this long. A dial into a
+/// cut link hangs in SYN retransmissions until the kernel gives up (about 20 s on Linux),
+/// and counted for all that time it kept the node from dialling the peers it can reach. A
+/// handshake that has not completed in this long is over a link far slower than any the
+/// node is built for; it goes on, and another dial may take the slot meanwhile (trimming
+/// removes any surplus). Re-dials of lost peers hold no slot at all (see
+/// [`connections::Dialing`]).
 const DIAL_SLOT_HOLD: Duration = Duration::from_secs(2);
 /// Outgoing dials whose start is remembered (a bound: the swarm's pending-dial limit is
 /// `max_connections`, so this is only reached if dials never end); a dial beyond it holds

@@ -213,9 +213,15 @@ impl EventLoop {
 
     /// Dials in flight (ours, re-dials and Kademlia's): they count towards the target, or
     /// one discovery pass would dial every peer in the routing table at once.
-    /// Outgoing dials that count toward the target degree ([`Dialing`]).
+    /// Outgoing dials that count toward the target degree ([`connections::Dialing`]).
     pub(super) fn dials_holding_slots(&self) -> usize {
-        self.dialing.holding_slots(tokio::time::Instant::now())
+        let redials: HashSet<libp2p::swarm::ConnectionId> = self
+            .redial
+            .values()
+            .flat_map(|r| r.pending.iter().copied())
+            .collect();
+        self.dialing
+            .holding_slots(tokio::time::Instant::now(), &redials)
     }
 
     pub(super) fn num_established(&self) -> usize {
