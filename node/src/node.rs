@@ -2152,6 +2152,22 @@ mod tests {
         );
     }
 
+    /// Dials `to` from `from` and waits until they are connected.
+    async fn connect(from: &Node, to: &Node) {
+        let id = to.0.net.local_peer_id();
+        let addr = to.0.net.listen_addrs().await.unwrap().remove(0);
+        from.0
+            .net
+            .dial(addr.with(libp2p::multiaddr::Protocol::P2p(id)))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !from.0.net.connected_peers().await.unwrap().contains(&id) {
+            assert!(Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A census right after a put (the storage e2e test's flake: one complete copy short,
     /// nobody listed as unanswered): the uploader had spent its budget at the holders, a
     /// holder answered `Has` with a refusal for budget, and the census counted that as
@@ -2197,16 +2213,7 @@ mod tests {
             a.blobs().put_chunk(&root, i as u32, c).unwrap();
         }
         let (a_id, b_id) = (a.0.net.local_peer_id(), b.0.net.local_peer_id());
-        let addr = a.0.net.listen_addrs().await.unwrap().remove(0);
-        b.0.net
-            .dial(addr.with(libp2p::multiaddr::Protocol::P2p(a_id)))
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !b.0.net.connected_peers().await.unwrap().contains(&a_id) {
-            assert!(Instant::now() < deadline, "b never connected to a");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        connect(&b, &a).await;
         let refused_blob_requests = |n: &Node| {
             n.0.metrics.ingest_dropped[ingest::IngestPath::Blob.index()][0].load(Ordering::Relaxed)
         };
@@ -2265,17 +2272,8 @@ mod tests {
         let (b, _, b_events) = crate::metrics::tests::node_with_events(db.path()).await;
         tokio::spawn(run_events(a.clone(), a_events));
         tokio::spawn(run_events(b.clone(), b_events));
-        let (a_id, b_id) = (a.0.net.local_peer_id(), b.0.net.local_peer_id());
-        let addr = a.0.net.listen_addrs().await.unwrap().remove(0);
-        b.0.net
-            .dial(addr.with(libp2p::multiaddr::Protocol::P2p(a_id)))
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !b.0.net.connected_peers().await.unwrap().contains(&a_id) {
-            assert!(Instant::now() < deadline, "b never connected to a");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let b_id = b.0.net.local_peer_id();
+        connect(&b, &a).await;
         // Keeps b's budget at a empty (charged on the blob path, so that a's gossip refusals
         // count only b's gossip).
         let drainer = {
@@ -2291,6 +2289,7 @@ mod tests {
         let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
         let eps = dpin_protocol::Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
         let mut published = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
         while refused(&a) == 0 {
             assert!(Instant::now() < deadline, "a never refused b's gossip");
             let record = crate::publish::sign(
