@@ -95,15 +95,17 @@ pub(super) fn distance_class(local: &PeerId, peer: &PeerId) -> u32 {
 }
 
 /// Outgoing dials in flight and when each started: what [`EventLoop::maybe_dial`] counts
-/// toward the target degree besides established connections. A dial holds a slot for
-/// [`DIAL_SLOT_HOLD`] at most (see there why); it is forgotten when it connects or fails.
+/// toward the target degree besides established connections. The node's own dials are
+/// recorded where it starts them (`EventLoop::dial`), the behaviours' (Kademlia's) from the
+/// swarm's `Dialing` event. A dial holds a slot for [`DIAL_SLOT_HOLD`] at most (see there
+/// why); it is forgotten when it connects or fails.
 ///
-/// A re-dial of a lost peer ([`Redial`]) holds none: it is bounded on its own (two pending
-/// per peer, [`MAX_REDIAL_PEERS`] peers), and it is renewed with a fresh dial every
-/// 0.2–0.8 s, so no re-dial is ever old enough to give its slot up. Counted, the re-dials
-/// of the peers a partition put on the other side (two each) took every slot for as long as
-/// the cut lasted, and the node dialled none of the peers on its own side (issue 15: a node
-/// cut off with one other node reached it only after 3.5 s).
+/// A re-dial of a lost peer ([`Redial`]) is not recorded and holds no slot: it is bounded on
+/// its own (two pending per peer, [`MAX_REDIAL_PEERS`] peers), and it is renewed with a fresh
+/// dial every 0.2–0.8 s, so no re-dial is ever old enough to give its slot up. Counted, the
+/// re-dials of the peers a partition put on the other side (two each) took every slot for as
+/// long as the cut lasted, and the node dialled none of the peers on its own side (issue 15:
+/// a node cut off with one other node reached it only after 3.5 s).
 #[derive(Debug, Default)]
 pub(super) struct Dialing {
     since: HashMap<libp2p::swarm::ConnectionId, tokio::time::Instant>,
@@ -122,18 +124,11 @@ impl Dialing {
         self.since.remove(&id);
     }
 
-    /// Dials that hold a slot at `now`: those started less than [`DIAL_SLOT_HOLD`] ago that
-    /// are not re-dials (`redials`: the re-dials in flight).
-    pub(super) fn holding_slots(
-        &self,
-        now: tokio::time::Instant,
-        redials: &HashSet<libp2p::swarm::ConnectionId>,
-    ) -> usize {
+    /// Dials that hold a slot at `now`: those started less than [`DIAL_SLOT_HOLD`] ago.
+    pub(super) fn holding_slots(&self, now: tokio::time::Instant) -> usize {
         self.since
-            .iter()
-            .filter(|(id, t)| {
-                now.saturating_duration_since(**t) < DIAL_SLOT_HOLD && !redials.contains(*id)
-            })
+            .values()
+            .filter(|t| now.saturating_duration_since(**t) < DIAL_SLOT_HOLD)
             .count()
     }
 }
@@ -209,7 +204,7 @@ impl EventLoop {
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .allocate_new_port()
             .build();
-        match self.swarm.dial(opts) {
+        match self.dial(opts) {
             Ok(()) => debug!(%peer, "dialing discovered peer"),
             Err(e) => debug!(%peer, error = %e, "not dialing discovered peer"),
         }

@@ -111,7 +111,7 @@ impl EventLoop {
                         .behaviour_mut()
                         .kademlia
                         .add_address(&peer, base.clone());
-                    self.swarm.dial(
+                    self.dial(
                         DialOpts::peer_id(peer)
                             .addresses(vec![base])
                             .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -121,7 +121,7 @@ impl EventLoop {
                 }
                 // Bare address: identify tells us who it is once connected, and kad then
                 // inserts the peer (we are the dialer, so its address is known).
-                None => self.swarm.dial(
+                None => self.dial(
                     DialOpts::unknown_peer_id()
                         .address(addr.clone())
                         .allocate_new_port()
@@ -211,17 +211,21 @@ impl EventLoop {
         // and closes all connections.
     }
 
-    /// Dials in flight (ours, re-dials and Kademlia's): they count towards the target, or
-    /// one discovery pass would dial every peer in the routing table at once.
-    /// Outgoing dials that count toward the target degree ([`connections::Dialing`]).
+    /// Dials in flight that count towards the target degree (ours and the behaviours', not
+    /// re-dials; [`connections::Dialing`]), or one discovery pass would dial every peer in
+    /// the routing table at once.
     pub(super) fn dials_holding_slots(&self) -> usize {
-        let redials: HashSet<libp2p::swarm::ConnectionId> = self
-            .redial
-            .values()
-            .flat_map(|r| r.pending.iter().copied())
-            .collect();
-        self.dialing
-            .holding_slots(tokio::time::Instant::now(), &redials)
+        self.dialing.holding_slots(tokio::time::Instant::now())
+    }
+
+    /// Starts a dial of the node's own that holds a degree slot ([`connections::Dialing`]).
+    /// The swarm reports `SwarmEvent::Dialing` only for dials its behaviours ask for, so the
+    /// node records its own here. Re-dials call the swarm directly: they hold no slot.
+    pub(super) fn dial(&mut self, opts: DialOpts) -> Result<(), DialError> {
+        let id = opts.connection_id();
+        self.swarm.dial(opts)?;
+        self.dialing.started(id, tokio::time::Instant::now());
+        Ok(())
     }
 
     pub(super) fn num_established(&self) -> usize {
@@ -338,14 +342,14 @@ impl EventLoop {
                             .behaviour_mut()
                             .kademlia
                             .add_address(&peer, base.clone());
-                        self.swarm.dial(
+                        self.dial(
                             DialOpts::peer_id(peer)
                                 .addresses(vec![base])
                                 .allocate_new_port()
                                 .build(),
                         )
                     }
-                    None => self.swarm.dial(
+                    None => self.dial(
                         DialOpts::unknown_peer_id()
                             .address(addr)
                             .allocate_new_port()
@@ -500,6 +504,8 @@ impl EventLoop {
                     Err(e) => warn!(?listener_id, error = %e, "listener failed"),
                 }
             }
+            // A behaviour's dial (Kademlia's, the relay client's); the node's own are
+            // recorded where it starts them (`EventLoop::dial`).
             SwarmEvent::Dialing { connection_id, .. } => {
                 self.dialing
                     .started(connection_id, tokio::time::Instant::now());

@@ -643,7 +643,7 @@ impl EventLoop {
                 .condition(PeerCondition::Always)
                 .allocate_new_port()
                 .build();
-            match self.swarm.dial(opts) {
+            match self.dial(opts) {
                 Ok(()) => debug!(%peer, addrs = ?direct, "dialling a relayed peer directly"),
                 Err(e) => debug!(%peer, error = %e, "not dialling a relayed peer directly"),
             }
@@ -700,7 +700,7 @@ impl EventLoop {
                     .condition(PeerCondition::DisconnectedAndNotDialing)
                     .allocate_new_port()
                     .build();
-                if let Err(e) = self.swarm.dial(opts) {
+                if let Err(e) = self.dial(opts) {
                     debug!(relay = %addr, error = %e, "relay dial not started");
                 }
                 self.nat.retry.insert(i, now + RELAY_RETRY);
@@ -957,7 +957,7 @@ impl EventLoop {
                         .condition(PeerCondition::DisconnectedAndNotDialing)
                         .allocate_new_port()
                         .build();
-                    match self.swarm.dial(opts) {
+                    match self.dial(opts) {
                         Ok(()) => info!(%peer, %addr, "mdns: dialling peer found on the LAN"),
                         Err(e) => debug!(%peer, error = %e, "mdns: not dialling"),
                     }
