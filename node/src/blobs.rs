@@ -1209,11 +1209,13 @@ async fn ask_admitted<N: BlobHost>(
 fn refused_for_budget(answer: &[u8]) -> bool {
     const MAX_REFUSAL_BYTES: usize = 256;
     answer.len() <= MAX_REFUSAL_BYTES
-        && matches!(
-            BlobResponse::decode(answer),
-            Ok(BlobResponse::Error { message })
-                if message == dpin_protocol::ingest::Refusal::OverBudget.message()
-        )
+        && matches!(BlobResponse::decode(answer), Ok(ref r) if is_budget_refusal(r))
+}
+
+/// Whether `r` is a peer's refusal for the asker's budget.
+fn is_budget_refusal(r: &BlobResponse) -> bool {
+    matches!(r, BlobResponse::Error { message }
+        if *message == dpin_protocol::ingest::Refusal::OverBudget.message())
 }
 
 /// `req` to `peer` ([`ask_admitted`]), its answer decoded.
@@ -1498,14 +1500,12 @@ impl std::fmt::Display for NotStored {
 
 /// Whether a raw answer to a request of `bytes` bytes says `Stored`.
 fn stored(answer: &[u8], bytes: usize) -> Result<(), NotStored> {
-    if refused_for_budget(answer) {
-        return Err(NotStored {
-            why: dpin_protocol::ingest::Refusal::OverBudget.message(),
-            over_budget: Some(bytes),
-        });
-    }
     match BlobResponse::decode(answer) {
         Ok(BlobResponse::Stored) => Ok(()),
+        Ok(r) if is_budget_refusal(&r) => Err(NotStored {
+            why: dpin_protocol::ingest::Refusal::OverBudget.message(),
+            over_budget: Some(bytes),
+        }),
         Ok(other) => Err(NotStored::other(format!("{other:?}"))),
         Err(e) => Err(NotStored::other(e.to_string())),
     }

@@ -1036,28 +1036,39 @@ impl Node {
         tokio::spawn(async move {
             if !first {
                 tokio::time::sleep(CATCH_UP_FALLBACK).await;
-                if node.synced_since(peer, since) {
-                    return;
-                }
             }
-            let Ok(Ok(_permit)) =
-                tokio::time::timeout(SYNC_INTERVAL, node.0.sync_slots.acquire()).await
-            else {
-                return;
-            };
-            if !first && node.synced_since(peer, since) {
-                return;
-            }
-            node.note_synced(peer);
-            tracing::debug!(%peer, "catch-up session starting");
-            match sync_with(&node, peer).await {
-                Ok(()) => tracing::debug!(%peer, "catch-up session done"),
-                Err(e) => {
-                    Metrics::inc(&node.0.metrics.sync_failures);
-                    tracing::debug!(%peer, %e, "catch-up sync failed");
-                }
-            }
+            node.session_in_slot(peer, (!first).then_some(since), "catch-up")
+                .await;
         });
+    }
+
+    /// Runs an anti-entropy session with `peer` once a sync slot is free (waiting up to
+    /// [`SYNC_INTERVAL`] for one), unless a session with it started at or after `unless_since`
+    /// (monotonic ms; checked before and after the wait). Whether it ran. `what` names the
+    /// session in the logs.
+    async fn session_in_slot(&self, peer: PeerId, unless_since: Option<u64>, what: &str) -> bool {
+        let synced = || unless_since.is_some_and(|since| self.synced_since(peer, since));
+        if synced() {
+            return false;
+        }
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(SYNC_INTERVAL, self.0.sync_slots.acquire()).await
+        else {
+            return false;
+        };
+        if synced() {
+            return false;
+        }
+        self.note_synced(peer);
+        tracing::debug!(%peer, what, "session starting");
+        match sync_with(self, peer).await {
+            Ok(()) => tracing::debug!(%peer, what, "session done"),
+            Err(e) => {
+                Metrics::inc(&self.0.metrics.sync_failures);
+                tracing::debug!(%peer, %e, what, "session failed");
+            }
+        }
+        true
     }
 
     /// This node refused a gossip message from `peer` for its budget (not for a ban): what it
@@ -1083,17 +1094,11 @@ impl Node {
         let refused_at = self.mono_ms();
         tokio::spawn(async move {
             tokio::time::sleep(RESYNC_AFTER_REFUSAL).await;
-            if !node.synced_since(peer, refused_at) {
-                if let Ok(Ok(_permit)) =
-                    tokio::time::timeout(SYNC_INTERVAL, node.0.sync_slots.acquire()).await
-                {
-                    node.note_synced(peer);
-                    Metrics::inc(&node.0.metrics.sync_after_refusal);
-                    if let Err(e) = sync_with(&node, peer).await {
-                        Metrics::inc(&node.0.metrics.sync_failures);
-                        tracing::debug!(%peer, %e, "session after a refused gossip failed");
-                    }
-                }
+            if node
+                .session_in_slot(peer, Some(refused_at), "after a refused gossip")
+                .await
+            {
+                Metrics::inc(&node.0.metrics.sync_after_refusal);
             }
             lock(&node.0.resync_pending).remove(&peer);
         });
