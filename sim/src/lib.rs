@@ -28,6 +28,7 @@
 //!   [`dnsbench`] holds what `deploy/dns-bench.sh` runs at data scale: a million-name data dir
 //!   with the same names as a reference zone file (`dpin-bench dns-fill`), and a steady
 //!   publish load for a node to gossip while DNS is measured (`dpin-bench publish-load`).
+//!   [`scrapebench`] measures what scraping `/metrics` costs a node (`dpin-bench scrape`).
 //!
 //! The `dpin-sim` binary is a thin front-end over these modules: `src/main.rs` holds the
 //! command line and the dispatch, `src/cli/` one module per subcommand (`cluster`, `chaos` with
@@ -59,6 +60,7 @@ pub mod nodeapi;
 pub mod propbench;
 pub mod race;
 pub mod report;
+pub mod scrapebench;
 pub mod simulate;
 pub mod svg;
 pub mod wan;

@@ -36,6 +36,10 @@
 //!   `deploy/dns-bench.sh` runs at a million names (the data dir and the reference zone, and
 //!   the gossip load during the latency runs).
 //!
+//! * `dpin-bench scrape --nodes 5 --records 10000 --every-ms 1000` (issue 15): what scraping
+//!   `/metrics` costs a node, quiet and scraped windows alternating on one running cluster
+//!   ([`dpin_sim::scrapebench`]).
+//!
 //! Traffic stays on loopback (idle, propagation) or inside namespaces this process creates and deletes
 //! (heal, 198.18.0.0/15), as the project rules require.
 
@@ -49,6 +53,7 @@ use dpin_protocol::{Endpoint, Host, Transport, ZoneKey};
 use dpin_sim::cluster::{Cluster, ClusterOptions, Layout};
 use dpin_sim::netns::{self, Netns};
 use dpin_sim::nodeapi::Api;
+use dpin_sim::scrapebench::median;
 use dpin_sim::workload::make_record;
 
 #[derive(Parser)]
@@ -105,6 +110,9 @@ enum Cmd {
     /// Signed updates of the bench names published to one node at a fixed rate, for a node
     /// beside it to receive by gossip while its DNS is measured (issue 14).
     PublishLoad(dpin_sim::dnsbench::LoadArgs),
+    /// What scraping `/metrics` costs a node: quiet and scraped windows alternating on one
+    /// running cluster (issue 15).
+    Scrape(dpin_sim::scrapebench::ScrapeArgs),
     /// Time for each peer of a paused node to mark it down, its watchers apart (issue 16).
     Detect {
         /// Nodes in the cluster.
@@ -153,6 +161,11 @@ fn main() {
         Cmd::PublishLoad(args) => {
             runtime().and_then(|rt| rt.block_on(dpin_sim::dnsbench::load(&args)))
         }
+        Cmd::Scrape(args) => runtime().and_then(|rt| {
+            let bins = binaries(args.dpin.clone())?;
+            rt.block_on(dpin_sim::scrapebench::run(&args, bins))
+                .map(|_| ())
+        }),
     };
     if let Err(e) = code {
         eprintln!("dpin-bench: {e:#}");
@@ -389,19 +402,6 @@ fn gauge_sum(end: &[Option<std::collections::BTreeMap<String, f64>>], name: &str
         sum += e.as_ref()?.get(name)?;
     }
     Some(sum)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 0 {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    }
 }
 
 struct IdleRow {
@@ -666,14 +666,14 @@ async fn heal(
     println!("| binary | median visible ms | max visible ms | median alive ms | max alive ms |");
     println!("|---|---|---|---|---|");
     for (bin, rs) in &table {
-        let mut vis: Vec<f64> = rs.iter().filter_map(|r| r.visible_ms).collect();
-        let mut alive: Vec<f64> = rs.iter().filter_map(|r| r.alive_ms).collect();
+        let vis: Vec<f64> = rs.iter().filter_map(|r| r.visible_ms).collect();
+        let alive: Vec<f64> = rs.iter().filter_map(|r| r.alive_ms).collect();
         let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
         println!(
             "| {bin} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            median(&mut vis),
+            median(&vis),
             max(&vis),
-            median(&mut alive),
+            median(&alive),
             max(&alive)
         );
     }
