@@ -12,6 +12,8 @@
 //! * [`watch`] — blocking reads: waiters on a name, woken by the store's changes
 //!   (`?wait_seq=N`, `dpin resolve --wait-seq`).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
+//!   [`sync_slot`]: the slots those sessions hold while they work (a session waiting long on
+//!   a silent peer hands its slot on).
 //! * [`liveness`] — the SWIM-style peer failure detector, from the protocol core (re-exported).
 //! * [`health`] — endpoint probing: a probe policy (no private targets unless allowed), each
 //!   endpoint probed by k live nodes chosen by rendezvous hashing, their verdicts shared as
@@ -65,4 +67,5 @@ pub mod node;
 pub mod offers;
 pub mod publish;
 pub mod store;
+pub mod sync_slot;
 pub mod watch;

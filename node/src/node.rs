@@ -53,6 +53,7 @@ use crate::liveness::{Detector, DetectorConfig, Output, PeerInfo, PeerStatus, Tr
 use crate::metrics::{self, RecordPath};
 use crate::net::{BanReason, NetEvent, NetHandle, PublishStatus, Verdict};
 use crate::store::{DurableStore, Persister, StoreError};
+use crate::sync_slot::{self, SyncSlot, SyncSlots};
 
 /// First byte of a request on the request-response protocol: anti-entropy.
 pub const KIND_SYNC: u8 = 0;
@@ -111,6 +112,9 @@ pub struct Metrics {
     /// Anti-entropy sessions started because this node had refused the peer's gossip for
     /// its budget ([`Node::resync_after_refusal`]).
     pub sync_after_refusal: AtomicU64,
+    /// Times one of this node's sessions, waiting on a slow answer, handed its sync slot to
+    /// the next session ([`crate::sync_slot`]).
+    pub sync_slot_handed_on: AtomicU64,
     /// Replicated records (gossip or sync) refused only because of this node's clock: expiry
     /// or seq further ahead than the skew allowance. Not held against the sender; taken later,
     /// when the clock has moved on, through anti-entropy. A rising count means this node's
@@ -243,7 +247,7 @@ impl Metrics {
 
     /// Every counter, for `/metrics`.
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let fields: [(&str, &str, &AtomicU64); 17] = [
+        let fields: [(&str, &str, &AtomicU64); 18] = [
             (
                 "dpin_gossip_rate_limited_total",
                 "Gossip messages dropped: their propagating peer exceeded its rate.",
@@ -305,6 +309,11 @@ impl Metrics {
                 &self.sync_after_refusal,
             ),
             (
+                "dpin_sync_slot_handed_on_total",
+                "Times a session waiting on a slow answer handed its sync slot to the next session.",
+                &self.sync_slot_handed_on,
+            ),
+            (
                 "dpin_sync_pushes_refused_total",
                 "Pushes refused while this node was catching up (it pulls instead).",
                 &self.sync_pushes_refused,
@@ -354,6 +363,7 @@ impl Metrics {
             "sync_pushes_refused": g(&self.sync_pushes_refused),
             "sync_over_budget_retries": g(&self.sync_over_budget_retries),
             "sync_after_refusal": g(&self.sync_after_refusal),
+            "sync_slot_handed_on": g(&self.sync_slot_handed_on),
             "records_ahead_of_clock": g(&self.records_ahead_of_clock),
             "sync_invalid": g(&self.sync_invalid),
             "bodies_restored": g(&self.bodies_restored),
@@ -403,7 +413,9 @@ pub struct Shared {
     started: Instant,
     /// Data directory.
     data_dir: PathBuf,
-    sync_slots: tokio::sync::Semaphore,
+    /// Slots for the sessions this node starts ([`MAX_CONCURRENT_SYNCS`] working, and
+    /// [`crate::sync_slot::MAX_SESSIONS_WAITING`] for sessions waiting on a slow answer).
+    sync_slots: SyncSlots,
     /// When a sync session with each peer last started, either direction (monotonic ms).
     last_sync: Mutex<BTreeMap<PeerId, u64>>,
     /// Peers with a session pending because their gossip was refused for budget (at most
@@ -566,7 +578,7 @@ impl Node {
             listen_addrs: Mutex::new(Vec::new()),
             started: Instant::now(),
             data_dir,
-            sync_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_SYNCS),
+            sync_slots: SyncSlots::new(MAX_CONCURRENT_SYNCS, sync_slot::MAX_SESSIONS_WAITING),
             last_sync: Mutex::new(BTreeMap::new()),
             resync_pending: Mutex::new(BTreeSet::new()),
             chunk_peers: Mutex::new(std::collections::BTreeSet::new()),
@@ -1051,9 +1063,7 @@ impl Node {
         if synced() {
             return false;
         }
-        let Ok(Ok(_permit)) =
-            tokio::time::timeout(SYNC_INTERVAL, self.0.sync_slots.acquire()).await
-        else {
+        let Some(mut slot) = self.0.sync_slots.acquire(SYNC_INTERVAL).await else {
             return false;
         };
         if synced() {
@@ -1061,7 +1071,7 @@ impl Node {
         }
         self.note_synced(peer);
         tracing::debug!(%peer, what, "session starting");
-        match sync_with(self, peer).await {
+        match sync_with(self, peer, &mut slot).await {
             Ok(()) => tracing::debug!(%peer, what, "session done"),
             Err(e) => {
                 Metrics::inc(&self.0.metrics.sync_failures);
@@ -1556,11 +1566,11 @@ impl Node {
     pub fn spawn_sync(&self, peer: PeerId) {
         let node = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = node.0.sync_slots.try_acquire() else {
+            let Some(mut slot) = node.0.sync_slots.try_acquire() else {
                 return;
             };
             node.note_synced(peer);
-            if let Err(e) = sync_with(&node, peer).await {
+            if let Err(e) = sync_with(&node, peer, &mut slot).await {
                 Metrics::inc(&node.0.metrics.sync_failures);
                 tracing::debug!(%peer, %e, "sync round failed");
             }
@@ -1610,6 +1620,7 @@ async fn ask(
     peer: PeerId,
     req: SyncRequest,
     moved: &mut u64,
+    slot: &mut SyncSlot<'_>,
 ) -> Result<SyncResponse, SyncError> {
     let retry = !matches!(req, SyncRequest::Push { .. });
     let framed = [&[KIND_SYNC][..], &req.encode()].concat();
@@ -1617,10 +1628,11 @@ async fn ask(
     let mut attempt = 0;
     loop {
         *moved = moved.saturating_add(framed.len() as u64);
-        let bytes = node
-            .0
-            .net
-            .request(peer, framed.clone())
+        // A silent peer's session lets another use its slot meanwhile (`crate::sync_slot`).
+        let bytes = slot
+            .wait_for(node.0.net.request(peer, framed.clone()), || {
+                Metrics::inc(&node.0.metrics.sync_slot_handed_on);
+            })
             .await
             .map_err(|e| SyncError::Net(e.to_string()))?;
         *moved = moved.saturating_add(bytes.len() as u64);
@@ -1654,7 +1666,11 @@ async fn ask(
 /// (`session::spread_start`), so concurrent sessions with different peers fetch different
 /// records. Fetched records are made durable in the background while the sessions run and
 /// before this returns ([`Durable::Soon`]).
-pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
+pub async fn sync_with(
+    node: &Node,
+    peer: PeerId,
+    slot: &mut SyncSlot<'_>,
+) -> Result<(), SyncError> {
     // One initiated session per peer: a long catch-up must not be joined by the periodic
     // rotation's or a reconnection's session with the same peer (they would fetch the same
     // records twice).
@@ -1665,7 +1681,7 @@ pub async fn sync_with(node: &Node, peer: PeerId) -> Result<(), SyncError> {
     let mut fetched_any = false;
     let result = loop {
         let mut moved = 0u64;
-        let result = run_session(node, peer, &mut moved, &mut session, &syncing).await;
+        let result = run_session(node, peer, &mut moved, &mut session, &syncing, slot).await;
         // Failed sessions count too: their bytes were moved all the same.
         node.0.telemetry.recorders.sync_session(moved);
         let (end, changed) = match result {
@@ -1767,6 +1783,7 @@ async fn run_session(
     moved: &mut u64,
     session: &mut Initiator,
     claim: &Syncing<'_>,
+    slot: &mut SyncSlot<'_>,
 ) -> Result<(session::SessionEnd, usize), SyncError> {
     let mut changed = 0usize;
     let mut applying: Option<tokio::task::JoinHandle<usize>> = None;
@@ -1782,7 +1799,7 @@ async fn run_session(
             InitiatorStep::Send(req) => req,
             InitiatorStep::Done(end) => break Ok(end),
         };
-        let resp = match ask(node, peer, req, moved).await {
+        let resp = match ask(node, peer, req, moved, slot).await {
             Ok(resp) => resp,
             Err(e) => break Err(e),
         };
