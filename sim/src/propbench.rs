@@ -180,6 +180,27 @@ fn quantile_ms(v: &[Duration], q: f64) -> f64 {
     v[rank - 1].as_secs_f64() * 1e3
 }
 
+/// A bench message: a record for `label` (seq 1, living `ttl_ms`) with one endpoint,
+/// `127.NET.(m >> 8).m:443`, and that address (what a reader of the name gets back).
+pub fn bench_record(
+    key: &ZoneKey,
+    label: &str,
+    net: u8,
+    m: usize,
+    ttl_ms: u64,
+) -> Result<(dpin_protocol::SignedRecord, Ipv4Addr)> {
+    let addr = Ipv4Addr::new(127, net, (m >> 8) as u8, m as u8);
+    let endpoint = Endpoint {
+        host: Host::V4(addr.octets()),
+        port: 443,
+        transport: Transport::Tcp,
+        weight: 1,
+    };
+    let record =
+        make_record(key, label, 1, vec![endpoint], ttl_ms).map_err(|e| anyhow!("signing: {e}"))?;
+    Ok((record, addr))
+}
+
 fn side(mut samples: Vec<Duration>, lost: usize, dns_timeouts: usize) -> Side {
     samples.sort();
     Side {
@@ -643,15 +664,7 @@ async fn measure(
     for m in 0..args.messages {
         let origin = m % n;
         let label = format!("p{run}-{}-{m}", observe.as_str());
-        let addr = Ipv4Addr::new(127, 200, (m >> 8) as u8, m as u8);
-        let endpoint = Endpoint {
-            host: Host::V4(addr.octets()),
-            port: 443,
-            transport: Transport::Tcp,
-            weight: 1,
-        };
-        let record = make_record(&key, &label, 1, vec![endpoint], 600_000)
-            .map_err(|e| anyhow!("signing: {e}"))?;
+        let (record, addr) = bench_record(&key, &label, 200, m, 600_000)?;
         let timeouts = Arc::new(AtomicUsize::new(0));
         // Observers first, so none misses the first moment its node has the record.
         let observers: Vec<tokio::task::JoinHandle<Option<Instant>>> = match observe {

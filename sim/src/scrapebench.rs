@@ -20,18 +20,18 @@
 //! `/proc` counts CPU in clock ticks (10 ms at the usual 100 Hz), so a 30 s window resolves
 //! about 0.03 % of a core per node; rounds are repeated (`--rounds`) and medians printed.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use dpin_protocol::{Endpoint, Host, Transport, ZoneKey};
+use dpin_protocol::ZoneKey;
 use futures::StreamExt;
 
 use crate::cluster::{self, Cluster, ClusterOptions, Layout};
 use crate::history::OpOutcome;
 use crate::nodeapi::Api;
-use crate::workload::make_record;
+use crate::propbench::bench_record;
 
 /// Arguments of `dpin-bench scrape`.
 #[derive(clap::Args, Clone, Debug)]
@@ -271,15 +271,7 @@ async fn publish(api: &Api, apis: &[SocketAddr], count: usize) -> Result<()> {
             let api = api.clone();
             let to = apis[m % apis.len()];
             async move {
-                let addr = Ipv4Addr::new(127, 201, (m >> 8) as u8, m as u8);
-                let endpoint = Endpoint {
-                    host: Host::V4(addr.octets()),
-                    port: 443,
-                    transport: Transport::Tcp,
-                    weight: 1,
-                };
-                let record = make_record(key, &format!("s{run}-{m}"), 1, vec![endpoint], 3_600_000)
-                    .map_err(|e| anyhow!("signing: {e}"))?;
+                let (record, _) = bench_record(key, &format!("s{run}-{m}"), 201, m, 3_600_000)?;
                 Ok::<_, anyhow::Error>(api.publish(to, &record, Duration::from_secs(10)).await)
             }
         })
