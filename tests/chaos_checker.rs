@@ -464,6 +464,37 @@ fn an_answer_nobody_wrote_is_a_content_mismatch() {
 }
 
 #[test]
+fn a_one_step_publish_that_timed_out_may_have_been_applied_at_a_seq_the_history_never_saw() {
+    let mut h = clean_history();
+    // Enactor A's one-step publish (the CLI picks the seq at the node) got no answer: the node
+    // it asked was killed after applying it. Its content has no seq in the history.
+    let mut plan = op(
+        OpKind::StalePlan,
+        4,
+        31_000.0,
+        31_010.0,
+        OpOutcome::Timeout,
+        None,
+    );
+    plan.content = Some(stale_content(51));
+    h.ops.push(plan);
+    // Every node then shows it, at the seq the dead node chose, over HTTP and DNS.
+    let mut r = read(4, 1, 31_500.0, OpOutcome::Found, Some(3));
+    r.content = Some(stale_content(51));
+    h.ops.push(r);
+    let mut dns = read(5, 2, 31_600.0, OpOutcome::Found, None);
+    dns.proto = Proto::Dns;
+    dns.content = Some(hosts_of(&stale_content(51)));
+    h.ops.push(dns);
+    assert_eq!(run(&h).content_mismatches, 0);
+    // Content nobody sent is still caught.
+    let mut junk = read(6, 3, 31_700.0, OpOutcome::Found, Some(3));
+    junk.content = Some(stale_content(52));
+    h.ops.push(junk);
+    assert_eq!(run(&h).content_mismatches, 1);
+}
+
+#[test]
 fn a_stale_plans_content_is_not_a_mismatch_but_is_stale() {
     let mut h = clean_history();
     // Enactor A's plan (seq 1, its own content) was sent, so a node may show it — a stale

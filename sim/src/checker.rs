@@ -71,7 +71,10 @@
 //! * **content_mismatches** — answers whose content is not that of the record of their seq:
 //!   an HTTP answer must show exactly the endpoints some write-like op sent at that seq, a DNS
 //!   answer exactly the addresses of some write. A node serving a mix of two records, a record
-//!   nobody wrote, or one record's endpoints under another's seq is caught here.
+//!   nobody wrote, or one record's endpoints under another's seq is caught here. A one-step
+//!   publish (`dpin publish`: the CLI picks the seq from what the nodes hold) that ended
+//!   without an answer has no seq in the history; the node may still have applied it, at the
+//!   seq it chose, so its content counts as sent at any seq.
 //! * **writes.acknowledged** — [`OpKind::Write`]s acknowledged. **indeterminate** — writes
 //!   (of any kind) that timed out or errored.
 //! * **writes.refused_stale** — the race's stale writes and clean-up tombstones that were
@@ -565,23 +568,42 @@ struct Contents<'a> {
     exact: BTreeMap<&'a str, BTreeSet<u64>>,
     /// Hosts of a content (what DNS shows) -> seqs.
     hosts: BTreeMap<String, BTreeSet<u64>>,
+    /// Contents sent at a seq the history does not know: a one-step publish (the CLI's
+    /// `publish` picks the seq from what the nodes hold) that ended without an answer may
+    /// have been applied, at whatever seq it chose.
+    unknown_seq: BTreeSet<&'a str>,
+    /// The hosts of those contents (what DNS shows).
+    unknown_seq_hosts: BTreeSet<String>,
 }
 
 impl<'a> Contents<'a> {
     fn new(history: &'a History) -> Self {
         let mut exact: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
         let mut hosts: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        let mut unknown_seq = BTreeSet::new();
+        let mut unknown_seq_hosts = BTreeSet::new();
         for op in &history.ops {
             if !(is_write_like(op.kind) || op.kind == OpKind::Sign) {
                 continue;
             }
-            let (Some(c), Some(seq)) = (op.content.as_deref(), op.seq) else {
-                continue;
-            };
-            exact.entry(c).or_default().insert(seq);
-            hosts.entry(hosts_of(c)).or_default().insert(seq);
+            match (op.content.as_deref(), op.seq) {
+                (Some(c), Some(seq)) => {
+                    exact.entry(c).or_default().insert(seq);
+                    hosts.entry(hosts_of(c)).or_default().insert(seq);
+                }
+                (Some(c), None) => {
+                    unknown_seq.insert(c);
+                    unknown_seq_hosts.insert(hosts_of(c));
+                }
+                (None, _) => {}
+            }
         }
-        Self { exact, hosts }
+        Self {
+            exact,
+            hosts,
+            unknown_seq,
+            unknown_seq_hosts,
+        }
     }
 
     /// The seq a read showed: its own, or (DNS) the seq of the one write with its addresses.
@@ -599,10 +621,17 @@ impl<'a> Contents<'a> {
     fn mismatch(&self, op: &Op) -> Option<String> {
         let c = op.content.as_deref()?;
         if op.proto == Proto::Dns {
-            return match self.hosts.get(&hosts_of(c)) {
-                None => Some("no write sent these addresses".to_owned()),
-                Some(_) => None,
+            let hosts = hosts_of(c);
+            return match self.hosts.get(&hosts) {
+                None if !self.unknown_seq_hosts.contains(&hosts) => {
+                    Some("no write sent these addresses".to_owned())
+                }
+                _ => None,
             };
+        }
+        if self.unknown_seq.contains(c) {
+            // Sent at a seq only the node that applied it knew.
+            return None;
         }
         match (self.exact.get(c), op.seq) {
             (None, _) => Some("no write sent these endpoints".to_owned()),
