@@ -565,6 +565,11 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
             s.dials_skipped_released,
         ),
         (
+            "dpin_net_unsubscribed_resets_total",
+            "Peers reconnected afresh because gossipsub never heard their subscription (a half-open old connection).",
+            s.unsubscribed_resets,
+        ),
+        (
             "dpin_net_bans_evicted_total",
             "Bans dropped early to stay within the bound on bans.",
             s.bans_evicted,
@@ -695,6 +700,7 @@ pub(crate) mod tests {
         "dpin_net_released_by_peer_total",
         "dpin_net_connected_total",
         "dpin_net_dials_skipped_released_total",
+        "dpin_net_unsubscribed_resets_total",
         "dpin_net_banned_peers",
         "dpin_net_bans_evicted_total",
         "dpin_net_ban_refused_connections_total",

@@ -597,6 +597,9 @@ pub struct NetStats {
     pub connected: u64,
     /// Dials to a released peer skipped because of [`RELEASE_COOLDOWN`].
     pub dials_skipped_released: u64,
+    /// Peers whose every connection was closed and re-dialled because gossipsub never heard
+    /// their subscription after they connected (`connections::SubscribeChecks`).
+    pub unsubscribed_resets: u64,
     /// Bans started, by reason (indexed like [`BanReason::ALL`]).
     pub bans: [u64; 3],
     /// Peers banned right now.
@@ -652,6 +655,7 @@ impl NetStats {
             "released_by_peer": self.released_by_peer,
             "connected": self.connected,
             "dials_skipped_released": self.dials_skipped_released,
+            "unsubscribed_resets": self.unsubscribed_resets,
             "bans": bans,
             "banned_now": self.banned_now,
             "bans_evicted": self.bans_evicted,
@@ -672,6 +676,7 @@ impl NetStats {
 #[derive(Debug, Default)]
 struct Counters {
     dropped_gossip: AtomicU64,
+    unsubscribed_resets: AtomicU64,
     dropped_events: AtomicU64,
     dropped_probes: AtomicU64,
     probe_floods: AtomicU64,
@@ -830,6 +835,7 @@ impl NetHandle {
             released_by_peer: self.counters.released_by_peer.load(Ordering::Relaxed),
             connected: self.counters.connected.load(Ordering::Relaxed),
             dials_skipped_released: self.counters.dials_skipped_released.load(Ordering::Relaxed),
+            unsubscribed_resets: self.counters.unsubscribed_resets.load(Ordering::Relaxed),
             bans: [0, 1, 2].map(|i| self.counters.bans[i].load(Ordering::Relaxed)),
             banned_now: self.counters.banned_now.load(Ordering::Relaxed),
             bans_evicted: self.counters.bans_evicted.load(Ordering::Relaxed),

@@ -176,6 +176,89 @@ impl Redial {
     }
 }
 
+/// How long after a peer's first connection gossipsub should have heard its subscription.
+/// A subscription goes out on a peer's first connection at once; this leaves room for a
+/// loaded node.
+pub const SUBSCRIBE_GRACE: Duration = Duration::from_secs(3);
+/// A peer reset for an unheard subscription is not reset again for this long.
+pub const SUBSCRIBE_RESET_COOLDOWN: Duration = Duration::from_secs(60);
+/// Pending checks, and peers remembered as reset, at most this many each.
+pub const MAX_SUBSCRIBE_CHECKS: usize = 1024;
+
+/// Checks, [`SUBSCRIBE_GRACE`] after each peer's first connection, that gossipsub has heard
+/// the peer subscribe to the topic.
+///
+/// Why: a partition can leave a connection half-open. The side that marked its peer down
+/// closes the connection and re-dials; its close never reaches the other side, which keeps
+/// its old end. The re-dial then arrives there as a *second* connection to the same peer,
+/// and gossipsub sends its subscriptions only on a peer's first connection. So the
+/// re-dialler never learns that its peer is subscribed: it neither pushes nor gossips to it,
+/// nor takes it into its mesh, and the two healthy, connected nodes stay blind to each
+/// other's writes until anti-entropy or another path carries them (issue 14's fresh-fault
+/// propagation: writes 2-3 s late in a 5-node run). A peer that speaks gossipsub and has not
+/// subscribed after the grace gets every connection closed and is re-dialled (as a silent
+/// connection is, [`EventLoop::reconnect`]); by then the half-open end has seen the
+/// re-dialler's retransmitted FIN and closed, so the new connection is a first connection at
+/// both ends and both send their subscriptions. At most once per peer per
+/// [`SUBSCRIBE_RESET_COOLDOWN`], so a peer that never subscribes (not a dpin node) costs one
+/// reconnection a minute.
+#[derive(Debug, Default)]
+pub(super) struct SubscribeChecks {
+    /// (when, peer) in the order the connections came (one grace for all: due in order).
+    due: std::collections::VecDeque<(tokio::time::Instant, PeerId)>,
+    /// When each peer was last reset.
+    reset_at: HashMap<PeerId, tokio::time::Instant>,
+}
+
+impl SubscribeChecks {
+    /// `peer`'s first connection was established at `now`.
+    pub(super) fn connected(&mut self, peer: PeerId, now: tokio::time::Instant) {
+        if self.due.len() < MAX_SUBSCRIBE_CHECKS {
+            self.due.push_back((now + SUBSCRIBE_GRACE, peer));
+        }
+    }
+
+    /// Whether a check is pending.
+    pub(super) fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+
+    /// The peers whose check is due at `now`, each once.
+    pub(super) fn due(&mut self, now: tokio::time::Instant) -> Vec<PeerId> {
+        let mut out = Vec::new();
+        while let Some(&(at, peer)) = self.due.front() {
+            if at > now {
+                break;
+            }
+            self.due.pop_front();
+            if !out.contains(&peer) {
+                out.push(peer);
+            }
+        }
+        out
+    }
+
+    /// Whether `peer` may be reset now (and if so, remembers that it was).
+    pub(super) fn may_reset(&mut self, peer: PeerId, now: tokio::time::Instant) -> bool {
+        if self
+            .reset_at
+            .get(&peer)
+            .is_some_and(|&at| now.duration_since(at) < SUBSCRIBE_RESET_COOLDOWN)
+        {
+            return false;
+        }
+        if self.reset_at.len() >= MAX_SUBSCRIBE_CHECKS {
+            self.reset_at
+                .retain(|_, at| now.duration_since(*at) < SUBSCRIBE_RESET_COOLDOWN);
+            if self.reset_at.len() >= MAX_SUBSCRIBE_CHECKS {
+                return false;
+            }
+        }
+        self.reset_at.insert(peer, now);
+        true
+    }
+}
+
 /// `d` scaled by a uniform factor in [0.75, 1.25].
 pub(super) fn jitter(d: Duration) -> Duration {
     use rand::Rng;
@@ -237,6 +320,32 @@ impl EventLoop {
         }
         self.redial.remove(&peer);
         self.start_redial(peer, jitter(REDIAL_MIN / 2));
+    }
+
+    /// Resets every peer whose subscription check is due and that speaks gossipsub but has
+    /// not subscribed to the topic ([`SubscribeChecks`]).
+    pub(super) fn check_subscriptions(&mut self) {
+        let now = tokio::time::Instant::now();
+        for peer in self.subscribe_checks.due(now) {
+            if !self.swarm.is_connected(&peer) || self.bans.contains_key(&peer) {
+                continue;
+            }
+            let gossipsub = &self.swarm.behaviour().gossipsub;
+            // (`PeerKind` is not exported; its names are: "Gossipsub v1.x" once negotiated.)
+            let speaks = gossipsub
+                .peer_protocol()
+                .any(|(p, kind)| *p == peer && kind.as_static_ref().starts_with("Gossipsub"));
+            let subscribed = gossipsub
+                .all_peers()
+                .any(|(p, topics)| *p == peer && topics.contains(&&self.topic));
+            if speaks && !subscribed && self.subscribe_checks.may_reset(peer, now) {
+                self.counters
+                    .unsubscribed_resets
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(%peer, "gossipsub never heard this peer subscribe; reconnecting afresh");
+                self.reconnect(peer);
+            }
+        }
     }
 
     /// One re-dial attempt for every peer that is due (see [`Redial`]).

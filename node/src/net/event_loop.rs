@@ -42,6 +42,8 @@ pub(super) struct EventLoop {
     pub(super) relays: usize,
     /// When each connected peer's first connection was established (for the trim grace).
     pub(super) connected_at: HashMap<PeerId, tokio::time::Instant>,
+    /// Subscription checks after first connections ([`connections::SubscribeChecks`]).
+    pub(super) subscribe_checks: connections::SubscribeChecks,
     /// Peers whose connections we are closing to keep the target degree (goodbye sent,
     /// connection not closed yet).
     pub(super) trimming: HashSet<PeerId>,
@@ -178,6 +180,9 @@ impl EventLoop {
                 _ = relay_tick.tick(), if self.relays > 0 => self.expire_relays(),
                 _ = ban_tick.tick() => {
                     self.check_bans();
+                    if !self.subscribe_checks.is_empty() {
+                        self.check_subscriptions();
+                    }
                     self.forget_stale_stream_pings();
                     if self.relay_retry_pending() {
                         self.listen_on_relays();
@@ -439,6 +444,8 @@ impl EventLoop {
                     // Kademlia query's, or the peer needed us again): it is lost or
                     // released on its own terms.
                     self.cooldown.remove(&peer_id);
+                    self.subscribe_checks
+                        .connected(peer_id, tokio::time::Instant::now());
                     self.counters.connected.fetch_add(1, Ordering::Relaxed);
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.emit(NetEvent::PeerConnected(peer_id));

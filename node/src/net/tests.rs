@@ -3,7 +3,10 @@
 //! probes, request-response, bans).
 
 use super::bans::graylist_decision;
-use super::connections::{choose_trim, Dialing, TrimCandidate};
+use super::connections::{
+    choose_trim, Dialing, SubscribeChecks, TrimCandidate, MAX_SUBSCRIBE_CHECKS, SUBSCRIBE_GRACE,
+    SUBSCRIBE_RESET_COOLDOWN,
+};
 use super::*;
 use anyhow::{anyhow, bail, Context};
 use std::future::Future;
@@ -240,6 +243,37 @@ fn nothing_is_trimmed_at_or_below_the_target_or_when_all_are_protected() {
     let cands: Vec<TrimCandidate<u32>> = (0..20).map(|i| cand(i, 255, true)).collect();
     assert!(choose_trim(&cands, 12, &mut seeded(1)).is_empty());
     assert!(choose_trim::<u32>(&[], 0, &mut seeded(1)).is_empty());
+}
+
+#[test]
+fn a_subscription_check_comes_due_after_the_grace_and_a_peer_is_reset_at_most_once_a_cooldown() {
+    let t0 = Instant::now();
+    let (a, b) = (PeerId::random(), PeerId::random());
+    let mut checks = SubscribeChecks::default();
+    checks.connected(a, t0);
+    checks.connected(b, t0 + Duration::from_millis(100));
+    checks.connected(a, t0 + Duration::from_millis(200));
+    assert!(checks
+        .due(t0 + SUBSCRIBE_GRACE - Duration::from_millis(1))
+        .is_empty());
+    // Due in the order the connections came; a peer connected twice is checked once.
+    assert_eq!(
+        checks.due(t0 + SUBSCRIBE_GRACE + Duration::from_millis(200)),
+        vec![a, b]
+    );
+    assert!(checks.is_empty());
+    // Reset once, then not again within the cooldown, then again after it.
+    let t1 = t0 + SUBSCRIBE_GRACE;
+    assert!(checks.may_reset(a, t1));
+    assert!(!checks.may_reset(a, t1 + SUBSCRIBE_RESET_COOLDOWN - Duration::from_millis(1)));
+    assert!(checks.may_reset(b, t1));
+    assert!(checks.may_reset(a, t1 + SUBSCRIBE_RESET_COOLDOWN));
+    // Bounded: pending checks beyond the bound are not kept.
+    let mut full = SubscribeChecks::default();
+    for _ in 0..MAX_SUBSCRIBE_CHECKS + 10 {
+        full.connected(PeerId::random(), t0);
+    }
+    assert_eq!(full.due(t0 + SUBSCRIBE_GRACE).len(), MAX_SUBSCRIBE_CHECKS);
 }
 
 #[test]
