@@ -21,7 +21,9 @@
 //! * `transport`: TCP with the retransmission backoff capped at 1 s (issue 15: stalls after
 //!   a partition heals).
 //! * `event_loop`: the task that owns the swarm: its `run` loop, commands, behaviour events.
-//! * `connections`: discovery dials, re-dials, maintenance and trimming (issue 16).
+//! * `connections`: discovery dials, re-dials, maintenance and trimming (issue 16), and the
+//!   check that gossipsub heard each new peer subscribe (`SubscribeChecks`: a half-open
+//!   connection left by a partition hides it; the peer is reconnected afresh).
 //! * `bans`: bans and the graylist decision (issues 12 and 15).
 //! * `probes`: carrying the failure detector's probes and goodbyes; [`probe_stream`] and
 //!   [`probe_wire`] are the stream protocol and the request format.

@@ -1,7 +1,8 @@
 //! Connection management: keeping the node at its target degree. Discovery dials and
 //! Kademlia bootstraps (`EventLoop::maintain`), re-dialling lost peers on a jittered backoff
 //! ([`Redial`]), and trimming back to the target ([`trim_above`], [`choose_trim`]) with a
-//! goodbye and a release cooldown. Issue 16's rules (constant background work per node)
+//! goodbye and a release cooldown; reconnecting afresh a peer gossipsub never heard
+//! subscribe ([`SubscribeChecks`]). Issue 16's rules (constant background work per node)
 //! live here; the `net` module docs say why each one exists.
 
 use super::*;
