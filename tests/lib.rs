@@ -420,16 +420,16 @@ pub fn cluster_with(
 /// Waits until every node in `nodes` is connected to all others.
 pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
     let want = nodes.len() - 1;
-    let alive = |n: &NodeProc| match n.get("/v1/status") {
-        Ok((200, v)) => v["peers"]
-            .as_array()
-            .map(|p| p.iter().filter(|p| p["alive"] == true).count()),
+    // The peers a node's status lists, and how many of them it judges alive.
+    let status_peers = |n: &NodeProc| match n.get("/v1/status") {
+        Ok((200, v)) => v["peers"].as_array().cloned(),
         _ => None,
     };
+    let alive = |peers: &[Value]| peers.iter().filter(|p| p["alive"] == true).count();
     wait_until(timeout, "full mesh of connections", || {
         nodes
             .iter()
-            .all(|n| alive(n).unwrap_or(0) >= want)
+            .all(|n| status_peers(n).map_or(0, |ps| alive(&ps)) >= want)
             .then_some(())
     })
     .map_err(|e| {
@@ -446,27 +446,25 @@ pub fn wait_connected(nodes: &[NodeProc], timeout: Duration) -> Result<()> {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let alive = alive(n).map_or("no status".to_owned(), |a| format!("{a} alive"));
+                // One status read for both figures, so they describe the same moment.
+                let status = status_peers(n);
+                let alive = status
+                    .as_ref()
+                    .map_or("no status".to_owned(), |ps| format!("{} alive", alive(ps)));
                 // Every peer it knows: node index, detector state, connected or not.
-                let peers = match n.get("/v1/status") {
-                    Ok((200, v)) => v["peers"]
-                        .as_array()
-                        .map(|ps| {
-                            ps.iter()
-                                .map(|p| {
-                                    format!(
-                                        "n{}:{}{}",
-                                        index_of(p["peer_id"].as_str().unwrap_or_default()),
-                                        p["state"].as_str().unwrap_or("?"),
-                                        if p["connected"] == true { "+conn" } else { "" }
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .unwrap_or_default(),
-                    _ => String::new(),
-                };
+                let peers = status
+                    .iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "n{}:{}{}",
+                            index_of(p["peer_id"].as_str().unwrap_or_default()),
+                            p["state"].as_str().unwrap_or("?"),
+                            if p["connected"] == true { "+conn" } else { "" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let log = std::fs::read_to_string(n.data_dir.join("node.log")).unwrap_or_default();
                 let events: Vec<&str> = log
                     .lines()
