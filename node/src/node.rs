@@ -2174,6 +2174,17 @@ mod tests {
         );
     }
 
+    /// Two in-process nodes with their event loops running, not connected yet; the temp
+    /// dirs must outlive them.
+    async fn running_pair() -> (Node, Node, [tempfile::TempDir; 2]) {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let (a, _, a_events) = crate::metrics::tests::node_with_events(dirs[0].path()).await;
+        let (b, _, b_events) = crate::metrics::tests::node_with_events(dirs[1].path()).await;
+        tokio::spawn(run_events(a.clone(), a_events));
+        tokio::spawn(run_events(b.clone(), b_events));
+        (a, b, dirs)
+    }
+
     /// Dials `to` from `from` and waits until they are connected.
     async fn connect(from: &Node, to: &Node) {
         let id = to.0.net.local_peer_id();
@@ -2199,11 +2210,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_blob_question_refused_for_budget_is_asked_again_never_taken_as_the_answer() {
         use dpin_protocol::blob::{chunk_hash, root_of};
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (a, _, a_events) = crate::metrics::tests::node_with_events(da.path()).await;
-        let (b, _, b_events) = crate::metrics::tests::node_with_events(db.path()).await;
-        tokio::spawn(run_events(a.clone(), a_events));
-        tokio::spawn(run_events(b.clone(), b_events));
+        let (a, b, _dirs) = running_pair().await;
         // a holds a whole blob of 4 chunks.
         let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1024]).collect();
         let hashes: Vec<u8> = chunks.iter().flat_map(|c| chunk_hash(c)).collect();
@@ -2289,11 +2296,7 @@ mod tests {
     /// for the storage e2e flake this likely caused).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_gossip_record_refused_for_budget_is_pulled_from_its_sender_soon() {
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (a, _, a_events) = crate::metrics::tests::node_with_events(da.path()).await;
-        let (b, _, b_events) = crate::metrics::tests::node_with_events(db.path()).await;
-        tokio::spawn(run_events(a.clone(), a_events));
-        tokio::spawn(run_events(b.clone(), b_events));
+        let (a, b, _dirs) = running_pair().await;
         let b_id = b.0.net.local_peer_id();
         connect(&b, &a).await;
         // Keeps b's budget at a empty (charged on the blob path, so that a's gossip refusals
