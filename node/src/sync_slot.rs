@@ -5,10 +5,11 @@
 //! started at once; the slots bound the CPU and memory sessions take. But a session spends
 //! most of its time waiting for its peer's answers, and a peer behind a fresh cut does not
 //! answer at all: its session holds a slot for the request timeout (2 s) or until the failure
-//! detector closes the connection. After a heal followed at once by another cut (issue 15's
-//! slow heals), every slot was held by sessions with peers across the new cut, and the
-//! catch-up with the one peer on this node's side that had the missing write waited behind
-//! them, seconds after the heal.
+//! detector closes the connection (2.4–3.5 s seen in a debug run). After a heal followed at
+//! once by another cut (issue 15's slow heals), such sessions can take every slot, and the
+//! catch-up with the one peer on this node's side that has the missing write waits behind
+//! them, seconds after the heal (the likely cause of a 4.4 s heal at N = 25, inferred from
+//! its timings, not seen in its logs).
 //!
 //! So a session whose answer has not come within [`SLOT_PATIENCE`] gives its slot to the next
 //! session and keeps waiting without one, holding a place among at most

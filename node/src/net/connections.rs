@@ -198,9 +198,10 @@ pub const MAX_SUBSCRIBE_CHECKS: usize = 1024;
 /// other's writes until anti-entropy or another path carries them (issue 14's fresh-fault
 /// propagation: writes 2-3 s late in a 5-node run). A peer that speaks gossipsub and has not
 /// subscribed after the grace gets every connection closed and is re-dialled (as a silent
-/// connection is, [`EventLoop::reconnect`]); by then the half-open end has seen the
-/// re-dialler's retransmitted FIN and closed, so the new connection is a first connection at
-/// both ends and both send their subscriptions. At most once per peer per
+/// connection is, [`EventLoop::reconnect`]). The expectation (not checked in the logs) is
+/// that by then the half-open end has seen the re-dialler's retransmitted FIN and closed, so
+/// the new connection is a first connection at both ends and both send their subscriptions;
+/// the 5-node runs show the delays gone, not this step. At most once per peer per
 /// [`SUBSCRIBE_RESET_COOLDOWN`], so a peer that never subscribes (not a dpin node) costs one
 /// reconnection a minute.
 #[derive(Debug, Default)]
