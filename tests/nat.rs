@@ -470,6 +470,16 @@ fn node_behind_nat_is_reachable_through_relay() -> Result<()> {
         status_public(&pa) && status_public(&relay),
         "a public node's verdict changed"
     );
+    // AutoNAT's dial-backs and the direct upgrade are second connections between connected
+    // peers by design: none was taken for a re-dial across a half-open connection.
+    for n in [&relay, &pa, &pb, &private] {
+        assert_eq!(
+            n.metric("dpin_net_half_open_resets_total"),
+            0.0,
+            "{} reset a peer as half-open",
+            n.ns
+        );
+    }
     Ok(())
 }
 

@@ -570,6 +570,11 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
             s.unsubscribed_resets,
         ),
         (
+            "dpin_net_half_open_resets_total",
+            "Peers reconnected afresh because they re-dialled us while we held an older connection (half-open after a cut).",
+            s.half_open_resets,
+        ),
+        (
             "dpin_net_bans_evicted_total",
             "Bans dropped early to stay within the bound on bans.",
             s.bans_evicted,
@@ -701,6 +706,7 @@ pub(crate) mod tests {
         "dpin_net_connected_total",
         "dpin_net_dials_skipped_released_total",
         "dpin_net_unsubscribed_resets_total",
+        "dpin_net_half_open_resets_total",
         "dpin_net_banned_peers",
         "dpin_net_bans_evicted_total",
         "dpin_net_ban_refused_connections_total",

@@ -22,8 +22,11 @@
 //!   a partition heals).
 //! * `event_loop`: the task that owns the swarm: its `run` loop, commands, behaviour events.
 //! * `connections`: discovery dials, re-dials, maintenance and trimming (issue 16), and the
-//!   check that gossipsub heard each new peer subscribe (`SubscribeChecks`: a half-open
-//!   connection left by a partition hides it; the peer is reconnected afresh).
+//!   repair of connections a partition left half-open (the peer re-dials while we hold our
+//!   old end, and gossipsub never sends it our subscription): a peer that re-dials while we
+//!   hold an older direct connection is reconnected afresh at once
+//!   (`EventLoop::check_half_open`), and one gossipsub never heard subscribe is, after a
+//!   grace, as a backstop (`SubscribeChecks`).
 //! * `bans`: bans and the graylist decision (issues 12 and 15).
 //! * `probes`: carrying the failure detector's probes and goodbyes; [`probe_stream`] and
 //!   [`probe_wire`] are the stream protocol and the request format.
@@ -602,6 +605,9 @@ pub struct NetStats {
     /// Peers whose every connection was closed and re-dialled because gossipsub never heard
     /// their subscription after they connected (`connections::SubscribeChecks`).
     pub unsubscribed_resets: u64,
+    /// Peers reconnected afresh because one re-dialled us while we held an older connection
+    /// to it, left half-open by a cut.
+    pub half_open_resets: u64,
     /// Bans started, by reason (indexed like [`BanReason::ALL`]).
     pub bans: [u64; 3],
     /// Peers banned right now.
@@ -658,6 +664,7 @@ impl NetStats {
             "connected": self.connected,
             "dials_skipped_released": self.dials_skipped_released,
             "unsubscribed_resets": self.unsubscribed_resets,
+            "half_open_resets": self.half_open_resets,
             "bans": bans,
             "banned_now": self.banned_now,
             "bans_evicted": self.bans_evicted,
@@ -679,6 +686,7 @@ impl NetStats {
 struct Counters {
     dropped_gossip: AtomicU64,
     unsubscribed_resets: AtomicU64,
+    half_open_resets: AtomicU64,
     dropped_events: AtomicU64,
     dropped_probes: AtomicU64,
     probe_floods: AtomicU64,
@@ -838,6 +846,7 @@ impl NetHandle {
             connected: self.counters.connected.load(Ordering::Relaxed),
             dials_skipped_released: self.counters.dials_skipped_released.load(Ordering::Relaxed),
             unsubscribed_resets: self.counters.unsubscribed_resets.load(Ordering::Relaxed),
+            half_open_resets: self.counters.half_open_resets.load(Ordering::Relaxed),
             bans: [0, 1, 2].map(|i| self.counters.bans[i].load(Ordering::Relaxed)),
             banned_now: self.counters.banned_now.load(Ordering::Relaxed),
             bans_evicted: self.counters.bans_evicted.load(Ordering::Relaxed),

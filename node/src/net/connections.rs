@@ -1,8 +1,9 @@
 //! Connection management: keeping the node at its target degree. Discovery dials and
 //! Kademlia bootstraps (`EventLoop::maintain`), re-dialling lost peers on a jittered backoff
 //! ([`Redial`]), and trimming back to the target ([`trim_above`], [`choose_trim`]) with a
-//! goodbye and a release cooldown; reconnecting afresh a peer gossipsub never heard
-//! subscribe ([`SubscribeChecks`]). Issue 16's rules (constant background work per node)
+//! goodbye and a release cooldown; reconnecting afresh a peer that re-dials across a
+//! connection a cut left half-open at our end ([`EventLoop::check_half_open`]) or that
+//! gossipsub never heard subscribe ([`SubscribeChecks`]). Issue 16's rules (constant background work per node)
 //! live here; the `net` module docs say why each one exists.
 
 use super::*;
@@ -177,6 +178,15 @@ impl Redial {
     }
 }
 
+/// An inbound connection from a peer we hold an older direct connection to, at least this
+/// old, is taken for the peer's re-dial across a half-open end ([`EventLoop::check_half_open`]).
+/// A simultaneous dial, the other way two dpin nodes come to hold two direct connections,
+/// opens both within a round trip; a half-open end is older than the peer's failure
+/// detector takes to give a connection up (over a second). It also bounds the resets: the
+/// connection a reset leads to must itself be this old before the peer can cause the next,
+/// so at most one per peer per this long.
+pub const HALF_OPEN_MIN_AGE: Duration = Duration::from_secs(1);
+
 /// How long after a peer's first connection gossipsub should have heard its subscription.
 /// A subscription goes out on a peer's first connection at once; this leaves room for a
 /// loaded node.
@@ -322,6 +332,47 @@ impl EventLoop {
         }
         self.redial.remove(&peer);
         self.start_redial(peer, jitter(REDIAL_MIN / 2));
+    }
+
+    /// An inbound connection `id` from `peer` was established while we hold another: is it
+    /// the peer's re-dial across a connection a cut left half-open at our end?
+    ///
+    /// Why: the peer gave its connection up (its detector found it silent) and closed it, but
+    /// the close was lost in the cut, so we kept our end. Its re-dial is then our *second*
+    /// connection to it while it is the peer's *first* to us, and gossipsub sends its
+    /// subscriptions only on a first connection: the peer would never learn that we are
+    /// subscribed and would gossip nothing to us (issue 14's fresh-fault propagation: writes
+    /// 0.3-3 s late in 5-node runs, until [`SubscribeChecks`] or the old end's own timeout
+    /// caught it). So we close every connection to the peer and re-dial it
+    /// ([`Self::reconnect`]); the next connection is the first at both ends.
+    ///
+    /// Taken for such a re-dial: a direct connection, while we hold a direct one at least
+    /// [`HALF_OPEN_MIN_AGE`] old, from a peer we did not ask for an AutoNAT dial-back (its
+    /// dial-back is a second inbound connection by design). Not a relayed connection: a
+    /// direct one replacing relayed ones is the NAT upgrade (`nat`).
+    pub(super) fn check_half_open(
+        &mut self,
+        peer: PeerId,
+        id: libp2p::swarm::ConnectionId,
+        endpoint: &libp2p::core::ConnectedPoint,
+    ) {
+        if endpoint.is_dialer() || Self::is_relayed_endpoint(endpoint) {
+            return;
+        }
+        let Some(older) = self.oldest_direct_except(&peer, id) else {
+            return;
+        };
+        if tokio::time::Instant::now().saturating_duration_since(older) < HALF_OPEN_MIN_AGE
+            || self.awaiting_dial_back(&peer)
+            || self.bans.contains_key(&peer)
+        {
+            return;
+        }
+        self.counters
+            .half_open_resets
+            .fetch_add(1, Ordering::Relaxed);
+        info!(%peer, "peer re-dialled while we held an older connection (half-open after a cut); reconnecting afresh");
+        self.reconnect(peer);
     }
 
     /// Resets every peer whose subscription check is due and that speaks gossipsub but has

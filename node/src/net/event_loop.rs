@@ -449,6 +449,8 @@ impl EventLoop {
                     self.counters.connected.fetch_add(1, Ordering::Relaxed);
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.emit(NetEvent::PeerConnected(peer_id));
+                } else {
+                    self.check_half_open(peer_id, connection_id, &endpoint);
                 }
             }
             SwarmEvent::ConnectionClosed {

@@ -69,6 +69,12 @@ use tracing::{debug, info, trace, warn};
 
 use super::{EventLoop, NetError};
 
+/// How long an AutoNAT probe waits for its answer. Longer than a dial-back can take (a dial
+/// to a NAT that drops unsolicited SYNs ends only at the transport's 10 s timeout); shorter,
+/// the client gives up first and never hears "private".
+pub const AUTONAT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Outstanding AutoNAT probes remembered at most (the client asks one server at a time).
+pub const MAX_AUTONAT_ASKED: usize = 64;
 /// First AutoNAT probe this long after start (libp2p's default is 15 s): time to connect to a
 /// peer or two first.
 pub const AUTONAT_BOOT_DELAY: Duration = Duration::from_secs(4);
@@ -165,10 +171,7 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 /// AutoNAT v1's configuration (see the module docs for the bounds).
 pub fn autonat_config() -> autonat::Config {
     autonat::Config {
-        // Longer than a dial-back can take (a dial to a NAT that drops unsolicited SYNs ends
-        // only at the transport's 10 s timeout); shorter, the client gives up first and never
-        // hears "private".
-        timeout: Duration::from_secs(30),
+        timeout: AUTONAT_TIMEOUT,
         boot_delay: AUTONAT_BOOT_DELAY,
         refresh_interval: AUTONAT_REFRESH,
         retry_interval: AUTONAT_RETRY,
@@ -420,9 +423,9 @@ pub const MAX_RELAYED_GRACE_PEERS: usize = 256;
 /// orderings are unit-tested.
 #[derive(Debug, Default)]
 struct Links {
-    /// Every established connection of each connected peer, oldest first, and whether it
-    /// runs over a relay (bounded by the connection limits).
-    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// Every established connection of each connected peer, oldest first: whether it runs
+    /// over a relay, and when it was established (bounded by the connection limits).
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool, tokio::time::Instant)>>,
     /// Peers whose last connection, a relayed one, closed, and when (at most
     /// [`MAX_RELAYED_GRACE_PEERS`], each kept [`RELAYED_GRACE`]).
     relayed_left: HashMap<PeerId, tokio::time::Instant>,
@@ -454,10 +457,13 @@ impl Links {
             .remove(&peer)
             .is_some_and(|t| now.saturating_duration_since(t) < RELAYED_GRACE);
         let list = self.conns.entry(peer).or_default();
-        let relayed_before: Vec<ConnectionId> =
-            list.iter().filter(|(_, r)| *r).map(|(c, _)| *c).collect();
-        let had_direct = list.iter().any(|(_, r)| !r);
-        list.push((id, relayed));
+        let relayed_before: Vec<ConnectionId> = list
+            .iter()
+            .filter(|(_, r, _)| *r)
+            .map(|(c, _, _)| *c)
+            .collect();
+        let had_direct = list.iter().any(|(_, r, _)| !r);
+        list.push((id, relayed, now));
         (!relayed && !had_direct && (!relayed_before.is_empty() || recently_relayed))
             .then_some(relayed_before)
     }
@@ -467,7 +473,7 @@ impl Links {
         let Some(list) = self.conns.get_mut(&peer) else {
             return Closed::default();
         };
-        let relayed = match list.iter().position(|(c, _)| *c == id) {
+        let relayed = match list.iter().position(|(c, _, _)| *c == id) {
             Some(i) => list.remove(i).1,
             None => false,
         };
@@ -489,7 +495,21 @@ impl Links {
     fn relayed_only(&self, peer: &PeerId) -> bool {
         self.conns
             .get(peer)
-            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r)| *r))
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|(_, r, _)| *r))
+    }
+
+    /// When the oldest of `peer`'s direct connections other than `id` was established.
+    fn oldest_direct_except(
+        &self,
+        peer: &PeerId,
+        id: ConnectionId,
+    ) -> Option<tokio::time::Instant> {
+        self.conns
+            .get(peer)?
+            .iter()
+            .filter(|(c, r, _)| *c != id && !r)
+            .map(|(_, _, at)| *at)
+            .min()
     }
 }
 
@@ -517,6 +537,11 @@ pub(super) struct NatState {
     /// Direct dials waiting for [`DIRECT_DIAL_DELAY`]: when, and the addresses (bounded by
     /// the connected peers: removed when the peer disconnects or is reached directly).
     direct_due: HashMap<PeerId, (tokio::time::Instant, Vec<Multiaddr>)>,
+    /// AutoNAT servers we asked to dial us back, and when (at most
+    /// [`MAX_AUTONAT_ASKED`]; an answer or [`AUTONAT_TIMEOUT`] ends each): their dial-back
+    /// is an inbound connection from a peer we are already connected to, and must not be
+    /// taken for a re-dial across a half-open connection.
+    autonat_asked: HashMap<PeerId, tokio::time::Instant>,
 }
 
 impl NatState {
@@ -536,6 +561,7 @@ impl NatState {
             links: Links::default(),
             direct_tried: HashSet::new(),
             direct_due: HashMap::new(),
+            autonat_asked: HashMap::new(),
         })
     }
 
@@ -612,6 +638,27 @@ impl EventLoop {
     /// Whether the peer's connections all run over a relay.
     fn relayed_only(&self, peer: &PeerId) -> bool {
         self.nat.links.relayed_only(peer)
+    }
+
+    /// When the oldest of `peer`'s direct connections other than `id` was established.
+    pub(super) fn oldest_direct_except(
+        &self,
+        peer: &PeerId,
+        id: ConnectionId,
+    ) -> Option<tokio::time::Instant> {
+        self.nat.links.oldest_direct_except(peer, id)
+    }
+
+    /// Whether we asked `peer`, an AutoNAT server, to dial us back and have no answer yet.
+    pub(super) fn awaiting_dial_back(&self, peer: &PeerId) -> bool {
+        self.nat.autonat_asked.get(peer).is_some_and(|at| {
+            tokio::time::Instant::now().saturating_duration_since(*at) < AUTONAT_TIMEOUT
+        })
+    }
+
+    /// Whether a connection with this endpoint runs over a relay circuit.
+    pub(super) fn is_relayed_endpoint(endpoint: &ConnectedPoint) -> bool {
+        endpoint_relayed(endpoint)
     }
 
     /// Whether direct dials are waiting for their delay.
@@ -765,13 +812,23 @@ impl EventLoop {
             }
             autonat::Event::OutboundProbe(e) => match e {
                 autonat::OutboundProbeEvent::Request { peer, .. } => {
+                    let now = tokio::time::Instant::now();
+                    let asked = &mut self.nat.autonat_asked;
+                    asked.retain(|_, at| now.saturating_duration_since(*at) < AUTONAT_TIMEOUT);
+                    if asked.len() < MAX_AUTONAT_ASKED {
+                        asked.insert(peer, now);
+                    }
                     debug!(server = %peer, "autonat probe sent")
                 }
                 autonat::OutboundProbeEvent::Response { peer, address, .. } => {
+                    self.nat.autonat_asked.remove(&peer);
                     inc(&c.autonat_probes_ok);
                     debug!(server = %peer, %address, "autonat: dialled back");
                 }
                 autonat::OutboundProbeEvent::Error { peer, error, .. } => {
+                    if let Some(p) = &peer {
+                        self.nat.autonat_asked.remove(p);
+                    }
                     // A server that could not dial us back answered too (Private evidence).
                     match error {
                         autonat::OutboundProbeError::Response(_) => inc(&c.autonat_probes_ok),
@@ -796,7 +853,7 @@ impl EventLoop {
                         .get(peer)
                         .filter(|l| l.len() >= 2)
                         .and_then(|l| l.last())
-                        .map(|(id, _)| *id);
+                        .map(|(id, _, _)| *id);
                     if let Some(id) = newest {
                         self.swarm.close_connection(id);
                         inc(&c.dialbacks_closed);
@@ -994,6 +1051,29 @@ mod tests {
         assert!(!links.relayed_only(&peer));
         // A second direct connection is no upgrade.
         assert_eq!(links.established(peer, second, false, now), None);
+    }
+
+    #[test]
+    fn the_oldest_other_direct_connection_is_found_and_relayed_ones_do_not_count() {
+        let mut links = Links::default();
+        let (peer, t0) = (PeerId::random(), tokio::time::Instant::now());
+        let t1 = t0 + Duration::from_secs(1);
+        let t2 = t0 + Duration::from_secs(2);
+        let (relayed, first, second) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+            ConnectionId::new_unchecked(3),
+        );
+        links.established(peer, relayed, true, t0);
+        assert_eq!(links.oldest_direct_except(&peer, first), None);
+        links.established(peer, first, false, t1);
+        assert_eq!(links.oldest_direct_except(&peer, first), None, "itself");
+        links.established(peer, second, false, t2);
+        assert_eq!(links.oldest_direct_except(&peer, second), Some(t1));
+        assert_eq!(links.oldest_direct_except(&peer, first), Some(t2));
+        links.closed(peer, first, t2);
+        assert_eq!(links.oldest_direct_except(&peer, second), None);
+        assert_eq!(links.oldest_direct_except(&PeerId::random(), second), None);
     }
 
     #[test]

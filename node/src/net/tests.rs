@@ -4,8 +4,8 @@
 
 use super::bans::graylist_decision;
 use super::connections::{
-    choose_trim, Dialing, SubscribeChecks, TrimCandidate, MAX_SUBSCRIBE_CHECKS, SUBSCRIBE_GRACE,
-    SUBSCRIBE_RESET_COOLDOWN,
+    choose_trim, Dialing, SubscribeChecks, TrimCandidate, HALF_OPEN_MIN_AGE, MAX_SUBSCRIBE_CHECKS,
+    SUBSCRIBE_GRACE, SUBSCRIBE_RESET_COOLDOWN,
 };
 use super::*;
 use anyhow::{anyhow, bail, Context};
@@ -1076,4 +1076,129 @@ fn a_dial_holds_a_degree_slot_only_while_it_is_fresh() {
         full.started(ConnectionId::new_unchecked(i), t0);
     }
     assert_eq!(full.holding_slots(t0), MAX_TRACKED_DIALS);
+}
+
+/// A loopback TCP relay between a dialler and a listener whose connections so far can be
+/// frozen: from then on it forwards nothing either way and passes no close on, as a link
+/// cut mid-connection does (a FIN or data sent into it is lost, and the other end never
+/// hears of it). Connections made after the freeze are relayed normally.
+struct FreezableRelay {
+    addr: std::net::SocketAddr,
+    pairs: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableRelay {
+    async fn start(upstream: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let pairs: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>> = Arc::default();
+        let list = pairs.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                list.lock().unwrap().push(frozen.clone());
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(Self::one_way(dr, uw, frozen.clone()));
+                tokio::spawn(Self::one_way(ur, dw, frozen));
+            }
+        });
+        Ok(Self {
+            addr,
+            pairs,
+            accept,
+        })
+    }
+
+    async fn one_way(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf).await.unwrap_or(0);
+            let cut = frozen.load(Ordering::Relaxed);
+            if n == 0 {
+                if cut {
+                    // The close is lost in the cut: hold the other end open.
+                    std::future::pending::<()>().await;
+                }
+                let _ = to.shutdown().await;
+                return;
+            }
+            if !cut && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Cuts every connection relayed so far.
+    fn freeze(&self) {
+        for p in self.pairs.lock().unwrap().iter() {
+            p.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Issue 14's fresh-fault propagation, the half-open case. B reaches A through a link that
+/// is then cut mid-connection; B gives the silent connection up (as its failure detector
+/// does, `NetHandle::reconnect`) and re-dials, but its close never reaches A, which keeps
+/// its old end. B's re-dial is then A's *second* connection to B, and gossipsub sends its
+/// subscriptions only on a peer's first connection: B would never learn that A is
+/// subscribed and would gossip nothing to it. A takes an inbound connection from a peer it
+/// holds an older direct connection to for such a re-dial and reconnects afresh, so both
+/// ends see a first connection again and B's gossip reaches A.
+#[tokio::test]
+async fn a_redial_across_a_half_open_connection_is_a_first_connection_at_both_ends(
+) -> anyhow::Result<()> {
+    let mut a = start(test_config(vec![]), accept_all()).await?;
+    let a_tcp = a
+        .p2p_addr()
+        .await?
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .context("no tcp port")?;
+    let relay = FreezableRelay::start(([127, 0, 0, 1], a_tcp).into()).await?;
+    // B bootstraps from A through the relay. Its re-dial may go through the relay again or
+    // straight to A's own addresses (identify's): either way A's second connection to B.
+    let config = test_config(vec![format!(
+        "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+        relay.addr.port(),
+        a.id()
+    )
+    .parse()?]);
+    let b = start(config, accept_all()).await?;
+    eventually("B connected to A", || b.connected_to(a.id())).await?;
+    publish_when_ready(&b, b"before the cut").await?;
+    receive(&mut a, b"before the cut").await?;
+    // The connection has been up for a while, as any connection a cut finds is.
+    tokio::time::sleep(HALF_OPEN_MIN_AGE).await;
+
+    relay.freeze();
+    let before = b.handle.stats().connected;
+    b.handle.reconnect(a.id()).await?;
+    eventually("B re-dialled A", || {
+        let again = b.handle.stats().connected > before;
+        async move { again }
+    })
+    .await?;
+    publish_when_ready(&b, b"after the cut").await?;
+    receive(&mut a, b"after the cut").await?;
+    assert!(
+        a.handle.stats().half_open_resets >= 1,
+        "A reset the half-open connection"
+    );
+    relay.accept.abort();
+    a.driver.abort();
+    b.driver.abort();
+    Ok(())
 }
