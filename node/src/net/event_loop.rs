@@ -432,9 +432,8 @@ impl EventLoop {
                 self.dialing.ended(connection_id);
                 self.nat_connection_established(peer_id, connection_id, &endpoint);
                 self.redial.remove(&peer_id);
-                self.connected_at
-                    .entry(peer_id)
-                    .or_insert_with(tokio::time::Instant::now);
+                let now = tokio::time::Instant::now();
+                self.connected_at.entry(peer_id).or_insert(now);
                 if endpoint.is_dialer() {
                     let (base, _) = split_peer_id(endpoint.get_remote_address());
                     self.remember_addr(peer_id, base);
@@ -444,8 +443,7 @@ impl EventLoop {
                     // Kademlia query's, or the peer needed us again): it is lost or
                     // released on its own terms.
                     self.cooldown.remove(&peer_id);
-                    self.subscribe_checks
-                        .connected(peer_id, tokio::time::Instant::now());
+                    self.subscribe_checks.connected(peer_id, now);
                     self.counters.connected.fetch_add(1, Ordering::Relaxed);
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.emit(NetEvent::PeerConnected(peer_id));
