@@ -25,8 +25,10 @@
 //!   repair of connections a partition left half-open (the peer re-dials while we hold our
 //!   old end, and gossipsub never sends it our subscription): a peer that re-dials while we
 //!   hold an older direct connection is reconnected afresh at once
-//!   (`EventLoop::check_half_open`), and one gossipsub never heard subscribe is, after a
-//!   grace, as a backstop (`SubscribeChecks`).
+//!   (`EventLoop::check_half_open`); one that gossips to us while gossipsub never heard it
+//!   subscribe lost its subscription and is reconnected at its first message
+//!   (`EventLoop::gossip_from_unsubscribed`); and any other peer gossipsub never heard
+//!   subscribe is, after a grace, as a backstop (`SubscribeChecks`).
 //! * `bans`: bans and the graylist decision (issues 12 and 15).
 //! * `probes`: carrying the failure detector's probes and goodbyes; [`probe_stream`] and
 //!   [`probe_wire`] are the stream protocol and the request format.

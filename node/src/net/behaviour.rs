@@ -225,6 +225,7 @@ pub async fn spawn(config: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEv
         next_seq: 0,
         relays: 0,
         connected_at: HashMap::new(),
+        subscribed: HashSet::new(),
         subscribe_checks: connections::SubscribeChecks::default(),
         trimming: HashSet::new(),
         releasing: HashSet::new(),

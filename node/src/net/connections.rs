@@ -3,7 +3,8 @@
 //! ([`Redial`]), and trimming back to the target ([`trim_above`], [`choose_trim`]) with a
 //! goodbye and a release cooldown; reconnecting afresh a peer that re-dials across a
 //! connection a cut left half-open at our end ([`EventLoop::check_half_open`]) or that
-//! gossipsub never heard subscribe ([`SubscribeChecks`]). Issue 16's rules (constant background work per node)
+//! gossipsub never heard subscribe (at its first gossip, [`EventLoop::gossip_from_unsubscribed`],
+//! or after a grace, [`SubscribeChecks`]). Issue 16's rules (constant background work per node)
 //! live here; the `net` module docs say why each one exists.
 
 use super::*;
@@ -191,6 +192,20 @@ pub const HALF_OPEN_MIN_AGE: Duration = Duration::from_secs(1);
 /// A subscription goes out on a peer's first connection at once; this leaves room for a
 /// loaded node.
 pub const SUBSCRIBE_GRACE: Duration = Duration::from_secs(3);
+/// A gossip message from a peer whose first connection is at least this old, while
+/// gossipsub has not heard it subscribe, is evidence that its subscription was lost
+/// ([`EventLoop::gossip_from_unsubscribed`]). Younger, the subscription may still be on its
+/// way on another of the peer's connections (gossipsub shares one send queue among them, so
+/// a message can overtake the subscription).
+pub const SUBSCRIBE_EVIDENCE_AGE: Duration = Duration::from_millis(500);
+
+/// Whether a gossip message from a peer gossipsub has (`subscribed`) or has not heard
+/// subscribe, whose first connection was made `connected_for` ago (`None`: not connected),
+/// shows that the peer's subscription was lost.
+pub(super) fn subscription_lost(subscribed: bool, connected_for: Option<Duration>) -> bool {
+    !subscribed && connected_for.is_some_and(|d| d >= SUBSCRIBE_EVIDENCE_AGE)
+}
+
 /// A peer reset for an unheard subscription is not reset again for this long.
 pub const SUBSCRIBE_RESET_COOLDOWN: Duration = Duration::from_secs(60);
 /// Pending checks, and peers remembered as reset, at most this many each.
@@ -384,6 +399,36 @@ impl EventLoop {
             .half_open_resets
             .fetch_add(1, Ordering::Relaxed);
         info!(%peer, "peer re-dialled while we held an older connection (half-open after a cut); reconnecting afresh");
+        self.reconnect(peer);
+    }
+
+    /// A gossip message came from `peer`, which gossipsub has not heard subscribe to our
+    /// topic. A peer gossips on a topic only when subscribed to it, so unless its connection
+    /// is too young for the subscription to have arrived ([`subscription_lost`]) the
+    /// subscription was lost, and without it we neither gossip nor push to the peer. Seen in
+    /// a 7-node WAN chaos run with gossipsub at debug: after a node restarted, it and a peer
+    /// dialled each other while the peer's two re-dials both connected; the per-peer limit
+    /// (2) refused the node's own connection at the peer's end after its handshake, and the
+    /// node's subscription, queued on that connection, was lost with it. The peer received
+    /// the node's gossip from 0.6 s on, but only the [`SubscribeChecks`] reset it, 3.9 s
+    /// after it connected. Now the first such message resets the peer (at most once per
+    /// [`SUBSCRIBE_RESET_COOLDOWN`], shared with the checks).
+    pub(super) fn gossip_from_unsubscribed(&mut self, peer: PeerId) {
+        let now = tokio::time::Instant::now();
+        let connected_for = self
+            .connected_at
+            .get(&peer)
+            .map(|t| now.saturating_duration_since(*t));
+        if !subscription_lost(false, connected_for)
+            || self.bans.contains_key(&peer)
+            || !self.subscribe_checks.may_reset(peer, now)
+        {
+            return;
+        }
+        self.counters
+            .unsubscribed_resets
+            .fetch_add(1, Ordering::Relaxed);
+        info!(%peer, "gossip from a peer gossipsub never heard subscribe; reconnecting afresh");
         self.reconnect(peer);
     }
 

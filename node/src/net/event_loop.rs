@@ -44,6 +44,9 @@ pub(super) struct EventLoop {
     pub(super) connected_at: HashMap<PeerId, tokio::time::Instant>,
     /// Subscription checks after first connections ([`connections::SubscribeChecks`]).
     pub(super) subscribe_checks: connections::SubscribeChecks,
+    /// Connected peers gossipsub has heard subscribe to our topic (its `Subscribed` events;
+    /// forgotten on `Unsubscribed` and when the peer's last connection closes).
+    pub(super) subscribed: HashSet<PeerId>,
     /// Peers whose connections we are closing to keep the target degree (goodbye sent,
     /// connection not closed yet).
     pub(super) trimming: HashSet<PeerId>,
@@ -471,6 +474,7 @@ impl EventLoop {
                     }
                     self.emit(NetEvent::PeerDisconnected(peer_id));
                     self.connected_at.remove(&peer_id);
+                    self.subscribed.remove(&peer_id);
                     if self.num_established() < self.dial_target {
                         self.maintain_soon = true;
                     }
@@ -561,6 +565,9 @@ impl EventLoop {
                         message_id: message_id.clone(),
                         data: message.data,
                     };
+                    if !self.subscribed.contains(&propagation_source) {
+                        self.gossip_from_unsubscribed(propagation_source);
+                    }
                     match self.events.try_send(event) {
                         Ok(()) => None,
                         Err(_) => {
@@ -596,9 +603,15 @@ impl EventLoop {
             }
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 debug!(peer = %peer_id, %topic, "peer subscribed");
+                if topic == self.topic && self.swarm.is_connected(&peer_id) {
+                    self.subscribed.insert(peer_id);
+                }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
                 debug!(peer = %peer_id, %topic, "peer unsubscribed");
+                if topic == self.topic {
+                    self.subscribed.remove(&peer_id);
+                }
             }
             gossipsub::Event::GossipsubNotSupported { peer_id } => {
                 debug!(peer = %peer_id, "peer does not support gossipsub");

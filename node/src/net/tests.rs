@@ -4,8 +4,8 @@
 
 use super::bans::graylist_decision;
 use super::connections::{
-    choose_trim, Dialing, SubscribeChecks, TrimCandidate, HALF_OPEN_MIN_AGE, MAX_SUBSCRIBE_CHECKS,
-    SUBSCRIBE_GRACE, SUBSCRIBE_RESET_COOLDOWN,
+    choose_trim, subscription_lost, Dialing, SubscribeChecks, TrimCandidate, HALF_OPEN_MIN_AGE,
+    MAX_SUBSCRIBE_CHECKS, SUBSCRIBE_EVIDENCE_AGE, SUBSCRIBE_GRACE, SUBSCRIBE_RESET_COOLDOWN,
 };
 use super::*;
 use anyhow::{anyhow, bail, Context};
@@ -304,6 +304,25 @@ fn a_subscription_check_for_an_earlier_connection_does_not_judge_a_newer_one() {
     // A peer no longer connected is not checked.
     checks.connected(a, again + SUBSCRIBE_GRACE);
     assert!(checks.due(again + SUBSCRIBE_GRACE * 3, |_| None).is_empty());
+}
+
+/// Gossip from a peer gossipsub never heard subscribe shows its subscription was lost, once
+/// its connection is old enough for the subscription to have arrived on any connection.
+#[test]
+fn gossip_from_a_peer_never_heard_subscribing_shows_a_lost_subscription_once_it_had_time() {
+    let old = Some(SUBSCRIBE_EVIDENCE_AGE);
+    assert!(subscription_lost(false, old));
+    assert!(subscription_lost(false, Some(SUBSCRIBE_EVIDENCE_AGE * 10)));
+    assert!(!subscription_lost(true, old), "heard subscribing");
+    assert!(
+        !subscription_lost(
+            false,
+            Some(SUBSCRIBE_EVIDENCE_AGE - Duration::from_millis(1))
+        ),
+        "the subscription may still be on its way"
+    );
+    assert!(!subscription_lost(false, None), "not connected");
+    assert!(SUBSCRIBE_EVIDENCE_AGE < SUBSCRIBE_GRACE);
 }
 
 #[test]
