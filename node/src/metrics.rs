@@ -566,7 +566,7 @@ pub fn encode_net(e: &mut DescriptorEncoder, s: &crate::net::NetStats) -> fmt::R
         ),
         (
             "dpin_net_unsubscribed_resets_total",
-            "Peers reconnected afresh because gossipsub never heard their subscription (a half-open old connection).",
+            "Peers reconnected afresh because gossipsub never heard their subscription (lost with a refused or half-open connection): at their first gossip, or after a grace.",
             s.unsubscribed_resets,
         ),
         (

@@ -605,7 +605,8 @@ pub struct NetStats {
     /// Dials to a released peer skipped because of [`RELEASE_COOLDOWN`].
     pub dials_skipped_released: u64,
     /// Peers whose every connection was closed and re-dialled because gossipsub never heard
-    /// their subscription after they connected (`connections::SubscribeChecks`).
+    /// their subscription after they connected: at their first gossip
+    /// (`EventLoop::gossip_from_unsubscribed`) or after a grace (`connections::SubscribeChecks`).
     pub unsubscribed_resets: u64,
     /// Peers reconnected afresh because one re-dialled us while we held an older connection
     /// to it, left half-open by a cut.
