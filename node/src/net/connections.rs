@@ -383,7 +383,7 @@ impl EventLoop {
         id: libp2p::swarm::ConnectionId,
         endpoint: &libp2p::core::ConnectedPoint,
     ) {
-        if endpoint.is_dialer() || Self::is_relayed_endpoint(endpoint) {
+        if endpoint.is_dialer() || nat::endpoint_relayed(endpoint) {
             return;
         }
         let Some(older) = self.oldest_direct_except(&peer, id) else {
@@ -395,10 +395,19 @@ impl EventLoop {
         {
             return;
         }
-        self.counters
-            .half_open_resets
-            .fetch_add(1, Ordering::Relaxed);
-        info!(%peer, "peer re-dialled while we held an older connection (half-open after a cut); reconnecting afresh");
+        self.reconnect_afresh(
+            peer,
+            |c| &c.half_open_resets,
+            "peer re-dialled while we held an older connection (half-open after a cut)",
+        );
+    }
+
+    /// Counts a reset of `peer` on `counter`, logs `why`, and closes every connection to the
+    /// peer to re-dial it on a fresh one ([`Self::reconnect`]): the one ending of the resets
+    /// for a half-open connection and for a lost subscription.
+    fn reconnect_afresh(&mut self, peer: PeerId, counter: fn(&Counters) -> &AtomicU64, why: &str) {
+        counter(&self.counters).fetch_add(1, Ordering::Relaxed);
+        info!(%peer, "{why}; reconnecting afresh");
         self.reconnect(peer);
     }
 
@@ -425,11 +434,11 @@ impl EventLoop {
         {
             return;
         }
-        self.counters
-            .unsubscribed_resets
-            .fetch_add(1, Ordering::Relaxed);
-        info!(%peer, "gossip from a peer gossipsub never heard subscribe; reconnecting afresh");
-        self.reconnect(peer);
+        self.reconnect_afresh(
+            peer,
+            |c| &c.unsubscribed_resets,
+            "gossip from a peer gossipsub never heard subscribe",
+        );
     }
 
     /// Resets every peer whose subscription check is due and that speaks gossipsub but has
@@ -444,20 +453,20 @@ impl EventLoop {
             if !self.swarm.is_connected(&peer) || self.bans.contains_key(&peer) {
                 continue;
             }
-            let gossipsub = &self.swarm.behaviour().gossipsub;
             // (`PeerKind` is not exported; its names are: "Gossipsub v1.x" once negotiated.)
-            let speaks = gossipsub
+            let speaks = self
+                .swarm
+                .behaviour()
+                .gossipsub
                 .peer_protocol()
                 .any(|(p, kind)| *p == peer && kind.as_static_ref().starts_with("Gossipsub"));
-            let subscribed = gossipsub
-                .all_peers()
-                .any(|(p, topics)| *p == peer && topics.contains(&&self.topic));
+            let subscribed = self.subscribed.contains(&peer);
             if speaks && !subscribed && self.subscribe_checks.may_reset(peer, now) {
-                self.counters
-                    .unsubscribed_resets
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(%peer, "gossipsub never heard this peer subscribe; reconnecting afresh");
-                self.reconnect(peer);
+                self.reconnect_afresh(
+                    peer,
+                    |c| &c.unsubscribed_resets,
+                    "gossipsub never heard this peer subscribe",
+                );
             }
         }
     }

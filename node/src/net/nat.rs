@@ -583,7 +583,7 @@ impl NatState {
 }
 
 /// Whether a connection with this endpoint runs over a relay circuit.
-fn endpoint_relayed(endpoint: &ConnectedPoint) -> bool {
+pub(super) fn endpoint_relayed(endpoint: &ConnectedPoint) -> bool {
     match endpoint {
         ConnectedPoint::Dialer { address, .. } => is_relayed(address),
         ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
@@ -654,16 +654,12 @@ impl EventLoop {
         self.nat.links.oldest_direct_except(peer, id)
     }
 
-    /// Whether we asked `peer`, an AutoNAT server, to dial us back and have no answer yet.
+    /// Whether we asked `peer`, an AutoNAT server, to dial us back less than
+    /// [`AUTONAT_TIMEOUT`] ago (answered or not: see `NatState::autonat_asked`).
     pub(super) fn awaiting_dial_back(&self, peer: &PeerId) -> bool {
         self.nat.autonat_asked.get(peer).is_some_and(|at| {
             tokio::time::Instant::now().saturating_duration_since(*at) < AUTONAT_TIMEOUT
         })
-    }
-
-    /// Whether a connection with this endpoint runs over a relay circuit.
-    pub(super) fn is_relayed_endpoint(endpoint: &ConnectedPoint) -> bool {
-        endpoint_relayed(endpoint)
     }
 
     /// Whether direct dials are waiting for their delay.
