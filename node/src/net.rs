@@ -113,8 +113,10 @@
 //! * **Lost peers are re-dialled on fresh connections** ([`Redial`]): a connection that went
 //!   silent behind a cut link sits in TCP retransmission backoff for seconds after the link
 //!   heals, so the node closes it when the detector marks the peer down
-//!   ([`NetHandle::reconnect`]) and dials again on a short jittered backoff while it is below
-//!   its target degree.
+//!   ([`NetHandle::reconnect`]) and dials again on a short jittered backoff: a lost peer
+//!   while it is below its target degree, a peer it closed itself (a repair) until a new
+//!   connection is up, whatever its degree (else a reset between two nodes at their degree
+//!   lost the link).
 //! * Gossipsub only keeps connections alive while the peer is in the mesh; an idle timeout
 //!   would otherwise tear down the very connections the failure detector and the mesh repair
 //!   rely on. The idle timeout is long by design; connection *count* is bounded by the target

@@ -148,22 +148,38 @@ impl Dialing {
 /// delay. Delays grow from [`REDIAL_MIN`] to [`REDIAL_MAX`] (jittered ±25 %, so peers that
 /// lost each other at the same moment do not dial in lockstep), then [`REDIAL_SLOW`] after
 /// [`REDIAL_FAST_FOR`]; after [`REDIAL_GIVE_UP`] the peer is left to discovery.
+///
+/// A *repair* re-dial replaces a connection the node closed itself ([`EventLoop::reconnect`]:
+/// a silent, half-open or unsubscribed connection). It is not given up because the node is
+/// at its target degree, nor because the closed connection is still counted while it shuts
+/// down: it ends when a new connection to the peer is established (or after
+/// [`REDIAL_GIVE_UP`]). Ended by the degree instead, a reset between two nodes both at
+/// their degree was a lost link: neither dialled again (issue 15's 3.5 s heal, 2026-12-05).
 #[derive(Debug)]
 pub(super) struct Redial {
     pub(super) since: tokio::time::Instant,
     pub(super) next_at: tokio::time::Instant,
     pub(super) attempt: u32,
     pub(super) pending: Vec<libp2p::swarm::ConnectionId>,
+    pub(super) repair: bool,
 }
 
 impl Redial {
-    pub(super) fn new(now: tokio::time::Instant, first_delay: Duration) -> Self {
+    pub(super) fn new(now: tokio::time::Instant, first_delay: Duration, repair: bool) -> Self {
         Self {
             since: now,
             next_at: now + first_delay,
             attempt: 0,
             pending: Vec::new(),
+            repair,
         }
+    }
+
+    /// Whether this re-dial is over before its next attempt: the peer is connected, or the
+    /// node is back at its target degree through other peers. Never for a repair, which
+    /// ends only when a new connection is established (the swarm's event removes it).
+    pub(super) fn done(&self, connected: bool, established: usize, dial_target: usize) -> bool {
+        !self.repair && (connected || established >= dial_target)
     }
 
     /// Delay before the attempt after `self.attempt`, jittered.
@@ -332,8 +348,9 @@ impl EventLoop {
         }
     }
 
-    /// Starts re-dialling `peer` (no-op if it already is, or the bound is reached).
-    pub(super) fn start_redial(&mut self, peer: PeerId, first_delay: Duration) {
+    /// Starts re-dialling `peer` (no-op if it already is, or the bound is reached); a
+    /// `repair` re-dial replaces a connection this node closed itself ([`Redial`]).
+    pub(super) fn start_redial(&mut self, peer: PeerId, first_delay: Duration, repair: bool) {
         if peer == *self.swarm.local_peer_id()
             || self.bans.contains_key(&peer)
             || self.redial.contains_key(&peer)
@@ -341,14 +358,15 @@ impl EventLoop {
         {
             return;
         }
-        if self.in_cooldown(&peer) {
+        if !repair && self.in_cooldown(&peer) {
             self.counters
                 .dials_skipped_released
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
         let now = tokio::time::Instant::now();
-        self.redial.insert(peer, Redial::new(now, first_delay));
+        self.redial
+            .insert(peer, Redial::new(now, first_delay, repair));
     }
 
     /// Closes every connection to `peer` (a silent connection is stuck in TCP backoff) and
@@ -358,7 +376,7 @@ impl EventLoop {
             info!(%peer, "closing a silent connection; re-dialling on a fresh one");
         }
         self.redial.remove(&peer);
-        self.start_redial(peer, jitter(REDIAL_MIN / 2));
+        self.start_redial(peer, jitter(REDIAL_MIN / 2), true);
     }
 
     /// An inbound connection `id` from `peer` was established while we hold another: is it
@@ -481,16 +499,15 @@ impl EventLoop {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
-            // Reconnected, or back at the target degree through other peers: done.
-            if self.swarm.is_connected(&peer)
-                || self.swarm.connected_peers().count() >= self.dial_target
-            {
-                self.redial.remove(&peer);
-                continue;
-            }
+            let established = self.swarm.connected_peers().count();
+            let connected = self.swarm.is_connected(&peer);
             let Some(r) = self.redial.get_mut(&peer) else {
                 continue;
             };
+            if r.done(connected, established, self.dial_target) {
+                self.redial.remove(&peer);
+                continue;
+            }
             if now.duration_since(r.since) >= REDIAL_GIVE_UP {
                 debug!(%peer, "giving up re-dialling; discovery may find it again");
                 self.redial.remove(&peer);

@@ -485,7 +485,7 @@ impl EventLoop {
                         && !self.bans.contains_key(&peer_id)
                         && self.num_established() < self.dial_target
                     {
-                        self.start_redial(peer_id, jitter(REDIAL_MIN));
+                        self.start_redial(peer_id, jitter(REDIAL_MIN), false);
                     }
                 }
             }

@@ -328,7 +328,7 @@ fn gossip_from_a_peer_never_heard_subscribing_shows_a_lost_subscription_once_it_
 #[test]
 fn redial_delays_grow_to_a_bound_then_slow_down() {
     let t0 = tokio::time::Instant::now();
-    let mut r = Redial::new(t0, Duration::ZERO);
+    let mut r = Redial::new(t0, Duration::ZERO, false);
     let mut delays = Vec::new();
     for _ in 0..10 {
         delays.push(r.delay(t0));
@@ -339,6 +339,25 @@ fn redial_delays_grow_to_a_bound_then_slow_down() {
     assert!(delays[9] >= REDIAL_MAX.mul_f64(0.75));
     let late = t0 + REDIAL_FAST_FOR;
     assert!(r.delay(late) >= REDIAL_SLOW.mul_f64(0.75));
+}
+
+/// A lost peer's re-dial ends once the peer is back or the node is at its degree through
+/// others; a repair re-dial (the node closed the connection itself) ends only with a new
+/// connection, whatever the degree, and not while the closed one still counts.
+#[test]
+fn a_repair_redial_is_not_ended_by_the_degree_or_the_closing_connection() {
+    let t0 = tokio::time::Instant::now();
+    let lost = Redial::new(t0, Duration::ZERO, false);
+    assert!(lost.done(true, 5, 12), "the peer is connected again");
+    assert!(lost.done(false, 12, 12), "back at the target degree");
+    assert!(!lost.done(false, 11, 12), "still short of the degree");
+    let repair = Redial::new(t0, Duration::ZERO, true);
+    assert!(!repair.done(false, 12, 12), "at the degree");
+    assert!(!repair.done(false, 20, 12), "above the degree");
+    assert!(
+        !repair.done(true, 12, 12),
+        "the closed connection is still shutting down"
+    );
 }
 
 #[test]
@@ -1193,6 +1212,45 @@ impl FreezableRelay {
             p.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// A node that resets a connection (`reconnect`: silent, half-open or unsubscribed) dials
+/// the peer again even when both are at their target degree through other peers. A node
+/// does not re-dial a peer it lost at its degree, so the link used to be lost (issue 15's
+/// 3.5 s heal, 2026-12-05: a reset between two nodes at their degree, no dial for 22 s).
+/// Three nodes with a target degree of 1 in a triangle: every one is above its target.
+#[tokio::test]
+async fn a_node_at_its_degree_redials_a_peer_it_reset() -> anyhow::Result<()> {
+    let config = |bootstrap: Vec<Multiaddr>| {
+        let mut c = test_config(bootstrap);
+        c.target_peers = 1;
+        c
+    };
+    let a = start(config(vec![]), accept_all()).await?;
+    let c = start(config(vec![a.p2p_addr().await?]), accept_all()).await?;
+    let b = start(
+        config(vec![a.p2p_addr().await?, c.p2p_addr().await?]),
+        accept_all(),
+    )
+    .await?;
+    eventually("B connected to A and C", || async {
+        b.connected_to(a.id()).await && b.connected_to(c.id()).await
+    })
+    .await?;
+    eventually("A connected to C", || a.connected_to(c.id())).await?;
+    // Past Kademlia's automatic bootstrap (500 ms after the routing tables last grew), whose
+    // queries would dial the peers again on their own.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = b.handle.stats().connected;
+    b.handle.reconnect(a.id()).await?;
+    eventually("B connected to A again", || async {
+        b.handle.stats().connected > before && b.connected_to(a.id()).await
+    })
+    .await?;
+    for n in [a, b, c] {
+        n.driver.abort();
+    }
+    Ok(())
 }
 
 /// Issue 14's fresh-fault propagation, the half-open case. B reaches A through a link that
