@@ -25,7 +25,10 @@
 //!   fsync runs; the writer's acknowledgement waits for it) and the HTTP request, and the
 //!   observers run on the same cores as the nodes, so the dpin figure is an upper bound.
 //!   After the run, the nodes' `/metrics` tell how the records arrived (gossip or
-//!   anti-entropy), printed as one line per size.
+//!   anti-entropy), printed as one line per size. A line per size and way also gives the
+//!   time until the origin itself showed the record (the HTTP publish, its verify and merge,
+//!   the observer's answer), and from then to the last node: observed the same way at both
+//!   ends, that is the spread by gossip alone, without the origin's entry.
 //!
 //! Per size and side it also prints the CPU the nodes used per message (all of them, from
 //! `/proc/PID/stat`; the raw side's is this process's own): on a machine with fewer cores
@@ -661,6 +664,7 @@ async fn measure(
     let mut lost = 0;
     let mut dns_timeouts = 0;
     let mut at_origin = Vec::with_capacity(args.messages);
+    let mut spread = Vec::with_capacity(args.messages);
     for m in 0..args.messages {
         let origin = m % n;
         let label = format!("p{run}-{}-{m}", observe.as_str());
@@ -698,17 +702,22 @@ async fn measure(
             );
         }
         let mut last = Some(t0);
+        let mut origin_seen = None;
         for (k, p) in observers.into_iter().enumerate() {
             let seen = p.await.ok().flatten();
             if k == origin {
                 if let Some(t) = seen {
                     at_origin.push(t.duration_since(t0));
+                    origin_seen = Some(t);
                 }
             }
             last = match (last, seen) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
             };
+        }
+        if let (Some(o), Some(l)) = (origin_seen, last) {
+            spread.push(l.saturating_duration_since(o));
         }
         match last {
             Some(t) => samples.push(t.duration_since(t0)),
@@ -720,11 +729,14 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
     at_origin.sort();
+    spread.sort();
     eprintln!(
-        "propagation: N={n} {}: seen at the origin itself p50 {:.2} ms, p99 {:.2} ms",
+        "propagation: N={n} {}: seen at the origin itself p50 {:.2} ms, p99 {:.2} ms; origin to last node p50 {:.2} ms, p99 {:.2} ms",
         observe.as_str(),
         quantile_ms(&at_origin, 0.5),
-        quantile_ms(&at_origin, 0.99)
+        quantile_ms(&at_origin, 0.99),
+        quantile_ms(&spread, 0.5),
+        quantile_ms(&spread, 0.99)
     );
     Ok(side(samples, lost, dns_timeouts))
 }
