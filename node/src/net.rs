@@ -113,10 +113,10 @@
 //! * **Lost peers are re-dialled on fresh connections** ([`Redial`]): a connection that went
 //!   silent behind a cut link sits in TCP retransmission backoff for seconds after the link
 //!   heals, so the node closes it when the detector marks the peer down
-//!   ([`NetHandle::reconnect`]) and dials again on a short jittered backoff: a lost peer
-//!   while it is below its target degree, a peer it closed itself (a repair) until a new
-//!   connection is up, whatever its degree (else a reset between two nodes at their degree
-//!   lost the link).
+//!   ([`NetHandle::reconnect`]) and dials again on a short jittered backoff while it is below
+//!   its target degree. A live peer's connection the node closes to mend it (half-open, lost
+//!   subscription) is re-dialled until a new one is up, whatever the degree: else a reset
+//!   between two nodes at their degree lost the link.
 //! * Gossipsub only keeps connections alive while the peer is in the mesh; an idle timeout
 //!   would otherwise tear down the very connections the failure detector and the mesh repair
 //!   rely on. The idle timeout is long by design; connection *count* is bounded by the target
@@ -957,7 +957,8 @@ impl NetHandle {
     }
 
     /// Closes every connection to `peer` and re-dials it on a short, bounded, jittered
-    /// backoff until a connection is established again. The failure detector calls this when
+    /// backoff until a connection is established again, while the node is below its target
+    /// degree. The failure detector calls this when
     /// it marks a connected peer down: a connection that went silent (a cut link, a paused
     /// process) is stuck in TCP retransmission backoff — after a long cut the next
     /// retransmission may be seconds away — while a fresh connection works as soon as packets

@@ -149,12 +149,16 @@ impl Dialing {
 /// lost each other at the same moment do not dial in lockstep), then [`REDIAL_SLOW`] after
 /// [`REDIAL_FAST_FOR`]; after [`REDIAL_GIVE_UP`] the peer is left to discovery.
 ///
-/// A *repair* re-dial replaces a connection the node closed itself ([`EventLoop::reconnect`]:
-/// a silent, half-open or unsubscribed connection). It is not given up because the node is
-/// at its target degree, nor because the closed connection is still counted while it shuts
-/// down: it ends when a new connection to the peer is established (or after
-/// [`REDIAL_GIVE_UP`]). Ended by the degree instead, a reset between two nodes both at
-/// their degree was a lost link: neither dialled again (issue 15's 3.5 s heal, 2026-12-05).
+/// A *repair* re-dial replaces a live peer's connection the node closed itself because only
+/// a new one mends it (`EventLoop::reconnect_afresh`: half-open, subscription lost). It is
+/// not given up because the node is at its target degree, nor because the closed connection
+/// is still counted while it shuts down: it ends when a new connection to the peer is
+/// established (or after [`REDIAL_GIVE_UP`]). Ended by the degree instead, a reset between
+/// two nodes both at their degree was a lost link: neither dialled again (issue 15's 3.5 s
+/// heal, 2026-12-05). A silent connection the failure detector gives up is not a repair: its
+/// peer is likely behind a cut or dead, and re-dialled as a lost peer, below the degree only
+/// (with every such peer a repair, 25-node partition runs restored more links across each
+/// cut and churned: propagation p99 380 / 425 → 520 / 639 ms, one run each of seeds 26, 28).
 #[derive(Debug)]
 pub(super) struct Redial {
     pub(super) since: tokio::time::Instant,
@@ -369,14 +373,17 @@ impl EventLoop {
             .insert(peer, Redial::new(now, first_delay, repair));
     }
 
-    /// Closes every connection to `peer` (a silent connection is stuck in TCP backoff) and
-    /// re-dials it soon on a fresh one.
-    pub(super) fn reconnect(&mut self, peer: PeerId) {
+    /// Closes every connection to `peer` and re-dials it soon on a fresh one: a silent
+    /// connection (the failure detector's, stuck in TCP backoff; re-dialled as a lost peer,
+    /// while the node is below its degree), or, with `repair`, a live peer's connection that
+    /// is broken in a way only a new one mends (half-open, subscription lost: re-dialled
+    /// whatever the degree, [`Redial`]).
+    pub(super) fn reconnect(&mut self, peer: PeerId, repair: bool) {
         if self.swarm.disconnect_peer_id(peer).is_ok() {
-            info!(%peer, "closing a silent connection; re-dialling on a fresh one");
+            info!(%peer, repair, "closing a connection; re-dialling on a fresh one");
         }
         self.redial.remove(&peer);
-        self.start_redial(peer, jitter(REDIAL_MIN / 2), true);
+        self.start_redial(peer, jitter(REDIAL_MIN / 2), repair);
     }
 
     /// An inbound connection `id` from `peer` was established while we hold another: is it
@@ -426,7 +433,7 @@ impl EventLoop {
     fn reconnect_afresh(&mut self, peer: PeerId, counter: fn(&Counters) -> &AtomicU64, why: &str) {
         counter(&self.counters).fetch_add(1, Ordering::Relaxed);
         info!(%peer, "{why}; reconnecting afresh");
-        self.reconnect(peer);
+        self.reconnect(peer, true);
     }
 
     /// A gossip message came from `peer`, which gossipsub has not heard subscribe to our

@@ -367,7 +367,7 @@ impl EventLoop {
                 let _ = reply.send(result.map_err(|e| NetError::Dial(e.to_string())));
             }
             Command::Reconnect { peer, reply } => {
-                self.reconnect(peer);
+                self.reconnect(peer, false);
                 let _ = reply.send(());
             }
             Command::Ban {

@@ -1214,11 +1214,14 @@ impl FreezableRelay {
     }
 }
 
-/// A node that resets a connection (`reconnect`: silent, half-open or unsubscribed) dials
-/// the peer again even when both are at their target degree through other peers. A node
-/// does not re-dial a peer it lost at its degree, so the link used to be lost (issue 15's
-/// 3.5 s heal, 2026-12-05: a reset between two nodes at their degree, no dial for 22 s).
-/// Three nodes with a target degree of 1 in a triangle: every one is above its target.
+/// A node that resets a live peer's connection to mend it (here: half-open) dials the peer
+/// again even when both are at their target degree through other peers. A node does not
+/// re-dial a peer it lost at its degree, so the link used to be lost (issue 15's 3.5 s heal,
+/// 2026-12-05: a reset between two nodes at their degree, no dial for 22 s). Three nodes with
+/// a target degree of 1 in a triangle, every one above its target; B reaches A through a
+/// relay that is then frozen, gives that connection up and dials A directly, so A holds a
+/// half-open end and resets B. Neither B (at its degree) nor anyone else dials again: only
+/// A's repair re-dial restores the link.
 #[tokio::test]
 async fn a_node_at_its_degree_redials_a_peer_it_reset() -> anyhow::Result<()> {
     let config = |bootstrap: Vec<Multiaddr>| {
@@ -1227,26 +1230,49 @@ async fn a_node_at_its_degree_redials_a_peer_it_reset() -> anyhow::Result<()> {
         c
     };
     let a = start(config(vec![]), accept_all()).await?;
-    let c = start(config(vec![a.p2p_addr().await?]), accept_all()).await?;
-    let b = start(
-        config(vec![a.p2p_addr().await?, c.p2p_addr().await?]),
-        accept_all(),
-    )
-    .await?;
+    let a_addr = a.p2p_addr().await?;
+    let a_tcp = a_addr
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .context("no tcp port")?;
+    let relay = FreezableRelay::start(([127, 0, 0, 1], a_tcp).into()).await?;
+    let c = start(config(vec![a_addr.clone()]), accept_all()).await?;
+    let via_relay: Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", relay.addr.port(), a.id()).parse()?;
+    let b = start(config(vec![via_relay, c.p2p_addr().await?]), accept_all()).await?;
     eventually("B connected to A and C", || async {
         b.connected_to(a.id()).await && b.connected_to(c.id()).await
     })
     .await?;
     eventually("A connected to C", || a.connected_to(c.id())).await?;
     // Past Kademlia's automatic bootstrap (500 ms after the routing tables last grew), whose
-    // queries would dial the peers again on their own.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = b.handle.stats().connected;
+    // queries would dial the peers again on their own, and A's connection is old enough to
+    // be taken for a half-open end.
+    tokio::time::sleep(Duration::from_millis(1500).max(HALF_OPEN_MIN_AGE)).await;
+
+    relay.freeze();
+    // B gives its connection up (its close never reaches A) and, at its degree through C,
+    // does not re-dial; its own dial then reaches A directly.
     b.handle.reconnect(a.id()).await?;
-    eventually("B connected to A again", || async {
-        b.handle.stats().connected > before && b.connected_to(a.id()).await
+    eventually("B no longer connected to A", || async {
+        !b.connected_to(a.id()).await
     })
     .await?;
+    let before = b.handle.stats().connected;
+    b.handle.dial(a_addr).await?;
+    eventually("A reset B as half-open", || {
+        let reset = a.handle.stats().half_open_resets >= 1;
+        async move { reset }
+    })
+    .await?;
+    eventually("A connected to B again after its reset", || async {
+        b.handle.stats().connected > before + 1 && a.connected_to(b.id()).await
+    })
+    .await?;
+    relay.accept.abort();
     for n in [a, b, c] {
         n.driver.abort();
     }
