@@ -90,11 +90,22 @@ pub struct NodeProc {
     /// Addresses from the last start.
     pub info: Option<NodeInfo>,
     child: Option<Child>,
+    /// The running child's pid when it runs under libfaketime: what to clean up after it is
+    /// reaped ([`NodeProc::reaped`]).
+    faketime_pid: Option<u32>,
     /// Whether we SIGSTOPped it.
     pub paused: bool,
 }
 
 impl NodeProc {
+    /// The child was reaped: removes what libfaketime leaves behind for a SIGKILLed process
+    /// (`crate::clock::remove_leftovers`).
+    fn reaped(&mut self) {
+        if let Some(pid) = self.faketime_pid.take() {
+            crate::clock::remove_leftovers(Path::new(crate::clock::SHM_DIR), pid);
+        }
+    }
+
     /// Process id of the running child.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
@@ -251,6 +262,7 @@ impl Cluster {
                 clock_file,
                 info: None,
                 child: None,
+                faketime_pid: None,
                 paused: false,
             });
         }
@@ -347,6 +359,7 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("cannot start {}", dpin.display()))?;
         let pid = child.id().unwrap_or(0);
+        node.faketime_pid = (self.faketime.is_some() && node.clock_file.is_some()).then_some(pid);
         std::fs::write(
             self.base_dir.join(format!("node-{}.pid", i + 1)),
             format!("{pid}\n"),
@@ -386,7 +399,9 @@ impl Cluster {
             }
             Err(_) => {
                 let _ = child.start_kill();
-                let _ = child.wait().await;
+                if child.wait().await.is_ok() {
+                    node.reaped();
+                }
                 return Err(anyhow!(
                     "node {} printed no addresses within {START_TIMEOUT:?}; log {}:\n{}",
                     i + 1,
@@ -399,6 +414,9 @@ impl Cluster {
         if !complete {
             // stdout closed: the node exited. Why?
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            if matches!(status, Ok(Ok(_))) {
+                node.reaped();
+            }
             let tail = log_tail(&node.log, 5);
             if want_dns && api.is_some() && tail.contains("DNS") {
                 return Err(StartError::DnsUnavailable(
@@ -508,13 +526,20 @@ impl Cluster {
             return Ok(());
         };
         node.paused = false;
-        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        let waited = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+        if matches!(waited, Ok(Ok(_))) {
+            node.reaped();
+        }
+        match waited {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => bail!("node {} exited with {status} after SIGTERM", i + 1),
             Ok(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
             Err(_) => {
                 let _ = child.start_kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), child.wait()).await
+                {
+                    node.reaped();
+                }
                 bail!(
                     "node {} did not exit within {} s of SIGTERM (killed)",
                     i + 1,
@@ -530,7 +555,7 @@ impl Cluster {
         node.signal(Signal::SIGKILL)?;
         if let Some(mut child) = node.child.take() {
             match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => node.reaped(),
                 Ok(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
                 Err(_) => bail!("node {} did not die within 5 s of SIGKILL", i + 1),
             }
@@ -613,18 +638,20 @@ impl Cluster {
                 continue;
             };
             match tokio::time::timeout_at(deadline.into(), child.wait()).await {
-                Ok(_) => {}
+                Ok(Ok(_)) => n.reaped(),
+                Ok(Err(_)) => {}
                 Err(_) => {
                     eprintln!(
                         "dpin-sim: node {} ignored SIGTERM; sending SIGKILL",
                         n.index
                     );
                     let _ = child.start_kill();
-                    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                        .await
-                        .is_err()
-                    {
-                        eprintln!("dpin-sim: node {} did not exit after SIGKILL", n.index);
+                    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                        Ok(Ok(_)) => n.reaped(),
+                        Ok(Err(_)) => {}
+                        Err(_) => {
+                            eprintln!("dpin-sim: node {} did not exit after SIGKILL", n.index)
+                        }
                     }
                 }
             }
