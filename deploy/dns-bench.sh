@@ -13,19 +13,25 @@
 #   5. pins each server to CPU $SERVER_CPU and dnsperf to CPU $CLIENT_CPU (taskset), and for
 #      each server searches the highest offered rate (dnsperf -Q) that is answered with 0% loss
 #      and at >= 95% of the offered rate, with short runs (-l $DURATION);
-#   6. measures p50/p99 latency at half that rate (dnsperf -v, per-query latencies; median
-#      of $LAT_RUNS runs). With GOSSIP_RATE=R (R > 0), GOSSIP_PEERS more dpin nodes (default 3,
-#      on the client CPU, each holding a copy of the same store) are connected to the measured
-#      one, and during every latency run, of both servers alike, `dpin-bench publish-load`
-#      publishes R signed updates of the names a second to them in turn: the measured node receives
-#      them by gossip and applies them while it answers (the reference server receives
-#      nothing; the load is there too so the client CPU is shared the same way). The report
-#      says how many updates the measured node applied by gossip;
+#   6. measures p50/p99 latency at half that rate, or at LAT_QPS for both servers (dnsperf
+#      -v, per-query latencies; median of $LAT_RUNS runs). With GOSSIP_RATE=R (R > 0), during
+#      every latency run, of both
+#      servers alike, R signed updates of the names a second reach the measured node by gossip,
+#      and it verifies and applies them while it answers (the reference server receives
+#      nothing; the load runs there too so the client CPU is shared the same way). By default
+#      (GOSSIP_VIA=peers) `dpin-bench gossip-load` sends them itself: GOSSIP_PEERS (default 5)
+#      fresh libp2p peers in one process on the client CPU, connected to the measured node.
+#      With GOSSIP_VIA=nodes, GOSSIP_PEERS more dpin nodes (default 3, each holding a copy of
+#      the same store) are connected to it, and `dpin-bench publish-load` publishes the
+#      updates to them over HTTP in turn: closer to a real network, but on 2 CPUs those nodes
+#      take the client CPU from dnsperf. The report says how many updates the measured node
+#      applied by gossip;
 #   7. prints both figures and the ratio dpin/reference; cleans everything up on exit.
 #
 # Usage: deploy/dns-bench.sh            (env: N, DURATION, SERVER_CPU, CLIENT_CPU, STEPS,
-#                                        LAT_RUNS, CLIENTS, OUTSTANDING, REFERENCE=knot|nsd,
+#                                        LAT_RUNS, LAT_QPS, CLIENTS, OUTSTANDING, REFERENCE=knot|nsd,
 #                                        DPIN_ARGS, FILL=cli|direct, GOSSIP_RATE,
+#                                        GOSSIP_VIA=peers|nodes, GOSSIP_PEERS,
 #                                        KEEP=1 keeps the work directory)
 # At data scale (issue 14's target):  N=1000000 GOSSIP_RATE=1000 deploy/dns-bench.sh
 # Needs: 2+ CPUs, Debian/Ubuntu (apt-get) or dnsperf + knotd/nsd already installed, cargo.
@@ -41,16 +47,23 @@ STEPS=${STEPS:-6}
 LAT_RUNS=${LAT_RUNS:-3}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-200}
+# Latency rate for both servers (queries/s); empty: half of each server's max.
+LAT_QPS=${LAT_QPS:-}
+[[ -z $LAT_QPS || $LAT_QPS =~ ^[1-9][0-9]*$ ]] || { echo "LAT_QPS must be a positive integer" >&2; exit 2; }
 REFERENCE=${REFERENCE:-knot}
 # How the dpin node is filled: cli (one publish per name) up to CLI_MAX names, direct above.
 CLI_MAX=20000
 FILL=${FILL:-$( (( N <= CLI_MAX )) && echo cli || echo direct)}
 [[ $FILL == cli || $FILL == direct ]] || { echo "FILL must be cli or direct" >&2; exit 2; }
-# Signed updates a second published to GOSSIP_PEERS other nodes while latency is measured
-# (0 = none). A node takes at most 500 gossip messages a second from one peer (its ingest
-# budget), so 1,000 a second need at least 3 sources.
+# Signed updates a second that reach the measured node by gossip while latency is measured
+# (0 = none), sent by GOSSIP_PEERS peers of `dpin-bench gossip-load` (GOSSIP_VIA=peers) or
+# published over HTTP to GOSSIP_PEERS other nodes (GOSSIP_VIA=nodes). A node takes at most 250
+# gossip messages a second from a peer in its first 10 s and 500 after (its ingest budget), so
+# 1,000 a second need at least 3 nodes, or 5 fresh peers.
 GOSSIP_RATE=${GOSSIP_RATE:-0}
-GOSSIP_PEERS=${GOSSIP_PEERS:-3}
+GOSSIP_VIA=${GOSSIP_VIA:-peers}
+[[ $GOSSIP_VIA == peers || $GOSSIP_VIA == nodes ]] || { echo "GOSSIP_VIA must be peers or nodes" >&2; exit 2; }
+GOSSIP_PEERS=${GOSSIP_PEERS:-$([[ $GOSSIP_VIA == peers ]] && echo 5 || echo 3)}
 # Extra `dpin node` flags. Endpoint health probing is off by default: the reference server
 # probes nothing, and probing N endpoints is background load that scales with the store, not
 # with queries. DPIN_ARGS= (empty) measures with probing on.
@@ -179,20 +192,23 @@ if [[ $FILL == cli ]]; then
     for i in $(seq 1 "$N"); do echo "n$i.$ZONE.dpin A"; done >"$WORK/queries.txt"
 fi
 
-# The gossip sources: GOSSIP_PEERS nodes holding the same names, connected to the measured one.
+# The gossip sources (GOSSIP_VIA=nodes): GOSSIP_PEERS nodes holding the same names, connected
+# to the measured one. With GOSSIP_VIA=peers, the load process connects its own peers to BOOT.
 PEER_APIS=()
 if (( GOSSIP_RATE > 0 )); then
     [[ $FILL == direct ]] || die "GOSSIP_RATE needs FILL=direct (the load updates the bench names)"
     (( GOSSIP_PEERS >= 1 )) || die "GOSSIP_PEERS must be at least 1"
     BOOT=$(wait_line "$WORK/dpin.out" listen) || die "dpin printed no listen address"
-    for p in $(seq 1 "$GOSSIP_PEERS"); do
-        mkdir -p "$WORK/peer$p"
-        cp "$WORK/dpin/store.redb" "$WORK/peer$p/store.redb"
-        start_dpin "$WORK/peer$p" "$CLIENT_CPU" --bootstrap "$BOOT"
-        api=$(wait_line "$WORK/peer$p.out" api) || die "gossip peer $p did not start (see $WORK/peer$p.log)"
-        PEER_APIS+=(--api "$api")
-    done
-    log "$GOSSIP_PEERS gossip peers (${PEER_APIS[*]}), bootstrapped from $BOOT"
+    if [[ $GOSSIP_VIA == nodes ]]; then
+        for p in $(seq 1 "$GOSSIP_PEERS"); do
+            mkdir -p "$WORK/peer$p"
+            cp "$WORK/dpin/store.redb" "$WORK/peer$p/store.redb"
+            start_dpin "$WORK/peer$p" "$CLIENT_CPU" --bootstrap "$BOOT"
+            api=$(wait_line "$WORK/peer$p.out" api) || die "gossip peer $p did not start (see $WORK/peer$p.log)"
+            PEER_APIS+=(--api "$api")
+        done
+        log "$GOSSIP_PEERS gossip peers (${PEER_APIS[*]}), bootstrapped from $BOOT"
+    fi
 fi
 
 # A port below the ephemeral range (so no outgoing connection can hold it) that no socket uses.
@@ -382,11 +398,17 @@ latency_once() {
 LOAD_PID=""
 start_load() {
     (( GOSSIP_RATE > 0 )) || return 0
-    taskset -c "$CLIENT_CPU" "$BENCH" publish-load "${PEER_APIS[@]}" --records "$N" \
-        --rate "$GOSSIP_RATE" --duration-s 3600 --seed "$RANDOM" >"$WORK/load.$1.txt" 2>&1 &
+    if [[ $GOSSIP_VIA == peers ]]; then
+        taskset -c "$CLIENT_CPU" "$BENCH" gossip-load --target "$BOOT" --peers "$GOSSIP_PEERS" \
+            --records "$N" --rate "$GOSSIP_RATE" --duration-s 3600 --seed "$RANDOM" \
+            >"$WORK/load.$1.txt" 2>&1 &
+    else
+        taskset -c "$CLIENT_CPU" "$BENCH" publish-load "${PEER_APIS[@]}" --records "$N" \
+            --rate "$GOSSIP_RATE" --duration-s 3600 --seed "$RANDOM" >"$WORK/load.$1.txt" 2>&1 &
+    fi
     LOAD_PID=$!
     PIDS+=("$LOAD_PID")
-    sleep 2 # up to rate, and gossip flowing to the measured node
+    sleep 2 # connected, up to rate, and gossip flowing to the measured node
 }
 stop_load() {
     (( GOSSIP_RATE > 0 )) || return 0
@@ -416,20 +438,35 @@ latency() {
     echo "$m50 $m99"
 }
 
+# The rate latency is measured at: half the server's max, or LAT_QPS for both servers.
+lat_rate() {
+    if [[ -n $LAT_QPS ]]; then
+        echo "$LAT_QPS"
+    else
+        echo $(( $1 / 2 > 0 ? $1 / 2 : 1 ))
+    fi
+}
+AT=$([[ -n $LAT_QPS ]] && echo "@ $LAT_QPS" || echo "@ half")
+
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load before measuring: $LOAD"
 DPIN_QPS=$(max_rate "$DPIN_PORT" dpin)
 REF_QPS=$(max_rate "$REF_PORT" "$REF_NAME")
 APPLIED_BEFORE=$(gossip_applied)
 start_load dpin
-read -r DPIN_P50 DPIN_P99 <<<"$(latency "$DPIN_PORT" $(( DPIN_QPS / 2 > 0 ? DPIN_QPS / 2 : 1 )) dpin)"
+read -r DPIN_P50 DPIN_P99 <<<"$(latency "$DPIN_PORT" "$(lat_rate "$DPIN_QPS")" dpin)"
 stop_load dpin
 APPLIED=$(( $(gossip_applied) - APPLIED_BEFORE ))
 start_load reference
-read -r REF_P50 REF_P99 <<<"$(latency "$REF_PORT" $(( REF_QPS / 2 > 0 ? REF_QPS / 2 : 1 )) "$REF_NAME")"
+read -r REF_P50 REF_P99 <<<"$(latency "$REF_PORT" "$(lat_rate "$REF_QPS")" "$REF_NAME")"
 stop_load reference
 if (( GOSSIP_RATE > 0 )); then
-    GOSSIP_LINE="gossip load during the latency runs: $GOSSIP_RATE publishes/s offered to $GOSSIP_PEERS other nodes; the dpin node applied $APPLIED by gossip during its runs
+    if [[ $GOSSIP_VIA == peers ]]; then
+        VIA="sent by gossip from $GOSSIP_PEERS peers"
+    else
+        VIA="published to $GOSSIP_PEERS other nodes"
+    fi
+    GOSSIP_LINE="gossip load during the latency runs: $GOSSIP_RATE updates/s offered, $VIA; the dpin node applied $APPLIED by gossip during its runs
   dpin runs:      $(cat "$WORK/load.dpin.txt")
   reference runs: $(cat "$WORK/load.reference.txt")"
 else
@@ -445,7 +482,7 @@ DNS benchmark: $N names, A queries over UDP, loopback; server on CPU $SERVER_CPU
 dpin node flags: ${DPIN_ARGS:-(none)}; filled by: $FILL; load average at start: $LOAD
 $GOSSIP_LINE
 ($CLIENTS clients, <= $OUTSTANDING outstanding, ${DURATION}s per run, $STEPS-step search over -Q)
-server            max qps @ 0% loss   p50 ms @ half   p99 ms @ half (median of $LAT_RUNS runs)
+server            max qps @ 0% loss   p50 ms $AT   p99 ms $AT (median of $LAT_RUNS runs)
 dpin              $(printf '%-19s %-15s %s' "$DPIN_QPS" "$DPIN_P50" "$DPIN_P99")
 $(printf '%-17s %-19s %-15s %s' "$REF_NAME" "$REF_QPS" "$REF_P50" "$REF_P99")
 ratio dpin/${REF_NAME%% *}: $RATIO

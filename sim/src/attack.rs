@@ -186,8 +186,9 @@ pub fn target_peer(addr: &Multiaddr) -> Result<PeerId> {
         .ok_or_else(|| anyhow!("target {addr} has no /p2p/PEER_ID suffix"))
 }
 
+/// What the sessions' event tasks note for the report.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     disconnected_at: AtomicU64,
     banned_at: AtomicU64,
     bombs_answered: AtomicU64,
@@ -196,12 +197,15 @@ struct Shared {
 }
 
 /// One identity: a swarm connected to the target.
-struct Session {
-    net: NetHandle,
+pub(crate) struct Session {
+    pub(crate) net: NetHandle,
 }
 
 impl Session {
-    async fn start(
+    /// A fresh identity on loopback, connected to `target` (whose peer id is `peer`) within
+    /// [`CONNECT_TIMEOUT`]; its events are drained in the background (gossip ignored, the
+    /// target's sync sessions answered in sync, or with a bomb when `bomb`).
+    pub(crate) async fn start(
         target: &Multiaddr,
         peer: PeerId,
         bomb: bool,

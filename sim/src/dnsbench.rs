@@ -17,9 +17,20 @@
 //!   time comes while all are busy is sent late, and the report says how many were late and
 //!   by how much at most. SIGTERM or SIGINT ends it early. It prints one line: offered and
 //!   achieved rate, outcomes by name.
+//! * **`dpin-bench gossip-load`** sends the same updates to the measured node *by gossip*
+//!   itself: `--peers` fresh libp2p identities (the node's own network layer, as
+//!   `dpin-sim attack` joins) connect to it and publish the updates in turn. No other node,
+//!   no HTTP and no fsync stand between the load and the measured node, so on a 2-core
+//!   machine the load costs the client CPU little: the three source nodes and their HTTP
+//!   publishes of `publish-load` took that CPU from dnsperf, and reached only 550 of 1,000
+//!   a second (README, DNS). A node takes at most 250 gossip messages a second from a peer
+//!   in its first 10 s and 500 after (`dpin_protocol::ingest`), so 1,000 a second from 5
+//!   peers stay under both.
 //!
-//! Wiring: `dpin-bench` has a subcommand variant for each, holding [`FillArgs`] and
-//! [`LoadArgs`], and calls [`fill`] and [`load`].
+//! Both loads pace the same way ([`Pacer`]) and make the same updates ([`Updates`]).
+//!
+//! Wiring: `dpin-bench` has a subcommand variant for each, holding [`FillArgs`],
+//! [`LoadArgs`] and [`GossipLoadArgs`], and calls [`fill`], [`load`] and [`gossip_load`].
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -125,54 +136,141 @@ pub struct LoadArgs {
     pub seed: u64,
 }
 
+/// Paces sends at a fixed rate for a fixed time from its creation, until SIGTERM or SIGINT
+/// (a bench script stops a load after its runs that way), and keeps the summary figures.
+struct Pacer {
+    rate: u32,
+    duration_s: f64,
+    started: Instant,
+    interval: Duration,
+    total: u64,
+    next: u64,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    late: u64,
+    max_late: Duration,
+}
+
+impl Pacer {
+    fn new(rate: u32, duration_s: f64) -> Result<Self> {
+        if rate == 0 {
+            bail!("--rate must be at least 1");
+        }
+        if !(duration_s > 0.0 && duration_s <= 3600.0) {
+            bail!("--duration-s must be in (0, 3600]");
+        }
+        Ok(Pacer {
+            rate,
+            duration_s,
+            started: Instant::now(),
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate)),
+            total: (duration_s * f64::from(rate)).round() as u64,
+            next: 0,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            late: 0,
+            max_late: Duration::ZERO,
+        })
+    }
+
+    fn due(&self, k: u64) -> Instant {
+        self.started + self.interval.mul_f64(k as f64)
+    }
+
+    /// Waits until the next send is due; `None` once all are sent or a signal came.
+    async fn tick(&mut self) -> Option<u64> {
+        if self.next >= self.total {
+            return None;
+        }
+        let k = self.next;
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.due(k).into()) => {}
+            _ = self.term.recv() => return None,
+            _ = self.int.recv() => return None,
+        }
+        self.next += 1;
+        Some(k)
+    }
+
+    /// Send `k` goes out now: counted late if more than one interval after its time.
+    fn sending(&mut self, k: u64) {
+        let behind = Instant::now().saturating_duration_since(self.due(k));
+        if behind > self.interval {
+            self.late += 1;
+            self.max_late = self.max_late.max(behind);
+        }
+    }
+
+    /// "offered R /s for up to D s, sent S in T s (X /s), L sent late (max M ms)".
+    fn summary(&self, sent: u64) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        format!(
+            "offered {} /s for up to {:.1} s, sent {sent} in {secs:.1} s ({:.0} /s), {} sent late (max {:.1} ms)",
+            self.rate,
+            self.duration_s,
+            sent as f64 / secs,
+            self.late,
+            self.max_late.as_secs_f64() * 1000.0,
+        )
+    }
+}
+
+/// Signed updates of the bench names: record `i` (picked by a seeded RNG over `0..records`)
+/// at a sequence number from the wall clock in microseconds, above the fill's seq 1 and any
+/// earlier run's, so every update wins over the one held.
+struct Updates {
+    zones: Vec<ZoneKey>,
+    rng: ChaCha8Rng,
+    records: usize,
+    expires: u64,
+    made: u64,
+}
+
+impl Updates {
+    fn new(records: usize, seed: u64) -> Result<Self> {
+        if records == 0 {
+            bail!("--records must be at least 1");
+        }
+        Ok(Updates {
+            zones: (0..BENCH_ZONES).map(bench_zone).collect(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            records,
+            expires: unix_ms().saturating_add(RECORD_LIFETIME_MS),
+            made: 0,
+        })
+    }
+
+    fn next(&mut self) -> Result<dpin_protocol::SignedRecord> {
+        let i = self.rng.gen_range(0..self.records);
+        self.made += 1;
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(self.made + 1);
+        Ok(bench_record(&self.zones, i, seq, self.expires)?)
+    }
+}
+
 /// Publishes at the offered rate for the duration and prints the summary line.
 pub async fn load(a: &LoadArgs) -> Result<()> {
-    if a.records == 0 || a.rate == 0 || a.in_flight == 0 {
-        bail!("--records, --rate and --in-flight must be at least 1");
+    if a.in_flight == 0 {
+        bail!("--in-flight must be at least 1");
     }
-    if !(a.duration_s > 0.0 && a.duration_s <= 3600.0) {
-        bail!("--duration-s must be in (0, 3600]");
-    }
+    let mut updates = Updates::new(a.records, a.seed)?;
+    let mut pacer = Pacer::new(a.rate, a.duration_s)?;
     let api = Api::new().context("HTTP client")?;
-    let zones: Arc<Vec<ZoneKey>> = Arc::new((0..BENCH_ZONES).map(bench_zone).collect());
     let slots = Arc::new(Semaphore::new(a.in_flight));
-    let mut rng = ChaCha8Rng::seed_from_u64(a.seed);
-    let total = (a.duration_s * f64::from(a.rate)).round() as u64;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(a.rate));
-    let expires = unix_ms().saturating_add(RECORD_LIFETIME_MS);
-    let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    let (mut late, mut max_late) = (0u64, Duration::ZERO);
     let mut outcomes: BTreeMap<OpOutcome, u64> = BTreeMap::new();
-    // SIGTERM or SIGINT ends the load early (the bench script stops it after its runs); the
-    // publishes in flight are awaited and counted.
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sent = 0u64;
-    for k in 0..total {
-        let due = started + interval.mul_f64(k as f64);
-        tokio::select! {
-            _ = tokio::time::sleep_until(due.into()) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+    while let Some(k) = pacer.tick().await {
         let permit = slots
             .clone()
             .acquire_owned()
             .await
             .context("semaphore closed")?;
-        let behind = Instant::now().saturating_duration_since(due);
-        if behind > interval {
-            late += 1;
-            max_late = max_late.max(behind);
-        }
-        let i = rng.gen_range(0..a.records);
-        // Microseconds since the epoch: above the fill's seq 1 and any earlier run's.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(k + 2);
-        let record = bench_record(&zones, i, seq, expires)?;
+        pacer.sending(k);
+        let record = updates.next()?;
         sent += 1;
         let (api, addr) = (api.clone(), a.api[k as usize % a.api.len()]);
         tasks.spawn(async move {
@@ -187,15 +285,132 @@ pub async fn load(a: &LoadArgs) -> Result<()> {
     while let Some(done) = tasks.join_next().await {
         *outcomes.entry(done.context("publish task")?).or_default() += 1;
     }
-    let secs = started.elapsed().as_secs_f64();
     let words: Vec<String> = outcomes.iter().map(|(k, v)| format!("{k:?} {v}")).collect();
     println!(
-        "publish-load: offered {} /s for up to {:.1} s, sent {sent} in {secs:.1} s ({:.0} /s), {late} sent late (max {:.1} ms), outcomes: {}",
-        a.rate,
-        a.duration_s,
-        sent as f64 / secs,
-        max_late.as_secs_f64() * 1000.0,
+        "publish-load: {}, outcomes: {}",
+        pacer.summary(sent),
         words.join(", ")
     );
     Ok(())
+}
+
+/// Arguments of `dpin-bench gossip-load`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GossipLoadArgs {
+    /// The measured node's libp2p address with `/p2p/PEER_ID` (the `listen` line `dpin node`
+    /// prints).
+    #[arg(long)]
+    pub target: libp2p::Multiaddr,
+    /// Identities (each its own connection) the updates come from, in turn.
+    #[arg(long, default_value_t = 5)]
+    pub peers: usize,
+    /// Names to pick from: the `--records` given to `dns-fill`.
+    #[arg(long)]
+    pub records: usize,
+    /// Updates per second, all peers together.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// How long to send, in seconds.
+    #[arg(long)]
+    pub duration_s: f64,
+    /// Seed of the RNG that picks the names.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Most identities `gossip-load` starts.
+const MAX_LOAD_PEERS: usize = 64;
+
+/// Connects the peers, publishes at the offered rate for the duration, prints the summary.
+pub async fn gossip_load(a: &GossipLoadArgs) -> Result<()> {
+    if a.peers == 0 || a.peers > MAX_LOAD_PEERS {
+        bail!("--peers must be in 1..={MAX_LOAD_PEERS}");
+    }
+    let mut updates = Updates::new(a.records, a.seed)?;
+    let target = crate::attack::target_peer(&a.target)?;
+    let shared = Arc::new(crate::attack::Shared::default());
+    let mut sessions = Vec::with_capacity(a.peers);
+    for _ in 0..a.peers {
+        sessions.push(
+            crate::attack::Session::start(&a.target, target, false, shared.clone(), Instant::now())
+                .await?,
+        );
+    }
+    let mut pacer = Pacer::new(a.rate, a.duration_s)?;
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sent = 0u64;
+    while let Some(k) = pacer.tick().await {
+        let wire = updates.next()?.encode();
+        pacer.sending(k);
+        sent += 1;
+        let outcome = match sessions[k as usize % sessions.len()]
+            .net
+            .publish(wire)
+            .await
+        {
+            Ok(status) => format!("{status:?}"),
+            Err(e) => format!("error ({e})"),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    let words: Vec<String> = outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "gossip-load: from {} peers, {}, outcomes: {}",
+        a.peers,
+        pacer.summary(sent),
+        words.join(", ")
+    );
+    for s in sessions {
+        let _ = s.net.shutdown().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both loads send the same stream for a seed (a run can be compared with another), every
+    /// update is a bench name of the fill, and it wins over what the fill wrote (seq 1).
+    #[test]
+    fn updates_follow_the_seed_name_fill_names_and_win_over_the_fill() -> Result<()> {
+        let names = |seed| -> Result<Vec<String>> {
+            let mut u = Updates::new(50, seed)?;
+            (0..20).map(|_| Ok(u.next()?.name())).collect()
+        };
+        assert_eq!(names(7)?, names(7)?);
+        assert_ne!(names(7)?, names(8)?);
+        let zones: Vec<ZoneKey> = (0..BENCH_ZONES).map(bench_zone).collect();
+        let fill: Vec<String> = (0..50)
+            .map(|i| Ok(bench_record(&zones, i, 1, u64::MAX)?.name()))
+            .collect::<Result<_>>()?;
+        let mut u = Updates::new(50, 7)?;
+        for _ in 0..20 {
+            let r = u.next()?;
+            assert!(fill.contains(&r.name()), "{} is not a bench name", r.name());
+            assert!(r.body.seq > 1);
+        }
+        assert!(Updates::new(0, 1).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_pacer_refuses_a_rate_or_duration_out_of_range() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            assert!(Pacer::new(0, 1.0).is_err());
+            assert!(Pacer::new(10, 0.0).is_err());
+            assert!(Pacer::new(10, 3601.0).is_err());
+            let mut p = Pacer::new(1000, 0.005).expect("pacer");
+            let mut ticks = Vec::new();
+            while let Some(k) = p.tick().await {
+                p.sending(k);
+                ticks.push(k);
+            }
+            assert_eq!(ticks, vec![0, 1, 2, 3, 4], "5 ms at 1,000 a second");
+        });
+    }
 }

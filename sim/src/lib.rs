@@ -27,7 +27,9 @@
 //!   gossipsub at the same cluster sizes, side by side in one run (`dpin-bench propagation`).
 //!   [`dnsbench`] holds what `deploy/dns-bench.sh` runs at data scale: a million-name data dir
 //!   with the same names as a reference zone file (`dpin-bench dns-fill`), and a steady
-//!   publish load for a node to gossip while DNS is measured (`dpin-bench publish-load`).
+//!   load of updates that reach a node by gossip while its DNS is measured (`dpin-bench
+//!   gossip-load` from peers in the bench's process, `dpin-bench publish-load` over HTTP to
+//!   other nodes).
 //!   [`scrapebench`] measures what scraping `/metrics` costs a node (`dpin-bench scrape`).
 //!
 //! The `dpin-sim` binary is a thin front-end over these modules: `src/main.rs` holds the

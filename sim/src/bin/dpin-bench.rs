@@ -32,9 +32,10 @@
 //!   at the origin to the last node's receipt (dpin: answered over DNS), p50/p99/max for each
 //!   side and the dpin/raw ratios ([`dpin_sim::propbench`]).
 //!
-//! * `dpin-bench dns-fill` and `dpin-bench publish-load` ([`dpin_sim::dnsbench`]): what
-//!   `deploy/dns-bench.sh` runs at a million names (the data dir and the reference zone, and
-//!   the gossip load during the latency runs).
+//! * `dpin-bench dns-fill`, `dpin-bench gossip-load` and `dpin-bench publish-load`
+//!   ([`dpin_sim::dnsbench`]): what `deploy/dns-bench.sh` runs at a million names (the data
+//!   dir and the reference zone, and the gossip load during the latency runs: sent by gossip
+//!   from peers in one process, or published over HTTP to other nodes).
 //!
 //! * `dpin-bench scrape --nodes 5 --records 10000 --every-ms 1000` (issue 15): what scraping
 //!   `/metrics` costs a node, quiet and scraped windows alternating on one running cluster
@@ -110,6 +111,9 @@ enum Cmd {
     /// Signed updates of the bench names published to one node at a fixed rate, for a node
     /// beside it to receive by gossip while its DNS is measured (issue 14).
     PublishLoad(dpin_sim::dnsbench::LoadArgs),
+    /// Signed updates of the bench names sent by gossip straight to one node, from fresh
+    /// peers in this process, while its DNS is measured (issue 14).
+    GossipLoad(dpin_sim::dnsbench::GossipLoadArgs),
     /// What scraping `/metrics` costs a node: quiet and scraped windows alternating on one
     /// running cluster (issue 15).
     Scrape(dpin_sim::scrapebench::ScrapeArgs),
@@ -160,6 +164,9 @@ fn main() {
         Cmd::DnsFill(args) => dpin_sim::dnsbench::fill(&args),
         Cmd::PublishLoad(args) => {
             runtime().and_then(|rt| rt.block_on(dpin_sim::dnsbench::load(&args)))
+        }
+        Cmd::GossipLoad(args) => {
+            runtime().and_then(|rt| rt.block_on(dpin_sim::dnsbench::gossip_load(&args)))
         }
         Cmd::Scrape(args) => runtime().and_then(|rt| {
             let bins = binaries(args.dpin.clone())?;
