@@ -1206,6 +1206,20 @@ impl FreezableRelay {
         }
     }
 
+    /// A relay to `node`'s TCP listen address.
+    async fn to(node: &TestNode) -> anyhow::Result<Self> {
+        let port = node
+            .p2p_addr()
+            .await?
+            .iter()
+            .find_map(|p| match p {
+                Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .context("no tcp port")?;
+        Self::start(([127, 0, 0, 1], port).into()).await
+    }
+
     /// Cuts every connection relayed so far.
     fn freeze(&self) {
         for p in self.pairs.lock().unwrap().iter() {
@@ -1231,14 +1245,7 @@ async fn a_node_at_its_degree_redials_a_peer_it_reset() -> anyhow::Result<()> {
     };
     let a = start(config(vec![]), accept_all()).await?;
     let a_addr = a.p2p_addr().await?;
-    let a_tcp = a_addr
-        .iter()
-        .find_map(|p| match p {
-            Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .context("no tcp port")?;
-    let relay = FreezableRelay::start(([127, 0, 0, 1], a_tcp).into()).await?;
+    let relay = FreezableRelay::to(&a).await?;
     let c = start(config(vec![a_addr.clone()]), accept_all()).await?;
     let via_relay: Multiaddr =
         format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", relay.addr.port(), a.id()).parse()?;
@@ -1291,16 +1298,7 @@ async fn a_node_at_its_degree_redials_a_peer_it_reset() -> anyhow::Result<()> {
 async fn a_redial_across_a_half_open_connection_is_a_first_connection_at_both_ends(
 ) -> anyhow::Result<()> {
     let mut a = start(test_config(vec![]), accept_all()).await?;
-    let a_tcp = a
-        .p2p_addr()
-        .await?
-        .iter()
-        .find_map(|p| match p {
-            Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .context("no tcp port")?;
-    let relay = FreezableRelay::start(([127, 0, 0, 1], a_tcp).into()).await?;
+    let relay = FreezableRelay::to(&a).await?;
     // B bootstraps from A through the relay. Its re-dial may go through the relay again or
     // straight to A's own addresses (identify's): either way A's second connection to B.
     let config = test_config(vec![format!(
