@@ -34,6 +34,9 @@ pub struct NodeProc {
     pub peer_id: String,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// Whether the running child was started under libfaketime (its `env` may have been
+    /// replaced since, [`NodeProc::set_env`]).
+    child_faketime: bool,
 }
 
 /// How long a node may take to print its addresses.
@@ -88,6 +91,7 @@ impl NodeProc {
             }
         });
         self.child = Some(child);
+        self.child_faketime = self.env.iter().any(|(k, _)| k == "LD_PRELOAD");
         self.listen.clear();
         self.dns = None;
         self.api.clear();
@@ -123,6 +127,7 @@ impl NodeProc {
         let mut node = NodeProc {
             bin: bin.to_owned(),
             child: None,
+            child_faketime: false,
             data_dir: data_dir.to_owned(),
             api: String::new(),
             dns: None,
@@ -185,11 +190,16 @@ impl NodeProc {
         Ok(())
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap. Under libfaketime, also removes the semaphore and segment it
+    /// leaves in /dev/shm for a SIGKILLed process (`dpin_sim::clock::remove_leftovers`).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let pid = c.id();
             let _ = c.kill();
-            let _ = c.wait();
+            let reaped = c.wait().is_ok();
+            if reaped && self.child_faketime {
+                dpin_sim::clock::remove_leftovers(Path::new(dpin_sim::clock::SHM_DIR), pid);
+            }
         }
     }
 
