@@ -91,19 +91,32 @@ pub struct NodeProc {
     pub info: Option<NodeInfo>,
     child: Option<Child>,
     /// The running child's pid when it runs under libfaketime: what to clean up after it is
-    /// reaped ([`NodeProc::reaped`]).
+    /// reaped ([`NodeProc::reap`]).
     faketime_pid: Option<u32>,
     /// Whether we SIGSTOPped it.
     pub paused: bool,
 }
 
 impl NodeProc {
-    /// The child was reaped: removes what libfaketime leaves behind for a SIGKILLed process
-    /// (`crate::clock::remove_leftovers`).
-    fn reaped(&mut self) {
-        if let Some(pid) = self.faketime_pid.take() {
-            crate::clock::remove_leftovers(Path::new(crate::clock::SHM_DIR), pid);
+    /// Waits up to `within` (`None`: as long as it takes) for `child`, this node's process,
+    /// to exit; `None` if it has not by then. Once it is reaped, removes what libfaketime
+    /// leaves behind for a SIGKILLed process (`crate::clock::remove_leftovers`). Every wait
+    /// for a node's exit goes through here.
+    async fn reap(
+        &mut self,
+        child: &mut Child,
+        within: Option<Duration>,
+    ) -> Option<std::io::Result<std::process::ExitStatus>> {
+        let status = match within {
+            Some(d) => tokio::time::timeout(d, child.wait()).await.ok()?,
+            None => child.wait().await,
+        };
+        if status.is_ok() {
+            if let Some(pid) = self.faketime_pid.take() {
+                crate::clock::remove_leftovers(Path::new(crate::clock::SHM_DIR), pid);
+            }
         }
+        Some(status)
     }
 
     /// Process id of the running child.
@@ -399,9 +412,7 @@ impl Cluster {
             }
             Err(_) => {
                 let _ = child.start_kill();
-                if child.wait().await.is_ok() {
-                    node.reaped();
-                }
+                let _ = node.reap(&mut child, None).await;
                 return Err(anyhow!(
                     "node {} printed no addresses within {START_TIMEOUT:?}; log {}:\n{}",
                     i + 1,
@@ -413,10 +424,7 @@ impl Cluster {
         };
         if !complete {
             // stdout closed: the node exited. Why?
-            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-            if matches!(status, Ok(Ok(_))) {
-                node.reaped();
-            }
+            let status = node.reap(&mut child, Some(Duration::from_secs(5))).await;
             let tail = log_tail(&node.log, 5);
             if want_dns && api.is_some() && tail.contains("DNS") {
                 return Err(StartError::DnsUnavailable(
@@ -526,20 +534,13 @@ impl Cluster {
             return Ok(());
         };
         node.paused = false;
-        let waited = tokio::time::timeout(STOP_GRACE, child.wait()).await;
-        if matches!(waited, Ok(Ok(_))) {
-            node.reaped();
-        }
-        match waited {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(Ok(status)) => bail!("node {} exited with {status} after SIGTERM", i + 1),
-            Ok(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
-            Err(_) => {
+        match node.reap(&mut child, Some(STOP_GRACE)).await {
+            Some(Ok(status)) if status.success() => Ok(()),
+            Some(Ok(status)) => bail!("node {} exited with {status} after SIGTERM", i + 1),
+            Some(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
+            None => {
                 let _ = child.start_kill();
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), child.wait()).await
-                {
-                    node.reaped();
-                }
+                let _ = node.reap(&mut child, Some(Duration::from_secs(5))).await;
                 bail!(
                     "node {} did not exit within {} s of SIGTERM (killed)",
                     i + 1,
@@ -554,10 +555,10 @@ impl Cluster {
         let node = &mut self.nodes[i];
         node.signal(Signal::SIGKILL)?;
         if let Some(mut child) = node.child.take() {
-            match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(_)) => node.reaped(),
-                Ok(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
-                Err(_) => bail!("node {} did not die within 5 s of SIGKILL", i + 1),
+            match node.reap(&mut child, Some(Duration::from_secs(5))).await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("waiting for node {}: {e}", i + 1),
+                None => bail!("node {} did not die within 5 s of SIGKILL", i + 1),
             }
         }
         node.paused = false;
@@ -637,22 +638,18 @@ impl Cluster {
             let Some(mut child) = n.child.take() else {
                 continue;
             };
-            match tokio::time::timeout_at(deadline.into(), child.wait()).await {
-                Ok(Ok(_)) => n.reaped(),
-                Ok(Err(_)) => {}
-                Err(_) => {
-                    eprintln!(
-                        "dpin-sim: node {} ignored SIGTERM; sending SIGKILL",
-                        n.index
-                    );
-                    let _ = child.start_kill();
-                    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                        Ok(Ok(_)) => n.reaped(),
-                        Ok(Err(_)) => {}
-                        Err(_) => {
-                            eprintln!("dpin-sim: node {} did not exit after SIGKILL", n.index)
-                        }
-                    }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if n.reap(&mut child, Some(left)).await.is_none() {
+                eprintln!(
+                    "dpin-sim: node {} ignored SIGTERM; sending SIGKILL",
+                    n.index
+                );
+                let _ = child.start_kill();
+                if n.reap(&mut child, Some(Duration::from_secs(5)))
+                    .await
+                    .is_none()
+                {
+                    eprintln!("dpin-sim: node {} did not exit after SIGKILL", n.index);
                 }
             }
             n.paused = false;
