@@ -27,7 +27,7 @@
 //!   hold an older direct connection is reconnected afresh at once
 //!   (`EventLoop::check_half_open`); one that gossips to us while gossipsub never heard it
 //!   subscribe lost its subscription and is reconnected at its first message
-//!   (`EventLoop::gossip_from_unsubscribed`); and any other peer gossipsub never heard
+//!   (`EventLoop::gossip_from`); and any other peer gossipsub never heard
 //!   subscribe is, after a grace, as a backstop (`SubscribeChecks`).
 //! * `bans`: bans and the graylist decision (issues 12 and 15).
 //! * `probes`: carrying the failure detector's probes and goodbyes; [`probe_stream`] and
@@ -608,7 +608,7 @@ pub struct NetStats {
     pub dials_skipped_released: u64,
     /// Peers whose every connection was closed and re-dialled because gossipsub never heard
     /// their subscription after they connected: at their first gossip
-    /// (`EventLoop::gossip_from_unsubscribed`) or after a grace (`connections::SubscribeChecks`).
+    /// (`EventLoop::gossip_from`) or after a grace (`connections::SubscribeChecks`).
     pub unsubscribed_resets: u64,
     /// Peers reconnected afresh because one re-dialled us while we held an older connection
     /// to it, left half-open by a cut.

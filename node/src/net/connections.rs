@@ -3,7 +3,7 @@
 //! ([`Redial`]), and trimming back to the target ([`trim_above`], [`choose_trim`]) with a
 //! goodbye and a release cooldown; reconnecting afresh a peer that re-dials across a
 //! connection a cut left half-open at our end ([`EventLoop::check_half_open`]) or that
-//! gossipsub never heard subscribe (at its first gossip, [`EventLoop::gossip_from_unsubscribed`],
+//! gossipsub never heard subscribe (at its first gossip, [`EventLoop::gossip_from`],
 //! or after a grace, [`SubscribeChecks`]). Issue 16's rules (constant background work per node)
 //! live here; the `net` module docs say why each one exists.
 
@@ -214,7 +214,7 @@ pub const HALF_OPEN_MIN_AGE: Duration = Duration::from_secs(1);
 pub const SUBSCRIBE_GRACE: Duration = Duration::from_secs(3);
 /// A gossip message from a peer whose first connection is at least this old, while
 /// gossipsub has not heard it subscribe, is evidence that its subscription was lost
-/// ([`EventLoop::gossip_from_unsubscribed`]). Younger, the subscription may still be on its
+/// ([`EventLoop::gossip_from`]). Younger, the subscription may still be on its
 /// way on another of the peer's connections (gossipsub shares one send queue among them, so
 /// a message can overtake the subscription).
 pub const SUBSCRIBE_EVIDENCE_AGE: Duration = Duration::from_millis(500);
@@ -436,10 +436,10 @@ impl EventLoop {
         self.reconnect(peer, true);
     }
 
-    /// A gossip message came from `peer`, which gossipsub has not heard subscribe to our
-    /// topic. A peer gossips on a topic only when subscribed to it, so unless its connection
-    /// is too young for the subscription to have arrived ([`subscription_lost`]) the
-    /// subscription was lost, and without it we neither gossip nor push to the peer. Seen in
+    /// A gossip message came from `peer`: if gossipsub has not heard it subscribe to our
+    /// topic, it lost the subscription. A peer gossips on a topic only when subscribed to it,
+    /// so unless its connection is too young for the subscription to have arrived
+    /// ([`subscription_lost`]) the subscription was lost, and without it we neither gossip nor push to the peer. Seen in
     /// a 7-node WAN chaos run with gossipsub at debug: after a node restarted, it and a peer
     /// dialled each other while the peer's two re-dials both connected; the per-peer limit
     /// (2) refused the node's own connection at the peer's end after its handshake, and the
@@ -447,13 +447,13 @@ impl EventLoop {
     /// the node's gossip from 0.6 s on, but only the [`SubscribeChecks`] reset it, 3.9 s
     /// after it connected. Now the first such message resets the peer (at most once per
     /// [`SUBSCRIBE_RESET_COOLDOWN`], shared with the checks).
-    pub(super) fn gossip_from_unsubscribed(&mut self, peer: PeerId) {
+    pub(super) fn gossip_from(&mut self, peer: PeerId) {
         let now = tokio::time::Instant::now();
         let connected_for = self
             .connected_at
             .get(&peer)
             .map(|t| now.saturating_duration_since(*t));
-        if !subscription_lost(false, connected_for)
+        if !subscription_lost(self.subscribed.contains(&peer), connected_for)
             || self.bans.contains_key(&peer)
             || !self.subscribe_checks.may_reset(peer, now)
         {

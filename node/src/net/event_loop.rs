@@ -565,9 +565,7 @@ impl EventLoop {
                         message_id: message_id.clone(),
                         data: message.data,
                     };
-                    if !self.subscribed.contains(&propagation_source) {
-                        self.gossip_from_unsubscribed(propagation_source);
-                    }
+                    self.gossip_from(propagation_source);
                     match self.events.try_send(event) {
                         Ok(()) => None,
                         Err(_) => {
