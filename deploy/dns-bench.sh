@@ -32,6 +32,7 @@
 #                                        LAT_RUNS, LAT_QPS, CLIENTS, OUTSTANDING, REFERENCE=knot|nsd,
 #                                        DPIN_ARGS, FILL=cli|direct, GOSSIP_RATE,
 #                                        GOSSIP_VIA=peers|nodes, GOSSIP_PEERS,
+#                                        LOAD_CPU=client|server, LOAD_NICE,
 #                                        KEEP=1 keeps the work directory)
 # At data scale (issue 14's target):  N=1000000 GOSSIP_RATE=1000 deploy/dns-bench.sh
 # Needs: 2+ CPUs, Debian/Ubuntu (apt-get) or dnsperf + knotd/nsd already installed, cargo.
@@ -64,6 +65,22 @@ GOSSIP_RATE=${GOSSIP_RATE:-0}
 GOSSIP_VIA=${GOSSIP_VIA:-peers}
 [[ $GOSSIP_VIA == peers || $GOSSIP_VIA == nodes ]] || { echo "GOSSIP_VIA must be peers or nodes" >&2; exit 2; }
 GOSSIP_PEERS=${GOSSIP_PEERS:-$([[ $GOSSIP_VIA == peers ]] && echo 5 || echo 3)}
+# Where the gossip load process runs (GOSSIP_VIA=peers), and at what nice level. By default on
+# the client CPU, where on 2 CPUs it delays dnsperf's own sends and receives: the latency then
+# rises for both servers alike, Knot's too, though Knot receives no gossip. LOAD_CPU=server
+# LOAD_NICE=19 puts it on the server's CPU at the lowest priority instead: the client CPU is
+# dnsperf's alone, each server shares its core with the same load process (which yields to
+# it), and dpin's node still receives, verifies, applies and forwards every update itself.
+LOAD_CPU=${LOAD_CPU:-client}
+LOAD_NICE=${LOAD_NICE:-0}
+[[ $LOAD_CPU == client || $LOAD_CPU == server ]] || { echo "LOAD_CPU must be client or server" >&2; exit 2; }
+if [[ $LOAD_NICE == idle ]]; then
+    LOAD_PRIO=(chrt --idle 0)
+elif [[ $LOAD_NICE =~ ^[0-9]+$ ]] && (( LOAD_NICE <= 19 )); then
+    LOAD_PRIO=(nice -n "$LOAD_NICE")
+else
+    echo "LOAD_NICE must be 0..19 or idle" >&2; exit 2
+fi
 # Extra `dpin node` flags. Endpoint health probing is off by default: the reference server
 # probes nothing, and probing N endpoints is background load that scales with the store, not
 # with queries. DPIN_ARGS= (empty) measures with probing on.
@@ -399,7 +416,8 @@ LOAD_PID=""
 start_load() {
     (( GOSSIP_RATE > 0 )) || return 0
     if [[ $GOSSIP_VIA == peers ]]; then
-        taskset -c "$CLIENT_CPU" "$BENCH" gossip-load --target "$BOOT" --peers "$GOSSIP_PEERS" \
+        local cpu=$([[ $LOAD_CPU == server ]] && echo "$SERVER_CPU" || echo "$CLIENT_CPU")
+        "${LOAD_PRIO[@]}" taskset -c "$cpu" "$BENCH" gossip-load --target "$BOOT" --peers "$GOSSIP_PEERS" \
             --records "$N" --rate "$GOSSIP_RATE" --duration-s 3600 --seed "$RANDOM" \
             >"$WORK/load.$1.txt" 2>&1 &
     else
@@ -462,7 +480,7 @@ read -r REF_P50 REF_P99 <<<"$(latency "$REF_PORT" "$(lat_rate "$REF_QPS")" "$REF
 stop_load reference
 if (( GOSSIP_RATE > 0 )); then
     if [[ $GOSSIP_VIA == peers ]]; then
-        VIA="sent by gossip from $GOSSIP_PEERS peers"
+        VIA="sent by gossip from $GOSSIP_PEERS peers (load process on the $LOAD_CPU CPU, nice $LOAD_NICE)"
     else
         VIA="published to $GOSSIP_PEERS other nodes"
     fi
