@@ -790,3 +790,76 @@ fn measure_rrl_amplification() -> Result<()> {
     }
     Ok(())
 }
+
+/// Nice value per thread name of process `pid` (`/proc/PID/task/*/stat`, field 19).
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32) -> Result<Vec<(String, i32)>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path();
+        // A thread that ended since the listing has no files left: skip it.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // The fields after the command (which may hold spaces) start after its last ')'.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("unexpected stat line {stat:?}"))?;
+        // `rest` starts with field 3 (state); nice is field 19.
+        let nice: i32 = rest
+            .split_whitespace()
+            .nth(16)
+            .ok_or_else(|| anyhow!("stat line too short: {stat:?}"))?
+            .parse()?;
+        out.push((comm.trim().to_owned(), nice));
+    }
+    Ok(out)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn dns_answer_threads_run_above_the_nodes_background_threads() -> Result<()> {
+    // This process's priority, which the node inherits as its base.
+    let base: i32 = {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        rest.split_whitespace()
+            .nth(16)
+            .ok_or_else(|| anyhow!("no nice field"))?
+            .parse()?
+    };
+    for (flag, lowered) in [(None, (base + 10).min(19)), (Some("0"), base)] {
+        let dir = dpin_tests::test_dir()?;
+        let extra: Vec<&str> = flag.map_or(vec![], |v| vec!["--background-nice", v]);
+        let node = dns_node(dir.path(), &extra)?;
+        let pid = node.pid().ok_or_else(|| anyhow!("node not running"))?;
+        let threads = thread_nice(pid)?;
+        let answer: Vec<i32> = threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("dpin-dns-udp"))
+            .map(|(_, v)| *v)
+            .collect();
+        let runtime: Vec<i32> = threads
+            .iter()
+            .filter(|(n, _)| n == "tokio-rt-worker")
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(!answer.is_empty() && !runtime.is_empty(), "{threads:?}");
+        assert!(
+            answer.iter().all(|&v| v == base),
+            "answer threads at the base priority ({flag:?}): {threads:?}"
+        );
+        assert!(
+            runtime.iter().all(|&v| v == lowered),
+            "runtime threads at nice {lowered} ({flag:?}): {threads:?}"
+        );
+        // And the node answers.
+        let m = query(dns_addr(&node)?, "dpin.", RecordType::SOA, Via::Udp)?;
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+    }
+    Ok(())
+}

@@ -296,8 +296,25 @@ pub fn main() {
             | Cmd::Put { json: true, .. }
             | Cmd::Blob { json: true, .. }
     );
+    // `dpin node`: the runtime's threads run below the DNS answer threads (crate::priority),
+    // which are started from a thread at the process's priority, started here first.
+    let background = match &cli.cmd {
+        Cmd::Node(args) => {
+            if let Err(e) = crate::priority::start_base_spawner() {
+                eprintln!("dpin: cannot start a thread: {e}");
+                std::process::exit(1);
+            }
+            let target = crate::priority::background_nice(args.background_nice());
+            // This thread too: what it starts (the blob syncer, libp2p's timer thread) is
+            // background work. Only the spawner's threads stay at the process's priority.
+            crate::priority::lower_background_thread(target);
+            target
+        }
+        _ => None,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || crate::priority::lower_background_thread(background))
         .build()
     {
         Ok(rt) => rt,

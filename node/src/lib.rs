@@ -40,6 +40,8 @@
 //! * [`datadir`] — the data dir's format version: open an older dir, refuse a newer one.
 //! * [`benchdata`] — synthetic signed records for the data-scale benches (not used by the node).
 //! * [`alloc`] — glibc allocator settings so memory follows what the node holds now.
+//! * [`priority`] — thread priorities: the node's runtime threads run `--background-nice`
+//!   steps below the DNS answer threads, so a query never waits out a gossip apply's slice.
 //! * [`config`] — `dpin node --config FILE` (TOML), overridden by DPIN_* and flags.
 //! * [`cli`] — the command line (`keygen`, `node`, `publish`, `sign`, `resolve`, `status`,
 //!   `offers`, `put`, `get`, `blob`); `src/main.rs`
@@ -65,6 +67,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod offers;
+pub mod priority;
 pub mod publish;
 pub mod store;
 pub mod sync_slot;

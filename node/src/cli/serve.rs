@@ -102,6 +102,11 @@ pub(super) struct NodeArgs {
     /// target. Networks larger than 7 should say so, or their mesh stays at D = 4.
     #[arg(long, default_value_t = 5)]
     expected_nodes: usize,
+    /// Nice steps the node's background threads (the async runtime: gossip, sync, HTTP,
+    /// libp2p) run below its DNS answer threads, so answers do not wait behind replication on
+    /// a busy core (0-19; 0: all at the process's priority). See `dpin_node::priority`.
+    #[arg(long, default_value_t = crate::priority::DEFAULT_BACKGROUND_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
+    background_nice: u8,
     /// Discover peers on the local network with mDNS and dial them like bootstrap peers
     /// (off by default; finds nothing on loopback-only nodes).
     #[arg(long)]
@@ -122,6 +127,14 @@ pub(super) struct NodeArgs {
     compaction_horizon_ms: u64,
 }
 
+impl NodeArgs {
+    /// `--background-nice`: read before the runtime starts (its threads are lowered as they
+    /// start).
+    pub(super) fn background_nice(&self) -> u8 {
+        self.background_nice
+    }
+}
+
 pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -131,6 +144,12 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if args.background_nice > 0 {
+        match crate::priority::lowering_failure() {
+            Some(e) => tracing::warn!(error = e, "could not lower the background threads' priority; DNS answers share the CPU with them equally"),
+            None => tracing::info!(background_nice = args.background_nice, "background threads run below the DNS answer threads"),
+        }
+    }
     // Before anything in the dir is opened: a newer format is refused, an older upgraded.
     let prepared = crate::datadir::prepare(&args.data_dir)?;
     tracing::info!(

@@ -83,7 +83,9 @@
 //!   threads are outside the async runtime on purpose: answering never waits behind libp2p or
 //!   API work on a runtime worker (the runtime has one worker per usable core, i.e. a single
 //!   one when the node is pinned to a core), and node work never waits behind a query flood
-//!   longer than the OS scheduler allows. The socket asks for a 4 MiB receive buffer so bursts
+//!   longer than the OS scheduler allows. They also run at the process's priority while the runtime's threads
+//!   run `--background-nice` steps below it ([`crate::priority`]), so on a busy core a query does not
+//!   wait out a gossip apply's time slice. The socket asks for a 4 MiB receive buffer so bursts
 //!   and scheduling gaps queue instead of being dropped by the kernel. Garbage (shorter than a
 //!   header, responses, oversized datagrams) is dropped and counted; a parseable header with a
 //!   broken body gets FORMERR.

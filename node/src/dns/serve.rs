@@ -19,10 +19,11 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
         let sock = udp.try_clone().map_err(|e| bind_err("udp", e))?;
         let responder = responder.clone();
         let rrl = rrl.clone();
-        std::thread::Builder::new()
-            .name(format!("dpin-dns-udp-{i}"))
-            .spawn(move || serve_udp(&sock, &responder, &rrl))
-            .map_err(|e| bind_err("udp", e))?;
+        // At the process's priority, above the runtime's threads (crate::priority).
+        crate::priority::spawn_at_base(format!("dpin-dns-udp-{i}"), move || {
+            serve_udp(&sock, &responder, &rrl)
+        })
+        .map_err(|e| bind_err("udp", e))?;
     }
     tokio::spawn(serve_tcp(tcp, responder));
     tracing::info!(%addr, workers, rrl_rate = config.rrl.rate, rrl_slip = config.rrl.slip, "DNS serving on UDP and TCP");
