@@ -804,34 +804,32 @@ fn thread_nice(pid: u32) -> Result<Vec<(String, i32)>> {
         ) else {
             continue;
         };
-        // The fields after the command (which may hold spaces) start after its last ')'.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow!("unexpected stat line {stat:?}"))?;
-        // `rest` starts with field 3 (state); nice is field 19.
-        let nice: i32 = rest
-            .split_whitespace()
-            .nth(16)
-            .ok_or_else(|| anyhow!("stat line too short: {stat:?}"))?
-            .parse()?;
-        out.push((comm.trim().to_owned(), nice));
+        out.push((comm.trim().to_owned(), stat_nice(&stat)?));
     }
     Ok(out)
+}
+
+/// The nice value (field 19) of a `/proc/.../stat` line.
+#[cfg(target_os = "linux")]
+fn stat_nice(stat: &str) -> Result<i32> {
+    // The fields after the command (which may hold spaces) start after its last ')'; they
+    // begin with field 3 (state).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected stat line {stat:?}"))?;
+    Ok(rest
+        .split_whitespace()
+        .nth(16)
+        .ok_or_else(|| anyhow!("stat line too short: {stat:?}"))?
+        .parse()?)
 }
 
 #[cfg(target_os = "linux")]
 #[test]
 fn dns_answer_threads_run_above_the_nodes_background_threads() -> Result<()> {
     // This process's priority, which the node inherits as its base.
-    let base: i32 = {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        rest.split_whitespace()
-            .nth(16)
-            .ok_or_else(|| anyhow!("no nice field"))?
-            .parse()?
-    };
+    let base = stat_nice(&std::fs::read_to_string("/proc/thread-self/stat")?)?;
     for (flag, lowered) in [(None, (base + 10).min(19)), (Some("0"), base)] {
         let dir = dpin_tests::test_dir()?;
         let extra: Vec<&str> = flag.map_or(vec![], |v| vec!["--background-nice", v]);
