@@ -304,7 +304,7 @@ pub fn main() {
                 eprintln!("dpin: cannot start a thread: {e}");
                 std::process::exit(1);
             }
-            let target = crate::priority::background_nice(args.background_nice());
+            let target = crate::priority::background_target(args.background_nice());
             // This thread too: what it starts (the blob syncer, libp2p's timer thread) is
             // background work. Only the spawner's threads stay at the process's priority.
             crate::priority::lower_background_thread(target);

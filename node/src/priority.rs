@@ -84,14 +84,14 @@ pub fn spawn_at_base(name: String, f: impl FnOnce() + Send + 'static) -> io::Res
         .map_err(|_| io::Error::other("the base-priority spawner thread is gone"))?
 }
 
-/// The first failure of [`background_nice`] or [`lower_background_thread`], kept for the log: the runtime's threads
-/// start before logging does.
+/// The first failure of [`background_target`] or [`lower_background_thread`], kept for the
+/// log: the runtime's threads start before logging does.
 static LOWER_FAILURE: OnceLock<String> = OnceLock::new();
 
 /// The nice value of the node's background threads: the calling thread's (the process's
 /// base, on the main thread before anything was lowered) plus `by`, at most [`MAX_NICE`].
 /// `None` for `by == 0` or if the base cannot be read (recorded for [`lowering_failure`]).
-pub fn background_nice(by: u8) -> Option<i32> {
+pub fn background_target(by: u8) -> Option<i32> {
     if by == 0 {
         return None;
     }
@@ -113,9 +113,12 @@ pub fn lower_background_thread(target: Option<i32>) {
     let Some(target) = target else {
         return;
     };
-    let result = current_nice().and_then(|now| match u8::try_from(target - now) {
-        Ok(by) if by > 0 => lower_current_thread(by).map(|_| ()),
-        _ => Ok(()),
+    let result = current_nice().and_then(|now| {
+        if now < target {
+            set_current_nice(target)
+        } else {
+            Ok(())
+        }
     });
     if let Err(e) = result {
         let _ = LOWER_FAILURE.set(e.to_string());
@@ -153,10 +156,17 @@ pub fn current_nice() -> io::Result<i32> {
 
 /// Lowers the calling thread's priority by `by` nice steps (to at most [`MAX_NICE`]); returns
 /// the new nice value. Never needs a privilege: it only lowers.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub fn lower_current_thread(by: u8) -> io::Result<i32> {
     let nice = current_nice()?.saturating_add(i32::from(by)).min(MAX_NICE);
+    set_current_nice(nice)?;
+    Ok(nice)
+}
+
+/// Sets the calling thread's nice value (callers only ever raise it, which needs no
+/// privilege).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_current_nice(nice: i32) -> io::Result<()> {
     // SAFETY: `gettid` takes nothing and cannot fail; `setpriority` takes three integers and
     // touches no memory of ours. On Linux it applies to the one thread `tid` names.
     let rc = unsafe {
@@ -167,7 +177,7 @@ pub fn lower_current_thread(by: u8) -> io::Result<i32> {
         )
     };
     if rc == 0 {
-        Ok(nice)
+        Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
@@ -175,7 +185,7 @@ pub fn lower_current_thread(by: u8) -> io::Result<i32> {
 
 /// Off Linux a thread's priority is left alone.
 #[cfg(not(target_os = "linux"))]
-pub fn lower_current_thread(_by: u8) -> io::Result<i32> {
+fn set_current_nice(_nice: i32) -> io::Result<()> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "per-thread priorities are only set on Linux",
@@ -234,7 +244,7 @@ mod tests {
     #[test]
     fn a_background_thread_lands_at_the_target_whatever_it_inherited() {
         let (target, fresh, inherited) = on_thread(|| {
-            let target = background_nice(6).unwrap();
+            let target = background_target(6).unwrap();
             // A thread at the base priority, and one started by a thread already at the
             // target (as the runtime's threads are, started from the lowered main thread).
             let fresh = on_thread(move || {
@@ -250,7 +260,7 @@ mod tests {
         });
         assert_eq!(fresh, target);
         assert_eq!(inherited, target, "not lowered a second time");
-        assert_eq!(background_nice(0), None);
+        assert_eq!(background_target(0), None);
     }
 
     #[test]
