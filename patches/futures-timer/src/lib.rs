@@ -53,15 +53,14 @@ pub const SLACK: usize = 1024;
 /// A future that completes once its deadline has passed.
 pub struct Delay {
     shared: Arc<Shared>,
-    /// The helper the timer is armed with; `None` if it could not be started.
-    timers: Option<&'static Timers>,
 }
 
 /// One timer's state, shared with the helper's heap (weakly).
 struct Shared {
     state: Mutex<State>,
-    /// Counts this timer among the live ones while it exists.
-    live: Option<&'static AtomicUsize>,
+    /// The helper the timer is armed with, which counts it among its live timers while it
+    /// exists; `None` if the helper could not be started.
+    timers: Option<&'static Timers>,
 }
 
 struct State {
@@ -72,8 +71,8 @@ struct State {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(live) = self.live {
-            live.fetch_sub(1, AtomicOrdering::Relaxed);
+        if let Some(t) = self.timers {
+            t.live.fetch_sub(1, AtomicOrdering::Relaxed);
         }
     }
 }
@@ -161,7 +160,7 @@ impl Timers {
     /// A new timer with deadline `at`, counted among this helper's live timers.
     fn timer(&'static self, at: Instant) -> Arc<Shared> {
         self.live.fetch_add(1, AtomicOrdering::Relaxed);
-        Arc::new(Shared::new(at, Some(&self.live)))
+        Arc::new(Shared::new(at, Some(self)))
     }
 
     /// Queues `timer`'s deadline `at`, waking the helper only if it would otherwise look too
@@ -241,14 +240,14 @@ fn compact(heap: &mut BinaryHeap<Entry>) {
 }
 
 impl Shared {
-    fn new(at: Instant, live: Option<&'static AtomicUsize>) -> Self {
+    fn new(at: Instant, timers: Option<&'static Timers>) -> Self {
         Shared {
             state: Mutex::new(State {
                 at,
                 fired: false,
                 waker: None,
             }),
-            live,
+            timers,
         }
     }
 
@@ -266,9 +265,8 @@ impl Shared {
 impl Delay {
     /// A delay that completes `dur` from now.
     pub fn new(dur: Duration) -> Delay {
-        let timers = timers();
         let at = deadline(dur);
-        let shared = match timers {
+        let shared = match timers() {
             Some(t) => {
                 let shared = t.timer(at);
                 t.arm(&shared, at);
@@ -276,7 +274,7 @@ impl Delay {
             }
             None => Arc::new(Shared::new(at, None)),
         };
-        Delay { shared, timers }
+        Delay { shared }
     }
 
     /// Restarts the delay: it completes `dur` from now, whether or not it had completed.
@@ -287,7 +285,7 @@ impl Delay {
             s.at = at;
             s.fired = false;
         }
-        if let Some(t) = self.timers {
+        if let Some(t) = self.shared.timers {
             t.arm(&self.shared, at);
         }
     }
@@ -303,7 +301,7 @@ impl Future for Delay {
             s.waker = None;
             return Poll::Ready(());
         }
-        if self.timers.is_none() {
+        if self.shared.timers.is_none() {
             // No helper thread: ask to be polled again until the deadline passes.
             drop(s);
             cx.waker().wake_by_ref();
@@ -342,14 +340,19 @@ mod tests {
         }
     }
 
-    /// Polls `fut` on this thread until it completes (parking between polls); the time it took.
-    fn block_on<F: Future + Unpin>(mut fut: F) -> Duration {
-        let started = Instant::now();
+    /// A flag that wakes this thread, and its waker.
+    fn flag() -> (Arc<Flag>, Waker) {
         let flag = Arc::new(Flag {
             woken: AtomicBool::new(false),
             thread: std::thread::current(),
         });
-        let waker = Waker::from(flag.clone());
+        (flag.clone(), Waker::from(flag))
+    }
+
+    /// Polls `fut` on this thread until it completes (parking between polls); the time it took.
+    fn block_on<F: Future + Unpin>(mut fut: F) -> Duration {
+        let started = Instant::now();
+        let (_, waker) = flag();
         let mut cx = Context::from_waker(&waker);
         loop {
             if Pin::new(&mut fut).poll(&mut cx).is_ready() {
@@ -402,11 +405,7 @@ mod tests {
         let mut d = Delay::new(Duration::from_millis(5));
         block_on(&mut d);
         d.reset(Duration::from_millis(40));
-        let flag = Arc::new(Flag {
-            woken: AtomicBool::new(false),
-            thread: std::thread::current(),
-        });
-        let waker = Waker::from(flag.clone());
+        let (_, waker) = flag();
         assert!(Pin::new(&mut d)
             .poll(&mut Context::from_waker(&waker))
             .is_pending());
@@ -417,11 +416,7 @@ mod tests {
     #[test]
     fn the_task_that_polled_last_is_woken() {
         let mut d = Delay::new(Duration::from_millis(20));
-        let first = Arc::new(Flag {
-            woken: AtomicBool::new(false),
-            thread: std::thread::current(),
-        });
-        let w1 = Waker::from(first.clone());
+        let (first, w1) = flag();
         assert!(Pin::new(&mut d)
             .poll(&mut Context::from_waker(&w1))
             .is_pending());
