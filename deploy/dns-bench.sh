@@ -398,18 +398,50 @@ max_rate() {
     echo "$best"
 }
 
-# p50 and p99 latency (ms) at offered rate $2, from dnsperf's per-query verbose lines.
+# The node's dpin_dns_udp_sojourn_seconds buckets (kernel receipt of a query to its response
+# handed back to the kernel), from its /metrics at $1; empty if they cannot be read.
+sojourn_buckets() {
+    curl -s --max-time 5 "http://$1/metrics" 2>/dev/null | grep '^dpin_dns_udp_sojourn_seconds_bucket' || true
+}
+# Server-side p99 (ms, interpolated within its bucket) and the share answered within 1 ms (%)
+# of the queries between two sojourn_buckets readings ($1 before, $2 after); "nan nan" if none.
+sojourn_p99() {
+    awk 'FNR == NR { b[$1] = $2; next }
+         { n++; d[n] = $2 - b[$1]; le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+           lim[n] = (le == "+Inf") ? 1e9 : le + 0 }
+         END {
+           if (n == 0 || d[n] <= 0) { print "nan nan"; exit }
+           t = 0.99 * d[n]; pc = 0; pl = 0
+           for (i = 1; i <= n; i++) {
+             if (d[i] >= t) { v = (d[i] > pc) ? pl + (lim[i] - pl) * (t - pc) / (d[i] - pc) : lim[i]; break }
+             pc = d[i]; pl = lim[i]
+           }
+           for (i = 1; i <= n; i++) if (lim[i] == 0.001) w = d[i] / d[n]
+           printf "%.3f %.2f\n", v * 1000, w * 100 }' <(echo "$1") <(echo "$2")
+}
+
+# p50 and p99 latency (ms) at offered rate $2, from dnsperf's per-query verbose lines; with a
+# node's API address as $3, also that node's server-side p99 and share within 1 ms over the
+# run (sojourn_p99), else "- -".
 latency_once() {
-    local port=$1 rate=$2
+    local port=$1 rate=$2 api=${3:-} before="" after=""
+    [[ -n $api ]] && before=$(sojourn_buckets "$api")
     # To a file first: parsing while dnsperf runs would put awk on the server's CPU.
     dnsperf_run "$port" -l "$DURATION" -Q "$rate" -v >"$WORK/latency.txt"
-    awk '$1 == ">" && $2 == "NOERROR" { print $NF * 1000 }' "$WORK/latency.txt" \
+    [[ -n $api ]] && after=$(sojourn_buckets "$api")
+    local client
+    client=$(awk '$1 == ">" && $2 == "NOERROR" { print $NF * 1000 }' "$WORK/latency.txt" \
         | sort -g \
         | awk '{ v[NR] = $1 } END {
                  if (NR == 0) { print "nan nan"; exit }
                  p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]
                  p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1]
-                 printf "%.3f %.3f\n", p50, p99 }'
+                 printf "%.3f %.3f\n", p50, p99 }')
+    if [[ -n $api ]]; then
+        echo "$client $(sojourn_p99 "$before" "$after")"
+    else
+        echo "$client - -"
+    fi
 }
 
 # The gossip load (GOSSIP_RATE > 0) around one server's latency runs: started before them,
@@ -445,17 +477,24 @@ gossip_applied() {
 
 # Median p50 and median p99 over $LAT_RUNS runs (a single run's tail is at the mercy of
 # whatever else the machine schedules in those seconds).
+# With a node's API address as $4, also the median server-side p99 and share within 1 ms.
 latency() {
-    local port=$1 rate=$2 who=$3 i p50 p99 all=""
+    local port=$1 rate=$2 who=$3 api=${4:-} i p50 p99 sp99 within all=""
     for i in $(seq 1 "$LAT_RUNS"); do
-        read -r p50 p99 <<<"$(latency_once "$port" "$rate")"
-        log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms"
-        all+="$p50 $p99"$'\n'
+        read -r p50 p99 sp99 within <<<"$(latency_once "$port" "$rate" "$api")"
+        if [[ -n $api ]]; then
+            log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms; server-side p99 $sp99 ms, $within % within 1 ms"
+        else
+            log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms"
+        fi
+        all+="$p50 $p99 $sp99 $within"$'\n'
     done
-    local m50 m99
-    m50=$(awk 'NF { print $1 }' <<<"$all" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-    m99=$(awk 'NF { print $2 }' <<<"$all" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-    echo "$m50 $m99"
+    local col m=()
+    for col in 1 2 3 4; do
+        m+=("$(awk -v c="$col" 'NF { print $c }' <<<"$all" | sort -g \
+            | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')")
+    done
+    echo "${m[*]}"
 }
 
 # The rate latency is measured at: half the server's max, or LAT_QPS for both servers.
@@ -474,11 +513,12 @@ DPIN_QPS=$(max_rate "$DPIN_PORT" dpin)
 REF_QPS=$(max_rate "$REF_PORT" "$REF_NAME")
 APPLIED_BEFORE=$(gossip_applied)
 start_load dpin
-read -r DPIN_P50 DPIN_P99 <<<"$(latency "$DPIN_PORT" "$(lat_rate "$DPIN_QPS")" dpin)"
+read -r DPIN_P50 DPIN_P99 DPIN_SP99 DPIN_WITHIN \
+    <<<"$(latency "$DPIN_PORT" "$(lat_rate "$DPIN_QPS")" dpin "$API")"
 stop_load dpin
 APPLIED=$(( $(gossip_applied) - APPLIED_BEFORE ))
 start_load reference
-read -r REF_P50 REF_P99 <<<"$(latency "$REF_PORT" "$(lat_rate "$REF_QPS")" "$REF_NAME")"
+read -r REF_P50 REF_P99 _ _ <<<"$(latency "$REF_PORT" "$(lat_rate "$REF_QPS")" "$REF_NAME")"
 stop_load reference
 if (( GOSSIP_RATE > 0 )); then
     if [[ $GOSSIP_VIA == peers ]]; then
@@ -505,5 +545,6 @@ $GOSSIP_LINE
 server            max qps @ 0% loss   p50 ms $AT   p99 ms $AT (median of $LAT_RUNS runs)
 dpin              $(printf '%-19s %-15s %s' "$DPIN_QPS" "$DPIN_P50" "$DPIN_P99")
 $(printf '%-17s %-19s %-15s %s' "$REF_NAME" "$REF_QPS" "$REF_P50" "$REF_P99")
+dpin server-side p99 $AT: $DPIN_SP99 ms, $DPIN_WITHIN % of answers within 1 ms (median of $LAT_RUNS runs; dpin_dns_udp_sojourn_seconds: from the kernel's receipt of a query to its response handed back, so the queue wait is in it and the client's own delays are not)
 ratio dpin/${REF_NAME%% *}: $RATIO
 EOF

@@ -111,7 +111,12 @@
 //!   [`TCP_IO_TIMEOUT`]; queries on one connection are answered in order. A connection that
 //!   sends garbage is closed.
 //! * Everything is counted in the node's [`DnsStats`] (rendered by the node's registry,
-//!   [`crate::metrics`]), and the time each answer takes in `dpin_dns_answer_seconds`.
+//!   [`crate::metrics`]), the time each answer takes in `dpin_dns_answer_seconds`, and, for
+//!   UDP, the time from the kernel's receipt of a query to its response handed back in
+//!   `dpin_dns_udp_sojourn_seconds` (`SO_TIMESTAMPNS`). The second includes the wait in the
+//!   socket queue, which under load is most of the latency a client sees and which the first
+//!   cannot show; it is measured at the server, so a benchmark's own client delays are not in
+//!   it (`deploy/dns-bench.sh` reports its p99 beside dnsperf's).
 //!
 //! # Files
 //!

@@ -145,13 +145,17 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
 
     let st = responder.stats();
     let fd = sock.as_raw_fd();
+    let stamped = enable_receive_timestamps(sock);
     let mut slots = vec![[0u8; UDP_SLOT_BYTES]; UDP_BATCH];
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut recv_headers = receive_headers(stamped);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
-    // (datagram length, sender) of the batch just received.
-    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(UDP_BATCH);
+    // (datagram length, sender, kernel receive time) of the batch just received.
+    let mut received: Vec<(usize, Option<SockaddrStorage>, Option<Duration>)> =
+        Vec::with_capacity(UDP_BATCH);
     let mut answers: Vec<Vec<u8>> = Vec::with_capacity(UDP_BATCH);
     let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
+    // Receive times of the answered datagrams, for the sojourn histogram.
+    let mut answered_at: Vec<Option<Duration>> = Vec::with_capacity(UDP_BATCH);
     loop {
         received.clear();
         {
@@ -164,7 +168,9 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
                 MsgFlags::MSG_WAITFORONE,
                 None,
             ) {
-                Ok(msgs) => received.extend(msgs.map(|m| (m.bytes, m.address))),
+                Ok(msgs) => {
+                    received.extend(msgs.map(|m| (m.bytes, m.address, receive_time(&m))));
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     udp_receive_error(st, &e);
@@ -172,9 +178,16 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
                 }
             }
         }
+        if stamped && received.iter().any(|r| r.2.is_none()) {
+            // The kernel shrinks a header's control length to what it wrote, and nix does not
+            // restore it: a datagram that came without a stamp would leave its slot unable to
+            // carry one from then on. Fresh headers restore every slot's room.
+            recv_headers = receive_headers(stamped);
+        }
         answers.clear();
         to.clear();
-        for (slot, &(n, addr)) in slots.iter().zip(&received) {
+        answered_at.clear();
+        for (slot, &(n, addr, at)) in slots.iter().zip(&received) {
             let src = addr.as_ref().and_then(|a| {
                 a.as_sockaddr_in()
                     .map(|v4| SocketAddr::V4((*v4).into()))
@@ -189,6 +202,7 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
             if let Some(resp) = answer_datagram(packet, src, responder, rrl, st) {
                 answers.push(resp);
                 to.push(addr);
+                answered_at.push(at);
             }
         }
         // Send them all; after a failed datagram (counted), go on with the next one.
@@ -219,6 +233,70 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
                     start += 1;
                 }
             }
+        }
+        if stamped {
+            observe_sojourn(st, &answered_at, unix_now());
+        }
+    }
+}
+
+/// Asks the kernel to stamp every datagram with its receive time (`SO_TIMESTAMPNS`, the
+/// realtime clock), for `dpin_dns_udp_sojourn_seconds`. Answering never depends on it: a
+/// socket that refuses answers unmeasured.
+#[cfg(target_os = "linux")]
+pub(super) fn enable_receive_timestamps(sock: &UdpSocket) -> bool {
+    match nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%e, "no receive timestamps on the DNS UDP socket; the sojourn histogram stays empty");
+            false
+        }
+    }
+}
+
+/// Receive headers for one batch, each with room for a timestamp when `stamped`.
+#[cfg(target_os = "linux")]
+fn receive_headers(
+    stamped: bool,
+) -> nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage> {
+    let cmsg = stamped.then(|| nix::cmsg_space!(nix::sys::time::TimeSpec));
+    nix::sys::socket::MultiHeaders::preallocate(UDP_BATCH, cmsg)
+}
+
+/// The kernel's receive time of one datagram (since the Unix epoch), if it carries one.
+#[cfg(target_os = "linux")]
+fn receive_time<S>(m: &nix::sys::socket::RecvMsg<'_, '_, S>) -> Option<Duration> {
+    use nix::sys::socket::ControlMessageOwned;
+    m.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(ts) => {
+            let secs = u64::try_from(ts.tv_sec()).ok()?;
+            let nanos = u32::try_from(ts.tv_nsec()).ok()?;
+            Some(Duration::new(secs, nanos))
+        }
+        _ => None,
+    })
+}
+
+/// The realtime clock as a duration since the Unix epoch (zero before it).
+#[cfg(target_os = "linux")]
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Records how long each answered datagram of a batch spent in the server: from its kernel
+/// receive time to `now`, after the batch's responses were handed back to the kernel. A stamp
+/// after `now` (the realtime clock stepped back) counts as zero; answers without a stamp are
+/// counted apart.
+#[cfg(target_os = "linux")]
+fn observe_sojourn(st: &DnsStats, received_at: &[Option<Duration>], now: Duration) {
+    for at in received_at {
+        match at {
+            Some(at) => st
+                .udp_sojourn_seconds
+                .observe(now.saturating_sub(*at).as_secs_f64()),
+            None => inc(&st.udp_unstamped),
         }
     }
 }

@@ -60,6 +60,16 @@ pub struct DnsStats {
     /// Time to answer one query, by transport (`udp`, `tcp`), registered in the node's registry
     /// as `dpin_dns_answer_seconds`.
     pub answer_seconds: crate::metrics::HistogramFamily,
+    /// Time from the kernel's receipt of a UDP query (its `SO_TIMESTAMPNS` stamp) to its
+    /// response handed back to the kernel, registered as `dpin_dns_udp_sojourn_seconds`.
+    /// Unlike `answer_seconds` it includes the wait in the socket queue: the time the answer
+    /// threads were busy or not scheduled, which is most of a loaded server's latency and is
+    /// not visible from inside the answer. It is measured at the server, so a client's own
+    /// delays (a benchmark's, on a shared machine) are not in it.
+    pub udp_sojourn_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Answered UDP queries without a receive timestamp (the kernel gave none): not in
+    /// `udp_sojourn_seconds`.
+    pub udp_unstamped: AtomicU64,
 }
 
 impl Default for DnsStats {
@@ -103,10 +113,14 @@ impl DnsStats {
             tcp_evicted: AtomicU64::new(0),
             tcp_lifetime_closed: AtomicU64::new(0),
             answer_seconds,
+            udp_sojourn_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::DNS_SOJOURN_SECONDS_BUCKETS,
+            ),
+            udp_unstamped: AtomicU64::new(0),
         }
     }
 
-    fn fields(&self) -> [(&'static str, &AtomicU64); 24] {
+    fn fields(&self) -> [(&'static str, &AtomicU64); 25] {
         [
             ("udp_queries", &self.udp_queries),
             ("tcp_queries", &self.tcp_queries),
@@ -132,6 +146,7 @@ impl DnsStats {
             ("tcp_rejected_per_ip", &self.tcp_rejected_per_ip),
             ("tcp_evicted", &self.tcp_evicted),
             ("tcp_lifetime_closed", &self.tcp_lifetime_closed),
+            ("udp_unstamped", &self.udp_unstamped),
         ]
     }
 
@@ -200,6 +215,7 @@ fn help(field: &str) -> &'static str {
         "tcp_rejected_per_ip" => "TCP connections closed at once: the per-address cap was reached.",
         "tcp_evicted" => "TCP connections closed to make room at the total cap.",
         "tcp_lifetime_closed" => "TCP connections closed at their maximum lifetime.",
+        "udp_unstamped" => "Answered UDP queries without a kernel receive timestamp.",
         _ => "DNS front-end counter.",
     }
 }

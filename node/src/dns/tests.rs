@@ -711,3 +711,75 @@ fn a_udp_burst_from_several_clients_gets_each_answer_at_its_own_client() {
         CLIENTS as u64 * u64::from(PER_CLIENT) + 1
     );
 }
+
+/// The text exposition of one histogram, registered alone as `h`.
+fn histogram_text(h: &prometheus_client::metrics::histogram::Histogram) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("h", "test", h.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    text
+}
+
+/// One series' value in `text`.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// `dpin_dns_udp_sojourn_seconds` measures from the kernel's receipt of a query, so the time
+/// a query waits in the socket queue while no answer thread reads it is in it (it is most of
+/// a loaded server's latency, and invisible to `dpin_dns_answer_seconds`, which starts when a
+/// thread has the packet). Queries queued while no worker runs are each recorded as having
+/// waited at least until the worker started; none goes unstamped, none is recorded twice.
+#[test]
+fn udp_sojourn_includes_the_wait_in_the_socket_queue() {
+    const QUERIES: u16 = 40;
+    const QUEUED_FOR: Duration = Duration::from_millis(60);
+    let r = Arc::new(responder(vec![web()]));
+    let stats = r.stats().clone();
+    let server = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = server.local_addr().expect("local addr");
+    let rrl = Rrl::new(RrlConfig { rate: 0, slip: 0 });
+    // Stamps on before anything is queued (the worker asks again; that is harmless).
+    assert!(enable_receive_timestamps(&server));
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+    let q = query(&format!("web.{}.dpin.", zone()), RecordType::A, Some(1232));
+    for _ in 0..QUERIES {
+        client.send_to(&q, addr).expect("send");
+    }
+    std::thread::sleep(QUEUED_FOR);
+    {
+        let r = r.clone();
+        std::thread::spawn(move || serve_udp(&server, &r, &rrl));
+    }
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    for _ in 0..QUERIES {
+        client.recv(&mut buf).expect("every query is answered");
+    }
+    // The worker records a batch after sending it; the last answer may arrive first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = histogram_text(&stats.udp_sojourn_seconds);
+        if series(&text, "h_count") >= f64::from(QUERIES) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(
+        series(&text, "h_count"),
+        f64::from(QUERIES),
+        "every answered query is recorded once: {text}"
+    );
+    assert_eq!(
+        series(&text, "h_bucket{le=\"0.025\"}"),
+        0.0,
+        "each waited at least {QUEUED_FOR:?} in the queue: {text}"
+    );
+    assert!(series(&text, "h_sum") >= QUEUED_FOR.as_secs_f64() * f64::from(QUERIES));
+    assert_eq!(stats.udp_unstamped.load(Ordering::Relaxed), 0);
+}
