@@ -1850,30 +1850,14 @@ type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 /// runs periodic sync. Gossip validation runs on its own task (verifying inline, and
 /// waiting for the store lock on a blocking thread when a flush or sync batch holds it,
 /// `Node::apply_gossiped`), so liveness events never wait behind it.
-pub async fn run_events(node: Node, events: mpsc::Receiver<NetEvent>) {
-    run_events_on(node, events, None).await
-}
-
-/// [`run_events`], with gossip validation on `ingest`'s runtime if given (else this one's):
-/// `dpin node` passes a runtime at the base priority (`crate::priority::base_runtime`), so
-/// the merges, and the replica flushes they start, hold the store lock at the priority of
-/// the DNS threads that read through it.
-pub async fn run_events_on(
-    node: Node,
-    mut events: mpsc::Receiver<NetEvent>,
-    ingest: Option<tokio::runtime::Handle>,
-) {
+pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(ingest::GOSSIP_QUEUE);
     let gnode = node.clone();
-    let validate = async move {
+    tokio::spawn(async move {
         while let Some((source, id, data)) = gossip_rx.recv().await {
             gnode.on_gossip(source, id, data).await;
         }
-    };
-    match ingest {
-        Some(rt) => drop(rt.spawn(validate)),
-        None => drop(tokio::spawn(validate)),
-    }
+    });
     let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
     // Random start, so nodes do not all rotate through their peers in step.
     let mut sync_round: u64 = rand::random();

@@ -17,12 +17,6 @@
 //! unprivileged process can lower a thread's priority but never raise it back. `N = 0` keeps
 //! every thread at the process's priority.
 //!
-//! Gossip ingest is the exception among the background work: it runs on its own
-//! base-priority runtime ([`base_runtime`]), because it holds the store lock the answer
-//! threads read through, and a lowered holder preempted while holding it made them wait
-//! (priority inversion). Its signature checks run there too, about 5 % of a core at 1,000
-//! updates a second.
-//!
 //! What it costs: under a DNS load that takes a whole core, the background work gets a
 //! smaller share of that core (about a tenth at nice 10 against two busy answer threads,
 //! instead of a third), so gossip is applied later and anti-entropy repairs what was dropped
@@ -88,41 +82,6 @@ pub fn spawn_at_base(name: String, f: impl FnOnce() + Send + 'static) -> io::Res
     done_rx
         .recv()
         .map_err(|_| io::Error::other("the base-priority spawner thread is gone"))?
-}
-
-/// A current-thread async runtime on its own thread (named `name`) at the process's base
-/// priority, for the background work that holds the store lock DNS answers read through:
-/// gossip ingest (the merge, and the replica flush's snapshot of dirty entries). Its blocking
-/// threads are started from that thread, so they run at the base priority too.
-///
-/// Why: the DNS threads read the store under its mutex. A lowered thread holding that mutex
-/// was preempted by the very answer threads that then waited for it, and waited again
-/// behind the other lowered threads' slices before it could release it (priority
-/// inversion). On a node pinned to one core, answering 90k queries a second for 15 s while
-/// 1,000 gossiped updates a second arrived, the answer threads waited over 0.3 ms for the
-/// lock 231 times (up to 10.6 ms, 188 ms in all) with ingest on the lowered runtime, and
-/// 53 times (up to 3.9 ms, 43 ms in all) with it here: a holder at the answer threads' own
-/// priority gets the core back as soon as they block.
-pub fn base_runtime(name: &str) -> io::Result<tokio::runtime::Handle> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    let thread_name = name.to_string();
-    spawn_at_base(name.to_string(), move || {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(thread_name)
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = tx.send(Ok(rt.handle().clone()));
-        rt.block_on(std::future::pending::<()>());
-    })?;
-    rx.recv()
-        .map_err(|_| io::Error::other("the base-priority runtime thread ended"))?
 }
 
 /// The first failure of [`background_target`] or [`lower_background_thread`], kept for the

@@ -235,19 +235,6 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
             joining: pace_node.joining(),
         },
     ));
-    // Gossip ingest at the DNS threads' priority when the rest runs below it
-    // (crate::priority::base_runtime); started before the node says it is up.
-    let ingest = if args.background_nice() > 0 {
-        match crate::priority::base_runtime("dpin-ingest") {
-            Ok(rt) => Some(rt),
-            Err(e) => {
-                tracing::warn!(%e, "cannot start the gossip ingest thread; ingest runs with the other background work");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let listen_addrs = handle.listen_addrs().await.unwrap_or_default();
     {
         let mut la = node
@@ -282,7 +269,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
     }
     tracing::info!(%peer_id, ?listen_addrs, %api_addr, "dpin node started");
 
-    tokio::spawn(dnode::run_events_on(node.clone(), events, ingest));
+    tokio::spawn(dnode::run_events(node.clone(), events));
     tokio::spawn(crate::alloc::run_trimmer());
     let local_offers = crate::offers::LocalOffers {
         storage_bytes: args.offer_storage,
