@@ -66,8 +66,8 @@ pub struct DnsStats {
     /// threads were busy or not scheduled, which is most of a loaded server's latency and is
     /// not visible from inside the answer. It is measured at the server, so a client's own
     /// delays (a benchmark's, on a shared machine) are not in it. It ends when the answer's
-    /// whole batch ([`UDP_BATCH`]) was handed back, so an answer also counts the rest of its
-    /// batch (tens of µs).
+    /// whole batch (at most `UDP_BATCH` answers) was handed back, so an answer also counts
+    /// the rest of its batch (tens of µs).
     pub udp_sojourn_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Answered UDP queries without a receive timestamp (the kernel gave none): not in
     /// `udp_sojourn_seconds`.
