@@ -823,7 +823,7 @@ pub(crate) mod tests {
     }
 
     /// The value of `series` (exact name and labels), as the tests' readers parse it.
-    fn value(text: &str, series: &str) -> Option<f64> {
+    pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|l| {
             let rest = l.strip_prefix(series)?;
             rest.starts_with(' ').then(|| rest.trim().parse().ok())?

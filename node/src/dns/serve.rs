@@ -235,7 +235,7 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
             }
         }
         if stamped {
-            observe_sojourn(st, &answered_at, unix_now());
+            observe_sojourn(st, &answered_at, crate::clock::since_epoch());
         }
     }
 }
@@ -275,14 +275,6 @@ fn receive_time<S>(m: &nix::sys::socket::RecvMsg<'_, '_, S>) -> Option<Duration>
         }
         _ => None,
     })
-}
-
-/// The realtime clock as a duration since the Unix epoch (zero before it).
-#[cfg(target_os = "linux")]
-fn unix_now() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// Records how long each answered datagram of a batch spent in the server: from its kernel

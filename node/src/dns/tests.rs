@@ -723,9 +723,7 @@ fn histogram_text(h: &prometheus_client::metrics::histogram::Histogram) -> Strin
 
 /// One series' value in `text`.
 fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    crate::metrics::tests::value(text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// `dpin_dns_udp_sojourn_seconds` measures from the kernel's receipt of a query, so the time
