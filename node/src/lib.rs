@@ -9,6 +9,8 @@
 //!   DCUtR, direct upgrades of relayed connections, and their counters.
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
 //!   with the reserved-name index and the change feed (instead of whole-store scans).
+//!   [`replica_log`]: gossiped records' entries appended the moment they apply (kept across
+//!   a SIGKILL) and folded into redb about once a second, instead of a commit per record.
 //! * [`watch`] — blocking reads: waiters on a name, woken by the store's changes
 //!   (`?wait_seq=N`, `dpin resolve --wait-seq`).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
@@ -69,6 +71,7 @@ pub mod node;
 pub mod offers;
 pub mod priority;
 pub mod publish;
+pub mod replica_log;
 pub mod store;
 pub mod sync_slot;
 pub mod watch;

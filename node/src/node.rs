@@ -106,6 +106,11 @@ pub struct Metrics {
     pub sync_bad_requests: AtomicU64,
     /// Pushes refused because this node was catching up (it pulls from the pusher instead).
     pub sync_pushes_refused: AtomicU64,
+    /// Folds of the replica log into the store's redb file ([`crate::replica_log`]).
+    pub replica_folds: AtomicU64,
+    /// Replicas whose entry could not be appended to the replica log (each was committed on
+    /// its own instead) and folds that failed.
+    pub replica_log_failures: AtomicU64,
     /// Our sync requests a peer refused for budget and that were sent again after a pause
     /// (`dpin_protocol::ingest::over_budget_pause_ms`).
     pub sync_over_budget_retries: AtomicU64,
@@ -247,7 +252,19 @@ impl Metrics {
 
     /// Every counter, for `/metrics`.
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let fields: [(&str, &str, &AtomicU64); 18] = [
+        let fields: [(&str, &str, &AtomicU64); 20] = [
+            (
+                "dpin_replica_folds_total",
+                "Folds of the replica log into the store (one commit for the gossiped records \
+                 of about a second).",
+                &self.replica_folds,
+            ),
+            (
+                "dpin_replica_log_failures_total",
+                "Gossiped records the replica log could not take (committed alone instead), \
+                 and failed folds.",
+                &self.replica_log_failures,
+            ),
             (
                 "dpin_gossip_rate_limited_total",
                 "Gossip messages dropped: their propagating peer exceeded its rate.",
@@ -361,6 +378,8 @@ impl Metrics {
             "sync_failures": g(&self.sync_failures),
             "sync_bad_requests": g(&self.sync_bad_requests),
             "sync_pushes_refused": g(&self.sync_pushes_refused),
+            "replica_folds": g(&self.replica_folds),
+            "replica_log_failures": g(&self.replica_log_failures),
             "sync_over_budget_retries": g(&self.sync_over_budget_retries),
             "sync_after_refusal": g(&self.sync_after_refusal),
             "sync_slot_handed_on": g(&self.sync_slot_handed_on),
@@ -432,6 +451,11 @@ pub struct Shared {
     /// Whether a background flush of replicated records is queued and has not read the
     /// store's generation yet ([`Node::flush_replicas_soon`]): at most one waits at a time.
     replica_flush_queued: std::sync::atomic::AtomicBool,
+    /// Whether a fold of the replica log is queued ([`Node::fold_replicas_soon`]) and has not
+    /// sealed the log yet, and whether one asked for at once (the log passed
+    /// [`crate::replica_log::FOLD_AT_BYTES`]) is.
+    replica_fold_queued: std::sync::atomic::AtomicBool,
+    replica_fold_now_queued: std::sync::atomic::AtomicBool,
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests. Set
     /// once at start by the daemon (`cli.rs`); read through [`Node::node_key`].
@@ -584,6 +608,8 @@ impl Node {
             chunk_peers: Mutex::new(std::collections::BTreeSet::new()),
             syncing: Mutex::new(BTreeMap::new()),
             replica_flush_queued: std::sync::atomic::AtomicBool::new(false),
+            replica_fold_queued: std::sync::atomic::AtomicBool::new(false),
+            replica_fold_now_queued: std::sync::atomic::AtomicBool::new(false),
             blobs,
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
@@ -1238,15 +1264,23 @@ impl Node {
             Ok(rec) => {
                 match self
                     .apply_gossiped(rec, |s, p| {
-                        s.apply_prepared(p, now_ms(), Freshness::Replicate, Cas::default())
+                        let outcome =
+                            s.apply_prepared(p, now_ms(), Freshness::Replicate, Cas::default());
+                        // The entry as applied, for the replica log (taken under the lock,
+                        // written after it).
+                        let logged = match &outcome {
+                            Ok(o) if o.changed_store() => s.logged_entry(p.name()),
+                            _ => None,
+                        };
+                        outcome.map(|o| (o, logged))
                     })
                     .await
                 {
-                    Ok(Ok(outcome)) => {
+                    Ok(Ok((outcome, logged))) => {
                         recorders.apply_latency(RecordPath::Gossip, started.elapsed());
                         recorders.record(RecordPath::Gossip, &outcome);
-                        if outcome.changed_store() {
-                            self.flush_replicas_soon();
+                        if let Some(entry) = logged {
+                            self.log_replica(entry);
                         }
                         if !m.count_replicated(&outcome) {
                             // Counted as gossip_rejected below, with the sender penalised.
@@ -1546,6 +1580,67 @@ impl Node {
     /// that arrive while a commit runs share the next one instead of queueing one each. It
     /// starts at once: a record this node has served should survive its crash (a restarted
     /// node answering an older seq than it did before is a read going back in time).
+    /// Keeps an applied replica across a SIGKILL without a commit of its own: appends its entry
+    /// to the replica log and queues the fold that commits the log to redb
+    /// ([`crate::replica_log`]). If the log cannot take it, the record is committed as before
+    /// ([`Node::flush_replicas_soon`]) and the failure counted.
+    fn log_replica(&self, entry: (String, Vec<u8>)) {
+        match self.0.persister.log_replicas(std::slice::from_ref(&entry)) {
+            Ok(appended) => self.fold_replicas_soon(appended.fold_now),
+            Err(e) => {
+                Metrics::inc(&self.0.metrics.replica_log_failures);
+                tracing::warn!(%e, "replica log append failed; committing the record instead");
+                self.flush_replicas_soon();
+            }
+        }
+    }
+
+    /// Queues a fold of the replica log: in [`crate::replica_log::FOLD_INTERVAL`], or at once
+    /// if `now`. At most one of each waits at a time.
+    fn fold_replicas_soon(&self, now: bool) {
+        let queued = if now {
+            &self.0.replica_fold_now_queued
+        } else {
+            &self.0.replica_fold_queued
+        };
+        if queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            if !now {
+                tokio::time::sleep(crate::replica_log::FOLD_INTERVAL).await;
+            }
+            // Cleared before the fold seals the log: a record appended after this queues the
+            // next fold, one appended before it is in the file this fold seals.
+            let queued = if now {
+                &node.0.replica_fold_now_queued
+            } else {
+                &node.0.replica_fold_queued
+            };
+            queued.store(false, Ordering::Release);
+            if let Err(e) = node.fold_replicas().await {
+                tracing::error!(%e, "could not fold the replica log; will retry");
+                Metrics::inc(&node.0.metrics.replica_log_failures);
+                // Its files stay sealed; the next fold (or the next open) takes them.
+                node.fold_replicas_soon(false);
+            }
+        });
+    }
+
+    /// Commits everything the replica log holds to redb and deletes its files
+    /// ([`crate::store::Persister::fold`]); a clean stop ends with it.
+    pub async fn fold_replicas(&self) -> Result<(), NodeError> {
+        let shared = self.0.clone();
+        let folded = tokio::task::spawn_blocking(move || shared.persister.fold(&shared.store))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))??;
+        if folded > 0 {
+            Metrics::inc(&self.0.metrics.replica_folds);
+        }
+        Ok(())
+    }
+
     fn flush_replicas_soon(&self) {
         if self.0.replica_flush_queued.swap(true, Ordering::AcqRel) {
             return;
@@ -2074,6 +2169,59 @@ mod tests {
     fn relay_counts(node: &Node) -> [u64; 4] {
         let c = &node.0.metrics.sync_relay;
         [0, 1, 2, 3].map(|i| c[i].load(Ordering::Relaxed))
+    }
+
+    /// Gossiped records reach the replica log, not a commit each: a fold runs once
+    /// [`crate::replica_log::FOLD_AT_ENTRIES`] are logged, the rest wait for the next fold, and
+    /// a fold (as a clean stop runs it) leaves no log behind. The store holds every record
+    /// throughout.
+    #[tokio::test]
+    async fn gossiped_records_go_to_the_replica_log_and_folds_commit_them() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (node, _api) = crate::metrics::tests::node(dir.path()).await;
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let store_path = dir.path().join("store.redb");
+        let bound = crate::replica_log::FOLD_AT_ENTRIES as usize;
+        let extra = 2;
+        let n = bound + extra;
+        let mut records = synced_records(&key, 0, n).into_iter().enumerate();
+        let mut gossip = |count: usize| {
+            let batch: Vec<(usize, Vec<u8>)> = records.by_ref().take(count).collect();
+            let node = node.clone();
+            async move {
+                for (i, wire) in batch {
+                    let id = libp2p::gossipsub::MessageId::new(&(i as u64).to_le_bytes());
+                    node.on_gossip(PeerId::random(), id, wire).await;
+                }
+            }
+        };
+        gossip(bound).await;
+        // The fold asked for at the bound runs on a blocking thread; wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.0.metrics.replica_folds.load(Ordering::Relaxed) == 0 {
+            anyhow::ensure!(Instant::now() < deadline, "no fold at the entry bound");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!node.0.persister.log_pending(), "the fold took all {bound}");
+        // Fewer than the bound wait in the log for the timed fold (a second away).
+        gossip(extra).await;
+        assert_eq!(
+            node.0.metrics.gossip_accepted.load(Ordering::Relaxed),
+            n as u64
+        );
+        assert!(node.0.persister.log_pending());
+        let logged = crate::replica_log::files(&store_path)?;
+        assert_eq!(logged.len(), 1);
+        assert_eq!(
+            crate::replica_log::read_frames(&logged[0].1)?.entries.len(),
+            extra
+        );
+        node.fold_replicas().await?;
+        assert!(!node.0.persister.log_pending());
+        assert!(crate::replica_log::files(&store_path)?.is_empty());
+        let held = node.read_store(|s| s.len());
+        assert_eq!(held, n);
+        Ok(())
     }
 
     #[tokio::test]

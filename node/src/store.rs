@@ -16,6 +16,10 @@
 //! newer one. The floor (highest seq and hash ever accepted) is persisted with each entry,
 //! including compacted ones, so a restarted node still refuses replays of old records.
 //!
+//! A gossiped record is not committed on its own: its entry goes to the replica log
+//! ([`crate::replica_log`], one `write`, kept across a SIGKILL) and [`Persister::fold`] commits
+//! the logged names a few at a time; [`DurableStore::open`] replays what a kill left.
+//!
 //! Start-up reads the whole log into the index: entries are decoded and checked against their
 //! hashes on [`LOAD_THREADS`] threads, and the index is built in one bulk pass
 //! ([`MemStore::load`]), not entry by entry (at 10⁶ records that was most of a restart).
@@ -131,6 +135,9 @@ pub enum StoreError {
     /// redb could not open, read or commit.
     #[error("database error: {0}")]
     Db(String),
+    /// The replica log could not be read, written or removed (`crate::replica_log`).
+    #[error("replica log: {0}")]
+    Log(#[from] std::io::Error),
     /// A stored entry could not be decoded (the file was damaged or written by a newer dpin).
     #[error("corrupt entry for {name:?}: {reason}")]
     Corrupt {
@@ -215,6 +222,12 @@ struct Feed {
 /// in its reader, off the store lock.
 pub struct DurableStore {
     db: Arc<Database>,
+    /// The store file (the replica log's files sit beside it, `crate::replica_log`).
+    path: std::path::PathBuf,
+    /// The number the replica log's next file takes (one past every file replay found).
+    log_next: u64,
+    /// What the last open took from the replica log.
+    replayed: Replayed,
     mem: MemStore,
     dirty: BTreeSet<String>,
     generation: u64,
@@ -246,6 +259,9 @@ impl DurableStore {
         upgrade_entries(&db)?;
         let mut store = Self {
             db: Arc::new(db),
+            path: path.to_owned(),
+            log_next: 0,
+            replayed: Replayed::default(),
             mem: MemStore::new().with_retention(retention_ms),
             dirty: BTreeSet::new(),
             generation: 0,
@@ -258,7 +274,81 @@ impl DurableStore {
             watches: Arc::default(),
         };
         store.reload()?;
+        store.replay_replica_log()?;
         Ok(store)
+    }
+
+    /// Takes what the replica log holds ([`crate::replica_log`]) into the loaded store, commits
+    /// it to redb and deletes the log's files. A logged entry is taken only if it outranks the
+    /// store's (the merge rule's rank), so replay is idempotent and an old frame never replaces
+    /// a record a later commit put on disk. A torn or damaged tail is skipped and counted.
+    fn replay_replica_log(&mut self) -> Result<(), StoreError> {
+        let files = crate::replica_log::files(&self.path)?;
+        let mut replayed = Replayed::default();
+        for (number, path) in &files {
+            self.log_next = self.log_next.max(number.saturating_add(1));
+            let frames = crate::replica_log::read_frames(path)?;
+            if frames.torn {
+                replayed.torn += 1;
+                tracing::warn!(path = %path.display(), "replica log: a torn or damaged tail was skipped");
+            }
+            for (name, bytes) in frames.entries {
+                let entry = match decode_entry(&name, &bytes) {
+                    Ok(Loaded::Whole(e) | Loaded::Fixed(e, _) | Loaded::FloorOnly(e, _)) => e,
+                    Err(e) => {
+                        replayed.torn += 1;
+                        tracing::warn!(%e, "replica log: an entry did not decode; skipped");
+                        continue;
+                    }
+                };
+                let newer = self
+                    .mem
+                    .entry(&name)
+                    .is_none_or(|held| entry.rank() > held.rank());
+                if newer {
+                    self.index_change(&name, entry);
+                    self.dirty.insert(name);
+                    self.generation += 1;
+                    replayed.taken += 1;
+                } else {
+                    replayed.stale += 1;
+                }
+            }
+        }
+        if !self.dirty.is_empty() {
+            let (_, entries) = self.take_dirty();
+            if let Err(e) = commit(&self.db, &entries) {
+                self.mark_dirty(entries.into_iter().map(|(n, _)| n));
+                return Err(e);
+            }
+        }
+        for (_, path) in &files {
+            remove_if_present(path)?;
+        }
+        if !files.is_empty() {
+            tracing::info!(
+                files = files.len(),
+                taken = replayed.taken,
+                stale = replayed.stale,
+                torn = replayed.torn,
+                "replica log replayed into the store"
+            );
+        }
+        self.replayed = replayed;
+        Ok(())
+    }
+
+    /// What the last open took from the replica log.
+    pub fn replayed(&self) -> Replayed {
+        self.replayed
+    }
+
+    /// `name`'s current entry in the store's own encoding, for the replica log
+    /// ([`Persister::log_replicas`]); `None` if the store holds nothing for it.
+    pub fn logged_entry(&self, name: &str) -> Option<(String, Vec<u8>)> {
+        self.mem
+            .entry(name)
+            .map(|e| (name.to_owned(), encode_entry(e)))
     }
 
     /// Entries found damaged on disk at the last load. A damaged body is dropped and its
@@ -350,22 +440,49 @@ impl DurableStore {
     }
 
     /// The persister that makes this store's changes durable.
+    ///
+    /// Call it once per open store: the persister owns the replica log's appends, and two
+    /// would number their files alike.
     pub fn persister(&self) -> Persister {
         Persister {
             db: self.db.clone(),
             durable: Arc::new(Mutex::new(self.generation)),
+            log: Arc::new(Mutex::new(LogState {
+                log: crate::replica_log::ReplicaLog::new(&self.path, self.log_next),
+                sealed: Vec::new(),
+            })),
         }
     }
 
     /// Takes the dirty entries (current state, encoded) and the generation they bring the
     /// disk to.
     fn take_dirty(&mut self) -> (u64, Vec<(String, Vec<u8>)>) {
-        let names = std::mem::take(&mut self.dirty);
-        let entries = names
-            .into_iter()
-            .filter_map(|n| self.mem.entry(&n).map(|e| (n.clone(), encode_entry(e))))
-            .collect();
-        (self.generation, entries)
+        let (generation, names) = self.take_dirty_names();
+        let mut entries = Vec::with_capacity(names.len());
+        self.encode_current(names, &mut entries);
+        (generation, entries)
+    }
+
+    /// Takes the dirty names and the generation their entries bring the disk to: a swap, so
+    /// the store lock is held for no time whatever their number ([`Persister::flush`] encodes
+    /// them in [`ENCODE_CHUNK`]s, taking the lock for each).
+    fn take_dirty_names(&mut self) -> (u64, BTreeSet<String>) {
+        (self.generation, std::mem::take(&mut self.dirty))
+    }
+
+    /// Appends the current entry of each of `names` (encoded) to `out`; names no longer held
+    /// are skipped. An entry encoded after the names were taken is at least as new as the one
+    /// that made them dirty, so it is still what their generation needs on disk.
+    fn encode_current(
+        &self,
+        names: impl IntoIterator<Item = String>,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) {
+        out.extend(
+            names
+                .into_iter()
+                .filter_map(|n| self.mem.entry(&n).map(|e| (n.clone(), encode_entry(e)))),
+        );
     }
 
     fn mark_dirty(&mut self, names: impl IntoIterator<Item = String>) {
@@ -681,12 +798,57 @@ fn decode_entry(name: &str, b: &[u8]) -> Result<Loaded, StoreError> {
     Ok(Loaded::Whole(entry))
 }
 
+/// What an open took from the replica log ([`DurableStore::replayed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Entries that outranked the store's and were taken.
+    pub taken: usize,
+    /// Entries the store already held at their rank or above.
+    pub stale: usize,
+    /// Torn or damaged file tails and entries that did not decode, skipped.
+    pub torn: usize,
+}
+
+/// Dirty entries a flush encodes per hold of the store lock (tens of µs).
+pub const ENCODE_CHUNK: usize = 32;
+
+/// Removes `path`; already gone is fine.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `entries` in one redb transaction and commits it durably (fsync).
+fn commit(db: &Database, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut table = txn.open_table(ENTRIES)?;
+        let mut key = Vec::new();
+        for (name, bytes) in entries {
+            table.insert(entry_key(name, &mut key), bytes.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The replica log and the files it sealed that no commit has covered yet.
+struct LogState {
+    log: crate::replica_log::ReplicaLog,
+    sealed: Vec<std::path::PathBuf>,
+}
+
 /// Makes a [`DurableStore`]'s changes durable (group commit). Cloneable; one writer at a time.
 #[derive(Clone)]
 pub struct Persister {
     db: Arc<Database>,
     /// Highest generation known to be on disk; the lock also serialises flushes.
     durable: Arc<Mutex<u64>>,
+    /// The replica log ([`Persister::log_replicas`], [`Persister::fold`]).
+    log: Arc<Mutex<LogState>>,
 }
 
 impl Persister {
@@ -700,24 +862,22 @@ impl Persister {
         if *durable >= upto {
             return Ok(());
         }
-        let (generation, entries) = store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take_dirty();
-        let result = (|| -> Result<(), StoreError> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(Durability::Immediate);
-            {
-                let mut table = txn.open_table(ENTRIES)?;
-                let mut key = Vec::new();
-                for (name, bytes) in &entries {
-                    table.insert(entry_key(name, &mut key), bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        match result {
+        let lock = || {
+            store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let (generation, names) = lock().take_dirty_names();
+        // Encoded a chunk per hold of the store lock: a fold's thousand names encoded in one
+        // hold kept the DNS answer threads waiting on it for milliseconds (the flush runs
+        // below their priority and is preempted while it holds the lock).
+        let mut entries = Vec::with_capacity(names.len());
+        let mut names = names.into_iter().peekable();
+        while names.peek().is_some() {
+            let chunk: Vec<String> = names.by_ref().take(ENCODE_CHUNK).collect();
+            lock().encode_current(chunk, &mut entries);
+        }
+        match commit(&self.db, &entries) {
             Ok(()) => {
                 *durable = generation;
                 Ok(())
@@ -731,6 +891,66 @@ impl Persister {
                 Err(e)
             }
         }
+    }
+
+    /// Appends applied replicas' entries ([`DurableStore::logged_entry`]) to the replica log:
+    /// kept across a SIGKILL from here on, on disk after the next [`Persister::fold`] (see
+    /// `crate::replica_log`). The entries stay dirty in the store, so any flush commits them
+    /// too.
+    pub fn log_replicas(
+        &self,
+        entries: &[(String, Vec<u8>)],
+    ) -> Result<crate::replica_log::Appended, StoreError> {
+        Ok(self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .log
+            .append(entries)?)
+    }
+
+    /// Commits everything the replica log holds to redb and deletes its files: seals the
+    /// current file (later appends go to the next), flushes the store up to its generation now
+    /// (every sealed entry was applied, so counted, before it was appended, so before the
+    /// seal), then deletes the sealed files. Returns how many files it deleted. A failed flush
+    /// keeps them for the next fold or the next open's replay.
+    pub fn fold(&self, store: &Mutex<DurableStore>) -> Result<usize, StoreError> {
+        let sealed = {
+            let mut state = self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(path) = state.log.seal() {
+                state.sealed.push(path);
+            }
+            state.sealed.clone()
+        };
+        if sealed.is_empty() {
+            return Ok(0);
+        }
+        let generation = store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .generation();
+        self.flush(store, generation)?;
+        for path in &sealed {
+            remove_if_present(path)?;
+        }
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sealed
+            .retain(|p| !sealed.contains(p));
+        Ok(sealed.len())
+    }
+
+    /// Whether the replica log holds entries no fold has committed yet.
+    pub fn log_pending(&self) -> bool {
+        let state = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !state.log.is_empty() || !state.sealed.is_empty()
     }
 }
 
@@ -911,6 +1131,143 @@ mod tests {
         }
         .sign(key)
         .expect("signs")
+    }
+
+    /// Applies `r` as a replica and appends its entry to the replica log, with no commit.
+    fn apply_and_log(
+        store: &Mutex<DurableStore>,
+        persister: &Persister,
+        r: &SignedRecord,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut s = store.lock().map_err(|e| e.to_string())?;
+        assert!(s.apply(r, NOW, Freshness::Replicate, None)?.changed_store());
+        let entry = s.logged_entry(&r.name()).ok_or("applied, so held")?;
+        persister.log_replicas(&[entry])?;
+        Ok(())
+    }
+
+    fn seq_of(s: &DurableStore, name: &str) -> Option<u64> {
+        s.resolve(name, NOW).map(|r| r.body.seq)
+    }
+
+    /// A gossiped record whose entry reached the replica log, and no commit, is in the store
+    /// after the process dies (nothing flushed or folded; the store and persister are simply
+    /// dropped, as a SIGKILL leaves them): the next open replays it, commits it and deletes the
+    /// log, and the open after that finds it in redb with nothing left to replay.
+    #[test]
+    fn a_logged_replica_survives_a_kill_and_is_replayed_into_the_store(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let key = ZoneKey::from_seed([21; 32]);
+        let name = record(&key, 1).name();
+        persist(&path, &[&record(&key, 1)])?;
+        {
+            let store = Mutex::new(DurableStore::open(&path)?);
+            let persister = store.lock().map_err(|e| e.to_string())?.persister();
+            apply_and_log(&store, &persister, &record(&key, 2))?;
+            assert!(persister.log_pending());
+        }
+        assert_eq!(crate::replica_log::files(&path)?.len(), 1);
+        let s = DurableStore::open(&path)?;
+        assert_eq!(seq_of(&s, &name), Some(2), "the logged replica came back");
+        assert_eq!(
+            s.replayed(),
+            Replayed {
+                taken: 1,
+                stale: 0,
+                torn: 0
+            }
+        );
+        assert!(crate::replica_log::files(&path)?.is_empty(), "log deleted");
+        drop(s);
+        let s = DurableStore::open(&path)?;
+        assert_eq!(seq_of(&s, &name), Some(2), "committed by the replay");
+        assert_eq!(s.replayed(), Replayed::default());
+        Ok(())
+    }
+
+    /// Replay takes a logged entry only if it outranks the store's: a frame of seq 2 logged
+    /// before seq 3 was committed (a writer's flush) does not bring seq 2 back.
+    #[test]
+    fn an_older_logged_entry_never_replaces_a_newer_committed_one(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let key = ZoneKey::from_seed([22; 32]);
+        let name = record(&key, 1).name();
+        {
+            let store = Mutex::new(DurableStore::open(&path)?);
+            let persister = store.lock().map_err(|e| e.to_string())?.persister();
+            apply_and_log(&store, &persister, &record(&key, 2))?;
+            let generation = {
+                let mut s = store.lock().map_err(|e| e.to_string())?;
+                s.apply(&record(&key, 3), NOW, Freshness::Publish, None)?;
+                s.generation()
+            };
+            persister.flush(&store, generation)?;
+        }
+        let s = DurableStore::open(&path)?;
+        assert_eq!(seq_of(&s, &name), Some(3));
+        assert_eq!(s.replayed().stale, 1);
+        assert_eq!(s.replayed().taken, 0);
+        assert!(crate::replica_log::files(&path)?.is_empty());
+        Ok(())
+    }
+
+    /// A fold commits what the log holds and deletes its files; appends after it go to a new
+    /// file that the next fold (or open) takes. A torn tail in a file is skipped and counted,
+    /// and the whole frames before it still come back.
+    #[test]
+    fn a_fold_commits_the_log_and_a_torn_tail_keeps_the_frames_before_it(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let a = ZoneKey::from_seed([23; 32]);
+        let b = ZoneKey::from_seed([24; 32]);
+        {
+            let store = Mutex::new(DurableStore::open(&path)?);
+            let persister = store.lock().map_err(|e| e.to_string())?.persister();
+            assert_eq!(
+                persister.fold(&store)?,
+                0,
+                "nothing logged, nothing to fold"
+            );
+            apply_and_log(&store, &persister, &record(&a, 1))?;
+            assert_eq!(persister.fold(&store)?, 1);
+            assert!(!persister.log_pending());
+            assert!(
+                crate::replica_log::files(&path)?.is_empty(),
+                "folded and deleted"
+            );
+            apply_and_log(&store, &persister, &record(&b, 1))?;
+        }
+        let files = crate::replica_log::files(&path)?;
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, 1, "the file after the folded one");
+        // A crash mid-append: half a frame after the whole one.
+        let mut bytes = std::fs::read(&files[0].1)?;
+        let half = bytes[..bytes.len() / 2].to_vec();
+        bytes.extend_from_slice(&half);
+        std::fs::write(&files[0].1, &bytes)?;
+        let s = DurableStore::open(&path)?;
+        assert_eq!(seq_of(&s, &record(&a, 1).name()), Some(1), "folded before");
+        assert_eq!(seq_of(&s, &record(&b, 1).name()), Some(1), "replayed");
+        assert_eq!(
+            s.replayed(),
+            Replayed {
+                taken: 1,
+                stale: 0,
+                torn: 1
+            }
+        );
+        // The next log file is numbered past the replayed one.
+        let persister = s.persister();
+        drop(s);
+        assert!(crate::replica_log::files(&path)?.is_empty());
+        persister.log_replicas(&[("x.zone".into(), vec![1, 2, 3])])?;
+        assert_eq!(crate::replica_log::files(&path)?[0].0, 2);
+        Ok(())
     }
 
     /// A store of several load batches per load thread reopens with every entry, the same

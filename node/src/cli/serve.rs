@@ -309,12 +309,18 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         }
     }
     // Replicated records are made durable in the background a moment after they arrive
-    // (Node::flush_replicas_soon); a clean stop writes whatever is still pending, so a stop right
-    // after a record arrived does not lose it. A crash can still lose that tail: peers resend
-    // it, and the writer's acknowledgement never depended on this node.
-    let generation = node.read_store(crate::store::DurableStore::generation);
-    match tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, node.flush(generation)).await {
-        Ok(Ok(())) => tracing::info!(generation, "store flushed; stopped"),
+    // (gossiped ones through the replica log, crate::replica_log; fetched ones by
+    // Node::flush_replicas_soon); a clean stop commits whatever is still pending and leaves no
+    // replica log behind. A SIGKILL keeps the logged ones (the next start replays them); a
+    // power loss can lose that tail: peers resend it, and the writer's acknowledgement never
+    // depended on this node.
+    let stop = async {
+        node.fold_replicas().await?;
+        let generation = node.read_store(crate::store::DurableStore::generation);
+        node.flush(generation).await.map(|()| generation)
+    };
+    match tokio::time::timeout(SHUTDOWN_FLUSH_TIMEOUT, stop).await {
+        Ok(Ok(generation)) => tracing::info!(generation, "store flushed; stopped"),
         Ok(Err(e)) => tracing::error!(%e, "could not flush the store at shutdown"),
         Err(_) => {
             tracing::error!("the store did not flush within {SHUTDOWN_FLUSH_TIMEOUT:?} at shutdown")
