@@ -809,6 +809,11 @@ pub struct Replayed {
     pub torn: usize,
 }
 
+/// Most sealed replica log files waiting for a fold (each at most
+/// [`crate::replica_log::FOLD_AT_BYTES`] and a few records, so a few MB in all); past it,
+/// folds keep failing and gossiped records are committed one by one instead.
+pub const MAX_SEALED_LOGS: usize = 16;
+
 /// Dirty entries a flush encodes per hold of the store lock (tens of µs).
 pub const ENCODE_CHUNK: usize = 32;
 
@@ -897,16 +902,23 @@ impl Persister {
     /// kept across a SIGKILL from here on, on disk after the next [`Persister::fold`] (see
     /// `crate::replica_log`). The entries stay dirty in the store, so any flush commits them
     /// too.
+    ///
+    /// Refused while [`MAX_SEALED_LOGS`] sealed files wait for a fold that keeps failing: the
+    /// log is then no longer bounded by the folds, and the caller commits instead.
     pub fn log_replicas(
         &self,
         entries: &[(String, Vec<u8>)],
     ) -> Result<crate::replica_log::Appended, StoreError> {
-        Ok(self
+        let mut state = self
             .log
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .log
-            .append(entries)?)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.sealed.len() >= MAX_SEALED_LOGS {
+            return Err(StoreError::Log(std::io::Error::other(
+                "too many replica log files wait for a fold",
+            )));
+        }
+        Ok(state.log.append(entries)?)
     }
 
     /// Commits everything the replica log holds to redb and deletes its files: seals the
@@ -1267,6 +1279,35 @@ mod tests {
         assert!(crate::replica_log::files(&path)?.is_empty());
         persister.log_replicas(&[("x.zone".into(), vec![1, 2, 3])])?;
         assert_eq!(crate::replica_log::files(&path)?[0].0, 2);
+        Ok(())
+    }
+
+    /// While too many sealed files wait for a fold (folds keep failing), the log refuses more
+    /// (its caller commits instead); a fold that succeeds takes them and the log takes appends
+    /// again.
+    #[test]
+    fn the_log_refuses_appends_while_too_many_files_wait_for_a_fold(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("store.redb");
+        let store = Mutex::new(DurableStore::open(&path)?);
+        let persister = store.lock().map_err(|e| e.to_string())?.persister();
+        let entry = || vec![("x.zone".to_string(), vec![1u8, 2, 3])];
+        persister
+            .log
+            .lock()
+            .map_err(|e| e.to_string())?
+            .sealed
+            .extend(
+                (100..100 + MAX_SEALED_LOGS as u64)
+                    .map(|n| crate::replica_log::file_path(&path, n)),
+            );
+        assert!(matches!(
+            persister.log_replicas(&entry()),
+            Err(StoreError::Log(_))
+        ));
+        assert_eq!(persister.fold(&store)?, MAX_SEALED_LOGS);
+        persister.log_replicas(&entry())?;
         Ok(())
     }
 
