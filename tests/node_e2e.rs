@@ -139,6 +139,85 @@ fn killed_node_keeps_acknowledged_records_and_catches_up_after_restart() -> Resu
     Ok(())
 }
 
+/// The replica log files beside a node's store (`dpin_node::replica_log`).
+fn replica_logs(node: &NodeProc) -> Result<usize> {
+    Ok(std::fs::read_dir(&node.data_dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("store.redb.replicas-"))
+        })
+        .count())
+}
+
+/// A record B received by gossip and served, then B SIGKILLed before any commit of it (its
+/// fold is ten minutes away, so the record is only in the replica log): B restarted alone,
+/// with no peer to fetch it from again, serves it at once, and the log is gone (replayed into
+/// the store). Without the log B would come back without the record it had served.
+#[test]
+fn a_gossiped_record_killed_before_its_commit_is_served_after_restart() -> Result<()> {
+    let dir = dpin_tests::test_dir()?;
+    let mut nodes = cluster(bin(), dir.path(), 2, &["--replica-fold-ms", "600000"])?;
+    wait_connected(&nodes, SPREAD)?;
+    let (key, zone) = keygen(bin(), dir.path(), "zone")?;
+    let name = format!("api.{zone}");
+    // Gossip first has to flow (an anti-entropy session would deliver the record too, and
+    // commit it): a first record, until B accepted one by gossip. At most two, so with the
+    // record below B's log holds at most three and no fold (at four) commits it.
+    let gossiped = |n: &NodeProc| {
+        dpin_tests::metric(&n.api, "dpin_gossip_accepted_total")
+            .ok()
+            .flatten()
+            .unwrap_or(0.0)
+    };
+    let mut flowing = false;
+    for seq in ["1", "2"] {
+        ok(publish(
+            &key,
+            &nodes[0].api,
+            "warm",
+            &["127.1.0.2:443", "--seq", seq],
+        )?)?;
+        let took = wait_until(
+            Duration::from_secs(5),
+            "B to accept a record by gossip",
+            || (gossiped(&nodes[1]) >= 1.0).then_some(()),
+        );
+        if took.is_ok() {
+            flowing = true;
+            break;
+        }
+    }
+    assert!(flowing, "gossip never reached B");
+    let before = gossiped(&nodes[1]);
+    ok(publish(&key, &nodes[0].api, "api", &["127.1.0.1:443"])?)?;
+    wait_seq(&nodes[1], &name, 1)?;
+    assert_eq!(
+        gossiped(&nodes[1]),
+        before + 1.0,
+        "B got the record by gossip"
+    );
+    nodes[1].kill();
+    nodes[0].kill();
+    let store = nodes[1].data_dir.join("store.redb");
+    let logged: Vec<String> = dpin_node::replica_log::files(&store)?
+        .iter()
+        .map(|(_, path)| dpin_node::replica_log::read_frames(path))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .flat_map(|frames| frames.entries.into_iter().map(|(n, _)| n))
+        .collect();
+    assert!(
+        logged.contains(&name),
+        "the record is in B's replica log: {logged:?}"
+    );
+    nodes[1].restart(&[], false)?;
+    assert_eq!(nodes[1].resolved_seq(&name), Some(1));
+    assert_eq!(replica_logs(&nodes[1])?, 0, "replayed and deleted");
+    Ok(())
+}
+
 #[test]
 fn stale_publish_is_refused_with_409_everywhere_and_changes_nothing() -> Result<()> {
     let dir = dpin_tests::test_dir()?;

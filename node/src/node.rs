@@ -456,6 +456,8 @@ pub struct Shared {
     /// [`crate::replica_log::FOLD_AT_BYTES`]) is.
     replica_fold_queued: std::sync::atomic::AtomicBool,
     replica_fold_now_queued: std::sync::atomic::AtomicBool,
+    /// [`crate::replica_log::FOLD_INTERVAL`] unless `--replica-fold-ms` says otherwise (ms).
+    replica_fold_ms: std::sync::atomic::AtomicU64,
     blobs: Arc<BlobStore>,
     /// The node's own zone key (its libp2p identity), for offers and blob manifests. Set
     /// once at start by the daemon (`cli.rs`); read through [`Node::node_key`].
@@ -610,6 +612,9 @@ impl Node {
             replica_flush_queued: std::sync::atomic::AtomicBool::new(false),
             replica_fold_queued: std::sync::atomic::AtomicBool::new(false),
             replica_fold_now_queued: std::sync::atomic::AtomicBool::new(false),
+            replica_fold_ms: std::sync::atomic::AtomicU64::new(
+                crate::replica_log::FOLD_INTERVAL.as_millis() as u64,
+            ),
             blobs,
             node_key: std::sync::OnceLock::new(),
             budget: Mutex::new(ingest::PeerBudget::new(ingest::BudgetConfig::default())),
@@ -1595,8 +1600,16 @@ impl Node {
         }
     }
 
-    /// Queues a fold of the replica log: in [`crate::replica_log::FOLD_INTERVAL`], or at once
-    /// if `now`. At most one of each waits at a time.
+    /// Sets the longest a gossiped record waits in the replica log for its fold (the daemon's
+    /// `--replica-fold-ms`; [`crate::replica_log::FOLD_INTERVAL`] by default).
+    pub fn set_replica_fold_interval(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.0.replica_fold_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Queues a fold of the replica log: after the fold interval
+    /// ([`Node::set_replica_fold_interval`]), or at once if `now`. At most one of each waits at
+    /// a time.
     fn fold_replicas_soon(&self, now: bool) {
         let queued = if now {
             &self.0.replica_fold_now_queued
@@ -1609,7 +1622,8 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             if !now {
-                tokio::time::sleep(crate::replica_log::FOLD_INTERVAL).await;
+                let ms = node.0.replica_fold_ms.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             // Cleared before the fold seals the log: a record appended after this queues the
             // next fold, one appended before it is in the file this fold seals.

@@ -88,6 +88,11 @@ pub(super) struct NodeArgs {
     /// How often offers are refreshed, in milliseconds (they lapse after 3 missed refreshes).
     #[arg(long, default_value_t = 10_000)]
     offer_refresh_ms: u64,
+    /// Longest a gossiped record waits in the replica log before it is committed to the store
+    /// (folds also run every 4 records), in milliseconds: what a power loss can take back. A
+    /// SIGKILL takes back nothing either way. See `dpin_node::replica_log`.
+    #[arg(long, default_value_t = crate::replica_log::FOLD_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    replica_fold_ms: u64,
     /// How often a storage node checks that it holds every blob it should, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     repair_interval_ms: u64,
@@ -217,6 +222,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         telemetry,
     );
     let _ = node.0.node_key.set(offer_key.clone());
+    node.set_replica_fold_interval(Duration::from_millis(args.replica_fold_ms));
     node.0.expects_peers.store(
         !args.bootstrap.is_empty(),
         std::sync::atomic::Ordering::Relaxed,
