@@ -103,10 +103,7 @@ impl ReplicaLog {
 
     /// Appends one frame per `(name, entry)` with one `write`. Not fsynced: see the module.
     pub fn append(&mut self, entries: &[(String, Vec<u8>)]) -> std::io::Result<Appended> {
-        let mut buf = Vec::new();
-        for (name, entry) in entries {
-            encode_frame(name, entry, &mut buf)?;
-        }
+        let buf = encode_frames(entries)?;
         let file = match &mut self.current {
             Some(f) => f,
             None => self.current.insert(
@@ -184,6 +181,15 @@ pub fn files(store_path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// The frames of `entries`, in order (what [`ReplicaLog::append`] writes).
+pub fn encode_frames(entries: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for (name, entry) in entries {
+        encode_frame(name, entry, &mut buf)?;
+    }
+    Ok(buf)
+}
+
 /// One frame's bytes into `out`.
 fn encode_frame(name: &str, entry: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     let name_len = u16::try_from(name.len())
@@ -214,7 +220,8 @@ pub struct Frames {
     pub torn: bool,
 }
 
-/// Reads the whole frames of the file at `path` (see the module for the format).
+/// Reads the whole frames of the file at `path` (see the module for the format), at most
+/// [`MAX_FILE_BYTES`] of it.
 pub fn read_frames(path: &Path) -> std::io::Result<Frames> {
     let mut bytes = Vec::new();
     File::open(path)?
@@ -222,23 +229,30 @@ pub fn read_frames(path: &Path) -> std::io::Result<Frames> {
         .read_to_end(&mut bytes)?;
     let over = bytes.len() as u64 > MAX_FILE_BYTES;
     bytes.truncate(usize::try_from(MAX_FILE_BYTES).unwrap_or(usize::MAX));
+    let mut frames = decode_frames(&bytes);
+    frames.torn |= over;
+    Ok(frames)
+}
+
+/// The whole frames at the start of `bytes`, in order; `torn` if bytes follow the last one
+/// (a frame cut short, damaged or over [`MAX_FRAME`]). Never panics, whatever the bytes.
+pub fn decode_frames(bytes: &[u8]) -> Frames {
     let mut entries = Vec::new();
-    let mut rest = &bytes[..];
+    let mut rest = bytes;
     while !rest.is_empty() {
-        let Some(frame) = decode_frame(rest) else {
-            return Ok(Frames {
+        let Some((name, entry, used)) = decode_frame(rest) else {
+            return Frames {
                 entries,
                 torn: true,
-            });
+            };
         };
-        let (name, entry, used) = frame;
         entries.push((name, entry));
         rest = &rest[used..];
     }
-    Ok(Frames {
+    Frames {
         entries,
-        torn: over,
-    })
+        torn: false,
+    }
 }
 
 /// One frame from the start of `b`: name, entry and the bytes it took; `None` if it is not

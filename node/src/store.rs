@@ -293,8 +293,8 @@ impl DurableStore {
                 tracing::warn!(path = %path.display(), "replica log: a torn or damaged tail was skipped");
             }
             for (name, bytes) in frames.entries {
-                let entry = match decode_entry(&name, &bytes) {
-                    Ok(Loaded::Whole(e) | Loaded::Fixed(e, _) | Loaded::FloorOnly(e, _)) => e,
+                let entry = match decode_stored_entry(&name, &bytes) {
+                    Ok(e) => e,
                     Err(e) => {
                         replayed.torn += 1;
                         tracing::warn!(%e, "replica log: an entry did not decode; skipped");
@@ -740,6 +740,15 @@ enum Loaded {
     FloorOnly(Entry, StoreError),
     /// Body intact, but a header field disagreed with it and was corrected from the body.
     Fixed(Entry, StoreError),
+}
+
+/// Decodes one stored entry of `name` (a redb value or a replica log frame's entry), checking
+/// its body against its hash: a damaged body leaves the floor, a header field that disagrees
+/// with the body is taken from the body. Only a damaged header is an error.
+pub fn decode_stored_entry(name: &str, b: &[u8]) -> Result<Entry, StoreError> {
+    match decode_entry(name, b)? {
+        Loaded::Whole(e) | Loaded::Fixed(e, _) | Loaded::FloorOnly(e, _) => Ok(e),
+    }
 }
 
 fn decode_entry(name: &str, b: &[u8]) -> Result<Loaded, StoreError> {
