@@ -10,7 +10,8 @@
 //! * [`store`] — the durable store: redb as the truth, the protocol's `MemStore` as the index,
 //!   with the reserved-name index and the change feed (instead of whole-store scans).
 //!   [`replica_log`]: gossiped records' entries appended the moment they apply (kept across
-//!   a SIGKILL) and folded into redb about once a second, instead of a commit per record.
+//!   a SIGKILL) and folded into redb 4 at a time or a second after, instead of a commit per
+//!   record.
 //! * [`watch`] — blocking reads: waiters on a name, woken by the store's changes
 //!   (`?wait_seq=N`, `dpin resolve --wait-seq`).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.

@@ -255,8 +255,8 @@ impl Metrics {
         let fields: [(&str, &str, &AtomicU64); 20] = [
             (
                 "dpin_replica_folds_total",
-                "Folds of the replica log into the store (one commit for the gossiped records \
-                 of about a second).",
+                "Folds of the replica log into the store (one commit for every 4 gossiped \
+                 records, or for those of the last second).",
                 &self.replica_folds,
             ),
             (
@@ -452,8 +452,8 @@ pub struct Shared {
     /// store's generation yet ([`Node::flush_replicas_soon`]): at most one waits at a time.
     replica_flush_queued: std::sync::atomic::AtomicBool,
     /// Whether a fold of the replica log is queued ([`Node::fold_replicas_soon`]) and has not
-    /// sealed the log yet, and whether one asked for at once (the log passed
-    /// [`crate::replica_log::FOLD_AT_BYTES`]) is.
+    /// sealed the log yet, and whether one asked for at once (the log reached
+    /// [`crate::replica_log::FOLD_AT_ENTRIES`] or [`crate::replica_log::FOLD_AT_BYTES`]) is.
     replica_fold_queued: std::sync::atomic::AtomicBool,
     replica_fold_now_queued: std::sync::atomic::AtomicBool,
     /// [`crate::replica_log::FOLD_INTERVAL`] unless `--replica-fold-ms` says otherwise (ms).
@@ -1579,12 +1579,6 @@ impl Node {
         });
     }
 
-    /// Makes replicated records (from gossip or anti-entropy: nobody waits for their
-    /// acknowledgement) durable in the background: one flush queued at a time, which covers
-    /// every record applied before it starts (a flush writes everything dirty), so records
-    /// that arrive while a commit runs share the next one instead of queueing one each. It
-    /// starts at once: a record this node has served should survive its crash (a restarted
-    /// node answering an older seq than it did before is a read going back in time).
     /// Keeps an applied replica across a SIGKILL without a commit of its own: appends its entry
     /// to the replica log and queues the fold that commits the log to redb
     /// ([`crate::replica_log`]). If the log cannot take it, the record is committed as before
@@ -1655,6 +1649,13 @@ impl Node {
         Ok(())
     }
 
+    /// Makes replicated records that do not go through the replica log (fetched by
+    /// anti-entropy, or gossiped ones the log refused; nobody waits for their acknowledgement)
+    /// durable in the background: one flush queued at a time, which covers every record
+    /// applied before it starts (a flush writes everything dirty), so records that arrive
+    /// while a commit runs share the next one instead of queueing one each. It starts at once:
+    /// a record this node has served should survive its crash (a restarted node answering an
+    /// older seq than it did before is a read going back in time).
     fn flush_replicas_soon(&self) {
         if self.0.replica_flush_queued.swap(true, Ordering::AcqRel) {
             return;

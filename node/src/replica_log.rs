@@ -6,13 +6,14 @@
 //! the highest seq it served across a SIGKILL). Until this log, that meant a redb commit with
 //! its `fdatasync` for almost every gossiped record: one commit rewrites the B-tree path of
 //! every name it touches, and at 1,000 records a second on an otherwise idle node the commits
-//! were half of the node's CPU per record (0.28–0.33 ms against 0.135–0.16 ms without them,
+//! were half of the node's CPU per record (0.28–0.35 ms against 0.135–0.16 ms without them,
 //! `dpin-bench gossip-load` at 1,000/s against a 1M-name node) and five times its context
 //! switches. Appending the entry here is one `write` into the page cache, which a SIGKILL
 //! cannot take back; [`crate::store::Persister::fold`] then commits the logged names to redb
-//! in one transaction, once [`FOLD_AT_ENTRIES`] are logged or [`FOLD_INTERVAL`] after the
-//! first, and deletes the sealed files. A power loss can lose what is not folded yet, at most
-//! a second of replicas (the log is not fsynced): they are never acknowledged to anyone, and
+//! in one transaction, once [`FOLD_AT_ENTRIES`] are logged or [`FOLD_INTERVAL`] (the node's
+//! `--replica-fold-ms`) after the first, and deletes the sealed files. A power loss can lose
+//! what is not folded yet, at most that interval of replicas (the log is not fsynced): they
+//! are never acknowledged to anyone, and
 //! anti-entropy fetches them again. Writers' own records and pushes a node acknowledges still
 //! wait for a redb commit, as before.
 //!
@@ -22,8 +23,8 @@
 //! `len: u32 LE | name_len: u16 LE | name | entry | check: [u8; 8]`, where `len` counts the
 //! name length, name and entry, the entry is the store's own encoding (`crate::store`, the
 //! same bytes a redb commit writes) and `check` is the start of the blake3 hash of what `len`
-//! counts. Replay ([`read_frames`]) stops at the first frame that is short, too long or fails
-//! its check: a torn tail from a crash mid-write.
+//! counts. Replay ([`read_frames`], [`decode_frames`]) stops at the first frame that is
+//! short, too long or fails its check: a torn tail from a crash mid-write.
 //!
 //! Replay is idempotent and order-free: [`crate::store::DurableStore::open`] takes a logged
 //! entry only if it outranks what the store holds (the merge rule's rank), so an old frame can
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 /// How long after a record is logged the fold that commits it to redb runs, unless
 /// [`FOLD_AT_ENTRIES`] come first: the longest a record lives only in the log, so the window a
-/// power loss can take back.
+/// power loss can take back. The default of the node's `--replica-fold-ms`.
 pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A file holding this many entries asks for a fold at once, so a commit rewrites the pages of
