@@ -1605,12 +1605,7 @@ impl Node {
     /// ([`Node::set_replica_fold_interval`]), or at once if `now`. At most one of each waits at
     /// a time.
     fn fold_replicas_soon(&self, now: bool) {
-        let queued = if now {
-            &self.0.replica_fold_now_queued
-        } else {
-            &self.0.replica_fold_queued
-        };
-        if queued.swap(true, Ordering::AcqRel) {
+        if self.fold_queued(now).swap(true, Ordering::AcqRel) {
             return;
         }
         let node = self.clone();
@@ -1621,12 +1616,7 @@ impl Node {
             }
             // Cleared before the fold seals the log: a record appended after this queues the
             // next fold, one appended before it is in the file this fold seals.
-            let queued = if now {
-                &node.0.replica_fold_now_queued
-            } else {
-                &node.0.replica_fold_queued
-            };
-            queued.store(false, Ordering::Release);
+            node.fold_queued(now).store(false, Ordering::Release);
             if let Err(e) = node.fold_replicas().await {
                 tracing::error!(%e, "could not fold the replica log; will retry");
                 Metrics::inc(&node.0.metrics.replica_log_failures);
@@ -1634,6 +1624,15 @@ impl Node {
                 node.fold_replicas_soon(false);
             }
         });
+    }
+
+    /// The flag of the queued fold of each kind ([`Node::fold_replicas_soon`]).
+    fn fold_queued(&self, now: bool) -> &std::sync::atomic::AtomicBool {
+        if now {
+            &self.0.replica_fold_now_queued
+        } else {
+            &self.0.replica_fold_queued
+        }
     }
 
     /// Commits everything the replica log holds to redb and deletes its files
@@ -2194,6 +2193,9 @@ mod tests {
     async fn gossiped_records_go_to_the_replica_log_and_folds_commit_them() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let (node, _api) = crate::metrics::tests::node(dir.path()).await;
+        // The timed fold out of the way, so only the entry bound folds here however slow the
+        // machine (the first record queued one).
+        node.set_replica_fold_interval(Duration::from_secs(600));
         let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
         let store_path = dir.path().join("store.redb");
         let bound = crate::replica_log::FOLD_AT_ENTRIES as usize;
@@ -2218,7 +2220,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!node.0.persister.log_pending(), "the fold took all {bound}");
-        // Fewer than the bound wait in the log for the timed fold (a second away).
+        // Fewer than the bound wait in the log for the timed fold.
         gossip(extra).await;
         assert_eq!(
             node.0.metrics.gossip_accepted.load(Ordering::Relaxed),
