@@ -349,14 +349,19 @@ mod tests {
         (flag.clone(), Waker::from(flag))
     }
 
-    /// Polls `fut` on this thread until it completes (parking between polls); the time it took.
-    fn block_on<F: Future + Unpin>(mut fut: F) -> Duration {
+    /// Polls `fut` on this thread until it completes (parking between polls); when it did.
+    ///
+    /// A test measures from an instant taken *before* it arms the delay: the deadline is
+    /// computed when the delay is armed, so time spent between arming and the first poll (the
+    /// helper thread's start on first use, a busy machine) would otherwise come off the wait
+    /// the test sees, and a delay that completes exactly on time would look early.
+    fn block_on<F: Future + Unpin>(mut fut: F) -> Instant {
         let started = Instant::now();
         let (_, waker) = flag();
         let mut cx = Context::from_waker(&waker);
         loop {
             if Pin::new(&mut fut).poll(&mut cx).is_ready() {
-                return started.elapsed();
+                return Instant::now();
             }
             // Bounded, so a lost wake fails the assertion below instead of hanging the test.
             std::thread::park_timeout(Duration::from_secs(5));
@@ -369,7 +374,9 @@ mod tests {
 
     #[test]
     fn a_delay_completes_after_its_duration_and_not_before() {
-        let took = block_on(Delay::new(Duration::from_millis(30)));
+        let armed = Instant::now();
+        let d = Delay::new(Duration::from_millis(30));
+        let took = block_on(d) - armed;
         assert!(took >= Duration::from_millis(30), "{took:?}");
     }
 
@@ -377,11 +384,12 @@ mod tests {
     fn a_later_deadline_armed_after_an_earlier_one_still_fires() {
         // The second arm does not notify the helper (its deadline is later than the helper's
         // next wake); the helper must find it when it wakes for the first.
+        let armed = Instant::now();
         let first = Delay::new(Duration::from_millis(20));
         let second = Delay::new(Duration::from_millis(60));
         block_on(first);
-        let took = block_on(second);
-        assert!(took > Duration::ZERO);
+        let took = block_on(second) - armed;
+        assert!(took >= Duration::from_millis(60), "{took:?}");
     }
 
     #[test]
@@ -395,22 +403,24 @@ mod tests {
     #[test]
     fn a_reset_delay_waits_for_its_new_deadline() {
         let mut d = Delay::new(Duration::from_millis(10));
+        let reset = Instant::now();
         d.reset(Duration::from_millis(80));
-        let took = block_on(d);
-        assert!(took >= Duration::from_millis(70), "{took:?}");
+        let took = block_on(d) - reset;
+        assert!(took >= Duration::from_millis(80), "{took:?}");
     }
 
     #[test]
     fn a_completed_delay_runs_again_after_a_reset() {
         let mut d = Delay::new(Duration::from_millis(5));
         block_on(&mut d);
+        let reset = Instant::now();
         d.reset(Duration::from_millis(40));
         let (_, waker) = flag();
         assert!(Pin::new(&mut d)
             .poll(&mut Context::from_waker(&waker))
             .is_pending());
-        let took = block_on(d);
-        assert!(took >= Duration::from_millis(30), "{took:?}");
+        let took = block_on(d) - reset;
+        assert!(took >= Duration::from_millis(40), "{took:?}");
     }
 
     #[test]
