@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the dpin-protocol hot paths (figures only, no assertions on time):
 //! sign, verify, batch verify of 256, `apply` of a signed update into a 100k-name `MemStore`
-//! (validation + signature + merge), `apply_batch` of 256 updates into it, digest work on it,
-//! and the codec.
+//! (validation + signature + merge), `apply_batch` of 256 updates into it, the read path on it
+//! (index lookup, `resolve` of a held and of an unknown name), digest work on it, and the
+//! codec. The node's DNS answer over the same read path: `cargo bench -p dpin-node`.
 //!
 //! Run: `cargo bench -p dpin-protocol` (about two minutes; each bench uses 20 samples over
 //! 3 s). Per-signature figures for the batched benches: divide by 256, or read criterion's
@@ -214,6 +215,49 @@ fn store_benches(c: &mut Criterion) {
             }
             StoreDigest::from_buckets(&buckets)
         })
+    });
+    // The read path every DNS and HTTP answer takes: the index lookup, then the live check and
+    // the decode of the held body (`Store::resolve`). Names visited in a fixed stride, so
+    // successive lookups land in different parts of the tree, as random queries do.
+    let names: Vec<String> = (0..STORE_NAMES as u64)
+        .map(|i| sign(&key, (i * 7919) % STORE_NAMES as u64, 1).name())
+        .collect();
+    let mut at = 0usize;
+    let mut next = move || {
+        at = (at + 1) % names.len();
+        names[at].clone()
+    };
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("entry_hit", |b| {
+        b.iter_batched(
+            &mut next,
+            |name| black_box(black_box(&store).entry(&name).is_some()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("resolve_hit", |b| {
+        b.iter_batched(
+            &mut next,
+            |name| black_box(black_box(&store).resolve(&name, NOW)),
+            BatchSize::SmallInput,
+        )
+    });
+    // Labels the zone does not hold, in the same stride.
+    let zone = key.zone().to_string();
+    let absent: Vec<String> = (0..STORE_NAMES as u64)
+        .map(|i| format!("absent-{}.{zone}", (i * 7919) % STORE_NAMES as u64))
+        .collect();
+    let mut at = 0usize;
+    let mut next_absent = move || {
+        at = (at + 1) % absent.len();
+        absent[at].clone()
+    };
+    g.bench_function("resolve_miss", |b| {
+        b.iter_batched(
+            &mut next_absent,
+            |name| black_box(black_box(&store).resolve(&name, NOW)),
+            BatchSize::SmallInput,
+        )
     });
     // The responder's side of a round where one bucket differs (~390 summaries).
     let mut wire = store.digest().wire_buckets();
