@@ -81,6 +81,15 @@ fn query(name: &str) -> Vec<u8> {
     m.to_vec().expect("bench queries encode")
 }
 
+/// The items in turn, round and round (a bench's inputs, taken outside the timed part).
+fn cycling<T: Clone>(items: Vec<T>) -> impl FnMut() -> T {
+    let mut at = 0usize;
+    move || {
+        at = (at + 1) % items.len();
+        items[at].clone()
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -102,11 +111,7 @@ fn dns_benches(c: &mut Criterion) {
     let queries: Vec<Vec<u8>> = (0..STORE_NAMES)
         .map(|i| query(&format!("n{}.{zone}.dpin.", (i * 7919) % STORE_NAMES)))
         .collect();
-    let mut at = 0usize;
-    let mut next = move || {
-        at = (at + 1) % queries.len();
-        queries[at].clone()
-    };
+    let mut next = cycling(queries);
     let mut g = c.benchmark_group("dns_100k");
     g.throughput(Throughput::Elements(1));
     g.bench_function("udp_a_hit", |b| {
@@ -124,11 +129,7 @@ fn dns_benches(c: &mut Criterion) {
     let absent: Vec<Vec<u8>> = (0..STORE_NAMES)
         .map(|i| query(&format!("absent{}.{zone}.dpin.", (i * 7919) % STORE_NAMES)))
         .collect();
-    let mut at = 0usize;
-    let mut next_absent = move || {
-        at = (at + 1) % absent.len();
-        absent[at].clone()
-    };
+    let mut next_absent = cycling(absent);
     g.bench_function("udp_nxdomain", |b| {
         b.iter_batched(
             &mut next_absent,

@@ -65,6 +65,15 @@ fn sign(key: &ZoneKey, i: u64, seq: u64) -> SignedRecord {
         .expect("bench records are valid")
 }
 
+/// The items in turn, round and round (a bench's inputs, taken outside the timed part).
+fn cycling<T: Clone>(items: Vec<T>) -> impl FnMut() -> T {
+    let mut at = 0usize;
+    move || {
+        at = (at + 1) % items.len();
+        items[at].clone()
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -222,11 +231,7 @@ fn store_benches(c: &mut Criterion) {
     let names: Vec<String> = (0..STORE_NAMES as u64)
         .map(|i| sign(&key, (i * 7919) % STORE_NAMES as u64, 1).name())
         .collect();
-    let mut at = 0usize;
-    let mut next = move || {
-        at = (at + 1) % names.len();
-        names[at].clone()
-    };
+    let mut next = cycling(names);
     g.throughput(Throughput::Elements(1));
     g.bench_function("entry_hit", |b| {
         b.iter_batched(
@@ -247,11 +252,7 @@ fn store_benches(c: &mut Criterion) {
     let absent: Vec<String> = (0..STORE_NAMES as u64)
         .map(|i| format!("absent-{}.{zone}", (i * 7919) % STORE_NAMES as u64))
         .collect();
-    let mut at = 0usize;
-    let mut next_absent = move || {
-        at = (at + 1) % absent.len();
-        absent[at].clone()
-    };
+    let mut next_absent = cycling(absent);
     g.bench_function("resolve_miss", |b| {
         b.iter_batched(
             &mut next_absent,
