@@ -126,8 +126,8 @@ impl ReplicaLog {
     /// Seals the current file: later appends go to the next number. Returns the sealed
     /// file's path, or `None` if nothing was appended since the last seal.
     pub fn seal(&mut self) -> Option<PathBuf> {
-        let file = self.current.take()?;
-        drop(file);
+        // Closed here: later appends open the next number.
+        self.current.take()?;
         let sealed = file_path(&self.store_path, self.number);
         self.number += 1;
         self.bytes = 0;

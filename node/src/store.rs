@@ -314,11 +314,9 @@ impl DurableStore {
             }
         }
         if !self.dirty.is_empty() {
+            // A failed commit fails the open, which drops this store: nothing to put back.
             let (_, entries) = self.take_dirty();
-            if let Err(e) = commit(&self.db, &entries) {
-                self.mark_dirty(entries.into_iter().map(|(n, _)| n));
-                return Err(e);
-            }
+            commit(&self.db, &entries)?;
         }
         for (_, path) in &files {
             remove_if_present(path)?;
