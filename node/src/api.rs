@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | POST | `/v1/publish` | body `{"record": HEX, "if_seq": N?, "if_hash": HEX?}`: apply a signed record (only over the held seq / held winner named), then gossip it |
 //! | GET | `/v1/resolve/{name}` | the live record for `label.zone` (also `label.zone.dpin`); `?wait_seq=N&wait_ms=T` first waits until the node holds seq N or later (a blocking read, [`crate::watch`]) |
-//! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it; takes the same wait |
+//! | GET | `/v1/seq/{name}` | highest seq held for a name (0 if unknown) — writers pick the next seq from it; takes the same wait, and a wait the name's change ended says when (`changed_at_us`, host monotonic µs) |
 //! | GET | `/v1/offers` | live offers, cheapest first; query filters `kind`, `region`, `min_free`, `min_cores`, `min_memory`, `min_gpus`, `max_price` |
 //! | POST | `/v1/blobs?replicas=K` | raw body: store a file on K storage nodes → `{"hash","size","chunks","holders"}` |
 //! | GET | `/v1/blobs/{hash}` | the file's bytes, every chunk verified, fetched from any live holder |
@@ -566,24 +566,26 @@ impl WaitQuery {
 
 /// Holds a read until the node has `name` at the query's seq (or the wait runs out; the read
 /// then answers what the node holds, like any other). 503 `too_many_waits` when
-/// [`crate::watch::MAX_WAITERS`] readers wait already.
+/// [`crate::watch::MAX_WAITERS`] readers wait already. Returns when the name changed during
+/// the wait (host monotonic µs, [`crate::watch::Waited`]), if it did.
 async fn wait_if_asked(
     node: &Node,
     name: &str,
     query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<(), ApiError> {
+) -> Result<Option<u64>, ApiError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    if let Some((seq, wait)) = q.wait()? {
-        node.wait_for_seq(name, seq, wait).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_waits",
-                e.to_string(),
-            )
-        })?;
-    }
-    Ok(())
+    let Some((seq, wait)) = q.wait()? else {
+        return Ok(None);
+    };
+    let waited = node.wait_for_seq(name, seq, wait).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_waits",
+            e.to_string(),
+        )
+    })?;
+    Ok(waited.changed_at_us)
 }
 
 async fn resolve(
@@ -592,6 +594,7 @@ async fn resolve(
     query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ResolveAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
+    // When the name changed is in `/v1/seq`'s answer only (the bench reads it there).
     wait_if_asked(&node, &name, query).await?;
     let now = now_ms();
     let crate::answer::Answer { record, endpoints } = crate::answer::answer(&node, &name, now)
@@ -625,11 +628,16 @@ async fn seq(
     query: Result<axum::extract::Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SeqAnswer>, ApiError> {
     let name = normalize_name(&raw)?;
-    wait_if_asked(&node, &name, query).await?;
+    let changed_at_us = wait_if_asked(&node, &name, query).await?;
     let floor = node.floor_of(&name);
     let seq = floor.map_or(0, |f| f.seq);
     let hash = floor.map(|f| hex::encode(f.hash));
-    Ok(Json(SeqAnswer { name, seq, hash }))
+    Ok(Json(SeqAnswer {
+        name,
+        seq,
+        hash,
+        changed_at_us,
+    }))
 }
 
 async fn status(State(node): State<Node>) -> Json<StatusAnswer> {
@@ -2109,7 +2117,9 @@ mod wire_tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!resolve.is_finished() && !seq.is_finished(), "they wait");
+        let before = crate::clock::host_mono_us();
         node.publish(sign(2), None).await.unwrap();
+        let after = crate::clock::host_mono_us();
         // Well before their 25 s wait would run out.
         let bound = Duration::from_secs(15);
         let r = tokio::time::timeout(bound, resolve).await.unwrap().unwrap();
@@ -2126,6 +2136,12 @@ mod wire_tests {
             "{}",
             q.body
         );
+        // The seq answer says when the write was applied here, on the host's monotonic clock.
+        let at = q.body["changed_at_us"].as_u64().expect("stamped");
+        assert!(
+            (before..=after).contains(&at),
+            "{before} <= {at} <= {after}"
+        );
         assert_eq!(node.waiters(), 0, "no waiter outlives its request");
 
         // A seq already held answers at once; a wait that runs out answers what is held.
@@ -2135,6 +2151,12 @@ mod wire_tests {
         assert_eq!((a.status, a.body["seq"].clone()), (200, 2.into()));
         let a = get(format!("/v1/seq/api.{}?wait_seq=1&wait_ms=50", key.zone())).await;
         assert_eq!((a.status, a.body["seq"].clone()), (200, 0.into()));
+        // Neither a seq held already nor a wait that ran out says when anything changed,
+        // though a reader before them saw a change of the name.
+        for q in ["wait_seq=2", "wait_seq=9&wait_ms=50"] {
+            let a = get(format!("/v1/seq/{name}?{q}")).await;
+            assert_eq!(a.body.get("changed_at_us"), None, "{q}: {}", a.body);
+        }
 
         // Waits past the bound, a wait without a seq, and unknown or malformed keys: 400.
         for q in [

@@ -339,6 +339,11 @@ pub struct SeqAnswer {
     /// The content hash at that seq (hex), `null` if the name is unknown.
     #[serde(default)]
     pub hash: Option<String>,
+    /// A blocking read (`?wait_seq=N`) during which the name changed: when it last did, on
+    /// the answering host's monotonic clock in µs (`CLOCK_MONOTONIC`, shared by the processes
+    /// of one host, meaningless on another; see `crate::watch`). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at_us: Option<u64>,
 }
 
 /// One peer in a status answer.
@@ -743,6 +748,7 @@ mod tests {
                 name: "web.z".into(),
                 seq: 0,
                 hash: None,
+                changed_at_us: None,
             },
             r#"{"name":"web.z","seq":0,"hash":null}"#,
         );
@@ -751,8 +757,18 @@ mod tests {
                 name: "web.z".into(),
                 seq: 4,
                 hash: Some("cd".into()),
+                changed_at_us: None,
             },
             r#"{"name":"web.z","seq":4,"hash":"cd"}"#,
+        );
+        pinned(
+            &SeqAnswer {
+                name: "web.z".into(),
+                seq: 5,
+                hash: Some("ef".into()),
+                changed_at_us: Some(12_345_678),
+            },
+            r#"{"name":"web.z","seq":5,"hash":"ef","changed_at_us":12345678}"#,
         );
     }
 

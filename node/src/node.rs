@@ -1,8 +1,8 @@
 //! The running node: glues the network layer, the durable store and the front-ends together.
 //!
 //! Ownership: the libp2p swarm lives in [`crate::net`]'s event loop; the store lives behind one
-//! mutex in [`Shared`]. Every write is encoded, hashed and signature-checked on a blocking
-//! thread *before* that lock is taken ([`Node::with_store_verified`], `Prepared`), then
+//! mutex in [`Shared`]. Every write is encoded, hashed and signature-checked *before* that
+//! lock is taken ([`Node::with_store_verified`], `Prepared`), then
 //! decided and indexed under it, then made durable by a group commit off it, so readers (DNS,
 //! resolve) wait for neither signature checks nor fsync. Three kinds of work feed it:
 //!
@@ -700,28 +700,40 @@ impl Node {
     }
 
     /// Waits until this node's floor for `name` reaches `seq` (a live record or a tombstone
-    /// at `seq` or later), at most `wait`: `Ok(true)` once it has, `Ok(false)` when the wait
-    /// ran out first. Refused when [`crate::watch::MAX_WAITERS`] readers wait already.
+    /// at `seq` or later), at most `wait`: `reached` once it has, not when the wait ran out
+    /// first; with the time of the name's last change during the wait, if it changed. Refused
+    /// when [`crate::watch::MAX_WAITERS`] readers wait already.
     pub async fn wait_for_seq(
         &self,
         name: &str,
         seq: u64,
         wait: Duration,
-    ) -> Result<bool, crate::watch::WatchError> {
+    ) -> Result<crate::watch::Waited, crate::watch::WatchError> {
         let reached = || self.floor_of(name).is_some_and(|f| f.seq >= seq);
         if reached() {
-            return Ok(true);
+            return Ok(crate::watch::Waited {
+                reached: true,
+                changed_at_us: None,
+            });
         }
         let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.0.watches.watch(name)?;
+        // A stamp from before this registration (another reader's wait) is not this wait's.
+        let stamped_before = waiter.changed_at_us();
+        let done = |reached: bool| crate::watch::Waited {
+            reached,
+            changed_at_us: waiter
+                .changed_at_us()
+                .filter(|&t| Some(t) != stamped_before),
+        };
         loop {
             // Registered before the check: a change between the two still wakes it.
             let notified = waiter.notify().notified();
             if reached() {
-                return Ok(true);
+                return Ok(done(true));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(reached());
+                return Ok(done(reached()));
             }
         }
     }
@@ -801,38 +813,23 @@ impl Node {
             .map_err(|e| NodeError::Task(e.to_string()))
     }
 
-    /// Runs `f` on the store from a blocking thread with `record` prepared for
-    /// [`Store::apply_prepared`]: encoded, hashed and its signature verified on that thread
-    /// *before* the store lock is taken, so resolves and DNS answers never wait behind a
-    /// signature check. Returns `f`'s result and the prepared record (its wire bytes are what
-    /// gossip sends).
+    /// Runs `f` on the store with `record` prepared for [`Store::apply_prepared`]: encoded,
+    /// hashed and its signature verified *before* the store lock is taken, so resolves and
+    /// DNS answers never wait behind a signature check. Returns `f`'s result and the prepared
+    /// record (its wire bytes are what gossip sends).
+    ///
+    /// It runs on the calling task: a record is small (one signature check, tens of µs,
+    /// within what a task may run between awaits), and every hand-off to another thread is a
+    /// wake-up that waits for a core when many nodes share few — at N = 20 on two cores those
+    /// waits were most of a gossip hop's time, and an API write's round trip to a blocking
+    /// thread put two of them before its gossip left. Only when the store lock is held (a
+    /// flush taking its snapshot, a sync batch) does the apply move to a blocking thread, so
+    /// the task never waits on the lock.
     pub async fn with_store_verified<T: Send + 'static>(
         &self,
         record: SignedRecord,
         f: impl FnOnce(&mut DurableStore, &Prepared<'static>) -> T + Send + 'static,
     ) -> Result<(T, Prepared<'static>), NodeError> {
-        let shared = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let prepared = Prepared::verified(record);
-            let out = f(&mut lock(&shared.store), &prepared);
-            (out, prepared)
-        })
-        .await
-        .map_err(|e| NodeError::Task(e.to_string()))
-    }
-
-    /// Verifies one gossiped record and applies it with `f`, on the calling task: a
-    /// gossiped record is small (one signature check, tens of µs, within what a task may
-    /// run between awaits), and every hand-off to another thread is a wake-up that waits for
-    /// a core when many nodes share few — at N = 20 on two cores those waits were most of a
-    /// hop's time, and the record is forwarded only once this returns. Only when the store
-    /// lock is held (a flush taking its snapshot, a sync batch) does the apply move to a
-    /// blocking thread, so the task never waits on the lock.
-    async fn apply_gossiped<T: Send + 'static>(
-        &self,
-        record: SignedRecord,
-        f: impl FnOnce(&mut DurableStore, &Prepared<'static>) -> T + Send + 'static,
-    ) -> Result<T, NodeError> {
         let prepared = Prepared::verified(record);
         let f = {
             let held = match self.0.store.try_lock() {
@@ -841,11 +838,18 @@ impl Node {
                 Err(std::sync::TryLockError::WouldBlock) => None,
             };
             match held {
-                Some(mut store) => return Ok(f(&mut store, &prepared)),
+                Some(mut store) => {
+                    let out = f(&mut store, &prepared);
+                    return Ok((out, prepared));
+                }
                 None => f,
             }
         };
-        self.with_store(move |s| f(s, &prepared)).await
+        self.with_store(move |s| {
+            let out = f(s, &prepared);
+            (out, prepared)
+        })
+        .await
     }
 
     /// Makes every store change up to `generation` durable (group commit, off the store lock).
@@ -1260,6 +1264,10 @@ impl Node {
         let m = &self.0.metrics;
         let recorders = &self.0.telemetry.recorders;
         let started = Instant::now();
+        // The entry to append to the replica log, written once the verdict is reported: the
+        // forward to the next hop need not wait for the write (a record this node dies
+        // before logging is still on its senders, as one it never got would be).
+        let mut to_log = None;
         let verdict = match SignedRecord::decode(&data) {
             Err(e) => {
                 tracing::debug!(%source, %e, "undecodable gossip");
@@ -1268,7 +1276,7 @@ impl Node {
             }
             Ok(rec) => {
                 match self
-                    .apply_gossiped(rec, |s, p| {
+                    .with_store_verified(rec, |s, p| {
                         let outcome =
                             s.apply_prepared(p, now_ms(), Freshness::Replicate, Cas::default());
                         // The entry as applied, for the replica log (taken under the lock,
@@ -1281,19 +1289,17 @@ impl Node {
                     })
                     .await
                 {
-                    Ok(Ok((outcome, logged))) => {
+                    Ok((Ok((outcome, logged)), _)) => {
                         recorders.apply_latency(RecordPath::Gossip, started.elapsed());
                         recorders.record(RecordPath::Gossip, &outcome);
-                        if let Some(entry) = logged {
-                            self.log_replica(entry);
-                        }
+                        to_log = logged;
                         if !m.count_replicated(&outcome) {
                             // Counted as gossip_rejected below, with the sender penalised.
                             tracing::debug!(%source, ?outcome, "invalid gossip");
                         }
                         ingest::verdict(&outcome)
                     }
-                    Ok(Err(e)) => {
+                    Ok((Err(e), _)) => {
                         tracing::error!(%e, "store failed while applying gossip");
                         Verdict::Ignore
                     }
@@ -1320,6 +1326,9 @@ impl Node {
             .await
         {
             tracing::debug!(%e, "could not report gossip verdict");
+        }
+        if let Some(entry) = to_log {
+            self.log_replica(entry);
         }
     }
 
@@ -1958,7 +1967,7 @@ type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 /// Consumes network events forever (until the channel closes), ticks the failure detector and
 /// runs periodic sync. Gossip validation runs on its own task (verifying inline, and
 /// waiting for the store lock on a blocking thread when a flush or sync batch holds it,
-/// `Node::apply_gossiped`), so liveness events never wait behind it.
+/// [`Node::with_store_verified`]), so liveness events never wait behind it.
 pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(ingest::GOSSIP_QUEUE);
     let gnode = node.clone();

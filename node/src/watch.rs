@@ -16,6 +16,12 @@
 //! and that check are ordered before any later change by the store's lock, so the change's
 //! load sees the waiter.
 //!
+//! A wait that a change of its name ended reports when that change happened, on the host's
+//! monotonic clock ([`crate::clock::host_mono_us`], `changed_at_us` in the answer): the store
+//! stamps it under its lock as it applies the change. On one host that is the record's arrival
+//! on this node, to the microsecond, without the time the answer takes to reach the reader or
+//! the reader's wake-up; the propagation bench times dpin's spread on it.
+//!
 //! Bounds: at most [`MAX_WAITERS`] waiters at once on a node (beyond that a wait is refused
 //! with 503 `too_many_waits`, and the HTTP layer's per-client in-flight bound stops one
 //! client from taking them all), and no wait longer than [`MAX_WAIT_MS`], which is below the
@@ -24,7 +30,7 @@
 //! [`Node::wait_for_seq`]: crate::node::Node::wait_for_seq
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
@@ -48,6 +54,17 @@ pub enum WatchError {
     TooMany(usize),
 }
 
+/// How a wait ended ([`Node::wait_for_seq`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waited {
+    /// The node holds the name at the seq waited for (else the wait ran out).
+    pub reached: bool,
+    /// When the name last changed during the wait, on the host's monotonic clock in µs
+    /// ([`crate::clock::host_mono_us`]); `None` if it did not change while this reader waited
+    /// (it held the seq already, or the wait ran out).
+    pub changed_at_us: Option<u64>,
+}
+
 /// Names someone waits on, with one [`Notify`] each.
 #[derive(Debug, Default)]
 pub struct Watches {
@@ -60,6 +77,9 @@ pub struct Watches {
 #[derive(Debug)]
 struct Watch {
     notify: Arc<Notify>,
+    /// When the name last changed while someone waited ([`crate::clock::host_mono_us`]; 0:
+    /// not since the first waiter registered).
+    changed_at: Arc<AtomicU64>,
     waiters: usize,
 }
 
@@ -69,6 +89,7 @@ pub struct Waiter {
     watches: Arc<Watches>,
     name: Box<str>,
     notify: Arc<Notify>,
+    changed_at: Arc<AtomicU64>,
 }
 
 impl Waiter {
@@ -76,6 +97,12 @@ impl Waiter {
     /// its creation wakes it even if it is not yet polled.
     pub fn notify(&self) -> &Notify {
         &self.notify
+    }
+
+    /// When the name last changed since a waiter on it registered, on the host's monotonic
+    /// clock in µs ([`crate::clock::host_mono_us`]); `None` if it has not.
+    pub fn changed_at_us(&self) -> Option<u64> {
+        Some(self.changed_at.load(Ordering::Acquire)).filter(|&t| t != 0)
     }
 }
 
@@ -109,23 +136,26 @@ impl Watches {
         self.waiters.fetch_add(1, Ordering::Relaxed);
         let w = by_name.entry(name.into()).or_insert_with(|| Watch {
             notify: Arc::new(Notify::new()),
+            changed_at: Arc::new(AtomicU64::new(0)),
             waiters: 0,
         });
         w.waiters += 1;
-        let notify = w.notify.clone();
         Ok(Waiter {
             watches: self.clone(),
             name: name.into(),
-            notify,
+            notify: w.notify.clone(),
+            changed_at: w.changed_at.clone(),
         })
     }
 
-    /// `name`'s entry changed: wakes its waiters, if any.
+    /// `name`'s entry changed: stamps the change's time and wakes its waiters, if any.
     pub fn changed(&self, name: &str) {
         if self.waiters.load(Ordering::Relaxed) == 0 {
             return;
         }
         if let Some(w) = self.lock().get(name) {
+            w.changed_at
+                .store(crate::clock::host_mono_us(), Ordering::Release);
             w.notify.notify_waiters();
         }
     }
@@ -151,6 +181,31 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), notified)
             .await
             .expect("woken by the change");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_learns_when_its_name_changed_and_not_when_another_did() {
+        let w = Arc::new(Watches::default());
+        let waiter = w.watch("web.z").expect("room");
+        assert_eq!(waiter.changed_at_us(), None, "nothing changed yet");
+        w.changed("api.z");
+        assert_eq!(
+            waiter.changed_at_us(),
+            None,
+            "another name's change is not ours"
+        );
+        let before = crate::clock::host_mono_us();
+        w.changed("web.z");
+        let after = crate::clock::host_mono_us();
+        let at = waiter.changed_at_us().expect("stamped");
+        assert!(
+            (before..=after).contains(&at),
+            "{before} <= {at} <= {after}"
+        );
+        // A waiter registered later reads the last change while anyone waited (the node
+        // compares it with what it read at registration, `Node::wait_for_seq`).
+        let late = w.watch("web.z").expect("room");
+        assert_eq!(late.changed_at_us(), Some(at));
     }
 
     #[tokio::test]

@@ -273,14 +273,15 @@ impl Api {
 
     /// `GET /v1/seq/{name}?wait_seq=SEQ&wait_ms=WAIT`, a blocking read: the seq the node
     /// holds when it answers (at once when it holds `seq` or later, else when the wait runs
-    /// out); `None` if it did not answer.
+    /// out) and, if the name changed during the wait, when it did on the host's monotonic
+    /// clock in µs (`changed_at_us`); `None` if it did not answer.
     pub async fn wait_seq(
         &self,
         addr: SocketAddr,
         name: &str,
         seq: u64,
         wait: Duration,
-    ) -> Option<u64> {
+    ) -> Option<(u64, Option<u64>)> {
         let url = format!(
             "http://{addr}/v1/seq/{name}?wait_seq={seq}&wait_ms={}",
             wait.as_millis()
@@ -296,7 +297,8 @@ impl Api {
             return None;
         }
         let body: Value = resp.json().await.ok()?;
-        body.get("seq").and_then(Value::as_u64)
+        let held = body.get("seq").and_then(Value::as_u64)?;
+        Some((held, body.get("changed_at_us").and_then(Value::as_u64)))
     }
 
     /// The peer ids `GET /v1/status` lists as connected now; `None` if it did not answer.

@@ -16,6 +16,15 @@
 //!   - **wait**: one blocking read per node (`GET /v1/seq/{name}?wait_seq=1`,
 //!     `dpin_node::watch`), started before the publish and answered when the record is
 //!     applied there; nothing polls, so the observers add no load while a message travels.
+//!   - **applied** (a row of its own, from the `wait` run): the same messages timed on the
+//!     nodes' own clocks. Each blocking read's answer says when the record was applied on
+//!     its node (`changed_at_us`, the host's `CLOCK_MONOTONIC`, which every process on one
+//!     host shares), and the bench reads the same clock just before it sends the publish.
+//!     So the time runs from the publish's send to the last node's apply: the HTTP request
+//!     into the origin, its verify and merge, and the gossip, but not the answers' way back
+//!     to the bench nor the bench's wake-ups, which the raw side's in-process receipt does
+//!     not pay either. A message some node answered without a stamp (its read registered
+//!     after the record arrived) is left out of this row and counted.
 //!   - **dns**: one DNS poller per node asking for the name until it answers, pausing
 //!     `--poll-us` between queries (tokio's timer rounds the pause up to the next
 //!     millisecond, so each arrival is seen up to about 1 ms late); messages during which
@@ -111,6 +120,10 @@ pub enum Observe {
     Wait,
     /// A DNS poller per node.
     Dns,
+    /// The `wait` run's messages on the nodes' own clocks (a row, not a choice: every
+    /// `wait` run gives it).
+    #[value(skip)]
+    Applied,
 }
 
 impl Observe {
@@ -118,6 +131,7 @@ impl Observe {
         match self {
             Observe::Wait => "wait",
             Observe::Dns => "dns",
+            Observe::Applied => "applied",
         }
     }
 }
@@ -268,7 +282,8 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
 pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
     let mut out = format!(
         "propagation, origin to last node, ms ({} messages per size and side, one run; \
-         dpin observed by blocking reads (wait) or DNS pollers (dns)):\n\
+         dpin observed by blocking reads (wait) or DNS pollers (dns), or timed on the \
+         nodes' clocks from the publish's send to the last apply (applied)):\n\
          {:>4} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8}\n",
         args.messages,
         "N",
@@ -625,7 +640,7 @@ async fn dpin_measure(
     for &observe in &args.observe {
         let (before, t) = (cpu(), Instant::now());
         let bench_before = cluster::cpu_ticks(std::process::id());
-        out.push((observe, measure(&api, &targets, n, observe, args).await?));
+        out.extend(measure(&api, &targets, n, observe, args).await?);
         // What the nodes spent per message, all of them together: on a machine with few
         // cores this, not the network, bounds how fast a message can reach every node.
         let ms = cpu().saturating_sub(before) as f64 * 1e3 / cluster::clock_ticks();
@@ -649,14 +664,15 @@ async fn dpin_measure(
 }
 
 /// Publishes `--messages` records at rotating origins and times each one's arrival at
-/// every node, observed the `observe` way.
+/// every node, observed the `observe` way: one side, and for `wait` a second one on the
+/// nodes' own clocks ([`Observe::Applied`]).
 async fn measure(
     api: &Api,
     targets: &[(SocketAddr, SocketAddr)],
     n: usize,
     observe: Observe,
     args: &PropagationArgs,
-) -> Result<Side> {
+) -> Result<Vec<(Observe, Side)>> {
     let key = ZoneKey::from_seed(*blake3::hash(format!("propbench {n}").as_bytes()).as_bytes());
     let timeout = Duration::from_millis(args.timeout_ms);
     let run = std::process::id();
@@ -665,14 +681,21 @@ async fn measure(
     let mut dns_timeouts = 0;
     let mut at_origin = Vec::with_capacity(args.messages);
     let mut spread = Vec::with_capacity(args.messages);
+    // On the nodes' clocks (wait only): publish sent to last apply, origin's apply to last.
+    let mut applied = Vec::with_capacity(args.messages);
+    let mut applied_spread = Vec::with_capacity(args.messages);
+    let mut unstamped = 0;
     for m in 0..args.messages {
         let origin = m % n;
         let label = format!("p{run}-{}-{m}", observe.as_str());
         let (record, addr) = bench_record(&key, &label, 200, m, 600_000)?;
         let timeouts = Arc::new(AtomicUsize::new(0));
-        // Observers first, so none misses the first moment its node has the record.
-        let observers: Vec<tokio::task::JoinHandle<Option<Instant>>> = match observe {
-            Observe::Wait => {
+        // Observers first, so none misses the first moment its node has the record. Each
+        // ends with when it saw the record and, for a blocking read, when its node applied
+        // it on the host's monotonic clock.
+        type Seen = Option<(Instant, Option<u64>)>;
+        let observers: Vec<tokio::task::JoinHandle<Seen>> = match observe {
+            Observe::Wait | Observe::Applied => {
                 let name = record.name();
                 let observers = targets
                     .iter()
@@ -680,7 +703,8 @@ async fn measure(
                         let (api, name) = (api.clone(), name.clone());
                         tokio::spawn(async move {
                             let held = api.wait_seq(http, &name, 1, timeout).await;
-                            held.is_some_and(|s| s >= 1).then(Instant::now)
+                            let seen = Instant::now();
+                            held.filter(|&(s, _)| s >= 1).map(|(_, at)| (seen, at))
                         })
                     })
                     .collect();
@@ -691,9 +715,13 @@ async fn measure(
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 observers
             }
-            Observe::Dns => dns_pollers(targets, &record, addr, timeout, &timeouts, args),
+            Observe::Dns => dns_pollers(targets, &record, addr, timeout, &timeouts, args)
+                .into_iter()
+                .map(|p| tokio::spawn(async move { p.await.ok().flatten().map(|t| (t, None)) }))
+                .collect(),
         };
         let t0 = Instant::now();
+        let t0_us = dpin_node::clock::host_mono_us();
         let w = api.publish(targets[origin].0, &record, timeout).await;
         if !matches!(w.outcome, OpOutcome::Applied) {
             eprintln!(
@@ -703,21 +731,37 @@ async fn measure(
         }
         let mut last = Some(t0);
         let mut origin_seen = None;
+        let (mut last_us, mut origin_us) = (Some(t0_us), None);
         for (k, p) in observers.into_iter().enumerate() {
             let seen = p.await.ok().flatten();
+            let stamp = seen.and_then(|(_, at)| at);
             if k == origin {
-                if let Some(t) = seen {
+                if let Some((t, _)) = seen {
                     at_origin.push(t.duration_since(t0));
                     origin_seen = Some(t);
                 }
+                origin_us = stamp;
             }
             last = match (last, seen) {
+                (Some(a), Some((b, _))) => Some(a.max(b)),
+                _ => None,
+            };
+            last_us = match (last_us, stamp) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
             };
         }
         if let (Some(o), Some(l)) = (origin_seen, last) {
             spread.push(l.saturating_duration_since(o));
+        }
+        if observe == Observe::Wait && last.is_some() {
+            match (last_us, origin_us) {
+                (Some(l), Some(o)) => {
+                    applied.push(Duration::from_micros(l.saturating_sub(t0_us)));
+                    applied_spread.push(Duration::from_micros(l.saturating_sub(o)));
+                }
+                _ => unstamped += 1,
+            }
         }
         match last {
             Some(t) => samples.push(t.duration_since(t0)),
@@ -738,7 +782,17 @@ async fn measure(
         quantile_ms(&spread, 0.5),
         quantile_ms(&spread, 0.99)
     );
-    Ok(side(samples, lost, dns_timeouts))
+    let mut sides = vec![(observe, side(samples, lost, dns_timeouts))];
+    if observe == Observe::Wait {
+        applied_spread.sort();
+        eprintln!(
+            "propagation: N={n} applied (the nodes' clocks): origin's apply to the last node's p50 {:.2} ms, p99 {:.2} ms; {unstamped} messages without every node's stamp left out",
+            quantile_ms(&applied_spread, 0.5),
+            quantile_ms(&applied_spread, 0.99)
+        );
+        sides.push((Observe::Applied, side(applied, lost, 0)));
+    }
+    Ok(sides)
 }
 
 /// One DNS poller per node for `record`'s name, each asking until its node answers `addr`.
