@@ -2194,6 +2194,58 @@ mod tests {
         [0, 1, 2, 3].map(|i| c[i].load(Ordering::Relaxed))
     }
 
+    /// A write verifies and applies on the calling task while the store lock is free, and
+    /// moves to a blocking thread while another thread holds it: the runtime's thread never
+    /// waits on the lock. On a one-thread runtime a write that took the lock inline would
+    /// stop every other task until the holder let go.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_waits_for_a_held_store_lock_off_the_runtime_thread() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (node, _api) = crate::metrics::tests::node(dir.path()).await;
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let eps = || dpin_protocol::Content::Endpoints(vec!["127.0.0.1:80".parse().unwrap()]);
+        let sign = |label: &str| {
+            crate::publish::sign(&key, label, eps(), 1, 60_000, now_ms()).expect("signs")
+        };
+        node.publish(sign("free"), None).await?;
+
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let holder = {
+            let (node, released) = (node.clone(), released.clone());
+            std::thread::spawn(move || {
+                let held = lock(node.store_mutex());
+                let _ = locked_tx.send(());
+                // Let go when told, or after 5 s so a runtime blocked on the lock is not
+                // stuck for ever (the test then fails below).
+                let _ = release_rx.recv_timeout(Duration::from_secs(5));
+                released.store(true, Ordering::SeqCst);
+                drop(held);
+            })
+        };
+        locked_rx.recv()?;
+        let write = tokio::spawn({
+            let (node, record) = (node.clone(), sign("held"));
+            async move { node.publish(record, None).await }
+        });
+        // This task runs on the runtime's one thread too: its timer fires while the lock is
+        // still held only if the write did not take the thread to wait on the lock.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "the runtime thread was blocked until the lock was let go"
+        );
+        assert!(!write.is_finished(), "the write waits for the lock");
+        release_tx.send(())?;
+        let result = write.await??;
+        assert!(result.outcome.changed_store(), "{:?}", result.outcome);
+        holder.join().expect("holder thread");
+        let held = node.read_store(|s| s.len());
+        assert_eq!(held, 2);
+        Ok(())
+    }
+
     /// Gossiped records reach the replica log, not a commit each: a fold runs once
     /// [`crate::replica_log::FOLD_AT_ENTRIES`] are logged, the rest wait for the next fold, and
     /// a fold (as a clean stop runs it) leaves no log behind. The store holds every record
