@@ -4,7 +4,8 @@
 //! `tests/fixtures/datadir-v1/` is a real node's data dir made by the binary of 2026-12-02
 //! (before data dirs carried a FORMAT file; `tests/fixtures/make-datadir-v1.sh` shows how),
 //! `tests/fixtures/datadir-v2/` one made by the binary of 2026-12-04 (data format 2, the
-//! store keyed by digest bucket; `make-datadir-v2.sh`), each with the records listed in its
+//! store keyed by digest bucket; `make-datadir-v2.sh`; today's format 3 only adds the replica
+//! log's files, so a format-2 dir is upgraded without a move), each with the records listed in its
 //! `.json`: `alpha` (seq 1), `beta`
 //! (three writes, seq 3 wins, two endpoints), and `gamma`, deleted by a tombstone (seq 2; its
 //! kind survives, so a live gamma at seq 2 beats it under the merge rule). Records live
@@ -75,9 +76,10 @@ fn endpoints(v: &Value) -> Vec<(String, u64, String)> {
         .unwrap_or_default()
 }
 
-/// Today's format: the fixture made by this format's first binary opens and serves.
+/// Format 2 (the store in bucket order, no replica log yet): marked format 3 on the way
+/// (nothing to move), nothing lost.
 #[test]
-fn todays_data_dir_opens_and_serves_its_records() -> Result<()> {
+fn a_format_2_data_dir_is_upgraded_and_serves_its_records() -> Result<()> {
     serves_the_fixture("v2", Some("2"))
 }
 
@@ -115,7 +117,7 @@ fn serves_the_fixture(version: &str, format: Option<&str>) -> Result<()> {
     // The dir is now marked with the current format (from format 1, the store was moved to
     // bucket order on the way, and every record above came through it).
     let format = std::fs::read_to_string(dir.join("FORMAT"))?;
-    assert_eq!(format.trim(), "2");
+    assert_eq!(format.trim(), "3");
     // The highest seq survived too: an older seq of beta is refused as stale.
     let key = fixture().join(format!("datadir-{version}.zone.key"));
     let out = Command::new(bin())
@@ -195,12 +197,12 @@ fn a_data_dir_from_a_newer_dpin_is_refused_untouched() -> Result<()> {
     let tmp = dpin_tests::test_dir()?;
     let dir = tmp.path().join("data");
     copy_dir(&fixture().join("datadir-v1"), &dir)?;
-    std::fs::write(dir.join("FORMAT"), "3\n")?;
+    std::fs::write(dir.join("FORMAT"), "4\n")?;
     let before = std::fs::read(dir.join("store.redb"))?;
     let (code, err) = node_exit(&dir)?;
     assert_ne!(code, 0);
     assert!(err.contains("newer than this dpin reads"), "{err}");
-    assert_eq!(std::fs::read_to_string(dir.join("FORMAT"))?, "3\n");
+    assert_eq!(std::fs::read_to_string(dir.join("FORMAT"))?, "4\n");
     assert!(
         std::fs::read(dir.join("store.redb"))? == before,
         "the store was not touched"

@@ -32,7 +32,13 @@ pub const FORMAT_FILE: &str = "FORMAT";
 ///   neighbouring pages per chunk instead of one per record. A format-1 binary would read a
 ///   format-2 store as empty (and so forget every name's floor): the format number is what
 ///   makes it refuse the dir instead.
-pub const CURRENT_FORMAT: u32 = 2;
+/// * 3: the replica log (`crate::replica_log`, files `store.redb.replicas-N` beside the
+///   store): a gossiped record a node applied, and may have served, can be only there until a
+///   fold commits it. A format-2 binary does not know those files and would open a dir a
+///   SIGKILL left with some as if they were not there, serving older seqs than the node
+///   served before the kill (the promise is that a node never goes back on a seq it
+///   served). The store itself is unchanged, so the step from 2 has nothing to move.
+pub const CURRENT_FORMAT: u32 = 3;
 /// The oldest format this binary can upgrade from.
 pub const OLDEST_FORMAT: u32 = 1;
 /// Longest format file accepted (one number and a newline; more is not ours).
@@ -44,7 +50,10 @@ const PRE_FORMAT_MARKERS: [&str; 3] = ["store.redb", "identity.key", "blobs"];
 pub type Migration = fn(&Path) -> Result<(), DataDirError>;
 
 /// Upgrade steps, by the format they start from.
-pub const MIGRATIONS: &[(u32, Migration)] = &[(1, store_in_bucket_order)];
+pub const MIGRATIONS: &[(u32, Migration)] = &[
+    (1, store_in_bucket_order),
+    (2, replica_logs_beside_the_store),
+];
 
 /// Format 1 to 2: the store's entries move to the bucket-ordered table in one transaction
 /// (`crate::store::upgrade_file`; a crash leaves the old table whole and the step is run
@@ -56,6 +65,13 @@ fn store_in_bucket_order(dir: &Path) -> Result<(), DataDirError> {
         reason: e.to_string(),
     })?;
     tracing::info!(path = %path.display(), moved, "store entries moved to bucket order (data format 2)");
+    Ok(())
+}
+
+/// Format 2 to 3: nothing to move (format 3 only adds the replica log's files, which the
+/// store's open replays); the new number is what keeps a format-2 binary away from them.
+fn replica_logs_beside_the_store(dir: &Path) -> Result<(), DataDirError> {
+    tracing::info!(dir = %dir.display(), "data format 3: gossiped records may wait in replica log files beside the store");
     Ok(())
 }
 
@@ -273,8 +289,27 @@ mod tests {
         let t = tmp();
         write_format(t.path(), 1)?;
         assert_eq!(prepare(t.path())?, Prepared::Upgraded { from: 1 });
-        assert_eq!(read_format(t.path())?, Some(2));
+        assert_eq!(read_format(t.path())?, Some(CURRENT_FORMAT));
         assert_eq!(prepare(t.path())?, Prepared::Current);
+        Ok(())
+    }
+
+    /// A format-2 dir (its store already in bucket order) becomes format 3 without its store
+    /// being touched: format 3 only adds the replica log's files, and its number is what a
+    /// format-2 binary refuses.
+    #[test]
+    fn a_format_2_dir_becomes_format_3_with_its_store_untouched() -> Result<(), DataDirError> {
+        let t = tmp();
+        write_format(t.path(), 2)?;
+        let store = t.path().join("store.redb");
+        std::fs::write(&store, b"not a store: a step that opened it would fail")
+            .map_err(io(&store))?;
+        assert_eq!(prepare(t.path())?, Prepared::Upgraded { from: 2 });
+        assert_eq!(read_format(t.path())?, Some(3));
+        assert_eq!(
+            std::fs::read(&store).map_err(io(&store))?,
+            b"not a store: a step that opened it would fail"
+        );
         Ok(())
     }
 
