@@ -420,14 +420,30 @@ sojourn_p99() {
            printf "%.3f %.2f\n", v * 1000, w * 100 }' <(echo "$1") <(echo "$2")
 }
 
+# The server CPU's line of /proc/stat (its time in each state so far, in ticks).
+server_cpu_ticks() {
+    grep "^cpu$SERVER_CPU " /proc/stat
+}
+# How busy (%) the server CPU was between two server_cpu_ticks readings ($1 before, $2 after):
+# everything but idle and I/O wait. Near 100 % a query queues behind whatever else runs there
+# (a dpin node's gossip work, interrupts), and its latency tail grows with it.
+cpu_busy() {
+    awk 'NR == 1 { for (i = 2; i <= 9; i++) b[i] = $i; next }
+         { t = 0; for (i = 2; i <= 9; i++) { d[i] = $i - b[i]; t += d[i] }
+           if (t <= 0) { print "nan"; exit }
+           printf "%.1f\n", 100 * (t - d[5] - d[6]) / t }' <(echo "$1") <(echo "$2")
+}
+
 # p50 and p99 latency (ms) at offered rate $2, from dnsperf's per-query verbose lines; with a
 # node's API address as $3, also that node's server-side p99 and share within 1 ms over the
-# run (sojourn_p99), else "- -".
+# run (sojourn_p99), else "- -"; last, how busy the server CPU was during the run (cpu_busy).
 latency_once() {
-    local port=$1 rate=$2 api=${3:-} before="" after=""
+    local port=$1 rate=$2 api=${3:-} before="" after="" cpu_before cpu_after
     [[ -n $api ]] && before=$(sojourn_buckets "$api")
+    cpu_before=$(server_cpu_ticks)
     # To a file first: parsing while dnsperf runs would put awk on the server's CPU.
     dnsperf_run "$port" -l "$DURATION" -Q "$rate" -v >"$WORK/latency.txt"
+    cpu_after=$(server_cpu_ticks)
     [[ -n $api ]] && after=$(sojourn_buckets "$api")
     local client
     client=$(awk '$1 == ">" && $2 == "NOERROR" { print $NF * 1000 }' "$WORK/latency.txt" \
@@ -437,10 +453,12 @@ latency_once() {
                  p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]
                  p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1]
                  printf "%.3f %.3f\n", p50, p99 }')
+    local busy
+    busy=$(cpu_busy "$cpu_before" "$cpu_after")
     if [[ -n $api ]]; then
-        echo "$client $(sojourn_p99 "$before" "$after")"
+        echo "$client $(sojourn_p99 "$before" "$after") $busy"
     else
-        echo "$client - -"
+        echo "$client - - $busy"
     fi
 }
 
@@ -477,20 +495,21 @@ gossip_applied() {
 
 # Median p50 and median p99 over $LAT_RUNS runs (a single run's tail is at the mercy of
 # whatever else the machine schedules in those seconds).
-# With a node's API address as $4, also the median server-side p99 and share within 1 ms.
+# With a node's API address as $4, also the median server-side p99 and share within 1 ms; last,
+# the median share of the server CPU busy during the runs.
 latency() {
-    local port=$1 rate=$2 who=$3 api=${4:-} i p50 p99 sp99 within all=""
+    local port=$1 rate=$2 who=$3 api=${4:-} i p50 p99 sp99 within busy all=""
     for i in $(seq 1 "$LAT_RUNS"); do
-        read -r p50 p99 sp99 within <<<"$(latency_once "$port" "$rate" "$api")"
+        read -r p50 p99 sp99 within busy <<<"$(latency_once "$port" "$rate" "$api")"
         if [[ -n $api ]]; then
-            log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms; server-side p99 $sp99 ms, $within % within 1 ms"
+            log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms; server-side p99 $sp99 ms, $within % within 1 ms; server CPU $busy % busy"
         else
-            log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms"
+            log "$who: -Q $rate latency run $i: p50 $p50 ms, p99 $p99 ms; server CPU $busy % busy"
         fi
-        all+="$p50 $p99 $sp99 $within"$'\n'
+        all+="$p50 $p99 $sp99 $within $busy"$'\n'
     done
     local col m=()
-    for col in 1 2 3 4; do
+    for col in 1 2 3 4 5; do
         m+=("$(awk -v c="$col" 'NF { print $c }' <<<"$all" | sort -g \
             | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')")
     done
@@ -513,12 +532,12 @@ DPIN_QPS=$(max_rate "$DPIN_PORT" dpin)
 REF_QPS=$(max_rate "$REF_PORT" "$REF_NAME")
 APPLIED_BEFORE=$(gossip_applied)
 start_load dpin
-read -r DPIN_P50 DPIN_P99 DPIN_SP99 DPIN_WITHIN \
+read -r DPIN_P50 DPIN_P99 DPIN_SP99 DPIN_WITHIN DPIN_BUSY \
     <<<"$(latency "$DPIN_PORT" "$(lat_rate "$DPIN_QPS")" dpin "$API")"
 stop_load dpin
 APPLIED=$(( $(gossip_applied) - APPLIED_BEFORE ))
 start_load reference
-read -r REF_P50 REF_P99 _ _ <<<"$(latency "$REF_PORT" "$(lat_rate "$REF_QPS")" "$REF_NAME")"
+read -r REF_P50 REF_P99 _ _ REF_BUSY <<<"$(latency "$REF_PORT" "$(lat_rate "$REF_QPS")" "$REF_NAME")"
 stop_load reference
 if (( GOSSIP_RATE > 0 )); then
     if [[ $GOSSIP_VIA == peers ]]; then
@@ -546,5 +565,6 @@ server            max qps @ 0% loss   p50 ms $AT   p99 ms $AT (median of $LAT_RU
 dpin              $(printf '%-19s %-15s %s' "$DPIN_QPS" "$DPIN_P50" "$DPIN_P99")
 $(printf '%-17s %-19s %-15s %s' "$REF_NAME" "$REF_QPS" "$REF_P50" "$REF_P99")
 dpin server-side p99 $AT: $DPIN_SP99 ms, $DPIN_WITHIN % of answers within 1 ms (median of $LAT_RUNS runs; dpin_dns_udp_sojourn_seconds: from the kernel's receipt of a query to its response handed back, so the queue wait is in it and the client's own delays are not)
+server CPU busy during the latency runs $AT (median of $LAT_RUNS runs): dpin $DPIN_BUSY %, ${REF_NAME%% *} $REF_BUSY % (everything on CPU $SERVER_CPU but idle and I/O wait: the server, its gossip work and the kernel's network processing)
 ratio dpin/${REF_NAME%% *}: $RATIO
 EOF
