@@ -731,23 +731,18 @@ async fn measure(
         }
         let mut last = Some(t0);
         let mut origin_seen = None;
-        let (mut last_us, mut origin_us) = (Some(t0_us), None);
+        let mut stamps = Vec::with_capacity(targets.len());
         for (k, p) in observers.into_iter().enumerate() {
             let seen = p.await.ok().flatten();
-            let stamp = seen.and_then(|(_, at)| at);
+            stamps.push(seen.and_then(|(_, at)| at));
             if k == origin {
                 if let Some((t, _)) = seen {
                     at_origin.push(t.duration_since(t0));
                     origin_seen = Some(t);
                 }
-                origin_us = stamp;
             }
             last = match (last, seen) {
                 (Some(a), Some((b, _))) => Some(a.max(b)),
-                _ => None,
-            };
-            last_us = match (last_us, stamp) {
-                (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
             };
         }
@@ -755,12 +750,12 @@ async fn measure(
             spread.push(l.saturating_duration_since(o));
         }
         if observe == Observe::Wait && last.is_some() {
-            match (last_us, origin_us) {
-                (Some(l), Some(o)) => {
-                    applied.push(Duration::from_micros(l.saturating_sub(t0_us)));
-                    applied_spread.push(Duration::from_micros(l.saturating_sub(o)));
+            match on_node_clocks(t0_us, &stamps, origin) {
+                Some((whole, from_origin)) => {
+                    applied.push(whole);
+                    applied_spread.push(from_origin);
                 }
-                _ => unstamped += 1,
+                None => unstamped += 1,
             }
         }
         match last {
@@ -793,6 +788,26 @@ async fn measure(
         sides.push((Observe::Applied, side(applied, lost, 0)));
     }
     Ok(sides)
+}
+
+/// One message on the nodes' clocks: from `sent_us` (the bench's reading just before the
+/// publish) to the last node's apply, and from the origin's apply to the last node's, given
+/// every node's apply stamp (host monotonic µs) in node order. `None` unless every node
+/// stamped it: a node that answered without a stamp (its read registered after the record
+/// arrived) has no time to offer, and the last apply is not known without it.
+fn on_node_clocks(
+    sent_us: u64,
+    stamps: &[Option<u64>],
+    origin: usize,
+) -> Option<(Duration, Duration)> {
+    let origin_us = (*stamps.get(origin)?)?;
+    let last_us = stamps
+        .iter()
+        .try_fold(sent_us, |last, s| s.map(|s| last.max(s)))?;
+    Some((
+        Duration::from_micros(last_us - sent_us),
+        Duration::from_micros(last_us - origin_us),
+    ))
 }
 
 /// One DNS poller per node for `record`'s name, each asking until its node answers `addr`.
@@ -842,6 +857,33 @@ fn dns_pollers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_clock_times_run_to_the_last_apply_and_need_every_nodes_stamp() {
+        let ms = Duration::from_millis;
+        // Sent at 1,000 µs; the origin (node 1) applied at 1,300, the others at 1,900 and
+        // 2,500.
+        let stamps = [Some(1_900), Some(1_300), Some(2_500)];
+        assert_eq!(
+            on_node_clocks(1_000, &stamps, 1),
+            Some((Duration::from_micros(1_500), Duration::from_micros(1_200)))
+        );
+        // One node without a stamp: no figure, whichever node it is.
+        assert_eq!(
+            on_node_clocks(1_000, &[Some(1_900), None, Some(2_500)], 1),
+            None
+        );
+        assert_eq!(
+            on_node_clocks(1_000, &[None, Some(1_300), Some(2_500)], 1),
+            None
+        );
+        // A stamp before the send (another host's clock, a bug) never makes a negative time.
+        assert_eq!(
+            on_node_clocks(5_000, &[Some(1_000), Some(2_000)], 0),
+            Some((ms(0), Duration::from_micros(4_000)))
+        );
+        assert_eq!(on_node_clocks(1_000, &stamps, 7), None, "no such origin");
+    }
 
     #[test]
     fn quantiles_are_nearest_rank() {
