@@ -76,11 +76,17 @@ pub struct Watches {
 
 #[derive(Debug)]
 struct Watch {
-    notify: Arc<Notify>,
+    signal: Arc<Signal>,
+    waiters: usize,
+}
+
+/// What a name's change gives its waiters, shared by them.
+#[derive(Debug, Default)]
+struct Signal {
+    notify: Notify,
     /// When the name last changed while someone waited ([`crate::clock::host_mono_us`]; 0:
     /// not since the first waiter registered).
-    changed_at: Arc<AtomicU64>,
-    waiters: usize,
+    changed_at: AtomicU64,
 }
 
 /// One waiter's registration: it is woken by every change of its name until dropped.
@@ -88,21 +94,20 @@ struct Watch {
 pub struct Waiter {
     watches: Arc<Watches>,
     name: Box<str>,
-    notify: Arc<Notify>,
-    changed_at: Arc<AtomicU64>,
+    signal: Arc<Signal>,
 }
 
 impl Waiter {
     /// The notification to await. Create it before checking the store again: a change after
     /// its creation wakes it even if it is not yet polled.
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        &self.signal.notify
     }
 
     /// When the name last changed since a waiter on it registered, on the host's monotonic
     /// clock in µs ([`crate::clock::host_mono_us`]); `None` if it has not.
     pub fn changed_at_us(&self) -> Option<u64> {
-        Some(self.changed_at.load(Ordering::Acquire)).filter(|&t| t != 0)
+        Some(self.signal.changed_at.load(Ordering::Acquire)).filter(|&t| t != 0)
     }
 }
 
@@ -135,16 +140,14 @@ impl Watches {
         }
         self.waiters.fetch_add(1, Ordering::Relaxed);
         let w = by_name.entry(name.into()).or_insert_with(|| Watch {
-            notify: Arc::new(Notify::new()),
-            changed_at: Arc::new(AtomicU64::new(0)),
+            signal: Arc::default(),
             waiters: 0,
         });
         w.waiters += 1;
         Ok(Waiter {
             watches: self.clone(),
             name: name.into(),
-            notify: w.notify.clone(),
-            changed_at: w.changed_at.clone(),
+            signal: w.signal.clone(),
         })
     }
 
@@ -154,9 +157,10 @@ impl Watches {
             return;
         }
         if let Some(w) = self.lock().get(name) {
-            w.changed_at
+            w.signal
+                .changed_at
                 .store(crate::clock::host_mono_us(), Ordering::Release);
-            w.notify.notify_waiters();
+            w.signal.notify.notify_waiters();
         }
     }
 
