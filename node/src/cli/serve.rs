@@ -46,6 +46,10 @@ pub(super) struct NodeArgs {
     /// Every Nth rate-limited DNS query gets an empty truncated answer (retry over TCP); 0: none.
     #[arg(long, default_value_t = crate::dns::DEFAULT_RRL_SLIP)]
     dns_rrl_slip: u32,
+    /// Threads answering DNS over UDP; 0 (the default): one per core the process may use, at
+    /// most 4. Threads beyond the cores only preempt each other mid-batch.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    dns_udp_threads: u16,
     /// Target time between health probes of one endpoint, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     probe_interval_ms: u64,
@@ -267,6 +271,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
                     rate: args.dns_rrl_rate,
                     slip: args.dns_rrl_slip,
                 },
+                udp_threads: usize::from(args.dns_udp_threads),
             },
         )
         .await

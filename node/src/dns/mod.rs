@@ -237,6 +237,9 @@ pub struct DnsConfig {
     pub aliases: BTreeMap<String, ZoneId>,
     /// UDP response rate limiting.
     pub rrl: RrlConfig,
+    /// UDP answer threads; 0 picks the default: one per core the process may use
+    /// (its CPU affinity), at most 4.
+    pub udp_threads: usize,
 }
 
 /// DNS start-up errors.

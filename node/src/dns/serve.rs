@@ -14,7 +14,7 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
     let stats = node.dns_stats().clone();
     let responder = Arc::new(Responder::with_stats(node, &config.aliases, stats));
     let rrl = Arc::new(Rrl::new(config.rrl));
-    let workers = udp_workers();
+    let workers = udp_workers(config.udp_threads);
     for i in 0..workers {
         let sock = udp.try_clone().map_err(|e| bind_err("udp", e))?;
         let responder = responder.clone();
@@ -30,10 +30,21 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
     Ok(addr)
 }
 
-/// UDP worker threads: one per core the process may use, at least 2 (so one worker stalled in
-/// a send or preempted does not stop reception), at most 4.
-fn udp_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+/// UDP worker threads: `asked` if not 0, else one per core the process may use (its CPU
+/// affinity and quota, [`std::thread::available_parallelism`]), at most 4.
+///
+/// Why not more threads than cores: the workers share one socket, and a worker receives a
+/// batch of up to [`UDP_BATCH`] queries before it answers them. Two workers on one core
+/// preempt each other mid-batch: the newly woken one takes the next batch while the other's
+/// queries wait for it to be scheduled again, a scheduler slice later (about 1.4 ms on the
+/// bench host). On one core with 1,000 gossiped updates a second, a `perf sched` trace showed
+/// those waits as the longest a query met (p99 1.2 ms, max 3.1 ms), and a single worker had
+/// the lower server-side p99 in 4 of 5 alternating rounds (issue 14; figures in the README).
+pub(super) fn udp_workers(asked: usize) -> usize {
+    if asked > 0 {
+        return asked;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 /// Binds UDP and TCP on one port. With port 0, UDP picks the port and TCP follows; if TCP finds

@@ -781,3 +781,30 @@ fn udp_sojourn_includes_the_wait_in_the_socket_queue() {
     assert!(series(&text, "h_sum") >= QUEUED_FOR.as_secs_f64() * f64::from(QUERIES));
     assert_eq!(stats.udp_unstamped.load(Ordering::Relaxed), 0);
 }
+
+/// A process held to one core (`taskset -c 0`, a container's cpuset) gets one UDP answer
+/// thread: two on one core preempt each other mid-batch (`serve::udp_workers`). A thread
+/// count given with `--dns-udp-threads` is taken as given.
+#[test]
+fn one_udp_answer_thread_per_allowed_core_unless_asked() -> anyhow::Result<()> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    assert_eq!(serve::udp_workers(3), 3);
+    // On a thread of its own: affinity is per thread, and this one ends with the test.
+    std::thread::spawn(|| -> anyhow::Result<()> {
+        let allowed = sched_getaffinity(Pid::from_raw(0))?;
+        let Some(cpu) = (0..CpuSet::count()).find(|&c| allowed.is_set(c).unwrap_or(false)) else {
+            anyhow::bail!("no CPU in this thread's affinity mask");
+        };
+        let mut one = CpuSet::new();
+        one.set(cpu)?;
+        sched_setaffinity(Pid::from_raw(0), &one)?;
+        assert_eq!(serve::udp_workers(0), 1, "one core allowed (CPU {cpu})");
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the pinned thread panicked"))??;
+    let cores = std::thread::available_parallelism()?.get();
+    assert_eq!(serve::udp_workers(0), cores.clamp(1, 4));
+    Ok(())
+}
