@@ -598,6 +598,13 @@ pub trait Store {
     /// bodies were dropped.
     fn compact(&mut self, now_ms: u64) -> Result<usize, Self::Error> {
         let names = self.compactable(now_ms);
+        self.compact_names(names, now_ms)
+    }
+
+    /// Drops the bodies of `names` that are compactable at `now_ms` (checked again here, so a
+    /// name rewritten since it was listed keeps its body); keeps their floors. Returns how many
+    /// bodies were dropped. [`Store::compact`] is [`Store::compactable`] then this.
+    fn compact_names(&mut self, names: Vec<String>, now_ms: u64) -> Result<usize, Self::Error> {
         let retention_ms = self.retention_ms();
         let mut dropped = 0;
         for name in names {
@@ -1241,6 +1248,58 @@ impl MemStore {
         merged(held, named)
             .take_while(move |(b, _, _)| *b == bucket)
             .map(|(_, n, e)| (n, e))
+    }
+
+    /// Whether a compaction walk may find a body to drop at `now_ms`: the bound that
+    /// [`Store::compactable`] keeps, so that a caller walking in steps
+    /// ([`MemStore::compactable_in`]) can tell first whether a walk is worth starting.
+    pub fn compaction_due(&self, now_ms: u64) -> bool {
+        now_ms >= self.compact_due.get()
+    }
+
+    /// Starts a compaction walk taken one bucket at a time with [`MemStore::compactable_in`],
+    /// for a caller that shares the store behind a lock and releases it between buckets (the
+    /// node: its DNS answers take the same lock, and a whole walk of a million names held it
+    /// for tens of milliseconds). The bound is raised to "never" here and lowered by every
+    /// write from now on as usual, so a write made between two steps, in a bucket already
+    /// walked, still counts; [`MemStore::compaction_walk_end`] then lowers it to what the
+    /// walk found. A walk that stops early must call [`MemStore::compaction_walk_abandon`].
+    pub fn compaction_walk_start(&self) {
+        self.compact_due.set(u64::MAX);
+    }
+
+    /// One bucket of a compaction walk ([`MemStore::compaction_walk_start`]): the names in
+    /// `bucket` whose bodies may be dropped at `now_ms`, and the earliest time another body in
+    /// it becomes compactable (`u64::MAX` if none). The bound leaves out the names returned:
+    /// the caller drops their bodies ([`Store::compact_names`]) before it lets go of the store.
+    pub fn compactable_in(&self, bucket: u8, now_ms: u64) -> (Vec<String>, u64) {
+        let mut next = u64::MAX;
+        let mut out = Vec::new();
+        for (name, e) in self.bucket_walk(bucket, None) {
+            if e.bytes.is_none() {
+                continue;
+            }
+            if e.is_compactable(now_ms, self.retention_ms) {
+                out.push(name.text().into_owned());
+            } else {
+                next = next.min(e.expires_at_ms.saturating_add(self.retention_ms));
+            }
+        }
+        (out, next)
+    }
+
+    /// Ends a compaction walk: `next` is the smallest bound [`MemStore::compactable_in`]
+    /// returned over every bucket. Writes made during the walk have already lowered the bound
+    /// themselves; the lower of the two stays.
+    pub fn compaction_walk_end(&self, next: u64) {
+        if next < self.compact_due.get() {
+            self.compact_due.set(next);
+        }
+    }
+
+    /// Ends a compaction walk that did not visit every bucket: the next call walks again.
+    pub fn compaction_walk_abandon(&self) {
+        self.compact_due.set(0);
     }
 
     /// Names that are live at `now_ms`.
