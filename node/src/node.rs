@@ -855,8 +855,9 @@ impl Node {
     /// Drops the bodies of records long past expiry ([`Store::compact`]), one hash bucket per
     /// hold of the store lock: the DNS answer threads and every resolve take that lock, and a
     /// walk of the whole store in one hold kept them waiting for it (a hold of 23.7 ms at a
-    /// million names under DNS and gossip load, stop 47). Nothing is walked unless the store's bound says a body may be due.
-    /// Returns how many bodies were dropped and the store generation after the last drop.
+    /// million names under DNS and gossip load, stop 47). Nothing is walked unless the store's
+    /// bound says a body may be due. Returns how many bodies were dropped and the store
+    /// generation after the last drop (0 if none was).
     pub async fn compact(&self, now_ms: u64) -> Result<(usize, u64), NodeError> {
         let shared = self.0.clone();
         tokio::task::spawn_blocking(move || {

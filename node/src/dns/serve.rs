@@ -39,7 +39,10 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
 /// queries wait for it to be scheduled again, a scheduler slice later (about 1.4 ms on the
 /// bench host). On one core with 1,000 gossiped updates a second, a `perf sched` trace showed
 /// those waits as the longest a query met (p99 1.2 ms, max 3.1 ms), and a single worker had
-/// the lower server-side p99 in 4 of 5 alternating rounds (issue 14; figures in the README).
+/// the lower server-side p99 in 10 of 14 alternating blocks of rounds (issue 14; figures in
+/// the README). What it costs: a few per cent of the most a core answers (150–168k queries a
+/// second against 162–174k there), so a one-core node that must answer at its limit can ask
+/// for two.
 pub(super) fn udp_workers(asked: usize) -> usize {
     if asked > 0 {
         return asked;
