@@ -18,8 +18,8 @@
 //! every thread at the process's priority.
 //!
 //! What it costs: under a DNS load that takes a whole core, the background work gets a
-//! smaller share of that core (about a tenth at nice 10 against a busy answer thread,
-//! instead of half), so gossip is applied later and anti-entropy repairs what was dropped
+//! smaller share of that core (about a tenth at nice 10 against two busy answer threads,
+//! instead of a third), so gossip is applied later and anti-entropy repairs what was dropped
 //! (counted in `/metrics`). Answers keep their latency, which is what a name service is for.
 //!
 //! Linux only (per-thread nice values); elsewhere the calls do nothing and say so.

@@ -47,7 +47,7 @@ pub(super) struct NodeArgs {
     #[arg(long, default_value_t = crate::dns::DEFAULT_RRL_SLIP)]
     dns_rrl_slip: u32,
     /// Threads answering DNS over UDP; 0 (the default): one per core the process may use, at
-    /// most 4. Threads beyond the cores only preempt each other mid-batch.
+    /// least 2 (one preempted leaves the other to answer), at most 4.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     dns_udp_threads: u16,
     /// Target time between health probes of one endpoint, in milliseconds.

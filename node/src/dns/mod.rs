@@ -238,7 +238,7 @@ pub struct DnsConfig {
     /// UDP response rate limiting.
     pub rrl: RrlConfig,
     /// UDP answer threads; 0 picks the default: one per core the process may use
-    /// (its CPU affinity), at most 4.
+    /// (its CPU affinity), at least 2, at most 4.
     pub udp_threads: usize,
 }
 

@@ -31,23 +31,22 @@ pub async fn start(node: Node, config: DnsConfig) -> Result<SocketAddr, DnsError
 }
 
 /// UDP worker threads: `asked` if not 0, else one per core the process may use (its CPU
-/// affinity and quota, [`std::thread::available_parallelism`]), at most 4.
+/// affinity and quota, [`std::thread::available_parallelism`]), at least 2, at most 4.
 ///
-/// Why not more threads than cores: the workers share one socket, and a worker receives a
-/// batch of up to [`UDP_BATCH`] queries before it answers them. Two workers on one core
-/// preempt each other mid-batch: the newly woken one takes the next batch while the other's
-/// queries wait for it to be scheduled again, a scheduler slice later (about 1.4 ms on the
-/// bench host). On one core with 1,000 gossiped updates a second, a `perf sched` trace showed
-/// those waits as the longest a query met (p99 1.2 ms, max 3.1 ms), and a single worker had
-/// the lower server-side p99 in 10 of 14 alternating blocks of rounds (issue 14; figures in
-/// the README). What it costs: a few per cent of the most a core answers (150–168k queries a
-/// second against 162–174k there), so a one-core node that must answer at its limit can ask
-/// for two.
+/// Why at least 2, even on one core: a worker preempted by the node's background threads
+/// (gossip, folds) holds no one else up only if another worker can wake on the next datagram
+/// and take the socket. One worker per core was tried on one core under 1,000 gossiped updates
+/// a second (issue 14, stop 47): it avoids two workers preempting each other mid-batch, and
+/// won 10 of 14 alternating hand rounds, but the full `deploy/dns-bench.sh` on the same day
+/// gave it a p99 of 1.41, 2.02, 1.73 and 5.20 ms in four runs against 1.23 and 1.40 ms for
+/// two (the worst with runs whose median answer waited 0.6 ms behind the background), and it
+/// answered a few per cent less at saturation. One is there for whoever measures otherwise
+/// (`--dns-udp-threads 1`).
 pub(super) fn udp_workers(asked: usize) -> usize {
     if asked > 0 {
         return asked;
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
 }
 
 /// Binds UDP and TCP on one port. With port 0, UDP picks the port and TCP follows; if TCP finds
