@@ -861,10 +861,13 @@ impl Node {
     pub async fn compact(&self, now_ms: u64) -> Result<(usize, u64), NodeError> {
         let shared = self.0.clone();
         tokio::task::spawn_blocking(move || {
-            if !lock(&shared.store).mem().compaction_due(now_ms) {
-                return Ok((0, 0));
+            {
+                let store = lock(&shared.store);
+                if !store.mem().compaction_due(now_ms) {
+                    return Ok((0, 0));
+                }
+                store.mem().compaction_walk_start();
             }
-            lock(&shared.store).mem().compaction_walk_start();
             let (mut dropped, mut generation, mut next) = (0, 0, u64::MAX);
             for bucket in 0..=u8::MAX {
                 let mut store = lock(&shared.store);
