@@ -456,6 +456,9 @@ pub struct Shared {
     /// [`crate::replica_log::FOLD_AT_ENTRIES`] or [`crate::replica_log::FOLD_AT_BYTES`]) is.
     replica_fold_queued: std::sync::atomic::AtomicBool,
     replica_fold_now_queued: std::sync::atomic::AtomicBool,
+    /// Held by the fold that runs ([`Node::fold_replicas_soon`]): a queued fold waits for it
+    /// before it seals the log, so a slow commit has one fold behind it, not one per file.
+    replica_fold_running: tokio::sync::Mutex<()>,
     /// [`crate::replica_log::FOLD_INTERVAL`] unless `--replica-fold-ms` says otherwise (ms).
     replica_fold_ms: std::sync::atomic::AtomicU64,
     blobs: Arc<BlobStore>,
@@ -612,6 +615,7 @@ impl Node {
             replica_flush_queued: std::sync::atomic::AtomicBool::new(false),
             replica_fold_queued: std::sync::atomic::AtomicBool::new(false),
             replica_fold_now_queued: std::sync::atomic::AtomicBool::new(false),
+            replica_fold_running: tokio::sync::Mutex::new(()),
             replica_fold_ms: std::sync::atomic::AtomicU64::new(
                 crate::replica_log::FOLD_INTERVAL.as_millis() as u64,
             ),
@@ -1652,7 +1656,7 @@ impl Node {
 
     /// Queues a fold of the replica log: after the fold interval
     /// ([`Node::set_replica_fold_interval`]), or at once if `now`. At most one of each waits at
-    /// a time.
+    /// a time, and one fold runs at a time.
     fn fold_replicas_soon(&self, now: bool) {
         if self.fold_queued(now).swap(true, Ordering::AcqRel) {
             return;
@@ -1663,6 +1667,11 @@ impl Node {
                 let ms = node.0.replica_fold_ms.load(Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
+            // One fold at a time: this one seals the log only once the one before it has
+            // committed, so a slow commit (a stalled disk) has one fold waiting behind it
+            // that takes everything logged meanwhile, not a sealed file per
+            // FOLD_AT_ENTRIES records, which filled the log's bound in tens of ms.
+            let _running = node.0.replica_fold_running.lock().await;
             // Cleared before the fold seals the log: a record appended after this queues the
             // next fold, one appended before it is in the file this fold seals.
             node.fold_queued(now).store(false, Ordering::Release);
@@ -2336,6 +2345,57 @@ mod tests {
         assert!(crate::replica_log::files(&store_path)?.is_empty());
         let held = node.read_store(|s| s.len());
         assert_eq!(held, n);
+        Ok(())
+    }
+
+    /// A commit that takes long (a slow or stalled disk) does not make the replica log seal a
+    /// file per [`crate::replica_log::FOLD_AT_ENTRIES`] records behind it: one fold runs, one
+    /// waits, and the waiting one seals everything logged meanwhile. Before, every fold asked
+    /// for during the stall sealed its own file and waited; 64 records (16 files) behind one
+    /// commit of 64 ms at 1,000 gossiped records a second filled the log's bound
+    /// ([`crate::store::MAX_SEALED_LOGS`]) and gossip fell back to commits (seen as bursts of
+    /// hundreds of `replica_log_failures` on a node under DNS load, 2026-12-06).
+    #[tokio::test]
+    async fn a_slow_commit_makes_folds_wait_in_line_not_seal_a_file_each() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (node, _api) = crate::metrics::tests::node(dir.path()).await;
+        node.set_replica_fold_interval(Duration::from_secs(600));
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        let store_path = dir.path().join("store.redb");
+        let n = 2 * crate::store::MAX_SEALED_LOGS * crate::replica_log::FOLD_AT_ENTRIES as usize;
+        let records = synced_records(&key, 0, n);
+        // Commits stall until told: a thread holds the persister's flush lock.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let persister = node.0.persister.clone();
+            std::thread::spawn(move || {
+                persister.hold_flushes(|| {
+                    let _ = held_tx.send(());
+                    let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                })
+            })
+        };
+        held_rx.recv()?;
+        let mut most_files = 0;
+        for (i, wire) in records.into_iter().enumerate() {
+            let id = libp2p::gossipsub::MessageId::new(&(i as u64).to_le_bytes());
+            node.on_gossip(PeerId::random(), id, wire).await;
+            // Let the folds asked for so far start (and seal) before the next record.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            most_files = most_files.max(crate::replica_log::files(&store_path)?.len());
+        }
+        release_tx.send(())?;
+        holder.join().expect("holder thread");
+        let failures = node.0.metrics.replica_log_failures.load(Ordering::Relaxed);
+        assert_eq!(failures, 0, "the log refused records during the stall");
+        assert!(
+            most_files <= 2,
+            "{most_files} log files during one stalled commit (one folding, one appended to)"
+        );
+        node.fold_replicas().await?;
+        assert!(crate::replica_log::files(&store_path)?.is_empty());
+        assert_eq!(node.read_store(|s| s.len()), n);
         Ok(())
     }
 

@@ -953,6 +953,17 @@ impl Persister {
         Ok(sealed.len())
     }
 
+    /// Runs `f` while holding the lock every flush takes, so commits wait until it returns
+    /// (tests: a stalled disk).
+    #[cfg(test)]
+    pub(crate) fn hold_flushes<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _held = self
+            .durable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
+
     /// Whether the replica log holds entries no fold has committed yet.
     pub fn log_pending(&self) -> bool {
         let state = self.log_state();
