@@ -22,6 +22,12 @@
 //! instead of a third), so gossip is applied later and anti-entropy repairs what was dropped
 //! (counted in `/metrics`). Answers keep their latency, which is what a name service is for.
 //!
+//! Nice values set shares, not how soon a waking thread gets the core: under Linux's EEVDF a
+//! background thread keeps the core until its slice runs out. The answer threads therefore
+//! also ask for a short slice ([`request_slice`], `--dns-slice-us`), with which a woken answer
+//! thread preempts the background at once (`crate::dns`' `serve::answer_thread_slice` has the
+//! figures).
+//!
 //! Linux only (per-thread nice values); elsewhere the calls do nothing and say so.
 
 use std::io;
@@ -130,6 +136,89 @@ pub fn lowering_failure() -> Option<&'static str> {
     LOWER_FAILURE.get().map(String::as_str)
 }
 
+/// The shortest and longest scheduling slices Linux takes for a normal thread
+/// (`sched_attr.sched_runtime`, µs); it clamps a request to them.
+pub const SLICE_US_RANGE: std::ops::RangeInclusive<u32> = 100..=100_000;
+
+/// `struct sched_attr` of `sched_setattr(2)` (its first published size, 48 bytes, which every
+/// kernel since 3.14 takes; the utilisation clamps after it are left out).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// Asks the kernel to run the calling thread in slices of `us` µs (EEVDF's per-thread slice,
+/// Linux 6.12 and later: `sched_runtime` of a `SCHED_OTHER` thread), keeping its policy and
+/// nice value. A thread with a shorter slice than the one running gets an earlier virtual
+/// deadline, so on waking it takes the core at once instead of after the other's slice: what
+/// an answer thread woken by a query wants from a background thread holding the core. Returns
+/// the slice the kernel reports afterwards (µs; 0 from a kernel without per-thread slices,
+/// which ignores the request). A thread not under `SCHED_OTHER` (an operator's `chrt`) is
+/// left alone and reports 0.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn request_slice(us: u32) -> io::Result<u32> {
+    let us = us.clamp(*SLICE_US_RANGE.start(), *SLICE_US_RANGE.end());
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    let mut attr = SchedAttr::default();
+    // SAFETY: `sched_getattr(0, attr, size, 0)` writes at most `size` bytes into `attr`, a
+    // live, writable `SchedAttr` of exactly that size, for the calling thread (pid 0).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            std::ptr::from_mut(&mut attr),
+            size,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if attr.policy != libc::SCHED_OTHER as u32 {
+        return Ok(0);
+    }
+    attr.size = size;
+    attr.flags = 0;
+    attr.runtime = u64::from(us) * 1_000;
+    // SAFETY: `sched_setattr(0, attr, 0)` reads `attr.size` bytes from `attr`, a live
+    // `SchedAttr` of that size, and changes only the calling thread's scheduling.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&attr), 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut now = SchedAttr::default();
+    // SAFETY: as the first `sched_getattr` above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            std::ptr::from_mut(&mut now),
+            size,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(now.runtime / 1_000).unwrap_or(u32::MAX))
+}
+
+/// Off Linux the kernel's slices are left alone.
+#[cfg(not(target_os = "linux"))]
+pub fn request_slice(_us: u32) -> io::Result<u32> {
+    Ok(0)
+}
+
 /// The calling thread's nice value.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
@@ -194,7 +283,7 @@ fn set_current_nice(_nice: i32) -> io::Result<()> {
 
 #[cfg(all(test, target_os = "linux"))]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Runs `f` on a fresh thread (priorities are per thread: the test's own stays as it was).
@@ -220,6 +309,57 @@ mod tests {
             before,
             "the caller's own thread kept its priority"
         );
+    }
+
+    /// The slice the kernel runs the calling thread in (`se.slice` of
+    /// `/proc/thread-self/sched`, ns), if it says.
+    pub(crate) fn own_slice_ns() -> Option<u64> {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether this kernel runs normal threads in slices they ask for (EEVDF's per-task
+    /// slice, Linux 6.12 and later).
+    pub(crate) fn kernel_takes_slices() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (6, 12)
+    }
+
+    #[test]
+    fn a_thread_gets_the_slice_it_asks_for_clamped_and_keeps_its_nice_value() {
+        let (nice, got, nice_after, slice_ns, low, high) = on_thread(|| {
+            let nice = lower_current_thread(2).unwrap();
+            let got = request_slice(250).unwrap();
+            let after = (current_nice().unwrap(), own_slice_ns());
+            let low = request_slice(1).unwrap();
+            let high = request_slice(u32::MAX).unwrap();
+            (nice, got, after.0, after.1, low, high)
+        });
+        assert_eq!(nice_after, nice, "the nice value is kept");
+        if kernel_takes_slices() {
+            assert_eq!(got, 250);
+            assert_eq!(
+                slice_ns,
+                Some(250_000),
+                "what /proc says the thread runs in"
+            );
+            assert_eq!(low, *SLICE_US_RANGE.start());
+            assert_eq!(high, *SLICE_US_RANGE.end());
+        } else {
+            assert_eq!(got, 0, "an older kernel reports no slice of its own");
+        }
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub(super) struct NodeArgs {
     /// least 2 (one preempted leaves the other to answer), at most 4.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     dns_udp_threads: u16,
+    /// Scheduling slice the DNS answer threads ask the kernel for, in µs (Linux 6.12+; older
+    /// kernels ignore it): a short slice lets an answer thread woken by a query take the core
+    /// from the node's background work at once. 0 keeps the kernel's default.
+    #[arg(long, default_value_t = crate::dns::DEFAULT_UDP_SLICE_US, value_parser = parse_slice_us)]
+    dns_slice_us: u32,
     /// Target time between health probes of one endpoint, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     probe_interval_ms: u64,
@@ -272,6 +277,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
                     slip: args.dns_rrl_slip,
                 },
                 udp_threads: usize::from(args.dns_udp_threads),
+                udp_slice_us: args.dns_slice_us,
             },
         )
         .await
@@ -373,6 +379,21 @@ pub(super) fn parse_addrs(raw: &[String], flag: &str) -> Result<Vec<Multiaddr>> 
 mod config_file_tests {
     use super::*;
 
+    /// `--dns-slice-us` takes 0 or what Linux takes, and says which otherwise.
+    #[test]
+    fn a_dns_slice_is_zero_or_within_what_linux_takes() {
+        assert_eq!(parse_slice_us("0"), Ok(0));
+        assert_eq!(parse_slice_us("100"), Ok(100));
+        assert_eq!(parse_slice_us("100000"), Ok(100_000));
+        for bad in ["99", "100001", "-1", "fast"] {
+            let e = parse_slice_us(bad).expect_err(bad);
+            assert!(
+                e.contains("100 to 100000") || e.contains("microseconds"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     /// Every `dpin node` flag is a config key documented in deploy/dpin.example.toml, and the
     /// keys the example sets are accepted.
     #[test]
@@ -408,6 +429,23 @@ mod config_file_tests {
 
 /// Reads the API token file: its first line, trimmed; an empty or unreadable file is an error
 /// (a node meant to need a token must never start open).
+/// `--dns-slice-us`: 0, or a slice Linux takes ([`crate::priority::SLICE_US_RANGE`]).
+fn parse_slice_us(s: &str) -> std::result::Result<u32, String> {
+    let us: u32 = s
+        .parse()
+        .map_err(|e| format!("not a number of microseconds: {e}"))?;
+    let range = crate::priority::SLICE_US_RANGE;
+    if us == 0 || range.contains(&us) {
+        Ok(us)
+    } else {
+        Err(format!(
+            "0 (the kernel's default) or {} to {} µs",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
 fn read_api_token(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the API token file {}", path.display()))?;

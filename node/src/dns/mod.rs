@@ -229,6 +229,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// ~1.5 s, rarely enough that a query flood does not take the detector's lock per packet.
 pub const REACH_RECHECK_MS: u64 = 250;
 
+/// `--dns-slice-us`' default: the shortest slice Linux takes. See [`DnsConfig::udp_slice_us`]
+/// and `serve::answer_thread_slice`.
+pub const DEFAULT_UDP_SLICE_US: u32 = 100;
+
 /// DNS configuration.
 pub struct DnsConfig {
     /// UDP and TCP address to serve on (port 0 picks one port for both).
@@ -240,6 +244,9 @@ pub struct DnsConfig {
     /// UDP answer threads; 0 picks the default: one per core the process may use
     /// (its CPU affinity), at least 2, at most 4.
     pub udp_threads: usize,
+    /// The scheduling slice the UDP answer threads ask the kernel for, µs
+    /// ([`crate::priority::request_slice`]); 0 leaves the kernel's default.
+    pub udp_slice_us: u32,
 }
 
 /// DNS start-up errors.

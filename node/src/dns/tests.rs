@@ -809,3 +809,32 @@ fn two_udp_answer_threads_even_on_one_core_unless_asked() -> anyhow::Result<()> 
     assert_eq!(serve::udp_workers(0), cores.clamp(2, 4));
     Ok(())
 }
+
+/// An answer thread asks for `--dns-slice-us` and runs in it (on a kernel with per-thread
+/// slices, Linux 6.12+), so a query wakes it onto a core a background thread holds at once;
+/// 0 leaves the kernel's own slice.
+#[test]
+fn an_answer_thread_runs_in_the_slice_it_asked_for() -> anyhow::Result<()> {
+    use crate::priority::tests::{kernel_takes_slices, own_slice_ns};
+    let (default, asked, kept) = std::thread::spawn(|| {
+        let default = own_slice_ns();
+        serve::answer_thread_slice(1, 0);
+        let kept = own_slice_ns();
+        serve::answer_thread_slice(1, crate::dns::DEFAULT_UDP_SLICE_US);
+        (default, own_slice_ns(), kept)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the answer thread panicked"))?;
+    assert_eq!(kept, default, "0 keeps the kernel's slice");
+    if kernel_takes_slices() {
+        assert_eq!(
+            asked,
+            Some(u64::from(crate::dns::DEFAULT_UDP_SLICE_US) * 1_000)
+        );
+        assert_ne!(
+            default, asked,
+            "the default slice is not already that short"
+        );
+    }
+    Ok(())
+}
