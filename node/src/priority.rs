@@ -168,6 +168,25 @@ struct SchedAttr {
 #[allow(unsafe_code)]
 pub fn request_slice(us: u32) -> io::Result<u32> {
     let us = us.clamp(*SLICE_US_RANGE.start(), *SLICE_US_RANGE.end());
+    let mut attr = own_sched_attr()?;
+    if attr.policy != libc::SCHED_OTHER as u32 {
+        return Ok(0);
+    }
+    attr.flags = 0;
+    attr.runtime = u64::from(us) * 1_000;
+    // SAFETY: `sched_setattr(0, attr, 0)` reads `attr.size` bytes from `attr`, a live
+    // `SchedAttr` of that size, and changes only the calling thread's scheduling.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&attr), 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(own_sched_attr()?.runtime / 1_000).unwrap_or(u32::MAX))
+}
+
+/// The calling thread's `sched_attr` (`sched_getattr(2)`), with `size` set to ours.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn own_sched_attr() -> io::Result<SchedAttr> {
     let size = std::mem::size_of::<SchedAttr>() as u32;
     let mut attr = SchedAttr::default();
     // SAFETY: `sched_getattr(0, attr, size, 0)` writes at most `size` bytes into `attr`, a
@@ -184,33 +203,8 @@ pub fn request_slice(us: u32) -> io::Result<u32> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if attr.policy != libc::SCHED_OTHER as u32 {
-        return Ok(0);
-    }
     attr.size = size;
-    attr.flags = 0;
-    attr.runtime = u64::from(us) * 1_000;
-    // SAFETY: `sched_setattr(0, attr, 0)` reads `attr.size` bytes from `attr`, a live
-    // `SchedAttr` of that size, and changes only the calling thread's scheduling.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&attr), 0) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut now = SchedAttr::default();
-    // SAFETY: as the first `sched_getattr` above.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            std::ptr::from_mut(&mut now),
-            size,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(u32::try_from(now.runtime / 1_000).unwrap_or(u32::MAX))
+    Ok(attr)
 }
 
 /// Off Linux the kernel's slices are left alone.
