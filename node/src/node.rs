@@ -2292,6 +2292,24 @@ mod tests {
         Ok(())
     }
 
+    /// A node in `dir` for the replica-log tests, with a zone key and its store's path. The
+    /// timed fold is put out of the way, so only the entry bound folds, however slow the
+    /// machine (the first record queues a timed fold).
+    async fn replica_log_node(
+        dir: &std::path::Path,
+    ) -> (Node, dpin_protocol::ZoneKey, std::path::PathBuf) {
+        let (node, _api) = crate::metrics::tests::node(dir).await;
+        node.set_replica_fold_interval(Duration::from_secs(600));
+        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
+        (node, key, dir.join("store.redb"))
+    }
+
+    /// Hands `wire` to `node` as gossip message `i` from a fresh peer.
+    async fn gossip_one(node: &Node, i: usize, wire: Vec<u8>) {
+        let id = libp2p::gossipsub::MessageId::new(&(i as u64).to_le_bytes());
+        node.on_gossip(PeerId::random(), id, wire).await;
+    }
+
     /// Gossiped records reach the replica log, not a commit each: a fold runs once
     /// [`crate::replica_log::FOLD_AT_ENTRIES`] are logged, the rest wait for the next fold, and
     /// a fold (as a clean stop runs it) leaves no log behind. The store holds every record
@@ -2299,12 +2317,7 @@ mod tests {
     #[tokio::test]
     async fn gossiped_records_go_to_the_replica_log_and_folds_commit_them() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let (node, _api) = crate::metrics::tests::node(dir.path()).await;
-        // The timed fold out of the way, so only the entry bound folds here however slow the
-        // machine (the first record queued one).
-        node.set_replica_fold_interval(Duration::from_secs(600));
-        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
-        let store_path = dir.path().join("store.redb");
+        let (node, key, store_path) = replica_log_node(dir.path()).await;
         let bound = crate::replica_log::FOLD_AT_ENTRIES as usize;
         let extra = 2;
         let n = bound + extra;
@@ -2314,8 +2327,7 @@ mod tests {
             let node = node.clone();
             async move {
                 for (i, wire) in batch {
-                    let id = libp2p::gossipsub::MessageId::new(&(i as u64).to_le_bytes());
-                    node.on_gossip(PeerId::random(), id, wire).await;
+                    gossip_one(&node, i, wire).await;
                 }
             }
         };
@@ -2358,10 +2370,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_commit_makes_folds_wait_in_line_not_seal_a_file_each() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let (node, _api) = crate::metrics::tests::node(dir.path()).await;
-        node.set_replica_fold_interval(Duration::from_secs(600));
-        let key = dpin_protocol::ZoneKey::generate(&mut rand::rngs::OsRng);
-        let store_path = dir.path().join("store.redb");
+        let (node, key, store_path) = replica_log_node(dir.path()).await;
         let n = 2 * crate::store::MAX_SEALED_LOGS * crate::replica_log::FOLD_AT_ENTRIES as usize;
         let records = synced_records(&key, 0, n);
         // Commits stall until told: a thread holds the persister's flush lock.
@@ -2379,8 +2388,7 @@ mod tests {
         held_rx.recv()?;
         let mut most_files = 0;
         for (i, wire) in records.into_iter().enumerate() {
-            let id = libp2p::gossipsub::MessageId::new(&(i as u64).to_le_bytes());
-            node.on_gossip(PeerId::random(), id, wire).await;
+            gossip_one(&node, i, wire).await;
             // Let the folds asked for so far start (and seal) before the next record.
             tokio::time::sleep(Duration::from_millis(2)).await;
             most_files = most_files.max(crate::replica_log::files(&store_path)?.len());

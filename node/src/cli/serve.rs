@@ -427,8 +427,6 @@ mod config_file_tests {
     }
 }
 
-/// Reads the API token file: its first line, trimmed; an empty or unreadable file is an error
-/// (a node meant to need a token must never start open).
 /// `--dns-slice-us`: 0, or a slice Linux takes ([`crate::priority::SLICE_US_RANGE`]).
 fn parse_slice_us(s: &str) -> std::result::Result<u32, String> {
     let us: u32 = s
@@ -446,6 +444,8 @@ fn parse_slice_us(s: &str) -> std::result::Result<u32, String> {
     }
 }
 
+/// Reads the API token file: its first line, trimmed; an empty or unreadable file is an error
+/// (a node meant to need a token must never start open).
 fn read_api_token(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the API token file {}", path.display()))?;
