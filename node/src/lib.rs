@@ -33,6 +33,8 @@
 //!   client and the chaos harness (`dpin-sim`) all use it.
 //! * [`dns`] — the DNS front-end (UDP and TCP) answering from the local store: `responder`
 //!   (packet in, packet out), `serve` (sockets), `rrl`, `stats`, `aliases`.
+//! * [`logs`] — libraries' log lines bounded: a rate limit per call site, a length limit per
+//!   line (a peer can make a library log), and what was dropped counted.
 //! * [`metrics`] — `/metrics`: one prometheus-client registry (dpin's counters, gauges and
 //!   histograms, and libp2p's own metrics) and its text encoder.
 //! * [`client`] — the failover HTTP client the CLI uses (bodies: [`contract`]).
@@ -66,6 +68,7 @@ pub mod health;
 pub mod identity;
 /// The failure detector lives in the protocol core; re-exported where the node's modules look.
 pub use dpin_protocol::liveness;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod node;

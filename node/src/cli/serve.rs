@@ -150,14 +150,20 @@ impl NodeArgs {
 }
 
 pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn")
+                }),
+            )
+            .with_writer(crate::logs::Truncating::new(std::io::stderr))
+            .finish()
+            .with(crate::logs::LimitLayer::global())
+            .init();
+    }
     if args.background_nice > 0 {
         match crate::priority::lowering_failure() {
             Some(e) => tracing::warn!(error = e, "could not lower the background threads' priority; DNS answers share the CPU with them equally"),
@@ -288,6 +294,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
 
     tokio::spawn(dnode::run_events(node.clone(), events));
     tokio::spawn(crate::alloc::run_trimmer());
+    tokio::spawn(crate::logs::run_reporter());
     let local_offers = crate::offers::LocalOffers {
         storage_bytes: args.offer_storage,
         cores: args.offer_compute,
