@@ -25,7 +25,19 @@ pub struct Answer {
 /// Builds the answer for `name` (normalised `label.zone`) at `now_ms`, or `None` if the node
 /// holds no live record for it.
 pub fn answer(node: &Node, name: &str, now_ms: u64) -> Option<Answer> {
-    let record = node.read_store(|s| s.resolve(name, now_ms))?;
+    answer_held(node, node.read_store(|s| s.resolve(name, now_ms))?)
+}
+
+/// [`answer`] for the DNS front-end: the same answer, with its wait for the store's lock
+/// measured ([`Node::read_store_for_answer`]).
+pub fn dns_answer(node: &Node, name: &str, now_ms: u64) -> Option<Answer> {
+    answer_held(
+        node,
+        node.read_store_for_answer(|s| s.resolve(name, now_ms))?,
+    )
+}
+
+fn answer_held(node: &Node, record: SignedRecord) -> Option<Answer> {
     let eps = record.endpoints()?.to_vec();
     let health: Vec<HealthState> = eps.iter().map(|e| node.health().state(e)).collect();
     let endpoints = select(eps, &health);

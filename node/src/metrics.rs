@@ -148,6 +148,12 @@ pub const DNS_SOJOURN_SECONDS_BUCKETS: [f64; 13] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
+/// Buckets of `dpin_dns_store_lock_wait_seconds` (an answer's wait for the store's lock, when
+/// it was held): from a merge's few µs to a preempted holder's scheduler slices.
+pub const STORE_LOCK_WAIT_SECONDS_BUCKETS: [f64; 10] = [
+    0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0,
+];
+
 fn apply_histogram() -> Histogram {
     Histogram::new(APPLY_SECONDS_BUCKETS)
 }
@@ -272,6 +278,12 @@ impl Builder {
             "Time from the kernel's receipt of a UDP query to its response handed back to the \
              kernel: the wait in the socket queue plus the answer",
             dns.udp_sojourn_seconds.clone(),
+        );
+        registry.register(
+            "dpin_dns_store_lock_wait_seconds",
+            "How long a DNS answer waited for the store's lock, counted only when another \
+             thread held it",
+            dns.store_lock_wait_seconds.clone(),
         );
         Self {
             registry,
@@ -802,7 +814,7 @@ pub(crate) mod tests {
     }
 
     /// `GET /metrics`: (content type, body).
-    async fn scrape(api: std::net::SocketAddr) -> (String, String) {
+    pub(crate) async fn scrape(api: std::net::SocketAddr) -> (String, String) {
         let mut s = tokio::net::TcpStream::connect(api).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await

@@ -916,6 +916,27 @@ impl Node {
         f(&lock(&self.0.store))
     }
 
+    /// [`Self::read_store`] for a DNS answer: a wait for the lock, when another thread holds
+    /// it, goes into `dpin_dns_store_lock_wait_seconds` (an uncontended take costs no clock
+    /// read).
+    pub fn read_store_for_answer<T>(&self, f: impl FnOnce(&DurableStore) -> T) -> T {
+        let guard = match self.0.store.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let waited = std::time::Instant::now();
+                let g = lock(&self.0.store);
+                self.0
+                    .telemetry
+                    .dns
+                    .store_lock_wait_seconds
+                    .observe(waited.elapsed().as_secs_f64());
+                g
+            }
+        };
+        f(&guard)
+    }
+
     /// Applies a writer's record (validated with publish freshness), commits it durably and,
     /// at the same time, gossips it if it changed the store; `expected_seq` is a seq precondition
     /// ([`Node::publish_if`] takes a record's hash too).
@@ -2290,6 +2311,39 @@ mod tests {
         holder.join().expect("holder thread");
         let held = node.read_store(|s| s.len());
         assert_eq!(held, 2);
+        Ok(())
+    }
+
+    /// A DNS answer's wait for the store's lock shows on `/metrics` when another thread held
+    /// the lock, and an answer that found it free adds nothing (issue 14: reads should not
+    /// wait behind writes; this is how an operator sees whether they do).
+    #[tokio::test]
+    async fn a_dns_answer_that_waited_for_the_store_lock_is_counted_one_that_did_not_is_not(
+    ) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (node, api) = crate::metrics::tests::node(dir.path()).await;
+        let waits = |text: &str| {
+            crate::metrics::tests::value(text, "dpin_dns_store_lock_wait_seconds_count")
+        };
+        node.read_store_for_answer(|s| s.len());
+        let (_, text) = crate::metrics::tests::scrape(api).await;
+        assert_eq!(waits(&text), Some(0.0), "a free lock is not a wait");
+
+        let held = lock(node.store_mutex());
+        let reader = {
+            let node = node.clone();
+            std::thread::spawn(move || node.read_store_for_answer(|s| s.len()))
+        };
+        // The reader cannot finish while the lock is held here; let it go after a while.
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!reader.is_finished(), "the answer waits for the lock");
+        drop(held);
+        reader.join().expect("reader thread");
+        let (_, text) = crate::metrics::tests::scrape(api).await;
+        assert_eq!(waits(&text), Some(1.0), "{text}");
+        let waited = crate::metrics::tests::value(&text, "dpin_dns_store_lock_wait_seconds_sum")
+            .unwrap_or(0.0);
+        assert!(waited > 0.0, "the wait has a length: {waited}");
         Ok(())
     }
 

@@ -116,7 +116,8 @@
 //!   `dpin_dns_udp_sojourn_seconds` (`SO_TIMESTAMPNS`). The second includes the wait in the
 //!   socket queue, which under load is most of the latency a client sees and which the first
 //!   cannot show; it is measured at the server, so a benchmark's own client delays are not in
-//!   it (`deploy/dns-bench.sh` reports its p99 beside dnsperf's).
+//!   it (`deploy/dns-bench.sh` reports its p99 beside dnsperf's). An answer that found the
+//!   store's lock held adds its wait to `dpin_dns_store_lock_wait_seconds`.
 //!
 //! # Files
 //!
@@ -280,8 +281,8 @@ pub enum DnsError {
 // ---------------------------------------------------------------------------------------------
 // Answer source
 
-/// Where answers come from. The node's implementation calls [`crate::answer::answer`] and
-/// nothing else, so health filtering applies to DNS exactly as to the HTTP API; tests and fuzz
+/// Where answers come from. The node's implementation calls [`crate::answer::dns_answer`]
+/// ([`crate::answer::answer`] with its wait for the store's lock measured) and nothing else, so health filtering applies to DNS exactly as to the HTTP API; tests and fuzz
 /// targets can plug in a fixed table.
 pub trait Source: Send + Sync + 'static {
     /// The answer for `name` (normalised `label.zone`) at `now_ms`, or `None` if not held live.
@@ -297,7 +298,7 @@ pub trait Source: Send + Sync + 'static {
 
 impl Source for Node {
     fn answer(&self, name: &str, now_ms: u64) -> Option<Answer> {
-        crate::answer::answer(self, name, now_ms)
+        crate::answer::dns_answer(self, name, now_ms)
     }
 
     fn cut_off(&self) -> bool {

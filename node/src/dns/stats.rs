@@ -72,6 +72,11 @@ pub struct DnsStats {
     /// Answered UDP queries without a receive timestamp (the kernel gave none): not in
     /// `udp_sojourn_seconds`.
     pub udp_unstamped: AtomicU64,
+    /// How long an answer waited for the store's lock when another thread held it
+    /// (`dpin_dns_store_lock_wait_seconds`; an answer that found it free is not counted): the
+    /// other answer threads (on a shared core, one preempted while it holds the lock), or a
+    /// background thread (a gossip merge, a flush's snapshot, an anti-entropy answer).
+    pub store_lock_wait_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Default for DnsStats {
@@ -119,6 +124,9 @@ impl DnsStats {
                 crate::metrics::DNS_SOJOURN_SECONDS_BUCKETS,
             ),
             udp_unstamped: AtomicU64::new(0),
+            store_lock_wait_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                crate::metrics::STORE_LOCK_WAIT_SECONDS_BUCKETS,
+            ),
         }
     }
 
