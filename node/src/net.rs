@@ -180,7 +180,7 @@ pub use behaviour::spawn;
 use behaviour::{split_peer_id, Behaviour, BehaviourEvent};
 use codec::{InboundBudget, InboundGuard, InboundLimits, Payload, SyncCodec};
 use config::{gossipsub_config, peer_score_config};
-pub use config::{MeshParams, NetConfig, GRAYLIST_THRESHOLD};
+pub use config::{MeshParams, NetConfig, DUPLICATE_CACHE_TIME, GRAYLIST_THRESHOLD};
 pub use connections::trim_above;
 use connections::{jitter, Redial};
 use event_loop::EventLoop;
