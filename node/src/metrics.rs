@@ -834,22 +834,24 @@ pub(crate) mod tests {
         (ctype, body.to_owned())
     }
 
-    /// The value of `series` (exact name and labels), as the tests' readers parse it.
-    /// A histogram with the store-lock-wait buckets (tests of what records into one).
-    pub(crate) fn histogram() -> Histogram {
-        Histogram::new(super::STORE_LOCK_WAIT_SECONDS_BUCKETS)
-    }
-
-    /// A histogram's count and sum, read through the text encoder.
-    pub(crate) fn histogram_count_sum(h: &Histogram) -> (u64, f64) {
+    /// One histogram rendered alone as the family `h` (its series `h_bucket`, `h_count`,
+    /// `h_sum`).
+    pub(crate) fn histogram_text(h: &Histogram) -> String {
         let mut registry = Registry::default();
         registry.register("h", "test", h.clone());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
+    }
+
+    /// A histogram's count and sum.
+    pub(crate) fn histogram_count_sum(h: &Histogram) -> (u64, f64) {
+        let text = histogram_text(h);
         let count = value(&text, "h_count").unwrap_or(0.0);
         (count as u64, value(&text, "h_sum").unwrap_or(0.0))
     }
 
+    /// The value of `series` (exact name and labels), as the tests' readers parse it.
     pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|l| {
             let rest = l.strip_prefix(series)?;

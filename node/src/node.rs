@@ -2326,7 +2326,9 @@ mod tests {
     #[test]
     fn a_lock_taken_free_records_nothing_and_a_wait_records_its_length() {
         let m = Arc::new(Mutex::new(0u32));
-        let waits = crate::metrics::tests::histogram();
+        let waits = prometheus_client::metrics::histogram::Histogram::new(
+            crate::metrics::STORE_LOCK_WAIT_SECONDS_BUCKETS,
+        );
         for _ in 0..100 {
             *lock_timing_waits(&m, &waits) += 1;
         }

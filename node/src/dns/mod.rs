@@ -282,8 +282,9 @@ pub enum DnsError {
 // Answer source
 
 /// Where answers come from. The node's implementation calls [`crate::answer::dns_answer`]
-/// ([`crate::answer::answer`] with its wait for the store's lock measured) and nothing else, so health filtering applies to DNS exactly as to the HTTP API; tests and fuzz
-/// targets can plug in a fixed table.
+/// ([`crate::answer::answer`] with its wait for the store's lock measured) and nothing else,
+/// so health filtering applies to DNS exactly as to the HTTP API; tests and fuzz targets can
+/// plug in a fixed table.
 pub trait Source: Send + Sync + 'static {
     /// The answer for `name` (normalised `label.zone`) at `now_ms`, or `None` if not held live.
     fn answer(&self, name: &str, now_ms: u64) -> Option<Answer>;

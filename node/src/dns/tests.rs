@@ -712,15 +712,6 @@ fn a_udp_burst_from_several_clients_gets_each_answer_at_its_own_client() {
     );
 }
 
-/// The text exposition of one histogram, registered alone as `h`.
-fn histogram_text(h: &prometheus_client::metrics::histogram::Histogram) -> String {
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register("h", "test", h.clone());
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-    text
-}
-
 /// One series' value in `text`.
 fn series(text: &str, name: &str) -> f64 {
     crate::metrics::tests::value(text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
@@ -762,7 +753,7 @@ fn udp_sojourn_includes_the_wait_in_the_socket_queue() {
     // The worker records a batch after sending it; the last answer may arrive first.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let text = loop {
-        let text = histogram_text(&stats.udp_sojourn_seconds);
+        let text = crate::metrics::tests::histogram_text(&stats.udp_sojourn_seconds);
         if series(&text, "h_count") >= f64::from(QUERIES) || std::time::Instant::now() > deadline {
             break text;
         }
