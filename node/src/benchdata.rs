@@ -12,7 +12,6 @@
 //! the API would take an hour of fsyncs.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use dpin_protocol::store::{Entry, Quota, Store};
 use dpin_protocol::{Content, Endpoint, Host, RecordBody, SignedRecord, Transport, ZoneKey};
@@ -118,8 +117,8 @@ pub fn write_store(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    let store = Mutex::new(DurableStore::open(&path)?);
-    let lock = || store.lock().map_err(|_| BenchDataError::Poisoned);
+    let store = std::sync::RwLock::new(DurableStore::open(&path)?);
+    let lock = || store.write().map_err(|_| BenchDataError::Poisoned);
     // Taken before the writes: a persister knows the generation it was made at as durable,
     // so one made afterwards would flush nothing.
     let persister = lock()?.persister();

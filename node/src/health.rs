@@ -1190,17 +1190,12 @@ impl ProbeIndex {
     /// a rebuild from the whole store (one bucket per store-lock hold; changes made meanwhile
     /// are recorded by the feed and applied after).
     pub fn refresh(&mut self, node: &Node) {
-        self.refresh_from(node.store_mutex());
+        self.refresh_from(node.shared_store());
     }
 
     /// [`ProbeIndex::refresh`] from the store behind `store`.
-    pub fn refresh_from(&mut self, store: &Mutex<crate::store::DurableStore>) {
-        let lock = || {
-            store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        let changes = lock().take_changes();
+    pub fn refresh_from(&mut self, store: &crate::store::SharedStore) {
+        let changes = crate::store::write(store).take_changes();
         let changes = match changes {
             crate::store::Changes::Since(c) => c,
             crate::store::Changes::Rebuild => {
@@ -1209,7 +1204,7 @@ impl ProbeIndex {
                     ..ProbeIndex::default()
                 };
                 for bucket in 0..=u8::MAX {
-                    let entries: Vec<(Box<str>, dpin_protocol::Entry)> = lock()
+                    let entries: Vec<(Box<str>, dpin_protocol::Entry)> = crate::store::read(store)
                         .bucket_entries(bucket)
                         .into_iter()
                         .filter(|(_, e)| e.bytes.is_some() && !e.tombstone)
@@ -1220,7 +1215,7 @@ impl ProbeIndex {
                     }
                 }
                 self.pack();
-                match lock().take_changes() {
+                match crate::store::write(store).take_changes() {
                     crate::store::Changes::Since(c) => c,
                     // Past the feed's bound while rebuilding: the next refresh rebuilds.
                     crate::store::Changes::Rebuild => Vec::new(),
@@ -3276,10 +3271,10 @@ mod tests {
         let hour = 3_600_000;
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("store.redb");
-        let store = Mutex::new(crate::store::DurableStore::open(&path)?);
-        let persister = store.lock().map_err(|e| e.to_string())?.persister();
+        let store = std::sync::RwLock::new(crate::store::DurableStore::open(&path)?);
+        let persister = store.write().map_err(|e| e.to_string())?.persister();
         let apply = |r: SignedRecord| -> Result<(), Box<dyn std::error::Error>> {
-            let mut s = store.lock().map_err(|e| e.to_string())?;
+            let mut s = store.write().map_err(|e| e.to_string())?;
             assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
             Ok(())
         };
@@ -3302,7 +3297,7 @@ mod tests {
         // First refresh: rebuilt from the loaded store.
         index.refresh_from(&store);
         let check = |index: &ProbeIndex, now: u64| -> Result<(), Box<dyn std::error::Error>> {
-            let s = store.lock().map_err(|e| e.to_string())?;
+            let s = store.write().map_err(|e| e.to_string())?;
             assert_eq!(indexed(index, now), scan(&s, now));
             Ok(())
         };
@@ -3325,12 +3320,12 @@ mod tests {
         check(&index, NOW + hour / 2)?;
         assert_eq!(index.live_endpoints(NOW + hour / 2).len(), 1);
         // After a restart the index is rebuilt from disk.
-        let generation = store.lock().map_err(|e| e.to_string())?.generation();
+        let generation = store.write().map_err(|e| e.to_string())?.generation();
         persister.flush(&store, generation)?;
         drop(persister);
         drop(store);
         let expected = indexed(&index, NOW);
-        let reopened = Mutex::new(crate::store::DurableStore::open(&path)?);
+        let reopened = std::sync::RwLock::new(crate::store::DurableStore::open(&path)?);
         let mut fresh = ProbeIndex::default();
         fresh.refresh_from(&reopened);
         assert_eq!(indexed(&fresh, NOW), expected);
@@ -3488,7 +3483,7 @@ mod tests {
         let everyone: Vec<PeerId> = (1..=6).map(peer).collect();
         let me = everyone[0];
         let dir = tempfile::tempdir()?;
-        let store = Mutex::new(crate::store::DurableStore::open(
+        let store = std::sync::RwLock::new(crate::store::DurableStore::open(
             &dir.path().join("s.redb"),
         )?);
         let mut index = ProbeIndex::default();
@@ -3550,7 +3545,7 @@ mod tests {
                         content,
                     }
                     .sign(&zones[z])?;
-                    let mut s = store.lock().map_err(|e| e.to_string())?;
+                    let mut s = store.write().map_err(|e| e.to_string())?;
                     s.apply(&r, now, Freshness::Publish, None)?;
                 }
             }
@@ -3579,7 +3574,7 @@ mod tests {
         const NOW: u64 = 1_800_000_000_000;
         let key = ZoneKey::from_seed([9; 32]);
         let dir = tempfile::tempdir()?;
-        let store = Mutex::new(crate::store::DurableStore::open(
+        let store = std::sync::RwLock::new(crate::store::DurableStore::open(
             &dir.path().join("s.redb"),
         )?);
         let write = |label: &str, seq: u64, port: u16| -> Result<(), Box<dyn std::error::Error>> {
@@ -3596,7 +3591,7 @@ mod tests {
                 }]),
             }
             .sign(&key)?;
-            let mut s = store.lock().map_err(|e| e.to_string())?;
+            let mut s = store.write().map_err(|e| e.to_string())?;
             assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
             Ok(())
         };
@@ -3702,7 +3697,7 @@ mod tests {
         const PER_RECORD: u16 = 5;
         let keys: Vec<ZoneKey> = (1..=10u8).map(|z| ZoneKey::from_seed([z; 32])).collect();
         let dir = tempfile::tempdir()?;
-        let store = Mutex::new(crate::store::DurableStore::open(
+        let store = std::sync::RwLock::new(crate::store::DurableStore::open(
             &dir.path().join("s.redb"),
         )?);
         // Record `i` at `seq`, its endpoints on `net`.x.
@@ -3725,7 +3720,7 @@ mod tests {
                 ),
             }
             .sign(key)?;
-            let mut s = store.lock().map_err(|e| e.to_string())?;
+            let mut s = store.write().map_err(|e| e.to_string())?;
             assert!(s.apply(&r, NOW, Freshness::Publish, None)?.is_winner());
             Ok(())
         };

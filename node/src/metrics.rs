@@ -148,8 +148,8 @@ pub const DNS_SOJOURN_SECONDS_BUCKETS: [f64; 13] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
-/// Buckets of `dpin_dns_store_lock_wait_seconds` (an answer's wait for the store's lock, when
-/// it was held): from a merge's few µs to a preempted holder's scheduler slices.
+/// Buckets of `dpin_dns_store_lock_wait_seconds` (an answer's wait for the store's read lock,
+/// when a writer held it): from a merge's few µs to a preempted holder's scheduler slices.
 pub const STORE_LOCK_WAIT_SECONDS_BUCKETS: [f64; 10] = [
     0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0,
 ];
@@ -281,8 +281,8 @@ impl Builder {
         );
         registry.register(
             "dpin_dns_store_lock_wait_seconds",
-            "How long a DNS answer waited for the store's lock, counted only when another \
-             thread held it",
+            "How long a DNS answer waited for the store's read lock, counted only when a \
+             writer held it",
             dns.store_lock_wait_seconds.clone(),
         );
         Self {

@@ -248,11 +248,7 @@ pub(super) async fn run_node(args: NodeArgs) -> Result<()> {
         health,
         move || crate::health::probe_targets(&probe_node),
         move || crate::health::Pace {
-            backlog: pace_node
-                .store_mutex()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .feed_backlog(),
+            backlog: crate::store::read(pace_node.shared_store()).feed_backlog(),
             joining: pace_node.joining(),
         },
     ));

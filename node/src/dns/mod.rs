@@ -116,8 +116,9 @@
 //!   `dpin_dns_udp_sojourn_seconds` (`SO_TIMESTAMPNS`). The second includes the wait in the
 //!   socket queue, which under load is most of the latency a client sees and which the first
 //!   cannot show; it is measured at the server, so a benchmark's own client delays are not in
-//!   it (`deploy/dns-bench.sh` reports its p99 beside dnsperf's). An answer that found the
-//!   store's lock held adds its wait to `dpin_dns_store_lock_wait_seconds`.
+//!   it (`deploy/dns-bench.sh` reports its p99 beside dnsperf's). Answers read the store under
+//!   its read lock, beside each other; one that found a writer holding it adds its wait to
+//!   `dpin_dns_store_lock_wait_seconds`.
 //!
 //! # Files
 //!

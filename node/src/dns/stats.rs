@@ -72,10 +72,11 @@ pub struct DnsStats {
     /// Answered UDP queries without a receive timestamp (the kernel gave none): not in
     /// `udp_sojourn_seconds`.
     pub udp_unstamped: AtomicU64,
-    /// How long an answer waited for the store's lock when another thread held it
-    /// (`dpin_dns_store_lock_wait_seconds`; an answer that found it free is not counted): the
-    /// other answer threads (on a shared core, one preempted while it holds the lock), or a
-    /// background thread (a gossip merge, a flush's snapshot, an anti-entropy answer).
+    /// How long an answer waited for the store's read lock when a writer held it
+    /// (`dpin_dns_store_lock_wait_seconds`; an answer that found it free, or held only by
+    /// readers, is not counted): a gossip merge, a flush's take of its dirty names, a
+    /// compaction step. Other answer threads, resolves and a flush's encoding read beside
+    /// it (with a mutex, stop 49, the other answer thread was about 90 % of the waiting).
     pub store_lock_wait_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
