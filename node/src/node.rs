@@ -846,9 +846,10 @@ impl Node {
     /// within what a task may run between awaits), and every hand-off to another thread is a
     /// wake-up that waits for a core when many nodes share few — at N = 20 on two cores those
     /// waits were most of a gossip hop's time, and an API write's round trip to a blocking
-    /// thread put two of them before its gossip left. Only when the store lock is held (a
-    /// flush taking its snapshot, a sync batch) does the apply move to a blocking thread, so
-    /// the task never waits on the lock.
+    /// thread put two of them before its gossip left. Only when the store lock is held (by a
+    /// reader: a DNS answer, a resolve, a flush encoding; or a writer: a sync batch, a
+    /// flush taking its dirty names) does the apply move to a blocking thread, so the task
+    /// never waits on the lock.
     pub async fn with_store_verified<T: Send + 'static>(
         &self,
         record: SignedRecord,
@@ -938,9 +939,9 @@ impl Node {
         f(&crate::store::read(&self.0.store))
     }
 
-    /// [`Self::read_store`] for a DNS answer: a wait for the lock, when another thread holds
-    /// it, goes into `dpin_dns_store_lock_wait_seconds` (an uncontended take costs no clock
-    /// read).
+    /// [`Self::read_store`] for a DNS answer: a wait for the lock, when a writer holds it,
+    /// goes into `dpin_dns_store_lock_wait_seconds` (a take beside other readers costs no
+    /// clock read).
     pub fn read_store_for_answer<T>(&self, f: impl FnOnce(&DurableStore) -> T) -> T {
         f(&read_timing_waits(
             &self.0.store,
