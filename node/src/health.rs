@@ -2547,7 +2547,7 @@ pub async fn run(
                 // the system at once instead of at the trimmer's next run. Measured at 10⁶
                 // records (scalebench, one round each): 463.7 MB resident without this
                 // trim, 355.6 MB with it.
-                crate::alloc::trim();
+                crate::alloc::trim_off_runtime().await;
             }
             last_refresh = Some(now);
         }

@@ -997,6 +997,7 @@ impl Node {
         self.0.health.encode(e)?;
         crate::api::http_stats().encode(e)?;
         crate::logs::limit().encode(e)?;
+        crate::alloc::encode(e)?;
         self.0.telemetry.dns.encode(e)?;
         self.blobs().stats.encode(e)?;
         crate::offers::OfferStats::of(self, now_ms()).encode(e)
