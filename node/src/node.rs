@@ -2359,6 +2359,14 @@ mod tests {
         assert!(sum > 0.0, "the wait has a length: {sum}");
     }
 
+    /// The node's count of DNS answers that waited for the store lock
+    /// (`dpin_dns_store_lock_wait_seconds_count`, which every node exposes).
+    async fn dns_lock_waits(api: std::net::SocketAddr) -> f64 {
+        let (_, text) = crate::metrics::tests::scrape(api).await;
+        crate::metrics::tests::value(&text, "dpin_dns_store_lock_wait_seconds_count")
+            .unwrap_or_else(|| panic!("the family is there: {text}"))
+    }
+
     /// A DNS answer reads the store while another thread reads it too (the node's other
     /// answer thread, a resolve, a flush encoding): it neither waits nor counts a wait. With
     /// the store behind a mutex, the two answer threads sharing a core waited for each other
@@ -2367,12 +2375,7 @@ mod tests {
     async fn a_dns_answer_does_not_wait_for_another_reader_of_the_store() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let (node, api) = crate::metrics::tests::node(dir.path()).await;
-        let waits = |text: &str| {
-            crate::metrics::tests::value(text, "dpin_dns_store_lock_wait_seconds_count")
-        };
-        let (_, text) = crate::metrics::tests::scrape(api).await;
-        let before = waits(&text).unwrap_or(-1.0);
-        assert!(before >= 0.0, "the family is there: {text}");
+        let before = dns_lock_waits(api).await;
 
         let (reading_tx, reading_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -2404,8 +2407,7 @@ mod tests {
             Some(0),
             "the answer was given while the other reader held the store"
         );
-        let (_, text) = crate::metrics::tests::scrape(api).await;
-        assert_eq!(waits(&text), Some(before), "no wait counted: {text}");
+        assert_eq!(dns_lock_waits(api).await, before, "no wait counted");
         Ok(())
     }
 
@@ -2416,12 +2418,7 @@ mod tests {
     async fn a_dns_answer_that_waited_for_the_store_lock_shows_on_metrics() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let (node, api) = crate::metrics::tests::node(dir.path()).await;
-        let waits = |text: &str| {
-            crate::metrics::tests::value(text, "dpin_dns_store_lock_wait_seconds_count")
-        };
-        let (_, text) = crate::metrics::tests::scrape(api).await;
-        let before = waits(&text).unwrap_or(-1.0);
-        assert!(before >= 0.0, "the family is there: {text}");
+        let before = dns_lock_waits(api).await;
 
         let held = crate::store::write(node.shared_store());
         let reader = {
@@ -2432,8 +2429,7 @@ mod tests {
         assert!(!reader.is_finished(), "the answer waits for the writer");
         drop(held);
         reader.join().expect("reader thread");
-        let (_, text) = crate::metrics::tests::scrape(api).await;
-        assert!(waits(&text).unwrap_or(0.0) >= before + 1.0, "{text}");
+        assert!(dns_lock_waits(api).await >= before + 1.0);
         Ok(())
     }
 

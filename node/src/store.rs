@@ -1040,6 +1040,15 @@ mod tests {
         .expect("signs")
     }
 
+    /// A thread that adds one to `lock`'s value under [`write_deferring`] with `defer`.
+    fn deferring_writer(
+        lock: &Arc<RwLock<u32>>,
+        defer: std::time::Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let lock = lock.clone();
+        std::thread::spawn(move || *write_deferring(&lock, defer) += 1)
+    }
+
     /// A writer that finds readers in the lock defers to them: while it waits, new readers
     /// still take the read lock (std's queued writer would hold them), and it takes the lock
     /// once the readers let go. The deferral here is long, so a slow machine cannot end it
@@ -1048,12 +1057,7 @@ mod tests {
     fn a_deferring_writer_lets_new_readers_in_and_writes_when_they_are_gone() {
         let lock = Arc::new(RwLock::new(0u32));
         let held = lock.read().expect("not poisoned");
-        let writer = {
-            let lock = lock.clone();
-            std::thread::spawn(move || {
-                *write_deferring(&lock, std::time::Duration::from_secs(60)) += 1;
-            })
-        };
+        let writer = deferring_writer(&lock, std::time::Duration::from_secs(60));
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!writer.is_finished(), "the writer waits for the reader");
         assert!(
@@ -1071,12 +1075,7 @@ mod tests {
     fn past_its_deferral_a_writer_queues_and_holds_new_readers() {
         let lock = Arc::new(RwLock::new(0u32));
         let held = lock.read().expect("not poisoned");
-        let writer = {
-            let lock = lock.clone();
-            std::thread::spawn(move || {
-                *write_deferring(&lock, std::time::Duration::ZERO) += 1;
-            })
-        };
+        let writer = deferring_writer(&lock, std::time::Duration::ZERO);
         // The writer queues within a moment; until it has, a new reader still gets in.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while lock.try_read().is_ok() && std::time::Instant::now() < deadline {
