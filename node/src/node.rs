@@ -590,13 +590,12 @@ fn read_timing_waits<'a, T>(
     m: &'a RwLock<T>,
     waits: &prometheus_client::metrics::histogram::Histogram,
 ) -> RwLockReadGuard<'a, T> {
-    let read = || m.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     match m.try_read() {
         Ok(g) => g,
         Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => {
             let waited = std::time::Instant::now();
-            let g = read();
+            let g = crate::store::read(m);
             waits.observe(waited.elapsed().as_secs_f64());
             g
         }
@@ -857,12 +856,7 @@ impl Node {
     ) -> Result<(T, Prepared<'static>), NodeError> {
         let prepared = Prepared::verified(record);
         let f = {
-            let held = match self.0.store.try_write() {
-                Ok(store) => Some(store),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            match held {
+            match crate::store::try_write(&self.0.store) {
                 Some(mut store) => {
                     let out = f(&mut store, &prepared);
                     return Ok((out, prepared));

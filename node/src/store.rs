@@ -222,13 +222,21 @@ struct Feed {
 /// with the mutex, and as many updates were applied.
 pub type SharedStore = RwLock<DurableStore>;
 
-/// The read lock of `store`. A poisoned lock means a panic while a writer held it; the data
-/// is still the last applied state (writes are durable before the index changes), so the
-/// node keeps serving.
-pub fn read(store: &SharedStore) -> RwLockReadGuard<'_, DurableStore> {
-    store
-        .read()
+/// The read lock of `lock` (the store's, [`SharedStore`]). A poisoned lock means a panic
+/// while a writer held it; the store is still the last applied state (writes are durable
+/// before the index changes), so the node keeps serving.
+pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The write lock of `lock` if no one holds it (poison as for [`read`]), else `None`.
+pub fn try_write<T>(lock: &RwLock<T>) -> Option<RwLockWriteGuard<'_, T>> {
+    match lock.try_write() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// How long a writer that finds the store held defers to readers before it queues for the
@@ -250,18 +258,13 @@ pub fn write(store: &SharedStore) -> RwLockWriteGuard<'_, DurableStore> {
 /// any writer, after which new readers wait for it. So readers on other cores cannot starve a
 /// writer: a write waits at most `defer` and its fair turn.
 pub fn write_deferring<T>(lock: &RwLock<T>, defer: std::time::Duration) -> RwLockWriteGuard<'_, T> {
-    let take = || match lock.try_write() {
-        Ok(g) => Some(g),
-        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-        Err(std::sync::TryLockError::WouldBlock) => None,
-    };
-    if let Some(g) = take() {
+    if let Some(g) = try_write(lock) {
         return g;
     }
     let deadline = std::time::Instant::now() + defer;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_micros(20));
-        if let Some(g) = take() {
+        if let Some(g) = try_write(lock) {
             return g;
         }
     }
