@@ -36,46 +36,13 @@ for v in N RATE PEERS DURATION SETTLE SAMPLE REST; do
 done
 (( SAMPLE > 0 )) || { echo "SAMPLE must be at least 1" >&2; exit 2; }
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-log() { echo "churn-bench: $*" >&2; }
-die() { log "$*"; exit 1; }
+. "$(dirname "$0")/bench-lib.sh"
+bench_start churn-bench
+bench_build
+bench_bins "$@"
+bench_fill "$N"
+rm -f "$WORK/queries"
 
-PIDS=()
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpin-churn-bench.XXXXXX")
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ "${KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "building dpin and dpin-bench (release)"
-(cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin -p dpin-sim --bin dpin-bench)
-BENCH="$REPO/target/release/dpin-bench"
-BINS=("$@")
-(( ${#BINS[@]} > 0 )) || BINS=("dpin=$REPO/target/release/dpin")
-for b in "${BINS[@]}"; do
-    [[ $b == *=* && -x ${b#*=} ]] || die "not NAME=EXECUTABLE: $b"
-done
-
-log "filling $N names"
-"$BENCH" dns-fill --records "$N" --data-dir "$WORK/fill" --zone-file "$WORK/zone" \
-    --queries "$WORK/queries" >&2
-rm -f "$WORK/zone" "$WORK/queries"
-
-# Waits until FILE has a line "KEY VALUE" and prints VALUE.
-wait_line() {
-    local file=$1 key=$2 i
-    for i in $(seq 300); do
-        local v
-        v=$(awk -v k="$key" '$1 == k { print $2; exit }' "$file" 2>/dev/null || true)
-        [[ -n $v ]] && { echo "$v"; return 0; }
-        sleep 0.1
-    done
-    die "no '$key' line in $file"
-}
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 applied() {
     curl -s --max-time 5 "http://$1/metrics" | awk '/^dpin_gossip_accepted_total / { print $2 }'
@@ -92,8 +59,8 @@ for b in "${BINS[@]}"; do
         > "$WORK/$name.out" 2> "$WORK/$name.log" &
     node=$!
     PIDS+=("$node")
-    target=$(wait_line "$WORK/$name.out" listen)
-    api=$(wait_line "$WORK/$name.out" api)
+    target=$(wait_line "$WORK/$name.out" listen 300)
+    api=$(wait_line "$WORK/$name.out" api 300)
     sleep "$SETTLE"
     before=$(rss_mb "$node")
     log "$name: RSS $before MB after $SETTLE s; $RATE updates/s from $PEERS peers for $DURATION s"

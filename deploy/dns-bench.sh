@@ -88,6 +88,9 @@ fi
 # with queries. DPIN_ARGS= (empty) measures with probing on.
 DPIN_ARGS=${DPIN_ARGS---no-probe}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+# The server-side p99 from the node's sojourn buckets (`sojourn_buckets`, `sojourn_p99`); this
+# script keeps its own log, clean-up and waits, defined below.
+. "$REPO/deploy/bench-lib.sh"
 
 log() { printf '[dns-bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -396,28 +399,6 @@ max_rate() {
         fi
     done
     echo "$best"
-}
-
-# The node's dpin_dns_udp_sojourn_seconds buckets (kernel receipt of a query to its response
-# handed back to the kernel), from its /metrics at $1; empty if they cannot be read.
-sojourn_buckets() {
-    curl -s --max-time 5 "http://$1/metrics" 2>/dev/null | grep '^dpin_dns_udp_sojourn_seconds_bucket' || true
-}
-# Server-side p99 (ms, interpolated within its bucket) and the share answered within 1 ms (%)
-# of the queries between two sojourn_buckets readings ($1 before, $2 after); "nan nan" if none.
-sojourn_p99() {
-    awk 'FNR == NR { b[$1] = $2; next }
-         { n++; d[n] = $2 - b[$1]; le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
-           lim[n] = (le == "+Inf") ? 1e9 : le + 0 }
-         END {
-           if (n == 0 || d[n] <= 0) { print "nan nan"; exit }
-           t = 0.99 * d[n]; pc = 0; pl = 0
-           for (i = 1; i <= n; i++) {
-             if (d[i] >= t) { v = (d[i] > pc) ? pl + (lim[i] - pl) * (t - pc) / (d[i] - pc) : lim[i]; break }
-             pc = d[i]; pl = lim[i]
-           }
-           for (i = 1; i <= n; i++) if (lim[i] == 0.001) w = d[i] / d[n]
-           printf "%.3f %.2f\n", v * 1000, w * 100 }' <(echo "$1") <(echo "$2")
 }
 
 # The server CPU's line of /proc/stat (its time in each state so far, in ticks).

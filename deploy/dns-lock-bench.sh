@@ -42,75 +42,34 @@ done
 (( CYCLES > 0 && ROUNDS > 0 && DURATION > 0 && QPS > 0 )) \
     || { echo "CYCLES, ROUNDS, DURATION and QPS must be at least 1" >&2; exit 2; }
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-log() { echo "dns-lock-bench: $*" >&2; }
-die() { log "$*"; exit 1; }
+. "$(dirname "$0")/bench-lib.sh"
+bench_start dns-lock-bench
 for tool in dnsperf chrt taskset curl; do
     command -v "$tool" >/dev/null || die "needs $tool (deploy/dns-bench.sh installs dnsperf)"
 done
+bench_build
+bench_bins "$@"
+bench_fill "$N"
 
-PIDS=()
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/dpin-dns-lock-bench.XXXXXX")
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ "${KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "building dpin and dpin-bench (release)"
-(cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin -p dpin-sim --bin dpin-bench)
-BENCH="$REPO/target/release/dpin-bench"
-BINS=("$@")
-(( ${#BINS[@]} > 0 )) || BINS=("dpin=$REPO/target/release/dpin")
-for b in "${BINS[@]}"; do
-    [[ $b == *=* && -x ${b#*=} ]] || die "not NAME=EXECUTABLE: $b"
-done
-
-log "filling $N names"
-"$BENCH" dns-fill --records "$N" --data-dir "$WORK/fill" --zone-file "$WORK/zone" \
-    --queries "$WORK/queries" >&2
-rm -f "$WORK/zone"
-
-# Waits until FILE has a line "KEY VALUE" and prints VALUE (a million names load first).
-wait_line() {
-    local file=$1 key=$2 i
-    for i in $(seq 600); do
-        local v
-        v=$(awk -v k="$key" '$1 == k { print $2; exit }' "$file" 2>/dev/null || true)
-        [[ -n $v ]] && { echo "$v"; return 0; }
-        sleep 0.1
-    done
-    die "no '$key' line in $file"
-}
 # The metrics one round's line is computed from.
 scrape() {
     curl -s --max-time 5 "http://$1/metrics" | grep -E \
         '^dpin_dns_udp_sojourn_seconds_bucket|^dpin_dns_store_lock_wait_seconds_(bucket|count|sum)|^dpin_records_total\{path="gossip",outcome="applied"\}' \
         || true
 }
-# One round from two scrapes ($1 before, $2 after): answers, p99 ms, % within 1 ms, waits,
-# their sum in ms, waits over 1 ms, updates applied.
+# One round from two scrapes ($1 before, $2 after): answers, p99 ms, % within 1 ms (from the
+# sojourn buckets, `sojourn_p99`), waits, their sum in ms, waits over 1 ms, updates applied.
 round() {
+    local buckets='^dpin_dns_udp_sojourn_seconds_bucket'
     awk 'FNR == NR { b[$1] = $2; next }
          { d = $2 - b[$1] }
-         /sojourn_seconds_bucket/ { n++; c[n] = d; le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
-                                   lim[n] = (le == "+Inf") ? 1e9 : le + 0 }
+         /sojourn_seconds_bucket/ && /le="\+Inf"/ { an = d }
          /lock_wait_seconds_bucket/ && /le="0.001"/ { w1 = d }
          /lock_wait_seconds_count/ { wc = d }
          /lock_wait_seconds_sum/ { ws = d }
          /records_total/ { ap = d }
-         END {
-           if (n == 0 || c[n] <= 0) { print "0 nan nan 0 0 0 0"; exit }
-           t = 0.99 * c[n]; pc = 0; pl = 0
-           for (i = 1; i <= n; i++) {
-             if (c[i] >= t) { v = (c[i] > pc) ? pl + (lim[i] - pl) * (t - pc) / (c[i] - pc) : lim[i]; break }
-             pc = c[i]; pl = lim[i]
-           }
-           for (i = 1; i <= n; i++) if (lim[i] == 0.001) w = c[i] / c[n]
-           printf "%d %.3f %.2f %d %.1f %d %d\n", c[n], v * 1000, w * 100, wc, ws * 1000, wc - w1, ap }' \
+         END { printf "%d %s %d %.1f %d %d\n", an, p, wc, ws * 1000, wc - w1, ap }' \
+        p="$(sojourn_p99 "$(grep "$buckets" <<<"$1")" "$(grep "$buckets" <<<"$2")")" \
         <(echo "$1") <(echo "$2")
 }
 
