@@ -2508,9 +2508,15 @@ pub const JOINING_DEFER: Duration = Duration::from_secs(120);
 /// Runs the prober forever: `targets` returns the endpoints to track by zone, called once per
 /// interval, sooner when `pace` says the store's change feed has a backlog, and not while it
 /// says the node is joining with one, for a bounded time ([`Pace`]).
+///
+/// `targets` runs on a blocking thread, not on the runtime: it takes the store's write lock
+/// for the change feed (a writer may wait for readers, [`crate::store::write`]) and, when the
+/// feed overflowed or at the first call, rebuilds the index from the whole store, about 2 s
+/// at 10⁶ records. On a runtime worker that held every task queued behind it (gossip, the
+/// API, the event loop's handles) for as long.
 pub async fn run(
     health: Arc<Health>,
-    targets: impl Fn() -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> + Send + 'static,
+    targets: impl Fn() -> Option<BTreeMap<ZoneId, BTreeSet<Target>>> + Send + Sync + 'static,
     pace: impl Fn() -> Pace + Send + 'static,
 ) {
     if !health.config.enabled {
@@ -2523,6 +2529,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_refresh: Option<Instant> = None;
     let started = Instant::now();
+    let targets = Arc::new(targets);
     loop {
         tick.tick().await;
         let now = Instant::now();
@@ -2538,8 +2545,13 @@ pub async fn run(
             Some(p) => due || p.backlog,
         };
         if refresh {
-            if let Some(mine) = targets() {
-                health.track(mine, now);
+            let refresh_targets = targets.clone();
+            match tokio::task::spawn_blocking(move || refresh_targets()).await {
+                Ok(Some(mine)) => health.track(mine, now),
+                Ok(None) => {}
+                // A panic in the refresh (a bug): keep probing what is tracked, try again at
+                // the next interval.
+                Err(e) => tracing::error!(%e, "the prober's target refresh failed"),
             }
             if last_refresh.is_none() {
                 // The first refresh built the index from the whole store and chose from all
@@ -3461,6 +3473,63 @@ mod tests {
         // Joining, but nothing arriving in bulk: the interval (200 ms) as usual.
         let (calls, _joining, task) = prober(Duration::from_secs(3600), false);
         wait_for_refreshes(&calls, 3).await;
+        task.abort();
+    }
+
+    /// A target refresh can take seconds (a rebuild of the index from 10⁶ records is about
+    /// 2 s), so it runs off the runtime: on a runtime of one thread, another task still runs
+    /// while a refresh is in progress. The refresh here waits (at most 5 s) for the test's
+    /// task to release it; run on the runtime's only thread, it would wait the whole 5 s with
+    /// that task unable to run, and say it was never released.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slow_target_refresh_does_not_hold_the_runtime() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc;
+        let started = Arc::new(AtomicBool::new(false));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = std::sync::Mutex::new(release_rx);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<bool>();
+        let done_tx = std::sync::Mutex::new(Some(done_tx));
+        let s = started.clone();
+        let config = HealthConfig {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+            ..HealthConfig::default()
+        };
+        let task = tokio::spawn(run(
+            Health::new(config),
+            move || {
+                s.store(true, Ordering::SeqCst);
+                let released = release_rx
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .recv_timeout(Duration::from_secs(5))
+                    .is_ok();
+                if let Some(tx) = done_tx
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                {
+                    let _ = tx.send(released);
+                }
+                None
+            },
+            || Pace {
+                backlog: false,
+                joining: false,
+            },
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !started.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the first refresh never started");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = release_tx.send(());
+        let released = done_rx.await.expect("the refresh reports");
+        assert!(
+            released,
+            "the refresh held the runtime's only thread: the task meant to release it never ran"
+        );
         task.abort();
     }
 
