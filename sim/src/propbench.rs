@@ -9,6 +9,12 @@
 //!   ([`dpin_node::net::MeshParams::for_cluster`]). Each node dials the previous ones (all of
 //!   them up to 13 nodes, else the 6 before it on a ring, about the node's target degree of
 //!   12). One clock: the time from `publish` at the origin to the last node's receipt.
+//! * **procs**: the raw side again with each swarm in its own process (`dpin-bench raw-peer`
+//!   children driven over stdin and stdout, [`raw_procs_side`]), timed from the origin's
+//!   `publish` to the last receipt on the host's `CLOCK_MONOTONIC`. dpin runs one process per
+//!   node, so every hop wakes another process, often on another core, where the in-process
+//!   swarms share two runtime threads; this side is that floor, before any of dpin's own
+//!   work, and the table gives dpin's p99 against it too (`--no-raw-procs` skips it).
 //! * **dpin**: N `dpin node` processes (`--no-probe --expected-nodes N`), one signed record per
 //!   message published over HTTP at the origin (origins rotate); the time from the HTTP
 //!   request to the last node having the record, observed in one or both ways
@@ -110,6 +116,20 @@ pub struct PropagationArgs {
     /// removed afterwards).
     #[arg(long)]
     pub base_dir: Option<PathBuf>,
+    /// Skip the third side: raw gossipsub with each swarm in its own process
+    /// (`dpin-bench raw-peer`), the floor any system of one process per node pays on this
+    /// machine.
+    #[arg(long)]
+    pub no_raw_procs: bool,
+}
+
+/// Arguments of `dpin-bench raw-peer`: one raw gossipsub swarm in this process, driven over
+/// stdin and stdout by `dpin-bench propagation` ([`raw_peer`]).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RawPeerArgs {
+    /// Cluster size, which sets the mesh parameters (as for the in-process swarms).
+    #[arg(long)]
+    pub nodes: usize,
 }
 
 /// How arrival at a dpin node is observed (see [`PropagationArgs::observe`]).
@@ -166,6 +186,8 @@ pub struct Row {
     pub raw: Side,
     /// dpin processes.
     pub dpin: Side,
+    /// Raw gossipsub, one process per swarm (`None`: not measured, `--no-raw-procs`).
+    pub raw_procs: Option<Side>,
 }
 
 impl Row {
@@ -177,6 +199,13 @@ impl Row {
     /// dpin p50 / raw p50.
     pub fn p50_ratio(&self) -> f64 {
         ratio(self.dpin.p50_ms, self.raw.p50_ms)
+    }
+
+    /// dpin p99 / raw p99 with one process per swarm (NaN when that side was skipped).
+    pub fn p99_ratio_procs(&self) -> f64 {
+        self.raw_procs
+            .as_ref()
+            .map_or(f64::NAN, |r| ratio(self.dpin.p99_ms, r.p99_ms))
     }
 }
 
@@ -256,6 +285,13 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
     for &n in &args.nodes {
         eprintln!("propagation: N={n}: raw gossipsub ...");
         let raw = raw_side(n, args).await?;
+        let raw_procs = if args.no_raw_procs {
+            None
+        } else {
+            eprintln!("propagation: N={n}: raw gossipsub, one process per swarm ...");
+            let exe = std::env::current_exe().context("this executable's path")?;
+            Some(raw_procs_side(n, args, &exe).await?)
+        };
         eprintln!("propagation: N={n}: dpin ...");
         let dir = base.join(format!("n{n}"));
         let d = dpin_side(n, args, &dpin, &dir).await;
@@ -268,6 +304,7 @@ pub async fn run(args: &PropagationArgs) -> Result<Vec<Row>> {
                 observe,
                 raw: raw.clone(),
                 dpin,
+                raw_procs: raw_procs.clone(),
             });
         }
     }
@@ -283,8 +320,9 @@ pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
     let mut out = format!(
         "propagation, origin to last node, ms ({} messages per size and side, one run; \
          dpin observed by blocking reads (wait) or DNS pollers (dns), or timed on the \
-         nodes' clocks from the publish's send to the last apply (applied)):\n\
-         {:>4} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8}\n",
+         nodes' clocks from the publish's send to the last apply (applied); procs: raw \
+         gossipsub with one process per swarm):\n\
+         {:>4} {:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10} {:>10} {:>9}\n",
         args.messages,
         "N",
         "observe",
@@ -297,11 +335,18 @@ pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
         "p50 x",
         "p99 x",
         "lost r/d",
-        "dns t/o"
+        "dns t/o",
+        "procs p50",
+        "procs p99",
+        "p99 x pr"
     );
     for r in rows {
+        let (procs_p50, procs_p99) = r
+            .raw_procs
+            .as_ref()
+            .map_or((f64::NAN, f64::NAN), |p| (p.p50_ms, p.p99_ms));
         out.push_str(&format!(
-            "{:>4} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10} {:>8}\n",
+            "{:>4} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>9.2} {:>10} {:>8} {:>10.2} {:>10.2} {:>9.2}\n",
             r.nodes,
             r.observe.as_str(),
             r.raw.p50_ms,
@@ -314,6 +359,9 @@ pub fn table(rows: &[Row], args: &PropagationArgs) -> String {
             r.p99_ratio(),
             format!("{}/{}", r.raw.lost, r.dpin.lost),
             r.dpin.dns_timeouts,
+            procs_p50,
+            procs_p99,
+            r.p99_ratio_procs(),
         ));
     }
     out
@@ -471,12 +519,7 @@ async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
     let (cpu_before, t_start) = (cluster::cpu_ticks(std::process::id()), Instant::now());
     for m in 0..args.messages {
         let origin = m % n;
-        let mut data = (m as u64).to_le_bytes().to_vec();
-        // Unique content (message ids are content hashes), padded to the payload size.
-        data.extend(std::iter::repeat_n(
-            0xa5u8,
-            args.payload_bytes.saturating_sub(8),
-        ));
+        let data = raw_payload(m as u64, args.payload_bytes);
         let (reply_tx, reply_rx) = oneshot::channel();
         publishers[origin]
             .send((data, reply_tx))
@@ -519,6 +562,255 @@ async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
     drop(publishers);
     for t in tasks {
         t.abort();
+    }
+    Ok(side(samples, lost, 0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw gossipsub, one process per swarm
+
+/// A line a `dpin-bench raw-peer` child prints, one per event, on stdout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PeerLine {
+    /// `listen ADDR`: its address, with `/p2p/PEER_ID`.
+    Listen(Multiaddr),
+    /// `mesh K`: its topic mesh now has K peers (printed when it changes).
+    Mesh(usize),
+    /// `sent M T`: message M handed to gossipsub at T (host monotonic µs), just after the
+    /// clock was read.
+    Sent(u64, u64),
+    /// `fail M`: gossipsub refused to publish message M.
+    Fail(u64),
+    /// `got M T`: message M received at T (host monotonic µs).
+    Got(u64, u64),
+}
+
+/// Parses one of [`PeerLine`]'s lines; `None` for anything else.
+fn parse_peer_line(line: &str) -> Option<PeerLine> {
+    let mut words = line.split_whitespace();
+    let kind = words.next()?;
+    let mut num = || words.next().and_then(|w| w.parse::<u64>().ok());
+    let parsed = match kind {
+        "listen" => PeerLine::Listen(line["listen".len()..].trim().parse().ok()?),
+        "mesh" => PeerLine::Mesh(usize::try_from(num()?).ok()?),
+        "sent" => PeerLine::Sent(num()?, num()?),
+        "fail" => PeerLine::Fail(num()?),
+        "got" => PeerLine::Got(num()?, num()?),
+        _ => return None,
+    };
+    Some(parsed)
+}
+
+/// A bench message's payload: its number, then padding to `payload_bytes` (unique content:
+/// message ids are content hashes).
+fn raw_payload(m: u64, payload_bytes: usize) -> Vec<u8> {
+    let mut data = m.to_le_bytes().to_vec();
+    data.extend(std::iter::repeat_n(0xa5u8, payload_bytes.saturating_sub(8)));
+    data
+}
+
+/// `dpin-bench raw-peer`: one raw gossipsub swarm ([`raw_swarm`], the in-process side's
+/// configuration) in this process, for [`raw_procs_side`]. Reads `dial ADDR` and
+/// `pub M BYTES` lines on stdin and prints [`PeerLine`]s on stdout, each as it happens; the
+/// clock is read before the line is written, so the write is not in the times. Ends when
+/// stdin closes.
+pub async fn raw_peer(args: &RawPeerArgs) -> Result<()> {
+    use std::io::Write as _;
+    use tokio::io::AsyncBufReadExt as _;
+    if args.nodes < 2 {
+        bail!("--nodes must be at least 2");
+    }
+    let topic = IdentTopic::new("dpin-propbench");
+    let mut s = raw_swarm(args.nodes, &topic)?;
+    s.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let me = *s.local_peer_id();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // One line per write (stdout is line-buffered); a closed pipe means the bench is gone.
+    let say = |line: String| writeln!(std::io::stdout(), "{line}").is_ok();
+    let mut mesh_tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_mesh = None;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line.context("reading stdin")? else { return Ok(()) };
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some("dial"), Some(addr), None) => {
+                        let addr: Multiaddr = addr.parse().context("dial address")?;
+                        s.dial(addr).context("dial")?;
+                    }
+                    (Some("pub"), Some(m), Some(bytes)) => {
+                        let m: u64 = m.parse().context("message number")?;
+                        let data = raw_payload(m, bytes.parse().context("payload size")?);
+                        let t = dpin_node::clock::host_mono_us();
+                        let ok = s.behaviour_mut().publish(topic.clone(), data).is_ok();
+                        let said = if ok { format!("sent {m} {t}") } else { format!("fail {m}") };
+                        if !say(said) {
+                            return Ok(());
+                        }
+                    }
+                    _ => bail!("raw-peer: unknown command {line:?}"),
+                }
+            }
+            ev = s.select_next_some() => {
+                let said = match ev {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        say(format!("listen {}", address.with(Protocol::P2p(me))))
+                    }
+                    SwarmEvent::Behaviour(gossipsub::Event::Message {
+                        propagation_source,
+                        message_id,
+                        message,
+                    }) => {
+                        let at = dpin_node::clock::host_mono_us();
+                        s.behaviour_mut().report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Accept,
+                        );
+                        let id = message.data.get(..8).and_then(|b| b.try_into().ok());
+                        id.is_none_or(|id| say(format!("got {} {at}", u64::from_le_bytes(id))))
+                    }
+                    _ => true,
+                };
+                if !said {
+                    return Ok(());
+                }
+            }
+            _ = mesh_tick.tick() => {
+                let k = s.behaviour().mesh_peers(&topic.hash()).count();
+                if last_mesh != Some(k) {
+                    last_mesh = Some(k);
+                    if !say(format!("mesh {k}")) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The raw side again with each swarm in its own process: `n` children of `exe`
+/// (`dpin-bench raw-peer`), the same topology and messages as [`raw_side`], timed on the
+/// host's monotonic clock from the origin's `publish` to the last receipt. Between this and
+/// the in-process side is what one process per node costs on this machine (waking another
+/// process on another core, for every hop) before any of dpin's own work.
+pub async fn raw_procs_side(
+    n: usize,
+    args: &PropagationArgs,
+    exe: &std::path::Path,
+) -> Result<Side> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut children = Vec::with_capacity(n);
+    let mut stdins = Vec::with_capacity(n);
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<(usize, PeerLine)>();
+    for i in 0..n {
+        let mut child = tokio::process::Command::new(exe)
+            .args(["raw-peer", "--nodes", &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} raw-peer", exe.display()))?;
+        let out = child.stdout.take().context("raw-peer stdout")?;
+        stdins.push(child.stdin.take().context("raw-peer stdin")?);
+        children.push(child);
+        let tx = line_tx.clone();
+        tokio::spawn(async move {
+            let mut out = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = out.next_line().await {
+                if let Some(parsed) = parse_peer_line(&l) {
+                    if tx.send((i, parsed)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(line_tx);
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let mut addrs: Vec<Option<Multiaddr>> = vec![None; n];
+    let mut mesh = vec![0usize; n];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while addrs.iter().any(Option::is_none) {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some((i, PeerLine::Listen(a)))) => addrs[i] = Some(a),
+            Ok(Some((i, PeerLine::Mesh(k)))) => mesh[i] = k,
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("a raw-peer process ended before it listened"),
+            Err(_) => bail!("raw-peer processes did not all listen within 10 s at N={n}"),
+        }
+    }
+    let addrs: Vec<Multiaddr> = addrs.into_iter().flatten().collect();
+    for (i, stdin) in stdins.iter_mut().enumerate() {
+        for j in dial_targets(i, n) {
+            stdin
+                .write_all(format!("dial {}\n", addrs[j]).as_bytes())
+                .await?;
+        }
+        stdin.flush().await?;
+    }
+    let mesh_low = dpin_node::net::MeshParams::for_cluster(n).n_low.min(n - 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while mesh.iter().any(|&k| k < mesh_low) {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some((i, PeerLine::Mesh(k)))) => mesh[i] = k,
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("a raw-peer process ended before its mesh formed"),
+            Err(_) => bail!("raw-peer meshes did not form within 30 s at N={n}"),
+        }
+    }
+    // Let the first heartbeats settle the meshes, as the other sides do.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let cpu = || -> u64 { pids.iter().filter_map(|&p| cluster::cpu_ticks(p)).sum() };
+    let (cpu_before, t_start) = (cpu(), Instant::now());
+    let mut samples = Vec::with_capacity(args.messages);
+    let mut lost = 0;
+    for m in 0..args.messages as u64 {
+        let origin = (m % n as u64) as usize;
+        stdins[origin]
+            .write_all(format!("pub {m} {}\n", args.payload_bytes).as_bytes())
+            .await?;
+        stdins[origin].flush().await?;
+        let (mut sent, mut failed) = (None, false);
+        let mut seen = vec![false; n];
+        seen[origin] = true;
+        let mut last = 0u64;
+        let end = tokio::time::Instant::now() + timeout;
+        // Receipts may be read before the origin's `sent`: collect both until complete.
+        while !failed && (sent.is_none() || seen.iter().any(|s| !s)) {
+            match tokio::time::timeout_at(end, lines.recv()).await {
+                Ok(Some((i, PeerLine::Sent(id, t)))) if id == m && i == origin => sent = Some(t),
+                Ok(Some((i, PeerLine::Fail(id)))) if id == m && i == origin => failed = true,
+                Ok(Some((i, PeerLine::Got(id, t)))) if id == m && !seen[i] => {
+                    seen[i] = true;
+                    last = last.max(t);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        match sent {
+            Some(t0) if !failed && seen.iter().all(|s| *s) => {
+                samples.push(Duration::from_micros(last.saturating_sub(t0)));
+            }
+            _ => lost += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+    let ms = cpu().saturating_sub(cpu_before) as f64 * 1e3 / cluster::clock_ticks();
+    eprintln!(
+        "propagation: N={n} raw, one process per swarm: the {n} processes used {:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
+        ms,
+        t_start.elapsed().as_secs_f64(),
+        ms / args.messages as f64,
+        ms / (args.messages * n) as f64,
+    );
+    drop(stdins);
+    for mut c in children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
     }
     Ok(side(samples, lost, 0))
 }
@@ -883,6 +1175,41 @@ mod tests {
             Some((ms(0), Duration::from_micros(4_000)))
         );
         assert_eq!(on_node_clocks(1_000, &stamps, 7), None, "no such origin");
+    }
+
+    #[test]
+    fn raw_peer_lines_parse_and_anything_else_is_ignored() {
+        let addr =
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        assert_eq!(
+            parse_peer_line(&format!("listen {addr}")),
+            Some(PeerLine::Listen(addr.parse().expect("an address")))
+        );
+        assert_eq!(parse_peer_line("mesh 4"), Some(PeerLine::Mesh(4)));
+        assert_eq!(
+            parse_peer_line("sent 7 123456"),
+            Some(PeerLine::Sent(7, 123_456))
+        );
+        assert_eq!(
+            parse_peer_line("got 7 123999"),
+            Some(PeerLine::Got(7, 123_999))
+        );
+        assert_eq!(parse_peer_line("fail 9"), Some(PeerLine::Fail(9)));
+        for junk in [
+            "",
+            "got",
+            "got 7",
+            "sent x 1",
+            "mesh -1",
+            "listen nonsense",
+            "hello 1 2",
+        ] {
+            assert_eq!(parse_peer_line(junk), None, "{junk:?}");
+        }
+        // The payload carries its number first, padded to the size asked for.
+        let p = raw_payload(7, 200);
+        assert_eq!((p.len(), &p[..8]), (200, &7u64.to_le_bytes()[..]));
+        assert_eq!(raw_payload(7, 3).len(), 8);
     }
 
     #[test]

@@ -105,6 +105,10 @@ enum Cmd {
     /// Publish-to-last-node propagation: dpin's real processes against raw in-process
     /// gossipsub at the same N, side by side in one run (issue 14).
     Propagation(dpin_sim::propbench::PropagationArgs),
+    /// One raw gossipsub swarm driven over stdin/stdout: what `propagation` starts for its
+    /// one-process-per-swarm side.
+    #[command(hide = true)]
+    RawPeer(dpin_sim::propbench::RawPeerArgs),
     /// A data dir of N bench names, the same names as a reference zone file, and a dnsperf
     /// query file (`deploy/dns-bench.sh` at data scale; issue 14).
     DnsFill(dpin_sim::dnsbench::FillArgs),
@@ -161,6 +165,9 @@ fn main() {
         Cmd::Propagation(args) => runtime()
             .and_then(|rt| rt.block_on(dpin_sim::propbench::run(&args)))
             .map(|_| ()),
+        Cmd::RawPeer(args) => {
+            runtime().and_then(|rt| rt.block_on(dpin_sim::propbench::raw_peer(&args)))
+        }
         Cmd::DnsFill(args) => dpin_sim::dnsbench::fill(&args),
         Cmd::PublishLoad(args) => {
             runtime().and_then(|rt| rt.block_on(dpin_sim::dnsbench::load(&args)))
