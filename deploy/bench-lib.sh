@@ -11,6 +11,8 @@
 #                         0.1 s up to TRIES times (default 600: a million names load first)
 #   sojourn_buckets API   the node's dpin_dns_udp_sojourn_seconds buckets from its /metrics
 #   sojourn_p99 BEFORE AFTER   server-side p99 (ms) and % within 1 ms between two readings
+#   have TOOL             TOOL is on PATH
+#   apt_install PKG...    installs Debian packages (through sudo unless root); fails without apt-get
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -28,6 +30,15 @@ bench_cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ "${KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+    have apt-get || return 1
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    log "installing $* from Debian packages"
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
 bench_build() {

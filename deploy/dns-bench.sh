@@ -88,13 +88,13 @@ fi
 # with queries. DPIN_ARGS= (empty) measures with probing on.
 DPIN_ARGS=${DPIN_ARGS---no-probe}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-# The server-side p99 from the node's sojourn buckets (`sojourn_buckets`, `sojourn_p99`); this
-# script keeps its own log, clean-up and waits, defined below.
+# The server-side p99 from the node's sojourn buckets (`sojourn_buckets`, `sojourn_p99`) and
+# the package installs (`have`, `apt_install`); this script keeps its own log, clean-up and
+# waits, defined below.
 . "$REPO/deploy/bench-lib.sh"
 
 log() { printf '[dns-bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------------------------------------
 # Clean-up: every process we start is recorded here and killed by pid on exit.
@@ -119,13 +119,6 @@ trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
 # 1. Tools
-SUDO=""
-[[ $(id -u) -eq 0 ]] || SUDO=sudo
-apt_install() {
-    have apt-get || return 1
-    log "installing $* from Debian packages"
-    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
-}
 have dnsperf || apt_install dnsperf || die "dnsperf is not installed and could not be installed"
 if [[ $REFERENCE == knot ]] && ! have knotd; then
     apt_install knot || { log "knot unavailable, trying nsd"; REFERENCE=nsd; }

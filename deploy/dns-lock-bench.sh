@@ -21,7 +21,8 @@
 #        (env: N, QPS, RATE, PEERS, CYCLES, ROUNDS, DURATION, SETTLE, SERVER_CPU, CLIENT_CPU,
 #         KEEP=1 keeps the work directory)
 # As measured for the README (stop 50):  CYCLES=3 deploy/dns-lock-bench.sh old=A new=B
-# Needs: 2+ CPUs, dnsperf (deploy/dns-bench.sh installs it), chrt and taskset (util-linux).
+# Needs: 2+ CPUs, dnsperf (installed from Debian packages if missing), chrt and taskset
+# (util-linux).
 # Alternate binaries and compare within one run: this machine's tail moves by 2x from one
 # hour to the next; the lock waits move much less.
 set -euo pipefail
@@ -44,8 +45,9 @@ done
 
 . "$(dirname "$0")/bench-lib.sh"
 bench_start dns-lock-bench
-for tool in dnsperf chrt taskset curl; do
-    command -v "$tool" >/dev/null || die "needs $tool (deploy/dns-bench.sh installs dnsperf)"
+have dnsperf || apt_install dnsperf || die "dnsperf is not installed and could not be installed"
+for tool in chrt taskset curl; do
+    have "$tool" || die "needs $tool"
 done
 bench_build
 bench_bins "$@"
