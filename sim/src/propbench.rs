@@ -217,6 +217,18 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// "used X ms of CPU in Y s, Z ms per message (W per node)": `ticks` of CPU (clock ticks,
+/// `/proc/PID/stat`) spent over `elapsed` on `messages` messages by `n` nodes.
+fn cpu_per_message(ticks: u64, elapsed: Duration, messages: usize, n: usize) -> String {
+    let ms = ticks as f64 * 1e3 / cluster::clock_ticks();
+    format!(
+        "used {ms:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
+        elapsed.as_secs_f64(),
+        ms / messages.max(1) as f64,
+        ms / (messages * n).max(1) as f64,
+    )
+}
+
 /// The `q`-quantile (nearest rank) of sorted `v`, in ms.
 fn quantile_ms(v: &[Duration], q: f64) -> f64 {
     if v.is_empty() {
@@ -550,13 +562,9 @@ async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
     if let (Some(a), Some(b)) = (cpu_before, cluster::cpu_ticks(std::process::id())) {
-        let ms = b.saturating_sub(a) as f64 * 1e3 / cluster::clock_ticks();
         eprintln!(
-            "propagation: N={n} raw: this process used {:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
-            ms,
-            t_start.elapsed().as_secs_f64(),
-            ms / args.messages as f64,
-            ms / (args.messages * n) as f64,
+            "propagation: N={n} raw: this process {}",
+            cpu_per_message(b.saturating_sub(a), t_start.elapsed(), args.messages, n)
         );
     }
     drop(publishers);
@@ -799,13 +807,14 @@ pub async fn raw_procs_side(
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
-    let ms = cpu().saturating_sub(cpu_before) as f64 * 1e3 / cluster::clock_ticks();
     eprintln!(
-        "propagation: N={n} raw, one process per swarm: the {n} processes used {:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
-        ms,
-        t_start.elapsed().as_secs_f64(),
-        ms / args.messages as f64,
-        ms / (args.messages * n) as f64,
+        "propagation: N={n} raw, one process per swarm: the {n} processes {}",
+        cpu_per_message(
+            cpu().saturating_sub(cpu_before),
+            t_start.elapsed(),
+            args.messages,
+            n
+        )
     );
     drop(stdins);
     for mut c in children {
@@ -935,7 +944,7 @@ async fn dpin_measure(
         out.extend(measure(&api, &targets, n, observe, args).await?);
         // What the nodes spent per message, all of them together: on a machine with few
         // cores this, not the network, bounds how fast a message can reach every node.
-        let ms = cpu().saturating_sub(before) as f64 * 1e3 / cluster::clock_ticks();
+        let spent = cpu().saturating_sub(before);
         if let (Some(a), Some(b)) = (bench_before, cluster::cpu_ticks(std::process::id())) {
             eprintln!(
                 "propagation: N={n} {}: the bench's observers and publisher used {:.0} ms",
@@ -944,12 +953,9 @@ async fn dpin_measure(
             );
         }
         eprintln!(
-            "propagation: N={n} {}: the {n} nodes used {:.0} ms of CPU in {:.1} s, {:.2} ms per message ({:.3} per node)",
+            "propagation: N={n} {}: the {n} nodes {}",
             observe.as_str(),
-            ms,
-            t.elapsed().as_secs_f64(),
-            ms / args.messages as f64,
-            ms / (args.messages * n) as f64,
+            cpu_per_message(spent, t.elapsed(), args.messages, n)
         );
     }
     Ok(out)
