@@ -72,7 +72,10 @@ pub struct Counters {
     pub unanswered: AtomicU64,
     /// Read rounds nobody answered.
     pub failed_rounds: AtomicU64,
-    /// Answers without endpoints.
+    /// Answers without endpoints, whatever the reason: the progress line's `no endpoints`.
+    /// Most are by design (a name deleted, expired, or not written yet where it was read,
+    /// a clock running ahead); the checker's `empty` at the end counts only those that were
+    /// outages.
     pub empty: AtomicU64,
     /// Acknowledged writes.
     pub acked: AtomicU64,

@@ -439,7 +439,7 @@ async fn progress(ctx: Ctx, duration: Duration) {
             parts.join(", ")
         };
         let line = format!(
-            "[{:>5.1}/{:.0}s] ops {} | reads ok {} no-answer {} | failed {} empty {} | acked writes {} stale refused {} | fault: {}",
+            "[{:>5.1}/{:.0}s] ops {} | reads ok {} no-answer {} | failed {} no endpoints {} | acked writes {} stale refused {} | fault: {}",
             start.elapsed().as_secs_f64(),
             duration.as_secs_f64(),
             c.ops.load(Ordering::Relaxed),
