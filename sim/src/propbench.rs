@@ -73,7 +73,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, Swarm};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::cluster::{self, Cluster, ClusterOptions, Layout};
 use crate::dnsq::{self, DnsAnswer};
@@ -444,145 +444,47 @@ fn raw_swarm(n: usize, topic: &IdentTopic) -> Result<Swarm<gossipsub::Behaviour>
     Ok(swarm)
 }
 
-/// A publish at one swarm: the payload, and where to say when it went out.
-type PublishCmd = (Vec<u8>, oneshot::Sender<Option<Instant>>);
-
-async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
-    let topic = IdentTopic::new("dpin-propbench");
-    let mut swarms = Vec::with_capacity(n);
-    let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = raw_swarm(n, &topic)?;
-        s.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-        let addr = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await
-        .context("a raw swarm did not start listening")?;
-        addrs.push(addr.with(Protocol::P2p(*s.local_peer_id())));
-        swarms.push(s);
-    }
-    for (i, s) in swarms.iter_mut().enumerate() {
-        for j in dial_targets(i, n) {
-            s.dial(addrs[j].clone())?;
-        }
-    }
-    let mesh_low = dpin_node::net::MeshParams::for_cluster(n).n_low.min(n - 1);
-    let meshed: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
-    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
-    let mut publishers = Vec::with_capacity(n);
-    let mut tasks = Vec::with_capacity(n);
-    for (i, mut s) in swarms.into_iter().enumerate() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<PublishCmd>();
-        publishers.push(tx);
-        let (topic, meshed, arrive_tx) = (topic.clone(), meshed.clone(), arrive_tx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut mesh_tick = tokio::time::interval(Duration::from_millis(50));
-            loop {
-                tokio::select! {
-                    cmd = rx.recv() => {
-                        let Some((data, reply)) = cmd else { return };
-                        let t = Instant::now();
-                        let ok = s.behaviour_mut().publish(topic.clone(), data).is_ok();
-                        let _ = reply.send(ok.then_some(t));
-                    }
-                    ev = s.select_next_some() => {
-                        if let SwarmEvent::Behaviour(gossipsub::Event::Message {
-                            propagation_source,
-                            message_id,
-                            message,
-                        }) = ev
-                        {
-                            let at = Instant::now();
-                            s.behaviour_mut().report_message_validation_result(
-                                &message_id,
-                                &propagation_source,
-                                MessageAcceptance::Accept,
-                            );
-                            if let Some(id) = message.data.get(..8).and_then(|b| b.try_into().ok()) {
-                                let _ = arrive_tx.send((i, u64::from_le_bytes(id), at));
-                            }
-                        }
-                    }
-                    _ = mesh_tick.tick() => {
-                        meshed[i].store(s.behaviour().mesh_peers(&topic.hash()).count(), Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    drop(arrive_tx);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while meshed.iter().any(|m| m.load(Ordering::Relaxed) < mesh_low) {
-        if Instant::now() > deadline {
-            bail!("raw gossipsub meshes did not form within 30 s at N={n}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Let the first heartbeats settle the meshes, as the dpin side waits for its peers.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let mut samples = Vec::with_capacity(args.messages);
-    let mut lost = 0;
-    let (cpu_before, t_start) = (cluster::cpu_ticks(std::process::id()), Instant::now());
-    for m in 0..args.messages {
-        let origin = m % n;
-        let data = raw_payload(m as u64, args.payload_bytes);
-        let (reply_tx, reply_rx) = oneshot::channel();
-        publishers[origin]
-            .send((data, reply_tx))
-            .map_err(|_| anyhow!("raw swarm {origin} stopped"))?;
-        let Ok(Some(t0)) = reply_rx.await else {
-            lost += 1;
-            continue;
-        };
-        let mut seen = vec![false; n];
-        seen[origin] = true;
-        let mut last = t0;
-        let end = tokio::time::Instant::now() + timeout;
-        while seen.iter().any(|s| !s) {
-            match tokio::time::timeout_at(end, arrive_rx.recv()).await {
-                Ok(Some((node, id, at))) if id == m as u64 && !seen[node] => {
-                    seen[node] = true;
-                    last = last.max(at);
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if seen.iter().all(|s| *s) {
-            samples.push(last.duration_since(t0));
-        } else {
-            lost += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
-    }
-    if let (Some(a), Some(b)) = (cpu_before, cluster::cpu_ticks(std::process::id())) {
-        eprintln!(
-            "propagation: N={n} raw: this process {}",
-            cpu_per_message(b.saturating_sub(a), t_start.elapsed(), args.messages, n)
-        );
-    }
-    drop(publishers);
-    for t in tasks {
-        t.abort();
-    }
-    Ok(side(samples, lost, 0))
+/// What a raw swarm is told to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SwarmCmd {
+    /// Dial this address.
+    Dial(Multiaddr),
+    /// Publish message M with a payload of this many bytes ([`raw_payload`]).
+    Publish(u64, usize),
 }
 
-// ---------------------------------------------------------------------------------------------
-// Raw gossipsub, one process per swarm
+impl SwarmCmd {
+    /// The line `dpin-bench raw-peer` reads for it.
+    fn line(&self) -> String {
+        match self {
+            SwarmCmd::Dial(a) => format!("dial {a}"),
+            SwarmCmd::Publish(m, bytes) => format!("pub {m} {bytes}"),
+        }
+    }
 
-/// A line a `dpin-bench raw-peer` child prints, one per event, on stdout.
+    /// Parses [`SwarmCmd::line`]'s form.
+    fn parse(line: &str) -> Result<SwarmCmd> {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("dial"), Some(addr), None, None) => {
+                Ok(SwarmCmd::Dial(addr.parse().context("dial address")?))
+            }
+            (Some("pub"), Some(m), Some(bytes), None) => Ok(SwarmCmd::Publish(
+                m.parse().context("message number")?,
+                bytes.parse().context("payload size")?,
+            )),
+            _ => bail!("raw-peer: unknown command {line:?}"),
+        }
+    }
+}
+
+/// What a raw swarm tells, one per event, the clock read first. The in-process side gets them
+/// over a channel; a `dpin-bench raw-peer` child prints them on stdout ([`PeerLine::line`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PeerLine {
     /// `listen ADDR`: its address, with `/p2p/PEER_ID`.
     Listen(Multiaddr),
-    /// `mesh K`: its topic mesh now has K peers (printed when it changes).
+    /// `mesh K`: its topic mesh now has K peers (told when it changes).
     Mesh(usize),
     /// `sent M T`: message M handed to gossipsub at T (host monotonic µs), just after the
     /// clock was read.
@@ -593,7 +495,20 @@ enum PeerLine {
     Got(u64, u64),
 }
 
-/// Parses one of [`PeerLine`]'s lines; `None` for anything else.
+impl PeerLine {
+    /// Its line on a child's stdout.
+    fn line(&self) -> String {
+        match self {
+            PeerLine::Listen(a) => format!("listen {a}"),
+            PeerLine::Mesh(k) => format!("mesh {k}"),
+            PeerLine::Sent(m, t) => format!("sent {m} {t}"),
+            PeerLine::Fail(m) => format!("fail {m}"),
+            PeerLine::Got(m, t) => format!("got {m} {t}"),
+        }
+    }
+}
+
+/// Parses [`PeerLine::line`]'s form; `None` for anything else.
 fn parse_peer_line(line: &str) -> Option<PeerLine> {
     let mut words = line.split_whitespace();
     let kind = words.next()?;
@@ -617,92 +532,136 @@ fn raw_payload(m: u64, payload_bytes: usize) -> Vec<u8> {
     data
 }
 
-/// `dpin-bench raw-peer`: one raw gossipsub swarm ([`raw_swarm`], the in-process side's
-/// configuration) in this process, for [`raw_procs_side`]. Reads `dial ADDR` and
-/// `pub M BYTES` lines on stdin and prints [`PeerLine`]s on stdout, each as it happens; the
-/// clock is read before the line is written, so the write is not in the times. Ends when
-/// stdin closes.
+/// Runs one raw swarm ([`raw_swarm`]) until `cmds` ends: listens on loopback, dials and
+/// publishes as told, accepts every message it receives (strict validation needs the
+/// verdict before forwarding), and tells `tell` each [`PeerLine`] as it happens. Ends early
+/// when `tell` returns false (nobody listens any more).
+async fn drive_raw_swarm(
+    nodes: usize,
+    mut cmds: mpsc::UnboundedReceiver<SwarmCmd>,
+    mut tell: impl FnMut(PeerLine) -> bool,
+) -> Result<()> {
+    let topic = IdentTopic::new("dpin-propbench");
+    let mut s = raw_swarm(nodes, &topic)?;
+    s.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let me = *s.local_peer_id();
+    let mut mesh_tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_mesh = None;
+    loop {
+        let told = tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None => return Ok(()),
+                Some(SwarmCmd::Dial(addr)) => {
+                    s.dial(addr).context("dial")?;
+                    true
+                }
+                Some(SwarmCmd::Publish(m, bytes)) => {
+                    let data = raw_payload(m, bytes);
+                    let t = dpin_node::clock::host_mono_us();
+                    match s.behaviour_mut().publish(topic.clone(), data) {
+                        Ok(_) => tell(PeerLine::Sent(m, t)),
+                        Err(_) => tell(PeerLine::Fail(m)),
+                    }
+                }
+            },
+            ev = s.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    tell(PeerLine::Listen(address.with(Protocol::P2p(me))))
+                }
+                SwarmEvent::Behaviour(gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                }) => {
+                    let at = dpin_node::clock::host_mono_us();
+                    s.behaviour_mut().report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Accept,
+                    );
+                    let id = message.data.get(..8).and_then(|b| b.try_into().ok());
+                    id.is_none_or(|id| tell(PeerLine::Got(u64::from_le_bytes(id), at)))
+                }
+                _ => true,
+            },
+            _ = mesh_tick.tick() => {
+                let k = s.behaviour().mesh_peers(&topic.hash()).count();
+                if last_mesh == Some(k) {
+                    true
+                } else {
+                    last_mesh = Some(k);
+                    tell(PeerLine::Mesh(k))
+                }
+            }
+        };
+        if !told {
+            return Ok(());
+        }
+    }
+}
+
+/// Raw gossipsub, the `N` swarms in this process (sharing its runtime's two threads), each
+/// driven by [`drive_raw_swarm`] and measured by [`measure_raw`].
+async fn raw_side(n: usize, args: &PropagationArgs) -> Result<Side> {
+    let (note_tx, mut notes) = mpsc::unbounded_channel::<(usize, PeerLine)>();
+    let mut cmds = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        cmds.push(cmd_tx);
+        let note_tx = note_tx.clone();
+        tasks.push(tokio::spawn(drive_raw_swarm(n, cmd_rx, move |l| {
+            note_tx.send((i, l)).is_ok()
+        })));
+    }
+    drop(note_tx);
+    let me = std::process::id();
+    let r = measure_raw(n, args, "raw: this process", &cmds, &mut notes, || {
+        cluster::cpu_ticks(me)
+    })
+    .await;
+    drop(cmds);
+    for t in tasks {
+        t.abort();
+    }
+    r
+}
+
+/// `dpin-bench raw-peer`: one raw swarm in this process ([`drive_raw_swarm`]), for
+/// [`raw_procs_side`]. Reads [`SwarmCmd`] lines on stdin and prints [`PeerLine`]s on stdout,
+/// each as it happens; the clock is read before the line is written, so the write is not in
+/// the times. Ends when stdin closes, or with an error on a line it does not know.
 pub async fn raw_peer(args: &RawPeerArgs) -> Result<()> {
     use std::io::Write as _;
     use tokio::io::AsyncBufReadExt as _;
     if args.nodes < 2 {
         bail!("--nodes must be at least 2");
     }
-    let topic = IdentTopic::new("dpin-propbench");
-    let mut s = raw_swarm(args.nodes, &topic)?;
-    s.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-    let me = *s.local_peer_id();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    // One line per write (stdout is line-buffered); a closed pipe means the bench is gone.
-    let say = |line: String| writeln!(std::io::stdout(), "{line}").is_ok();
-    let mut mesh_tick = tokio::time::interval(Duration::from_millis(50));
-    let mut last_mesh = None;
-    loop {
-        tokio::select! {
-            line = lines.next_line() => {
-                let Some(line) = line.context("reading stdin")? else { return Ok(()) };
-                let mut words = line.split_whitespace();
-                match (words.next(), words.next(), words.next()) {
-                    (Some("dial"), Some(addr), None) => {
-                        let addr: Multiaddr = addr.parse().context("dial address")?;
-                        s.dial(addr).context("dial")?;
-                    }
-                    (Some("pub"), Some(m), Some(bytes)) => {
-                        let m: u64 = m.parse().context("message number")?;
-                        let data = raw_payload(m, bytes.parse().context("payload size")?);
-                        let t = dpin_node::clock::host_mono_us();
-                        let ok = s.behaviour_mut().publish(topic.clone(), data).is_ok();
-                        let said = if ok { format!("sent {m} {t}") } else { format!("fail {m}") };
-                        if !say(said) {
-                            return Ok(());
-                        }
-                    }
-                    _ => bail!("raw-peer: unknown command {line:?}"),
-                }
-            }
-            ev = s.select_next_some() => {
-                let said = match ev {
-                    SwarmEvent::NewListenAddr { address, .. } => {
-                        say(format!("listen {}", address.with(Protocol::P2p(me))))
-                    }
-                    SwarmEvent::Behaviour(gossipsub::Event::Message {
-                        propagation_source,
-                        message_id,
-                        message,
-                    }) => {
-                        let at = dpin_node::clock::host_mono_us();
-                        s.behaviour_mut().report_message_validation_result(
-                            &message_id,
-                            &propagation_source,
-                            MessageAcceptance::Accept,
-                        );
-                        let id = message.data.get(..8).and_then(|b| b.try_into().ok());
-                        id.is_none_or(|id| say(format!("got {} {at}", u64::from_le_bytes(id))))
-                    }
-                    _ => true,
-                };
-                if !said {
-                    return Ok(());
-                }
-            }
-            _ = mesh_tick.tick() => {
-                let k = s.behaviour().mesh_peers(&topic.hash()).count();
-                if last_mesh != Some(k) {
-                    last_mesh = Some(k);
-                    if !say(format!("mesh {k}")) {
-                        return Ok(());
-                    }
-                }
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let commands = async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await.context("reading stdin")? {
+            if cmd_tx.send(SwarmCmd::parse(&line)?).is_err() {
+                break;
             }
         }
+        Ok(())
+    };
+    // One line per write (stdout is line-buffered); a closed pipe means the bench is gone.
+    let swarm = drive_raw_swarm(args.nodes, cmd_rx, |l| {
+        writeln!(std::io::stdout(), "{}", l.line()).is_ok()
+    });
+    tokio::select! {
+        r = commands => r,
+        r = swarm => r,
     }
 }
 
 /// The raw side again with each swarm in its own process: `n` children of `exe`
-/// (`dpin-bench raw-peer`), the same topology and messages as [`raw_side`], timed on the
-/// host's monotonic clock from the origin's `publish` to the last receipt. Between this and
-/// the in-process side is what one process per node costs on this machine (waking another
-/// process on another core, for every hop) before any of dpin's own work.
+/// (`dpin-bench raw-peer`), driven over their stdin and stdout, measured by [`measure_raw`]
+/// as the in-process side is. Between this and the in-process side is what one process per
+/// node costs on this machine (waking another process on another core, for every hop)
+/// before any of dpin's own work.
 pub async fn raw_procs_side(
     n: usize,
     args: &PropagationArgs,
@@ -710,8 +669,8 @@ pub async fn raw_procs_side(
 ) -> Result<Side> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
     let mut children = Vec::with_capacity(n);
-    let mut stdins = Vec::with_capacity(n);
-    let (line_tx, mut lines) = mpsc::unbounded_channel::<(usize, PeerLine)>();
+    let mut cmds = Vec::with_capacity(n);
+    let (note_tx, mut notes) = mpsc::unbounded_channel::<(usize, PeerLine)>();
     for i in 0..n {
         let mut child = tokio::process::Command::new(exe)
             .args(["raw-peer", "--nodes", &n.to_string()])
@@ -721,74 +680,113 @@ pub async fn raw_procs_side(
             .spawn()
             .with_context(|| format!("starting {} raw-peer", exe.display()))?;
         let out = child.stdout.take().context("raw-peer stdout")?;
-        stdins.push(child.stdin.take().context("raw-peer stdin")?);
+        let mut stdin = child.stdin.take().context("raw-peer stdin")?;
         children.push(child);
-        let tx = line_tx.clone();
+        let note_tx = note_tx.clone();
         tokio::spawn(async move {
             let mut out = tokio::io::BufReader::new(out).lines();
             while let Ok(Some(l)) = out.next_line().await {
                 if let Some(parsed) = parse_peer_line(&l) {
-                    if tx.send((i, parsed)).is_err() {
+                    if note_tx.send((i, parsed)).is_err() {
                         return;
                     }
                 }
             }
         });
+        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<SwarmCmd>();
+        cmds.push(cmd_tx);
+        tokio::spawn(async move {
+            while let Some(cmd) = cmd_rx.recv().await {
+                let line = format!("{}\n", cmd.line());
+                if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
-    drop(line_tx);
+    drop(note_tx);
     let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let r = measure_raw(
+        n,
+        args,
+        &format!("raw, one process per swarm: the {n} processes"),
+        &cmds,
+        &mut notes,
+        || Some(pids.iter().filter_map(|&p| cluster::cpu_ticks(p)).sum()),
+    )
+    .await;
+    drop(cmds);
+    for mut c in children {
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    r
+}
+
+/// The raw measurement over `n` swarms, wherever they run: told through `cmds` (one sender
+/// per swarm), heard through `notes` (swarm index, [`PeerLine`]). Collects the listen
+/// addresses, dials [`dial_targets`], waits until every mesh has the node's low mark of
+/// peers and a second more, then publishes `--messages` messages at rotating origins, each
+/// timed from the origin's `publish` to the last receipt on the host's monotonic clock
+/// (receipts may be heard before the origin's `sent`). Prints the CPU `cpu` (clock ticks)
+/// says `who` spent meanwhile.
+async fn measure_raw(
+    n: usize,
+    args: &PropagationArgs,
+    who: &str,
+    cmds: &[mpsc::UnboundedSender<SwarmCmd>],
+    notes: &mut mpsc::UnboundedReceiver<(usize, PeerLine)>,
+    cpu: impl Fn() -> Option<u64>,
+) -> Result<Side> {
+    let tell = |i: usize, cmd: SwarmCmd| {
+        cmds[i]
+            .send(cmd)
+            .map_err(|_| anyhow!("raw swarm {i} stopped"))
+    };
     let mut addrs: Vec<Option<Multiaddr>> = vec![None; n];
     let mut mesh = vec![0usize; n];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while addrs.iter().any(Option::is_none) {
-        match tokio::time::timeout_at(deadline, lines.recv()).await {
+        match tokio::time::timeout_at(deadline, notes.recv()).await {
             Ok(Some((i, PeerLine::Listen(a)))) => addrs[i] = Some(a),
             Ok(Some((i, PeerLine::Mesh(k)))) => mesh[i] = k,
             Ok(Some(_)) => {}
-            Ok(None) => bail!("a raw-peer process ended before it listened"),
-            Err(_) => bail!("raw-peer processes did not all listen within 10 s at N={n}"),
+            Ok(None) => bail!("a raw swarm ended before it listened"),
+            Err(_) => bail!("raw swarms did not all listen within 10 s at N={n}"),
         }
     }
     let addrs: Vec<Multiaddr> = addrs.into_iter().flatten().collect();
-    for (i, stdin) in stdins.iter_mut().enumerate() {
+    for i in 0..n {
         for j in dial_targets(i, n) {
-            stdin
-                .write_all(format!("dial {}\n", addrs[j]).as_bytes())
-                .await?;
+            tell(i, SwarmCmd::Dial(addrs[j].clone()))?;
         }
-        stdin.flush().await?;
     }
     let mesh_low = dpin_node::net::MeshParams::for_cluster(n).n_low.min(n - 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while mesh.iter().any(|&k| k < mesh_low) {
-        match tokio::time::timeout_at(deadline, lines.recv()).await {
+        match tokio::time::timeout_at(deadline, notes.recv()).await {
             Ok(Some((i, PeerLine::Mesh(k)))) => mesh[i] = k,
             Ok(Some(_)) => {}
-            Ok(None) => bail!("a raw-peer process ended before its mesh formed"),
-            Err(_) => bail!("raw-peer meshes did not form within 30 s at N={n}"),
+            Ok(None) => bail!("a raw swarm ended before its mesh formed"),
+            Err(_) => bail!("raw gossipsub meshes did not form within 30 s at N={n}"),
         }
     }
-    // Let the first heartbeats settle the meshes, as the other sides do.
+    // Let the first heartbeats settle the meshes, as the dpin side waits for its peers.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let cpu = || -> u64 { pids.iter().filter_map(|&p| cluster::cpu_ticks(p)).sum() };
     let (cpu_before, t_start) = (cpu(), Instant::now());
     let mut samples = Vec::with_capacity(args.messages);
     let mut lost = 0;
     for m in 0..args.messages as u64 {
         let origin = (m % n as u64) as usize;
-        stdins[origin]
-            .write_all(format!("pub {m} {}\n", args.payload_bytes).as_bytes())
-            .await?;
-        stdins[origin].flush().await?;
+        tell(origin, SwarmCmd::Publish(m, args.payload_bytes))?;
         let (mut sent, mut failed) = (None, false);
         let mut seen = vec![false; n];
         seen[origin] = true;
         let mut last = 0u64;
         let end = tokio::time::Instant::now() + timeout;
-        // Receipts may be read before the origin's `sent`: collect both until complete.
         while !failed && (sent.is_none() || seen.iter().any(|s| !s)) {
-            match tokio::time::timeout_at(end, lines.recv()).await {
+            match tokio::time::timeout_at(end, notes.recv()).await {
                 Ok(Some((i, PeerLine::Sent(id, t)))) if id == m && i == origin => sent = Some(t),
                 Ok(Some((i, PeerLine::Fail(id)))) if id == m && i == origin => failed = true,
                 Ok(Some((i, PeerLine::Got(id, t)))) if id == m && !seen[i] => {
@@ -807,19 +805,11 @@ pub async fn raw_procs_side(
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
-    eprintln!(
-        "propagation: N={n} raw, one process per swarm: the {n} processes {}",
-        cpu_per_message(
-            cpu().saturating_sub(cpu_before),
-            t_start.elapsed(),
-            args.messages,
-            n
-        )
-    );
-    drop(stdins);
-    for mut c in children {
-        let _ = c.start_kill();
-        let _ = c.wait().await;
+    if let (Some(a), Some(b)) = (cpu_before, cpu()) {
+        eprintln!(
+            "propagation: N={n} {who} {}",
+            cpu_per_message(b.saturating_sub(a), t_start.elapsed(), args.messages, n)
+        );
     }
     Ok(side(samples, lost, 0))
 }
@@ -1184,7 +1174,7 @@ mod tests {
     }
 
     #[test]
-    fn raw_peer_lines_parse_and_anything_else_is_ignored() {
+    fn raw_peer_lines_and_commands_parse_and_anything_else_is_refused() {
         let addr =
             "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
         assert_eq!(
@@ -1211,6 +1201,25 @@ mod tests {
             "hello 1 2",
         ] {
             assert_eq!(parse_peer_line(junk), None, "{junk:?}");
+        }
+        // Every line a swarm tells reads back as itself, and so does every command.
+        for l in [
+            PeerLine::Listen(addr.parse().expect("an address")),
+            PeerLine::Mesh(4),
+            PeerLine::Sent(7, 123_456),
+            PeerLine::Fail(9),
+            PeerLine::Got(7, 123_999),
+        ] {
+            assert_eq!(parse_peer_line(&l.line()), Some(l.clone()), "{l:?}");
+        }
+        for c in [
+            SwarmCmd::Dial(addr.parse().expect("an address")),
+            SwarmCmd::Publish(3, 200),
+        ] {
+            assert_eq!(SwarmCmd::parse(&c.line()).ok(), Some(c.clone()), "{c:?}");
+        }
+        for junk in ["", "dial", "pub 1", "pub x 200", "pub 1 200 9", "hello"] {
+            assert!(SwarmCmd::parse(junk).is_err(), "{junk:?}");
         }
         // The payload carries its number first, padded to the size asked for.
         let p = raw_payload(7, 200);
