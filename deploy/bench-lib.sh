@@ -11,6 +11,7 @@
 #                         0.1 s up to TRIES times (default 600: a million names load first)
 #   sojourn_buckets API   the node's dpin_dns_udp_sojourn_seconds buckets from its /metrics
 #   sojourn_p99 BEFORE AFTER   server-side p99 (ms) and % within 1 ms between two readings
+#   whole_numbers VAR...  exits 2, saying which, unless every VAR holds a whole number
 #   have TOOL             TOOL is on PATH
 #   apt_install PKG...    installs Debian packages (through sudo unless root); fails without apt-get
 
@@ -32,6 +33,12 @@ bench_cleanup() {
     if [[ "${KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 
+whole_numbers() {
+    local v
+    for v in "$@"; do
+        [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a whole number" >&2; exit 2; }
+    done
+}
 have() { command -v "$1" >/dev/null 2>&1; }
 apt_install() {
     have apt-get || return 1

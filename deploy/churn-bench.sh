@@ -31,12 +31,10 @@ DURATION=${DURATION:-300}
 SETTLE=${SETTLE:-5}
 SAMPLE=${SAMPLE:-30}
 REST=${REST:-60}
-for v in N RATE PEERS DURATION SETTLE SAMPLE REST; do
-    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a whole number" >&2; exit 2; }
-done
+. "$(dirname "$0")/bench-lib.sh"
+whole_numbers N RATE PEERS DURATION SETTLE SAMPLE REST
 (( SAMPLE > 0 )) || { echo "SAMPLE must be at least 1" >&2; exit 2; }
 
-. "$(dirname "$0")/bench-lib.sh"
 bench_start churn-bench
 bench_build
 bench_bins "$@"

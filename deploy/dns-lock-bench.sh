@@ -37,13 +37,11 @@ DURATION=${DURATION:-5}
 SETTLE=${SETTLE:-15}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-for v in N QPS RATE PEERS CYCLES ROUNDS DURATION SETTLE SERVER_CPU CLIENT_CPU; do
-    [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a whole number" >&2; exit 2; }
-done
+. "$(dirname "$0")/bench-lib.sh"
+whole_numbers N QPS RATE PEERS CYCLES ROUNDS DURATION SETTLE SERVER_CPU CLIENT_CPU
 (( CYCLES > 0 && ROUNDS > 0 && DURATION > 0 && QPS > 0 )) \
     || { echo "CYCLES, ROUNDS, DURATION and QPS must be at least 1" >&2; exit 2; }
 
-. "$(dirname "$0")/bench-lib.sh"
 bench_start dns-lock-bench
 have dnsperf || apt_install dnsperf || die "dnsperf is not installed and could not be installed"
 for tool in chrt taskset curl; do
