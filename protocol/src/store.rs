@@ -1271,7 +1271,9 @@ impl MemStore {
     /// One bucket of a compaction walk ([`MemStore::compaction_walk_start`]): the names in
     /// `bucket` whose bodies may be dropped at `now_ms`, and the earliest time another body in
     /// it becomes compactable (`u64::MAX` if none). The bound leaves out the names returned:
-    /// the caller drops their bodies ([`Store::compact_names`]) before it lets go of the store.
+    /// the caller drops their bodies ([`Store::compact_names`]) before the walk ends. It may
+    /// let go of the store in between (scan under a read lock, drop under the write lock): a
+    /// name written meanwhile lowered the bound itself, and `compact_names` leaves its body.
     pub fn compactable_in(&self, bucket: u8, now_ms: u64) -> (Vec<String>, u64) {
         let mut next = u64::MAX;
         let mut out = Vec::new();
