@@ -11,7 +11,8 @@
 //!   with the reserved-name index and the change feed (instead of whole-store scans).
 //!   [`replica_log`]: gossiped records' entries appended the moment they apply (kept across
 //!   a SIGKILL) and folded into redb 4 at a time or a second after, instead of a commit per
-//!   record.
+//!   record. [`store_writer`]: the thread, at the DNS answers' priority, that takes the store's
+//!   write lock for every applied record.
 //! * [`watch`] — blocking reads: waiters on a name, woken by the store's changes
 //!   (`?wait_seq=N`, `dpin resolve --wait-seq`).
 //! * [`node`] — glue: gossip validation through the merge rule, anti-entropy sessions, publish.
@@ -77,5 +78,6 @@ pub mod priority;
 pub mod publish;
 pub mod replica_log;
 pub mod store;
+pub mod store_writer;
 pub mod sync_slot;
 pub mod watch;

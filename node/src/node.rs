@@ -474,6 +474,9 @@ pub struct Shared {
     pub(crate) expects_peers: std::sync::atomic::AtomicBool,
     /// What anti-entropy taught this node that it relays on gossip ([`Node::relay`]).
     relay: Mutex<dpin_protocol::relay::Relay>,
+    /// The thread every apply takes the store's write lock on ([`crate::store_writer`]);
+    /// `None` if it could not be started (applies then run on the blocking pool).
+    writer: Option<crate::store_writer::StoreWriter>,
 }
 
 /// Cheap cloneable handle to the node. Other modules use its methods, not its fields
@@ -645,6 +648,11 @@ impl Node {
             relay: Mutex::new(dpin_protocol::relay::Relay::new(
                 dpin_protocol::relay::RelayConfig::default(),
             )),
+            writer: crate::store_writer::StoreWriter::start(crate::dns::DEFAULT_UDP_SLICE_US)
+                .inspect_err(|e| {
+                    tracing::warn!(%e, "no store writer thread: applies run on the blocking pool");
+                })
+                .ok(),
         }))
     }
 
@@ -825,45 +833,50 @@ impl Node {
             .map_err(|e| e.to_string())
     }
 
-    /// Runs `f` on the store from a blocking thread (the store fsyncs).
+    /// Runs `f` under the store's write lock on the store writer thread
+    /// ([`crate::store_writer`]: at the DNS answer threads' priority, so an answer that finds
+    /// the lock held waits only for `f`), or on the blocking pool if that thread could not be
+    /// started. Never on the calling task: the runtime's threads run below the answers'
+    /// priority, and one preempted while holding the lock held every answer behind it.
     pub async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut DurableStore) -> T + Send + 'static,
     ) -> Result<T, NodeError> {
-        let shared = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&mut crate::store::write(&shared.store)))
+        self.on_store_writer(move |store| f(&mut crate::store::write(store)))
             .await
-            .map_err(|e| NodeError::Task(e.to_string()))
+    }
+
+    /// Runs `f` with the store's lock on the store writer thread, or on the blocking pool if
+    /// that thread could not be started ([`Node::with_store`]), for work that takes the
+    /// write lock more than once.
+    async fn on_store_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::SharedStore) -> T + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let shared = self.0.clone();
+        let job = move || f(&shared.store);
+        match &self.0.writer {
+            Some(writer) => writer
+                .run(job)
+                .await
+                .map_err(|e| NodeError::Task(e.to_string())),
+            None => tokio::task::spawn_blocking(job)
+                .await
+                .map_err(|e| NodeError::Task(e.to_string())),
+        }
     }
 
     /// Runs `f` on the store with `record` prepared for [`Store::apply_prepared`]: encoded,
-    /// hashed and its signature verified *before* the store lock is taken, so resolves and
-    /// DNS answers never wait behind a signature check. Returns `f`'s result and the prepared
-    /// record (its wire bytes are what gossip sends).
-    ///
-    /// It runs on the calling task: a record is small (one signature check, tens of µs,
-    /// within what a task may run between awaits), and every hand-off to another thread is a
-    /// wake-up that waits for a core when many nodes share few — at N = 20 on two cores those
-    /// waits were most of a gossip hop's time, and an API write's round trip to a blocking
-    /// thread put two of them before its gossip left. Only when the store lock is held (by a
-    /// reader: a DNS answer, a resolve, a flush encoding; or a writer: a sync batch, a
-    /// flush taking its dirty names) does the apply move to a blocking thread, so the task
-    /// never waits on the lock.
+    /// hashed and its signature verified on the calling task *before* the store lock is
+    /// taken, so resolves and DNS answers never wait behind a signature check; `f` then runs
+    /// under the write lock through [`Node::with_store`]. Returns `f`'s result and the
+    /// prepared record (its wire bytes are what gossip sends).
     pub async fn with_store_verified<T: Send + 'static>(
         &self,
         record: SignedRecord,
         f: impl FnOnce(&mut DurableStore, &Prepared<'static>) -> T + Send + 'static,
     ) -> Result<(T, Prepared<'static>), NodeError> {
         let prepared = Prepared::verified(record);
-        let f = {
-            match crate::store::try_write(&self.0.store) {
-                Some(mut store) => {
-                    let out = f(&mut store, &prepared);
-                    return Ok((out, prepared));
-                }
-                None => f,
-            }
-        };
         self.with_store(move |s| {
             let out = f(s, &prepared);
             (out, prepared)
@@ -1548,7 +1561,7 @@ impl Node {
             return 0;
         }
         let shared = self.0.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let verified = tokio::task::spawn_blocking(move || {
             // Held copies set aside (names formatted before the lock, one lock for all).
             let named: Vec<(String, SignedRecord, Vec<u8>)> =
                 decoded.into_iter().map(|(r, b)| (r.name(), r, b)).collect();
@@ -1568,27 +1581,45 @@ impl Node {
                 .map(|((n, r, _), _)| Prepared::new(r).with_name(n))
                 .collect();
             Prepared::verify_all(&mut prepared);
-            let mut s = crate::store::write(&shared.store);
-            let mut outcomes = s.apply_prepared_batch(&prepared, now_ms(), Freshness::Replicate)?;
-            let generation = s.generation();
-            drop(s);
-            // What the relay policy picks of what changed the store (copied only then: a
-            // joiner's bulk batches are not relayed).
-            let changed = outcomes.iter().filter(|o| o.changed_store()).count();
-            let mono = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let plan = lock(&shared.relay).plan(mono, changed);
-            let relay: Vec<Vec<u8>> = prepared
-                .iter()
-                .zip(&outcomes)
-                .filter(|(_, o)| o.changed_store())
-                .take(plan.relay)
-                .map(|(p, _)| p.wire().to_vec())
-                .collect();
-            outcomes.extend(std::iter::repeat_n(Outcome::Duplicate, copies));
-            Ok((outcomes, generation, (plan, relay)))
+            (prepared, copies)
         })
         .await
         .map_err(|e| NodeError::Task(e.to_string()));
+        // Applied on the store writer, a few records per hold of the lock, so a chunk of
+        // thousands does not hold the DNS answers for its whole apply.
+        let applied = match verified {
+            Ok((prepared, copies)) => {
+                self.on_store_writer(move |store| {
+                    crate::store::apply_in_holds(
+                        store,
+                        &prepared,
+                        now_ms(),
+                        Freshness::Replicate,
+                        std::thread::yield_now,
+                    )
+                    .map(|(outcomes, generation)| (outcomes, generation, prepared, copies))
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let result = applied.map(|r| {
+            r.map(|(mut outcomes, generation, prepared, copies)| {
+                // What the relay policy picks of what changed the store (copied only then: a
+                // joiner's bulk batches are not relayed).
+                let changed = outcomes.iter().filter(|o| o.changed_store()).count();
+                let plan = lock(&self.0.relay).plan(self.mono_ms(), changed);
+                let relay: Vec<Vec<u8>> = prepared
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| o.changed_store())
+                    .take(plan.relay)
+                    .map(|(p, _)| p.wire().to_vec())
+                    .collect();
+                outcomes.extend(std::iter::repeat_n(Outcome::Duplicate, copies));
+                (outcomes, generation, (plan, relay))
+            })
+        });
         let result = match result {
             Ok(Ok((outcomes, _, relay))) if durable == Durable::Soon => {
                 if outcomes.iter().any(Outcome::changed_store) {

@@ -272,6 +272,37 @@ pub fn write_deferring<T>(lock: &RwLock<T>, defer: std::time::Duration) -> RwLoc
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Most records a batch applies per hold of the write lock ([`apply_in_holds`]): about 12 µs
+/// each at 10⁶ names, so a hold stays near 0.2 ms. A sync chunk carries up to
+/// [`dpin_protocol::digest::MAX_RECORDS_PER_CHUNK`] (2,048) records, which in one hold kept
+/// the DNS answers waiting about 25 ms.
+pub const APPLY_HOLD_RECORDS: usize = 16;
+
+/// Applies `records` (prepared and verified) in order, [`APPLY_HOLD_RECORDS`] per hold of the
+/// write lock, calling `between` after each hold but the last (the node yields the core
+/// there, so readers woken by the release take the lock before the next hold). Returns every
+/// outcome and the store's generation after the last apply. An error stops the batch; the
+/// records applied before it stay applied, as with one hold.
+pub fn apply_in_holds(
+    store: &SharedStore,
+    records: &[dpin_protocol::store::Prepared<'_>],
+    now_ms: u64,
+    freshness: dpin_protocol::Freshness,
+    mut between: impl FnMut(),
+) -> Result<(Vec<dpin_protocol::Outcome>, u64), StoreError> {
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut chunks = records.chunks(APPLY_HOLD_RECORDS).peekable();
+    while let Some(chunk) = chunks.next() {
+        let mut s = write(store);
+        outcomes.extend(s.apply_prepared_batch(chunk, now_ms, freshness)?);
+        drop(s);
+        if chunks.peek().is_some() {
+            between();
+        }
+    }
+    Ok((outcomes, read(store).generation()))
+}
+
 /// The node's store. Not internally synchronised: the node keeps it behind one lock
 /// ([`SharedStore`]) so that decide-and-index happens atomically per record; durability is
 /// [`Persister`]'s job.
@@ -1074,6 +1105,47 @@ mod tests {
         drop(held);
         writer.join().expect("writer thread");
         assert_eq!(*lock.read().expect("not poisoned"), 1);
+    }
+
+    /// A batch is applied [`APPLY_HOLD_RECORDS`] records per hold of the write lock, and the
+    /// lock is free between holds (readers get in there), not taken once for the whole batch.
+    #[test]
+    fn a_batch_applies_in_holds_of_a_few_records_with_the_lock_free_between(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = RwLock::new(DurableStore::open(&dir.path().join("store.redb"))?);
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let n = APPLY_HOLD_RECORDS * 3 + 5;
+        let mut prepared: Vec<dpin_protocol::store::Prepared<'static>> = (0..n)
+            .map(|i| {
+                let body = RecordBody {
+                    zone: key.zone(),
+                    label: format!("svc{i}"),
+                    seq: 1,
+                    expires_at_ms: NOW + 3_600_000,
+                    content: Content::Endpoints(vec!["127.0.0.1:80".parse().expect("endpoint")]),
+                };
+                dpin_protocol::store::Prepared::new(body.sign(&key).expect("signs"))
+            })
+            .collect();
+        dpin_protocol::store::Prepared::verify_all(&mut prepared);
+        let mut seen = Vec::new();
+        let (outcomes, generation) =
+            apply_in_holds(&store, &prepared, NOW, Freshness::Replicate, || {
+                let free = store.try_read().expect("the lock is free between holds");
+                seen.push(free.len());
+            })?;
+        let holds: Vec<usize> = (1..=3).map(|h| h * APPLY_HOLD_RECORDS).collect();
+        assert_eq!(
+            seen, holds,
+            "each hold applied the next {APPLY_HOLD_RECORDS}"
+        );
+        assert_eq!(outcomes.len(), n);
+        assert!(outcomes.iter().all(Outcome::changed_store), "{outcomes:?}");
+        let s = read(&store);
+        assert_eq!(s.len(), n);
+        assert_eq!(generation, s.generation());
+        Ok(())
     }
 
     /// Past its deferral a writer queues like any other, so readers that keep coming cannot
