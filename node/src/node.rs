@@ -2324,27 +2324,10 @@ mod tests {
         let due = node.read_store(|s| s.mem().compaction_due(now_ms()));
         assert!(due, "the walk under test runs");
 
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let holder = {
-            let (node, released) = (node.clone(), released.clone());
-            std::thread::spawn(move || {
-                let held = crate::store::read(node.shared_store());
-                let _ = locked_tx.send(());
-                // Let go when told, or after 5 s so a walk blocked on the write lock ends
-                // (the test then fails below).
-                let _ = release_rx.recv_timeout(Duration::from_secs(5));
-                released.store(true, Ordering::SeqCst);
-                drop(held);
-            })
-        };
-        locked_rx.recv()?;
+        let holder = StoreHolder::start(&node, Lock::Read);
         let (dropped, _) = node.compact(now_ms()).await?;
-        let walked_beside_the_reader = !released.load(Ordering::SeqCst);
-        // The holder is gone if it waited out its 5 s.
-        let _ = release_tx.send(());
-        holder.join().expect("holder thread");
+        let walked_beside_the_reader = !holder.released();
+        holder.finish();
         assert!(
             walked_beside_the_reader,
             "the walk waited for the reader to let go of the store"
@@ -2355,10 +2338,64 @@ mod tests {
         Ok(())
     }
 
-    /// A write verifies and applies on the calling task while the store lock is free, and
-    /// moves to a blocking thread while another thread holds it: the runtime's thread never
-    /// waits on the lock. On a one-thread runtime a write that took the lock inline would
-    /// stop every other task until the holder let go.
+    /// A thread holding the store's lock until told to let go ([`StoreHolder::finish`]), or
+    /// for 5 s at most, so that whatever a test blocks on it ends (and the test fails).
+    struct StoreHolder {
+        released: Arc<std::sync::atomic::AtomicBool>,
+        release: std::sync::mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    /// Which of the store's locks a [`StoreHolder`] takes.
+    #[derive(Clone, Copy)]
+    enum Lock {
+        Read,
+        Write,
+    }
+
+    impl StoreHolder {
+        /// Returns once the thread holds the lock.
+        fn start(node: &Node, which: Lock) -> Self {
+            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let thread = {
+                let (node, released) = (node.clone(), released.clone());
+                std::thread::spawn(move || {
+                    let store = node.shared_store();
+                    let (_read, _write) = match which {
+                        Lock::Read => (Some(crate::store::read(store)), None),
+                        Lock::Write => (None, Some(crate::store::write(store))),
+                    };
+                    let _ = locked_tx.send(());
+                    let _ = release_rx.recv_timeout(Duration::from_secs(5));
+                    released.store(true, Ordering::SeqCst);
+                })
+            };
+            locked_rx.recv().expect("the holder takes the lock");
+            Self {
+                released,
+                release,
+                thread,
+            }
+        }
+
+        /// Whether the holder has let go (told to, or after its 5 s).
+        fn released(&self) -> bool {
+            self.released.load(Ordering::SeqCst)
+        }
+
+        /// Tells the holder to let go (it is gone if it waited out its 5 s) and joins it.
+        fn finish(self) {
+            let _ = self.release.send(());
+            self.thread.join().expect("holder thread");
+        }
+    }
+
+    /// A write verifies on the calling task and applies on the store writer thread
+    /// ([`crate::store_writer`]): the runtime's thread never waits on the store lock. On a
+    /// one-thread runtime a write that took the lock inline would stop every other task
+    /// until the holder let go.
     #[tokio::test(flavor = "current_thread")]
     async fn a_write_waits_for_a_held_store_lock_off_the_runtime_thread() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -2370,22 +2407,7 @@ mod tests {
         };
         node.publish(sign("free"), None).await?;
 
-        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let holder = {
-            let (node, released) = (node.clone(), released.clone());
-            std::thread::spawn(move || {
-                let held = crate::store::write(node.shared_store());
-                let _ = locked_tx.send(());
-                // Let go when told, or after 5 s so a runtime blocked on the lock is not
-                // stuck for ever (the test then fails below).
-                let _ = release_rx.recv_timeout(Duration::from_secs(5));
-                released.store(true, Ordering::SeqCst);
-                drop(held);
-            })
-        };
-        locked_rx.recv()?;
+        let holder = StoreHolder::start(&node, Lock::Write);
         let write = tokio::spawn({
             let (node, record) = (node.clone(), sign("held"));
             async move { node.publish(record, None).await }
@@ -2394,14 +2416,13 @@ mod tests {
         // still held only if the write did not take the thread to wait on the lock.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
-            !released.load(Ordering::SeqCst),
+            !holder.released(),
             "the runtime thread was blocked until the lock was let go"
         );
         assert!(!write.is_finished(), "the write waits for the lock");
-        release_tx.send(())?;
+        holder.finish();
         let result = write.await??;
         assert!(result.outcome.changed_store(), "{:?}", result.outcome);
-        holder.join().expect("holder thread");
         let held = node.read_store(|s| s.len());
         assert_eq!(held, 2);
         Ok(())
