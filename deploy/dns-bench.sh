@@ -33,7 +33,8 @@
 #                                        DPIN_ARGS, FILL=cli|direct, GOSSIP_RATE,
 #                                        GOSSIP_VIA=peers|nodes, GOSSIP_PEERS,
 #                                        LOAD_CPU=client|server, LOAD_NICE,
-#                                        KEEP=1 keeps the work directory)
+#                                        KEEP=1 keeps the work directory, DPIN=PATH measures
+#                                        that dpin binary instead of building the tree's)
 # At data scale (issue 14's target):  N=1000000 GOSSIP_RATE=1000 LOAD_CPU=client LOAD_NICE=idle deploy/dns-bench.sh
 # Needs: 2+ CPUs, Debian/Ubuntu (apt-get) or dnsperf + knotd/nsd already installed, cargo.
 # Other load on the machine (e.g. a parallel build) skews the absolute figures; the ratio,
@@ -131,14 +132,22 @@ have taskset || die "taskset (util-linux) is required"
 
 # ---------------------------------------------------------------------------------------------
 # 2. dpin
-if [[ $FILL == direct || $GOSSIP_RATE != 0 ]]; then
-    log "building dpin and dpin-bench (release)"
-    (cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin -p dpin-sim --bin dpin-bench)
+# DPIN=PATH measures that binary instead of the tree's (another build, against the same
+# reference on the same day); dpin-bench is still the tree's.
+if [[ -n ${DPIN:-} ]]; then
+    [[ -x $DPIN ]] || die "DPIN is not an executable: $DPIN"
+    build=()
 else
-    log "building dpin (release)"
-    (cd "$REPO" && cargo build --release -q -p dpin-node --bin dpin)
+    build=(-p dpin-node --bin dpin)
+    DPIN="$REPO/target/release/dpin"
 fi
-DPIN="$REPO/target/release/dpin"
+if [[ $FILL == direct || $GOSSIP_RATE != 0 ]]; then
+    build+=(-p dpin-sim --bin dpin-bench)
+fi
+if (( ${#build[@]} > 0 )); then
+    log "building ${build[*]} (release)"
+    (cd "$REPO" && cargo build --release -q "${build[@]}")
+fi
 BENCH="$REPO/target/release/dpin-bench"
 
 # Waits until FILE has a line "KEY VALUE" and prints VALUE.

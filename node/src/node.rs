@@ -1,10 +1,12 @@
 //! The running node: glues the network layer, the durable store and the front-ends together.
 //!
 //! Ownership: the libp2p swarm lives in [`crate::net`]'s event loop; the store lives behind one
-//! mutex in [`Shared`]. Every write is encoded, hashed and signature-checked *before* that
-//! lock is taken ([`Node::with_store_verified`], `Prepared`), then
-//! decided and indexed under it, then made durable by a group commit off it, so readers (DNS,
-//! resolve) wait for neither signature checks nor fsync. Three kinds of work feed it:
+//! read-write lock in [`Shared`]. Every write is encoded, hashed and signature-checked *before*
+//! that lock is taken ([`Node::with_store_verified`], `Prepared`), then decided and indexed
+//! under it on the store writer thread ([`crate::store_writer`], at the DNS answers'
+//! priority), then made durable by a group commit off it, so readers (DNS, resolve) wait for
+//! neither signature checks nor fsync, nor for a background thread preempted while it held
+//! the lock. Three kinds of work feed it:
 //!
 //! * writers through the HTTP API ([`Node::publish`]) — committed locally, then gossiped;
 //! * gossip from peers — every message is run through the merge rule BEFORE gossipsub may
