@@ -62,8 +62,7 @@ pub fn start_base_spawner() -> io::Result<()> {
         .name("dpin-spawner".into())
         .spawn(move || {
             for (name, f, done) in rx {
-                let started = std::thread::Builder::new().name(name).spawn(f).map(|_| ());
-                let _ = done.send(started);
+                spawn_telling(name, f, done);
             }
         })?;
     // A concurrent first call may have won: its spawner serves, this one ends with its
@@ -75,11 +74,17 @@ pub fn start_base_spawner() -> io::Result<()> {
 /// Starts a thread named `name` running `f` at the process's base priority, whatever the
 /// calling thread's: through the base spawner if it runs, directly otherwise (nothing lowered
 /// any priority then, unless the caller did so without starting the spawner first).
+///
+/// Returns once the thread runs under its name (it says so itself before `f`), so a listing
+/// of the process's threads right after shows it by name, not by its creator's.
 pub fn spawn_at_base(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    let Some(spawner) = SPAWNER.get() else {
-        return std::thread::Builder::new().name(name).spawn(f).map(|_| ());
-    };
     let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let Some(spawner) = SPAWNER.get() else {
+        spawn_telling(name, Box::new(f), done_tx);
+        return done_rx
+            .recv()
+            .map_err(|_| io::Error::other("a started thread ended before it ran"))?;
+    };
     spawner
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -88,6 +93,24 @@ pub fn spawn_at_base(name: String, f: impl FnOnce() + Send + 'static) -> io::Res
     done_rx
         .recv()
         .map_err(|_| io::Error::other("the base-priority spawner thread is gone"))?
+}
+
+/// Starts a thread named `name` running `f`; `done` hears `Ok` from the new thread itself
+/// before `f` runs (Rust names a thread before it runs its closure), or the error if it
+/// could not be started.
+fn spawn_telling(
+    name: String,
+    f: Box<dyn FnOnce() + Send + 'static>,
+    done: mpsc::SyncSender<io::Result<()>>,
+) {
+    let running = done.clone();
+    let started = std::thread::Builder::new().name(name).spawn(move || {
+        let _ = running.send(Ok(()));
+        f();
+    });
+    if let Err(e) = started {
+        let _ = done.send(Err(e));
+    }
 }
 
 /// The first failure of [`background_target`] or [`lower_background_thread`], kept for the
@@ -412,5 +435,29 @@ pub(crate) mod tests {
         });
         assert!(lowered > base || base == MAX_NICE);
         assert_eq!(spawned, base);
+    }
+
+    /// `spawn_at_base` returns once the thread runs under its name: a listing of the
+    /// process's threads straight after shows it by name (an e2e test reads the answer
+    /// threads' priorities that way; it once found them still under their creator's name).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_spawned_at_base_shows_its_name_at_once() {
+        start_base_spawner().unwrap();
+        for i in 0..50 {
+            let name = format!("dpin-named-{i}");
+            let (release, wait) = mpsc::channel::<()>();
+            spawn_at_base(name.clone(), move || {
+                let _ = wait.recv();
+            })
+            .unwrap();
+            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_owned())
+                .collect();
+            assert!(names.contains(&name), "{name} not in {names:?}");
+            release.send(()).unwrap();
+        }
     }
 }
