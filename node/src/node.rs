@@ -2083,9 +2083,9 @@ pub fn detector_tick() -> Duration {
 type GossipItem = (PeerId, libp2p::gossipsub::MessageId, Vec<u8>);
 
 /// Consumes network events forever (until the channel closes), ticks the failure detector and
-/// runs periodic sync. Gossip validation runs on its own task (verifying inline, and
-/// waiting for the store lock on a blocking thread when a flush or sync batch holds it,
-/// [`Node::with_store_verified`]), so liveness events never wait behind it.
+/// runs periodic sync. Gossip validation runs on its own task (verifying inline, then
+/// applying on the store writer thread, [`Node::with_store_verified`]), so liveness events
+/// never wait behind it.
 pub async fn run_events(node: Node, mut events: mpsc::Receiver<NetEvent>) {
     let (gossip_tx, mut gossip_rx) = mpsc::channel::<GossipItem>(ingest::GOSSIP_QUEUE);
     let gnode = node.clone();

@@ -7,8 +7,8 @@
 //! the names with a reserved label ([`DurableStore::reserved`]: offers, blob manifests) and a
 //! change feed ([`DurableStore::take_changes`]) from which the prober keeps its endpoint set. Making it durable is a separate step,
 //! [`Persister::flush`]: under its own writer lock it takes a snapshot of the dirty entries
-//! (briefly holding the store's read lock), writes them in one redb transaction and commits it with an
-//! fsync — with the store lock released, so resolves, DNS answers and gossip validation carry
+//! (briefly holding the store's read lock), writes them in one redb transaction and commits
+//! it with an fsync — with the store lock released, so resolves, DNS answers and gossip validation carry
 //! on during the flush. Writers are acknowledged only after a flush that covers their record
 //! (the store's generation counter says which), so a SIGKILL at any instant loses no
 //! acknowledged record; concurrent writers share one fsync. Because a flush always writes the
@@ -215,9 +215,10 @@ struct Feed {
 /// The node's one store, shared by its threads. DNS answers, resolves, listings and a
 /// flush's encoding only read it, under the read lock, so they never wait for one another:
 /// with a mutex, the two DNS answer threads sharing a core waited for each other, about 90 %
-/// of all the answers' lock waiting (stop 49). Applies, a flush's take of the dirty names and
-/// compaction take the write lock ([`write()`]). Side by side near DNS saturation
-/// (`deploy/dns-lock-bench.sh`, 150,000 queries a second offered to one core under 1,000
+/// of all the answers' lock waiting (stop 49). Applies (on the store writer thread,
+/// [`crate::store_writer`]) and compaction's drops take the write lock ([`write()`]); a flush
+/// takes its dirty names and compaction scans under the read lock. Side by side near DNS
+/// saturation (`deploy/dns-lock-bench.sh`, 150,000 queries a second offered to one core under 1,000
 /// gossiped updates a second) the answers waited 32–48 ms per 5 s in all, against 287–351 ms
 /// with the mutex, and as many updates were applied.
 pub type SharedStore = RwLock<DurableStore>;
@@ -231,7 +232,7 @@ pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 }
 
 /// The write lock of `lock` if no one holds it (poison as for [`read`]), else `None`.
-pub fn try_write<T>(lock: &RwLock<T>) -> Option<RwLockWriteGuard<'_, T>> {
+fn try_write<T>(lock: &RwLock<T>) -> Option<RwLockWriteGuard<'_, T>> {
     match lock.try_write() {
         Ok(g) => Some(g),
         Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -245,10 +246,10 @@ pub const WRITER_DEFERS: std::time::Duration = std::time::Duration::from_millis(
 
 /// The write lock of `store` (poison as for [`read`]). A writer that finds it held first
 /// *defers* ([`write_deferring`] with [`WRITER_DEFERS`]): std's lock holds every new reader
-/// behind a queued writer, and the writers here (gossip merges, flushes, compaction) run
-/// below the DNS answer threads' priority, so a queued writer kept the answers waiting for a
-/// thread that itself waited for a core (stop 50: answers' p99 2.4–7.9 ms against 1.5–5.0 ms
-/// with the mutex before, side by side).
+/// behind a queued writer, and a writer below the DNS answer threads' priority (compaction's
+/// drops, the prober's change feed; gossip merges and flushes did too before stop 52) kept
+/// the answers waiting for a thread that itself waited for a core (stop 50: answers' p99
+/// 2.4–7.9 ms against 1.5–5.0 ms with the mutex before, side by side).
 pub fn write(store: &SharedStore) -> RwLockWriteGuard<'_, DurableStore> {
     write_deferring(store, WRITER_DEFERS)
 }
