@@ -191,6 +191,21 @@ fn store_benches(c: &mut Criterion) {
             start.elapsed()
         })
     });
+    // The index's part of an apply (what the node does under its store lock once a record
+    // is verified and its rank decided): a newer entry replaces a held name's.
+    g.bench_function("insert_replacing_a_held_name", |b| {
+        b.iter_custom(|iters| {
+            let updates: Vec<(String, Entry)> = fresh(iters as usize)
+                .iter()
+                .map(|r| (r.name(), Entry::from_record(r)))
+                .collect();
+            let start = Instant::now();
+            for (name, entry) in updates {
+                store.insert(&name, entry);
+            }
+            start.elapsed()
+        })
+    });
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("apply_batch_256_updates", |b| {
         b.iter_custom(|iters| {
