@@ -877,7 +877,8 @@ impl Node {
     /// The record's name (`label.zone`, formatted once and kept in the [`Prepared`]) is
     /// formatted here too: the apply asks for it first thing, and formatting it under the
     /// lock was about a tenth of a gossip apply's hold there (`perf record` of the store
-    /// writer at 10⁶ names under 1,000 updates a second, stop 53).
+    /// writer at 10⁶ names under 1,000 updates a second, stop 53). And the index walk to
+    /// the name is made once under the read lock first ([`crate::store::warm`]).
     pub async fn with_store_verified<T: Send + 'static>(
         &self,
         record: SignedRecord,
@@ -885,8 +886,9 @@ impl Node {
     ) -> Result<(T, Prepared<'static>), NodeError> {
         let prepared = Prepared::verified(record);
         let _ = prepared.name();
-        self.with_store(move |s| {
-            let out = f(s, &prepared);
+        self.on_store_writer(move |store| {
+            crate::store::warm(store, std::slice::from_ref(&prepared));
+            let out = f(&mut crate::store::write(store), &prepared);
             (out, prepared)
         })
         .await

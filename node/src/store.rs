@@ -279,11 +279,25 @@ pub fn write_deferring<T>(lock: &RwLock<T>, defer: std::time::Duration) -> RwLoc
 /// the DNS answers waiting about 25 ms.
 pub const APPLY_HOLD_RECORDS: usize = 16;
 
+/// Walks the index to each of `records`' names under the *read* lock, beside the DNS answers,
+/// so that the apply that follows under the write lock finds the walk's nodes and the held
+/// bodies in the CPU's cache. At 10⁶ names a walk is a chain of cache misses (about twenty
+/// names read from bodies), and the apply makes it before it decides: profiled on the store
+/// writer under 1,000 gossiped updates a second (stop 53), that lookup was about a fifth of
+/// the time the write lock was held. The walk's result is not used; the apply looks again.
+pub fn warm(store: &SharedStore, records: &[dpin_protocol::store::Prepared<'_>]) {
+    let s = read(store);
+    for p in records {
+        std::hint::black_box(s.mem().entry(p.name()));
+    }
+}
+
 /// Applies `records` (prepared and verified) in order, [`APPLY_HOLD_RECORDS`] per hold of the
 /// write lock, calling `between` after each hold but the last (the node yields the core
 /// there, so readers woken by the release take the lock before the next hold). Returns every
 /// outcome and the store's generation after the last apply. An error stops the batch; the
-/// records applied before it stay applied, as with one hold.
+/// records applied before it stay applied, as with one hold. Each hold is warmed first
+/// ([`warm`]).
 pub fn apply_in_holds(
     store: &SharedStore,
     records: &[dpin_protocol::store::Prepared<'_>],
@@ -294,6 +308,7 @@ pub fn apply_in_holds(
     let mut outcomes = Vec::with_capacity(records.len());
     let mut chunks = records.chunks(APPLY_HOLD_RECORDS).peekable();
     while let Some(chunk) = chunks.next() {
+        warm(store, chunk);
         let mut s = write(store);
         outcomes.extend(s.apply_prepared_batch(chunk, now_ms, freshness)?);
         drop(s);
@@ -1167,6 +1182,34 @@ mod tests {
             reopened.entry(&record(&key, 1).name()).map(|e| e.floor.seq),
             Some(1)
         );
+        Ok(())
+    }
+
+    /// [`warm`] walks the index under the read lock only: it finishes while another thread
+    /// holds that lock (a DNS answer), where the write lock would wait for it.
+    #[test]
+    fn warming_an_apply_reads_beside_a_held_read_lock() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let key = ZoneKey::generate(&mut rand::rngs::OsRng);
+        let store = RwLock::new(DurableStore::open(&dir.path().join("store.redb"))?);
+        write(&store).apply(&record(&key, 1), NOW, Freshness::Publish, None)?;
+        let records = [
+            dpin_protocol::store::Prepared::verified(record(&key, 2)),
+            dpin_protocol::store::Prepared::verified(record(&key, 3)),
+        ];
+        let held = read(&store);
+        let finished = std::thread::scope(|scope| {
+            let warming = scope.spawn(|| warm(&store, &records));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !warming.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let finished = warming.is_finished();
+            drop(held);
+            finished
+        });
+        assert!(finished, "warming waited for the reader to let go of the store");
         Ok(())
     }
 

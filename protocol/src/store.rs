@@ -1743,7 +1743,10 @@ mod tests {
         assert_eq!(rebuilt.usage(), store.usage());
         assert_eq!(rebuilt.zone_count(), store.zone_count());
         for (n, _) in store.iter() {
-            assert_eq!(rebuilt.zone_usage(zone_of(&n)), store.zone_usage(zone_of(&n)));
+            assert_eq!(
+                rebuilt.zone_usage(zone_of(&n)),
+                store.zone_usage(zone_of(&n))
+            );
         }
         // Back to floors: bodies dropped in place, the counts still exact.
         for r in &records {
