@@ -1188,8 +1188,7 @@ mod tests {
     /// [`warm`] walks the index under the read lock only: it finishes while another thread
     /// holds that lock (a DNS answer), where the write lock would wait for it.
     #[test]
-    fn warming_an_apply_reads_beside_a_held_read_lock() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn warming_an_apply_reads_beside_a_held_read_lock() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let key = ZoneKey::generate(&mut rand::rngs::OsRng);
         let store = RwLock::new(DurableStore::open(&dir.path().join("store.redb"))?);
@@ -1209,7 +1208,10 @@ mod tests {
             drop(held);
             finished
         });
-        assert!(finished, "warming waited for the reader to let go of the store");
+        assert!(
+            finished,
+            "warming waited for the reader to let go of the store"
+        );
         Ok(())
     }
 
