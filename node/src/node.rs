@@ -871,8 +871,8 @@ impl Node {
     /// Runs `f` on the store with `record` prepared for [`Store::apply_prepared`]: encoded,
     /// hashed and its signature verified on the calling task *before* the store lock is
     /// taken, so resolves and DNS answers never wait behind a signature check; `f` then runs
-    /// under the write lock through [`Node::with_store`]. Returns `f`'s result and the
-    /// prepared record (its wire bytes are what gossip sends).
+    /// under the write lock on the store writer thread, as with [`Node::with_store`]. Returns
+    /// `f`'s result and the prepared record (its wire bytes are what gossip sends).
     ///
     /// The record's name (`label.zone`, formatted once and kept in the [`Prepared`]) is
     /// formatted here too: the apply asks for it first thing, and formatting it under the
