@@ -1144,6 +1144,26 @@ mod tests {
         assert_eq!(*lock.read().expect("not poisoned"), 1);
     }
 
+    /// Runs `f` on another thread while this one holds `store`'s read lock (as a DNS answer
+    /// would), for up to 5 s: whether `f` finished in that time, and its result once the lock
+    /// is let go (a blocked `f` then finishes too).
+    fn beside_a_held_read_lock<T: Send>(
+        store: &SharedStore,
+        f: impl FnOnce() -> T + Send,
+    ) -> (bool, T) {
+        let held = read(store);
+        std::thread::scope(|scope| {
+            let run = scope.spawn(f);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !run.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let finished = run.is_finished();
+            drop(held);
+            (finished, run.join().expect("the thread beside the reader"))
+        })
+    }
+
     /// A flush takes its dirty names under the store's read lock: a reader holding the lock
     /// (a DNS answer) does not stop it, and no writer queues in front of the next readers.
     /// Before stop 52 it took them under the write lock and waited here for the reader.
@@ -1160,17 +1180,8 @@ mod tests {
                 s.apply(&record(&key, 1), NOW, Freshness::Publish, None)?;
                 s.generation()
             };
-            let held = read(&store);
-            let (finished, flushed) = std::thread::scope(|scope| {
-                let flush = scope.spawn(|| persister.flush(&store, generation));
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while !flush.is_finished() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                let finished = flush.is_finished();
-                drop(held);
-                (finished, flush.join().expect("flush thread"))
-            });
+            let (finished, flushed) =
+                beside_a_held_read_lock(&store, || persister.flush(&store, generation));
             flushed?;
             assert!(
                 finished,
@@ -1197,17 +1208,7 @@ mod tests {
             dpin_protocol::store::Prepared::verified(record(&key, 2)),
             dpin_protocol::store::Prepared::verified(record(&key, 3)),
         ];
-        let held = read(&store);
-        let finished = std::thread::scope(|scope| {
-            let warming = scope.spawn(|| warm(&store, &records));
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !warming.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            let finished = warming.is_finished();
-            drop(held);
-            finished
-        });
+        let (finished, ()) = beside_a_held_read_lock(&store, || warm(&store, &records));
         assert!(
             finished,
             "warming waited for the reader to let go of the store"
