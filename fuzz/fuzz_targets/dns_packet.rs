@@ -2,7 +2,9 @@
 //! UDP and TCP loops call with each packet) and the rate-limit slip answer with arbitrary
 //! packets, over UDP and TCP limits, against a source that holds one name (so name lookups,
 //! aliases, SRV/A/AAAA answers and truncation are reached). Never panics; an answer is never
-//! larger than the transport allows.
+//! larger than the transport allows; and what `respond` sends (its fast path for plain A/AAAA
+//! queries, else hickory's parse and encode) is byte for byte what the full path alone
+//! (`Responder::respond_full`) sends.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -77,6 +79,13 @@ fn responder() -> &'static Responder<One> {
 
 fuzz_target!(|data: &[u8]| {
     let r = responder();
+    for proto in [Proto::Udp, Proto::Tcp] {
+        assert_eq!(
+            r.respond(data, proto, NOW),
+            r.respond_full(data, proto, NOW),
+            "the fast path answered differently over {proto:?}"
+        );
+    }
     if let Some(out) = r.respond(data, Proto::Udp, NOW) {
         assert!(
             out.len() <= usize::from(UDP_PAYLOAD_LIMIT),

@@ -2,7 +2,9 @@
 //! query answered by [`Responder::respond`] from a store of 100k names, through the same steps
 //! as the node's own answers — the store lock, `Store::resolve` (index lookup, live check,
 //! decode), the endpoint selection of [`dpin_node::answer::select`] and the response's
-//! encoding — for a held name and for one the store does not hold.
+//! encoding — for a held name and for one the store does not hold. `udp_a_hit` takes the
+//! fast path for plain A queries (`dns/fast.rs`); `udp_a_hit_full_path` answers the same
+//! queries through hickory's parse and encode alone, for the side by side.
 //!
 //! Run: `cargo bench -p dpin-node` (under a minute; each bench uses 20 samples over 3 s). The
 //! protocol's share of it alone (`entry_hit`, `resolve_hit`): `cargo bench -p dpin-protocol`.
@@ -119,6 +121,19 @@ fn dns_benches(c: &mut Criterion) {
             &mut next,
             |q| {
                 let r = responder.respond(&q, Proto::Udp, NOW);
+                assert!(r.is_some(), "a held name is answered");
+                black_box(r)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The same queries through hickory's parse and encode only, without the fast path
+    // (`Responder::respond_full`): the two side by side in one run.
+    g.bench_function("udp_a_hit_full_path", |b| {
+        b.iter_batched(
+            &mut next,
+            |q| {
+                let r = responder.respond_full(&q, Proto::Udp, NOW);
                 assert!(r.is_some(), "a held name is answered");
                 black_box(r)
             },

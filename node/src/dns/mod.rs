@@ -124,6 +124,8 @@
 //!
 //! * `mod.rs` — these docs, the limits, [`DnsConfig`], [`DnsError`] and the [`Source`] seam.
 //! * `responder.rs` — [`Responder`]: one request packet in, at most one response out.
+//! * `fast.rs` — the common query (`A`/`AAAA` of a held name) read and answered on its wire
+//!   bytes, byte for byte as the full path would answer it; everything else goes the full way.
 //! * `serve.rs` — [`start`]: binding, the UDP worker threads, the bounded TCP accept loop.
 //! * `rrl.rs` — [`Rrl`], UDP response rate limiting.
 //! * `stats.rs` — [`DnsStats`], the counters.
@@ -156,6 +158,7 @@ use crate::health::HealthState;
 use crate::node::Node;
 
 mod aliases;
+mod fast;
 mod responder;
 mod rrl;
 mod serve;
@@ -195,6 +198,10 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TCP_EVICT_AFTER: Duration = Duration::from_millis(500);
 /// Env var that turns TCP eviction off when `0` (for side-by-side measurements only).
 pub const TCP_EVICT_ENV: &str = "DPIN_DNS_TCP_EVICT";
+/// Env var that turns the answer threads' fast path ([`fast`]) off when `0`, so that every
+/// query goes through hickory's parse and encode (for side-by-side measurements only: the
+/// answers are the same bytes either way).
+pub const FAST_PATH_ENV: &str = "DPIN_DNS_FAST_PATH";
 /// Longest a TCP connection stays open, however many queries it sends (RFC 7766 lets a server
 /// close any connection; clients reconnect): a query does not extend a connection forever.
 pub const TCP_MAX_LIFETIME: Duration = Duration::from_secs(60);

@@ -12,6 +12,8 @@ pub struct Responder<S> {
     reach_checked: AtomicU64,
     /// The last answer of [`Source::cut_off`].
     cut_off: std::sync::atomic::AtomicBool,
+    /// Whether plain A/AAAA queries take the fast path ([`super::fast`]; [`FAST_PATH_ENV`]).
+    fast_path: bool,
     /// Where this responder counts (the node's, or its own in tests).
     stats: Arc<DnsStats>,
     /// Answer latency by transport (handles into `stats.answer_seconds`).
@@ -36,6 +38,17 @@ impl Proto {
             Proto::Tcp => "tcp",
         }
     }
+}
+
+/// Room for a store key (`label.zone`) on the stack: a label is at most 63 bytes and a zone
+/// id's text 52 (an alias names a zone id).
+pub(super) const KEY_BUF: usize = 128;
+
+/// A lookup the fast path made and then left to the full path: the key it asked for and what
+/// the source answered.
+pub(super) struct Looked<'k> {
+    key: &'k str,
+    answer: Option<Answer>,
 }
 
 /// What a query resolves to, before encoding.
@@ -175,10 +188,17 @@ impl<S: Source> Responder<S> {
             soa: soa_record(),
             reach_checked: AtomicU64::new(0),
             cut_off: std::sync::atomic::AtomicBool::new(false),
+            fast_path: std::env::var(FAST_PATH_ENV).map_or(true, |v| v.trim() != "0"),
             answer_udp: stats.answer_histogram(Proto::Udp),
             answer_tcp: stats.answer_histogram(Proto::Tcp),
             stats,
         }
+    }
+
+    /// The source answers come from.
+    #[cfg(test)]
+    pub(super) fn source_for_tests(&self) -> &S {
+        &self.source
     }
 
     /// The counters this responder (and the sockets serving it) count in.
@@ -209,11 +229,36 @@ impl<S: Source> Responder<S> {
         out
     }
 
+    /// [`Responder::respond`] without its fast path ([`super::fast`]): every packet through
+    /// hickory's parse and encode. The fast path must answer every packet it takes exactly as
+    /// this does; the tests and the `dns_packet` fuzz target compare the two. Not timed.
+    pub fn respond_full(&self, packet: &[u8], proto: Proto, now_ms: u64) -> Option<Vec<u8>> {
+        self.respond_checked(packet, proto, now_ms, false)
+    }
+
     fn respond_untimed(&self, packet: &[u8], proto: Proto, now_ms: u64) -> Option<Vec<u8>> {
+        self.respond_checked(packet, proto, now_ms, self.fast_path)
+    }
+
+    fn respond_checked(
+        &self,
+        packet: &[u8],
+        proto: Proto,
+        now_ms: u64,
+        fast_path: bool,
+    ) -> Option<Vec<u8>> {
         let st = &*self.stats;
         if packet.len() > MAX_QUERY_BYTES {
             inc(&st.dropped_oversized);
             return None;
+        }
+        let mut key_buf = [0u8; KEY_BUF];
+        let mut looked = None;
+        if fast_path {
+            // Left to the full path, it answers from the same lookup, not a second one.
+            if let Some(out) = self.respond_fast(packet, proto, now_ms, &mut key_buf, &mut looked) {
+                return Some(out);
+            }
         }
         let Ok(header) = Header::read(&mut BinDecoder::new(packet)) else {
             inc(&st.dropped_malformed);
@@ -241,7 +286,13 @@ impl<S: Source> Responder<S> {
                 } else if !matches!(q.query_class(), DNSClass::IN | DNSClass::ANY) {
                     Resolution::refused()
                 } else {
-                    let res = self.resolve(q.name(), q.original().name(), q.query_type(), now_ms);
+                    let res = self.resolve(
+                        q.name(),
+                        q.original().name(),
+                        q.query_type(),
+                        now_ms,
+                        looked,
+                    );
                     if q.query_type() == RecordType::ANY {
                         minimal_any(res, q.original().name())
                     } else {
@@ -262,6 +313,93 @@ impl<S: Source> Responder<S> {
             Proto::Udp => UDP_LEGACY_LIMIT,
         };
         Some(self.encode(&request, res, limit))
+    }
+
+    /// The fast path ([`super::fast`]): the answer to a plain `A`/`AAAA` query for a name held
+    /// live with addresses of that type, counted as the full path counts it. `None` leaves the
+    /// packet to the full path (any other query, a name not held, no address of the type, an
+    /// answer that does not fit), which then answers and counts it, with the fast path's lookup
+    /// in `looked` if it made one (the name's key written into `key_buf`).
+    pub(super) fn respond_fast<'k>(
+        &self,
+        packet: &[u8],
+        proto: Proto,
+        now_ms: u64,
+        key_buf: &'k mut [u8; KEY_BUF],
+        looked: &mut Option<Looked<'k>>,
+    ) -> Option<Vec<u8>> {
+        let (q, key) = self.fast_key(packet, proto, key_buf)?;
+        let ans = self.source.answer(key, now_ms);
+        let out = ans.as_ref().and_then(|a| self.fast_answer(&q, a, now_ms));
+        if out.is_none() {
+            *looked = Some(Looked { key, answer: ans });
+        }
+        out
+    }
+
+    /// The fast path's query and the store key of its name (`label.zone`, lowercase, written
+    /// into `key_buf`), or `None` if the packet is not of the fast path's shape or the name
+    /// cannot be held (the full path then answers it without a lookup).
+    fn fast_key<'p, 'k>(
+        &self,
+        packet: &'p [u8],
+        proto: Proto,
+        key_buf: &'k mut [u8; KEY_BUF],
+    ) -> Option<(fast::FastQuery<'p>, &'k str)> {
+        let q = fast::parse(packet, proto)?;
+        // The store's name form: the label and the zone id text, lowercase (DNS folds case).
+        let mut zone_buf = [0u8; 63];
+        let zone_label = zone_buf.get_mut(..q.zone.len())?;
+        zone_label.copy_from_slice(q.zone);
+        zone_label.make_ascii_lowercase();
+        let zone = match self.aliases.get(&*zone_label) {
+            Some(z) => z.as_str(),
+            None if zone_shaped(zone_label) => std::str::from_utf8(zone_label).ok()?,
+            None => return None,
+        };
+        let key_len = q.label.len() + 1 + zone.len();
+        let key = key_buf.get_mut(..key_len)?;
+        let (label, rest) = key.split_at_mut(q.label.len());
+        label.copy_from_slice(q.label);
+        label.make_ascii_lowercase();
+        if !label_ok(label) {
+            return None;
+        }
+        let (dot, zone_text) = rest.split_first_mut()?;
+        *dot = b'.';
+        zone_text.copy_from_slice(zone.as_bytes());
+        Some((q, std::str::from_utf8(key).ok()?))
+    }
+
+    /// The fast path's answer to `q` from `ans`, counted; `None` if it has no address of the
+    /// asked family or the answer does not fit (nothing counted then).
+    fn fast_answer(&self, q: &fast::FastQuery<'_>, ans: &Answer, now_ms: u64) -> Option<Vec<u8>> {
+        // The RRset: the selected endpoints' literals of the asked family, each address once,
+        // in the answer's order (as `name_records` builds it).
+        let mut picked: [&[u8]; dpin_protocol::MAX_ENDPOINTS] = [&[]; dpin_protocol::MAX_ENDPOINTS];
+        let mut n = 0;
+        for (ep, _) in &ans.endpoints {
+            let addr: &[u8] = match (&ep.host, q.qtype) {
+                (Host::V4(a), fast::AddrType::V4) => a,
+                (Host::V6(a), fast::AddrType::V6) => a,
+                _ => continue,
+            };
+            if !picked[..n].contains(&addr) {
+                *picked.get_mut(n)? = addr;
+                n += 1;
+            }
+        }
+        let cut_off = self.cut_off(now_ms);
+        let mut ttl = ttl_secs(ans.record.body.expires_at_ms, now_ms);
+        if cut_off {
+            ttl = ttl.min(dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS);
+        }
+        let out = fast::write_answer(q, ttl, picked[..n].iter().copied())?;
+        if cut_off {
+            inc(&self.stats.cut_off_answers);
+        }
+        count_rcode(&self.stats, ResponseCode::NoError, false);
+        Some(out)
     }
 
     /// The slip answer to a rate-limited query: its question, no records, TC set, so a real
@@ -300,7 +438,17 @@ impl<S: Source> Responder<S> {
 
     /// Maps a question to records. `lower` is the question name lowercased (for matching),
     /// `owner` the name as sent (echoed as the owner of answers).
-    fn resolve(&self, lower: &Name, owner: &Name, qtype: RecordType, now_ms: u64) -> Resolution {
+    ///
+    /// `looked` is the fast path's lookup of this question's name, if it made one: used instead
+    /// of asking the source again.
+    fn resolve(
+        &self,
+        lower: &Name,
+        owner: &Name,
+        qtype: RecordType,
+        now_ms: u64,
+        looked: Option<Looked<'_>>,
+    ) -> Resolution {
         // Labels, leftmost first. A DNS name has at most 127 labels.
         let labels: Vec<&[u8]> = lower.iter().collect();
         let Some((&last, rest)) = labels.split_last() else {
@@ -344,15 +492,15 @@ impl<S: Source> Responder<S> {
         match below {
             // An empty non-terminal: NXDOMAIN here would stop QNAME-minimising resolvers.
             [] => Resolution::nodata(),
-            [label] => self.lookup(owner, zone, label, now_ms, |ans, owner, ttl| {
+            [label] => self.lookup(owner, zone, label, now_ms, looked, |ans, owner, ttl| {
                 name_records(ans, owner, ttl, qtype)
             }),
             [first, label] => match transport_label(first) {
-                Some(t) => self.lookup(owner, zone, label, now_ms, srv_only(t)),
+                Some(t) => self.lookup(owner, zone, label, now_ms, looked, srv_only(t)),
                 None => Resolution::nxdomain(),
             },
             [svc, proto, label] if svc.first() == Some(&b'_') => match transport_label(proto) {
-                Some(t) => self.lookup(owner, zone, label, now_ms, srv_only(t)),
+                Some(t) => self.lookup(owner, zone, label, now_ms, looked, srv_only(t)),
                 None => Resolution::nxdomain(),
             },
             _ => Resolution::nxdomain(),
@@ -366,6 +514,7 @@ impl<S: Source> Responder<S> {
         zone: &str,
         label: &[u8],
         now_ms: u64,
+        looked: Option<Looked<'_>>,
         build: impl FnOnce(&Answer, &Name, u32) -> Resolution,
     ) -> Resolution {
         if !label_ok(label) {
@@ -375,7 +524,11 @@ impl<S: Source> Responder<S> {
             return Resolution::nxdomain();
         };
         let key = format!("{label}.{zone}");
-        match self.source.answer(&key, now_ms) {
+        let ans = match looked {
+            Some(l) if l.key == key => l.answer,
+            _ => self.source.answer(&key, now_ms),
+        };
+        match ans {
             Some(ans) if !ans.endpoints.is_empty() => {
                 let mut ttl = ttl_secs(ans.record.body.expires_at_ms, now_ms);
                 if self.cut_off(now_ms) {

@@ -456,6 +456,264 @@ fn random_and_mutated_packets_never_panic() {
     }
 }
 
+/// Names the fast-path tests ask for: held ones (A and AAAA, one family only, hostnames only,
+/// more addresses than fit in 512 bytes), through an alias, and names of every other shape.
+fn fast_path_names() -> (Responder<Table>, Vec<String>) {
+    let v6_only = answer("six", &["[2001:db8::1]:443"], &[], NOW + 3_600_000);
+    let names_only = answer("named", &["db.example.org:5432"], &[], NOW + 3_600_000);
+    let expired = answer("old", &["127.0.0.9:80"], &[], NOW - 1);
+    let r = responder(vec![web(), big(), v6_only, names_only, expired]);
+    let z = zone();
+    let names = [
+        format!("web.{z}.dpin."),
+        format!("WeB.{}.DPIN.", z.to_ascii_uppercase()),
+        "web.shop.dpin.".to_owned(),
+        "Web.SHOP.dpin.".to_owned(),
+        format!("big.{z}.dpin."),
+        format!("six.{z}.dpin."),
+        format!("named.{z}.dpin."),
+        format!("old.{z}.dpin."),
+        format!("absent.{z}.dpin."),
+        format!("-web.{z}.dpin."),
+        format!("web.{z}.dpin.example."),
+        format!("_tcp.web.{z}.dpin."),
+        format!("{z}.dpin."),
+        "7f000001.addr.dpin.".to_owned(),
+        "web.nosuchalias.dpin.".to_owned(),
+        "dpin.".to_owned(),
+        "web.example.com.".to_owned(),
+    ];
+    (r, names.into())
+}
+
+/// The fast path's answer to `packet`, if it takes it.
+fn fast<S: Source>(r: &Responder<S>, packet: &[u8], proto: Proto) -> Option<Vec<u8>> {
+    r.respond_fast(packet, proto, NOW, &mut [0u8; KEY_BUF], &mut None)
+}
+
+/// A table that counts how often it is asked.
+struct Counting(Table, AtomicU64);
+
+impl Source for Counting {
+    fn answer(&self, name: &str, now_ms: u64) -> Option<Answer> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.answer(name, now_ms)
+    }
+}
+
+/// A query the fast path looks up but leaves to the full path (a name not held, one with no
+/// address of the asked family) is looked up once, not again by the full path.
+#[test]
+fn the_full_path_answers_from_the_fast_paths_lookup() {
+    let six = answer("six", &["[2001:db8::1]:443"], &[], NOW + 3_600_000);
+    let table = Table(
+        [web(), six]
+            .into_iter()
+            .map(|a| (a.record.name(), a))
+            .collect(),
+    );
+    let r = Responder::new(Counting(table, AtomicU64::new(0)), &BTreeMap::new());
+    let z = zone();
+    for (name, rcode, answers) in [
+        (format!("web.{z}.dpin."), ResponseCode::NoError, 2),
+        (format!("absent.{z}.dpin."), ResponseCode::NXDomain, 0),
+        (format!("six.{z}.dpin."), ResponseCode::NoError, 0),
+    ] {
+        let before = r.source_for_tests().1.load(Ordering::Relaxed);
+        let q = query(&name, RecordType::A, Some(1232));
+        let m = Message::from_vec(&r.respond(&q, Proto::Udp, NOW).expect("answered"))
+            .expect("decodable");
+        assert_eq!(
+            (m.response_code(), m.answers().len()),
+            (rcode, answers),
+            "{name}"
+        );
+        let asked = r.source_for_tests().1.load(Ordering::Relaxed) - before;
+        assert_eq!(asked, 1, "{name} was looked up {asked} times");
+    }
+}
+
+/// A query built byte by byte with every field the fast path reads drawn from values it takes
+/// and values it must leave to the full path: flags, section counts, the name's case and
+/// shape (a compression pointer too), type, class, an OPT record plain, with flags, a version,
+/// an option or a non-root owner, another record instead, trailing bytes.
+fn random_query(rng: &mut rand::rngs::StdRng, names: &[String]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&rng.gen::<u16>().to_be_bytes());
+    p.push(if rng.gen_bool(0.8) {
+        rng.gen::<u8>() & 0x07
+    } else {
+        rng.gen()
+    });
+    p.push(rng.gen());
+    let additional = rng.gen_range(0..8u8);
+    let mut count = |usual: u16| -> u16 {
+        if rng.gen_bool(0.9) {
+            usual
+        } else {
+            rng.gen_range(0..3)
+        }
+    };
+    let (qd, an, ns) = (count(1), count(0), count(0));
+    let ar = count(u16::from(additional >= 2));
+    for c in [qd, an, ns, ar] {
+        p.extend_from_slice(&c.to_be_bytes());
+    }
+    // The first four names are held and answered fast (see `fast_path_names`).
+    let among = if rng.gen_bool(0.5) { 4 } else { names.len() };
+    let name = &names[rng.gen_range(0..among)];
+    let labels: Vec<&str> = name.split('.').filter(|l| !l.is_empty()).collect();
+    let pointer_at = rng.gen_bool(0.05).then(|| rng.gen_range(0..=labels.len()));
+    for (i, l) in labels.iter().enumerate() {
+        if pointer_at == Some(i) {
+            break;
+        }
+        p.push(l.len() as u8);
+        p.extend(l.bytes().map(|b| {
+            if rng.gen_bool(0.1) {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        }));
+    }
+    if pointer_at.is_some() {
+        p.extend_from_slice(&[0xC0, 12]);
+    } else {
+        p.push(0);
+    }
+    let qtype: u16 = if rng.gen_bool(0.7) {
+        *[1, 28].get(rng.gen_range(0..2)).unwrap_or(&1)
+    } else {
+        *[33, 255, 16, 15, rng.gen()]
+            .get(rng.gen_range(0..5))
+            .unwrap_or(&1)
+    };
+    let qclass: u16 = if rng.gen_bool(0.8) {
+        1
+    } else {
+        *[3, 254, 255, rng.gen()]
+            .get(rng.gen_range(0..4))
+            .unwrap_or(&1)
+    };
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&qclass.to_be_bytes());
+    let payload: u16 = *[0, 100, 512, 600, 1232, 4096, 65535, rng.gen()]
+        .get(rng.gen_range(0..8))
+        .unwrap_or(&1232);
+    let opt = |ttl: [u8; 4], rdata: &[u8], owner: &[u8]| {
+        let mut o = owner.to_vec();
+        o.extend_from_slice(&41u16.to_be_bytes());
+        o.extend_from_slice(&payload.to_be_bytes());
+        o.extend_from_slice(&ttl);
+        o.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        o.extend_from_slice(rdata);
+        o
+    };
+    match additional {
+        2 | 3 => p.extend(opt([0; 4], &[], &[0])),
+        4 => p.extend(opt([0, 0, 0x80, 0], &[], &[0])),
+        5 => p.extend(opt(rng.gen(), &[], &[0])),
+        6 => p.extend(opt([0; 4], &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8], &[0])),
+        7 => {
+            if rng.gen_bool(0.5) {
+                p.extend(opt([0; 4], &[], &[1, b'x', 0]));
+            } else {
+                // An A record where an OPT would be.
+                p.extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+            }
+        }
+        _ => {}
+    }
+    if rng.gen_bool(0.05) {
+        let extra = rng.gen_range(1..8);
+        p.extend((0..extra).map(|_| rng.gen::<u8>()));
+    }
+    p
+}
+
+/// The fast path's answers are the full path's, byte for byte, for every query it takes, and
+/// it takes the plain ones: A and AAAA of a held name, with and without EDNS, any case, by
+/// zone id or alias, over UDP and TCP.
+#[test]
+fn fast_path_answers_plain_queries_byte_for_byte_as_the_full_path() {
+    let (r, _) = fast_path_names();
+    let z = zone();
+    for name in [
+        format!("web.{z}.dpin."),
+        format!("WEB.{}.Dpin.", z.to_ascii_uppercase()),
+        "web.shop.dpin.".to_owned(),
+        "web.SHOP.dpin.".to_owned(),
+    ] {
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            for edns in [None, Some(512), Some(1232), Some(4096)] {
+                for proto in [Proto::Udp, Proto::Tcp] {
+                    let q = query(&name, qtype, edns);
+                    let fast = fast(&r, &q, proto);
+                    assert!(
+                        fast.is_some(),
+                        "{name} {qtype} {edns:?} {proto:?} not taken"
+                    );
+                    assert_eq!(
+                        fast,
+                        r.respond_full(&q, proto, NOW),
+                        "{name} {qtype} {edns:?} {proto:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Left to the full path: another type, a name not held or expired, a family the name has
+    // no address of, an answer larger than 512 bytes without EDNS (the full path truncates).
+    for (name, qtype, edns) in [
+        (format!("web.{z}.dpin."), RecordType::SRV, None),
+        (format!("absent.{z}.dpin."), RecordType::A, None),
+        (format!("old.{z}.dpin."), RecordType::A, None),
+        (format!("six.{z}.dpin."), RecordType::A, None),
+        (format!("named.{z}.dpin."), RecordType::AAAA, None),
+        (format!("big.{z}.dpin."), RecordType::AAAA, None),
+        (format!("_tcp.web.{z}.dpin."), RecordType::A, None),
+    ] {
+        let q = query(&name, qtype, edns);
+        assert_eq!(fast(&r, &q, Proto::Udp), None, "{name} {qtype}");
+        assert!(r.respond(&q, Proto::Udp, NOW).is_some(), "{name} {qtype}");
+    }
+    // What it takes is counted as the full path counts it.
+    let before = r.stats().noerror.load(Ordering::Relaxed);
+    let q = query(&format!("web.{z}.dpin."), RecordType::A, None);
+    assert!(r.respond(&q, Proto::Udp, NOW).is_some());
+    assert_eq!(r.stats().noerror.load(Ordering::Relaxed), before + 1);
+}
+
+/// Random queries of every shape around the fast path's (see [`random_query`]): wherever the
+/// fast path answers, the full path answers the same bytes; and the fast path does answer a
+/// good share of them, so the comparison is not empty.
+#[test]
+fn fast_path_equals_the_full_path_on_random_queries() {
+    let (r, names) = fast_path_names();
+    let seed = 54;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut taken, mut total) = (0, 0);
+    for i in 0..40_000 {
+        let p = random_query(&mut rng, &names);
+        for proto in [Proto::Udp, Proto::Tcp] {
+            total += 1;
+            if let Some(fast) = fast(&r, &p, proto) {
+                taken += 1;
+                assert_eq!(
+                    Some(fast),
+                    r.respond_full(&p, proto, NOW),
+                    "seed {seed}, query {i} over {proto:?}: {p:02x?}"
+                );
+            }
+        }
+    }
+    assert!(
+        taken * 20 > total,
+        "the fast path took only {taken} of {total} queries"
+    );
+}
+
 #[test]
 fn alias_parsing() {
     let z = zone();
