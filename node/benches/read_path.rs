@@ -152,6 +152,14 @@ fn dns_benches(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same through the full path alone: what the fast path's declined try costs a miss.
+    g.bench_function("udp_nxdomain_full_path", |b| {
+        b.iter_batched(
+            &mut next_absent,
+            |q| black_box(responder.respond_full(&q, Proto::Udp, NOW)),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

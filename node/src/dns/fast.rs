@@ -1,6 +1,7 @@
 //! The common query, read and answered on its wire bytes: one question for the `A` or `AAAA`
 //! records of `LABEL.ZONE.dpin.` (or `LABEL.ALIAS.dpin.`), class IN, with or without a bare
-//! EDNS(0) OPT record, as resolvers and load generators send almost every query.
+//! EDNS(0) OPT record, as resolvers and load generators send almost every query. Its answer
+//! is the name's addresses, or NXDOMAIN or NODATA with the zone's SOA.
 //!
 //! Why: hickory's parse and encode (a `MessageRequest` with its lowercased copy of the name
 //! and a copy of the question, `Record`s that each own a copy of the owner name, a compression
@@ -11,13 +12,14 @@
 //! It is a fast path, not a second server: [`parse`] returns `None` for anything it does not
 //! fully understand (another type or class, more than one record in any section, EDNS options
 //! or a version above 0, compression pointers in the question, trailing bytes, a name of
-//! another shape), and [`write_answer`] returns `None` when the answer would not fit. The
+//! another shape), and [`write_answer`] and [`write_negative`] return `None` when the answer
+//! would not fit or would be written another way. The
 //! caller then answers through the full path, which handles everything. For every packet the
 //! fast path answers, its answer is byte for byte what the full path would send: the tests
 //! (`fast_path_*` in `dns/tests.rs`) and the `dns_packet` fuzz target check exactly that.
 
 use super::Proto;
-use super::{UDP_LEGACY_LIMIT, UDP_PAYLOAD_LIMIT};
+use super::{NEGATIVE_TTL_SECS, UDP_LEGACY_LIMIT, UDP_PAYLOAD_LIMIT};
 
 /// DNS header length.
 const HEADER: usize = 12;
@@ -25,6 +27,13 @@ const HEADER: usize = 12;
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
+const TYPE_SOA: u16 = 6;
+/// The SOA's RNAME is `hostmaster.dpin.`; its nominal timers (dpin has no zone transfers).
+const HOSTMASTER: &[u8] = b"hostmaster";
+pub(super) const SOA_SERIAL: u32 = 1;
+pub(super) const SOA_REFRESH: i32 = 60;
+pub(super) const SOA_RETRY: i32 = 60;
+pub(super) const SOA_EXPIRE: i32 = 86_400;
 const CLASS_IN: u16 = 1;
 /// A compression pointer to the question's name, which always starts right after the header.
 const NAME_AT_QUESTION: [u8; 2] = [0xC0, HEADER as u8];
@@ -53,6 +62,9 @@ pub(super) struct FastQuery<'p> {
     pub(super) qtype: AddrType,
     /// Whether the query carried an OPT record (the answer then carries one too).
     edns: bool,
+    /// Whether the apex label was sent as `dpin` in lowercase: a negative answer's SOA then
+    /// points at it, as the full path's encoder (which matches names case-sensitively) does.
+    apex_lowercase: bool,
     /// Largest response the transport and the client allow, bytes.
     limit: usize,
 }
@@ -138,6 +150,7 @@ pub(super) fn parse(packet: &[u8], proto: Proto) -> Option<FastQuery<'_>> {
         zone,
         qtype,
         edns,
+        apex_lowercase: apex == b"dpin",
         limit: usize::from(limit),
     })
 }
@@ -164,15 +177,7 @@ pub(super) fn write_answer<'a>(
         return None;
     }
     let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&q.header[..2]);
-    // QR, AA and the query's RD; then its CD, RCODE NOERROR.
-    out.push(0x80 | 0x04 | (q.header[2] & 0x01));
-    out.push(q.header[3] & 0x10);
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&u16::try_from(count).ok()?.to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(&u16::from(q.edns).to_be_bytes());
-    out.extend_from_slice(q.question);
+    write_header(&mut out, q, RCODE_NOERROR, u16::try_from(count).ok()?, 0);
     for addr in addrs {
         if addr.len() != rdlen {
             return None;
@@ -184,12 +189,74 @@ pub(super) fn write_answer<'a>(
         out.extend_from_slice(&(rdlen as u16).to_be_bytes());
         out.extend_from_slice(addr);
     }
+    write_opt(&mut out, q);
+    Some(out)
+}
+
+/// NXDOMAIN, as [`write_negative`] takes it.
+pub(super) const RCODE_NXDOMAIN: u8 = 3;
+/// NOERROR: an answer, or with [`write_negative`] NODATA.
+pub(super) const RCODE_NOERROR: u8 = 0;
+
+/// The negative answer to `q` (NXDOMAIN, or NODATA with [`RCODE_NOERROR`]): authoritative, no
+/// answers, the `dpin.` SOA in the authority section so that resolvers cache it for
+/// [`NEGATIVE_TTL_SECS`] (the full path's `soa_record`). `None` if the query spelled the apex
+/// in another case (the full path then writes the SOA's owner in full) or it would not fit.
+pub(super) fn write_negative(q: &FastQuery<'_>, rcode: u8) -> Option<Vec<u8>> {
+    if !q.apex_lowercase {
+        return None;
+    }
+    // The apex label's offset in the packet: after the header and the first two labels.
+    let apex_at = HEADER + 1 + q.label.len() + 1 + q.zone.len();
+    let apex = [0xC0, u8::try_from(apex_at).ok()?];
+    let opt_len = if q.edns { 11 } else { 0 };
+    // SOA: owner pointer, type, class, TTL, RDLENGTH, then MNAME (a pointer), RNAME
+    // (`hostmaster` and a pointer) and five 32-bit fields.
+    let rdata_len = 2 + 1 + HOSTMASTER.len() + 2 + 20;
+    let len = HEADER + q.question.len() + 12 + rdata_len + opt_len;
+    if len > q.limit {
+        return None;
+    }
+    let mut out = Vec::with_capacity(len);
+    write_header(&mut out, q, rcode, 0, 1);
+    out.extend_from_slice(&apex);
+    out.extend_from_slice(&TYPE_SOA.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&NEGATIVE_TTL_SECS.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(rdata_len).ok()?.to_be_bytes());
+    out.extend_from_slice(&apex);
+    out.push(HOSTMASTER.len() as u8);
+    out.extend_from_slice(HOSTMASTER);
+    out.extend_from_slice(&apex);
+    out.extend_from_slice(&SOA_SERIAL.to_be_bytes());
+    for timer in [SOA_REFRESH, SOA_RETRY, SOA_EXPIRE] {
+        out.extend_from_slice(&timer.to_be_bytes());
+    }
+    out.extend_from_slice(&NEGATIVE_TTL_SECS.to_be_bytes());
+    write_opt(&mut out, q);
+    Some(out)
+}
+
+/// The response header (id, QR, AA, the query's RD and CD, `rcode`; one question, `answers`
+/// and `authority` records, an OPT if the query had one) and the question as sent.
+fn write_header(out: &mut Vec<u8>, q: &FastQuery<'_>, rcode: u8, answers: u16, authority: u16) {
+    out.extend_from_slice(&q.header[..2]);
+    out.push(0x80 | 0x04 | (q.header[2] & 0x01));
+    out.push((q.header[3] & 0x10) | rcode);
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&answers.to_be_bytes());
+    out.extend_from_slice(&authority.to_be_bytes());
+    out.extend_from_slice(&u16::from(q.edns).to_be_bytes());
+    out.extend_from_slice(q.question);
+}
+
+/// The OPT record, if the query had one: root owner, our payload size, extended RCODE 0,
+/// version 0, no flags, no options.
+fn write_opt(out: &mut Vec<u8>, q: &FastQuery<'_>) {
     if q.edns {
-        // OPT: root owner, our payload size, extended RCODE 0, version 0, no flags, no options.
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
         out.extend_from_slice(&UDP_PAYLOAD_LIMIT.to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     }
-    Some(out)
 }

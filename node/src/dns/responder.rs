@@ -330,7 +330,7 @@ impl<S: Source> Responder<S> {
     ) -> Option<Vec<u8>> {
         let (q, key) = self.fast_key(packet, proto, key_buf)?;
         let ans = self.source.answer(key, now_ms);
-        let out = ans.as_ref().and_then(|a| self.fast_answer(&q, a, now_ms));
+        let out = self.fast_answer(&q, ans.as_ref(), now_ms);
         if out.is_none() {
             *looked = Some(Looked { key, answer: ans });
         }
@@ -371,9 +371,21 @@ impl<S: Source> Responder<S> {
         Some((q, std::str::from_utf8(key).ok()?))
     }
 
-    /// The fast path's answer to `q` from `ans`, counted; `None` if it has no address of the
-    /// asked family or the answer does not fit (nothing counted then).
-    fn fast_answer(&self, q: &fast::FastQuery<'_>, ans: &Answer, now_ms: u64) -> Option<Vec<u8>> {
+    /// The fast path's answer to `q` from the source's `ans`, counted as the full path counts
+    /// it: the addresses, NODATA if there are none of the asked family, NXDOMAIN if the name
+    /// is not held live. `None` if the answer does not fit or would be written another way
+    /// (nothing counted then).
+    fn fast_answer(
+        &self,
+        q: &fast::FastQuery<'_>,
+        ans: Option<&Answer>,
+        now_ms: u64,
+    ) -> Option<Vec<u8>> {
+        let Some(ans) = ans.filter(|a| !a.endpoints.is_empty()) else {
+            let out = fast::write_negative(q, fast::RCODE_NXDOMAIN)?;
+            count_rcode(&self.stats, ResponseCode::NXDomain, true);
+            return Some(out);
+        };
         // The RRset: the selected endpoints' literals of the asked family, each address once,
         // in the answer's order (as `name_records` builds it).
         let mut picked: [&[u8]; dpin_protocol::MAX_ENDPOINTS] = [&[]; dpin_protocol::MAX_ENDPOINTS];
@@ -394,11 +406,15 @@ impl<S: Source> Responder<S> {
         if cut_off {
             ttl = ttl.min(dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS);
         }
-        let out = fast::write_answer(q, ttl, picked[..n].iter().copied())?;
+        let out = if n == 0 {
+            fast::write_negative(q, fast::RCODE_NOERROR)?
+        } else {
+            fast::write_answer(q, ttl, picked[..n].iter().copied())?
+        };
         if cut_off {
             inc(&self.stats.cut_off_answers);
         }
-        count_rcode(&self.stats, ResponseCode::NoError, false);
+        count_rcode(&self.stats, ResponseCode::NoError, n == 0);
         Some(out)
     }
 
@@ -750,6 +766,14 @@ fn soa_record() -> Record {
     let rname = Name::from_labels(["hostmaster", "dpin"]).unwrap_or_default();
     // dpin has no zone transfers, so serial/refresh/retry/expire are nominal; `minimum` is the
     // negative-caching TTL (RFC 2308), kept short so new names appear quickly.
-    let soa = SOA::new(apex.clone(), rname, 1, 60, 60, 86_400, NEGATIVE_TTL_SECS);
+    let soa = SOA::new(
+        apex.clone(),
+        rname,
+        fast::SOA_SERIAL,
+        fast::SOA_REFRESH,
+        fast::SOA_RETRY,
+        fast::SOA_EXPIRE,
+        NEGATIVE_TTL_SECS,
+    );
     Record::from_rdata(apex, NEGATIVE_TTL_SECS, RData::SOA(soa))
 }

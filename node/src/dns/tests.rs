@@ -501,35 +501,52 @@ impl Source for Counting {
     }
 }
 
-/// A query the fast path looks up but leaves to the full path (a name not held, one with no
-/// address of the asked family) is looked up once, not again by the full path.
+/// A query the fast path looks up but leaves to the full path (an answer that must be
+/// truncated, a negative answer to a query that spelled the apex in capitals) is looked up
+/// once, not again by the full path.
 #[test]
 fn the_full_path_answers_from_the_fast_paths_lookup() {
-    let six = answer("six", &["[2001:db8::1]:443"], &[], NOW + 3_600_000);
     let table = Table(
-        [web(), six]
+        [web(), big()]
             .into_iter()
             .map(|a| (a.record.name(), a))
             .collect(),
     );
     let r = Responder::new(Counting(table, AtomicU64::new(0)), &BTreeMap::new());
     let z = zone();
-    for (name, rcode, answers) in [
-        (format!("web.{z}.dpin."), ResponseCode::NoError, 2),
-        (format!("absent.{z}.dpin."), ResponseCode::NXDomain, 0),
-        (format!("six.{z}.dpin."), ResponseCode::NoError, 0),
+    let capitals = |name: &str, qtype| {
+        let mut q = query(name, qtype, None);
+        let apex_at = q.len() - 4 - 5;
+        q[apex_at..apex_at + 4].copy_from_slice(b"DPIN");
+        q
+    };
+    for (q, rcode, truncated) in [
+        (
+            query(&format!("web.{z}.dpin."), RecordType::A, None),
+            ResponseCode::NoError,
+            false,
+        ),
+        (
+            query(&format!("big.{z}.dpin."), RecordType::AAAA, None),
+            ResponseCode::NoError,
+            true,
+        ),
+        (
+            capitals(&format!("absent.{z}.dpin."), RecordType::A),
+            ResponseCode::NXDomain,
+            false,
+        ),
     ] {
         let before = r.source_for_tests().1.load(Ordering::Relaxed);
-        let q = query(&name, RecordType::A, Some(1232));
         let m = Message::from_vec(&r.respond(&q, Proto::Udp, NOW).expect("answered"))
             .expect("decodable");
         assert_eq!(
-            (m.response_code(), m.answers().len()),
-            (rcode, answers),
-            "{name}"
+            (m.response_code(), m.truncated()),
+            (rcode, truncated),
+            "{q:02x?}"
         );
         let asked = r.source_for_tests().1.load(Ordering::Relaxed) - before;
-        assert_eq!(asked, 1, "{name} was looked up {asked} times");
+        assert_eq!(asked, 1, "{q:02x?} was looked up {asked} times");
     }
 }
 
@@ -663,20 +680,58 @@ fn fast_path_answers_plain_queries_byte_for_byte_as_the_full_path() {
             }
         }
     }
-    // Left to the full path: another type, a name not held or expired, a family the name has
-    // no address of, an answer larger than 512 bytes without EDNS (the full path truncates).
-    for (name, qtype, edns) in [
-        (format!("web.{z}.dpin."), RecordType::SRV, None),
-        (format!("absent.{z}.dpin."), RecordType::A, None),
-        (format!("old.{z}.dpin."), RecordType::A, None),
-        (format!("six.{z}.dpin."), RecordType::A, None),
-        (format!("named.{z}.dpin."), RecordType::AAAA, None),
-        (format!("big.{z}.dpin."), RecordType::AAAA, None),
-        (format!("_tcp.web.{z}.dpin."), RecordType::A, None),
+    // Negative answers too: a name not held or expired (NXDOMAIN), a family the name has no
+    // address of (NODATA), each with the SOA.
+    for (name, qtype, rcode) in [
+        (
+            format!("absent.{z}.dpin."),
+            RecordType::A,
+            ResponseCode::NXDomain,
+        ),
+        (
+            "absent.shop.dpin.".to_owned(),
+            RecordType::AAAA,
+            ResponseCode::NXDomain,
+        ),
+        (
+            format!("old.{z}.dpin."),
+            RecordType::A,
+            ResponseCode::NXDomain,
+        ),
+        (
+            format!("six.{z}.dpin."),
+            RecordType::A,
+            ResponseCode::NoError,
+        ),
+        (
+            format!("named.{z}.dpin."),
+            RecordType::AAAA,
+            ResponseCode::NoError,
+        ),
     ] {
-        let q = query(&name, qtype, edns);
-        assert_eq!(fast(&r, &q, Proto::Udp), None, "{name} {qtype}");
-        assert!(r.respond(&q, Proto::Udp, NOW).is_some(), "{name} {qtype}");
+        for edns in [None, Some(1232)] {
+            let q = query(&name, qtype, edns);
+            let got = fast(&r, &q, Proto::Udp);
+            assert_eq!(got, r.respond_full(&q, Proto::Udp, NOW), "{name} {qtype}");
+            let m = Message::from_vec(&got.expect("taken")).expect("decodable");
+            assert_eq!(m.response_code(), rcode, "{name} {qtype}");
+            assert_eq!(m.name_servers().len(), 1, "{name} {qtype}: the SOA");
+        }
+    }
+    // Left to the full path: another type, a name of another shape, an answer larger than 512
+    // bytes without EDNS (the full path truncates), a negative answer to a query that spelled
+    // the apex in capitals (the full path's encoder then writes the SOA's owner in full).
+    let mut capital_apex = query(&format!("absent.{z}.dpin."), RecordType::A, None);
+    let apex_at = 12 + 1 + "absent".len() + 1 + z.len() + 1;
+    capital_apex[apex_at..apex_at + 4].copy_from_slice(b"DPIN");
+    for q in [
+        query(&format!("web.{z}.dpin."), RecordType::SRV, None),
+        query(&format!("big.{z}.dpin."), RecordType::AAAA, None),
+        query(&format!("_tcp.web.{z}.dpin."), RecordType::A, None),
+        capital_apex,
+    ] {
+        assert_eq!(fast(&r, &q, Proto::Udp), None, "{q:02x?}");
+        assert!(r.respond(&q, Proto::Udp, NOW).is_some(), "{q:02x?}");
     }
     // What it takes is counted as the full path counts it.
     let before = r.stats().noerror.load(Ordering::Relaxed);
