@@ -221,12 +221,19 @@ impl<S: Source> Responder<S> {
     pub fn respond(&self, packet: &[u8], proto: Proto, now_ms: u64) -> Option<Vec<u8>> {
         let started = std::time::Instant::now();
         let out = self.respond_untimed(packet, proto, now_ms);
-        let took = started.elapsed().as_secs_f64();
+        self.observe_answer(proto, started.elapsed());
+        out
+    }
+
+    /// Adds one answer's time to `dpin_dns_answer_seconds`: for callers of
+    /// [`Responder::respond_untimed`] that time their answers themselves (the UDP loop reads
+    /// the clock once per answer, each answer starting when the one before it ended).
+    pub(super) fn observe_answer(&self, proto: Proto, took: Duration) {
+        let took = took.as_secs_f64();
         match proto {
             Proto::Udp => self.answer_udp.observe(took),
             Proto::Tcp => self.answer_tcp.observe(took),
         }
-        out
     }
 
     /// [`Responder::respond`] without its fast path ([`super::fast`]): every packet through
@@ -236,7 +243,14 @@ impl<S: Source> Responder<S> {
         self.respond_checked(packet, proto, now_ms, false)
     }
 
-    fn respond_untimed(&self, packet: &[u8], proto: Proto, now_ms: u64) -> Option<Vec<u8>> {
+    /// [`Responder::respond`] without adding its time to the histogram
+    /// ([`Responder::observe_answer`]).
+    pub(super) fn respond_untimed(
+        &self,
+        packet: &[u8],
+        proto: Proto,
+        now_ms: u64,
+    ) -> Option<Vec<u8>> {
         self.respond_checked(packet, proto, now_ms, self.fast_path)
     }
 

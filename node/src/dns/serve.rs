@@ -146,30 +146,40 @@ pub(super) const UDP_BATCH: usize = 32;
 const UDP_SLOT_BYTES: usize = MAX_QUERY_BYTES + 1;
 
 /// The answer to one datagram from `src` (after the rate limiter), or `None` to send nothing.
+/// `now` and `now_ms` are the time (monotonic, and wall-clock Unix ms) the caller read for
+/// it: the UDP loop reads the clock once per answer, not at every step of one. An answer the
+/// responder built adds its time (from `now`) to `dpin_dns_answer_seconds`; the returned
+/// instant is when it ended, the next answer's `now`.
 fn answer_datagram<S: Source>(
     packet: &[u8],
     src: SocketAddr,
     responder: &Responder<S>,
     rrl: &Rrl,
     st: &DnsStats,
-) -> Option<Vec<u8>> {
+    now: std::time::Instant,
+    now_ms: u64,
+) -> (Option<Vec<u8>>, std::time::Instant) {
     inc(&st.udp_queries);
     if src.port() == 0 {
         // Cannot be answered; probably spoofed.
         inc(&st.dropped_malformed);
-        return None;
+        return (None, now);
     }
-    match rrl.check(src.ip(), std::time::Instant::now()) {
-        RrlVerdict::Answer => responder.respond(packet, Proto::Udp, crate::node::now_ms()),
+    let out = match rrl.check(src.ip(), now) {
+        RrlVerdict::Answer => responder.respond_untimed(packet, Proto::Udp, now_ms),
         RrlVerdict::Slip => {
+            // Not an answer: not in the answers' histogram.
             inc(&st.rrl_slipped);
-            responder.slip(packet)
+            return (responder.slip(packet), std::time::Instant::now());
         }
         RrlVerdict::Drop => {
             inc(&st.rrl_dropped);
-            None
+            return (None, now);
         }
-    }
+    };
+    let done = std::time::Instant::now();
+    responder.observe_answer(Proto::Udp, done.saturating_duration_since(now));
+    (out, done)
 }
 
 /// A receive that failed: counted, logged at debug, and, should it persist, not spun on.
@@ -238,6 +248,9 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
         answers.clear();
         to.clear();
         answered_at.clear();
+        // One clock read per answer (`answer_datagram`), and one wall-clock read per batch.
+        let mut now = std::time::Instant::now();
+        let now_ms = crate::node::now_ms();
         for (slot, &(n, addr, at)) in slots.iter().zip(&received) {
             let src = addr.as_ref().and_then(|a| {
                 a.as_sockaddr_in()
@@ -250,7 +263,9 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
                 inc(&st.dropped_malformed);
                 continue;
             };
-            if let Some(resp) = answer_datagram(packet, src, responder, rrl, st) {
+            let (resp, done) = answer_datagram(packet, src, responder, rrl, st, now, now_ms);
+            now = done;
+            if let Some(resp) = resp {
                 answers.push(resp);
                 to.push(addr);
                 answered_at.push(at);
@@ -359,7 +374,10 @@ pub(super) fn serve_udp<S: Source>(sock: &UdpSocket, responder: &Responder<S>, r
             }
         };
         let Some(packet) = buf.get(..n) else { continue };
-        if let Some(resp) = answer_datagram(packet, src, responder, rrl, st) {
+        let now = std::time::Instant::now();
+        let (resp, _) =
+            answer_datagram(packet, src, responder, rrl, st, now, crate::node::now_ms());
+        if let Some(resp) = resp {
             if let Err(e) = sock.send_to(&resp, src) {
                 udp_send_error(st, &e);
             }

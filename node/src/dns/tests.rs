@@ -1084,6 +1084,18 @@ fn udp_sojourn_includes_the_wait_in_the_socket_queue() {
     );
     assert!(series(&text, "h_sum") >= QUEUED_FOR.as_secs_f64() * f64::from(QUERIES));
     assert_eq!(stats.udp_unstamped.load(Ordering::Relaxed), 0);
+    // The answers' own times (one clock read per answer, each from the end of the one
+    // before): every answer once, and none of the wait in the queue.
+    let answers = crate::metrics::tests::histogram_text(&stats.answer_histogram(Proto::Udp));
+    assert_eq!(
+        series(&answers, "h_count"),
+        f64::from(QUERIES),
+        "every answer is timed once: {answers}"
+    );
+    assert!(
+        series(&answers, "h_sum") < QUEUED_FOR.as_secs_f64(),
+        "the answers' times leave out their wait in the queue: {answers}"
+    );
 }
 
 /// A process held to one core (`taskset -c 0`, a container's cpuset) still gets two UDP
