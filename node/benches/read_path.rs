@@ -19,10 +19,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dpin_node::answer::{select, Answer};
+use dpin_node::answer::{select, Answer, Literal, Literals};
 use dpin_node::dns::{Proto, Responder, Source};
+use dpin_protocol::record::HostRef;
 use dpin_protocol::{
-    Content, Endpoint, Entry, Host, MemStore, RecordBody, SignedRecord, Store, Transport, ZoneKey,
+    Content, Endpoint, EndpointsView, Entry, Host, MemStore, RecordBody, SignedRecord, Store,
+    Transport, ZoneKey,
 };
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
@@ -32,7 +34,8 @@ const NOW: u64 = 1_760_832_000_000;
 const STORE_NAMES: u64 = 100_000;
 
 /// The node's answer path without the node: the store behind a lock, as
-/// `dpin_node::answer::answer` reads it (no endpoint has a health state here: all unknown).
+/// `dpin_node::answer::answer` reads it (no endpoint has a health state here: all unknown),
+/// and as `dpin_node::answer::dns_literals` reads it for the DNS fast path.
 struct Store100k(Mutex<MemStore>);
 
 impl Source for Store100k {
@@ -45,6 +48,27 @@ impl Source for Store100k {
         let eps = record.endpoints()?.to_vec();
         let endpoints = select(eps, &[]);
         Some(Answer { record, endpoints })
+    }
+
+    /// As the node reads it with probing off (`dpin_node::answer::dns_literals`): in place.
+    fn literals(&self, name: &str, now_ms: u64) -> Option<Literals> {
+        let store = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = store.entry(name).filter(|e| e.is_live(now_ms))?;
+        let view = EndpointsView::of(entry.bytes.as_deref()?)?;
+        Some(Literals {
+            expires_at_ms: view.expires_at_ms(),
+            addrs: view
+                .iter()
+                .filter_map(|e| match e.host {
+                    HostRef::V4(a) => Some(Literal::V4(a)),
+                    HostRef::V6(a) => Some(Literal::V6(a)),
+                    HostRef::Name(_) => None,
+                })
+                .collect(),
+        })
     }
 }
 

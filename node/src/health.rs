@@ -1670,6 +1670,23 @@ impl Health {
         combine(own, healthy, unhealthy, shared.quorum)
     }
 
+    /// Sets the verdicts other probers shared (healthy, unhealthy votes per endpoint) and
+    /// the quorum, as a probe round's tally would.
+    #[cfg(test)]
+    pub(crate) fn set_shared_votes_for_tests<'a>(
+        &self,
+        votes: impl IntoIterator<Item = (&'a Endpoint, (u8, u8))>,
+        quorum: u8,
+    ) {
+        *self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = SharedView {
+            votes: votes.into_iter().map(|(e, v)| (target(e), v)).collect(),
+            quorum,
+        };
+    }
+
     /// Whether the last probe of `e` succeeded.
     pub fn is_healthy(&self, e: &Endpoint) -> bool {
         self.state(e) == HealthState::Healthy

@@ -790,6 +790,27 @@ pub(crate) mod tests {
         std::net::SocketAddr,
         tokio::sync::mpsc::Receiver<crate::net::NetEvent>,
     ) {
+        node_with_events_probing(dir, false).await
+    }
+
+    /// [`node`] with endpoint health on or off (on: nothing probes, but answers go through
+    /// the health states, which a test may set).
+    pub(crate) async fn node_with_probing(
+        dir: &std::path::Path,
+        probing: bool,
+    ) -> (Node, std::net::SocketAddr) {
+        let (node, api, _events) = node_with_events_probing(dir, probing).await;
+        (node, api)
+    }
+
+    async fn node_with_events_probing(
+        dir: &std::path::Path,
+        probing: bool,
+    ) -> (
+        Node,
+        std::net::SocketAddr,
+        tokio::sync::mpsc::Receiver<crate::net::NetEvent>,
+    ) {
         let store = crate::store::DurableStore::open(&dir.join("store.redb")).unwrap();
         let mut telemetry = Builder::new();
         let mut config = crate::net::NetConfig::new(
@@ -800,7 +821,7 @@ pub(crate) mod tests {
         config.metrics = Some(telemetry.libp2p());
         let (net, events) = crate::net::spawn(config).await.unwrap();
         let health = crate::health::Health::new(crate::health::HealthConfig {
-            enabled: false,
+            enabled: probing,
             ..crate::health::HealthConfig::default()
         });
         let blobs = Arc::new(crate::blobs::BlobStore::open(dir.join("blobs")).unwrap());

@@ -64,8 +64,8 @@ pub use error::{DecodeError, KeyError, ValidationError};
 pub use keys::{ZoneId, ZoneKey};
 pub use merge::{decide, Decision, Floor, Outcome};
 pub use record::{
-    seq_ceiling, BlobManifest, ComputeOffer, Content, Endpoint, Freshness, Host, RecordBody,
-    SignedRecord, StorageOffer, Transport,
+    seq_ceiling, BlobManifest, ComputeOffer, Content, Endpoint, EndpointsView, Freshness, Host,
+    RecordBody, SignedRecord, StorageOffer, Transport,
 };
 pub use store::{Entry, MemStore, Store};
 

@@ -357,6 +357,169 @@ pub struct SignedRecord {
     pub signature: [u8; 64],
 }
 
+/// A stored record's expiry and endpoints read in place from its wire bytes, without decoding
+/// (and allocating) the whole record: what a DNS address answer needs of it, at every query.
+///
+/// For the bytes of a record that decodes, it gives exactly the decoded record's expiry and
+/// endpoints, in order (`codec_properties` checks this on arbitrary records), and `None` for
+/// content other than endpoints. It checks the layout (every length in bounds, known tags,
+/// UTF-8 hostnames, the signature's 64 bytes and nothing after them) but no signature and no
+/// field rule: it reads bytes a store already took, it does not admit untrusted ones.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointsView<'a> {
+    expires_at_ms: u64,
+    count: usize,
+    /// The encoded endpoint list (after its count), up to the signature.
+    list: &'a [u8],
+}
+
+/// An endpoint's host as [`EndpointsView`] reads it: hostnames borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostRef<'a> {
+    /// IPv4 literal.
+    V4([u8; 4]),
+    /// IPv6 literal.
+    V6([u8; 16]),
+    /// A DNS hostname.
+    Name(&'a str),
+}
+
+/// An endpoint as [`EndpointsView`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointRef<'a> {
+    /// Address or hostname.
+    pub host: HostRef<'a>,
+    /// Port.
+    pub port: u16,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// Relative weight.
+    pub weight: u16,
+}
+
+impl EndpointRef<'_> {
+    /// The owned endpoint (allocates for a hostname only).
+    pub fn to_endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: match self.host {
+                HostRef::V4(a) => Host::V4(a),
+                HostRef::V6(a) => Host::V6(a),
+                HostRef::Name(n) => Host::Name(n.to_owned()),
+            },
+            port: self.port,
+            transport: self.transport,
+            weight: self.weight,
+        }
+    }
+}
+
+/// Reads the codec's fixed-width little-endian integers and lengths off the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.array()?))
+    }
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?).ok()
+    }
+    fn endpoint(&mut self) -> Option<EndpointRef<'a>> {
+        let host = match self.u32()? {
+            0 => HostRef::V4(self.array()?),
+            1 => HostRef::V6(self.array()?),
+            2 => {
+                let n = self.len()?;
+                HostRef::Name(std::str::from_utf8(self.take(n)?).ok()?)
+            }
+            _ => return None,
+        };
+        let port = self.u16()?;
+        let transport = match self.u32()? {
+            0 => Transport::Tcp,
+            1 => Transport::Udp,
+            _ => return None,
+        };
+        let weight = self.u16()?;
+        Some(EndpointRef {
+            host,
+            port,
+            transport,
+            weight,
+        })
+    }
+}
+
+impl<'a> EndpointsView<'a> {
+    /// The view of a record's wire bytes ([`SignedRecord::encode`]), or `None` if the record
+    /// holds no endpoints or the bytes do not have a record's layout.
+    pub fn of(bytes: &'a [u8]) -> Option<Self> {
+        let mut r = Reader(bytes);
+        r.take(32)?; // zone
+        let label = r.len()?;
+        r.take(label)?;
+        r.u64()?; // seq
+        let expires_at_ms = r.u64()?;
+        if r.u32()? != 0 {
+            // Not `Content::Endpoints`.
+            return None;
+        }
+        let count = r.len()?;
+        if count > MAX_ENDPOINTS {
+            return None;
+        }
+        let list = r.0;
+        for _ in 0..count {
+            r.endpoint()?;
+        }
+        // The signature, and nothing after it.
+        if r.0.len() != 64 {
+            return None;
+        }
+        let list = list.get(..list.len() - 64)?;
+        Some(EndpointsView {
+            expires_at_ms,
+            count,
+            list,
+        })
+    }
+
+    /// The record's expiry (Unix ms).
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    /// How many endpoints the record holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the record holds no endpoints (a valid record never does).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The endpoints, in the record's order.
+    pub fn iter(&self) -> impl Iterator<Item = EndpointRef<'a>> {
+        let mut r = Reader(self.list);
+        // `of` read every endpoint of the list already, so none of these reads fails.
+        (0..self.count).map_while(move |_| r.endpoint())
+    }
+}
+
 /// How strict expiry checking is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Freshness {

@@ -1,6 +1,7 @@
 //! Properties of the wire codec and of signature binding: the decoders (records, sync and
-//! blob messages) never panic on any input (including input over the size limits and hostile
-//! length prefixes), every valid record (endpoints, tombstones, offers, blob manifests) round-trips to exactly the same canonical bytes, and no single-byte change of a
+//! blob messages, and the in-place `EndpointsView` of a record) never panic on any input
+//! (including input over the size limits and hostile length prefixes), the view agrees with
+//! every record that decodes, every valid record (endpoints, tombstones, offers, blob manifests) round-trips to exactly the same canonical bytes, and no single-byte change of a
 //! signed record yields a record that still validates.
 //!
 //! Seed-deterministic: set `PROPTEST_RNG_SEED` / `PROPTEST_CASES` to explore further.
@@ -18,9 +19,9 @@ use dpin_protocol::record::{
     STORAGE_OFFER_LABEL,
 };
 use dpin_protocol::{
-    BlobManifest, ComputeOffer, Content, DecodeError, Endpoint, Freshness, Host, SignedRecord,
-    StorageOffer, SyncRequest, SyncResponse, Transport, ValidationError, MAX_RECORD_BYTES,
-    MAX_TTL_MS,
+    BlobManifest, ComputeOffer, Content, DecodeError, Endpoint, EndpointsView, Freshness, Host,
+    SignedRecord, StorageOffer, SyncRequest, SyncResponse, Transport, ValidationError,
+    MAX_RECORD_BYTES, MAX_TTL_MS,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -224,6 +225,7 @@ fn decode_everything(bytes: &[u8]) -> bool {
     let _ = SyncResponse::decode(bytes);
     let _ = BlobRequest::decode(bytes);
     let _ = BlobResponse::decode(bytes);
+    let view = EndpointsView::of(bytes);
     match SignedRecord::decode(bytes) {
         Ok(r) => {
             let _ = r.validate(NOW, Freshness::Replicate);
@@ -232,9 +234,25 @@ fn decode_everything(bytes: &[u8]) -> bool {
                 bytes,
                 "a decoded record re-encodes to its input"
             );
+            assert_view_agrees(&r, view);
             true
         }
         Err(_) => false,
+    }
+}
+
+/// The in-place view of a record's bytes says what the decoded record says: its expiry and
+/// every endpoint in order, or nothing for content other than endpoints.
+fn assert_view_agrees(r: &SignedRecord, view: Option<EndpointsView<'_>>) {
+    match (r.endpoints(), view) {
+        (Some(eps), Some(v)) => {
+            assert_eq!(v.expires_at_ms(), r.body.expires_at_ms);
+            assert_eq!(v.len(), eps.len());
+            let seen: Vec<Endpoint> = v.iter().map(|e| e.to_endpoint()).collect();
+            assert_eq!(seen, eps, "the view's endpoints are the record's");
+        }
+        (None, None) => {}
+        (eps, v) => panic!("the view ({v:?}) and the record ({eps:?}) disagree"),
     }
 }
 
@@ -282,6 +300,7 @@ proptest! {
         let bytes = record.encode();
         prop_assert!(bytes.len() <= MAX_RECORD_BYTES);
         let back = SignedRecord::decode(&bytes).expect("a signed record decodes");
+        assert_view_agrees(&record, EndpointsView::of(&bytes));
         prop_assert_eq!(&back, &record);
         prop_assert_eq!(back.encode(), bytes);
         prop_assert_eq!(back.content_hash(), record.content_hash());

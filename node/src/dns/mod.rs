@@ -162,7 +162,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::answer::Answer;
+use crate::answer::{Answer, Literal, Literals};
 use crate::health::HealthState;
 use crate::node::Node;
 
@@ -306,6 +306,16 @@ pub trait Source: Send + Sync + 'static {
     /// The answer for `name` (normalised `label.zone`) at `now_ms`, or `None` if not held live.
     fn answer(&self, name: &str, now_ms: u64) -> Option<Answer>;
 
+    /// [`Source::answer`] as an `A`/`AAAA` answer needs it (the fast path, `fast.rs`): `None`
+    /// where `answer` gives no answer or one without endpoints, else the record's expiry and
+    /// the IP literals of the answer's endpoints in its order. The default builds it from
+    /// `answer`; the node reads it in place ([`crate::answer::dns_literals`]).
+    fn literals(&self, name: &str, now_ms: u64) -> Option<Literals> {
+        self.answer(name, now_ms)
+            .filter(|a| !a.endpoints.is_empty())
+            .map(|a| Literals::of_answer(&a))
+    }
+
     /// Whether the node judges itself cut off from the network
     /// ([`dpin_protocol::reach`]): its answers may be stale, so they get a short TTL.
     /// Asked at most once per [`REACH_RECHECK_MS`]; a fixed table is never cut off.
@@ -317,6 +327,10 @@ pub trait Source: Send + Sync + 'static {
 impl Source for Node {
     fn answer(&self, name: &str, now_ms: u64) -> Option<Answer> {
         crate::answer::dns_answer(self, name, now_ms)
+    }
+
+    fn literals(&self, name: &str, now_ms: u64) -> Option<Literals> {
+        crate::answer::dns_literals(self, name, now_ms)
     }
 
     fn cut_off(&self) -> bool {

@@ -44,11 +44,11 @@ impl Proto {
 /// id's text 52 (an alias names a zone id).
 pub(super) const KEY_BUF: usize = 128;
 
-/// A lookup the fast path made and then left to the full path: the key it asked for and what
-/// the source answered.
+/// A lookup the fast path made that found the name not held live (no answer, or one without
+/// endpoints), for the full path to answer without asking the source again: the key it asked
+/// for.
 pub(super) struct Looked<'k> {
-    key: &'k str,
-    answer: Option<Answer>,
+    absent: &'k str,
 }
 
 /// What a query resolves to, before encoding.
@@ -332,8 +332,10 @@ impl<S: Source> Responder<S> {
     /// The fast path ([`super::fast`]): the answer to a plain `A`/`AAAA` query for a name held
     /// live with addresses of that type, counted as the full path counts it. `None` leaves the
     /// packet to the full path (any other query, a name not held, no address of the type, an
-    /// answer that does not fit), which then answers and counts it, with the fast path's lookup
-    /// in `looked` if it made one (the name's key written into `key_buf`).
+    /// answer that does not fit), which then answers and counts it; if the fast path found the
+    /// name not held, it says so in `looked` (the name's key written into `key_buf`), and the
+    /// full path answers NXDOMAIN without a second lookup. (A held name whose answer the fast
+    /// path cannot write, one that needs truncating, is looked up again in full.)
     pub(super) fn respond_fast<'k>(
         &self,
         packet: &[u8],
@@ -343,10 +345,10 @@ impl<S: Source> Responder<S> {
         looked: &mut Option<Looked<'k>>,
     ) -> Option<Vec<u8>> {
         let (q, key) = self.fast_key(packet, proto, key_buf)?;
-        let ans = self.source.answer(key, now_ms);
-        let out = self.fast_answer(&q, ans.as_ref(), now_ms);
-        if out.is_none() {
-            *looked = Some(Looked { key, answer: ans });
+        let literals = self.source.literals(key, now_ms);
+        let out = self.fast_answer(&q, literals.as_ref(), now_ms);
+        if out.is_none() && literals.is_none() {
+            *looked = Some(Looked { absent: key });
         }
         out
     }
@@ -385,17 +387,17 @@ impl<S: Source> Responder<S> {
         Some((q, std::str::from_utf8(key).ok()?))
     }
 
-    /// The fast path's answer to `q` from the source's `ans`, counted as the full path counts
-    /// it: the addresses, NODATA if there are none of the asked family, NXDOMAIN if the name
-    /// is not held live. `None` if the answer does not fit or would be written another way
-    /// (nothing counted then).
+    /// The fast path's answer to `q` from the source's `literals`, counted as the full path
+    /// counts it: the addresses, NODATA if there are none of the asked family, NXDOMAIN if the
+    /// name is not held live. `None` if the answer does not fit or would be written another
+    /// way (nothing counted then).
     fn fast_answer(
         &self,
         q: &fast::FastQuery<'_>,
-        ans: Option<&Answer>,
+        literals: Option<&Literals>,
         now_ms: u64,
     ) -> Option<Vec<u8>> {
-        let Some(ans) = ans.filter(|a| !a.endpoints.is_empty()) else {
+        let Some(lits) = literals else {
             let out = fast::write_negative(q, fast::RCODE_NXDOMAIN)?;
             count_rcode(&self.stats, ResponseCode::NXDomain, true);
             return Some(out);
@@ -404,10 +406,10 @@ impl<S: Source> Responder<S> {
         // in the answer's order (as `name_records` builds it).
         let mut picked: [&[u8]; dpin_protocol::MAX_ENDPOINTS] = [&[]; dpin_protocol::MAX_ENDPOINTS];
         let mut n = 0;
-        for (ep, _) in &ans.endpoints {
-            let addr: &[u8] = match (&ep.host, q.qtype) {
-                (Host::V4(a), fast::AddrType::V4) => a,
-                (Host::V6(a), fast::AddrType::V6) => a,
+        for lit in &lits.addrs {
+            let addr: &[u8] = match (lit, q.qtype) {
+                (Literal::V4(a), fast::AddrType::V4) => a,
+                (Literal::V6(a), fast::AddrType::V6) => a,
                 _ => continue,
             };
             if !picked[..n].contains(&addr) {
@@ -416,7 +418,7 @@ impl<S: Source> Responder<S> {
             }
         }
         let cut_off = self.cut_off(now_ms);
-        let mut ttl = ttl_secs(ans.record.body.expires_at_ms, now_ms);
+        let mut ttl = ttl_secs(lits.expires_at_ms, now_ms);
         if cut_off {
             ttl = ttl.min(dpin_protocol::reach::CUT_OFF_DNS_TTL_SECS);
         }
@@ -555,7 +557,7 @@ impl<S: Source> Responder<S> {
         };
         let key = format!("{label}.{zone}");
         let ans = match looked {
-            Some(l) if l.key == key => l.answer,
+            Some(l) if l.absent == key => None,
             _ => self.source.answer(&key, now_ms),
         };
         match ans {
