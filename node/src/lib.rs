@@ -27,7 +27,8 @@
 //! * [`blobs`] — replicated, verified, self-repairing blob storage behind the storage offers;
 //!   it reads the node through `blobs::BlobHost`. The node implements both traits, so neither
 //!   module imports [`node`] (no import circle).
-//! * [`answer`] — the one answer builder (healthy endpoints first, never empty).
+//! * [`answer`] — the one answer builder (healthy endpoints first, never empty), and its form
+//!   for DNS address answers read in place ([`answer::dns_literals`]).
 //! * [`api`] — the HTTP API (axum): connection caps, deadlines, JSON errors, optional token.
 //! * [`contract`] — the API's one contract: a serde type for every request and answer body,
 //!   and the one mapping from a merge outcome to a publish's answer; the server, the CLI
