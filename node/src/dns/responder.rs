@@ -269,7 +269,8 @@ impl<S: Source> Responder<S> {
         let mut key_buf = [0u8; KEY_BUF];
         let mut looked = None;
         if fast_path {
-            // Left to the full path, it answers from the same lookup, not a second one.
+            // A name the fast path found not held, the full path answers without a second
+            // lookup.
             if let Some(out) = self.respond_fast(packet, proto, now_ms, &mut key_buf, &mut looked) {
                 return Some(out);
             }
@@ -329,13 +330,14 @@ impl<S: Source> Responder<S> {
         Some(self.encode(&request, res, limit))
     }
 
-    /// The fast path ([`super::fast`]): the answer to a plain `A`/`AAAA` query for a name held
-    /// live with addresses of that type, counted as the full path counts it. `None` leaves the
-    /// packet to the full path (any other query, a name not held, no address of the type, an
-    /// answer that does not fit), which then answers and counts it; if the fast path found the
-    /// name not held, it says so in `looked` (the name's key written into `key_buf`), and the
-    /// full path answers NXDOMAIN without a second lookup. (A held name whose answer the fast
-    /// path cannot write, one that needs truncating, is looked up again in full.)
+    /// The fast path ([`super::fast`]): the answer to a plain `A`/`AAAA` query — the name's
+    /// addresses, NODATA or NXDOMAIN — counted as the full path counts it. `None` leaves the
+    /// packet to the full path (any other query or name shape, an answer that does not fit or
+    /// that the full path would write another way), which then answers and counts it. If the
+    /// fast path found the name not held, it says so in `looked` (the name's key written into
+    /// `key_buf`), and the full path answers NXDOMAIN without a second lookup. (A held name
+    /// whose answer the fast path cannot write, one that needs truncating, is looked up again
+    /// in full.)
     pub(super) fn respond_fast<'k>(
         &self,
         packet: &[u8],
@@ -471,8 +473,8 @@ impl<S: Source> Responder<S> {
     /// Maps a question to records. `lower` is the question name lowercased (for matching),
     /// `owner` the name as sent (echoed as the owner of answers).
     ///
-    /// `looked` is the fast path's lookup of this question's name, if it made one: used instead
-    /// of asking the source again.
+    /// `looked` names a key the fast path found not held: it is answered NXDOMAIN without
+    /// asking the source again.
     fn resolve(
         &self,
         lower: &Name,
