@@ -13,10 +13,10 @@
 //! fully understand (another type or class, more than one record in any section, EDNS options
 //! or a version above 0, compression pointers in the question, trailing bytes, a name of
 //! another shape), and [`write_answer`] and [`write_negative`] return `None` when the answer
-//! would not fit or would be written another way. The
-//! caller then answers through the full path, which handles everything. For every packet the
-//! fast path answers, its answer is byte for byte what the full path would send: the tests
-//! (`fast_path_*` in `dns/tests.rs`) and the `dns_packet` fuzz target check exactly that.
+//! would not fit or would be written another way. The caller then answers through the full
+//! path, which handles everything. For every packet the fast path answers, its answer is byte
+//! for byte what the full path would send: the tests (`fast_path_*` in `dns/tests.rs`) and
+//! the `dns_packet` fuzz target check exactly that.
 
 use super::Proto;
 use super::{NEGATIVE_TTL_SECS, UDP_LEGACY_LIMIT, UDP_PAYLOAD_LIMIT};
