@@ -19,9 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dpin_node::answer::{select, Answer, Literal, Literals};
+use dpin_node::answer::{select, Answer, Literals};
 use dpin_node::dns::{Proto, Responder, Source};
-use dpin_protocol::record::HostRef;
 use dpin_protocol::{
     Content, Endpoint, EndpointsView, Entry, Host, MemStore, RecordBody, SignedRecord, Store,
     Transport, ZoneKey,
@@ -58,17 +57,7 @@ impl Source for Store100k {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = store.entry(name).filter(|e| e.is_live(now_ms))?;
         let view = EndpointsView::of(entry.bytes.as_deref()?)?;
-        Some(Literals {
-            expires_at_ms: view.expires_at_ms(),
-            addrs: view
-                .iter()
-                .filter_map(|e| match e.host {
-                    HostRef::V4(a) => Some(Literal::V4(a)),
-                    HostRef::V6(a) => Some(Literal::V6(a)),
-                    HostRef::Name(_) => None,
-                })
-                .collect(),
-        })
+        Some(Literals::of_view(&view))
     }
 }
 

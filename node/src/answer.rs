@@ -85,12 +85,28 @@ pub struct Literals {
 impl Literals {
     /// The literals of `answer`.
     pub fn of_answer(answer: &Answer) -> Self {
+        Self::of_selected(answer.record.body.expires_at_ms, &answer.endpoints)
+    }
+
+    /// The literals of endpoints [`select`] chose, in its order.
+    fn of_selected(expires_at_ms: u64, selected: &[(Endpoint, HealthState)]) -> Self {
         Literals {
-            expires_at_ms: answer.record.body.expires_at_ms,
-            addrs: answer
-                .endpoints
+            expires_at_ms,
+            addrs: selected
                 .iter()
                 .filter_map(|(e, _)| Literal::of(&e.host))
+                .collect(),
+        }
+    }
+
+    /// The literals of a stored record read in place, in the record's order: the answer when
+    /// every endpoint's health is unknown (probing off), which [`select`] keeps whole.
+    pub fn of_view(view: &EndpointsView<'_>) -> Self {
+        Literals {
+            expires_at_ms: view.expires_at_ms(),
+            addrs: view
+                .iter()
+                .filter_map(|e| Literal::of_ref(e.host))
                 .collect(),
         }
     }
@@ -115,33 +131,20 @@ pub fn dns_literals(node: &Node, name: &str, now_ms: u64) -> Option<Literals> {
         if view.is_empty() {
             return None;
         }
-        let expires_at_ms = view.expires_at_ms();
         Some(if probing {
             Read::Select(
-                expires_at_ms,
+                view.expires_at_ms(),
                 view.iter().map(|e| e.to_endpoint()).collect(),
             )
         } else {
-            Read::Done(Literals {
-                expires_at_ms,
-                addrs: view
-                    .iter()
-                    .filter_map(|e| Literal::of_ref(e.host))
-                    .collect(),
-            })
+            Read::Done(Literals::of_view(&view))
         })
     })?;
     match read {
         Read::Done(literals) => Some(literals),
         Read::Select(expires_at_ms, eps) => {
             let health: Vec<HealthState> = eps.iter().map(|e| node.health().state(e)).collect();
-            Some(Literals {
-                expires_at_ms,
-                addrs: select(eps, &health)
-                    .iter()
-                    .filter_map(|(e, _)| Literal::of(&e.host))
-                    .collect(),
-            })
+            Some(Literals::of_selected(expires_at_ms, &select(eps, &health)))
         }
     }
 }
