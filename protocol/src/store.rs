@@ -11,7 +11,8 @@
 //! [`Store::resolve`] — so the node's durable store and the simulator's in-memory stores run
 //! exactly the same rules. [`MemStore`] keeps bodies as encoded bytes (memory ≈ encoded size
 //! plus a small fixed overhead: a held body carries its name, which is not kept again) and
-//! maintains the anti-entropy digest incrementally.
+//! maintains the anti-entropy digest incrementally, and the count of live names from a window
+//! its writes adjust ([`MemStore::live_count`]), so neither costs a walk of the store.
 //!
 //! An apply encodes the record once and hashes it once ([`Prepared`]); a caller that holds the
 //! store behind a lock prepares and verifies the record first and merges it with
