@@ -1152,14 +1152,9 @@ impl LiveWindow {
             live: 0,
             ending: BTreeMap::new(),
         };
+        // Each name counted as a write at `now` would count it.
         for e in entries {
-            if e.is_live(now) {
-                w.live += 1;
-                if e.expires_at_ms <= w.until {
-                    *w.ending.entry(e.expires_at_ms).or_default() += 1;
-                    w.trim();
-                }
-            }
+            w.note(e, true);
         }
         w
     }
