@@ -39,6 +39,9 @@
 //!   Both include the origin's verification and merge (gossip goes out while the origin's
 //!   fsync runs; the writer's acknowledgement waits for it) and the HTTP request, and the
 //!   observers run on the same cores as the nodes, so the dpin figure is an upper bound.
+//!   A line per size and way gives the writer's wait too: the publish's send to its
+//!   answer, which comes once the origin has committed the record (the gossip does not
+//!   wait for that commit).
 //!   After the run, the nodes' `/metrics` tell how the records arrived (gossip or
 //!   anti-entropy), printed as one line per size. A line per size and way also gives the
 //!   time until the origin itself showed the record (the HTTP publish, its verify and merge,
@@ -968,6 +971,10 @@ async fn measure(
     let mut lost = 0;
     let mut dns_timeouts = 0;
     let mut at_origin = Vec::with_capacity(args.messages);
+    // The writer's wait: the publish's send to its answer, which the origin gives once it
+    // has committed the record (fsync). Not part of the propagation, which runs meanwhile,
+    // but what a writer pays, and what a change that moves the commit's place moves.
+    let mut acked = Vec::with_capacity(args.messages);
     let mut spread = Vec::with_capacity(args.messages);
     // On the nodes' clocks (wait only): publish sent to last apply, origin's apply to last.
     let mut applied = Vec::with_capacity(args.messages);
@@ -1011,6 +1018,7 @@ async fn measure(
         let t0 = Instant::now();
         let t0_us = dpin_node::clock::host_mono_us();
         let w = api.publish(targets[origin].0, &record, timeout).await;
+        acked.push(t0.elapsed());
         if !matches!(w.outcome, OpOutcome::Applied) {
             eprintln!(
                 "propagation: publish {m} at node {origin}: {:?} {:?}",
@@ -1057,6 +1065,13 @@ async fn measure(
     }
     at_origin.sort();
     spread.sort();
+    acked.sort();
+    eprintln!(
+        "propagation: N={n} {}: publish acknowledged (committed at the origin) p50 {:.2} ms, p99 {:.2} ms",
+        observe.as_str(),
+        quantile_ms(&acked, 0.5),
+        quantile_ms(&acked, 0.99)
+    );
     eprintln!(
         "propagation: N={n} {}: seen at the origin itself p50 {:.2} ms, p99 {:.2} ms; origin to last node p50 {:.2} ms, p99 {:.2} ms",
         observe.as_str(),
