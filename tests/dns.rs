@@ -13,7 +13,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use dpin_tests::{cluster, keygen, ok, wait_connected, wait_until, NodeProc};
 use hickory_client::client::{Client, ClientHandle};
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
@@ -791,22 +791,41 @@ fn measure_rrl_amplification() -> Result<()> {
     Ok(())
 }
 
-/// Nice value per thread name of process `pid` (`/proc/PID/task/*/stat`, field 19).
+/// Nice value per thread name of process `pid` (`/proc/PID/task/*/stat`, field 19), from a
+/// listing known to be whole. Linux walks `/proc/PID/task` thread by thread and stops at a
+/// thread that ended meanwhile (`next_tid` in `fs/proc/base.c`), leaving out every thread
+/// after it, and the node's runtime ends idle blocking threads when it likes: a listing
+/// counts only when it has as many threads as the process had just before and just after it
+/// (`Threads:` in `/proc/PID/status`; `dpin_node::priority`'s test of named threads has the
+/// failure this avoids).
 #[cfg(target_os = "linux")]
 fn thread_nice(pid: u32) -> Result<Vec<(String, i32)>> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path();
-        // A thread that ended since the listing has no files left: skip it.
-        let (Ok(comm), Ok(stat)) = (
-            std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("stat")),
-        ) else {
-            continue;
-        };
-        out.push((comm.trim().to_owned(), stat_nice(&stat)?));
+    let threads = || -> Result<usize> {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))?
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no thread count for {pid}"))
+    };
+    for _ in 0..1_000 {
+        let before = threads()?;
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let path = task?.path();
+            // A thread that ended since the listing has no files left: skip it (the
+            // listing then falls short of the count, and is taken again).
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(path.join("comm")),
+                std::fs::read_to_string(path.join("stat")),
+            ) else {
+                continue;
+            };
+            out.push((comm.trim().to_owned(), stat_nice(&stat)?));
+        }
+        if out.len() == before && threads()? == before {
+            return Ok(out);
+        }
     }
-    Ok(out)
+    bail!("no whole listing of process {pid}'s threads in 1,000 tries")
 }
 
 /// The nice value (field 19) of a `/proc/.../stat` line.

@@ -444,6 +444,9 @@ pub(crate) mod tests {
     #[test]
     fn a_thread_spawned_at_base_shows_its_name_at_once() {
         start_base_spawner().unwrap();
+        // Every thread started here stays until the end: one ending while a listing is read
+        // would cut the listing short (see `whole_thread_listing`).
+        let mut parked = Vec::new();
         for i in 0..50 {
             let name = format!("dpin-named-{i}");
             let (release, wait) = mpsc::channel::<()>();
@@ -451,13 +454,39 @@ pub(crate) mod tests {
                 let _ = wait.recv();
             })
             .unwrap();
+            let names = whole_thread_listing();
+            assert!(names.contains(&name), "{name} not in {names:?}");
+            parked.push(release);
+        }
+    }
+
+    /// The names of this process's threads, from a listing of `/proc/self/task` known to be
+    /// whole. Linux walks that directory thread by thread and stops at a thread that ended
+    /// meanwhile (`next_tid` in `fs/proc/base.c`), leaving out every thread after it, and a
+    /// thread just started is always last. Other tests' threads in this process end when
+    /// they like, so a listing counts only when it has as many entries as the process had
+    /// threads just before and just after it (`Threads:` in `/proc/self/status`). This
+    /// test's own threads ending this way failed it 2 times in 200 runs of it alone.
+    #[cfg(target_os = "linux")]
+    fn whole_thread_listing() -> Vec<String> {
+        let threads = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:")?.trim().parse::<usize>().ok())
+                .unwrap()
+        };
+        for _ in 0..1_000 {
+            let before = threads();
             let names: Vec<String> = std::fs::read_dir("/proc/self/task")
                 .unwrap()
                 .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
                 .map(|c| c.trim().to_owned())
                 .collect();
-            assert!(names.contains(&name), "{name} not in {names:?}");
-            release.send(()).unwrap();
+            if names.len() == before && threads() == before {
+                return names;
+            }
         }
+        panic!("no whole listing of this process's threads in 1,000 tries");
     }
 }
