@@ -2090,23 +2090,21 @@ pub fn combine(own: Option<HealthState>, healthy: u8, unhealthy: u8, quorum: u8)
 /// The rendezvous key of a probe target: blake3 of `dpin/probe/v1\0`, the host's text (the
 /// same bytes as `host.to_string()`), the port (big-endian) and the transport's name.
 fn target_key(t: &Target) -> [u8; 32] {
-    use std::fmt::Write as _;
+    use std::io::Write as _;
     let (host, port, transport) = t;
     // The host's text written into a buffer on the stack, then hashed in one update: this
     // runs for every endpoint a membership change examines, and the formatter writes an
     // address in pieces (seven for IPv4), each an update of its own when streamed into the
-    // hasher (170 against 125 ns a key). A validated host always fits; one that would not is
-    // streamed as before.
-    let mut text = HostText {
-        buf: [0; HOST_TEXT_MAX],
-        len: 0,
-    };
+    // hasher (170 against 125 ns a key). A validated host always fits; one that would not
+    // (the cursor refuses to write past the buffer) is streamed as before.
+    let mut buf = [0u8; HOST_TEXT_MAX];
+    let mut text = std::io::Cursor::new(&mut buf[..]);
     let mut h = blake3::Hasher::new();
     h.update(b"dpin/probe/v1\0");
     if write!(text, "{host}").is_ok() {
-        h.update(&text.buf[..text.len]);
+        let len = usize::try_from(text.position()).unwrap_or(HOST_TEXT_MAX);
+        h.update(&buf[..len]);
     } else {
-        use std::io::Write as _;
         // Writing to a hasher cannot fail.
         let _ = write!(h, "{host}");
     }
@@ -2118,22 +2116,6 @@ fn target_key(t: &Target) -> [u8; 32] {
 /// Room for any validated host's text (a hostname is at most
 /// [`dpin_protocol::MAX_HOSTNAME_LEN`] bytes, an IPv6 address 45).
 const HOST_TEXT_MAX: usize = 256;
-
-/// [`target_key`]'s buffer: refuses (instead of growing) what does not fit.
-struct HostText {
-    buf: [u8; HOST_TEXT_MAX],
-    len: usize,
-}
-
-impl std::fmt::Write for HostText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
 
 /// The `k` members (ids as bytes) that probe `t`: the first `k` by `blake3(key(t) || id)`,
 /// highest first (all of them if `k` is 0 or at least the membership). Every node computes
